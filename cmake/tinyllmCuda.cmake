@@ -1,0 +1,41 @@
+# Decide whether to build the CUDA half, from TINYLLM_CUDA = AUTO | ON | OFF.
+#
+# Sets TINYLLM_CUDA_ENABLED (ON/OFF) and, when ON, enables the CUDA language and
+# finds the CUDA toolkit (targets CUDA::cudart, CUDA::cublas).
+#
+# GPU architectures: CMAKE_CUDA_ARCHITECTURES chooses which GPUs the kernels are
+# compiled for. tinyllm's default, "80;90", covers A100 (sm_80) and H100/H200
+# (sm_90); every extra architecture adds compile time. Pick yours with e.g.
+#   -DCMAKE_CUDA_ARCHITECTURES=90      (H100 only: the fastest build for it)
+#   -DCMAKE_CUDA_ARCHITECTURES=native  (whatever GPU this machine has)
+#   -DCMAKE_CUDA_ARCHITECTURES="80;86;89;90"
+string(TOUPPER "${TINYLLM_CUDA}" _tinyllm_cuda_mode)
+if(NOT _tinyllm_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
+  message(FATAL_ERROR "TINYLLM_CUDA must be AUTO, ON or OFF (got '${TINYLLM_CUDA}')")
+endif()
+
+set(TINYLLM_CUDA_ENABLED OFF)
+set(TINYLLM_CUDA_SUMMARY "")
+if(NOT _tinyllm_cuda_mode STREQUAL "OFF")
+  # nvcc is often installed in /usr/local/cuda without being on PATH.
+  if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS "/usr/local/cuda/bin/nvcc")
+    set(CMAKE_CUDA_COMPILER "/usr/local/cuda/bin/nvcc" CACHE FILEPATH "CUDA compiler")
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90 CACHE STRING "GPU architectures to compile for")
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(TINYLLM_CUDA_ENABLED ON)
+    set(TINYLLM_CUDA_SUMMARY " (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  elseif(_tinyllm_cuda_mode STREQUAL "ON")
+    message(FATAL_ERROR
+      "TINYLLM_CUDA=ON but no CUDA compiler was found. Install the CUDA toolkit, put nvcc on PATH "
+      "or pass -DCMAKE_CUDA_COMPILER=/path/to/nvcc; or configure with -DTINYLLM_CUDA=AUTO or OFF.")
+  else()
+    set(TINYLLM_CUDA_SUMMARY " (no CUDA compiler found)")
+  endif()
+endif()

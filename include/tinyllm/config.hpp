@@ -1,0 +1,50 @@
+// tinyllm/config.hpp — compiler glue shared by the CPU and CUDA halves.
+//
+// tinyllm keeps each piece of math in exactly one place. A function such as
+// `philox4x32_10` or `bf16_to_float` is written once and called from ordinary
+// C++ on the host and from CUDA kernels on the device. Under nvcc it must be
+// marked `__host__ __device__`; under g++ those words do not exist. The macro
+// below hides the difference:
+//
+//     TINYLLM_HOST_DEVICE float square(float x) { return x * x; }
+//
+// compiles as `__host__ __device__ inline float square(...)` under nvcc and as
+// `inline float square(...)` under plain g++/clang.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#  define TINYLLM_HOST_DEVICE __host__ __device__ inline
+#  define TINYLLM_DEVICE __device__ inline
+#else
+#  define TINYLLM_HOST_DEVICE inline
+#  define TINYLLM_DEVICE inline
+#endif
+
+// True while compiling the device half of a CUDA translation unit. Host-only
+// work (throwing, printing with iostreams) sits behind `#if !TINYLLM_ON_DEVICE`.
+#if defined(__CUDA_ARCH__)
+#  define TINYLLM_ON_DEVICE 1
+#else
+#  define TINYLLM_ON_DEVICE 0
+#endif
+
+// Bounds-checked tensor indexing is on in debug builds (no NDEBUG) and can be
+// forced either way by defining TINYLLM_BOUNDS_CHECK to 0 or 1.
+#ifndef TINYLLM_BOUNDS_CHECK
+#  ifdef NDEBUG
+#    define TINYLLM_BOUNDS_CHECK 0
+#  else
+#    define TINYLLM_BOUNDS_CHECK 1
+#  endif
+#endif
+
+namespace tinyllm {
+
+// Signed 64-bit index type for shapes, strides and offsets: signed so that
+// differences and reverse loops are safe, 64-bit so that a (16384, 256000)
+// logits tensor (4.2e9 elements) still indexes correctly.
+using index_t = std::int64_t;
+
+}  // namespace tinyllm

@@ -1,0 +1,274 @@
+// tinyllm/tensor.hpp — a non-owning tensor view and a small owning host tensor.
+//
+// Every component in tinyllm takes its inputs and outputs as tensor views: a
+// pointer, a shape and a stride for each dimension. Element (i0, i1, ..., iR-1)
+// lives at
+//
+//     data + i0*stride[0] + i1*stride[1] + ... + iR-1*stride[R-1]
+//
+// For a contiguous row-major ("C order") tensor of shape (n0, ..., nR-1) the
+// strides are stride[R-1] = 1 and stride[d] = stride[d+1] * n[d+1]. Other
+// strides describe views without copying: a transpose swaps two strides, a
+// slice moves the pointer and drops a dimension, and a head of a (B, T, H, D)
+// tensor is the same memory with a different starting point.
+//
+// The rank is a template parameter, so `tensor_view<float, 4>` is a
+// (B, T, H, D) tensor and passing a matrix where a 4-D tensor is expected fails
+// to compile. A view is a few words, is copied by value, and works unchanged
+// on the host and inside CUDA kernels (its methods are TINYLLM_HOST_DEVICE).
+// In debug builds (see TINYLLM_BOUNDS_CHECK) every element access checks its
+// indices: on the host a bad index throws tinyllm::error, on the device it
+// prints and traps.
+//
+// `tensor<T, Rank>` owns host memory (a std::vector) and hands out views; it is
+// what tests, examples and the CPU reference code use to hold data.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+
+#include <cstddef>
+#include <cstdio>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+// The size (or stride) of each of Rank dimensions. Built from integers of any
+// type: `extents<2>{rows, cols}`.
+template <std::size_t Rank>
+struct extents {
+    static_assert(Rank >= 1, "tinyllm::extents: a tensor needs at least one dimension");
+
+    index_t value[Rank] = {};
+
+    constexpr extents() = default;
+
+    template <class... Ints,
+              class = std::enable_if_t<sizeof...(Ints) == Rank && (std::is_integral_v<Ints> && ...)>>
+    TINYLLM_HOST_DEVICE constexpr extents(Ints... n) : value{static_cast<index_t>(n)...} {}
+
+    TINYLLM_HOST_DEVICE constexpr index_t operator[](std::size_t d) const { return value[d]; }
+    TINYLLM_HOST_DEVICE constexpr index_t& operator[](std::size_t d) { return value[d]; }
+    TINYLLM_HOST_DEVICE static constexpr std::size_t rank() { return Rank; }
+
+    // Number of elements a tensor of this shape holds.
+    TINYLLM_HOST_DEVICE constexpr index_t product() const {
+        index_t n = 1;
+        for (std::size_t d = 0; d < Rank; ++d) n *= value[d];
+        return n;
+    }
+
+    TINYLLM_HOST_DEVICE constexpr bool operator==(const extents& other) const {
+        for (std::size_t d = 0; d < Rank; ++d)
+            if (value[d] != other.value[d]) return false;
+        return true;
+    }
+    TINYLLM_HOST_DEVICE constexpr bool operator!=(const extents& other) const { return !(*this == other); }
+};
+
+// The strides of a contiguous row-major tensor of the given shape.
+template <std::size_t Rank>
+TINYLLM_HOST_DEVICE constexpr extents<Rank> row_major_strides(const extents<Rank>& shape) {
+    extents<Rank> strides;
+    index_t s = 1;
+    for (std::size_t d = Rank; d-- > 0;) {
+        strides[d] = s;
+        s *= shape[d];
+    }
+    return strides;
+}
+
+// "(2, 3, 4)": for error messages and the tour.
+template <std::size_t Rank>
+std::string to_string(const extents<Rank>& e) {
+    std::string s = "(";
+    for (std::size_t d = 0; d < Rank; ++d) {
+        if (d) s += ", ";
+        s += std::to_string(e[d]);
+    }
+    return s + ")";
+}
+
+namespace detail {
+
+[[noreturn]] inline void throw_bad_index(index_t i, index_t extent, std::size_t dim) {
+    throw error(cat("tinyllm: tensor index ", i, " is out of range [0, ", extent, ") in dimension ", dim));
+}
+
+TINYLLM_HOST_DEVICE void check_index([[maybe_unused]] index_t i, [[maybe_unused]] index_t extent,
+                                     [[maybe_unused]] std::size_t dim) {
+#if TINYLLM_BOUNDS_CHECK
+    if (i < 0 || i >= extent) {
+#  if TINYLLM_ON_DEVICE
+        printf("tinyllm: tensor index %lld is out of range [0, %lld) in dimension %d\n",
+               static_cast<long long>(i), static_cast<long long>(extent), static_cast<int>(dim));
+        __trap();
+#  else
+        throw_bad_index(i, extent, dim);
+#  endif
+    }
+#endif
+}
+
+}  // namespace detail
+
+template <class T, std::size_t Rank>
+class tensor_view {
+public:
+    using element_type = T;
+    using shape_type = extents<Rank>;
+    static constexpr std::size_t rank = Rank;
+
+    constexpr tensor_view() = default;
+
+    // A contiguous row-major tensor of the given shape starting at `data`.
+    TINYLLM_HOST_DEVICE constexpr tensor_view(T* data, const shape_type& shape)
+        : data_(data), shape_(shape), strides_(row_major_strides(shape)) {}
+
+    // Any layout: element (i...) is at data + sum(i[d] * strides[d]).
+    TINYLLM_HOST_DEVICE constexpr tensor_view(T* data, const shape_type& shape, const shape_type& strides)
+        : data_(data), shape_(shape), strides_(strides) {}
+
+    // A view of T converts to a view of const T (never the other way round).
+    template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
+    TINYLLM_HOST_DEVICE constexpr tensor_view(const tensor_view<U, Rank>& other)
+        : data_(other.data()), shape_(other.shape()), strides_(other.strides()) {}
+
+    TINYLLM_HOST_DEVICE constexpr T* data() const { return data_; }
+    TINYLLM_HOST_DEVICE constexpr const shape_type& shape() const { return shape_; }
+    TINYLLM_HOST_DEVICE constexpr const shape_type& strides() const { return strides_; }
+    TINYLLM_HOST_DEVICE constexpr index_t extent(std::size_t d) const { return shape_[d]; }
+    TINYLLM_HOST_DEVICE constexpr index_t stride(std::size_t d) const { return strides_[d]; }
+    TINYLLM_HOST_DEVICE constexpr index_t size() const { return shape_.product(); }
+    TINYLLM_HOST_DEVICE constexpr bool empty() const { return size() == 0; }
+
+    // True when the elements are packed in row-major order with no gaps, so
+    // the view can be treated as a flat array of size() elements.
+    TINYLLM_HOST_DEVICE constexpr bool is_contiguous() const {
+        index_t expected = 1;
+        for (std::size_t d = Rank; d-- > 0;) {
+            if (shape_[d] != 1 && strides_[d] != expected) return false;
+            expected *= shape_[d];
+        }
+        return true;
+    }
+
+    // Element access: v(i0, i1, ...), one index per dimension.
+    template <class... Ints>
+    TINYLLM_HOST_DEVICE constexpr T& operator()(Ints... indices) const {
+        static_assert(sizeof...(Ints) == Rank, "tinyllm::tensor_view: give exactly one index per dimension");
+        static_assert((std::is_integral_v<Ints> && ...), "tinyllm::tensor_view: indices must be integers");
+        const index_t idx[Rank] = {static_cast<index_t>(indices)...};
+        index_t offset = 0;
+        for (std::size_t d = 0; d < Rank; ++d) {
+            detail::check_index(idx[d], shape_[d], d);
+            offset += idx[d] * strides_[d];
+        }
+        return data_[offset];
+    }
+
+    // The (Rank-1)-dimensional view at index i of dimension `dim`:
+    // for x of shape (B, T, D), x.slice(0, b) is the (T, D) sequence b.
+    template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
+    TINYLLM_HOST_DEVICE constexpr tensor_view<T, Rank - 1> slice(std::size_t dim, index_t i) const {
+        detail::check_index(i, shape_[dim], dim);
+        extents<Rank - 1> shape, strides;
+        for (std::size_t d = 0, k = 0; d < Rank; ++d) {
+            if (d == dim) continue;
+            shape[k] = shape_[d];
+            strides[k] = strides_[d];
+            ++k;
+        }
+        return {data_ + i * strides_[dim], shape, strides};
+    }
+
+    // Elements [start, start + length) of dimension `dim`, other dimensions whole.
+    TINYLLM_HOST_DEVICE constexpr tensor_view narrow(std::size_t dim, index_t start, index_t length) const {
+        if (length > 0) {
+            detail::check_index(start, shape_[dim], dim);
+            detail::check_index(start + length - 1, shape_[dim], dim);
+        }
+        shape_type shape = shape_;
+        shape[dim] = length;
+        return {data_ + start * strides_[dim], shape, strides_};
+    }
+
+    // The same memory with dimensions a and b swapped (no copy).
+    TINYLLM_HOST_DEVICE constexpr tensor_view transpose(std::size_t a, std::size_t b) const {
+        shape_type shape = shape_, strides = strides_;
+        index_t t = shape[a]; shape[a] = shape[b]; shape[b] = t;
+        t = strides[a]; strides[a] = strides[b]; strides[b] = t;
+        return {data_, shape, strides};
+    }
+
+private:
+    T* data_ = nullptr;
+    shape_type shape_;
+    shape_type strides_;
+};
+
+// View a contiguous buffer as a tensor of a new shape with the same number of
+// elements: reshape(x, {B * T, D}). Host-only because it validates.
+template <std::size_t NewRank, class T, std::size_t Rank>
+tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const extents<NewRank>& shape) {
+    TINYLLM_EXPECT(x.is_contiguous(), "reshape needs a contiguous tensor; this one has shape ",
+                   to_string(x.shape()), " and strides ", to_string(x.strides()));
+    TINYLLM_EXPECT(shape.product() == x.size(), "reshape from ", to_string(x.shape()), " to ",
+                   to_string(shape), " changes the number of elements");
+    return {x.data(), shape};
+}
+
+// Check that a tensor argument has the shape an operation needs, e.g.
+// expect_shape(out, x.shape(), "layer_norm: out"). Throws with both shapes.
+template <class T, std::size_t Rank>
+void expect_shape(const tensor_view<T, Rank>& x, const extents<Rank>& shape, std::string_view what) {
+    if (x.shape() != shape)
+        throw error(detail::cat("tinyllm: ", what, " has shape ", to_string(x.shape()), " but ",
+                                to_string(shape), " is required"));
+}
+
+// A tensor that owns its elements in host memory, contiguous and row-major.
+template <class T, std::size_t Rank>
+class tensor {
+public:
+    using shape_type = extents<Rank>;
+
+    tensor() = default;
+    explicit tensor(const shape_type& shape, const T& value = T{})
+        : shape_(checked(shape)), data_(static_cast<std::size_t>(shape.product()), value) {}
+
+    tensor_view<T, Rank> view() { return {data_.data(), shape_}; }
+    tensor_view<const T, Rank> view() const { return {data_.data(), shape_}; }
+    operator tensor_view<T, Rank>() { return view(); }
+    operator tensor_view<const T, Rank>() const { return view(); }
+
+    template <class... Ints>
+    T& operator()(Ints... indices) { return view()(indices...); }
+    template <class... Ints>
+    const T& operator()(Ints... indices) const { return view()(indices...); }
+
+    T* data() { return data_.data(); }
+    const T* data() const { return data_.data(); }
+    const shape_type& shape() const { return shape_; }
+    index_t extent(std::size_t d) const { return shape_[d]; }
+    index_t size() const { return static_cast<index_t>(data_.size()); }
+
+    // The elements as a flat, row-major std::vector.
+    std::vector<T>& values() { return data_; }
+    const std::vector<T>& values() const { return data_; }
+
+private:
+    static shape_type checked(const shape_type& shape) {
+        for (std::size_t d = 0; d < Rank; ++d)
+            TINYLLM_EXPECT(shape[d] >= 0, "tensor shape ", to_string(shape), " has a negative extent");
+        return shape;
+    }
+
+    shape_type shape_;
+    std::vector<T> data_;
+};
+
+}  // namespace tinyllm

@@ -1,0 +1,75 @@
+// Tests for the test helper itself (tests/support/compare.hpp): a checker that
+// could not fail would make every kernel test worthless.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+using tinyllm_test::compare;
+using tinyllm_test::tolerance;
+
+TEST_CASE("identical values pass with zero error", "[compare]") {
+    const std::vector<float> got{1.0f, -2.0f, 3.5f};
+    const std::vector<double> ref{1.0, -2.0, 3.5};
+    const auto c = compare(got, ref, tolerance{0, 0, 0});
+    CHECK(c.passed);
+    CHECK(c.max_abs_error == 0.0);
+    CHECK(c.rel_l2_error == 0.0);
+    CHECK(c.report.find("PASS") != std::string::npos);
+}
+
+TEST_CASE("NaN and infinity never pass, whatever the tolerance", "[compare]") {
+    const std::vector<double> ref{1.0, 2.0, 3.0};
+    const double inf = std::numeric_limits<double>::infinity();
+    const tolerance loose{1e30, 1e30, inf};
+    const auto with_nan = compare(std::vector<float>{1.0f, std::nanf(""), 3.0f}, ref, loose);
+    CHECK_FALSE(with_nan.passed);
+    CHECK(with_nan.non_finite == 1);
+    CHECK(with_nan.max_abs_index == 1);
+    CHECK(with_nan.report.find("NaN/Inf never pass") != std::string::npos);
+    const auto with_inf = compare(std::vector<float>{1.0f, 2.0f, std::numeric_limits<float>::infinity()}, ref, loose);
+    CHECK_FALSE(with_inf.passed);
+    const auto nan_reference = compare(std::vector<float>{1.0f, 2.0f, 3.0f}, std::vector<double>{1, 2, std::nan("")}, loose);
+    CHECK_FALSE(nan_reference.passed);
+}
+
+TEST_CASE("per-element tolerance is abs + rel * |ref|", "[compare]") {
+    const std::vector<double> ref{100.0, 0.0};
+    CHECK(compare(std::vector<float>{100.5f, 0.05f}, ref, tolerance{0.1, 0.01}).passed);   // 0.5 <= 0.1 + 1
+    CHECK_FALSE(compare(std::vector<float>{100.5f, 0.2f}, ref, tolerance{0.1, 0.01}).passed);  // 0.2 > 0.1
+    const auto c = compare(std::vector<float>{102.0f, 0.0f}, ref, tolerance{0.1, 0.01});
+    CHECK_FALSE(c.passed);
+    CHECK(c.mismatches == 1);
+    CHECK(c.max_abs_error == tinyllm_test::Approx(2.0));
+    CHECK(c.max_abs_index == 0);
+    CHECK(c.report.find("[0] got 102, expected 100") != std::string::npos);
+}
+
+TEST_CASE("the relative L2 bound applies on top of the per-element bound", "[compare]") {
+    const std::vector<double> ref{1.0, 1.0, 1.0, 1.0};
+    const std::vector<float> got{1.1f, 0.9f, 1.1f, 0.9f};  // rel-L2 = 0.1
+    const auto c = compare(got, ref, tolerance{0.2, 0.0, 0.05});
+    CHECK(c.mismatches == 0);
+    CHECK(c.rel_l2_error == tinyllm_test::Approx(0.1).epsilon(1e-5));
+    CHECK_FALSE(c.passed);
+    CHECK(compare(got, ref, tolerance{0.2, 0.0, 0.11}).passed);
+}
+
+TEST_CASE("sizes must match, and 16-bit results compare through float", "[compare]") {
+    CHECK_FALSE(compare(std::vector<float>{1.0f}, std::vector<double>{1.0, 2.0}, tolerance{1, 1}).passed);
+    const std::vector<tinyllm::bfloat16> got{tinyllm::float_to_bf16(1.0f), tinyllm::float_to_bf16(3.0f)};
+    CHECK(compare(got, std::vector<double>{1.0, 3.0}, tolerance{0, 0}).passed);
+    CHECK_FALSE(compare(got, std::vector<double>{1.0, 3.1}, tolerance{0.01, 0}).passed);
+}
+
+TEST_CASE("random inputs are fresh per input number and reproducible by seed", "[compare]") {
+    const auto a = tinyllm_test::random_floats(100, 0), b = tinyllm_test::random_floats(100, 1);
+    CHECK(a != b);
+    CHECK(a == tinyllm_test::random_floats(100, 0));
+    for (float x : a) {
+        REQUIRE(x >= -1.0f);
+        REQUIRE(x < 1.0f);
+    }
+}

@@ -1,0 +1,142 @@
+// Tests for tinyllm/tensor.hpp: shapes, strides, indexing, views, bounds checks.
+#include "support/catch.hpp"
+
+#include <tinyllm/tensor.hpp>
+
+#include <numeric>
+#include <string>
+#include <vector>
+
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::tensor;
+using tinyllm::tensor_view;
+
+TEST_CASE("row-major strides of a (B, T, H, D) shape", "[tensor]") {
+    const extents<4> shape{2, 3, 4, 5};
+    const auto strides = tinyllm::row_major_strides(shape);
+    CHECK(strides[3] == 1);
+    CHECK(strides[2] == 5);
+    CHECK(strides[1] == 20);
+    CHECK(strides[0] == 60);
+    CHECK(shape.product() == 120);
+    CHECK(tinyllm::to_string(shape) == "(2, 3, 4, 5)");
+}
+
+TEST_CASE("a contiguous view addresses element (i, j, k) at i*s0 + j*s1 + k", "[tensor]") {
+    std::vector<int> data(2 * 3 * 4);
+    std::iota(data.begin(), data.end(), 0);
+    tensor_view<int, 3> x(data.data(), {2, 3, 4});  // (2, 3, 4)
+    CHECK(x.size() == 24);
+    CHECK(x.is_contiguous());
+    for (index_t i = 0; i < 2; ++i)
+        for (index_t j = 0; j < 3; ++j)
+            for (index_t k = 0; k < 4; ++k) CHECK(x(i, j, k) == i * 12 + j * 4 + k);
+    x(1, 2, 3) = -7;
+    CHECK(data.back() == -7);
+}
+
+TEST_CASE("transpose swaps strides without copying", "[tensor]") {
+    std::vector<float> data(6);
+    std::iota(data.begin(), data.end(), 0.0f);
+    tensor_view<float, 2> a(data.data(), {2, 3});  // (2, 3)
+    auto t = a.transpose(0, 1);                     // (3, 2)
+    CHECK(t.extent(0) == 3);
+    CHECK(t.extent(1) == 2);
+    CHECK(t.stride(0) == 1);
+    CHECK(t.stride(1) == 3);
+    CHECK_FALSE(t.is_contiguous());
+    for (index_t i = 0; i < 2; ++i)
+        for (index_t j = 0; j < 3; ++j) CHECK(t(j, i) == a(i, j));
+    CHECK(t.data() == a.data());
+}
+
+TEST_CASE("slice drops a dimension and narrow keeps a range", "[tensor]") {
+    std::vector<int> data(2 * 3 * 4);
+    std::iota(data.begin(), data.end(), 0);
+    tensor_view<int, 3> x(data.data(), {2, 3, 4});  // (B=2, T=3, D=4)
+
+    auto seq1 = x.slice(0, 1);  // (3, 4): batch row 1
+    CHECK(seq1.extent(0) == 3);
+    CHECK(seq1(2, 3) == x(1, 2, 3));
+    CHECK(seq1.is_contiguous());
+
+    auto col = x.slice(2, 2);  // (2, 3): feature 2 of every token
+    CHECK(col.stride(0) == 12);
+    CHECK(col.stride(1) == 4);
+    CHECK(col(1, 1) == x(1, 1, 2));
+    CHECK_FALSE(col.is_contiguous());
+
+    auto mid = x.narrow(1, 1, 2);  // (2, 2, 4): tokens 1 and 2
+    CHECK(mid.extent(1) == 2);
+    CHECK(mid(0, 0, 0) == x(0, 1, 0));
+    CHECK(mid(1, 1, 3) == x(1, 2, 3));
+    CHECK_FALSE(mid.is_contiguous());
+    CHECK(x.narrow(1, 0, 3).is_contiguous());
+}
+
+TEST_CASE("a view of T converts to a view of const T", "[tensor]") {
+    std::vector<double> data{1, 2, 3};
+    tensor_view<double, 1> v(data.data(), {3});
+    tensor_view<const double, 1> c = v;
+    CHECK(c(2) == 3.0);
+    STATIC_REQUIRE_FALSE(std::is_convertible_v<tensor_view<const double, 1>, tensor_view<double, 1>>);
+}
+
+TEST_CASE("shapes built from mixed integer types", "[tensor]") {
+    const std::size_t rows = 3;
+    const int cols = 5;
+    extents<2> e{rows, cols};
+    CHECK(e[0] == 3);
+    CHECK(e[1] == 5);
+    CHECK(e == extents<2>{3, 5});
+    CHECK(e != extents<2>{5, 3});
+}
+
+TEST_CASE("reshape needs contiguity and the same element count", "[tensor][errors]") {
+    std::vector<float> data(24);
+    tensor_view<float, 3> x(data.data(), {2, 3, 4});
+    auto flat = tinyllm::reshape(x, extents<2>{6, 4});
+    CHECK(flat.extent(0) == 6);
+    CHECK(&flat(5, 3) == &data[23]);
+    CHECK_THROWS_AS(tinyllm::reshape(x, extents<2>{5, 4}), tinyllm::error);
+    CHECK_THROWS_WITH(tinyllm::reshape(x.transpose(0, 2), extents<1>{24}),
+                      tinyllm_test::contains("needs a contiguous tensor"));
+}
+
+#if TINYLLM_BOUNDS_CHECK
+TEST_CASE("out-of-range indices throw in checked builds", "[tensor][errors]") {
+    std::vector<float> data(6);
+    tensor_view<float, 2> a(data.data(), {2, 3});
+    CHECK_NOTHROW(a(1, 2));
+    CHECK_THROWS_AS(a(2, 0), tinyllm::error);
+    CHECK_THROWS_AS(a(0, -1), tinyllm::error);
+    CHECK_THROWS_WITH(a(0, 3), tinyllm_test::contains("index 3 is out of range [0, 3) in dimension 1"));
+    CHECK_THROWS_AS(a.slice(0, 2), tinyllm::error);
+    CHECK_THROWS_AS(a.narrow(1, 2, 2), tinyllm::error);
+}
+#endif
+
+TEST_CASE("expect_shape names both shapes", "[tensor][errors]") {
+    std::vector<float> data(6);
+    tensor_view<float, 2> a(data.data(), {2, 3});
+    CHECK_NOTHROW(tinyllm::expect_shape(a, {2, 3}, "x"));
+    CHECK_THROWS_WITH(tinyllm::expect_shape(a, {3, 2}, "layer_norm: out"),
+                      tinyllm_test::contains("layer_norm: out has shape (2, 3) but (3, 2) is required"));
+}
+
+TEST_CASE("the owning tensor holds row-major data and hands out views", "[tensor]") {
+    tensor<float, 2> t({3, 4}, 1.5f);  // (3, 4)
+    CHECK(t.size() == 12);
+    CHECK(t(2, 3) == 1.5f);
+    t(1, 2) = 7.0f;
+    CHECK(t.values()[1 * 4 + 2] == 7.0f);
+    tensor_view<float, 2> v = t.view();
+    CHECK(v(1, 2) == 7.0f);
+    const tensor<float, 2>& ct = t;
+    tensor_view<const float, 2> cv = ct.view();
+    CHECK(cv.data() == t.data());
+    CHECK_THROWS_AS((tensor<float, 2>({-1, 4})), tinyllm::error);
+    tensor<float, 1> empty(extents<1>{0});
+    CHECK(empty.view().empty());
+}
