@@ -28,12 +28,16 @@
 namespace tinyllm::cuda {
 namespace detail {
 
-__global__ void copy_naive_kernel(float* out, const float* in, index_t n) {
+// (Kernels in headers are templates so that several .cu files may include them.)
+template <class T>
+__global__ void copy_naive_kernel(T* out, const T* in, index_t n) {
     const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
     if (i < n) out[i] = in[i];
 }
 
-__global__ void copy_vectorized_kernel(float* out, const float* in, index_t n) {
+template <class T>
+__global__ void copy_vectorized_kernel(T* out, const T* in, index_t n) {
+    static_assert(sizeof(T) == 4, "copy_vectorized_kernel moves 4-byte elements four at a time");
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
     const index_t first = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
     // The launcher guarantees 16-byte alignment of both pointers.
@@ -57,7 +61,7 @@ inline void copy_naive(tensor_view<float, 1> out, tensor_view<const float, 1> in
     detail::expect_same_size(out, in, "copy_naive");
     if (in.size() == 0) return;
     const int threads = 256;
-    detail::copy_naive_kernel<<<static_cast<unsigned>(ceil_div<index_t>(in.size(), threads)), threads, 0, stream>>>(
+    detail::copy_naive_kernel<float><<<static_cast<unsigned>(ceil_div<index_t>(in.size(), threads)), threads, 0, stream>>>(
         out.data(), in.data(), in.size());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -75,7 +79,7 @@ inline void copy_vectorized(tensor_view<float, 1> out, tensor_view<const float, 
     const int threads = 256;
     const index_t wanted = ceil_div<index_t>(ceil_div<index_t>(in.size(), 4), threads);
     const int blocks = static_cast<int>(wanted < 8 * sms ? wanted : 8 * sms);  // a few waves fill the GPU
-    detail::copy_vectorized_kernel<<<blocks, threads, 0, stream>>>(out.data(), in.data(), in.size());
+    detail::copy_vectorized_kernel<float><<<blocks, threads, 0, stream>>>(out.data(), in.data(), in.size());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -16,11 +16,15 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace tinyllm::cuda {
 namespace detail {
 
-__global__ void fill_uniform_kernel(float* out, index_t n, std::uint64_t seed, float lo, float hi) {
+// Kernels defined in headers are templates, so that several .cu files can
+// include the header without defining the kernel twice.
+template <class T>
+__global__ void fill_uniform_kernel(T* out, index_t n, std::uint64_t seed, float lo, float hi) {
     const index_t groups = ceil_div<index_t>(n, 4);
     for (index_t g = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; g < groups;
          g += static_cast<index_t>(gridDim.x) * blockDim.x) {
@@ -32,7 +36,7 @@ __global__ void fill_uniform_kernel(float* out, index_t n, std::uint64_t seed, f
         float v[4];
         for (int j = 0; j < 4; ++j) v[j] = tinyllm::fma(hi - lo, uniform_float(words.v[j]), lo);
         const index_t i = 4 * g;
-        if (i + 3 < n && (reinterpret_cast<std::uintptr_t>(out + i) % 16) == 0) {
+        if (std::is_same_v<T, float> && i + 3 < n && (reinterpret_cast<std::uintptr_t>(out + i) % 16) == 0) {
             *reinterpret_cast<float4*>(out + i) = make_float4(v[0], v[1], v[2], v[3]);
         } else {
             for (int j = 0; j < 4 && i + j < n; ++j) out[i + j] = v[j];
@@ -54,7 +58,7 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
     const index_t groups = ceil_div<index_t>(out.size(), 4);
     // Enough blocks to fill the GPU; the grid-stride loop covers any remainder.
     const int blocks = static_cast<int>(ceil_div<index_t>(groups, threads) < 4096 ? ceil_div<index_t>(groups, threads) : 4096);
-    detail::fill_uniform_kernel<<<blocks, threads, 0, stream>>>(out.data(), out.size(), seed, lo, hi);
+    detail::fill_uniform_kernel<float><<<blocks, threads, 0, stream>>>(out.data(), out.size(), seed, lo, hi);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

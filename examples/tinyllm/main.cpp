@@ -1,0 +1,200 @@
+// examples/tinyllm/main.cpp — the `tinyllm` command: info, tour, bench, and
+// every subcommand the components register (see registry.hpp).
+//
+//     tinyllm info                 version, build options, GPUs
+//     tinyllm tour [--chapter N]   a guided walk through the library
+//     tinyllm bench [COMPONENT]    CPU reference vs every CUDA version: agreement and speed
+//     tinyllm <command> --help     usage of any subcommand
+#include "gpu.hpp"
+#include "registry.hpp"
+
+#include <tinyllm/tinyllm.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+using namespace tinyllm_cli;
+
+namespace {
+
+void print_overview(std::ostream& out) {
+    out << "tinyllm " << TINYLLM_VERSION_STRING
+        << " — transformer building blocks: readable CPU references beside verified CUDA kernels\n\n"
+        << "usage: tinyllm <command> [options]      (tinyllm <command> --help for details)\n\ncommands:\n";
+    for (const auto& [name, cmd] : commands()) out << "  " << std::left << std::setw(18) << name << cmd.summary << "\n";
+}
+
+bool gpu_usable() { return !query_gpus().devices.empty(); }
+
+}  // namespace
+
+// ---- info --------------------------------------------------------------------
+TINYLLM_COMMAND("info", "version, build options and the GPUs found",
+                "usage: tinyllm info\n\nPrints the version, how this binary was built and the CUDA devices it can use.\n") {
+    parse_args(args, {}, {});
+    const gpu_report gpu = query_gpus();
+    out << "tinyllm " << TINYLLM_VERSION_STRING << "\n"
+        << "  C++ compiler:  " << __VERSION__ << " (C++" << __cplusplus / 100 % 100 << ")\n"
+#ifdef NDEBUG
+        << "  build:         optimized (NDEBUG), tensor bounds checks " << (TINYLLM_BOUNDS_CHECK ? "on" : "off") << "\n"
+#else
+        << "  build:         debug, tensor bounds checks " << (TINYLLM_BOUNDS_CHECK ? "on" : "off") << "\n"
+#endif
+        << "  CUDA:          "
+        << (gpu.built_with_cuda ? "built with CUDA " + gpu.cuda_version + " for sm_" + gpu.architectures : "not built")
+        << "\n";
+    if (gpu.devices.empty()) {
+        out << "  GPUs:          no GPU (" << gpu.why_none << ")\n";
+    } else {
+        for (const auto& d : gpu.devices) out << "  " << d << "\n";
+    }
+    return 0;
+}
+
+// ---- tour ----------------------------------------------------------------------
+TINYLLM_COMMAND("tour", "a guided walk through what the library does",
+                "usage: tinyllm tour [--chapter NAME] [--list]\n\n"
+                "Walks through tinyllm on one sentence, printing what goes into each step and what\n"
+                "comes out, with shapes.\n\n"
+                "  --chapter NAME   run only this chapter\n"
+                "  --list           list the chapters\n") {
+    const auto a = parse_args(args, {"chapter"}, {"list"});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    auto all = chapters();
+    std::stable_sort(all.begin(), all.end(), [](const chapter& x, const chapter& y) { return x.order < y.order; });
+    if (a.has_flag("list")) {
+        for (const auto& c : all) out << "  " << std::left << std::setw(14) << c.name << c.title << "\n";
+        return 0;
+    }
+    const std::string only = a.get("chapter");
+    if (!only.empty() && std::none_of(all.begin(), all.end(), [&](const chapter& c) { return c.name == only; }))
+        throw usage_error("no chapter named '" + only + "' (tinyllm tour --list shows them)");
+    tour_context ctx{out, gpu_usable()};
+    out << "tinyllm tour — the sentence we follow through the library:\n\n    \"" << example_sentence << "\"\n";
+    int number = 0;
+    for (const auto& c : all) {
+        ++number;
+        if (!only.empty() && c.name != only) continue;
+        const std::string heading = "Chapter " + std::to_string(number) + ": " + c.title;
+        out << "\n" << heading << "\n" << std::string(heading.size(), '=') << "\n\n";
+        c.run(ctx);
+    }
+    return 0;
+}
+
+// ---- bench -----------------------------------------------------------------------
+TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: agreement and speed",
+                "usage: tinyllm bench [COMPONENT...] [--size N] [--repeats N] [--json FILE] [--list]\n\n"
+                "For each component, runs the CPU reference and (when a GPU is present) every CUDA\n"
+                "version on the same inputs, checks that they agree with the reference, and prints\n"
+                "the median time, GB/s or TFLOP/s and the speed-up over the baseline (the naive\n"
+                "version). Exits with status 1 if any version disagrees.\n\n"
+                "  COMPONENT     only these components (default: all)\n"
+                "  --size N      problem size (elements; each component documents its meaning)\n"
+                "  --repeats N   timed runs per version (default 10; the median is reported)\n"
+                "  --json FILE   also write every timing as JSON (Google Benchmark layout)\n"
+                "  --list        list the components\n") {
+    const auto a = parse_args(args, {"size", "repeats", "json"}, {"list"});
+    std::vector<std::string> names;
+    for (const auto& c : bench_components())
+        if (std::find(names.begin(), names.end(), c.name) == names.end()) names.push_back(c.name);
+    if (a.has_flag("list")) {
+        for (const auto& n : names) {
+            const auto it = std::find_if(bench_components().begin(), bench_components().end(),
+                                         [&](const bench_component& c) { return c.name == n; });
+            out << "  " << std::left << std::setw(14) << n << it->description << "\n";
+        }
+        return 0;
+    }
+    for (const auto& p : a.positional)
+        if (std::find(names.begin(), names.end(), p) == names.end())
+            throw usage_error("no benchmark component named '" + p + "' (tinyllm bench --list shows them)");
+    const long long repeats = a.get_int("repeats", 10);
+    if (repeats < 1) throw usage_error("--repeats must be at least 1");
+    const long long size = a.get_int("size", 0);
+    if (size < 0) throw usage_error("--size must be positive");
+
+    const bool gpu = gpu_usable();
+    out << (gpu ? "GPU: " + query_gpus().devices.front() : "no GPU: CPU reference rows only") << "\n";
+    std::vector<tinyllm::timing_result> all_timings;
+    bool all_agree = true;
+    for (const auto& name : names) {
+        if (!a.positional.empty() && std::find(a.positional.begin(), a.positional.end(), name) == a.positional.end())
+            continue;
+        std::vector<bench_component> parts;
+        for (const auto& c : bench_components())
+            if (c.name == name) parts.push_back(c);
+        std::stable_sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.order < y.order; });
+        bench_context ctx{out, size, static_cast<int>(repeats), gpu, {}};
+        out << "\n== " << name << ": " << parts.front().description << "\n";
+        for (const auto& p : parts) p.run(ctx);
+        const bench_row* base = nullptr;
+        for (const auto& r : ctx.rows)
+            if (r.baseline && !base) base = &r;
+        out << std::left << std::setw(22) << "version" << std::setw(6) << "dev" << std::right << std::setw(12)
+            << "median us" << std::setw(10) << "GB/s" << std::setw(10) << "TFLOP/s" << std::setw(10) << "speed-up"
+            << "  check\n";
+        for (const auto& r : ctx.rows) {
+            std::ostringstream speedup;
+            if (base) speedup << std::fixed << std::setprecision(2) << base->timing.median_us / r.timing.median_us << "x";
+            out << std::left << std::setw(22) << r.version << std::setw(6) << r.device << std::right << std::fixed
+                << std::setprecision(2) << std::setw(12) << r.timing.median_us << std::setprecision(1)
+                << std::setw(10) << r.timing.gb_per_s() << std::setprecision(3) << std::setw(10)
+                << r.timing.tflop_per_s() << std::setw(10) << speedup.str() << "  " << (r.agrees ? "" : "DISAGREES: ")
+                << r.check << "\n";
+            out.unsetf(std::ios::fixed);
+            all_agree = all_agree && r.agrees;
+            all_timings.push_back(r.timing);
+        }
+        if (base) out << "(speed-up over " << base->version << ")\n";
+    }
+    if (const std::string path = a.get("json"); !path.empty()) {
+        std::ofstream file(path);
+        if (!file) throw tinyllm::error("tinyllm bench: cannot write " + path);
+        const auto report = query_gpus();
+        tinyllm::write_json(file, all_timings, {{"device", gpu ? report.devices.front() : "cpu"}});
+        out << "\nwrote " << path << "\n";
+    }
+    if (!all_agree) out << "\nSome versions DISAGREE with the CPU reference.\n";
+    return all_agree ? 0 : 1;
+}
+
+// ---- dispatch -------------------------------------------------------------------------
+int main(int argc, char* argv[]) {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+        print_overview(std::cout);
+        return args.empty() ? 2 : 0;
+    }
+    if (args[0] == "--version") {
+        std::cout << "tinyllm " << TINYLLM_VERSION_STRING << "\n";
+        return 0;
+    }
+    const auto it = commands().find(args[0]);
+    if (it == commands().end()) {
+        std::cerr << "tinyllm: unknown command '" << args[0] << "'\n\n";
+        print_overview(std::cerr);
+        return 2;
+    }
+    const command& cmd = it->second;
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    if (std::find(rest.begin(), rest.end(), "--help") != rest.end() ||
+        std::find(rest.begin(), rest.end(), "-h") != rest.end()) {
+        std::cout << cmd.usage;
+        return 0;
+    }
+    try {
+        return cmd.run(rest, std::cout);
+    } catch (const usage_error& e) {
+        std::cerr << "tinyllm " << cmd.name << ": " << e.what() << "\n\n" << cmd.usage;
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << e.what() << "\n";
+        return 1;
+    }
+}

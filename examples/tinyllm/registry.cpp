@@ -1,0 +1,96 @@
+// examples/tinyllm/registry.cpp — the registries and the option parser.
+#include "registry.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace tinyllm_cli {
+
+std::vector<chapter>& chapters() {
+    static std::vector<chapter> all;
+    return all;
+}
+std::map<std::string, command>& commands() {
+    static std::map<std::string, command> all;
+    return all;
+}
+std::vector<bench_component>& bench_components() {
+    static std::vector<bench_component> all;
+    return all;
+}
+
+namespace detail {
+registrar::registrar(int order, const char* name, const char* title, void (*fn)(tour_context&)) {
+    chapters().push_back({order, name, title, fn});
+}
+registrar::registrar(const char* name, const char* summary, const char* usage,
+                     int (*fn)(const std::vector<std::string>&, std::ostream&)) {
+    commands()[name] = {name, summary, usage, fn};
+}
+registrar::registrar(const char* name, const char* description, int order, void (*fn)(bench_context&)) {
+    bench_components().push_back({name, description, order, fn});
+}
+}  // namespace detail
+
+bool parsed_args::has_flag(const std::string& f) const {
+    return std::find(flags.begin(), flags.end(), f) != flags.end();
+}
+
+std::string parsed_args::get(const std::string& name, const std::string& fallback) const {
+    const auto it = options.find(name);
+    return it == options.end() ? fallback : it->second;
+}
+
+long long parsed_args::get_int(const std::string& name, long long fallback) const {
+    const auto it = options.find(name);
+    if (it == options.end()) return fallback;
+    char* end = nullptr;
+    const long long v = std::strtoll(it->second.c_str(), &end, 10);
+    if (it->second.empty() || *end != '\0') throw usage_error("--" + name + " needs an integer, got '" + it->second + "'");
+    return v;
+}
+
+double parsed_args::get_double(const std::string& name, double fallback) const {
+    const auto it = options.find(name);
+    if (it == options.end()) return fallback;
+    char* end = nullptr;
+    const double v = std::strtod(it->second.c_str(), &end);
+    if (it->second.empty() || *end != '\0') throw usage_error("--" + name + " needs a number, got '" + it->second + "'");
+    return v;
+}
+
+parsed_args parse_args(const std::vector<std::string>& args, const std::vector<std::string>& value_options,
+                       const std::vector<std::string>& flag_options) {
+    auto is_in = [](const std::vector<std::string>& list, const std::string& s) {
+        return std::find(list.begin(), list.end(), s) != list.end();
+    };
+    parsed_args parsed;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a.size() < 2 || a[0] != '-' || a == "--") {
+            parsed.positional.push_back(a);
+            continue;
+        }
+        std::string name = a.substr(a[1] == '-' ? 2 : 1), value;
+        const auto eq = name.find('=');
+        const bool inline_value = eq != std::string::npos;
+        if (inline_value) {
+            value = name.substr(eq + 1);
+            name = name.substr(0, eq);
+        }
+        if (is_in(value_options, name)) {
+            if (!inline_value) {
+                if (i + 1 >= args.size()) throw usage_error("option --" + name + " needs a value");
+                value = args[++i];
+            }
+            parsed.options[name] = value;
+        } else if (is_in(flag_options, name) && !inline_value) {
+            parsed.flags.push_back(name);
+        } else {
+            throw usage_error("unknown option '" + a + "'");
+        }
+    }
+    return parsed;
+}
+
+}  // namespace tinyllm_cli

@@ -1,0 +1,132 @@
+// examples/tinyllm/registry.hpp — how the parts of the `tinyllm` command find
+// each other.
+//
+// The command is assembled from small files, one per component, that register
+// themselves when the program starts; no central list needs editing when a
+// component lands. A file can register:
+//
+//   * a tour chapter    TINYLLM_TOUR_CHAPTER(order, "name", "Title") { ... }
+//   * a subcommand      TINYLLM_COMMAND("tokenize", "one-line summary", usage_text) { ... }
+//   * benchmark rows    TINYLLM_BENCH("component", "one-line description") { ... }
+//
+// Each body receives a context (below) and writes to ctx.out.
+#pragma once
+
+#include <tinyllm/timing.hpp>
+
+#include <functional>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace tinyllm_cli {
+
+// The sentence every tour chapter works on.
+inline constexpr const char* example_sentence =
+    "The tiger jumped out of a tree to get a drink because it was thirsty.";
+
+// ---- tour chapters ------------------------------------------------------------
+struct tour_context {
+    std::ostream& out;
+    bool gpu_available = false;  // a CUDA device is usable (chapters may show GPU results)
+};
+struct chapter {
+    int order;  // chapters run in increasing order: foundation 10, tokenize 20, positional 30, ...
+    std::string name;
+    std::string title;
+    std::function<void(tour_context&)> run;
+};
+std::vector<chapter>& chapters();
+
+// ---- subcommands ----------------------------------------------------------------
+// args: the words after the subcommand name. Return the exit status. Throw
+// usage_error for bad options (the caller prints it with the usage text, exit 2).
+struct command {
+    std::string name;
+    std::string summary;
+    std::string usage;
+    std::function<int(const std::vector<std::string>& args, std::ostream& out)> run;
+};
+std::map<std::string, command>& commands();
+
+// ---- benchmark rows -------------------------------------------------------------
+// One row per implementation run on the same inputs. The first row marked
+// `baseline` is what speed-ups are measured against (the naive version).
+struct bench_row {
+    std::string version;        // "cpu reference", "v1 naive", "v2 vectorized", "cudaMemcpy", ...
+    std::string device;         // "cpu" or "cuda"
+    tinyllm::timing_result timing;
+    std::string check;          // how it agreed with the CPU reference, e.g. "bit-exact" or "max-abs 3e-7"
+    bool agrees = true;         // false fails `tinyllm bench`
+    bool baseline = false;
+};
+struct bench_context {
+    std::ostream& out;
+    long long size = 0;         // problem size requested with --size (0: the component's default)
+    int repeats = 10;
+    bool gpu_available = false;
+    std::vector<bench_row> rows;  // the component appends here
+};
+struct bench_component {
+    std::string name;
+    std::string description;
+    // Several registrations may share a component name (e.g. one in a .cpp for
+    // the CPU reference and one in a .cu for the CUDA versions); they run in
+    // registration order of their `order` field.
+    int order = 0;
+    std::function<void(bench_context&)> run;
+};
+std::vector<bench_component>& bench_components();
+
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// ---- helpers for subcommands ------------------------------------------------------
+// A tiny option parser: `--name value`, `--name=value` and `--flag`.
+struct parsed_args {
+    std::map<std::string, std::string> options;  // --name value
+    std::vector<std::string> flags;              // --flag
+    std::vector<std::string> positional;
+    bool has_flag(const std::string& f) const;
+    std::string get(const std::string& name, const std::string& fallback = "") const;
+    long long get_int(const std::string& name, long long fallback) const;
+    double get_double(const std::string& name, double fallback) const;
+};
+// value_options: options that take a value; flag_options: options that don't.
+// Anything else starting with "-" is a usage_error naming the option.
+parsed_args parse_args(const std::vector<std::string>& args, const std::vector<std::string>& value_options,
+                       const std::vector<std::string>& flag_options);
+
+namespace detail {
+struct registrar {
+    registrar(int order, const char* name, const char* title, void (*fn)(tour_context&));
+    registrar(const char* name, const char* summary, const char* usage,
+              int (*fn)(const std::vector<std::string>&, std::ostream&));
+    registrar(const char* name, const char* description, int order, void (*fn)(bench_context&));
+};
+}  // namespace detail
+
+}  // namespace tinyllm_cli
+
+#define TINYLLM_CLI_CONCAT2(a, b) a##b
+#define TINYLLM_CLI_CONCAT(a, b) TINYLLM_CLI_CONCAT2(a, b)
+
+#define TINYLLM_TOUR_CHAPTER(order, name, title)                                                   \
+    static void TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__)(::tinyllm_cli::tour_context&);          \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(tour_registrar_, __LINE__)(    \
+        order, name, title, &TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__));                          \
+    static void TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__)(::tinyllm_cli::tour_context & ctx)
+
+#define TINYLLM_COMMAND(name, summary, usage)                                                      \
+    static int TINYLLM_CLI_CONCAT(command_, __LINE__)(const std::vector<std::string>&, std::ostream&); \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(command_registrar_, __LINE__)( \
+        name, summary, usage, &TINYLLM_CLI_CONCAT(command_, __LINE__));                             \
+    static int TINYLLM_CLI_CONCAT(command_, __LINE__)(const std::vector<std::string>& args, std::ostream& out)
+
+#define TINYLLM_BENCH(component, description, order)                                               \
+    static void TINYLLM_CLI_CONCAT(bench_, __LINE__)(::tinyllm_cli::bench_context&);               \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(bench_registrar_, __LINE__)(  \
+        component, description, order, &TINYLLM_CLI_CONCAT(bench_, __LINE__));                     \
+    static void TINYLLM_CLI_CONCAT(bench_, __LINE__)(::tinyllm_cli::bench_context & ctx)
