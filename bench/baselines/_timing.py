@@ -1,0 +1,80 @@
+"""Shared timing for the PyTorch baselines (bench/baselines/*.py).
+
+Each baseline times what a user would otherwise call (PyTorch on the same GPU)
+on the same shapes as a `tinyllm bench` row, the same way tinyllm's CUDA
+harness does: warm-up runs, then for each timed run an L2 flush (writing a
+buffer twice the L2 size) followed by CUDA events around the work alone; the
+median is reported. Results are written as JSON in Google Benchmark's layout,
+named "component/pytorch_<what>/<shape>" so tools/bench-report can put them in
+the same table as tinyllm's rows.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+
+def parse_args(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", help="write results to this file (Google Benchmark layout)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    return p.parse_args()
+
+
+def require_cuda_torch():
+    """Import torch and check for a GPU; exit 0 with a note when there is none."""
+    try:
+        import torch
+    except ImportError:
+        print("torch is not importable: baseline skipped")
+        sys.exit(0)
+    if not torch.cuda.is_available():
+        print("torch has no CUDA device: baseline skipped")
+        sys.exit(0)
+    return torch
+
+
+def time_cuda(torch, fn, repeats=20, warmup=3):
+    """Median, min and max microseconds of fn() on the current CUDA stream."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    flush = torch.empty(2 * max(l2, 1 << 20), dtype=torch.uint8, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        flush.fill_(0x5A)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop) * 1e3)
+    return statistics.median(times), min(times), max(times)
+
+
+class Results:
+    def __init__(self, torch):
+        self.torch = torch
+        self.rows = []
+
+    def add(self, name, timing, bytes=0.0, flops=0.0):
+        median, lo, hi = timing
+        row = {"name": name, "run_type": "iteration", "iterations": 0, "real_time": median,
+               "cpu_time": median, "time_unit": "us", "min_time_us": lo, "max_time_us": hi}
+        if bytes:
+            row["bytes_per_second"] = bytes / (median * 1e-6)
+        if flops:
+            row["flops_per_second"] = flops / (median * 1e-6)
+        self.rows.append(row)
+        rate = f"{bytes / (median * 1e3):10.1f} GB/s" if bytes else f"{flops / (median * 1e6):10.2f} TFLOP/s"
+        print(f"{name:56s} {median:12.2f} us {rate}")
+
+    def write(self, path):
+        if not path:
+            return
+        context = {"library": "pytorch " + self.torch.__version__, "timer": "cuda events, median",
+                   "device": self.torch.cuda.get_device_name(0)}
+        with open(path, "w") as f:
+            json.dump({"context": context, "benchmarks": self.rows}, f, indent=1)
