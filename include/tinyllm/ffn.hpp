@@ -1,0 +1,151 @@
+// tinyllm/ffn.hpp — the feed-forward (MLP) sub-layer of a transformer block:
+// a readable matrix product, torch.nn.Linear, the GPT-2 MLP and Llama's SwiGLU MLP.
+//
+// After attention has mixed information *between* tokens, the MLP transforms
+// each token's vector on its own, with the same weights for every position.
+// It widens the vector to a hidden size H (4D in GPT-2, ~8D/3 in Llama),
+// applies a non-linearity there, and projects back to D:
+//
+//     GPT-2:   mlp(x) = gelu_tanh(x W_fc^T + b_fc) W_proj^T + b_proj
+//     Llama:   mlp(x) = (silu(x W_gate^T) * (x W_up^T)) W_down^T          (no biases)
+//
+// The gated form (SwiGLU) spends a third projection to let one projection gate
+// the other, element by element; at equal parameter count it trains to lower
+// loss, which is why Llama-style models use H ~ 8D/3 instead of 4D.
+//
+// Weight layout: every weight here is (out_features, in_features), as in
+// torch.nn.Linear and the safetensors of Llama: y = x W^T + b. Views carry
+// strides, so a weight stored the other way round — GPT-2's Conv1D keeps
+// c_fc.weight as (in_features, out_features) — is passed as
+// w.transpose(0, 1) with no copy. `matmul(out, a, b)` is the plain product
+// out = a b with b (K, N).
+//
+// This CPU reference is the triple loop, accumulating in double: slow, obvious
+// and accurate. On the GPU (<tinyllm/cuda/ffn.cuh>) the products go to cuBLAS
+// and what tinyllm writes is the element-wise work between them, fused.
+#pragma once
+
+#include <tinyllm/activation.hpp>
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <string_view>
+#include <vector>
+
+namespace tinyllm {
+
+// The GPT-2 MLP's parameters (element type T), all in (out_features, in_features) layout.
+template <class T>
+struct gpt2_mlp_weights {
+    tensor_view<const T, 2> fc_weight;    // (H, D)  c_fc   ("up")
+    tensor_view<const T, 1> fc_bias;      // (H)
+    tensor_view<const T, 2> proj_weight;  // (D, H)  c_proj ("down")
+    tensor_view<const T, 1> proj_bias;    // (D)
+};
+
+// Llama's SwiGLU MLP's parameters, (out_features, in_features) layout, no biases.
+template <class T>
+struct swiglu_mlp_weights {
+    tensor_view<const T, 2> gate_weight;  // (H, D)  gate_proj
+    tensor_view<const T, 2> up_weight;    // (H, D)  up_proj
+    tensor_view<const T, 2> down_weight;  // (D, H)  down_proj
+};
+
+namespace detail {
+
+template <class Out, class X, class W, class B>
+void expect_linear_args(std::string_view op, const Out& out, const X& x, const W& weight, const B& bias) {
+    TINYLLM_EXPECT(weight.extent(1) == x.extent(1), op, ": weight is ", to_string(weight.shape()),
+                   " = (out_features, in_features) but x ", to_string(x.shape()), " has ", x.extent(1),
+                   " features; in_features must equal x's last dimension");
+    TINYLLM_EXPECT(out.extent(0) == x.extent(0) && out.extent(1) == weight.extent(0), op, ": out has shape ",
+                   to_string(out.shape()), " but (rows of x, out_features) = (", x.extent(0), ", ", weight.extent(0),
+                   ") is required");
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == weight.extent(0), op, ": bias has ", bias.extent(0),
+                   " elements but the layer has ", weight.extent(0), " out_features (or pass no bias)");
+    TINYLLM_EXPECT(out.data() != x.data() || out.size() == 0, op, ": out must not be the same memory as x");
+}
+
+template <class Out, class X, class W>
+void expect_gpt2_mlp_args(std::string_view op, const Out& out, const X& x, const W& w) {
+    const index_t D = x.extent(1), H = w.fc_weight.extent(0);
+    TINYLLM_EXPECT(w.fc_weight.extent(1) == D, op, ": fc_weight is ", to_string(w.fc_weight.shape()),
+                   " but must be (H, D) with D = ", D);
+    TINYLLM_EXPECT(w.fc_bias.extent(0) == H, op, ": fc_bias has ", w.fc_bias.extent(0), " elements but H = ", H);
+    TINYLLM_EXPECT(w.proj_weight.extent(0) == D && w.proj_weight.extent(1) == H, op, ": proj_weight is ",
+                   to_string(w.proj_weight.shape()), " but must be (D, H) = (", D, ", ", H, ")");
+    TINYLLM_EXPECT(w.proj_bias.extent(0) == D, op, ": proj_bias has ", w.proj_bias.extent(0), " elements but D = ", D);
+    if (out.shape() != x.shape())
+        throw error(cat("tinyllm: ", op, ": out has shape ", to_string(out.shape()), " but x has shape ",
+                        to_string(x.shape()), "; they must be equal"));
+}
+
+template <class Out, class X, class W>
+void expect_swiglu_mlp_args(std::string_view op, const Out& out, const X& x, const W& w) {
+    const index_t D = x.extent(1), H = w.gate_weight.extent(0);
+    TINYLLM_EXPECT(w.gate_weight.extent(1) == D, op, ": gate_weight is ", to_string(w.gate_weight.shape()),
+                   " but must be (H, D) with D = ", D);
+    TINYLLM_EXPECT(w.up_weight.shape() == w.gate_weight.shape(), op, ": up_weight is ", to_string(w.up_weight.shape()),
+                   " but must have gate_weight's shape ", to_string(w.gate_weight.shape()));
+    TINYLLM_EXPECT(w.down_weight.extent(0) == D && w.down_weight.extent(1) == H, op, ": down_weight is ",
+                   to_string(w.down_weight.shape()), " but must be (D, H) = (", D, ", ", H, ")");
+    if (out.shape() != x.shape())
+        throw error(cat("tinyllm: ", op, ": out has shape ", to_string(out.shape()), " but x has shape ",
+                        to_string(x.shape()), "; they must be equal"));
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// out = x weight^T + bias, torch.nn.Linear. out: (rows, N); x: (rows, K);
+// weight: (N, K), any strides; bias: (N) or empty. out must not overlap x.
+inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
+                   tensor_view<const float, 1> bias) {
+    detail::expect_linear_args("linear", out, x, weight, bias);
+    const index_t rows = x.extent(0), N = weight.extent(0), K = weight.extent(1);
+    for (index_t i = 0; i < rows; ++i) {
+        for (index_t n = 0; n < N; ++n) {
+            double acc = bias.size() ? bias(n) : 0.0;
+            for (index_t k = 0; k < K; ++k) acc += static_cast<double>(x(i, k)) * weight(n, k);
+            out(i, n) = static_cast<float>(acc);
+        }
+    }
+}
+
+// out = a b. out: (M, N); a: (M, K); b: (K, N). out must not overlap a.
+inline void matmul(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
+    TINYLLM_EXPECT(a.extent(1) == b.extent(0), "matmul: a is ", to_string(a.shape()), " and b is ",
+                   to_string(b.shape()), "; a's columns must equal b's rows");
+    linear(out, a, b.transpose(0, 1), {});  // a b = a (b^T)^T
+}
+
+// The GPT-2 MLP: out = act(x fc_weight^T + fc_bias) proj_weight^T + proj_bias,
+// act = gelu_tanh for GPT-2 (gelu_erf for BERT). out, x: (rows, D).
+inline void gpt2_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x, const gpt2_mlp_weights<float>& w,
+                     activation act = activation::gelu_tanh) {
+    detail::expect_gpt2_mlp_args("gpt2_mlp", out, x, w);
+    const index_t rows = x.extent(0), H = w.fc_weight.extent(0);
+    std::vector<float> hidden_data(static_cast<std::size_t>(rows * H));
+    tensor_view<float, 2> hidden(hidden_data.data(), {rows, H});  // (rows, H)
+    linear(hidden, x, w.fc_weight, w.fc_bias);
+    activate(hidden, hidden, act);
+    linear(out, hidden, w.proj_weight, w.proj_bias);
+}
+
+// Llama's MLP: out = (silu(x gate_weight^T) * (x up_weight^T)) down_weight^T. out, x: (rows, D).
+inline void swiglu_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x, const swiglu_mlp_weights<float>& w) {
+    detail::expect_swiglu_mlp_args("swiglu_mlp", out, x, w);
+    const index_t rows = x.extent(0), H = w.gate_weight.extent(0);
+    std::vector<float> gate_data(static_cast<std::size_t>(rows * H)), up_data(gate_data.size());
+    tensor_view<float, 2> gate(gate_data.data(), {rows, H});  // (rows, H)
+    tensor_view<float, 2> up(up_data.data(), {rows, H});      // (rows, H)
+    linear(gate, x, w.gate_weight, {});
+    linear(up, x, w.up_weight, {});
+    swiglu(gate, gate, up);
+    linear(out, gate, w.down_weight, {});
+}
+
+}  // namespace cpu
+}  // namespace tinyllm
