@@ -1,0 +1,250 @@
+// tinyllm/moe_dispatch.hpp — moving tokens to their experts and back:
+// dispatch (plan + gather), the experts' SwiGLU FFNs, and combine.
+//
+// After gating, token t must visit experts id(t, 0..k-1). Running each expert
+// on the whole batch with a mask would waste E/k of the work; instead the T·k
+// (token, slot) pairs are grouped by expert so each expert multiplies one
+// contiguous block of rows — one dense GEMM per expert:
+//
+//   1. histogram   count[e] = #slots routed to e (after capacity dropping)
+//   2. prefix sum  offset[e] = sum_{e' < e} padded(count[e'])       (exclusive scan)
+//                  padded(c) = c rounded up to `block` rows, so every expert's
+//                  block starts at a multiple of `block` (grouped GEMM tiles)
+//   3. scatter     slot (t, j) of expert e goes to row offset[e] + rank, where
+//                  rank = how many slots of e came before it in token order
+//   4. gather      x_sorted[row] = x[token of row]           (padding rows: 0)
+//   5. experts     y_sorted[rows of e] = FFN_e(x_sorted[rows of e])
+//   6. combine     y[t] = sum_j w(t, j) · y_sorted[row_of(t, j)]   (dropped slots add 0)
+//
+// The rank in token order is the same number capacity assignment uses
+// (moe_balance.hpp), so a slot is dropped exactly when rank >= capacity, and
+// the plan is deterministic: the same ids always give the same rows, on the
+// CPU and on the GPU (cuda/tinyllm/cuda/moe.cuh computes the rank with a
+// stable per-expert scan). Combine sums a token's k slots in slot order, so it
+// needs no atomics and its result does not depend on thread timing.
+//
+// The expert FFN is Mixtral's SwiGLU (Shazeer 2020, "GLU variants"):
+//     FFN_e(x) = W2_e · (silu(W1_e · x) ⊙ (W3_e · x)),   silu(a) = a · sigmoid(a)
+// with weights in PyTorch nn.Linear layout: W1_e, W3_e (F, D); W2_e (D, F).
+//
+// A whole Mixtral-style MoE block is cpu::moe_forward at the end of this file.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/moe_balance.hpp>
+#include <tinyllm/moe_gating.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace tinyllm {
+
+// Where every (token, slot) goes: a view of four int32 arrays in host memory
+// (CPU) or device memory (CUDA). Fill it with cpu::moe_plan / cuda::moe_plan.
+struct moe_plan_view {
+    tensor_view<std::int32_t, 2> row_of;          // (T, k): the slot's row in the sorted buffer, -1 if dropped
+    tensor_view<std::int32_t, 1> row_token;       // (R): the token a row holds; -1 for padding and unused rows
+    tensor_view<std::int32_t, 1> expert_offsets;  // (E + 1): expert e owns rows [offsets[e], offsets[e+1])
+    tensor_view<std::int32_t, 1> expert_counts;   // (E): rows of e holding a token (kept slots); the rest pad
+};
+
+struct moe_dispatch_options {
+    index_t capacity = -1;  // the most slots an expert accepts; < 0: unlimited
+    index_t block = 1;      // pad every expert's rows to a multiple of this (grouped GEMM tile height)
+};
+
+// R, the rows a plan may need: every slot kept, every expert padded by up to
+// block - 1 rows. (The rows actually used are expert_offsets[E].)
+inline index_t moe_max_rows(index_t tokens, index_t k, index_t experts, index_t block) {
+    return tokens * k + experts * (block - 1);
+}
+
+// silu(a) = a · sigmoid(a), shared by the CPU loop and the CUDA kernel.
+TINYLLM_HOST_DEVICE float moe_silu(float a) { return a / (1.0f + ::expf(-a)); }
+
+namespace detail {
+
+inline void expect_plan(const moe_plan_view& plan, index_t tokens, index_t k, index_t experts, index_t block,
+                        const char* op) {
+    expect_shape(plan.row_of, extents<2>{tokens, k}, std::string(op) + ": plan.row_of");
+    expect_shape(plan.expert_offsets, extents<1>{experts + 1}, std::string(op) + ": plan.expert_offsets");
+    expect_shape(plan.expert_counts, extents<1>{experts}, std::string(op) + ": plan.expert_counts");
+    TINYLLM_EXPECT(plan.row_token.extent(0) >= moe_max_rows(tokens, k, experts, block), op, ": plan.row_token has ",
+                   plan.row_token.extent(0), " rows but up to moe_max_rows(T, k, E, block) = ",
+                   moe_max_rows(tokens, k, experts, block), " may be needed");
+    TINYLLM_EXPECT(plan.row_of.is_contiguous() && plan.row_token.is_contiguous() &&
+                       plan.expert_offsets.is_contiguous() && plan.expert_counts.is_contiguous(),
+                   op, ": the plan's arrays must be contiguous");
+}
+
+inline void expect_dispatch_options(const moe_dispatch_options& o, const char* op) {
+    TINYLLM_EXPECT(o.block >= 1, op, ": block = ", o.block, " must be at least 1");
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// Steps 1–3: histogram, capacity, exclusive prefix sum, scatter.
+//   plan: row_of (T, k), row_token (R >= moe_max_rows), expert_offsets (E + 1), expert_counts (E)
+//   ids (T, k) int32. Returns the number of dropped slots.
+inline index_t moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
+                        const moe_dispatch_options& options = {}) {
+    const index_t T = ids.extent(0), k = ids.extent(1), E = plan.expert_counts.extent(0);
+    detail::expect_dispatch_options(options, "moe_plan");
+    detail::expect_plan(plan, T, k, E, options.block, "moe_plan");
+    TINYLLM_EXPECT(moe_max_rows(T, k, E, options.block) <= INT32_MAX, "moe_plan: ", moe_max_rows(T, k, E, options.block),
+                   " rows do not fit int32 row numbers");
+    // 1. Rank of every slot within its expert, in token order; dropped: -1.
+    const index_t dropped = assign_capacity(plan.row_of, ids, E, options.capacity);
+    // Histogram of kept slots.
+    for (index_t e = 0; e < E; ++e) plan.expert_counts(e) = 0;
+    for (index_t t = 0; t < T; ++t)
+        for (index_t j = 0; j < k; ++j)
+            if (plan.row_of(t, j) >= 0) ++plan.expert_counts(ids(t, j));
+    // 2. Exclusive prefix sum of the padded counts.
+    index_t offset = 0;
+    for (index_t e = 0; e < E; ++e) {
+        plan.expert_offsets(e) = static_cast<std::int32_t>(offset);
+        offset += ceil_div<index_t>(plan.expert_counts(e), options.block) * options.block;
+    }
+    plan.expert_offsets(E) = static_cast<std::int32_t>(offset);
+    // 3. Scatter: the rank becomes a row; every row records its token.
+    for (index_t r = 0; r < plan.row_token.extent(0); ++r) plan.row_token(r) = -1;
+    for (index_t t = 0; t < T; ++t) {
+        for (index_t j = 0; j < k; ++j) {
+            if (plan.row_of(t, j) < 0) continue;
+            const std::int32_t row = plan.expert_offsets(ids(t, j)) + plan.row_of(t, j);
+            plan.row_of(t, j) = row;
+            plan.row_token(row) = static_cast<std::int32_t>(t);
+        }
+    }
+    return dropped;
+}
+
+// Step 4: x_sorted[row] = x[row_token[row]], zero for padding/unused rows.
+//   out (R, D), x (T, D)
+inline void moe_gather(tensor_view<float, 2> out, tensor_view<const float, 2> x, const moe_plan_view& plan) {
+    const index_t R = out.extent(0), D = out.extent(1);
+    TINYLLM_EXPECT(plan.row_token.extent(0) == R, "moe_gather: out has ", R, " rows but plan.row_token has ",
+                   plan.row_token.extent(0));
+    TINYLLM_EXPECT(x.extent(1) == D, "moe_gather: x has width ", x.extent(1), " but out has width ", D);
+    for (index_t r = 0; r < R; ++r) {
+        const std::int32_t t = plan.row_token(r);
+        TINYLLM_EXPECT(t < x.extent(0), "moe_gather: plan.row_token(", r, ") = ", t, " but x has ", x.extent(0), " tokens");
+        for (index_t d = 0; d < D; ++d) out(r, d) = t >= 0 ? x(t, d) : 0.0f;
+    }
+}
+
+// Step 5: every expert's SwiGLU FFN on its rows; padding/unused rows get 0.
+//   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F)
+// Accumulates in double: this is the reference the GPU GEMMs are checked against.
+inline void moe_experts_swiglu(tensor_view<float, 2> out, tensor_view<const float, 2> in,
+                               tensor_view<const float, 3> w1, tensor_view<const float, 3> w3,
+                               tensor_view<const float, 3> w2, const moe_plan_view& plan) {
+    const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
+    expect_shape(out, in.shape(), "moe_experts_swiglu: out");
+    expect_shape(w1, extents<3>{E, F, D}, "moe_experts_swiglu: w1");
+    expect_shape(w3, extents<3>{E, F, D}, "moe_experts_swiglu: w3");
+    expect_shape(w2, extents<3>{E, D, F}, "moe_experts_swiglu: w2");
+    expect_shape(plan.expert_counts, extents<1>{E}, "moe_experts_swiglu: plan.expert_counts");
+    TINYLLM_EXPECT(plan.expert_offsets(E) <= R, "moe_experts_swiglu: the plan uses ", plan.expert_offsets(E),
+                   " rows but in has ", R);
+    for (index_t r = 0; r < R; ++r)
+        for (index_t d = 0; d < D; ++d) out(r, d) = 0.0f;
+    std::vector<double> h(static_cast<std::size_t>(F));
+    for (index_t e = 0; e < E; ++e) {
+        const index_t first = plan.expert_offsets(e), rows = plan.expert_counts(e);
+        for (index_t r = first; r < first + rows; ++r) {
+            for (index_t f = 0; f < F; ++f) {
+                double gate = 0, up = 0;
+                for (index_t d = 0; d < D; ++d) {
+                    gate += static_cast<double>(w1(e, f, d)) * in(r, d);
+                    up += static_cast<double>(w3(e, f, d)) * in(r, d);
+                }
+                h[f] = gate / (1.0 + std::exp(-gate)) * up;  // silu(gate) * up
+            }
+            for (index_t d = 0; d < D; ++d) {
+                double y = 0;
+                for (index_t f = 0; f < F; ++f) y += static_cast<double>(w2(e, d, f)) * h[f];
+                out(r, d) = static_cast<float>(y);
+            }
+        }
+    }
+}
+
+// Step 6: y[t] = sum_j weights(t, j) · expert_out[row_of(t, j)], slots in order,
+// dropped slots skipped (a token with every slot dropped gets 0: the residual
+// connection around the MoE block passes it through).
+//   out (T, D), expert_out (R, D), weights (T, k)
+inline void moe_combine(tensor_view<float, 2> out, tensor_view<const float, 2> expert_out,
+                        tensor_view<const float, 2> weights, const moe_plan_view& plan) {
+    const index_t T = out.extent(0), D = out.extent(1), k = weights.extent(1);
+    expect_shape(weights, extents<2>{T, k}, "moe_combine: weights");
+    expect_shape(plan.row_of, extents<2>{T, k}, "moe_combine: plan.row_of");
+    TINYLLM_EXPECT(expert_out.extent(1) == D, "moe_combine: expert_out has width ", expert_out.extent(1),
+                   " but out has width ", D);
+    for (index_t t = 0; t < T; ++t) {
+        for (index_t d = 0; d < D; ++d) {
+            float sum = 0.0f;
+            for (index_t j = 0; j < k; ++j) {
+                const std::int32_t row = plan.row_of(t, j);
+                if (row < 0) continue;
+                TINYLLM_EXPECT(row < expert_out.extent(0), "moe_combine: plan.row_of(", t, ", ", j, ") = ", row,
+                               " but expert_out has ", expert_out.extent(0), " rows");
+                sum += weights(t, j) * expert_out(row, d);
+            }
+            out(t, d) = sum;
+        }
+    }
+}
+
+// A plan that owns its arrays (host memory), for CPU code and tests.
+struct moe_plan_buffers {
+    tensor<std::int32_t, 2> row_of;
+    tensor<std::int32_t, 1> row_token, expert_offsets, expert_counts;
+    index_t dropped = 0;
+
+    moe_plan_buffers(index_t tokens, index_t k, index_t experts, index_t block = 1)
+        : row_of(extents<2>{tokens, k}),
+          row_token(extents<1>{moe_max_rows(tokens, k, experts, block)}),
+          expert_offsets(extents<1>{experts + 1}),
+          expert_counts(extents<1>{experts}) {}
+    moe_plan_view view() { return {row_of.view(), row_token.view(), expert_offsets.view(), expert_counts.view()}; }
+    index_t rows() const { return row_token.size(); }
+};
+
+// A whole Mixtral-style sparse MoE block (without the residual):
+//   logits = x · router^T; softmax -> top-k -> renormalize;
+//   y[t] = sum_j w(t, j) · FFN_{id(t, j)}(x[t])
+//   out (T, D), x (T, D), router (E, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F)
+inline void moe_forward(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> router,
+                        tensor_view<const float, 3> w1, tensor_view<const float, 3> w3,
+                        tensor_view<const float, 3> w2, index_t k, const moe_dispatch_options& options = {}) {
+    const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0);
+    expect_shape(out, x.shape(), "moe_forward: out");
+    expect_shape(router, extents<2>{E, D}, "moe_forward: router");
+    tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
+    for (index_t t = 0; t < T; ++t)
+        for (index_t e = 0; e < E; ++e) {
+            double s = 0;
+            for (index_t d = 0; d < D; ++d) s += static_cast<double>(x(t, d)) * router(e, d);
+            logits(t, e) = static_cast<float>(s);
+        }
+    tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
+    tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
+    softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
+    moe_plan_buffers plan(T, k, E, options.block);
+    moe_plan(plan.view(), ids.view(), options);
+    tensor<float, 2> sorted(extents<2>{plan.rows(), D}), expert_out(extents<2>{plan.rows(), D});  // (R, D)
+    moe_gather(sorted.view(), x, plan.view());
+    moe_experts_swiglu(expert_out.view(), sorted.view(), w1, w3, w2, plan.view());
+    moe_combine(out, expert_out.view(), weights.view(), plan.view());
+}
+
+}  // namespace cpu
+}  // namespace tinyllm
