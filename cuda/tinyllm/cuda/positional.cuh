@@ -1,0 +1,322 @@
+// tinyllm/cuda/positional.cuh — positional encodings on the GPU: RoPE in place
+// on (B, T, H, D), and the sinusoidal / learned absolute encodings added to x.
+// The math (inverse frequencies, angles, the rotation, PE values) is the one in
+// <tinyllm/positional.hpp>, shared with the CPU reference.
+//
+// RoPE is memory-bound: every element of q and k is read once and written once,
+// with a handful of multiply-adds in between. What costs is (1) the bytes, (2)
+// the sines and cosines. The ladder varies where the sines and cosines come from;
+// both rungs share the same rotation loop:
+//
+//   v1 on_the_fly  one block per token (b, t). The block first computes the
+//                  rotary_dim/2 pairs (cos, sin) of its position — the inverse
+//                  frequency from rope_inverse_frequency() and sincosf of
+//                  pos * w_i — into shared memory, then all H heads of the token
+//                  use them. Nothing but q/k is read from memory; the cost is
+//                  rotary_dim/2 sincosf calls per token.
+//   v2 cached      the same, but the (cos, sin) row of the position is read from a
+//                  table built once (make_rope_cache: (max_positions, rotary_dim/2)
+//                  floats each, a kernel running the same sincosf on the same
+//                  angles, so v1 and v2 give the same values). The row is 2*R/2
+//                  floats shared by all heads of a token (and by q and k, and by
+//                  every layer), so it costs little bandwidth; it trades the
+//                  sincosf work for those reads. Positions outside the table fall
+//                  back to computing, so an undersized cache is slower, never wrong.
+//
+// Both rotate with 16-byte vector loads and stores (8 bf16/fp16 or 4 floats)
+// when the layout allows it — head dim contiguous, pointer and strides multiples
+// of the vector width, and the pairs of one vector contiguous (rotate_half:
+// rotary_dim/2 a multiple of the width; interleaved: rotary_dim a multiple) — and
+// otherwise one pair per thread step with scalar loads, which handles any size.
+//
+// Sinusoidal and learned additions are one block per token, one thread per
+// feature (they run once per forward pass, on the embeddings).
+//
+// Position ids live on the device and cannot be checked by the host without a
+// copy: a learned position outside the table writes NaN to that token (loud,
+// never a read out of bounds); RoPE accepts any position (a rotation is defined
+// for every angle; positions are exact as float up to 2^24).
+#pragma once
+
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/positional.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace tinyllm::cuda {
+
+// The cos/sin table of a RoPE config for positions 0 .. max_positions-1:
+// cos(p, i) = cos(p * w_i), sin(p, i) = sin(p * w_i), each (max_positions, rotary_dim/2).
+struct rope_cache {
+    rope_config config;
+    index_t max_positions = 0;
+    device_buffer<float> cos;  // (max_positions, rotary_dim/2)
+    device_buffer<float> sin;  // (max_positions, rotary_dim/2)
+};
+
+namespace detail {
+
+// The largest rotary_dim the kernels' shared-memory table holds (2 * R/2 floats).
+inline constexpr index_t rope_max_rotary_dim = 8192;
+
+template <class F>
+__global__ void rope_cache_kernel(F* cos_out, F* sin_out, index_t max_positions, rope_config cfg) {
+    const index_t pairs = cfg.rotary_dim / 2;
+    const index_t n = max_positions * pairs;
+    for (index_t idx = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; idx < n;
+         idx += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        const index_t p = idx / pairs, i = idx % pairs;
+        float s, c;
+        tinyllm::detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), p), &s, &c);
+        cos_out[idx] = c;
+        sin_out[idx] = s;
+    }
+}
+
+// The 16-byte vector of V elements of T that a thread loads and stores at once.
+template <class T, int V>
+struct alignas(16) rope_vector {
+    T v[V];
+};
+
+// One block per token (b, t). V == 1: one pair per step, scalar loads, any
+// layout. V > 1: V-element 16-byte vectors (the launcher checked alignment).
+// cache_cos == nullptr: v1 (compute); otherwise v2 (read the table).
+template <class T, class P, int V>
+__global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
+                            index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
+                            rope_config cfg, const float* cache_cos, const float* cache_sin, index_t cache_rows) {
+    extern __shared__ float rope_shared[];  // cos[pairs], sin[pairs]
+    const index_t pairs = cfg.rotary_dim / 2;
+    float* s_cos = rope_shared;
+    float* s_sin = rope_shared + pairs;
+
+    const index_t token = blockIdx.x;
+    const index_t b = token / seq_len, t = token % seq_len;
+    const index_t pos = static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t]);
+    const bool from_cache = cache_cos != nullptr && pos >= 0 && pos < cache_rows;
+    for (index_t i = threadIdx.x; i < pairs; i += blockDim.x) {
+        if (from_cache) {
+            s_cos[i] = cache_cos[pos * pairs + i];
+            s_sin[i] = cache_sin[pos * pairs + i];
+        } else {
+            tinyllm::detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), pos), &s_sin[i], &s_cos[i]);
+        }
+    }
+    __syncthreads();
+
+    T* row = x + b * stride_b + t * stride_t;  // head 0 of this token
+    if constexpr (V == 1) {
+        for (index_t idx = threadIdx.x; idx < heads * pairs; idx += blockDim.x) {
+            const index_t h = idx / pairs, i = idx % pairs;
+            index_t f0, f1;
+            rope_pair_features(cfg.pairing, cfg.rotary_dim, i, &f0, &f1);
+            T* head = row + h * stride_h;
+            float a = to_float(head[f0]), c = to_float(head[f1]);
+            rope_rotate(&a, &c, s_cos[i], s_sin[i]);
+            head[f0] = from_float<T>(a);
+            head[f1] = from_float<T>(c);
+        }
+    } else if (cfg.pairing == rope_pairing::rotate_half) {
+        // A unit is V consecutive pairs i0 .. i0+V-1: features [i0, i0+V) and [i0+R/2, i0+R/2+V).
+        const index_t units = pairs / V;
+        for (index_t idx = threadIdx.x; idx < heads * units; idx += blockDim.x) {
+            const index_t h = idx / units, i0 = (idx % units) * V;
+            T* lo = row + h * stride_h + i0;
+            T* hi = lo + pairs;
+            rope_vector<T, V> a = *reinterpret_cast<const rope_vector<T, V>*>(lo);
+            rope_vector<T, V> c = *reinterpret_cast<const rope_vector<T, V>*>(hi);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                float fa = to_float(a.v[j]), fc = to_float(c.v[j]);
+                rope_rotate(&fa, &fc, s_cos[i0 + j], s_sin[i0 + j]);
+                a.v[j] = from_float<T>(fa);
+                c.v[j] = from_float<T>(fc);
+            }
+            *reinterpret_cast<rope_vector<T, V>*>(lo) = a;
+            *reinterpret_cast<rope_vector<T, V>*>(hi) = c;
+        }
+    } else {
+        // A unit is V consecutive features e0 .. e0+V-1 = pairs e0/2 .. e0/2 + V/2 - 1.
+        const index_t units = cfg.rotary_dim / V;
+        for (index_t idx = threadIdx.x; idx < heads * units; idx += blockDim.x) {
+            const index_t h = idx / units, e0 = (idx % units) * V;
+            T* p = row + h * stride_h + e0;
+            rope_vector<T, V> a = *reinterpret_cast<const rope_vector<T, V>*>(p);
+#pragma unroll
+            for (int j = 0; j < V / 2; ++j) {
+                float f0 = to_float(a.v[2 * j]), f1 = to_float(a.v[2 * j + 1]);
+                rope_rotate(&f0, &f1, s_cos[e0 / 2 + j], s_sin[e0 / 2 + j]);
+                a.v[2 * j] = from_float<T>(f0);
+                a.v[2 * j + 1] = from_float<T>(f1);
+            }
+            *reinterpret_cast<rope_vector<T, V>*>(p) = a;
+        }
+    }
+}
+
+template <class T, class P>
+__global__ void add_sinusoidal_kernel(T* x, index_t seq_len, index_t dim, index_t stride_b, index_t stride_t,
+                                      index_t stride_d, const P* positions, index_t pos_stride_b,
+                                      index_t pos_stride_t, float base) {
+    const index_t token = blockIdx.x;
+    const index_t b = token / seq_len, t = token % seq_len;
+    const index_t pos = static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t]);
+    T* row = x + b * stride_b + t * stride_t;
+    for (index_t j = threadIdx.x; j < dim; j += blockDim.x)
+        row[j * stride_d] = from_float<T>(to_float(row[j * stride_d]) + sinusoidal_value(pos, j, dim, base));
+}
+
+template <class T, class P>
+__global__ void add_learned_kernel(T* x, index_t seq_len, index_t dim, index_t stride_b, index_t stride_t,
+                                   index_t stride_d, const T* table, index_t table_rows, index_t table_stride_p,
+                                   index_t table_stride_d, const P* positions, index_t pos_stride_b,
+                                   index_t pos_stride_t) {
+    const index_t token = blockIdx.x;
+    const index_t b = token / seq_len, t = token % seq_len;
+    const index_t pos = static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t]);
+    const bool valid = pos >= 0 && pos < table_rows;
+    T* row = x + b * stride_b + t * stride_t;
+    for (index_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        const float add = valid ? to_float(table[pos * table_stride_p + j * table_stride_d]) : __int_as_float(0x7fc00000);
+        row[j * stride_d] = from_float<T>(to_float(row[j * stride_d]) + add);
+    }
+}
+
+template <class T, class P>
+void expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const char* op) {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
+                  "RoPE kernels take float, tinyllm::bfloat16 or tinyllm::float16");
+    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
+    validate(cfg, x.extent(3));
+    TINYLLM_EXPECT(cfg.rotary_dim <= rope_max_rotary_dim, op, ": rotary_dim = ", cfg.rotary_dim,
+                   " is larger than the kernel's table (", rope_max_rotary_dim, ")");
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1), op,
+                   ": positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
+                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    TINYLLM_EXPECT(x.stride(3) == 1 || x.extent(3) == 1, op, ": the head dim of x must be contiguous (stride 1); got strides ",
+                   to_string(x.strides()));
+}
+
+template <class T, class P>
+void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const float* cache_cos,
+                 const float* cache_sin, index_t cache_rows, cudaStream_t stream) {
+    using position_type = std::remove_const_t<P>;
+    const index_t tokens = x.extent(0) * x.extent(1);
+    if (tokens == 0 || x.extent(2) == 0) return;
+    TINYLLM_EXPECT(tokens <= 0x7fffffff, "rope: B * T = ", tokens, " tokens exceed the grid limit 2^31 - 1");
+    constexpr int V = 16 / static_cast<int>(sizeof(T));
+    const index_t pairs = cfg.rotary_dim / 2;
+    const bool pairs_fit = cfg.pairing == rope_pairing::rotate_half ? pairs % V == 0 : cfg.rotary_dim % V == 0;
+    const bool vectorized = pairs_fit && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0 &&
+                            x.stride(0) % V == 0 && x.stride(1) % V == 0 && x.stride(2) % V == 0;
+    const int threads = 128;
+    const std::size_t shared = 2 * static_cast<std::size_t>(pairs) * sizeof(float);
+    const position_type* pos = positions.data();
+    if (vectorized) {
+        rope_kernel<T, position_type, V><<<static_cast<unsigned>(tokens), threads, shared, stream>>>(
+            x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
+            positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+    } else {
+        rope_kernel<T, position_type, 1><<<static_cast<unsigned>(tokens), threads, shared, stream>>>(
+            x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
+            positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+    }
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace detail
+
+// Build the cos/sin table of `cfg` for positions [0, max_positions) on the device.
+inline rope_cache make_rope_cache(const rope_config& cfg, index_t max_positions, cudaStream_t stream = nullptr) {
+    validate(cfg, cfg.rotary_dim);
+    TINYLLM_EXPECT(max_positions >= 1, "make_rope_cache: max_positions = ", max_positions, " must be at least 1");
+    rope_cache cache;
+    cache.config = cfg;
+    cache.max_positions = max_positions;
+    const index_t n = max_positions * (cfg.rotary_dim / 2);
+    cache.cos = device_buffer<float>(static_cast<std::size_t>(n));
+    cache.sin = device_buffer<float>(static_cast<std::size_t>(n));
+    const int threads = 256;
+    const index_t blocks = ceil_div<index_t>(n, threads);
+    detail::rope_cache_kernel<float><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(
+        cache.cos.data(), cache.sin.data(), max_positions, cfg);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    return cache;
+}
+
+// v1: RoPE in place on x (q or k), sines and cosines computed per token.
+// Same meaning as tinyllm::cpu::apply_rope. T: float, bfloat16 or float16 (math
+// in float); P: int32 or int64 position ids on the device.
+template <class T, class P>
+void apply_rope_on_the_fly(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
+                           const rope_config& cfg, cudaStream_t stream = nullptr) {
+    detail::expect_rope_args(x, positions, cfg, "apply_rope_on_the_fly");
+    detail::launch_rope(x, positions, cfg, nullptr, nullptr, 0, stream);
+}
+
+// v2: RoPE in place on x, sines and cosines read from `cache` (positions beyond
+// the cache are computed instead).
+template <class T, class P>
+void apply_rope_cached(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
+                       const rope_cache& cache, cudaStream_t stream = nullptr) {
+    detail::expect_rope_args(x, positions, cache.config, "apply_rope_cached");
+    TINYLLM_EXPECT(cache.max_positions >= 1 &&
+                       cache.cos.size() == static_cast<std::size_t>(cache.max_positions * (cache.config.rotary_dim / 2)),
+                   "apply_rope_cached: the cache is empty or inconsistent; build it with make_rope_cache");
+    detail::launch_rope(x, positions, cache.config, cache.cos.data(), cache.sin.data(), cache.max_positions, stream);
+}
+
+// The default spelling, matching tinyllm::cpu::apply_rope: v1 (needs no cache).
+template <class T, class P>
+void apply_rope(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/, const rope_config& cfg,
+                cudaStream_t stream = nullptr) {
+    apply_rope_on_the_fly(x, positions, cfg, stream);
+}
+
+// x(b, t, :) += PE(positions(b, t), :) (the sinusoidal table, computed in place).
+template <class T, class P>
+void add_sinusoidal(tensor_view<T, 3> x /*(B, T, D)*/, tensor_view<P, 2> positions /*(B, T)*/, float base = 10000.0f,
+                    cudaStream_t stream = nullptr) {
+    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
+                   "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
+                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
+    const index_t tokens = x.extent(0) * x.extent(1);
+    if (tokens == 0 || x.extent(2) == 0) return;
+    TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_sinusoidal: B * T = ", tokens, " tokens exceed the grid limit");
+    detail::add_sinusoidal_kernel<T, std::remove_const_t<P>><<<static_cast<unsigned>(tokens), 128, 0, stream>>>(
+        x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), positions.data(),
+        positions.stride(0), positions.stride(1), base);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// x(b, t, :) += table(positions(b, t), :) (GPT-2's learned positions). A
+// position outside [0, P_max) turns that token's row into NaN.
+template <class T, class P>
+void add_learned_positions(tensor_view<T, 3> x /*(B, T, D)*/, std::type_identity_t<tensor_view<const T, 2>> table /*(P_max, D)*/,
+                           tensor_view<P, 2> positions /*(B, T)*/, cudaStream_t stream = nullptr) {
+    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
+                   "add_learned_positions: positions has shape ", to_string(positions.shape()), " but x ",
+                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
+                   " but x has D = ", x.extent(2));
+    const index_t tokens = x.extent(0) * x.extent(1);
+    if (tokens == 0 || x.extent(2) == 0) return;
+    TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_learned_positions: B * T = ", tokens, " tokens exceed the grid limit");
+    detail::add_learned_kernel<T, std::remove_const_t<P>><<<static_cast<unsigned>(tokens), 128, 0, stream>>>(
+        x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), table.data(), table.extent(0),
+        table.stride(0), table.stride(1), positions.data(), positions.stride(0), positions.stride(1));
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace tinyllm::cuda

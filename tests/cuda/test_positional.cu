@@ -1,0 +1,282 @@
+// CUDA tests for <tinyllm/cuda/positional.cuh>: RoPE v1 (on the fly) and v2
+// (cached), the cos/sin cache, sinusoidal and learned additions — each against
+// the CPU reference in <tinyllm/positional.hpp>, for float, bfloat16 and
+// float16, int32 and int64 positions, odd sizes (D not a multiple of the
+// vector width, T = 1, odd H), both pairings, partial rotary and every scaling.
+//
+// Tolerances (the reference is the CPU function applied in float to the same
+// rounded inputs; the kernel's math is float too, so what differs is sincosf vs
+// the host's sinf/cosf, a few ulp, and the final rounding to the storage type):
+//   float     abs 1e-5 + rel 1e-5 per element
+//   bfloat16  abs 1e-2 + rel 1e-2 (half an ulp of bf16 is 2^-9 relative)
+//   float16   abs 2e-3 + rel 2e-3 (half an ulp of fp16 is 2^-12 relative)
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/positional.cuh>
+#include <tinyllm/positional.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+using tinyllm::index_t;
+using tinyllm::rope_config;
+using tinyllm::rope_pairing;
+using tinyllm::rope_scaling;
+using tinyllm_test::tolerance;
+
+namespace {
+
+template <class T>
+tolerance tolerance_for() {
+    if constexpr (std::is_same_v<T, float>) return {1e-5, 1e-5, 1e-5};
+    else if constexpr (std::is_same_v<T, tinyllm::bfloat16>) return {1e-2, 1e-2, 1e-2};
+    else return {2e-3, 2e-3, 2e-3};
+}
+
+template <class T>
+std::vector<T> to_storage(const std::vector<float>& v) {
+    std::vector<T> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+    return out;
+}
+
+template <class T>
+std::vector<float> to_floats(const std::vector<T>& v) {
+    std::vector<float> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::to_float(v[i]);
+    return out;
+}
+
+// Random positions in [0, max_pos): fresh each run.
+template <class P>
+std::vector<P> random_positions(std::size_t n, std::uint64_t which, index_t max_pos) {
+    const auto u = tinyllm_test::random_floats(n, which, 0.0f, 1.0f);
+    std::vector<P> p(n);
+    for (std::size_t i = 0; i < n; ++i) p[i] = static_cast<P>(std::min<index_t>(max_pos - 1, static_cast<index_t>(u[i] * max_pos)));
+    return p;
+}
+
+struct rope_case {
+    index_t B, T, H, D;
+    rope_config cfg;
+    index_t max_pos;  // positions drawn from [0, max_pos)
+    std::string name;
+};
+
+std::vector<rope_case> rope_cases() {
+    std::vector<rope_case> cases;
+    for (auto pairing : {rope_pairing::rotate_half, rope_pairing::interleaved}) {
+        const std::string p = std::string(tinyllm::to_string(pairing));
+        // Llama-like: D = 128, full rotary (vectorized path).
+        cases.push_back({2, 33, 4, 128, {.rotary_dim = 128, .theta = 10000.0, .pairing = pairing}, 4096, p + " D128"});
+        // Decode: T = 1, odd H.
+        cases.push_back({3, 1, 5, 64, {.rotary_dim = 64, .theta = 500000.0, .pairing = pairing}, 100000, p + " T1 H5"});
+        // D not a multiple of 8, partial rotary (scalar path).
+        cases.push_back({1, 7, 3, 10, {.rotary_dim = 6, .theta = 10000.0, .pairing = pairing}, 50, p + " D10 r6"});
+        // Partial rotary with a vectorizable rotary part (GPT-NeoX: 25% of 128 = 32; GPT-J: 64 of 256).
+        cases.push_back({2, 9, 3, 128, {.rotary_dim = 32, .theta = 10000.0, .pairing = pairing}, 2048, p + " D128 r32"});
+        // Scalings.
+        cases.push_back({1, 17, 2, 64,
+                         {.rotary_dim = 64, .theta = 10000.0, .pairing = pairing, .scaling = rope_scaling::linear,
+                          .factor = 4.0},
+                         8192, p + " linear"});
+        cases.push_back({1, 17, 2, 64,
+                         {.rotary_dim = 64, .theta = 10000.0, .pairing = pairing, .scaling = rope_scaling::ntk,
+                          .factor = 4.0},
+                         8192, p + " ntk"});
+        cases.push_back({1, 17, 2, 128,
+                         {.rotary_dim = 128, .theta = 500000.0, .pairing = pairing, .scaling = rope_scaling::llama3,
+                          .factor = 8.0, .low_freq_factor = 1.0, .high_freq_factor = 4.0,
+                          .original_max_position_embeddings = 8192},
+                         32768, p + " llama3"});
+    }
+    return cases;
+}
+
+template <class T, class P>
+void check_rope_case(const rope_case& c, std::uint64_t which) {
+    const std::size_t n = static_cast<std::size_t>(c.B * c.T * c.H * c.D);
+    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
+    const auto positions = random_positions<P>(static_cast<std::size_t>(c.B * c.T), which + 1000, c.max_pos);
+    const tinyllm::extents<4> shape{c.B, c.T, c.H, c.D};
+    const tinyllm::extents<2> pshape{c.B, c.T};
+
+    // Reference: the CPU function on the same (rounded) inputs, in float.
+    std::vector<float> want = to_floats(x_in);
+    tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(want.data(), shape),
+                             tinyllm::tensor_view<const P, 2>(positions.data(), pshape), c.cfg);
+
+    auto d_pos = tc::to_device(positions);
+    const auto pos_view = d_pos.view(pshape);
+    tc::device_buffer<T> x(n);
+    const std::string what = c.name + " " + std::string(tinyllm::dtype_name<T>()) + (sizeof(P) == 4 ? " int32" : " int64");
+
+    // In place: poison first, then load the input, so a stray write elsewhere shows.
+    x.poison();
+    tc::copy_to_device(x, x_in);
+    tc::apply_rope_on_the_fly(x.view(shape), pos_view, c.cfg);
+    const auto v1 = tc::to_host(x);
+    TINYLLM_REQUIRE_CLOSE(v1, want, tolerance_for<T>(), "v1 on_the_fly " + what);
+
+    // v2 with a cache covering all positions, then with one too small (fallback).
+    for (index_t rows : {c.max_pos, std::max<index_t>(1, c.max_pos / 3)}) {
+        const auto cache = tc::make_rope_cache(c.cfg, rows);
+        x.poison();
+        tc::copy_to_device(x, x_in);
+        tc::apply_rope_cached(x.view(shape), pos_view, cache);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(),
+                              "v2 cached (" + std::to_string(rows) + " rows) " + what);
+    }
+}
+
+template <class T>
+void check_all_rope_cases() {
+    std::uint64_t which = 0;
+    for (const auto& c : rope_cases()) {
+        check_rope_case<T, std::int64_t>(c, ++which);
+        check_rope_case<T, std::int32_t>(c, ++which);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("RoPE v1 and v2 match the CPU reference (float)", "[cuda][positional][rope]") { check_all_rope_cases<float>(); }
+TEST_CASE("RoPE v1 and v2 match the CPU reference (bfloat16)", "[cuda][positional][rope]") {
+    check_all_rope_cases<tinyllm::bfloat16>();
+}
+TEST_CASE("RoPE v1 and v2 match the CPU reference (float16)", "[cuda][positional][rope]") {
+    check_all_rope_cases<tinyllm::float16>();
+}
+
+TEST_CASE("the RoPE cache holds the CPU's cos/sin table", "[cuda][positional][rope]") {
+    const rope_config cfg{.rotary_dim = 96, .theta = 500000.0, .scaling = rope_scaling::llama3, .factor = 8.0,
+                          .original_max_position_embeddings = 1024};
+    const index_t P = 3001, R2 = 48;
+    const auto cache = tc::make_rope_cache(cfg, P);
+    tinyllm::tensor<float, 2> c({P, R2}), s({P, R2});
+    tinyllm::cpu::rope_cos_sin(c.view(), s.view(), cfg);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(cache.cos), c.values(), tolerance{1e-6, 1e-6}, "cache cos");
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(cache.sin), s.values(), tolerance{1e-6, 1e-6}, "cache sin");
+}
+
+TEST_CASE("RoPE on q inside a fused qkv buffer, and on a misaligned view", "[cuda][positional][rope]") {
+    const index_t B = 2, T = 5, H = 3, D = 64;
+    const rope_config cfg{.rotary_dim = 64};
+    const std::size_t n = static_cast<std::size_t>(B * T * 3 * H * D);
+    const auto host = to_storage<tinyllm::bfloat16>(tinyllm_test::random_floats(n, 77));
+    const auto positions = random_positions<std::int64_t>(static_cast<std::size_t>(B * T), 78, 500);
+    auto d_pos = tc::to_device(positions);
+    const tinyllm::extents<2> pshape{B, T};
+
+    // Reference: rotate the q part of the fused buffer on the CPU; k and v stay.
+    std::vector<float> want = to_floats(host);
+    tinyllm::tensor_view<float, 4> fused_ref(want.data(), {B, T, 3 * H, D});
+    tinyllm::cpu::apply_rope(fused_ref.narrow(2, 0, H), tinyllm::tensor_view<const std::int64_t, 2>(positions.data(), pshape),
+                             cfg);
+    tc::device_buffer<tinyllm::bfloat16> d(n);
+    d.poison();
+    tc::copy_to_device(d, host);
+    const auto cache = tc::make_rope_cache(cfg, 500);
+    tc::apply_rope_cached(d.view(tinyllm::extents<4>{B, T, 3 * H, D}).narrow(2, 0, H), d_pos.view(pshape), cache);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d), want, tolerance_for<tinyllm::bfloat16>(), "rope on q of fused qkv");
+
+    // Shift the start by one element: not 16-byte aligned, the scalar path runs.
+    std::vector<float> base = tinyllm_test::random_floats(static_cast<std::size_t>(B * T * H * D) + 1, 79);
+    std::vector<float> ref(base.begin() + 1, base.end());
+    tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(ref.data(), {B, T, H, D}),
+                             tinyllm::tensor_view<const std::int64_t, 2>(positions.data(), pshape), cfg);
+    ref.insert(ref.begin(), base[0]);
+    auto d2 = tc::to_device(base);
+    tc::apply_rope_on_the_fly(tinyllm::tensor_view<float, 4>(d2.data() + 1, {B, T, H, D}), d_pos.view(pshape), cfg);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d2), ref, tolerance_for<float>(), "rope on a misaligned view");
+}
+
+namespace {
+
+template <class T, class P>
+void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
+    const std::size_t n = static_cast<std::size_t>(B * S * D);
+    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which));
+    const index_t max_pos = 1000;
+    const auto positions = random_positions<P>(static_cast<std::size_t>(B * S), which + 1, max_pos);
+    const tinyllm::extents<3> shape{B, S, D};
+    const tinyllm::extents<2> pshape{B, S};
+    const tinyllm::tensor_view<const P, 2> host_pos(positions.data(), pshape);
+    auto d_pos = tc::to_device(positions);
+    const std::string what = "B" + std::to_string(B) + " T" + std::to_string(S) + " D" + std::to_string(D) + " " +
+                             std::string(tinyllm::dtype_name<T>());
+
+    std::vector<float> want = to_floats(x_in);
+    tinyllm::cpu::add_sinusoidal(tinyllm::tensor_view<float, 3>(want.data(), shape), host_pos);
+    tc::device_buffer<T> x(n);
+    x.poison();
+    tc::copy_to_device(x, x_in);
+    tc::add_sinusoidal(x.view(shape), d_pos.view(pshape));
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(), "add_sinusoidal " + what);
+
+    const auto table = to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(max_pos * D), which + 2));
+    const auto table_f = to_floats(table);
+    want = to_floats(x_in);
+    tinyllm::cpu::add_learned_positions(tinyllm::tensor_view<float, 3>(want.data(), shape),
+                                        tinyllm::tensor_view<const float, 2>(table_f.data(), {max_pos, D}), host_pos);
+    auto d_table = tc::to_device(table);
+    x.poison();
+    tc::copy_to_device(x, x_in);
+    tc::add_learned_positions(x.view(shape), d_table.view(tinyllm::extents<2>{max_pos, D}), d_pos.view(pshape));
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(), "add_learned_positions " + what);
+}
+
+}  // namespace
+
+TEST_CASE("sinusoidal and learned additions match the CPU reference", "[cuda][positional][absolute]") {
+    std::uint64_t which = 500;
+    const std::vector<std::tuple<index_t, index_t, index_t>> shapes = {{2, 17, 768}, {1, 1, 7}, {3, 5, 130}};
+    for (const auto& [B, T, D] : shapes) {
+        check_absolute<float, std::int64_t>(B, T, D, which += 10);
+        check_absolute<tinyllm::bfloat16, std::int32_t>(B, T, D, which += 10);
+        check_absolute<tinyllm::float16, std::int64_t>(B, T, D, which += 10);
+    }
+}
+
+TEST_CASE("a learned position outside the table turns its row into NaN, never reads past the table",
+          "[cuda][positional][absolute]") {
+    const index_t D = 8;
+    std::vector<float> x(2 * D, 1.0f), table(4 * D, 0.5f);
+    std::vector<std::int32_t> positions = {1, 4};  // 4 is outside a 4-row table
+    auto dx = tc::to_device(x);
+    auto dt = tc::to_device(table);
+    auto dp = tc::to_device(positions);
+    tc::add_learned_positions(dx.view(tinyllm::extents<3>{1, 2, D}), dt.view(tinyllm::extents<2>{4, D}),
+                              dp.view(tinyllm::extents<2>{1, 2}));
+    const auto got = tc::to_host(dx);
+    for (index_t j = 0; j < D; ++j) {
+        CHECK(got[static_cast<std::size_t>(j)] == 1.5f);
+        CHECK(std::isnan(got[static_cast<std::size_t>(D + j)]));
+    }
+}
+
+TEST_CASE("CUDA positional launchers reject bad arguments before launching", "[cuda][positional][errors]") {
+    tc::device_buffer<float> x(2 * 3 * 4 * 8);
+    tc::device_buffer<std::int64_t> p(2 * 3);
+    const auto xv = x.view(tinyllm::extents<4>{2, 3, 4, 8});
+    const auto pv = p.view(tinyllm::extents<2>{2, 3});
+    CHECK_THROWS_WITH(tc::apply_rope_on_the_fly(xv, pv, rope_config{.rotary_dim = 9}),
+                      tinyllm_test::contains("rotary_dim = 9 must be even"));
+    CHECK_THROWS_WITH(tc::apply_rope(xv, pv, rope_config{.rotary_dim = 16}),
+                      tinyllm_test::contains("must be <= the head dim 8"));
+    CHECK_THROWS_WITH(tc::apply_rope_on_the_fly(xv, p.view(tinyllm::extents<2>{3, 2}), rope_config{.rotary_dim = 8}),
+                      tinyllm_test::contains("positions has shape (3, 2)"));
+    CHECK_THROWS_WITH(tc::apply_rope_cached(xv, pv, tc::make_rope_cache(rope_config{.rotary_dim = 16}, 4)),
+                      tinyllm_test::contains("must be <= the head dim 8"));
+    CHECK_THROWS_WITH(tc::apply_rope_on_the_fly(xv.transpose(2, 3), pv, rope_config{.rotary_dim = 4}),
+                      tinyllm_test::contains("the head dim of x must be contiguous"));
+    CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{.rotary_dim = 8}, 0), tinyllm_test::contains("max_positions = 0"));
+    CHECK_THROWS_WITH(tc::apply_rope_cached(xv, pv, tc::rope_cache{}), tinyllm_test::contains("rotary_dim = 0"));
+}
