@@ -1,0 +1,425 @@
+// tinyllm/attention.hpp — scaled dot-product attention (the CPU reference),
+// the masks and score transforms shared with the CUDA kernels, and a KV cache.
+//
+// Attention lets every query position gather information from key/value
+// positions. For one batch row b and one query head h, with queries Q (Tq, D),
+// keys K (Tk, D) and values V (Tk, D):
+//
+//     S = Q K^T * scale                       (Tq, Tk) scores, scale = 1/sqrt(D)
+//     S = cap * tanh(S / cap)                 optional logit soft-capping (Gemma 2)
+//     S[i][j] += -slope_h * (pos(i) - j)      optional ALiBi bias (BLOOM, MPT)
+//     S[i][j] = -inf where key j is masked    causal / sliding window / padding
+//     P = softmax(S) along j                  (Tq, Tk) probabilities, rows sum to 1
+//     O = P V                                 (Tq, D) outputs
+//
+// Shapes, the layout PyTorch's flash/SDPA kernels and HF checkpoints use:
+//     Q (B, Tq, Hq, D)     K, V (B, Tk, Hkv, D)     O (B, Tq, Hq, D)
+//     P (B, Hq, Tq, Tk)    (only on request: it is Tq*Tk per head, the thing fast kernels never store)
+// Hq must be a multiple of Hkv: query head h reads key/value head h / (Hq/Hkv).
+//     Hkv == Hq      multi-head attention (MHA, GPT-2)
+//     1 < Hkv < Hq   grouped-query attention (GQA, Llama 2 70B, Llama 3, Mistral)
+//     Hkv == 1       multi-query attention (MQA, PaLM, Falcon)
+// GQA/MQA shrink K and V (and the KV cache) by Hq/Hkv; the math is MHA with
+// every K/V head repeated Hq/Hkv times.
+//
+// Positions and masks. Query row i (0-based in Q) sits at absolute position
+//     pos(i) = i + Tk - Tq
+// i.e. the queries are the LAST Tq of the Tk positions ("bottom-right"
+// alignment, FlashAttention-2 and PyTorch's CausalVariant.LOWER_RIGHT). This is
+// what decoding needs: the new token at position Tk-1 sees every cached key.
+// Key j is visible to query i when all of these hold:
+//     causal:        j <= pos(i)
+//     window w:      j >  pos(i) - w        (with causal: the last w keys, the query's own included)
+//     padding:       j <  key_length[b]     (keys at or past a row's length are padding)
+// Pictures for Tq = Tk = 5 (x = visible):
+//     causal         causal, window 2     Tq = 2 < Tk = 5, causal
+//     x . . . .      x . . . .            x x x x .     (pos 3)
+//     x x . . .      x x . . .            x x x x x     (pos 4)
+//     x x x . .      . x x . .
+//     x x x x .      . . x x .
+//     x x x x x      . . . x x
+// A row with no visible key (e.g. Tq > Tk under causal, or key_length 0) has
+// no distribution to speak of: its probabilities and output are ZERO, never NaN.
+//
+// Numerics of the reference: every score, the softmax and P V are computed in
+// double from the inputs (converted exactly to double), with the maximum of
+// each row subtracted before exp so that exp never overflows; the result is
+// rounded once to the output type. That makes it the float64 reference that
+// the CUDA kernels are tested against.
+//
+// The element-wise pieces — which keys a query sees, the score transform, the
+// tile classification a tiled kernel uses to skip or mask blocks — are
+// TINYLLM_HOST_DEVICE functions below, used unchanged by <tinyllm/cuda/attention_*.cuh>,
+// and unit-tested on the CPU.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace tinyllm {
+
+// ---- options ----------------------------------------------------------------------
+
+struct attention_options {
+    // Mask keys after the query's position (bottom-right aligned, see above).
+    bool causal = false;
+    // Sliding window (Mistral, Gemma 2 local layers): query i sees keys j with
+    // pos(i) - window < j <= pos(i), i.e. at most `window` keys, itself included.
+    // Needs causal = true; must be >= 1. Unset: no window.
+    std::optional<index_t> window;
+    // ALiBi: one slope per query head, (Hq). Empty view: no ALiBi. Bias added to
+    // score (i, j): -slope[h] * (pos(i) - j), the convention of
+    // tinyllm::alibi_bias in <tinyllm/positional.hpp> (slopes: tinyllm::alibi_slopes(Hq)).
+    // For CUDA calls this view must point to device memory.
+    tensor_view<const float, 1> alibi_slopes;
+    // Logit soft-capping (Gemma 2: 50 for attention): s -> cap * tanh(s / cap),
+    // applied to the scaled score before ALiBi and masking. Unset: off; must be > 0.
+    std::optional<float> softcap;
+    // Multiplies Q K^T. Unset: 1 / sqrt(D).
+    std::optional<float> scale;
+    // Padding: the number of valid keys of each batch row, (B), each in [0, Tk];
+    // keys j >= key_lengths[b] are masked. Empty view: all Tk keys valid. The
+    // causal alignment stays relative to Tk (right padding). For CUDA calls this
+    // view must point to device memory (its values are then not checked on the
+    // host; kernels clamp them to [0, Tk]).
+    tensor_view<const std::int32_t, 1> key_lengths;
+};
+
+// ---- shared math (host and device) ------------------------------------------------
+
+// The masks of one attention call in a form kernels can take by value.
+// window == 0 means "no window" here (the options reject window < 1).
+struct attention_mask {
+    index_t tq = 0, tk = 0;
+    bool causal = false;
+    index_t window = 0;
+
+    // Absolute position of query row i (bottom-right alignment).
+    TINYLLM_HOST_DEVICE constexpr index_t query_position(index_t i) const { return i + tk - tq; }
+};
+
+// Keys [begin, end) visible to one query; empty when end <= begin.
+struct key_range {
+    index_t begin = 0, end = 0;
+    TINYLLM_HOST_DEVICE constexpr bool empty() const { return end <= begin; }
+    TINYLLM_HOST_DEVICE constexpr bool contains(index_t j) const { return begin <= j && j < end; }
+};
+
+// The keys query row i of a batch row with `length` valid keys may see.
+// Every mask in this file is an interval of keys, and both ends move forward
+// (never back) as i grows — the fact tiled kernels rely on below.
+TINYLLM_HOST_DEVICE constexpr key_range attention_visible_keys(const attention_mask& m, index_t i, index_t length) {
+    const index_t pos = m.query_position(i);
+    index_t end = length < m.tk ? length : m.tk;
+    if (end < 0) end = 0;
+    if (m.causal && pos + 1 < end) end = pos + 1;
+    index_t begin = 0;
+    if (m.window > 0 && pos - m.window + 1 > begin) begin = pos - m.window + 1;
+    if (end < begin) end = begin;
+    return {begin, end};
+}
+
+// How a tiled kernel treats a tile of query rows [q0, q0 + rows) against keys
+// [k0, k0 + cols):
+//   skip     no query of the tile sees any key of the tile: do not even load it
+//   full     every query sees every key: no per-element mask needed
+//   partial  some elements are masked: test each one (attention_visible_keys)
+// Because begin(i) and end(i) are nondecreasing in i, it suffices to look at
+// the first and the last row. `skip` is conservative: a tile classified
+// `partial` may still turn out fully masked, which is correct, only slower.
+enum class attention_tile { skip, full, partial };
+
+TINYLLM_HOST_DEVICE constexpr attention_tile attention_classify_tile(const attention_mask& m, index_t q0, index_t rows,
+                                                                     index_t k0, index_t cols, index_t length) {
+    index_t last = q0 + rows - 1;
+    if (last > m.tq - 1) last = m.tq - 1;  // rows past Tq do not exist
+    if (last < q0 || cols <= 0) return attention_tile::skip;
+    const key_range first_keys = attention_visible_keys(m, q0, length);
+    const key_range last_keys = attention_visible_keys(m, last, length);
+    if (last_keys.end <= k0 || first_keys.begin >= k0 + cols) return attention_tile::skip;
+    // Full needs every row's range to cover the tile: the latest begin (last row)
+    // and the earliest end (first row) bound all rows.
+    if (last_keys.begin <= k0 && k0 + cols <= first_keys.end && !first_keys.empty()) return attention_tile::full;
+    return attention_tile::partial;
+}
+
+// The keys that any query row of [q0, q0 + rows) may see: the loop bounds of a
+// kernel that walks a query tile over the keys. Tiles outside are skipped.
+TINYLLM_HOST_DEVICE constexpr key_range attention_tile_keys(const attention_mask& m, index_t q0, index_t rows,
+                                                            index_t length) {
+    index_t last = q0 + rows - 1;
+    if (last > m.tq - 1) last = m.tq - 1;
+    if (last < q0) return {0, 0};
+    const key_range a = attention_visible_keys(m, q0, length);
+    const key_range b = attention_visible_keys(m, last, length);
+    key_range r{a.begin, b.end};
+    if (r.end < r.begin) r.end = r.begin;
+    return r;
+}
+
+namespace detail {
+TINYLLM_HOST_DEVICE float attention_tanh(float x) {
+#if TINYLLM_ON_DEVICE
+    return tanhf(x);
+#else
+    return std::tanh(x);
+#endif
+}
+TINYLLM_HOST_DEVICE double attention_tanh(double x) {
+#if TINYLLM_ON_DEVICE
+    return ::tanh(x);
+#else
+    return std::tanh(x);
+#endif
+}
+}  // namespace detail
+
+// The logit of query i (absolute position `pos`) and key j, from their dot
+// product: scale, then soft-cap (softcap <= 0: off), then the ALiBi bias
+// (slope 0: none). Masking is separate (attention_visible_keys). F is double
+// in the CPU reference and float in the kernels.
+template <class F>
+TINYLLM_HOST_DEVICE F attention_logit(F dot, F scale, F softcap, F slope, index_t pos, index_t j) {
+    F s = dot * scale;
+    if (softcap > F(0)) s = softcap * detail::attention_tanh(s / softcap);
+    if (slope != F(0)) s -= slope * static_cast<F>(pos - j);
+    return s;
+}
+
+// ---- argument checks (shared by the CPU reference and the CUDA launchers) ----------
+
+namespace detail {
+
+template <class O, class Q, class K, class V>
+void check_attention_shapes(const O& out, const Q& q, const K& k, const V& v, std::string_view op) {
+    const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
+    TINYLLM_EXPECT(D >= 1, op, ": q has shape ", to_string(q.shape()), "; the head dim (last) must be at least 1");
+    TINYLLM_EXPECT(k.shape() == v.shape(), op, ": k has shape ", to_string(k.shape()), " but v has shape ",
+                   to_string(v.shape()), "; they must be equal (B, Tk, Hkv, D)");
+    TINYLLM_EXPECT(k.extent(0) == B, op, ": q has batch ", B, " but k has batch ", k.extent(0));
+    TINYLLM_EXPECT(k.extent(3) == D, op, ": q has head dim ", D, " but k has head dim ", k.extent(3));
+    const index_t Hkv = k.extent(2);
+    TINYLLM_EXPECT(Hkv >= 1, op, ": k has ", Hkv, " heads; at least 1 is needed");
+    TINYLLM_EXPECT(Hq % Hkv == 0, op, ": the query heads (Hq = ", Hq, ") must be a multiple of the key/value heads (Hkv = ",
+                   Hkv, ")");
+    if (out.shape() != q.shape())
+        TINYLLM_FAIL(op, ": out has shape ", to_string(out.shape()), " but must have the shape of q ",
+                     to_string(q.shape()), " (B, Tq, Hq, D)");
+    (void)Tq;
+}
+
+template <class Q, class K>
+void check_attention_options(const attention_options& o, const Q& q, const K& k, std::string_view op) {
+    const index_t B = q.extent(0), Hq = q.extent(2);
+    if (o.window) {
+        TINYLLM_EXPECT(*o.window >= 1, op, ": window = ", *o.window, " must be at least 1 (leave it unset for no window)");
+        TINYLLM_EXPECT(o.causal, op, ": a sliding window (window = ", *o.window,
+                       ") looks back from the query and needs causal = true");
+    }
+    if (o.softcap)
+        TINYLLM_EXPECT(*o.softcap > 0.0f && std::isfinite(*o.softcap), op, ": softcap = ", *o.softcap,
+                       " must be a positive finite number (leave it unset for no capping)");
+    if (o.scale) TINYLLM_EXPECT(std::isfinite(*o.scale), op, ": scale = ", *o.scale, " must be finite");
+    if (o.alibi_slopes.data() != nullptr || o.alibi_slopes.size() != 0)
+        TINYLLM_EXPECT(o.alibi_slopes.extent(0) == Hq, op, ": alibi_slopes has ", o.alibi_slopes.extent(0),
+                       " slopes but there are Hq = ", Hq, " query heads");
+    if (o.key_lengths.data() != nullptr || o.key_lengths.size() != 0)
+        TINYLLM_EXPECT(o.key_lengths.extent(0) == B, op, ": key_lengths has ", o.key_lengths.extent(0),
+                       " entries but the batch is B = ", B);
+    (void)k;
+}
+
+inline bool has_view(const tensor_view<const float, 1>& v) { return v.data() != nullptr; }
+inline bool has_view(const tensor_view<const std::int32_t, 1>& v) { return v.data() != nullptr; }
+
+// The scale in double (the CPU reference); kernels round it to float.
+inline double attention_scale(const attention_options& o, index_t head_dim) {
+    return o.scale ? static_cast<double>(*o.scale) : 1.0 / std::sqrt(static_cast<double>(head_dim));
+}
+
+inline attention_mask make_attention_mask(const attention_options& o, index_t tq, index_t tk) {
+    return {tq, tk, o.causal, o.window ? *o.window : 0};
+}
+
+inline double attention_to_double(double x) { return x; }
+inline double attention_to_double(float x) { return x; }
+inline double attention_to_double(bfloat16 x) { return to_float(x); }
+inline double attention_to_double(float16 x) { return to_float(x); }
+
+template <class T>
+T attention_from_double(double x) {
+    if constexpr (std::is_same_v<T, double>) return x;
+    else return from_float<T>(static_cast<float>(x));
+}
+
+}  // namespace detail
+
+// ---- CPU reference ------------------------------------------------------------------
+
+namespace cpu {
+
+// O = softmax(mask(transform(Q K^T * scale))) V, see the top of this file.
+//   out    (B, Tq, Hq, D)
+//   q      (B, Tq, Hq, D)
+//   k, v   (B, Tk, Hkv, D), Hq % Hkv == 0
+//   probs  (B, Hq, Tq, Tk) if given (data != nullptr): the probabilities P
+// Any strides; T is float, double, bfloat16 or float16. Computed in double.
+template <class T>
+void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+               std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
+               const attention_options& opts = {}, tensor_view<float, 4> probs = {}) {
+    detail::check_attention_shapes(out, q, k, v, "attention");
+    detail::check_attention_options(opts, q, k, "attention");
+    const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
+    const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
+    if (probs.data() != nullptr) expect_shape(probs, extents<4>{B, Hq, Tq, Tk}, "attention: probs");
+    if (detail::has_view(opts.key_lengths))
+        for (index_t b = 0; b < B; ++b)
+            TINYLLM_EXPECT(opts.key_lengths(b) >= 0 && opts.key_lengths(b) <= Tk, "attention: key_lengths[", b,
+                           "] = ", opts.key_lengths(b), " must be in [0, Tk = ", Tk, "]");
+
+    const double scale = detail::attention_scale(opts, D);
+    const double softcap = opts.softcap ? *opts.softcap : 0.0;
+    const attention_mask mask = detail::make_attention_mask(opts, Tq, Tk);
+    std::vector<double> s(static_cast<std::size_t>(Tk));   // one row of scores, then of probabilities
+    std::vector<double> o(static_cast<std::size_t>(D));    // one output row
+
+    for (index_t b = 0; b < B; ++b) {
+        const index_t length = detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
+        for (index_t h = 0; h < Hq; ++h) {
+            const index_t hkv = h / group;  // the key/value head this query head reads
+            const double slope = detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            for (index_t i = 0; i < Tq; ++i) {
+                const key_range keys = attention_visible_keys(mask, i, length);
+                const index_t pos = mask.query_position(i);
+                // 1. scores s_j = logit(q_i . k_j) for the visible keys, and their maximum
+                double row_max = -std::numeric_limits<double>::infinity();
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    double dot = 0.0;
+                    for (index_t d = 0; d < D; ++d)
+                        dot += detail::attention_to_double(q(b, i, h, d)) * detail::attention_to_double(k(b, j, hkv, d));
+                    s[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
+                    row_max = std::max(row_max, s[static_cast<std::size_t>(j)]);
+                }
+                // 2. softmax: p_j = exp(s_j - max) / sum_j' exp(s_j' - max). Subtracting the
+                //    maximum changes nothing mathematically and keeps every exp <= 1.
+                double sum = 0.0;
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    auto& x = s[static_cast<std::size_t>(j)];
+                    x = std::exp(x - row_max);
+                    sum += x;
+                }
+                // 3. o = sum_j p_j v_j. A row with no visible key keeps o = 0 and p = 0.
+                std::fill(o.begin(), o.end(), 0.0);
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    const double p = s[static_cast<std::size_t>(j)] / sum;
+                    s[static_cast<std::size_t>(j)] = p;
+                    for (index_t d = 0; d < D; ++d)
+                        o[static_cast<std::size_t>(d)] += p * detail::attention_to_double(v(b, j, hkv, d));
+                }
+                for (index_t d = 0; d < D; ++d) out(b, i, h, d) = detail::attention_from_double<T>(o[static_cast<std::size_t>(d)]);
+                if (probs.data() != nullptr)
+                    for (index_t j = 0; j < Tk; ++j)
+                        probs(b, h, i, j) = keys.contains(j) ? static_cast<float>(s[static_cast<std::size_t>(j)]) : 0.0f;
+            }
+        }
+    }
+}
+
+}  // namespace cpu
+
+// ---- KV cache ------------------------------------------------------------------------
+
+// The keys and values of every position generated so far, for ONE attention
+// layer (a model keeps one kv_cache per layer).
+//
+// Autoregressive decoding produces one token at a time. Without a cache, step t
+// would recompute K and V for all t previous tokens — O(t) projections per step,
+// O(T^2) in total. With it, each step computes k, v for the new token only,
+// appends them, and attends its query against everything stored:
+//
+//     cache.append(k_new, v_new);                 // (B, Tn, Hkv, D) each
+//     cpu::attention(out, q_new, cache, opts);    // q_new (B, Tn, Hq, D), causal
+//
+// Storage is (B, capacity, Hkv, D) for K and for V, allocated once; the
+// length is shared by all batch rows (every row advances by the same Tn per
+// append; ragged prompts use attention_options::key_lengths). keys()/values()
+// are views of the first length() positions (strided: the batch stride is
+// capacity * Hkv * D). Memory: 2 * B * capacity * Hkv * D * sizeof(T) per layer
+// — this is what GQA divides by Hq / Hkv.
+template <class T>
+class kv_cache {
+public:
+    kv_cache() = default;
+    kv_cache(index_t batch, index_t capacity, index_t kv_heads, index_t head_dim)
+        : k_(checked_shape(batch, capacity, kv_heads, head_dim)), v_(k_.shape()) {}
+
+    index_t batch() const { return k_.extent(0); }
+    index_t capacity() const { return k_.extent(1); }
+    index_t kv_heads() const { return k_.extent(2); }
+    index_t head_dim() const { return k_.extent(3); }
+    index_t length() const { return length_; }
+
+    // Store the keys and values of the next Tn positions: (B, Tn, Hkv, D) each.
+    void append(tensor_view<const T, 4> k_new, tensor_view<const T, 4> v_new) {
+        const extents<4> want{batch(), k_new.extent(1), kv_heads(), head_dim()};
+        expect_shape(k_new, want, "kv_cache::append: k_new");
+        expect_shape(v_new, want, "kv_cache::append: v_new");
+        const index_t n = k_new.extent(1);
+        TINYLLM_EXPECT(length_ + n <= capacity(), "kv_cache::append: ", n, " new positions after ", length_,
+                       " exceed the capacity ", capacity());
+        for (index_t b = 0; b < batch(); ++b)
+            for (index_t t = 0; t < n; ++t)
+                for (index_t h = 0; h < kv_heads(); ++h)
+                    for (index_t d = 0; d < head_dim(); ++d) {
+                        k_(b, length_ + t, h, d) = k_new(b, t, h, d);
+                        v_(b, length_ + t, h, d) = v_new(b, t, h, d);
+                    }
+        length_ += n;
+    }
+
+    // The stored positions: (B, length, Hkv, D) views into the storage.
+    tensor_view<const T, 4> keys() const { return tensor_view<const T, 4>(k_.view()).narrow(1, 0, length_); }
+    tensor_view<const T, 4> values() const { return tensor_view<const T, 4>(v_.view()).narrow(1, 0, length_); }
+
+    // Forget everything (the storage stays allocated).
+    void clear() { length_ = 0; }
+
+private:
+    static extents<4> checked_shape(index_t b, index_t cap, index_t h, index_t d) {
+        TINYLLM_EXPECT(b >= 1 && cap >= 1 && h >= 1 && d >= 1, "kv_cache: batch = ", b, ", capacity = ", cap,
+                       ", kv_heads = ", h, ", head_dim = ", d, " must all be at least 1");
+        return {b, cap, h, d};
+    }
+
+    tensor<T, 4> k_, v_;  // (B, capacity, Hkv, D)
+    index_t length_ = 0;
+};
+
+namespace cpu {
+
+// Attend the newest Tn queries (B, Tn, Hq, D) — the last Tn positions already
+// appended to the cache — over everything in the cache. With causal = true the
+// alignment is bottom-right, so query t of the Tn sees cache positions
+// <= length - Tn + t. One query per step (Tn = 1) is ordinary decoding; Tn > 1
+// is a prefill chunk or speculative verification.
+template <class T>
+void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q, const kv_cache<T>& cache,
+               const attention_options& opts = {}, tensor_view<float, 4> probs = {}) {
+    TINYLLM_EXPECT(q.extent(1) <= cache.length(), "attention over a kv_cache: ", q.extent(1),
+                   " queries but the cache holds only ", cache.length(), " positions (append first)");
+    attention<T>(out, q, cache.keys(), cache.values(), opts, probs);
+}
+
+}  // namespace cpu
+}  // namespace tinyllm

@@ -1,0 +1,498 @@
+// Tests for tinyllm/attention.hpp: the CPU reference of scaled dot-product
+// attention (hand-computed values, an independent float64 recomputation, every
+// mask and option, GQA, fully masked rows), the mask/tile helpers the CUDA
+// kernels share, the KV cache, and the errors for bad arguments.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/attention.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+using tinyllm::attention_options;
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::tensor;
+using tinyllm_test::contains;
+using tinyllm_test::tolerance;
+
+namespace {
+
+struct shape {
+    index_t B, Tq, Tk, Hq, Hkv, D;
+};
+
+tensor<float, 4> random_tensor(extents<4> s, std::uint64_t which, float lo = -1.0f, float hi = 1.0f) {
+    tensor<float, 4> t(s);
+    t.values() = tinyllm_test::random_floats(static_cast<std::size_t>(s.product()), which, lo, hi);
+    return t;
+}
+
+template <class T>
+tensor<double, 4> to_double(const tensor<T, 4>& x) {
+    tensor<double, 4> y(x.shape());
+    for (index_t i = 0; i < x.size(); ++i) y.values()[static_cast<std::size_t>(i)] = x.values()[static_cast<std::size_t>(i)];
+    return y;
+}
+
+// An independent float64 attention, written from the definitions rather than
+// from attention_visible_keys: a full (Tq, Tk) mask matrix, -inf scores, and a
+// softmax that skips rows without a visible key. Returns O (B, Tq, Hq, D) and
+// fills P (B, Hq, Tq, Tk).
+std::vector<double> reference(const tensor<float, 4>& q, const tensor<float, 4>& k, const tensor<float, 4>& v,
+                              bool causal, index_t window, const std::vector<float>& slopes, double softcap,
+                              const std::vector<int>& lengths, std::vector<double>* probs = nullptr,
+                              double scale = -1) {
+    const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
+    const index_t Tk = k.extent(1), Hkv = k.extent(2);
+    if (scale < 0) scale = 1.0 / std::sqrt(static_cast<double>(D));
+    std::vector<double> out(static_cast<std::size_t>(B * Tq * Hq * D), 0.0);
+    if (probs) probs->assign(static_cast<std::size_t>(B * Hq * Tq * Tk), 0.0);
+    const double inf = std::numeric_limits<double>::infinity();
+    for (index_t b = 0; b < B; ++b)
+        for (index_t h = 0; h < Hq; ++h)
+            for (index_t i = 0; i < Tq; ++i) {
+                const index_t pos = Tk - Tq + i;
+                std::vector<double> s(static_cast<std::size_t>(Tk));
+                double mx = -inf;
+                for (index_t j = 0; j < Tk; ++j) {
+                    bool masked = false;
+                    if (causal && j > pos) masked = true;
+                    if (window > 0 && pos - j >= window) masked = true;
+                    if (!lengths.empty() && j >= lengths[static_cast<std::size_t>(b)]) masked = true;
+                    double dot = 0;
+                    for (index_t d = 0; d < D; ++d) dot += double(q(b, i, h, d)) * double(k(b, j, h * Hkv / Hq, d));
+                    double x = dot * scale;
+                    if (softcap > 0) x = softcap * std::tanh(x / softcap);
+                    if (!slopes.empty()) x += -double(slopes[static_cast<std::size_t>(h)]) * double(pos - j);
+                    s[static_cast<std::size_t>(j)] = masked ? -inf : x;
+                    mx = std::max(mx, s[static_cast<std::size_t>(j)]);
+                }
+                if (mx == -inf) continue;  // no visible key: zeros
+                double sum = 0;
+                for (auto& x : s) sum += (x = std::exp(x - mx));
+                for (index_t j = 0; j < Tk; ++j) {
+                    const double p = s[static_cast<std::size_t>(j)] / sum;
+                    if (probs) (*probs)[static_cast<std::size_t>(((b * Hq + h) * Tq + i) * Tk + j)] = p;
+                    for (index_t d = 0; d < D; ++d)
+                        out[static_cast<std::size_t>(((b * Tq + i) * Hq + h) * D + d)] += p * v(b, j, h * Hkv / Hq, d);
+                }
+            }
+    return out;
+}
+
+template <class T>
+std::vector<double> as_doubles(const tensor<T, 4>& t) {
+    return std::vector<double>(t.values().begin(), t.values().end());
+}
+
+}  // namespace
+
+TEST_CASE("attention: a hand-computed example", "[attention]") {
+    // q0 = (1, 0), q1 = (0, 1); k0 = (ln 3, 0), k1 = (0, ln 3); scale 1:
+    // scores q0: (ln 3, 0) -> p = (3/4, 1/4); q1: (0, ln 3) -> p = (1/4, 3/4).
+    // v0 = (4, 8), v1 = (0, 4): o0 = (3, 7), o1 = (1, 5).
+    const float l3 = static_cast<float>(std::log(3.0));
+    tensor<float, 4> q({1, 2, 1, 2}), k({1, 2, 1, 2}), v({1, 2, 1, 2}), o({1, 2, 1, 2});
+    q.values() = {1, 0, 0, 1};
+    k.values() = {l3, 0, 0, l3};
+    v.values() = {4, 8, 0, 4};
+    tensor<float, 4> p({1, 1, 2, 2});
+    attention_options opts;
+    opts.scale = 1.0f;
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    const std::vector<double> want_o = {3, 7, 1, 5}, want_p = {0.75, 0.25, 0.25, 0.75};
+    TINYLLM_REQUIRE_CLOSE(o.values(), want_o, tolerance{1e-6, 1e-6}, "hand example O");
+    TINYLLM_REQUIRE_CLOSE(p.values(), want_p, tolerance{1e-7, 0}, "hand example P");
+
+    // Causal: q0 sees k0 only -> o0 = v0 = (4, 8); q1 is unchanged.
+    opts.causal = true;
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    const std::vector<double> causal_o = {4, 8, 1, 5}, causal_p = {1, 0, 0.25, 0.75};
+    TINYLLM_REQUIRE_CLOSE(o.values(), causal_o, tolerance{1e-6, 1e-6}, "hand example causal O");
+    TINYLLM_REQUIRE_CLOSE(p.values(), causal_p, tolerance{1e-7, 0}, "hand example causal P");
+
+    // Default scale 1/sqrt(2): q0 scores (ln 3 / sqrt 2, 0).
+    opts = {};
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    const double e = std::exp(std::log(3.0) / std::sqrt(2.0)), p0 = e / (e + 1);
+    CHECK(p(0, 0, 0, 0) == tinyllm_test::Approx(p0).epsilon(1e-6));
+    CHECK(o(0, 0, 0, 0) == tinyllm_test::Approx(4 * p0).epsilon(1e-6));
+}
+
+TEST_CASE("attention: float64 recomputation on random inputs, every option", "[attention]") {
+    const shape shapes[] = {{2, 5, 7, 4, 2, 8}, {1, 7, 7, 3, 3, 5}, {2, 1, 9, 8, 1, 4}, {1, 6, 3, 2, 2, 3}};
+    std::uint64_t which = 0;
+    for (const auto& s : shapes)
+        for (int variant = 0; variant < 6; ++variant) {
+            const auto q = random_tensor({s.B, s.Tq, s.Hq, s.D}, which++, -2, 2);
+            const auto k = random_tensor({s.B, s.Tk, s.Hkv, s.D}, which++, -2, 2);
+            const auto v = random_tensor({s.B, s.Tk, s.Hkv, s.D}, which++);
+            attention_options opts;
+            std::vector<float> slopes;
+            std::vector<int> lengths;
+            index_t window = 0;
+            double softcap = 0;
+            if (variant >= 1) opts.causal = true;
+            if (variant == 2) opts.window = window = 3;
+            if (variant == 3) {
+                for (index_t h = 0; h < s.Hq; ++h) slopes.push_back(0.5f / static_cast<float>(h + 1));
+                opts.alibi_slopes = {slopes.data(), {s.Hq}};
+            }
+            if (variant == 4) opts.softcap = static_cast<float>(softcap = 0.75);  // exact in float
+            if (variant == 5) {
+                for (index_t b = 0; b < s.B; ++b) lengths.push_back(static_cast<int>((s.Tk * (b + 1)) / (s.B + 1)));
+                opts.key_lengths = {lengths.data(), {s.B}};
+            }
+            INFO("shape B" << s.B << " Tq" << s.Tq << " Tk" << s.Tk << " Hq" << s.Hq << " Hkv" << s.Hkv << " D" << s.D
+                           << " variant " << variant);
+            std::vector<double> want_p;
+            const auto want = reference(q, k, v, opts.causal, window, slopes, softcap, lengths, &want_p);
+
+            // The reference in double agrees to rounding.
+            const auto qd = to_double(q), kd = to_double(k), vd = to_double(v);
+            tensor<double, 4> od({s.B, s.Tq, s.Hq, s.D});
+            tensor<float, 4> p({s.B, s.Hq, s.Tq, s.Tk});
+            tinyllm::cpu::attention<double>(od.view(), qd.view(), kd.view(), vd.view(), opts, p.view());
+            TINYLLM_REQUIRE_CLOSE(od.values(), want, tolerance{1e-12, 1e-12, 1e-12}, "double O");
+            TINYLLM_REQUIRE_CLOSE(p.values(), want_p, tolerance{1e-7, 1e-6}, "P");
+
+            // Float in and out: one rounding of the double result.
+            tensor<float, 4> of({s.B, s.Tq, s.Hq, s.D});
+            tinyllm::cpu::attention<float>(of.view(), q.view(), k.view(), v.view(), opts);
+            TINYLLM_REQUIRE_CLOSE(of.values(), want, tolerance{1e-6, 1e-6, 1e-6}, "float O");
+        }
+}
+
+TEST_CASE("attention: causal is bottom-right aligned when Tq < Tk", "[attention]") {
+    const index_t Tq = 3, Tk = 8, H = 2, D = 4;
+    const auto qlong = random_tensor({1, Tk, H, D}, 1), k = random_tensor({1, Tk, H, D}, 2), v = random_tensor({1, Tk, H, D}, 3);
+    attention_options opts;
+    opts.causal = true;
+    // The last Tq queries of full causal attention ...
+    tensor<float, 4> full({1, Tk, H, D});
+    tinyllm::cpu::attention<float>(full.view(), qlong.view(), k.view(), v.view(), opts);
+    // ... equal attention with only those queries.
+    tensor<float, 4> q({1, Tq, H, D}), o({1, Tq, H, D});
+    for (index_t i = 0; i < Tq; ++i)
+        for (index_t h = 0; h < H; ++h)
+            for (index_t d = 0; d < D; ++d) q(0, i, h, d) = qlong(0, Tk - Tq + i, h, d);
+    tensor<float, 4> p({1, H, Tq, Tk});
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    for (index_t i = 0; i < Tq; ++i)
+        for (index_t h = 0; h < H; ++h) {
+            for (index_t d = 0; d < D; ++d) CHECK(o(0, i, h, d) == full(0, Tk - Tq + i, h, d));
+            // Query i sees keys 0 .. i + Tk - Tq.
+            for (index_t j = 0; j < Tk; ++j) CHECK((p(0, h, i, j) > 0) == (j <= i + Tk - Tq));
+        }
+}
+
+TEST_CASE("attention: sliding window sees the last `window` keys, itself included", "[attention]") {
+    const index_t T = 9, H = 2, D = 4;
+    const auto q = random_tensor({1, T, H, D}, 4), k = random_tensor({1, T, H, D}, 5), v = random_tensor({1, T, H, D}, 6);
+    for (index_t w : {1, 2, 4}) {
+        attention_options opts;
+        opts.causal = true;
+        opts.window = w;
+        tensor<float, 4> o({1, T, H, D}), p({1, H, T, T});
+        tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+        for (index_t h = 0; h < H; ++h)
+            for (index_t i = 0; i < T; ++i)
+                for (index_t j = 0; j < T; ++j) CHECK((p(0, h, i, j) > 0) == (j <= i && j > i - w));
+        // window 1: each query sees only itself, so o_i = v_i.
+        if (w == 1)
+            for (index_t i = 0; i < T; ++i)
+                for (index_t d = 0; d < D; ++d) CHECK(o(0, i, 1, d) == v(0, i, 1, d));
+    }
+    // A window as long as the sequence changes nothing.
+    attention_options a, b;
+    a.causal = b.causal = true;
+    b.window = T;
+    tensor<float, 4> oa({1, T, H, D}), ob({1, T, H, D});
+    tinyllm::cpu::attention<float>(oa.view(), q.view(), k.view(), v.view(), a);
+    tinyllm::cpu::attention<float>(ob.view(), q.view(), k.view(), v.view(), b);
+    CHECK(oa.values() == ob.values());
+}
+
+TEST_CASE("attention: ALiBi adds -slope * (pos(i) - j)", "[attention]") {
+    // With q = 0 every content score is 0, so P row i is proportional to
+    // exp(-slope * (pos(i) - j)) over the visible keys: a geometric sequence.
+    const index_t T = 5, H = 2, D = 3;
+    tensor<float, 4> q({1, T, H, D}), o({1, T, H, D}), p({1, H, T, T});
+    const auto k = random_tensor({1, T, H, D}, 7), v = random_tensor({1, T, H, D}, 8);
+    std::vector<float> slopes = {0.5f, 0.25f};
+    attention_options opts;
+    opts.causal = true;
+    opts.alibi_slopes = {slopes.data(), {H}};
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    for (index_t h = 0; h < H; ++h)
+        for (index_t i = 0; i < T; ++i) {
+            double sum = 0;
+            for (index_t j = 0; j <= i; ++j) sum += std::exp(-slopes[static_cast<std::size_t>(h)] * double(i - j));
+            for (index_t j = 0; j <= i; ++j)
+                CHECK(p(0, h, i, j) ==
+                      tinyllm_test::Approx(std::exp(-slopes[static_cast<std::size_t>(h)] * double(i - j)) / sum).epsilon(1e-6));
+        }
+}
+
+TEST_CASE("attention: soft-capping bounds the logits by cap", "[attention]") {
+    // Scores of +-100 capped at 1 become tanh(+-100) = +-1: the probabilities
+    // of a row with keys scoring (100, -100) are (e, 1/e) / (e + 1/e).
+    tensor<float, 4> q({1, 1, 1, 1}), k({1, 2, 1, 1}), v({1, 2, 1, 1}), o({1, 1, 1, 1}), p({1, 1, 1, 2});
+    q.values() = {10};
+    k.values() = {10, -10};
+    v.values() = {1, 0};
+    attention_options opts;
+    opts.scale = 1.0f;
+    opts.softcap = 1.0f;
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    const double e = std::exp(1.0), want = e / (e + 1 / e);
+    CHECK(p(0, 0, 0, 0) == tinyllm_test::Approx(want).epsilon(1e-6));
+    CHECK(o(0, 0, 0, 0) == tinyllm_test::Approx(want).epsilon(1e-6));
+    // A huge cap is (nearly) no cap.
+    opts.softcap = 1e30f;
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    CHECK(p(0, 0, 0, 0) == 1.0f);
+}
+
+TEST_CASE("attention: padding masks keys at or past each row's length", "[attention]") {
+    const index_t B = 3, T = 6, H = 2, D = 4;
+    const auto q = random_tensor({B, T, H, D}, 9), k = random_tensor({B, T, H, D}, 10), v = random_tensor({B, T, H, D}, 11);
+    std::vector<std::int32_t> lengths = {6, 4, 1};
+    attention_options opts;
+    opts.key_lengths = {lengths.data(), {B}};
+    tensor<float, 4> o({B, T, H, D}), p({B, H, T, T});
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    for (index_t b = 0; b < B; ++b) {
+        // Equal to attention over the first length keys only.
+        const index_t L = lengths[static_cast<std::size_t>(b)];
+        tensor<float, 4> qb({1, T, H, D}), kb({1, L, H, D}), vb({1, L, H, D}), ob({1, T, H, D});
+        for (index_t t = 0; t < T; ++t)
+            for (index_t h = 0; h < H; ++h)
+                for (index_t d = 0; d < D; ++d) {
+                    qb(0, t, h, d) = q(b, t, h, d);
+                    if (t < L) kb(0, t, h, d) = k(b, t, h, d), vb(0, t, h, d) = v(b, t, h, d);
+                }
+        tinyllm::cpu::attention<float>(ob.view(), qb.view(), kb.view(), vb.view());
+        for (index_t t = 0; t < T; ++t)
+            for (index_t h = 0; h < H; ++h) {
+                for (index_t d = 0; d < D; ++d) CHECK(o(b, t, h, d) == ob(0, t, h, d));
+                for (index_t j = L; j < T; ++j) CHECK(p(b, h, t, j) == 0.0f);
+            }
+    }
+}
+
+TEST_CASE("attention: GQA and MQA equal MHA with the K/V heads repeated", "[attention]") {
+    const index_t B = 2, Tq = 4, Tk = 6, Hq = 8, D = 5;
+    for (index_t Hkv : {1, 2, 4}) {
+        const auto q = random_tensor({B, Tq, Hq, D}, 12), k = random_tensor({B, Tk, Hkv, D}, 13),
+                   v = random_tensor({B, Tk, Hkv, D}, 14);
+        tensor<float, 4> kr({B, Tk, Hq, D}), vr({B, Tk, Hq, D});
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < Tk; ++t)
+                for (index_t h = 0; h < Hq; ++h)
+                    for (index_t d = 0; d < D; ++d) {
+                        kr(b, t, h, d) = k(b, t, h / (Hq / Hkv), d);
+                        vr(b, t, h, d) = v(b, t, h / (Hq / Hkv), d);
+                    }
+        attention_options opts;
+        opts.causal = true;
+        tensor<float, 4> og({B, Tq, Hq, D}), om({B, Tq, Hq, D});
+        tinyllm::cpu::attention<float>(og.view(), q.view(), k.view(), v.view(), opts);
+        tinyllm::cpu::attention<float>(om.view(), q.view(), kr.view(), vr.view(), opts);
+        INFO("Hkv = " << Hkv);
+        CHECK(og.values() == om.values());
+    }
+}
+
+TEST_CASE("attention: fully masked rows give zeros, never NaN", "[attention]") {
+    const index_t B = 2, Tq = 5, Tk = 3, H = 2, D = 4;
+    const auto q = random_tensor({B, Tq, H, D}, 15), k = random_tensor({B, Tk, H, D}, 16), v = random_tensor({B, Tk, H, D}, 17);
+    std::vector<std::int32_t> lengths = {3, 0};  // batch row 1 has no keys at all
+    attention_options opts;
+    opts.causal = true;  // Tq > Tk: queries 0 and 1 sit at positions -2, -1: nothing to see
+    opts.key_lengths = {lengths.data(), {B}};
+    tensor<float, 4> o({B, Tq, H, D}, 123.0f), p({B, H, Tq, Tk}, 123.0f);
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+    for (index_t b = 0; b < B; ++b)
+        for (index_t i = 0; i < Tq; ++i)
+            for (index_t h = 0; h < H; ++h) {
+                const bool empty = b == 1 || i < 2;
+                double row = 0;
+                for (index_t j = 0; j < Tk; ++j) row += p(b, h, i, j);
+                CHECK(row == tinyllm_test::Approx(empty ? 0.0 : 1.0).margin(1e-6));
+                for (index_t d = 0; d < D; ++d) {
+                    CHECK(std::isfinite(o(b, i, h, d)));
+                    if (empty) CHECK(o(b, i, h, d) == 0.0f);
+                }
+            }
+    // Tk = 0: every row is empty.
+    tensor<float, 4> k0({B, 0, H, D}), v0({B, 0, H, D});
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k0.view(), v0.view());
+    for (float x : o.values()) CHECK(x == 0.0f);
+}
+
+TEST_CASE("attention: probability rows sum to 1 and are nonnegative", "[attention]") {
+    const index_t B = 2, Tq = 7, Tk = 11, Hq = 4, Hkv = 2, D = 6;
+    const auto q = random_tensor({B, Tq, Hq, D}, 18, -4, 4), k = random_tensor({B, Tk, Hkv, D}, 19, -4, 4),
+               v = random_tensor({B, Tk, Hkv, D}, 20);
+    for (bool causal : {false, true}) {
+        attention_options opts;
+        opts.causal = causal;
+        tensor<float, 4> o({B, Tq, Hq, D}), p({B, Hq, Tq, Tk});
+        tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts, p.view());
+        for (index_t b = 0; b < B; ++b)
+            for (index_t h = 0; h < Hq; ++h)
+                for (index_t i = 0; i < Tq; ++i) {
+                    double row = 0;
+                    for (index_t j = 0; j < Tk; ++j) {
+                        CHECK(p(b, h, i, j) >= 0.0f);
+                        row += p(b, h, i, j);
+                    }
+                    CHECK(row == tinyllm_test::Approx(1.0).margin(1e-6));
+                }
+    }
+}
+
+TEST_CASE("attention: large scores do not overflow (max subtraction)", "[attention]") {
+    tensor<float, 4> q({1, 1, 1, 1}), k({1, 3, 1, 1}), v({1, 3, 1, 1}), o({1, 1, 1, 1});
+    q.values() = {1000};
+    k.values() = {1000, 999, -1000};  // scores 1e6, 999000, -1e6: exp would overflow
+    v.values() = {1, 2, 3};
+    attention_options opts;
+    opts.scale = 1.0f;
+    tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts);
+    CHECK(o(0, 0, 0, 0) == 1.0f);  // all weight on the first key
+}
+
+TEST_CASE("attention: KV-cache decoding step by step equals full causal attention", "[attention]") {
+    const index_t B = 2, T = 9, Hq = 4, Hkv = 2, D = 8;
+    const auto q = random_tensor({B, T, Hq, D}, 21), k = random_tensor({B, T, Hkv, D}, 22), v = random_tensor({B, T, Hkv, D}, 23);
+    for (int variant = 0; variant < 2; ++variant) {
+        attention_options opts;
+        opts.causal = true;
+        if (variant == 1) opts.window = 3;
+        tensor<float, 4> full({B, T, Hq, D});
+        tinyllm::cpu::attention<float>(full.view(), q.view(), k.view(), v.view(), opts);
+
+        tinyllm::kv_cache<float> cache(B, 16, Hkv, D);
+        // A prefill chunk of 4 positions, then one token at a time.
+        index_t t = 0;
+        for (index_t n : {4, 1, 1, 1, 1, 1}) {
+            cache.append(k.view().narrow(1, t, n), v.view().narrow(1, t, n));
+            tensor<float, 4> o({B, n, Hq, D});
+            tinyllm::cpu::attention<float>(o.view(), q.view().narrow(1, t, n), cache, opts);
+            for (index_t b = 0; b < B; ++b)
+                for (index_t i = 0; i < n; ++i)
+                    for (index_t h = 0; h < Hq; ++h)
+                        for (index_t d = 0; d < D; ++d) CHECK(o(b, i, h, d) == full(b, t + i, h, d));
+            t += n;
+        }
+        CHECK(cache.length() == T);
+        CHECK(cache.keys().extent(1) == T);
+        cache.clear();
+        CHECK(cache.length() == 0);
+    }
+    tinyllm::kv_cache<float> small(B, 2, Hkv, D);
+    CHECK_THROWS_WITH(small.append(k.view().narrow(1, 0, 3), v.view().narrow(1, 0, 3)), contains("exceed the capacity 2"));
+    CHECK_THROWS_WITH(small.append(k.view().narrow(1, 0, 1), q.view().narrow(1, 0, 1)), contains("v_new has shape"));
+    tensor<float, 4> o({B, 1, Hq, D});
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(o.view(), q.view().narrow(1, 0, 1), small),
+                      contains("cache holds only 0"));
+}
+
+TEST_CASE("attention: mask helpers agree with the definition, tile skip/full/partial is safe", "[attention]") {
+    using tinyllm::attention_tile;
+    for (index_t tq : {1, 3, 8})
+        for (index_t tk : {1, 5, 13})
+            for (bool causal : {false, true})
+                for (index_t window : {0, 1, 3})
+                    for (index_t length : {index_t{0}, tk / 2, tk}) {
+                        if (window > 0 && !causal) continue;
+                        const tinyllm::attention_mask m{tq, tk, causal, window};
+                        auto visible = [&](index_t i, index_t j) {
+                            const index_t pos = i + tk - tq;
+                            return j < length && (!causal || j <= pos) && (window == 0 || pos - j < window);
+                        };
+                        for (index_t i = 0; i < tq; ++i)
+                            for (index_t j = 0; j < tk; ++j)
+                                REQUIRE(tinyllm::attention_visible_keys(m, i, length).contains(j) == visible(i, j));
+                        // Every tile shape and position: skip means no visible element,
+                        // full means all visible; tile_keys covers every visible key.
+                        for (index_t rows : {1, 2, 4})
+                            for (index_t cols : {1, 2, 4})
+                                for (index_t q0 = 0; q0 < tq; q0 += rows) {
+                                    const auto range = tinyllm::attention_tile_keys(m, q0, rows, length);
+                                    for (index_t k0 = 0; k0 < tk; k0 += cols) {
+                                        const index_t c = std::min(cols, tk - k0);
+                                        const auto kind = tinyllm::attention_classify_tile(m, q0, rows, k0, c, length);
+                                        bool any = false, all = true;
+                                        for (index_t i = q0; i < std::min(q0 + rows, tq); ++i)
+                                            for (index_t j = k0; j < k0 + c; ++j) {
+                                                any = any || visible(i, j);
+                                                all = all && visible(i, j);
+                                                if (visible(i, j)) REQUIRE(range.contains(j));
+                                            }
+                                        INFO("tq " << tq << " tk " << tk << " causal " << causal << " window " << window
+                                                   << " len " << length << " tile q0 " << q0 << " rows " << rows
+                                                   << " k0 " << k0 << " cols " << c);
+                                        if (kind == attention_tile::skip) REQUIRE(!any);
+                                        if (kind == attention_tile::full) REQUIRE(all);
+                                        // Exact for the masks without a window.
+                                        if (window == 0) REQUIRE((kind == attention_tile::skip) == !any);
+                                        if (window == 0) REQUIRE((kind == attention_tile::full) == all);
+                                    }
+                                }
+                    }
+    // The logit transform: scale, cap, bias in that order.
+    CHECK(tinyllm::attention_logit(2.0, 0.5, 0.0, 0.0, 5, 5) == 1.0);
+    CHECK(tinyllm::attention_logit(2.0, 0.5, 0.0, 0.25, 5, 1) == 0.0);
+    CHECK(tinyllm::attention_logit(2.0, 0.5, 2.0, 0.0, 0, 0) == tinyllm_test::Approx(2.0 * std::tanh(0.5)));
+}
+
+TEST_CASE("attention: bad arguments are rejected with clear errors", "[attention][error]") {
+    tensor<float, 4> q({1, 3, 6, 4}), k({1, 5, 4, 4}), v({1, 5, 4, 4}), o({1, 3, 6, 4});
+    auto call = [&](const attention_options& opts) {
+        tinyllm::cpu::attention<float>(o.view(), q.view(), k.view(), v.view(), opts);
+    };
+    CHECK_THROWS_WITH(call({}), contains("must be a multiple of the key/value heads (Hkv = 4)"));
+    tensor<float, 4> k2({1, 5, 2, 4}), v2({1, 5, 2, 4}), v3({1, 4, 2, 4}), k4({1, 5, 2, 3}), k5({2, 5, 2, 4});
+    auto call2 = [&](tensor<float, 4>& kk, tensor<float, 4>& vv, const attention_options& opts = {}) {
+        tinyllm::cpu::attention<float>(o.view(), q.view(), kk.view(), vv.view(), opts);
+    };
+    CHECK_NOTHROW(call2(k2, v2));
+    CHECK_THROWS_WITH(call2(k2, v3), contains("they must be equal"));
+    CHECK_THROWS_WITH(call2(k4, k4), contains("q has head dim 4 but k has head dim 3"));
+    CHECK_THROWS_WITH(call2(k5, k5), contains("q has batch 1 but k has batch 2"));
+    tensor<float, 4> bad_out({1, 3, 6, 5});
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(bad_out.view(), q.view(), k2.view(), v2.view()),
+                      contains("out has shape (1, 3, 6, 5)"));
+
+    attention_options w;
+    w.causal = true;
+    w.window = 0;
+    CHECK_THROWS_WITH(call2(k2, v2, w), contains("window = 0 must be at least 1"));
+    w.window = 2;
+    w.causal = false;
+    CHECK_THROWS_WITH(call2(k2, v2, w), contains("needs causal = true"));
+    attention_options c;
+    c.softcap = -1.0f;
+    CHECK_THROWS_WITH(call2(k2, v2, c), contains("softcap = -1 must be a positive"));
+    std::vector<float> slopes(5, 0.5f);
+    attention_options a;
+    a.alibi_slopes = {slopes.data(), {5}};
+    CHECK_THROWS_WITH(call2(k2, v2, a), contains("alibi_slopes has 5 slopes but there are Hq = 6"));
+    std::vector<std::int32_t> lengths = {6};
+    attention_options l;
+    l.key_lengths = {lengths.data(), {1}};
+    CHECK_THROWS_WITH(call2(k2, v2, l), contains("key_lengths[0] = 6 must be in [0, Tk = 5]"));
+    std::vector<std::int32_t> lengths2 = {1, 2};
+    l.key_lengths = {lengths2.data(), {2}};
+    CHECK_THROWS_WITH(call2(k2, v2, l), contains("key_lengths has 2 entries but the batch is B = 1"));
+    tensor<float, 4> p({1, 6, 3, 4});
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(o.view(), q.view(), k2.view(), v2.view(), {}, p.view()),
+                      contains("probs has shape (1, 6, 3, 4) but (1, 6, 3, 5) is required"));
+}
