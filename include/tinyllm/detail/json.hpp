@@ -1,0 +1,341 @@
+// tinyllm/detail/json.hpp — a small, complete JSON reader (RFC 8259).
+//
+// tinyllm reads a few JSON files: Hugging Face tokenizer.json and
+// config.json, GPT-2's encoder.json, safetensors headers. This parser turns a
+// document into a tree of json::value (null, bool, number, string, array,
+// object) and reports any syntax error with the byte offset, line and column
+// where it happened and what was expected:
+//
+//     auto doc = tinyllm::json::parse(text, "tokenizer.json");
+//     const auto& merges = doc.at("model").at("merges").as_array();
+//
+// Strings are stored as UTF-8: \uXXXX escapes are decoded, including UTF-16
+// surrogate pairs (\ud83d\ude00 is U+1F600); a lone surrogate is an error.
+// Numbers keep their text and convert on request (as_double, as_int64), so an
+// integer such as a token id or a tensor offset above 2^53 loses nothing.
+// Object members keep their file order; lookups are linear per member list
+// (files here have few keys per object, except vocabularies, which callers
+// iterate rather than look up).
+#pragma once
+
+#include <tinyllm/detail/utf8.hpp>
+#include <tinyllm/error.hpp>
+
+#include <charconv>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tinyllm::json {
+
+enum class kind { null, boolean, number, string, array, object };
+
+inline const char* kind_name(kind k) {
+    switch (k) {
+        case kind::null: return "null";
+        case kind::boolean: return "a boolean";
+        case kind::number: return "a number";
+        case kind::string: return "a string";
+        case kind::array: return "an array";
+        case kind::object: return "an object";
+    }
+    return "?";
+}
+
+class value {
+public:
+    using array_t = std::vector<value>;
+    using object_t = std::vector<std::pair<std::string, value>>;
+
+    value() = default;
+    static value make_bool(bool b) { value v; v.kind_ = kind::boolean; v.bool_ = b; return v; }
+    static value make_number(std::string text) { value v; v.kind_ = kind::number; v.text_ = std::move(text); return v; }
+    static value make_string(std::string text) { value v; v.kind_ = kind::string; v.text_ = std::move(text); return v; }
+    static value make_array(array_t a) { value v; v.kind_ = kind::array; v.array_ = std::move(a); return v; }
+    static value make_object(object_t o) { value v; v.kind_ = kind::object; v.object_ = std::move(o); return v; }
+
+    kind type() const { return kind_; }
+    bool is_null() const { return kind_ == kind::null; }
+    bool is_bool() const { return kind_ == kind::boolean; }
+    bool is_number() const { return kind_ == kind::number; }
+    bool is_string() const { return kind_ == kind::string; }
+    bool is_array() const { return kind_ == kind::array; }
+    bool is_object() const { return kind_ == kind::object; }
+
+    bool as_bool() const { expect(kind::boolean); return bool_; }
+    const std::string& as_string() const { expect(kind::string); return text_; }
+    const std::string& number_text() const { expect(kind::number); return text_; }
+    double as_double() const { expect(kind::number); return std::strtod(text_.c_str(), nullptr); }
+    std::int64_t as_int64() const {
+        expect(kind::number);
+        std::int64_t v = 0;
+        const auto [end, ec] = std::from_chars(text_.data(), text_.data() + text_.size(), v);
+        TINYLLM_EXPECT(ec == std::errc() && end == text_.data() + text_.size(), "JSON number ", text_,
+                       " is not an integer that fits in 64 bits");
+        return v;
+    }
+    const array_t& as_array() const { expect(kind::array); return array_; }
+    const object_t& as_object() const { expect(kind::object); return object_; }
+
+    // Object member by key: nullptr when absent (or when this is not an object).
+    const value* find(std::string_view key) const {
+        if (kind_ != kind::object) return nullptr;
+        for (const auto& [k, v] : object_)
+            if (k == key) return &v;
+        return nullptr;
+    }
+    const value& at(std::string_view key) const {
+        expect(kind::object);
+        const value* v = find(key);
+        if (!v) TINYLLM_FAIL("JSON object has no member \"", key, "\"");
+        return *v;
+    }
+    const value& at(std::size_t i) const {
+        expect(kind::array);
+        TINYLLM_EXPECT(i < array_.size(), "JSON array index ", i, " out of range (size ", array_.size(), ")");
+        return array_[i];
+    }
+    std::size_t size() const {
+        return kind_ == kind::array ? array_.size() : kind_ == kind::object ? object_.size() : 0;
+    }
+
+private:
+    void expect(kind k) const {
+        if (kind_ != k) TINYLLM_FAIL("JSON value is ", kind_name(kind_), ", expected ", kind_name(k));
+    }
+    kind kind_ = kind::null;
+    bool bool_ = false;
+    std::string text_;
+    array_t array_;
+    object_t object_;
+};
+
+namespace detail {
+
+class parser {
+public:
+    parser(std::string_view text, std::string_view source) : s_(text), source_(source) {}
+
+    value parse_document() {
+        skip_ws();
+        value v = parse_value(0);
+        skip_ws();
+        if (i_ != s_.size()) fail("unexpected text after the JSON value");
+        return v;
+    }
+
+private:
+    static constexpr int max_depth = 512;
+
+    [[noreturn]] void fail(std::string_view what) const {
+        std::size_t line = 1, col = 1;
+        for (std::size_t k = 0; k < i_ && k < s_.size(); ++k) {
+            if (s_[k] == '\n') ++line, col = 1;
+            else ++col;
+        }
+        TINYLLM_FAIL("malformed JSON in ", source_, " at byte ", i_, " (line ", line, ", column ", col, "): ", what);
+    }
+
+    void skip_ws() {
+        while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
+    }
+
+    bool consume(std::string_view word) {
+        if (s_.substr(i_, word.size()) != word) return false;
+        i_ += word.size();
+        return true;
+    }
+
+    value parse_value(int depth) {
+        if (depth > max_depth) fail("nesting deeper than 512 levels");
+        if (i_ >= s_.size()) fail("unexpected end of input, expected a value");
+        const char c = s_[i_];
+        if (c == '{') return parse_object(depth);
+        if (c == '[') return parse_array(depth);
+        if (c == '"') return value::make_string(parse_string());
+        if (c == '-' || (c >= '0' && c <= '9')) return parse_number();
+        if (consume("true")) return value::make_bool(true);
+        if (consume("false")) return value::make_bool(false);
+        if (consume("null")) return value{};
+        fail(std::string("unexpected character '") + c + "', expected a value");
+    }
+
+    value parse_object(int depth) {
+        ++i_;  // {
+        value::object_t members;
+        skip_ws();
+        if (i_ < s_.size() && s_[i_] == '}') {
+            ++i_;
+            return value::make_object(std::move(members));
+        }
+        for (;;) {
+            skip_ws();
+            if (i_ >= s_.size() || s_[i_] != '"') fail("expected a string key in object");
+            std::string key = parse_string();
+            skip_ws();
+            if (i_ >= s_.size() || s_[i_] != ':') fail("expected ':' after object key");
+            ++i_;
+            skip_ws();
+            members.emplace_back(std::move(key), parse_value(depth + 1));
+            skip_ws();
+            if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
+            if (i_ < s_.size() && s_[i_] == '}') { ++i_; break; }
+            fail("expected ',' or '}' in object");
+        }
+        return value::make_object(std::move(members));
+    }
+
+    value parse_array(int depth) {
+        ++i_;  // [
+        value::array_t items;
+        skip_ws();
+        if (i_ < s_.size() && s_[i_] == ']') {
+            ++i_;
+            return value::make_array(std::move(items));
+        }
+        for (;;) {
+            skip_ws();
+            items.push_back(parse_value(depth + 1));
+            skip_ws();
+            if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
+            if (i_ < s_.size() && s_[i_] == ']') { ++i_; break; }
+            fail("expected ',' or ']' in array");
+        }
+        return value::make_array(std::move(items));
+    }
+
+    value parse_number() {
+        const std::size_t start = i_;
+        auto digits = [&] {
+            const std::size_t d = i_;
+            while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
+            return i_ - d;
+        };
+        if (s_[i_] == '-') ++i_;
+        if (i_ < s_.size() && s_[i_] == '0') {
+            ++i_;
+        } else if (digits() == 0) {
+            fail("expected digits in number");
+        }
+        if (i_ < s_.size() && s_[i_] == '.') {
+            ++i_;
+            if (digits() == 0) fail("expected digits after '.' in number");
+        }
+        if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
+            ++i_;
+            if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
+            if (digits() == 0) fail("expected digits in exponent");
+        }
+        return value::make_number(std::string(s_.substr(start, i_ - start)));
+    }
+
+    unsigned hex4() {
+        if (i_ + 4 > s_.size()) fail("truncated \\u escape");
+        unsigned v = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = s_[i_++];
+            v <<= 4;
+            if (c >= '0' && c <= '9') v |= unsigned(c - '0');
+            else if (c >= 'a' && c <= 'f') v |= unsigned(c - 'a' + 10);
+            else if (c >= 'A' && c <= 'F') v |= unsigned(c - 'A' + 10);
+            else { --i_; fail("bad hex digit in \\u escape"); }
+        }
+        return v;
+    }
+
+    std::string parse_string() {
+        ++i_;  // "
+        std::string out;
+        for (;;) {
+            if (i_ >= s_.size()) fail("unterminated string");
+            const auto c = static_cast<unsigned char>(s_[i_]);
+            if (c == '"') { ++i_; return out; }
+            if (c < 0x20) fail("control character in string (must be escaped)");
+            if (c != '\\') {
+                // Copy a run of plain bytes; check that it is valid UTF-8.
+                std::uint32_t cp;
+                const int n = tinyllm::detail::decode_utf8(s_, i_, cp);
+                if (cp == tinyllm::detail::invalid_code_point) fail("invalid UTF-8 in string");
+                out.append(s_.substr(i_, static_cast<std::size_t>(n)));
+                i_ += static_cast<std::size_t>(n);
+                continue;
+            }
+            ++i_;
+            if (i_ >= s_.size()) fail("unterminated escape");
+            const char e = s_[i_++];
+            switch (e) {
+                case '"': out += '"'; break;
+                case '\\': out += '\\'; break;
+                case '/': out += '/'; break;
+                case 'b': out += '\b'; break;
+                case 'f': out += '\f'; break;
+                case 'n': out += '\n'; break;
+                case 'r': out += '\r'; break;
+                case 't': out += '\t'; break;
+                case 'u': {
+                    std::uint32_t cp = hex4();
+                    if (cp >= 0xD800 && cp <= 0xDBFF) {
+                        if (!(consume("\\u"))) fail("high surrogate not followed by a \\u low surrogate");
+                        const unsigned lo = hex4();
+                        if (lo < 0xDC00 || lo > 0xDFFF) fail("high surrogate followed by a non-low surrogate");
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                        fail("lone low surrogate in \\u escape");
+                    }
+                    tinyllm::detail::encode_utf8(cp, out);
+                    break;
+                }
+                default: --i_; fail(std::string("unknown escape '\\") + e + "'");
+            }
+        }
+    }
+
+    std::string_view s_;
+    std::string_view source_;
+    std::size_t i_ = 0;
+};
+
+inline void write_string(std::string& out, std::string_view s) {
+    out += '"';
+    for (const char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (c < 0x20) {
+                    static const char* hex = "0123456789abcdef";
+                    out += "\\u00";
+                    out += hex[c >> 4];
+                    out += hex[c & 15];
+                } else {
+                    out += ch;
+                }
+        }
+    }
+    out += '"';
+}
+
+}  // namespace detail
+
+// Parse a JSON document. `source` names it in error messages (a file name).
+inline value parse(std::string_view text, std::string_view source = "<json>") {
+    return detail::parser(text, source).parse_document();
+}
+
+// Append s as a JSON string literal (quotes and escapes; s must be UTF-8).
+inline std::string quote(std::string_view s) {
+    std::string out;
+    detail::write_string(out, s);
+    return out;
+}
+
+}  // namespace tinyllm::json

@@ -1,0 +1,258 @@
+// tinyllm/tokenizer.hpp — a byte-level BPE tokenizer: text -> token ids -> text.
+//
+//     auto tok = tinyllm::load_tiktoken("r50k_base.tiktoken", tinyllm::pretokenizer::r50k,
+//                                       {{"<|endoftext|>", 50256}});
+//     std::vector<tinyllm::token_id> ids = tok.encode("hello world");   // {31373, 995}
+//     std::string text = tok.decode(ids);                                // "hello world"
+//
+// Encoding is three steps:
+//   1. special tokens: find the special tokens' strings ("<|endoftext|>") that
+//      the caller allowed; they become their ids and split the text;
+//   2. pre-tokenization (pretokenize.hpp): cut each stretch of ordinary text
+//      into pieces — words with their leading space, digit groups, punctuation
+//      runs, whitespace runs;
+//   3. BPE (bpe.hpp): each piece's bytes are merged into tokens.
+//
+// Special tokens follow tiktoken's rule: text that contains a special token's
+// string is an *error* unless the caller allowed that token (then it encodes
+// as the special id) or asked to treat such strings as ordinary text
+// (encode_ordinary, or special_handling::as_text). A tokenizer that silently
+// turned user text "<|endoftext|>" into the end-of-text token would let
+// anyone who controls the input end a document.
+//
+// Decoding concatenates the tokens' bytes. A token boundary can fall inside a
+// UTF-8 character (emoji are often 2 tokens), so the bytes of one token alone
+// need not be valid text: decode() replaces invalid sequences with U+FFFD, or
+// returns the raw bytes on request; stream_decoder holds back an incomplete
+// character until the token that completes it arrives.
+//
+// The tokenizer is immutable after construction: encode and decode are const
+// and keep their scratch memory on the caller's stack, so one tokenizer can be
+// shared by any number of threads.
+#pragma once
+
+#include <tinyllm/bpe.hpp>
+#include <tinyllm/detail/utf8.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/pretokenize.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+struct special_token {
+    std::string text;
+    token_id id;
+};
+
+// Which special tokens encode() turns into their ids.
+struct allowed_special {
+    bool all = false;
+    std::vector<std::string> names;
+
+    allowed_special() = default;
+    allowed_special(std::initializer_list<std::string> list) : names(list) {}
+    explicit allowed_special(std::vector<std::string> list) : names(std::move(list)) {}
+    static allowed_special everything() {
+        allowed_special a;
+        a.all = true;
+        return a;
+    }
+    static allowed_special none() { return {}; }
+    bool allows(std::string_view name) const {
+        return all || std::find(names.begin(), names.end(), name) != names.end();
+    }
+};
+
+// What encode() does with a special token's string that is not allowed.
+enum class special_handling {
+    error,    // throw tinyllm::error (tiktoken's default: disallowed_special="all")
+    as_text,  // encode it as ordinary text
+};
+
+// What decode() does with bytes that are not valid UTF-8.
+enum class decode_errors {
+    replace,  // each invalid sequence becomes U+FFFD
+    keep,     // return the raw bytes
+};
+
+class tokenizer {
+public:
+    tokenizer() = default;
+
+    // add_prefix_space: prepend " " to text that does not start with one before
+    // encoding (Hugging Face ByteLevel's add_prefix_space; GPT-2 style models
+    // trained with it see "hello" as " hello").
+    tokenizer(bpe_vocab vocab, pretokenizer pattern, std::vector<special_token> specials = {},
+              bool add_prefix_space = false)
+        : vocab_(std::move(vocab)), pattern_(pattern), specials_(std::move(specials)),
+          add_prefix_space_(add_prefix_space) {
+        for (const auto& s : specials_) {
+            TINYLLM_EXPECT(!s.text.empty(), "special token ", s.id, " has empty text");
+            TINYLLM_EXPECT(!vocab_.contains(s.id) || vocab_.bytes(s.id) == s.text, "special token \"", s.text,
+                           "\" has id ", s.id, ", which the vocabulary already uses for a different token");
+            for (const auto& t : specials_)
+                TINYLLM_EXPECT(&t == &s || (t.text != s.text && t.id != s.id), "special tokens \"", s.text,
+                               "\" (", s.id, ") and \"", t.text, "\" (", t.id, ") share a string or an id");
+        }
+        std::sort(specials_.begin(), specials_.end(),
+                  [](const special_token& a, const special_token& b) { return a.id < b.id; });
+    }
+
+    const bpe_vocab& vocab() const { return vocab_; }
+    pretokenizer pattern() const { return pattern_; }
+    const std::vector<special_token>& specials() const { return specials_; }
+    bool add_prefix_space() const { return add_prefix_space_; }
+
+    // One past the largest id (ordinary or special): the embedding table's rows.
+    std::size_t vocab_size() const {
+        std::size_t n = vocab_.size();
+        for (const auto& s : specials_) n = std::max<std::size_t>(n, std::size_t(s.id) + 1);
+        return n;
+    }
+
+    std::optional<token_id> special_id(std::string_view text) const {
+        for (const auto& s : specials_)
+            if (s.text == text) return s.id;
+        return std::nullopt;
+    }
+    bool is_special(token_id id) const {
+        for (const auto& s : specials_)
+            if (s.id == id) return true;
+        return false;
+    }
+
+    // The bytes of one token (special tokens: their text).
+    std::string_view token_bytes(token_id id) const {
+        for (const auto& s : specials_)
+            if (s.id == id) return s.text;
+        TINYLLM_EXPECT(vocab_.contains(id), "token id ", id, " is not in the vocabulary (size ", vocab_size(), ")");
+        return vocab_.bytes(id);
+    }
+
+    // ---- encoding -------------------------------------------------------------
+
+    // All of text as ordinary text: special tokens' strings are not special.
+    void encode_ordinary(std::string_view text, std::vector<token_id>& out) const {
+        bpe_vocab::scratch_space scratch;
+        std::string prefixed;
+        if (add_prefix_space_ && !text.empty() && text.front() != ' ') {
+            prefixed.reserve(text.size() + 1);
+            prefixed = " ";
+            prefixed.append(text);
+            text = prefixed;
+        }
+        for_each_piece(text, pattern_, [&](std::string_view piece) { vocab_.encode_piece(piece, out, scratch); });
+    }
+    std::vector<token_id> encode_ordinary(std::string_view text) const {
+        std::vector<token_id> out;
+        out.reserve(text.size() / 3 + 1);
+        encode_ordinary(text, out);
+        return out;
+    }
+
+    // Text with the allowed special tokens recognised; any other special
+    // token's string is an error (or ordinary text with special_handling::as_text).
+    std::vector<token_id> encode(std::string_view text, const allowed_special& allowed = {},
+                                 special_handling others = special_handling::error) const {
+        std::vector<token_id> out;
+        out.reserve(text.size() / 3 + 1);
+        std::size_t at = 0;
+        // Next occurrence of each special token at or after `at` (found lazily,
+        // so a long text is scanned once per special token, not once per hit).
+        std::vector<std::size_t> next(specials_.size(), 0);
+        std::vector<bool> searched(specials_.size(), false);
+        while (at < text.size()) {
+            // The next special token string that is either allowed or an error
+            // (leftmost; the longest when several start at the same byte).
+            std::size_t best = std::string_view::npos;
+            const special_token* which = nullptr;
+            for (std::size_t k = 0; k < specials_.size(); ++k) {
+                const special_token& s = specials_[k];
+                if (!allowed.allows(s.text) && others == special_handling::as_text) continue;
+                if (!searched[k] || (next[k] != std::string_view::npos && next[k] < at)) {
+                    next[k] = text.find(s.text, at);
+                    searched[k] = true;
+                }
+                const std::size_t p = next[k];
+                if (p == std::string_view::npos) continue;
+                if (p < best || (p == best && s.text.size() > which->text.size())) best = p, which = &s;
+            }
+            if (!which) {
+                encode_ordinary(text.substr(at), out);
+                break;
+            }
+            if (!allowed.allows(which->text))
+                TINYLLM_FAIL("the text contains the special token \"", which->text, "\" at byte ", best,
+                             ", which is not allowed: allow it (allowed_special{\"", which->text,
+                             "\"}) to encode it as id ", which->id,
+                             ", or use encode_ordinary / special_handling::as_text to encode it as text");
+            encode_ordinary(text.substr(at, best - at), out);
+            out.push_back(which->id);
+            at = best + which->text.size();
+        }
+        return out;
+    }
+
+    // ---- decoding -------------------------------------------------------------
+
+    // The concatenated bytes of the tokens (may be invalid UTF-8).
+    std::string decode_bytes(const std::vector<token_id>& ids) const {
+        std::string out;
+        for (const token_id id : ids) out.append(token_bytes(id));
+        return out;
+    }
+
+    std::string decode(const std::vector<token_id>& ids, decode_errors errors = decode_errors::replace) const {
+        std::string bytes = decode_bytes(ids);
+        if (errors == decode_errors::keep) return bytes;
+        if (detail::is_valid_utf8(bytes)) return bytes;
+        return detail::replace_invalid_utf8(bytes);
+    }
+
+private:
+    bpe_vocab vocab_;
+    pretokenizer pattern_ = pretokenizer::r50k;
+    std::vector<special_token> specials_;
+    bool add_prefix_space_ = false;
+};
+
+// Decode a stream of tokens (as a model generates them) into text that is
+// always valid UTF-8: bytes of a character split across tokens are held back
+// until the character is complete. Concatenating everything push() and
+// finish() return gives exactly tokenizer::decode(all ids).
+class stream_decoder {
+public:
+    explicit stream_decoder(const tokenizer& tok) : tok_(&tok) {}
+
+    // The text that this token completes (possibly empty).
+    std::string push(token_id id) {
+        pending_.append(tok_->token_bytes(id));
+        const std::size_t hold = detail::incomplete_utf8_suffix(pending_);
+        std::string ready = detail::replace_invalid_utf8(std::string_view(pending_).substr(0, pending_.size() - hold));
+        pending_.erase(0, pending_.size() - hold);
+        return ready;
+    }
+
+    // Bytes still held back (an incomplete character).
+    std::size_t pending_bytes() const { return pending_.size(); }
+
+    // End of the stream: an incomplete character left over becomes U+FFFD.
+    std::string finish() {
+        std::string rest = detail::replace_invalid_utf8(pending_);
+        pending_.clear();
+        return rest;
+    }
+
+private:
+    const tokenizer* tok_;
+    std::string pending_;
+};
+
+}  // namespace tinyllm

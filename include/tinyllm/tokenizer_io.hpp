@@ -1,0 +1,672 @@
+// tinyllm/tokenizer_io.hpp — reading and writing byte-level BPE vocabularies.
+//
+// Four formats:
+//
+//   tiktoken rank files   one line per token: base64(token bytes), a space, its
+//                         rank (= id). Merges are implied: two tokens merge when
+//                         their concatenation is a token, ranked by its id.
+//   GPT-2 encoder.json    {"token": id, ...} with every byte written as a
+//     + vocab.bpe         printable character (the byte<->unicode map below),
+//                         and vocab.bpe: "#version" then one merge "a b" per line.
+//   Hugging Face          tokenizer.json with a BPE model, a ByteLevel
+//     tokenizer.json      pre-tokenizer, merges as "a b" strings or ["a", "b"]
+//                         arrays, and added (special) tokens.
+//   tinyllm's own         a text file (save_tokenizer / load_tokenizer):
+//                             tinyllm-bpe 1
+//                             pattern r50k|cl100k|o200k
+//                             whole-piece-lookup 0|1
+//                             tiktoken-merges 0|1
+//                             add-prefix-space 0|1
+//                             tokens N
+//                             <base64 bytes>          (N lines; id = line index; "-" marks a hole)
+//                             merges M
+//                             <left> <right> <merged> <rank>   (M lines; only when tiktoken-merges is 0)
+//                             specials K
+//                             <id> <base64 text>      (K lines)
+//
+// A malformed file throws tinyllm::error naming the file, the line (or JSON
+// field) and what was wrong.
+#pragma once
+
+#include <tinyllm/bpe.hpp>
+#include <tinyllm/detail/json.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/pretokenize.hpp>
+#include <tinyllm/tokenizer.hpp>
+
+#include <array>
+#include <charconv>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+namespace detail {
+
+inline std::string read_text_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) TINYLLM_FAIL("cannot open '", path, "'");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+inline int base64_value(char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+// Decode standard base64 (with '=' padding). Returns false on malformed input
+// and sets `what`.
+inline bool base64_decode(std::string_view s, std::string& out, std::string& what) {
+    out.clear();
+    if (s.size() % 4 != 0) {
+        what = "base64 length " + std::to_string(s.size()) + " is not a multiple of 4";
+        return false;
+    }
+    for (std::size_t i = 0; i < s.size(); i += 4) {
+        int v[4];
+        int pad = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = s[i + k];
+            if (c == '=' && i + 4 == s.size() && k >= 2) {
+                v[k] = 0;
+                ++pad;
+                continue;
+            }
+            v[k] = base64_value(c);
+            if (v[k] < 0 || pad) {
+                what = std::string("bad base64 character '") + c + "' at column " + std::to_string(i + k + 1);
+                return false;
+            }
+        }
+        const unsigned bits = (unsigned(v[0]) << 18) | (unsigned(v[1]) << 12) | (unsigned(v[2]) << 6) | unsigned(v[3]);
+        out += static_cast<char>(bits >> 16);
+        if (pad < 2) out += static_cast<char>((bits >> 8) & 0xFF);
+        if (pad < 1) out += static_cast<char>(bits & 0xFF);
+    }
+    return true;
+}
+
+inline std::string base64_encode(std::string_view s) {
+    static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); i += 3) {
+        unsigned bits = unsigned(static_cast<unsigned char>(s[i])) << 16;
+        if (i + 1 < s.size()) bits |= unsigned(static_cast<unsigned char>(s[i + 1])) << 8;
+        if (i + 2 < s.size()) bits |= unsigned(static_cast<unsigned char>(s[i + 2]));
+        out += alphabet[(bits >> 18) & 63];
+        out += alphabet[(bits >> 12) & 63];
+        out += i + 1 < s.size() ? alphabet[(bits >> 6) & 63] : '=';
+        out += i + 2 < s.size() ? alphabet[bits & 63] : '=';
+    }
+    return out;
+}
+
+// Split text into lines (without the "\n"; a trailing "\r" is removed too).
+inline std::vector<std::string_view> split_lines(std::string_view text) {
+    std::vector<std::string_view> lines;
+    std::size_t at = 0;
+    while (at < text.size()) {
+        std::size_t e = text.find('\n', at);
+        if (e == std::string_view::npos) e = text.size();
+        std::string_view line = text.substr(at, e - at);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        lines.push_back(line);
+        at = e + 1;
+    }
+    return lines;
+}
+
+template <class Int>
+bool parse_int(std::string_view s, Int& v) {
+    if (s.empty()) return false;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    return ec == std::errc() && end == s.data() + s.size();
+}
+
+inline std::vector<std::string_view> split_spaces(std::string_view line) {
+    std::vector<std::string_view> words;
+    std::size_t at = 0;
+    while (at < line.size()) {
+        while (at < line.size() && line[at] == ' ') ++at;
+        if (at >= line.size()) break;
+        std::size_t e = line.find(' ', at);
+        if (e == std::string_view::npos) e = line.size();
+        words.push_back(line.substr(at, e - at));
+        at = e;
+    }
+    return words;
+}
+
+// GPT-2's byte <-> unicode map. GPT-2 stores tokens as text, and bytes that are
+// whitespace or control characters would be unreadable or ambiguous there, so
+// each byte b is written as one printable code point: the printable bytes
+// '!'..'~', '¡'..'¬', '®'..'ÿ' as themselves, the other 68 bytes as
+// U+0100, U+0101, ... in increasing byte order (so a space is "Ġ", U+0120).
+inline const std::array<std::uint32_t, 256>& byte_to_unicode() {
+    static const std::array<std::uint32_t, 256> table = [] {
+        std::array<std::uint32_t, 256> t{};
+        std::uint32_t next = 256;
+        for (std::uint32_t b = 0; b < 256; ++b) {
+            const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+            t[b] = printable ? b : next++;
+        }
+        return t;
+    }();
+    return table;
+}
+
+// The bytes a GPT-2-style token string stands for; false if a character is
+// not in the map.
+inline bool unicode_to_bytes(std::string_view s, std::string& out) {
+    static const std::array<int, 324> inverse = [] {
+        std::array<int, 324> inv{};
+        inv.fill(-1);
+        const auto& fwd = byte_to_unicode();
+        for (int b = 0; b < 256; ++b) inv[fwd[b]] = b;
+        return inv;
+    }();
+    out.clear();
+    for (std::size_t i = 0; i < s.size();) {
+        std::uint32_t cp;
+        i += static_cast<std::size_t>(decode_utf8(s, i, cp));
+        if (cp >= inverse.size() || inverse[cp] < 0) return false;
+        out += static_cast<char>(inverse[cp]);
+    }
+    return true;
+}
+
+inline std::string bytes_to_unicode(std::string_view bytes) {
+    std::string out;
+    for (const char c : bytes) encode_utf8(byte_to_unicode()[static_cast<unsigned char>(c)], out);
+    return out;
+}
+
+inline std::string printable_line(std::string_view line) {
+    std::string s(line.substr(0, 60));
+    for (char& c : s)
+        if (static_cast<unsigned char>(c) < 0x20) c = '?';
+    return "\"" + s + (line.size() > 60 ? "...\"" : "\"");
+}
+
+}  // namespace detail
+
+// ---- tiktoken rank files ----------------------------------------------------------
+
+// Parse the text of a tiktoken rank file (`source` names it in errors).
+inline bpe_vocab parse_tiktoken_ranks(std::string_view text, const std::string& source) {
+    std::vector<std::string> tokens;
+    std::vector<bool> present;
+    std::string bytes, what;
+    const auto lines = detail::split_lines(text);
+    for (std::size_t n = 0; n < lines.size(); ++n) {
+        const std::string_view line = lines[n];
+        if (line.empty()) continue;
+        const auto words = detail::split_spaces(line);
+        if (words.size() != 2)
+            TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": expected '<base64> <rank>', got ",
+                         detail::printable_line(line));
+        if (!detail::base64_decode(words[0], bytes, what) || bytes.empty())
+            TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": ",
+                         bytes.empty() && what.empty() ? "empty token" : what);
+        token_id rank;
+        if (!detail::parse_int(words[1], rank) || rank >= bpe_vocab::none)
+            TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank '", words[1],
+                         "' is not a non-negative integer below 2^32-1");
+        if (rank >= tokens.size()) {
+            TINYLLM_EXPECT(rank < 100'000'000, source, " line ", n + 1, ": rank ", rank, " is implausibly large");
+            tokens.resize(rank + 1);
+            present.resize(rank + 1, false);
+        }
+        if (present[rank])
+            TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank ", rank, " appears twice");
+        tokens[rank] = bytes;
+        present[rank] = true;
+    }
+    if (tokens.empty()) TINYLLM_FAIL("malformed tiktoken rank file ", source, ": no tokens");
+    try {
+        return bpe_vocab(std::move(tokens), std::move(present), {}, true, true);
+    } catch (const error& e) {
+        TINYLLM_FAIL("bad vocabulary in tiktoken rank file ", source, ": ", e.what());
+    }
+}
+
+inline tokenizer load_tiktoken(const std::string& path, pretokenizer pattern, std::vector<special_token> specials = {}) {
+    return tokenizer(parse_tiktoken_ranks(detail::read_text_file(path), path), pattern, std::move(specials));
+}
+
+// The pattern and special tokens of tiktoken's named encodings.
+struct encoding_spec {
+    pretokenizer pattern;
+    std::vector<special_token> specials;
+};
+
+inline encoding_spec tiktoken_encoding_spec(std::string_view name) {
+    if (name == "r50k_base" || name == "gpt2" || name == "p50k_base")
+        return {pretokenizer::r50k, {{"<|endoftext|>", 50256}}};
+    if (name == "cl100k_base")
+        return {pretokenizer::cl100k,
+                {{"<|endoftext|>", 100257},
+                 {"<|fim_prefix|>", 100258},
+                 {"<|fim_middle|>", 100259},
+                 {"<|fim_suffix|>", 100260},
+                 {"<|endofprompt|>", 100276}}};
+    if (name == "o200k_base") return {pretokenizer::o200k, {{"<|endoftext|>", 199999}, {"<|endofprompt|>", 200018}}};
+    TINYLLM_FAIL("unknown encoding '", name, "' (expected r50k_base, gpt2, p50k_base, cl100k_base or o200k_base)");
+}
+
+// A tiktoken encoding by name from its rank file: load_tiktoken_encoding("cl100k_base", ".../cl100k_base.tiktoken").
+inline tokenizer load_tiktoken_encoding(std::string_view name, const std::string& rank_file) {
+    auto spec = tiktoken_encoding_spec(name);
+    return load_tiktoken(rank_file, spec.pattern, std::move(spec.specials));
+}
+
+// ---- GPT-2 encoder.json + vocab.bpe ---------------------------------------------------
+
+inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::string& vocab_bpe_path) {
+    const auto doc = json::parse(detail::read_text_file(encoder_json_path), encoder_json_path);
+    if (!doc.is_object()) TINYLLM_FAIL("malformed ", encoder_json_path, ": expected a JSON object {\"token\": id}");
+    std::vector<std::string> tokens;
+    std::vector<bool> present;
+    std::vector<special_token> specials;
+    std::string bytes;
+    for (const auto& [key, value] : doc.as_object()) {
+        if (!value.is_number())
+            TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ",
+                         json::kind_name(value.type()), ", expected a number");
+        std::int64_t id = -1;
+        try {
+            id = value.as_int64();
+        } catch (const error&) {
+        }
+        if (id < 0 || id >= 100'000'000)
+            TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ", value.number_text(),
+                         ", expected an integer in [0, 1e8)");
+        if (!detail::unicode_to_bytes(key, bytes)) {
+            if (key.size() > 2 && key.front() == '<' && key.back() == '>') {  // "<|endoftext|>"
+                specials.push_back({key, token_id(id)});
+                continue;
+            }
+            TINYLLM_FAIL("malformed ", encoder_json_path, ": token \"", key,
+                         "\" has a character outside GPT-2's byte-to-unicode map");
+        }
+        if (static_cast<std::size_t>(id) >= tokens.size()) {
+            tokens.resize(std::size_t(id) + 1);
+            present.resize(std::size_t(id) + 1, false);
+        }
+        if (present[std::size_t(id)])
+            TINYLLM_FAIL("malformed ", encoder_json_path, ": id ", id, " is used by two tokens");
+        tokens[std::size_t(id)] = bytes;
+        present[std::size_t(id)] = true;
+    }
+    // "<|endoftext|>" is written with printable characters, so it decoded
+    // above as an ordinary token; GPT-2 treats it as special.
+    for (std::size_t id = 0; id < tokens.size(); ++id)
+        if (present[id] && tokens[id] == "<|endoftext|>") {
+            specials.push_back({tokens[id], token_id(id)});
+            present[id] = false;
+            tokens[id].clear();
+        }
+    // vocab.bpe: check that every merge is "a b" with a, b and ab in the vocabulary.
+    const std::string merges_text = detail::read_text_file(vocab_bpe_path);
+    const auto lines = detail::split_lines(merges_text);
+    std::string left, right;
+    std::vector<bpe_merge> merges;
+    bpe_vocab probe;  // built below once the tokens are known
+    try {
+        probe = bpe_vocab(tokens, present, {}, false, true);
+    } catch (const error& e) {
+        TINYLLM_FAIL("bad vocabulary in ", encoder_json_path, ": ", e.what());
+    }
+    for (std::size_t n = 0; n < lines.size(); ++n) {
+        const std::string_view line = lines[n];
+        if (line.empty() || (n == 0 && line.substr(0, 8) == "#version")) continue;
+        const auto words = detail::split_spaces(line);
+        if (words.size() != 2)
+            TINYLLM_FAIL("malformed ", vocab_bpe_path, " line ", n + 1, ": expected a merge 'a b', got ",
+                         detail::printable_line(line));
+        if (!detail::unicode_to_bytes(words[0], left) || !detail::unicode_to_bytes(words[1], right))
+            TINYLLM_FAIL("malformed ", vocab_bpe_path, " line ", n + 1,
+                         ": a character outside GPT-2's byte-to-unicode map");
+        const token_id a = probe.find(left), b = probe.find(right), ab = probe.find(left + right);
+        if (a == bpe_vocab::none || b == bpe_vocab::none || ab == bpe_vocab::none)
+            TINYLLM_FAIL("malformed ", vocab_bpe_path, " line ", n + 1, ": merge ", detail::printable_line(line),
+                         " uses or makes a token that ", encoder_json_path, " does not have");
+        merges.push_back({a, b, ab, static_cast<std::uint32_t>(merges.size())});
+    }
+    // GPT-2's ids are in merge order, so tiktoken's rule (rank = id of the
+    // merged token) gives the same encoding; tiktoken's "gpt2" uses it too.
+    return tokenizer(bpe_vocab(std::move(tokens), std::move(present), {}, true, true), pretokenizer::r50k,
+                     std::move(specials));
+}
+
+// ---- Hugging Face tokenizer.json --------------------------------------------------------
+
+namespace detail {
+
+inline pretokenizer hf_split_pattern(const json::value& split, const std::string& path) {
+    const json::value* pat = split.find("pattern");
+    const json::value* rx = pat ? pat->find("Regex") : nullptr;
+    if (!rx || !rx->is_string())
+        TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": Split without a \"pattern\": {\"Regex\": ...}");
+    const std::string& r = rx->as_string();
+    for (const auto p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k})
+        if (r == pretokenizer_regex(p)) return p;
+    // Llama 3 and others write cl100k's pattern without the possessive
+    // quantifiers; it matches the same pieces.
+    if (r == R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)")
+        return pretokenizer::cl100k;
+    if (r == R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)") return pretokenizer::r50k;
+    TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": Split pattern ", json::quote(r),
+                 " is not one of the r50k, cl100k or o200k patterns");
+}
+
+}  // namespace detail
+
+// Parse a Hugging Face tokenizer.json (`source` names it in errors).
+inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::string& path) {
+    const auto doc = json::parse(text, path);
+    auto field_error = [&](const std::string& field, const std::string& what) {
+        TINYLLM_FAIL("malformed ", path, ": field \"", field, "\": ", what);
+    };
+    if (!doc.is_object()) field_error("(top level)", "expected a JSON object");
+    const json::value* model = doc.find("model");
+    if (!model || !model->is_object()) field_error("model", "missing or not an object");
+    if (const auto* type = model->find("type"); type && (!type->is_string() || type->as_string() != "BPE"))
+        field_error("model.type", "only \"BPE\" models are supported");
+    for (const char* unsupported : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+        const auto* v = model->find(unsupported);
+        if (v && !v->is_null() && !(v->is_string() && v->as_string().empty()))
+            field_error(std::string("model.") + unsupported, "not supported by a byte-level BPE");
+    }
+    if (const auto* v = model->find("byte_fallback"); v && v->is_bool() && v->as_bool())
+        field_error("model.byte_fallback", "true is not supported (that is a SentencePiece-style BPE)");
+    if (const auto* v = model->find("normalizer"); v && !v->is_null())
+        field_error("normalizer", "normalizers are not supported");
+    if (const auto* v = doc.find("normalizer"); v && !v->is_null())
+        field_error("normalizer", "normalizers are not supported");
+    bool whole_piece = false;
+    if (const auto* v = model->find("ignore_merges"); v && v->is_bool()) whole_piece = v->as_bool();
+
+    // Pre-tokenizer: ByteLevel (with its regex), or Sequence[Split(regex), ByteLevel(use_regex=false)].
+    pretokenizer pattern = pretokenizer::r50k;
+    bool add_prefix_space = false;
+    const json::value* pre = doc.find("pre_tokenizer");
+    if (!pre || !pre->is_object()) field_error("pre_tokenizer", "missing: a byte-level BPE needs ByteLevel");
+    auto byte_level = [&](const json::value& bl, bool split_given) {
+        if (const auto* v = bl.find("add_prefix_space"); v && v->is_bool()) add_prefix_space = v->as_bool();
+        bool use_regex = true;
+        if (const auto* v = bl.find("use_regex"); v && v->is_bool()) use_regex = v->as_bool();
+        if (use_regex && split_given) field_error("pre_tokenizer", "both a Split and ByteLevel(use_regex=true)");
+        if (!use_regex && !split_given) field_error("pre_tokenizer", "ByteLevel(use_regex=false) without a Split");
+    };
+    const std::string pre_type = pre->find("type") && pre->at("type").is_string() ? pre->at("type").as_string() : "";
+    if (pre_type == "ByteLevel") {
+        byte_level(*pre, false);
+    } else if (pre_type == "Sequence") {
+        const auto* list = pre->find("pretokenizers");
+        if (!list || !list->is_array()) field_error("pre_tokenizer.pretokenizers", "missing or not an array");
+        bool split = false, bl = false;
+        for (const auto& p : list->as_array()) {
+            const std::string t = p.find("type") && p.at("type").is_string() ? p.at("type").as_string() : "";
+            if (t == "Split" && !split) {
+                pattern = detail::hf_split_pattern(p, path);
+                split = true;
+            } else if (t == "ByteLevel" && !bl) {
+                byte_level(p, split);
+                bl = true;
+            } else {
+                field_error("pre_tokenizer.pretokenizers", "unsupported entry of type \"" + t + "\"");
+            }
+        }
+        if (!bl) field_error("pre_tokenizer", "a byte-level BPE needs a ByteLevel pre-tokenizer");
+    } else {
+        field_error("pre_tokenizer.type", "\"" + pre_type + "\" is not supported (expected ByteLevel or Sequence)");
+    }
+
+    // Vocabulary.
+    const json::value* vocab = model->find("vocab");
+    if (!vocab || !vocab->is_object()) field_error("model.vocab", "missing or not an object");
+    std::vector<std::string> tokens;
+    std::vector<bool> present;
+    std::string bytes;
+    std::vector<std::pair<token_id, std::string>> non_byte_level;
+    for (const auto& [key, value] : vocab->as_object()) {
+        std::int64_t id = -1;
+        if (value.is_number()) try { id = value.as_int64(); } catch (const error&) {}
+        if (id < 0 || id >= 100'000'000) field_error("model.vocab[" + json::quote(key) + "]", "expected an integer id in [0, 1e8)");
+        if (std::size_t(id) >= tokens.size()) {
+            tokens.resize(std::size_t(id) + 1);
+            present.resize(std::size_t(id) + 1, false);
+        }
+        if (present[std::size_t(id)]) field_error("model.vocab[" + json::quote(key) + "]", "id " + std::to_string(id) + " is used twice");
+        if (!detail::unicode_to_bytes(key, bytes)) {
+            non_byte_level.emplace_back(token_id(id), key);  // must be an added token
+            continue;
+        }
+        tokens[std::size_t(id)] = bytes;
+        present[std::size_t(id)] = true;
+    }
+
+    // Added tokens: matched in the input before pre-tokenization; all of them
+    // become tinyllm special tokens.
+    std::vector<special_token> specials;
+    if (const auto* added = doc.find("added_tokens"); added && !added->is_null()) {
+        if (!added->is_array()) field_error("added_tokens", "expected an array");
+        for (std::size_t k = 0; k < added->size(); ++k) {
+            const auto& a = added->at(k);
+            const std::string where = "added_tokens[" + std::to_string(k) + "]";
+            const auto* id = a.find("id");
+            const auto* content = a.find("content");
+            if (!id || !id->is_number() || !content || !content->is_string())
+                field_error(where, "expected {\"id\": number, \"content\": string, ...}");
+            std::int64_t v = -1;
+            try { v = id->as_int64(); } catch (const error&) {}
+            if (v < 0 || v >= 100'000'000) field_error(where + ".id", "expected an integer in [0, 1e8)");
+            specials.push_back({content->as_string(), token_id(v)});
+            if (std::size_t(v) < tokens.size() && present[std::size_t(v)]) {
+                present[std::size_t(v)] = false;  // the special token owns this id
+                tokens[std::size_t(v)].clear();
+            }
+        }
+    }
+    for (const auto& [id, key] : non_byte_level) {
+        bool is_added = false;
+        for (const auto& s : specials) is_added |= s.id == id;
+        if (!is_added)
+            field_error("model.vocab[" + json::quote(key) + "]",
+                        "not a byte-level token (a character outside GPT-2's byte-to-unicode map) and not an added token");
+    }
+
+    // Merges: "a b" strings or ["a", "b"] arrays; rank = position in the list.
+    const json::value* merges = model->find("merges");
+    if (!merges || !merges->is_array()) field_error("model.merges", "missing or not an array");
+    bpe_vocab probe;
+    try {
+        probe = bpe_vocab(tokens, present, {}, false, whole_piece);
+    } catch (const error& e) {
+        field_error("model.vocab", e.what());
+    }
+    std::vector<bpe_merge> list;
+    list.reserve(merges->size());
+    std::string left, right;
+    for (std::size_t k = 0; k < merges->size(); ++k) {
+        const auto& m = merges->at(k);
+        const std::string where = "model.merges[" + std::to_string(k) + "]";
+        std::string a, b;
+        if (m.is_string()) {
+            const std::string& s = m.as_string();
+            const auto space = s.find(' ');
+            if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
+                field_error(where, "expected \"a b\" (two tokens separated by one space), got " + json::quote(s));
+            a = s.substr(0, space), b = s.substr(space + 1);
+        } else if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string()) {
+            a = m.at(0).as_string(), b = m.at(1).as_string();
+        } else {
+            field_error(where, "expected \"a b\" or [\"a\", \"b\"]");
+        }
+        if (!detail::unicode_to_bytes(a, left) || !detail::unicode_to_bytes(b, right))
+            field_error(where, "a character outside GPT-2's byte-to-unicode map");
+        const token_id ia = probe.find(left), ib = probe.find(right), iab = probe.find(left + right);
+        if (ia == bpe_vocab::none || ib == bpe_vocab::none || iab == bpe_vocab::none)
+            field_error(where, "merge " + json::quote(a) + " + " + json::quote(b) + " uses or makes a token missing from model.vocab");
+        list.push_back({ia, ib, iab, static_cast<std::uint32_t>(k)});
+    }
+    return tokenizer(bpe_vocab(std::move(tokens), std::move(present), std::move(list), false, whole_piece), pattern,
+                     std::move(specials), add_prefix_space);
+}
+
+inline tokenizer load_hf_tokenizer_json(const std::string& path) {
+    return parse_hf_tokenizer_json(detail::read_text_file(path), path);
+}
+
+// ---- tinyllm's own format -----------------------------------------------------------
+
+inline std::string serialize_tokenizer(const tokenizer& tok) {
+    const bpe_vocab& v = tok.vocab();
+    std::string out = "tinyllm-bpe 1\n";
+    out += "pattern " + std::string(pretokenizer_name(tok.pattern())) + "\n";
+    out += "whole-piece-lookup " + std::to_string(int(v.whole_piece_lookup())) + "\n";
+    out += "tiktoken-merges " + std::to_string(int(v.tiktoken_merges())) + "\n";
+    out += "add-prefix-space " + std::to_string(int(tok.add_prefix_space())) + "\n";
+    out += "tokens " + std::to_string(v.size()) + "\n";
+    for (token_id id = 0; id < v.size(); ++id) out += (v.contains(id) ? detail::base64_encode(v.bytes(id)) : "-") + "\n";
+    if (v.tiktoken_merges()) {
+        out += "merges 0\n";
+    } else {
+        const auto merges = v.merges();
+        out += "merges " + std::to_string(merges.size()) + "\n";
+        for (const auto& m : merges)
+            out += std::to_string(m.left) + " " + std::to_string(m.right) + " " + std::to_string(m.merged) + " " +
+                   std::to_string(m.rank) + "\n";
+    }
+    out += "specials " + std::to_string(tok.specials().size()) + "\n";
+    for (const auto& s : tok.specials()) out += std::to_string(s.id) + " " + detail::base64_encode(s.text) + "\n";
+    return out;
+}
+
+inline void save_tokenizer(const tokenizer& tok, const std::string& path) {
+    std::ofstream f(path, std::ios::binary);
+    if (!f) TINYLLM_FAIL("cannot write '", path, "'");
+    f << serialize_tokenizer(tok);
+    if (!f) TINYLLM_FAIL("error writing '", path, "'");
+}
+
+inline tokenizer parse_tokenizer(std::string_view text, const std::string& path) {
+    const auto lines = detail::split_lines(text);
+    std::size_t n = 0;
+    auto fail = [&](const std::string& what) {
+        TINYLLM_FAIL("malformed tinyllm tokenizer file ", path, " line ", n + 1, ": ", what);
+    };
+    auto next_line = [&]() -> std::string_view {
+        if (n >= lines.size()) fail("unexpected end of file");
+        return lines[n];
+    };
+    auto header = [&](std::string_view key) -> std::string_view {
+        const std::string_view line = next_line();
+        if (line.substr(0, key.size() + 1) != std::string(key) + " ")
+            fail("expected '" + std::string(key) + " ...', got " + detail::printable_line(line));
+        return line.substr(key.size() + 1);
+    };
+    auto number = [&](std::string_view key, std::size_t limit) {
+        std::size_t v;
+        const std::string_view s = header(key);
+        if (!detail::parse_int(s, v) || v > limit) fail("'" + std::string(key) + "' needs a count up to " + std::to_string(limit));
+        ++n;
+        return v;
+    };
+    auto flag = [&](std::string_view key) {
+        const std::string_view s = header(key);
+        if (s != "0" && s != "1") fail("'" + std::string(key) + "' must be 0 or 1");
+        ++n;
+        return s == "1";
+    };
+    if (next_line() != "tinyllm-bpe 1") fail("expected the header 'tinyllm-bpe 1'");
+    ++n;
+    pretokenizer pattern;
+    try {
+        pattern = pretokenizer_from_name(header("pattern"));
+    } catch (const error&) {
+        fail("unknown pattern (expected r50k, cl100k or o200k)");
+    }
+    ++n;
+    const bool whole = flag("whole-piece-lookup");
+    const bool tiktoken_merges = flag("tiktoken-merges");
+    const bool prefix = flag("add-prefix-space");
+    const std::size_t count = number("tokens", 100'000'000);
+    std::vector<std::string> tokens(count);
+    std::vector<bool> present(count, false);
+    std::string what;
+    for (std::size_t id = 0; id < count; ++id, ++n) {
+        const std::string_view line = next_line();
+        if (line == "-") continue;
+        if (!detail::base64_decode(line, tokens[id], what) || tokens[id].empty())
+            fail("token " + std::to_string(id) + ": " + (what.empty() ? "empty token" : what));
+        present[id] = true;
+    }
+    const std::size_t merge_count = number("merges", 100'000'000);
+    std::vector<bpe_merge> merges;
+    for (std::size_t k = 0; k < merge_count; ++k, ++n) {
+        const auto words = detail::split_spaces(next_line());
+        bpe_merge m{};
+        if (words.size() != 4 || !detail::parse_int(words[0], m.left) || !detail::parse_int(words[1], m.right) ||
+            !detail::parse_int(words[2], m.merged) || !detail::parse_int(words[3], m.rank))
+            fail("expected a merge '<left> <right> <merged> <rank>'");
+        if (!(m.left < count && m.right < count && m.merged < count && present[m.left] && present[m.right] &&
+              present[m.merged] && tokens[m.merged] == tokens[m.left] + tokens[m.right]))
+            fail("merge " + std::to_string(m.left) + " + " + std::to_string(m.right) + " -> " +
+                 std::to_string(m.merged) + " does not concatenate tokens of the file");
+        merges.push_back(m);
+    }
+    const std::size_t special_count = number("specials", 1'000'000);
+    std::vector<special_token> specials;
+    for (std::size_t k = 0; k < special_count; ++k, ++n) {
+        const auto words = detail::split_spaces(next_line());
+        special_token s;
+        if (words.size() != 2 || !detail::parse_int(words[0], s.id) || !detail::base64_decode(words[1], s.text, what) ||
+            s.text.empty())
+            fail("expected a special token '<id> <base64 text>'");
+        specials.push_back(s);
+    }
+    try {
+        return tokenizer(bpe_vocab(std::move(tokens), std::move(present), std::move(merges), tiktoken_merges, whole),
+                         pattern, std::move(specials), prefix);
+    } catch (const error& e) {
+        TINYLLM_FAIL("bad vocabulary in tinyllm tokenizer file ", path, ": ", e.what());
+    }
+}
+
+// Load a tokenizer, recognising the format: tinyllm's own ("tinyllm-bpe"),
+// Hugging Face tokenizer.json (a JSON object), or a tiktoken rank file (then
+// `encoding` names the pattern and special tokens: r50k_base, cl100k_base, ...).
+inline tokenizer load_tokenizer(const std::string& path, std::string_view encoding = "") {
+    const std::string text = detail::read_text_file(path);
+    if (text.rfind("tinyllm-bpe", 0) == 0) return parse_tokenizer(text, path);
+    std::size_t first = text.find_first_not_of(" \t\r\n");
+    if (first != std::string::npos && text[first] == '{') return parse_hf_tokenizer_json(text, path);
+    std::string name(encoding);
+    if (name.empty()) {  // guess from the file name
+        for (const char* known : {"o200k_base", "cl100k_base", "p50k_base", "r50k_base", "gpt2"})
+            if (path.find(known) != std::string::npos) {
+                name = known;
+                break;
+            }
+        if (name.empty())
+            TINYLLM_FAIL("'", path, "' looks like a tiktoken rank file; say which encoding it is "
+                         "(r50k_base, cl100k_base, o200k_base or gpt2)");
+    }
+    auto spec = tiktoken_encoding_spec(name);
+    return tokenizer(parse_tiktoken_ranks(text, path), spec.pattern, std::move(spec.specials));
+}
+
+}  // namespace tinyllm
