@@ -262,7 +262,7 @@ TINYLLM_HOST_DEVICE float alibi_slope(index_t h, index_t n_heads) {
 // slope * query_pos, and softmax ignores a constant added to a whole row, so
 // the attention weights are the same; the raw scores are not.
 TINYLLM_HOST_DEVICE float alibi_bias(float slope, index_t query_pos, index_t key_pos) {
-    return -slope * static_cast<float>(query_pos - key_pos);
+    return slope * static_cast<float>(key_pos - query_pos);  // = -slope * (query_pos - key_pos), never -0
 }
 
 // All n_heads slopes (host).
