@@ -1,0 +1,147 @@
+// tinyllm/cuda/ffn.cuh — the MLP on the GPU: matrix products by cuBLAS,
+// everything between them by tinyllm's fused element-wise kernels.
+// Same meaning as tinyllm::cpu:: in <tinyllm/ffn.hpp>.
+//
+//   GPT-2:  h = x W_fc^T           cuBLAS GEMM, float accumulation, stored as T
+//           h = gelu_tanh(h + b)   bias_activate: one pass, bias and GELU fused
+//           y = h W_proj^T         cuBLAS GEMM
+//           y = y + b_proj         bias_activate(identity)
+//   Llama:  g = x W_gate^T, u = x W_up^T     two cuBLAS GEMMs
+//           g = silu(g) * u                   swiglu: one pass (reads g, u; writes g)
+//           y = g W_down^T                    cuBLAS GEMM
+//
+// (cublasLt can fuse a bias and GELU into the GEMM's epilogue; we keep the
+// element-wise step visible, because it is the part this library teaches and
+// the same kernels serve every model.)
+//
+// Layout. Tensors are row-major (C order); cuBLAS is column-major. A row-major
+// (M, N) matrix is the column-major (N, M) matrix with the same bytes, so
+// out = x W^T (row-major) is out^T = W x^T (column-major): cublasGemmEx with
+// m = N (out_features), n = rows, k = K (in_features), A = the weight, B = x.
+// The weight, (out_features, in_features) like torch.nn.Linear, may have
+// either unit stride: a (N, K) row-major weight is used transposed (CUBLAS_OP_T,
+// lda = its row stride); a weight stored (K, N) (GPT-2's Conv1D) and passed as
+// w.transpose(0, 1) is used as it is (CUBLAS_OP_N).
+//
+// Precision: inputs and outputs in T (float, bfloat16, float16), products
+// accumulated in float (CUBLAS_COMPUTE_32F; for float inputs that is true
+// FP32, not TF32). Intermediate activations are stored as T, as in PyTorch.
+//
+// The caller provides the scratch tensors (the (rows, H) hidden activations)
+// and a cublas_handle; nothing here allocates.
+#pragma once
+
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/error.hpp>
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <string_view>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+inline int checked_int(index_t v, std::string_view op, std::string_view what) {
+    TINYLLM_EXPECT(v >= 0 && v <= INT_MAX, op, ": ", what, " = ", v, " does not fit cuBLAS's 32-bit int");
+    return static_cast<int>(v);
+}
+
+template <class View>
+void expect_workspace(const View& w, index_t rows, index_t cols, std::string_view op, std::string_view name) {
+    TINYLLM_EXPECT(w.extent(0) == rows && w.extent(1) == cols, op, ": ", name, " has shape ", to_string(w.shape()),
+                   " but (rows, H) = (", rows, ", ", cols, ") is required");
+    expect_unit_column_stride(w, op, name);
+}
+
+}  // namespace detail
+
+// out = x weight^T + bias (torch.nn.Linear). out: (rows, N); x: (rows, K);
+// weight: (N, K) with stride(1) == 1, or a transposed view of a (K, N) matrix;
+// bias: (N) or empty. out must not overlap x.
+template <class T>
+void linear(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 2> weight,
+            detail::const_view<T, 1> bias, const cublas_handle& handle, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "linear";
+    tinyllm::detail::expect_linear_args(op, out, x, weight, bias);
+    detail::expect_unit_column_stride(out, op, "out");
+    detail::expect_unit_column_stride(x, op, "x");
+    const index_t rows = x.extent(0), N = weight.extent(0), K = weight.extent(1);
+    TINYLLM_EXPECT(K >= 1, op, ": in_features = ", K, " must be at least 1");
+    if (rows == 0 || N == 0) return;
+
+    // The weight as cuBLAS sees it (column-major A with m = N rows, k = K columns after op).
+    cublasOperation_t op_a;
+    index_t lda;
+    if (weight.stride(1) == 1 || K == 1) {  // row-major (N, K): the column-major (K, N) matrix, transposed
+        op_a = CUBLAS_OP_T;
+        lda = N == 1 ? K : weight.stride(0);
+        TINYLLM_EXPECT(lda >= K, op, ": weight's row stride ", lda, " is smaller than in_features ", K);
+    } else if (weight.stride(0) == 1 || N == 1) {  // a (K, N) row-major matrix viewed transposed
+        op_a = CUBLAS_OP_N;
+        lda = K == 1 ? N : weight.stride(1);
+        TINYLLM_EXPECT(lda >= N, op, ": weight's stride ", lda, " is smaller than out_features ", N);
+    } else {
+        TINYLLM_FAIL(op, ": weight has strides ", to_string(weight.strides()),
+                     "; one of its two dimensions must have unit stride");
+    }
+    const index_t ldb = rows == 1 ? K : x.stride(0);
+    const index_t ldc = rows == 1 ? N : out.stride(0);
+    TINYLLM_EXPECT(ldb >= K && ldc >= N, op, ": rows of x or out overlap (row strides ", ldb, " and ", ldc, ")");
+
+    const float alpha = 1.0f, beta = 0.0f;
+    TINYLLM_CUBLAS_CHECK(cublasSetStream(handle.get(), stream));
+    TINYLLM_CUBLAS_CHECK(cublasGemmEx(handle.get(), op_a, CUBLAS_OP_N, detail::checked_int(N, op, "out_features"),
+                                      detail::checked_int(rows, op, "rows"), detail::checked_int(K, op, "in_features"),
+                                      &alpha, weight.data(), cuda_data_type<T>(), detail::checked_int(lda, op, "lda"),
+                                      x.data(), cuda_data_type<T>(), detail::checked_int(ldb, op, "ldb"), &beta,
+                                      out.data(), cuda_data_type<T>(), detail::checked_int(ldc, op, "ldc"),
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (bias.size()) bias_activate<T>(out, out, bias, activation::identity, stream);
+}
+
+// out = a b. out: (M, N); a: (M, K); b: (K, N) with stride(1) == 1.
+template <class T>
+void matmul(tensor_view<T, 2> out, detail::const_view<T, 2> a, detail::const_view<T, 2> b,
+            const cublas_handle& handle, cudaStream_t stream = nullptr) {
+    TINYLLM_EXPECT(a.extent(1) == b.extent(0), "matmul: a is ", to_string(a.shape()), " and b is ",
+                   to_string(b.shape()), "; a's columns must equal b's rows");
+    linear<T>(out, a, b.transpose(0, 1), {}, handle, stream);
+}
+
+// The GPT-2 MLP: out = act(x fc_weight^T + fc_bias) proj_weight^T + proj_bias.
+// out, x: (rows, D); hidden: (rows, H) scratch.
+template <class T>
+void gpt2_mlp(tensor_view<T, 2> out, detail::const_view<T, 2> x, const gpt2_mlp_weights<T>& w,
+              tensor_view<T, 2> hidden, const cublas_handle& handle, activation act = activation::gelu_tanh,
+              cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_gpt2_mlp_args("gpt2_mlp", out, x, w);
+    detail::expect_workspace(hidden, x.extent(0), w.fc_weight.extent(0), "gpt2_mlp", "hidden");
+    linear<T>(hidden, x, w.fc_weight, {}, handle, stream);
+    bias_activate<T>(hidden, hidden, w.fc_bias, act, stream);  // fused bias + GELU
+    linear<T>(out, hidden, w.proj_weight, w.proj_bias, handle, stream);
+}
+
+// Llama's MLP: out = (silu(x gate_weight^T) * (x up_weight^T)) down_weight^T.
+// out, x: (rows, D); gate, up: (rows, H) scratch (gate ends holding the product).
+template <class T>
+void swiglu_mlp(tensor_view<T, 2> out, detail::const_view<T, 2> x, const swiglu_mlp_weights<T>& w,
+                tensor_view<T, 2> gate, tensor_view<T, 2> up, const cublas_handle& handle,
+                cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_swiglu_mlp_args("swiglu_mlp", out, x, w);
+    const index_t rows = x.extent(0), H = w.gate_weight.extent(0);
+    detail::expect_workspace(gate, rows, H, "swiglu_mlp", "gate");
+    detail::expect_workspace(up, rows, H, "swiglu_mlp", "up");
+    TINYLLM_EXPECT(gate.data() != up.data() || gate.size() == 0, "swiglu_mlp: gate and up must be different memory");
+    linear<T>(gate, x, w.gate_weight, {}, handle, stream);
+    linear<T>(up, x, w.up_weight, {}, handle, stream);
+    swiglu<T>(gate, gate, up, stream);  // fused: silu(gate) * up in one pass
+    linear<T>(out, gate, w.down_weight, {}, handle, stream);
+}
+
+}  // namespace tinyllm::cuda

@@ -1,0 +1,368 @@
+// tinyllm/cuda/norm.cuh — LayerNorm, RMSNorm and the fused residual add + norm
+// on the GPU. Same meaning and arguments as tinyllm::cpu:: in
+// <tinyllm/norm.hpp> (read it for the math); element types float,
+// tinyllm::bfloat16 and tinyllm::float16, all arithmetic in float.
+//
+// A norm is memory-bound: per element it reads x once, writes y once and does
+// a handful of flops. The ideal time is (bytes read + bytes written) / copy
+// bandwidth; the ladder is about getting there.
+//
+//   v1 naive       one thread per row, a straight port of the CPU loop: the
+//                  sum, the squared deviations, then the output. Correct, but
+//                  neighbouring threads read addresses D elements apart, so
+//                  every load of a warp touches 32 different cache lines (no
+//                  coalescing), and with 16384 rows only 16384 threads exist —
+//                  too few to keep the memory system busy.
+//   v2 vectorized  one block per row. The block's threads walk the row
+//                  together, each loading 16 bytes at a time (8 bfloat16 or 4
+//                  floats) from consecutive addresses — fully coalesced, 8x
+//                  fewer load instructions for 16-bit types. Each thread sums
+//                  its elements in a register; the block then adds the partial
+//                  sums with warp shuffles (__shfl_xor_sync, 5 steps per warp)
+//                  and one round through shared memory between warps. The
+//                  passes after the first re-read the row (8 KiB at D = 4096
+//                  bf16), which is still in L1/L2, so DRAM sees each byte
+//                  read once and written once. Rows whose length is not a
+//                  multiple of the vector width, or that are not 16-byte
+//                  aligned, use the same kernel with scalar (still coalesced)
+//                  accesses.
+//
+// Both versions are numerically careful in the same way as the CPU reference:
+// two passes (mean, then squared deviations — never E[x^2] - E[x]^2), float
+// accumulation for every input type, one rounding to the output type.
+//
+// Fused residual add (residual_add_*): pass 1 also reads `residual`, forms
+// x + residual in float, rounds it to T, stores it to residual_out and sums the
+// *rounded* values; later passes read residual_out back. The result equals
+// add() followed by the norm, with one kernel instead of two and the sum never
+// read back from DRAM. residual_out may be `residual` or `x` (in place) and out
+// may be `x`: every thread reads an element before writing it, and each
+// element is handled by the same thread in every pass.
+//
+// Tensors: (rows, D) device views with contiguous rows (stride(1) == 1) and
+// any row stride; weight/bias: (D) contiguous, or empty for "none".
+#pragma once
+
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/norm.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cuda_runtime.h>
+
+#include <string_view>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+// Sum of v over the 32 lanes of a warp, returned to every lane (butterfly).
+TINYLLM_DEVICE float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Sum of v over the block, returned to every thread. blockDim.x must be a
+// multiple of 32 (at most 1024); `partial` is 32 floats of shared memory. Safe to
+// call repeatedly: the first barrier waits until the previous result was read.
+TINYLLM_DEVICE float block_sum(float v, float* partial) {
+    const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+    const int warps = static_cast<int>(blockDim.x) >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < warps ? partial[lane] : 0.0f);
+}
+
+// Pointers and strides of one norm call (absent tensors are null).
+template <class T>
+struct norm_args {
+    T* out;
+    index_t out_stride;
+    T* residual_out;  // Residual only
+    index_t residual_out_stride;
+    const T* x;
+    index_t x_stride;
+    const T* residual;  // Residual only
+    index_t residual_stride;
+    const T* weight;  // (D) or null
+    const T* bias;    // (D) or null; LayerNorm only
+    index_t rows, D;
+    float eps;
+};
+
+// v1: one thread per row.
+template <class T, bool Layer, bool Residual>
+__global__ void norm_naive_kernel(norm_args<T> p) {
+    const index_t r = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+    if (r >= p.rows) return;
+    const T* src = p.x + r * p.x_stride;  // the row to normalize
+    if constexpr (Residual) {
+        T* sum = p.residual_out + r * p.residual_out_stride;
+        const T* res = p.residual + r * p.residual_stride;
+        for (index_t j = 0; j < p.D; ++j) sum[j] = store_as<T>(to_float(src[j]) + to_float(res[j]));
+        src = sum;
+    }
+    float mean = 0.0f;
+    if constexpr (Layer) {
+        float s = 0.0f;
+        for (index_t j = 0; j < p.D; ++j) s += to_float(src[j]);
+        mean = s / static_cast<float>(p.D);
+    }
+    float squares = 0.0f;
+    for (index_t j = 0; j < p.D; ++j) {
+        const float d = to_float(src[j]) - mean;
+        squares += d * d;
+    }
+    const float rstd = rsqrtf(squares / static_cast<float>(p.D) + p.eps);
+    T* y = p.out + r * p.out_stride;
+    for (index_t j = 0; j < p.D; ++j) {
+        float v = (to_float(src[j]) - mean) * rstd;
+        if (p.weight) v *= to_float(p.weight[j]);
+        if (Layer && p.bias) v += to_float(p.bias[j]);
+        y[j] = store_as<T>(v);
+    }
+}
+
+// v2: one block per row, N elements per access (16 bytes, or 1 for the scalar
+// fallback), block reductions with warp shuffles.
+template <class T, int N, bool Layer, bool Residual>
+__global__ void norm_vectorized_kernel(norm_args<T> p) {
+    __shared__ float partial[32];
+    const index_t vectors = p.D / N;  // the launcher guarantees D % N == 0
+    const float inv_d = 1.0f / static_cast<float>(p.D);
+    for (index_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+        const T* src = p.x + r * p.x_stride;
+
+        // Pass 1: (the residual add, stored) and the sum, or the sum of squares for RMSNorm.
+        float acc = 0.0f;
+        if constexpr (Residual) {
+            T* sum = p.residual_out + r * p.residual_out_stride;
+            const T* res = p.residual + r * p.residual_stride;
+            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+                float a[N], b[N], s[N];
+                load_floats<T, N>(a, src + v * N);
+                load_floats<T, N>(b, res + v * N);
+                pack<T, N> q;
+#pragma unroll
+                for (int i = 0; i < N; ++i) {
+                    q.v[i] = store_as<T>(a[i] + b[i]);
+                    s[i] = to_float(q.v[i]);  // the stream as stored
+                    acc += Layer ? s[i] : s[i] * s[i];
+                }
+                *reinterpret_cast<pack<T, N>*>(sum + v * N) = q;
+            }
+            src = sum;
+        } else {
+            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+                float a[N];
+                load_floats<T, N>(a, src + v * N);
+#pragma unroll
+                for (int i = 0; i < N; ++i) acc += Layer ? a[i] : a[i] * a[i];
+            }
+        }
+        const float total = block_sum(acc, partial);
+
+        float mean = 0.0f, rstd;
+        if constexpr (Layer) {
+            // Pass 2: squared deviations from the mean (the row is now in cache).
+            mean = total * inv_d;
+            float squares = 0.0f;
+            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+                float a[N];
+                load_floats<T, N>(a, src + v * N);
+#pragma unroll
+                for (int i = 0; i < N; ++i) squares += (a[i] - mean) * (a[i] - mean);
+            }
+            rstd = rsqrtf(block_sum(squares, partial) * inv_d + p.eps);
+        } else {
+            rstd = rsqrtf(total * inv_d + p.eps);
+        }
+
+        // Last pass: normalize, scale, shift, store.
+        T* y = p.out + r * p.out_stride;
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float a[N], w[N], b[N], o[N];
+            load_floats<T, N>(a, src + v * N);
+            if (p.weight) {
+                load_floats<T, N>(w, p.weight + v * N);
+            } else {
+#pragma unroll
+                for (int i = 0; i < N; ++i) w[i] = 1.0f;
+            }
+            if (Layer && p.bias) {
+                load_floats<T, N>(b, p.bias + v * N);
+            } else {
+#pragma unroll
+                for (int i = 0; i < N; ++i) b[i] = 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < N; ++i) o[i] = (a[i] - mean) * rstd * w[i] + b[i];
+            store_floats<T, N>(y + v * N, o);
+        }
+    }
+}
+
+template <class View>
+index_t row_stride(const View& v) {
+    return v.extent(0) > 1 ? v.stride(0) : v.extent(1);
+}
+
+// Validate (on the host, before any launch) and launch v1 or v2.
+template <class T, bool Layer, bool Residual>
+void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, tensor_view<T, 2> residual_out,
+                 tensor_view<const T, 2> x, tensor_view<const T, 2> residual, tensor_view<const T, 1> weight,
+                 tensor_view<const T, 1> bias, float eps, cudaStream_t stream) {
+    tinyllm::detail::expect_norm_args(op, out, x, weight, bias, eps);
+    expect_unit_column_stride(out, op, "out");
+    expect_unit_column_stride(x, op, "x");
+    if constexpr (Residual) {
+        tinyllm::detail::expect_residual_args(op, tensor_view<const T, 2>(residual_out), x, residual);
+        expect_unit_column_stride(residual_out, op, "residual_out");
+        expect_unit_column_stride(residual, op, "residual");
+    }
+    TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    const index_t rows = x.extent(0), D = x.extent(1);
+    if (rows == 0) return;
+
+    norm_args<T> p{out.data(), row_stride(out), residual_out.data(), Residual ? row_stride(residual_out) : 0,
+                   x.data(), row_stride(x), residual.data(), Residual ? row_stride(residual) : 0,
+                   weight.size() ? weight.data() : nullptr, bias.size() ? bias.data() : nullptr, rows, D, eps};
+
+    if (!vectorized) {
+        const int threads = 128;
+        norm_naive_kernel<T, Layer, Residual>
+            <<<static_cast<unsigned>(ceil_div<index_t>(rows, threads)), threads, 0, stream>>>(p);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        return;
+    }
+
+    // 16-byte accesses when every row and the parameters are 16-byte aligned.
+    constexpr int W = vector_width<T>;
+    const auto ok = [](const void* ptr, index_t stride) { return !ptr || (aligned_16(ptr) && stride % W == 0); };
+    const bool wide = D % W == 0 && ok(p.out, p.out_stride) && ok(p.x, p.x_stride) &&
+                      ok(p.residual_out, p.residual_out_stride) && ok(p.residual, p.residual_stride) &&
+                      ok(p.weight, 0) && ok(p.bias, 0);
+    const index_t vectors = wide ? D / W : D;
+    // Enough threads to give each a few vectors of the row, 32..256, whole warps.
+    const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;
+    const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
+    const unsigned blocks = static_cast<unsigned>(rows < (index_t{1} << 30) ? rows : (index_t{1} << 30));
+    if (wide)
+        norm_vectorized_kernel<T, W, Layer, Residual><<<blocks, threads, 0, stream>>>(p);
+    else
+        norm_vectorized_kernel<T, 1, Layer, Residual><<<blocks, threads, 0, stream>>>(p);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace detail
+
+// ---- LayerNorm: out = (x - mean) / sqrt(var + eps) * weight + bias; (rows, D) ----
+
+// v1: one thread per row.
+template <class T>
+void layer_norm_naive(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight,
+                      detail::const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, true, false>("layer_norm_naive", false, out, {}, x, {}, weight, bias, eps, stream);
+}
+
+// v2: one block per row, 16-byte loads, warp-shuffle reductions.
+template <class T>
+void layer_norm_vectorized(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight,
+                           detail::const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, true, false>("layer_norm_vectorized", true, out, {}, x, {}, weight, bias, eps, stream);
+}
+
+// The best version (v2).
+template <class T>
+void layer_norm(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight,
+                detail::const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    layer_norm_vectorized<T>(out, x, weight, bias, eps, stream);
+}
+
+// Without affine parameters.
+template <class T>
+void layer_norm(tensor_view<T, 2> out, detail::const_view<T, 2> x, float eps, cudaStream_t stream = nullptr) {
+    layer_norm_vectorized<T>(out, x, {}, {}, eps, stream);
+}
+
+// ---- RMSNorm: out = x / sqrt(mean(x^2) + eps) * weight; (rows, D) --------------------
+
+template <class T>
+void rms_norm_naive(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight, float eps,
+                    cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, false, false>("rms_norm_naive", false, out, {}, x, {}, weight, {}, eps, stream);
+}
+
+template <class T>
+void rms_norm_vectorized(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight,
+                         float eps, cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, false, false>("rms_norm_vectorized", true, out, {}, x, {}, weight, {}, eps, stream);
+}
+
+template <class T>
+void rms_norm(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 1> weight, float eps,
+              cudaStream_t stream = nullptr) {
+    rms_norm_vectorized<T>(out, x, weight, eps, stream);
+}
+
+template <class T>
+void rms_norm(tensor_view<T, 2> out, detail::const_view<T, 2> x, float eps, cudaStream_t stream = nullptr) {
+    rms_norm_vectorized<T>(out, x, {}, eps, stream);
+}
+
+// ---- residual_out = x + residual; out = norm(residual_out); all (rows, D) -------------
+
+template <class T>
+void residual_add_layer_norm_naive(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, detail::const_view<T, 2> x,
+                                   detail::const_view<T, 2> residual, detail::const_view<T, 1> weight,
+                                   detail::const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, true, true>("residual_add_layer_norm_naive", false, out, residual_out, x, residual, weight,
+                                       bias, eps, stream);
+}
+
+template <class T>
+void residual_add_layer_norm_vectorized(tensor_view<T, 2> out, tensor_view<T, 2> residual_out,
+                                        detail::const_view<T, 2> x, detail::const_view<T, 2> residual,
+                                        detail::const_view<T, 1> weight, detail::const_view<T, 1> bias, float eps,
+                                        cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, true, true>("residual_add_layer_norm_vectorized", true, out, residual_out, x, residual,
+                                       weight, bias, eps, stream);
+}
+
+template <class T>
+void residual_add_layer_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, detail::const_view<T, 2> x,
+                             detail::const_view<T, 2> residual, detail::const_view<T, 1> weight,
+                             detail::const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    residual_add_layer_norm_vectorized<T>(out, residual_out, x, residual, weight, bias, eps, stream);
+}
+
+template <class T>
+void residual_add_rms_norm_naive(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, detail::const_view<T, 2> x,
+                                 detail::const_view<T, 2> residual, detail::const_view<T, 1> weight, float eps,
+                                 cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, false, true>("residual_add_rms_norm_naive", false, out, residual_out, x, residual, weight,
+                                        {}, eps, stream);
+}
+
+template <class T>
+void residual_add_rms_norm_vectorized(tensor_view<T, 2> out, tensor_view<T, 2> residual_out,
+                                      detail::const_view<T, 2> x, detail::const_view<T, 2> residual,
+                                      detail::const_view<T, 1> weight, float eps, cudaStream_t stream = nullptr) {
+    detail::launch_norm<T, false, true>("residual_add_rms_norm_vectorized", true, out, residual_out, x, residual,
+                                        weight, {}, eps, stream);
+}
+
+template <class T>
+void residual_add_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, detail::const_view<T, 2> x,
+                           detail::const_view<T, 2> residual, detail::const_view<T, 1> weight, float eps,
+                           cudaStream_t stream = nullptr) {
+    residual_add_rms_norm_vectorized<T>(out, residual_out, x, residual, weight, eps, stream);
+}
+
+}  // namespace tinyllm::cuda

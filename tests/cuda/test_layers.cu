@@ -1,0 +1,446 @@
+// CUDA tests for the layers between blocks: every norm kernel (v1 naive, v2
+// vectorized, fused residual add), the element-wise kernels (activations,
+// bias + activation, SwiGLU fused and unfused, add, multiply) and the cuBLAS
+// MLPs, each against the CPU reference, for float, bfloat16 and float16.
+//
+// Inputs are fresh random numbers rounded to the element type first, so the
+// CPU reference (float, double accumulation) sees exactly the values the GPU
+// sees. Outputs are poisoned (NaN) before every launch; NaN never passes.
+// Tolerances (per element |got - ref| <= abs + rel |ref|, plus a relative L2
+// bound): float 2e-5; bfloat16 1e-2 (an output rounded to bfloat16 is within
+// 2^-8 relative); float16 2e-3.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/activation.hpp>
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/norm.cuh>
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/norm.hpp>
+
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+namespace cpu = tinyllm::cpu;
+using tinyllm::activation;
+using tinyllm::bfloat16;
+using tinyllm::extents;
+using tinyllm::float16;
+using tinyllm::index_t;
+using tinyllm::tensor_view;
+using tinyllm_test::tolerance;
+
+namespace {
+
+template <class T>
+tolerance tol_for() {
+    if constexpr (std::is_same_v<T, float>) return {2e-5, 2e-5, 2e-6};
+    else if constexpr (std::is_same_v<T, bfloat16>) return {1e-2, 1e-2, 5e-3};
+    else return {2e-3, 2e-3, 1e-3};
+}
+
+// Twice the tolerance, for results with two roundings to T (a GEMM output fed to another).
+template <class T>
+tolerance loose_tol_for() {
+    const tolerance t = tol_for<T>();
+    if constexpr (std::is_same_v<T, float>) return {1e-4, 1e-4, 1e-5};
+    else return {2 * t.abs, 2 * t.rel, 2 * t.rel_l2};
+}
+
+template <class T>
+std::string label(const std::string& what, index_t rows, index_t cols) {
+    return what + " " + std::string(tinyllm::dtype_name<T>()) + " (" + std::to_string(rows) + ", " +
+           std::to_string(cols) + ")";
+}
+
+// n random values in [lo, hi), already rounded to T (returned as floats).
+template <class T>
+std::vector<float> random_as(std::size_t n, std::uint64_t which, float lo = -1.0f, float hi = 1.0f) {
+    auto v = tinyllm_test::random_floats(n, which, lo, hi);
+    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    return v;
+}
+
+template <class T>
+std::vector<T> as_type(const std::vector<float>& v) {
+    std::vector<T> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+    return out;
+}
+
+template <class T>
+tc::device_buffer<T> upload(const std::vector<float>& v) {
+    return tc::to_device(as_type<T>(v));
+}
+
+template <class T>
+void round_to(std::vector<float>& v) {
+    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+}
+
+tensor_view<float, 2> view2(std::vector<float>& v, index_t rows, index_t cols) { return {v.data(), {rows, cols}}; }
+tensor_view<const float, 2> cview2(const std::vector<float>& v, index_t rows, index_t cols) {
+    return {v.data(), {rows, cols}};
+}
+tensor_view<const float, 1> cview1(const std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
+
+template <class T>
+tensor_view<T, 2> dview2(tc::device_buffer<T>& b, index_t rows, index_t cols) {
+    return b.view(extents<2>{rows, cols});
+}
+template <class T>
+tensor_view<const T, 1> dview1(const tc::device_buffer<T>& b) {
+    return b.view(extents<1>{static_cast<index_t>(b.size())});
+}
+
+const std::vector<std::pair<index_t, index_t>> norm_shapes = {
+    {1, 1}, {1, 7}, {3, 8}, {2, 13}, {5, 1000}, {7, 1001}, {33, 4096}, {3, 12288}, {300, 64}};
+
+template <class T>
+void check_norms(index_t rows, index_t D, std::uint64_t which) {
+    const auto n = static_cast<std::size_t>(rows * D);
+    const auto x = random_as<T>(n, which, -3.0f, 5.0f), res = random_as<T>(n, which + 1, -4.0f, 4.0f);
+    const auto w = random_as<T>(static_cast<std::size_t>(D), which + 2, 0.5f, 1.5f);
+    const auto b = random_as<T>(static_cast<std::size_t>(D), which + 3, -1.0f, 1.0f);
+    auto dx = upload<T>(x), dres = upload<T>(res), dw = upload<T>(w), db = upload<T>(b);
+    tc::device_buffer<T> dout(n), dsum(n);
+    const auto X = dview2(dx, rows, D);
+    const auto R = dview2(dres, rows, D);
+    const auto out = dview2(dout, rows, D), sum = dview2(dsum, rows, D);
+    const float eps = 1e-5f;
+
+    // The residual stream as stored in T, and the references.
+    std::vector<float> s(n);
+    for (std::size_t i = 0; i < n; ++i) s[i] = x[i] + res[i];
+    round_to<T>(s);
+    std::vector<float> ref(n);
+
+    for (bool vectorized : {false, true}) {
+        const std::string v = vectorized ? "v2 vectorized" : "v1 naive";
+        for (bool affine : {true, false}) {
+            const std::string a = affine ? " affine" : " plain";
+            const tensor_view<const T, 1> W = affine ? dview1(dw) : tensor_view<const T, 1>{};
+            const tensor_view<const T, 1> B = affine ? dview1(db) : tensor_view<const T, 1>{};
+            const auto cw = affine ? cview1(w) : tensor_view<const float, 1>{};
+            const auto cb = affine ? cview1(b) : tensor_view<const float, 1>{};
+
+            dout.poison();
+            vectorized ? tc::layer_norm_vectorized<T>(out, X, W, B, eps) : tc::layer_norm_naive<T>(out, X, W, B, eps);
+            cpu::layer_norm(view2(ref, rows, D), cview2(x, rows, D), cw, cb, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("layer_norm " + v + a, rows, D));
+
+            dout.poison();
+            vectorized ? tc::rms_norm_vectorized<T>(out, X, W, eps) : tc::rms_norm_naive<T>(out, X, W, eps);
+            cpu::rms_norm(view2(ref, rows, D), cview2(x, rows, D), cw, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("rms_norm " + v + a, rows, D));
+
+            dout.poison();
+            dsum.poison();
+            vectorized ? tc::residual_add_layer_norm_vectorized<T>(out, sum, X, R, W, B, eps)
+                       : tc::residual_add_layer_norm_naive<T>(out, sum, X, R, W, B, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dsum), s, tolerance{0, 0, 0}, label<T>("residual sum " + v, rows, D));
+            cpu::layer_norm(view2(ref, rows, D), cview2(s, rows, D), cw, cb, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(),
+                                  label<T>("residual_add_layer_norm " + v + a, rows, D));
+
+            dout.poison();
+            dsum.poison();
+            vectorized ? tc::residual_add_rms_norm_vectorized<T>(out, sum, X, R, W, eps)
+                       : tc::residual_add_rms_norm_naive<T>(out, sum, X, R, W, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dsum), s, tolerance{0, 0, 0}, label<T>("residual sum " + v, rows, D));
+            cpu::rms_norm(view2(ref, rows, D), cview2(s, rows, D), cw, eps);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(),
+                                  label<T>("residual_add_rms_norm " + v + a, rows, D));
+        }
+    }
+}
+
+template <class T>
+void check_norm_layouts(std::uint64_t which) {
+    // Rows padded to a longer stride (16 extra elements) and a start one element
+    // past alignment (the scalar path); the in-place residual update.
+    const index_t rows = 9, D = 256, stride = D + 16;
+    const auto x = random_as<T>(static_cast<std::size_t>(rows * stride + 1), which, -2.0f, 2.0f);
+    const auto w = random_as<T>(static_cast<std::size_t>(D), which + 1, 0.5f, 1.5f);
+    auto dx = upload<T>(x), dw = upload<T>(w);
+    tc::device_buffer<T> dout(static_cast<std::size_t>(rows * D));
+    const auto out = dview2(dout, rows, D);
+    for (index_t offset : {index_t{0}, index_t{1}}) {
+        const tensor_view<const T, 2> X(dx.data() + offset, {rows, D}, {stride, 1});
+        std::vector<float> xc(static_cast<std::size_t>(rows * D)), ref(xc.size());
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t j = 0; j < D; ++j)
+                xc[static_cast<std::size_t>(r * D + j)] = x[static_cast<std::size_t>(offset + r * stride + j)];
+        cpu::rms_norm(view2(ref, rows, D), cview2(xc, rows, D), cview1(w), 1e-6f);
+        dout.poison();
+        tc::rms_norm<T>(out, X, dview1(dw), 1e-6f);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(),
+                              label<T>("rms_norm strided, offset " + std::to_string(offset), rows, D));
+        cpu::layer_norm(view2(ref, rows, D), cview2(xc, rows, D), 1e-6f);
+        dout.poison();
+        tc::layer_norm<T>(out, X, 1e-6f);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(),
+                              label<T>("layer_norm strided, offset " + std::to_string(offset), rows, D));
+    }
+
+    // The model's way: the stream updated in place, then compared with add + norm on the GPU.
+    const auto n = static_cast<std::size_t>(rows * D);
+    const auto h = random_as<T>(n, which + 2, -1.0f, 1.0f), stream0 = random_as<T>(n, which + 3, -3.0f, 3.0f);
+    auto dh = upload<T>(h), dstream = upload<T>(stream0), dstream2 = upload<T>(stream0);
+    tc::device_buffer<T> dout2(n);
+    const auto S = dview2(dstream, rows, D), S2 = dview2(dstream2, rows, D);
+    dout.poison();
+    tc::residual_add_rms_norm<T>(out, S, dview2(dh, rows, D), S, dview1(dw), 1e-6f);
+    dout2.poison();
+    tc::add<T>(S2, dview2(dh, rows, D), S2);
+    tc::rms_norm<T>(dview2(dout2, rows, D), S2, dview1(dw), 1e-6f);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dstream), tc::to_host(dstream2), tolerance{0, 0, 0},
+                          label<T>("in-place stream vs add", rows, D));
+    const auto two_steps = tc::to_host(dout2);
+    std::vector<float> two_steps_f(n);
+    for (std::size_t i = 0; i < n; ++i) two_steps_f[i] = tinyllm::to_float(two_steps[i]);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), two_steps_f, tol_for<T>(), label<T>("fused vs add + rms_norm", rows, D));
+}
+
+const std::vector<std::pair<index_t, index_t>> map_shapes = {{1, 1}, {3, 5}, {4, 64}, {7, 1001}, {16, 4096}, {2, 24}};
+
+template <class T>
+void check_elementwise(index_t rows, index_t cols, std::uint64_t which) {
+    const auto n = static_cast<std::size_t>(rows * cols);
+    const auto x = random_as<T>(n, which, -6.0f, 6.0f), y = random_as<T>(n, which + 1, -3.0f, 3.0f);
+    const auto bias = random_as<T>(static_cast<std::size_t>(cols), which + 2, -1.0f, 1.0f);
+    auto dx = upload<T>(x), dy = upload<T>(y), dbias = upload<T>(bias);
+    tc::device_buffer<T> dout(n);
+    const auto X = dview2(dx, rows, cols), Y = dview2(dy, rows, cols), out = dview2(dout, rows, cols);
+    std::vector<float> ref(n);
+    for (activation kind :
+         {activation::identity, activation::relu, activation::gelu_erf, activation::gelu_tanh, activation::silu}) {
+        const std::string k(tinyllm::activation_name(kind));
+        dout.poison();
+        tc::activate<T>(out, X, kind);
+        cpu::activate(view2(ref, rows, cols), cview2(x, rows, cols), kind);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("activate " + k, rows, cols));
+        dout.poison();
+        tc::bias_activate<T>(out, X, dview1(dbias), kind);
+        cpu::bias_activate(view2(ref, rows, cols), cview2(x, rows, cols), cview1(bias), kind);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("bias_activate " + k, rows, cols));
+    }
+    cpu::swiglu(view2(ref, rows, cols), cview2(x, rows, cols), cview2(y, rows, cols));
+    dout.poison();
+    tc::swiglu<T>(out, X, Y);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("swiglu fused", rows, cols));
+    dout.poison();
+    tc::swiglu_naive<T>(out, X, Y);
+    // The unfused version rounds silu(gate) to T before the product: one more rounding.
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, loose_tol_for<T>(), label<T>("swiglu naive", rows, cols));
+    // In place (out = gate), as swiglu_mlp runs it.
+    auto dgate = upload<T>(x);
+    tc::swiglu<T>(dview2(dgate, rows, cols), dview2(dgate, rows, cols), Y);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dgate), ref, tol_for<T>(), label<T>("swiglu in place", rows, cols));
+
+    cpu::add(view2(ref, rows, cols), cview2(x, rows, cols), cview2(y, rows, cols));
+    dout.poison();
+    tc::add<T>(out, X, Y);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("add", rows, cols));
+    cpu::multiply(view2(ref, rows, cols), cview2(x, rows, cols), cview2(y, rows, cols));
+    dout.poison();
+    tc::multiply<T>(out, X, Y);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("multiply", rows, cols));
+}
+
+template <class T>
+void check_swiglu_packed(std::uint64_t which) {
+    // gate and up as the two halves of one (rows, 2H) projection (row stride 2H),
+    // H not a multiple of 8 in one case (scalar path) and a multiple in the other.
+    for (index_t H : {index_t{40}, index_t{37}}) {
+        const index_t rows = 5;
+        const auto gu = random_as<T>(static_cast<std::size_t>(rows * 2 * H), which, -4.0f, 4.0f);
+        auto dgu = upload<T>(gu);
+        tc::device_buffer<T> dout(static_cast<std::size_t>(rows * H));
+        const tensor_view<const T, 2> both(dgu.data(), {rows, 2 * H});
+        dout.poison();
+        tc::swiglu<T>(dview2(dout, rows, H), both.narrow(1, 0, H), both.narrow(1, H, H));
+        std::vector<float> ref(static_cast<std::size_t>(rows * H));
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t c = 0; c < H; ++c)
+                ref[static_cast<std::size_t>(r * H + c)] =
+                    tinyllm::swiglu(gu[static_cast<std::size_t>(r * 2 * H + c)], gu[static_cast<std::size_t>(r * 2 * H + H + c)]);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>("swiglu packed gate|up", rows, H));
+    }
+}
+
+template <class T>
+void check_linear(std::uint64_t which) {
+    const tc::cublas_handle handle;
+    for (auto [rows, K, N] : std::vector<std::tuple<index_t, index_t, index_t>>{{5, 37, 11}, {1, 64, 128}, {33, 256, 96}}) {
+        const float scale = 1.0f / std::sqrt(static_cast<float>(K));
+        const auto x = random_as<T>(static_cast<std::size_t>(rows * K), which, -1.0f, 1.0f);
+        const auto W = random_as<T>(static_cast<std::size_t>(N * K), which + 1, -scale, scale);  // (N, K)
+        const auto b = random_as<T>(static_cast<std::size_t>(N), which + 2, -1.0f, 1.0f);
+        std::vector<float> Wt(W.size());  // (K, N)
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) Wt[static_cast<std::size_t>(k * N + n)] = W[static_cast<std::size_t>(n * K + k)];
+        auto dx = upload<T>(x), dW = upload<T>(W), dWt = upload<T>(Wt), db = upload<T>(b);
+        tc::device_buffer<T> dout(static_cast<std::size_t>(rows * N));
+        const auto out = dview2(dout, rows, N);
+        std::vector<float> ref(dout.size()), ref_nobias(dout.size());
+        cpu::linear(view2(ref, rows, N), cview2(x, rows, K), cview2(W, N, K), cview1(b));
+        cpu::linear(view2(ref_nobias, rows, N), cview2(x, rows, K), cview2(W, N, K), {});
+        // With a bias the GEMM output is rounded to T before the bias is added.
+        std::vector<float> ref_rounded = ref_nobias;
+        round_to<T>(ref_rounded);
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t n = 0; n < N; ++n) ref_rounded[static_cast<std::size_t>(r * N + n)] += b[static_cast<std::size_t>(n)];
+
+        dout.poison();
+        tc::linear<T>(out, dview2(dx, rows, K), dview2(dW, N, K), dview1(db), handle);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_rounded, tol_for<T>(), label<T>("linear + bias", rows, N));
+        dout.poison();
+        tc::linear<T>(out, dview2(dx, rows, K), dview2(dWt, K, N).transpose(0, 1), {}, handle);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, tol_for<T>(), label<T>("linear, (K, N) weight", rows, N));
+        dout.poison();
+        tc::matmul<T>(out, dview2(dx, rows, K), dview2(dWt, K, N), handle);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, tol_for<T>(), label<T>("matmul", rows, N));
+    }
+}
+
+template <class T>
+void check_mlps(std::uint64_t which) {
+    const tc::cublas_handle handle;
+    const index_t rows = 33, D = 64, H = 176;
+    const auto x = random_as<T>(static_cast<std::size_t>(rows * D), which, -2.0f, 2.0f);
+    const float sd = 1.0f / std::sqrt(static_cast<float>(D)), sh = 1.0f / std::sqrt(static_cast<float>(H));
+    const auto w1 = random_as<T>(static_cast<std::size_t>(H * D), which + 1, -sd, sd);
+    const auto w2 = random_as<T>(static_cast<std::size_t>(H * D), which + 2, -sd, sd);
+    const auto w3 = random_as<T>(static_cast<std::size_t>(D * H), which + 3, -sh, sh);
+    const auto b1 = random_as<T>(static_cast<std::size_t>(H), which + 4, -0.5f, 0.5f);
+    const auto b3 = random_as<T>(static_cast<std::size_t>(D), which + 5, -0.5f, 0.5f);
+    auto dx = upload<T>(x), dw1 = upload<T>(w1), dw2 = upload<T>(w2), dw3 = upload<T>(w3), db1 = upload<T>(b1),
+         db3 = upload<T>(b3);
+    const auto n_out = static_cast<std::size_t>(rows * D), n_hidden = static_cast<std::size_t>(rows * H);
+    tc::device_buffer<T> dout(n_out), dh1(n_hidden), dh2(n_hidden);
+    const auto X = dview2(dx, rows, D);
+    const auto out = dview2(dout, rows, D);
+
+    // The reference composition, rounding to T wherever the GPU stores a T.
+    auto lin = [&](const std::vector<float>& in, index_t K, const std::vector<float>& W, index_t N) {
+        std::vector<float> y(static_cast<std::size_t>(rows * N));
+        cpu::linear(view2(y, rows, N), cview2(in, rows, K), cview2(W, N, K), {});
+        round_to<T>(y);
+        return y;
+    };
+
+    // GPT-2 MLP.
+    {
+        const tinyllm::gpt2_mlp_weights<T> w{dw1.view(extents<2>{H, D}), dview1(db1), dw3.view(extents<2>{D, H}),
+                                             dview1(db3)};
+        dout.poison();
+        dh1.poison();
+        tc::gpt2_mlp<T>(out, X, w, dview2(dh1, rows, H), handle);
+        auto h = lin(x, D, w1, H);
+        cpu::bias_activate(view2(h, rows, H), cview2(h, rows, H), cview1(b1), activation::gelu_tanh);
+        round_to<T>(h);
+        auto y = lin(h, H, w3, D);
+        cpu::bias_activate(view2(y, rows, D), cview2(y, rows, D), cview1(b3), activation::identity);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, loose_tol_for<T>(), label<T>("gpt2_mlp", rows, D));
+        // And close to the unrounded float reference.
+        std::vector<float> exact(n_out);
+        const tinyllm::gpt2_mlp_weights<float> cw{cview2(w1, H, D), cview1(b1), cview2(w3, D, H), cview1(b3)};
+        cpu::gpt2_mlp(view2(exact, rows, D), cview2(x, rows, D), cw);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), exact, tolerance{4 * loose_tol_for<T>().abs, 4 * loose_tol_for<T>().rel, 2 * loose_tol_for<T>().rel_l2},
+                              label<T>("gpt2_mlp vs float", rows, D));
+    }
+    // SwiGLU MLP.
+    {
+        const tinyllm::swiglu_mlp_weights<T> w{dw1.view(extents<2>{H, D}), dw2.view(extents<2>{H, D}),
+                                               dw3.view(extents<2>{D, H})};
+        dout.poison();
+        dh1.poison();
+        dh2.poison();
+        tc::swiglu_mlp<T>(out, X, w, dview2(dh1, rows, H), dview2(dh2, rows, H), handle);
+        auto g = lin(x, D, w1, H);
+        const auto u = lin(x, D, w2, H);
+        cpu::swiglu(view2(g, rows, H), cview2(g, rows, H), cview2(u, rows, H));
+        round_to<T>(g);
+        const auto y = lin(g, H, w3, D);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, loose_tol_for<T>(), label<T>("swiglu_mlp", rows, D));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("CUDA norms (naive, vectorized, fused residual) match the CPU reference", "[cuda][norm]") {
+    std::uint64_t which = 100;
+    for (auto [rows, D] : norm_shapes) {
+        check_norms<float>(rows, D, which += 10);
+        check_norms<bfloat16>(rows, D, which += 10);
+        check_norms<float16>(rows, D, which += 10);
+    }
+}
+
+TEST_CASE("CUDA norms on strided and misaligned rows, and the in-place residual stream", "[cuda][norm]") {
+    check_norm_layouts<float>(500);
+    check_norm_layouts<bfloat16>(510);
+    check_norm_layouts<float16>(520);
+}
+
+TEST_CASE("CUDA element-wise kernels match the CPU reference", "[cuda][activation]") {
+    std::uint64_t which = 600;
+    for (auto [rows, cols] : map_shapes) {
+        check_elementwise<float>(rows, cols, which += 10);
+        check_elementwise<bfloat16>(rows, cols, which += 10);
+        check_elementwise<float16>(rows, cols, which += 10);
+    }
+    check_swiglu_packed<float>(700);
+    check_swiglu_packed<bfloat16>(710);
+    check_swiglu_packed<float16>(720);
+}
+
+TEST_CASE("CUDA linear, matmul and the MLPs match the CPU reference", "[cuda][ffn]") {
+    check_linear<float>(800);
+    check_linear<bfloat16>(810);
+    check_linear<float16>(820);
+    check_mlps<float>(900);
+    check_mlps<bfloat16>(910);
+    check_mlps<float16>(920);
+}
+
+TEST_CASE("CUDA layer launchers reject bad arguments before launching", "[cuda][error]") {
+    tc::device_buffer<float> a(12), b(12), w(3);
+    const auto A = a.view(extents<2>{3, 4});
+    CHECK_THROWS_WITH(tc::rms_norm<float>(b.view(extents<2>{4, 3}), A, 1e-5f),
+                      tinyllm_test::contains("out has shape (4, 3) but x has shape (3, 4)"));
+    CHECK_THROWS_WITH(tc::layer_norm<float>(b.view(extents<2>{3, 4}), A, w.view(extents<1>{3}), {}, 1e-5f),
+                      tinyllm_test::contains("weight has 3 elements"));
+    CHECK_THROWS_WITH(tc::rms_norm_naive<float>(b.view(extents<2>{3, 4}), A, {}, -1.0f),
+                      tinyllm_test::contains("must be positive"));
+    const tensor_view<const float, 2> columns(a.data(), {4, 3}, {1, 4});  // x stored transposed
+    CHECK_THROWS_WITH(tc::rms_norm<float>(b.view(extents<2>{4, 3}), columns, 1e-5f),
+                      tinyllm_test::contains("stride(1) == 1"));
+    CHECK_THROWS_WITH(tc::swiglu<float>(b.view(extents<2>{4, 3}), A, A), tinyllm_test::contains("swiglu: out has shape"));
+    CHECK_THROWS_WITH(tc::swiglu_naive<float>(b.view(extents<2>{3, 4}), A, b.view(extents<2>{3, 4})),
+                      tinyllm_test::contains("out must not be `up`"));
+    CHECK_THROWS_WITH(tc::bias_activate<float>(b.view(extents<2>{3, 4}), A, w.view(extents<1>{3}), activation::relu),
+                      tinyllm_test::contains("bias has 3 elements"));
+    const tc::cublas_handle handle;
+    CHECK_THROWS_WITH(tc::linear<float>(b.view(extents<2>{3, 3}), A, w.view(extents<2>{3, 1}), {}, handle),
+                      tinyllm_test::contains("in_features must equal"));
+    try {
+        TINYLLM_CUBLAS_CHECK(CUBLAS_STATUS_INVALID_VALUE);
+        FAIL("no exception was thrown");
+    } catch (const tinyllm::cublas_error& e) {
+        CHECK(e.status() == CUBLAS_STATUS_INVALID_VALUE);
+        CHECK(std::string(e.what()).find("CUBLAS_STATUS_INVALID_VALUE") != std::string::npos);
+    }
+    // Nothing to do is not an error.
+    tc::device_buffer<float> none(0);
+    CHECK_NOTHROW(tc::rms_norm<float>(none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12}), 1e-5f));
+    CHECK_NOTHROW(tc::swiglu<float>(none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12})));
+}
