@@ -107,8 +107,13 @@ TINYLLM_HOST_DEVICE double moe_gate_noise(std::uint64_t seed, index_t t, int e) 
 TINYLLM_HOST_DEVICE double moe_noisy_score(float logit, float noise_logit, std::uint64_t seed, index_t t, int e) {
     const double noise = moe_gate_noise(seed, t, e);
     const double scale = moe_softplus(static_cast<double>(noise_logit));
-    const double product = noise * scale;  // a separate statement: no fused multiply-add on one side only
-    return static_cast<double>(logit) + product;
+#if TINYLLM_ON_DEVICE
+    // Explicitly rounded multiply and add: nvcc would otherwise fuse them into
+    // one fma (one rounding) while the host rounds twice.
+    return __dadd_rn(static_cast<double>(logit), __dmul_rn(noise, scale));
+#else
+    return static_cast<double>(logit) + noise * scale;
+#endif
 }
 
 // ---- options and validation -------------------------------------------------------

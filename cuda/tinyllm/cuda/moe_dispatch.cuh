@@ -1,0 +1,465 @@
+// tinyllm/cuda/moe_dispatch.cuh — MoE dispatch and combine on the GPU: the
+// plan (histogram -> scan -> scatter), gather, the experts' SwiGLU FFNs with
+// cuBLAS, and combine. Same meaning as the CPU functions in
+// <tinyllm/moe_dispatch.hpp>, and the same plan, bit for bit.
+//
+// The plan must put slot (t, j) of expert e at row offset[e] + rank, where
+// rank counts the earlier slots of e in token order — the CPU's order, which
+// also decides which slots capacity drops. Atomics would give each slot *a*
+// row, but in whatever order threads arrive; tinyllm computes the rank with a
+// stable scan instead, so the plan is deterministic:
+//
+//   1. count    the T·k slots are cut into tiles of 256; one warp per tile
+//               counts its slots per expert (32 slots at a time: lanes with the
+//               same expert find each other with __match_any_sync and the
+//               lowest of them adds the group's size), writing tile_counts[e][tile].
+//   2. scan     one exclusive prefix sum (CUB DeviceScan) over tile_counts laid
+//               out expert-major gives, for every (e, tile), the number of slots
+//               of expert e in earlier tiles, plus all slots of experts < e.
+//   3. offsets  one warp: kept[e] = min(count[e], capacity), padded to the
+//               block size, exclusive-scanned into expert_offsets.
+//   4. scatter  every warp replays its tile: a slot's rank is the tile's base
+//               for e + the slots of e earlier in the tile (the same match
+//               masks: popc(peers below this lane)); rank >= capacity is
+//               dropped (row -1), otherwise row = expert_offsets[e] + rank.
+//
+// Gather (one warp per row, 16-byte vector copies where the row size allows)
+// and combine (one warp per token; each output element sums the token's k
+// slots in slot order — no atomics, so results are reproducible run to run)
+// are pure data movement: their floor is the bytes they must move,
+//     gather  R·D·s read + R·D·s written        combine  T·k·D·s read + T·D·s written
+// (s = bytes per element), which is what the benchmark reports GB/s against.
+//
+// The experts run as a loop of cuBLAS SGEMMs, three per expert with rows
+// (gate, up, down), plus one element-wise SiLU-multiply kernel: simple and
+// already near peak for large expert batches; a single grouped GEMM kernel is
+// the next rung (see docs/moe.md).
+//
+// ids outside [0, E) are never read out of bounds: those slots are dropped
+// (the CPU reference throws for them instead).
+#pragma once
+
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/moe_dispatch.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cub/device/device_scan.cuh>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+constexpr int moe_tile_slots = 256;  // slots per warp tile in the plan kernels
+constexpr unsigned moe_full_warp = 0xffffffffu;
+
+// Warps per block of the plan kernels: each warp keeps E int32 counters in
+// shared memory, so large E gets fewer warps (at most 48 KB per block).
+inline int moe_plan_warps(index_t experts) {
+    const index_t fit = (48 * 1024) / (experts * static_cast<index_t>(sizeof(int)));
+    return static_cast<int>(fit >= 4 ? 4 : fit);
+}
+
+// The expert of flattened slot i, or -1 when absent or out of range.
+__device__ inline int moe_slot_expert(const std::int32_t* ids, index_t slots, index_t i, int experts) {
+    if (i >= slots) return -1;
+    const int e = ids[i];
+    return e >= 0 && e < experts ? e : -1;
+}
+
+// Step 1: tile_counts[e * tiles + tile] = slots of expert e in the tile.
+template <class Int>
+__global__ void moe_plan_count_kernel(Int* tile_counts, const std::int32_t* ids, index_t slots, int experts,
+                                      index_t tiles) {
+    extern __shared__ int moe_counters[];  // (warps, E)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
+    if (tile >= tiles) return;  // the whole warp leaves together
+    int* count = moe_counters + warp * experts;
+    for (int e = lane; e < experts; e += 32) count[e] = 0;
+    __syncwarp();
+    const index_t first = tile * moe_tile_slots;
+    for (int step = 0; step < moe_tile_slots; step += 32) {
+        const int e = moe_slot_expert(ids, slots, first + step + lane, experts);
+        const unsigned peers = __match_any_sync(moe_full_warp, e);  // lanes holding the same expert
+        if (e >= 0 && lane == __ffs(peers) - 1) count[e] += __popc(peers);
+        __syncwarp();
+    }
+    for (int e = lane; e < experts; e += 32) tile_counts[static_cast<index_t>(e) * tiles + tile] = count[e];
+}
+
+// Step 3 (one warp): expert_counts[e] = min(all slots of e, capacity);
+// expert_offsets = exclusive scan of the counts padded to `block`.
+template <class Int>
+__global__ void moe_plan_offsets_kernel(std::int32_t* expert_offsets, std::int32_t* expert_counts,
+                                        const Int* tile_counts, const Int* tile_offsets, int experts, index_t tiles,
+                                        index_t capacity, index_t block) {
+    const int lane = threadIdx.x;
+    std::int32_t carry = 0;
+    for (int base = 0; base < experts; base += 32) {
+        const int e = base + lane;
+        std::int32_t padded = 0;
+        if (e < experts) {
+            std::int32_t all = 0;
+            if (tiles > 0) {
+                const index_t last = static_cast<index_t>(e) * tiles + tiles - 1;
+                all = static_cast<std::int32_t>(tile_offsets[last] + tile_counts[last] -
+                                                tile_offsets[static_cast<index_t>(e) * tiles]);
+            }
+            const std::int32_t kept = capacity >= 0 && all > capacity ? static_cast<std::int32_t>(capacity) : all;
+            expert_counts[e] = kept;
+            padded = static_cast<std::int32_t>(ceil_div<index_t>(kept, block) * block);
+        }
+        std::int32_t inclusive = padded;  // warp inclusive scan (Hillis–Steele with shuffles)
+#pragma unroll
+        for (int offset = 1; offset < 32; offset <<= 1) {
+            const std::int32_t below = __shfl_up_sync(moe_full_warp, inclusive, offset);
+            if (lane >= offset) inclusive += below;
+        }
+        if (e < experts) expert_offsets[e] = carry + inclusive - padded;
+        carry += __shfl_sync(moe_full_warp, inclusive, 31);
+    }
+    if (lane == 0) expert_offsets[experts] = carry;
+}
+
+// Step 4: every slot's row (or -1), and every used row's token.
+template <class Int>
+__global__ void moe_plan_scatter_kernel(std::int32_t* row_of, std::int32_t* row_token, const std::int32_t* ids,
+                                        index_t slots, int k, int experts, index_t tiles, const Int* tile_offsets,
+                                        const std::int32_t* expert_offsets, index_t capacity) {
+    extern __shared__ int moe_counters[];  // (warps, E): rank of the next slot of e
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
+    if (tile >= tiles) return;
+    int* rank = moe_counters + warp * experts;
+    // Slots of e before this tile = offset of (e, tile) - offset of (e, 0).
+    for (int e = lane; e < experts; e += 32)
+        rank[e] = static_cast<int>(tile_offsets[static_cast<index_t>(e) * tiles + tile] -
+                                   tile_offsets[static_cast<index_t>(e) * tiles]);
+    __syncwarp();
+    const index_t first = tile * moe_tile_slots;
+    const unsigned below = (1u << lane) - 1u;  // lanes before this one
+    for (int step = 0; step < moe_tile_slots; step += 32) {
+        const index_t i = first + step + lane;
+        const int e = moe_slot_expert(ids, slots, i, experts);
+        const unsigned peers = __match_any_sync(moe_full_warp, e);
+        if (i < slots) {
+            std::int32_t row = -1;
+            if (e >= 0) {
+                const index_t r = rank[e] + __popc(peers & below);
+                if (capacity < 0 || r < capacity) {
+                    row = static_cast<std::int32_t>(expert_offsets[e] + r);
+                    row_token[row] = static_cast<std::int32_t>(i / k);
+                }
+            }
+            row_of[i] = row;
+        }
+        __syncwarp();  // every lane has read rank[e] before the leader bumps it
+        if (e >= 0 && lane == __ffs(peers) - 1) rank[e] += __popc(peers);
+        __syncwarp();
+    }
+}
+
+// Gather rows as vectors V (16, 4 or 2 bytes): out[r] = in[row_token[r]] or 0.
+template <class V>
+__global__ void moe_gather_kernel(V* out, const V* in, const std::int32_t* row_token, index_t rows,
+                                  index_t vectors_per_row) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (index_t r = blockIdx.x * static_cast<index_t>(warps) + (threadIdx.x >> 5); r < rows;
+         r += static_cast<index_t>(gridDim.x) * warps) {
+        const std::int32_t t = row_token[r];
+        V* dst = out + r * vectors_per_row;
+        if (t >= 0) {
+            const V* src = in + static_cast<index_t>(t) * vectors_per_row;
+            for (index_t v = lane; v < vectors_per_row; v += 32) dst[v] = src[v];
+        } else {
+            for (index_t v = lane; v < vectors_per_row; v += 32) dst[v] = V{};  // all-zero bits: 0.0
+        }
+    }
+}
+
+// Combine: one warp per token, VEC consecutive elements per lane step.
+template <class T, int VEC>
+__global__ void moe_combine_kernel(T* out, const T* expert_out, const float* weights, const std::int32_t* row_of,
+                                   index_t tokens, index_t width, int k) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (index_t t = blockIdx.x * static_cast<index_t>(warps) + (threadIdx.x >> 5); t < tokens;
+         t += static_cast<index_t>(gridDim.x) * warps) {
+        for (index_t d = static_cast<index_t>(lane) * VEC; d < width; d += 32 * VEC) {
+            float sum[VEC] = {};
+            for (int j = 0; j < k; ++j) {  // slot order: the same sum every run
+                const std::int32_t row = row_of[t * k + j];
+                if (row < 0) continue;
+                const float w = weights[t * k + j];
+                const T* src = expert_out + static_cast<index_t>(row) * width + d;
+                if constexpr (VEC == 4 && std::is_same_v<T, float>) {
+                    const float4 v = *reinterpret_cast<const float4*>(src);
+                    sum[0] += w * v.x;
+                    sum[1] += w * v.y;
+                    sum[2] += w * v.z;
+                    sum[3] += w * v.w;
+                } else {
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) sum[i] += w * to_float(src[i]);
+                }
+            }
+            T* dst = out + t * width + d;
+            if constexpr (VEC == 4 && std::is_same_v<T, float>) {
+                *reinterpret_cast<float4*>(dst) = make_float4(sum[0], sum[1], sum[2], sum[3]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) dst[i] = from_float<T>(sum[i]);
+            }
+        }
+    }
+}
+
+// g = silu(gate) * up, element-wise over n values.
+template <class T>
+__global__ void moe_silu_mul_kernel(T* g, const T* gate, const T* up, index_t n) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        g[i] = moe_silu(gate[i]) * up[i];
+}
+
+inline unsigned moe_grid(index_t work_items, index_t per_block) {
+    const index_t blocks = ceil_div<index_t>(work_items, per_block);
+    return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
+}
+
+inline void moe_cublas_check(cublasStatus_t status, const char* call, const char* file, int line) {
+    if (status == CUBLAS_STATUS_SUCCESS) return;
+    throw error(tinyllm::detail::cat("tinyllm: cuBLAS error ", cublasGetStatusName(status), " (",
+                                     cublasGetStatusString(status), ") in ", call, "\n  at ",
+                                     tinyllm::detail::short_path(file), ":", line));
+}
+
+}  // namespace detail
+}  // namespace tinyllm::cuda
+
+#define TINYLLM_MOE_CUBLAS_CHECK(call) ::tinyllm::cuda::detail::moe_cublas_check((call), #call, __FILE__, __LINE__)
+
+namespace tinyllm::cuda {
+
+// A cuBLAS handle that destroys itself (for the expert GEMMs).
+class moe_cublas_handle {
+public:
+    moe_cublas_handle() { TINYLLM_MOE_CUBLAS_CHECK(cublasCreate(&handle_)); }
+    ~moe_cublas_handle() {
+        if (handle_) (void)cublasDestroy(handle_);
+    }
+    moe_cublas_handle(const moe_cublas_handle&) = delete;
+    moe_cublas_handle& operator=(const moe_cublas_handle&) = delete;
+    cublasHandle_t get() const { return handle_; }
+
+private:
+    cublasHandle_t handle_ = nullptr;
+};
+
+// Scratch memory for cuda::moe_plan, sized for up to `slots` = T·k slots and
+// E experts; make it once and reuse it.
+class moe_dispatch_workspace {
+public:
+    moe_dispatch_workspace(index_t slots, index_t experts)
+        : slots_(slots), experts_(experts), tiles_(ceil_div<index_t>(slots, detail::moe_tile_slots)) {
+        TINYLLM_EXPECT(slots >= 0 && experts >= 1, "moe_dispatch_workspace: slots = ", slots, ", E = ", experts);
+        TINYLLM_EXPECT(detail::moe_plan_warps(experts) >= 1, "moe_dispatch_workspace: E = ", experts,
+                       " is too large for the CUDA plan kernels (E <= 12288)");
+        const std::size_t n = static_cast<std::size_t>(experts * tiles_);
+        tile_counts_ = device_buffer<std::int32_t>(n);
+        tile_offsets_ = device_buffer<std::int32_t>(n);
+        std::size_t bytes = 0;
+        TINYLLM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, tile_counts_.data(), tile_offsets_.data(),
+                                                         static_cast<int>(n)));
+        scan_temp_ = device_buffer<unsigned char>(bytes > 0 ? bytes : 1);
+    }
+    index_t slots() const { return slots_; }
+    index_t experts() const { return experts_; }
+    std::int32_t* tile_counts() { return tile_counts_.data(); }
+    std::int32_t* tile_offsets() { return tile_offsets_.data(); }
+    device_buffer<unsigned char>& scan_temp() { return scan_temp_; }
+
+private:
+    index_t slots_, experts_, tiles_;
+    device_buffer<std::int32_t> tile_counts_, tile_offsets_;  // (E, tiles) each
+    device_buffer<unsigned char> scan_temp_;
+};
+
+// Steps 1–3 of dispatch on the GPU: the same plan as cpu::moe_plan (device
+// memory; asynchronous on `stream`). The workspace must match E and hold T·k slots.
+inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids, const moe_dispatch_options& options,
+                     moe_dispatch_workspace& ws, cudaStream_t stream = nullptr) {
+    const index_t T = ids.extent(0), k = ids.extent(1), E = plan.expert_counts.extent(0), slots = T * k;
+    tinyllm::detail::expect_dispatch_options(options, "cuda::moe_plan");
+    tinyllm::detail::expect_plan(plan, T, k, E, options.block, "cuda::moe_plan");
+    TINYLLM_EXPECT(ids.is_contiguous(), "cuda::moe_plan: ids must be contiguous");
+    TINYLLM_EXPECT(ws.experts() == E && ws.slots() >= slots, "cuda::moe_plan: the workspace was made for ", ws.slots(),
+                   " slots and E = ", ws.experts(), "; this call needs ", slots, " slots and E = ", E);
+    TINYLLM_EXPECT(moe_max_rows(T, k, E, options.block) <= INT32_MAX, "cuda::moe_plan: ",
+                   moe_max_rows(T, k, E, options.block), " rows do not fit int32 row numbers");
+    const index_t tiles = ceil_div<index_t>(slots, detail::moe_tile_slots);
+    const int warps = detail::moe_plan_warps(E);
+    const std::size_t shared = static_cast<std::size_t>(warps) * E * sizeof(int);
+    // Rows no slot lands in (padding, unused) hold token -1.
+    TINYLLM_CUDA_CHECK(cudaMemsetAsync(plan.row_token.data(), 0xFF, plan.row_token.size() * sizeof(std::int32_t), stream));
+    const unsigned blocks = static_cast<unsigned>(ceil_div<index_t>(tiles, warps));
+    if (tiles > 0) {
+        detail::moe_plan_count_kernel<std::int32_t><<<blocks, warps * 32, shared, stream>>>(
+            ws.tile_counts(), ids.data(), slots, static_cast<int>(E), tiles);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        std::size_t bytes = ws.scan_temp().size();
+        TINYLLM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(ws.scan_temp().data(), bytes, ws.tile_counts(),
+                                                         ws.tile_offsets(), static_cast<int>(E * tiles), stream));
+    }
+    detail::moe_plan_offsets_kernel<std::int32_t><<<1, 32, 0, stream>>>(
+        plan.expert_offsets.data(), plan.expert_counts.data(), ws.tile_counts(), ws.tile_offsets(),
+        static_cast<int>(E), tiles, options.capacity, options.block);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    if (tiles > 0) {
+        detail::moe_plan_scatter_kernel<std::int32_t><<<blocks, warps * 32, shared, stream>>>(
+            plan.row_of.data(), plan.row_token.data(), ids.data(), slots, static_cast<int>(k), static_cast<int>(E),
+            tiles, ws.tile_offsets(), plan.expert_offsets.data(), options.capacity);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+}
+
+// Step 4: out[r] = x[row_token[r]], zero for padding and unused rows.
+//   out (R, D), x (T, D): float, bfloat16 or float16, contiguous.
+template <class T, class X>
+void moe_gather(tensor_view<T, 2> out, tensor_view<X, 2> x, const moe_plan_view& plan, cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<std::remove_const_t<X>, T>, "moe_gather: out and x have the same element type");
+    const index_t R = out.extent(0), D = out.extent(1);
+    TINYLLM_EXPECT(plan.row_token.extent(0) == R, "cuda::moe_gather: out has ", R, " rows but plan.row_token has ",
+                   plan.row_token.extent(0));
+    TINYLLM_EXPECT(x.extent(1) == D, "cuda::moe_gather: x has width ", x.extent(1), " but out has width ", D);
+    TINYLLM_EXPECT(out.is_contiguous() && x.is_contiguous(), "cuda::moe_gather: out and x must be contiguous");
+    if (R == 0 || D == 0) return;
+    const int warps = 8;
+    const unsigned grid = detail::moe_grid(R, warps);
+    const index_t row_bytes = D * static_cast<index_t>(sizeof(T));
+    const auto aligned = [&](std::size_t a) {
+        return reinterpret_cast<std::uintptr_t>(out.data()) % a == 0 && reinterpret_cast<std::uintptr_t>(x.data()) % a == 0 &&
+               row_bytes % static_cast<index_t>(a) == 0;
+    };
+    if (aligned(16)) {
+        detail::moe_gather_kernel<uint4><<<grid, warps * 32, 0, stream>>>(
+            reinterpret_cast<uint4*>(out.data()), reinterpret_cast<const uint4*>(x.data()), plan.row_token.data(), R,
+            row_bytes / 16);
+    } else if (aligned(4)) {
+        detail::moe_gather_kernel<std::uint32_t><<<grid, warps * 32, 0, stream>>>(
+            reinterpret_cast<std::uint32_t*>(out.data()), reinterpret_cast<const std::uint32_t*>(x.data()),
+            plan.row_token.data(), R, row_bytes / 4);
+    } else {
+        static_assert(sizeof(T) % 2 == 0, "moe_gather moves elements of 2 or 4 bytes");
+        detail::moe_gather_kernel<std::uint16_t><<<grid, warps * 32, 0, stream>>>(
+            reinterpret_cast<std::uint16_t*>(out.data()), reinterpret_cast<const std::uint16_t*>(x.data()),
+            plan.row_token.data(), R, row_bytes / 2);
+    }
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// Step 6: out[t] = sum_j weights(t, j) · expert_out[row_of(t, j)] (slot order,
+// dropped slots skipped, float accumulation).
+//   out (T, D), expert_out (R, D), weights (T, k) float
+template <class T, class Y, class W>
+void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_view<W, 2> weights,
+                 const moe_plan_view& plan, cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<std::remove_const_t<Y>, T>, "moe_combine: out and expert_out have the same type");
+    static_assert(std::is_same_v<std::remove_const_t<W>, float>, "moe_combine: weights are float");
+    const index_t T_ = out.extent(0), D = out.extent(1), k = weights.extent(1);
+    expect_shape(weights, extents<2>{T_, k}, "cuda::moe_combine: weights");
+    expect_shape(plan.row_of, extents<2>{T_, k}, "cuda::moe_combine: plan.row_of");
+    TINYLLM_EXPECT(expert_out.extent(1) == D, "cuda::moe_combine: expert_out has width ", expert_out.extent(1),
+                   " but out has width ", D);
+    TINYLLM_EXPECT(out.is_contiguous() && expert_out.is_contiguous() && weights.is_contiguous(),
+                   "cuda::moe_combine: out, expert_out and weights must be contiguous");
+    if (T_ == 0 || D == 0) return;
+    const int warps = 8;
+    const unsigned grid = detail::moe_grid(T_, warps);
+    const bool vector4 = std::is_same_v<T, float> && D % 4 == 0 &&
+                         reinterpret_cast<std::uintptr_t>(out.data()) % 16 == 0 &&
+                         reinterpret_cast<std::uintptr_t>(expert_out.data()) % 16 == 0;
+    if (vector4) {
+        detail::moe_combine_kernel<T, 4><<<grid, warps * 32, 0, stream>>>(
+            out.data(), expert_out.data(), weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
+    } else {
+        detail::moe_combine_kernel<T, 1><<<grid, warps * 32, 0, stream>>>(
+            out.data(), expert_out.data(), weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
+    }
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// Step 5: every expert's SwiGLU FFN on its rows (float, cuBLAS SGEMM per
+// expert); padding and unused rows of `out` become 0.
+//   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F)
+// Reads the plan's offsets back to the host (one synchronisation of `stream`)
+// to size the GEMMs. handle: a cuBLAS handle, or nullptr to make one.
+template <class O, class I, class W>
+void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view<W, 3> w1, tensor_view<W, 3> w3,
+                        tensor_view<W, 3> w2, const moe_plan_view& plan, cublasHandle_t handle = nullptr,
+                        cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<O, float> && std::is_same_v<std::remove_const_t<I>, float> &&
+                      std::is_same_v<std::remove_const_t<W>, float>,
+                  "cuda::moe_experts_swiglu computes in float");
+    const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
+    expect_shape(out, in.shape(), "cuda::moe_experts_swiglu: out");
+    expect_shape(w1, extents<3>{E, F, D}, "cuda::moe_experts_swiglu: w1");
+    expect_shape(w3, extents<3>{E, F, D}, "cuda::moe_experts_swiglu: w3");
+    expect_shape(w2, extents<3>{E, D, F}, "cuda::moe_experts_swiglu: w2");
+    expect_shape(plan.expert_counts, extents<1>{E}, "cuda::moe_experts_swiglu: plan.expert_counts");
+    TINYLLM_EXPECT(out.is_contiguous() && in.is_contiguous() && w1.is_contiguous() && w3.is_contiguous() &&
+                       w2.is_contiguous(),
+                   "cuda::moe_experts_swiglu: every tensor must be contiguous");
+    TINYLLM_EXPECT(D <= INT32_MAX && F <= INT32_MAX && R <= INT32_MAX, "cuda::moe_experts_swiglu: sizes exceed int32");
+    std::vector<std::int32_t> offsets(static_cast<std::size_t>(E + 1)), counts(static_cast<std::size_t>(E));
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(offsets.data(), plan.expert_offsets.data(), offsets.size() * sizeof(std::int32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(counts.data(), plan.expert_counts.data(), counts.size() * sizeof(std::int32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    TINYLLM_EXPECT(offsets[E] <= R, "cuda::moe_experts_swiglu: the plan uses ", offsets[E], " rows but in has ", R);
+    if (R > 0 && D > 0) TINYLLM_CUDA_CHECK(cudaMemsetAsync(out.data(), 0, static_cast<std::size_t>(R * D) * sizeof(float), stream));
+    const index_t used = offsets[E];
+    if (used == 0 || F == 0) return;
+
+    moe_cublas_handle own;  // cheap enough for a reference path; pass a handle to reuse one
+    cublasHandle_t h = handle ? handle : own.get();
+    TINYLLM_MOE_CUBLAS_CHECK(cublasSetStream(h, stream));
+    device_buffer<float> gate(static_cast<std::size_t>(used * F)), up(static_cast<std::size_t>(used * F));  // (used, F)
+    const float one = 1.0f, zero = 0.0f;
+    const int d = static_cast<int>(D), f = static_cast<int>(F);
+    // Row-major (m, n) is column-major (n, m): H^T (F, m) = W1 (F, D) · X^T (D, m).
+    for (index_t e = 0; e < E; ++e) {
+        const int m = counts[e];
+        if (m == 0) continue;
+        const float* x = in.data() + static_cast<index_t>(offsets[e]) * D;
+        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, f, m, d, &one, w1.data() + e * F * D, d, x, d,
+                                             &zero, gate.data() + static_cast<index_t>(offsets[e]) * F, f));
+        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, f, m, d, &one, w3.data() + e * F * D, d, x, d,
+                                             &zero, up.data() + static_cast<index_t>(offsets[e]) * F, f));
+    }
+    // gate <- silu(gate) * up over every used row (padding rows are never read).
+    detail::moe_silu_mul_kernel<float><<<detail::moe_grid(used * F, 256), 256, 0, stream>>>(gate.data(), gate.data(),
+                                                                                         up.data(), used * F);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    for (index_t e = 0; e < E; ++e) {
+        const int m = counts[e];
+        if (m == 0) continue;
+        // Y^T (D, m) = W2 (D, F) · G^T (F, m)
+        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, d, m, f, &one, w2.data() + e * D * F, f,
+                                             gate.data() + static_cast<index_t>(offsets[e]) * F, f, &zero,
+                                             out.data() + static_cast<index_t>(offsets[e]) * D, d));
+    }
+    // The scratch buffers are freed when this returns; wait so that the GEMMs are done with them.
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+}  // namespace tinyllm::cuda

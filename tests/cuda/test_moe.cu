@@ -1,0 +1,425 @@
+// CUDA tests for Mixture of Experts: every gating kernel (naive and fused;
+// softmax, noisy, grouped), the dispatch plan with capacity and padding,
+// gather, combine and the cuBLAS experts, each against the CPU reference.
+// Ids and plans must be exactly equal; weights and activations within float
+// rounding. Outputs are poisoned before every kernel runs.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/moe.cuh>
+#include <tinyllm/moe.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::tensor;
+using tinyllm_test::tolerance;
+
+namespace {
+
+const tolerance weight_tolerance{2e-6, 2e-5, 1e-5};
+
+// Fill an int32 buffer with 0x7F7F7F7F: never a valid id, row, offset or -1.
+void poison_ints(tc::device_buffer<std::int32_t>& b) {
+    if (b.size()) TINYLLM_CUDA_CHECK(cudaMemset(b.data(), 0x7F, b.bytes()));
+}
+
+enum class variant { softmax_renormalized, softmax_plain, noisy, grouped };
+
+const char* name(variant v) {
+    switch (v) {
+        case variant::softmax_renormalized: return "softmax+renormalize";
+        case variant::softmax_plain: return "softmax";
+        case variant::noisy: return "noisy";
+        default: return "grouped";
+    }
+}
+
+tinyllm::grouped_topk_options grouped_options(index_t E, index_t k) {
+    // DeepSeek-like: 8 groups keep 4 (or what divides E), unless k needs more experts.
+    tinyllm::grouped_topk_options o;
+    for (int groups : {8, 6, 4, 2}) {
+        if (E % groups == 0 && k <= (groups / 2) * (E / groups)) {
+            o.n_group = groups;
+            o.topk_group = groups / 2;
+            break;
+        }
+    }
+    o.routed_scaling_factor = 2.5f;
+    return o;
+}
+
+struct gating_case {
+    index_t T, E, k;
+    variant v;
+    bool ties;  // logits quantised to quarters: many exact ties
+};
+
+// CPU reference ids/weights for a case.
+void cpu_gating(const gating_case& c, const std::vector<float>& logits, const std::vector<float>& noise,
+                const std::vector<float>& bias, std::vector<std::int32_t>& ids, std::vector<float>& weights) {
+    ids.assign(c.T * c.k, 0);
+    weights.assign(c.T * c.k, 0.0f);
+    tinyllm::tensor_view<std::int32_t, 2> i(ids.data(), {c.T, c.k});
+    tinyllm::tensor_view<float, 2> w(weights.data(), {c.T, c.k});
+    tinyllm::tensor_view<const float, 2> x(logits.data(), {c.T, c.E});
+    switch (c.v) {
+        case variant::softmax_renormalized: tinyllm::cpu::softmax_topk_gating(i, w, x, true); break;
+        case variant::softmax_plain: tinyllm::cpu::softmax_topk_gating(i, w, x, false); break;
+        case variant::noisy:
+            tinyllm::cpu::noisy_topk_gating(i, w, x, tinyllm::tensor_view<const float, 2>(noise.data(), {c.T, c.E}), 1234, 7);
+            break;
+        case variant::grouped:
+            tinyllm::cpu::grouped_topk_gating(i, w, x, tinyllm::tensor_view<const float, 1>(bias.data(), {c.E}),
+                                              grouped_options(c.E, c.k));
+            break;
+    }
+}
+
+template <class Launch>
+void check_gpu_gating(const gating_case& c, const std::vector<std::int32_t>& want_ids,
+                      const std::vector<float>& want_weights, const char* version, Launch&& launch) {
+    tc::device_buffer<std::int32_t> ids(c.T * c.k);
+    tc::device_buffer<float> weights(c.T * c.k);
+    ids.poison();
+    weights.poison();
+    launch(ids.view(extents<2>{c.T, c.k}), weights.view(extents<2>{c.T, c.k}));
+    const auto got_ids = tc::to_host(ids);
+    const auto got_weights = tc::to_host(weights);
+    const std::string what = std::string(version) + " " + name(c.v) + " T=" + std::to_string(c.T) +
+                             " E=" + std::to_string(c.E) + " k=" + std::to_string(c.k) + (c.ties ? " (ties)" : "");
+    INFO(what);
+    std::size_t first_bad = got_ids.size();
+    for (std::size_t i = 0; i < got_ids.size() && first_bad == got_ids.size(); ++i)
+        if (got_ids[i] != want_ids[i]) first_bad = i;
+    if (first_bad < got_ids.size())
+        INFO("first differing id at [" << first_bad << "]: got " << got_ids[first_bad] << ", expected "
+                                       << want_ids[first_bad]);
+    REQUIRE(first_bad == got_ids.size());
+    TINYLLM_REQUIRE_CLOSE(got_weights, want_weights, weight_tolerance, what);
+}
+
+void run_gating_case(const gating_case& c, std::uint64_t which) {
+    auto logits = tinyllm_test::random_floats(c.T * c.E, which, -4, 4);
+    if (c.ties)
+        for (float& x : logits) x = std::round(x * 4) / 4;
+    const auto noise = tinyllm_test::random_floats(c.T * c.E, which + 1, -2, 1);
+    auto bias = tinyllm_test::random_floats(c.E, which + 2, -0.1f, 0.1f);
+    if (c.ties)
+        for (float& b : bias) b = std::round(b * 32) / 32;
+    std::vector<std::int32_t> want_ids;
+    std::vector<float> want_weights;
+    cpu_gating(c, logits, noise, bias, want_ids, want_weights);
+
+    auto d_logits = tc::to_device(logits);
+    auto d_noise = tc::to_device(noise);
+    auto d_bias = tc::to_device(bias);
+    const auto x = d_logits.view(extents<2>{c.T, c.E});
+    const auto nx = d_noise.view(extents<2>{c.T, c.E});
+    const auto b = d_bias.view(extents<1>{c.E});
+    const auto options = grouped_options(c.E, c.k);
+    for (int version = 0; version < 2; ++version) {
+        const bool naive = version == 0;
+        check_gpu_gating(c, want_ids, want_weights, naive ? "v1 naive" : "v2 fused",
+                         [&](tinyllm::tensor_view<std::int32_t, 2> ids, tinyllm::tensor_view<float, 2> w) {
+                             switch (c.v) {
+                                 case variant::softmax_renormalized:
+                                 case variant::softmax_plain: {
+                                     const bool renorm = c.v == variant::softmax_renormalized;
+                                     if (naive) tc::softmax_topk_gating_naive(ids, w, x, renorm);
+                                     else tc::softmax_topk_gating_fused(ids, w, x, renorm);
+                                     break;
+                                 }
+                                 case variant::noisy:
+                                     if (naive) tc::noisy_topk_gating_naive(ids, w, x, nx, 1234, 7);
+                                     else tc::noisy_topk_gating_fused(ids, w, x, nx, 1234, 7);
+                                     break;
+                                 case variant::grouped:
+                                     if (naive) tc::grouped_topk_gating_naive(ids, w, x, b, options);
+                                     else tc::grouped_topk_gating_fused(ids, w, x, b, options);
+                                     break;
+                             }
+                         });
+    }
+}
+
+}  // namespace
+
+TEST_CASE("CUDA gating kernels choose exactly the CPU's experts", "[cuda][moe][gating]") {
+    std::uint64_t which = 100;
+    for (variant v : {variant::softmax_renormalized, variant::softmax_plain, variant::noisy, variant::grouped}) {
+        for (index_t E : {8, 64, 256, 60}) {
+            for (index_t k : {1, 2, 8}) {
+                if (k > E) continue;
+                for (index_t T : {1, 37, 4099}) run_gating_case({T, E, k, v, false}, which += 3);
+                run_gating_case({513, E, k, v, true}, which += 3);
+            }
+        }
+    }
+}
+
+TEST_CASE("CUDA gating at T = 100000", "[cuda][moe][gating][large]") {
+    run_gating_case({100000, 256, 8, variant::softmax_renormalized, false}, 900);
+    run_gating_case({100000, 8, 2, variant::softmax_plain, false}, 903);
+    run_gating_case({100000, 60, 2, variant::noisy, false}, 906);
+    run_gating_case({100000, 256, 8, variant::grouped, false}, 909);
+}
+
+TEST_CASE("CUDA gating beyond the fused kernel's range falls back to v1", "[cuda][moe][gating]") {
+    const index_t T = 64, E = 1500, k = 40;
+    const auto logits = tinyllm_test::random_floats(T * E, 50, -3, 3);
+    std::vector<std::int32_t> want_ids(T * k);
+    std::vector<float> want_w(T * k);
+    tinyllm::cpu::softmax_topk_gating(tinyllm::tensor_view<std::int32_t, 2>(want_ids.data(), {T, k}),
+                                      tinyllm::tensor_view<float, 2>(want_w.data(), {T, k}),
+                                      tinyllm::tensor_view<const float, 2>(logits.data(), {T, E}), true);
+    auto d = tc::to_device(logits);
+    tc::device_buffer<std::int32_t> ids(T * k);
+    tc::device_buffer<float> w(T * k);
+    ids.poison();
+    w.poison();
+    CHECK_THROWS_WITH(tc::softmax_topk_gating_fused(ids.view(extents<2>{T, k}), w.view(extents<2>{T, k}),
+                                                    d.view(extents<2>{T, E}), true),
+                      tinyllm_test::contains("E <= 1024, k <= 32"));
+    tc::softmax_topk_gating(ids.view(extents<2>{T, k}), w.view(extents<2>{T, k}), d.view(extents<2>{T, E}), true);
+    CHECK(tc::to_host(ids) == want_ids);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(w), want_w, weight_tolerance, "fallback");
+}
+
+TEST_CASE("CUDA gating reads bfloat16 logits", "[cuda][moe][gating][bf16]") {
+    const index_t T = 777, E = 64, k = 8;
+    const auto f = tinyllm_test::random_floats(T * E, 60, -3, 3);
+    std::vector<tinyllm::bfloat16> h(f.size());
+    std::vector<float> rounded(f.size());
+    for (std::size_t i = 0; i < f.size(); ++i) {
+        h[i] = tinyllm::from_float<tinyllm::bfloat16>(f[i]);
+        rounded[i] = tinyllm::to_float(h[i]);  // bf16 has many ties: a good tie test too
+    }
+    std::vector<std::int32_t> want_ids(T * k);
+    std::vector<float> want_w(T * k);
+    tinyllm::cpu::softmax_topk_gating(tinyllm::tensor_view<std::int32_t, 2>(want_ids.data(), {T, k}),
+                                      tinyllm::tensor_view<float, 2>(want_w.data(), {T, k}),
+                                      tinyllm::tensor_view<const float, 2>(rounded.data(), {T, E}), true);
+    auto d = tc::to_device(h);
+    for (int version = 0; version < 2; ++version) {
+        tc::device_buffer<std::int32_t> ids(T * k);
+        tc::device_buffer<float> w(T * k);
+        ids.poison();
+        w.poison();
+        if (version == 0)
+            tc::softmax_topk_gating_naive(ids.view(extents<2>{T, k}), w.view(extents<2>{T, k}), d.view(extents<2>{T, E}), true);
+        else
+            tc::softmax_topk_gating_fused(ids.view(extents<2>{T, k}), w.view(extents<2>{T, k}), d.view(extents<2>{T, E}), true);
+        CHECK(tc::to_host(ids) == want_ids);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(w), want_w, weight_tolerance, "bf16 gating");
+    }
+}
+
+TEST_CASE("CUDA gating validates its arguments on the host", "[cuda][moe][gating][errors]") {
+    tc::device_buffer<float> logits(4 * 8), w(4 * 9), bias(8);
+    tc::device_buffer<std::int32_t> ids(4 * 9);
+    const auto x = logits.view(extents<2>{4, 8});
+    CHECK_THROWS_WITH(tc::softmax_topk_gating(ids.view(extents<2>{4, 9}), w.view(extents<2>{4, 9}), x, true),
+                      tinyllm_test::contains("k = 9 exceeds the number of experts E = 8"));
+    tinyllm::grouped_topk_options bad;
+    bad.n_group = 3;
+    CHECK_THROWS_WITH(tc::grouped_topk_gating(ids.view(extents<2>{4, 9}).narrow(1, 0, 2),
+                                              w.view(extents<2>{4, 9}).narrow(1, 0, 2), x, bias.view(extents<1>{8}), bad),
+                      tinyllm_test::contains("ids and weights must be contiguous"));
+    tc::device_buffer<std::int32_t> ids2(8);
+    tc::device_buffer<float> w2(8);
+    CHECK_THROWS_WITH(tc::grouped_topk_gating(ids2.view(extents<2>{4, 2}), w2.view(extents<2>{4, 2}), x,
+                                              bias.view(extents<1>{8}), bad),
+                      tinyllm_test::contains("n_group = 3 does not divide E = 8"));
+}
+
+namespace {
+
+struct plan_device {
+    tc::device_buffer<std::int32_t> row_of, row_token, offsets, counts;
+    index_t T, k, E;
+    plan_device(index_t T_, index_t k_, index_t E_, index_t block)
+        : row_of(T_ * k_), row_token(tinyllm::moe_max_rows(T_, k_, E_, block)), offsets(E_ + 1), counts(E_),
+          T(T_), k(k_), E(E_) {}
+    tinyllm::moe_plan_view view() {
+        return {row_of.view(extents<2>{T, k}), row_token.view(extents<1>{static_cast<index_t>(row_token.size())}),
+                offsets.view(extents<1>{E + 1}), counts.view(extents<1>{E})};
+    }
+    void poison() {
+        poison_ints(row_of);
+        poison_ints(row_token);
+        poison_ints(offsets);
+        poison_ints(counts);
+    }
+};
+
+// Ids from the CPU gating of random logits; `skew` adds a bias towards expert 0.
+std::vector<std::int32_t> routed_ids(index_t T, index_t E, index_t k, float skew, std::uint64_t which) {
+    auto logits = tinyllm_test::random_floats(T * E, which, -2, 2);
+    for (index_t t = 0; t < T; ++t) logits[t * E] += skew;
+    std::vector<std::int32_t> ids(T * k);
+    std::vector<float> w(T * k);
+    tinyllm::cpu::softmax_topk_gating(tinyllm::tensor_view<std::int32_t, 2>(ids.data(), {T, k}),
+                                      tinyllm::tensor_view<float, 2>(w.data(), {T, k}),
+                                      tinyllm::tensor_view<const float, 2>(logits.data(), {T, E}), true);
+    return ids;
+}
+
+}  // namespace
+
+TEST_CASE("the CUDA dispatch plan equals the CPU plan, capacity drops included", "[cuda][moe][dispatch]") {
+    std::uint64_t which = 300;
+    struct shape {
+        index_t T, E, k;
+    };
+    for (shape s : {shape{1, 8, 2}, shape{37, 8, 1}, shape{1000, 60, 2}, shape{4099, 64, 8}, shape{100000, 256, 8},
+                    shape{100000, 8, 2}}) {
+        for (float skew : {0.0f, 3.0f}) {
+            const auto ids = routed_ids(s.T, s.E, s.k, skew, which += 1);
+            auto d_ids = tc::to_device(ids);
+            tc::moe_dispatch_workspace ws(s.T * s.k, s.E);
+            for (double factor : {0.0, 1.0, 1.25}) {
+                for (index_t block : {1, 16}) {
+                    tinyllm::moe_dispatch_options o;
+                    o.capacity = factor > 0 ? tinyllm::moe_capacity(s.T, s.k, s.E, factor) : -1;
+                    o.block = block;
+                    tinyllm::cpu::moe_plan_buffers want(s.T, s.k, s.E, block);
+                    tinyllm::cpu::moe_plan(want.view(),
+                                           tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {s.T, s.k}), o);
+                    plan_device got(s.T, s.k, s.E, block);
+                    got.poison();
+                    tc::moe_plan(got.view(), d_ids.view(extents<2>{s.T, s.k}), o, ws);
+                    INFO("T=" << s.T << " E=" << s.E << " k=" << s.k << " skew=" << skew << " capacity=" << o.capacity
+                              << " block=" << block);
+                    CHECK(tc::to_host(got.counts) == want.expert_counts.values());
+                    CHECK(tc::to_host(got.offsets) == want.expert_offsets.values());
+                    CHECK(tc::to_host(got.row_of) == want.row_of.values());
+                    CHECK(tc::to_host(got.row_token) == want.row_token.values());
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("CUDA gather, combine and experts against the CPU", "[cuda][moe][dispatch][experts]") {
+    const index_t T = 3001, E = 8, k = 2, D = 64, F = 96;
+    const auto logits = tinyllm_test::random_floats(T * E, 400, -2, 2);
+    const auto x = tinyllm_test::random_floats(T * D, 401);
+    std::vector<std::int32_t> ids(T * k);
+    std::vector<float> w(T * k);
+    tinyllm::cpu::softmax_topk_gating(tinyllm::tensor_view<std::int32_t, 2>(ids.data(), {T, k}),
+                                      tinyllm::tensor_view<float, 2>(w.data(), {T, k}),
+                                      tinyllm::tensor_view<const float, 2>(logits.data(), {T, E}), false);
+    tensor<float, 3> w1(extents<3>{E, F, D}), w3(extents<3>{E, F, D}), w2(extents<3>{E, D, F});
+    w1.values() = tinyllm_test::random_floats(E * F * D, 402, -0.2f, 0.2f);
+    w3.values() = tinyllm_test::random_floats(E * F * D, 403, -0.2f, 0.2f);
+    w2.values() = tinyllm_test::random_floats(E * D * F, 404, -0.2f, 0.2f);
+    auto d_ids = tc::to_device(ids);
+    auto d_w = tc::to_device(w);
+    auto d_x = tc::to_device(x);
+    auto d_w1 = tc::to_device(w1.values()), d_w3 = tc::to_device(w3.values()), d_w2 = tc::to_device(w2.values());
+    tc::moe_dispatch_workspace ws(T * k, E);
+    tc::moe_cublas_handle handle;
+
+    for (index_t block : {1, 32}) {
+        for (double factor : {0.0, 1.0}) {
+            tinyllm::moe_dispatch_options o;
+            o.capacity = factor > 0 ? tinyllm::moe_capacity(T, k, E, factor) : -1;
+            o.block = block;
+            INFO("block " << block << ", capacity " << o.capacity);
+            tinyllm::cpu::moe_plan_buffers plan(T, k, E, block);
+            tinyllm::cpu::moe_plan(plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {T, k}), o);
+            const index_t R = plan.rows();
+            tensor<float, 2> sorted(extents<2>{R, D}), expert_out(extents<2>{R, D}), out(extents<2>{T, D});
+            tinyllm::tensor_view<const float, 2> xv(x.data(), {T, D});
+            tinyllm::cpu::moe_gather(sorted.view(), xv, plan.view());
+            tinyllm::cpu::moe_experts_swiglu(expert_out.view(), sorted.view(), w1.view(), w3.view(), w2.view(), plan.view());
+            tinyllm::cpu::moe_combine(out.view(), expert_out.view(), tinyllm::tensor_view<const float, 2>(w.data(), {T, k}),
+                                      plan.view());
+
+            plan_device p(T, k, E, block);
+            p.poison();
+            tc::moe_plan(p.view(), d_ids.view(extents<2>{T, k}), o, ws);
+            tc::device_buffer<float> d_sorted(R * D), d_expert_out(R * D), d_out(T * D), d_identity(T * D);
+            d_sorted.poison();
+            tc::moe_gather(d_sorted.view(extents<2>{R, D}), d_x.view(extents<2>{T, D}), p.view());
+            REQUIRE(tc::to_host(d_sorted) == sorted.values());  // a copy: exact
+
+            // Identity experts: combine(gather(x)) = x * (sum of kept weights).
+            d_identity.poison();
+            tc::moe_combine(d_identity.view(extents<2>{T, D}), d_sorted.view(extents<2>{R, D}),
+                            d_w.view(extents<2>{T, k}), p.view());
+            std::vector<float> scaled(T * D);
+            for (index_t t = 0; t < T; ++t) {
+                float kept = 0;
+                for (index_t j = 0; j < k; ++j)
+                    if (plan.row_of(t, j) >= 0) kept += w[t * k + j];
+                for (index_t d = 0; d < D; ++d) scaled[t * D + d] = x[t * D + d] * kept;
+            }
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(d_identity), scaled, tolerance{1e-6, 1e-6, 1e-6}, "identity experts");
+
+            d_expert_out.poison();
+            tc::moe_experts_swiglu(d_expert_out.view(extents<2>{R, D}), d_sorted.view(extents<2>{R, D}),
+                                   d_w1.view(extents<3>{E, F, D}), d_w3.view(extents<3>{E, F, D}),
+                                   d_w2.view(extents<3>{E, D, F}), p.view(), handle.get());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(d_expert_out), expert_out.values(), tolerance{1e-5, 1e-4, 1e-5},
+                                  "experts (cuBLAS)");
+            d_out.poison();
+            tc::moe_combine(d_out.view(extents<2>{T, D}), d_expert_out.view(extents<2>{R, D}),
+                            d_w.view(extents<2>{T, k}), p.view());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(d_out), out.values(), tolerance{1e-5, 1e-4, 1e-5}, "combine");
+        }
+    }
+}
+
+TEST_CASE("CUDA combine with bfloat16 rows and an odd width", "[cuda][moe][dispatch][bf16]") {
+    const index_t T = 515, E = 8, k = 2, D = 37;
+    const auto ids = routed_ids(T, E, k, 0.0f, 500);
+    const auto w = tinyllm_test::random_floats(T * k, 501, 0, 1);
+    const auto xf = tinyllm_test::random_floats(T * D, 502);
+    std::vector<tinyllm::bfloat16> xb(xf.size());
+    std::vector<float> xr(xf.size());
+    for (std::size_t i = 0; i < xf.size(); ++i) {
+        xb[i] = tinyllm::from_float<tinyllm::bfloat16>(xf[i]);
+        xr[i] = tinyllm::to_float(xb[i]);
+    }
+    tinyllm::cpu::moe_plan_buffers plan(T, k, E, 1);
+    tinyllm::cpu::moe_plan(plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {T, k}));
+    const index_t R = plan.rows();
+    tensor<float, 2> sorted(extents<2>{R, D}), out(extents<2>{T, D});
+    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(xr.data(), {T, D}), plan.view());
+    tinyllm::cpu::moe_combine(out.view(), sorted.view(), tinyllm::tensor_view<const float, 2>(w.data(), {T, k}), plan.view());
+
+    auto d_ids = tc::to_device(ids);
+    auto d_w = tc::to_device(w);
+    auto d_x = tc::to_device(xb);
+    tc::moe_dispatch_workspace ws(T * k, E);
+    plan_device p(T, k, E, 1);
+    tc::moe_plan(p.view(), d_ids.view(extents<2>{T, k}), {}, ws);
+    tc::device_buffer<tinyllm::bfloat16> d_sorted(R * D), d_out(T * D);
+    d_sorted.poison();
+    d_out.poison();
+    tc::moe_gather(d_sorted.view(extents<2>{R, D}), d_x.view(extents<2>{T, D}), p.view());
+    tc::moe_combine(d_out.view(extents<2>{T, D}), d_sorted.view(extents<2>{R, D}), d_w.view(extents<2>{T, k}), p.view());
+    const auto got = tc::to_host(d_out);
+    TINYLLM_REQUIRE_CLOSE(got, out.values(), tolerance{1e-2, 1e-2, 5e-3}, "bf16 combine");
+}
+
+TEST_CASE("CUDA dispatch validates its arguments on the host", "[cuda][moe][dispatch][errors]") {
+    tc::device_buffer<std::int32_t> ids(10 * 2);
+    tc::moe_dispatch_workspace ws(20, 4);
+    plan_device p(10, 2, 4, 1);
+    CHECK_THROWS_WITH(tc::moe_plan(p.view(), ids.view(extents<2>{10, 2}), {-1, 8}, ws),
+                      tinyllm_test::contains("moe_max_rows"));
+    CHECK_THROWS_WITH(tc::moe_plan(p.view(), ids.view(extents<2>{10, 2}), {-1, 0}, ws),
+                      tinyllm_test::contains("block = 0"));
+    tc::moe_dispatch_workspace small(8, 4);
+    CHECK_THROWS_WITH(tc::moe_plan(p.view(), ids.view(extents<2>{10, 2}), {}, small),
+                      tinyllm_test::contains("the workspace was made for 8 slots"));
+}
