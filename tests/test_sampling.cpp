@@ -215,9 +215,10 @@ TEST_CASE("the exact arithmetic: exp, weights, order keys, 128-bit products", "[
     CHECK(static_cast<double>(tinyllm::sampling_weight(-1.0f)) ==
           tinyllm_test::Approx(std::ldexp(std::exp(-1.0), 40)).epsilon(3e-7));
 
-    const std::vector<float> ordered{-inf, -3e38f, -1.0f, -1e-30f, -0.0f, 0.0f, 1e-30f, 1.0f, 3e38f, inf};
+    const std::vector<float> ordered{-inf, -3e38f, -1.0f, -1e-30f, 0.0f, 1e-30f, 1.0f, 3e38f, inf};
     for (std::size_t i = 1; i < ordered.size(); ++i)
         CHECK(tinyllm::order_key(ordered[i - 1]) < tinyllm::order_key(ordered[i]));
+    CHECK(tinyllm::order_key(-0.0f) == tinyllm::order_key(0.0f));
 
     tinyllm::philox_generator g(tinyllm_test::test_seed(), 1);
     for (int i = 0; i < 1000; ++i) {

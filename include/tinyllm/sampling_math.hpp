@@ -116,9 +116,10 @@ TINYLLM_HOST_DEVICE std::uint64_t mul_hi_u64(std::uint64_t a, std::uint64_t b) {
 // ---- the order key ------------------------------------------------------------
 // A uint32 whose unsigned order is the order of the float: flip the sign bit
 // of positive numbers, flip every bit of negative ones. -inf -> 0x007fffff,
-// -0 and +0 -> 0x7fffffff and 0x80000000 (adjacent), +inf -> 0xff800000.
+// -0 and +0 -> 0x80000000 (equal floats, equal keys), +inf -> 0xff800000.
 // (NaN never reaches it: the samplers reject NaN first.)
 TINYLLM_HOST_DEVICE std::uint32_t order_key(float x) {
+    if (x == 0.0f) x = 0.0f;  // -0 == +0 as floats, so they get one key too
     std::uint32_t bits;
 #if TINYLLM_ON_DEVICE
     bits = __float_as_uint(x);

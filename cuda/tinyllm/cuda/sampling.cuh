@@ -1,0 +1,662 @@
+// tinyllm/cuda/sampling.cuh — the samplers of tinyllm/sampling.hpp on the GPU,
+// batched over rows (B, V) with V up to 256k, choosing EXACTLY the token the
+// CPU reference chooses for the same seed.
+//
+// How the GPU agrees with the CPU. Nothing here is "close enough": every value
+// that decides a token is computed with the same operations as the CPU code
+// (tinyllm/sampling_math.hpp): the temperature is one IEEE division, exp is
+// tinyllm's own fma polynomial, probabilities are integer weights
+// q = floor(exp(z - max) * 2^40), and every mass is a 64-bit INTEGER sum, which
+// is the same in any order — so a block may reduce with trees and atomics and
+// still match the CPU's loop bit for bit. The draw is t = floor(S * r / 2^64)
+// with r = 64 Philox bits of (seed, stream = row, step); the token is the first
+// index whose running sum of q exceeds t.
+//
+// Sort-free thresholds. top-k and top-p keep every logit >= a threshold. The
+// threshold is found by RADIX SELECTION on the order key of the logits (a uint32
+// that sorts like the float, order_key): in 4 passes of 8 bits, each pass
+// builds a 256-bin histogram of the keys that share the prefix chosen so far,
+// weighted by 1 (top-k: counts) or by q (top-p: probability mass), and walks
+// the bins from the top until the running total reaches the target (k, or
+// ceil(p * S)). After 4 passes the prefix IS the threshold key: the largest
+// key K with weight(keys >= K) >= target. This is the CPU's "walk the sorted
+// row until the mass reaches p", without sorting 128k values — and the
+// histograms are integer, so exact.
+//
+// The ladder (one thread block per row throughout):
+//   v1 unfused — one kernel per processor, as composable as the CPU chain:
+//                temperature(), top_k(), top_p(), min_p() each read the logits
+//                and write -inf over what they drop; sample() then draws. Each
+//                step re-reads (and rewrites) the whole (B, V) tensor.
+//   v2 fused   — sample(out, logits, params, ...): the chain temperature ->
+//                top-k -> top-p -> min-p -> draw in ONE kernel that never writes
+//                the logits: the temperature is folded into every read
+//                (z / T), the thresholds live in registers, min-p is one test
+//                against the row maximum, and the draw sums only what is kept.
+//                Fewer launches and no writes of (B, V).
+// Greedy (temperature 0, or greedy()) is one argmax reduction per row.
+//
+// Errors. Parameters are checked on the host before any launch (the same
+// checks and messages as the CPU). NaN or +inf logits, or a row where every
+// logit is -inf, are found by the kernels, which write a status per row; the
+// launchers copy it back and throw tinyllm::error naming the row (this
+// synchronizes). Pass sampling_check::none to skip that copy (e.g. when
+// timing): the bad rows then get the token -1.
+//
+// Not done yet (future rungs): several blocks per row for small B (with B = 64
+// only 64 of 132 SMs work), warp-aggregated histogram atomics (logits of one
+// row share few top key bytes, so the first pass contends), and bfloat16 logits.
+#pragma once
+
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/sampling.hpp>
+#include <tinyllm/sampling_math.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace tinyllm::cuda {
+
+// Whether a launcher copies the per-row status back and throws on bad rows.
+enum class sampling_check { sync, none };
+
+namespace detail {
+
+inline constexpr int sampling_threads = 512;
+inline constexpr int sampling_items = 4;  // contiguous elements per thread in the draw's scan
+
+// Per-row status written by the kernels.
+enum : int { row_ok = 0, row_bad_logit = 1, row_all_masked = 2, row_bad_token = 3 };
+
+struct argmax_pair {
+    float value;
+    int index;
+};
+struct argmax_op {
+    __device__ argmax_pair operator()(const argmax_pair& a, const argmax_pair& b) const {
+        if (a.value > b.value) return a;
+        if (b.value > a.value) return b;
+        return a.index <= b.index ? a : b;
+    }
+};
+struct max_op {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+TINYLLM_DEVICE bool is_bad_logit(float z) { return isnan(z) || z == INFINITY; }
+
+// The scaled logit z / T of element i (T = 1 leaves z unchanged, exactly).
+template <class T>
+TINYLLM_DEVICE float scaled(const T* row, index_t i, float temperature) {
+    return ::tinyllm::detail::div_rn(to_float(row[i]), temperature);
+}
+
+// The row maximum of z / T and whether any logit is NaN or +inf (block-wide).
+template <int Threads, class T>
+__device__ float row_max_checked(const T* row, index_t V, float temperature, bool& bad) {
+    using reduce = cub::BlockReduce<float, Threads>;
+    __shared__ typename reduce::TempStorage storage;
+    __shared__ float s_max;
+    float m = -INFINITY;
+    bool my_bad = false;
+    for (index_t i = threadIdx.x; i < V; i += Threads) {
+        const float z = to_float(row[i]);
+        my_bad |= is_bad_logit(z);
+        m = fmaxf(m, ::tinyllm::detail::div_rn(z, temperature));
+    }
+    bad = __syncthreads_or(my_bad) != 0;
+    const float block_max = reduce(storage).Reduce(m, max_op{});
+    if (threadIdx.x == 0) s_max = block_max;
+    __syncthreads();
+    return s_max;
+}
+
+// The first index of the row maximum (lowest index among ties).
+template <int Threads, class T>
+__device__ int row_argmax(const T* row, index_t V) {
+    using reduce = cub::BlockReduce<argmax_pair, Threads>;
+    __shared__ typename reduce::TempStorage storage;
+    __shared__ int s_index;
+    argmax_pair best{-INFINITY, static_cast<int>(V)};
+    for (index_t i = threadIdx.x; i < V; i += Threads) {
+        const float z = to_float(row[i]);
+        if (z > best.value || (z == best.value && static_cast<int>(i) < best.index)) best = {z, static_cast<int>(i)};
+    }
+    const argmax_pair r = reduce(storage).Reduce(best, argmax_op{});
+    if (threadIdx.x == 0) s_index = r.index;
+    __syncthreads();
+    return s_index;
+}
+
+// Sum of a 64-bit integer over the block (exact, any order).
+template <int Threads>
+__device__ std::uint64_t block_sum(std::uint64_t v) {
+    using reduce = cub::BlockReduce<unsigned long long, Threads>;
+    __shared__ typename reduce::TempStorage storage;
+    __shared__ unsigned long long s_sum;
+    const unsigned long long total = reduce(storage).Sum(static_cast<unsigned long long>(v));
+    if (threadIdx.x == 0) s_sum = total;
+    __syncthreads();
+    const std::uint64_t result = s_sum;
+    __syncthreads();
+    return result;
+}
+
+// Radix selection: the largest key K such that the weight of the elements with
+// key >= K (among those with key >= lower) is at least `target` (>= 1, and at
+// most the total weight). key_of(i) and weight_of(i) describe element i.
+template <int Threads, class KeyOf, class WeightOf>
+__device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
+                                      WeightOf weight_of) {
+    __shared__ unsigned long long hist[256];
+    __shared__ std::uint32_t s_prefix;
+    __shared__ unsigned long long s_above;
+    std::uint32_t prefix = 0, mask = 0;
+    std::uint64_t above = 0;  // weight of the elements whose key is above the chosen prefix
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int j = threadIdx.x; j < 256; j += Threads) hist[j] = 0;
+        __syncthreads();
+        for (index_t i = threadIdx.x; i < V; i += Threads) {
+            const std::uint32_t k = key_of(i);
+            if (k >= lower && (k & mask) == prefix) {
+                const std::uint64_t w = weight_of(i);
+                if (w) atomicAdd(&hist[(k >> shift) & 0xffu], static_cast<unsigned long long>(w));
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            std::uint64_t acc = above;
+            std::uint32_t chosen = 0;
+            for (int bin = 255; bin >= 0; --bin) {
+                if (acc + hist[bin] >= target) {
+                    chosen = static_cast<std::uint32_t>(bin);
+                    break;
+                }
+                acc += hist[bin];
+            }
+            s_above = acc;
+            s_prefix = prefix | (chosen << shift);
+        }
+        __syncthreads();
+        above = s_above;
+        prefix = s_prefix;
+        mask |= 0xffu << shift;
+        __syncthreads();
+    }
+    return prefix;
+}
+
+// The first index i (in row order) with weight_of(0) + ... + weight_of(i) > t,
+// where t < the total weight. Tiles of Threads * Items elements; each thread
+// owns Items contiguous ones; an exact integer block scan finds the crossing.
+template <int Threads, int Items, class WeightOf>
+__device__ int first_crossing(index_t V, std::uint64_t t, WeightOf weight_of) {
+    using scan = cub::BlockScan<unsigned long long, Threads>;
+    __shared__ typename scan::TempStorage storage;
+    __shared__ int s_found;
+    if (threadIdx.x == 0) s_found = -1;
+    std::uint64_t running = 0;  // the same in every thread
+    for (index_t base = 0; base < V; base += static_cast<index_t>(Threads) * Items) {
+        const index_t first = base + static_cast<index_t>(threadIdx.x) * Items;
+        std::uint64_t w[Items];
+        unsigned long long local = 0;
+        for (int j = 0; j < Items; ++j) {
+            w[j] = first + j < V ? weight_of(first + j) : 0;
+            local += w[j];
+        }
+        unsigned long long before = 0, tile = 0;
+        scan(storage).ExclusiveSum(local, before, tile);
+        if (running + before <= t && t < running + before + local) {  // exactly one thread
+            std::uint64_t c = running + before;
+            for (int j = 0; j < Items; ++j) {
+                c += w[j];
+                if (c > t) {
+                    s_found = static_cast<int>(first + j);
+                    break;
+                }
+            }
+        }
+        running += tile;
+        __syncthreads();
+        if (running > t) break;  // uniform across the block
+    }
+    return s_found;
+}
+
+// ---- kernels ------------------------------------------------------------------
+
+struct fused_params {
+    float temperature;  // > 0 (0 goes to the greedy kernel)
+    index_t top_k;      // 0: off
+    float top_p;        // 1: off
+    float min_p;        // 0: off
+};
+
+// v2: the whole chain for one row per block; the logits are only read.
+template <int Threads, class T>
+__global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride,
+                                    fused_params p, std::uint64_t seed, std::uint64_t step) {
+    const index_t b = blockIdx.x;
+    const T* row = logits + b * row_stride;
+    bool bad = false;
+    const float m = row_max_checked<Threads>(row, V, p.temperature, bad);
+    if (bad || m == -INFINITY) {
+        if (threadIdx.x == 0) {
+            status[b] = bad ? row_bad_logit : row_all_masked;
+            out[b] = -1;
+        }
+        return;
+    }
+    auto key_of = [&](index_t i) { return order_key(scaled(row, i, p.temperature)); };
+    auto q_of = [&](index_t i) { return sampling_weight(::tinyllm::detail::sub_rn(scaled(row, i, p.temperature), m)); };
+
+    std::uint32_t threshold = 0;  // keep key >= threshold
+    if (p.top_k > 0 && p.top_k < V)
+        threshold = radix_select<Threads>(V, static_cast<std::uint64_t>(p.top_k), 0u, key_of,
+                                          [](index_t) { return std::uint64_t{1}; });
+    if (p.top_p < 1.0f) {
+        std::uint64_t local = 0;
+        for (index_t i = threadIdx.x; i < V; i += Threads)
+            if (key_of(i) >= threshold) local += q_of(i);
+        const std::uint64_t total = block_sum<Threads>(local);
+        threshold = radix_select<Threads>(V, top_p_target(total, p.top_p), threshold, key_of, q_of);
+    }
+    auto kept_q = [&](index_t i) -> std::uint64_t {
+        const float z = scaled(row, i, p.temperature);
+        if (order_key(z) < threshold) return 0;
+        const float x = ::tinyllm::detail::sub_rn(z, m);
+        if (p.min_p > 0.0f && sampling_exp(x) < p.min_p) return 0;
+        return sampling_weight(x);
+    };
+    std::uint64_t local = 0;
+    for (index_t i = threadIdx.x; i < V; i += Threads) local += kept_q(i);
+    const std::uint64_t total = block_sum<Threads>(local);
+    const std::uint64_t t = sampling_threshold(total, sampling_bits(seed, static_cast<std::uint64_t>(b), step));
+    const int token = first_crossing<Threads, sampling_items>(V, t, kept_q);
+    if (threadIdx.x == 0) {
+        out[b] = token;
+        status[b] = row_ok;
+    }
+}
+
+// Greedy: one argmax reduction per row.
+template <int Threads, class T>
+__global__ void greedy_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride) {
+    const index_t b = blockIdx.x;
+    const T* row = logits + b * row_stride;
+    bool bad = false;
+    const float m = row_max_checked<Threads>(row, V, 1.0f, bad);
+    if (bad || m == -INFINITY) {
+        if (threadIdx.x == 0) {
+            status[b] = bad ? row_bad_logit : row_all_masked;
+            out[b] = -1;
+        }
+        return;
+    }
+    const int token = row_argmax<Threads>(row, V);
+    if (threadIdx.x == 0) {
+        out[b] = token;
+        status[b] = row_ok;
+    }
+}
+
+// v1 processors, in place. which: 0 temperature, 1 top-k, 2 top-p, 3 min-p.
+template <int Threads, class T>
+__global__ void processor_kernel(T* logits, int* status, index_t V, index_t row_stride, int which, float value,
+                                 index_t k) {
+    const index_t b = blockIdx.x;
+    T* row = logits + b * row_stride;
+    bool bad = false;
+    const float m = row_max_checked<Threads>(row, V, 1.0f, bad);
+    if (threadIdx.x == 0) status[b] = bad ? row_bad_logit : row_ok;
+    if (bad || m == -INFINITY) return;  // an all -inf row stays as it is; the chooser reports it
+    const T minus_inf = from_float<T>(-INFINITY);
+    if (which == 0) {
+        if (value == 0.0f) {
+            const int best = row_argmax<Threads>(row, V);
+            for (index_t i = threadIdx.x; i < V; i += Threads)
+                if (i != best) row[i] = minus_inf;
+        } else {
+            for (index_t i = threadIdx.x; i < V; i += Threads)
+                row[i] = from_float<T>(::tinyllm::detail::div_rn(to_float(row[i]), value));
+        }
+        return;
+    }
+    auto key_of = [&](index_t i) { return order_key(to_float(row[i])); };
+    auto q_of = [&](index_t i) { return sampling_weight(::tinyllm::detail::sub_rn(to_float(row[i]), m)); };
+    if (which == 3) {
+        for (index_t i = threadIdx.x; i < V; i += Threads)
+            if (sampling_exp(::tinyllm::detail::sub_rn(to_float(row[i]), m)) < value) row[i] = minus_inf;
+        return;
+    }
+    std::uint32_t threshold = 0;
+    if (which == 1) {
+        if (k >= V) return;
+        threshold = radix_select<Threads>(V, static_cast<std::uint64_t>(k), 0u, key_of,
+                                          [](index_t) { return std::uint64_t{1}; });
+    } else {
+        if (value == 1.0f) return;
+        std::uint64_t local = 0;
+        for (index_t i = threadIdx.x; i < V; i += Threads) local += q_of(i);
+        const std::uint64_t total = block_sum<Threads>(local);
+        threshold = radix_select<Threads>(V, top_p_target(total, value), 0u, key_of, q_of);
+    }
+    __syncthreads();  // every thread has its threshold before anyone writes
+    for (index_t i = threadIdx.x; i < V; i += Threads)
+        if (key_of(i) < threshold) row[i] = minus_inf;
+}
+
+// v1 chooser: a draw from softmax of the logits as they are.
+template <int Threads, class T>
+__global__ void sample_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride,
+                              std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset) {
+    const index_t b = blockIdx.x;
+    const T* row = logits + b * row_stride;
+    bool bad = false;
+    const float m = row_max_checked<Threads>(row, V, 1.0f, bad);
+    if (bad || m == -INFINITY) {
+        if (threadIdx.x == 0) {
+            status[b] = bad ? row_bad_logit : row_all_masked;
+            out[b] = -1;
+        }
+        return;
+    }
+    auto q_of = [&](index_t i) { return sampling_weight(::tinyllm::detail::sub_rn(to_float(row[i]), m)); };
+    std::uint64_t local = 0;
+    for (index_t i = threadIdx.x; i < V; i += Threads) local += q_of(i);
+    const std::uint64_t total = block_sum<Threads>(local);
+    const std::uint64_t t =
+        sampling_threshold(total, sampling_bits(seed, static_cast<std::uint64_t>(b) + stream_offset, step));
+    const int token = first_crossing<Threads, sampling_items>(V, t, q_of);
+    if (threadIdx.x == 0) {
+        out[b] = token;
+        status[b] = row_ok;
+    }
+}
+
+// Penalties over the generated tokens (B, L): each distinct token of a row is
+// handled by the thread holding its FIRST occurrence (so exactly once), which
+// also counts its occurrences. O(L^2 / threads) per row: fine for L of a few
+// thousand. mode 0: repetition (a = penalty); 1: frequency a, presence c.
+template <int Threads, class T>
+__global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_stride, const std::int32_t* generated,
+                               index_t L, index_t generated_stride, int mode, float a, float c) {
+    const index_t b = blockIdx.x;
+    T* row = logits + b * row_stride;
+    const std::int32_t* g = generated + b * generated_stride;
+    if (threadIdx.x == 0) status[b] = row_ok;
+    __syncthreads();
+    for (index_t j = threadIdx.x; j < L; j += Threads) {
+        const std::int32_t t = g[j];
+        if (t < 0) continue;
+        if (t >= V) {
+            status[b] = row_bad_token;
+            continue;
+        }
+        bool first = true;
+        int count = 0;
+        for (index_t j2 = 0; j2 < L; ++j2) {
+            if (g[j2] != t) continue;
+            if (j2 < j) first = false;
+            ++count;
+        }
+        if (!first) continue;
+        const float z = to_float(row[t]);
+        row[t] = from_float<T>(mode == 0 ? repetition_penalized(z, a)
+                                         : frequency_presence_penalized(z, static_cast<float>(count), a, c));
+    }
+}
+
+// Logit bias (add) or ban (set -inf) for n listed tokens in every row.
+template <class T>
+__global__ void token_list_kernel(T* logits, index_t row_stride, const std::int32_t* tokens, const float* bias,
+                                  index_t n) {
+    const index_t b = blockIdx.x;
+    T* row = logits + b * row_stride;
+    for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const std::int32_t t = tokens[j];
+        row[t] = bias ? from_float<T>(::tinyllm::detail::add_rn(to_float(row[t]), bias[j])) : from_float<T>(-INFINITY);
+    }
+}
+
+// ---- host side ---------------------------------------------------------------
+
+// A per-thread device buffer for the row status (grown as needed, kept).
+inline int* status_buffer(index_t rows) {
+    thread_local device_buffer<int> buffer;
+    if (buffer.size() < static_cast<std::size_t>(rows)) buffer = device_buffer<int>(static_cast<std::size_t>(rows));
+    return buffer.data();
+}
+
+inline void check_status(const int* d_status, index_t rows, const char* what, sampling_check check,
+                         cudaStream_t stream) {
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    if (check == sampling_check::none) return;
+    std::vector<int> status(static_cast<std::size_t>(rows));
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(status.data(), d_status, status.size() * sizeof(int), cudaMemcpyDeviceToHost,
+                                       stream));
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (index_t b = 0; b < rows; ++b) {
+        switch (status[static_cast<std::size_t>(b)]) {
+            case row_ok: break;
+            case row_bad_logit:
+                TINYLLM_FAIL(what, ": row ", b, " has a NaN or +inf logit; logits must be finite or -inf");
+            case row_all_masked:
+                TINYLLM_FAIL(what, ": every logit of row ", b, " is -inf (all tokens banned or filtered)");
+            case row_bad_token:
+                TINYLLM_FAIL(what, ": row ", b, " of generated holds a token outside [0, V)");
+            default: TINYLLM_FAIL(what, ": row ", b, " has an unknown status ", status[static_cast<std::size_t>(b)]);
+        }
+    }
+}
+
+template <class T>
+void check_logits(tensor_view<T, 2> logits, const char* what) {  // (B, V)
+    ::tinyllm::detail::check_vocab(logits.extent(1), what);
+    TINYLLM_EXPECT(logits.stride(1) == 1, what, ": logits rows must be contiguous (stride of V is ",
+                   logits.stride(1), ")");
+    TINYLLM_EXPECT(logits.extent(1) < (index_t{1} << 31), what, ": V = ", logits.extent(1), " is too large");
+}
+
+inline void check_out(tensor_view<std::int32_t, 1> out, index_t rows, const char* what) {
+    TINYLLM_EXPECT(out.extent(0) == rows, what, ": out has ", out.extent(0), " entries but logits have ", rows,
+                   " rows");
+    TINYLLM_EXPECT(out.extent(0) <= 1 || out.stride(0) == 1, what, ": out must be contiguous");
+}
+
+inline void run_processor(tensor_view<float, 2> logits, int which, float value, index_t k, const char* what,
+                          sampling_check check, cudaStream_t stream) {
+    check_logits(logits, what);
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = status_buffer(B);
+    processor_kernel<sampling_threads, float><<<static_cast<unsigned>(B), sampling_threads, 0, stream>>>(
+        logits.data(), status, logits.extent(1), logits.stride(0), which, value, k);
+    check_status(status, B, what, check, stream);
+}
+
+inline void run_token_list(tensor_view<float, 2> logits, const std::vector<std::int32_t>& tokens,
+                           const std::vector<float>* bias, cudaStream_t stream) {
+    if (logits.extent(0) == 0 || tokens.empty()) return;
+    auto d_tokens = to_device(tokens);
+    device_buffer<float> d_bias;
+    if (bias) d_bias = to_device(*bias);
+    token_list_kernel<float><<<static_cast<unsigned>(logits.extent(0)), 256, 0, stream>>>(
+        logits.data(), logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr,
+        static_cast<index_t>(tokens.size()));
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the temporary buffers are freed
+}
+
+}  // namespace detail
+
+// ---- v1: the processors, one kernel each, in place on device logits (B, V) ----
+
+// z <- z / T; T = 0 keeps only the first argmax (greedy decoding).
+inline void temperature(tensor_view<float, 2> logits, float t, sampling_check check = sampling_check::sync,
+                        cudaStream_t stream = nullptr) {  // (B, V)
+    ::tinyllm::detail::check_temperature(t);
+    detail::run_processor(logits, 0, t, 0, "temperature", check, stream);
+}
+// Keep the logits >= the k-th largest (ties kept).
+inline void top_k(tensor_view<float, 2> logits, index_t k, sampling_check check = sampling_check::sync,
+                  cudaStream_t stream = nullptr) {  // (B, V)
+    ::tinyllm::detail::check_top_k(k);
+    detail::run_processor(logits, 1, 0.0f, k, "top_k", check, stream);
+}
+// Keep the most probable tokens until their mass reaches p.
+inline void top_p(tensor_view<float, 2> logits, float p, sampling_check check = sampling_check::sync,
+                  cudaStream_t stream = nullptr) {  // (B, V)
+    ::tinyllm::detail::check_top_p(p);
+    detail::run_processor(logits, 2, p, 0, "top_p", check, stream);
+}
+// Keep the tokens with probability >= p * the top token's.
+inline void min_p(tensor_view<float, 2> logits, float p, sampling_check check = sampling_check::sync,
+                  cudaStream_t stream = nullptr) {  // (B, V)
+    ::tinyllm::detail::check_min_p(p);
+    detail::run_processor(logits, 3, p, 0, "min_p", check, stream);
+}
+
+// Repetition penalty over the generated tokens (B, L) (device memory, entries < 0 are padding).
+inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated, float r,
+                               sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    ::tinyllm::detail::check_penalty(r);
+    detail::check_logits(logits, "repetition_penalty");
+    TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), "repetition_penalty: generated has ",
+                   generated.extent(0), " rows but logits have ", logits.extent(0));
+    TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1,
+                   "repetition_penalty: generated rows must be contiguous");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = detail::status_buffer(B);
+    detail::penalty_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
+                                                              stream>>>(
+        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
+        generated.stride(0), 0, r, 0.0f);
+    detail::check_status(status, B, "repetition_penalty", check, stream);
+}
+
+// Frequency and presence penalties over the generated tokens (B, L) (device memory).
+inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
+                                       float frequency, float presence, sampling_check check = sampling_check::sync,
+                                       cudaStream_t stream = nullptr) {
+    TINYLLM_EXPECT(std::isfinite(frequency) && std::isfinite(presence),
+                   "frequency_presence_penalty: frequency = ", frequency, " and presence = ", presence,
+                   " must be finite");
+    detail::check_logits(logits, "frequency_presence_penalty");
+    TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), "frequency_presence_penalty: generated has ",
+                   generated.extent(0), " rows but logits have ", logits.extent(0));
+    TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1,
+                   "frequency_presence_penalty: generated rows must be contiguous");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = detail::status_buffer(B);
+    detail::penalty_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
+                                                              stream>>>(
+        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
+        generated.stride(0), 1, frequency, presence);
+    detail::check_status(status, B, "frequency_presence_penalty", check, stream);
+}
+
+// z_t <- z_t + bias[t] in every row (the map is on the host). Synchronizes.
+inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t, float>& bias,
+                       cudaStream_t stream = nullptr) {  // (B, V)
+    detail::check_logits(logits, "logit_bias");
+    std::vector<std::int32_t> tokens;
+    std::vector<float> values;
+    for (auto [t, v] : bias) {
+        TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "logit_bias: token ", t, " is outside [0, ", logits.extent(1),
+                       ")");
+        TINYLLM_EXPECT(std::isfinite(v), "logit_bias: the bias of token ", t, " is ", v,
+                       "; use ban_tokens to forbid a token");
+        tokens.push_back(t);
+        values.push_back(v);
+    }
+    detail::run_token_list(logits, tokens, &values, stream);
+}
+
+// z_t <- -inf for the listed tokens in every row. Synchronizes.
+inline void ban_tokens(tensor_view<float, 2> logits, std::span<const std::int32_t> tokens,
+                       cudaStream_t stream = nullptr) {  // (B, V)
+    detail::check_logits(logits, "ban_tokens");
+    std::vector<bool> banned(static_cast<std::size_t>(logits.extent(1)), false);
+    for (std::int32_t t : tokens) {
+        TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "ban_tokens: token ", t, " is outside [0, ", logits.extent(1),
+                       ")");
+        banned[static_cast<std::size_t>(t)] = true;
+    }
+    TINYLLM_EXPECT(std::find(banned.begin(), banned.end(), false) != banned.end(), "ban_tokens: all ",
+                   logits.extent(1), " tokens are banned; nothing could be generated");
+    detail::run_token_list(logits, std::vector<std::int32_t>(tokens.begin(), tokens.end()), nullptr, stream);
+}
+
+// ---- choosers -------------------------------------------------------------------
+
+// out[b] = argmax of row b (lowest index among ties). out (B) and logits (B, V) on the device.
+inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits,
+                   sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    detail::check_logits(logits, "greedy");
+    detail::check_out(out, logits.extent(0), "greedy");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = detail::status_buffer(B);
+    detail::greedy_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
+                                                             stream>>>(out.data(), status, logits.data(),
+                                                                       logits.extent(1), logits.stride(0));
+    detail::check_status(status, B, "greedy", check, stream);
+}
+
+// v1 chooser: a draw from softmax(logits) per row, the same token as
+// tinyllm::cpu::sample(out, logits, seed, step, stream_offset).
+inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
+                   std::uint64_t step, std::uint64_t stream_offset = 0, sampling_check check = sampling_check::sync,
+                   cudaStream_t stream = nullptr) {
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, logits.extent(0), "sample");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = detail::status_buffer(B);
+    detail::sample_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
+                                                             stream>>>(out.data(), status, logits.data(),
+                                                                       logits.extent(1), logits.stride(0), seed, step,
+                                                                       stream_offset);
+    detail::check_status(status, B, "sample", check, stream);
+}
+
+// v2 fused: temperature -> top-k -> top-p -> min-p -> draw in one kernel (the
+// logits are not modified); temperature 0 is greedy. The same token as
+// tinyllm::cpu::sample(out, logits, params, seed, step).
+inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+                   std::uint64_t seed, std::uint64_t step, sampling_check check = sampling_check::sync,
+                   cudaStream_t stream = nullptr) {
+    ::tinyllm::detail::check_params(p);
+    if (p.temperature == 0.0f) return greedy(out, logits, check, stream);
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, logits.extent(0), "sample");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    const detail::fused_params fp{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
+                                  p.min_p ? *p.min_p : 0.0f};
+    int* status = detail::status_buffer(B);
+    detail::sample_fused_kernel<detail::sampling_threads, float>
+        <<<static_cast<unsigned>(B), detail::sampling_threads, 0, stream>>>(out.data(), status, logits.data(),
+                                                                            logits.extent(1), logits.stride(0), fp,
+                                                                            seed, step);
+    detail::check_status(status, B, "sample", check, stream);
+}
+
+}  // namespace tinyllm::cuda

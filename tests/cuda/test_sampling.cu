@@ -1,0 +1,258 @@
+// CUDA tests for the samplers (tinyllm/cuda/sampling.cuh): for the same seed
+// the GPU chooses EXACTLY the CPU reference's tokens — greedy, multinomial,
+// top-k, top-p, min-p and their combinations, fused (v2) and one kernel per
+// processor (v1) — over fresh random rows with V in {1000, 50257, 128256,
+// 256000} and B in {1, 64, 256}; the v1 processors write bit-identical logits;
+// bad logits and parameters give clear errors. Outputs are poisoned first.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/cuda/sampling.cuh>
+#include <tinyllm/sampling.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+namespace cpu = tinyllm::cpu;
+namespace sampling = tinyllm::sampling;
+using tinyllm::index_t;
+using tinyllm_test::contains;
+
+namespace {
+
+constexpr float inf = std::numeric_limits<float>::infinity();
+
+// Random logits with the features that break careless samplers: a spread of
+// values, rows with many exact ties (values on a coarse grid), rows with one
+// dominant token, -inf (banned) entries, and -0 beside +0.
+std::vector<float> random_logits(index_t B, index_t V, std::uint64_t which) {
+    std::vector<float> z = tinyllm_test::random_floats(static_cast<std::size_t>(B * V), which, -6.0f, 6.0f);
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 1000 + which);
+    for (index_t b = 0; b < B; ++b) {
+        float* row = z.data() + b * V;
+        switch (b % 4) {
+            case 1:  // coarse grid: many ties
+                for (index_t i = 0; i < V; ++i) row[i] = std::round(row[i] * 2.0f) / 2.0f;
+                break;
+            case 2:  // one dominant token and a few banned ones
+                row[g.next_bits() % V] = 20.0f;
+                for (int j = 0; j < 8; ++j) row[g.next_bits() % V] = -inf;
+                break;
+            case 3:  // a flat distribution with -0 and +0
+                for (index_t i = 0; i < V; ++i) row[i] = (i % 3 == 0) ? -0.0f : row[i] * 0.01f;
+                break;
+            default: break;
+        }
+    }
+    return z;
+}
+
+std::vector<std::int32_t> cpu_tokens(const std::vector<float>& z, index_t B, index_t V, const sampling::params* p,
+                                     std::uint64_t seed, std::uint64_t step, index_t rows) {
+    std::vector<std::int32_t> out(static_cast<std::size_t>(rows));
+    tinyllm::tensor_view<std::int32_t, 1> o(out.data(), {rows});
+    tinyllm::tensor_view<const float, 2> l(z.data(), {rows, V});
+    (void)B;
+    if (p) cpu::sample(o, l, *p, seed, step);
+    else cpu::sample(o, l, seed, step);
+    return out;
+}
+
+std::size_t count_different(const std::vector<std::int32_t>& got, const std::vector<std::int32_t>& want) {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) n += got[i] != want[i];
+    return n;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+const index_t vocabularies[] = {1000, 50257, 128256, 256000};
+const index_t batches[] = {1, 64, 256};
+
+}  // namespace
+
+TEST_CASE("greedy and multinomial choose the CPU's tokens for every V and B", "[cuda][sampling]") {
+    std::uint64_t which = 0;
+    for (index_t V : vocabularies) {
+        for (index_t B : batches) {
+            const auto z = random_logits(B, V, ++which);
+            auto d_z = tc::to_device(z);
+            tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+            auto logits = d_z.view(tinyllm::extents<2>{B, V});
+            auto out = d_out.view(tinyllm::extents<1>{B});
+            INFO("V = " << V << ", B = " << B);
+
+            d_out.poison();
+            tc::greedy(out, logits);
+            std::vector<std::int32_t> want(static_cast<std::size_t>(B));
+            cpu::greedy(tinyllm::tensor_view<std::int32_t, 1>(want.data(), {B}),
+                        tinyllm::tensor_view<const float, 2>(z.data(), {B, V}));
+            CHECK(count_different(tc::to_host(d_out), want) == 0);
+
+            const std::uint64_t seed = tinyllm_test::test_seed() + which, step = which * 7;
+            d_out.poison();
+            tc::sample(out, logits, seed, step);
+            CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, nullptr, seed, step, B)) == 0);
+        }
+    }
+}
+
+TEST_CASE("the fused sampler chooses the CPU's tokens for top-k, top-p, min-p and their combinations",
+          "[cuda][sampling]") {
+    std::vector<sampling::params> settings(8);
+    settings[1].top_k = 50;
+    settings[2].top_k = 1;
+    settings[3].top_p = 0.9f;
+    settings[4].temperature = 1.3f;
+    settings[4].top_p = 0.5f;
+    settings[5].min_p = 0.05f;
+    settings[6].temperature = 0.8f;
+    settings[6].top_k = 200;
+    settings[6].top_p = 0.95f;
+    settings[6].min_p = 0.02f;
+    settings[7].temperature = 0.0f;  // greedy
+    std::uint64_t which = 100;
+    for (index_t V : vocabularies) {
+        for (index_t B : batches) {
+            const auto z = random_logits(B, V, ++which);
+            auto d_z = tc::to_device(z);
+            tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+            // The CPU reference sorts rows for top-p: check at most 64 rows per batch
+            // against it (the GPU computes all B; the remaining rows are also checked
+            // against each other below through determinism).
+            const index_t checked = std::min<index_t>(B, 64);
+            for (std::size_t s = 0; s < settings.size(); ++s) {
+                INFO("V = " << V << ", B = " << B << ", setting " << s);
+                const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 8) ^ s, step = s;
+                d_out.poison();
+                tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), settings[s], seed,
+                           step);
+                auto got = tc::to_host(d_out);
+                for (auto t : got) REQUIRE((t >= 0 && t < V));
+                got.resize(static_cast<std::size_t>(checked));
+                CHECK(count_different(got, cpu_tokens(z, B, V, &settings[s], seed, step, checked)) == 0);
+            }
+        }
+    }
+}
+
+TEST_CASE("the v1 processors write the CPU's logits bit for bit and the chain picks the same tokens",
+          "[cuda][sampling]") {
+    for (index_t V : {index_t{1000}, index_t{50257}, index_t{128256}}) {
+        const index_t B = 64;
+        const auto z = random_logits(B, V, 200 + static_cast<std::uint64_t>(V));
+        struct step_case {
+            const char* name;
+            sampling::processor p;
+        };
+        const std::vector<step_case> chain{{"temperature 0.7", sampling::temperature{0.7f}},
+                                           {"top-k 300", sampling::top_k{300}},
+                                           {"top-p 0.8", sampling::top_p{0.8f}},
+                                           {"min-p 0.01", sampling::min_p{0.01f}}};
+        auto d_z = tc::to_device(z);
+        auto logits = d_z.view(tinyllm::extents<2>{B, V});
+        std::vector<float> want = z;
+        for (const auto& c : chain) {
+            INFO("V = " << V << ", after " << c.name);
+            cpu::apply(tinyllm::tensor_view<float, 2>(want.data(), {B, V}), {c.p});
+            if (auto* t = std::get_if<sampling::temperature>(&c.p)) tc::temperature(logits, t->value);
+            if (auto* k = std::get_if<sampling::top_k>(&c.p)) tc::top_k(logits, k->k);
+            if (auto* p = std::get_if<sampling::top_p>(&c.p)) tc::top_p(logits, p->p);
+            if (auto* m = std::get_if<sampling::min_p>(&c.p)) tc::min_p(logits, m->p);
+            CHECK(same_bits(tc::to_host(d_z), want));
+        }
+        tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+        d_out.poison();
+        tc::sample(d_out.view(tinyllm::extents<1>{B}), logits, 77, 3);
+        CHECK(count_different(tc::to_host(d_out), cpu_tokens(want, B, V, nullptr, 77, 3, B)) == 0);
+        // ... and the fused kernel on the original logits agrees with both.
+        sampling::params p;
+        p.temperature = 0.7f;
+        p.top_k = 300;
+        p.top_p = 0.8f;
+        p.min_p = 0.01f;
+        auto d_orig = tc::to_device(z);
+        tc::device_buffer<std::int32_t> d_fused(static_cast<std::size_t>(B));
+        d_fused.poison();
+        tc::sample(d_fused.view(tinyllm::extents<1>{B}), d_orig.view(tinyllm::extents<2>{B, V}), p, 77, 3);
+        CHECK(tc::to_host(d_fused) == tc::to_host(d_out));
+    }
+    // Temperature 0 as a processor keeps only the first argmax.
+    std::vector<float> ties{1.0f, 3.0f, 3.0f, 2.0f};
+    auto d_ties = tc::to_device(ties);
+    tc::temperature(d_ties.view(tinyllm::extents<2>{1, 4}), 0.0f);
+    CHECK(tc::to_host(d_ties) == std::vector<float>{-inf, 3.0f, -inf, -inf});
+}
+
+TEST_CASE("penalties, logit bias and bans on the device match the CPU bit for bit", "[cuda][sampling]") {
+    const index_t B = 16, V = 5000, L = 300;
+    const auto z = random_logits(B, V, 300);
+    std::vector<std::int32_t> generated(static_cast<std::size_t>(B * L));
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 301);
+    for (auto& t : generated) t = (g.next_bits() % 10 == 0) ? -1 : static_cast<std::int32_t>(g.next_bits() % 400);
+    const std::map<std::int32_t, float> bias{{0, 1.5f}, {17, -3.0f}, {4999, 0.25f}};
+    const std::vector<std::int32_t> banned{5, 6, 7, 4000};
+
+    std::vector<float> want = z;
+    tinyllm::tensor_view<float, 2> w(want.data(), {B, V});
+    tinyllm::tensor_view<const std::int32_t, 2> gen(generated.data(), {B, L});
+    cpu::repetition_penalty(w, gen, 1.3f);
+    cpu::frequency_presence_penalty(w, gen, 0.4f, 0.6f);
+    cpu::logit_bias(w, bias);
+    cpu::ban_tokens(w, banned);
+
+    auto d_z = tc::to_device(z);
+    auto d_gen = tc::to_device(generated);
+    auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    auto d_generated = tinyllm::tensor_view<const std::int32_t, 2>(d_gen.data(), {B, L});
+    tc::repetition_penalty(logits, d_generated, 1.3f);
+    tc::frequency_presence_penalty(logits, d_generated, 0.4f, 0.6f);
+    tc::logit_bias(logits, bias);
+    tc::ban_tokens(logits, banned);
+    CHECK(same_bits(tc::to_host(d_z), want));
+}
+
+TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sampling][errors]") {
+    const index_t B = 4, V = 3000;
+    auto z = random_logits(B, V, 400);
+    z[3 * V + 17] = std::nanf("");
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<std::int32_t> d_out(B);
+    auto out = d_out.view(tinyllm::extents<1>{B});
+    auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    sampling::params p;
+    p.top_p = 0.9f;
+    CHECK_THROWS_WITH(tc::sample(out, logits, p, 1, 0), contains("row 3 has a NaN or +inf logit"));
+    CHECK_THROWS_WITH(tc::greedy(out, logits), contains("row 3 has a NaN or +inf logit"));
+    CHECK_THROWS_WITH(tc::top_k(logits, 5), contains("row 3 has a NaN or +inf logit"));
+    z[3 * V + 17] = inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample(out, logits, 1, 0), contains("row 3 has a NaN or +inf logit"));
+    for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample(out, logits, p, 1, 0), contains("every logit of row 3 is -inf"));
+    // Without the check the bad row gets token -1 and the others are sampled.
+    d_out.poison();
+    tc::sample(out, logits, p, 1, 0, tc::sampling_check::none);
+    const auto tokens = tc::to_host(d_out);
+    CHECK(tokens[3] == -1);
+    CHECK((tokens[0] >= 0 && tokens[0] < V));
+
+    CHECK_THROWS_WITH(tc::temperature(logits, -1.0f), contains("temperature: T = -1"));
+    CHECK_THROWS_WITH(tc::top_k(logits, 0), contains("k = 0 must be at least 1"));
+    CHECK_THROWS_WITH(tc::top_p(logits, 0.0f), contains("p = 0 must be in (0, 1]"));
+    CHECK_THROWS_WITH(tc::min_p(logits, 2.0f), contains("p = 2 must be in [0, 1]"));
+    p.top_p = 1.5f;
+    CHECK_THROWS_WITH(tc::sample(out, logits, p, 1, 0), contains("p = 1.5 must be in (0, 1]"));
+    std::vector<std::int32_t> all(static_cast<std::size_t>(V));
+    for (index_t i = 0; i < V; ++i) all[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+    CHECK_THROWS_WITH(tc::ban_tokens(logits, all), contains("tokens are banned"));
+    tc::device_buffer<std::int32_t> wrong(B + 1);
+    CHECK_THROWS_WITH(tc::greedy(wrong.view(tinyllm::extents<1>{B + 1}), logits), contains("out has 5 entries"));
+}
