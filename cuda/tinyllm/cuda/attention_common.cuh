@@ -1,0 +1,133 @@
+// tinyllm/cuda/attention_common.cuh — what every attention kernel shares: the
+// argument bundle a kernel receives, its host-side construction (validation
+// first, with the same checks and messages as the CPU reference), and small
+// device helpers (warp reductions).
+//
+// The attention ladder (each file keeps its version and says what changed):
+//   attention_naive.cuh    v1  scores in global memory, three kernels, one thread per element
+//   attention_tiled.cuh    v2  the same three steps with shared-memory tiles
+//   attention_flash.cuh    v3  online softmax, one pass over K/V, no score matrix (float32)
+//   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
+//   attention_decode.cuh       split-K flash-decoding for a few queries over a long KV cache
+// The math (masks, logit transform, tile classification) is the CPU reference's,
+// from <tinyllm/attention.hpp>.
+//
+// Memory-space rule: q, k, v, out and the option views (alibi_slopes,
+// key_lengths) of a CUDA call all point to device memory. Every kernel needs
+// the head dim to be contiguous (stride 1); the other strides are free (so a
+// KV cache narrowed to its current length is fine).
+#pragma once
+
+#include <tinyllm/attention.hpp>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string_view>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+// Everything a kernel needs, by value (a few hundred bytes of kernel parameters).
+template <class T>
+struct attention_args {
+    const T* q = nullptr;  // (B, Tq, Hq, D)
+    const T* k = nullptr;  // (B, Tk, Hkv, D)
+    const T* v = nullptr;  // (B, Tk, Hkv, D)
+    T* o = nullptr;        // (B, Tq, Hq, D)
+    // Element strides of the batch, time and head dimensions (D is contiguous).
+    index_t q_sb = 0, q_st = 0, q_sh = 0;
+    index_t k_sb = 0, k_st = 0, k_sh = 0;
+    index_t v_sb = 0, v_st = 0, v_sh = 0;
+    index_t o_sb = 0, o_st = 0, o_sh = 0;
+    int B = 0, Tq = 0, Tk = 0, Hq = 0, Hkv = 0, D = 0;
+    int group = 1;  // Hq / Hkv: query heads per key/value head
+    float scale = 1.0f;
+    float softcap = 0.0f;  // 0: off
+    attention_mask mask;
+    const float* slopes = nullptr;               // (Hq) ALiBi slopes, or none
+    const std::int32_t* key_lengths = nullptr;   // (B) valid keys per row, or none
+
+    TINYLLM_HOST_DEVICE const T* q_row(int b, int i, int h) const { return q + b * q_sb + i * q_st + h * q_sh; }
+    TINYLLM_HOST_DEVICE const T* k_row(int b, int j, int hkv) const { return k + b * k_sb + j * k_st + hkv * k_sh; }
+    TINYLLM_HOST_DEVICE const T* v_row(int b, int j, int hkv) const { return v + b * v_sb + j * v_st + hkv * v_sh; }
+    TINYLLM_HOST_DEVICE T* o_row(int b, int i, int h) const { return o + b * o_sb + i * o_st + h * o_sh; }
+
+    // Valid keys of batch row b, clamped to [0, Tk] (device values are not checked on the host).
+    TINYLLM_HOST_DEVICE index_t length(int b) const {
+        if (key_lengths == nullptr) return Tk;
+        const index_t n = key_lengths[b];
+        return n < 0 ? 0 : (n > Tk ? Tk : n);
+    }
+    TINYLLM_HOST_DEVICE float slope(int h) const { return slopes ? slopes[h] : 0.0f; }
+    TINYLLM_HOST_DEVICE float logit(float dot, int h, index_t pos, index_t j) const {
+        return attention_logit<float>(dot, scale, softcap, slope(h), pos, j);
+    }
+};
+
+// Validate (the CPU reference's checks, plus what every kernel needs) and
+// bundle the arguments. `op` names the caller in messages.
+template <class T>
+attention_args<T> make_attention_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, tensor_view<const T, 4> k,
+                                      tensor_view<const T, 4> v, const attention_options& opts, std::string_view op) {
+    tinyllm::detail::check_attention_shapes(out, q, k, v, op);
+    tinyllm::detail::check_attention_options(opts, q, k, op);
+    TINYLLM_EXPECT(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && out.stride(3) == 1, op,
+                   ": the head dim (last) of q, k, v and out must be contiguous (stride 1); strides are q ",
+                   q.stride(3), ", k ", k.stride(3), ", v ", v.stride(3), ", out ", out.stride(3));
+    constexpr index_t int_max = 2147483647;
+    TINYLLM_EXPECT(q.extent(1) < int_max && k.extent(1) < int_max && q.size() < (index_t{1} << 40), op,
+                   ": sequence lengths must be below 2^31");
+    if (tinyllm::detail::has_view(opts.alibi_slopes))
+        TINYLLM_EXPECT(opts.alibi_slopes.stride(0) == 1, op, ": alibi_slopes must be contiguous");
+    if (tinyllm::detail::has_view(opts.key_lengths))
+        TINYLLM_EXPECT(opts.key_lengths.stride(0) == 1, op, ": key_lengths must be contiguous");
+    attention_args<T> a;
+    a.q = q.data(), a.k = k.data(), a.v = v.data(), a.o = out.data();
+    a.q_sb = q.stride(0), a.q_st = q.stride(1), a.q_sh = q.stride(2);
+    a.k_sb = k.stride(0), a.k_st = k.stride(1), a.k_sh = k.stride(2);
+    a.v_sb = v.stride(0), a.v_st = v.stride(1), a.v_sh = v.stride(2);
+    a.o_sb = out.stride(0), a.o_st = out.stride(1), a.o_sh = out.stride(2);
+    a.B = static_cast<int>(q.extent(0)), a.Tq = static_cast<int>(q.extent(1)), a.Hq = static_cast<int>(q.extent(2));
+    a.D = static_cast<int>(q.extent(3)), a.Tk = static_cast<int>(k.extent(1)), a.Hkv = static_cast<int>(k.extent(2));
+    a.group = a.Hq / a.Hkv;
+    a.scale = static_cast<float>(tinyllm::detail::attention_scale(opts, q.extent(3)));
+    a.softcap = opts.softcap ? *opts.softcap : 0.0f;
+    a.mask = tinyllm::detail::make_attention_mask(opts, q.extent(1), k.extent(1));
+    a.slopes = opts.alibi_slopes.data();
+    a.key_lengths = opts.key_lengths.data();
+    return a;
+}
+
+// Opt in to more than 48 KiB of dynamic shared memory when a kernel needs it.
+template <class Kernel>
+void set_shared_memory(Kernel kernel, std::size_t bytes, std::string_view op) {
+    int device = 0, limit = 0;
+    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
+    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    TINYLLM_EXPECT(bytes <= static_cast<std::size_t>(limit), op, ": needs ", bytes,
+                   " bytes of shared memory per block but this GPU allows ", limit, " (the head dim is too large)");
+    if (bytes > 48 * 1024)
+        TINYLLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// Reductions over the 32 lanes of a warp (every lane gets the result).
+__device__ __forceinline__ float warp_max(float x) {
+    for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+
+// exp(s - m) that is 0 for a masked score (s = -inf), also when m = -inf.
+__device__ __forceinline__ float exp_shifted(float s, float m) { return s == -INFINITY ? 0.0f : __expf(s - m); }
+
+}  // namespace detail
+}  // namespace tinyllm::cuda

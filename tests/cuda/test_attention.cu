@@ -1,0 +1,338 @@
+// CUDA tests for the attention ladder: v1 naive, v2 tiled, v3 flash, v4 mma
+// (tensor cores) and split-K decode, each against the CPU reference computed in
+// float64 from the same (rounded) inputs, over a grid of shapes and options;
+// the device KV cache step by step; and the host-side rejections.
+//
+// Big shapes are tagged [large]; `test_cuda_attention "~[large]"` skips them
+// (e.g. under compute-sanitizer).
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/attention.hpp>
+#include <tinyllm/cuda/attention_decode.cuh>
+#include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/attention_naive.cuh>
+#include <tinyllm/cuda/attention_tiled.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+using tinyllm::attention_options;
+using tinyllm::bfloat16;
+using tinyllm::extents;
+using tinyllm::float16;
+using tinyllm::index_t;
+using tinyllm_test::contains;
+using tinyllm_test::tolerance;
+
+namespace {
+
+struct shape {
+    index_t B, Tq, Tk, Hq, Hkv, D;
+};
+
+std::string describe(const shape& s) {
+    std::ostringstream o;
+    o << "B" << s.B << " Tq" << s.Tq << " Tk" << s.Tk << " Hq" << s.Hq << " Hkv" << s.Hkv << " D" << s.D;
+    return o.str();
+}
+
+// The options of one test variant; device copies of slopes/lengths live here.
+struct variant {
+    std::string name;
+    bool causal = false;
+    index_t window = 0;
+    bool alibi = false;
+    float softcap = 0;
+    bool padding = false;
+};
+
+const variant variants[] = {
+    {"plain"}, {"causal", true}, {"causal+window 7", true, 7}, {"alibi+causal", true, 0, true},
+    {"softcap 2", false, 0, false, 2.0f}, {"padding", false, 0, false, 0, true}, {"padding+causal", true, 0, false, 0, true},
+};
+
+// Host data of one problem, rounded to T, and its float64 reference.
+template <class T>
+struct problem {
+    shape s;
+    std::vector<T> q, k, v;
+    std::vector<float> slopes;
+    std::vector<std::int32_t> lengths;
+    attention_options host_opts;
+    std::vector<double> want_o;  // (B, Tq, Hq, D)
+    std::vector<float> want_p;   // (B, Hq, Tq, Tk)
+    tc::device_buffer<T> dq, dk, dv, dout;
+    tc::device_buffer<float> dslopes;
+    tc::device_buffer<std::int32_t> dlengths;
+
+    problem(const shape& sh, const variant& var, std::uint64_t which) : s(sh) {
+        auto fill = [&](std::vector<T>& x, index_t n, std::uint64_t w) {
+            const auto f = tinyllm_test::random_floats(static_cast<std::size_t>(n), w, -1.0f, 1.0f);
+            x.resize(f.size());
+            for (std::size_t i = 0; i < f.size(); ++i) x[i] = tinyllm::from_float<T>(f[i]);
+        };
+        fill(q, s.B * s.Tq * s.Hq * s.D, which);
+        fill(k, s.B * s.Tk * s.Hkv * s.D, which + 1);
+        fill(v, s.B * s.Tk * s.Hkv * s.D, which + 2);
+        host_opts.causal = var.causal;
+        if (var.window) host_opts.window = var.window;
+        if (var.softcap > 0) host_opts.softcap = var.softcap;
+        if (var.alibi) {
+            for (index_t h = 0; h < s.Hq; ++h) slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(s.Hq)));
+            host_opts.alibi_slopes = {slopes.data(), {s.Hq}};
+        }
+        if (var.padding) {
+            for (index_t b = 0; b < s.B; ++b) lengths.push_back(static_cast<std::int32_t>(b % 2 ? s.Tk / 2 : s.Tk - 1));
+            host_opts.key_lengths = {lengths.data(), {s.B}};
+        }
+        // float64 reference from exactly the values the kernels see.
+        auto to_d = [](const std::vector<T>& x) {
+            std::vector<double> y(x.size());
+            for (std::size_t i = 0; i < x.size(); ++i) y[i] = tinyllm_test::detail::as_double(x[i]);
+            return y;
+        };
+        auto qd = to_d(q), kd = to_d(k), vd = to_d(v);
+        want_o.assign(q.size(), 0.0);
+        want_p.assign(static_cast<std::size_t>(s.B * s.Hq * s.Tq * s.Tk), 0.0f);
+        tinyllm::cpu::attention<double>(tinyllm::tensor_view<double, 4>(want_o.data(), {s.B, s.Tq, s.Hq, s.D}),
+                                        tinyllm::tensor_view<const double, 4>(qd.data(), {s.B, s.Tq, s.Hq, s.D}),
+                                        tinyllm::tensor_view<const double, 4>(kd.data(), {s.B, s.Tk, s.Hkv, s.D}),
+                                        tinyllm::tensor_view<const double, 4>(vd.data(), {s.B, s.Tk, s.Hkv, s.D}), host_opts,
+                                        tinyllm::tensor_view<float, 4>(want_p.data(), {s.B, s.Hq, s.Tq, s.Tk}));
+        dq = tc::to_device(q);
+        dk = tc::to_device(k);
+        dv = tc::to_device(v);
+        dout = tc::device_buffer<T>(q.size());
+        if (!slopes.empty()) dslopes = tc::to_device(slopes);
+        if (!lengths.empty()) dlengths = tc::to_device(lengths);
+    }
+
+    attention_options device_opts() const {
+        attention_options o = host_opts;
+        if (!slopes.empty()) o.alibi_slopes = {dslopes.data(), {s.Hq}};
+        if (!lengths.empty()) o.key_lengths = {dlengths.data(), {s.B}};
+        return o;
+    }
+    tinyllm::tensor_view<T, 4> out() { return dout.view(extents<4>{s.B, s.Tq, s.Hq, s.D}); }
+    tinyllm::tensor_view<const T, 4> qv() const { return dq.view(extents<4>{s.B, s.Tq, s.Hq, s.D}); }
+    tinyllm::tensor_view<const T, 4> kv() const { return dk.view(extents<4>{s.B, s.Tk, s.Hkv, s.D}); }
+    tinyllm::tensor_view<const T, 4> vv() const { return dv.view(extents<4>{s.B, s.Tk, s.Hkv, s.D}); }
+};
+
+const tolerance float_tol{2e-5, 1e-4, 1e-5};
+const tolerance bf16_tol{2e-2, 2e-2, 1e-2};   // P and O rounded to bf16 (8 bits of mantissa)
+const tolerance fp16_tol{4e-3, 4e-3, 2e-3};   // 11 bits of mantissa
+
+// The shapes every float version runs: odd lengths, Tq != Tk (both ways), Tq = 1,
+// D 64 / 128 / odd, GQA ratios 1 / 4 / 8.
+const shape float_shapes[] = {
+    {1, 1, 1, 1, 1, 64},   {2, 37, 37, 4, 4, 64}, {1, 17, 45, 8, 2, 128}, {2, 1, 77, 8, 1, 64},
+    {1, 50, 50, 4, 1, 37}, {1, 45, 17, 2, 2, 64}, {1, 33, 70, 8, 8, 128},
+};
+const shape float_large[] = {{2, 300, 700, 8, 1, 128}, {1, 1024, 1024, 4, 4, 64}};
+
+template <class Run>
+void run_float_grid(const char* version, const shape* shapes, std::size_t n_shapes, Run&& run, bool check_probs) {
+    std::uint64_t which = 0;
+    for (std::size_t si = 0; si < n_shapes; ++si)
+        for (const auto& var : variants) {
+            problem<float> p(shapes[si], var, 100 * which++);
+            INFO(version << " " << describe(p.s) << " " << var.name);
+            tc::device_buffer<float> scores(p.want_p.size());
+            p.dout.poison();
+            scores.poison();
+            run(p, scores);
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, float_tol, std::string(version) + " O");
+            if (check_probs)
+                TINYLLM_REQUIRE_CLOSE(tc::to_host(scores), p.want_p, tolerance{1e-5, 1e-4, 1e-5}, std::string(version) + " P");
+        }
+}
+
+auto naive = [](problem<float>& p, tc::device_buffer<float>& scores) {
+    tc::attention_naive<float>(p.out(), p.qv(), p.kv(), p.vv(), scores.view(extents<4>{p.s.B, p.s.Hq, p.s.Tq, p.s.Tk}),
+                               p.device_opts());
+};
+auto tiled = [](problem<float>& p, tc::device_buffer<float>& scores) {
+    tc::attention_tiled<float>(p.out(), p.qv(), p.kv(), p.vv(), scores.view(extents<4>{p.s.B, p.s.Hq, p.s.Tq, p.s.Tk}),
+                               p.device_opts());
+};
+auto flash = [](problem<float>& p, tc::device_buffer<float>&) {
+    tc::attention_flash<float>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+};
+
+}  // namespace
+
+TEST_CASE("attention v1 naive matches the float64 reference, P included", "[cuda][attention]") {
+    run_float_grid("v1 naive", float_shapes, std::size(float_shapes), naive, true);
+}
+TEST_CASE("attention v1 naive, large shapes", "[cuda][attention][large]") {
+    run_float_grid("v1 naive", float_large, std::size(float_large), naive, true);
+}
+TEST_CASE("attention v2 tiled matches the float64 reference, P included", "[cuda][attention]") {
+    run_float_grid("v2 tiled", float_shapes, std::size(float_shapes), tiled, true);
+}
+TEST_CASE("attention v2 tiled, large shapes", "[cuda][attention][large]") {
+    run_float_grid("v2 tiled", float_large, std::size(float_large), tiled, true);
+}
+TEST_CASE("attention v3 flash matches the float64 reference", "[cuda][attention]") {
+    run_float_grid("v3 flash", float_shapes, std::size(float_shapes), flash, false);
+    // Head dim 256 (the largest v3 takes) and a tiny odd one.
+    const shape extra[] = {{1, 20, 41, 2, 1, 256}, {2, 9, 9, 3, 3, 3}};
+    run_float_grid("v3 flash", extra, std::size(extra), flash, false);
+}
+TEST_CASE("attention v3 flash, large shapes", "[cuda][attention][large]") {
+    run_float_grid("v3 flash", float_large, std::size(float_large), flash, false);
+}
+TEST_CASE("attention v3 flash in bfloat16 (float math)", "[cuda][attention]") {
+    problem<bfloat16> p({2, 29, 40, 4, 2, 64}, variants[1], 7000);
+    p.dout.poison();
+    tc::attention_flash<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "v3 flash bf16 O");
+}
+
+namespace {
+
+template <class T>
+void run_mma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed) {
+    for (std::size_t si = 0; si < n; ++si)
+        for (const auto& var : variants) {
+            problem<T> p(shapes[si], var, seed + 100 * si);
+            INFO("v4 mma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name);
+            p.dout.poison();
+            tc::attention_mma<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v4 mma O");
+        }
+}
+
+const shape mma_shapes[] = {
+    {1, 1, 1, 1, 1, 64},    {2, 37, 37, 4, 4, 64},  {1, 17, 45, 8, 2, 128}, {2, 1, 77, 8, 1, 64},
+    {1, 130, 130, 4, 1, 128}, {1, 70, 20, 2, 2, 64}, {1, 64, 64, 8, 8, 128}, {1, 65, 129, 4, 4, 64},
+};
+const shape mma_large[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
+
+}  // namespace
+
+TEST_CASE("attention v4 mma (bf16 tensor cores) matches the float64 reference", "[cuda][attention]") {
+    run_mma_grid<bfloat16>(mma_shapes, std::size(mma_shapes), bf16_tol, 9000);
+}
+TEST_CASE("attention v4 mma (fp16 tensor cores) matches the float64 reference", "[cuda][attention]") {
+    run_mma_grid<float16>(mma_shapes, std::size(mma_shapes), fp16_tol, 9500);
+}
+TEST_CASE("attention v4 mma, large shapes", "[cuda][attention][large]") {
+    run_mma_grid<bfloat16>(mma_large, std::size(mma_large), bf16_tol, 9900);
+}
+
+TEST_CASE("attention decode (split-K, GQA-aware) matches the float64 reference", "[cuda][attention]") {
+    const shape shapes[] = {{2, 1, 1000, 8, 8, 128}, {2, 1, 1000, 8, 2, 64}, {1, 1, 333, 8, 1, 128},
+                            {2, 4, 517, 8, 2, 64},   {1, 3, 100, 4, 4, 37},  {3, 2, 5, 16, 1, 64}};
+    tc::attention_workspace workspace;
+    std::uint64_t which = 20000;
+    for (const auto& s : shapes)
+        for (const auto& var : variants)
+            for (int splits : {0, 1, 3}) {
+                problem<float> p(s, var, which += 100);
+                INFO("decode " << describe(s) << " " << var.name << " splits " << splits);
+                p.dout.poison();
+                tc::attention_decode<float>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, splits);
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+                TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, float_tol, "decode O");
+            }
+    // bf16 inputs.
+    problem<bfloat16> p({2, 1, 2000, 32, 8, 128}, variants[1], 31000);
+    p.dout.poison();
+    tc::attention_decode<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode bf16 O");
+}
+
+TEST_CASE("attention decode, a long cache", "[cuda][attention][large]") {
+    problem<bfloat16> p({2, 1, 32768, 32, 8, 128}, variants[0], 32000);
+    tc::attention_workspace workspace;
+    p.dout.poison();
+    tc::attention_decode<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode bf16 L=32768");
+}
+
+TEST_CASE("device KV cache: decoding step by step equals full causal attention", "[cuda][attention]") {
+    const shape s{2, 12, 12, 8, 2, 64};
+    problem<float> full(s, variants[1], 40000);  // causal over all 12 positions
+    tc::kv_cache<float> cache(s.B, 16, s.Hkv, s.D);
+    tc::attention_workspace workspace;
+    index_t t = 0;
+    std::vector<double> got(full.want_o.size(), 0.0);
+    for (index_t n : {5, 1, 1, 2, 1, 1, 1}) {
+        // Slices of (B, T, H, D) along T are strided; copy the new rows into contiguous buffers.
+        std::vector<float> kn(static_cast<std::size_t>(s.B * n * s.Hkv * s.D)), vn(kn.size()),
+            qn(static_cast<std::size_t>(s.B * n * s.Hq * s.D));
+        for (index_t b = 0; b < s.B; ++b)
+            for (index_t i = 0; i < n; ++i) {
+                for (index_t x = 0; x < s.Hkv * s.D; ++x) {
+                    const auto src = static_cast<std::size_t>(((b * s.Tk) + t + i) * s.Hkv * s.D + x);
+                    const auto dst = static_cast<std::size_t>((b * n + i) * s.Hkv * s.D + x);
+                    kn[dst] = full.k[src];
+                    vn[dst] = full.v[src];
+                }
+                for (index_t x = 0; x < s.Hq * s.D; ++x)
+                    qn[static_cast<std::size_t>((b * n + i) * s.Hq * s.D + x)] =
+                        full.q[static_cast<std::size_t>(((b * s.Tq) + t + i) * s.Hq * s.D + x)];
+            }
+        auto dk = tc::to_device(kn), dv = tc::to_device(vn), dq = tc::to_device(qn);
+        tc::device_buffer<float> dout(qn.size());
+        dout.poison();
+        cache.append(dk.view(extents<4>{s.B, n, s.Hkv, s.D}), dv.view(extents<4>{s.B, n, s.Hkv, s.D}));
+        tc::attention_decode<float>(dout.view(extents<4>{s.B, n, s.Hq, s.D}), dq.view(extents<4>{s.B, n, s.Hq, s.D}),
+                                    cache, full.device_opts(), workspace);
+        const auto o = tc::to_host(dout);
+        for (index_t b = 0; b < s.B; ++b)
+            for (index_t i = 0; i < n; ++i)
+                for (index_t x = 0; x < s.Hq * s.D; ++x)
+                    got[static_cast<std::size_t>(((b * s.Tq) + t + i) * s.Hq * s.D + x)] =
+                        o[static_cast<std::size_t>((b * n + i) * s.Hq * s.D + x)];
+        t += n;
+    }
+    CHECK(cache.length() == 12);
+    TINYLLM_REQUIRE_CLOSE(got, full.want_o, float_tol, "kv cache decode vs full causal");
+    tc::device_buffer<float> five(static_cast<std::size_t>(s.B * 5 * s.Hkv * s.D));
+    CHECK_THROWS_WITH(cache.append(five.view(extents<4>{s.B, 5, s.Hkv, s.D}), five.view(extents<4>{s.B, 5, s.Hkv, s.D})),
+                      contains("exceed the capacity 16"));
+}
+
+TEST_CASE("attention kernels reject what they do not support", "[cuda][attention][error]") {
+    problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 50000);
+    CHECK_THROWS_WITH(tc::attention_mma<bfloat16>(p.out(), p.qv(), p.kv(), p.vv()),
+                      contains("attention v4 (attention_mma) supports head dims 64 and 128, got 80"));
+    problem<bfloat16> odd({1, 4, 4, 2, 2, 64}, variants[0], 50100);
+    // K/V views whose time stride (132 elements) is not a multiple of 8: cp.async could not move them.
+    tinyllm::tensor_view<const bfloat16, 4> skewed_k(odd.dk.data(), {1, 3, 2, 64}, {4 * 2 * 64, 2 * 64 + 4, 64, 1});
+    tinyllm::tensor_view<const bfloat16, 4> skewed_v(odd.dv.data(), {1, 3, 2, 64}, {4 * 2 * 64, 2 * 64 + 4, 64, 1});
+    CHECK_THROWS_WITH(tc::attention_mma<bfloat16>(odd.out(), odd.qv(), skewed_k, skewed_v), contains("multiple of 8"));
+
+    problem<float> big({1, 2, 8, 4, 4, 300}, variants[0], 50200);
+    CHECK_THROWS_WITH(tc::attention_flash<float>(big.out(), big.qv(), big.kv(), big.vv()),
+                      contains("attention_flash supports head dims up to 256, got 300"));
+    problem<float> many({1, 5, 8, 8, 1, 64}, variants[0], 50300);  // 8 heads * 5 queries = 40 rows per KV head
+    CHECK_THROWS_WITH(tc::attention_decode<float>(many.out(), many.qv(), many.kv(), many.vv()),
+                      contains("at most 32 are supported"));
+    // The CPU reference's checks apply to every version.
+    problem<float> gqa({1, 3, 3, 4, 4, 64}, variants[0], 50400);
+    tc::device_buffer<float> k3(1 * 3 * 3 * 64);
+    auto k3v = k3.view(extents<4>{1, 3, 3, 64});
+    CHECK_THROWS_WITH(tc::attention_flash<float>(gqa.out(), gqa.qv(), k3v, k3v), contains("must be a multiple of"));
+    tc::device_buffer<float> small_scores(4);
+    CHECK_THROWS_WITH(tc::attention_naive<float>(gqa.out(), gqa.qv(), gqa.kv(), gqa.vv(), small_scores.view(extents<4>{1, 1, 2, 2})),
+                      contains("attention_naive: scores has shape"));
+    attention_options w;
+    w.window = 3;  // without causal
+    CHECK_THROWS_WITH(tc::attention_tiled<float>(gqa.out(), gqa.qv(), gqa.kv(), gqa.vv(),
+                                                 small_scores.view(extents<4>{1, 1, 2, 2}), w),
+                      contains("needs causal = true"));
+}
