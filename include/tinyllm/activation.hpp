@@ -140,7 +140,7 @@ namespace cpu {
 
 // out = kind(x), element-wise. out, x: (rows, cols).
 inline void activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, activation kind) {
-    detail::expect_same_shape(out, x, "activate", "out", "x");
+    tinyllm::detail::expect_same_shape(out, x, "activate", "out", "x");
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) out(r, c) = tinyllm::activate(kind, x(r, c));
 }
@@ -149,32 +149,32 @@ inline void activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, a
 // layer, fused. out, x: (rows, cols); bias: (cols).
 inline void bias_activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 1> bias,
                           activation kind) {
-    detail::expect_same_shape(out, x, "bias_activate", "out", "x");
-    detail::expect_bias(out, bias, "bias_activate");
+    tinyllm::detail::expect_same_shape(out, x, "bias_activate", "out", "x");
+    tinyllm::detail::expect_bias(out, bias, "bias_activate");
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) out(r, c) = tinyllm::activate(kind, x(r, c) + bias(c));
 }
 
 // out = silu(gate) * up, element-wise. out, gate, up: (rows, hidden).
 inline void swiglu(tensor_view<float, 2> out, tensor_view<const float, 2> gate, tensor_view<const float, 2> up) {
-    detail::expect_same_shape(out, gate, "swiglu", "out", "gate");
-    detail::expect_same_shape(out, up, "swiglu", "out", "up");
+    tinyllm::detail::expect_same_shape(out, gate, "swiglu", "out", "gate");
+    tinyllm::detail::expect_same_shape(out, up, "swiglu", "out", "up");
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = tinyllm::swiglu(gate(r, c), up(r, c));
 }
 
 // out = a + b, element-wise: the residual connection x = x + f(x).
 inline void add(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
-    detail::expect_same_shape(out, a, "add", "out", "a");
-    detail::expect_same_shape(out, b, "add", "out", "b");
+    tinyllm::detail::expect_same_shape(out, a, "add", "out", "a");
+    tinyllm::detail::expect_same_shape(out, b, "add", "out", "b");
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) + b(r, c);
 }
 
 // out = a * b, element-wise.
 inline void multiply(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
-    detail::expect_same_shape(out, a, "multiply", "out", "a");
-    detail::expect_same_shape(out, b, "multiply", "out", "b");
+    tinyllm::detail::expect_same_shape(out, a, "multiply", "out", "a");
+    tinyllm::detail::expect_same_shape(out, b, "multiply", "out", "b");
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) * b(r, c);
 }

@@ -103,7 +103,7 @@ namespace cpu {
 // weight: (N, K), any strides; bias: (N) or empty. out must not overlap x.
 inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
                    tensor_view<const float, 1> bias) {
-    detail::expect_linear_args("linear", out, x, weight, bias);
+    tinyllm::detail::expect_linear_args("linear", out, x, weight, bias);
     const index_t rows = x.extent(0), N = weight.extent(0), K = weight.extent(1);
     for (index_t i = 0; i < rows; ++i) {
         for (index_t n = 0; n < N; ++n) {
@@ -125,7 +125,7 @@ inline void matmul(tensor_view<float, 2> out, tensor_view<const float, 2> a, ten
 // act = gelu_tanh for GPT-2 (gelu_erf for BERT). out, x: (rows, D).
 inline void gpt2_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x, const gpt2_mlp_weights<float>& w,
                      activation act = activation::gelu_tanh) {
-    detail::expect_gpt2_mlp_args("gpt2_mlp", out, x, w);
+    tinyllm::detail::expect_gpt2_mlp_args("gpt2_mlp", out, x, w);
     const index_t rows = x.extent(0), H = w.fc_weight.extent(0);
     std::vector<float> hidden_data(static_cast<std::size_t>(rows * H));
     tensor_view<float, 2> hidden(hidden_data.data(), {rows, H});  // (rows, H)
@@ -136,7 +136,7 @@ inline void gpt2_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x, c
 
 // Llama's MLP: out = (silu(x gate_weight^T) * (x up_weight^T)) down_weight^T. out, x: (rows, D).
 inline void swiglu_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x, const swiglu_mlp_weights<float>& w) {
-    detail::expect_swiglu_mlp_args("swiglu_mlp", out, x, w);
+    tinyllm::detail::expect_swiglu_mlp_args("swiglu_mlp", out, x, w);
     const index_t rows = x.extent(0), H = w.gate_weight.extent(0);
     std::vector<float> gate_data(static_cast<std::size_t>(rows * H)), up_data(gate_data.size());
     tensor_view<float, 2> gate(gate_data.data(), {rows, H});  // (rows, H)

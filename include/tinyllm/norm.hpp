@@ -98,7 +98,7 @@ namespace cpu {
 // out, x: (rows, D); weight, bias: (D) or empty (no affine parameters).
 inline void layer_norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 1> weight,
                        tensor_view<const float, 1> bias, float eps) {
-    detail::expect_norm_args("layer_norm", out, x, weight, bias, eps);
+    tinyllm::detail::expect_norm_args("layer_norm", out, x, weight, bias, eps);
     const index_t rows = x.extent(0), D = x.extent(1);
     for (index_t r = 0; r < rows; ++r) {
         double sum = 0;  // pass 1: the mean
@@ -129,7 +129,7 @@ inline void layer_norm(tensor_view<float, 2> out, tensor_view<const float, 2> x,
 // out, x: (rows, D); weight: (D) or empty.
 inline void rms_norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 1> weight,
                      float eps) {
-    detail::expect_norm_args("rms_norm", out, x, weight, tensor_view<const float, 1>{}, eps);
+    tinyllm::detail::expect_norm_args("rms_norm", out, x, weight, tensor_view<const float, 1>{}, eps);
     const index_t rows = x.extent(0), D = x.extent(1);
     for (index_t r = 0; r < rows; ++r) {
         double squares = 0;
@@ -152,8 +152,8 @@ inline void rms_norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, f
 inline void residual_add_layer_norm(tensor_view<float, 2> out, tensor_view<float, 2> residual_out,
                                     tensor_view<const float, 2> x, tensor_view<const float, 2> residual,
                                     tensor_view<const float, 1> weight, tensor_view<const float, 1> bias, float eps) {
-    detail::expect_norm_args("residual_add_layer_norm", out, x, weight, bias, eps);
-    detail::expect_residual_args("residual_add_layer_norm", tensor_view<const float, 2>(residual_out), x, residual);
+    tinyllm::detail::expect_norm_args("residual_add_layer_norm", out, x, weight, bias, eps);
+    tinyllm::detail::expect_residual_args("residual_add_layer_norm", tensor_view<const float, 2>(residual_out), x, residual);
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t j = 0; j < x.extent(1); ++j) residual_out(r, j) = x(r, j) + residual(r, j);
     layer_norm(out, residual_out, weight, bias, eps);
@@ -163,8 +163,8 @@ inline void residual_add_layer_norm(tensor_view<float, 2> out, tensor_view<float
 inline void residual_add_rms_norm(tensor_view<float, 2> out, tensor_view<float, 2> residual_out,
                                   tensor_view<const float, 2> x, tensor_view<const float, 2> residual,
                                   tensor_view<const float, 1> weight, float eps) {
-    detail::expect_norm_args("residual_add_rms_norm", out, x, weight, tensor_view<const float, 1>{}, eps);
-    detail::expect_residual_args("residual_add_rms_norm", tensor_view<const float, 2>(residual_out), x, residual);
+    tinyllm::detail::expect_norm_args("residual_add_rms_norm", out, x, weight, tensor_view<const float, 1>{}, eps);
+    tinyllm::detail::expect_residual_args("residual_add_rms_norm", tensor_view<const float, 2>(residual_out), x, residual);
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t j = 0; j < x.extent(1); ++j) residual_out(r, j) = x(r, j) + residual(r, j);
     rms_norm(out, residual_out, weight, eps);
