@@ -84,7 +84,7 @@ namespace cpu {
 // counts (E) int32: routed slots per expert (a histogram of ids).
 inline void expert_counts(tensor_view<std::int32_t, 1> counts, tensor_view<const std::int32_t, 2> ids) {
     const index_t E = counts.extent(0);
-    detail::expect_ids(ids, E, "expert_counts");
+    tinyllm::detail::expect_ids(ids, E, "expert_counts");
     for (index_t e = 0; e < E; ++e) counts(e) = 0;
     for (index_t t = 0; t < ids.extent(0); ++t)
         for (index_t j = 0; j < ids.extent(1); ++j) ++counts(ids(t, j));
@@ -92,7 +92,7 @@ inline void expert_counts(tensor_view<std::int32_t, 1> counts, tensor_view<const
 
 // Counts, fractions and balance measures of a routing over E experts.
 inline routing_stats routing_statistics(tensor_view<const std::int32_t, 2> ids, index_t experts) {
-    detail::expect_ids(ids, experts, "routing_statistics");
+    tinyllm::detail::expect_ids(ids, experts, "routing_statistics");
     routing_stats s;
     s.counts.assign(static_cast<std::size_t>(experts), 0);
     for (index_t t = 0; t < ids.extent(0); ++t)
@@ -122,7 +122,7 @@ inline double load_balancing_loss(tensor_view<const float, 2> logits, tensor_vie
     TINYLLM_EXPECT(ids.extent(0) == T, "load_balancing_loss: ids has ", ids.extent(0), " rows but logits has ", T);
     TINYLLM_EXPECT(T >= 1, "load_balancing_loss: needs at least one token");
     const index_t k = ids.extent(1);
-    detail::expect_ids(ids, E, "load_balancing_loss");
+    tinyllm::detail::expect_ids(ids, E, "load_balancing_loss");
     std::vector<double> f(static_cast<std::size_t>(E), 0.0), P(static_cast<std::size_t>(E), 0.0), p(E);
     for (index_t t = 0; t < T; ++t) {
         double max = logits(t, 0), sum = 0;
@@ -167,7 +167,7 @@ inline double router_z_loss(tensor_view<const float, 2> logits) {
 inline index_t assign_capacity(tensor_view<std::int32_t, 2> position, tensor_view<const std::int32_t, 2> ids,
                                index_t experts, index_t capacity) {
     expect_shape(position, ids.shape(), "assign_capacity: position");
-    detail::expect_ids(ids, experts, "assign_capacity");
+    tinyllm::detail::expect_ids(ids, experts, "assign_capacity");
     std::vector<index_t> filled(static_cast<std::size_t>(experts), 0);
     index_t dropped = 0;
     for (index_t t = 0; t < ids.extent(0); ++t) {

@@ -95,8 +95,8 @@ namespace cpu {
 inline index_t moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
                         const moe_dispatch_options& options = {}) {
     const index_t T = ids.extent(0), k = ids.extent(1), E = plan.expert_counts.extent(0);
-    detail::expect_dispatch_options(options, "moe_plan");
-    detail::expect_plan(plan, T, k, E, options.block, "moe_plan");
+    tinyllm::detail::expect_dispatch_options(options, "moe_plan");
+    tinyllm::detail::expect_plan(plan, T, k, E, options.block, "moe_plan");
     TINYLLM_EXPECT(moe_max_rows(T, k, E, options.block) <= INT32_MAX, "moe_plan: ", moe_max_rows(T, k, E, options.block),
                    " rows do not fit int32 row numbers");
     // 1. Rank of every slot within its expert, in token order; dropped: -1.

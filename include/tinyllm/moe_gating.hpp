@@ -195,14 +195,14 @@ namespace cpu {
 inline void softmax_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2> weights,
                                 tensor_view<const float, 2> logits, bool renormalize) {
     const index_t T = logits.extent(0), E = logits.extent(1);
-    detail::expect_gating_shapes(ids, weights, T, E, "softmax_topk_gating");
-    detail::expect_rows_contiguous(logits, "logits", "softmax_topk_gating");
+    tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "softmax_topk_gating");
+    tinyllm::detail::expect_rows_contiguous(logits, "logits", "softmax_topk_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<float> keys(static_cast<std::size_t>(E));
     std::vector<double> p(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
-        const float* x = detail::row_pointer(logits, t);
-        detail::expect_finite_row(x, E, t, "logits", "softmax_topk_gating");
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", "softmax_topk_gating");
         // p = softmax(x) in double, stabilised by the row maximum.
         double max = x[0], sum = 0;
         for (index_t e = 0; e < E; ++e) max = x[e] > max ? x[e] : max;
@@ -210,7 +210,7 @@ inline void softmax_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
         for (index_t e = 0; e < E; ++e) p[e] /= sum;
         // Choose on the logits themselves: the same order as p, with no rounding.
         for (index_t e = 0; e < E; ++e) keys[e] = x[e];
-        const std::vector<int> top = detail::top_k_indices(keys, k);
+        const std::vector<int> top = tinyllm::detail::top_k_indices(keys, k);
         double chosen_sum = 0;
         for (int j = 0; j < k; ++j) chosen_sum += p[top[j]];
         for (int j = 0; j < k; ++j) {
@@ -225,15 +225,15 @@ inline void softmax_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
 inline void topk_softmax_gating(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2> weights,
                                 tensor_view<const float, 2> logits) {
     const index_t T = logits.extent(0), E = logits.extent(1);
-    detail::expect_gating_shapes(ids, weights, T, E, "topk_softmax_gating");
-    detail::expect_rows_contiguous(logits, "logits", "topk_softmax_gating");
+    tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "topk_softmax_gating");
+    tinyllm::detail::expect_rows_contiguous(logits, "logits", "topk_softmax_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<float> row(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
-        const float* x = detail::row_pointer(logits, t);
-        detail::expect_finite_row(x, E, t, "logits", "topk_softmax_gating");
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", "topk_softmax_gating");
         row.assign(x, x + E);
-        const std::vector<int> top = detail::top_k_indices(row, k);
+        const std::vector<int> top = tinyllm::detail::top_k_indices(row, k);
         // softmax over the k selected logits; top[0] holds the largest.
         double sum = 0;
         for (int j = 0; j < k; ++j) sum += std::exp(static_cast<double>(x[top[j]]) - x[top[0]]);
@@ -254,19 +254,19 @@ inline void noisy_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<floa
                               tensor_view<const float, 2> logits, tensor_view<const float, 2> noise_logits,
                               std::uint64_t seed, index_t token_offset = 0) {
     const index_t T = logits.extent(0), E = logits.extent(1);
-    detail::expect_gating_shapes(ids, weights, T, E, "noisy_topk_gating");
+    tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "noisy_topk_gating");
     expect_shape(noise_logits, logits.shape(), "noisy_topk_gating: noise_logits");
-    detail::expect_rows_contiguous(logits, "logits", "noisy_topk_gating");
-    detail::expect_rows_contiguous(noise_logits, "noise_logits", "noisy_topk_gating");
+    tinyllm::detail::expect_rows_contiguous(logits, "logits", "noisy_topk_gating");
+    tinyllm::detail::expect_rows_contiguous(noise_logits, "noise_logits", "noisy_topk_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<double> h(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
-        const float* x = detail::row_pointer(logits, t);
-        const float* nx = detail::row_pointer(noise_logits, t);
-        detail::expect_finite_row(x, E, t, "logits", "noisy_topk_gating");
-        detail::expect_finite_row(nx, E, t, "noise_logits", "noisy_topk_gating");
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        const float* nx = tinyllm::detail::row_pointer(noise_logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", "noisy_topk_gating");
+        tinyllm::detail::expect_finite_row(nx, E, t, "noise_logits", "noisy_topk_gating");
         for (index_t e = 0; e < E; ++e) h[e] = moe_noisy_score(x[e], nx[e], seed, t + token_offset, static_cast<int>(e));
-        const std::vector<int> top = detail::top_k_indices(h, k);
+        const std::vector<int> top = tinyllm::detail::top_k_indices(h, k);
         double sum = 0;
         for (int j = 0; j < k; ++j) sum += std::exp(h[top[j]] - h[top[0]]);
         for (int j = 0; j < k; ++j) {
@@ -283,10 +283,10 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
                                 tensor_view<const float, 2> logits, tensor_view<const float, 1> bias,
                                 const grouped_topk_options& options) {
     const index_t T = logits.extent(0), E = logits.extent(1);
-    detail::expect_gating_shapes(ids, weights, T, E, "grouped_topk_gating");
+    tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "grouped_topk_gating");
     expect_shape(bias, extents<1>{E}, "grouped_topk_gating: bias");
-    detail::expect_rows_contiguous(logits, "logits", "grouped_topk_gating");
-    detail::expect_grouped_options(options, E, ids.extent(1), "grouped_topk_gating");
+    tinyllm::detail::expect_rows_contiguous(logits, "logits", "grouped_topk_gating");
+    tinyllm::detail::expect_grouped_options(options, E, ids.extent(1), "grouped_topk_gating");
     for (index_t e = 0; e < E; ++e)
         TINYLLM_EXPECT(std::isfinite(bias(e)), "grouped_topk_gating: bias(", e, ") = ", bias(e), " is not finite");
     const int k = static_cast<int>(ids.extent(1));
@@ -295,8 +295,8 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
     std::vector<double> group_score(static_cast<std::size_t>(groups)), in_group(static_cast<std::size_t>(group_size));
     std::vector<bool> eligible(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
-        const float* x = detail::row_pointer(logits, t);
-        detail::expect_finite_row(x, E, t, "logits", "grouped_topk_gating");
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", "grouped_topk_gating");
         for (index_t e = 0; e < E; ++e) {
             s[e] = moe_sigmoid(x[e]);
             biased[e] = s[e] + static_cast<double>(bias(e));
@@ -305,14 +305,14 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
         // score when a group holds a single expert).
         for (int g = 0; g < groups; ++g) {
             for (int i = 0; i < group_size; ++i) in_group[i] = biased[g * group_size + i];
-            const std::vector<int> best = detail::top_k_indices(in_group, group_size >= 2 ? 2 : 1);
+            const std::vector<int> best = tinyllm::detail::top_k_indices(in_group, group_size >= 2 ? 2 : 1);
             group_score[g] = group_size >= 2 ? in_group[best[0]] + in_group[best[1]] : in_group[best[0]];
         }
-        const std::vector<int> kept_groups = detail::top_k_indices(group_score, options.topk_group);
+        const std::vector<int> kept_groups = tinyllm::detail::top_k_indices(group_score, options.topk_group);
         eligible.assign(eligible.size(), false);
         for (int g : kept_groups)
             for (int i = 0; i < group_size; ++i) eligible[g * group_size + i] = true;
-        const std::vector<int> top = detail::top_k_indices(biased, k, &eligible);
+        const std::vector<int> top = tinyllm::detail::top_k_indices(biased, k, &eligible);
         // Weights from the unbiased affinities.
         double sum = 0;
         for (int j = 0; j < k; ++j) sum += s[top[j]];
