@@ -344,14 +344,16 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     TINYLLM_EXPECT(out.extent(0) == logits.extent(0), "greedy: out has ", out.extent(0), " entries but logits have ",
                    logits.extent(0), " rows");
     ::tinyllm::detail::check_vocab(logits.extent(1), "greedy");
+    std::vector<float> row(static_cast<std::size_t>(logits.extent(1)));
     for (index_t b = 0; b < logits.extent(0); ++b) {
-        std::vector<float> row(static_cast<std::size_t>(logits.extent(1)));
         for (index_t i = 0; i < logits.extent(1); ++i) row[static_cast<std::size_t>(i)] = logits(b, i);
         detail::check_row(row, b, "greedy");
-        const auto best = std::max_element(row.begin(), row.end());  // the first maximum
-        TINYLLM_EXPECT(*best != -std::numeric_limits<float>::infinity(), "greedy: every logit of row ", b,
+        std::size_t best = 0;  // the first maximum
+        for (std::size_t i = 1; i < row.size(); ++i)
+            if (row[i] > row[best]) best = i;
+        TINYLLM_EXPECT(row[best] != -std::numeric_limits<float>::infinity(), "greedy: every logit of row ", b,
                        " is -inf (all tokens banned or filtered)");
-        out(b) = static_cast<std::int32_t>(best - row.begin());
+        out(b) = static_cast<std::int32_t>(best);
     }
 }
 

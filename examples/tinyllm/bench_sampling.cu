@@ -1,0 +1,85 @@
+// examples/tinyllm/bench_sampling.cu — the CUDA rows of `tinyllm bench
+// greedy|temperature|top_k|top_p|min_p` (see bench_sampling.hpp for the shapes
+// and bytes; CPU rows in bench_sampling.cpp; PyTorch: bench/baselines/sampling.py).
+//
+//   v1 unfused  one kernel per processor (temperature, top_k, top_p, min_p, each
+//               in place) and then the draw. They overwrite the logits, so each
+//               timed run first restores them with a device-to-device copy of
+//               4·B·V bytes, which is INCLUDED in the v1 time.
+//   v2 fused    tinyllm::cuda::sample(out, logits, params, ...): one kernel.
+//   greedy      one argmax reduction per row (a single version).
+// Each version first runs once on poisoned tokens with the host-side status
+// check, and its tokens must be identical to the CPU reference's; the timed
+// runs skip the status copy (sampling_check::none).
+#include "bench_sampling.hpp"
+
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/sampling.cuh>
+#include <tinyllm/cuda/timing.cuh>
+
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+namespace sb = tinyllm_cli::sampling_bench;
+namespace tc = tinyllm::cuda;
+using tinyllm::extents;
+using tinyllm::index_t;
+
+namespace {
+
+void cuda_rows(bench_context& ctx, const sb::setting& s) {
+    if (!ctx.gpu_available) return;
+    const index_t V = sb::vocab(ctx), B = sb::rows;
+    const auto z = sb::logits(V);
+    const auto want = sb::reference(z, V, s.params);
+    const auto original = tc::to_device(z);
+    tc::device_buffer<float> work(z.size());
+    tc::device_buffer<std::int32_t> out(static_cast<std::size_t>(B));
+    const auto logits = work.view(extents<2>{B, V});
+    const auto tokens = out.view(extents<1>{B});
+    const double bytes = 4.0 * B * V;
+    tc::timing_options o;
+    o.repeats = ctx.repeats;
+
+    auto restore = [&] {
+        TINYLLM_CUDA_CHECK(cudaMemcpyAsync(work.data(), original.data(), original.bytes(), cudaMemcpyDeviceToDevice));
+    };
+    auto add = [&](const char* version, const char* key, bool baseline, auto&& run) {
+        out.poison();
+        run(tc::sampling_check::sync);
+        bool agrees = false;
+        const std::string check = sb::compare_tokens(tc::to_host(out), want, agrees);
+        const auto timing = tc::time_gpu(std::string(s.component) + "/" + key + "/" + sb::shape(V),
+                                         [&] { run(tc::sampling_check::none); }, bytes, 0, o);
+        ctx.rows.push_back({version, "cuda", timing, check, agrees, baseline});
+    };
+
+    const auto& p = s.params;
+    if (p.temperature == 0.0f) {
+        restore();
+        add("greedy reduction", "cuda_greedy", true, [&](tc::sampling_check c) { tc::greedy(tokens, logits, c); });
+        return;
+    }
+    add("v1 unfused (+copy)", "cuda_v1_unfused", true, [&](tc::sampling_check c) {
+        restore();
+        if (p.temperature != 1.0f) tc::temperature(logits, p.temperature, c);
+        if (p.top_k) tc::top_k(logits, *p.top_k, c);
+        if (p.top_p) tc::top_p(logits, *p.top_p, c);
+        if (p.min_p) tc::min_p(logits, *p.min_p, c);
+        tc::sample(tokens, logits, sb::seed, sb::step, 0, c);
+    });
+    restore();
+    add("v2 fused", "cuda_v2_fused", false,
+        [&](tc::sampling_check c) { tc::sample(tokens, logits, p, sb::seed, sb::step, c); });
+}
+
+}  // namespace
+
+TINYLLM_BENCH("greedy", "argmax of B=64 rows of V logits (--size V, default 128256)", 1) { cuda_rows(ctx, sb::settings()[0]); }
+TINYLLM_BENCH("temperature", "temperature 0.7 + multinomial draw, B=64 x V (--size V, default 128256)", 1) {
+    cuda_rows(ctx, sb::settings()[1]);
+}
+TINYLLM_BENCH("top_k", "top-k 50 + draw, B=64 x V (--size V, default 128256)", 1) { cuda_rows(ctx, sb::settings()[2]); }
+TINYLLM_BENCH("top_p", "top-p 0.9 + draw, B=64 x V (--size V, default 128256)", 1) { cuda_rows(ctx, sb::settings()[3]); }
+TINYLLM_BENCH("min_p", "min-p 0.1 + draw, B=64 x V (--size V, default 128256)", 1) { cuda_rows(ctx, sb::settings()[4]); }
