@@ -32,6 +32,10 @@
 // Sinusoidal and learned additions are one block per token, one thread per
 // feature (they run once per forward pass, on the embeddings).
 //
+// Build without --use_fast_math: it turns sincosf into __sincosf, whose error
+// grows with the angle, i.e. with the position (the tests use positions up to
+// 10^5 and expect a few ulp).
+//
 // Position ids live on the device and cannot be checked by the host without a
 // copy: a learned position outside the table writes NaN to that token (loud,
 // never a read out of bounds); RoPE accepts any position (a rotation is defined
