@@ -1,0 +1,495 @@
+// tinyllm/model.hpp — a decoder-only transformer built from tinyllm's parts,
+// loading real Hugging Face checkpoints (config.json + model.safetensors).
+//
+// The forward pass reads as the diagram of the transformer:
+//
+//     x = embed(tokens) (+ learned positions, GPT-2)                    (T, D)
+//     for each layer:
+//         h = norm1(x)                      LayerNorm (GPT-2) / RMSNorm (Llama, Mixtral)
+//         q, k, v = h Wq, h Wk, h Wv        (T, Hq, Dh), (T, Hkv, Dh), (T, Hkv, Dh)
+//         q, k = rope(q, k, positions)      Llama, Mixtral (GPT-2 has learned positions instead)
+//         cache.append(k, v)                the KV cache keeps every past key and value
+//         x = x + attention(q, cache) Wo    causal: token t sees positions <= t
+//         h = norm2(x)
+//         x = x + ffn(h)                    GPT-2 MLP (gelu_new) / SwiGLU (Llama) / MoE of SwiGLU experts (Mixtral)
+//     logits = norm_f(x) W_lm^T             (T, V); GPT-2 ties W_lm to the embedding table
+//
+// Generation feeds the prompt once (prefill: every prompt position in one
+// forward, filling the cache) and then one token at a time (decode: a single
+// query attends over the cache), choosing each token with the samplers of
+// <tinyllm/sampling.hpp>. This is the CPU reference path: float weights, the
+// component references of include/tinyllm/, one sequence at a time.
+//
+// Supported architectures (config.json "architectures"):
+//
+// | architecture        | positions        | norm      | attention | FFN                       | lm_head          |
+// |---------------------|------------------|-----------|-----------|---------------------------|------------------|
+// | GPT2LMHeadModel     | learned (wpe)    | LayerNorm | MHA, bias | gelu_new MLP, bias        | tied to wte      |
+// | LlamaForCausalLM    | RoPE, rotate-half| RMSNorm   | GQA       | SwiGLU                    | separate or tied |
+// | MixtralForCausalLM  | RoPE, rotate-half| RMSNorm   | GQA       | top-k MoE of SwiGLU experts| separate        |
+#pragma once
+
+#include <tinyllm/activation.hpp>
+#include <tinyllm/attention.hpp>
+#include <tinyllm/detail/json.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/moe.hpp>
+#include <tinyllm/norm.hpp>
+#include <tinyllm/positional.hpp>
+#include <tinyllm/safetensors.hpp>
+#include <tinyllm/sampling.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace tinyllm {
+
+enum class model_arch { gpt2, llama, mixtral };
+
+struct model_config {
+    model_arch arch = model_arch::llama;
+    std::string architecture;          // as written in config.json
+    index_t vocab_size = 0;
+    index_t hidden_size = 0;           // D
+    index_t num_layers = 0;
+    index_t num_heads = 0;             // Hq
+    index_t num_kv_heads = 0;          // Hkv (GPT-2: = Hq)
+    index_t head_dim = 0;              // Dh
+    index_t intermediate_size = 0;     // the FFN's hidden width (per expert for Mixtral)
+    index_t max_positions = 0;         // GPT-2's position table; informational for RoPE models
+    float norm_eps = 1e-5f;
+    bool tie_word_embeddings = false;
+    index_t num_experts = 0;           // Mixtral
+    index_t experts_per_token = 0;     // Mixtral
+    rope_config rope;                  // Llama, Mixtral
+    std::vector<std::int32_t> eos_token_ids;
+};
+
+namespace detail {
+
+inline json::value read_json_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) TINYLLM_FAIL("cannot open '", path, "'");
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    return json::parse(text, path);
+}
+
+// config[key] as an integer, or `fallback` when absent or null; -1 fallback = required.
+inline index_t config_int(const json::value& c, const char* key, index_t fallback, const std::string& path) {
+    const json::value* v = c.find(key);
+    if (!v || v->is_null()) {
+        if (fallback < 0) TINYLLM_FAIL("'", path, "' has no \"", key, "\"");
+        return fallback;
+    }
+    if (!v->is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
+    const index_t n = v->as_int64();
+    if (n < 0) TINYLLM_FAIL("'", path, "': \"", key, "\" = ", n, " must not be negative");
+    return n;
+}
+
+inline double config_double(const json::value& c, const char* key, double fallback, const std::string& path) {
+    const json::value* v = c.find(key);
+    if (!v || v->is_null()) return fallback;
+    if (!v->is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
+    return v->as_double();
+}
+
+inline rope_config read_rope(const json::value& c, index_t head_dim, const std::string& path) {
+    rope_config rope;
+    rope.rotary_dim = head_dim;
+    rope.pairing = rope_pairing::rotate_half;
+    // transformers < 5 writes rope_theta (and rope_scaling) at the top level;
+    // transformers 5 writes rope_parameters {"rope_theta": ..., "rope_type": ...}.
+    const json::value* params = c.find("rope_parameters");
+    if (!params || !params->is_object()) params = c.find("rope_scaling");
+    rope.theta = config_double(c, "rope_theta", 10000.0, path);
+    if (params && params->is_object()) {
+        rope.theta = config_double(*params, "rope_theta", rope.theta, path);
+        std::string type = "default";
+        if (const json::value* t = params->find("rope_type"); t && t->is_string()) type = t->as_string();
+        else if (const json::value* t2 = params->find("type"); t2 && t2->is_string()) type = t2->as_string();
+        if (type == "linear") {
+            rope.scaling = rope_scaling::linear;
+            rope.factor = config_double(*params, "factor", 1.0, path);
+        } else if (type == "llama3") {
+            rope.scaling = rope_scaling::llama3;
+            rope.factor = config_double(*params, "factor", 8.0, path);
+            rope.low_freq_factor = config_double(*params, "low_freq_factor", 1.0, path);
+            rope.high_freq_factor = config_double(*params, "high_freq_factor", 4.0, path);
+            rope.original_max_position_embeddings =
+                config_double(*params, "original_max_position_embeddings", 8192.0, path);
+        } else if (type != "default") {
+            TINYLLM_FAIL("'", path, "': rope type \"", type, "\" is not supported (default, linear, llama3 are)");
+        }
+    }
+    if (const json::value* f = c.find("partial_rotary_factor"); f && f->is_number())
+        rope.rotary_dim = static_cast<index_t>(static_cast<double>(head_dim) * f->as_double()) / 2 * 2;
+    return rope;
+}
+
+}  // namespace detail
+
+// Read DIR/config.json. Unknown architectures and missing fields are errors.
+inline model_config load_model_config(const std::string& dir) {
+    const std::string path = (std::filesystem::path(dir) / "config.json").string();
+    const json::value c = detail::read_json_file(path);
+    model_config m;
+    const json::value* archs = c.find("architectures");
+    if (!archs || !archs->is_array() || archs->size() == 0 || !archs->at(std::size_t{0}).is_string())
+        TINYLLM_FAIL("'", path, "' has no \"architectures\" list");
+    m.architecture = archs->at(std::size_t{0}).as_string();
+    if (m.architecture == "GPT2LMHeadModel") {
+        m.arch = model_arch::gpt2;
+        m.vocab_size = detail::config_int(c, "vocab_size", -1, path);
+        m.hidden_size = detail::config_int(c, "n_embd", -1, path);
+        m.num_layers = detail::config_int(c, "n_layer", -1, path);
+        m.num_heads = detail::config_int(c, "n_head", -1, path);
+        m.num_kv_heads = m.num_heads;
+        m.intermediate_size = detail::config_int(c, "n_inner", 4 * m.hidden_size, path);
+        m.max_positions = detail::config_int(c, "n_positions", -1, path);
+        m.norm_eps = static_cast<float>(detail::config_double(c, "layer_norm_epsilon", 1e-5, path));
+        const json::value* tie = c.find("tie_word_embeddings");
+        m.tie_word_embeddings = !tie || !tie->is_bool() || tie->as_bool();
+        if (const json::value* act = c.find("activation_function"); act && act->is_string() &&
+                                                                     act->as_string() != "gelu_new")
+            TINYLLM_FAIL("'", path, "': activation_function \"", act->as_string(), "\" is not supported (gelu_new is)");
+    } else if (m.architecture == "LlamaForCausalLM" || m.architecture == "MixtralForCausalLM") {
+        m.arch = m.architecture == "LlamaForCausalLM" ? model_arch::llama : model_arch::mixtral;
+        m.vocab_size = detail::config_int(c, "vocab_size", -1, path);
+        m.hidden_size = detail::config_int(c, "hidden_size", -1, path);
+        m.num_layers = detail::config_int(c, "num_hidden_layers", -1, path);
+        m.num_heads = detail::config_int(c, "num_attention_heads", -1, path);
+        m.num_kv_heads = detail::config_int(c, "num_key_value_heads", m.num_heads, path);
+        m.intermediate_size = detail::config_int(c, "intermediate_size", -1, path);
+        m.max_positions = detail::config_int(c, "max_position_embeddings", 2048, path);
+        m.norm_eps = static_cast<float>(detail::config_double(c, "rms_norm_eps", 1e-6, path));
+        const json::value* tie = c.find("tie_word_embeddings");
+        m.tie_word_embeddings = tie && tie->is_bool() && tie->as_bool();
+        if (const json::value* act = c.find("hidden_act"); act && act->is_string() && act->as_string() != "silu")
+            TINYLLM_FAIL("'", path, "': hidden_act \"", act->as_string(), "\" is not supported (silu is)");
+        if (m.arch == model_arch::mixtral) {
+            m.num_experts = detail::config_int(c, "num_local_experts", -1, path);
+            m.experts_per_token = detail::config_int(c, "num_experts_per_tok", -1, path);
+            TINYLLM_EXPECT(m.experts_per_token >= 1 && m.experts_per_token <= m.num_experts, "'", path,
+                           "': num_experts_per_tok = ", m.experts_per_token, " must be in [1, num_local_experts = ",
+                           m.num_experts, "]");
+        }
+    } else {
+        TINYLLM_FAIL("'", path, "': architecture \"", m.architecture,
+                     "\" is not supported (GPT2LMHeadModel, LlamaForCausalLM and MixtralForCausalLM are)");
+    }
+    TINYLLM_EXPECT(m.num_heads >= 1 && m.hidden_size >= 1 && m.vocab_size >= 1 && m.num_layers >= 1, "'", path,
+                   "': vocab, hidden size, layers and heads must be positive");
+    m.head_dim = m.arch == model_arch::gpt2 ? m.hidden_size / m.num_heads
+                                             : detail::config_int(c, "head_dim", m.hidden_size / m.num_heads, path);
+    TINYLLM_EXPECT(m.arch != model_arch::gpt2 || m.hidden_size % m.num_heads == 0, "'", path, "': n_embd = ",
+                   m.hidden_size, " is not a multiple of n_head = ", m.num_heads);
+    TINYLLM_EXPECT(m.num_kv_heads >= 1 && m.num_heads % m.num_kv_heads == 0, "'", path, "': num_attention_heads = ",
+                   m.num_heads, " must be a multiple of num_key_value_heads = ", m.num_kv_heads);
+    if (m.arch != model_arch::gpt2) {
+        m.rope = detail::read_rope(c, m.head_dim, path);
+        validate(m.rope, m.head_dim);
+    }
+    if (const json::value* eos = c.find("eos_token_id"); eos && !eos->is_null()) {
+        if (eos->is_number()) m.eos_token_ids.push_back(static_cast<std::int32_t>(eos->as_int64()));
+        else if (eos->is_array())
+            for (const auto& e : eos->as_array()) m.eos_token_ids.push_back(static_cast<std::int32_t>(e.as_int64()));
+    }
+    return m;
+}
+
+// The weights of one layer, in torch.nn.Linear layout (out_features, in_features).
+struct layer_weights {
+    tensor<float, 1> attn_norm_weight, attn_norm_bias;  // (D); bias: GPT-2 only
+    tensor<float, 1> ffn_norm_weight, ffn_norm_bias;    // (D)
+    tensor<float, 2> wq, wk, wv, wo;                     // (Hq*Dh, D), (Hkv*Dh, D), (Hkv*Dh, D), (D, Hq*Dh)
+    tensor<float, 1> bq, bk, bv, bo;                     // GPT-2 only
+    tensor<float, 2> fc, proj;                           // GPT-2 MLP: (F, D), (D, F)
+    tensor<float, 1> fc_bias, proj_bias;                 // (F), (D)
+    tensor<float, 2> gate, up, down;                     // Llama SwiGLU: (F, D), (F, D), (D, F)
+    tensor<float, 2> router;                             // Mixtral: (E, D)
+    tensor<float, 3> w1, w3, w2;                         // Mixtral experts: (E, F, D), (E, F, D), (E, D, F)
+};
+
+struct model_weights {
+    tensor<float, 2> embed;            // (V, D)
+    tensor<float, 2> positions;        // (P, D), GPT-2
+    std::vector<layer_weights> layers;
+    tensor<float, 1> final_norm_weight, final_norm_bias;  // (D)
+    tensor<float, 2> lm_head;          // (V, D); empty when tied to embed
+};
+
+namespace detail {
+
+// The transpose of a (rows, cols) tensor, as a new (cols, rows) tensor: GPT-2
+// stores its projections as Conv1D (in, out); tinyllm uses Linear's (out, in).
+inline tensor<float, 2> transposed(const tensor<float, 2>& a) {
+    tensor<float, 2> t(extents<2>{a.extent(1), a.extent(0)});
+    for (index_t i = 0; i < a.extent(0); ++i)
+        for (index_t j = 0; j < a.extent(1); ++j) t(j, i) = a(i, j);
+    return t;
+}
+
+inline tensor<float, 2> rows_of(const tensor<float, 2>& a, index_t first, index_t count) {
+    tensor<float, 2> r(extents<2>{count, a.extent(1)});
+    for (index_t i = 0; i < count; ++i)
+        for (index_t j = 0; j < a.extent(1); ++j) r(i, j) = a(first + i, j);
+    return r;
+}
+
+inline tensor<float, 1> slice_of(const tensor<float, 1>& a, index_t first, index_t count) {
+    tensor<float, 1> r(extents<1>{count});
+    for (index_t i = 0; i < count; ++i) r(i) = a(first + i);
+    return r;
+}
+
+}  // namespace detail
+
+// Load the weights of `config` from a checkpoint, checking every shape.
+inline model_weights load_model_weights(const model_config& c, const safetensors_checkpoint& ck) {
+    const index_t D = c.hidden_size, V = c.vocab_size, F = c.intermediate_size, Dh = c.head_dim;
+    const index_t q_out = c.num_heads * Dh, kv_out = c.num_kv_heads * Dh;
+    model_weights w;
+    w.layers.resize(static_cast<std::size_t>(c.num_layers));
+    if (c.arch == model_arch::gpt2) {
+        w.embed = ck.load("transformer.wte.weight", extents<2>{V, D});
+        w.positions = ck.load("transformer.wpe.weight", extents<2>{c.max_positions, D});
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const std::string p = "transformer.h." + std::to_string(l) + ".";
+            auto& L = w.layers[static_cast<std::size_t>(l)];
+            L.attn_norm_weight = ck.load(p + "ln_1.weight", extents<1>{D});
+            L.attn_norm_bias = ck.load(p + "ln_1.bias", extents<1>{D});
+            L.ffn_norm_weight = ck.load(p + "ln_2.weight", extents<1>{D});
+            L.ffn_norm_bias = ck.load(p + "ln_2.bias", extents<1>{D});
+            // c_attn is one Conv1D (D, 3D) producing q | k | v side by side.
+            const auto qkv = detail::transposed(ck.load(p + "attn.c_attn.weight", extents<2>{D, 3 * D}));  // (3D, D)
+            const auto qkv_bias = ck.load(p + "attn.c_attn.bias", extents<1>{3 * D});
+            L.wq = detail::rows_of(qkv, 0, D);
+            L.wk = detail::rows_of(qkv, D, D);
+            L.wv = detail::rows_of(qkv, 2 * D, D);
+            L.bq = detail::slice_of(qkv_bias, 0, D);
+            L.bk = detail::slice_of(qkv_bias, D, D);
+            L.bv = detail::slice_of(qkv_bias, 2 * D, D);
+            L.wo = detail::transposed(ck.load(p + "attn.c_proj.weight", extents<2>{D, D}));
+            L.bo = ck.load(p + "attn.c_proj.bias", extents<1>{D});
+            L.fc = detail::transposed(ck.load(p + "mlp.c_fc.weight", extents<2>{D, F}));
+            L.fc_bias = ck.load(p + "mlp.c_fc.bias", extents<1>{F});
+            L.proj = detail::transposed(ck.load(p + "mlp.c_proj.weight", extents<2>{F, D}));
+            L.proj_bias = ck.load(p + "mlp.c_proj.bias", extents<1>{D});
+        }
+        w.final_norm_weight = ck.load("transformer.ln_f.weight", extents<1>{D});
+        w.final_norm_bias = ck.load("transformer.ln_f.bias", extents<1>{D});
+        if (!c.tie_word_embeddings) w.lm_head = ck.load("lm_head.weight", extents<2>{V, D});
+        return w;
+    }
+    w.embed = ck.load("model.embed_tokens.weight", extents<2>{V, D});
+    for (index_t l = 0; l < c.num_layers; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        auto& L = w.layers[static_cast<std::size_t>(l)];
+        L.attn_norm_weight = ck.load(p + "input_layernorm.weight", extents<1>{D});
+        L.ffn_norm_weight = ck.load(p + "post_attention_layernorm.weight", extents<1>{D});
+        L.wq = ck.load(p + "self_attn.q_proj.weight", extents<2>{q_out, D});
+        L.wk = ck.load(p + "self_attn.k_proj.weight", extents<2>{kv_out, D});
+        L.wv = ck.load(p + "self_attn.v_proj.weight", extents<2>{kv_out, D});
+        L.wo = ck.load(p + "self_attn.o_proj.weight", extents<2>{D, q_out});
+        if (c.arch == model_arch::llama) {
+            L.gate = ck.load(p + "mlp.gate_proj.weight", extents<2>{F, D});
+            L.up = ck.load(p + "mlp.up_proj.weight", extents<2>{F, D});
+            L.down = ck.load(p + "mlp.down_proj.weight", extents<2>{D, F});
+        } else {
+            const index_t E = c.num_experts;
+            L.router = ck.load(p + "block_sparse_moe.gate.weight", extents<2>{E, D});
+            L.w1 = tensor<float, 3>(extents<3>{E, F, D});
+            L.w3 = tensor<float, 3>(extents<3>{E, F, D});
+            L.w2 = tensor<float, 3>(extents<3>{E, D, F});
+            for (index_t e = 0; e < E; ++e) {
+                const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+                const auto w1 = ck.load(q + "w1.weight", extents<2>{F, D});
+                const auto w3 = ck.load(q + "w3.weight", extents<2>{F, D});
+                const auto w2 = ck.load(q + "w2.weight", extents<2>{D, F});
+                std::copy(w1.values().begin(), w1.values().end(), L.w1.data() + e * F * D);
+                std::copy(w3.values().begin(), w3.values().end(), L.w3.data() + e * F * D);
+                std::copy(w2.values().begin(), w2.values().end(), L.w2.data() + e * D * F);
+            }
+        }
+    }
+    w.final_norm_weight = ck.load("model.norm.weight", extents<1>{D});
+    if (!c.tie_word_embeddings) w.lm_head = ck.load("lm_head.weight", extents<2>{V, D});
+    return w;
+}
+
+namespace cpu {
+
+// A decoder-only model on the CPU: float weights, component references.
+class model {
+public:
+    model(model_config config, model_weights weights) : config_(std::move(config)), w_(std::move(weights)) {
+        TINYLLM_EXPECT(static_cast<index_t>(w_.layers.size()) == config_.num_layers, "model: ", w_.layers.size(),
+                       " layers of weights for a config with ", config_.num_layers);
+    }
+
+    // Load DIR/config.json and DIR/model.safetensors (or its shards).
+    static model load(const std::string& dir) {
+        model_config c = load_model_config(dir);
+        const safetensors_checkpoint ck(dir);
+        model_weights w = load_model_weights(c, ck);
+        return model(std::move(c), std::move(w));
+    }
+
+    const model_config& config() const { return config_; }
+    const model_weights& weights() const { return w_; }
+
+    // One sequence's state: a KV cache per layer and the number of positions fed.
+    struct session {
+        std::vector<kv_cache<float>> caches;
+        index_t length = 0;
+    };
+
+    session new_session(index_t capacity) const {
+        TINYLLM_EXPECT(capacity >= 1, "model::new_session: capacity = ", capacity, " must be at least 1");
+        if (config_.arch == model_arch::gpt2)
+            TINYLLM_EXPECT(capacity <= config_.max_positions, "model::new_session: capacity ", capacity,
+                           " exceeds GPT-2's ", config_.max_positions, " learned positions");
+        session s;
+        for (index_t l = 0; l < config_.num_layers; ++l)
+            s.caches.emplace_back(1, capacity, config_.num_kv_heads, config_.head_dim);
+        return s;
+    }
+
+    // Feed `tokens` after what the session already holds; returns the logits of
+    // each fed position, (n, V). A prompt is fed at once (prefill), then one
+    // token per call (decode).
+    tensor<float, 2> forward(session& s, std::span<const std::int32_t> tokens) const {
+        const model_config& c = config_;
+        const index_t n = static_cast<index_t>(tokens.size()), D = c.hidden_size, Dh = c.head_dim;
+        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads;
+        TINYLLM_EXPECT(n >= 1, "model::forward: no tokens to feed");
+        TINYLLM_EXPECT(!s.caches.empty() && s.length + n <= s.caches.front().capacity(), "model::forward: ",
+                       s.length, " + ", n, " positions exceed the session's capacity");
+        for (index_t t = 0; t < n; ++t)
+            TINYLLM_EXPECT(tokens[t] >= 0 && tokens[t] < c.vocab_size, "model::forward: token id ", tokens[t],
+                           " at position ", s.length + t, " is outside the vocabulary [0, ", c.vocab_size, ")");
+
+        // x = embed(tokens) (+ positions)                                         (n, D)
+        tensor<float, 2> x(extents<2>{n, D});
+        for (index_t t = 0; t < n; ++t)
+            for (index_t j = 0; j < D; ++j) x(t, j) = w_.embed(tokens[t], j);
+        tensor<std::int64_t, 2> positions(extents<2>{1, n});  // (1, n)
+        for (index_t t = 0; t < n; ++t) positions(0, t) = s.length + t;
+        if (c.arch == model_arch::gpt2)
+            add_learned_positions(tensor_view<float, 3>(x.data(), {1, n, D}), w_.positions.view(), positions.view());
+
+        tensor<float, 2> h(extents<2>{n, D}), delta(extents<2>{n, D});               // (n, D)
+        tensor<float, 2> q(extents<2>{n, Hq * Dh}), k(extents<2>{n, Hkv * Dh}), v(extents<2>{n, Hkv * Dh});
+        tensor<float, 2> attn(extents<2>{n, Hq * Dh});
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+            norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
+            linear(q.view(), h.view(), L.wq.view(), L.bq.view());
+            linear(k.view(), h.view(), L.wk.view(), L.bk.view());
+            linear(v.view(), h.view(), L.wv.view(), L.bv.view());
+            tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
+            tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
+            tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
+            if (c.arch != model_arch::gpt2) apply_rope(q4, k4, positions.view(), c.rope);
+            kv_cache<float>& cache = s.caches[static_cast<std::size_t>(l)];
+            cache.append(k4, v4);
+            attention_options opts;
+            opts.causal = true;
+            attention<float>(tensor_view<float, 4>(attn.data(), {1, n, Hq, Dh}), q4, cache, opts);
+            linear(delta.view(), attn.view(), L.wo.view(), L.bo.view());
+            add(x.view(), x.view(), delta.view());
+
+            norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
+            if (c.arch == model_arch::gpt2) {
+                gpt2_mlp(delta.view(), h.view(), {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()},
+                         activation::gelu_tanh);
+            } else if (c.arch == model_arch::llama) {
+                swiglu_mlp(delta.view(), h.view(), {L.gate.view(), L.up.view(), L.down.view()});
+            } else {
+                moe_forward(delta.view(), h.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
+                            c.experts_per_token);
+            }
+            add(x.view(), x.view(), delta.view());
+        }
+        s.length += n;
+
+        norm(h.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
+        tensor<float, 2> logits(extents<2>{n, c.vocab_size});  // (n, V)
+        const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
+        linear(logits.view(), h.view(), head.view(), {});
+        return logits;
+    }
+
+private:
+    void norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 1>& weight,
+              const tensor<float, 1>& bias) const {
+        if (config_.arch == model_arch::gpt2) layer_norm(out, x, weight.view(), bias.view(), config_.norm_eps);
+        else rms_norm(out, x, weight.view(), config_.norm_eps);
+    }
+
+    model_config config_;
+    model_weights w_;
+};
+
+// How generate() chooses and when it stops.
+struct generation_options {
+    index_t max_new_tokens = 32;
+    sampling::params sampling{0.0f, {}, {}, {}};  // temperature 0: greedy
+    std::uint64_t seed = 0;                        // Philox seed for sampling; row r uses stream r
+    std::vector<std::int32_t> eos_token_ids;       // stop after generating one of these (empty: the config's)
+};
+
+// Generate a continuation of `prompt`: prefill, then decode one token at a
+// time. on_token(id) is called as each token is chosen (for streaming).
+// Returns the generated ids (the prompt excluded; an EOS that stopped it included).
+inline std::vector<std::int32_t> generate(const model& m, std::span<const std::int32_t> prompt,
+                                          const generation_options& options,
+                                          const std::function<void(std::int32_t)>& on_token = {}) {
+    TINYLLM_EXPECT(!prompt.empty(), "generate: the prompt is empty");
+    TINYLLM_EXPECT(options.max_new_tokens >= 0, "generate: max_new_tokens = ", options.max_new_tokens,
+                   " must not be negative");
+    const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
+    auto session = m.new_session(static_cast<index_t>(prompt.size()) + std::max<index_t>(options.max_new_tokens, 1));
+    std::vector<std::int32_t> out;
+    if (options.max_new_tokens == 0) return out;
+    tensor<float, 2> logits = m.forward(session, prompt);
+    for (index_t step = 0; step < options.max_new_tokens; ++step) {
+        const index_t last = logits.extent(0) - 1;
+        tensor_view<const float, 2> row = tensor_view<const float, 2>(logits.view()).narrow(0, last, 1);  // (1, V)
+        std::int32_t token = 0;
+        sample(tensor_view<std::int32_t, 1>(&token, {1}), row, options.sampling, options.seed,
+               static_cast<std::uint64_t>(step));
+        out.push_back(token);
+        if (on_token) on_token(token);
+        if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
+        if (step + 1 < options.max_new_tokens) logits = m.forward(session, std::span<const std::int32_t>(&token, 1));
+    }
+    return out;
+}
+
+// A batch of prompts of different lengths. Each sequence keeps its own KV
+// cache (the CPU reference runs them one after another), and sequence r draws
+// its random numbers from Philox stream r (options.seed + r as the seed), so
+// the result equals generating each prompt alone with that seed.
+inline std::vector<std::vector<std::int32_t>> generate_batch(const model& m,
+                                                             const std::vector<std::vector<std::int32_t>>& prompts,
+                                                             const generation_options& options) {
+    std::vector<std::vector<std::int32_t>> out;
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+        generation_options o = options;
+        o.seed = options.seed + r;
+        out.push_back(generate(m, prompts[r], o));
+    }
+    return out;
+}
+
+}  // namespace cpu
+}  // namespace tinyllm

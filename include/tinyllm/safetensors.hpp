@@ -1,0 +1,341 @@
+// tinyllm/safetensors.hpp — reading Hugging Face checkpoints (.safetensors).
+//
+// A safetensors file is deliberately simple:
+//
+//     [8 bytes: N, little-endian u64][N bytes: JSON header][data section]
+//
+// The header maps each tensor name to its dtype ("F32", "F16", "BF16", ...),
+// its shape, and `data_offsets` [begin, end) into the data section:
+//
+//     {"__metadata__": {"format": "pt"},
+//      "model.embed_tokens.weight": {"dtype": "F32", "shape": [517, 64],
+//                                    "data_offsets": [0, 132352]}, ...}
+//
+// There is no code to execute (unlike pickle) and the data can be used in
+// place: tinyllm memory-maps the file and validates the header before any
+// tensor is touched — the length fits the file, the JSON parses, every dtype is
+// known, every shape is non-negative, every tensor's bytes equal shape × dtype
+// size, lie inside the data section and overlap no other tensor. A malformed or
+// truncated file is a tinyllm::error naming the file, the tensor and the problem.
+//
+// Large models are split into shards with an index, model.safetensors.index.json:
+//     {"metadata": {...}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors", ...}}
+// safetensors_checkpoint opens a directory holding either form.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/detail/json.hpp>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#  include <fcntl.h>
+#  include <sys/mman.h>
+#  include <sys/stat.h>
+#  include <unistd.h>
+#  define TINYLLM_HAS_MMAP 1
+#else
+#  define TINYLLM_HAS_MMAP 0
+#endif
+
+namespace tinyllm {
+
+enum class st_dtype { f64, f32, f16, bf16, i64, i32, i16, i8, u8, boolean };
+
+// The dtype's name in safetensors headers and its size in bytes.
+inline std::string_view st_dtype_name(st_dtype d) {
+    constexpr std::string_view names[] = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"};
+    return names[static_cast<int>(d)];
+}
+inline std::size_t st_dtype_size(st_dtype d) {
+    constexpr std::size_t sizes[] = {8, 4, 2, 2, 8, 4, 2, 1, 1, 1};
+    return sizes[static_cast<int>(d)];
+}
+
+struct safetensors_tensor {
+    std::string name;
+    st_dtype dtype = st_dtype::f32;
+    std::vector<index_t> shape;
+    const std::byte* data = nullptr;  // inside the mapped file; not necessarily aligned
+    std::size_t bytes = 0;
+
+    index_t numel() const {
+        index_t n = 1;
+        for (index_t s : shape) n *= s;
+        return n;
+    }
+};
+
+namespace detail {
+
+// A read-only view of a whole file: memory-mapped where possible, else read.
+class mapped_file {
+public:
+    explicit mapped_file(const std::string& path) : path_(path) {
+#if TINYLLM_HAS_MMAP
+        const int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) TINYLLM_FAIL("cannot open '", path, "': ", std::strerror(errno));
+        struct stat st {};
+        if (::fstat(fd, &st) != 0) {
+            ::close(fd);
+            TINYLLM_FAIL("cannot stat '", path, "'");
+        }
+        size_ = static_cast<std::size_t>(st.st_size);
+        if (size_ > 0) {
+            void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+            ::close(fd);
+            if (p == MAP_FAILED) TINYLLM_FAIL("cannot memory-map '", path, "'");
+            data_ = static_cast<const std::byte*>(p);
+            mapped_ = true;
+        } else {
+            ::close(fd);
+        }
+#else
+        std::ifstream in(path, std::ios::binary);
+        if (!in) TINYLLM_FAIL("cannot open '", path, "'");
+        buffer_.assign(std::istreambuf_iterator<char>(in), {});
+        size_ = buffer_.size();
+        data_ = reinterpret_cast<const std::byte*>(buffer_.data());
+#endif
+    }
+    ~mapped_file() {
+#if TINYLLM_HAS_MMAP
+        if (mapped_) ::munmap(const_cast<std::byte*>(data_), size_);
+#endif
+    }
+    mapped_file(const mapped_file&) = delete;
+    mapped_file& operator=(const mapped_file&) = delete;
+
+    const std::byte* data() const { return data_; }
+    std::size_t size() const { return size_; }
+    const std::string& path() const { return path_; }
+
+private:
+    std::string path_;
+    const std::byte* data_ = nullptr;
+    std::size_t size_ = 0;
+    bool mapped_ = false;
+#if !TINYLLM_HAS_MMAP
+    std::string buffer_;
+#endif
+};
+
+inline st_dtype parse_st_dtype(const std::string& s, const std::string& file, const std::string& tensor) {
+    for (int d = 0; d <= static_cast<int>(st_dtype::boolean); ++d)
+        if (st_dtype_name(static_cast<st_dtype>(d)) == s) return static_cast<st_dtype>(d);
+    TINYLLM_FAIL("safetensors file '", file, "': tensor '", tensor, "' has unknown dtype \"", s, "\"");
+}
+
+}  // namespace detail
+
+// One .safetensors file, mapped and validated.
+class safetensors_file {
+public:
+    explicit safetensors_file(const std::string& path) : file_(std::make_unique<detail::mapped_file>(path)) {
+        const std::string& p = path;
+        const std::size_t size = file_->size();
+        if (size < 8) TINYLLM_FAIL("safetensors file '", p, "' is ", size, " bytes: too short for the 8-byte header length");
+        std::uint64_t n = 0;
+        for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(file_->data()[i]);  // little-endian
+        if (n > size - 8)
+            TINYLLM_FAIL("safetensors file '", p, "': the header length ", n, " runs past the end of the file (",
+                         size, " bytes) — truncated or not a safetensors file");
+        const std::string_view header(reinterpret_cast<const char*>(file_->data() + 8), static_cast<std::size_t>(n));
+        json::value doc;
+        try {
+            doc = json::parse(header, p + " (header)");
+        } catch (const error& e) {
+            TINYLLM_FAIL("safetensors file '", p, "': the header is not valid JSON: ", e.what());
+        }
+        if (!doc.is_object()) TINYLLM_FAIL("safetensors file '", p, "': the header must be a JSON object");
+
+        const std::byte* data_section = file_->data() + 8 + n;
+        const std::size_t data_size = size - 8 - static_cast<std::size_t>(n);
+        struct range {
+            std::size_t begin, end;
+            std::string name;
+        };
+        std::vector<range> ranges;
+        for (const auto& [name, entry] : doc.as_object()) {
+            if (name == "__metadata__") {
+                if (entry.is_object())
+                    for (const auto& [k, v] : entry.as_object())
+                        if (v.is_string()) metadata_[k] = v.as_string();
+                continue;
+            }
+            auto fail = [&](const auto&... why) {
+                TINYLLM_FAIL("safetensors file '", p, "': tensor '", name, "': ", why...);
+            };
+            if (!entry.is_object()) fail("the entry must be an object");
+            const json::value* dtype = entry.find("dtype");
+            const json::value* shape = entry.find("shape");
+            const json::value* offsets = entry.find("data_offsets");
+            if (!dtype || !dtype->is_string()) fail("\"dtype\" is missing or not a string");
+            if (!shape || !shape->is_array()) fail("\"shape\" is missing or not an array");
+            if (!offsets || !offsets->is_array() || offsets->size() != 2) fail("\"data_offsets\" must be [begin, end]");
+            safetensors_tensor t;
+            t.name = name;
+            t.dtype = detail::parse_st_dtype(dtype->as_string(), p, name);
+            index_t numel = 1;
+            for (const auto& s : shape->as_array()) {
+                if (!s.is_number()) fail("the shape must hold integers");
+                const std::int64_t extent = s.as_int64();
+                if (extent < 0) fail("negative extent ", extent, " in the shape");
+                if (extent > 0 && numel > (std::int64_t{1} << 50) / extent) fail("the shape is absurdly large");
+                t.shape.push_back(extent);
+                numel *= extent;
+            }
+            const auto& off = offsets->as_array();
+            if (!off[0].is_number() || !off[1].is_number()) fail("data_offsets must be integers");
+            const std::int64_t begin = off[0].as_int64(), end = off[1].as_int64();
+            if (begin < 0 || end < begin) fail("data_offsets [", begin, ", ", end, "] are not an increasing pair");
+            if (static_cast<std::uint64_t>(end) > data_size)
+                fail("data_offsets [", begin, ", ", end, "] point outside the data section of ", data_size,
+                     " bytes (truncated file?)");
+            const std::size_t want = static_cast<std::size_t>(numel) * st_dtype_size(t.dtype);
+            if (static_cast<std::size_t>(end - begin) != want)
+                fail("holds ", end - begin, " bytes but shape ", shape_string(t.shape), " of ", st_dtype_name(t.dtype),
+                     " needs ", want);
+            t.data = data_section + begin;
+            t.bytes = want;
+            ranges.push_back({static_cast<std::size_t>(begin), static_cast<std::size_t>(end), name});
+            index_[name] = tensors_.size();
+            tensors_.push_back(std::move(t));
+        }
+        std::sort(ranges.begin(), ranges.end(), [](const range& a, const range& b) { return a.begin < b.begin; });
+        for (std::size_t i = 1; i < ranges.size(); ++i)
+            if (ranges[i].begin < ranges[i - 1].end)
+                TINYLLM_FAIL("safetensors file '", p, "': tensors '", ranges[i - 1].name, "' and '", ranges[i].name,
+                             "' overlap in the data section");
+    }
+
+    const std::string& path() const { return file_->path(); }
+    const std::vector<safetensors_tensor>& tensors() const { return tensors_; }
+    const std::map<std::string, std::string>& metadata() const { return metadata_; }
+    const safetensors_tensor* find(std::string_view name) const {
+        const auto it = index_.find(std::string(name));
+        return it == index_.end() ? nullptr : &tensors_[it->second];
+    }
+
+    static std::string shape_string(const std::vector<index_t>& shape) {
+        std::string s = "(";
+        for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+        return s + ")";
+    }
+
+private:
+    std::unique_ptr<detail::mapped_file> file_;
+    std::vector<safetensors_tensor> tensors_;
+    std::map<std::string, std::size_t> index_;
+    std::map<std::string, std::string> metadata_;
+};
+
+// The elements of an F32, F16 or BF16 tensor as floats.
+inline std::vector<float> to_float_vector(const safetensors_tensor& t) {
+    std::vector<float> out(static_cast<std::size_t>(t.numel()));
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        switch (t.dtype) {
+            case st_dtype::f32: std::memcpy(&out[i], t.data + 4 * i, 4); break;
+            case st_dtype::bf16: {
+                bfloat16 b;
+                std::memcpy(&b.bits, t.data + 2 * i, 2);
+                out[i] = to_float(b);
+                break;
+            }
+            case st_dtype::f16: {
+                float16 h;
+                std::memcpy(&h.bits, t.data + 2 * i, 2);
+                out[i] = to_float(h);
+                break;
+            }
+            default:
+                TINYLLM_FAIL("tensor '", t.name, "' has dtype ", st_dtype_name(t.dtype),
+                             "; tinyllm reads weights stored as F32, F16 or BF16");
+        }
+    }
+    return out;
+}
+
+// A checkpoint directory: model.safetensors, or shards listed in
+// model.safetensors.index.json.
+class safetensors_checkpoint {
+public:
+    explicit safetensors_checkpoint(const std::string& dir) : dir_(dir) {
+        namespace fs = std::filesystem;
+        const fs::path single = fs::path(dir) / "model.safetensors";
+        const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+        if (fs::exists(index)) {
+            std::ifstream in(index);
+            const std::string text((std::istreambuf_iterator<char>(in)), {});
+            const json::value doc = json::parse(text, index.string());
+            const json::value* map = doc.find("weight_map");
+            if (!map || !map->is_object()) TINYLLM_FAIL("'", index.string(), "' has no \"weight_map\" object");
+            std::map<std::string, std::size_t> opened;
+            for (const auto& [name, file] : map->as_object()) {
+                if (!file.is_string()) TINYLLM_FAIL("'", index.string(), "': weight_map[\"", name, "\"] is not a file name");
+                const std::string& shard = file.as_string();
+                if (shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
+                    TINYLLM_FAIL("'", index.string(), "': shard name '", shard, "' must be a plain file name");
+                if (!opened.count(shard)) {
+                    opened[shard] = files_.size();
+                    files_.push_back(std::make_unique<safetensors_file>((fs::path(dir) / shard).string()));
+                }
+                const safetensors_tensor* t = files_[opened[shard]]->find(name);
+                if (!t) TINYLLM_FAIL("'", index.string(), "' says tensor '", name, "' is in ", shard, ", but it is not");
+                tensors_[name] = t;
+            }
+        } else if (fs::exists(single)) {
+            files_.push_back(std::make_unique<safetensors_file>(single.string()));
+            for (const auto& t : files_.back()->tensors()) tensors_[t.name] = &t;
+        } else {
+            TINYLLM_FAIL("no model.safetensors or model.safetensors.index.json in '", dir, "'");
+        }
+    }
+
+    const safetensors_tensor* find(const std::string& name) const {
+        const auto it = tensors_.find(name);
+        return it == tensors_.end() ? nullptr : it->second;
+    }
+    bool contains(const std::string& name) const { return find(name) != nullptr; }
+    std::vector<std::string> names() const {
+        std::vector<std::string> n;
+        for (const auto& [k, v] : tensors_) n.push_back(k);
+        return n;
+    }
+
+    // Tensor `name` as floats, checked against the shape the model expects.
+    template <std::size_t Rank>
+    tensor<float, Rank> load(const std::string& name, const extents<Rank>& shape) const {
+        const safetensors_tensor* t = find(name);
+        if (!t) TINYLLM_FAIL("checkpoint '", dir_, "' has no tensor '", name, "'");
+        bool ok = t->shape.size() == Rank;
+        for (std::size_t d = 0; ok && d < Rank; ++d) ok = t->shape[d] == shape[d];
+        if (!ok)
+            TINYLLM_FAIL("checkpoint '", dir_, "': tensor '", name, "' has shape ", safetensors_file::shape_string(t->shape),
+                         " but the config implies ", to_string(shape));
+        tensor<float, Rank> out(shape);
+        out.values() = to_float_vector(*t);
+        return out;
+    }
+
+private:
+    std::string dir_;
+    std::vector<std::unique_ptr<safetensors_file>> files_;
+    std::map<std::string, const safetensors_tensor*> tensors_;
+};
+
+}  // namespace tinyllm
