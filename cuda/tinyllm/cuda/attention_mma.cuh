@@ -51,12 +51,15 @@
 // the CPU reference (causal, window, ALiBi, soft-cap, padding); strides that
 // are multiples of 8 elements with 16-byte aligned pointers (any contiguous
 // tensor). Needs sm_80 or newer. Anything else is rejected on the host.
+// The lane/offset arithmetic lives in <tinyllm/detail/attention_mma_layout.hpp>,
+// where the CPU tests check it by emulating ldmatrix and mma.
 // Not done here (the Hopper rung, v5): wgmma with TMA loads and warp
 // specialization (sm_90a), which is what cuDNN's and FlashAttention-3's
 // kernels use on an H100.
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/detail/attention_mma_layout.hpp>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -143,7 +146,7 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
     T* vs = ks + 2 * mma_bk * LD;            // [2][64][LD]
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int g = lane / 4, t4 = lane % 4;  // the fragment coordinates (see the top of the file)
+    const int g = lane / 4;  // accumulator rows g and g + 8 (tinyllm::detail::mma_c_row)
     // Heavier (later, under causal) query tiles first: they finish last otherwise.
     const int q0 = (gridDim.x - 1 - blockIdx.x) * mma_bq;
     const int h = blockIdx.y, hkv = h / a.group, b = blockIdx.z;
@@ -172,7 +175,7 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
     // address of row l % 16, column 8 * (l / 16) of the 16x16 tile.
     std::uint32_t qf[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], qs + (warp * 16 + lane % 16) * LD + kk * 16 + (lane / 16) * 8);
+    for (int kk = 0; kk < D / 16; ++kk) ldmatrix_x4(qf[kk], qs + warp * 16 * LD + tinyllm::detail::mma_q_offset(lane, LD, kk));
 
     // The two query rows this thread holds scores and outputs for.
     const int row0 = q0 + warp * 16 + g, row1 = row0 + 8;
@@ -222,9 +225,8 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
                 // Matrices: 0 = keys 16np+0-7 / d 16kk+0-7 (b0 of tile 2np),
                 // 1 = same keys / d +8 (b1 of tile 2np), 2 and 3 = keys +8 (tile 2np+1).
                 // Lane l addresses key 16np + 8 * (m / 2) + l % 8, feature 16kk + 8 * (m % 2), m = l / 8.
-                const int m = lane / 8;
                 std::uint32_t kf[4];
-                ldmatrix_x4(kf, kt + (np * 16 + (m / 2) * 8 + lane % 8) * LD + kk * 16 + (m % 2) * 8);
+                ldmatrix_x4(kf, kt + tinyllm::detail::mma_k_offset(lane, LD, np, kk));
                 mma_16816<T>(s[2 * np], qf[kk], kf[0], kf[1]);
                 mma_16816<T>(s[2 * np + 1], qf[kk], kf[2], kf[3]);
             }
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
         for (int n = 0; n < mma_bk / 8; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const index_t j = k0 + 8 * n + 2 * t4 + (e & 1);
+                const index_t j = k0 + 8 * n + tinyllm::detail::mma_c_col(lane, e);
                 const bool upper = e < 2;
                 float x = a.logit(s[n][e], h, upper ? pos0 : pos1, j);
                 if (partial && !(upper ? keys0 : keys1).contains(j)) x = -INFINITY;
@@ -297,9 +299,8 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
                 // Matrices: 0 = keys 16kk+0-7 / d 16dp+0-7 (b0 of tile 2dp), 1 = keys +8 (b1),
                 // 2, 3 = the same for d +8 (tile 2dp+1). Lane l addresses key
                 // 16kk + 8 * (m % 2) + l % 8, feature 16dp + 8 * (m / 2), m = l / 8.
-                const int m = lane / 8;
                 std::uint32_t vf[4];
-                ldmatrix_x4_trans(vf, vt + (kk * 16 + (m % 2) * 8 + lane % 8) * LD + dp * 16 + (m / 2) * 8);
+                ldmatrix_x4_trans(vf, vt + tinyllm::detail::mma_v_offset(lane, LD, kk, dp));
                 mma_16816<T>(o[2 * dp], pf, vf[0], vf[1]);
                 mma_16816<T>(o[2 * dp + 1], pf, vf[2], vf[3]);
             }
@@ -317,7 +318,7 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
     const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-        const int d = 8 * n + 2 * t4;
+        const int d = 8 * n + tinyllm::detail::mma_c_col(lane, 0);
         if (row0 < a.Tq)
             *reinterpret_cast<std::uint32_t*>(a.o_row(b, row0, h) + d) = pack2<T>(o[n][0] * inv0, o[n][1] * inv0);
         if (row1 < a.Tq)
