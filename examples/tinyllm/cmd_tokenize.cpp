@@ -1,0 +1,176 @@
+// examples/tinyllm/cmd_tokenize.cpp — `tinyllm tokenize`, `tinyllm detokenize`
+// and `tinyllm train-tokenizer`: the byte-level BPE tokenizer of
+// <tinyllm/tokenizer.hpp> from the command line.
+#include "registry.hpp"
+
+#include <tinyllm/bpe_train.hpp>
+#include <tinyllm/detail/utf8.hpp>
+#include <tinyllm/tokenizer.hpp>
+#include <tinyllm/tokenizer_io.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+
+namespace {
+
+std::string read_all(std::istream& in) { return std::string(std::istreambuf_iterator<char>(in), {}); }
+
+// --vocab FILE, or (without it) the rank file of --encoding in $TINYLLM_SHARED_DIR or ../shared.
+tinyllm::tokenizer load_vocab(const parsed_args& a) {
+    std::string path = a.get("vocab");
+    const std::string encoding = a.get("encoding");
+    if (path.empty()) {
+        if (encoding.empty()) throw usage_error("--vocab FILE is required (or --encoding NAME with ../shared present)");
+        const std::string file = (encoding == "gpt2" ? std::string("r50k_base") : encoding) + ".tiktoken";
+        std::vector<std::string> dirs;
+        if (const char* d = std::getenv("TINYLLM_SHARED_DIR")) dirs.push_back(d);
+        dirs.push_back("../shared");
+        for (const auto& d : dirs) {
+            const std::string p = d + "/data/tokenizers/" + file;
+            if (std::ifstream(p)) {
+                path = p;
+                break;
+            }
+        }
+        if (path.empty()) throw usage_error("no --vocab given and " + file + " not found in $TINYLLM_SHARED_DIR or ../shared");
+    }
+    return tinyllm::load_tokenizer(path, encoding);
+}
+
+// A token's bytes, readable: printable ASCII as is, valid UTF-8 as is,
+// control characters and stray bytes as escapes.
+std::string readable(std::string_view bytes) {
+    std::string out;
+    for (std::size_t i = 0; i < bytes.size();) {
+        std::uint32_t cp;
+        const int n = tinyllm::detail::decode_utf8(bytes, i, cp);
+        char buf[8];
+        if (cp == '\n') out += "\\n";
+        else if (cp == '\r') out += "\\r";
+        else if (cp == '\t') out += "\\t";
+        else if (cp == '\\') out += "\\\\";
+        else if (cp == tinyllm::detail::invalid_code_point || cp < 0x20 || cp == 0x7F) {
+            for (int k = 0; k < n; ++k) {
+                std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(bytes[i + std::size_t(k)]));
+                out += buf;
+            }
+        } else {
+            out.append(bytes.substr(i, std::size_t(n)));
+        }
+        i += std::size_t(n);
+    }
+    return out;
+}
+
+}  // namespace
+
+TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE)",
+                "usage: tinyllm tokenize --vocab FILE [--encoding r50k_base|cl100k_base|o200k_base|gpt2]\n"
+                "                        [--allow-special | --special-as-text] [--show] [--file F | TEXT...]\n\n"
+                "FILE is a tiktoken rank file (say which --encoding it is, unless its name does),\n"
+                "a Hugging Face tokenizer.json, or a file written by `tinyllm train-tokenizer`.\n"
+                "Without --vocab, --encoding NAME loads NAME.tiktoken from $TINYLLM_SHARED_DIR or\n"
+                "../shared/data/tokenizers. The text is TEXT, the contents of --file, or stdin.\n"
+                "Prints the ids separated by spaces; --show prints one token per line: id and bytes.\n"
+                "A special token's text (\"<|endoftext|>\") is an error unless --allow-special\n"
+                "(encode it as its id) or --special-as-text (encode it as ordinary text).\n") {
+    const auto a = parse_args(args, {"vocab", "encoding", "file"}, {"show", "allow-special", "special-as-text"});
+    const auto tok = load_vocab(a);
+    std::string text;
+    if (a.options.count("file")) {
+        text = tinyllm::detail::read_text_file(a.get("file"));
+    } else if (!a.positional.empty()) {
+        for (std::size_t i = 0; i < a.positional.size(); ++i) text += (i ? " " : "") + a.positional[i];
+    } else {
+        text = read_all(std::cin);
+    }
+    const auto ids = a.has_flag("allow-special")
+                         ? tok.encode(text, tinyllm::allowed_special::everything())
+                         : tok.encode(text, {}, a.has_flag("special-as-text") ? tinyllm::special_handling::as_text
+                                                                              : tinyllm::special_handling::error);
+    if (a.has_flag("show")) {
+        for (const auto id : ids) out << id << "\t\"" << readable(tok.token_bytes(id)) << "\"\n";
+    } else {
+        for (std::size_t i = 0; i < ids.size(); ++i) out << (i ? " " : "") << ids[i];
+        out << "\n";
+    }
+    return 0;
+}
+
+TINYLLM_COMMAND("detokenize", "turn token ids back into text",
+                "usage: tinyllm detokenize --vocab FILE [--encoding NAME] [--raw] [--file F | ID...]\n\n"
+                "Reads whitespace-separated ids from the arguments, --file, or stdin and prints the text.\n"
+                "Bytes that are not valid UTF-8 print as U+FFFD unless --raw.\n") {
+    const auto a = parse_args(args, {"vocab", "encoding", "file"}, {"raw"});
+    const auto tok = load_vocab(a);
+    std::string words;
+    if (a.options.count("file")) words = tinyllm::detail::read_text_file(a.get("file"));
+    else if (!a.positional.empty()) for (const auto& p : a.positional) words += p + " ";
+    else words = read_all(std::cin);
+    std::vector<tinyllm::token_id> ids;
+    std::istringstream in(words);
+    std::string w;
+    while (in >> w) {
+        char* end = nullptr;
+        const unsigned long v = std::strtoul(w.c_str(), &end, 10);
+        if (*end != '\0' || w[0] == '-') throw usage_error("'" + w + "' is not a token id");
+        ids.push_back(static_cast<tinyllm::token_id>(v));
+    }
+    out << tok.decode(ids, a.has_flag("raw") ? tinyllm::decode_errors::keep : tinyllm::decode_errors::replace);
+    return 0;
+}
+
+TINYLLM_COMMAND("train-tokenizer", "learn a byte-level BPE vocabulary from text files",
+                "usage: tinyllm train-tokenizer --vocab-size N --out FILE [--pattern r50k|cl100k|o200k]\n"
+                "                               [--special TOKEN[,TOKEN...]] CORPUS...\n\n"
+                "Learns N - 256 - (number of special tokens) merges from the CORPUS files, pre-tokenized\n"
+                "with --pattern (default cl100k), and writes the tokenizer in tinyllm's format (load it\n"
+                "with `tinyllm tokenize --vocab FILE`). Progress goes to stderr.\n") {
+    const auto a = parse_args(args, {"vocab-size", "out", "pattern", "special"}, {});
+    if (a.positional.empty()) throw usage_error("give at least one CORPUS file");
+    if (a.get("out").empty()) throw usage_error("--out FILE is required");
+    tinyllm::bpe_train_options opt;
+    const long long n = a.get_int("vocab-size", 0);
+    if (n < 257) throw usage_error("--vocab-size N is required and must be more than 256");
+    opt.vocab_size = static_cast<std::size_t>(n);
+    opt.pattern = tinyllm::pretokenizer_from_name(a.get("pattern", "cl100k"));
+    std::string specials = a.get("special");
+    for (std::size_t at = 0; !specials.empty() && at <= specials.size();) {
+        std::size_t e = specials.find(',', at);
+        if (e == std::string::npos) e = specials.size();
+        if (e > at) opt.special_tokens.push_back(specials.substr(at, e - at));
+        at = e + 1;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    opt.progress = [&](std::size_t done, std::size_t total) {
+        if (done % 64 == 0 || done == total)
+            std::cerr << "\rmerges " << done << " / " << total << "  (" << static_cast<int>(seconds()) << " s)"
+                      << std::flush;
+    };
+    tinyllm::bpe_trainer trainer(opt);
+    std::size_t bytes = 0;
+    for (const auto& path : a.positional) {
+        const std::string text = tinyllm::detail::read_text_file(path);
+        bytes += text.size();
+        trainer.add_text(text);
+        std::cerr << "read " << path << " (" << text.size() << " bytes)\n";
+    }
+    std::cerr << trainer.distinct_pieces() << " distinct pieces in " << bytes << " bytes\n";
+    const auto tok = trainer.train();
+    std::cerr << "\n";
+    tinyllm::save_tokenizer(tok, a.get("out"));
+    const std::size_t merges = tok.vocab().size() - 256;
+    out << "trained " << merges << " merges (vocabulary " << tok.vocab_size() << ") on " << bytes << " bytes in "
+        << seconds() << " s; wrote " << a.get("out") << "\n";
+    return 0;
+}
