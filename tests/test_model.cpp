@@ -1,0 +1,312 @@
+// Tests for tinyllm/safetensors.hpp and tinyllm/model.hpp.
+//
+// Conformance: the three tiny Hugging Face checkpoints in ../shared/fixtures/hf
+// (GPT-2, Llama, Mixtral; see their README) with transformers' own logits and
+// greedy continuations. Skipped cleanly when ../shared is absent.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/model.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using tinyllm::index_t;
+
+namespace {
+
+std::string fixture_dir(const std::string& name) {
+    const char* shared = std::getenv("TINYLLM_SHARED_DIR");
+    const fs::path dir = fs::path(shared ? shared : "../shared") / "fixtures" / "hf" / name;
+    return fs::exists(dir / "config.json") ? dir.string() : "";
+}
+
+std::vector<std::int32_t> ids_of(const tinyllm::json::value& array) {
+    std::vector<std::int32_t> ids;
+    for (const auto& v : array.as_array()) ids.push_back(static_cast<std::int32_t>(v.as_int64()));
+    return ids;
+}
+
+// A fresh temporary folder for hand-made checkpoints.
+struct temp_dir {
+    fs::path path;
+    temp_dir() {
+        path = fs::temp_directory_path() / ("tinyllm_model_test_" + std::to_string(tinyllm_test::test_seed()) + "_" +
+                                            std::to_string(counter()++));
+        fs::create_directories(path);
+    }
+    ~temp_dir() { fs::remove_all(path); }
+    static int& counter() {
+        static int n = 0;
+        return n;
+    }
+    std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_file(const std::string& path, const std::string& bytes) {
+    std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// A safetensors file from a header (JSON text) and a data section.
+std::string safetensors_bytes(const std::string& header, const std::string& data) {
+    std::string out(8, '\0');
+    std::uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+    return out + header + data;
+}
+
+std::string floats(std::initializer_list<float> values) {
+    std::string s;
+    for (float f : values) s.append(reinterpret_cast<const char*>(&f), 4);
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on the HF fixtures", "[model][conformance]") {
+    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+        const std::string dir = fixture_dir(name);
+        if (dir.empty()) {
+            WARN("../shared/fixtures/hf/" << name << " not found: conformance skipped");
+            continue;
+        }
+        const auto model = tinyllm::cpu::model::load(dir);
+        const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
+        for (const auto& c : expected.at("cases").as_array()) {
+            const auto prompt = ids_of(c.at("prompt"));
+            INFO(name << ", prompt of " << prompt.size() << " tokens");
+            auto session = model.new_session(static_cast<index_t>(prompt.size()));
+            const auto logits = model.forward(session, prompt);  // (T, V)
+
+            std::vector<float> last(static_cast<std::size_t>(logits.extent(1)));
+            for (index_t i = 0; i < logits.extent(1); ++i) last[static_cast<std::size_t>(i)] = logits(logits.extent(0) - 1, i);
+            std::vector<double> want;
+            for (const auto& v : c.at("last_logits").as_array()) want.push_back(v.as_double());
+            TINYLLM_REQUIRE_CLOSE(last, want, tinyllm_test::tolerance{1e-3, 1e-3, 1e-4}, name + " last-position logits");
+
+            // Every position, through the sum of |logit| per position.
+            std::vector<float> sums;
+            for (index_t t = 0; t < logits.extent(0); ++t) {
+                double s = 0;
+                for (index_t i = 0; i < logits.extent(1); ++i) s += std::fabs(logits(t, i));
+                sums.push_back(static_cast<float>(s));
+            }
+            std::vector<double> want_sums;
+            for (const auto& v : c.at("logits_sum_abs_per_pos").as_array()) want_sums.push_back(v.as_double());
+            TINYLLM_REQUIRE_CLOSE(sums, want_sums, tinyllm_test::tolerance{0, 1e-4, 1e-4}, name + " sum |logits| per position");
+
+            tinyllm::cpu::generation_options greedy;
+            greedy.max_new_tokens = 24;
+            const auto generated = tinyllm::cpu::generate(model, prompt, greedy);
+            CHECK(generated == ids_of(c.at("greedy")));
+        }
+    }
+}
+
+TEST_CASE("KV-cache decoding equals recomputing the whole sequence", "[model]") {
+    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+        const std::string dir = fixture_dir(name);
+        if (dir.empty()) {
+            WARN("../shared not found: skipped");
+            return;
+        }
+        const auto model = tinyllm::cpu::model::load(dir);
+        std::vector<std::int32_t> tokens;
+        tinyllm::philox_generator g(tinyllm_test::test_seed(), 1);
+        for (int i = 0; i < 12; ++i) tokens.push_back(static_cast<std::int32_t>(g.next_bits() % model.config().vocab_size));
+
+        auto whole = model.new_session(12);
+        const auto all = model.forward(whole, tokens);  // (12, V)
+        auto stepwise = model.new_session(12);
+        model.forward(stepwise, std::span<const std::int32_t>(tokens.data(), 5));  // a prefill of 5
+        for (std::size_t t = 5; t < tokens.size(); ++t) {
+            const auto one = model.forward(stepwise, std::span<const std::int32_t>(&tokens[t], 1));  // (1, V)
+            std::vector<float> got(one.values());
+            std::vector<double> want;
+            for (index_t i = 0; i < all.extent(1); ++i) want.push_back(all(static_cast<index_t>(t), i));
+            TINYLLM_REQUIRE_CLOSE(got, want, tinyllm_test::tolerance{1e-5, 1e-5, 1e-6},
+                                  name + " decode step " + std::to_string(t));
+        }
+        CHECK(stepwise.length == 12);
+    }
+}
+
+TEST_CASE("a batch of different-length prompts equals running them one by one", "[model]") {
+    const std::string dir = fixture_dir("llama");
+    if (dir.empty()) {
+        WARN("../shared not found: skipped");
+        return;
+    }
+    const auto model = tinyllm::cpu::model::load(dir);
+    const std::vector<std::vector<std::int32_t>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
+    tinyllm::cpu::generation_options o;
+    o.max_new_tokens = 6;
+    o.sampling = {1.0f, 20, 0.95f, {}};
+    o.seed = tinyllm_test::test_seed();
+    const auto batch = tinyllm::cpu::generate_batch(model, prompts, o);
+    REQUIRE(batch.size() == 3);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+        auto alone = o;
+        alone.seed = o.seed + r;
+        CHECK(batch[r] == tinyllm::cpu::generate(model, prompts[r], alone));
+        CHECK(batch[r].size() == 6);
+    }
+    // EOS stops generation, and the EOS token is returned.
+    tinyllm::cpu::generation_options stop = o;
+    stop.eos_token_ids = {batch[0][2]};
+    const auto stopped = tinyllm::cpu::generate(model, prompts[0], [&] { auto s = stop; s.seed = o.seed; return s; }());
+    CHECK(stopped.size() <= 3);
+    CHECK(stopped.back() == batch[0][2]);
+}
+
+TEST_CASE("config.json: RoPE theta at the top level or in rope_parameters; unknown architectures fail", "[model][config]") {
+    temp_dir d;
+    write_file(d.file("config.json"),
+               R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16, "rope_theta": 500000.0})");
+    auto c = tinyllm::load_model_config(d.path.string());
+    CHECK(c.rope.theta == 500000.0);
+    CHECK(c.head_dim == 4);
+    CHECK(c.num_kv_heads == 1);
+    write_file(d.file("config.json"),
+               R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "intermediate_size": 16,
+                   "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"}})");
+    c = tinyllm::load_model_config(d.path.string());
+    CHECK(c.rope.theta == 1000000.0);
+    CHECK(c.num_kv_heads == 2);
+    write_file(d.file("config.json"), R"({"architectures": ["BertForMaskedLM"], "vocab_size": 10})");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(d.path.string()),
+                      tinyllm_test::contains("architecture \"BertForMaskedLM\" is not supported"));
+    write_file(d.file("config.json"), R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10})");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(d.path.string()), tinyllm_test::contains("has no \"hidden_size\""));
+    write_file(d.file("config.json"), R"({"architectures": ["LlamaForCausalLM"], )");
+    CHECK_THROWS_AS(tinyllm::load_model_config(d.path.string()), tinyllm::error);
+}
+
+TEST_CASE("safetensors: a valid file reads back; each kind of damage has its own error", "[model][safetensors]") {
+    temp_dir d;
+    const std::string good_header = R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [8, 12]}})";
+    std::string data = floats({1.5f, -2.0f});
+    const auto one = tinyllm::float_to_bf16(1.0f), three = tinyllm::float_to_bf16(3.0f);
+    data.append(reinterpret_cast<const char*>(&one.bits), 2);
+    data.append(reinterpret_cast<const char*>(&three.bits), 2);
+    write_file(d.file("good.safetensors"), safetensors_bytes(good_header, data));
+    {
+        const tinyllm::safetensors_file f(d.file("good.safetensors"));
+        REQUIRE(f.tensors().size() == 2);
+        CHECK(f.metadata().at("format") == "pt");
+        CHECK(tinyllm::to_float_vector(*f.find("a")) == std::vector<float>{1.5f, -2.0f});
+        CHECK(tinyllm::to_float_vector(*f.find("b")) == std::vector<float>{1.0f, 3.0f});
+        CHECK(f.find("c") == nullptr);
+    }
+    auto error_of = [&](const std::string& bytes) {
+        write_file(d.file("bad.safetensors"), bytes);
+        try {
+            tinyllm::safetensors_file f(d.file("bad.safetensors"));
+        } catch (const tinyllm::error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    const std::string full = safetensors_bytes(good_header, data);
+    CHECK_THAT(error_of(full.substr(0, 5)), tinyllm_test::contains("too short for the 8-byte header length"));
+    CHECK_THAT(error_of(full.substr(0, 40)), tinyllm_test::contains("runs past the end of the file"));
+    CHECK_THAT(error_of(full.substr(0, full.size() - 3)), tinyllm_test::contains("tensor 'b': data_offsets [8, 12] point outside"));
+    CHECK_THAT(error_of(safetensors_bytes("{\"a\": [1, 2", data)), tinyllm_test::contains("the header is not valid JSON"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}})", data)),
+               tinyllm_test::contains("tensor 'a' has unknown dtype \"F99\""));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", data)),
+               tinyllm_test::contains("holds 8 bytes but shape (3) of F32 needs 12"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                              "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", data)),
+               tinyllm_test::contains("overlap"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", data)),
+               tinyllm_test::contains("negative extent"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [2]}})", data)),
+               tinyllm_test::contains("\"data_offsets\" must be [begin, end]"));
+    CHECK_THAT(error_of(safetensors_bytes(R"([1, 2])", data)), tinyllm_test::contains("must be a JSON object"));
+
+    // Integer tensors parse, but are not weights.
+    write_file(d.file("ints.safetensors"),
+               safetensors_bytes(R"({"i": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", data.substr(0, 8)));
+    const tinyllm::safetensors_file ints(d.file("ints.safetensors"));
+    CHECK_THROWS_WITH(tinyllm::to_float_vector(*ints.find("i")), tinyllm_test::contains("has dtype I64"));
+}
+
+TEST_CASE("checkpoints: missing and mis-shaped tensors are named; shards are followed", "[model][safetensors]") {
+    temp_dir d;
+    write_file(d.file("model.safetensors"),
+               safetensors_bytes(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", floats({1, 2})));
+    const tinyllm::safetensors_checkpoint ck(d.path.string());
+    CHECK(ck.load("w", tinyllm::extents<1>{2}).values() == std::vector<float>{1, 2});
+    CHECK_THROWS_WITH(ck.load("v", tinyllm::extents<1>{2}), tinyllm_test::contains("has no tensor 'v'"));
+    CHECK_THROWS_WITH(ck.load("w", tinyllm::extents<2>{1, 2}),
+                      tinyllm_test::contains("tensor 'w' has shape (2) but the config implies (1, 2)"));
+
+    temp_dir sharded;
+    write_file(sharded.file("part-1.safetensors"),
+               safetensors_bytes(R"({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", floats({7})));
+    write_file(sharded.file("part-2.safetensors"),
+               safetensors_bytes(R"({"y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})", floats({9})));
+    write_file(sharded.file("model.safetensors.index.json"),
+               R"({"metadata": {}, "weight_map": {"x": "part-1.safetensors", "y": "part-2.safetensors"}})");
+    const tinyllm::safetensors_checkpoint shards(sharded.path.string());
+    CHECK(shards.load("x", tinyllm::extents<1>{1}).values() == std::vector<float>{7});
+    CHECK(shards.load("y", tinyllm::extents<1>{1}).values() == std::vector<float>{9});
+    write_file(sharded.file("model.safetensors.index.json"), R"({"weight_map": {"z": "part-1.safetensors"}})");
+    CHECK_THROWS_WITH(tinyllm::safetensors_checkpoint(sharded.path.string()),
+                      tinyllm_test::contains("says tensor 'z' is in part-1.safetensors, but it is not"));
+
+    temp_dir empty;
+    CHECK_THROWS_WITH(tinyllm::safetensors_checkpoint(empty.path.string()), tinyllm_test::contains("no model.safetensors"));
+}
+
+TEST_CASE("a checkpoint with a missing or mis-shaped weight fails to load with the tensor's name", "[model]") {
+    const std::string dir = fixture_dir("llama");
+    if (dir.empty()) {
+        WARN("../shared not found: skipped");
+        return;
+    }
+    temp_dir d;
+    fs::copy_file(fs::path(dir) / "config.json", d.file("config.json"));
+    // Keep every tensor but one, and rename nothing: the loader must name the missing one.
+    const tinyllm::safetensors_file src((fs::path(dir) / "model.safetensors").string());
+    std::string header = "{", data;
+    bool first = true;
+    for (const auto& t : src.tensors()) {
+        if (t.name == "model.layers.1.mlp.up_proj.weight") continue;
+        std::ostringstream entry;
+        entry << (first ? "" : ",") << '"' << t.name << "\": {\"dtype\": \"F32\", \"shape\": [";
+        for (std::size_t i = 0; i < t.shape.size(); ++i) entry << (i ? "," : "") << t.shape[i];
+        entry << "], \"data_offsets\": [" << data.size() << ", " << data.size() + t.bytes << "]}";
+        header += entry.str();
+        data.append(reinterpret_cast<const char*>(t.data), t.bytes);
+        first = false;
+    }
+    write_file(d.file("model.safetensors"), safetensors_bytes(header + "}", data));
+    CHECK_THROWS_WITH(tinyllm::cpu::model::load(d.path.string()),
+                      tinyllm_test::contains("has no tensor 'model.layers.1.mlp.up_proj.weight'"));
+}
+
+TEST_CASE("the model rejects bad token ids and over-long inputs", "[model][errors]") {
+    const std::string dir = fixture_dir("gpt2");
+    if (dir.empty()) {
+        WARN("../shared not found: skipped");
+        return;
+    }
+    const auto model = tinyllm::cpu::model::load(dir);
+    auto s = model.new_session(4);
+    const std::vector<std::int32_t> bad = {1, 509};
+    CHECK_THROWS_WITH(model.forward(s, bad), tinyllm_test::contains("token id 509 at position 1 is outside the vocabulary"));
+    const std::vector<std::int32_t> five = {1, 2, 3, 4, 5};
+    CHECK_THROWS_WITH(model.forward(s, five), tinyllm_test::contains("exceed the session's capacity"));
+    CHECK_THROWS_WITH(model.new_session(1000), tinyllm_test::contains("exceeds GPT-2's 128 learned positions"));
+}
