@@ -235,6 +235,45 @@ TEST_CASE("the exact arithmetic: exp, weights, order keys, 128-bit products", "[
     CHECK(tinyllm::top_p_target(1000, 1e-12f) == 1);                 // at least the top token
 }
 
+TEST_CASE("radix selection (the CUDA kernels' sort-free thresholds) finds the CPU's top-k and top-p sets",
+          "[sampling][radix]") {
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 3);
+    for (int trial = 0; trial < 60; ++trial) {
+        const index_t V = 1 + static_cast<index_t>(g.next_bits() % 5000);
+        std::vector<float> z(static_cast<std::size_t>(V));
+        for (float& v : z) {
+            v = 12.0f * g.uniform() - 6.0f;
+            if (trial % 3 == 1) v = std::round(v * 2.0f) / 2.0f;   // many exact ties
+            if (trial % 3 == 2 && g.next_bits() % 7 == 0) v = (g.next_bits() % 2) ? -inf : -0.0f;
+        }
+        z[0] = 1.0f;  // at least one finite logit
+        const auto key = [&](index_t i) { return tinyllm::order_key(z[static_cast<std::size_t>(i)]); };
+        const auto kept_by = [&](std::uint32_t threshold) {
+            std::vector<bool> k;
+            for (index_t i = 0; i < V; ++i) k.push_back(key(i) >= threshold && z[static_cast<std::size_t>(i)] != -inf);
+            return k;
+        };
+        const index_t k = 1 + static_cast<index_t>(g.next_bits() % static_cast<std::uint32_t>(V));
+        auto a = z;
+        cpu::top_k(as_row(a), k);
+        const std::uint32_t kt = tinyllm::detail::radix_select_sequential(
+            V, static_cast<std::uint64_t>(k), 0u, key, [](index_t) { return std::uint64_t{1}; });
+        INFO("trial " << trial << ", V = " << V << ", k = " << k);
+        CHECK(kept(a) == kept_by(k < V ? kt : 0u));
+
+        const float p = 0.05f + 0.9f * g.uniform();
+        auto b = z;
+        cpu::top_p(as_row(b), p);
+        const float m = *std::max_element(z.begin(), z.end());
+        const auto q = [&](index_t i) { return tinyllm::sampling_weight(z[static_cast<std::size_t>(i)] - m); };
+        std::uint64_t total = 0;
+        for (index_t i = 0; i < V; ++i) total += q(i);
+        const std::uint32_t pt = tinyllm::detail::radix_select_sequential(V, tinyllm::top_p_target(total, p), 0u, key, q);
+        INFO("p = " << p);
+        CHECK(kept(b) == kept_by(pt));
+    }
+}
+
 TEST_CASE("sampling draws from exactly the filtered, renormalized distribution (chi-square, 200k draws)",
           "[sampling][statistics]") {
     // Fixed logits and a fixed seed: the test is deterministic.

@@ -188,6 +188,50 @@ TINYLLM_HOST_DEVICE std::uint64_t top_p_target(std::uint64_t total, float p) {
     return target == 0 ? 1 : target;
 }
 
+// ---- radix selection (the sort-free threshold of top-k and top-p) -------------
+// The threshold key K is the largest key with W(key >= K) >= target, where W
+// counts elements (top-k, target k) or sums their weights q (top-p). It is found
+// one byte at a time, from the top: histogram the next byte of the keys that
+// share the prefix chosen so far, then walk the 256 bins from the highest.
+// `above` is the weight of the keys above the current prefix; the chosen bin
+// is the first where above + hist[bin] reaches the target. The CUDA kernels
+// build the histogram in parallel and call this to pick the byte.
+template <class Count>
+TINYLLM_HOST_DEVICE std::uint32_t radix_pick(const Count* hist, std::uint64_t target, std::uint64_t& above) {
+    std::uint64_t acc = above;
+    for (int bin = 255; bin >= 0; --bin) {
+        const std::uint64_t h = hist[bin];
+        if (acc + h >= target) {
+            above = acc;
+            return static_cast<std::uint32_t>(bin);
+        }
+        acc += h;
+    }
+    above = acc;  // unreachable when target <= the total weight
+    return 0;
+}
+
+namespace detail {
+// Radix selection run sequentially (the same passes as the CUDA kernels, one
+// thread): over elements 0..n-1 with key_of(i) >= lower.
+template <class KeyOf, class WeightOf>
+std::uint32_t radix_select_sequential(std::int64_t n, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
+                                      WeightOf weight_of) {
+    std::uint32_t prefix = 0, mask = 0;
+    std::uint64_t above = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        std::uint64_t hist[256] = {};
+        for (std::int64_t i = 0; i < n; ++i) {
+            const std::uint32_t k = key_of(i);
+            if (k >= lower && (k & mask) == prefix) hist[(k >> shift) & 0xffu] += weight_of(i);
+        }
+        prefix |= radix_pick(hist, target, above) << shift;
+        mask |= 0xffu << shift;
+    }
+    return prefix;
+}
+}  // namespace detail
+
 // ---- element-wise processors (one rounding per operation) -------------------
 // Repetition penalty (CTRL, Keskar et al. 2019; Hugging Face's form): a token
 // already generated becomes less likely whatever the sign of its logit.

@@ -180,14 +180,7 @@ __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint
         __syncthreads();
         if (threadIdx.x == 0) {
             std::uint64_t acc = above;
-            std::uint32_t chosen = 0;
-            for (int bin = 255; bin >= 0; --bin) {
-                if (acc + hist[bin] >= target) {
-                    chosen = static_cast<std::uint32_t>(bin);
-                    break;
-                }
-                acc += hist[bin];
-            }
+            const std::uint32_t chosen = radix_pick(hist, target, acc);  // shared with the CPU (sampling_math.hpp)
             s_above = acc;
             s_prefix = prefix | (chosen << shift);
         }
