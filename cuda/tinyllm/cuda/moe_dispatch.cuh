@@ -52,6 +52,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -430,8 +431,9 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     const index_t used = offsets[E];
     if (used == 0 || F == 0) return;
 
-    moe_cublas_handle own;  // cheap enough for a reference path; pass a handle to reuse one
-    cublasHandle_t h = handle ? handle : own.get();
+    std::optional<moe_cublas_handle> own;  // made only when the caller passed no handle
+    if (!handle) own.emplace();
+    cublasHandle_t h = handle ? handle : own->get();
     TINYLLM_MOE_CUBLAS_CHECK(cublasSetStream(h, stream));
     device_buffer<float> gate(static_cast<std::size_t>(used * F)), up(static_cast<std::size_t>(used * F));  // (used, F)
     const float one = 1.0f, zero = 0.0f;
