@@ -1,0 +1,127 @@
+// examples/tinyllm/cmd_generate.cpp — `tinyllm generate` and `tinyllm logits`:
+// run a Hugging Face checkpoint (config.json + model.safetensors) with the CPU
+// reference model of <tinyllm/model.hpp>.
+#include "registry.hpp"
+
+#include <tinyllm/model.hpp>
+#include <tinyllm/tokenizer.hpp>
+#include <tinyllm/tokenizer_io.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+
+namespace {
+
+std::vector<std::int32_t> parse_ids(const std::string& text) {
+    std::vector<std::int32_t> ids;
+    std::istringstream in(text);
+    std::string word;
+    while (in >> word) {
+        char* end = nullptr;
+        const long long v = std::strtoll(word.c_str(), &end, 10);
+        if (*end != '\0' || v < 0 || v > 0x7fffffff) throw usage_error("--prompt-ids: '" + word + "' is not a token id");
+        ids.push_back(static_cast<std::int32_t>(v));
+    }
+    if (ids.empty()) throw usage_error("--prompt-ids holds no ids");
+    return ids;
+}
+
+void expect_cpu(const parsed_args& a) {
+    const std::string device = a.get("device", "cpu"), dtype = a.get("dtype", "float32");
+    if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
+    if (dtype != "float32" && dtype != "bfloat16")
+        throw usage_error("--dtype must be float32 or bfloat16, got '" + dtype + "'");
+    if (device == "cuda")
+        throw tinyllm::error("tinyllm: --device cuda: the CUDA model path is not implemented yet (the CUDA kernels "
+                             "exist per component; composing them into the model is open work). Use --device cpu.");
+    if (dtype == "bfloat16")
+        throw tinyllm::error("tinyllm: --dtype bfloat16 applies to the CUDA path; the CPU reference runs float32");
+}
+
+}  // namespace
+
+TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2, Llama, Mixtral)",
+                "usage: tinyllm generate --model DIR (--prompt TEXT --tokenizer FILE [--encoding NAME] |\n"
+                "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
+                "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
+                "                         [--device cpu|cuda] [--dtype float32|bfloat16]\n\n"
+                "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
+                "as Hugging Face publishes them. With --prompt-ids, stdout carries only the generated ids,\n"
+                "separated by spaces. With --prompt, the text is encoded with the tokenizer FILE (a\n"
+                "tiktoken rank file, GPT-2 encoder.json, or tokenizer.json) and the decoded continuation\n"
+                "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n") {
+    const auto a = parse_args(args,
+                              {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
+                               "top-k", "top-p", "min-p", "seed", "device", "dtype"},
+                              {"greedy"});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    const std::string dir = a.get("model");
+    if (dir.empty()) throw usage_error("--model DIR is required");
+    const bool text_mode = a.options.count("prompt") > 0;
+    if (text_mode == (a.options.count("prompt-ids") > 0))
+        throw usage_error("give exactly one of --prompt TEXT (with --tokenizer) and --prompt-ids \"ID ...\"");
+    if (text_mode && a.get("tokenizer").empty()) throw usage_error("--prompt needs --tokenizer FILE");
+    expect_cpu(a);
+
+    tinyllm::cpu::generation_options o;
+    o.max_new_tokens = a.get_int("max-new-tokens", 32);
+    if (o.max_new_tokens < 0) throw usage_error("--max-new-tokens must not be negative");
+    const bool sampling = a.options.count("temperature") || a.options.count("top-k") || a.options.count("top-p") ||
+                          a.options.count("min-p");
+    if (a.has_flag("greedy") && sampling) throw usage_error("--greedy cannot be combined with sampling options");
+    o.sampling.temperature = static_cast<float>(a.get_double("temperature", sampling ? 1.0 : 0.0));
+    if (a.options.count("top-k")) o.sampling.top_k = a.get_int("top-k", 0);
+    if (a.options.count("top-p")) o.sampling.top_p = static_cast<float>(a.get_double("top-p", 1.0));
+    if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
+    o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
+
+    const auto model = tinyllm::cpu::model::load(dir);
+    if (!text_mode) {
+        const auto prompt = parse_ids(a.get("prompt-ids"));
+        bool first = true;
+        tinyllm::cpu::generate(model, prompt, o, [&](std::int32_t id) {
+            out << (first ? "" : " ") << id << std::flush;
+            first = false;
+        });
+        out << "\n";
+        return 0;
+    }
+    const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
+    const auto encoded = tok.encode(a.get("prompt"));
+    const std::vector<std::int32_t> prompt(encoded.begin(), encoded.end());
+    tinyllm::stream_decoder decoder(tok);
+    out << a.get("prompt") << std::flush;
+    tinyllm::cpu::generate(model, prompt, o, [&](std::int32_t id) {
+        TINYLLM_EXPECT(static_cast<std::size_t>(id) < tok.vocab_size(), "the model produced token ", id,
+                       " which the tokenizer (", tok.vocab_size(), " tokens) cannot decode");
+        out << decoder.push(static_cast<tinyllm::token_id>(id)) << std::flush;
+    });
+    out << decoder.finish() << "\n";
+    return 0;
+}
+
+TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one per line)",
+                "usage: tinyllm logits --model DIR --prompt-ids \"ID ...\" [--device cpu]\n\n"
+                "Runs the prompt through the model and prints the V logits of its last position, one per\n"
+                "line, for debugging and for comparison with other implementations.\n") {
+    const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    if (a.get("model").empty()) throw usage_error("--model DIR is required");
+    if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
+    expect_cpu(a);
+    const auto model = tinyllm::cpu::model::load(a.get("model"));
+    const auto prompt = parse_ids(a.get("prompt-ids"));
+    auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
+    const auto logits = model.forward(session, prompt);
+    char buf[32];
+    for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) {
+        std::snprintf(buf, sizeof buf, "%.9g\n", static_cast<double>(logits(logits.extent(0) - 1, i)));
+        out << buf;
+    }
+    return 0;
+}
