@@ -25,7 +25,7 @@
 using namespace tinyllm_cli;
 namespace tc = tinyllm::cuda;
 
-TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000 (--size T, default 4096)", 1) {
+TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000: --size T; CUDA bf16 default 4096, CPU float 512", 1) {
     if (!ctx.gpu_available) return;
     const long long B = 4, T = ctx.size > 0 ? ctx.size : 4096, H = 32, D = 128;
     const long long n = B * T * H * D;
