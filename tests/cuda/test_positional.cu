@@ -3,6 +3,8 @@
 // the CPU reference in <tinyllm/positional.hpp>, for float, bfloat16 and
 // float16, int32 and int64 positions, odd sizes (D not a multiple of the
 // vector width, T = 1, odd H), both pairings, partial rotary and every scaling.
+// The operations work in place: each tensor sits between NaN guard bands that
+// must survive (see `guarded`), and is reloaded before every kernel.
 //
 // Tolerances (the reference is the CPU function applied in float to the same
 // rounded inputs; the kernel's math is float too, so what differs is sincosf vs
@@ -63,6 +65,37 @@ std::vector<P> random_positions(std::size_t n, std::uint64_t which, index_t max_
     return p;
 }
 
+// The kernels work in place, so their output cannot be poisoned beforehand.
+// Instead the tensor sits between two NaN guard bands inside a larger buffer:
+// the whole buffer is poisoned, the input copied into the middle, and after the
+// kernel the guards must still be NaN (nothing written out of bounds) while the
+// middle is compared with the reference.
+template <class T>
+struct guarded {
+    static constexpr std::size_t guard = 64;  // elements; keeps the middle 16-byte aligned
+    tc::device_buffer<T> buffer;
+    std::size_t n;
+    explicit guarded(std::size_t count) : buffer(count + 2 * guard), n(count) {}
+    T* data() { return buffer.data() + guard; }
+    void load(const std::vector<T>& v) {
+        REQUIRE(v.size() == n);
+        buffer.poison();
+        TINYLLM_CUDA_CHECK(cudaMemcpy(data(), v.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    std::vector<T> result() {
+        const auto all = tc::to_host(buffer);
+        std::size_t overwritten = 0;
+        for (std::size_t i = 0; i < guard; ++i) {
+            overwritten += !std::isnan(tinyllm::to_float(all[i]));
+            overwritten += !std::isnan(tinyllm::to_float(all[guard + n + i]));
+        }
+        INFO("elements written outside the tensor");
+        CHECK(overwritten == 0);
+        return std::vector<T>(all.begin() + static_cast<std::ptrdiff_t>(guard),
+                              all.begin() + static_cast<std::ptrdiff_t>(guard + n));
+    }
+};
+
 struct rope_case {
     index_t B, T, H, D;
     rope_config cfg;
@@ -115,24 +148,20 @@ void check_rope_case(const rope_case& c, std::uint64_t which) {
 
     auto d_pos = tc::to_device(positions);
     const auto pos_view = d_pos.view(pshape);
-    tc::device_buffer<T> x(n);
+    guarded<T> x(n);
+    const tinyllm::tensor_view<T, 4> xv(x.data(), shape);
     const std::string what = c.name + " " + std::string(tinyllm::dtype_name<T>()) + (sizeof(P) == 4 ? " int32" : " int64");
 
-    // In place: poison first, then load the input, so a stray write elsewhere shows.
-    x.poison();
-    tc::copy_to_device(x, x_in);
-    tc::apply_rope_on_the_fly(x.view(shape), pos_view, c.cfg);
-    const auto v1 = tc::to_host(x);
-    TINYLLM_REQUIRE_CLOSE(v1, want, tolerance_for<T>(), "v1 on_the_fly " + what);
+    x.load(x_in);
+    tc::apply_rope_on_the_fly(xv, pos_view, c.cfg);
+    TINYLLM_REQUIRE_CLOSE(x.result(), want, tolerance_for<T>(), "v1 on_the_fly " + what);
 
     // v2 with a cache covering all positions, then with one too small (fallback).
     for (index_t rows : {c.max_pos, std::max<index_t>(1, c.max_pos / 3)}) {
         const auto cache = tc::make_rope_cache(c.cfg, rows);
-        x.poison();
-        tc::copy_to_device(x, x_in);
-        tc::apply_rope_cached(x.view(shape), pos_view, cache);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(),
-                              "v2 cached (" + std::to_string(rows) + " rows) " + what);
+        x.load(x_in);
+        tc::apply_rope_cached(xv, pos_view, cache);
+        TINYLLM_REQUIRE_CLOSE(x.result(), want, tolerance_for<T>(), "v2 cached (" + std::to_string(rows) + " rows) " + what);
     }
 }
 
@@ -215,11 +244,11 @@ void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
 
     std::vector<float> want = to_floats(x_in);
     tinyllm::cpu::add_sinusoidal(tinyllm::tensor_view<float, 3>(want.data(), shape), host_pos);
-    tc::device_buffer<T> x(n);
-    x.poison();
-    tc::copy_to_device(x, x_in);
-    tc::add_sinusoidal(x.view(shape), d_pos.view(pshape));
-    TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(), "add_sinusoidal " + what);
+    guarded<T> x(n);
+    const tinyllm::tensor_view<T, 3> xv(x.data(), shape);
+    x.load(x_in);
+    tc::add_sinusoidal(xv, d_pos.view(pshape));
+    TINYLLM_REQUIRE_CLOSE(x.result(), want, tolerance_for<T>(), "add_sinusoidal " + what);
 
     const auto table = to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(max_pos * D), which + 2));
     const auto table_f = to_floats(table);
@@ -227,10 +256,9 @@ void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
     tinyllm::cpu::add_learned_positions(tinyllm::tensor_view<float, 3>(want.data(), shape),
                                         tinyllm::tensor_view<const float, 2>(table_f.data(), {max_pos, D}), host_pos);
     auto d_table = tc::to_device(table);
-    x.poison();
-    tc::copy_to_device(x, x_in);
-    tc::add_learned_positions(x.view(shape), d_table.view(tinyllm::extents<2>{max_pos, D}), d_pos.view(pshape));
-    TINYLLM_REQUIRE_CLOSE(tc::to_host(x), want, tolerance_for<T>(), "add_learned_positions " + what);
+    x.load(x_in);
+    tc::add_learned_positions(xv, d_table.view(tinyllm::extents<2>{max_pos, D}), d_pos.view(pshape));
+    TINYLLM_REQUIRE_CLOSE(x.result(), want, tolerance_for<T>(), "add_learned_positions " + what);
 }
 
 }  // namespace
