@@ -259,10 +259,13 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
     model_weights w;
     w.layers.resize(static_cast<std::size_t>(c.num_layers));
     if (c.arch == model_arch::gpt2) {
-        w.embed = ck.load("transformer.wte.weight", extents<2>{V, D});
-        w.positions = ck.load("transformer.wpe.weight", extents<2>{c.max_positions, D});
+        // transformers saves "transformer.wte.weight"; the original GPT-2
+        // checkpoints on the Hub (openai-community/gpt2) omit the prefix.
+        const std::string t = ck.contains("transformer.wte.weight") ? "transformer." : "";
+        w.embed = ck.load(t + "wte.weight", extents<2>{V, D});
+        w.positions = ck.load(t + "wpe.weight", extents<2>{c.max_positions, D});
         for (index_t l = 0; l < c.num_layers; ++l) {
-            const std::string p = "transformer.h." + std::to_string(l) + ".";
+            const std::string p = t + "h." + std::to_string(l) + ".";
             auto& L = w.layers[static_cast<std::size_t>(l)];
             L.attn_norm_weight = ck.load(p + "ln_1.weight", extents<1>{D});
             L.attn_norm_bias = ck.load(p + "ln_1.bias", extents<1>{D});
@@ -284,8 +287,8 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
             L.proj = detail::transposed(ck.load(p + "mlp.c_proj.weight", extents<2>{F, D}));
             L.proj_bias = ck.load(p + "mlp.c_proj.bias", extents<1>{D});
         }
-        w.final_norm_weight = ck.load("transformer.ln_f.weight", extents<1>{D});
-        w.final_norm_bias = ck.load("transformer.ln_f.bias", extents<1>{D});
+        w.final_norm_weight = ck.load(t + "ln_f.weight", extents<1>{D});
+        w.final_norm_bias = ck.load(t + "ln_f.bias", extents<1>{D});
         if (!c.tie_word_embeddings) w.lm_head = ck.load("lm_head.weight", extents<2>{V, D});
         return w;
     }
