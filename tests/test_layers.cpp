@@ -317,6 +317,13 @@ TEST_CASE("norms work in place and on strided views", "[norm]") {
     std::vector<float> got(x.size());
     cpu::rms_norm(view2(got, rows, D), tensor_view<const float, 2>(xt.data(), {D, rows}).transpose(0, 1), cview1(w), 1e-6f);
     CHECK(got == want);
+
+    // A (B, T, D) activation, normalized through a (B*T, D) reshape.
+    const tensor_view<const float, 3> x3(x.data(), {2, 3, D});  // (B=2, T=3, D)
+    std::vector<float> got3(x.size());
+    tensor_view<float, 3> out3(got3.data(), {2, 3, D});  // (B, T, D)
+    cpu::rms_norm(tinyllm::reshape(out3, extents<2>{6, D}), tinyllm::reshape(x3, extents<2>{6, D}), cview1(w), 1e-6f);
+    CHECK(got3 == want);
 }
 
 TEST_CASE("fused residual add + norm equals the two steps", "[norm]") {
