@@ -19,7 +19,8 @@
 // Ids are validated on the device: an id outside [0, V) writes nothing for
 // its row and records the smallest bad position; the launcher then waits for
 // the kernel and throws tinyllm::error naming the position and the value (set
-// check_ids = false to skip that synchronization once inputs are trusted).
+// check_ids = false to skip that allocation and synchronization once inputs
+// are trusted: rows with bad ids are then left unwritten).
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
@@ -67,7 +68,7 @@ __global__ void embedding_naive_kernel(T* out, const Id* ids, index_t ids_stride
         const index_t b = row / Tn, t = row % Tn;
         const Id id = ids[b * ids_stride_b + t * ids_stride_t];
         if (!id_ok(id, V)) {
-            if (d == 0) atomicMin(bad, static_cast<unsigned long long>(row));
+            if (d == 0 && bad) atomicMin(bad, static_cast<unsigned long long>(row));
             continue;
         }
         out[i] = scaled(table[static_cast<index_t>(id) * D + d], scale);
@@ -85,7 +86,7 @@ __global__ void embedding_vectorized_kernel(T* out, const Id* ids, index_t ids_s
         const index_t b = row / Tn, t = row % Tn;
         const Id id = ids[b * ids_stride_b + t * ids_stride_t];  // one read per row (broadcast)
         if (!id_ok(id, V)) {
-            if (threadIdx.x == 0) atomicMin(bad, static_cast<unsigned long long>(row));
+            if (threadIdx.x == 0 && bad) atomicMin(bad, static_cast<unsigned long long>(row));
             continue;
         }
         const T* src = table + static_cast<index_t>(id) * D;
@@ -130,8 +131,10 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
     TINYLLM_EXPECT(table.is_contiguous(), "embedding: table must be contiguous; strides ", to_string(table.strides()));
     const index_t B = out.extent(0), Tn = out.extent(1), D = out.extent(2), V = table.extent(0);
     if (B * Tn * D == 0) return;
-    device_buffer<unsigned long long> bad(1);
-    TINYLLM_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0xFF, sizeof(unsigned long long), stream));
+    // With check_ids, a one-word flag holds the smallest bad row; without, the
+    // kernels skip rows with bad ids silently and nothing is allocated or awaited.
+    device_buffer<unsigned long long> bad(check_ids ? 1 : 0);
+    if (check_ids) TINYLLM_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0xFF, sizeof(unsigned long long), stream));
     if (version == embedding_version::naive) {
         const int threads = 256;
         const index_t blocks = ceil_div<index_t>(B * Tn * D, threads);
