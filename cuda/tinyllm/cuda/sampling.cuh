@@ -44,8 +44,9 @@
 // timing): the bad rows then get the token -1.
 //
 // Not done yet (future rungs): several blocks per row for small B (with B = 64
-// only 64 of 132 SMs work), warp-aggregated histogram atomics (logits of one
-// row share few top key bytes, so the first pass contends), and bfloat16 logits.
+// only 64 of 132 SMs work) and bfloat16 logits. The radix histograms already
+// sum a thread's hot bins in registers before touching shared memory
+// (bin_cache), because one row's logits share few top key bytes.
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
@@ -156,6 +157,49 @@ __device__ std::uint64_t block_sum(std::uint64_t v) {
     return result;
 }
 
+// A thread's few most recent histogram bins, summed in registers and added to
+// the shared histogram only when evicted or flushed. The logits of one row
+// share few top key bytes (all of them can fall into 2-4 bins of the first
+// pass), and 512 threads adding into the same shared word would serialize;
+// with the cache each thread adds to a hot bin about once per pass. Every
+// weight still reaches the histogram exactly once (integer sums: any order).
+struct bin_cache {
+    static constexpr int slots = 4;
+    static constexpr std::uint32_t empty = 0xffffffffu;
+    std::uint32_t bin[slots];
+    unsigned long long sum[slots];
+
+    __device__ bin_cache() {
+#pragma unroll
+        for (int s = 0; s < slots; ++s) {
+            bin[s] = empty;
+            sum[s] = 0;
+        }
+    }
+    __device__ void add(unsigned long long* hist, std::uint32_t b, unsigned long long w) {
+#pragma unroll
+        for (int s = 0; s < slots; ++s) {
+            if (bin[s] == b) {
+                sum[s] += w;
+                return;
+            }
+        }
+        if (bin[slots - 1] != empty) atomicAdd(&hist[bin[slots - 1]], sum[slots - 1]);  // evict the oldest
+#pragma unroll
+        for (int s = slots - 1; s > 0; --s) {
+            bin[s] = bin[s - 1];
+            sum[s] = sum[s - 1];
+        }
+        bin[0] = b;
+        sum[0] = w;
+    }
+    __device__ void flush(unsigned long long* hist) {
+#pragma unroll
+        for (int s = 0; s < slots; ++s)
+            if (bin[s] != empty) atomicAdd(&hist[bin[s]], sum[s]);
+    }
+};
+
 // Radix selection: the largest key K such that the weight of the elements with
 // key >= K (among those with key >= lower) is at least `target` (>= 1, and at
 // most the total weight). key_of(i) and weight_of(i) describe element i.
@@ -170,13 +214,15 @@ __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int j = threadIdx.x; j < 256; j += Threads) hist[j] = 0;
         __syncthreads();
+        bin_cache cache;
         for (index_t i = threadIdx.x; i < V; i += Threads) {
             const std::uint32_t k = key_of(i);
             if (k >= lower && (k & mask) == prefix) {
                 const std::uint64_t w = weight_of(i);
-                if (w) atomicAdd(&hist[(k >> shift) & 0xffu], static_cast<unsigned long long>(w));
+                if (w) cache.add(hist, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
             }
         }
+        cache.flush(hist);
         __syncthreads();
         if (threadIdx.x == 0) {
             std::uint64_t acc = above;
