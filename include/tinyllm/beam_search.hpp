@@ -82,7 +82,7 @@ inline std::vector<float> checked_step(const step_function& step, std::span<cons
     if (vocab == 0) vocab = lp.size();
     TINYLLM_EXPECT(lp.size() == vocab, what, ": the step function returned ", lp.size(),
                    " log-probabilities, earlier ", vocab);
-    cpu::detail::check_row(lp, 0, what);
+    cpu::sampling_detail::check_row(lp, 0, what);
     return lp;
 }
 }  // namespace detail

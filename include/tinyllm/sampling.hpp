@@ -126,7 +126,8 @@ inline void check_params(const sampling::params& p) {
 }  // namespace detail
 
 namespace cpu {
-namespace detail {
+// (Not `detail`: a tinyllm::cpu::detail would hide tinyllm::detail from other headers' cpu functions.)
+namespace sampling_detail {
 
 using row_t = std::span<float>;
 
@@ -197,7 +198,7 @@ inline void check_generated(tensor_view<float, 2> logits, tensor_view<const std:
                    " rows but logits have ", logits.extent(0));
 }
 
-}  // namespace detail
+}  // namespace sampling_detail
 
 // ---- the processors -------------------------------------------------------------
 
@@ -205,7 +206,7 @@ inline void check_generated(tensor_view<float, 2> logits, tensor_view<const std:
 // ties) keeps its logit, every other token gets -inf.
 inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
     ::tinyllm::detail::check_temperature(t);
-    detail::for_each_row(logits, "temperature", [&](detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "temperature", [&](sampling_detail::row_t row, index_t) {
         if (t == 0.0f) {
             const auto best = std::max_element(row.begin(), row.end()) - row.begin();  // first maximum
             for (std::size_t i = 0; i < row.size(); ++i)
@@ -219,29 +220,29 @@ inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
 // Keep the logits >= the k-th largest (ties at the boundary all kept). k >= V keeps everything.
 inline void top_k(tensor_view<float, 2> logits, index_t k) {  // (B, V)
     ::tinyllm::detail::check_top_k(k);
-    detail::for_each_row(logits, "top_k", [&](detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "top_k", [&](sampling_detail::row_t row, index_t) {
         if (k >= static_cast<index_t>(row.size())) return;
         std::vector<float> sorted(row.begin(), row.end());
         std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end(), std::greater<float>());
-        detail::keep_at_least(row, sorted[static_cast<std::size_t>(k - 1)]);
+        sampling_detail::keep_at_least(row, sorted[static_cast<std::size_t>(k - 1)]);
     });
 }
 
 // Keep the smallest set of most probable tokens whose probability mass reaches p.
 inline void top_p(tensor_view<float, 2> logits, float p) {  // (B, V)
     ::tinyllm::detail::check_top_p(p);
-    detail::for_each_row(logits, "top_p", [&](detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "top_p", [&](sampling_detail::row_t row, index_t) {
         if (p == 1.0f) return;
-        const auto q = detail::row_weights(row);
+        const auto q = sampling_detail::row_weights(row);
         std::uint64_t total = 0;
         for (auto w : q) total += w;
         if (total == 0) return;  // all -inf: the chooser reports it
         const std::uint64_t target = top_p_target(total, p);
         std::uint64_t mass = 0;
-        for (std::int32_t i : detail::descending_order(row)) {  // walk from the most probable token down
+        for (std::int32_t i : sampling_detail::descending_order(row)) {  // walk from the most probable token down
             mass += q[static_cast<std::size_t>(i)];
             if (mass >= target) {
-                detail::keep_at_least(row, row[static_cast<std::size_t>(i)]);
+                sampling_detail::keep_at_least(row, row[static_cast<std::size_t>(i)]);
                 return;
             }
         }
@@ -251,8 +252,8 @@ inline void top_p(tensor_view<float, 2> logits, float p) {  // (B, V)
 // Keep the tokens whose probability is at least p times the top token's.
 inline void min_p(tensor_view<float, 2> logits, float p) {  // (B, V)
     ::tinyllm::detail::check_min_p(p);
-    detail::for_each_row(logits, "min_p", [&](detail::row_t row, index_t) {
-        const float m = detail::row_max(row);
+    sampling_detail::for_each_row(logits, "min_p", [&](sampling_detail::row_t row, index_t) {
+        const float m = sampling_detail::row_max(row);
         if (m == -std::numeric_limits<float>::infinity()) return;
         for (float& z : row)
             if (sampling_exp(::tinyllm::detail::sub_rn(z, m)) < p) z = -std::numeric_limits<float>::infinity();
@@ -264,9 +265,9 @@ inline void min_p(tensor_view<float, 2> logits, float p) {  // (B, V)
 inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
                                float r) {  // (B, V), (B, L)
     ::tinyllm::detail::check_penalty(r);
-    detail::check_generated(logits, generated, "repetition_penalty");
-    detail::for_each_row(logits, "repetition_penalty", [&](detail::row_t row, index_t b) {
-        for (auto [t, count] : detail::token_counts(generated, b, logits.extent(1), "repetition_penalty"))
+    sampling_detail::check_generated(logits, generated, "repetition_penalty");
+    sampling_detail::for_each_row(logits, "repetition_penalty", [&](sampling_detail::row_t row, index_t b) {
+        for (auto [t, count] : sampling_detail::token_counts(generated, b, logits.extent(1), "repetition_penalty"))
             row[static_cast<std::size_t>(t)] = repetition_penalized(row[static_cast<std::size_t>(t)], r);
     });
 }
@@ -277,9 +278,9 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
     TINYLLM_EXPECT(std::isfinite(frequency) && std::isfinite(presence),
                    "frequency_presence_penalty: frequency = ", frequency, " and presence = ", presence,
                    " must be finite");
-    detail::check_generated(logits, generated, "frequency_presence_penalty");
-    detail::for_each_row(logits, "frequency_presence_penalty", [&](detail::row_t row, index_t b) {
-        for (auto [t, count] : detail::token_counts(generated, b, logits.extent(1), "frequency_presence_penalty"))
+    sampling_detail::check_generated(logits, generated, "frequency_presence_penalty");
+    sampling_detail::for_each_row(logits, "frequency_presence_penalty", [&](sampling_detail::row_t row, index_t b) {
+        for (auto [t, count] : sampling_detail::token_counts(generated, b, logits.extent(1), "frequency_presence_penalty"))
             row[static_cast<std::size_t>(t)] = frequency_presence_penalized(
                 row[static_cast<std::size_t>(t)], static_cast<float>(count), frequency, presence);
     });
@@ -293,7 +294,7 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t
         TINYLLM_EXPECT(std::isfinite(v), "logit_bias: the bias of token ", t, " is ", v,
                        "; use ban_tokens to forbid a token");
     }
-    detail::for_each_row(logits, "logit_bias", [&](detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "logit_bias", [&](sampling_detail::row_t row, index_t) {
         for (auto [t, v] : bias) row[static_cast<std::size_t>(t)] = ::tinyllm::detail::add_rn(row[static_cast<std::size_t>(t)], v);
     });
 }
@@ -308,7 +309,7 @@ inline void ban_tokens(tensor_view<float, 2> logits, std::span<const std::int32_
     }
     TINYLLM_EXPECT(std::find(banned.begin(), banned.end(), false) != banned.end(),
                    "ban_tokens: all ", logits.extent(1), " tokens are banned; nothing could be generated");
-    detail::for_each_row(logits, "ban_tokens", [&](detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "ban_tokens", [&](sampling_detail::row_t row, index_t) {
         for (std::size_t i = 0; i < row.size(); ++i)
             if (banned[i]) row[i] = -std::numeric_limits<float>::infinity();
     });
@@ -347,7 +348,7 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     std::vector<float> row(static_cast<std::size_t>(logits.extent(1)));
     for (index_t b = 0; b < logits.extent(0); ++b) {
         for (index_t i = 0; i < logits.extent(1); ++i) row[static_cast<std::size_t>(i)] = logits(b, i);
-        detail::check_row(row, b, "greedy");
+        sampling_detail::check_row(row, b, "greedy");
         std::size_t best = 0;  // the first maximum
         for (std::size_t i = 1; i < row.size(); ++i)
             if (row[i] > row[best]) best = i;
@@ -359,8 +360,8 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 
 // The token that `sample` chooses for one row with random bits r (see the header comment).
 inline std::int32_t sample_row(std::span<const float> row, std::uint64_t random_bits, index_t b = 0) {
-    detail::check_row(row, b, "sample");
-    const auto q = detail::row_weights(row);
+    sampling_detail::check_row(row, b, "sample");
+    const auto q = sampling_detail::row_weights(row);
     std::uint64_t total = 0;
     for (auto w : q) total += w;
     TINYLLM_EXPECT(total > 0, "sample: every logit of row ", b, " is -inf (all tokens banned or filtered)");
@@ -406,7 +407,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 
 // The probabilities softmax(z) of one row as doubles (for display and tests).
 inline std::vector<double> softmax_row(std::span<const float> row) {
-    const float m = detail::row_max(row);
+    const float m = sampling_detail::row_max(row);
     std::vector<double> p(row.size());
     double s = 0;
     for (std::size_t i = 0; i < row.size(); ++i) s += p[i] = std::exp(static_cast<double>(row[i]) - m);
