@@ -9,6 +9,7 @@
 #   -DCMAKE_CUDA_ARCHITECTURES=90      (H100 only: the fastest build for it)
 #   -DCMAKE_CUDA_ARCHITECTURES=native  (whatever GPU this machine has)
 #   -DCMAKE_CUDA_ARCHITECTURES="80;86;89;90"
+# or set the environment variable CUDAARCHS (CMake's own convention) before configuring.
 string(TOUPPER "${TINYLLM_CUDA}" _tinyllm_cuda_mode)
 if(NOT _tinyllm_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
   message(FATAL_ERROR "TINYLLM_CUDA must be AUTO, ON or OFF (got '${TINYLLM_CUDA}')")
@@ -24,7 +25,7 @@ if(NOT _tinyllm_cuda_mode STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
       set(CMAKE_CUDA_ARCHITECTURES 80 90 CACHE STRING "GPU architectures to compile for")
     endif()
     enable_language(CUDA)
