@@ -13,7 +13,9 @@
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <iomanip>
 #include <map>
@@ -53,8 +55,13 @@ tour_attention_result tour_attention(int heads, std::uint64_t seed) {
     for (const auto& w : r.tokens) ids.emplace(w, static_cast<index_t>(ids.size()));
     tinyllm::tensor<float, 2> embedding({static_cast<index_t>(ids.size()), model_dim});  // (V, 16)
     tinyllm::cpu::fill_uniform(embedding.view(), seed, -1.0f, 1.0f);
-    tinyllm::tensor<float, 3> w({3, model_dim, H * head_dim});  // W_q, W_k, W_v: (16, H*8) each
-    tinyllm::cpu::fill_uniform(w.view(), seed + 1, -1.0f, 1.0f);
+    // W_q, W_k, W_v of head h: (16, 8) each, seeded per (head, matrix), so head h is
+    // the same whatever the number of heads.
+    tinyllm::tensor<float, 4> w({H, 3, model_dim, head_dim});
+    for (index_t h = 0; h < H; ++h)
+        for (index_t m = 0; m < 3; ++m)
+            tinyllm::cpu::fill_uniform(w.view().slice(0, h).slice(0, m), seed + 1 + static_cast<std::uint64_t>(3 * h + m),
+                                       -1.0f, 1.0f);
 
     // q, k, v = x W: (1, T, H, 8) each.
     tinyllm::tensor<float, 4> q({1, T, H, head_dim}), k({1, T, H, head_dim}), v({1, T, H, head_dim});
@@ -65,7 +72,7 @@ tour_attention_result tour_attention(int heads, std::uint64_t seed) {
             for (index_t h = 0; h < H; ++h)
                 for (index_t d = 0; d < head_dim; ++d) {
                     float acc = 0.0f;
-                    for (index_t e = 0; e < model_dim; ++e) acc += embedding(id, e) * w(m, e, h * head_dim + d);
+                    for (index_t e = 0; e < model_dim; ++e) acc += embedding(id, e) * w(h, m, e, d);
                     (*qkv[m])(0, t, h, d) = acc;
                 }
     }

@@ -51,11 +51,13 @@ __global__ void attention_naive_scores_kernel(attention_args<T> a, float* s) {
 }
 
 // Thread (b, h, i): softmax of one row of S, in place. A row with no visible
-// key (all -inf) becomes zeros.
-__global__ void attention_naive_softmax_kernel(float* s, index_t rows, int tk) {
+// key (all -inf) becomes zeros. (A template only so that several .cu files may
+// include this header without duplicate symbols.)
+template <class F = float>
+__global__ void attention_naive_softmax_kernel(F* s, index_t rows, int tk) {
     const index_t row = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
     if (row >= rows) return;
-    float* x = s + row * tk;
+    F* x = s + row * tk;
     float m = -INFINITY;
     for (int j = 0; j < tk; ++j) m = fmaxf(m, x[j]);
     float sum = 0.0f;
@@ -104,7 +106,7 @@ void attention_naive(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
         detail::attention_naive_scores_kernel<T><<<detail::blocks_for(n_scores, threads), threads, 0, stream>>>(a, scores.data());
         TINYLLM_CUDA_CHECK_LAUNCH();
         const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
-        detail::attention_naive_softmax_kernel<<<detail::blocks_for(rows, threads), threads, 0, stream>>>(scores.data(), rows, a.Tk);
+        detail::attention_naive_softmax_kernel<float><<<detail::blocks_for(rows, threads), threads, 0, stream>>>(scores.data(), rows, a.Tk);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
     detail::attention_naive_pv_kernel<T><<<detail::blocks_for(out.size(), threads), threads, 0, stream>>>(a, scores.data());

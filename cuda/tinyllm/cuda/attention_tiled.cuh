@@ -68,11 +68,13 @@ __global__ void __launch_bounds__(1024) attention_tiled_scores_kernel(attention_
 }
 
 // One warp per row of S (B*Hq*Tq rows), in place; fully masked rows become 0.
-__global__ void attention_tiled_softmax_kernel(float* s, index_t rows, int tk) {
+// (A template only so that several .cu files may include this header.)
+template <class F = float>
+__global__ void attention_tiled_softmax_kernel(F* s, index_t rows, int tk) {
     const index_t row = blockIdx.x * static_cast<index_t>(blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (row >= rows) return;  // whole warps leave together
-    float* x = s + row * tk;
+    F* x = s + row * tk;
     float m = -INFINITY;
     for (int j = lane; j < tk; j += 32) m = fmaxf(m, x[j]);
     m = warp_max(m);
@@ -136,7 +138,7 @@ void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
         TINYLLM_CUDA_CHECK_LAUNCH();
         const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
         const int warps = 8;
-        detail::attention_tiled_softmax_kernel<<<static_cast<unsigned>(ceil_div<index_t>(rows, warps)), 32 * warps, 0,
+        detail::attention_tiled_softmax_kernel<float><<<static_cast<unsigned>(ceil_div<index_t>(rows, warps)), 32 * warps, 0,
                                                  stream>>>(scores.data(), rows, a.Tk);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }

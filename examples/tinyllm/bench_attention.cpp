@@ -1,0 +1,57 @@
+// examples/tinyllm/bench_attention.cpp — CPU rows of `tinyllm bench attention`
+// and `tinyllm bench attention_decode`: the CPU reference (float64 math) on
+// small shapes, to show what the GPU rows are compared with. (Google Benchmark
+// sweeps of the reference over T: bench/cpu/bench_attention.cpp.)
+#include "registry.hpp"
+
+#include <tinyllm/attention.hpp>
+#include <tinyllm/random.hpp>
+#include <tinyllm/timing.hpp>
+
+#include <string>
+
+using namespace tinyllm_cli;
+using tinyllm::index_t;
+
+namespace {
+
+// FLOPs of attention: 4 * B * H * Tq * Tk * D, halved for causal.
+double attention_flops(index_t B, index_t H, index_t Tq, index_t Tk, index_t D, bool causal) {
+    const double f = 4.0 * static_cast<double>(B * H) * static_cast<double>(Tq) * static_cast<double>(Tk) * static_cast<double>(D);
+    return causal ? f / 2 : f;
+}
+
+tinyllm::tensor<float, 4> random_tensor(tinyllm::extents<4> shape, std::uint64_t seed) {
+    tinyllm::tensor<float, 4> t(shape);
+    tinyllm::cpu::fill_uniform(t.view(), seed, -1.0f, 1.0f);
+    return t;
+}
+
+}  // namespace
+
+TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens)", 0) {
+    // --size T sets the CPU sequence length (default 256).
+    const index_t B = 1, T = ctx.size > 0 ? ctx.size : 256, H = 12, D = 64;
+    const auto q = random_tensor({B, T, H, D}, 1), k = random_tensor({B, T, H, D}, 2), v = random_tensor({B, T, H, D}, 3);
+    tinyllm::tensor<float, 4> out({B, T, H, D});
+    tinyllm::attention_options opts;
+    opts.causal = true;
+    const std::string name = "attention/cpu_reference/B=1,T=" + std::to_string(T) + ",H=12,D=64,causal,float";
+    auto timing = tinyllm::time_cpu(
+        name, [&] { tinyllm::cpu::attention<float>(out.view(), q.view(), k.view(), v.view(), opts); }, 0,
+        attention_flops(B, H, T, T, D, true), 1, ctx.repeats < 3 ? ctx.repeats : 3);
+    ctx.rows.push_back({"cpu reference", "cpu", timing, "reference", true, false});
+}
+
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16", 0) {
+    // The CPU reference decodes one sequence against a 4096-position cache.
+    const index_t B = 1, L = 4096, H = 32, D = 128;
+    const auto q = random_tensor({B, 1, H, D}, 4), k = random_tensor({B, L, H, D}, 5), v = random_tensor({B, L, H, D}, 6);
+    tinyllm::tensor<float, 4> out({B, 1, H, D});
+    const double bytes = 2.0 * static_cast<double>(B * L * H * D) * sizeof(float);
+    auto timing = tinyllm::time_cpu(
+        "attention_decode/cpu_reference/B=1,L=4096,H=32,D=128,float",
+        [&] { tinyllm::cpu::attention<float>(out.view(), q.view(), k.view(), v.view()); }, bytes,
+        attention_flops(B, H, 1, L, D, false), 1, ctx.repeats < 3 ? ctx.repeats : 3);
+    ctx.rows.push_back({"cpu reference", "cpu", timing, "reference", true, false});
+}

@@ -1,0 +1,179 @@
+// examples/tinyllm/bench_attention.cu — CUDA rows of `tinyllm bench attention`
+// and `tinyllm bench attention_decode`.
+//
+// attention: 16k tokens of a 2048-wide model, causal:
+//   D = 128, S = 2048, B = 8, H = 16   v4 (bf16) and v3 (float)
+//   D = 64,  S = 2048, B = 8, H = 32   v4 (bf16)
+//   D = 128, S = 8192, B = 2, H = 16   v4 (bf16), v3 (float)
+//   v1 and v2 materialize the (B, H, S, S) score matrix and are slow: they run
+//   at B = 1 (2048 tokens; the score matrix alone is 256 MiB), said in the row.
+// TFLOP/s with FLOPs = 4 * B * H * S * S * D, halved for causal (the masked
+// half is not computed), the convention of FlashAttention and PyTorch's numbers.
+//
+// attention_decode: B = 8 sequences, one new token each, against L = 32768
+// cached positions, H = 32 heads (MHA, as the PyTorch baseline), D = 128, bf16.
+// GB/s counts K and V read once: 2 * B * L * Hkv * D * 2 bytes.
+//
+// Each row is checked against the CPU reference (float64 math) on batch row 0,
+// head 0 (the full reference would take minutes on a CPU).
+#include "registry.hpp"
+
+#include <tinyllm/attention.hpp>
+#include <tinyllm/cuda/attention_decode.cuh>
+#include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/attention_naive.cuh>
+#include <tinyllm/cuda/attention_tiled.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/timing.cuh>
+#include <tinyllm/dtype.hpp>
+#include <tinyllm/random.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+namespace tc = tinyllm::cuda;
+using tinyllm::index_t;
+
+namespace {
+
+struct attn_shape {
+    index_t B, Tq, Tk, Hq, Hkv, D;
+    bool causal;
+    std::string name(const char* dtype) const {
+        char buf[128];
+        std::snprintf(buf, sizeof buf, "B=%lld,Tq=%lld,Tk=%lld,Hq=%lld,Hkv=%lld,D=%lld,%s%s", static_cast<long long>(B),
+                      static_cast<long long>(Tq), static_cast<long long>(Tk), static_cast<long long>(Hq),
+                      static_cast<long long>(Hkv), static_cast<long long>(D), causal ? "causal," : "", dtype);
+        return buf;
+    }
+    double flops() const {
+        const double f = 4.0 * B * Hq * Tq * Tk * D;
+        return causal ? f / 2 : f;
+    }
+};
+
+// Random inputs in [-1, 1), rounded to T; kept on the host for the check.
+template <class T>
+std::vector<T> random_values(index_t n, std::uint64_t seed) {
+    std::vector<float> f(static_cast<std::size_t>(n));
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(f.data(), {n}), seed, -1.0f, 1.0f);
+    std::vector<T> x(f.size());
+    for (std::size_t i = 0; i < f.size(); ++i) x[i] = tinyllm::from_float<T>(f[i]);
+    return x;
+}
+
+template <class T>
+struct attn_data {
+    attn_shape s;
+    std::vector<T> q, k, v;
+    tc::device_buffer<T> dq, dk, dv, dout;
+    explicit attn_data(const attn_shape& sh) : s(sh) {
+        q = random_values<T>(s.B * s.Tq * s.Hq * s.D, 11);
+        k = random_values<T>(s.B * s.Tk * s.Hkv * s.D, 12);
+        v = random_values<T>(s.B * s.Tk * s.Hkv * s.D, 13);
+        dq = tc::to_device(q);
+        dk = tc::to_device(k);
+        dv = tc::to_device(v);
+        dout = tc::device_buffer<T>(q.size());
+    }
+    tinyllm::tensor_view<T, 4> out() { return dout.view(tinyllm::extents<4>{s.B, s.Tq, s.Hq, s.D}); }
+    tinyllm::tensor_view<const T, 4> qv() const { return dq.view(tinyllm::extents<4>{s.B, s.Tq, s.Hq, s.D}); }
+    tinyllm::tensor_view<const T, 4> kv() const { return dk.view(tinyllm::extents<4>{s.B, s.Tk, s.Hkv, s.D}); }
+    tinyllm::tensor_view<const T, 4> vv() const { return dv.view(tinyllm::extents<4>{s.B, s.Tk, s.Hkv, s.D}); }
+
+    // Max-abs error of batch row 0, head 0 against the CPU reference.
+    double check(const tinyllm::attention_options& opts) const {
+        auto to_d = [](const std::vector<T>& x, index_t n) {
+            std::vector<double> y(static_cast<std::size_t>(n));
+            for (index_t i = 0; i < n; ++i) y[static_cast<std::size_t>(i)] = tinyllm::to_float(x[static_cast<std::size_t>(i)]);
+            return y;
+        };
+        // Batch row 0 is the first slice; head 0 of q and kv head 0 via strided views.
+        const auto qd = to_d(q, s.Tq * s.Hq * s.D), kd = to_d(k, s.Tk * s.Hkv * s.D), vd = to_d(v, s.Tk * s.Hkv * s.D);
+        tinyllm::tensor_view<const double, 4> q0(qd.data(), {1, s.Tq, s.Hq, s.D}), k0(kd.data(), {1, s.Tk, s.Hkv, s.D}),
+            v0(vd.data(), {1, s.Tk, s.Hkv, s.D});
+        tinyllm::tensor<double, 4> want({1, s.Tq, 1, s.D});
+        tinyllm::cpu::attention<double>(want.view(), q0.narrow(2, 0, 1), k0.narrow(2, 0, 1), v0.narrow(2, 0, 1), opts);
+        const auto got = tc::to_host(dout);
+        double err = 0;
+        for (index_t i = 0; i < s.Tq; ++i)
+            for (index_t d = 0; d < s.D; ++d) {
+                const double g = tinyllm::to_float(got[static_cast<std::size_t>((i * s.Hq) * s.D + d)]);
+                const double e = std::fabs(g - want(0, i, 0, d));
+                err = std::isfinite(g) ? std::max(err, e) : INFINITY;
+            }
+        return err;
+    }
+};
+
+tc::timing_options options(const bench_context& ctx) {
+    tc::timing_options o;
+    o.repeats = ctx.repeats;
+    return o;
+}
+
+template <class T, class Work>
+void add_row(bench_context& ctx, attn_data<T>& data, const char* version, const char* key, const char* dtype,
+             double tolerance, bool baseline, Work&& work, double bytes = 0) {
+    tinyllm::attention_options opts;
+    opts.causal = data.s.causal;
+    data.dout.poison();
+    work();
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const double err = data.check(opts);
+    const std::string name = std::string("attention/") + key + "/" + data.s.name(dtype);
+    auto timing = tc::time_gpu(name, work, bytes, bytes > 0 ? 0 : data.s.flops(), options(ctx));
+    char check[64];
+    std::snprintf(check, sizeof check, "max-abs %.1e (b0,h0)", err);
+    ctx.rows.push_back({version, "cuda", timing, check, err <= tolerance, baseline});
+}
+
+}  // namespace
+
+TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens)", 1) {
+    if (!ctx.gpu_available) return;
+    tinyllm::attention_options causal;
+    causal.causal = true;
+    const double float_tol = 1e-4, bf16_tol = 2e-2;
+    {
+        // v1, v2: B = 1 — their (B, H, S, S) float score matrix is the point (and the cost).
+        attn_data<float> d({1, 2048, 2048, 16, 16, 128, true});
+        tc::device_buffer<float> scores(static_cast<std::size_t>(d.s.B * d.s.Hq * d.s.Tq * d.s.Tk));
+        auto sv = scores.view(tinyllm::extents<4>{d.s.B, d.s.Hq, d.s.Tq, d.s.Tk});
+        add_row(ctx, d, "v1 naive (B=1)", "v1_naive", "float", float_tol, true,
+                [&] { tc::attention_naive<float>(d.out(), d.qv(), d.kv(), d.vv(), sv, causal); });
+        add_row(ctx, d, "v2 tiled (B=1)", "v2_tiled", "float", float_tol, false,
+                [&] { tc::attention_tiled<float>(d.out(), d.qv(), d.kv(), d.vv(), sv, causal); });
+        add_row(ctx, d, "v3 flash (B=1)", "v3_flash", "float", float_tol, false,
+                [&] { tc::attention_flash<float>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+    }
+    {
+        attn_data<float> d({8, 2048, 2048, 16, 16, 128, true});
+        add_row(ctx, d, "v3 flash", "v3_flash", "float", float_tol, false,
+                [&] { tc::attention_flash<float>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+    }
+    const attn_shape bf16_shapes[] = {{8, 2048, 2048, 16, 16, 128, true}, {8, 2048, 2048, 32, 32, 64, true},
+                                      {2, 8192, 8192, 16, 16, 128, true}};
+    for (const auto& s : bf16_shapes) {
+        attn_data<tinyllm::bfloat16> d(s);
+        add_row(ctx, d, "v4 mma (bf16)", "v4_mma", "bf16", bf16_tol, false,
+                [&] { tc::attention_mma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+    }
+}
+
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16", 1) {
+    if (!ctx.gpu_available) return;
+    const index_t L = ctx.size > 0 ? ctx.size : 32768;
+    attn_data<tinyllm::bfloat16> d({8, 1, L, 32, 32, 128, false});
+    tc::attention_workspace workspace;
+    const double bytes = 2.0 * d.s.B * L * d.s.Hkv * d.s.D * sizeof(tinyllm::bfloat16);
+    add_row(ctx, d, "split-K decode (bf16)", "decode", "bf16", 2e-2, true,
+            [&] { tc::attention_decode<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), {}, workspace); }, bytes);
+    add_row(ctx, d, "v3 flash (bf16, no split)", "v3_flash", "bf16", 2e-2, false,
+            [&] { tc::attention_flash<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv()); }, bytes);
+}
