@@ -278,27 +278,27 @@ template <class T>
 void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                const attention_options& opts = {}, tensor_view<float, 4> probs = {}) {
-    detail::check_attention_shapes(out, q, k, v, "attention");
-    detail::check_attention_options(opts, q, k, "attention");
+    tinyllm::detail::check_attention_shapes(out, q, k, v, "attention");
+    tinyllm::detail::check_attention_options(opts, q, k, "attention");
     const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
     const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
     if (probs.data() != nullptr) expect_shape(probs, extents<4>{B, Hq, Tq, Tk}, "attention: probs");
-    if (detail::has_view(opts.key_lengths))
+    if (tinyllm::detail::has_view(opts.key_lengths))
         for (index_t b = 0; b < B; ++b)
             TINYLLM_EXPECT(opts.key_lengths(b) >= 0 && opts.key_lengths(b) <= Tk, "attention: key_lengths[", b,
                            "] = ", opts.key_lengths(b), " must be in [0, Tk = ", Tk, "]");
 
-    const double scale = detail::attention_scale(opts, D);
+    const double scale = tinyllm::detail::attention_scale(opts, D);
     const double softcap = opts.softcap ? *opts.softcap : 0.0;
-    const attention_mask mask = detail::make_attention_mask(opts, Tq, Tk);
+    const attention_mask mask = tinyllm::detail::make_attention_mask(opts, Tq, Tk);
     std::vector<double> s(static_cast<std::size_t>(Tk));   // one row of scores, then of probabilities
     std::vector<double> o(static_cast<std::size_t>(D));    // one output row
 
     for (index_t b = 0; b < B; ++b) {
-        const index_t length = detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
+        const index_t length = tinyllm::detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
         for (index_t h = 0; h < Hq; ++h) {
             const index_t hkv = h / group;  // the key/value head this query head reads
-            const double slope = detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
             for (index_t i = 0; i < Tq; ++i) {
                 const key_range keys = attention_visible_keys(mask, i, length);
                 const index_t pos = mask.query_position(i);
@@ -307,7 +307,7 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     double dot = 0.0;
                     for (index_t d = 0; d < D; ++d)
-                        dot += detail::attention_to_double(q(b, i, h, d)) * detail::attention_to_double(k(b, j, hkv, d));
+                        dot += tinyllm::detail::attention_to_double(q(b, i, h, d)) * tinyllm::detail::attention_to_double(k(b, j, hkv, d));
                     s[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
                     row_max = std::max(row_max, s[static_cast<std::size_t>(j)]);
                 }
@@ -325,9 +325,9 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                     const double p = s[static_cast<std::size_t>(j)] / sum;
                     s[static_cast<std::size_t>(j)] = p;
                     for (index_t d = 0; d < D; ++d)
-                        o[static_cast<std::size_t>(d)] += p * detail::attention_to_double(v(b, j, hkv, d));
+                        o[static_cast<std::size_t>(d)] += p * tinyllm::detail::attention_to_double(v(b, j, hkv, d));
                 }
-                for (index_t d = 0; d < D; ++d) out(b, i, h, d) = detail::attention_from_double<T>(o[static_cast<std::size_t>(d)]);
+                for (index_t d = 0; d < D; ++d) out(b, i, h, d) = tinyllm::detail::attention_from_double<T>(o[static_cast<std::size_t>(d)]);
                 if (probs.data() != nullptr)
                     for (index_t j = 0; j < Tk; ++j)
                         probs(b, h, i, j) = keys.contains(j) ? static_cast<float>(s[static_cast<std::size_t>(j)]) : 0.0f;
