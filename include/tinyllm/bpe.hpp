@@ -204,7 +204,7 @@ public:
                 return;
             }
         }
-        if (piece.size() <= 96)
+        if (piece.size() <= short_piece_bytes)
             merge_short(piece, out, scratch);
         else
             merge_long(piece, out, scratch);
@@ -217,12 +217,21 @@ public:
         return out;
     }
 
-private:
+    // The raw hash tables (open addressing, linear probing; sizes are powers
+    // of two), for copying to a GPU (cuda/bpe.cuh). token_slots()[h] is an id
+    // or `none`, probed from detail::hash_bytes(bytes); merge_slots() entries
+    // have key (left << 32 | right), probed from detail::hash_u64(key), and
+    // rank `none` when empty.
     struct merge_slot {
         std::uint64_t key;
         std::uint32_t rank;
         token_id merged;
     };
+    const std::vector<token_id>& token_slots() const { return token_slots_; }
+    const std::vector<merge_slot>& merge_slots() const { return merge_slots_; }
+    static constexpr std::size_t short_piece_bytes = 96;  // longer pieces use merge_long
+
+private:
 
     void build_token_table() {
         std::size_t count = 0;

@@ -1,0 +1,283 @@
+// tinyllm/cuda/bpe.cuh — byte-level BPE encoding of a batch of documents on
+// the GPU, producing exactly the ids of tinyllm::tokenizer::encode_ordinary.
+//
+// Data preparation tokenizes millions of documents; every piece merges
+// independently of all others, so the merge step parallelizes perfectly:
+//
+//   1. host:   pre-tokenize every document (pretokenize.hpp; O(n), cheap) and
+//              concatenate the documents' bytes; record each piece's
+//              (start, length);
+//   2. device: one thread per piece runs the same merge loop as the CPU's
+//              short-piece path (bpe.hpp merge_short): whole-piece lookup first
+//              (tiktoken vocabularies), then repeatedly merge the adjacent pair
+//              with the lowest rank, leftmost on ties. The vocabulary lives on
+//              the device as the CPU's own hash tables, copied verbatim: token
+//              bytes -> id and (left, right) -> (rank, merged id), open
+//              addressing with the same hash functions (written here again for
+//              the device, bit-identical to detail::hash_bytes / hash_u64);
+//   3. host:   pieces longer than bpe_vocab::short_piece_bytes (rare: a run of
+//              base64 or of one character) are merged on the CPU with the
+//              linked-list + heap path, and the ids are gathered per document.
+//
+// One thread per piece is the simple design: pieces are short (a word is a
+// few bytes), so a thread's arrays stay small (local memory), and threads of
+// a warp mostly finish together. Special tokens are not recognised (this is
+// encode_ordinary).
+//
+// NOT YET RUN ON A GPU: written and compiled without one; tests/cuda/test_bpe.cu
+// compares it with the CPU encoder when a GPU is present.
+#pragma once
+
+#include <tinyllm/bpe.hpp>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/math.hpp>
+#include <tinyllm/pretokenize.hpp>
+#include <tinyllm/tokenizer.hpp>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tinyllm::cuda {
+
+namespace detail {
+
+inline constexpr int bpe_max_piece = static_cast<int>(bpe_vocab::short_piece_bytes);
+
+// Bit-identical to tinyllm::detail::hash_bytes (which reads 8 bytes at a time
+// with memcpy on a little-endian host).
+TINYLLM_DEVICE std::uint64_t device_hash_bytes(const unsigned char* s, std::size_t n) {
+    constexpr std::uint64_t m = 0x9E3779B97F4A7C15ull;
+    std::uint64_t h = 0x243F6A8885A308D3ull ^ (n * m);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        std::uint64_t w = 0;
+        for (int k = 7; k >= 0; --k) w = (w << 8) | s[i + k];
+        h = (h ^ w) * m;
+        h ^= h >> 29;
+    }
+    std::uint64_t w = 0;
+    for (std::size_t k = n; k > i; --k) w = (w << 8) | s[k - 1];
+    h = (h ^ w) * m;
+    h ^= h >> 32;
+    return h * 0xD6E8FEB86659FD93ull;
+}
+
+TINYLLM_DEVICE std::uint64_t device_hash_u64(std::uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xFF51AFD7ED558CCDull;
+    x ^= x >> 33;
+    x *= 0xC4CEB9FE1A85EC53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+// The vocabulary's tables as raw device pointers (passed to the kernel by value).
+struct bpe_tables {
+    const token_id* token_slots;
+    std::uint64_t token_mask;
+    const std::uint64_t* token_offsets;  // token id -> [offsets[id], offsets[id+1]) in token_bytes
+    const unsigned char* token_bytes;
+    const std::uint64_t* merge_keys;
+    const std::uint32_t* merge_ranks;
+    const token_id* merge_ids;
+    std::uint64_t merge_mask;
+    const token_id* byte_ids;  // 256
+    bool whole_piece_lookup;
+};
+
+TINYLLM_DEVICE token_id device_find(const bpe_tables& t, const unsigned char* s, std::size_t n) {
+    for (std::uint64_t at = device_hash_bytes(s, n) & t.token_mask;; at = (at + 1) & t.token_mask) {
+        const token_id id = t.token_slots[at];
+        if (id == bpe_vocab::none) return bpe_vocab::none;
+        const std::uint64_t b = t.token_offsets[id], e = t.token_offsets[id + 1];
+        if (e - b != n) continue;
+        bool same = true;
+        for (std::size_t k = 0; k < n && same; ++k) same = t.token_bytes[b + k] == s[k];
+        if (same) return id;
+    }
+}
+
+TINYLLM_DEVICE void device_merge_of(const bpe_tables& t, token_id left, token_id right, std::uint32_t& rank,
+                                    token_id& merged) {
+    const std::uint64_t key = (std::uint64_t(left) << 32) | right;
+    for (std::uint64_t at = device_hash_u64(key) & t.merge_mask;; at = (at + 1) & t.merge_mask) {
+        rank = t.merge_ranks[at];
+        if (rank == bpe_vocab::none) return;
+        if (t.merge_keys[at] == key) {
+            merged = t.merge_ids[at];
+            return;
+        }
+    }
+}
+
+// One thread per piece. Piece p covers bytes [starts[p], starts[p] + lengths[p]);
+// its ids go to out[starts[p] ...] (a piece of n bytes has at most n tokens),
+// their number to counts[p]. Pieces longer than bpe_max_piece get count -1
+// (the host encodes them).
+template <int MaxPiece>
+__global__ void bpe_pieces_kernel(bpe_tables t, const unsigned char* text, const std::uint64_t* starts,
+                                  const std::int32_t* lengths, std::int64_t n_pieces, token_id* out,
+                                  std::int32_t* counts) {
+    const std::int64_t p = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
+    if (p >= n_pieces) return;
+    const unsigned char* s = text + starts[p];
+    const int n = lengths[p];
+    token_id* dst = out + starts[p];
+    if (n > MaxPiece) {
+        counts[p] = -1;
+        return;
+    }
+    if (n == 1) {
+        dst[0] = t.byte_ids[s[0]];
+        counts[p] = 1;
+        return;
+    }
+    if (t.whole_piece_lookup) {
+        const token_id id = device_find(t, s, static_cast<std::size_t>(n));
+        if (id != bpe_vocab::none) {
+            dst[0] = id;
+            counts[p] = 1;
+            return;
+        }
+    }
+    token_id ids[MaxPiece];
+    std::uint32_t ranks[MaxPiece];
+    int m = n;
+    for (int i = 0; i < m; ++i) ids[i] = t.byte_ids[s[i]];
+    token_id unused;
+    for (int i = 0; i + 1 < m; ++i) device_merge_of(t, ids[i], ids[i + 1], ranks[i], unused);
+    for (;;) {
+        std::uint32_t best = bpe_vocab::none;
+        int at = 0;
+        for (int i = 0; i + 1 < m; ++i)
+            if (ranks[i] < best) best = ranks[i], at = i;
+        if (best == bpe_vocab::none) break;
+        std::uint32_t r;
+        token_id merged = bpe_vocab::none;
+        device_merge_of(t, ids[at], ids[at + 1], r, merged);
+        ids[at] = merged;
+        for (int i = at + 1; i + 1 < m; ++i) ids[i] = ids[i + 1];  // remove ids[at + 1]
+        for (int i = at; i + 2 < m; ++i) ranks[i] = ranks[i + 1];  // remove ranks[at]
+        --m;
+        if (at > 0) device_merge_of(t, ids[at - 1], ids[at], ranks[at - 1], unused);
+        if (at + 1 < m) device_merge_of(t, ids[at], ids[at + 1], ranks[at], unused);
+    }
+    for (int i = 0; i < m; ++i) dst[i] = ids[i];
+    counts[p] = m;
+}
+
+}  // namespace detail
+
+// A bpe_vocab copied to the device (tables as on the host).
+class bpe_device_vocab {
+public:
+    explicit bpe_device_vocab(const bpe_vocab& v) : host_(&v) {
+        std::vector<std::uint64_t> offsets(v.size() + 1, 0);
+        std::string bytes;
+        for (std::size_t id = 0; id < v.size(); ++id) {
+            if (v.contains(token_id(id))) bytes.append(v.bytes(token_id(id)));
+            offsets[id + 1] = bytes.size();
+        }
+        std::vector<std::uint64_t> keys;
+        std::vector<std::uint32_t> ranks;
+        std::vector<token_id> merged;
+        for (const auto& s : v.merge_slots()) {
+            keys.push_back(s.key);
+            ranks.push_back(s.rank);
+            merged.push_back(s.merged);
+        }
+        std::vector<token_id> byte_ids(256);
+        for (int b = 0; b < 256; ++b) byte_ids[std::size_t(b)] = v.byte_token(static_cast<unsigned char>(b));
+        token_slots_ = to_device(v.token_slots());
+        token_offsets_ = to_device(offsets);
+        token_bytes_ = to_device(std::vector<unsigned char>(bytes.begin(), bytes.end()));
+        merge_keys_ = to_device(keys);
+        merge_ranks_ = to_device(ranks);
+        merge_ids_ = to_device(merged);
+        byte_ids_ = to_device(byte_ids);
+        tables_ = {token_slots_.data(), v.token_slots().size() - 1, token_offsets_.data(), token_bytes_.data(),
+                   merge_keys_.data(), merge_ranks_.data(), merge_ids_.data(), keys.size() - 1, byte_ids_.data(),
+                   v.whole_piece_lookup()};
+    }
+
+    const detail::bpe_tables& tables() const { return tables_; }
+    const bpe_vocab& host() const { return *host_; }
+
+private:
+    const bpe_vocab* host_;
+    device_buffer<token_id> token_slots_;
+    device_buffer<std::uint64_t> token_offsets_;
+    device_buffer<unsigned char> token_bytes_;
+    device_buffer<std::uint64_t> merge_keys_;
+    device_buffer<std::uint32_t> merge_ranks_;
+    device_buffer<token_id> merge_ids_;
+    device_buffer<token_id> byte_ids_;
+    detail::bpe_tables tables_{};
+};
+
+// Encode every document as tok.encode_ordinary would (special tokens' strings
+// are ordinary text). `dv` must have been made from tok.vocab().
+inline std::vector<std::vector<token_id>> encode_batch(const tokenizer& tok, const bpe_device_vocab& dv,
+                                                       const std::vector<std::string>& documents,
+                                                       cudaStream_t stream = nullptr) {
+    TINYLLM_EXPECT(&dv.host() == &tok.vocab(), "encode_batch: the device vocabulary was made from another tokenizer");
+    // 1. Pre-tokenize on the host into one byte buffer.
+    std::string all;
+    std::vector<std::uint64_t> starts;
+    std::vector<std::int32_t> lengths;
+    std::vector<std::size_t> doc_first_piece(documents.size() + 1, 0);
+    for (std::size_t d = 0; d < documents.size(); ++d) {
+        doc_first_piece[d] = starts.size();
+        std::string text = documents[d];
+        if (tok.add_prefix_space() && !text.empty() && text.front() != ' ') text.insert(text.begin(), ' ');
+        const std::size_t base = all.size();
+        all += text;
+        std::size_t at = 0;
+        for_each_piece(text, tok.pattern(), [&](std::string_view piece) {
+            starts.push_back(base + at);
+            TINYLLM_EXPECT(piece.size() < (std::size_t(1) << 31), "encode_batch: a piece of ", piece.size(),
+                           " bytes is too long");
+            lengths.push_back(static_cast<std::int32_t>(piece.size()));
+            at += piece.size();
+        });
+    }
+    doc_first_piece[documents.size()] = starts.size();
+    std::vector<std::vector<token_id>> result(documents.size());
+    if (starts.empty()) return result;
+
+    // 2. Merge every piece on the device.
+    auto d_text = to_device(std::vector<unsigned char>(all.begin(), all.end()));
+    auto d_starts = to_device(starts);
+    auto d_lengths = to_device(lengths);
+    device_buffer<token_id> d_out(all.size());
+    device_buffer<std::int32_t> d_counts(starts.size());
+    const auto n = static_cast<std::int64_t>(starts.size());
+    const int threads = 128;
+    detail::bpe_pieces_kernel<detail::bpe_max_piece>
+        <<<static_cast<unsigned>(ceil_div<std::int64_t>(n, threads)), threads, 0, stream>>>(
+            dv.tables(), d_text.data(), d_starts.data(), d_lengths.data(), n, d_out.data(), d_counts.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const auto out = to_host(d_out);
+    const auto counts = to_host(d_counts);
+
+    // 3. Gather per document; long pieces are merged on the host.
+    bpe_vocab::scratch_space scratch;
+    for (std::size_t d = 0; d < documents.size(); ++d) {
+        auto& ids = result[d];
+        for (std::size_t p = doc_first_piece[d]; p < doc_first_piece[d + 1]; ++p) {
+            if (counts[p] < 0)
+                tok.vocab().encode_piece(std::string_view(all).substr(starts[p], std::size_t(lengths[p])), ids, scratch);
+            else
+                ids.insert(ids.end(), out.begin() + static_cast<std::ptrdiff_t>(starts[p]),
+                           out.begin() + static_cast<std::ptrdiff_t>(starts[p] + std::uint64_t(counts[p])));
+        }
+    }
+    return result;
+}
+
+}  // namespace tinyllm::cuda

@@ -1,0 +1,33 @@
+// examples/tinyllm/bench_tokenizer.cpp — CPU row of `tinyllm bench bpe`:
+// encode_ordinary over a batch of documents on one thread (see
+// bench_tokenizer.hpp; the CUDA row is in bench_tokenizer.cu). Bytes: the
+// documents' text. For the comparison with tiktoken see
+// bench/tokenizer_vs_tiktoken.py.
+#include "bench_tokenizer.hpp"
+#include "registry.hpp"
+
+#include <tinyllm/timing.hpp>
+
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+
+TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000)", 0) {
+    const long long count = ctx.size > 0 ? ctx.size : 2000;
+    std::string which;
+    const auto tok = bpe_bench::tokenizer(which);
+    const auto docs = bpe_bench::documents(count);
+    double bytes = 0;
+    for (const auto& d : docs) bytes += static_cast<double>(d.size());
+    std::size_t n = 0;
+    const int repeats = ctx.repeats < 5 ? ctx.repeats : 5;
+    auto timing = tinyllm::time_cpu(
+        "bpe/cpu_reference/docs=" + std::to_string(count) + "," + which,
+        [&] {
+            n = 0;
+            for (const auto& d : docs) n += tok->encode_ordinary(d).size();
+        },
+        bytes, 0, 1, repeats);
+    ctx.rows.push_back({"cpu 1 thread", "cpu", timing, std::to_string(n) + " tokens", true, true});
+}
