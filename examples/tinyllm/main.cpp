@@ -68,7 +68,7 @@ TINYLLM_COMMAND("tour", "a guided walk through what the library does",
     auto all = chapters();
     std::stable_sort(all.begin(), all.end(), [](const chapter& x, const chapter& y) { return x.order < y.order; });
     if (a.has_flag("list")) {
-        for (const auto& c : all) out << "  " << std::left << std::setw(14) << c.name << c.title << "\n";
+        for (const auto& c : all) out << "  " << std::left << std::setw(14) << c.name << " " << c.title << "\n";
         return 0;
     }
     const std::string only = a.get("chapter");
@@ -107,7 +107,7 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         for (const auto& n : names) {
             const auto it = std::find_if(bench_components().begin(), bench_components().end(),
                                          [&](const bench_component& c) { return c.name == n; });
-            out << "  " << std::left << std::setw(14) << n << it->description << "\n";
+            out << "  " << std::left << std::setw(18) << n << " " << it->description << "\n";
         }
         return 0;
     }
@@ -136,13 +136,13 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         const bench_row* base = nullptr;
         for (const auto& r : ctx.rows)
             if (r.baseline && !base) base = &r;
-        out << std::left << std::setw(22) << "version" << std::setw(6) << "dev" << std::right << std::setw(12)
+        out << std::left << std::setw(26) << "version" << std::setw(6) << "dev" << std::right << std::setw(12)
             << "median us" << std::setw(10) << "GB/s" << std::setw(10) << "TFLOP/s" << std::setw(10) << "speed-up"
             << "  check\n";
         for (const auto& r : ctx.rows) {
             std::ostringstream speedup;
             if (base) speedup << std::fixed << std::setprecision(2) << base->timing.median_us / r.timing.median_us << "x";
-            out << std::left << std::setw(22) << r.version << std::setw(6) << r.device << std::right << std::fixed
+            out << std::left << std::setw(26) << (r.version + " ") << std::setw(6) << r.device << std::right << std::fixed
                 << std::setprecision(2) << std::setw(12) << r.timing.median_us << std::setprecision(1)
                 << std::setw(10) << r.timing.gb_per_s() << std::setprecision(3) << std::setw(10)
                 << r.timing.tflop_per_s() << std::setw(10) << speedup.str() << "  " << (r.agrees ? "" : "DISAGREES: ")
