@@ -3,10 +3,29 @@
 
 #include <tinyllm/tinyllm.hpp>
 
+// Foundation: errors, memory, devices, 16-bit types, timing, cuBLAS.
 #include <tinyllm/cuda/check.cuh>
-#include <tinyllm/cuda/copy.cuh>
+#include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
-#include <tinyllm/cuda/random.cuh>
 #include <tinyllm/cuda/timing.cuh>
+
+// The first ladders: copy (the bandwidth ceiling) and random numbers.
+#include <tinyllm/cuda/copy.cuh>
+#include <tinyllm/cuda/random.cuh>
+
+// Components.
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/attention_decode.cuh>
+#include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/attention_naive.cuh>
+#include <tinyllm/cuda/attention_tiled.cuh>
+#include <tinyllm/cuda/bpe.cuh>
+#include <tinyllm/cuda/embedding.cuh>
+#include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/moe.cuh>
+#include <tinyllm/cuda/norm.cuh>
+#include <tinyllm/cuda/positional.cuh>
+#include <tinyllm/cuda/sampling.cuh>
