@@ -41,6 +41,7 @@
 
 #include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
 
 #include <cmath>
@@ -61,24 +62,6 @@ constexpr std::string_view activation_name(activation kind) {
     }
     return "unknown";
 }
-
-namespace detail {
-// float math under one name on host (std::) and device (CUDA's math library).
-TINYLLM_HOST_DEVICE float erfc_f(float x) {
-#if TINYLLM_ON_DEVICE
-    return erfcf(x);
-#else
-    return std::erfc(x);
-#endif
-}
-TINYLLM_HOST_DEVICE float exp_f(float x) {
-#if TINYLLM_ON_DEVICE
-    return expf(x);
-#else
-    return std::exp(x);
-#endif
-}
-}  // namespace detail
 
 // max(x, 0); NaN stays NaN (as in PyTorch).
 TINYLLM_HOST_DEVICE float relu(float x) { return x < 0.0f ? 0.0f : x; }

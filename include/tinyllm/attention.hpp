@@ -56,6 +56,7 @@
 #include <tinyllm/config.hpp>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
 
 #include <cmath>
@@ -167,22 +168,6 @@ TINYLLM_HOST_DEVICE constexpr key_range attention_tile_keys(const attention_mask
     return r;
 }
 
-namespace detail {
-TINYLLM_HOST_DEVICE float attention_tanh(float x) {
-#if TINYLLM_ON_DEVICE
-    return tanhf(x);
-#else
-    return std::tanh(x);
-#endif
-}
-TINYLLM_HOST_DEVICE double attention_tanh(double x) {
-#if TINYLLM_ON_DEVICE
-    return ::tanh(x);
-#else
-    return std::tanh(x);
-#endif
-}
-}  // namespace detail
 
 // The logit of query i (absolute position `pos`) and key j, from their dot
 // product: scale, then soft-cap (softcap <= 0: off), then the ALiBi bias
@@ -191,7 +176,7 @@ TINYLLM_HOST_DEVICE double attention_tanh(double x) {
 template <class F>
 TINYLLM_HOST_DEVICE F attention_logit(F dot, F scale, F softcap, F slope, index_t pos, index_t j) {
     F s = dot * scale;
-    if (softcap > F(0)) s = softcap * detail::attention_tanh(s / softcap);
+    if (softcap > F(0)) s = softcap * detail::tanh_hd(s / softcap);
     if (slope != F(0)) s -= slope * static_cast<F>(pos - j);
     return s;
 }

@@ -56,23 +56,6 @@ namespace tinyllm {
 
 namespace detail {
 
-// sin and cos of a float angle (CUDA: sincosf, one call for both).
-TINYLLM_HOST_DEVICE void sin_cos(float angle, float* s, float* c) {
-#if TINYLLM_ON_DEVICE
-    sincosf(angle, s, c);
-#else
-    *s = std::sin(angle);
-    *c = std::cos(angle);
-#endif
-}
-
-TINYLLM_HOST_DEVICE double pow_double(double base, double exponent) {
-#if TINYLLM_ON_DEVICE
-    return ::pow(base, exponent);
-#else
-    return std::pow(base, exponent);
-#endif
-}
 
 // Position ids may be int32 or int64 (PyTorch uses int64).
 template <class P>

@@ -52,51 +52,6 @@ inline constexpr std::int64_t sampling_max_vocab = std::int64_t{1} << 23;
 
 namespace detail {
 
-// Single IEEE operations that no compiler may fuse with their neighbours.
-TINYLLM_HOST_DEVICE float add_rn(float a, float b) {
-#if TINYLLM_ON_DEVICE
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-TINYLLM_HOST_DEVICE float sub_rn(float a, float b) {
-#if TINYLLM_ON_DEVICE
-    return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-}
-TINYLLM_HOST_DEVICE float mul_rn(float a, float b) {
-#if TINYLLM_ON_DEVICE
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-TINYLLM_HOST_DEVICE float div_rn(float a, float b) {
-#if TINYLLM_ON_DEVICE
-    return __fdiv_rn(a, b);
-#else
-    return a / b;
-#endif
-}
-// Round to the nearest integer, ties to even (exact).
-TINYLLM_HOST_DEVICE float rint_rn(float x) {
-#if TINYLLM_ON_DEVICE
-    return rintf(x);
-#else
-    return std::rint(x);
-#endif
-}
-// x * 2^n (exact while the result is a normal float).
-TINYLLM_HOST_DEVICE float ldexp_exact(float x, int n) {
-#if TINYLLM_ON_DEVICE
-    return ldexpf(x, n);
-#else
-    return std::ldexp(x, n);
-#endif
-}
 
 // floor(a * b / 2^64) for 64-bit a, b: the high word of the 128-bit product,
 // from four 32x32 -> 64 products (portable, exact, the same on both sides).
