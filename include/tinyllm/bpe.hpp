@@ -37,6 +37,7 @@
 // encode with one shared vocabulary.
 #pragma once
 
+#include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
 
 #include <algorithm>
@@ -55,25 +56,36 @@ using token_id = std::uint32_t;
 
 namespace detail {
 
-// A fast, non-cryptographic hash of a byte string (8 bytes at a time).
-inline std::uint64_t hash_bytes(std::string_view s) {
+// The little-endian 64-bit word made of bytes s[0, n), n <= 8 (missing high bytes 0).
+TINYLLM_HOST_DEVICE std::uint64_t load_le_word(const unsigned char* s, std::size_t n) {
+    std::uint64_t w = 0;
+#if TINYLLM_ON_DEVICE
+    for (std::size_t k = n; k > 0; --k) w = (w << 8) | s[k - 1];
+#else
+    std::memcpy(&w, s, n);  // one load on the little-endian hosts tinyllm targets (x86-64, ARM64)
+#endif
+    return w;
+}
+
+// A fast, non-cryptographic hash of a byte string (8 bytes at a time). The
+// CUDA BPE encoder probes the same hash tables on the device with it.
+TINYLLM_HOST_DEVICE std::uint64_t hash_bytes(const unsigned char* s, std::size_t n) {
     constexpr std::uint64_t m = 0x9E3779B97F4A7C15ull;
-    std::uint64_t h = 0x243F6A8885A308D3ull ^ (s.size() * m);
+    std::uint64_t h = 0x243F6A8885A308D3ull ^ (n * m);
     std::size_t i = 0;
-    for (; i + 8 <= s.size(); i += 8) {
-        std::uint64_t w;
-        std::memcpy(&w, s.data() + i, 8);
-        h = (h ^ w) * m;
+    for (; i + 8 <= n; i += 8) {
+        h = (h ^ load_le_word(s + i, 8)) * m;
         h ^= h >> 29;
     }
-    std::uint64_t w = 0;
-    std::memcpy(&w, s.data() + i, s.size() - i);
-    h = (h ^ w) * m;
+    h = (h ^ load_le_word(s + i, n - i)) * m;
     h ^= h >> 32;
     return h * 0xD6E8FEB86659FD93ull;
 }
+inline std::uint64_t hash_bytes(std::string_view s) {
+    return hash_bytes(reinterpret_cast<const unsigned char*>(s.data()), s.size());
+}
 
-inline std::uint64_t hash_u64(std::uint64_t x) {
+TINYLLM_HOST_DEVICE std::uint64_t hash_u64(std::uint64_t x) {
     x ^= x >> 33;
     x *= 0xFF51AFD7ED558CCDull;
     x ^= x >> 33;

@@ -13,8 +13,8 @@
 //              with the lowest rank, leftmost on ties. The vocabulary lives on
 //              the device as the CPU's own hash tables, copied verbatim: token
 //              bytes -> id and (left, right) -> (rank, merged id), open
-//              addressing with the same hash functions (written here again for
-//              the device, bit-identical to detail::hash_bytes / hash_u64);
+//              addressing probed with the CPU's own host/device hash functions
+//              (tinyllm::detail::hash_bytes / hash_u64 in <tinyllm/bpe.hpp>);
 //   3. host:   pieces longer than bpe_vocab::short_piece_bytes (rare: a run of
 //              base64 or of one character) are merged on the CPU with the
 //              linked-list + heap path, and the ids are gathered per document.
@@ -47,34 +47,6 @@ namespace detail {
 
 inline constexpr int bpe_max_piece = static_cast<int>(bpe_vocab::short_piece_bytes);
 
-// Bit-identical to tinyllm::detail::hash_bytes (which reads 8 bytes at a time
-// with memcpy on a little-endian host).
-TINYLLM_DEVICE std::uint64_t device_hash_bytes(const unsigned char* s, std::size_t n) {
-    constexpr std::uint64_t m = 0x9E3779B97F4A7C15ull;
-    std::uint64_t h = 0x243F6A8885A308D3ull ^ (n * m);
-    std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        std::uint64_t w = 0;
-        for (int k = 7; k >= 0; --k) w = (w << 8) | s[i + k];
-        h = (h ^ w) * m;
-        h ^= h >> 29;
-    }
-    std::uint64_t w = 0;
-    for (std::size_t k = n; k > i; --k) w = (w << 8) | s[k - 1];
-    h = (h ^ w) * m;
-    h ^= h >> 32;
-    return h * 0xD6E8FEB86659FD93ull;
-}
-
-TINYLLM_DEVICE std::uint64_t device_hash_u64(std::uint64_t x) {
-    x ^= x >> 33;
-    x *= 0xFF51AFD7ED558CCDull;
-    x ^= x >> 33;
-    x *= 0xC4CEB9FE1A85EC53ull;
-    x ^= x >> 33;
-    return x;
-}
-
 // The vocabulary's tables as raw device pointers (passed to the kernel by value).
 struct bpe_tables {
     const token_id* token_slots;
@@ -90,7 +62,7 @@ struct bpe_tables {
 };
 
 TINYLLM_DEVICE token_id device_find(const bpe_tables& t, const unsigned char* s, std::size_t n) {
-    for (std::uint64_t at = device_hash_bytes(s, n) & t.token_mask;; at = (at + 1) & t.token_mask) {
+    for (std::uint64_t at = tinyllm::detail::hash_bytes(s, n) & t.token_mask;; at = (at + 1) & t.token_mask) {
         const token_id id = t.token_slots[at];
         if (id == bpe_vocab::none) return bpe_vocab::none;
         const std::uint64_t b = t.token_offsets[id], e = t.token_offsets[id + 1];
@@ -104,7 +76,7 @@ TINYLLM_DEVICE token_id device_find(const bpe_tables& t, const unsigned char* s,
 TINYLLM_DEVICE void device_merge_of(const bpe_tables& t, token_id left, token_id right, std::uint32_t& rank,
                                     token_id& merged) {
     const std::uint64_t key = (std::uint64_t(left) << 32) | right;
-    for (std::uint64_t at = device_hash_u64(key) & t.merge_mask;; at = (at + 1) & t.merge_mask) {
+    for (std::uint64_t at = tinyllm::detail::hash_u64(key) & t.merge_mask;; at = (at + 1) & t.merge_mask) {
         rank = t.merge_ranks[at];
         if (rank == bpe_vocab::none) return;
         if (t.merge_keys[at] == key) {
