@@ -570,23 +570,30 @@ inline void min_p(tensor_view<float, 2> logits, float p, sampling_check check = 
     detail::run_processor(logits, 3, p, 0, "min_p", check, stream);
 }
 
+namespace detail {
+// Both penalties: validate, launch penalty_kernel in `mode` (0: repetition with
+// factor a; 1: frequency a and presence b), check the rows' status.
+inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated, int mode, float a,
+                        float b, const char* op, sampling_check check, cudaStream_t stream) {
+    check_logits(logits, op);
+    TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), op, ": generated has ", generated.extent(0),
+                   " rows but logits have ", logits.extent(0));
+    TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1, op, ": generated rows must be contiguous");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    int* status = status_buffer(B);
+    penalty_kernel<sampling_threads, float><<<static_cast<unsigned>(B), sampling_threads, 0, stream>>>(
+        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
+        generated.stride(0), mode, a, b);
+    check_status(status, B, op, check, stream);
+}
+}  // namespace detail
+
 // Repetition penalty over the generated tokens (B, L) (device memory, entries < 0 are padding).
 inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated, float r,
                                sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_penalty(r);
-    detail::check_logits(logits, "repetition_penalty");
-    TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), "repetition_penalty: generated has ",
-                   generated.extent(0), " rows but logits have ", logits.extent(0));
-    TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1,
-                   "repetition_penalty: generated rows must be contiguous");
-    const index_t B = logits.extent(0);
-    if (B == 0) return;
-    int* status = detail::status_buffer(B);
-    detail::penalty_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
-                                                              stream>>>(
-        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
-        generated.stride(0), 0, r, 0.0f);
-    detail::check_status(status, B, "repetition_penalty", check, stream);
+    detail::run_penalty(logits, generated, 0, r, 0.0f, "repetition_penalty", check, stream);
 }
 
 // Frequency and presence penalties over the generated tokens (B, L) (device memory).
@@ -596,19 +603,7 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
     TINYLLM_EXPECT(std::isfinite(frequency) && std::isfinite(presence),
                    "frequency_presence_penalty: frequency = ", frequency, " and presence = ", presence,
                    " must be finite");
-    detail::check_logits(logits, "frequency_presence_penalty");
-    TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), "frequency_presence_penalty: generated has ",
-                   generated.extent(0), " rows but logits have ", logits.extent(0));
-    TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1,
-                   "frequency_presence_penalty: generated rows must be contiguous");
-    const index_t B = logits.extent(0);
-    if (B == 0) return;
-    int* status = detail::status_buffer(B);
-    detail::penalty_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
-                                                              stream>>>(
-        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
-        generated.stride(0), 1, frequency, presence);
-    detail::check_status(status, B, "frequency_presence_penalty", check, stream);
+    detail::run_penalty(logits, generated, 1, frequency, presence, "frequency_presence_penalty", check, stream);
 }
 
 // z_t <- z_t + bias[t] in every row (the map is on the host). Synchronizes.
