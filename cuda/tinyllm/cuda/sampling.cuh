@@ -332,20 +332,27 @@ __global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* log
     }
 }
 
+// A chooser's first step: the row maximum m. A row with NaN/+inf logits or with
+// every logit -inf has no token: thread 0 records why (token -1) and false is returned.
+template <int Threads, class T>
+__device__ bool chooser_row_max(const T* row, index_t V, index_t b, std::int32_t* out, int* status, float& m) {
+    bool bad = false;
+    m = row_max_checked<Threads>(row, V, 1.0f, bad);
+    if (!bad && m != -INFINITY) return true;
+    if (threadIdx.x == 0) {
+        status[b] = bad ? row_bad_logit : row_all_masked;
+        out[b] = -1;
+    }
+    return false;
+}
+
 // Greedy: one argmax reduction per row.
 template <int Threads, class T>
 __global__ void greedy_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride) {
     const index_t b = blockIdx.x;
     const T* row = logits + b * row_stride;
-    bool bad = false;
-    const float m = row_max_checked<Threads>(row, V, 1.0f, bad);
-    if (bad || m == -INFINITY) {
-        if (threadIdx.x == 0) {
-            status[b] = bad ? row_bad_logit : row_all_masked;
-            out[b] = -1;
-        }
-        return;
-    }
+    float m;
+    if (!chooser_row_max<Threads>(row, V, b, out, status, m)) return;
     const int token = row_argmax<Threads>(row, V);
     if (threadIdx.x == 0) {
         out[b] = token;
@@ -405,15 +412,8 @@ __global__ void sample_kernel(std::int32_t* out, int* status, const T* logits, i
                               std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset) {
     const index_t b = blockIdx.x;
     const T* row = logits + b * row_stride;
-    bool bad = false;
-    const float m = row_max_checked<Threads>(row, V, 1.0f, bad);
-    if (bad || m == -INFINITY) {
-        if (threadIdx.x == 0) {
-            status[b] = bad ? row_bad_logit : row_all_masked;
-            out[b] = -1;
-        }
-        return;
-    }
+    float m;
+    if (!chooser_row_max<Threads>(row, V, b, out, status, m)) return;
     auto q_of = [&](index_t i) { return sampling_weight(::tinyllm::detail::sub_rn(to_float(row[i]), m)); };
     std::uint64_t local = 0;
     for (index_t i = threadIdx.x; i < V; i += Threads) local += q_of(i);
