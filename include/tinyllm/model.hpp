@@ -37,10 +37,12 @@
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
 #include <tinyllm/positional.hpp>
+#include <tinyllm/random.hpp>
 #include <tinyllm/safetensors.hpp>
 #include <tinyllm/sampling.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -327,6 +329,114 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
     if (!c.tie_word_embeddings) w.lm_head = ck.load("lm_head.weight", extents<2>{V, D});
     return w;
 }
+
+// ---- random models of real shapes (benchmarks, tests, the tour) ---------------
+
+// Weights for `c` drawn from Philox: every matrix uniform in [-a, a] with
+// a = 1/sqrt(fan_in) (torch.nn.Linear's init), the embedding and position
+// tables uniform in [-1, 1], norm weights 1 and biases 0. Same seed, same model.
+inline model_weights random_model_weights(const model_config& c, std::uint64_t seed) {
+    const index_t D = c.hidden_size, V = c.vocab_size, F = c.intermediate_size, Dh = c.head_dim;
+    const index_t q_out = c.num_heads * Dh, kv_out = c.num_kv_heads * Dh;
+    const bool gpt2 = c.arch == model_arch::gpt2;
+    auto uniform = [&seed]<std::size_t R>(const extents<R>& shape, float a) {
+        tensor<float, R> t(shape);
+        cpu::fill_uniform(t.view(), seed++, -a, a);
+        return t;
+    };
+    auto matrix = [&](index_t out, index_t in) { return uniform(extents<2>{out, in}, 1.0f / std::sqrt(static_cast<float>(in))); };
+    auto ones = [](index_t n) { return tensor<float, 1>(extents<1>{n}, 1.0f); };
+    auto zeros_if = [](bool yes, index_t n) { return yes ? tensor<float, 1>(extents<1>{n}, 0.0f) : tensor<float, 1>(); };
+    model_weights w;
+    w.embed = uniform(extents<2>{V, D}, 1.0f);
+    if (gpt2) w.positions = uniform(extents<2>{c.max_positions, D}, 1.0f);
+    for (index_t l = 0; l < c.num_layers; ++l) {
+        layer_weights L;
+        L.attn_norm_weight = ones(D);
+        L.ffn_norm_weight = ones(D);
+        L.attn_norm_bias = zeros_if(gpt2, D);
+        L.ffn_norm_bias = zeros_if(gpt2, D);
+        L.wq = matrix(q_out, D);
+        L.wk = matrix(kv_out, D);
+        L.wv = matrix(kv_out, D);
+        L.wo = matrix(D, q_out);
+        if (gpt2) {
+            L.bq = zeros_if(true, q_out);
+            L.bk = zeros_if(true, kv_out);
+            L.bv = zeros_if(true, kv_out);
+            L.bo = zeros_if(true, D);
+            L.fc = matrix(F, D);
+            L.fc_bias = zeros_if(true, F);
+            L.proj = matrix(D, F);
+            L.proj_bias = zeros_if(true, D);
+        } else if (c.arch == model_arch::llama) {
+            L.gate = matrix(F, D);
+            L.up = matrix(F, D);
+            L.down = matrix(D, F);
+        } else {
+            const index_t E = c.num_experts;
+            L.router = matrix(E, D);
+            L.w1 = uniform(extents<3>{E, F, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+            L.w3 = uniform(extents<3>{E, F, D}, 1.0f / std::sqrt(static_cast<float>(D)));
+            L.w2 = uniform(extents<3>{E, D, F}, 1.0f / std::sqrt(static_cast<float>(F)));
+        }
+        w.layers.push_back(std::move(L));
+    }
+    w.final_norm_weight = ones(D);
+    w.final_norm_bias = zeros_if(gpt2, D);
+    if (!c.tie_word_embeddings) w.lm_head = matrix(V, D);
+    return w;
+}
+
+// The shapes the benchmarks use (docs/model.md), as configs without a checkpoint.
+namespace model_shapes {
+
+// GPT-2 small (openai-community/gpt2): 124M parameters.
+inline model_config gpt2_124m() {
+    model_config c;
+    c.arch = model_arch::gpt2;
+    c.architecture = "GPT2LMHeadModel";
+    c.vocab_size = 50257;
+    c.hidden_size = 768;
+    c.num_layers = 12;
+    c.num_heads = c.num_kv_heads = 12;
+    c.head_dim = 64;
+    c.intermediate_size = 3072;
+    c.max_positions = 1024;
+    c.norm_eps = 1e-5f;
+    c.tie_word_embeddings = true;
+    c.eos_token_ids = {50256};
+    return c;
+}
+
+// Llama-3.2-1B's shape: 1.24B parameters, GQA 32/8, head dim 64, tied embeddings.
+inline model_config llama_1b() {
+    model_config c;
+    c.arch = model_arch::llama;
+    c.architecture = "LlamaForCausalLM";
+    c.vocab_size = 128256;
+    c.hidden_size = 2048;
+    c.num_layers = 16;
+    c.num_heads = 32;
+    c.num_kv_heads = 8;
+    c.head_dim = 64;
+    c.intermediate_size = 8192;
+    c.max_positions = 131072;
+    c.norm_eps = 1e-5f;
+    c.tie_word_embeddings = true;
+    c.rope.rotary_dim = 64;
+    c.rope.theta = 500000.0;
+    c.rope.pairing = rope_pairing::rotate_half;
+    c.rope.scaling = rope_scaling::llama3;
+    c.rope.factor = 32.0;
+    c.rope.low_freq_factor = 1.0;
+    c.rope.high_freq_factor = 4.0;
+    c.rope.original_max_position_embeddings = 8192.0;
+    c.eos_token_ids = {128001};
+    return c;
+}
+
+}  // namespace model_shapes
 
 namespace cpu {
 
