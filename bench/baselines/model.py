@@ -1,0 +1,297 @@
+"""PyTorch baseline for `tinyllm bench model`: transformers' own models, eager attention,
+on the same shapes as tinyllm's model rows.
+
+    python3 bench/baselines/model.py --json out/model_pytorch.json
+
+Models, random-initialised (no download), attn_implementation="eager", float32 and bfloat16:
+  gpt2_124m  GPT2LMHeadModel, GPT-2 small: vocab 50257, 12 layers, d=768, 12 heads
+  llama_1b   LlamaForCausalLM with Llama-3.2-1B's config: vocab 128256, 16 layers, d=2048,
+             32 heads over 8 KV heads of 64, FFN 8192, RoPE theta 500000 with llama3 scaling
+             (factor 32, low 1, high 4, original 8192), tied embeddings
+Rows "model/pytorch_eager/<model>_<dtype>_<phase>_b<batch>", dtype fp32 or bf16, batch 1 or 32:
+  prefill  B prompts of 128 tokens in one forward with use_cache=True and logits_to_keep=1
+           (what generate() runs first); _timing.time_cuda (L2 flush, CUDA events, median of
+           min(--repeats, 10) runs, 5 for llama_1b); tokens/s = B*128 / time.
+  decode   after an untimed 128-token prefill, 32 steps of one token per sequence with the KV
+           cache (use_cache=True), each step choosing its token by argmax; CUDA events around
+           the 32 steps, divided by 32; median of 3 runs; tokens/s = B / step time.
+Each row has tokens_per_second; prefill rows flops_per_second (2 flops per weight per token,
+causal attention), decode rows bytes_per_second (the weights read once per step, plus the KV
+cache at the middle step). float32 runs with PyTorch's defaults (no TF32 for matmuls).
+
+The bandwidth floor of batch-1 decode is printed too: every step must read every weight once,
+so a step cannot take less than weight bytes / memory bandwidth. Weight bytes = all parameters
+(a tied embedding counted once, as the LM head reads it whole) less GPT-2's position table and,
+when untied, the input embedding (a step reads only one row of each). The bandwidth is the
+GPU's nominal peak when its name is known, and the measured rate of a 2 GiB device copy.
+"""
+import argparse
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+
+# This folder's copy.py would shadow the standard library's copy module, which torch imports:
+# keep the folder on sys.path only after the standard library (for _timing).
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
+
+# Hidden options, for smoke-testing this script without a GPU (not part of the baseline):
+#   --device cpu --smoke   tiny shapes, a few repeats, wall-clock timing.
+_hidden = argparse.ArgumentParser(add_help=False)
+_hidden.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+_hidden.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+hidden, sys.argv[1:] = _hidden.parse_known_args()
+
+from _timing import Results, parse_args, require_cuda_torch, time_cuda  # noqa: E402
+
+args = parse_args(__doc__)
+if hidden.device == "cuda":
+    torch = require_cuda_torch()
+else:
+    try:
+        import torch
+    except ImportError:
+        print("torch is not importable: baseline skipped")
+        sys.exit(0)
+try:
+    import transformers
+except ImportError:
+    print("transformers is not importable: baseline skipped")
+    sys.exit(0)
+transformers.logging.set_verbosity_error()
+
+DEVICE = hidden.device
+PROMPT = 16 if hidden.smoke else 128
+STEPS = 4 if hidden.smoke else 32
+BATCHES = (1, 4) if hidden.smoke else (1, 32)
+DTYPES = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+# Nominal memory bandwidth, bytes/s, by GPU name (the first match wins).
+PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.039e12),
+                  ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12))
+
+
+def gpt2_config(smoke):
+    if smoke:
+        shape = dict(vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4)
+    else:
+        shape = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    return transformers.GPT2Config(**shape, activation_function="gelu_new", tie_word_embeddings=True,
+                                   attn_implementation="eager")
+
+
+def llama_config(smoke):
+    if smoke:
+        shape = dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=2, head_dim=8)
+    else:
+        shape = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=64)
+    # rope_theta + rope_scaling: read by transformers 4, converted to rope_parameters by 5.
+    return transformers.LlamaConfig(
+        **shape, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=True,
+        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000 if not smoke else None, eos_token_id=128001 if not smoke else None,
+        attn_implementation="eager")
+
+
+MODELS = (("gpt2_124m", transformers.GPT2LMHeadModel, gpt2_config),
+          ("llama_1b", transformers.LlamaForCausalLM, llama_config))
+
+
+# ---- timing -------------------------------------------------------------------
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_prefill(fn, repeats, warmup):
+    """(median, min, max) microseconds of fn(): _timing's CUDA-event timer, or wall clock on the CPU."""
+    if DEVICE == "cuda":
+        return time_cuda(torch, fn, repeats, warmup)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times), min(times), max(times)
+
+
+def time_decode(model, ids, repeats, warmup):
+    """(median, min, max) microseconds of one decode step, each run = untimed prefill + STEPS timed steps."""
+    flush = None
+    if DEVICE == "cuda":
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        flush = torch.empty(2 * max(l2, 1 << 20), dtype=torch.uint8, device="cuda")
+
+    # transformers 5.24 renamed past_key_values (argument and output) to cache.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def one_run():
+        out = model(ids, use_cache=True, **last_logits_only(model))
+        cache, token = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        if flush is not None:
+            flush.fill_(0x5A)
+        sync()
+        if DEVICE == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        for _ in range(STEPS):
+            out = model(token, use_cache=True, **{cache_arg: cache})
+            cache, token = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+        if DEVICE == "cuda":
+            stop.record()
+            stop.synchronize()
+            total_us = start.elapsed_time(stop) * 1e3
+        else:
+            total_us = (time.perf_counter() - t0) * 1e6
+        # The steps must have grown the cache (a cache argument ignored would time something else).
+        length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else cache[0][0].shape[-2]
+        assert length == ids.shape[1] + STEPS, f"the KV cache holds {length} positions, not {ids.shape[1] + STEPS}"
+        return total_us / STEPS
+
+    for _ in range(warmup):
+        one_run()
+    times = [one_run() for _ in range(repeats)]
+    return statistics.median(times), min(times), max(times)
+
+
+def cache_of(out):
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def last_logits_only(model):
+    """The forward argument that keeps only the last position's logits, as generate() does in prefill."""
+    names = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in names:
+        return {"logits_to_keep": 1}
+    return {"num_logits_to_keep": 1} if "num_logits_to_keep" in names else {}
+
+
+# ---- what a row moves and computes --------------------------------------------
+
+def weight_bytes(model):
+    """Bytes one decode step must read: every weight once (see the module docstring)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied matrix appears once
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if emb.data_ptr() != head.data_ptr():
+        total -= emb.numel() * emb.element_size()
+    for name, p in model.named_parameters():
+        if name.endswith("wpe.weight"):
+            total -= p.numel() * p.element_size()
+    return total
+
+
+def shape_of(config):
+    """(layers, query heads, KV heads, head dim, hidden, vocab) of a GPT-2 or Llama config."""
+    if isinstance(config, transformers.GPT2Config):
+        return config.n_layer, config.n_head, config.n_head, config.n_embd // config.n_head, config.n_embd, \
+            config.vocab_size
+    return (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
+            config.hidden_size, config.vocab_size)
+
+
+def prefill_flops(model, config, B, T):
+    L, Hq, _, Dh, D, V = shape_of(config)
+    matrices = weight_bytes(model) // next(model.parameters()).element_size() - V * D  # all but the LM head
+    return 2.0 * matrices * B * T + 2.0 * V * D * B + L * 4.0 * B * Hq * T * T * Dh / 2
+
+
+def kv_bytes(config, B, length, element_size):
+    L, _, Hkv, Dh, _, _ = shape_of(config)
+    return 2.0 * L * B * length * Hkv * Dh * element_size
+
+
+def add_row(results, name, timing, tokens, bytes=0.0, flops=0.0):
+    median, lo, hi = timing
+    row = {"name": name, "run_type": "iteration", "iterations": 0, "real_time": median, "cpu_time": median,
+           "time_unit": "us", "min_time_us": lo, "max_time_us": hi, "tokens_per_second": tokens / (median * 1e-6)}
+    if bytes:
+        row["bytes_per_second"] = bytes / (median * 1e-6)
+    if flops:
+        row["flops_per_second"] = flops / (median * 1e-6)
+    results.rows.append(row)
+    rate = f"{bytes / (median * 1e3):8.1f} GB/s" if bytes else f"{flops / (median * 1e6):8.2f} TFLOP/s"
+    print(f"{name:50s} {median:12.1f} us {row['tokens_per_second']:12.1f} tokens/s {rate}", flush=True)
+
+
+def bandwidth():
+    """(nominal peak or None, measured copy rate) in bytes/s; (None, None) on the CPU."""
+    if DEVICE != "cuda":
+        return None, None
+    name = torch.cuda.get_device_name(0)
+    peak = next((bw for key, bw in PEAK_BANDWIDTH if key in name), None)
+    src = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    median, _, _ = time_cuda(torch, lambda: dst.copy_(src), 5, 2)
+    del src, dst
+    return peak, 2.0 * (1 << 31) / (median * 1e-6)  # read + write
+
+
+def print_floor(label, wbytes, kv, peak, copy_rate):
+    line = f"  {label}: weights read once per step = {wbytes / 1e6:.1f} MB (+ KV cache <= {kv / 1e6:.2f} MB)"
+    for what, bw in (("nominal peak", peak), ("measured copy", copy_rate)):
+        if bw:
+            floor_us = wbytes / bw * 1e6
+            line += f"; at {what} {bw / 1e12:.2f} TB/s: >= {floor_us:.0f} us/step, <= {1e6 / floor_us:.0f} tokens/s"
+    print(line, flush=True)
+
+
+# ---- the rows -----------------------------------------------------------------
+
+def main():
+    results = Results(torch)
+    peak, copy_rate = bandwidth()
+    floors = []
+    small_repeats = 2 if hidden.smoke else 3
+    generator = torch.Generator().manual_seed(0)
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}, device {DEVICE}"
+          + (f" ({torch.cuda.get_device_name(0)})" if DEVICE == "cuda" else ""), flush=True)
+    for model_name, cls, make_config in MODELS:
+        config = make_config(hidden.smoke)
+        torch.manual_seed(0)
+        with torch.device(DEVICE):
+            model = cls(config).eval()
+        assert model.config._attn_implementation == "eager", model.config._attn_implementation
+        big = model_name == "llama_1b" and not hidden.smoke
+        for dtype_name, dtype in DTYPES:
+            model.to(dtype)  # float32 first, then the same weights rounded to bfloat16
+            element = next(model.parameters()).element_size()
+            wbytes = weight_bytes(model)
+            floors.append((f"{model_name} {dtype_name}", wbytes, kv_bytes(config, 1, PROMPT + STEPS, element)))
+            for B in BATCHES:
+                ids = torch.randint(0, config.vocab_size, (B, PROMPT), generator=generator).to(DEVICE)
+                name = f"model/pytorch_eager/{model_name}_{dtype_name}_%s_b{B}"
+                with torch.inference_mode():
+                    prefill = lambda: model(ids, use_cache=True, **last_logits_only(model))  # noqa: E731
+                    repeats = min(args.repeats, 5 if big else 10, 2 if hidden.smoke else args.repeats)
+                    timing = time_prefill(prefill, repeats, min(args.warmup, 2))
+                    add_row(results, name % "prefill", timing, B * PROMPT,
+                            flops=prefill_flops(model, config, B, PROMPT))
+                    timing = time_decode(model, ids, min(args.repeats, small_repeats), 1)
+                    add_row(results, name % "decode", timing, B,
+                            bytes=wbytes + kv_bytes(config, B, PROMPT + STEPS // 2, element))
+        del model
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+
+    print("Bandwidth floor of batch-1 decode (weight bytes / memory bandwidth):", flush=True)
+    for label, wbytes, kv in floors:
+        print_floor(label, wbytes, kv, peak, copy_rate)
+    if DEVICE == "cuda":
+        results.write(args.json)
+    elif args.json:
+        with open(args.json, "w") as f:  # the same layout; Results.write asks CUDA for the device name
+            json.dump({"context": {"library": "pytorch " + torch.__version__, "timer": "wall clock, median",
+                                   "device": "cpu (smoke test)"}, "benchmarks": results.rows}, f, indent=1)
+
+
+main()
