@@ -5,6 +5,7 @@
 // greedy continuations. Skipped cleanly when ../shared is absent.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/fixtures.hpp"
 
 #include <tinyllm/model.hpp>
 
@@ -21,17 +22,8 @@ using tinyllm::index_t;
 
 namespace {
 
-std::string fixture_dir(const std::string& name) {
-    const char* shared = std::getenv("TINYLLM_SHARED_DIR");
-    const fs::path dir = fs::path(shared ? shared : "../shared") / "fixtures" / "hf" / name;
-    return fs::exists(dir / "config.json") ? dir.string() : "";
-}
-
-std::vector<std::int32_t> ids_of(const tinyllm::json::value& array) {
-    std::vector<std::int32_t> ids;
-    for (const auto& v : array.as_array()) ids.push_back(static_cast<std::int32_t>(v.as_int64()));
-    return ids;
-}
+using tinyllm_test::fixture_dir;
+using tinyllm_test::ids_of;
 
 // A fresh temporary folder for hand-made checkpoints.
 struct temp_dir {
@@ -153,14 +145,14 @@ TEST_CASE("a batch of different-length prompts equals running them one by one", 
     REQUIRE(batch.size() == 3);
     for (std::size_t r = 0; r < prompts.size(); ++r) {
         auto alone = o;
-        alone.seed = o.seed + r;
+        alone.stream = o.stream + r;
         CHECK(batch[r] == tinyllm::cpu::generate(model, prompts[r], alone));
         CHECK(batch[r].size() == 6);
     }
     // EOS stops generation, and the EOS token is returned.
     tinyllm::cpu::generation_options stop = o;
     stop.eos_token_ids = {batch[0][2]};
-    const auto stopped = tinyllm::cpu::generate(model, prompts[0], [&] { auto s = stop; s.seed = o.seed; return s; }());
+    const auto stopped = tinyllm::cpu::generate(model, prompts[0], stop);
     CHECK(stopped.size() <= 3);
     CHECK(stopped.back() == batch[0][2]);
 }

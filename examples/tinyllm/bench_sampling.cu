@@ -71,7 +71,7 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     });
     restore();
     add("v2 fused", "cuda_v2_fused", false,
-        [&](tc::sampling_check c) { tc::sample(tokens, logits, p, sb::seed, sb::step, c); });
+        [&](tc::sampling_check c) { tc::sample(tokens, logits, p, sb::seed, sb::step, 0, c); });
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // examples/tinyllm/cmd_generate.cpp — `tinyllm generate` and `tinyllm logits`:
 // run a Hugging Face checkpoint (config.json + model.safetensors) with the CPU
-// reference model of <tinyllm/model.hpp>.
+// reference model of <tinyllm/model.hpp>, or on the GPU with
+// <tinyllm/cuda/model.cuh> (--device cuda, through gpu.hpp).
+#include "gpu.hpp"
 #include "registry.hpp"
 
 #include <tinyllm/model.hpp>
@@ -8,6 +10,7 @@
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -31,16 +34,16 @@ std::vector<std::int32_t> parse_ids(const std::string& text) {
     return ids;
 }
 
-void expect_cpu(const parsed_args& a) {
+// --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16.
+bool wants_gpu(const parsed_args& a, bool* bf16) {
     const std::string device = a.get("device", "cpu"), dtype = a.get("dtype", "float32");
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
     if (dtype != "float32" && dtype != "bfloat16")
         throw usage_error("--dtype must be float32 or bfloat16, got '" + dtype + "'");
-    if (device == "cuda")
-        throw tinyllm::error("tinyllm: --device cuda: the CUDA model path is not implemented yet (the CUDA kernels "
-                             "exist per component; composing them into the model is open work). Use --device cpu.");
-    if (dtype == "bfloat16")
-        throw tinyllm::error("tinyllm: --dtype bfloat16 applies to the CUDA path; the CPU reference runs float32");
+    if (device == "cpu" && dtype == "bfloat16")
+        throw usage_error("--dtype bfloat16 needs --device cuda (the CPU reference runs float32)");
+    *bf16 = dtype == "bfloat16";
+    return device == "cuda";
 }
 
 }  // namespace
@@ -54,7 +57,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "as Hugging Face publishes them. With --prompt-ids, stdout carries only the generated ids,\n"
                 "separated by spaces. With --prompt, the text is encoded with the tokenizer FILE (a\n"
                 "tiktoken rank file, GPT-2 encoder.json, or tokenizer.json) and the decoded continuation\n"
-                "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n") {
+                "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n"
+                "--device cuda runs the CUDA model (weights in --dtype: float32, or bfloat16 with float\n"
+                "accumulation); both devices choose tokens with the same samplers and seeds.\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
                                "top-k", "top-p", "min-p", "seed", "device", "dtype"},
@@ -66,7 +71,8 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (text_mode == (a.options.count("prompt-ids") > 0))
         throw usage_error("give exactly one of --prompt TEXT (with --tokenizer) and --prompt-ids \"ID ...\"");
     if (text_mode && a.get("tokenizer").empty()) throw usage_error("--prompt needs --tokenizer FILE");
-    expect_cpu(a);
+    bool bf16 = false;
+    const bool gpu = wants_gpu(a, &bf16);
 
     tinyllm::cpu::generation_options o;
     o.max_new_tokens = a.get_int("max-new-tokens", 32);
@@ -80,11 +86,14 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
     o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
 
-    const auto model = tinyllm::cpu::model::load(dir);
+    // The same loop on either device: prefill, then one token at a time, on_token per token.
+    auto run = [&](const std::vector<std::int32_t>& prompt, const std::function<void(std::int32_t)>& on_token) {
+        if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
+        else tinyllm::cpu::generate(tinyllm::cpu::model::load(dir), prompt, o, on_token);
+    };
     if (!text_mode) {
-        const auto prompt = parse_ids(a.get("prompt-ids"));
         bool first = true;
-        tinyllm::cpu::generate(model, prompt, o, [&](std::int32_t id) {
+        run(parse_ids(a.get("prompt-ids")), [&](std::int32_t id) {
             out << (first ? "" : " ") << id << std::flush;
             first = false;
         });
@@ -93,10 +102,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     }
     const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
     const auto encoded = tok.encode(a.get("prompt"));
-    const std::vector<std::int32_t> prompt(encoded.begin(), encoded.end());
     tinyllm::stream_decoder decoder(tok);
     out << a.get("prompt") << std::flush;
-    tinyllm::cpu::generate(model, prompt, o, [&](std::int32_t id) {
+    run(std::vector<std::int32_t>(encoded.begin(), encoded.end()), [&](std::int32_t id) {
         TINYLLM_EXPECT(static_cast<std::size_t>(id) < tok.vocab_size(), "the model produced token ", id,
                        " which the tokenizer (", tok.vocab_size(), " tokens) cannot decode");
         out << decoder.push(static_cast<tinyllm::token_id>(id)) << std::flush;
@@ -106,21 +114,29 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
 }
 
 TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one per line)",
-                "usage: tinyllm logits --model DIR --prompt-ids \"ID ...\" [--device cpu]\n\n"
+                "usage: tinyllm logits --model DIR --prompt-ids \"ID ...\" [--device cpu|cuda]\n"
+                "                      [--dtype float32|bfloat16]\n\n"
                 "Runs the prompt through the model and prints the V logits of its last position, one per\n"
                 "line, for debugging and for comparison with other implementations.\n") {
     const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
-    expect_cpu(a);
-    const auto model = tinyllm::cpu::model::load(a.get("model"));
+    bool bf16 = false;
+    const bool gpu = wants_gpu(a, &bf16);
     const auto prompt = parse_ids(a.get("prompt-ids"));
-    auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
-    const auto logits = model.forward(session, prompt);
+    std::vector<float> last;
+    if (gpu) {
+        last = gpu_last_logits(a.get("model"), bf16, prompt);
+    } else {
+        const auto model = tinyllm::cpu::model::load(a.get("model"));
+        auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
+        const auto logits = model.forward(session, prompt);  // (n, V)
+        for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) last.push_back(logits(logits.extent(0) - 1, i));
+    }
     char buf[32];
-    for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) {
-        std::snprintf(buf, sizeof buf, "%.9g\n", static_cast<double>(logits(logits.extent(0) - 1, i)));
+    for (float v : last) {
+        std::snprintf(buf, sizeof buf, "%.9g\n", static_cast<double>(v));
         out << buf;
     }
     return 0;

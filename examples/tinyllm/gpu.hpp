@@ -25,3 +25,19 @@ namespace tinyllm_cli {
 // empty when there is no usable GPU (or no CUDA in this build).
 std::vector<float> gpu_fill_uniform(long long n, unsigned long long seed);
 }  // namespace tinyllm_cli
+
+#include <tinyllm/model.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <span>
+
+namespace tinyllm_cli {
+// `tinyllm generate/logits --device cuda`: the checkpoint in DIR run by
+// tinyllm::cuda::model in float32 or bfloat16 (gpu_model.cu). A build without
+// CUDA, or a machine without a usable GPU, throws tinyllm::error saying so.
+std::vector<std::int32_t> gpu_generate(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt,
+                                       const tinyllm::cpu::generation_options& options,
+                                       const std::function<void(std::int32_t)>& on_token);
+std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt);
+}  // namespace tinyllm_cli

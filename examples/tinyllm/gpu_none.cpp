@@ -14,3 +14,20 @@ gpu_report query_gpus() {
 namespace tinyllm_cli {
 std::vector<float> gpu_fill_uniform(long long, unsigned long long) { return {}; }
 }  // namespace tinyllm_cli
+
+#include <tinyllm/error.hpp>
+
+namespace tinyllm_cli {
+namespace {
+[[noreturn]] void no_cuda() {
+    throw tinyllm::error("tinyllm: --device cuda: " + query_gpus().why_none + "; use --device cpu");
+}
+}  // namespace
+
+std::vector<std::int32_t> gpu_generate(const std::string&, bool, std::span<const std::int32_t>,
+                                       const tinyllm::cpu::generation_options&,
+                                       const std::function<void(std::int32_t)>&) {
+    no_cuda();
+}
+std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const std::int32_t>) { no_cuda(); }
+}  // namespace tinyllm_cli

@@ -556,7 +556,8 @@ private:
 struct generation_options {
     index_t max_new_tokens = 32;
     sampling::params sampling{0.0f, {}, {}, {}};  // temperature 0: greedy
-    std::uint64_t seed = 0;                        // Philox seed for sampling; row r uses stream r
+    std::uint64_t seed = 0;                        // Philox seed for sampling
+    std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream r)
     std::vector<std::int32_t> eos_token_ids;       // stop after generating one of these (empty: the config's)
 };
 
@@ -579,7 +580,7 @@ inline std::vector<std::int32_t> generate(const model& m, std::span<const std::i
         tensor_view<const float, 2> row = tensor_view<const float, 2>(logits.view()).narrow(0, last, 1);  // (1, V)
         std::int32_t token = 0;
         sample(tensor_view<std::int32_t, 1>(&token, {1}), row, options.sampling, options.seed,
-               static_cast<std::uint64_t>(step));
+               static_cast<std::uint64_t>(step), options.stream);
         out.push_back(token);
         if (on_token) on_token(token);
         if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
@@ -590,15 +591,16 @@ inline std::vector<std::int32_t> generate(const model& m, std::span<const std::i
 
 // A batch of prompts of different lengths. Each sequence keeps its own KV
 // cache (the CPU reference runs them one after another), and sequence r draws
-// its random numbers from Philox stream r (options.seed + r as the seed), so
-// the result equals generating each prompt alone with that seed.
+// its random numbers from Philox stream r (options.stream + r), as row r of a
+// batched sampler does, so the result equals generating each prompt alone with
+// that stream — and equals tinyllm::cuda::generate_batch.
 inline std::vector<std::vector<std::int32_t>> generate_batch(const model& m,
                                                              const std::vector<std::vector<std::int32_t>>& prompts,
                                                              const generation_options& options) {
     std::vector<std::vector<std::int32_t>> out;
     for (std::size_t r = 0; r < prompts.size(); ++r) {
         generation_options o = options;
-        o.seed = options.seed + r;
+        o.stream = options.stream + r;
         out.push_back(generate(m, prompts[r], o));
     }
     return out;

@@ -390,9 +390,9 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 
 // The fused chain of sampling::params (temperature -> top-k -> top-p -> min-p
 // -> sample; temperature 0 = greedy), on a copy of the logits. This is the CPU
-// reference of tinyllm::cuda::sample.
+// reference of tinyllm::cuda::sample (which draws row b from stream b).
 inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
-                   std::uint64_t seed, std::uint64_t step) {  // (B), (B, V)
+                   std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0) {  // (B), (B, V)
     ::tinyllm::detail::check_params(p);
     tensor<float, 2> work(logits.shape());  // (B, V)
     for (index_t b = 0; b < logits.extent(0); ++b)
@@ -402,7 +402,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     if (p.top_k) top_k(work.view(), *p.top_k);
     if (p.top_p) top_p(work.view(), *p.top_p);
     if (p.min_p) min_p(work.view(), *p.min_p);
-    sample(out, work.view(), seed, step);
+    sample(out, work.view(), seed, step, stream_offset);
 }
 
 // The probabilities softmax(z) of one row as doubles (for display and tests).

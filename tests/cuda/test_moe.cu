@@ -325,7 +325,7 @@ TEST_CASE("CUDA gather, combine and experts against the CPU", "[cuda][moe][dispa
     auto d_x = tc::to_device(x);
     auto d_w1 = tc::to_device(w1.values()), d_w3 = tc::to_device(w3.values()), d_w2 = tc::to_device(w2.values());
     tc::moe_dispatch_workspace ws(T * k, E);
-    tc::moe_cublas_handle handle;
+    tc::cublas_handle handle;
 
     for (index_t block : {1, 32}) {
         for (double factor : {0.0, 1.0}) {

@@ -239,7 +239,7 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     CHECK_THROWS_WITH(tc::sample(out, logits, p, 1, 0), contains("every logit of row 3 is -inf"));
     // Without the check the bad row gets token -1 and the others are sampled.
     d_out.poison();
-    tc::sample(out, logits, p, 1, 0, tc::sampling_check::none);
+    tc::sample(out, logits, p, 1, 0, 0, tc::sampling_check::none);
     const auto tokens = tc::to_host(d_out);
     CHECK(tokens[3] == -1);
     CHECK((tokens[0] >= 0 && tokens[0] < V));

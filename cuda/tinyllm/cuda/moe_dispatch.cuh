@@ -30,7 +30,7 @@
 //     gather  R·D·s read + R·D·s written        combine  T·k·D·s read + T·D·s written
 // (s = bytes per element), which is what the benchmark reports GB/s against.
 //
-// The experts run as a loop of cuBLAS SGEMMs, three per expert with rows
+// The experts run as a loop of cuBLAS GEMMs (float accumulation), three per expert with rows
 // (gate, up, down), plus one element-wise SiLU-multiply kernel: simple and
 // already near peak for large expert batches; a single grouped GEMM kernel is
 // the next rung (see docs/moe.md).
@@ -40,6 +40,7 @@
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/dtype.hpp>
@@ -228,7 +229,7 @@ template <class T>
 __global__ void moe_silu_mul_kernel(T* g, const T* gate, const T* up, index_t n) {
     for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<index_t>(gridDim.x) * blockDim.x)
-        g[i] = moe_silu(gate[i]) * up[i];
+        g[i] = from_float<T>(moe_silu(to_float(gate[i])) * to_float(up[i]));
 }
 
 inline unsigned moe_grid(index_t work_items, index_t per_block) {
@@ -236,34 +237,11 @@ inline unsigned moe_grid(index_t work_items, index_t per_block) {
     return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks > 0 ? blocks : 1) : 65535 * 16);
 }
 
-inline void moe_cublas_check(cublasStatus_t status, const char* call, const char* file, int line) {
-    if (status == CUBLAS_STATUS_SUCCESS) return;
-    throw error(tinyllm::detail::cat("tinyllm: cuBLAS error ", cublasGetStatusName(status), " (",
-                                     cublasGetStatusString(status), ") in ", call, "\n  at ",
-                                     tinyllm::detail::short_path(file), ":", line));
-}
 
 }  // namespace detail
 }  // namespace tinyllm::cuda
 
-#define TINYLLM_MOE_CUBLAS_CHECK(call) ::tinyllm::cuda::detail::moe_cublas_check((call), #call, __FILE__, __LINE__)
-
 namespace tinyllm::cuda {
-
-// A cuBLAS handle that destroys itself (for the expert GEMMs).
-class moe_cublas_handle {
-public:
-    moe_cublas_handle() { TINYLLM_MOE_CUBLAS_CHECK(cublasCreate(&handle_)); }
-    ~moe_cublas_handle() {
-        if (handle_) (void)cublasDestroy(handle_);
-    }
-    moe_cublas_handle(const moe_cublas_handle&) = delete;
-    moe_cublas_handle& operator=(const moe_cublas_handle&) = delete;
-    cublasHandle_t get() const { return handle_; }
-
-private:
-    cublasHandle_t handle_ = nullptr;
-};
 
 // Scratch memory for cuda::moe_plan, sized for up to `slots` = T·k slots and
 // E experts; make it once and reuse it.
@@ -398,18 +376,19 @@ void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_vie
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
-// Step 5: every expert's SwiGLU FFN on its rows (float, cuBLAS SGEMM per
-// expert); padding and unused rows of `out` become 0.
-//   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F)
+// Step 5: every expert's SwiGLU FFN on its rows (cuBLAS GEMMs per expert,
+// float accumulation); padding and unused rows of `out` become 0.
+//   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F); one element
+//   type T for all of them: float, bfloat16 or float16 (intermediates stored as T).
 // Reads the plan's offsets back to the host (one synchronisation of `stream`)
 // to size the GEMMs. handle: a cuBLAS handle, or nullptr to make one.
 template <class O, class I, class W>
 void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view<W, 3> w1, tensor_view<W, 3> w3,
                         tensor_view<W, 3> w2, const moe_plan_view& plan, cublasHandle_t handle = nullptr,
                         cudaStream_t stream = nullptr) {
-    static_assert(std::is_same_v<O, float> && std::is_same_v<std::remove_const_t<I>, float> &&
-                      std::is_same_v<std::remove_const_t<W>, float>,
-                  "cuda::moe_experts_swiglu computes in float");
+    using T = O;
+    static_assert(std::is_same_v<std::remove_const_t<I>, T> && std::is_same_v<std::remove_const_t<W>, T>,
+                  "cuda::moe_experts_swiglu: out, in and the weights have one element type");
     const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
     expect_shape(out, in.shape(), "cuda::moe_experts_swiglu: out");
     expect_shape(w1, extents<3>{E, F, D}, "cuda::moe_experts_swiglu: w1");
@@ -427,38 +406,39 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
                                        cudaMemcpyDeviceToHost, stream));
     TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
     TINYLLM_EXPECT(offsets[E] <= R, "cuda::moe_experts_swiglu: the plan uses ", offsets[E], " rows but in has ", R);
-    if (R > 0 && D > 0) TINYLLM_CUDA_CHECK(cudaMemsetAsync(out.data(), 0, static_cast<std::size_t>(R * D) * sizeof(float), stream));
+    if (R > 0 && D > 0) TINYLLM_CUDA_CHECK(cudaMemsetAsync(out.data(), 0, static_cast<std::size_t>(R * D) * sizeof(T), stream));
     const index_t used = offsets[E];
     if (used == 0 || F == 0) return;
 
-    std::optional<moe_cublas_handle> own;  // made only when the caller passed no handle
+    std::optional<cublas_handle> own;  // made only when the caller passed no handle
     if (!handle) own.emplace();
     cublasHandle_t h = handle ? handle : own->get();
-    TINYLLM_MOE_CUBLAS_CHECK(cublasSetStream(h, stream));
-    device_buffer<float> gate(static_cast<std::size_t>(used * F)), up(static_cast<std::size_t>(used * F));  // (used, F)
+    TINYLLM_CUBLAS_CHECK(cublasSetStream(h, stream));
+    device_buffer<T> gate(static_cast<std::size_t>(used * F)), up(static_cast<std::size_t>(used * F));  // (used, F)
     const float one = 1.0f, zero = 0.0f;
     const int d = static_cast<int>(D), f = static_cast<int>(F);
-    // Row-major (m, n) is column-major (n, m): H^T (F, m) = W1 (F, D) · X^T (D, m).
+    constexpr cudaDataType_t type = cuda_data_type<T>();
+    // Row-major (m, n) is column-major (n, m): C^T (rows_out, m) = W (rows_out, K) · X^T (K, m).
+    auto gemm = [&](int rows_out, int m, int k, const T* w, const T* x, T* y) {
+        TINYLLM_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows_out, m, k, &one, w, type, k, x, type, k,
+                                          &zero, y, type, rows_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    };
     for (index_t e = 0; e < E; ++e) {
         const int m = counts[e];
         if (m == 0) continue;
-        const float* x = in.data() + static_cast<index_t>(offsets[e]) * D;
-        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, f, m, d, &one, w1.data() + e * F * D, d, x, d,
-                                             &zero, gate.data() + static_cast<index_t>(offsets[e]) * F, f));
-        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, f, m, d, &one, w3.data() + e * F * D, d, x, d,
-                                             &zero, up.data() + static_cast<index_t>(offsets[e]) * F, f));
+        const T* x = in.data() + static_cast<index_t>(offsets[e]) * D;
+        gemm(f, m, d, w1.data() + e * F * D, x, gate.data() + static_cast<index_t>(offsets[e]) * F);
+        gemm(f, m, d, w3.data() + e * F * D, x, up.data() + static_cast<index_t>(offsets[e]) * F);
     }
     // gate <- silu(gate) * up over every used row (padding rows are never read).
-    detail::moe_silu_mul_kernel<float><<<detail::moe_grid(used * F, 256), 256, 0, stream>>>(gate.data(), gate.data(),
-                                                                                         up.data(), used * F);
+    detail::moe_silu_mul_kernel<T><<<detail::moe_grid(used * F, 256), 256, 0, stream>>>(gate.data(), gate.data(),
+                                                                                     up.data(), used * F);
     TINYLLM_CUDA_CHECK_LAUNCH();
     for (index_t e = 0; e < E; ++e) {
         const int m = counts[e];
         if (m == 0) continue;
-        // Y^T (D, m) = W2 (D, F) · G^T (F, m)
-        TINYLLM_MOE_CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, d, m, f, &one, w2.data() + e * D * F, f,
-                                             gate.data() + static_cast<index_t>(offsets[e]) * F, f, &zero,
-                                             out.data() + static_cast<index_t>(offsets[e]) * D, d));
+        gemm(d, m, f, w2.data() + e * D * F, gate.data() + static_cast<index_t>(offsets[e]) * F,
+             out.data() + static_cast<index_t>(offsets[e]) * D);
     }
     // The scratch buffers are freed when this returns; wait so that the GEMMs are done with them.
     TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));

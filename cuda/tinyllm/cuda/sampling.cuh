@@ -288,7 +288,8 @@ struct fused_params {
 // v2: the whole chain for one row per block; the logits are only read.
 template <int Threads, class T>
 __global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride,
-                                    fused_params p, std::uint64_t seed, std::uint64_t step) {
+                                    fused_params p, std::uint64_t seed, std::uint64_t step,
+                                    std::uint64_t stream_offset) {
     const index_t b = blockIdx.x;
     const T* row = logits + b * row_stride;
     bool bad = false;
@@ -324,7 +325,8 @@ __global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* log
     std::uint64_t local = 0;
     for (index_t i = threadIdx.x; i < V; i += Threads) local += kept_q(i);
     const std::uint64_t total = block_sum<Threads>(local);
-    const std::uint64_t t = sampling_threshold(total, sampling_bits(seed, static_cast<std::uint64_t>(b), step));
+    const std::uint64_t t =
+        sampling_threshold(total, sampling_bits(seed, static_cast<std::uint64_t>(b) + stream_offset, step));
     const int token = first_crossing<Threads, sampling_items>(V, t, kept_q);
     if (threadIdx.x == 0) {
         out[b] = token;
@@ -673,10 +675,11 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 
 // v2 fused: temperature -> top-k -> top-p -> min-p -> draw in one kernel (the
 // logits are not modified); temperature 0 is greedy. The same token as
-// tinyllm::cpu::sample(out, logits, params, seed, step).
+// tinyllm::cpu::sample(out, logits, params, seed, step, stream_offset): row b
+// draws from Philox stream b + stream_offset.
 inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
-                   std::uint64_t seed, std::uint64_t step, sampling_check check = sampling_check::sync,
-                   cudaStream_t stream = nullptr) {
+                   std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
+                   sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_params(p);
     if (p.temperature == 0.0f) return greedy(out, logits, check, stream);
     detail::check_logits(logits, "sample");
@@ -689,7 +692,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     detail::sample_fused_kernel<detail::sampling_threads, float>
         <<<static_cast<unsigned>(B), detail::sampling_threads, 0, stream>>>(out.data(), status, logits.data(),
                                                                             logits.extent(1), logits.stride(0), fp,
-                                                                            seed, step);
+                                                                            seed, step, stream_offset);
     detail::check_status(status, B, "sample", check, stream);
 }
 

@@ -29,3 +29,6 @@
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/sampling.cuh>
+
+// The decoder built from them.
+#include <tinyllm/cuda/model.cuh>

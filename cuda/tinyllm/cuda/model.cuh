@@ -1,0 +1,552 @@
+// tinyllm/cuda/model.cuh — the decoder of <tinyllm/model.hpp> on the GPU,
+// composed from the CUDA kernels of the earlier chapters, with cuBLAS for
+// every matrix product.
+//
+// The same diagram as the CPU reference, with the kernel that runs each step:
+//
+//     x = embed(tokens) (+ positions)         embedding.cuh, add_learned_positions (GPT-2)   (B·n, D)
+//     for each layer:
+//         h = norm1(x)                         norm.cuh (fused with the residual add below)
+//         qkv = h Wqkv^T (+ b)                 ONE cuBLAS GEMM: Wq, Wk, Wv stacked at load time
+//         q, k = rope(q, k, positions)         positional.cuh v2 (cos/sin table), in place on qkv
+//         cache[b, L_b + t] = k, v             a copy kernel into the (B, capacity, Hkv, Dh) cache
+//         a = attention(q, cache)              decode.cuh for a few queries, mma.cuh (bf16, Dh 64/128)
+//                                              or flash.cuh (anything else) for a prompt
+//         x, h = x + a Wo^T, norm2(...)         cuBLAS + residual_add_*_norm (one pass)
+//         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
+//                                              gather, cuBLAS experts, combine)
+//     x, h = x + delta, norm_f(...)
+//     logits = h W_lm^T                         cuBLAS, then widened to float for the sampler
+//
+// Element type T: float (matches the CPU reference to ~1e-6) or
+// tinyllm::bfloat16 (weights and activations in bf16, every product and
+// reduction accumulated in float — what transformers does with
+// torch_dtype=bfloat16).
+//
+// Batches and the KV cache. A session holds B sequences, each with its own
+// length L_b. forward() feeds up to n tokens per row (right padding: row b
+// feeds counts[b] <= n); the keys and values of the fed tokens go to cache
+// positions [L_b, L_b + counts[b]). Attention masks each row's keys beyond its
+// length (attention_options::key_lengths), and the causal alignment is
+// bottom-right over the longest row, so
+//   * a prompt (n > 1) may be fed when every row has the same length (a fresh
+//     session: prompts of different lengths, right-padded);
+//   * one token per row (decode) may be fed at any lengths.
+// That is exactly what generation needs: prefill the batch, then one token per
+// row per step. Padding positions are never written to the cache.
+//
+// One model and its sessions belong to one host thread (the model owns a cuBLAS
+// handle); the calls are synchronous where they return data to the host.
+#pragma once
+
+#include <tinyllm/cuda/attention_decode.cuh>
+#include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/embedding.cuh>
+#include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/moe.cuh>
+#include <tinyllm/cuda/norm.cuh>
+#include <tinyllm/cuda/positional.cuh>
+#include <tinyllm/cuda/sampling.cuh>
+#include <tinyllm/model.hpp>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+// A device tensor that owns its memory: a buffer and a shape. Empty when the
+// host tensor was empty (an absent bias, an untied lm_head).
+template <class T, std::size_t R>
+struct device_tensor {
+    device_buffer<T> buffer;
+    extents<R> shape{};
+
+    bool empty() const { return buffer.size() == 0; }
+    tensor_view<T, R> view() { return {buffer.data(), shape}; }
+    tensor_view<const T, R> view() const { return {buffer.data(), shape}; }
+};
+
+// Host float -> device T (rounded to nearest even for bfloat16).
+template <class T, std::size_t R>
+device_tensor<T, R> upload(const tensor<float, R>& host) {
+    device_tensor<T, R> d;
+    if (host.size() == 0) return d;
+    std::vector<T> converted(static_cast<std::size_t>(host.size()));
+    for (std::size_t i = 0; i < converted.size(); ++i) converted[i] = from_float<T>(host.data()[i]);
+    d.buffer = to_device(converted);
+    d.shape = host.shape();
+    return d;
+}
+
+// The rows of a, then of b, then of c: (Na + Nb + Nc, K); for 1-D tensors the concatenation.
+template <std::size_t R>
+tensor<float, R> stacked(const tensor<float, R>& a, const tensor<float, R>& b, const tensor<float, R>& c) {
+    if (a.size() == 0) return {};
+    extents<R> shape = a.shape();
+    shape[0] = a.extent(0) + b.extent(0) + c.extent(0);
+    tensor<float, R> s(shape);
+    float* out = s.data();
+    for (const auto* part : {&a, &b, &c}) out = std::copy(part->data(), part->data() + part->size(), out);
+    return s;
+}
+
+// cache(b, start[b] + t, :) = src(b, t, :) for t < count[b]; one block per (t, b).
+// A row of the cache and of src holds `width` = Hkv * Dh elements.
+template <class T>
+__global__ void write_cache_kernel(T* cache, index_t capacity, const T* src, index_t src_batch_stride,
+                                   index_t src_time_stride, index_t width, const std::int32_t* start,
+                                   const std::int32_t* count) {
+    const int t = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y);
+    if (t >= count[b]) return;  // right padding: nothing to keep
+    T* dst = cache + (static_cast<index_t>(b) * capacity + start[b] + t) * width;
+    const T* from = src + b * src_batch_stride + t * src_time_stride;
+    for (index_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = from[i];
+}
+
+// out(r, :) = in(rows[r], :), for the last real position of each batch row.
+template <class T>
+__global__ void gather_rows_kernel(T* out, const T* in, const std::int32_t* rows, index_t width) {
+    const index_t r = blockIdx.x;
+    const T* from = in + static_cast<index_t>(rows[r]) * width;
+    for (index_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = from[i];
+}
+
+// out[i] = float(in[i]).
+template <class T>
+__global__ void widen_kernel(float* out, const T* in, index_t n) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        out[i] = to_float(in[i]);
+}
+
+inline unsigned grid_for(index_t n, int threads) {
+    const index_t blocks = ceil_div<index_t>(n, threads);
+    return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
+}
+
+// Grow-only scratch: a buffer of at least n elements.
+template <class T>
+T* at_least(device_buffer<T>& b, index_t n) {
+    if (b.size() < static_cast<std::size_t>(n)) b = device_buffer<T>(static_cast<std::size_t>(n));
+    return b.data();
+}
+
+}  // namespace detail
+
+// The weights of one layer on the device, in T. Wq, Wk, Wv are stacked into wqkv.
+template <class T>
+struct device_layer_weights {
+    detail::device_tensor<T, 1> attn_norm_weight, attn_norm_bias, ffn_norm_weight, ffn_norm_bias;  // (D)
+    detail::device_tensor<T, 2> wqkv;   // (Hq*Dh + 2*Hkv*Dh, D)
+    detail::device_tensor<T, 1> bqkv;   // GPT-2
+    detail::device_tensor<T, 2> wo;     // (D, Hq*Dh)
+    detail::device_tensor<T, 1> bo;
+    detail::device_tensor<T, 2> fc, proj;  // GPT-2 MLP
+    detail::device_tensor<T, 1> fc_bias, proj_bias;
+    detail::device_tensor<T, 2> gate, up, down;  // SwiGLU
+    detail::device_tensor<T, 2> router;          // Mixtral (E, D)
+    detail::device_tensor<T, 3> w1, w3, w2;      // Mixtral experts
+};
+
+template <class T>
+class model {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
+                  "tinyllm::cuda::model runs in float or tinyllm::bfloat16");
+
+public:
+    // Upload the weights of a CPU model (converted to T).
+    model(const model_config& config, const model_weights& w) : config_(config) {
+        TINYLLM_EXPECT(static_cast<index_t>(w.layers.size()) == config_.num_layers, "cuda::model: ", w.layers.size(),
+                       " layers of weights for a config with ", config_.num_layers);
+        embed_ = detail::upload<T>(w.embed);
+        positions_ = detail::upload<T>(w.positions);
+        for (const layer_weights& L : w.layers) {
+            device_layer_weights<T> d;
+            d.attn_norm_weight = detail::upload<T>(L.attn_norm_weight);
+            d.attn_norm_bias = detail::upload<T>(L.attn_norm_bias);
+            d.ffn_norm_weight = detail::upload<T>(L.ffn_norm_weight);
+            d.ffn_norm_bias = detail::upload<T>(L.ffn_norm_bias);
+            d.wqkv = detail::upload<T>(detail::stacked(L.wq, L.wk, L.wv));
+            d.bqkv = detail::upload<T>(detail::stacked(L.bq, L.bk, L.bv));
+            d.wo = detail::upload<T>(L.wo);
+            d.bo = detail::upload<T>(L.bo);
+            d.fc = detail::upload<T>(L.fc);
+            d.fc_bias = detail::upload<T>(L.fc_bias);
+            d.proj = detail::upload<T>(L.proj);
+            d.proj_bias = detail::upload<T>(L.proj_bias);
+            d.gate = detail::upload<T>(L.gate);
+            d.up = detail::upload<T>(L.up);
+            d.down = detail::upload<T>(L.down);
+            d.router = detail::upload<T>(L.router);
+            d.w1 = detail::upload<T>(L.w1);
+            d.w3 = detail::upload<T>(L.w3);
+            d.w2 = detail::upload<T>(L.w2);
+            layers_.push_back(std::move(d));
+        }
+        final_norm_weight_ = detail::upload<T>(w.final_norm_weight);
+        final_norm_bias_ = detail::upload<T>(w.final_norm_bias);
+        lm_head_ = detail::upload<T>(w.lm_head);
+        if (config_.arch != model_arch::gpt2)
+            rope_ = make_rope_cache(config_.rope, std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    explicit model(const cpu::model& host) : model(host.config(), host.weights()) {}
+
+    // Load DIR/config.json and DIR/model.safetensors (read as float on the host, then uploaded).
+    static model load(const std::string& dir) {
+        const model_config c = load_model_config(dir);
+        const safetensors_checkpoint ck(dir);
+        return model(c, load_model_weights(c, ck));
+    }
+
+    const model_config& config() const { return config_; }
+
+    // Bytes of weights on the device: what one decode step must read at least once.
+    std::size_t weight_bytes() const {
+        std::size_t n = embed_.buffer.bytes() + positions_.buffer.bytes() + final_norm_weight_.buffer.bytes() +
+                        final_norm_bias_.buffer.bytes() + lm_head_.buffer.bytes();
+        for (const auto& L : layers_)
+            for (const auto* t : {&L.attn_norm_weight, &L.attn_norm_bias, &L.ffn_norm_weight, &L.ffn_norm_bias, &L.bqkv,
+                                  &L.bo, &L.fc_bias, &L.proj_bias})
+                n += t->buffer.bytes();
+        for (const auto& L : layers_)
+            for (const auto* t : {&L.wqkv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down, &L.router})
+                n += t->buffer.bytes();
+        for (const auto& L : layers_)
+            for (const auto* t : {&L.w1, &L.w3, &L.w2}) n += t->buffer.bytes();
+        return n;
+    }
+
+    // B sequences' state: a KV cache per layer, each row's length, and the
+    // activations of the last forward (grown on demand, reused).
+    struct session {
+        index_t batch = 0, capacity = 0;
+        std::vector<index_t> lengths;                   // (B) positions fed so far
+        std::vector<device_buffer<T>> keys, values;     // per layer (B, capacity, Hkv, Dh)
+        // scratch
+        device_buffer<std::int32_t> ids, row_info;      // (B, n); (4, B): start, count, key length, last row
+        device_buffer<std::int64_t> positions;          // (B, n)
+        device_buffer<T> x, h, qkv, attn, delta, hidden, hidden2, head_in, logits_t;
+        device_buffer<float> logits;
+        attention_workspace attention_ws;
+        // Mixtral
+        device_buffer<T> router_logits, sorted, expert_out;
+        device_buffer<std::int32_t> expert_ids, plan_ints;
+        device_buffer<float> expert_weights;
+        std::optional<moe_dispatch_workspace> dispatch_ws;
+    };
+
+    session new_session(index_t batch, index_t capacity) const {
+        TINYLLM_EXPECT(batch >= 1 && capacity >= 1, "cuda::model::new_session: batch = ", batch, " and capacity = ",
+                       capacity, " must be at least 1");
+        if (config_.arch == model_arch::gpt2)
+            TINYLLM_EXPECT(capacity <= config_.max_positions, "cuda::model::new_session: capacity ", capacity,
+                           " exceeds GPT-2's ", config_.max_positions, " learned positions");
+        session s;
+        s.batch = batch;
+        s.capacity = capacity;
+        s.lengths.assign(static_cast<std::size_t>(batch), 0);
+        const std::size_t per_layer =
+            static_cast<std::size_t>(batch * capacity * config_.num_kv_heads * config_.head_dim);
+        // Zeroed: attention masks the positions a row has not filled, but a masked
+        // key's value still meets a weight of exactly 0, and 0 * NaN would be NaN.
+        for (index_t l = 0; l < config_.num_layers; ++l) {
+            s.keys.emplace_back(per_layer);
+            s.values.emplace_back(per_layer);
+            TINYLLM_CUDA_CHECK(cudaMemset(s.keys.back().data(), 0, s.keys.back().bytes()));
+            TINYLLM_CUDA_CHECK(cudaMemset(s.values.back().data(), 0, s.values.back().bytes()));
+        }
+        return s;
+    }
+
+    // Feed tokens (B, n) (host memory) after what each row already holds; row b
+    // feeds its first counts[b] tokens (empty span: all n). Returns float logits
+    // on the device, valid until the session's next forward:
+    //   all_positions = false: (B, V), the last fed position of each row;
+    //   all_positions = true:  (B * n, V), row b * n + t (padding rows included).
+    tensor_view<const float, 2> forward(session& s, tensor_view<const std::int32_t, 2> tokens,
+                                        std::span<const index_t> counts = {}, bool all_positions = false) const {
+        const model_config& c = config_;
+        const index_t B = s.batch, n = tokens.extent(1), D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
+        const index_t qkv_out = q_out + 2 * kv_out, rows = B * n;
+        TINYLLM_EXPECT(tokens.extent(0) == B, "cuda::model::forward: tokens has ", tokens.extent(0),
+                       " rows but the session holds ", B, " sequences");
+        TINYLLM_EXPECT(n >= 1, "cuda::model::forward: no tokens to feed");
+        TINYLLM_EXPECT(counts.empty() || static_cast<index_t>(counts.size()) == B, "cuda::model::forward: ",
+                       counts.size(), " counts for ", B, " rows");
+
+        // Per-row bookkeeping on the host: start, count, key length, last row.
+        std::vector<std::int32_t> info(static_cast<std::size_t>(4 * B));
+        std::vector<std::int32_t> ids(static_cast<std::size_t>(rows));
+        std::vector<std::int64_t> pos(static_cast<std::size_t>(rows));
+        index_t tk = 0;
+        for (index_t b = 0; b < B; ++b) {
+            const index_t count = counts.empty() ? n : counts[b], L = s.lengths[b];
+            TINYLLM_EXPECT(count >= 1 && count <= n, "cuda::model::forward: row ", b, " feeds ", count,
+                           " tokens; each row feeds between 1 and n = ", n);
+            TINYLLM_EXPECT(n == 1 || L == s.lengths[0], "cuda::model::forward: rows hold ", s.lengths[0], " and ", L,
+                           " positions; several tokens per row can only be fed when every row has the same length "
+                           "(feed one token per row otherwise)");
+            TINYLLM_EXPECT(L + n <= s.capacity, "cuda::model::forward: row ", b, ": ", L, " + ", n,
+                           " positions exceed the session's capacity ", s.capacity);
+            for (index_t t = 0; t < n; ++t) {
+                const std::int32_t id = tokens(b, t);
+                if (t < count)
+                    TINYLLM_EXPECT(id >= 0 && id < V, "cuda::model::forward: token id ", id, " of row ", b,
+                                   " at position ", L + t, " is outside the vocabulary [0, ", V, ")");
+                // Padding feeds token 0 at the row's last real position: valid everywhere, never kept.
+                ids[static_cast<std::size_t>(b * n + t)] = t < count ? id : 0;
+                pos[static_cast<std::size_t>(b * n + t)] = L + std::min(t, count - 1);
+            }
+            info[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(L);
+            info[static_cast<std::size_t>(B + b)] = static_cast<std::int32_t>(count);
+            info[static_cast<std::size_t>(2 * B + b)] = static_cast<std::int32_t>(L + count);
+            info[static_cast<std::size_t>(3 * B + b)] = static_cast<std::int32_t>(b * n + count - 1);
+            tk = std::max(tk, L + n);
+        }
+        // Decode: the keys attended are those of the longest row; shorter rows mask the rest.
+        if (n == 1) tk = *std::max_element(s.lengths.begin(), s.lengths.end()) + 1;
+
+        std::int32_t* d_info = detail::at_least(s.row_info, 4 * B);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(d_info, info.data(), info.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+        std::int32_t* d_ids = detail::at_least(s.ids, rows);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+        std::int64_t* d_pos = detail::at_least(s.positions, rows);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
+        const tensor_view<const std::int32_t, 2> ids_v(d_ids, {B, n});
+        const tensor_view<const std::int64_t, 2> pos_v(d_pos, {B, n});
+
+        const tensor_view<T, 2> x(detail::at_least(s.x, rows * D), {rows, D});            // (B·n, D)
+        const tensor_view<T, 2> h(detail::at_least(s.h, rows * D), {rows, D});
+        const tensor_view<T, 2> delta(detail::at_least(s.delta, rows * D), {rows, D});
+        const tensor_view<T, 2> qkv(detail::at_least(s.qkv, rows * qkv_out), {rows, qkv_out});
+        const tensor_view<T, 2> attn(detail::at_least(s.attn, rows * q_out), {rows, q_out});
+
+        // x = embed(tokens) (+ learned positions)
+        embedding<T, std::int32_t>(tensor_view<T, 3>(x.data(), {B, n, D}), ids_v, embed_.view(), 1.0f,
+                                   embedding_version::vectorized, /*check_ids=*/false);
+        if (c.arch == model_arch::gpt2)
+            add_learned_positions<T>(tensor_view<T, 3>(x.data(), {B, n, D}), positions_.view(), pos_v);
+
+        // q, k, v: views into the rows of qkv                                    (B, n, H, Dh)
+        const extents<4> qkv_strides{n * qkv_out, qkv_out, Dh, 1};
+        const tensor_view<T, 4> q(qkv.data(), {B, n, Hq, Dh}, qkv_strides);
+        const tensor_view<T, 4> k(qkv.data() + q_out, {B, n, Hkv, Dh}, qkv_strides);
+        const tensor_view<T, 4> v(qkv.data() + q_out + kv_out, {B, n, Hkv, Dh}, qkv_strides);
+        const tensor_view<T, 4> attn4(attn.data(), {B, n, Hq, Dh});
+        const extents<4> cache_strides{s.capacity * kv_out, kv_out, Dh, 1};
+        attention_options opts;
+        opts.causal = true;
+        opts.key_lengths = tensor_view<const std::int32_t, 1>(d_info + 2 * B, {B});
+
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
+            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias);  // x += delta; h = norm(x)
+            linear<T>(qkv, h, L.wqkv.view(), L.bqkv.view(), handle_);
+            if (c.arch != model_arch::gpt2) {
+                apply_rope_cached(q, pos_v, rope_);
+                apply_rope_cached(k, pos_v, rope_);
+            }
+            T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
+            T* cache_v = s.values[static_cast<std::size_t>(l)].data();
+            const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
+            detail::write_cache_kernel<T><<<grid, 128>>>(cache_k, s.capacity, k.data(), n * qkv_out, qkv_out, kv_out,
+                                                         d_info, d_info + B);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+            detail::write_cache_kernel<T><<<grid, 128>>>(cache_v, s.capacity, v.data(), n * qkv_out, qkv_out, kv_out,
+                                                         d_info, d_info + B);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+            const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
+            const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
+            attend(attn4, q, keys, values, opts, s.attention_ws);
+            linear<T>(delta, attn, L.wo.view(), L.bo.view(), handle_);
+            residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
+            ffn(s, delta, h, L);
+        }
+        residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_);
+
+        // logits = h W^T for the rows asked for.
+        tensor_view<const T, 2> head_in = h;
+        if (!all_positions) {
+            T* picked = detail::at_least(s.head_in, B * D);
+            detail::gather_rows_kernel<T><<<static_cast<unsigned>(B), 128>>>(picked, h.data(), d_info + 3 * B, D);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+            head_in = tensor_view<const T, 2>(picked, {B, D});
+        }
+        const index_t m = head_in.extent(0);
+        const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
+        float* logits = detail::at_least(s.logits, m * V);
+        if constexpr (std::is_same_v<T, float>) {
+            linear<T>(tensor_view<T, 2>(logits, {m, V}), head_in, head, {}, handle_);
+        } else {  // products in T like transformers' bf16 lm_head, then widened for the sampler
+            T* lt = detail::at_least(s.logits_t, m * V);
+            linear<T>(tensor_view<T, 2>(lt, {m, V}), head_in, head, {}, handle_);
+            detail::widen_kernel<T><<<detail::grid_for(m * V, 256), 256>>>(logits, lt, m * V);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+        }
+        for (index_t b = 0; b < B; ++b) s.lengths[b] += counts.empty() ? n : counts[b];
+        return tensor_view<const float, 2>(logits, {m, V});
+    }
+
+private:
+    void norm(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 1>& w,
+              const detail::device_tensor<T, 1>& b) const {
+        if (config_.arch == model_arch::gpt2) layer_norm<T>(out, x, w.view(), b.view(), config_.norm_eps);
+        else rms_norm<T>(out, x, w.view(), config_.norm_eps);
+    }
+
+    // x = x + delta; out = norm(x), in one pass.
+    void residual_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> delta,
+                       const detail::device_tensor<T, 1>& w, const detail::device_tensor<T, 1>& b) const {
+        if (config_.arch == model_arch::gpt2)
+            residual_add_layer_norm<T>(out, x, x, delta, w.view(), b.view(), config_.norm_eps);
+        else residual_add_rms_norm<T>(out, x, x, delta, w.view(), config_.norm_eps);
+    }
+
+    // The attention kernel for the shape: flash-decoding when few query rows
+    // share a KV head (decode), tensor cores for a bf16 prompt, v3 otherwise.
+    void attend(tensor_view<T, 4> out, tensor_view<const T, 4> q, tensor_view<const T, 4> k, tensor_view<const T, 4> v,
+                const attention_options& opts, attention_workspace& ws) const {
+        const index_t group = config_.num_heads / config_.num_kv_heads;
+        if (group * q.extent(1) <= detail::decode_rows) {
+            attention_decode<T>(out, q, k, v, opts, ws);
+        } else if constexpr (std::is_same_v<T, bfloat16>) {
+            if (config_.head_dim == 64 || config_.head_dim == 128) attention_mma<T>(out, q, k, v, opts);
+            else attention_flash<T>(out, q, k, v, opts);
+        } else {
+            attention_flash<T>(out, q, k, v, opts);
+        }
+    }
+
+    void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L) const {
+        const model_config& c = config_;
+        const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
+        if (c.arch == model_arch::gpt2) {
+            const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
+            gpt2_mlp<T>(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, hidden, handle_,
+                        activation::gelu_tanh);
+            return;
+        }
+        if (c.arch == model_arch::llama) {
+            const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
+            const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
+            swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_);
+            return;
+        }
+        // Mixtral: softmax -> top-k -> renormalize, then dispatch / experts / combine.
+        const index_t E = c.num_experts, k = c.experts_per_token, R = moe_max_rows(rows, k, E, 1);
+        const tensor_view<T, 2> logits(detail::at_least(s.router_logits, rows * E), {rows, E});
+        linear<T>(logits, h, L.router.view(), {}, handle_);
+        const tensor_view<std::int32_t, 2> ids(detail::at_least(s.expert_ids, rows * k), {rows, k});
+        const tensor_view<float, 2> weights(detail::at_least(s.expert_weights, rows * k), {rows, k});
+        softmax_topk_gating(ids, weights, tensor_view<const T, 2>(logits), /*renormalize=*/true);
+        std::int32_t* p = detail::at_least(s.plan_ints, rows * k + R + (E + 1) + E);
+        const moe_plan_view plan{tensor_view<std::int32_t, 2>(p, {rows, k}),
+                                 tensor_view<std::int32_t, 1>(p + rows * k, {R}),
+                                 tensor_view<std::int32_t, 1>(p + rows * k + R, {E + 1}),
+                                 tensor_view<std::int32_t, 1>(p + rows * k + R + E + 1, {E})};
+        if (!s.dispatch_ws || s.dispatch_ws->slots() < rows * k) s.dispatch_ws.emplace(rows * k, E);
+        moe_plan(plan, tensor_view<const std::int32_t, 2>(ids), moe_dispatch_options{}, *s.dispatch_ws);
+        const tensor_view<T, 2> sorted(detail::at_least(s.sorted, R * D), {R, D});
+        const tensor_view<T, 2> expert_out(detail::at_least(s.expert_out, R * D), {R, D});
+        moe_gather(sorted, h, plan);
+        moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(), plan,
+                           handle_.get());
+        moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan);
+    }
+
+    model_config config_;
+    detail::device_tensor<T, 2> embed_, positions_, lm_head_;
+    std::vector<device_layer_weights<T>> layers_;
+    detail::device_tensor<T, 1> final_norm_weight_, final_norm_bias_;
+    rope_cache rope_;
+    cublas_handle handle_;
+};
+
+// Generate continuations of a batch of prompts of different lengths on the GPU:
+// one prefill of the right-padded batch, then one token per row per step, the
+// tokens chosen by cuda::sample (row r from Philox stream options.stream + r).
+// The same tokens as cpu::generate_batch for the same logits; a row that
+// produced an EOS stops (its output ends with the EOS). on_token(row, id) is
+// called as each token is chosen.
+template <class T>
+std::vector<std::vector<std::int32_t>> generate_batch(
+    const model<T>& m, const std::vector<std::vector<std::int32_t>>& prompts, const cpu::generation_options& options,
+    const std::function<void(std::size_t, std::int32_t)>& on_token = {}) {
+    TINYLLM_EXPECT(!prompts.empty(), "cuda::generate_batch: no prompts");
+    TINYLLM_EXPECT(options.max_new_tokens >= 0, "cuda::generate_batch: max_new_tokens = ", options.max_new_tokens,
+                   " must not be negative");
+    tinyllm::detail::check_params(options.sampling);
+    const index_t B = static_cast<index_t>(prompts.size());
+    index_t n = 0;
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+        TINYLLM_EXPECT(!prompts[r].empty(), "cuda::generate_batch: prompt ", r, " is empty");
+        n = std::max<index_t>(n, static_cast<index_t>(prompts[r].size()));
+    }
+    std::vector<std::vector<std::int32_t>> out(prompts.size());
+    if (options.max_new_tokens == 0) return out;
+    const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
+
+    auto session = m.new_session(B, n + options.max_new_tokens);
+    std::vector<std::int32_t> padded(static_cast<std::size_t>(B * n), 0);
+    std::vector<index_t> counts(static_cast<std::size_t>(B));
+    for (index_t r = 0; r < B; ++r) {
+        const auto& p = prompts[static_cast<std::size_t>(r)];
+        std::copy(p.begin(), p.end(), padded.begin() + r * n);
+        counts[static_cast<std::size_t>(r)] = static_cast<index_t>(p.size());
+    }
+    tensor_view<const float, 2> logits = m.forward(session, tensor_view<const std::int32_t, 2>(padded.data(), {B, n}),
+                                                   counts);
+    device_buffer<std::int32_t> chosen(static_cast<std::size_t>(B));
+    std::vector<std::int32_t> next(static_cast<std::size_t>(B));
+    std::vector<bool> done(static_cast<std::size_t>(B), false);
+    for (index_t step = 0; step < options.max_new_tokens; ++step) {
+        sample(chosen.view(extents<1>{B}), logits, options.sampling, options.seed, static_cast<std::uint64_t>(step),
+               options.stream);
+        copy_to_host(std::span<std::int32_t>(next), chosen);
+        bool all_done = true;
+        for (std::size_t r = 0; r < next.size(); ++r) {
+            if (done[r]) continue;
+            out[r].push_back(next[r]);
+            if (on_token) on_token(r, next[r]);
+            done[r] = std::find(eos.begin(), eos.end(), next[r]) != eos.end();
+            all_done = all_done && done[r];
+        }
+        if (all_done || step + 1 == options.max_new_tokens) break;
+        // Finished rows keep decoding (their tokens are ignored) so that the batch stays rectangular.
+        logits = m.forward(session, tensor_view<const std::int32_t, 2>(next.data(), {B, 1}));
+    }
+    return out;
+}
+
+// One prompt: generate_batch of one row (Philox stream options.stream), the
+// same tokens as cpu::generate for the same logits.
+template <class T>
+std::vector<std::int32_t> generate(const model<T>& m, std::span<const std::int32_t> prompt,
+                                   const cpu::generation_options& options,
+                                   const std::function<void(std::int32_t)>& on_token = {}) {
+    TINYLLM_EXPECT(!prompt.empty(), "generate: the prompt is empty");
+    auto rows = generate_batch(m, {std::vector<std::int32_t>(prompt.begin(), prompt.end())}, options,
+                               [&](std::size_t, std::int32_t id) {
+                                   if (on_token) on_token(id);
+                               });
+    return std::move(rows.front());
+}
+
+}  // namespace tinyllm::cuda

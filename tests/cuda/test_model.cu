@@ -1,0 +1,237 @@
+// CUDA tests for tinyllm/cuda/model.cuh: the whole decoder on the GPU.
+//
+//   * float32 weights on the HF fixtures (../shared/fixtures/hf): the last-position
+//     logits within 1e-4 relative L2 of transformers', the sum of |logits| per
+//     position within 1e-4, and the 24 greedy tokens identical;
+//   * bfloat16 weights, teacher-forced over prompt + transformers' continuation:
+//     the logits of EVERY position within 2e-2 relative L2 of the float model
+//     (the CPU reference, itself ~1e-6 from transformers);
+//   * random models of other shapes (head dim 64, so the bf16 prompt takes the
+//     tensor-core kernel; a Mixtral-shaped one), GPU against the CPU reference;
+//   * KV-cache decoding equals the full forward; a batch of different-length
+//     prompts equals the CPU running them one by one; bad input fails clearly.
+// Every device output is produced into fresh buffers; the logits are compared
+// with NaN never passing (tests/support/compare.hpp).
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+#include "support/fixtures.hpp"
+
+#include <tinyllm/cuda/model.cuh>
+#include <tinyllm/model.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+namespace cpu = tinyllm::cpu;
+using tinyllm::bfloat16;
+using tinyllm::index_t;
+using tinyllm::tensor_view;
+using tinyllm_test::contains;
+using tinyllm_test::tolerance;
+
+namespace {
+
+std::vector<float> host_rows(tensor_view<const float, 2> d, index_t first, index_t count) {
+    std::vector<float> h(static_cast<std::size_t>(count * d.extent(1)));
+    TINYLLM_CUDA_CHECK(cudaMemcpy(h.data(), d.data() + first * d.extent(1), h.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost));
+    return h;
+}
+
+// All positions' logits of one sequence fed at once: (n, V) on the host.
+template <class T>
+std::vector<float> gpu_all_logits(const tc::model<T>& m, const std::vector<std::int32_t>& seq) {
+    const index_t n = static_cast<index_t>(seq.size());
+    auto s = m.new_session(1, n);
+    const auto logits = m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, n}), {}, true);
+    return host_rows(logits, 0, n);
+}
+
+std::vector<double> cpu_all_logits(const cpu::model& m, const std::vector<std::int32_t>& seq) {
+    auto s = m.new_session(static_cast<index_t>(seq.size()));
+    const auto logits = m.forward(s, seq);
+    return {logits.values().begin(), logits.values().end()};
+}
+
+// Every position's logits within `rel_l2` of the reference (per position).
+void require_positions_close(const std::vector<float>& got, const std::vector<double>& want, index_t V, double rel_l2,
+                             const std::string& what) {
+    REQUIRE(got.size() == want.size());
+    const index_t n = static_cast<index_t>(got.size()) / V;
+    for (index_t t = 0; t < n; ++t) {
+        const std::vector<float> g(got.begin() + t * V, got.begin() + (t + 1) * V);
+        const std::vector<double> w(want.begin() + t * V, want.begin() + (t + 1) * V);
+        // Per element loose (a bf16 logit is ~3 significant digits); the criterion is the rel-L2.
+        TINYLLM_REQUIRE_CLOSE(g, w, tolerance{0.5, 0.1, rel_l2}, what + ", position " + std::to_string(t));
+    }
+}
+
+tinyllm::model_config small_config(tinyllm::model_arch arch) {
+    tinyllm::model_config c = tinyllm::model_shapes::llama_1b();
+    c.arch = arch;
+    c.vocab_size = 1000;
+    c.hidden_size = 256;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 64;
+    c.intermediate_size = 512;
+    c.max_positions = 256;
+    c.tie_word_embeddings = false;
+    if (arch == tinyllm::model_arch::mixtral) {
+        c.num_experts = 8;
+        c.experts_per_token = 2;
+    }
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("cuda::model float32 reproduces transformers on the HF fixtures", "[model][conformance]") {
+    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+        const std::string dir = tinyllm_test::fixture_dir(name);
+        if (dir.empty()) {
+            WARN("../shared/fixtures/hf/" << name << " not found: conformance skipped");
+            continue;
+        }
+        const auto m = tc::model<float>::load(dir);
+        const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
+        for (const auto& c : expected.at("cases").as_array()) {
+            const auto prompt = tinyllm_test::ids_of(c.at("prompt"));
+            const index_t V = m.config().vocab_size, n = static_cast<index_t>(prompt.size());
+            INFO(name << ", prompt of " << n << " tokens");
+            const auto all = gpu_all_logits(m, prompt);  // (n, V)
+            const std::vector<float> last(all.end() - V, all.end());
+            TINYLLM_REQUIRE_CLOSE(last, tinyllm_test::doubles_of(c.at("last_logits")), tolerance{1e-3, 1e-3, 1e-4},
+                                  name + " float32 GPU last-position logits");
+            std::vector<float> sums;
+            for (index_t t = 0; t < n; ++t) {
+                double s = 0;
+                for (index_t i = 0; i < V; ++i) s += std::fabs(all[static_cast<std::size_t>(t * V + i)]);
+                sums.push_back(static_cast<float>(s));
+            }
+            TINYLLM_REQUIRE_CLOSE(sums, tinyllm_test::doubles_of(c.at("logits_sum_abs_per_pos")),
+                                  tolerance{0, 1e-4, 1e-4}, name + " float32 GPU sum |logits| per position");
+
+            cpu::generation_options greedy;
+            greedy.max_new_tokens = 24;
+            CHECK(tc::generate(m, prompt, greedy) == tinyllm_test::ids_of(c.at("greedy")));
+        }
+    }
+}
+
+TEST_CASE("cuda::model bfloat16: every teacher-forced position within 2e-2 relative L2", "[model][conformance]") {
+    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+        const std::string dir = tinyllm_test::fixture_dir(name);
+        if (dir.empty()) {
+            WARN("../shared/fixtures/hf/" << name << " not found: skipped");
+            continue;
+        }
+        const auto host = cpu::model::load(dir);
+        const tc::model<bfloat16> m(host);
+        const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
+        for (const auto& c : expected.at("cases").as_array()) {
+            // The prompt, then transformers' own greedy continuation (teacher forcing).
+            auto seq = tinyllm_test::ids_of(c.at("prompt"));
+            const auto continuation = tinyllm_test::ids_of(c.at("greedy"));
+            seq.insert(seq.end(), continuation.begin(), continuation.end());
+            INFO(name << ", " << seq.size() << " positions");
+            require_positions_close(gpu_all_logits(m, seq), cpu_all_logits(host, seq), m.config().vocab_size, 2e-2,
+                                    name + " bf16 GPU vs float reference");
+        }
+    }
+}
+
+TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2", "[model]") {
+    using tinyllm::model_arch;
+    for (const model_arch arch : {model_arch::llama, model_arch::mixtral, model_arch::gpt2}) {
+        tinyllm::model_config c = small_config(arch);
+        if (arch == model_arch::gpt2) {
+            c = tinyllm::model_shapes::gpt2_124m();
+            c.vocab_size = 1000;
+            c.num_layers = 2;
+            c.hidden_size = 256;
+            c.num_heads = c.num_kv_heads = 4;
+            c.head_dim = 64;
+            c.intermediate_size = 1024;
+            c.max_positions = 256;
+        }
+        const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + static_cast<int>(arch)));
+        std::vector<std::int32_t> seq;
+        tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
+        for (int i = 0; i < 77; ++i) seq.push_back(static_cast<std::int32_t>(g.next_bits() % c.vocab_size));
+        const auto want = cpu_all_logits(host, seq);
+        const std::string what = std::string(arch == model_arch::llama ? "llama" : arch == model_arch::mixtral ? "mixtral" : "gpt2") +
+                                 " (random, 77 positions)";
+        // float: flash (v3) for the prompt; bf16: mma (v4, head dim 64).
+        require_positions_close(gpu_all_logits(tc::model<float>(host), seq), want, c.vocab_size, 1e-5,
+                                what + " float32");
+        require_positions_close(gpu_all_logits(tc::model<bfloat16>(host), seq), want, c.vocab_size, 3e-2,
+                                what + " bf16");
+    }
+}
+
+TEST_CASE("cuda::model KV-cache decoding equals the full forward", "[model]") {
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+    const tc::model<float> m(host);
+    std::vector<std::int32_t> seq;
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 3);
+    for (int i = 0; i < 40; ++i) seq.push_back(static_cast<std::int32_t>(g.next_bits() % c.vocab_size));
+    const auto whole = gpu_all_logits(m, seq);
+    const index_t V = c.vocab_size;
+
+    auto s = m.new_session(1, 40);
+    m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, 9}));  // a prefill of 9
+    for (index_t t = 9; t < 40; ++t) {
+        const auto one = host_rows(m.forward(s, tensor_view<const std::int32_t, 2>(&seq[t], {1, 1})), 0, 1);
+        const std::vector<double> want(whole.begin() + t * V, whole.begin() + (t + 1) * V);
+        TINYLLM_REQUIRE_CLOSE(one, want, tolerance{1e-4, 1e-4, 1e-5}, "decode step " + std::to_string(t));
+    }
+    CHECK(s.lengths[0] == 40);
+}
+
+TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens", "[model]") {
+    const std::string dir = tinyllm_test::fixture_dir("llama");
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const cpu::model host = dir.empty() ? cpu::model(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()))
+                                        : cpu::model::load(dir);
+    const tc::model<float> m(host);
+    const std::vector<std::vector<std::int32_t>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
+    for (const bool sampled : {false, true}) {
+        cpu::generation_options o;
+        o.max_new_tokens = 8;
+        if (sampled) o.sampling = {1.0f, 20, 0.95f, {}};
+        o.seed = tinyllm_test::test_seed();
+        o.eos_token_ids = {-1};  // never stop early: compare all 8 tokens
+        const auto gpu = tc::generate_batch(m, prompts, o);
+        const auto want = cpu::generate_batch(host, prompts, o);
+        REQUIRE(gpu.size() == prompts.size());
+        for (std::size_t r = 0; r < prompts.size(); ++r) {
+            INFO("row " << r << (sampled ? ", sampled" : ", greedy"));
+            CHECK(gpu[r] == want[r]);
+            CHECK(gpu[r].size() == 8);
+        }
+    }
+}
+
+TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") {
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const tc::model<float> m(c, tinyllm::random_model_weights(c, 1));
+    auto s = m.new_session(2, 8);
+    const std::vector<std::int32_t> bad = {1, 2, 1000, 3};
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(bad.data(), {2, 2})),
+                      contains("token id 1000 of row 1 at position 0 is outside the vocabulary [0, 1000)"));
+    const std::vector<std::int32_t> ok = {1, 2, 3, 4};
+    const std::vector<index_t> counts = {2, 1};
+    m.forward(s, tensor_view<const std::int32_t, 2>(ok.data(), {2, 2}), counts);
+    CHECK(s.lengths == std::vector<index_t>{2, 1});
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(ok.data(), {2, 2})),
+                      contains("several tokens per row can only be fed when every row has the same length"));
+    const std::vector<std::int32_t> many(2 * 8, 1);
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(many.data(), {1, 8})),
+                      contains("tokens has 1 rows but the session holds 2"));
+    CHECK_THROWS_WITH(m.new_session(0, 4), contains("must be at least 1"));
+}
