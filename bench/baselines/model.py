@@ -33,11 +33,6 @@ import statistics
 import sys
 import time
 
-# This folder's copy.py would shadow the standard library's copy module, which torch imports:
-# keep the folder on sys.path only after the standard library (for _timing).
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
-
 # Hidden options, for smoke-testing this script without a GPU (not part of the baseline):
 #   --device cpu --smoke   tiny shapes, a few repeats, wall-clock timing.
 _hidden = argparse.ArgumentParser(add_help=False)

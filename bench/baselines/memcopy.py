@@ -1,6 +1,6 @@
 """PyTorch baseline for `tinyllm bench copy`: a device-to-device copy of n floats.
 
-    python3 bench/baselines/copy.py --json out/copy_pytorch.json
+    python3 bench/baselines/memcopy.py --json out/copy_pytorch.json
 """
 from _timing import Results, parse_args, require_cuda_torch, time_cuda
 
