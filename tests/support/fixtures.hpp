@@ -2,8 +2,10 @@
 // (tiny GPT-2, Llama and Mixtral checkpoints with transformers' outputs), for
 // the CPU and the CUDA model tests. Tests skip cleanly when they are absent.
 //
-// Where: $TINYLLM_SHARED_DIR/fixtures/hf/<name> (CTest sets the variable to the
-// checkout's ../shared), else ../shared/fixtures/hf/<name> from the working dir.
+// Where (the first that holds the fixture): $TINYLLM_GPU_DATA/shared (the
+// git-ignored copy tools/gpu-check points to on a GPU machine, where ../shared
+// is absent), $TINYLLM_SHARED_DIR (CTest sets it to the checkout's ../shared),
+// ../shared from the working directory.
 #pragma once
 
 #include <tinyllm/detail/json.hpp>
@@ -19,10 +21,15 @@ namespace tinyllm_test {
 
 // The fixture's folder, or "" when it is not there.
 inline std::string fixture_dir(const std::string& name) {
-    const char* shared = std::getenv("TINYLLM_SHARED_DIR");
-    const std::filesystem::path dir =
-        std::filesystem::path(shared && *shared ? shared : "../shared") / "fixtures" / "hf" / name;
-    return std::filesystem::exists(dir / "config.json") ? dir.string() : "";
+    std::vector<std::filesystem::path> roots;
+    if (const char* data = std::getenv("TINYLLM_GPU_DATA"); data && *data) roots.push_back(std::filesystem::path(data) / "shared");
+    if (const char* shared = std::getenv("TINYLLM_SHARED_DIR"); shared && *shared) roots.push_back(shared);
+    roots.push_back("../shared");
+    for (const auto& root : roots) {
+        const auto dir = root / "fixtures" / "hf" / name;
+        if (std::filesystem::exists(dir / "config.json")) return dir.string();
+    }
+    return "";
 }
 
 inline std::vector<std::int32_t> ids_of(const tinyllm::json::value& array) {

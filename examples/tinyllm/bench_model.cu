@@ -1,0 +1,142 @@
+// examples/tinyllm/bench_model.cu — `tinyllm bench model`: the whole decoder
+// on the GPU (tinyllm::cuda::model), prefill and decode tokens/s.
+//
+// Models: random weights (tinyllm::random_model_weights) of two real shapes,
+// tinyllm::model_shapes::gpt2_124m() and llama_1b() (Llama-3.2-1B), each in
+// float32 and bfloat16. Rows "model/tinyllm_cuda/<model>_<dtype>_<phase>_b<B>",
+// the names bench/baselines/model.py gives transformers (eager) on the same
+// shapes, so tools/bench-report puts them in one table:
+//   prefill  B prompts of 128 tokens in one forward (logits of the last position
+//            of each row): tokens/s = 128 B / time; flops = 2 · weights · tokens.
+//   decode   one token per row at cache length 128 (the lengths are reset before
+//            each timed step, so every step does the same work): tokens/s = B / time;
+//            bytes = the weights read once (+ the K/V cache read), so the GB/s
+//            column says how close a step gets to the weights-read-once floor.
+// Check column: tokens/s, and how the model's last-position logits agree with
+// the CPU reference (GPT-2 shape, 8-token prompt) or, for the 1B shape whose CPU
+// run would take minutes, bfloat16 against the float32 GPU model.
+#include "registry.hpp"
+
+#include <tinyllm/cuda/model.cuh>
+#include <tinyllm/cuda/timing.cuh>
+#include <tinyllm/model.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace tinyllm_cli;
+using tinyllm::index_t;
+namespace tc = tinyllm::cuda;
+
+namespace {
+
+constexpr index_t prompt_length = 128;
+constexpr index_t batches[] = {1, 32};
+
+double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double d = static_cast<double>(got[i]) - want[i];
+        num += d * d;
+        den += static_cast<double>(want[i]) * want[i];
+    }
+    return std::isfinite(num) && den > 0 ? std::sqrt(num / den) : INFINITY;
+}
+
+template <class T>
+std::vector<float> last_logits(const tc::model<T>& m, const std::vector<std::int32_t>& prompt) {
+    const index_t n = static_cast<index_t>(prompt.size());
+    auto s = m.new_session(1, n);
+    const auto logits = m.forward(s, tinyllm::tensor_view<const std::int32_t, 2>(prompt.data(), {1, n}));
+    std::vector<float> host(static_cast<std::size_t>(logits.extent(1)));
+    TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), logits.data(), host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return host;
+}
+
+// Weights that a forward multiplies with (the embedding table once, as the tied LM head).
+double matmul_weights(const tinyllm::model_config& c) {
+    const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
+    const double attn = D * (c.num_heads + 2.0 * c.num_kv_heads) * c.head_dim + D * c.num_heads * c.head_dim;
+    const double ffn = c.arch == tinyllm::model_arch::gpt2 ? 2 * D * F : 3 * D * F;
+    return c.num_layers * (attn + ffn) + static_cast<double>(c.vocab_size) * D;
+}
+
+template <class T>
+void model_rows(bench_context& ctx, const std::string& model_name, const tinyllm::model_config& c,
+                const tinyllm::model_weights& w, const std::string& check_prefix) {
+    const tc::model<T> m(c, w);
+    const char* dtype = std::is_same_v<T, float> ? "fp32" : "bf16";
+    tc::timing_options o;
+    o.repeats = ctx.repeats;
+    o.warmup = 2;
+    for (const index_t B : batches) {
+        std::vector<std::int32_t> tokens(static_cast<std::size_t>(B * prompt_length));
+        for (std::size_t i = 0; i < tokens.size(); ++i)
+            tokens[i] = static_cast<std::int32_t>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
+        auto s = m.new_session(B, prompt_length + 1);
+        const tinyllm::tensor_view<const std::int32_t, 2> prompt(tokens.data(), {B, prompt_length});
+        const auto shape = [&](const char* phase) {
+            return model_name + "_" + dtype + "_" + phase + "_b" + std::to_string(B);
+        };
+        auto prefill = tc::time_gpu("model/tinyllm_cuda/" + shape("prefill"), [&] {
+            s.lengths.assign(static_cast<std::size_t>(B), 0);
+            m.forward(s, prompt);
+        }, 0, 2.0 * matmul_weights(c) * static_cast<double>(B * prompt_length), o);
+        char check[160];
+        std::snprintf(check, sizeof check, "%.0f tok/s; %s", B * prompt_length / (prefill.median_us * 1e-6),
+                      check_prefix.c_str());
+        ctx.rows.push_back({std::string("prefill ") + dtype + " B=" + std::to_string(B), "cuda", prefill, check, true,
+                            false});
+
+        const std::vector<std::int32_t> next(static_cast<std::size_t>(B), 1);
+        const double kv_bytes = 2.0 * c.num_layers * B * prompt_length * c.num_kv_heads * c.head_dim * sizeof(T);
+        auto decode = tc::time_gpu("model/tinyllm_cuda/" + shape("decode"), [&] {
+            s.lengths.assign(static_cast<std::size_t>(B), prompt_length);
+            m.forward(s, tinyllm::tensor_view<const std::int32_t, 2>(next.data(), {B, 1}));
+        }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+        std::snprintf(check, sizeof check, "%.0f tok/s; %s", B / (decode.median_us * 1e-6), check_prefix.c_str());
+        ctx.rows.push_back({std::string("decode ") + dtype + " B=" + std::to_string(B), "cuda", decode, check, true,
+                            false});
+    }
+}
+
+}  // namespace
+
+TINYLLM_BENCH("model", "decoder tokens/s: GPT-2 124M and Llama-3.2-1B shapes, fp32/bf16, B=1/32, prompt 128", 1) {
+    if (!ctx.gpu_available) return;
+    const std::vector<std::int32_t> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
+    {
+        const auto c = tinyllm::model_shapes::gpt2_124m();
+        const auto w = tinyllm::random_model_weights(c, 124);
+        const tinyllm::cpu::model host(c, w);
+        auto hs = host.new_session(static_cast<index_t>(probe.size()));
+        const auto all = host.forward(hs, probe);
+        const std::vector<float> want(all.values().end() - c.vocab_size, all.values().end());
+        char agree[96];
+        const double e32 = rel_l2(last_logits(tc::model<float>(c, w), probe), want);
+        std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs CPU", e32);
+        model_rows<float>(ctx, "gpt2_124m", c, w, agree);
+        const double e16 = rel_l2(last_logits(tc::model<tinyllm::bfloat16>(c, w), probe), want);
+        std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs CPU", e16);
+        model_rows<tinyllm::bfloat16>(ctx, "gpt2_124m", c, w, agree);
+        if (!(e32 <= 1e-4 && e16 <= 3e-2)) ctx.rows.back().agrees = false;
+    }
+    {
+        const auto c = tinyllm::model_shapes::llama_1b();
+        const auto w = tinyllm::random_model_weights(c, 1000);
+        std::vector<float> f32;
+        {
+            const tc::model<float> m(c, w);
+            f32 = last_logits(m, probe);
+        }
+        model_rows<float>(ctx, "llama_1b", c, w, "reference for bf16");
+        char agree[96];
+        const double e16 = rel_l2(last_logits(tc::model<tinyllm::bfloat16>(c, w), probe), f32);
+        std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs fp32 GPU", e16);
+        model_rows<tinyllm::bfloat16>(ctx, "llama_1b", c, w, agree);
+        if (!(e16 <= 3e-2)) ctx.rows.back().agrees = false;
+    }
+}
