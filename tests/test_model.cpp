@@ -9,6 +9,7 @@
 
 #include <tinyllm/model.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -301,4 +302,47 @@ TEST_CASE("the model rejects bad token ids and over-long inputs", "[model][error
     const std::vector<std::int32_t> five = {1, 2, 3, 4, 5};
     CHECK_THROWS_WITH(model.forward(s, five), tinyllm_test::contains("exceed the session's capacity"));
     CHECK_THROWS_WITH(model.new_session(1000), tinyllm_test::contains("exceeds GPT-2's 128 learned positions"));
+}
+
+TEST_CASE("forward's attention observer sees every layer's causal probabilities and changes nothing", "[model]") {
+    tinyllm::model_config c = tinyllm::model_shapes::llama_1b();
+    c.vocab_size = 97;
+    c.hidden_size = 32;
+    c.num_layers = 3;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 8;
+    c.intermediate_size = 48;
+    c.rope.rotary_dim = 8;
+    const tinyllm::cpu::model model(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+    const std::vector<std::int32_t> prompt = {3, 1, 4, 1, 5}, next = {9};
+    auto plain = model.new_session(6), observed = model.new_session(6);
+    const auto want = model.forward(plain, prompt);
+    std::vector<index_t> layers;
+    const auto check = [&](index_t layer, tinyllm::tensor_view<const float, 4> p) {
+        layers.push_back(layer);
+        const index_t n = p.extent(2), total = p.extent(3), past = total - n;
+        REQUIRE(p.extent(0) == 1);
+        REQUIRE(p.extent(1) == c.num_heads);
+        for (index_t h = 0; h < p.extent(1); ++h)
+            for (index_t i = 0; i < n; ++i) {
+                double sum = 0;
+                for (index_t j = 0; j < total; ++j) {
+                    REQUIRE(std::isfinite(p(0, h, i, j)));
+                    if (j > past + i) REQUIRE(p(0, h, i, j) == 0.0f);  // causal: no later position
+                    sum += p(0, h, i, j);
+                }
+                REQUIRE(sum == tinyllm_test::Approx(1.0).margin(1e-5));
+            }
+    };
+    const auto got = model.forward(observed, prompt, check);
+    CHECK(layers == std::vector<index_t>{0, 1, 2});
+    CHECK(got.values() == want.values());  // observing changes nothing, bit for bit
+    layers.clear();
+    model.forward(observed, next, [&](index_t l, tinyllm::tensor_view<const float, 4> p) {
+        check(l, p);
+        CHECK(p.extent(2) == 1);
+        CHECK(p.extent(3) == 6);  // the decode step sees the 5 cached positions and itself
+    });
+    CHECK(layers.size() == 3);
 }

@@ -20,20 +20,6 @@ using namespace tinyllm_cli;
 
 namespace {
 
-std::vector<std::int32_t> parse_ids(const std::string& text) {
-    std::vector<std::int32_t> ids;
-    std::istringstream in(text);
-    std::string word;
-    while (in >> word) {
-        char* end = nullptr;
-        const long long v = std::strtoll(word.c_str(), &end, 10);
-        if (*end != '\0' || v < 0 || v > 0x7fffffff) throw usage_error("--prompt-ids: '" + word + "' is not a token id");
-        ids.push_back(static_cast<std::int32_t>(v));
-    }
-    if (ids.empty()) throw usage_error("--prompt-ids holds no ids");
-    return ids;
-}
-
 // --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16.
 bool wants_gpu(const parsed_args& a, bool* bf16) {
     const std::string device = a.get("device", "cpu"), dtype = a.get("dtype", "float32");
@@ -93,7 +79,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     };
     if (!text_mode) {
         bool first = true;
-        run(parse_ids(a.get("prompt-ids")), [&](std::int32_t id) {
+        run(parse_token_ids(a.get("prompt-ids")), [&](std::int32_t id) {
             out << (first ? "" : " ") << id << std::flush;
             first = false;
         });
@@ -124,7 +110,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
     bool bf16 = false;
     const bool gpu = wants_gpu(a, &bf16);
-    const auto prompt = parse_ids(a.get("prompt-ids"));
+    const auto prompt = parse_token_ids(a.get("prompt-ids"));
     std::vector<float> last;
     if (gpu) {
         last = gpu_last_logits(a.get("model"), bf16, prompt);

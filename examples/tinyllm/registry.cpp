@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <sstream>
 
 namespace tinyllm_cli {
 
@@ -91,6 +92,20 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
         }
     }
     return parsed;
+}
+
+std::vector<std::int32_t> parse_token_ids(const std::string& text) {
+    std::vector<std::int32_t> ids;
+    std::istringstream in(text);
+    std::string word;
+    while (in >> word) {
+        char* end = nullptr;
+        const long long v = std::strtoll(word.c_str(), &end, 10);
+        if (*end != '\0' || v < 0 || v > 0x7fffffff) throw usage_error("--prompt-ids: '" + word + "' is not a token id");
+        ids.push_back(static_cast<std::int32_t>(v));
+    }
+    if (ids.empty()) throw usage_error("--prompt-ids holds no ids");
+    return ids;
 }
 
 }  // namespace tinyllm_cli

@@ -14,6 +14,7 @@
 
 #include <tinyllm/timing.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <ostream>
@@ -98,6 +99,8 @@ struct parsed_args {
 // Anything else starting with "-" is a usage_error naming the option.
 parsed_args parse_args(const std::vector<std::string>& args, const std::vector<std::string>& value_options,
                        const std::vector<std::string>& flag_options);
+// "ID ID ..." (the value of --prompt-ids) as token ids; a usage_error when a word is not one.
+std::vector<std::int32_t> parse_token_ids(const std::string& text);
 
 namespace detail {
 struct registrar {

@@ -10,8 +10,12 @@
 #include "registry.hpp"
 
 #include <tinyllm/attention.hpp>
+#include <tinyllm/detail/json.hpp>
+#include <tinyllm/model.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/tokenizer.hpp>
+#include <tinyllm/tokenizer_io.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -144,20 +148,21 @@ TINYLLM_TOUR_CHAPTER(40, "attention", "Attention: who looks at whom") {
            "Row 0 ('The') can only look at itself: 1.00. The two 'a's share an embedding, so their\n"
            "keys are equal and every later query weighs them alike.\n\n"
            "`tinyllm attention-probs` prints these probabilities as JSON; tools/plot-attention turns\n"
-           "them into a heatmap (docs/img/attention.png). See docs/attention.md for the kernels.\n";
+           "them into a heatmap (docs/img/attention.png). A real model's heads, from a Hugging Face\n"
+           "checkpoint run by the model of the last chapter:\n\n"
+           "    tools/plot-attention --model gpt2 --tokenizer gpt2/tokenizer.json \\\n"
+           "        --prompt \"The tiger jumped out of a tree\" --layer 5 --out heads.png\n\n"
+           "See docs/attention.md for the kernels.\n";
 }
 
-TINYLLM_COMMAND("attention-probs", "print the tour's attention probabilities as JSON (for tools/plot-attention)",
-                "usage: tinyllm attention-probs [--heads N] [--seed S]\n\n"
-                "Runs the attention chapter's example (the words of the tour sentence, random weights,\n"
-                "causal) with N heads (1..8, default 4) and prints {\"tokens\": [...], \"probs\": [head][row][col]}.\n") {
-    const auto a = parse_args(args, {"heads", "seed"}, {});
-    const long long heads = a.get_int("heads", 4);
-    if (heads < 1 || heads > 8) throw usage_error("--heads must be between 1 and 8");
-    const auto r = tour_attention(static_cast<int>(heads), static_cast<std::uint64_t>(a.get_int("seed", 2024)));
-    const index_t T = static_cast<index_t>(r.tokens.size());
+namespace {
+
+// {"tokens": [...], "probs": [head][row][col]} for the first `heads` heads of probs (1, H, T, T).
+void print_probs_json(std::ostream& out, const std::vector<std::string>& tokens,
+                      tinyllm::tensor_view<const float, 4> probs, index_t heads) {
+    const index_t T = static_cast<index_t>(tokens.size());
     out << "{\"tokens\": [";
-    for (std::size_t t = 0; t < r.tokens.size(); ++t) out << (t ? ", " : "") << '"' << r.tokens[t] << '"';
+    for (std::size_t t = 0; t < tokens.size(); ++t) out << (t ? ", " : "") << tinyllm::json::quote(tokens[t]);
     out << "],\n \"probs\": [";
     for (index_t h = 0; h < heads; ++h) {
         out << (h ? ",\n  [" : "\n  [");
@@ -165,7 +170,7 @@ TINYLLM_COMMAND("attention-probs", "print the tour's attention probabilities as 
             out << (i ? ", [" : "[");
             for (index_t j = 0; j < T; ++j) {
                 char buf[32];
-                std::snprintf(buf, sizeof buf, "%.6f", static_cast<double>(r.probs(0, h, i, j)));
+                std::snprintf(buf, sizeof buf, "%.6f", static_cast<double>(probs(0, h, i, j)));
                 out << (j ? ", " : "") << buf;
             }
             out << "]";
@@ -173,5 +178,71 @@ TINYLLM_COMMAND("attention-probs", "print the tour's attention probabilities as 
         out << "]";
     }
     out << "]}\n";
+}
+
+}  // namespace
+
+TINYLLM_COMMAND("attention-probs", "print attention probabilities as JSON (for tools/plot-attention)",
+                "usage: tinyllm attention-probs [--heads N] [--seed S]\n"
+                "       tinyllm attention-probs --model DIR (--prompt TEXT --tokenizer FILE [--encoding NAME] |\n"
+                "                               --prompt-ids \"ID ...\") [--layer L] [--heads N]\n\n"
+                "Without --model: the attention chapter's example (the words of the tour sentence, random\n"
+                "weights, causal) with N heads (1..8, default 4).\n"
+                "With --model: a Hugging Face checkpoint (GPT-2, Llama, Mixtral) run on the prompt by the\n"
+                "CPU reference model; the heads of layer L (default 0; negative counts from the last\n"
+                "layer), the first N of them (default: up to 8).\n"
+                "Prints {\"tokens\": [...], \"probs\": [head][row][col]}.\n") {
+    const auto a = parse_args(args, {"heads", "seed", "model", "prompt", "prompt-ids", "tokenizer", "encoding", "layer"},
+                              {});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    if (a.get("model").empty()) {
+        for (const char* o : {"prompt", "prompt-ids", "tokenizer", "encoding", "layer"})
+            if (a.options.count(o)) throw usage_error(std::string("--") + o + " needs --model DIR");
+        const long long heads = a.get_int("heads", 4);
+        if (heads < 1 || heads > 8) throw usage_error("--heads must be between 1 and 8");
+        const auto r = tour_attention(static_cast<int>(heads), static_cast<std::uint64_t>(a.get_int("seed", 2024)));
+        print_probs_json(out, r.tokens, r.probs.view(), heads);
+        return 0;
+    }
+    if (a.options.count("seed")) throw usage_error("--seed applies to the random example, not to --model");
+    const bool text_mode = a.options.count("prompt") > 0;
+    if (text_mode == (a.options.count("prompt-ids") > 0))
+        throw usage_error("give exactly one of --prompt TEXT (with --tokenizer) and --prompt-ids \"ID ...\"");
+    if (text_mode && a.get("tokenizer").empty()) throw usage_error("--prompt needs --tokenizer FILE");
+
+    const auto model = tinyllm::cpu::model::load(a.get("model"));
+    const auto& c = model.config();
+    std::vector<std::int32_t> ids;
+    std::vector<std::string> labels;
+    if (text_mode) {
+        const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
+        for (const auto id : tok.encode(a.get("prompt"))) {
+            ids.push_back(static_cast<std::int32_t>(id));
+            labels.push_back(tok.decode({id}));  // one token's text (U+FFFD for a partial character)
+        }
+    } else {
+        ids = parse_token_ids(a.get("prompt-ids"));
+        for (const auto id : ids) labels.push_back(std::to_string(id));
+    }
+    if (ids.empty()) throw usage_error("the prompt encodes to no tokens");
+    long long layer = a.get_int("layer", 0);
+    if (layer < 0) layer += c.num_layers;
+    if (layer < 0 || layer >= c.num_layers)
+        throw usage_error("--layer must be in [-" + std::to_string(c.num_layers) + ", " +
+                          std::to_string(c.num_layers) + ") for this model");
+    const long long heads = a.get_int("heads", std::min<long long>(c.num_heads, 8));
+    if (heads < 1 || heads > c.num_heads)
+        throw usage_error("--heads must be between 1 and the model's " + std::to_string(c.num_heads));
+
+    auto session = model.new_session(static_cast<index_t>(ids.size()));
+    tinyllm::tensor<float, 4> probs;
+    model.forward(session, ids, [&](index_t l, tinyllm::tensor_view<const float, 4> p) {
+        if (l != layer) return;
+        probs = tinyllm::tensor<float, 4>(p.shape());
+        for (index_t h = 0; h < p.extent(1); ++h)
+            for (index_t i = 0; i < p.extent(2); ++i)
+                for (index_t j = 0; j < p.extent(3); ++j) probs(0, h, i, j) = p(0, h, i, j);
+    });
+    print_probs_json(out, labels, probs.view(), heads);
     return 0;
 }

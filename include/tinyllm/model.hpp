@@ -476,10 +476,15 @@ public:
         return s;
     }
 
+    // Called once per layer with that layer's attention probabilities,
+    // (1, Hq, n, length + n): row i is fed position i, column j a cached position.
+    using attention_observer = std::function<void(index_t layer, tensor_view<const float, 4> probs)>;
+
     // Feed `tokens` after what the session already holds; returns the logits of
     // each fed position, (n, V). A prompt is fed at once (prefill), then one
-    // token per call (decode).
-    tensor<float, 2> forward(session& s, std::span<const std::int32_t> tokens) const {
+    // token per call (decode). `observe`, if set, sees every layer's attention.
+    tensor<float, 2> forward(session& s, std::span<const std::int32_t> tokens,
+                             const attention_observer& observe = {}) const {
         const model_config& c = config_;
         const index_t n = static_cast<index_t>(tokens.size()), D = c.hidden_size, Dh = c.head_dim;
         const index_t Hq = c.num_heads, Hkv = c.num_kv_heads;
@@ -516,7 +521,11 @@ public:
             cache.append(k4, v4);
             attention_options opts;
             opts.causal = true;
-            attention<float>(tensor_view<float, 4>(attn.data(), {1, n, Hq, Dh}), q4, cache, opts);
+            tensor<float, 4> probs;  // (1, Hq, n, length + n), only when observed
+            if (observe) probs = tensor<float, 4>(extents<4>{1, Hq, n, cache.length()});
+            attention<float>(tensor_view<float, 4>(attn.data(), {1, n, Hq, Dh}), q4, cache, opts,
+                             observe ? probs.view() : tensor_view<float, 4>{});
+            if (observe) observe(l, probs.view());
             linear(delta.view(), attn.view(), L.wo.view(), L.bo.view());
             add(x.view(), x.view(), delta.view());
 
