@@ -59,7 +59,8 @@ class Results:
         self.torch = torch
         self.rows = []
 
-    def add(self, name, timing, bytes=0.0, flops=0.0):
+    def add(self, name, timing, bytes=0.0, flops=0.0, extra=None, note=""):
+        """One row; `extra` adds fields to it (e.g. tokens_per_second), `note` to the printed line."""
         median, lo, hi = timing
         row = {"name": name, "run_type": "iteration", "iterations": 0, "real_time": median,
                "cpu_time": median, "time_unit": "us", "min_time_us": lo, "max_time_us": hi}
@@ -67,9 +68,11 @@ class Results:
             row["bytes_per_second"] = bytes / (median * 1e-6)
         if flops:
             row["flops_per_second"] = flops / (median * 1e-6)
+        row.update(extra or {})
         self.rows.append(row)
         rate = f"{bytes / (median * 1e3):10.1f} GB/s" if bytes else f"{flops / (median * 1e6):10.2f} TFLOP/s"
-        print(f"{name:56s} {median:12.2f} us {rate}")
+        print(f"{name:56s} {median:12.2f} us {rate}{note}", flush=True)
+        return row
 
     def write(self, path):
         if not path:

@@ -206,16 +206,9 @@ def kv_bytes(config, B, length, element_size):
 
 
 def add_row(results, name, timing, tokens, bytes=0.0, flops=0.0):
-    median, lo, hi = timing
-    row = {"name": name, "run_type": "iteration", "iterations": 0, "real_time": median, "cpu_time": median,
-           "time_unit": "us", "min_time_us": lo, "max_time_us": hi, "tokens_per_second": tokens / (median * 1e-6)}
-    if bytes:
-        row["bytes_per_second"] = bytes / (median * 1e-6)
-    if flops:
-        row["flops_per_second"] = flops / (median * 1e-6)
-    results.rows.append(row)
-    rate = f"{bytes / (median * 1e3):8.1f} GB/s" if bytes else f"{flops / (median * 1e6):8.2f} TFLOP/s"
-    print(f"{name:50s} {median:12.1f} us {row['tokens_per_second']:12.1f} tokens/s {rate}", flush=True)
+    per_second = tokens / (timing[0] * 1e-6)
+    results.add(name, timing, bytes, flops, extra={"tokens_per_second": per_second},
+                note=f" {per_second:12.1f} tokens/s")
 
 
 def bandwidth():

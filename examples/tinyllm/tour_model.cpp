@@ -17,16 +17,9 @@ using namespace tinyllm_cli;
 
 namespace {
 
-// Random weights from Philox: uniform in [-a, a] with a = 1/sqrt(fan_in), like nn.Linear's init.
-template <std::size_t R>
-tinyllm::tensor<float, R> random_tensor(const tinyllm::extents<R>& shape, std::uint64_t seed, float scale) {
-    tinyllm::tensor<float, R> t(shape);
-    tinyllm::cpu::fill_uniform(t.view(), seed, -scale, scale);
-    return t;
-}
-
 // A Llama-shaped model with vocabulary 256 (one token per byte), D = 32, 2 layers,
-// 4 query heads sharing 2 key/value heads.
+// 4 query heads sharing 2 key/value heads; random weights from Philox
+// (tinyllm::random_model_weights: uniform in +-1/sqrt(fan_in), like nn.Linear's init).
 tinyllm::cpu::model tiny_llama() {
     tinyllm::model_config c;
     c.arch = tinyllm::model_arch::llama;
@@ -42,27 +35,7 @@ tinyllm::cpu::model tiny_llama() {
     c.norm_eps = 1e-6f;
     c.rope.rotary_dim = 8;
     c.rope.theta = 10000.0;
-    const tinyllm::index_t D = 32, F = 64, V = 256;
-    const float a = 1.0f / std::sqrt(32.0f);
-    tinyllm::model_weights w;
-    std::uint64_t seed = 2026;
-    w.embed = random_tensor(tinyllm::extents<2>{V, D}, seed++, 1.0f);
-    for (int l = 0; l < 2; ++l) {
-        tinyllm::layer_weights L;
-        L.attn_norm_weight = tinyllm::tensor<float, 1>(tinyllm::extents<1>{D}, 1.0f);
-        L.ffn_norm_weight = tinyllm::tensor<float, 1>(tinyllm::extents<1>{D}, 1.0f);
-        L.wq = random_tensor(tinyllm::extents<2>{32, D}, seed++, a);
-        L.wk = random_tensor(tinyllm::extents<2>{16, D}, seed++, a);
-        L.wv = random_tensor(tinyllm::extents<2>{16, D}, seed++, a);
-        L.wo = random_tensor(tinyllm::extents<2>{D, 32}, seed++, a);
-        L.gate = random_tensor(tinyllm::extents<2>{F, D}, seed++, a);
-        L.up = random_tensor(tinyllm::extents<2>{F, D}, seed++, a);
-        L.down = random_tensor(tinyllm::extents<2>{D, F}, seed++, 1.0f / std::sqrt(64.0f));
-        w.layers.push_back(std::move(L));
-    }
-    w.final_norm_weight = tinyllm::tensor<float, 1>(tinyllm::extents<1>{D}, 1.0f);
-    w.lm_head = random_tensor(tinyllm::extents<2>{V, D}, seed++, a);
-    return tinyllm::cpu::model(c, std::move(w));
+    return tinyllm::cpu::model(c, tinyllm::random_model_weights(c, 2026));
 }
 
 std::string printable(std::int32_t byte) {
