@@ -64,7 +64,8 @@ void expect_linear_args(std::string_view op, const Out& out, const X& x, const W
                    ") is required");
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == weight.extent(0), op, ": bias has ", bias.extent(0),
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no bias)");
-    TINYLLM_EXPECT(out.data() != x.data() || out.size() == 0, op, ": out must not be the same memory as x");
+    TINYLLM_EXPECT(static_cast<const void*>(out.data()) != static_cast<const void*>(x.data()) || out.size() == 0, op,
+                   ": out must not be the same memory as x");
 }
 
 template <class Out, class X, class W>

@@ -43,6 +43,7 @@
 
 #include <climits>
 #include <string_view>
+#include <type_traits>
 
 namespace tinyllm::cuda {
 namespace detail {
@@ -63,10 +64,13 @@ void expect_workspace(const View& w, index_t rows, index_t cols, std::string_vie
 
 // out = x weight^T + bias (torch.nn.Linear). out: (rows, N); x: (rows, K);
 // weight: (N, K) with stride(1) == 1, or a transposed view of a (K, N) matrix;
-// bias: (N) or empty. out must not overlap x.
-template <class T>
-void linear(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 2> weight,
+// bias: (N) or empty. out must not overlap x. The output type O is T, or float
+// for 16-bit inputs whose products should not be rounded to 16 bits (e.g. a
+// router's logits before top-k; then no bias).
+template <class T, class O = T>
+void linear(tensor_view<O, 2> out, detail::const_view<T, 2> x, detail::const_view<T, 2> weight,
             detail::const_view<T, 1> bias, const cublas_handle& handle, cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<O, T> || std::is_same_v<O, float>, "linear: the output is T or float");
     constexpr std::string_view op = "linear";
     tinyllm::detail::expect_linear_args(op, out, x, weight, bias);
     detail::expect_unit_column_stride(out, op, "out");
@@ -100,9 +104,13 @@ void linear(tensor_view<T, 2> out, detail::const_view<T, 2> x, detail::const_vie
                                       detail::checked_int(rows, op, "rows"), detail::checked_int(K, op, "in_features"),
                                       &alpha, weight.data(), cuda_data_type<T>(), detail::checked_int(lda, op, "lda"),
                                       x.data(), cuda_data_type<T>(), detail::checked_int(ldb, op, "ldb"), &beta,
-                                      out.data(), cuda_data_type<T>(), detail::checked_int(ldc, op, "ldc"),
+                                      out.data(), cuda_data_type<O>(), detail::checked_int(ldc, op, "ldc"),
                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (bias.size()) bias_activate<T>(out, out, bias, activation::identity, stream);
+    if constexpr (std::is_same_v<O, T>) {
+        if (bias.size()) bias_activate<T>(out, out, bias, activation::identity, stream);
+    } else {
+        TINYLLM_EXPECT(bias.size() == 0, op, ": a float output from ", dtype_name<T>(), " inputs takes no bias");
+    }
 }
 
 // out = a b. out: (M, N); a: (M, K); b: (K, N) with stride(1) == 1.

@@ -16,12 +16,13 @@
 //         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
 //                                              gather, cuBLAS experts, combine)
 //     x, h = x + delta, norm_f(...)
-//     logits = h W_lm^T                         cuBLAS, then widened to float for the sampler
+//     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
 // Element type T: float (matches the CPU reference to ~1e-6) or
 // tinyllm::bfloat16 (weights and activations in bf16, every product and
 // reduction accumulated in float — what transformers does with
-// torch_dtype=bfloat16).
+// torch_dtype=bfloat16 — except that the MoE router's logits and the final
+// logits leave their GEMMs as float instead of being rounded to bf16).
 //
 // Batches and the KV cache. A session holds B sequences, each with its own
 // length L_b. forward() feeds up to n tokens per row (right padding: row b
@@ -123,19 +124,6 @@ __global__ void gather_rows_kernel(T* out, const T* in, const std::int32_t* rows
     const index_t r = blockIdx.x;
     const T* from = in + static_cast<index_t>(rows[r]) * width;
     for (index_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = from[i];
-}
-
-// out[i] = float(in[i]).
-template <class T>
-__global__ void widen_kernel(float* out, const T* in, index_t n) {
-    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<index_t>(gridDim.x) * blockDim.x)
-        out[i] = to_float(in[i]);
-}
-
-inline unsigned grid_for(index_t n, int threads) {
-    const index_t blocks = ceil_div<index_t>(n, threads);
-    return static_cast<unsigned>(blocks < 65535 * 8 ? (blocks > 0 ? blocks : 1) : 65535 * 8);
 }
 
 // Grow-only scratch: a buffer of at least n elements.
@@ -240,11 +228,12 @@ public:
         // scratch
         device_buffer<std::int32_t> ids, row_info;      // (B, n); (4, B): start, count, key length, last row
         device_buffer<std::int64_t> positions;          // (B, n)
-        device_buffer<T> x, h, qkv, attn, delta, hidden, hidden2, head_in, logits_t;
+        device_buffer<T> x, h, qkv, attn, delta, hidden, hidden2, head_in;
         device_buffer<float> logits;
         attention_workspace attention_ws;
         // Mixtral
-        device_buffer<T> router_logits, sorted, expert_out;
+        device_buffer<float> router_logits;
+        device_buffer<T> sorted, expert_out;
         device_buffer<std::int32_t> expert_ids, plan_ints;
         device_buffer<float> expert_weights;
         std::optional<moe_dispatch_workspace> dispatch_ws;
@@ -392,14 +381,8 @@ public:
         const index_t m = head_in.extent(0);
         const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
         float* logits = detail::at_least(s.logits, m * V);
-        if constexpr (std::is_same_v<T, float>) {
-            linear<T>(tensor_view<T, 2>(logits, {m, V}), head_in, head, {}, handle_);
-        } else {  // products in T like transformers' bf16 lm_head, then widened for the sampler
-            T* lt = detail::at_least(s.logits_t, m * V);
-            linear<T>(tensor_view<T, 2>(lt, {m, V}), head_in, head, {}, handle_);
-            detail::widen_kernel<T><<<detail::grid_for(m * V, 256), 256>>>(logits, lt, m * V);
-            TINYLLM_CUDA_CHECK_LAUNCH();
-        }
+        // Float logits straight from the GEMM (bf16 inputs, float accumulation and output).
+        linear<T, float>(tensor_view<float, 2>(logits, {m, V}), head_in, head, {}, handle_);
         for (index_t b = 0; b < B; ++b) s.lengths[b] += counts.empty() ? n : counts[b];
         return tensor_view<const float, 2>(logits, {m, V});
     }
@@ -451,11 +434,14 @@ private:
         }
         // Mixtral: softmax -> top-k -> renormalize, then dispatch / experts / combine.
         const index_t E = c.num_experts, k = c.experts_per_token, R = moe_max_rows(rows, k, E, 1);
-        const tensor_view<T, 2> logits(detail::at_least(s.router_logits, rows * E), {rows, E});
-        linear<T>(logits, h, L.router.view(), {}, handle_);
+        // The router's logits stay float: rounded to bf16, two experts' logits may tie
+        // and the top-k choice flip (measured: transformers' own bf16 Mixtral fixture
+        // flips one token's experts and that position's logits move 0.25 rel-L2).
+        const tensor_view<float, 2> logits(detail::at_least(s.router_logits, rows * E), {rows, E});
+        linear<T, float>(logits, h, L.router.view(), {}, handle_);
         const tensor_view<std::int32_t, 2> ids(detail::at_least(s.expert_ids, rows * k), {rows, k});
         const tensor_view<float, 2> weights(detail::at_least(s.expert_weights, rows * k), {rows, k});
-        softmax_topk_gating(ids, weights, tensor_view<const T, 2>(logits), /*renormalize=*/true);
+        softmax_topk_gating(ids, weights, tensor_view<const float, 2>(logits), /*renormalize=*/true);
         std::int32_t* p = detail::at_least(s.plan_ints, rows * k + R + (E + 1) + E);
         const moe_plan_view plan{tensor_view<std::int32_t, 2>(p, {rows, k}),
                                  tensor_view<std::int32_t, 1>(p + rows * k, {R}),
