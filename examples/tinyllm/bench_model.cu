@@ -46,16 +46,6 @@ double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
     return std::isfinite(num) && den > 0 ? std::sqrt(num / den) : INFINITY;
 }
 
-template <class T>
-std::vector<float> last_logits(const tc::model<T>& m, const std::vector<std::int32_t>& prompt) {
-    const index_t n = static_cast<index_t>(prompt.size());
-    auto s = m.new_session(1, n);
-    const auto logits = m.forward(s, tinyllm::tensor_view<const std::int32_t, 2>(prompt.data(), {1, n}));
-    std::vector<float> host(static_cast<std::size_t>(logits.extent(1)));
-    TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), logits.data(), host.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    return host;
-}
-
 // Weights that a forward multiplies with (the embedding table once, as the tied LM head).
 double matmul_weights(const tinyllm::model_config& c) {
     const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
@@ -112,7 +102,7 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
     bool ok = true;
     {
         const tc::model<float> m(c, w);
-        const auto got = last_logits(m, probe);
+        const auto got = tc::last_logits(m, probe);
         if (want.empty()) {
             want = got;
             std::snprintf(agree, sizeof agree, "reference for bf16");
@@ -125,7 +115,7 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
         if (!ok) ctx.rows.back().agrees = false;
     }
     const tc::model<tinyllm::bfloat16> m(c, w);
-    const double e = rel_l2(last_logits(m, probe), want);
+    const double e = rel_l2(tc::last_logits(m, probe), want);
     std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs %s", e, reference);
     model_rows(ctx, name, m, agree);
     if (!(e <= 3e-2)) ctx.rows.back().agrees = false;

@@ -14,20 +14,14 @@
 using namespace tinyllm_cli;
 
 TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000)", 0) {
-    const long long count = ctx.size > 0 ? ctx.size : 2000;
-    std::string which;
-    const auto tok = bpe_bench::tokenizer(which);
-    const auto docs = bpe_bench::documents(count);
-    double bytes = 0;
-    for (const auto& d : docs) bytes += static_cast<double>(d.size());
+    const auto w = bpe_bench::make_workload(ctx.size, ctx.repeats);
     std::size_t n = 0;
-    const int repeats = ctx.repeats < 5 ? ctx.repeats : 5;
     auto timing = tinyllm::time_cpu(
-        "bpe/cpu_reference/docs=" + std::to_string(count) + "," + which,
+        "bpe/cpu_reference/" + w.shape(),
         [&] {
             n = 0;
-            for (const auto& d : docs) n += tok->encode_ordinary(d).size();
+            for (const auto& d : w.docs) n += w.tok->encode_ordinary(d).size();
         },
-        bytes, 0, 1, repeats);
+        w.bytes, 0, 1, w.repeats);
     ctx.rows.push_back({"cpu 1 thread", "cpu", timing, std::to_string(n) + " tokens", true, true});
 }

@@ -15,19 +15,14 @@ using namespace tinyllm_cli;
 
 TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000)", 1) {
     if (!ctx.gpu_available) return;
-    const long long count = ctx.size > 0 ? ctx.size : 2000;
-    std::string which;
-    const auto tok = bpe_bench::tokenizer(which);
-    const auto docs = bpe_bench::documents(count);
-    double bytes = 0;
-    for (const auto& d : docs) bytes += static_cast<double>(d.size());
-    const tinyllm::cuda::bpe_device_vocab dv(tok->vocab());
+    const auto w = bpe_bench::make_workload(ctx.size, ctx.repeats);
+    const tinyllm::cuda::bpe_device_vocab dv(w.tok->vocab());
     std::vector<std::vector<tinyllm::token_id>> got;
-    const int repeats = ctx.repeats < 5 ? ctx.repeats : 5;
-    auto timing = tinyllm::time_cpu("bpe/cuda_encode_batch/docs=" + std::to_string(count) + "," + which,
-                                    [&] { got = tinyllm::cuda::encode_batch(*tok, dv, docs); }, bytes, 0, 1, repeats);
+    auto timing = tinyllm::time_cpu("bpe/cuda_encode_batch/" + w.shape(),
+                                    [&] { got = tinyllm::cuda::encode_batch(*w.tok, dv, w.docs); }, w.bytes, 0, 1,
+                                    w.repeats);
     std::size_t wrong = 0;
-    for (std::size_t d = 0; d < docs.size(); ++d) wrong += got[d] != tok->encode_ordinary(docs[d]);
+    for (std::size_t d = 0; d < w.docs.size(); ++d) wrong += got[d] != w.tok->encode_ordinary(w.docs[d]);
     ctx.rows.push_back({"cuda batch", "cuda", timing,
                         wrong == 0 ? "identical ids" : std::to_string(wrong) + " documents differ", wrong == 0, false});
 }

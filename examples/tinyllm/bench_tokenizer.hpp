@@ -58,4 +58,24 @@ inline std::shared_ptr<tinyllm::tokenizer> tokenizer(std::string& which) {
     return std::make_shared<tinyllm::tokenizer>(tinyllm::train_bpe(documents(300), opt));
 }
 
+// Everything a "bpe" row needs: the tokenizer, --size documents (default 2000),
+// their total bytes, the row's name suffix and at most 5 repeats.
+struct workload {
+    std::string which;  // "r50k_base" or "trained4096"
+    std::shared_ptr<tinyllm::tokenizer> tok;
+    std::vector<std::string> docs;
+    double bytes = 0;
+    int repeats = 5;
+    std::string shape() const { return "docs=" + std::to_string(docs.size()) + "," + which; }
+};
+
+inline workload make_workload(long long size, int repeats) {
+    workload w;
+    w.tok = tokenizer(w.which);
+    w.docs = documents(size > 0 ? size : 2000);
+    for (const auto& d : w.docs) w.bytes += static_cast<double>(d.size());
+    w.repeats = repeats < 5 ? repeats : 5;
+    return w;
+}
+
 }  // namespace tinyllm_cli::bpe_bench

@@ -39,6 +39,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace tinyllm {
@@ -83,6 +84,18 @@ inline void expect_plan(const moe_plan_view& plan, index_t tokens, index_t k, in
 
 inline void expect_dispatch_options(const moe_dispatch_options& o, const char* op) {
     TINYLLM_EXPECT(o.block >= 1, op, ": block = ", o.block, " must be at least 1");
+}
+
+// The experts step's shapes: out, in (R, D); w1, w3 (E, F, D); w2 (E, D, F); E from the plan.
+template <class Out, class In, class W>
+void expect_experts_args(const Out& out, const In& in, const W& w1, const W& w3, const W& w2,
+                         const moe_plan_view& plan, const std::string& op) {
+    const index_t D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
+    expect_shape(out, in.shape(), op + ": out");
+    expect_shape(w1, extents<3>{E, F, D}, op + ": w1");
+    expect_shape(w3, extents<3>{E, F, D}, op + ": w3");
+    expect_shape(w2, extents<3>{E, D, F}, op + ": w2");
+    expect_shape(plan.expert_counts, extents<1>{E}, op + ": plan.expert_counts");
 }
 
 }  // namespace detail
@@ -147,11 +160,7 @@ inline void moe_experts_swiglu(tensor_view<float, 2> out, tensor_view<const floa
                                tensor_view<const float, 3> w1, tensor_view<const float, 3> w3,
                                tensor_view<const float, 3> w2, const moe_plan_view& plan) {
     const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
-    expect_shape(out, in.shape(), "moe_experts_swiglu: out");
-    expect_shape(w1, extents<3>{E, F, D}, "moe_experts_swiglu: w1");
-    expect_shape(w3, extents<3>{E, F, D}, "moe_experts_swiglu: w3");
-    expect_shape(w2, extents<3>{E, D, F}, "moe_experts_swiglu: w2");
-    expect_shape(plan.expert_counts, extents<1>{E}, "moe_experts_swiglu: plan.expert_counts");
+    tinyllm::detail::expect_experts_args(out, in, w1, w3, w2, plan, "moe_experts_swiglu");
     TINYLLM_EXPECT(plan.expert_offsets(E) <= R, "moe_experts_swiglu: the plan uses ", plan.expert_offsets(E),
                    " rows but in has ", R);
     for (index_t r = 0; r < R; ++r)

@@ -188,6 +188,7 @@ public:
         final_norm_weight_ = detail::upload<T>(w.final_norm_weight);
         final_norm_bias_ = detail::upload<T>(w.final_norm_bias);
         lm_head_ = detail::upload<T>(w.lm_head);
+        // The cos/sin table of RoPE v2, up to 16384 positions (the kernel computes later ones on the fly).
         if (config_.arch != model_arch::gpt2)
             rope_ = make_rope_cache(config_.rope, std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
@@ -203,19 +204,17 @@ public:
 
     const model_config& config() const { return config_; }
 
-    // Bytes of weights on the device: what one decode step must read at least once.
+    // Bytes of all the weights on the device. A decode step reads nearly all of them
+    // (every matrix once; of an untied embedding only the fed rows; of Mixtral's
+    // experts only the chosen ones), so for dense tied models this is the bytes
+    // floor of a step.
     std::size_t weight_bytes() const {
-        std::size_t n = embed_.buffer.bytes() + positions_.buffer.bytes() + final_norm_weight_.buffer.bytes() +
-                        final_norm_bias_.buffer.bytes() + lm_head_.buffer.bytes();
+        std::size_t n = 0;
+        const auto add = [&n](const auto&... t) { ((n += t.buffer.bytes()), ...); };
+        add(embed_, positions_, final_norm_weight_, final_norm_bias_, lm_head_);
         for (const auto& L : layers_)
-            for (const auto* t : {&L.attn_norm_weight, &L.attn_norm_bias, &L.ffn_norm_weight, &L.ffn_norm_bias, &L.bqkv,
-                                  &L.bo, &L.fc_bias, &L.proj_bias})
-                n += t->buffer.bytes();
-        for (const auto& L : layers_)
-            for (const auto* t : {&L.wqkv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down, &L.router})
-                n += t->buffer.bytes();
-        for (const auto& L : layers_)
-            for (const auto* t : {&L.w1, &L.w3, &L.w2}) n += t->buffer.bytes();
+            add(L.attn_norm_weight, L.attn_norm_bias, L.ffn_norm_weight, L.ffn_norm_bias, L.wqkv, L.bqkv, L.wo, L.bo,
+                L.fc, L.fc_bias, L.proj, L.proj_bias, L.gate, L.up, L.down, L.router, L.w1, L.w3, L.w2);
         return n;
     }
 
@@ -313,6 +312,10 @@ public:
 
         std::int32_t* d_info = detail::at_least(s.row_info, 4 * B);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_info, info.data(), info.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+        const std::int32_t* d_start = d_info;              // (B) first cache position written
+        const std::int32_t* d_count = d_info + B;          // (B) tokens kept
+        const std::int32_t* d_key_length = d_info + 2 * B; // (B) valid keys after this forward
+        const std::int32_t* d_last_row = d_info + 3 * B;   // (B) row of x holding the last fed token
         std::int32_t* d_ids = detail::at_least(s.ids, rows);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
         std::int64_t* d_pos = detail::at_least(s.positions, rows);
@@ -341,7 +344,7 @@ public:
         const extents<4> cache_strides{s.capacity * kv_out, kv_out, Dh, 1};
         attention_options opts;
         opts.causal = true;
-        opts.key_lengths = tensor_view<const std::int32_t, 1>(d_info + 2 * B, {B});
+        opts.key_lengths = tensor_view<const std::int32_t, 1>(d_key_length, {B});
 
         for (index_t l = 0; l < c.num_layers; ++l) {
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
@@ -356,10 +359,10 @@ public:
             T* cache_v = s.values[static_cast<std::size_t>(l)].data();
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
             detail::write_cache_kernel<T><<<grid, 128>>>(cache_k, s.capacity, k.data(), n * qkv_out, qkv_out, kv_out,
-                                                         d_info, d_info + B);
+                                                         d_start, d_count);
             TINYLLM_CUDA_CHECK_LAUNCH();
             detail::write_cache_kernel<T><<<grid, 128>>>(cache_v, s.capacity, v.data(), n * qkv_out, qkv_out, kv_out,
-                                                         d_info, d_info + B);
+                                                         d_start, d_count);
             TINYLLM_CUDA_CHECK_LAUNCH();
             const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
             const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
@@ -374,7 +377,7 @@ public:
         tensor_view<const T, 2> head_in = h;
         if (!all_positions) {
             T* picked = detail::at_least(s.head_in, B * D);
-            detail::gather_rows_kernel<T><<<static_cast<unsigned>(B), 128>>>(picked, h.data(), d_info + 3 * B, D);
+            detail::gather_rows_kernel<T><<<static_cast<unsigned>(B), 128>>>(picked, h.data(), d_last_row, D);
             TINYLLM_CUDA_CHECK_LAUNCH();
             head_in = tensor_view<const T, 2>(picked, {B, D});
         }
@@ -464,6 +467,18 @@ private:
     rope_cache rope_;
     cublas_handle handle_;
 };
+
+// The logits of the last position of one prompt, on the host: a fresh session,
+// one forward (what `tinyllm logits --device cuda` prints).
+template <class T>
+std::vector<float> last_logits(const model<T>& m, std::span<const std::int32_t> prompt) {
+    const index_t n = static_cast<index_t>(prompt.size());
+    auto s = m.new_session(1, n);
+    const tensor_view<const float, 2> logits = m.forward(s, tensor_view<const std::int32_t, 2>(prompt.data(), {1, n}));
+    std::vector<float> host(static_cast<std::size_t>(logits.extent(1)));
+    TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), logits.data(), host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return host;
+}
 
 // Generate continuations of a batch of prompts of different lengths on the GPU:
 // one prefill of the right-padded batch, then one token per row per step, the

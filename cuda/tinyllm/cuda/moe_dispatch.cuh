@@ -390,11 +390,7 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     static_assert(std::is_same_v<std::remove_const_t<I>, T> && std::is_same_v<std::remove_const_t<W>, T>,
                   "cuda::moe_experts_swiglu: out, in and the weights have one element type");
     const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
-    expect_shape(out, in.shape(), "cuda::moe_experts_swiglu: out");
-    expect_shape(w1, extents<3>{E, F, D}, "cuda::moe_experts_swiglu: w1");
-    expect_shape(w3, extents<3>{E, F, D}, "cuda::moe_experts_swiglu: w3");
-    expect_shape(w2, extents<3>{E, D, F}, "cuda::moe_experts_swiglu: w2");
-    expect_shape(plan.expert_counts, extents<1>{E}, "cuda::moe_experts_swiglu: plan.expert_counts");
+    tinyllm::detail::expect_experts_args(out, in, w1, w3, w2, plan, "cuda::moe_experts_swiglu");
     TINYLLM_EXPECT(out.is_contiguous() && in.is_contiguous() && w1.is_contiguous() && w3.is_contiguous() &&
                        w2.is_contiguous(),
                    "cuda::moe_experts_swiglu: every tensor must be contiguous");
