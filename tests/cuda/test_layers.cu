@@ -431,7 +431,7 @@ TEST_CASE("CUDA layer launchers reject bad arguments before launching", "[cuda][
     CHECK_THROWS_WITH(tc::bias_activate<float>(b.view(extents<2>{3, 4}), A, w.view(extents<1>{3}), activation::relu),
                       tinyllm_test::contains("bias has 3 elements"));
     const tc::cublas_handle handle;
-    CHECK_THROWS_WITH(tc::linear<float>(b.view(extents<2>{3, 3}), A, w.view(extents<2>{3, 1}), {}, handle),
+    CHECK_THROWS_WITH(tc::linear<float>(b.view(extents<2>{3, 4}), A, w.view(extents<2>{3, 1}), {}, handle),
                       tinyllm_test::contains("in_features must equal"));
     try {
         TINYLLM_CUBLAS_CHECK(CUBLAS_STATUS_INVALID_VALUE);

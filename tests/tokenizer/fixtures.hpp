@@ -7,17 +7,32 @@
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <vector>
 
 namespace tokenizer_test {
 
+// The committed fixtures' folder (with a trailing '/'), the first of:
+// $TINYLLM_TEST_FIXTURES (set by tools/gpu-check, or by hand), the folder next to
+// the test program when the build folder sits in the checkout (build*/bin/ ->
+// tests/fixtures/), and the source path compiled in. Test programs run on
+// another machine (a GPU machine, say) find their data without a rebuild.
 inline std::string fixture_dir() {
-    std::string here = __FILE__;  // .../tests/tokenizer/fixtures.hpp
-    here = here.substr(0, here.rfind('/'));
-    here = here.substr(0, here.rfind('/'));
-    return here + "/fixtures/tokenizer/";
+    namespace fs = std::filesystem;
+    std::vector<fs::path> roots;
+    if (const char* env = std::getenv("TINYLLM_TEST_FIXTURES"); env && *env) roots.emplace_back(env);
+    std::error_code ec;
+    if (const fs::path exe = fs::read_symlink("/proc/self/exe", ec); !ec)
+        roots.push_back(exe.parent_path().parent_path().parent_path() / "tests" / "fixtures");
+    const fs::path here = __FILE__;  // .../tests/tokenizer/fixtures.hpp
+    roots.push_back(here.parent_path().parent_path() / "fixtures");
+    for (const auto& root : roots)
+        if (fs::exists(root / "tokenizer" / "conformance.json")) return (root / "tokenizer").string() + "/";
+    return (roots.back() / "tokenizer").string() + "/";
 }
 
 inline const tinyllm::json::value& conformance() {
