@@ -49,7 +49,7 @@ tc::device_buffer<T> random_bf16(index_t n, std::uint64_t seed, float lo, float 
     tc::device_buffer<float> f(static_cast<std::size_t>(n));
     tc::fill_uniform(f.view(extents<1>{n}), seed, lo, hi);
     tc::device_buffer<T> out(static_cast<std::size_t>(n));
-    convert_kernel<T><<<1024, 256>>>(out.data(), f.data(), n);
+    tinyllm::cuda::launch(convert_kernel<T>, 1024, 256, 0, nullptr, out.data(), f.data(), n);
     TINYLLM_CUDA_CHECK_LAUNCH();
     TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
     return out;

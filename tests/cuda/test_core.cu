@@ -71,7 +71,8 @@ TEST_CASE("CUDA failures throw cuda_error naming the error, the call and the pla
     }
     // A bad launch configuration is reported by TINYLLM_CUDA_CHECK_LAUNCH.
     tc::device_buffer<tinyllm::philox_counter> out(1);
-    philox_kernel<<<1, 4096>>>(out.data(), nullptr, nullptr, 0);  // 4096 threads per block is too many
+    tinyllm::cuda::launch(philox_kernel, 1, 4096, 0, nullptr, out.data(), nullptr, nullptr,
+                          0);  // 4096 threads per block is too many
     CHECK_THROWS_AS(TINYLLM_CUDA_CHECK_LAUNCH(), tinyllm::cuda_error);
     // ... and the error is cleared, so the next call succeeds.
     CHECK_NOTHROW(TINYLLM_CUDA_CHECK(cudaDeviceSynchronize()));
@@ -119,7 +120,8 @@ TEST_CASE("Philox gives the same words on the device as on the host, and as cuRA
     auto d_keys = tc::to_device(keys);
     tc::device_buffer<tinyllm::philox_counter> d_out(n);
     d_out.poison();
-    philox_kernel<<<tinyllm::ceil_div(n, 256), 256>>>(d_out.data(), d_counters.data(), d_keys.data(), n);
+    tinyllm::cuda::launch(philox_kernel, tinyllm::ceil_div(n, 256), 256, 0, nullptr, d_out.data(), d_counters.data(),
+                          d_keys.data(), n);
     TINYLLM_CUDA_CHECK_LAUNCH();
     const auto out = tc::to_host(d_out);
     std::size_t wrong = 0;
@@ -132,7 +134,7 @@ TEST_CASE("Philox gives the same words on the device as on the host, and as cuRA
 
     const unsigned long long seed = tinyllm_test::test_seed(), subsequence = 12345;
     tc::device_buffer<std::uint32_t> d_curand(4);
-    curand_philox_kernel<<<1, 1>>>(d_curand.data(), seed, subsequence);
+    tinyllm::cuda::launch(curand_philox_kernel, 1, 1, 0, nullptr, d_curand.data(), seed, subsequence);
     TINYLLM_CUDA_CHECK_LAUNCH();
     const auto from_curand = tc::to_host(d_curand);
     for (std::uint64_t j = 0; j < 4; ++j) CHECK(from_curand[j] == tinyllm::philox_bits(seed, subsequence, j));
@@ -178,7 +180,8 @@ TEST_CASE("16-bit conversions on the device match the host and CUDA's intrinsics
     auto d_in = tc::to_device(in);
     tc::device_buffer<std::uint16_t> ob(n), cb(n), oh(n), ch(n);
     tc::device_buffer<float> bb(n), bh(n);
-    convert_kernel<<<n / 256, 256>>>(d_in.data(), ob.data(), cb.data(), oh.data(), ch.data(), bb.data(), bh.data(), n);
+    tinyllm::cuda::launch(convert_kernel, n / 256, 256, 0, nullptr, d_in.data(), ob.data(), cb.data(), oh.data(),
+                          ch.data(), bb.data(), bh.data(), n);
     TINYLLM_CUDA_CHECK_LAUNCH();
     const auto ours_b = tc::to_host(ob), cuda_b = tc::to_host(cb), ours_h = tc::to_host(oh), cuda_h = tc::to_host(ch);
     const auto back_b = tc::to_host(bb), back_h = tc::to_host(bh);

@@ -38,6 +38,7 @@
 #include <tinyllm/activation.hpp>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/error.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
@@ -177,11 +178,11 @@ void launch_map(std::string_view op_name, tensor_view<T, 2> out, tensor_view<con
     const T* b_ptr = b.data();
     const index_t b_stride = b_ptr ? b.stride(0) : 0;
     if (wide)
-        map_rows_kernel<T, W, Op><<<grid, threads, 0, stream>>>(out.data(), out.stride(0), a.data(), a.stride(0), b_ptr,
-                                                                b_stride, bias.data(), rows, cols, op);
+        launch(map_rows_kernel<T, W, Op>, grid, threads, 0, stream, out.data(), out.stride(0), a.data(), a.stride(0),
+               b_ptr, b_stride, bias.data(), rows, cols, op);
     else
-        map_rows_kernel<T, 1, Op><<<grid, threads, 0, stream>>>(out.data(), out.stride(0), a.data(), a.stride(0), b_ptr,
-                                                                b_stride, bias.data(), rows, cols, op);
+        launch(map_rows_kernel<T, 1, Op>, grid, threads, 0, stream, out.data(), out.stride(0), a.data(), a.stride(0),
+               b_ptr, b_stride, bias.data(), rows, cols, op);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

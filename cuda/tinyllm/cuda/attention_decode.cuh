@@ -33,6 +33,7 @@
 #include <tinyllm/cuda/attention_common.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/launch.cuh>
 
 namespace tinyllm::cuda {
 
@@ -122,9 +123,10 @@ void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     auto kernel = detail::attention_flash_kernel<T, detail::decode_rows>;
     detail::set_shared_memory(kernel, bytes, "attention_decode");
     const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
-    kernel<<<grid, detail::flash_threads, bytes, stream>>>(a, static_cast<int>(per_split), part_o, part_ml);
+    launch(kernel, grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
-    detail::attention_decode_combine_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(a, splits, part_o, part_ml);
+    launch(detail::attention_decode_combine_kernel<T>, static_cast<unsigned>(rows), 128, 0, stream, a, splits, part_o,
+           part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

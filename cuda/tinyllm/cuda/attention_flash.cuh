@@ -40,6 +40,7 @@
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/launch.cuh>
 
 namespace tinyllm::cuda {
 namespace detail {
@@ -77,7 +78,7 @@ struct flash_smem {
 template <class T, int ROWS>
 __global__ void __launch_bounds__(flash_threads)
     attention_flash_kernel(attention_args<T> a, int keys_per_split, float* part_o, float* part_ml) {
-    extern __shared__ float smem[];
+    float* smem = dynamic_shared<float>();
     const flash_smem L = flash_smem::make(ROWS, a.D);
     float* qs = smem + L.qs;
     float* ks = smem + L.ks;
@@ -206,7 +207,7 @@ void attention_flash(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     auto kernel = detail::attention_flash_kernel<T, ROWS>;
     detail::set_shared_memory(kernel, bytes, "attention_flash");
     const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, ROWS)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
-    kernel<<<grid, detail::flash_threads, bytes, stream>>>(a, 0, nullptr, nullptr);
+    launch(kernel, grid, detail::flash_threads, bytes, stream, a, 0, nullptr, nullptr);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

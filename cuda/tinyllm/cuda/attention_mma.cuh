@@ -59,6 +59,7 @@
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/detail/attention_mma_layout.hpp>
 
 #include <cuda_bf16.h>
@@ -79,34 +80,64 @@ TINYLLM_HOST_DEVICE constexpr int mma_ld(int d) { return d + 8; }
 // Bytes of shared memory: Q (64 rows) + 2 K tiles + 2 V tiles (64 rows each).
 TINYLLM_HOST_DEVICE constexpr int mma_smem_bytes(int d) { return (mma_bq + 4 * mma_bk) * mma_ld(d) * 2; }
 
+// The PTX instructions below run as inline assembly on a GPU; on the
+// simulated GPU, the simulator executes each by the PTX ISA's rules
+// (tinyllm/sim/ptx.hpp, fragment layouts in tinyllm/detail/mma_fragments.hpp).
+#if !defined(TINYLLM_SIMULATED_GPU)
 __device__ __forceinline__ unsigned smem_address(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
+#endif
 
 // 16 bytes global -> shared, asynchronously; src_bytes = 0 writes 16 zero bytes.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::cp_async_cg_16(dst, src, src_bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src), "r"(src_bytes));
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::cp_async_commit_group();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::cp_async_wait_group<N>();
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::ldmatrix(r, p, false);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_address(p)));
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::ldmatrix(r, p, true);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_address(p)));
+#endif
 }
 
 // c += a * b for one m16n8k16 tile (16-bit inputs, float accumulators).
 template <class T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::mma_m16n8k16(c, a, b0, b1, /*f16=*/!std::is_same_v<T, bfloat16>);
+#else
     if constexpr (std::is_same_v<T, bfloat16>) {
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -120,6 +151,7 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+#endif
 }
 
 // Two floats -> two 16-bit values in one register, x in the low half.
@@ -137,10 +169,10 @@ __device__ __forceinline__ std::uint32_t pack2(float x, float y) {
 // Block (query tile, h, b). T: bfloat16 or float16 (tinyllm's types; same bits as CUDA's).
 template <class T, int D>
 __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_args<T> a) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if TINYLLM_CUDA_ARCH >= 800
     constexpr int LD = mma_ld(D);
     constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* smem_raw = dynamic_shared<unsigned char>();
     T* qs = reinterpret_cast<T*>(smem_raw);  // [64][LD]
     T* ks = qs + mma_bq * LD;                // [2][64][LD]
     T* vs = ks + 2 * mma_bk * LD;            // [2][64][LD]
@@ -363,11 +395,11 @@ void attention_mma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
     if (a.D == 64) {
         auto kernel = detail::attention_mma_kernel<T, 64>;
         detail::set_shared_memory(kernel, bytes, "attention_mma");
-        kernel<<<grid, detail::mma_threads, bytes, stream>>>(a);
+        launch(kernel, grid, detail::mma_threads, bytes, stream, a);
     } else {
         auto kernel = detail::attention_mma_kernel<T, 128>;
         detail::set_shared_memory(kernel, bytes, "attention_mma");
-        kernel<<<grid, detail::mma_threads, bytes, stream>>>(a);
+        launch(kernel, grid, detail::mma_threads, bytes, stream, a);
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/launch.cuh>
 
 namespace tinyllm::cuda {
 namespace detail {
@@ -103,13 +104,16 @@ void attention_naive(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     const int threads = 256;
     const index_t n_scores = scores.size();
     if (n_scores > 0) {
-        detail::attention_naive_scores_kernel<T><<<detail::blocks_for(n_scores, threads), threads, 0, stream>>>(a, scores.data());
+        launch(detail::attention_naive_scores_kernel<T>, detail::blocks_for(n_scores, threads), threads, 0, stream, a,
+               scores.data());
         TINYLLM_CUDA_CHECK_LAUNCH();
         const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
-        detail::attention_naive_softmax_kernel<float><<<detail::blocks_for(rows, threads), threads, 0, stream>>>(scores.data(), rows, a.Tk);
+        launch(detail::attention_naive_softmax_kernel<float>, detail::blocks_for(rows, threads), threads, 0, stream,
+               scores.data(), rows, a.Tk);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
-    detail::attention_naive_pv_kernel<T><<<detail::blocks_for(out.size(), threads), threads, 0, stream>>>(a, scores.data());
+    launch(detail::attention_naive_pv_kernel<T>, detail::blocks_for(out.size(), threads), threads, 0, stream, a,
+           scores.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/launch.cuh>
 
 namespace tinyllm::cuda {
 namespace detail {
@@ -133,17 +134,17 @@ void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     const unsigned bh = static_cast<unsigned>(a.B * a.Hq);
     const unsigned i_tiles = static_cast<unsigned>(ceil_div(a.Tq, TILE));
     if (scores.size() > 0) {
-        detail::attention_tiled_scores_kernel<T>
-            <<<dim3(static_cast<unsigned>(ceil_div(a.Tk, TILE)), i_tiles, bh), threads, 0, stream>>>(a, scores.data());
+        launch(detail::attention_tiled_scores_kernel<T>, dim3(static_cast<unsigned>(ceil_div(a.Tk, TILE)), i_tiles, bh),
+               threads, 0, stream, a, scores.data());
         TINYLLM_CUDA_CHECK_LAUNCH();
         const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
         const int warps = 8;
-        detail::attention_tiled_softmax_kernel<float><<<static_cast<unsigned>(ceil_div<index_t>(rows, warps)), 32 * warps, 0,
-                                                 stream>>>(scores.data(), rows, a.Tk);
+        launch(detail::attention_tiled_softmax_kernel<float>, static_cast<unsigned>(ceil_div<index_t>(rows, warps)),
+               32 * warps, 0, stream, scores.data(), rows, a.Tk);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
-    detail::attention_tiled_pv_kernel<T>
-        <<<dim3(static_cast<unsigned>(ceil_div(a.D, TILE)), i_tiles, bh), threads, 0, stream>>>(a, scores.data());
+    launch(detail::attention_tiled_pv_kernel<T>, dim3(static_cast<unsigned>(ceil_div(a.D, TILE)), i_tiles, bh), threads,
+           0, stream, a, scores.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

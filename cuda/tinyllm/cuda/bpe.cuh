@@ -31,6 +31,7 @@
 #include <tinyllm/bpe.hpp>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/math.hpp>
 #include <tinyllm/pretokenize.hpp>
 #include <tinyllm/tokenizer.hpp>
@@ -229,9 +230,9 @@ inline std::vector<std::vector<token_id>> encode_batch(const tokenizer& tok, con
     device_buffer<std::int32_t> d_counts(starts.size());
     const auto n = static_cast<std::int64_t>(starts.size());
     const int threads = 128;
-    detail::bpe_pieces_kernel<detail::bpe_max_piece>
-        <<<static_cast<unsigned>(ceil_div<std::int64_t>(n, threads)), threads, 0, stream>>>(
-            dv.tables(), d_text.data(), d_starts.data(), d_lengths.data(), n, d_out.data(), d_counts.data());
+    launch(detail::bpe_pieces_kernel<detail::bpe_max_piece>, static_cast<unsigned>(ceil_div<std::int64_t>(n, threads)),
+           threads, 0, stream, dv.tables(), d_text.data(), d_starts.data(), d_lengths.data(), n, d_out.data(),
+           d_counts.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
     TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
     const auto out = to_host(d_out);

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
 
@@ -61,8 +62,8 @@ inline void copy_naive(tensor_view<float, 1> out, tensor_view<const float, 1> in
     detail::expect_same_size(out, in, "copy_naive");
     if (in.size() == 0) return;
     const int threads = 256;
-    detail::copy_naive_kernel<float><<<static_cast<unsigned>(ceil_div<index_t>(in.size(), threads)), threads, 0, stream>>>(
-        out.data(), in.data(), in.size());
+    launch(detail::copy_naive_kernel<float>, static_cast<unsigned>(ceil_div<index_t>(in.size(), threads)), threads, 0,
+           stream, out.data(), in.data(), in.size());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
@@ -79,7 +80,7 @@ inline void copy_vectorized(tensor_view<float, 1> out, tensor_view<const float, 
     const int threads = 256;
     const index_t wanted = ceil_div<index_t>(ceil_div<index_t>(in.size(), 4), threads);
     const int blocks = static_cast<int>(wanted < 8 * sms ? wanted : 8 * sms);  // a few waves fill the GPU
-    detail::copy_vectorized_kernel<float><<<blocks, threads, 0, stream>>>(out.data(), in.data(), in.size());
+    launch(detail::copy_vectorized_kernel<float>, blocks, threads, 0, stream, out.data(), in.data(), in.size());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -26,6 +26,7 @@
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/embedding.hpp>
 #include <tinyllm/math.hpp>
@@ -138,9 +139,9 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
     if (version == embedding_version::naive) {
         const int threads = 256;
         const index_t blocks = ceil_div<index_t>(B * Tn * D, threads);
-        detail::embedding_naive_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), threads, 0,
-                                         stream>>>(out.data(), ids.data(), ids.stride(0), ids.stride(1),
-                                                   table.data(), B, Tn, D, V, scale, bad.data());
+        launch(detail::embedding_naive_kernel<T, Id>, static_cast<unsigned>(blocks < 65536 ? blocks : 65536), threads, 0,
+               stream, out.data(), ids.data(), ids.stride(0), ids.stride(1), table.data(), B, Tn, D, V, scale,
+               bad.data());
     } else {
         const bool vector_ok = (D * static_cast<index_t>(sizeof(T))) % 16 == 0 &&
                                reinterpret_cast<std::uintptr_t>(out.data()) % 16 == 0 &&
@@ -148,9 +149,9 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
         const index_t per_row = vector_ok ? D / (16 / static_cast<index_t>(sizeof(T))) : D;
         const int threads = per_row >= 256 ? 256 : per_row >= 128 ? 128 : 64;
         const index_t rows = B * Tn;
-        detail::embedding_vectorized_kernel<<<static_cast<unsigned>(rows < 65536 ? rows : 65536), threads, 0,
-                                              stream>>>(out.data(), ids.data(), ids.stride(0), ids.stride(1),
-                                                        table.data(), B, Tn, D, V, scale, vector_ok, bad.data());
+        launch(detail::embedding_vectorized_kernel<T, Id>, static_cast<unsigned>(rows < 65536 ? rows : 65536), threads, 0,
+               stream, out.data(), ids.data(), ids.stride(0), ids.stride(1), table.data(), B, Tn, D, V, scale,
+               vector_ok, bad.data());
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
     if (!check_ids) return;

@@ -49,6 +49,7 @@
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/cuda/moe.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>
@@ -358,11 +359,11 @@ public:
             T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
             T* cache_v = s.values[static_cast<std::size_t>(l)].data();
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
-            detail::write_cache_kernel<T><<<grid, 128>>>(cache_k, s.capacity, k.data(), n * qkv_out, qkv_out, kv_out,
-                                                         d_start, d_count);
+            launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_k, s.capacity, k.data(), n * qkv_out,
+                   qkv_out, kv_out, d_start, d_count);
             TINYLLM_CUDA_CHECK_LAUNCH();
-            detail::write_cache_kernel<T><<<grid, 128>>>(cache_v, s.capacity, v.data(), n * qkv_out, qkv_out, kv_out,
-                                                         d_start, d_count);
+            launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_v, s.capacity, v.data(), n * qkv_out,
+                   qkv_out, kv_out, d_start, d_count);
             TINYLLM_CUDA_CHECK_LAUNCH();
             const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
             const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
@@ -377,7 +378,8 @@ public:
         tensor_view<const T, 2> head_in = h;
         if (!all_positions) {
             T* picked = detail::at_least(s.head_in, B * D);
-            detail::gather_rows_kernel<T><<<static_cast<unsigned>(B), 128>>>(picked, h.data(), d_last_row, D);
+            launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(B), 128, 0, nullptr, picked, h.data(),
+                   d_last_row, D);
             TINYLLM_CUDA_CHECK_LAUNCH();
             head_in = tensor_view<const T, 2>(picked, {B, D});
         }

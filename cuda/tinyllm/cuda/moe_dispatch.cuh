@@ -43,6 +43,7 @@
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/moe_dispatch.hpp>
@@ -81,7 +82,7 @@ __device__ inline int moe_slot_expert(const std::int32_t* ids, index_t slots, in
 template <class Int>
 __global__ void moe_plan_count_kernel(Int* tile_counts, const std::int32_t* ids, index_t slots, int experts,
                                       index_t tiles) {
-    extern __shared__ int moe_counters[];  // (warps, E)
+    int* moe_counters = dynamic_shared<int>();  // (warps, E)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
     if (tile >= tiles) return;  // the whole warp leaves together
@@ -137,7 +138,7 @@ template <class Int>
 __global__ void moe_plan_scatter_kernel(std::int32_t* row_of, std::int32_t* row_token, const std::int32_t* ids,
                                         index_t slots, int k, int experts, index_t tiles, const Int* tile_offsets,
                                         const std::int32_t* expert_offsets, index_t capacity) {
-    extern __shared__ int moe_counters[];  // (warps, E): rank of the next slot of e
+    int* moe_counters = dynamic_shared<int>();  // (warps, E): rank of the next slot of e
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
     if (tile >= tiles) return;
@@ -291,21 +292,21 @@ inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
     TINYLLM_CUDA_CHECK(cudaMemsetAsync(plan.row_token.data(), 0xFF, plan.row_token.size() * sizeof(std::int32_t), stream));
     const unsigned blocks = static_cast<unsigned>(ceil_div<index_t>(tiles, warps));
     if (tiles > 0) {
-        detail::moe_plan_count_kernel<std::int32_t><<<blocks, warps * 32, shared, stream>>>(
-            ws.tile_counts(), ids.data(), slots, static_cast<int>(E), tiles);
+        launch(detail::moe_plan_count_kernel<std::int32_t>, blocks, warps * 32, shared, stream, ws.tile_counts(),
+               ids.data(), slots, static_cast<int>(E), tiles);
         TINYLLM_CUDA_CHECK_LAUNCH();
         std::size_t bytes = ws.scan_temp().size();
         TINYLLM_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(ws.scan_temp().data(), bytes, ws.tile_counts(),
                                                          ws.tile_offsets(), static_cast<int>(E * tiles), stream));
     }
-    detail::moe_plan_offsets_kernel<std::int32_t><<<1, 32, 0, stream>>>(
-        plan.expert_offsets.data(), plan.expert_counts.data(), ws.tile_counts(), ws.tile_offsets(),
-        static_cast<int>(E), tiles, options.capacity, options.block);
+    launch(detail::moe_plan_offsets_kernel<std::int32_t>, 1, 32, 0, stream, plan.expert_offsets.data(),
+           plan.expert_counts.data(), ws.tile_counts(), ws.tile_offsets(), static_cast<int>(E), tiles, options.capacity,
+           options.block);
     TINYLLM_CUDA_CHECK_LAUNCH();
     if (tiles > 0) {
-        detail::moe_plan_scatter_kernel<std::int32_t><<<blocks, warps * 32, shared, stream>>>(
-            plan.row_of.data(), plan.row_token.data(), ids.data(), slots, static_cast<int>(k), static_cast<int>(E),
-            tiles, ws.tile_offsets(), plan.expert_offsets.data(), options.capacity);
+        launch(detail::moe_plan_scatter_kernel<std::int32_t>, blocks, warps * 32, shared, stream, plan.row_of.data(),
+               plan.row_token.data(), ids.data(), slots, static_cast<int>(k), static_cast<int>(E), tiles,
+               ws.tile_offsets(), plan.expert_offsets.data(), options.capacity);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
 }
@@ -329,18 +330,17 @@ void moe_gather(tensor_view<T, 2> out, tensor_view<X, 2> x, const moe_plan_view&
                row_bytes % static_cast<index_t>(a) == 0;
     };
     if (aligned(16)) {
-        detail::moe_gather_kernel<uint4><<<grid, warps * 32, 0, stream>>>(
-            reinterpret_cast<uint4*>(out.data()), reinterpret_cast<const uint4*>(x.data()), plan.row_token.data(), R,
-            row_bytes / 16);
+        launch(detail::moe_gather_kernel<uint4>, grid, warps * 32, 0, stream, reinterpret_cast<uint4*>(out.data()),
+               reinterpret_cast<const uint4*>(x.data()), plan.row_token.data(), R, row_bytes / 16);
     } else if (aligned(4)) {
-        detail::moe_gather_kernel<std::uint32_t><<<grid, warps * 32, 0, stream>>>(
-            reinterpret_cast<std::uint32_t*>(out.data()), reinterpret_cast<const std::uint32_t*>(x.data()),
-            plan.row_token.data(), R, row_bytes / 4);
+        launch(detail::moe_gather_kernel<std::uint32_t>, grid, warps * 32, 0, stream,
+               reinterpret_cast<std::uint32_t*>(out.data()), reinterpret_cast<const std::uint32_t*>(x.data()),
+               plan.row_token.data(), R, row_bytes / 4);
     } else {
         static_assert(sizeof(T) % 2 == 0, "moe_gather moves elements of 2 or 4 bytes");
-        detail::moe_gather_kernel<std::uint16_t><<<grid, warps * 32, 0, stream>>>(
-            reinterpret_cast<std::uint16_t*>(out.data()), reinterpret_cast<const std::uint16_t*>(x.data()),
-            plan.row_token.data(), R, row_bytes / 2);
+        launch(detail::moe_gather_kernel<std::uint16_t>, grid, warps * 32, 0, stream,
+               reinterpret_cast<std::uint16_t*>(out.data()), reinterpret_cast<const std::uint16_t*>(x.data()),
+               plan.row_token.data(), R, row_bytes / 2);
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -367,11 +367,11 @@ void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_vie
                          reinterpret_cast<std::uintptr_t>(out.data()) % 16 == 0 &&
                          reinterpret_cast<std::uintptr_t>(expert_out.data()) % 16 == 0;
     if (vector4) {
-        detail::moe_combine_kernel<T, 4><<<grid, warps * 32, 0, stream>>>(
-            out.data(), expert_out.data(), weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
+        launch(detail::moe_combine_kernel<T, 4>, grid, warps * 32, 0, stream, out.data(), expert_out.data(),
+               weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
     } else {
-        detail::moe_combine_kernel<T, 1><<<grid, warps * 32, 0, stream>>>(
-            out.data(), expert_out.data(), weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
+        launch(detail::moe_combine_kernel<T, 1>, grid, warps * 32, 0, stream, out.data(), expert_out.data(),
+               weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -427,8 +427,8 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
         gemm(f, m, d, w3.data() + e * F * D, x, up.data() + static_cast<index_t>(offsets[e]) * F);
     }
     // gate <- silu(gate) * up over every used row (padding rows are never read).
-    detail::moe_silu_mul_kernel<T><<<detail::moe_grid(used * F, 256), 256, 0, stream>>>(gate.data(), gate.data(),
-                                                                                     up.data(), used * F);
+    launch(detail::moe_silu_mul_kernel<T>, detail::moe_grid(used * F, 256), 256, 0, stream, gate.data(), gate.data(),
+           up.data(), used * F);
     TINYLLM_CUDA_CHECK_LAUNCH();
     for (index_t e = 0; e < E; ++e) {
         const int m = counts[e];

@@ -37,6 +37,7 @@
 
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/moe_gating.hpp>
@@ -218,7 +219,7 @@ __device__ S warp_sum(S x) {
 template <gate_kind Kind, class T, int VPT>
 __global__ void gating_fused_kernel(gating_args<T> a) {
     using score_t = std::conditional_t<Kind == gate_kind::softmax, float, double>;
-    extern __shared__ double staged_scores[];  // (warps per block, E), grouped gating only
+    double* staged_scores = dynamic_shared<double>();  // (warps per block, E), grouped gating only
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int E = a.experts, k = a.k;
     for (index_t t = blockIdx.x * static_cast<index_t>(warps) + warp; t < a.tokens;
@@ -362,7 +363,8 @@ template <gate_kind Kind, class T>
 void launch_gating_naive(const gating_args<T>& a, cudaStream_t stream) {
     if (a.tokens == 0) return;
     const int threads = 128;
-    gating_naive_kernel<Kind, T><<<static_cast<unsigned>(ceil_div<index_t>(a.tokens, threads)), threads, 0, stream>>>(a);
+    launch(gating_naive_kernel<Kind, T>, static_cast<unsigned>(ceil_div<index_t>(a.tokens, threads)), threads, 0,
+           stream, a);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
@@ -377,7 +379,7 @@ void launch_gating_fused_vpt(const gating_args<T>& a, cudaStream_t stream) {
     const index_t blocks = ceil_div<index_t>(a.tokens, warps);
     const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);  // grid-stride covers the rest
     const std::size_t shared = Kind == gate_kind::grouped ? warps * static_cast<std::size_t>(a.experts) * sizeof(double) : 0;
-    gating_fused_kernel<Kind, T, VPT><<<grid, warps * 32, shared, stream>>>(a);
+    launch(gating_fused_kernel<Kind, T, VPT>, grid, warps * 32, shared, stream, a);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

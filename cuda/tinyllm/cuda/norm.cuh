@@ -46,6 +46,7 @@
 #include <tinyllm/cuda/activation.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/error.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/norm.hpp>
@@ -236,8 +237,8 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
 
     if (!vectorized) {
         const int threads = 128;
-        norm_naive_kernel<T, Layer, Residual>
-            <<<static_cast<unsigned>(ceil_div<index_t>(rows, threads)), threads, 0, stream>>>(p);
+        launch(norm_naive_kernel<T, Layer, Residual>, static_cast<unsigned>(ceil_div<index_t>(rows, threads)), threads,
+               0, stream, p);
         TINYLLM_CUDA_CHECK_LAUNCH();
         return;
     }
@@ -254,9 +255,9 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
     const unsigned blocks = static_cast<unsigned>(rows < (index_t{1} << 30) ? rows : (index_t{1} << 30));
     if (wide)
-        norm_vectorized_kernel<T, W, Layer, Residual><<<blocks, threads, 0, stream>>>(p);
+        launch(norm_vectorized_kernel<T, W, Layer, Residual>, blocks, threads, 0, stream, p);
     else
-        norm_vectorized_kernel<T, 1, Layer, Residual><<<blocks, threads, 0, stream>>>(p);
+        launch(norm_vectorized_kernel<T, 1, Layer, Residual>, blocks, threads, 0, stream, p);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

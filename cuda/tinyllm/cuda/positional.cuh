@@ -44,6 +44,7 @@
 
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/positional.hpp>
@@ -97,7 +98,7 @@ template <class T, class P, int V>
 __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
                             index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
                             rope_config cfg, const float* cache_cos, const float* cache_sin, index_t cache_rows) {
-    extern __shared__ float rope_shared[];  // cos[pairs], sin[pairs]
+    float* rope_shared = dynamic_shared<float>();  // cos[pairs], sin[pairs]
     const index_t pairs = cfg.rotary_dim / 2;
     float* s_cos = rope_shared;
     float* s_sin = rope_shared + pairs;
@@ -225,13 +226,13 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_co
     const std::size_t shared = 2 * static_cast<std::size_t>(pairs) * sizeof(float);
     const position_type* pos = positions.data();
     if (vectorized) {
-        rope_kernel<T, position_type, V><<<static_cast<unsigned>(tokens), threads, shared, stream>>>(
-            x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-            positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+        launch(rope_kernel<T, position_type, V>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
+               x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
+               positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
     } else {
-        rope_kernel<T, position_type, 1><<<static_cast<unsigned>(tokens), threads, shared, stream>>>(
-            x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-            positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+        launch(rope_kernel<T, position_type, 1>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
+               x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
+               positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -250,8 +251,8 @@ inline rope_cache make_rope_cache(const rope_config& cfg, index_t max_positions,
     cache.sin = device_buffer<float>(static_cast<std::size_t>(n));
     const int threads = 256;
     const index_t blocks = ceil_div<index_t>(n, threads);
-    detail::rope_cache_kernel<float><<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(
-        cache.cos.data(), cache.sin.data(), max_positions, cfg);
+    launch(detail::rope_cache_kernel<float>, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream,
+           cache.cos.data(), cache.sin.data(), max_positions, cfg);
     TINYLLM_CUDA_CHECK_LAUNCH();
     return cache;
 }
@@ -297,9 +298,9 @@ void add_sinusoidal(tensor_view<T, 3> x /*(B, T, D)*/, tensor_view<P, 2> positio
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_sinusoidal: B * T = ", tokens, " tokens exceed the grid limit");
-    detail::add_sinusoidal_kernel<T, std::remove_const_t<P>><<<static_cast<unsigned>(tokens), 128, 0, stream>>>(
-        x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), positions.data(),
-        positions.stride(0), positions.stride(1), base);
+    launch(detail::add_sinusoidal_kernel<T, std::remove_const_t<P>>, static_cast<unsigned>(tokens), 128, 0, stream,
+           x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), positions.data(),
+           positions.stride(0), positions.stride(1), base);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
@@ -317,9 +318,9 @@ void add_learned_positions(tensor_view<T, 3> x /*(B, T, D)*/, std::type_identity
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_learned_positions: B * T = ", tokens, " tokens exceed the grid limit");
-    detail::add_learned_kernel<T, std::remove_const_t<P>><<<static_cast<unsigned>(tokens), 128, 0, stream>>>(
-        x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), table.data(), table.extent(0),
-        table.stride(0), table.stride(1), positions.data(), positions.stride(0), positions.stride(1));
+    launch(detail::add_learned_kernel<T, std::remove_const_t<P>>, static_cast<unsigned>(tokens), 128, 0, stream,
+           x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), table.data(), table.extent(0),
+           table.stride(0), table.stride(1), positions.data(), positions.stride(0), positions.stride(1));
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

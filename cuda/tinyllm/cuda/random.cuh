@@ -9,6 +9,7 @@
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/math.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
@@ -58,7 +59,7 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
     const index_t groups = ceil_div<index_t>(out.size(), 4);
     // Enough blocks to fill the GPU; the grid-stride loop covers any remainder.
     const int blocks = static_cast<int>(ceil_div<index_t>(groups, threads) < 4096 ? ceil_div<index_t>(groups, threads) : 4096);
-    detail::fill_uniform_kernel<float><<<blocks, threads, 0, stream>>>(out.data(), out.size(), seed, lo, hi);
+    launch(detail::fill_uniform_kernel<float>, blocks, threads, 0, stream, out.data(), out.size(), seed, lo, hi);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -51,6 +51,7 @@
 
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/sampling.hpp>
@@ -525,8 +526,8 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = status_buffer(B);
-    processor_kernel<sampling_threads, float><<<static_cast<unsigned>(B), sampling_threads, 0, stream>>>(
-        logits.data(), status, logits.extent(1), logits.stride(0), which, value, k);
+    launch(processor_kernel<sampling_threads, float>, static_cast<unsigned>(B), sampling_threads, 0, stream,
+           logits.data(), status, logits.extent(1), logits.stride(0), which, value, k);
     check_status(status, B, what, check, stream);
 }
 
@@ -536,9 +537,8 @@ inline void run_token_list(tensor_view<float, 2> logits, const std::vector<std::
     auto d_tokens = to_device(tokens);
     device_buffer<float> d_bias;
     if (bias) d_bias = to_device(*bias);
-    token_list_kernel<float><<<static_cast<unsigned>(logits.extent(0)), 256, 0, stream>>>(
-        logits.data(), logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr,
-        static_cast<index_t>(tokens.size()));
+    launch(token_list_kernel<float>, static_cast<unsigned>(logits.extent(0)), 256, 0, stream, logits.data(),
+           logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr, static_cast<index_t>(tokens.size()));
     TINYLLM_CUDA_CHECK_LAUNCH();
     TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the temporary buffers are freed
 }
@@ -584,9 +584,9 @@ inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const std::int
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = status_buffer(B);
-    penalty_kernel<sampling_threads, float><<<static_cast<unsigned>(B), sampling_threads, 0, stream>>>(
-        logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
-        generated.stride(0), mode, a, b);
+    launch(penalty_kernel<sampling_threads, float>, static_cast<unsigned>(B), sampling_threads, 0, stream,
+           logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
+           generated.stride(0), mode, a, b);
     check_status(status, B, op, check, stream);
 }
 }  // namespace detail
@@ -650,9 +650,8 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = detail::status_buffer(B);
-    detail::greedy_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
-                                                             stream>>>(out.data(), status, logits.data(),
-                                                                       logits.extent(1), logits.stride(0));
+    launch(detail::greedy_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B), detail::sampling_threads,
+           0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0));
     detail::check_status(status, B, "greedy", check, stream);
 }
 
@@ -666,10 +665,8 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = detail::status_buffer(B);
-    detail::sample_kernel<detail::sampling_threads, float><<<static_cast<unsigned>(B), detail::sampling_threads, 0,
-                                                             stream>>>(out.data(), status, logits.data(),
-                                                                       logits.extent(1), logits.stride(0), seed, step,
-                                                                       stream_offset);
+    launch(detail::sample_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B), detail::sampling_threads,
+           0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0), seed, step, stream_offset);
     detail::check_status(status, B, "sample", check, stream);
 }
 
@@ -689,10 +686,9 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     const detail::fused_params fp{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
                                   p.min_p ? *p.min_p : 0.0f};
     int* status = detail::status_buffer(B);
-    detail::sample_fused_kernel<detail::sampling_threads, float>
-        <<<static_cast<unsigned>(B), detail::sampling_threads, 0, stream>>>(out.data(), status, logits.data(),
-                                                                            logits.extent(1), logits.stride(0), fp,
-                                                                            seed, step, stream_offset);
+    launch(detail::sample_fused_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B),
+           detail::sampling_threads, 0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0),
+           fp, seed, step, stream_offset);
     detail::check_status(status, B, "sample", check, stream);
 }
 
