@@ -1,7 +1,12 @@
-# Decide whether to build the CUDA half, from TINYLLM_CUDA = AUTO | ON | OFF.
+# Decide whether to build the CUDA half, from TINYLLM_CUDA = AUTO | ON | OFF | SIM.
 #
-# Sets TINYLLM_CUDA_ENABLED (ON/OFF) and, when ON, enables the CUDA language and
-# finds the CUDA toolkit (targets CUDA::cudart, CUDA::cublas).
+# Sets TINYLLM_CUDA_ENABLED (ON/OFF) and, when ON with a CUDA compiler, enables
+# the CUDA language and finds the CUDA toolkit (targets CUDA::cudart, CUDA::cublas).
+#
+# SIM builds the CUDA half for tinyllm's simulated GPU (sim/, docs/simulator.md):
+# the same .cu/.cuh sources compiled by the host C++ compiler against the
+# stand-in headers in sim/include, linked with the simulator (tinyllm::sim).
+# No CUDA toolkit and no GPU are needed; TINYLLM_CUDA_SIMULATED is ON.
 #
 # GPU architectures: CMAKE_CUDA_ARCHITECTURES chooses which GPUs the kernels are
 # compiled for. tinyllm's default, "80;90", covers A100 (sm_80) and H100/H200
@@ -11,13 +16,18 @@
 #   -DCMAKE_CUDA_ARCHITECTURES="80;86;89;90"
 # or set the environment variable CUDAARCHS (CMake's own convention) before configuring.
 string(TOUPPER "${TINYLLM_CUDA}" _tinyllm_cuda_mode)
-if(NOT _tinyllm_cuda_mode MATCHES "^(AUTO|ON|OFF)$")
-  message(FATAL_ERROR "TINYLLM_CUDA must be AUTO, ON or OFF (got '${TINYLLM_CUDA}')")
+if(NOT _tinyllm_cuda_mode MATCHES "^(AUTO|ON|OFF|SIM)$")
+  message(FATAL_ERROR "TINYLLM_CUDA must be AUTO, ON, OFF or SIM (got '${TINYLLM_CUDA}')")
 endif()
 
 set(TINYLLM_CUDA_ENABLED OFF)
+set(TINYLLM_CUDA_SIMULATED OFF)
 set(TINYLLM_CUDA_SUMMARY "")
-if(NOT _tinyllm_cuda_mode STREQUAL "OFF")
+if(_tinyllm_cuda_mode STREQUAL "SIM")
+  set(TINYLLM_CUDA_ENABLED ON)
+  set(TINYLLM_CUDA_SIMULATED ON)
+  set(TINYLLM_CUDA_SUMMARY " (simulated GPU: the kernels run on the CPU)")
+elseif(NOT _tinyllm_cuda_mode STREQUAL "OFF")
   # nvcc is often installed in /usr/local/cuda without being on PATH.
   if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS "/usr/local/cuda/bin/nvcc")
     set(CMAKE_CUDA_COMPILER "/usr/local/cuda/bin/nvcc" CACHE FILEPATH "CUDA compiler")
@@ -40,3 +50,5 @@ if(NOT _tinyllm_cuda_mode STREQUAL "OFF")
     set(TINYLLM_CUDA_SUMMARY " (no CUDA compiler found)")
   endif()
 endif()
+
+include(${CMAKE_CURRENT_LIST_DIR}/tinyllmCudaSources.cmake)

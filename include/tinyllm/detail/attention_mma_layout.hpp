@@ -20,6 +20,7 @@
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/detail/mma_fragments.hpp>  // the fragment layouts, mma_c_row/mma_c_col
 
 namespace tinyllm::detail {
 
@@ -52,9 +53,5 @@ TINYLLM_HOST_DEVICE constexpr int mma_v_offset(int lane, int ld, int kk, int dp)
     const int m = lane / 8;
     return (kk * 16 + (m % 2) * 8 + lane % 8) * ld + dp * 16 + (m / 2) * 8;
 }
-
-// Row (0..15) and column (0..7) of accumulator element e (0..3) of a lane.
-TINYLLM_HOST_DEVICE constexpr int mma_c_row(int lane, int e) { return lane / 4 + (e >= 2 ? 8 : 0); }
-TINYLLM_HOST_DEVICE constexpr int mma_c_col(int lane, int e) { return 2 * (lane % 4) + (e & 1); }
 
 }  // namespace tinyllm::detail

@@ -1,0 +1,77 @@
+// tinyllm/sim/ptx.hpp — the inline-PTX instructions tinyllm's kernels use,
+// executed as the PTX ISA specifies them, on the simulated GPU.
+//
+//   cp.async.cg.shared.global [dst], [src], 16, src_bytes
+//       copies 16 bytes global -> shared in the background; bytes past
+//       src_bytes are written as zeros. The copy is queued with the thread;
+//   cp.async.commit_group  closes the queued copies into a group;
+//   cp.async.wait_group N  returns once all but the newest N groups have
+//       landed. The simulator lands a group exactly then — the latest moment
+//       the GPU may — so a read of the destination before the wait sees the
+//       old bytes, and the race check sees the write where the wait is.
+//   ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16
+//       every lane reads the 16-byte row it addresses; the rows are then
+//       dealt out in fragment layout (tinyllm/detail/mma_fragments.hpp).
+//   mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32
+//       d = a b + c over the warp's fragments, products and sums in float.
+// All three warp-wide instructions (.sync.aligned) need all 32 lanes.
+#pragma once
+
+#include <tinyllm/sim/executor.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <source_location>
+
+namespace tinyllm::sim::detail {
+[[noreturn]] void device_fault(const char* check, const char* what, const void* address, const std::source_location& where);
+}
+
+namespace tinyllm::sim::ptx {
+
+inline void cp_async_cg_16(void* shared_dst, const void* global_src, int src_bytes,
+                           std::source_location where = std::source_location::current()) {
+    if (reinterpret_cast<std::uintptr_t>(shared_dst) % 16 || reinterpret_cast<std::uintptr_t>(global_src) % 16)
+        detail::device_fault("memcheck", "misaligned cp.async (16-byte copies need 16-byte aligned addresses)",
+                             reinterpret_cast<std::uintptr_t>(shared_dst) % 16 ? shared_dst : global_src, where);
+    detail::cp_async(shared_dst, global_src, 16, src_bytes < 0 ? 0 : (src_bytes > 16 ? 16 : src_bytes), where);
+}
+inline void cp_async_commit_group() { detail::cp_async_commit(); }
+template <int N>
+void cp_async_wait_group() {
+    detail::cp_async_wait(N);
+}
+
+// ldmatrix with `count` (1, 2 or 4) 8x8 matrices.
+template <int Count>
+void ldmatrix(std::uint32_t (&r)[Count], const void* row_address, bool trans,
+              std::source_location where = std::source_location::current()) {
+    static_assert(Count == 1 || Count == 2 || Count == 4, "ldmatrix loads 1, 2 or 4 matrices");
+    if (reinterpret_cast<std::uintptr_t>(row_address) % 16)
+        detail::device_fault("memcheck", "misaligned ldmatrix row address (rows are 16-byte aligned)", row_address, where);
+    std::uint16_t row[8] = {};
+    // Lanes past 8 * Count supply no address; on a GPU their addresses are ignored.
+    if (static_cast<int>(detail::lane_id()) < 8 * Count) std::memcpy(row, row_address, sizeof row);
+    std::uint32_t out[4] = {};
+    detail::warp_collective(trans ? detail::warp_op::ldmatrix_trans : detail::warp_op::ldmatrix, 0xffffffffu, row, out,
+                            Count, 32, where);
+    for (int m = 0; m < Count; ++m) r[m] = out[m];
+}
+
+// c = a b + c for one m16n8k16 tile; Half is true for f16 inputs, false for bf16.
+inline void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1, bool f16,
+                         std::source_location where = std::source_location::current()) {
+    detail::mma_fragments in{};
+    for (int i = 0; i < 4; ++i) {
+        in.a[i] = a[i];
+        in.c[i] = c[i];
+    }
+    in.b[0] = b0;
+    in.b[1] = b1;
+    float d[4];
+    detail::warp_collective(f16 ? detail::warp_op::mma_f16 : detail::warp_op::mma_bf16, 0xffffffffu, &in, d, 0, 32,
+                            where);
+    for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+}  // namespace tinyllm::sim::ptx

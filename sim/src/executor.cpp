@@ -1,0 +1,942 @@
+// sim/src/executor.cpp — runs kernel launches on fibers (tinyllm/sim/executor.hpp).
+//
+// One launch at a time (a mutex), one block at a time, on the calling OS
+// thread. A block's threads are fibers taken from a pool that grows to the
+// largest block seen; each fiber loops: run the kernel once for its thread,
+// mark itself exited, switch back to the scheduler, wait for the next block.
+//
+// ThreadSanitizer sees the kernels' memory accesses (the kernels are compiled
+// with it) but not this file's own bookkeeping (compiled without it); what
+// orders two CUDA threads is announced to it here: a barrier is a release by
+// every arriving thread and an acquire by every leaving one; a block's
+// threads start after the launch (acquire) and the next block starts after
+// the previous one ended. Warp shuffles announce nothing: they exchange
+// registers, not memory.
+#include <tinyllm/sim/executor.hpp>
+#include <tinyllm/sim/fiber.hpp>
+#include "runtime_state.hpp"
+#include <tinyllm/detail/mma_fragments.hpp>
+#include <tinyllm/dtype.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cxxabi.h>
+#include <deque>
+#include <dlfcn.h>
+#include <elf.h>
+#include <fstream>
+#include <iterator>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#  include <sanitizer/asan_interface.h>
+#endif
+#if defined(TINYLLM_SIM_TSAN)
+extern "C" {
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+}
+#  define TSAN_ACQUIRE(p) __tsan_acquire(p)
+#  define TSAN_RELEASE(p) __tsan_release(p)
+#  define TSAN_IGNORE_BEGIN() (AnnotateIgnoreReadsBegin(__FILE__, __LINE__), AnnotateIgnoreWritesBegin(__FILE__, __LINE__))
+#  define TSAN_IGNORE_END() (AnnotateIgnoreWritesEnd(__FILE__, __LINE__), AnnotateIgnoreReadsEnd(__FILE__, __LINE__))
+#else
+#  define TSAN_ACQUIRE(p) ((void)(p))
+#  define TSAN_RELEASE(p) ((void)(p))
+#  define TSAN_IGNORE_BEGIN() ((void)0)
+#  define TSAN_IGNORE_END() ((void)0)
+#endif
+
+namespace tinyllm::sim {
+
+bool detail::random_schedule_active = false;
+
+namespace {
+
+// Thrown into a thread's fiber to unwind it when its block is abandoned after a fault.
+struct abandon_block {};
+
+enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, exited };
+
+struct pending_copy {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;
+};
+
+struct sim_thread {
+    std::unique_ptr<fiber> f;
+    thread_context ctx{};
+    int linear = 0, lane = 0, warp = 0;
+    state st = state::exited;
+    std::source_location site;
+    // barrier
+    detail::barrier_op bop = detail::barrier_op::sync;
+    int predicate = 0, barrier_result = 0;
+    unsigned barrier_generation = 0;
+    // warp operation
+    detail::warp_op wop = detail::warp_op::syncwarp;
+    unsigned mask = 0;
+    const void* in = nullptr;
+    void* out = nullptr;
+    int arg = 0, width = 32;
+    unsigned syncwarp_generation = 0;
+    unsigned last_group = 0;  // the lanes of the last warp operation this thread completed
+    // cp.async groups: copies[0, group_end[i]) belong to committed groups 0..i
+    std::vector<pending_copy> copies;
+    std::vector<std::size_t> group_end;
+};
+
+std::string coords(uint3 v) {
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "(%u,%u,%u)", v.x, v.y, v.z);
+    return buf;
+}
+std::string where_text(const std::source_location& s) {
+    std::string file = s.file_name();
+    if (const auto cut = file.find("/cuda/tinyllm/"); cut != std::string::npos) file = file.substr(cut + 1);
+    else if (const auto t = file.find("/tests/"); t != std::string::npos) file = file.substr(t + 1);
+    else if (const auto e = file.find("/examples/"); e != std::string::npos) file = file.substr(e + 1);
+    else if (const auto si = file.find("/sim/"); si != std::string::npos) file = file.substr(si + 1);
+    return file + ":" + std::to_string(s.line());
+}
+const char* op_name(detail::warp_op op) {
+    using w = detail::warp_op;
+    switch (op) {
+    case w::shfl_idx: return "__shfl_sync";
+    case w::shfl_up: return "__shfl_up_sync";
+    case w::shfl_down: return "__shfl_down_sync";
+    case w::shfl_xor: return "__shfl_xor_sync";
+    case w::ballot: return "__ballot_sync";
+    case w::any: return "__any_sync";
+    case w::all: return "__all_sync";
+    case w::match_any: return "__match_any_sync";
+    case w::match_all: return "__match_all_sync";
+    case w::reduce_add_u: return "__reduce_add_sync";
+    case w::reduce_min_u: case w::reduce_min_i: return "__reduce_min_sync";
+    case w::reduce_max_u: case w::reduce_max_i: return "__reduce_max_sync";
+    case w::reduce_and: return "__reduce_and_sync";
+    case w::reduce_or: return "__reduce_or_sync";
+    case w::reduce_xor: return "__reduce_xor_sync";
+    case w::syncwarp: return "__syncwarp";
+    case w::ldmatrix: return "ldmatrix";
+    case w::ldmatrix_trans: return "ldmatrix.trans";
+    case w::mma_bf16: return "mma.sync.m16n8k16 (bf16)";
+    case w::mma_f16: return "mma.sync.m16n8k16 (f16)";
+    }
+    return "warp operation";
+}
+const char* barrier_name(detail::barrier_op op) {
+    switch (op) {
+    case detail::barrier_op::sync: return "__syncthreads";
+    case detail::barrier_op::count: return "__syncthreads_count";
+    case detail::barrier_op::any: return "__syncthreads_or";
+    case detail::barrier_op::all: return "__syncthreads_and";
+    }
+    return "__syncthreads";
+}
+bool same_site(const std::source_location& a, const std::source_location& b) {
+    return a.line() == b.line() && a.column() == b.column() &&
+           (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
+}
+
+// The function symbols of an ELF file (its full symbol table, which also
+// holds the functions dladdr cannot see: static ones and those in anonymous
+// namespaces), by address relative to where the file is loaded.
+std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& path) {
+    std::map<std::uintptr_t, std::string> symbols;
+    std::ifstream in(path, std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (file.size() < sizeof(Elf64_Ehdr) || std::memcmp(file.data(), ELFMAG, SELFMAG) != 0) return symbols;
+    Elf64_Ehdr eh;
+    std::memcpy(&eh, file.data(), sizeof eh);
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_shoff + std::uint64_t{eh.e_shnum} * sizeof(Elf64_Shdr) > file.size())
+        return symbols;
+    std::vector<Elf64_Shdr> sections(eh.e_shnum);
+    std::memcpy(sections.data(), file.data() + eh.e_shoff, sections.size() * sizeof(Elf64_Shdr));
+    for (const Elf64_Shdr& sh : sections) {
+        if (sh.sh_type != SHT_SYMTAB || sh.sh_link >= sections.size()) continue;
+        const Elf64_Shdr& strings = sections[sh.sh_link];
+        if (sh.sh_offset + sh.sh_size > file.size() || strings.sh_offset + strings.sh_size > file.size()) continue;
+        for (std::uint64_t off = 0; off + sizeof(Elf64_Sym) <= sh.sh_size; off += sizeof(Elf64_Sym)) {
+            Elf64_Sym sym;
+            std::memcpy(&sym, file.data() + sh.sh_offset + off, sizeof sym);
+            if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_name >= strings.sh_size) continue;
+            symbols.emplace(sym.st_value, std::string(file.data() + strings.sh_offset + sym.st_name));
+        }
+    }
+    return symbols;
+}
+
+std::string kernel_name(const void* kernel) {
+    static std::map<std::string, std::map<std::uintptr_t, std::string>> files;
+    Dl_info info{};
+    std::string name;
+    if (dladdr(kernel, &info)) {
+        if (info.dli_sname && info.dli_saddr == kernel) {
+            name = info.dli_sname;
+        } else if (info.dli_fname) {
+            // The main program's dli_fname may be relative to a directory left long ago.
+            const std::string path = std::ifstream(info.dli_fname) ? info.dli_fname : "/proc/self/exe";
+            auto it = files.find(path);
+            if (it == files.end()) it = files.emplace(path, read_function_symbols(path)).first;
+            const auto base = reinterpret_cast<std::uintptr_t>(info.dli_fbase);
+            const auto at = reinterpret_cast<std::uintptr_t>(kernel);
+            for (std::uintptr_t key : {at - base, at}) {  // position-independent, or not
+                if (auto sym = it->second.find(key); sym != it->second.end()) {
+                    name = sym->second;
+                    break;
+                }
+            }
+        }
+    }
+    if (name.empty()) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "at %p", kernel);
+        return buf;
+    }
+    int status = 0;
+    char* demangled = abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status);
+    if (status == 0 && demangled) name = demangled;
+    std::free(demangled);
+    return name;
+}
+
+class executor {
+public:
+    executor() {
+        if (const char* s = std::getenv("TINYLLM_SIM_SCHEDULE"); s && *s) {
+            const std::string v = s;
+            if (v == "in-order") {
+            } else if (v.rfind("random:", 0) == 0) {
+                sched_.random = true;
+                sched_.seed = std::strtoull(v.c_str() + 7, nullptr, 10);
+            } else {
+                std::fprintf(stderr, "tinyllm simulator: TINYLLM_SIM_SCHEDULE must be in-order or random:SEED, not '%s'\n", s);
+                std::exit(2);
+            }
+        }
+        if (const char* s = std::getenv("TINYLLM_SIM_STACK_KB"); s && *s) stack_bytes_ = std::strtoull(s, nullptr, 10) * 1024;
+        if (const char* s = std::getenv("TINYLLM_SIM_QUIET"); s && *s && *s != '0') to_stderr_ = false;
+        apply_schedule();
+#if defined(__SANITIZE_ADDRESS__)
+        // AddressSanitizer reports a bad access with the host's view (stacks);
+        // the simulator adds the kernel, block and thread that made it.
+        __asan_set_error_report_callback(&executor::asan_report);
+#endif
+    }
+
+    std::mutex launch_mutex;
+    std::mutex report_mutex;
+    std::string report;
+    bool to_stderr_ = true;
+    statistics counters;
+
+    void set_schedule(schedule s) {
+        sched_ = s;
+        apply_schedule();
+    }
+    schedule get_schedule() const { return sched_; }
+    bool inside() const { return running_ != nullptr; }
+
+    // ---- a launch ----
+    void run(const detail::launch_request& r, std::size_t shared_limit) {
+        req_ = &r;
+        name_.clear();
+        fault_ = false;
+        ++counters.launches;
+        const unsigned threads = r.block.x * r.block.y * r.block.z;
+        grow_pool(threads);
+        shared_.assign(r.dynamic_shared_bytes, 0);
+        (void)shared_limit;
+        // Block order: grid order, or a fresh shuffle per launch.
+        const std::uint64_t blocks = std::uint64_t{r.grid.x} * r.grid.y * r.grid.z;
+        std::vector<std::uint64_t> order;
+        if (sched_.random) {
+            order.resize(blocks);
+            for (std::uint64_t i = 0; i < blocks; ++i) order[i] = i;
+            std::shuffle(order.begin(), order.end(), rng_);
+        }
+        for (std::uint64_t i = 0; i < blocks && !fault_; ++i) {
+            const std::uint64_t b = sched_.random ? order[i] : i;
+            const uint3 idx{static_cast<unsigned>(b % r.grid.x), static_cast<unsigned>((b / r.grid.x) % r.grid.y),
+                            static_cast<unsigned>(b / (std::uint64_t{r.grid.x} * r.grid.y))};
+            run_block(idx, threads);
+        }
+        req_ = nullptr;
+        if (fault_) state_fault();
+    }
+
+    // ---- called from inside a thread ----
+    int barrier(detail::barrier_op op, int predicate, const std::source_location& where) {
+        if (abandoning_) throw abandon_block{};  // the block is being abandoned after a fault
+        sim_thread& t = *running_;
+        t.st = state::at_barrier;
+        t.bop = op;
+        t.predicate = predicate != 0;
+        t.site = where;
+        TSAN_RELEASE(&barrier_sync_[t.barrier_generation & 1]);
+        ++arrived_;
+        if (arrived_ + exited_ == nthreads_) complete_barrier(&t);
+        wait(t);
+        TSAN_ACQUIRE(&barrier_sync_[t.barrier_generation & 1]);
+        ++t.barrier_generation;
+        return t.barrier_result;
+    }
+
+    void warp_op(detail::warp_op op, unsigned mask, const void* in, void* out, int arg, int width,
+                 const std::source_location& where) {
+        if (abandoning_) throw abandon_block{};
+        sim_thread& t = *running_;
+        if (mask == 0) return;  // an empty mask names no lane: nothing to wait for
+        t.st = state::at_warp_op;
+        t.wop = op;
+        t.mask = mask;
+        t.in = in;
+        t.out = out;
+        t.arg = arg;
+        t.width = width;
+        t.site = where;
+        if (!((mask >> t.lane) & 1u))
+            thread_fault(t, "synccheck", std::string(op_name(op)) + " at " + where_text(where) + " is called by lane " +
+                                             std::to_string(t.lane) + ", which its own mask " + hex(mask) + " does not name");
+        if (op == detail::warp_op::syncwarp) TSAN_RELEASE(&warp_sync_[t.warp][t.syncwarp_generation & 1]);
+        ++warp_waiting_[static_cast<std::size_t>(t.warp)];
+        if (!abandoning_) try_complete_warp(t);
+        wait(t);
+        if (op == detail::warp_op::syncwarp) {
+            TSAN_ACQUIRE(&warp_sync_[t.warp][t.syncwarp_generation & 1]);
+            ++t.syncwarp_generation;
+        }
+    }
+
+    // The lanes "currently executing together". The simulator does not model
+    // convergence; it answers with the lanes of the thread's last warp-wide
+    // operation (after a __syncwarp(), the whole warp), or before any, the lanes
+    // that have not returned.
+    unsigned active_mask() {
+        const sim_thread& t = *running_;
+        if (t.last_group) return t.last_group;
+        unsigned m = 0;
+        for (int l = 0; l < 32; ++l) {
+            const int i = t.warp * 32 + l;
+            if (i < nthreads_ && pool_[static_cast<std::size_t>(i)]->st != state::exited) m |= 1u << l;
+        }
+        return m;
+    }
+
+    void* shared() { return shared_.empty() ? nullptr : shared_.data(); }
+
+    [[noreturn]] void device_fault(const char* check, const char* what, const void* address,
+                                   const std::source_location& where) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%p", address);
+        thread_fault(*running_, check, std::string(what) + " at address " + buf + ", " + where_text(where));
+        throw abandon_block{};
+    }
+    [[noreturn]] void trap(const std::source_location& where) {
+        thread_fault(*running_, "trap", "__trap() called at " + where_text(where));
+        throw abandon_block{};
+    }
+
+    void schedule_point() {
+        if (!sched_.random || !running_) return;
+        if (rng_() % 4 != 0) return;
+        sim_thread& t = *running_;
+        t.st = state::ready;
+        wait(t);
+    }
+
+    void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+        running_->copies.push_back({dst, src, bytes, src_bytes});
+    }
+    void cp_async_commit() {
+        sim_thread& t = *running_;
+        t.group_end.push_back(t.copies.size());
+    }
+    void cp_async_wait(int allowed) {
+        // Land every committed group but the newest `allowed` ones.
+        sim_thread& t = *running_;
+        const std::size_t groups = t.group_end.size();
+        if (groups <= static_cast<std::size_t>(allowed)) return;
+        const std::size_t landed_groups = groups - static_cast<std::size_t>(allowed);
+        const std::size_t upto = t.group_end[landed_groups - 1];
+        land(t, upto);
+        t.group_end.erase(t.group_end.begin(), t.group_end.begin() + static_cast<std::ptrdiff_t>(landed_groups));
+        for (auto& e : t.group_end) e -= upto;
+        schedule_point();
+    }
+
+private:
+    schedule sched_;
+    std::mt19937_64 rng_;
+    std::size_t stack_bytes_ = 256 * 1024;
+    fiber host_;
+    std::vector<std::unique_ptr<sim_thread>> pool_;
+    const detail::launch_request* req_ = nullptr;
+    std::string name_;
+    std::vector<unsigned char> shared_;
+    sim_thread* running_ = nullptr;
+    uint3 block_idx_{};
+    // Per warp: how many lanes wait at a warp operation, and which lanes have returned.
+    std::vector<int> warp_waiting_;
+    std::vector<unsigned> warp_exited_;
+    int nthreads_ = 0, exited_ = 0, arrived_ = 0;
+    std::deque<int> ready_;
+    bool fault_ = false, abandoning_ = false;
+    std::string fault_text_;
+    // Addresses ThreadSanitizer treats as synchronisation objects.
+    char barrier_sync_[2] = {};
+    char warp_sync_[32][2] = {};
+    char launch_sync_ = 0, block_done_sync_ = 0;
+
+    void apply_schedule() {
+        rng_.seed(sched_.seed);
+        detail::random_schedule_active = sched_.random;
+    }
+
+    static std::string hex(unsigned v) {
+        char buf[16];
+        std::snprintf(buf, sizeof buf, "0x%08x", v);
+        return buf;
+    }
+
+    const std::string& name() {
+        if (name_.empty()) name_ = kernel_name(req_->kernel);
+        return name_;
+    }
+
+    void grow_pool(unsigned threads) {
+        while (pool_.size() < threads) {
+            auto t = std::make_unique<sim_thread>();
+            t->linear = static_cast<int>(pool_.size());
+            t->f = std::make_unique<fiber>(&executor::thread_main, t.get(), stack_bytes_);
+            pool_.push_back(std::move(t));
+        }
+    }
+
+    static void thread_main(void* p);
+#if defined(__SANITIZE_ADDRESS__)
+    static void asan_report(const char* report);
+#endif
+
+public:
+    // "kernel K, block (x,y,z), thread (x,y,z)" of the running thread, or "" outside kernels.
+    std::string running_thread() {
+        if (!running_ || !req_) return "";
+        return "kernel " + name() + ", block " + coords(block_idx_) + ", thread " + coords(running_->ctx.thread_idx);
+    }
+
+private:
+
+    void run_block(uint3 block_idx, unsigned threads) {
+        ++counters.blocks;
+        counters.threads += threads;
+        nthreads_ = static_cast<int>(threads);
+        block_idx_ = block_idx;
+        const std::size_t warps = (threads + 31) / 32;
+        warp_waiting_.assign(warps, 0);
+        warp_exited_.assign(warps, 0u);
+        exited_ = arrived_ = 0;
+        abandoning_ = false;
+        ready_.clear();
+        // Shared memory is not initialised on a GPU: fill it with NaN bytes.
+        if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
+        const dim3 bd = req_->block;
+        for (unsigned i = 0; i < threads; ++i) {
+            sim_thread& t = *pool_[i];
+            t.ctx = {{i % bd.x, (i / bd.x) % bd.y, i / (bd.x * bd.y)}, block_idx, req_->block, req_->grid};
+            t.lane = static_cast<int>(i % 32);
+            t.warp = static_cast<int>(i / 32);
+            t.st = state::ready;
+            t.barrier_generation = t.syncwarp_generation = 0;
+            t.last_group = 0;
+            t.copies.clear();
+            t.group_end.clear();
+#if defined(TINYLLM_SIM_TSAN)
+            // ThreadSanitizer's reports name each access's thread by its fiber's name.
+            const std::string label = "CUDA thread " + coords(t.ctx.thread_idx) + " of block " + coords(block_idx) +
+                                      " of kernel " + name();
+            t.f->set_name(label.c_str());
+#endif
+            ready_.push_back(static_cast<int>(i));
+        }
+        TSAN_RELEASE(&launch_sync_);
+        while (exited_ < nthreads_) {
+            if (ready_.empty()) {
+                deadlock();
+                continue;
+            }
+            const int next = pick();
+            sim_thread& t = *pool_[static_cast<std::size_t>(next)];
+            running_ = &t;
+            detail::current = &t.ctx;
+            ++counters.switches;
+            switch_fiber(host_, *t.f);
+            running_ = nullptr;  // back in the scheduler: no thread is running
+        }
+        running_ = nullptr;
+        detail::current = nullptr;
+        TSAN_ACQUIRE(&block_done_sync_);
+    }
+
+    int pick() {
+        if (!sched_.random) {
+            const int i = ready_.front();
+            ready_.pop_front();
+            return i;
+        }
+        const std::size_t k = rng_() % ready_.size();
+        const int i = ready_[k];
+        ready_.erase(ready_.begin() + static_cast<std::ptrdiff_t>(k));
+        return i;
+    }
+
+    // Suspend the running thread until the scheduler resumes it.
+    void wait(sim_thread& t) {
+        if (t.st == state::ready && !sched_.random) {
+            // Released by its own arrival: keep running (in-order schedule).
+        } else {
+            if (t.st == state::ready) ready_.push_back(t.linear);  // random: let the others have a turn
+            ++counters.switches;
+            switch_fiber(*t.f, host_);
+        }
+        if (abandoning_) throw abandon_block{};
+    }
+
+    // The running thread is never queued: wait() decides what it does next.
+    void make_ready(sim_thread& t) {
+        if (t.st == state::at_warp_op) --warp_waiting_[static_cast<std::size_t>(t.warp)];
+        t.st = state::ready;
+        if (&t != running_) ready_.push_back(t.linear);
+    }
+
+    void complete_barrier(sim_thread* last) {
+        (void)last;
+        const sim_thread* first = nullptr;
+        int result = 0;
+        detail::barrier_op op = detail::barrier_op::sync;
+        bool any = false, all = true;
+        int count = 0;
+        for (int i = 0; i < nthreads_; ++i) {
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st != state::at_barrier) continue;
+            if (!first) {
+                first = &u;
+                op = u.bop;
+            } else if (!same_site(u.site, first->site) || u.bop != first->bop) {
+                divergent_barrier(*first, u);
+                return;
+            }
+            any |= u.predicate != 0;
+            all &= u.predicate != 0;
+            count += u.predicate != 0;
+        }
+        switch (op) {
+        case detail::barrier_op::sync: result = 0; break;
+        case detail::barrier_op::count: result = count; break;
+        case detail::barrier_op::any: result = any; break;
+        case detail::barrier_op::all: result = all; break;
+        }
+        arrived_ = 0;
+        for (int i = 0; i < nthreads_; ++i) {
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st != state::at_barrier) continue;
+            u.barrier_result = result;
+            make_ready(u);
+        }
+    }
+
+    void divergent_barrier(const sim_thread& a, const sim_thread& b) {
+        std::ostringstream m;
+        m << "divergent barrier: thread " << coords(a.ctx.thread_idx) << " waits at " << barrier_name(a.bop) << " ("
+          << where_text(a.site) << ") but thread " << coords(b.ctx.thread_idx) << " at " << barrier_name(b.bop) << " ("
+          << where_text(b.site) << "); every thread of a block must reach the same barrier";
+        block_fault("synccheck", m.str());
+    }
+
+    // Complete t's warp operation if every lane of its mask is there.
+    void try_complete_warp(sim_thread& t) {
+        const int base = t.warp * 32;
+        const auto w = static_cast<std::size_t>(t.warp);
+        const unsigned existing = nthreads_ - base >= 32 ? 0xffffffffu : (1u << (nthreads_ - base)) - 1u;
+        if ((t.mask & ~existing) == 0 && (t.mask & warp_exited_[w]) == 0 &&
+            warp_waiting_[w] < __builtin_popcount(t.mask))
+            return;  // some lanes of the mask have yet to arrive
+        sim_thread* lanes[32] = {};
+        for (int l = 0; l < 32; ++l) {
+            if (!((t.mask >> l) & 1u)) continue;
+            const int i = base + l;
+            if (i >= nthreads_) {
+                thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " +
+                                                 hex(t.mask) + " names lane " + std::to_string(l) +
+                                                 ", which does not exist (the block has " + std::to_string(nthreads_) +
+                                                 " threads)");
+                return;
+            }
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st == state::exited) {
+                thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " +
+                                                 hex(t.mask) + " names lane " + std::to_string(l) + " (thread " +
+                                                 coords(u.ctx.thread_idx) + "), which has already returned");
+                return;
+            }
+            if (u.st != state::at_warp_op || u.mask != t.mask) return;
+            if (t.wop == detail::warp_op::syncwarp) {
+                if (u.wop != detail::warp_op::syncwarp) return;
+            } else if (u.wop != t.wop || !same_site(u.site, t.site)) {
+                return;
+            }
+            lanes[l] = &u;
+        }
+        combine(t.wop, lanes);
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l]) {
+                lanes[l]->last_group = t.mask;
+                make_ready(*lanes[l]);
+            }
+    }
+
+    // Compute every participating lane's result of a warp operation.
+    static void combine(detail::warp_op op, sim_thread* const (&lanes)[32]);
+
+    // When a lane returns, a warp operation of its warp that names it can never complete.
+    void check_warp_after_exit(const sim_thread& gone) {
+        for (int l = 0; l < 32; ++l) {
+            const int i = gone.warp * 32 + l;
+            if (i >= nthreads_) break;
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st == state::at_warp_op && ((u.mask >> gone.lane) & 1u)) {
+                std::ostringstream m;
+                m << op_name(u.wop) << " at " << where_text(u.site) << " by thread " << coords(u.ctx.thread_idx)
+                  << ": mask " << hex(u.mask) << " names lane " << gone.lane << " (thread " << coords(gone.ctx.thread_idx)
+                  << "), which returned without arriving";
+                block_fault("synccheck", m.str());
+                return;
+            }
+        }
+    }
+
+    void on_exit(sim_thread& t) {
+        t.st = state::exited;
+        ++exited_;
+        warp_exited_[static_cast<std::size_t>(t.warp)] |= 1u << t.lane;
+        if (abandoning_) return;
+        check_warp_after_exit(t);
+        if (!abandoning_ && arrived_ > 0 && arrived_ + exited_ == nthreads_) complete_barrier(nullptr);
+    }
+
+    void land(sim_thread& t, std::size_t upto) {
+        for (std::size_t i = 0; i < upto && i < t.copies.size(); ++i) {
+            const pending_copy& c = t.copies[i];
+            if (c.src_bytes > 0) std::memcpy(c.dst, c.src, static_cast<std::size_t>(c.src_bytes));
+            if (c.bytes > c.src_bytes)
+                std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, static_cast<std::size_t>(c.bytes - c.src_bytes));
+        }
+        t.copies.erase(t.copies.begin(), t.copies.begin() + static_cast<std::ptrdiff_t>(std::min(upto, t.copies.size())));
+    }
+
+    // No thread is ready but some have not returned: they wait for each other forever.
+    void deadlock() {
+        std::ostringstream m;
+        m << "no thread of the block can continue (a hang on a GPU):";
+        std::map<std::string, std::vector<std::string>> groups;
+        for (int i = 0; i < nthreads_; ++i) {
+            const sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st == state::at_barrier)
+                groups[std::string(barrier_name(u.bop)) + " at " + where_text(u.site)].push_back(coords(u.ctx.thread_idx));
+            else if (u.st == state::at_warp_op)
+                groups[std::string(op_name(u.wop)) + " (mask " + hex(u.mask) + ") at " + where_text(u.site)].push_back(
+                    coords(u.ctx.thread_idx));
+        }
+        for (const auto& [what, who] : groups) {
+            m << "\n      " << who.size() << " thread" << (who.size() == 1 ? "" : "s") << " wait at " << what << ": ";
+            for (std::size_t k = 0; k < who.size() && k < 4; ++k) m << (k ? " " : "") << who[k];
+            if (who.size() > 4) m << " ...";
+        }
+        if (exited_ > 0) m << "\n      " << exited_ << " thread" << (exited_ == 1 ? " has" : "s have") << " returned";
+        block_fault("synccheck", m.str());
+    }
+
+    // A fault seen by thread t (its coordinates are reported).
+    void thread_fault(sim_thread& t, const char* check, const std::string& what) {
+        record(check, "thread " + coords(t.ctx.thread_idx) + ": " + what);
+        abandon();
+    }
+    void block_fault(const char* check, const std::string& what) {
+        record(check, what);
+        abandon();
+    }
+    void record(const char* check, const std::string& what) {
+        if (fault_) return;  // the first fault is the one to report
+        fault_ = true;
+        std::ostringstream m;
+        m << "tinyllm simulator: " << check << " error in kernel " << name() << "\n    block "
+          << coords(block_idx_) << ", " << what;
+        fault_text_ = m.str();
+    }
+    // Release every waiting thread; each unwinds when it resumes.
+    void abandon() {
+        abandoning_ = true;
+        for (int i = 0; i < nthreads_; ++i) {
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st == state::at_barrier || u.st == state::at_warp_op) make_ready(u);
+        }
+    }
+
+    void state_fault();
+
+public:
+    void exception_in_thread(sim_thread& t, const std::string& what) {
+        thread_fault(t, "exception", "the kernel threw: " + what);
+    }
+    void finish_thread(sim_thread& t) {
+        if (!abandoning_) land(t, t.copies.size());
+        t.copies.clear();
+        on_exit(t);
+        TSAN_RELEASE(&block_done_sync_);
+        switch_fiber(*t.f, host_);
+    }
+    void start_thread() { TSAN_ACQUIRE(&launch_sync_); }
+    void run_kernel_body() { req_->run(req_->closure); }
+    const std::string& fault_text() const { return fault_text_; }
+};
+
+executor& ex() {
+    static executor e;
+    return e;
+}
+
+void executor::thread_main(void* p) {
+    sim_thread& t = *static_cast<sim_thread*>(p);
+    executor& e = ex();
+    for (;;) {
+        e.start_thread();
+        try {
+            e.run_kernel_body();
+        } catch (const abandon_block&) {
+        } catch (const std::exception& error) {
+            e.exception_in_thread(t, error.what());
+        } catch (...) {
+            e.exception_in_thread(t, "an exception that is not a std::exception");
+        }
+        e.finish_thread(t);
+    }
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+void executor::asan_report(const char* report) {
+    (void)report;
+    const std::string who = ex().running_thread();
+    if (!who.empty())
+        std::fprintf(stderr, "tinyllm simulator: memcheck: the access reported above was made by %s\n", who.c_str());
+}
+#endif
+
+void executor::state_fault() {
+    {
+        std::lock_guard lock(report_mutex);
+        report = fault_text_;
+    }
+    if (to_stderr_) std::fprintf(stderr, "%s\n", fault_text_.c_str());
+    runtime::set_sticky_error(cudaErrorLaunchFailure, fault_text_);
+}
+
+// ---- the warp operations' results --------------------------------------------
+void executor::combine(detail::warp_op op, sim_thread* const (&lanes)[32]) {
+    using w = detail::warp_op;
+    TSAN_IGNORE_BEGIN();
+    auto u64 = [&](int l) { return *static_cast<const std::uint64_t*>(lanes[l]->in); };
+    auto u32 = [&](int l) { return *static_cast<const std::uint32_t*>(lanes[l]->in); };
+    auto pred = [&](int l) { return *static_cast<const int*>(lanes[l]->in) != 0; };
+    unsigned mask = 0;
+    for (int l = 0; l < 32; ++l)
+        if (lanes[l]) mask |= 1u << l;
+    switch (op) {
+    case w::shfl_idx: case w::shfl_up: case w::shfl_down: case w::shfl_xor:
+        for (int l = 0; l < 32; ++l) {
+            if (!lanes[l]) continue;
+            const int width = lanes[l]->width, arg = lanes[l]->arg;
+            const int segment = l & ~(width - 1);
+            int src = l;
+            if (op == w::shfl_idx) src = segment + (arg & (width - 1));
+            else if (op == w::shfl_up) src = (l - segment) >= arg ? l - arg : l;
+            else if (op == w::shfl_down) src = (l - segment) + arg < width ? l + arg : l;
+            else src = ((l ^ arg) < segment + width) ? (l ^ arg) : l;
+            // A lane outside the mask has nothing to give: its value is undefined on a
+            // GPU, all ones (NaN) here.
+            *static_cast<std::uint64_t*>(lanes[l]->out) = (src >= 0 && src < 32 && lanes[src]) ? u64(src) : ~std::uint64_t{0};
+        }
+        break;
+    case w::ballot: case w::any: case w::all: {
+        unsigned votes = 0;
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l] && pred(l)) votes |= 1u << l;
+        const unsigned result = op == w::ballot ? votes : op == w::any ? (votes != 0) : (votes == mask);
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l]) *static_cast<unsigned*>(lanes[l]->out) = result;
+        break;
+    }
+    case w::match_any: case w::match_all: {
+        bool all_equal = true;
+        int first = -1;
+        for (int l = 0; l < 32; ++l) {
+            if (!lanes[l]) continue;
+            if (first < 0) first = l;
+            else if (u64(l) != u64(first)) all_equal = false;
+        }
+        for (int l = 0; l < 32; ++l) {
+            if (!lanes[l]) continue;
+            unsigned same = 0;
+            for (int m = 0; m < 32; ++m)
+                if (lanes[m] && u64(m) == u64(l)) same |= 1u << m;
+            *static_cast<unsigned*>(lanes[l]->out) = op == w::match_any ? same : (all_equal ? mask : 0u);
+        }
+        break;
+    }
+    case w::reduce_add_u: case w::reduce_min_u: case w::reduce_max_u: case w::reduce_min_i: case w::reduce_max_i:
+    case w::reduce_and: case w::reduce_or: case w::reduce_xor: {
+        bool started = false;
+        std::uint32_t acc = 0;
+        for (int l = 0; l < 32; ++l) {
+            if (!lanes[l]) continue;
+            const std::uint32_t v = u32(l);
+            if (!started) {
+                acc = v;
+                started = true;
+                continue;
+            }
+            switch (op) {
+            case w::reduce_add_u: acc += v; break;
+            case w::reduce_min_u: acc = std::min(acc, v); break;
+            case w::reduce_max_u: acc = std::max(acc, v); break;
+            case w::reduce_min_i: acc = static_cast<std::uint32_t>(std::min(static_cast<std::int32_t>(acc), static_cast<std::int32_t>(v))); break;
+            case w::reduce_max_i: acc = static_cast<std::uint32_t>(std::max(static_cast<std::int32_t>(acc), static_cast<std::int32_t>(v))); break;
+            case w::reduce_and: acc &= v; break;
+            case w::reduce_or: acc |= v; break;
+            default: acc ^= v; break;
+            }
+        }
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l]) *static_cast<std::uint32_t*>(lanes[l]->out) = acc;
+        break;
+    }
+    case w::syncwarp:
+        break;
+    case w::ldmatrix: case w::ldmatrix_trans: {
+        // Each lane brought the 8 16-bit values of the row it addresses.
+        std::uint16_t rows[32][8] = {};
+        for (int l = 0; l < 32; ++l)
+            if (lanes[l]) std::copy_n(static_cast<const std::uint16_t*>(lanes[l]->in), 8, rows[l]);
+        for (int l = 0; l < 32; ++l) {
+            if (!lanes[l]) continue;
+            auto* out = static_cast<std::uint32_t*>(lanes[l]->out);
+            for (int m = 0; m < lanes[l]->arg; ++m) {
+                std::uint16_t pair[2];
+                tinyllm::detail::ldmatrix_pair(pair, rows, m, l, op == w::ldmatrix_trans);
+                out[m] = static_cast<std::uint32_t>(pair[0]) | (static_cast<std::uint32_t>(pair[1]) << 16);
+            }
+        }
+        break;
+    }
+    case w::mma_bf16: case w::mma_f16: {
+        auto value = [&](std::uint32_t reg, int x) {
+            const std::uint16_t bits = static_cast<std::uint16_t>(x ? reg >> 16 : reg & 0xffffu);
+            return op == w::mma_bf16 ? bf16_to_float(bfloat16{bits}) : fp16_to_float(float16{bits});
+        };
+        auto frag = [&](int l) -> const detail::mma_fragments& { return *static_cast<const detail::mma_fragments*>(lanes[l]->in); };
+        float A[16][16], B[16][8];
+        tinyllm::detail::mma_operands(
+            A, B, [&](int l, int r, int x) { return value(frag(l).a[r], x); },
+            [&](int l, int r, int x) { return value(frag(l).b[r], x); });
+        for (int l = 0; l < 32; ++l) {
+            float d[4];
+            float c[4];
+            std::copy_n(frag(l).c, 4, c);
+            tinyllm::detail::mma_lane_result(d, A, B, c, l);
+            std::copy_n(d, 4, static_cast<float*>(lanes[l]->out));
+        }
+        break;
+    }
+    }
+    TSAN_IGNORE_END();
+}
+
+}  // namespace
+
+// ---- the interface of executor.hpp --------------------------------------------------
+std::string last_report() {
+    std::lock_guard lock(ex().report_mutex);
+    return ex().report;
+}
+void set_report_to_stderr(bool on) { ex().to_stderr_ = on; }
+bool in_kernel() { return ex().inside(); }
+void set_schedule(schedule s) { ex().set_schedule(s); }
+schedule current_schedule() { return ex().get_schedule(); }
+statistics stats() { return ex().counters; }
+void clear_report() {
+    std::lock_guard lock(ex().report_mutex);
+    ex().report.clear();
+}
+
+namespace detail {
+
+void launch(const launch_request& r) {
+    executor& e = ex();
+    if (e.inside()) {
+        runtime::set_last_error(cudaErrorNotSupported);  // dynamic parallelism
+        return;
+    }
+    const cudaError_t sticky = runtime::sticky_error();
+    if (sticky != cudaSuccess) {
+        runtime::set_last_error(sticky);
+        return;
+    }
+    std::size_t limit = 0;
+    const cudaError_t bad = runtime::check_launch(r, &limit);
+    if (bad != cudaSuccess) {
+        runtime::set_last_error(bad);
+        return;
+    }
+    if (r.grid.x == 0 || r.block.x == 0) return;
+    std::lock_guard lock(e.launch_mutex);
+    e.run(r, limit);
+}
+
+int block_barrier(barrier_op op, int predicate, const std::source_location& where) {
+    return ex().barrier(op, predicate, where);
+}
+void warp_collective(warp_op op, unsigned mask, const void* in, void* out, int arg, int width,
+                     const std::source_location& where) {
+    ex().warp_op(op, mask, in, out, arg, width, where);
+}
+unsigned active_mask() { return ex().active_mask(); }
+void* dynamic_shared_memory() { return ex().shared(); }
+void trap(const std::source_location& where) { ex().trap(where); }
+void device_fault(const char* check, const char* what, const void* address, const std::source_location& where) {
+    ex().device_fault(check, what, address, where);
+}
+void schedule_point() {
+    if (random_schedule_active) ex().schedule_point();
+}
+void cp_async(void* dst, const void* src, int copy_bytes, int src_bytes, const std::source_location&) {
+    ex().cp_async(dst, src, copy_bytes, src_bytes);
+}
+void cp_async_commit() { ex().cp_async_commit(); }
+void cp_async_wait(int allowed) { ex().cp_async_wait(allowed); }
+
+}  // namespace detail
+}  // namespace tinyllm::sim
