@@ -151,17 +151,25 @@ void run_gating_case(const gating_case& c, std::uint64_t which) {
 
 }  // namespace
 
-TEST_CASE("CUDA gating kernels choose exactly the CPU's experts", "[cuda][moe][gating]") {
-    std::uint64_t which = 100;
+namespace {
+void check_gating(const std::vector<index_t>& tokens, bool ties, std::uint64_t which) {
     for (variant v : {variant::softmax_renormalized, variant::softmax_plain, variant::noisy, variant::grouped}) {
         for (index_t E : {8, 64, 256, 60}) {
             for (index_t k : {1, 2, 8}) {
                 if (k > E) continue;
-                for (index_t T : {1, 37, 4099}) run_gating_case({T, E, k, v, false}, which += 3);
-                run_gating_case({513, E, k, v, true}, which += 3);
+                for (index_t T : tokens) run_gating_case({T, E, k, v, false}, which += 3);
+                if (ties) run_gating_case({513, E, k, v, true}, which += 3);
             }
         }
     }
+}
+}  // namespace
+
+TEST_CASE("CUDA gating kernels choose exactly the CPU's experts", "[cuda][moe][gating]") {
+    check_gating({1, 37, 300}, true, 100);
+}
+TEST_CASE("CUDA gating kernels at T = 4099, every variant", "[cuda][moe][gating][large]") {
+    check_gating({4099}, false, 500);
 }
 
 TEST_CASE("CUDA gating at T = 100000", "[cuda][moe][gating][large]") {
@@ -273,13 +281,12 @@ std::vector<std::int32_t> routed_ids(index_t T, index_t E, index_t k, float skew
 
 }  // namespace
 
-TEST_CASE("the CUDA dispatch plan equals the CPU plan, capacity drops included", "[cuda][moe][dispatch]") {
-    std::uint64_t which = 300;
-    struct shape {
-        index_t T, E, k;
-    };
-    for (shape s : {shape{1, 8, 2}, shape{37, 8, 1}, shape{1000, 60, 2}, shape{4099, 64, 8}, shape{100000, 256, 8},
-                    shape{100000, 8, 2}}) {
+namespace {
+struct plan_shape {
+    index_t T, E, k;
+};
+void check_plans(const std::vector<plan_shape>& shapes, std::uint64_t which) {
+    for (plan_shape s : shapes) {
         for (float skew : {0.0f, 3.0f}) {
             const auto ids = routed_ids(s.T, s.E, s.k, skew, which += 1);
             auto d_ids = tc::to_device(ids);
@@ -305,6 +312,14 @@ TEST_CASE("the CUDA dispatch plan equals the CPU plan, capacity drops included",
             }
         }
     }
+}
+}  // namespace
+
+TEST_CASE("the CUDA dispatch plan equals the CPU plan, capacity drops included", "[cuda][moe][dispatch]") {
+    check_plans({{1, 8, 2}, {37, 8, 1}, {1000, 60, 2}, {4099, 64, 8}}, 300);
+}
+TEST_CASE("the CUDA dispatch plan at T = 100000", "[cuda][moe][dispatch][large]") {
+    check_plans({{100000, 256, 8}, {100000, 8, 2}}, 400);
 }
 
 TEST_CASE("CUDA gather, combine and experts against the CPU", "[cuda][moe][dispatch][experts]") {
