@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 using tinyllm::activation;
@@ -240,16 +241,27 @@ TEST_CASE("norms match float64 references on random rows, with and without affin
             cpu::rms_norm(view2(out, rows, D), cview2(x, rows, D), eps);
             TINYLLM_REQUIRE_CLOSE(out, rms_norm_64(x, rows, D, {}, eps), tol, "rms_norm plain");
 
-            // Properties of the output rows (D > 1): LayerNorm has mean 0 and
-            // variance var/(var+eps) ~ 1; RMSNorm has mean square ~ 1.
+            // Properties of the first output row (D > 1): LayerNorm's output has mean 0
+            // and variance exactly var/(var + eps), var being the input row's
+            // variance. (That is close to 1 only when var >> eps: two random inputs
+            // of a D = 2 row can be arbitrarily close.) The float output carries
+            // about 1e-7 / sqrt(eps) of rounding per element, hence the 1e-4 floor.
             if (D > 1) {
                 cpu::layer_norm(view2(out, rows, D), cview2(x, rows, D), eps);
-                double m = 0, v = 0;
-                for (index_t j = 0; j < D; ++j) m += out[static_cast<std::size_t>(j)];
-                m /= static_cast<double>(D);
-                for (index_t j = 0; j < D; ++j) v += (out[static_cast<std::size_t>(j)] - m) * (out[static_cast<std::size_t>(j)] - m);
-                CHECK(std::fabs(m) < 1e-5);
-                CHECK(v / static_cast<double>(D) == Approx(1.0).epsilon(1e-3));
+                auto mean_and_variance = [D](const float* row) {
+                    double m = 0, v = 0;
+                    for (index_t j = 0; j < D; ++j) m += row[j];
+                    m /= static_cast<double>(D);
+                    for (index_t j = 0; j < D; ++j) v += (row[j] - m) * (row[j] - m);
+                    return std::pair<double, double>{m, v / static_cast<double>(D)};
+                };
+                const auto [in_mean, in_var] = mean_and_variance(x.data());
+                const auto [out_mean, out_var] = mean_and_variance(out.data());
+                (void)in_mean;
+                const double want = in_var / (in_var + static_cast<double>(eps));
+                INFO("input variance " << in_var << ", output variance " << out_var << ", expected " << want);
+                CHECK(std::fabs(out_mean) < 1e-5);
+                CHECK(std::fabs(out_var - want) <= 1e-3 * want + 1e-4);
             }
         }
     }

@@ -232,8 +232,24 @@ TEST_CASE("RoPE scores depend only on the relative position m - n", "[positional
                     CHECK(std::fabs(score(n + delta, n) - first) <= 2e-3 * scale);
                 }
             }
-            // ... and it does depend on the distance (the property is not trivially true).
-            CHECK(std::fabs(score(1, 0) - score(5, 0)) > 1e-3 * scale);
+            // ... and it does depend on the distance (the property is not trivially
+            // true). For k = q the score is sum_i |q_i|^2 cos((m - n) w_i) over the
+            // rotated pairs i, and cos(w) - cos(5w) = 2 sin(3w) sin(2w) >= 0 for every
+            // frequency w <= 1 < pi/3: no pair cancels another. With every |q_j| >=
+            // 0.5 each |q_i|^2 >= 0.5, and the highest frequency (1 unscaled, >= 1/8
+            // scaled) alone gives 0.5 * 2 sin(3/8) sin(2/8) = 0.09.
+            std::vector<float> q_same = tinyllm_test::random_floats(static_cast<std::size_t>(D), 7, 0.5f, 1.0f);
+            for (std::size_t j = 0; j < q_same.size(); j += 3) q_same[j] = -q_same[j];
+            auto self_score = [&](std::int64_t distance) {
+                std::vector<float> q = q_same, k = q_same;
+                std::vector<std::int64_t> pm = {distance}, pn = {0};
+                tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(q.data(), {1, 1, 1, D}),
+                                         tinyllm::tensor_view<const std::int64_t, 2>(pm.data(), {1, 1}), cfg);
+                tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(k.data(), {1, 1, 1, D}),
+                                         tinyllm::tensor_view<const std::int64_t, 2>(pn.data(), {1, 1}), cfg);
+                return dot(q.data(), k.data(), D);
+            };
+            CHECK(self_score(1) - self_score(5) > 0.05);
         }
 }
 
