@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <iterator>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -107,6 +108,18 @@ struct problem {
                                         tinyllm::tensor_view<const double, 4>(kd.data(), {s.B, s.Tk, s.Hkv, s.D}),
                                         tinyllm::tensor_view<const double, 4>(vd.data(), {s.B, s.Tk, s.Hkv, s.D}), host_opts,
                                         tinyllm::tensor_view<float, 4>(want_p.data(), {s.B, s.Hq, s.Tq, s.Tk}));
+        // The keys past a row's length are padding (in a KV cache: never written);
+        // make them NaN on the device, so a kernel that multiplies them in fails.
+        if (var.padding) {
+            const T nan = tinyllm::from_float<T>(std::numeric_limits<float>::quiet_NaN());
+            for (index_t b = 0; b < s.B; ++b)
+                for (index_t j = lengths[static_cast<std::size_t>(b)]; j < s.Tk; ++j)
+                    for (index_t e = 0; e < s.Hkv * s.D; ++e) {
+                        const auto at = static_cast<std::size_t>((b * s.Tk + j) * s.Hkv * s.D + e);
+                        k[at] = nan;
+                        v[at] = nan;
+                    }
+        }
         dq = tc::to_device(q);
         dk = tc::to_device(k);
         dv = tc::to_device(v);

@@ -66,6 +66,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace tinyllm::cuda {
@@ -157,13 +158,15 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
 // Two floats -> two 16-bit values in one register, x in the low half.
 template <class T>
 __device__ __forceinline__ std::uint32_t pack2(float x, float y) {
+    std::uint32_t bits;  // memcpy, not a pointer cast: the same bits without breaking aliasing rules
     if constexpr (std::is_same_v<T, bfloat16>) {
         const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-        return *reinterpret_cast<const std::uint32_t*>(&v);
+        std::memcpy(&bits, &v, sizeof bits);
     } else {
         const __half2 v = __floats2half2_rn(x, y);
-        return *reinterpret_cast<const std::uint32_t*>(&v);
+        std::memcpy(&bits, &v, sizeof bits);
     }
+    return bits;
 }
 
 // Block (query tile, h, b). T: bfloat16 or float16 (tinyllm's types; same bits as CUDA's).
@@ -225,10 +228,14 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
     const key_range range = attention_tile_keys(a.mask, q0, mma_bq, length);
     const int t_begin = static_cast<int>(range.begin / mma_bk);
     const int t_end = static_cast<int>(ceil_div<index_t>(range.end, mma_bk));
+    // Keys past the row's length are zero-filled, never read: padding past
+    // key_lengths may hold anything (NaN in an uninitialised cache), and the
+    // masked P = 0 times a NaN V would still be NaN.
     auto load_kv = [&](int tile, int buf) {
         const int k0 = tile * mma_bk;
-        load_tile(ks + buf * mma_bk * LD, a.k_row(b, k0, hkv), a.k_st, a.Tk - k0);
-        load_tile(vs + buf * mma_bk * LD, a.v_row(b, k0, hkv), a.v_st, a.Tk - k0);
+        const int valid = static_cast<int>(length - k0);
+        load_tile(ks + buf * mma_bk * LD, a.k_row(b, k0, hkv), a.k_st, valid);
+        load_tile(vs + buf * mma_bk * LD, a.v_row(b, k0, hkv), a.v_st, valid);
     };
     if (t_begin < t_end) load_kv(t_begin, 0);
     cp_async_commit();

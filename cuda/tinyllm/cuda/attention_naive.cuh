@@ -81,8 +81,12 @@ __global__ void attention_naive_pv_kernel(attention_args<T> a, const float* p) {
     const int i = static_cast<int>((idx / (static_cast<index_t>(a.D) * a.Hq)) % a.Tq);
     const int b = static_cast<int>(idx / (static_cast<index_t>(a.D) * a.Hq * a.Tq));
     const float* prow = p + ((static_cast<index_t>(b) * a.Hq + h) * a.Tq + i) * a.Tk;
+    // Only the keys row i sees: P is 0 elsewhere, but 0 * V is NaN where V is
+    // (padding past key_lengths may hold anything, an uninitialised cache NaN).
+    const key_range keys = attention_visible_keys(a.mask, i, a.length(b));
     float acc = 0.0f;
-    for (int j = 0; j < a.Tk; ++j) acc += prow[j] * to_float(a.v_row(b, j, h / a.group)[d]);
+    for (index_t j = keys.begin; j < keys.end; ++j)
+        acc += prow[j] * to_float(a.v_row(b, static_cast<int>(j), h / a.group)[d]);
     a.o_row(b, i, h)[d] = from_float<T>(acc);
 }
 

@@ -105,8 +105,10 @@ __global__ void __launch_bounds__(1024) attention_tiled_pv_kernel(attention_args
     const int jbegin = static_cast<int>(keys.begin / TILE) * TILE, jend = static_cast<int>(keys.end);
     float acc = 0.0f;
     for (int j0 = jbegin; j0 < jend; j0 += TILE) {
-        ps[ty][tx] = (i0 + ty < a.Tq && j0 + tx < a.Tk) ? pbase[static_cast<index_t>(i0 + ty) * a.Tk + j0 + tx] : 0.0f;
-        vs[ty][tx] = (j0 + ty < a.Tk && d0 + tx < a.D) ? to_float(a.v_row(b, j0 + ty, hkv)[d0 + tx]) : 0.0f;
+        // Keys at or past jend are zeros, never loaded: past key_lengths a V row
+        // may be NaN (padding, an uninitialised cache), and 0 * NaN is NaN.
+        ps[ty][tx] = (i0 + ty < a.Tq && j0 + tx < jend) ? pbase[static_cast<index_t>(i0 + ty) * a.Tk + j0 + tx] : 0.0f;
+        vs[ty][tx] = (j0 + ty < jend && d0 + tx < a.D) ? to_float(a.v_row(b, j0 + ty, hkv)[d0 + tx]) : 0.0f;
         __syncthreads();
         for (int jj = 0; jj < TILE; ++jj) acc += ps[ty][jj] * vs[jj][tx];
         __syncthreads();
