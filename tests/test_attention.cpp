@@ -7,6 +7,7 @@
 
 #include <tinyllm/attention.hpp>
 #include <tinyllm/detail/attention_mma_layout.hpp>
+#include <tinyllm/detail/mma_fragments.hpp>
 
 #include <algorithm>
 #include <array>
@@ -508,47 +509,40 @@ namespace {
 // (emulated in float: the layout is what is tested, not the rounding).
 using lane_regs = std::array<std::array<std::array<float, 2>, 4>, 32>;
 
-// ldmatrix.x4 (PTX ISA): lanes 8m..8m+7 give the row addresses of matrix m;
-// register m of lane l gets row l/4, columns 2(l%4) and 2(l%4)+1 — of the
-// transpose with .trans.
+// ldmatrix.x4 by the fragment rules of tinyllm/detail/mma_fragments.hpp (the
+// simulated GPU executes the instruction with the same function): lane l
+// supplies the address of one row of 8 values.
 lane_regs emulate_ldmatrix_x4(const std::vector<float>& smem, const std::array<int, 32>& address, bool trans) {
+    float rows[32][8];
+    for (int l = 0; l < 32; ++l)
+        for (int c = 0; c < 8; ++c) rows[l][c] = smem[static_cast<std::size_t>(address[static_cast<std::size_t>(l)] + c)];
     lane_regs out{};
     for (int l = 0; l < 32; ++l)
         for (int m = 0; m < 4; ++m) {
-            const int r = l / 4, c = 2 * (l % 4);
-            for (int x = 0; x < 2; ++x)
-                out[static_cast<std::size_t>(l)][static_cast<std::size_t>(m)][static_cast<std::size_t>(x)] =
-                    trans ? smem[static_cast<std::size_t>(address[static_cast<std::size_t>(8 * m + c + x)] + r)]
-                          : smem[static_cast<std::size_t>(address[static_cast<std::size_t>(8 * m + r)] + c + x)];
+            float pair[2];
+            tinyllm::detail::ldmatrix_pair(pair, rows, m, l, trans);
+            out[static_cast<std::size_t>(l)][static_cast<std::size_t>(m)] = {pair[0], pair[1]};
         }
     return out;
 }
 
-// mma.m16n8k16 (PTX ISA fragment layouts): c += A (16x16) * B (16x8), where
-// a = registers 0..3 of `a`, b0/b1 = registers b_first, b_first + 1 of `b`.
+// mma.m16n8k16: c += A (16x16) * B (16x8), where a = registers 0..3 of `a`,
+// b0/b1 = registers b_first, b_first + 1 of `b` (tinyllm/detail/mma_fragments.hpp).
 void emulate_mma(std::array<std::array<float, 4>, 32>& c, const lane_regs& a, const lane_regs& b, int b_first) {
-    float A[16][16] = {}, B[16][8] = {};
+    float A[16][16], B[16][8];
+    tinyllm::detail::mma_operands(
+        A, B,
+        [&](int l, int r, int x) {
+            return a[static_cast<std::size_t>(l)][static_cast<std::size_t>(r)][static_cast<std::size_t>(x)];
+        },
+        [&](int l, int r, int x) {
+            return b[static_cast<std::size_t>(l)][static_cast<std::size_t>(b_first + r)][static_cast<std::size_t>(x)];
+        });
     for (int l = 0; l < 32; ++l) {
-        const int g = l / 4, t = l % 4;
-        const auto& ra = a[static_cast<std::size_t>(l)];
-        const auto& rb = b[static_cast<std::size_t>(l)];
-        for (int x = 0; x < 2; ++x) {
-            A[g][2 * t + x] = ra[0][static_cast<std::size_t>(x)];
-            A[g + 8][2 * t + x] = ra[1][static_cast<std::size_t>(x)];
-            A[g][2 * t + 8 + x] = ra[2][static_cast<std::size_t>(x)];
-            A[g + 8][2 * t + 8 + x] = ra[3][static_cast<std::size_t>(x)];
-            B[2 * t + x][g] = rb[static_cast<std::size_t>(b_first)][static_cast<std::size_t>(x)];
-            B[2 * t + 8 + x][g] = rb[static_cast<std::size_t>(b_first + 1)][static_cast<std::size_t>(x)];
-        }
-    }
-    for (int l = 0; l < 32; ++l) {
-        const int g = l / 4, t = l % 4;
-        for (int e = 0; e < 4; ++e) {
-            const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
-            float acc = 0;
-            for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-            c[static_cast<std::size_t>(l)][static_cast<std::size_t>(e)] += acc;
-        }
+        auto& cl = c[static_cast<std::size_t>(l)];
+        float in[4] = {cl[0], cl[1], cl[2], cl[3]}, out[4];
+        tinyllm::detail::mma_lane_result(out, A, B, in, l);
+        for (int e = 0; e < 4; ++e) cl[static_cast<std::size_t>(e)] = out[e];
     }
 }
 
