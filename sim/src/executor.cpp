@@ -886,7 +886,12 @@ void set_report_to_stderr(bool on) { ex().to_stderr_ = on; }
 bool in_kernel() { return ex().inside(); }
 void set_schedule(schedule s) { ex().set_schedule(s); }
 schedule current_schedule() { return ex().get_schedule(); }
-statistics stats() { return ex().counters; }
+statistics stats() {
+    statistics s = ex().counters;
+    s.allocations = runtime::allocation_count();
+    s.synchronizations = runtime::synchronization_count();
+    return s;
+}
 void clear_report() {
     std::lock_guard lock(ex().report_mutex);
     ex().report.clear();

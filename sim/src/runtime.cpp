@@ -36,6 +36,7 @@ struct state {
     std::map<const void*, int> dynamic_shared_limit;  // per kernel, set by cudaFuncSetAttribute
     cudaError_t sticky = cudaSuccess;
     std::string sticky_report;
+    std::uint64_t allocations_made = 0, synchronizations = 0;
 };
 state& st() {
     static state s;
@@ -161,6 +162,14 @@ void set_sticky_error(cudaError_t error, const std::string& report) {
     }
 }
 cudaError_t sticky_error() { return sticky(); }
+std::uint64_t allocation_count() {
+    std::lock_guard lock(st().m);
+    return st().allocations_made;
+}
+std::uint64_t synchronization_count() {
+    std::lock_guard lock(st().m);
+    return st().synchronizations;
+}
 
 cudaError_t check_launch(const detail::launch_request& r, std::size_t* limit) {
     const dim3 b = r.block, g = r.grid;
@@ -277,7 +286,12 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
     *version = 13000;
     return cudaSuccess;
 }
+static void count_synchronization() {
+    std::lock_guard lock(st().m);
+    ++st().synchronizations;
+}
 cudaError_t cudaDeviceSynchronize() {
+    count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
     return cudaSuccess;
 }
@@ -314,6 +328,7 @@ cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
     std::memset(p, 0xff, bytes);  // uninitialised device memory reads as NaN
     st().allocations[reinterpret_cast<std::uintptr_t>(p)] = bytes;
     st().allocated += bytes;
+    ++st().allocations_made;
     *ptr = p;
     return cudaSuccess;
 }
@@ -394,6 +409,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
     return valid_stream(stream) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
@@ -427,6 +443,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+    count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
     std::lock_guard lock(st().m);
     return st().events.count(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);

@@ -16,5 +16,8 @@ void set_sticky_error(cudaError_t error, const std::string& report);
 cudaError_t sticky_error();
 // What an H100 refuses to launch; *limit receives the dynamic shared memory allowed.
 cudaError_t check_launch(const detail::launch_request& request, std::size_t* limit);
+// Counters for statistics().
+std::uint64_t allocation_count();
+std::uint64_t synchronization_count();
 
 }  // namespace tinyllm::sim::runtime

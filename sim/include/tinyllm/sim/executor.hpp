@@ -71,6 +71,8 @@ schedule current_schedule();
 // Statistics of the work simulated so far (for `tinyllm bench sim`).
 struct statistics {
     std::uint64_t launches = 0, blocks = 0, threads = 0, switches = 0;
+    std::uint64_t allocations = 0;       // successful cudaMalloc calls
+    std::uint64_t synchronizations = 0;  // cudaDeviceSynchronize / cudaStreamSynchronize / cudaEventSynchronize calls
 };
 statistics stats();
 
