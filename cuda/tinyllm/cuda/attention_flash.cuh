@@ -151,6 +151,11 @@ __global__ void __launch_bounds__(flash_threads)
             const float alpha = exp_shifted(m_old, m_new);  // 0 while nothing was seen
             const float tile_sum = warp_sum(p);
             ps[r * flash_bk + lane] = p;
+            // Every lane has read row_m[r] above; lane 0 overwrites it below. The
+            // shuffles in between exchange registers but order no memory access:
+            // without this barrier the read and the write race (compute-sanitizer
+            // racecheck on an H200 and the simulated GPU's racecheck both report it).
+            __syncwarp();
             if (lane == 0) {
                 row_m[r] = m_new;
                 row_l[r] = alpha * row_l[r] + tile_sum;
@@ -199,14 +204,13 @@ void attention_flash(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     constexpr int ROWS = 16;
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_flash");
     TINYLLM_EXPECT(a.D <= 256, "attention_flash supports head dims up to 256, got ", a.D);
-    TINYLLM_EXPECT(a.Hq <= 65535 && a.B <= 65535, "attention_flash: Hq = ", a.Hq, " and B = ", a.B,
-                   " must be at most 65535 (grid limits)");
     if (out.size() == 0) return;
+    const dim3 grid = detail::checked_grid(ceil_div<index_t>(a.Tq, ROWS), a.Hq, a.B, "attention_flash",
+                                           "the query tiles (Tq / 16, Hq, B)");
     const auto layout = detail::flash_smem::make(ROWS, a.D);
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(layout.total);
     auto kernel = detail::attention_flash_kernel<T, ROWS>;
     detail::set_shared_memory(kernel, bytes, "attention_flash");
-    const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, ROWS)), static_cast<unsigned>(a.Hq), static_cast<unsigned>(a.B));
     launch(kernel, grid, detail::flash_threads, bytes, stream, a, 0, nullptr, nullptr);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
