@@ -23,7 +23,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <cxxabi.h>
-#include <deque>
 #include <dlfcn.h>
 #include <elf.h>
 #include <fstream>
@@ -37,8 +36,9 @@
 #include <string>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#  include <sanitizer/asan_interface.h>
+#if defined(__SANITIZE_ADDRESS__) || defined(TINYLLM_SIM_TSAN)
+#  include <sanitizer/common_interface_defs.h>
+#  define TINYLLM_SIM_SANITIZED 1
 #endif
 #if defined(TINYLLM_SIM_TSAN)
 extern "C" {
@@ -68,6 +68,45 @@ namespace {
 
 // Thrown into a thread's fiber to unwind it when its block is abandoned after a fault.
 struct abandon_block {};
+
+// The ready threads, first in first out, in storage allocated once per block
+// size: the scheduler allocates nothing while a block runs.
+class ready_queue {
+public:
+    void reset(std::size_t capacity) {
+        if (slots_.size() < capacity) slots_.resize(capacity);
+        head_ = count_ = 0;
+    }
+    bool empty() const { return count_ == 0; }
+    std::size_t size() const { return count_; }
+    void push_back(int i) { slots_[(head_ + count_++) % slots_.size()] = i; }
+    int pop_front() {
+        const int i = slots_[head_];
+        head_ = (head_ + 1) % slots_.size();
+        --count_;
+        return i;
+    }
+    // Removes and returns the k-th queued thread (the random schedule's pick).
+    int take(std::size_t k) {
+        const std::size_t at = (head_ + k) % slots_.size();
+        std::swap(slots_[at], slots_[head_]);
+        return pop_front();
+    }
+
+private:
+    std::vector<int> slots_;
+    std::size_t head_ = 0, count_ = 0;
+};
+
+// While the simulator's own code runs for a simulated thread, ThreadSanitizer
+// ignores its memory accesses (its bookkeeping is shared by design); what
+// orders the threads is announced separately (TSAN_ACQUIRE / TSAN_RELEASE).
+struct sanitizer_ignore {
+    sanitizer_ignore() { TSAN_IGNORE_BEGIN(); }
+    ~sanitizer_ignore() { TSAN_IGNORE_END(); }
+    sanitizer_ignore(const sanitizer_ignore&) = delete;
+    sanitizer_ignore& operator=(const sanitizer_ignore&) = delete;
+};
 
 enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, exited };
 
@@ -232,10 +271,10 @@ public:
         if (const char* s = std::getenv("TINYLLM_SIM_STACK_KB"); s && *s) stack_bytes_ = std::strtoull(s, nullptr, 10) * 1024;
         if (const char* s = std::getenv("TINYLLM_SIM_QUIET"); s && *s && *s != '0') to_stderr_ = false;
         apply_schedule();
-#if defined(__SANITIZE_ADDRESS__)
-        // AddressSanitizer reports a bad access with the host's view (stacks);
-        // the simulator adds the kernel, block and thread that made it.
-        __asan_set_error_report_callback(&executor::asan_report);
+#if defined(TINYLLM_SIM_SANITIZED)
+        // A sanitizer reports a bad access with the host's view (stacks); before
+        // the program dies the simulator adds the kernel, block and thread.
+        __sanitizer_set_death_callback(&executor::sanitizer_death);
 #endif
     }
 
@@ -282,6 +321,7 @@ public:
 
     // ---- called from inside a thread ----
     int barrier(detail::barrier_op op, int predicate, const std::source_location& where) {
+        sanitizer_ignore ignore;
         if (abandoning_) throw abandon_block{};  // the block is being abandoned after a fault
         sim_thread& t = *running_;
         t.st = state::at_barrier;
@@ -299,6 +339,7 @@ public:
 
     void warp_op(detail::warp_op op, unsigned mask, const void* in, void* out, int arg, int width,
                  const std::source_location& where) {
+        sanitizer_ignore ignore;
         if (abandoning_) throw abandon_block{};
         sim_thread& t = *running_;
         if (mask == 0) return;  // an empty mask names no lane: nothing to wait for
@@ -342,17 +383,20 @@ public:
 
     [[noreturn]] void device_fault(const char* check, const char* what, const void* address,
                                    const std::source_location& where) {
+        sanitizer_ignore ignore;
         char buf[32];
         std::snprintf(buf, sizeof buf, "%p", address);
         thread_fault(*running_, check, std::string(what) + " at address " + buf + ", " + where_text(where));
         throw abandon_block{};
     }
     [[noreturn]] void trap(const std::source_location& where) {
+        sanitizer_ignore ignore;
         thread_fault(*running_, "trap", "__trap() called at " + where_text(where));
         throw abandon_block{};
     }
 
     void schedule_point() {
+        sanitizer_ignore ignore;
         if (!sched_.random || !running_) return;
         if (rng_() % 4 != 0) return;
         sim_thread& t = *running_;
@@ -361,13 +405,16 @@ public:
     }
 
     void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+        sanitizer_ignore ignore;
         running_->copies.push_back({dst, src, bytes, src_bytes});
     }
     void cp_async_commit() {
+        sanitizer_ignore ignore;
         sim_thread& t = *running_;
         t.group_end.push_back(t.copies.size());
     }
     void cp_async_wait(int allowed) {
+        sanitizer_ignore ignore;
         // Land every committed group but the newest `allowed` ones.
         sim_thread& t = *running_;
         const std::size_t groups = t.group_end.size();
@@ -395,7 +442,7 @@ private:
     std::vector<int> warp_waiting_;
     std::vector<unsigned> warp_exited_;
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
-    std::deque<int> ready_;
+    ready_queue ready_;
     bool fault_ = false, abandoning_ = false;
     std::string fault_text_;
     // Addresses ThreadSanitizer treats as synchronisation objects.
@@ -418,19 +465,34 @@ private:
         if (name_.empty()) name_ = kernel_name(req_->kernel);
         return name_;
     }
+    // The kernel's name without return type, namespaces of anonymous scope and parameters.
+    std::string short_name() {
+        std::string n = name();
+        for (const std::string cut : {"(anonymous namespace)::", "void "})
+            for (std::size_t at; (at = n.find(cut)) != std::string::npos;) n.erase(at, cut.size());
+        int depth = 0;
+        for (std::size_t i = 0; i < n.size(); ++i) {
+            if (n[i] == '<') ++depth;
+            else if (n[i] == '>') --depth;
+            else if (n[i] == '(' && depth == 0) return n.substr(0, i);
+        }
+        return n;
+    }
 
     void grow_pool(unsigned threads) {
         while (pool_.size() < threads) {
             auto t = std::make_unique<sim_thread>();
             t->linear = static_cast<int>(pool_.size());
+            t->copies.reserve(64);  // cp.async queues: no allocation while a block runs
+            t->group_end.reserve(16);
             t->f = std::make_unique<fiber>(&executor::thread_main, t.get(), stack_bytes_);
             pool_.push_back(std::move(t));
         }
     }
 
     static void thread_main(void* p);
-#if defined(__SANITIZE_ADDRESS__)
-    static void asan_report(const char* report);
+#if defined(TINYLLM_SIM_SANITIZED)
+    static void sanitizer_death();
 #endif
 
 public:
@@ -452,7 +514,7 @@ private:
         warp_exited_.assign(warps, 0u);
         exited_ = arrived_ = 0;
         abandoning_ = false;
-        ready_.clear();
+        ready_.reset(threads);
         // Shared memory is not initialised on a GPU: fill it with NaN bytes.
         if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
         const dim3 bd = req_->block;
@@ -467,9 +529,10 @@ private:
             t.copies.clear();
             t.group_end.clear();
 #if defined(TINYLLM_SIM_TSAN)
-            // ThreadSanitizer's reports name each access's thread by its fiber's name.
-            const std::string label = "CUDA thread " + coords(t.ctx.thread_idx) + " of block " + coords(block_idx) +
-                                      " of kernel " + name();
+            // ThreadSanitizer's reports name each access's thread by its fiber's name
+            // (which it cuts at 63 characters: the kernel's short name goes last).
+            const std::string label =
+                "CUDA thread " + coords(t.ctx.thread_idx) + " block " + coords(block_idx) + " " + short_name();
             t.f->set_name(label.c_str());
 #endif
             ready_.push_back(static_cast<int>(i));
@@ -495,14 +558,9 @@ private:
 
     int pick() {
         if (!sched_.random) {
-            const int i = ready_.front();
-            ready_.pop_front();
-            return i;
+            return ready_.pop_front();
         }
-        const std::size_t k = rng_() % ready_.size();
-        const int i = ready_[k];
-        ready_.erase(ready_.begin() + static_cast<std::ptrdiff_t>(k));
-        return i;
+        return ready_.take(rng_() % ready_.size());
     }
 
     // Suspend the running thread until the scheduler resumes it.
@@ -639,13 +697,16 @@ private:
         if (!abandoning_ && arrived_ > 0 && arrived_ + exited_ == nthreads_) complete_barrier(nullptr);
     }
 
+    // The copies are the thread's writes to shared memory: ThreadSanitizer sees them.
     void land(sim_thread& t, std::size_t upto) {
+        TSAN_IGNORE_END();
         for (std::size_t i = 0; i < upto && i < t.copies.size(); ++i) {
             const pending_copy& c = t.copies[i];
             if (c.src_bytes > 0) std::memcpy(c.dst, c.src, static_cast<std::size_t>(c.src_bytes));
             if (c.bytes > c.src_bytes)
                 std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, static_cast<std::size_t>(c.bytes - c.src_bytes));
         }
+        TSAN_IGNORE_BEGIN();
         t.copies.erase(t.copies.begin(), t.copies.begin() + static_cast<std::ptrdiff_t>(std::min(upto, t.copies.size())));
     }
 
@@ -701,12 +762,16 @@ private:
 
 public:
     void exception_in_thread(sim_thread& t, const std::string& what) {
+        sanitizer_ignore ignore;
         thread_fault(t, "exception", "the kernel threw: " + what);
     }
     void finish_thread(sim_thread& t) {
-        if (!abandoning_) land(t, t.copies.size());
-        t.copies.clear();
-        on_exit(t);
+        {
+            sanitizer_ignore ignore;  // ended before the switch: a suspended fiber holds no ignore
+            if (!abandoning_) land(t, t.copies.size());
+            t.copies.clear();
+            on_exit(t);
+        }
         TSAN_RELEASE(&block_done_sync_);
         switch_fiber(*t.f, host_);
     }
@@ -737,12 +802,10 @@ void executor::thread_main(void* p) {
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-void executor::asan_report(const char* report) {
-    (void)report;
+#if defined(TINYLLM_SIM_SANITIZED)
+void executor::sanitizer_death() {
     const std::string who = ex().running_thread();
-    if (!who.empty())
-        std::fprintf(stderr, "tinyllm simulator: memcheck: the access reported above was made by %s\n", who.c_str());
+    if (!who.empty()) std::fprintf(stderr, "tinyllm simulator: the error reported above was made by %s\n", who.c_str());
 }
 #endif
 
@@ -918,6 +981,7 @@ void launch(const launch_request& r) {
     }
     if (r.grid.x == 0 || r.block.x == 0) return;
     std::lock_guard lock(e.launch_mutex);
+    sanitizer_ignore ignore;
     e.run(r, limit);
 }
 

@@ -9,6 +9,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <unistd.h>
 #include <utility>
 
 namespace tinyllm::sim {
@@ -320,7 +321,10 @@ cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
     TINYLLM_SIM_RETURN_IF_STICKY();
     if (bytes == 0) return cudaSuccess;
     std::lock_guard lock(st().m);
-    if (bytes > global_memory - st().allocated) return fail(cudaErrorMemoryAllocation);
+    // The simulated device has an H100's 80 GB, and no more than the host's memory.
+    static const std::size_t host_memory =
+        static_cast<std::size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    if (bytes > global_memory - st().allocated || bytes > host_memory) return fail(cudaErrorMemoryAllocation);
     // 256-byte aligned, as cudaMalloc's; exactly `bytes` long, so AddressSanitizer
     // reports the first byte past the end.
     void* p = ::operator new(bytes, std::align_val_t{256}, std::nothrow);

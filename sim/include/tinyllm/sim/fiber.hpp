@@ -55,4 +55,7 @@ private:
     friend struct fiber_access;
 };
 
+// Suspend `from` (the running fiber) and resume `to`.
+void switch_fiber(fiber& from, fiber& to);
+
 }  // namespace tinyllm::sim
