@@ -349,3 +349,106 @@ TEST_CASE("attention kernels reject what they do not support", "[cuda][attention
                                                  small_scores.view(extents<4>{1, 1, 2, 2}), w),
                       contains("needs causal = true"));
 }
+
+namespace {
+
+// Calls check(launcher name, call) for every CUDA attention launcher that takes T.
+template <class Check>
+void for_each_launcher(problem<float>& p, const attention_options& opts, tc::attention_workspace& ws, Check&& check) {
+    const extents<4> shape{p.s.B, p.s.Hq, p.s.Tq, p.s.Tk};
+    tc::device_buffer<float> scores(static_cast<std::size_t>(shape.product()));
+    check("attention_naive",
+          [&] { tc::attention_naive<float>(p.out(), p.qv(), p.kv(), p.vv(), scores.view(shape), opts); });
+    check("attention_tiled",
+          [&] { tc::attention_tiled<float>(p.out(), p.qv(), p.kv(), p.vv(), scores.view(shape), opts); });
+    check("attention_flash", [&] { tc::attention_flash<float>(p.out(), p.qv(), p.kv(), p.vv(), opts); });
+    check("attention_decode", [&] { tc::attention_decode<float>(p.out(), p.qv(), p.kv(), p.vv(), opts, ws); });
+    check("attention_decode", [&] { tc::attention_decode<float>(p.out(), p.qv(), p.kv(), p.vv(), opts); });
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());  // before the scores are freed
+}
+template <class Check>
+void for_each_launcher(problem<bfloat16>& p, const attention_options& opts, tc::attention_workspace&, Check&& check) {
+    check("attention_mma", [&] { tc::attention_mma<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), opts); });
+}
+
+// alibi_slopes and key_lengths in host memory are rejected by every launcher, naming it and
+// the option; the same values in device memory run.
+template <class T>
+void check_host_option_pointers(std::uint64_t seed) {
+    const shape s{2, 3, 40, 4, 2, 64};
+    problem<T> alibi(s, variants[3], seed), padded(s, variants[5], seed + 100);
+    tc::attention_workspace ws;
+    for (problem<T>* p : {&alibi, &padded}) {
+        const std::string option = p == &alibi ? "alibi_slopes" : "key_lengths";
+        for_each_launcher(*p, p->host_opts, ws, [&](const char* launcher, auto&& call) {
+            INFO(launcher << " with " << option << " in host memory");
+            CHECK_THROWS_WITH(
+                call(), contains(std::string(launcher) + ": attention_options::" + option + " points to host memory") &&
+                            contains("must point to device memory"));
+        });
+        for_each_launcher(*p, p->device_opts(), ws, [&](const char* launcher, auto&& call) {
+            INFO(launcher << " with " << option << " in device memory");
+            CHECK_NOTHROW(call());
+        });
+    }
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace
+
+TEST_CASE("attention launchers reject alibi_slopes and key_lengths in host memory", "[cuda][attention][error]") {
+    check_host_option_pointers<float>(60000);
+    check_host_option_pointers<bfloat16>(61000);
+}
+
+TEST_CASE("attention decode computes its grids and sizes in 64 bits", "[cuda][attention][error]") {
+    // Views with huge extents over one element (every stride 0 but the head dim's): the launchers
+    // must reject them on the host, before allocating a workspace or launching anything.
+    tc::device_buffer<float> one(1);
+    const auto view = [&](index_t B, index_t T, index_t H) {
+        return tinyllm::tensor_view<float, 4>(one.data(), {B, T, H, 1}, {0, 0, 0, 1});
+    };
+    tc::attention_workspace ws;
+
+    // B * Hq * Tq = 65535 * 65535 query rows: more blocks than the combine kernel's grid can have.
+    {
+        const auto q = view(65535, 1, 65535), kv = view(65535, 1, 65535);
+        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, kv, kv, {}, ws),
+                          contains("attention_decode: B * Hq * Tq = 4294836225 query rows") &&
+                              contains("grid limits (2147483647, 65535, 65535)"));
+        CHECK(ws.size() == 0);  // nothing was allocated
+    }
+    // Hq/Hkv * Tq = 2 * 2^30 = 2^31 rows per KV head: an int product would wrap to a negative number.
+    {
+        const auto q = view(1, index_t{1} << 30, 2), kv = view(1, 1, 1);
+        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, kv, kv, {}, ws),
+                          contains("Hq/Hkv * Tq = 2 * 1073741824 = 2147483648 query rows share each KV head"));
+        CHECK(ws.size() == 0);
+    }
+    // B = 2^32 + 1 does not fit the kernels' int coordinates (it would be truncated to 1).
+    {
+        const auto q = view((index_t{1} << 32) + 1, 1, 1);
+        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, q, q, {}, ws),
+                          contains("attention_decode: B = 4294967297") && contains("must be below 2^31"));
+        CHECK_THROWS_WITH(tc::attention_flash<float>(q, q, q, q),
+                          contains("attention_flash: B = 4294967297") && contains("must be below 2^31"));
+        CHECK(ws.size() == 0);
+    }
+    // One split over Tk = 2^31 - 8 keys: rounded up to the 32-key tile that is 2^31 keys, which
+    // an int kernel parameter cannot hold (it wrapped to -2^31: no key seen, output 0). With a
+    // causal window of 1 the query sees only the last key, so the kernel reads one value.
+    {
+        const float half = 0.5f;
+        tc::device_buffer<float> value(1), o(1);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(value.data(), &half, sizeof half, cudaMemcpyHostToDevice));
+        const index_t Tk = 2147483640;
+        const tinyllm::tensor_view<const float, 4> q(value.data(), {1, 1, 1, 1}),
+            kv(value.data(), {1, Tk, 1, 1}, {0, 0, 0, 1});
+        attention_options causal_window;
+        causal_window.causal = true;
+        causal_window.window = 1;
+        o.poison();
+        tc::attention_decode<float>(o.view(extents<4>{1, 1, 1, 1}), q, kv, kv, causal_window, ws, 1);
+        CHECK(tc::to_host(o) == std::vector<float>{0.5f});  // softmax over one key: its value
+    }
+}

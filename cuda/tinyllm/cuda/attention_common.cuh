@@ -13,9 +13,16 @@
 // from <tinyllm/attention.hpp>.
 //
 // Memory-space rule: q, k, v, out and the option views (alibi_slopes,
-// key_lengths) of a CUDA call all point to device memory. Every kernel needs
-// the head dim to be contiguous (stride 1); the other strides are free (so a
-// KV cache narrowed to its current length is fine).
+// key_lengths) of a CUDA call all point to device memory. The option views are
+// checked on the host (cudaPointerGetAttributes: device or managed memory), since
+// a kernel reading a host pointer faults on a GPU, or reads garbage. Every kernel
+// needs the head dim to be contiguous (stride 1); the other strides are free (so
+// a KV cache narrowed to its current length is fine).
+//
+// Sizes: the kernels keep B, T, H and D as int, so each must be below 2^31; every
+// product of them (grid sizes, element counts) is computed in 64 bits (index_t)
+// on the host, and a grid is checked against CUDA's limits before a launch
+// (checked_grid), never cast to unsigned unchecked.
 #pragma once
 
 #include <tinyllm/attention.hpp>
@@ -70,6 +77,33 @@ struct attention_args {
     }
 };
 
+// Whether a kernel may read p: device or managed memory (cudaPointerGetAttributes
+// reports plain host memory as unregistered, pinned host memory as host).
+inline bool is_device_memory(const void* p) {
+    cudaPointerAttributes attributes{};
+    TINYLLM_CUDA_CHECK(cudaPointerGetAttributes(&attributes, p));
+    return attributes.type == cudaMemoryTypeDevice || attributes.type == cudaMemoryTypeManaged;
+}
+
+// An option view of attention_options, when set, must point to device memory.
+template <class V>
+void expect_device_option(const V& view, std::string_view option, std::string_view op) {
+    if (!tinyllm::detail::has_view(view)) return;
+    TINYLLM_EXPECT(is_device_memory(view.data()), op, ": attention_options::", option, " points to host memory (",
+                   static_cast<const void*>(view.data()),
+                   "); the CUDA kernels read it on the GPU, so it must point to "
+                   "device memory (cudaMalloc, a cuda::device_buffer, or managed memory)");
+}
+
+// A launch grid from 64-bit block counts, checked against CUDA's limits on the
+// host (x <= 2^31 - 1, y and z <= 65535): a count cast to unsigned unchecked
+// would launch a smaller grid, or none. `what` says what the blocks are.
+inline dim3 checked_grid(index_t x, index_t y, index_t z, std::string_view op, std::string_view what) {
+    TINYLLM_EXPECT(x <= 2147483647 && y <= 65535 && z <= 65535, op, ": ", what, " need a grid of (", x, ", ", y, ", ",
+                   z, ") blocks, beyond CUDA's grid limits (2147483647, 65535, 65535)");
+    return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
+
 // Validate (the CPU reference's checks, plus what every kernel needs) and
 // bundle the arguments. `op` names the caller in messages.
 template <class T>
@@ -83,10 +117,15 @@ attention_args<T> make_attention_args(tensor_view<T, 4> out, tensor_view<const T
     constexpr index_t int_max = 2147483647;
     TINYLLM_EXPECT(q.extent(1) < int_max && k.extent(1) < int_max && q.size() < (index_t{1} << 40), op,
                    ": sequence lengths must be below 2^31");
+    TINYLLM_EXPECT(q.extent(0) < int_max && q.extent(2) < int_max && k.extent(2) < int_max && q.extent(3) < int_max, op,
+                   ": B = ", q.extent(0), ", Hq = ", q.extent(2), ", Hkv = ", k.extent(2), " and D = ", q.extent(3),
+                   " must be below 2^31 (the kernels index with int)");
     if (tinyllm::detail::has_view(opts.alibi_slopes))
         TINYLLM_EXPECT(opts.alibi_slopes.stride(0) == 1, op, ": alibi_slopes must be contiguous");
     if (tinyllm::detail::has_view(opts.key_lengths))
         TINYLLM_EXPECT(opts.key_lengths.stride(0) == 1, op, ": key_lengths must be contiguous");
+    expect_device_option(opts.alibi_slopes, "alibi_slopes", op);
+    expect_device_option(opts.key_lengths, "key_lengths", op);
     attention_args<T> a;
     a.q = q.data(), a.k = k.data(), a.v = v.data(), a.o = out.data();
     a.q_sb = q.stride(0), a.q_st = q.stride(1), a.q_sh = q.stride(2);

@@ -94,14 +94,21 @@ void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
                       const attention_options& opts, attention_workspace& workspace, int splits = 0,
                       cudaStream_t stream = nullptr) {
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_decode");
-    TINYLLM_EXPECT(a.group * a.Tq <= detail::decode_rows, "attention_decode: Hq/Hkv * Tq = ", a.group, " * ", a.Tq,
-                   " = ", a.group * a.Tq, " query rows share each KV head; at most ", detail::decode_rows,
+    // Every product of sizes below is taken in 64 bits: group * Tq, say, passes 2^31 for Tq near 2^30.
+    const index_t rows_per_head = static_cast<index_t>(a.group) * a.Tq;
+    TINYLLM_EXPECT(rows_per_head <= detail::decode_rows, "attention_decode: Hq/Hkv * Tq = ", a.group, " * ", a.Tq,
+                   " = ", rows_per_head, " query rows share each KV head; at most ", detail::decode_rows,
                    " are supported (use attention_flash or attention_mma for prefill)");
     TINYLLM_EXPECT(a.D <= 256, "attention_decode supports head dims up to 256, got ", a.D);
     TINYLLM_EXPECT(splits >= 0, "attention_decode: splits = ", splits, " must be >= 0 (0: automatic)");
     TINYLLM_EXPECT(a.B <= 65535 && a.Hkv <= 65535, "attention_decode: B = ", a.B, " and Hkv = ", a.Hkv,
                    " must be at most 65535 (grid limits)");
     if (out.size() == 0) return;
+    // The combine kernel has a block per query row: check its grid before allocating anything.
+    const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
+    const dim3 combine_grid = detail::checked_grid(
+        rows, 1, 1, "attention_decode",
+        tinyllm::detail::cat("B * Hq * Tq = ", rows, " query rows (a block each in the combine kernel)"));
     if (splits == 0) {
         int device = 0, sms = 0;
         TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
@@ -113,20 +120,25 @@ void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     per_split = ceil_div<index_t>(per_split, detail::flash_bk) * detail::flash_bk;
     splits = static_cast<int>(ceil_div<index_t>(a.Tk > 0 ? a.Tk : 1, per_split));
     TINYLLM_EXPECT(splits <= 65535, "attention_decode: ", splits, " splits exceed the grid limit");
+    // The kernel takes the keys per split as an int. Rounded up to the tile, one split over
+    // Tk > 2^31 - 32 keys would be 2^31; it only has to cover Tk (< 2^31 - 1), so cap it.
+    if (per_split > 2147483647) per_split = 2147483647;
+    const dim3 split_grid =
+        detail::checked_grid(splits, a.Hkv, a.B, "attention_decode",
+                             tinyllm::detail::cat("(splits, Hkv, B) = (", splits, ", ", a.Hkv, ", ", a.B, ")"));
 
-    const std::size_t rows = static_cast<std::size_t>(a.B) * a.Hq * a.Tq;
-    float* part_o = workspace.floats(rows * splits * (a.D + 2));
-    float* part_ml = part_o + rows * splits * a.D;
+    // Partial results: (rows, splits, D) outputs, then (rows, splits, 2) (m, l) pairs.
+    const index_t partials = rows * splits;
+    float* part_o = workspace.floats(static_cast<std::size_t>(partials * (a.D + 2)));
+    float* part_ml = part_o + partials * a.D;
 
     const auto layout = detail::flash_smem::make(detail::decode_rows, a.D);
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(layout.total);
     auto kernel = detail::attention_flash_kernel<T, detail::decode_rows>;
     detail::set_shared_memory(kernel, bytes, "attention_decode");
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
-    launch(kernel, grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml);
+    launch(kernel, split_grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
-    launch(detail::attention_decode_combine_kernel<T>, static_cast<unsigned>(rows), 128, 0, stream, a, splits, part_o,
-           part_ml);
+    launch(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -388,8 +388,6 @@ void attention_mma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
     const index_t strides[] = {a.q_sb, a.q_st, a.q_sh, a.k_sb, a.k_st, a.k_sh, a.v_sb, a.v_st, a.v_sh, a.o_sb, a.o_st, a.o_sh};
     for (index_t s : strides)
         TINYLLM_EXPECT(s % 8 == 0, "attention_mma needs every batch/time/head stride to be a multiple of 8 elements; got ", s);
-    TINYLLM_EXPECT(a.Hq <= 65535 && a.B <= 65535, "attention_mma: Hq = ", a.Hq, " and B = ", a.B,
-                   " must be at most 65535 (grid limits)");
     int device = 0, major = 0;
     TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
     TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -397,8 +395,8 @@ void attention_mma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
                    "this one is ", major, ".x");
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::mma_smem_bytes(a.D));
-    const dim3 grid(static_cast<unsigned>(ceil_div(a.Tq, detail::mma_bq)), static_cast<unsigned>(a.Hq),
-                    static_cast<unsigned>(a.B));
+    const dim3 grid = detail::checked_grid(ceil_div<index_t>(a.Tq, detail::mma_bq), a.Hq, a.B, "attention_mma",
+                                           "the query tiles (Tq / 64, Hq, B)");
     if (a.D == 64) {
         auto kernel = detail::attention_mma_kernel<T, 64>;
         detail::set_shared_memory(kernel, bytes, "attention_mma");

@@ -90,7 +90,10 @@ __global__ void attention_naive_pv_kernel(attention_args<T> a, const float* p) {
     a.o_row(b, i, h)[d] = from_float<T>(acc);
 }
 
-inline unsigned blocks_for(index_t n, int threads) { return static_cast<unsigned>(ceil_div<index_t>(n, threads)); }
+// Blocks of `threads` for n elements, checked against the grid limit.
+inline dim3 blocks_for(index_t n, int threads) {
+    return checked_grid(ceil_div<index_t>(n, threads), 1, 1, "attention_naive", "one thread per element");
+}
 
 }  // namespace detail
 

@@ -128,25 +128,27 @@ void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_tiled");
     expect_shape(scores, extents<4>{a.B, a.Hq, a.Tq, a.Tk}, "attention_tiled: scores");
     TINYLLM_EXPECT(scores.is_contiguous(), "attention_tiled: scores must be contiguous");
-    TINYLLM_EXPECT(static_cast<index_t>(a.B) * a.Hq <= 65535, "attention_tiled: B * Hq = ",
-                   static_cast<index_t>(a.B) * a.Hq, " exceeds the grid limit 65535");
     if (out.size() == 0) return;
     constexpr int TILE = detail::tiled_tile;
     const dim3 threads(TILE, TILE);
-    const unsigned bh = static_cast<unsigned>(a.B * a.Hq);
-    const unsigned i_tiles = static_cast<unsigned>(ceil_div(a.Tq, TILE));
+    // Grids from 64-bit counts, checked against CUDA's limits (z = B * Hq <= 65535).
+    const index_t bh = static_cast<index_t>(a.B) * a.Hq, i_tiles = ceil_div<index_t>(a.Tq, TILE);
+    constexpr std::string_view op = "attention_tiled";
     if (scores.size() > 0) {
-        launch(detail::attention_tiled_scores_kernel<T>, dim3(static_cast<unsigned>(ceil_div(a.Tk, TILE)), i_tiles, bh),
+        launch(detail::attention_tiled_scores_kernel<T>,
+               detail::checked_grid(ceil_div<index_t>(a.Tk, TILE), i_tiles, bh, op, "the score tiles (Tk, Tq, B * Hq)"),
                threads, 0, stream, a, scores.data());
         TINYLLM_CUDA_CHECK_LAUNCH();
         const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
         const int warps = 8;
-        launch(detail::attention_tiled_softmax_kernel<float>, static_cast<unsigned>(ceil_div<index_t>(rows, warps)),
-               32 * warps, 0, stream, scores.data(), rows, a.Tk);
+        launch(detail::attention_tiled_softmax_kernel<float>,
+               detail::checked_grid(ceil_div<index_t>(rows, warps), 1, 1, op, "the softmax rows"), 32 * warps, 0, stream,
+               scores.data(), rows, a.Tk);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
-    launch(detail::attention_tiled_pv_kernel<T>, dim3(static_cast<unsigned>(ceil_div(a.D, TILE)), i_tiles, bh), threads,
-           0, stream, a, scores.data());
+    launch(detail::attention_tiled_pv_kernel<T>,
+           detail::checked_grid(ceil_div<index_t>(a.D, TILE), i_tiles, bh, op, "the output tiles (D, Tq, B * Hq)"),
+           threads, 0, stream, a, scores.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
