@@ -19,6 +19,9 @@
 
 #include <tinyllm/cuda/model.cuh>
 #include <tinyllm/model.hpp>
+#if defined(TINYLLM_SIMULATED_GPU)
+#include <tinyllm/sim/executor.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -259,4 +262,58 @@ TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") 
     CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(many.data(), {1, 8})),
                       contains("tokens has 1 rows but the session holds 2"));
     CHECK_THROWS_WITH(m.new_session(0, 4), contains("must be at least 1"));
+}
+
+#if defined(TINYLLM_SIMULATED_GPU)
+namespace {
+// The explicit waits of one cuda::moe_plan on this GPU: the simulated CUB scan waits for
+// its stream (CUB on a GPU does not), and the model's MoE layers each make one plan.
+std::uint64_t moe_plan_waits() {
+    const index_t T = 1, k = 2, E = 8;
+    auto ids = tc::to_device(std::vector<std::int32_t>{0, 1});
+    tc::device_buffer<std::int32_t> row_of(T * k), row_token(tinyllm::moe_max_rows(T, k, E, 1)), offsets(E + 1),
+        counts(E);
+    tc::moe_dispatch_workspace ws(T * k, E);
+    const tinyllm::moe_plan_view plan{row_of.view(tinyllm::extents<2>{T, k}),
+                                      row_token.view(tinyllm::extents<1>{static_cast<index_t>(row_token.size())}),
+                                      offsets.view(tinyllm::extents<1>{E + 1}), counts.view(tinyllm::extents<1>{E})};
+    const auto before = tinyllm::sim::stats();
+    tc::moe_plan(plan, ids.view(tinyllm::extents<2>{T, k}), {}, ws);
+    return tinyllm::sim::stats().synchronizations - before.synchronizations;
+}
+}  // namespace
+#endif
+
+TEST_CASE("cuda::model Mixtral decoding: warm steps allocate nothing and do not wait for the experts", "[model][moe]") {
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::mixtral);
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 11));
+    const tc::model<float> m(host);
+    const std::vector<std::int32_t> seq = {11, 22, 33, 44, 55, 66, 77};
+    const auto want = cpu_all_logits(host, seq);
+    const index_t V = c.vocab_size;
+
+    auto s = m.new_session(1, 16);
+    m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, 4}));  // a prefill of 4 sizes every buffer
+#if defined(TINYLLM_SIMULATED_GPU)
+    const std::uint64_t plan_waits = moe_plan_waits();
+#endif
+    for (index_t t = 4; t < 7; ++t) {
+#if defined(TINYLLM_SIMULATED_GPU)
+        const auto before = tinyllm::sim::stats();
+#endif
+        const auto logits = m.forward(s, tensor_view<const std::int32_t, 2>(&seq[static_cast<std::size_t>(t)], {1, 1}));
+#if defined(TINYLLM_SIMULATED_GPU)
+        const auto after = tinyllm::sim::stats();
+        INFO("decode step " << t);
+        // The session's scratch (the experts' workspace included) was sized by the prefill, and
+        // the only waits of a step are each MoE layer's: its plan's (see moe_plan_waits) and the
+        // experts' read-back of the plan's offsets — no wait for the experts' GEMMs.
+        CHECK(after.allocations == before.allocations);
+        CHECK(after.synchronizations - before.synchronizations ==
+              static_cast<std::uint64_t>(c.num_layers) * (plan_waits + 1));
+#endif
+        const std::vector<double> w(want.begin() + t * V, want.begin() + (t + 1) * V);
+        TINYLLM_REQUIRE_CLOSE(host_rows(logits, 0, 1), w, tolerance{1e-4, 1e-4, 1e-5},
+                              "decode step " + std::to_string(t));
+    }
 }

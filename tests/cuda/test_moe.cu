@@ -9,6 +9,9 @@
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/moe.cuh>
 #include <tinyllm/moe.hpp>
+#if defined(TINYLLM_SIMULATED_GPU)
+#include <tinyllm/sim/executor.hpp>
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -437,4 +440,81 @@ TEST_CASE("CUDA dispatch validates its arguments on the host", "[cuda][moe][disp
     tc::moe_dispatch_workspace small(8, 4);
     CHECK_THROWS_WITH(tc::moe_plan(p.view(), ids.view(extents<2>{10, 2}), {}, small),
                       tinyllm_test::contains("the workspace was made for 8 slots"));
+}
+
+TEST_CASE("CUDA experts with a caller-owned workspace give the same rows and once warm allocate nothing and wait once",
+          "[cuda][moe][dispatch][experts]") {
+    const index_t T = 301, E = 8, k = 2, D = 32, F = 48;
+    const auto ids = routed_ids(T, E, k, 1.0f, 600);
+    const auto x = tinyllm_test::random_floats(T * D, 601);
+    const auto w1 = tinyllm_test::random_floats(E * F * D, 602, -0.2f, 0.2f);
+    const auto w3 = tinyllm_test::random_floats(E * F * D, 603, -0.2f, 0.2f);
+    const auto w2 = tinyllm_test::random_floats(E * D * F, 604, -0.2f, 0.2f);
+    auto d_ids = tc::to_device(ids);
+    auto d_x = tc::to_device(x);
+    auto d_w1 = tc::to_device(w1), d_w3 = tc::to_device(w3), d_w2 = tc::to_device(w2);
+    const auto v1 = d_w1.view(extents<3>{E, F, D}), v3 = d_w3.view(extents<3>{E, F, D});
+    const auto v2 = d_w2.view(extents<3>{E, D, F});
+    tc::moe_dispatch_workspace plan_ws(T * k, E);
+    tc::cublas_handle handle;
+
+    tinyllm::moe_dispatch_options o;
+    o.block = 16;
+    const index_t R = tinyllm::moe_max_rows(T, k, E, o.block);
+    plan_device p(T, k, E, o.block);
+    tc::moe_plan(p.view(), d_ids.view(extents<2>{T, k}), o, plan_ws);
+    tc::device_buffer<float> d_sorted(R * D), d_want(R * D), d_got(R * D);
+    tc::moe_gather(d_sorted.view(extents<2>{R, D}), d_x.view(extents<2>{T, D}), p.view());
+    const auto in = tinyllm::tensor_view<const float, 2>(d_sorted.data(), {R, D});
+    const auto want = d_want.view(extents<2>{R, D}), got = d_got.view(extents<2>{R, D});
+
+    // Without a workspace (a temporary one per call) and with one: the same rows, bit for bit.
+    d_want.poison();
+    tc::moe_experts_swiglu(want, in, v1, v3, v2, p.view(), handle.get());
+    tc::moe_experts_workspace ws;
+    d_got.poison();
+    tc::moe_experts_swiglu(got, in, v1, v3, v2, p.view(), ws, handle.get());
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto reference = tc::to_host(d_want);
+    CHECK(tc::to_host(d_got) == reference);
+    // ... and the CPU's rows.
+    tinyllm::cpu::moe_plan_buffers cpu_plan(T, k, E, o.block);
+    tinyllm::cpu::moe_plan(cpu_plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {T, k}), o);
+    tensor<float, 2> sorted(extents<2>{R, D}), expert_out(extents<2>{R, D});
+    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(x.data(), {T, D}), cpu_plan.view());
+    tinyllm::cpu::moe_experts_swiglu(expert_out.view(), sorted.view(),
+                                     tinyllm::tensor_view<const float, 3>(w1.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w3.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w2.data(), {E, D, F}), cpu_plan.view());
+    TINYLLM_REQUIRE_CLOSE(reference, expert_out.values(), tolerance{1e-5, 1e-4, 1e-5}, "experts with a workspace");
+
+    // Warm: on a created stream, with the caller's handle or the workspace's own (made on first use).
+    cudaStream_t stream = nullptr;
+    TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    tc::moe_experts_swiglu(got, in, v1, v3, v2, p.view(), ws, nullptr, stream);  // makes the workspace's handle
+    for (cublasHandle_t h : {handle.get(), static_cast<cublasHandle_t>(nullptr)}) {
+        INFO((h ? "the caller's handle" : "the workspace's handle"));
+        d_got.poison(stream);
+#if defined(TINYLLM_SIMULATED_GPU)
+        const auto before = tinyllm::sim::stats();
+#endif
+        tc::moe_experts_swiglu(got, in, v1, v3, v2, p.view(), ws, h, stream);
+#if defined(TINYLLM_SIMULATED_GPU)
+        const auto after = tinyllm::sim::stats();
+        CHECK(after.allocations == before.allocations);                // no cudaMalloc
+        CHECK(after.synchronizations - before.synchronizations == 1);  // the plan's offsets, read back on `stream`
+#endif
+        TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        CHECK(tc::to_host(d_got) == reference);
+    }
+    TINYLLM_CUDA_CHECK(cudaStreamDestroy(stream));
+
+#if defined(TINYLLM_SIMULATED_GPU)
+    // The old signature still works: a temporary workspace, so it allocates and waits before freeing it.
+    const auto before = tinyllm::sim::stats();
+    tc::moe_experts_swiglu(want, in, v1, v3, v2, p.view(), handle.get());
+    const auto after = tinyllm::sim::stats();
+    CHECK(after.allocations - before.allocations == 2);
+    CHECK(after.synchronizations - before.synchronizations == 2);
+#endif
 }

@@ -237,6 +237,7 @@ public:
         device_buffer<std::int32_t> expert_ids, plan_ints;
         device_buffer<float> expert_weights;
         std::optional<moe_dispatch_workspace> dispatch_ws;
+        moe_experts_workspace experts_ws;  // shared by every MoE layer: no allocation or final wait per layer
     };
 
     session new_session(index_t batch, index_t capacity) const {
@@ -458,7 +459,7 @@ private:
         const tensor_view<T, 2> expert_out(detail::at_least(s.expert_out, R * D), {R, D});
         moe_gather(sorted, h, plan);
         moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(), plan,
-                           handle_.get());
+                           s.experts_ws, handle_.get());
         moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan);
     }
 

@@ -33,7 +33,9 @@
 // The experts run as a loop of cuBLAS GEMMs (float accumulation), three per expert with rows
 // (gate, up, down), plus one element-wise SiLU-multiply kernel: simple and
 // already near peak for large expert batches; a single grouped GEMM kernel is
-// the next rung (see docs/moe.md).
+// the next rung (see docs/moe.md). Their intermediates live in a caller-owned
+// moe_experts_workspace, so a call in a decode loop allocates nothing and waits
+// only for the plan's offsets, which size the GEMMs.
 //
 // ids outside [0, E) are never read out of bounds: those slots are dropped
 // (the CPU reference throws for them instead).
@@ -376,16 +378,64 @@ void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_vie
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
+// Scratch memory for cuda::moe_experts_swiglu, made once and reused: the two
+// (rows, F) activations of the experts (gate and up, grown when a call needs
+// more and then kept), the host copy of the plan's offsets, and a cuBLAS handle
+// made on first use when the caller passes none. A call with a workspace that
+// is large enough allocates nothing and returns without waiting for its GEMMs,
+// so a workspace serves one stream at a time, and must outlive the work queued
+// with it (as a session's scratch does).
+class moe_experts_workspace {
+public:
+    moe_experts_workspace() = default;
+
+    // Room for n elements of T in each activation buffer. Growing waits for
+    // `stream` first: its queued GEMMs may still read the old buffers.
+    template <class T>
+    void reserve(std::size_t n, cudaStream_t stream = nullptr) {
+        const std::size_t bytes = n * sizeof(T);
+        if (gate_.size() >= bytes && up_.size() >= bytes) return;
+        if (gate_.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        gate_ = device_buffer<unsigned char>(bytes);
+        up_ = device_buffer<unsigned char>(bytes);
+    }
+    template <class T>
+    T* gate() {
+        return reinterpret_cast<T*>(gate_.data());
+    }
+    template <class T>
+    T* up() {
+        return reinterpret_cast<T*>(up_.data());
+    }
+    // Bytes of device memory held (both buffers).
+    std::size_t bytes() const { return gate_.size() + up_.size(); }
+    // The workspace's own cuBLAS handle, made on first use.
+    cublasHandle_t handle() {
+        if (!handle_) handle_.emplace();
+        return handle_->get();
+    }
+    std::vector<std::int32_t>& host_offsets() { return offsets_; }
+    std::vector<std::int32_t>& host_counts() { return counts_; }
+
+private:
+    device_buffer<unsigned char> gate_, up_;  // (rows, F) each, as T
+    std::optional<cublas_handle> handle_;
+    std::vector<std::int32_t> offsets_, counts_;  // (E + 1), (E): the plan, read back
+};
+
 // Step 5: every expert's SwiGLU FFN on its rows (cuBLAS GEMMs per expert,
 // float accumulation); padding and unused rows of `out` become 0.
 //   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F); one element
 //   type T for all of them: float, bfloat16 or float16 (intermediates stored as T).
 // Reads the plan's offsets back to the host (one synchronisation of `stream`)
-// to size the GEMMs. handle: a cuBLAS handle, or nullptr to make one.
+// to size the GEMMs; the rest is queued on `stream` and not awaited. The
+// intermediates live in `workspace` (grown when too small); handle: a cuBLAS
+// handle, or nullptr to use the workspace's own. Once the workspace is large
+// enough a call allocates nothing.
 template <class O, class I, class W>
 void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view<W, 3> w1, tensor_view<W, 3> w3,
-                        tensor_view<W, 3> w2, const moe_plan_view& plan, cublasHandle_t handle = nullptr,
-                        cudaStream_t stream = nullptr) {
+                        tensor_view<W, 3> w2, const moe_plan_view& plan, moe_experts_workspace& workspace,
+                        cublasHandle_t handle = nullptr, cudaStream_t stream = nullptr) {
     using T = O;
     static_assert(std::is_same_v<std::remove_const_t<I>, T> && std::is_same_v<std::remove_const_t<W>, T>,
                   "cuda::moe_experts_swiglu: out, in and the weights have one element type");
@@ -395,7 +445,10 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
                        w2.is_contiguous(),
                    "cuda::moe_experts_swiglu: every tensor must be contiguous");
     TINYLLM_EXPECT(D <= INT32_MAX && F <= INT32_MAX && R <= INT32_MAX, "cuda::moe_experts_swiglu: sizes exceed int32");
-    std::vector<std::int32_t> offsets(static_cast<std::size_t>(E + 1)), counts(static_cast<std::size_t>(E));
+    std::vector<std::int32_t>& offsets = workspace.host_offsets();
+    std::vector<std::int32_t>& counts = workspace.host_counts();
+    offsets.resize(static_cast<std::size_t>(E + 1));
+    counts.resize(static_cast<std::size_t>(E));
     TINYLLM_CUDA_CHECK(cudaMemcpyAsync(offsets.data(), plan.expert_offsets.data(), offsets.size() * sizeof(std::int32_t),
                                        cudaMemcpyDeviceToHost, stream));
     TINYLLM_CUDA_CHECK(cudaMemcpyAsync(counts.data(), plan.expert_counts.data(), counts.size() * sizeof(std::int32_t),
@@ -406,11 +459,11 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     const index_t used = offsets[E];
     if (used == 0 || F == 0) return;
 
-    std::optional<cublas_handle> own;  // made only when the caller passed no handle
-    if (!handle) own.emplace();
-    cublasHandle_t h = handle ? handle : own->get();
+    const cublasHandle_t h = handle ? handle : workspace.handle();
     TINYLLM_CUBLAS_CHECK(cublasSetStream(h, stream));
-    device_buffer<T> gate(static_cast<std::size_t>(used * F)), up(static_cast<std::size_t>(used * F));  // (used, F)
+    workspace.reserve<T>(static_cast<std::size_t>(used * F), stream);
+    T* const gate = workspace.gate<T>();  // (used, F)
+    T* const up = workspace.up<T>();      // (used, F)
     const float one = 1.0f, zero = 0.0f;
     const int d = static_cast<int>(D), f = static_cast<int>(F);
     constexpr cudaDataType_t type = cuda_data_type<T>();
@@ -420,24 +473,35 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
                                           &zero, y, type, rows_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     };
     for (index_t e = 0; e < E; ++e) {
-        const int m = counts[e];
+        const int m = counts[static_cast<std::size_t>(e)];
         if (m == 0) continue;
-        const T* x = in.data() + static_cast<index_t>(offsets[e]) * D;
-        gemm(f, m, d, w1.data() + e * F * D, x, gate.data() + static_cast<index_t>(offsets[e]) * F);
-        gemm(f, m, d, w3.data() + e * F * D, x, up.data() + static_cast<index_t>(offsets[e]) * F);
+        const index_t first = offsets[static_cast<std::size_t>(e)];
+        const T* x = in.data() + first * D;
+        gemm(f, m, d, w1.data() + e * F * D, x, gate + first * F);
+        gemm(f, m, d, w3.data() + e * F * D, x, up + first * F);
     }
     // gate <- silu(gate) * up over every used row (padding rows are never read).
-    launch(detail::moe_silu_mul_kernel<T>, detail::moe_grid(used * F, 256), 256, 0, stream, gate.data(), gate.data(),
-           up.data(), used * F);
+    launch(detail::moe_silu_mul_kernel<T>, detail::moe_grid(used * F, 256), 256, 0, stream, gate, gate, up, used * F);
     TINYLLM_CUDA_CHECK_LAUNCH();
     for (index_t e = 0; e < E; ++e) {
-        const int m = counts[e];
+        const int m = counts[static_cast<std::size_t>(e)];
         if (m == 0) continue;
-        gemm(d, m, f, w2.data() + e * D * F, gate.data() + static_cast<index_t>(offsets[e]) * F,
-             out.data() + static_cast<index_t>(offsets[e]) * D);
+        const index_t first = offsets[static_cast<std::size_t>(e)];
+        gemm(d, m, f, w2.data() + e * D * F, gate + first * F, out.data() + first * D);
     }
+}
+
+// The same with a temporary workspace: it allocates the intermediates, and
+// waits for `stream` before returning (and freeing them). handle: a cuBLAS
+// handle, or nullptr to make one. For repeated calls keep a workspace.
+template <class O, class I, class W>
+void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view<W, 3> w1, tensor_view<W, 3> w3,
+                        tensor_view<W, 3> w2, const moe_plan_view& plan, cublasHandle_t handle = nullptr,
+                        cudaStream_t stream = nullptr) {
+    moe_experts_workspace workspace;
+    moe_experts_swiglu(out, in, w1, w3, w2, plan, workspace, handle, stream);
     // The scratch buffers are freed when this returns; wait so that the GEMMs are done with them.
-    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (workspace.bytes() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace tinyllm::cuda
