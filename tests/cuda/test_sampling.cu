@@ -9,10 +9,14 @@
 
 #include <tinyllm/cuda/sampling.cuh>
 #include <tinyllm/sampling.hpp>
+#if defined(TINYLLM_SIMULATED_GPU)
+#include <tinyllm/sim/executor.hpp>
+#endif
 
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -280,4 +284,85 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     CHECK_THROWS_WITH(tc::ban_tokens(logits, all), contains("tokens are banned"));
     tc::device_buffer<std::int32_t> wrong(B + 1);
     CHECK_THROWS_WITH(tc::greedy(wrong.view(tinyllm::extents<1>{B + 1}), logits), contains("out has 5 entries"));
+}
+
+TEST_CASE("the samplers on a created stream give the default stream's tokens and logits", "[cuda][sampling][stream]") {
+    const index_t B = 6, V = 3000;
+    const auto z = random_logits(B, V, 500);
+    auto d_z = tc::to_device(z);
+    const tinyllm::tensor_view<const float, 2> logits(d_z.data(), {B, V});
+    sampling::params p;
+    p.temperature = 0.8f;
+    p.top_k = 50;
+    p.top_p = 0.9f;
+    cudaStream_t s1 = nullptr, s2 = nullptr;
+    TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+    TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    tc::device_buffer<std::int32_t> d_want(B), d_got(B);
+    const auto want = d_want.view(tinyllm::extents<1>{B}), got = d_got.view(tinyllm::extents<1>{B});
+    const auto sync = tc::sampling_check::sync;
+
+    // The choosers: the same tokens on s1 as on the default stream.
+    d_got.poison();
+    tc::greedy(want, logits);
+    tc::greedy(got, logits, sync, s1);
+    CHECK(tc::to_host(d_got) == tc::to_host(d_want));
+    d_got.poison();
+    tc::sample(want, logits, 11, 2);
+    tc::sample(got, logits, 11, 2, 0, sync, s1);
+    CHECK(tc::to_host(d_got) == tc::to_host(d_want));
+    d_got.poison();
+    tc::sample(want, logits, p, 11, 2);
+    tc::sample(got, logits, p, 11, 2, 0, sync, s1);
+    CHECK(tc::to_host(d_got) == tc::to_host(d_want));
+
+    // The processors, logit bias and bans: the same logits on s2 as on the default stream.
+    const std::map<std::int32_t, float> bias{{0, 1.5f}, {17, -3.0f}, {2999, 0.25f}};
+    const std::vector<std::int32_t> banned{5, 6, 7, 2000};
+    auto d_a = tc::to_device(z), d_b = tc::to_device(z);
+    const auto a = d_a.view(tinyllm::extents<2>{B, V}), b = d_b.view(tinyllm::extents<2>{B, V});
+    tc::top_k(a, 40);
+    tc::logit_bias(a, bias);
+    tc::ban_tokens(a, banned);
+    tc::top_k(b, 40, sync, s2);
+    tc::logit_bias(b, bias, s2);
+    tc::ban_tokens(b, banned, s2);
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(s2));
+    CHECK(same_bits(tc::to_host(d_b), tc::to_host(d_a)));
+
+    // A bad row is reported from a created stream as from the default one.
+    auto bad = z;
+    bad[2 * V + 5] = std::nanf("");
+    auto d_bad = tc::to_device(bad);
+    CHECK_THROWS_WITH(tc::sample(got, d_bad.view(tinyllm::extents<2>{B, V}), p, 11, 2, 0, sync, s1),
+                      contains("row 2 has a NaN or +inf logit"));
+
+#if defined(TINYLLM_SIMULATED_GPU)
+    // The simulator runs every call to completion at once, so it cannot show on which stream a
+    // copy ran. What it shows: a checked call waits once (for its rows' status, on its stream),
+    // and a stream's calls keep their status in a buffer of that stream (the first call on a
+    // stream allocates it; a buffer shared with another stream could be overwritten by that
+    // stream's kernels before this call reads it back).
+    cudaStream_t s3 = nullptr;
+    TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s3, cudaStreamNonBlocking));
+    auto before = tinyllm::sim::stats();
+    tc::sample(got, logits, p, 11, 2, 0, sync, s3);
+    auto after = tinyllm::sim::stats();
+    CHECK(after.synchronizations - before.synchronizations == 1);
+    CHECK(after.allocations - before.allocations == 1);  // s3's own status buffer
+    before = after;
+    tc::sample(got, logits, p, 11, 3, 0, sync, s3);
+    tc::greedy(got, logits, sync, s3);
+    after = tinyllm::sim::stats();
+    CHECK(after.synchronizations - before.synchronizations == 2);
+    CHECK(after.allocations == before.allocations);  // kept
+    before = after;
+    tc::logit_bias(b, bias, s3);  // uploads the map's two arrays (two allocations) and waits once
+    after = tinyllm::sim::stats();
+    CHECK(after.synchronizations - before.synchronizations == 1);
+    CHECK(after.allocations - before.allocations == 2);
+    TINYLLM_CUDA_CHECK(cudaStreamDestroy(s3));
+#endif
+    TINYLLM_CUDA_CHECK(cudaStreamDestroy(s1));
+    TINYLLM_CUDA_CHECK(cudaStreamDestroy(s2));
 }

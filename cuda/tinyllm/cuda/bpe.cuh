@@ -175,6 +175,9 @@ public:
         tables_ = {token_slots_.data(), v.token_slots().size() - 1, token_offsets_.data(), token_bytes_.data(),
                    merge_keys_.data(), merge_ranks_.data(), merge_ids_.data(), keys.size() - 1, byte_ids_.data(),
                    v.whole_piece_lookup()};
+        // The uploads ran on the legacy default stream and may still be landing; wait, so that
+        // encode_batch on any stream (a non-blocking one too) reads complete tables.
+        TINYLLM_CUDA_CHECK(cudaStreamSynchronize(nullptr));
     }
 
     const detail::bpe_tables& tables() const { return tables_; }
@@ -222,21 +225,32 @@ inline std::vector<std::vector<token_id>> encode_batch(const tokenizer& tok, con
     std::vector<std::vector<token_id>> result(documents.size());
     if (starts.empty()) return result;
 
-    // 2. Merge every piece on the device.
-    auto d_text = to_device(std::vector<unsigned char>(all.begin(), all.end()));
-    auto d_starts = to_device(starts);
-    auto d_lengths = to_device(lengths);
+    // 2. Merge every piece on the device. Every copy is on `stream`, ordered with the
+    //    kernel (a copy on the legacy default stream is not, when `stream` is a
+    //    non-blocking stream), and one wait brings the ids back.
+    device_buffer<unsigned char> d_text(all.size());
+    device_buffer<std::uint64_t> d_starts(starts.size());
+    device_buffer<std::int32_t> d_lengths(lengths.size());
     device_buffer<token_id> d_out(all.size());
     device_buffer<std::int32_t> d_counts(starts.size());
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(d_text.data(), all.data(), d_text.bytes(), cudaMemcpyHostToDevice, stream));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_starts.data(), starts.data(), d_starts.bytes(), cudaMemcpyHostToDevice, stream));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_lengths.data(), lengths.data(), d_lengths.bytes(), cudaMemcpyHostToDevice, stream));
     const auto n = static_cast<std::int64_t>(starts.size());
     const int threads = 128;
     launch(detail::bpe_pieces_kernel<detail::bpe_max_piece>, static_cast<unsigned>(ceil_div<std::int64_t>(n, threads)),
            threads, 0, stream, dv.tables(), d_text.data(), d_starts.data(), d_lengths.data(), n, d_out.data(),
            d_counts.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
+    std::vector<token_id> out(d_out.size());
+    std::vector<std::int32_t> counts(d_counts.size());
+    if (!out.empty())
+        TINYLLM_CUDA_CHECK(cudaMemcpyAsync(out.data(), d_out.data(), d_out.bytes(), cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(counts.data(), d_counts.data(), d_counts.bytes(), cudaMemcpyDeviceToHost, stream));
     TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
-    const auto out = to_host(d_out);
-    const auto counts = to_host(d_counts);
 
     // 3. Gather per document; long pieces are merged on the host.
     bpe_vocab::scratch_space scratch;

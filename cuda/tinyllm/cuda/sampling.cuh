@@ -40,8 +40,12 @@
 // checks and messages as the CPU). NaN or +inf logits, or a row where every
 // logit is -inf, are found by the kernels, which write a status per row; the
 // launchers copy it back and throw tinyllm::error naming the row (this
-// synchronizes). Pass sampling_check::none to skip that copy (e.g. when
+// synchronizes `stream`). Pass sampling_check::none to skip that copy (e.g. when
 // timing): the bad rows then get the token -1.
+//
+// Streams. Every launch, copy and wait of a call is on its `stream` (never the
+// legacy default stream), and the status buffer is per host thread and
+// stream, so calls on different streams do not interfere.
 //
 // Not done yet (future rungs): several blocks per row for small B (with B = 64
 // only 64 of 132 SMs work) and bfloat16 logits. The radix histograms already
@@ -477,10 +481,19 @@ __global__ void token_list_kernel(T* logits, index_t row_stride, const std::int3
 
 // ---- host side ---------------------------------------------------------------
 
-// A per-thread device buffer for the row status (grown as needed, kept).
-inline int* status_buffer(index_t rows) {
-    thread_local device_buffer<int> buffer;
-    if (buffer.size() < static_cast<std::size_t>(rows)) buffer = device_buffer<int>(static_cast<std::size_t>(rows));
+// The device buffer for the row status of a call on `stream`: one per host
+// thread and stream (grown as needed, kept). Calls on two streams may run at
+// the same time, so they must not share one: the other stream's kernel could
+// overwrite a status before this call reads it back. (A call on the same stream
+// is ordered after this one's read-back.)
+inline int* status_buffer(index_t rows, cudaStream_t stream) {
+    thread_local std::map<cudaStream_t, device_buffer<int>> buffers;
+    device_buffer<int>& buffer = buffers[stream];
+    if (buffer.size() < static_cast<std::size_t>(rows)) {
+        // An unchecked call's kernel may still write the old buffer.
+        if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        buffer = device_buffer<int>(static_cast<std::size_t>(rows));
+    }
     return buffer.data();
 }
 
@@ -525,7 +538,7 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
     check_logits(logits, what);
     const index_t B = logits.extent(0);
     if (B == 0) return;
-    int* status = status_buffer(B);
+    int* status = status_buffer(B, stream);
     launch(processor_kernel<sampling_threads, float>, static_cast<unsigned>(B), sampling_threads, 0, stream,
            logits.data(), status, logits.extent(1), logits.stride(0), which, value, k);
     check_status(status, B, what, check, stream);
@@ -534,13 +547,19 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
 inline void run_token_list(tensor_view<float, 2> logits, const std::vector<std::int32_t>& tokens,
                            const std::vector<float>* bias, cudaStream_t stream) {
     if (logits.extent(0) == 0 || tokens.empty()) return;
-    auto d_tokens = to_device(tokens);
-    device_buffer<float> d_bias;
-    if (bias) d_bias = to_device(*bias);
+    // Staged on `stream` itself: a copy on the legacy default stream is not ordered
+    // before the kernel when `stream` is a non-blocking stream.
+    device_buffer<std::int32_t> d_tokens(tokens.size());
+    device_buffer<float> d_bias(bias ? bias->size() : 0);
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_tokens.data(), tokens.data(), d_tokens.bytes(), cudaMemcpyHostToDevice, stream));
+    if (bias)
+        TINYLLM_CUDA_CHECK(
+            cudaMemcpyAsync(d_bias.data(), bias->data(), d_bias.bytes(), cudaMemcpyHostToDevice, stream));
     launch(token_list_kernel<float>, static_cast<unsigned>(logits.extent(0)), 256, 0, stream, logits.data(),
            logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr, static_cast<index_t>(tokens.size()));
     TINYLLM_CUDA_CHECK_LAUNCH();
-    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the temporary buffers are freed
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the temporary buffers (and the host arrays) are freed
 }
 
 }  // namespace detail
@@ -583,7 +602,7 @@ inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const std::int
     TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1, op, ": generated rows must be contiguous");
     const index_t B = logits.extent(0);
     if (B == 0) return;
-    int* status = status_buffer(B);
+    int* status = status_buffer(B, stream);
     launch(penalty_kernel<sampling_threads, float>, static_cast<unsigned>(B), sampling_threads, 0, stream,
            logits.data(), status, logits.extent(1), logits.stride(0), generated.data(), generated.extent(1),
            generated.stride(0), mode, a, b);
@@ -649,7 +668,7 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     detail::check_out(out, logits.extent(0), "greedy");
     const index_t B = logits.extent(0);
     if (B == 0) return;
-    int* status = detail::status_buffer(B);
+    int* status = detail::status_buffer(B, stream);
     launch(detail::greedy_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B), detail::sampling_threads,
            0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0));
     detail::check_status(status, B, "greedy", check, stream);
@@ -664,7 +683,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     detail::check_out(out, logits.extent(0), "sample");
     const index_t B = logits.extent(0);
     if (B == 0) return;
-    int* status = detail::status_buffer(B);
+    int* status = detail::status_buffer(B, stream);
     launch(detail::sample_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B), detail::sampling_threads,
            0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0), seed, step, stream_offset);
     detail::check_status(status, B, "sample", check, stream);
@@ -685,7 +704,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
     if (B == 0) return;
     const detail::fused_params fp{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
                                   p.min_p ? *p.min_p : 0.0f};
-    int* status = detail::status_buffer(B);
+    int* status = detail::status_buffer(B, stream);
     launch(detail::sample_fused_kernel<detail::sampling_threads, float>, static_cast<unsigned>(B),
            detail::sampling_threads, 0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0),
            fp, seed, step, stream_offset);
