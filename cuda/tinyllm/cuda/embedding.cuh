@@ -100,7 +100,7 @@ __global__ void embedding_vectorized_kernel(T* out, const Id* ids, index_t ids_s
                 float4 v = s4[k];
                 if (scale != 1.0f) {
                     T lanes[per_vector];
-                    memcpy(lanes, &v, 16);
+                    memcpy(static_cast<void*>(lanes), &v, 16);  // T is trivially copyable
                     for (int j = 0; j < per_vector; ++j) lanes[j] = scaled(lanes[j], scale);
                     memcpy(&v, lanes, 16);
                 }
