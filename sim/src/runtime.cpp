@@ -172,13 +172,16 @@ std::uint64_t synchronization_count() {
     return st().synchronizations;
 }
 
+// Every refusal is cudaErrorInvalidValue ("invalid argument"): what the CUDA 13
+// runtime returned on an H200 for each of these (tests/cuda/test_sim.cu, run there
+// on 2026-11-29), not the cudaErrorInvalidConfiguration of older runtimes.
 cudaError_t check_launch(const detail::launch_request& r, std::size_t* limit) {
     const dim3 b = r.block, g = r.grid;
     if (b.x == 0 || b.y == 0 || b.z == 0 || b.x > 1024 || b.y > 1024 || b.z > 64 ||
         std::uint64_t{b.x} * b.y * b.z > max_threads_per_block)
-        return cudaErrorInvalidConfiguration;
+        return cudaErrorInvalidValue;
     if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535u || g.z > 65535u)
-        return cudaErrorInvalidConfiguration;
+        return cudaErrorInvalidValue;
     if (!valid_stream(r.stream)) return cudaErrorInvalidResourceHandle;
     std::size_t allowed = default_dynamic_shared;
     {
