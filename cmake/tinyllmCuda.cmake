@@ -26,6 +26,7 @@ set(TINYLLM_CUDA_SUMMARY "")
 if(_tinyllm_cuda_mode STREQUAL "SIM")
   set(TINYLLM_CUDA_ENABLED ON)
   set(TINYLLM_CUDA_SIMULATED ON)
+  set_property(GLOBAL PROPERTY TINYLLM_CUDA_SIMULATED ON)
   set(TINYLLM_CUDA_SUMMARY " (simulated GPU: the kernels run on the CPU)")
 elseif(NOT _tinyllm_cuda_mode STREQUAL "OFF")
   # nvcc is often installed in /usr/local/cuda without being on PATH.

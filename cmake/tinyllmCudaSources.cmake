@@ -1,12 +1,17 @@
 # tinyllm_cuda_sources(<file.cu>...): in a build for tinyllm's simulated GPU
-# (TINYLLM_CUDA_SIMULATED), .cu files are C++ for the host compiler; elsewhere
-# this does nothing. Call it in the directory that adds the sources:
+# (a tinyllm configured, or installed, with TINYLLM_CUDA=SIM), .cu files are C++
+# for the host compiler; elsewhere this does nothing. Call it in the directory
+# that adds the sources:
 #
 #   add_executable(my_kernels my_kernels.cu)
 #   tinyllm_cuda_sources(my_kernels.cu)
 #   target_link_libraries(my_kernels PRIVATE tinyllm::cuda)
+#
+# (A global property, so that it also holds in a parent project that added
+# tinyllm with add_subdirectory or FetchContent.)
 function(tinyllm_cuda_sources)
-  if(TINYLLM_CUDA_SIMULATED)
+  get_property(_simulated GLOBAL PROPERTY TINYLLM_CUDA_SIMULATED)
+  if(_simulated)
     set_source_files_properties(${ARGN} PROPERTIES LANGUAGE CXX)
   endif()
 endfunction()

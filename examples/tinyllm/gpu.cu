@@ -10,6 +10,9 @@ namespace tinyllm_cli {
 gpu_report query_gpus() {
     gpu_report r;
     r.built_with_cuda = true;
+#if defined(TINYLLM_SIMULATED_GPU)
+    r.simulated = true;
+#endif
     r.cuda_version = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
 #ifdef TINYLLM_CUDA_ARCHITECTURES
     r.architectures = TINYLLM_CUDA_ARCHITECTURES;

@@ -10,6 +10,7 @@ namespace tinyllm_cli {
 
 struct gpu_report {
     bool built_with_cuda = false;
+    bool simulated = false;            // built for tinyllm's simulated GPU (docs/simulator.md)
     std::string cuda_version;          // runtime the command was built against, e.g. "13.0"
     std::string architectures;         // the sm_XX it was compiled for
     std::vector<std::string> devices;  // one readable line per device
@@ -40,4 +41,19 @@ std::vector<std::int32_t> gpu_generate(const std::string& dir, bool bfloat16, st
                                        const tinyllm::cpu::generation_options& options,
                                        const std::function<void(std::int32_t)>& on_token);
 std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt);
+}  // namespace tinyllm_cli
+
+namespace tinyllm_cli {
+// The tour's "how a GPU runs a kernel" chapter (tour_gpu.cpp, kernels in tour_gpu.cu):
+// a two-warp block sums 64 values in shared memory, with and without the barrier
+// between the writes and the read. Empty results when there is no GPU to run on.
+struct race_demo {
+    bool ran = false;
+    bool simulated = false;             // on the simulated GPU: schedules and the synccheck report too
+    int expected = 0;                   // the true sum
+    std::vector<int> missing_barrier;   // the racy kernel's sum, once per run (per random schedule when simulated)
+    std::vector<int> with_barrier;      // the fixed kernel's sum, same runs
+    std::string synccheck_report;       // simulated only: the report for barriers in both branches of an if
+};
+race_demo gpu_race_demo();
 }  // namespace tinyllm_cli

@@ -31,3 +31,7 @@ std::vector<std::int32_t> gpu_generate(const std::string&, bool, std::span<const
 }
 std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const std::int32_t>) { no_cuda(); }
 }  // namespace tinyllm_cli
+
+namespace tinyllm_cli {
+race_demo gpu_race_demo() { return {}; }
+}  // namespace tinyllm_cli

@@ -46,7 +46,9 @@ TINYLLM_COMMAND("info", "version, build options and the GPUs found",
         << "  build:         debug, tensor bounds checks " << (TINYLLM_BOUNDS_CHECK ? "on" : "off") << "\n"
 #endif
         << "  CUDA:          "
-        << (gpu.built_with_cuda ? "built with CUDA " + gpu.cuda_version + " for sm_" + gpu.architectures : "not built")
+        << (gpu.simulated         ? "simulated GPU (CPU): the kernels run on tinyllm's simulator, see docs/simulator.md"
+            : gpu.built_with_cuda ? "built with CUDA " + gpu.cuda_version + " for sm_" + gpu.architectures
+                                  : "not built")
         << "\n";
     if (gpu.devices.empty()) {
         out << "  GPUs:          no GPU (" << gpu.why_none << ")\n";
@@ -120,7 +122,14 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     if (size < 0) throw usage_error("--size must be positive");
 
     const bool gpu = gpu_usable();
-    out << (gpu ? "GPU: " + query_gpus().devices.front() : "no GPU: CPU reference rows only") << "\n";
+    const gpu_report report = query_gpus();
+    // On the simulated GPU the CUDA rows' agreement checks are real; their times are the simulator's.
+    const bool simulated = report.simulated;
+    out << (simulated ? "SIMULATED GPU (the CUDA rows run on the CPU simulator: their agreement checks are real, "
+                        "their times are not GPU times; rows marked 'sim')"
+            : gpu     ? "GPU: " + report.devices.front()
+                      : "no GPU: CPU reference rows only")
+        << "\n";
     std::vector<tinyllm::timing_result> all_timings;
     bool all_agree = true;
     for (const auto& name : names) {
@@ -142,7 +151,8 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         for (const auto& r : ctx.rows) {
             std::ostringstream speedup;
             if (base) speedup << std::fixed << std::setprecision(2) << base->timing.median_us / r.timing.median_us << "x";
-            out << std::left << std::setw(26) << (r.version + " ") << std::setw(6) << r.device << std::right << std::fixed
+            const std::string device = simulated && r.device == "cuda" ? "sim" : r.device;
+            out << std::left << std::setw(26) << (r.version + " ") << std::setw(6) << device << std::right << std::fixed
                 << std::setprecision(2) << std::setw(12) << r.timing.median_us << std::setprecision(1)
                 << std::setw(10) << r.timing.gb_per_s() << std::setprecision(3) << std::setw(10)
                 << r.timing.tflop_per_s() << std::setw(10) << speedup.str() << "  " << (r.agrees ? "" : "DISAGREES: ")
@@ -156,8 +166,10 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     if (const std::string path = a.get("json"); !path.empty()) {
         std::ofstream file(path);
         if (!file) throw tinyllm::error("tinyllm bench: cannot write " + path);
-        const auto report = query_gpus();
-        tinyllm::write_json(file, all_timings, {{"device", gpu ? report.devices.front() : "cpu"}});
+        tinyllm::write_json(file, all_timings,
+                            {{"device", simulated ? "simulated GPU (CPU): not GPU times"
+                                        : gpu     ? report.devices.front()
+                                                  : "cpu"}});
         out << "\nwrote " << path << "\n";
     }
     if (!all_agree) out << "\nSome versions DISAGREE with the CPU reference.\n";

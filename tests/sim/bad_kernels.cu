@@ -9,8 +9,10 @@
 //   bad_kernels warp-hazard        lanes read a shared value that lane 0 overwrites,
 //                                  separated only by a shuffle (which orders no memory)
 //
-// The first three are memcheck errors (AddressSanitizer: the `asan` preset), the
-// last two racecheck errors (ThreadSanitizer: the `racecheck` preset). Each case
+// The first three are memcheck errors (AddressSanitizer: the `asan` preset; a
+// __shared__ array indexed by name past its declared size is caught even earlier
+// by UndefinedBehaviorSanitizer's bounds check), the last two racecheck errors
+// (ThreadSanitizer: the `racecheck` preset). Each case
 // is a CTest test that passes when the sanitizer's report and the simulator's
 // line naming the kernel, block and thread are both in the output
 // (tests/CMakeLists.txt). A sanitizer stops the program at its first report.
@@ -37,7 +39,8 @@ __global__ void shared_oob_kernel(float* out) {
 
 __global__ void static_shared_oob_kernel(float* out) {
     __shared__ float s[64];
-    s[threadIdx.x] = 1.0f;  // launched with 65 threads
+    float* row = s;           // through a pointer, as most kernels index shared memory
+    row[threadIdx.x] = 1.0f;  // launched with 65 threads
     __syncthreads();
     out[threadIdx.x] = s[threadIdx.x % 64];
 }
@@ -72,11 +75,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     const char* which = argv[1];
-    tc::device_buffer<float> in(128), out(128);
-    in.poison();
+    tc::device_buffer<float> in(128), out(128), short_in(127);
     TINYLLM_CUDA_CHECK(cudaMemset(in.data(), 0, in.bytes()));
+    TINYLLM_CUDA_CHECK(cudaMemset(short_in.data(), 0, short_in.bytes()));
     if (!std::strcmp(which, "global-oob")) {
-        tc::launch(global_oob_kernel, 1, 128, 0, nullptr, in.data(), out.data(), 127);
+        tc::launch(global_oob_kernel, 1, 128, 0, nullptr, short_in.data(), out.data(), 127);
     } else if (!std::strcmp(which, "shared-oob")) {
         tc::launch(shared_oob_kernel, 1, 64, 64 * sizeof(float), nullptr, out.data());
     } else if (!std::strcmp(which, "static-shared-oob")) {
