@@ -104,10 +104,11 @@ TINYLLM_TOUR_CHAPTER(11, "random", "Random numbers that agree on CPU and GPU") {
 
     const auto gpu = gpu_fill_uniform(r.size(), 42);
     if (gpu.empty()) {
-        out << "No GPU here; on a GPU, tinyllm::cuda::fill_uniform gives these exact bits (a CUDA test checks it).\n";
+        out << "No GPU here; on a GPU, tinyllm::cuda::fill_uniform gives these exact bits (a CUDA test checks it;\n"
+               "`cmake --preset sim` builds a tinyllm whose simulated GPU runs it here).\n";
     } else {
         const bool same = std::memcmp(gpu.data(), r.data(), gpu.size() * sizeof(float)) == 0;
-        out << "The same fill on the GPU (tinyllm::cuda::fill_uniform): " << (same ? "bit-identical" : "DIFFERENT")
-            << ".\n";
+        out << "The same fill on the " << (query_gpus().simulated ? "simulated GPU" : "GPU")
+            << " (tinyllm::cuda::fill_uniform): " << (same ? "bit-identical" : "DIFFERENT") << ".\n";
     }
 }

@@ -124,6 +124,6 @@ TINYLLM_TOUR_CHAPTER(60, "sampling", "Sampling: from logits to the next word") {
     out << "\nThe CUDA sampler (tinyllm::cuda::sample) picks top-k and top-p thresholds by radix selection\n"
            "over the logits' bits instead of sorting, and computes probabilities as integers, so for the\n"
            "same seed it chooses exactly the CPU's token"
-        << (ctx.gpu_available ? " (tests/cuda/test_sampling.cu checks it on this GPU).\n"
-                              : " (tests/cuda/test_sampling.cu checks it on a GPU).\n");
+        << (ctx.gpu_available ? " (tests/cuda/test_sampling.cu checks it on this GPU; on the simulated GPU too).\n"
+                              : " (tests/cuda/test_sampling.cu checks it on a GPU, and on the simulated GPU).\n");
 }
