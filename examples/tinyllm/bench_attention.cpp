@@ -29,7 +29,7 @@ tinyllm::tensor<float, 4> random_tensor(tinyllm::extents<4> shape, std::uint64_t
 
 }  // namespace
 
-TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens)", 0) {
+TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens; simulated GPU: T = 256 and 520, 2-4 heads)", 0) {
     // --size T sets the CPU sequence length (default 256).
     const index_t B = 1, T = ctx.size > 0 ? ctx.size : 256, H = 12, D = 64;
     const auto q = random_tensor({B, T, H, D}, 1), k = random_tensor({B, T, H, D}, 2), v = random_tensor({B, T, H, D}, 3);
@@ -43,7 +43,7 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
     ctx.rows.push_back({"cpu reference", "cpu", timing, "reference", true, false});
 }
 
-TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16", 0) {
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16 (simulated GPU: B=2, L=1000, H=4)", 0) {
     // The CPU reference decodes one sequence against a 4096-position cache.
     const index_t B = 1, L = 4096, H = 32, D = 128;
     const auto q = random_tensor({B, 1, H, D}, 4), k = random_tensor({B, L, H, D}, 5), v = random_tensor({B, L, H, D}, 6);

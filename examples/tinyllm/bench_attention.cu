@@ -14,6 +14,13 @@
 // cached positions, H = 32 heads (MHA, as the PyTorch baseline), D = 128, bf16.
 // GB/s counts K and V read once: 2 * B * L * Hkv * D * 2 bytes.
 //
+// On the simulated GPU (docs/simulator.md) the same rows run on small shapes:
+//   attention   T = 256 (1 or 2 sequences, 2 or 4 heads), and T = 520 for the
+//               long shape: not a multiple of the 64-row tiles of v4, of v2's 32
+//               or of v3's 16 queries and 32 keys, so partial tiles run too;
+//   attention_decode   B = 2, H = 4 and L = 1000 (--size L keeps B = 8, H = 32):
+//               4 key splits, the last one partial, merged by the combine kernel.
+//
 // Each row is checked against the CPU reference (float64 math) on batch row 0,
 // head 0 (the full reference would take minutes on a CPU).
 #include "registry.hpp"
@@ -135,14 +142,16 @@ void add_row(bench_context& ctx, attn_data<T>& data, const char* version, const 
 
 }  // namespace
 
-TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens)", 1) {
+TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v1/v2 at 2048 tokens; simulated GPU: T = 256 and 520, 2-4 heads)", 1) {
     if (!ctx.gpu_available) return;
     tinyllm::attention_options causal;
     causal.causal = true;
     const double float_tol = 1e-4, bf16_tol = 2e-2;
+    // The CUDA rows take no --size: on the simulated GPU they always run the small shapes.
+    const bool sim = ctx.simulated;
     {
         // v1, v2: B = 1 — their (B, H, S, S) float score matrix is the point (and the cost).
-        attn_data<float> d({1, 2048, 2048, 16, 16, 128, true});
+        attn_data<float> d(sim ? attn_shape{1, 256, 256, 2, 2, 128, true} : attn_shape{1, 2048, 2048, 16, 16, 128, true});
         tc::device_buffer<float> scores(static_cast<std::size_t>(d.s.B * d.s.Hq * d.s.Tq * d.s.Tk));
         auto sv = scores.view(tinyllm::extents<4>{d.s.B, d.s.Hq, d.s.Tq, d.s.Tk});
         add_row(ctx, d, "v1 naive (B=1)", "v1_naive", "float", float_tol, true,
@@ -153,11 +162,14 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
                 [&] { tc::attention_flash<float>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
     }
     {
-        attn_data<float> d({8, 2048, 2048, 16, 16, 128, true});
+        attn_data<float> d(sim ? attn_shape{2, 256, 256, 2, 2, 128, true} : attn_shape{8, 2048, 2048, 16, 16, 128, true});
         add_row(ctx, d, "v3 flash", "v3_flash", "float", float_tol, false,
                 [&] { tc::attention_flash<float>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
     }
-    const attn_shape bf16_shapes[] = {{8, 2048, 2048, 16, 16, 128, true}, {8, 2048, 2048, 32, 32, 64, true},
+    const std::vector<attn_shape> bf16_shapes =
+        sim ? std::vector<attn_shape>{{2, 256, 256, 2, 2, 128, true}, {2, 256, 256, 4, 4, 64, true},
+                                      {1, 520, 520, 2, 2, 128, true}}
+            : std::vector<attn_shape>{{8, 2048, 2048, 16, 16, 128, true}, {8, 2048, 2048, 32, 32, 64, true},
                                       {2, 8192, 8192, 16, 16, 128, true}};
     for (const auto& s : bf16_shapes) {
         attn_data<tinyllm::bfloat16> d(s);
@@ -166,10 +178,11 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
     }
 }
 
-TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16", 1) {
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16 (simulated GPU: B=2, L=1000, H=4)", 1) {
     if (!ctx.gpu_available) return;
-    const index_t L = ctx.size > 0 ? ctx.size : 32768;
-    attn_data<tinyllm::bfloat16> d({8, 1, L, 32, 32, 128, false});
+    const index_t L = ctx.size_or(32768, 1000);
+    const index_t B = ctx.simulated_default() ? 2 : 8, H = ctx.simulated_default() ? 4 : 32;
+    attn_data<tinyllm::bfloat16> d({B, 1, L, H, H, 128, false});
     tc::attention_workspace workspace;
     const double bytes = 2.0 * d.s.B * L * d.s.Hkv * d.s.D * sizeof(tinyllm::bfloat16);
     add_row(ctx, d, "split-K decode (bf16)", "decode", "bf16", 2e-2, true,

@@ -16,7 +16,7 @@
 
 using namespace tinyllm_cli;
 
-TINYLLM_BENCH("embedding", "token embedding lookup: CPU float (4, T) ids into (50257, 768); CUDA bf16 (8, T) into (50257, 4096); --size T", 0) {
+TINYLLM_BENCH("embedding", "token embedding lookup: CPU float (4, T) ids into (50257, 768); CUDA bf16 (8, T) into (50257, 4096); --size T (simulated GPU: CUDA T = 16 into (1031, 4096))", 0) {
     const long long B = 4, T = ctx.size > 0 ? ctx.size : 512, V = 50257, D = 768;
     std::vector<float> table(static_cast<std::size_t>(V * D));
     tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(table.data(), {V * D}), 3, -1.0f, 1.0f);

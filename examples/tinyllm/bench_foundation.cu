@@ -15,7 +15,11 @@ using namespace tinyllm_cli;
 namespace tc = tinyllm::cuda;
 
 namespace {
-long long size_or(const bench_context& ctx, long long fallback) { return ctx.size > 0 ? ctx.size : fallback; }
+// The defaults on the simulated GPU: small, yet past the grid caps (fill_uniform: 4096 blocks of 256
+// threads, 4 values each; copy_vectorized: 8 blocks per SM), so the grid-stride loops go round, with a
+// tail of 3 floats for the scalar paths. The CPU rows use the same n.
+constexpr long long random_simulated_n = (1LL << 22) + 3, copy_simulated_n = (1LL << 21) + 3;
+
 tc::timing_options options(const bench_context& ctx) {
     tc::timing_options o;
     o.repeats = ctx.repeats;
@@ -23,9 +27,9 @@ tc::timing_options options(const bench_context& ctx) {
 }
 }  // namespace
 
-TINYLLM_BENCH("random", "fill_uniform: n Philox uniforms in [0, 1) (--size n, default 2^24)", 1) {
+TINYLLM_BENCH("random", "fill_uniform: n Philox uniforms in [0, 1) (--size n, default 2^24; simulated GPU 2^22 + 3)", 1) {
     if (!ctx.gpu_available) return;
-    const long long n = size_or(ctx, 1LL << 24);
+    const long long n = ctx.size_or(1LL << 24, random_simulated_n);
     tc::device_buffer<float> d(static_cast<std::size_t>(n));
     auto view = d.view(tinyllm::extents<1>{n});
     d.poison();
@@ -38,9 +42,9 @@ TINYLLM_BENCH("random", "fill_uniform: n Philox uniforms in [0, 1) (--size n, de
     ctx.rows.push_back({"cuda fill_uniform", "cuda", timing, same ? "bit-exact" : "bits differ", same, false});
 }
 
-TINYLLM_BENCH("copy", "copy n floats (--size n, default 2^26): the bandwidth ceiling", 1) {
+TINYLLM_BENCH("copy", "copy n floats (--size n, default 2^26; simulated GPU 2^21 + 3): the bandwidth ceiling", 1) {
     if (!ctx.gpu_available) return;
-    const long long n = size_or(ctx, 1LL << 26);
+    const long long n = ctx.size_or(1LL << 26, copy_simulated_n);
     const tinyllm::extents<1> shape{n};
     tc::device_buffer<float> in(static_cast<std::size_t>(n)), out(static_cast<std::size_t>(n));
     tc::fill_uniform(in.view(shape), 99);

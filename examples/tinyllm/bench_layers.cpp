@@ -1,7 +1,8 @@
 // examples/tinyllm/bench_layers.cpp — CPU reference rows of `tinyllm bench
 // rmsnorm|layernorm|residual_rmsnorm|swiglu`.
 //
-// The CUDA rows (bench_layers.cu) run (16384, 4096) bfloat16 by default. The
+// The CUDA rows (bench_layers.cu) run (16384, 4096) bfloat16 by default (64 rows
+// on the simulated GPU; this CPU row keeps its default there). The
 // CPU reference is float and, to stay within a few seconds, defaults to 1024
 // rows of 4096; --size ROWS sets the rows of both.
 #include "registry.hpp"
@@ -52,19 +53,19 @@ void add_cpu_row(bench_context& ctx, const std::string& component, const cpu_inp
 
 }  // namespace
 
-TINYLLM_BENCH("rmsnorm", "RMSNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows, CPU float 1024", 0) {
+TINYLLM_BENCH("rmsnorm", "RMSNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows (simulated GPU 64), CPU float 1024", 0) {
     cpu_inputs in(ctx);
     add_cpu_row(ctx, "rmsnorm", in, 2, [&] { tinyllm::cpu::rms_norm(in.view(in.out), in.view(in.x), in.weight(), 1e-5f); });
 }
 
-TINYLLM_BENCH("layernorm", "LayerNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows, CPU float 1024", 0) {
+TINYLLM_BENCH("layernorm", "LayerNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows (simulated GPU 64), CPU float 1024", 0) {
     cpu_inputs in(ctx);
     add_cpu_row(ctx, "layernorm", in, 2,
                 [&] { tinyllm::cpu::layer_norm(in.view(in.out), in.view(in.x), in.weight(), in.weight(), 1e-5f); });
 }
 
 TINYLLM_BENCH("residual_rmsnorm",
-              "residual add + RMSNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows, CPU float 1024", 0) {
+              "residual add + RMSNorm of (rows, 4096): --size rows; CUDA bf16 default 16384 rows (simulated GPU 64), CPU float 1024", 0) {
     cpu_inputs in(ctx);
     add_cpu_row(ctx, "residual_rmsnorm", in, 4, [&] {
         tinyllm::cpu::residual_add_rms_norm(in.view(in.out), in.view(in.out2), in.view(in.x), in.view(in.y), in.weight(),
@@ -72,7 +73,7 @@ TINYLLM_BENCH("residual_rmsnorm",
     });
 }
 
-TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16 default 16384 rows, CPU float 1024", 0) {
+TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16 default 16384 rows (simulated GPU 64), CPU float 1024", 0) {
     cpu_inputs in(ctx);
     add_cpu_row(ctx, "swiglu", in, 3, [&] { tinyllm::cpu::swiglu(in.view(in.out), in.view(in.x), in.view(in.y)); });
 }

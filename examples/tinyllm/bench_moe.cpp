@@ -1,7 +1,8 @@
 // examples/tinyllm/bench_moe.cpp — CPU reference rows of `tinyllm bench
 // moe_gating` and `tinyllm bench moe_dispatch` (CUDA rows: bench_moe.cu).
 //
-// Shapes: T = 16384 tokens (--size T), float32 router logits, (E = 8, k = 2)
+// Shapes: T = 16384 tokens (--size T; 515 on the simulated GPU, as the CUDA
+// rows there), float32 router logits, (E = 8, k = 2)
 // like Mixtral and (E = 256, k = 8) like DeepSeek-V3; dispatch moves hidden
 // states of width D = 1024.
 #include "registry.hpp"
@@ -25,6 +26,7 @@ struct moe_shape {
 };
 constexpr moe_shape moe_shapes[] = {{8, 2}, {256, 8}};
 constexpr index_t moe_width = 1024;
+constexpr index_t simulated_tokens = 515;  // the default on the simulated GPU, as for the CUDA rows
 
 std::string shape_name(index_t T, moe_shape s) {
     return "T=" + std::to_string(T) + ",E=" + std::to_string(s.E) + ",k=" + std::to_string(s.k);
@@ -32,8 +34,8 @@ std::string shape_name(index_t T, moe_shape s) {
 
 }  // namespace
 
-TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float logits (--size T, default 16384)", 0) {
-    const index_t T = ctx.size > 0 ? ctx.size : 16384;
+TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float logits (--size T, default 16384; simulated GPU 515)", 0) {
+    const index_t T = ctx.size_or(16384, simulated_tokens);
     for (const moe_shape s : moe_shapes) {
         tinyllm::tensor<float, 2> logits(extents<2>{T, s.E});  // (T, E)
         tinyllm::cpu::fill_uniform(logits.view(), 11, -4.0f, 4.0f);
@@ -50,8 +52,8 @@ TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float log
 }
 
 TINYLLM_BENCH("moe_dispatch",
-              "plan + gather + combine of (T, 1024) float hidden states, identity experts (--size T, default 16384)", 0) {
-    const index_t T = ctx.size > 0 ? ctx.size : 16384, D = moe_width;
+              "plan + gather + combine of (T, 1024) float hidden states, identity experts (--size T, default 16384; simulated GPU 515)", 0) {
+    const index_t T = ctx.size_or(16384, simulated_tokens), D = moe_width;
     for (const moe_shape s : moe_shapes) {
         tinyllm::tensor<float, 2> logits(extents<2>{T, s.E});  // (T, E)
         tinyllm::cpu::fill_uniform(logits.view(), 12, -4.0f, 4.0f);

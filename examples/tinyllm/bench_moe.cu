@@ -2,7 +2,8 @@
 // `tinyllm bench moe_dispatch` (CPU rows: bench_moe.cpp; PyTorch baseline on
 // the same shapes: bench/baselines/moe.py).
 //
-// moe_gating: T = 16384 float logits, (E, k) = (8, 2) and (256, 8). Bytes =
+// moe_gating: T = 16384 float logits (515 on the simulated GPU, see
+// simulated_tokens), (E, k) = (8, 2) and (256, 8). Bytes =
 // the floor: logits read once (4·T·E) + ids and weights written (8·T·k).
 // Every row first runs once on poisoned outputs and is compared with the CPU
 // reference: ids must be identical, weights within 1e-5 relative.
@@ -38,6 +39,10 @@ struct moe_cuda_shape {
     index_t E, k;
 };
 constexpr moe_cuda_shape moe_cuda_shapes[] = {{8, 2}, {256, 8}};
+// T on the simulated GPU: T·k slots make several 256-slot plan tiles and a partial last one
+// (1030 and 4120 slots), and T is a multiple of neither the fused gating kernel's 4 tokens per
+// block nor the naive one's 128.
+constexpr index_t simulated_tokens = 515;
 
 std::string shape_of(index_t T, moe_cuda_shape s) {
     return "T=" + std::to_string(T) + ",E=" + std::to_string(s.E) + ",k=" + std::to_string(s.k);
@@ -68,9 +73,9 @@ std::string compare_gating(const std::vector<std::int32_t>& ids, const std::vect
 
 }  // namespace
 
-TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float logits (--size T, default 16384)", 1) {
+TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float logits (--size T, default 16384; simulated GPU 515)", 1) {
     if (!ctx.gpu_available) return;
-    const index_t T = ctx.size > 0 ? ctx.size : 16384;
+    const index_t T = ctx.size_or(16384, simulated_tokens);
     for (const moe_cuda_shape s : moe_cuda_shapes) {
         const std::string shape = shape_of(T, s);
         std::vector<float> logits(static_cast<std::size_t>(T * s.E)), noise(logits.size()), bias(s.E);
@@ -128,9 +133,9 @@ TINYLLM_BENCH("moe_gating", "softmax -> top-k -> renormalize on (T, E) float log
 }
 
 TINYLLM_BENCH("moe_dispatch",
-              "plan + gather + combine of (T, 1024) float hidden states, identity experts (--size T, default 16384)", 1) {
+              "plan + gather + combine of (T, 1024) float hidden states, identity experts (--size T, default 16384; simulated GPU 515)", 1) {
     if (!ctx.gpu_available) return;
-    const index_t T = ctx.size > 0 ? ctx.size : 16384, D = 1024;
+    const index_t T = ctx.size_or(16384, simulated_tokens), D = 1024;
     for (const moe_cuda_shape s : moe_cuda_shapes) {
         const std::string shape = shape_of(T, s) + ",D=1024";
         const std::string suffix = " E=" + std::to_string(s.E) + ",k=" + std::to_string(s.k);

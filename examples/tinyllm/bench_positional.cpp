@@ -15,7 +15,7 @@
 
 using namespace tinyllm_cli;
 
-TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000: --size T; CUDA bf16 default 4096, CPU float 512", 0) {
+TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000: --size T; CUDA bf16 default 4096 (simulated GPU 64), CPU float 512", 0) {
     const long long B = 4, T = ctx.size > 0 ? ctx.size : 512, H = 32, D = 128;
     const long long n = B * T * H * D;
     std::vector<float> x(static_cast<std::size_t>(n));

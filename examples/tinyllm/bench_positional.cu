@@ -1,5 +1,6 @@
 // examples/tinyllm/bench_positional.cu — CUDA rows of `tinyllm bench rope`:
-// v1 on the fly and v2 cached, bf16, on (4, T, 32, 128) (--size T, default 4096).
+// v1 on the fly and v2 cached, bf16, on (4, T, 32, 128) (--size T, default 4096;
+// 64 on the simulated GPU: a block per token, so T only sets how many blocks run).
 //
 // Bytes per run: every element of x read once and written once (2 * n * 2 bytes);
 // the position ids and, for v2, the cos/sin rows read (B*T ids, at most
@@ -25,9 +26,9 @@
 using namespace tinyllm_cli;
 namespace tc = tinyllm::cuda;
 
-TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000: --size T; CUDA bf16 default 4096, CPU float 512", 1) {
+TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 10000: --size T; CUDA bf16 default 4096 (simulated GPU 64), CPU float 512", 1) {
     if (!ctx.gpu_available) return;
-    const long long B = 4, T = ctx.size > 0 ? ctx.size : 4096, H = 32, D = 128;
+    const long long B = 4, T = ctx.size_or(4096, 64), H = 32, D = 128;
     const long long n = B * T * H * D;
     const tinyllm::extents<4> shape{B, T, H, D};
     const tinyllm::extents<2> pshape{B, T};

@@ -23,10 +23,10 @@ void cpu_row(bench_context& ctx, const sb::setting& s) {
 }
 }  // namespace
 
-TINYLLM_BENCH("greedy", "argmax of B=64 rows of V logits (--size V, default 128256)", 0) { cpu_row(ctx, sb::settings()[0]); }
-TINYLLM_BENCH("temperature", "temperature 0.7 + multinomial draw, B=64 x V (--size V, default 128256)", 0) {
+TINYLLM_BENCH("greedy", "argmax of B=64 rows of V logits (--size V, default 128256; simulated GPU 5003)", 0) { cpu_row(ctx, sb::settings()[0]); }
+TINYLLM_BENCH("temperature", "temperature 0.7 + multinomial draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", 0) {
     cpu_row(ctx, sb::settings()[1]);
 }
-TINYLLM_BENCH("top_k", "top-k 50 + draw, B=64 x V (--size V, default 128256)", 0) { cpu_row(ctx, sb::settings()[2]); }
-TINYLLM_BENCH("top_p", "top-p 0.9 + draw, B=64 x V (--size V, default 128256)", 0) { cpu_row(ctx, sb::settings()[3]); }
-TINYLLM_BENCH("min_p", "min-p 0.1 + draw, B=64 x V (--size V, default 128256)", 0) { cpu_row(ctx, sb::settings()[4]); }
+TINYLLM_BENCH("top_k", "top-k 50 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", 0) { cpu_row(ctx, sb::settings()[2]); }
+TINYLLM_BENCH("top_p", "top-p 0.9 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", 0) { cpu_row(ctx, sb::settings()[3]); }
+TINYLLM_BENCH("min_p", "min-p 0.1 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", 0) { cpu_row(ctx, sb::settings()[4]); }

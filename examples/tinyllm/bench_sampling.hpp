@@ -2,7 +2,8 @@
 // top_k|top_p|min_p` runs, shared by the CPU rows (bench_sampling.cpp) and the
 // CUDA rows (bench_sampling.cu).
 //
-// B = 64 rows of V float logits (--size V, default 128256, Llama 3's vocabulary),
+// B = 64 rows of V float logits (--size V, default 128256, Llama 3's vocabulary;
+// 5003 on the simulated GPU, for the CPU and the CUDA rows alike),
 // uniform in [-8, 8) from Philox seed 1234. Bytes = the floor: the logits read
 // once (4·B·V; ~33 MB, ~11 µs on an H100) — the tokens written are negligible.
 // Every row's check: the tokens are IDENTICAL to the CPU reference's.
@@ -31,20 +32,21 @@ struct setting {
 
 inline std::vector<setting> settings() {
     std::vector<setting> s(5);
-    s[0] = {"greedy", "argmax of B=64 rows of V logits (--size V, default 128256)", {}};
+    s[0] = {"greedy", "argmax of B=64 rows of V logits (--size V, default 128256; simulated GPU 5003)", {}};
     s[0].params.temperature = 0.0f;
-    s[1] = {"temperature", "temperature 0.7 + multinomial draw, B=64 x V (--size V, default 128256)", {}};
+    s[1] = {"temperature", "temperature 0.7 + multinomial draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", {}};
     s[1].params.temperature = 0.7f;
-    s[2] = {"top_k", "top-k 50 + draw, B=64 x V (--size V, default 128256)", {}};
+    s[2] = {"top_k", "top-k 50 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", {}};
     s[2].params.top_k = 50;
-    s[3] = {"top_p", "top-p 0.9 + draw, B=64 x V (--size V, default 128256)", {}};
+    s[3] = {"top_p", "top-p 0.9 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", {}};
     s[3].params.top_p = 0.9f;
-    s[4] = {"min_p", "min-p 0.1 + draw, B=64 x V (--size V, default 128256)", {}};
+    s[4] = {"min_p", "min-p 0.1 + draw, B=64 x V (--size V, default 128256; simulated GPU 5003)", {}};
     s[4].params.min_p = 0.1f;
     return s;
 }
 
-inline tinyllm::index_t vocab(const bench_context& ctx) { return ctx.size > 0 ? ctx.size : 128256; }
+// On the simulated GPU V = 5003: like 128256, not a multiple of the 512 threads of a row's block.
+inline tinyllm::index_t vocab(const bench_context& ctx) { return ctx.size_or(128256, 5003); }
 
 inline std::string shape(tinyllm::index_t V) { return "B=" + std::to_string(rows) + ",V=" + std::to_string(V); }
 

@@ -13,8 +13,8 @@
 
 using namespace tinyllm_cli;
 
-TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000)", 0) {
-    const auto w = bpe_bench::make_workload(ctx.size, ctx.repeats);
+TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000; simulated GPU 64)", 0) {
+    const auto w = bpe_bench::make_workload(ctx);
     std::size_t n = 0;
     auto timing = tinyllm::time_cpu(
         "bpe/cpu_reference/" + w.shape(),

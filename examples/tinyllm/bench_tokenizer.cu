@@ -13,9 +13,9 @@
 
 using namespace tinyllm_cli;
 
-TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000)", 1) {
+TINYLLM_BENCH("bpe", "byte-level BPE encoding of a batch of ~1 KB documents (r50k_base from ../shared, else a trained vocabulary): --size documents (default 2000; simulated GPU 64)", 1) {
     if (!ctx.gpu_available) return;
-    const auto w = bpe_bench::make_workload(ctx.size, ctx.repeats);
+    const auto w = bpe_bench::make_workload(ctx);
     const tinyllm::cuda::bpe_device_vocab dv(w.tok->vocab());
     std::vector<std::vector<tinyllm::token_id>> got;
     auto timing = tinyllm::time_cpu("bpe/cuda_encode_batch/" + w.shape(),

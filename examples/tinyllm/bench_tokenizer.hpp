@@ -2,8 +2,10 @@
 // rows of `tinyllm bench bpe`: a tokenizer (GPT-2's r50k_base from
 // $TINYLLM_SHARED_DIR or ../shared, else a small vocabulary trained on the
 // spot) and a batch of documents (--size documents, default 2000, of ~1 KB
-// of English-like text each).
+// of English-like text each; 64 on the simulated GPU).
 #pragma once
+
+#include "registry.hpp"
 
 #include <tinyllm/bpe_train.hpp>
 #include <tinyllm/philox.hpp>
@@ -58,8 +60,9 @@ inline std::shared_ptr<tinyllm::tokenizer> tokenizer(std::string& which) {
     return std::make_shared<tinyllm::tokenizer>(tinyllm::train_bpe(documents(300), opt));
 }
 
-// Everything a "bpe" row needs: the tokenizer, --size documents (default 2000),
-// their total bytes, the row's name suffix and at most 5 repeats.
+// Everything a "bpe" row needs: the tokenizer, --size documents (default 2000;
+// 64 on the simulated GPU, for the CPU row too), their total bytes, the row's
+// name suffix and at most 5 repeats.
 struct workload {
     std::string which;  // "r50k_base" or "trained4096"
     std::shared_ptr<tinyllm::tokenizer> tok;
@@ -69,12 +72,12 @@ struct workload {
     std::string shape() const { return "docs=" + std::to_string(docs.size()) + "," + which; }
 };
 
-inline workload make_workload(long long size, int repeats) {
+inline workload make_workload(const bench_context& ctx) {
     workload w;
     w.tok = tokenizer(w.which);
-    w.docs = documents(size > 0 ? size : 2000);
+    w.docs = documents(ctx.size_or(2000, 64));
     for (const auto& d : w.docs) w.bytes += static_cast<double>(d.size());
-    w.repeats = repeats < 5 ? repeats : 5;
+    w.repeats = ctx.repeats < 5 ? ctx.repeats : 5;
     return w;
 }
 

@@ -97,7 +97,8 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
                 "the median time, GB/s or TFLOP/s and the speed-up over the baseline (the naive\n"
                 "version). Exits with status 1 if any version disagrees.\n\n"
                 "  COMPONENT     only these components (default: all)\n"
-                "  --size N      problem size (elements; each component documents its meaning)\n"
+                "  --size N      problem size (elements; each component documents its meaning). Without\n"
+                "                it, a simulated build runs small default shapes (each component says which)\n"
                 "  --repeats N   timed runs per version (default 10; the median is reported)\n"
                 "  --json FILE   also write every timing as JSON (Google Benchmark layout)\n"
                 "  --list        list the components\n") {
@@ -139,7 +140,7 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         for (const auto& c : bench_components())
             if (c.name == name) parts.push_back(c);
         std::stable_sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.order < y.order; });
-        bench_context ctx{out, size, static_cast<int>(repeats), gpu, {}};
+        bench_context ctx{out, size, static_cast<int>(repeats), gpu, simulated, {}};
         out << "\n== " << name << ": " << parts.front().description << "\n";
         for (const auto& p : parts) p.run(ctx);
         const bench_row* base = nullptr;

@@ -67,7 +67,16 @@ struct bench_context {
     long long size = 0;         // problem size requested with --size (0: the component's default)
     int repeats = 10;
     bool gpu_available = false;
+    bool simulated = false;     // the CUDA rows run on the simulated GPU (docs/simulator.md)
     std::vector<bench_row> rows;  // the component appends here
+
+    // No --size on the simulated GPU: components use small default shapes that still run every
+    // version, dtype and code path of the real ones (the real defaults would take minutes to hours).
+    bool simulated_default() const { return simulated && size == 0; }
+    // --size, else the component's default: the real one, or the small one on the simulated GPU.
+    long long size_or(long long real_default, long long simulated_default_size) const {
+        return size > 0 ? size : simulated ? simulated_default_size : real_default;
+    }
 };
 struct bench_component {
     std::string name;

@@ -496,10 +496,14 @@ private:
 #endif
 
 public:
-    // "kernel K, block (x,y,z), thread (x,y,z)" of the running thread, or "" outside kernels.
+    // "CUDA thread (x,y,z) block (x,y,z) KERNEL" of the running thread, or "" outside
+    // kernels: the words ThreadSanitizer's reports show for it too (as its fiber's name).
     std::string running_thread() {
         if (!running_ || !req_) return "";
-        return "kernel " + name() + ", block " + coords(block_idx_) + ", thread " + coords(running_->ctx.thread_idx);
+        return thread_label(running_->ctx.thread_idx, name());
+    }
+    std::string thread_label(uint3 thread, const std::string& kernel) const {
+        return "CUDA thread " + coords(thread) + " block " + coords(block_idx_) + " " + kernel;
     }
 
 private:
@@ -531,9 +535,7 @@ private:
 #if defined(TINYLLM_SIM_TSAN)
             // ThreadSanitizer's reports name each access's thread by its fiber's name
             // (which it cuts at 63 characters: the kernel's short name goes last).
-            const std::string label =
-                "CUDA thread " + coords(t.ctx.thread_idx) + " block " + coords(block_idx) + " " + short_name();
-            t.f->set_name(label.c_str());
+            t.f->set_name(thread_label(t.ctx.thread_idx, short_name()).c_str());
 #endif
             ready_.push_back(static_cast<int>(i));
         }
