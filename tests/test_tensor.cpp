@@ -3,7 +3,9 @@
 
 #include <tinyllm/tensor.hpp>
 
+#include <cstddef>
 #include <numeric>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -139,4 +141,65 @@ TEST_CASE("the owning tensor holds row-major data and hands out views", "[tensor
     CHECK_THROWS_AS((tensor<float, 2>({-1, 4})), tinyllm::error);
     tensor<float, 1> empty(extents<1>{0});
     CHECK(empty.view().empty());
+}
+
+// The construction traps a first program runs into: each of these lines once failed to
+// compile ("call of overloaded ... is ambiguous", "no matching function for reshape").
+TEST_CASE("tensors are built from braced sizes of any integer type, one dimension included", "[tensor][api]") {
+    const long D = 4;
+    const std::size_t n = 3;
+    const int i = 2;
+    tensor<float, 1> w({D});  // one-element list: a (D) vector, not a copy of a tensor
+    tensor<float, 1> w_unsigned({n}, 1.5f);
+    tensor<float, 2> x({i, n});  // mixed integer types
+    tensor<int, 3> y({i, n, D}, 7);
+    CHECK(w.shape() == extents<1>{4});
+    CHECK(w_unsigned.size() == 3);
+    CHECK(w_unsigned(2) == 1.5f);
+    CHECK(x.shape() == extents<2>{2, 3});
+    CHECK(y.shape() == extents<3>{2, 3, 4});
+    CHECK(y(1, 2, 3) == 7);
+}
+
+TEST_CASE("reshape deduces the new rank from the braced sizes, for views and tensors", "[tensor][api]") {
+    const index_t B = 2, T = 3, D = 4;
+    tensor<float, 3> x({B, T, D});
+    std::iota(x.values().begin(), x.values().end(), 0.0f);
+    auto flat = tinyllm::reshape(x, {B * T, D});  // (B*T, D)
+    static_assert(std::is_same_v<decltype(flat), tensor_view<float, 2>>);
+    CHECK(flat.shape() == extents<2>{6, 4});
+    CHECK(flat(5, 3) == x(1, 2, 3));
+    const auto& cx = x;
+    auto all = tinyllm::reshape(cx, {24});
+    static_assert(std::is_same_v<decltype(all), tensor_view<const float, 1>>);
+    CHECK(all(23) == 23.0f);
+    const std::size_t rows = 6;
+    auto mixed = tinyllm::reshape(x.view(), {rows, std::size_t{4}});
+    CHECK(mixed.shape() == extents<2>{6, 4});
+    CHECK_THROWS_WITH(tinyllm::reshape(x, {5, D}), tinyllm_test::contains("changes the number of elements"));
+}
+
+TEST_CASE("as_rows merges leading dimensions into rows, or says why it cannot", "[tensor][api]") {
+    tensor<float, 4> x({2, 3, 5, 4});  // (B, T, H, D)
+    const auto r = tinyllm::as_rows<const float>(x, "x");
+    CHECK(r.shape() == extents<2>{30, 4});
+    CHECK(r.strides() == extents<2>{4, 1});
+    CHECK(&r(29, 3) == &x(1, 2, 4, 3));
+    // A column slice of the last dimension keeps its row stride.
+    const auto narrow = tinyllm::as_rows<float>(x.view().narrow(3, 1, 2), "x");
+    CHECK(narrow.shape() == extents<2>{30, 2});
+    CHECK(&narrow(7, 1) == &x(0, 1, 2, 2));
+    // Leading dimensions of size 1 carry no stride constraint.
+    const auto one = tinyllm::as_rows<float>(x.view().narrow(0, 1, 1).narrow(1, 2, 1), "x");
+    CHECK(one.shape() == extents<2>{5, 4});
+    CHECK(&one(0, 0) == &x(1, 2, 0, 0));
+    // A vector is one row.
+    tensor<float, 1> v({4});
+    CHECK(tinyllm::as_rows<float>(v, "v").shape() == extents<2>{1, 4});
+    // Transposed leading dimensions do not merge.
+    CHECK_THROWS_WITH(tinyllm::as_rows<float>(x.view().transpose(0, 1), "rms_norm: x"),
+                      tinyllm_test::contains("rms_norm: x has shape (3, 2, 5, 4)") &&
+                          tinyllm_test::contains("do not merge into rows"));
+    CHECK_THROWS_WITH(tinyllm::expect_equal_shapes(x, v, "op", "out", "x"),
+                      tinyllm_test::contains("op: out has shape (2, 3, 5, 4) but x has shape (4)"));
 }

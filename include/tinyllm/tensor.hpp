@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -96,6 +97,14 @@ namespace detail {
 
 [[noreturn]] inline void throw_bad_index(index_t i, index_t extent, std::size_t dim) {
     throw error(cat("tinyllm: tensor index ", i, " is out of range [0, ", extent, ") in dimension ", dim));
+}
+
+// extents<N> from a braced list of N integers: {B * T, D}.
+template <class I, std::size_t N>
+constexpr extents<N> to_extents(const I (&sizes)[N]) {
+    extents<N> e;
+    for (std::size_t d = 0; d < N; ++d) e[d] = static_cast<index_t>(sizes[d]);
+    return e;
 }
 
 TINYLLM_HOST_DEVICE void check_index([[maybe_unused]] index_t i, [[maybe_unused]] index_t extent,
@@ -211,7 +220,8 @@ private:
 };
 
 // View a contiguous buffer as a tensor of a new shape with the same number of
-// elements: reshape(x, {B * T, D}). Host-only because it validates.
+// elements: reshape(x, {B * T, D}) — the new rank is the number of sizes given
+// (or reshape(x, extents<2>{B * T, D})). Host-only because it validates.
 template <std::size_t NewRank, class T, std::size_t Rank>
 tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const extents<NewRank>& shape) {
     TINYLLM_EXPECT(x.is_contiguous(), "reshape needs a contiguous tensor; this one has shape ",
@@ -219,6 +229,15 @@ tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const extents<New
     TINYLLM_EXPECT(shape.product() == x.size(), "reshape from ", to_string(x.shape()), " to ",
                    to_string(shape), " changes the number of elements");
     return {x.data(), shape};
+}
+// reshape(x, {B * T, D}): sizes of one integer type, or of mixed types that convert to index_t.
+template <class T, std::size_t Rank, class I, std::size_t NewRank, class = std::enable_if_t<std::is_integral_v<I>>>
+tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const I (&shape)[NewRank]) {
+    return reshape(x, detail::to_extents(shape));
+}
+template <class T, std::size_t Rank, std::size_t NewRank>
+tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const index_t (&shape)[NewRank]) {
+    return reshape(x, detail::to_extents(shape));
 }
 
 // Check that a tensor argument has the shape an operation needs, e.g.
@@ -239,6 +258,10 @@ public:
     tensor() = default;
     explicit tensor(const shape_type& shape, const T& value = T{})
         : shape_(checked(shape)), data_(static_cast<std::size_t>(shape.product()), value) {}
+    // tensor<float, 1> w({D}) and tensor<float, 2> x({rows, cols}): sizes of one integer type.
+    // (Without it, a one-element list is ambiguous: it could also build a tensor to copy from.)
+    template <class I, class = std::enable_if_t<std::is_integral_v<I>>>
+    explicit tensor(const I (&shape)[Rank], const T& value = T{}) : tensor(detail::to_extents(shape), value) {}
 
     tensor_view<T, Rank> view() { return {data_.data(), shape_}; }
     tensor_view<const T, Rank> view() const { return {data_.data(), shape_}; }
@@ -270,5 +293,128 @@ private:
     shape_type shape_;
     std::vector<T> data_;
 };
+
+// reshape() of an owning tensor: a view of its elements in the new shape.
+template <class T, std::size_t Rank, class Shape>
+auto reshape(tensor<T, Rank>& x, const Shape& shape) -> decltype(reshape(x.view(), shape)) {
+    return reshape(x.view(), shape);
+}
+template <class T, std::size_t Rank, class Shape>
+auto reshape(const tensor<T, Rank>& x, const Shape& shape) -> decltype(reshape(x.view(), shape)) {
+    return reshape(x.view(), shape);
+}
+template <class T, std::size_t Rank, class I, std::size_t NewRank, class = std::enable_if_t<std::is_integral_v<I>>>
+tensor_view<T, NewRank> reshape(tensor<T, Rank>& x, const I (&shape)[NewRank]) {
+    return reshape(x.view(), detail::to_extents(shape));
+}
+template <class T, std::size_t Rank, std::size_t NewRank>
+tensor_view<T, NewRank> reshape(tensor<T, Rank>& x, const index_t (&shape)[NewRank]) {
+    return reshape(x.view(), detail::to_extents(shape));
+}
+template <class T, std::size_t Rank, class I, std::size_t NewRank, class = std::enable_if_t<std::is_integral_v<I>>>
+tensor_view<const T, NewRank> reshape(const tensor<T, Rank>& x, const I (&shape)[NewRank]) {
+    return reshape(x.view(), detail::to_extents(shape));
+}
+template <class T, std::size_t Rank, std::size_t NewRank>
+tensor_view<const T, NewRank> reshape(const tensor<T, Rank>& x, const index_t (&shape)[NewRank]) {
+    return reshape(x.view(), detail::to_extents(shape));
+}
+
+// ---- Tensor-like arguments and leading batch dimensions -------------------------------
+//
+// Operations that work row by row (norms, activations, linear layers, MLPs, embeddings)
+// take their tensors as "(..., D)": any number of leading dimensions, as in PyTorch, so a
+// (B, T, D) activation is passed as it is. They accept a tensor_view or an owning tensor
+// (tensor_like), and see it as a (rows, D) matrix through as_rows(): the leading
+// dimensions are merged into one, which needs them to be laid out like one (row-major
+// among themselves; the last dimension and the row stride may be anything).
+
+namespace detail {
+template <class X>
+struct view_of {};
+template <class T, std::size_t R>
+struct view_of<tensor_view<T, R>> { using type = tensor_view<T, R>; };
+template <class T, std::size_t R>
+struct view_of<tensor<T, R>> { using type = tensor_view<T, R>; };
+template <class T, std::size_t R>
+struct view_of<const tensor<T, R>> { using type = tensor_view<const T, R>; };
+template <class T, std::size_t R>
+struct view_of<const tensor_view<T, R>> { using type = tensor_view<T, R>; };
+}  // namespace detail
+
+// The view type of a tensor-like argument: tensor_view<T, R> for a view or a tensor,
+// tensor_view<const T, R> for a const tensor.
+template <class X>
+using view_of_t = typename detail::view_of<std::remove_reference_t<X>>::type;
+
+template <class X>
+concept tensor_like = requires { typename view_of_t<X>; };
+
+// The view of a tensor-like argument.
+template <class T, std::size_t R>
+constexpr tensor_view<T, R> as_view(const tensor_view<T, R>& x) { return x; }
+template <class T, std::size_t R>
+tensor_view<T, R> as_view(tensor<T, R>& x) { return x.view(); }
+template <class T, std::size_t R>
+tensor_view<const T, R> as_view(const tensor<T, R>& x) { return x.view(); }
+
+// x, of shape (..., D), as a (rows, D) matrix of E (E = const T reads a view of T):
+// rows is the product of the leading dimensions (1 for a vector). `what` names the
+// argument in errors ("rms_norm: x").
+template <class E, tensor_like X>
+tensor_view<E, 2> as_rows(X&& x, std::string_view what) {
+    const auto v = as_view(x);
+    using V = decltype(v);
+    constexpr std::size_t R = V::rank;
+    using T = typename V::element_type;
+    static_assert(std::is_same_v<std::remove_const_t<E>, std::remove_const_t<T>>,
+                  "tinyllm: this argument holds the wrong element type (e.g. double where float is needed)");
+    static_assert(std::is_const_v<E> || !std::is_const_v<T>,
+                  "tinyllm: an output argument is a view of const elements");
+    if constexpr (R == 1) {
+        return {v.data(), extents<2>{1, v.extent(0)}, extents<2>{v.extent(0) * v.stride(0), v.stride(0)}};
+    } else {
+        index_t rows = v.extent(R - 2), row_stride = v.stride(R - 2);
+        for (std::size_t d = R - 2; d-- > 0;) {
+            if (v.extent(d) == 1) continue;
+            if (rows == 1) {
+                rows = v.extent(d);
+                row_stride = v.stride(d);
+                continue;
+            }
+            if (v.extent(d) != 0 && rows != 0 && v.stride(d) != row_stride * rows)
+                throw error(detail::cat("tinyllm: ", what, " has shape ", to_string(v.shape()), " and strides ",
+                                        to_string(v.strides()), ": its leading dimensions do not merge into rows "
+                                        "(make it contiguous first, or pass a (rows, D) view)"));
+            rows *= v.extent(d);
+        }
+        if (v.extent(R - 2) == 0) rows = 0;
+        for (std::size_t d = 0; d + 2 < R; ++d)
+            if (v.extent(d) == 0) rows = 0;
+        return {v.data(), extents<2>{rows, v.extent(R - 1)}, extents<2>{row_stride, v.stride(R - 1)}};
+    }
+}
+
+// x as a vector (one dimension) of E: for weights and biases passed as tensors or views.
+template <class E, tensor_like X>
+tensor_view<E, 1> as_vector(X&& x) {
+    const auto v = as_view(x);
+    static_assert(decltype(v)::rank == 1, "tinyllm: this argument must be a vector (one dimension)");
+    return v;
+}
+
+// Two tensor-like arguments of the same shape (rank and sizes), or an error naming both.
+template <tensor_like A, tensor_like B>
+void expect_equal_shapes(const A& a, const B& b, std::string_view op, std::string_view a_name, std::string_view b_name) {
+    const auto av = as_view(a);
+    const auto bv = as_view(b);
+    if constexpr (decltype(av)::rank != decltype(bv)::rank) {
+        throw error(detail::cat("tinyllm: ", op, ": ", a_name, " has shape ", to_string(av.shape()), " but ", b_name,
+                                " has shape ", to_string(bv.shape()), "; they must be equal"));
+    } else if (av.shape() != bv.shape()) {
+        throw error(detail::cat("tinyllm: ", op, ": ", a_name, " has shape ", to_string(av.shape()), " but ", b_name,
+                                " has shape ", to_string(bv.shape()), "; they must be equal"));
+    }
+}
 
 }  // namespace tinyllm
