@@ -5,12 +5,14 @@
 #include <tinyllm/philox.hpp>
 #include <tinyllm/random.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 using tinyllm::philox_counter;
 using tinyllm::philox_key;
+using tinyllm::index_t;
 
 // Known-answer values published with Random123 (kat_vectors, philox4x32 10):
 // counter (4 words), key (2 words) -> output (4 words).
@@ -97,4 +99,117 @@ TEST_CASE("Philox uniforms pass a chi-square test and have mean 1/2", "[philox][
     const double mean = sum / n, sigma = std::sqrt(1.0 / 12.0 / n);
     INFO("mean = " << mean);
     CHECK(std::fabs(mean - 0.5) < 4 * sigma);
+}
+
+TEST_CASE("the portable ln, sin and cos behind fill_normal are within a few ulp", "[philox][random]") {
+    // ln on every u1 the transform can see (multiples of 2^-24 in (0, 1]), sampled, and a wide range.
+    double worst_ln = 0.0;
+    for (std::uint32_t k = 1; k <= (1u << 24); k += 997) {
+        const float u = static_cast<float>(k) * (1.0f / 16777216.0f);
+        const double want = std::log(static_cast<double>(u));
+        const double err = std::fabs(tinyllm::detail::log_positive(u) - want);
+        worst_ln = std::max(worst_ln, err / std::max(std::fabs(want), 1e-30));
+        if (want == 0.0) REQUIRE(tinyllm::detail::log_positive(u) == 0.0f);
+    }
+    for (float x : {1e-30f, 0.1f, 0.5f, 0.70710677f, 0.70710683f, 1.0f, 1.41421354f, 2.0f, 10.0f, 3e30f}) {
+        const double want = std::log(static_cast<double>(x));
+        if (want != 0.0) worst_ln = std::max(worst_ln, std::fabs(tinyllm::detail::log_positive(x) - want) / std::fabs(want));
+    }
+    INFO("worst relative error of log_positive = " << worst_ln);
+    CHECK(worst_ln < 4 * 6e-8);  // a few float ulp (2^-24 = 6e-8)
+    double worst_trig = 0.0;
+    for (std::uint32_t k = 0; k < (1u << 24); k += 331) {
+        const float u = static_cast<float>(k) * (1.0f / 16777216.0f);
+        float s, c;
+        tinyllm::detail::sin_cos_2pi(u, &s, &c);
+        const double angle = 2.0 * 3.14159265358979323846 * u;
+        worst_trig = std::max({worst_trig, std::fabs(s - std::sin(angle)), std::fabs(c - std::cos(angle))});
+    }
+    INFO("worst absolute error of sin_cos_2pi = " << worst_trig);
+    CHECK(worst_trig < 4 * 6e-8);
+}
+
+TEST_CASE("fill_normal is reproducible, handles any size and checks its arguments", "[philox][random]") {
+    const std::uint64_t seed = tinyllm_test::test_seed();
+    std::vector<float> a(1001), b(1001), c(1001);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(a.data(), {1001}), seed);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(b.data(), {1001}), seed);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(c.data(), {1001}), seed + 1);
+    CHECK(a == b);
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) same += a[i] == c[i];
+    CHECK(same == 0);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        REQUIRE(std::isfinite(a[i]));
+        REQUIRE(a[i] == tinyllm::normal_element(seed, i, 0.0f, 1.0f));
+    }
+    // Any size: a short fill is the start of a long one.
+    for (index_t n : {1, 2, 3, 5, 6, 7}) {
+        std::vector<float> s(static_cast<std::size_t>(n));
+        tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(s.data(), {n}), seed);
+        CHECK(std::equal(s.begin(), s.end(), a.begin()));
+    }
+    // mean + stddev * z with one rounding.
+    std::vector<float> shifted(1001);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 2>(shifted.data(), {7, 143}), seed, 3.0f, 0.5f);
+    for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(shifted[i] == std::fma(0.5f, a[i], 3.0f));
+    // Another Philox stream than fill_uniform's, so the two fills of one seed are independent.
+    CHECK(tinyllm::normal_stream != 0);
+    CHECK(tinyllm::philox_block(seed, 0, 0).v[0] != tinyllm::philox_block(seed, tinyllm::normal_stream, 0).v[0]);
+    // Errors.
+    std::vector<float> m(6);
+    tinyllm::tensor_view<float, 2> strided(m.data(), {2, 2}, {3, 1});
+    CHECK_THROWS_AS(tinyllm::cpu::fill_normal(strided, seed), tinyllm::error);
+    CHECK_THROWS_AS(tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(m.data(), {6}), seed, 0.0f, -1.0f),
+                    tinyllm::error);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(m.data(), {0}), seed);  // empty: nothing to do
+}
+
+// 2^20 standard normals from a fixed seed (deterministic). Tolerances are five
+// standard errors of each raw moment for n draws from N(0, 1), sqrt(Var(z^k) / n):
+// mean sqrt(1/n) = 0.001, E z^2 sqrt(2/n) = 0.0014, E z^3 sqrt(15/n) = 0.0038,
+// E z^4 sqrt(96/n) = 0.0096. The histogram has 40 bins of width 0.2 on [-4, 4) plus
+// the two tails, 41 degrees of freedom: chi-square ~ 41 +- 9, and the critical
+// value for p = 0.001 is 74.7.
+TEST_CASE("fill_normal has the moments and histogram of N(0, 1)", "[philox][random]") {
+    const std::size_t n = 1 << 20;
+    std::vector<float> z(n);
+    tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(z.data(), {n}), 20261127);
+    double m1 = 0, m2 = 0, m3 = 0, m4 = 0, largest = 0;
+    for (float x : z) {
+        const double d = x;
+        m1 += d;
+        m2 += d * d;
+        m3 += d * d * d;
+        m4 += d * d * d * d;
+        largest = std::max(largest, std::fabs(d));
+    }
+    m1 /= n, m2 /= n, m3 /= n, m4 /= n;
+    INFO("mean " << m1 << ", variance " << m2 - m1 * m1 << ", third moment " << m3 << ", fourth moment " << m4
+                 << ", largest |z| " << largest);
+    CHECK(std::fabs(m1) < 5 * 0.001);
+    CHECK(std::fabs(m2 - m1 * m1 - 1.0) < 5 * 0.0014);
+    CHECK(std::fabs(m3) < 5 * 0.0038);
+    CHECK(std::fabs(m4 - 3.0) < 5 * 0.0096);
+    CHECK(largest <= 5.77);
+    CHECK(largest > 4.0);  // the tails are there: P(|z| > 4) * n = 66 expected
+
+    const int bins = 42;  // (-inf, -4), 40 bins on [-4, 4), [4, inf)
+    std::vector<double> count(bins, 0.0);
+    for (float x : z) {
+        int bin = 0;
+        if (x >= 4.0f) bin = bins - 1;
+        else if (x >= -4.0f) bin = std::clamp(1 + static_cast<int>(std::floor((x + 4.0) / 0.2)), 1, bins - 2);
+        count[static_cast<std::size_t>(bin)] += 1;
+    }
+    auto cdf = [](double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); };
+    double chi2 = 0;
+    for (int b = 0; b < bins; ++b) {
+        const double lo = b == 0 ? -INFINITY : -4.0 + 0.2 * (b - 1);
+        const double hi = b == bins - 1 ? INFINITY : -4.0 + 0.2 * b;
+        const double expected = n * (cdf(hi) - cdf(lo));
+        chi2 += (count[b] - expected) * (count[b] - expected) / expected;
+    }
+    INFO("chi-square = " << chi2);
+    CHECK(chi2 < 74.7);
 }

@@ -84,13 +84,17 @@ TINYLLM_HOST_DEVICE float uniform_float(std::uint32_t bits) {
     return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
 }
 
-// The n-th random word of stream `stream` for `seed` (see the convention above).
-TINYLLM_HOST_DEVICE std::uint32_t philox_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t n) {
-    const std::uint64_t block = n >> 2;
+// Block `block` of stream `stream` for `seed`: the random words 4 block .. 4 block + 3.
+TINYLLM_HOST_DEVICE philox_counter philox_block(std::uint64_t seed, std::uint64_t stream, std::uint64_t block) {
     const philox_counter counter{{static_cast<std::uint32_t>(block), static_cast<std::uint32_t>(block >> 32),
                                   static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)}};
     const philox_key key{{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
-    return philox4x32_10(counter, key).v[n & 3];
+    return philox4x32_10(counter, key);
+}
+
+// The n-th random word of stream `stream` for `seed` (see the convention above).
+TINYLLM_HOST_DEVICE std::uint32_t philox_bits(std::uint64_t seed, std::uint64_t stream, std::uint64_t n) {
+    return philox_block(seed, stream, n >> 2).v[n & 3];
 }
 
 // The n-th uniform [0, 1) float of stream `stream` for `seed`.

@@ -1,11 +1,14 @@
 // tinyllm/cuda/random.cuh — fill device tensors with Philox random numbers,
-// bit-identical to tinyllm::cpu::fill_uniform.
+// bit-identical to tinyllm::cpu::fill_uniform and tinyllm::cpu::fill_normal.
 //
 // Each thread computes its elements from (seed, index) alone — the point of a
 // counter-based generator — so there is no state to share and no order to
 // respect. One Philox call yields four words; a thread therefore produces four
 // consecutive elements and writes them with one 16-byte store when the
-// destination is aligned (grid-stride loop over groups of four).
+// destination is aligned (grid-stride loop over groups of four). fill_normal
+// turns the four words into four normals with tinyllm::normal_block, the same
+// host/device function the CPU loop calls (Box–Muller from correctly rounded
+// operations only; see <tinyllm/random.hpp>).
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
@@ -45,6 +48,28 @@ __global__ void fill_uniform_kernel(T* out, index_t n, std::uint64_t seed, float
     }
 }
 
+template <class T>
+__global__ void fill_normal_kernel(T* out, index_t n, std::uint64_t seed, float mean, float stddev) {
+    const index_t groups = ceil_div<index_t>(n, 4);
+    for (index_t g = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; g < groups;
+         g += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        float v[4];
+        normal_block(v, seed, static_cast<std::uint64_t>(g), mean, stddev);  // elements 4g .. 4g+3
+        const index_t i = 4 * g;
+        if (std::is_same_v<T, float> && i + 3 < n && (reinterpret_cast<std::uintptr_t>(out + i) % 16) == 0) {
+            *reinterpret_cast<float4*>(out + i) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            for (int j = 0; j < 4 && i + j < n; ++j) out[i + j] = v[j];
+        }
+    }
+}
+
+// Blocks for a grid-stride loop over `groups` items: enough to fill the GPU, at most 4096.
+inline int fill_blocks(index_t groups, int threads) {
+    const index_t blocks = ceil_div<index_t>(groups, threads);
+    return static_cast<int>(blocks < 4096 ? blocks : 4096);
+}
+
 }  // namespace detail
 
 // out[i] = uniform in [lo, hi), the same bits as cpu::fill_uniform(out, seed, lo, hi).
@@ -60,6 +85,20 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
     // Enough blocks to fill the GPU; the grid-stride loop covers any remainder.
     const int blocks = static_cast<int>(ceil_div<index_t>(groups, threads) < 4096 ? ceil_div<index_t>(groups, threads) : 4096);
     launch(detail::fill_uniform_kernel<float>, blocks, threads, 0, stream, out.data(), out.size(), seed, lo, hi);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// out[i] = normal(mean, stddev), the same bits as cpu::fill_normal(out, seed, mean, stddev).
+template <std::size_t Rank>
+void fill_normal(tensor_view<float, Rank> out, std::uint64_t seed, float mean = 0.0f, float stddev = 1.0f,
+                 cudaStream_t stream = nullptr) {
+    TINYLLM_EXPECT(out.is_contiguous(), "fill_normal writes a contiguous tensor; got strides ",
+                   to_string(out.strides()), " for shape ", to_string(out.shape()));
+    TINYLLM_EXPECT(stddev >= 0.0f, "fill_normal needs stddev >= 0; got stddev = ", stddev);
+    if (out.size() == 0) return;
+    const int threads = 256;
+    const int blocks = detail::fill_blocks(ceil_div<index_t>(out.size(), 4), threads);
+    launch(detail::fill_normal_kernel<float>, blocks, threads, 0, stream, out.data(), out.size(), seed, mean, stddev);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
