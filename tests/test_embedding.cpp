@@ -6,6 +6,8 @@
 #include <tinyllm/embedding.hpp>
 
 #include <cstdint>
+#include <limits>
+#include <utility>
 #include <vector>
 
 using namespace tinyllm;
@@ -60,4 +62,59 @@ TEST_CASE("embedding rejects bad ids and shapes") {
                                      tensor_view<const std::int32_t, 2>(bad.data(), {1, 2}),
                                      tensor_view<const float, 2>(table.data(), {4, 3})),
                       tinyllm_test::contains("embedding: out has shape"));
+}
+
+TEST_CASE("embedding takes ids of any rank: (...) ids give (..., D) rows", "[batch]") {
+    const index_t V = 9, D = 4, B = 2, T = 3;
+    tinyllm::tensor<float, 2> table({V, D});  // an owning table
+    table.values() = tinyllm_test::random_floats(static_cast<std::size_t>(V * D), 3);
+    tinyllm::tensor<std::int32_t, 2> ids({B, T});
+    ids.values() = {4, 0, 8, 8, 2, 5};
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> want(static_cast<std::size_t>(B * T * D), nan);
+    cpu::embedding(tensor_view<float, 3>(want.data(), {B, T, D}), std::as_const(ids).view(),
+                   std::as_const(table).view(), 0.5f);  // the (B, T) definition
+
+    tinyllm::tensor<float, 3> out({B, T, D}, nan);  // owning tensors, ids of non-const
+    cpu::embedding(out, ids, table, 0.5f);
+    CHECK(out.values() == want);
+
+    tinyllm::tensor<float, 2> flat({B * T, D}, nan);  // (B*T) ids as one vector
+    cpu::embedding(flat, reshape(ids, {B * T}), table.view(), 0.5f);
+    CHECK(flat.values() == want);
+
+    tinyllm::tensor<float, 4> out4({B, 1, T, D}, nan);  // (B, 1, T) ids
+    cpu::embedding(out4.view(), reshape(std::as_const(ids), {B, index_t{1}, T}), table, 0.5f);
+    CHECK(out4.values() == want);
+
+    std::vector<float> row(static_cast<std::size_t>(T * D), nan);  // one sequence (T)
+    cpu::embedding(tensor_view<float, 2>(row.data(), {T, D}), ids.view().slice(0, 1), table, 0.5f);
+    CHECK(row == std::vector<float>(want.begin() + T * D, want.end()));
+
+    // 16-bit table, 1-D ids of another integer type.
+    tinyllm::tensor<bfloat16, 2> t16({V, D});
+    for (std::size_t i = 0; i < t16.values().size(); ++i) t16.values()[i] = from_float<bfloat16>(table.values()[i]);
+    const tinyllm::tensor<std::int64_t, 1> ids64({3}, 7);
+    tinyllm::tensor<bfloat16, 2> o16({3, D});
+    cpu::embedding(o16, ids64, t16);
+    for (index_t r = 0; r < 3; ++r)
+        for (index_t d = 0; d < D; ++d) CHECK(to_float(o16(r, d)) == to_float(t16(7, d)));
+
+    // Leading dimensions that do not merge, shapes that do not match, bad ids.
+    tinyllm::tensor<std::int32_t, 3> ids3({2, 2, 2}, 1);
+    tinyllm::tensor<float, 4> out3({2, 2, 2, D});
+    CHECK_THROWS_WITH(cpu::embedding(out3, ids3.view().transpose(0, 1), table),
+                      tinyllm_test::contains("embedding: ids has shape (2, 2, 2) and strides (2, 4, 1)") &&
+                          tinyllm_test::contains("do not merge"));
+    CHECK_THROWS_WITH(cpu::embedding(out3.view().transpose(0, 1), ids3, table),
+                      tinyllm_test::contains("embedding: out has shape (2, 2, 2, 4) and strides"));
+    tinyllm::tensor<float, 3> wrong({T, B, D});
+    CHECK_THROWS_WITH(cpu::embedding(wrong, ids, table),
+                      tinyllm_test::contains("embedding: out has shape (3, 2, 4) but ids (2, 3)"));
+    tinyllm::tensor<float, 3> narrow({B, T, D - 1});
+    CHECK_THROWS_WITH(cpu::embedding(narrow, ids, table), tinyllm_test::contains("embedding: out has width 3"));
+    ids(1, 2) = 9;
+    CHECK_THROWS_WITH(cpu::embedding(out, ids, table), tinyllm_test::contains("ids(1, 2) = 9 is outside the vocabulary"));
+    CHECK_THROWS_WITH(cpu::embedding(flat, reshape(ids, {B * T}), table),
+                      tinyllm_test::contains("ids(0, 5) = 9 is outside the vocabulary"));
 }

@@ -484,3 +484,214 @@ TEST_CASE("the SwiGLU MLP equals its float64 composition", "[ffn]") {
     CHECK_THROWS_WITH(cpu::swiglu_mlp(view2(wrong, rows, H), cview2(x, rows, D), w),
                       tinyllm_test::contains("out has shape (3, 40) but x has shape (3, 24)"));
 }
+
+// ---- leading batch dimensions: (..., D) -----------------------------------------------
+
+namespace {
+
+const float nan_f = std::numeric_limits<float>::quiet_NaN();
+
+// op(out, x, y) with out (..., Dout) and x, y (..., D): run on (B, T, D) owning tensors, on
+// (B, 1, T, D) views, on 2-D views of non-const, and on one row as a vector, each result equal
+// to the flattened (B*T, D) call `ref` (outputs start as NaN, which never compares equal);
+// then a transposed (non-mergeable) argument and mismatched shapes must throw.
+template <class Ref, class Op>
+void check_leading_dims(const std::string& op_name, const std::string& x_name, index_t D, index_t Dout, Ref ref,
+                        Op op) {
+    INFO(op_name);
+    const index_t B = 2, T = 3;
+    tinyllm::tensor<float, 3> x({B, T, D}), y({B, T, D});
+    x.values() = random_floats(static_cast<std::size_t>(B * T * D), 90, -2, 2);
+    y.values() = random_floats(static_cast<std::size_t>(B * T * D), 91, -2, 2);
+    std::vector<float> want(static_cast<std::size_t>(B * T * Dout), nan_f);
+    ref(view2(want, B * T, Dout), cview2(x.values(), B * T, D), cview2(y.values(), B * T, D));
+
+    tinyllm::tensor<float, 3> out({B, T, Dout}, nan_f);  // owning tensors, read ones const and not
+    op(out, std::as_const(x), y);
+    CHECK(out.values() == want);
+
+    tinyllm::tensor<float, 4> out4({B, 1, T, Dout}, nan_f);  // rank 4, views
+    op(out4.view(), tinyllm::reshape(std::as_const(x), {B, index_t{1}, T, D}), tinyllm::reshape(y, {B, index_t{1}, T, D}));
+    CHECK(out4.values() == want);
+
+    std::vector<float> out2(want.size(), nan_f);  // 2-D views of non-const elements
+    op(view2(out2, B * T, Dout), tinyllm::reshape(x, {B * T, D}), tinyllm::reshape(y, {B * T, D}));
+    CHECK(out2 == want);
+
+    std::vector<float> row(static_cast<std::size_t>(Dout), nan_f);  // one row (b = 1, t = 2) as a vector
+    op(tensor_view<float, 1>(row.data(), {Dout}), x.view().slice(0, 1).slice(0, 2), y.view().slice(0, 1).slice(0, 2));
+    CHECK(row == std::vector<float>(want.begin() + (T + 2) * Dout, want.begin() + (T + 3) * Dout));
+
+    // x.transpose(0, 1) is (T, B, D) with strides (D, T*D, 1): its leading dimensions do not merge.
+    tinyllm::tensor<float, 3> out_tb({T, B, Dout}), x_tb({T, B, D}), y_tb({T, B, D});
+    CHECK_THROWS_WITH(op(out_tb, x.view().transpose(0, 1), y_tb),
+                      tinyllm_test::contains(op_name + ": " + x_name + " has shape (3, 2, " + std::to_string(D) +
+                                             ") and strides") &&
+                          tinyllm_test::contains("do not merge"));
+    CHECK_THROWS_WITH(op(out.view().transpose(0, 1), x_tb, y_tb),
+                      tinyllm_test::contains(op_name + ": out has shape (3, 2, " + std::to_string(Dout) + ")") &&
+                          tinyllm_test::contains("do not merge"));
+    // Mismatched shapes: (T, B, .) against (B, T, .), and (B*T, .) against (B, T, .).
+    CHECK_THROWS_WITH(op(out_tb, x, y), tinyllm_test::contains(op_name + ": out has shape (3, 2, " +
+                                                                std::to_string(Dout) + ") but " + x_name +
+                                                                " has shape (2, 3, " + std::to_string(D) + ")"));
+    CHECK_THROWS_WITH(op(view2(out2, B * T, Dout), x, y),
+                      tinyllm_test::contains(op_name + ": out has shape (6, " + std::to_string(Dout) + ") but " +
+                                             x_name + " has shape (2, 3, " + std::to_string(D) + ")"));
+}
+
+}  // namespace
+
+TEST_CASE("norms take (..., D) tensors: (B, T, D) equals the flattened call", "[norm][batch]") {
+    const index_t D = 8;
+    const auto w = random_floats(D, 92), b = random_floats(D, 93);
+    tinyllm::tensor<float, 1> w_t({D}), b_t({D});  // owning weight tensors
+    w_t.values() = w;
+    b_t.values() = b;
+    const float eps = 1e-5f;
+    check_leading_dims(
+        "layer_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::layer_norm(out, x, cview1(w), cview1(b), eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::layer_norm(out, x, w_t, b_t, eps); });
+    check_leading_dims(
+        "layer_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::layer_norm(out, x, eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::layer_norm(out, x, eps); });
+    check_leading_dims(
+        "layer_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::layer_norm(out, x, cview1(w), {}, eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::layer_norm(out, x, w_t.view(), {}, eps); });
+    check_leading_dims(
+        "rms_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::rms_norm(out, x, cview1(w), eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::rms_norm(out, x, w_t, eps); });
+    check_leading_dims(
+        "rms_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::rms_norm(out, x, {}, eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::rms_norm(out, x, {}, eps); });
+    check_leading_dims(
+        "rms_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::rms_norm(out, x, eps); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::rms_norm(out, x, eps); });
+}
+
+TEST_CASE("fused residual add + norm takes (..., D) tensors", "[norm][batch]") {
+    const index_t B = 2, T = 3, D = 8;
+    const auto w = random_floats(D, 94), b = random_floats(D, 95);
+    tinyllm::tensor<float, 1> w_t({D});
+    w_t.values() = w;
+    tinyllm::tensor<float, 3> x({B, T, D}), r({B, T, D});
+    x.values() = random_floats(static_cast<std::size_t>(B * T * D), 96, -2, 2);
+    r.values() = random_floats(static_cast<std::size_t>(B * T * D), 97, -2, 2);
+    const auto n = static_cast<std::size_t>(B * T * D);
+    for (bool layer : {true, false}) {
+        INFO((layer ? "residual_add_layer_norm" : "residual_add_rms_norm"));
+        std::vector<float> want(n, nan_f), want_sum(n, nan_f);
+        if (layer)
+            cpu::residual_add_layer_norm(view2(want, B * T, D), view2(want_sum, B * T, D), cview2(x.values(), B * T, D),
+                                         cview2(r.values(), B * T, D), cview1(w), cview1(b), 1e-5f);
+        else
+            cpu::residual_add_rms_norm(view2(want, B * T, D), view2(want_sum, B * T, D), cview2(x.values(), B * T, D),
+                                       cview2(r.values(), B * T, D), cview1(w), 1e-5f);
+        tinyllm::tensor<float, 3> out({B, T, D}, nan_f), sum({B, T, D}, nan_f);
+        if (layer)
+            cpu::residual_add_layer_norm(out, sum, x, r.view(), w_t, cview1(b), 1e-5f);
+        else
+            cpu::residual_add_rms_norm(out, sum.view(), std::as_const(x), r, w_t, 1e-5f);
+        CHECK(out.values() == want);
+        CHECK(sum.values() == want_sum);
+        // One row as vectors.
+        std::vector<float> row(static_cast<std::size_t>(D), nan_f), row_sum(row);
+        const tensor_view<float, 1> row_v(row.data(), {D}), row_sum_v(row_sum.data(), {D});
+        if (layer)
+            cpu::residual_add_layer_norm(row_v, row_sum_v, x.view().slice(0, 1).slice(0, 2),
+                                         r.view().slice(0, 1).slice(0, 2), cview1(w), cview1(b), 1e-5f);
+        else
+            cpu::residual_add_rms_norm(row_v, row_sum_v, x.view().slice(0, 1).slice(0, 2),
+                                       r.view().slice(0, 1).slice(0, 2), w_t, 1e-5f);
+        CHECK(row == std::vector<float>(want.begin() + (T + 2) * D, want.begin() + (T + 3) * D));
+        CHECK(row_sum == std::vector<float>(want_sum.begin() + (T + 2) * D, want_sum.begin() + (T + 3) * D));
+    }
+    // In place on (B, T, D): residual_out is the residual.
+    std::vector<float> want(static_cast<std::size_t>(B * T * D)), want_sum(want.size());
+    cpu::residual_add_rms_norm(view2(want, B * T, D), view2(want_sum, B * T, D), cview2(x.values(), B * T, D),
+                               cview2(r.values(), B * T, D), cview1(w), 1e-5f);
+    tinyllm::tensor<float, 3> out({B, T, D}, nan_f), stream = r;
+    cpu::residual_add_rms_norm(out, stream, x, stream, w_t, 1e-5f);
+    CHECK(out.values() == want);
+    CHECK(stream.values() == want_sum);
+
+    tinyllm::tensor<float, 3> wrong({T, B, D});
+    CHECK_THROWS_WITH(cpu::residual_add_rms_norm(out, wrong, x, r, w_t, 1e-5f),
+                      tinyllm_test::contains("residual_add_rms_norm: residual_out has shape (3, 2, 8) but x has shape (2, 3, 8)"));
+    CHECK_THROWS_WITH(cpu::residual_add_layer_norm(out, stream, x, wrong, w_t, {}, 1e-5f),
+                      tinyllm_test::contains("residual_add_layer_norm: residual has shape (3, 2, 8)"));
+    CHECK_THROWS_WITH(cpu::residual_add_layer_norm(out.view().transpose(0, 1), wrong, wrong, wrong, w_t, {}, 1e-5f),
+                      tinyllm_test::contains("residual_add_layer_norm: out has shape (3, 2, 8) and strides"));
+    CHECK_THROWS_WITH(cpu::residual_add_layer_norm(wrong, wrong, wrong, r.view().transpose(0, 1), w_t, {}, 1e-5f),
+                      tinyllm_test::contains("residual_add_layer_norm: residual has shape (3, 2, 8) and strides"));
+}
+
+TEST_CASE("element-wise ops take (..., cols) tensors: (B, T, D) equals the flattened call", "[activation][batch]") {
+    const index_t D = 12;
+    const auto bias = random_floats(D, 98);
+    tinyllm::tensor<float, 1> bias_t({D});
+    bias_t.values() = bias;
+    for (activation kind : {activation::relu, activation::gelu_tanh, activation::silu}) {
+        check_leading_dims(
+            "activate", "x", D, D, [&](auto out, auto x, auto) { cpu::activate(out, x, kind); },
+            [&](auto&& out, const auto& x, const auto&) { cpu::activate(out, x, kind); });
+        check_leading_dims(
+            "bias_activate", "x", D, D, [&](auto out, auto x, auto) { cpu::bias_activate(out, x, cview1(bias), kind); },
+            [&](auto&& out, const auto& x, const auto&) { cpu::bias_activate(out, x, bias_t, kind); });
+    }
+    check_leading_dims(
+        "swiglu", "gate", D, D, [&](auto out, auto g, auto u) { cpu::swiglu(out, g, u); },
+        [&](auto&& out, const auto& g, const auto& u) { cpu::swiglu(out, g, u); });
+    check_leading_dims(
+        "add", "a", D, D, [&](auto out, auto a, auto b) { cpu::add(out, a, b); },
+        [&](auto&& out, const auto& a, const auto& b) { cpu::add(out, a, b); });
+    check_leading_dims(
+        "multiply", "a", D, D, [&](auto out, auto a, auto b) { cpu::multiply(out, a, b); },
+        [&](auto&& out, const auto& a, const auto& b) { cpu::multiply(out, a, b); });
+
+    // The second input is checked too, and in place works on (B, T, D).
+    tinyllm::tensor<float, 3> a({2, 3, D}, 1.0f), b({3, 2, D}, 2.0f);
+    CHECK_THROWS_WITH(cpu::add(a, a, b), tinyllm_test::contains("add: out has shape (2, 3, 12) but b has shape (3, 2, 12)"));
+    CHECK_THROWS_WITH(cpu::swiglu(a, a, b), tinyllm_test::contains("swiglu: out has shape (2, 3, 12) but up has shape"));
+    tinyllm::tensor<float, 1> short_bias({D - 1});
+    CHECK_THROWS_WITH(cpu::bias_activate(a, a, short_bias, activation::relu), tinyllm_test::contains("bias has 11 elements"));
+    cpu::add(a, a, a);
+    CHECK(a.values() == std::vector<float>(a.values().size(), 2.0f));
+}
+
+TEST_CASE("linear and the MLPs take (..., D) tensors: (B, T, D) equals the flattened call", "[ffn][batch]") {
+    const index_t D = 8, N = 5, H = 12;
+    tinyllm::tensor<float, 2> W({N, D});  // an owning weight
+    W.values() = random_floats(static_cast<std::size_t>(N * D), 100);
+    const auto bias = random_floats(N, 101);
+    const auto Wt_values = random_floats(static_cast<std::size_t>(D * N), 102);  // stored (D, N), used transposed
+    const auto Wt = cview2(Wt_values, D, N).transpose(0, 1);
+    check_leading_dims(
+        "linear", "x", D, N, [&](auto out, auto x, auto) { cpu::linear(out, x, W.view(), cview1(bias)); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::linear(out, x, W, cview1(bias)); });
+    check_leading_dims(
+        "linear", "x", D, N, [&](auto out, auto x, auto) { cpu::linear(out, x, Wt, {}); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::linear(out, x, Wt, {}); });
+
+    const auto fc = random_floats(static_cast<std::size_t>(H * D), 103, -0.3f, 0.3f);
+    const auto fcb = random_floats(static_cast<std::size_t>(H), 104);
+    const auto proj = random_floats(static_cast<std::size_t>(D * H), 105, -0.3f, 0.3f);
+    const auto projb = random_floats(static_cast<std::size_t>(D), 106);
+    const tinyllm::gpt2_mlp_weights<float> gw{cview2(fc, H, D), cview1(fcb), cview2(proj, D, H), cview1(projb)};
+    check_leading_dims(
+        "gpt2_mlp", "x", D, D, [&](auto out, auto x, auto) { cpu::gpt2_mlp(out, x, gw); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::gpt2_mlp(out, x, gw); });
+    const auto up = random_floats(static_cast<std::size_t>(H * D), 107, -0.3f, 0.3f);
+    const tinyllm::swiglu_mlp_weights<float> sw{cview2(fc, H, D), cview2(up, H, D), cview2(proj, D, H)};
+    check_leading_dims(
+        "swiglu_mlp", "x", D, D, [&](auto out, auto x, auto) { cpu::swiglu_mlp(out, x, sw); },
+        [&](auto&& out, const auto& x, const auto&) { cpu::swiglu_mlp(out, x, sw); });
+
+    // linear's out and x share all dimensions but the last.
+    tinyllm::tensor<float, 3> x({2, 3, D}), out({2, 4, N});
+    CHECK_THROWS_WITH(cpu::linear(out, x, W, {}),
+                      tinyllm_test::contains("linear: out has shape (2, 4, 5) but x has shape (2, 3, 8); all dimensions "
+                                             "but the last must be equal"));
+    tinyllm::tensor<float, 3> out_ok({2, 3, N});
+    CHECK_THROWS_WITH(cpu::linear(out_ok, x, cview2(fc, H, D), {}), tinyllm_test::contains("out has shape (6, 5)"));
+}

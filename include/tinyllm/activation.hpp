@@ -34,9 +34,13 @@
 // where gate = x W_gate^T and up = x W_up^T are two projections of the same x.
 // The gate decides, per hidden unit, how much of `up` passes.
 //
-// Tensor operations here take 2-D views (rows, cols) with any strides; a
-// (B, T, D) activation is reshape(x, extents<2>{B * T, D}). `out` may be one of
-// the inputs (in place): each element is read before it is written.
+// Tensor operations here take (..., cols) tensors — any number of leading
+// dimensions, as a (B, T, D) activation, a (rows, cols) matrix or one (cols)
+// vector — as views (any strides) or owning tensors. The (rows, cols) functions
+// are the definitions; the (..., cols) overloads after them check the shapes,
+// merge the leading dimensions into rows (as_rows in tensor.hpp) and call them.
+// `out` may be one of the inputs (in place): each element is read before it is
+// written.
 #pragma once
 
 #include <tinyllm/config.hpp>
@@ -160,6 +164,45 @@ inline void multiply(tensor_view<float, 2> out, tensor_view<const float, 2> a, t
     tinyllm::detail::expect_same_shape(out, b, "multiply", "out", "b");
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) * b(r, c);
+}
+
+// ---- Any number of leading dimensions: (..., cols) ---------------------------------------
+// Views or owning tensors of any rank; out and every input of one shape, bias (cols).
+
+template <tensor_like Out, tensor_like X>
+void activate(Out&& out /*(..., cols)*/, const X& x /*(..., cols)*/, activation kind) {
+    expect_equal_shapes(out, x, "activate", "out", "x");
+    activate(as_rows<float>(out, "activate: out"), as_rows<const float>(x, "activate: x"), kind);
+}
+
+template <tensor_like Out, tensor_like X, tensor_like B>
+void bias_activate(Out&& out /*(..., cols)*/, const X& x /*(..., cols)*/, const B& bias /*(cols)*/, activation kind) {
+    expect_equal_shapes(out, x, "bias_activate", "out", "x");
+    bias_activate(as_rows<float>(out, "bias_activate: out"), as_rows<const float>(x, "bias_activate: x"),
+                  as_vector<const float>(bias), kind);
+}
+
+template <tensor_like Out, tensor_like G, tensor_like U>
+void swiglu(Out&& out /*(..., hidden)*/, const G& gate /*(..., hidden)*/, const U& up /*(..., hidden)*/) {
+    expect_equal_shapes(out, gate, "swiglu", "out", "gate");
+    expect_equal_shapes(out, up, "swiglu", "out", "up");
+    swiglu(as_rows<float>(out, "swiglu: out"), as_rows<const float>(gate, "swiglu: gate"),
+           as_rows<const float>(up, "swiglu: up"));
+}
+
+template <tensor_like Out, tensor_like A, tensor_like B>
+void add(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b /*(..., cols)*/) {
+    expect_equal_shapes(out, a, "add", "out", "a");
+    expect_equal_shapes(out, b, "add", "out", "b");
+    add(as_rows<float>(out, "add: out"), as_rows<const float>(a, "add: a"), as_rows<const float>(b, "add: b"));
+}
+
+template <tensor_like Out, tensor_like A, tensor_like B>
+void multiply(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b /*(..., cols)*/) {
+    expect_equal_shapes(out, a, "multiply", "out", "a");
+    expect_equal_shapes(out, b, "multiply", "out", "b");
+    multiply(as_rows<float>(out, "multiply: out"), as_rows<const float>(a, "multiply: a"),
+             as_rows<const float>(b, "multiply: b"));
 }
 
 }  // namespace cpu

@@ -20,6 +20,13 @@
 // w.transpose(0, 1) with no copy. `matmul(out, a, b)` is the plain product
 // out = a b with b (K, N).
 //
+// Shapes: activations are (..., features) — any number of leading dimensions,
+// as a (B, T, D) activation, a (rows, D) matrix or one (D) vector — as views or
+// owning tensors. The (rows, features) functions are the definitions; the
+// (..., features) overloads after them check the shapes, merge the leading
+// dimensions into rows (as_rows in tensor.hpp) and call them. Weights stay
+// matrices and biases vectors. matmul is the 2-D matrix product only.
+//
 // This CPU reference is the triple loop, accumulating in double: slow, obvious
 // and accurate. On the GPU (<tinyllm/cuda/ffn.cuh>) the products go to cuBLAS
 // and what tinyllm writes is the element-wise work between them, fused.
@@ -96,12 +103,36 @@ void expect_swiglu_mlp_args(std::string_view op, const Out& out, const X& x, con
                         to_string(x.shape()), "; they must be equal"));
 }
 
+// A weight argument (a view or an owning tensor) as a matrix of E.
+template <class E, tensor_like X>
+tensor_view<E, 2> as_matrix(const X& x) {
+    const auto v = as_view(x);
+    static_assert(decltype(v)::rank == 2, "tinyllm: this weight must be a matrix (two dimensions)");
+    return v;
+}
+
+// a (..., N) and b (..., K) have the same leading dimensions (one row of a per row of b).
+template <tensor_like A, tensor_like B>
+void expect_same_leading(const A& a, const B& b, std::string_view op, std::string_view a_name,
+                         std::string_view b_name) {
+    const auto av = as_view(a);
+    const auto bv = as_view(b);
+    constexpr std::size_t R = decltype(av)::rank;
+    bool same = R == decltype(bv)::rank;
+    if constexpr (R == decltype(bv)::rank)
+        for (std::size_t d = 0; d + 1 < R; ++d) same = same && av.extent(d) == bv.extent(d);
+    if (!same)
+        throw error(cat("tinyllm: ", op, ": ", a_name, " has shape ", to_string(av.shape()), " but ", b_name,
+                        " has shape ", to_string(bv.shape()), "; all dimensions but the last must be equal"));
+}
+
 }  // namespace detail
 
 namespace cpu {
 
 // out = x weight^T + bias, torch.nn.Linear. out: (rows, N); x: (rows, K);
 // weight: (N, K), any strides; bias: (N) or empty. out must not overlap x.
+// Any rank: below.
 inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
                    tensor_view<const float, 1> bias) {
     tinyllm::detail::expect_linear_args("linear", out, x, weight, bias);
@@ -146,6 +177,29 @@ inline void swiglu_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x,
     linear(up, x, w.up_weight, {});
     swiglu(gate, gate, up);
     linear(out, gate, w.down_weight, {});
+}
+
+// ---- Any number of leading dimensions: (..., features) -------------------------------
+
+// linear: out (..., N), x (..., K) with the same leading dimensions; weight (N, K); bias (N) or {}.
+template <tensor_like Out, tensor_like X, tensor_like W, tensor_like B = tensor_view<const float, 1>>
+void linear(Out&& out /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(N, K)*/, const B& bias /*(N)*/) {
+    tinyllm::detail::expect_same_leading(out, x, "linear", "out", "x");
+    linear(as_rows<float>(out, "linear: out"), as_rows<const float>(x, "linear: x"),
+           tinyllm::detail::as_matrix<const float>(weight), as_vector<const float>(bias));
+}
+
+template <tensor_like Out, tensor_like X>
+void gpt2_mlp(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const gpt2_mlp_weights<float>& w,
+              activation act = activation::gelu_tanh) {
+    expect_equal_shapes(out, x, "gpt2_mlp", "out", "x");
+    gpt2_mlp(as_rows<float>(out, "gpt2_mlp: out"), as_rows<const float>(x, "gpt2_mlp: x"), w, act);
+}
+
+template <tensor_like Out, tensor_like X>
+void swiglu_mlp(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const swiglu_mlp_weights<float>& w) {
+    expect_equal_shapes(out, x, "swiglu_mlp", "out", "x");
+    swiglu_mlp(as_rows<float>(out, "swiglu_mlp: out"), as_rows<const float>(x, "swiglu_mlp: x"), w);
 }
 
 }  // namespace cpu

@@ -51,8 +51,12 @@
 // the stream *as stored* (rounded to the storage type), so the fused result
 // equals the two steps done one after the other.
 //
-// Shapes: x and out are (rows, D), any strides; for a (B, T, D) activation use
-// reshape(x, extents<2>{B * T, D}). out (and residual_out) may be the same
+// Shapes: x and out are (..., D), any number of leading dimensions — a (B, T, D)
+// activation, a (rows, D) matrix or one (D) vector — as tensor views or owning
+// tensors; the leading dimensions are seen as rows (as_rows in tensor.hpp), so
+// they must merge into one (any contiguous tensor does). The (rows, D)
+// functions below are the definitions; the (..., D) overloads after them
+// check the shapes and call them. out (and residual_out) may be the same
 // memory as an input: every element is read before it is written.
 #pragma once
 
@@ -95,7 +99,7 @@ void expect_residual_args(std::string_view op, const X& residual_out, const X& x
 namespace cpu {
 
 // LayerNorm of each row of x: out = (x - mean) / sqrt(var + eps) * weight + bias.
-// out, x: (rows, D); weight, bias: (D) or empty (no affine parameters).
+// out, x: (rows, D); weight, bias: (D) or empty (no affine parameters). Any rank: below.
 inline void layer_norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 1> weight,
                        tensor_view<const float, 1> bias, float eps) {
     tinyllm::detail::expect_norm_args("layer_norm", out, x, weight, bias, eps);
@@ -168,6 +172,67 @@ inline void residual_add_rms_norm(tensor_view<float, 2> out, tensor_view<float, 
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t j = 0; j < x.extent(1); ++j) residual_out(r, j) = x(r, j) + residual(r, j);
     rms_norm(out, residual_out, weight, eps);
+}
+
+// ---- Any number of leading dimensions: (..., D) -----------------------------------------
+// The same operations on tensor views or owning tensors of any rank: out, x, residual_out
+// and residual all (..., D) of one shape; weight, bias (D) or {} (none). Each merges the
+// leading dimensions into rows and calls the (rows, D) definition above.
+
+template <tensor_like Out, tensor_like X, tensor_like W = tensor_view<const float, 1>,
+          tensor_like B = tensor_view<const float, 1>>
+void layer_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const W& weight /*(D)*/, const B& bias /*(D)*/,
+                float eps) {
+    expect_equal_shapes(out, x, "layer_norm", "out", "x");
+    layer_norm(as_rows<float>(out, "layer_norm: out"), as_rows<const float>(x, "layer_norm: x"),
+               as_vector<const float>(weight), as_vector<const float>(bias), eps);
+}
+
+template <tensor_like Out, tensor_like X>
+void layer_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, float eps) {
+    layer_norm(out, x, {}, {}, eps);
+}
+
+template <tensor_like Out, tensor_like X, tensor_like W = tensor_view<const float, 1>>
+void rms_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const W& weight /*(D)*/, float eps) {
+    expect_equal_shapes(out, x, "rms_norm", "out", "x");
+    rms_norm(as_rows<float>(out, "rms_norm: out"), as_rows<const float>(x, "rms_norm: x"),
+             as_vector<const float>(weight), eps);
+}
+
+template <tensor_like Out, tensor_like X>
+void rms_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, float eps) {
+    rms_norm(out, x, {}, eps);
+}
+
+template <tensor_like Out, tensor_like Sum, tensor_like X, tensor_like R, tensor_like W = tensor_view<const float, 1>,
+          tensor_like B = tensor_view<const float, 1>>
+void residual_add_layer_norm(Out&& out /*(..., D)*/, Sum&& residual_out /*(..., D)*/, const X& x /*(..., D)*/,
+                             const R& residual /*(..., D)*/, const W& weight /*(D)*/, const B& bias /*(D)*/,
+                             float eps) {
+    constexpr std::string_view op = "residual_add_layer_norm";
+    expect_equal_shapes(out, x, op, "out", "x");
+    expect_equal_shapes(residual_out, x, op, "residual_out", "x");
+    expect_equal_shapes(residual, x, op, "residual", "x");
+    residual_add_layer_norm(as_rows<float>(out, "residual_add_layer_norm: out"),
+                            as_rows<float>(residual_out, "residual_add_layer_norm: residual_out"),
+                            as_rows<const float>(x, "residual_add_layer_norm: x"),
+                            as_rows<const float>(residual, "residual_add_layer_norm: residual"),
+                            as_vector<const float>(weight), as_vector<const float>(bias), eps);
+}
+
+template <tensor_like Out, tensor_like Sum, tensor_like X, tensor_like R, tensor_like W = tensor_view<const float, 1>>
+void residual_add_rms_norm(Out&& out /*(..., D)*/, Sum&& residual_out /*(..., D)*/, const X& x /*(..., D)*/,
+                           const R& residual /*(..., D)*/, const W& weight /*(D)*/, float eps) {
+    constexpr std::string_view op = "residual_add_rms_norm";
+    expect_equal_shapes(out, x, op, "out", "x");
+    expect_equal_shapes(residual_out, x, op, "residual_out", "x");
+    expect_equal_shapes(residual, x, op, "residual", "x");
+    residual_add_rms_norm(as_rows<float>(out, "residual_add_rms_norm: out"),
+                          as_rows<float>(residual_out, "residual_add_rms_norm: residual_out"),
+                          as_rows<const float>(x, "residual_add_rms_norm: x"),
+                          as_rows<const float>(residual, "residual_add_rms_norm: residual"),
+                          as_vector<const float>(weight), eps);
 }
 
 }  // namespace cpu
