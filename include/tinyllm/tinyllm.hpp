@@ -38,4 +38,5 @@
 
 // The model: checkpoints and generation.
 #include <tinyllm/model.hpp>
+#include <tinyllm/npy.hpp>
 #include <tinyllm/safetensors.hpp>
