@@ -367,6 +367,67 @@ TEST_CASE("ALiBi bias is -slope times the distance back to the key", "[positiona
     CHECK(bias(1, 0, 5) == 1.0f / 256);
 }
 
+TEST_CASE("RoPE defaults: the whole head dim rotates, positions are 0..T-1 (+ an offset)", "[positional][rope]") {
+    const index_t B = 2, T = 5, H = 3, D = 16;
+    const auto x0 = tinyllm_test::random_floats(static_cast<std::size_t>(B * T * H * D), 11);
+    auto explicit_rope = [&](std::int64_t offset, const rope_config& cfg) {
+        std::vector<std::int64_t> positions;
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < T; ++t) positions.push_back(offset + t);
+        std::vector<float> x = x0;
+        tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(x.data(), {B, T, H, D}),
+                                 tinyllm::tensor_view<const std::int64_t, 2>(positions.data(), {B, T}), cfg);
+        return x;
+    };
+    for (auto pairing : {rope_pairing::rotate_half, rope_pairing::interleaved}) {
+        INFO("pairing " << tinyllm::to_string(pairing));
+        const rope_config full{.rotary_dim = D, .theta = 500.0, .pairing = pairing};
+        rope_config by_default{.theta = 500.0, .pairing = pairing};
+        CHECK(by_default.rotary_dim == 0);
+        CHECK(tinyllm::rope_rotary_dim(by_default, D) == D);
+        CHECK(tinyllm::resolve_rope(by_default, D).rotary_dim == D);
+        CHECK(tinyllm::resolve_rope(rope_config{.rotary_dim = 6}, D).rotary_dim == 6);
+        CHECK(tinyllm::cpu::rope_inverse_frequencies(by_default, D) == tinyllm::cpu::rope_inverse_frequencies(full));
+        tinyllm::tensor<float, 2> c0({7, D / 2}), s0({7, D / 2}), c1({7, D / 2}), s1({7, D / 2});
+        tinyllm::cpu::rope_cos_sin(c0.view(), s0.view(), by_default, D);
+        tinyllm::cpu::rope_cos_sin(c1.view(), s1.view(), full);
+        CHECK(c0.values() == c1.values());
+        CHECK(s0.values() == s1.values());
+
+        const auto want0 = explicit_rope(0, full);
+        // Default rotary_dim, explicit positions: the same bits as rotary_dim = D.
+        CHECK(explicit_rope(0, by_default) == want0);
+        // Default positions (0..T-1 in every row), on an owning tensor.
+        tinyllm::tensor<float, 4> x({B, T, H, D});
+        x.values() = x0;
+        tinyllm::cpu::apply_rope(x, by_default);
+        CHECK(x.values() == want0);
+        // An offset: positions offset..offset+T-1.
+        for (index_t offset : {index_t{1}, index_t{37}}) {
+            x.values() = x0;
+            tinyllm::cpu::apply_rope(x, full, offset);
+            CHECK(x.values() == explicit_rope(offset, full));
+        }
+        // q and k together, default positions and an offset, owning tensors and views.
+        tinyllm::tensor<float, 4> q({B, T, H, D}), k({B, T, 1, D});
+        q.values() = x0;
+        k.values().assign(x0.begin(), x0.begin() + B * T * D);
+        std::vector<float> k_want = k.values();
+        tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(k_want.data(), {B, T, 1, D}), full, 3);
+        tinyllm::cpu::apply_rope(q, k.view(), by_default, 3);
+        CHECK(q.values() == explicit_rope(3, full));
+        CHECK(k.values() == k_want);
+        // Explicit positions as an owning tensor, q and k together.
+        tinyllm::tensor<std::int32_t, 2> positions({B, T});
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < T; ++t) positions(b, t) = static_cast<std::int32_t>(t);
+        q.values() = x0;
+        k.values().assign(x0.begin(), x0.begin() + B * T * D);
+        tinyllm::cpu::apply_rope(q, k, positions, by_default);
+        CHECK(q.values() == want0);
+    }
+}
+
 TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][errors]") {
     std::vector<float> x(2 * 3 * 2 * 8);
     std::vector<std::int64_t> p(2 * 3);
@@ -375,7 +436,20 @@ TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][e
     auto apply = [&](rope_config cfg) { tinyllm::cpu::apply_rope(xv, pv, cfg); };
     CHECK_THROWS_WITH(apply({.rotary_dim = 7}), contains("rotary_dim = 7 must be even"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 10}), contains("rotary_dim = 10 must be <= the head dim 8"));
-    CHECK_THROWS_WITH(apply({.rotary_dim = 0}), contains("rotary_dim = 0 must be positive"));
+    CHECK_THROWS_WITH(apply({.rotary_dim = -2}), contains("rotary_dim = -2 must be positive (or 0: the whole head dim)"));
+    CHECK_NOTHROW(apply({.rotary_dim = 0}));  // the default: the whole head dim
+    {
+        std::vector<float> odd(7);
+        CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(odd.data(), {1, 1, 1, 7}), rope_config{}),
+                          contains("rotary_dim = 0 rotates the whole head dim 7, which must be even"));
+    }
+    CHECK_THROWS_WITH(tinyllm::cpu::rope_inverse_frequencies(rope_config{}),
+                      contains("rope_inverse_frequencies: rope_config.rotary_dim = 0 means the whole head dim"));
+    CHECK_THROWS_WITH(tinyllm::cpu::rope_inverse_frequencies(rope_config{}, 9), contains("head dim 9, which must be even"));
+    CHECK_THROWS_WITH(tinyllm::cpu::rope_inverse_frequencies(rope_config{.rotary_dim = 12}, 8),
+                      contains("rotary_dim = 12 must be <= the head dim 8"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(xv, rope_config{}, -1),
+                      contains("apply_rope: position_offset = -1 must be >= 0"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = 0}), contains("theta = 0 must be a positive number"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = -1}), contains("theta = -1"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 0}),

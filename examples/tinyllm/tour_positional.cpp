@@ -141,6 +141,7 @@ TINYLLM_TOUR_CHAPTER(30, "positions", "Positions: how a model that reads in para
         out << "\n";
     }
     out.unsetf(std::ios::fixed);
-    out << "\n   In code: tinyllm::cpu::apply_rope(q, positions, cfg) and tinyllm::cuda::apply_rope_cached\n"
+    out << "\n   In code: tinyllm::cpu::apply_rope(q, k, cfg, cache_length) (or explicit positions) and\n"
+           "   tinyllm::cuda::apply_rope_cached\n"
            "   (docs/positional.md has the formulas, the scalings for long contexts, and the kernels).\n";
 }

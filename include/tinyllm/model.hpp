@@ -516,7 +516,7 @@ public:
             tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
-            if (c.arch != model_arch::gpt2) apply_rope(q4, k4, positions.view(), c.rope);
+            if (c.arch != model_arch::gpt2) apply_rope(q4, k4, c.rope, s.length);  // positions length..length+n-1
             kv_cache<float>& cache = s.caches[static_cast<std::size_t>(l)];
             cache.append(k4, v4);
             attention_options opts;

@@ -48,6 +48,7 @@
 #include <cstdint>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace tinyllm {
@@ -106,7 +107,8 @@ enum class rope_pairing { rotate_half, interleaved };
 enum class rope_scaling { none, linear, ntk, llama3 };
 
 struct rope_config {
-    index_t rotary_dim = 0;      // features that rotate: even, <= head dim (the rest pass through)
+    index_t rotary_dim = 0;      // features that rotate: even, <= head dim (the rest pass through);
+                                 // 0 (the default): the whole head dim, whatever it is
     double theta = 10000.0;      // the base; Llama 2: 10000, Llama 3: 500000
     rope_pairing pairing = rope_pairing::rotate_half;
     rope_scaling scaling = rope_scaling::none;
@@ -129,15 +131,28 @@ inline std::string_view to_string(rope_scaling s) {
     return "?";
 }
 
+// The number of features that rotate for heads of head_dim features: rotary_dim,
+// or head_dim when rotary_dim is 0 (the default).
+TINYLLM_HOST_DEVICE index_t rope_rotary_dim(const rope_config& cfg, index_t head_dim) {
+    return cfg.rotary_dim == 0 ? head_dim : cfg.rotary_dim;
+}
+
 // Check a config against the head dimension it will be applied to. Throws
 // tinyllm::error naming the field, its value and the rule.
 inline void validate(const rope_config& cfg, index_t head_dim) {
     TINYLLM_EXPECT(head_dim > 0, "rope: head dim must be positive; got ", head_dim);
-    TINYLLM_EXPECT(cfg.rotary_dim > 0, "rope_config.rotary_dim = ", cfg.rotary_dim, " must be positive");
-    TINYLLM_EXPECT(cfg.rotary_dim % 2 == 0, "rope_config.rotary_dim = ", cfg.rotary_dim,
-                   " must be even (features rotate in pairs)");
-    TINYLLM_EXPECT(cfg.rotary_dim <= head_dim, "rope_config.rotary_dim = ", cfg.rotary_dim,
-                   " must be <= the head dim ", head_dim);
+    TINYLLM_EXPECT(cfg.rotary_dim >= 0, "rope_config.rotary_dim = ", cfg.rotary_dim,
+                   " must be positive (or 0: the whole head dim)");
+    if (cfg.rotary_dim == 0) {
+        TINYLLM_EXPECT(head_dim % 2 == 0, "rope_config.rotary_dim = 0 rotates the whole head dim ", head_dim,
+                       ", which must be even (features rotate in pairs); set an even rotary_dim < ", head_dim);
+    } else {
+        TINYLLM_EXPECT(cfg.rotary_dim % 2 == 0, "rope_config.rotary_dim = ", cfg.rotary_dim,
+                       " must be even (features rotate in pairs)");
+        TINYLLM_EXPECT(cfg.rotary_dim <= head_dim, "rope_config.rotary_dim = ", cfg.rotary_dim,
+                       " must be <= the head dim ", head_dim);
+    }
+    const index_t r = rope_rotary_dim(cfg, head_dim);
     TINYLLM_EXPECT(std::isfinite(cfg.theta) && cfg.theta > 0, "rope_config.theta = ", cfg.theta,
                    " must be a positive number");
     if (cfg.scaling != rope_scaling::none) {
@@ -145,8 +160,7 @@ inline void validate(const rope_config& cfg, index_t head_dim) {
                        " must be positive for ", to_string(cfg.scaling), " scaling");
     }
     if (cfg.scaling == rope_scaling::ntk) {
-        TINYLLM_EXPECT(cfg.rotary_dim > 2, "ntk scaling needs rotary_dim > 2 (it raises factor to r/(r-2)); got ",
-                       cfg.rotary_dim);
+        TINYLLM_EXPECT(r > 2, "ntk scaling needs rotary_dim > 2 (it raises factor to r/(r-2)); got ", r);
     }
     if (cfg.scaling == rope_scaling::llama3) {
         TINYLLM_EXPECT(cfg.low_freq_factor > 0, "rope_config.low_freq_factor = ", cfg.low_freq_factor,
@@ -158,10 +172,33 @@ inline void validate(const rope_config& cfg, index_t head_dim) {
     }
 }
 
+// The config as it applies to heads of head_dim features: validated, with
+// rotary_dim made explicit (0 becomes head_dim). Kernels and tables work on
+// resolved configs; so can callers that build a table once (make_rope_cache).
+inline rope_config resolve_rope(const rope_config& cfg, index_t head_dim) {
+    validate(cfg, head_dim);
+    rope_config resolved = cfg;
+    resolved.rotary_dim = rope_rotary_dim(cfg, head_dim);
+    return resolved;
+}
+
+namespace detail {
+
+// A config for a function that has no head dim to resolve rotary_dim = 0 against
+// (a table of inverse frequencies or of cos/sin): rotary_dim must be explicit.
+inline rope_config resolve_rope_without_head_dim(const rope_config& cfg, std::string_view op) {
+    TINYLLM_EXPECT(cfg.rotary_dim != 0, op, ": rope_config.rotary_dim = 0 means the whole head dim, which ", op,
+                   " cannot know; pass the head dim too (", op, "(..., cfg, head_dim)) or resolve_rope(cfg, head_dim)");
+    return resolve_rope(cfg, cfg.rotary_dim);
+}
+
+}  // namespace detail
+
 // The inverse frequency w_i of pair i (0 <= i < rotary_dim/2), after scaling:
 // the angle of pair i at position p is p * w_i radians. Computed in double,
 // rounded once to float. The ONE definition used by the CPU reference, the
-// CUDA kernels and the cos/sin cache.
+// CUDA kernels and the cos/sin cache. `cfg` is resolved (resolve_rope): its
+// rotary_dim is the number of rotating features, never 0.
 TINYLLM_HOST_DEVICE float rope_inverse_frequency(const rope_config& cfg, index_t i) {
     const double r = static_cast<double>(cfg.rotary_dim);
     double base = cfg.theta;
@@ -260,12 +297,19 @@ inline std::vector<float> alibi_slopes(index_t n_heads) {
 
 namespace cpu {
 
-// The rotary_dim/2 inverse frequencies of a config (after scaling).
-inline std::vector<float> rope_inverse_frequencies(const rope_config& cfg) {
-    validate(cfg, cfg.rotary_dim);
-    std::vector<float> w(static_cast<std::size_t>(cfg.rotary_dim / 2));
-    for (index_t i = 0; i < cfg.rotary_dim / 2; ++i) w[static_cast<std::size_t>(i)] = rope_inverse_frequency(cfg, i);
+// The rotary_dim/2 inverse frequencies of a config (after scaling) for heads of
+// head_dim features (rotary_dim = 0: head_dim/2 of them).
+inline std::vector<float> rope_inverse_frequencies(const rope_config& cfg, index_t head_dim) {
+    const rope_config r = resolve_rope(cfg, head_dim);
+    std::vector<float> w(static_cast<std::size_t>(r.rotary_dim / 2));
+    for (index_t i = 0; i < r.rotary_dim / 2; ++i) w[static_cast<std::size_t>(i)] = rope_inverse_frequency(r, i);
     return w;
+}
+
+// The same for a config with an explicit rotary_dim.
+inline std::vector<float> rope_inverse_frequencies(const rope_config& cfg) {
+    const rope_config r = tinyllm::detail::resolve_rope_without_head_dim(cfg, "rope_inverse_frequencies");
+    return rope_inverse_frequencies(r, r.rotary_dim);
 }
 
 // The sinusoidal table: out(t, j) = PE(positions(t), j).
@@ -317,58 +361,123 @@ void add_learned_positions(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<co
         }
 }
 
-// RoPE in place: for every (b, t, h) and pair i < rotary_dim/2, rotate the two
-// features of pair i of x(b, t, h, :) by the angle positions(b, t) * w_i.
-// Features rotary_dim .. D-1 are left as they are. Apply to q and to k (they
-// may have different head counts, as with grouped-query attention).
-// Position ids say where each token is: 0..T-1 for a prompt, the cache length
-// for a decoded token, restarting at 0 for each sequence packed into one row.
-template <class P>
-void apply_rope(tensor_view<float, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
-                const rope_config& cfg) {
-    static_assert(detail::is_position_type_v<P>, "positions must be int32 or int64");
-    validate(cfg, x.extent(3));
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
-                   "apply_rope: positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
-                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
-    const index_t pairs = cfg.rotary_dim / 2;
+}  // namespace cpu
+
+namespace detail {
+
+// A (B, T, H, D) tensor or view RoPE rotates, and a (B, T) tensor or view of
+// int32/int64 position ids.
+template <class X>
+concept rope_tensor_like = tensor_like<X> && view_of_t<X>::rank == 4;
+template <class X>
+concept position_tensor_like =
+    tensor_like<X> && view_of_t<X>::rank == 2 && is_position_type_v<typename view_of_t<X>::element_type>;
+
+template <class X>
+tensor_view<float, 4> rope_output(X&& x) {
+    using V = view_of_t<X>;
+    static_assert(std::is_same_v<typename V::element_type, float>,
+                  "tinyllm::cpu::apply_rope rotates float tensors in place (not const, not another type)");
+    return as_view(x);
+}
+
+// RoPE in place on x, the position of token (b, t) given by position_of(b, t).
+template <class PositionOf>
+void apply_rope_rows(tensor_view<float, 4> x /*(B, T, H, D)*/, const rope_config& cfg, PositionOf&& position_of) {
+    const rope_config r = resolve_rope(cfg, x.extent(3));
+    const index_t pairs = r.rotary_dim / 2;
     std::vector<float> inv_freq(static_cast<std::size_t>(pairs)), cosines(inv_freq.size()), sines(inv_freq.size());
-    for (index_t i = 0; i < pairs; ++i) inv_freq[static_cast<std::size_t>(i)] = rope_inverse_frequency(cfg, i);
+    for (index_t i = 0; i < pairs; ++i) inv_freq[static_cast<std::size_t>(i)] = rope_inverse_frequency(r, i);
     for (index_t b = 0; b < x.extent(0); ++b)
         for (index_t t = 0; t < x.extent(1); ++t) {
-            const index_t pos = static_cast<index_t>(positions(b, t));
+            const index_t pos = position_of(b, t);
             for (std::size_t i = 0; i < inv_freq.size(); ++i)
                 detail::sin_cos(rope_angle(inv_freq[i], pos), &sines[i], &cosines[i]);
             for (index_t h = 0; h < x.extent(2); ++h)
                 for (index_t i = 0; i < pairs; ++i) {
                     index_t f0, f1;
-                    rope_pair_features(cfg.pairing, cfg.rotary_dim, i, &f0, &f1);
+                    rope_pair_features(r.pairing, r.rotary_dim, i, &f0, &f1);
                     rope_rotate(&x(b, t, h, f0), &x(b, t, h, f1), cosines[static_cast<std::size_t>(i)],
                                 sines[static_cast<std::size_t>(i)]);
                 }
         }
 }
 
-// q and k together (the usual call).
-template <class P>
-void apply_rope(tensor_view<float, 4> q /*(B, T, Hq, D)*/, tensor_view<float, 4> k /*(B, T, Hk, D)*/,
-                tensor_view<P, 2> positions /*(B, T)*/, const rope_config& cfg) {
+inline void expect_position_offset(index_t position_offset, std::string_view op) {
+    TINYLLM_EXPECT(position_offset >= 0, op, ": position_offset = ", position_offset,
+                   " must be >= 0 (it is the position of the first token: the cache length when decoding)");
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// RoPE in place: for every (b, t, h) and pair i < rotary_dim/2, rotate the two
+// features of pair i of x(b, t, h, :) by the angle positions(b, t) * w_i.
+// Features rotary_dim .. D-1 are left as they are. Apply to q and to k (they
+// may have different head counts, as with grouped-query attention). x is a
+// float tensor or view; positions a (B, T) tensor or view of int32 or int64.
+// Position ids say where each token is: 0..T-1 for a prompt, the cache length
+// for a decoded token, restarting at 0 for each sequence packed into one row.
+template <tinyllm::detail::rope_tensor_like X, tinyllm::detail::position_tensor_like Pos>
+void apply_rope(X&& x /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, const rope_config& cfg) {
+    const tensor_view<float, 4> xv = tinyllm::detail::rope_output(x);
+    const auto pv = as_view(positions);
+    validate(cfg, xv.extent(3));
+    TINYLLM_EXPECT(pv.extent(0) == xv.extent(0) && pv.extent(1) == xv.extent(1), "apply_rope: positions has shape ",
+                   to_string(pv.shape()), " but x ", to_string(xv.shape()), " needs (B, T) = (", xv.extent(0), ", ",
+                   xv.extent(1), ")");
+    tinyllm::detail::apply_rope_rows(xv, cfg, [&](index_t b, index_t t) { return static_cast<index_t>(pv(b, t)); });
+}
+
+// RoPE in place with the positions of a contiguous run of tokens: token t of
+// every batch row is at position_offset + t. The prompt is apply_rope(x, cfg)
+// (positions 0..T-1); decoding T new tokens after a cache of L is
+// apply_rope(x, cfg, L).
+template <tinyllm::detail::rope_tensor_like X>
+void apply_rope(X&& x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope");
+    tinyllm::detail::apply_rope_rows(tinyllm::detail::rope_output(x), cfg,
+                                     [&](index_t, index_t t) { return position_offset + t; });
+}
+
+// q and k together (the usual call), explicit positions.
+template <tinyllm::detail::rope_tensor_like Q, tinyllm::detail::rope_tensor_like K,
+          tinyllm::detail::position_tensor_like Pos>
+void apply_rope(Q&& q /*(B, T, Hq, D)*/, K&& k /*(B, T, Hk, D)*/, Pos&& positions /*(B, T)*/,
+                const rope_config& cfg) {
     apply_rope(q, positions, cfg);
     apply_rope(k, positions, cfg);
 }
 
+// q and k together, positions position_offset + t.
+template <tinyllm::detail::rope_tensor_like Q, tinyllm::detail::rope_tensor_like K>
+void apply_rope(Q&& q /*(B, T, Hq, D)*/, K&& k /*(B, T, Hk, D)*/, const rope_config& cfg,
+                index_t position_offset = 0) {
+    apply_rope(q, cfg, position_offset);
+    apply_rope(k, cfg, position_offset);
+}
+
 // The cos/sin cache a fast kernel reads instead of computing: row p holds
-// cos(p w_i) and sin(p w_i) for i < rotary_dim/2. Same values as apply_rope uses.
+// cos(p w_i) and sin(p w_i) for i < rotary_dim/2, for heads of head_dim features.
+// Same values as apply_rope uses.
 inline void rope_cos_sin(tensor_view<float, 2> cos_out /*(P_max, R/2)*/, tensor_view<float, 2> sin_out /*(P_max, R/2)*/,
-                         const rope_config& cfg) {
-    validate(cfg, cfg.rotary_dim);
+                         const rope_config& cfg, index_t head_dim) {
+    const rope_config r = resolve_rope(cfg, head_dim);
     TINYLLM_EXPECT(cos_out.shape() == sin_out.shape(), "rope_cos_sin: cos ", to_string(cos_out.shape()),
                    " and sin ", to_string(sin_out.shape()), " differ");
-    TINYLLM_EXPECT(cos_out.extent(1) == cfg.rotary_dim / 2, "rope_cos_sin: tables need rotary_dim/2 = ",
-                   cfg.rotary_dim / 2, " columns; got ", cos_out.extent(1));
+    TINYLLM_EXPECT(cos_out.extent(1) == r.rotary_dim / 2, "rope_cos_sin: tables need rotary_dim/2 = ",
+                   r.rotary_dim / 2, " columns; got ", cos_out.extent(1));
     for (index_t p = 0; p < cos_out.extent(0); ++p)
         for (index_t i = 0; i < cos_out.extent(1); ++i)
-            detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), p), &sin_out(p, i), &cos_out(p, i));
+            detail::sin_cos(rope_angle(rope_inverse_frequency(r, i), p), &sin_out(p, i), &cos_out(p, i));
+}
+
+// The same for a config with an explicit rotary_dim.
+inline void rope_cos_sin(tensor_view<float, 2> cos_out /*(P_max, R/2)*/, tensor_view<float, 2> sin_out /*(P_max, R/2)*/,
+                         const rope_config& cfg) {
+    const rope_config r = tinyllm::detail::resolve_rope_without_head_dim(cfg, "rope_cos_sin");
+    rope_cos_sin(cos_out, sin_out, r, r.rotary_dim);
 }
 
 // The ALiBi bias for every head, query and key: out(h, i, j) =

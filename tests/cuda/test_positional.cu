@@ -229,6 +229,92 @@ TEST_CASE("RoPE on q inside a fused qkv buffer, and on a misaligned view", "[cud
 
 namespace {
 
+// The default positions (position_offset + t in every row, computed in the
+// kernel) against the CPU's default-position apply_rope, for v1, v2 and the
+// q, k pair; rotary_dim left at its default (the whole head dim) or explicit.
+template <class T>
+void check_rope_default_positions(index_t B, index_t T_, index_t H, index_t D, const rope_config& cfg,
+                                  index_t offset, std::uint64_t which) {
+    const std::size_t n = static_cast<std::size_t>(B * T_ * H * D);
+    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
+    const tinyllm::extents<4> shape{B, T_, H, D};
+    tinyllm::tensor<float, 4> want(shape);
+    want.values() = to_floats(x_in);
+    tinyllm::cpu::apply_rope(want, cfg, offset);
+    const std::string what = std::string(tinyllm::dtype_name<T>()) + " B" + std::to_string(B) + " T" +
+                             std::to_string(T_) + " H" + std::to_string(H) + " D" + std::to_string(D) + " rotary " +
+                             std::to_string(cfg.rotary_dim) + " " + std::string(tinyllm::to_string(cfg.pairing)) + " offset " +
+                             std::to_string(offset);
+
+    guarded<T> x(n);
+    const tinyllm::tensor_view<T, 4> xv(x.data(), shape);
+    x.load(x_in);
+    tc::apply_rope(xv, cfg, offset);
+    TINYLLM_REQUIRE_CLOSE(x.result(), want.values(), tolerance_for<T>(), "default positions v1 " + what);
+
+    for (index_t rows : {offset + T_, std::max<index_t>(1, (offset + T_) / 2)}) {  // whole, then partly computed
+        const auto cache = tc::make_rope_cache(tinyllm::resolve_rope(cfg, D), rows);
+        x.load(x_in);
+        tc::apply_rope_cached(xv, cache, offset);
+        TINYLLM_REQUIRE_CLOSE(x.result(), want.values(), tolerance_for<T>(),
+                              "default positions v2 (" + std::to_string(rows) + " rows) " + what);
+    }
+
+    // Explicit device positions offset..offset+T-1 give the same bits as the default.
+    std::vector<std::int32_t> positions;
+    for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T_; ++t) positions.push_back(static_cast<std::int32_t>(offset + t));
+    auto d_pos = tc::to_device(positions);
+    x.load(x_in);
+    tc::apply_rope(xv, d_pos.view(tinyllm::extents<2>{B, T_}), cfg);
+    const auto with_ids = x.result();
+    x.load(x_in);
+    tc::apply_rope(xv, cfg, offset);
+    const auto with_default = x.result();
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < n; ++i)
+        differ += tinyllm::to_float(with_ids[i]) != tinyllm::to_float(with_default[i]);
+    INFO(what);
+    CHECK(differ == 0);
+
+    // q and k together (k with one head, as with grouped-query attention).
+    const std::size_t nk = static_cast<std::size_t>(B * T_ * D);
+    guarded<T> k(nk);
+    const auto k_in = std::vector<T>(x_in.begin(), x_in.begin() + static_cast<std::ptrdiff_t>(nk));
+    tinyllm::tensor<float, 4> k_want({B, T_, index_t{1}, D});
+    k_want.values() = to_floats(k_in);
+    tinyllm::cpu::apply_rope(k_want, cfg, offset);
+    x.load(x_in);
+    k.load(k_in);
+    tc::apply_rope(xv, tinyllm::tensor_view<T, 4>(k.data(), {B, T_, 1, D}), cfg, offset);
+    TINYLLM_REQUIRE_CLOSE(x.result(), want.values(), tolerance_for<T>(), "default positions q " + what);
+    TINYLLM_REQUIRE_CLOSE(k.result(), k_want.values(), tolerance_for<T>(), "default positions k " + what);
+}
+
+template <class T>
+void check_all_rope_default_positions() {
+    std::uint64_t which = 500;
+    for (auto pairing : {rope_pairing::rotate_half, rope_pairing::interleaved}) {
+        const rope_config by_default{.theta = 10000.0, .pairing = pairing};
+        check_rope_default_positions<T>(2, 7, 3, 64, by_default, 0, ++which);      // a prompt, vector loads
+        check_rope_default_positions<T>(3, 1, 4, 128, by_default, 1000, ++which);  // decoding one token
+        check_rope_default_positions<T>(2, 5, 2, 10, by_default, 3, ++which);      // scalar path (D = 10)
+        check_rope_default_positions<T>(1, 6, 2, 64, {.rotary_dim = 32, .theta = 500000.0, .pairing = pairing}, 17,
+                                        ++which);  // partial rotary, explicit
+    }
+}
+
+}  // namespace
+
+TEST_CASE("RoPE with default positions (offset + t) matches the CPU (float)", "[cuda][positional][rope]") {
+    check_all_rope_default_positions<float>();
+}
+TEST_CASE("RoPE with default positions (offset + t) matches the CPU (bfloat16)", "[cuda][positional][rope]") {
+    check_all_rope_default_positions<tinyllm::bfloat16>();
+}
+
+namespace {
+
 template <class T, class P>
 void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
     const std::size_t n = static_cast<std::size_t>(B * S * D);
@@ -306,5 +392,11 @@ TEST_CASE("CUDA positional launchers reject bad arguments before launching", "[c
     CHECK_THROWS_WITH(tc::apply_rope_on_the_fly(xv.transpose(2, 3), pv, rope_config{.rotary_dim = 4}),
                       tinyllm_test::contains("the head dim of x must be contiguous"));
     CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{.rotary_dim = 8}, 0), tinyllm_test::contains("max_positions = 0"));
-    CHECK_THROWS_WITH(tc::apply_rope_cached(xv, pv, tc::rope_cache{}), tinyllm_test::contains("rotary_dim = 0"));
+    CHECK_THROWS_WITH(tc::apply_rope_cached(xv, pv, tc::rope_cache{}), tinyllm_test::contains("the cache is empty"));
+    CHECK_THROWS_WITH(tc::apply_rope_cached(xv, tc::rope_cache{}), tinyllm_test::contains("the cache is empty"));
+    CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{}, 4),
+                      tinyllm_test::contains("make_rope_cache: rope_config.rotary_dim = 0 means the whole head dim"));
+    CHECK_THROWS_WITH(tc::apply_rope(xv, rope_config{}, -3), tinyllm_test::contains("position_offset = -3 must be >= 0"));
+    CHECK_THROWS_WITH(tc::apply_rope(xv, rope_config{.rotary_dim = 10}),
+                      tinyllm_test::contains("rotary_dim = 10 must be <= the head dim 8"));
 }

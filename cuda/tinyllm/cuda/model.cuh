@@ -191,7 +191,7 @@ public:
         lm_head_ = detail::upload<T>(w.lm_head);
         // The cos/sin table of RoPE v2, up to 16384 positions (the kernel computes later ones on the fly).
         if (config_.arch != model_arch::gpt2)
-            rope_ = make_rope_cache(config_.rope, std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
+            rope_ = make_rope_cache(resolve_rope(config_.rope, config_.head_dim), std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
     }
     explicit model(const cpu::model& host) : model(host.config(), host.weights()) {}

@@ -36,6 +36,10 @@
 // grows with the angle, i.e. with the position (the tests use positions up to
 // 10^5 and expect a few ulp).
 //
+// Positions come as a (B, T) device tensor of ids, or — apply_rope(x, cfg,
+// position_offset) — as a run: token t of every row is at position_offset + t
+// (0..T-1 for a prompt, the cache length when decoding), computed in the kernel.
+//
 // Position ids live on the device and cannot be checked by the host without a
 // copy: a learned position outside the table writes NaN to that token (loud,
 // never a read out of bounds); RoPE accepts any position (a rotation is defined
@@ -60,7 +64,7 @@ namespace tinyllm::cuda {
 // The cos/sin table of a RoPE config for positions 0 .. max_positions-1:
 // cos(p, i) = cos(p * w_i), sin(p, i) = sin(p * w_i), each (max_positions, rotary_dim/2).
 struct rope_cache {
-    rope_config config;
+    rope_config config;  // resolved: rotary_dim > 0
     index_t max_positions = 0;
     device_buffer<float> cos;  // (max_positions, rotary_dim/2)
     device_buffer<float> sin;  // (max_positions, rotary_dim/2)
@@ -94,10 +98,13 @@ struct alignas(16) rope_vector {
 // One block per token (b, t). V == 1: one pair per step, scalar loads, any
 // layout. V > 1: V-element 16-byte vectors (the launcher checked alignment).
 // cache_cos == nullptr: v1 (compute); otherwise v2 (read the table).
+// positions == nullptr: token t is at position_offset + t (every row).
+// cfg is resolved (rotary_dim > 0).
 template <class T, class P, int V>
 __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
                             index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
-                            rope_config cfg, const float* cache_cos, const float* cache_sin, index_t cache_rows) {
+                            index_t position_offset, rope_config cfg, const float* cache_cos, const float* cache_sin,
+                            index_t cache_rows) {
     float* rope_shared = dynamic_shared<float>();  // cos[pairs], sin[pairs]
     const index_t pairs = cfg.rotary_dim / 2;
     float* s_cos = rope_shared;
@@ -105,7 +112,8 @@ __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride
 
     const index_t token = blockIdx.x;
     const index_t b = token / seq_len, t = token % seq_len;
-    const index_t pos = static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t]);
+    const index_t pos = positions != nullptr ? static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t])
+                                             : position_offset + t;
     const bool from_cache = cache_cos != nullptr && pos >= 0 && pos < cache_rows;
     for (index_t i = threadIdx.x; i < pairs; i += blockDim.x) {
         if (from_cache) {
@@ -195,24 +203,33 @@ __global__ void add_learned_kernel(T* x, index_t seq_len, index_t dim, index_t s
     }
 }
 
-template <class T, class P>
-void expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const char* op) {
+// Checks x and cfg; returns cfg resolved against x's head dim.
+template <class T>
+rope_config expect_rope_args(tensor_view<T, 4> x, const rope_config& cfg, const char* op) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
                   "RoPE kernels take float, tinyllm::bfloat16 or tinyllm::float16");
-    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
-    validate(cfg, x.extent(3));
-    TINYLLM_EXPECT(cfg.rotary_dim <= rope_max_rotary_dim, op, ": rotary_dim = ", cfg.rotary_dim,
+    const rope_config r = resolve_rope(cfg, x.extent(3));
+    TINYLLM_EXPECT(r.rotary_dim <= rope_max_rotary_dim, op, ": rotary_dim = ", r.rotary_dim,
                    " is larger than the kernel's table (", rope_max_rotary_dim, ")");
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1), op,
-                   ": positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
-                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
     TINYLLM_EXPECT(x.stride(3) == 1 || x.extent(3) == 1, op, ": the head dim of x must be contiguous (stride 1); got strides ",
                    to_string(x.strides()));
+    return r;
 }
 
 template <class T, class P>
-void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const float* cache_cos,
-                 const float* cache_sin, index_t cache_rows, cudaStream_t stream) {
+rope_config expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const char* op) {
+    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
+    const rope_config r = expect_rope_args(x, cfg, op);
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1), op,
+                   ": positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
+                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    return r;
+}
+
+// positions.data() == nullptr: positions position_offset + t. cfg is resolved.
+template <class T, class P>
+void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t position_offset, const rope_config& cfg,
+                 const float* cache_cos, const float* cache_sin, index_t cache_rows, cudaStream_t stream) {
     using position_type = std::remove_const_t<P>;
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
@@ -228,11 +245,11 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_co
     if (vectorized) {
         launch(rope_kernel<T, position_type, V>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
                x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-               positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows);
     } else {
         launch(rope_kernel<T, position_type, 1>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
                x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-               positions.stride(1), cfg, cache_cos, cache_sin, cache_rows);
+               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows);
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -240,8 +257,10 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_co
 }  // namespace detail
 
 // Build the cos/sin table of `cfg` for positions [0, max_positions) on the device.
-inline rope_cache make_rope_cache(const rope_config& cfg, index_t max_positions, cudaStream_t stream = nullptr) {
-    validate(cfg, cfg.rotary_dim);
+// The table's width is rotary_dim/2, so rotary_dim must be explicit: for the
+// default (0, the whole head dim) pass resolve_rope(cfg, head_dim).
+inline rope_cache make_rope_cache(const rope_config& config, index_t max_positions, cudaStream_t stream = nullptr) {
+    const rope_config cfg = tinyllm::detail::resolve_rope_without_head_dim(config, "make_rope_cache");
     TINYLLM_EXPECT(max_positions >= 1, "make_rope_cache: max_positions = ", max_positions, " must be at least 1");
     rope_cache cache;
     cache.config = cfg;
@@ -263,20 +282,47 @@ inline rope_cache make_rope_cache(const rope_config& cfg, index_t max_positions,
 template <class T, class P>
 void apply_rope_on_the_fly(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
                            const rope_config& cfg, cudaStream_t stream = nullptr) {
-    detail::expect_rope_args(x, positions, cfg, "apply_rope_on_the_fly");
-    detail::launch_rope(x, positions, cfg, nullptr, nullptr, 0, stream);
+    const rope_config r = detail::expect_rope_args(x, positions, cfg, "apply_rope_on_the_fly");
+    detail::launch_rope(x, positions, 0, r, nullptr, nullptr, 0, stream);
 }
+
+// v1 with the positions of a contiguous run: token t of every row is at
+// position_offset + t (no position ids to upload).
+template <class T>
+void apply_rope_on_the_fly(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
+                           cudaStream_t stream = nullptr) {
+    const rope_config r = detail::expect_rope_args(x, cfg, "apply_rope_on_the_fly");
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_on_the_fly");
+    detail::launch_rope(x, tensor_view<const std::int32_t, 2>{}, position_offset, r, nullptr, nullptr, 0, stream);
+}
+
+namespace detail {
+inline void expect_rope_cache(const rope_cache& cache) {
+    TINYLLM_EXPECT(cache.max_positions >= 1 && cache.config.rotary_dim > 0 &&
+                       cache.cos.size() == static_cast<std::size_t>(cache.max_positions * (cache.config.rotary_dim / 2)),
+                   "apply_rope_cached: the cache is empty or inconsistent; build it with make_rope_cache");
+}
+}  // namespace detail
 
 // v2: RoPE in place on x, sines and cosines read from `cache` (positions beyond
 // the cache are computed instead).
 template <class T, class P>
 void apply_rope_cached(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
                        const rope_cache& cache, cudaStream_t stream = nullptr) {
-    detail::expect_rope_args(x, positions, cache.config, "apply_rope_cached");
-    TINYLLM_EXPECT(cache.max_positions >= 1 &&
-                       cache.cos.size() == static_cast<std::size_t>(cache.max_positions * (cache.config.rotary_dim / 2)),
-                   "apply_rope_cached: the cache is empty or inconsistent; build it with make_rope_cache");
-    detail::launch_rope(x, positions, cache.config, cache.cos.data(), cache.sin.data(), cache.max_positions, stream);
+    detail::expect_rope_cache(cache);
+    const rope_config r = detail::expect_rope_args(x, positions, cache.config, "apply_rope_cached");
+    detail::launch_rope(x, positions, 0, r, cache.cos.data(), cache.sin.data(), cache.max_positions, stream);
+}
+
+// v2 with positions position_offset + t.
+template <class T>
+void apply_rope_cached(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_cache& cache, index_t position_offset = 0,
+                       cudaStream_t stream = nullptr) {
+    detail::expect_rope_cache(cache);
+    const rope_config r = detail::expect_rope_args(x, cache.config, "apply_rope_cached");
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_cached");
+    detail::launch_rope(x, tensor_view<const std::int32_t, 2>{}, position_offset, r, cache.cos.data(),
+                        cache.sin.data(), cache.max_positions, stream);
 }
 
 // The default spelling, matching tinyllm::cpu::apply_rope: v1 (needs no cache).
@@ -284,6 +330,28 @@ template <class T, class P>
 void apply_rope(tensor_view<T, 4> x /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/, const rope_config& cfg,
                 cudaStream_t stream = nullptr) {
     apply_rope_on_the_fly(x, positions, cfg, stream);
+}
+
+// Positions position_offset + t: apply_rope(x, cfg) for a prompt, apply_rope(x,
+// cfg, cache_length) when decoding.
+template <class T>
+void apply_rope(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
+                cudaStream_t stream = nullptr) {
+    apply_rope_on_the_fly(x, cfg, position_offset, stream);
+}
+
+// q and k together.
+template <class T, class P>
+void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B, T, Hk, D)*/,
+                tensor_view<P, 2> positions /*(B, T)*/, const rope_config& cfg, cudaStream_t stream = nullptr) {
+    apply_rope_on_the_fly(q, positions, cfg, stream);
+    apply_rope_on_the_fly(k, positions, cfg, stream);
+}
+template <class T>
+void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B, T, Hk, D)*/, const rope_config& cfg,
+                index_t position_offset = 0, cudaStream_t stream = nullptr) {
+    apply_rope_on_the_fly(q, cfg, position_offset, stream);
+    apply_rope_on_the_fly(k, cfg, position_offset, stream);
 }
 
 // x(b, t, :) += PE(positions(b, t), :) (the sinusoidal table, computed in place).
