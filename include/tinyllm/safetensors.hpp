@@ -18,6 +18,16 @@
 // size, lie inside the data section and overlap no other tensor. A malformed or
 // truncated file is a tinyllm::error naming the file, the tensor and the problem.
 //
+// Writing (save_safetensors) produces the same layout as the reference
+// implementation: the JSON header (an optional "__metadata__" string map, then
+// the tensors in the order given) padded with spaces to a multiple of 8 bytes,
+// and the tensors' bytes back to back in row-major order, little-endian, so the
+// data section has no gaps (Python's safetensors insists on that). Views of any
+// strides are accepted; names must be unique UTF-8.
+//
+//     tinyllm::save_safetensors("model.safetensors", {{"wte", wte}, {"ln_f.weight", g.view()}},
+//                               {{"format", "pt"}});
+//
 // Large models are split into shards with an index, model.safetensors.index.json:
 //     {"metadata": {...}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors", ...}}
 // safetensors_checkpoint opens a directory holding either form.
@@ -25,6 +35,8 @@
 
 #include <tinyllm/config.hpp>
 #include <tinyllm/detail/json.hpp>
+#include <tinyllm/detail/tensor_io.hpp>
+#include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/tensor.hpp>
@@ -40,6 +52,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -268,6 +281,123 @@ inline std::vector<float> to_float_vector(const safetensors_tensor& t) {
         }
     }
     return out;
+}
+
+// The safetensors dtype of a C++ element type (const ignored): double, float,
+// float16, bfloat16, bool, or a signed integer of 1, 2, 4 or 8 bytes, or uint8.
+template <class T>
+constexpr st_dtype st_dtype_of() {
+    using U = std::remove_cv_t<T>;
+    if constexpr (std::is_same_v<U, double>) return st_dtype::f64;
+    else if constexpr (std::is_same_v<U, float>) return st_dtype::f32;
+    else if constexpr (std::is_same_v<U, float16>) return st_dtype::f16;
+    else if constexpr (std::is_same_v<U, bfloat16>) return st_dtype::bf16;
+    else if constexpr (std::is_same_v<U, bool>) return st_dtype::boolean;
+    else if constexpr (std::is_integral_v<U> && std::is_signed_v<U> && sizeof(U) == 8) return st_dtype::i64;
+    else if constexpr (std::is_integral_v<U> && std::is_signed_v<U> && sizeof(U) == 4) return st_dtype::i32;
+    else if constexpr (std::is_integral_v<U> && std::is_signed_v<U> && sizeof(U) == 2) return st_dtype::i16;
+    else if constexpr (std::is_integral_v<U> && std::is_signed_v<U> && sizeof(U) == 1) return st_dtype::i8;
+    else if constexpr (std::is_integral_v<U> && sizeof(U) == 1) return st_dtype::u8;
+    else static_assert(sizeof(T) == 0, "tinyllm safetensors: the element type must be double, float, float16, "
+                                       "bfloat16, bool, int8/16/32/64 or uint8");
+}
+
+// Tensor t as a tensor<T, Rank>; its dtype and rank must be T's and Rank (no
+// conversions), except that BOOL tensors read as std::uint8_t (0 or 1).
+template <class T, std::size_t Rank>
+tensor<T, Rank> to_tensor(const safetensors_tensor& t) {
+    static_assert(!std::is_same_v<T, bool>, "tinyllm::to_tensor: tensor<bool> is a std::vector<bool> underneath, "
+                                            "which cannot hold the bytes; read BOOL tensors as std::uint8_t");
+    constexpr st_dtype want = st_dtype_of<T>();
+    const bool bool_as_u8 = want == st_dtype::u8 && t.dtype == st_dtype::boolean;
+    if ((t.dtype != want && !bool_as_u8) || t.shape.size() != Rank)
+        TINYLLM_FAIL("safetensors tensor '", t.name, "' is ", st_dtype_name(t.dtype), " of shape ",
+                     safetensors_file::shape_string(t.shape), " but to_tensor asks for ", st_dtype_name(want), " with ",
+                     Rank, Rank == 1 ? " dimension" : " dimensions");
+    extents<Rank> shape;
+    for (std::size_t d = 0; d < Rank; ++d) shape[d] = t.shape[d];
+    tensor<T, Rank> out(shape);
+    if (t.bytes) std::memcpy(static_cast<void*>(out.data()), t.data, t.bytes);  // t.data may be unaligned
+    return out;
+}
+
+// One tensor for save_safetensors: a name and a view of the caller's elements
+// (not copied; they must outlive the call). Built from a view or an owning tensor:
+// {"name", x} with x a tensor_view<T, Rank> or a tensor<T, Rank>.
+struct safetensors_entry {
+    std::string name;
+    st_dtype dtype = st_dtype::f32;
+    detail::byte_view elements;
+
+    template <class T, std::size_t Rank>
+    safetensors_entry(std::string tensor_name, tensor_view<T, Rank> x) : name(std::move(tensor_name)), dtype(st_dtype_of<T>()) {
+        elements.data = reinterpret_cast<const std::byte*>(x.data());
+        elements.element_size = sizeof(T);
+        for (std::size_t d = 0; d < Rank; ++d) {
+            TINYLLM_EXPECT(x.extent(d) >= 0, "safetensors tensor '", name, "': shape ", to_string(x.shape()),
+                           " has a negative extent");
+            elements.shape.push_back(x.extent(d));
+            elements.strides.push_back(x.stride(d));
+        }
+    }
+    template <class T, std::size_t Rank>
+    safetensors_entry(std::string tensor_name, const tensor<T, Rank>& x) : safetensors_entry(std::move(tensor_name), x.view()) {}
+};
+
+// Write `tensors` (in this order) and the optional string `metadata` to a
+// .safetensors file that safetensors_file and Python's safetensors read back.
+inline void save_safetensors(const std::string& path, const std::vector<safetensors_entry>& tensors,
+                             const std::map<std::string, std::string>& metadata = {}) {
+    auto fail = [&](const auto&... why) { TINYLLM_FAIL("save_safetensors('", path, "'): ", why...); };
+    std::string header = "{";
+    if (!metadata.empty()) {
+        header += "\"__metadata__\":{";
+        bool first = true;
+        for (const auto& [key, value] : metadata) {
+            if (!detail::is_valid_utf8(key) || !detail::is_valid_utf8(value))
+                fail("metadata entry '", key, "' is not valid UTF-8");
+            if (!first) header += ',';
+            header += json::quote(key);
+            header += ':';
+            header += json::quote(value);
+            first = false;
+        }
+        header += "}";
+    }
+    std::map<std::string_view, int> seen;
+    std::uint64_t offset = 0;
+    for (const safetensors_entry& t : tensors) {
+        if (t.name == "__metadata__") fail("a tensor may not be called \"__metadata__\" (the header reserves it)");
+        if (!detail::is_valid_utf8(t.name)) fail("tensor name '", t.name, "' is not valid UTF-8");
+        if (seen[t.name]++) fail("two tensors are called '", t.name, "'");
+        const std::uint64_t bytes = static_cast<std::uint64_t>(t.elements.numel()) * st_dtype_size(t.dtype);
+        // (Appended piece by piece: "," + std::string trips GCC 12's -Wrestrict false positive.)
+        if (header.size() > 1) header += ',';
+        header += json::quote(t.name);
+        header += ":{\"dtype\":\"";
+        header += st_dtype_name(t.dtype);
+        header += "\",\"shape\":[";
+        for (std::size_t d = 0; d < t.elements.shape.size(); ++d) {
+            if (d) header += ',';
+            header += std::to_string(t.elements.shape[d]);
+        }
+        header += "],\"data_offsets\":[";
+        header += std::to_string(offset);
+        header += ',';
+        header += std::to_string(offset + bytes);
+        header += "]}";
+        offset += bytes;
+    }
+    header += "}";
+    header.append((8 - header.size() % 8) % 8, ' ');  // the data start 8-byte aligned
+
+    detail::output_file out(path);
+    unsigned char length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
+    out.write(length, 8);
+    out.write(header);
+    for (const safetensors_entry& t : tensors) out.write_row_major(t.elements);
+    out.close();
 }
 
 // A checkpoint directory: model.safetensors, or shards listed in

@@ -120,7 +120,10 @@ private:
 // "(2, 3)" — shapes in messages, as NumPy prints them ("(5,)" for one dimension, "()" for none).
 inline std::string tuple_string(const std::vector<index_t>& shape) {
     std::string s = "(";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i) s += ", ";
+        s += std::to_string(shape[i]);
+    }
     return s + (shape.size() == 1 ? ",)" : ")");
 }
 

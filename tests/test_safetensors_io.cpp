@@ -1,0 +1,187 @@
+// Tests for save_safetensors and to_tensor in tinyllm/safetensors.hpp: every
+// dtype at ranks 1 to 4 (strided views included) written and read back through
+// safetensors_file and safetensors_checkpoint, the layout Python's safetensors
+// requires (8-byte aligned header, gapless data), metadata, and the errors.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/safetensors.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using tinyllm::index_t;
+
+namespace {
+
+struct temp_dir {
+    fs::path path;
+    temp_dir() {
+        path = fs::temp_directory_path() / ("tinyllm_safetensors_io_test_" + std::to_string(tinyllm_test::test_seed()) +
+                                            "_" + std::to_string(counter()++));
+        fs::create_directories(path);
+    }
+    ~temp_dir() { fs::remove_all(path); }
+    static int& counter() {
+        static int n = 0;
+        return n;
+    }
+    std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+std::string read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+template <class T>
+T value_for(index_t i) {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return static_cast<T>(0.37 * i - 5.25);
+    else if constexpr (std::is_same_v<T, tinyllm::float16>) return tinyllm::float_to_fp16(0.37f * i - 5.25f);
+    else if constexpr (std::is_same_v<T, tinyllm::bfloat16>) return tinyllm::float_to_bf16(0.37f * i - 5.25f);
+    else if constexpr (std::is_same_v<T, bool>) return i % 3 == 1;
+    else return static_cast<T>(static_cast<std::uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+template <class T, std::size_t Rank>
+const T& element_at(tinyllm::tensor_view<const T, Rank> v, index_t flat) {
+    index_t offset = 0;
+    for (std::size_t d = Rank; d-- > 0;) {
+        offset += (flat % v.extent(d)) * v.stride(d);
+        flat /= v.extent(d);
+    }
+    return v.data()[offset];
+}
+
+template <class T, std::size_t Rank>
+void check_read_back(const tinyllm::safetensors_file& f, const std::string& name, tinyllm::tensor_view<const T, Rank> x) {
+    INFO("tensor " << name << ": shape " << tinyllm::to_string(x.shape()) << ", strides " << tinyllm::to_string(x.strides()));
+    const tinyllm::safetensors_tensor* t = f.find(name);
+    REQUIRE(t != nullptr);
+    CHECK(t->dtype == tinyllm::st_dtype_of<T>());
+    using Read = std::conditional_t<std::is_same_v<T, bool>, std::uint8_t, T>;  // BOOL reads as uint8
+    const auto y = tinyllm::to_tensor<Read, Rank>(*t);
+    REQUIRE(y.shape() == x.shape());
+    std::size_t differing = 0;
+    for (index_t i = 0; i < x.size(); ++i)
+        differing += std::memcmp(&y.data()[i], &element_at(x, i), sizeof(T)) != 0;
+    CHECK(differing == 0);
+}
+
+// Write contiguous, transposed and windowed views of T at ranks 1 to 4 to one file and read them back.
+template <class T>
+void check_dtype(const temp_dir& dir) {
+    const std::size_t size = 4 * 5 * 6 * 7;
+    const auto buffer = std::make_unique<T[]>(size);  // not std::vector: vector<bool> has no data()
+    for (std::size_t i = 0; i < size; ++i) buffer[i] = value_for<T>(static_cast<index_t>(i));
+    const T* p = buffer.get();
+    const tinyllm::tensor_view<const T, 1> v1(p, {7});
+    const tinyllm::tensor_view<const T, 1> v1s(p, {9}, {3});
+    const tinyllm::tensor_view<const T, 2> m(p, {5, 6});
+    const tinyllm::tensor_view<const T, 3> c(p, {4, 5, 6});
+    const tinyllm::tensor_view<const T, 4> q(p, {4, 5, 6, 7});
+    const tinyllm::tensor_view<const T, 2> empty(p, {0, 3});
+    const std::string path = dir.file(std::string(tinyllm::st_dtype_name(tinyllm::st_dtype_of<T>())) + ".safetensors");
+    tinyllm::save_safetensors(path, {{"v1", v1},
+                                     {"v1.strided", v1s},
+                                     {"m", m},
+                                     {"m.t", m.transpose(0, 1)},
+                                     {"empty", empty},
+                                     {"c.window", c.narrow(1, 1, 3).transpose(0, 2)},
+                                     {"q", q},
+                                     {"q.window", q.transpose(1, 3).narrow(0, 1, 2)}});
+    const tinyllm::safetensors_file f(path);
+    CHECK(f.tensors().size() == 8);
+    CHECK(f.metadata().empty());
+    check_read_back(f, "v1", v1);
+    check_read_back(f, "v1.strided", v1s);
+    check_read_back(f, "m", m);
+    check_read_back(f, "m.t", m.transpose(0, 1));
+    check_read_back(f, "empty", empty);
+    check_read_back(f, "c.window", c.narrow(1, 1, 3).transpose(0, 2));
+    check_read_back(f, "q", q);
+    check_read_back(f, "q.window", q.transpose(1, 3).narrow(0, 1, 2));
+}
+
+}  // namespace
+
+TEST_CASE("save_safetensors: every dtype round-trips at ranks 1 to 4, strided views in row-major order",
+          "[safetensors][io]") {
+    temp_dir dir;
+    check_dtype<double>(dir);
+    check_dtype<float>(dir);
+    check_dtype<tinyllm::float16>(dir);
+    check_dtype<tinyllm::bfloat16>(dir);
+    check_dtype<std::int64_t>(dir);
+    check_dtype<std::int32_t>(dir);
+    check_dtype<std::int16_t>(dir);
+    check_dtype<std::int8_t>(dir);
+    check_dtype<std::uint8_t>(dir);
+    check_dtype<bool>(dir);
+}
+
+TEST_CASE("save_safetensors: the layout of the reference implementation, metadata, and a checkpoint folder",
+          "[safetensors][io]") {
+    temp_dir dir;
+    tinyllm::tensor<float, 2> w({3, 2});
+    tinyllm::tensor<tinyllm::bfloat16, 1> b({3});
+    for (index_t i = 0; i < 6; ++i) w.values()[static_cast<std::size_t>(i)] = static_cast<float>(i) - 2.5f;
+    for (index_t i = 0; i < 3; ++i) b.values()[static_cast<std::size_t>(i)] = tinyllm::float_to_bf16(0.5f * static_cast<float>(i));
+    const std::string path = dir.file("model.safetensors");
+    tinyllm::save_safetensors(path, {{"lm_head.weight", w}, {"lm_head.bias", b.view()}},
+                              {{"format", "pt"}, {"note", "quotes \" and \\ and\nnewlines"}});
+    const std::string bytes = read_bytes(path);
+    REQUIRE(bytes.size() >= 8);
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+    CHECK(n % 8 == 0);
+    CHECK(bytes[8] == '{');
+    const std::string header = bytes.substr(8, n);
+    CHECK(header.rfind("{\"__metadata__\":{\"format\":\"pt\",\"note\":", 0) == 0);
+    CHECK_THAT(header, tinyllm_test::contains("\"lm_head.weight\":{\"dtype\":\"F32\",\"shape\":[3,2],\"data_offsets\":[0,24]}"));
+    CHECK_THAT(header, tinyllm_test::contains("\"lm_head.bias\":{\"dtype\":\"BF16\",\"shape\":[3],\"data_offsets\":[24,30]}"));
+    CHECK(header.find_last_not_of(' ') == header.rfind('}'));  // padded with spaces
+    CHECK(bytes.size() == 8 + n + 30);                         // data back to back, no gaps
+
+    const tinyllm::safetensors_file f(path);
+    CHECK(f.metadata().at("format") == "pt");
+    CHECK(f.metadata().at("note") == "quotes \" and \\ and\nnewlines");
+    CHECK(f.tensors()[0].name == "lm_head.weight");  // in the order given
+    CHECK(tinyllm::to_float_vector(*f.find("lm_head.bias")) == std::vector<float>{0.0f, 0.5f, 1.0f});
+    // The folder reads as a checkpoint.
+    const tinyllm::safetensors_checkpoint ckpt(dir.path.string());
+    CHECK(ckpt.load("lm_head.weight", tinyllm::extents<2>{3, 2}).values() == w.values());
+
+    // No tensors at all is a valid (empty) file.
+    tinyllm::save_safetensors(dir.file("empty.safetensors"), {});
+    CHECK(read_bytes(dir.file("empty.safetensors")) == std::string("\x08\0\0\0\0\0\0\0{}      ", 16));
+    CHECK(tinyllm::safetensors_file(dir.file("empty.safetensors")).tensors().empty());
+}
+
+TEST_CASE("save_safetensors and to_tensor refuse what they cannot do, naming it", "[safetensors][io]") {
+    temp_dir dir;
+    tinyllm::tensor<float, 1> x({4});
+    const std::string path = dir.file("bad.safetensors");
+    CHECK_THROWS_WITH(tinyllm::save_safetensors(path, {{"a", x}, {"b", x}, {"a", x}}),
+                      tinyllm_test::contains("two tensors are called 'a'"));
+    CHECK_THROWS_WITH(tinyllm::save_safetensors(path, {{"__metadata__", x}}),
+                      tinyllm_test::contains("may not be called \"__metadata__\""));
+    CHECK_THROWS_WITH(tinyllm::save_safetensors(path, {{std::string("bad\xff name"), x}}),
+                      tinyllm_test::contains("is not valid UTF-8"));
+    CHECK_THROWS_WITH(tinyllm::save_safetensors(path, {{"a", x}}, {{"k", "\xc3"}}),
+                      tinyllm_test::contains("metadata entry 'k' is not valid UTF-8"));
+    CHECK_THROWS_WITH(tinyllm::save_safetensors(dir.file("no/such/folder/x.safetensors"), {{"a", x}}),
+                      tinyllm_test::contains("cannot open '" + dir.file("no/such/folder/x.safetensors") + "' for writing"));
+    tinyllm::save_safetensors(path, {{"a", x}});
+    const tinyllm::safetensors_file f(path);
+    CHECK_THROWS_WITH((tinyllm::to_tensor<double, 1>(*f.find("a"))),
+                      tinyllm_test::contains("tensor 'a' is F32 of shape (4) but to_tensor asks for F64 with 1 dimension"));
+    CHECK_THROWS_WITH((tinyllm::to_tensor<float, 2>(*f.find("a"))),
+                      tinyllm_test::contains("to_tensor asks for F32 with 2 dimensions"));
+}
