@@ -84,3 +84,66 @@ TEST_CASE("CUDA embedding reads strided ids and rejects ids outside the vocabula
                                         tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), 1.0f, version),
                           tinyllm_test::contains("ids(0, 2) = 9 is outside the vocabulary [0, 4)"));
 }
+
+TEST_CASE("CUDA embedding takes ids of any rank: (...) ids give (..., D) rows", "[cuda][embedding][batch]") {
+    const index_t V = 50, D = 16, B = 2, T_ = 3;
+    const auto values = tinyllm_test::random_floats(static_cast<std::size_t>(V * D), 5, -2.0f, 2.0f);
+    std::vector<tinyllm::bfloat16> table(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) table[i] = tinyllm::from_float<tinyllm::bfloat16>(values[i]);
+    std::mt19937 rng(tinyllm_test::test_seed());
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T_));
+    for (auto& id : ids) id = static_cast<std::int32_t>(rng() % V);
+    const float scale = 1.5f;
+    std::vector<tinyllm::bfloat16> want(static_cast<std::size_t>(B * T_ * D));
+    tinyllm::cpu::embedding(tinyllm::tensor_view<tinyllm::bfloat16, 3>(want.data(), {B, T_, D}),
+                            tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {B, T_}),
+                            tinyllm::tensor_view<const tinyllm::bfloat16, 2>(table.data(), {V, D}), scale);
+    auto d_table = tc::to_device(table);
+    auto d_ids = tc::to_device(ids);
+    tc::device_buffer<tinyllm::bfloat16> d_out(want.size());
+    const tinyllm::tensor_view<std::int32_t, 2> ids2(d_ids.data(), {B, T_});  // of non-const ids
+    const tinyllm::tensor_view<tinyllm::bfloat16, 2> tab(d_table.data(), {V, D});
+    // Bit-exact (a copy times a scale, rounded the same way); poisoned outputs are NaN and never equal.
+    const auto count_wrong = [&](std::size_t n, std::size_t first) {
+        const auto got = tc::to_host(d_out);
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < n; ++i)
+            wrong += !(tinyllm::to_float(got[i]) == tinyllm::to_float(want[first + i]));
+        return wrong;
+    };
+    for (auto version : {tc::embedding_version::naive, tc::embedding_version::vectorized}) {
+        INFO("version " << (version == tc::embedding_version::naive ? "naive" : "vectorized"));
+        d_out.poison();
+        tc::embedding(d_out.view(tinyllm::extents<3>{B, T_, D}), ids2, tab, scale, version);  // (B, T), deduced types
+        CHECK(count_wrong(want.size(), 0) == 0);
+        d_out.poison();
+        tc::embedding<tinyllm::bfloat16, std::int32_t>(d_out.view(tinyllm::extents<2>{B * T_, D}),
+                                                       tinyllm::reshape(ids2, {B * T_}), tab, scale, version);  // (B*T)
+        CHECK(count_wrong(want.size(), 0) == 0);
+        d_out.poison();
+        tc::embedding(d_out.view(tinyllm::extents<4>{B, 1, T_, D}), tinyllm::reshape(ids2, {B, index_t{1}, T_}), tab,
+                      scale, version);  // (B, 1, T)
+        CHECK(count_wrong(want.size(), 0) == 0);
+        d_out.poison();
+        tc::embedding(d_out.view(tinyllm::extents<2>{B * T_, D}).narrow(0, 0, T_), ids2.slice(0, 1), tab, scale,
+                      version);  // one sequence (T)
+        CHECK(count_wrong(static_cast<std::size_t>(T_ * D), static_cast<std::size_t>(T_ * D)) == 0);
+    }
+
+    // Leading dimensions that do not merge, shapes that do not match, bad ids.
+    const tinyllm::tensor_view<std::int32_t, 3> ids3(d_ids.data(), {3, 2, 1});
+    CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<4>{2, 3, 1, D}), ids3.transpose(0, 1), tab),
+                      tinyllm_test::contains("embedding: ids has shape (2, 3, 1) and strides (1, 2, 1)") &&
+                          tinyllm_test::contains("do not merge"));
+    CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<3>{T_, B, D}), ids2, tab),
+                      tinyllm_test::contains("embedding: out has shape (3, 2, 16) but ids (2, 3)"));
+    CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<3>{B, T_, D}).transpose(0, 1), ids2.transpose(0, 1), tab),
+                      tinyllm_test::contains("embedding: out has shape (3, 2, 16) and strides"));
+    const tinyllm::tensor_view<tinyllm::bfloat16, 2> padded(d_out.data(), {T_, D}, {2 * D, 1});  // rows merge, gaps
+    CHECK_THROWS_WITH(tc::embedding(padded, ids2.slice(0, 0), tab), tinyllm_test::contains("out must be contiguous"));
+    const std::vector<std::int32_t> bad{0, 1, 2, 3, 4, 99};
+    auto d_bad = tc::to_device(bad);
+    CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<2>{B * T_, D}),
+                                    tinyllm::tensor_view<const std::int32_t, 1>(d_bad.data(), {B * T_}), tab),
+                      tinyllm_test::contains("ids(0, 5) = 99 is outside the vocabulary [0, 50)"));
+}

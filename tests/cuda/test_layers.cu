@@ -445,3 +445,253 @@ TEST_CASE("CUDA layer launchers reject bad arguments before launching", "[cuda][
     CHECK_NOTHROW(tc::rms_norm<float>(none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12}), 1e-5f));
     CHECK_NOTHROW(tc::swiglu<float>(none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12})));
 }
+
+// ---- leading batch dimensions: (..., D) device views ----------------------------------
+
+namespace {
+
+// A contiguous view of `data` shaped like v but with last dimension `last` (scratch for the MLPs).
+template <class T, class V>
+tensor_view<T, V::rank> shaped_like(T* data, const V& v, index_t last) {
+    auto shape = v.shape();
+    shape[V::rank - 1] = last;
+    return {data, shape};
+}
+
+template <class T>
+std::vector<float> head(const std::vector<T>& v, std::size_t n) {
+    std::vector<float> out(n);
+    for (std::size_t i = 0; i < n; ++i) out[i] = tinyllm::to_float(v[i]);
+    return out;
+}
+
+// op(out, x, y) on the device with out (..., Dout) and x, y (..., D), against ref(out, x, y),
+// the flattened (B*T, D) CPU call: (B, T, D) views (x of non-const T), (B, 1, T, D) views, a
+// (B*T, D) view of non-const T, and one row as a vector; outputs poisoned (NaN) first. Then a
+// transposed (non-mergeable) argument and mismatched shapes must throw before any launch.
+template <class T, class Ref, class Op>
+void check_leading_dims(const std::string& op_name, const std::string& x_name, index_t D, index_t Dout, Ref ref, Op op,
+                        tolerance tol, std::uint64_t which) {
+    const index_t B = 2, Tn = 3;
+    const auto n_in = static_cast<std::size_t>(B * Tn * D), n_out = static_cast<std::size_t>(B * Tn * Dout);
+    const auto x = random_as<T>(n_in, which, -2.0f, 2.0f), y = random_as<T>(n_in, which + 1, -2.0f, 2.0f);
+    std::vector<float> want(n_out);
+    ref(view2(want, B * Tn, Dout), cview2(x, B * Tn, D), cview2(y, B * Tn, D));
+    auto dx = upload<T>(x), dy = upload<T>(y);
+    tc::device_buffer<T> dout(n_out);
+    const tensor_view<T, 3> X(dx.data(), {B, Tn, D});
+    const tensor_view<const T, 3> Y(dy.data(), {B, Tn, D});
+
+    dout.poison();
+    op(dout.view(extents<3>{B, Tn, Dout}), X, Y);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, tol, label<T>(op_name + " (B, T, D)", B * Tn, Dout));
+    dout.poison();
+    op(dout.view(extents<4>{B, 1, Tn, Dout}), tinyllm::reshape(X, {B, index_t{1}, Tn, D}),
+       tinyllm::reshape(Y, {B, index_t{1}, Tn, D}));
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, tol, label<T>(op_name + " (B, 1, T, D)", B * Tn, Dout));
+    dout.poison();
+    op(dview2(dout, B * Tn, Dout), tinyllm::reshape(X, {B * Tn, D}), tinyllm::reshape(Y, {B * Tn, D}));
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, tol, label<T>(op_name + " (rows, D) of non-const", B * Tn, Dout));
+    dout.poison();
+    op(tensor_view<T, 1>(dout.data(), {Dout}), X.slice(0, 1).slice(0, 2), Y.slice(0, 1).slice(0, 2));
+    const auto row = static_cast<std::size_t>(Dout);
+    TINYLLM_REQUIRE_CLOSE(head(tc::to_host(dout), row),
+                          std::vector<float>(want.begin() + static_cast<std::ptrdiff_t>((Tn + 2) * row),
+                                             want.begin() + static_cast<std::ptrdiff_t>((Tn + 3) * row)),
+                          tol, label<T>(op_name + " one row (D)", 1, Dout));
+
+    // X.transpose(0, 1) is (T, B, D) with strides (D, T*D, 1): the leading dimensions do not merge.
+    tc::device_buffer<T> dtb(n_in);
+    const tensor_view<T, 3> out_tb(dout.data(), {Tn, B, Dout});
+    const tensor_view<const T, 3> y_tb(dtb.data(), {Tn, B, D});
+    const std::string d = std::to_string(D), dout_s = std::to_string(Dout);
+    CHECK_THROWS_WITH(op(out_tb, X.transpose(0, 1), y_tb),
+                      tinyllm_test::contains(op_name + ": " + x_name + " has shape (3, 2, " + d + ") and strides") &&
+                          tinyllm_test::contains("do not merge"));
+    CHECK_THROWS_WITH(op(dout.view(extents<3>{B, Tn, Dout}).transpose(0, 1), y_tb, y_tb),
+                      tinyllm_test::contains(op_name + ": out has shape (3, 2, " + dout_s + ") and strides"));
+    CHECK_THROWS_WITH(op(out_tb, X, Y), tinyllm_test::contains(op_name + ": out has shape (3, 2, " + dout_s + ") but " +
+                                                                x_name + " has shape (2, 3, " + d + ")"));
+    CHECK_THROWS_WITH(op(dview2(dout, B * Tn, Dout), X, Y),
+                      tinyllm_test::contains(op_name + ": out has shape (6, " + dout_s + ") but " + x_name +
+                                             " has shape (2, 3, " + d + ")"));
+}
+
+template <class T>
+void check_norms_leading_dims(index_t D, std::uint64_t which) {
+    const auto w = random_as<T>(static_cast<std::size_t>(D), which, 0.5f, 1.5f);
+    const auto b = random_as<T>(static_cast<std::size_t>(D), which + 1, -1.0f, 1.0f);
+    auto dw = upload<T>(w), db = upload<T>(b);
+    const auto W = dview1(dw), Bv = dview1(db);
+    const float eps = 1e-5f;
+    check_leading_dims<T>(
+        "layer_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::layer_norm(out, x, cview1(w), cview1(b), eps); },
+        [&](auto out, auto x, auto) { tc::layer_norm(out, x, W, Bv, eps); }, tol_for<T>(), which + 2);
+    check_leading_dims<T>(
+        "layer_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::layer_norm(out, x, eps); },
+        [&](auto out, auto x, auto) { tc::layer_norm<T>(out, x, eps); }, tol_for<T>(), which + 4);
+    check_leading_dims<T>(
+        "rms_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::rms_norm(out, x, cview1(w), eps); },
+        [&](auto out, auto x, auto) { tc::rms_norm<T>(out, x, W, eps); }, tol_for<T>(), which + 6);
+    check_leading_dims<T>(
+        "rms_norm", "x", D, D, [&](auto out, auto x, auto) { cpu::rms_norm(out, x, eps); },
+        [&](auto out, auto x, auto) { tc::rms_norm(out, x, {}, eps); }, tol_for<T>(), which + 8);
+
+    // The fused residual add + norm on (B, T, D), and on one row.
+    const index_t B = 2, Tn = 3;
+    const auto n = static_cast<std::size_t>(B * Tn * D);
+    const auto x = random_as<T>(n, which + 10, -3.0f, 3.0f), r = random_as<T>(n, which + 11, -3.0f, 3.0f);
+    std::vector<float> s(n), ref(n);
+    for (std::size_t i = 0; i < n; ++i) s[i] = x[i] + r[i];
+    round_to<T>(s);
+    auto dx = upload<T>(x), dr = upload<T>(r);
+    tc::device_buffer<T> dout(n), dsum(n);
+    const tensor_view<T, 3> X(dx.data(), {B, Tn, D}), R(dr.data(), {B, Tn, D});
+    const auto out = dout.view(extents<3>{B, Tn, D}), sum = dsum.view(extents<3>{B, Tn, D});
+    const auto row = static_cast<std::size_t>(D), last = static_cast<std::size_t>((Tn + 2) * D);
+    for (bool layer : {true, false}) {
+        const std::string name = layer ? "residual_add_layer_norm" : "residual_add_rms_norm";
+        if (layer)
+            cpu::layer_norm(view2(ref, B * Tn, D), cview2(s, B * Tn, D), cview1(w), cview1(b), eps);
+        else
+            cpu::rms_norm(view2(ref, B * Tn, D), cview2(s, B * Tn, D), cview1(w), eps);
+        dout.poison();
+        dsum.poison();
+        if (layer)
+            tc::residual_add_layer_norm(out, sum, X, R, W, Bv, eps);
+        else
+            tc::residual_add_rms_norm<T>(out, sum, X, R, W, eps);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dsum), s, tolerance{0, 0, 0}, label<T>(name + " sum (B, T, D)", B * Tn, D));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), label<T>(name + " (B, T, D)", B * Tn, D));
+        dout.poison();
+        dsum.poison();
+        const tensor_view<T, 1> out1(dout.data(), {D}), sum1(dsum.data(), {D});
+        if (layer)
+            tc::residual_add_layer_norm<T>(out1, sum1, X.slice(0, 1).slice(0, 2), R.slice(0, 1).slice(0, 2), W, Bv, eps);
+        else
+            tc::residual_add_rms_norm(out1, sum1, X.slice(0, 1).slice(0, 2), R.slice(0, 1).slice(0, 2), W, eps);
+        TINYLLM_REQUIRE_CLOSE(head(tc::to_host(dsum), row), std::vector<float>(s.begin() + last, s.begin() + last + row),
+                              tolerance{0, 0, 0}, label<T>(name + " sum, one row", 1, D));
+        TINYLLM_REQUIRE_CLOSE(head(tc::to_host(dout), row),
+                              std::vector<float>(ref.begin() + last, ref.begin() + last + row), tol_for<T>(),
+                              label<T>(name + " one row", 1, D));
+    }
+    const tensor_view<T, 3> wrong(dsum.data(), {Tn, B, D});
+    CHECK_THROWS_WITH(tc::residual_add_rms_norm(out, wrong, X, R, W, eps),
+                      tinyllm_test::contains("residual_add_rms_norm: residual_out has shape (3, 2, " +
+                                             std::to_string(D) + ") but x has shape (2, 3, "));
+    CHECK_THROWS_WITH(tc::residual_add_layer_norm(wrong, wrong, wrong, R.transpose(0, 1), W, Bv, eps),
+                      tinyllm_test::contains("residual_add_layer_norm: residual has shape (3, 2, " + std::to_string(D) +
+                                             ") and strides"));
+}
+
+template <class T>
+void check_elementwise_leading_dims(index_t D, std::uint64_t which) {
+    const auto bias = random_as<T>(static_cast<std::size_t>(D), which, -1.0f, 1.0f);
+    auto dbias = upload<T>(bias);
+    const auto Bv = dview1(dbias);
+    for (activation kind : {activation::gelu_tanh, activation::silu}) {
+        check_leading_dims<T>(
+            "activate", "x", D, D, [&](auto out, auto x, auto) { cpu::activate(out, x, kind); },
+            [&](auto out, auto x, auto) { tc::activate(out, x, kind); }, tol_for<T>(), which + 1);
+        check_leading_dims<T>(
+            "bias_activate", "x", D, D, [&](auto out, auto x, auto) { cpu::bias_activate(out, x, cview1(bias), kind); },
+            [&](auto out, auto x, auto) { tc::bias_activate<T>(out, x, Bv, kind); }, tol_for<T>(), which + 3);
+    }
+    check_leading_dims<T>(
+        "swiglu", "gate", D, D, [&](auto out, auto g, auto u) { cpu::swiglu(out, g, u); },
+        [&](auto out, auto g, auto u) { tc::swiglu(out, g, u); }, tol_for<T>(), which + 5);
+    check_leading_dims<T>(
+        "add", "a", D, D, [&](auto out, auto a, auto b) { cpu::add(out, a, b); },
+        [&](auto out, auto a, auto b) { tc::add<T>(out, a, b); }, tol_for<T>(), which + 7);
+    check_leading_dims<T>(
+        "multiply", "a", D, D, [&](auto out, auto a, auto b) { cpu::multiply(out, a, b); },
+        [&](auto out, auto a, auto b) { tc::multiply(out, a, b); }, tol_for<T>(), which + 9);
+}
+
+template <class T>
+void check_ffn_leading_dims(std::uint64_t which) {
+    const tc::cublas_handle handle;
+    const index_t D = 32, N = 24, H = 40;
+    const float sd = 1.0f / std::sqrt(static_cast<float>(D)), sh = 1.0f / std::sqrt(static_cast<float>(H));
+    const auto W = random_as<T>(static_cast<std::size_t>(N * D), which, -sd, sd);  // (N, D)
+    const auto b = random_as<T>(static_cast<std::size_t>(N), which + 1, -1.0f, 1.0f);
+    auto dW = upload<T>(W), db = upload<T>(b);
+    // linear: the GEMM output is rounded to T, then the bias is added.
+    check_leading_dims<T>(
+        "linear", "x", D, N,
+        [&](auto out, auto x, auto) {
+            cpu::linear(out, x, cview2(W, N, D), {});
+            for (index_t r = 0; r < out.extent(0); ++r)
+                for (index_t c = 0; c < N; ++c)
+                    out(r, c) = tinyllm::to_float(tinyllm::from_float<T>(out(r, c))) + b[static_cast<std::size_t>(c)];
+        },
+        [&](auto out, auto x, auto) { tc::linear(out, x, dview2(dW, N, D), dview1(db), handle); }, loose_tol_for<T>(),
+        which + 2);
+    check_leading_dims<T>(
+        "linear", "x", D, N, [&](auto out, auto x, auto) { cpu::linear(out, x, cview2(W, N, D), {}); },
+        [&](auto out, auto x, auto) { tc::linear<T>(out, x, dview2(dW, N, D), {}, handle); }, loose_tol_for<T>(),
+        which + 4);
+
+    // The MLPs against the float composition (intermediates not rounded to T), as check_mlps does.
+    const auto w1 = random_as<T>(static_cast<std::size_t>(H * D), which + 5, -sd, sd);
+    const auto w2 = random_as<T>(static_cast<std::size_t>(H * D), which + 6, -sd, sd);
+    const auto w3 = random_as<T>(static_cast<std::size_t>(D * H), which + 7, -sh, sh);
+    const auto b1 = random_as<T>(static_cast<std::size_t>(H), which + 8, -0.5f, 0.5f);
+    const auto b3 = random_as<T>(static_cast<std::size_t>(D), which + 9, -0.5f, 0.5f);
+    auto dw1 = upload<T>(w1), dw2 = upload<T>(w2), dw3 = upload<T>(w3), db1 = upload<T>(b1), db3 = upload<T>(b3);
+    const tolerance lt = loose_tol_for<T>();
+    const tolerance mlp_tol{4 * lt.abs, 4 * lt.rel, 2 * lt.rel_l2};
+    tc::device_buffer<T> dh1(static_cast<std::size_t>(2 * 3 * H)), dh2(dh1.size());
+    const tinyllm::gpt2_mlp_weights<float> cg{cview2(w1, H, D), cview1(b1), cview2(w3, D, H), cview1(b3)};
+    const tinyllm::gpt2_mlp_weights<T> g{dw1.view(extents<2>{H, D}), dview1(db1), dw3.view(extents<2>{D, H}),
+                                         dview1(db3)};
+    check_leading_dims<T>(
+        "gpt2_mlp", "x", D, D, [&](auto out, auto x, auto) { cpu::gpt2_mlp(out, x, cg); },
+        [&](auto out, auto x, auto) {
+            dh1.poison();
+            tc::gpt2_mlp(out, x, g, shaped_like(dh1.data(), x, H), handle);
+        },
+        mlp_tol, which + 10);
+    const tinyllm::swiglu_mlp_weights<float> cs{cview2(w1, H, D), cview2(w2, H, D), cview2(w3, D, H)};
+    const tinyllm::swiglu_mlp_weights<T> s{dw1.view(extents<2>{H, D}), dw2.view(extents<2>{H, D}),
+                                           dw3.view(extents<2>{D, H})};
+    check_leading_dims<T>(
+        "swiglu_mlp", "x", D, D, [&](auto out, auto x, auto) { cpu::swiglu_mlp(out, x, cs); },
+        [&](auto out, auto x, auto) {
+            dh1.poison();
+            dh2.poison();
+            tc::swiglu_mlp<T>(out, x, s, shaped_like(dh1.data(), x, H), shaped_like(dh2.data(), x, H), handle);
+        },
+        mlp_tol, which + 12);
+
+    // linear's out and x share all dimensions but the last; scratch rows must match x's.
+    tc::device_buffer<T> dx(static_cast<std::size_t>(2 * 3 * D)), dout(static_cast<std::size_t>(2 * 3 * D));
+    CHECK_THROWS_WITH(tc::linear(tensor_view<T, 3>(dout.data(), {3, 2, N}), tensor_view<T, 3>(dx.data(), {2, 3, D}),
+                                 dview2(dW, N, D), {}, handle),
+                      tinyllm_test::contains("linear: out has shape (3, 2, 24) but x has shape (2, 3, 32); all "
+                                             "dimensions but the last must be equal"));
+    CHECK_THROWS_WITH(tc::gpt2_mlp(dout.view(extents<3>{2, 3, D}), dx.view(extents<3>{2, 3, D}), g,
+                                   tensor_view<T, 3>(dh1.data(), {3, 1, H}), handle),
+                      tinyllm_test::contains("hidden has shape (3, 40) but (rows, H) = (6, 40) is required"));
+}
+
+}  // namespace
+
+TEST_CASE("CUDA norms take (..., D) device views: (B, T, D) matches the CPU reference", "[cuda][norm][batch]") {
+    check_norms_leading_dims<float>(40, 1000);
+    check_norms_leading_dims<bfloat16>(40, 1020);
+    check_norms_leading_dims<float16>(13, 1040);  // D not a multiple of the vector width: the scalar path
+}
+
+TEST_CASE("CUDA element-wise kernels take (..., cols) device views", "[cuda][activation][batch]") {
+    check_elementwise_leading_dims<float>(24, 1100);
+    check_elementwise_leading_dims<bfloat16>(24, 1120);
+    check_elementwise_leading_dims<float16>(7, 1140);
+}
+
+TEST_CASE("CUDA linear and the MLPs take (..., D) device views", "[cuda][ffn][batch]") {
+    check_ffn_leading_dims<float>(1200);
+    check_ffn_leading_dims<bfloat16>(1220);
+    check_ffn_leading_dims<float16>(1240);
+}

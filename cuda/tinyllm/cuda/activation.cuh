@@ -28,9 +28,13 @@
 // bias_activate(out, x, bias, gelu_tanh) likewise folds the linear layer's
 // bias into the activation (one pass over the GEMM output instead of two).
 //
-// Tensors are 2-D (rows, cols) views on the device whose rows are contiguous
-// (stride(1) == 1) and may be spaced by any row stride — so `gate` and `up` may
-// be the two halves of one fused (rows, 2H) projection. `out` may be one of the
+// Tensors are (..., cols) views on the device — any number of leading
+// dimensions: (B, T, D), (rows, cols), or one (cols) vector — whose rows are
+// contiguous (stride(1) == 1) and may be spaced by any row stride — so `gate`
+// and `up` may be the two halves of one fused (rows, 2H) projection. The
+// (rows, cols) functions are the definitions; the (..., cols) overloads at the
+// end merge the leading dimensions into rows (as_rows in tensor.hpp) and call
+// them. The element type is deduced, or named as in add<bfloat16>(...). `out` may be one of the
 // inputs: each thread reads an element before it writes it. Element types:
 // float, tinyllm::bfloat16, tinyllm::float16; arithmetic in float.
 #pragma once
@@ -97,6 +101,16 @@ TINYLLM_DEVICE void store_floats(T* p, const float (&in)[N]) {
 }
 
 inline bool aligned_16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Operations called with tensors of any rank: T, when the caller names it
+// (add<bfloat16>(...)), is the element type; otherwise it is the one of Out.
+struct deduced {};
+template <class T, class Out>
+using element_t =
+    std::conditional_t<std::is_same_v<T, deduced>, std::remove_const_t<typename view_of_t<Out>::element_type>, T>;
+// The type of an absent (empty) weight or bias: what `{}` stands for.
+template <class T, class Out>
+using absent_vector = tensor_view<const element_t<T, Out>, 1>;
 
 // The functions applied per element: f(a, b, bias) with b and bias 0 when absent.
 struct activation_op {
@@ -242,6 +256,54 @@ void multiply(tensor_view<T, 2> out, detail::const_view<T, 2> a, detail::const_v
     tinyllm::detail::expect_same_shape(out, a, "multiply", "out", "a");
     tinyllm::detail::expect_same_shape(out, b, "multiply", "out", "b");
     detail::launch_map<T>("multiply", out, a, b, {}, detail::multiply_op{}, true, stream);
+}
+
+// ---- Any number of leading dimensions: (..., cols) ---------------------------------------
+// Device views of any rank; out and every input of one shape, bias (cols).
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X>
+void activate(Out&& out /*(..., cols)*/, const X& x /*(..., cols)*/, activation kind, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, x, "activate", "out", "x");
+    activate<E>(as_rows<E>(out, "activate: out"), as_rows<const E>(x, "activate: x"), kind, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X, tensor_like B>
+void bias_activate(Out&& out /*(..., cols)*/, const X& x /*(..., cols)*/, const B& bias /*(cols)*/, activation kind,
+                   cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, x, "bias_activate", "out", "x");
+    bias_activate<E>(as_rows<E>(out, "bias_activate: out"), as_rows<const E>(x, "bias_activate: x"),
+                     as_vector<const E>(bias), kind, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like G, tensor_like U>
+void swiglu(Out&& out /*(..., hidden)*/, const G& gate /*(..., hidden)*/, const U& up /*(..., hidden)*/,
+            cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, gate, "swiglu", "out", "gate");
+    expect_equal_shapes(out, up, "swiglu", "out", "up");
+    swiglu<E>(as_rows<E>(out, "swiglu: out"), as_rows<const E>(gate, "swiglu: gate"), as_rows<const E>(up, "swiglu: up"),
+              stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like A, tensor_like B>
+void add(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b /*(..., cols)*/,
+         cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, a, "add", "out", "a");
+    expect_equal_shapes(out, b, "add", "out", "b");
+    add<E>(as_rows<E>(out, "add: out"), as_rows<const E>(a, "add: a"), as_rows<const E>(b, "add: b"), stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like A, tensor_like B>
+void multiply(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b /*(..., cols)*/,
+              cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, a, "multiply", "out", "a");
+    expect_equal_shapes(out, b, "multiply", "out", "b");
+    multiply<E>(as_rows<E>(out, "multiply: out"), as_rows<const E>(a, "multiply: a"),
+                as_rows<const E>(b, "multiply: b"), stream);
 }
 
 }  // namespace tinyllm::cuda

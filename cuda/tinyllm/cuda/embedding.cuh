@@ -16,6 +16,10 @@
 //                  tensors are 16-byte aligned; otherwise it falls back to
 //                  element-wise copies in the same loop. One pass over memory.
 //
+// Shapes: ids (...) of any rank and out (..., D) with the same leading
+// dimensions, as for cpu::embedding: the (B, T) function is the definition;
+// the overload at the end sees any ids as (B, T) and calls it.
+//
 // Ids are validated on the device: an id outside [0, V) writes nothing for
 // its row and records the smallest bad position; the launcher then waits for
 // the kernel and throws tinyllm::error naming the position and the value (set
@@ -23,6 +27,7 @@
 // are trusted: rows with bad ids are then left unwritten).
 #pragma once
 
+#include <tinyllm/cuda/activation.cuh>  // detail::deduced, detail::element_t
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
@@ -166,6 +171,20 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
         TINYLLM_FAIL("embedding: ids(", b, ", ", t, ") = ", static_cast<long long>(value),
                      " is outside the vocabulary [0, ", V, ")");
     }
+}
+
+// out (..., D) = scale * table[ids] with ids (...) of any rank, device views. T (the table's
+// element type) and Id are deduced, or named as in embedding<bfloat16, std::int32_t>(...).
+template <class T = detail::deduced, class Id = detail::deduced, tensor_like Out, tensor_like Ids, tensor_like Table>
+void embedding(Out&& out /*(..., D)*/, const Ids& ids /*(...)*/, const Table& table /*(V, D)*/, float scale = 1.0f,
+               embedding_version version = embedding_version::vectorized, bool check_ids = true,
+               cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    using I = std::conditional_t<std::is_same_v<Id, detail::deduced>, tinyllm::detail::id_type_t<Ids>, Id>;
+    const auto [out3, ids2] = tinyllm::detail::embedding_as_3d<E, I>(out, ids, "embedding");
+    const auto t = as_view(table);
+    static_assert(decltype(t)::rank == 2, "embedding: the table must be a matrix (V, D)");
+    embedding<E, I>(out3, ids2, tensor_view<const E, 2>(t), scale, version, check_ids, stream);
 }
 
 }  // namespace tinyllm::cuda

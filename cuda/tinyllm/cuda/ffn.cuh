@@ -27,8 +27,15 @@
 // accumulated in float (CUBLAS_COMPUTE_32F; for float inputs that is true
 // FP32, not TF32). Intermediate activations are stored as T, as in PyTorch.
 //
-// The caller provides the scratch tensors (the (rows, H) hidden activations)
-// and a cublas_handle; nothing here allocates.
+// Shapes: activations are (..., features) device views — any number of
+// leading dimensions: (B, T, D), (rows, D) or one (D) vector. The (rows,
+// features) functions are the definitions; the (..., features) overloads at
+// the end merge the leading dimensions into rows (as_rows in tensor.hpp) and
+// call them. Weights stay matrices and biases vectors; matmul is 2-D only.
+//
+// The caller provides the scratch tensors (the (rows, H) hidden activations,
+// or (..., H) with x's leading dimensions) and a cublas_handle; nothing here
+// allocates.
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>
@@ -150,6 +157,41 @@ void swiglu_mlp(tensor_view<T, 2> out, detail::const_view<T, 2> x, const swiglu_
     linear<T>(up, x, w.up_weight, {}, handle, stream);
     swiglu<T>(gate, gate, up, stream);  // fused: silu(gate) * up in one pass
     linear<T>(out, gate, w.down_weight, {}, handle, stream);
+}
+
+// ---- Any number of leading dimensions: (..., features) -------------------------------
+
+// linear: out (..., N), x (..., K) with the same leading dimensions; weight (N, K); bias (N) or {}.
+// T (x's element type) and O (out's) are deduced, or named as in linear<bfloat16, float>(...).
+template <class T = detail::deduced, class O = detail::deduced, tensor_like Out, tensor_like X, tensor_like W,
+          tensor_like B = detail::absent_vector<T, X>>
+void linear(Out&& out /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(N, K)*/, const B& bias /*(N)*/,
+            const cublas_handle& handle, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, X>;
+    using EO = detail::element_t<O, Out>;
+    tinyllm::detail::expect_same_leading(out, x, "linear", "out", "x");
+    linear<E, EO>(as_rows<EO>(out, "linear: out"), as_rows<const E>(x, "linear: x"),
+                  tinyllm::detail::as_matrix<const E>(weight), as_vector<const E>(bias), handle, stream);
+}
+
+// The GPT-2 MLP on (..., D): out, x (..., D); hidden (..., H) or (rows, H) scratch.
+template <class T, tensor_like Out, tensor_like X, tensor_like Hidden>
+void gpt2_mlp(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const gpt2_mlp_weights<T>& w,
+              Hidden&& hidden /*(..., H)*/, const cublas_handle& handle, activation act = activation::gelu_tanh,
+              cudaStream_t stream = nullptr) {
+    expect_equal_shapes(out, x, "gpt2_mlp", "out", "x");
+    gpt2_mlp<T>(as_rows<T>(out, "gpt2_mlp: out"), as_rows<const T>(x, "gpt2_mlp: x"), w,
+                as_rows<T>(hidden, "gpt2_mlp: hidden"), handle, act, stream);
+}
+
+// Llama's MLP on (..., D): out, x (..., D); gate, up (..., H) or (rows, H) scratch.
+template <class T, tensor_like Out, tensor_like X, tensor_like G, tensor_like U>
+void swiglu_mlp(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const swiglu_mlp_weights<T>& w,
+                G&& gate /*(..., H)*/, U&& up /*(..., H)*/, const cublas_handle& handle,
+                cudaStream_t stream = nullptr) {
+    expect_equal_shapes(out, x, "swiglu_mlp", "out", "x");
+    swiglu_mlp<T>(as_rows<T>(out, "swiglu_mlp: out"), as_rows<const T>(x, "swiglu_mlp: x"), w,
+                  as_rows<T>(gate, "swiglu_mlp: gate"), as_rows<T>(up, "swiglu_mlp: up"), handle, stream);
 }
 
 }  // namespace tinyllm::cuda

@@ -39,8 +39,12 @@
 // may be `x`: every thread reads an element before writing it, and each
 // element is handled by the same thread in every pass.
 //
-// Tensors: (rows, D) device views with contiguous rows (stride(1) == 1) and
-// any row stride; weight/bias: (D) contiguous, or empty for "none".
+// Tensors: (..., D) device views — any number of leading dimensions: (B, T, D),
+// (rows, D) or one (D) vector — with contiguous rows (stride(1) == 1) and any
+// row stride; weight/bias: (D) contiguous, or empty for "none". The (rows, D)
+// functions are the definitions; the (..., D) overloads at the end merge the
+// leading dimensions into rows (as_rows in tensor.hpp) and call them. The
+// element type is deduced, or named as in rms_norm<bfloat16>(...).
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>
@@ -364,6 +368,73 @@ void residual_add_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out
                            detail::const_view<T, 2> residual, detail::const_view<T, 1> weight, float eps,
                            cudaStream_t stream = nullptr) {
     residual_add_rms_norm_vectorized<T>(out, residual_out, x, residual, weight, eps, stream);
+}
+
+// ---- Any number of leading dimensions: (..., D) -----------------------------------------
+// Device views of any rank: out, x, residual_out and residual all (..., D) of one shape;
+// weight, bias (D) or {} (none). v2, as the functions above.
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X, tensor_like W = detail::absent_vector<T, Out>,
+          tensor_like B = detail::absent_vector<T, Out>>
+void layer_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const W& weight /*(D)*/, const B& bias /*(D)*/,
+                float eps, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, x, "layer_norm", "out", "x");
+    layer_norm_vectorized<E>(as_rows<E>(out, "layer_norm: out"), as_rows<const E>(x, "layer_norm: x"),
+                             as_vector<const E>(weight), as_vector<const E>(bias), eps, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X>
+void layer_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, float eps, cudaStream_t stream = nullptr) {
+    layer_norm<detail::element_t<T, Out>>(out, x, {}, {}, eps, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X, tensor_like W = detail::absent_vector<T, Out>>
+void rms_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, const W& weight /*(D)*/, float eps,
+              cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    expect_equal_shapes(out, x, "rms_norm", "out", "x");
+    rms_norm_vectorized<E>(as_rows<E>(out, "rms_norm: out"), as_rows<const E>(x, "rms_norm: x"),
+                           as_vector<const E>(weight), eps, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like X>
+void rms_norm(Out&& out /*(..., D)*/, const X& x /*(..., D)*/, float eps, cudaStream_t stream = nullptr) {
+    rms_norm<detail::element_t<T, Out>>(out, x, {}, eps, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like Sum, tensor_like X, tensor_like R,
+          tensor_like W = detail::absent_vector<T, Out>, tensor_like B = detail::absent_vector<T, Out>>
+void residual_add_layer_norm(Out&& out /*(..., D)*/, Sum&& residual_out /*(..., D)*/, const X& x /*(..., D)*/,
+                             const R& residual /*(..., D)*/, const W& weight /*(D)*/, const B& bias /*(D)*/,
+                             float eps, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    constexpr std::string_view op = "residual_add_layer_norm";
+    expect_equal_shapes(out, x, op, "out", "x");
+    expect_equal_shapes(residual_out, x, op, "residual_out", "x");
+    expect_equal_shapes(residual, x, op, "residual", "x");
+    residual_add_layer_norm_vectorized<E>(as_rows<E>(out, "residual_add_layer_norm: out"),
+                                          as_rows<E>(residual_out, "residual_add_layer_norm: residual_out"),
+                                          as_rows<const E>(x, "residual_add_layer_norm: x"),
+                                          as_rows<const E>(residual, "residual_add_layer_norm: residual"),
+                                          as_vector<const E>(weight), as_vector<const E>(bias), eps, stream);
+}
+
+template <class T = detail::deduced, tensor_like Out, tensor_like Sum, tensor_like X, tensor_like R,
+          tensor_like W = detail::absent_vector<T, Out>>
+void residual_add_rms_norm(Out&& out /*(..., D)*/, Sum&& residual_out /*(..., D)*/, const X& x /*(..., D)*/,
+                           const R& residual /*(..., D)*/, const W& weight /*(D)*/, float eps,
+                           cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, Out>;
+    constexpr std::string_view op = "residual_add_rms_norm";
+    expect_equal_shapes(out, x, op, "out", "x");
+    expect_equal_shapes(residual_out, x, op, "residual_out", "x");
+    expect_equal_shapes(residual, x, op, "residual", "x");
+    residual_add_rms_norm_vectorized<E>(as_rows<E>(out, "residual_add_rms_norm: out"),
+                                        as_rows<E>(residual_out, "residual_add_rms_norm: residual_out"),
+                                        as_rows<const E>(x, "residual_add_rms_norm: x"),
+                                        as_rows<const E>(residual, "residual_add_rms_norm: residual"),
+                                        as_vector<const E>(weight), eps, stream);
 }
 
 }  // namespace tinyllm::cuda
