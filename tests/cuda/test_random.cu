@@ -5,7 +5,8 @@
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 
-#include <tinyllm/cuda/tinyllm.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/random.cuh>
 
 #include <cmath>
 #include <cstring>
