@@ -213,3 +213,15 @@ TEST_CASE("fill_normal has the moments and histogram of N(0, 1)", "[philox][rand
     INFO("chi-square = " << chi2);
     CHECK(chi2 < 74.7);
 }
+
+TEST_CASE("fill_uniform and fill_normal take owning tensors too", "[philox][random][api]") {
+    tinyllm::tensor<float, 3> a({2, 3, 5}), b({2, 3, 5});
+    tinyllm::cpu::fill_normal(a, 11, 0.5f, 2.0f);
+    tinyllm::cpu::fill_normal(b.view(), 11, 0.5f, 2.0f);
+    CHECK(a.values() == b.values());
+    tinyllm::cpu::fill_uniform(a, 12, -1.0f, 1.0f);
+    tinyllm::cpu::fill_uniform(b.view(), 12, -1.0f, 1.0f);
+    CHECK(a.values() == b.values());
+    CHECK(a(1, 2, 4) >= -1.0f);
+    CHECK(a(1, 2, 4) < 1.0f);
+}

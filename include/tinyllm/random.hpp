@@ -186,5 +186,15 @@ void fill_normal(tensor_view<float, Rank> out, std::uint64_t seed, float mean = 
     }
 }
 
+// The same fills of an owning tensor: fill_normal(w, seed) for a tinyllm::tensor<float, R>.
+template <std::size_t Rank>
+void fill_uniform(tensor<float, Rank>& out, std::uint64_t seed, float lo = 0.0f, float hi = 1.0f) {
+    fill_uniform(out.view(), seed, lo, hi);
+}
+template <std::size_t Rank>
+void fill_normal(tensor<float, Rank>& out, std::uint64_t seed, float mean = 0.0f, float stddev = 1.0f) {
+    fill_normal(out.view(), seed, mean, stddev);
+}
+
 }  // namespace cpu
 }  // namespace tinyllm
