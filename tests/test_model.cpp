@@ -7,7 +7,9 @@
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
 
+#include <tinyllm/bpe_train.hpp>
 #include <tinyllm/model.hpp>
+#include <tinyllm/tokenizer.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -110,16 +112,16 @@ TEST_CASE("KV-cache decoding equals recomputing the whole sequence", "[model]") 
             return;
         }
         const auto model = tinyllm::cpu::model::load(dir);
-        std::vector<std::int32_t> tokens;
+        std::vector<tinyllm::token_id> tokens;
         tinyllm::philox_generator g(tinyllm_test::test_seed(), 1);
-        for (int i = 0; i < 12; ++i) tokens.push_back(static_cast<std::int32_t>(g.next_bits() % model.config().vocab_size));
+        for (int i = 0; i < 12; ++i) tokens.push_back(static_cast<tinyllm::token_id>(g.next_bits() % model.config().vocab_size));
 
         auto whole = model.new_session(12);
         const auto all = model.forward(whole, tokens);  // (12, V)
         auto stepwise = model.new_session(12);
-        model.forward(stepwise, std::span<const std::int32_t>(tokens.data(), 5));  // a prefill of 5
+        model.forward(stepwise, std::span<const tinyllm::token_id>(tokens.data(), 5));  // a prefill of 5
         for (std::size_t t = 5; t < tokens.size(); ++t) {
-            const auto one = model.forward(stepwise, std::span<const std::int32_t>(&tokens[t], 1));  // (1, V)
+            const auto one = model.forward(stepwise, std::span<const tinyllm::token_id>(&tokens[t], 1));  // (1, V)
             std::vector<float> got(one.values());
             std::vector<double> want;
             for (index_t i = 0; i < all.extent(1); ++i) want.push_back(all(static_cast<index_t>(t), i));
@@ -137,7 +139,7 @@ TEST_CASE("a batch of different-length prompts equals running them one by one", 
         return;
     }
     const auto model = tinyllm::cpu::model::load(dir);
-    const std::vector<std::vector<std::int32_t>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
+    const std::vector<std::vector<tinyllm::token_id>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
     tinyllm::cpu::generation_options o;
     o.max_new_tokens = 6;
     o.sampling = {1.0f, 20, 0.95f, {}};
@@ -297,11 +299,55 @@ TEST_CASE("the model rejects bad token ids and over-long inputs", "[model][error
     }
     const auto model = tinyllm::cpu::model::load(dir);
     auto s = model.new_session(4);
-    const std::vector<std::int32_t> bad = {1, 509};
+    const std::vector<tinyllm::token_id> bad = {1, 509};
     CHECK_THROWS_WITH(model.forward(s, bad), tinyllm_test::contains("token id 509 at position 1 is outside the vocabulary"));
-    const std::vector<std::int32_t> five = {1, 2, 3, 4, 5};
+    const std::vector<tinyllm::token_id> five = {1, 2, 3, 4, 5};
     CHECK_THROWS_WITH(model.forward(s, five), tinyllm_test::contains("exceed the session's capacity"));
     CHECK_THROWS_WITH(model.new_session(1000), tinyllm_test::contains("exceeds GPT-2's 128 learned positions"));
+}
+
+TEST_CASE("tokenizer ids feed the model and the model's ids feed the tokenizer (one token_id type)", "[model][tokenizer]") {
+    tinyllm::bpe_train_options to;
+    to.vocab_size = 300;
+    to.special_tokens = {"<|endoftext|>"};
+    const tinyllm::tokenizer tok =
+        tinyllm::train_bpe({"the cat sat on the mat. the dog sat on the log. the cat saw the dog."}, to);
+    tinyllm::model_config c = tinyllm::model_shapes::llama_1b();
+    c.vocab_size = static_cast<index_t>(tok.vocab_size());
+    c.hidden_size = 32;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 8;
+    c.intermediate_size = 48;
+    c.rope.rotary_dim = 0;  // the default: the whole head dim
+    c.eos_token_ids = {*tok.special_id("<|endoftext|>")};
+    const auto weights = tinyllm::random_model_weights(c, tinyllm_test::test_seed());
+    const tinyllm::cpu::model model(c, weights);
+
+    const std::string text = "the cat sat on the log";
+    auto s = model.new_session(64);
+    const auto logits = model.forward(s, tok.encode(text));  // no conversion: encode returns token_ids
+    CHECK(logits.extent(0) == static_cast<index_t>(tok.encode(text).size()));
+    CHECK(logits.extent(1) == c.vocab_size);
+
+    // rotary_dim = 0 is rotary_dim = head_dim, bit for bit.
+    tinyllm::model_config explicit_rope = c;
+    explicit_rope.rope.rotary_dim = c.head_dim;
+    const tinyllm::cpu::model same(explicit_rope, weights);
+    auto s2 = same.new_session(64);
+    CHECK(same.forward(s2, tok.encode(text)).values() == logits.values());
+
+    // Generated ids decode directly, as a vector or as a span of part of them.
+    tinyllm::cpu::generation_options g;
+    g.max_new_tokens = 5;
+    g.eos_token_ids = {-1};  // never stop early
+    const std::vector<tinyllm::token_id> out = tinyllm::cpu::generate(model, tok.encode(text), g);
+    REQUIRE(out.size() == 5);
+    const std::string all = tok.decode(out, tinyllm::decode_errors::keep);
+    CHECK(tok.decode(std::span<const tinyllm::token_id>(out).first(2), tinyllm::decode_errors::keep) +
+              tok.decode(std::span<const tinyllm::token_id>(out).subspan(2), tinyllm::decode_errors::keep) ==
+          all);
 }
 
 TEST_CASE("forward's attention observer sees every layer's causal probabilities and changes nothing", "[model]") {
@@ -315,7 +361,7 @@ TEST_CASE("forward's attention observer sees every layer's causal probabilities 
     c.intermediate_size = 48;
     c.rope.rotary_dim = 8;
     const tinyllm::cpu::model model(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
-    const std::vector<std::int32_t> prompt = {3, 1, 4, 1, 5}, next = {9};
+    const std::vector<tinyllm::token_id> prompt = {3, 1, 4, 1, 5}, next = {9};
     auto plain = model.new_session(6), observed = model.new_session(6);
     const auto want = model.forward(plain, prompt);
     std::vector<index_t> layers;

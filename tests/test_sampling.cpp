@@ -29,7 +29,7 @@ constexpr float inf = std::numeric_limits<float>::infinity();
 tinyllm::tensor_view<float, 2> as_row(std::vector<float>& v) {
     return {v.data(), {index_t{1}, static_cast<index_t>(v.size())}};
 }
-tinyllm::tensor_view<const std::int32_t, 2> as_row(const std::vector<std::int32_t>& v) {
+tinyllm::tensor_view<const tinyllm::token_id, 2> as_row(const std::vector<tinyllm::token_id>& v) {
     return {v.data(), {index_t{1}, static_cast<index_t>(v.size())}};
 }
 
@@ -148,7 +148,7 @@ TEST_CASE("min-p keeps the tokens with p_i >= min_p * p_max", "[sampling]") {
 }
 
 TEST_CASE("repetition, frequency and presence penalties, logit bias and bans", "[sampling]") {
-    const std::vector<std::int32_t> generated{0, 1, 1, -1, 4};  // -1 is padding
+    const std::vector<tinyllm::token_id> generated{0, 1, 1, -1, 4};  // -1 is padding
     std::vector<float> z{2.0f, -1.0f, 0.5f, 3.0f, 0.0f};
     cpu::repetition_penalty(as_row(z), as_row(generated), 2.0f);
     CHECK(z == std::vector<float>{1.0f, -2.0f, 0.5f, 3.0f, 0.0f});  // each seen token once, whatever its count
@@ -160,7 +160,7 @@ TEST_CASE("repetition, frequency and presence penalties, logit bias and bans", "
     std::vector<float> g{2.0f, -1.0f, 0.5f, 3.0f, 0.0f};
     cpu::logit_bias(as_row(g), {{2, 1.5f}, {0, -2.0f}});
     CHECK(g == std::vector<float>{0.0f, -1.0f, 2.0f, 3.0f, 0.0f});
-    const std::vector<std::int32_t> banned{3, 0};
+    const std::vector<tinyllm::token_id> banned{3, 0};
     cpu::ban_tokens(as_row(g), banned);
     CHECK(g == std::vector<float>{-inf, -1.0f, 2.0f, -inf, 0.0f});
 }
@@ -178,7 +178,7 @@ TEST_CASE("a chain applies its processors in the order given", "[sampling]") {
     CHECK(b[3] == -inf);
     // The penalties need the generated tokens.
     auto c = z;
-    const std::vector<std::int32_t> generated{1};
+    const std::vector<tinyllm::token_id> generated{1};
     cpu::apply(as_row(c), {sampling::repetition_penalty{2.0f}}, as_row(generated));
     CHECK(c[1] == z[1] * 2.0f);  // log 0.5 < 0: multiplied
     CHECK_THROWS_WITH(cpu::apply(as_row(c), {sampling::repetition_penalty{2.0f}}), contains("generated has 0 rows"));
@@ -186,15 +186,15 @@ TEST_CASE("a chain applies its processors in the order given", "[sampling]") {
 
 TEST_CASE("greedy picks the argmax, the lowest index among ties", "[sampling]") {
     std::vector<float> z{1.0f, 3.0f, 3.0f, 2.0f, -inf, 3.0f, 1.0f, 0.0f};  // (2, 4)
-    std::vector<std::int32_t> out(2, -7);
-    cpu::greedy(tinyllm::tensor_view<std::int32_t, 1>(out.data(), {2}),
+    std::vector<tinyllm::token_id> out(2, -7);
+    cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(out.data(), {2}),
                 tinyllm::tensor_view<const float, 2>(z.data(), {2, 4}));
-    CHECK(out == std::vector<std::int32_t>{1, 1});
+    CHECK(out == std::vector<tinyllm::token_id>{1, 1});
     // Temperature 0 in the fused parameters is greedy decoding too.
     sampling::params p;
     p.temperature = 0.0f;
-    std::vector<std::int32_t> out2(2, -7);
-    cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(out2.data(), {2}),
+    std::vector<tinyllm::token_id> out2(2, -7);
+    cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(out2.data(), {2}),
                 tinyllm::tensor_view<const float, 2>(z.data(), {2, 4}), p, 1, 0);
     CHECK(out2 == out);
 }
@@ -334,10 +334,10 @@ TEST_CASE("the sampler is deterministic per (seed, row, step) and uses one strea
     std::vector<float> z(B * V);
     tinyllm::philox_generator g(tinyllm_test::test_seed(), 2);
     for (float& v : z) v = 3.0f * g.uniform();
-    std::vector<std::int32_t> a(B), b(B);
+    std::vector<tinyllm::token_id> a(B), b(B);
     tinyllm::tensor_view<const float, 2> logits(z.data(), {B, V});
-    cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(a.data(), {B}), logits, 42, 5);
-    cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(b.data(), {B}), logits, 42, 5);
+    cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(a.data(), {B}), logits, 42, 5);
+    cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(b.data(), {B}), logits, 42, 5);
     CHECK(a == b);
     for (int r = 0; r < B; ++r)
         CHECK(a[r] == cpu::sample_row(std::span<const float>(z.data() + r * V, V), tinyllm::sampling_bits(42, r, 5)));
@@ -347,12 +347,12 @@ TEST_CASE("the sampler is deterministic per (seed, row, step) and uses one strea
     p.top_k = 100;
     p.top_p = 0.9f;
     p.min_p = 0.05f;
-    std::vector<std::int32_t> fused(B), chained(B);
-    cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(fused.data(), {B}), logits, p, 42, 5);
+    std::vector<tinyllm::token_id> fused(B), chained(B);
+    cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(fused.data(), {B}), logits, p, 42, 5);
     auto work = z;
     cpu::apply(tinyllm::tensor_view<float, 2>(work.data(), {B, V}),
                {sampling::temperature{0.8f}, sampling::top_k{100}, sampling::top_p{0.9f}, sampling::min_p{0.05f}});
-    cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(chained.data(), {B}),
+    cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(chained.data(), {B}),
                 tinyllm::tensor_view<const float, 2>(work.data(), {B, V}), 42, 5);
     CHECK(fused == chained);
 }
@@ -369,11 +369,11 @@ std::vector<float> lp(std::initializer_list<double> p) {
 TEST_CASE("best-of-n keeps the most probable sample; length normalization changes the winner", "[sampling][search]") {
     // After "":  a 0.5, b 0.5.   After a: eos.   After b: c 0.6, eos 0.4.   After b c: d.   After b c d: eos.
     // [a eos]: log 0.5 = -0.693 (mean -0.347); [b c d eos]: log 0.3 = -1.204 (mean -0.301); [b eos]: log 0.2.
-    const tinyllm::step_function step = [](std::span<const std::int32_t> prefix) {
-        const std::vector<std::int32_t> p(prefix.begin(), prefix.end());
+    const tinyllm::step_function step = [](std::span<const tinyllm::token_id> prefix) {
+        const std::vector<tinyllm::token_id> p(prefix.begin(), prefix.end());
         if (p.empty()) return lp({0.5, 0.5, 0, 0, 0});
-        if (p == std::vector<std::int32_t>{1}) return lp({0, 0, 0.6, 0, 0.4});
-        if (p == std::vector<std::int32_t>{1, 2}) return lp({0, 0, 0, 1, 0});
+        if (p == std::vector<tinyllm::token_id>{1}) return lp({0, 0, 0.6, 0, 0.4});
+        if (p == std::vector<tinyllm::token_id>{1, 2}) return lp({0, 0, 0, 1, 0});
         return lp({0, 0, 0, 0, 1});
     };
     tinyllm::best_of_n_options o;
@@ -383,12 +383,12 @@ TEST_CASE("best-of-n keeps the most probable sample; length normalization change
     std::vector<tinyllm::generated_sequence> all;
     const auto raw = cpu::best_of_n(step, {}, o, &all);
     REQUIRE(all.size() == 32);
-    CHECK(raw.tokens == std::vector<std::int32_t>{0, 4});
+    CHECK(raw.tokens == std::vector<tinyllm::token_id>{0, 4});
     CHECK(raw.log_prob == tinyllm_test::Approx(std::log(0.5)).epsilon(1e-6));
     CHECK(raw.finished);
     o.length_alpha = 1.0f;
     const auto mean = cpu::best_of_n(step, {}, o);
-    CHECK(mean.tokens == std::vector<std::int32_t>{1, 2, 3, 4});
+    CHECK(mean.tokens == std::vector<tinyllm::token_id>{1, 2, 3, 4});
     CHECK(mean.score == tinyllm_test::Approx(std::log(0.3) / 4).epsilon(1e-6));
     o.n = 0;
     CHECK_THROWS_WITH(cpu::best_of_n(step, {}, o), contains("n = 0 must be at least 1"));
@@ -397,11 +397,11 @@ TEST_CASE("best-of-n keeps the most probable sample; length normalization change
 TEST_CASE("beam search finds the sequence greedy decoding misses", "[sampling][search]") {
     // After "": a 0.6, b 0.4.  After a: a 0.3, b 0.3, c 0.2, eos 0.2.  After b: eos 0.9, a/b/c 1/30 each.
     // Anything longer: eos. Greedy: a a eos (0.18). Best: b eos (0.36).
-    const tinyllm::step_function step = [](std::span<const std::int32_t> prefix) {
-        const std::vector<std::int32_t> p(prefix.begin(), prefix.end());
+    const tinyllm::step_function step = [](std::span<const tinyllm::token_id> prefix) {
+        const std::vector<tinyllm::token_id> p(prefix.begin(), prefix.end());
         if (p.empty()) return lp({0.6, 0.4, 0, 0, 0});
-        if (p == std::vector<std::int32_t>{0}) return lp({0.3, 0.3, 0.2, 0, 0.2});
-        if (p == std::vector<std::int32_t>{1}) return lp({1.0 / 30, 1.0 / 30, 1.0 / 30, 0, 0.9});
+        if (p == std::vector<tinyllm::token_id>{0}) return lp({0.3, 0.3, 0.2, 0, 0.2});
+        if (p == std::vector<tinyllm::token_id>{1}) return lp({1.0 / 30, 1.0 / 30, 1.0 / 30, 0, 0.9});
         return lp({0, 0, 0, 0, 1});
     };
     tinyllm::beam_search_options o;
@@ -410,15 +410,15 @@ TEST_CASE("beam search finds the sequence greedy decoding misses", "[sampling][s
     o.max_new_tokens = 5;
     const auto greedy = cpu::beam_search(step, {}, o);
     REQUIRE(greedy.size() == 1);
-    CHECK(greedy[0].tokens == std::vector<std::int32_t>{0, 0, 4});
+    CHECK(greedy[0].tokens == std::vector<tinyllm::token_id>{0, 0, 4});
     CHECK(greedy[0].log_prob == tinyllm_test::Approx(std::log(0.18)).epsilon(1e-6));
 
     o.width = 2;
     const auto beams = cpu::beam_search(step, {}, o);
     REQUIRE(beams.size() == 2);
-    CHECK(beams[0].tokens == std::vector<std::int32_t>{1, 4});
+    CHECK(beams[0].tokens == std::vector<tinyllm::token_id>{1, 4});
     CHECK(beams[0].log_prob == tinyllm_test::Approx(std::log(0.36)).epsilon(1e-6));
-    CHECK(beams[1].tokens == std::vector<std::int32_t>{0, 0, 4});
+    CHECK(beams[1].tokens == std::vector<tinyllm::token_id>{0, 0, 4});
     CHECK(beams[0].finished);
 
     // Without eos, the beams run to max_new_tokens and come back unfinished.
@@ -440,16 +440,16 @@ TEST_CASE("invalid parameters and logits give clear errors", "[sampling][errors]
     CHECK_THROWS_WITH(cpu::top_p(as_row(z), 1.5f), contains("top_p: p = 1.5 must be in (0, 1]"));
     CHECK_THROWS_WITH(cpu::min_p(as_row(z), -0.1f), contains("min_p: p = -0.1 must be in [0, 1]"));
     CHECK_THROWS_WITH(cpu::min_p(as_row(z), 1.5f), contains("min_p: p = 1.5 must be in [0, 1]"));
-    const std::vector<std::int32_t> gen{0};
+    const std::vector<tinyllm::token_id> gen{0};
     CHECK_THROWS_WITH(cpu::repetition_penalty(as_row(z), as_row(gen), 0.0f), contains("penalty = 0"));
-    CHECK_THROWS_WITH(cpu::ban_tokens(as_row(z), std::vector<std::int32_t>{0, 1, 2}), contains("all 3 tokens are banned"));
-    CHECK_THROWS_WITH(cpu::ban_tokens(as_row(z), std::vector<std::int32_t>{3}), contains("token 3 is outside [0, 3)"));
+    CHECK_THROWS_WITH(cpu::ban_tokens(as_row(z), std::vector<tinyllm::token_id>{0, 1, 2}), contains("all 3 tokens are banned"));
+    CHECK_THROWS_WITH(cpu::ban_tokens(as_row(z), std::vector<tinyllm::token_id>{3}), contains("token 3 is outside [0, 3)"));
     CHECK_THROWS_WITH(cpu::logit_bias(as_row(z), {{0, inf}}), contains("use ban_tokens"));
-    const std::vector<std::int32_t> bad_gen{7};
+    const std::vector<tinyllm::token_id> bad_gen{7};
     CHECK_THROWS_WITH(cpu::repetition_penalty(as_row(z), as_row(bad_gen), 1.2f), contains("generated token 7"));
 
-    std::vector<std::int32_t> out(1);
-    tinyllm::tensor_view<std::int32_t, 1> o(out.data(), {1});
+    std::vector<tinyllm::token_id> out(1);
+    tinyllm::tensor_view<tinyllm::token_id, 1> o(out.data(), {1});
     std::vector<float> nan{1.0f, std::nanf(""), 0.0f};
     CHECK_THROWS_WITH(cpu::sample(o, as_row(nan), 1, 0), contains("logit [0, 1] is nan"));
     CHECK_THROWS_WITH(cpu::greedy(o, as_row(nan)), contains("logits must be finite or -inf"));
@@ -461,7 +461,7 @@ TEST_CASE("invalid parameters and logits give clear errors", "[sampling][errors]
     sampling::params p;
     p.top_k = 0;
     CHECK_THROWS_WITH(cpu::sample(o, as_row(z), p, 1, 0), contains("k = 0"));
-    std::vector<std::int32_t> two(2);
-    CHECK_THROWS_WITH(cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(two.data(), {2}), as_row(z), 1, 0),
+    std::vector<tinyllm::token_id> two(2);
+    CHECK_THROWS_WITH(cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(two.data(), {2}), as_row(z), 1, 0),
                       contains("out has 2 entries but logits have 1 rows"));
 }

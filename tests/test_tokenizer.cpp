@@ -10,7 +10,11 @@
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
+#include <cstdint>
+#include <limits>
 #include <random>
+#include <span>
+#include <type_traits>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -176,6 +180,26 @@ TEST_CASE("decoding invalid UTF-8: replacement or raw bytes") {
     CHECK_THROWS_WITH(tok.decode({300}), tinyllm_test::contains("300"));
 }
 
+TEST_CASE("decode takes a span, a vector or a braced list of token_id, and rejects negative ids") {
+    static_assert(std::is_same_v<token_id, std::int32_t>, "one token id type: the model's and the samplers' int32");
+    auto tok = toy_tokenizer({});
+    const std::vector<token_id> ids{0x68, 0x69, 0x21};  // "hi!"
+    const token_id array[] = {0x68, 0x69, 0x21};
+    CHECK(tok.decode(ids) == "hi!");
+    CHECK(tok.decode(std::span<const token_id>(ids)) == "hi!");
+    CHECK(tok.decode(std::span<const token_id>(ids).first(2)) == "hi");  // part of a sequence, no copy
+    CHECK(tok.decode(array) == "hi!");
+    CHECK(tok.decode({0x68, 0x69}) == "hi");
+    CHECK(tok.decode_bytes(std::span<const token_id>(ids).subspan(1)) == "i!");
+    CHECK(tok.decode(std::vector<token_id>{}).empty());
+    CHECK_THROWS_WITH(tok.decode({0x68, -1}), tinyllm_test::contains("token id -1 is negative"));
+    CHECK_THROWS_WITH(tok.token_bytes(-7), tinyllm_test::contains("token id -7 is negative"));
+    tinyllm::stream_decoder decoder(tok);
+    CHECK_THROWS_WITH(decoder.push(-2), tinyllm_test::contains("token id -2 is negative"));
+    CHECK_THROWS_WITH(tokenizer(tok.vocab(), tok.pattern(), {{"<|x|>", -5}}),
+                      tinyllm_test::contains("special token \"<|x|>\" has id -5; token ids must be >= 0"));
+}
+
 TEST_CASE("streaming decoder holds back split characters") {
     const tokenizer* real = real_tokenizer("cl100k_base");
     auto toy = toy_tokenizer({});
@@ -234,7 +258,7 @@ TEST_CASE("long pieces: linked-list merge agrees with the flat merge") {
         for (char c : s) parts.emplace_back(1, c);
         for (;;) {
             std::size_t best = SIZE_MAX;
-            token_id best_rank = bpe_vocab::none;
+            token_id best_rank = std::numeric_limits<token_id>::max();
             for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
                 const token_id r = v.find(parts[i] + parts[i + 1]);
                 if (r != bpe_vocab::none && r < best_rank) best_rank = r, best = i;

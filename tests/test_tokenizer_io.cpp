@@ -130,7 +130,8 @@ TEST_CASE("GPT-2 encoder.json + vocab.bpe gives tiktoken's gpt2 encoding") {
         const std::string& t = tokens[id];
         for (std::size_t k = 1; k < t.size(); ++k) {
             const token_id a = probe.find(t.substr(0, k)), b = probe.find(t.substr(k));
-            if (a != bpe_vocab::none && b != bpe_vocab::none && a < id && b < id) {
+            if (a != bpe_vocab::none && b != bpe_vocab::none && static_cast<std::size_t>(a) < id &&
+                static_cast<std::size_t>(b) < id) {
                 merges += detail::bytes_to_unicode(t.substr(0, k)) + " " + detail::bytes_to_unicode(t.substr(k)) + "\n";
                 break;
             }

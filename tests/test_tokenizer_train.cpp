@@ -96,7 +96,7 @@ TEST_CASE("training: the incremental trainer learns the naive trainer's merges")
             INFO("trial " << trial << " merge " << k);
             CHECK(std::string(tok.vocab().bytes(merges[k].left)) == want.merges[k].first);
             CHECK(std::string(tok.vocab().bytes(merges[k].right)) == want.merges[k].second);
-            CHECK(merges[k].merged == 256 + k);
+            CHECK(merges[k].merged == static_cast<token_id>(256 + k));
         }
         CHECK(tok.special_id("<|endoftext|>") == token_id(256 + merges.size()));
         // Encoding a training word replays the training segmentation.

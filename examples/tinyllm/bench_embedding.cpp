@@ -20,8 +20,8 @@ TINYLLM_BENCH("embedding", "token embedding lookup: CPU float (4, T) ids into (5
     const long long B = 4, T = ctx.size > 0 ? ctx.size : 512, V = 50257, D = 768;
     std::vector<float> table(static_cast<std::size_t>(V * D));
     tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(table.data(), {V * D}), 3, -1.0f, 1.0f);
-    std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T));
-    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7919 + 13) % V);
+    std::vector<tinyllm::token_id> ids(static_cast<std::size_t>(B * T));
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<tinyllm::token_id>((i * 7919 + 13) % V);
     std::vector<float> out(static_cast<std::size_t>(B * T * D));
     const std::string shape = "B=4,T=" + std::to_string(T) + ",V=50257,D=768,f32";
     const double bytes = 2.0 * static_cast<double>(B * T * D) * sizeof(float);
@@ -30,7 +30,7 @@ TINYLLM_BENCH("embedding", "token embedding lookup: CPU float (4, T) ids into (5
                                           [&] {
                                               tinyllm::cpu::embedding(
                                                   tinyllm::tensor_view<float, 3>(out.data(), {B, T, D}),
-                                                  tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {B, T}),
+                                                  tinyllm::tensor_view<const tinyllm::token_id, 2>(ids.data(), {B, T}),
                                                   tinyllm::tensor_view<const float, 2>(table.data(), {V, D}));
                                           },
                                           bytes, 0, 0, ctx.repeats),

@@ -31,17 +31,17 @@ TINYLLM_BENCH("embedding", "token embedding lookup: CPU float (4, T) ids into (5
     std::vector<tinyllm::bfloat16> table(f.size());
     for (std::size_t i = 0; i < f.size(); ++i) table[i] = tinyllm::float_to_bf16(f[i]);
     f = {};
-    std::vector<std::int32_t> ids(static_cast<std::size_t>(B * T));
-    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 7919 + 13) % V);
+    std::vector<tinyllm::token_id> ids(static_cast<std::size_t>(B * T));
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<tinyllm::token_id>((i * 7919 + 13) % V);
     std::vector<tinyllm::bfloat16> want(static_cast<std::size_t>(B * T * D));
     tinyllm::cpu::embedding(tinyllm::tensor_view<tinyllm::bfloat16, 3>(want.data(), {B, T, D}),
-                            tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {B, T}),
+                            tinyllm::tensor_view<const tinyllm::token_id, 2>(ids.data(), {B, T}),
                             tinyllm::tensor_view<const tinyllm::bfloat16, 2>(table.data(), {V, D}));
     auto d_table = tc::to_device(table);
     auto d_ids = tc::to_device(ids);
     tc::device_buffer<tinyllm::bfloat16> d_out(want.size());
     const tinyllm::tensor_view<const tinyllm::bfloat16, 2> tv(d_table.data(), {V, D});
-    const tinyllm::tensor_view<const std::int32_t, 2> iv(d_ids.data(), {B, T});
+    const tinyllm::tensor_view<const tinyllm::token_id, 2> iv(d_ids.data(), {B, T});
     const auto ov = d_out.view(tinyllm::extents<3>{B, T, D});
     const std::string shape = "B=8,T=" + std::to_string(T) + ",V=" + std::to_string(V) + ",D=4096,bf16";
     const double bytes = 2.0 * static_cast<double>(B * T * D) * sizeof(tinyllm::bfloat16);

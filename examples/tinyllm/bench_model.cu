@@ -75,7 +75,7 @@ tinyllm::model_config llama_tiny() {
 
 // The CPU reference's logits of the last position of `probe`.
 std::vector<float> cpu_last_logits(const tinyllm::model_config& c, const tinyllm::model_weights& w,
-                                   const std::vector<std::int32_t>& probe) {
+                                   const std::vector<tinyllm::token_id>& probe) {
     const tinyllm::cpu::model host(c, w);
     auto hs = host.new_session(static_cast<index_t>(probe.size()));
     const auto all = host.forward(hs, probe);
@@ -111,11 +111,11 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
     const run_shape run = run_shape_for(ctx);
     const index_t prompt_length = run.prompt_length;
     for (const index_t B : run.batches) {
-        std::vector<std::int32_t> tokens(static_cast<std::size_t>(B * prompt_length));
+        std::vector<tinyllm::token_id> tokens(static_cast<std::size_t>(B * prompt_length));
         for (std::size_t i = 0; i < tokens.size(); ++i)
-            tokens[i] = static_cast<std::int32_t>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
+            tokens[i] = static_cast<tinyllm::token_id>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
         auto s = m.new_session(B, prompt_length + 1);
-        const tinyllm::tensor_view<const std::int32_t, 2> prompt(tokens.data(), {B, prompt_length});
+        const tinyllm::tensor_view<const tinyllm::token_id, 2> prompt(tokens.data(), {B, prompt_length});
         const auto shape = [&](const char* phase) {
             return model_name + "_" + dtype + "_" + phase + "_b" + std::to_string(B);
         };
@@ -129,11 +129,11 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         ctx.rows.push_back({std::string("prefill ") + dtype + " B=" + std::to_string(B), "cuda", prefill, check, true,
                             false});
 
-        const std::vector<std::int32_t> next(static_cast<std::size_t>(B), 1);
+        const std::vector<tinyllm::token_id> next(static_cast<std::size_t>(B), 1);
         const double kv_bytes = 2.0 * c.num_layers * B * prompt_length * c.num_kv_heads * c.head_dim * sizeof(T);
         auto decode = tc::time_gpu("model/tinyllm_cuda/" + shape("decode"), [&] {
             s.lengths.assign(static_cast<std::size_t>(B), prompt_length);
-            m.forward(s, tinyllm::tensor_view<const std::int32_t, 2>(next.data(), {B, 1}));
+            m.forward(s, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));
         }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
         std::snprintf(check, sizeof check, "%.0f tok/s; %s", B / (decode.median_us * 1e-6), check_prefix.c_str());
         ctx.rows.push_back({std::string("decode ") + dtype + " B=" + std::to_string(B), "cuda", decode, check, true,
@@ -144,7 +144,7 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
 // One model's rows, float32 then bfloat16 (each uploaded once); `want` = the last-position
 // logits of `probe` to check against (empty: the float32 GPU model's own, for bf16 only).
 void model_component(bench_context& ctx, const std::string& name, const tinyllm::model_config& c,
-                     const tinyllm::model_weights& w, const std::vector<std::int32_t>& probe, std::vector<float> want,
+                     const tinyllm::model_weights& w, const std::vector<tinyllm::token_id>& probe, std::vector<float> want,
                      const char* reference) {
     char agree[96];
     bool ok = true;
@@ -173,7 +173,7 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
 
 TINYLLM_BENCH("model", "decoder tokens/s: GPT-2 124M and Llama-3.2-1B shapes, fp32/bf16, B=1/32, prompt 128 (simulated GPU: 2-layer models of both, B=1/4, prompt 64)", 1) {
     if (!ctx.gpu_available) return;
-    const std::vector<std::int32_t> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
+    const std::vector<tinyllm::token_id> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
     const bool sim = ctx.simulated;  // no --size here: the simulated GPU always runs the small models
     {
         const auto c = sim ? gpt2_tiny() : tinyllm::model_shapes::gpt2_124m();

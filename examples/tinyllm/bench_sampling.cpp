@@ -15,7 +15,7 @@ namespace {
 void cpu_row(bench_context& ctx, const sb::setting& s) {
     const tinyllm::index_t V = sb::vocab(ctx);
     const auto z = sb::logits(V);
-    std::vector<std::int32_t> got;
+    std::vector<tinyllm::token_id> got;
     const auto timing = tinyllm::time_cpu(
         std::string(s.component) + "/cpu_reference/" + sb::shape(V), [&] { got = sb::reference(z, V, s.params); },
         4.0 * sb::rows * V, 0, 0, std::min(ctx.repeats, 3));

@@ -35,7 +35,7 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     const auto want = sb::reference(z, V, s.params);
     const auto original = tc::to_device(z);
     tc::device_buffer<float> work(z.size());
-    tc::device_buffer<std::int32_t> out(static_cast<std::size_t>(B));
+    tc::device_buffer<tinyllm::token_id> out(static_cast<std::size_t>(B));
     const auto logits = work.view(extents<2>{B, V});
     const auto tokens = out.view(extents<1>{B});
     const double bytes = 4.0 * B * V;

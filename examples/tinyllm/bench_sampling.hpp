@@ -57,15 +57,15 @@ inline std::vector<float> logits(tinyllm::index_t V) {
 }
 
 // The CPU reference's tokens.
-inline std::vector<std::int32_t> reference(const std::vector<float>& z, tinyllm::index_t V,
+inline std::vector<tinyllm::token_id> reference(const std::vector<float>& z, tinyllm::index_t V,
                                            const tinyllm::sampling::params& p) {
-    std::vector<std::int32_t> out(static_cast<std::size_t>(rows));
-    tinyllm::cpu::sample(tinyllm::tensor_view<std::int32_t, 1>(out.data(), {rows}),
+    std::vector<tinyllm::token_id> out(static_cast<std::size_t>(rows));
+    tinyllm::cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(out.data(), {rows}),
                          tinyllm::tensor_view<const float, 2>(z.data(), {rows, V}), p, seed, step);
     return out;
 }
 
-inline std::string compare_tokens(const std::vector<std::int32_t>& got, const std::vector<std::int32_t>& want,
+inline std::string compare_tokens(const std::vector<tinyllm::token_id>& got, const std::vector<tinyllm::token_id>& want,
                                   bool& agrees) {
     std::size_t same = 0;
     for (std::size_t i = 0; i < want.size(); ++i) same += got[i] == want[i];

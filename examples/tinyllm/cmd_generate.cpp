@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <functional>
+#include <span>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -73,13 +74,13 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
 
     // The same loop on either device: prefill, then one token at a time, on_token per token.
-    auto run = [&](const std::vector<std::int32_t>& prompt, const std::function<void(std::int32_t)>& on_token) {
+    auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
         else tinyllm::cpu::generate(tinyllm::cpu::model::load(dir), prompt, o, on_token);
     };
     if (!text_mode) {
         bool first = true;
-        run(parse_token_ids(a.get("prompt-ids")), [&](std::int32_t id) {
+        run(parse_token_ids(a.get("prompt-ids")), [&](tinyllm::token_id id) {
             out << (first ? "" : " ") << id << std::flush;
             first = false;
         });
@@ -87,13 +88,12 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
         return 0;
     }
     const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
-    const auto encoded = tok.encode(a.get("prompt"));
     tinyllm::stream_decoder decoder(tok);
     out << a.get("prompt") << std::flush;
-    run(std::vector<std::int32_t>(encoded.begin(), encoded.end()), [&](std::int32_t id) {
+    run(tok.encode(a.get("prompt")), [&](tinyllm::token_id id) {
         TINYLLM_EXPECT(static_cast<std::size_t>(id) < tok.vocab_size(), "the model produced token ", id,
                        " which the tokenizer (", tok.vocab_size(), " tokens) cannot decode");
-        out << decoder.push(static_cast<tinyllm::token_id>(id)) << std::flush;
+        out << decoder.push(id) << std::flush;
     });
     out << decoder.finish() << "\n";
     return 0;

@@ -122,7 +122,7 @@ TINYLLM_COMMAND("detokenize", "turn token ids back into text",
     while (in >> w) {
         char* end = nullptr;
         const unsigned long v = std::strtoul(w.c_str(), &end, 10);
-        if (*end != '\0' || w[0] == '-') throw usage_error("'" + w + "' is not a token id");
+        if (*end != '\0' || w[0] == '-' || v > 0x7fffffffUL) throw usage_error("'" + w + "' is not a token id");
         ids.push_back(static_cast<tinyllm::token_id>(v));
     }
     out << tok.decode(ids, a.has_flag("raw") ? tinyllm::decode_errors::keep : tinyllm::decode_errors::replace);

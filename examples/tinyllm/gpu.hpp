@@ -37,10 +37,10 @@ namespace tinyllm_cli {
 // `tinyllm generate/logits --device cuda`: the checkpoint in DIR run by
 // tinyllm::cuda::model in float32 or bfloat16 (gpu_model.cu). A build without
 // CUDA, or a machine without a usable GPU, throws tinyllm::error saying so.
-std::vector<std::int32_t> gpu_generate(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt,
+std::vector<tinyllm::token_id> gpu_generate(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt,
                                        const tinyllm::cpu::generation_options& options,
-                                       const std::function<void(std::int32_t)>& on_token);
-std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt);
+                                       const std::function<void(tinyllm::token_id)>& on_token);
+std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt);
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

@@ -14,15 +14,15 @@ void expect_gpu() {
 
 }  // namespace
 
-std::vector<std::int32_t> gpu_generate(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt,
+std::vector<tinyllm::token_id> gpu_generate(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt,
                                        const tinyllm::cpu::generation_options& options,
-                                       const std::function<void(std::int32_t)>& on_token) {
+                                       const std::function<void(tinyllm::token_id)>& on_token) {
     expect_gpu();
     if (bfloat16) return tinyllm::cuda::generate(tinyllm::cuda::model<tinyllm::bfloat16>::load(dir), prompt, options, on_token);
     return tinyllm::cuda::generate(tinyllm::cuda::model<float>::load(dir), prompt, options, on_token);
 }
 
-std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const std::int32_t> prompt) {
+std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt) {
     expect_gpu();
     if (bfloat16) return tinyllm::cuda::last_logits(tinyllm::cuda::model<tinyllm::bfloat16>::load(dir), prompt);
     return tinyllm::cuda::last_logits(tinyllm::cuda::model<float>::load(dir), prompt);

@@ -24,12 +24,12 @@ namespace {
 }
 }  // namespace
 
-std::vector<std::int32_t> gpu_generate(const std::string&, bool, std::span<const std::int32_t>,
+std::vector<tinyllm::token_id> gpu_generate(const std::string&, bool, std::span<const tinyllm::token_id>,
                                        const tinyllm::cpu::generation_options&,
-                                       const std::function<void(std::int32_t)>&) {
+                                       const std::function<void(tinyllm::token_id)>&) {
     no_cuda();
 }
-std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const std::int32_t>) { no_cuda(); }
+std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const tinyllm::token_id>) { no_cuda(); }
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

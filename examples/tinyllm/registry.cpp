@@ -94,15 +94,15 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
     return parsed;
 }
 
-std::vector<std::int32_t> parse_token_ids(const std::string& text) {
-    std::vector<std::int32_t> ids;
+std::vector<tinyllm::token_id> parse_token_ids(const std::string& text) {
+    std::vector<tinyllm::token_id> ids;
     std::istringstream in(text);
     std::string word;
     while (in >> word) {
         char* end = nullptr;
         const long long v = std::strtoll(word.c_str(), &end, 10);
         if (*end != '\0' || v < 0 || v > 0x7fffffff) throw usage_error("--prompt-ids: '" + word + "' is not a token id");
-        ids.push_back(static_cast<std::int32_t>(v));
+        ids.push_back(static_cast<tinyllm::token_id>(v));
     }
     if (ids.empty()) throw usage_error("--prompt-ids holds no ids");
     return ids;

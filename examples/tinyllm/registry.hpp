@@ -12,6 +12,7 @@
 // Each body receives a context (below) and writes to ctx.out.
 #pragma once
 
+#include <tinyllm/config.hpp>
 #include <tinyllm/timing.hpp>
 
 #include <cstdint>
@@ -109,7 +110,7 @@ struct parsed_args {
 parsed_args parse_args(const std::vector<std::string>& args, const std::vector<std::string>& value_options,
                        const std::vector<std::string>& flag_options);
 // "ID ID ..." (the value of --prompt-ids) as token ids; a usage_error when a word is not one.
-std::vector<std::int32_t> parse_token_ids(const std::string& text);
+std::vector<tinyllm::token_id> parse_token_ids(const std::string& text);
 
 namespace detail {
 struct registrar {

@@ -212,12 +212,12 @@ TINYLLM_COMMAND("attention-probs", "print attention probabilities as JSON (for t
 
     const auto model = tinyllm::cpu::model::load(a.get("model"));
     const auto& c = model.config();
-    std::vector<std::int32_t> ids;
+    std::vector<tinyllm::token_id> ids;
     std::vector<std::string> labels;
     if (text_mode) {
         const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
         for (const auto id : tok.encode(a.get("prompt"))) {
-            ids.push_back(static_cast<std::int32_t>(id));
+            ids.push_back(id);
             labels.push_back(tok.decode({id}));  // one token's text (U+FFFD for a partial character)
         }
     } else {

@@ -62,7 +62,7 @@ TINYLLM_TOUR_CHAPTER(70, "model", "The whole pipeline: tokens in, tokens out") {
         << ".\nRandom weights mean the continuation is noise — the mechanics are the point. The same code\n"
            "reproduces transformers' logits on real GPT-2, Llama and Mixtral checkpoints (tests/test_model.cpp).\n\n";
 
-    std::vector<std::int32_t> tokens(sentence.begin(), sentence.end());
+    std::vector<tinyllm::token_id> tokens(sentence.begin(), sentence.end());
     out << "1. Tokens: the " << tokens.size() << " bytes of the sentence, ids (" << tokens.size() << "): ";
     for (std::size_t i = 0; i < 8; ++i) out << tokens[i] << " ";
     out << "...\n";

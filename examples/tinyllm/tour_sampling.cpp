@@ -36,11 +36,11 @@ std::string fixed(double v, int precision) {
 
 std::string pad(const std::string& s, std::size_t width) { return s.size() >= width ? s : s + std::string(width - s.size(), ' '); }
 
-std::vector<float> processed(const sampling::chain& chain, const std::vector<std::int32_t>& generated = {}) {
+std::vector<float> processed(const sampling::chain& chain, const std::vector<tinyllm::token_id>& generated = {}) {
     std::vector<float> z = base_logits;
     const index_t V = static_cast<index_t>(z.size()), L = static_cast<index_t>(generated.size());
     tinyllm::cpu::apply(tinyllm::tensor_view<float, 2>(z.data(), {index_t{1}, V}), chain,
-                        tinyllm::tensor_view<const std::int32_t, 2>(generated.data(), {index_t{1}, L}));
+                        tinyllm::tensor_view<const tinyllm::token_id, 2>(generated.data(), {index_t{1}, L}));
     return z;
 }
 
@@ -101,7 +101,7 @@ TINYLLM_TOUR_CHAPTER(60, "sampling", "Sampling: from logits to the next word") {
         << " words were removed by top-p and never drawn.)\n";
 
     // Penalties: a repeated word is pushed down.
-    const std::vector<std::int32_t> generated{0, 0, 1};  // "thirsty" twice and "tired" once so far
+    const std::vector<tinyllm::token_id> generated{0, 0, 1};  // "thirsty" twice and "tired" once so far
     const auto penalized = tinyllm::cpu::softmax_row(processed({sampling::repetition_penalty{1.5f}}, generated));
     const auto freq = tinyllm::cpu::softmax_row(processed({sampling::frequency_presence_penalty{0.5f, 0.5f}}, generated));
     out << "\nIf 'thirsty' was already generated twice and 'tired' once, penalties discourage repeats:\n"
@@ -112,11 +112,11 @@ TINYLLM_TOUR_CHAPTER(60, "sampling", "Sampling: from logits to the next word") {
         << "  Greedy decoding has no such memory: if a phrase made itself likely once, the argmax picks\n"
            "  it again and again, which is why pure greedy text loops.\n";
 
-    std::vector<std::int32_t> out_token(1);
+    std::vector<tinyllm::token_id> out_token(1);
     std::vector<float> zz = base_logits;
-    const std::vector<std::int32_t> banned{0};
+    const std::vector<tinyllm::token_id> banned{0};
     tinyllm::cpu::ban_tokens(tinyllm::tensor_view<float, 2>(zz.data(), {index_t{1}, index_t{12}}), banned);
-    tinyllm::cpu::greedy(tinyllm::tensor_view<std::int32_t, 1>(out_token.data(), {1}),
+    tinyllm::cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(out_token.data(), {1}),
                          tinyllm::tensor_view<const float, 2>(zz.data(), {index_t{1}, index_t{12}}));
     out << "  Banning 'thirsty' (logit -inf) makes greedy choose '" << words[static_cast<std::size_t>(out_token[0])]
         << "'.\n";

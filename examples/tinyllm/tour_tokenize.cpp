@@ -70,7 +70,7 @@ TINYLLM_TOUR_CHAPTER(20, "tokenize", "Tokenization: text to token ids with byte-
     show_parts();
     for (;;) {
         std::size_t best = parts.size();
-        std::uint32_t best_rank = tinyllm::bpe_vocab::none;
+        std::uint32_t best_rank = tinyllm::bpe_vocab::no_rank;
         for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
             const auto rank = v.merge_of(v.find(parts[i]), v.find(parts[i + 1])).first;
             if (rank < best_rank) best_rank = rank, best = i;

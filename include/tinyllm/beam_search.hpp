@@ -46,10 +46,10 @@
 namespace tinyllm {
 
 // log-probabilities (V) of the next token after `prefix` (prompt + generated so far).
-using step_function = std::function<std::vector<float>(std::span<const std::int32_t> prefix)>;
+using step_function = std::function<std::vector<float>(std::span<const token_id> prefix)>;
 
 struct generated_sequence {
-    std::vector<std::int32_t> tokens;  // the generated tokens (not the prompt), eos included if reached
+    std::vector<token_id> tokens;  // the generated tokens (not the prompt), eos included if reached
     double log_prob = 0.0;             // sum of log p(token | prefix) from the step function
     double score = 0.0;                // log_prob / length^alpha
     bool finished = false;             // ended with eos
@@ -58,7 +58,7 @@ struct generated_sequence {
 struct best_of_n_options {
     int n = 4;
     index_t max_new_tokens = 32;
-    std::optional<std::int32_t> eos;
+    std::optional<token_id> eos;
     float length_alpha = 0.0f;   // 0: rank by total log-probability; 1: by mean per token
     sampling::chain chain;       // processors applied to the log-probs before each draw
     std::uint64_t seed = 0;
@@ -67,7 +67,7 @@ struct best_of_n_options {
 struct beam_search_options {
     int width = 4;
     index_t max_new_tokens = 32;
-    std::optional<std::int32_t> eos;
+    std::optional<token_id> eos;
     float length_penalty = 0.0f;  // alpha: score = log p / length^alpha
 };
 
@@ -75,7 +75,7 @@ namespace detail {
 inline double length_normalized(double log_prob, std::size_t length, float alpha) {
     return alpha == 0.0f || length == 0 ? log_prob : log_prob / std::pow(static_cast<double>(length), alpha);
 }
-inline std::vector<float> checked_step(const step_function& step, std::span<const std::int32_t> prefix,
+inline std::vector<float> checked_step(const step_function& step, std::span<const token_id> prefix,
                                        std::size_t& vocab, const char* what) {
     std::vector<float> lp = step(prefix);
     TINYLLM_EXPECT(!lp.empty(), what, ": the step function returned no log-probabilities");
@@ -90,7 +90,7 @@ inline std::vector<float> checked_step(const step_function& step, std::span<cons
 namespace cpu {
 
 // n sampled sequences; the best by score. All n (in sample order) go to *all if given.
-inline generated_sequence best_of_n(const step_function& step, std::span<const std::int32_t> prompt,
+inline generated_sequence best_of_n(const step_function& step, std::span<const token_id> prompt,
                                     const best_of_n_options& o, std::vector<generated_sequence>* all = nullptr) {
     TINYLLM_EXPECT(o.n >= 1, "best_of_n: n = ", o.n, " must be at least 1");
     TINYLLM_EXPECT(o.max_new_tokens >= 1, "best_of_n: max_new_tokens = ", o.max_new_tokens, " must be at least 1");
@@ -100,14 +100,14 @@ inline generated_sequence best_of_n(const step_function& step, std::span<const s
     std::vector<generated_sequence> samples;
     for (int s = 0; s < o.n; ++s) {
         generated_sequence seq;
-        std::vector<std::int32_t> prefix(prompt.begin(), prompt.end());
+        std::vector<token_id> prefix(prompt.begin(), prompt.end());
         for (index_t position = 0; position < o.max_new_tokens; ++position) {
             const std::vector<float> lp = ::tinyllm::detail::checked_step(step, prefix, vocab, "best_of_n");
             std::vector<float> logits = lp;
             const index_t V = static_cast<index_t>(vocab), L = static_cast<index_t>(seq.tokens.size());
             apply(tensor_view<float, 2>(logits.data(), {index_t{1}, V}), o.chain,
-                  tensor_view<const std::int32_t, 2>(seq.tokens.data(), {index_t{1}, L}));
-            const std::int32_t token = sample_row(
+                  tensor_view<const token_id, 2>(seq.tokens.data(), {index_t{1}, L}));
+            const token_id token = sample_row(
                 logits, sampling_bits(o.seed, static_cast<std::uint64_t>(s), static_cast<std::uint64_t>(position)));
             seq.tokens.push_back(token);
             prefix.push_back(token);
@@ -129,7 +129,7 @@ inline generated_sequence best_of_n(const step_function& step, std::span<const s
 }
 
 // Beam search (see the header comment); the finished sequences, best score first.
-inline std::vector<generated_sequence> beam_search(const step_function& step, std::span<const std::int32_t> prompt,
+inline std::vector<generated_sequence> beam_search(const step_function& step, std::span<const token_id> prompt,
                                                    const beam_search_options& o) {
     TINYLLM_EXPECT(o.width >= 1, "beam_search: width = ", o.width, " must be at least 1");
     TINYLLM_EXPECT(o.max_new_tokens >= 1, "beam_search: max_new_tokens = ", o.max_new_tokens,
@@ -148,16 +148,16 @@ inline std::vector<generated_sequence> beam_search(const step_function& step, st
         struct candidate {
             double log_prob;
             std::size_t beam;
-            std::int32_t token;
+            token_id token;
         };
         std::vector<candidate> candidates;
         for (std::size_t b = 0; b < beams.size(); ++b) {
-            std::vector<std::int32_t> prefix(prompt.begin(), prompt.end());
+            std::vector<token_id> prefix(prompt.begin(), prompt.end());
             prefix.insert(prefix.end(), beams[b].tokens.begin(), beams[b].tokens.end());
             const std::vector<float> lp = ::tinyllm::detail::checked_step(step, prefix, vocab, "beam_search");
             for (std::size_t t = 0; t < lp.size(); ++t)
                 if (lp[t] != -std::numeric_limits<float>::infinity())
-                    candidates.push_back({beams[b].log_prob + lp[t], b, static_cast<std::int32_t>(t)});
+                    candidates.push_back({beams[b].log_prob + lp[t], b, static_cast<token_id>(t)});
         }
         // Best first; stable, so ties keep beam-major, token-minor order.
         std::stable_sort(candidates.begin(), candidates.end(),

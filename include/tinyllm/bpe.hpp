@@ -52,7 +52,7 @@
 
 namespace tinyllm {
 
-using token_id = std::uint32_t;
+// token_id (std::int32_t) is defined in config.hpp.
 
 namespace detail {
 
@@ -94,6 +94,12 @@ TINYLLM_HOST_DEVICE std::uint64_t hash_u64(std::uint64_t x) {
     return x;
 }
 
+// The merge table's key of the pair (left, right): left in the high 32 bits,
+// right in the low ones (ids are >= 0 here, so the casts lose nothing).
+TINYLLM_HOST_DEVICE std::uint64_t merge_key(token_id left, token_id right) {
+    return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) | static_cast<std::uint32_t>(right);
+}
+
 inline std::size_t table_size_for(std::size_t n) {
     std::size_t size = 16;
     while (size < n * 2) size <<= 1;  // load factor <= 1/2
@@ -112,7 +118,8 @@ struct bpe_merge {
 // tokens: see tokenizer.hpp for those).
 class bpe_vocab {
 public:
-    static constexpr token_id none = 0xFFFFFFFFu;
+    static constexpr token_id none = -1;                 // no such token (empty hash slot, no merge)
+    static constexpr std::uint32_t no_rank = 0xFFFFFFFFu;  // no such merge (empty merge slot)
 
     bpe_vocab() = default;
 
@@ -127,6 +134,8 @@ public:
           tiktoken_merges_(tiktoken_merges) {
         TINYLLM_EXPECT(present_.size() == tokens_.size(), "present has ", present_.size(), " entries for ",
                        tokens_.size(), " tokens");
+        TINYLLM_EXPECT(tokens_.size() <= 0x7FFFFFFFu, "a vocabulary of ", tokens_.size(),
+                       " tokens does not fit token_id (int32: at most 2^31 - 1 ids)");
         build_token_table();
         for (int b = 0; b < 256; ++b) {
             const std::string s(1, static_cast<char>(b));
@@ -136,12 +145,12 @@ public:
         }
         if (tiktoken_merges) {
             merges.clear();
-            for (token_id id = 0; id < tokens_.size(); ++id) {
-                if (!present_[id]) continue;
-                const std::string_view t = tokens_[id];
+            for (token_id id = 0; id < size_as_id(); ++id) {
+                if (!present_[static_cast<std::size_t>(id)]) continue;
+                const std::string_view t = tokens_[static_cast<std::size_t>(id)];
                 for (std::size_t k = 1; k < t.size(); ++k) {
                     const token_id a = find(t.substr(0, k)), b = find(t.substr(k));
-                    if (a != none && b != none) merges.push_back({a, b, id, id});
+                    if (a != none && b != none) merges.push_back({a, b, id, static_cast<std::uint32_t>(id)});
                 }
             }
         }
@@ -149,8 +158,10 @@ public:
     }
 
     std::size_t size() const { return tokens_.size(); }  // one past the largest id
-    bool contains(token_id id) const { return id < tokens_.size() && present_[id]; }
-    std::string_view bytes(token_id id) const { return tokens_[id]; }
+    bool contains(token_id id) const {
+        return id >= 0 && static_cast<std::size_t>(id) < tokens_.size() && present_[static_cast<std::size_t>(id)];
+    }
+    std::string_view bytes(token_id id) const { return tokens_[static_cast<std::size_t>(id)]; }  // id: contains(id)
     bool whole_piece_lookup() const { return whole_piece_lookup_; }
     bool tiktoken_merges() const { return tiktoken_merges_; }
     token_id byte_token(unsigned char b) const { return byte_id_[b]; }
@@ -164,17 +175,17 @@ public:
         for (std::size_t at = detail::hash_bytes(s) & mask;; at = (at + 1) & mask) {
             const token_id id = token_slots_[at];
             if (id == none) return none;
-            if (tokens_[id] == s) return id;
+            if (tokens_[static_cast<std::size_t>(id)] == s) return id;
         }
     }
 
-    // The merge of (left, right): {rank, merged id}, rank == none if there is none.
+    // The merge of (left, right): {rank, merged id}, {no_rank, none} if there is none.
     std::pair<std::uint32_t, token_id> merge_of(token_id left, token_id right) const {
-        const std::uint64_t key = (std::uint64_t(left) << 32) | right;
+        const std::uint64_t key = detail::merge_key(left, right);
         const std::size_t mask = merge_slots_.size() - 1;
         for (std::size_t at = detail::hash_u64(key) & mask;; at = (at + 1) & mask) {
             const merge_slot& s = merge_slots_[at];
-            if (s.rank == none) return {none, none};
+            if (s.rank == no_rank) return {no_rank, none};
             if (s.key == key) return {s.rank, s.merged};
         }
     }
@@ -183,7 +194,9 @@ public:
     std::vector<bpe_merge> merges() const {
         std::vector<bpe_merge> out;
         for (const auto& s : merge_slots_)
-            if (s.rank != none) out.push_back({token_id(s.key >> 32), token_id(s.key & 0xFFFFFFFFu), s.merged, s.rank});
+            if (s.rank != no_rank)
+                out.push_back({static_cast<token_id>(s.key >> 32), static_cast<token_id>(s.key & 0xFFFFFFFFu), s.merged,
+                               s.rank});
         std::sort(out.begin(), out.end(), [](const bpe_merge& a, const bpe_merge& b) {
             return a.rank != b.rank ? a.rank < b.rank : a.left < b.left;
         });
@@ -232,8 +245,8 @@ public:
     // The raw hash tables (open addressing, linear probing; sizes are powers
     // of two), for copying to a GPU (cuda/bpe.cuh). token_slots()[h] is an id
     // or `none`, probed from detail::hash_bytes(bytes); merge_slots() entries
-    // have key (left << 32 | right), probed from detail::hash_u64(key), and
-    // rank `none` when empty.
+    // have key detail::merge_key(left, right), probed from detail::hash_u64(key),
+    // and rank `no_rank` when empty.
     struct merge_slot {
         std::uint64_t key;
         std::uint32_t rank;
@@ -244,19 +257,21 @@ public:
     static constexpr std::size_t short_piece_bytes = 96;  // longer pieces use merge_long
 
 private:
+    token_id size_as_id() const { return static_cast<token_id>(tokens_.size()); }
 
     void build_token_table() {
         std::size_t count = 0;
         for (bool p : present_) count += p;
         token_slots_.assign(detail::table_size_for(count), none);
         const std::size_t mask = token_slots_.size() - 1;
-        for (token_id id = 0; id < tokens_.size(); ++id) {
-            if (!present_[id]) continue;
-            std::size_t at = detail::hash_bytes(tokens_[id]) & mask;
+        for (token_id id = 0; id < size_as_id(); ++id) {
+            const std::string& bytes_of_id = tokens_[static_cast<std::size_t>(id)];
+            if (!present_[static_cast<std::size_t>(id)]) continue;
+            std::size_t at = detail::hash_bytes(bytes_of_id) & mask;
             for (;; at = (at + 1) & mask) {
                 const token_id other = token_slots_[at];
                 if (other == none) break;
-                TINYLLM_EXPECT(tokens_[other] != tokens_[id], "tokens ", other, " and ", id,
+                TINYLLM_EXPECT(tokens_[static_cast<std::size_t>(other)] != bytes_of_id, "tokens ", other, " and ", id,
                                " have the same bytes (a vocabulary maps each byte string to one id)");
             }
             token_slots_[at] = id;
@@ -264,17 +279,17 @@ private:
     }
 
     void build_merge_table(const std::vector<bpe_merge>& merges) {
-        merge_slots_.assign(detail::table_size_for(merges.size()), merge_slot{0, none, none});
+        merge_slots_.assign(detail::table_size_for(merges.size()), merge_slot{0, no_rank, none});
         const std::size_t mask = merge_slots_.size() - 1;
         for (const auto& m : merges) {
             TINYLLM_EXPECT(contains(m.left) && contains(m.right) && contains(m.merged), "merge (", m.left, ", ",
                            m.right, ") -> ", m.merged, " names an id that is not in the vocabulary");
-            TINYLLM_EXPECT(m.rank != none, "merge rank ", m.rank, " is reserved");
-            const std::uint64_t key = (std::uint64_t(m.left) << 32) | m.right;
+            TINYLLM_EXPECT(m.rank != no_rank, "merge rank ", m.rank, " is reserved");
+            const std::uint64_t key = detail::merge_key(m.left, m.right);
             std::size_t at = detail::hash_u64(key) & mask;
             bool duplicate = false;
             for (;; at = (at + 1) & mask) {
-                if (merge_slots_[at].rank == none) break;
+                if (merge_slots_[at].rank == no_rank) break;
                 if (merge_slots_[at].key == key) { duplicate = true; break; }
             }
             if (duplicate) continue;  // the first (lowest-rank) listing of a pair wins
@@ -293,11 +308,11 @@ private:
         for (const char c : piece) ids.push_back(byte_id_[static_cast<unsigned char>(c)]);
         for (std::size_t i = 0; i + 1 < ids.size(); ++i) ranks.push_back(merge_of(ids[i], ids[i + 1]).first);
         for (;;) {
-            std::uint32_t best = none;
+            std::uint32_t best = no_rank;
             std::size_t at = 0;
             for (std::size_t i = 0; i < ranks.size(); ++i)
                 if (ranks[i] < best) best = ranks[i], at = i;
-            if (best == none) break;
+            if (best == no_rank) break;
             ids[at] = merge_of(ids[at], ids[at + 1]).second;
             ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(at) + 1);
             ranks.erase(ranks.begin() + static_cast<std::ptrdiff_t>(at));
@@ -330,7 +345,7 @@ private:
             const std::int32_t right = nodes[left].next;
             if (right < 0) return;
             const std::uint32_t rank = merge_of(nodes[left].id, nodes[right].id).first;
-            if (rank != none) heap.push({rank, left, right, nodes[left].version, nodes[right].version});
+            if (rank != no_rank) heap.push({rank, left, right, nodes[left].version, nodes[right].version});
         };
         for (std::int32_t i = 0; i + 1 < n; ++i) push(i);
         while (!heap.empty()) {
@@ -355,7 +370,7 @@ private:
     std::vector<std::string> tokens_;
     std::vector<bool> present_;
     std::vector<token_id> token_slots_;
-    std::vector<merge_slot> merge_slots_{16, merge_slot{0, none, none}};
+    std::vector<merge_slot> merge_slots_{16, merge_slot{0, no_rank, none}};
     token_id byte_id_[256]{};
     bool whole_piece_lookup_ = true;
     bool tiktoken_merges_ = true;

@@ -62,6 +62,8 @@ public:
         TINYLLM_EXPECT(options_.vocab_size >= 256 + options_.special_tokens.size(), "vocab_size ",
                        options_.vocab_size, " must be at least 256 (the bytes) + ", options_.special_tokens.size(),
                        " (the special tokens)");
+        TINYLLM_EXPECT(options_.vocab_size <= 0x7FFFFFFFu, "vocab_size ", options_.vocab_size,
+                       " does not fit token_id (int32: at most 2^31 - 1 ids)");
     }
 
     // Add text to the corpus (may be called many times, e.g. once per file).
@@ -116,9 +118,10 @@ public:
             heap_.pop();
             const auto it = pair_counts_.find(top.key);
             if (it == pair_counts_.end() || it->second != top.count || top.count == 0) continue;  // stale
-            const token_id left = token_id(top.key >> 32), right = token_id(top.key & 0xFFFFFFFFu);
-            const token_id id = token_id(tokens_.size());
-            tokens_.push_back(tokens_[left] + tokens_[right]);
+            const token_id left = static_cast<token_id>(top.key >> 32);
+            const token_id right = static_cast<token_id>(top.key & 0xFFFFFFFFu);
+            const token_id id = static_cast<token_id>(tokens_.size());
+            tokens_.push_back(tokens_[static_cast<std::size_t>(left)] + tokens_[static_cast<std::size_t>(right)]);
             merges.push_back({left, right, id, std::uint32_t(merges.size())});
             ++stamp;
             touched_.clear();
@@ -136,7 +139,7 @@ public:
             if (options_.progress) options_.progress(merges.size(), wanted);
         }
         std::vector<special_token> specials;
-        for (const auto& s : options_.special_tokens) specials.push_back({s, token_id(tokens_.size() + specials.size())});
+        for (const auto& s : options_.special_tokens) specials.push_back({s, static_cast<token_id>(tokens_.size() + specials.size())});
         return tokenizer(bpe_vocab(tokens_, std::vector<bool>(tokens_.size(), true), std::move(merges), false, false),
                          options_.pattern, std::move(specials));
     }
@@ -164,7 +167,7 @@ private:
         }
     };
 
-    static std::uint64_t key_of(token_id a, token_id b) { return (std::uint64_t(a) << 32) | b; }
+    static std::uint64_t key_of(token_id a, token_id b) { return detail::merge_key(a, b); }
 
     void add_pairs(std::uint32_t wi) {
         const word& w = words_[wi];

@@ -47,4 +47,15 @@ namespace tinyllm {
 // logits tensor (4.2e9 elements) still indexes correctly.
 using index_t = std::int64_t;
 
+// A token id: the tokenizer's output and the model's, the embeddings' and the
+// samplers' input and output, on the host and on the GPU — one type, so that
+// model.forward(session, tokenizer.encode(text)) needs no conversion. Signed
+// 32-bit: every vocabulary fits with room to spare (GPT-2 50257, Llama 3
+// 128256, o200k about 200000 ids; the limit is 2^31 - 1), it is the index type
+// of the model's and the samplers' kernels and of PyTorch's int32 exports, and
+// a stray negative id stays visibly negative (rejected with an error naming
+// it) instead of wrapping to a huge unsigned index. Code that needs unsigned
+// arithmetic on ids (hash keys) converts locally.
+using token_id = std::int32_t;
+
 }  // namespace tinyllm

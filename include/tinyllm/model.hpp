@@ -71,7 +71,7 @@ struct model_config {
     index_t num_experts = 0;           // Mixtral
     index_t experts_per_token = 0;     // Mixtral
     rope_config rope;                  // Llama, Mixtral
-    std::vector<std::int32_t> eos_token_ids;
+    std::vector<token_id> eos_token_ids;
 };
 
 namespace detail {
@@ -200,9 +200,9 @@ inline model_config load_model_config(const std::string& dir) {
         validate(m.rope, m.head_dim);
     }
     if (const json::value* eos = c.find("eos_token_id"); eos && !eos->is_null()) {
-        if (eos->is_number()) m.eos_token_ids.push_back(static_cast<std::int32_t>(eos->as_int64()));
+        if (eos->is_number()) m.eos_token_ids.push_back(static_cast<token_id>(eos->as_int64()));
         else if (eos->is_array())
-            for (const auto& e : eos->as_array()) m.eos_token_ids.push_back(static_cast<std::int32_t>(e.as_int64()));
+            for (const auto& e : eos->as_array()) m.eos_token_ids.push_back(static_cast<token_id>(e.as_int64()));
     }
     return m;
 }
@@ -483,7 +483,7 @@ public:
     // Feed `tokens` after what the session already holds; returns the logits of
     // each fed position, (n, V). A prompt is fed at once (prefill), then one
     // token per call (decode). `observe`, if set, sees every layer's attention.
-    tensor<float, 2> forward(session& s, std::span<const std::int32_t> tokens,
+    tensor<float, 2> forward(session& s, std::span<const token_id> tokens,
                              const attention_observer& observe = {}) const {
         const model_config& c = config_;
         const index_t n = static_cast<index_t>(tokens.size()), D = c.hidden_size, Dh = c.head_dim;
@@ -567,33 +567,33 @@ struct generation_options {
     sampling::params sampling{0.0f, {}, {}, {}};  // temperature 0: greedy
     std::uint64_t seed = 0;                        // Philox seed for sampling
     std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream r)
-    std::vector<std::int32_t> eos_token_ids;       // stop after generating one of these (empty: the config's)
+    std::vector<token_id> eos_token_ids;           // stop after generating one of these (empty: the config's)
 };
 
 // Generate a continuation of `prompt`: prefill, then decode one token at a
 // time. on_token(id) is called as each token is chosen (for streaming).
 // Returns the generated ids (the prompt excluded; an EOS that stopped it included).
-inline std::vector<std::int32_t> generate(const model& m, std::span<const std::int32_t> prompt,
-                                          const generation_options& options,
-                                          const std::function<void(std::int32_t)>& on_token = {}) {
+inline std::vector<token_id> generate(const model& m, std::span<const token_id> prompt,
+                                     const generation_options& options,
+                                     const std::function<void(token_id)>& on_token = {}) {
     TINYLLM_EXPECT(!prompt.empty(), "generate: the prompt is empty");
     TINYLLM_EXPECT(options.max_new_tokens >= 0, "generate: max_new_tokens = ", options.max_new_tokens,
                    " must not be negative");
     const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
     auto session = m.new_session(static_cast<index_t>(prompt.size()) + std::max<index_t>(options.max_new_tokens, 1));
-    std::vector<std::int32_t> out;
+    std::vector<token_id> out;
     if (options.max_new_tokens == 0) return out;
     tensor<float, 2> logits = m.forward(session, prompt);
     for (index_t step = 0; step < options.max_new_tokens; ++step) {
         const index_t last = logits.extent(0) - 1;
         tensor_view<const float, 2> row = tensor_view<const float, 2>(logits.view()).narrow(0, last, 1);  // (1, V)
-        std::int32_t token = 0;
-        sample(tensor_view<std::int32_t, 1>(&token, {1}), row, options.sampling, options.seed,
+        token_id token = 0;
+        sample(tensor_view<token_id, 1>(&token, {1}), row, options.sampling, options.seed,
                static_cast<std::uint64_t>(step), options.stream);
         out.push_back(token);
         if (on_token) on_token(token);
         if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
-        if (step + 1 < options.max_new_tokens) logits = m.forward(session, std::span<const std::int32_t>(&token, 1));
+        if (step + 1 < options.max_new_tokens) logits = m.forward(session, std::span<const token_id>(&token, 1));
     }
     return out;
 }
@@ -603,10 +603,10 @@ inline std::vector<std::int32_t> generate(const model& m, std::span<const std::i
 // its random numbers from Philox stream r (options.stream + r), as row r of a
 // batched sampler does, so the result equals generating each prompt alone with
 // that stream — and equals tinyllm::cuda::generate_batch.
-inline std::vector<std::vector<std::int32_t>> generate_batch(const model& m,
-                                                             const std::vector<std::vector<std::int32_t>>& prompts,
-                                                             const generation_options& options) {
-    std::vector<std::vector<std::int32_t>> out;
+inline std::vector<std::vector<token_id>> generate_batch(const model& m,
+                                                        const std::vector<std::vector<token_id>>& prompts,
+                                                        const generation_options& options) {
+    std::vector<std::vector<token_id>> out;
     for (std::size_t r = 0; r < prompts.size(); ++r) {
         generation_options o = options;
         o.stream = options.stream + r;

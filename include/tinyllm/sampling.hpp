@@ -79,8 +79,8 @@ struct top_p { float p = 0.9f; };
 struct min_p { float p = 0.1f; };
 struct repetition_penalty { float penalty = 1.1f; };
 struct frequency_presence_penalty { float frequency = 0.0f; float presence = 0.0f; };
-struct logit_bias { std::map<std::int32_t, float> bias; };
-struct ban_tokens { std::vector<std::int32_t> tokens; };
+struct logit_bias { std::map<token_id, float> bias; };
+struct ban_tokens { std::vector<token_id> tokens; };
 
 using processor = std::variant<temperature, top_k, top_p, min_p, repetition_penalty, frequency_presence_penalty,
                                logit_bias, ban_tokens>;
@@ -171,19 +171,19 @@ inline void keep_at_least(row_t row, float tau) {
 }
 
 // Indices of a row from the largest logit to the smallest (ties: lower index first).
-inline std::vector<std::int32_t> descending_order(std::span<const float> row) {
-    std::vector<std::int32_t> order(row.size());
-    for (std::size_t i = 0; i < row.size(); ++i) order[i] = static_cast<std::int32_t>(i);
-    std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return row[a] > row[b]; });
+inline std::vector<token_id> descending_order(std::span<const float> row) {
+    std::vector<token_id> order(row.size());
+    for (std::size_t i = 0; i < row.size(); ++i) order[i] = static_cast<token_id>(i);
+    std::stable_sort(order.begin(), order.end(), [&](token_id a, token_id b) { return row[a] > row[b]; });
     return order;
 }
 
 // How many times each token occurs in row b of `generated` (entries < 0 are padding).
-inline std::map<std::int32_t, int> token_counts(tensor_view<const std::int32_t, 2> generated, index_t b,
-                                                index_t vocab, const char* what) {
-    std::map<std::int32_t, int> counts;
+inline std::map<token_id, int> token_counts(tensor_view<const token_id, 2> generated, index_t b,
+                                            index_t vocab, const char* what) {
+    std::map<token_id, int> counts;
     for (index_t j = 0; j < generated.extent(1); ++j) {
-        const std::int32_t t = generated(b, j);
+        const token_id t = generated(b, j);
         if (t < 0) continue;
         TINYLLM_EXPECT(t < vocab, what, ": generated token ", t, " at [", b, ", ", j, "] is outside [0, ", vocab,
                        ")");
@@ -192,7 +192,7 @@ inline std::map<std::int32_t, int> token_counts(tensor_view<const std::int32_t, 
     return counts;
 }
 
-inline void check_generated(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
+inline void check_generated(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated,
                             const char* what) {
     TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), what, ": generated has ", generated.extent(0),
                    " rows but logits have ", logits.extent(0));
@@ -239,7 +239,7 @@ inline void top_p(tensor_view<float, 2> logits, float p) {  // (B, V)
         if (total == 0) return;  // all -inf: the chooser reports it
         const std::uint64_t target = top_p_target(total, p);
         std::uint64_t mass = 0;
-        for (std::int32_t i : sampling_detail::descending_order(row)) {  // walk from the most probable token down
+        for (token_id i : sampling_detail::descending_order(row)) {  // walk from the most probable token down
             mass += q[static_cast<std::size_t>(i)];
             if (mass >= target) {
                 sampling_detail::keep_at_least(row, row[static_cast<std::size_t>(i)]);
@@ -262,7 +262,7 @@ inline void min_p(tensor_view<float, 2> logits, float p) {  // (B, V)
 
 // Every token that occurs in row b of `generated` (B, L) (entries < 0 are
 // padding) is penalized once: z > 0 ? z / r : z * r.
-inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
+inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated,
                                float r) {  // (B, V), (B, L)
     ::tinyllm::detail::check_penalty(r);
     sampling_detail::check_generated(logits, generated, "repetition_penalty");
@@ -273,7 +273,7 @@ inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const s
 }
 
 // z_t <- z_t - (count_t * frequency + presence) for every token t generated count_t > 0 times.
-inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
+inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated,
                                        float frequency, float presence) {  // (B, V), (B, L)
     TINYLLM_EXPECT(std::isfinite(frequency) && std::isfinite(presence),
                    "frequency_presence_penalty: frequency = ", frequency, " and presence = ", presence,
@@ -287,7 +287,7 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
 }
 
 // z_t <- z_t + bias[t] in every row.
-inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t, float>& bias) {  // (B, V)
+inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, float>& bias) {  // (B, V)
     for (auto [t, v] : bias) {
         TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "logit_bias: token ", t, " is outside [0, ",
                        logits.extent(1), ")");
@@ -300,9 +300,9 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t
 }
 
 // z_t <- -inf for the listed tokens, in every row.
-inline void ban_tokens(tensor_view<float, 2> logits, std::span<const std::int32_t> tokens) {  // (B, V)
+inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> tokens) {  // (B, V)
     std::vector<bool> banned(static_cast<std::size_t>(std::max<index_t>(logits.extent(1), 0)), false);
-    for (std::int32_t t : tokens) {
+    for (token_id t : tokens) {
         TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "ban_tokens: token ", t, " is outside [0, ",
                        logits.extent(1), ")");
         banned[static_cast<std::size_t>(t)] = true;
@@ -318,7 +318,7 @@ inline void ban_tokens(tensor_view<float, 2> logits, std::span<const std::int32_
 // Apply a chain of processors in order. `generated` (B, L) is needed only by
 // the penalties (pass an empty (B, 0) view otherwise).
 inline void apply(tensor_view<float, 2> logits, const sampling::chain& chain,
-                  tensor_view<const std::int32_t, 2> generated = {}) {  // (B, V), (B, L)
+                  tensor_view<const token_id, 2> generated = {}) {  // (B, V), (B, L)
     for (const auto& step : chain) {
         std::visit(
             [&](const auto& s) {
@@ -341,7 +341,7 @@ inline void apply(tensor_view<float, 2> logits, const sampling::chain& chain,
 // ---- the choosers ---------------------------------------------------------------
 
 // out[b] = argmax_i logits[b, i], the lowest index among equal maxima.
-inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits) {  // (B), (B, V)
+inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits) {  // (B), (B, V)
     TINYLLM_EXPECT(out.extent(0) == logits.extent(0), "greedy: out has ", out.extent(0), " entries but logits have ",
                    logits.extent(0), " rows");
     ::tinyllm::detail::check_vocab(logits.extent(1), "greedy");
@@ -354,12 +354,12 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
             if (row[i] > row[best]) best = i;
         TINYLLM_EXPECT(row[best] != -std::numeric_limits<float>::infinity(), "greedy: every logit of row ", b,
                        " is -inf (all tokens banned or filtered)");
-        out(b) = static_cast<std::int32_t>(best);
+        out(b) = static_cast<token_id>(best);
     }
 }
 
 // The token that `sample` chooses for one row with random bits r (see the header comment).
-inline std::int32_t sample_row(std::span<const float> row, std::uint64_t random_bits, index_t b = 0) {
+inline token_id sample_row(std::span<const float> row, std::uint64_t random_bits, index_t b = 0) {
     sampling_detail::check_row(row, b, "sample");
     const auto q = sampling_detail::row_weights(row);
     std::uint64_t total = 0;
@@ -369,14 +369,14 @@ inline std::int32_t sample_row(std::span<const float> row, std::uint64_t random_
     std::uint64_t running = 0;
     for (std::size_t i = 0; i < q.size(); ++i) {
         running += q[i];
-        if (running > t) return static_cast<std::int32_t>(i);
+        if (running > t) return static_cast<token_id>(i);
     }
     TINYLLM_FAIL("sample: unreachable (t = ", t, " >= total = ", total, ")");
 }
 
 // out[b] = a token drawn from softmax(logits[b]) with the random bits of
 // Philox stream (b + stream_offset) at step `step` (one draw per row per step).
-inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
+inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
                    std::uint64_t step, std::uint64_t stream_offset = 0) {  // (B), (B, V)
     TINYLLM_EXPECT(out.extent(0) == logits.extent(0), "sample: out has ", out.extent(0), " entries but logits have ",
                    logits.extent(0), " rows");
@@ -391,7 +391,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 // The fused chain of sampling::params (temperature -> top-k -> top-p -> min-p
 // -> sample; temperature 0 = greedy), on a copy of the logits. This is the CPU
 // reference of tinyllm::cuda::sample (which draws row b from stream b).
-inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0) {  // (B), (B, V)
     ::tinyllm::detail::check_params(p);
     tensor<float, 2> work(logits.shape());  // (B, V)

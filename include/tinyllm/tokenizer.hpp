@@ -5,6 +5,11 @@
 //     std::vector<tinyllm::token_id> ids = tok.encode("hello world");   // {31373, 995}
 //     std::string text = tok.decode(ids);                                // "hello world"
 //
+// Ids are tinyllm::token_id (std::int32_t, config.hpp), the type the model and
+// the samplers take, so tok.encode(text) feeds model.forward directly, and
+// decode takes any contiguous run of ids (std::span: a vector, an array, part
+// of a generated sequence).
+//
 // Encoding is three steps:
 //   1. special tokens: find the special tokens' strings ("<|endoftext|>") that
 //      the caller allowed; they become their ids and split the text;
@@ -38,7 +43,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <initializer_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -94,6 +101,7 @@ public:
         : vocab_(std::move(vocab)), pattern_(pattern), specials_(std::move(specials)),
           add_prefix_space_(add_prefix_space) {
         for (const auto& s : specials_) {
+            TINYLLM_EXPECT(s.id >= 0, "special token \"", s.text, "\" has id ", s.id, "; token ids must be >= 0");
             TINYLLM_EXPECT(!s.text.empty(), "special token ", s.id, " has empty text");
             TINYLLM_EXPECT(!vocab_.contains(s.id) || vocab_.bytes(s.id) == s.text, "special token \"", s.text,
                            "\" has id ", s.id, ", which the vocabulary already uses for a different token");
@@ -113,7 +121,7 @@ public:
     // One past the largest id (ordinary or special): the embedding table's rows.
     std::size_t vocab_size() const {
         std::size_t n = vocab_.size();
-        for (const auto& s : specials_) n = std::max<std::size_t>(n, std::size_t(s.id) + 1);
+        for (const auto& s : specials_) n = std::max<std::size_t>(n, static_cast<std::size_t>(s.id) + 1);
         return n;
     }
 
@@ -130,6 +138,7 @@ public:
 
     // The bytes of one token (special tokens: their text).
     std::string_view token_bytes(token_id id) const {
+        TINYLLM_EXPECT(id >= 0, "token id ", id, " is negative; token ids are in [0, ", vocab_size(), ")");
         for (const auto& s : specials_)
             if (s.id == id) return s.text;
         TINYLLM_EXPECT(vocab_.contains(id), "token id ", id, " is not in the vocabulary (size ", vocab_size(), ")");
@@ -202,18 +211,24 @@ public:
 
     // ---- decoding -------------------------------------------------------------
 
-    // The concatenated bytes of the tokens (may be invalid UTF-8).
-    std::string decode_bytes(const std::vector<token_id>& ids) const {
+    // The concatenated bytes of the tokens (may be invalid UTF-8). ids: a
+    // std::vector<token_id>, an array, or any span of them.
+    std::string decode_bytes(std::span<const token_id> ids) const {
         std::string out;
         for (const token_id id : ids) out.append(token_bytes(id));
         return out;
     }
 
-    std::string decode(const std::vector<token_id>& ids, decode_errors errors = decode_errors::replace) const {
+    // The text of the tokens; an id outside the vocabulary (negative included) is an error.
+    std::string decode(std::span<const token_id> ids, decode_errors errors = decode_errors::replace) const {
         std::string bytes = decode_bytes(ids);
         if (errors == decode_errors::keep) return bytes;
         if (detail::is_valid_utf8(bytes)) return bytes;
         return detail::replace_invalid_utf8(bytes);
+    }
+    // decode({id}) and decode({a, b, c}).
+    std::string decode(std::initializer_list<token_id> ids, decode_errors errors = decode_errors::replace) const {
+        return decode(std::span<const token_id>(ids.begin(), ids.size()), errors);
     }
 
 private:

@@ -219,10 +219,11 @@ inline bpe_vocab parse_tiktoken_ranks(std::string_view text, const std::string& 
         if (!detail::base64_decode(words[0], bytes, what) || bytes.empty())
             TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": ",
                          bytes.empty() && what.empty() ? "empty token" : what);
-        token_id rank;
-        if (!detail::parse_int(words[1], rank) || rank >= bpe_vocab::none)
+        token_id id;  // the rank is the token's id
+        if (!detail::parse_int(words[1], id) || id < 0)
             TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank '", words[1],
-                         "' is not a non-negative integer below 2^32-1");
+                         "' is not a non-negative integer below 2^31 (a token_id)");
+        const auto rank = static_cast<std::size_t>(id);
         if (rank >= tokens.size()) {
             TINYLLM_EXPECT(rank < 100'000'000, source, " line ", n + 1, ": rank ", rank, " is implausibly large");
             tokens.resize(rank + 1);
@@ -294,7 +295,7 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
                          ", expected an integer in [0, 1e8)");
         if (!detail::unicode_to_bytes(key, bytes)) {
             if (key.size() > 2 && key.front() == '<' && key.back() == '>') {  // "<|endoftext|>"
-                specials.push_back({key, token_id(id)});
+                specials.push_back({key, static_cast<token_id>(id)});
                 continue;
             }
             TINYLLM_FAIL("malformed ", encoder_json_path, ": token \"", key,
@@ -313,7 +314,7 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
     // above as an ordinary token; GPT-2 treats it as special.
     for (std::size_t id = 0; id < tokens.size(); ++id)
         if (present[id] && tokens[id] == "<|endoftext|>") {
-            specials.push_back({tokens[id], token_id(id)});
+            specials.push_back({tokens[id], static_cast<token_id>(id)});
             present[id] = false;
             tokens[id].clear();
         }
@@ -451,7 +452,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
         }
         if (present[std::size_t(id)]) field_error("model.vocab[" + json::quote(key) + "]", "id " + std::to_string(id) + " is used twice");
         if (!detail::unicode_to_bytes(key, bytes)) {
-            non_byte_level.emplace_back(token_id(id), key);  // must be an added token
+            non_byte_level.emplace_back(static_cast<token_id>(id), key);  // must be an added token
             continue;
         }
         tokens[std::size_t(id)] = bytes;
@@ -473,7 +474,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
             std::int64_t v = -1;
             try { v = id->as_int64(); } catch (const error&) {}
             if (v < 0 || v >= 100'000'000) field_error(where + ".id", "expected an integer in [0, 1e8)");
-            specials.push_back({content->as_string(), token_id(v)});
+            specials.push_back({content->as_string(), static_cast<token_id>(v)});
             if (std::size_t(v) < tokens.size() && present[std::size_t(v)]) {
                 present[std::size_t(v)] = false;  // the special token owns this id
                 tokens[std::size_t(v)].clear();
@@ -540,7 +541,10 @@ inline std::string serialize_tokenizer(const tokenizer& tok) {
     out += "tiktoken-merges " + std::to_string(int(v.tiktoken_merges())) + "\n";
     out += "add-prefix-space " + std::to_string(int(tok.add_prefix_space())) + "\n";
     out += "tokens " + std::to_string(v.size()) + "\n";
-    for (token_id id = 0; id < v.size(); ++id) out += (v.contains(id) ? detail::base64_encode(v.bytes(id)) : "-") + "\n";
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const auto id = static_cast<token_id>(i);
+        out += (v.contains(id) ? detail::base64_encode(v.bytes(id)) : "-") + "\n";
+    }
     if (v.tiktoken_merges()) {
         out += "merges 0\n";
     } else {
@@ -622,8 +626,12 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
         if (words.size() != 4 || !detail::parse_int(words[0], m.left) || !detail::parse_int(words[1], m.right) ||
             !detail::parse_int(words[2], m.merged) || !detail::parse_int(words[3], m.rank))
             fail("expected a merge '<left> <right> <merged> <rank>'");
-        if (!(m.left < count && m.right < count && m.merged < count && present[m.left] && present[m.right] &&
-              present[m.merged] && tokens[m.merged] == tokens[m.left] + tokens[m.right]))
+        const auto listed = [&](token_id id) {  // an id of the file (negative ids are not)
+            return id >= 0 && static_cast<std::size_t>(id) < count && present[static_cast<std::size_t>(id)];
+        };
+        if (!(listed(m.left) && listed(m.right) && listed(m.merged) &&
+              tokens[static_cast<std::size_t>(m.merged)] ==
+                  tokens[static_cast<std::size_t>(m.left)] + tokens[static_cast<std::size_t>(m.right)]))
             fail("merge " + std::to_string(m.left) + " + " + std::to_string(m.right) + " -> " +
                  std::to_string(m.merged) + " does not concatenate tokens of the file");
         merges.push_back(m);

@@ -48,14 +48,14 @@ std::vector<float> host_rows(tensor_view<const float, 2> d, index_t first, index
 
 // All positions' logits of one sequence fed at once: (n, V) on the host.
 template <class T>
-std::vector<float> gpu_all_logits(const tc::model<T>& m, const std::vector<std::int32_t>& seq) {
+std::vector<float> gpu_all_logits(const tc::model<T>& m, const std::vector<tinyllm::token_id>& seq) {
     const index_t n = static_cast<index_t>(seq.size());
     auto s = m.new_session(1, n);
-    const auto logits = m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, n}), {}, true);
+    const auto logits = m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, n}), {}, true);
     return host_rows(logits, 0, n);
 }
 
-std::vector<double> cpu_all_logits(const cpu::model& m, const std::vector<std::int32_t>& seq) {
+std::vector<double> cpu_all_logits(const cpu::model& m, const std::vector<tinyllm::token_id>& seq) {
     auto s = m.new_session(static_cast<index_t>(seq.size()));
     const auto logits = m.forward(s, seq);
     return {logits.values().begin(), logits.values().end()};
@@ -183,9 +183,9 @@ TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2
             c.max_positions = 256;
         }
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + static_cast<int>(arch)));
-        std::vector<std::int32_t> seq;
+        std::vector<tinyllm::token_id> seq;
         tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
-        for (int i = 0; i < 77; ++i) seq.push_back(static_cast<std::int32_t>(g.next_bits() % c.vocab_size));
+        for (int i = 0; i < 77; ++i) seq.push_back(static_cast<tinyllm::token_id>(g.next_bits() % c.vocab_size));
         const auto want = cpu_all_logits(host, seq);
         const std::string what = std::string(arch == model_arch::llama ? "llama" : arch == model_arch::mixtral ? "mixtral" : "gpt2") +
                                  " (random, 77 positions)";
@@ -205,16 +205,16 @@ TEST_CASE("cuda::model KV-cache decoding equals the full forward", "[model]") {
     const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
     const tc::model<float> m(host);
-    std::vector<std::int32_t> seq;
+    std::vector<tinyllm::token_id> seq;
     tinyllm::philox_generator g(tinyllm_test::test_seed(), 3);
-    for (int i = 0; i < 40; ++i) seq.push_back(static_cast<std::int32_t>(g.next_bits() % c.vocab_size));
+    for (int i = 0; i < 40; ++i) seq.push_back(static_cast<tinyllm::token_id>(g.next_bits() % c.vocab_size));
     const auto whole = gpu_all_logits(m, seq);
     const index_t V = c.vocab_size;
 
     auto s = m.new_session(1, 40);
-    m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, 9}));  // a prefill of 9
+    m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 9}));  // a prefill of 9
     for (index_t t = 9; t < 40; ++t) {
-        const auto one = host_rows(m.forward(s, tensor_view<const std::int32_t, 2>(&seq[t], {1, 1})), 0, 1);
+        const auto one = host_rows(m.forward(s, tensor_view<const tinyllm::token_id, 2>(&seq[t], {1, 1})), 0, 1);
         const std::vector<double> want(whole.begin() + t * V, whole.begin() + (t + 1) * V);
         TINYLLM_REQUIRE_CLOSE(one, want, tolerance{1e-4, 1e-4, 1e-5}, "decode step " + std::to_string(t));
     }
@@ -227,7 +227,7 @@ TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens"
     const cpu::model host = dir.empty() ? cpu::model(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()))
                                         : cpu::model::load(dir);
     const tc::model<float> m(host);
-    const std::vector<std::vector<std::int32_t>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
+    const std::vector<std::vector<tinyllm::token_id>> prompts = {{5}, {10, 20, 30, 40, 50, 60, 70}, {7, 8, 9}};
     for (const bool sampled : {false, true}) {
         cpu::generation_options o;
         o.max_new_tokens = 8;
@@ -249,17 +249,17 @@ TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") 
     const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
     const tc::model<float> m(c, tinyllm::random_model_weights(c, 1));
     auto s = m.new_session(2, 8);
-    const std::vector<std::int32_t> bad = {1, 2, 1000, 3};
-    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(bad.data(), {2, 2})),
+    const std::vector<tinyllm::token_id> bad = {1, 2, 1000, 3};
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const tinyllm::token_id, 2>(bad.data(), {2, 2})),
                       contains("token id 1000 of row 1 at position 0 is outside the vocabulary [0, 1000)"));
-    const std::vector<std::int32_t> ok = {1, 2, 3, 4};
+    const std::vector<tinyllm::token_id> ok = {1, 2, 3, 4};
     const std::vector<index_t> counts = {2, 1};
-    m.forward(s, tensor_view<const std::int32_t, 2>(ok.data(), {2, 2}), counts);
+    m.forward(s, tensor_view<const tinyllm::token_id, 2>(ok.data(), {2, 2}), counts);
     CHECK(s.lengths == std::vector<index_t>{2, 1});
-    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(ok.data(), {2, 2})),
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const tinyllm::token_id, 2>(ok.data(), {2, 2})),
                       contains("several tokens per row can only be fed when every row has the same length"));
-    const std::vector<std::int32_t> many(2 * 8, 1);
-    CHECK_THROWS_WITH(m.forward(s, tensor_view<const std::int32_t, 2>(many.data(), {1, 8})),
+    const std::vector<tinyllm::token_id> many(2 * 8, 1);
+    CHECK_THROWS_WITH(m.forward(s, tensor_view<const tinyllm::token_id, 2>(many.data(), {1, 8})),
                       contains("tokens has 1 rows but the session holds 2"));
     CHECK_THROWS_WITH(m.new_session(0, 4), contains("must be at least 1"));
 }
@@ -270,8 +270,8 @@ namespace {
 // its stream (CUB on a GPU does not), and the model's MoE layers each make one plan.
 std::uint64_t moe_plan_waits() {
     const index_t T = 1, k = 2, E = 8;
-    auto ids = tc::to_device(std::vector<std::int32_t>{0, 1});
-    tc::device_buffer<std::int32_t> row_of(T * k), row_token(tinyllm::moe_max_rows(T, k, E, 1)), offsets(E + 1),
+    auto ids = tc::to_device(std::vector<tinyllm::token_id>{0, 1});
+    tc::device_buffer<tinyllm::token_id> row_of(T * k), row_token(tinyllm::moe_max_rows(T, k, E, 1)), offsets(E + 1),
         counts(E);
     tc::moe_dispatch_workspace ws(T * k, E);
     const tinyllm::moe_plan_view plan{row_of.view(tinyllm::extents<2>{T, k}),
@@ -288,12 +288,12 @@ TEST_CASE("cuda::model Mixtral decoding: warm steps allocate nothing and do not 
     const tinyllm::model_config c = small_config(tinyllm::model_arch::mixtral);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 11));
     const tc::model<float> m(host);
-    const std::vector<std::int32_t> seq = {11, 22, 33, 44, 55, 66, 77};
+    const std::vector<tinyllm::token_id> seq = {11, 22, 33, 44, 55, 66, 77};
     const auto want = cpu_all_logits(host, seq);
     const index_t V = c.vocab_size;
 
     auto s = m.new_session(1, 16);
-    m.forward(s, tensor_view<const std::int32_t, 2>(seq.data(), {1, 4}));  // a prefill of 4 sizes every buffer
+    m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 4}));  // a prefill of 4 sizes every buffer
 #if defined(TINYLLM_SIMULATED_GPU)
     const std::uint64_t plan_waits = moe_plan_waits();
 #endif
@@ -301,7 +301,7 @@ TEST_CASE("cuda::model Mixtral decoding: warm steps allocate nothing and do not 
 #if defined(TINYLLM_SIMULATED_GPU)
         const auto before = tinyllm::sim::stats();
 #endif
-        const auto logits = m.forward(s, tensor_view<const std::int32_t, 2>(&seq[static_cast<std::size_t>(t)], {1, 1}));
+        const auto logits = m.forward(s, tensor_view<const tinyllm::token_id, 2>(&seq[static_cast<std::size_t>(t)], {1, 1}));
 #if defined(TINYLLM_SIMULATED_GPU)
         const auto after = tinyllm::sim::stats();
         INFO("decode step " << t);

@@ -55,10 +55,10 @@ std::vector<float> random_logits(index_t B, index_t V, std::uint64_t which) {
     return z;
 }
 
-std::vector<std::int32_t> cpu_tokens(const std::vector<float>& z, index_t B, index_t V, const sampling::params* p,
+std::vector<tinyllm::token_id> cpu_tokens(const std::vector<float>& z, index_t B, index_t V, const sampling::params* p,
                                      std::uint64_t seed, std::uint64_t step, index_t rows) {
-    std::vector<std::int32_t> out(static_cast<std::size_t>(rows));
-    tinyllm::tensor_view<std::int32_t, 1> o(out.data(), {rows});
+    std::vector<tinyllm::token_id> out(static_cast<std::size_t>(rows));
+    tinyllm::tensor_view<tinyllm::token_id, 1> o(out.data(), {rows});
     tinyllm::tensor_view<const float, 2> l(z.data(), {rows, V});
     (void)B;
     if (p) cpu::sample(o, l, *p, seed, step);
@@ -66,7 +66,7 @@ std::vector<std::int32_t> cpu_tokens(const std::vector<float>& z, index_t B, ind
     return out;
 }
 
-std::size_t count_different(const std::vector<std::int32_t>& got, const std::vector<std::int32_t>& want) {
+std::size_t count_different(const std::vector<tinyllm::token_id>& got, const std::vector<tinyllm::token_id>& want) {
     std::size_t n = 0;
     for (std::size_t i = 0; i < want.size(); ++i) n += got[i] != want[i];
     return n;
@@ -88,15 +88,15 @@ void check_greedy_and_multinomial(const std::vector<index_t>& vs, const std::vec
         for (index_t B : bs) {
             const auto z = random_logits(B, V, ++which);
             auto d_z = tc::to_device(z);
-            tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+            tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
             auto logits = d_z.view(tinyllm::extents<2>{B, V});
             auto out = d_out.view(tinyllm::extents<1>{B});
             INFO("V = " << V << ", B = " << B);
 
             d_out.poison();
             tc::greedy(out, logits);
-            std::vector<std::int32_t> want(static_cast<std::size_t>(B));
-            cpu::greedy(tinyllm::tensor_view<std::int32_t, 1>(want.data(), {B}),
+            std::vector<tinyllm::token_id> want(static_cast<std::size_t>(B));
+            cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(want.data(), {B}),
                         tinyllm::tensor_view<const float, 2>(z.data(), {B, V}));
             CHECK(count_different(tc::to_host(d_out), want) == 0);
 
@@ -125,7 +125,7 @@ void check_fused(const std::vector<index_t>& vs, const std::vector<index_t>& bs,
         for (index_t B : bs) {
             const auto z = random_logits(B, V, ++which);
             auto d_z = tc::to_device(z);
-            tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+            tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
             // The CPU reference sorts rows for top-p: check at most 64 rows per batch
             // against it (the GPU computes all B; the remaining rows are also checked
             // against each other below through determinism).
@@ -189,7 +189,7 @@ void check_processor_chain(const std::vector<index_t>& vs) {
             if (auto* m = std::get_if<sampling::min_p>(&c.p)) tc::min_p(logits, m->p);
             CHECK(same_bits(tc::to_host(d_z), want));
         }
-        tc::device_buffer<std::int32_t> d_out(static_cast<std::size_t>(B));
+        tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
         d_out.poison();
         tc::sample(d_out.view(tinyllm::extents<1>{B}), logits, 77, 3);
         CHECK(count_different(tc::to_host(d_out), cpu_tokens(want, B, V, nullptr, 77, 3, B)) == 0);
@@ -200,7 +200,7 @@ void check_processor_chain(const std::vector<index_t>& vs) {
         p.top_p = 0.8f;
         p.min_p = 0.01f;
         auto d_orig = tc::to_device(z);
-        tc::device_buffer<std::int32_t> d_fused(static_cast<std::size_t>(B));
+        tc::device_buffer<tinyllm::token_id> d_fused(static_cast<std::size_t>(B));
         d_fused.poison();
         tc::sample(d_fused.view(tinyllm::extents<1>{B}), d_orig.view(tinyllm::extents<2>{B, V}), p, 77, 3);
         CHECK(tc::to_host(d_fused) == tc::to_host(d_out));
@@ -222,15 +222,15 @@ TEST_CASE("the v1 processor chain at V = 128256", "[cuda][sampling][large]") { c
 TEST_CASE("penalties, logit bias and bans on the device match the CPU bit for bit", "[cuda][sampling]") {
     const index_t B = 16, V = 5000, L = 300;
     const auto z = random_logits(B, V, 300);
-    std::vector<std::int32_t> generated(static_cast<std::size_t>(B * L));
+    std::vector<tinyllm::token_id> generated(static_cast<std::size_t>(B * L));
     tinyllm::philox_generator g(tinyllm_test::test_seed(), 301);
-    for (auto& t : generated) t = (g.next_bits() % 10 == 0) ? -1 : static_cast<std::int32_t>(g.next_bits() % 400);
-    const std::map<std::int32_t, float> bias{{0, 1.5f}, {17, -3.0f}, {4999, 0.25f}};
-    const std::vector<std::int32_t> banned{5, 6, 7, 4000};
+    for (auto& t : generated) t = (g.next_bits() % 10 == 0) ? -1 : static_cast<tinyllm::token_id>(g.next_bits() % 400);
+    const std::map<tinyllm::token_id, float> bias{{0, 1.5f}, {17, -3.0f}, {4999, 0.25f}};
+    const std::vector<tinyllm::token_id> banned{5, 6, 7, 4000};
 
     std::vector<float> want = z;
     tinyllm::tensor_view<float, 2> w(want.data(), {B, V});
-    tinyllm::tensor_view<const std::int32_t, 2> gen(generated.data(), {B, L});
+    tinyllm::tensor_view<const tinyllm::token_id, 2> gen(generated.data(), {B, L});
     cpu::repetition_penalty(w, gen, 1.3f);
     cpu::frequency_presence_penalty(w, gen, 0.4f, 0.6f);
     cpu::logit_bias(w, bias);
@@ -239,7 +239,7 @@ TEST_CASE("penalties, logit bias and bans on the device match the CPU bit for bi
     auto d_z = tc::to_device(z);
     auto d_gen = tc::to_device(generated);
     auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    auto d_generated = tinyllm::tensor_view<const std::int32_t, 2>(d_gen.data(), {B, L});
+    auto d_generated = tinyllm::tensor_view<const tinyllm::token_id, 2>(d_gen.data(), {B, L});
     tc::repetition_penalty(logits, d_generated, 1.3f);
     tc::frequency_presence_penalty(logits, d_generated, 0.4f, 0.6f);
     tc::logit_bias(logits, bias);
@@ -252,7 +252,7 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     auto z = random_logits(B, V, 400);
     z[3 * V + 17] = std::nanf("");
     auto d_z = tc::to_device(z);
-    tc::device_buffer<std::int32_t> d_out(B);
+    tc::device_buffer<tinyllm::token_id> d_out(B);
     auto out = d_out.view(tinyllm::extents<1>{B});
     auto logits = d_z.view(tinyllm::extents<2>{B, V});
     sampling::params p;
@@ -279,10 +279,10 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     CHECK_THROWS_WITH(tc::min_p(logits, 2.0f), contains("p = 2 must be in [0, 1]"));
     p.top_p = 1.5f;
     CHECK_THROWS_WITH(tc::sample(out, logits, p, 1, 0), contains("p = 1.5 must be in (0, 1]"));
-    std::vector<std::int32_t> all(static_cast<std::size_t>(V));
-    for (index_t i = 0; i < V; ++i) all[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+    std::vector<tinyllm::token_id> all(static_cast<std::size_t>(V));
+    for (index_t i = 0; i < V; ++i) all[static_cast<std::size_t>(i)] = static_cast<tinyllm::token_id>(i);
     CHECK_THROWS_WITH(tc::ban_tokens(logits, all), contains("tokens are banned"));
-    tc::device_buffer<std::int32_t> wrong(B + 1);
+    tc::device_buffer<tinyllm::token_id> wrong(B + 1);
     CHECK_THROWS_WITH(tc::greedy(wrong.view(tinyllm::extents<1>{B + 1}), logits), contains("out has 5 entries"));
 }
 
@@ -298,7 +298,7 @@ TEST_CASE("the samplers on a created stream give the default stream's tokens and
     cudaStream_t s1 = nullptr, s2 = nullptr;
     TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
     TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
-    tc::device_buffer<std::int32_t> d_want(B), d_got(B);
+    tc::device_buffer<tinyllm::token_id> d_want(B), d_got(B);
     const auto want = d_want.view(tinyllm::extents<1>{B}), got = d_got.view(tinyllm::extents<1>{B});
     const auto sync = tc::sampling_check::sync;
 
@@ -317,8 +317,8 @@ TEST_CASE("the samplers on a created stream give the default stream's tokens and
     CHECK(tc::to_host(d_got) == tc::to_host(d_want));
 
     // The processors, logit bias and bans: the same logits on s2 as on the default stream.
-    const std::map<std::int32_t, float> bias{{0, 1.5f}, {17, -3.0f}, {2999, 0.25f}};
-    const std::vector<std::int32_t> banned{5, 6, 7, 2000};
+    const std::map<tinyllm::token_id, float> bias{{0, 1.5f}, {17, -3.0f}, {2999, 0.25f}};
+    const std::vector<tinyllm::token_id> banned{5, 6, 7, 2000};
     auto d_a = tc::to_device(z), d_b = tc::to_device(z);
     const auto a = d_a.view(tinyllm::extents<2>{B, V}), b = d_b.view(tinyllm::extents<2>{B, V});
     tc::top_k(a, 40);

@@ -52,7 +52,7 @@ inline const tinyllm::tokenizer& trained() {
 inline const tinyllm::tokenizer& tiktoken_style() {
     static const tinyllm::tokenizer tok = [] {
         std::string ranks;
-        std::uint32_t rank = 0;
+        tinyllm::token_id rank = 0;
         for (int b = 0; b < 256; ++b)
             ranks += tinyllm::detail::base64_encode(std::string(1, char(b))) + " " + std::to_string(rank++) + "\n";
         for (const char* t : {"aa", "aaaa", "ab", "th", "the", " the", "he", "\xC3\xA9"})

@@ -66,7 +66,7 @@ TINYLLM_DEVICE token_id device_find(const bpe_tables& t, const unsigned char* s,
     for (std::uint64_t at = tinyllm::detail::hash_bytes(s, n) & t.token_mask;; at = (at + 1) & t.token_mask) {
         const token_id id = t.token_slots[at];
         if (id == bpe_vocab::none) return bpe_vocab::none;
-        const std::uint64_t b = t.token_offsets[id], e = t.token_offsets[id + 1];
+        const std::uint64_t b = t.token_offsets[id], e = t.token_offsets[id + 1];  // id >= 0 here
         if (e - b != n) continue;
         bool same = true;
         for (std::size_t k = 0; k < n && same; ++k) same = t.token_bytes[b + k] == s[k];
@@ -76,10 +76,10 @@ TINYLLM_DEVICE token_id device_find(const bpe_tables& t, const unsigned char* s,
 
 TINYLLM_DEVICE void device_merge_of(const bpe_tables& t, token_id left, token_id right, std::uint32_t& rank,
                                     token_id& merged) {
-    const std::uint64_t key = (std::uint64_t(left) << 32) | right;
+    const std::uint64_t key = tinyllm::detail::merge_key(left, right);
     for (std::uint64_t at = tinyllm::detail::hash_u64(key) & t.merge_mask;; at = (at + 1) & t.merge_mask) {
         rank = t.merge_ranks[at];
-        if (rank == bpe_vocab::none) return;
+        if (rank == bpe_vocab::no_rank) return;
         if (t.merge_keys[at] == key) {
             merged = t.merge_ids[at];
             return;
@@ -124,11 +124,11 @@ __global__ void bpe_pieces_kernel(bpe_tables t, const unsigned char* text, const
     token_id unused;
     for (int i = 0; i + 1 < m; ++i) device_merge_of(t, ids[i], ids[i + 1], ranks[i], unused);
     for (;;) {
-        std::uint32_t best = bpe_vocab::none;
+        std::uint32_t best = bpe_vocab::no_rank;
         int at = 0;
         for (int i = 0; i + 1 < m; ++i)
             if (ranks[i] < best) best = ranks[i], at = i;
-        if (best == bpe_vocab::none) break;
+        if (best == bpe_vocab::no_rank) break;
         std::uint32_t r;
         token_id merged = bpe_vocab::none;
         device_merge_of(t, ids[at], ids[at + 1], r, merged);
@@ -152,7 +152,7 @@ public:
         std::vector<std::uint64_t> offsets(v.size() + 1, 0);
         std::string bytes;
         for (std::size_t id = 0; id < v.size(); ++id) {
-            if (v.contains(token_id(id))) bytes.append(v.bytes(token_id(id)));
+            if (v.contains(static_cast<token_id>(id))) bytes.append(v.bytes(static_cast<token_id>(id)));
             offsets[id + 1] = bytes.size();
         }
         std::vector<std::uint64_t> keys;

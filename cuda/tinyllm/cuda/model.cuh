@@ -226,7 +226,8 @@ public:
         std::vector<index_t> lengths;                   // (B) positions fed so far
         std::vector<device_buffer<T>> keys, values;     // per layer (B, capacity, Hkv, Dh)
         // scratch
-        device_buffer<std::int32_t> ids, row_info;      // (B, n); (4, B): start, count, key length, last row
+        device_buffer<token_id> ids;                    // (B, n)
+        device_buffer<std::int32_t> row_info;           // (4, B): start, count, key length, last row
         device_buffer<std::int64_t> positions;          // (B, n)
         device_buffer<T> x, h, qkv, attn, delta, hidden, hidden2, head_in;
         device_buffer<float> logits;
@@ -268,7 +269,7 @@ public:
     // on the device, valid until the session's next forward:
     //   all_positions = false: (B, V), the last fed position of each row;
     //   all_positions = true:  (B * n, V), row b * n + t (padding rows included).
-    tensor_view<const float, 2> forward(session& s, tensor_view<const std::int32_t, 2> tokens,
+    tensor_view<const float, 2> forward(session& s, tensor_view<const token_id, 2> tokens,
                                         std::span<const index_t> counts = {}, bool all_positions = false) const {
         const model_config& c = config_;
         const index_t B = s.batch, n = tokens.extent(1), D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
@@ -282,7 +283,7 @@ public:
 
         // Per-row bookkeeping on the host: start, count, key length, last row.
         std::vector<std::int32_t> info(static_cast<std::size_t>(4 * B));
-        std::vector<std::int32_t> ids(static_cast<std::size_t>(rows));
+        std::vector<token_id> ids(static_cast<std::size_t>(rows));
         std::vector<std::int64_t> pos(static_cast<std::size_t>(rows));
         index_t tk = 0;
         for (index_t b = 0; b < B; ++b) {
@@ -295,7 +296,7 @@ public:
             TINYLLM_EXPECT(L + n <= s.capacity, "cuda::model::forward: row ", b, ": ", L, " + ", n,
                            " positions exceed the session's capacity ", s.capacity);
             for (index_t t = 0; t < n; ++t) {
-                const std::int32_t id = tokens(b, t);
+                const token_id id = tokens(b, t);
                 if (t < count)
                     TINYLLM_EXPECT(id >= 0 && id < V, "cuda::model::forward: token id ", id, " of row ", b,
                                    " at position ", L + t, " is outside the vocabulary [0, ", V, ")");
@@ -318,11 +319,11 @@ public:
         const std::int32_t* d_count = d_info + B;          // (B) tokens kept
         const std::int32_t* d_key_length = d_info + 2 * B; // (B) valid keys after this forward
         const std::int32_t* d_last_row = d_info + 3 * B;   // (B) row of x holding the last fed token
-        std::int32_t* d_ids = detail::at_least(s.ids, rows);
-        TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+        token_id* d_ids = detail::at_least(s.ids, rows);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(token_id), cudaMemcpyHostToDevice));
         std::int64_t* d_pos = detail::at_least(s.positions, rows);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
-        const tensor_view<const std::int32_t, 2> ids_v(d_ids, {B, n});
+        const tensor_view<const token_id, 2> ids_v(d_ids, {B, n});
         const tensor_view<const std::int64_t, 2> pos_v(d_pos, {B, n});
 
         const tensor_view<T, 2> x(detail::at_least(s.x, rows * D), {rows, D});            // (B·n, D)
@@ -332,8 +333,8 @@ public:
         const tensor_view<T, 2> attn(detail::at_least(s.attn, rows * q_out), {rows, q_out});
 
         // x = embed(tokens) (+ learned positions)
-        embedding<T, std::int32_t>(tensor_view<T, 3>(x.data(), {B, n, D}), ids_v, embed_.view(), 1.0f,
-                                   embedding_version::vectorized, /*check_ids=*/false);
+        embedding<T, token_id>(tensor_view<T, 3>(x.data(), {B, n, D}), ids_v, embed_.view(), 1.0f,
+                               embedding_version::vectorized, /*check_ids=*/false);
         if (c.arch == model_arch::gpt2)
             add_learned_positions<T>(tensor_view<T, 3>(x.data(), {B, n, D}), positions_.view(), pos_v);
 
@@ -474,10 +475,10 @@ private:
 // The logits of the last position of one prompt, on the host: a fresh session,
 // one forward (what `tinyllm logits --device cuda` prints).
 template <class T>
-std::vector<float> last_logits(const model<T>& m, std::span<const std::int32_t> prompt) {
+std::vector<float> last_logits(const model<T>& m, std::span<const token_id> prompt) {
     const index_t n = static_cast<index_t>(prompt.size());
     auto s = m.new_session(1, n);
-    const tensor_view<const float, 2> logits = m.forward(s, tensor_view<const std::int32_t, 2>(prompt.data(), {1, n}));
+    const tensor_view<const float, 2> logits = m.forward(s, tensor_view<const token_id, 2>(prompt.data(), {1, n}));
     std::vector<float> host(static_cast<std::size_t>(logits.extent(1)));
     TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), logits.data(), host.size() * sizeof(float), cudaMemcpyDeviceToHost));
     return host;
@@ -490,9 +491,9 @@ std::vector<float> last_logits(const model<T>& m, std::span<const std::int32_t> 
 // produced an EOS stops (its output ends with the EOS). on_token(row, id) is
 // called as each token is chosen.
 template <class T>
-std::vector<std::vector<std::int32_t>> generate_batch(
-    const model<T>& m, const std::vector<std::vector<std::int32_t>>& prompts, const cpu::generation_options& options,
-    const std::function<void(std::size_t, std::int32_t)>& on_token = {}) {
+std::vector<std::vector<token_id>> generate_batch(
+    const model<T>& m, const std::vector<std::vector<token_id>>& prompts, const cpu::generation_options& options,
+    const std::function<void(std::size_t, token_id)>& on_token = {}) {
     TINYLLM_EXPECT(!prompts.empty(), "cuda::generate_batch: no prompts");
     TINYLLM_EXPECT(options.max_new_tokens >= 0, "cuda::generate_batch: max_new_tokens = ", options.max_new_tokens,
                    " must not be negative");
@@ -503,27 +504,27 @@ std::vector<std::vector<std::int32_t>> generate_batch(
         TINYLLM_EXPECT(!prompts[r].empty(), "cuda::generate_batch: prompt ", r, " is empty");
         n = std::max<index_t>(n, static_cast<index_t>(prompts[r].size()));
     }
-    std::vector<std::vector<std::int32_t>> out(prompts.size());
+    std::vector<std::vector<token_id>> out(prompts.size());
     if (options.max_new_tokens == 0) return out;
     const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
 
     auto session = m.new_session(B, n + options.max_new_tokens);
-    std::vector<std::int32_t> padded(static_cast<std::size_t>(B * n), 0);
+    std::vector<token_id> padded(static_cast<std::size_t>(B * n), 0);
     std::vector<index_t> counts(static_cast<std::size_t>(B));
     for (index_t r = 0; r < B; ++r) {
         const auto& p = prompts[static_cast<std::size_t>(r)];
         std::copy(p.begin(), p.end(), padded.begin() + r * n);
         counts[static_cast<std::size_t>(r)] = static_cast<index_t>(p.size());
     }
-    tensor_view<const float, 2> logits = m.forward(session, tensor_view<const std::int32_t, 2>(padded.data(), {B, n}),
+    tensor_view<const float, 2> logits = m.forward(session, tensor_view<const token_id, 2>(padded.data(), {B, n}),
                                                    counts);
-    device_buffer<std::int32_t> chosen(static_cast<std::size_t>(B));
-    std::vector<std::int32_t> next(static_cast<std::size_t>(B));
+    device_buffer<token_id> chosen(static_cast<std::size_t>(B));
+    std::vector<token_id> next(static_cast<std::size_t>(B));
     std::vector<bool> done(static_cast<std::size_t>(B), false);
     for (index_t step = 0; step < options.max_new_tokens; ++step) {
         sample(chosen.view(extents<1>{B}), logits, options.sampling, options.seed, static_cast<std::uint64_t>(step),
                options.stream);
-        copy_to_host(std::span<std::int32_t>(next), chosen);
+        copy_to_host(std::span<token_id>(next), chosen);
         bool all_done = true;
         for (std::size_t r = 0; r < next.size(); ++r) {
             if (done[r]) continue;
@@ -534,7 +535,7 @@ std::vector<std::vector<std::int32_t>> generate_batch(
         }
         if (all_done || step + 1 == options.max_new_tokens) break;
         // Finished rows keep decoding (their tokens are ignored) so that the batch stays rectangular.
-        logits = m.forward(session, tensor_view<const std::int32_t, 2>(next.data(), {B, 1}));
+        logits = m.forward(session, tensor_view<const token_id, 2>(next.data(), {B, 1}));
     }
     return out;
 }
@@ -542,12 +543,12 @@ std::vector<std::vector<std::int32_t>> generate_batch(
 // One prompt: generate_batch of one row (Philox stream options.stream), the
 // same tokens as cpu::generate for the same logits.
 template <class T>
-std::vector<std::int32_t> generate(const model<T>& m, std::span<const std::int32_t> prompt,
-                                   const cpu::generation_options& options,
-                                   const std::function<void(std::int32_t)>& on_token = {}) {
+std::vector<token_id> generate(const model<T>& m, std::span<const token_id> prompt,
+                               const cpu::generation_options& options,
+                               const std::function<void(token_id)>& on_token = {}) {
     TINYLLM_EXPECT(!prompt.empty(), "generate: the prompt is empty");
-    auto rows = generate_batch(m, {std::vector<std::int32_t>(prompt.begin(), prompt.end())}, options,
-                               [&](std::size_t, std::int32_t id) {
+    auto rows = generate_batch(m, {std::vector<token_id>(prompt.begin(), prompt.end())}, options,
+                               [&](std::size_t, token_id id) {
                                    if (on_token) on_token(id);
                                });
     return std::move(rows.front());

@@ -292,7 +292,7 @@ struct fused_params {
 
 // v2: the whole chain for one row per block; the logits are only read.
 template <int Threads, class T>
-__global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride,
+__global__ void sample_fused_kernel(token_id* out, int* status, const T* logits, index_t V, index_t row_stride,
                                     fused_params p, std::uint64_t seed, std::uint64_t step,
                                     std::uint64_t stream_offset) {
     const index_t b = blockIdx.x;
@@ -342,7 +342,7 @@ __global__ void sample_fused_kernel(std::int32_t* out, int* status, const T* log
 // A chooser's first step: the row maximum m. A row with NaN/+inf logits or with
 // every logit -inf has no token: thread 0 records why (token -1) and false is returned.
 template <int Threads, class T>
-__device__ bool chooser_row_max(const T* row, index_t V, index_t b, std::int32_t* out, int* status, float& m) {
+__device__ bool chooser_row_max(const T* row, index_t V, index_t b, token_id* out, int* status, float& m) {
     bool bad = false;
     m = row_max_checked<Threads>(row, V, 1.0f, bad);
     if (!bad && m != -INFINITY) return true;
@@ -355,7 +355,7 @@ __device__ bool chooser_row_max(const T* row, index_t V, index_t b, std::int32_t
 
 // Greedy: one argmax reduction per row.
 template <int Threads, class T>
-__global__ void greedy_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride) {
+__global__ void greedy_kernel(token_id* out, int* status, const T* logits, index_t V, index_t row_stride) {
     const index_t b = blockIdx.x;
     const T* row = logits + b * row_stride;
     float m;
@@ -415,7 +415,7 @@ __global__ void processor_kernel(T* logits, int* status, index_t V, index_t row_
 
 // v1 chooser: a draw from softmax of the logits as they are.
 template <int Threads, class T>
-__global__ void sample_kernel(std::int32_t* out, int* status, const T* logits, index_t V, index_t row_stride,
+__global__ void sample_kernel(token_id* out, int* status, const T* logits, index_t V, index_t row_stride,
                               std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset) {
     const index_t b = blockIdx.x;
     const T* row = logits + b * row_stride;
@@ -439,15 +439,15 @@ __global__ void sample_kernel(std::int32_t* out, int* status, const T* logits, i
 // also counts its occurrences. O(L^2 / threads) per row: fine for L of a few
 // thousand. mode 0: repetition (a = penalty); 1: frequency a, presence c.
 template <int Threads, class T>
-__global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_stride, const std::int32_t* generated,
+__global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_stride, const token_id* generated,
                                index_t L, index_t generated_stride, int mode, float a, float c) {
     const index_t b = blockIdx.x;
     T* row = logits + b * row_stride;
-    const std::int32_t* g = generated + b * generated_stride;
+    const token_id* g = generated + b * generated_stride;
     if (threadIdx.x == 0) status[b] = row_ok;
     __syncthreads();
     for (index_t j = threadIdx.x; j < L; j += Threads) {
-        const std::int32_t t = g[j];
+        const token_id t = g[j];
         if (t < 0) continue;
         if (t >= V) {
             status[b] = row_bad_token;
@@ -469,12 +469,12 @@ __global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_st
 
 // Logit bias (add) or ban (set -inf) for n listed tokens in every row.
 template <class T>
-__global__ void token_list_kernel(T* logits, index_t row_stride, const std::int32_t* tokens, const float* bias,
+__global__ void token_list_kernel(T* logits, index_t row_stride, const token_id* tokens, const float* bias,
                                   index_t n) {
     const index_t b = blockIdx.x;
     T* row = logits + b * row_stride;
     for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const std::int32_t t = tokens[j];
+        const token_id t = tokens[j];
         row[t] = bias ? from_float<T>(::tinyllm::detail::add_rn(to_float(row[t]), bias[j])) : from_float<T>(-INFINITY);
     }
 }
@@ -527,7 +527,7 @@ void check_logits(tensor_view<T, 2> logits, const char* what) {  // (B, V)
     TINYLLM_EXPECT(logits.extent(1) < (index_t{1} << 31), what, ": V = ", logits.extent(1), " is too large");
 }
 
-inline void check_out(tensor_view<std::int32_t, 1> out, index_t rows, const char* what) {
+inline void check_out(tensor_view<token_id, 1> out, index_t rows, const char* what) {
     TINYLLM_EXPECT(out.extent(0) == rows, what, ": out has ", out.extent(0), " entries but logits have ", rows,
                    " rows");
     TINYLLM_EXPECT(out.extent(0) <= 1 || out.stride(0) == 1, what, ": out must be contiguous");
@@ -544,12 +544,12 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
     check_status(status, B, what, check, stream);
 }
 
-inline void run_token_list(tensor_view<float, 2> logits, const std::vector<std::int32_t>& tokens,
+inline void run_token_list(tensor_view<float, 2> logits, const std::vector<token_id>& tokens,
                            const std::vector<float>* bias, cudaStream_t stream) {
     if (logits.extent(0) == 0 || tokens.empty()) return;
     // Staged on `stream` itself: a copy on the legacy default stream is not ordered
     // before the kernel when `stream` is a non-blocking stream.
-    device_buffer<std::int32_t> d_tokens(tokens.size());
+    device_buffer<token_id> d_tokens(tokens.size());
     device_buffer<float> d_bias(bias ? bias->size() : 0);
     TINYLLM_CUDA_CHECK(
         cudaMemcpyAsync(d_tokens.data(), tokens.data(), d_tokens.bytes(), cudaMemcpyHostToDevice, stream));
@@ -594,7 +594,7 @@ inline void min_p(tensor_view<float, 2> logits, float p, sampling_check check = 
 namespace detail {
 // Both penalties: validate, launch penalty_kernel in `mode` (0: repetition with
 // factor a; 1: frequency a and presence b), check the rows' status.
-inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated, int mode, float a,
+inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated, int mode, float a,
                         float b, const char* op, sampling_check check, cudaStream_t stream) {
     check_logits(logits, op);
     TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), op, ": generated has ", generated.extent(0),
@@ -611,14 +611,14 @@ inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const std::int
 }  // namespace detail
 
 // Repetition penalty over the generated tokens (B, L) (device memory, entries < 0 are padding).
-inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated, float r,
+inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated, float r,
                                sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_penalty(r);
     detail::run_penalty(logits, generated, 0, r, 0.0f, "repetition_penalty", check, stream);
 }
 
 // Frequency and presence penalties over the generated tokens (B, L) (device memory).
-inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const std::int32_t, 2> generated,
+inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated,
                                        float frequency, float presence, sampling_check check = sampling_check::sync,
                                        cudaStream_t stream = nullptr) {
     TINYLLM_EXPECT(std::isfinite(frequency) && std::isfinite(presence),
@@ -628,10 +628,10 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
 }
 
 // z_t <- z_t + bias[t] in every row (the map is on the host). Synchronizes.
-inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t, float>& bias,
+inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, float>& bias,
                        cudaStream_t stream = nullptr) {  // (B, V)
     detail::check_logits(logits, "logit_bias");
-    std::vector<std::int32_t> tokens;
+    std::vector<token_id> tokens;
     std::vector<float> values;
     for (auto [t, v] : bias) {
         TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "logit_bias: token ", t, " is outside [0, ", logits.extent(1),
@@ -645,24 +645,24 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<std::int32_t
 }
 
 // z_t <- -inf for the listed tokens in every row. Synchronizes.
-inline void ban_tokens(tensor_view<float, 2> logits, std::span<const std::int32_t> tokens,
+inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> tokens,
                        cudaStream_t stream = nullptr) {  // (B, V)
     detail::check_logits(logits, "ban_tokens");
     std::vector<bool> banned(static_cast<std::size_t>(logits.extent(1)), false);
-    for (std::int32_t t : tokens) {
+    for (token_id t : tokens) {
         TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "ban_tokens: token ", t, " is outside [0, ", logits.extent(1),
                        ")");
         banned[static_cast<std::size_t>(t)] = true;
     }
     TINYLLM_EXPECT(std::find(banned.begin(), banned.end(), false) != banned.end(), "ban_tokens: all ",
                    logits.extent(1), " tokens are banned; nothing could be generated");
-    detail::run_token_list(logits, std::vector<std::int32_t>(tokens.begin(), tokens.end()), nullptr, stream);
+    detail::run_token_list(logits, std::vector<token_id>(tokens.begin(), tokens.end()), nullptr, stream);
 }
 
 // ---- choosers -------------------------------------------------------------------
 
 // out[b] = argmax of row b (lowest index among ties). out (B) and logits (B, V) on the device.
-inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits,
+inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
     detail::check_out(out, logits.extent(0), "greedy");
@@ -676,7 +676,7 @@ inline void greedy(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 
 // v1 chooser: a draw from softmax(logits) per row, the same token as
 // tinyllm::cpu::sample(out, logits, seed, step, stream_offset).
-inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
+inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
                    std::uint64_t step, std::uint64_t stream_offset = 0, sampling_check check = sampling_check::sync,
                    cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "sample");
@@ -693,7 +693,7 @@ inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2>
 // logits are not modified); temperature 0 is greedy. The same token as
 // tinyllm::cpu::sample(out, logits, params, seed, step, stream_offset): row b
 // draws from Philox stream b + stream_offset.
-inline void sample(tensor_view<std::int32_t, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_params(p);
