@@ -11,6 +11,7 @@
 #include <tinyllm/tinyllm.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -127,7 +128,7 @@ int main(int argc, char** argv) try {
     tinyllm::cpu::fill_normal(router, 10, 0.0f, 0.125f);
     tinyllm::tensor<float, 3> router_logits({B, T, E});
     tinyllm::cpu::linear(router_logits, h, router, {});
-    tinyllm::tensor<tinyllm::token_id, 2> experts({B * T, top});  // (tokens, k): best first
+    tinyllm::tensor<std::int32_t, 2> experts({B * T, top});  // (tokens, k): best first
     tinyllm::tensor<float, 2> expert_weights({B * T, top});
     tinyllm::cpu::softmax_topk_gating(experts, expert_weights, tinyllm::reshape(router_logits, {B * T, E}),
                                       /*renormalize=*/true);
