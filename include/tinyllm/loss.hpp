@@ -1,0 +1,220 @@
+// tinyllm/loss.hpp — the training loss of a language model: softmax
+// cross-entropy of the next token, from the logits, with its gradient.
+//
+// A language model is trained to predict, at every position, the token that
+// comes next. Its last layer gives V logits z (one per vocabulary entry); the
+// softmax turns them into probabilities
+//
+//     p_j = exp(z_j) / sum_k exp(z_k)
+//
+// and the loss of a position whose true next token is t is the negative log
+// probability the model gave it (the "negative log-likelihood"):
+//
+//     nll = -log p_t = lse(z) - z_t,        lse(z) = log sum_k exp(z_k)
+//
+// Label smoothing (Szegedy et al. 2016) trains against a target that puts
+// 1 - eps on t and spreads eps evenly over all V entries (t included), so the
+// model is never pushed to make one logit infinitely larger than the rest.
+// As PyTorch defines it (torch.nn.functional.cross_entropy):
+//
+//     loss = (1 - eps) nll + eps mean_j(-log p_j) = (1 - eps) (lse - z_t) + eps (lse - mean_j z_j)
+//
+// Positions whose target is ignore_index (-100 by default, as PyTorch) are
+// padding or a prompt that is not trained on: they add nothing to the loss and
+// get zero gradient. The reduction is the mean over the n valid (not ignored)
+// positions, or the sum.
+//
+// The gradient. d lse / d z_j = p_j and d z_t / d z_j = [j = t], so
+//
+//     d loss / d z_j = p_j - (1 - eps) [j = t] - eps / V        (divided by n for the mean)
+//
+// — the predicted distribution minus the target distribution: no exponentials
+// beyond the softmax the loss already needs. That is why the forward and the
+// backward are one fused function here: computing the loss and its gradient
+// in one pass over the (rows, V) logits reads them once. (llm.c, and training
+// loops at scale, do the same.)
+//
+// If every position is ignored, n = 0: PyTorch's mean is then 0/0 = NaN.
+// tinyllm returns a loss of 0 and zero gradients instead — a batch that is all
+// padding teaches nothing, and a NaN would poison the optimizer's state.
+//
+// Numerical care. lse is computed stably, as m + log sum_k exp(z_k - m) with
+// m = max_k z_k (no exp overflows; the largest term is exp(0) = 1), and every
+// sum is in double; each gradient element is rounded to float once. A
+// non-finite logit is an error naming its position: a NaN there means the
+// forward pass has already gone wrong, and the loss would hide where.
+//
+// Shapes: logits (..., V) — (B, T, V) or (rows, V) — and targets (...), the
+// same leading dimensions (a (B, T) tensor of token ids for (B, T, V) logits).
+// dlogits is (..., V) like logits, or empty for the loss alone (evaluation).
+// dlogits may be the logits' own memory: the gradient overwrites the logits in
+// place, which saves a (rows, V) buffer — at V = 50257 or 128256 the largest
+// activation of the model — once the logits are no longer needed (every row's
+// statistics are taken before any element is written).
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cmath>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace tinyllm {
+
+// How the per-position losses are combined: their mean over the valid
+// (not ignored) positions, or their sum.
+enum class loss_reduction { mean, sum };
+
+struct cross_entropy_options {
+    token_id ignore_index = -100;   // targets equal to this add no loss and get zero gradient
+    double label_smoothing = 0.0;   // eps, 0 <= eps < 1 (PyTorch's definition, above)
+    loss_reduction reduction = loss_reduction::mean;
+};
+
+namespace detail {
+
+// "(1, 2)": the position of flat row r in a tensor of leading shape `shape`.
+template <std::size_t Rank>
+std::string position_string(const extents<Rank>& shape, index_t r) {
+    index_t idx[Rank] = {};
+    for (std::size_t d = Rank; d-- > 0;) {
+        const index_t n = shape[d] > 0 ? shape[d] : 1;
+        idx[d] = r % n;
+        r /= n;
+    }
+    std::string s = "(";
+    for (std::size_t d = 0; d < Rank; ++d) s += (d ? ", " : "") + std::to_string(idx[d]);
+    return s + ")";
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// The cross-entropy of logits (rows, V) against targets (rows): returns the
+// loss (mean over valid rows, or sum) and, unless dlogits is empty, writes its
+// gradient d loss / d logits to dlogits (rows, V), which may be logits itself.
+// `where(r)` names row r in errors. Any rank: below.
+template <class Where>
+double cross_entropy(tensor_view<float, 2> dlogits, tensor_view<const float, 2> logits,
+                     tensor_view<const token_id, 1> targets, const cross_entropy_options& options, Where&& where) {
+    const index_t rows = logits.extent(0), V = logits.extent(1);
+    const double eps = options.label_smoothing;
+    TINYLLM_EXPECT(std::isfinite(eps) && eps >= 0.0 && eps < 1.0, "cross_entropy: label_smoothing = ", eps,
+                   " must be in [0, 1)");
+    TINYLLM_EXPECT(V >= 1, "cross_entropy: logits have shape ", to_string(logits.shape()),
+                   "; a row needs at least one vocabulary entry");
+    TINYLLM_EXPECT(targets.extent(0) == rows, "cross_entropy: ", targets.extent(0), " targets for ", rows,
+                   " rows of logits");
+    const bool want_grad = dlogits.size() != 0;
+    if (want_grad && dlogits.shape() != logits.shape())
+        throw error(tinyllm::detail::cat("tinyllm: cross_entropy: dlogits has shape ", to_string(dlogits.shape()),
+                                         " but logits has shape ", to_string(logits.shape()),
+                                         "; they must be equal (or dlogits empty)"));
+
+    // Pass 1: validate every target and logit and take each row's statistics,
+    // before anything is written (dlogits may be logits).
+    std::vector<double> lse(static_cast<std::size_t>(rows));
+    double total = 0;
+    index_t valid = 0;
+    for (index_t r = 0; r < rows; ++r) {
+        const token_id t = targets(r);
+        if (t == options.ignore_index) continue;
+        TINYLLM_EXPECT(t >= 0 && t < V, "cross_entropy: the target at ", where(r), " is ", t,
+                       ", outside the vocabulary [0, V = ", V, ") and not ignore_index = ", options.ignore_index);
+        double m = logits(r, 0);
+        for (index_t j = 0; j < V; ++j) {
+            const float z = logits(r, j);
+            TINYLLM_EXPECT(std::isfinite(z), "cross_entropy: the logits at ", where(r), " (row ", r,
+                           ") hold a non-finite value, ", z, " at vocabulary index ", j);
+            if (z > m) m = z;
+        }
+        double sum = 0, sum_z = 0;
+        for (index_t j = 0; j < V; ++j) {
+            sum += std::exp(logits(r, j) - m);
+            sum_z += logits(r, j);
+        }
+        const double l = m + std::log(sum);
+        lse[static_cast<std::size_t>(r)] = l;
+        total += (1.0 - eps) * (l - logits(r, t)) + eps * (l - sum_z / static_cast<double>(V));
+        ++valid;
+    }
+    const double scale = options.reduction == loss_reduction::sum ? 1.0 : valid > 0 ? 1.0 / valid : 0.0;
+
+    // Pass 2: the gradient, (p_j - (1 - eps) [j = t] - eps / V) * scale; ignored rows get 0.
+    if (want_grad) {
+        for (index_t r = 0; r < rows; ++r) {
+            const token_id t = targets(r);
+            if (t == options.ignore_index) {
+                for (index_t j = 0; j < V; ++j) dlogits(r, j) = 0.0f;
+                continue;
+            }
+            const double l = lse[static_cast<std::size_t>(r)];
+            for (index_t j = 0; j < V; ++j) {
+                double g = std::exp(logits(r, j) - l) - eps / static_cast<double>(V);
+                if (j == t) g -= 1.0 - eps;
+                dlogits(r, j) = static_cast<float>(g * scale);
+            }
+        }
+    }
+    return total * scale;
+}
+
+inline double cross_entropy(tensor_view<float, 2> dlogits /*(rows, V) or empty*/,
+                            tensor_view<const float, 2> logits /*(rows, V)*/,
+                            tensor_view<const token_id, 1> targets /*(rows)*/,
+                            const cross_entropy_options& options = {}) {
+    return cross_entropy(dlogits, logits, targets, options,
+                         [](index_t r) { return tinyllm::detail::cat("position (", r, ")"); });
+}
+
+// ---- Any number of leading dimensions: logits (..., V), targets (...) -------------------
+
+// The loss of logits (..., V) against targets (...) (token ids, the leading
+// dimensions of logits), and its gradient into dlogits (..., V) unless dlogits
+// is {} (empty). dlogits may be logits (in place).
+template <tensor_like D = tensor_view<float, 2>, tensor_like L, tensor_like T>
+double cross_entropy(D&& dlogits /*(..., V) or empty*/, const L& logits /*(..., V)*/, const T& targets /*(...)*/,
+                     const cross_entropy_options& options = {}) {
+    const auto lv = as_view(logits);
+    const auto tv = as_view(targets);
+    constexpr std::size_t R = decltype(lv)::rank;
+    static_assert(R >= 2, "tinyllm::cpu::cross_entropy: logits must be (..., V) with at least one leading dimension");
+    static_assert(decltype(tv)::rank == R - 1, "tinyllm::cpu::cross_entropy: targets must have one dimension fewer "
+                                               "than logits (the leading dimensions of logits)");
+    static_assert(std::is_same_v<std::remove_const_t<typename decltype(tv)::element_type>, token_id>,
+                  "tinyllm::cpu::cross_entropy: targets must hold tinyllm::token_id (int32)");
+    bool same = true;
+    for (std::size_t d = 0; d + 1 < R; ++d) same = same && tv.extent(d) == lv.extent(d);
+    if (!same)
+        throw error(tinyllm::detail::cat("tinyllm: cross_entropy: targets have shape ", to_string(tv.shape()),
+                                         " but logits have shape ", to_string(lv.shape()),
+                                         "; targets must have the logits' leading dimensions"));
+    tensor_view<float, 2> d2;  // empty: the loss alone
+    if (as_view(dlogits).size() != 0) {
+        expect_equal_shapes(dlogits, logits, "cross_entropy", "dlogits", "logits");
+        d2 = as_rows<float>(dlogits, "cross_entropy: dlogits");
+    }
+    const auto l2 = as_rows<const float>(logits, "cross_entropy: logits");
+    // The targets in row order, copied (rows ids: small beside the (rows, V) logits), so any strides do.
+    std::vector<token_id> ids;
+    ids.reserve(static_cast<std::size_t>(l2.extent(0)));
+    if constexpr (R == 2) {
+        for (index_t r = 0; r < tv.extent(0); ++r) ids.push_back(tv(r));
+    } else {
+        const auto t2 = as_rows<const token_id>(targets, "cross_entropy: targets");  // (rows / last, last)
+        for (index_t a = 0; a < t2.extent(0); ++a)
+            for (index_t b = 0; b < t2.extent(1); ++b) ids.push_back(t2(a, b));
+    }
+    extents<R - 1> leading;
+    for (std::size_t d = 0; d + 1 < R; ++d) leading[d] = lv.extent(d);
+    return cross_entropy(d2, l2, tensor_view<const token_id, 1>(ids.data(), extents<1>{l2.extent(0)}), options,
+                         [&](index_t r) { return tinyllm::detail::position_string(leading, r); });
+}
+
+}  // namespace cpu
+}  // namespace tinyllm
