@@ -17,6 +17,7 @@
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 
+#include <tinyllm/ffn.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
@@ -235,4 +236,135 @@ TEST_CASE("cross_entropy rejects bad targets, non-finite logits and mismatched s
                       tinyllm_test::contains("label_smoothing = 1 must be in [0, 1)"));
     CHECK_THROWS_WITH(cpu::cross_entropy(dlogits, logits, targets, {.label_smoothing = -0.1}),
                       tinyllm_test::contains("must be in [0, 1)"));
+}
+
+// ---- linear and matmul ------------------------------------------------------------------
+
+TEST_CASE("linear_backward matches finite differences on (B, T, K) inputs, with and without bias", "[ffn][backward]") {
+    const index_t B = 2, T = 3, K = 5, N = 4;
+    auto x = normal(extents<3>{B, T, K}, 10);
+    auto w = normal(extents<2>{N, K}, 11);
+    auto b = normal(extents<1>{N}, 12);
+    auto dout = normal(extents<3>{B, T, N}, 13);
+    tensor<float, 3> dx({B, T, K});
+    tensor<float, 2> dw({N, K});
+    tensor<float, 1> db({N});
+    cpu::linear_backward(dx, dw, db, dout, x, w);
+
+    // linear is linear in each input, so a central difference has no truncation error
+    // and h can be large (0.25): only the float rounding of the outputs the perturbed
+    // element touches remains, <= N (or rows) * 2 * 6e-8 * |dout * y| / (2h) ~ 1e-5.
+    // Tolerance 5e-5 absolute (observed ~1e-6).
+    auto loss = [&] {
+        tensor<float, 3> y({B, T, N});
+        cpu::linear(y, x, w, b);
+        return dot(dout, y);
+    };
+    const tolerance tol{5e-5, 0, 1e-5};
+    TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient(x, loss, 0.25), tol, "linear dx");
+    TINYLLM_REQUIRE_CLOSE(dw.values(), numeric_gradient(w, loss, 0.25), tol, "linear dweight");
+    TINYLLM_REQUIRE_CLOSE(db.values(), numeric_gradient(b, loss, 0.25), tol, "linear dbias");
+
+    // No bias: dbias is {} and the other gradients are unchanged (the bias does not
+    // enter them). dx empty: dweight alone.
+    tensor<float, 3> dx2({B, T, K});
+    tensor<float, 2> dw2({N, K});
+    cpu::linear_backward(dx2, dw2, {}, dout, x, w);
+    CHECK(dx2.values() == dx.values());
+    CHECK(dw2.values() == dw.values());
+    tensor<float, 2> dw3({N, K});
+    cpu::linear_backward({}, dw3, {}, dout, x, w);
+    CHECK(dw3.values() == dw.values());
+    tensor<float, 3> dx3({B, T, K});
+    cpu::linear_backward(dx3, {}, {}, dout, x, w);
+    CHECK(dx3.values() == dx.values());
+}
+
+TEST_CASE("linear_backward with GPT-2's Conv1D layout: the weight and its gradient transposed views", "[ffn][backward]") {
+    const index_t rows = 5, K = 6, N = 3;
+    auto x = normal(extents<2>{rows, K}, 20);
+    auto w = normal(extents<2>{N, K}, 21);
+    auto dout = normal(extents<2>{rows, N}, 22);
+    tensor<float, 2> wt({K, N});  // the same weight stored (in_features, out_features)
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k) wt(k, n) = w(n, k);
+    tensor<float, 2> dx({rows, K}), dw({N, K}), dx_t({rows, K}), dwt({K, N});
+    tensor<float, 1> db({N}), db_t({N});
+    cpu::linear_backward(dx, dw, db, dout, x, w);
+    cpu::linear_backward(dx_t, dwt.view().transpose(0, 1), db_t, dout, x, wt.view().transpose(0, 1));
+    CHECK(dx_t.values() == dx.values());
+    CHECK(db_t.values() == db.values());
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k) CHECK(dwt(k, n) == dw(n, k));
+}
+
+TEST_CASE("linear_backward accumulates: a weight tied between two uses gets both gradients", "[ffn][backward]") {
+    // GPT-2 ties the token embedding to the output projection; here the same (N, K)
+    // weight serves two linear layers, y1 = x1 w^T + b and y2 = x2 w^T + b, and
+    // L = sum(d1 * y1) + sum(d2 * y2).
+    const index_t K = 4, N = 5;
+    auto x1 = normal(extents<2>{3, K}, 30);
+    auto x2 = normal(extents<3>{2, 2, K}, 31);
+    auto w = normal(extents<2>{N, K}, 32);
+    auto b = normal(extents<1>{N}, 33);
+    auto d1 = normal(extents<2>{3, N}, 34);
+    auto d2 = normal(extents<3>{2, 2, N}, 35);
+    tensor<float, 2> dw({N, K}, 123.0f);  // overwritten by the first call
+    tensor<float, 1> db({N}, 123.0f);
+    cpu::linear_backward({}, dw, db, d1, x1, w);
+    cpu::linear_backward({}, dw, db, d2, x2, w, /*accumulate=*/true);
+    auto loss = [&] {
+        tensor<float, 2> y1({3, N});
+        tensor<float, 3> y2({2, 2, N});
+        cpu::linear(y1, x1, w, b);
+        cpu::linear(y2, x2, w, b);
+        return dot(d1, y1) + dot(d2, y2);
+    };
+    const tolerance tol{5e-5, 0, 1e-5};  // as above: linear, h = 0.25
+    TINYLLM_REQUIRE_CLOSE(dw.values(), numeric_gradient(w, loss, 0.25), tol, "tied dweight, accumulated");
+    TINYLLM_REQUIRE_CLOSE(db.values(), numeric_gradient(b, loss, 0.25), tol, "tied dbias, accumulated");
+}
+
+TEST_CASE("matmul_backward matches finite differences", "[ffn][backward]") {
+    const index_t M = 3, K = 4, N = 5;
+    auto a = normal(extents<2>{M, K}, 40);
+    auto b = normal(extents<2>{K, N}, 41);
+    auto dout = normal(extents<2>{M, N}, 42);
+    tensor<float, 2> da({M, K}), db({K, N});
+    cpu::matmul_backward(da, db, dout, a, b);
+    auto loss = [&] {
+        tensor<float, 2> y({M, N});
+        cpu::matmul(y, a, b);
+        return dot(dout, y);
+    };
+    const tolerance tol{5e-5, 0, 1e-5};  // as above: bilinear, h = 0.25
+    TINYLLM_REQUIRE_CLOSE(da.values(), numeric_gradient(a, loss, 0.25), tol, "matmul da");
+    TINYLLM_REQUIRE_CLOSE(db.values(), numeric_gradient(b, loss, 0.25), tol, "matmul db");
+}
+
+TEST_CASE("linear_backward rejects mismatched shapes, naming both", "[ffn][backward][errors]") {
+    tensor<float, 3> x({2, 3, 4}), dx({2, 3, 4}), dout({2, 3, 5});
+    tensor<float, 2> w({5, 4}), dw({5, 4});
+    tensor<float, 1> db({5});
+    tensor<float, 3> bad_dout({3, 2, 5});
+    CHECK_THROWS_WITH(cpu::linear_backward(dx, dw, db, bad_dout, x, w),
+                      tinyllm_test::contains("linear_backward: dout has shape (3, 2, 5) but x has shape (2, 3, 4); "
+                                             "all dimensions but the last must be equal"));
+    tensor<float, 3> narrow_dout({2, 3, 4});
+    CHECK_THROWS_WITH(cpu::linear_backward(dx, dw, db, narrow_dout, x, w),
+                      tinyllm_test::contains("linear_backward: dout has shape (6, 4) but (rows of x, out_features) = (6, 5)"));
+    tensor<float, 3> bad_dx({2, 3, 5});
+    CHECK_THROWS_WITH(cpu::linear_backward(bad_dx, dw, db, dout, x, w),
+                      tinyllm_test::contains("linear_backward: dx has shape (2, 3, 5) but x has shape (2, 3, 4)"));
+    tensor<float, 2> bad_dw({4, 5});
+    CHECK_THROWS_WITH(cpu::linear_backward(dx, bad_dw, db, dout, x, w),
+                      tinyllm_test::contains("linear_backward: dweight has shape (4, 5) but weight has shape (5, 4)"));
+    tensor<float, 1> bad_db({4});
+    CHECK_THROWS_WITH(cpu::linear_backward(dx, dw, bad_db, dout, x, w),
+                      tinyllm_test::contains("linear_backward: dbias has 4 elements but the layer has 5 out_features"));
+    tensor<float, 2> sq({4, 4}), wsq({4, 4});
+    CHECK_THROWS_WITH(cpu::linear_backward(sq, {}, {}, sq, sq, wsq),
+                      tinyllm_test::contains("dx must not be the same memory as dout"));
+    tensor<float, 2> a({3, 4}), bm({5, 2}), dm({3, 2});
+    CHECK_THROWS_WITH(cpu::matmul_backward(a, {}, dm, a, bm), tinyllm_test::contains("a's columns must equal b's rows"));
 }

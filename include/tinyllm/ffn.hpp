@@ -27,6 +27,22 @@
 // dimensions into rows (as_rows in tensor.hpp) and call them. Weights stay
 // matrices and biases vectors. matmul is the 2-D matrix product only.
 //
+// Backward (training; derivations in docs/training.md). For y = x W^T + b over
+// rows i, with the loss's gradient dy = dL/dy arriving from above:
+//
+//     dx = dy W                      (rows, K): the gradient passed further down
+//     dW = dy^T x = sum_i dy_i^T x_i (N, K): one outer product per row, summed
+//     db = sum_i dy_i                (N)
+//
+// linear_backward computes all three (any may be skipped by passing it
+// empty). Parameter gradients either overwrite dW, db or are added to them
+// (`accumulate`): a weight used twice — the token embedding tied to the
+// output projection, GPT-2 — gets the sum of both uses' gradients, and
+// gradient accumulation over micro-batches adds too. The weight's layout is
+// any strides, and dW is written in the layout it is given, so GPT-2's Conv1D
+// passes w.transpose(0, 1) and dw.transpose(0, 1). For out = a b (matmul),
+// da = dout b^T and db = a^T dout: matmul_backward.
+//
 // This CPU reference is the triple loop, accumulating in double: slow, obvious
 // and accurate. On the GPU (<tinyllm/cuda/ffn.cuh>) the products go to cuBLAS
 // and what tinyllm writes is the element-wise work between them, fused.
@@ -126,6 +142,27 @@ void expect_same_leading(const A& a, const B& b, std::string_view op, std::strin
                         " has shape ", to_string(bv.shape()), "; all dimensions but the last must be equal"));
 }
 
+template <class DX, class DW, class DB, class DY, class X, class W>
+void expect_linear_backward_args(std::string_view op, const DX& dx, const DW& dweight, const DB& dbias, const DY& dout,
+                                 const X& x, const W& weight) {
+    TINYLLM_EXPECT(weight.extent(1) == x.extent(1), op, ": weight is ", to_string(weight.shape()),
+                   " = (out_features, in_features) but x ", to_string(x.shape()), " has ", x.extent(1),
+                   " features; in_features must equal x's last dimension");
+    TINYLLM_EXPECT(dout.extent(0) == x.extent(0) && dout.extent(1) == weight.extent(0), op, ": dout has shape ",
+                   to_string(dout.shape()), " but (rows of x, out_features) = (", x.extent(0), ", ", weight.extent(0),
+                   ") is required");
+    if (dx.size() != 0 && dx.shape() != x.shape())
+        throw error(cat("tinyllm: ", op, ": dx has shape ", to_string(dx.shape()), " but x has shape ",
+                        to_string(x.shape()), "; they must be equal (or dx empty)"));
+    if (dweight.size() != 0 && dweight.shape() != weight.shape())
+        throw error(cat("tinyllm: ", op, ": dweight has shape ", to_string(dweight.shape()), " but weight has shape ",
+                        to_string(weight.shape()), "; they must be equal (or dweight empty)"));
+    TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == weight.extent(0), op, ": dbias has ", dbias.extent(0),
+                   " elements but the layer has ", weight.extent(0), " out_features (or pass no dbias)");
+    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
+                   ": dx must not be the same memory as dout");
+}
+
 }  // namespace detail
 
 namespace cpu {
@@ -179,6 +216,54 @@ inline void swiglu_mlp(tensor_view<float, 2> out, tensor_view<const float, 2> x,
     linear(out, gate, w.down_weight, {});
 }
 
+// The gradients of out = x weight^T + bias (linear above), given dout = dL/dout:
+//     dx = dout weight          (rows, K), overwritten; empty: not computed
+//     dweight (+)= dout^T x     (N, K), any strides; empty: not computed
+//     dbias (+)= sum_rows dout  (N); empty: not computed (or no bias)
+// `accumulate` adds to dweight and dbias instead of overwriting them. dout:
+// (rows, N); x: (rows, K); weight: (N, K), any strides. dx must not overlap
+// dout; it may be x's memory (x is read for dweight before dx is written).
+inline void linear_backward(tensor_view<float, 2> dx, tensor_view<float, 2> dweight, tensor_view<float, 1> dbias,
+                            tensor_view<const float, 2> dout, tensor_view<const float, 2> x,
+                            tensor_view<const float, 2> weight, bool accumulate = false) {
+    tinyllm::detail::expect_linear_backward_args("linear_backward", dx, dweight, dbias, dout, x, weight);
+    const index_t rows = x.extent(0), N = weight.extent(0), K = weight.extent(1);
+    if (dweight.size()) {
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) {
+                double acc = accumulate ? dweight(n, k) : 0.0;
+                for (index_t i = 0; i < rows; ++i) acc += static_cast<double>(dout(i, n)) * x(i, k);
+                dweight(n, k) = static_cast<float>(acc);
+            }
+    }
+    if (dbias.size()) {
+        for (index_t n = 0; n < N; ++n) {
+            double acc = accumulate ? dbias(n) : 0.0;
+            for (index_t i = 0; i < rows; ++i) acc += dout(i, n);
+            dbias(n) = static_cast<float>(acc);
+        }
+    }
+    if (dx.size()) {
+        for (index_t i = 0; i < rows; ++i)
+            for (index_t k = 0; k < K; ++k) {
+                double acc = 0;
+                for (index_t n = 0; n < N; ++n) acc += static_cast<double>(dout(i, n)) * weight(n, k);
+                dx(i, k) = static_cast<float>(acc);
+            }
+    }
+}
+
+// The gradients of out = a b (matmul above), given dout: da = dout b^T (M, K)
+// and db (+)= a^T dout (K, N); either may be empty (not computed). `accumulate`
+// adds to db. da must not overlap dout.
+inline void matmul_backward(tensor_view<float, 2> da, tensor_view<float, 2> db, tensor_view<const float, 2> dout,
+                            tensor_view<const float, 2> a, tensor_view<const float, 2> b, bool accumulate = false) {
+    TINYLLM_EXPECT(a.extent(1) == b.extent(0), "matmul_backward: a is ", to_string(a.shape()), " and b is ",
+                   to_string(b.shape()), "; a's columns must equal b's rows");
+    // out = a (b^T)^T: linear with weight b^T, whose gradient is db^T.
+    linear_backward(da, db.transpose(0, 1), {}, dout, a, b.transpose(0, 1), accumulate);
+}
+
 // ---- Any number of leading dimensions: (..., features) -------------------------------
 
 // linear: out (..., N), x (..., K) with the same leading dimensions; weight (N, K); bias (N) or {}.
@@ -187,6 +272,24 @@ void linear(Out&& out /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(
     tinyllm::detail::expect_same_leading(out, x, "linear", "out", "x");
     linear(as_rows<float>(out, "linear: out"), as_rows<const float>(x, "linear: x"),
            tinyllm::detail::as_matrix<const float>(weight), as_vector<const float>(bias));
+}
+
+// linear_backward: dx (..., K) or {}, dout (..., N) and x (..., K) with the same leading
+// dimensions; dweight (N, K) or {}; dbias (N) or {}; weight (N, K).
+template <tensor_like DX = tensor_view<float, 2>, tensor_like DW = tensor_view<float, 2>,
+          tensor_like DB = tensor_view<float, 1>, tensor_like DY, tensor_like X, tensor_like W>
+void linear_backward(DX&& dx /*(..., K) or empty*/, DW&& dweight /*(N, K) or empty*/, DB&& dbias /*(N) or empty*/,
+                     const DY& dout /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(N, K)*/,
+                     bool accumulate = false) {
+    tinyllm::detail::expect_same_leading(dout, x, "linear_backward", "dout", "x");
+    tensor_view<float, 2> dx2;  // empty: not wanted
+    if (as_view(dx).size() != 0) {
+        expect_equal_shapes(dx, x, "linear_backward", "dx", "x");
+        dx2 = as_rows<float>(dx, "linear_backward: dx");
+    }
+    linear_backward(dx2, tensor_view<float, 2>(as_view(dweight)), as_vector<float>(dbias),
+                    as_rows<const float>(dout, "linear_backward: dout"), as_rows<const float>(x, "linear_backward: x"),
+                    tinyllm::detail::as_matrix<const float>(weight), accumulate);
 }
 
 template <tensor_like Out, tensor_like X>
