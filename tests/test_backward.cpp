@@ -19,6 +19,7 @@
 
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/loss.hpp>
+#include <tinyllm/norm.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
@@ -67,6 +68,17 @@ std::vector<double> numeric_gradient(T& input, const std::function<double()>& lo
         grad[k] = (l_plus - l_minus) / (static_cast<double>(plus) - static_cast<double>(minus));
     }
     return grad;
+}
+
+// The same with the h^2 term of the truncation error removed (Richardson):
+// (4 D(h/2) - D(h)) / 3, whose truncation error is O(h^4). For smooth, non-linear
+// functions, where it allows a larger h and so less rounding error.
+template <class T>
+std::vector<double> numeric_gradient_richardson(T& input, const std::function<double()>& loss, double h) {
+    const auto coarse = numeric_gradient(input, loss, h);
+    auto fine = numeric_gradient(input, loss, h / 2);
+    for (std::size_t k = 0; k < fine.size(); ++k) fine[k] = (4.0 * fine[k] - coarse[k]) / 3.0;
+    return fine;
 }
 
 // sum(dout * y) in double: the scalar whose gradient with respect to y is dout.
@@ -367,4 +379,174 @@ TEST_CASE("linear_backward rejects mismatched shapes, naming both", "[ffn][backw
                       tinyllm_test::contains("dx must not be the same memory as dout"));
     tensor<float, 2> a({3, 4}), bm({5, 2}), dm({3, 2});
     CHECK_THROWS_WITH(cpu::matmul_backward(a, {}, dm, a, bm), tinyllm_test::contains("a's columns must equal b's rows"));
+}
+
+// ---- LayerNorm and RMSNorm ----------------------------------------------------------------
+
+// The norms are smooth but not linear. Richardson differences with h = 2e-2
+// leave a truncation error of O(h^4) (~1e-6) and a rounding error of the D
+// float outputs a perturbation touches of ~ D * 6e-8 * 75 ~ 4e-5 (the 75 is
+// (4 / h + 1 / (2h)) / 3 for h = 2e-2). Observed over 25 seeds: at most 6e-5.
+// Tolerance: 3e-4 absolute + 1e-3 relative per element (a dropped term of the
+// formula is O(0.1 .. 1) at D = 8), 1e-3 relative L2.
+namespace {
+const tolerance norm_tol{3e-4, 1e-3, 1e-3};
+constexpr double norm_h = 2e-2;
+}  // namespace
+
+TEST_CASE("layer_norm_backward matches finite differences, with and without affine parameters", "[norm][backward]") {
+    const index_t B = 2, T = 3, D = 8;
+    const float eps = 1e-5f;
+    auto x = normal(extents<3>{B, T, D}, 50);
+    auto w = normal(extents<1>{D}, 51);
+    auto b = normal(extents<1>{D}, 52);
+    auto dout = normal(extents<3>{B, T, D}, 53);
+    tensor<float, 3> dx({B, T, D});
+    tensor<float, 1> dw({D}), db({D});
+    cpu::layer_norm_backward(dx, dw, db, dout, x, w, eps);
+    auto loss = [&] {
+        tensor<float, 3> y({B, T, D});
+        cpu::layer_norm(y, x, w, b, eps);
+        return dot(dout, y);
+    };
+    TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient_richardson(x, loss, norm_h), norm_tol, "layer_norm dx");
+    TINYLLM_REQUIRE_CLOSE(dw.values(), numeric_gradient_richardson(w, loss, norm_h), norm_tol, "layer_norm dweight");
+    TINYLLM_REQUIRE_CLOSE(db.values(), numeric_gradient_richardson(b, loss, norm_h), norm_tol, "layer_norm dbias");
+
+    // accumulate adds: a second call doubles the parameter gradients.
+    auto dw2 = dw;
+    auto db2 = db;
+    cpu::layer_norm_backward(dx, dw2, db2, dout, x, w, eps, /*accumulate=*/true);
+    for (index_t j = 0; j < D; ++j) {
+        CHECK(dw2(j) == tinyllm_test::Approx(2.0 * dw(j)).epsilon(1e-6));
+        CHECK(db2(j) == tinyllm_test::Approx(2.0 * db(j)).epsilon(1e-6));
+    }
+
+    // No affine parameters (weight and bias empty).
+    tensor<float, 3> dx_plain({B, T, D});
+    cpu::layer_norm_backward(dx_plain, {}, {}, dout, x, {}, eps);
+    auto loss_plain = [&] {
+        tensor<float, 3> y({B, T, D});
+        cpu::layer_norm(y, x, eps);
+        return dot(dout, y);
+    };
+    TINYLLM_REQUIRE_CLOSE(dx_plain.values(), numeric_gradient_richardson(x, loss_plain, norm_h), norm_tol, "layer_norm dx, no affine");
+
+    // In place: dx is dout's memory.
+    auto in_place = dout;
+    cpu::layer_norm_backward(in_place, {}, {}, in_place, x, w, eps);
+    CHECK(in_place.values() == dx.values());
+}
+
+TEST_CASE("rms_norm_backward matches finite differences, with and without a weight", "[norm][backward]") {
+    const index_t B = 3, T = 2, D = 8;
+    const float eps = 1e-6f;
+    auto x = normal(extents<3>{B, T, D}, 60);
+    auto w = normal(extents<1>{D}, 61);
+    auto dout = normal(extents<3>{B, T, D}, 62);
+    tensor<float, 3> dx({B, T, D});
+    tensor<float, 1> dw({D});
+    cpu::rms_norm_backward(dx, dw, dout, x, w, eps);
+    auto loss = [&] {
+        tensor<float, 3> y({B, T, D});
+        cpu::rms_norm(y, x, w, eps);
+        return dot(dout, y);
+    };
+    TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient_richardson(x, loss, norm_h), norm_tol, "rms_norm dx");
+    TINYLLM_REQUIRE_CLOSE(dw.values(), numeric_gradient_richardson(w, loss, norm_h), norm_tol, "rms_norm dweight");
+
+    tensor<float, 3> dx_plain({B, T, D});
+    cpu::rms_norm_backward(dx_plain, {}, dout, x, {}, eps);
+    auto loss_plain = [&] {
+        tensor<float, 3> y({B, T, D});
+        cpu::rms_norm(y, x, eps);
+        return dot(dout, y);
+    };
+    TINYLLM_REQUIRE_CLOSE(dx_plain.values(), numeric_gradient_richardson(x, loss_plain, norm_h), norm_tol, "rms_norm dx, no weight");
+
+    // A large eps matters: eps = 1 halves nothing but enters rstd (checked through the differences).
+    tensor<float, 3> dx_eps({B, T, D});
+    cpu::rms_norm_backward(dx_eps, {}, dout, x, w, 1.0f);
+    auto loss_eps = [&] {
+        tensor<float, 3> y({B, T, D});
+        cpu::rms_norm(y, x, w, 1.0f);
+        return dot(dout, y);
+    };
+    TINYLLM_REQUIRE_CLOSE(dx_eps.values(), numeric_gradient_richardson(x, loss_eps, norm_h), norm_tol, "rms_norm dx, eps = 1");
+}
+
+TEST_CASE("fused residual add + norm backward: the norm's gradient plus the stream's, for x and residual", "[norm][backward]") {
+    // s = x + residual (residual_out), out = norm(s); L = sum(dout * out) + sum(dstream * s).
+    const index_t B = 2, T = 2, D = 8;
+    const float eps = 1e-5f;
+    auto x = normal(extents<3>{B, T, D}, 70);
+    auto residual = normal(extents<3>{B, T, D}, 71);
+    auto w = normal(extents<1>{D}, 72);
+    auto b = normal(extents<1>{D}, 73);
+    auto dout = normal(extents<3>{B, T, D}, 74);
+    auto dstream = normal(extents<3>{B, T, D}, 75);
+    tensor<float, 3> s({B, T, D}), out({B, T, D});
+
+    for (bool layer : {false, true}) {
+        INFO((layer ? "layer_norm" : "rms_norm"));
+        auto loss = [&] {
+            if (layer)
+                cpu::residual_add_layer_norm(out, s, x, residual, w, b, eps);
+            else
+                cpu::residual_add_rms_norm(out, s, x, residual, w, eps);
+            return dot(dout, out) + dot(dstream, s);
+        };
+        loss();  // s as the forward stores it
+        tensor<float, 3> dx({B, T, D});
+        tensor<float, 1> dw({D}), db({D});
+        if (layer)
+            cpu::residual_add_layer_norm_backward(dx, dw, db, dout, dstream, s, w, eps);
+        else
+            cpu::residual_add_rms_norm_backward(dx, dw, dout, dstream, s, w, eps);
+        TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient_richardson(x, loss, norm_h), norm_tol, "fused dx");
+        TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient_richardson(residual, loss, norm_h), norm_tol, "fused dresidual");
+        TINYLLM_REQUIRE_CLOSE(dw.values(), numeric_gradient_richardson(w, loss, norm_h), norm_tol, "fused dweight");
+        if (layer) TINYLLM_REQUIRE_CLOSE(db.values(), numeric_gradient_richardson(b, loss, norm_h), norm_tol, "fused dbias");
+
+        // In place on the stream's gradient (dx is dresidual_out's memory): the same.
+        auto stream = dstream;
+        tensor<float, 1> dw2({D}), db2({D});
+        if (layer)
+            cpu::residual_add_layer_norm_backward(stream, dw2, db2, dout, stream, s, w, eps);
+        else
+            cpu::residual_add_rms_norm_backward(stream, dw2, dout, stream, s, w, eps);
+        CHECK(stream.values() == dx.values());
+
+        // No gradient from above (empty dresidual_out): the plain norm's backward on s.
+        tensor<float, 3> fused({B, T, D}), plain({B, T, D});
+        if (layer) {
+            cpu::residual_add_layer_norm_backward(fused, {}, {}, dout, {}, s, w, eps);
+            cpu::layer_norm_backward(plain, {}, {}, dout, s, w, eps);
+        } else {
+            cpu::residual_add_rms_norm_backward(fused, {}, dout, {}, s, w, eps);
+            cpu::rms_norm_backward(plain, {}, dout, s, w, eps);
+        }
+        CHECK(fused.values() == plain.values());
+    }
+}
+
+TEST_CASE("norm backward functions reject bad arguments, naming them", "[norm][backward][errors]") {
+    tensor<float, 3> x({2, 3, 4}), dx({2, 3, 4}), dout({2, 3, 4});
+    tensor<float, 1> w({4}), dw({4}), short_dw({3});
+    tensor<float, 3> bad({3, 2, 4});
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, {}, bad, x, w, 1e-5f),
+                      tinyllm_test::contains("layer_norm_backward: dout has shape (3, 2, 4) but x has shape (2, 3, 4)"));
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(bad, dw, dout, x, w, 1e-5f),
+                      tinyllm_test::contains("rms_norm_backward: dx has shape (3, 2, 4) but x has shape (2, 3, 4)"));
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(dx, short_dw, dout, x, w, 1e-5f),
+                      tinyllm_test::contains("rms_norm_backward: dweight has 3 elements but weight has 4"));
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(dx, dw, dout, x, {}, 1e-5f),
+                      tinyllm_test::contains("dweight has 4 elements but weight has 0"));
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, short_dw, dout, x, w, 1e-5f),
+                      tinyllm_test::contains("layer_norm_backward: dbias has 3 elements but x has D = 4"));
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, {}, dout, x, w, 0.0f),
+                      tinyllm_test::contains("eps = 0 must be positive and finite"));
+    CHECK_THROWS_WITH(cpu::residual_add_rms_norm_backward(dx, dw, dout, bad, x, w, 1e-5f),
+                      tinyllm_test::contains("residual_add_rms_norm_backward: dresidual_out has shape (3, 2, 4) but "
+                                             "residual_out has shape (2, 3, 4)"));
 }
