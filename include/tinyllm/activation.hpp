@@ -34,6 +34,22 @@
 // where gate = x W_gate^T and up = x W_up^T are two projections of the same x.
 // The gate decides, per hidden unit, how much of `up` passes.
 //
+// Backward (training; derivations in docs/training.md). The derivatives, for
+// dx = dy * f'(x):
+//
+//     relu'(x)      = [x > 0]                           (0 at x = 0, as PyTorch)
+//     gelu_erf'(x)  = Phi(x) + x phi(x),                phi(x) = exp(-x^2/2) / sqrt(2 pi)
+//     gelu_tanh'(x) = s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 x^2),   s = sigmoid(2u)
+//                     (from 1 + tanh(u) = 2 sigmoid(2u) and 1 - tanh(u)^2 = 4 s (1 - s))
+//     silu'(x)      = sigmoid(x) (1 + x (1 - sigmoid(x)))
+//
+// and for the products: swiglu(g, u) = silu(g) u gives dg = dy u silu'(g) and
+// du = dy silu(g); a * b gives da = dy b, db = dy a; a + b passes dy to both
+// (no function needed); bias + activation gives dbias = the sum over rows of
+// dy f'(x + bias). The derivatives are written in double (the CPU references
+// compute in double and round once), as TINYLLM_HOST_DEVICE functions like the
+// forwards, in the same cancellation-free forms: no 1 + erf, no 1 - tanh^2.
+//
 // Tensor operations here take (..., cols) tensors — any number of leading
 // dimensions, as a (B, T, D) activation, a (rows, cols) matrix or one (cols)
 // vector — as views (any strides) or owning tensors. The (rows, cols) functions
@@ -50,6 +66,7 @@
 
 #include <cmath>
 #include <string_view>
+#include <vector>
 
 namespace tinyllm {
 
@@ -103,6 +120,66 @@ TINYLLM_HOST_DEVICE float activate(activation kind, float x) {
 
 // silu(gate) * up: one element of the SwiGLU product.
 TINYLLM_HOST_DEVICE float swiglu(float gate, float up) { return silu(gate) * up; }
+
+namespace detail {
+
+// exp and erfc in double under one name on host and device (the derivatives below).
+TINYLLM_HOST_DEVICE double exp_double(double x) {
+#if TINYLLM_ON_DEVICE
+    return ::exp(x);
+#else
+    return std::exp(x);
+#endif
+}
+
+TINYLLM_HOST_DEVICE double erfc_double(double x) {
+#if TINYLLM_ON_DEVICE
+    return ::erfc(x);
+#else
+    return std::erfc(x);
+#endif
+}
+
+TINYLLM_HOST_DEVICE double sigmoid_double(double x) { return 1.0 / (1.0 + exp_double(-x)); }
+
+}  // namespace detail
+
+// d relu / dx: 1 for x > 0, else 0.
+TINYLLM_HOST_DEVICE double relu_derivative(double x) { return x > 0.0 ? 1.0 : 0.0; }
+
+// d silu / dx = sigmoid(x) (1 + x (1 - sigmoid(x))). Finite for every finite x
+// (far below zero sigmoid is 0 and x (1 - sigmoid) stays finite).
+TINYLLM_HOST_DEVICE double silu_derivative(double x) {
+    const double s = detail::sigmoid_double(x);
+    return s * (1.0 + x * (1.0 - s));
+}
+
+// d gelu_erf / dx = Phi(x) + x phi(x), Phi(x) = 0.5 erfc(-x / sqrt 2).
+TINYLLM_HOST_DEVICE double gelu_erf_derivative(double x) {
+    const double inv_sqrt2 = 0.70710678118654752440, inv_sqrt_2pi = 0.39894228040143267794;
+    return 0.5 * detail::erfc_double(-x * inv_sqrt2) + x * inv_sqrt_2pi * detail::exp_double(-0.5 * x * x);
+}
+
+// d gelu_tanh / dx = s + 2 x s (1 - s) u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+TINYLLM_HOST_DEVICE double gelu_tanh_derivative(double x) {
+    const double sqrt_2_over_pi = 0.79788456080286535588;
+    const double u = sqrt_2_over_pi * (x + 0.044715 * x * x * x);
+    const double du = sqrt_2_over_pi * (1.0 + 3.0 * 0.044715 * x * x);
+    const double s = detail::sigmoid_double(2.0 * u);
+    return s + 2.0 * x * s * (1.0 - s) * du;
+}
+
+// The derivative of the activation `kind` at x.
+TINYLLM_HOST_DEVICE double activate_derivative(activation kind, double x) {
+    switch (kind) {
+        case activation::relu: return relu_derivative(x);
+        case activation::gelu_erf: return gelu_erf_derivative(x);
+        case activation::gelu_tanh: return gelu_tanh_derivative(x);
+        case activation::silu: return silu_derivative(x);
+        case activation::identity: break;
+    }
+    return 1.0;
+}
 
 namespace detail {
 
@@ -166,6 +243,73 @@ inline void multiply(tensor_view<float, 2> out, tensor_view<const float, 2> a, t
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) * b(r, c);
 }
 
+// dx = dout * kind'(x), element-wise: the backward of activate. dx, dout, x:
+// (rows, cols); dx may be dout's or x's memory.
+inline void activate_backward(tensor_view<float, 2> dx, tensor_view<const float, 2> dout, tensor_view<const float, 2> x,
+                              activation kind) {
+    tinyllm::detail::expect_same_shape(dx, x, "activate_backward", "dx", "x");
+    tinyllm::detail::expect_same_shape(dout, x, "activate_backward", "dout", "x");
+    for (index_t r = 0; r < x.extent(0); ++r)
+        for (index_t c = 0; c < x.extent(1); ++c)
+            dx(r, c) = static_cast<float>(dout(r, c) * activate_derivative(kind, x(r, c)));
+}
+
+// The backward of bias_activate: dx = dout * kind'(x + bias) (rows, cols), and
+// dbias (cols) = the sum of dx over rows, overwritten or, with `accumulate`,
+// added to (empty: not computed). dx may be dout's or x's memory.
+inline void bias_activate_backward(tensor_view<float, 2> dx, tensor_view<float, 1> dbias,
+                                   tensor_view<const float, 2> dout, tensor_view<const float, 2> x,
+                                   tensor_view<const float, 1> bias, activation kind, bool accumulate = false) {
+    tinyllm::detail::expect_same_shape(dx, x, "bias_activate_backward", "dx", "x");
+    tinyllm::detail::expect_same_shape(dout, x, "bias_activate_backward", "dout", "x");
+    tinyllm::detail::expect_bias(x, bias, "bias_activate_backward");
+    TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == x.extent(1), "bias_activate_backward: dbias has ",
+                   dbias.extent(0), " elements but the rows have ", x.extent(1), " columns (one per column, or none)");
+    std::vector<double> sums(static_cast<std::size_t>(dbias.size()));
+    for (index_t r = 0; r < x.extent(0); ++r)
+        for (index_t c = 0; c < x.extent(1); ++c) {
+            const double d = dout(r, c) * activate_derivative(kind, static_cast<double>(x(r, c)) + bias(c));
+            if (dbias.size()) sums[static_cast<std::size_t>(c)] += d;
+            dx(r, c) = static_cast<float>(d);
+        }
+    for (index_t c = 0; c < dbias.size(); ++c)
+        dbias(c) = static_cast<float>(sums[static_cast<std::size_t>(c)] + (accumulate ? dbias(c) : 0.0));
+}
+
+// The backward of out = silu(gate) * up: dgate = dout * up * silu'(gate) and
+// dup = dout * silu(gate). All (rows, hidden); dgate and dup may be the memory
+// of gate, up or dout (each element is read before it is written).
+inline void swiglu_backward(tensor_view<float, 2> dgate, tensor_view<float, 2> dup, tensor_view<const float, 2> dout,
+                            tensor_view<const float, 2> gate, tensor_view<const float, 2> up) {
+    tinyllm::detail::expect_same_shape(dout, gate, "swiglu_backward", "dout", "gate");
+    tinyllm::detail::expect_same_shape(dout, up, "swiglu_backward", "dout", "up");
+    tinyllm::detail::expect_same_shape(dgate, gate, "swiglu_backward", "dgate", "gate");
+    tinyllm::detail::expect_same_shape(dup, up, "swiglu_backward", "dup", "up");
+    for (index_t r = 0; r < dout.extent(0); ++r)
+        for (index_t c = 0; c < dout.extent(1); ++c) {
+            const double g = gate(r, c), u = up(r, c), d = dout(r, c);
+            const double silu_g = g * tinyllm::detail::sigmoid_double(g);
+            dgate(r, c) = static_cast<float>(d * u * silu_derivative(g));
+            dup(r, c) = static_cast<float>(d * silu_g);
+        }
+}
+
+// The backward of out = a * b: da = dout * b, db = dout * a. All (rows, cols);
+// da and db may be the memory of a, b or dout.
+inline void multiply_backward(tensor_view<float, 2> da, tensor_view<float, 2> db, tensor_view<const float, 2> dout,
+                              tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
+    tinyllm::detail::expect_same_shape(dout, a, "multiply_backward", "dout", "a");
+    tinyllm::detail::expect_same_shape(dout, b, "multiply_backward", "dout", "b");
+    tinyllm::detail::expect_same_shape(da, a, "multiply_backward", "da", "a");
+    tinyllm::detail::expect_same_shape(db, b, "multiply_backward", "db", "b");
+    for (index_t r = 0; r < dout.extent(0); ++r)
+        for (index_t c = 0; c < dout.extent(1); ++c) {
+            const double d = dout(r, c), av = a(r, c), bv = b(r, c);
+            da(r, c) = static_cast<float>(d * bv);
+            db(r, c) = static_cast<float>(d * av);
+        }
+}
+
 // ---- Any number of leading dimensions: (..., cols) ---------------------------------------
 // Views or owning tensors of any rank; out and every input of one shape, bias (cols).
 
@@ -203,6 +347,53 @@ void multiply(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b 
     expect_equal_shapes(out, b, "multiply", "out", "b");
     multiply(as_rows<float>(out, "multiply: out"), as_rows<const float>(a, "multiply: a"),
              as_rows<const float>(b, "multiply: b"));
+}
+
+template <tensor_like DX, tensor_like DY, tensor_like X>
+void activate_backward(DX&& dx /*(..., cols)*/, const DY& dout /*(..., cols)*/, const X& x /*(..., cols)*/,
+                       activation kind) {
+    expect_equal_shapes(dx, x, "activate_backward", "dx", "x");
+    expect_equal_shapes(dout, x, "activate_backward", "dout", "x");
+    activate_backward(as_rows<float>(dx, "activate_backward: dx"), as_rows<const float>(dout, "activate_backward: dout"),
+                      as_rows<const float>(x, "activate_backward: x"), kind);
+}
+
+template <tensor_like DX, tensor_like DB = tensor_view<float, 1>, tensor_like DY, tensor_like X, tensor_like B>
+void bias_activate_backward(DX&& dx /*(..., cols)*/, DB&& dbias /*(cols) or empty*/, const DY& dout /*(..., cols)*/,
+                            const X& x /*(..., cols)*/, const B& bias /*(cols)*/, activation kind,
+                            bool accumulate = false) {
+    expect_equal_shapes(dx, x, "bias_activate_backward", "dx", "x");
+    expect_equal_shapes(dout, x, "bias_activate_backward", "dout", "x");
+    bias_activate_backward(as_rows<float>(dx, "bias_activate_backward: dx"), as_vector<float>(dbias),
+                           as_rows<const float>(dout, "bias_activate_backward: dout"),
+                           as_rows<const float>(x, "bias_activate_backward: x"), as_vector<const float>(bias), kind,
+                           accumulate);
+}
+
+template <tensor_like DG, tensor_like DU, tensor_like DY, tensor_like G, tensor_like U>
+void swiglu_backward(DG&& dgate /*(..., hidden)*/, DU&& dup /*(..., hidden)*/, const DY& dout /*(..., hidden)*/,
+                     const G& gate /*(..., hidden)*/, const U& up /*(..., hidden)*/) {
+    constexpr std::string_view op = "swiglu_backward";
+    expect_equal_shapes(dout, gate, op, "dout", "gate");
+    expect_equal_shapes(dout, up, op, "dout", "up");
+    expect_equal_shapes(dgate, gate, op, "dgate", "gate");
+    expect_equal_shapes(dup, up, op, "dup", "up");
+    swiglu_backward(as_rows<float>(dgate, "swiglu_backward: dgate"), as_rows<float>(dup, "swiglu_backward: dup"),
+                    as_rows<const float>(dout, "swiglu_backward: dout"), as_rows<const float>(gate, "swiglu_backward: gate"),
+                    as_rows<const float>(up, "swiglu_backward: up"));
+}
+
+template <tensor_like DA, tensor_like DB, tensor_like DY, tensor_like A, tensor_like B>
+void multiply_backward(DA&& da /*(..., cols)*/, DB&& db /*(..., cols)*/, const DY& dout /*(..., cols)*/,
+                       const A& a /*(..., cols)*/, const B& b /*(..., cols)*/) {
+    constexpr std::string_view op = "multiply_backward";
+    expect_equal_shapes(dout, a, op, "dout", "a");
+    expect_equal_shapes(dout, b, op, "dout", "b");
+    expect_equal_shapes(da, a, op, "da", "a");
+    expect_equal_shapes(db, b, op, "db", "b");
+    multiply_backward(as_rows<float>(da, "multiply_backward: da"), as_rows<float>(db, "multiply_backward: db"),
+                      as_rows<const float>(dout, "multiply_backward: dout"), as_rows<const float>(a, "multiply_backward: a"),
+                      as_rows<const float>(b, "multiply_backward: b"));
 }
 
 }  // namespace cpu
