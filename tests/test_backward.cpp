@@ -21,6 +21,7 @@
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/norm.hpp>
+#include <tinyllm/positional.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
@@ -698,4 +699,65 @@ TEST_CASE("activation backward functions reject mismatched shapes, naming both",
                       tinyllm_test::contains("swiglu_backward: dgate has shape (3, 2, 4) but gate has shape (2, 3, 4)"));
     CHECK_THROWS_WITH(cpu::multiply_backward(dx, bad, dout, x, x),
                       tinyllm_test::contains("multiply_backward: db has shape (3, 2, 4) but b has shape (2, 3, 4)"));
+}
+
+// ---- RoPE -----------------------------------------------------------------------------
+
+TEST_CASE("apply_rope_backward is the forward's transpose, for every pairing, scaling and position form", "[rope][backward]") {
+    using tinyllm::rope_config;
+    using tinyllm::rope_pairing;
+    using tinyllm::rope_scaling;
+    const index_t B = 2, T = 3, H = 2, D = 8;
+    auto x = normal(extents<4>{B, T, H, D}, 110);
+    auto dout = normal(extents<4>{B, T, H, D}, 111);
+    tensor<std::int64_t, 2> positions({B, T});
+    positions.values() = {0, 1, 2, 7, 3, 100};
+
+    std::vector<rope_config> configs(6);
+    configs[1].pairing = rope_pairing::interleaved;
+    configs[2].rotary_dim = 4;  // half the features rotate, the rest pass through
+    configs[3] = {.rotary_dim = 6, .theta = 500000.0, .pairing = rope_pairing::interleaved,
+                  .scaling = rope_scaling::llama3, .factor = 8.0, .original_max_position_embeddings = 16};
+    configs[4] = {.scaling = rope_scaling::ntk, .factor = 4.0};
+    configs[5] = {.scaling = rope_scaling::linear, .factor = 2.0};
+    for (std::size_t c = 0; c < configs.size(); ++c) {
+        const rope_config& cfg = configs[c];
+        for (int form = 0; form < 3; ++form) {  // positions 0..T-1, offset 5 + t, explicit
+            INFO("config " << c << ", position form " << form);
+            auto forward = [&](tensor<float, 4>& t) {
+                if (form == 0) cpu::apply_rope(t, cfg);
+                if (form == 1) cpu::apply_rope(t, cfg, 5);
+                if (form == 2) cpu::apply_rope(t, positions, cfg);
+            };
+            auto dx = dout;
+            if (form == 0) cpu::apply_rope_backward(dx, cfg);
+            if (form == 1) cpu::apply_rope_backward(dx, cfg, 5);
+            if (form == 2) cpu::apply_rope_backward(dx, positions, cfg);
+            // RoPE is linear: no truncation error, h = 0.25; each perturbation moves two
+            // outputs, so the rounding error is ~2 * 6e-8 * |dout * y| / 0.5 ~ 1e-6.
+            // Tolerance 1e-5 absolute.
+            auto loss = [&] {
+                auto y = x;
+                forward(y);
+                return dot(dout, y);
+            };
+            TINYLLM_REQUIRE_CLOSE(dx.values(), numeric_gradient(x, loss, 0.25), tolerance{1e-5, 0, 1e-5},
+                                  "rope dx vs finite differences");
+            // Rotations are orthogonal: backward(forward(x)) = x, up to float rounding.
+            auto round_trip = x;
+            forward(round_trip);
+            if (form == 0) cpu::apply_rope_backward(round_trip, cfg);
+            if (form == 1) cpu::apply_rope_backward(round_trip, cfg, 5);
+            if (form == 2) cpu::apply_rope_backward(round_trip, positions, cfg);
+            TINYLLM_REQUIRE_CLOSE(round_trip.values(), x.values(), tolerance{1e-6, 1e-6, 1e-6}, "rope round trip");
+        }
+    }
+    tensor<std::int64_t, 2> wrong({T, B});
+    CHECK_THROWS_WITH(cpu::apply_rope_backward(x, wrong, rope_config{}),
+                      tinyllm_test::contains("apply_rope_backward: positions has shape (3, 2) but dx (2, 3, 2, 8) needs "
+                                             "(B, T) = (2, 3)"));
+    CHECK_THROWS_WITH(cpu::apply_rope_backward(x, rope_config{}, -1),
+                      tinyllm_test::contains("apply_rope_backward: position_offset = -1 must be >= 0"));
+    CHECK_THROWS_WITH(cpu::apply_rope_backward(x, rope_config{.rotary_dim = 3}),
+                      tinyllm_test::contains("rotary_dim = 3 must be even"));
 }

@@ -499,4 +499,83 @@ void alibi_bias_table(tensor_view<float, 3> out /*(H, Tq, Tk)*/, tensor_view<P, 
 }
 
 }  // namespace cpu
+
+// ---- Backward (training) --------------------------------------------------------------
+//
+// RoPE is a rotation of each pair: (a', b') = R(angle) (a, b), a linear map
+// whose matrix R is orthogonal, so its transpose is its inverse, R(-angle).
+// The gradient flows back through the transpose:
+//
+//     (da, db) = R(angle)^T (da', db') = R(-angle) (da', db'):
+//         da = da' cos + db' sin,   db = db' cos - da' sin
+//
+// — the same rotation with the sine negated, for every pairing, scaling and
+// rotary_dim the forward supports (features beyond rotary_dim passed through
+// unchanged, so their gradient passes through too). The cosines and sines are
+// the forward's own (the same float angle), so the backward is the forward's
+// exact transpose, up to the rounding of the products. apply_rope_backward
+// rotates the gradient in place, with positions given as the forward's.
+//
+// The other schemes need no backward function: the sinusoidal encoding is a
+// constant added to x (dx passes through unchanged, and it has no
+// parameters); a learned position table is an embedding, whose gradient
+// (scatter-adding the rows of dx into the table) belongs with the embedding
+// backward; ALiBi is a constant bias on the attention scores (the scores'
+// gradient passes through it, and the slopes are not trained).
+
+namespace detail {
+
+// The backward of apply_rope_rows: rotate each pair of dx by -angle, in place.
+template <class PositionOf>
+void apply_rope_backward_rows(tensor_view<float, 4> dx /*(B, T, H, D)*/, const rope_config& cfg,
+                              PositionOf&& position_of) {
+    const rope_config r = resolve_rope(cfg, dx.extent(3));
+    const index_t pairs = r.rotary_dim / 2;
+    std::vector<float> inv_freq(static_cast<std::size_t>(pairs)), cosines(inv_freq.size()), sines(inv_freq.size());
+    for (index_t i = 0; i < pairs; ++i) inv_freq[static_cast<std::size_t>(i)] = rope_inverse_frequency(r, i);
+    for (index_t b = 0; b < dx.extent(0); ++b)
+        for (index_t t = 0; t < dx.extent(1); ++t) {
+            const index_t pos = position_of(b, t);
+            for (std::size_t i = 0; i < inv_freq.size(); ++i)
+                detail::sin_cos(rope_angle(inv_freq[i], pos), &sines[i], &cosines[i]);
+            for (index_t h = 0; h < dx.extent(2); ++h)
+                for (index_t i = 0; i < pairs; ++i) {
+                    index_t f0, f1;
+                    rope_pair_features(r.pairing, r.rotary_dim, i, &f0, &f1);
+                    rope_rotate(&dx(b, t, h, f0), &dx(b, t, h, f1), cosines[static_cast<std::size_t>(i)],
+                                -sines[static_cast<std::size_t>(i)]);  // R(-angle) = R(angle)^T
+                }
+        }
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// The backward of apply_rope(x, positions, cfg), in place: dx holds the
+// gradient of the rotated x on entry and the gradient of x on return (each
+// pair rotated by -angle). dx: (B, T, H, D), a float tensor or view; positions:
+// (B, T) of int32 or int64, as given to the forward.
+template <tinyllm::detail::rope_tensor_like X, tinyllm::detail::position_tensor_like Pos>
+void apply_rope_backward(X&& dx /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, const rope_config& cfg) {
+    const tensor_view<float, 4> dv = tinyllm::detail::rope_output(dx);
+    const auto pv = as_view(positions);
+    validate(cfg, dv.extent(3));
+    TINYLLM_EXPECT(pv.extent(0) == dv.extent(0) && pv.extent(1) == dv.extent(1),
+                   "apply_rope_backward: positions has shape ", to_string(pv.shape()), " but dx ",
+                   to_string(dv.shape()), " needs (B, T) = (", dv.extent(0), ", ", dv.extent(1), ")");
+    tinyllm::detail::apply_rope_backward_rows(dv, cfg,
+                                              [&](index_t b, index_t t) { return static_cast<index_t>(pv(b, t)); });
+}
+
+// The backward of apply_rope(x, cfg, position_offset), in place: token t at
+// position position_offset + t.
+template <tinyllm::detail::rope_tensor_like X>
+void apply_rope_backward(X&& dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
+    tinyllm::detail::apply_rope_backward_rows(tinyllm::detail::rope_output(dx), cfg,
+                                              [&](index_t, index_t t) { return position_offset + t; });
+}
+
+}  // namespace cpu
 }  // namespace tinyllm
