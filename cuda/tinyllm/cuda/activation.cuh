@@ -41,6 +41,7 @@
 
 #include <tinyllm/activation.hpp>
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/error.hpp>
@@ -50,6 +51,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
 #include <string_view>
 #include <type_traits>
 
@@ -101,6 +103,23 @@ TINYLLM_DEVICE void store_floats(T* p, const float (&in)[N]) {
 }
 
 inline bool aligned_16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Scratch device memory for the calls made on `stream` by this host thread: at
+// least `bytes` (cudaMalloc-aligned), grown as needed and kept. The backward
+// launchers put their per-block partial sums and status words here. One
+// buffer per host thread and stream: calls on one stream are ordered, so they
+// may share it; calls on two streams may overlap, so they must not. Growing
+// waits for the stream first, since a kernel of an earlier call may still use
+// the old buffer.
+inline void* stream_workspace(std::size_t bytes, cudaStream_t stream) {
+    thread_local std::map<cudaStream_t, device_buffer<unsigned char>> buffers;
+    device_buffer<unsigned char>& buffer = buffers[stream];
+    if (buffer.size() < bytes) {
+        if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        buffer = device_buffer<unsigned char>(bytes);
+    }
+    return buffer.data();
+}
 
 // Operations called with tensors of any rank: T, when the caller names it
 // (add<bfloat16>(...)), is the element type; otherwise it is the one of Out.

@@ -25,6 +25,7 @@
 #include <tinyllm/cuda/bpe.cuh>
 #include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/loss.cuh>
 #include <tinyllm/cuda/moe.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>

@@ -1,0 +1,341 @@
+// CUDA tests for the first backward kernels: the fused softmax cross-entropy
+// (loss.cuh), the norm backwards (norm.cuh) and the activation backwards
+// (activation.cuh), each against its CPU reference (loss.hpp, norm.hpp,
+// activation.hpp; those are checked against finite differences in
+// tests/test_backward.cpp), for float and bfloat16.
+//
+// Inputs are fresh random numbers (tinyllm::cpu::fill_normal, a new seed per
+// process) rounded to the element type first, so the CPU reference (double
+// inside, one rounding to float) sees exactly the values the GPU sees. Outputs
+// are poisoned (NaN) before every launch; NaN never passes. Each comparison
+// reports max-abs and relative-L2 errors. Tolerances, per element
+// |got - ref| <= abs + rel |ref| plus a relative-L2 bound:
+//   float     the kernels accumulate in float over up to V = 128256 terms
+//             (log-sum-exp) or D = 4096 (norms): relative errors ~1e-6 seen,
+//             2e-5 allowed (abs 1e-6 for the norms' sums that cancel to ~0).
+//   bfloat16  outputs rounded to bfloat16 (relative 2^-9): 1e-2 relative.
+// The loss itself is a float on both kinds of logits (float accumulation):
+// relative 2e-5.
+//
+// Determinism: the kernels use no float atomics, so two runs are compared bit
+// for bit; running this program with TINYLLM_SIM_SCHEDULE=random:SEED (the
+// simulator's shuffled block and thread order) must give the same results.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/activation.hpp>
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/loss.cuh>
+#include <tinyllm/cuda/norm.cuh>
+#include <tinyllm/loss.hpp>
+#include <tinyllm/norm.hpp>
+#include <tinyllm/random.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+namespace cpu = tinyllm::cpu;
+using tinyllm::activation;
+using tinyllm::bfloat16;
+using tinyllm::cross_entropy_options;
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::loss_reduction;
+using tinyllm::tensor_view;
+using tinyllm::token_id;
+using tinyllm_test::tolerance;
+
+namespace {
+
+template <class T>
+tolerance tol_for() {
+    if constexpr (std::is_same_v<T, float>) return {1e-6, 2e-5, 1e-5};
+    else return {1e-6, 1e-2, 5e-3};
+}
+
+template <class T>
+std::string label(const std::string& what, index_t rows, index_t cols) {
+    return what + " " + std::string(tinyllm::dtype_name<T>()) + " (" + std::to_string(rows) + ", " +
+           std::to_string(cols) + ")";
+}
+
+std::uint64_t seed_for(std::uint64_t which) { return tinyllm_test::test_seed() + 0x9E3779B97F4A7C15ull * (which + 1); }
+
+// n normal values (mean, stddev), rounded to T (returned as floats).
+template <class T>
+std::vector<float> normal_as(std::size_t n, std::uint64_t which, float mean = 0.0f, float stddev = 1.0f) {
+    std::vector<float> v(n);
+    cpu::fill_normal(tensor_view<float, 1>(v.data(), {static_cast<index_t>(n)}), seed_for(which), mean, stddev);
+    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    return v;
+}
+
+template <class T>
+std::vector<T> as_type(const std::vector<float>& v) {
+    std::vector<T> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+    return out;
+}
+
+template <class T>
+tc::device_buffer<T> upload(const std::vector<float>& v) {
+    return tc::to_device(as_type<T>(v));
+}
+
+template <class T>
+std::vector<float> download(const tc::device_buffer<T>& b) {
+    const auto h = tc::to_host(b);
+    std::vector<float> out(h.size());
+    for (std::size_t i = 0; i < h.size(); ++i) out[i] = tinyllm::to_float(h[i]);
+    return out;
+}
+
+// FNV-1a of the bytes of v: printed by the determinism tests, so that runs with
+// one TINYLLM_TEST_SEED and different TINYLLM_SIM_SCHEDULE seeds can be compared.
+template <class T>
+std::uint64_t fingerprint(const std::vector<T>& v, std::uint64_t h = 14695981039346656037ull) {
+    const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+    for (std::size_t i = 0; i < v.size() * sizeof(T); ++i) h = (h ^ p[i]) * 1099511628211ull;
+    return h;
+}
+
+template <class T>
+bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+tensor_view<float, 2> view2(std::vector<float>& v, index_t rows, index_t cols) { return {v.data(), {rows, cols}}; }
+tensor_view<const float, 2> cview2(const std::vector<float>& v, index_t rows, index_t cols) {
+    return {v.data(), {rows, cols}};
+}
+[[maybe_unused]] tensor_view<float, 1> view1(std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
+[[maybe_unused]] tensor_view<const float, 1> cview1(const std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
+
+template <class T>
+tensor_view<T, 2> dview2(tc::device_buffer<T>& b, index_t rows, index_t cols) {
+    return b.view(extents<2>{rows, cols});
+}
+template <class T>
+tensor_view<T, 1> dview1(tc::device_buffer<T>& b) {
+    return b.view(extents<1>{static_cast<index_t>(b.size())});
+}
+
+// ---- cross-entropy ----------------------------------------------------------------------
+
+// Random targets in [0, V), about `ignored` of them replaced by ignore_index.
+std::vector<token_id> random_targets(index_t rows, index_t V, double ignored, token_id ignore_index,
+                                     std::uint64_t which) {
+    std::vector<float> u(static_cast<std::size_t>(2 * rows));
+    cpu::fill_uniform(tensor_view<float, 1>(u.data(), {2 * rows}), seed_for(which), 0.0f, 1.0f);
+    std::vector<token_id> t(static_cast<std::size_t>(rows));
+    for (index_t r = 0; r < rows; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        t[i] = static_cast<token_id>(std::min<index_t>(V - 1, static_cast<index_t>(u[2 * i] * static_cast<float>(V))));
+        if (u[2 * i + 1] < ignored) t[i] = ignore_index;
+    }
+    return t;
+}
+
+struct ce_result {
+    float loss;
+    std::vector<float> dlogits, losses;
+};
+
+// Run the GPU cross-entropy (out of place, or in place on a copy of the logits).
+template <class T>
+ce_result run_ce(const std::vector<float>& logits, const std::vector<token_id>& targets, index_t rows, index_t V,
+                 const cross_entropy_options& opt, bool in_place) {
+    auto d_logits = upload<T>(logits);
+    auto d_targets = tc::to_device(targets);
+    tc::device_buffer<T> d_grad(logits.size());
+    tc::device_buffer<float> d_losses(static_cast<std::size_t>(rows));
+    d_grad.poison();
+    d_losses.poison();
+    tc::device_buffer<T>& grad = in_place ? d_logits : d_grad;
+    const tensor_view<const token_id, 1> tv = d_targets.view(extents<1>{rows});
+    const float loss =
+        tc::cross_entropy<T>(dview2(grad, rows, V), dview1(d_losses), dview2(d_logits, rows, V), tv, opt);
+    return {loss, download(grad), tc::to_host(d_losses)};
+}
+
+template <class T>
+void check_cross_entropy(index_t rows, index_t V, const cross_entropy_options& opt, double ignored,
+                         std::uint64_t which, const std::string& what) {
+    const auto logits = normal_as<T>(static_cast<std::size_t>(rows * V), which, 0.0f, 3.0f);
+    const auto targets = random_targets(rows, V, ignored, opt.ignore_index, which + 1);
+    std::vector<float> ref(logits.size());
+    const double ref_loss =
+        cpu::cross_entropy(view2(ref, rows, V), cview2(logits, rows, V),
+                           tensor_view<const token_id, 1>(targets.data(), {rows}), opt);
+    // The rows' losses: the CPU's sum over each row alone.
+    std::vector<float> ref_losses(static_cast<std::size_t>(rows));
+    for (index_t r = 0; r < rows; ++r) {
+        cross_entropy_options one = opt;
+        one.reduction = loss_reduction::sum;
+        std::vector<float> none;
+        ref_losses[static_cast<std::size_t>(r)] = static_cast<float>(cpu::cross_entropy(
+            tensor_view<float, 2>{}, tensor_view<const float, 2>(logits.data() + r * V, {1, V}),
+            tensor_view<const token_id, 1>(targets.data() + r, {1}), one));
+    }
+    const std::string name = label<T>("cross_entropy " + what, rows, V);
+    for (bool in_place : {false, true}) {
+        const auto got = run_ce<T>(logits, targets, rows, V, opt, in_place);
+        const std::string n = name + (in_place ? " in place" : "");
+        TINYLLM_REQUIRE_CLOSE(std::vector<float>{got.loss}, std::vector<double>{ref_loss}, tolerance{1e-6, 2e-5, 2e-5},
+                              n + ": loss");
+        TINYLLM_REQUIRE_CLOSE(got.losses, ref_losses, tolerance{1e-5, 2e-5, 2e-5}, n + ": row losses");
+        // The gradient scales with 1/n: the absolute tolerance follows it.
+        tolerance t = tol_for<T>();
+        t.abs *= 1.0 / static_cast<double>(rows);
+        TINYLLM_REQUIRE_CLOSE(got.dlogits, ref, t, n + ": dlogits");
+    }
+}
+
+TEST_CASE("cross_entropy matches the CPU reference", "[cuda][loss]") {
+    const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1}, {1, 7}, {3, 32}, {4, 1000}, {2, 1025}, {5, 4099}};
+    std::uint64_t which = 100;
+    for (const auto& [rows, V] : shapes) {
+        check_cross_entropy<float>(rows, V, {}, 0.0, which, "mean");
+        check_cross_entropy<bfloat16>(rows, V, {}, 0.0, which + 2, "mean");
+        which += 4;
+    }
+    cross_entropy_options smooth;
+    smooth.label_smoothing = 0.1;
+    check_cross_entropy<float>(6, 777, smooth, 0.0, 200, "label smoothing 0.1");
+    check_cross_entropy<bfloat16>(6, 777, smooth, 0.0, 202, "label smoothing 0.1");
+    cross_entropy_options sum;
+    sum.reduction = loss_reduction::sum;
+    check_cross_entropy<float>(9, 300, sum, 0.3, 210, "sum, ignored rows");
+    check_cross_entropy<float>(17, 300, {}, 0.4, 212, "mean, ignored rows");
+    cross_entropy_options other = smooth;
+    other.ignore_index = 5;  // a valid token id can be the ignored one
+    check_cross_entropy<bfloat16>(12, 10, other, 0.5, 214, "ignore_index 5, label smoothing");
+}
+
+TEST_CASE("cross_entropy over a 128256-entry vocabulary", "[cuda][loss]") {
+    cross_entropy_options smooth;
+    smooth.label_smoothing = 0.05;
+    check_cross_entropy<float>(3, 128256, {}, 0.0, 300, "Llama 3 vocabulary");
+    check_cross_entropy<bfloat16>(3, 128256, smooth, 0.0, 302, "Llama 3 vocabulary, smoothing");
+}
+
+TEST_CASE("cross_entropy with every row ignored is 0 with zero gradients", "[cuda][loss]") {
+    const index_t rows = 4, V = 50;
+    const auto logits = normal_as<float>(static_cast<std::size_t>(rows * V), 400);
+    const std::vector<token_id> targets(static_cast<std::size_t>(rows), -100);
+    for (auto reduction : {loss_reduction::mean, loss_reduction::sum}) {
+        cross_entropy_options opt;
+        opt.reduction = reduction;
+        const auto got = run_ce<float>(logits, targets, rows, V, opt, false);
+        CHECK(got.loss == 0.0f);
+        TINYLLM_REQUIRE_CLOSE(got.dlogits, std::vector<float>(logits.size(), 0.0f), tolerance{0, 0, 0},
+                              "cross_entropy all ignored: dlogits");
+        TINYLLM_REQUIRE_CLOSE(got.losses, std::vector<float>(static_cast<std::size_t>(rows), 0.0f),
+                              tolerance{0, 0, 0}, "cross_entropy all ignored: row losses");
+    }
+}
+
+TEST_CASE("cross_entropy on (B, T, V) equals the flattened call; loss alone; no losses buffer", "[cuda][loss]") {
+    const index_t B = 2, T = 3, V = 101, rows = B * T;
+    const auto logits = normal_as<bfloat16>(static_cast<std::size_t>(rows * V), 500, 0.0f, 2.0f);
+    const auto targets = random_targets(rows, V, 0.2, -100, 501);
+    const auto flat = run_ce<bfloat16>(logits, targets, rows, V, {}, false);
+
+    auto d_logits = upload<bfloat16>(logits);
+    auto d_targets = tc::to_device(targets);
+    tc::device_buffer<bfloat16> d_grad(logits.size());
+    tc::device_buffer<float> d_losses(static_cast<std::size_t>(rows));
+    d_grad.poison();
+    d_losses.poison();
+    const tensor_view<const bfloat16, 3> L = d_logits.view(extents<3>{B, T, V});
+    const tensor_view<const token_id, 2> Tg = d_targets.view(extents<2>{B, T});
+    const float loss = tc::cross_entropy(d_grad.view(extents<3>{B, T, V}), d_losses.view(extents<2>{B, T}), L, Tg);
+    CHECK(loss == flat.loss);
+    CHECK(bit_equal(download(d_grad), flat.dlogits));
+    CHECK(bit_equal(tc::to_host(d_losses), flat.losses));
+
+    // The loss alone (evaluation), and with the internal workspace for the row losses.
+    const float alone = tc::cross_entropy(tensor_view<bfloat16, 3>{}, tensor_view<float, 2>{}, L, Tg);
+    CHECK(alone == flat.loss);
+    d_grad.poison();
+    const float no_losses = tc::cross_entropy(d_grad.view(extents<3>{B, T, V}), tensor_view<float, 2>{}, L, Tg);
+    CHECK(no_losses == flat.loss);
+    CHECK(bit_equal(download(d_grad), flat.dlogits));
+}
+
+TEST_CASE("cross_entropy is bit-identical from run to run", "[cuda][loss]") {
+    const index_t rows = 37, V = 2000;
+    const auto logits = normal_as<float>(static_cast<std::size_t>(rows * V), 600, 0.0f, 4.0f);
+    const auto targets = random_targets(rows, V, 0.1, -100, 601);
+    cross_entropy_options opt;
+    opt.label_smoothing = 0.1;
+    const auto a = run_ce<float>(logits, targets, rows, V, opt, false);
+    const auto b = run_ce<float>(logits, targets, rows, V, opt, true);
+    std::printf("  cross_entropy determinism: loss %.9g, fingerprint %016llx\n", static_cast<double>(a.loss),
+                static_cast<unsigned long long>(
+                    fingerprint(a.losses, fingerprint(a.dlogits, fingerprint(std::vector<float>{a.loss})))));
+    CHECK(std::memcmp(&a.loss, &b.loss, sizeof(float)) == 0);
+    CHECK(bit_equal(a.dlogits, b.dlogits));
+    CHECK(bit_equal(a.losses, b.losses));
+}
+
+TEST_CASE("cross_entropy reports bad targets and non-finite logits", "[cuda][loss]") {
+    const index_t rows = 5, V = 40;
+    auto logits = normal_as<float>(static_cast<std::size_t>(rows * V), 700);
+    std::vector<token_id> targets = {1, 2, -100, 3, 4};
+
+    const auto expect_error = [&](const std::vector<float>& lg, const std::vector<token_id>& tg,
+                                  const std::string& needle, bool untouched) {
+        auto d_logits = upload<float>(lg);
+        auto d_targets = tc::to_device(tg);
+        bool thrown = false;
+        try {
+            tc::cross_entropy<float>(dview2(d_logits, rows, V), {}, dview2(d_logits, rows, V),
+                                     d_targets.view(extents<1>{rows}));
+        } catch (const tinyllm::error& e) {
+            thrown = true;
+            const std::string msg = e.what();
+            INFO(msg);
+            CHECK(msg.find(needle) != std::string::npos);
+        }
+        CHECK(thrown);
+        if (untouched) CHECK(bit_equal(download(d_logits), lg));  // in place: nothing was written
+    };
+    auto bad = targets;
+    bad[3] = V;  // one past the vocabulary
+    expect_error(logits, bad, "the target at (3) is 40, outside the vocabulary [0, V = 40)", true);
+    bad = targets;
+    bad[1] = -1;
+    bad[4] = -7;
+    expect_error(logits, bad, "the target at (1) is -1", true);
+    auto nan_logits = logits;
+    nan_logits[static_cast<std::size_t>(4 * V + 7)] = NAN;
+    expect_error(nan_logits, targets, "the logits at (4) (row 4) hold a non-finite value", false);
+    auto inf_logits = logits;
+    inf_logits[static_cast<std::size_t>(V + 3)] = INFINITY;
+    expect_error(inf_logits, targets, "the logits at (1)", false);
+
+    // Host-side checks, before any launch.
+    auto d_logits = upload<float>(logits);
+    auto d_targets = tc::to_device(targets);
+    const auto L = dview2(d_logits, rows, V);
+    const tensor_view<const token_id, 1> Tg = d_targets.view(extents<1>{rows});
+    cross_entropy_options opt;
+    opt.label_smoothing = 1.0;
+    REQUIRE_THROWS_WITH(tc::cross_entropy<float>(L, {}, L, Tg, opt), Catch::Contains("label_smoothing = 1"));
+    tc::device_buffer<float> small(static_cast<std::size_t>((rows - 1) * V));
+    REQUIRE_THROWS_WITH(tc::cross_entropy<float>(dview2(small, rows - 1, V), {}, L, Tg),
+                        Catch::Contains("dlogits has shape"));
+    REQUIRE_THROWS_WITH(tc::cross_entropy<float>(L, {}, L, Tg.narrow(0, 0, rows - 1)),
+                        Catch::Contains("targets have shape (4)"));
+    tc::device_buffer<float> few(2);
+    REQUIRE_THROWS_WITH(tc::cross_entropy<float>(L, dview1(few), L, Tg), Catch::Contains("losses have shape (2)"));
+}
+
+}  // namespace
