@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -114,8 +115,8 @@ tensor_view<float, 2> view2(std::vector<float>& v, index_t rows, index_t cols) {
 tensor_view<const float, 2> cview2(const std::vector<float>& v, index_t rows, index_t cols) {
     return {v.data(), {rows, cols}};
 }
-[[maybe_unused]] tensor_view<float, 1> view1(std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
-[[maybe_unused]] tensor_view<const float, 1> cview1(const std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
+tensor_view<float, 1> view1(std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
+tensor_view<const float, 1> cview1(const std::vector<float>& v) { return {v.data(), {static_cast<index_t>(v.size())}}; }
 
 template <class T>
 tensor_view<T, 2> dview2(tc::device_buffer<T>& b, index_t rows, index_t cols) {
@@ -336,6 +337,289 @@ TEST_CASE("cross_entropy reports bad targets and non-finite logits", "[cuda][los
                         Catch::Contains("targets have shape (4)"));
     tc::device_buffer<float> few(2);
     REQUIRE_THROWS_WITH(tc::cross_entropy<float>(L, dview1(few), L, Tg), Catch::Contains("losses have shape (2)"));
+}
+
+// ---- norm backward ------------------------------------------------------------------------
+
+template <class T>
+tolerance norm_tol() {
+    if constexpr (std::is_same_v<T, float>) return {1e-5, 2e-5, 1e-5};
+    else return {1e-3, 1e-2, 5e-3};
+}
+
+struct norm_case {
+    bool layer, residual, affine, accumulate, in_place;
+};
+
+std::string norm_name(const norm_case& c) {
+    std::string n = std::string(c.residual ? "residual_add_" : "") + (c.layer ? "layer_norm_backward" : "rms_norm_backward");
+    n += c.affine ? " affine" : " plain";
+    if (c.accumulate) n += " accumulate";
+    if (c.in_place) n += " in place";
+    return n;
+}
+
+struct norm_outputs {
+    std::vector<float> dx, dw, db;
+};
+
+// One GPU call of the case, on T; returns the outputs as floats.
+template <class T>
+norm_outputs run_norm_backward(const norm_case& c, index_t rows, index_t D, const std::vector<float>& x,
+                               const std::vector<float>& dout, const std::vector<float>& dres,
+                               const std::vector<float>& w, const std::vector<float>& dw0,
+                               const std::vector<float>& db0) {
+    auto d_x = upload<T>(x), d_dout = upload<T>(dout), d_dres = upload<T>(dres), d_w = upload<T>(w);
+    auto d_dw = upload<T>(dw0), d_db = upload<T>(db0);
+    tc::device_buffer<T> d_dx(x.size());
+    d_dx.poison();
+    if (!c.accumulate) {
+        d_dw.poison();
+        d_db.poison();
+    }
+    // In place: dx overwrites dresidual_out (residual versions) or dout.
+    tc::device_buffer<T>& dx_buf = c.in_place ? (c.residual ? d_dres : d_dout) : d_dx;
+    const auto DX = dview2(dx_buf, rows, D);
+    const tensor_view<const T, 2> DY = dview2(d_dout, rows, D), X = dview2(d_x, rows, D);
+    const tensor_view<const T, 2> S = c.residual ? tensor_view<const T, 2>(dview2(d_dres, rows, D)) : tensor_view<const T, 2>{};
+    const tensor_view<const T, 1> W = c.affine ? tensor_view<const T, 1>(dview1(d_w)) : tensor_view<const T, 1>{};
+    const tensor_view<T, 1> DW = c.affine ? dview1(d_dw) : tensor_view<T, 1>{};
+    const tensor_view<T, 1> DB = c.affine ? dview1(d_db) : tensor_view<T, 1>{};
+    const float eps = 1e-5f;
+    if (c.layer && c.residual) tc::residual_add_layer_norm_backward<T>(DX, DW, DB, DY, S, X, W, eps, c.accumulate);
+    else if (c.layer) tc::layer_norm_backward<T>(DX, DW, DB, DY, X, W, eps, c.accumulate);
+    else if (c.residual) tc::residual_add_rms_norm_backward<T>(DX, DW, DY, S, X, W, eps, c.accumulate);
+    else tc::rms_norm_backward<T>(DX, DW, DY, X, W, eps, c.accumulate);
+    norm_outputs o{download(dx_buf), {}, {}};
+    if (c.affine) {
+        o.dw = download(d_dw);
+        if (c.layer) o.db = download(d_db);
+    }
+    return o;
+}
+
+template <class T>
+void check_norm_backward(index_t rows, index_t D, std::uint64_t which) {
+    const auto n = static_cast<std::size_t>(rows * D);
+    const auto x = normal_as<T>(n, which, 0.5f, 2.0f), dout = normal_as<T>(n, which + 1);
+    const auto dres = normal_as<T>(n, which + 2);
+    const auto w = normal_as<T>(static_cast<std::size_t>(D), which + 3, 1.0f, 0.3f);
+    const auto dw0 = normal_as<T>(static_cast<std::size_t>(D), which + 4);
+    const auto db0 = normal_as<T>(static_cast<std::size_t>(D), which + 5);
+    std::vector<norm_case> cases;
+    for (bool layer : {true, false})
+        for (bool residual : {false, true}) {
+            cases.push_back({layer, residual, true, false, false});
+            cases.push_back({layer, residual, false, false, false});
+            cases.push_back({layer, residual, true, true, true});
+        }
+    for (const auto& c : cases) {
+        std::vector<float> dx(n), dw = dw0, db = db0;
+        const auto W = c.affine ? cview1(w) : tensor_view<const float, 1>{};
+        const auto DW = c.affine ? view1(dw) : tensor_view<float, 1>{};
+        const auto DB = c.affine && c.layer ? view1(db) : tensor_view<float, 1>{};
+        const auto S = c.residual ? cview2(dres, rows, D) : tensor_view<const float, 2>{};
+        if (c.layer && c.residual)
+            cpu::residual_add_layer_norm_backward(view2(dx, rows, D), DW, DB, cview2(dout, rows, D), S,
+                                                  cview2(x, rows, D), W, 1e-5f, c.accumulate);
+        else if (c.layer)
+            cpu::layer_norm_backward(view2(dx, rows, D), DW, DB, cview2(dout, rows, D), cview2(x, rows, D), W, 1e-5f,
+                                     c.accumulate);
+        else if (c.residual)
+            cpu::residual_add_rms_norm_backward(view2(dx, rows, D), DW, cview2(dout, rows, D), S, cview2(x, rows, D),
+                                                W, 1e-5f, c.accumulate);
+        else
+            cpu::rms_norm_backward(view2(dx, rows, D), DW, cview2(dout, rows, D), cview2(x, rows, D), W, 1e-5f,
+                                   c.accumulate);
+        const auto got = run_norm_backward<T>(c, rows, D, x, dout, dres, w, dw0, db0);
+        const std::string name = label<T>(norm_name(c), rows, D);
+        // At D = 1 the true dx is rstd g (1 - xhat^2) with xhat^2 = x^2 / (x^2 + eps): pure cancellation,
+        // ~1e-6 in size, so only the per-element (absolute) bound applies, not the relative L2 one.
+        tolerance xt = norm_tol<T>();
+        if (D == 1) xt.rel_l2 = std::numeric_limits<double>::infinity();
+        TINYLLM_REQUIRE_CLOSE(got.dx, dx, xt, name + ": dx");
+        // dweight, dbias: sums over rows of O(1) terms; the absolute tolerance grows with sqrt(rows).
+        tolerance pt = norm_tol<T>();
+        pt.abs *= std::sqrt(static_cast<double>(rows));
+        if (c.affine) TINYLLM_REQUIRE_CLOSE(got.dw, dw, pt, name + ": dweight");
+        if (c.affine && c.layer) TINYLLM_REQUIRE_CLOSE(got.db, db, pt, name + ": dbias");
+    }
+}
+
+TEST_CASE("norm backward kernels match the CPU reference", "[cuda][norm]") {
+    const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1}, {1, 7}, {3, 32}, {5, 1000}, {7, 1001},
+                                                             {300, 64}, {2, 4096}};
+    std::uint64_t which = 1000;
+    for (const auto& [rows, D] : shapes) {
+        check_norm_backward<float>(rows, D, which);
+        check_norm_backward<bfloat16>(rows, D, which + 10);
+        which += 20;
+    }
+}
+
+TEST_CASE("norm backward on (B, T, D) views and strided rows", "[cuda][norm]") {
+    const index_t B = 2, T = 3, D = 40, rows = B * T, stride = D + 8;
+    const auto x = normal_as<float>(static_cast<std::size_t>(rows * stride), 1200);
+    const auto dout = normal_as<float>(static_cast<std::size_t>(rows * D), 1201);
+    const auto w = normal_as<float>(static_cast<std::size_t>(D), 1202, 1.0f, 0.2f);
+    std::vector<float> xc(static_cast<std::size_t>(rows * D));
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < D; ++j) xc[static_cast<std::size_t>(r * D + j)] = x[static_cast<std::size_t>(r * stride + j)];
+    std::vector<float> dx(xc.size()), dw(static_cast<std::size_t>(D)), db(dw.size());
+    cpu::layer_norm_backward(view2(dx, rows, D), view1(dw), view1(db), cview2(dout, rows, D), cview2(xc, rows, D),
+                             cview1(w), 1e-5f);
+    auto d_x = upload<float>(x), d_dout = upload<float>(dout), d_w = upload<float>(w);
+    tc::device_buffer<float> d_dx(xc.size()), d_dw(dw.size()), d_db(db.size());
+    d_dx.poison();
+    d_dw.poison();
+    d_db.poison();
+    // x as a strided (B, T, D) view (rows padded to `stride`), the rest contiguous.
+    const tensor_view<const float, 3> X(d_x.data(), {B, T, D}, {T * stride, stride, 1});
+    tc::layer_norm_backward(d_dx.view(extents<3>{B, T, D}), dview1(d_dw), dview1(d_db),
+                            d_dout.view(extents<3>{B, T, D}), X, dview1(d_w), 1e-5f);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dx), dx, norm_tol<float>(), "layer_norm_backward (2, 3, 40) strided: dx");
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dw), dw, norm_tol<float>(), "layer_norm_backward (2, 3, 40) strided: dweight");
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_db), db, norm_tol<float>(), "layer_norm_backward (2, 3, 40) strided: dbias");
+
+    // RMSNorm without weight on (B, T, D), and the fused residual version without dresidual_out.
+    cpu::rms_norm_backward(view2(dx, rows, D), {}, cview2(dout, rows, D), cview2(xc, rows, D), {}, 1e-5f);
+    d_dx.poison();
+    tc::rms_norm_backward(d_dx.view(extents<3>{B, T, D}), {}, d_dout.view(extents<3>{B, T, D}), X, {}, 1e-5f);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dx), dx, norm_tol<float>(), "rms_norm_backward (2, 3, 40) plain: dx");
+    cpu::residual_add_rms_norm_backward(view2(dx, rows, D), view1(dw), cview2(dout, rows, D), {}, cview2(xc, rows, D),
+                                        cview1(w), 1e-5f);
+    d_dx.poison();
+    d_dw.poison();
+    tc::residual_add_rms_norm_backward(d_dx.view(extents<3>{B, T, D}), dview1(d_dw), d_dout.view(extents<3>{B, T, D}),
+                                       {}, X, dview1(d_w), 1e-5f);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dx), dx, norm_tol<float>(), "residual_add_rms_norm_backward no stream: dx");
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dw), dw, norm_tol<float>(), "residual_add_rms_norm_backward no stream: dweight");
+}
+
+TEST_CASE("norm backward is bit-identical from run to run", "[cuda][norm]") {
+    const index_t rows = 600, D = 96;  // more rows than blocks: each block sums several rows
+    const auto x = normal_as<float>(static_cast<std::size_t>(rows * D), 1300, 0.0f, 3.0f);
+    const auto dout = normal_as<float>(x.size(), 1301), dres = normal_as<float>(x.size(), 1302);
+    const auto w = normal_as<float>(static_cast<std::size_t>(D), 1303, 1.0f, 0.3f);
+    const std::vector<float> zeros(static_cast<std::size_t>(D), 0.0f);
+    const norm_case c{true, true, true, false, false};
+    const auto a = run_norm_backward<float>(c, rows, D, x, dout, dres, w, zeros, zeros);
+    const auto b = run_norm_backward<float>(c, rows, D, x, dout, dres, w, zeros, zeros);
+    std::printf("  norm backward determinism: fingerprint %016llx\n",
+                static_cast<unsigned long long>(fingerprint(a.db, fingerprint(a.dw, fingerprint(a.dx)))));
+    CHECK(bit_equal(a.dx, b.dx));
+    CHECK(bit_equal(a.dw, b.dw));
+    CHECK(bit_equal(a.db, b.db));
+}
+
+TEST_CASE("norm backward launchers reject bad arguments", "[cuda][norm]") {
+    tc::device_buffer<float> a(12), b(12), w(4), dw(3);
+    const auto A = a.view(extents<2>{3, 4});
+    const auto B = b.view(extents<2>{3, 4});
+    CHECK_THROWS_WITH(tc::rms_norm_backward<float>(b.view(extents<2>{4, 3}), {}, A, A, {}, 1e-5f),
+                      Catch::Contains("dx has shape (4, 3) but x has shape (3, 4)"));
+    CHECK_THROWS_WITH(tc::layer_norm_backward<float>(B, dw.view(extents<1>{3}), {}, A, A, w.view(extents<1>{4}), 1e-5f),
+                      Catch::Contains("dweight has 3 elements but weight has 4"));
+    CHECK_THROWS_WITH(tc::rms_norm_backward<float>(B, {}, A, A, {}, 0.0f), Catch::Contains("eps = 0"));
+    CHECK_THROWS_WITH(tc::residual_add_layer_norm_backward<float>(B, {}, {}, A, b.view(extents<2>{4, 3}), A, {}, 1e-5f),
+                      Catch::Contains("dresidual_out"));
+}
+
+// ---- activation backward ----------------------------------------------------------------------
+
+template <class T>
+void check_activation_backward(index_t rows, index_t cols, std::uint64_t which) {
+    const auto n = static_cast<std::size_t>(rows * cols);
+    const auto x = normal_as<T>(n, which, 0.0f, 3.0f), dout = normal_as<T>(n, which + 1);
+    const auto up = normal_as<T>(n, which + 2);
+    auto d_x = upload<T>(x), d_dout = upload<T>(dout), d_up = upload<T>(up);
+    tc::device_buffer<T> d_a(n), d_b(n);
+    const tensor_view<const T, 2> X = dview2(d_x, rows, cols), DY = dview2(d_dout, rows, cols),
+                                  U = dview2(d_up, rows, cols);
+    const tolerance t = tol_for<T>();
+    std::vector<float> ref(n), ref2(n);
+    const std::pair<activation, const char*> kinds[] = {{activation::relu, "relu"},
+                                                        {activation::silu, "silu"},
+                                                        {activation::gelu_erf, "gelu_erf"},
+                                                        {activation::gelu_tanh, "gelu_tanh"}};
+    for (const auto& [kind, name] : kinds) {
+        cpu::activate_backward(view2(ref, rows, cols), cview2(dout, rows, cols), cview2(x, rows, cols), kind);
+        d_a.poison();
+        tc::activate_backward<T>(dview2(d_a, rows, cols), DY, X, kind);
+        TINYLLM_REQUIRE_CLOSE(download(d_a), ref, t, label<T>(std::string("activate_backward ") + name, rows, cols));
+    }
+    cpu::swiglu_backward(view2(ref, rows, cols), view2(ref2, rows, cols), cview2(dout, rows, cols),
+                         cview2(x, rows, cols), cview2(up, rows, cols));
+    d_a.poison();
+    d_b.poison();
+    tc::swiglu_backward<T>(dview2(d_a, rows, cols), dview2(d_b, rows, cols), DY, X, U);
+    TINYLLM_REQUIRE_CLOSE(download(d_a), ref, t, label<T>("swiglu_backward dgate", rows, cols));
+    TINYLLM_REQUIRE_CLOSE(download(d_b), ref2, t, label<T>("swiglu_backward dup", rows, cols));
+
+    // In place: dgate over gate, dup over up (the forward's inputs, no longer needed).
+    tc::swiglu_backward<T>(dview2(d_x, rows, cols), dview2(d_up, rows, cols), DY, X, U);
+    TINYLLM_REQUIRE_CLOSE(download(d_x), ref, t, label<T>("swiglu_backward in place dgate", rows, cols));
+    TINYLLM_REQUIRE_CLOSE(download(d_up), ref2, t, label<T>("swiglu_backward in place dup", rows, cols));
+}
+
+TEST_CASE("activation backward kernels match the CPU reference", "[cuda][activation]") {
+    const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1}, {1, 7}, {3, 8}, {2, 13}, {5, 1000}, {4, 1001}};
+    std::uint64_t which = 2000;
+    for (const auto& [rows, cols] : shapes) {
+        check_activation_backward<float>(rows, cols, which);
+        check_activation_backward<bfloat16>(rows, cols, which + 5);
+        which += 10;
+    }
+}
+
+TEST_CASE("activation backward on the halves of a fused (rows, 2H) projection, and (B, T, H)", "[cuda][activation]") {
+    // gate and up are the two halves of one (rows, 2H) tensor; so are dgate and dup.
+    const index_t rows = 6, H = 24;
+    const auto gu = normal_as<bfloat16>(static_cast<std::size_t>(rows * 2 * H), 2100, 0.0f, 2.0f);
+    const auto dout = normal_as<bfloat16>(static_cast<std::size_t>(rows * H), 2101);
+    std::vector<float> gate(static_cast<std::size_t>(rows * H)), up(gate.size()), dg(gate.size()), du(gate.size());
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < H; ++j) {
+            gate[static_cast<std::size_t>(r * H + j)] = gu[static_cast<std::size_t>(r * 2 * H + j)];
+            up[static_cast<std::size_t>(r * H + j)] = gu[static_cast<std::size_t>(r * 2 * H + H + j)];
+        }
+    cpu::swiglu_backward(view2(dg, rows, H), view2(du, rows, H), cview2(dout, rows, H), cview2(gate, rows, H),
+                         cview2(up, rows, H));
+    auto d_gu = upload<bfloat16>(gu), d_dout = upload<bfloat16>(dout);
+    tc::device_buffer<bfloat16> d_grad(gu.size());
+    d_grad.poison();
+    const tensor_view<const bfloat16, 2> G(d_gu.data(), {rows, H}, {2 * H, 1}), U(d_gu.data() + H, {rows, H}, {2 * H, 1});
+    const tensor_view<bfloat16, 2> DG(d_grad.data(), {rows, H}, {2 * H, 1}), DU(d_grad.data() + H, {rows, H}, {2 * H, 1});
+    tc::swiglu_backward(DG, DU, dview2(d_dout, rows, H), G, U);
+    const auto got = download(d_grad);
+    std::vector<float> got_dg(dg.size()), got_du(du.size());
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < H; ++j) {
+            got_dg[static_cast<std::size_t>(r * H + j)] = got[static_cast<std::size_t>(r * 2 * H + j)];
+            got_du[static_cast<std::size_t>(r * H + j)] = got[static_cast<std::size_t>(r * 2 * H + H + j)];
+        }
+    TINYLLM_REQUIRE_CLOSE(got_dg, dg, tol_for<bfloat16>(), "swiglu_backward packed halves: dgate");
+    TINYLLM_REQUIRE_CLOSE(got_du, du, tol_for<bfloat16>(), "swiglu_backward packed halves: dup");
+
+    // activate_backward on (B, T, H), in place over dout.
+    const index_t B = 2, T = 3;
+    const auto x = normal_as<float>(static_cast<std::size_t>(B * T * H), 2102, 0.0f, 2.0f);
+    const auto dy = normal_as<float>(x.size(), 2103);
+    std::vector<float> ref(x.size());
+    cpu::activate_backward(view2(ref, B * T, H), cview2(dy, B * T, H), cview2(x, B * T, H), activation::gelu_tanh);
+    auto d_x = upload<float>(x), d_dy = upload<float>(dy);
+    tc::activate_backward(d_dy.view(extents<3>{B, T, H}), d_dy.view(extents<3>{B, T, H}), d_x.view(extents<3>{B, T, H}),
+                          activation::gelu_tanh);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(d_dy), ref, tol_for<float>(), "activate_backward (2, 3, 24) in place gelu_tanh");
+
+    tc::device_buffer<float> a(12), b(12);
+    CHECK_THROWS_WITH(tc::activate_backward<float>(a.view(extents<2>{4, 3}), b.view(extents<2>{3, 4}),
+                                                   b.view(extents<2>{3, 4}), activation::relu),
+                      Catch::Contains("dx has shape (4, 3) but x has shape (3, 4)"));
+    CHECK_THROWS_WITH(tc::swiglu_backward<float>(a.view(extents<2>{3, 4}), a.view(extents<2>{4, 3}),
+                                                 b.view(extents<2>{3, 4}), b.view(extents<2>{3, 4}),
+                                                 b.view(extents<2>{3, 4})),
+                      Catch::Contains("dup has shape (4, 3)"));
 }
 
 }  // namespace

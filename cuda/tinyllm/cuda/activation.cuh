@@ -28,6 +28,23 @@
 // bias_activate(out, x, bias, gelu_tanh) likewise folds the linear layer's
 // bias into the activation (one pass over the GEMM output instead of two).
 //
+// Backward (training; the derivatives in <tinyllm/activation.hpp>, one
+// TINYLLM_HOST_DEVICE definition for the CPU and these kernels):
+//
+//   activate_backward   dx = dout * kind'(x): map_rows_kernel with
+//                       activation_backward_op, reading two inputs and
+//                       writing one (3N), 16-byte accesses when aligned.
+//   swiglu_backward     dgate = dout * up * silu'(gate), dup = dout * silu(gate):
+//                       its own kernel, reading three inputs and writing two
+//                       (5N) in one pass, 16-byte accesses when aligned.
+//
+// The derivatives are evaluated in double, as the CPU references do (one
+// definition of the math), and rounded once to T: the kernels are memory-bound,
+// so the double arithmetic costs little on a data-centre GPU (H100/H200 have
+// fast FP64); it is the next thing to revisit on consumer cards. Outputs may
+// be the memory of any input: each element is read before it is written, by
+// the thread that writes it.
+//
 // Tensors are (..., cols) views on the device — any number of leading
 // dimensions: (B, T, D), (rows, cols), or one (cols) vector — whose rows are
 // contiguous (stride(1) == 1) and may be spaced by any row stride — so `gate`
@@ -145,6 +162,14 @@ struct add_op {
 struct multiply_op {
     TINYLLM_DEVICE float operator()(float a, float b, float) const { return a * b; }
 };
+// dx = dout * kind'(x + bias), the derivative in double (activation.hpp).
+struct activation_backward_op {
+    activation kind;
+    TINYLLM_DEVICE float operator()(float dout, float x, float bias) const {
+        return static_cast<float>(static_cast<double>(dout) *
+                                  tinyllm::activate_derivative(kind, static_cast<double>(x) + bias));
+    }
+};
 
 // out(r, c) = op(a(r, c), b(r, c), bias(c)) for a (rows, cols) grid, N
 // elements per access (the launcher guarantees cols % N == 0 and alignment).
@@ -219,6 +244,35 @@ void launch_map(std::string_view op_name, tensor_view<T, 2> out, tensor_view<con
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
+// dgate = dout * up * silu'(gate), dup = dout * silu(gate) for a (rows, cols)
+// grid, N elements per access; all three inputs of an element are loaded
+// before either output is stored (so the outputs may alias any input).
+template <class T, int N>
+__global__ void swiglu_backward_kernel(T* dgate, index_t dgate_stride, T* dup, index_t dup_stride, const T* dout,
+                                       index_t dout_stride, const T* gate, index_t gate_stride, const T* up,
+                                       index_t up_stride, index_t rows, index_t cols) {
+    const index_t vectors = cols / N;
+    for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        for (index_t v = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; v < vectors;
+             v += static_cast<index_t>(gridDim.x) * blockDim.x) {
+            const index_t c = v * N;
+            float d[N], g[N], u[N], dg[N], du[N];
+            load_floats<T, N>(d, dout + r * dout_stride + c);
+            load_floats<T, N>(g, gate + r * gate_stride + c);
+            load_floats<T, N>(u, up + r * up_stride + c);
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                const double gi = g[i], di = d[i];
+                const double silu_g = gi * tinyllm::detail::sigmoid_double(gi);
+                dg[i] = static_cast<float>(di * u[i] * tinyllm::silu_derivative(gi));
+                du[i] = static_cast<float>(di * silu_g);
+            }
+            store_floats<T, N>(dgate + r * dgate_stride + c, dg);
+            store_floats<T, N>(dup + r * dup_stride + c, du);
+        }
+    }
+}
+
 }  // namespace detail
 
 // out = kind(x), element-wise. out, x: (rows, cols) on the device.
@@ -277,6 +331,57 @@ void multiply(tensor_view<T, 2> out, detail::const_view<T, 2> a, detail::const_v
     detail::launch_map<T>("multiply", out, a, b, {}, detail::multiply_op{}, true, stream);
 }
 
+// ---- Backward: (rows, cols) ----------------------------------------------------------------
+
+// dx = dout * kind'(x), element-wise: the backward of activate. dx, dout, x:
+// (rows, cols); dx may be dout's or x's memory.
+template <class T>
+void activate_backward(tensor_view<T, 2> dx, detail::const_view<T, 2> dout, detail::const_view<T, 2> x,
+                       activation kind, cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_same_shape(dx, x, "activate_backward", "dx", "x");
+    tinyllm::detail::expect_same_shape(dout, x, "activate_backward", "dout", "x");
+    detail::launch_map<T>("activate_backward", dx, dout, x, {}, detail::activation_backward_op{kind}, true, stream);
+}
+
+// The backward of out = silu(gate) * up: dgate = dout * up * silu'(gate) and
+// dup = dout * silu(gate). All (rows, hidden); dgate and dup may be the memory of
+// gate, up or dout (e.g. the two halves of one fused (rows, 2H) gradient).
+template <class T>
+void swiglu_backward(tensor_view<T, 2> dgate, tensor_view<T, 2> dup, detail::const_view<T, 2> dout,
+                     detail::const_view<T, 2> gate, detail::const_view<T, 2> up, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "swiglu_backward";
+    tinyllm::detail::expect_same_shape(dout, gate, op, "dout", "gate");
+    tinyllm::detail::expect_same_shape(dout, up, op, "dout", "up");
+    tinyllm::detail::expect_same_shape(dgate, gate, op, "dgate", "gate");
+    tinyllm::detail::expect_same_shape(dup, up, op, "dup", "up");
+    detail::expect_unit_column_stride(dgate, op, "dgate");
+    detail::expect_unit_column_stride(dup, op, "dup");
+    detail::expect_unit_column_stride(dout, op, "dout");
+    detail::expect_unit_column_stride(gate, op, "gate");
+    detail::expect_unit_column_stride(up, op, "up");
+    const index_t rows = dout.extent(0), cols = dout.extent(1);
+    if (rows == 0 || cols == 0) return;
+    constexpr int W = detail::vector_width<T>;
+    const auto ok = [&](const void* p, index_t stride) {
+        return detail::aligned_16(p) && (rows == 1 || stride % W == 0);
+    };
+    const bool wide = cols % W == 0 && ok(dgate.data(), dgate.stride(0)) && ok(dup.data(), dup.stride(0)) &&
+                      ok(dout.data(), dout.stride(0)) && ok(gate.data(), gate.stride(0)) && ok(up.data(), up.stride(0));
+    const int threads = 256;
+    const index_t vectors = wide ? cols / W : cols;
+    const index_t bx = ceil_div<index_t>(vectors, threads);
+    const dim3 grid(static_cast<unsigned>(bx < 65535 ? bx : 65535), static_cast<unsigned>(rows < 65535 ? rows : 65535));
+    if (wide)
+        launch(detail::swiglu_backward_kernel<T, W>, grid, threads, 0, stream, dgate.data(), dgate.stride(0),
+               dup.data(), dup.stride(0), dout.data(), dout.stride(0), gate.data(), gate.stride(0), up.data(),
+               up.stride(0), rows, cols);
+    else
+        launch(detail::swiglu_backward_kernel<T, 1>, grid, threads, 0, stream, dgate.data(), dgate.stride(0),
+               dup.data(), dup.stride(0), dout.data(), dout.stride(0), gate.data(), gate.stride(0), up.data(),
+               up.stride(0), rows, cols);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
 // ---- Any number of leading dimensions: (..., cols) ---------------------------------------
 // Device views of any rank; out and every input of one shape, bias (cols).
 
@@ -323,6 +428,30 @@ void multiply(Out&& out /*(..., cols)*/, const A& a /*(..., cols)*/, const B& b 
     expect_equal_shapes(out, b, "multiply", "out", "b");
     multiply<E>(as_rows<E>(out, "multiply: out"), as_rows<const E>(a, "multiply: a"),
                 as_rows<const E>(b, "multiply: b"), stream);
+}
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X>
+void activate_backward(DX&& dx /*(..., cols)*/, const DY& dout /*(..., cols)*/, const X& x /*(..., cols)*/,
+                       activation kind, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    expect_equal_shapes(dx, x, "activate_backward", "dx", "x");
+    expect_equal_shapes(dout, x, "activate_backward", "dout", "x");
+    activate_backward<E>(as_rows<E>(dx, "activate_backward: dx"), as_rows<const E>(dout, "activate_backward: dout"),
+                         as_rows<const E>(x, "activate_backward: x"), kind, stream);
+}
+
+template <class T = detail::deduced, tensor_like DG, tensor_like DU, tensor_like DY, tensor_like G, tensor_like U>
+void swiglu_backward(DG&& dgate /*(..., hidden)*/, DU&& dup /*(..., hidden)*/, const DY& dout /*(..., hidden)*/,
+                     const G& gate /*(..., hidden)*/, const U& up /*(..., hidden)*/, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DG>;
+    constexpr std::string_view op = "swiglu_backward";
+    expect_equal_shapes(dout, gate, op, "dout", "gate");
+    expect_equal_shapes(dout, up, op, "dout", "up");
+    expect_equal_shapes(dgate, gate, op, "dgate", "gate");
+    expect_equal_shapes(dup, up, op, "dup", "up");
+    swiglu_backward<E>(as_rows<E>(dgate, "swiglu_backward: dgate"), as_rows<E>(dup, "swiglu_backward: dup"),
+                       as_rows<const E>(dout, "swiglu_backward: dout"), as_rows<const E>(gate, "swiglu_backward: gate"),
+                       as_rows<const E>(up, "swiglu_backward: up"), stream);
 }
 
 }  // namespace tinyllm::cuda

@@ -39,6 +39,34 @@
 // may be `x`: every thread reads an element before writing it, and each
 // element is handled by the same thread in every pass.
 //
+// The backward (training; the math in <tinyllm/norm.hpp> and docs/training.md):
+//
+//     dx_j = rstd (g_j - mean_k g_k - xhat_j mean_k(g_k xhat_k)),  g = dout w
+//     (RMSNorm: no mean_k g_k term), dw_j = sum_rows dout_j xhat_j,  db_j = sum_rows dout_j
+//
+//   v1 block per row  (layer_norm_backward, rms_norm_backward and the fused
+//                  residual versions, which add dresidual_out to dx) a grid of
+//                  G = min(rows, 256) blocks walks the rows (block b takes rows
+//                  b, b + G, ...). Per row, like the forward v2 but scalar
+//                  (still coalesced): mean and rstd recomputed from x (two
+//                  passes), then the sums of g and g xhat (block reductions
+//                  with warp shuffles), then dx. dweight and dbias are sums
+//                  over rows, and float atomics would make them depend on the
+//                  order the blocks run in; instead each thread owns the
+//                  columns j = threadIdx.x + k blockDim.x and adds its rows'
+//                  terms into block b's row of a (G, D) float workspace, always
+//                  in the same order, and a second kernel adds the G partial
+//                  rows of each column in order 0..G-1. The results are
+//                  bit-identical from run to run and under any schedule.
+//   next rung      16-byte accesses as the forward v2; the partial sums in
+//                  registers or shared memory instead of the L2-resident
+//                  workspace.
+//
+// dweight and dbias have the weight's element type; they are overwritten, or
+// added to with `accumulate` (in float, rounded once). dx may be the memory of
+// dout, x (residual_out) or dresidual_out: each element is read by the thread
+// that writes it, and the row's reductions (barriers) come first.
+//
 // Tensors: (..., D) device views — any number of leading dimensions: (B, T, D),
 // (rows, D) or one (D) vector — with contiguous rows (stride(1) == 1) and any
 // row stride; weight/bias: (D) contiguous, or empty for "none". The (rows, D)
@@ -265,6 +293,158 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
+// ---- backward ----------------------------------------------------------------------
+
+// Pointers and strides of one norm backward call (absent tensors are null).
+template <class T>
+struct norm_backward_args {
+    T* dx;
+    index_t dx_stride;
+    const T* dout;
+    index_t dout_stride;
+    const T* dresidual;  // dresidual_out (fused residual versions) or null
+    index_t dresidual_stride;
+    const T* x;  // x, or the stored residual_out
+    index_t x_stride;
+    const T* weight;     // (D) or null
+    float* partial_dw;   // (gridDim.x, D) workspace, or null: dweight not wanted
+    float* partial_db;   // (gridDim.x, D) workspace, or null: dbias not wanted (LayerNorm only)
+    index_t rows, D;
+    float eps;
+};
+
+// v1: a grid of blocks walking the rows; one block per row at a time.
+template <class T, bool Layer>
+__global__ void norm_backward_block_kernel(norm_backward_args<T> p) {
+    __shared__ float partial[32];
+    const float inv_d = 1.0f / static_cast<float>(p.D);
+    float* pdw = p.partial_dw ? p.partial_dw + blockIdx.x * p.D : nullptr;
+    float* pdb = p.partial_db ? p.partial_db + blockIdx.x * p.D : nullptr;
+    for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {  // this thread's columns of the block's partials
+        if (pdw) pdw[j] = 0.0f;
+        if (pdb) pdb[j] = 0.0f;
+    }
+    for (index_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+        const T* x = p.x + r * p.x_stride;
+        const T* dy = p.dout + r * p.dout_stride;
+
+        // The forward's statistics, recomputed (two passes, as the forward).
+        float mean = 0.0f;
+        if constexpr (Layer) {
+            float sum = 0.0f;
+            for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) sum += to_float(x[j]);
+            mean = row_block_sum(sum, partial) * inv_d;
+        }
+        float squares = 0.0f;
+        for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {
+            const float d = to_float(x[j]) - mean;
+            squares += d * d;
+        }
+        const float rstd = rsqrtf(row_block_sum(squares, partial) * inv_d + p.eps);
+
+        // The sums of g = dout w and of g xhat; this row's terms of dweight and dbias.
+        float sum_g = 0.0f, sum_g_xhat = 0.0f;
+        for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {
+            const float xhat = (to_float(x[j]) - mean) * rstd;
+            const float d = to_float(dy[j]);
+            const float g = p.weight ? d * to_float(p.weight[j]) : d;
+            sum_g += g;
+            sum_g_xhat += g * xhat;
+            if (pdw) pdw[j] += d * xhat;
+            if (pdb) pdb[j] += d;
+        }
+        const float mean_g = Layer ? row_block_sum(sum_g, partial) * inv_d : 0.0f;
+        const float mean_g_xhat = row_block_sum(sum_g_xhat, partial) * inv_d;
+
+        // dx; every read of the row by other threads happened before the barriers above.
+        T* dx = p.dx + r * p.dx_stride;
+        const T* ds = p.dresidual ? p.dresidual + r * p.dresidual_stride : nullptr;
+        for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {
+            const float xhat = (to_float(x[j]) - mean) * rstd;
+            const float d = to_float(dy[j]);
+            const float g = p.weight ? d * to_float(p.weight[j]) : d;
+            float v = rstd * (g - mean_g - xhat * mean_g_xhat);
+            if (ds) v += to_float(ds[j]);
+            dx[j] = store_as<T>(v);
+        }
+    }
+}
+
+// out(j) = sum over b = 0..blocks-1 of partial(b, j) (+ out(j) with accumulate),
+// in that order: the deterministic second pass of a parameter gradient.
+template <class T>
+__global__ void column_sum_kernel(T* out, const float* partial, index_t blocks, index_t D, bool accumulate) {
+    const index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+    if (j >= D) return;
+    float s = 0.0f;
+    for (index_t b = 0; b < blocks; ++b) s += partial[b * D + j];
+    if (accumulate) s += to_float(out[j]);
+    out[j] = store_as<T>(s);
+}
+
+// Validate (on the host) and launch the backward of LayerNorm (Layer) or RMSNorm.
+template <class T, bool Layer>
+void launch_norm_backward(std::string_view op, tensor_view<T, 2> dx, tensor_view<T, 1> dweight,
+                          tensor_view<T, 1> dbias, tensor_view<const T, 2> dout, tensor_view<const T, 2> dresidual,
+                          tensor_view<const T, 2> x, tensor_view<const T, 1> weight, float eps, bool accumulate,
+                          cudaStream_t stream) {
+    tinyllm::detail::expect_norm_backward_args(op, dx, dweight, dbias, dout, dresidual, x, weight, eps);
+    expect_unit_column_stride(dx, op, "dx");
+    expect_unit_column_stride(dout, op, "dout");
+    expect_unit_column_stride(x, op, "x");
+    if (dresidual.size()) expect_unit_column_stride(dresidual, op, "dresidual_out");
+    TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
+    TINYLLM_EXPECT(dweight.size() <= 1 || dweight.stride(0) == 1, op, ": dweight must be contiguous");
+    TINYLLM_EXPECT(dbias.size() <= 1 || dbias.stride(0) == 1, op, ": dbias must be contiguous");
+    const index_t rows = x.extent(0), D = x.extent(1);
+    const bool want_dw = dweight.size() != 0, want_db = dbias.size() != 0;
+    if (rows == 0) {
+        // No rows: the sums are empty. Zero the gradients unless accumulating.
+        if (!accumulate) {
+            if (want_dw) TINYLLM_CUDA_CHECK(cudaMemsetAsync(dweight.data(), 0, D * sizeof(T), stream));
+            if (want_db) TINYLLM_CUDA_CHECK(cudaMemsetAsync(dbias.data(), 0, D * sizeof(T), stream));
+        }
+        return;
+    }
+    const index_t blocks = rows < 256 ? rows : 256;
+    float* work = nullptr;
+    if (want_dw || want_db) {
+        const std::size_t one = static_cast<std::size_t>(blocks * D);
+        work = static_cast<float*>(stream_workspace(one * sizeof(float) * (want_dw && want_db ? 2 : 1), stream));
+    }
+    float* pdw = want_dw ? work : nullptr;
+    float* pdb = want_db ? work + (want_dw ? blocks * D : 0) : nullptr;
+    norm_backward_args<T> p{dx.data(),
+                            norm_row_stride(dx),
+                            dout.data(),
+                            norm_row_stride(dout),
+                            dresidual.size() ? dresidual.data() : nullptr,
+                            dresidual.size() ? norm_row_stride(dresidual) : 0,
+                            x.data(),
+                            norm_row_stride(x),
+                            weight.size() ? weight.data() : nullptr,
+                            pdw,
+                            pdb,
+                            rows,
+                            D,
+                            eps};
+    const index_t wanted = ceil_div<index_t>(D, 32) * 32;
+    const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
+    launch(norm_backward_block_kernel<T, Layer>, static_cast<unsigned>(blocks), threads, 0, stream, p);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const unsigned column_blocks = static_cast<unsigned>(ceil_div<index_t>(D, 256));
+    if (want_dw) {
+        launch(column_sum_kernel<T>, column_blocks, 256, 0, stream, dweight.data(), static_cast<const float*>(pdw),
+               blocks, D, accumulate);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+    if (want_db) {
+        launch(column_sum_kernel<T>, column_blocks, 256, 0, stream, dbias.data(), static_cast<const float*>(pdb),
+               blocks, D, accumulate);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+}
+
 }  // namespace detail
 
 // ---- LayerNorm: out = (x - mean) / sqrt(var + eps) * weight + bias; (rows, D) ----
@@ -370,6 +550,51 @@ void residual_add_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out
     residual_add_rms_norm_vectorized<T>(out, residual_out, x, residual, weight, eps, stream);
 }
 
+// ---- Backward: (rows, D) ------------------------------------------------------------------
+
+// The gradients of out = layer_norm(x, weight, bias, eps), given dout: dx (rows, D),
+// overwritten; dweight, dbias (D), overwritten or (accumulate) added to, or empty (not
+// computed). dx may be dout's or x's memory. v1 (block per row).
+template <class T>
+void layer_norm_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dweight, tensor_view<T, 1> dbias,
+                         detail::const_view<T, 2> dout, detail::const_view<T, 2> x, detail::const_view<T, 1> weight,
+                         float eps, bool accumulate = false, cudaStream_t stream = nullptr) {
+    detail::launch_norm_backward<T, true>("layer_norm_backward", dx, dweight, dbias, dout, {}, x, weight, eps,
+                                          accumulate, stream);
+}
+
+// The gradients of out = rms_norm(x, weight, eps): dx (rows, D); dweight (D) or empty.
+template <class T>
+void rms_norm_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dweight, detail::const_view<T, 2> dout,
+                       detail::const_view<T, 2> x, detail::const_view<T, 1> weight, float eps,
+                       bool accumulate = false, cudaStream_t stream = nullptr) {
+    detail::launch_norm_backward<T, false>("rms_norm_backward", dx, dweight, {}, dout, {}, x, weight, eps, accumulate,
+                                           stream);
+}
+
+// The backward of residual_out = x + residual; out = layer_norm(residual_out):
+// dx = layer_norm_backward(dout) + dresidual_out (the gradient of x and of residual
+// alike); dresidual_out may be empty (none), and dx may be its memory (the stream's
+// gradient updated in place). residual_out: the forward's stored sum.
+template <class T>
+void residual_add_layer_norm_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dweight, tensor_view<T, 1> dbias,
+                                      detail::const_view<T, 2> dout, detail::const_view<T, 2> dresidual_out,
+                                      detail::const_view<T, 2> residual_out, detail::const_view<T, 1> weight,
+                                      float eps, bool accumulate = false, cudaStream_t stream = nullptr) {
+    detail::launch_norm_backward<T, true>("residual_add_layer_norm_backward", dx, dweight, dbias, dout, dresidual_out,
+                                          residual_out, weight, eps, accumulate, stream);
+}
+
+// The backward of residual_out = x + residual; out = rms_norm(residual_out).
+template <class T>
+void residual_add_rms_norm_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dweight, detail::const_view<T, 2> dout,
+                                    detail::const_view<T, 2> dresidual_out, detail::const_view<T, 2> residual_out,
+                                    detail::const_view<T, 1> weight, float eps, bool accumulate = false,
+                                    cudaStream_t stream = nullptr) {
+    detail::launch_norm_backward<T, false>("residual_add_rms_norm_backward", dx, dweight, {}, dout, dresidual_out,
+                                           residual_out, weight, eps, accumulate, stream);
+}
+
 // ---- Any number of leading dimensions: (..., D) -----------------------------------------
 // Device views of any rank: out, x, residual_out and residual all (..., D) of one shape;
 // weight, bias (D) or {} (none). v2, as the functions above.
@@ -435,6 +660,86 @@ void residual_add_rms_norm(Out&& out /*(..., D)*/, Sum&& residual_out /*(..., D)
                                         as_rows<const E>(x, "residual_add_rms_norm: x"),
                                         as_rows<const E>(residual, "residual_add_rms_norm: residual"),
                                         as_vector<const E>(weight), eps, stream);
+}
+
+// The backward functions on device views of any rank: dx, dout, x (residual_out) and
+// dresidual_out (..., D) of one shape; dweight, dbias, weight (D) or {} (none).
+
+namespace detail {
+template <class E, class S, class X>
+tensor_view<const E, 2> optional_rows_of(const S& s, const X& x, std::string_view op, std::string_view what) {
+    if (as_view(s).size() == 0) return {};
+    expect_equal_shapes(s, x, op, "dresidual_out", "residual_out");
+    return as_rows<const E>(s, what);
+}
+}  // namespace detail
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X,
+          tensor_like DW = tensor_view<detail::element_t<T, DX>, 1>,
+          tensor_like DB = tensor_view<detail::element_t<T, DX>, 1>, tensor_like W = detail::absent_vector<T, DX>>
+void layer_norm_backward(DX&& dx /*(..., D)*/, DW&& dweight /*(D)*/, DB&& dbias /*(D)*/, const DY& dout /*(..., D)*/,
+                         const X& x /*(..., D)*/, const W& weight /*(D)*/, float eps, bool accumulate = false,
+                         cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    constexpr std::string_view op = "layer_norm_backward";
+    expect_equal_shapes(dx, x, op, "dx", "x");
+    expect_equal_shapes(dout, x, op, "dout", "x");
+    layer_norm_backward<E>(as_rows<E>(dx, "layer_norm_backward: dx"), as_vector<E>(dweight), as_vector<E>(dbias),
+                           as_rows<const E>(dout, "layer_norm_backward: dout"),
+                           as_rows<const E>(x, "layer_norm_backward: x"), as_vector<const E>(weight), eps, accumulate,
+                           stream);
+}
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X,
+          tensor_like DW = tensor_view<detail::element_t<T, DX>, 1>, tensor_like W = detail::absent_vector<T, DX>>
+void rms_norm_backward(DX&& dx /*(..., D)*/, DW&& dweight /*(D)*/, const DY& dout /*(..., D)*/, const X& x /*(..., D)*/,
+                       const W& weight /*(D)*/, float eps, bool accumulate = false, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    constexpr std::string_view op = "rms_norm_backward";
+    expect_equal_shapes(dx, x, op, "dx", "x");
+    expect_equal_shapes(dout, x, op, "dout", "x");
+    rms_norm_backward<E>(as_rows<E>(dx, "rms_norm_backward: dx"), as_vector<E>(dweight),
+                         as_rows<const E>(dout, "rms_norm_backward: dout"), as_rows<const E>(x, "rms_norm_backward: x"),
+                         as_vector<const E>(weight), eps, accumulate, stream);
+}
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X,
+          tensor_like S = tensor_view<const detail::element_t<T, DX>, 2>,
+          tensor_like DW = tensor_view<detail::element_t<T, DX>, 1>,
+          tensor_like DB = tensor_view<detail::element_t<T, DX>, 1>, tensor_like W = detail::absent_vector<T, DX>>
+void residual_add_layer_norm_backward(DX&& dx /*(..., D)*/, DW&& dweight /*(D)*/, DB&& dbias /*(D)*/,
+                                      const DY& dout /*(..., D)*/, const S& dresidual_out /*(..., D) or empty*/,
+                                      const X& residual_out /*(..., D)*/, const W& weight /*(D)*/, float eps,
+                                      bool accumulate = false, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    constexpr std::string_view op = "residual_add_layer_norm_backward";
+    expect_equal_shapes(dx, residual_out, op, "dx", "residual_out");
+    expect_equal_shapes(dout, residual_out, op, "dout", "residual_out");
+    residual_add_layer_norm_backward<E>(
+        as_rows<E>(dx, "residual_add_layer_norm_backward: dx"), as_vector<E>(dweight), as_vector<E>(dbias),
+        as_rows<const E>(dout, "residual_add_layer_norm_backward: dout"),
+        detail::optional_rows_of<E>(dresidual_out, residual_out, op, "residual_add_layer_norm_backward: dresidual_out"),
+        as_rows<const E>(residual_out, "residual_add_layer_norm_backward: residual_out"), as_vector<const E>(weight),
+        eps, accumulate, stream);
+}
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X,
+          tensor_like S = tensor_view<const detail::element_t<T, DX>, 2>,
+          tensor_like DW = tensor_view<detail::element_t<T, DX>, 1>, tensor_like W = detail::absent_vector<T, DX>>
+void residual_add_rms_norm_backward(DX&& dx /*(..., D)*/, DW&& dweight /*(D)*/, const DY& dout /*(..., D)*/,
+                                    const S& dresidual_out /*(..., D) or empty*/, const X& residual_out /*(..., D)*/,
+                                    const W& weight /*(D)*/, float eps, bool accumulate = false,
+                                    cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    constexpr std::string_view op = "residual_add_rms_norm_backward";
+    expect_equal_shapes(dx, residual_out, op, "dx", "residual_out");
+    expect_equal_shapes(dout, residual_out, op, "dout", "residual_out");
+    residual_add_rms_norm_backward<E>(
+        as_rows<E>(dx, "residual_add_rms_norm_backward: dx"), as_vector<E>(dweight),
+        as_rows<const E>(dout, "residual_add_rms_norm_backward: dout"),
+        detail::optional_rows_of<E>(dresidual_out, residual_out, op, "residual_add_rms_norm_backward: dresidual_out"),
+        as_rows<const E>(residual_out, "residual_add_rms_norm_backward: residual_out"), as_vector<const E>(weight), eps,
+        accumulate, stream);
 }
 
 }  // namespace tinyllm::cuda
