@@ -95,12 +95,13 @@ struct cross_entropy_status {
 
 inline constexpr int cross_entropy_reduce_threads = 256;
 
-// One block: count the valid targets and find the first bad one, in a fixed
-// order (integers, so any order would do; the first bad row must be the first).
+// One block of Threads: count the valid targets and find the first bad one
+// (integers: exact in any order). A template, as every kernel in a header.
+template <int Threads>
 __global__ void cross_entropy_targets_kernel(cross_entropy_status* status, const token_id* targets, int rows, int V,
                                              token_id ignore_index) {
-    __shared__ int counts[cross_entropy_reduce_threads];
-    __shared__ int firsts[cross_entropy_reduce_threads];
+    __shared__ int counts[Threads];
+    __shared__ int firsts[Threads];
     int count = 0, first = rows;
     for (int r = static_cast<int>(threadIdx.x); r < rows; r += static_cast<int>(blockDim.x)) {
         const token_id t = targets[r];
@@ -230,6 +231,7 @@ __global__ void cross_entropy_online_kernel(T* dlogits, index_t dlogits_stride, 
 }
 
 // One block: loss = (sum of the rows' losses) * scale, in a fixed order.
+template <int Threads>
 __global__ void cross_entropy_reduce_kernel(cross_entropy_status* status, const float* losses, index_t rows,
                                             bool sum_reduction) {
     __shared__ float partial[32];
@@ -281,7 +283,7 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
     float* row_losses = losses.size() ? losses.data() : reinterpret_cast<float*>(base + status_bytes);
     const bool sum_reduction = options.reduction == loss_reduction::sum;
 
-    launch(cross_entropy_targets_kernel, 1, cross_entropy_reduce_threads, 0, stream, status, targets.data(),
+    launch(cross_entropy_targets_kernel<cross_entropy_reduce_threads>, 1, cross_entropy_reduce_threads, 0, stream, status, targets.data(),
            static_cast<int>(rows), static_cast<int>(V), options.ignore_index);
     TINYLLM_CUDA_CHECK_LAUNCH();
     // Enough threads for a few elements each, 32..512, whole warps.
@@ -293,7 +295,7 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
            norm_row_stride(logits), targets.data(), rows, V, options.ignore_index, static_cast<float>(eps),
            sum_reduction);
     TINYLLM_CUDA_CHECK_LAUNCH();
-    launch(cross_entropy_reduce_kernel, 1, cross_entropy_reduce_threads, 0, stream, status, row_losses, rows,
+    launch(cross_entropy_reduce_kernel<cross_entropy_reduce_threads>, 1, cross_entropy_reduce_threads, 0, stream, status, row_losses, rows,
            sum_reduction);
     TINYLLM_CUDA_CHECK_LAUNCH();
 
