@@ -276,7 +276,8 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     INFO(r);
     CHECK(has(r, "synccheck"));
     CHECK(has(r, "divergent_barrier_kernel"));
-    CHECK(has(r, "block (0,0,0)"));
+    // Both blocks diverge; under a random schedule (TINYLLM_SIM_SCHEDULE) either may run first.
+    CHECK((has(r, "block (0,0,0)") || has(r, "block (1,0,0)")));
     CHECK(has(r, "divergent barrier"));
     CHECK(has(r, "thread (40,0,0)"));
     CHECK(has(r, "test_sim.cu"));
