@@ -91,6 +91,23 @@ std::string position_string(const extents<Rank>& shape, index_t r) {
     return s + ")";
 }
 
+// Shared by the CPU reference and the CUDA launcher: logits (..., V) and targets (...)
+// of token ids with the logits' leading dimensions.
+template <class L, class T>
+void expect_cross_entropy_targets(const L& logits, const T& targets) {
+    constexpr std::size_t R = L::rank;
+    static_assert(R >= 2, "tinyllm: cross_entropy: logits must be (..., V) with at least one leading dimension");
+    static_assert(T::rank == R - 1, "tinyllm: cross_entropy: targets must have one dimension fewer than logits "
+                                    "(the leading dimensions of logits)");
+    static_assert(std::is_same_v<std::remove_const_t<typename T::element_type>, token_id>,
+                  "tinyllm: cross_entropy: targets must hold tinyllm::token_id (int32)");
+    for (std::size_t d = 0; d + 1 < R; ++d)
+        if (targets.extent(d) != logits.extent(d))
+            throw error(cat("tinyllm: cross_entropy: targets have shape ", to_string(targets.shape()),
+                            " but logits have shape ", to_string(logits.shape()),
+                            "; targets must have the logits' leading dimensions"));
+}
+
 }  // namespace detail
 
 namespace cpu {
@@ -183,17 +200,7 @@ double cross_entropy(D&& dlogits /*(..., V) or empty*/, const L& logits /*(..., 
     const auto lv = as_view(logits);
     const auto tv = as_view(targets);
     constexpr std::size_t R = decltype(lv)::rank;
-    static_assert(R >= 2, "tinyllm::cpu::cross_entropy: logits must be (..., V) with at least one leading dimension");
-    static_assert(decltype(tv)::rank == R - 1, "tinyllm::cpu::cross_entropy: targets must have one dimension fewer "
-                                               "than logits (the leading dimensions of logits)");
-    static_assert(std::is_same_v<std::remove_const_t<typename decltype(tv)::element_type>, token_id>,
-                  "tinyllm::cpu::cross_entropy: targets must hold tinyllm::token_id (int32)");
-    bool same = true;
-    for (std::size_t d = 0; d + 1 < R; ++d) same = same && tv.extent(d) == lv.extent(d);
-    if (!same)
-        throw error(tinyllm::detail::cat("tinyllm: cross_entropy: targets have shape ", to_string(tv.shape()),
-                                         " but logits have shape ", to_string(lv.shape()),
-                                         "; targets must have the logits' leading dimensions"));
+    tinyllm::detail::expect_cross_entropy_targets(lv, tv);
     tensor_view<float, 2> d2;  // empty: the loss alone
     if (as_view(dlogits).size() != 0) {
         expect_equal_shapes(dlogits, logits, "cross_entropy", "dlogits", "logits");

@@ -343,17 +343,7 @@ float cross_entropy(D&& dlogits /*(..., V) or empty*/, Lo&& losses /*(...) or em
     const auto lv = as_view(logits);
     const auto tv = as_view(targets);
     constexpr std::size_t R = decltype(lv)::rank;
-    static_assert(R >= 2, "tinyllm::cuda::cross_entropy: logits must be (..., V) with at least one leading dimension");
-    static_assert(decltype(tv)::rank == R - 1, "tinyllm::cuda::cross_entropy: targets must have one dimension fewer "
-                                               "than logits (the leading dimensions of logits)");
-    static_assert(std::is_same_v<std::remove_const_t<typename decltype(tv)::element_type>, token_id>,
-                  "tinyllm::cuda::cross_entropy: targets must hold tinyllm::token_id (int32)");
-    bool same = true;
-    for (std::size_t d = 0; d + 1 < R; ++d) same = same && tv.extent(d) == lv.extent(d);
-    if (!same)
-        throw error(tinyllm::detail::cat("tinyllm: cross_entropy: targets have shape ", to_string(tv.shape()),
-                                         " but logits have shape ", to_string(lv.shape()),
-                                         "; targets must have the logits' leading dimensions"));
+    tinyllm::detail::expect_cross_entropy_targets(lv, tv);
     const auto l2 = as_rows<const E>(logits, "cross_entropy: logits");
     const index_t rows = l2.extent(0);
     tensor_view<E, 2> d2;  // empty: the loss alone
