@@ -73,3 +73,15 @@ TEST_CASE("random inputs are fresh per input number and reproducible by seed", "
         REQUIRE(x < 1.0f);
     }
 }
+
+TEST_CASE("a reference at the absolute noise floor is judged element by element", "[compare]") {
+    using tinyllm_test::compare;
+    using tinyllm_test::tolerance;
+    // One float16-sized value near zero: 2e-3 relative error, but far inside abs = 2e-3.
+    const auto tiny = compare(std::vector<float>{1.0e-6f}, std::vector<double>{1.002e-6}, tolerance{2e-3, 2e-3, 1e-3});
+    CHECK(tiny.passed);
+    // A reference well above the floor keeps the relative L2 rule: 2% off everywhere fails 1e-2.
+    const auto off = compare(std::vector<float>{1.02f, 2.04f, 3.06f}, std::vector<double>{1, 2, 3}, tolerance{0.1, 0.1, 1e-2});
+    CHECK_FALSE(off.passed);
+    CHECK(off.rel_l2_error == tinyllm_test::Approx(0.02).epsilon(1e-3));
+}

@@ -9,7 +9,9 @@
 //   * The reference is computed in float64 where it matters.
 //   * An element passes when |got - ref| <= abs + rel * |ref|; the whole
 //     comparison also needs the relative L2 error ||got - ref|| / ||ref|| to be
-//     within rel_l2. NaN or infinity anywhere never passes.
+//     within rel_l2 (||ref|| taken as at least abs * sqrt(n), so a reference of
+//     values at the absolute noise floor is judged element by element). NaN or
+//     infinity anywhere never passes.
 //   * The result carries the max-abs and relative-L2 errors and a readable
 //     report of the first mismatches; TINYLLM_REQUIRE_CLOSE prints it.
 #pragma once
@@ -91,7 +93,12 @@ comparison compare(std::span<const T> got, std::span<const R> reference, toleran
                 mismatch_lines << "    [" << i << "] got " << g << ", expected " << r << ", error " << err << "\n";
         }
     }
-    c.rel_l2_error = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+    // Relative to the reference's size, but never to less than the absolute tolerance per
+    // element: a reference of a few values near zero (e.g. one tiny float16) would make any
+    // rounding look like a large relative error although every element is within `abs`.
+    const double floor2 = static_cast<double>(got.size()) * tol.abs * tol.abs;
+    const double scale2 = ref2 > floor2 ? ref2 : floor2;
+    c.rel_l2_error = scale2 > 0 ? std::sqrt(diff2 / scale2) : std::sqrt(diff2);
     if (c.non_finite > 0) c.rel_l2_error = std::numeric_limits<double>::infinity();
     c.passed = c.mismatches == 0 && c.non_finite == 0 && c.rel_l2_error <= tol.rel_l2;
 
