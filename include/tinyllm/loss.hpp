@@ -108,6 +108,18 @@ void expect_cross_entropy_targets(const L& logits, const T& targets) {
                             "; targets must have the logits' leading dimensions"));
 }
 
+// The (rows, V) checks shared by the CPU reference and the CUDA launcher.
+template <class L, class T>
+void expect_cross_entropy_rows(const L& logits, const T& targets, const cross_entropy_options& options) {
+    const double eps = options.label_smoothing;
+    TINYLLM_EXPECT(std::isfinite(eps) && eps >= 0.0 && eps < 1.0, "cross_entropy: label_smoothing = ", eps,
+                   " must be in [0, 1)");
+    TINYLLM_EXPECT(logits.extent(1) >= 1, "cross_entropy: logits have shape ", to_string(logits.shape()),
+                   "; a row needs at least one vocabulary entry");
+    TINYLLM_EXPECT(targets.extent(0) == logits.extent(0), "cross_entropy: ", targets.extent(0), " targets for ",
+                   logits.extent(0), " rows of logits");
+}
+
 }  // namespace detail
 
 namespace cpu {
@@ -121,12 +133,7 @@ double cross_entropy(tensor_view<float, 2> dlogits, tensor_view<const float, 2> 
                      tensor_view<const token_id, 1> targets, const cross_entropy_options& options, Where&& where) {
     const index_t rows = logits.extent(0), V = logits.extent(1);
     const double eps = options.label_smoothing;
-    TINYLLM_EXPECT(std::isfinite(eps) && eps >= 0.0 && eps < 1.0, "cross_entropy: label_smoothing = ", eps,
-                   " must be in [0, 1)");
-    TINYLLM_EXPECT(V >= 1, "cross_entropy: logits have shape ", to_string(logits.shape()),
-                   "; a row needs at least one vocabulary entry");
-    TINYLLM_EXPECT(targets.extent(0) == rows, "cross_entropy: ", targets.extent(0), " targets for ", rows,
-                   " rows of logits");
+    tinyllm::detail::expect_cross_entropy_rows(logits, targets, options);
     const bool want_grad = dlogits.size() != 0;
     if (want_grad && dlogits.shape() != logits.shape())
         throw error(tinyllm::detail::cat("tinyllm: cross_entropy: dlogits has shape ", to_string(dlogits.shape()),

@@ -254,12 +254,7 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
                   "tinyllm::cuda::cross_entropy: logits must be float or tinyllm::bfloat16");
     const index_t rows = logits.extent(0), V = logits.extent(1);
     const double eps = options.label_smoothing;
-    TINYLLM_EXPECT(std::isfinite(eps) && eps >= 0.0 && eps < 1.0, "cross_entropy: label_smoothing = ", eps,
-                   " must be in [0, 1)");
-    TINYLLM_EXPECT(V >= 1, "cross_entropy: logits have shape ", to_string(logits.shape()),
-                   "; a row needs at least one vocabulary entry");
-    TINYLLM_EXPECT(targets.extent(0) == rows, "cross_entropy: ", targets.extent(0), " targets for ", rows,
-                   " rows of logits");
+    tinyllm::detail::expect_cross_entropy_rows(logits, targets, options);
     TINYLLM_EXPECT(rows < (index_t{1} << 31) && V < (index_t{1} << 31), "cross_entropy: logits have shape ",
                    to_string(logits.shape()), "; rows and V must be below 2^31");
     const bool want_grad = dlogits.size() != 0;
