@@ -1,4 +1,4 @@
-// tinyllm/attention.hpp — scaled dot-product attention (the CPU reference),
+// tinyllm/attention.hpp — scaled dot-product attention (the CPU reference, forward and backward),
 // the masks and score transforms shared with the CUDA kernels, and a KV cache.
 //
 // Attention lets every query position gather information from key/value
@@ -47,6 +47,11 @@
 // rounded once to the output type. That makes it the float64 reference that
 // the CUDA kernels are tested against.
 //
+// The backward pass, cpu::attention_backward, recomputes P from Q and K and
+// gives dQ, dK and dV (the formulas are at the function; derivation in
+// docs/training.md). The forward can return each row's log-sum-exp, the one
+// number per row from which a flash kernel recomputes P in its backward.
+//
 // The element-wise pieces — which keys a query sees, the score transform, the
 // tile classification a tiled kernel uses to skip or mask blocks — are
 // TINYLLM_HOST_DEVICE functions below, used unchanged by <tinyllm/cuda/attention_*.cuh>,
@@ -59,6 +64,7 @@
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -181,12 +187,26 @@ TINYLLM_HOST_DEVICE F attention_logit(F dot, F scale, F softcap, F slope, index_
     return s;
 }
 
+// The derivative of attention_logit with respect to the dot product, what the
+// backward pass multiplies a score's gradient by: `scale`, times 1 - tanh^2 of
+// the capped argument when soft-capping (d/dx cap * tanh(x / cap) = 1 - tanh^2(x / cap)).
+// The ALiBi bias is a constant and drops out.
+template <class F>
+TINYLLM_HOST_DEVICE F attention_logit_derivative(F dot, F scale, F softcap) {
+    if (softcap <= F(0)) return scale;
+    const F t = detail::tanh_hd(dot * scale / softcap);
+    return scale * (F(1) - t * t);
+}
+
 // ---- argument checks (shared by the CPU reference and the CUDA launchers) ----------
 
 namespace detail {
 
+// `out_name` names the (B, Tq, Hq, D) argument checked against q: "out" in the
+// forward, "dout" in the backward.
 template <class O, class Q, class K, class V>
-void check_attention_shapes(const O& out, const Q& q, const K& k, const V& v, std::string_view op) {
+void check_attention_shapes(const O& out, const Q& q, const K& k, const V& v, std::string_view op,
+                            std::string_view out_name = "out") {
     const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
     TINYLLM_EXPECT(D >= 1, op, ": q has shape ", to_string(q.shape()), "; the head dim (last) must be at least 1");
     TINYLLM_EXPECT(k.shape() == v.shape(), op, ": k has shape ", to_string(k.shape()), " but v has shape ",
@@ -198,9 +218,35 @@ void check_attention_shapes(const O& out, const Q& q, const K& k, const V& v, st
     TINYLLM_EXPECT(Hq % Hkv == 0, op, ": the query heads (Hq = ", Hq, ") must be a multiple of the key/value heads (Hkv = ",
                    Hkv, ")");
     if (out.shape() != q.shape())
-        TINYLLM_FAIL(op, ": out has shape ", to_string(out.shape()), " but must have the shape of q ",
+        TINYLLM_FAIL(op, ": ", out_name, " has shape ", to_string(out.shape()), " but must have the shape of q ",
                      to_string(q.shape()), " (B, Tq, Hq, D)");
     (void)Tq;
+}
+
+// The backward's arguments: the forward's checks (dout in the place of out),
+// then each wanted gradient against the tensor it is the gradient of. An empty
+// gradient (data() == nullptr) is not wanted and not checked.
+template <class DQ, class DK, class DV, class DO, class Q, class K, class V>
+void check_attention_backward_shapes(const DQ& dq, const DK& dk, const DV& dv, const DO& dout, const Q& q, const K& k,
+                                     const V& v, std::string_view op) {
+    check_attention_shapes(dout, q, k, v, op, "dout");
+    if (dq.data() != nullptr && dq.shape() != q.shape())
+        TINYLLM_FAIL(op, ": dq has shape ", to_string(dq.shape()), " but must have the shape of q ", to_string(q.shape()),
+                     " (B, Tq, Hq, D)");
+    if (dk.data() != nullptr && dk.shape() != k.shape())
+        TINYLLM_FAIL(op, ": dk has shape ", to_string(dk.shape()), " but must have the shape of k ", to_string(k.shape()),
+                     " (B, Tk, Hkv, D)");
+    if (dv.data() != nullptr && dv.shape() != v.shape())
+        TINYLLM_FAIL(op, ": dv has shape ", to_string(dv.shape()), " but must have the shape of v ", to_string(v.shape()),
+                     " (B, Tk, Hkv, D)");
+}
+
+// key_lengths in host memory (the CPU reference): every value in [0, Tk].
+inline void check_attention_key_lengths(const attention_options& o, index_t tk, std::string_view op) {
+    if (o.key_lengths.data() == nullptr) return;
+    for (index_t b = 0; b < o.key_lengths.extent(0); ++b)
+        TINYLLM_EXPECT(o.key_lengths(b) >= 0 && o.key_lengths(b) <= tk, op, ": key_lengths[", b, "] = ",
+                       o.key_lengths(b), " must be in [0, Tk = ", tk, "]");
 }
 
 template <class Q, class K>
@@ -258,20 +304,21 @@ namespace cpu {
 //   q      (B, Tq, Hq, D)
 //   k, v   (B, Tk, Hkv, D), Hq % Hkv == 0
 //   probs  (B, Hq, Tq, Tk) if given (data != nullptr): the probabilities P
+//   lse    (B, Hq, Tq) if given: the log-sum-exp of each row's logits over its
+//          visible keys, log sum_j exp(s_j), so that P = exp(S - lse); -inf for
+//          a row with no visible key. What a flash backward recomputes P from.
 // Any strides; T is float, double, bfloat16 or float16. Computed in double.
 template <class T>
 void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
-               const attention_options& opts = {}, tensor_view<float, 4> probs = {}) {
+               const attention_options& opts = {}, tensor_view<float, 4> probs = {}, tensor_view<float, 3> lse = {}) {
     tinyllm::detail::check_attention_shapes(out, q, k, v, "attention");
     tinyllm::detail::check_attention_options(opts, q, k, "attention");
     const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
     const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
     if (probs.data() != nullptr) expect_shape(probs, extents<4>{B, Hq, Tq, Tk}, "attention: probs");
-    if (tinyllm::detail::has_view(opts.key_lengths))
-        for (index_t b = 0; b < B; ++b)
-            TINYLLM_EXPECT(opts.key_lengths(b) >= 0 && opts.key_lengths(b) <= Tk, "attention: key_lengths[", b,
-                           "] = ", opts.key_lengths(b), " must be in [0, Tk = ", Tk, "]");
+    if (lse.data() != nullptr) expect_shape(lse, extents<3>{B, Hq, Tq}, "attention: lse");
+    tinyllm::detail::check_attention_key_lengths(opts, Tk, "attention");
 
     const double scale = tinyllm::detail::attention_scale(opts, D);
     const double softcap = opts.softcap ? *opts.softcap : 0.0;
@@ -316,9 +363,129 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                 if (probs.data() != nullptr)
                     for (index_t j = 0; j < Tk; ++j)
                         probs(b, h, i, j) = keys.contains(j) ? static_cast<float>(s[static_cast<std::size_t>(j)]) : 0.0f;
+                if (lse.data() != nullptr)
+                    lse(b, h, i) = keys.empty() ? -std::numeric_limits<float>::infinity()
+                                                : static_cast<float>(row_max + std::log(sum));
             }
         }
     }
+}
+
+// The gradient of attention: from dout = dL/dO and the forward's inputs, the
+// gradients dq = dL/dQ, dk = dL/dK and dv = dL/dV. For one batch row and one
+// query head, with Z = Q K^T * scale, S = logits (soft-capped, ALiBi, masked)
+// and P = softmax(S) recomputed exactly as the forward computes them
+// (o is the element-wise product):
+//
+//     dV = P^T dO                               (Tk, D)
+//     dP = dO V^T                               (Tq, Tk)
+//     dS = P o (dP - rowsum(dO o O))            (Tq, Tk)  the softmax's Jacobian, row by row
+//     dZ = dS o (1 - tanh^2(Z / cap))           the soft-cap's chain factor (without capping dZ = dS)
+//     dQ = dZ K * scale,   dK = dZ^T Q * scale
+//
+// rowsum(dO o O) = sum_d dO_id O_id equals sum_j P_ij dP_ij (O_i = sum_j P_ij V_j):
+// one number per query row, from two (Tq, D) tensors instead of the (Tq, Tk)
+// ones. The ALiBi bias and the masks are constants: they shape P but add no
+// term (a masked score has P = 0, so dS = 0 there). GQA/MQA: K/V head g serves
+// query heads g*group .. g*group + group - 1, so its dK and dV are the sums over
+// those heads. A row with no visible key outputs 0 in the forward and passes no
+// gradient: its dq row is 0, and keys nobody sees (padding) get dk = dv = 0.
+//   dq           (B, Tq, Hq, D)    or empty (data() == nullptr): not wanted
+//   dk, dv       (B, Tk, Hkv, D)   or empty
+//   dout, q      (B, Tq, Hq, D)
+//   k, v         (B, Tk, Hkv, D)
+//   opts         the forward's options
+// Any strides; T as in attention. Computed in double (P recomputed per row,
+// never stored), each gradient rounded once and overwritten. Everything is read
+// before anything is written, so a gradient may share memory with an input.
+template <class T>
+void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<T, 4> dv,
+                        std::type_identity_t<tensor_view<const T, 4>> dout, std::type_identity_t<tensor_view<const T, 4>> q,
+                        std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
+                        const attention_options& opts = {}) {
+    constexpr std::string_view op = "attention_backward";
+    tinyllm::detail::check_attention_backward_shapes(dq, dk, dv, dout, q, k, v, op);
+    tinyllm::detail::check_attention_options(opts, q, k, op);
+    const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
+    const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
+    tinyllm::detail::check_attention_key_lengths(opts, Tk, op);
+    const bool want_dq = dq.data() != nullptr, want_dk = dk.data() != nullptr, want_dv = dv.data() != nullptr;
+    if (!want_dq && !want_dk && !want_dv) return;
+
+    using tinyllm::detail::attention_to_double;
+    const double scale = tinyllm::detail::attention_scale(opts, D);
+    const double softcap = opts.softcap ? *opts.softcap : 0.0;
+    const attention_mask mask = tinyllm::detail::make_attention_mask(opts, Tq, Tk);
+    const auto at = [](index_t b, index_t t, index_t h, index_t T_, index_t H_, index_t D_, index_t d) {
+        return static_cast<std::size_t>(((b * T_ + t) * H_ + h) * D_ + d);
+    };
+    // The gradients in double, contiguous (B, T, H, D), rounded at the end.
+    std::vector<double> gq(want_dq ? static_cast<std::size_t>(B * Tq * Hq * D) : 0);
+    std::vector<double> gk(want_dk ? static_cast<std::size_t>(B * Tk * Hkv * D) : 0);
+    std::vector<double> gv(want_dv ? static_cast<std::size_t>(B * Tk * Hkv * D) : 0);
+    std::vector<double> dots(static_cast<std::size_t>(Tk)), p(static_cast<std::size_t>(Tk));  // one row
+    std::vector<double> qi(static_cast<std::size_t>(D)), doi(static_cast<std::size_t>(D)), o(static_cast<std::size_t>(D));
+
+    for (index_t b = 0; b < B; ++b) {
+        const index_t length = tinyllm::detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
+        for (index_t h = 0; h < Hq; ++h) {
+            const index_t hkv = h / group;
+            const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            for (index_t i = 0; i < Tq; ++i) {
+                const key_range keys = attention_visible_keys(mask, i, length);
+                if (keys.empty()) continue;  // output 0 in the forward: no gradient
+                const index_t pos = mask.query_position(i);
+                for (index_t d = 0; d < D; ++d) {
+                    qi[static_cast<std::size_t>(d)] = attention_to_double(q(b, i, h, d));
+                    doi[static_cast<std::size_t>(d)] = attention_to_double(dout(b, i, h, d));
+                }
+                // 1. P of row i, as in the forward: dots, logits, max-subtracted softmax.
+                double row_max = -std::numeric_limits<double>::infinity();
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    double dot = 0.0;
+                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * attention_to_double(k(b, j, hkv, d));
+                    dots[static_cast<std::size_t>(j)] = dot;
+                    p[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
+                    row_max = std::max(row_max, p[static_cast<std::size_t>(j)]);
+                }
+                double sum = 0.0;
+                for (index_t j = keys.begin; j < keys.end; ++j) sum += (p[static_cast<std::size_t>(j)] = std::exp(p[static_cast<std::size_t>(j)] - row_max));
+                // 2. O_i = sum_j P_ij V_j, and delta_i = rowsum(dO_i o O_i).
+                std::fill(o.begin(), o.end(), 0.0);
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    p[static_cast<std::size_t>(j)] /= sum;
+                    for (index_t d = 0; d < D; ++d)
+                        o[static_cast<std::size_t>(d)] += p[static_cast<std::size_t>(j)] * attention_to_double(v(b, j, hkv, d));
+                }
+                double delta = 0.0;
+                for (index_t d = 0; d < D; ++d) delta += doi[static_cast<std::size_t>(d)] * o[static_cast<std::size_t>(d)];
+                // 3. Per visible key: dV_j += P_ij dO_i; dP_ij = dO_i . V_j;
+                //    dZ_ij = P_ij (dP_ij - delta_i) * dlogit/ddot; dQ_i += dZ_ij K_j; dK_j += dZ_ij Q_i.
+                for (index_t j = keys.begin; j < keys.end; ++j) {
+                    const double pj = p[static_cast<std::size_t>(j)];
+                    double dp = 0.0;
+                    for (index_t d = 0; d < D; ++d) dp += doi[static_cast<std::size_t>(d)] * attention_to_double(v(b, j, hkv, d));
+                    const double dz = pj * (dp - delta) * attention_logit_derivative(dots[static_cast<std::size_t>(j)], scale, softcap);
+                    for (index_t d = 0; d < D; ++d) {
+                        if (want_dv) gv[at(b, j, hkv, Tk, Hkv, D, d)] += pj * doi[static_cast<std::size_t>(d)];
+                        if (want_dq) gq[at(b, i, h, Tq, Hq, D, d)] += dz * attention_to_double(k(b, j, hkv, d));
+                        if (want_dk) gk[at(b, j, hkv, Tk, Hkv, D, d)] += dz * qi[static_cast<std::size_t>(d)];
+                    }
+                }
+            }
+        }
+    }
+    // 4. Round once and overwrite (zeros where nothing flowed).
+    const auto store = [&](tensor_view<T, 4> dst, const std::vector<double>& src, index_t T_, index_t H_) {
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < T_; ++t)
+                for (index_t h = 0; h < H_; ++h)
+                    for (index_t d = 0; d < D; ++d)
+                        dst(b, t, h, d) = tinyllm::detail::attention_from_double<T>(src[at(b, t, h, T_, H_, D, d)]);
+    };
+    if (want_dq) store(dq, gq, Tq, Hq);
+    if (want_dk) store(dk, gk, Tk, Hkv);
+    if (want_dv) store(dv, gv, Tk, Hkv);
 }
 
 }  // namespace cpu
