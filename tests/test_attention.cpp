@@ -430,6 +430,8 @@ TEST_CASE("attention: mask helpers agree with the definition, tile skip/full/par
                             for (index_t cols : {1, 2, 4})
                                 for (index_t q0 = 0; q0 < tq; q0 += rows) {
                                     const auto range = tinyllm::attention_tile_keys(m, q0, rows, length);
+                                    // Never a padding key, even for rows whose window starts past the length.
+                                    REQUIRE((range.empty() || range.end <= std::min(length, tk)));
                                     for (index_t k0 = 0; k0 < tk; k0 += cols) {
                                         const index_t c = std::min(cols, tk - k0);
                                         const auto kind = tinyllm::attention_classify_tile(m, q0, rows, k0, c, length);

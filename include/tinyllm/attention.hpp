@@ -162,6 +162,9 @@ TINYLLM_HOST_DEVICE constexpr attention_tile attention_classify_tile(const atten
 
 // The keys that any query row of [q0, q0 + rows) may see: the loop bounds of a
 // kernel that walks a query tile over the keys. Tiles outside are skipped.
+// Never past the row's length: an empty row's range sits at its window start,
+// which may lie beyond the padding, and a kernel must not load padding keys
+// (they may hold anything, and 0 * NaN is NaN).
 TINYLLM_HOST_DEVICE constexpr key_range attention_tile_keys(const attention_mask& m, index_t q0, index_t rows,
                                                             index_t length) {
     index_t last = q0 + rows - 1;
@@ -170,6 +173,9 @@ TINYLLM_HOST_DEVICE constexpr key_range attention_tile_keys(const attention_mask
     const key_range a = attention_visible_keys(m, q0, length);
     const key_range b = attention_visible_keys(m, last, length);
     key_range r{a.begin, b.end};
+    index_t limit = length < m.tk ? length : m.tk;
+    if (limit < 0) limit = 0;
+    if (r.end > limit) r.end = limit;
     if (r.end < r.begin) r.end = r.begin;
     return r;
 }
