@@ -136,7 +136,8 @@ void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(layout.total);
     auto kernel = detail::attention_flash_kernel<T, detail::decode_rows>;
     detail::set_shared_memory(kernel, bytes, "attention_decode");
-    launch(kernel, split_grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml);
+    launch(kernel, split_grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml,
+           tensor_view<float, 3>{});
     TINYLLM_CUDA_CHECK_LAUNCH();
     launch(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();

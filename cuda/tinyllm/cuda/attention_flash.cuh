@@ -75,9 +75,12 @@ struct flash_smem {
 //     head hkv*group + r / Tq — every query head sharing the KV head, so K and
 //     V are read once for all of them — over the keys of this split only;
 //     writes the unnormalized o, and (m, l), for the combine kernel.
+//   lse (B, Hq, Tq), prefill only, if its data is set: each row's log-sum-exp
+//     m + log l (-inf for a row with no visible key), saved for the backward.
 template <class T, int ROWS>
 __global__ void __launch_bounds__(flash_threads)
-    attention_flash_kernel(attention_args<T> a, int keys_per_split, float* part_o, float* part_ml) {
+    attention_flash_kernel(attention_args<T> a, int keys_per_split, float* part_o, float* part_ml,
+                           tensor_view<float, 3> lse) {
     float* smem = dynamic_shared<float>();
     const flash_smem L = flash_smem::make(ROWS, a.D);
     float* qs = smem + L.qs;
@@ -180,6 +183,7 @@ __global__ void __launch_bounds__(flash_threads)
         if (!split) {
             const float l = row_l[r];
             a.o_row(b, i, h)[d] = from_float<T>(l > 0.0f ? os[idx] / l : 0.0f);
+            if (d == 0 && lse.data() != nullptr) lse(b, h, i) = l > 0.0f ? row_m[r] + logf(l) : -INFINITY;
         } else {
             // Layout of the partial results: (B, Hq, Tq, splits, D) and (B, Hq, Tq, splits, 2).
             const index_t slot = ((static_cast<index_t>(b) * a.Hq + h) * a.Tq + i) * gridDim.x + blockIdx.x;
@@ -197,13 +201,16 @@ __global__ void __launch_bounds__(flash_threads)
 // v3: out = attention(q, k, v) with the online softmax, float32 math. Supports
 // every option of the CPU reference and head dims 1..256 (shared memory:
 // ~4 * (48 * D + 1100) bytes per block). T: float, bfloat16 or float16.
+// With `lse` (B, Hq, Tq), float, device, it also writes each row's log-sum-exp
+// (as cpu::attention's lse), which attention_backward_flash needs.
 template <class T>
-void attention_flash(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+void attention_flash(tensor_view<T, 4> out, tensor_view<float, 3> lse, std::type_identity_t<tensor_view<const T, 4>> q,
                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                      const attention_options& opts = {}, cudaStream_t stream = nullptr) {
     constexpr int ROWS = 16;
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_flash");
     TINYLLM_EXPECT(a.D <= 256, "attention_flash supports head dims up to 256, got ", a.D);
+    if (lse.data() != nullptr) expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_flash: lse");
     if (out.size() == 0) return;
     const dim3 grid = detail::checked_grid(ceil_div<index_t>(a.Tq, ROWS), a.Hq, a.B, "attention_flash",
                                            "the query tiles (Tq / 16, Hq, B)");
@@ -211,8 +218,16 @@ void attention_flash(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>(layout.total);
     auto kernel = detail::attention_flash_kernel<T, ROWS>;
     detail::set_shared_memory(kernel, bytes, "attention_flash");
-    launch(kernel, grid, detail::flash_threads, bytes, stream, a, 0, nullptr, nullptr);
+    launch(kernel, grid, detail::flash_threads, bytes, stream, a, 0, nullptr, nullptr, lse);
     TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// The same without the log-sum-exp.
+template <class T>
+void attention_flash(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+                     std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
+                     const attention_options& opts = {}, cudaStream_t stream = nullptr) {
+    attention_flash<T>(out, tensor_view<float, 3>{}, q, k, v, opts, stream);
 }
 
 }  // namespace tinyllm::cuda
