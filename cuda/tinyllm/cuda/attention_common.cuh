@@ -9,6 +9,7 @@
 //   attention_flash.cuh    v3  online softmax, one pass over K/V, no score matrix (float32)
 //   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
 //   attention_decode.cuh       split-K flash-decoding for a few queries over a long KV cache
+//   attention_backward.cuh     the backward pass: v1 naive (P in global memory), v2 flash (recomputed from the lse)
 // The math (masks, logit transform, tile classification) is the CPU reference's,
 // from <tinyllm/attention.hpp>.
 //
