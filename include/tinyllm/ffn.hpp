@@ -163,6 +163,13 @@ void expect_linear_backward_args(std::string_view op, const DX& dx, const DW& dw
                    ": dx must not be the same memory as dout");
 }
 
+// out = a b needs a (M, K) and b (K, N): a's columns equal b's rows.
+template <class A, class B>
+void expect_matmul_args(std::string_view op, const A& a, const B& b) {
+    TINYLLM_EXPECT(a.extent(1) == b.extent(0), op, ": a is ", to_string(a.shape()), " and b is ", to_string(b.shape()),
+                   "; a's columns must equal b's rows");
+}
+
 }  // namespace detail
 
 namespace cpu {
@@ -185,8 +192,7 @@ inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, ten
 
 // out = a b. out: (M, N); a: (M, K); b: (K, N). out must not overlap a.
 inline void matmul(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
-    TINYLLM_EXPECT(a.extent(1) == b.extent(0), "matmul: a is ", to_string(a.shape()), " and b is ",
-                   to_string(b.shape()), "; a's columns must equal b's rows");
+    tinyllm::detail::expect_matmul_args("matmul", a, b);
     linear(out, a, b.transpose(0, 1), {});  // a b = a (b^T)^T
 }
 
@@ -258,8 +264,7 @@ inline void linear_backward(tensor_view<float, 2> dx, tensor_view<float, 2> dwei
 // adds to db. da must not overlap dout.
 inline void matmul_backward(tensor_view<float, 2> da, tensor_view<float, 2> db, tensor_view<const float, 2> dout,
                             tensor_view<const float, 2> a, tensor_view<const float, 2> b, bool accumulate = false) {
-    TINYLLM_EXPECT(a.extent(1) == b.extent(0), "matmul_backward: a is ", to_string(a.shape()), " and b is ",
-                   to_string(b.shape()), "; a's columns must equal b's rows");
+    tinyllm::detail::expect_matmul_args("matmul_backward", a, b);
     // out = a (b^T)^T: linear with weight b^T, whose gradient is db^T.
     linear_backward(da, db.transpose(0, 1), {}, dout, a, b.transpose(0, 1), accumulate);
 }

@@ -14,15 +14,35 @@
 // f is a count and has no gradient; P carries the gradient, and the product
 // pushes probability away from the experts that receive the most tokens. Both f
 // and P sum to 1, and the loss is 1 when routing is perfectly uniform (f_i =
-// P_i = 1/E) and grows to E when one expert takes everything. (Hugging Face's
-// Mixtral `load_balancing_loss_func` normalises f by T instead of T·k, so its
-// value is k times this one.) It is scaled by a small coefficient (0.01) in the
-// training loss.
+// P_i = 1/E) and grows to E when one expert takes everything. It is scaled by a
+// small coefficient (0.01) in the training loss.
+//
+// transformers' definition (`load_balancing_loss_func`, used by Mixtral, Qwen-MoE,
+// ... with `router_aux_loss_coef`) concatenates the router logits of all L MoE
+// layers into R = L·B·T rows and computes, without an attention mask,
+//     aux = E · sum_e (c_e / R) · (sum_rows p_e / R),
+//     c_e = #rows whose top-k contains e = sum over the k slots of the rows whose slot went to e
+// (its tokens_per_expert is the (k, E) mean of the one-hot slots; summing it over
+// the k slots gives c_e / R). That is f_e = c_e / (R·k) above with T = R, times k:
+//     aux = k · load_balancing_loss(logits of all layers stacked (R, E), their ids (R, k)).
+// So a model trained with coefficient c adds c · k · load_balancing_loss(stacked)
+// and takes its gradient with load_balancing_loss_backward(dlogits (R, E), stacked
+// logits, ids, scale = c · k); rows l·B·T .. (l+1)·B·T - 1 of dlogits belong to
+// layer l. (A layer's rows cannot be done alone: f and the 1/R count every layer.)
+//
+// Gradient. f is a count: it carries no gradient (and the top-k choice behind it
+// is piecewise constant). Only P does: for row t with p = softmax(logits_t),
+// dp_i/dlogits_e = p_i ([i = e] - p_e), so
+//     d loss / d logits(t, e) = (E / T) · p_e · (f_e - sum_i f_i p_i).
+// An expert that receives more than its probability-weighted share of slots has
+// its logit pushed down, one that receives less pushed up.
 //
 // Router z-loss (ST-MoE, Zoph et al. 2022, eq. 5):
 //     z_loss = (1 / T) · sum_t (log sum_e exp(logits_t,e))^2
 // It penalises large logits, which make the softmax saturate and training
-// unstable in low precision; coefficient ~1e-3.
+// unstable in low precision; coefficient ~1e-3. (transformers' router_z_loss_func
+// is the same mean.) Since d lse / d logits_e = p_e,
+//     d z_loss / d logits(t, e) = (2 / T) · lse_t · p_e.
 //
 // Capacity (GShard, Switch). To give every expert a fixed-size buffer (static
 // shapes, balanced devices) each expert accepts at most
@@ -157,6 +177,67 @@ inline double router_z_loss(tensor_view<const float, 2> logits) {
         total += lse * lse;
     }
     return total / static_cast<double>(T);
+}
+
+// The gradient of scale · load_balancing_loss(logits, ids) with respect to the
+// logits, f held constant (see the top of this file):
+//     dlogits(t, e) (+)= scale · (E / T) · p_e · (f_e - sum_i f_i p_i)
+// dlogits (T, E) is overwritten, or added to with `accumulate` (to combine it
+// with the gating's own gradient or the z-loss's). scale is dL/d(loss): the
+// loss's coefficient in the training objective (c · k for transformers' aux
+// loss, with the logits of every layer stacked: see above). In double, rounded once.
+inline void load_balancing_loss_backward(tensor_view<float, 2> dlogits /*(T, E)*/,
+                                         tensor_view<const float, 2> logits /*(T, E)*/,
+                                         tensor_view<const std::int32_t, 2> ids /*(T, k)*/, double scale = 1.0,
+                                         bool accumulate = false) {
+    const index_t T = logits.extent(0), E = logits.extent(1);
+    expect_shape(dlogits, logits.shape(), "load_balancing_loss_backward: dlogits");
+    TINYLLM_EXPECT(ids.extent(0) == T, "load_balancing_loss_backward: ids has ", ids.extent(0),
+                   " rows but logits has ", T);
+    TINYLLM_EXPECT(T >= 1, "load_balancing_loss_backward: needs at least one token");
+    const index_t k = ids.extent(1);
+    tinyllm::detail::expect_ids(ids, E, "load_balancing_loss_backward");
+    std::vector<double> f(static_cast<std::size_t>(E), 0.0), p(static_cast<std::size_t>(E));
+    for (index_t t = 0; t < T; ++t)
+        for (index_t j = 0; j < k; ++j) f[ids(t, j)] += 1.0 / static_cast<double>(T * k);
+    const double c = scale * static_cast<double>(E) / static_cast<double>(T);
+    for (index_t t = 0; t < T; ++t) {
+        double max = logits(t, 0), sum = 0, fp = 0;
+        for (index_t e = 0; e < E; ++e) {
+            TINYLLM_EXPECT(std::isfinite(logits(t, e)), "load_balancing_loss_backward: logits(", t, ", ", e, ") = ",
+                           logits(t, e), " is not finite");
+            max = logits(t, e) > max ? logits(t, e) : max;
+        }
+        for (index_t e = 0; e < E; ++e) sum += p[e] = std::exp(logits(t, e) - max);
+        for (index_t e = 0; e < E; ++e) fp += f[e] * (p[e] /= sum);
+        for (index_t e = 0; e < E; ++e)
+            dlogits(t, e) = static_cast<float>(c * p[e] * (f[e] - fp) +
+                                               (accumulate ? static_cast<double>(dlogits(t, e)) : 0.0));
+    }
+}
+
+// The gradient of scale · router_z_loss(logits):
+//     dlogits(t, e) (+)= scale · (2 / T) · lse_t · p_e
+// overwritten, or added to with `accumulate`. In double, rounded once.
+inline void router_z_loss_backward(tensor_view<float, 2> dlogits /*(T, E)*/,
+                                   tensor_view<const float, 2> logits /*(T, E)*/, double scale = 1.0,
+                                   bool accumulate = false) {
+    const index_t T = logits.extent(0), E = logits.extent(1);
+    expect_shape(dlogits, logits.shape(), "router_z_loss_backward: dlogits");
+    TINYLLM_EXPECT(T >= 1 && E >= 1, "router_z_loss_backward: logits ", to_string(logits.shape()), " is empty");
+    std::vector<double> p(static_cast<std::size_t>(E));
+    for (index_t t = 0; t < T; ++t) {
+        double max = logits(t, 0), sum = 0;
+        for (index_t e = 0; e < E; ++e) {
+            TINYLLM_EXPECT(std::isfinite(logits(t, e)), "router_z_loss_backward: logits(", t, ", ", e, ") = ",
+                           logits(t, e), " is not finite");
+            max = logits(t, e) > max ? logits(t, e) : max;
+        }
+        for (index_t e = 0; e < E; ++e) sum += p[e] = std::exp(logits(t, e) - max);
+        const double lse = max + std::log(sum), c = scale * 2.0 * lse / static_cast<double>(T) / sum;
+        for (index_t e = 0; e < E; ++e)
+            dlogits(t, e) = static_cast<float>(c * p[e] + (accumulate ? static_cast<double>(dlogits(t, e)) : 0.0));
+    }
 }
 
 // Capacity assignment in token order.

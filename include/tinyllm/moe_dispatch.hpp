@@ -28,10 +28,30 @@
 // with weights in PyTorch nn.Linear layout: W1_e, W3_e (F, D); W2_e (D, F).
 //
 // A whole Mixtral-style MoE block is cpu::moe_forward at the end of this file.
+//
+// Backward (training; derivation in docs/training.md): cpu::moe_backward runs
+// the forward's steps in reverse. Each step is a linear map of its data, or a
+// small non-linear one with a known derivative:
+//   combine    y[t] = sum_j w(t, j) · y_sorted[row_of(t, j)]: a weighted scatter,
+//              whose transpose is a gather. dy_sorted[row_of(t, j)] = w(t, j) · dy[t]
+//              (every used row belongs to one slot, so nothing is summed), and
+//              dw(t, j) = <dy[t], y_sorted[row_of(t, j)]>; dropped slots: 0.
+//   experts    per expert, linear_backward through W2, swiglu_backward, and
+//              linear_backward through W1 and W3 (their dx added).
+//   gather     x_sorted[row] = x[row_token[row]]: its transpose sums every copy
+//              of a token back, dx[t] = sum_j dx_sorted[row_of(t, j)], the k slots
+//              in slot order — a fixed order, no atomics.
+//   gating     softmax_topk_gating_backward (moe_gating.hpp): only the chosen
+//              experts' logits get gradient.
+//   router     logits = x · router^T: linear_backward.
+// The routing (ids, plan) is recomputed from x and the router exactly as the
+// forward computed it; it is piecewise constant and has no gradient.
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/activation.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/ffn.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/moe_balance.hpp>
 #include <tinyllm/moe_gating.hpp>
@@ -227,6 +247,22 @@ struct moe_plan_buffers {
     index_t rows() const { return row_token.size(); }
 };
 
+// The router of moe_forward: logits (T, E) = x (T, D) · router (E, D)^T, each
+// a double sum rounded once — the logits the forward chooses experts from, and
+// the ones to give load_balancing_loss and router_z_loss.
+inline void moe_router_logits(tensor_view<float, 2> logits, tensor_view<const float, 2> x,
+                              tensor_view<const float, 2> router) {
+    const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0);
+    expect_shape(router, extents<2>{E, D}, "moe_router_logits: router");
+    expect_shape(logits, extents<2>{T, E}, "moe_router_logits: logits");
+    for (index_t t = 0; t < T; ++t)
+        for (index_t e = 0; e < E; ++e) {
+            double s = 0;
+            for (index_t d = 0; d < D; ++d) s += static_cast<double>(x(t, d)) * router(e, d);
+            logits(t, e) = static_cast<float>(s);
+        }
+}
+
 // A whole Mixtral-style sparse MoE block (without the residual):
 //   logits = x · router^T; softmax -> top-k -> renormalize;
 //   y[t] = sum_j w(t, j) · FFN_{id(t, j)}(x[t])
@@ -238,12 +274,7 @@ inline void moe_forward(tensor_view<float, 2> out, tensor_view<const float, 2> x
     expect_shape(out, x.shape(), "moe_forward: out");
     expect_shape(router, extents<2>{E, D}, "moe_forward: router");
     tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
-    for (index_t t = 0; t < T; ++t)
-        for (index_t e = 0; e < E; ++e) {
-            double s = 0;
-            for (index_t d = 0; d < D; ++d) s += static_cast<double>(x(t, d)) * router(e, d);
-            logits(t, e) = static_cast<float>(s);
-        }
+    moe_router_logits(logits.view(), x, router);
     tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
     tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
     softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
@@ -257,3 +288,143 @@ inline void moe_forward(tensor_view<float, 2> out, tensor_view<const float, 2> x
 
 }  // namespace cpu
 }  // namespace tinyllm
+
+namespace tinyllm::detail {
+
+// An optional (empty) gradient of the given shape, or an error naming it.
+template <std::size_t R>
+void expect_optional_gradient(tensor_view<float, R> g, const extents<R>& shape, const char* op, const char* name) {
+    if (g.size() != 0) expect_shape(g, shape, std::string(op) + ": " + name);
+}
+
+// Expert e's (F, D) or (D, F) matrix of an (E, ., .) gradient, or empty when the gradient is not wanted.
+inline tensor_view<float, 2> expert_gradient(tensor_view<float, 3> g, index_t e) {
+    return g.size() ? g.slice(0, e) : tensor_view<float, 2>{};
+}
+
+}  // namespace tinyllm::detail
+
+namespace tinyllm::cpu {
+
+// The backward of moe_forward(out, x, router, w1, w3, w2, k, options), the
+// Mixtral block (softmax -> top-k -> renormalize; SwiGLU experts):
+//   dx      (T, D)     overwritten; empty: not computed
+//   drouter (E, D)     the router's gradient; empty: not computed
+//   dw1     (E, F, D)  gate projections; dw3 (E, F, D) up; dw2 (E, D, F) down;
+//                      each empty: not computed
+//   dout    (T, D)     dL/dout
+//   dlogits_extra (T, E) or empty: a gradient arriving at the router logits
+//                      from elsewhere — an auxiliary loss's
+//                      (load_balancing_loss_backward, router_z_loss_backward),
+//                      added to the gating's before the router's backward
+//   x, router, w1, w3, w2, k, options: as given to the forward
+// Parameter gradients are overwritten, or added to with `accumulate`; an
+// expert no token reached gets zero (or keeps its gradient). The routing is
+// recomputed (moe_router_logits, softmax_topk_gating, moe_plan), so the
+// backward chooses exactly the experts, ties and dropped slots the forward
+// chose. Sums over tokens are in double (linear_backward's); dx is the double
+// sum of the router's and the k slots' contributions, rounded once.
+inline void moe_backward(tensor_view<float, 2> dx /*(T, D) or empty*/, tensor_view<float, 2> drouter /*(E, D) or empty*/,
+                         tensor_view<float, 3> dw1 /*(E, F, D) or empty*/, tensor_view<float, 3> dw3 /*(E, F, D) or empty*/,
+                         tensor_view<float, 3> dw2 /*(E, D, F) or empty*/, tensor_view<const float, 2> dout /*(T, D)*/,
+                         tensor_view<const float, 2> dlogits_extra /*(T, E) or empty*/,
+                         tensor_view<const float, 2> x /*(T, D)*/, tensor_view<const float, 2> router /*(E, D)*/,
+                         tensor_view<const float, 3> w1 /*(E, F, D)*/, tensor_view<const float, 3> w3 /*(E, F, D)*/,
+                         tensor_view<const float, 3> w2 /*(E, D, F)*/, index_t k,
+                         const moe_dispatch_options& options = {}, bool accumulate = false) {
+    const char* op = "moe_backward";
+    const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0), F = w1.extent(1);
+    expect_shape(router, extents<2>{E, D}, "moe_backward: router");
+    expect_shape(w1, extents<3>{E, F, D}, "moe_backward: w1");
+    expect_shape(w3, extents<3>{E, F, D}, "moe_backward: w3");
+    expect_shape(w2, extents<3>{E, D, F}, "moe_backward: w2");
+    expect_shape(dout, x.shape(), "moe_backward: dout");
+    tinyllm::detail::expect_optional_gradient(dx, x.shape(), op, "dx");
+    tinyllm::detail::expect_optional_gradient(drouter, router.shape(), op, "drouter");
+    tinyllm::detail::expect_optional_gradient(dw1, w1.shape(), op, "dw1");
+    tinyllm::detail::expect_optional_gradient(dw3, w3.shape(), op, "dw3");
+    tinyllm::detail::expect_optional_gradient(dw2, w2.shape(), op, "dw2");
+    if (dlogits_extra.size() != 0) expect_shape(dlogits_extra, extents<2>{T, E}, "moe_backward: dlogits_extra");
+    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
+                   ": dx must not be the same memory as dout");
+
+    // The forward again, keeping what the backward needs.
+    tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
+    moe_router_logits(logits.view(), x, router);
+    tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
+    tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
+    softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
+    moe_plan_buffers plan(T, k, E, options.block);
+    moe_plan(plan.view(), ids.view(), options);
+    const index_t R = plan.rows();
+    tensor<float, 2> x_sorted(extents<2>{R, D}), y_sorted(extents<2>{R, D});  // (R, D)
+    tensor<float, 2> gate(extents<2>{R, F}), up(extents<2>{R, F}), h(extents<2>{R, F});  // (R, F)
+    moe_gather(x_sorted.view(), x, plan.view());
+    // Expert e's rows of an (R, .) buffer.
+    const auto rows_of = [&](auto& buffer, index_t e) {
+        return buffer.view().narrow(0, plan.expert_offsets(e), plan.expert_counts(e));
+    };
+    for (index_t e = 0; e < E; ++e) {
+        linear(rows_of(gate, e), tensor_view<const float, 2>(rows_of(x_sorted, e)), w1.slice(0, e), {});
+        linear(rows_of(up, e), tensor_view<const float, 2>(rows_of(x_sorted, e)), w3.slice(0, e), {});
+        swiglu(rows_of(h, e), rows_of(gate, e), rows_of(up, e));
+        linear(rows_of(y_sorted, e), tensor_view<const float, 2>(rows_of(h, e)), w2.slice(0, e), {});
+    }
+
+    // Combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t]; dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]>.
+    tensor<float, 2> dy_sorted(extents<2>{R, D});  // (R, D), zero on padding rows
+    tensor<float, 2> dweights(extents<2>{T, k});   // (T, k)
+    for (index_t t = 0; t < T; ++t)
+        for (index_t j = 0; j < k; ++j) {
+            const std::int32_t row = plan.row_of(t, j);
+            double dot = 0;
+            if (row >= 0)
+                for (index_t d = 0; d < D; ++d) {
+                    dot += static_cast<double>(dout(t, d)) * y_sorted(row, d);
+                    dy_sorted(row, d) = static_cast<float>(static_cast<double>(weights(t, j)) * dout(t, d));
+                }
+            dweights(t, j) = static_cast<float>(dot);
+        }
+
+    // Experts: y = W2 h, h = silu(gate) up, gate = W1 x, up = W3 x, per expert's rows.
+    const bool want_dx = dx.size() != 0;
+    tensor<float, 2> dh(extents<2>{R, F}), dgate(extents<2>{R, F}), dup(extents<2>{R, F});  // (R, F)
+    tensor<float, 2> dx_gate(extents<2>{want_dx ? R : 0, D}), dx_up(extents<2>{want_dx ? R : 0, D});  // (R, D)
+    for (index_t e = 0; e < E; ++e) {
+        linear_backward(rows_of(dh, e), tinyllm::detail::expert_gradient(dw2, e), {},
+                        tensor_view<const float, 2>(rows_of(dy_sorted, e)), tensor_view<const float, 2>(rows_of(h, e)),
+                        w2.slice(0, e), accumulate);
+        swiglu_backward(rows_of(dgate, e), rows_of(dup, e), rows_of(dh, e), rows_of(gate, e), rows_of(up, e));
+        const tensor_view<const float, 2> xs = rows_of(x_sorted, e);
+        linear_backward(want_dx ? rows_of(dx_gate, e) : tensor_view<float, 2>{}, tinyllm::detail::expert_gradient(dw1, e),
+                        {}, tensor_view<const float, 2>(rows_of(dgate, e)), xs, w1.slice(0, e), accumulate);
+        linear_backward(want_dx ? rows_of(dx_up, e) : tensor_view<float, 2>{}, tinyllm::detail::expert_gradient(dw3, e),
+                        {}, tensor_view<const float, 2>(rows_of(dup, e)), xs, w3.slice(0, e), accumulate);
+    }
+
+    // Gating: only the chosen experts' logits get gradient; plus the extra one (an auxiliary loss's).
+    tensor<float, 2> dlogits(extents<2>{T, E});  // (T, E)
+    if (dlogits_extra.size() != 0)
+        for (index_t t = 0; t < T; ++t)
+            for (index_t e = 0; e < E; ++e) dlogits(t, e) = dlogits_extra(t, e);
+    softmax_topk_gating_backward(dlogits.view(), dweights.view(), logits.view(), /*renormalize=*/true,
+                                 /*accumulate=*/dlogits_extra.size() != 0);
+
+    // Router: logits = x router^T.
+    if (drouter.size() != 0) linear_backward({}, drouter, {}, dlogits.view(), x, router, accumulate);
+    if (want_dx) {
+        // dx[t] = dlogits[t] · router + sum_j (dx_gate + dx_up)[row_of(t, j)], slots in order.
+        for (index_t t = 0; t < T; ++t)
+            for (index_t d = 0; d < D; ++d) {
+                double sum = 0;
+                for (index_t e = 0; e < E; ++e) sum += static_cast<double>(dlogits(t, e)) * router(e, d);
+                for (index_t j = 0; j < k; ++j) {
+                    const std::int32_t row = plan.row_of(t, j);
+                    if (row >= 0) sum += static_cast<double>(dx_gate(row, d)) + dx_up(row, d);
+                }
+                dx(t, d) = static_cast<float>(sum);
+            }
+    }
+}
+
+}  // namespace tinyllm::cpu

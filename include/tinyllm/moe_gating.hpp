@@ -50,6 +50,23 @@
 // relative but are not equal — exact ties are resolved by index on both sides.
 // The weights are computed in double on the CPU and in float on the fused CUDA
 // kernel; they agree within float rounding (tests use ~1e-5 relative).
+//
+// Backward (training; derivation in docs/training.md). Only the weights depend
+// smoothly on the logits; the choice of experts is piecewise constant, so it
+// carries no gradient and the backward recomputes it from the same logits with
+// the same rule (ties included) as the forward. Given g_j = dL/dw_j:
+//   renormalized (Mixtral): w_j = exp(l_{id_j}) / sum_{i chosen} exp(l_i), a
+//     softmax over the k chosen logits (the full softmax's normaliser cancels), so
+//         dl_{id_j} = w_j (g_j - sum_i w_i g_i),   dl_e = 0 for every e not chosen:
+//     an expert the token did not visit gets no gradient (no straight-through).
+//   plain (Switch, GShard): w_j = p_{id_j}, the full softmax, so every logit moves:
+//         dl_e = p_e (G_e - sum_j w_j g_j),   G_e = g_j if e = id_j, else 0.
+//   noisy: as renormalized, on the noisy scores H; the noise N is a constant
+//     (drawn from Philox by (seed, t, e), the same draw in the backward), so
+//         dlogits_e = dH_e,   dnoise_logits_e = dH_e · N_e · sigmoid(noise_logits_e)
+//     (softplus' = sigmoid).
+// softmax_topk_gating_backward and noisy_topk_gating_backward compute these in
+// double, rounding once.
 #pragma once
 
 #include <tinyllm/config.hpp>
@@ -326,3 +343,109 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
 
 }  // namespace cpu
 }  // namespace tinyllm
+
+// ---- Backward -------------------------------------------------------------------------
+
+namespace tinyllm::detail {
+
+// dlogits (T, E) (empty when `optional`), dweights (T, k) with 1 <= k <= E, rows of logits contiguous.
+inline void expect_gating_backward_shapes(tensor_view<float, 2> dlogits, tensor_view<const float, 2> dweights,
+                                          tensor_view<const float, 2> logits, bool optional, const char* op) {
+    const index_t T = logits.extent(0), E = logits.extent(1), k = dweights.extent(1);
+    if (!optional || dlogits.size() != 0) expect_shape(dlogits, logits.shape(), std::string(op) + ": dlogits");
+    TINYLLM_EXPECT(dweights.extent(0) == T, op, ": dweights has ", dweights.extent(0), " rows but logits has ", T,
+                   " tokens");
+    TINYLLM_EXPECT(k >= 1 && k <= E, op, ": k (the second extent of dweights) = ", k, " must be in [1, E = ", E, "]");
+    expect_rows_contiguous(logits, "logits", op);
+}
+
+}  // namespace tinyllm::detail
+
+namespace tinyllm::cpu {
+
+// The backward of softmax_topk_gating(ids, weights, logits, renormalize): given
+// dweights = dL/dweights (T, k), dlogits (T, E) is overwritten with dL/dlogits
+// (or added to, with `accumulate`: another loss's gradient already there, such
+// as load_balancing_loss_backward's). The experts are chosen again from the
+// logits exactly as the forward chose them. renormalize: only the chosen
+// logits get gradient; plain: every logit does (see the top of this file).
+inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits /*(T, E)*/,
+                                         tensor_view<const float, 2> dweights /*(T, k)*/,
+                                         tensor_view<const float, 2> logits /*(T, E)*/, bool renormalize,
+                                         bool accumulate = false) {
+    const index_t T = logits.extent(0), E = logits.extent(1);
+    tinyllm::detail::expect_gating_backward_shapes(dlogits, dweights, logits, false, "softmax_topk_gating_backward");
+    const int k = static_cast<int>(dweights.extent(1));
+    std::vector<float> keys(static_cast<std::size_t>(E));
+    std::vector<double> p(static_cast<std::size_t>(E)), d(static_cast<std::size_t>(E));
+    for (index_t t = 0; t < T; ++t) {
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", "softmax_topk_gating_backward");
+        double max = x[0], sum = 0;
+        for (index_t e = 0; e < E; ++e) max = x[e] > max ? x[e] : max;
+        for (index_t e = 0; e < E; ++e) sum += p[e] = std::exp(static_cast<double>(x[e]) - max);
+        for (index_t e = 0; e < E; ++e) p[e] /= sum;
+        for (index_t e = 0; e < E; ++e) keys[e] = x[e];
+        const std::vector<int> top = tinyllm::detail::top_k_indices(keys, k);  // the forward's choice
+        double chosen_sum = 0;
+        for (int j = 0; j < k; ++j) chosen_sum += p[top[j]];
+        // w_j and s = sum_j w_j g_j
+        double s = 0;
+        for (int j = 0; j < k; ++j) s += (renormalize ? p[top[j]] / chosen_sum : p[top[j]]) * dweights(t, j);
+        if (renormalize) {
+            d.assign(d.size(), 0.0);
+            for (int j = 0; j < k; ++j) d[top[j]] = p[top[j]] / chosen_sum * (dweights(t, j) - s);
+        } else {
+            for (index_t e = 0; e < E; ++e) d[e] = -p[e] * s;
+            for (int j = 0; j < k; ++j) d[top[j]] += p[top[j]] * dweights(t, j);
+        }
+        for (index_t e = 0; e < E; ++e)
+            dlogits(t, e) = static_cast<float>(d[e] + (accumulate ? static_cast<double>(dlogits(t, e)) : 0.0));
+    }
+}
+
+// The backward of noisy_topk_gating(ids, weights, logits, noise_logits, seed,
+// token_offset): dlogits (T, E) and dnoise_logits (T, E) (empty: not computed),
+// overwritten or, with `accumulate`, added to. The noise is drawn again from
+// (seed, t + token_offset, e) and is a constant of the gradient:
+//     dlogits_e = dH_e,  dnoise_logits_e = dH_e · N_e · sigmoid(noise_logits_e)
+// with dH the renormalized softmax's backward on the k chosen noisy scores H.
+inline void noisy_topk_gating_backward(tensor_view<float, 2> dlogits /*(T, E) or empty*/,
+                                       tensor_view<float, 2> dnoise_logits /*(T, E) or empty*/,
+                                       tensor_view<const float, 2> dweights /*(T, k)*/,
+                                       tensor_view<const float, 2> logits /*(T, E)*/,
+                                       tensor_view<const float, 2> noise_logits /*(T, E)*/, std::uint64_t seed,
+                                       index_t token_offset = 0, bool accumulate = false) {
+    const index_t T = logits.extent(0), E = logits.extent(1);
+    const char* op = "noisy_topk_gating_backward";
+    tinyllm::detail::expect_gating_backward_shapes(dlogits, dweights, logits, true, op);
+    expect_shape(noise_logits, logits.shape(), std::string(op) + ": noise_logits");
+    if (dnoise_logits.size()) expect_shape(dnoise_logits, logits.shape(), std::string(op) + ": dnoise_logits");
+    tinyllm::detail::expect_rows_contiguous(noise_logits, "noise_logits", op);
+    const int k = static_cast<int>(dweights.extent(1));
+    std::vector<double> h(static_cast<std::size_t>(E)), dh(static_cast<std::size_t>(E));
+    for (index_t t = 0; t < T; ++t) {
+        const float* x = tinyllm::detail::row_pointer(logits, t);
+        const float* nx = tinyllm::detail::row_pointer(noise_logits, t);
+        tinyllm::detail::expect_finite_row(x, E, t, "logits", op);
+        tinyllm::detail::expect_finite_row(nx, E, t, "noise_logits", op);
+        for (index_t e = 0; e < E; ++e) h[e] = moe_noisy_score(x[e], nx[e], seed, t + token_offset, static_cast<int>(e));
+        const std::vector<int> top = tinyllm::detail::top_k_indices(h, k);
+        double sum = 0, s = 0;
+        for (int j = 0; j < k; ++j) sum += std::exp(h[top[j]] - h[top[0]]);
+        for (int j = 0; j < k; ++j) s += std::exp(h[top[j]] - h[top[0]]) / sum * dweights(t, j);
+        dh.assign(dh.size(), 0.0);
+        for (int j = 0; j < k; ++j) dh[top[j]] = std::exp(h[top[j]] - h[top[0]]) / sum * (dweights(t, j) - s);
+        for (index_t e = 0; e < E; ++e) {
+            if (dlogits.size())
+                dlogits(t, e) = static_cast<float>(dh[e] + (accumulate ? static_cast<double>(dlogits(t, e)) : 0.0));
+            if (dnoise_logits.size()) {
+                const double dn = dh[e] * moe_gate_noise(seed, t + token_offset, static_cast<int>(e)) *
+                                  moe_sigmoid(static_cast<double>(nx[e]));
+                dnoise_logits(t, e) = static_cast<float>(dn + (accumulate ? static_cast<double>(dnoise_logits(t, e)) : 0.0));
+            }
+        }
+    }
+}
+
+}  // namespace tinyllm::cpu

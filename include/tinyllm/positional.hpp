@@ -40,6 +40,7 @@
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/embedding.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
@@ -516,11 +517,15 @@ void alibi_bias_table(tensor_view<float, 3> out /*(H, Tq, Tk)*/, tensor_view<P, 
 // exact transpose, up to the rounding of the products. apply_rope_backward
 // rotates the gradient in place, with positions given as the forward's.
 //
+// Learned positions, x(b, t, :) += table(positions(b, t), :), are an
+// embedding lookup added to x: dx passes through unchanged (the caller keeps
+// dout as x's gradient), and the table's gradient is the embedding backward's
+// scatter-add of dout's rows into the rows their positions read,
+// learned_positions_backward below (the same code as cpu::embedding_backward).
+//
 // The other schemes need no backward function: the sinusoidal encoding is a
 // constant added to x (dx passes through unchanged, and it has no
-// parameters); a learned position table is an embedding, whose gradient
-// (scatter-adding the rows of dx into the table) belongs with the embedding
-// backward; ALiBi is a constant bias on the attention scores (the scores'
+// parameters); ALiBi is a constant bias on the attention scores (the scores'
 // gradient passes through it, and the slopes are not trained).
 
 namespace detail {
@@ -575,6 +580,23 @@ void apply_rope_backward(X&& dx /*(B, T, H, D)*/, const rope_config& cfg, index_
     tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
     tinyllm::detail::apply_rope_backward_rows(tinyllm::detail::rope_output(dx), cfg,
                                               [&](index_t, index_t t) { return position_offset + t; });
+}
+
+// The backward of add_learned_positions(x, table, positions) for the table:
+//     dtable(p, :) (+)= sum_{(b, t) : positions(b, t) = p} dout(b, t, :)
+// summed in double in token order and rounded once; rows of positions that do
+// not occur become 0 (or are left as they are with `accumulate`). dtable:
+// (P_max, D); dout: (B, T, D), the gradient of the sum x + table[positions];
+// positions: (B, T) int32 or int64, as given to the forward. x's own gradient
+// is dout itself (an addition passes it through), so there is no dx.
+template <class P>
+void learned_positions_backward(tensor_view<float, 2> dtable /*(P_max, D)*/,
+                                tensor_view<const float, 3> dout /*(B, T, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
+                                bool accumulate = false) {
+    static_assert(detail::is_position_type_v<P>, "positions must be int32 or int64");
+    using Id = std::remove_const_t<P>;
+    tinyllm::detail::scatter_add_rows<float, Id>(dtable, tensor_view<const Id, 2>(positions), dout, 1.0f, accumulate,
+                                                 "learned_positions_backward", "positions", "the table's");
 }
 
 }  // namespace cpu

@@ -37,6 +37,19 @@
 //   swiglu_backward     dgate = dout * up * silu'(gate), dup = dout * silu(gate):
 //                       its own kernel, reading three inputs and writing two
 //                       (5N) in one pass, 16-byte accesses when aligned.
+//   multiply_backward   da = dout * b, db = dout * a: the same shape of kernel
+//                       (three inputs, two outputs, one pass).
+//   bias_activate_backward  dx = dout * kind'(x + bias) and dbias = the column
+//                       sums of dx. Without dbias it is map_rows_kernel. With
+//                       dbias, one kernel computes dx and adds each column's
+//                       values over a fixed set of rows into a (G, cols) float
+//                       workspace — block (bx, g) takes rows g, g + G, ... in
+//                       order, G = min(rows, 256) — and column_total_kernel
+//                       adds the G partial rows of each column in order 0..G-1:
+//                       no float atomics, so the sums are the same bits on
+//                       every run (the norms' dweight uses the same two passes).
+//                       column_sums, the same two kernels without the
+//                       activation, gives linear_backward its dbias (ffn.cuh).
 //
 // The derivatives are evaluated in double, as the CPU references do (one
 // definition of the math), and rounded once to T: the kernels are memory-bound,
@@ -273,6 +286,92 @@ __global__ void swiglu_backward_kernel(T* dgate, index_t dgate_stride, T* dup, i
     }
 }
 
+// da = dout * b, db = dout * a for a (rows, cols) grid, N elements per access;
+// the inputs of an element are loaded before its outputs are stored.
+template <class T, int N>
+__global__ void multiply_backward_kernel(T* da, index_t da_stride, T* db, index_t db_stride, const T* dout,
+                                         index_t dout_stride, const T* a, index_t a_stride, const T* b,
+                                         index_t b_stride, index_t rows, index_t cols) {
+    const index_t vectors = cols / N;
+    for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        for (index_t v = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; v < vectors;
+             v += static_cast<index_t>(gridDim.x) * blockDim.x) {
+            const index_t c = v * N;
+            float d[N], av[N], bv[N], dav[N], dbv[N];
+            load_floats<T, N>(d, dout + r * dout_stride + c);
+            load_floats<T, N>(av, a + r * a_stride + c);
+            load_floats<T, N>(bv, b + r * b_stride + c);
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                dav[i] = d[i] * bv[i];  // a float product of floats: the CPU's double product, rounded once
+                dbv[i] = d[i] * av[i];
+            }
+            store_floats<T, N>(da + r * da_stride + c, dav);
+            store_floats<T, N>(db + r * db_stride + c, dbv);
+        }
+    }
+}
+
+// Column sums, first pass: partial(g, c) = the sum over rows r = g, g + G,
+// g + 2G, ... (in that order; G = gridDim.y) of d(r, c), where d = dout, or
+// with x given d = dout * kind'(x + bias), also stored to dx when given. One
+// thread per column: a warp reads 32 neighbouring elements of a row.
+template <class T>
+__global__ void column_partial_kernel(float* partial, T* dx, index_t dx_stride, const T* dout, index_t dout_stride,
+                                      const T* x, index_t x_stride, const T* bias, activation kind, index_t rows,
+                                      index_t cols) {
+    const index_t c = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+    if (c >= cols) return;
+    const float b = bias ? to_float(bias[c]) : 0.0f;
+    float s = 0.0f;
+    for (index_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        float d = to_float(dout[r * dout_stride + c]);
+        if (x) d = activation_backward_op{kind}(d, to_float(x[r * x_stride + c]), b);
+        if (dx) dx[r * dx_stride + c] = store_as<T>(d);
+        s += d;
+    }
+    partial[blockIdx.y * cols + c] = s;
+}
+
+// Second pass: out(c) = sum over g = 0..parts-1 of partial(g, c), in that order
+// (+ out(c) with accumulate), rounded once to G.
+template <class G>
+__global__ void column_total_kernel(G* out, index_t out_stride, const float* partial, index_t parts, index_t cols,
+                                    bool accumulate) {
+    const index_t c = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.0f;
+    for (index_t g = 0; g < parts; ++g) s += partial[g * cols + c];
+    if (accumulate) s += to_float(out[c * out_stride]);
+    out[c * out_stride] = store_as<G>(s);
+}
+
+// out (cols) (+)= the column sums of d (rows, cols) — d = dout, or dout * kind'(x +
+// bias) when x is given (then also written to dx when given) — by the two
+// passes above, deterministically. Rows of dout, x and dx contiguous.
+template <class T, class G>
+void column_sums(tensor_view<G, 1> out, tensor_view<T, 2> dx, tensor_view<const T, 2> dout, tensor_view<const T, 2> x,
+                 tensor_view<const T, 1> bias, activation kind, bool accumulate, cudaStream_t stream) {
+    const index_t rows = dout.extent(0), cols = dout.extent(1);
+    if (cols == 0) return;
+    const index_t parts = rows < 256 ? rows : 256;
+    float* partial = parts > 0 ? static_cast<float*>(stream_workspace(
+                                     static_cast<std::size_t>(parts * cols) * sizeof(float), stream))
+                               : nullptr;
+    const int threads = 256;
+    const unsigned column_blocks = static_cast<unsigned>(ceil_div<index_t>(cols, threads));
+    if (parts > 0) {
+        launch(column_partial_kernel<T>, dim3(column_blocks, static_cast<unsigned>(parts)), threads, 0, stream, partial,
+               dx.size() ? dx.data() : nullptr, dx.size() ? dx.stride(0) : 0, dout.data(), dout.stride(0),
+               x.size() ? x.data() : nullptr, x.size() ? x.stride(0) : 0, bias.size() ? bias.data() : nullptr, kind,
+               rows, cols);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+    launch(column_total_kernel<G>, column_blocks, threads, 0, stream, out.data(), cols > 1 ? out.stride(0) : 1,
+           static_cast<const float*>(partial), parts, cols, accumulate);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace detail
 
 // out = kind(x), element-wise. out, x: (rows, cols) on the device.
@@ -382,6 +481,68 @@ void swiglu_backward(tensor_view<T, 2> dgate, tensor_view<T, 2> dup, detail::con
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
+// The backward of bias_activate: dx = dout * kind'(x + bias) (rows, cols), and
+// dbias (cols) = the sum of dx over rows, overwritten or, with `accumulate`,
+// added to (empty: not computed), deterministically (two passes, no atomics).
+// dx may be dout's or x's memory.
+template <class T>
+void bias_activate_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dbias, detail::const_view<T, 2> dout,
+                            detail::const_view<T, 2> x, detail::const_view<T, 1> bias, activation kind,
+                            bool accumulate = false, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "bias_activate_backward";
+    tinyllm::detail::expect_same_shape(dx, x, op, "dx", "x");
+    tinyllm::detail::expect_same_shape(dout, x, op, "dout", "x");
+    tinyllm::detail::expect_bias(x, bias, op);
+    TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == x.extent(1), op, ": dbias has ", dbias.extent(0),
+                   " elements but the rows have ", x.extent(1), " columns (one per column, or none)");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous; its stride is ",
+                   bias.stride(0));
+    if (dbias.size() == 0) {
+        detail::launch_map<T>(op, dx, dout, x, bias, detail::activation_backward_op{kind}, true, stream);
+        return;
+    }
+    detail::expect_unit_column_stride(dx, op, "dx");
+    detail::expect_unit_column_stride(dout, op, "dout");
+    detail::expect_unit_column_stride(x, op, "x");
+    detail::column_sums<T, T>(dbias, dx, dout, x, bias, kind, accumulate, stream);
+}
+
+// The backward of out = a * b: da = dout * b, db = dout * a. All (rows, cols);
+// da and db may be the memory of a, b or dout.
+template <class T>
+void multiply_backward(tensor_view<T, 2> da, tensor_view<T, 2> db, detail::const_view<T, 2> dout,
+                       detail::const_view<T, 2> a, detail::const_view<T, 2> b, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "multiply_backward";
+    tinyllm::detail::expect_same_shape(dout, a, op, "dout", "a");
+    tinyllm::detail::expect_same_shape(dout, b, op, "dout", "b");
+    tinyllm::detail::expect_same_shape(da, a, op, "da", "a");
+    tinyllm::detail::expect_same_shape(db, b, op, "db", "b");
+    detail::expect_unit_column_stride(da, op, "da");
+    detail::expect_unit_column_stride(db, op, "db");
+    detail::expect_unit_column_stride(dout, op, "dout");
+    detail::expect_unit_column_stride(a, op, "a");
+    detail::expect_unit_column_stride(b, op, "b");
+    const index_t rows = dout.extent(0), cols = dout.extent(1);
+    if (rows == 0 || cols == 0) return;
+    constexpr int W = detail::vector_width<T>;
+    const auto ok = [&](const void* p, index_t stride) {
+        return detail::aligned_16(p) && (rows == 1 || stride % W == 0);
+    };
+    const bool wide = cols % W == 0 && ok(da.data(), da.stride(0)) && ok(db.data(), db.stride(0)) &&
+                      ok(dout.data(), dout.stride(0)) && ok(a.data(), a.stride(0)) && ok(b.data(), b.stride(0));
+    const int threads = 256;
+    const index_t vectors = wide ? cols / W : cols;
+    const index_t bx = ceil_div<index_t>(vectors, threads);
+    const dim3 grid(static_cast<unsigned>(bx < 65535 ? bx : 65535), static_cast<unsigned>(rows < 65535 ? rows : 65535));
+    if (wide)
+        launch(detail::multiply_backward_kernel<T, W>, grid, threads, 0, stream, da.data(), da.stride(0), db.data(),
+               db.stride(0), dout.data(), dout.stride(0), a.data(), a.stride(0), b.data(), b.stride(0), rows, cols);
+    else
+        launch(detail::multiply_backward_kernel<T, 1>, grid, threads, 0, stream, da.data(), da.stride(0), db.data(),
+               db.stride(0), dout.data(), dout.stride(0), a.data(), a.stride(0), b.data(), b.stride(0), rows, cols);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
 // ---- Any number of leading dimensions: (..., cols) ---------------------------------------
 // Device views of any rank; out and every input of one shape, bias (cols).
 
@@ -452,6 +613,35 @@ void swiglu_backward(DG&& dgate /*(..., hidden)*/, DU&& dup /*(..., hidden)*/, c
     swiglu_backward<E>(as_rows<E>(dgate, "swiglu_backward: dgate"), as_rows<E>(dup, "swiglu_backward: dup"),
                        as_rows<const E>(dout, "swiglu_backward: dout"), as_rows<const E>(gate, "swiglu_backward: gate"),
                        as_rows<const E>(up, "swiglu_backward: up"), stream);
+}
+
+template <class T = detail::deduced, tensor_like DX, tensor_like DY, tensor_like X, tensor_like B,
+          tensor_like DB = tensor_view<detail::element_t<T, DX>, 1>>
+void bias_activate_backward(DX&& dx /*(..., cols)*/, DB&& dbias /*(cols) or empty*/, const DY& dout /*(..., cols)*/,
+                            const X& x /*(..., cols)*/, const B& bias /*(cols)*/, activation kind,
+                            bool accumulate = false, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DX>;
+    constexpr std::string_view op = "bias_activate_backward";
+    expect_equal_shapes(dx, x, op, "dx", "x");
+    expect_equal_shapes(dout, x, op, "dout", "x");
+    bias_activate_backward<E>(as_rows<E>(dx, "bias_activate_backward: dx"), as_vector<E>(dbias),
+                              as_rows<const E>(dout, "bias_activate_backward: dout"),
+                              as_rows<const E>(x, "bias_activate_backward: x"), as_vector<const E>(bias), kind,
+                              accumulate, stream);
+}
+
+template <class T = detail::deduced, tensor_like DA, tensor_like DB, tensor_like DY, tensor_like A, tensor_like B>
+void multiply_backward(DA&& da /*(..., cols)*/, DB&& db /*(..., cols)*/, const DY& dout /*(..., cols)*/,
+                       const A& a /*(..., cols)*/, const B& b /*(..., cols)*/, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DA>;
+    constexpr std::string_view op = "multiply_backward";
+    expect_equal_shapes(dout, a, op, "dout", "a");
+    expect_equal_shapes(dout, b, op, "dout", "b");
+    expect_equal_shapes(da, a, op, "da", "a");
+    expect_equal_shapes(db, b, op, "db", "b");
+    multiply_backward<E>(as_rows<E>(da, "multiply_backward: da"), as_rows<E>(db, "multiply_backward: db"),
+                         as_rows<const E>(dout, "multiply_backward: dout"), as_rows<const E>(a, "multiply_backward: a"),
+                         as_rows<const E>(b, "multiply_backward: b"), stream);
 }
 
 }  // namespace tinyllm::cuda

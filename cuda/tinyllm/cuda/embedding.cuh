@@ -25,6 +25,34 @@
 // the kernel and throws tinyllm::error naming the position and the value (set
 // check_ids = false to skip that allocation and synchronization once inputs
 // are trusted: rows with bad ids are then left unwritten).
+//
+// Backward (training; the math in <tinyllm/embedding.hpp>): dtable(v, :) (+)=
+// scale * the sum of dout's rows whose id is v, a scatter-add. With float
+// atomics (one atomicAdd per element of dout) a frequent id's row would be the
+// sum of many terms in whatever order the threads arrive, so its rounding —
+// and the trained model — would change from run to run. tinyllm groups the
+// tokens by id first, with the CPU's order (ids increasing, each id's tokens in
+// token order), and then sums every group in that order:
+//
+//   1. keys      key(i) = the id of token i = b T + t (an id outside [0, V)
+//                becomes V and joins no row); perm = 0, 1, ..., B T - 1.
+//   2. sort      a stable LSD radix sort of perm by key: one or two passes over
+//                digits of up to 12 bits, each the MoE dispatch plan
+//                (cuda::moe_plan with E = 2^bits buckets, moe_dispatch.cuh), a
+//                counting sort whose ranks come from a scan, not from atomics,
+//                so equal digits keep their order.
+//   3. rows      one block per table row v: the first and last place of v in
+//                the sorted keys by binary search, then each thread sums its
+//                columns over those tokens in order, in double (as the CPU), and
+//                writes scale * sum (+ the old value with accumulate) once.
+//
+// The result is the same bits on every run and under any schedule, and equal
+// to the CPU's up to the CPU's own rounding (the same sums in the same order).
+// Ids are checked on the device first (an integer atomicMin finds the first bad
+// position); with check_ids the launcher waits for that and throws, naming the
+// position and the value, before anything is written. The scratch memory (7
+// int32 per token plus the plan's) lives in an embedding_backward_workspace,
+// made once and reused; the call without one makes a temporary one.
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>  // detail::deduced, detail::element_t
@@ -32,6 +60,7 @@
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/moe_dispatch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/embedding.hpp>
 #include <tinyllm/math.hpp>
@@ -39,9 +68,11 @@
 
 #include <cuda_runtime.h>
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 namespace tinyllm::cuda {
 
@@ -173,6 +204,246 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
     }
 }
 
+// ---- Backward -----------------------------------------------------------------------------
+
+namespace detail {
+
+// Step 1: key[i] = ids(b, t) for i = b T + t, or V when the id is outside [0, V)
+// (its smallest such i recorded in *bad); perm[i] = i.
+template <class Id>
+__global__ void embedding_keys_kernel(std::int32_t* keys, std::int32_t* perm, const Id* ids, index_t stride_b,
+                                      index_t stride_t, index_t Tn, index_t n, index_t V, unsigned long long* bad) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        const Id id = ids[(i / Tn) * stride_b + (i % Tn) * stride_t];
+        const bool ok = id_ok(id, V);
+        if (!ok && bad) atomicMin(bad, static_cast<unsigned long long>(i));
+        keys[i] = static_cast<std::int32_t>(ok ? static_cast<index_t>(id) : V);
+        perm[i] = static_cast<std::int32_t>(i);
+    }
+}
+
+// One radix pass, before the plan: digits[j] = (key of the j-th token in the current order >> shift) & mask.
+__global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* keys, const std::int32_t* perm, index_t n,
+                                    int shift, std::int32_t mask) {
+    for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
+         j += static_cast<index_t>(gridDim.x) * blockDim.x)
+        digits[j] = (keys[perm[j]] >> shift) & mask;
+}
+
+// After the plan: the token at place j of the new order is the one at place
+// row_token[j] of the old (the plan's stable counting sort of the digits).
+__global__ void radix_permute_kernel(std::int32_t* perm_out, const std::int32_t* perm_in, const std::int32_t* row_token,
+                                     index_t n) {
+    for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
+         j += static_cast<index_t>(gridDim.x) * blockDim.x)
+        perm_out[j] = perm_in[row_token[j]];
+}
+
+__global__ void gather_keys_kernel(std::int32_t* sorted_keys, const std::int32_t* keys, const std::int32_t* perm,
+                                   index_t n) {
+    for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
+         j += static_cast<index_t>(gridDim.x) * blockDim.x)
+        sorted_keys[j] = keys[perm[j]];
+}
+
+// The first place j in sorted (n, increasing) with sorted[j] >= v.
+TINYLLM_DEVICE index_t lower_bound(const std::int32_t* sorted, index_t n, index_t v) {
+    index_t lo = 0, hi = n;
+    while (lo < hi) {
+        const index_t mid = lo + (hi - lo) / 2;
+        if (sorted[mid] < v) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// Step 3: one block per table row (grid-stride); thread columns d = threadIdx.x + k blockDim.x.
+template <class T>
+__global__ void embedding_backward_rows_kernel(T* dtable, index_t table_stride, index_t V, index_t D,
+                                               const std::int32_t* sorted_keys, const std::int32_t* perm, index_t n,
+                                               const T* dout, index_t stride_b, index_t stride_t, index_t Tn,
+                                               float scale, bool accumulate) {
+    for (index_t v = blockIdx.x; v < V; v += gridDim.x) {
+        const index_t first = lower_bound(sorted_keys, n, v), last = lower_bound(sorted_keys, n, v + 1);
+        if (accumulate && first == last) continue;  // nothing to add
+        T* row = dtable + v * table_stride;
+        for (index_t d = threadIdx.x; d < D; d += blockDim.x) {
+            double sum = 0.0;
+            for (index_t j = first; j < last; ++j) {  // token order: the CPU's order
+                const index_t i = perm[j];
+                sum += static_cast<double>(to_float(dout[(i / Tn) * stride_b + (i % Tn) * stride_t + d]));
+            }
+            const double old = accumulate ? static_cast<double>(to_float(row[d])) : 0.0;
+#if TINYLLM_ON_DEVICE
+            // Explicitly rounded, as the CPU: nvcc would fuse old + scale * sum into one fma.
+            const double value = __dadd_rn(old, __dmul_rn(static_cast<double>(scale), sum));
+#else
+            const double value = old + static_cast<double>(scale) * sum;
+#endif
+            row[d] = store_as<T>(static_cast<float>(value));
+        }
+    }
+}
+
+inline unsigned grid_for(index_t n, int threads) {
+    const index_t blocks = ceil_div<index_t>(n, threads);
+    return static_cast<unsigned>(blocks < 1 ? 1 : (blocks < 65535 ? blocks : 65535));
+}
+
+}  // namespace detail
+
+// Scratch memory for cuda::embedding_backward: room for `tokens` = B * T tokens
+// and a table of V rows (which fixes the radix passes). Make it once and reuse
+// it; one workspace serves one stream at a time.
+class embedding_backward_workspace {
+public:
+    embedding_backward_workspace(index_t tokens, index_t V)
+        : tokens_(tokens), vocabulary_(V), bits_(std::bit_width(static_cast<std::uint64_t>(V < 1 ? 1 : V))),
+          passes_((bits_ + 11) / 12), digit_bits_((bits_ + passes_ - 1) / passes_),
+          keys_(static_cast<std::size_t>(tokens)), sorted_keys_(keys_.size()), perm_(keys_.size()),
+          perm_next_(keys_.size()), digits_(keys_.size()), row_of_(keys_.size()), row_token_(keys_.size()),
+          offsets_(static_cast<std::size_t>((index_t{1} << digit_bits_) + 1)),
+          counts_(static_cast<std::size_t>(index_t{1} << digit_bits_)), bad_(1),
+          plan_(tokens, index_t{1} << digit_bits_) {
+        TINYLLM_EXPECT(tokens >= 0 && tokens <= INT32_MAX, "embedding_backward_workspace: ", tokens,
+                       " tokens do not fit int32 positions");
+        TINYLLM_EXPECT(V >= 0 && V < INT32_MAX, "embedding_backward_workspace: V = ", V, " does not fit int32 ids");
+    }
+    index_t tokens() const { return tokens_; }
+    index_t vocabulary() const { return vocabulary_; }
+    int passes() const { return passes_; }          // radix passes: 1 for V < 4096, 2 up to 2^24
+    int digit_bits() const { return digit_bits_; }  // bits per pass (buckets per pass: 2^digit_bits)
+
+    // The buffers, for embedding_backward.
+    std::int32_t* keys() { return keys_.data(); }
+    std::int32_t* sorted_keys() { return sorted_keys_.data(); }
+    std::int32_t* perm() { return perm_.data(); }
+    std::int32_t* perm_next() { return perm_next_.data(); }
+    void swap_perm() { std::swap(perm_, perm_next_); }
+    std::int32_t* digits() { return digits_.data(); }
+    std::int32_t* row_of() { return row_of_.data(); }
+    std::int32_t* row_token() { return row_token_.data(); }
+    std::int32_t* offsets() { return offsets_.data(); }
+    std::int32_t* counts() { return counts_.data(); }
+    unsigned long long* bad() { return bad_.data(); }
+    moe_dispatch_workspace& plan() { return plan_; }
+
+private:
+    index_t tokens_, vocabulary_;
+    int bits_, passes_, digit_bits_;
+    device_buffer<std::int32_t> keys_, sorted_keys_, perm_, perm_next_, digits_, row_of_, row_token_;  // (tokens) each
+    device_buffer<std::int32_t> offsets_, counts_;  // (2^digit_bits + 1), (2^digit_bits)
+    device_buffer<unsigned long long> bad_;
+    moe_dispatch_workspace plan_;
+};
+
+namespace detail {
+
+// embedding_backward (below), with the names of the operation, of the ids and
+// of their range for errors (learned_positions_backward shares it).
+template <class T, class Id>
+void scatter_add_rows(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id, 2> ids /*(B, T)*/,
+                      tensor_view<const T, 3> dout /*(B, T, D)*/, float scale, bool accumulate,
+                      embedding_backward_workspace& ws, bool check_ids, cudaStream_t stream, const char* op,
+                      const char* what, const char* range) {
+    static_assert(std::is_integral_v<Id>, "embedding_backward: ids must have an integer type");
+    static_assert(sizeof(T) == 2 || sizeof(T) == 4, "embedding_backward: T is float, bfloat16 or float16");
+    if (dout.extent(0) != ids.extent(0) || dout.extent(1) != ids.extent(1))
+        TINYLLM_FAIL(op, ": dout has shape ", to_string(dout.shape()), " but ", what, " ", to_string(ids.shape()),
+                     " (dout must be (B, T, D) for ", what, " (B, T))");
+    if (dout.extent(2) != dtable.extent(1))
+        TINYLLM_FAIL(op, ": dout has width ", dout.extent(2), " but dtable has rows of ", dtable.extent(1),
+                     " (dtable must be (V, D) for dout (..., D))");
+    TINYLLM_EXPECT(dtable.extent(1) <= 1 || dtable.stride(1) == 1, op, ": dtable's rows must be contiguous; strides ",
+                   to_string(dtable.strides()));
+    TINYLLM_EXPECT(dout.extent(2) <= 1 || dout.stride(2) == 1, op, ": dout's rows must be contiguous; strides ",
+                   to_string(dout.strides()));
+    const index_t B = ids.extent(0), Tn = ids.extent(1), n = B * Tn, V = dtable.extent(0), D = dtable.extent(1);
+    TINYLLM_EXPECT(ws.vocabulary() == V && ws.tokens() >= n, op, ": the workspace was made for ", ws.tokens(),
+                   " tokens and V = ", ws.vocabulary(), "; this call needs ", n, " tokens and V = ", V);
+    const int threads = 256;
+    if (n > 0 && V > 0 && D > 0) {
+        unsigned long long* bad = check_ids ? ws.bad() : nullptr;
+        if (bad) TINYLLM_CUDA_CHECK(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), stream));
+        launch(detail::embedding_keys_kernel<Id>, detail::grid_for(n, threads), threads, 0, stream, ws.keys(),
+               ws.perm(), ids.data(), ids.stride(0), ids.stride(1), Tn, n, V, bad);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        if (bad) {
+            unsigned long long first_bad = 0;
+            TINYLLM_CUDA_CHECK(cudaMemcpyAsync(&first_bad, bad, sizeof first_bad, cudaMemcpyDeviceToHost, stream));
+            TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+            if (first_bad != detail::no_bad_position) {
+                const index_t i = static_cast<index_t>(first_bad), b = i / Tn, t = i % Tn;
+                Id value{};
+                TINYLLM_CUDA_CHECK(cudaMemcpy(&value, ids.data() + b * ids.stride(0) + t * ids.stride(1), sizeof(Id),
+                                              cudaMemcpyDeviceToHost));
+                TINYLLM_FAIL(op, ": ", what, "(", b, ", ", t, ") = ", static_cast<long long>(value), " is outside ",
+                             range, " [0, ", V, ")");
+            }
+        }
+        // The stable radix sort: low digits first, each pass a counting sort by the MoE plan.
+        const index_t buckets = index_t{1} << ws.digit_bits();
+        moe_plan_view plan{tensor_view<std::int32_t, 2>(ws.row_of(), {n, 1}),
+                           tensor_view<std::int32_t, 1>(ws.row_token(), {n}),
+                           tensor_view<std::int32_t, 1>(ws.offsets(), {buckets + 1}),
+                           tensor_view<std::int32_t, 1>(ws.counts(), {buckets})};
+        const tensor_view<const std::int32_t, 2> digits(ws.digits(), {n, 1});
+        for (int pass = 0; pass < ws.passes(); ++pass) {
+            launch(detail::radix_digits_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.digits(),
+                   static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()),
+                   n, pass * ws.digit_bits(), static_cast<std::int32_t>(buckets - 1));
+            TINYLLM_CUDA_CHECK_LAUNCH();
+            moe_plan(plan, digits, {}, ws.plan(), stream);
+            launch(detail::radix_permute_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.perm_next(),
+                   static_cast<const std::int32_t*>(ws.perm()),
+                   static_cast<const std::int32_t*>(ws.row_token()), n);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+            ws.swap_perm();
+        }
+        launch(detail::gather_keys_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.sorted_keys(),
+               static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()), n);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+    if (V == 0 || D == 0) return;
+    const index_t wanted = ceil_div<index_t>(D, 32) * 32;
+    const int row_threads = static_cast<int>(wanted > 256 ? 256 : wanted);
+    launch(detail::embedding_backward_rows_kernel<T>, static_cast<unsigned>(V < 65535 * 16 ? V : 65535 * 16),
+           row_threads, 0, stream, dtable.data(), V > 1 ? dtable.stride(0) : D, V, D,
+           static_cast<const std::int32_t*>(ws.sorted_keys()), static_cast<const std::int32_t*>(ws.perm()),
+           n, dout.data(), dout.stride(0), dout.stride(1), Tn, scale, accumulate);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace detail
+
+// The backward of embedding: dtable (V, D) (+)= scale * the scatter-add of
+// dout's rows by id (see the top of this file), deterministic and in the CPU's
+// order. dtable is overwritten (rows of absent ids become 0) or, with
+// `accumulate`, added to (a tied lm_head's gradient). ids (B, T) of an integer
+// type and dout (B, T, D) on the device; dtable with contiguous rows. The
+// workspace must hold B * T tokens and V rows. check_ids: validate ids first,
+// waiting for the stream, and throw naming the first bad one before anything
+// is written; false: no wait, and tokens with bad ids add to no row.
+template <class T, class Id>
+void embedding_backward(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id, 2> ids /*(B, T)*/,
+                        tensor_view<const T, 3> dout /*(B, T, D)*/, float scale, bool accumulate,
+                        embedding_backward_workspace& ws, bool check_ids = true, cudaStream_t stream = nullptr) {
+    detail::scatter_add_rows<T, Id>(dtable, ids, dout, scale, accumulate, ws, check_ids, stream, "embedding_backward",
+                                    "ids", "the vocabulary");
+}
+
+// The same with a temporary workspace: it allocates, and waits for `stream`
+// before returning (and freeing it). For repeated calls keep a workspace.
+template <class T, class Id>
+void embedding_backward(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id, 2> ids /*(B, T)*/,
+                        tensor_view<const T, 3> dout /*(B, T, D)*/, float scale = 1.0f, bool accumulate = false,
+                        bool check_ids = true, cudaStream_t stream = nullptr) {
+    embedding_backward_workspace ws(ids.extent(0) * ids.extent(1), dtable.extent(0));
+    embedding_backward<T, Id>(dtable, ids, dout, scale, accumulate, ws, check_ids, stream);
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
 // out (..., D) = scale * table[ids] with ids (...) of any rank, device views. T (the table's
 // element type) and Id are deduced, or named as in embedding<bfloat16, std::int32_t>(...).
 template <class T = detail::deduced, class Id = detail::deduced, tensor_like Out, tensor_like Ids, tensor_like Table>
@@ -185,6 +456,34 @@ void embedding(Out&& out /*(..., D)*/, const Ids& ids /*(...)*/, const Table& ta
     const auto t = as_view(table);
     static_assert(decltype(t)::rank == 2, "embedding: the table must be a matrix (V, D)");
     embedding<E, I>(out3, ids2, tensor_view<const E, 2>(t), scale, version, check_ids, stream);
+}
+
+// embedding_backward with ids (...) of any rank and dout (..., D), device views, with a workspace.
+template <tensor_like DTable, tensor_like Ids, tensor_like DOut>
+void embedding_backward(DTable&& dtable /*(V, D)*/, const Ids& ids /*(...)*/, const DOut& dout /*(..., D)*/, float scale,
+                        bool accumulate, embedding_backward_workspace& ws, bool check_ids = true,
+                        cudaStream_t stream = nullptr) {
+    const auto dt = as_view(dtable);
+    static_assert(decltype(dt)::rank == 2, "embedding_backward: dtable must be a matrix (V, D)");
+    using E = typename decltype(dt)::element_type;
+    static_assert(!std::is_const_v<E>, "embedding_backward: dtable is written; it cannot be a view of const");
+    using I = tinyllm::detail::id_type_t<Ids>;
+    const auto [dout3, ids2] = tinyllm::detail::embedding_as_3d<const E, I>(dout, ids, "embedding_backward", "dout");
+    embedding_backward<E, I>(dt, ids2, dout3, scale, accumulate, ws, check_ids, stream);
+}
+
+// The same with a temporary workspace (allocates and waits).
+template <tensor_like DTable, tensor_like Ids, tensor_like DOut>
+void embedding_backward(DTable&& dtable /*(V, D)*/, const Ids& ids /*(...)*/, const DOut& dout /*(..., D)*/,
+                        float scale = 1.0f, bool accumulate = false, bool check_ids = true,
+                        cudaStream_t stream = nullptr) {
+    const auto dt = as_view(dtable);
+    static_assert(decltype(dt)::rank == 2, "embedding_backward: dtable must be a matrix (V, D)");
+    using E = typename decltype(dt)::element_type;
+    static_assert(!std::is_const_v<E>, "embedding_backward: dtable is written; it cannot be a view of const");
+    using I = tinyllm::detail::id_type_t<Ids>;
+    const auto [dout3, ids2] = tinyllm::detail::embedding_as_3d<const E, I>(dout, ids, "embedding_backward", "dout");
+    embedding_backward<E, I>(dt, ids2, dout3, scale, accumulate, check_ids, stream);
 }
 
 }  // namespace tinyllm::cuda

@@ -36,6 +36,28 @@
 // The caller provides the scratch tensors (the (rows, H) hidden activations,
 // or (..., H) with x's leading dimensions) and a cublas_handle; nothing here
 // allocates.
+//
+// Backward (training; the math in <tinyllm/ffn.hpp> and docs/training.md).
+// linear_backward is two cuBLAS GEMMs and a column sum, with the CPU's argument
+// order and checks (tinyllm::detail::expect_linear_backward_args):
+//
+//   dweight (N, K) = dout^T x     GEMM, m = K, n = N, k = rows: the sum over rows
+//                                 happens inside cuBLAS, in float, in an order
+//                                 fixed by the problem's shape (cuBLAS is
+//                                 deterministic without its atomics mode); with
+//                                 `accumulate`, beta = 1 adds to dweight in float
+//   dx (rows, K) = dout weight    GEMM, m = K, n = rows, k = N
+//   dbias (N) = sum_rows dout     detail::column_sums (activation.cuh): per-block
+//                                 partial sums over fixed rows, then one ordered
+//                                 sum per column; no float atomics
+//
+// Any row-major view with one unit stride works as an operand: weight and
+// dweight may be transposed views (GPT-2's Conv1D layout), as in the forward;
+// detail::gemm reads each operand as the column-major matrix its bytes are. The
+// products take T inputs (float, bfloat16, float16) and accumulate in float;
+// dweight and dbias have T or float elements (G): float keeps a 16-bit model's
+// gradient unrounded (mixed-precision training). matmul_backward (out = a b) is
+// linear_backward with weight b^T and dweight db^T.
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>
@@ -65,6 +87,67 @@ void expect_workspace(const View& w, index_t rows, index_t cols, std::string_vie
     TINYLLM_EXPECT(w.extent(0) == rows && w.extent(1) == cols, op, ": ", name, " has shape ", to_string(w.shape()),
                    " but (rows, H) = (", rows, ", ", cols, ") is required");
     expect_unit_column_stride(w, op, name);
+}
+
+// A row-major matrix view X (r, c) with one unit stride, as the column-major
+// operand cuBLAS reads for X^T (c x r): a row-major X's bytes are X^T (op N,
+// ld = its row stride); a transposed view's bytes are X (op T, ld = its column
+// stride).
+struct gemm_operand {
+    cublasOperation_t op;
+    int ld;
+};
+
+template <class V>
+gemm_operand transposed_operand(const V& x, std::string_view op, std::string_view name) {
+    const index_t r = x.extent(0), c = x.extent(1);
+    if (c <= 1 || x.stride(1) == 1) {
+        const index_t ld = r <= 1 ? (c > 1 ? c : 1) : x.stride(0);
+        TINYLLM_EXPECT(ld >= c, op, ": ", name, "'s rows overlap (row stride ", ld, " < ", c, " columns)");
+        return {CUBLAS_OP_N, checked_int(ld, op, name)};
+    }
+    if (r <= 1 || x.stride(0) == 1) {
+        const index_t ld = c <= 1 ? (r > 1 ? r : 1) : x.stride(1);
+        TINYLLM_EXPECT(ld >= r, op, ": ", name, "'s columns overlap (column stride ", ld, " < ", r, " rows)");
+        return {CUBLAS_OP_T, checked_int(ld, op, name)};
+    }
+    TINYLLM_FAIL(op, ": ", name, " has strides ", to_string(x.strides()),
+                 "; one of its two dimensions must have unit stride");
+}
+
+// c (m, n) = a (m, k) b (k, n) + beta c, all row-major views with one unit
+// stride each (any of them may be a transposed view): T inputs, G output,
+// float accumulation. With beta == 0, c is only written.
+template <class T, class G>
+void gemm(tensor_view<G, 2> c, tensor_view<const T, 2> a, tensor_view<const T, 2> b, float beta,
+          const cublas_handle& handle, cudaStream_t stream, std::string_view op) {
+    const index_t m = c.extent(0), n = c.extent(1), k = a.extent(1);
+    if (m == 0 || n == 0) return;
+    if (!(n <= 1 || c.stride(1) == 1) && (m <= 1 || c.stride(0) == 1)) {
+        // c is a transposed view: compute c^T = b^T a^T, whose c^T is row-major.
+        gemm<T, G>(c.transpose(0, 1), b.transpose(0, 1), a.transpose(0, 1), beta, handle, stream, op);
+        return;
+    }
+    // Row-major c: column-major c^T (n x m) = b^T (n x k) a^T (k x m).
+    const gemm_operand oc = transposed_operand(c, op, "the output");
+    TINYLLM_EXPECT(oc.op == CUBLAS_OP_N, op, ": the output has strides ", to_string(c.strides()),
+                   "; one of its two dimensions must have unit stride");
+    const gemm_operand ob = transposed_operand(b, op, "an operand");
+    const gemm_operand oa = transposed_operand(a, op, "an operand");
+    const float alpha = 1.0f;
+    TINYLLM_CUBLAS_CHECK(cublasSetStream(handle.get(), stream));
+    TINYLLM_CUBLAS_CHECK(cublasGemmEx(handle.get(), ob.op, oa.op, checked_int(n, op, "n"), checked_int(m, op, "m"),
+                                      checked_int(k, op, "k"), &alpha, b.data(), cuda_data_type<T>(), ob.ld, a.data(),
+                                      cuda_data_type<T>(), oa.ld, &beta, c.data(), cuda_data_type<G>(), oc.ld,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// c (m, n) = 0, any strides (a gradient of an empty sum).
+template <class G>
+__global__ void zero_matrix_kernel(G* c, index_t m, index_t n, index_t stride0, index_t stride1) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < m * n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        c[(i / n) * stride0 + (i % n) * stride1] = store_as<G>(0.0f);
 }
 
 }  // namespace detail
@@ -129,6 +212,55 @@ void matmul(tensor_view<T, 2> out, detail::const_view<T, 2> a, detail::const_vie
     linear<T>(out, a, b.transpose(0, 1), {}, handle, stream);
 }
 
+// The gradients of out = x weight^T + bias (linear above), given dout = dL/dout:
+//     dx = dout weight          (rows, K), overwritten; empty: not computed
+//     dweight (+)= dout^T x     (N, K), either unit stride; empty: not computed
+//     dbias (+)= sum_rows dout  (N); empty: not computed (or no bias)
+// `accumulate` adds to dweight and dbias instead of overwriting them. dout:
+// (rows, N); x: (rows, K); weight: (N, K), either unit stride. T: the type of
+// dout, x, weight and dx; G: of dweight and dbias, T or float. dx must not
+// overlap dout; it may be x's memory (x is read for dweight first, in stream
+// order). Asynchronous on `stream`; the dbias partial sums use the stream's
+// workspace (detail::stream_workspace).
+template <class T, class G = T>
+void linear_backward(tensor_view<T, 2> dx, tensor_view<G, 2> dweight, tensor_view<G, 1> dbias,
+                     detail::const_view<T, 2> dout, detail::const_view<T, 2> x, detail::const_view<T, 2> weight,
+                     const cublas_handle& handle, bool accumulate = false, cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<G, T> || std::is_same_v<G, float>, "linear_backward: the gradients are T or float");
+    constexpr std::string_view op = "linear_backward";
+    tinyllm::detail::expect_linear_backward_args(op, dx, dweight, dbias, dout, x, weight);
+    detail::expect_unit_column_stride(dout, op, "dout");
+    detail::expect_unit_column_stride(x, op, "x");
+    if (dx.size()) detail::expect_unit_column_stride(dx, op, "dx");
+    TINYLLM_EXPECT(dbias.size() <= 1 || dbias.stride(0) == 1, op, ": dbias must be contiguous");
+    const index_t rows = x.extent(0), N = weight.extent(0), K = weight.extent(1);
+    if (dweight.size()) {
+        if (rows == 0) {  // an empty sum: zero, or nothing to add
+            if (!accumulate)
+                launch(detail::zero_matrix_kernel<G>, static_cast<unsigned>(ceil_div<index_t>(N * K, 256)), 256, 0,
+                       stream, dweight.data(), N, K, dweight.stride(0), dweight.stride(1));
+        } else {
+            detail::gemm<T, G>(dweight, dout.transpose(0, 1), x, accumulate ? 1.0f : 0.0f, handle, stream, op);
+        }
+    }
+    if (dbias.size())
+        detail::column_sums<T, G>(dbias, {}, dout, {}, {}, activation::identity, accumulate, stream);
+    if (dx.size() && rows > 0) detail::gemm<T, T>(dx, dout, weight, 0.0f, handle, stream, op);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// The gradients of out = a b (matmul above), given dout: da = dout b^T (M, K),
+// overwritten, and db (+)= a^T dout (K, N); either may be empty (not computed).
+// `accumulate` adds to db. da must not overlap dout.
+template <class T, class G = T>
+void matmul_backward(tensor_view<T, 2> da, tensor_view<G, 2> db, detail::const_view<T, 2> dout,
+                     detail::const_view<T, 2> a, detail::const_view<T, 2> b, const cublas_handle& handle,
+                     bool accumulate = false, cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_matmul_args("matmul_backward", a, b);
+    // out = a (b^T)^T: linear with weight b^T, whose gradient is db^T.
+    linear_backward<T, G>(da, db.transpose(0, 1), {}, dout, a, b.transpose(0, 1), handle, accumulate, stream);
+}
+
 // The GPT-2 MLP: out = act(x fc_weight^T + fc_bias) proj_weight^T + proj_bias.
 // out, x: (rows, D); hidden: (rows, H) scratch.
 template <class T>
@@ -172,6 +304,30 @@ void linear(Out&& out /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(
     tinyllm::detail::expect_same_leading(out, x, "linear", "out", "x");
     linear<E, EO>(as_rows<EO>(out, "linear: out"), as_rows<const E>(x, "linear: x"),
                   tinyllm::detail::as_matrix<const E>(weight), as_vector<const E>(bias), handle, stream);
+}
+
+// linear_backward: dx (..., K) or {}, dout (..., N) and x (..., K) with the same leading
+// dimensions; dweight (N, K) or {}; dbias (N) or {}; weight (N, K). T (dout's element type)
+// and G (dweight's, or T when it is {}) are deduced, or named as in linear_backward<bfloat16>(...).
+template <class T = detail::deduced, tensor_like DY, tensor_like X, tensor_like W,
+          tensor_like DX = tensor_view<detail::element_t<T, DY>, 2>,
+          tensor_like DW = tensor_view<detail::element_t<T, DY>, 2>,
+          tensor_like DB = tensor_view<std::remove_const_t<typename view_of_t<DW>::element_type>, 1>>
+void linear_backward(DX&& dx /*(..., K) or empty*/, DW&& dweight /*(N, K) or empty*/, DB&& dbias /*(N) or empty*/,
+                     const DY& dout /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(N, K)*/,
+                     const cublas_handle& handle, bool accumulate = false, cudaStream_t stream = nullptr) {
+    using E = detail::element_t<T, DY>;
+    using G = std::remove_const_t<typename view_of_t<DW>::element_type>;
+    constexpr std::string_view op = "linear_backward";
+    tinyllm::detail::expect_same_leading(dout, x, op, "dout", "x");
+    tensor_view<E, 2> dx2;  // empty: not wanted
+    if (as_view(dx).size() != 0) {
+        expect_equal_shapes(dx, x, op, "dx", "x");
+        dx2 = as_rows<E>(dx, "linear_backward: dx");
+    }
+    linear_backward<E, G>(dx2, tinyllm::detail::as_matrix<G>(dweight), as_vector<G>(dbias),
+                          as_rows<const E>(dout, "linear_backward: dout"), as_rows<const E>(x, "linear_backward: x"),
+                          tinyllm::detail::as_matrix<const E>(weight), handle, accumulate, stream);
 }
 
 // The GPT-2 MLP on (..., D): out, x (..., D); hidden (..., H) or (rows, H) scratch.

@@ -44,10 +44,15 @@
 // copy: a learned position outside the table writes NaN to that token (loud,
 // never a read out of bounds); RoPE accepts any position (a rotation is defined
 // for every angle; positions are exact as float up to 2^24).
+//
+// Backward: the learned table's gradient, learned_positions_backward, is the
+// embedding backward's deterministic scatter-add (embedding.cuh) with the
+// positions as ids; x's gradient is dout itself (an addition passes it on).
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
@@ -390,6 +395,35 @@ void add_learned_positions(tensor_view<T, 3> x /*(B, T, D)*/, std::type_identity
            x.data(), x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), table.data(), table.extent(0),
            table.stride(0), table.stride(1), positions.data(), positions.stride(0), positions.stride(1));
     TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// The backward of add_learned_positions for the table: dtable(p, :) (+)= the
+// sum of dout's rows at position p, deterministic (embedding.cuh's scatter-add,
+// the CPU's order). dtable (P_max, D) with contiguous rows, overwritten or, with
+// `accumulate`, added to; dout (B, T, D); positions (B, T) int32 or int64, as
+// given to the forward. The workspace must hold B * T tokens and P_max rows.
+// check: validate the positions first, waiting for the stream, and throw
+// naming the first one outside the table before anything is written.
+template <class T, class P>
+void learned_positions_backward(tensor_view<T, 2> dtable /*(P_max, D)*/,
+                                std::type_identity_t<tensor_view<const T, 3>> dout /*(B, T, D)*/,
+                                tensor_view<P, 2> positions /*(B, T)*/, bool accumulate,
+                                embedding_backward_workspace& ws, bool check = true, cudaStream_t stream = nullptr) {
+    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
+    using Id = std::remove_const_t<P>;
+    detail::scatter_add_rows<T, Id>(dtable, tensor_view<const Id, 2>(positions), dout, 1.0f, accumulate, ws, check,
+                                    stream, "learned_positions_backward", "positions", "the table's");
+}
+
+// The same with a temporary workspace: it allocates, and waits for `stream`.
+template <class T, class P>
+void learned_positions_backward(tensor_view<T, 2> dtable /*(P_max, D)*/,
+                                std::type_identity_t<tensor_view<const T, 3>> dout /*(B, T, D)*/,
+                                tensor_view<P, 2> positions /*(B, T)*/, bool accumulate = false,
+                                cudaStream_t stream = nullptr) {
+    embedding_backward_workspace ws(positions.extent(0) * positions.extent(1), dtable.extent(0));
+    learned_positions_backward<T, P>(dtable, dout, positions, accumulate, ws, true, stream);
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace tinyllm::cuda
