@@ -297,6 +297,31 @@ void expect_optional_gradient(tensor_view<float, R> g, const extents<R>& shape, 
     if (g.size() != 0) expect_shape(g, shape, std::string(op) + ": " + name);
 }
 
+// The arguments of moe_backward (CPU and CUDA): every gradient empty or of its
+// tensor's shape, dout like x, dlogits_extra (T, E) or empty.
+inline void expect_moe_backward_args(const char* op, tensor_view<float, 2> dx, tensor_view<float, 2> drouter,
+                                     tensor_view<float, 3> dw1, tensor_view<float, 3> dw3, tensor_view<float, 3> dw2,
+                                     tensor_view<const float, 2> dout, tensor_view<const float, 2> dlogits_extra,
+                                     tensor_view<const float, 2> x, tensor_view<const float, 2> router,
+                                     tensor_view<const float, 3> w1, tensor_view<const float, 3> w3,
+                                     tensor_view<const float, 3> w2) {
+    const std::string o(op);
+    const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0), F = w1.extent(1);
+    expect_shape(router, extents<2>{E, D}, o + ": router");
+    expect_shape(w1, extents<3>{E, F, D}, o + ": w1");
+    expect_shape(w3, extents<3>{E, F, D}, o + ": w3");
+    expect_shape(w2, extents<3>{E, D, F}, o + ": w2");
+    expect_shape(dout, x.shape(), o + ": dout");
+    expect_optional_gradient(dx, x.shape(), op, "dx");
+    expect_optional_gradient(drouter, router.shape(), op, "drouter");
+    expect_optional_gradient(dw1, w1.shape(), op, "dw1");
+    expect_optional_gradient(dw3, w3.shape(), op, "dw3");
+    expect_optional_gradient(dw2, w2.shape(), op, "dw2");
+    if (dlogits_extra.size() != 0) expect_shape(dlogits_extra, extents<2>{T, E}, o + ": dlogits_extra");
+    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
+                   ": dx must not be the same memory as dout");
+}
+
 // Expert e's (F, D) or (D, F) matrix of an (E, ., .) gradient, or empty when the gradient is not wanted.
 inline tensor_view<float, 2> expert_gradient(tensor_view<float, 3> g, index_t e) {
     return g.size() ? g.slice(0, e) : tensor_view<float, 2>{};
@@ -332,21 +357,9 @@ inline void moe_backward(tensor_view<float, 2> dx /*(T, D) or empty*/, tensor_vi
                          tensor_view<const float, 3> w1 /*(E, F, D)*/, tensor_view<const float, 3> w3 /*(E, F, D)*/,
                          tensor_view<const float, 3> w2 /*(E, D, F)*/, index_t k,
                          const moe_dispatch_options& options = {}, bool accumulate = false) {
-    const char* op = "moe_backward";
     const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0), F = w1.extent(1);
-    expect_shape(router, extents<2>{E, D}, "moe_backward: router");
-    expect_shape(w1, extents<3>{E, F, D}, "moe_backward: w1");
-    expect_shape(w3, extents<3>{E, F, D}, "moe_backward: w3");
-    expect_shape(w2, extents<3>{E, D, F}, "moe_backward: w2");
-    expect_shape(dout, x.shape(), "moe_backward: dout");
-    tinyllm::detail::expect_optional_gradient(dx, x.shape(), op, "dx");
-    tinyllm::detail::expect_optional_gradient(drouter, router.shape(), op, "drouter");
-    tinyllm::detail::expect_optional_gradient(dw1, w1.shape(), op, "dw1");
-    tinyllm::detail::expect_optional_gradient(dw3, w3.shape(), op, "dw3");
-    tinyllm::detail::expect_optional_gradient(dw2, w2.shape(), op, "dw2");
-    if (dlogits_extra.size() != 0) expect_shape(dlogits_extra, extents<2>{T, E}, "moe_backward: dlogits_extra");
-    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
-                   ": dx must not be the same memory as dout");
+    tinyllm::detail::expect_moe_backward_args("moe_backward", dx, drouter, dw1, dw3, dw2, dout, dlogits_extra, x, router,
+                                              w1, w3, w2);
 
     // The forward again, keeping what the backward needs.
     tensor<float, 2> logits(extents<2>{T, E});  // (T, E)

@@ -45,7 +45,9 @@
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/moe_gating.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/moe_dispatch.hpp>
@@ -502,6 +504,255 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     moe_experts_swiglu(out, in, w1, w3, w2, plan, workspace, handle, stream);
     // The scratch buffers are freed when this returns; wait so that the GEMMs are done with them.
     if (workspace.bytes() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+// ---- Backward ------------------------------------------------------------------------------
+//
+// cuda::moe_backward is cpu::moe_backward (moe_dispatch.hpp) on the GPU, float
+// tensors: the forward recomputed with the GPU forward's own functions (a
+// cuBLAS router, the fused gating kernel, the deterministic plan, gather, the
+// experts' GEMMs), then each step's transpose:
+//   combine    one warp per (token, slot): dy_sorted[row] = w dout[t] and
+//              dweights(t, j) = <dout[t], y_sorted[row]> by a fixed shuffle tree
+//   experts    per expert, cuBLAS GEMMs: dh = dy W2, dW2 (+)= dy^T h, one
+//              swiglu_backward over all rows, dx_sorted = dgate W1 + dup W3,
+//              dW1 (+)= dgate^T x_sorted, dW3 (+)= dup^T x_sorted
+//   gather     dx[t] = sum_j dx_sorted[row_of(t, j)], slots in order
+//   gating     cuda::softmax_topk_gating_backward (moe_gating.cuh)
+//   router     drouter (+)= dlogits^T x and dx += dlogits router, cuBLAS
+// No float atomics anywhere: the results are the same bits on every run.
+
+namespace detail {
+
+// Combine's transpose, one warp per (token, slot) i = t k + j.
+template <class T>
+__global__ void moe_combine_backward_kernel(T* dy_sorted, float* dweights, const T* dout, const T* y_sorted,
+                                            const float* weights, const std::int32_t* row_of, index_t slots,
+                                            index_t width, int k) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (index_t i = blockIdx.x * static_cast<index_t>(warps) + (threadIdx.x >> 5); i < slots;
+         i += static_cast<index_t>(gridDim.x) * warps) {
+        const index_t t = i / k;
+        const std::int32_t row = row_of[i];
+        float dot = 0.0f;
+        if (row >= 0) {  // the same for the whole warp
+            const float w = weights[i];
+            for (index_t d = lane; d < width; d += 32) {
+                const float g = to_float(dout[t * width + d]);
+                dot += g * to_float(y_sorted[static_cast<index_t>(row) * width + d]);
+                dy_sorted[static_cast<index_t>(row) * width + d] = store_as<T>(w * g);
+            }
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(moe_full_warp, dot, offset);
+        if (lane == 0) dweights[i] = dot;  // a dropped slot: 0
+    }
+}
+
+// Gather's transpose: dx[t, d] = sum over the token's kept slots, in slot order, of dx_sorted[row, d].
+template <class T>
+__global__ void moe_gather_backward_kernel(T* dx, const T* dx_sorted, const std::int32_t* row_of, index_t tokens,
+                                           index_t width, int k) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < tokens * width;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        const index_t t = i / width, d = i % width;
+        float sum = 0.0f;
+        for (int j = 0; j < k; ++j) {
+            const std::int32_t row = row_of[t * k + j];
+            if (row >= 0) sum += to_float(dx_sorted[static_cast<index_t>(row) * width + d]);
+        }
+        dx[i] = store_as<T>(sum);
+    }
+}
+
+}  // namespace detail
+
+// Scratch memory for cuda::moe_backward: the recomputed forward's
+// intermediates and the backward's, grown to fit a call and then kept, plus
+// the plan's workspace. One workspace serves one stream at a time.
+class moe_backward_workspace {
+public:
+    moe_backward_workspace() = default;
+
+    // Room for `bytes`; growing waits for `stream` (earlier work may still use the old buffer).
+    unsigned char* reserve(std::size_t bytes, cudaStream_t stream) {
+        if (buffer_.size() < bytes) {
+            if (buffer_.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+            buffer_ = device_buffer<unsigned char>(bytes);
+        }
+        return buffer_.data();
+    }
+    // The plan's workspace for `slots` slots and E experts.
+    moe_dispatch_workspace& dispatch(index_t slots, index_t experts, cudaStream_t stream) {
+        if (!dispatch_ || dispatch_->slots() < slots || dispatch_->experts() != experts) {
+            if (dispatch_) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+            dispatch_.emplace(slots, experts);
+        }
+        return *dispatch_;
+    }
+    std::vector<std::int32_t>& host_offsets() { return offsets_; }
+    std::vector<std::int32_t>& host_counts() { return counts_; }
+
+private:
+    device_buffer<unsigned char> buffer_;
+    std::optional<moe_dispatch_workspace> dispatch_;
+    std::vector<std::int32_t> offsets_, counts_;
+};
+
+// The backward of the Mixtral block (cpu::moe_forward; softmax -> top-k ->
+// renormalize, SwiGLU experts) on the GPU, with cpu::moe_backward's arguments
+// and meaning: dx (T, D), drouter (E, D), dw1, dw3 (E, F, D), dw2 (E, D, F),
+// each empty when not wanted (dx overwritten; the others overwritten or, with
+// `accumulate`, added to); dout (T, D); dlogits_extra (T, E) or empty (an
+// auxiliary loss's gradient at the router logits); x, router, w1, w3, w2, k and
+// options as given to the forward. float tensors, contiguous, on the device.
+// Reads the plan's offsets back to the host (one wait on `stream`) to size the
+// experts' GEMMs.
+inline void moe_backward(tensor_view<float, 2> dx, tensor_view<float, 2> drouter, tensor_view<float, 3> dw1,
+                         tensor_view<float, 3> dw3, tensor_view<float, 3> dw2, tensor_view<const float, 2> dout,
+                         tensor_view<const float, 2> dlogits_extra, tensor_view<const float, 2> x,
+                         tensor_view<const float, 2> router, tensor_view<const float, 3> w1,
+                         tensor_view<const float, 3> w3, tensor_view<const float, 3> w2, index_t k,
+                         const moe_dispatch_options& options, moe_backward_workspace& ws, const cublas_handle& handle,
+                         bool accumulate = false, cudaStream_t stream = nullptr) {
+    constexpr const char* op = "cuda::moe_backward";
+    tinyllm::detail::expect_moe_backward_args(op, dx, drouter, dw1, dw3, dw2, dout, dlogits_extra, x, router, w1, w3,
+                                              w2);
+    tinyllm::detail::expect_dispatch_options(options, op);
+    const auto contiguous = [](const auto& v) { return v.size() == 0 || v.is_contiguous(); };
+    TINYLLM_EXPECT(contiguous(dx) && contiguous(drouter) && contiguous(dw1) && contiguous(dw3) && contiguous(dw2) &&
+                       contiguous(dout) && contiguous(dlogits_extra) && contiguous(x) && contiguous(router) &&
+                       contiguous(w1) && contiguous(w3) && contiguous(w2),
+                   op, ": every tensor must be contiguous");
+    const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0), F = w1.extent(1);
+    TINYLLM_EXPECT(k >= 1 && k <= E, op, ": k = ", k, " must be in [1, E = ", E, "]");
+    const index_t R = moe_max_rows(T, k, E, options.block);
+    TINYLLM_EXPECT(R <= INT32_MAX, op, ": ", R, " rows do not fit int32 row numbers");
+    const auto zero = [&](float* g, index_t elements) {
+        if (g == nullptr || elements == 0 || accumulate) return;
+        launch(detail::zero_matrix_kernel<float>, static_cast<unsigned>(ceil_div<index_t>(elements, 256)), 256, 0,
+               stream, g, index_t{1}, elements, elements, index_t{1});
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    };
+    if (T == 0) {  // no tokens: every parameter gradient is an empty sum
+        zero(drouter.data(), drouter.size());
+        zero(dw1.data(), dw1.size());
+        zero(dw3.data(), dw3.size());
+        zero(dw2.data(), dw2.size());
+        return;
+    }
+
+    // Carve the scratch buffer: (T, E) x2, (T, k) x4, plan, (R, D) x3, (R, F) x4.
+    std::size_t bytes = 0;
+    const auto room = [&](index_t elements) {
+        const std::size_t at = bytes;
+        bytes += (static_cast<std::size_t>(elements) * 4 + 255) / 256 * 256;
+        return at;
+    };
+    const std::size_t o_logits = room(T * E), o_dlogits = room(T * E), o_ids = room(T * k), o_weights = room(T * k),
+                      o_dweights = room(T * k), o_row_of = room(T * k), o_row_token = room(R),
+                      o_offsets = room(E + 1), o_counts = room(E), o_xs = room(R * D), o_ys = room(R * D),
+                      o_dys = room(R * D), o_gate = room(R * F), o_up = room(R * F), o_h = room(R * F),
+                      o_dh = room(R * F);
+    unsigned char* base = ws.reserve(bytes > 0 ? bytes : 1, stream);
+    const auto f32 = [&](std::size_t at) { return reinterpret_cast<float*>(base + at); };
+    const auto i32 = [&](std::size_t at) { return reinterpret_cast<std::int32_t*>(base + at); };
+    const tensor_view<float, 2> logits(f32(o_logits), {T, E}), dlogits(f32(o_dlogits), {T, E});
+    const tensor_view<std::int32_t, 2> ids(i32(o_ids), {T, k});
+    const tensor_view<float, 2> weights(f32(o_weights), {T, k}), dweights(f32(o_dweights), {T, k});
+    const moe_plan_view plan{tensor_view<std::int32_t, 2>(i32(o_row_of), {T, k}),
+                             tensor_view<std::int32_t, 1>(i32(o_row_token), {R}),
+                             tensor_view<std::int32_t, 1>(i32(o_offsets), {E + 1}),
+                             tensor_view<std::int32_t, 1>(i32(o_counts), {E})};
+    float *const xs = f32(o_xs), *const ys = f32(o_ys), *const dys = f32(o_dys);
+    float *const gate = f32(o_gate), *const up = f32(o_up), *const h = f32(o_h), *const dh = f32(o_dh);
+
+    // The forward again: logits, gating, plan, gather.
+    linear<float>(logits, x, router, {}, handle, stream);
+    softmax_topk_gating(ids, weights, tensor_view<const float, 2>(logits), true, stream);
+    moe_plan(plan, tensor_view<const std::int32_t, 2>(ids), options, ws.dispatch(T * k, E, stream), stream);
+    moe_gather(tensor_view<float, 2>(xs, {R, D}), x, plan, stream);
+    std::vector<std::int32_t>& offsets = ws.host_offsets();
+    std::vector<std::int32_t>& counts = ws.host_counts();
+    offsets.resize(static_cast<std::size_t>(E + 1));
+    counts.resize(static_cast<std::size_t>(E));
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(offsets.data(), plan.expert_offsets.data(), offsets.size() * sizeof(std::int32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(counts.data(), plan.expert_counts.data(), counts.size() * sizeof(std::int32_t),
+                                       cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const index_t used = offsets[static_cast<std::size_t>(E)];
+
+    // Expert e's rows of an (R, width) buffer, and its weights.
+    const auto rows = [&](float* buffer, index_t width, index_t e) {
+        return tensor_view<float, 2>(buffer + static_cast<index_t>(offsets[static_cast<std::size_t>(e)]) * width,
+                                     {counts[static_cast<std::size_t>(e)], width});
+    };
+    const auto crows = [&](float* buffer, index_t width, index_t e) { return tensor_view<const float, 2>(rows(buffer, width, e)); };
+    const auto gemm = [&](tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_view<const float, 2> b, float beta) {
+        detail::gemm<float, float>(c, a, b, beta, handle, stream, op);
+    };
+    const float beta_w = accumulate ? 1.0f : 0.0f;
+    for (index_t e = 0; e < E; ++e) {
+        if (counts[static_cast<std::size_t>(e)] == 0) continue;
+        gemm(rows(gate, F, e), crows(xs, D, e), w1.slice(0, e).transpose(0, 1), 0.0f);
+        gemm(rows(up, F, e), crows(xs, D, e), w3.slice(0, e).transpose(0, 1), 0.0f);
+    }
+    if (used > 0) swiglu<float>(tensor_view<float, 2>(h, {used, F}), tensor_view<const float, 2>(gate, {used, F}),
+                                tensor_view<const float, 2>(up, {used, F}), stream);
+    for (index_t e = 0; e < E; ++e)
+        if (counts[static_cast<std::size_t>(e)] > 0) gemm(rows(ys, D, e), crows(h, F, e), w2.slice(0, e).transpose(0, 1), 0.0f);
+
+    // Combine: dy_sorted and dweights.
+    if (T * k > 0) {
+        const int warps = 8;
+        launch(detail::moe_combine_backward_kernel<float>, detail::moe_grid(T * k, warps), warps * 32, 0, stream, dys,
+               dweights.data(), dout.data(), static_cast<const float*>(ys), static_cast<const float*>(weights.data()),
+               static_cast<const std::int32_t*>(plan.row_of.data()), T * k, D, static_cast<int>(k));
+        TINYLLM_CUDA_CHECK_LAUNCH();
+    }
+
+    // Experts: dh = dy W2 and dW2; then dgate (into dh) and dup (into h); then dx_sorted (into ys), dW1, dW3.
+    const auto zero_expert = [&](tensor_view<float, 3> g, index_t e) {
+        if (g.size()) zero(g.data() + e * g.extent(1) * g.extent(2), g.extent(1) * g.extent(2));
+    };
+    for (index_t e = 0; e < E; ++e) {
+        if (counts[static_cast<std::size_t>(e)] == 0) {  // no token: an empty sum
+            zero_expert(dw1, e);
+            zero_expert(dw3, e);
+            zero_expert(dw2, e);
+            continue;
+        }
+        gemm(rows(dh, F, e), crows(dys, D, e), w2.slice(0, e), 0.0f);
+        if (dw2.size()) gemm(dw2.slice(0, e), crows(dys, D, e).transpose(0, 1), crows(h, F, e), beta_w);
+    }
+    if (used > 0)
+        swiglu_backward<float>(tensor_view<float, 2>(dh, {used, F}), tensor_view<float, 2>(h, {used, F}),
+                               tensor_view<const float, 2>(dh, {used, F}), tensor_view<const float, 2>(gate, {used, F}),
+                               tensor_view<const float, 2>(up, {used, F}), stream);
+    for (index_t e = 0; e < E; ++e) {
+        if (counts[static_cast<std::size_t>(e)] == 0) continue;
+        if (dx.size()) {
+            gemm(rows(ys, D, e), crows(dh, F, e), w1.slice(0, e), 0.0f);
+            gemm(rows(ys, D, e), crows(h, F, e), w3.slice(0, e), 1.0f);
+        }
+        if (dw1.size()) gemm(dw1.slice(0, e), crows(dh, F, e).transpose(0, 1), crows(xs, D, e), beta_w);
+        if (dw3.size()) gemm(dw3.slice(0, e), crows(h, F, e).transpose(0, 1), crows(xs, D, e), beta_w);
+    }
+
+    // Gating (plus the extra gradient), router, and dx.
+    if (dlogits_extra.size())
+        TINYLLM_CUDA_CHECK(cudaMemcpyAsync(dlogits.data(), dlogits_extra.data(), static_cast<std::size_t>(T * E) * sizeof(float),
+                                           cudaMemcpyDeviceToDevice, stream));
+    softmax_topk_gating_backward(dlogits, dweights, logits, true, dlogits_extra.size() != 0, stream);
+    if (drouter.size()) gemm(drouter, tensor_view<const float, 2>(dlogits).transpose(0, 1), x, beta_w);
+    if (dx.size()) {
+        if (D > 0)
+            launch(detail::moe_gather_backward_kernel<float>, detail::moe_grid(T * D, 256), 256, 0, stream, dx.data(),
+                   static_cast<const float*>(ys), static_cast<const std::int32_t*>(plan.row_of.data()), T, D,
+                   static_cast<int>(k));
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        gemm(dx, dlogits, router, 1.0f);
+    }
 }
 
 }  // namespace tinyllm::cuda

@@ -33,6 +33,12 @@
 // the CPU. NaN logits rank last (never chosen before a finite logit) and give
 // NaN weights; the CPU reference rejects them instead (checking on the GPU
 // would cost a synchronisation).
+//
+// Backward: softmax_topk_gating_backward (the math in <tinyllm/moe_gating.hpp>)
+// is v1-shaped: one thread per token chooses the k experts again exactly as the
+// forward does (raw logits, the lower index first among equals), recomputes the
+// softmax in double and writes the token's row of dlogits — a fixed sequence of
+// operations per token, so the result is the same on every run.
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
@@ -47,6 +53,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 namespace tinyllm::cuda {
@@ -532,4 +539,88 @@ void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2>
                          "grouped_topk_gating");
 }
 
+// ---- backward -------------------------------------------------------------------------
+
+namespace detail {
+
+// Pick j of the top-k order of a row of float logits: the best expert ranking
+// after pick j - 1 (prev; -1 for the first) in the (key desc, index asc) order.
+TINYLLM_DEVICE int next_pick(const float* x, int experts, int prev) {
+    int best = -1;
+    for (int e = 0; e < experts; ++e) {
+        if (prev >= 0 && !moe_ranks_before(moe_key(x[prev]), prev, moe_key(x[e]), e)) continue;
+        if (best < 0 || moe_ranks_before(moe_key(x[e]), e, moe_key(x[best]), best)) best = e;
+    }
+    return best;
+}
+
+constexpr int gating_backward_max_k = 64;
+
+// One thread per token: dlogits (T, E) (+)= the gradient of sum_j dweights(t, j)
+// w(t, j) for the softmax -> top-k (-> renormalize) weights (moe_gating.hpp),
+// the k picks (k <= gating_backward_max_k) found again as the forward finds them.
+__global__ void softmax_topk_gating_backward_kernel(float* dlogits, const float* dweights, const float* logits,
+                                                    index_t tokens, int experts, int k, bool renormalize,
+                                                    bool accumulate) {
+    for (index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; t < tokens;
+         t += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        const float* x = logits + t * experts;
+        const float* g = dweights + t * k;
+        float* d = dlogits + t * experts;
+        double max = x[0], sum = 0.0;
+        for (int e = 1; e < experts; ++e) max = x[e] > max ? x[e] : max;
+        for (int e = 0; e < experts; ++e) sum += ::exp(static_cast<double>(x[e]) - max);
+        // The picks; chosen = the sum of their p; s = sum_j w_j g_j.
+        int picks[gating_backward_max_k];
+        double chosen = 0.0, s = 0.0;
+        for (int j = 0; j < k; ++j) {
+            picks[j] = next_pick(x, experts, j > 0 ? picks[j - 1] : -1);
+            const double p = ::exp(static_cast<double>(x[picks[j]]) - max) / sum;
+            chosen += p;
+            s += p * g[j];
+        }
+        if (renormalize) s /= chosen;
+        for (int e = 0; e < experts; ++e) {
+            int slot = -1;
+            for (int j = 0; j < k; ++j) slot = picks[j] == e ? j : slot;
+            const double p = ::exp(static_cast<double>(x[e]) - max) / sum;
+            double value;
+            if (renormalize) value = slot >= 0 ? p / chosen * (g[slot] - s) : 0.0;  // w_m (g_m - s)
+            else value = (slot >= 0 ? p * g[slot] : 0.0) - p * s;                 // p_e (G_e - s)
+            d[e] = static_cast<float>(value + (accumulate ? static_cast<double>(d[e]) : 0.0));
+        }
+    }
+}
+
+}  // namespace detail
+
+// The backward of softmax_topk_gating(ids, weights, logits, renormalize): given
+// dweights (T, k), dlogits (T, E) is overwritten with dL/dlogits or, with
+// `accumulate`, added to (an auxiliary loss's gradient already there). float
+// logits; every tensor contiguous, on the device. The formulas of
+// cpu::softmax_topk_gating_backward, in double, rounded once.
+inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits, tensor_view<const float, 2> dweights,
+                                         tensor_view<const float, 2> logits, bool renormalize, bool accumulate = false,
+                                         cudaStream_t stream = nullptr) {
+    constexpr const char* op = "cuda::softmax_topk_gating_backward";
+    const index_t T = logits.extent(0), E = logits.extent(1), k = dweights.extent(1);
+    expect_shape(dlogits, logits.shape(), std::string(op) + ": dlogits");
+    TINYLLM_EXPECT(dweights.extent(0) == T, op, ": dweights has ", dweights.extent(0), " rows but logits has ", T,
+                   " tokens");
+    TINYLLM_EXPECT(k >= 1 && k <= E, op, ": k (the second extent of dweights) = ", k, " must be in [1, E = ", E, "]");
+    TINYLLM_EXPECT(k <= detail::gating_backward_max_k, op, ": k = ", k, " exceeds the kernel's ",
+                   detail::gating_backward_max_k);
+    TINYLLM_EXPECT(E <= INT_MAX, op, ": E = ", E, " does not fit int");
+    TINYLLM_EXPECT(dlogits.is_contiguous() && dweights.is_contiguous() && logits.is_contiguous(), op,
+                   ": every tensor must be contiguous");
+    if (T == 0) return;
+    const int threads = 128;
+    const index_t blocks = ceil_div<index_t>(T, threads);
+    launch(detail::softmax_topk_gating_backward_kernel, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads,
+           0, stream, dlogits.data(), dweights.data(), logits.data(), T, static_cast<int>(E), static_cast<int>(k),
+           renormalize, accumulate);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace tinyllm::cuda
+
