@@ -378,6 +378,8 @@ inline void adamw_step(std::span<const named_parameter<float>> params, std::span
                                           params[i].grad.extent(0));
         tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0),
                                           "the state", state[i].m.extent(0));
+        tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0),
+                                          "the state", state[i].v.extent(0));
     }
     for (std::size_t i = 0; i < params.size(); ++i) {
         adamw_step(params[i].value, state[i].m.view(), state[i].v.view(), params[i].grad, config, state[i].step + 1,

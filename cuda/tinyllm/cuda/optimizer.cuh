@@ -361,6 +361,8 @@ void adamw_step(std::span<const named_parameter<T>> params, std::span<adamw_stat
         tinyllm::detail::expect_state_name("adamw_step", i, params[i].name, state[i].name);
         tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0),
                                           "the state", static_cast<index_t>(state[i].m.size()));
+        tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0),
+                                          "the state", static_cast<index_t>(state[i].v.size()));
     }
     for (std::size_t i = 0; i < params.size(); ++i) {
         const auto n = static_cast<index_t>(state[i].m.size());
