@@ -32,6 +32,9 @@
 #include <tinyllm/norm.hpp>
 #include <tinyllm/positional.hpp>
 
+// Training: the optimizer, clipping, the schedule, dropout.
+#include <tinyllm/optimizer.hpp>
+
 // Tokens out: samplers, best-of-n and beam search.
 #include <tinyllm/beam_search.hpp>
 #include <tinyllm/sampling.hpp>

@@ -29,6 +29,7 @@
 #include <tinyllm/cuda/loss.cuh>
 #include <tinyllm/cuda/moe.cuh>
 #include <tinyllm/cuda/norm.cuh>
+#include <tinyllm/cuda/optimizer.cuh>
 #include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/sampling.cuh>
 
