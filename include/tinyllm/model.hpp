@@ -32,8 +32,10 @@
 #include <tinyllm/activation.hpp>
 #include <tinyllm/attention.hpp>
 #include <tinyllm/detail/json.hpp>
+#include <tinyllm/embedding.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
+#include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
 #include <tinyllm/positional.hpp>
@@ -70,6 +72,7 @@ struct model_config {
     bool tie_word_embeddings = false;
     index_t num_experts = 0;           // Mixtral
     index_t experts_per_token = 0;     // Mixtral
+    double router_aux_loss_coef = 0;   // Mixtral: the load-balancing loss's weight in training (transformers: 0.001)
     rope_config rope;                  // Llama, Mixtral
     std::vector<token_id> eos_token_ids;
 };
@@ -179,6 +182,7 @@ inline model_config load_model_config(const std::string& dir) {
         if (m.arch == model_arch::mixtral) {
             m.num_experts = detail::config_int(c, "num_local_experts", -1, path);
             m.experts_per_token = detail::config_int(c, "num_experts_per_tok", -1, path);
+            m.router_aux_loss_coef = detail::config_double(c, "router_aux_loss_coef", 0.001, path);
             TINYLLM_EXPECT(m.experts_per_token >= 1 && m.experts_per_token <= m.num_experts, "'", path,
                            "': num_experts_per_tok = ", m.experts_per_token, " must be in [1, num_local_experts = ",
                            m.num_experts, "]");
@@ -220,7 +224,16 @@ struct layer_weights {
     tensor<float, 3> w1, w3, w2;                         // Mixtral experts: (E, F, D), (E, F, D), (E, D, F)
 };
 
+// How the checkpoint the weights came from named and laid out its tensors, so
+// that they (or their gradients) can be written back the same way.
+struct checkpoint_layout {
+    std::string gpt2_prefix = "transformer.";  // GPT-2: "transformer." (transformers) or "" (the Hub's original files)
+    bool fused_experts = false;                // Mixtral: transformers >= 5's mlp.experts.gate_up_proj (E, 2F, D)
+                                               // and down_proj (E, D, F), not block_sparse_moe.experts.N.w1/w2/w3
+};
+
 struct model_weights {
+    checkpoint_layout layout;
     tensor<float, 2> embed;            // (V, D)
     tensor<float, 2> positions;        // (P, D), GPT-2
     std::vector<layer_weights> layers;
@@ -264,6 +277,7 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
         // transformers saves "transformer.wte.weight"; the original GPT-2
         // checkpoints on the Hub (openai-community/gpt2) omit the prefix.
         const std::string t = ck.contains("transformer.wte.weight") ? "transformer." : "";
+        w.layout.gpt2_prefix = t;
         w.embed = ck.load(t + "wte.weight", extents<2>{V, D});
         w.positions = ck.load(t + "wpe.weight", extents<2>{c.max_positions, D});
         for (index_t l = 0; l < c.num_layers; ++l) {
@@ -309,10 +323,25 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
             L.up = ck.load(p + "mlp.up_proj.weight", extents<2>{F, D});
             L.down = ck.load(p + "mlp.down_proj.weight", extents<2>{D, F});
         } else {
+            // Two layouts: one tensor per expert matrix (block_sparse_moe.experts.N.w1/w3/w2, the
+            // original Mixtral release and transformers < 5), or all experts in one tensor
+            // (mlp.experts.gate_up_proj = [w1; w3] per expert, mlp.experts.down_proj; transformers >= 5).
             const index_t E = c.num_experts;
-            L.router = ck.load(p + "block_sparse_moe.gate.weight", extents<2>{E, D});
+            w.layout.fused_experts = ck.contains(p + "mlp.gate.weight");
             L.w1 = tensor<float, 3>(extents<3>{E, F, D});
             L.w3 = tensor<float, 3>(extents<3>{E, F, D});
+            if (w.layout.fused_experts) {
+                L.router = ck.load(p + "mlp.gate.weight", extents<2>{E, D});
+                const auto gate_up = ck.load(p + "mlp.experts.gate_up_proj", extents<3>{E, 2 * F, D});
+                for (index_t e = 0; e < E; ++e) {
+                    const float* src = gate_up.data() + e * 2 * F * D;
+                    std::copy(src, src + F * D, L.w1.data() + e * F * D);
+                    std::copy(src + F * D, src + 2 * F * D, L.w3.data() + e * F * D);
+                }
+                L.w2 = ck.load(p + "mlp.experts.down_proj", extents<3>{E, D, F});
+                continue;
+            }
+            L.router = ck.load(p + "block_sparse_moe.gate.weight", extents<2>{E, D});
             L.w2 = tensor<float, 3>(extents<3>{E, D, F});
             for (index_t e = 0; e < E; ++e) {
                 const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
@@ -328,6 +357,126 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
     w.final_norm_weight = ck.load("model.norm.weight", extents<1>{D});
     if (!c.tie_word_embeddings) w.lm_head = ck.load("lm_head.weight", extents<2>{V, D});
     return w;
+}
+
+// ---- writing weights (or their gradients) under the checkpoint's names ----------
+
+// One tensor as the checkpoint stores it: its name, shape and row-major values.
+struct checkpoint_tensor {
+    std::string name;
+    std::vector<index_t> shape;
+    std::vector<float> values;
+};
+
+// The inverse of load_model_weights: every tensor of `w` under the name, layout
+// and shape the checkpoint it came from uses (w.layout): GPT-2's Conv1D
+// matrices transposed back to (in, out) and q | k | v joined into c_attn;
+// Mixtral's experts one tensor per matrix or fused, as loaded. A tied output
+// projection is not written (Hugging Face does not store it). Applied to a
+// gradient buffer (zeros_like(w) filled by forward_backward), it names each
+// gradient as PyTorch names the parameter's .grad.
+inline std::vector<checkpoint_tensor> checkpoint_tensors(const model_config& c, const model_weights& w) {
+    std::vector<checkpoint_tensor> out;
+    auto put = [&]<std::size_t R>(const std::string& name, const tensor<float, R>& t) {
+        checkpoint_tensor ct{name, {}, t.values()};
+        for (std::size_t d = 0; d < R; ++d) ct.shape.push_back(t.extent(d));
+        out.push_back(std::move(ct));
+    };
+    auto transposed_put = [&](const std::string& name, const tensor<float, 2>& t) { put(name, detail::transposed(t)); };
+    const index_t D = c.hidden_size, F = c.intermediate_size, E = c.num_experts;
+    if (c.arch == model_arch::gpt2) {
+        const std::string t = w.layout.gpt2_prefix;
+        put(t + "wte.weight", w.embed);
+        put(t + "wpe.weight", w.positions);
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const std::string p = t + "h." + std::to_string(l) + ".";
+            const layer_weights& L = w.layers[static_cast<std::size_t>(l)];
+            put(p + "ln_1.weight", L.attn_norm_weight);
+            put(p + "ln_1.bias", L.attn_norm_bias);
+            tensor<float, 2> c_attn(extents<2>{D, 3 * D});  // (in, out) = [wq; wk; wv]^T
+            tensor<float, 1> c_attn_bias(extents<1>{3 * D});
+            for (index_t part = 0; part < 3; ++part) {
+                const tensor<float, 2>& m = part == 0 ? L.wq : part == 1 ? L.wk : L.wv;
+                const tensor<float, 1>& b = part == 0 ? L.bq : part == 1 ? L.bk : L.bv;
+                for (index_t o = 0; o < D; ++o) {
+                    for (index_t i = 0; i < D; ++i) c_attn(i, part * D + o) = m(o, i);
+                    c_attn_bias(part * D + o) = b(o);
+                }
+            }
+            put(p + "attn.c_attn.weight", c_attn);
+            put(p + "attn.c_attn.bias", c_attn_bias);
+            transposed_put(p + "attn.c_proj.weight", L.wo);
+            put(p + "attn.c_proj.bias", L.bo);
+            put(p + "ln_2.weight", L.ffn_norm_weight);
+            put(p + "ln_2.bias", L.ffn_norm_bias);
+            transposed_put(p + "mlp.c_fc.weight", L.fc);
+            put(p + "mlp.c_fc.bias", L.fc_bias);
+            transposed_put(p + "mlp.c_proj.weight", L.proj);
+            put(p + "mlp.c_proj.bias", L.proj_bias);
+        }
+        put(t + "ln_f.weight", w.final_norm_weight);
+        put(t + "ln_f.bias", w.final_norm_bias);
+    } else {
+        put("model.embed_tokens.weight", w.embed);
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const std::string p = "model.layers." + std::to_string(l) + ".";
+            const layer_weights& L = w.layers[static_cast<std::size_t>(l)];
+            put(p + "input_layernorm.weight", L.attn_norm_weight);
+            put(p + "post_attention_layernorm.weight", L.ffn_norm_weight);
+            put(p + "self_attn.q_proj.weight", L.wq);
+            put(p + "self_attn.k_proj.weight", L.wk);
+            put(p + "self_attn.v_proj.weight", L.wv);
+            put(p + "self_attn.o_proj.weight", L.wo);
+            if (c.arch == model_arch::llama) {
+                put(p + "mlp.gate_proj.weight", L.gate);
+                put(p + "mlp.up_proj.weight", L.up);
+                put(p + "mlp.down_proj.weight", L.down);
+            } else if (w.layout.fused_experts) {
+                put(p + "mlp.gate.weight", L.router);
+                tensor<float, 3> gate_up(extents<3>{E, 2 * F, D});  // per expert: w1 rows, then w3 rows
+                for (index_t e = 0; e < E; ++e) {
+                    std::copy(L.w1.data() + e * F * D, L.w1.data() + (e + 1) * F * D, gate_up.data() + e * 2 * F * D);
+                    std::copy(L.w3.data() + e * F * D, L.w3.data() + (e + 1) * F * D,
+                              gate_up.data() + e * 2 * F * D + F * D);
+                }
+                put(p + "mlp.experts.gate_up_proj", gate_up);
+                put(p + "mlp.experts.down_proj", L.w2);
+            } else {
+                put(p + "block_sparse_moe.gate.weight", L.router);
+                for (index_t e = 0; e < E; ++e) {
+                    const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+                    auto matrix = [&](const tensor<float, 3>& m, index_t rows, index_t cols) {
+                        tensor<float, 2> r(extents<2>{rows, cols});
+                        std::copy(m.data() + e * rows * cols, m.data() + (e + 1) * rows * cols, r.data());
+                        return r;
+                    };
+                    put(q + "w1.weight", matrix(L.w1, F, D));
+                    put(q + "w2.weight", matrix(L.w2, D, F));
+                    put(q + "w3.weight", matrix(L.w3, F, D));
+                }
+            }
+        }
+        put("model.norm.weight", w.final_norm_weight);
+    }
+    if (!c.tie_word_embeddings) put("lm_head.weight", w.lm_head);
+    return out;
+}
+
+// Write tensors (checkpoint_tensors' result) to one .safetensors file, float32.
+inline void save_checkpoint_tensors(const std::string& path, const std::vector<checkpoint_tensor>& tensors) {
+    std::vector<safetensors_entry> entries;
+    for (const checkpoint_tensor& t : tensors) {
+        const float* p = t.values.data();
+        switch (t.shape.size()) {
+            case 1: entries.emplace_back(t.name, tensor_view<const float, 1>(p, {t.shape[0]})); break;
+            case 2: entries.emplace_back(t.name, tensor_view<const float, 2>(p, {t.shape[0], t.shape[1]})); break;
+            case 3:
+                entries.emplace_back(t.name, tensor_view<const float, 3>(p, {t.shape[0], t.shape[1], t.shape[2]}));
+                break;
+            default: TINYLLM_FAIL("save_checkpoint_tensors: '", t.name, "' has ", t.shape.size(), " dimensions");
+        }
+    }
+    save_safetensors(path, entries);
 }
 
 // ---- random models of real shapes (benchmarks, tests, the tour) ---------------
@@ -437,6 +586,45 @@ inline model_config llama_1b() {
 }
 
 }  // namespace model_shapes
+
+// ---- training: what forward_backward computes -------------------------------------
+
+// The losses of one batch. The gradients forward_backward writes are those of `total`.
+struct loss_terms {
+    double lm = 0;     // mean next-token cross-entropy over the targets that are not ignore_index
+    double aux = 0;    // Mixtral: the load-balancing loss as transformers defines it; 0 otherwise
+    double total = 0;  // lm_weight * lm + aux_weight * aux
+};
+
+struct backward_options {
+    double lm_weight = 1.0;       // 0: only the auxiliary loss (tinyllm grads --aux-only)
+    double aux_weight = 0.0;      // Mixtral: router_aux_loss_coef (0.001 in the fixtures), as transformers' training loss
+    cross_entropy_options loss;   // ignore_index (-100), label smoothing
+};
+
+// Zero tensors of the shapes of `w` (empty where `w` is empty): a gradient buffer.
+inline model_weights zeros_like(const model_weights& w) {
+    auto z = []<std::size_t R>(const tensor<float, R>& t) { return tensor<float, R>(t.shape(), 0.0f); };
+    model_weights g;
+    g.layout = w.layout;
+    g.embed = z(w.embed);
+    g.positions = z(w.positions);
+    for (const layer_weights& L : w.layers) {
+        layer_weights d;
+        d.attn_norm_weight = z(L.attn_norm_weight), d.attn_norm_bias = z(L.attn_norm_bias);
+        d.ffn_norm_weight = z(L.ffn_norm_weight), d.ffn_norm_bias = z(L.ffn_norm_bias);
+        d.wq = z(L.wq), d.wk = z(L.wk), d.wv = z(L.wv), d.wo = z(L.wo);
+        d.bq = z(L.bq), d.bk = z(L.bk), d.bv = z(L.bv), d.bo = z(L.bo);
+        d.fc = z(L.fc), d.proj = z(L.proj), d.fc_bias = z(L.fc_bias), d.proj_bias = z(L.proj_bias);
+        d.gate = z(L.gate), d.up = z(L.up), d.down = z(L.down);
+        d.router = z(L.router), d.w1 = z(L.w1), d.w3 = z(L.w3), d.w2 = z(L.w2);
+        g.layers.push_back(std::move(d));
+    }
+    g.final_norm_weight = z(w.final_norm_weight);
+    g.final_norm_bias = z(w.final_norm_bias);
+    g.lm_head = z(w.lm_head);
+    return g;
+}
 
 namespace cpu {
 
@@ -550,7 +738,27 @@ public:
         return logits;
     }
 
+    // Training: run B rows of T tokens forward (positions 0..T-1, no cache),
+    // measure the loss against `targets` (targets(b, t) is the token that should
+    // follow tokens(b, t), or ignore_index), and back-propagate it: every
+    // parameter's gradient is written (overwritten) into `grads`, which has the
+    // weights' layout (zeros_like(weights())). tokens, targets: (B, T).
+    // Defined below, after the class.
+    loss_terms forward_backward(model_weights& grads, tensor_view<const token_id, 2> tokens,
+                                tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
+
 private:
+    // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
+    // the residual path, when given), dweight and dbias overwritten.
+    void norm_backward(tensor_view<float, 2> dx, tensor<float, 1>& dweight, tensor<float, 1>& dbias,
+                       tensor_view<const float, 2> dout, tensor_view<const float, 2> dskip,
+                       tensor_view<const float, 2> x, const tensor<float, 1>& weight) const {
+        if (config_.arch == model_arch::gpt2)
+            residual_add_layer_norm_backward(dx, dweight.view(), dbias.view(), dout, dskip, x, weight.view(),
+                                             config_.norm_eps);
+        else residual_add_rms_norm_backward(dx, dweight.view(), dout, dskip, x, weight.view(), config_.norm_eps);
+    }
+
     void norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 1>& weight,
               const tensor<float, 1>& bias) const {
         if (config_.arch == model_arch::gpt2) layer_norm(out, x, weight.view(), bias.view(), config_.norm_eps);
@@ -560,6 +768,281 @@ private:
     model_config config_;
     model_weights w_;
 };
+
+// ---- training: forward_backward ---------------------------------------------------
+//
+// The forward pass of a training step is the model's forward over a whole batch
+// (N = B*T rows), keeping what the backward pass needs; the backward pass walks
+// the same diagram from the top down, each block turning the gradient of its
+// output into the gradient of its input and of its weights (docs/training.md):
+//
+//     dlogits = softmax(logits) - onehot(targets), / valid targets     (cross_entropy, fused)
+//     dh = dlogits W_lm;  dW_lm = dlogits^T h                          (tied: added to d embed)
+//     dx = norm_f backward (dh)
+//     for each layer, last first:
+//         dh2 = ffn backward (dx)               dx += norm2 backward (dh2)
+//         da  = dx Wo                           dq, dk, dv = attention backward (da)
+//         dq, dk = rope backward                dh1 = dq Wq + dk Wk + dv Wv
+//         dx += norm1 backward (dh1)
+//     d embed[token] += dx (scatter-add); GPT-2: d positions[t] += dx
+//
+// The residual stream is why dx is added to, never replaced: x feeds both the
+// block and the skip connection, so its gradient is the sum of both paths.
+// What is kept per layer and token is listed in detail::layer_activations; the
+// attention probabilities are not kept (attention_backward recomputes them).
+
+namespace detail {
+
+// What one layer keeps from the forward pass for its backward, per batch (N = B*T rows).
+struct layer_activations {
+    tensor<float, 2> x;              // (N, D)       the stream entering the layer
+    tensor<float, 2> h1;             // (N, D)       norm1(x), the projections' input
+    tensor<float, 2> q, k, v;        // (N, Hq*Dh), (N, Hkv*Dh), (N, Hkv*Dh); q and k after RoPE
+    tensor<float, 2> attn;           // (N, Hq*Dh)   attention output, Wo's input
+    tensor<float, 2> x_mid;          // (N, D)       x + attention: the stream entering the FFN
+    tensor<float, 2> h2;             // (N, D)       norm2(x_mid), the FFN's input
+    tensor<float, 2> a, b;           // (N, F)       GPT-2: fc pre-activation (b empty); Llama: gate, up
+    tensor<float, 2> router_logits;  // (N, E)       Mixtral
+};
+
+// The first non-finite value among the gradients, as "name[index] = value", or "".
+inline std::string first_non_finite(const model_weights& g) {
+    std::string found;
+    auto check = [&](const auto& t, const std::string& name) {
+        if (!found.empty()) return;
+        for (std::size_t i = 0; i < t.values().size(); ++i)
+            if (!std::isfinite(t.values()[i])) {
+                found = tinyllm::detail::cat(name, "[", i, "] = ", t.values()[i]);
+                return;
+            }
+    };
+    check(g.embed, "embed");
+    check(g.positions, "positions");
+    for (std::size_t l = 0; l < g.layers.size(); ++l) {
+        const layer_weights& L = g.layers[l];
+        const std::string p = tinyllm::detail::cat("layers.", l, ".");
+        for (auto [t, n] : {std::pair{&L.attn_norm_weight, "attn_norm_weight"}, {&L.attn_norm_bias, "attn_norm_bias"},
+                            {&L.ffn_norm_weight, "ffn_norm_weight"}, {&L.ffn_norm_bias, "ffn_norm_bias"},
+                            {&L.bq, "bq"}, {&L.bk, "bk"}, {&L.bv, "bv"}, {&L.bo, "bo"}, {&L.fc_bias, "fc_bias"},
+                            {&L.proj_bias, "proj_bias"}})
+            check(*t, p + n);
+        for (auto [t, n] : {std::pair{&L.wq, "wq"}, {&L.wk, "wk"}, {&L.wv, "wv"}, {&L.wo, "wo"}, {&L.fc, "fc"},
+                            {&L.proj, "proj"}, {&L.gate, "gate"}, {&L.up, "up"}, {&L.down, "down"},
+                            {&L.router, "router"}})
+            check(*t, p + n);
+        for (auto [t, n] : {std::pair{&L.w1, "w1"}, {&L.w3, "w3"}, {&L.w2, "w2"}}) check(*t, p + n);
+    }
+    check(g.final_norm_weight, "final_norm_weight");
+    check(g.final_norm_bias, "final_norm_bias");
+    check(g.lm_head, "lm_head");
+    return found;
+}
+
+}  // namespace detail
+
+inline loss_terms model::forward_backward(model_weights& grads, tensor_view<const token_id, 2> tokens,
+                                          tensor_view<const token_id, 2> targets,
+                                          const backward_options& options) const {
+    const model_config& c = config_;
+    const index_t B = tokens.extent(0), T = tokens.extent(1), N = B * T;
+    const index_t D = c.hidden_size, Dh = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+    const index_t V = c.vocab_size, F = c.intermediate_size, E = c.num_experts;
+    const bool gpt2 = c.arch == model_arch::gpt2, moe = c.arch == model_arch::mixtral;
+    TINYLLM_EXPECT(B >= 1 && T >= 1, "model::forward_backward: tokens has shape ", to_string(tokens.shape()),
+                   "; it needs at least one row of one token (B, T)");
+    TINYLLM_EXPECT(targets.shape() == tokens.shape(), "model::forward_backward: targets has shape ",
+                   to_string(targets.shape()), " but tokens has shape ", to_string(tokens.shape()),
+                   "; they must be equal (B, T)");
+    TINYLLM_EXPECT(std::isfinite(options.lm_weight) && std::isfinite(options.aux_weight) && options.lm_weight >= 0 &&
+                       options.aux_weight >= 0,
+                   "model::forward_backward: lm_weight = ", options.lm_weight, " and aux_weight = ",
+                   options.aux_weight, " must be finite and not negative");
+    TINYLLM_EXPECT(!gpt2 || T <= c.max_positions, "model::forward_backward: ", T, " positions exceed GPT-2's ",
+                   c.max_positions, " learned positions");
+    for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T; ++t)
+            TINYLLM_EXPECT(tokens(b, t) >= 0 && tokens(b, t) < V, "model::forward_backward: token id ", tokens(b, t),
+                           " at (", b, ", ", t, ") is outside the vocabulary [0, ", V, ")");
+    if (static_cast<index_t>(grads.layers.size()) != c.num_layers || grads.embed.shape() != w_.embed.shape())
+        grads = zeros_like(w_);
+
+    // ---- forward, keeping each layer's activations ----
+    tensor<std::int32_t, 2> positions(extents<2>{B, T});  // (B, T): 0..T-1 in every row
+    for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < T; ++t) positions(b, t) = static_cast<std::int32_t>(t);
+    tensor<float, 2> x(extents<2>{N, D});  // (N, D) the residual stream
+    embedding(x.view(), tensor_view<const token_id, 1>(tokens.data(), {N}), w_.embed.view());
+    if (gpt2) add_learned_positions(tensor_view<float, 3>(x.data(), {B, T, D}), w_.positions.view(), positions.view());
+
+    attention_options causal;
+    causal.causal = true;
+    auto as4 = [&](tensor<float, 2>& m, index_t heads) { return tensor_view<float, 4>(m.data(), {B, T, heads, Dh}); };
+    auto cas4 = [&](const tensor<float, 2>& m, index_t heads) {
+        return tensor_view<const float, 4>(m.data(), {B, T, heads, Dh});
+    };
+    std::vector<detail::layer_activations> acts(static_cast<std::size_t>(c.num_layers));
+    tensor<float, 2> delta(extents<2>{N, D});  // (N, D) a block's output, added to the stream
+    for (index_t l = 0; l < c.num_layers; ++l) {
+        const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+        detail::layer_activations& A = acts[static_cast<std::size_t>(l)];
+        A.x = x;
+        A.h1 = tensor<float, 2>(extents<2>{N, D});
+        norm(A.h1.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
+        A.q = tensor<float, 2>(extents<2>{N, Hq * Dh});
+        A.k = tensor<float, 2>(extents<2>{N, Hkv * Dh});
+        A.v = tensor<float, 2>(extents<2>{N, Hkv * Dh});
+        linear(A.q.view(), A.h1.view(), L.wq.view(), L.bq.view());
+        linear(A.k.view(), A.h1.view(), L.wk.view(), L.bk.view());
+        linear(A.v.view(), A.h1.view(), L.wv.view(), L.bv.view());
+        if (!gpt2) apply_rope(as4(A.q, Hq), as4(A.k, Hkv), c.rope, 0);
+        A.attn = tensor<float, 2>(extents<2>{N, Hq * Dh});
+        attention<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
+        linear(delta.view(), A.attn.view(), L.wo.view(), L.bo.view());
+        add(x.view(), x.view(), delta.view());
+
+        A.x_mid = x;
+        A.h2 = tensor<float, 2>(extents<2>{N, D});
+        norm(A.h2.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
+        if (gpt2) {
+            A.a = tensor<float, 2>(extents<2>{N, F});  // fc pre-activation
+            linear(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
+            tensor<float, 2> g(extents<2>{N, F});
+            activate(g.view(), A.a.view(), activation::gelu_tanh);
+            linear(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
+        } else if (!moe) {
+            A.a = tensor<float, 2>(extents<2>{N, F});  // gate
+            A.b = tensor<float, 2>(extents<2>{N, F});  // up
+            linear(A.a.view(), A.h2.view(), L.gate.view(), {});
+            linear(A.b.view(), A.h2.view(), L.up.view(), {});
+            tensor<float, 2> s(extents<2>{N, F});
+            swiglu(s.view(), A.a.view(), A.b.view());
+            linear(delta.view(), s.view(), L.down.view(), {});
+        } else {
+            A.router_logits = tensor<float, 2>(extents<2>{N, E});
+            linear(A.router_logits.view(), A.h2.view(), L.router.view(), {});
+            moe_forward(delta.view(), A.h2.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
+                        c.experts_per_token);
+        }
+        add(x.view(), x.view(), delta.view());
+    }
+    tensor<float, 2> hf(extents<2>{N, D});  // (N, D) norm_f(x)
+    norm(hf.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
+    const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
+    tensor<float, 2> logits(extents<2>{N, V});  // (N, V), overwritten below by its gradient
+    linear(logits.view(), hf.view(), head.view(), {});
+
+    // ---- the losses ----
+    loss_terms loss;
+    const tensor_view<const token_id, 1> flat_targets(targets.data(), {N});
+    loss.lm = cross_entropy(logits.view(), logits.view(), flat_targets, options.loss);  // dlogits in place
+    for (float& g : logits.values()) g = static_cast<float>(g * options.lm_weight);
+    // Mixtral's load-balancing loss over all R = layers * N router rows (transformers'
+    // load_balancing_loss_func): aux = E * sum_e (c_e / R) * (sum_rows p_e / R), where c_e
+    // counts the rows whose top-k holds expert e and carries no gradient. Its gradient
+    // with respect to one row's logits z: d aux / d z_e' = E / R^2 * p_e' (c_e' - sum_e c_e p_e).
+    std::vector<tensor<float, 2>> aux_dlogits(acts.size());  // (N, E) per layer
+    if (moe) {
+        const index_t k = c.experts_per_token, R = c.num_layers * N;
+        std::vector<double> counts(static_cast<std::size_t>(E), 0.0), prob_sums(counts.size(), 0.0);
+        std::vector<tensor<double, 2>> probs;  // per layer (N, E)
+        for (const auto& A : acts) {
+            tensor<std::int32_t, 2> ids(extents<2>{N, k});
+            tensor<float, 2> unused(extents<2>{N, k});
+            softmax_topk_gating(ids.view(), unused.view(), A.router_logits.view(), true);
+            for (index_t r = 0; r < N; ++r)
+                for (index_t j = 0; j < k; ++j) counts[static_cast<std::size_t>(ids(r, j))] += 1.0;
+            tensor<double, 2> p(extents<2>{N, E});
+            for (index_t r = 0; r < N; ++r) {
+                double m = A.router_logits(r, 0), sum = 0;
+                for (index_t e = 0; e < E; ++e) m = std::max(m, static_cast<double>(A.router_logits(r, e)));
+                for (index_t e = 0; e < E; ++e) sum += p(r, e) = std::exp(A.router_logits(r, e) - m);
+                for (index_t e = 0; e < E; ++e) prob_sums[static_cast<std::size_t>(e)] += p(r, e) /= sum;
+            }
+            probs.push_back(std::move(p));
+        }
+        const double Rd = static_cast<double>(R);
+        for (index_t e = 0; e < E; ++e)
+            loss.aux += (counts[static_cast<std::size_t>(e)] / Rd) * (prob_sums[static_cast<std::size_t>(e)] / Rd);
+        loss.aux *= static_cast<double>(E);
+        for (std::size_t l = 0; l < acts.size(); ++l) {
+            aux_dlogits[l] = tensor<float, 2>(extents<2>{N, E});
+            for (index_t r = 0; r < N; ++r) {
+                double mean_count = 0;  // sum_e c_e p_e
+                for (index_t e = 0; e < E; ++e) mean_count += counts[static_cast<std::size_t>(e)] * probs[l](r, e);
+                for (index_t e = 0; e < E; ++e)
+                    aux_dlogits[l](r, e) = static_cast<float>(options.aux_weight * static_cast<double>(E) / (Rd * Rd) *
+                                                              probs[l](r, e) *
+                                                              (counts[static_cast<std::size_t>(e)] - mean_count));
+            }
+        }
+    }
+    loss.total = options.lm_weight * loss.lm + options.aux_weight * loss.aux;
+
+    // ---- backward, from the loss down ----
+    const tensor_view<const float, 2> dlogits = logits.view();
+    tensor<float, 2> dh(extents<2>{N, D}), dx(extents<2>{N, D});  // (N, D)
+    tensor<float, 2>& dhead = c.tie_word_embeddings ? grads.embed : grads.lm_head;
+    linear_backward(dh.view(), dhead.view(), {}, dlogits, hf.view(), head.view());
+    norm_backward(dx.view(), grads.final_norm_weight, grads.final_norm_bias, dh.view(), {}, x.view(),
+                  w_.final_norm_weight);
+
+    tensor<float, 2> dq(extents<2>{N, Hq * Dh}), dk(extents<2>{N, Hkv * Dh}), dv(extents<2>{N, Hkv * Dh});
+    tensor<float, 2> dattn(extents<2>{N, Hq * Dh}), dpart(extents<2>{N, D});
+    for (index_t l = c.num_layers - 1; l >= 0; --l) {
+        const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+        layer_weights& G = grads.layers[static_cast<std::size_t>(l)];
+        const detail::layer_activations& A = acts[static_cast<std::size_t>(l)];
+        // FFN block: x_out = x_mid + ffn(norm2(x_mid)); dx holds d x_out.
+        if (gpt2) {
+            tensor<float, 2> g(extents<2>{N, F}), dg(extents<2>{N, F});  // gelu(a) recomputed; its gradient
+            activate(g.view(), A.a.view(), activation::gelu_tanh);
+            linear_backward(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(), L.proj.view());
+            activate_backward(dg.view(), dg.view(), A.a.view(), activation::gelu_tanh);
+            linear_backward(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
+        } else if (!moe) {
+            tensor<float, 2> s(extents<2>{N, F}), ds(extents<2>{N, F}), dup(extents<2>{N, F});
+            swiglu(s.view(), A.a.view(), A.b.view());
+            linear_backward(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
+            swiglu_backward(ds.view(), dup.view(), ds.view(), A.a.view(), A.b.view());  // ds becomes d gate
+            linear_backward(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
+            linear_backward(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
+            add(dh.view(), dh.view(), dpart.view());
+        } else {
+            moe_backward(dh.view(), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), dx.view(),
+                         aux_dlogits[static_cast<std::size_t>(l)].view(), A.h2.view(), L.router.view(), L.w1.view(),
+                         L.w3.view(), L.w2.view(), c.experts_per_token);
+        }
+        norm_backward(dx.view(), G.ffn_norm_weight, G.ffn_norm_bias, dh.view(), dx.view(), A.x_mid.view(),
+                      L.ffn_norm_weight);  // dx = d x_mid: the norm's path plus the skip's
+        // Attention block: x_mid = x + attention(norm1(x)) Wo.
+        linear_backward(dattn.view(), G.wo.view(), G.bo.view(), dx.view(), A.attn.view(), L.wo.view());
+        attention_backward<float>(as4(dq, Hq), as4(dk, Hkv), as4(dv, Hkv), cas4(dattn, Hq), cas4(A.q, Hq),
+                                  cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
+        if (!gpt2) {
+            apply_rope_backward(as4(dq, Hq), c.rope, 0);
+            apply_rope_backward(as4(dk, Hkv), c.rope, 0);
+        }
+        linear_backward(dh.view(), G.wq.view(), G.bq.view(), dq.view(), A.h1.view(), L.wq.view());
+        linear_backward(dpart.view(), G.wk.view(), G.bk.view(), dk.view(), A.h1.view(), L.wk.view());
+        add(dh.view(), dh.view(), dpart.view());
+        linear_backward(dpart.view(), G.wv.view(), G.bv.view(), dv.view(), A.h1.view(), L.wv.view());
+        add(dh.view(), dh.view(), dpart.view());
+        norm_backward(dx.view(), G.attn_norm_weight, G.attn_norm_bias, dh.view(), dx.view(), A.x.view(),
+                      L.attn_norm_weight);  // dx = d x
+    }
+    // The embedding: each row of dx goes back to its token's row of the table
+    // (added to the output projection's gradient when the two are tied).
+    embedding_backward(grads.embed.view(), tensor_view<const token_id, 1>(tokens.data(), {N}), dx.view(), 1.0f,
+                       /*accumulate=*/c.tie_word_embeddings);
+    if (gpt2)
+        learned_positions_backward(grads.positions.view(), tensor_view<const float, 3>(dx.data(), {B, T, D}),
+                                   positions.view(), /*accumulate=*/false);
+
+    if (const std::string bad = detail::first_non_finite(grads); !bad.empty())
+        TINYLLM_FAIL("model::forward_backward: the gradient went non-finite: ", bad, " (lm loss ", loss.lm,
+                     ", aux loss ", loss.aux, ")");
+    return loss;
+}
 
 // How generate() chooses and when it stops.
 struct generation_options {

@@ -401,14 +401,15 @@ inline void save_safetensors(const std::string& path, const std::vector<safetens
 }
 
 // A checkpoint directory: model.safetensors, or shards listed in
-// model.safetensors.index.json.
+// model.safetensors.index.json. A path to one .safetensors file works too
+// (a file of gradients named as the weights, for instance).
 class safetensors_checkpoint {
 public:
     explicit safetensors_checkpoint(const std::string& dir) : dir_(dir) {
         namespace fs = std::filesystem;
-        const fs::path single = fs::path(dir) / "model.safetensors";
+        const fs::path single = fs::is_regular_file(dir) ? fs::path(dir) : fs::path(dir) / "model.safetensors";
         const fs::path index = fs::path(dir) / "model.safetensors.index.json";
-        if (fs::exists(index)) {
+        if (!fs::is_regular_file(dir) && fs::exists(index)) {
             std::ifstream in(index);
             const std::string text((std::istreambuf_iterator<char>(in)), {});
             const json::value doc = json::parse(text, index.string());
