@@ -255,10 +255,13 @@ void check_lse(const std::vector<float>& got, const std::vector<float>& want, co
 
 // Shapes: one element; MHA; GQA with Tq < Tk; MQA; Tq > Tk (causal rows with no
 // key); an odd head dim and group 3; partial tiles everywhere (none of the
-// lengths is a multiple of 16 or 32 but 32 itself).
+// lengths is a multiple of 16 or 32 but 32 itself). The last: batch row 2 has 20
+// keys, so under a window of 5 the query tile of rows 16..31 mixes rows that see
+// keys 16..19 with rows whose window starts past the padding (a tile's key range
+// once reached into the padding there, and 0 * NaN made the forward's O NaN).
 const shape shapes[] = {
     {1, 1, 1, 1, 1, 64}, {2, 37, 37, 2, 2, 32}, {2, 17, 45, 4, 2, 64}, {2, 1, 40, 4, 1, 16},
-    {2, 45, 17, 2, 2, 16}, {2, 20, 33, 3, 1, 37}, {1, 32, 32, 2, 2, 128},
+    {2, 45, 17, 2, 2, 16}, {2, 20, 33, 3, 1, 37}, {1, 32, 32, 2, 2, 128}, {3, 40, 40, 2, 2, 16},
 };
 const shape large_shapes[] = {{2, 300, 700, 8, 1, 128}, {1, 1024, 1024, 4, 4, 64}, {1, 333, 333, 16, 4, 256}};
 
