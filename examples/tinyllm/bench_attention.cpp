@@ -1,5 +1,5 @@
-// examples/tinyllm/bench_attention.cpp — CPU rows of `tinyllm bench attention`
-// and `tinyllm bench attention_decode`: the CPU reference (float64 math) on
+// examples/tinyllm/bench_attention.cpp — CPU rows of `tinyllm bench attention`,
+// `tinyllm bench attention_decode` and `tinyllm bench attention_backward`: the CPU reference (float64 math) on
 // small shapes, to show what the GPU rows are compared with. (Google Benchmark
 // sweeps of the reference over T: bench/cpu/bench_attention.cpp.)
 #include "registry.hpp"
@@ -53,5 +53,21 @@ TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cach
         "attention_decode/cpu_reference/B=1,L=4096,H=32,D=128,float",
         [&] { tinyllm::cpu::attention<float>(out.view(), q.view(), k.view(), v.view()); }, bytes,
         attention_flops(B, H, 1, L, D, false), 1, ctx.repeats < 3 ? ctx.repeats : 3);
+    ctx.rows.push_back({"cpu reference", "cpu", timing, "reference", true, false});
+}
+
+TINYLLM_BENCH("attention_backward", "dQ, dK, dV of causal attention, B=1, T=2048, H=16, D=128, float (v2 also at B=8; simulated GPU: T = 200, 2 heads)", 0) {
+    // --size T sets the CPU sequence length (default 256). FLOPs: 2.5x the forward's (five
+    // matrix products against two), FlashAttention's convention.
+    const index_t B = 1, T = ctx.size > 0 ? ctx.size : 256, H = 12, D = 64;
+    const auto q = random_tensor({B, T, H, D}, 1), k = random_tensor({B, T, H, D}, 2), v = random_tensor({B, T, H, D}, 3);
+    const auto dout = random_tensor({B, T, H, D}, 4);
+    tinyllm::tensor<float, 4> dq({B, T, H, D}), dk({B, T, H, D}), dv({B, T, H, D});
+    tinyllm::attention_options opts;
+    opts.causal = true;
+    const std::string name = "attention_backward/cpu_reference/B=1,T=" + std::to_string(T) + ",H=12,D=64,causal,float";
+    auto timing = tinyllm::time_cpu(
+        name, [&] { tinyllm::cpu::attention_backward<float>(dq, dk, dv, dout, q, k, v, opts); }, 0,
+        2.5 * attention_flops(B, H, T, T, D, true), 1, ctx.repeats < 3 ? ctx.repeats : 3);
     ctx.rows.push_back({"cpu reference", "cpu", timing, "reference", true, false});
 }
