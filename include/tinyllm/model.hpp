@@ -38,6 +38,7 @@
 #include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
+#include <tinyllm/optimizer.hpp>
 #include <tinyllm/positional.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/safetensors.hpp>
@@ -626,6 +627,42 @@ inline model_weights zeros_like(const model_weights& w) {
     return g;
 }
 
+// The optimizer's view of a model: one named_parameter (<tinyllm/optimizer.hpp>)
+// per weight tensor, pairing it with the tensor of the same place in `grads`
+// (zeros_like(w), filled by forward_backward). Names are tinyllm's layout's
+// ("layers.0.wq", "embed_tokens", "embed_positions", ...), so the default
+// decay rule leaves the embeddings, norms and biases undecayed.
+inline std::vector<named_parameter<float>> model_parameters(model_weights& w, model_weights& grads) {
+    TINYLLM_EXPECT(grads.layers.size() == w.layers.size() && grads.embed.shape() == w.embed.shape(),
+                   "model_parameters: grads does not have the weights' layout (make it with zeros_like)");
+    std::vector<named_parameter<float>> out;
+    auto add = [&]<std::size_t R>(const std::string& name, tensor<float, R>& value, tensor<float, R>& grad) {
+        if (value.size() != 0) out.push_back(make_parameter(name, value, grad));
+    };
+    add("embed_tokens", w.embed, grads.embed);
+    add("embed_positions", w.positions, grads.positions);
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        layer_weights& L = w.layers[l];
+        layer_weights& G = grads.layers[l];
+        const std::string p = "layers." + std::to_string(l) + ".";
+        add(p + "attn_norm.weight", L.attn_norm_weight, G.attn_norm_weight);
+        add(p + "attn_norm.bias", L.attn_norm_bias, G.attn_norm_bias);
+        add(p + "wq", L.wq, G.wq), add(p + "wk", L.wk, G.wk), add(p + "wv", L.wv, G.wv), add(p + "wo", L.wo, G.wo);
+        add(p + "bq", L.bq, G.bq), add(p + "bk", L.bk, G.bk), add(p + "bv", L.bv, G.bv), add(p + "bo", L.bo, G.bo);
+        add(p + "ffn_norm.weight", L.ffn_norm_weight, G.ffn_norm_weight);
+        add(p + "ffn_norm.bias", L.ffn_norm_bias, G.ffn_norm_bias);
+        add(p + "fc", L.fc, G.fc), add(p + "fc_bias", L.fc_bias, G.fc_bias);
+        add(p + "proj", L.proj, G.proj), add(p + "proj_bias", L.proj_bias, G.proj_bias);
+        add(p + "gate", L.gate, G.gate), add(p + "up", L.up, G.up), add(p + "down", L.down, G.down);
+        add(p + "router", L.router, G.router);
+        add(p + "experts.w1", L.w1, G.w1), add(p + "experts.w3", L.w3, G.w3), add(p + "experts.w2", L.w2, G.w2);
+    }
+    add("final_norm.weight", w.final_norm_weight, grads.final_norm_weight);
+    add("final_norm.bias", w.final_norm_bias, grads.final_norm_bias);
+    add("lm_head", w.lm_head, grads.lm_head);
+    return out;
+}
+
 namespace cpu {
 
 // A decoder-only model on the CPU: float weights, component references.
@@ -646,6 +683,7 @@ public:
 
     const model_config& config() const { return config_; }
     const model_weights& weights() const { return w_; }
+    model_weights& weights() { return w_; }  // training updates them in place
 
     // One sequence's state: a KV cache per layer and the number of positions fed.
     struct session {
