@@ -224,8 +224,9 @@ __global__ void embedding_keys_kernel(std::int32_t* keys, std::int32_t* perm, co
 }
 
 // One radix pass, before the plan: digits[j] = (key of the j-th token in the current order >> shift) & mask.
-__global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* keys, const std::int32_t* perm, index_t n,
-                                    int shift, std::int32_t mask) {
+template <class Int>
+__global__ void radix_digits_kernel(Int* digits, const Int* keys, const Int* perm, index_t n,
+                                    int shift, Int mask) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         digits[j] = (keys[perm[j]] >> shift) & mask;
@@ -233,14 +234,16 @@ __global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* ke
 
 // After the plan: the token at place j of the new order is the one at place
 // row_token[j] of the old (the plan's stable counting sort of the digits).
-__global__ void radix_permute_kernel(std::int32_t* perm_out, const std::int32_t* perm_in, const std::int32_t* row_token,
+template <class Int>
+__global__ void radix_permute_kernel(Int* perm_out, const Int* perm_in, const Int* row_token,
                                      index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         perm_out[j] = perm_in[row_token[j]];
 }
 
-__global__ void gather_keys_kernel(std::int32_t* sorted_keys, const std::int32_t* keys, const std::int32_t* perm,
+template <class Int>
+__global__ void gather_keys_kernel(Int* sorted_keys, const Int* keys, const Int* perm,
                                    index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
@@ -390,19 +393,19 @@ void scatter_add_rows(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id,
                            tensor_view<std::int32_t, 1>(ws.counts(), {buckets})};
         const tensor_view<const std::int32_t, 2> digits(ws.digits(), {n, 1});
         for (int pass = 0; pass < ws.passes(); ++pass) {
-            launch(detail::radix_digits_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.digits(),
-                   static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()),
+            launch(detail::radix_digits_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream,
+                   ws.digits(), static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()),
                    n, pass * ws.digit_bits(), static_cast<std::int32_t>(buckets - 1));
             TINYLLM_CUDA_CHECK_LAUNCH();
             moe_plan(plan, digits, {}, ws.plan(), stream);
-            launch(detail::radix_permute_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.perm_next(),
-                   static_cast<const std::int32_t*>(ws.perm()),
+            launch(detail::radix_permute_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream,
+                   ws.perm_next(), static_cast<const std::int32_t*>(ws.perm()),
                    static_cast<const std::int32_t*>(ws.row_token()), n);
             TINYLLM_CUDA_CHECK_LAUNCH();
             ws.swap_perm();
         }
-        launch(detail::gather_keys_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.sorted_keys(),
-               static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()), n);
+        launch(detail::gather_keys_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream,
+               ws.sorted_keys(), static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()), n);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
     if (V == 0 || D == 0) return;
