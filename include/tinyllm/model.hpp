@@ -603,27 +603,48 @@ struct backward_options {
     cross_entropy_options loss;   // ignore_index (-100), label smoothing
 };
 
+namespace detail {
+
+// Calls f(name, a's tensor, b's tensor) for every weight tensor of two models
+// of the same layout (a model and its gradients, or a model twice), in a fixed
+// order, under tinyllm's names ("embed_tokens", "layers.0.wq", ...). A and B
+// are model_weights, const or not; tensors of a kind the architecture lacks
+// are empty and visited all the same.
+template <class A, class B, class F>
+void for_each_weight(A& a, B& b, F&& f) {
+    f(std::string("embed_tokens"), a.embed, b.embed);
+    f(std::string("embed_positions"), a.positions, b.positions);
+    TINYLLM_EXPECT(a.layers.size() == b.layers.size(), "model weights: ", a.layers.size(), " layers against ",
+                   b.layers.size(), " (gradients are made with zeros_like)");
+    for (std::size_t l = 0; l < a.layers.size(); ++l) {
+        auto& L = a.layers[l];
+        auto& G = b.layers[l];
+        const std::string p = "layers." + std::to_string(l) + ".";
+        f(p + "attn_norm.weight", L.attn_norm_weight, G.attn_norm_weight);
+        f(p + "attn_norm.bias", L.attn_norm_bias, G.attn_norm_bias);
+        f(p + "wq", L.wq, G.wq), f(p + "wk", L.wk, G.wk), f(p + "wv", L.wv, G.wv), f(p + "wo", L.wo, G.wo);
+        f(p + "bq", L.bq, G.bq), f(p + "bk", L.bk, G.bk), f(p + "bv", L.bv, G.bv), f(p + "bo", L.bo, G.bo);
+        f(p + "ffn_norm.weight", L.ffn_norm_weight, G.ffn_norm_weight);
+        f(p + "ffn_norm.bias", L.ffn_norm_bias, G.ffn_norm_bias);
+        f(p + "fc", L.fc, G.fc), f(p + "fc_bias", L.fc_bias, G.fc_bias);
+        f(p + "proj", L.proj, G.proj), f(p + "proj_bias", L.proj_bias, G.proj_bias);
+        f(p + "gate", L.gate, G.gate), f(p + "up", L.up, G.up), f(p + "down", L.down, G.down);
+        f(p + "router", L.router, G.router);
+        f(p + "experts.w1", L.w1, G.w1), f(p + "experts.w3", L.w3, G.w3), f(p + "experts.w2", L.w2, G.w2);
+    }
+    f(std::string("final_norm.weight"), a.final_norm_weight, b.final_norm_weight);
+    f(std::string("final_norm.bias"), a.final_norm_bias, b.final_norm_bias);
+    f(std::string("lm_head"), a.lm_head, b.lm_head);
+}
+
+}  // namespace detail
+
 // Zero tensors of the shapes of `w` (empty where `w` is empty): a gradient buffer.
 inline model_weights zeros_like(const model_weights& w) {
-    auto z = []<std::size_t R>(const tensor<float, R>& t) { return tensor<float, R>(t.shape(), 0.0f); };
-    model_weights g;
-    g.layout = w.layout;
-    g.embed = z(w.embed);
-    g.positions = z(w.positions);
-    for (const layer_weights& L : w.layers) {
-        layer_weights d;
-        d.attn_norm_weight = z(L.attn_norm_weight), d.attn_norm_bias = z(L.attn_norm_bias);
-        d.ffn_norm_weight = z(L.ffn_norm_weight), d.ffn_norm_bias = z(L.ffn_norm_bias);
-        d.wq = z(L.wq), d.wk = z(L.wk), d.wv = z(L.wv), d.wo = z(L.wo);
-        d.bq = z(L.bq), d.bk = z(L.bk), d.bv = z(L.bv), d.bo = z(L.bo);
-        d.fc = z(L.fc), d.proj = z(L.proj), d.fc_bias = z(L.fc_bias), d.proj_bias = z(L.proj_bias);
-        d.gate = z(L.gate), d.up = z(L.up), d.down = z(L.down);
-        d.router = z(L.router), d.w1 = z(L.w1), d.w3 = z(L.w3), d.w2 = z(L.w2);
-        g.layers.push_back(std::move(d));
-    }
-    g.final_norm_weight = z(w.final_norm_weight);
-    g.final_norm_bias = z(w.final_norm_bias);
-    g.lm_head = z(w.lm_head);
+    model_weights g = w;
+    detail::for_each_weight(g, g, [](const std::string&, auto& t, auto&) {
+        std::fill(t.values().begin(), t.values().end(), 0.0f);
+    });
     return g;
 }
 
@@ -636,30 +657,9 @@ inline std::vector<named_parameter<float>> model_parameters(model_weights& w, mo
     TINYLLM_EXPECT(grads.layers.size() == w.layers.size() && grads.embed.shape() == w.embed.shape(),
                    "model_parameters: grads does not have the weights' layout (make it with zeros_like)");
     std::vector<named_parameter<float>> out;
-    auto add = [&]<std::size_t R>(const std::string& name, tensor<float, R>& value, tensor<float, R>& grad) {
+    detail::for_each_weight(w, grads, [&](const std::string& name, auto& value, auto& grad) {
         if (value.size() != 0) out.push_back(make_parameter(name, value, grad));
-    };
-    add("embed_tokens", w.embed, grads.embed);
-    add("embed_positions", w.positions, grads.positions);
-    for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        layer_weights& L = w.layers[l];
-        layer_weights& G = grads.layers[l];
-        const std::string p = "layers." + std::to_string(l) + ".";
-        add(p + "attn_norm.weight", L.attn_norm_weight, G.attn_norm_weight);
-        add(p + "attn_norm.bias", L.attn_norm_bias, G.attn_norm_bias);
-        add(p + "wq", L.wq, G.wq), add(p + "wk", L.wk, G.wk), add(p + "wv", L.wv, G.wv), add(p + "wo", L.wo, G.wo);
-        add(p + "bq", L.bq, G.bq), add(p + "bk", L.bk, G.bk), add(p + "bv", L.bv, G.bv), add(p + "bo", L.bo, G.bo);
-        add(p + "ffn_norm.weight", L.ffn_norm_weight, G.ffn_norm_weight);
-        add(p + "ffn_norm.bias", L.ffn_norm_bias, G.ffn_norm_bias);
-        add(p + "fc", L.fc, G.fc), add(p + "fc_bias", L.fc_bias, G.fc_bias);
-        add(p + "proj", L.proj, G.proj), add(p + "proj_bias", L.proj_bias, G.proj_bias);
-        add(p + "gate", L.gate, G.gate), add(p + "up", L.up, G.up), add(p + "down", L.down, G.down);
-        add(p + "router", L.router, G.router);
-        add(p + "experts.w1", L.w1, G.w1), add(p + "experts.w3", L.w3, G.w3), add(p + "experts.w2", L.w2, G.w2);
-    }
-    add("final_norm.weight", w.final_norm_weight, grads.final_norm_weight);
-    add("final_norm.bias", w.final_norm_bias, grads.final_norm_bias);
-    add("lm_head", w.lm_head, grads.lm_head);
+    });
     return out;
 }
 
@@ -846,33 +846,10 @@ struct layer_activations {
 // The first non-finite value among the gradients, as "name[index] = value", or "".
 inline std::string first_non_finite(const model_weights& g) {
     std::string found;
-    auto check = [&](const auto& t, const std::string& name) {
-        if (!found.empty()) return;
-        for (std::size_t i = 0; i < t.values().size(); ++i)
-            if (!std::isfinite(t.values()[i])) {
-                found = tinyllm::detail::cat(name, "[", i, "] = ", t.values()[i]);
-                return;
-            }
-    };
-    check(g.embed, "embed");
-    check(g.positions, "positions");
-    for (std::size_t l = 0; l < g.layers.size(); ++l) {
-        const layer_weights& L = g.layers[l];
-        const std::string p = tinyllm::detail::cat("layers.", l, ".");
-        for (auto [t, n] : {std::pair{&L.attn_norm_weight, "attn_norm_weight"}, {&L.attn_norm_bias, "attn_norm_bias"},
-                            {&L.ffn_norm_weight, "ffn_norm_weight"}, {&L.ffn_norm_bias, "ffn_norm_bias"},
-                            {&L.bq, "bq"}, {&L.bk, "bk"}, {&L.bv, "bv"}, {&L.bo, "bo"}, {&L.fc_bias, "fc_bias"},
-                            {&L.proj_bias, "proj_bias"}})
-            check(*t, p + n);
-        for (auto [t, n] : {std::pair{&L.wq, "wq"}, {&L.wk, "wk"}, {&L.wv, "wv"}, {&L.wo, "wo"}, {&L.fc, "fc"},
-                            {&L.proj, "proj"}, {&L.gate, "gate"}, {&L.up, "up"}, {&L.down, "down"},
-                            {&L.router, "router"}})
-            check(*t, p + n);
-        for (auto [t, n] : {std::pair{&L.w1, "w1"}, {&L.w3, "w3"}, {&L.w2, "w2"}}) check(*t, p + n);
-    }
-    check(g.final_norm_weight, "final_norm_weight");
-    check(g.final_norm_bias, "final_norm_bias");
-    check(g.lm_head, "lm_head");
+    tinyllm::detail::for_each_weight(g, g, [&](const std::string& name, const auto& t, const auto&) {
+        for (std::size_t i = 0; found.empty() && i < t.values().size(); ++i)
+            if (!std::isfinite(t.values()[i])) found = tinyllm::detail::cat(name, "[", i, "] = ", t.values()[i]);
+    });
     return found;
 }
 
