@@ -224,8 +224,9 @@ __global__ void embedding_keys_kernel(std::int32_t* keys, std::int32_t* perm, co
 }
 
 // One radix pass, before the plan: digits[j] = (key of the j-th token in the current order >> shift) & mask.
-__global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* keys, const std::int32_t* perm, index_t n,
-                                    int shift, std::int32_t mask) {
+// (I = std::int32_t; a template, as every kernel in a header, so that two .cu files may include it.)
+template <class I>
+__global__ void radix_digits_kernel(I* digits, const I* keys, const I* perm, index_t n, int shift, I mask) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         digits[j] = (keys[perm[j]] >> shift) & mask;
@@ -233,15 +234,15 @@ __global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* ke
 
 // After the plan: the token at place j of the new order is the one at place
 // row_token[j] of the old (the plan's stable counting sort of the digits).
-__global__ void radix_permute_kernel(std::int32_t* perm_out, const std::int32_t* perm_in, const std::int32_t* row_token,
-                                     index_t n) {
+template <class I>
+__global__ void radix_permute_kernel(I* perm_out, const I* perm_in, const I* row_token, index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         perm_out[j] = perm_in[row_token[j]];
 }
 
-__global__ void gather_keys_kernel(std::int32_t* sorted_keys, const std::int32_t* keys, const std::int32_t* perm,
-                                   index_t n) {
+template <class I>
+__global__ void gather_keys_kernel(I* sorted_keys, const I* keys, const I* perm, index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         sorted_keys[j] = keys[perm[j]];
@@ -390,18 +391,18 @@ void scatter_add_rows(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id,
                            tensor_view<std::int32_t, 1>(ws.counts(), {buckets})};
         const tensor_view<const std::int32_t, 2> digits(ws.digits(), {n, 1});
         for (int pass = 0; pass < ws.passes(); ++pass) {
-            launch(detail::radix_digits_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.digits(),
+            launch(detail::radix_digits_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream, ws.digits(),
                    static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()),
                    n, pass * ws.digit_bits(), static_cast<std::int32_t>(buckets - 1));
             TINYLLM_CUDA_CHECK_LAUNCH();
             moe_plan(plan, digits, {}, ws.plan(), stream);
-            launch(detail::radix_permute_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.perm_next(),
+            launch(detail::radix_permute_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream, ws.perm_next(),
                    static_cast<const std::int32_t*>(ws.perm()),
                    static_cast<const std::int32_t*>(ws.row_token()), n);
             TINYLLM_CUDA_CHECK_LAUNCH();
             ws.swap_perm();
         }
-        launch(detail::gather_keys_kernel, detail::grid_for(n, threads), threads, 0, stream, ws.sorted_keys(),
+        launch(detail::gather_keys_kernel<std::int32_t>, detail::grid_for(n, threads), threads, 0, stream, ws.sorted_keys(),
                static_cast<const std::int32_t*>(ws.keys()), static_cast<const std::int32_t*>(ws.perm()), n);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }

@@ -559,7 +559,9 @@ constexpr int gating_backward_max_k = 64;
 // One thread per token: dlogits (T, E) (+)= the gradient of sum_j dweights(t, j)
 // w(t, j) for the softmax -> top-k (-> renormalize) weights (moe_gating.hpp),
 // the k picks (k <= gating_backward_max_k) found again as the forward finds them.
-__global__ void softmax_topk_gating_backward_kernel(float* dlogits, const float* dweights, const float* logits,
+// (F = float; a template, as every kernel in a header, so that two .cu files may include it.)
+template <class F>
+__global__ void softmax_topk_gating_backward_kernel(F* dlogits, const F* dweights, const F* logits,
                                                     index_t tokens, int experts, int k, bool renormalize,
                                                     bool accumulate) {
     for (index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; t < tokens;
@@ -616,7 +618,7 @@ inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits, tensor_v
     if (T == 0) return;
     const int threads = 128;
     const index_t blocks = ceil_div<index_t>(T, threads);
-    launch(detail::softmax_topk_gating_backward_kernel, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads,
+    launch(detail::softmax_topk_gating_backward_kernel<float>, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads,
            0, stream, dlogits.data(), dweights.data(), logits.data(), T, static_cast<int>(E), static_cast<int>(k),
            renormalize, accumulate);
     TINYLLM_CUDA_CHECK_LAUNCH();
