@@ -1,5 +1,6 @@
 // bench/cpu/bench_layers.cpp — what the CPU references of the layers between
-// blocks cost, at a laptop size: (512, 4096) float, and a small linear layer.
+// blocks cost, at a laptop size: (512, 4096) float, and a small linear layer;
+// each forward with its backward (*_backward: the gradients a training step needs).
 //
 //   bin/bench_layers --benchmark_format=json > layers.json
 //
@@ -21,14 +22,15 @@ namespace {
 constexpr std::int64_t rows = 512, D = 4096;
 
 struct inputs {
-    std::vector<float> x, y, w, out, out2;
-    inputs() : x(rows * D), y(rows * D), w(D), out(rows * D), out2(rows * D) {
+    std::vector<float> x, y, w, out, out2, dw, db;
+    inputs() : x(rows * D), y(rows * D), w(D), out(rows * D), out2(rows * D), dw(D), db(D) {
         tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(x.data(), {rows * D}), 1, -2, 2);
         tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(y.data(), {rows * D}), 2, -2, 2);
         tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(w.data(), {D}), 3, 0.5f, 1.5f);
     }
     static tinyllm::tensor_view<float, 2> v(std::vector<float>& a) { return {a.data(), {rows, D}}; }
     tinyllm::tensor_view<const float, 1> weight() const { return {w.data(), {D}}; }
+    static tinyllm::tensor_view<float, 1> vec(std::vector<float>& a) { return {a.data(), {D}}; }
 };
 
 void set_bytes(benchmark::State& state, int tensors) {
@@ -47,6 +49,18 @@ static void rms_norm(benchmark::State& state) {
 }
 BENCHMARK(rms_norm)->Unit(benchmark::kMillisecond);
 
+// dx and dweight from dout (y) and x: dout and x read, dx written.
+static void rms_norm_backward(benchmark::State& state) {
+    inputs in;
+    for (auto _ : state) {
+        tinyllm::cpu::rms_norm_backward(inputs::v(in.out), inputs::vec(in.dw), inputs::v(in.y), inputs::v(in.x),
+                                        in.weight(), 1e-5f);
+        benchmark::ClobberMemory();
+    }
+    set_bytes(state, 3);
+}
+BENCHMARK(rms_norm_backward)->Unit(benchmark::kMillisecond);
+
 static void layer_norm(benchmark::State& state) {
     inputs in;
     for (auto _ : state) {
@@ -56,6 +70,17 @@ static void layer_norm(benchmark::State& state) {
     set_bytes(state, 2);
 }
 BENCHMARK(layer_norm)->Unit(benchmark::kMillisecond);
+
+static void layer_norm_backward(benchmark::State& state) {
+    inputs in;
+    for (auto _ : state) {
+        tinyllm::cpu::layer_norm_backward(inputs::v(in.out), inputs::vec(in.dw), inputs::vec(in.db), inputs::v(in.y),
+                                          inputs::v(in.x), in.weight(), 1e-5f);
+        benchmark::ClobberMemory();
+    }
+    set_bytes(state, 3);
+}
+BENCHMARK(layer_norm_backward)->Unit(benchmark::kMillisecond);
 
 static void residual_add_rms_norm(benchmark::State& state) {
     inputs in;
@@ -77,6 +102,20 @@ static void swiglu(benchmark::State& state) {
     set_bytes(state, 3);
 }
 BENCHMARK(swiglu)->Unit(benchmark::kMillisecond);
+
+// dgate and dup from dout (out), gate (x) and up (y): three read, two written.
+static void swiglu_backward(benchmark::State& state) {
+    inputs in;
+    std::vector<float> dout(rows * D);
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(dout.data(), {rows * D}), 6, -1, 1);
+    for (auto _ : state) {
+        tinyllm::cpu::swiglu_backward(inputs::v(in.out), inputs::v(in.out2), inputs::v(dout), inputs::v(in.x),
+                                      inputs::v(in.y));
+        benchmark::ClobberMemory();
+    }
+    set_bytes(state, 5);
+}
+BENCHMARK(swiglu_backward)->Unit(benchmark::kMillisecond);
 
 // One activation, state.range(0) selects it (the numbering of tinyllm::activation).
 static void activate(benchmark::State& state) {
@@ -110,3 +149,20 @@ static void linear(benchmark::State& state) {
         benchmark::Counter(static_cast<double>(2 * n * k * m), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(linear)->Unit(benchmark::kMillisecond);
+
+// linear_backward at the same shape: dx, dweight and dbias (two products, 4 n k m FLOPs).
+static void linear_backward(benchmark::State& state) {
+    const std::int64_t n = 64, k = 512, m = 1536;
+    std::vector<float> x(n * k), w(m * k), dout(n * m), dx(n * k), dw(m * k), db(m);
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(x.data(), {n * k}), 4);
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(w.data(), {m * k}), 5);
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(dout.data(), {n * m}), 6);
+    for (auto _ : state) {
+        tinyllm::cpu::linear_backward({dx.data(), {n, k}}, {dw.data(), {m, k}}, {db.data(), {m}}, {dout.data(), {n, m}},
+                                      {x.data(), {n, k}}, {w.data(), {m, k}});
+        benchmark::ClobberMemory();
+    }
+    state.counters["FLOP/s"] =
+        benchmark::Counter(static_cast<double>(4 * n * k * m), benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(linear_backward)->Unit(benchmark::kMillisecond);
