@@ -11,6 +11,7 @@
 //   * small random models of each architecture (GQA, untied head for Llama,
 //     a Mixtral with the aux loss weighted in, a batch of two rows with an
 //     ignored target), GPU against cpu::model::forward_backward;
+//   * the same step twice gives the same bits (no float atomics);
 //   * a bfloat16 model refuses to train, clearly.
 // Every gradient comes back freshly downloaded into a CPU model_weights that
 // the test first fills with NaN, so nothing stale can pass; NaN never passes.
@@ -197,6 +198,16 @@ TEST_CASE("cuda forward_backward: random models equal cpu::model::forward_backwa
             CHECK(std::abs(got.aux - want.aux) <= 1e-5 * std::abs(want.aux));
             CHECK(std::abs(got.total - want.total) <= 1e-5 * std::abs(want.total));
             require_gradients_close(c, grads, cpu_grads, "random cuda vs CPU");
+            // Deterministic: no float atomics anywhere, so a second step gives the same bits.
+            model_weights again;
+            const loss_terms repeat = m.forward_backward(again, tokens.view(), targets.view(), o);
+            CHECK(repeat.total == got.total);
+            const auto first = checkpoint_tensors(c, grads), second = checkpoint_tensors(c, again);
+            REQUIRE(first.size() == second.size());
+            for (std::size_t i = 0; i < first.size(); ++i) {
+                INFO(first[i].name);
+                CHECK(first[i].values == second[i].values);
+            }
         }
     }
 }

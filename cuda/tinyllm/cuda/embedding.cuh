@@ -224,7 +224,7 @@ __global__ void embedding_keys_kernel(std::int32_t* keys, std::int32_t* perm, co
 }
 
 // One radix pass, before the plan: digits[j] = (key of the j-th token in the current order >> shift) & mask.
-__global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* keys, const std::int32_t* perm, index_t n,
+__global__ inline void radix_digits_kernel(std::int32_t* digits, const std::int32_t* keys, const std::int32_t* perm, index_t n,
                                     int shift, std::int32_t mask) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
@@ -233,14 +233,14 @@ __global__ void radix_digits_kernel(std::int32_t* digits, const std::int32_t* ke
 
 // After the plan: the token at place j of the new order is the one at place
 // row_token[j] of the old (the plan's stable counting sort of the digits).
-__global__ void radix_permute_kernel(std::int32_t* perm_out, const std::int32_t* perm_in, const std::int32_t* row_token,
+__global__ inline void radix_permute_kernel(std::int32_t* perm_out, const std::int32_t* perm_in, const std::int32_t* row_token,
                                      index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)
         perm_out[j] = perm_in[row_token[j]];
 }
 
-__global__ void gather_keys_kernel(std::int32_t* sorted_keys, const std::int32_t* keys, const std::int32_t* perm,
+__global__ inline void gather_keys_kernel(std::int32_t* sorted_keys, const std::int32_t* keys, const std::int32_t* perm,
                                    index_t n) {
     for (index_t j = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; j < n;
          j += static_cast<index_t>(gridDim.x) * blockDim.x)

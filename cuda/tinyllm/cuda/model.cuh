@@ -764,9 +764,9 @@ private:
                 embedding_backward_workspace pws(N, positions_.shape[0]);
                 learned_positions_backward<float, const std::int32_t>(d_positions.view(), dx3, pos_v,
                                                                       /*accumulate=*/false, pws, /*check=*/false);
-                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());  // before pws is freed
             }
-            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());  // before ws is freed
         }
 
         // ---- download, in the weights' layout ----

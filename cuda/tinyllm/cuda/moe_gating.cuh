@@ -559,7 +559,7 @@ constexpr int gating_backward_max_k = 64;
 // One thread per token: dlogits (T, E) (+)= the gradient of sum_j dweights(t, j)
 // w(t, j) for the softmax -> top-k (-> renormalize) weights (moe_gating.hpp),
 // the k picks (k <= gating_backward_max_k) found again as the forward finds them.
-__global__ void softmax_topk_gating_backward_kernel(float* dlogits, const float* dweights, const float* logits,
+__global__ inline void softmax_topk_gating_backward_kernel(float* dlogits, const float* dweights, const float* logits,
                                                     index_t tokens, int experts, int k, bool renormalize,
                                                     bool accumulate) {
     for (index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; t < tokens;
