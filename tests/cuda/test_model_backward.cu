@@ -32,7 +32,26 @@
 
 namespace tc = tinyllm::cuda;
 namespace cpu = tinyllm::cpu;
-using namespace tinyllm;
+// Names one by one: `using namespace tinyllm` would make `cuda` ambiguous in nvcc's
+// generated code (tinyllm::cuda against libcu++'s ::cuda).
+using tinyllm::backward_options;
+using tinyllm::bfloat16;
+using tinyllm::checkpoint_layout;
+using tinyllm::checkpoint_tensors;
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::layer_weights;
+using tinyllm::load_model_weights;
+using tinyllm::loss_terms;
+using tinyllm::model_arch;
+using tinyllm::model_config;
+using tinyllm::model_weights;
+using tinyllm::random_model_weights;
+using tinyllm::rope_pairing;
+using tinyllm::safetensors_checkpoint;
+using tinyllm::tensor;
+using tinyllm::token_id;
+using tinyllm::zeros_like;
 using tinyllm_test::fixture_dir;
 using tinyllm_test::tolerance;
 
@@ -42,7 +61,7 @@ struct batch {
     tensor<token_id, 2> tokens, targets;  // (B, T); targets(b, t) = tokens(b, t + 1), the last -100
 };
 
-batch batch_of(const json::value& input_ids) {
+batch batch_of(const tinyllm::json::value& input_ids) {
     const auto& rows = input_ids.as_array();
     const index_t B = static_cast<index_t>(rows.size()), T = static_cast<index_t>(rows.front().as_array().size());
     batch out{tensor<token_id, 2>(extents<2>{B, T}), tensor<token_id, 2>(extents<2>{B, T})};
@@ -116,7 +135,7 @@ TEST_CASE("cuda forward_backward: loss and every gradient equal PyTorch autograd
                 WARN("skipped: ../shared/fixtures/hf/" << arch << "/grads.json is not here");
                 continue;
             }
-            const json::value spec = detail::read_json_file(dir + "/grads.json");
+            const tinyllm::json::value spec = tinyllm::detail::read_json_file(dir + "/grads.json");
             const batch data = batch_of(*spec.find("input_ids"));
             const cpu::model host = cpu::model::load(dir);
             const tc::model<float> m(host);
