@@ -2,6 +2,7 @@
 // the gradient of every parameter of a Hugging Face checkpoint, written under
 // the checkpoint's own tensor names, for anyone checking tinyllm's backward
 // pass against another framework (PyTorch autograd: tools/gen-hf-fixtures).
+#include "gpu.hpp"
 #include "registry.hpp"
 
 #include <tinyllm/model.hpp>
@@ -14,7 +15,7 @@
 using namespace tinyllm_cli;
 
 TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkpoint (.safetensors)",
-                "usage: tinyllm grads --model DIR --ids \"ID ...\" [--batch B] [--device cpu] [--aux | --aux-only]\n"
+                "usage: tinyllm grads --model DIR --ids \"ID ...\" [--batch B] [--device cpu|cuda] [--aux | --aux-only]\n"
                 "                     --out FILE.safetensors\n\n"
                 "The ids are split into B rows of equal length (default 1). Position t of a row predicts\n"
                 "token t+1 of the same row; the loss is the mean next-token cross-entropy over the\n"
@@ -25,15 +26,15 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
                 "Mixtral: --aux adds router_aux_loss_coef x the load-balancing loss (transformers'\n"
                 "load_balancing_loss_func, over every layer's router rows) to the loss; --aux-only\n"
                 "writes the gradient of the load-balancing loss alone. The loss breakdown goes to stderr.\n"
-                "--device: cpu (the CPU reference model).\n") {
+                "--device: cpu (the CPU reference model, default) or cuda (tinyllm::cuda::model in float32;\n"
+                "the gradients are downloaded from the GPU and written the same way).\n") {
     const auto a = parse_args(args, {"model", "ids", "batch", "device", "out"}, {"aux", "aux-only"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("ids").empty()) throw usage_error("--ids \"ID ...\" is required");
     if (a.get("out").empty()) throw usage_error("--out FILE.safetensors is required");
     const std::string device = a.get("device", "cpu");
-    if (device != "cpu")
-        throw usage_error("--device must be cpu (the CUDA model has no backward pass yet), got '" + device + "'");
+    if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
     if (a.has_flag("aux") && a.has_flag("aux-only")) throw usage_error("give at most one of --aux and --aux-only");
     const auto ids = parse_token_ids(a.get("ids"));
     const long long batch = a.get_int("batch", 1);
@@ -59,7 +60,9 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
     if (a.has_flag("aux")) o.aux_weight = model.config().router_aux_loss_coef;
     if (a.has_flag("aux-only")) o.lm_weight = 0, o.aux_weight = 1;
     tinyllm::model_weights grads = tinyllm::zeros_like(model.weights());
-    const tinyllm::loss_terms loss = model.forward_backward(grads, tokens.view(), targets.view(), o);
+    const tinyllm::loss_terms loss = device == "cuda"
+                                         ? gpu_forward_backward(model, grads, tokens.view(), targets.view(), o)
+                                         : model.forward_backward(grads, tokens.view(), targets.view(), o);
     tinyllm::save_checkpoint_tensors(a.get("out"), tinyllm::checkpoint_tensors(model.config(), grads));
 
     char buf[64];

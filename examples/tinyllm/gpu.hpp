@@ -41,6 +41,14 @@ std::vector<tinyllm::token_id> gpu_generate(const std::string& dir, bool bfloat1
                                        const tinyllm::cpu::generation_options& options,
                                        const std::function<void(tinyllm::token_id)>& on_token);
 std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt);
+
+// `tinyllm grads --device cuda`: cuda::model<float>::forward_backward on the
+// weights of `model` (uploaded), the gradients downloaded into `grads` in the
+// weights' layout. Throws like gpu_generate without CUDA or a GPU.
+tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model& model, tinyllm::model_weights& grads,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2> tokens,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2> targets,
+                                         const tinyllm::backward_options& options);
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

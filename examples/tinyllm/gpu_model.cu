@@ -1,4 +1,4 @@
-// examples/tinyllm/gpu_model.cu — `tinyllm generate/logits --device cuda`:
+// examples/tinyllm/gpu_model.cu — `tinyllm generate/logits/grads --device cuda`:
 // the checkpoint run by tinyllm::cuda::model (cuda/tinyllm/cuda/model.cuh).
 #include "gpu.hpp"
 
@@ -26,6 +26,14 @@ std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::s
     expect_gpu();
     if (bfloat16) return tinyllm::cuda::last_logits(tinyllm::cuda::model<tinyllm::bfloat16>::load(dir), prompt);
     return tinyllm::cuda::last_logits(tinyllm::cuda::model<float>::load(dir), prompt);
+}
+
+tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model& model, tinyllm::model_weights& grads,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2> tokens,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2> targets,
+                                         const tinyllm::backward_options& options) {
+    expect_gpu();
+    return tinyllm::cuda::model<float>(model).forward_backward(grads, tokens, targets, options);
 }
 
 }  // namespace tinyllm_cli

@@ -30,6 +30,12 @@ std::vector<tinyllm::token_id> gpu_generate(const std::string&, bool, std::span<
     no_cuda();
 }
 std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const tinyllm::token_id>) { no_cuda(); }
+tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model&, tinyllm::model_weights&,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2>,
+                                         tinyllm::tensor_view<const tinyllm::token_id, 2>,
+                                         const tinyllm::backward_options&) {
+    no_cuda();
+}
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

@@ -853,6 +853,56 @@ inline std::string first_non_finite(const model_weights& g) {
     return found;
 }
 
+// Mixtral's load-balancing loss over all R = layers * N router rows (transformers'
+// load_balancing_loss_func): aux = E * sum_e (c_e / R) * (sum_rows p_e / R), where c_e
+// counts the rows whose top-k holds expert e and carries no gradient. Its gradient
+// with respect to one row's logits z: d aux / d z_e' = E / R^2 * p_e' (c_e' - sum_e c_e p_e).
+// router_logits: each layer's (N, E) logits; returns aux and sets aux_dlogits[l]
+// (N, E) = aux_weight * d aux / d router_logits[l]. Sums in double, on the host
+// (cpu::model and cuda::model share it: the GPU downloads its router logits).
+inline double load_balancing_loss(std::vector<tensor<float, 2>>& aux_dlogits,
+                                  const std::vector<tensor_view<const float, 2>>& router_logits, index_t k,
+                                  double aux_weight) {
+    aux_dlogits.assign(router_logits.size(), {});
+    if (router_logits.empty()) return 0.0;
+    const index_t N = router_logits.front().extent(0), E = router_logits.front().extent(1);
+    const index_t R = static_cast<index_t>(router_logits.size()) * N;
+    std::vector<double> counts(static_cast<std::size_t>(E), 0.0), prob_sums(counts.size(), 0.0);
+    std::vector<tensor<double, 2>> probs;  // per layer (N, E)
+    for (const tensor_view<const float, 2>& z : router_logits) {
+        tensor<std::int32_t, 2> ids(extents<2>{N, k});
+        tensor<float, 2> unused(extents<2>{N, k});
+        softmax_topk_gating(ids.view(), unused.view(), z, true);
+        for (index_t r = 0; r < N; ++r)
+            for (index_t j = 0; j < k; ++j) counts[static_cast<std::size_t>(ids(r, j))] += 1.0;
+        tensor<double, 2> p(extents<2>{N, E});
+        for (index_t r = 0; r < N; ++r) {
+            double m = z(r, 0), sum = 0;
+            for (index_t e = 0; e < E; ++e) m = std::max(m, static_cast<double>(z(r, e)));
+            for (index_t e = 0; e < E; ++e) sum += p(r, e) = std::exp(z(r, e) - m);
+            for (index_t e = 0; e < E; ++e) prob_sums[static_cast<std::size_t>(e)] += p(r, e) /= sum;
+        }
+        probs.push_back(std::move(p));
+    }
+    const double Rd = static_cast<double>(R);
+    double aux = 0;
+    for (index_t e = 0; e < E; ++e)
+        aux += (counts[static_cast<std::size_t>(e)] / Rd) * (prob_sums[static_cast<std::size_t>(e)] / Rd);
+    aux *= static_cast<double>(E);
+    for (std::size_t l = 0; l < router_logits.size(); ++l) {
+        aux_dlogits[l] = tensor<float, 2>(extents<2>{N, E});
+        for (index_t r = 0; r < N; ++r) {
+            double mean_count = 0;  // sum_e c_e p_e
+            for (index_t e = 0; e < E; ++e) mean_count += counts[static_cast<std::size_t>(e)] * probs[l](r, e);
+            for (index_t e = 0; e < E; ++e)
+                aux_dlogits[l](r, e) = static_cast<float>(aux_weight * static_cast<double>(E) / (Rd * Rd) *
+                                                          probs[l](r, e) *
+                                                          (counts[static_cast<std::size_t>(e)] - mean_count));
+        }
+    }
+    return aux;
+}
+
 }  // namespace detail
 
 inline loss_terms model::forward_backward(model_weights& grads, tensor_view<const token_id, 2> tokens,
@@ -951,45 +1001,12 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     const tensor_view<const token_id, 1> flat_targets(targets.data(), {N});
     loss.lm = cross_entropy(logits.view(), logits.view(), flat_targets, options.loss);  // dlogits in place
     for (float& g : logits.values()) g = static_cast<float>(g * options.lm_weight);
-    // Mixtral's load-balancing loss over all R = layers * N router rows (transformers'
-    // load_balancing_loss_func): aux = E * sum_e (c_e / R) * (sum_rows p_e / R), where c_e
-    // counts the rows whose top-k holds expert e and carries no gradient. Its gradient
-    // with respect to one row's logits z: d aux / d z_e' = E / R^2 * p_e' (c_e' - sum_e c_e p_e).
-    std::vector<tensor<float, 2>> aux_dlogits(acts.size());  // (N, E) per layer
+    // Mixtral's load-balancing loss and its gradient at each layer's router logits.
+    std::vector<tensor<float, 2>> aux_dlogits;  // (N, E) per layer
     if (moe) {
-        const index_t k = c.experts_per_token, R = c.num_layers * N;
-        std::vector<double> counts(static_cast<std::size_t>(E), 0.0), prob_sums(counts.size(), 0.0);
-        std::vector<tensor<double, 2>> probs;  // per layer (N, E)
-        for (const auto& A : acts) {
-            tensor<std::int32_t, 2> ids(extents<2>{N, k});
-            tensor<float, 2> unused(extents<2>{N, k});
-            softmax_topk_gating(ids.view(), unused.view(), A.router_logits.view(), true);
-            for (index_t r = 0; r < N; ++r)
-                for (index_t j = 0; j < k; ++j) counts[static_cast<std::size_t>(ids(r, j))] += 1.0;
-            tensor<double, 2> p(extents<2>{N, E});
-            for (index_t r = 0; r < N; ++r) {
-                double m = A.router_logits(r, 0), sum = 0;
-                for (index_t e = 0; e < E; ++e) m = std::max(m, static_cast<double>(A.router_logits(r, e)));
-                for (index_t e = 0; e < E; ++e) sum += p(r, e) = std::exp(A.router_logits(r, e) - m);
-                for (index_t e = 0; e < E; ++e) prob_sums[static_cast<std::size_t>(e)] += p(r, e) /= sum;
-            }
-            probs.push_back(std::move(p));
-        }
-        const double Rd = static_cast<double>(R);
-        for (index_t e = 0; e < E; ++e)
-            loss.aux += (counts[static_cast<std::size_t>(e)] / Rd) * (prob_sums[static_cast<std::size_t>(e)] / Rd);
-        loss.aux *= static_cast<double>(E);
-        for (std::size_t l = 0; l < acts.size(); ++l) {
-            aux_dlogits[l] = tensor<float, 2>(extents<2>{N, E});
-            for (index_t r = 0; r < N; ++r) {
-                double mean_count = 0;  // sum_e c_e p_e
-                for (index_t e = 0; e < E; ++e) mean_count += counts[static_cast<std::size_t>(e)] * probs[l](r, e);
-                for (index_t e = 0; e < E; ++e)
-                    aux_dlogits[l](r, e) = static_cast<float>(options.aux_weight * static_cast<double>(E) / (Rd * Rd) *
-                                                              probs[l](r, e) *
-                                                              (counts[static_cast<std::size_t>(e)] - mean_count));
-            }
-        }
+        std::vector<tensor_view<const float, 2>> router_logits;
+        for (const auto& A : acts) router_logits.push_back(A.router_logits.view());
+        loss.aux = detail::load_balancing_loss(aux_dlogits, router_logits, c.experts_per_token, options.aux_weight);
     }
     loss.total = options.lm_weight * loss.lm + options.aux_weight * loss.aux;
 

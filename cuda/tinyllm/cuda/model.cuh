@@ -36,10 +36,44 @@
 // That is exactly what generation needs: prefill the batch, then one token per
 // row per step. Padding positions are never written to the cache.
 //
+// Training: forward_backward(grads, tokens, targets, options) is
+// cpu::model::forward_backward on the GPU, float only (T = float; bfloat16
+// training is not implemented and throws). The forward pass runs over the
+// whole batch (N = B*T rows, causal, no cache) and keeps what the CPU keeps per
+// layer (x, norm1(x), q/k after RoPE and v, the attention output and its
+// log-sum-exp, x_mid, norm2(x_mid), the FFN's pre-activations); the backward
+// walks the layers from the top with the backward kernels:
+//
+//     dlogits                                 cross_entropy (fused, in place over the logits)
+//     dh = dlogits W_lm; dW_lm                linear_backward (cuBLAS)
+//     dx = norm_f backward                    residual_add_*_norm_backward
+//     for each layer, last first:
+//         dh2 = ffn backward (dx)             activate_backward / swiglu_backward + linear_backward,
+//                                             or moe_backward (Mixtral)
+//         dx += norm2 backward (dh2)          residual_add_*_norm_backward (dx in place)
+//         da = dx Wo; dWo                     linear_backward
+//         dq, dk, dv                          attention_backward_flash (from the saved lse), into dqkv
+//         dq, dk = rope backward              apply_rope_backward, in place in dqkv
+//         dh1 = dqkv Wqkv; dWqkv              ONE linear_backward on the stacked Wqkv
+//         dx += norm1 backward (dh1)
+//     d embed, d positions                    embedding_backward / learned_positions_backward
+//
+// Every step is deterministic (no float atomics anywhere), so a step's
+// gradients are the same bits on every run. Mixtral's load-balancing loss is
+// small ((N, E) per layer) and needs a global count over all layers before any
+// gradient: each layer's router logits are downloaded, and the loss and its
+// gradient at the logits are computed on the host by the CPU's own code
+// (detail::load_balancing_loss), then uploaded for moe_backward. The
+// gradients are accumulated on the device (Wq, Wk, Wv stacked, as the weights
+// are) and downloaded at the end into a CPU model_weights in the weights'
+// layout — one synchronous copy of every gradient per call.
+//
 // One model and its sessions belong to one host thread (the model owns a cuBLAS
 // handle); the calls are synchronous where they return data to the host.
 #pragma once
 
+#include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/attention_backward.cuh>
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
@@ -50,7 +84,9 @@
 #include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/loss.cuh>
 #include <tinyllm/cuda/moe.cuh>
+#include <tinyllm/cuda/moe_dispatch.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/sampling.cuh>
@@ -59,6 +95,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -134,6 +171,47 @@ T* at_least(device_buffer<T>& b, index_t n) {
     return b.data();
 }
 
+// y[i] *= factor for i < n.
+__global__ inline void scale_kernel(float* y, index_t n, float factor) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        y[i] *= factor;
+}
+
+// A zeroed device tensor of the shape of `like` (empty when `like` is).
+template <class T, std::size_t R>
+device_tensor<T, R> zeros_like(const device_tensor<T, R>& like) {
+    device_tensor<T, R> d;
+    if (like.empty()) return d;
+    d.buffer = device_buffer<T>(like.buffer.size());
+    d.shape = like.shape;
+    TINYLLM_CUDA_CHECK(cudaMemset(d.buffer.data(), 0, d.buffer.bytes()));
+    return d;
+}
+
+// Device float -> host float (empty stays empty).
+template <std::size_t R>
+tensor<float, R> download(const device_tensor<float, R>& d) {
+    if (d.empty()) return {};
+    tensor<float, R> host(d.shape);
+    TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), d.buffer.data(), d.buffer.bytes(), cudaMemcpyDeviceToHost));
+    return host;
+}
+
+// What one layer keeps from the training forward for its backward, on the
+// device (cpu::detail::layer_activations; the stream entering the layer is
+// kept by the caller). N = B*T rows.
+struct training_layer {
+    device_buffer<float> h1;             // (N, D)           norm1(x)
+    device_buffer<float> qkv;            // (N, Hq*Dh + 2*Hkv*Dh)  q, k after RoPE; v
+    device_buffer<float> attn;           // (N, Hq*Dh)       attention output, Wo's input
+    device_buffer<float> lse;            // (B, Hq, T)       the attention rows' log-sum-exp
+    device_buffer<float> x_mid;          // (N, D)           x + attention
+    device_buffer<float> h2;             // (N, D)           norm2(x_mid)
+    device_buffer<float> a, b;           // (N, F)           GPT-2: fc pre-activation; Llama: gate, up
+    tensor<float, 2> router_logits;      // (N, E)           Mixtral, on the host (for the aux loss)
+};
+
 }  // namespace detail
 
 // The weights of one layer on the device, in T. Wq, Wk, Wv are stacked into wqkv.
@@ -158,7 +236,7 @@ class model {
 
 public:
     // Upload the weights of a CPU model (converted to T).
-    model(const model_config& config, const model_weights& w) : config_(config) {
+    model(const model_config& config, const model_weights& w) : config_(config), layout_(w.layout) {
         TINYLLM_EXPECT(static_cast<index_t>(w.layers.size()) == config_.num_layers, "cuda::model: ", w.layers.size(),
                        " layers of weights for a config with ", config_.num_layers);
         embed_ = detail::upload<T>(w.embed);
@@ -394,6 +472,24 @@ public:
         return tensor_view<const float, 2>(logits, {m, V});
     }
 
+
+    // One training step's forward and backward over a batch, the contract of
+    // cpu::model::forward_backward: tokens and targets (B, T) on the host
+    // (targets(b, t): the token that should follow tokens(b, t), or
+    // ignore_index); every parameter's gradient is written (overwritten) into
+    // `grads`, a CPU model_weights in the weights' layout (Wq, Wk, Wv split
+    // again), downloaded from the device at the end. Returns the losses. float
+    // only: a bfloat16 model throws (its training is not implemented).
+    loss_terms forward_backward(model_weights& grads, tensor_view<const token_id, 2> tokens,
+                                tensor_view<const token_id, 2> targets, const backward_options& options = {}) const {
+        if constexpr (!std::is_same_v<T, float>) {
+            TINYLLM_FAIL("cuda::model<", dtype_name<T>(), ">::forward_backward: training runs in float only; "
+                         "load the model as cuda::model<float> (bfloat16 training is not implemented)");
+        } else {
+            return train_step(grads, tokens, targets, options);
+        }
+    }
+
 private:
     void norm(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 1>& w,
               const detail::device_tensor<T, 1>& b) const {
@@ -407,6 +503,315 @@ private:
         if (config_.arch == model_arch::gpt2)
             residual_add_layer_norm<T>(out, x, x, delta, w.view(), b.view(), config_.norm_eps);
         else residual_add_rms_norm<T>(out, x, x, delta, w.view(), config_.norm_eps);
+    }
+
+    // The backward of norm (+ the residual path): dx = norm'(dout) + dskip (dskip may be dx itself).
+    void norm_backward(tensor_view<float, 2> dx, detail::device_tensor<float, 1>& dweight,
+                       detail::device_tensor<float, 1>& dbias, tensor_view<const float, 2> dout,
+                       tensor_view<const float, 2> dskip, tensor_view<const float, 2> x,
+                       const detail::device_tensor<T, 1>& weight) const {
+        if (config_.arch == model_arch::gpt2)
+            residual_add_layer_norm_backward<float>(dx, dweight.view(), dbias.view(), dout, dskip, x, weight.view(),
+                                                    config_.norm_eps);
+        else residual_add_rms_norm_backward<float>(dx, dweight.view(), dout, dskip, x, weight.view(), config_.norm_eps);
+    }
+
+    // forward_backward for T = float (see the top of this file).
+    loss_terms train_step(model_weights& grads, tensor_view<const token_id, 2> tokens,
+                          tensor_view<const token_id, 2> targets, const backward_options& options) const {
+        const model_config& c = config_;
+        const index_t B = tokens.extent(0), Tn = tokens.extent(1), N = B * Tn;
+        const index_t D = c.hidden_size, Dh = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
+        const index_t V = c.vocab_size, F = c.intermediate_size, E = c.num_experts;
+        const index_t q_out = Hq * Dh, kv_out = Hkv * Dh, qkv_out = q_out + 2 * kv_out;
+        const bool gpt2 = c.arch == model_arch::gpt2, moe = c.arch == model_arch::mixtral;
+        constexpr const char* op = "cuda::model::forward_backward";
+        TINYLLM_EXPECT(B >= 1 && Tn >= 1, op, ": tokens has shape ", to_string(tokens.shape()),
+                       "; it needs at least one row of one token (B, T)");
+        TINYLLM_EXPECT(targets.shape() == tokens.shape(), op, ": targets has shape ", to_string(targets.shape()),
+                       " but tokens has shape ", to_string(tokens.shape()), "; they must be equal (B, T)");
+        TINYLLM_EXPECT(std::isfinite(options.lm_weight) && std::isfinite(options.aux_weight) &&
+                           options.lm_weight >= 0 && options.aux_weight >= 0,
+                       op, ": lm_weight = ", options.lm_weight, " and aux_weight = ", options.aux_weight,
+                       " must be finite and not negative");
+        TINYLLM_EXPECT(!gpt2 || Tn <= c.max_positions, op, ": ", Tn, " positions exceed GPT-2's ", c.max_positions,
+                       " learned positions");
+        std::vector<token_id> ids(static_cast<std::size_t>(N)), want(ids.size());
+        std::vector<std::int32_t> pos(ids.size());  // (B, T): 0..T-1 in every row
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < Tn; ++t) {
+                TINYLLM_EXPECT(tokens(b, t) >= 0 && tokens(b, t) < V, op, ": token id ", tokens(b, t), " at (", b,
+                               ", ", t, ") is outside the vocabulary [0, ", V, ")");
+                ids[static_cast<std::size_t>(b * Tn + t)] = tokens(b, t);
+                want[static_cast<std::size_t>(b * Tn + t)] = targets(b, t);
+                pos[static_cast<std::size_t>(b * Tn + t)] = static_cast<std::int32_t>(t);
+            }
+        const device_buffer<token_id> d_ids = to_device(ids), d_targets = to_device(want);
+        const device_buffer<std::int32_t> d_pos = to_device(pos);
+        const tensor_view<const token_id, 2> ids_v(d_ids.data(), {B, Tn});
+        const tensor_view<const std::int32_t, 2> pos_v(d_pos.data(), {B, Tn});
+        const auto buffer = [](index_t n) { return device_buffer<float>(static_cast<std::size_t>(n)); };
+        const auto mat = [](device_buffer<float>& m, index_t rows, index_t cols) {
+            return tensor_view<float, 2>(m.data(), {rows, cols});
+        };
+        const auto cmat = [](const device_buffer<float>& m, index_t rows, index_t cols) {
+            return tensor_view<const float, 2>(m.data(), {rows, cols});
+        };
+        // (B, T, H, Dh) views of q, k, v inside the rows of a (N, qkv_out) matrix.
+        const extents<4> qkv_strides{Tn * qkv_out, qkv_out, Dh, 1};
+        const auto heads = [&](float* qkv, index_t first, index_t H) {
+            return tensor_view<float, 4>(qkv + first, {B, Tn, H, Dh}, qkv_strides);
+        };
+        const auto cheads = [&](const float* qkv, index_t first, index_t H) {
+            return tensor_view<const float, 4>(qkv + first, {B, Tn, H, Dh}, qkv_strides);
+        };
+        attention_options causal;
+        causal.causal = true;
+
+        // ---- forward, keeping each layer's activations ----
+        // xs[l]: the stream entering layer l (xs[L]: leaving the last layer).
+        std::vector<device_buffer<float>> xs;
+        for (index_t l = 0; l <= c.num_layers; ++l) xs.push_back(buffer(N * D));
+        embedding<float, token_id>(tensor_view<float, 3>(xs[0].data(), {B, Tn, D}), ids_v, embed_.view(), 1.0f,
+                                   embedding_version::vectorized, /*check_ids=*/false);
+        if (gpt2) add_learned_positions<float>(tensor_view<float, 3>(xs[0].data(), {B, Tn, D}), positions_.view(), pos_v);
+
+        std::vector<detail::training_layer> acts(static_cast<std::size_t>(c.num_layers));
+        device_buffer<float> delta = buffer(N * D), scratch = buffer(N * std::max<index_t>(F, 1));
+        std::optional<session> moe_session;  // the generation path's MoE scratch (Mixtral)
+        if (moe) moe_session.emplace(new_session(1, 1));
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+            detail::training_layer& A = acts[static_cast<std::size_t>(l)];
+            const auto x = cmat(xs[static_cast<std::size_t>(l)], N, D);
+            A.h1 = buffer(N * D);
+            A.qkv = buffer(N * qkv_out);
+            A.attn = buffer(N * q_out);
+            A.lse = buffer(B * Hq * Tn);
+            A.x_mid = buffer(N * D);
+            A.h2 = buffer(N * D);
+            norm(mat(A.h1, N, D), x, L.attn_norm_weight, L.attn_norm_bias);
+            linear<float>(mat(A.qkv, N, qkv_out), cmat(A.h1, N, D), L.wqkv.view(), L.bqkv.view(), handle_);
+            if (!gpt2) {
+                apply_rope(heads(A.qkv.data(), 0, Hq), c.rope);
+                apply_rope(heads(A.qkv.data(), q_out, Hkv), c.rope);
+            }
+            const tensor_view<float, 4> attn4(A.attn.data(), {B, Tn, Hq, Dh});
+            attention_flash<float>(attn4, tensor_view<float, 3>(A.lse.data(), {B, Hq, Tn}),
+                                   heads(A.qkv.data(), 0, Hq), heads(A.qkv.data(), q_out, Hkv),
+                                   heads(A.qkv.data(), q_out + kv_out, Hkv), causal);
+            linear<float>(mat(delta, N, D), cmat(A.attn, N, q_out), L.wo.view(), L.bo.view(), handle_);
+            // x_mid = x + attention; h2 = norm2(x_mid)
+            if (gpt2)
+                residual_add_layer_norm<float>(mat(A.h2, N, D), mat(A.x_mid, N, D), x, cmat(delta, N, D),
+                                               L.ffn_norm_weight.view(), L.ffn_norm_bias.view(), c.norm_eps);
+            else
+                residual_add_rms_norm<float>(mat(A.h2, N, D), mat(A.x_mid, N, D), x, cmat(delta, N, D),
+                                             L.ffn_norm_weight.view(), c.norm_eps);
+            const auto h2 = cmat(A.h2, N, D);
+            if (gpt2) {
+                A.a = buffer(N * F);
+                linear<float>(mat(A.a, N, F), h2, L.fc.view(), L.fc_bias.view(), handle_);
+                activate<float>(mat(scratch, N, F), cmat(A.a, N, F), activation::gelu_tanh);
+                linear<float>(mat(delta, N, D), cmat(scratch, N, F), L.proj.view(), L.proj_bias.view(), handle_);
+            } else if (!moe) {
+                A.a = buffer(N * F);
+                A.b = buffer(N * F);
+                linear<float>(mat(A.a, N, F), h2, L.gate.view(), {}, handle_);
+                linear<float>(mat(A.b, N, F), h2, L.up.view(), {}, handle_);
+                swiglu<float>(mat(scratch, N, F), cmat(A.a, N, F), cmat(A.b, N, F));
+                linear<float>(mat(delta, N, D), cmat(scratch, N, F), L.down.view(), {}, handle_);
+            } else {
+                ffn(*moe_session, mat(delta, N, D), h2, L);  // leaves the router logits in the session
+                A.router_logits = tensor<float, 2>(extents<2>{N, E});
+                TINYLLM_CUDA_CHECK(cudaMemcpy(A.router_logits.data(), moe_session->router_logits.data(),
+                                              static_cast<std::size_t>(N * E) * sizeof(float),
+                                              cudaMemcpyDeviceToHost));
+            }
+            add<float>(mat(xs[static_cast<std::size_t>(l + 1)], N, D), cmat(A.x_mid, N, D), cmat(delta, N, D));
+        }
+        const auto x_top = cmat(xs.back(), N, D);
+        device_buffer<float> hf = buffer(N * D);  // (N, D) norm_f(x)
+        norm(mat(hf, N, D), x_top, final_norm_weight_, final_norm_bias_);
+        const tensor_view<const float, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
+        device_buffer<float> logits = buffer(N * V);  // (N, V), overwritten below by its gradient
+        linear<float>(mat(logits, N, V), cmat(hf, N, D), head, {}, handle_);
+
+        // ---- the losses ----
+        loss_terms loss;
+        loss.lm = cross_entropy<float>(mat(logits, N, V), tensor_view<float, 1>{}, cmat(logits, N, V),
+                                       tensor_view<const token_id, 1>(d_targets.data(), {N}), options.loss);
+        if (options.lm_weight != 1.0) {
+            const index_t n = N * V;
+            launch(detail::scale_kernel, static_cast<unsigned>(std::min<index_t>(ceil_div<index_t>(n, 256), 65535)),
+                   256, 0, nullptr, logits.data(), n, static_cast<float>(options.lm_weight));
+            TINYLLM_CUDA_CHECK_LAUNCH();
+        }
+        std::vector<tensor<float, 2>> aux_dlogits;  // (N, E) per layer, host
+        if (moe) {
+            std::vector<tensor_view<const float, 2>> router_logits;
+            for (const auto& A : acts) router_logits.push_back(A.router_logits.view());
+            loss.aux = cpu::detail::load_balancing_loss(aux_dlogits, router_logits, c.experts_per_token,
+                                                        options.aux_weight);
+        }
+        loss.total = options.lm_weight * loss.lm + options.aux_weight * loss.aux;
+
+        // ---- backward, from the loss down; gradients on the device, Wq/Wk/Wv stacked ----
+        detail::device_tensor<float, 2> d_embed = detail::zeros_like(embed_), d_positions = detail::zeros_like(positions_),
+                                        d_lm_head = detail::zeros_like(lm_head_);
+        detail::device_tensor<float, 1> d_final_w = detail::zeros_like(final_norm_weight_),
+                                        d_final_b = detail::zeros_like(final_norm_bias_);
+        std::vector<device_layer_weights<float>> dl(layers_.size());
+        for (std::size_t l = 0; l < layers_.size(); ++l) {
+            const device_layer_weights<T>& L = layers_[l];
+            device_layer_weights<float>& G = dl[l];
+            G.attn_norm_weight = detail::zeros_like(L.attn_norm_weight);
+            G.attn_norm_bias = detail::zeros_like(L.attn_norm_bias);
+            G.ffn_norm_weight = detail::zeros_like(L.ffn_norm_weight);
+            G.ffn_norm_bias = detail::zeros_like(L.ffn_norm_bias);
+            G.wqkv = detail::zeros_like(L.wqkv);
+            G.bqkv = detail::zeros_like(L.bqkv);
+            G.wo = detail::zeros_like(L.wo);
+            G.bo = detail::zeros_like(L.bo);
+            G.fc = detail::zeros_like(L.fc);
+            G.fc_bias = detail::zeros_like(L.fc_bias);
+            G.proj = detail::zeros_like(L.proj);
+            G.proj_bias = detail::zeros_like(L.proj_bias);
+            G.gate = detail::zeros_like(L.gate);
+            G.up = detail::zeros_like(L.up);
+            G.down = detail::zeros_like(L.down);
+            G.router = detail::zeros_like(L.router);
+            G.w1 = detail::zeros_like(L.w1);
+            G.w3 = detail::zeros_like(L.w3);
+            G.w2 = detail::zeros_like(L.w2);
+        }
+
+        device_buffer<float> dh = buffer(N * D), dx = buffer(N * D), dpart = buffer(N * D);  // (N, D)
+        detail::device_tensor<float, 2>& dhead = c.tie_word_embeddings ? d_embed : d_lm_head;
+        linear_backward<float>(mat(dh, N, D), dhead.view(), {}, cmat(logits, N, V), cmat(hf, N, D), head, handle_);
+        norm_backward(mat(dx, N, D), d_final_w, d_final_b, cmat(dh, N, D), {}, x_top, final_norm_weight_);
+
+        device_buffer<float> dqkv = buffer(N * qkv_out), dattn = buffer(N * q_out);
+        device_buffer<float> dscratch = buffer(N * std::max<index_t>(F, 1)), dscratch2 = buffer(N * std::max<index_t>(F, 1));
+        std::optional<moe_backward_workspace> moe_ws;
+        if (moe) moe_ws.emplace();
+        for (index_t l = c.num_layers - 1; l >= 0; --l) {
+            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+            device_layer_weights<float>& G = dl[static_cast<std::size_t>(l)];
+            const detail::training_layer& A = acts[static_cast<std::size_t>(l)];
+            const auto h2 = cmat(A.h2, N, D);
+            // FFN block: x_out = x_mid + ffn(norm2(x_mid)); dx holds d x_out.
+            if (gpt2) {
+                activate<float>(mat(dscratch2, N, F), cmat(A.a, N, F), activation::gelu_tanh);  // gelu(a) again
+                linear_backward<float>(mat(dscratch, N, F), G.proj.view(), G.proj_bias.view(), cmat(dx, N, D),
+                                       cmat(dscratch2, N, F), L.proj.view(), handle_);
+                activate_backward<float>(mat(dscratch, N, F), cmat(dscratch, N, F), cmat(A.a, N, F),
+                                         activation::gelu_tanh);
+                linear_backward<float>(mat(dh, N, D), G.fc.view(), G.fc_bias.view(), cmat(dscratch, N, F), h2,
+                                       L.fc.view(), handle_);
+            } else if (!moe) {
+                swiglu<float>(mat(dscratch2, N, F), cmat(A.a, N, F), cmat(A.b, N, F));  // s again
+                linear_backward<float>(mat(dscratch, N, F), G.down.view(), {}, cmat(dx, N, D), cmat(dscratch2, N, F),
+                                       L.down.view(), handle_);
+                // dscratch becomes d gate, dscratch2 d up
+                swiglu_backward<float>(mat(dscratch, N, F), mat(dscratch2, N, F), cmat(dscratch, N, F),
+                                       cmat(A.a, N, F), cmat(A.b, N, F));
+                linear_backward<float>(mat(dh, N, D), G.gate.view(), {}, cmat(dscratch, N, F), h2, L.gate.view(),
+                                       handle_);
+                linear_backward<float>(mat(dpart, N, D), G.up.view(), {}, cmat(dscratch2, N, F), h2, L.up.view(),
+                                       handle_);
+                add<float>(mat(dh, N, D), cmat(dh, N, D), cmat(dpart, N, D));
+            } else {
+                const tensor<float, 2>& aux = aux_dlogits[static_cast<std::size_t>(l)];
+                const device_buffer<float> d_aux =
+                    to_device(std::span<const float>(aux.data(), static_cast<std::size_t>(aux.size())));
+                moe_backward(mat(dh, N, D), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), cmat(dx, N, D),
+                             cmat(d_aux, N, E), h2, L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
+                             c.experts_per_token, moe_dispatch_options{}, *moe_ws, handle_);
+            }
+            // dx = d x_mid: the norm's path plus the skip's
+            norm_backward(mat(dx, N, D), G.ffn_norm_weight, G.ffn_norm_bias, cmat(dh, N, D), cmat(dx, N, D),
+                          cmat(A.x_mid, N, D), L.ffn_norm_weight);
+            // Attention block: x_mid = x + attention(norm1(x)) Wo.
+            linear_backward<float>(mat(dattn, N, q_out), G.wo.view(), G.bo.view(), cmat(dx, N, D),
+                                   cmat(A.attn, N, q_out), L.wo.view(), handle_);
+            const float* const qkv = A.qkv.data();
+            attention_backward_flash<float>(heads(dqkv.data(), 0, Hq), heads(dqkv.data(), q_out, Hkv),
+                                            heads(dqkv.data(), q_out + kv_out, Hkv),
+                                            tensor_view<const float, 4>(dattn.data(), {B, Tn, Hq, Dh}),
+                                            cheads(qkv, 0, Hq), cheads(qkv, q_out, Hkv),
+                                            cheads(qkv, q_out + kv_out, Hkv),
+                                            tensor_view<const float, 4>(A.attn.data(), {B, Tn, Hq, Dh}),
+                                            tensor_view<const float, 3>(A.lse.data(), {B, Hq, Tn}), causal);
+            if (!gpt2) {
+                apply_rope_backward(heads(dqkv.data(), 0, Hq), c.rope);
+                apply_rope_backward(heads(dqkv.data(), q_out, Hkv), c.rope);
+            }
+            // dh1 = dq Wq + dk Wk + dv Wv in one product with the stacked Wqkv.
+            linear_backward<float>(mat(dh, N, D), G.wqkv.view(), G.bqkv.view(), cmat(dqkv, N, qkv_out),
+                                   cmat(A.h1, N, D), L.wqkv.view(), handle_);
+            norm_backward(mat(dx, N, D), G.attn_norm_weight, G.attn_norm_bias, cmat(dh, N, D), cmat(dx, N, D),
+                          cmat(xs[static_cast<std::size_t>(l)], N, D), L.attn_norm_weight);  // dx = d x
+        }
+        // The embedding: each row of dx goes back to its token's row of the table
+        // (added to the output projection's gradient when the two are tied).
+        const tensor_view<const float, 3> dx3(dx.data(), {B, Tn, D});
+        {
+            embedding_backward_workspace ws(N, V);
+            embedding_backward<float, token_id>(d_embed.view(), ids_v, dx3, 1.0f,
+                                                /*accumulate=*/c.tie_word_embeddings, ws, /*check_ids=*/false);
+            if (gpt2) {
+                embedding_backward_workspace pws(N, positions_.shape[0]);
+                learned_positions_backward<float, const std::int32_t>(d_positions.view(), dx3, pos_v,
+                                                                      /*accumulate=*/false, pws, /*check=*/false);
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());  // before pws is freed
+            }
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());  // before ws is freed
+        }
+
+        // ---- download, in the weights' layout ----
+        grads = model_weights{};
+        grads.layout = layout_;
+        grads.embed = detail::download(d_embed);
+        grads.positions = detail::download(d_positions);
+        grads.lm_head = detail::download(d_lm_head);
+        grads.final_norm_weight = detail::download(d_final_w);
+        grads.final_norm_bias = detail::download(d_final_b);
+        for (const device_layer_weights<float>& G : dl) {
+            layer_weights h;
+            h.attn_norm_weight = detail::download(G.attn_norm_weight);
+            h.attn_norm_bias = detail::download(G.attn_norm_bias);
+            h.ffn_norm_weight = detail::download(G.ffn_norm_weight);
+            h.ffn_norm_bias = detail::download(G.ffn_norm_bias);
+            const tensor<float, 2> wqkv = detail::download(G.wqkv);
+            h.wq = tinyllm::detail::rows_of(wqkv, 0, q_out);
+            h.wk = tinyllm::detail::rows_of(wqkv, q_out, kv_out);
+            h.wv = tinyllm::detail::rows_of(wqkv, q_out + kv_out, kv_out);
+            if (!G.bqkv.empty()) {
+                const tensor<float, 1> bqkv = detail::download(G.bqkv);
+                h.bq = tinyllm::detail::slice_of(bqkv, 0, q_out);
+                h.bk = tinyllm::detail::slice_of(bqkv, q_out, kv_out);
+                h.bv = tinyllm::detail::slice_of(bqkv, q_out + kv_out, kv_out);
+            }
+            h.wo = detail::download(G.wo);
+            h.bo = detail::download(G.bo);
+            h.fc = detail::download(G.fc);
+            h.fc_bias = detail::download(G.fc_bias);
+            h.proj = detail::download(G.proj);
+            h.proj_bias = detail::download(G.proj_bias);
+            h.gate = detail::download(G.gate);
+            h.up = detail::download(G.up);
+            h.down = detail::download(G.down);
+            h.router = detail::download(G.router);
+            h.w1 = detail::download(G.w1);
+            h.w3 = detail::download(G.w3);
+            h.w2 = detail::download(G.w2);
+            grads.layers.push_back(std::move(h));
+        }
+        if (const std::string bad = cpu::detail::first_non_finite(grads); !bad.empty())
+            TINYLLM_FAIL(op, ": the gradient went non-finite: ", bad, " (lm loss ", loss.lm, ", aux loss ", loss.aux,
+                         ")");
+        return loss;
     }
 
     // The attention kernel for the shape: flash-decoding when few query rows
@@ -465,6 +870,7 @@ private:
     }
 
     model_config config_;
+    checkpoint_layout layout_;  // the checkpoint's names and layout, given to the gradients
     detail::device_tensor<T, 2> embed_, positions_, lm_head_;
     std::vector<device_layer_weights<T>> layers_;
     detail::device_tensor<T, 1> final_norm_weight_, final_norm_bias_;

@@ -45,7 +45,9 @@
 // never a read out of bounds); RoPE accepts any position (a rotation is defined
 // for every angle; positions are exact as float up to 2^24).
 //
-// Backward: the learned table's gradient, learned_positions_backward, is the
+// Backward: RoPE's, apply_rope_backward, is the same kernels rotating by
+// -angle (the transpose of the rotation; see "Backward" below). The learned
+// table's gradient, learned_positions_backward, is the
 // embedding backward's deterministic scatter-add (embedding.cuh) with the
 // positions as ids; x's gradient is dout itself (an addition passes it on).
 #pragma once
@@ -104,12 +106,14 @@ struct alignas(16) rope_vector {
 // layout. V > 1: V-element 16-byte vectors (the launcher checked alignment).
 // cache_cos == nullptr: v1 (compute); otherwise v2 (read the table).
 // positions == nullptr: token t is at position_offset + t (every row).
-// cfg is resolved (rotary_dim > 0).
+// cfg is resolved (rotary_dim > 0). sin_sign: +1 rotates by +angle (the
+// forward), -1 by -angle (the backward: R(-angle) = R(angle)^T); negating the
+// sine is exact, so the backward uses the forward's own cosines and sines.
 template <class T, class P, int V>
 __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
                             index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
                             index_t position_offset, rope_config cfg, const float* cache_cos, const float* cache_sin,
-                            index_t cache_rows) {
+                            index_t cache_rows, float sin_sign) {
     float* rope_shared = dynamic_shared<float>();  // cos[pairs], sin[pairs]
     const index_t pairs = cfg.rotary_dim / 2;
     float* s_cos = rope_shared;
@@ -127,6 +131,7 @@ __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride
         } else {
             tinyllm::detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), pos), &s_sin[i], &s_cos[i]);
         }
+        s_sin[i] *= sin_sign;
     }
     __syncthreads();
 
@@ -232,9 +237,11 @@ rope_config expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, c
 }
 
 // positions.data() == nullptr: positions position_offset + t. cfg is resolved.
+// sin_sign: +1 the forward rotation, -1 its transpose (the backward).
 template <class T, class P>
 void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t position_offset, const rope_config& cfg,
-                 const float* cache_cos, const float* cache_sin, index_t cache_rows, cudaStream_t stream) {
+                 const float* cache_cos, const float* cache_sin, index_t cache_rows, cudaStream_t stream,
+                 float sin_sign = 1.0f) {
     using position_type = std::remove_const_t<P>;
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
@@ -250,11 +257,11 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t posit
     if (vectorized) {
         launch(rope_kernel<T, position_type, V>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
                x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows);
+               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows, sin_sign);
     } else {
         launch(rope_kernel<T, position_type, 1>, static_cast<unsigned>(tokens), threads, shared, stream, x.data(),
                x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
-               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows);
+               positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows, sin_sign);
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
@@ -357,6 +364,54 @@ void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B,
                 index_t position_offset = 0, cudaStream_t stream = nullptr) {
     apply_rope_on_the_fly(q, cfg, position_offset, stream);
     apply_rope_on_the_fly(k, cfg, position_offset, stream);
+}
+
+// ---- Backward -----------------------------------------------------------------
+//
+// RoPE rotates each pair (a, b) of a head by angle = pos * w_i, a linear map
+// with an orthogonal matrix R(angle); its gradient flows back through the
+// transpose, which is the rotation by -angle:
+//
+//     da = da' cos + db' sin,   db = db' cos - da' sin
+//
+// The kernels are the forward's (v1, sines computed per token; v2, read from a
+// cache) with the sine negated as it enters shared memory — an exact negation,
+// so the backward uses the forward's cosines and sines bit for bit, and gives
+// the same values as cpu::apply_rope_backward (the same TINYLLM_HOST_DEVICE
+// inverse frequency, angle and rotation). Every pairing, scaling and
+// rotary_dim of the forward is supported; features beyond rotary_dim are left
+// as they are (their gradient passes through). dx is rotated in place.
+
+// The backward of apply_rope(x, positions, cfg): dx (B, T, H, D) holds the
+// gradient of the rotated x on entry and the gradient of x on return.
+// T: float, bfloat16 or float16 (math in float); P: int32 or int64 on the device.
+template <class T, class P>
+void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
+                         const rope_config& cfg, cudaStream_t stream = nullptr) {
+    const rope_config r = detail::expect_rope_args(dx, positions, cfg, "apply_rope_backward");
+    detail::launch_rope(dx, positions, 0, r, nullptr, nullptr, 0, stream, -1.0f);
+}
+
+// The backward of apply_rope(x, cfg, position_offset): token t at position_offset + t.
+template <class T>
+void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
+                         cudaStream_t stream = nullptr) {
+    const rope_config r = detail::expect_rope_args(dx, cfg, "apply_rope_backward");
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
+    detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, nullptr, nullptr, 0, stream,
+                        -1.0f);
+}
+
+// The backward of apply_rope_cached(x, cache, position_offset), reading the
+// cosines and sines from `cache` (positions beyond it are computed).
+template <class T>
+void apply_rope_backward_cached(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rope_cache& cache,
+                                index_t position_offset = 0, cudaStream_t stream = nullptr) {
+    detail::expect_rope_cache(cache);
+    const rope_config r = detail::expect_rope_args(dx, cache.config, "apply_rope_backward_cached");
+    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward_cached");
+    detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, cache.cos.data(),
+                        cache.sin.data(), cache.max_positions, stream, -1.0f);
 }
 
 // x(b, t, :) += PE(positions(b, t), :) (the sinusoidal table, computed in place).
