@@ -173,7 +173,7 @@ T* at_least(device_buffer<T>& b, index_t n) {
 
 // y[i] *= factor for i < n.
 template <class F>
-__global__ void scale_kernel(F* y, index_t n, F factor) {
+__global__ void scale_gradient_kernel(F* y, index_t n, F factor) {
     for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<index_t>(gridDim.x) * blockDim.x)
         y[i] *= factor;
@@ -644,7 +644,7 @@ private:
                                        tensor_view<const token_id, 1>(d_targets.data(), {N}), options.loss);
         if (options.lm_weight != 1.0) {
             const index_t n = N * V;
-            launch(detail::scale_kernel<float>, static_cast<unsigned>(std::min<index_t>(ceil_div<index_t>(n, 256), 65535)),
+            launch(detail::scale_gradient_kernel<float>, static_cast<unsigned>(std::min<index_t>(ceil_div<index_t>(n, 256), 65535)),
                    256, 0, nullptr, logits.data(), n, static_cast<float>(options.lm_weight));
             TINYLLM_CUDA_CHECK_LAUNCH();
         }
