@@ -190,14 +190,10 @@ inline void gemm_scale(tensor_view<float, 2> c, float beta) {
 // Block sizes (floats). KC: the depth of a packed sliver; an MR x KC sliver of A and a
 // KC x NR sliver of B (6 and 16 KiB) stay in L1 while the micro-kernel runs. MC: the
 // rows of A packed at once (MC x KC = 96 KiB, in L2). NC: the columns of B packed at
-// once (KC x NC = 2 MiB, in L3), shared by all threads. A thread's unit of work is an
-// MC x NB block of C.
+// once (KC x NC = 2 MiB, in L3).
 inline constexpr index_t gemm_kc = 256;
 inline constexpr index_t gemm_mc = 96;
 inline constexpr index_t gemm_nc = 2048;
-inline constexpr index_t gemm_nb = 256;
-inline constexpr index_t gemm_max_mr = 8;
-inline constexpr index_t gemm_max_nr = 16;
 
 // One thread's unit: an mc x nc block of C from packed A (mc rows in MR-slivers) and
 // packed B (nc columns in NR-slivers), depth kc. C = alpha A B + beta C, with beta = 0
@@ -264,7 +260,11 @@ inline void gemm_block_body(const gemm_block& blk) {
             for (index_t i = 0; i < mr; ++i) {
                 float* c = blk.c + (ir + i) * blk.c_row_stride + jr * blk.c_col_stride;
                 const float* t = tile + i * NR;
-                if (blk.beta == 0.0f) {
+                if (blk.c_col_stride == 1 && blk.beta == 0.0f) {
+                    for (index_t j = 0; j < nr; ++j) c[j] = blk.alpha * t[j];
+                } else if (blk.c_col_stride == 1) {
+                    for (index_t j = 0; j < nr; ++j) c[j] = blk.alpha * t[j] + blk.beta * c[j];
+                } else if (blk.beta == 0.0f) {
                     for (index_t j = 0; j < nr; ++j) c[j * blk.c_col_stride] = blk.alpha * t[j];
                 } else {
                     for (index_t j = 0; j < nr; ++j)
@@ -275,67 +275,96 @@ inline void gemm_block_body(const gemm_block& blk) {
     }
 }
 
-// The micro-kernels: 6 x 8 on 4-float vectors (SSE2, NEON: 12 accumulator registers
-// of 16), and on x86-64 6 x 16 on 8-float vectors compiled for AVX2+FMA.
+// Packing. A sliver is P lanes (MR rows of A, or NR columns of B) by kc steps of k,
+// stored k-major: dst[k * P + l] = src[l * lane_stride + k * k_stride], zero for the
+// lanes past `lanes` (the edge of the matrix), so the micro-kernel never checks bounds.
+// The two common layouts get their own loops: lanes contiguous along k (a row-major A,
+// or the transposed view of a linear layer's weight as B) is a transpose, done 8 k at a
+// time through a small buffer so that both the reads and the writes stay in cache
+// lines; lanes next to each other (a row-major B) is a copy of each k's row.
+template <index_t P>
+inline void gemm_pack_sliver(float* __restrict dst, const float* src, index_t lanes, index_t kc, index_t lane_stride,
+                             index_t k_stride) {
+    if (lanes == P && k_stride == 1) {
+        index_t k0 = 0;
+        for (; k0 + 8 <= kc; k0 += 8) {
+            float buf[P][8];
+            for (index_t l = 0; l < P; ++l) std::memcpy(buf[l], src + l * lane_stride + k0, sizeof buf[l]);
+            for (index_t k = 0; k < 8; ++k)
+                for (index_t l = 0; l < P; ++l) dst[(k0 + k) * P + l] = buf[l][k];
+        }
+        for (; k0 < kc; ++k0)
+            for (index_t l = 0; l < P; ++l) dst[k0 * P + l] = src[l * lane_stride + k0];
+    } else if (lane_stride == 1) {
+        for (index_t k = 0; k < kc; ++k) {
+            const float* row = src + k * k_stride;
+            for (index_t l = 0; l < P; ++l) dst[k * P + l] = l < lanes ? row[l] : 0.0f;
+        }
+    } else {
+        for (index_t k = 0; k < kc; ++k)
+            for (index_t l = 0; l < P; ++l) dst[k * P + l] = l < lanes ? src[l * lane_stride + k * k_stride] : 0.0f;
+    }
+}
+
+// Rows [i0, i0 + mc) x columns [k0, k0 + kc) of A as ceil(mc / MR) slivers of MR rows.
+template <index_t MR>
+inline void gemm_pack_a(float* dst, const tensor_view<const float, 2>& a, index_t i0, index_t mc, index_t k0,
+                        index_t kc) {
+    for (index_t s = 0; s * MR < mc; ++s)
+        gemm_pack_sliver<MR>(dst + s * MR * kc, a.data() + (i0 + s * MR) * a.stride(0) + k0 * a.stride(1),
+                             std::min(MR, mc - s * MR), kc, a.stride(0), a.stride(1));
+}
+
+// Sliver s (columns [j0 + s NR, + NR), at most up to j0 + nc) of rows [k0, k0 + kc) of B.
+template <index_t NR>
+inline void gemm_pack_b(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0,
+                        index_t nc, index_t s) {
+    gemm_pack_sliver<NR>(dst, b.data() + k0 * b.stride(0) + (j0 + s * NR) * b.stride(1), std::min(NR, nc - s * NR),
+                         kc, b.stride(1), b.stride(0));
+}
+
+// The micro-kernels with their packing: 6 x 8 on 4-float vectors (SSE2, NEON: 12
+// accumulator registers of 16), and on x86-64 6 x 16 on 8-float vectors compiled for
+// AVX2+FMA. Each is a block function and two packing functions compiled together.
 struct gemm_kernel {
     index_t mr, nr;
     void (*block)(const gemm_block&);
+    void (*pack_a)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t);
+    void (*pack_b)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t, index_t);
     const char* name;
 };
 
 inline void gemm_block_generic(const gemm_block& blk) { gemm_block_body<6, 8, 4>(blk); }
+inline void gemm_pack_a_generic(float* dst, const tensor_view<const float, 2>& a, index_t i0, index_t mc, index_t k0,
+                                index_t kc) {
+    gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
+}
+inline void gemm_pack_b_generic(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0,
+                                index_t nc, index_t s) {
+    gemm_pack_b<8>(dst, b, k0, kc, j0, nc, s);
+}
 
 #if TINYLLM_GEMM_X86_DISPATCH
 __attribute__((target("avx2,fma"))) inline void gemm_block_avx2(const gemm_block& blk) {
     gemm_block_body<6, 16, 8>(blk);
+}
+__attribute__((target("avx2,fma"))) inline void gemm_pack_a_avx2(float* dst, const tensor_view<const float, 2>& a,
+                                                                 index_t i0, index_t mc, index_t k0, index_t kc) {
+    gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
+}
+__attribute__((target("avx2,fma"))) inline void gemm_pack_b_avx2(float* dst, const tensor_view<const float, 2>& b,
+                                                                 index_t k0, index_t kc, index_t j0, index_t nc,
+                                                                 index_t s) {
+    gemm_pack_b<16>(dst, b, k0, kc, j0, nc, s);
 }
 #endif
 
 inline gemm_kernel gemm_pick_kernel() {
 #if TINYLLM_GEMM_X86_DISPATCH
     static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) return {6, 16, gemm_block_avx2, "6x16 AVX2+FMA"};
+    if (avx2) return {6, 16, gemm_block_avx2, gemm_pack_a_avx2, gemm_pack_b_avx2, "6x16 AVX2+FMA"};
 #endif
-    return {6, 8, gemm_block_generic, "6x8 generic"};
-}
-
-// Pack rows [i0, i0 + mc) x columns [k0, k0 + kc) of A into slivers of MR rows:
-// dst[s * MR * kc + k * MR + r] = A(i0 + s * MR + r, k0 + k), zero past row mc.
-inline void gemm_pack_a(float* dst, const tensor_view<const float, 2>& a, index_t i0, index_t mc, index_t k0,
-                        index_t kc, index_t MR) {
-    const index_t rs = a.stride(0), ks = a.stride(1);
-    for (index_t s = 0; s * MR < mc; ++s) {
-        float* d = dst + s * MR * kc;
-        const index_t rows = std::min(MR, mc - s * MR);
-        const float* src = a.data() + (i0 + s * MR) * rs + k0 * ks;
-        if (std::abs(ks) <= std::abs(rs)) {  // along k is the shorter step: read a row at a time
-            for (index_t r = 0; r < rows; ++r)
-                for (index_t k = 0; k < kc; ++k) d[k * MR + r] = src[r * rs + k * ks];
-        } else {
-            for (index_t k = 0; k < kc; ++k)
-                for (index_t r = 0; r < rows; ++r) d[k * MR + r] = src[r * rs + k * ks];
-        }
-        for (index_t k = 0; k < kc; ++k)
-            for (index_t r = rows; r < MR; ++r) d[k * MR + r] = 0.0f;
-    }
-}
-
-// Pack sliver s (columns [j0 + s NR, + NR)) of rows [k0, k0 + kc) of B:
-// dst[k * NR + c] = B(k0 + k, j0 + s * NR + c), zero past column nc.
-inline void gemm_pack_b_sliver(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0,
-                               index_t nc, index_t s, index_t NR) {
-    const index_t ks = b.stride(0), cs = b.stride(1);
-    const index_t cols = std::min(NR, nc - s * NR);
-    const float* src = b.data() + k0 * ks + (j0 + s * NR) * cs;
-    if (std::abs(cs) <= std::abs(ks)) {  // along a row is the shorter step
-        for (index_t k = 0; k < kc; ++k)
-            for (index_t c = 0; c < cols; ++c) dst[k * NR + c] = src[k * ks + c * cs];
-    } else {
-        for (index_t c = 0; c < cols; ++c)
-            for (index_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k * ks + c * cs];
-    }
-    for (index_t k = 0; k < kc; ++k)
-        for (index_t c = cols; c < NR; ++c) dst[k * NR + c] = 0.0f;
+    return {6, 8, gemm_block_generic, gemm_pack_a_generic, gemm_pack_b_generic, "6x8 generic"};
 }
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -344,8 +373,54 @@ inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
 namespace detail {
 
-// The blocked, packed, register-tiled product on the calling thread and, with OpenMP,
-// up to `threads` more; the arguments are checked by the caller.
+// One thread's product, C = alpha A B + beta C, with its own packing buffers:
+// b_pack holds KC x NC, a_pack MC x KC (rounded up to whole slivers).
+inline void gemm_blocked_serial(tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_view<const float, 2> b,
+                                float alpha, float beta, const gemm_kernel& kernel, float* a_pack, float* b_pack) {
+    const index_t M = c.extent(0), N = c.extent(1), K = a.extent(1), NR = kernel.nr;
+    for (index_t jc = 0; jc < N; jc += gemm_nc) {
+        const index_t nc = std::min(gemm_nc, N - jc);
+        for (index_t pc = 0; pc < K; pc += gemm_kc) {
+            const index_t kc = std::min(gemm_kc, K - pc);
+            for (index_t s = 0; s * NR < nc; ++s) kernel.pack_b(b_pack + s * NR * kc, b, pc, kc, jc, nc, s);
+            for (index_t ic = 0; ic < M; ic += gemm_mc) {
+                const index_t mc = std::min(gemm_mc, M - ic);
+                kernel.pack_a(a_pack, a, ic, mc, pc, kc);
+                // The first depth block applies beta; the later ones add to it.
+                kernel.block({mc, nc, kc, a_pack, b_pack, c.data() + ic * c.stride(0) + jc * c.stride(1), c.stride(0),
+                              c.stride(1), alpha, pc == 0 ? beta : 1.0f});
+            }
+        }
+    }
+}
+
+// How `threads` threads split C: a grid of tm x tn parts, each thread computing one
+// part on its own (no barriers, so no waiting for a thread the OS has set aside). A
+// part packs its rows of A and its columns of B, so tm rows of parts pack B tm times
+// and tn columns pack A tn times: of the grids that use the most threads, the one that
+// packs the least (a few tokens and a wide weight: all columns; many rows: all rows).
+struct gemm_grid {
+    index_t tm = 1, tn = 1;
+};
+
+inline gemm_grid gemm_choose_grid(index_t M, index_t N, index_t threads, index_t MR, index_t NR) {
+    gemm_grid best;
+    double best_cost = -1;
+    for (index_t tm = 1; tm <= threads; ++tm) {
+        const index_t tn = std::min(threads / tm, ceil_div(N, NR));
+        if (tm > ceil_div(M, MR) || tn < 1) continue;
+        const double cost = static_cast<double>(tm) * static_cast<double>(N) + static_cast<double>(tn) * static_cast<double>(M);
+        const bool more = tm * tn > best.tm * best.tn;
+        if (best_cost < 0 || more || (tm * tn == best.tm * best.tn && cost < best_cost)) {
+            best = {tm, tn};
+            best_cost = cost;
+        }
+    }
+    return best;
+}
+
+// The blocked, packed, register-tiled product on up to `threads` threads (OpenMP);
+// the arguments are checked by the caller.
 inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2> a,
                                    tensor_view<const float, 2> b, float alpha, float beta, int threads) {
     const index_t M = c.extent(0), N = c.extent(1), K = a.extent(1);
@@ -356,62 +431,37 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
     }
     const gemm_kernel kernel = gemm_pick_kernel();
     const index_t MR = kernel.mr, NR = kernel.nr;
-    const index_t mc_max = ceil_div(std::min(gemm_mc, M), MR) * MR;
-    const index_t nc_max = ceil_div(std::min(gemm_nc, N), NR) * NR;
-    const index_t kc_max = std::min(gemm_kc, K);
+    const index_t a_size = ceil_div(std::min(gemm_mc, M), MR) * MR * std::min(gemm_kc, K);
+    const index_t b_size = ceil_div(std::min(gemm_nc, N), NR) * NR * std::min(gemm_kc, K);
     // Small products are not worth waking threads for (about 1 ms of work per thread).
     const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
     const index_t useful = std::max<index_t>(1, static_cast<index_t>(flops / 2e6));
-    const int team = static_cast<int>(std::clamp<index_t>(useful, 1, std::max(1, threads)));
+    index_t team = std::clamp<index_t>(useful, 1, std::max(1, threads));
 #if !defined(_OPENMP)
-    (void)team;
+    team = 1;
 #endif
-    std::vector<float> b_pack(static_cast<std::size_t>(nc_max * kc_max));
-    std::vector<float> a_pack(static_cast<std::size_t>(team) * static_cast<std::size_t>(mc_max * kc_max));
-
-    TINYLLM_OMP(parallel num_threads(team))
+    std::vector<float> buffers(static_cast<std::size_t>(team * (a_size + b_size)));
+    if (team == 1) {
+        gemm_blocked_serial(c, a, b, alpha, beta, kernel, buffers.data(), buffers.data() + a_size);
+        return;
+    }
+    TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
     {
 #if defined(_OPENMP)
-        float* my_a = a_pack.data() + static_cast<std::size_t>(omp_get_thread_num()) * (mc_max * kc_max);
+        const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
 #else
-        float* my_a = a_pack.data();
+        const index_t t = 0, nt = 1;
 #endif
-        for (index_t jc = 0; jc < N; jc += gemm_nc) {
-            const index_t nc = std::min(gemm_nc, N - jc);
-            for (index_t pc = 0; pc < K; pc += gemm_kc) {
-                const index_t kc = std::min(gemm_kc, K - pc);
-                // The first depth block applies beta; the later ones add to it.
-                const float block_beta = pc == 0 ? beta : 1.0f;
-                const index_t slivers = ceil_div(nc, NR);
-                TINYLLM_OMP(for schedule(static))
-                for (index_t s = 0; s < slivers; ++s)
-                    gemm_pack_b_sliver(b_pack.data() + s * NR * kc, b, pc, kc, jc, nc, s, NR);
-                // (the end of the loop waits for every sliver)
-                const index_t m_blocks = ceil_div(M, gemm_mc), n_blocks = ceil_div(nc, gemm_nb);
-                index_t packed = -1;  // the row block in my_a
-                TINYLLM_OMP(for schedule(static))
-                for (index_t t = 0; t < m_blocks * n_blocks; ++t) {
-                    const index_t ib = t / n_blocks, jb = t % n_blocks;
-                    const index_t i0 = ib * gemm_mc, mc = std::min(gemm_mc, M - i0);
-                    const index_t j0 = jb * gemm_nb, nb = std::min(gemm_nb, nc - j0);
-                    if (packed != ib) {
-                        gemm_pack_a(my_a, a, i0, mc, pc, kc, MR);
-                        packed = ib;
-                    }
-                    const gemm_block blk{mc,
-                                         nb,
-                                         kc,
-                                         my_a,
-                                         b_pack.data() + (j0 / NR) * NR * kc,
-                                         c.data() + i0 * c.stride(0) + (jc + j0) * c.stride(1),
-                                         c.stride(0),
-                                         c.stride(1),
-                                         alpha,
-                                         block_beta};
-                    kernel.block(blk);
-                }
-                // (and the end of this one for every block, before B is packed again)
-            }
+        // The grid for the threads the runtime gave (nt <= team); parts of whole slivers.
+        const gemm_grid g = gemm_choose_grid(M, N, nt, MR, NR);
+        const index_t ti = t / g.tn, tj = t % g.tn;
+        const index_t rows = ceil_div(ceil_div(M, g.tm), MR) * MR, cols = ceil_div(ceil_div(N, g.tn), NR) * NR;
+        const index_t i0 = std::min(M, ti * rows), i1 = std::min(M, i0 + rows);
+        const index_t j0 = std::min(N, tj * cols), j1 = std::min(N, j0 + cols);
+        if (ti < g.tm && i0 < i1 && j0 < j1) {
+            float* mine = buffers.data() + t * (a_size + b_size);
+            gemm_blocked_serial(c.narrow(0, i0, i1 - i0).narrow(1, j0, j1 - j0), a.narrow(0, i0, i1 - i0),
+                                b.narrow(1, j0, j1 - j0), alpha, beta, kernel, mine, mine + a_size);
         }
     }
 }
