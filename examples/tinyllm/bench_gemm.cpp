@@ -42,9 +42,11 @@ TINYLLM_BENCH("gemm", "CPU matrix product x W^T, (rows, 768) x (768, 2304): --si
     const double bytes = 4.0 * static_cast<double>(M * K + K * N + M * N);
     const std::string shape = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N) + "_f32";
     const std::string threads = std::to_string(tinyllm::cpu::num_threads()) + " threads";
+    ctx.out << "gemm_blocked runs the " << tinyllm::cpu::gemm_blocked_kernel_name() << " micro-kernel; "
+            << threads << " (cpu::num_threads: OMP_NUM_THREADS, else the cores)\n";
 
     // The reference takes about a second at the default shape: fewer repeats.
-    ctx.rows.push_back({"cpu ref f32 (double sums, 1 thread)", "cpu",
+    ctx.rows.push_back({"cpu ref f32, 1 thread", "cpu",
                         tinyllm::time_cpu("gemm/cpu_reference/" + shape, [&] { tinyllm::cpu::matmul(c_want, a, b); },
                                           bytes, flops, 0, std::min(ctx.repeats, 2)),
                         "reference", true, true});
@@ -56,7 +58,7 @@ TINYLLM_BENCH("gemm", "CPU matrix product x W^T, (rows, 768) x (768, 2304): --si
         // Float sums over K = 768 of terms in [-1, 1]: ~1e-5 expected; NaN fails.
         return std::pair<std::string, bool>{text, err <= 1e-3};
     };
-    ctx.rows.push_back({std::string("blocked ") + tinyllm::cpu::gemm_blocked_kernel_name() + ", " + threads, "cpu",
+    ctx.rows.push_back({"blocked f32, " + threads, "cpu",
                         tinyllm::time_cpu("gemm/cpu_blocked/" + shape, [&] { tinyllm::cpu::gemm_blocked(c_got, a, b); },
                                           bytes, flops, 1, ctx.repeats),
                         "", true, false});
@@ -65,7 +67,7 @@ TINYLLM_BENCH("gemm", "CPU matrix product x W^T, (rows, 768) x (768, 2304): --si
     ctx.rows.back().agrees = ok;
 #if defined(TINYLLM_HAVE_BLAS)
     std::fill(got.begin(), got.end(), 0.0f);
-    ctx.rows.push_back({"OpenBLAS sgemm, " + threads, "cpu",
+    ctx.rows.push_back({"OpenBLAS f32, " + threads, "cpu",
                         tinyllm::time_cpu("gemm/cpu_openblas/" + shape, [&] { tinyllm::cpu::gemm_blas(c_got, a, b); },
                                           bytes, flops, 1, ctx.repeats),
                         "", true, false});

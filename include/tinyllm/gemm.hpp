@@ -49,7 +49,8 @@
 // (a transposed view becomes CblasTrans with its leading dimension) and hands any
 // other layout — negative or non-unit strides in both dimensions — to gemm_blocked.
 //
-// beta = 0 means C is not read (as in BLAS): NaN there does not propagate.
+// beta = 0 means C is not read (as in BLAS): NaN there does not propagate. C's elements
+// must be distinct (no zero strides) and must not share memory with A or B (checked).
 //
 // Accuracy: float products, float sums over K (in blocks of KC, and in a different
 // order than the double reference): the error grows like sqrt(K) float roundings
@@ -66,6 +67,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -89,7 +91,9 @@
 
 // The run-time choice of an AVX2+FMA micro-kernel: x86-64 with GCC or Clang (the
 // target attribute and __builtin_cpu_supports); not in code compiled by nvcc.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && !defined(__NVCOMPILER)
+// Defining TINYLLM_GEMM_NO_DISPATCH keeps the generic kernel everywhere (CI tests it so).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && !defined(__NVCOMPILER) && \
+    !defined(TINYLLM_GEMM_NO_DISPATCH)
 #define TINYLLM_GEMM_X86_DISPATCH 1
 #else
 #define TINYLLM_GEMM_X86_DISPATCH 0
@@ -128,12 +132,12 @@ namespace cpu {
 // gemm_blas passes the count to OpenBLAS.
 inline void set_num_threads(int n) {
     TINYLLM_EXPECT(n >= 0, "set_num_threads: n = ", n, " must be at least 1 (or 0 for the default)");
-    detail::num_threads_setting().store(n);
+    tinyllm::detail::num_threads_setting().store(n);
 }
 
 inline int num_threads() {
-    const int n = detail::num_threads_setting().load();
-    return n > 0 ? n : detail::default_num_threads();
+    const int n = tinyllm::detail::num_threads_setting().load();
+    return n > 0 ? n : tinyllm::detail::default_num_threads();
 }
 
 }  // namespace cpu
@@ -440,9 +444,10 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
 #if !defined(_OPENMP)
     team = 1;
 #endif
-    std::vector<float> buffers(static_cast<std::size_t>(team * (a_size + b_size)));
+    // Packing buffers, uninitialized (every element used is written by the packing first).
+    const std::unique_ptr<float[]> buffers(new float[static_cast<std::size_t>(team * (a_size + b_size))]);
     if (team == 1) {
-        gemm_blocked_serial(c, a, b, alpha, beta, kernel, buffers.data(), buffers.data() + a_size);
+        gemm_blocked_serial(c, a, b, alpha, beta, kernel, buffers.get(), buffers.get() + a_size);
         return;
     }
     TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
@@ -459,7 +464,7 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
         const index_t i0 = std::min(M, ti * rows), i1 = std::min(M, i0 + rows);
         const index_t j0 = std::min(N, tj * cols), j1 = std::min(N, j0 + cols);
         if (ti < g.tm && i0 < i1 && j0 < j1) {
-            float* mine = buffers.data() + t * (a_size + b_size);
+            float* mine = buffers.get() + t * (a_size + b_size);
             gemm_blocked_serial(c.narrow(0, i0, i1 - i0).narrow(1, j0, j1 - j0), a.narrow(0, i0, i1 - i0),
                                 b.narrow(1, j0, j1 - j0), alpha, beta, kernel, mine, mine + a_size);
         }
