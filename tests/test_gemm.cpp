@@ -227,18 +227,23 @@ TEST_CASE("gemm scales by alpha and adds beta C (beta = 0 never reads C)", "[gem
 }
 
 TEST_CASE("gemm on 1 and 2 threads gives the same bits (gemm_blocked)", "[gemm]") {
-    const operand a = make_operand(300, 129, false, 2000);
-    const operand b = make_operand(129, 300, true, 2001);
-    tensor<float, 2> one({300, 300}, nan_value), two({300, 300}, nan_value);
-    {
-        const threads_scope scope(1);
-        cpu::gemm_blocked(one, a.view, b.view);
+    // Many rows (the blocked path, split into a grid) and 3 rows (dot products, split by column).
+    for (const index_t M : {300, 3}) {
+        const operand a = make_operand(M, 129, false, 2000);
+        const operand b = make_operand(129, 3000, true, 2001);
+        tensor<float, 2> one({M, 3000}, nan_value), two({M, 3000}, nan_value);
+        {
+            const threads_scope scope(1);
+            cpu::gemm_blocked(one, a.view, b.view);
+        }
+        {
+            const threads_scope scope(2);
+            cpu::gemm_blocked(two, a.view, b.view);
+        }
+        INFO("M = " << M);
+        CHECK(one.values() == two.values());
+        REQUIRE(std::none_of(one.values().begin(), one.values().end(), [](float v) { return std::isnan(v); }));
     }
-    {
-        const threads_scope scope(2);
-        cpu::gemm_blocked(two, a.view, b.view);
-    }
-    CHECK(one.values() == two.values());
 }
 
 TEST_CASE("gemm writes through strided, transposed and reversed views of C and reads such A and B", "[gemm]") {

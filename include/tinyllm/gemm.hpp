@@ -9,8 +9,8 @@
 //     from memory; the same rows are fetched again for the next element, long after
 //     they left the cache. Memory delivers a few floats per nanosecond, the arithmetic
 //     units want dozens.
-//   * No SIMD. One double multiply-add at a time, where a core can do 8 or 16 float
-//     multiply-adds per instruction (SSE, AVX2 with FMA).
+//   * No SIMD. One double multiply-add at a time, where a core can do 4 or 8 float
+//     multiply-adds per instruction (SSE, AVX2 with FMA), two instructions per cycle.
 //   * One thread, where the machine has several cores.
 //
 // gemm_blocked below answers each (the structure of GotoBLAS and BLIS):
@@ -28,10 +28,10 @@
 //     GCC/Clang vector types, which the compiler turns into SIMD multiply-adds; on
 //     x86-64 a second copy compiled for AVX2+FMA is chosen at run time when the CPU
 //     has it (a build for the x86-64 baseline has only SSE2 otherwise).
-//   * Threads. With OpenMP (-fopenmp; the CMake target adds it when found) the blocks
-//     of C are shared out among threads; without it, one thread. The results do not
-//     depend on the thread count: each element of C is summed by one thread in the
-//     same order.
+//   * Threads. With OpenMP (-fopenmp; the CMake target adds it when found) C is split
+//     into a grid of parts, one per thread, each packed and computed by its thread alone
+//     (no barriers to wait at); without OpenMP, one thread. The results do not depend
+//     on the thread count: each element of C is summed by one thread in the same order.
 //
 // gemm_blas does the same product through an optimized BLAS (OpenBLAS's cblas_sgemm)
 // when the build has one (TINYLLM_HAVE_BLAS, set by the CMake option TINYLLM_BLAS);
@@ -327,6 +327,63 @@ inline void gemm_pack_b(float* dst, const tensor_view<const float, 2>& b, index_
                          kc, b.stride(1), b.stride(0));
 }
 
+// Few rows (M < MR: one token decoding) against a weight (B's columns contiguous along
+// k, a linear layer's W^T): packing B would copy the whole weight to use each element
+// M times, and a 6-row tile would be mostly padding. Instead each output is a dot
+// product of a row of A and a column of B, read where they lie: B streams from memory
+// once, which bounds these shapes. Columns [j0, j1) of C.
+struct gemm_rows_args {
+    index_t M, K, j0, j1;
+    const float* a;  // row i at a + i * a_row_stride, contiguous along k
+    const float* b;  // column j at b + j * b_col_stride, contiguous along k
+    float* c;
+    index_t a_row_stride, b_col_stride, c_row_stride, c_col_stride;
+    float alpha, beta;
+};
+
+template <index_t W>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline float gemm_dot(const float* __restrict x, const float* __restrict y, index_t K) {
+    index_t k = 0;
+    float sum = 0.0f;
+#if defined(__GNUC__)
+    typedef float vec __attribute__((vector_size(W * sizeof(float))));
+    vec acc0 = {}, acc1 = {};  // two chains of multiply-adds in flight
+    for (; k + 2 * W <= K; k += 2 * W) {
+        vec x0, y0, x1, y1;
+        std::memcpy(&x0, x + k, sizeof(vec));
+        std::memcpy(&y0, y + k, sizeof(vec));
+        std::memcpy(&x1, x + k + W, sizeof(vec));
+        std::memcpy(&y1, y + k + W, sizeof(vec));
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    const vec acc = acc0 + acc1;
+    float lanes[W];
+    std::memcpy(lanes, &acc, sizeof lanes);
+    for (index_t l = 0; l < W; ++l) sum += lanes[l];
+#endif
+    for (; k < K; ++k) sum += x[k] * y[k];
+    return sum;
+}
+
+template <index_t W>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void gemm_rows_body(const gemm_rows_args& p) {
+    for (index_t j = p.j0; j < p.j1; ++j) {
+        const float* column = p.b + j * p.b_col_stride;
+        for (index_t i = 0; i < p.M; ++i) {
+            float& c = p.c[i * p.c_row_stride + j * p.c_col_stride];
+            const float v = p.alpha * gemm_dot<W>(p.a + i * p.a_row_stride, column, p.K);
+            c = p.beta == 0.0f ? v : v + p.beta * c;
+        }
+    }
+}
+
 // The micro-kernels with their packing: 6 x 8 on 4-float vectors (SSE2, NEON: 12
 // accumulator registers of 16), and on x86-64 6 x 16 on 8-float vectors compiled for
 // AVX2+FMA. Each is a block function and two packing functions compiled together.
@@ -335,10 +392,12 @@ struct gemm_kernel {
     void (*block)(const gemm_block&);
     void (*pack_a)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t);
     void (*pack_b)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t, index_t);
+    void (*rows)(const gemm_rows_args&);
     const char* name;
 };
 
 inline void gemm_block_generic(const gemm_block& blk) { gemm_block_body<6, 8, 4>(blk); }
+inline void gemm_rows_generic(const gemm_rows_args& p) { gemm_rows_body<4>(p); }
 inline void gemm_pack_a_generic(float* dst, const tensor_view<const float, 2>& a, index_t i0, index_t mc, index_t k0,
                                 index_t kc) {
     gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
@@ -352,6 +411,7 @@ inline void gemm_pack_b_generic(float* dst, const tensor_view<const float, 2>& b
 __attribute__((target("avx2,fma"))) inline void gemm_block_avx2(const gemm_block& blk) {
     gemm_block_body<6, 16, 8>(blk);
 }
+__attribute__((target("avx2,fma"))) inline void gemm_rows_avx2(const gemm_rows_args& p) { gemm_rows_body<8>(p); }
 __attribute__((target("avx2,fma"))) inline void gemm_pack_a_avx2(float* dst, const tensor_view<const float, 2>& a,
                                                                  index_t i0, index_t mc, index_t k0, index_t kc) {
     gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
@@ -366,9 +426,9 @@ __attribute__((target("avx2,fma"))) inline void gemm_pack_b_avx2(float* dst, con
 inline gemm_kernel gemm_pick_kernel() {
 #if TINYLLM_GEMM_X86_DISPATCH
     static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) return {6, 16, gemm_block_avx2, gemm_pack_a_avx2, gemm_pack_b_avx2, "6x16 AVX2+FMA"};
+    if (avx2) return {6, 16, gemm_block_avx2, gemm_pack_a_avx2, gemm_pack_b_avx2, gemm_rows_avx2, "6x16 AVX2+FMA"};
 #endif
-    return {6, 8, gemm_block_generic, gemm_pack_a_generic, gemm_pack_b_generic, "6x8 generic"};
+    return {6, 8, gemm_block_generic, gemm_pack_a_generic, gemm_pack_b_generic, gemm_rows_generic, "6x8 generic"};
 }
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
@@ -435,8 +495,6 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
     }
     const gemm_kernel kernel = gemm_pick_kernel();
     const index_t MR = kernel.mr, NR = kernel.nr;
-    const index_t a_size = ceil_div(std::min(gemm_mc, M), MR) * MR * std::min(gemm_kc, K);
-    const index_t b_size = ceil_div(std::min(gemm_nc, N), NR) * NR * std::min(gemm_kc, K);
     // Small products are not worth waking threads for (about 1 ms of work per thread).
     const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
     const index_t useful = std::max<index_t>(1, static_cast<index_t>(flops / 2e6));
@@ -444,6 +502,22 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
 #if !defined(_OPENMP)
     team = 1;
 #endif
+    if (M < MR && (K == 1 || (a.stride(1) == 1 && b.stride(0) == 1))) {
+        // Few rows against a weight: dot products, the columns shared out among threads.
+        const gemm_rows_args whole{M, K, 0, N, a.data(), b.data(), c.data(), a.stride(0), b.stride(1),
+                                   c.stride(0), c.stride(1), alpha, beta};
+        const index_t chunks = std::min<index_t>(team, N);
+        TINYLLM_OMP(parallel for num_threads(static_cast<int>(chunks)) schedule(static))
+        for (index_t t = 0; t < chunks; ++t) {
+            gemm_rows_args part = whole;
+            part.j0 = N * t / chunks;
+            part.j1 = N * (t + 1) / chunks;
+            kernel.rows(part);
+        }
+        return;
+    }
+    const index_t a_size = ceil_div(std::min(gemm_mc, M), MR) * MR * std::min(gemm_kc, K);
+    const index_t b_size = ceil_div(std::min(gemm_nc, N), NR) * NR * std::min(gemm_kc, K);
     // Packing buffers, uninitialized (every element used is written by the packing first).
     const std::unique_ptr<float[]> buffers(new float[static_cast<std::size_t>(team * (a_size + b_size))]);
     if (team == 1) {
