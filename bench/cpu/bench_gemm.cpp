@@ -46,7 +46,7 @@ struct inputs {
 };
 
 template <class Fn>
-void run(benchmark::State& state, shape s, Fn&& fn) {
+void run(benchmark::State& state, shape s, Fn&& fn, int threads = tinyllm::cpu::num_threads()) {
     inputs in(s);
     for (auto _ : state) {
         fn(in);
@@ -56,11 +56,11 @@ void run(benchmark::State& state, shape s, Fn&& fn) {
     state.counters["GFLOP/s"] =
         benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
     // (a rate over the timed interval: wall clock here, as the rows use UseRealTime)
-    state.counters["threads"] = tinyllm::cpu::num_threads();
+    state.counters["threads"] = threads;
 }
 
 void reference(benchmark::State& state, shape s) {
-    run(state, s, [](inputs& in) { tinyllm::cpu::matmul(in.c(), in.a(), in.b()); });
+    run(state, s, [](inputs& in) { tinyllm::cpu::matmul(in.c(), in.a(), in.b()); }, 1);  // one thread
 }
 void blocked(benchmark::State& state, shape s) {
     run(state, s, [](inputs& in) { tinyllm::cpu::gemm_blocked(in.c(), in.a(), in.b()); });
