@@ -32,6 +32,9 @@
 //     into a grid of parts, one per thread, each packed and computed by its thread alone
 //     (no barriers to wait at); without OpenMP, one thread. The results do not depend
 //     on the thread count: each element of C is summed by one thread in the same order.
+//   * Few rows. Fewer rows than a tile (one token decoding) against a weight is a
+//     matrix-vector product, bound by reading the weight once: dot products over the
+//     weight where it lies, no packing.
 //
 // gemm_blas does the same product through an optimized BLAS (OpenBLAS's cblas_sgemm)
 // when the build has one (TINYLLM_HAVE_BLAS, set by the CMake option TINYLLM_BLAS);
@@ -92,6 +95,8 @@
 // The run-time choice of an AVX2+FMA micro-kernel: x86-64 with GCC or Clang (the
 // target attribute and __builtin_cpu_supports); not in code compiled by nvcc.
 // Defining TINYLLM_GEMM_NO_DISPATCH keeps the generic kernel everywhere (CI tests it so).
+// (A program that calls cpu::gemm from .cu files as well as .cpp files links two
+// versions of these inline functions; both are correct, and the linker keeps one.)
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && !defined(__NVCOMPILER) && \
     !defined(TINYLLM_GEMM_NO_DISPATCH)
 #define TINYLLM_GEMM_X86_DISPATCH 1
@@ -432,10 +437,6 @@ inline gemm_kernel gemm_pick_kernel() {
 }
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
-
-}  // namespace detail
-
-namespace detail {
 
 // One thread's product, C = alpha A B + beta C, with its own packing buffers:
 // b_pack holds KC x NC, a_pack MC x KC (rounded up to whole slivers).
