@@ -191,9 +191,10 @@ TEST_CASE("gemm matches the double reference for every transpose case and odd si
                 cpu::have_blas ? "present" : "absent");
     const std::vector<index_t> small = {1, 3, 17, 65};
     // (M, N, K) with the larger sizes: none a multiple of the blocks (MR 6, NR 8 or 16,
-    // MC 96, KC 256, NC 2048), K past one depth block.
-    const std::vector<std::array<index_t, 3>> large = {
-        {129, 65, 300}, {300, 17, 129}, {65, 300, 300}, {1, 300, 129}, {300, 129, 1}, {129, 300, 65}};
+    // MC 96, KC 256, NC 2048), K past one depth block, N past one panel of B.
+    const std::vector<std::array<index_t, 3>> large = {{129, 65, 300}, {300, 17, 129}, {65, 300, 300},
+                                                       {1, 300, 129},   {300, 129, 1},  {129, 300, 65},
+                                                       {7, 2100, 300}};
     std::uint64_t which = 100;
     for (const auto& impl : implementations())
         for (int threads : {1, 2}) {
