@@ -35,6 +35,29 @@ def require_cuda_torch():
     return torch
 
 
+def require_torch():
+    """Import torch (the CPU baselines need no GPU); exit 0 with a note when it is missing."""
+    try:
+        import torch
+    except ImportError:
+        print("torch is not importable: baseline skipped")
+        sys.exit(0)
+    return torch
+
+
+def time_cpu(fn, repeats=20, warmup=3):
+    """Median, min and max microseconds of fn() on the CPU (wall clock; no cache flush)."""
+    import time
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times), min(times), max(times)
+
+
 def time_cuda(torch, fn, repeats=20, warmup=3):
     """Median, min and max microseconds of fn() on the current CUDA stream."""
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
@@ -55,9 +78,12 @@ def time_cuda(torch, fn, repeats=20, warmup=3):
 
 
 class Results:
-    def __init__(self, torch):
+    def __init__(self, torch, device=None, timer="cuda events, median"):
+        """device: the name written to the JSON (default: the CUDA device's)."""
         self.torch = torch
         self.rows = []
+        self.device = device
+        self.timer = timer
 
     def add(self, name, timing, bytes=0.0, flops=0.0, extra=None, note=""):
         """One row; `extra` adds fields to it (e.g. tokens_per_second), `note` to the printed line."""
@@ -77,7 +103,7 @@ class Results:
     def write(self, path):
         if not path:
             return
-        context = {"library": "pytorch " + self.torch.__version__, "timer": "cuda events, median",
-                   "device": self.torch.cuda.get_device_name(0)}
+        context = {"library": "pytorch " + self.torch.__version__, "timer": self.timer,
+                   "device": self.device or self.torch.cuda.get_device_name(0)}
         with open(path, "w") as f:
             json.dump({"context": context, "benchmarks": self.rows}, f, indent=1)

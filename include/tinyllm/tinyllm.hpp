@@ -27,6 +27,7 @@
 #include <tinyllm/activation.hpp>
 #include <tinyllm/attention.hpp>
 #include <tinyllm/ffn.hpp>
+#include <tinyllm/gemm.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>

@@ -1,0 +1,433 @@
+// Tests for tinyllm/gemm.hpp: cpu::gemm_blocked, cpu::gemm_blas (in builds with BLAS)
+// and cpu::gemm against a double-accumulating reference, and linear_gemm /
+// linear_backward_gemm against cpu::linear / cpu::linear_backward (ffn.hpp).
+//
+// Tolerances. The products are summed in float over K, in blocks and in another order
+// than the reference. Whatever the order, the error of a float sum of K products is
+// at most n u sum_k |a_ik b_kj| with u = 2^-24 and n the roundings on the longest
+// path: K, two for alpha and beta C, two for each depth block (of at least 64) added
+// on (the classical bound for recursive summation, n = K + 2 K / 64 + 4): every
+// element must be within it, so no seed can fail a correct product, and an element
+// that is wrong at all is far outside it. Rounding errors add like a random walk,
+// so the relative L2 error against those magnitudes must also stay within
+// 8 sqrt(n) u. The linear-layer tests compare with cpu::linear's float outputs
+// using the same bound with |a|, |b| <= 1 (sum |terms| <= K) and a relative L2
+// error within 1e-5 (observed ~2e-7). Outputs are filled with NaN before a call that
+// must overwrite them (beta = 0): an element never written fails, as NaN never passes.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/gemm.hpp>
+#include <tinyllm/random.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::tensor;
+using tinyllm::tensor_view;
+using tinyllm_test::tolerance;
+
+namespace cpu = tinyllm::cpu;
+
+namespace {
+
+constexpr float nan_value = std::numeric_limits<float>::quiet_NaN();
+
+// Input number `which` of this run: uniform in [-1, 1).
+template <std::size_t R>
+tensor<float, R> uniform(const extents<R>& shape, std::uint64_t which) {
+    tensor<float, R> t(shape);
+    cpu::fill_uniform(t, tinyllm_test::test_seed() + 0x9E3779B97F4A7C15ull * (which + 1), -1.0f, 1.0f);
+    return t;
+}
+
+// op(X) of shape (rows, cols): stored row-major, or (transposed) stored as a
+// row-major (cols, rows) matrix and seen through a transposed view.
+struct operand {
+    tensor<float, 2> storage;
+    tensor_view<const float, 2> view;
+};
+
+operand make_operand(index_t rows, index_t cols, bool transposed, std::uint64_t which) {
+    operand o{uniform(transposed ? extents<2>{cols, rows} : extents<2>{rows, cols}, which), {}};
+    o.view = transposed ? o.storage.view().transpose(0, 1) : o.storage.view();
+    return o;
+}
+
+template <class T>
+std::vector<float> values_of(const tensor_view<T, 2>& v) {  // row-major
+    std::vector<float> out;
+    out.reserve(static_cast<std::size_t>(v.size()));
+    for (index_t i = 0; i < v.extent(0); ++i)
+        for (index_t j = 0; j < v.extent(1); ++j) out.push_back(v(i, j));
+    return out;
+}
+
+// alpha a b + beta c0 in double, and the magnitude of its terms,
+// |alpha| sum_k |a_ik b_kj| + |beta c0_ij|; c0 row-major (not read when beta = 0).
+struct reference {
+    std::vector<double> value, magnitude;
+};
+
+reference reference_gemm(const tensor_view<const float, 2>& a, const tensor_view<const float, 2>& b, float alpha,
+                         float beta, const std::vector<float>& c0) {
+    const index_t M = a.extent(0), K = a.extent(1), N = b.extent(1);
+    reference r{std::vector<double>(static_cast<std::size_t>(M * N)), std::vector<double>(static_cast<std::size_t>(M * N))};
+    for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j) {
+            double acc = 0, mag = 0;
+            for (index_t k = 0; k < K; ++k) {
+                const double t = static_cast<double>(a(i, k)) * b(k, j);
+                acc += t;
+                mag += std::fabs(t);
+            }
+            const std::size_t at = static_cast<std::size_t>(i * N + j);
+            const double bc = beta == 0.0f ? 0.0 : static_cast<double>(beta) * c0[at];
+            r.value[at] = alpha * acc + bc;
+            r.magnitude[at] = std::fabs(alpha) * mag + std::fabs(bc);
+        }
+    return r;
+}
+
+constexpr double unit_roundoff = 1.0 / 16777216.0;  // 2^-24
+
+// The roundings on the longest path of a blocked float sum of K products (above).
+double roundings(index_t K) { return static_cast<double>(K + 2 * (K / 64) + 4); }
+
+// got within the float summation bounds of the reference (above); prints the
+// max-abs and relative L2 errors and the worst error / bound.
+void require_within_bounds(const std::vector<float>& got, const reference& want, index_t K, const std::string& what) {
+    REQUIRE(got.size() == want.value.size());
+    const double per_element = roundings(K) * unit_roundoff;
+    double max_abs = 0, worst_ratio = 0, err2 = 0, ref2 = 0, mag2 = 0;
+    std::size_t failures = 0, first_failure = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double err = std::fabs(static_cast<double>(got[i]) - want.value[i]);
+        const double bound = per_element * want.magnitude[i];
+        if (!(err <= bound)) {  // NaN fails here
+            if (failures++ == 0) first_failure = i;
+        }
+        if (!(err <= max_abs)) max_abs = err;
+        if (bound > 0 && err / bound > worst_ratio) worst_ratio = err / bound;
+        err2 += err * err;
+        ref2 += want.value[i] * want.value[i];
+        mag2 += want.magnitude[i] * want.magnitude[i];
+    }
+    const double rel_l2 = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+    const double rel_l2_magnitude = mag2 > 0 ? std::sqrt(err2 / mag2) : std::sqrt(err2);
+    const double rel_l2_bound = 8.0 * std::sqrt(roundings(K)) * unit_roundoff;
+    const bool passed = failures == 0 && rel_l2_magnitude <= rel_l2_bound;
+    std::ostringstream report;
+    report << what << ": " << got.size() << " values, max-abs error " << max_abs << ", rel-L2 error " << rel_l2
+           << ", worst error / bound " << worst_ratio << ", rel-L2 vs magnitudes " << rel_l2_magnitude << " (bound "
+           << rel_l2_bound << ") -> " << (passed ? "PASS" : "FAIL");
+    if (failures)
+        report << "\n  " << failures << " element(s) outside n u sum|terms|, the first [" << first_failure
+               << "]: got " << got[first_failure] << ", expected " << want.value[first_failure] << ", bound "
+               << per_element * want.magnitude[first_failure];
+    std::printf("  %s\n", report.str().c_str());
+    INFO(report.str());
+    REQUIRE(passed);
+}
+
+// For the linear-layer tests: inputs in [-1, 1], so sum |terms| <= K (+ 1 for a bias).
+tolerance linear_tolerance(index_t K) {
+    return {roundings(K) * unit_roundoff * static_cast<double>(K + 1), 0.0, 1e-5};
+}
+
+using gemm_fn = void (*)(tensor_view<float, 2>, tensor_view<const float, 2>, tensor_view<const float, 2>, float,
+                         float);
+
+struct implementation {
+    const char* name;
+    gemm_fn fn;
+};
+
+// Every implementation this build has.
+std::vector<implementation> implementations() {
+    std::vector<implementation> out{{"gemm_blocked", &cpu::gemm_blocked}, {"gemm", &cpu::gemm}};
+#if defined(TINYLLM_HAVE_BLAS)
+    out.push_back({"gemm_blas", &cpu::gemm_blas});
+#endif
+    return out;
+}
+
+// Sets the thread count for one scope, restoring the default after.
+struct threads_scope {
+    explicit threads_scope(int n) { cpu::set_num_threads(n); }
+    ~threads_scope() { cpu::set_num_threads(0); }
+};
+
+// One product C = alpha op(A) op(B) + beta C by `impl`, checked against the reference.
+void check_product(const implementation& impl, index_t M, index_t N, index_t K, bool ta, bool tb, float alpha,
+                   float beta, std::uint64_t which) {
+    const operand a = make_operand(M, K, ta, which);
+    const operand b = make_operand(K, N, tb, which + 1);
+    tensor<float, 2> c = uniform(extents<2>{M, N}, which + 2);
+    if (beta == 0.0f) c.values().assign(c.values().size(), nan_value);  // must be overwritten, never read
+    const reference want = reference_gemm(a.view, b.view, alpha, beta, c.values());
+    impl.fn(c, a.view, b.view, alpha, beta);
+    const std::string what = std::string(impl.name) + " (" + std::to_string(M) + ", " + std::to_string(N) + ", " +
+                             std::to_string(K) + ")" + (ta ? " A^T" : "") + (tb ? " B^T" : "") +
+                             " alpha " + std::to_string(alpha) + " beta " + std::to_string(beta);
+    require_within_bounds(c.values(), want, K, what);
+}
+
+}  // namespace
+
+TEST_CASE("gemm matches the double reference for every transpose case and odd sizes", "[gemm]") {
+    INFO("blocked micro-kernel: " << cpu::gemm_blocked_kernel_name() << "; BLAS: " << cpu::have_blas);
+    std::printf("gemm_blocked runs the %s micro-kernel; BLAS %s\n", cpu::gemm_blocked_kernel_name(),
+                cpu::have_blas ? "present" : "absent");
+    const std::vector<index_t> small = {1, 3, 17, 65};
+    // (M, N, K) with the larger sizes: none a multiple of the blocks (MR 6, NR 8 or 16,
+    // MC 96, KC 256, NC 2048), K past one depth block, N past one panel of B.
+    const std::vector<std::array<index_t, 3>> large = {{129, 65, 300}, {300, 17, 129}, {65, 300, 300},
+                                                       {1, 300, 129},   {300, 129, 1},  {129, 300, 65},
+                                                       {7, 2100, 300}};
+    std::uint64_t which = 100;
+    for (const auto& impl : implementations())
+        for (int threads : {1, 2}) {
+            const threads_scope scope(threads);
+            INFO(impl.name << " on " << threads << " thread(s)");
+            for (bool ta : {false, true})
+                for (bool tb : {false, true}) {
+                    for (index_t M : small)
+                        for (index_t N : small)
+                            for (index_t K : small) check_product(impl, M, N, K, ta, tb, 1.0f, 0.0f, which += 3);
+                    for (const auto& s : large) check_product(impl, s[0], s[1], s[2], ta, tb, 1.0f, 0.0f, which += 3);
+                }
+        }
+}
+
+TEST_CASE("gemm scales by alpha and adds beta C (beta = 0 never reads C)", "[gemm]") {
+    std::uint64_t which = 1000;
+    for (const auto& impl : implementations())
+        for (int threads : {1, 2}) {
+            const threads_scope scope(threads);
+            INFO(impl.name << " on " << threads << " thread(s)");
+            for (float alpha : {1.0f, 0.5f, -1.5f})
+                for (float beta : {0.0f, 1.0f, 0.25f}) {
+                    check_product(impl, 65, 129, 300, false, true, alpha, beta, which += 3);
+                    check_product(impl, 17, 3, 1, true, false, alpha, beta, which += 3);
+                }
+            // alpha = 0: C = beta C, A and B not needed.
+            check_product(impl, 17, 65, 129, false, false, 0.0f, 0.5f, which += 3);
+            check_product(impl, 17, 65, 129, false, false, 0.0f, 0.0f, which += 3);
+        }
+}
+
+TEST_CASE("gemm on 1 and 2 threads gives the same bits (gemm_blocked)", "[gemm]") {
+    // Many rows (the blocked path, split into a grid) and 3 rows (dot products, split by column).
+    for (const index_t M : {300, 3}) {
+        const operand a = make_operand(M, 129, false, 2000);
+        const operand b = make_operand(129, 3000, true, 2001);
+        tensor<float, 2> one({M, 3000}, nan_value), two({M, 3000}, nan_value);
+        {
+            const threads_scope scope(1);
+            cpu::gemm_blocked(one, a.view, b.view);
+        }
+        {
+            const threads_scope scope(2);
+            cpu::gemm_blocked(two, a.view, b.view);
+        }
+        INFO("M = " << M);
+        CHECK(one.values() == two.values());
+        REQUIRE(std::none_of(one.values().begin(), one.values().end(), [](float v) { return std::isnan(v); }));
+    }
+}
+
+TEST_CASE("gemm writes through strided, transposed and reversed views of C and reads such A and B", "[gemm]") {
+    const index_t M = 67, N = 33, K = 129;
+    for (const auto& impl : implementations()) {
+        INFO(impl.name);
+        const operand a = make_operand(M, K, false, 3000);
+        const operand b = make_operand(K, N, true, 3001);
+        const reference want = reference_gemm(a.view, b.view, 1.0f, 0.0f, {});
+
+        // C inside a wider buffer (row stride N + 5): the columns past N stay untouched.
+        tensor<float, 2> wide({M, N + 5}, 7.0f);
+        auto c_wide = wide.view().narrow(1, 0, N);
+        for (index_t i = 0; i < M; ++i)
+            for (index_t j = 0; j < N; ++j) c_wide(i, j) = nan_value;
+        impl.fn(c_wide, a.view, b.view, 1.0f, 0.0f);
+        require_within_bounds(values_of(c_wide), want, K, std::string(impl.name) + " C with row stride N + 5");
+        for (index_t i = 0; i < M; ++i)
+            for (index_t j = N; j < N + 5; ++j) REQUIRE(wide(i, j) == 7.0f);
+
+        // C column-major: the transposed view of an (N, M) matrix.
+        tensor<float, 2> ct({N, M}, nan_value);
+        impl.fn(ct.view().transpose(0, 1), a.view, b.view, 1.0f, 0.0f);
+        require_within_bounds(values_of(ct.view().transpose(0, 1)), want, K, std::string(impl.name) + " column-major C");
+
+        // No unit stride anywhere (every other element), and A read backwards: BLAS
+        // cannot take these; gemm_blas hands them to the blocked kernel.
+        tensor<float, 2> sparse_c({2 * M, 2 * N}, nan_value);
+        tensor_view<float, 2> c_sparse(sparse_c.data(), {M, N}, {4 * N, 2});
+        tensor<float, 2> sparse_a({2 * M, 2 * K});
+        tensor_view<float, 2> a_sparse(sparse_a.data(), {M, K}, {4 * K, 2});
+        for (index_t i = 0; i < M; ++i)
+            for (index_t k = 0; k < K; ++k) a_sparse(i, k) = a.view(i, k);
+        tensor<float, 2> reversed_b({K, N});
+        tensor_view<float, 2> b_reversed(reversed_b.data() + (K * N - 1), {K, N}, {-N, -1});
+        for (index_t k = 0; k < K; ++k)
+            for (index_t j = 0; j < N; ++j) b_reversed(k, j) = b.view(k, j);
+        impl.fn(c_sparse, a_sparse, b_reversed, 1.0f, 0.0f);
+        require_within_bounds(values_of(c_sparse), want, K, std::string(impl.name) + " strides 2 and reversed B");
+    }
+}
+
+TEST_CASE("gemm with an empty dimension: nothing, or C = beta C when K = 0", "[gemm]") {
+    for (const auto& impl : implementations()) {
+        INFO(impl.name);
+        tensor<float, 2> a0({0, 4}), b0({4, 3}), c0({0, 3});
+        impl.fn(c0, a0, b0, 1.0f, 0.0f);  // M = 0: nothing to do
+        tensor<float, 2> a({5, 0}), b({0, 3}), c({5, 3}, nan_value);
+        impl.fn(c, a, b, 1.0f, 0.0f);  // K = 0, beta = 0: zeros
+        for (float v : c.values()) CHECK(v == 0.0f);
+        tensor<float, 2> d({5, 3}, 2.0f);
+        impl.fn(d, a, b, 1.0f, 0.5f);  // K = 0: beta C
+        for (float v : d.values()) CHECK(v == 1.0f);
+    }
+}
+
+TEST_CASE("gemm rejects mismatched shapes and overlapping memory, saying what was wrong", "[gemm][errors]") {
+    tensor<float, 2> a({4, 5}), b({5, 3}), c({4, 3}), bad_b({4, 3}), bad_c({3, 4});
+    for (const auto& impl : implementations()) {
+        const std::string op = impl.name;
+        CHECK_THROWS_WITH(impl.fn(c, a, bad_b, 1.0f, 0.0f),
+                          tinyllm_test::contains(op + ": a is (4, 5) and b is (4, 3); a's columns must equal b's rows"));
+        CHECK_THROWS_WITH(impl.fn(bad_c, a, b, 1.0f, 0.0f),
+                          tinyllm_test::contains(op + ": c has shape (3, 4) but (rows of a, columns of b) = (4, 3) "
+                                                      "is required"));
+        tensor<float, 2> sq({4, 4}), sq_b({4, 4});
+        CHECK_THROWS_WITH(impl.fn(sq, sq, sq_b, 1.0f, 0.0f),
+                          tinyllm_test::contains(op + ": c must not share memory with a or b"));
+        // Partial overlap: C is the lower half of the buffer that A's rows run through.
+        tensor<float, 2> buf({8, 4});
+        CHECK_THROWS_WITH(impl.fn(buf.view().narrow(0, 2, 4), buf.view().narrow(0, 0, 4), sq_b, 1.0f, 0.0f),
+                          tinyllm_test::contains(op + ": c must not share memory"));
+    }
+    CHECK_THROWS_WITH(cpu::set_num_threads(-1), tinyllm_test::contains("set_num_threads: n = -1 must be at least 1"));
+}
+
+// ---- linear_gemm, linear_backward_gemm against the references in ffn.hpp ------------------
+
+TEST_CASE("linear_gemm matches cpu::linear, with and without bias, (B, T, K) and Conv1D weights", "[gemm][ffn]") {
+    const index_t B = 2, T = 65, K = 129, N = 300;
+    const auto x = uniform(extents<3>{B, T, K}, 4000);
+    const auto w = uniform(extents<2>{N, K}, 4001);
+    const auto bias = uniform(extents<1>{N}, 4002);
+    const tolerance tol = linear_tolerance(K);
+    for (int threads : {1, 2}) {
+        const threads_scope scope(threads);
+        INFO(threads << " thread(s)");
+        tensor<float, 3> want({B, T, N}), got({B, T, N}, nan_value);
+        cpu::linear(want, x, w, bias);
+        cpu::linear_gemm(got, x, w, bias);
+        TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), tol, "linear_gemm with bias vs linear");
+
+        tensor<float, 3> want0({B, T, N}), got0({B, T, N}, nan_value);
+        cpu::linear(want0, x, w, tensor_view<const float, 1>{});
+        cpu::linear_gemm(got0, x, w, tensor_view<const float, 1>{});
+        TINYLLM_REQUIRE_CLOSE(got0.values(), want0.values(), tol, "linear_gemm without bias vs linear");
+
+        // GPT-2's Conv1D stores the weight (K, N): passed as its transposed view.
+        tensor<float, 2> wt({K, N});
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) wt(k, n) = w(n, k);
+        tensor<float, 3> got_t({B, T, N}, nan_value);
+        cpu::linear_gemm(got_t, x, wt.view().transpose(0, 1), bias);
+        TINYLLM_REQUIRE_CLOSE(got_t.values(), want.values(), tol, "linear_gemm, Conv1D weight, vs linear");
+
+        // matmul_gemm: a b with b (K, N) is linear with weight b^T.
+        tensor<float, 2> mm({B * T, N}, nan_value);
+        cpu::matmul_gemm(mm, reshape(x, {B * T, K}), wt);
+        TINYLLM_REQUIRE_CLOSE(mm.values(), want0.values(), tol, "matmul_gemm vs linear");
+    }
+    // An empty output is nothing to do.
+    tensor<float, 2> x0({0, K}), out0({0, N});
+    cpu::linear_gemm(out0, x0, w, bias);
+}
+
+TEST_CASE("linear_backward_gemm matches cpu::linear_backward: overwrite, accumulate, skipped outputs",
+          "[gemm][ffn][backward]") {
+    const index_t B = 3, T = 43, K = 129, N = 65;  // rows = 129: dweight sums over 129 rows
+    const auto x = uniform(extents<3>{B, T, K}, 5000);
+    const auto w = uniform(extents<2>{N, K}, 5001);
+    const auto dout = uniform(extents<3>{B, T, N}, 5002);
+    const index_t rows = B * T;
+    const tolerance tol_dx = linear_tolerance(N), tol_dw = linear_tolerance(rows + 1);  // + 1: accumulate
+    for (int threads : {1, 2}) {
+        const threads_scope scope(threads);
+        INFO(threads << " thread(s)");
+        tensor<float, 3> dx_want({B, T, K}), dx({B, T, K}, nan_value);
+        tensor<float, 2> dw_want({N, K}), dw({N, K}, nan_value);
+        tensor<float, 1> db_want({N}), db({N}, nan_value);
+        cpu::linear_backward(dx_want, dw_want, db_want, dout, x, w);
+        cpu::linear_backward_gemm(dx, dw, db, dout, x, w);
+        TINYLLM_REQUIRE_CLOSE(dx.values(), dx_want.values(), tol_dx, "linear_backward_gemm dx");
+        TINYLLM_REQUIRE_CLOSE(dw.values(), dw_want.values(), tol_dw, "linear_backward_gemm dweight");
+        TINYLLM_REQUIRE_CLOSE(db.values(), db_want.values(), tolerance{1e-6, 1e-6, 1e-6}, "linear_backward_gemm dbias");
+
+        // accumulate: added to what is there (both start from the same values).
+        tensor<float, 2> dw_acc_want = uniform(extents<2>{N, K}, 5003), dw_acc = dw_acc_want;
+        tensor<float, 1> db_acc_want = uniform(extents<1>{N}, 5004), db_acc = db_acc_want;
+        cpu::linear_backward({}, dw_acc_want, db_acc_want, dout, x, w, /*accumulate=*/true);
+        cpu::linear_backward_gemm({}, dw_acc, db_acc, dout, x, w, /*accumulate=*/true);
+        TINYLLM_REQUIRE_CLOSE(dw_acc.values(), dw_acc_want.values(), tol_dw, "accumulated dweight");
+        TINYLLM_REQUIRE_CLOSE(db_acc.values(), db_acc_want.values(), tolerance{1e-6, 1e-6, 1e-6}, "accumulated dbias");
+
+        // Conv1D layout: the weight and its gradient as transposed views; dx alone.
+        tensor<float, 2> wt({K, N}), dwt({K, N}, nan_value);
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) wt(k, n) = w(n, k);
+        cpu::linear_backward_gemm({}, dwt.view().transpose(0, 1), {}, dout, x, wt.view().transpose(0, 1));
+        TINYLLM_REQUIRE_CLOSE(values_of(dwt.view().transpose(0, 1)), dw_want.values(), tol_dw,
+                              "dweight through transposed views");
+        tensor<float, 3> dx_only({B, T, K}, nan_value);
+        cpu::linear_backward_gemm(dx_only, {}, {}, dout, x, wt.view().transpose(0, 1));
+        TINYLLM_REQUIRE_CLOSE(dx_only.values(), dx_want.values(), tol_dx, "dx alone, Conv1D weight");
+
+        // matmul_backward_gemm against matmul_backward.
+        const auto a2 = reshape(x, {rows, K});
+        const auto d2 = reshape(dout, {rows, N});
+        tensor<float, 2> da_want({rows, K}), db2_want({K, N}), da({rows, K}, nan_value), db2({K, N}, nan_value);
+        cpu::matmul_backward(da_want, db2_want, d2, a2, wt);
+        cpu::matmul_backward_gemm(da, db2, d2, a2, wt);
+        TINYLLM_REQUIRE_CLOSE(da.values(), da_want.values(), tol_dx, "matmul_backward_gemm da");
+        TINYLLM_REQUIRE_CLOSE(db2.values(), db2_want.values(), tol_dw, "matmul_backward_gemm db");
+    }
+}
+
+TEST_CASE("linear_gemm and linear_backward_gemm reject what the references reject, by their own names",
+          "[gemm][ffn][errors]") {
+    tensor<float, 3> x({2, 3, 4}), dx({2, 3, 4}), dout({2, 3, 5});
+    tensor<float, 2> w({5, 4}), dw({5, 4});
+    tensor<float, 1> b({5}), db({5});
+    tensor<float, 3> bad_out({2, 3, 4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(bad_out, x, w, b),
+                      tinyllm_test::contains("linear_gemm: out has shape (6, 4) but (rows of x, out_features) = (6, 5)"));
+    tensor<float, 1> bad_b({4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(dout, x, w, bad_b),
+                      tinyllm_test::contains("linear_gemm: bias has 4 elements but the layer has 5 out_features"));
+    tensor<float, 3> bad_dout({3, 2, 5});
+    CHECK_THROWS_WITH(cpu::linear_backward_gemm(dx, dw, db, bad_dout, x, w),
+                      tinyllm_test::contains("linear_backward_gemm: dout has shape (3, 2, 5) but x has shape (2, 3, 4)"));
+    tensor<float, 2> bad_dw({4, 5});
+    CHECK_THROWS_WITH(cpu::linear_backward_gemm(dx, bad_dw, db, dout, x, w),
+                      tinyllm_test::contains("linear_backward_gemm: dweight has shape (4, 5) but weight has shape (5, 4)"));
+    tensor<float, 2> sq({4, 4}), wsq({4, 4});
+    CHECK_THROWS_WITH(cpu::linear_backward_gemm(sq, {}, {}, sq, sq, wsq),
+                      tinyllm_test::contains("linear_backward_gemm: dx must not be the same memory as dout"));
+}
