@@ -172,20 +172,73 @@ void attention_load_keys(float* rows, const tensor_view<const T, 4>& k, index_t 
     for (index_t c = 0; c < kn; ++c) attention_load_row(rows + c * D, attention_row(k, b, k0 + c, hkv), D, k.stride(3));
 }
 
-// s (rows, bk) = a (rows, D) times bt (D, bk): one block of dot products. The
-// innermost loop runs over the bk columns: contiguous, no reduction.
-inline void attention_block_product(float* s, const float* a, const float* bt, index_t rows, index_t D) {
-    constexpr index_t bk = attention_tiled_bk;
-    for (index_t r = 0; r < rows; ++r) {
-        float* sr = s + r * bk;
-        const float* ar = a + r * D;
-        for (index_t c = 0; c < bk; ++c) sr[c] = 0.0f;
-        for (index_t d = 0; d < D; ++d) {
-            const float x = ar[d];
-            const float* br = bt + d * bk;
-            for (index_t c = 0; c < bk; ++c) sr[c] += x * br[c];
+// c (rows, n) = or += a (rows, kdim) times b (kdim, n), row strides lda, ldb,
+// ldc: every block product of this file (scores, P V, dP, dV, dK, dQ).
+//
+// The plain form is the loop nest "for r, for k: c[r][0..n) += a[r][k] * b[k][0..n)"
+// (attention_block_gemm_rows): its innermost loop runs over contiguous columns
+// with no reduction, so a compiler vectorizes it as written. It still loads and
+// stores c[r][..] for every k. With GCC and Clang the full 4-row x 8-column
+// blocks instead keep their 32 sums in eight 4-float vector registers (the
+// compilers' vector extension) across the whole k loop: each loaded row of b
+// serves 4 rows of a, and c is touched once — about 2x faster here than the
+// plain form, which GCC does not register-block by itself. Either way every
+// element sums over k in the order 0, 1, ..., kdim - 1, starting from c (or 0):
+// the two forms give the same bits.
+inline void attention_block_gemm_rows(float* c, index_t ldc, const float* a, index_t lda, const float* b, index_t ldb,
+                                      index_t r0, index_t r1, index_t n0, index_t n1, index_t kdim, bool accumulate) {
+    for (index_t r = r0; r < r1; ++r) {
+        float* cr = c + r * ldc;
+        const float* ar = a + r * lda;
+        if (!accumulate)
+            for (index_t j = n0; j < n1; ++j) cr[j] = 0.0f;
+        for (index_t k = 0; k < kdim; ++k) {
+            const float x = ar[k];
+            const float* br = b + k * ldb;
+            for (index_t j = n0; j < n1; ++j) cr[j] += x * br[j];
         }
     }
+}
+
+#if defined(__GNUC__)
+using attention_float4 = float __attribute__((vector_size(16)));  // 4 floats: one SSE/NEON register
+
+inline attention_float4 attention_load4(const float* p) {
+    attention_float4 v;
+    __builtin_memcpy(&v, p, sizeof v);  // unaligned
+    return v;
+}
+inline void attention_store4(float* p, attention_float4 v) { __builtin_memcpy(p, &v, sizeof v); }
+#endif
+
+inline void attention_block_gemm(float* c, index_t ldc, const float* a, index_t lda, const float* b, index_t ldb,
+                                 index_t rows, index_t n, index_t kdim, bool accumulate) {
+#if defined(__GNUC__)
+    constexpr index_t rb = 4, cb = 8;
+    const index_t rows_full = rows - rows % rb, n_full = n - n % cb;
+    for (index_t r0 = 0; r0 < rows_full; r0 += rb)
+        for (index_t n0 = 0; n0 < n_full; n0 += cb) {
+            attention_float4 acc[rb][2];
+            for (index_t rr = 0; rr < rb; ++rr)
+                for (index_t h = 0; h < 2; ++h)
+                    acc[rr][h] = accumulate ? attention_load4(c + (r0 + rr) * ldc + n0 + 4 * h) : attention_float4{};
+            for (index_t k = 0; k < kdim; ++k) {
+                const attention_float4 b0 = attention_load4(b + k * ldb + n0), b1 = attention_load4(b + k * ldb + n0 + 4);
+                for (index_t rr = 0; rr < rb; ++rr) {
+                    const float x = a[(r0 + rr) * lda + k];
+                    acc[rr][0] += x * b0;
+                    acc[rr][1] += x * b1;
+                }
+            }
+            for (index_t rr = 0; rr < rb; ++rr)
+                for (index_t h = 0; h < 2; ++h) attention_store4(c + (r0 + rr) * ldc + n0 + 4 * h, acc[rr][h]);
+        }
+    // The edges: the columns past the last full 8, then the rows past the last full 4.
+    attention_block_gemm_rows(c, ldc, a, lda, b, ldb, 0, rows_full, n_full, n, kdim, accumulate);
+    attention_block_gemm_rows(c, ldc, a, lda, b, ldb, rows_full, rows, 0, n, kdim, accumulate);
+#else
+    attention_block_gemm_rows(c, ldc, a, lda, b, ldb, 0, rows, 0, n, kdim, accumulate);
+#endif
 }
 
 // y[0..n) += a * x[0..n)
@@ -250,8 +303,9 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
         attention_load_keys_transposed(s.kt.data(), a.k, b, k0, kn, hkv);
         attention_load_keys(s.v.data(), a.v, b, k0, kn, hkv);
         // 2. The block's dot products q_i . k_j.
-        attention_block_product(ss, qs, s.kt.data(), rows, D);
-        // 3. Per row: logits (masked ones -inf), the online softmax update, o += p V.
+        attention_block_gemm(ss, bk, qs, D, s.kt.data(), bk, rows, bk, D, false);
+        // 3. Per row: logits (masked ones -inf), the online softmax update: m, l,
+        //    o *= alpha, and p = exp(s - m) in place of the scores.
         for (index_t r = 0; r < rows; ++r) {
             const index_t i = q0 + r, pos = a.mask.query_position(i);
             float* sr = ss + r * bk;
@@ -265,19 +319,20 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
             }
             const float m_old = s.m[static_cast<std::size_t>(r)];
             const float m_new = std::max(m_old, block_max);
-            if (m_new == neg_inf) continue;  // nothing visible yet: o and l stay 0
+            if (m_new == neg_inf) {  // nothing visible yet: p = 0, and o, l stay 0
+                std::fill(sr, sr + kn, 0.0f);
+                continue;
+            }
             const float alpha = attention_exp_shifted(m_old, m_new);  // 0 on the first visible block
             float sum = 0.0f;
             for (index_t c = 0; c < kn; ++c) sum += (sr[c] = attention_exp_shifted(sr[c], m_new));
             s.m[static_cast<std::size_t>(r)] = m_new;
             s.l[static_cast<std::size_t>(r)] = alpha * s.l[static_cast<std::size_t>(r)] + sum;
-            float* orow = os + r * D;
             if (alpha != 1.0f)
-                for (index_t d = 0; d < D; ++d) orow[d] *= alpha;
-            const float* vs = s.v.data();
-            for (index_t c = 0; c < kn; ++c)
-                if (sr[c] != 0.0f) attention_axpy(orow, sr[c], vs + c * D, D);
+                for (float* o = os + r * D; o < os + (r + 1) * D; ++o) *o *= alpha;
         }
+        // 4. o += P V for the whole block of rows.
+        attention_block_gemm(os, D, ss, bk, s.v.data(), D, rows, D, kn, true);
     }
 }
 
@@ -422,7 +477,7 @@ namespace detail {
 
 // One thread's buffers for the backward (both passes).
 struct attention_tiled_backward_scratch {
-    std::vector<float> q, dout, kt, vt, krows, p, g, acc_a, acc_b, lse, delta;
+    std::vector<float> q, dout, kt, vt, krows, p, g, pt, gt, acc_a, acc_b, lse, delta;
     explicit attention_tiled_backward_scratch(index_t D)
         : q(static_cast<std::size_t>(attention_tiled_bq * D)),
           dout(static_cast<std::size_t>(attention_tiled_bq * D)),
@@ -431,6 +486,8 @@ struct attention_tiled_backward_scratch {
           krows(static_cast<std::size_t>(attention_tiled_bk * D)),
           p(static_cast<std::size_t>(attention_tiled_bq * attention_tiled_bk)),
           g(static_cast<std::size_t>(attention_tiled_bq * attention_tiled_bk)),
+          pt(static_cast<std::size_t>(attention_tiled_bk * attention_tiled_bq)),
+          gt(static_cast<std::size_t>(attention_tiled_bk * attention_tiled_bq)),
           acc_a(static_cast<std::size_t>(std::max(attention_tiled_bq, attention_tiled_bk) * D)),
           acc_b(static_cast<std::size_t>(attention_tiled_bk * D)),
           lse(static_cast<std::size_t>(attention_tiled_bq)),
@@ -448,8 +505,8 @@ void attention_tiled_backward_block(const attention_tiled_forward_args<T>& a, at
     constexpr index_t bk = attention_tiled_bk;
     float* ps = s.p.data();
     float* gs = s.g.data();
-    attention_block_product(ps, s.q.data(), s.kt.data(), rows, a.D);     // q_i . k_j
-    attention_block_product(gs, s.dout.data(), s.vt.data(), rows, a.D);  // dO_i . v_j
+    attention_block_gemm(ps, bk, s.q.data(), a.D, s.kt.data(), bk, rows, bk, a.D, false);     // q_i . k_j
+    attention_block_gemm(gs, bk, s.dout.data(), a.D, s.vt.data(), bk, rows, bk, a.D, false);  // dO_i . v_j
     const float slope = a.slope(h);
     for (index_t r = 0; r < rows; ++r) {
         const index_t i = q0 + r, pos = a.mask.query_position(i);
@@ -575,18 +632,16 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
                     if (kind == attention_tile::skip) continue;
                     d::attention_tiled_backward_load_queries(a, s, dout, lse, delta, b, h, q0, rows);
                     d::attention_tiled_backward_block(a, s, h, length, q0, rows, k0, valid, kind);
-                    // dV += P^T dO, dK += G^T Q: row by row, a key's row gets p * dO_i and g * Q_i.
-                    for (index_t r = 0; r < rows; ++r) {
-                        const float* pr = s.p.data() + r * bk;
-                        const float* gr = s.g.data() + r * bk;
-                        const float* qr = s.q.data() + r * D;
-                        const float* dor = s.dout.data() + r * D;
+                    // dV += P^T dO, dK += G^T Q (P and G transposed first: keys become rows).
+                    float* pt = s.pt.data();  // (bk, bq)
+                    float* gt = s.gt.data();  // (bk, bq)
+                    for (index_t r = 0; r < rows; ++r)
                         for (index_t c = 0; c < valid; ++c) {
-                            if (pr[c] == 0.0f) continue;  // masked (or underflowed): adds nothing
-                            d::attention_axpy(dvs + c * D, pr[c], dor, D);
-                            d::attention_axpy(dks + c * D, gr[c], qr, D);
+                            pt[c * bq + r] = s.p[static_cast<std::size_t>(r * bk + c)];
+                            gt[c * bq + r] = s.g[static_cast<std::size_t>(r * bk + c)];
                         }
-                    }
+                    d::attention_block_gemm(dvs, D, pt, bq, s.dout.data(), D, valid, D, rows, true);
+                    d::attention_block_gemm(dks, D, gt, bq, s.q.data(), D, valid, D, rows, true);
                 }
             for (index_t c = 0; c < kn; ++c) {
                 const auto at = static_cast<std::size_t>(((b * Tk + k0 + c) * Hkv + hkv) * D);
@@ -613,11 +668,7 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
                 d::attention_load_keys(s.krows.data(), a.k, b, k0, kn, hkv);
                 d::attention_tiled_backward_block(a, s, h, length, q0, rows, k0, kn, kind);
                 // dQ += G K.
-                for (index_t r = 0; r < rows; ++r) {
-                    const float* gr = s.g.data() + r * bk;
-                    for (index_t c = 0; c < kn; ++c)
-                        if (gr[c] != 0.0f) d::attention_axpy(dqs + r * D, gr[c], s.krows.data() + c * D, D);
-                }
+                d::attention_block_gemm(dqs, D, s.g.data(), bk, s.krows.data(), D, rows, D, kn, true);
             }
             for (index_t r = 0; r < rows; ++r)
                 std::copy(dqs + r * D, dqs + (r + 1) * D, gq.data() + ((b * Tq + q0 + r) * Hq + h) * D);
