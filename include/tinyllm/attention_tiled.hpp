@@ -32,13 +32,14 @@
 //     float16) and rounded once to T on store, as the CUDA kernels do.
 //   * A layout for the cache and the vector unit. A work item copies its query
 //     rows (32 x D) and each key block, TRANSPOSED (D x 64), into small float
-//     buffers that stay in L1/L2. The score loop is then
-//         for r, for d:  s[r][0..64) += q[r][d] * kt[d][0..64)
-//     and the output loop
-//         for r, for c:  o[r][0..D) += p[r][c] * v[c][0..D)
-//     — the innermost loop of both runs over contiguous floats with no
-//     reduction, so the compiler vectorizes it without reassociating any sum
-//     (no -ffast-math), and every sum keeps a fixed order.
+//     buffers that stay in L1/L2. Every product is then a small matrix product
+//     of row-major blocks (attention_block_gemm),
+//         scores:  s[r][0..64) += q[r][d] * kt[d][0..64)     for d = 0 .. D-1
+//         output:  o[r][0..D)  += p[r][c] * v[c][0..D)       for c = 0 .. 63
+//     whose innermost loop runs over contiguous floats with no reduction: the
+//     compiler vectorizes it without reassociating any sum (no -ffast-math),
+//     and every sum keeps a fixed order. With GCC and Clang, blocks of 4 rows x
+//     8 columns are also kept in vector registers over the whole sum.
 //   * Threads: with OpenMP (compiled with -fopenmp; _OPENMP defined) the work
 //     items, (batch x head x query block), run in parallel, the heaviest
 //     (last, under causal) query blocks first. Without OpenMP the same items run
@@ -79,6 +80,7 @@
 #include <tinyllm/tensor.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -111,6 +113,38 @@ T attention_from_float(float x) {
 // exp(s - m), and 0 for a masked score (s = -inf), never NaN.
 inline float attention_exp_shifted(float s, float m) {
     return s == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(s - m);
+}
+
+// e^x for the x <= 0 of a softmax (x = s - max), in a form a compiler
+// vectorizes: std::exp is a library call per element, this is a dozen
+// multiply-adds. x below -87 is taken as -87 (e^-87 ~ 1.6e-38; masked scores,
+// -inf, are zeroed by the callers, which know the visible keys). With
+// n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts,
+// so that n ln 2 is exact), e^x = 2^n e^r: e^r is its Taylor polynomial of
+// degree 6 (truncation < 2e-8 relative) and 2^n is built in the exponent bits.
+// Relative error <= 3e-7 (a few float ulps) over [-87, 0].
+inline float attention_exp_nonpositive(float x) {
+    // The clamp on the bits: for x <= 0 a larger magnitude is a larger unsigned
+    // pattern (-inf included), and an integer min vectorizes where a float
+    // comparison (which may trap, under the default -ftrapping-math) does not.
+    const float xc = std::bit_cast<float>(std::min(std::bit_cast<std::uint32_t>(x), std::bit_cast<std::uint32_t>(-87.0f)));
+    const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23)
+    const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
+}
+
+// The block columns [c0, c1) of the keys visible to a row, from its key range
+// and the block [k0, k0 + kn).
+inline void attention_block_columns(const key_range& visible, index_t k0, index_t kn, index_t& c0, index_t& c1) {
+    c0 = std::clamp<index_t>(visible.begin - k0, 0, kn);
+    c1 = std::clamp<index_t>(visible.end - k0, c0, kn);
 }
 
 // Runs body(item, scratch) for every item in [0, n): over the OpenMP threads
@@ -304,28 +338,28 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
         attention_load_keys(s.v.data(), a.v, b, k0, kn, hkv);
         // 2. The block's dot products q_i . k_j.
         attention_block_gemm(ss, bk, qs, D, s.kt.data(), bk, rows, bk, D, false);
-        // 3. Per row: logits (masked ones -inf), the online softmax update: m, l,
-        //    o *= alpha, and p = exp(s - m) in place of the scores.
+        // 3. Per row: the logits of its visible columns [c0, c1), the online
+        //    softmax update of m, l and o *= alpha, and p = exp(s - m) in place
+        //    of the scores (0 outside [c0, c1)).
         for (index_t r = 0; r < rows; ++r) {
             const index_t i = q0 + r, pos = a.mask.query_position(i);
             float* sr = ss + r * bk;
-            const key_range visible =
-                kind == attention_tile::full ? key_range{k0, k0 + kn} : attention_visible_keys(a.mask, i, length);
+            index_t c0 = 0, c1 = kn;
+            if (kind != attention_tile::full) attention_block_columns(attention_visible_keys(a.mask, i, length), k0, kn, c0, c1);
+            std::fill(sr, sr + c0, 0.0f);
+            std::fill(sr + c1, sr + kn, 0.0f);
+            if (c0 == c1) continue;  // no visible key in this block: m, l and o unchanged
             float block_max = neg_inf;
-            for (index_t c = 0; c < kn; ++c) {
-                const index_t j = k0 + c;
-                sr[c] = visible.contains(j) ? attention_logit(sr[c], a.scale, a.softcap, slope, pos, j) : neg_inf;
+            for (index_t c = c0; c < c1; ++c) {
+                sr[c] = attention_logit(sr[c], a.scale, a.softcap, slope, pos, k0 + c);
                 block_max = std::max(block_max, sr[c]);
             }
             const float m_old = s.m[static_cast<std::size_t>(r)];
             const float m_new = std::max(m_old, block_max);
-            if (m_new == neg_inf) {  // nothing visible yet: p = 0, and o, l stay 0
-                std::fill(sr, sr + kn, 0.0f);
-                continue;
-            }
             const float alpha = attention_exp_shifted(m_old, m_new);  // 0 on the first visible block
+            for (index_t c = c0; c < c1; ++c) sr[c] = attention_exp_nonpositive(sr[c] - m_new);
             float sum = 0.0f;
-            for (index_t c = 0; c < kn; ++c) sum += (sr[c] = attention_exp_shifted(sr[c], m_new));
+            for (index_t c = c0; c < c1; ++c) sum += sr[c];
             s.m[static_cast<std::size_t>(r)] = m_new;
             s.l[static_cast<std::size_t>(r)] = alpha * s.l[static_cast<std::size_t>(r)] + sum;
             if (alpha != 1.0f)
@@ -510,23 +544,23 @@ void attention_tiled_backward_block(const attention_tiled_forward_args<T>& a, at
     const float slope = a.slope(h);
     for (index_t r = 0; r < rows; ++r) {
         const index_t i = q0 + r, pos = a.mask.query_position(i);
-        const key_range visible =
-            kind == attention_tile::full ? key_range{k0, k0 + kn} : attention_visible_keys(a.mask, i, length);
+        index_t c0 = 0, c1 = kn;
+        if (kind != attention_tile::full) attention_block_columns(attention_visible_keys(a.mask, i, length), k0, kn, c0, c1);
         const float row_lse = s.lse[static_cast<std::size_t>(r)], row_delta = s.delta[static_cast<std::size_t>(r)];
         float* pr = ps + r * bk;
         float* gr = gs + r * bk;
-        for (index_t c = 0; c < bk; ++c) {
-            const index_t j = k0 + c;
-            if (c < kn && visible.contains(j)) {
-                const float dot = pr[c];
-                const float p = std::exp(attention_logit(dot, a.scale, a.softcap, slope, pos, j) - row_lse);
-                pr[c] = p;
-                gr[c] = p * (gr[c] - row_delta) * attention_logit_derivative(dot, a.scale, a.softcap);
-            } else {
-                pr[c] = 0.0f;
-                gr[c] = 0.0f;
-            }
+        // pr: the dot products, then s - lse, then P; gr: dP, then (dP - delta) dlogit/ddot, then G.
+        for (index_t c = c0; c < c1; ++c) {
+            const float dot = pr[c];
+            pr[c] = attention_logit(dot, a.scale, a.softcap, slope, pos, k0 + c) - row_lse;
+            gr[c] = (gr[c] - row_delta) * attention_logit_derivative(dot, a.scale, a.softcap);
         }
+        for (index_t c = c0; c < c1; ++c) pr[c] = attention_exp_nonpositive(pr[c]);
+        for (index_t c = c0; c < c1; ++c) gr[c] *= pr[c];
+        std::fill(pr, pr + c0, 0.0f);
+        std::fill(gr, gr + c0, 0.0f);
+        std::fill(pr + c1, pr + bk, 0.0f);
+        std::fill(gr + c1, gr + bk, 0.0f);
     }
 }
 
