@@ -422,15 +422,15 @@ TEST_CASE("attention_tiled and attention_backward_tiled are deterministic, for a
     const auto k = random_tensor<float>({s.B, s.Tk, s.Hkv, s.D}, 3001, -2, 2);
     const auto v = random_tensor<float>({s.B, s.Tk, s.Hkv, s.D}, 3002);
     const auto dout = random_tensor<float>({s.B, s.Tq, s.Hq, s.D}, 3003);
-    // One query against 1200 keys: the split path.
-    const auto q1 = random_tensor<float>({1, 1, 4, 64}, 3004), k1 = random_tensor<float>({1, 1200, 4, 64}, 3005),
+    // One query of 12 heads against 1200 keys: the split path, with enough work to use the threads.
+    const auto q1 = random_tensor<float>({1, 1, 12, 64}, 3004), k1 = random_tensor<float>({1, 1200, 4, 64}, 3005),
                v1 = random_tensor<float>({1, 1200, 4, 64}, 3006);
 
     struct results {
         std::vector<float> out, lse, dq, dk, dv, decode;
     };
     const auto run = [&] {
-        tensor<float, 4> out(q.shape()), dq(q.shape()), dk(k.shape()), dv(v.shape()), o1({1, 1, 4, 64});
+        tensor<float, 4> out(q.shape()), dq(q.shape()), dk(k.shape()), dv(v.shape()), o1({1, 1, 12, 64});
         tensor<float, 3> lse({s.B, s.Hq, s.Tq});
         cpu::attention_tiled<float>(out.view(), q.view(), k.view(), v.view(), o.opts, lse.view());
         cpu::attention_backward_tiled<float>(dq.view(), dk.view(), dv.view(), dout.view(), q.view(), k.view(), v.view(),

@@ -43,9 +43,11 @@
 //   * Threads: with OpenMP (compiled with -fopenmp; _OPENMP defined) the work
 //     items, (batch x head x query block), run in parallel, the heaviest
 //     (last, under causal) query blocks first. Without OpenMP the same items run
-//     in order on one thread. Each item writes only its own output rows and
-//     computes them in an order that does not depend on which thread runs it,
-//     so the result is the same bits for any number of threads.
+//     in order on one thread; so do calls of less than ~1e6 multiply-adds,
+//     where starting the threads costs more than they gain. Each item writes
+//     only its own output rows and computes them in an order that does not
+//     depend on which thread runs it, so the result is the same bits for any
+//     number of threads.
 //
 // Decode (one or a few new queries against a long cache): a call with at most
 // 32 query rows has only B x Hq work items — with B = 1 and few heads, fewer
@@ -157,16 +159,23 @@ inline void attention_block_columns(const key_range& visible, index_t k0, index_
     c1 = std::clamp<index_t>(visible.end - k0, c0, kn);
 }
 
+// Below this many multiply-adds (an estimate per call) the work runs on the
+// calling thread: starting and joining a team of threads costs microseconds on
+// an idle machine and milliseconds on a loaded one (a thread that is not
+// scheduled holds up the join), more than ~1e6 multiply-adds (~0.2 ms) gain.
+inline constexpr double attention_tiled_parallel_work = 1 << 20;
+
 // Runs body(item, scratch) for every item in [0, n): over the OpenMP threads
-// when compiled with OpenMP, in order otherwise. Each thread makes its own
+// when compiled with OpenMP and `work` (multiply-adds, an estimate) is at least
+// attention_tiled_parallel_work, in order otherwise. Each thread makes its own
 // scratch (make_scratch()) once. Items are handed out one at a time
 // (schedule(dynamic)) because their costs differ (causal: later query blocks
 // see more keys); what an item computes does not depend on the thread.
 template <class MakeScratch, class Body>
-void attention_tiled_for(index_t n, const MakeScratch& make_scratch, const Body& body) {
+void attention_tiled_for(index_t n, [[maybe_unused]] double work, const MakeScratch& make_scratch, const Body& body) {
     if (n <= 0) return;
 #if defined(_OPENMP)
-#pragma omp parallel if (n > 1)
+#pragma omp parallel if (n > 1 && work >= attention_tiled_parallel_work)
     {
         auto scratch = make_scratch();
 #pragma omp for schedule(dynamic, 1)
@@ -387,6 +396,9 @@ void attention_tiled_forward(tensor_view<T, 4> out, const attention_tiled_forwar
     const index_t q_blocks = (a.Tq + bq - 1) / bq;
     const index_t heads = a.B * a.Hq;
     const auto make_scratch = [&] { return attention_tiled_forward_scratch(a.D); };
+    // Multiply-adds without masks: Q K^T and P V.
+    const double work = 2.0 * static_cast<double>(heads) * static_cast<double>(a.Tq) * static_cast<double>(a.Tk) *
+                        static_cast<double>(a.D);
     constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 
     // Few query rows: split the keys into fixed chunks (see the top of the file).
@@ -395,7 +407,7 @@ void attention_tiled_forward(tensor_view<T, 4> out, const attention_tiled_forwar
 
     if (splits == 1) {
         // Item -> (query block, b, h), the last query blocks (the most keys under causal) first.
-        attention_tiled_for(q_blocks * heads, make_scratch, [&](index_t item, attention_tiled_forward_scratch& s) {
+        attention_tiled_for(q_blocks * heads, work, make_scratch, [&](index_t item, attention_tiled_forward_scratch& s) {
             const index_t qb = q_blocks - 1 - item / heads, b = (item % heads) / a.Hq, h = item % a.Hq;
             const index_t q0 = qb * bq, rows = std::min(bq, a.Tq - q0);
             attention_tiled_forward_item(a, s, b, h, q0, rows, 0, a.Tk);
@@ -416,7 +428,7 @@ void attention_tiled_forward(tensor_view<T, 4> out, const attention_tiled_forwar
     const index_t rows_total = heads * a.Tq;  // the rows, (B, Hq, Tq)
     std::vector<float> part_o(static_cast<std::size_t>(rows_total * splits * a.D));
     std::vector<float> part_m(static_cast<std::size_t>(rows_total * splits)), part_l(part_m.size());
-    attention_tiled_for(heads * splits, make_scratch, [&](index_t item, attention_tiled_forward_scratch& s) {
+    attention_tiled_for(heads * splits, work, make_scratch, [&](index_t item, attention_tiled_forward_scratch& s) {
         const index_t split = item % splits, bh = item / splits, b = bh / a.Hq, h = bh % a.Hq;
         attention_tiled_forward_item(a, s, b, h, 0, a.Tq, split * chunk, (split + 1) * chunk);
         for (index_t r = 0; r < a.Tq; ++r) {
@@ -428,7 +440,8 @@ void attention_tiled_forward(tensor_view<T, 4> out, const attention_tiled_forwar
     });
     // Combine row by row, the chunks in order: M = max m_s, L = sum l_s e^(m_s - M),
     // O = sum o_s e^(m_s - M) / L.
-    attention_tiled_for(rows_total, [&] { return std::vector<float>(static_cast<std::size_t>(a.D)); },
+    attention_tiled_for(rows_total, static_cast<double>(part_o.size()),
+                        [&] { return std::vector<float>(static_cast<std::size_t>(a.D)); },
                         [&](index_t row, std::vector<float>& acc) {
                             const index_t b = row / (a.Hq * a.Tq), h = (row / a.Tq) % a.Hq, i = row % a.Tq;
                             const float* m = part_m.data() + row * splits;
@@ -632,11 +645,14 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
     const auto a = d::make_attention_tiled_args<T>(q, k, v, opts);
     const index_t B = a.B, Tq = a.Tq, Tk = a.Tk, Hq = a.Hq, Hkv = a.Hkv, D = a.D;
     const auto make_scratch = [&] { return d::attention_tiled_backward_scratch(D); };
+    // Multiply-adds of one pass without masks (Q K^T, dO V^T and one gradient product).
+    const double work = 3.0 * static_cast<double>(B * Hq) * static_cast<double>(Tq) * static_cast<double>(Tk) *
+                        static_cast<double>(D);
 
     // 1. delta = rowsum(dO o O), (B, Hq, Tq).
     std::vector<float> delta(static_cast<std::size_t>(B * Hq * Tq));
     d::attention_tiled_for(
-        B * Tq, [] { return 0; },
+        B * Tq, static_cast<double>(B * Tq * Hq * D), [] { return 0; },
         [&](index_t row, int&) {
             const index_t b = row / Tq, i = row % Tq;
             for (index_t h = 0; h < Hq; ++h) {
@@ -656,7 +672,7 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
 
     // 2. dK, dV: item (key block, b, K/V head), the first key blocks (the most queries under causal) first.
     if (want_dk || want_dv)
-        d::attention_tiled_for(k_blocks * B * Hkv, make_scratch, [&](index_t item, d::attention_tiled_backward_scratch& s) {
+        d::attention_tiled_for(k_blocks * B * Hkv, work, make_scratch, [&](index_t item, d::attention_tiled_backward_scratch& s) {
             const index_t kb = item / (B * Hkv), b = (item % (B * Hkv)) / Hkv, hkv = item % Hkv;
             const index_t k0 = kb * bk, length = a.length(b);
             const index_t kn = std::min(bk, Tk - k0);
@@ -696,7 +712,7 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
 
     // 3. dQ: item (query block, b, h), the last query blocks first.
     if (want_dq)
-        d::attention_tiled_for(q_blocks * B * Hq, make_scratch, [&](index_t item, d::attention_tiled_backward_scratch& s) {
+        d::attention_tiled_for(q_blocks * B * Hq, work, make_scratch, [&](index_t item, d::attention_tiled_backward_scratch& s) {
             const index_t qb = q_blocks - 1 - item / (B * Hq), b = (item % (B * Hq)) / Hq, h = item % Hq;
             const index_t q0 = qb * bq, rows = std::min(bq, Tq - q0), length = a.length(b), hkv = h / a.group;
             float* dqs = s.acc_a.data();  // (rows, D)
@@ -721,7 +737,7 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
     // 4. Round once and overwrite, row by row over the threads.
     const auto store = [&](tensor_view<T, 4> dst, const std::vector<float>& src, index_t T_, index_t H_) {
         d::attention_tiled_for(
-            B * T_, [] { return 0; },
+            B * T_, static_cast<double>(B * T_ * H_ * D), [] { return 0; },
             [&](index_t row, int&) {
                 for (index_t h = 0; h < H_; ++h) {
                     T* o = d::attention_row(dst, row / T_, row % T_, h);
