@@ -90,10 +90,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace tinyllm {
 namespace detail {
 
