@@ -26,6 +26,7 @@
 // The blocks: positions, norms, activations, FFN, attention, mixture of experts.
 #include <tinyllm/activation.hpp>
 #include <tinyllm/attention.hpp>
+#include <tinyllm/attention_tiled.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/gemm.hpp>
 #include <tinyllm/loss.hpp>
