@@ -1,5 +1,6 @@
-// CUDA tests for the attention backward ladder (attention_backward.cuh): v1
-// naive and v2 flash against the CPU reference cpu::attention_backward (itself
+// CUDA tests for the attention backward ladder (attention_backward.cuh,
+// attention_backward_mma.cuh): v1 naive, v2 flash and v3 mma (tensor cores,
+// bfloat16/float16) against the CPU reference cpu::attention_backward (itself
 // checked against finite differences in tests/test_attention_backward.cpp),
 // computed in float64 from the same rounded inputs, over shapes and options;
 // the forward's log-sum-exp output (attention_flash with lse); determinism;
@@ -16,7 +17,9 @@
 //             or Tk (dQ), and G = P (dP - delta) cancels: 2e-5 abs + 1e-4 rel,
 //             2e-5 relative L2 (observed ~1e-6 relative L2).
 //   bfloat16  inputs and the forward's output in bf16, gradients rounded to bf16
-//             (relative 2^-9): 2e-2 abs + 2e-2 rel, 1e-2 relative L2.
+//             (relative 2^-9): 2e-2 abs + 2e-2 rel, 1e-2 relative L2. v3 mma
+//             also rounds P and dS to bf16 before their products (float sums),
+//             and is held to the same tolerance; float16 (v3 only) too.
 //
 // Big shapes are tagged [large] (the simulated GPU leaves them to real GPUs).
 #include "support/catch.hpp"
@@ -24,6 +27,7 @@
 
 #include <tinyllm/attention.hpp>
 #include <tinyllm/cuda/attention_backward.cuh>
+#include <tinyllm/cuda/attention_backward_mma.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 
@@ -199,6 +203,9 @@ struct problem {
     }
     void backward_flash() {
         tc::attention_backward_flash<T>(dqv(), dkv(), dvv(), doutv(), qv(), kv(), vv(), outv(), lsev(), device_opts());
+    }
+    void backward_mma() {
+        tc::attention_backward_mma<T>(dqv(), dkv(), dvv(), doutv(), qv(), kv(), vv(), outv(), lsev(), device_opts());
     }
 };
 
@@ -446,4 +453,163 @@ TEST_CASE("attention backward launchers reject bad arguments", "[cuda][attention
     CHECK_THROWS_WITH(tc::attention_backward_flash<float>(big.dqv(), big.dkv(), big.dvv(), big.doutv(), big.qv(), big.kv(),
                                                           big.vv(), big.outv(), big.lsev()),
                       contains("attention_backward_flash supports head dims up to 256, got 300"));
+}
+
+// ---- v3 mma (tensor cores, bfloat16/float16) -------------------------------------------
+
+namespace {
+
+// Head dims 64 and 128 only; tiles of 64 rows and 64 keys. One element; GQA (group 2)
+// over two partial query tiles and two key tiles; group 3 with Tq < Tk at D = 128;
+// Tq > Tk (causal rows that see no key) and padding; MQA at D = 128 over three tiles;
+// exactly one full tile. No length but 64 is a multiple of the tile.
+const shape mma_shapes[] = {
+    {1, 1, 1, 1, 1, 64},   {2, 77, 77, 4, 2, 64},    {1, 45, 100, 6, 2, 128},
+    {2, 100, 37, 2, 2, 64}, {2, 130, 130, 4, 1, 128}, {1, 64, 64, 2, 2, 64},
+};
+const shape mma_large_shapes[] = {{2, 300, 700, 8, 1, 128}, {1, 1024, 1024, 4, 4, 64}, {1, 2048, 2048, 2, 1, 128}};
+
+// The pipeline the kernel serves: the forward (v3 flash, which writes the lse) in T,
+// then the tensor-core backward from its out and lse.
+template <class T>
+void run_mma_grid(const char* version, const shape* list, std::size_t n, const variant* vars, std::size_t nv,
+                  const tolerance& tol, std::uint64_t which) {
+    for (std::size_t si = 0; si < n; ++si)
+        for (std::size_t vi = 0; vi < nv; ++vi) {
+            const variant& var = vars[vi];
+            problem<T> p(list[si], var, which += 10);
+            INFO(version << " " << describe(p.s) << " " << var.name);
+            std::printf("%s %s %s\n", version, describe(p.s).c_str(), var.name.c_str());
+            p.forward_flash();
+            p.poison_gradients();
+            p.backward_mma();
+            check_gradients(p, version, tol);
+        }
+}
+
+}  // namespace
+
+TEST_CASE("attention backward v3 mma (bf16) matches the float64 reference", "[cuda][attention][backward][mma]") {
+    run_mma_grid<bfloat16>("v3 mma bf16", mma_shapes, std::size(mma_shapes), variants, std::size(variants), bf16_tol,
+                           20000);
+}
+TEST_CASE("attention backward v3 mma (fp16) matches the float64 reference", "[cuda][attention][backward][mma]") {
+    // float16 has 3 more mantissa bits than bfloat16; the same tolerance holds with room.
+    const shape s[] = {{2, 77, 77, 4, 2, 64}, {1, 45, 100, 6, 2, 128}};
+    const variant v[] = {variants[1], variants[6]};
+    run_mma_grid<tinyllm::float16>("v3 mma fp16", s, std::size(s), v, std::size(v), bf16_tol, 21000);
+}
+TEST_CASE("attention backward v3 mma, large shapes", "[cuda][attention][backward][mma][large]") {
+    const variant v[] = {variants[0], variants[1]};
+    run_mma_grid<bfloat16>("v3 mma bf16", mma_large_shapes, std::size(mma_large_shapes), v, std::size(v), bf16_tol,
+                           22000);
+}
+
+TEST_CASE("attention backward v3 mma with the CPU forward's out and lse", "[cuda][attention][backward][mma]") {
+    // The lse may come from anywhere: here the CPU reference's (float64, rounded to float),
+    // and O rounded to bfloat16.
+    problem<bfloat16> p({2, 70, 90, 4, 2, 128}, variants[6], 23000);
+    std::vector<bfloat16> o(p.want_o.size());
+    for (std::size_t i = 0; i < o.size(); ++i) o[i] = tinyllm::from_float<bfloat16>(static_cast<float>(p.want_o[i]));
+    tc::copy_to_device(p.d_out, o);
+    tc::copy_to_device(p.d_lse, p.want_lse);
+    p.poison_gradients();
+    p.backward_mma();
+    check_gradients(p, "v3 mma (CPU forward)", bf16_tol);
+}
+
+TEST_CASE("attention backward v3 mma: unwanted gradients are skipped, the others unchanged",
+          "[cuda][attention][backward][mma]") {
+    problem<bfloat16> p({2, 70, 70, 4, 2, 64}, variants[3], 24000);
+    p.forward_flash();
+    p.poison_gradients();
+    p.backward_mma();
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto dq = tc::to_host(p.d_dq), dk = tc::to_host(p.d_dk), dv = tc::to_host(p.d_dv);
+    const auto bits = [](const std::vector<bfloat16>& x) { return fingerprint(x); };
+    const auto nan_everywhere = [](const std::vector<bfloat16>& x) {
+        for (bfloat16 e : x)
+            if (!std::isnan(tinyllm::to_float(e))) return false;
+        return true;
+    };
+    const auto opts = p.device_opts();
+    p.poison_gradients();
+    tc::attention_backward_mma<bfloat16>(p.dqv(), {}, {}, p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(), p.lsev(), opts);
+    CHECK(bits(tc::to_host(p.d_dq)) == bits(dq));
+    CHECK((nan_everywhere(tc::to_host(p.d_dk)) && nan_everywhere(tc::to_host(p.d_dv))));
+    p.poison_gradients();
+    tc::attention_backward_mma<bfloat16>({}, p.dkv(), {}, p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(), p.lsev(), opts);
+    CHECK(bits(tc::to_host(p.d_dk)) == bits(dk));
+    CHECK((nan_everywhere(tc::to_host(p.d_dq)) && nan_everywhere(tc::to_host(p.d_dv))));
+    p.poison_gradients();
+    tc::attention_backward_mma<bfloat16>({}, {}, p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(), p.lsev(), opts);
+    CHECK(bits(tc::to_host(p.d_dv)) == bits(dv));
+    CHECK((nan_everywhere(tc::to_host(p.d_dq)) && nan_everywhere(tc::to_host(p.d_dk))));
+}
+
+TEST_CASE("attention backward v3 mma is bit-identical from run to run", "[cuda][attention][backward][mma]") {
+    // No atomics: each block owns its outputs and sums in a fixed order (compare the printed
+    // fingerprints across TINYLLM_SIM_SCHEDULE=random:SEED for a fixed TINYLLM_TEST_SEED).
+    problem<bfloat16> p({2, 100, 100, 4, 1, 64}, variants[1], 25000);
+    p.forward_flash();
+    std::vector<bfloat16> runs[2][3];
+    for (auto& run : runs) {
+        p.poison_gradients();
+        p.backward_mma();
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+        run[0] = tc::to_host(p.d_dq);
+        run[1] = tc::to_host(p.d_dk);
+        run[2] = tc::to_host(p.d_dv);
+    }
+    for (int i = 0; i < 3; ++i)
+        CHECK(std::memcmp(runs[0][i].data(), runs[1][i].data(), runs[0][i].size() * sizeof(bfloat16)) == 0);
+    std::printf("  attention_backward_mma determinism: fingerprint %016llx\n",
+                static_cast<unsigned long long>(fingerprint(runs[0][2], fingerprint(runs[0][1], fingerprint(runs[0][0])))));
+}
+
+TEST_CASE("attention backward v3 mma rejects what it does not support", "[cuda][attention][backward][mma][error]") {
+    problem<bfloat16> p({1, 3, 5, 4, 2, 64}, variants[0], 26000);
+    const auto opts = p.device_opts();
+    CHECK_NOTHROW(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                       p.outv(), p.lsev(), opts));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // Head dims other than 64 and 128: named, with the version that takes them.
+    problem<bfloat16> d80({1, 3, 5, 4, 2, 80}, variants[0], 26100);
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(d80.dqv(), d80.dkv(), d80.dvv(), d80.doutv(), d80.qv(),
+                                                           d80.kv(), d80.vv(), d80.outv(), d80.lsev()),
+                      contains("attention_backward_mma (attention backward v3, tensor cores) supports head dims 64 and "
+                               "128, got 80; attention_backward_flash (v2) takes head dims 1..256"));
+    // Layouts cp.async cannot move: a pointer off 16 bytes, a stride not a multiple of 8.
+    tc::device_buffer<bfloat16> big(1 * 3 * 4 * 64 + 8);
+    const tensor_view<const bfloat16, 4> shifted(big.data() + 1, {1, 3, 4, 64});
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), shifted, p.qv(), p.kv(), p.vv(),
+                                                           p.outv(), p.lsev(), opts),
+                      contains("attention_backward_mma: dout must be 16-byte aligned"));
+    tc::device_buffer<bfloat16> wide(1 * 5 * 2 * 68);
+    const tensor_view<const bfloat16, 4> odd_stride(wide.data(), {1, 5, 2, 64}, {5 * 2 * 68, 2 * 68, 68, 1});
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), odd_stride,
+                                                           p.vv(), p.outv(), p.lsev(), opts),
+                      contains("attention_backward_mma: every batch/time/head stride of k must be a multiple of 8 "
+                               "elements; stride 2 is 68"));
+    // The shared checks, under this launcher's name.
+    tc::device_buffer<float> wrong_lse(12);
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                           p.outv(), wrong_lse.view(extents<3>{1, 3, 4}), opts),
+                      contains("attention_backward_mma: lse has shape (1, 3, 4) but (1, 4, 3) is required"));
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dvv(), p.dvv(), p.doutv(), p.qv(), p.kv(),
+                                                           p.vv(), p.kv(), p.lsev(), opts),
+                      contains("attention_backward_mma: out has shape (1, 5, 2, 64) but must have the shape of q"));
+    attention_options w;
+    w.window = 3;  // without causal
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                           p.outv(), p.lsev(), w),
+                      contains("attention_backward_mma: a sliding window (window = 3) looks back from the query and "
+                               "needs causal = true"));
+    std::vector<std::int32_t> lengths = {5};
+    attention_options host_lengths;
+    host_lengths.key_lengths = {lengths.data(), {1}};
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                           p.outv(), p.lsev(), host_lengths),
+                      contains("attention_backward_mma: attention_options::key_lengths points to host memory"));
 }

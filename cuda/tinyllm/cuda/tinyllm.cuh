@@ -18,6 +18,7 @@
 // Components.
 #include <tinyllm/cuda/activation.cuh>
 #include <tinyllm/cuda/attention_backward.cuh>
+#include <tinyllm/cuda/attention_backward_mma.cuh>
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
