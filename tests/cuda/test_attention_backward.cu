@@ -31,6 +31,7 @@
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -236,6 +237,33 @@ tolerance for_reference(tolerance tol, const std::vector<double>& ref) {
     if (ref.empty() || std::sqrt(sum2 / static_cast<double>(ref.size())) < tol.abs)
         tol.rel_l2 = std::numeric_limits<double>::infinity();
     return tol;
+}
+
+// v3 mma's tolerance, relative to the size of the gradient: its values shrink as T grows
+// (dQ and dK as 1/T), and a fixed absolute tolerance of 2e-2 would pass anything at
+// T = 2048. Per element 2e-2 of the reference's largest magnitude plus 2e-2 relative
+// (under causal masking the first rows' gradients are many times the RMS, and so are
+// their rounding errors), and 1e-2 relative L2 — the true relative L2, since the
+// comparison's floor (abs * sqrt(n)) stays below the reference's norm. A gradient that
+// is zero in exact arithmetic (RMS below 1e-5: one visible key) is held to 1e-4 per
+// element.
+tolerance scaled_bf16(const std::vector<double>& ref) {
+    double sum2 = 0, largest = 0;
+    for (double x : ref) {
+        sum2 += x * x;
+        largest = std::max(largest, std::fabs(x));
+    }
+    const double rms = ref.empty() ? 0.0 : std::sqrt(sum2 / static_cast<double>(ref.size()));
+    if (rms < 1e-5) return tolerance{1e-4, 2e-2, std::numeric_limits<double>::infinity()};
+    return tolerance{2e-2 * largest, 2e-2, 1e-2};
+}
+
+template <class T>
+void check_gradients_scaled(problem<T>& p, const std::string& what) {
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    TINYLLM_REQUIRE_CLOSE(download(p.d_dq), p.want_dq, scaled_bf16(p.want_dq), what + " dq");
+    TINYLLM_REQUIRE_CLOSE(download(p.d_dk), p.want_dk, scaled_bf16(p.want_dk), what + " dk");
+    TINYLLM_REQUIRE_CLOSE(download(p.d_dv), p.want_dv, scaled_bf16(p.want_dv), what + " dv");
 }
 
 template <class T>
@@ -473,7 +501,7 @@ const shape mma_large_shapes[] = {{2, 300, 700, 8, 1, 128}, {1, 1024, 1024, 4, 4
 // then the tensor-core backward from its out and lse.
 template <class T>
 void run_mma_grid(const char* version, const shape* list, std::size_t n, const variant* vars, std::size_t nv,
-                  const tolerance& tol, std::uint64_t which) {
+                  std::uint64_t which) {
     for (std::size_t si = 0; si < n; ++si)
         for (std::size_t vi = 0; vi < nv; ++vi) {
             const variant& var = vars[vi];
@@ -483,26 +511,24 @@ void run_mma_grid(const char* version, const shape* list, std::size_t n, const v
             p.forward_flash();
             p.poison_gradients();
             p.backward_mma();
-            check_gradients(p, version, tol);
+            check_gradients_scaled(p, version);
         }
 }
 
 }  // namespace
 
 TEST_CASE("attention backward v3 mma (bf16) matches the float64 reference", "[cuda][attention][backward][mma]") {
-    run_mma_grid<bfloat16>("v3 mma bf16", mma_shapes, std::size(mma_shapes), variants, std::size(variants), bf16_tol,
-                           20000);
+    run_mma_grid<bfloat16>("v3 mma bf16", mma_shapes, std::size(mma_shapes), variants, std::size(variants), 20000);
 }
 TEST_CASE("attention backward v3 mma (fp16) matches the float64 reference", "[cuda][attention][backward][mma]") {
     // float16 has 3 more mantissa bits than bfloat16; the same tolerance holds with room.
     const shape s[] = {{2, 77, 77, 4, 2, 64}, {1, 45, 100, 6, 2, 128}};
     const variant v[] = {variants[1], variants[6]};
-    run_mma_grid<tinyllm::float16>("v3 mma fp16", s, std::size(s), v, std::size(v), bf16_tol, 21000);
+    run_mma_grid<tinyllm::float16>("v3 mma fp16", s, std::size(s), v, std::size(v), 21000);
 }
 TEST_CASE("attention backward v3 mma, large shapes", "[cuda][attention][backward][mma][large]") {
     const variant v[] = {variants[0], variants[1]};
-    run_mma_grid<bfloat16>("v3 mma bf16", mma_large_shapes, std::size(mma_large_shapes), v, std::size(v), bf16_tol,
-                           22000);
+    run_mma_grid<bfloat16>("v3 mma bf16", mma_large_shapes, std::size(mma_large_shapes), v, std::size(v), 22000);
 }
 
 TEST_CASE("attention backward v3 mma with the CPU forward's out and lse", "[cuda][attention][backward][mma]") {
@@ -515,7 +541,7 @@ TEST_CASE("attention backward v3 mma with the CPU forward's out and lse", "[cuda
     tc::copy_to_device(p.d_lse, p.want_lse);
     p.poison_gradients();
     p.backward_mma();
-    check_gradients(p, "v3 mma (CPU forward)", bf16_tol);
+    check_gradients_scaled(p, "v3 mma (CPU forward)");
 }
 
 TEST_CASE("attention backward v3 mma: unwanted gradients are skipped, the others unchanged",
