@@ -10,6 +10,7 @@
 //   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
 //   attention_decode.cuh       split-K flash-decoding for a few queries over a long KV cache
 //   attention_backward.cuh     the backward pass: v1 naive (P in global memory), v2 flash (recomputed from the lse)
+//   attention_backward_mma.cuh the backward pass v3: v2 on tensor cores (bf16/fp16 mma.sync), no atomics
 // The math (masks, logit transform, tile classification) is the CPU reference's,
 // from <tinyllm/attention.hpp>.
 //
