@@ -1,12 +1,16 @@
-"""PyTorch baselines for `tinyllm bench attention` and `tinyllm bench attention_decode`:
-torch.nn.functional.scaled_dot_product_attention with the flash and cuDNN backends
-(torch.nn.attention.sdpa_kernel), bf16, on the same shapes as the tinyllm rows.
+"""PyTorch baselines for `tinyllm bench attention`, `tinyllm bench attention_decode` and
+`tinyllm bench attention_backward`: torch.nn.functional.scaled_dot_product_attention with
+the flash and cuDNN backends (torch.nn.attention.sdpa_kernel), bf16, on the same shapes as
+the tinyllm rows.
 
     python3 bench/baselines/attention.py --json out/attention_pytorch.json
 
 attention: causal, 16k tokens of a 2048-wide model; TFLOP/s with
 FLOPs = 4*B*H*S*S*D / 2 (causal). attention_decode: one query per sequence,
 B=8, L=32768, H=32, D=128, no mask; GB/s of K and V read (2*B*L*H*D*2 bytes).
+attention_backward: causal, B=1 and 8, S=2048, H=16, D=128; the backward alone
+(torch.autograd.grad of the saved forward: dQ, dK, dV), TFLOP/s with 2.5x the
+forward's FLOPs, as tinyllm's rows.
 Row names match the tinyllm rows: attention/<version>/<shape>.
 """
 from _timing import Results, parse_args, require_cuda_torch, time_cuda
@@ -24,17 +28,23 @@ def shape_name(B, Tq, Tk, H, D, causal):
     return f"B={B},Tq={Tq},Tk={Tk},Hq={H},Hkv={H},D={D},{'causal,' if causal else ''}bf16"
 
 
-def run(component, B, Tq, Tk, H, D, causal, bytes=0.0):
+def run(component, B, Tq, Tk, H, D, causal, bytes=0.0, backward=False):
     # SDPA's layout is (B, H, T, D); tinyllm's (B, T, H, D) is the same data transposed.
-    q = torch.randn(B, H, Tq, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(B, H, Tk, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(B, H, Tk, D, device="cuda", dtype=torch.bfloat16)
-    flops = 4.0 * B * H * Tq * Tk * D / (2 if causal else 1)
+    q = torch.randn(B, H, Tq, D, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+    k = torch.randn(B, H, Tk, D, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+    v = torch.randn(B, H, Tk, D, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+    flops = 4.0 * B * H * Tq * Tk * D / (2 if causal else 1) * (2.5 if backward else 1)
     for key, backend in backends:
         name = f"{component}/{key}/{shape_name(B, Tq, Tk, H, D, causal)}"
         try:
             with sdpa_kernel(backend):
-                fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+                if backward:
+                    # The forward once (it saves what its backward needs), then the backward alone.
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    dout = torch.randn_like(out)
+                    fn = lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)  # noqa: E731
+                else:
+                    fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
                 fn()
                 timing = time_cuda(torch, fn, args.repeats, args.warmup)
         except RuntimeError as e:  # a backend may not support a shape or this GPU
@@ -51,5 +61,8 @@ for B, S, H, D in [(8, 2048, 16, 128), (8, 2048, 32, 64), (2, 8192, 16, 128)]:
 
 B, L, H, D = 8, 32768, 32, 128
 run("attention_decode", B, 1, L, H, D, causal=False, bytes=2.0 * B * L * H * D * 2)
+
+for B in (1, 8):
+    run("attention_backward", B, 2048, 2048, 16, 128, causal=True, backward=True)
 
 results.write(args.json)

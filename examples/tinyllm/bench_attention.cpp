@@ -97,7 +97,7 @@ TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cach
     ctx.rows.push_back(tiled_row(std::move(tiled_timing), max_abs_difference(tiled.values(), out.values()), 1e-4));
 }
 
-TINYLLM_BENCH("attention_backward", "dQ, dK, dV of causal attention, B=1, T=2048, H=16, D=128, float (v2 also at B=8; simulated GPU: T = 200, 2 heads)", 0) {
+TINYLLM_BENCH("attention_backward", "dQ, dK, dV of causal attention, B=1, T=2048, H=16, D=128, float and bf16 (v2, v3 also at B=8; simulated GPU: T = 200, 2 heads)", 0) {
     // --size T sets the CPU sequence length (default 256). FLOPs: 2.5x the forward's (five
     // matrix products against two), FlashAttention's convention.
     const index_t B = 1, T = ctx.size > 0 ? ctx.size : 256, H = 12, D = 64;

@@ -21,13 +21,13 @@
 //   attention_decode   B = 2, H = 4 and L = 1000 (--size L keeps B = 8, H = 32):
 //               4 key splits, the last one partial, merged by the combine kernel.
 //
-// attention_backward: dQ, dK, dV of causal float attention (MHA), D = 128,
-//   v1 naive and v2 flash at B = 1, T = 2048, H = 16 (v1's P is 256 MiB), and
-//   v2 flash at B = 8 (16k tokens); v2's rows time the backward alone (the
-//   forward that saves out and lse runs once before). TFLOP/s with 2.5x the
-//   forward's FLOPs (five matrix products against two, FlashAttention's
-//   convention; v2 does seven, for its deterministic dQ pass). Simulated GPU:
-//   B = 1, T = 200, H = 2.
+// attention_backward: dQ, dK, dV of causal attention (MHA), D = 128, v1 naive
+//   (float) at B = 1, T = 2048, H = 16 (v1's P is 256 MiB); v2 flash (float and
+//   bf16) and v3 mma (bf16, tensor cores) at B = 1 and B = 8 (16k tokens). The
+//   v2 and v3 rows time the backward alone (the forward that saves out and lse,
+//   v3 flash, runs once before). TFLOP/s with 2.5x the forward's FLOPs (five
+//   matrix products against two, FlashAttention's convention; v2 and v3 do
+//   seven, for their deterministic dQ pass). Simulated GPU: B = 1, T = 200, H = 2.
 //
 // Each row is checked against the CPU reference (float64 math) on batch row 0,
 // head 0 (the full reference would take minutes on a CPU).
@@ -35,6 +35,7 @@
 
 #include <tinyllm/attention.hpp>
 #include <tinyllm/cuda/attention_backward.cuh>
+#include <tinyllm/cuda/attention_backward_mma.cuh>
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
@@ -49,6 +50,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace tinyllm_cli;
@@ -202,38 +204,48 @@ TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cach
 
 namespace {
 
-// Inputs, dO and the gradients of one backward problem (MHA, float), and the
-// CPU reference's gradients of batch row 0, head 0 (computed once, on demand).
+// Inputs, dO and the gradients of one backward problem (MHA, float or bf16),
+// and the CPU reference's gradients of batch row 0, head 0 (computed once, on
+// demand, from the inputs as rounded to T).
+template <class E>
 struct backward_data {
     attn_shape s;
-    std::vector<float> q, k, v, g;
-    tc::device_buffer<float> d_q, d_k, d_v, d_dout, out, lse, dq, dk, dv;
+    std::vector<E> q, k, v, g;
+    tc::device_buffer<E> d_q, d_k, d_v, d_dout, out, dq, dk, dv;
+    tc::device_buffer<float> lse;
     std::vector<double> want;  // dq, dk, dv of (b0, h0): 3 * (T, D)
 
     explicit backward_data(const attn_shape& sh) : s(sh) {
-        q = random_values<float>(s.B * s.Tq * s.Hq * s.D, 21);
-        k = random_values<float>(s.B * s.Tk * s.Hkv * s.D, 22);
-        v = random_values<float>(s.B * s.Tk * s.Hkv * s.D, 23);
-        g = random_values<float>(s.B * s.Tq * s.Hq * s.D, 24);
+        q = random_values<E>(s.B * s.Tq * s.Hq * s.D, 21);
+        k = random_values<E>(s.B * s.Tk * s.Hkv * s.D, 22);
+        v = random_values<E>(s.B * s.Tk * s.Hkv * s.D, 23);
+        g = random_values<E>(s.B * s.Tq * s.Hq * s.D, 24);
         d_q = tc::to_device(q), d_k = tc::to_device(k), d_v = tc::to_device(v), d_dout = tc::to_device(g);
-        out = tc::device_buffer<float>(q.size()), dq = tc::device_buffer<float>(q.size());
-        dk = tc::device_buffer<float>(k.size()), dv = tc::device_buffer<float>(v.size());
+        out = tc::device_buffer<E>(q.size()), dq = tc::device_buffer<E>(q.size());
+        dk = tc::device_buffer<E>(k.size()), dv = tc::device_buffer<E>(v.size());
         lse = tc::device_buffer<float>(static_cast<std::size_t>(s.B * s.Hq * s.Tq));
     }
     tinyllm::extents<4> shape() const { return {s.B, s.Tq, s.Hq, s.D}; }
-    tinyllm::tensor_view<const float, 4> cv(const tc::device_buffer<float>& b) const { return b.view(shape()); }
-    tinyllm::tensor_view<float, 4> mv(tc::device_buffer<float>& b) const { return b.view(shape()); }
+    tinyllm::tensor_view<const E, 4> cv(const tc::device_buffer<E>& b) const { return b.view(shape()); }
+    tinyllm::tensor_view<E, 4> mv(tc::device_buffer<E>& b) const { return b.view(shape()); }
+    tinyllm::tensor_view<const float, 3> lse_view() const { return lse.view(tinyllm::extents<3>{s.B, s.Hq, s.Tq}); }
+    // The forward that saves out and lse (v3 flash), once before the v2 and v3 rows.
+    void forward(const tinyllm::attention_options& opts) {
+        tc::attention_flash<E>(mv(out), lse.view(tinyllm::extents<3>{s.B, s.Hq, s.Tq}), cv(d_q), cv(d_k), cv(d_v), opts);
+    }
 
     // Max-abs error of dq, dk and dv on batch row 0, head 0.
     double check(const tinyllm::attention_options& opts) {
         const index_t T = s.Tq, H = s.Hq, D = s.D;
         if (want.empty()) {
             std::vector<double> x[4];
-            const std::vector<float>* src[4] = {&q, &k, &v, &g};
+            const std::vector<E>* src[4] = {&q, &k, &v, &g};
             for (int t = 0; t < 4; ++t) {  // head 0 of batch row 0, (1, T, 1, D)
                 x[t].resize(static_cast<std::size_t>(T * D));
                 for (index_t i = 0; i < T; ++i)
-                    for (index_t d = 0; d < D; ++d) x[t][static_cast<std::size_t>(i * D + d)] = (*src[t])[static_cast<std::size_t>(i * H * D + d)];
+                    for (index_t d = 0; d < D; ++d)
+                        x[t][static_cast<std::size_t>(i * D + d)] =
+                            tinyllm::to_float((*src[t])[static_cast<std::size_t>(i * H * D + d)]);
             }
             want.assign(static_cast<std::size_t>(3 * T * D), 0.0);
             const tinyllm::extents<4> one{1, T, 1, D};
@@ -242,12 +254,12 @@ struct backward_data {
             tinyllm::cpu::attention_backward<double>(w(0), w(1), w(2), c(3), c(0), c(1), c(2), opts);
         }
         double err = 0;
-        const tc::device_buffer<float>* got[3] = {&dq, &dk, &dv};
+        const tc::device_buffer<E>* got[3] = {&dq, &dk, &dv};
         for (int part = 0; part < 3; ++part) {
             const auto h = tc::to_host(*got[part]);
             for (index_t i = 0; i < T; ++i)
                 for (index_t d = 0; d < D; ++d) {
-                    const double e = std::fabs(h[static_cast<std::size_t>(i * H * D + d)] -
+                    const double e = std::fabs(tinyllm::to_float(h[static_cast<std::size_t>(i * H * D + d)]) -
                                                want[static_cast<std::size_t>((part * T + i) * D + d)]);
                     err = std::isfinite(e) ? std::max(err, e) : INFINITY;
                 }
@@ -256,46 +268,66 @@ struct backward_data {
     }
 };
 
-template <class Work>
-void add_backward_row(bench_context& ctx, backward_data& data, const char* version, const char* key, bool baseline,
+template <class E, class Work>
+void add_backward_row(bench_context& ctx, backward_data<E>& data, const char* version, const char* key, bool baseline,
                       Work&& work) {
+    const bool bf16 = std::is_same_v<E, tinyllm::bfloat16>;
     tinyllm::attention_options opts;
     opts.causal = true;
     data.dq.poison(), data.dk.poison(), data.dv.poison();
     work();
     TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
     const double err = data.check(opts);
-    const std::string name = std::string("attention_backward/") + key + "/" + data.s.name("float");
+    const std::string name = std::string("attention_backward/") + key + "/" + data.s.name(bf16 ? "bf16" : "float");
     auto timing = tc::time_gpu(name, work, 0, 2.5 * data.s.flops(), options(ctx));
     char check[64];
     std::snprintf(check, sizeof check, "max-abs %.1e (b0,h0)", err);
-    ctx.rows.push_back({version, "cuda", timing, check, err <= 1e-4, baseline});
+    // bf16: inputs, P, dS and the gradients rounded to 8 bits of mantissa (gradients of size ~0.1 at T = 200).
+    ctx.rows.push_back({version, "cuda", timing, check, err <= (bf16 ? 2e-2 : 1e-4), baseline});
 }
 
 }  // namespace
 
-TINYLLM_BENCH("attention_backward", "dQ, dK, dV of causal attention, B=1, T=2048, H=16, D=128, float (v2 also at B=8; simulated GPU: T = 200, 2 heads)", 1) {
+TINYLLM_BENCH("attention_backward", "dQ, dK, dV of causal attention, B=1, T=2048, H=16, D=128, float and bf16 (v2, v3 also at B=8; simulated GPU: T = 200, 2 heads)", 1) {
     if (!ctx.gpu_available) return;
     tinyllm::attention_options causal;
     causal.causal = true;
     const bool sim = ctx.simulated;
     for (const index_t B : sim ? std::vector<index_t>{1} : std::vector<index_t>{1, 8}) {
-        backward_data d(sim ? attn_shape{1, 200, 200, 2, 2, 128, true} : attn_shape{B, 2048, 2048, 16, 16, 128, true});
+        const attn_shape shape = sim ? attn_shape{1, 200, 200, 2, 2, 128, true} : attn_shape{B, 2048, 2048, 16, 16, 128, true};
         const bool one = !sim && B == 1;  // the rows v1 runs beside
-        if (B == 1) {
-            tc::device_buffer<float> scores(static_cast<std::size_t>(d.s.B * d.s.Hq * d.s.Tq * d.s.Tk));
-            auto sv = scores.view(tinyllm::extents<4>{d.s.B, d.s.Hq, d.s.Tq, d.s.Tk});
-            add_backward_row(ctx, d, one ? "v1 naive (B=1)" : "v1 naive", "v1_naive", true, [&] {
-                tc::attention_backward_naive<float>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()), d.cv(d.d_dout),
-                                                    d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), sv, causal);
+        {
+            backward_data<float> d(shape);
+            if (B == 1) {
+                tc::device_buffer<float> scores(static_cast<std::size_t>(d.s.B * d.s.Hq * d.s.Tq * d.s.Tk));
+                auto sv = scores.view(tinyllm::extents<4>{d.s.B, d.s.Hq, d.s.Tq, d.s.Tk});
+                add_backward_row(ctx, d, one ? "v1 naive (B=1)" : "v1 naive", "v1_naive", true, [&] {
+                    tc::attention_backward_naive<float>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()),
+                                                        d.cv(d.d_dout), d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), sv, causal);
+                });
+            }
+            d.forward(causal);
+            add_backward_row(ctx, d, one ? "v2 flash (B=1)" : "v2 flash", "v2_flash", false, [&] {
+                tc::attention_backward_flash<float>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()),
+                                                    d.cv(d.d_dout), d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), d.cv(d.out),
+                                                    d.lse_view(), causal);
             });
         }
-        tc::attention_flash<float>(d.mv(d.out), d.lse.view(tinyllm::extents<3>{d.s.B, d.s.Hq, d.s.Tq}), d.cv(d.d_q),
-                                   d.cv(d.d_k), d.cv(d.d_v), causal);
-        const tinyllm::tensor_view<const float, 3> lse = d.lse.view(tinyllm::extents<3>{d.s.B, d.s.Hq, d.s.Tq});
-        add_backward_row(ctx, d, one ? "v2 flash (B=1)" : "v2 flash", "v2_flash", false, [&] {
-            tc::attention_backward_flash<float>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()), d.cv(d.d_dout),
-                                                d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), d.cv(d.out), lse, causal);
-        });
+        {
+            // The same problem in bf16: v2 (float math on CUDA cores) beside v3 (tensor cores).
+            using bf16 = tinyllm::bfloat16;
+            backward_data<bf16> d(shape);
+            d.forward(causal);
+            add_backward_row(ctx, d, one ? "v2 flash (bf16, B=1)" : "v2 flash (bf16)", "v2_flash", false, [&] {
+                tc::attention_backward_flash<bf16>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()),
+                                                   d.cv(d.d_dout), d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), d.cv(d.out),
+                                                   d.lse_view(), causal);
+            });
+            add_backward_row(ctx, d, one ? "v3 mma (bf16, B=1)" : "v3 mma (bf16)", "v3_mma", false, [&] {
+                tc::attention_backward_mma<bf16>(d.mv(d.dq), d.dk.view(d.shape()), d.dv.view(d.shape()), d.cv(d.d_dout),
+                                                 d.cv(d.d_q), d.cv(d.d_k), d.cv(d.d_v), d.cv(d.out), d.lse_view(),
+                                                 causal);
+            });
+        }
     }
 }
