@@ -185,6 +185,35 @@ TEST_CASE("config.json: RoPE theta at the top level or in rope_parameters; unkno
     CHECK_THROWS_AS(tinyllm::load_model_config(d.path.string()), tinyllm::error);
 }
 
+TEST_CASE("config.json without an architectures list: model_type names the model, as in transformers", "[model][config]") {
+    temp_dir d;
+    write_file(d.file("config.json"),
+               R"({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "intermediate_size": 16})");
+    auto c = tinyllm::load_model_config(d.path.string());
+    CHECK(c.architecture == "LlamaForCausalLM");
+    CHECK(c.arch == tinyllm::model_arch::llama);
+    write_file(d.file("config.json"),
+               R"({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_positions": 16})");
+    c = tinyllm::load_model_config(d.path.string());
+    CHECK(c.architecture == "GPT2LMHeadModel");
+    CHECK(c.arch == tinyllm::model_arch::gpt2);
+    CHECK(c.max_positions == 16);
+    write_file(d.file("config.json"),
+               R"({"model_type": "mixtral", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "intermediate_size": 16, "num_local_experts": 4, "num_experts_per_tok": 2})");
+    c = tinyllm::load_model_config(d.path.string());
+    CHECK(c.arch == tinyllm::model_arch::mixtral);
+    CHECK(c.num_experts == 4);
+    // An empty architectures list falls back too; an unknown model_type or neither key is an error.
+    write_file(d.file("config.json"), R"({"architectures": [], "model_type": "bert", "vocab_size": 10})");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(d.path.string()),
+                      tinyllm_test::contains("model_type \"bert\" (and no \"architectures\" list) is not supported"));
+    write_file(d.file("config.json"), R"({"vocab_size": 10})");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(d.path.string()),
+                      tinyllm_test::contains("has neither an \"architectures\" list nor a \"model_type\""));
+}
+
 TEST_CASE("safetensors: a valid file reads back; each kind of damage has its own error", "[model][safetensors]") {
     temp_dir d;
     const std::string good_header = R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},

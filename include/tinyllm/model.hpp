@@ -147,10 +147,23 @@ inline model_config load_model_config(const std::string& dir) {
     const std::string path = (std::filesystem::path(dir) / "config.json").string();
     const json::value c = detail::read_json_file(path);
     model_config m;
+    // The architecture: the first of "architectures", or else (as transformers'
+    // AutoModelForCausalLM does) the causal-LM class that "model_type" names.
     const json::value* archs = c.find("architectures");
-    if (!archs || !archs->is_array() || archs->size() == 0 || !archs->at(std::size_t{0}).is_string())
-        TINYLLM_FAIL("'", path, "' has no \"architectures\" list");
-    m.architecture = archs->at(std::size_t{0}).as_string();
+    if (archs && archs->is_array() && archs->size() > 0 && archs->at(std::size_t{0}).is_string()) {
+        m.architecture = archs->at(std::size_t{0}).as_string();
+    } else {
+        const json::value* type = c.find("model_type");
+        if (!type || !type->is_string())
+            TINYLLM_FAIL("'", path, "' has neither an \"architectures\" list nor a \"model_type\"");
+        const std::string& t = type->as_string();
+        if (t == "gpt2") m.architecture = "GPT2LMHeadModel";
+        else if (t == "llama") m.architecture = "LlamaForCausalLM";
+        else if (t == "mixtral") m.architecture = "MixtralForCausalLM";
+        else
+            TINYLLM_FAIL("'", path, "': model_type \"", t, "\" (and no \"architectures\" list) is not supported ",
+                         "(gpt2, llama and mixtral are)");
+    }
     if (m.architecture == "GPT2LMHeadModel") {
         m.arch = model_arch::gpt2;
         m.vocab_size = detail::config_int(c, "vocab_size", -1, path);
