@@ -18,6 +18,7 @@
 // an explicit scale, padding with a key_length of 0, Tq < Tk (bottom-right) and
 // Tq > Tk (rows with no visible key), MHA, GQA and MQA, and all together.
 #include "support/catch.hpp"
+#include "support/attention_cases.hpp"
 #include "support/compare.hpp"
 
 #include <tinyllm/attention.hpp>
@@ -45,35 +46,10 @@ namespace cpu = tinyllm::cpu;
 
 namespace {
 
-struct shape {
-    index_t B, Tq, Tk, Hq, Hkv, D;
-};
-
-std::string describe(const shape& s) {
-    std::ostringstream o;
-    o << "B" << s.B << " Tq" << s.Tq << " Tk" << s.Tk << " Hq" << s.Hq << " Hkv" << s.Hkv << " D" << s.D;
-    return o.str();
-}
-
-// Fresh uniform values in [lo, hi) (input number `which` of this run), as T.
-template <class T>
-tensor<T, 4> random_tensor(extents<4> s, std::uint64_t which, float lo = -1.0f, float hi = 1.0f) {
-    const auto f = tinyllm_test::random_floats(static_cast<std::size_t>(s.product()), which, lo, hi);
-    tensor<T, 4> t(s);
-    for (std::size_t i = 0; i < f.size(); ++i) t.values()[i] = static_cast<T>(f[i]);
-    return t;
-}
-
-// The options of one test variant, with the storage its views point to.
-struct variant {
-    std::string name;
-    bool causal = false;
-    index_t window = 0;
-    bool alibi = false;
-    float softcap = 0;
-    float scale = 0;
-    bool padding = false;
-};
+using shape = tinyllm_test::attention_shape;
+using variant = tinyllm_test::attention_variant;
+using tinyllm_test::describe;
+using tinyllm_test::random_tensor;
 
 const variant variants[] = {
     {"plain"},
@@ -88,27 +64,13 @@ const variant variants[] = {
     {"everything: causal, window 3, ALiBi, softcap 1.5, scale 0.6, padding", true, 3, true, 1.5f, 0.6f, true},
 };
 
-struct options_holder {
-    std::vector<float> slopes;
-    std::vector<std::int32_t> lengths;
-    attention_options opts;
-
-    options_holder(const variant& var, const shape& s) {
-        opts.causal = var.causal;
-        if (var.window > 0) opts.window = var.window;
-        if (var.softcap > 0) opts.softcap = var.softcap;
-        if (var.scale > 0) opts.scale = var.scale;
-        if (var.alibi) {
-            for (index_t h = 0; h < s.Hq; ++h) slopes.push_back(0.75f / static_cast<float>(h + 1));
-            opts.alibi_slopes = {slopes.data(), {s.Hq}};
-        }
-        if (var.padding) {
-            // Row 0 has no valid key at all; the others lose some keys at the end.
-            for (index_t b = 0; b < s.B; ++b)
-                lengths.push_back(b == 0 ? 0 : static_cast<std::int32_t>(std::max<index_t>(1, s.Tk - b)));
-            opts.key_lengths = {lengths.data(), {s.B}};
-        }
-    }
+// The options of one test variant, with the storage its views point to. ALiBi
+// slopes 0.75 / (h + 1); padding: batch row 0 sees no key, row b loses b keys.
+struct options_holder : tinyllm_test::attention_case {
+    options_holder(const variant& var, const shape& s)
+        : attention_case(var, s, 0.75f, [](index_t b, index_t Tk) {
+              return b == 0 ? index_t{0} : std::max<index_t>(1, Tk - b);
+          }) {}
 };
 
 double dot(const tensor<double, 4>& a, const tensor<double, 4>& b) {

@@ -18,6 +18,7 @@
 // tolerances below are 6-10x that; a wrong mask, a missing rescale or a lost
 // GQA head is off by 1e-2 .. 1.
 #include "support/catch.hpp"
+#include "support/attention_cases.hpp"
 #include "support/compare.hpp"
 
 #include <tinyllm/attention.hpp>
@@ -49,23 +50,10 @@ namespace cpu = tinyllm::cpu;
 
 namespace {
 
-struct shape {
-    index_t B, Tq, Tk, Hq, Hkv, D;
-};
-
-std::string describe(const shape& s) {
-    std::ostringstream o;
-    o << "B" << s.B << " Tq" << s.Tq << " Tk" << s.Tk << " Hq" << s.Hq << " Hkv" << s.Hkv << " D" << s.D;
-    return o.str();
-}
-
-template <class T>
-tensor<T, 4> random_tensor(extents<4> s, std::uint64_t which, float lo = -1.0f, float hi = 1.0f) {
-    const auto f = tinyllm_test::random_floats(static_cast<std::size_t>(s.product()), which, lo, hi);
-    tensor<T, 4> t(s);
-    for (std::size_t i = 0; i < f.size(); ++i) t.values()[i] = tinyllm::from_float<T>(f[i]);
-    return t;
-}
+using shape = tinyllm_test::attention_shape;
+using variant = tinyllm_test::attention_variant;
+using tinyllm_test::describe;
+using tinyllm_test::random_tensor;
 
 template <class T, std::size_t R>
 tensor<double, R> widen(const tensor<T, R>& x) {
@@ -73,16 +61,6 @@ tensor<double, R> widen(const tensor<T, R>& x) {
     for (std::size_t i = 0; i < x.values().size(); ++i) y.values()[i] = tinyllm::to_float(x.values()[i]);
     return y;
 }
-
-struct variant {
-    std::string name;
-    bool causal = false;
-    index_t window = 0;
-    bool alibi = false;
-    float softcap = 0;
-    float scale = 0;
-    bool padding = false;
-};
 
 const variant variants[] = {
     {"plain"},
@@ -98,27 +76,13 @@ const variant variants[] = {
     {"everything: causal, window 40, ALiBi, softcap 1.5, scale 0.2, padding", true, 40, true, 1.5f, 0.2f, true},
 };
 
-struct options_holder {
-    std::vector<float> slopes;
-    std::vector<std::int32_t> lengths;
-    attention_options opts;
-
-    options_holder(const variant& var, const shape& s) {
-        opts.causal = var.causal;
-        if (var.window > 0) opts.window = var.window;
-        if (var.softcap > 0) opts.softcap = var.softcap;
-        if (var.scale > 0) opts.scale = var.scale;
-        if (var.alibi) {
-            for (index_t h = 0; h < s.Hq; ++h) slopes.push_back(0.5f / static_cast<float>(h + 1));
-            opts.alibi_slopes = {slopes.data(), {s.Hq}};
-        }
-        if (var.padding) {
-            // Row 0 has no valid key at all; the others lose a few keys at the end.
-            for (index_t b = 0; b < s.B; ++b)
-                lengths.push_back(b == 0 && s.B > 1 ? 0 : static_cast<std::int32_t>(std::max<index_t>(1, s.Tk - 3 * b - 1)));
-            opts.key_lengths = {lengths.data(), {s.B}};
-        }
-    }
+// ALiBi slopes 0.5 / (h + 1); padding: batch row 0 sees no key (when there are
+// other rows), row b loses 3b + 1 keys at the end.
+struct options_holder : tinyllm_test::attention_case {
+    options_holder(const variant& var, const shape& s)
+        : attention_case(var, s, 0.5f, [&s](index_t b, index_t Tk) {
+              return b == 0 && s.B > 1 ? index_t{0} : std::max<index_t>(1, Tk - 3 * b - 1);
+          }) {}
 };
 
 // Every shape edge: T not a multiple of the 32-row / 64-key blocks, several blocks
