@@ -33,9 +33,10 @@ double tiled_threads() {
 #endif
 }
 
-}  // namespace
-
-static void attention_cpu_reference(benchmark::State& state) {
+// A causal prefill at GPT-2 small's attention shape (B = 1, H = 12, D = 64, T from
+// the argument) through `run(out, q, k, v, opts)`, with its GFLOP/s.
+template <class Run>
+void causal_prefill(benchmark::State& state, Run run) {
     const tinyllm::index_t B = 1, T = state.range(0), H = 12, D = 64;
     tinyllm::tensor<float, 4> q({B, T, H, D}), k({B, T, H, D}), v({B, T, H, D}), out({B, T, H, D});
     tinyllm::cpu::fill_uniform(q.view(), 1, -1.0f, 1.0f);
@@ -44,12 +45,20 @@ static void attention_cpu_reference(benchmark::State& state) {
     tinyllm::attention_options opts;
     opts.causal = true;
     for (auto _ : state) {
-        tinyllm::cpu::attention<float>(out.view(), q.view(), k.view(), v.view(), opts);
+        run(out.view(), q.view(), k.view(), v.view(), opts);
         benchmark::ClobberMemory();
     }
     const double flops = 4.0 * static_cast<double>(H) * static_cast<double>(T) * static_cast<double>(T) * D / 2;
     state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()),
                                                    benchmark::Counter::kIsRate);
+}
+
+}  // namespace
+
+static void attention_cpu_reference(benchmark::State& state) {
+    causal_prefill(state, [](auto out, auto q, auto k, auto v, const auto& opts) {
+        tinyllm::cpu::attention<float>(out, q, k, v, opts);
+    });
 }
 BENCHMARK(attention_cpu_reference)->Arg(128)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond);
 BENCHMARK(attention_cpu_reference)->Arg(1024)->Arg(2048)->Arg(4096)->Iterations(1)->Unit(benchmark::kMillisecond);
@@ -100,20 +109,9 @@ BENCHMARK(attention_cpu_decode_step)->Arg(1024)->Arg(4096)->Unit(benchmark::kMic
 // The same causal prefill as attention_cpu_reference, tiled: float, key blocks of 64,
 // the online softmax, key blocks above the diagonal skipped.
 static void attention_cpu_tiled(benchmark::State& state) {
-    const tinyllm::index_t B = 1, T = state.range(0), H = 12, D = 64;
-    tinyllm::tensor<float, 4> q({B, T, H, D}), k({B, T, H, D}), v({B, T, H, D}), out({B, T, H, D});
-    tinyllm::cpu::fill_uniform(q.view(), 1, -1.0f, 1.0f);
-    tinyllm::cpu::fill_uniform(k.view(), 2, -1.0f, 1.0f);
-    tinyllm::cpu::fill_uniform(v.view(), 3, -1.0f, 1.0f);
-    tinyllm::attention_options opts;
-    opts.causal = true;
-    for (auto _ : state) {
-        tinyllm::cpu::attention_tiled<float>(out.view(), q.view(), k.view(), v.view(), opts);
-        benchmark::ClobberMemory();
-    }
-    const double flops = 4.0 * static_cast<double>(H) * static_cast<double>(T) * static_cast<double>(T) * D / 2;
-    state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9 * static_cast<double>(state.iterations()),
-                                                   benchmark::Counter::kIsRate);
+    causal_prefill(state, [](auto out, auto q, auto k, auto v, const auto& opts) {
+        tinyllm::cpu::attention_tiled<float>(out, q, k, v, opts);
+    });
     state.counters["threads"] = tiled_threads();
 }
 BENCHMARK(attention_cpu_tiled)->Arg(128)->Arg(256)->Arg(512)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
