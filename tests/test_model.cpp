@@ -18,6 +18,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -65,13 +66,18 @@ std::string floats(std::initializer_list<float> values) {
 }  // namespace
 
 TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on the HF fixtures", "[model][conformance]") {
-    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+    using kernels = tinyllm::cpu::model::kernels;
+    for (const auto [name, choice] : {std::pair{"gpt2", kernels::blocked}, std::pair{"gpt2", kernels::reference},
+                                      std::pair{"llama", kernels::blocked}, std::pair{"llama", kernels::reference},
+                                      std::pair{"mixtral", kernels::blocked}, std::pair{"mixtral", kernels::reference}}) {
         const std::string dir = fixture_dir(name);
         if (dir.empty()) {
             WARN("../shared/fixtures/hf/" << name << " not found: conformance skipped");
             continue;
         }
-        const auto model = tinyllm::cpu::model::load(dir);
+        auto model = tinyllm::cpu::model::load(dir);
+        model.set_kernels(choice);
+        INFO((choice == kernels::blocked ? "blocked" : "reference") << " kernels");
         const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
         for (const auto& c : expected.at("cases").as_array()) {
             const auto prompt = ids_of(c.at("prompt"));
@@ -83,7 +89,7 @@ TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on th
             for (index_t i = 0; i < logits.extent(1); ++i) last[static_cast<std::size_t>(i)] = logits(logits.extent(0) - 1, i);
             std::vector<double> want;
             for (const auto& v : c.at("last_logits").as_array()) want.push_back(v.as_double());
-            TINYLLM_REQUIRE_CLOSE(last, want, tinyllm_test::tolerance{1e-3, 1e-3, 1e-4}, name + " last-position logits");
+            TINYLLM_REQUIRE_CLOSE(last, want, tinyllm_test::tolerance{1e-3, 1e-3, 1e-4}, std::string(name) + " last-position logits");
 
             // Every position, through the sum of |logit| per position.
             std::vector<float> sums;
@@ -94,7 +100,8 @@ TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on th
             }
             std::vector<double> want_sums;
             for (const auto& v : c.at("logits_sum_abs_per_pos").as_array()) want_sums.push_back(v.as_double());
-            TINYLLM_REQUIRE_CLOSE(sums, want_sums, tinyllm_test::tolerance{0, 1e-4, 1e-4}, name + " sum |logits| per position");
+            TINYLLM_REQUIRE_CLOSE(sums, want_sums, tinyllm_test::tolerance{0, 1e-4, 1e-4},
+                                  std::string(name) + " sum |logits| per position");
 
             tinyllm::cpu::generation_options greedy;
             greedy.max_new_tokens = 24;
