@@ -1,6 +1,7 @@
 // Tests for tinyllm/gemm.hpp: cpu::gemm_blocked, cpu::gemm_blas (in builds with BLAS)
-// and cpu::gemm against a double-accumulating reference, and linear_gemm /
-// linear_backward_gemm against cpu::linear / cpu::linear_backward (ffn.hpp).
+// and cpu::gemm against a double-accumulating reference, linear_gemm /
+// linear_backward_gemm against cpu::linear / cpu::linear_backward (ffn.hpp), and
+// linear_gemm with a bfloat16 weight against a double reference over the widened weight.
 //
 // Tolerances. The products are summed in float over K, in blocks and in another order
 // than the reference. Whatever the order, the error of a float sum of K products is
@@ -430,4 +431,216 @@ TEST_CASE("linear_gemm and linear_backward_gemm reject what the references rejec
     tensor<float, 2> sq({4, 4}), wsq({4, 4});
     CHECK_THROWS_WITH(cpu::linear_backward_gemm(sq, {}, {}, sq, sq, wsq),
                       tinyllm_test::contains("linear_backward_gemm: dx must not be the same memory as dout"));
+}
+
+// ---- linear_gemm with a bfloat16 weight --------------------------------------------------
+//
+// The weight is rounded from uniform floats to bf16 with the project's conversion
+// (float_to_bf16, round to nearest even), so almost no weight is what it was: the
+// product must be the float product with the widened weights float(bf16(w)), checked
+// against a double reference of exactly that with the same n u sum|terms| bounds as
+// gemm. A kernel that widened wrongly, or read the unrounded weights, is far outside
+// them (checked below: the reference with the original floats is missed by a wide margin).
+
+namespace {
+
+// (Not `bfloat16`: with BLAS, OpenBLAS's cblas.h declares a global `bfloat16`, an unsigned short.)
+using bf16 = tinyllm::bfloat16;
+
+// A (N, K) weight in bf16, stored row-major (N, K), or (Conv1D) as a row-major
+// (K, N) matrix seen through a transposed view, or inside a wider buffer (row stride
+// K + 5, the columns past K NaN: never read).
+struct bf16_weight {
+    tensor<bf16, 2> storage;
+    tensor_view<const bf16, 2> view;
+};
+
+enum class weight_layout { row_major, transposed, padded };
+
+const char* layout_name(weight_layout l) {
+    return l == weight_layout::row_major    ? "row-major"
+           : l == weight_layout::transposed ? "transposed (Conv1D)"
+                                            : "row stride K + 5";
+}
+
+bf16_weight make_bf16_weight(const tensor<bf16, 2>& w, weight_layout layout) {
+    const index_t N = w.extent(0), K = w.extent(1);
+    bf16_weight out;
+    if (layout == weight_layout::row_major) {
+        out.storage = w;
+        out.view = out.storage.view();
+    } else if (layout == weight_layout::transposed) {
+        out.storage = tensor<bf16, 2>({K, N});
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) out.storage(k, n) = w(n, k);
+        out.view = out.storage.view().transpose(0, 1);
+    } else {
+        out.storage = tensor<bf16, 2>({N, K + 5}, tinyllm::float_to_bf16(nan_value));
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) out.storage(n, k) = w(n, k);
+        out.view = out.storage.view().narrow(1, 0, K);
+    }
+    return out;
+}
+
+tensor<bf16, 2> to_bf16(const tensor<float, 2>& w) {
+    tensor<bf16, 2> out(w.shape());
+    for (std::size_t i = 0; i < w.values().size(); ++i) out.values()[i] = tinyllm::float_to_bf16(w.values()[i]);
+    return out;
+}
+
+tensor<float, 2> widen(const tensor<bf16, 2>& w) {
+    tensor<float, 2> out(w.shape());
+    for (std::size_t i = 0; i < w.values().size(); ++i) out.values()[i] = tinyllm::bf16_to_float(w.values()[i]);
+    return out;
+}
+
+// x weight^T + bias in double from the reference of x weight^T: bias added to the value
+// and its magnitude to the terms' (as gemm's beta C).
+reference with_bias(reference r, const tensor<float, 1>& bias, index_t N) {
+    for (std::size_t at = 0; at < r.value.size(); ++at) {
+        const double b = bias.values()[at % static_cast<std::size_t>(N)];
+        r.value[at] += b;
+        r.magnitude[at] += std::fabs(b);
+    }
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("linear_gemm with a bfloat16 weight is the float product with the widened weight", "[gemm][ffn][bf16]") {
+    const index_t N = 2100, K = 300;  // N past one packed panel (2048), neither a multiple of the tiles
+    const tensor<float, 2> w_float = uniform(extents<2>{N, K}, 6000);
+    const tensor<bf16, 2> w = to_bf16(w_float);
+    const tensor<float, 2> w_wide = widen(w);
+    const auto bias = uniform(extents<1>{N}, 6001);
+    std::size_t rounded = 0;
+    for (std::size_t i = 0; i < w_wide.values().size(); ++i) rounded += w_wide.values()[i] != w_float.values()[i];
+    INFO(rounded << " of " << w_wide.values().size() << " weights changed by the rounding to bf16");
+    REQUIRE(rounded > w_wide.values().size() * 9 / 10);  // the check below means something
+
+    std::uint64_t which = 6100;
+    // Rows 1 to 5: the few-rows dot products (under the tile's 6 rows); 6, 7, 128, 200:
+    // the blocked kernel (200: past one 96-row block of A). A transposed weight takes
+    // the blocked kernel at every row count (its packing reads it along N).
+    for (const index_t rows : {1, 2, 3, 4, 5, 6, 7, 128, 200}) {
+        const auto x = uniform(extents<2>{rows, K}, which++);
+        const reference plain = reference_gemm(x.view(), w_wide.view().transpose(0, 1), 1.0f, 0.0f, {});
+        const reference biased = with_bias(plain, bias, N);
+        for (const weight_layout layout :
+             {weight_layout::row_major, weight_layout::transposed, weight_layout::padded}) {
+            const bf16_weight wb = make_bf16_weight(w, layout);
+            for (const int threads : {1, 2}) {
+                const threads_scope scope(threads);
+                for (const bool use_bias : {false, true}) {
+                    tensor<float, 2> out({rows, N}, nan_value);
+                    const tensor_view<const float, 1> b = use_bias ? bias.view() : tensor_view<const float, 1>{};
+                    cpu::linear_gemm(out.view(), tensor_view<const float, 2>(x.view()), wb.view, b);
+                    const std::string what = "linear_gemm bf16 (" + std::to_string(rows) + ", " + std::to_string(N) +
+                                             ", " + std::to_string(K) + ") " + layout_name(layout) + ", " +
+                                             std::to_string(threads) + " thread(s)" + (use_bias ? ", bias" : "");
+                    require_within_bounds(out.values(), use_bias ? biased : plain, K, what);
+                }
+            }
+        }
+        // The same check against the unrounded float weights fails: the bounds tell a
+        // correctly widened bf16 weight from the float it came from.
+        {
+            tensor<float, 2> out({rows, N}, nan_value);
+            cpu::linear_gemm(out.view(), tensor_view<const float, 2>(x.view()), w.view(), {});
+            const reference unrounded = reference_gemm(x.view(), w_float.view().transpose(0, 1), 1.0f, 0.0f, {});
+            const double per_element = roundings(K) * unit_roundoff;
+            std::size_t outside = 0;
+            for (std::size_t i = 0; i < out.values().size(); ++i)
+                outside += std::fabs(out.values()[i] - unrounded.value[i]) > per_element * unrounded.magnitude[i];
+            INFO("rows " << rows << ": " << outside << " of " << out.values().size()
+                         << " outputs outside the float bounds of the unrounded weights");
+            CHECK(outside > out.values().size() / 2);
+        }
+    }
+}
+
+TEST_CASE("linear_gemm with a bfloat16 weight: (B, T, K) as the flattened call, tensors, NaN propagation",
+          "[gemm][ffn][bf16]") {
+    const index_t N = 300, K = 129;
+    const tensor<bf16, 2> w = to_bf16(uniform(extents<2>{N, K}, 7000));
+    const auto bias = uniform(extents<1>{N}, 7001);
+    for (const int threads : {1, 2}) {
+        const threads_scope scope(threads);
+        // (B, T) = (2, 64): 128 rows, the blocked kernel; (1, 1): one decoded token.
+        for (const auto& bt : {std::array<index_t, 2>{2, 64}, std::array<index_t, 2>{1, 1}}) {
+            const index_t B = bt[0], T = bt[1], rows = B * T;
+            INFO("B = " << B << ", T = " << T << ", " << threads << " thread(s)");
+            const auto x = uniform(extents<3>{B, T, K}, 7002 + static_cast<std::uint64_t>(rows));
+            tensor<float, 2> flat({rows, N}, nan_value);
+            cpu::linear_gemm(flat.view(), reshape(x.view(), {rows, K}), w.view(), bias.view());
+            tensor<float, 3> batched({B, T, N}, nan_value);
+            cpu::linear_gemm(batched, x, w, bias);  // owning tensors: the (..., K) overload
+            CHECK(batched.values() == flat.values());
+            tensor<float, 3> no_bias({B, T, N}, nan_value);
+            tensor<float, 2> flat_no_bias({rows, N}, nan_value);
+            cpu::linear_gemm(no_bias, x, w, tensor_view<const float, 1>{});
+            cpu::linear_gemm(flat_no_bias.view(), reshape(x.view(), {rows, K}), w.view(), {});
+            CHECK(no_bias.values() == flat_no_bias.values());
+
+            // NaN in x: its row is NaN everywhere, every other row unchanged.
+            tensor<float, 3> x_nan = x;
+            x_nan(B - 1, T - 1, K / 2) = nan_value;
+            tensor<float, 3> got({B, T, N}, nan_value);
+            cpu::linear_gemm(got, x_nan, w, bias);
+            const index_t poisoned = rows - 1;
+            for (index_t i = 0; i < rows; ++i)
+                for (index_t n = 0; n < N; ++n) {
+                    const float g = got.values()[static_cast<std::size_t>(i * N + n)];
+                    const float f = batched.values()[static_cast<std::size_t>(i * N + n)];
+                    if (i == poisoned) {
+                        REQUIRE(std::isnan(g));
+                    } else {
+                        REQUIRE(g == f);
+                    }
+                }
+        }
+    }
+    // A float weight still takes the float overloads, views or tensors.
+    tensor<float, 2> wf({N, K}), x2({3, K}), out({3, N}, nan_value), out_t({3, N}, nan_value);
+    cpu::linear_gemm(out.view(), tensor_view<const float, 2>(x2.view()), tensor_view<const float, 2>(wf.view()), {});
+    cpu::linear_gemm(out_t, x2, wf, tensor_view<const float, 1>{});
+    CHECK(out.values() == out_t.values());
+    // Nothing to do for an empty output.
+    tensor<float, 2> x0({0, K}), out0({0, N});
+    cpu::linear_gemm(out0, x0, w, bias);
+}
+
+TEST_CASE("linear_gemm with a bfloat16 weight rejects mismatched shapes and overlapping memory",
+          "[gemm][ffn][bf16][errors]") {
+    tensor<float, 3> x({2, 3, 4}), out({2, 3, 5});
+    tensor<bf16, 2> w({5, 4}), bad_w({5, 3});
+    tensor<float, 1> b({5}), bad_b({4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(out, x, bad_w, b),
+                      tinyllm_test::contains("linear_gemm: weight is (5, 3) = (out_features, in_features) but x (6, 4) "
+                                             "has 4 features"));
+    tensor<float, 3> bad_out({2, 3, 4});
+    CHECK_THROWS_WITH(
+        cpu::linear_gemm(bad_out, x, w, b),
+        tinyllm_test::contains("linear_gemm: out has shape (6, 4) but (rows of x, out_features) = (6, 5)"));
+    CHECK_THROWS_WITH(cpu::linear_gemm(out, x, w, bad_b),
+                      tinyllm_test::contains("linear_gemm: bias has 4 elements but the layer has 5 out_features"));
+    tensor<float, 3> other_leading({3, 2, 5});
+    CHECK_THROWS_WITH(cpu::linear_gemm(other_leading, x, w, b),
+                      tinyllm_test::contains("linear_gemm: out has shape (3, 2, 5) but x has shape (2, 3, 4)"));
+    // out over x: the same memory, or rows 2 to 5 of the buffer whose rows 0 to 3 are x.
+    tensor<float, 2> sq({4, 4});
+    tensor<bf16, 2> w4({4, 4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(sq.view(), tensor_view<const float, 2>(sq.view()), w4.view(), {}),
+                      tinyllm_test::contains("linear_gemm: out must not be the same memory as x"));
+    tensor<float, 2> buf({8, 4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(buf.view().narrow(0, 2, 4),
+                                       tensor_view<const float, 2>(buf.view().narrow(0, 0, 4)), w4.view(), {}),
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+    // out over the weight's bytes (a float buffer seen as bf16).
+    tensor<float, 2> shared({4, 4});
+    const tensor_view<const bf16, 2> w_in_out(reinterpret_cast<const bf16*>(shared.data()), {4, 4});
+    tensor<float, 2> x4({4, 4});
+    CHECK_THROWS_WITH(cpu::linear_gemm(shared.view(), tensor_view<const float, 2>(x4.view()), w_in_out, {}),
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
 }

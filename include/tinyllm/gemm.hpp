@@ -36,6 +36,17 @@
 //     matrix-vector product, bound by reading the weight once: dot products over the
 //     weight where it lies, no packing.
 //
+// Weights in bfloat16 (linear_gemm with a tensor_view<const bfloat16, 2> weight): a bf16
+// checkpoint stays bf16 in memory and the arithmetic stays float. Decoding one token
+// reads every weight once for two flops per element, so its time is the weight's bytes
+// over the memory bandwidth; 2 bytes an element instead of 4 halves them. The weight is
+// widened to float exactly (bf16 is a float's high 16 bits: a 16-bit shift) where it is
+// read: the few-rows dot products widen each weight row in registers, and the blocked
+// kernel widens while it packs B (its panels are float either way, so the micro-kernel
+// and the driver are the float ones). The result is the float product with the widened
+// weight, float(bf16(w)), to the same accuracy. BLAS has no bf16 product we can rely on
+// (OpenBLAS's sbgemm is not in every build), so this always runs tinyllm's own kernel.
+//
 // gemm_blas does the same product through an optimized BLAS (OpenBLAS's cblas_sgemm)
 // when the build has one (TINYLLM_HAVE_BLAS, set by the CMake option TINYLLM_BLAS);
 // cpu::gemm uses it when present and gemm_blocked otherwise.
@@ -61,6 +72,7 @@
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/dtype.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/tensor.hpp>
@@ -68,11 +80,13 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -284,6 +298,19 @@ inline void gemm_block_body(const gemm_block& blk) {
     }
 }
 
+// W consecutive bfloat16 widened to floats, exactly: each element's 16 bits become a
+// float's high half (bf16_to_float). Inside a vector kernel the loop is a zero-extension
+// and a shift of the whole vector (vpmovzxwd, vpslld with AVX2).
+template <index_t W>
+#if defined(__GNUC__)
+[[gnu::always_inline]]
+#endif
+inline void gemm_widen_bf16(float* __restrict dst, const bfloat16* __restrict src) {
+    std::uint32_t bits[W];
+    for (index_t l = 0; l < W; ++l) bits[l] = static_cast<std::uint32_t>(src[l].bits) << 16;
+    std::memcpy(dst, bits, sizeof bits);
+}
+
 // Packing. A sliver is P lanes (MR rows of A, or NR columns of B) by kc steps of k,
 // stored k-major: dst[k * P + l] = src[l * lane_stride + k * k_stride], zero for the
 // lanes past `lanes` (the edge of the matrix), so the micro-kernel never checks bounds.
@@ -291,27 +318,36 @@ inline void gemm_block_body(const gemm_block& blk) {
 // or the transposed view of a linear layer's weight as B) is a transpose, done 8 k at a
 // time through a small buffer so that both the reads and the writes stay in cache
 // lines; lanes next to each other (a row-major B) is a copy of each k's row.
-template <index_t P>
-inline void gemm_pack_sliver(float* __restrict dst, const float* src, index_t lanes, index_t kc, index_t lane_stride,
+// The source T is float, or bfloat16 (a bf16 weight as B), widened exactly on the way.
+template <index_t P, class T>
+inline void gemm_pack_sliver(float* __restrict dst, const T* src, index_t lanes, index_t kc, index_t lane_stride,
                              index_t k_stride) {
     if (lanes == P && k_stride == 1) {
         index_t k0 = 0;
         for (; k0 + 8 <= kc; k0 += 8) {
             float buf[P][8];
-            for (index_t l = 0; l < P; ++l) std::memcpy(buf[l], src + l * lane_stride + k0, sizeof buf[l]);
+            for (index_t l = 0; l < P; ++l) {
+                const T* lane = src + l * lane_stride + k0;
+                if constexpr (std::is_same_v<T, float>) {
+                    std::memcpy(buf[l], lane, sizeof buf[l]);
+                } else {
+                    gemm_widen_bf16<8>(buf[l], lane);
+                }
+            }
             for (index_t k = 0; k < 8; ++k)
                 for (index_t l = 0; l < P; ++l) dst[(k0 + k) * P + l] = buf[l][k];
         }
         for (; k0 < kc; ++k0)
-            for (index_t l = 0; l < P; ++l) dst[k0 * P + l] = src[l * lane_stride + k0];
+            for (index_t l = 0; l < P; ++l) dst[k0 * P + l] = to_float(src[l * lane_stride + k0]);
     } else if (lane_stride == 1) {
         for (index_t k = 0; k < kc; ++k) {
-            const float* row = src + k * k_stride;
-            for (index_t l = 0; l < P; ++l) dst[k * P + l] = l < lanes ? row[l] : 0.0f;
+            const T* row = src + k * k_stride;
+            for (index_t l = 0; l < P; ++l) dst[k * P + l] = l < lanes ? to_float(row[l]) : 0.0f;
         }
     } else {
         for (index_t k = 0; k < kc; ++k)
-            for (index_t l = 0; l < P; ++l) dst[k * P + l] = l < lanes ? src[l * lane_stride + k * k_stride] : 0.0f;
+            for (index_t l = 0; l < P; ++l)
+                dst[k * P + l] = l < lanes ? to_float(src[l * lane_stride + k * k_stride]) : 0.0f;
     }
 }
 
@@ -324,10 +360,11 @@ inline void gemm_pack_a(float* dst, const tensor_view<const float, 2>& a, index_
                              std::min(MR, mc - s * MR), kc, a.stride(0), a.stride(1));
 }
 
-// Sliver s (columns [j0 + s NR, + NR), at most up to j0 + nc) of rows [k0, k0 + kc) of B.
-template <index_t NR>
-inline void gemm_pack_b(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0,
-                        index_t nc, index_t s) {
+// Sliver s (columns [j0 + s NR, + NR), at most up to j0 + nc) of rows [k0, k0 + kc) of B,
+// B of float or bfloat16.
+template <index_t NR, class T>
+inline void gemm_pack_b(float* dst, const tensor_view<const T, 2>& b, index_t k0, index_t kc, index_t j0, index_t nc,
+                        index_t s) {
     gemm_pack_sliver<NR>(dst, b.data() + k0 * b.stride(0) + (j0 + s * NR) * b.stride(1), std::min(NR, nc - s * NR),
                          kc, b.stride(1), b.stride(0));
 }
@@ -336,21 +373,25 @@ inline void gemm_pack_b(float* dst, const tensor_view<const float, 2>& b, index_
 // k, a linear layer's W^T): packing B would copy the whole weight to use each element
 // M times, and a 6-row tile would be mostly padding. Instead each output is a dot
 // product of a row of A and a column of B, read where they lie: B streams from memory
-// once, which bounds these shapes. Columns [j0, j1) of C.
+// once, which bounds these shapes. Columns [j0, j1) of C. B's elements TB are float or
+// bfloat16 (a bf16 weight: read as 2 bytes and widened in registers, so the bytes that
+// bound the product are half).
+template <class TB>
 struct gemm_rows_args {
     index_t M, K, j0, j1;
     const float* a;  // row i at a + i * a_row_stride, contiguous along k
-    const float* b;  // column j at b + j * b_col_stride, contiguous along k
+    const TB* b;     // column j at b + j * b_col_stride, contiguous along k
     float* c;
     index_t a_row_stride, b_col_stride, c_row_stride, c_col_stride;
     float alpha, beta;
 };
 
-template <index_t W>
+// sum_k x[k] y[k] in float, y of float or bfloat16: W-lane vectors, two chains.
+template <index_t W, class TB>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
-inline float gemm_dot(const float* __restrict x, const float* __restrict y, index_t K) {
+inline float gemm_dot(const float* __restrict x, const TB* __restrict y, index_t K) {
     index_t k = 0;
     float sum = 0.0f;
 #if defined(__GNUC__)
@@ -359,9 +400,17 @@ inline float gemm_dot(const float* __restrict x, const float* __restrict y, inde
     for (; k + 2 * W <= K; k += 2 * W) {
         vec x0, y0, x1, y1;
         std::memcpy(&x0, x + k, sizeof(vec));
-        std::memcpy(&y0, y + k, sizeof(vec));
         std::memcpy(&x1, x + k + W, sizeof(vec));
-        std::memcpy(&y1, y + k + W, sizeof(vec));
+        if constexpr (std::is_same_v<TB, float>) {
+            std::memcpy(&y0, y + k, sizeof(vec));
+            std::memcpy(&y1, y + k + W, sizeof(vec));
+        } else {
+            float wide[2 * W];
+            gemm_widen_bf16<W>(wide, y + k);
+            gemm_widen_bf16<W>(wide + W, y + k + W);
+            std::memcpy(&y0, wide, sizeof(vec));
+            std::memcpy(&y1, wide + W, sizeof(vec));
+        }
         acc0 += x0 * y0;
         acc1 += x1 * y1;
     }
@@ -370,20 +419,20 @@ inline float gemm_dot(const float* __restrict x, const float* __restrict y, inde
     std::memcpy(lanes, &acc, sizeof lanes);
     for (index_t l = 0; l < W; ++l) sum += lanes[l];
 #endif
-    for (; k < K; ++k) sum += x[k] * y[k];
+    for (; k < K; ++k) sum += x[k] * to_float(y[k]);
     return sum;
 }
 
-template <index_t W>
+template <index_t W, class TB>
 #if defined(__GNUC__)
 [[gnu::always_inline]]
 #endif
-inline void gemm_rows_body(const gemm_rows_args& p) {
+inline void gemm_rows_body(const gemm_rows_args<TB>& p) {
     for (index_t j = p.j0; j < p.j1; ++j) {
-        const float* column = p.b + j * p.b_col_stride;
+        const TB* column = p.b + j * p.b_col_stride;
         for (index_t i = 0; i < p.M; ++i) {
             float& c = p.c[i * p.c_row_stride + j * p.c_col_stride];
-            const float v = p.alpha * gemm_dot<W>(p.a + i * p.a_row_stride, column, p.K);
+            const float v = p.alpha * gemm_dot<W, TB>(p.a + i * p.a_row_stride, column, p.K);
             c = p.beta == 0.0f ? v : v + p.beta * c;
         }
     }
@@ -391,63 +440,111 @@ inline void gemm_rows_body(const gemm_rows_args& p) {
 
 // The micro-kernels with their packing: 6 x 8 on 4-float vectors (SSE2, NEON: 12
 // accumulator registers of 16), and on x86-64 6 x 16 on 8-float vectors compiled for
-// AVX2+FMA. Each is a block function and two packing functions compiled together.
+// AVX2+FMA. Each is a block function, the packing functions and the few-rows dot
+// products compiled together; B's packing and dot products come for a float B and for
+// a bfloat16 one (a bf16 weight).
+template <class TB>
+using gemm_pack_b_fn = void (*)(float*, const tensor_view<const TB, 2>&, index_t, index_t, index_t, index_t, index_t);
+template <class TB>
+using gemm_rows_fn = void (*)(const gemm_rows_args<TB>&);
+
 struct gemm_kernel {
     index_t mr, nr;
     void (*block)(const gemm_block&);
     void (*pack_a)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t);
-    void (*pack_b)(float*, const tensor_view<const float, 2>&, index_t, index_t, index_t, index_t, index_t);
-    void (*rows)(const gemm_rows_args&);
+    gemm_pack_b_fn<float> pack_b;
+    gemm_rows_fn<float> rows;
+    gemm_pack_b_fn<bfloat16> pack_b_bf16;
+    gemm_rows_fn<bfloat16> rows_bf16;
     const char* name;
+
+    // The packing and the dot products for B's element type TB.
+    void pack_b_of(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0, index_t nc,
+                   index_t s) const {
+        pack_b(dst, b, k0, kc, j0, nc, s);
+    }
+    void pack_b_of(float* dst, const tensor_view<const bfloat16, 2>& b, index_t k0, index_t kc, index_t j0, index_t nc,
+                   index_t s) const {
+        pack_b_bf16(dst, b, k0, kc, j0, nc, s);
+    }
+    void rows_of(const gemm_rows_args<float>& p) const { rows(p); }
+    void rows_of(const gemm_rows_args<bfloat16>& p) const { rows_bf16(p); }
 };
 
 inline void gemm_block_generic(const gemm_block& blk) { gemm_block_body<6, 8, 4>(blk); }
-inline void gemm_rows_generic(const gemm_rows_args& p) { gemm_rows_body<4>(p); }
+template <class TB>
+inline void gemm_rows_generic(const gemm_rows_args<TB>& p) {
+    gemm_rows_body<4, TB>(p);
+}
 inline void gemm_pack_a_generic(float* dst, const tensor_view<const float, 2>& a, index_t i0, index_t mc, index_t k0,
                                 index_t kc) {
     gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
 }
-inline void gemm_pack_b_generic(float* dst, const tensor_view<const float, 2>& b, index_t k0, index_t kc, index_t j0,
+template <class TB>
+inline void gemm_pack_b_generic(float* dst, const tensor_view<const TB, 2>& b, index_t k0, index_t kc, index_t j0,
                                 index_t nc, index_t s) {
-    gemm_pack_b<8>(dst, b, k0, kc, j0, nc, s);
+    gemm_pack_b<8, TB>(dst, b, k0, kc, j0, nc, s);
 }
 
 #if TINYLLM_GEMM_X86_DISPATCH
 __attribute__((target("avx2,fma"))) inline void gemm_block_avx2(const gemm_block& blk) {
     gemm_block_body<6, 16, 8>(blk);
 }
-__attribute__((target("avx2,fma"))) inline void gemm_rows_avx2(const gemm_rows_args& p) { gemm_rows_body<8>(p); }
+template <class TB>
+__attribute__((target("avx2,fma"))) inline void gemm_rows_avx2(const gemm_rows_args<TB>& p) {
+    gemm_rows_body<8, TB>(p);
+}
 __attribute__((target("avx2,fma"))) inline void gemm_pack_a_avx2(float* dst, const tensor_view<const float, 2>& a,
                                                                  index_t i0, index_t mc, index_t k0, index_t kc) {
     gemm_pack_a<6>(dst, a, i0, mc, k0, kc);
 }
-__attribute__((target("avx2,fma"))) inline void gemm_pack_b_avx2(float* dst, const tensor_view<const float, 2>& b,
+template <class TB>
+__attribute__((target("avx2,fma"))) inline void gemm_pack_b_avx2(float* dst, const tensor_view<const TB, 2>& b,
                                                                  index_t k0, index_t kc, index_t j0, index_t nc,
                                                                  index_t s) {
-    gemm_pack_b<16>(dst, b, k0, kc, j0, nc, s);
+    gemm_pack_b<16, TB>(dst, b, k0, kc, j0, nc, s);
 }
 #endif
 
 inline gemm_kernel gemm_pick_kernel() {
 #if TINYLLM_GEMM_X86_DISPATCH
     static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (avx2) return {6, 16, gemm_block_avx2, gemm_pack_a_avx2, gemm_pack_b_avx2, gemm_rows_avx2, "6x16 AVX2+FMA"};
+    if (avx2)
+        return {6,
+                16,
+                gemm_block_avx2,
+                gemm_pack_a_avx2,
+                gemm_pack_b_avx2<float>,
+                gemm_rows_avx2<float>,
+                gemm_pack_b_avx2<bfloat16>,
+                gemm_rows_avx2<bfloat16>,
+                "6x16 AVX2+FMA"};
 #endif
-    return {6, 8, gemm_block_generic, gemm_pack_a_generic, gemm_pack_b_generic, gemm_rows_generic, "6x8 generic"};
+    return {6,
+            8,
+            gemm_block_generic,
+            gemm_pack_a_generic,
+            gemm_pack_b_generic<float>,
+            gemm_rows_generic<float>,
+            gemm_pack_b_generic<bfloat16>,
+            gemm_rows_generic<bfloat16>,
+            "6x8 generic"};
 }
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
 // One thread's product, C = alpha A B + beta C, with its own packing buffers:
-// b_pack holds KC x NC, a_pack MC x KC (rounded up to whole slivers).
-inline void gemm_blocked_serial(tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_view<const float, 2> b,
-                                float alpha, float beta, const gemm_kernel& kernel, float* a_pack, float* b_pack) {
+// b_pack holds KC x NC, a_pack MC x KC (rounded up to whole slivers). B of float or
+// bfloat16 (widened as it is packed).
+template <class TB>
+void gemm_blocked_serial(tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_view<const TB, 2> b,
+                         float alpha, float beta, const gemm_kernel& kernel, float* a_pack, float* b_pack) {
     const index_t M = c.extent(0), N = c.extent(1), K = a.extent(1), NR = kernel.nr;
     for (index_t jc = 0; jc < N; jc += gemm_nc) {
         const index_t nc = std::min(gemm_nc, N - jc);
         for (index_t pc = 0; pc < K; pc += gemm_kc) {
             const index_t kc = std::min(gemm_kc, K - pc);
-            for (index_t s = 0; s * NR < nc; ++s) kernel.pack_b(b_pack + s * NR * kc, b, pc, kc, jc, nc, s);
+            for (index_t s = 0; s * NR < nc; ++s) kernel.pack_b_of(b_pack + s * NR * kc, b, pc, kc, jc, nc, s);
             for (index_t ic = 0; ic < M; ic += gemm_mc) {
                 const index_t mc = std::min(gemm_mc, M - ic);
                 kernel.pack_a(a_pack, a, ic, mc, pc, kc);
@@ -485,9 +582,11 @@ inline gemm_grid gemm_choose_grid(index_t M, index_t N, index_t threads, index_t
 }
 
 // The blocked, packed, register-tiled product on up to `threads` threads (OpenMP);
-// the arguments are checked by the caller.
-inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2> a,
-                                   tensor_view<const float, 2> b, float alpha, float beta, int threads) {
+// the arguments are checked by the caller. B's elements TB: float, or bfloat16 (a
+// bf16 weight, widened to float where it is read).
+template <class TB>
+void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_view<const TB, 2> b,
+                            float alpha, float beta, int threads) {
     const index_t M = c.extent(0), N = c.extent(1), K = a.extent(1);
     if (M == 0 || N == 0) return;
     if (K == 0 || alpha == 0.0f) {
@@ -505,15 +604,15 @@ inline void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const fl
 #endif
     if (M < MR && (K == 1 || (a.stride(1) == 1 && b.stride(0) == 1))) {
         // Few rows against a weight: dot products, the columns shared out among threads.
-        const gemm_rows_args whole{M, K, 0, N, a.data(), b.data(), c.data(), a.stride(0), b.stride(1),
-                                   c.stride(0), c.stride(1), alpha, beta};
+        const gemm_rows_args<TB> whole{M, K, 0, N, a.data(), b.data(), c.data(), a.stride(0), b.stride(1),
+                                       c.stride(0), c.stride(1), alpha, beta};
         const index_t chunks = std::min<index_t>(team, N);
         TINYLLM_OMP(parallel for num_threads(static_cast<int>(chunks)) schedule(static))
         for (index_t t = 0; t < chunks; ++t) {
-            gemm_rows_args part = whole;
+            gemm_rows_args<TB> part = whole;
             part.j0 = N * t / chunks;
             part.j1 = N * (t + 1) / chunks;
-            kernel.rows(part);
+            kernel.rows_of(part);
         }
         return;
     }
@@ -683,6 +782,37 @@ inline void linear_gemm(tensor_view<float, 2> out, tensor_view<const float, 2> x
     gemm(out, x, weight.transpose(0, 1), 1.0f, beta);
 }
 
+// out = x weight^T + bias with the weight stored in bfloat16 and widened exactly to
+// float as it is read (float(bf16) is the bf16's bits in a float's high half), the
+// arithmetic in float. out: (rows, N); x: (rows, K); weight: (N, K) bfloat16, any
+// strides (GPT-2's Conv1D weight as a transposed view); bias: (N) or empty. out must
+// not overlap x or the weight.
+//
+// Why: a bf16 checkpoint kept in bf16 is half the bytes of its float copy, and
+// decoding one token (rows = 1) reads every weight once for 2 flops per element, so
+// its time is the weight's bytes over the memory bandwidth: the few-rows path reads
+// 2 bytes per weight instead of 4 and widens in registers. Many rows (prefill) run the
+// blocked kernel, which widens the weight while packing it (its panels are float).
+// Always tinyllm's own kernel, with or without BLAS: OpenBLAS's bf16 product (sbgemm)
+// is not in every build of it (not reliably in Debian's), and converting the weight for
+// sgemm would cost a float copy of it per call, the bytes the bf16 weight saves.
+inline void linear_gemm(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const bfloat16, 2> weight,
+                        tensor_view<const float, 1> bias) {
+    tinyllm::detail::expect_linear_args("linear_gemm", out, x, weight, bias);
+    TINYLLM_EXPECT(!tinyllm::detail::overlaps(out, x) && !tinyllm::detail::overlaps(out, weight),
+                   "linear_gemm: out must not share memory with x or weight (the product reads them while out is "
+                   "written)");
+    if (out.size() == 0) return;
+    float beta = 0.0f;
+    if (bias.size()) {
+        for (index_t i = 0; i < out.extent(0); ++i)
+            for (index_t n = 0; n < out.extent(1); ++n)
+                out.data()[i * out.stride(0) + n * out.stride(1)] = bias.data()[n * bias.stride(0)];
+        beta = 1.0f;
+    }
+    tinyllm::detail::gemm_blocked_unchecked(out, x, weight.transpose(0, 1), 1.0f, beta, num_threads());
+}
+
 // out = a b. out: (M, N); a: (M, K); b: (K, N). out must not overlap a or b.
 inline void matmul_gemm(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
     tinyllm::detail::expect_matmul_args("matmul_gemm", a, b);
@@ -726,11 +856,14 @@ inline void matmul_backward_gemm(tensor_view<float, 2> da, tensor_view<float, 2>
 
 // ---- Any number of leading dimensions: (..., features), as in ffn.hpp ----------------------
 
+// The weight of float or bfloat16 (the overload above for bf16 weights).
 template <tensor_like Out, tensor_like X, tensor_like W, tensor_like B = tensor_view<const float, 1>>
 void linear_gemm(Out&& out /*(..., N)*/, const X& x /*(..., K)*/, const W& weight /*(N, K)*/, const B& bias /*(N)*/) {
     tinyllm::detail::expect_same_leading(out, x, "linear_gemm", "out", "x");
+    using weight_element = std::remove_const_t<typename view_of_t<const W&>::element_type>;
+    using E = std::conditional_t<std::is_same_v<weight_element, bfloat16>, const bfloat16, const float>;
     linear_gemm(as_rows<float>(out, "linear_gemm: out"), as_rows<const float>(x, "linear_gemm: x"),
-                tinyllm::detail::as_matrix<const float>(weight), as_vector<const float>(bias));
+                tinyllm::detail::as_matrix<E>(weight), as_vector<const float>(bias));
 }
 
 template <tensor_like DX = tensor_view<float, 2>, tensor_like DW = tensor_view<float, 2>,
