@@ -67,7 +67,7 @@ std::string floats(std::initializer_list<float> values) {
 
 TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on the HF fixtures", "[model][conformance]") {
     using kernels = tinyllm::cpu::model::kernels;
-    for (const auto [name, choice] : {std::pair{"gpt2", kernels::blocked}, std::pair{"gpt2", kernels::reference},
+    for (const auto& [name, choice] : {std::pair{"gpt2", kernels::blocked}, std::pair{"gpt2", kernels::reference},
                                       std::pair{"llama", kernels::blocked}, std::pair{"llama", kernels::reference},
                                       std::pair{"mixtral", kernels::blocked}, std::pair{"mixtral", kernels::reference}}) {
         const std::string dir = fixture_dir(name);
