@@ -444,7 +444,6 @@ TEST_CASE("linear_gemm and linear_backward_gemm reject what the references rejec
 
 namespace {
 
-// (Not `bfloat16`: with BLAS, OpenBLAS's cblas.h declares a global `bfloat16`, an unsigned short.)
 using bf16 = tinyllm::bfloat16;
 
 // A (N, K) weight in bf16, stored row-major (N, K), or (Conv1D) as a row-major

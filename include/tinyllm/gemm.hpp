@@ -90,9 +90,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(TINYLLM_HAVE_BLAS)
-#include <cblas.h>
-#endif
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -674,12 +671,28 @@ inline constexpr bool have_blas =
 
 namespace detail {
 
+// The two OpenBLAS entry points used, declared here instead of through <cblas.h>:
+// OpenBLAS's headers put `typedef uint16_t bfloat16` (and BLASLONG, blasint, ...) in
+// the global namespace, where a program's `using tinyllm::bfloat16;` or `using namespace
+// tinyllm;` would silently or ambiguously meet an unsigned short. Each declaration binds
+// its C symbol by name (a GNU asm label, so no C++ name leaks out either) with the C
+// ABI's types: CBLAS's enums are ints (CblasRowMajor = 101, CblasNoTrans = 111,
+// CblasTrans = 112, fixed by the CBLAS standard) and blasint is int in the 32-bit-index
+// OpenBLAS that TINYLLM_BLAS finds (Debian's libopenblas-dev; the 64-bit-index build is
+// a different package with suffixed symbols).
+inline constexpr int cblas_row_major = 101;
+inline constexpr int cblas_no_trans = 111;
+inline constexpr int cblas_trans = 112;
+void cblas_sgemm_symbol(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+                        const float* b, int ldb, float beta, float* c, int ldc) __asm__("cblas_sgemm");
+void openblas_set_num_threads_symbol(int threads) __asm__("openblas_set_num_threads");
+
 // A matrix view as a BLAS operand in row-major terms: not transposed with leading
 // dimension ld (unit stride along a row), or transposed (unit stride down a column:
 // the view is the transpose of a row-major matrix). ok = false: BLAS cannot take it.
 struct blas_operand {
     bool ok = false;
-    CBLAS_TRANSPOSE trans = CblasNoTrans;
+    int trans = cblas_no_trans;
     int ld = 1;
 };
 
@@ -688,9 +701,9 @@ inline blas_operand blas_layout(index_t rows, index_t cols, index_t row_stride, 
     if (!fits(rows) || !fits(cols)) return {};
     // A dimension of extent 1 may have any stride.
     if ((cols == 1 || col_stride == 1) && (rows == 1 || (row_stride >= std::max<index_t>(1, cols) && fits(row_stride))))
-        return {true, CblasNoTrans, static_cast<int>(rows == 1 ? std::max<index_t>(1, cols) : row_stride)};
+        return {true, cblas_no_trans, static_cast<int>(rows == 1 ? std::max<index_t>(1, cols) : row_stride)};
     if ((rows == 1 || row_stride == 1) && (cols == 1 || (col_stride >= std::max<index_t>(1, rows) && fits(col_stride))))
-        return {true, CblasTrans, static_cast<int>(cols == 1 ? std::max<index_t>(1, rows) : col_stride)};
+        return {true, cblas_trans, static_cast<int>(cols == 1 ? std::max<index_t>(1, rows) : col_stride)};
     return {};
 }
 
@@ -710,7 +723,7 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
     }
     // Row-major C as it is; column-major C as C^T = op(B)^T op(A)^T, row-major.
     blas_operand lc = blas_layout(M, N, c.stride(0), c.stride(1));
-    if (lc.ok && lc.trans == CblasTrans) {
+    if (lc.ok && lc.trans == cblas_trans) {
         c = c.transpose(0, 1);
         std::swap(a, b);
         a = a.transpose(0, 1);
@@ -719,14 +732,12 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
     }
     const blas_operand la = blas_layout(c.extent(0), K, a.stride(0), a.stride(1));
     const blas_operand lb = blas_layout(K, c.extent(1), b.stride(0), b.stride(1));
-    if (!lc.ok || lc.trans != CblasNoTrans || !la.ok || !lb.ok || K > INT_MAX) {
+    if (!lc.ok || lc.trans != cblas_no_trans || !la.ok || !lb.ok || K > INT_MAX) {
         gemm_blocked_unchecked(c, a, b, alpha, beta, threads);  // a layout BLAS cannot take
         return;
     }
-#if defined(OPENBLAS_VERSION)
-    if (blas_threads_applied().exchange(threads) != threads) openblas_set_num_threads(threads);
-#endif
-    cblas_sgemm(CblasRowMajor, la.trans, lb.trans, static_cast<int>(c.extent(0)), static_cast<int>(c.extent(1)),
+    if (blas_threads_applied().exchange(threads) != threads) openblas_set_num_threads_symbol(threads);
+    cblas_sgemm_symbol(cblas_row_major, la.trans, lb.trans, static_cast<int>(c.extent(0)), static_cast<int>(c.extent(1)),
                 static_cast<int>(K), alpha, a.data(), la.ld, b.data(), lb.ld, beta, c.data(), lc.ld);
 }
 
