@@ -18,6 +18,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -65,13 +66,18 @@ std::string floats(std::initializer_list<float> values) {
 }  // namespace
 
 TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on the HF fixtures", "[model][conformance]") {
-    for (const std::string name : {"gpt2", "llama", "mixtral"}) {
+    using kernels = tinyllm::cpu::model::kernels;
+    for (const auto& [name, choice] : {std::pair{"gpt2", kernels::blocked}, std::pair{"gpt2", kernels::reference},
+                                      std::pair{"llama", kernels::blocked}, std::pair{"llama", kernels::reference},
+                                      std::pair{"mixtral", kernels::blocked}, std::pair{"mixtral", kernels::reference}}) {
         const std::string dir = fixture_dir(name);
         if (dir.empty()) {
             WARN("../shared/fixtures/hf/" << name << " not found: conformance skipped");
             continue;
         }
-        const auto model = tinyllm::cpu::model::load(dir);
+        auto model = tinyllm::cpu::model::load(dir);
+        model.set_kernels(choice);
+        INFO((choice == kernels::blocked ? "blocked" : "reference") << " kernels");
         const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
         for (const auto& c : expected.at("cases").as_array()) {
             const auto prompt = ids_of(c.at("prompt"));
@@ -83,7 +89,7 @@ TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on th
             for (index_t i = 0; i < logits.extent(1); ++i) last[static_cast<std::size_t>(i)] = logits(logits.extent(0) - 1, i);
             std::vector<double> want;
             for (const auto& v : c.at("last_logits").as_array()) want.push_back(v.as_double());
-            TINYLLM_REQUIRE_CLOSE(last, want, tinyllm_test::tolerance{1e-3, 1e-3, 1e-4}, name + " last-position logits");
+            TINYLLM_REQUIRE_CLOSE(last, want, tinyllm_test::tolerance{1e-3, 1e-3, 1e-4}, std::string(name) + " last-position logits");
 
             // Every position, through the sum of |logit| per position.
             std::vector<float> sums;
@@ -94,7 +100,8 @@ TEST_CASE("the CPU model reproduces transformers' logits and greedy tokens on th
             }
             std::vector<double> want_sums;
             for (const auto& v : c.at("logits_sum_abs_per_pos").as_array()) want_sums.push_back(v.as_double());
-            TINYLLM_REQUIRE_CLOSE(sums, want_sums, tinyllm_test::tolerance{0, 1e-4, 1e-4}, name + " sum |logits| per position");
+            TINYLLM_REQUIRE_CLOSE(sums, want_sums, tinyllm_test::tolerance{0, 1e-4, 1e-4},
+                                  std::string(name) + " sum |logits| per position");
 
             tinyllm::cpu::generation_options greedy;
             greedy.max_new_tokens = 24;
@@ -420,4 +427,62 @@ TEST_CASE("forward's attention observer sees every layer's causal probabilities 
         CHECK(p.extent(3) == 6);  // the decode step sees the 5 cached positions and itself
     });
     CHECK(layers.size() == 3);
+}
+
+// The blocked kernels (the default) against the reference ones (double, one
+// thread) on the same weights: prefill, then decode steps over the cache. Shapes
+// big enough for several GEMM panels and attention key blocks.
+TEST_CASE("the blocked CPU kernels equal the reference kernels: prefill and decode, every architecture", "[model][blocked]") {
+    const auto configs = [] {
+        std::vector<tinyllm::model_config> out;
+        tinyllm::model_config g = tinyllm::model_shapes::gpt2_124m();
+        g.vocab_size = 301;
+        g.hidden_size = 96;
+        g.num_layers = 2;
+        g.num_heads = 4;
+        g.num_kv_heads = 4;
+        g.head_dim = 24;
+        g.intermediate_size = 384;
+        g.max_positions = 160;
+        out.push_back(g);
+        tinyllm::model_config l = tinyllm::model_shapes::llama_1b();
+        l.vocab_size = 257;
+        l.hidden_size = 64;
+        l.num_layers = 2;
+        l.num_heads = 4;
+        l.num_kv_heads = 2;
+        l.head_dim = 16;
+        l.intermediate_size = 160;
+        l.rope.rotary_dim = 16;
+        out.push_back(l);
+        tinyllm::model_config m = l;
+        m.arch = tinyllm::model_arch::mixtral;
+        m.architecture = "MixtralForCausalLM";
+        m.num_experts = 4;
+        m.experts_per_token = 2;
+        out.push_back(m);
+        return out;
+    }();
+    for (const tinyllm::model_config& c : configs) {
+        const std::string name = c.architecture;
+        INFO(name);
+        tinyllm::cpu::model blocked(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+        tinyllm::cpu::model reference(c, blocked.weights());
+        reference.set_kernels(tinyllm::cpu::model::kernels::reference);
+        REQUIRE(blocked.kernel_choice() == tinyllm::cpu::model::kernels::blocked);  // the default
+        std::vector<tinyllm::token_id> tokens;
+        tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
+        for (int i = 0; i < 150; ++i) tokens.push_back(static_cast<tinyllm::token_id>(g.next_bits() % c.vocab_size));
+        auto sb = blocked.new_session(150), sr = reference.new_session(150);
+        const std::span<const tinyllm::token_id> all(tokens);
+        const auto compare = [&](const tinyllm::tensor<float, 2>& got, const tinyllm::tensor<float, 2>& want,
+                                 const std::string& what) {
+            std::vector<double> w(want.values().begin(), want.values().end());
+            TINYLLM_REQUIRE_CLOSE(got.values(), w, tinyllm_test::tolerance{1e-4, 1e-4, 1e-5}, name + " " + what);
+        };
+        compare(blocked.forward(sb, all.first(140)), reference.forward(sr, all.first(140)), "prefill of 140");
+        for (std::size_t t = 140; t < tokens.size(); ++t)
+            compare(blocked.forward(sb, all.subspan(t, 1)), reference.forward(sr, all.subspan(t, 1)),
+                    "decode at " + std::to_string(t));
+    }
 }

@@ -1,7 +1,8 @@
 // examples/tinyllm/cmd_generate.cpp — `tinyllm generate` and `tinyllm logits`:
 // run a Hugging Face checkpoint (config.json + model.safetensors) with the CPU
-// reference model of <tinyllm/model.hpp>, or on the GPU with
-// <tinyllm/cuda/model.cuh> (--device cuda, through gpu.hpp).
+// model of <tinyllm/model.hpp> (its blocked kernels, or the references with
+// --reference), or on the GPU with <tinyllm/cuda/model.cuh> (--device cuda,
+// through gpu.hpp).
 #include "gpu.hpp"
 #include "registry.hpp"
 
@@ -30,7 +31,17 @@ bool wants_gpu(const parsed_args& a, bool* bf16) {
     if (device == "cpu" && dtype == "bfloat16")
         throw usage_error("--dtype bfloat16 needs --device cuda (the CPU reference runs float32)");
     *bf16 = dtype == "bfloat16";
+    if (device == "cuda" && a.has_flag("reference"))
+        throw usage_error("--reference selects the CPU reference kernels; it needs --device cpu");
     return device == "cuda";
+}
+
+// The checkpoint in DIR as a CPU model, on the kernels --reference asks for.
+tinyllm::cpu::model load_cpu_model(const parsed_args& a) {
+    auto m = tinyllm::cpu::model::load(a.get("model"));
+    m.set_kernels(a.has_flag("reference") ? tinyllm::cpu::model::kernels::reference
+                                          : tinyllm::cpu::model::kernels::blocked);
+    return m;
 }
 
 }  // namespace
@@ -39,18 +50,21 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "usage: tinyllm generate --model DIR (--prompt TEXT --tokenizer FILE [--encoding NAME] |\n"
                 "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
                 "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
-                "                         [--device cpu|cuda] [--dtype float32|bfloat16]\n\n"
+                "                         [--device cpu|cuda] [--dtype float32|bfloat16] [--reference]\n\n"
                 "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
                 "as Hugging Face publishes them. With --prompt-ids, stdout carries only the generated ids,\n"
                 "separated by spaces. With --prompt, the text is encoded with the tokenizer FILE (a\n"
                 "tiktoken rank file, GPT-2 encoder.json, or tokenizer.json) and the decoded continuation\n"
                 "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n"
                 "--device cuda runs the CUDA model (weights in --dtype: float32, or bfloat16 with float\n"
-                "accumulation); both devices choose tokens with the same samplers and seeds.\n") {
+                "accumulation); both devices choose tokens with the same samplers and seeds. On the CPU\n"
+                "the model runs its blocked kernels (float accumulation, threads: docs/cpu.md);\n"
+                "--reference runs the readable reference kernels instead (double accumulation, one\n"
+                "thread, many times slower), which define what the blocked ones compute.\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
                                "top-k", "top-p", "min-p", "seed", "device", "dtype"},
-                              {"greedy"});
+                              {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const std::string dir = a.get("model");
     if (dir.empty()) throw usage_error("--model DIR is required");
@@ -76,7 +90,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
-        else tinyllm::cpu::generate(tinyllm::cpu::model::load(dir), prompt, o, on_token);
+        else tinyllm::cpu::generate(load_cpu_model(a), prompt, o, on_token);
     };
     if (!text_mode) {
         bool first = true;
@@ -101,10 +115,11 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
 
 TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one per line)",
                 "usage: tinyllm logits --model DIR --prompt-ids \"ID ...\" [--device cpu|cuda]\n"
-                "                      [--dtype float32|bfloat16]\n\n"
+                "                      [--dtype float32|bfloat16] [--reference]\n\n"
                 "Runs the prompt through the model and prints the V logits of its last position, one per\n"
-                "line, for debugging and for comparison with other implementations.\n") {
-    const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {});
+                "line, for debugging and for comparison with other implementations. --reference: the CPU\n"
+                "reference kernels instead of the blocked ones (as for generate).\n") {
+    const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {"reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
@@ -115,7 +130,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     if (gpu) {
         last = gpu_last_logits(a.get("model"), bf16, prompt);
     } else {
-        const auto model = tinyllm::cpu::model::load(a.get("model"));
+        const auto model = load_cpu_model(a);
         auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
         const auto logits = model.forward(session, prompt);  // (n, V)
         for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) last.push_back(logits(logits.extent(0) - 1, i));

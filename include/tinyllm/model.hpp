@@ -17,8 +17,13 @@
 // Generation feeds the prompt once (prefill: every prompt position in one
 // forward, filling the cache) and then one token at a time (decode: a single
 // query attends over the cache), choosing each token with the samplers of
-// <tinyllm/sampling.hpp>. This is the CPU reference path: float weights, the
-// component references of include/tinyllm/, one sequence at a time.
+// <tinyllm/sampling.hpp>. On the CPU it runs one of two sets of kernels
+// (model::kernels): the blocked float rung of docs/cpu.md by default — the
+// linear layers through cpu::linear_gemm (<tinyllm/gemm.hpp>: packed blocks,
+// SIMD, threads, OpenBLAS when built with it) and attention through
+// cpu::attention_tiled (<tinyllm/attention_tiled.hpp>: online softmax over key
+// blocks) — or the component references of include/tinyllm/, which define what
+// the blocked kernels compute and are what the tests compare them with.
 //
 // Supported architectures (config.json "architectures"):
 //
@@ -31,10 +36,12 @@
 
 #include <tinyllm/activation.hpp>
 #include <tinyllm/attention.hpp>
+#include <tinyllm/attention_tiled.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/embedding.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
+#include <tinyllm/gemm.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
@@ -694,6 +701,13 @@ public:
         return model(std::move(c), std::move(w));
     }
 
+    // The CPU kernels the forward pass runs: `blocked` (the default: float
+    // accumulation, cache-blocked and threaded) or `reference` (the readable
+    // definitions, accumulating in double, one thread).
+    enum class kernels { blocked, reference };
+    void set_kernels(kernels k) { kernels_ = k; }
+    kernels kernel_choice() const { return kernels_; }
+
     const model_config& config() const { return config_; }
     const model_weights& weights() const { return w_; }
     model_weights& weights() { return w_; }  // training updates them in place
@@ -749,9 +763,9 @@ public:
         for (index_t l = 0; l < c.num_layers; ++l) {
             const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
             norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
-            linear(q.view(), h.view(), L.wq.view(), L.bq.view());
-            linear(k.view(), h.view(), L.wk.view(), L.bk.view());
-            linear(v.view(), h.view(), L.wv.view(), L.bv.view());
+            project(q.view(), h.view(), L.wq, L.bq);
+            project(k.view(), h.view(), L.wk, L.bk);
+            project(v.view(), h.view(), L.wv, L.bv);
             tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
@@ -762,14 +776,25 @@ public:
             opts.causal = true;
             tensor<float, 4> probs;  // (1, Hq, n, length + n), only when observed
             if (observe) probs = tensor<float, 4>(extents<4>{1, Hq, n, cache.length()});
-            attention<float>(tensor_view<float, 4>(attn.data(), {1, n, Hq, Dh}), q4, cache, opts,
-                             observe ? probs.view() : tensor_view<float, 4>{});
-            if (observe) observe(l, probs.view());
-            linear(delta.view(), attn.view(), L.wo.view(), L.bo.view());
+            const tensor_view<float, 4> attn4(attn.data(), {1, n, Hq, Dh});  // (1, n, Hq, Dh)
+            if (kernels_ == kernels::blocked) attention_tiled<float>(attn4, q4, cache, opts);
+            if (observe) {
+                // The tiled kernel never forms the probabilities; the reference does.
+                // Its output is discarded on the blocked path, so observing changes nothing.
+                tensor<float, 4> scratch;
+                if (kernels_ == kernels::blocked) scratch = tensor<float, 4>(attn4.shape());
+                attention<float>(kernels_ == kernels::blocked ? scratch.view() : attn4, q4, cache, opts, probs.view());
+                observe(l, probs.view());
+            } else if (kernels_ == kernels::reference) {
+                attention<float>(attn4, q4, cache, opts);
+            }
+            project(delta.view(), attn.view(), L.wo, L.bo);
             add(x.view(), x.view(), delta.view());
 
             norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
-            if (c.arch == model_arch::gpt2) {
+            if (kernels_ == kernels::blocked && c.arch != model_arch::mixtral) {
+                mlp_blocked(delta.view(), h.view(), L);
+            } else if (c.arch == model_arch::gpt2) {
                 gpt2_mlp(delta.view(), h.view(), {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()},
                          activation::gelu_tanh);
             } else if (c.arch == model_arch::llama) {
@@ -785,7 +810,7 @@ public:
         norm(h.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
         tensor<float, 2> logits(extents<2>{n, c.vocab_size});  // (n, V)
         const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
-        linear(logits.view(), h.view(), head.view(), {});
+        project(logits.view(), h.view(), head, tensor<float, 1>{});
         return logits;
     }
 
@@ -799,6 +824,31 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
+    // out = x weight^T + bias through the chosen kernels.                 out (n, N), x (n, K)
+    void project(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 2>& weight,
+                 const tensor<float, 1>& bias) const {
+        if (kernels_ == kernels::blocked) linear_gemm(out, x, weight.view(), bias.view());
+        else linear(out, x, weight.view(), bias.view());
+    }
+
+    // The dense MLPs (GPT-2's, Llama's SwiGLU) on the blocked kernels: the same
+    // steps as gpt2_mlp and swiglu_mlp, each product through linear_gemm.
+    void mlp_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L) const {
+        const index_t n = h.extent(0);
+        if (config_.arch == model_arch::gpt2) {
+            tensor<float, 2> hidden(extents<2>{n, L.fc.extent(0)});  // (n, H)
+            linear_gemm(hidden.view(), h, L.fc.view(), L.fc_bias.view());
+            activate(hidden.view(), hidden.view(), activation::gelu_tanh);
+            linear_gemm(out, hidden.view(), L.proj.view(), L.proj_bias.view());
+        } else {
+            tensor<float, 2> gate(extents<2>{n, L.gate.extent(0)}), up(extents<2>{n, L.up.extent(0)});  // (n, H)
+            linear_gemm(gate.view(), h, L.gate.view(), {});
+            linear_gemm(up.view(), h, L.up.view(), {});
+            swiglu(gate.view(), gate.view(), up.view());
+            linear_gemm(out, gate.view(), L.down.view(), {});
+        }
+    }
+
     // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
     // the residual path, when given), dweight and dbias overwritten.
     void norm_backward(tensor_view<float, 2> dx, tensor<float, 1>& dweight, tensor<float, 1>& dbias,
@@ -818,6 +868,7 @@ private:
 
     model_config config_;
     model_weights w_;
+    kernels kernels_ = kernels::blocked;
 };
 
 // ---- training: forward_backward ---------------------------------------------------
