@@ -28,19 +28,20 @@ bool wants_gpu(const parsed_args& a, bool* bf16) {
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
     if (dtype != "float32" && dtype != "bfloat16")
         throw usage_error("--dtype must be float32 or bfloat16, got '" + dtype + "'");
-    if (device == "cpu" && dtype == "bfloat16")
-        throw usage_error("--dtype bfloat16 needs --device cuda (the CPU reference runs float32)");
     *bf16 = dtype == "bfloat16";
     if (device == "cuda" && a.has_flag("reference"))
         throw usage_error("--reference selects the CPU reference kernels; it needs --device cpu");
+    if (*bf16 && a.has_flag("reference"))
+        throw usage_error("--reference runs float32 weights; --dtype bfloat16 needs the blocked kernels (the default)");
     return device == "cuda";
 }
 
-// The checkpoint in DIR as a CPU model, on the kernels --reference asks for.
-tinyllm::cpu::model load_cpu_model(const parsed_args& a) {
-    auto m = tinyllm::cpu::model::load(a.get("model"));
-    m.set_kernels(a.has_flag("reference") ? tinyllm::cpu::model::kernels::reference
-                                          : tinyllm::cpu::model::kernels::blocked);
+// The checkpoint in DIR as a CPU model: its matrices in --dtype, on the kernels
+// --reference asks for.
+tinyllm::cpu::model load_cpu_model(const parsed_args& a, bool bf16) {
+    using tinyllm::cpu::model;
+    auto m = model::load(a.get("model"), bf16 ? model::weight_dtype::bfloat16 : model::weight_dtype::float32);
+    m.set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
     return m;
 }
 
@@ -56,11 +57,12 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "separated by spaces. With --prompt, the text is encoded with the tokenizer FILE (a\n"
                 "tiktoken rank file, GPT-2 encoder.json, or tokenizer.json) and the decoded continuation\n"
                 "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n"
-                "--device cuda runs the CUDA model (weights in --dtype: float32, or bfloat16 with float\n"
-                "accumulation); both devices choose tokens with the same samplers and seeds. On the CPU\n"
-                "the model runs its blocked kernels (float accumulation, threads: docs/cpu.md);\n"
-                "--reference runs the readable reference kernels instead (double accumulation, one\n"
-                "thread, many times slower), which define what the blocked ones compute.\n") {
+                "--device cuda runs the CUDA model; on either device the weights are held in --dtype\n"
+                "(float32, or bfloat16: half the bytes, float accumulation). Both devices choose tokens\n"
+                "with the same samplers and seeds. On the CPU the model runs its blocked kernels (float\n"
+                "accumulation, threads: docs/cpu.md); --reference runs the readable reference kernels\n"
+                "instead (double accumulation, one thread, float32 weights, many times slower), which\n"
+                "define what the blocked ones compute.\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
                                "top-k", "top-p", "min-p", "seed", "device", "dtype"},
@@ -90,7 +92,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
-        else tinyllm::cpu::generate(load_cpu_model(a), prompt, o, on_token);
+        else tinyllm::cpu::generate(load_cpu_model(a, bf16), prompt, o, on_token);
     };
     if (!text_mode) {
         bool first = true;
@@ -130,7 +132,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     if (gpu) {
         last = gpu_last_logits(a.get("model"), bf16, prompt);
     } else {
-        const auto model = load_cpu_model(a);
+        const auto model = load_cpu_model(a, bf16);
         auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
         const auto logits = model.forward(session, prompt);  // (n, V)
         for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) last.push_back(logits(logits.extent(0) - 1, i));

@@ -262,6 +262,55 @@ struct model_weights {
     tensor<float, 2> lm_head;          // (V, D); empty when tied to embed
 };
 
+// The matrices of model_weights held in bfloat16 (model::set_weight_dtype): the
+// ones a decoded token reads whole, nearly all of a model's bytes. The norms'
+// weights, the biases, GPT-2's position table (one row read per token) and
+// Mixtral's router (its logits choose the experts, computed as the reference
+// computes them) stay float.
+struct layer_weights_bf16 {
+    tensor<bfloat16, 2> wq, wk, wv, wo;            // as in layer_weights
+    tensor<bfloat16, 2> fc, proj, gate, up, down;  // GPT-2 MLP, Llama SwiGLU
+    tensor<bfloat16, 3> w1, w3, w2;                // Mixtral experts
+};
+
+struct model_weights_bf16 {
+    tensor<bfloat16, 2> embed;    // (V, D)
+    tensor<bfloat16, 2> lm_head;  // (V, D); empty when tied to embed
+    std::vector<layer_weights_bf16> layers;
+};
+
+namespace detail {
+
+// Calls f(float tensor, its bf16 counterpart) for every matrix the two hold in common.
+template <class W, class W16, class F>
+void for_each_matrix(W& w, W16& b, F&& f) {
+    f(w.embed, b.embed);
+    f(w.lm_head, b.lm_head);
+    b.layers.resize(w.layers.size());
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        auto &L = w.layers[l], &B = b.layers[l];
+        f(L.wq, B.wq), f(L.wk, B.wk), f(L.wv, B.wv), f(L.wo, B.wo);
+        f(L.fc, B.fc), f(L.proj, B.proj), f(L.gate, B.gate), f(L.up, B.up), f(L.down, B.down);
+        f(L.w1, B.w1), f(L.w3, B.w3), f(L.w2, B.w2);
+    }
+}
+
+// dst = src converted element by element (bf16: rounded to nearest even; float: widened
+// exactly), then src released, so that at most one matrix is held twice at a time.
+template <class To, class From, std::size_t R>
+void convert_releasing(tensor<To, R>& dst, tensor<From, R>& src) {
+    dst = tensor<To, R>(src.shape());
+    const From* in = src.data();
+    To* out = dst.data();
+    for (index_t i = 0; i < src.size(); ++i) {
+        if constexpr (std::is_same_v<To, bfloat16>) out[i] = float_to_bf16(in[i]);
+        else out[i] = bf16_to_float(in[i]);
+    }
+    src = tensor<From, R>();
+}
+
+}  // namespace detail
+
 namespace detail {
 
 // The transpose of a (rows, cols) tensor, as a new (cols, rows) tensor: GPT-2
@@ -693,12 +742,38 @@ public:
                        " layers of weights for a config with ", config_.num_layers);
     }
 
-    // Load DIR/config.json and DIR/model.safetensors (or its shards).
-    static model load(const std::string& dir) {
+    // How the CPU holds the weight matrices: float32 (as loaded), or bfloat16
+    // (layer_weights_bf16), which halves the bytes every decoded token reads —
+    // batch-1 decoding is bound by them. set_weight_dtype(bfloat16) rounds each
+    // matrix to nearest even and frees its float copy (a bf16 checkpoint, widened
+    // exactly when loaded, comes back bit for bit); set_weight_dtype(float32)
+    // widens them back, exactly. The blocked kernels read bf16 weights widened to
+    // float, accumulating in float (cpu::linear_gemm's bf16 form); the reference
+    // kernels and forward_backward need float32 weights and say so. While the
+    // matrices are bf16, weights() holds them empty (its norms, biases, GPT-2's
+    // positions and Mixtral's routers stay) and weights_bf16() holds them.
+    enum class weight_dtype { float32, bfloat16 };
+    void set_weight_dtype(weight_dtype d) {
+        if (d == dtype_) return;
+        if (d == weight_dtype::bfloat16)
+            detail::for_each_matrix(w_, w16_, [](auto& f32, auto& b16) { detail::convert_releasing(b16, f32); });
+        else
+            detail::for_each_matrix(w_, w16_, [](auto& f32, auto& b16) { detail::convert_releasing(f32, b16); });
+        if (d == weight_dtype::float32) w16_ = model_weights_bf16();
+        dtype_ = d;
+    }
+    weight_dtype weights_dtype() const { return dtype_; }
+    const model_weights_bf16& weights_bf16() const { return w16_; }
+
+    // Load DIR/config.json and DIR/model.safetensors (or its shards); the
+    // matrices then held in `dtype` (see set_weight_dtype).
+    static model load(const std::string& dir, weight_dtype dtype = weight_dtype::float32) {
         model_config c = load_model_config(dir);
         const safetensors_checkpoint ck(dir);
         model_weights w = load_model_weights(c, ck);
-        return model(std::move(c), std::move(w));
+        model m(std::move(c), std::move(w));
+        m.set_weight_dtype(dtype);
+        return m;
     }
 
     // The CPU kernels the forward pass runs: `blocked` (the default: float
@@ -710,7 +785,7 @@ public:
 
     const model_config& config() const { return config_; }
     const model_weights& weights() const { return w_; }
-    model_weights& weights() { return w_; }  // training updates them in place
+    model_weights& weights() { return w_; }  // training updates them in place (float32 only)
 
     // One sequence's state: a KV cache per layer and the number of positions fed.
     struct session {
@@ -748,10 +823,16 @@ public:
             TINYLLM_EXPECT(tokens[t] >= 0 && tokens[t] < c.vocab_size, "model::forward: token id ", tokens[t],
                            " at position ", s.length + t, " is outside the vocabulary [0, ", c.vocab_size, ")");
 
+        const bool bf16 = dtype_ == weight_dtype::bfloat16;
+        TINYLLM_EXPECT(!bf16 || kernels_ == kernels::blocked,
+                       "model::forward: the reference kernels need float32 weights, and this model holds its "
+                       "matrices in bfloat16 (set_weight_dtype(weight_dtype::float32) widens them back)");
+
         // x = embed(tokens) (+ positions)                                         (n, D)
         tensor<float, 2> x(extents<2>{n, D});
         for (index_t t = 0; t < n; ++t)
-            for (index_t j = 0; j < D; ++j) x(t, j) = w_.embed(tokens[t], j);
+            for (index_t j = 0; j < D; ++j)
+                x(t, j) = bf16 ? bf16_to_float(w16_.embed(tokens[t], j)) : w_.embed(tokens[t], j);
         tensor<std::int64_t, 2> positions(extents<2>{1, n});  // (1, n)
         for (index_t t = 0; t < n; ++t) positions(0, t) = s.length + t;
         if (c.arch == model_arch::gpt2)
@@ -762,10 +843,11 @@ public:
         tensor<float, 2> attn(extents<2>{n, Hq * Dh});
         for (index_t l = 0; l < c.num_layers; ++l) {
             const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+            const layer_weights_bf16& L16 = bf16 ? w16_.layers[static_cast<std::size_t>(l)] : no_bf16_layer_;
             norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
-            project(q.view(), h.view(), L.wq, L.bq);
-            project(k.view(), h.view(), L.wk, L.bk);
-            project(v.view(), h.view(), L.wv, L.bv);
+            project(q.view(), h.view(), L.wq, L16.wq, L.bq);
+            project(k.view(), h.view(), L.wk, L16.wk, L.bk);
+            project(v.view(), h.view(), L.wv, L16.wv, L.bv);
             tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
@@ -788,12 +870,12 @@ public:
             } else if (kernels_ == kernels::reference) {
                 attention<float>(attn4, q4, cache, opts);
             }
-            project(delta.view(), attn.view(), L.wo, L.bo);
+            project(delta.view(), attn.view(), L.wo, L16.wo, L.bo);
             add(x.view(), x.view(), delta.view());
 
             norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
-            if (kernels_ == kernels::blocked && c.arch != model_arch::mixtral) {
-                mlp_blocked(delta.view(), h.view(), L);
+            if (kernels_ == kernels::blocked) {
+                mlp_blocked(delta.view(), h.view(), L, L16);
             } else if (c.arch == model_arch::gpt2) {
                 gpt2_mlp(delta.view(), h.view(), {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()},
                          activation::gelu_tanh);
@@ -810,7 +892,8 @@ public:
         norm(h.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
         tensor<float, 2> logits(extents<2>{n, c.vocab_size});  // (n, V)
         const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
-        project(logits.view(), h.view(), head, tensor<float, 1>{});
+        const tensor<bfloat16, 2>& head16 = c.tie_word_embeddings ? w16_.embed : w16_.lm_head;
+        project(logits.view(), h.view(), head, head16, tensor<float, 1>{});
         return logits;
     }
 
@@ -824,29 +907,76 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
-    // out = x weight^T + bias through the chosen kernels.                 out (n, N), x (n, K)
+    // out = x weight^T + bias through the chosen kernels and the weight as held
+    // (weight16 when the matrices are bf16).                             out (n, N), x (n, K)
     void project(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 2>& weight,
-                 const tensor<float, 1>& bias) const {
-        if (kernels_ == kernels::blocked) linear_gemm(out, x, weight.view(), bias.view());
+                 const tensor<bfloat16, 2>& weight16, const tensor<float, 1>& bias) const {
+        if (dtype_ == weight_dtype::bfloat16) linear_gemm(out, x, weight16.view(), bias.view());
+        else if (kernels_ == kernels::blocked) linear_gemm(out, x, weight.view(), bias.view());
         else linear(out, x, weight.view(), bias.view());
     }
 
-    // The dense MLPs (GPT-2's, Llama's SwiGLU) on the blocked kernels: the same
-    // steps as gpt2_mlp and swiglu_mlp, each product through linear_gemm.
-    void mlp_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L) const {
+    // The MLPs on the blocked kernels: the steps of gpt2_mlp, swiglu_mlp and
+    // moe_forward, each product through linear_gemm (float or bf16 weights).
+    void mlp_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L,
+                     const layer_weights_bf16& L16) const {
         const index_t n = h.extent(0);
+        const tensor<float, 1> none;
         if (config_.arch == model_arch::gpt2) {
-            tensor<float, 2> hidden(extents<2>{n, L.fc.extent(0)});  // (n, H)
-            linear_gemm(hidden.view(), h, L.fc.view(), L.fc_bias.view());
+            tensor<float, 2> hidden(extents<2>{n, config_.intermediate_size});  // (n, F)
+            project(hidden.view(), h, L.fc, L16.fc, L.fc_bias);
             activate(hidden.view(), hidden.view(), activation::gelu_tanh);
-            linear_gemm(out, hidden.view(), L.proj.view(), L.proj_bias.view());
-        } else {
-            tensor<float, 2> gate(extents<2>{n, L.gate.extent(0)}), up(extents<2>{n, L.up.extent(0)});  // (n, H)
-            linear_gemm(gate.view(), h, L.gate.view(), {});
-            linear_gemm(up.view(), h, L.up.view(), {});
+            project(out, hidden.view(), L.proj, L16.proj, L.proj_bias);
+        } else if (config_.arch == model_arch::llama) {
+            const extents<2> hidden{n, config_.intermediate_size};
+            tensor<float, 2> gate(hidden), up(hidden);  // (n, F)
+            project(gate.view(), h, L.gate, L16.gate, none);
+            project(up.view(), h, L.up, L16.up, none);
             swiglu(gate.view(), gate.view(), up.view());
-            linear_gemm(out, gate.view(), L.down.view(), {});
+            project(out, gate.view(), L.down, L16.down, none);
+        } else {
+            moe_blocked(out, h, L, L16);
         }
+    }
+
+    // Mixtral's sparse MoE block on the blocked kernels: moe_forward's steps (router
+    // logits in double as the reference computes them, so both choose the same
+    // experts; softmax -> top-k -> renormalize; tokens gathered expert by expert),
+    // with each expert's rows multiplied through linear_gemm as one (rows, D) block.
+    void moe_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> x, const layer_weights& L,
+                     const layer_weights_bf16& L16) const {
+        const index_t T = x.extent(0), D = x.extent(1), E = config_.num_experts, k = config_.experts_per_token;
+        const index_t F = config_.intermediate_size;
+        const bool bf16 = dtype_ == weight_dtype::bfloat16;
+        tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
+        moe_router_logits(logits.view(), x, L.router.view());
+        tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
+        tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
+        softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
+        moe_plan_buffers plan(T, k, E);
+        moe_plan(plan.view(), ids.view());
+        tensor<float, 2> sorted(extents<2>{plan.rows(), D}), expert_out(extents<2>{plan.rows(), D});  // (R, D)
+        moe_gather(sorted.view(), x, plan.view());
+        for (auto& v : expert_out.values()) v = 0.0f;  // rows no expert fills (padding)
+        const tensor<float, 1> none;
+        for (index_t e = 0; e < E; ++e) {
+            const index_t first = plan.expert_offsets(e), rows = plan.expert_counts(e);
+            if (rows == 0) continue;
+            const auto in = sorted.view().narrow(0, first, rows);  // (rows, D)
+            tensor<float, 2> gate(extents<2>{rows, F}), up(extents<2>{rows, F});
+            if (bf16) {
+                linear_gemm(gate.view(), in, L16.w1.view().slice(0, e), none.view());
+                linear_gemm(up.view(), in, L16.w3.view().slice(0, e), none.view());
+            } else {
+                linear_gemm(gate.view(), in, L.w1.view().slice(0, e), none.view());
+                linear_gemm(up.view(), in, L.w3.view().slice(0, e), none.view());
+            }
+            swiglu(gate.view(), gate.view(), up.view());
+            const auto y = expert_out.view().narrow(0, first, rows);  // (rows, D)
+            if (bf16) linear_gemm(y, gate.view(), L16.w2.view().slice(0, e), none.view());
+            else linear_gemm(y, gate.view(), L.w2.view().slice(0, e), none.view());
+        }
+        moe_combine(out, expert_out.view(), weights.view(), plan.view());
     }
 
     // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
@@ -868,7 +998,10 @@ private:
 
     model_config config_;
     model_weights w_;
+    model_weights_bf16 w16_;  // the matrices, when dtype_ is bfloat16
     kernels kernels_ = kernels::blocked;
+    weight_dtype dtype_ = weight_dtype::float32;
+    inline static const layer_weights_bf16 no_bf16_layer_{};  // float32 weights: every bf16 matrix empty
 };
 
 // ---- training: forward_backward ---------------------------------------------------
