@@ -9,6 +9,7 @@
 #include "support/fixtures.hpp"
 
 #include <tinyllm/model.hpp>
+#include <tinyllm/philox.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -66,35 +67,87 @@ void require_gradients_match(const model_config& config, const model_weights& go
 }  // namespace
 
 TEST_CASE("forward_backward: loss and every gradient equal PyTorch autograd", "[training][fixtures]") {
-    for (const char* arch : {"gpt2", "llama", "mixtral"}) {
-        DYNAMIC_SECTION(arch) {
-            const std::string dir = fixture_dir(arch);
-            if (dir.empty() || !std::filesystem::exists(dir + "/grads.json")) {
-                WARN("skipped: ../shared/fixtures/hf/" << arch << "/grads.json is not here");
-                continue;
-            }
-            const json::value spec = detail::read_json_file(dir + "/grads.json");
-            const batch data = batch_of(*spec.find("input_ids"));
-            const cpu::model m = cpu::model::load(dir);
-            model_weights grads = zeros_like(m.weights());
-            const loss_terms loss = m.forward_backward(grads, data.tokens.view(), data.targets.view());
-            const double want = spec.find("lm_loss")->as_double();
-            std::printf("  %s: lm loss %.9g, PyTorch %.9g (relative difference %.2g)\n", arch, loss.lm, want,
-                        std::abs(loss.lm - want) / want);
-            CHECK(std::abs(loss.lm - want) <= 1e-5 * std::abs(want));
-            CHECK(loss.total == loss.lm);
-            require_gradients_match(m.config(), grads, dir + "/grads_lm.safetensors");
+    // Both kernel sets: the blocked ones (the default: linear_gemm and the tiled attention
+    // forward and backward) and the references.
+    using kernels = cpu::model::kernels;
+    for (const char* arch : {"gpt2", "llama", "mixtral"})
+        for (const kernels choice : {kernels::blocked, kernels::reference}) {
+            DYNAMIC_SECTION(arch << (choice == kernels::blocked ? " blocked" : " reference")) {
+                const std::string dir = fixture_dir(arch);
+                if (dir.empty() || !std::filesystem::exists(dir + "/grads.json")) {
+                    WARN("skipped: ../shared/fixtures/hf/" << arch << "/grads.json is not here");
+                    continue;
+                }
+                const json::value spec = detail::read_json_file(dir + "/grads.json");
+                const batch data = batch_of(*spec.find("input_ids"));
+                cpu::model m = cpu::model::load(dir);
+                m.set_kernels(choice);
+                model_weights grads = zeros_like(m.weights());
+                const loss_terms loss = m.forward_backward(grads, data.tokens.view(), data.targets.view());
+                const double want = spec.find("lm_loss")->as_double();
+                std::printf("  %s: lm loss %.9g, PyTorch %.9g (relative difference %.2g)\n", arch, loss.lm, want,
+                            std::abs(loss.lm - want) / want);
+                CHECK(std::abs(loss.lm - want) <= 1e-5 * std::abs(want));
+                CHECK(loss.total == loss.lm);
+                require_gradients_match(m.config(), grads, dir + "/grads_lm.safetensors");
 
-            if (std::string(arch) == "mixtral") {
-                backward_options aux_only;
-                aux_only.lm_weight = 0;
-                aux_only.aux_weight = 1;
-                const loss_terms aux = m.forward_backward(grads, data.tokens.view(), data.targets.view(), aux_only);
-                const double want_aux = spec.find("aux_loss")->as_double();
-                std::printf("  mixtral: load-balancing loss %.9g, PyTorch %.9g\n", aux.aux, want_aux);
-                CHECK(std::abs(aux.aux - want_aux) <= 1e-5 * std::abs(want_aux));
-                CHECK(aux.total == aux.aux);
-                require_gradients_match(m.config(), grads, dir + "/grads_aux.safetensors");
+                if (std::string(arch) == "mixtral") {
+                    backward_options aux_only;
+                    aux_only.lm_weight = 0;
+                    aux_only.aux_weight = 1;
+                    const loss_terms aux = m.forward_backward(grads, data.tokens.view(), data.targets.view(), aux_only);
+                    const double want_aux = spec.find("aux_loss")->as_double();
+                    std::printf("  mixtral: load-balancing loss %.9g, PyTorch %.9g\n", aux.aux, want_aux);
+                    CHECK(std::abs(aux.aux - want_aux) <= 1e-5 * std::abs(want_aux));
+                    CHECK(aux.total == aux.aux);
+                    require_gradients_match(m.config(), grads, dir + "/grads_aux.safetensors");
+                }
+            }
+        }
+}
+
+TEST_CASE("forward_backward: the blocked kernels' loss and gradients equal the references'", "[training][blocked]") {
+    // Random models of the three architectures, long enough rows (T = 70) that the tiled
+    // attention runs several key blocks, its backward included; every gradient compared.
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
+        DYNAMIC_SECTION(static_cast<int>(arch)) {
+            model_config c;
+            c.arch = arch;
+            c.vocab_size = 97;
+            c.hidden_size = 48;
+            c.num_layers = 2;
+            c.num_heads = 4;
+            c.num_kv_heads = arch == model_arch::gpt2 ? 4 : 2;
+            c.head_dim = 12;
+            c.intermediate_size = 80;
+            c.max_positions = 80;
+            c.tie_word_embeddings = arch != model_arch::llama;
+            c.num_experts = arch == model_arch::mixtral ? 4 : 0;
+            c.experts_per_token = arch == model_arch::mixtral ? 2 : 0;
+            c.rope.rotary_dim = 12;
+            const std::uint64_t seed = tinyllm_test::test_seed();
+            cpu::model blocked(c, random_model_weights(c, seed)), reference = blocked;
+            reference.set_kernels(cpu::model::kernels::reference);
+            const index_t B = 2, T = 70;
+            tensor<token_id, 2> tokens(extents<2>{B, T}), targets(extents<2>{B, T});
+            philox_generator g(seed, 3);
+            for (index_t i = 0; i < B * T; ++i) {
+                tokens.data()[i] = static_cast<token_id>(g.next_bits() % 97);
+                targets.data()[i] = i % 11 == 0 ? -100 : static_cast<token_id>(g.next_bits() % 97);
+            }
+            backward_options o;
+            o.aux_weight = arch == model_arch::mixtral ? 0.5 : 0.0;
+            model_weights gb = zeros_like(blocked.weights()), gr = zeros_like(reference.weights());
+            const loss_terms lb = blocked.forward_backward(gb, tokens.view(), targets.view(), o);
+            const loss_terms lr = reference.forward_backward(gr, tokens.view(), targets.view(), o);
+            std::printf("  arch %d: loss blocked %.9g, reference %.9g\n", static_cast<int>(arch), lb.total, lr.total);
+            CHECK(std::abs(lb.total - lr.total) <= 1e-5 * std::abs(lr.total));
+            const auto got = checkpoint_tensors(c, gb), want = checkpoint_tensors(c, gr);
+            REQUIRE(got.size() == want.size());
+            for (std::size_t i = 0; i < got.size(); ++i) {
+                REQUIRE(got[i].name == want[i].name);
+                const std::vector<double> w(want[i].values.begin(), want[i].values.end());
+                TINYLLM_REQUIRE_CLOSE(got[i].values, w, tinyllm_test::tolerance{1e-6, 1e-3, 1e-4}, got[i].name);
             }
         }
     }

@@ -901,7 +901,8 @@ public:
     // measure the loss against `targets` (targets(b, t) is the token that should
     // follow tokens(b, t), or ignore_index), and back-propagate it: every
     // parameter's gradient is written (overwritten) into `grads`, which has the
-    // weights' layout (zeros_like(weights())). tokens, targets: (B, T).
+    // weights' layout (zeros_like(weights())). tokens, targets: (B, T). Runs
+    // on the chosen kernels (set_kernels) as forward does, float32 weights only.
     // Defined below, after the class.
     loss_terms forward_backward(model_weights& grads, tensor_view<const token_id, 2> tokens,
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
@@ -1038,6 +1039,7 @@ struct layer_activations {
     tensor<float, 2> h2;             // (N, D)       norm2(x_mid), the FFN's input
     tensor<float, 2> a, b;           // (N, F)       GPT-2: fc pre-activation (b empty); Llama: gate, up
     tensor<float, 2> router_logits;  // (N, E)       Mixtral
+    tensor<float, 3> lse;            // (B, Hq, T)   blocked kernels: each attention row's log-sum-exp
 };
 
 // The first non-finite value among the gradients, as "name[index] = value", or "".
@@ -1110,6 +1112,8 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     const index_t D = c.hidden_size, Dh = c.head_dim, Hq = c.num_heads, Hkv = c.num_kv_heads;
     const index_t V = c.vocab_size, F = c.intermediate_size, E = c.num_experts;
     const bool gpt2 = c.arch == model_arch::gpt2, moe = c.arch == model_arch::mixtral;
+    TINYLLM_EXPECT(dtype_ == weight_dtype::float32, "model::forward_backward: training needs float32 weights, and "
+                   "this model holds its matrices in bfloat16 (set_weight_dtype(weight_dtype::float32) widens them)");
     TINYLLM_EXPECT(B >= 1 && T >= 1, "model::forward_backward: tokens has shape ", to_string(tokens.shape()),
                    "; it needs at least one row of one token (B, T)");
     TINYLLM_EXPECT(targets.shape() == tokens.shape(), "model::forward_backward: targets has shape ",
@@ -1138,6 +1142,22 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
 
     attention_options causal;
     causal.causal = true;
+    // The products through the chosen kernels: linear_gemm / linear_backward_gemm and the
+    // tiled attention (which keeps each row's log-sum-exp for its backward) on the blocked
+    // kernels, the references otherwise. Mixtral's experts run moe_forward / moe_backward
+    // either way (the references: the blocked expert path is forward-only so far).
+    const bool blocked = kernels_ == kernels::blocked;
+    auto lin = [blocked](tensor_view<float, 2> out, tensor_view<const float, 2> in, tensor_view<const float, 2> w,
+                         tensor_view<const float, 1> bias) {
+        if (blocked) linear_gemm(out, in, w, bias);
+        else linear(out, in, w, bias);
+    };
+    auto lin_backward = [blocked](tensor_view<float, 2> din, tensor_view<float, 2> dw, tensor_view<float, 1> dbias,
+                                  tensor_view<const float, 2> dout, tensor_view<const float, 2> in,
+                                  tensor_view<const float, 2> w) {
+        if (blocked) linear_backward_gemm(din, dw, dbias, dout, in, w);
+        else linear_backward(din, dw, dbias, dout, in, w);
+    };
     auto as4 = [&](tensor<float, 2>& m, index_t heads) { return tensor_view<float, 4>(m.data(), {B, T, heads, Dh}); };
     auto cas4 = [&](const tensor<float, 2>& m, index_t heads) {
         return tensor_view<const float, 4>(m.data(), {B, T, heads, Dh});
@@ -1153,13 +1173,18 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         A.q = tensor<float, 2>(extents<2>{N, Hq * Dh});
         A.k = tensor<float, 2>(extents<2>{N, Hkv * Dh});
         A.v = tensor<float, 2>(extents<2>{N, Hkv * Dh});
-        linear(A.q.view(), A.h1.view(), L.wq.view(), L.bq.view());
-        linear(A.k.view(), A.h1.view(), L.wk.view(), L.bk.view());
-        linear(A.v.view(), A.h1.view(), L.wv.view(), L.bv.view());
+        lin(A.q.view(), A.h1.view(), L.wq.view(), L.bq.view());
+        lin(A.k.view(), A.h1.view(), L.wk.view(), L.bk.view());
+        lin(A.v.view(), A.h1.view(), L.wv.view(), L.bv.view());
         if (!gpt2) apply_rope(as4(A.q, Hq), as4(A.k, Hkv), c.rope, 0);
         A.attn = tensor<float, 2>(extents<2>{N, Hq * Dh});
-        attention<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
-        linear(delta.view(), A.attn.view(), L.wo.view(), L.bo.view());
+        if (blocked) {
+            A.lse = tensor<float, 3>(extents<3>{B, Hq, T});
+            attention_tiled<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal, A.lse.view());
+        } else {
+            attention<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
+        }
+        lin(delta.view(), A.attn.view(), L.wo.view(), L.bo.view());
         add(x.view(), x.view(), delta.view());
 
         A.x_mid = x;
@@ -1167,18 +1192,18 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         norm(A.h2.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
         if (gpt2) {
             A.a = tensor<float, 2>(extents<2>{N, F});  // fc pre-activation
-            linear(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
+            lin(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
             tensor<float, 2> g(extents<2>{N, F});
             activate(g.view(), A.a.view(), activation::gelu_tanh);
-            linear(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
+            lin(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
         } else if (!moe) {
             A.a = tensor<float, 2>(extents<2>{N, F});  // gate
             A.b = tensor<float, 2>(extents<2>{N, F});  // up
-            linear(A.a.view(), A.h2.view(), L.gate.view(), {});
-            linear(A.b.view(), A.h2.view(), L.up.view(), {});
+            lin(A.a.view(), A.h2.view(), L.gate.view(), {});
+            lin(A.b.view(), A.h2.view(), L.up.view(), {});
             tensor<float, 2> s(extents<2>{N, F});
             swiglu(s.view(), A.a.view(), A.b.view());
-            linear(delta.view(), s.view(), L.down.view(), {});
+            lin(delta.view(), s.view(), L.down.view(), {});
         } else {
             A.router_logits = tensor<float, 2>(extents<2>{N, E});
             linear(A.router_logits.view(), A.h2.view(), L.router.view(), {});
@@ -1191,7 +1216,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     norm(hf.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
     const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
     tensor<float, 2> logits(extents<2>{N, V});  // (N, V), overwritten below by its gradient
-    linear(logits.view(), hf.view(), head.view(), {});
+    lin(logits.view(), hf.view(), head.view(), {});
 
     // ---- the losses ----
     loss_terms loss;
@@ -1211,7 +1236,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     const tensor_view<const float, 2> dlogits = logits.view();
     tensor<float, 2> dh(extents<2>{N, D}), dx(extents<2>{N, D});  // (N, D)
     tensor<float, 2>& dhead = c.tie_word_embeddings ? grads.embed : grads.lm_head;
-    linear_backward(dh.view(), dhead.view(), {}, dlogits, hf.view(), head.view());
+    lin_backward(dh.view(), dhead.view(), {}, dlogits, hf.view(), head.view());
     norm_backward(dx.view(), grads.final_norm_weight, grads.final_norm_bias, dh.view(), {}, x.view(),
                   w_.final_norm_weight);
 
@@ -1225,16 +1250,16 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         if (gpt2) {
             tensor<float, 2> g(extents<2>{N, F}), dg(extents<2>{N, F});  // gelu(a) recomputed; its gradient
             activate(g.view(), A.a.view(), activation::gelu_tanh);
-            linear_backward(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(), L.proj.view());
+            lin_backward(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(), L.proj.view());
             activate_backward(dg.view(), dg.view(), A.a.view(), activation::gelu_tanh);
-            linear_backward(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
+            lin_backward(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
         } else if (!moe) {
             tensor<float, 2> s(extents<2>{N, F}), ds(extents<2>{N, F}), dup(extents<2>{N, F});
             swiglu(s.view(), A.a.view(), A.b.view());
-            linear_backward(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
+            lin_backward(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
             swiglu_backward(ds.view(), dup.view(), ds.view(), A.a.view(), A.b.view());  // ds becomes d gate
-            linear_backward(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
-            linear_backward(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
+            lin_backward(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
+            lin_backward(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
             add(dh.view(), dh.view(), dpart.view());
         } else {
             moe_backward(dh.view(), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), dx.view(),
@@ -1244,17 +1269,21 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         norm_backward(dx.view(), G.ffn_norm_weight, G.ffn_norm_bias, dh.view(), dx.view(), A.x_mid.view(),
                       L.ffn_norm_weight);  // dx = d x_mid: the norm's path plus the skip's
         // Attention block: x_mid = x + attention(norm1(x)) Wo.
-        linear_backward(dattn.view(), G.wo.view(), G.bo.view(), dx.view(), A.attn.view(), L.wo.view());
-        attention_backward<float>(as4(dq, Hq), as4(dk, Hkv), as4(dv, Hkv), cas4(dattn, Hq), cas4(A.q, Hq),
-                                  cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
+        lin_backward(dattn.view(), G.wo.view(), G.bo.view(), dx.view(), A.attn.view(), L.wo.view());
+        if (blocked)
+            attention_backward_tiled<float>(as4(dq, Hq), as4(dk, Hkv), as4(dv, Hkv), cas4(dattn, Hq), cas4(A.q, Hq),
+                                            cas4(A.k, Hkv), cas4(A.v, Hkv), cas4(A.attn, Hq), A.lse.view(), causal);
+        else
+            attention_backward<float>(as4(dq, Hq), as4(dk, Hkv), as4(dv, Hkv), cas4(dattn, Hq), cas4(A.q, Hq),
+                                      cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
         if (!gpt2) {
             apply_rope_backward(as4(dq, Hq), c.rope, 0);
             apply_rope_backward(as4(dk, Hkv), c.rope, 0);
         }
-        linear_backward(dh.view(), G.wq.view(), G.bq.view(), dq.view(), A.h1.view(), L.wq.view());
-        linear_backward(dpart.view(), G.wk.view(), G.bk.view(), dk.view(), A.h1.view(), L.wk.view());
+        lin_backward(dh.view(), G.wq.view(), G.bq.view(), dq.view(), A.h1.view(), L.wq.view());
+        lin_backward(dpart.view(), G.wk.view(), G.bk.view(), dk.view(), A.h1.view(), L.wk.view());
         add(dh.view(), dh.view(), dpart.view());
-        linear_backward(dpart.view(), G.wv.view(), G.bv.view(), dv.view(), A.h1.view(), L.wv.view());
+        lin_backward(dpart.view(), G.wv.view(), G.bv.view(), dv.view(), A.h1.view(), L.wv.view());
         add(dh.view(), dh.view(), dpart.view());
         norm_backward(dx.view(), G.attn_norm_weight, G.attn_norm_bias, dh.view(), dx.view(), A.x.view(),
                       L.attn_norm_weight);  // dx = d x
