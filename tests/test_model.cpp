@@ -531,6 +531,27 @@ TEST_CASE("the blocked CPU kernels equal the reference kernels: prefill and deco
     }
 }
 
+TEST_CASE("forward_last returns forward's last row (what generate samples from)", "[model][blocked]") {
+    for (const tinyllm::model_config& c : small_configs()) {
+        INFO(c.architecture);
+        const tinyllm::cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+        const std::vector<tinyllm::token_id> prompt{3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5};
+        auto sa = m.new_session(12), sb = m.new_session(12);
+        const auto all = m.forward(sa, prompt);
+        const auto last = m.forward_last(sb, prompt);
+        REQUIRE(last.extent(0) == 1);
+        REQUIRE(last.extent(1) == c.vocab_size);
+        std::vector<double> want;
+        for (index_t i = 0; i < all.extent(1); ++i) want.push_back(all(all.extent(0) - 1, i));
+        TINYLLM_REQUIRE_CLOSE(last.values(), want, tinyllm_test::tolerance{1e-5, 1e-5, 1e-6}, c.architecture + " prefill");
+        CHECK(sb.length == sa.length);  // the cache is filled the same way
+        const std::vector<tinyllm::token_id> next{7};
+        const auto a1 = m.forward(sa, next), b1 = m.forward_last(sb, next);
+        const std::vector<double> w1(a1.values().begin(), a1.values().end());
+        TINYLLM_REQUIRE_CLOSE(b1.values(), w1, tinyllm_test::tolerance{1e-5, 1e-5, 1e-6}, c.architecture + " decode");
+    }
+}
+
 TEST_CASE("bfloat16 weights: the blocked kernels equal the reference on the same rounded weights", "[model][blocked][bf16]") {
     using dtype = tinyllm::cpu::model::weight_dtype;
     for (const tinyllm::model_config& c : small_configs()) {

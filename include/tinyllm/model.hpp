@@ -813,6 +813,19 @@ public:
     // token per call (decode). `observe`, if set, sees every layer's attention.
     tensor<float, 2> forward(session& s, std::span<const token_id> tokens,
                              const attention_observer& observe = {}) const {
+        return forward_positions(s, tokens, observe, false);
+    }
+
+    // forward, returning only the last fed position's logits, (1, V): what
+    // generation needs. For a prompt of n tokens the output projection, the
+    // largest product (V x D per position), runs on one row instead of n.
+    tensor<float, 2> forward_last(session& s, std::span<const token_id> tokens) const {
+        return forward_positions(s, tokens, {}, true);
+    }
+
+private:
+    tensor<float, 2> forward_positions(session& s, std::span<const token_id> tokens, const attention_observer& observe,
+                                       bool last_only) const {
         const model_config& c = config_;
         const index_t n = static_cast<index_t>(tokens.size()), D = c.hidden_size, Dh = c.head_dim;
         const index_t Hq = c.num_heads, Hkv = c.num_kv_heads;
@@ -890,12 +903,16 @@ public:
         s.length += n;
 
         norm(h.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
-        tensor<float, 2> logits(extents<2>{n, c.vocab_size});  // (n, V)
+        const index_t rows = last_only ? 1 : n;
+        tensor<float, 2> logits(extents<2>{rows, c.vocab_size});  // (rows, V)
         const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
         const tensor<bfloat16, 2>& head16 = c.tie_word_embeddings ? w16_.embed : w16_.lm_head;
-        project(logits.view(), h.view(), head, head16, tensor<float, 1>{});
+        project(logits.view(), tensor_view<const float, 2>(h.view()).narrow(0, n - rows, rows), head, head16,
+                tensor<float, 1>{});
         return logits;
     }
+
+public:
 
     // Training: run B rows of T tokens forward (positions 0..T-1, no cache),
     // measure the loss against `targets` (targets(b, t) is the token that should
@@ -1324,7 +1341,7 @@ inline std::vector<token_id> generate(const model& m, std::span<const token_id> 
     auto session = m.new_session(static_cast<index_t>(prompt.size()) + std::max<index_t>(options.max_new_tokens, 1));
     std::vector<token_id> out;
     if (options.max_new_tokens == 0) return out;
-    tensor<float, 2> logits = m.forward(session, prompt);
+    tensor<float, 2> logits = m.forward_last(session, prompt);  // (1, V)
     for (index_t step = 0; step < options.max_new_tokens; ++step) {
         const index_t last = logits.extent(0) - 1;
         tensor_view<const float, 2> row = tensor_view<const float, 2>(logits.view()).narrow(0, last, 1);  // (1, V)
@@ -1334,7 +1351,7 @@ inline std::vector<token_id> generate(const model& m, std::span<const token_id> 
         out.push_back(token);
         if (on_token) on_token(token);
         if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
-        if (step + 1 < options.max_new_tokens) logits = m.forward(session, std::span<const token_id>(&token, 1));
+        if (step + 1 < options.max_new_tokens) logits = m.forward_last(session, std::span<const token_id>(&token, 1));
     }
     return out;
 }
