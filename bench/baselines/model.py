@@ -26,7 +26,6 @@ when untied, the input embedding (a step reads only one row of each). The bandwi
 GPU's nominal peak when its name is known, and the measured rate of a 2 GiB device copy.
 """
 import argparse
-import inspect
 import json
 import os
 import statistics
@@ -57,6 +56,8 @@ except ImportError:
     print("transformers is not importable: baseline skipped")
     sys.exit(0)
 transformers.logging.set_verbosity_error()
+from _models import (MODELS, cache_of, decode_cache_argument, kv_bytes, last_logits_only,  # noqa: E402
+                     shape_of, weight_bytes)
 
 DEVICE = hidden.device
 PROMPT = 16 if hidden.smoke else 128
@@ -66,35 +67,6 @@ DTYPES = (("fp32", torch.float32), ("bf16", torch.bfloat16))
 # Nominal memory bandwidth, bytes/s, by GPU name (the first match wins).
 PEAK_BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.039e12),
                   ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12))
-
-
-def gpt2_config(smoke):
-    if smoke:
-        shape = dict(vocab_size=512, n_positions=256, n_embd=64, n_layer=2, n_head=4)
-    else:
-        shape = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-    return transformers.GPT2Config(**shape, activation_function="gelu_new", tie_word_embeddings=True,
-                                   attn_implementation="eager")
-
-
-def llama_config(smoke):
-    if smoke:
-        shape = dict(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                     num_attention_heads=8, num_key_value_heads=2, head_dim=8)
-    else:
-        shape = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=64)
-    # rope_theta + rope_scaling: read by transformers 4, converted to rope_parameters by 5.
-    return transformers.LlamaConfig(
-        **shape, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=True,
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        bos_token_id=128000 if not smoke else None, eos_token_id=128001 if not smoke else None,
-        attn_implementation="eager")
-
-
-MODELS = (("gpt2_124m", transformers.GPT2LMHeadModel, gpt2_config),
-          ("llama_1b", transformers.LlamaForCausalLM, llama_config))
 
 
 # ---- timing -------------------------------------------------------------------
@@ -125,8 +97,7 @@ def time_decode(model, ids, repeats, warmup):
         l2 = torch.cuda.get_device_properties(0).L2_cache_size
         flush = torch.empty(2 * max(l2, 1 << 20), dtype=torch.uint8, device="cuda")
 
-    # transformers 5.24 renamed past_key_values (argument and output) to cache.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = decode_cache_argument(model)
 
     def one_run():
         out = model(ids, use_cache=True, **last_logits_only(model))
@@ -159,50 +130,12 @@ def time_decode(model, ids, repeats, warmup):
     return statistics.median(times), min(times), max(times)
 
 
-def cache_of(out):
-    return out["cache"] if "cache" in out else out["past_key_values"]
-
-
-def last_logits_only(model):
-    """The forward argument that keeps only the last position's logits, as generate() does in prefill."""
-    names = inspect.signature(model.forward).parameters
-    if "logits_to_keep" in names:
-        return {"logits_to_keep": 1}
-    return {"num_logits_to_keep": 1} if "num_logits_to_keep" in names else {}
-
-
 # ---- what a row moves and computes --------------------------------------------
-
-def weight_bytes(model):
-    """Bytes one decode step must read: every weight once (see the module docstring)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied matrix appears once
-    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    if emb.data_ptr() != head.data_ptr():
-        total -= emb.numel() * emb.element_size()
-    for name, p in model.named_parameters():
-        if name.endswith("wpe.weight"):
-            total -= p.numel() * p.element_size()
-    return total
-
-
-def shape_of(config):
-    """(layers, query heads, KV heads, head dim, hidden, vocab) of a GPT-2 or Llama config."""
-    if isinstance(config, transformers.GPT2Config):
-        return config.n_layer, config.n_head, config.n_head, config.n_embd // config.n_head, config.n_embd, \
-            config.vocab_size
-    return (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
-            config.hidden_size, config.vocab_size)
-
 
 def prefill_flops(model, config, B, T):
     L, Hq, _, Dh, D, V = shape_of(config)
     matrices = weight_bytes(model) // next(model.parameters()).element_size() - V * D  # all but the LM head
     return 2.0 * matrices * B * T + 2.0 * V * D * B + L * 4.0 * B * Hq * T * T * Dh / 2
-
-
-def kv_bytes(config, B, length, element_size):
-    L, _, Hkv, Dh, _, _ = shape_of(config)
-    return 2.0 * L * B * length * Hkv * Dh * element_size
 
 
 def add_row(results, name, timing, tokens, bytes=0.0, flops=0.0):

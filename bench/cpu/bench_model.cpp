@@ -1,57 +1,154 @@
-// bench/cpu/bench_model.cpp — tokens per second of the CPU reference model.
+// bench/cpu/bench_model.cpp — tokens per second of the CPU model: the blocked
+// kernels (the default) with float32 and bfloat16 weights, and the reference.
 //
-//   bin/bench_model                                  # every row (about 4 minutes on 2 cores)
+//   bin/bench_model                                  # every row (about 5 minutes on 2 cores)
 //   bin/bench_model --benchmark_filter=gpt2          # GPT-2 rows only (no Llama weights are built)
+//   OMP_NUM_THREADS=1 bin/bench_model ...            # thread count (cpu::num_threads)
 //
 // What is measured. A decoder-only model does two kinds of work:
 //   prefill — the whole prompt in one forward pass: T tokens share every weight read,
 //             so its cost is arithmetic, about 2 * parameters flops per token;
 //   decode  — one token per forward pass after the prompt, reading its KV cache:
-//             every weight is read for a single token.
-// Both are reported as tokens/s (a Google Benchmark rate counter): prompt tokens
+//             every weight is read for a single token, so its cost is memory traffic.
+// Both are reported as tokens/s (a Google Benchmark rate counter over wall-clock time, as
+// the kernels run on several threads): prompt tokens
 // processed per second for prefill, generated tokens per second for decode (the
-// prefill before the decode steps is not timed).
+// prefill before the decode steps is not timed). Decode rows also report the
+// weight bytes read per second and `of_floor`: the bandwidth floor (weight bytes
+// per token / the machine's copy bandwidth, measured by the `copy_bandwidth` row)
+// divided by the measured time per token — 1.0 would be decoding at memory speed.
 //
 // The models are tinyllm::cpu::model with random weights of two real shapes
 // (random_model_weights, model_shapes): GPT-2 124M and Llama-3.2-1B (1.24B
-// parameters, ~5 GB of float weights, built only when a Llama row runs). Each is
-// built once and reused by every row. The CPU reference is float weights, double
-// accumulation, naive loops and one thread: it is the readable definition, not a
-// fast path, so the prompts are short and each row runs once.
+// parameters, ~5 GB of float weights, built only when a Llama row runs), each in
+// float32 and in bfloat16 (the same weights rounded, set_weight_dtype). The
+// reference rows run the readable reference kernels (double accumulation, one
+// thread) on short prompts, once.
 //
-// Batch. The CPU reference has no batched forward: a batch of B prompts is B
-// sequences run one after another, each with its own KV cache, exactly as
-// cpu::generate_batch does. Batch-32 rows therefore show the same tokens/s as
-// batch 1 (they are here to be read beside the GPU rows of the same name); they
-// use shorter prompts and fewer decode steps to keep the run short.
+// Training: `train_step` rows time one step (forward, backward, AdamW) of a 5.8M-parameter
+// GPT-2 (gpt2_6m below) on 4 rows of 64 tokens, blocked and reference.
 //
-// The GPU comparison — tinyllm's CUDA model against transformers (eager
-// attention) at prompt 128, batch 1 and 32, float32 and bfloat16 — lives in
-// bench/baselines/model.py and `tinyllm bench model`.
+// The same shapes in transformers (eager attention, same threads):
+// bench/baselines/cpu_model.py; the table is in docs/cpu.md.
 #include <benchmark/benchmark.h>
 
+#include <tinyllm/gemm.hpp>
 #include <tinyllm/model.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
 
 using tinyllm::index_t;
 using tinyllm::cpu::model;
+using dtype = tinyllm::cpu::model::weight_dtype;
 
-// The models, built on first use (a function-local static each).
-const model& gpt2_124m() {
-    static const model m(tinyllm::model_shapes::gpt2_124m(),
-                         tinyllm::random_model_weights(tinyllm::model_shapes::gpt2_124m(), 124));
+// A model of `shape` with random weights held in `d`, on the blocked kernels.
+model make_model(const tinyllm::model_config& shape, std::uint64_t seed, dtype d) {
+    model m(shape, tinyllm::random_model_weights(shape, seed));
+    m.set_weight_dtype(d);
     return m;
 }
 
-const model& llama_1b() {
-    static const model m(tinyllm::model_shapes::llama_1b(),
-                         tinyllm::random_model_weights(tinyllm::model_shapes::llama_1b(), 1));
+// The models, built on first use (a function-local static each).
+const model& gpt2_f32() {
+    static const model m = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::float32);
     return m;
+}
+const model& gpt2_bf16() {
+    static const model m = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::bfloat16);
+    return m;
+}
+const model& gpt2_reference() {
+    static const model m = [] {
+        model r = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::float32);
+        r.set_kernels(model::kernels::reference);
+        return r;
+    }();
+    return m;
+}
+const model& llama_f32() {
+    static const model m = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::float32);
+    return m;
+}
+const model& llama_bf16() {
+    static const model m = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::bfloat16);
+    return m;
+}
+const model& llama_reference() {
+    static const model m = [] {
+        model r = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::float32);
+        r.set_kernels(model::kernels::reference);
+        return r;
+    }();
+    return m;
+}
+
+// Bytes a decode step reads whole: every matrix and norm weight once (a tied
+// embedding once, as the output projection), not GPT-2's position table nor an
+// untied input embedding (one row of each per token).
+double weight_bytes_per_token(const model& m) {
+    double bytes = 0;
+    auto add = [&bytes](const auto& t) { bytes += static_cast<double>(t.size()) * sizeof(*t.data()); };
+    const auto& w = m.weights();
+    const auto& b = m.weights_bf16();
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        const auto& L = w.layers[l];
+        for (const auto* t : {&L.attn_norm_weight, &L.attn_norm_bias, &L.ffn_norm_weight, &L.ffn_norm_bias, &L.bq,
+                              &L.bk, &L.bv, &L.bo, &L.fc_bias, &L.proj_bias})
+            add(*t);
+        for (const auto* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down, &L.router}) add(*t);
+        for (const auto* t : {&L.w1, &L.w3, &L.w2}) add(*t);
+        if (!b.layers.empty()) {
+            const auto& B = b.layers[l];
+            for (const auto* t : {&B.wq, &B.wk, &B.wv, &B.wo, &B.fc, &B.proj, &B.gate, &B.up, &B.down}) add(*t);
+            for (const auto* t : {&B.w1, &B.w3, &B.w2}) add(*t);
+        }
+    }
+    add(w.final_norm_weight);
+    add(w.final_norm_bias);
+    const bool tied = m.config().tie_word_embeddings;
+    add(tied ? w.embed : w.lm_head);
+    add(tied ? b.embed : b.lm_head);
+    return bytes;
+}
+
+// Bytes read + written per second copying 1 GiB with cpu::num_threads() threads,
+// each its own slice (best of 5): what the memory system moves.
+double copy_bandwidth() {
+    static const double rate = [] {
+        const std::size_t n = std::size_t{1} << 28;  // floats: 1 GiB
+        std::vector<float> src(n, 1.0f), dst(n, 0.0f);
+        const auto threads = static_cast<std::size_t>(std::max(1, tinyllm::cpu::num_threads()));
+        double best = 1e30;
+        for (int rep = 0; rep < 5; ++rep) {
+            const auto t0 = std::chrono::steady_clock::now();
+            std::vector<std::thread> pool;
+            for (std::size_t i = 0; i < threads; ++i)
+                pool.emplace_back([&, i] {
+                    const std::size_t first = n * i / threads, last = n * (i + 1) / threads;
+                    std::memcpy(dst.data() + first, src.data() + first, (last - first) * sizeof(float));
+                });
+            for (auto& t : pool) t.join();
+            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        benchmark::DoNotOptimize(dst.data());
+        return 2.0 * static_cast<double>(n) * sizeof(float) / best;
+    }();
+    return rate;
+}
+
+void copy_bandwidth_row(benchmark::State& state) {
+    for (auto _ : state) benchmark::DoNotOptimize(copy_bandwidth());
+    state.counters["GB/s"] = copy_bandwidth() / 1e9;
+    state.counters["threads"] = tinyllm::cpu::num_threads();
 }
 
 // Prompt r of a batch: `length` token ids spread over the vocabulary.
@@ -72,73 +169,145 @@ std::int32_t argmax_last(const tinyllm::tensor<float, 2>& logits) {
     return static_cast<std::int32_t>(best);
 }
 
-// Prefill: B prompts of T tokens, each fed in one forward into a fresh session.
-// range(0) = B, range(1) = T.
+// Prefill: a prompt of T tokens fed in one forward into a fresh session, keeping the
+// last position's logits (forward_last, as generate and transformers' generate() do).
+// range(0) = T.
 void prefill(benchmark::State& state, const model& (*get)()) {
     const model& m = get();  // built outside the timed loop
-    const index_t B = state.range(0), T = state.range(1);
-    std::vector<std::vector<std::int32_t>> prompts;
-    for (index_t r = 0; r < B; ++r) prompts.push_back(prompt_of(m, r, T));
+    const index_t T = state.range(0);
+    const auto prompt = prompt_of(m, 0, T);
     for (auto _ : state) {
-        for (const auto& prompt : prompts) {  // the batch, one sequence after another
-            auto session = m.new_session(T);
-            auto logits = m.forward(session, prompt);
-            benchmark::DoNotOptimize(logits.data());
-        }
+        auto session = m.new_session(T);
+        auto logits = m.forward_last(session, prompt);  // as generate: the last position's logits
+        benchmark::DoNotOptimize(logits.data());
     }
-    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T * state.iterations()),
+    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(T * state.iterations()),
                                                     benchmark::Counter::kIsRate);
 }
 
-// Decode: for each of B sequences, an untimed prefill of a T-token prompt, then
-// S timed decode steps, each feeding the greedy choice of the step before.
-// range(0) = B, range(1) = T, range(2) = S.
+// Decode: an untimed prefill of a T-token prompt, then S timed decode steps, each
+// feeding the greedy choice of the step before. range(0) = T, range(1) = S.
 void decode(benchmark::State& state, const model& (*get)()) {
     const model& m = get();
-    const index_t B = state.range(0), T = state.range(1), S = state.range(2);
-    std::vector<std::vector<std::int32_t>> prompts;
-    for (index_t r = 0; r < B; ++r) prompts.push_back(prompt_of(m, r, T));
+    const index_t T = state.range(0), S = state.range(1);
+    const auto prompt = prompt_of(m, 0, T);
+    const double bytes = weight_bytes_per_token(m), bandwidth = copy_bandwidth();
+    double seconds = 0;
     for (auto _ : state) {
-        for (const auto& prompt : prompts) {
-            state.PauseTiming();
-            auto session = m.new_session(T + S);
-            std::int32_t token = argmax_last(m.forward(session, prompt));
-            state.ResumeTiming();
-            for (index_t step = 0; step < S; ++step)
-                token = argmax_last(m.forward(session, std::span<const std::int32_t>(&token, 1)));
-            benchmark::DoNotOptimize(token);
-        }
+        state.PauseTiming();
+        auto session = m.new_session(T + S);
+        std::int32_t token = argmax_last(m.forward_last(session, prompt));
+        state.ResumeTiming();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (index_t step = 0; step < S; ++step)
+            token = argmax_last(m.forward_last(session, std::span<const std::int32_t>(&token, 1)));
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        benchmark::DoNotOptimize(token);
     }
-    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * S * state.iterations()),
+    const double tokens = static_cast<double>(S * state.iterations());
+    state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+    state.counters["weight_GB/s"] = bytes * tokens / seconds / 1e9;
+    state.counters["of_floor"] = (bytes / bandwidth) / (seconds / tokens);
+}
+
+// The small GPT-2 of the training rows: d = 256, 6 layers of 8 heads, FFN 1024, 64
+// positions and a 4096-token vocabulary — 5.8M parameters, a size a laptop trains.
+tinyllm::model_config gpt2_6m() {
+    tinyllm::model_config c = tinyllm::model_shapes::gpt2_124m();
+    c.vocab_size = 4096;
+    c.hidden_size = 256;
+    c.num_layers = 6;
+    c.num_heads = c.num_kv_heads = 8;
+    c.head_dim = 32;
+    c.intermediate_size = 1024;
+    c.max_positions = 64;
+    return c;
+}
+
+// Calls f(weight, gradient) for every tensor of a model's weights and its gradients.
+template <class F>
+void for_each_parameter(tinyllm::model_weights& w, tinyllm::model_weights& g, F&& f) {
+    f(w.embed, g.embed), f(w.positions, g.positions), f(w.lm_head, g.lm_head);
+    f(w.final_norm_weight, g.final_norm_weight), f(w.final_norm_bias, g.final_norm_bias);
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        auto &L = w.layers[l], &G = g.layers[l];
+        for (auto [a, b] : {std::pair{&L.attn_norm_weight, &G.attn_norm_weight}, {&L.attn_norm_bias, &G.attn_norm_bias},
+                            {&L.ffn_norm_weight, &G.ffn_norm_weight}, {&L.ffn_norm_bias, &G.ffn_norm_bias},
+                            {&L.bq, &G.bq}, {&L.bk, &G.bk}, {&L.bv, &G.bv}, {&L.bo, &G.bo},
+                            {&L.fc_bias, &G.fc_bias}, {&L.proj_bias, &G.proj_bias}})
+            f(*a, *b);
+        for (auto [a, b] : {std::pair{&L.wq, &G.wq}, {&L.wk, &G.wk}, {&L.wv, &G.wv}, {&L.wo, &G.wo}, {&L.fc, &G.fc},
+                            {&L.proj, &G.proj}, {&L.gate, &G.gate}, {&L.up, &G.up}, {&L.down, &G.down}})
+            f(*a, *b);
+    }
+}
+
+// One training step of gpt2_6m on a batch of B = 4 rows of T = 64 tokens: the forward
+// and backward pass (model::forward_backward) and an AdamW update of every weight
+// (torch.optim.AdamW's defaults, lr 1e-3). range(0): 1 = the blocked kernels, 0 = the references.
+void train_step(benchmark::State& state) {
+    const tinyllm::model_config c = gpt2_6m();
+    model m(c, tinyllm::random_model_weights(c, 6));
+    if (state.range(0) == 0) m.set_kernels(model::kernels::reference);
+    const index_t B = 4, T = 64;
+    tinyllm::tensor<std::int32_t, 2> tokens(tinyllm::extents<2>{B, T}), targets(tinyllm::extents<2>{B, T});
+    for (index_t i = 0; i < B * T; ++i) tokens.data()[i] = static_cast<std::int32_t>((7919 * i + 13) % c.vocab_size);
+    for (index_t i = 0; i < B * T; ++i) targets.data()[i] = i % T == T - 1 ? -100 : tokens.data()[i + 1];
+    tinyllm::model_weights grads = tinyllm::zeros_like(m.weights());
+    std::vector<tinyllm::tensor<float, 1>> moments;  // m and v of each parameter, in for_each_parameter's order
+    for_each_parameter(m.weights(), grads, [&](auto& w, auto&) {
+        if (w.size() == 0) return;  // absent in this architecture (or the tied output projection)
+        moments.emplace_back(tinyllm::extents<1>{w.size()});
+        moments.emplace_back(tinyllm::extents<1>{w.size()});
+    });
+    const tinyllm::adamw_config adam;
+    std::int64_t step = 0;
+    double loss = 0;
+    for (auto _ : state) {
+        loss = m.forward_backward(grads, tokens.view(), targets.view()).total;
+        ++step;
+        std::size_t i = 0;
+        for_each_parameter(m.weights(), grads, [&](auto& w, auto& g) {
+            if (w.size() == 0) return;
+            auto flat = [](auto& t) { return tinyllm::tensor_view<float, 1>(t.data(), {t.size()}); };
+            tinyllm::cpu::adamw_step(flat(w), moments[i].view(), moments[i + 1].view(), flat(g), adam, step);
+            i += 2;
+        });
+        if (i == 0) state.SkipWithError("no parameters");
+    }
+    state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T * state.iterations()),
                                                     benchmark::Counter::kIsRate);
+    state.counters["loss"] = loss;
 }
 
 }  // namespace
 
-// GPT-2 124M: about 0.25 GFLOP per token.
-BENCHMARK_CAPTURE(prefill, gpt2_124m, &gpt2_124m)
-    ->ArgNames({"batch", "prompt"})
-    ->Args({1, 32})
-    ->Args({32, 4})
-    ->Iterations(1)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, gpt2_124m, &gpt2_124m)
-    ->ArgNames({"batch", "prompt", "steps"})
-    ->Args({1, 16, 8})
-    ->Args({32, 1, 2})
-    ->Iterations(1)
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(copy_bandwidth_row)->Name("copy_bandwidth")->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// Llama-3.2-1B's shape: about 2.5 GFLOP per token.
-BENCHMARK_CAPTURE(prefill, llama_1b, &llama_1b)
-    ->ArgNames({"batch", "prompt"})
-    ->Args({1, 8})
-    ->Args({32, 1})
-    ->Iterations(1)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, llama_1b, &llama_1b)
-    ->ArgNames({"batch", "prompt", "steps"})
-    ->Args({1, 4, 4})
-    ->Args({32, 1, 1})
-    ->Iterations(1)
-    ->Unit(benchmark::kMillisecond);
+// GPT-2 124M: about 0.25 GFLOP per token; 0.50 GB of float weights read per decoded token.
+BENCHMARK_CAPTURE(prefill, gpt2_124m_f32, &gpt2_f32)->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(prefill, gpt2_124m_bf16, &gpt2_bf16)->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, gpt2_124m_f32, &gpt2_f32)
+    ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, gpt2_124m_bf16, &gpt2_bf16)
+    ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(prefill, gpt2_124m_reference, &gpt2_reference)
+    ->ArgName("prompt")->Arg(32)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, gpt2_124m_reference, &gpt2_reference)
+    ->ArgNames({"prompt", "steps"})->Args({16, 4})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Llama-3.2-1B's shape: about 2.5 GFLOP per token; 5.0 GB of float weights per decoded token.
+BENCHMARK_CAPTURE(prefill, llama_1b_f32, &llama_f32)
+    ->ArgName("prompt")->Arg(128)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(prefill, llama_1b_bf16, &llama_bf16)
+    ->ArgName("prompt")->Arg(128)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, llama_1b_f32, &llama_f32)
+    ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, llama_1b_bf16, &llama_bf16)
+    ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(prefill, llama_1b_reference, &llama_reference)
+    ->ArgName("prompt")->Arg(4)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Training: one step (forward, backward, AdamW) of the 5.8M-parameter GPT-2, B = 4, T = 64.
+BENCHMARK(train_step)->Name("train_step/gpt2_6m_b4_t64_blocked")->Arg(1)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(train_step)->Name("train_step/gpt2_6m_b4_t64_reference")->Arg(0)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
