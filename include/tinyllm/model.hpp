@@ -288,7 +288,8 @@ void for_each_matrix(W& w, W16& b, F&& f) {
     f(w.lm_head, b.lm_head);
     b.layers.resize(w.layers.size());
     for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        auto &L = w.layers[l], &B = b.layers[l];
+        auto& L = w.layers[l];
+        auto& B = b.layers[l];
         f(L.wq, B.wq), f(L.wk, B.wk), f(L.wv, B.wv), f(L.wo, B.wo);
         f(L.fc, B.fc), f(L.proj, B.proj), f(L.gate, B.gate), f(L.up, B.up), f(L.down, B.down);
         f(L.w1, B.w1), f(L.w3, B.w3), f(L.w2, B.w2);
