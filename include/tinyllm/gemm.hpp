@@ -707,7 +707,7 @@ inline blas_operand blas_layout(index_t rows, index_t cols, index_t row_stride, 
     return {};
 }
 
-// The thread count last passed to OpenBLAS (it is a global setting there).
+// The thread count last passed to OpenBLAS (a global setting there; tinyllm sets 1).
 inline std::atomic<int>& blas_threads_applied() {
     static std::atomic<int> n{-1};
     return n;
@@ -719,6 +719,13 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
     if (M == 0 || N == 0) return;
     if (K == 0) {
         gemm_scale(c, beta);
+        return;
+    }
+    // A few rows against a weight (decoding a token): the blocked kernel's dot products
+    // read the weight once, where sgemm packs it first (a float GPT-2 decode step took
+    // 86 ms through sgemm, 4 times the bf16 step that runs the dot products).
+    if (M < gemm_pick_kernel().mr && (K == 1 || (a.stride(1) == 1 && b.stride(0) == 1))) {
+        gemm_blocked_unchecked(c, a, b, alpha, beta, threads);
         return;
     }
     // Row-major C as it is; column-major C as C^T = op(B)^T op(A)^T, row-major.
@@ -736,9 +743,46 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
         gemm_blocked_unchecked(c, a, b, alpha, beta, threads);  // a layout BLAS cannot take
         return;
     }
-    if (blas_threads_applied().exchange(threads) != threads) openblas_set_num_threads_symbol(threads);
-    cblas_sgemm_symbol(cblas_row_major, la.trans, lb.trans, static_cast<int>(c.extent(0)), static_cast<int>(c.extent(1)),
-                static_cast<int>(K), alpha, a.data(), la.ld, b.data(), lb.ld, beta, c.data(), lc.ld);
+    // One pool of threads: OpenBLAS runs single-threaded and each of tinyllm's OpenMP
+    // threads multiplies its own block of C (the grid gemm_blocked uses). With OpenBLAS's
+    // own threads beside OpenMP's, the two pools spin-wait against each other for the
+    // cores: in a training step alternating BLAS products with tiled attention, libgomp's
+    // spinning took 28% of the time on 2 cores (perf), and under a competing load a
+    // decode step ran 3 times slower than with OMP_WAIT_POLICY=passive.
+    if (blas_threads_applied().exchange(1) != 1) openblas_set_num_threads_symbol(1);
+    const index_t rows = c.extent(0), cols = c.extent(1);
+    auto product = [&](index_t i0, index_t i1, index_t j0, index_t j1) {  // C[i0:i1, j0:j1]
+        cblas_sgemm_symbol(cblas_row_major, la.trans, lb.trans, static_cast<int>(i1 - i0), static_cast<int>(j1 - j0),
+                           static_cast<int>(K), alpha, a.data() + i0 * a.stride(0), la.ld,
+                           b.data() + j0 * b.stride(1), lb.ld, beta, c.data() + i0 * c.stride(0) + j0 * c.stride(1),
+                           lc.ld);
+    };
+    // Small products are not worth waking threads for (about 1 ms of work per thread).
+    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(K);
+    index_t team = std::clamp<index_t>(static_cast<index_t>(flops / 2e6), 1, std::max(1, threads));
+#if !defined(_OPENMP)
+    team = 1;
+#endif
+    if (team == 1) {
+        product(0, rows, 0, cols);
+        return;
+    }
+    constexpr index_t granule = 16;  // blocks of whole 16-row / 16-column slivers
+    TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
+    {
+#if defined(_OPENMP)
+        const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const index_t t = 0, nt = 1;
+#endif
+        const gemm_grid g = gemm_choose_grid(rows, cols, nt, granule, granule);
+        const index_t ti = t / g.tn, tj = t % g.tn;
+        const index_t block_rows = ceil_div(ceil_div(rows, g.tm), granule) * granule;
+        const index_t block_cols = ceil_div(ceil_div(cols, g.tn), granule) * granule;
+        const index_t i0 = std::min(rows, ti * block_rows), i1 = std::min(rows, i0 + block_rows);
+        const index_t j0 = std::min(cols, tj * block_cols), j1 = std::min(cols, j0 + block_cols);
+        if (ti < g.tm && i0 < i1 && j0 < j1) product(i0, i1, j0, j1);
+    }
 }
 
 }  // namespace detail
