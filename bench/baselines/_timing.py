@@ -107,3 +107,17 @@ class Results:
                    "device": self.device or self.torch.cuda.get_device_name(0)}
         with open(path, "w") as f:
             json.dump({"context": context, "benchmarks": self.rows}, f, indent=1)
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), for the JSON's device field."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+

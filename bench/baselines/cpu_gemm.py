@@ -9,9 +9,8 @@ gets from PyTorch's CPU build (MKL or OpenBLAS, depending on the wheel).
 """
 import argparse
 import os
-import platform
 
-from _timing import Results, require_torch, time_cpu
+from _timing import Results, cpu_name, require_torch, time_cpu
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--json", help="write results to this file (Google Benchmark layout)")
@@ -24,18 +23,7 @@ torch = require_torch()
 torch.set_num_threads(args.threads)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-results = Results(torch, device=f"{cpu_model()}, {args.threads} threads", timer="wall clock, median")
+results = Results(torch, device=f"{cpu_name()}, {args.threads} threads", timer="wall clock, median")
 shapes = {"qkv": (128, 768, 2304), "mlp": (128, 3072, 768), "decode": (1, 768, 50257), "logits": (128, 768, 50257)}
 g = torch.Generator().manual_seed(0)
 for name, (M, K, N) in shapes.items():

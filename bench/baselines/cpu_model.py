@@ -27,12 +27,11 @@ every weight once (_models.weight_bytes), so it takes at least weight bytes / ba
 """
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 
-from _timing import Results, require_torch
+from _timing import Results, cpu_name, require_torch
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--json", help="write results to this file (Google Benchmark layout)")
@@ -52,17 +51,6 @@ from _models import MODELS, cache_of, decode_cache_argument, last_logits_only, w
 
 torch.set_num_threads(args.threads)
 PROMPT, STEPS = 128, 32
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def median_of(fn, repeats, warmup=1):
@@ -128,7 +116,7 @@ def train_step(results):
 
 
 def main():
-    device = f"{cpu_model()}, {args.threads} threads"
+    device = f"{cpu_name()}, {args.threads} threads"
     results = Results(torch, device=device, timer="wall clock, median")
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {device}", flush=True)
     bandwidth = copy_bandwidth()

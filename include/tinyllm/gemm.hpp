@@ -821,19 +821,31 @@ inline void gemm(tensor_view<float, 2> c, tensor_view<const float, 2> a, tensor_
 // views), in float through gemm: the fast rung beside the double reference.
 // The bias is added by starting from it (C = bias, beta = 1); dbias is summed in double.
 
+}  // namespace cpu
+
+namespace detail {
+
+// A linear layer's bias added by starting the product from it: out's rows set to
+// the bias and beta = 1 returned, or beta = 0 without a bias (out not read).
+inline float start_from_bias(tensor_view<float, 2> out, tensor_view<const float, 1> bias) {
+    if (bias.size() == 0) return 0.0f;
+    for (index_t i = 0; i < out.extent(0); ++i)
+        for (index_t n = 0; n < out.extent(1); ++n)
+            out.data()[i * out.stride(0) + n * out.stride(1)] = bias.data()[n * bias.stride(0)];
+    return 1.0f;
+}
+
+}  // namespace detail
+
+namespace cpu {
+
 // out = x weight^T + bias. out: (rows, N); x: (rows, K); weight: (N, K), any strides;
 // bias: (N) or empty. out must not overlap x.
 inline void linear_gemm(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
                         tensor_view<const float, 1> bias) {
     tinyllm::detail::expect_linear_args("linear_gemm", out, x, weight, bias);
     if (out.size() == 0) return;
-    float beta = 0.0f;
-    if (bias.size()) {
-        for (index_t i = 0; i < out.extent(0); ++i)
-            for (index_t n = 0; n < out.extent(1); ++n)
-                out.data()[i * out.stride(0) + n * out.stride(1)] = bias.data()[n * bias.stride(0)];
-        beta = 1.0f;
-    }
+    const float beta = tinyllm::detail::start_from_bias(out, bias);
     gemm(out, x, weight.transpose(0, 1), 1.0f, beta);
 }
 
@@ -858,13 +870,7 @@ inline void linear_gemm(tensor_view<float, 2> out, tensor_view<const float, 2> x
                    "linear_gemm: out must not share memory with x or weight (the product reads them while out is "
                    "written)");
     if (out.size() == 0) return;
-    float beta = 0.0f;
-    if (bias.size()) {
-        for (index_t i = 0; i < out.extent(0); ++i)
-            for (index_t n = 0; n < out.extent(1); ++n)
-                out.data()[i * out.stride(0) + n * out.stride(1)] = bias.data()[n * bias.stride(0)];
-        beta = 1.0f;
-    }
+    const float beta = tinyllm::detail::start_from_bias(out, bias);
     tinyllm::detail::gemm_blocked_unchecked(out, x, weight.transpose(0, 1), 1.0f, beta, num_threads());
 }
 
