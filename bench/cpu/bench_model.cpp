@@ -40,8 +40,8 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string>
 #include <thread>
-#include <utility>
 #include <vector>
 
 namespace {
@@ -50,46 +50,28 @@ using tinyllm::index_t;
 using tinyllm::cpu::model;
 using dtype = tinyllm::cpu::model::weight_dtype;
 
-// A model of `shape` with random weights held in `d`, on the blocked kernels.
-model make_model(const tinyllm::model_config& shape, std::uint64_t seed, dtype d) {
-    model m(shape, tinyllm::random_model_weights(shape, seed));
-    m.set_weight_dtype(d);
-    return m;
-}
+enum class shape { gpt2_124m, llama_1b };
 
-// The models, built on first use (a function-local static each).
-const model& gpt2_f32() {
-    static const model m = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::float32);
-    return m;
-}
-const model& gpt2_bf16() {
-    static const model m = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::bfloat16);
-    return m;
-}
-const model& gpt2_reference() {
+// A model of shape S (random weights; the Llama one is 5 GB in float), its matrices
+// held in D, on kernels K: built on first use, one static per combination.
+template <shape S, dtype D, model::kernels K = model::kernels::blocked>
+const model& cached_model() {
     static const model m = [] {
-        model r = make_model(tinyllm::model_shapes::gpt2_124m(), 124, dtype::float32);
-        r.set_kernels(model::kernels::reference);
+        const bool gpt2 = S == shape::gpt2_124m;
+        const tinyllm::model_config c = gpt2 ? tinyllm::model_shapes::gpt2_124m() : tinyllm::model_shapes::llama_1b();
+        model r(c, tinyllm::random_model_weights(c, gpt2 ? 124 : 1));
+        r.set_weight_dtype(D);
+        r.set_kernels(K);
         return r;
     }();
     return m;
 }
-const model& llama_f32() {
-    static const model m = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::float32);
-    return m;
-}
-const model& llama_bf16() {
-    static const model m = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::bfloat16);
-    return m;
-}
-const model& llama_reference() {
-    static const model m = [] {
-        model r = make_model(tinyllm::model_shapes::llama_1b(), 1, dtype::float32);
-        r.set_kernels(model::kernels::reference);
-        return r;
-    }();
-    return m;
-}
+constexpr auto gpt2_f32 = &cached_model<shape::gpt2_124m, dtype::float32>;
+constexpr auto gpt2_bf16 = &cached_model<shape::gpt2_124m, dtype::bfloat16>;
+constexpr auto gpt2_reference = &cached_model<shape::gpt2_124m, dtype::float32, model::kernels::reference>;
+constexpr auto llama_f32 = &cached_model<shape::llama_1b, dtype::float32>;
+constexpr auto llama_bf16 = &cached_model<shape::llama_1b, dtype::bfloat16>;
+constexpr auto llama_reference = &cached_model<shape::llama_1b, dtype::float32, model::kernels::reference>;
 
 // Bytes a decode step reads whole: every matrix and norm weight once (a tied
 // embedding once, as the output projection), not GPT-2's position table nor an
@@ -99,24 +81,17 @@ double weight_bytes_per_token(const model& m) {
     auto add = [&bytes](const auto& t) { bytes += static_cast<double>(t.size()) * sizeof(*t.data()); };
     const auto& w = m.weights();
     const auto& b = m.weights_bf16();
-    for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        const auto& L = w.layers[l];
-        for (const auto* t : {&L.attn_norm_weight, &L.attn_norm_bias, &L.ffn_norm_weight, &L.ffn_norm_bias, &L.bq,
-                              &L.bk, &L.bv, &L.bo, &L.fc_bias, &L.proj_bias})
-            add(*t);
-        for (const auto* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down, &L.router}) add(*t);
-        for (const auto* t : {&L.w1, &L.w3, &L.w2}) add(*t);
-        if (!b.layers.empty()) {
-            const auto& B = b.layers[l];
-            for (const auto* t : {&B.wq, &B.wk, &B.wv, &B.wo, &B.fc, &B.proj, &B.gate, &B.up, &B.down}) add(*t);
-            for (const auto* t : {&B.w1, &B.w3, &B.w2}) add(*t);
-        }
-    }
-    add(w.final_norm_weight);
-    add(w.final_norm_bias);
     const bool tied = m.config().tie_word_embeddings;
-    add(tied ? w.embed : w.lm_head);
-    add(tied ? b.embed : b.lm_head);
+    // Float tensors (the matrices are empty here when they are held in bf16).
+    tinyllm::detail::for_each_weight(w, w, [&](const std::string& name, const auto& t, const auto&) {
+        if (name == "embed_positions" || (name == "embed_tokens" && !tied)) return;  // one row read per token
+        add(t);
+    });
+    // bf16 matrices (all empty when the model holds float32 weights).
+    if (!b.layers.empty())
+        tinyllm::detail::for_each_matrix(w, b, [&](const auto&, const auto& t16) {
+            if (static_cast<const void*>(&t16) != &b.embed || tied) add(t16);  // an untied embed: one row
+        });
     return bytes;
 }
 
@@ -224,24 +199,6 @@ tinyllm::model_config gpt2_6m() {
     return c;
 }
 
-// Calls f(weight, gradient) for every tensor of a model's weights and its gradients.
-template <class F>
-void for_each_parameter(tinyllm::model_weights& w, tinyllm::model_weights& g, F&& f) {
-    f(w.embed, g.embed), f(w.positions, g.positions), f(w.lm_head, g.lm_head);
-    f(w.final_norm_weight, g.final_norm_weight), f(w.final_norm_bias, g.final_norm_bias);
-    for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        auto &L = w.layers[l], &G = g.layers[l];
-        for (auto [a, b] : {std::pair{&L.attn_norm_weight, &G.attn_norm_weight}, {&L.attn_norm_bias, &G.attn_norm_bias},
-                            {&L.ffn_norm_weight, &G.ffn_norm_weight}, {&L.ffn_norm_bias, &G.ffn_norm_bias},
-                            {&L.bq, &G.bq}, {&L.bk, &G.bk}, {&L.bv, &G.bv}, {&L.bo, &G.bo},
-                            {&L.fc_bias, &G.fc_bias}, {&L.proj_bias, &G.proj_bias}})
-            f(*a, *b);
-        for (auto [a, b] : {std::pair{&L.wq, &G.wq}, {&L.wk, &G.wk}, {&L.wv, &G.wv}, {&L.wo, &G.wo}, {&L.fc, &G.fc},
-                            {&L.proj, &G.proj}, {&L.gate, &G.gate}, {&L.up, &G.up}, {&L.down, &G.down}})
-            f(*a, *b);
-    }
-}
-
 // One training step of gpt2_6m on a batch of B = 4 rows of T = 64 tokens: the forward
 // and backward pass (model::forward_backward) and an AdamW update of every weight
 // (torch.optim.AdamW's defaults, lr 1e-3). range(0): 1 = the blocked kernels, 0 = the references.
@@ -254,26 +211,13 @@ void train_step(benchmark::State& state) {
     for (index_t i = 0; i < B * T; ++i) tokens.data()[i] = static_cast<std::int32_t>((7919 * i + 13) % c.vocab_size);
     for (index_t i = 0; i < B * T; ++i) targets.data()[i] = i % T == T - 1 ? -100 : tokens.data()[i + 1];
     tinyllm::model_weights grads = tinyllm::zeros_like(m.weights());
-    std::vector<tinyllm::tensor<float, 1>> moments;  // m and v of each parameter, in for_each_parameter's order
-    for_each_parameter(m.weights(), grads, [&](auto& w, auto&) {
-        if (w.size() == 0) return;  // absent in this architecture (or the tied output projection)
-        moments.emplace_back(tinyllm::extents<1>{w.size()});
-        moments.emplace_back(tinyllm::extents<1>{w.size()});
-    });
+    const auto params = tinyllm::model_parameters(m.weights(), grads);
+    auto adam_state = tinyllm::cpu::make_adamw_state(params);
     const tinyllm::adamw_config adam;
-    std::int64_t step = 0;
     double loss = 0;
     for (auto _ : state) {
         loss = m.forward_backward(grads, tokens.view(), targets.view()).total;
-        ++step;
-        std::size_t i = 0;
-        for_each_parameter(m.weights(), grads, [&](auto& w, auto& g) {
-            if (w.size() == 0) return;
-            auto flat = [](auto& t) { return tinyllm::tensor_view<float, 1>(t.data(), {t.size()}); };
-            tinyllm::cpu::adamw_step(flat(w), moments[i].view(), moments[i + 1].view(), flat(g), adam, step);
-            i += 2;
-        });
-        if (i == 0) state.SkipWithError("no parameters");
+        tinyllm::cpu::adamw_step(params, adam_state, adam);
     }
     state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T * state.iterations()),
                                                     benchmark::Counter::kIsRate);
@@ -285,29 +229,33 @@ void train_step(benchmark::State& state) {
 BENCHMARK(copy_bandwidth_row)->Name("copy_bandwidth")->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // GPT-2 124M: about 0.25 GFLOP per token; 0.50 GB of float weights read per decoded token.
-BENCHMARK_CAPTURE(prefill, gpt2_124m_f32, &gpt2_f32)->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(prefill, gpt2_124m_bf16, &gpt2_bf16)->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, gpt2_124m_f32, &gpt2_f32)
+BENCHMARK_CAPTURE(prefill, gpt2_124m_f32, gpt2_f32)
+    ->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(prefill, gpt2_124m_bf16, gpt2_bf16)
+    ->ArgName("prompt")->Arg(128)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, gpt2_124m_f32, gpt2_f32)
     ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, gpt2_124m_bf16, &gpt2_bf16)
+BENCHMARK_CAPTURE(decode, gpt2_124m_bf16, gpt2_bf16)
     ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(prefill, gpt2_124m_reference, &gpt2_reference)
+BENCHMARK_CAPTURE(prefill, gpt2_124m_reference, gpt2_reference)
     ->ArgName("prompt")->Arg(32)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, gpt2_124m_reference, &gpt2_reference)
+BENCHMARK_CAPTURE(decode, gpt2_124m_reference, gpt2_reference)
     ->ArgNames({"prompt", "steps"})->Args({16, 4})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Llama-3.2-1B's shape: about 2.5 GFLOP per token; 5.0 GB of float weights per decoded token.
-BENCHMARK_CAPTURE(prefill, llama_1b_f32, &llama_f32)
+BENCHMARK_CAPTURE(prefill, llama_1b_f32, llama_f32)
     ->ArgName("prompt")->Arg(128)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(prefill, llama_1b_bf16, &llama_bf16)
+BENCHMARK_CAPTURE(prefill, llama_1b_bf16, llama_bf16)
     ->ArgName("prompt")->Arg(128)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, llama_1b_f32, &llama_f32)
+BENCHMARK_CAPTURE(decode, llama_1b_f32, llama_f32)
     ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(decode, llama_1b_bf16, &llama_bf16)
+BENCHMARK_CAPTURE(decode, llama_1b_bf16, llama_bf16)
     ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(prefill, llama_1b_reference, &llama_reference)
+BENCHMARK_CAPTURE(prefill, llama_1b_reference, llama_reference)
     ->ArgName("prompt")->Arg(4)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // Training: one step (forward, backward, AdamW) of the 5.8M-parameter GPT-2, B = 4, T = 64.
-BENCHMARK(train_step)->Name("train_step/gpt2_6m_b4_t64_blocked")->Arg(1)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(train_step)->Name("train_step/gpt2_6m_b4_t64_reference")->Arg(0)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(train_step)
+    ->Name("train_step/gpt2_6m_b4_t64_blocked")->Arg(1)->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(train_step)
+    ->Name("train_step/gpt2_6m_b4_t64_reference")->Arg(0)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);

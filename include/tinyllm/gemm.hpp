@@ -578,6 +578,47 @@ inline gemm_grid gemm_choose_grid(index_t M, index_t N, index_t threads, index_t
     return best;
 }
 
+// The threads worth waking for an M x N x K product, at most `threads`: small products
+// are not worth it (about 1 ms of work, 2 MFLOP, per thread). 1 without OpenMP.
+inline index_t gemm_team(index_t M, index_t N, index_t K, int threads) {
+#if defined(_OPENMP)
+    const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+    return std::clamp<index_t>(static_cast<index_t>(flops / 2e6), 1, std::max(1, threads));
+#else
+    (void)M, (void)N, (void)K, (void)threads;
+    return 1;
+#endif
+}
+
+// Thread t's block of an (M, N) product shared by nt threads on gemm_choose_grid's grid:
+// rows [i0, i1) and columns [j0, j1), in whole slivers of MR rows and NR columns; empty
+// (i0 == i1 or j0 == j1) when the grid leaves thread t without work.
+struct gemm_range {
+    index_t i0 = 0, i1 = 0, j0 = 0, j1 = 0;
+    bool empty() const { return i0 >= i1 || j0 >= j1; }
+};
+
+inline gemm_range gemm_thread_block(index_t M, index_t N, index_t t, index_t nt, index_t MR, index_t NR) {
+    const gemm_grid g = gemm_choose_grid(M, N, nt, MR, NR);
+    const index_t ti = t / g.tn, tj = t % g.tn;
+    if (ti >= g.tm) return {};
+    const index_t rows = ceil_div(ceil_div(M, g.tm), MR) * MR, cols = ceil_div(ceil_div(N, g.tn), NR) * NR;
+    gemm_range r;
+    r.i0 = std::min(M, ti * rows);
+    r.i1 = std::min(M, r.i0 + rows);
+    r.j0 = std::min(N, tj * cols);
+    r.j1 = std::min(N, r.j0 + cols);
+    return r;
+}
+
+// Whether the product is a few rows against a weight (decoding a token: fewer rows than
+// a micro-tile, A contiguous along k, B's columns contiguous along k), which the dot
+// products compute reading B once where it lies.
+template <class TB>
+bool gemm_few_rows(const tensor_view<const float, 2>& a, const tensor_view<const TB, 2>& b, index_t MR) {
+    return a.extent(0) < MR && (a.extent(1) == 1 || (a.stride(1) == 1 && b.stride(0) == 1));
+}
+
 // The blocked, packed, register-tiled product on up to `threads` threads (OpenMP);
 // the arguments are checked by the caller. B's elements TB: float, or bfloat16 (a
 // bf16 weight, widened to float where it is read).
@@ -592,14 +633,8 @@ void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2>
     }
     const gemm_kernel kernel = gemm_pick_kernel();
     const index_t MR = kernel.mr, NR = kernel.nr;
-    // Small products are not worth waking threads for (about 1 ms of work per thread).
-    const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-    const index_t useful = std::max<index_t>(1, static_cast<index_t>(flops / 2e6));
-    index_t team = std::clamp<index_t>(useful, 1, std::max(1, threads));
-#if !defined(_OPENMP)
-    team = 1;
-#endif
-    if (M < MR && (K == 1 || (a.stride(1) == 1 && b.stride(0) == 1))) {
+    const index_t team = gemm_team(M, N, K, threads);
+    if (gemm_few_rows(a, b, MR)) {
         // Few rows against a weight: dot products, the columns shared out among threads.
         const gemm_rows_args<TB> whole{M, K, 0, N, a.data(), b.data(), c.data(), a.stride(0), b.stride(1),
                                        c.stride(0), c.stride(1), alpha, beta};
@@ -629,15 +664,12 @@ void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2>
         const index_t t = 0, nt = 1;
 #endif
         // The grid for the threads the runtime gave (nt <= team); parts of whole slivers.
-        const gemm_grid g = gemm_choose_grid(M, N, nt, MR, NR);
-        const index_t ti = t / g.tn, tj = t % g.tn;
-        const index_t rows = ceil_div(ceil_div(M, g.tm), MR) * MR, cols = ceil_div(ceil_div(N, g.tn), NR) * NR;
-        const index_t i0 = std::min(M, ti * rows), i1 = std::min(M, i0 + rows);
-        const index_t j0 = std::min(N, tj * cols), j1 = std::min(N, j0 + cols);
-        if (ti < g.tm && i0 < i1 && j0 < j1) {
+        const gemm_range r = gemm_thread_block(M, N, t, nt, MR, NR);
+        if (!r.empty()) {
             float* mine = buffers.get() + t * (a_size + b_size);
-            gemm_blocked_serial(c.narrow(0, i0, i1 - i0).narrow(1, j0, j1 - j0), a.narrow(0, i0, i1 - i0),
-                                b.narrow(1, j0, j1 - j0), alpha, beta, kernel, mine, mine + a_size);
+            gemm_blocked_serial(c.narrow(0, r.i0, r.i1 - r.i0).narrow(1, r.j0, r.j1 - r.j0),
+                                a.narrow(0, r.i0, r.i1 - r.i0), b.narrow(1, r.j0, r.j1 - r.j0), alpha, beta, kernel,
+                                mine, mine + a_size);
         }
     }
 }
@@ -724,7 +756,7 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
     // A few rows against a weight (decoding a token): the blocked kernel's dot products
     // read the weight once, where sgemm packs it first (a float GPT-2 decode step took
     // 86 ms through sgemm, 4 times the bf16 step that runs the dot products).
-    if (M < gemm_pick_kernel().mr && (K == 1 || (a.stride(1) == 1 && b.stride(0) == 1))) {
+    if (gemm_few_rows(a, b, gemm_pick_kernel().mr)) {
         gemm_blocked_unchecked(c, a, b, alpha, beta, threads);
         return;
     }
@@ -747,8 +779,7 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
     // threads multiplies its own block of C (the grid gemm_blocked uses). With OpenBLAS's
     // own threads beside OpenMP's, the two pools spin-wait against each other for the
     // cores: in a training step alternating BLAS products with tiled attention, libgomp's
-    // spinning took 28% of the time on 2 cores (perf), and under a competing load a
-    // decode step ran 3 times slower than with OMP_WAIT_POLICY=passive.
+    // spinning took 28% of the time on 2 cores (perf).
     if (blas_threads_applied().exchange(1) != 1) openblas_set_num_threads_symbol(1);
     const index_t rows = c.extent(0), cols = c.extent(1);
     auto product = [&](index_t i0, index_t i1, index_t j0, index_t j1) {  // C[i0:i1, j0:j1]
@@ -757,12 +788,7 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
                            b.data() + j0 * b.stride(1), lb.ld, beta, c.data() + i0 * c.stride(0) + j0 * c.stride(1),
                            lc.ld);
     };
-    // Small products are not worth waking threads for (about 1 ms of work per thread).
-    const double flops = 2.0 * static_cast<double>(rows) * static_cast<double>(cols) * static_cast<double>(K);
-    index_t team = std::clamp<index_t>(static_cast<index_t>(flops / 2e6), 1, std::max(1, threads));
-#if !defined(_OPENMP)
-    team = 1;
-#endif
+    const index_t team = gemm_team(rows, cols, K, threads);
     if (team == 1) {
         product(0, rows, 0, cols);
         return;
@@ -775,13 +801,8 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
 #else
         const index_t t = 0, nt = 1;
 #endif
-        const gemm_grid g = gemm_choose_grid(rows, cols, nt, granule, granule);
-        const index_t ti = t / g.tn, tj = t % g.tn;
-        const index_t block_rows = ceil_div(ceil_div(rows, g.tm), granule) * granule;
-        const index_t block_cols = ceil_div(ceil_div(cols, g.tn), granule) * granule;
-        const index_t i0 = std::min(rows, ti * block_rows), i1 = std::min(rows, i0 + block_rows);
-        const index_t j0 = std::min(cols, tj * block_cols), j1 = std::min(cols, j0 + block_cols);
-        if (ti < g.tm && i0 < i1 && j0 < j1) product(i0, i1, j0, j1);
+        const gemm_range r = gemm_thread_block(rows, cols, t, nt, granule, granule);
+        if (!r.empty()) product(r.i0, r.i1, r.j0, r.j1);
     }
 }
 

@@ -281,12 +281,12 @@ struct model_weights_bf16 {
 
 namespace detail {
 
-// Calls f(float tensor, its bf16 counterpart) for every matrix the two hold in common.
+// Calls f(float tensor, its bf16 counterpart) for every matrix the two hold in common
+// (model_weights and model_weights_bf16 of as many layers, const or not).
 template <class W, class W16, class F>
 void for_each_matrix(W& w, W16& b, F&& f) {
     f(w.embed, b.embed);
     f(w.lm_head, b.lm_head);
-    b.layers.resize(w.layers.size());
     for (std::size_t l = 0; l < w.layers.size(); ++l) {
         auto& L = w.layers[l];
         auto& B = b.layers[l];
@@ -309,10 +309,6 @@ void convert_releasing(tensor<To, R>& dst, tensor<From, R>& src) {
     }
     src = tensor<From, R>();
 }
-
-}  // namespace detail
-
-namespace detail {
 
 // The transpose of a (rows, cols) tensor, as a new (cols, rows) tensor: GPT-2
 // stores its projections as Conv1D (in, out); tinyllm uses Linear's (out, in).
@@ -756,11 +752,13 @@ public:
     enum class weight_dtype { float32, bfloat16 };
     void set_weight_dtype(weight_dtype d) {
         if (d == dtype_) return;
-        if (d == weight_dtype::bfloat16)
+        if (d == weight_dtype::bfloat16) {
+            w16_.layers.resize(w_.layers.size());
             detail::for_each_matrix(w_, w16_, [](auto& f32, auto& b16) { detail::convert_releasing(b16, f32); });
-        else
+        } else {
             detail::for_each_matrix(w_, w16_, [](auto& f32, auto& b16) { detail::convert_releasing(f32, b16); });
-        if (d == weight_dtype::float32) w16_ = model_weights_bf16();
+            w16_ = model_weights_bf16();
+        }
         dtype_ = d;
     }
     weight_dtype weights_dtype() const { return dtype_; }
@@ -926,13 +924,27 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
+    // out = x weight^T + bias through the chosen kernels, float weights.  out (n, N), x (n, K)
+    void linear_on_kernels(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
+                           tensor_view<const float, 1> bias) const {
+        if (kernels_ == kernels::blocked) linear_gemm(out, x, weight, bias);
+        else linear(out, x, weight, bias);
+    }
+
+    // Its gradients through the chosen kernels (linear_backward's arguments).
+    void linear_backward_on_kernels(tensor_view<float, 2> dx, tensor_view<float, 2> dweight,
+                                    tensor_view<float, 1> dbias, tensor_view<const float, 2> dout,
+                                    tensor_view<const float, 2> x, tensor_view<const float, 2> weight) const {
+        if (kernels_ == kernels::blocked) linear_backward_gemm(dx, dweight, dbias, dout, x, weight);
+        else linear_backward(dx, dweight, dbias, dout, x, weight);
+    }
+
     // out = x weight^T + bias through the chosen kernels and the weight as held
     // (weight16 when the matrices are bf16).                             out (n, N), x (n, K)
     void project(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 2>& weight,
                  const tensor<bfloat16, 2>& weight16, const tensor<float, 1>& bias) const {
         if (dtype_ == weight_dtype::bfloat16) linear_gemm(out, x, weight16.view(), bias.view());
-        else if (kernels_ == kernels::blocked) linear_gemm(out, x, weight.view(), bias.view());
-        else linear(out, x, weight.view(), bias.view());
+        else linear_on_kernels(out, x, weight.view(), bias.view());
     }
 
     // The MLPs on the blocked kernels: the steps of gpt2_mlp, swiglu_mlp and
@@ -977,23 +989,21 @@ private:
         tensor<float, 2> sorted(extents<2>{plan.rows(), D}), expert_out(extents<2>{plan.rows(), D});  // (R, D)
         moe_gather(sorted.view(), x, plan.view());
         for (auto& v : expert_out.values()) v = 0.0f;  // rows no expert fills (padding)
-        const tensor<float, 1> none;
         for (index_t e = 0; e < E; ++e) {
             const index_t first = plan.expert_offsets(e), rows = plan.expert_counts(e);
             if (rows == 0) continue;
+            // out = in · (expert e's matrix of w or w16, as held)^T
+            auto expert = [&](tensor_view<float, 2> out, tensor_view<const float, 2> in, const tensor<float, 3>& w,
+                              const tensor<bfloat16, 3>& w16) {
+                if (bf16) linear_gemm(out, in, w16.view().slice(0, e), {});
+                else linear_gemm(out, in, w.view().slice(0, e), {});
+            };
             const auto in = sorted.view().narrow(0, first, rows);  // (rows, D)
             tensor<float, 2> gate(extents<2>{rows, F}), up(extents<2>{rows, F});
-            if (bf16) {
-                linear_gemm(gate.view(), in, L16.w1.view().slice(0, e), none.view());
-                linear_gemm(up.view(), in, L16.w3.view().slice(0, e), none.view());
-            } else {
-                linear_gemm(gate.view(), in, L.w1.view().slice(0, e), none.view());
-                linear_gemm(up.view(), in, L.w3.view().slice(0, e), none.view());
-            }
+            expert(gate.view(), in, L.w1, L16.w1);
+            expert(up.view(), in, L.w3, L16.w3);
             swiglu(gate.view(), gate.view(), up.view());
-            const auto y = expert_out.view().narrow(0, first, rows);  // (rows, D)
-            if (bf16) linear_gemm(y, gate.view(), L16.w2.view().slice(0, e), none.view());
-            else linear_gemm(y, gate.view(), L.w2.view().slice(0, e), none.view());
+            expert(expert_out.view().narrow(0, first, rows), gate.view(), L.w2, L16.w2);
         }
         moe_combine(out, expert_out.view(), weights.view(), plan.view());
     }
@@ -1165,17 +1175,6 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     // kernels, the references otherwise. Mixtral's experts run moe_forward / moe_backward
     // either way (the references: the blocked expert path is forward-only so far).
     const bool blocked = kernels_ == kernels::blocked;
-    auto lin = [blocked](tensor_view<float, 2> out, tensor_view<const float, 2> in, tensor_view<const float, 2> w,
-                         tensor_view<const float, 1> bias) {
-        if (blocked) linear_gemm(out, in, w, bias);
-        else linear(out, in, w, bias);
-    };
-    auto lin_backward = [blocked](tensor_view<float, 2> din, tensor_view<float, 2> dw, tensor_view<float, 1> dbias,
-                                  tensor_view<const float, 2> dout, tensor_view<const float, 2> in,
-                                  tensor_view<const float, 2> w) {
-        if (blocked) linear_backward_gemm(din, dw, dbias, dout, in, w);
-        else linear_backward(din, dw, dbias, dout, in, w);
-    };
     auto as4 = [&](tensor<float, 2>& m, index_t heads) { return tensor_view<float, 4>(m.data(), {B, T, heads, Dh}); };
     auto cas4 = [&](const tensor<float, 2>& m, index_t heads) {
         return tensor_view<const float, 4>(m.data(), {B, T, heads, Dh});
@@ -1191,18 +1190,19 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         A.q = tensor<float, 2>(extents<2>{N, Hq * Dh});
         A.k = tensor<float, 2>(extents<2>{N, Hkv * Dh});
         A.v = tensor<float, 2>(extents<2>{N, Hkv * Dh});
-        lin(A.q.view(), A.h1.view(), L.wq.view(), L.bq.view());
-        lin(A.k.view(), A.h1.view(), L.wk.view(), L.bk.view());
-        lin(A.v.view(), A.h1.view(), L.wv.view(), L.bv.view());
+        linear_on_kernels(A.q.view(), A.h1.view(), L.wq.view(), L.bq.view());
+        linear_on_kernels(A.k.view(), A.h1.view(), L.wk.view(), L.bk.view());
+        linear_on_kernels(A.v.view(), A.h1.view(), L.wv.view(), L.bv.view());
         if (!gpt2) apply_rope(as4(A.q, Hq), as4(A.k, Hkv), c.rope, 0);
         A.attn = tensor<float, 2>(extents<2>{N, Hq * Dh});
         if (blocked) {
             A.lse = tensor<float, 3>(extents<3>{B, Hq, T});
-            attention_tiled<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal, A.lse.view());
+            attention_tiled<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal,
+                                   A.lse.view());
         } else {
             attention<float>(as4(A.attn, Hq), cas4(A.q, Hq), cas4(A.k, Hkv), cas4(A.v, Hkv), causal);
         }
-        lin(delta.view(), A.attn.view(), L.wo.view(), L.bo.view());
+        linear_on_kernels(delta.view(), A.attn.view(), L.wo.view(), L.bo.view());
         add(x.view(), x.view(), delta.view());
 
         A.x_mid = x;
@@ -1210,18 +1210,18 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         norm(A.h2.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
         if (gpt2) {
             A.a = tensor<float, 2>(extents<2>{N, F});  // fc pre-activation
-            lin(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
+            linear_on_kernels(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
             tensor<float, 2> g(extents<2>{N, F});
             activate(g.view(), A.a.view(), activation::gelu_tanh);
-            lin(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
+            linear_on_kernels(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
         } else if (!moe) {
             A.a = tensor<float, 2>(extents<2>{N, F});  // gate
             A.b = tensor<float, 2>(extents<2>{N, F});  // up
-            lin(A.a.view(), A.h2.view(), L.gate.view(), {});
-            lin(A.b.view(), A.h2.view(), L.up.view(), {});
+            linear_on_kernels(A.a.view(), A.h2.view(), L.gate.view(), {});
+            linear_on_kernels(A.b.view(), A.h2.view(), L.up.view(), {});
             tensor<float, 2> s(extents<2>{N, F});
             swiglu(s.view(), A.a.view(), A.b.view());
-            lin(delta.view(), s.view(), L.down.view(), {});
+            linear_on_kernels(delta.view(), s.view(), L.down.view(), {});
         } else {
             A.router_logits = tensor<float, 2>(extents<2>{N, E});
             linear(A.router_logits.view(), A.h2.view(), L.router.view(), {});
@@ -1234,7 +1234,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     norm(hf.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
     const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
     tensor<float, 2> logits(extents<2>{N, V});  // (N, V), overwritten below by its gradient
-    lin(logits.view(), hf.view(), head.view(), {});
+    linear_on_kernels(logits.view(), hf.view(), head.view(), {});
 
     // ---- the losses ----
     loss_terms loss;
@@ -1254,7 +1254,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     const tensor_view<const float, 2> dlogits = logits.view();
     tensor<float, 2> dh(extents<2>{N, D}), dx(extents<2>{N, D});  // (N, D)
     tensor<float, 2>& dhead = c.tie_word_embeddings ? grads.embed : grads.lm_head;
-    lin_backward(dh.view(), dhead.view(), {}, dlogits, hf.view(), head.view());
+    linear_backward_on_kernels(dh.view(), dhead.view(), {}, dlogits, hf.view(), head.view());
     norm_backward(dx.view(), grads.final_norm_weight, grads.final_norm_bias, dh.view(), {}, x.view(),
                   w_.final_norm_weight);
 
@@ -1268,16 +1268,17 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         if (gpt2) {
             tensor<float, 2> g(extents<2>{N, F}), dg(extents<2>{N, F});  // gelu(a) recomputed; its gradient
             activate(g.view(), A.a.view(), activation::gelu_tanh);
-            lin_backward(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(), L.proj.view());
+            linear_backward_on_kernels(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(),
+                                       L.proj.view());
             activate_backward(dg.view(), dg.view(), A.a.view(), activation::gelu_tanh);
-            lin_backward(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
+            linear_backward_on_kernels(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
         } else if (!moe) {
             tensor<float, 2> s(extents<2>{N, F}), ds(extents<2>{N, F}), dup(extents<2>{N, F});
             swiglu(s.view(), A.a.view(), A.b.view());
-            lin_backward(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
+            linear_backward_on_kernels(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
             swiglu_backward(ds.view(), dup.view(), ds.view(), A.a.view(), A.b.view());  // ds becomes d gate
-            lin_backward(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
-            lin_backward(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
+            linear_backward_on_kernels(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
+            linear_backward_on_kernels(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
             add(dh.view(), dh.view(), dpart.view());
         } else {
             moe_backward(dh.view(), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), dx.view(),
@@ -1287,7 +1288,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         norm_backward(dx.view(), G.ffn_norm_weight, G.ffn_norm_bias, dh.view(), dx.view(), A.x_mid.view(),
                       L.ffn_norm_weight);  // dx = d x_mid: the norm's path plus the skip's
         // Attention block: x_mid = x + attention(norm1(x)) Wo.
-        lin_backward(dattn.view(), G.wo.view(), G.bo.view(), dx.view(), A.attn.view(), L.wo.view());
+        linear_backward_on_kernels(dattn.view(), G.wo.view(), G.bo.view(), dx.view(), A.attn.view(), L.wo.view());
         if (blocked)
             attention_backward_tiled<float>(as4(dq, Hq), as4(dk, Hkv), as4(dv, Hkv), cas4(dattn, Hq), cas4(A.q, Hq),
                                             cas4(A.k, Hkv), cas4(A.v, Hkv), cas4(A.attn, Hq), A.lse.view(), causal);
@@ -1298,10 +1299,10 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
             apply_rope_backward(as4(dq, Hq), c.rope, 0);
             apply_rope_backward(as4(dk, Hkv), c.rope, 0);
         }
-        lin_backward(dh.view(), G.wq.view(), G.bq.view(), dq.view(), A.h1.view(), L.wq.view());
-        lin_backward(dpart.view(), G.wk.view(), G.bk.view(), dk.view(), A.h1.view(), L.wk.view());
+        linear_backward_on_kernels(dh.view(), G.wq.view(), G.bq.view(), dq.view(), A.h1.view(), L.wq.view());
+        linear_backward_on_kernels(dpart.view(), G.wk.view(), G.bk.view(), dk.view(), A.h1.view(), L.wk.view());
         add(dh.view(), dh.view(), dpart.view());
-        lin_backward(dpart.view(), G.wv.view(), G.bv.view(), dv.view(), A.h1.view(), L.wv.view());
+        linear_backward_on_kernels(dpart.view(), G.wv.view(), G.bv.view(), dv.view(), A.h1.view(), L.wv.view());
         add(dh.view(), dh.view(), dpart.view());
         norm_backward(dx.view(), G.attn_norm_weight, G.attn_norm_bias, dh.view(), dx.view(), A.x.view(),
                       L.attn_norm_weight);  // dx = d x
@@ -1344,11 +1345,9 @@ inline std::vector<token_id> generate(const model& m, std::span<const token_id> 
     if (options.max_new_tokens == 0) return out;
     tensor<float, 2> logits = m.forward_last(session, prompt);  // (1, V)
     for (index_t step = 0; step < options.max_new_tokens; ++step) {
-        const index_t last = logits.extent(0) - 1;
-        tensor_view<const float, 2> row = tensor_view<const float, 2>(logits.view()).narrow(0, last, 1);  // (1, V)
         token_id token = 0;
-        sample(tensor_view<token_id, 1>(&token, {1}), row, options.sampling, options.seed,
-               static_cast<std::uint64_t>(step), options.stream);
+        sample(tensor_view<token_id, 1>(&token, {1}), tensor_view<const float, 2>(logits.view()), options.sampling,
+               options.seed, static_cast<std::uint64_t>(step), options.stream);
         out.push_back(token);
         if (on_token) on_token(token);
         if (std::find(eos.begin(), eos.end(), token) != eos.end()) break;
