@@ -491,22 +491,22 @@ TEST_CASE("attention_tiled and attention_backward_tiled reject bad arguments wit
 }
 
 TEST_CASE("attention_tiled's polynomial exp: a few ulps over [-87, 0], clamped below, NaN kept", "[attention][tiled]") {
-    using tinyllm::detail::attention_exp_nonpositive;
+    using tinyllm::detail::exp_nonpositive;
     double worst = 0;
     for (double x = -87.0; x <= 0.01; x += 1e-3) {
         const float xf = static_cast<float>(x);
         const double want = std::exp(static_cast<double>(xf));
-        worst = std::max(worst, std::fabs(attention_exp_nonpositive(xf) - want) / want);
+        worst = std::max(worst, std::fabs(exp_nonpositive(xf) - want) / want);
     }
-    std::printf("attention_exp_nonpositive: worst relative error over [-87, 0.01] %g\n", worst);
+    std::printf("exp_nonpositive: worst relative error over [-87, 0.01] %g\n", worst);
     REQUIRE(worst < 5e-7);
-    REQUIRE(attention_exp_nonpositive(0.0f) == 1.0f);
-    REQUIRE(attention_exp_nonpositive(-0.0f) == 1.0f);
+    REQUIRE(exp_nonpositive(0.0f) == 1.0f);
+    REQUIRE(exp_nonpositive(-0.0f) == 1.0f);
     // Below -87 (and -inf): e^-87, a tiny positive number the callers zero where the key is masked.
-    const float floor = attention_exp_nonpositive(-87.0f);
+    const float floor = exp_nonpositive(-87.0f);
     REQUIRE((floor > 0.0f && floor < 2e-38f));
-    REQUIRE(attention_exp_nonpositive(-1000.0f) == floor);
-    REQUIRE(attention_exp_nonpositive(-std::numeric_limits<float>::infinity()) == floor);
-    REQUIRE(std::isnan(attention_exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
-    REQUIRE(std::isnan(attention_exp_nonpositive(-std::numeric_limits<float>::quiet_NaN())));
+    REQUIRE(exp_nonpositive(-1000.0f) == floor);
+    REQUIRE(exp_nonpositive(-std::numeric_limits<float>::infinity()) == floor);
+    REQUIRE(std::isnan(exp_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+    REQUIRE(std::isnan(exp_nonpositive(-std::numeric_limits<float>::quiet_NaN())));
 }

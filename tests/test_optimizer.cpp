@@ -215,6 +215,40 @@ TEST_CASE("adamw on a model of several tensors equals stepping each tensor alone
     TINYLLM_REQUIRE_CLOSE(b.values(), b1, tolerance{0, 0, 0}, "adamw model vs per tensor: bias");
 }
 
+TEST_CASE("adamw_step: strided views, partial blocks and any thread count give the same bits", "[optimizer][adamw]") {
+    // 70001 elements: threaded (>= 2^16), and not a multiple of the 256-element blocks nor of two.
+    const index_t n = 70001;
+    tensor<float, 1> p0({n}), g({n});
+    cpu::fill_normal(p0, seed(30));
+    const adamw_config c{.lr = 0.01, .weight_decay = 0.1};
+    auto run_contiguous = [&](int threads) {
+        cpu::set_num_threads(threads);
+        std::vector<float> p = p0.values(), m(static_cast<std::size_t>(n), 0.0f), v(m);
+        for (std::int64_t step = 1; step <= 3; ++step) {
+            cpu::fill_normal(g, seed(40 + static_cast<std::uint64_t>(step)));
+            cpu::adamw_step(view(p), view(m), view(v), cview(g.values()), c, step, true);
+        }
+        cpu::set_num_threads(0);
+        return p;
+    };
+    // Every other element of buffers twice the size: the accessor loop.
+    std::vector<float> p2(static_cast<std::size_t>(2 * n), 0.0f), m2(p2), v2(p2);
+    for (index_t i = 0; i < n; ++i) p2[static_cast<std::size_t>(2 * i)] = p0(i);
+    const extents<1> shape{n}, every_other{2};
+    for (std::int64_t step = 1; step <= 3; ++step) {
+        cpu::fill_normal(g, seed(40 + static_cast<std::uint64_t>(step)));
+        cpu::adamw_step(tensor_view<float, 1>(p2.data(), shape, every_other),
+                        tensor_view<float, 1>(m2.data(), shape, every_other),
+                        tensor_view<float, 1>(v2.data(), shape, every_other), cview(g.values()), c, step, true);
+    }
+    std::vector<float> strided(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) strided[static_cast<std::size_t>(i)] = p2[static_cast<std::size_t>(2 * i)];
+    const std::vector<float> one = run_contiguous(1), three = run_contiguous(3);
+    REQUIRE(one != p0.values());
+    REQUIRE(one == three);
+    REQUIRE(one == strided);
+}
+
 // ---- SGD --------------------------------------------------------------------------------
 
 TEST_CASE("sgd: the first steps derived by hand", "[optimizer][sgd]") {

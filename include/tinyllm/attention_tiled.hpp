@@ -79,6 +79,7 @@
 #include <tinyllm/attention.hpp>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
 
 #include <algorithm>
@@ -111,41 +112,6 @@ T attention_from_float(float x) {
 // exp(s - m), and 0 for a masked score (s = -inf), never NaN.
 inline float attention_exp_shifted(float s, float m) {
     return s == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(s - m);
-}
-
-// e^x for the x <= 0 of a softmax (x = s - max), in a form a compiler
-// vectorizes: std::exp is a library call per element, this is a dozen
-// multiply-adds and integer operations, no branch. x below -87 is taken as -87
-// (e^-87 ~ 1.6e-38; masked scores, -inf, are zeroed by the callers, which know
-// the visible keys); NaN stays NaN. With n = round(x / ln 2) and
-// r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts, so that n ln 2 is
-// exact), e^x = 2^n e^r: e^r is its Taylor polynomial of degree 6 (truncation
-// < 2e-8 relative) and 2^n is built in the exponent bits. Relative error
-// <= 3e-7 (a few float ulps) over [-87, 0]; also right for the slightly
-// positive x that rounding can give (s - lse in the backward).
-inline float attention_exp_nonpositive(float x) {
-    // The clamp works on the bits: for x <= 0 a larger magnitude is a larger
-    // unsigned pattern (up to -inf, 0xff800000; above it, negative NaNs), and
-    // integer operations vectorize where a float comparison (which may trap,
-    // under the default -ftrapping-math) does not.
-    constexpr std::uint32_t limit = std::bit_cast<std::uint32_t>(-87.0f), minus_inf = 0xff800000u;
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(x);
-    const std::uint32_t nan_mask = 0u - static_cast<std::uint32_t>(u > minus_inf);  // all ones for a negative NaN
-    const float xc = std::bit_cast<float>((std::min(u, limit) & ~nan_mask) | (u & nan_mask));
-    // Round x / ln 2 to the nearest integer n by adding 1.5 * 2^23: n lands in the low mantissa bits.
-    constexpr float round_shift = 12582912.0f;
-    const float shifted = xc * 1.44269504088896341f + round_shift;
-    const float n = shifted - round_shift;
-    const std::int32_t n_int = std::bit_cast<std::int32_t>(shifted) - std::bit_cast<std::int32_t>(round_shift);
-    const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-    float p = 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return p * std::bit_cast<float>((n_int + 127) << 23);  // 2^n, n in [-126, 0]
 }
 
 // The block columns [c0, c1) of the keys visible to a row, from its key range
@@ -393,7 +359,7 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
             const float m_old = s.m[static_cast<std::size_t>(r)];
             const float m_new = std::max(m_old, block_max);
             const float alpha = attention_exp_shifted(m_old, m_new);  // 0 on the first visible block
-            for (index_t c = c0; c < c1; ++c) sr[c] = attention_exp_nonpositive(sr[c] - m_new);
+            for (index_t c = c0; c < c1; ++c) sr[c] = exp_nonpositive(sr[c] - m_new);
             float sum = 0.0f;
             for (index_t c = c0; c < c1; ++c) sum += sr[c];
             s.m[static_cast<std::size_t>(r)] = m_new;
@@ -595,7 +561,7 @@ void attention_tiled_backward_block(const attention_tiled_forward_args<T>& a, at
             pr[c] = attention_logit(dot, a.scale, a.softcap, slope, pos, k0 + c) - row_lse;
             gr[c] = (gr[c] - row_delta) * attention_logit_derivative(dot, a.scale, a.softcap);
         }
-        for (index_t c = c0; c < c1; ++c) pr[c] = attention_exp_nonpositive(pr[c]);
+        for (index_t c = c0; c < c1; ++c) pr[c] = exp_nonpositive(pr[c]);
         for (index_t c = c0; c < c1; ++c) gr[c] *= pr[c];
         std::fill(pr, pr + c0, 0.0f);
         std::fill(gr, gr + c0, 0.0f);

@@ -76,6 +76,7 @@
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/threads.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -90,19 +91,6 @@
 #include <utility>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
-// TINYLLM_OMP(parallel for ...) is `#pragma omp parallel for ...` with OpenMP and
-// nothing without it (so no unknown-pragma warnings there).
-#if defined(_OPENMP)
-#define TINYLLM_PRAGMA(x) _Pragma(#x)
-#define TINYLLM_OMP(...) TINYLLM_PRAGMA(omp __VA_ARGS__)
-#else
-#define TINYLLM_OMP(...)
-#endif
-
 // The run-time choice of an AVX2+FMA micro-kernel: x86-64 with GCC or Clang (the
 // target attribute and __builtin_cpu_supports); not in code compiled by nvcc.
 // Defining TINYLLM_GEMM_NO_DISPATCH keeps the generic kernel everywhere (CI tests it so).
@@ -116,47 +104,6 @@
 #endif
 
 namespace tinyllm {
-
-namespace detail {
-
-// The thread count set by cpu::set_num_threads (0: the default).
-inline std::atomic<int>& num_threads_setting() {
-    static std::atomic<int> n{0};
-    return n;
-}
-
-inline int default_num_threads() {
-#if defined(_OPENMP)
-    return std::max(1, omp_get_max_threads());  // OMP_NUM_THREADS, else the cores
-#else
-    if (const char* env = std::getenv("OMP_NUM_THREADS")) {
-        const int n = std::atoi(env);
-        if (n > 0) return n;
-    }
-    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-#endif
-}
-
-}  // namespace detail
-
-namespace cpu {
-
-// The number of threads the threaded CPU kernels (gemm) use. By default the
-// OpenMP default: OMP_NUM_THREADS when set, else one per core. set_num_threads(n)
-// sets it for the whole program (n >= 1), set_num_threads(0) restores the default.
-// gemm_blocked runs on one thread in a build without OpenMP whatever this says;
-// gemm_blas passes the count to OpenBLAS.
-inline void set_num_threads(int n) {
-    TINYLLM_EXPECT(n >= 0, "set_num_threads: n = ", n, " must be at least 1 (or 0 for the default)");
-    tinyllm::detail::num_threads_setting().store(n);
-}
-
-inline int num_threads() {
-    const int n = tinyllm::detail::num_threads_setting().load();
-    return n > 0 ? n : tinyllm::detail::default_num_threads();
-}
-
-}  // namespace cpu
 
 namespace detail {
 

@@ -10,7 +10,10 @@
 
 #include <tinyllm/config.hpp>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 
 namespace tinyllm {
 
@@ -136,6 +139,42 @@ TINYLLM_HOST_DEVICE float ldexp_exact(float x, int n) {
 #else
     return std::ldexp(x, n);
 #endif
+}
+
+// e^x for the x <= 0 of a softmax (x = s - max) and of the CPU's vectorized
+// sigmoids (x = -|u|), in a form a compiler vectorizes (host code only):
+// std::exp is a library call per element, this is a dozen multiply-adds and
+// integer operations, no branch. x below -87 is taken as -87
+// (e^-87 ~ 1.6e-38; masked scores, -inf, are zeroed by the callers, which know
+// the visible keys); NaN stays NaN. With n = round(x / ln 2) and
+// r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts, so that n ln 2 is
+// exact), e^x = 2^n e^r: e^r is its Taylor polynomial of degree 6 (truncation
+// < 2e-8 relative) and 2^n is built in the exponent bits. Relative error
+// <= 3e-7 (a few float ulps) over [-87, 0]; also right for the slightly
+// positive x that rounding can give (s - lse in the backward).
+inline float exp_nonpositive(float x) {
+    // The clamp works on the bits: for x <= 0 a larger magnitude is a larger
+    // unsigned pattern (up to -inf, 0xff800000; above it, negative NaNs), and
+    // integer operations vectorize where a float comparison (which may trap,
+    // under the default -ftrapping-math) does not.
+    constexpr std::uint32_t limit = std::bit_cast<std::uint32_t>(-87.0f), minus_inf = 0xff800000u;
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(x);
+    const std::uint32_t nan_mask = 0u - static_cast<std::uint32_t>(u > minus_inf);  // all ones for a negative NaN
+    const float xc = std::bit_cast<float>((std::min(u, limit) & ~nan_mask) | (u & nan_mask));
+    // Round x / ln 2 to the nearest integer n by adding 1.5 * 2^23: n lands in the low mantissa bits.
+    constexpr float round_shift = 12582912.0f;
+    const float shifted = xc * 1.44269504088896341f + round_shift;
+    const float n = shifted - round_shift;
+    const std::int32_t n_int = std::bit_cast<std::int32_t>(shifted) - std::bit_cast<std::int32_t>(round_shift);
+    const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return p * std::bit_cast<float>((n_int + 127) << 23);  // 2^n, n in [-126, 0]
 }
 
 }  // namespace detail

@@ -51,7 +51,9 @@
 #include <tinyllm/safetensors.hpp>
 #include <tinyllm/sampling.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/vectorized.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -956,14 +958,14 @@ private:
         if (config_.arch == model_arch::gpt2) {
             tensor<float, 2> hidden(extents<2>{n, config_.intermediate_size});  // (n, F)
             project(hidden.view(), h, L.fc, L16.fc, L.fc_bias);
-            activate(hidden.view(), hidden.view(), activation::gelu_tanh);
+            activate_vectorized(hidden.view(), hidden.view(), activation::gelu_tanh);
             project(out, hidden.view(), L.proj, L16.proj, L.proj_bias);
         } else if (config_.arch == model_arch::llama) {
             const extents<2> hidden{n, config_.intermediate_size};
             tensor<float, 2> gate(hidden), up(hidden);  // (n, F)
             project(gate.view(), h, L.gate, L16.gate, none);
             project(up.view(), h, L.up, L16.up, none);
-            swiglu(gate.view(), gate.view(), up.view());
+            swiglu_vectorized(gate.view(), gate.view(), up.view());
             project(out, gate.view(), L.down, L16.down, none);
         } else {
             moe_blocked(out, h, L, L16);
@@ -1002,7 +1004,7 @@ private:
             tensor<float, 2> gate(extents<2>{rows, F}), up(extents<2>{rows, F});
             expert(gate.view(), in, L.w1, L16.w1);
             expert(up.view(), in, L.w3, L16.w3);
-            swiglu(gate.view(), gate.view(), up.view());
+            swiglu_vectorized(gate.view(), gate.view(), up.view());
             expert(expert_out.view().narrow(0, first, rows), gate.view(), L.w2, L16.w2);
         }
         moe_combine(out, expert_out.view(), weights.view(), plan.view());
@@ -1010,19 +1012,65 @@ private:
 
     // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
     // the residual path, when given), dweight and dbias overwritten.
+    // The row-wise steps through the chosen kernels: vectorized.hpp's float
+    // loops on the blocked kernels, the double references otherwise.
     void norm_backward(tensor_view<float, 2> dx, tensor<float, 1>& dweight, tensor<float, 1>& dbias,
                        tensor_view<const float, 2> dout, tensor_view<const float, 2> dskip,
                        tensor_view<const float, 2> x, const tensor<float, 1>& weight) const {
-        if (config_.arch == model_arch::gpt2)
-            residual_add_layer_norm_backward(dx, dweight.view(), dbias.view(), dout, dskip, x, weight.view(),
-                                             config_.norm_eps);
-        else residual_add_rms_norm_backward(dx, dweight.view(), dout, dskip, x, weight.view(), config_.norm_eps);
+        const float eps = config_.norm_eps;
+        const bool blocked = kernels_ == kernels::blocked;
+        if (config_.arch == model_arch::gpt2) {
+            if (blocked)
+                residual_add_layer_norm_backward_vectorized(dx, dweight.view(), dbias.view(), dout, dskip, x,
+                                                            weight.view(), eps);
+            else residual_add_layer_norm_backward(dx, dweight.view(), dbias.view(), dout, dskip, x, weight.view(), eps);
+        } else {
+            if (blocked) residual_add_rms_norm_backward_vectorized(dx, dweight.view(), dout, dskip, x, weight.view(), eps);
+            else residual_add_rms_norm_backward(dx, dweight.view(), dout, dskip, x, weight.view(), eps);
+        }
     }
 
     void norm(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 1>& weight,
               const tensor<float, 1>& bias) const {
-        if (config_.arch == model_arch::gpt2) layer_norm(out, x, weight.view(), bias.view(), config_.norm_eps);
-        else rms_norm(out, x, weight.view(), config_.norm_eps);
+        const float eps = config_.norm_eps;
+        const bool blocked = kernels_ == kernels::blocked;
+        if (config_.arch == model_arch::gpt2) {
+            if (blocked) layer_norm_vectorized(out, x, weight.view(), bias.view(), eps);
+            else layer_norm(out, x, weight.view(), bias.view(), eps);
+        } else {
+            if (blocked) rms_norm_vectorized(out, x, weight.view(), eps);
+            else rms_norm(out, x, weight.view(), eps);
+        }
+    }
+
+    void gelu_on_kernels(tensor_view<float, 2> out, tensor_view<const float, 2> x) const {
+        if (kernels_ == kernels::blocked) activate_vectorized(out, x, activation::gelu_tanh);
+        else activate(out, x, activation::gelu_tanh);
+    }
+
+    void gelu_backward_on_kernels(tensor_view<float, 2> dx, tensor_view<const float, 2> dout,
+                                  tensor_view<const float, 2> x) const {
+        if (kernels_ == kernels::blocked) activate_backward_vectorized(dx, dout, x, activation::gelu_tanh);
+        else activate_backward(dx, dout, x, activation::gelu_tanh);
+    }
+
+    void swiglu_on_kernels(tensor_view<float, 2> out, tensor_view<const float, 2> gate,
+                           tensor_view<const float, 2> up) const {
+        if (kernels_ == kernels::blocked) swiglu_vectorized(out, gate, up);
+        else swiglu(out, gate, up);
+    }
+
+    void swiglu_backward_on_kernels(tensor_view<float, 2> dgate, tensor_view<float, 2> dup,
+                                    tensor_view<const float, 2> dout, tensor_view<const float, 2> gate,
+                                    tensor_view<const float, 2> up) const {
+        if (kernels_ == kernels::blocked) swiglu_backward_vectorized(dgate, dup, dout, gate, up);
+        else swiglu_backward(dgate, dup, dout, gate, up);
+    }
+
+    double cross_entropy_on_kernels(tensor_view<float, 2> dlogits, tensor_view<const float, 2> logits,
+                                    tensor_view<const token_id, 1> targets, const cross_entropy_options& options) const {
+        if (kernels_ == kernels::blocked) return cross_entropy_vectorized(dlogits, logits, targets, options);
+        return cross_entropy(dlogits, logits, targets, options);
     }
 
     model_config config_;
@@ -1071,11 +1119,19 @@ struct layer_activations {
 };
 
 // The first non-finite value among the gradients, as "name[index] = value", or "".
+// Each tensor is first checked whole on its bits (an exponent of all ones is
+// inf or NaN), a loop that vectorizes; only a tensor that fails is searched.
 inline std::string first_non_finite(const model_weights& g) {
     std::string found;
     tinyllm::detail::for_each_weight(g, g, [&](const std::string& name, const auto& t, const auto&) {
-        for (std::size_t i = 0; found.empty() && i < t.values().size(); ++i)
-            if (!std::isfinite(t.values()[i])) found = tinyllm::detail::cat(name, "[", i, "] = ", t.values()[i]);
+        if (!found.empty()) return;
+        const auto& values = t.values();
+        std::uint32_t any = 0;  // 1 once an exponent field of all ones is seen
+        for (const float x : values)
+            any |= static_cast<std::uint32_t>((std::bit_cast<std::uint32_t>(x) & 0x7f800000u) == 0x7f800000u);
+        if (!any) return;
+        for (std::size_t i = 0; found.empty() && i < values.size(); ++i)
+            if (!std::isfinite(values[i])) found = tinyllm::detail::cat(name, "[", i, "] = ", values[i]);
     });
     return found;
 }
@@ -1212,7 +1268,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
             A.a = tensor<float, 2>(extents<2>{N, F});  // fc pre-activation
             linear_on_kernels(A.a.view(), A.h2.view(), L.fc.view(), L.fc_bias.view());
             tensor<float, 2> g(extents<2>{N, F});
-            activate(g.view(), A.a.view(), activation::gelu_tanh);
+            gelu_on_kernels(g.view(), A.a.view());
             linear_on_kernels(delta.view(), g.view(), L.proj.view(), L.proj_bias.view());
         } else if (!moe) {
             A.a = tensor<float, 2>(extents<2>{N, F});  // gate
@@ -1220,7 +1276,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
             linear_on_kernels(A.a.view(), A.h2.view(), L.gate.view(), {});
             linear_on_kernels(A.b.view(), A.h2.view(), L.up.view(), {});
             tensor<float, 2> s(extents<2>{N, F});
-            swiglu(s.view(), A.a.view(), A.b.view());
+            swiglu_on_kernels(s.view(), A.a.view(), A.b.view());
             linear_on_kernels(delta.view(), s.view(), L.down.view(), {});
         } else {
             A.router_logits = tensor<float, 2>(extents<2>{N, E});
@@ -1239,8 +1295,9 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     // ---- the losses ----
     loss_terms loss;
     const tensor_view<const token_id, 1> flat_targets(targets.data(), {N});
-    loss.lm = cross_entropy(logits.view(), logits.view(), flat_targets, options.loss);  // dlogits in place
-    for (float& g : logits.values()) g = static_cast<float>(g * options.lm_weight);
+    loss.lm = cross_entropy_on_kernels(logits.view(), logits.view(), flat_targets, options.loss);  // dlogits in place
+    if (options.lm_weight != 1.0)
+        for (float& g : logits.values()) g = static_cast<float>(g * options.lm_weight);
     // Mixtral's load-balancing loss and its gradient at each layer's router logits.
     std::vector<tensor<float, 2>> aux_dlogits;  // (N, E) per layer
     if (moe) {
@@ -1267,16 +1324,16 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         // FFN block: x_out = x_mid + ffn(norm2(x_mid)); dx holds d x_out.
         if (gpt2) {
             tensor<float, 2> g(extents<2>{N, F}), dg(extents<2>{N, F});  // gelu(a) recomputed; its gradient
-            activate(g.view(), A.a.view(), activation::gelu_tanh);
+            gelu_on_kernels(g.view(), A.a.view());
             linear_backward_on_kernels(dg.view(), G.proj.view(), G.proj_bias.view(), dx.view(), g.view(),
                                        L.proj.view());
-            activate_backward(dg.view(), dg.view(), A.a.view(), activation::gelu_tanh);
+            gelu_backward_on_kernels(dg.view(), dg.view(), A.a.view());
             linear_backward_on_kernels(dh.view(), G.fc.view(), G.fc_bias.view(), dg.view(), A.h2.view(), L.fc.view());
         } else if (!moe) {
             tensor<float, 2> s(extents<2>{N, F}), ds(extents<2>{N, F}), dup(extents<2>{N, F});
-            swiglu(s.view(), A.a.view(), A.b.view());
+            swiglu_on_kernels(s.view(), A.a.view(), A.b.view());
             linear_backward_on_kernels(ds.view(), G.down.view(), {}, dx.view(), s.view(), L.down.view());
-            swiglu_backward(ds.view(), dup.view(), ds.view(), A.a.view(), A.b.view());  // ds becomes d gate
+            swiglu_backward_on_kernels(ds.view(), dup.view(), ds.view(), A.a.view(), A.b.view());  // ds becomes d gate
             linear_backward_on_kernels(dh.view(), G.gate.view(), {}, ds.view(), A.h2.view(), L.gate.view());
             linear_backward_on_kernels(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
             add(dh.view(), dh.view(), dpart.view());

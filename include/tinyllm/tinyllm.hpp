@@ -12,6 +12,7 @@
 #include <tinyllm/philox.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/threads.hpp>
 #include <tinyllm/timing.hpp>
 #include <tinyllm/version.hpp>
 
@@ -33,6 +34,7 @@
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
 #include <tinyllm/positional.hpp>
+#include <tinyllm/vectorized.hpp>
 
 // Training: the optimizer, clipping, the schedule, dropout.
 #include <tinyllm/optimizer.hpp>

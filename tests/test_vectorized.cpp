@@ -1,0 +1,328 @@
+// Tests for tinyllm/vectorized.hpp: the float, vectorized, threaded rung of the
+// activations, SwiGLU, the norms and the cross-entropy, each against its double
+// (or per-element) reference in activation.hpp, norm.hpp and loss.hpp.
+//
+// Fresh random inputs every run, outputs poisoned with NaN first, rows not a
+// multiple of the lanes or of the row chunks, in place and not, with and without
+// the optional weights, and the fallback for views whose rows are strided.
+//
+// Tolerances: see each constant below and the measured errors the test prints;
+// a wrong formula or a lost lane is off by 1e-3 or more.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/activation.hpp>
+#include <tinyllm/loss.hpp>
+#include <tinyllm/norm.hpp>
+#include <tinyllm/vectorized.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+using tinyllm::activation;
+using tinyllm::extents;
+using tinyllm::index_t;
+using tinyllm::tensor;
+using tinyllm::tensor_view;
+using tinyllm::token_id;
+namespace cpu = tinyllm::cpu;
+using Catch::Matchers::Contains;
+
+namespace {
+
+constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
+
+tensor<float, 2> random_matrix(index_t rows, index_t cols, std::uint64_t which, float lo, float hi) {
+    tensor<float, 2> t(extents<2>{rows, cols});
+    t.values() = tinyllm_test::random_floats(static_cast<std::size_t>(rows * cols), which, lo, hi);
+    return t;
+}
+
+tensor<float, 2> poisoned(index_t rows, index_t cols) { return tensor<float, 2>(extents<2>{rows, cols}, nan_f); }
+
+tensor<float, 1> random_vector(index_t n, std::uint64_t which, float lo, float hi) {
+    tensor<float, 1> t(extents<1>{n});
+    t.values() = tinyllm_test::random_floats(static_cast<std::size_t>(n), which, lo, hi);
+    return t;
+}
+
+// Sets the thread count for a scope.
+struct threads_scope {
+    explicit threads_scope(int n) { cpu::set_num_threads(n); }
+    ~threads_scope() { cpu::set_num_threads(0); }
+    threads_scope(const threads_scope&) = delete;
+    threads_scope& operator=(const threads_scope&) = delete;
+};
+
+// Observed over runs of this file: forward activations and SwiGLU rel-L2 <= 1.4e-7,
+// derivatives <= 1.4e-7; norms rel-L2 <= 1.2e-7 (3e-6 with a mean of 50, where the
+// tolerance grows, below); norm gradients rel-L2 <= 2.3e-7, except D = 3 rows,
+// whose dx nearly cancels (<= 2.3e-6); the loss's relative error <= 4.2e-7, its
+// gradient rel-L2 <= 8.5e-8.
+const tinyllm_test::tolerance elementwise_tol{1e-30, 3e-6, 3e-6};  // a few ulps, relative
+// A derivative that is a difference of two terms (GELU's and SiLU's near their
+// minimum, far below zero) is exact to the float rounding of the terms: an
+// absolute error of ~1e-7 on the scale of dout, however small the difference.
+const tinyllm_test::tolerance derivative_tol{3e-7, 3e-6, 3e-6};
+const tinyllm_test::tolerance norm_tol{2e-6, 2e-6, 3e-6};
+const tinyllm_test::tolerance norm_grad_tol{4e-6, 4e-6, 1e-5};
+const tinyllm_test::tolerance loss_grad_tol{1e-9, 1e-5, 3e-6};
+
+const index_t shapes[][2] = {{1, 1}, {3, 7}, {33, 301}, {70, 1024}};
+
+}  // namespace
+
+TEST_CASE("activate_vectorized and its backward equal the references for every activation", "[vectorized][activation]") {
+    const activation kinds[] = {activation::gelu_tanh, activation::silu, activation::relu, activation::gelu_erf,
+                                activation::identity};
+    std::uint64_t which = 100;
+    for (const activation kind : kinds)
+        for (const auto& s : shapes) {
+            const index_t rows = s[0], cols = s[1];
+            const std::string what = std::string(tinyllm::activation_name(kind)) + " " + std::to_string(rows) + "x" +
+                                     std::to_string(cols);
+            INFO(what);
+            auto x = random_matrix(rows, cols, which++, -12.0f, 12.0f);
+            // Edges in the first row: zeros of both signs, tiny, large and the region where exp saturates.
+            const float edges[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-3f, -1e-3f, 30.0f, -30.0f, 200.0f, -200.0f};
+            for (index_t j = 0; j < cols && j < 10; ++j) x.data()[j] = edges[j];
+            const auto dout = random_matrix(rows, cols, which++, -2.0f, 2.0f);
+
+            auto want = poisoned(rows, cols), got = poisoned(rows, cols);
+            cpu::activate(want.view(), x.view(), kind);
+            cpu::activate_vectorized(got.view(), x.view(), kind);
+            TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), elementwise_tol, what + " forward");
+
+            auto dwant = poisoned(rows, cols), dgot = poisoned(rows, cols);
+            cpu::activate_backward(dwant.view(), dout.view(), x.view(), kind);
+            cpu::activate_backward_vectorized(dgot.view(), dout.view(), x.view(), kind);
+            TINYLLM_REQUIRE_CLOSE(dgot.values(), dwant.values(), derivative_tol, what + " backward");
+
+            // In place: out = x, and dx = dout.
+            auto inplace = x;
+            cpu::activate_vectorized(inplace.view(), inplace.view(), kind);
+            REQUIRE(inplace.values() == got.values());
+            auto dinplace = dout;
+            cpu::activate_backward_vectorized(dinplace.view(), dinplace.view(), x.view(), kind);
+            REQUIRE(dinplace.values() == dgot.values());
+        }
+}
+
+TEST_CASE("swiglu_vectorized and its backward equal the references", "[vectorized][activation]") {
+    std::uint64_t which = 200;
+    for (const auto& s : shapes) {
+        const index_t rows = s[0], cols = s[1];
+        INFO(rows << "x" << cols);
+        const auto gate = random_matrix(rows, cols, which++, -10.0f, 10.0f), up = random_matrix(rows, cols, which++, -3, 3);
+        const auto dout = random_matrix(rows, cols, which++, -2.0f, 2.0f);
+        auto want = poisoned(rows, cols), got = poisoned(rows, cols);
+        cpu::swiglu(want.view(), gate.view(), up.view());
+        cpu::swiglu_vectorized(got.view(), gate.view(), up.view());
+        TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), elementwise_tol, "swiglu");
+
+        auto dg_want = poisoned(rows, cols), du_want = poisoned(rows, cols);
+        auto dg_got = poisoned(rows, cols), du_got = poisoned(rows, cols);
+        cpu::swiglu_backward(dg_want.view(), du_want.view(), dout.view(), gate.view(), up.view());
+        cpu::swiglu_backward_vectorized(dg_got.view(), du_got.view(), dout.view(), gate.view(), up.view());
+        TINYLLM_REQUIRE_CLOSE(dg_got.values(), dg_want.values(), derivative_tol, "swiglu d gate");
+        TINYLLM_REQUIRE_CLOSE(du_got.values(), du_want.values(), elementwise_tol, "swiglu d up");
+        auto dg_inplace = dout;  // dgate = dout's memory, as the model calls it
+        cpu::swiglu_backward_vectorized(dg_inplace.view(), du_got.view(), dg_inplace.view(), gate.view(), up.view());
+        REQUIRE(dg_inplace.values() == dg_got.values());
+    }
+}
+
+TEST_CASE("layer_norm_vectorized and rms_norm_vectorized equal the references", "[vectorized][norm]") {
+    std::uint64_t which = 300;
+    const index_t norm_shapes[][2] = {{1, 1}, {5, 7}, {33, 256}, {100, 1000}};
+    for (const auto& s : norm_shapes)
+        for (int affine = 0; affine < 2; ++affine)
+            for (const float offset : {0.0f, 50.0f}) {  // a stream with a large mean
+                const index_t rows = s[0], D = s[1];
+                INFO(rows << "x" << D << (affine ? " with" : " without") << " weights, offset " << offset);
+                const auto x = random_matrix(rows, D, which++, offset - 3.0f, offset + 3.0f);
+                const auto w = affine ? random_vector(D, which++, 0.5f, 1.5f) : tensor<float, 1>();
+                const auto b = affine ? random_vector(D, which++, -1.0f, 1.0f) : tensor<float, 1>();
+                auto want = poisoned(rows, D), got = poisoned(rows, D);
+                cpu::layer_norm(want.view(), x.view(), w.view(), b.view(), 1e-5f);
+                cpu::layer_norm_vectorized(got.view(), x.view(), w.view(), b.view(), 1e-5f);
+                // With |mean| >> std a float mean loses digits (norm.hpp): the bound scales with it.
+                const double scale = 1.0 + static_cast<double>(offset) / 2.0;
+                const tinyllm_test::tolerance tol{norm_tol.abs * scale, norm_tol.rel * scale, norm_tol.rel_l2 * scale};
+                TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), tol, "layer_norm");
+                auto inplace = x;
+                cpu::layer_norm_vectorized(inplace.view(), inplace.view(), w.view(), b.view(), 1e-5f);
+                REQUIRE(inplace.values() == got.values());
+
+                auto rwant = poisoned(rows, D), rgot = poisoned(rows, D);
+                cpu::rms_norm(rwant.view(), x.view(), w.view(), 1e-6f);
+                cpu::rms_norm_vectorized(rgot.view(), x.view(), w.view(), 1e-6f);
+                TINYLLM_REQUIRE_CLOSE(rgot.values(), rwant.values(), norm_tol, "rms_norm");
+            }
+}
+
+TEST_CASE("the vectorized norms' backward passes equal the references", "[vectorized][norm][backward]") {
+    std::uint64_t which = 400;
+    const index_t norm_shapes[][2] = {{1, 3}, {7, 9}, {70, 256}, {129, 100}};
+    for (const auto& s : norm_shapes)
+        for (int variant = 0; variant < 4; ++variant) {
+            // 0: everything; 1: no skip gradient; 2: accumulate into dweight, dbias; 3: no weight, no gradients of it
+            const index_t rows = s[0], D = s[1];
+            INFO(rows << "x" << D << ", variant " << variant);
+            const auto x = random_matrix(rows, D, which++, -2.0f, 3.0f);
+            const auto dout = random_matrix(rows, D, which++, -1.0f, 1.0f);
+            const auto skip = variant == 1 ? tensor<float, 2>() : random_matrix(rows, D, which++, -1.0f, 1.0f);
+            const auto w = variant == 3 ? tensor<float, 1>() : random_vector(D, which++, 0.5f, 1.5f);
+            const auto start = random_vector(D, which++, -1.0f, 1.0f);  // what accumulate adds to
+            const bool accumulate = variant == 2;
+            for (const bool centre : {true, false}) {
+                INFO((centre ? "layer_norm" : "rms_norm"));
+                auto dx_want = poisoned(rows, D), dx_got = poisoned(rows, D);
+                tensor<float, 1> dw_want = variant == 3 ? tensor<float, 1>() : start, dw_got = dw_want;
+                tensor<float, 1> db_want = start, db_got = start;
+                if (!accumulate) {
+                    for (auto& v : dw_got.values()) v = nan_f;
+                    for (auto& v : db_got.values()) v = nan_f;
+                }
+                if (centre) {
+                    cpu::residual_add_layer_norm_backward(dx_want.view(), dw_want.view(), db_want.view(), dout.view(),
+                                                          skip.view(), x.view(), w.view(), 1e-5f, accumulate);
+                    cpu::residual_add_layer_norm_backward_vectorized(dx_got.view(), dw_got.view(), db_got.view(),
+                                                                     dout.view(), skip.view(), x.view(), w.view(), 1e-5f,
+                                                                     accumulate);
+                    TINYLLM_REQUIRE_CLOSE(db_got.values(), db_want.values(), norm_grad_tol, "d bias");
+                } else {
+                    cpu::residual_add_rms_norm_backward(dx_want.view(), dw_want.view(), dout.view(), skip.view(),
+                                                        x.view(), w.view(), 1e-5f, accumulate);
+                    cpu::residual_add_rms_norm_backward_vectorized(dx_got.view(), dw_got.view(), dout.view(),
+                                                                   skip.view(), x.view(), w.view(), 1e-5f, accumulate);
+                }
+                TINYLLM_REQUIRE_CLOSE(dx_got.values(), dx_want.values(), norm_grad_tol, "dx");
+                TINYLLM_REQUIRE_CLOSE(dw_got.values(), dw_want.values(), norm_grad_tol, "d weight");
+            }
+        }
+}
+
+TEST_CASE("cross_entropy_vectorized equals the reference: loss and gradient, every option", "[vectorized][loss]") {
+    std::uint64_t which = 500;
+    const index_t loss_shapes[][2] = {{1, 1}, {4, 5}, {37, 4096}, {9, 50257}};
+    for (const auto& s : loss_shapes)
+        for (int variant = 0; variant < 4; ++variant) {
+            // 0: mean; 1: label smoothing 0.1; 2: sum, logits around +500; 3: loss only (no gradient)
+            const index_t rows = s[0], V = s[1];
+            INFO(rows << "x" << V << ", variant " << variant);
+            const float offset = variant == 2 ? 500.0f : 0.0f;
+            const auto logits = random_matrix(rows, V, which++, offset - 8.0f, offset + 8.0f);
+            tensor<token_id, 1> targets(extents<1>{rows});
+            const auto picks = tinyllm_test::random_floats(static_cast<std::size_t>(rows), which++, 0.0f, 1.0f);
+            for (index_t r = 0; r < rows; ++r)
+                targets(r) = r % 5 == 3 ? -100 : static_cast<token_id>(std::min<index_t>(V - 1, static_cast<index_t>(picks[r] * V)));
+            tinyllm::cross_entropy_options opts;
+            if (variant == 1) opts.label_smoothing = 0.1;
+            if (variant == 2) opts.reduction = tinyllm::loss_reduction::sum;
+            auto want = poisoned(rows, V), got = poisoned(rows, V);
+            const bool grad = variant != 3;
+            const double loss_want = cpu::cross_entropy(grad ? want.view() : tensor_view<float, 2>{}, logits.view(),
+                                                        targets.view(), opts);
+            const double loss_got = cpu::cross_entropy_vectorized(grad ? got.view() : tensor_view<float, 2>{},
+                                                                  logits.view(), targets.view(), opts);
+            std::printf("  cross_entropy %ldx%ld variant %d: loss %.9g, reference %.9g, relative error %.3g\n",
+                        static_cast<long>(rows), static_cast<long>(V), variant, loss_got, loss_want,
+                        std::fabs(loss_got - loss_want) / std::max(1e-30, std::fabs(loss_want)));
+            REQUIRE(std::isfinite(loss_got));
+            REQUIRE(std::fabs(loss_got - loss_want) <= 2e-6 * std::fabs(loss_want) + 1e-9);
+            if (!grad) continue;
+            TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), loss_grad_tol, "dlogits");
+            auto inplace = logits;  // dlogits = logits, as the model calls it
+            const double loss_inplace =
+                cpu::cross_entropy_vectorized(inplace.view(), inplace.view(), targets.view(), opts);
+            REQUIRE(loss_inplace == loss_got);
+            REQUIRE(inplace.values() == got.values());
+        }
+}
+
+TEST_CASE("cross_entropy_vectorized: all rows ignored, and bad inputs, as the reference", "[vectorized][loss][errors]") {
+    const auto logits = random_matrix(3, 10, 600, -1.0f, 1.0f);
+    tensor<token_id, 1> targets(extents<1>{3}, -100);
+    auto d = poisoned(3, 10);
+    REQUIRE(cpu::cross_entropy_vectorized(d.view(), logits.view(), targets.view()) == 0.0);
+    for (const float g : d.values()) REQUIRE(g == 0.0f);
+
+    targets(1) = 10;
+    REQUIRE_THROWS_WITH(cpu::cross_entropy_vectorized(d.view(), logits.view(), targets.view()),
+                        Contains("the target at position (1) is 10, outside the vocabulary [0, V = 10)"));
+    targets(1) = 2;
+    for (const float bad : {nan_f, std::numeric_limits<float>::infinity()}) {
+        auto with_bad = logits;
+        with_bad(2, 7) = bad;
+        targets(2) = 0;
+        const std::string what = std::string("(row 2) hold a non-finite value, ") + (std::isnan(bad) ? "nan" : "inf") +
+                                 " at vocabulary index 7";
+        REQUIRE_THROWS_WITH(cpu::cross_entropy(tensor_view<float, 2>{}, with_bad.view(), targets.view()),
+                            Contains(what));
+        REQUIRE_THROWS_WITH(cpu::cross_entropy_vectorized(d.view(), with_bad.view(), targets.view()),
+                            Contains("the logits at position (2) " + what));
+    }
+    auto wrong = poisoned(3, 9);
+    REQUIRE_THROWS_WITH(cpu::cross_entropy_vectorized(wrong.view(), logits.view(), targets.view()),
+                        Contains("dlogits has shape (3, 9) but logits has shape (3, 10)"));
+}
+
+TEST_CASE("vectorized: the same bits for any thread count", "[vectorized][threads]") {
+    const index_t rows = 300, D = 512, V = 3000;
+    const auto x = random_matrix(rows, D, 700, -2.0f, 2.0f), dout = random_matrix(rows, D, 701, -1.0f, 1.0f);
+    const auto w = random_vector(D, 702, 0.5f, 1.5f);
+    const auto logits = random_matrix(rows, V, 703, -5.0f, 5.0f);
+    tensor<token_id, 1> targets(extents<1>{rows});
+    for (index_t r = 0; r < rows; ++r) targets(r) = static_cast<token_id>((r * 7919) % V);
+    struct result {
+        std::vector<float> dx, dw, db, g, dlogits;
+        double loss = 0;
+    };
+    auto run = [&](int threads) {
+        threads_scope scope(threads);
+        result out;
+        tensor<float, 2> dx(extents<2>{rows, D}), g(extents<2>{rows, D}), dl(extents<2>{rows, V});
+        tensor<float, 1> dw(extents<1>{D}), db(extents<1>{D});
+        cpu::residual_add_layer_norm_backward_vectorized(dx.view(), dw.view(), db.view(), dout.view(), {}, x.view(),
+                                                         w.view(), 1e-5f);
+        cpu::activate_vectorized(g.view(), x.view(), activation::gelu_tanh);
+        out.loss = cpu::cross_entropy_vectorized(dl.view(), logits.view(), targets.view());
+        out.dx = dx.values(), out.dw = dw.values(), out.db = db.values(), out.g = g.values(), out.dlogits = dl.values();
+        return out;
+    };
+    const result one = run(1), three = run(3);
+    REQUIRE(one.dx == three.dx);
+    REQUIRE(one.dw == three.dw);
+    REQUIRE(one.db == three.db);
+    REQUIRE(one.g == three.g);
+    REQUIRE(one.dlogits == three.dlogits);
+    REQUIRE(one.loss == three.loss);
+}
+
+TEST_CASE("vectorized: strided rows go to the reference, bad shapes are the references' errors", "[vectorized][errors]") {
+    // A transposed view: its rows are not contiguous, so the reference computes it.
+    const auto x = random_matrix(40, 30, 800, -4.0f, 4.0f);
+    const auto xt = x.view().transpose(0, 1);  // (30, 40), column stride 30
+    auto want = poisoned(30, 40), got = poisoned(30, 40);
+    cpu::activate(want.view(), xt, activation::gelu_tanh);
+    cpu::activate_vectorized(got.view(), xt, activation::gelu_tanh);
+    REQUIRE(got.values() == want.values());
+    auto n_want = poisoned(30, 40), n_got = poisoned(30, 40);
+    cpu::rms_norm(n_want.view(), xt, {}, 1e-5f);
+    cpu::rms_norm_vectorized(n_got.view(), xt, {}, 1e-5f);
+    REQUIRE(n_got.values() == n_want.values());
+
+    auto small = poisoned(40, 29);
+    REQUIRE_THROWS_WITH(cpu::activate_vectorized(small.view(), x.view(), activation::silu),
+                        Contains("activate: out has shape (40, 29) but x has shape (40, 30)"));
+    const tensor<float, 1> w(extents<1>{29});
+    auto out = poisoned(40, 30);
+    REQUIRE_THROWS_WITH(cpu::layer_norm_vectorized(out.view(), x.view(), w.view(), {}, 1e-5f),
+                        Contains("weight has 29 elements but x has D = 30 features"));
+    REQUIRE_THROWS_WITH(cpu::rms_norm_vectorized(out.view(), x.view(), {}, 0.0f), Contains("eps = 0 must be positive"));
+}
