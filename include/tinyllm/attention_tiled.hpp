@@ -125,7 +125,7 @@ inline void attention_block_columns(const key_range& visible, index_t k0, index_
 // calling thread: starting and joining a team of threads costs microseconds on
 // an idle machine and milliseconds on a loaded one (a thread that is not
 // scheduled holds up the join), more than ~1e6 multiply-adds (~0.2 ms) gain.
-inline constexpr double attention_tiled_parallel_work = 1 << 20;
+inline constexpr double attention_tiled_parallel_work = 1 << 17;
 
 // Runs body(item, scratch) for every item in [0, n): over the OpenMP threads
 // when compiled with OpenMP and `work` (multiply-adds, an estimate) is at least
@@ -206,6 +206,31 @@ void attention_load_keys(float* rows, const tensor_view<const T, 4>& k, index_t 
         attention_prefetch_row(k, b, k0 + c, hkv, k0 + kn);
         attention_load_row(rows + c * D, attention_row(k, b, k0 + c, hkv), D, k.stride(3));
     }
+}
+
+// q . k over D elements, k of any element type and stride, in 8 partial sums
+// (element d in sum d % 8) that a compiler keeps in vector registers.
+template <class T>
+float attention_dot_row(const float* q, const T* k, index_t D, index_t stride) {
+    constexpr index_t lanes = 8;
+    float acc[lanes] = {};
+    index_t d = 0;
+    if (stride == 1)
+        for (; d + lanes <= D; d += lanes)
+            for (index_t l = 0; l < lanes; ++l) acc[l] += q[d + l] * attention_to_float(k[d + l]);
+    float sum = 0.0f;
+    for (index_t l = 0; l < lanes; ++l) sum += acc[l];
+    for (; d < D; ++d) sum += q[d] * attention_to_float(k[d * stride]);
+    return sum;
+}
+
+// o[0..D) += p * v[0..D), v of any element type and stride.
+template <class T>
+void attention_add_scaled_row(float* o, float p, const T* v, index_t D, index_t stride) {
+    if (stride == 1)
+        for (index_t d = 0; d < D; ++d) o[d] += p * attention_to_float(v[d]);
+    else
+        for (index_t d = 0; d < D; ++d) o[d] += p * attention_to_float(v[d * stride]);
 }
 
 // c (rows, n) = or += a (rows, kdim) times b (kdim, n), row strides lda, ldb,
@@ -335,11 +360,20 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
         const index_t kn = std::min(bk, range.end - k0);
         const attention_tile kind = attention_classify_tile(a.mask, q0, rows, k0, kn, length);
         if (kind == attention_tile::skip) continue;
-        // 1. The key block (transposed) and the value block, in float.
-        attention_load_keys_transposed(s.kt.data(), a.k, b, k0, kn, hkv);
-        attention_load_keys(s.v.data(), a.v, b, k0, kn, hkv);
-        // 2. The block's dot products q_i . k_j.
-        attention_block_gemm(ss, bk, qs, D, s.kt.data(), bk, rows, bk, D, false);
+        // 1-2. The block's dot products q_i . k_j. For one query row (a decode
+        //    step) each is read straight from its key row; for more rows, the key
+        //    block is transposed once (and the value block loaded) so that
+        //    attention_block_gemm serves every row from it.
+        if (rows == 1) {
+            for (index_t c = 0; c < kn; ++c) {
+                attention_prefetch_row(a.k, b, k0 + c, hkv, k0 + kn);
+                ss[c] = attention_dot_row(qs, attention_row(a.k, b, k0 + c, hkv), D, a.k.stride(3));
+            }
+        } else {
+            attention_load_keys_transposed(s.kt.data(), a.k, b, k0, kn, hkv);
+            attention_load_keys(s.v.data(), a.v, b, k0, kn, hkv);
+            attention_block_gemm(ss, bk, qs, D, s.kt.data(), bk, rows, bk, D, false);
+        }
         // 3. Per row: the logits of its visible columns [c0, c1), the online
         //    softmax update of m, l and o *= alpha, and p = exp(s - m) in place
         //    of the scores (0 outside [c0, c1)).
@@ -367,8 +401,15 @@ void attention_tiled_forward_item(const attention_tiled_forward_args<T>& a, atte
             if (alpha != 1.0f)
                 for (float* o = os + r * D; o < os + (r + 1) * D; ++o) *o *= alpha;
         }
-        // 4. o += P V for the whole block of rows.
-        attention_block_gemm(os, D, ss, bk, s.v.data(), D, rows, D, kn, true);
+        // 4. o += P V for the whole block of rows (one row: each value row where it lies).
+        if (rows == 1) {
+            for (index_t c = 0; c < kn; ++c) {
+                attention_prefetch_row(a.v, b, k0 + c, hkv, k0 + kn);
+                attention_add_scaled_row(os, ss[c], attention_row(a.v, b, k0 + c, hkv), D, a.v.stride(3));
+            }
+        } else {
+            attention_block_gemm(os, D, ss, bk, s.v.data(), D, rows, D, kn, true);
+        }
     }
 }
 

@@ -583,9 +583,14 @@ void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2>
     const index_t team = gemm_team(M, N, K, threads);
     if (gemm_few_rows(a, b, MR)) {
         // Few rows against a weight: dot products, the columns shared out among threads.
+        // Reading the weight is the cost here, not the multiply-adds gemm_team counts:
+        // a thread per 128 KB of weight (a 768 x 768 bf16 matrix, one decode step's
+        // projection, gets two threads where its 1.2 MFLOP would get one).
         const gemm_rows_args<TB> whole{M, K, 0, N, a.data(), b.data(), c.data(), a.stride(0), b.stride(1),
                                        c.stride(0), c.stride(1), alpha, beta};
-        const index_t chunks = std::min<index_t>(team, N);
+        const double weight_bytes = static_cast<double>(N) * static_cast<double>(K) * sizeof(TB);
+        const index_t chunks = std::min<index_t>(
+            N, std::clamp<index_t>(static_cast<index_t>(weight_bytes / (1 << 17)), team, std::max(1, threads)));
         TINYLLM_OMP(parallel for num_threads(static_cast<int>(chunks)) schedule(static))
         for (index_t t = 0; t < chunks; ++t) {
             gemm_rows_args<TB> part = whole;
