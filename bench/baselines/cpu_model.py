@@ -38,6 +38,8 @@ p.add_argument("--json", help="write results to this file (Google Benchmark layo
 p.add_argument("--repeats", type=int, default=5)
 p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
 p.add_argument("--models", default="gpt2_124m,llama_1b,train", help="comma-separated: gpt2_124m, llama_1b, train")
+p.add_argument("--dtypes", default="fp32,bf16",
+               help="comma-separated: fp32, bf16 (PyTorch's bf16 prefill of Llama-3.2-1B takes minutes per call)")
 args = p.parse_args()
 
 torch = require_torch()
@@ -133,6 +135,8 @@ def main():
         ids = torch.randint(0, config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
         repeats = min(args.repeats, 3) if name == "llama_1b" else args.repeats
         for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if dtype_name not in args.dtypes.split(","):
+                continue
             model.to(dtype)  # float32 first, then the same weights rounded to bfloat16
             wbytes = weight_bytes(model)
             row = f"model/pytorch_eager_cpu/{name}_{dtype_name}_%s"

@@ -18,7 +18,9 @@
 // per token / the machine's copy bandwidth, measured by the `copy_bandwidth` row)
 // divided by the measured time per token — 1.0 would be decoding at memory speed —
 // and `of_read_floor`, the same against the rate of a stream that only reads (the
-// `read_GB/s` of the copy_bandwidth row), which is what a decode step is.
+// `read_GB/s` of the copy_bandwidth row), which is what a decode step is. Prefill and
+// decode rows also give `GFLOP/s` and `flop_per_byte` (forward_flops over the weight
+// bytes read), the two axes of tools/plot-roofline's picture in docs/cpu.md.
 //
 // The models are tinyllm::cpu::model with random weights of two real shapes
 // (random_model_weights, model_shapes): GPT-2 124M and Llama-3.2-1B (1.24B
@@ -95,6 +97,22 @@ double weight_bytes_per_token(const model& m) {
             if (static_cast<const void*>(&t16) != &b.embed || tied) add(t16);  // an untied embed: one row
         });
     return bytes;
+}
+
+// Multiply-adds x 2 of one forward call over `fed` new tokens after `past` cached ones,
+// projecting only the last onto the vocabulary (forward_last): the linear layers per
+// token, the attention's scores and weighted sums over the keys each token sees, and
+// the output projection once. For the roofline picture (tools/plot-roofline).
+double forward_flops(const tinyllm::model_config& c, index_t past, index_t fed) {
+    const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
+    const double q = static_cast<double>(c.num_heads * c.head_dim), kv = static_cast<double>(c.num_kv_heads * c.head_dim);
+    const double mlp = c.arch == tinyllm::model_arch::gpt2 ? 2.0 * D * F : 3.0 * D * F;
+    const double per_token = static_cast<double>(c.num_layers) * (D * (q + 2.0 * kv) + q * D + mlp);
+    double keys = 0;  // sum over the fed tokens of the keys each sees (causal)
+    for (index_t t = 0; t < fed; ++t) keys += static_cast<double>(past + t + 1);
+    const double attention = static_cast<double>(c.num_layers) * 2.0 * q * keys;
+    return 2.0 * (per_token * static_cast<double>(fed) + attention +
+                  static_cast<double>(c.vocab_size) * D);
 }
 
 // Bytes read + written per second copying 1 GiB with cpu::num_threads() threads,
@@ -197,6 +215,10 @@ void prefill(benchmark::State& state, const model& (*get)()) {
     }
     state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(T * state.iterations()),
                                                     benchmark::Counter::kIsRate);
+    const double flops = forward_flops(m.config(), 0, T);
+    state.counters["GFLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()) / 1e9,
+                                                   benchmark::Counter::kIsRate);
+    state.counters["flop_per_byte"] = flops / weight_bytes_per_token(m);  // each weight read once per call
 }
 
 // Decode: an untimed prefill of a T-token prompt, then S timed decode steps, each
@@ -223,6 +245,9 @@ void decode(benchmark::State& state, const model& (*get)()) {
     state.counters["weight_GB/s"] = bytes * tokens / seconds / 1e9;
     state.counters["of_floor"] = (bytes / bandwidth) / (seconds / tokens);
     state.counters["of_read_floor"] = (bytes / read_bandwidth()) / (seconds / tokens);
+    const double flops = forward_flops(m.config(), T + S / 2, 1);  // a middle step
+    state.counters["GFLOP/s"] = flops * tokens / seconds / 1e9;
+    state.counters["flop_per_byte"] = flops / bytes;
 }
 
 // The small GPT-2 of the training rows: d = 256, 6 layers of 8 heads, FFN 1024, 64
