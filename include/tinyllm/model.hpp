@@ -1010,6 +1010,84 @@ private:
         moe_combine(out, expert_out.view(), weights.view(), plan.view());
     }
 
+    // moe_backward's steps on the blocked kernels (float32 weights): the forward
+    // recomputed as moe_blocked computes it (router logits in double, so the same
+    // experts, ties and order), each expert's rows through linear_gemm and
+    // linear_backward_gemm as one block, SwiGLU through the vectorized rung; the
+    // combine, gating and slot sums as the reference. Every gradient overwritten.
+    void moe_backward_blocked(tensor_view<float, 2> dx, tensor<float, 2>& drouter, tensor<float, 3>& dw1,
+                              tensor<float, 3>& dw3, tensor<float, 3>& dw2, tensor_view<const float, 2> dout,
+                              tensor_view<const float, 2> dlogits_extra, tensor_view<const float, 2> x,
+                              const layer_weights& L) const {
+        const index_t T = x.extent(0), D = x.extent(1), E = config_.num_experts, k = config_.experts_per_token;
+        const index_t F = config_.intermediate_size;
+        tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
+        moe_router_logits(logits.view(), x, L.router.view());
+        tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
+        tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
+        softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
+        moe_plan_buffers plan(T, k, E);
+        moe_plan(plan.view(), ids.view());
+        const index_t R = plan.rows();
+        tensor<float, 2> x_sorted(extents<2>{R, D}), y_sorted(extents<2>{R, D});                   // (R, D)
+        tensor<float, 2> gate(extents<2>{R, F}), up(extents<2>{R, F}), h(extents<2>{R, F});       // (R, F)
+        moe_gather(x_sorted.view(), x, plan.view());
+        const auto rows_of = [&](auto& buffer, index_t e) {  // expert e's rows of an (R, .) buffer
+            return buffer.view().narrow(0, plan.expert_offsets(e), plan.expert_counts(e));
+        };
+        const auto crows_of = [&](const auto& buffer, index_t e) {
+            return buffer.view().narrow(0, plan.expert_offsets(e), plan.expert_counts(e));
+        };
+        for (index_t e = 0; e < E; ++e) {
+            linear_gemm(rows_of(gate, e), crows_of(x_sorted, e), L.w1.view().slice(0, e), {});
+            linear_gemm(rows_of(up, e), crows_of(x_sorted, e), L.w3.view().slice(0, e), {});
+            swiglu_vectorized(rows_of(h, e), crows_of(gate, e), crows_of(up, e));
+            linear_gemm(rows_of(y_sorted, e), crows_of(h, e), L.w2.view().slice(0, e), {});
+        }
+        // Combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t]; dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]>.
+        tensor<float, 2> dy_sorted(extents<2>{R, D});  // (R, D), zero on padding rows
+        tensor<float, 2> dweights(extents<2>{T, k});   // (T, k)
+        for (index_t t = 0; t < T; ++t)
+            for (index_t j = 0; j < k; ++j) {
+                const std::int32_t row = plan.row_of(t, j);
+                double dot = 0;
+                if (row >= 0)
+                    for (index_t d = 0; d < D; ++d) {
+                        dot += static_cast<double>(dout(t, d)) * y_sorted(row, d);
+                        dy_sorted(row, d) = weights(t, j) * dout(t, d);
+                    }
+                dweights(t, j) = static_cast<float>(dot);
+            }
+        // Experts, each one's rows as a block (an expert no token reached gets zero gradients).
+        tensor<float, 2> dh(extents<2>{R, F}), dgate(extents<2>{R, F}), dup(extents<2>{R, F});  // (R, F)
+        tensor<float, 2> dx_gate(extents<2>{R, D}), dx_up(extents<2>{R, D});                     // (R, D)
+        for (index_t e = 0; e < E; ++e) {
+            linear_backward_gemm(rows_of(dh, e), dw2.view().slice(0, e), {}, crows_of(dy_sorted, e), crows_of(h, e),
+                                 L.w2.view().slice(0, e));
+            swiglu_backward_vectorized(rows_of(dgate, e), rows_of(dup, e), crows_of(dh, e), crows_of(gate, e),
+                                       crows_of(up, e));
+            linear_backward_gemm(rows_of(dx_gate, e), dw1.view().slice(0, e), {}, crows_of(dgate, e),
+                                 crows_of(x_sorted, e), L.w1.view().slice(0, e));
+            linear_backward_gemm(rows_of(dx_up, e), dw3.view().slice(0, e), {}, crows_of(dup, e),
+                                 crows_of(x_sorted, e), L.w3.view().slice(0, e));
+        }
+        // Gating (only the chosen experts' logits get gradient) plus the auxiliary loss's gradient.
+        tensor<float, 2> dlogits(extents<2>{T, E});  // (T, E)
+        if (dlogits_extra.size() != 0)
+            for (index_t t = 0; t < T; ++t)
+                for (index_t e = 0; e < E; ++e) dlogits(t, e) = dlogits_extra(t, e);
+        softmax_topk_gating_backward(dlogits.view(), dweights.view(), logits.view(), /*renormalize=*/true,
+                                     /*accumulate=*/dlogits_extra.size() != 0);
+        // Router (logits = x router^T): its gradient, and dx = dlogits router + the k slots' rows in slot order.
+        linear_backward_gemm(dx, drouter.view(), {}, dlogits.view(), x, L.router.view());
+        for (index_t t = 0; t < T; ++t)
+            for (index_t j = 0; j < k; ++j) {
+                const std::int32_t row = plan.row_of(t, j);
+                if (row < 0) continue;
+                for (index_t d = 0; d < D; ++d) dx(t, d) += dx_gate(row, d) + dx_up(row, d);
+            }
+    }
+
     // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
     // the residual path, when given), dweight and dbias overwritten.
     // The row-wise steps through the chosen kernels: vectorized.hpp's float
@@ -1228,8 +1306,8 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     causal.causal = true;
     // The products through the chosen kernels: linear_gemm / linear_backward_gemm and the
     // tiled attention (which keeps each row's log-sum-exp for its backward) on the blocked
-    // kernels, the references otherwise. Mixtral's experts run moe_forward / moe_backward
-    // either way (the references: the blocked expert path is forward-only so far).
+    // kernels, the references otherwise; Mixtral's experts through moe_blocked and
+    // moe_backward_blocked, or moe_forward and moe_backward.
     const bool blocked = kernels_ == kernels::blocked;
     auto as4 = [&](tensor<float, 2>& m, index_t heads) { return tensor_view<float, 4>(m.data(), {B, T, heads, Dh}); };
     auto cas4 = [&](const tensor<float, 2>& m, index_t heads) {
@@ -1281,8 +1359,10 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         } else {
             A.router_logits = tensor<float, 2>(extents<2>{N, E});
             linear(A.router_logits.view(), A.h2.view(), L.router.view(), {});
-            moe_forward(delta.view(), A.h2.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
-                        c.experts_per_token);
+            if (blocked) moe_blocked(delta.view(), A.h2.view(), L, no_bf16_layer_);
+            else
+                moe_forward(delta.view(), A.h2.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
+                            c.experts_per_token);
         }
         add(x.view(), x.view(), delta.view());
     }
@@ -1338,9 +1418,13 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
             linear_backward_on_kernels(dpart.view(), G.up.view(), {}, dup.view(), A.h2.view(), L.up.view());
             add(dh.view(), dh.view(), dpart.view());
         } else {
-            moe_backward(dh.view(), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), dx.view(),
-                         aux_dlogits[static_cast<std::size_t>(l)].view(), A.h2.view(), L.router.view(), L.w1.view(),
-                         L.w3.view(), L.w2.view(), c.experts_per_token);
+            if (blocked)
+                moe_backward_blocked(dh.view(), G.router, G.w1, G.w3, G.w2, dx.view(),
+                                     aux_dlogits[static_cast<std::size_t>(l)].view(), A.h2.view(), L);
+            else
+                moe_backward(dh.view(), G.router.view(), G.w1.view(), G.w3.view(), G.w2.view(), dx.view(),
+                             aux_dlogits[static_cast<std::size_t>(l)].view(), A.h2.view(), L.router.view(),
+                             L.w1.view(), L.w3.view(), L.w2.view(), c.experts_per_token);
         }
         norm_backward(dx.view(), G.ffn_norm_weight, G.ffn_norm_bias, dh.view(), dx.view(), A.x_mid.view(),
                       L.ffn_norm_weight);  // dx = d x_mid: the norm's path plus the skip's
