@@ -40,6 +40,7 @@
 #include <tinyllm/model.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -115,63 +116,59 @@ double forward_flops(const tinyllm::model_config& c, index_t past, index_t fed) 
                   static_cast<double>(c.vocab_size) * D);
 }
 
-// Bytes read + written per second copying 1 GiB with cpu::num_threads() threads,
-// each its own slice (best of 5): what the memory system moves.
+// The best of 5 wall-clock times of body(first, last) run on cpu::num_threads()
+// threads, thread i given elements [n i / threads, n (i + 1) / threads).
+template <class Body>
+double best_threaded_seconds(std::size_t n, const Body& body) {
+    const auto threads = static_cast<std::size_t>(std::max(1, tinyllm::cpu::num_threads()));
+    double best = 1e30;
+    for (int rep = 0; rep < 5; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        std::vector<std::thread> pool;
+        for (std::size_t i = 0; i < threads; ++i)
+            pool.emplace_back([&, i] { body(n * i / threads, n * (i + 1) / threads); });
+        for (auto& t : pool) t.join();
+        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+}
+
+// Bytes read + written per second copying 1 GiB, each thread its own slice: what
+// the memory system moves.
 double copy_bandwidth() {
     static const double rate = [] {
         const std::size_t n = std::size_t{1} << 28;  // floats: 1 GiB
         std::vector<float> src(n, 1.0f), dst(n, 0.0f);
-        const auto threads = static_cast<std::size_t>(std::max(1, tinyllm::cpu::num_threads()));
-        double best = 1e30;
-        for (int rep = 0; rep < 5; ++rep) {
-            const auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> pool;
-            for (std::size_t i = 0; i < threads; ++i)
-                pool.emplace_back([&, i] {
-                    const std::size_t first = n * i / threads, last = n * (i + 1) / threads;
-                    std::memcpy(dst.data() + first, src.data() + first, (last - first) * sizeof(float));
-                });
-            for (auto& t : pool) t.join();
-            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        }
+        const double seconds = best_threaded_seconds(n, [&](std::size_t first, std::size_t last) {
+            std::memcpy(dst.data() + first, src.data() + first, (last - first) * sizeof(float));
+        });
         benchmark::DoNotOptimize(dst.data());
-        return 2.0 * static_cast<double>(n) * sizeof(float) / best;
+        return 2.0 * static_cast<double>(n) * sizeof(float) / seconds;
     }();
     return rate;
 }
 
-// Bytes read per second summing 1 GiB of floats with cpu::num_threads() threads, each
-// its own slice (best of 5): a stream that only reads, as a decode step's weights are
-// read. On the development machine it is lower than half the copy rate above would
-// suggest (glibc's large memcpy writes with non-temporal stores), so the rows report
-// their weight traffic against both.
+// Bytes read per second summing 1 GiB of floats, each thread its own slice: a stream
+// that only reads, as a decode step's weights are read. On the development machine it
+// is lower than half the copy rate above would suggest (glibc's large memcpy writes with
+// non-temporal stores), so the rows report their weight traffic against both.
 double read_bandwidth() {
     static const double rate = [] {
         const std::size_t n = std::size_t{1} << 28;  // floats: 1 GiB
         const std::vector<float> src(n, 1.0f);
-        const auto threads = static_cast<std::size_t>(std::max(1, tinyllm::cpu::num_threads()));
-        std::vector<float> sums(threads);
-        double best = 1e30;
-        for (int rep = 0; rep < 5; ++rep) {
-            const auto t0 = std::chrono::steady_clock::now();
-            std::vector<std::thread> pool;
-            for (std::size_t i = 0; i < threads; ++i)
-                pool.emplace_back([&, i] {
-                    const std::size_t first = n * i / threads, last = n * (i + 1) / threads;
-                    float lanes[16] = {};  // 16 independent sums: the loads, not the adds, set the pace
-                    std::size_t j = first;
-                    for (; j + 16 <= last; j += 16)
-                        for (std::size_t l = 0; l < 16; ++l) lanes[l] += src[j + l];
-                    for (; j < last; ++j) lanes[0] += src[j];
-                    float total = 0;
-                    for (float x : lanes) total += x;
-                    sums[i] = total;
-                });
-            for (auto& t : pool) t.join();
-            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        }
-        benchmark::DoNotOptimize(sums.data());
-        return static_cast<double>(n) * sizeof(float) / best;
+        std::atomic<float> sink{0.0f};
+        const double seconds = best_threaded_seconds(n, [&](std::size_t first, std::size_t last) {
+            float lanes[16] = {};  // 16 independent sums: the loads, not the adds, set the pace
+            std::size_t j = first;
+            for (; j + 16 <= last; j += 16)
+                for (std::size_t l = 0; l < 16; ++l) lanes[l] += src[j + l];
+            for (; j < last; ++j) lanes[0] += src[j];
+            float total = 0;
+            for (float x : lanes) total += x;
+            sink.store(total);
+        });
+        benchmark::DoNotOptimize(sink.load());
+        return static_cast<double>(n) * sizeof(float) / seconds;
     }();
     return rate;
 }

@@ -91,6 +91,9 @@ std::string position_string(const extents<Rank>& shape, index_t r) {
     return s + ")";
 }
 
+// "position (r)": how errors name row r of (rows, V) logits.
+inline std::string flat_position(index_t r) { return cat("position (", r, ")"); }
+
 // Shared by the CPU reference and the CUDA launcher: logits (..., V) and targets (...)
 // of token ids with the logits' leading dimensions.
 template <class L, class T>
@@ -192,8 +195,7 @@ inline double cross_entropy(tensor_view<float, 2> dlogits /*(rows, V) or empty*/
                             tensor_view<const float, 2> logits /*(rows, V)*/,
                             tensor_view<const token_id, 1> targets /*(rows)*/,
                             const cross_entropy_options& options = {}) {
-    return cross_entropy(dlogits, logits, targets, options,
-                         [](index_t r) { return tinyllm::detail::cat("position (", r, ")"); });
+    return cross_entropy(dlogits, logits, targets, options, tinyllm::detail::flat_position);
 }
 
 // ---- Any number of leading dimensions: logits (..., V), targets (...) -------------------

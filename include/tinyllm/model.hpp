@@ -976,18 +976,30 @@ private:
     // logits in double as the reference computes them, so both choose the same
     // experts; softmax -> top-k -> renormalize; tokens gathered expert by expert),
     // with each expert's rows multiplied through linear_gemm as one (rows, D) block.
+    // Mixtral's routing of the rows of x as moe_forward computes it: router logits
+    // in double, softmax -> top-k -> renormalize, and the plan grouping rows by expert.
+    struct moe_routing {
+        tensor<float, 2> logits;         // (T, E)
+        tensor<std::int32_t, 2> ids;     // (T, k)
+        tensor<float, 2> weights;        // (T, k)
+        moe_plan_buffers plan;
+    };
+    moe_routing route(tensor_view<const float, 2> x, const layer_weights& L) const {
+        const index_t T = x.extent(0), E = config_.num_experts, k = config_.experts_per_token;
+        moe_routing r{tensor<float, 2>(extents<2>{T, E}), tensor<std::int32_t, 2>(extents<2>{T, k}),
+                      tensor<float, 2>(extents<2>{T, k}), moe_plan_buffers(T, k, E)};
+        moe_router_logits(r.logits.view(), x, L.router.view());
+        softmax_topk_gating(r.ids.view(), r.weights.view(), r.logits.view(), true);
+        moe_plan(r.plan.view(), r.ids.view());
+        return r;
+    }
+
     void moe_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> x, const layer_weights& L,
                      const layer_weights_bf16& L16) const {
-        const index_t T = x.extent(0), D = x.extent(1), E = config_.num_experts, k = config_.experts_per_token;
-        const index_t F = config_.intermediate_size;
+        const index_t D = x.extent(1), E = config_.num_experts, F = config_.intermediate_size;
         const bool bf16 = dtype_ == weight_dtype::bfloat16;
-        tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
-        moe_router_logits(logits.view(), x, L.router.view());
-        tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
-        tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
-        softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
-        moe_plan_buffers plan(T, k, E);
-        moe_plan(plan.view(), ids.view());
+        moe_routing r = route(x, L);
+        moe_plan_buffers& plan = r.plan;
         tensor<float, 2> sorted(extents<2>{plan.rows(), D}), expert_out(extents<2>{plan.rows(), D});  // (R, D)
         moe_gather(sorted.view(), x, plan.view());
         for (auto& v : expert_out.values()) v = 0.0f;  // rows no expert fills (padding)
@@ -1007,7 +1019,7 @@ private:
             swiglu_vectorized(gate.view(), gate.view(), up.view());
             expert(expert_out.view().narrow(0, first, rows), gate.view(), L.w2, L16.w2);
         }
-        moe_combine(out, expert_out.view(), weights.view(), plan.view());
+        moe_combine(out, expert_out.view(), r.weights.view(), plan.view());
     }
 
     // moe_backward's steps on the blocked kernels (float32 weights): the forward
@@ -1021,13 +1033,8 @@ private:
                               const layer_weights& L) const {
         const index_t T = x.extent(0), D = x.extent(1), E = config_.num_experts, k = config_.experts_per_token;
         const index_t F = config_.intermediate_size;
-        tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
-        moe_router_logits(logits.view(), x, L.router.view());
-        tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
-        tensor<float, 2> weights(extents<2>{T, k});     // (T, k)
-        softmax_topk_gating(ids.view(), weights.view(), logits.view(), true);
-        moe_plan_buffers plan(T, k, E);
-        moe_plan(plan.view(), ids.view());
+        moe_routing r = route(x, L);
+        moe_plan_buffers& plan = r.plan;
         const index_t R = plan.rows();
         tensor<float, 2> x_sorted(extents<2>{R, D}), y_sorted(extents<2>{R, D});                   // (R, D)
         tensor<float, 2> gate(extents<2>{R, F}), up(extents<2>{R, F}), h(extents<2>{R, F});       // (R, F)
@@ -1047,17 +1054,8 @@ private:
         // Combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t]; dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]>.
         tensor<float, 2> dy_sorted(extents<2>{R, D});  // (R, D), zero on padding rows
         tensor<float, 2> dweights(extents<2>{T, k});   // (T, k)
-        for (index_t t = 0; t < T; ++t)
-            for (index_t j = 0; j < k; ++j) {
-                const std::int32_t row = plan.row_of(t, j);
-                double dot = 0;
-                if (row >= 0)
-                    for (index_t d = 0; d < D; ++d) {
-                        dot += static_cast<double>(dout(t, d)) * y_sorted(row, d);
-                        dy_sorted(row, d) = weights(t, j) * dout(t, d);
-                    }
-                dweights(t, j) = static_cast<float>(dot);
-            }
+        tinyllm::detail::moe_combine_backward(dy_sorted.view(), dweights.view(), dout, y_sorted.view(),
+                                              r.weights.view(), plan.view());
         // Experts, each one's rows as a block (an expert no token reached gets zero gradients).
         tensor<float, 2> dh(extents<2>{R, F}), dgate(extents<2>{R, F}), dup(extents<2>{R, F});  // (R, F)
         tensor<float, 2> dx_gate(extents<2>{R, D}), dx_up(extents<2>{R, D});                     // (R, D)
@@ -1076,7 +1074,7 @@ private:
         if (dlogits_extra.size() != 0)
             for (index_t t = 0; t < T; ++t)
                 for (index_t e = 0; e < E; ++e) dlogits(t, e) = dlogits_extra(t, e);
-        softmax_topk_gating_backward(dlogits.view(), dweights.view(), logits.view(), /*renormalize=*/true,
+        softmax_topk_gating_backward(dlogits.view(), dweights.view(), r.logits.view(), /*renormalize=*/true,
                                      /*accumulate=*/dlogits_extra.size() != 0);
         // Router (logits = x router^T): its gradient, and dx = dlogits router + the k slots' rows in slot order.
         linear_backward_gemm(dx, drouter.view(), {}, dlogits.view(), x, L.router.view());

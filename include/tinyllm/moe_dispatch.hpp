@@ -322,6 +322,27 @@ inline void expect_moe_backward_args(const char* op, tensor_view<float, 2> dx, t
                    ": dx must not be the same memory as dout");
 }
 
+// The backward of moe_combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t] and
+// dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]> (a double sum); rows no slot
+// uses are left as they are, a dropped slot's dweight is 0. dout (T, D), y_sorted
+// and dy_sorted (R, D), weights and dweights (T, k).
+inline void moe_combine_backward(tensor_view<float, 2> dy_sorted, tensor_view<float, 2> dweights,
+                                 tensor_view<const float, 2> dout, tensor_view<const float, 2> y_sorted,
+                                 tensor_view<const float, 2> weights, const moe_plan_view& plan) {
+    const index_t T = dout.extent(0), D = dout.extent(1), k = weights.extent(1);
+    for (index_t t = 0; t < T; ++t)
+        for (index_t j = 0; j < k; ++j) {
+            const std::int32_t row = plan.row_of(t, j);
+            double dot = 0;
+            if (row >= 0)
+                for (index_t d = 0; d < D; ++d) {
+                    dot += static_cast<double>(dout(t, d)) * y_sorted(row, d);
+                    dy_sorted(row, d) = static_cast<float>(static_cast<double>(weights(t, j)) * dout(t, d));
+                }
+            dweights(t, j) = static_cast<float>(dot);
+        }
+}
+
 // Expert e's (F, D) or (D, F) matrix of an (E, ., .) gradient, or empty when the gradient is not wanted.
 inline tensor_view<float, 2> expert_gradient(tensor_view<float, 3> g, index_t e) {
     return g.size() ? g.slice(0, e) : tensor_view<float, 2>{};
@@ -387,17 +408,8 @@ inline void moe_backward(tensor_view<float, 2> dx /*(T, D) or empty*/, tensor_vi
     // Combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t]; dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]>.
     tensor<float, 2> dy_sorted(extents<2>{R, D});  // (R, D), zero on padding rows
     tensor<float, 2> dweights(extents<2>{T, k});   // (T, k)
-    for (index_t t = 0; t < T; ++t)
-        for (index_t j = 0; j < k; ++j) {
-            const std::int32_t row = plan.row_of(t, j);
-            double dot = 0;
-            if (row >= 0)
-                for (index_t d = 0; d < D; ++d) {
-                    dot += static_cast<double>(dout(t, d)) * y_sorted(row, d);
-                    dy_sorted(row, d) = static_cast<float>(static_cast<double>(weights(t, j)) * dout(t, d));
-                }
-            dweights(t, j) = static_cast<float>(dot);
-        }
+    tinyllm::detail::moe_combine_backward(dy_sorted.view(), dweights.view(), dout, y_sorted.view(), weights.view(),
+                                          plan.view());
 
     // Experts: y = W2 h, h = silu(gate) up, gate = W1 x, up = W3 x, per expert's rows.
     const bool want_dx = dx.size() != 0;

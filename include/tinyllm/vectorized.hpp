@@ -487,8 +487,7 @@ inline double cross_entropy_vectorized(tensor_view<float, 2> dlogits /*(rows, V)
                                        tensor_view<const float, 2> logits /*(rows, V)*/,
                                        tensor_view<const token_id, 1> targets /*(rows)*/,
                                        const cross_entropy_options& options = {}) {
-    return cross_entropy_vectorized(dlogits, logits, targets, options,
-                                    [](index_t r) { return tinyllm::detail::cat("position (", r, ")"); });
+    return cross_entropy_vectorized(dlogits, logits, targets, options, tinyllm::detail::flat_position);
 }
 
 }  // namespace cpu
