@@ -70,7 +70,9 @@ const tinyllm_test::tolerance elementwise_tol{1e-30, 3e-6, 3e-6};  // a few ulps
 const tinyllm_test::tolerance derivative_tol{3e-7, 3e-6, 3e-6};
 const tinyllm_test::tolerance norm_tol{2e-6, 2e-6, 3e-6};
 const tinyllm_test::tolerance norm_grad_tol{4e-6, 4e-6, 1e-5};
-const tinyllm_test::tolerance loss_grad_tol{1e-9, 1e-5, 3e-6};
+// The target's element, p_t - 1, cancels when p_t is near 1: absolute error ~1e-7
+// (of the 1/valid scale), however small the difference.
+const tinyllm_test::tolerance loss_grad_tol{2e-7, 1e-5, 3e-6};
 
 const index_t shapes[][2] = {{1, 1}, {3, 7}, {33, 301}, {70, 1024}};
 
