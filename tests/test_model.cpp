@@ -613,3 +613,86 @@ TEST_CASE("bfloat16 weights: the blocked kernels equal the reference on the same
                             tinyllm_test::contains("training needs float32 weights"));
     }
 }
+
+TEST_CASE("save_model writes config.json + model.safetensors that model::load reads back exactly", "[model][save]") {
+    std::vector<tinyllm::model_config> configs = small_configs();
+    configs[1].rope.theta = 500000.0;  // Llama 3's base and its frequency scaling
+    configs[1].rope.scaling = tinyllm::rope_scaling::llama3;
+    configs[1].rope.factor = 32.0;
+    configs[1].eos_token_ids = {128001, 128009};
+    configs[2].router_aux_loss_coef = 0.02;
+    configs[0].eos_token_ids = {256};
+    for (const tinyllm::model_config& c : configs) {
+        INFO(c.architecture);
+        const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed());
+        temp_dir dir;
+        const std::string out = (dir.path / "saved").string();  // created by save_model
+        tinyllm::save_model(out, c, w);
+        REQUIRE(fs::exists(fs::path(out) / "config.json"));
+        REQUIRE_FALSE(fs::exists(fs::path(out) / "config.json.tmp"));
+        const tinyllm::model_config back = tinyllm::load_model_config(out);
+        CHECK(back.arch == c.arch);
+        CHECK(back.architecture == c.architecture);
+        CHECK(back.vocab_size == c.vocab_size);
+        CHECK(back.hidden_size == c.hidden_size);
+        CHECK(back.num_layers == c.num_layers);
+        CHECK(back.num_heads == c.num_heads);
+        CHECK(back.num_kv_heads == c.num_kv_heads);
+        CHECK(back.head_dim == c.head_dim);
+        CHECK(back.intermediate_size == c.intermediate_size);
+        CHECK(back.max_positions == c.max_positions);
+        CHECK(back.norm_eps == c.norm_eps);
+        CHECK(back.tie_word_embeddings == c.tie_word_embeddings);
+        CHECK(back.num_experts == c.num_experts);
+        CHECK(back.experts_per_token == c.experts_per_token);
+        CHECK(back.eos_token_ids == c.eos_token_ids);
+        if (c.arch != tinyllm::model_arch::gpt2) {
+            CHECK(back.rope.theta == c.rope.theta);
+            CHECK(back.rope.scaling == c.rope.scaling);
+            CHECK(back.rope.factor == c.rope.factor);
+            CHECK(back.rope.rotary_dim == c.head_dim);
+        }
+        if (c.arch == tinyllm::model_arch::mixtral) CHECK(back.router_aux_loss_coef == c.router_aux_loss_coef);
+        // Every tensor back bit for bit, and the loaded model computes what the saved one did.
+        const tinyllm::cpu::model loaded = tinyllm::cpu::model::load(out);
+        tinyllm::detail::for_each_weight(loaded.weights(), w, [&](const std::string& name, const auto& a, const auto& b) {
+            INFO(name);
+            REQUIRE(a.shape() == b.shape());
+            REQUIRE(a.values() == b.values());
+        });
+        const tinyllm::cpu::model original(c, w);
+        const std::vector<tinyllm::token_id> prompt{3, 1, 4, 1, 5, 9, 2, 6};
+        auto s1 = original.new_session(8), s2 = loaded.new_session(8);
+        REQUIRE(original.forward(s1, prompt).values() == loaded.forward(s2, prompt).values());
+    }
+    // A model whose RoPE transformers' Llama cannot express is refused with the reason.
+    tinyllm::model_config interleaved = configs[1];
+    interleaved.rope.pairing = tinyllm::rope_pairing::interleaved;
+    REQUIRE_THROWS_WITH(tinyllm::model_config_json(interleaved), Catch::Matchers::Contains("rotates whole heads in halves"));
+    // Weights that do not match the config are refused before anything is written.
+    temp_dir dir;
+    tinyllm::model_weights none;
+    REQUIRE_THROWS_WITH(tinyllm::save_model(dir.file("bad"), configs[0], none),
+                        Catch::Matchers::Contains("do not hold this config's float32 embedding"));
+    REQUIRE_FALSE(fs::exists(dir.file("bad")));
+}
+
+TEST_CASE("save_model round-trips the Hugging Face fixtures: same names, same logits", "[model][save][conformance]") {
+    for (const char* name : {"gpt2", "llama", "mixtral"}) {
+        const std::string src = fixture_dir(name);
+        if (src.empty()) {
+            WARN("../shared/fixtures/hf/" << name << " not found: skipped");
+            continue;
+        }
+        INFO(name);
+        const tinyllm::cpu::model m = tinyllm::cpu::model::load(src);
+        temp_dir dir;
+        tinyllm::save_model(dir.file("copy"), m.config(), m.weights());
+        const tinyllm::safetensors_checkpoint a(src), b(dir.file("copy"));
+        REQUIRE(b.names() == a.names());  // the tensors under the fixture's own names (sorted, both)
+        const tinyllm::cpu::model copy = tinyllm::cpu::model::load(dir.file("copy"));
+        const std::vector<tinyllm::token_id> prompt{5, 17, 42, 7, 99, 3};
+        auto s1 = m.new_session(6), s2 = copy.new_session(6);
+        REQUIRE(m.forward(s1, prompt).values() == copy.forward(s2, prompt).values());
+    }
+}

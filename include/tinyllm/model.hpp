@@ -56,6 +56,8 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -546,6 +548,145 @@ inline void save_checkpoint_tensors(const std::string& path, const std::vector<c
         }
     }
     save_safetensors(path, entries);
+}
+
+// ---- writing a model in Hugging Face's layout -----------------------------------
+
+namespace detail {
+
+// A double as JSON writes it: the shortest text that reads back to the same value.
+inline std::string json_number(double x) {
+    char buf[32];
+    for (int digits = 6; digits <= 17; ++digits) {
+        std::snprintf(buf, sizeof buf, "%.*g", digits, x);
+        if (std::strtod(buf, nullptr) == x) break;
+    }
+    std::string out = buf;
+    if (out.find_first_of(".eEn") == std::string::npos) out += ".0";  // a float stays a float in Python
+    return out;
+}
+
+// A float's shortest text (1e-05, not 9.999999747378752e-06): what reads back to the same float.
+inline std::string json_number(float x) {
+    char buf[32];
+    for (int digits = 6; digits <= 9; ++digits) {
+        std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(x));
+        if (std::strtof(buf, nullptr) == x) break;
+    }
+    std::string out = buf;
+    if (out.find_first_of(".eEn") == std::string::npos) out += ".0";
+    return out;
+}
+
+}  // namespace detail
+
+// config.json for `c`, as transformers writes it for the architecture: the
+// fields load_model_config reads (it reads this text back to the same config)
+// and that transformers' AutoConfig needs, float32 weights. RoPE must be what
+// transformers' Llama and Mixtral compute: rotate_half pairing over the whole
+// head (other pairings are refused).
+inline std::string model_config_json(const model_config& c) {
+    const auto n = [](index_t v) { return std::to_string(v); };
+    const auto f = [](double v) { return detail::json_number(v); };
+    std::string j = "{\n";
+    const auto field = [&j](const std::string& key, const std::string& value) {
+        j += "  \"" + key + "\": " + value + ",\n";
+    };
+    const bool gpt2 = c.arch == model_arch::gpt2;
+    const std::string architecture =
+        gpt2 ? "GPT2LMHeadModel" : c.arch == model_arch::llama ? "LlamaForCausalLM" : "MixtralForCausalLM";
+    field("architectures", "[\"" + architecture + "\"]");
+    field("model_type", gpt2 ? "\"gpt2\"" : c.arch == model_arch::llama ? "\"llama\"" : "\"mixtral\"");
+    field("vocab_size", n(c.vocab_size));
+    if (gpt2) {
+        field("n_embd", n(c.hidden_size));
+        field("n_layer", n(c.num_layers));
+        field("n_head", n(c.num_heads));
+        field("n_inner", n(c.intermediate_size));
+        field("n_positions", n(c.max_positions));
+        field("n_ctx", n(c.max_positions));
+        field("layer_norm_epsilon", detail::json_number(c.norm_eps));
+        field("activation_function", "\"gelu_new\"");
+    } else {
+        TINYLLM_EXPECT(c.rope.pairing == rope_pairing::rotate_half &&
+                           (c.rope.rotary_dim == 0 || c.rope.rotary_dim == c.head_dim),
+                       "model_config_json: transformers' ", architecture, " rotates whole heads in halves; this "
+                       "model's RoPE (", to_string(c.rope.pairing), ", ", c.rope.rotary_dim, " of ", c.head_dim,
+                       " features) cannot be written for it");
+        field("hidden_size", n(c.hidden_size));
+        field("intermediate_size", n(c.intermediate_size));
+        field("num_hidden_layers", n(c.num_layers));
+        field("num_attention_heads", n(c.num_heads));
+        field("num_key_value_heads", n(c.num_kv_heads));
+        field("head_dim", n(c.head_dim));
+        field("max_position_embeddings", n(c.max_positions));
+        field("rms_norm_eps", detail::json_number(c.norm_eps));
+        field("hidden_act", "\"silu\"");
+        field("rope_theta", f(c.rope.theta));
+        switch (c.rope.scaling) {
+            case rope_scaling::none: field("rope_scaling", "null"); break;
+            case rope_scaling::linear:
+                field("rope_scaling", "{\"rope_type\": \"linear\", \"factor\": " + f(c.rope.factor) + "}");
+                break;
+            case rope_scaling::llama3:
+                field("rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": " + f(c.rope.factor) +
+                                          ", \"low_freq_factor\": " + f(c.rope.low_freq_factor) +
+                                          ", \"high_freq_factor\": " + f(c.rope.high_freq_factor) +
+                                          ", \"original_max_position_embeddings\": " +
+                                          n(static_cast<index_t>(c.rope.original_max_position_embeddings)) + "}");
+                break;
+            case rope_scaling::ntk:
+                TINYLLM_FAIL("model_config_json: NTK-scaled RoPE has no Llama config.json form");
+        }
+        field("attention_bias", "false");
+        field("mlp_bias", "false");
+        if (c.arch == model_arch::mixtral) {
+            field("num_local_experts", n(c.num_experts));
+            field("num_experts_per_tok", n(c.experts_per_token));
+            field("router_aux_loss_coef", f(c.router_aux_loss_coef));
+            field("sliding_window", "null");
+        }
+    }
+    if (c.eos_token_ids.size() == 1) field("eos_token_id", std::to_string(c.eos_token_ids[0]));
+    else if (!c.eos_token_ids.empty()) {
+        std::string list = "[";
+        for (std::size_t i = 0; i < c.eos_token_ids.size(); ++i)
+            list += (i ? ", " : "") + std::to_string(c.eos_token_ids[i]);
+        field("eos_token_id", list + "]");
+    }
+    field("torch_dtype", "\"float32\"");
+    j += "  \"tie_word_embeddings\": " + std::string(c.tie_word_embeddings ? "true" : "false") + "\n}\n";
+    return j;
+}
+
+// Write a model to DIR as Hugging Face publishes one: config.json
+// (model_config_json) and model.safetensors (checkpoint_tensors: the names of
+// the layout the weights were loaded from, transformers' by default), float32.
+// model::load, tinyllm generate and transformers' AutoModelForCausalLM read it.
+// DIR is created if needed; each file is written beside its final name and
+// renamed into place, so an interrupted save never leaves a half-written file
+// under the real name.
+inline void save_model(const std::string& dir, const model_config& c, const model_weights& w) {
+    namespace fs = std::filesystem;
+    TINYLLM_EXPECT(w.embed.size() == c.vocab_size * c.hidden_size && static_cast<index_t>(w.layers.size()) == c.num_layers,
+                   "save_model: the weights do not hold this config's float32 embedding and ", c.num_layers,
+                   " layers (a model holding bf16 matrices: set_weight_dtype(weight_dtype::float32) first)");
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    TINYLLM_EXPECT(!ec, "save_model: cannot create the directory '", dir, "': ", ec.message());
+    const fs::path config = fs::path(dir) / "config.json", weights = fs::path(dir) / "model.safetensors";
+    const fs::path config_tmp = config.string() + ".tmp", weights_tmp = weights.string() + ".tmp";
+    {
+        std::ofstream out(config_tmp, std::ios::binary);
+        const std::string text = model_config_json(c);
+        out << text;
+        out.close();
+        TINYLLM_EXPECT(out.good(), "save_model: cannot write '", config_tmp.string(), "'");
+    }
+    save_checkpoint_tensors(weights_tmp.string(), checkpoint_tensors(c, w));
+    fs::rename(config_tmp, config, ec);
+    if (!ec) fs::rename(weights_tmp, weights, ec);
+    TINYLLM_EXPECT(!ec, "save_model: cannot move the written files into place in '", dir, "': ", ec.message());
 }
 
 // ---- random models of real shapes (benchmarks, tests, the tour) ---------------
