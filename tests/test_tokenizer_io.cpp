@@ -6,6 +6,7 @@
 #include "support/catch.hpp"
 #include "tokenizer/fixtures.hpp"
 
+#include <tinyllm/bpe_train.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
@@ -107,6 +108,38 @@ TEST_CASE("tinyllm format: save and load round trip") {
         for (std::size_t k = 0; k < texts.size(); k += 7)
             CHECK(back.encode_ordinary(texts[k].as_string()) == tok.encode_ordinary(texts[k].as_string()));
     }
+}
+
+TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same tokenizer") {
+    temp_dir tmp;
+    std::vector<tokenizer> toks;
+    toks.push_back(load_hf_tokenizer_json(fixture_dir() + "hf_tokenizer.json"));
+    const auto& texts = conformance().at("texts").as_array();
+    std::vector<std::string> corpus;
+    for (std::size_t k = 0; k < texts.size(); ++k) corpus.push_back(texts[k].as_string());
+    for (const pretokenizer p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k}) {
+        bpe_train_options o;
+        o.vocab_size = 400;
+        o.pattern = p;
+        o.special_tokens = {"<|endoftext|>", "<|pad|>"};
+        toks.push_back(train_bpe(corpus, o));
+    }
+    for (const auto& tok : toks) {
+        INFO("pattern " << pretokenizer_name(tok.pattern()) << ", " << tok.vocab_size() << " ids");
+        const std::string path = tmp.write("tokenizer.json", "");
+        save_hf_tokenizer_json(tok, path);
+        const tokenizer back = load_hf_tokenizer_json(path);
+        CHECK(back.pattern() == tok.pattern());
+        CHECK(back.add_prefix_space() == tok.add_prefix_space());
+        CHECK(back.vocab_size() == tok.vocab_size());
+        CHECK(back.specials().size() == tok.specials().size());
+        CHECK(back.vocab().merges().size() == tok.vocab().merges().size());
+        CHECK(serialize_tokenizer(back) == serialize_tokenizer(tok));
+        for (std::size_t k = 0; k < texts.size(); ++k)
+            CHECK(back.encode_ordinary(texts[k].as_string()) == tok.encode_ordinary(texts[k].as_string()));
+    }
+    if (const tokenizer* r = real_tokenizer("cl100k_base"))
+        CHECK_THROWS_WITH(hf_tokenizer_json(*r), contains("needs an explicit merge list"));
 }
 
 TEST_CASE("GPT-2 encoder.json + vocab.bpe gives tiktoken's gpt2 encoding") {

@@ -37,10 +37,12 @@
 #include <array>
 #include <charconv>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -529,6 +531,74 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
 
 inline tokenizer load_hf_tokenizer_json(const std::string& path) {
     return parse_hf_tokenizer_json(detail::read_text_file(path), path);
+}
+
+// `tok` as a Hugging Face tokenizer.json (byte-level BPE): what
+// parse_hf_tokenizer_json reads back to the same tokenizer and the tokenizers
+// library loads. The vocabulary's strings and the merges are GPT-2's
+// byte-to-unicode form; the pre-tokenizer is ByteLevel with its own regex (r50k)
+// or a Split on the pattern's regex followed by ByteLevel without one (cl100k,
+// o200k); special tokens are added tokens. A vocabulary read from a tiktoken
+// rank file has no merge list (every split of a token merges, by the token's
+// rank), so it is refused.
+inline std::string hf_tokenizer_json(const tokenizer& tok) {
+    const bpe_vocab& v = tok.vocab();
+    TINYLLM_EXPECT(!v.tiktoken_merges(), "hf_tokenizer_json: this vocabulary ranks merges by token id (a tiktoken "
+                   "rank file); a tokenizer.json needs an explicit merge list (train one with train_bpe, or load "
+                   "a tokenizer.json or GPT-2's vocab.bpe)");
+    const auto q = [](std::string_view text) { return json::quote(text); };
+    const bool r50k = tok.pattern() == pretokenizer::r50k;
+    const std::string prefix_space = tok.add_prefix_space() ? "true" : "false";
+    std::string j = "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [";
+    for (std::size_t i = 0; i < tok.specials().size(); ++i) {
+        const special_token& t = tok.specials()[i];
+        j += std::string(i ? "," : "") + "\n    {\"id\": " + std::to_string(t.id) + ", \"content\": " + q(t.text) +
+             ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, "
+             "\"special\": true}";
+    }
+    j += tok.specials().empty() ? "],\n" : "\n  ],\n";
+    j += "  \"normalizer\": null,\n  \"pre_tokenizer\": ";
+    if (r50k)
+        j += "{\"type\": \"ByteLevel\", \"add_prefix_space\": " + prefix_space +
+             ", \"trim_offsets\": true, \"use_regex\": true},\n";
+    else
+        j += "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": " +
+             q(pretokenizer_regex(tok.pattern())) +
+             "}, \"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": " +
+             prefix_space + ", \"trim_offsets\": true, \"use_regex\": false}]},\n";
+    j += "  \"post_processor\": null,\n";
+    j += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n";
+    j += "  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null, "
+         "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": " +
+         std::string(v.whole_piece_lookup() ? "true" : "false") + ",\n    \"vocab\": {";
+    bool first = true;
+    for (std::size_t id = 0; id < v.size(); ++id) {
+        if (!v.contains(static_cast<token_id>(id))) continue;
+        j += std::string(first ? "" : ",") + "\n      " + q(detail::bytes_to_unicode(v.bytes(static_cast<token_id>(id)))) +
+             ": " + std::to_string(id);
+        first = false;
+    }
+    j += "\n    },\n    \"merges\": [";
+    const std::vector<bpe_merge> merges = v.merges();
+    for (std::size_t i = 0; i < merges.size(); ++i)
+        j += std::string(i ? "," : "") + "\n      [" + q(detail::bytes_to_unicode(v.bytes(merges[i].left))) + ", " +
+             q(detail::bytes_to_unicode(v.bytes(merges[i].right))) + "]";
+    j += "\n    ]\n  }\n}\n";
+    return j;
+}
+
+// Write hf_tokenizer_json(tok) to `path` (through a temporary file renamed into place).
+inline void save_hf_tokenizer_json(const tokenizer& tok, const std::string& path) {
+    const std::string text = hf_tokenizer_json(tok), tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary);
+        out << text;
+        out.close();
+        TINYLLM_EXPECT(out.good(), "save_hf_tokenizer_json: cannot write '", tmp, "'");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    TINYLLM_EXPECT(!ec, "save_hf_tokenizer_json: cannot move '", tmp, "' to '", path, "': ", ec.message());
 }
 
 // ---- tinyllm's own format -----------------------------------------------------------
