@@ -37,6 +37,7 @@
 #include <tinyllm/vectorized.hpp>
 
 // Training: the optimizer, clipping, the schedule, dropout.
+#include <tinyllm/data.hpp>
 #include <tinyllm/optimizer.hpp>
 
 // Tokens out: samplers, best-of-n and beam search.
