@@ -111,20 +111,8 @@ TEST_CASE("forward_backward: the blocked kernels' loss and gradients equal the r
     // attention runs several key blocks, its backward included; every gradient compared.
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
         DYNAMIC_SECTION(static_cast<int>(arch)) {
-            model_config c;
-            c.arch = arch;
-            c.vocab_size = 97;
-            c.hidden_size = 48;
-            c.num_layers = 2;
-            c.num_heads = 4;
-            c.num_kv_heads = arch == model_arch::gpt2 ? 4 : 2;
-            c.head_dim = 12;
-            c.intermediate_size = 80;
-            c.max_positions = 80;
-            c.tie_word_embeddings = arch != model_arch::llama;
-            c.num_experts = arch == model_arch::mixtral ? 4 : 0;
-            c.experts_per_token = arch == model_arch::mixtral ? 2 : 0;
-            c.rope.rotary_dim = 12;
+            const model_config c =
+                tinyllm_test::small_model_config(arch, 97, 48, 12, 80, 80, /*tied=*/arch != model_arch::llama);
             const std::uint64_t seed = tinyllm_test::test_seed();
             cpu::model blocked(c, random_model_weights(c, seed)), reference = blocked;
             reference.set_kernels(cpu::model::kernels::reference);
@@ -194,21 +182,8 @@ TEST_CASE("forward_backward: a random model's gradients follow the loss (finite 
     // the largest gradients so that the difference is far above that noise.
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
         DYNAMIC_SECTION(static_cast<int>(arch)) {
-            model_config c;
-            c.arch = arch;
-            c.vocab_size = 23;
-            c.hidden_size = 16;
-            c.num_layers = 2;
-            c.num_heads = 4;
-            c.num_kv_heads = arch == model_arch::gpt2 ? 4 : 2;
-            c.head_dim = 4;
-            c.intermediate_size = 24;
-            c.max_positions = 16;
-            c.tie_word_embeddings = arch == model_arch::gpt2;
-            c.num_experts = arch == model_arch::mixtral ? 4 : 0;
-            c.experts_per_token = arch == model_arch::mixtral ? 2 : 0;
-            c.rope.rotary_dim = 4;
-            c.rope.pairing = rope_pairing::rotate_half;
+            const model_config c =
+                tinyllm_test::small_model_config(arch, 23, 16, 4, 24, 16, /*tied=*/arch == model_arch::gpt2);
             const std::uint64_t seed = tinyllm_test::test_seed();
             model_weights w = random_model_weights(c, seed);
             // Router logits spread wide, so that near-ties in the top-k (where the loss jumps) are rare.

@@ -178,21 +178,8 @@ TEST_CASE("cuda forward_backward: loss and every gradient equal PyTorch autograd
 TEST_CASE("cuda forward_backward: random models equal cpu::model::forward_backward", "[cuda][training]") {
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
         DYNAMIC_SECTION(static_cast<int>(arch)) {
-            model_config c;
-            c.arch = arch;
-            c.vocab_size = 37;
-            c.hidden_size = 24;
-            c.num_layers = 2;
-            c.num_heads = 4;
-            c.num_kv_heads = arch == model_arch::gpt2 ? 4 : 2;
-            c.head_dim = 6;
-            c.intermediate_size = 20;
-            c.max_positions = 16;
-            c.tie_word_embeddings = arch == model_arch::gpt2;
-            c.num_experts = arch == model_arch::mixtral ? 4 : 0;
-            c.experts_per_token = arch == model_arch::mixtral ? 2 : 0;
-            c.rope.rotary_dim = 6;
-            c.rope.pairing = rope_pairing::rotate_half;
+            const model_config c =
+                tinyllm_test::small_model_config(arch, 37, 24, 6, 20, 16, /*tied=*/arch == model_arch::gpt2);
             const std::uint64_t seed = tinyllm_test::test_seed();
             model_weights w = random_model_weights(c, seed);
             for (layer_weights& L : w.layers)  // router logits spread wide: no near-ties in the top-k

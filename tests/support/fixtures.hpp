@@ -44,4 +44,28 @@ inline std::vector<double> doubles_of(const tinyllm::json::value& array) {
     return out;
 }
 
+// A small random-model config of `arch` for training tests: 2 layers of 4 query
+// heads (2 key/value heads for Llama and Mixtral; Mixtral's 4 experts route 2 per
+// token), RoPE over the whole head in halves, the given sizes.
+inline tinyllm::model_config small_model_config(tinyllm::model_arch arch, tinyllm::index_t vocab, tinyllm::index_t hidden,
+                                                tinyllm::index_t head_dim, tinyllm::index_t ffn, tinyllm::index_t positions,
+                                                bool tied) {
+    tinyllm::model_config c;
+    c.arch = arch;
+    c.vocab_size = vocab;
+    c.hidden_size = hidden;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = arch == tinyllm::model_arch::gpt2 ? 4 : 2;
+    c.head_dim = head_dim;
+    c.intermediate_size = ffn;
+    c.max_positions = positions;
+    c.tie_word_embeddings = tied;
+    c.num_experts = arch == tinyllm::model_arch::mixtral ? 4 : 0;
+    c.experts_per_token = arch == tinyllm::model_arch::mixtral ? 2 : 0;
+    c.rope.rotary_dim = head_dim;
+    c.rope.pairing = tinyllm::rope_pairing::rotate_half;
+    return c;
+}
+
 }  // namespace tinyllm_test
