@@ -28,6 +28,7 @@
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/detail/files.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/philox.hpp>
 #include <tinyllm/safetensors.hpp>
@@ -35,12 +36,9 @@
 
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <span>
 #include <string>
 #include <string_view>
-#include <system_error>
 
 namespace tinyllm {
 
@@ -85,29 +83,20 @@ inline void write_token_file(const std::string& path, std::span<const token_id> 
         TINYLLM_EXPECT(ids[i] >= 0 && ids[i] < vocab_size, "write_token_file('", path, "'): id ", ids[i],
                        " at position ", i, " is outside [0, ", vocab_size, ")");
     const std::uint32_t width = vocab_size <= 65536 ? 2 : 4;
-    char header[detail::token_file_header_bytes] = {};
+    std::string bytes(detail::token_file_header_bytes + ids.size() * width, '\0');  // the header's padding: zero
+    char* header = bytes.data();
     std::memcpy(header, detail::token_file_magic, 8);
     detail::put_le<std::uint32_t>(header + 8, 1);
     detail::put_le<std::uint32_t>(header + 12, width);
     detail::put_le<std::uint64_t>(header + 16, ids.size());
     detail::put_le<std::uint64_t>(header + 24, fingerprint);
     detail::put_le<std::uint64_t>(header + 32, static_cast<std::uint64_t>(vocab_size));
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary);
-        out.write(header, sizeof header);
-        std::string body(ids.size() * width, '\0');
-        for (std::size_t i = 0; i < ids.size(); ++i) {
-            if (width == 2) detail::put_le<std::uint16_t>(body.data() + 2 * i, static_cast<std::uint16_t>(ids[i]));
-            else detail::put_le<std::uint32_t>(body.data() + 4 * i, static_cast<std::uint32_t>(ids[i]));
-        }
-        out.write(body.data(), static_cast<std::streamsize>(body.size()));
-        out.close();
-        TINYLLM_EXPECT(out.good(), "write_token_file: cannot write '", tmp, "' (disk full?)");
+    char* body = header + detail::token_file_header_bytes;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (width == 2) detail::put_le<std::uint16_t>(body + 2 * i, static_cast<std::uint16_t>(ids[i]));
+        else detail::put_le<std::uint32_t>(body + 4 * i, static_cast<std::uint32_t>(ids[i]));
     }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    TINYLLM_EXPECT(!ec, "write_token_file: cannot move '", tmp, "' to '", path, "': ", ec.message());
+    detail::write_file_replacing(path, bytes, "write_token_file");
 }
 
 // A token file, memory-mapped and checked: the magic, the version, the width,

@@ -558,6 +558,25 @@ inline gemm_range gemm_thread_block(index_t M, index_t N, index_t t, index_t nt,
     return r;
 }
 
+// body(t, r) on each thread t of a team of `team` OpenMP threads, r its block of an
+// (M, N) product (gemm_thread_block: whole slivers of MR rows, NR columns), for the
+// threads the block grid gives work. The grid is chosen for the threads the runtime
+// actually started (which may be fewer than asked).
+template <class Body>
+void gemm_on_team(index_t M, index_t N, index_t team, index_t MR, index_t NR, const Body& body) {
+    TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
+    {
+#if defined(_OPENMP)
+        const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        (void)team;
+        const index_t t = 0, nt = 1;
+#endif
+        const gemm_range r = gemm_thread_block(M, N, t, nt, MR, NR);
+        if (!r.empty()) body(t, r);
+    }
+}
+
 // Whether the product is a few rows against a weight (decoding a token: fewer rows than
 // a micro-tile, A contiguous along k, B's columns contiguous along k), which the dot
 // products compute reading B once where it lies.
@@ -608,22 +627,11 @@ void gemm_blocked_unchecked(tensor_view<float, 2> c, tensor_view<const float, 2>
         gemm_blocked_serial(c, a, b, alpha, beta, kernel, buffers.get(), buffers.get() + a_size);
         return;
     }
-    TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
-    {
-#if defined(_OPENMP)
-        const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        const index_t t = 0, nt = 1;
-#endif
-        // The grid for the threads the runtime gave (nt <= team); parts of whole slivers.
-        const gemm_range r = gemm_thread_block(M, N, t, nt, MR, NR);
-        if (!r.empty()) {
-            float* mine = buffers.get() + t * (a_size + b_size);
-            gemm_blocked_serial(c.narrow(0, r.i0, r.i1 - r.i0).narrow(1, r.j0, r.j1 - r.j0),
-                                a.narrow(0, r.i0, r.i1 - r.i0), b.narrow(1, r.j0, r.j1 - r.j0), alpha, beta, kernel,
-                                mine, mine + a_size);
-        }
-    }
+    gemm_on_team(M, N, team, MR, NR, [&](index_t t, const gemm_range& r) {
+        float* mine = buffers.get() + t * (a_size + b_size);
+        gemm_blocked_serial(c.narrow(0, r.i0, r.i1 - r.i0).narrow(1, r.j0, r.j1 - r.j0), a.narrow(0, r.i0, r.i1 - r.i0),
+                            b.narrow(1, r.j0, r.j1 - r.j0), alpha, beta, kernel, mine, mine + a_size);
+    });
 }
 
 }  // namespace detail
@@ -746,16 +754,8 @@ inline void gemm_blas_unchecked(tensor_view<float, 2> c, tensor_view<const float
         return;
     }
     constexpr index_t granule = 16;  // blocks of whole 16-row / 16-column slivers
-    TINYLLM_OMP(parallel num_threads(static_cast<int>(team)))
-    {
-#if defined(_OPENMP)
-        const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        const index_t t = 0, nt = 1;
-#endif
-        const gemm_range r = gemm_thread_block(rows, cols, t, nt, granule, granule);
-        if (!r.empty()) product(r.i0, r.i1, r.j0, r.j1);
-    }
+    gemm_on_team(rows, cols, team, granule, granule,
+                 [&](index_t, const gemm_range& r) { product(r.i0, r.i1, r.j0, r.j1); });
 }
 
 }  // namespace detail

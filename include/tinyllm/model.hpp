@@ -37,6 +37,7 @@
 #include <tinyllm/activation.hpp>
 #include <tinyllm/attention.hpp>
 #include <tinyllm/attention_tiled.hpp>
+#include <tinyllm/detail/files.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/embedding.hpp>
 #include <tinyllm/error.hpp>
@@ -63,6 +64,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace tinyllm {
@@ -554,24 +556,17 @@ inline void save_checkpoint_tensors(const std::string& path, const std::vector<c
 
 namespace detail {
 
-// A double as JSON writes it: the shortest text that reads back to the same value.
-inline std::string json_number(double x) {
+// x as JSON text: the shortest that reads back (as load_model_config reads it,
+// a double, then rounded to x's type) to the same value — 1e-05 for the float
+// nearest 1e-5, not 9.999999747378752e-06 — and always with a point or an
+// exponent, so that Python reads a float.
+template <class T>
+std::string json_number(T x) {
+    constexpr int max_digits = std::is_same_v<T, float> ? 9 : 17;
     char buf[32];
-    for (int digits = 6; digits <= 17; ++digits) {
-        std::snprintf(buf, sizeof buf, "%.*g", digits, x);
-        if (std::strtod(buf, nullptr) == x) break;
-    }
-    std::string out = buf;
-    if (out.find_first_of(".eEn") == std::string::npos) out += ".0";  // a float stays a float in Python
-    return out;
-}
-
-// A float's shortest text (1e-05, not 9.999999747378752e-06): what reads back to the same float.
-inline std::string json_number(float x) {
-    char buf[32];
-    for (int digits = 6; digits <= 9; ++digits) {
+    for (int digits = 6; digits <= max_digits; ++digits) {
         std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(x));
-        if (std::strtof(buf, nullptr) == x) break;
+        if (static_cast<T>(std::strtod(buf, nullptr)) == x) break;
     }
     std::string out = buf;
     if (out.find_first_of(".eEn") == std::string::npos) out += ".0";
@@ -674,19 +669,10 @@ inline void save_model(const std::string& dir, const model_config& c, const mode
     std::error_code ec;
     fs::create_directories(dir, ec);
     TINYLLM_EXPECT(!ec, "save_model: cannot create the directory '", dir, "': ", ec.message());
-    const fs::path config = fs::path(dir) / "config.json", weights = fs::path(dir) / "model.safetensors";
-    const fs::path config_tmp = config.string() + ".tmp", weights_tmp = weights.string() + ".tmp";
-    {
-        std::ofstream out(config_tmp, std::ios::binary);
-        const std::string text = model_config_json(c);
-        out << text;
-        out.close();
-        TINYLLM_EXPECT(out.good(), "save_model: cannot write '", config_tmp.string(), "'");
-    }
-    save_checkpoint_tensors(weights_tmp.string(), checkpoint_tensors(c, w));
-    fs::rename(config_tmp, config, ec);
-    if (!ec) fs::rename(weights_tmp, weights, ec);
-    TINYLLM_EXPECT(!ec, "save_model: cannot move the written files into place in '", dir, "': ", ec.message());
+    const std::string weights = (fs::path(dir) / "model.safetensors").string();
+    save_checkpoint_tensors(weights + ".tmp", checkpoint_tensors(c, w));
+    detail::rename_into_place(weights + ".tmp", weights, "save_model");
+    detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c), "save_model");
 }
 
 // ---- random models of real shapes (benchmarks, tests, the tour) ---------------
@@ -1113,10 +1099,6 @@ private:
         }
     }
 
-    // Mixtral's sparse MoE block on the blocked kernels: moe_forward's steps (router
-    // logits in double as the reference computes them, so both choose the same
-    // experts; softmax -> top-k -> renormalize; tokens gathered expert by expert),
-    // with each expert's rows multiplied through linear_gemm as one (rows, D) block.
     // Mixtral's routing of the rows of x as moe_forward computes it: router logits
     // in double, softmax -> top-k -> renormalize, and the plan grouping rows by expert.
     struct moe_routing {
@@ -1135,6 +1117,10 @@ private:
         return r;
     }
 
+    // Mixtral's sparse MoE block on the blocked kernels: moe_forward's steps (router
+    // logits in double as the reference computes them, so both choose the same
+    // experts; softmax -> top-k -> renormalize; tokens gathered expert by expert),
+    // with each expert's rows multiplied through linear_gemm as one (rows, D) block.
     void moe_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> x, const layer_weights& L,
                      const layer_weights_bf16& L16) const {
         const index_t D = x.extent(1), E = config_.num_experts, F = config_.intermediate_size;
@@ -1183,14 +1169,11 @@ private:
         const auto rows_of = [&](auto& buffer, index_t e) {  // expert e's rows of an (R, .) buffer
             return buffer.view().narrow(0, plan.expert_offsets(e), plan.expert_counts(e));
         };
-        const auto crows_of = [&](const auto& buffer, index_t e) {
-            return buffer.view().narrow(0, plan.expert_offsets(e), plan.expert_counts(e));
-        };
         for (index_t e = 0; e < E; ++e) {
-            linear_gemm(rows_of(gate, e), crows_of(x_sorted, e), L.w1.view().slice(0, e), {});
-            linear_gemm(rows_of(up, e), crows_of(x_sorted, e), L.w3.view().slice(0, e), {});
-            swiglu_vectorized(rows_of(h, e), crows_of(gate, e), crows_of(up, e));
-            linear_gemm(rows_of(y_sorted, e), crows_of(h, e), L.w2.view().slice(0, e), {});
+            linear_gemm(rows_of(gate, e), rows_of(x_sorted, e), L.w1.view().slice(0, e), {});
+            linear_gemm(rows_of(up, e), rows_of(x_sorted, e), L.w3.view().slice(0, e), {});
+            swiglu_vectorized(rows_of(h, e), rows_of(gate, e), rows_of(up, e));
+            linear_gemm(rows_of(y_sorted, e), rows_of(h, e), L.w2.view().slice(0, e), {});
         }
         // Combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t]; dweights(t, j) = <dout[t], y_sorted[row_of(t, j)]>.
         tensor<float, 2> dy_sorted(extents<2>{R, D});  // (R, D), zero on padding rows
@@ -1201,14 +1184,14 @@ private:
         tensor<float, 2> dh(extents<2>{R, F}), dgate(extents<2>{R, F}), dup(extents<2>{R, F});  // (R, F)
         tensor<float, 2> dx_gate(extents<2>{R, D}), dx_up(extents<2>{R, D});                     // (R, D)
         for (index_t e = 0; e < E; ++e) {
-            linear_backward_gemm(rows_of(dh, e), dw2.view().slice(0, e), {}, crows_of(dy_sorted, e), crows_of(h, e),
+            linear_backward_gemm(rows_of(dh, e), dw2.view().slice(0, e), {}, rows_of(dy_sorted, e), rows_of(h, e),
                                  L.w2.view().slice(0, e));
-            swiglu_backward_vectorized(rows_of(dgate, e), rows_of(dup, e), crows_of(dh, e), crows_of(gate, e),
-                                       crows_of(up, e));
-            linear_backward_gemm(rows_of(dx_gate, e), dw1.view().slice(0, e), {}, crows_of(dgate, e),
-                                 crows_of(x_sorted, e), L.w1.view().slice(0, e));
-            linear_backward_gemm(rows_of(dx_up, e), dw3.view().slice(0, e), {}, crows_of(dup, e),
-                                 crows_of(x_sorted, e), L.w3.view().slice(0, e));
+            swiglu_backward_vectorized(rows_of(dgate, e), rows_of(dup, e), rows_of(dh, e), rows_of(gate, e),
+                                       rows_of(up, e));
+            linear_backward_gemm(rows_of(dx_gate, e), dw1.view().slice(0, e), {}, rows_of(dgate, e),
+                                 rows_of(x_sorted, e), L.w1.view().slice(0, e));
+            linear_backward_gemm(rows_of(dx_up, e), dw3.view().slice(0, e), {}, rows_of(dup, e),
+                                 rows_of(x_sorted, e), L.w3.view().slice(0, e));
         }
         // Gating (only the chosen experts' logits get gradient) plus the auxiliary loss's gradient.
         tensor<float, 2> dlogits(extents<2>{T, E});  // (T, E)
@@ -1227,10 +1210,11 @@ private:
             }
     }
 
-    // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
-    // the residual path, when given), dweight and dbias overwritten.
     // The row-wise steps through the chosen kernels: vectorized.hpp's float
     // loops on the blocked kernels, the double references otherwise.
+
+    // The backward of norm(): dx = norm'(dout) (+ dskip, the gradient arriving by
+    // the residual path, when given), dweight and dbias overwritten.
     void norm_backward(tensor_view<float, 2> dx, tensor<float, 1>& dweight, tensor<float, 1>& dbias,
                        tensor_view<const float, 2> dout, tensor_view<const float, 2> dskip,
                        tensor_view<const float, 2> x, const tensor<float, 1>& weight) const {

@@ -60,7 +60,8 @@ namespace cpu {
 // operations) use. By default the OpenMP default: OMP_NUM_THREADS when set, else
 // one per core. set_num_threads(n) sets it for the whole program (n >= 1),
 // set_num_threads(0) restores the default. Without OpenMP the kernels run on one
-// thread whatever this says; gemm_blas passes the count to OpenBLAS.
+// thread whatever this says; gemm_blas splits its product over this many OpenMP
+// threads and runs OpenBLAS single-threaded inside each.
 inline void set_num_threads(int n) {
     TINYLLM_EXPECT(n >= 0, "set_num_threads: n = ", n, " must be at least 1 (or 0 for the default)");
     tinyllm::detail::num_threads_setting().store(n);

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <tinyllm/bpe.hpp>
+#include <tinyllm/detail/files.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/pretokenize.hpp>
@@ -37,12 +38,10 @@
 #include <array>
 #include <charconv>
 #include <cstdint>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -589,16 +588,7 @@ inline std::string hf_tokenizer_json(const tokenizer& tok) {
 
 // Write hf_tokenizer_json(tok) to `path` (through a temporary file renamed into place).
 inline void save_hf_tokenizer_json(const tokenizer& tok, const std::string& path) {
-    const std::string text = hf_tokenizer_json(tok), tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary);
-        out << text;
-        out.close();
-        TINYLLM_EXPECT(out.good(), "save_hf_tokenizer_json: cannot write '", tmp, "'");
-    }
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    TINYLLM_EXPECT(!ec, "save_hf_tokenizer_json: cannot move '", tmp, "' to '", path, "': ", ec.message());
+    detail::write_file_replacing(path, hf_tokenizer_json(tok), "save_hf_tokenizer_json");
 }
 
 // ---- tinyllm's own format -----------------------------------------------------------

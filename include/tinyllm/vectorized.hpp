@@ -448,18 +448,9 @@ double cross_entropy_vectorized(tensor_view<float, 2> dlogits, tensor_view<const
                 }
             }
             const float z_t = z[t];  // (g may be z's memory)
-            float sum;
-            if (g) {  // e_j = exp(z_j - m) into g (z_j read first), then scaled below
-                float acc[d::vector_lanes] = {};
-                index_t j = 0;
-                for (; j + d::vector_lanes <= V; j += d::vector_lanes)
-                    for (index_t l = 0; l < d::vector_lanes; ++l) acc[l] += g[j + l] = d::exp_nonpositive(z[j + l] - m);
-                sum = 0;
-                for (index_t l = 0; l < d::vector_lanes; ++l) sum += acc[l];
-                for (; j < V; ++j) sum += g[j] = d::exp_nonpositive(z[j] - m);
-            } else {
-                sum = d::lane_sum(V, [&](index_t j) { return d::exp_nonpositive(z[j] - m); });
-            }
+            // With a gradient wanted, e_j = exp(z_j - m) also goes into g (z_j read first), scaled below.
+            const float sum = g ? d::lane_sum(V, [&](index_t j) { return g[j] = d::exp_nonpositive(z[j] - m); })
+                                : d::lane_sum(V, [&](index_t j) { return d::exp_nonpositive(z[j] - m); });
             const double lse = static_cast<double>(m) + std::log(static_cast<double>(sum));
             row_loss[static_cast<std::size_t>(r)] =
                 (1.0 - eps) * (lse - z_t) + eps * (lse - static_cast<double>(sum_z) / static_cast<double>(V));
