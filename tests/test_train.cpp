@@ -254,6 +254,19 @@ TEST_CASE("train: resuming the wrong run is refused with its reason", "[train][e
         cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(4));
         CHECK_THROWS_WITH(t.restore(ck), contains("optimizer.safetensors is not the file training_state.json was saved with"));
     }
+    SECTION("a save that fails leaves the previous checkpoint whole") {
+        // A directory where the optimizer's temporary file would go: its write fails,
+        // as on a full disk, after the model's temporary file was written.
+        fs::create_directories(dir.file("ck/optimizer.safetensors.tmp"));
+        cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(4));
+        t.restore(ck);
+        t.step();
+        CHECK_THROWS_WITH(save_training_checkpoint(ck, t, data.tok), contains("optimizer.safetensors.tmp"));
+        CHECK_FALSE(fs::exists(dir.file("ck/model.safetensors.tmp")));
+        cpu::trainer again(fresh_model(model_arch::llama), file, splits, small_options(4));
+        again.restore(ck);
+        CHECK(again.steps_done() == 1);
+    }
     SECTION("no checkpoint") {
         cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(4));
         CHECK_THROWS_WITH(t.restore(dir.file("nothing")), contains("holds no training_state.json"));

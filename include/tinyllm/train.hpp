@@ -52,6 +52,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -293,43 +294,70 @@ inline std::string generation_config_json(const model_config& c) {
 
 // Write the run's checkpoint to `dir` (created if needed): the model as Hugging
 // Face reads it (config.json, model.safetensors, generation_config.json, and
-// tokenizer.json from `tok`), then optimizer.safetensors, then
-// training_state.json last. See the top of this file.
+// tokenizer.json from `tok`), optimizer.safetensors and training_state.json.
+// Every file is first written in full beside its name (NAME.tmp); only when all
+// are written are they renamed into place, training_state.json last. A full
+// disk or a crash while writing leaves the previous checkpoint untouched; one
+// between the renames leaves hashes that do not match, which restore reports.
 inline void save_training_checkpoint(const std::string& dir, const cpu::trainer& t, const tokenizer& tok) {
     namespace fs = std::filesystem;
     const model_config& c = t.model().config();
     TINYLLM_EXPECT(tok.vocab_size() <= static_cast<std::size_t>(c.vocab_size), "save_training_checkpoint: the tokenizer has ",
                    tok.vocab_size(), " tokens but the model's vocabulary ", c.vocab_size);
-    const auto path = [&](const char* name) { return (fs::path(dir) / name).string(); };
-    save_model(dir, c, t.model().weights());
-    save_hf_tokenizer_json(tok, path("tokenizer.json"));
-    detail::write_file_replacing(path("generation_config.json"), generation_config_json(c), "save_training_checkpoint");
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    TINYLLM_EXPECT(!ec, "save_training_checkpoint: cannot create the directory '", dir, "': ", ec.message());
+    const auto path = [&](const std::string& name) { return (fs::path(dir) / name).string(); };
+    std::vector<std::string> written;  // the files, in the order they are renamed into place
+    const auto write_tmp = [&](const std::string& name, std::string_view bytes) {
+        std::ofstream out(path(name) + ".tmp", std::ios::binary);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        out.close();
+        TINYLLM_EXPECT(out.good(), "save_training_checkpoint: cannot write '", path(name),
+                       ".tmp' (disk full, or no permission?); the previous checkpoint is unchanged");
+        written.push_back(name);
+    };
+    try {
+        save_checkpoint_tensors(path("model.safetensors") + ".tmp", checkpoint_tensors(c, t.model().weights()));
+        written.push_back("model.safetensors");
+        std::vector<safetensors_entry> moments;
+        for (const cpu::adamw_state& s : t.optimizer_state()) {
+            moments.emplace_back(s.name + ".exp_avg", s.m.view());
+            moments.emplace_back(s.name + ".exp_avg_sq", s.v.view());
+        }
+        save_safetensors(path("optimizer.safetensors") + ".tmp", moments,
+                         {{"format", "tinyllm AdamW state"}, {"step", std::to_string(t.steps_done())}});
+        written.push_back("optimizer.safetensors");
+        write_tmp("config.json", model_config_json(c));
+        write_tmp("generation_config.json", generation_config_json(c));
+        write_tmp("tokenizer.json", hf_tokenizer_json(tok));
 
-    std::vector<safetensors_entry> moments;
-    for (const cpu::adamw_state& s : t.optimizer_state()) {
-        moments.emplace_back(s.name + ".exp_avg", s.m.view());
-        moments.emplace_back(s.name + ".exp_avg_sq", s.v.view());
+        std::string j = "{\n  \"format\": \"tinyllm training state\",\n  \"version\": 1,\n";
+        j += "  \"step\": " + std::to_string(t.steps_done()) + ",\n  \"options\": {\n";
+        const auto fields = detail::train_option_fields(t.options());
+        for (std::size_t i = 0; i < fields.size(); ++i)
+            j += "    \"" + fields[i].first + "\": " + fields[i].second + (i + 1 < fields.size() ? ",\n" : "\n");
+        const data_splits& s = t.splits();
+        j += "  },\n  \"data\": {\"fingerprint\": \"" + detail::hex64(t.data().fingerprint()) +
+             "\", \"tokens\": " + std::to_string(t.data().size()) + ", \"train\": [" + std::to_string(s.train_begin) +
+             ", " + std::to_string(s.train_end) + "], \"validation\": [" + std::to_string(s.val_begin) + ", " +
+             std::to_string(s.val_end) + "]},\n";
+        j += "  \"batches\": {\"generator\": \"philox4x32-10\", \"seed\": " + std::to_string(t.options().seed) +
+             ", \"stream\": " + std::to_string(data_stream) + ", \"next_step\": " + std::to_string(t.steps_done()) +
+             "},\n";
+        j += "  \"files\": {\"model.safetensors\": \"" + detail::file_fingerprint(path("model.safetensors") + ".tmp") +
+             "\", \"optimizer.safetensors\": \"" + detail::file_fingerprint(path("optimizer.safetensors") + ".tmp") +
+             "\"}\n}\n";
+        write_tmp("training_state.json", j);
+    } catch (...) {
+        for (const std::string& name : {std::string("model.safetensors"), std::string("optimizer.safetensors"),
+                                        std::string("config.json"), std::string("generation_config.json"),
+                                        std::string("tokenizer.json"), std::string("training_state.json")})
+            fs::remove(path(name) + ".tmp", ec);
+        throw;
     }
-    save_safetensors(path("optimizer.safetensors") + ".tmp", moments,
-                     {{"format", "tinyllm AdamW state"}, {"step", std::to_string(t.steps_done())}});
-    detail::rename_into_place(path("optimizer.safetensors") + ".tmp", path("optimizer.safetensors"),
-                              "save_training_checkpoint");
-
-    std::string j = "{\n  \"format\": \"tinyllm training state\",\n  \"version\": 1,\n";
-    j += "  \"step\": " + std::to_string(t.steps_done()) + ",\n  \"options\": {\n";
-    const auto fields = detail::train_option_fields(t.options());
-    for (std::size_t i = 0; i < fields.size(); ++i)
-        j += "    \"" + fields[i].first + "\": " + fields[i].second + (i + 1 < fields.size() ? ",\n" : "\n");
-    const data_splits& s = t.splits();
-    j += "  },\n  \"data\": {\"fingerprint\": \"" + detail::hex64(t.data().fingerprint()) +
-         "\", \"tokens\": " + std::to_string(t.data().size()) + ", \"train\": [" + std::to_string(s.train_begin) +
-         ", " + std::to_string(s.train_end) + "], \"validation\": [" + std::to_string(s.val_begin) + ", " +
-         std::to_string(s.val_end) + "]},\n";
-    j += "  \"batches\": {\"generator\": \"philox4x32-10\", \"seed\": " + std::to_string(t.options().seed) +
-         ", \"stream\": " + std::to_string(data_stream) + ", \"next_step\": " + std::to_string(t.steps_done()) + "},\n";
-    j += "  \"files\": {\"model.safetensors\": \"" + detail::file_fingerprint(path("model.safetensors")) +
-         "\", \"optimizer.safetensors\": \"" + detail::file_fingerprint(path("optimizer.safetensors")) + "\"}\n}\n";
-    detail::write_file_replacing(path("training_state.json"), j, "save_training_checkpoint");
+    for (const std::string& name : written)
+        detail::rename_into_place(path(name) + ".tmp", path(name), "save_training_checkpoint");
 }
 
 // The step a checkpoint was saved at (its training_state.json), for callers
