@@ -4,6 +4,7 @@
 // --reference), or on the GPU with <tinyllm/cuda/model.cuh> (--device cuda,
 // through gpu.hpp).
 #include "gpu.hpp"
+#include "paths.hpp"
 #include "registry.hpp"
 
 #include <tinyllm/model.hpp>
@@ -11,6 +12,7 @@
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <span>
 #include <iostream>
@@ -36,11 +38,11 @@ bool wants_gpu(const parsed_args& a, bool* bf16) {
     return device == "cuda";
 }
 
-// The checkpoint in DIR as a CPU model: its matrices in --dtype, on the kernels
+// The checkpoint in `dir` as a CPU model: its matrices in --dtype, on the kernels
 // --reference asks for.
-tinyllm::cpu::model load_cpu_model(const parsed_args& a, bool bf16) {
+tinyllm::cpu::model load_cpu_model(const parsed_args& a, const std::string& dir, bool bf16) {
     using tinyllm::cpu::model;
-    auto m = model::load(a.get("model"), bf16 ? model::weight_dtype::bfloat16 : model::weight_dtype::float32);
+    auto m = model::load(dir, bf16 ? model::weight_dtype::bfloat16 : model::weight_dtype::float32);
     m.set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
     return m;
 }
@@ -48,15 +50,18 @@ tinyllm::cpu::model load_cpu_model(const parsed_args& a, bool bf16) {
 }  // namespace
 
 TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2, Llama, Mixtral)",
-                "usage: tinyllm generate --model DIR (--prompt TEXT --tokenizer FILE [--encoding NAME] |\n"
+                "usage: tinyllm generate [--model DIR] (--prompt TEXT [--tokenizer FILE] [--encoding NAME] |\n"
                 "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
                 "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
                 "                         [--device cpu|cuda] [--dtype float32|bfloat16] [--reference]\n\n"
                 "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
-                "as Hugging Face publishes them. With --prompt-ids, stdout carries only the generated ids,\n"
-                "separated by spaces. With --prompt, the text is encoded with the tokenizer FILE (a\n"
-                "tiktoken rank file, GPT-2 encoder.json, or tokenizer.json) and the decoded continuation\n"
-                "streams out as it is generated. Default: greedy, 32 new tokens, --device cpu.\n"
+                "as Hugging Face publishes them. Without --model: the default model, models/kjv, which\n"
+                "`tinyllm train` trains on the King James Bible with no arguments. With --prompt-ids,\n"
+                "stdout carries only the generated ids, separated by spaces. With --prompt, the text is\n"
+                "encoded with the tokenizer FILE (a tiktoken rank file, GPT-2 encoder.json, or\n"
+                "tokenizer.json; default DIR/tokenizer.json) and the decoded continuation streams out as\n"
+                "it is generated. Default: greedy, 32 new tokens, --device cpu (the default model:\n"
+                "temperature 0.8, top-k 40, 200 new tokens).\n"
                 "--device cuda runs the CUDA model; on either device the weights are held in --dtype\n"
                 "(float32, or bfloat16: half the bytes, float accumulation). Both devices choose tokens\n"
                 "with the same samplers and seeds. On the CPU the model runs its blocked kernels (float\n"
@@ -68,22 +73,34 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                                "top-k", "top-p", "min-p", "seed", "device", "dtype"},
                               {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
-    const std::string dir = a.get("model");
-    if (dir.empty()) throw usage_error("--model DIR is required");
+    const bool default_model = a.get("model").empty();
+    const std::string dir = default_model ? default_model_dir() : a.get("model");
+    if (default_model && !std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
+        throw usage_error("no --model DIR, and the default model (" + dir +
+                          ") is not there yet: train it with `tinyllm train` (about 10 minutes on two CPU cores, "
+                          "on the King James Bible that tools/bootstrap installs), or pass --model DIR");
     const bool text_mode = a.options.count("prompt") > 0;
     if (text_mode == (a.options.count("prompt-ids") > 0))
-        throw usage_error("give exactly one of --prompt TEXT (with --tokenizer) and --prompt-ids \"ID ...\"");
-    if (text_mode && a.get("tokenizer").empty()) throw usage_error("--prompt needs --tokenizer FILE");
+        throw usage_error("give exactly one of --prompt TEXT and --prompt-ids \"ID ...\"");
+    std::string tokenizer_path = a.get("tokenizer");
+    if (text_mode && tokenizer_path.empty()) {
+        tokenizer_path = (std::filesystem::path(dir) / "tokenizer.json").string();
+        if (!std::filesystem::exists(tokenizer_path))
+            throw usage_error("--prompt needs --tokenizer FILE (" + dir + " has no tokenizer.json)");
+    }
     bool bf16 = false;
     const bool gpu = wants_gpu(a, &bf16);
 
     tinyllm::cpu::generation_options o;
-    o.max_new_tokens = a.get_int("max-new-tokens", 32);
+    o.max_new_tokens = a.get_int("max-new-tokens", default_model ? 200 : 32);
     if (o.max_new_tokens < 0) throw usage_error("--max-new-tokens must not be negative");
     const bool sampling = a.options.count("temperature") || a.options.count("top-k") || a.options.count("top-p") ||
                           a.options.count("min-p");
     if (a.has_flag("greedy") && sampling) throw usage_error("--greedy cannot be combined with sampling options");
-    o.sampling.temperature = static_cast<float>(a.get_double("temperature", sampling ? 1.0 : 0.0));
+    // The default model samples (a small model decoded greedily soon repeats itself).
+    const bool default_sampling = default_model && !a.has_flag("greedy") && !sampling;
+    o.sampling.temperature = static_cast<float>(a.get_double("temperature", default_sampling ? 0.8 : sampling ? 1.0 : 0.0));
+    if (default_sampling) o.sampling.top_k = 40;
     if (a.options.count("top-k")) o.sampling.top_k = a.get_int("top-k", 0);
     if (a.options.count("top-p")) o.sampling.top_p = static_cast<float>(a.get_double("top-p", 1.0));
     if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
@@ -92,7 +109,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
-        else tinyllm::cpu::generate(load_cpu_model(a, bf16), prompt, o, on_token);
+        else tinyllm::cpu::generate(load_cpu_model(a, dir, bf16), prompt, o, on_token);
     };
     if (!text_mode) {
         bool first = true;
@@ -103,7 +120,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
         out << "\n";
         return 0;
     }
-    const auto tok = tinyllm::load_tokenizer(a.get("tokenizer"), a.get("encoding"));
+    const auto tok = tinyllm::load_tokenizer(tokenizer_path, a.get("encoding"));
     tinyllm::stream_decoder decoder(tok);
     out << a.get("prompt") << std::flush;
     run(tok.encode(a.get("prompt")), [&](tinyllm::token_id id) {
@@ -132,7 +149,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     if (gpu) {
         last = gpu_last_logits(a.get("model"), bf16, prompt);
     } else {
-        const auto model = load_cpu_model(a, bf16);
+        const auto model = load_cpu_model(a, a.get("model"), bf16);
         auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
         const auto logits = model.forward(session, prompt);  // (n, V)
         for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) last.push_back(logits(logits.extent(0) - 1, i));
