@@ -12,7 +12,11 @@
 //     a Mixtral with the aux loss weighted in, a batch of two rows with an
 //     ignored target), GPU against cpu::model::forward_backward;
 //   * the same step twice gives the same bits (no float atomics);
-//   * a bfloat16 model refuses to train, clearly.
+//   * a bfloat16 model refuses to train, clearly;
+//   * a training run (cpu::trainer, <tinyllm/train.hpp>) whose gradients come
+//     from the GPU, as `tinyllm train --device cuda` runs it, takes the CPU
+//     run's steps: every step's loss within 1e-5 relative and the weights after
+//     the last within 1e-4 relative L2, tensor by tensor.
 // Every gradient comes back freshly downloaded into a CPU model_weights that
 // the test first fills with NaN, so nothing stale can pass; NaN never passes.
 #include "support/catch.hpp"
@@ -21,6 +25,7 @@
 
 #include <tinyllm/cuda/model.cuh>
 #include <tinyllm/model.hpp>
+#include <tinyllm/train.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -244,4 +249,57 @@ TEST_CASE("cuda forward_backward: bfloat16 and bad input fail clearly", "[cuda][
     tokens(0, 1) = 1;
     REQUIRE_THROWS_WITH(m.forward_backward(grads, tokens.view(), short_targets.view()),
                         Catch::Contains("must be equal"));
+}
+
+TEST_CASE("cuda training: a run on the GPU's gradients takes the CPU run's steps", "[cuda][training]") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("tinyllm_cuda_train_" + std::to_string(tinyllm_test::test_seed()));
+    fs::create_directories(dir);
+    // A corpus with structure: a counting pattern with a random skip now and then.
+    std::vector<token_id> ids(3000);
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 0);
+    for (std::size_t i = 1; i < ids.size(); ++i)
+        ids[i] = static_cast<token_id>((ids[i - 1] + 1 + (g.next_bits() % 8 == 0 ? 3 : 0)) % 37);
+    const std::string path = (dir / "data.tokens").string();
+    tinyllm::write_token_file(path, ids, 1, 37);
+    const tinyllm::token_file data(path);
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
+        DYNAMIC_SECTION(static_cast<int>(arch)) {
+            const model_config c = tinyllm_test::small_model_config(arch, 37, 24, 6, 20, 16, /*tied=*/true);
+            tinyllm::train_options o;
+            o.batch = 3;
+            o.context = 12;
+            o.steps = 5;
+            o.lr = 3e-3;
+            o.warmup = 1;
+            o.seed = tinyllm_test::test_seed();
+            o.aux_weight = arch == model_arch::mixtral ? 0.01 : 0.0;
+            const auto splits = tinyllm::split_tokens(data.size(), o.context, 0.1);
+            const model_weights w = tinyllm::init_weights(c, o.seed);
+            cpu::trainer on_cpu(cpu::model(c, w), data, splits, o);
+            cpu::trainer on_gpu(cpu::model(c, w), data, splits, o,
+                                [](const cpu::model& m, model_weights& grads, auto tokens, auto targets,
+                                   const backward_options& bo) {
+                                    return tc::model<float>(m).forward_backward(grads, tokens, targets, bo);
+                                });
+            for (int s = 0; s < o.steps; ++s) {
+                const auto want = on_cpu.step(), got = on_gpu.step();
+                std::printf("  train %d step %d: cuda loss %.9g, CPU %.9g\n", static_cast<int>(arch), s, got.loss,
+                            want.loss);
+                CHECK(std::isfinite(got.loss));
+                CHECK(std::abs(got.loss - want.loss) <= 1e-5 * std::abs(want.loss));
+            }
+            tinyllm::detail::for_each_weight(on_gpu.model().weights(), on_cpu.model().weights(),
+                                             [&](const std::string& name, const auto& x, const auto& y) {
+                                                 if (y.size() == 0) return;
+                                                 const auto cmp = tinyllm_test::compare(
+                                                     std::span<const float>(x.values().data(), x.values().size()),
+                                                     std::span<const float>(y.values().data(), y.values().size()),
+                                                     tolerance{1e30, 0.0, 1e-4}, name);
+                                                 INFO(cmp.report);
+                                                 CHECK(cmp.passed);
+                                             });
+        }
+    }
+    fs::remove_all(dir);
 }
