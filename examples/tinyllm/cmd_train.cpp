@@ -18,6 +18,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -255,7 +256,12 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     o.warmup = a.get_int("warmup", 60);
     o.weight_decay = a.get_double("weight-decay", 0.1);
     o.clip = a.get_double("clip", 1.0);
-    o.seed = static_cast<std::uint64_t>(a.get_int("seed", 1337));
+    {
+        const std::string seed = a.get("seed", "1337");
+        const auto [end, ec] = std::from_chars(seed.data(), seed.data() + seed.size(), o.seed);
+        if (seed.empty() || ec != std::errc() || end != seed.data() + seed.size())
+            throw usage_error("--seed needs an unsigned 64-bit integer, got '" + seed + "'");
+    }
     o.eval_batches = a.get_int("eval-batches", 16);
     const long long eval_every = a.get_int("eval-every", 100);
     if (eval_every < 1) throw usage_error("--eval-every must be at least 1");

@@ -642,6 +642,9 @@ inline std::string model_config_json(const model_config& c) {
             field("sliding_window", "null");
         }
     }
+    // GPT2Config defaults bos_token_id to 50256, outside a smaller vocabulary; GPT-2 begins
+    // a text with its end-of-text token, so the two are the same id (as in openai-community/gpt2).
+    if (gpt2 && !c.eos_token_ids.empty()) field("bos_token_id", std::to_string(c.eos_token_ids[0]));
     if (c.eos_token_ids.size() == 1) field("eos_token_id", std::to_string(c.eos_token_ids[0]));
     else if (!c.eos_token_ids.empty()) {
         std::string list = "[";

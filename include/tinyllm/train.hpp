@@ -40,6 +40,7 @@
 #include <tinyllm/data.hpp>
 #include <tinyllm/detail/files.hpp>
 #include <tinyllm/detail/json.hpp>
+#include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/model.hpp>
 #include <tinyllm/optimizer.hpp>
@@ -48,6 +49,7 @@
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -281,8 +283,8 @@ inline std::vector<std::pair<std::string, std::string>> train_option_fields(cons
 
 }  // namespace detail
 
-// generation_config.json for a model trained with `tok`: what transformers'
-// generate() reads for the end of text (the tokenizer's <|endoftext|>, when it has one).
+// generation_config.json: what transformers' generate() reads for the end of text
+// (the model's eos_token_ids: the tokenizer's <|endoftext|>, when it has one).
 inline std::string generation_config_json(const model_config& c) {
     std::string j = "{\n  \"_from_model_config\": true";
     if (!c.eos_token_ids.empty()) {
@@ -292,9 +294,25 @@ inline std::string generation_config_json(const model_config& c) {
     return j + "\n}\n";
 }
 
+// tokenizer_config.json: AutoTokenizer is to build the tokenizer from tokenizer.json
+// exactly as written (PreTrainedTokenizerFast). Without it, transformers picks the
+// architecture's own class, which for GPT-2 replaces the pre-tokenizer with GPT-2's
+// pattern and splits text differently from the tokenizer the model was trained with.
+inline std::string tokenizer_config_json(const model_config& c, const tokenizer& tok) {
+    std::string j = "{\n  \"tokenizer_class\": \"PreTrainedTokenizerFast\",\n  \"model_max_length\": " +
+                    std::to_string(c.max_positions);
+    if (!c.eos_token_ids.empty() && static_cast<std::size_t>(c.eos_token_ids.front()) < tok.vocab_size()) {
+        const std::string eos(tok.token_bytes(c.eos_token_ids.front()));
+        if (detail::is_valid_utf8(eos) && eos.find_first_of("\"\\") == std::string::npos)
+            j += ",\n  \"bos_token\": \"" + eos + "\",\n  \"eos_token\": \"" + eos + "\"";
+    }
+    return j + "\n}\n";
+}
+
 // Write the run's checkpoint to `dir` (created if needed): the model as Hugging
 // Face reads it (config.json, model.safetensors, generation_config.json, and
-// tokenizer.json from `tok`), optimizer.safetensors and training_state.json.
+// tokenizer.json and tokenizer_config.json from `tok`), optimizer.safetensors and
+// training_state.json.
 // Every file is first written in full beside its name (NAME.tmp); only when all
 // are written are they renamed into place, training_state.json last. A full
 // disk or a crash while writing leaves the previous checkpoint untouched; one
@@ -331,6 +349,7 @@ inline void save_training_checkpoint(const std::string& dir, const cpu::trainer&
         write_tmp("config.json", model_config_json(c));
         write_tmp("generation_config.json", generation_config_json(c));
         write_tmp("tokenizer.json", hf_tokenizer_json(tok));
+        write_tmp("tokenizer_config.json", tokenizer_config_json(c, tok));
 
         std::string j = "{\n  \"format\": \"tinyllm training state\",\n  \"version\": 1,\n";
         j += "  \"step\": " + std::to_string(t.steps_done()) + ",\n  \"options\": {\n";
@@ -352,7 +371,8 @@ inline void save_training_checkpoint(const std::string& dir, const cpu::trainer&
     } catch (...) {
         for (const std::string& name : {std::string("model.safetensors"), std::string("optimizer.safetensors"),
                                         std::string("config.json"), std::string("generation_config.json"),
-                                        std::string("tokenizer.json"), std::string("training_state.json")})
+                                        std::string("tokenizer.json"), std::string("tokenizer_config.json"),
+                                        std::string("training_state.json")})
             fs::remove(path(name) + ".tmp", ec);
         throw;
     }
@@ -395,7 +415,12 @@ inline train_options read_train_options(const json::value& state, const std::str
     t.beta2 = num("beta2").as_double();
     t.eps = num("eps").as_double();
     t.clip = num("clip").as_double();
-    t.seed = static_cast<std::uint64_t>(num("seed").as_int64());
+    {  // the seed is any 64-bit unsigned number, beyond as_int64's range
+        const std::string& text = num("seed").number_text();
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), t.seed);
+        TINYLLM_EXPECT(ec == std::errc() && end == text.data() + text.size(), where, ": options.seed ", text,
+                       " is not an unsigned 64-bit integer");
+    }
     t.eval_batches = num("eval_batches").as_int64();
     t.aux_weight = num("aux_weight").as_double();
     return t;
