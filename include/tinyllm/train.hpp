@@ -181,8 +181,19 @@ public:
         bo.aux_weight = model_.config().arch == model_arch::mixtral ? options_.aux_weight : 0.0;
         loss_terms loss;
         try {
-            loss = gradients_ ? gradients_(model_, grads_, tokens_.view(), targets_.view(), bo)
-                              : model_.forward_backward(grads_, tokens_.view(), targets_.view(), bo);
+            if (gradients_) {
+                // The function may give its gradients new tensors (the CUDA model downloads
+                // into fresh ones); the optimizer's views point into grads_, so they are copied there.
+                model_weights fresh;
+                loss = gradients_(model_, fresh, tokens_.view(), targets_.view(), bo);
+                tinyllm::detail::for_each_weight(grads_, fresh, [](const std::string& name, auto& to, const auto& from) {
+                    TINYLLM_EXPECT(to.shape() == from.shape(), "the gradient of '", name, "' came back with shape ",
+                                   to_string(from.shape()), ", not ", to_string(to.shape()));
+                    std::copy(from.values().begin(), from.values().end(), to.values().begin());
+                });
+            } else {
+                loss = model_.forward_backward(grads_, tokens_.view(), targets_.view(), bo);
+            }
         } catch (const error& e) {
             TINYLLM_FAIL("training stopped at step ", step_, ": ", e.what());
         }
