@@ -49,3 +49,6 @@
 #include <tinyllm/model.hpp>
 #include <tinyllm/npy.hpp>
 #include <tinyllm/safetensors.hpp>
+
+// Training a model: the loop, its checkpoints, resuming.
+#include <tinyllm/train.hpp>
