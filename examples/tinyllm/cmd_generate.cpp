@@ -77,7 +77,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     const std::string dir = default_model ? default_model_dir() : a.get("model");
     if (default_model && !std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
         throw usage_error("no --model DIR, and the default model (" + dir +
-                          ") is not there yet: train it with `tinyllm train` (about 10 minutes on two CPU cores, "
+                          ") is not there yet: train it with `tinyllm train` (about 8 minutes on two CPU cores, "
                           "on the King James Bible that tools/bootstrap installs), or pass --model DIR");
     const bool text_mode = a.options.count("prompt") > 0;
     if (text_mode == (a.options.count("prompt-ids") > 0))

@@ -191,7 +191,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
                 "step and evaluation) and loss.png (the loss curve).\n\n"
                 "With no arguments it trains the default model: a 4-layer Llama (d 256, 8 heads over 4\n"
                 "key/value heads, 4.0M parameters) on the King James Bible (data/kjv.txt, written by\n"
-                "tools/bootstrap) with a 4096-token BPE vocabulary, into models/kjv — about 9 minutes\n"
+                "tools/bootstrap) with a 4096-token BPE vocabulary, into models/kjv — about 8 minutes\n"
                 "on two CPU cores — which `tinyllm generate` then uses without --model.\n\n"
                 "  --data FILE...     the text (several files: joined with <|endoftext|>)\n"
                 "  --tokenizer FILE   a tokenizer.json (or tinyllm's format); else one is trained on\n"
@@ -291,7 +291,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
             if (a.options.count(flag_of[i]) && mine[i].first != "steps" && mine[i].second != theirs[i].second)
                 throw usage_error("--" + std::string(flag_of[i]) + " " + mine[i].second + ": the run in " + dir +
                                   " was trained with " + theirs[i].second + " (only --steps may change when resuming)");
-        for (const char* shape : {"arch", "layers", "d-model", "heads", "kv-heads", "ffn", "experts", "top-k",
+        for (const char* shape : {"data", "arch", "layers", "d-model", "heads", "kv-heads", "ffn", "experts", "top-k",
                                   "tokenizer", "vocab-size", "validation"})
             if (a.options.count(shape))
                 throw usage_error(std::string("--") + shape + ": a resumed run keeps its model, tokenizer and data split (" +

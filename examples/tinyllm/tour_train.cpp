@@ -105,7 +105,7 @@ TINYLLM_TOUR_CHAPTER(95, "train", "A model that learned: a minute of training on
         if (ch == '\n') ch = ' ';
     out << "   " << sample << "\n\n"
         << "   Words, verses, even the grammar of the King James Bible, from random weights in a minute.\n"
-           "   `tinyllm train` trains the larger default model (about 10 minutes; `tinyllm generate` then\n"
+           "   `tinyllm train` trains the larger default model (about 8 minutes; `tinyllm generate` then\n"
            "   uses it), saves it as Hugging Face does, and resumes after Ctrl-C.\n";
     out.unsetf(std::ios::fixed);
     std::error_code ec;
