@@ -197,11 +197,11 @@ public:
         } catch (const error& e) {
             TINYLLM_FAIL("training stopped at step ", step_, ": ", e.what());
         }
-        if (!std::isfinite(loss.total))
+        if (!std::isfinite(loss.total)) {
+            const std::string bad = cpu::detail::first_non_finite(grads_);
             TINYLLM_FAIL("training stopped at step ", step_, ": the loss is ", loss.total,
-                         (cpu::detail::first_non_finite(grads_).empty() ? std::string()
-                                                                   : "; first non-finite gradient: " +
-                                                                         cpu::detail::first_non_finite(grads_)));
+                         bad.empty() ? std::string() : "; first non-finite gradient: " + bad);
+        }
         s.loss = loss.lm;
         s.aux = loss.aux;
         s.grad_norm = options_.clip > 0 ? clip_grad_norm(params_, options_.clip, step_) : grad_norm(params_);
@@ -264,20 +264,17 @@ private:
 
 namespace detail {
 
-// The FNV-1a hash of a whole file, as 16 hex digits.
-inline std::string file_fingerprint(const std::string& path) {
-    const mapped_file f(path);
-    const std::uint64_t h =
-        fnv1a64(std::string_view(reinterpret_cast<const char*>(f.data()), f.size()));
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-    return buf;
-}
-
+// x as 16 hex digits.
 inline std::string hex64(std::uint64_t x) {
     char buf[24];
     std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(x));
     return buf;
+}
+
+// The FNV-1a hash of a whole file, as 16 hex digits.
+inline std::string file_fingerprint(const std::string& path) {
+    const mapped_file f(path);
+    return hex64(fnv1a64(std::string_view(reinterpret_cast<const char*>(f.data()), f.size())));
 }
 
 // The options as JSON fields (one per line), in a fixed order; doubles as the
