@@ -48,6 +48,7 @@
 // The model: checkpoints and generation.
 #include <tinyllm/model.hpp>
 #include <tinyllm/npy.hpp>
+#include <tinyllm/quantize.hpp>
 #include <tinyllm/safetensors.hpp>
 
 // Training a model: the loop, its checkpoints, resuming.

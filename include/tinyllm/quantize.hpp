@@ -1,0 +1,409 @@
+// tinyllm/quantize.hpp — weight-only quantization: a weight matrix stored in 8
+// or 4 bits per element with a few float scales, and the linear layer that
+// uses it. The CPU reference of the int8 and int4 formats.
+//
+// Why. Decoding one token reads every weight of the model once for two flops
+// per element, so its speed is the weights' bytes over the memory bandwidth.
+// float32 weights take 4 bytes an element, bfloat16 2, int8 1 and int4 half a
+// byte: 8x fewer bytes than float32 is up to 8x faster decoding, if the
+// arithmetic (done in float after "dequantizing") keeps up, and if the model
+// still predicts well with the rounded weights. The formats below are the two
+// that most inference stacks ship (the int8 of LLM.int8()/bitsandbytes without
+// its outlier path, and the group-wise int4 of GPTQ and AWQ checkpoints).
+//
+// A linear layer computes y = x W^T with W (N, K): N outputs ("output
+// channels", rows of W), K inputs.
+//
+// int8, per output channel, symmetric ("absmax"). Row n gets one scale
+//
+//     s_n = max_k |W[n, k]| / 127,     q[n, k] = round(W[n, k] / s_n) in [-127, 127],
+//     W^[n, k] = q[n, k] * s_n.
+//
+// Zero stays exactly zero; the error of an element is at most s_n / 2 (half a
+// step), so the row's largest weight sets the precision of all the others: an
+// outlier 100x larger than the rest leaves them ~1 step. That is why scales
+// are per row and not per tensor.
+//
+// int4, group-wise, asymmetric ("int4-g128" = groups of 128 inputs). Four bits
+// give only 16 levels, so the scale must follow the weights more closely: each
+// row is cut into groups of G consecutive inputs, and each group gets its own
+// scale and zero point. With lo = min(0, min W) and hi = max(0, max W) over the
+// group (0 is always in range, so exact zeros stay exact):
+//
+//     s = (hi - lo) / 15,   z = round(-lo / s) in [0, 15],
+//     q = clamp(round(W / s) + z, 0, 15),     W^ = (q - z) * s.
+//
+// Asymmetric levels spend all 16 values on [lo, hi] even when the group is
+// mostly positive or negative. The error is again at most s / 2 per element.
+// Storage per element: 4 bits + (32 bits of scale + 8 bits of zero point) / G,
+// i.e. 4.31 bits at G = 128 and 5.25 bits at G = 32.
+//
+// The packing: two int4 values per byte, the even input in the low nibble:
+//
+//     inputs k:        0     1     2     3     4     5    ...
+//     q:             [ 9 ] [ 3 ] [ 0 ] [15 ] [ 7 ] [ 8 ]
+//                      \     /     \     /     \     /
+//     byte:          0x39 = 0011 1001   0xF0    0x87 ...
+//                          high  low
+//                          k=1   k=0
+//
+// so row n occupies K / 2 bytes and byte j holds inputs 2j (bits 0-3) and
+// 2j + 1 (bits 4-7). int8 rows are K signed bytes. Scales are float, (N, K/G)
+// (int8: (N, 1)); int4 zero points are one byte each, (N, K/G). The element
+// formulas live in quant:: below, callable from host and device code, so the
+// CUDA kernels dequantize with the same arithmetic.
+//
+// Two ways to choose q:
+//   * round to nearest (quantize_rtn): each weight independently, as above.
+//   * GPTQ (quantize_gptq; Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate
+//     Post-Training Quantization for Generative Pre-trained Transformers",
+//     ICLR 2023, after Optimal Brain Surgeon). What matters is not the error
+//     of each weight but the error of the layer's OUTPUT on real inputs X
+//     (M rows of calibration activations): || X W^T - X W^^T ||^2. Per output
+//     row that is a quadratic form (w - w^)^T H (w - w^) with H = 2 X^T X / M.
+//     GPTQ quantizes the inputs one column at a time, left to right, and after
+//     rounding column i it changes the NOT yet quantized columns j > i of the
+//     same row to cancel, as far as H allows, the output error column i just
+//     made:
+//         e = (w_i - q_i) / U_ii,      w_j -= e U_ij   (j > i),
+//     where U is the upper Cholesky factor of H^-1 (H^-1 = U^T U): row i of U
+//     is exactly the optimal update after columns < i have been fixed. Inputs
+//     that are correlated (they are, in a transformer) let one column's
+//     rounding error be absorbed by the others. H gets a small damping,
+//     percdamp * mean(diag H) on its diagonal, so it is invertible; inputs that
+//     are always zero in X (H_ii = 0) cannot matter and are quantized as 0.
+//     Group scales are chosen when the loop reaches each group's first column,
+//     from the weights as updated so far (as the paper's implementation does).
+//
+// The layer: linear_quantized(out, x, w, bias) is the reference, dequantize to
+// float then the float64-accumulating cpu::linear; fused kernels (CPU and
+// CUDA) are checked against it.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tinyllm {
+
+// The element formulas, shared by the CPU reference and the CUDA kernels.
+namespace quant {
+
+// The int4 value of input k from its row's packed bytes (even k: low nibble).
+TINYLLM_HOST_DEVICE int int4_at(const std::uint8_t* row, index_t k) {
+    const std::uint8_t byte = row[k / 2];
+    return (k % 2 == 0) ? (byte & 0x0F) : (byte >> 4);
+}
+// Two int4 values as one byte: `even` in bits 0-3, `odd` in bits 4-7.
+TINYLLM_HOST_DEVICE std::uint8_t int4_pack(int even, int odd) {
+    return static_cast<std::uint8_t>((even & 0x0F) | ((odd & 0x0F) << 4));
+}
+TINYLLM_HOST_DEVICE float dequantize_int8(std::int8_t q, float scale) { return static_cast<float>(q) * scale; }
+TINYLLM_HOST_DEVICE float dequantize_int4(int q, float scale, int zero) { return static_cast<float>(q - zero) * scale; }
+
+}  // namespace quant
+
+enum class quant_format { int8, int4 };
+
+// What a quantized matrix is: int8 per output channel (group = 0, meaning the
+// whole row) or int4 in groups of `group` inputs.
+struct quant_spec {
+    quant_format format = quant_format::int8;
+    index_t group = 0;
+
+    // "int8" or "int4-g128"; parse_quant_spec reads the same names.
+    std::string name() const {
+        return format == quant_format::int8 ? std::string("int8") : "int4-g" + std::to_string(group);
+    }
+};
+
+// "int8", "int4-g32", "int4-g64", "int4-g128" (any even group size >= 2).
+inline quant_spec parse_quant_spec(std::string_view text) {
+    if (text == "int8") return {quant_format::int8, 0};
+    constexpr std::string_view prefix = "int4-g";
+    if (text.substr(0, prefix.size()) == prefix && text.size() > prefix.size() && text.size() <= prefix.size() + 6) {
+        index_t g = 0;
+        bool digits = true;
+        for (char c : text.substr(prefix.size())) {
+            if (c < '0' || c > '9') digits = false;
+            else g = g * 10 + (c - '0');
+        }
+        if (digits && g >= 2 && g % 2 == 0) return {quant_format::int4, g};
+    }
+    throw error(detail::cat("quantization format '", text,
+                            "' is not one of int8, int4-gG (G an even group size such as 32, 64 or 128)"));
+}
+
+// A quantized weight W (rows, cols) = (N, K).
+struct quantized_matrix {
+    quant_spec spec;
+    index_t rows = 0, cols = 0;
+    std::vector<std::uint8_t> data;  // int8: (N, K) signed bytes; int4: (N, K/2) packed (see the top)
+    tensor<float, 2> scales;         // (N, groups): int8 one per row, int4 one per group
+    tensor<std::uint8_t, 2> zeros;   // (N, groups), int4 only (empty for int8)
+
+    index_t group_size() const { return spec.format == quant_format::int8 ? cols : spec.group; }
+    index_t groups() const { return scales.extent(1); }
+    index_t row_bytes() const { return spec.format == quant_format::int8 ? cols : cols / 2; }
+    // Bytes of storage: the values, the scales and the zero points.
+    index_t bytes() const {
+        return static_cast<index_t>(data.size()) + scales.size() * static_cast<index_t>(sizeof(float)) + zeros.size();
+    }
+    // The stored integer of element (n, k): int8 in [-127, 127], int4 in [0, 15].
+    int value(index_t n, index_t k) const {
+        const std::uint8_t* row = data.data() + n * row_bytes();
+        return spec.format == quant_format::int8 ? static_cast<int>(static_cast<std::int8_t>(row[k]))
+                                                 : quant::int4_at(row, k);
+    }
+    // The dequantized element W^[n, k].
+    float weight(index_t n, index_t k) const {
+        const index_t g = k / group_size();
+        return spec.format == quant_format::int8
+                   ? quant::dequantize_int8(static_cast<std::int8_t>(value(n, k)), scales(n, g))
+                   : quant::dequantize_int4(value(n, k), scales(n, g), zeros(n, g));
+    }
+    // The format's error bound for element (n, k): half a step of its scale, plus
+    // float rounding (|q| <= 127 steps, each product and quotient rounded once).
+    double error_bound(index_t n, index_t k) const {
+        return static_cast<double>(scales(n, k / group_size())) * (0.5 + std::ldexp(1.0, -16));
+    }
+};
+
+namespace detail {
+
+inline void expect_quantizable(tensor_view<const float, 2> w, const quant_spec& spec, const char* what) {
+    const index_t N = w.extent(0), K = w.extent(1);
+    TINYLLM_EXPECT(N >= 1 && K >= 1, what, ": the weight is ", N, " x ", K, "; it needs at least one element");
+    if (spec.format == quant_format::int4) {
+        TINYLLM_EXPECT(spec.group >= 2 && spec.group % 2 == 0, what, ": int4 group size ", spec.group,
+                       " must be even and at least 2");
+        TINYLLM_EXPECT(K % spec.group == 0, what, ": the group size ", spec.group, " does not divide the ", K,
+                       " inputs of the weight (", N, " x ", K, ")");
+    } else {
+        TINYLLM_EXPECT(spec.group == 0, what, ": int8 is per output channel (group 0), got group ", spec.group);
+    }
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k)
+            TINYLLM_EXPECT(std::isfinite(w(n, k)) && std::fabs(w(n, k)) <= 1e36f, what, ": weight (", n, ", ", k,
+                           ") is ", w(n, k), "; quantized weights must be finite and at most 1e36 in magnitude (a",
+                           " step of the range times 15 must not overflow)");
+}
+
+// The smallest float s with range / s <= levels, near range / levels (0 for a zero
+// range). A quotient that underflows or rounds down would otherwise push the
+// largest weight past the last level. The range is a double: max - min of two
+// floats can exceed the largest float.
+inline float step_for(double range, double levels) {
+    if (!(range > 0.0)) return 0.0f;
+    float s = static_cast<float>(range / levels);
+    if (s == 0.0f) s = std::numeric_limits<float>::denorm_min();
+    while (range / s > levels) s = std::nextafter(s, std::numeric_limits<float>::infinity());
+    return s;
+}
+
+inline quantized_matrix empty_quantized(index_t N, index_t K, const quant_spec& spec) {
+    quantized_matrix q;
+    q.spec = spec;
+    q.rows = N;
+    q.cols = K;
+    const index_t groups = spec.format == quant_format::int8 ? 1 : K / spec.group;
+    q.data.assign(static_cast<std::size_t>(N * q.row_bytes()), 0);
+    q.scales = tensor<float, 2>({N, groups});
+    if (spec.format == quant_format::int4) q.zeros = tensor<std::uint8_t, 2>({N, groups});
+    return q;
+}
+
+// Choose the scale (and zero point) of group g of row n from the weights w[k0, k0 + G).
+inline void choose_group_scale(quantized_matrix& q, index_t n, index_t g, const float* w, index_t G) {
+    if (q.spec.format == quant_format::int8) {
+        float amax = 0.0f;
+        for (index_t k = 0; k < G; ++k) amax = std::max(amax, std::fabs(w[k]));
+        q.scales(n, g) = step_for(amax, 127.0);
+        return;
+    }
+    float lo = 0.0f, hi = 0.0f;
+    for (index_t k = 0; k < G; ++k) {
+        lo = std::min(lo, w[k]);
+        hi = std::max(hi, w[k]);
+    }
+    const float s = step_for(static_cast<double>(hi) - static_cast<double>(lo), 15.0);
+    q.scales(n, g) = s;
+    q.zeros(n, g) = static_cast<std::uint8_t>(s > 0.0f ? std::clamp(std::round(-lo / s), 0.0f, 15.0f) : 0.0f);
+}
+
+// Round one weight with its group's scale: the stored integer.
+inline int round_weight(const quantized_matrix& q, index_t n, index_t g, float w) {
+    const float s = q.scales(n, g);
+    if (q.spec.format == quant_format::int8) return s > 0.0f ? static_cast<int>(std::clamp(std::round(w / s), -127.0f, 127.0f)) : 0;
+    const int z = q.zeros(n, g);
+    if (!(s > 0.0f)) return z;
+    return static_cast<int>(std::clamp(std::round(w / s) + static_cast<float>(z), 0.0f, 15.0f));
+}
+
+inline void store(quantized_matrix& q, index_t n, index_t k, int value) {
+    std::uint8_t* row = q.data.data() + n * q.row_bytes();
+    if (q.spec.format == quant_format::int8) {
+        row[k] = static_cast<std::uint8_t>(static_cast<std::int8_t>(value));
+    } else {
+        const std::uint8_t byte = row[k / 2];
+        row[k / 2] = (k % 2 == 0) ? quant::int4_pack(value, byte >> 4) : quant::int4_pack(byte & 0x0F, value);
+    }
+}
+
+// Cholesky factor in place: a (n, n) symmetric positive definite -> lower L with a = L L^T.
+// Returns false when a pivot is not positive.
+inline bool cholesky_lower(std::vector<double>& a, index_t n) {
+    for (index_t j = 0; j < n; ++j) {
+        double d = a[j * n + j];
+        for (index_t p = 0; p < j; ++p) d -= a[j * n + p] * a[j * n + p];
+        if (!(d > 0.0)) return false;
+        const double l = std::sqrt(d);
+        a[j * n + j] = l;
+        for (index_t i = j + 1; i < n; ++i) {
+            double v = a[i * n + j];
+            for (index_t p = 0; p < j; ++p) v -= a[i * n + p] * a[j * n + p];
+            a[i * n + j] = v / l;
+        }
+        for (index_t i = 0; i < j; ++i) a[i * n + j] = 0.0;  // upper part: zero
+    }
+    return true;
+}
+
+}  // namespace detail
+
+// Round to nearest: each weight on its own, as described at the top.
+inline quantized_matrix quantize_rtn(tensor_view<const float, 2> w /*(N, K)*/, const quant_spec& spec) {
+    detail::expect_quantizable(w, spec, "quantize_rtn");
+    const index_t N = w.extent(0), K = w.extent(1);
+    quantized_matrix q = detail::empty_quantized(N, K, spec);
+    const index_t G = q.group_size();
+    std::vector<float> row(static_cast<std::size_t>(K));
+    for (index_t n = 0; n < N; ++n) {
+        for (index_t k = 0; k < K; ++k) row[static_cast<std::size_t>(k)] = w(n, k);
+        for (index_t g = 0; g < K / G; ++g) {
+            detail::choose_group_scale(q, n, g, row.data() + g * G, G);
+            for (index_t k = g * G; k < (g + 1) * G; ++k)
+                detail::store(q, n, k, detail::round_weight(q, n, g, row[static_cast<std::size_t>(k)]));
+        }
+    }
+    return q;
+}
+
+struct gptq_options {
+    double percdamp = 0.01;  // damping added to H's diagonal, as a fraction of its mean
+};
+
+// GPTQ (see the top): quantize w so that x W^^T stays close to x W^T on the
+// calibration inputs x (M, K), M >= 1 rows of this layer's input activations.
+inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/,
+                                      tensor_view<const float, 2> calibration /*(M, K)*/, const quant_spec& spec,
+                                      const gptq_options& options = {}) {
+    detail::expect_quantizable(w, spec, "quantize_gptq");
+    const index_t N = w.extent(0), K = w.extent(1), M = calibration.extent(0);
+    TINYLLM_EXPECT(calibration.extent(1) == K, "quantize_gptq: the calibration inputs have ", calibration.extent(1),
+                   " columns; the weight (", N, " x ", K, ") takes ", K, " inputs");
+    TINYLLM_EXPECT(M >= 1, "quantize_gptq: no calibration rows");
+    TINYLLM_EXPECT(options.percdamp > 0.0 && std::isfinite(options.percdamp), "quantize_gptq: percdamp = ",
+                   options.percdamp, " must be positive");
+    // H = 2 X^T X / M, in double.                                                   (K, K)
+    std::vector<double> h(static_cast<std::size_t>(K * K), 0.0);
+    for (index_t m = 0; m < M; ++m)
+        for (index_t i = 0; i < K; ++i) {
+            const double xi = calibration(m, i);
+            TINYLLM_EXPECT(std::isfinite(xi), "quantize_gptq: calibration input (", m, ", ", i, ") is ", xi);
+            if (xi == 0.0) continue;
+            for (index_t j = 0; j <= i; ++j) h[static_cast<std::size_t>(i * K + j)] += xi * calibration(m, j);
+        }
+    for (index_t i = 0; i < K; ++i)
+        for (index_t j = 0; j <= i; ++j) {
+            const double v = h[static_cast<std::size_t>(i * K + j)] * 2.0 / static_cast<double>(M);
+            h[static_cast<std::size_t>(i * K + j)] = v;
+            h[static_cast<std::size_t>(j * K + i)] = v;
+        }
+    // Dead inputs (never non-zero): they cannot change the output; quantize them as 0.
+    std::vector<float> work(static_cast<std::size_t>(N * K));  // the weights as GPTQ updates them
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k) work[static_cast<std::size_t>(n * K + k)] = w(n, k);
+    double mean_diag = 0.0;
+    for (index_t i = 0; i < K; ++i) {
+        double& d = h[static_cast<std::size_t>(i * K + i)];
+        if (d == 0.0) {
+            d = 1.0;
+            for (index_t n = 0; n < N; ++n) work[static_cast<std::size_t>(n * K + i)] = 0.0f;
+        }
+        mean_diag += d;
+    }
+    mean_diag /= static_cast<double>(K);
+    for (index_t i = 0; i < K; ++i) h[static_cast<std::size_t>(i * K + i)] += options.percdamp * mean_diag;
+
+    // U = the upper Cholesky factor of H^-1: H = L L^T, H^-1 = L^-T L^-1; its
+    // Cholesky factor (lower) C then gives U = C^T with H^-1 = U^T U.
+    TINYLLM_EXPECT(detail::cholesky_lower(h, K), "quantize_gptq: the calibration Hessian (", K, " x ", K,
+                   ") is not positive definite even with damping ", options.percdamp, "; raise percdamp");
+    std::vector<double> linv(static_cast<std::size_t>(K * K), 0.0);  // L^-1 (lower), by forward substitution
+    for (index_t j = 0; j < K; ++j) {
+        linv[static_cast<std::size_t>(j * K + j)] = 1.0 / h[static_cast<std::size_t>(j * K + j)];
+        for (index_t i = j + 1; i < K; ++i) {
+            double v = 0.0;
+            for (index_t p = j; p < i; ++p) v += h[static_cast<std::size_t>(i * K + p)] * linv[static_cast<std::size_t>(p * K + j)];
+            linv[static_cast<std::size_t>(i * K + j)] = -v / h[static_cast<std::size_t>(i * K + i)];
+        }
+    }
+    std::vector<double> hinv(static_cast<std::size_t>(K * K), 0.0);  // H^-1 = L^-T L^-1
+    for (index_t i = 0; i < K; ++i)
+        for (index_t j = 0; j <= i; ++j) {
+            double v = 0.0;
+            for (index_t p = i; p < K; ++p)
+                v += linv[static_cast<std::size_t>(p * K + i)] * linv[static_cast<std::size_t>(p * K + j)];
+            hinv[static_cast<std::size_t>(i * K + j)] = v;
+            hinv[static_cast<std::size_t>(j * K + i)] = v;
+        }
+    TINYLLM_EXPECT(detail::cholesky_lower(hinv, K), "quantize_gptq: the inverse Hessian (", K, " x ", K,
+                   ") lost positive definiteness in rounding; raise percdamp");
+    // hinv now holds C (lower); U[i][j] = C[j][i].
+    auto U = [&](index_t i, index_t j) { return hinv[static_cast<std::size_t>(j * K + i)]; };
+
+    quantized_matrix q = detail::empty_quantized(N, K, spec);
+    const index_t G = q.group_size();
+    for (index_t i = 0; i < K; ++i) {
+        const index_t g = i / G;
+        const double uii = U(i, i);
+        for (index_t n = 0; n < N; ++n) {
+            float* row = work.data() + n * K;
+            if (i % G == 0) detail::choose_group_scale(q, n, g, row + i, G);
+            const int v = detail::round_weight(q, n, g, row[i]);
+            detail::store(q, n, i, v);
+            const double err = (static_cast<double>(row[i]) - q.weight(n, i)) / uii;
+            for (index_t j = i + 1; j < K; ++j) row[j] = static_cast<float>(row[j] - err * U(i, j));
+        }
+    }
+    return q;
+}
+
+// out (N, K) = W^, the dequantized weight.
+inline void dequantize(tensor_view<float, 2> out, const quantized_matrix& q) {
+    TINYLLM_EXPECT(out.extent(0) == q.rows && out.extent(1) == q.cols, "dequantize: out is ", out.extent(0), " x ",
+                   out.extent(1), ", the quantized weight is ", q.rows, " x ", q.cols);
+    for (index_t n = 0; n < q.rows; ++n)
+        for (index_t k = 0; k < q.cols; ++k) out(n, k) = q.weight(n, k);
+}
+
+// The reference quantized linear layer: out (rows, N) = x (rows, K) W^^T + bias (N or empty):
+// dequantize, then cpu::linear (float64 accumulation).
+inline void linear_quantized(tensor_view<float, 2> out, tensor_view<const float, 2> x, const quantized_matrix& w,
+                             tensor_view<const float, 1> bias = {}) {
+    tensor<float, 2> dense({w.rows, w.cols});
+    dequantize(dense.view(), w);
+    cpu::linear(out, x, tensor_view<const float, 2>(dense.view()), bias);
+}
+
+}  // namespace tinyllm

@@ -1,0 +1,276 @@
+// Tests for weight-only quantization (tinyllm/quantize.hpp): the int8 and int4
+// formats' round trip within their stated error bound on random matrices with
+// outliers, all-zero groups, one-signed groups, tiny (subnormal) and huge
+// weights; the int4 packing byte for byte; the quantized linear layer against
+// the float layer within the bound the weights' errors allow; GPTQ against
+// round-to-nearest on correlated inputs (it must lower the layer's output
+// error); every bad input.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/ffn.hpp>
+#include <tinyllm/quantize.hpp>
+#include <tinyllm/random.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+using tinyllm::index_t;
+using tinyllm::quant_format;
+using tinyllm::quant_spec;
+using tinyllm::quantized_matrix;
+using tinyllm::tensor;
+using tinyllm::tensor_view;
+using tinyllm_test::contains;
+
+namespace cpu = tinyllm::cpu;
+
+namespace {
+
+std::vector<quant_spec> all_specs() {
+    return {{quant_format::int8, 0}, {quant_format::int4, 32}, {quant_format::int4, 64}, {quant_format::int4, 128}};
+}
+
+// A weight (N, K) of normal values times `magnitude`, input `which` of this run; with
+// outliers (every 97th element x100), an all-zero stretch of 128 inputs in row 1, a
+// row of only positive and a row of only negative values.
+tensor<float, 2> test_weight(index_t N, index_t K, float magnitude, std::uint64_t which) {
+    tensor<float, 2> w({N, K});
+    cpu::fill_normal(w, tinyllm_test::test_seed() + 7919 * which, 0.0f, 1.0f);
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k) {
+            float v = w(n, k);
+            if ((n * K + k) % 97 == 5) v *= 100.0f;
+            if (n == 1 && k < 128) v = 0.0f;
+            if (n == 2) v = std::fabs(v);
+            if (n == 3) v = -std::fabs(v);
+            w(n, k) = v * magnitude;
+        }
+    return w;
+}
+
+// Every element within the format's bound, every stored value in range, zeros exact.
+void check_round_trip(const tensor<float, 2>& w, const quantized_matrix& q) {
+    const bool int8 = q.spec.format == quant_format::int8;
+    index_t worst_n = 0, worst_k = 0;
+    double worst = 0.0;  // the largest error as a fraction of its bound
+    for (index_t n = 0; n < q.rows; ++n)
+        for (index_t k = 0; k < q.cols; ++k) {
+            const int v = q.value(n, k);
+            REQUIRE(v >= (int8 ? -127 : 0));
+            REQUIRE(v <= (int8 ? 127 : 15));
+            const float back = q.weight(n, k);
+            REQUIRE(std::isfinite(back));
+            if (w(n, k) == 0.0f) REQUIRE(back == 0.0f);
+            const double err = std::fabs(static_cast<double>(back) - w(n, k));
+            const double bound = q.error_bound(n, k);
+            if (err > bound) FAIL(q.spec.name() << ": element (" << n << ", " << k << ") = " << w(n, k) << " came back as "
+                                                << back << ", error " << err << " > bound " << bound);
+            const double frac = bound > 0 ? err / bound : 0.0;
+            if (frac > worst) worst = frac, worst_n = n, worst_k = k;
+        }
+    std::printf("  %s %lld x %lld: worst error %.3f of the bound at (%lld, %lld), %lld bytes (%.2f bits/weight)\n",
+                q.spec.name().c_str(), static_cast<long long>(q.rows), static_cast<long long>(q.cols), worst,
+                static_cast<long long>(worst_n), static_cast<long long>(worst_k), static_cast<long long>(q.bytes()),
+                8.0 * static_cast<double>(q.bytes()) / static_cast<double>(q.rows * q.cols));
+}
+
+// ||x W^T - x W'^T||^2 summed over the rows of x.
+double output_error(const tensor<float, 2>& x, const tensor<float, 2>& w, const quantized_matrix& q) {
+    const index_t M = x.extent(0), N = w.extent(0), K = w.extent(1);
+    double sum = 0.0;
+    for (index_t m = 0; m < M; ++m)
+        for (index_t n = 0; n < N; ++n) {
+            double d = 0.0;
+            for (index_t k = 0; k < K; ++k) d += static_cast<double>(x(m, k)) * (static_cast<double>(w(n, k)) - q.weight(n, k));
+            sum += d * d;
+        }
+    return sum;
+}
+
+// Correlated inputs (M, K): a few latent factors mixed into every input, plus noise, plus
+// per-input scales spanning 30x (as transformer activations have).
+tensor<float, 2> correlated_inputs(index_t M, index_t K, const tensor<float, 2>& mix, std::uint64_t which) {
+    const index_t F = mix.extent(0);
+    tensor<float, 2> z({M, F}), noise({M, K}), x({M, K});
+    cpu::fill_normal(z, tinyllm_test::test_seed() + 104729 * which);
+    cpu::fill_normal(noise, tinyllm_test::test_seed() + 130363 * which, 0.0f, 0.1f);
+    for (index_t m = 0; m < M; ++m)
+        for (index_t k = 0; k < K; ++k) {
+            double v = noise(m, k);
+            for (index_t f = 0; f < F; ++f) v += z(m, f) * mix(f, k);
+            x(m, k) = static_cast<float>(v * (1.0 + 29.0 * static_cast<double>(k % 7) / 6.0));
+        }
+    return x;
+}
+
+}  // namespace
+
+TEST_CASE("quantization format names", "[quantize]") {
+    for (const auto& spec : all_specs()) {
+        const quant_spec back = tinyllm::parse_quant_spec(spec.name());
+        CHECK(back.format == spec.format);
+        CHECK(back.group == spec.group);
+    }
+    CHECK(tinyllm::parse_quant_spec("int4-g128").name() == "int4-g128");
+    for (const char* bad : {"int4", "int4-g", "int4-g0", "int4-g33", "int4-gx", "int16", "", "INT8", "int4-g1234567"})
+        CHECK_THROWS_WITH(tinyllm::parse_quant_spec(bad), contains("is not one of int8, int4-gG"));
+}
+
+TEST_CASE("int4 packing: two values per byte, the even input in the low nibble", "[quantize]") {
+    // Group of 4 over [0, 15]: lo = 0, hi = 15, so the step is 1 and the zero point 0: q = w.
+    tensor<float, 2> w({2, 4});
+    const float values[2][4] = {{9, 3, 0, 15}, {-15, 0, -1, -8}};
+    for (index_t n = 0; n < 2; ++n)
+        for (index_t k = 0; k < 4; ++k) w(n, k) = values[n][k];
+    const quantized_matrix q = tinyllm::quantize_rtn(w.view(), {quant_format::int4, 4});
+    REQUIRE(q.data.size() == 4);
+    CHECK(q.data[0] == 0x39);
+    CHECK(q.data[1] == 0xF0);
+    CHECK(q.scales(0, 0) == 1.0f);
+    CHECK(q.zeros(0, 0) == 0);
+    // Row 1 is all <= 0: lo = -15, hi = 0, step 1, zero point 15; q = w + 15.
+    CHECK(q.zeros(1, 0) == 15);
+    CHECK(q.data[2] == ((15 << 4) | 0));  // inputs 0, 1: q = 0, 15
+    CHECK(q.data[3] == ((7 << 4) | 14));  // inputs 2, 3: q = 14, 7
+    for (index_t n = 0; n < 2; ++n)
+        for (index_t k = 0; k < 4; ++k) CHECK(q.weight(n, k) == values[n][k]);
+
+    // int8 stores signed bytes, the row's largest magnitude at +-127.
+    tensor<float, 2> w8({1, 3});
+    w8(0, 0) = -2.0f, w8(0, 1) = 0.5f, w8(0, 2) = 0.0f;
+    const quantized_matrix q8 = tinyllm::quantize_rtn(w8.view(), {quant_format::int8, 0});
+    CHECK(q8.value(0, 0) == -127);
+    CHECK(q8.value(0, 1) == 32);  // 0.5 / (2 / 127) = 31.75
+    CHECK(q8.value(0, 2) == 0);
+    CHECK(q8.data[0] == 0x81);
+}
+
+TEST_CASE("quantize -> dequantize stays within the format's error bound", "[quantize]") {
+    const index_t N = 8, K = 384;
+    std::uint64_t which = 0;
+    for (const float magnitude : {1.0f, 1e-3f, 1e-30f, 1e-38f, 1e-42f, 1e30f, 1e33f}) {
+        const tensor<float, 2> w = test_weight(N, K, magnitude, ++which);
+        INFO("weights of magnitude " << magnitude);
+        for (const auto& spec : all_specs()) {
+            const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+            CHECK(q.bytes() == (spec.format == quant_format::int8 ? N * K + 4 * N : N * K / 2 + 5 * N * (K / spec.group)));
+            check_round_trip(w, q);
+        }
+    }
+    SECTION("an all-zero matrix") {
+        const tensor<float, 2> zero({4, 64});
+        for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+            const quantized_matrix q = tinyllm::quantize_rtn(zero.view(), spec);
+            check_round_trip(zero, q);
+            CHECK(q.scales(0, 0) == 0.0f);
+        }
+    }
+    SECTION("the extremes of float") {
+        tensor<float, 2> w({1, 4});
+        w(0, 0) = 1e36f, w(0, 1) = -1e36f, w(0, 2) = std::numeric_limits<float>::denorm_min(), w(0, 3) = 0.0f;
+        for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 2}})
+            check_round_trip(w, tinyllm::quantize_rtn(w.view(), spec));
+    }
+}
+
+TEST_CASE("linear_quantized: the float layer's output within the weights' error bound", "[quantize]") {
+    const index_t rows = 5, N = 24, K = 256;
+    const tensor<float, 2> w = test_weight(N, K, 0.05f, 21);
+    tensor<float, 2> x({rows, K});
+    cpu::fill_uniform(x, tinyllm_test::test_seed() + 22, -1.0f, 1.0f);
+    tensor<float, 1> bias({N});
+    cpu::fill_uniform(bias, tinyllm_test::test_seed() + 23, -1.0f, 1.0f);
+    tensor<float, 2> exact({rows, N});
+    cpu::linear(exact.view(), x.view(), w.view(), bias.view());
+    for (const auto& spec : all_specs()) {
+        const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+        tensor<float, 2> out({rows, N}, std::numeric_limits<float>::quiet_NaN());
+        tinyllm::linear_quantized(out.view(), x.view(), q, bias.view());
+        double worst = 0.0;
+        for (index_t i = 0; i < rows; ++i)
+            for (index_t n = 0; n < N; ++n) {
+                double bound = 1e-5 * (1.0 + std::fabs(exact(i, n)));  // float rounding of the two outputs
+                double dot = bias(n);
+                for (index_t k = 0; k < K; ++k) {
+                    bound += std::fabs(x(i, k)) * q.error_bound(n, k);
+                    dot += static_cast<double>(x(i, k)) * q.weight(n, k);
+                }
+                REQUIRE(std::isfinite(out(i, n)));
+                REQUIRE(std::fabs(out(i, n) - exact(i, n)) <= bound);
+                REQUIRE(std::fabs(out(i, n) - dot) <= 1e-5 * (1.0 + std::fabs(dot)));  // it is x W'^T + b
+                worst = std::max(worst, std::fabs(out(i, n) - exact(i, n)) / bound);
+            }
+        std::printf("  linear_quantized %s: worst output error %.3f of its bound\n", spec.name().c_str(), worst);
+    }
+    tensor<float, 2> wrong({rows, N + 1});
+    CHECK_THROWS(tinyllm::linear_quantized(wrong.view(), x.view(), tinyllm::quantize_rtn(w.view(), {})));
+}
+
+TEST_CASE("GPTQ lowers the layer's output error below round-to-nearest on correlated inputs", "[quantize]") {
+    const index_t N = 32, K = 256, F = 16;
+    tensor<float, 2> w({N, K}), mix({F, K});
+    cpu::fill_normal(w, tinyllm_test::test_seed() + 31, 0.0f, 0.05f);
+    cpu::fill_normal(mix, tinyllm_test::test_seed() + 32);
+    const tensor<float, 2> calibration = correlated_inputs(512, K, mix, 33);
+    const tensor<float, 2> held_out = correlated_inputs(256, K, mix, 34);
+    for (const auto& spec : all_specs()) {
+        const quantized_matrix rtn = tinyllm::quantize_rtn(w.view(), spec);
+        const quantized_matrix gptq = tinyllm::quantize_gptq(w.view(), calibration.view(), spec);
+        // The GPTQ matrix is a valid matrix of the format: values in range, finite weights.
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) {
+                const int v = gptq.value(n, k);
+                REQUIRE(v >= (spec.format == quant_format::int8 ? -127 : 0));
+                REQUIRE(v <= (spec.format == quant_format::int8 ? 127 : 15));
+                REQUIRE(std::isfinite(gptq.weight(n, k)));
+            }
+        const double rtn_cal = output_error(calibration, w, rtn), gptq_cal = output_error(calibration, w, gptq);
+        const double rtn_held = output_error(held_out, w, rtn), gptq_held = output_error(held_out, w, gptq);
+        std::printf("  %s: output error (squared) calibration RTN %.4g GPTQ %.4g (%.2fx); held out RTN %.4g GPTQ %.4g (%.2fx)\n",
+                    spec.name().c_str(), rtn_cal, gptq_cal, rtn_cal / gptq_cal, rtn_held, gptq_held, rtn_held / gptq_held);
+        CHECK(gptq_cal < 0.7 * rtn_cal);
+        CHECK(gptq_held < 0.8 * rtn_held);
+    }
+}
+
+TEST_CASE("GPTQ: an input that is always zero is quantized as zero", "[quantize]") {
+    const index_t N = 4, K = 64;
+    tensor<float, 2> w({N, K}), x({100, K});
+    cpu::fill_normal(w, tinyllm_test::test_seed() + 41);
+    cpu::fill_normal(x, tinyllm_test::test_seed() + 42);
+    for (index_t m = 0; m < 100; ++m) x(m, 5) = 0.0f;
+    for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+        const quantized_matrix q = tinyllm::quantize_gptq(w.view(), x.view(), spec);
+        for (index_t n = 0; n < N; ++n) CHECK(q.weight(n, 5) == 0.0f);
+    }
+}
+
+TEST_CASE("quantization rejects bad input with a clear message", "[quantize]") {
+    tensor<float, 2> w({4, 96});
+    cpu::fill_normal(w, tinyllm_test::test_seed() + 51);
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(w.view(), {quant_format::int4, 64}),
+                      contains("the group size 64 does not divide the 96 inputs of the weight (4 x 96)"));
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(w.view(), {quant_format::int4, 3}), contains("int4 group size 3 must be even"));
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(w.view(), {quant_format::int8, 32}), contains("int8 is per output channel"));
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(tensor<float, 2>({0, 8}).view(), {}), contains("needs at least one element"));
+    w(2, 7) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(w.view(), {}), contains("weight (2, 7) is nan; quantized weights must be finite"));
+    w(2, 7) = 1e37f;
+    CHECK_THROWS_WITH(tinyllm::quantize_rtn(w.view(), {}), contains("weight (2, 7) is 1e+37; quantized weights must be"));
+    w(2, 7) = 0.5f;
+    tensor<float, 2> x({10, 95});
+    CHECK_THROWS_WITH(tinyllm::quantize_gptq(w.view(), x.view(), {}),
+                      contains("the calibration inputs have 95 columns; the weight (4 x 96) takes 96 inputs"));
+    tensor<float, 2> x96({10, 96});
+    CHECK_THROWS_WITH(tinyllm::quantize_gptq(w.view(), x96.view(), {}, {-1.0}), contains("percdamp = -1 must be positive"));
+    x96(3, 4) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(tinyllm::quantize_gptq(w.view(), x96.view(), {}), contains("calibration input (3, 4) is inf"));
+    tensor<float, 2> wrong({3, 96});
+    CHECK_THROWS_WITH(tinyllm::dequantize(wrong.view(), tinyllm::quantize_rtn(w.view(), {})),
+                      contains("dequantize: out is 3 x 96, the quantized weight is 4 x 96"));
+}
