@@ -274,3 +274,40 @@ TEST_CASE("quantization rejects bad input with a clear message", "[quantize]") {
     CHECK_THROWS_WITH(tinyllm::dequantize(wrong.view(), tinyllm::quantize_rtn(w.view(), {})),
                       contains("dequantize: out is 3 x 96, the quantized weight is 4 x 96"));
 }
+
+TEST_CASE("cpu::linear_quantized_fused equals the reference dequantize-then-linear", "[quantize]") {
+    const index_t N = 40, K = 384;
+    const tensor<float, 2> w = test_weight(N, K, 0.02f, 61);
+    for (const index_t rows : {index_t{1}, index_t{3}, index_t{17}}) {
+        tensor<float, 2> x({rows, K});
+        cpu::fill_uniform(x, tinyllm_test::test_seed() + 62 + static_cast<std::uint64_t>(rows), -2.0f, 2.0f);
+        tensor<float, 1> bias({N});
+        cpu::fill_uniform(bias, tinyllm_test::test_seed() + 63, -1.0f, 1.0f);
+        for (const auto& spec : all_specs()) {
+            const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+            tensor<float, 2> want({rows, N}), got({rows, N}, std::numeric_limits<float>::quiet_NaN());
+            tinyllm::linear_quantized(want.view(), x.view(), q, bias.view());
+            cpu::linear_quantized_fused(got.view(), x.view(), q, bias.view());
+            // Float sums of K terms: the rounding is relative to sum_k |x_k| |q_k - z| s (terms before cancellation),
+            // never more than K * 2^-24 of it; allowed 1e-5.
+            double worst = 0.0;
+            for (index_t m = 0; m < rows; ++m)
+                for (index_t n = 0; n < N; ++n) {
+                    double magnitude = 1.0;
+                    for (index_t k = 0; k < K; ++k)
+                        magnitude += std::fabs(x(m, k)) * q.scales(n, k / q.group_size()) *
+                                     (spec.format == quant_format::int8 ? 127.0 : 15.0);
+                    REQUIRE(std::isfinite(got(m, n)));
+                    const double err = std::fabs(static_cast<double>(got(m, n)) - want(m, n));
+                    REQUIRE(err <= 1e-5 * magnitude);
+                    worst = std::max(worst, err / magnitude);
+                }
+            TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), tinyllm_test::tolerance{1e-4, 1e-4, 1e-5},
+                                  "linear_quantized_fused " + spec.name() + ", rows " + std::to_string(rows));
+            std::printf("    worst error %.2e of the terms' magnitude\n", worst);
+        }
+    }
+    tensor<float, 2> x({2, K - 2}), out({2, N});
+    CHECK_THROWS_WITH(cpu::linear_quantized_fused(out.view(), x.view(), tinyllm::quantize_rtn(w.view(), {})),
+                      contains("linear_quantized_fused: x (2, 382) has 382 features, the quantized weight (40 x 384) takes 384"));
+}

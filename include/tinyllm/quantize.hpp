@@ -76,18 +76,32 @@
 //     from the weights as updated so far (as the paper's implementation does).
 //
 // The layer: linear_quantized(out, x, w, bias) is the reference, dequantize to
-// float then the float64-accumulating cpu::linear; fused kernels (CPU and
-// CUDA) are checked against it.
+// float then the float64-accumulating cpu::linear; the kernels (CPU and CUDA)
+// are checked against it. cpu::linear_quantized_fused is the CPU kernel for
+// decoding: it never materializes W^. Each weight row is read once, in its
+// stored bytes, for every row of x, and dequantized in registers. Per group
+// the scale comes out of the sum (and for int4 so does the zero point):
+//
+//     sum_k x_k (q_k - z) s = s (sum_k x_k q_k - z sum_k x_k),
+//
+// so the inner loop is a dot product of floats with small integers, beside a
+// sum of x. Its float sums run in 8 lanes and 4 independent chains (which the
+// compiler turns into SIMD with the latency of the multiply-adds hidden), so it
+// agrees with the float64 reference to float rounding, not bit for bit. An
+// AVX2 copy is chosen at run time on x86-64, as cpu::gemm's is.
 #pragma once
 
 #include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
+#include <tinyllm/gemm.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/threads.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -397,13 +411,180 @@ inline void dequantize(tensor_view<float, 2> out, const quantized_matrix& q) {
         for (index_t k = 0; k < q.cols; ++k) out(n, k) = q.weight(n, k);
 }
 
+namespace detail {
+
+inline void expect_quantized_linear_args(const char* op, tensor_view<float, 2> out, tensor_view<const float, 2> x,
+                                         const quantized_matrix& w, tensor_view<const float, 1> bias) {
+    TINYLLM_EXPECT(x.extent(1) == w.cols, op, ": x ", to_string(x.shape()), " has ", x.extent(1),
+                   " features, the quantized weight (", w.rows, " x ", w.cols, ") takes ", w.cols);
+    TINYLLM_EXPECT(out.extent(0) == x.extent(0) && out.extent(1) == w.rows, op, ": out has shape ",
+                   to_string(out.shape()), " but (rows of x, outputs) = (", x.extent(0), ", ", w.rows, ") is required");
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == w.rows, op, ": bias has ", bias.extent(0),
+                   " elements but the layer has ", w.rows, " outputs (or pass no bias)");
+}
+
+}  // namespace detail
+
 // The reference quantized linear layer: out (rows, N) = x (rows, K) W^^T + bias (N or empty):
 // dequantize, then cpu::linear (float64 accumulation).
 inline void linear_quantized(tensor_view<float, 2> out, tensor_view<const float, 2> x, const quantized_matrix& w,
                              tensor_view<const float, 1> bias = {}) {
+    detail::expect_quantized_linear_args("linear_quantized", out, x, w, bias);
     tensor<float, 2> dense({w.rows, w.cols});
     dequantize(dense.view(), w);
     cpu::linear(out, x, tensor_view<const float, 2>(dense.view()), bias);
 }
+
+namespace detail {
+
+// Eight floats, eight int32, eight uint32 as GCC/Clang vector types: the compiler
+// emits SIMD for them (one AVX2 register, or two SSE registers).
+using v8f = float __attribute__((vector_size(32)));
+using v8i = std::int32_t __attribute__((vector_size(32)));
+using v8u = std::uint32_t __attribute__((vector_size(32)));
+
+// (Vectors stay inside the functions: passing one by value to a function compiled
+// without AVX would change the calling convention.)
+template <class Scalar>
+[[gnu::always_inline]] inline float sum_lanes(const Scalar (&lane)[8]) {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+// sum_k x[k] * q[k] over n int8 values, in 8 lanes (element k to lane k % 8) of four
+// accumulators (element k to accumulator k / 8 % 4 within each 32), added at the end.
+[[gnu::always_inline]] inline float dot_int8(const float* __restrict x, const std::int8_t* __restrict q, index_t n) {
+    // Eight bytes as two little-endian words; byte i of a word is sign-extended by
+    // shifting it to the top and back (an arithmetic shift of a signed lane).
+    const v8i up = {24, 16, 8, 0, 24, 16, 8, 0};
+    auto step = [&](v8f& lane, index_t k) {
+        std::int32_t w[2];
+        std::memcpy(w, q + k, sizeof w);
+        const v8i words = {w[0], w[0], w[0], w[0], w[1], w[1], w[1], w[1]};
+        const v8i values = (words << up) >> 24;
+        v8f xv;
+        std::memcpy(&xv, x + k, sizeof xv);
+        lane += xv * __builtin_convertvector(values, v8f);
+    };
+    // Four accumulators: one multiply-add chain would wait on its own latency.
+    v8f l0 = {}, l1 = {}, l2 = {}, l3 = {};
+    index_t k = 0;
+    for (; k + 32 <= n; k += 32) step(l0, k), step(l1, k + 8), step(l2, k + 16), step(l3, k + 24);
+    for (; k + 8 <= n; k += 8) step(l0, k);
+    const v8f lane = (l0 + l1) + (l2 + l3);
+    float lanes[8];
+    std::memcpy(lanes, &lane, sizeof lanes);
+    float sum = sum_lanes(lanes);
+    for (; k < n; ++k) sum += x[k] * static_cast<float>(q[k]);
+    return sum;
+}
+
+// One int4 group of n inputs (n even) into 8 vector lanes:
+//     acc += s (x_k q_k - z x_k) lane by lane (element k to lane k % 8),
+// with the products and the sums of x in four independent chains each; inputs
+// past the last multiple of 8 go to `tail`. Four bytes (a little-endian word)
+// hold inputs k .. k + 7 at bits 4i .. 4i + 3: one variable shift per lane
+// widens them in input order. Keeping the group's result in lanes, not summing
+// it, saves a horizontal sum per group (most of the cost at groups of 32).
+[[gnu::always_inline]] inline void dot_int4_group(v8f& acc, float& tail, const float* __restrict x,
+                                                  const std::uint8_t* __restrict packed, index_t n, float s, float z) {
+    const v8u shifts = {0, 4, 8, 12, 16, 20, 24, 28};
+    auto step = [&](v8f& dot, v8f& xs, index_t k) {
+        std::uint32_t word;
+        std::memcpy(&word, packed + k / 2, sizeof word);
+        const v8u q = (v8u{} + word) >> shifts & 0x0Fu;
+        v8f xv;
+        std::memcpy(&xv, x + k, sizeof xv);
+        dot += xv * __builtin_convertvector(__builtin_convertvector(q, v8i), v8f);
+        xs += xv;
+    };
+    v8f d0 = {}, d1 = {}, d2 = {}, d3 = {}, x0 = {}, x1 = {}, x2 = {}, x3 = {};
+    index_t k = 0;
+    for (; k + 32 <= n; k += 32) step(d0, x0, k), step(d1, x1, k + 8), step(d2, x2, k + 16), step(d3, x3, k + 24);
+    for (; k + 8 <= n; k += 8) step(d0, x0, k);
+    acc += s * (((d0 + d1) + (d2 + d3)) - z * ((x0 + x1) + (x2 + x3)));
+    for (; k < n; k += 2) {
+        const int b = packed[k / 2];
+        tail += s * (x[k] * (static_cast<float>(b & 0x0F) - z) + x[k + 1] * (static_cast<float>(b >> 4) - z));
+    }
+}
+
+// What one call of the fused kernel works on: x (M, K), contiguous.
+struct quantized_rows_args {
+    const float* x;
+    index_t M, K, G, groups, row_bytes;
+    bool int8;
+};
+
+// out[m] (stride N) = row n of W^ dotted with every row of x (no bias).
+[[gnu::always_inline]] inline void quantized_output_body(float* out, index_t N, const quantized_rows_args& a,
+                                                         const std::uint8_t* row, const float* scales,
+                                                         const std::uint8_t* zeros) {
+    for (index_t m = 0; m < a.M; ++m) {
+        const float* xm = a.x + m * a.K;
+        if (a.int8) {  // one group: the row's scale
+            out[m * N] = scales[0] * dot_int8(xm, reinterpret_cast<const std::int8_t*>(row), a.K);
+            continue;
+        }
+        v8f acc = {};
+        float tail = 0.0f;
+        for (index_t g = 0; g < a.groups; ++g)
+            dot_int4_group(acc, tail, xm + g * a.G, row + g * a.G / 2, a.G, scales[g], static_cast<float>(zeros[g]));
+        float lanes[8];
+        std::memcpy(lanes, &acc, sizeof lanes);
+        out[m * N] = sum_lanes(lanes) + tail;
+    }
+}
+
+inline void quantized_output_generic(float* out, index_t N, const quantized_rows_args& a, const std::uint8_t* row,
+                                     const float* scales, const std::uint8_t* zeros) {
+    quantized_output_body(out, N, a, row, scales, zeros);
+}
+#if TINYLLM_GEMM_X86_DISPATCH
+// The same loops compiled for AVX2 (8 floats per instruction, integer widening in one step).
+__attribute__((target("avx2,fma"))) inline void quantized_output_avx2(float* out, index_t N,
+                                                                      const quantized_rows_args& a,
+                                                                      const std::uint8_t* row, const float* scales,
+                                                                      const std::uint8_t* zeros) {
+    quantized_output_body(out, N, a, row, scales, zeros);
+}
+#endif
+using quantized_output_fn = void (*)(float*, index_t, const quantized_rows_args&, const std::uint8_t*, const float*,
+                                     const std::uint8_t*);
+inline quantized_output_fn pick_quantized_output() {
+#if TINYLLM_GEMM_X86_DISPATCH
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2) return quantized_output_avx2;
+#endif
+    return quantized_output_generic;
+}
+
+}  // namespace detail
+
+namespace cpu {
+
+// out (rows, N) = x (rows, K) W^^T + bias: the fused CPU kernel (see the top),
+// OpenMP over the outputs. Meant for few rows (decoding); any count works.
+inline void linear_quantized_fused(tensor_view<float, 2> out, tensor_view<const float, 2> x, const quantized_matrix& w,
+                                   tensor_view<const float, 1> bias = {}) {
+    tinyllm::detail::expect_quantized_linear_args("linear_quantized_fused", out, x, w, bias);
+    const index_t M = x.extent(0), N = w.rows, K = w.cols, G = w.group_size(), groups = w.groups();
+    const bool int8 = w.spec.format == quant_format::int8;
+    std::vector<float> xs(static_cast<std::size_t>(M * K));  // x, contiguous             (M, K)
+    for (index_t m = 0; m < M; ++m)
+        for (index_t k = 0; k < K; ++k) xs[static_cast<std::size_t>(m * K + k)] = x(m, k);
+    std::vector<float> dots(static_cast<std::size_t>(M * N));  // (M, N) before the bias
+    const tinyllm::detail::quantized_rows_args args{xs.data(), M, K, G, groups, w.row_bytes(), int8};
+    const auto kernel = tinyllm::detail::pick_quantized_output();
+    const std::uint8_t* zeros = int8 ? nullptr : w.zeros.data();
+    TINYLLM_OMP(parallel for schedule(static) num_threads(num_threads()))
+    for (index_t n = 0; n < N; ++n)
+        kernel(dots.data() + n, N, args, w.data.data() + n * args.row_bytes, w.scales.data() + n * groups,
+               zeros ? zeros + n * groups : nullptr);
+    for (index_t m = 0; m < M; ++m)
+        for (index_t n = 0; n < N; ++n)
+            out(m, n) = dots[static_cast<std::size_t>(m * N + n)] + (bias.size() ? bias(n) : 0.0f);
+}
+
+}  // namespace cpu
 
 }  // namespace tinyllm

@@ -32,6 +32,7 @@
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/optimizer.cuh>
 #include <tinyllm/cuda/positional.cuh>
+#include <tinyllm/cuda/quantize.cuh>
 #include <tinyllm/cuda/sampling.cuh>
 
 // The decoder built from them.

@@ -1,0 +1,185 @@
+// CUDA tests for the quantized linear layer (cuda/tinyllm/cuda/quantize.cuh)
+// against its CPU reference (include/tinyllm/quantize.hpp, itself checked in
+// tests/test_quantize.cpp): the device dequantization bit for bit, v1
+// (dequantize + cuBLAS) and v2 (fused GEMV) against the float64 reference
+// dequantize-then-linear, for int8, int4-g32/g64/g128, float and bfloat16
+// activations, with and without bias; the rejections.
+//
+// Inputs are fresh random numbers each run; outputs are poisoned (NaN) first.
+// Tolerances, |got - ref| <= abs + rel |ref| plus relative L2:
+//   float        float sums of K = 256 products of |x| <= 1 and |w| ~ 0.05:
+//                abs 1e-4 + rel 1e-4, rel-L2 1e-5 (observed ~1e-7).
+//   bfloat16     x is rounded to bfloat16 before the reference sees it; the output
+//                is rounded to bfloat16 (relative 2^-9) and v1 also rounds W^
+//                to bfloat16 before cuBLAS: abs 1e-2 + rel 1e-2, rel-L2 1e-2.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+
+#include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/quantize.cuh>
+#include <tinyllm/quantize.hpp>
+#include <tinyllm/random.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace tc = tinyllm::cuda;
+namespace cpu = tinyllm::cpu;
+using tinyllm::bfloat16;
+using tinyllm::index_t;
+using tinyllm::quant_format;
+using tinyllm::quant_spec;
+using tinyllm::quantized_matrix;
+using tinyllm::tensor;
+using tinyllm::tensor_view;
+using tinyllm_test::contains;
+using tinyllm_test::tolerance;
+
+namespace {
+
+std::uint64_t seed_for(std::uint64_t which) { return tinyllm_test::test_seed() + 0x9E3779B97F4A7C15ull * (which + 1); }
+
+std::vector<quant_spec> all_specs() {
+    return {{quant_format::int8, 0}, {quant_format::int4, 32}, {quant_format::int4, 64}, {quant_format::int4, 128}};
+}
+
+// (rows, cols) uniform in [lo, hi), rounded to T (returned as float).
+template <class T>
+tensor<float, 2> random_as(index_t rows, index_t cols, std::uint64_t which, float lo, float hi) {
+    tensor<float, 2> t({rows, cols});
+    cpu::fill_uniform(t, seed_for(which), lo, hi);
+    for (auto& v : t.values()) v = tinyllm::to_float(tinyllm::from_float<T>(v));
+    return t;
+}
+
+template <class T>
+tc::device_buffer<T> upload(const std::vector<float>& v) {
+    std::vector<T> t(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) t[i] = tinyllm::from_float<T>(v[i]);
+    return tc::to_device(t);
+}
+
+template <class T>
+std::vector<float> download(const tc::device_buffer<T>& d) {
+    std::vector<float> out;
+    for (const T& v : tc::to_host(d)) out.push_back(tinyllm::to_float(v));
+    return out;
+}
+
+template <class T>
+tolerance tolerance_for() {
+    if constexpr (std::is_same_v<T, float>) return {1e-4, 1e-4, 1e-5};
+    else return {1e-2, 1e-2, 1e-2};
+}
+
+template <class T>
+void check_layer(index_t rows, index_t N, index_t K, const quant_spec& spec, bool with_bias, std::uint64_t which) {
+    tensor<float, 2> w({N, K});
+    cpu::fill_normal(w, seed_for(which), 0.0f, 0.05f);
+    for (index_t k = 0; k < K; k += 41) w(N / 2, k) *= 30.0f;  // outliers in one row
+    const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+    const tensor<float, 2> x = random_as<T>(rows, K, which + 1, -1.0f, 1.0f);
+    const tensor<float, 2> b = random_as<T>(1, N, which + 2, -1.0f, 1.0f);
+    const tensor_view<const float, 1> bias_view(b.data(), {with_bias ? N : 0});
+    tensor<float, 2> want({rows, N});
+    tinyllm::linear_quantized(want.view(), x.view(), q, bias_view);
+
+    const tc::device_quantized_matrix dw = tc::to_device(q);
+    auto dx = upload<T>(x.values());
+    auto dbias = upload<T>(std::vector<float>(b.values().begin(), b.values().begin() + (with_bias ? N : 0)));
+    tc::device_buffer<T> dout(static_cast<std::size_t>(rows * N));
+    const tensor_view<const T, 2> xv = dx.view(tinyllm::extents<2>{rows, K});
+    const tensor_view<const T, 1> bv(dbias.data(), {with_bias ? N : 0});
+    const std::string what = std::string(tinyllm::dtype_name<T>()) + " " + spec.name() + " rows " +
+                             std::to_string(rows) + " N " + std::to_string(N) + (with_bias ? " bias" : "");
+
+    dout.poison();
+    tc::linear_quantized_gemv<T>(dout.view(tinyllm::extents<2>{rows, N}), xv, dw, bv);
+    TINYLLM_REQUIRE_CLOSE(download(dout), want.values(), tolerance_for<T>(), "v2 fused GEMV " + what);
+
+    tc::cublas_handle handle;
+    tc::device_buffer<T> scratch;
+    dout.poison();
+    tc::linear_dequantize_gemm<T>(dout.view(tinyllm::extents<2>{rows, N}), xv, dw, bv, scratch, handle);
+    TINYLLM_REQUIRE_CLOSE(download(dout), want.values(), tolerance_for<T>(), "v1 dequantize + cuBLAS " + what);
+}
+
+}  // namespace
+
+TEST_CASE("cuda::dequantize gives the CPU's dequantized weights bit for bit", "[quantize]") {
+    const index_t N = 37, K = 256;
+    tensor<float, 2> w({N, K});
+    cpu::fill_normal(w, seed_for(1));
+    for (const auto& spec : all_specs()) {
+        const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+        const tc::device_quantized_matrix dw = tc::to_device(q);
+        tc::device_buffer<float> out(static_cast<std::size_t>(N * K));
+        tc::device_buffer<bfloat16> out16(static_cast<std::size_t>(N * K));
+        out.poison();
+        out16.poison();
+        tc::dequantize<float>(out.view(tinyllm::extents<2>{N, K}), dw);
+        tc::dequantize<bfloat16>(out16.view(tinyllm::extents<2>{N, K}), dw);
+        const std::vector<float> got = tc::to_host(out);
+        const std::vector<bfloat16> got16 = tc::to_host(out16);
+        index_t differ = 0;
+        for (index_t n = 0; n < N; ++n)
+            for (index_t k = 0; k < K; ++k) {
+                const float want = q.weight(n, k);
+                const std::size_t i = static_cast<std::size_t>(n * K + k);
+                if (!(got[i] == want) || got16[i].bits != tinyllm::from_float<bfloat16>(want).bits) ++differ;
+            }
+        INFO(spec.name() << ": " << differ << " of " << N * K << " elements differ");
+        CHECK(differ == 0);
+    }
+}
+
+TEST_CASE("cuda quantized linear: v1 dequantize + cuBLAS and v2 fused GEMV against the reference", "[quantize]") {
+    std::uint64_t which = 10;
+    for (const auto& spec : all_specs()) {
+        for (const index_t rows : {index_t{1}, index_t{3}, index_t{8}}) {
+            check_layer<float>(rows, 37, 256, spec, rows != 3, which += 3);
+        }
+        check_layer<bfloat16>(2, 45, 384, spec, true, which += 3);
+    }
+    SECTION("v1 takes shapes the fused kernel does not: K = 20, int4 groups of 10") {
+        tensor<float, 2> w({9, 20});
+        cpu::fill_normal(w, seed_for(90));
+        const quantized_matrix q = tinyllm::quantize_rtn(w.view(), {quant_format::int4, 10});
+        const tensor<float, 2> x = random_as<float>(11, 20, 91, -1.0f, 1.0f);
+        tensor<float, 2> want({11, 9});
+        tinyllm::linear_quantized(want.view(), x.view(), q);
+        const auto dw = tc::to_device(q);
+        auto dx = upload<float>(x.values());
+        tc::device_buffer<float> dout(11 * 9), scratch;
+        dout.poison();
+        tc::cublas_handle handle;
+        tc::linear_dequantize_gemm<float>(dout.view(tinyllm::extents<2>{11, 9}), dx.view(tinyllm::extents<2>{11, 20}), dw,
+                                          {}, scratch, handle);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want.values(), tolerance{1e-4, 1e-4, 1e-5}, "v1 int4-g10 K=20");
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout.view(tinyllm::extents<2>{11, 9}),
+                                                           dx.view(tinyllm::extents<2>{11, 20}), dw, {}),
+                          contains("linear_quantized_gemv: 11 rows of x; the fused GEMV takes at most 8"));
+        auto dx1 = upload<float>(std::vector<float>(20, 0.5f));
+        tc::device_buffer<float> dout1(9);
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout1.view(tinyllm::extents<2>{1, 9}),
+                                                           dx1.view(tinyllm::extents<2>{1, 20}), dw, {}),
+                          contains("int4-g10 with K = 20 inputs; the fused GEMV needs K a multiple of 32"));
+    }
+    SECTION("shape errors") {
+        tensor<float, 2> w({8, 64});
+        cpu::fill_normal(w, seed_for(95));
+        const auto dw = tc::to_device(tinyllm::quantize_rtn(w.view(), {}));
+        tc::device_buffer<float> dx(2 * 32), dout(2 * 8), dbias(7);
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout.view(tinyllm::extents<2>{2, 8}),
+                                                           dx.view(tinyllm::extents<2>{2, 32}), dw, {}),
+                          contains("x has 32 features, the quantized weight (8 x 64) takes 64"));
+        tc::device_buffer<float> dx64(2 * 64);
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout.view(tinyllm::extents<2>{2, 8}),
+                                                           dx64.view(tinyllm::extents<2>{2, 64}), dw,
+                                                           dbias.view(tinyllm::extents<1>{7})),
+                          contains("bias has 7 elements but the layer has 8 outputs"));
+    }
+}
