@@ -7,9 +7,12 @@
 // error); every bad input.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/fixtures.hpp"
 
 #include <tinyllm/ffn.hpp>
+#include <tinyllm/model.hpp>
 #include <tinyllm/quantize.hpp>
+#include <tinyllm/quantize_model.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
@@ -310,4 +313,66 @@ TEST_CASE("cpu::linear_quantized_fused equals the reference dequantize-then-line
     tensor<float, 2> x({2, K - 2}), out({2, N});
     CHECK_THROWS_WITH(cpu::linear_quantized_fused(out.view(), x.view(), tinyllm::quantize_rtn(w.view(), {})),
                       contains("linear_quantized_fused: x (2, 382) has 382 features, the quantized weight (40 x 384) takes 384"));
+}
+
+TEST_CASE("round_model_weights: every layer matrix rounded, embeddings, norms, biases and routers kept", "[quantize]") {
+    using tinyllm::model_arch;
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
+        for (const bool tied : {true, false}) {
+            const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 32, tied);
+            const tinyllm::model_weights original = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 71);
+            INFO("arch " << static_cast<int>(arch) << (tied ? ", tied" : ", untied"));
+            for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+                tinyllm::model_weights w = original;
+                const tinyllm::quantization_summary s = tinyllm::round_model_weights(w, spec);
+                // Kept exactly: the embedding (and a tied head with it), positions, norms, biases, routers.
+                CHECK(w.embed.values() == original.embed.values());
+                CHECK(w.positions.values() == original.positions.values());
+                CHECK(w.final_norm_weight.values() == original.final_norm_weight.values());
+                index_t expected = 0, weights = 0;  // counted by check_matrix
+                auto check_matrix = [&](const tensor<float, 2>& got, const tensor<float, 2>& before) {
+                    if (before.size() == 0) return;
+                    ++expected;
+                    weights += before.size();
+                    tensor<float, 2> want(before.shape());
+                    tinyllm::dequantize(want.view(), tinyllm::quantize_rtn(before.view(), spec));
+                    REQUIRE(got.values() == want.values());
+                };
+                if (!tied) check_matrix(w.lm_head, original.lm_head);
+                for (std::size_t l = 0; l < w.layers.size(); ++l) {
+                    const auto& L = w.layers[l];
+                    const auto& O = original.layers[l];
+                    CHECK(L.attn_norm_weight.values() == O.attn_norm_weight.values());
+                    CHECK(L.bq.values() == O.bq.values());
+                    CHECK(L.fc_bias.values() == O.fc_bias.values());
+                    CHECK(L.router.values() == O.router.values());
+                    check_matrix(L.wq, O.wq), check_matrix(L.wk, O.wk), check_matrix(L.wv, O.wv), check_matrix(L.wo, O.wo);
+                    check_matrix(L.fc, O.fc), check_matrix(L.proj, O.proj);
+                    check_matrix(L.gate, O.gate), check_matrix(L.up, O.up), check_matrix(L.down, O.down);
+                    for (auto [got, before] : {std::pair{&L.w1, &O.w1}, {&L.w3, &O.w3}, {&L.w2, &O.w2}}) {
+                        for (index_t e = 0; e < before->extent(0); ++e) {
+                            const index_t r = before->extent(1), k = before->extent(2);
+                            tensor<float, 2> one({r, k}), back({r, k});
+                            std::copy_n(before->data() + e * r * k, r * k, one.data());
+                            std::copy_n(got->data() + e * r * k, r * k, back.data());
+                            check_matrix(back, one);
+                        }
+                    }
+                }
+                CHECK(s.matrices == expected);
+                CHECK(s.weights == weights);
+                CHECK(s.float_bytes_kept + 4 * s.weights == tinyllm::float32_bytes(original));
+                if (spec.format == quant_format::int8) CHECK(s.bits_per_weight() < 8.6);
+                else CHECK(std::fabs(s.bits_per_weight() - (4.0 + 40.0 / 32)) < 1e-12);  // 4 bits + (32 + 8) per 32
+            }
+        }
+    }
+    SECTION("a group size that does not divide a matrix is an error naming it, and changes nothing") {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 32, true);
+        const tinyllm::model_weights original = tinyllm::random_model_weights(c, 5);
+        tinyllm::model_weights w = original;
+        CHECK_THROWS_WITH(tinyllm::round_model_weights(w, {quant_format::int4, 64}),
+                          contains("the group size 64 does not divide the 96 inputs of layers.0.down (64 x 96)"));
+        CHECK(w.layers[0].wq.values() == original.layers[0].wq.values());
+    }
 }

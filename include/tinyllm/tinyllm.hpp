@@ -49,6 +49,7 @@
 #include <tinyllm/model.hpp>
 #include <tinyllm/npy.hpp>
 #include <tinyllm/quantize.hpp>
+#include <tinyllm/quantize_model.hpp>
 #include <tinyllm/safetensors.hpp>
 
 // Training a model: the loop, its checkpoints, resuming.
