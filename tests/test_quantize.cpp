@@ -376,3 +376,63 @@ TEST_CASE("round_model_weights: every layer matrix rounded, embeddings, norms, b
         CHECK(w.layers[0].wq.values() == original.layers[0].wq.values());
     }
 }
+
+TEST_CASE("model::quantize_weights computes what the model of the rounded weights computes", "[quantize]") {
+    using tinyllm::model_arch;
+    const std::vector<tinyllm::token_id> prompt = {3, 17, 42, 5, 9, 61, 2};
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        for (const bool tied : {true, false}) {
+            const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 32, tied);
+            const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 81);
+            for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+                tinyllm::model_weights rounded = w;
+                const tinyllm::quantization_summary s = tinyllm::round_model_weights(rounded, spec);
+                const cpu::model reference(c, rounded);  // float32 weights W^, float kernels
+                cpu::model quantized(c, w);
+                const index_t float_bytes = quantized.weight_bytes();
+                quantized.quantize_weights(spec);
+                CHECK(quantized.quantized());
+                CHECK(quantized.quantization().name() == spec.name());
+                CHECK(quantized.weight_bytes() == float_bytes - 4 * s.weights + s.quantized_bytes);
+                // Prefill, then three decode steps, on both.
+                auto s1 = reference.new_session(16);
+                auto s2 = quantized.new_session(16);
+                std::vector<float> want, got;
+                auto feed = [&](std::span<const tinyllm::token_id> ids) {
+                    const auto a = reference.forward(s1, ids), b = quantized.forward(s2, ids);
+                    want.insert(want.end(), a.values().begin(), a.values().end());
+                    got.insert(got.end(), b.values().begin(), b.values().end());
+                };
+                feed(prompt);
+                for (const tinyllm::token_id t : {11, 12, 13}) feed(std::vector<tinyllm::token_id>{t});
+                // The same weights W^; float sums in another order (fused kernel vs blocked GEMM).
+                TINYLLM_REQUIRE_CLOSE(got, want, tinyllm_test::tolerance{1e-4, 1e-4, 1e-5},
+                                      std::string(arch == model_arch::gpt2 ? "gpt2" : "llama") +
+                                          (tied ? " tied " : " untied ") + spec.name() + " logits");
+            }
+        }
+    }
+    SECTION("what a quantized model refuses") {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::llama, 64, 64, 16, 96, 32, true);
+        cpu::model m(c, tinyllm::random_model_weights(c, 3));
+        CHECK_THROWS_WITH(m.quantize_weights({quant_format::int4, 64}),
+                          contains("the group size 64 does not divide the 96 inputs of layers.0.down (64 x 96)"));
+        CHECK_FALSE(m.quantized());
+        m.quantize_weights({quant_format::int4, 32});
+        CHECK_THROWS_WITH(m.quantize_weights({}), contains("already quantized (int4-g32)"));
+        CHECK_THROWS_WITH(m.set_weight_dtype(cpu::model::weight_dtype::bfloat16), contains("the matrices are quantized"));
+        tinyllm::model_weights grads = tinyllm::zeros_like(tinyllm::random_model_weights(c, 3));
+        tensor<tinyllm::token_id, 2> tokens({1, 4}, 1), targets({1, 4}, 2);
+        CHECK_THROWS_WITH(m.forward_backward(grads, tokens.view(), targets.view()),
+                          contains("holds its matrices quantized (int4-g32)"));
+        m.set_kernels(cpu::model::kernels::reference);
+        auto session = m.new_session(16);
+        CHECK_THROWS_WITH(m.forward(session, prompt), contains("the reference kernels need float32 weights"));
+        const tinyllm::model_config mc = tinyllm_test::small_model_config(model_arch::mixtral, 64, 64, 16, 96, 32, true);
+        cpu::model moe(mc, tinyllm::random_model_weights(mc, 4));
+        CHECK_THROWS_WITH(moe.quantize_weights({}), contains("Mixtral's experts are not quantized yet"));
+        cpu::model b16(c, tinyllm::random_model_weights(c, 5));
+        b16.set_weight_dtype(cpu::model::weight_dtype::bfloat16);
+        CHECK_THROWS_WITH(b16.quantize_weights({}), contains("the matrices are bfloat16"));
+    }
+}

@@ -25,7 +25,8 @@
 // The models are tinyllm::cpu::model with random weights of two real shapes
 // (random_model_weights, model_shapes): GPT-2 124M and Llama-3.2-1B (1.24B
 // parameters, ~5 GB of float weights, built only when a Llama row runs), each in
-// float32 and in bfloat16 (the same weights rounded, set_weight_dtype). The
+// float32, in bfloat16 (the same weights rounded, set_weight_dtype) and, for decoding,
+// with their layer matrices quantized to int8 and int4-g64 (quantize_weights). The
 // reference rows run the readable reference kernels (double accumulation, one
 // thread) on short prompts, once.
 //
@@ -57,9 +58,12 @@ using dtype = tinyllm::cpu::model::weight_dtype;
 
 enum class shape { gpt2_124m, llama_1b };
 
+// Quantized matrices (model::quantize_weights): none, int8, or int4 in groups of 64.
+enum class quant { none, int8, int4_g64 };
+
 // A model of shape S (random weights; the Llama one is 5 GB in float), its matrices
-// held in D, on kernels K: built on first use, one static per combination.
-template <shape S, dtype D, model::kernels K = model::kernels::blocked>
+// held in D (or quantized to Q), on kernels K: built on first use, one static per combination.
+template <shape S, dtype D, model::kernels K = model::kernels::blocked, quant Q = quant::none>
 const model& cached_model() {
     static const model m = [] {
         const bool gpt2 = S == shape::gpt2_124m;
@@ -67,6 +71,8 @@ const model& cached_model() {
         model r(c, tinyllm::random_model_weights(c, gpt2 ? 124 : 1));
         r.set_weight_dtype(D);
         r.set_kernels(K);
+        if (Q == quant::int8) r.quantize_weights({tinyllm::quant_format::int8, 0});
+        if (Q == quant::int4_g64) r.quantize_weights({tinyllm::quant_format::int4, 64});
         return r;
     }();
     return m;
@@ -77,12 +83,24 @@ constexpr auto gpt2_reference = &cached_model<shape::gpt2_124m, dtype::float32, 
 constexpr auto llama_f32 = &cached_model<shape::llama_1b, dtype::float32>;
 constexpr auto llama_bf16 = &cached_model<shape::llama_1b, dtype::bfloat16>;
 constexpr auto llama_reference = &cached_model<shape::llama_1b, dtype::float32, model::kernels::reference>;
+constexpr auto gpt2_int8 = &cached_model<shape::gpt2_124m, dtype::float32, model::kernels::blocked, quant::int8>;
+constexpr auto gpt2_int4 = &cached_model<shape::gpt2_124m, dtype::float32, model::kernels::blocked, quant::int4_g64>;
+constexpr auto llama_int8 = &cached_model<shape::llama_1b, dtype::float32, model::kernels::blocked, quant::int8>;
+constexpr auto llama_int4 = &cached_model<shape::llama_1b, dtype::float32, model::kernels::blocked, quant::int4_g64>;
 
 // Bytes a decode step reads whole: every matrix and norm weight once (a tied
 // embedding once, as the output projection), not GPT-2's position table nor an
-// untied input embedding (one row of each per token).
+// untied input embedding (one row of each per token); quantized matrices in their format.
 double weight_bytes_per_token(const model& m) {
     double bytes = 0;
+    if (m.quantized()) {  // what the model holds, less what a token does not read whole
+        double skipped = 0;
+        tinyllm::detail::for_each_weight(m.weights(), m.weights(), [&](const std::string& name, const auto& t, const auto&) {
+            if (name == "embed_positions" || (name == "embed_tokens" && !m.config().tie_word_embeddings))
+                skipped += static_cast<double>(t.size()) * sizeof(float);
+        });
+        return static_cast<double>(m.weight_bytes()) - skipped;
+    }
     auto add = [&bytes](const auto& t) { bytes += static_cast<double>(t.size()) * sizeof(*t.data()); };
     const auto& w = m.weights();
     const auto& b = m.weights_bf16();
@@ -305,6 +323,11 @@ BENCHMARK_CAPTURE(decode, gpt2_124m_f32, gpt2_f32)
     ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(decode, gpt2_124m_bf16, gpt2_bf16)
     ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+// Quantized matrices (round to nearest, tinyllm/quantize.hpp): int8 and int4 in groups of 64.
+BENCHMARK_CAPTURE(decode, gpt2_124m_int8, gpt2_int8)
+    ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, gpt2_124m_int4_g64, gpt2_int4)
+    ->ArgNames({"prompt", "steps"})->Args({128, 32})->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(prefill, gpt2_124m_reference, gpt2_reference)
     ->ArgName("prompt")->Arg(32)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(decode, gpt2_124m_reference, gpt2_reference)
@@ -318,6 +341,10 @@ BENCHMARK_CAPTURE(prefill, llama_1b_bf16, llama_bf16)
 BENCHMARK_CAPTURE(decode, llama_1b_f32, llama_f32)
     ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(decode, llama_1b_bf16, llama_bf16)
+    ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, llama_1b_int8, llama_int8)
+    ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(decode, llama_1b_int4_g64, llama_int4)
     ->ArgNames({"prompt", "steps"})->Args({128, 8})->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(prefill, llama_1b_reference, llama_reference)
     ->ArgName("prompt")->Arg(4)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);

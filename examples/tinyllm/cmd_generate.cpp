@@ -8,12 +8,14 @@
 #include "registry.hpp"
 
 #include <tinyllm/model.hpp>
+#include <tinyllm/quantize.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <span>
 #include <iostream>
 #include <sstream>
@@ -24,12 +26,23 @@ using namespace tinyllm_cli;
 
 namespace {
 
-// --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16.
-bool wants_gpu(const parsed_args& a, bool* bf16) {
+// --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16 and
+// *quantized for --dtype int8 or int4-gG (CPU only: quantized at load, round to nearest).
+bool wants_gpu(const parsed_args& a, bool* bf16, std::optional<tinyllm::quant_spec>* quantized) {
     const std::string device = a.get("device", "cpu"), dtype = a.get("dtype", "float32");
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
-    if (dtype != "float32" && dtype != "bfloat16")
-        throw usage_error("--dtype must be float32 or bfloat16, got '" + dtype + "'");
+    if (dtype != "float32" && dtype != "bfloat16") {
+        try {
+            *quantized = tinyllm::parse_quant_spec(dtype);
+        } catch (const tinyllm::error&) {
+            throw usage_error("--dtype must be float32, bfloat16, int8 or int4-gG (G an even group size), got '" +
+                              dtype + "'");
+        }
+        if (device == "cuda")
+            throw usage_error("--dtype " + dtype + " runs on the CPU; the CUDA model holds float32 or bfloat16 weights");
+        if (a.has_flag("reference"))
+            throw usage_error("--reference runs float32 weights; --dtype " + dtype + " needs the blocked kernels");
+    }
     *bf16 = dtype == "bfloat16";
     if (device == "cuda" && a.has_flag("reference"))
         throw usage_error("--reference selects the CPU reference kernels; it needs --device cpu");
@@ -40,9 +53,11 @@ bool wants_gpu(const parsed_args& a, bool* bf16) {
 
 // The checkpoint in `dir` as a CPU model: its matrices in --dtype, on the kernels
 // --reference asks for.
-tinyllm::cpu::model load_cpu_model(const parsed_args& a, const std::string& dir, bool bf16) {
+tinyllm::cpu::model load_cpu_model(const parsed_args& a, const std::string& dir, bool bf16,
+                                   const std::optional<tinyllm::quant_spec>& quantized) {
     using tinyllm::cpu::model;
     auto m = model::load(dir, bf16 ? model::weight_dtype::bfloat16 : model::weight_dtype::float32);
+    if (quantized) m.quantize_weights(*quantized);
     m.set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
     return m;
 }
@@ -53,7 +68,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "usage: tinyllm generate [--model DIR] (--prompt TEXT [--tokenizer FILE] [--encoding NAME] |\n"
                 "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
                 "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
-                "                         [--device cpu|cuda] [--dtype float32|bfloat16] [--reference]\n\n"
+                "                         [--device cpu|cuda] [--dtype float32|bfloat16|int8|int4-gG] [--reference]\n\n"
                 "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
                 "as Hugging Face publishes them. Without --model: the default model, models/kjv, which\n"
                 "`tinyllm train` trains on the King James Bible with no arguments. With --prompt-ids,\n"
@@ -63,7 +78,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "it is generated. Default: greedy, 32 new tokens, --device cpu (the default model:\n"
                 "temperature 0.8, top-k 40, 200 new tokens).\n"
                 "--device cuda runs the CUDA model; on either device the weights are held in --dtype\n"
-                "(float32, or bfloat16: half the bytes, float accumulation). Both devices choose tokens\n"
+                "(float32, or bfloat16: half the bytes, float accumulation; on the CPU also int8 or\n"
+                "int4-gG, e.g. int4-g64: the layers' matrices quantized at load by round to nearest,\n"
+                "docs/quantization.md). Both devices choose tokens\n"
                 "with the same samplers and seeds. On the CPU the model runs its blocked kernels (float\n"
                 "accumulation, threads: docs/cpu.md); --reference runs the readable reference kernels\n"
                 "instead (double accumulation, one thread, float32 weights, many times slower), which\n"
@@ -89,7 +106,8 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
             throw usage_error("--prompt needs --tokenizer FILE (" + dir + " has no tokenizer.json)");
     }
     bool bf16 = false;
-    const bool gpu = wants_gpu(a, &bf16);
+    std::optional<tinyllm::quant_spec> quantized;
+    const bool gpu = wants_gpu(a, &bf16, &quantized);
 
     tinyllm::cpu::generation_options o;
     o.max_new_tokens = a.get_int("max-new-tokens", default_model ? 200 : 32);
@@ -109,7 +127,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
-        else tinyllm::cpu::generate(load_cpu_model(a, dir, bf16), prompt, o, on_token);
+        else tinyllm::cpu::generate(load_cpu_model(a, dir, bf16, quantized), prompt, o, on_token);
     };
     if (!text_mode) {
         bool first = true;
@@ -134,7 +152,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
 
 TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one per line)",
                 "usage: tinyllm logits --model DIR --prompt-ids \"ID ...\" [--device cpu|cuda]\n"
-                "                      [--dtype float32|bfloat16] [--reference]\n\n"
+                "                      [--dtype float32|bfloat16|int8|int4-gG] [--reference]\n\n"
                 "Runs the prompt through the model and prints the V logits of its last position, one per\n"
                 "line, for debugging and for comparison with other implementations. --reference: the CPU\n"
                 "reference kernels instead of the blocked ones (as for generate).\n") {
@@ -143,13 +161,14 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
     bool bf16 = false;
-    const bool gpu = wants_gpu(a, &bf16);
+    std::optional<tinyllm::quant_spec> quantized;
+    const bool gpu = wants_gpu(a, &bf16, &quantized);
     const auto prompt = parse_token_ids(a.get("prompt-ids"));
     std::vector<float> last;
     if (gpu) {
         last = gpu_last_logits(a.get("model"), bf16, prompt);
     } else {
-        const auto model = load_cpu_model(a, a.get("model"), bf16);
+        const auto model = load_cpu_model(a, a.get("model"), bf16, quantized);
         auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));
         const auto logits = model.forward(session, prompt);  // (n, V)
         for (tinyllm::index_t i = 0; i < logits.extent(1); ++i) last.push_back(logits(logits.extent(0) - 1, i));

@@ -48,6 +48,7 @@
 #include <tinyllm/norm.hpp>
 #include <tinyllm/optimizer.hpp>
 #include <tinyllm/positional.hpp>
+#include <tinyllm/quantize.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/safetensors.hpp>
 #include <tinyllm/sampling.hpp>
@@ -283,6 +284,12 @@ struct model_weights_bf16 {
     tensor<bfloat16, 2> embed;    // (V, D)
     tensor<bfloat16, 2> lm_head;  // (V, D); empty when tied to embed
     std::vector<layer_weights_bf16> layers;
+};
+
+// The matrices of a layer quantized (model::quantize_weights); an empty
+// quantized_matrix (rows 0) where the layer has no such matrix.
+struct layer_weights_quantized {
+    quantized_matrix wq, wk, wv, wo, fc, proj, gate, up, down;
 };
 
 namespace detail {
@@ -884,6 +891,8 @@ public:
     enum class weight_dtype { float32, bfloat16 };
     void set_weight_dtype(weight_dtype d) {
         if (d == dtype_) return;
+        TINYLLM_EXPECT(!quantized_, "model::set_weight_dtype: the matrices are quantized (", quant_spec_.name(),
+                       "); load the model again for float weights");
         if (d == weight_dtype::bfloat16) {
             w16_.layers.resize(w_.layers.size());
             detail::for_each_matrix(w_, w16_, [](auto& f32, auto& b16) { detail::convert_releasing(b16, f32); });
@@ -895,6 +904,84 @@ public:
     }
     weight_dtype weights_dtype() const { return dtype_; }
     const model_weights_bf16& weights_bf16() const { return w16_; }
+
+    // Hold the matrices a decoded token reads whole — each layer's Wq, Wk, Wv,
+    // Wo and MLP matrices, and an untied output projection — quantized to
+    // `spec` by round to nearest (tinyllm/quantize.hpp), freeing their float
+    // copies; the embedding (with a tied head), norms, biases and GPT-2's
+    // positions stay float. The same matrices as round_model_weights
+    // (tinyllm/quantize_model.hpp) rounds, so the model computes what a model
+    // of those rounded weights computes, on cpu::linear_quantized_fused. For
+    // float32 models on the blocked kernels, GPT-2 and Llama (Mixtral's experts
+    // are not quantized yet); inference only: forward_backward and the
+    // reference kernels refuse a quantized model. There is no way back: load
+    // the model again for float weights.
+    void quantize_weights(const quant_spec& spec) {
+        TINYLLM_EXPECT(!quantized_, "model::quantize_weights: the matrices are already quantized (",
+                       quant_spec_.name(), ")");
+        TINYLLM_EXPECT(dtype_ == weight_dtype::float32, "model::quantize_weights: the matrices are bfloat16; "
+                       "quantize from float32 weights");
+        TINYLLM_EXPECT(config_.arch != model_arch::mixtral,
+                       "model::quantize_weights: Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
+        const auto check = [&](const char* name, index_t l, const tensor<float, 2>& m) {
+            if (m.size() && spec.format == quant_format::int4)
+                TINYLLM_EXPECT(m.extent(1) % spec.group == 0, "model::quantize_weights: ", spec.name(),
+                               ": the group size ", spec.group, " does not divide the ", m.extent(1), " inputs of ",
+                               l < 0 ? std::string(name) : "layers." + std::to_string(l) + "." + name, " (",
+                               m.extent(0), " x ", m.extent(1), ")");
+        };
+        const auto take = [&](quantized_matrix& q, tensor<float, 2>& m) {
+            if (!m.size()) return;
+            q = quantize_rtn(m.view(), spec);
+            m = tensor<float, 2>();
+        };
+        check("lm_head", -1, w_.lm_head);
+        for (index_t l = 0; l < config_.num_layers; ++l) {
+            const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+            check("wq", l, L.wq), check("wk", l, L.wk), check("wv", l, L.wv), check("wo", l, L.wo);
+            check("fc", l, L.fc), check("proj", l, L.proj), check("gate", l, L.gate), check("up", l, L.up);
+            check("down", l, L.down);
+        }
+        wq_.assign(w_.layers.size(), layer_weights_quantized{});
+        take(head_q_, w_.lm_head);
+        for (std::size_t l = 0; l < w_.layers.size(); ++l) {
+            layer_weights& L = w_.layers[l];
+            layer_weights_quantized& Q = wq_[l];
+            take(Q.wq, L.wq), take(Q.wk, L.wk), take(Q.wv, L.wv), take(Q.wo, L.wo), take(Q.fc, L.fc);
+            take(Q.proj, L.proj), take(Q.gate, L.gate), take(Q.up, L.up), take(Q.down, L.down);
+        }
+        quantized_ = true;
+        quant_spec_ = spec;
+    }
+    // Whether (and how) the matrices are quantized.
+    bool quantized() const { return quantized_; }
+    const quant_spec& quantization() const { return quant_spec_; }
+    // Bytes of the weights as held: float32 and bfloat16 tensors, quantized matrices in their format.
+    index_t weight_bytes() const {
+        index_t bytes = 0;
+        const auto add_float = [&](const auto& t) { bytes += static_cast<index_t>(sizeof(float)) * t.size(); };
+        const auto add_bf16 = [&](const auto& t) { bytes += static_cast<index_t>(sizeof(bfloat16)) * t.size(); };
+        add_float(w_.embed), add_float(w_.positions), add_float(w_.lm_head);
+        add_float(w_.final_norm_weight), add_float(w_.final_norm_bias);
+        add_bf16(w16_.embed), add_bf16(w16_.lm_head);
+        bytes += head_q_.bytes();
+        for (const layer_weights& L : w_.layers) {
+            for (const auto* t : {&L.attn_norm_weight, &L.attn_norm_bias, &L.ffn_norm_weight, &L.ffn_norm_bias, &L.bq,
+                                  &L.bk, &L.bv, &L.bo, &L.fc_bias, &L.proj_bias})
+                add_float(*t);
+            for (const auto* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down, &L.router})
+                add_float(*t);
+            add_float(L.w1), add_float(L.w3), add_float(L.w2);
+        }
+        for (const layer_weights_bf16& L : w16_.layers) {
+            for (const auto* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down}) add_bf16(*t);
+            add_bf16(L.w1), add_bf16(L.w3), add_bf16(L.w2);
+        }
+        for (const layer_weights_quantized& Q : wq_)
+            for (const auto* q : {&Q.wq, &Q.wk, &Q.wv, &Q.wo, &Q.fc, &Q.proj, &Q.gate, &Q.up, &Q.down})
+                bytes += q->bytes();
+        return bytes;
+    }
 
     // Load DIR/config.json and DIR/model.safetensors (or its shards); the
     // matrices then held in `dtype` (see set_weight_dtype).
@@ -971,6 +1058,9 @@ private:
         TINYLLM_EXPECT(!bf16 || kernels_ == kernels::blocked,
                        "model::forward: the reference kernels need float32 weights, and this model holds its "
                        "matrices in bfloat16 (set_weight_dtype(weight_dtype::float32) widens them back)");
+        TINYLLM_EXPECT(!quantized_ || kernels_ == kernels::blocked,
+                       "model::forward: the reference kernels need float32 weights, and this model holds its "
+                       "matrices quantized (", quant_spec_.name(), ")");
 
         // x = embed(tokens) (+ positions)                                         (n, D)
         tensor<float, 2> x(extents<2>{n, D});
@@ -988,10 +1078,11 @@ private:
         for (index_t l = 0; l < c.num_layers; ++l) {
             const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
             const layer_weights_bf16& L16 = bf16 ? w16_.layers[static_cast<std::size_t>(l)] : no_bf16_layer_;
+            const layer_weights_quantized& LQ = quantized_ ? wq_[static_cast<std::size_t>(l)] : no_quantized_layer_;
             norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
-            project(q.view(), h.view(), L.wq, L16.wq, L.bq);
-            project(k.view(), h.view(), L.wk, L16.wk, L.bk);
-            project(v.view(), h.view(), L.wv, L16.wv, L.bv);
+            project(q.view(), h.view(), L.wq, L16.wq, LQ.wq, L.bq);
+            project(k.view(), h.view(), L.wk, L16.wk, LQ.wk, L.bk);
+            project(v.view(), h.view(), L.wv, L16.wv, LQ.wv, L.bv);
             tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
@@ -1014,12 +1105,12 @@ private:
             } else if (kernels_ == kernels::reference) {
                 attention<float>(attn4, q4, cache, opts);
             }
-            project(delta.view(), attn.view(), L.wo, L16.wo, L.bo);
+            project(delta.view(), attn.view(), L.wo, L16.wo, LQ.wo, L.bo);
             add(x.view(), x.view(), delta.view());
 
             norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
             if (kernels_ == kernels::blocked) {
-                mlp_blocked(delta.view(), h.view(), L, L16);
+                mlp_blocked(delta.view(), h.view(), L, L16, LQ);
             } else if (c.arch == model_arch::gpt2) {
                 gpt2_mlp(delta.view(), h.view(), {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()},
                          activation::gelu_tanh);
@@ -1039,7 +1130,7 @@ private:
         const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
         const tensor<bfloat16, 2>& head16 = c.tie_word_embeddings ? w16_.embed : w16_.lm_head;
         project(logits.view(), tensor_view<const float, 2>(h.view()).narrow(0, n - rows, rows), head, head16,
-                tensor<float, 1>{});
+                c.tie_word_embeddings ? no_quantized_layer_.wq : head_q_, tensor<float, 1>{});
         return logits;
     }
 
@@ -1072,31 +1163,33 @@ private:
     }
 
     // out = x weight^T + bias through the chosen kernels and the weight as held
-    // (weight16 when the matrices are bf16).                             out (n, N), x (n, K)
+    // (weight16 when the matrices are bf16, weight_q when this one is quantized).  out (n, N), x (n, K)
     void project(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 2>& weight,
-                 const tensor<bfloat16, 2>& weight16, const tensor<float, 1>& bias) const {
-        if (dtype_ == weight_dtype::bfloat16) linear_gemm(out, x, weight16.view(), bias.view());
+                 const tensor<bfloat16, 2>& weight16, const quantized_matrix& weight_q,
+                 const tensor<float, 1>& bias) const {
+        if (weight_q.rows > 0) linear_quantized_fused(out, x, weight_q, bias.view());
+        else if (dtype_ == weight_dtype::bfloat16) linear_gemm(out, x, weight16.view(), bias.view());
         else linear_on_kernels(out, x, weight.view(), bias.view());
     }
 
     // The MLPs on the blocked kernels: the steps of gpt2_mlp, swiglu_mlp and
     // moe_forward, each product through linear_gemm (float or bf16 weights).
     void mlp_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L,
-                     const layer_weights_bf16& L16) const {
+                     const layer_weights_bf16& L16, const layer_weights_quantized& LQ) const {
         const index_t n = h.extent(0);
         const tensor<float, 1> none;
         if (config_.arch == model_arch::gpt2) {
             tensor<float, 2> hidden(extents<2>{n, config_.intermediate_size});  // (n, F)
-            project(hidden.view(), h, L.fc, L16.fc, L.fc_bias);
+            project(hidden.view(), h, L.fc, L16.fc, LQ.fc, L.fc_bias);
             activate_vectorized(hidden.view(), hidden.view(), activation::gelu_tanh);
-            project(out, hidden.view(), L.proj, L16.proj, L.proj_bias);
+            project(out, hidden.view(), L.proj, L16.proj, LQ.proj, L.proj_bias);
         } else if (config_.arch == model_arch::llama) {
             const extents<2> hidden{n, config_.intermediate_size};
             tensor<float, 2> gate(hidden), up(hidden);  // (n, F)
-            project(gate.view(), h, L.gate, L16.gate, none);
-            project(up.view(), h, L.up, L16.up, none);
+            project(gate.view(), h, L.gate, L16.gate, LQ.gate, none);
+            project(up.view(), h, L.up, L16.up, LQ.up, none);
             swiglu_vectorized(gate.view(), gate.view(), up.view());
-            project(out, gate.view(), L.down, L16.down, none);
+            project(out, gate.view(), L.down, L16.down, LQ.down, none);
         } else {
             moe_blocked(out, h, L, L16);
         }
@@ -1283,6 +1376,11 @@ private:
     kernels kernels_ = kernels::blocked;
     weight_dtype dtype_ = weight_dtype::float32;
     inline static const layer_weights_bf16 no_bf16_layer_{};  // float32 weights: every bf16 matrix empty
+    bool quantized_ = false;                       // quantize_weights was called
+    quant_spec quant_spec_;
+    std::vector<layer_weights_quantized> wq_;      // the layers' quantized matrices, when quantized_
+    quantized_matrix head_q_;                      // an untied output projection, quantized
+    inline static const layer_weights_quantized no_quantized_layer_{};  // not quantized: every matrix empty
 };
 
 // ---- training: forward_backward ---------------------------------------------------
@@ -1402,6 +1500,8 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     const bool gpt2 = c.arch == model_arch::gpt2, moe = c.arch == model_arch::mixtral;
     TINYLLM_EXPECT(dtype_ == weight_dtype::float32, "model::forward_backward: training needs float32 weights, and "
                    "this model holds its matrices in bfloat16 (set_weight_dtype(weight_dtype::float32) widens them)");
+    TINYLLM_EXPECT(!quantized_, "model::forward_backward: training needs float32 weights, and this model holds its "
+                   "matrices quantized (", quant_spec_.name(), ")");
     TINYLLM_EXPECT(B >= 1 && T >= 1, "model::forward_backward: tokens has shape ", to_string(tokens.shape()),
                    "; it needs at least one row of one token (B, T)");
     TINYLLM_EXPECT(targets.shape() == tokens.shape(), "model::forward_backward: targets has shape ",

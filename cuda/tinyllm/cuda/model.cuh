@@ -235,6 +235,15 @@ class model {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
                   "tinyllm::cuda::model runs in float or tinyllm::bfloat16");
 
+    // A CPU model's float32 weights (a model holding bfloat16 or quantized matrices has them empty).
+    static const model_weights& float_weights_of(const cpu::model& host) {
+        TINYLLM_EXPECT(host.weights_dtype() == cpu::model::weight_dtype::float32 && !host.quantized(),
+                       "cuda::model: the CPU model holds its matrices in ",
+                       host.quantized() ? host.quantization().name() : std::string("bfloat16"),
+                       "; upload a model with float32 weights");
+        return host.weights();
+    }
+
 public:
     // Upload the weights of a CPU model (converted to T).
     model(const model_config& config, const model_weights& w) : config_(config), layout_(w.layout) {
@@ -273,7 +282,7 @@ public:
             rope_ = make_rope_cache(resolve_rope(config_.rope, config_.head_dim), std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
     }
-    explicit model(const cpu::model& host) : model(host.config(), host.weights()) {}
+    explicit model(const cpu::model& host) : model(host.config(), float_weights_of(host)) {}
 
     // Load DIR/config.json and DIR/model.safetensors (read as float on the host, then uploaded).
     static model load(const std::string& dir) {
