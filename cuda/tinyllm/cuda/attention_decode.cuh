@@ -1,6 +1,12 @@
 // tinyllm/cuda/attention_decode.cuh — split-K "flash-decoding" for one (or a
 // few) new queries against a long KV cache, and a device KV cache.
 //
+// Two rungs: rung 1 (attention_decode_tiles, this file) runs v3's tile kernel
+// over key splits; rung 2 (attention_decode_warps, attention_decode_warps.cuh,
+// included at the end) maps the same algorithm onto every warp with 16-byte
+// loads, and is what attention_decode runs (falling back to rung 1 where rung 2
+// does not apply). What follows describes the algorithm both share, and rung 1.
+//
 // Decoding asks a different question from prefill. One new token per sequence
 // means Tq = 1: the work is B*Hq dot products against L cached keys, ~4*B*Hq*L*D
 // flops, while K and V are 2*B*L*Hkv*D elements that must all be read. Every
