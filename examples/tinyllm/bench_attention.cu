@@ -19,7 +19,8 @@
 //               long shape: not a multiple of the 64-row tiles of v4, of v2's 32
 //               or of v3's 16 queries and 32 keys, so partial tiles run too;
 //   attention_decode   B = 2, H = 4 and L = 1000 (--size L keeps B = 8, H = 32):
-//               4 key splits, the last one partial, merged by the combine kernel.
+//               rung 2 (warps, what attention_decode runs) and rung 1 (tiles),
+//               key splits with a partial last one, merged by the combine kernel.
 //
 // attention_backward: dQ, dK, dV of causal attention (MHA), D = 128, v1 naive
 //   (float) at B = 1, T = 2048, H = 16 (v1's P is 256 MiB); v2 flash (float and
@@ -196,8 +197,11 @@ TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cach
     attn_data<tinyllm::bfloat16> d({B, 1, L, H, H, 128, false});
     tc::attention_workspace workspace;
     const double bytes = 2.0 * d.s.B * L * d.s.Hkv * d.s.D * sizeof(tinyllm::bfloat16);
-    add_row(ctx, d, "split-K decode (bf16)", "decode", "bf16", 2e-2, true,
+    // attention_decode runs rung 2 (warps); rung 1 (tiles) beside it on the same shape.
+    add_row(ctx, d, "decode rung 2 warps (bf16)", "decode", "bf16", 2e-2, true,
             [&] { tc::attention_decode<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), {}, workspace); }, bytes);
+    add_row(ctx, d, "decode rung 1 tiles (bf16)", "decode_tiles", "bf16", 2e-2, false,
+            [&] { tc::attention_decode_tiles<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), {}, workspace); }, bytes);
     add_row(ctx, d, "v3 flash (bf16, no split)", "v3_flash", "bf16", 2e-2, false,
             [&] { tc::attention_flash<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv()); }, bytes);
 }

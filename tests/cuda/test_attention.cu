@@ -245,7 +245,7 @@ TEST_CASE("attention v4 mma, large shapes", "[cuda][attention][large]") {
     run_mma_grid<bfloat16>(mma_large, std::size(mma_large), bf16_tol, 9900);
 }
 
-TEST_CASE("attention decode (split-K, GQA-aware) matches the float64 reference", "[cuda][attention]") {
+TEST_CASE("attention decode rung 1 (tiles, split-K, GQA-aware) matches the float64 reference", "[cuda][attention]") {
     const shape shapes[] = {{2, 1, 1000, 8, 8, 128}, {2, 1, 1000, 8, 2, 64}, {1, 1, 333, 8, 1, 128},
                             {2, 4, 517, 8, 2, 64},   {1, 3, 100, 4, 4, 37},  {3, 2, 5, 16, 1, 64}};
     tc::attention_workspace workspace;
@@ -256,14 +256,14 @@ TEST_CASE("attention decode (split-K, GQA-aware) matches the float64 reference",
                 problem<float> p(s, var, which += 100);
                 INFO("decode " << describe(s) << " " << var.name << " splits " << splits);
                 p.dout.poison();
-                tc::attention_decode<float>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, splits);
+                tc::attention_decode_tiles<float>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, splits);
                 TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
                 TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, float_tol, "decode O");
             }
     // bf16 inputs.
     problem<bfloat16> p({2, 1, 2000, 32, 8, 128}, variants[1], 31000);
     p.dout.poison();
-    tc::attention_decode<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
+    tc::attention_decode_tiles<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
     TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode bf16 O");
 }
 
@@ -273,6 +273,61 @@ TEST_CASE("attention decode, a long cache", "[cuda][attention][large]") {
     p.dout.poison();
     tc::attention_decode<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
     TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode bf16 L=32768");
+}
+
+TEST_CASE("attention decode rung 2 (warps) matches the float64 reference", "[cuda][attention]") {
+    // L = 1; group 1, 4, 8 (MQA); Tq > 1 (rows 12 and 32: several row passes); odd lengths.
+    const shape shapes[] = {{1, 1, 1, 1, 1, 64},    {2, 1, 333, 4, 4, 128}, {2, 1, 517, 8, 2, 64},
+                            {1, 1, 301, 8, 1, 128}, {1, 3, 150, 8, 2, 64},  {1, 2, 77, 16, 1, 64}};
+    tc::attention_workspace workspace;
+    std::uint64_t which = 33000;
+    for (const auto& s : shapes)
+        for (const auto& var : variants)
+            for (int splits : {0, 1, 7}) {
+                problem<float> p(s, var, which += 100);
+                INFO("decode warps " << describe(s) << " " << var.name << " splits " << splits);
+                p.dout.poison();
+                tc::attention_decode_warps<float>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, splits);
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+                TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, float_tol, "decode warps O");
+            }
+    // bf16 (8 elements per 16-byte load), MQA and GQA, many splits; attention_decode runs this rung.
+    const shape bf16_shapes[] = {{2, 1, 400, 4, 1, 128}, {1, 2, 99, 8, 2, 64}};
+    for (const auto& s : bf16_shapes)
+        for (const auto& var : {variants[0], variants[2], variants[3], variants[4], variants[6]})
+            for (int splits : {0, 40}) {
+                problem<bfloat16> p(s, var, which += 100);
+                INFO("decode warps bf16 " << describe(s) << " " << var.name << " splits " << splits);
+                p.dout.poison();
+                tc::attention_decode<bfloat16>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, splits);
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+                TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode warps bf16 O");
+            }
+}
+
+TEST_CASE("attention decode rung 2 rejects what it cannot run; attention_decode falls back", "[cuda][attention][error]") {
+    tc::attention_workspace ws;
+    problem<float> odd({1, 1, 50, 2, 2, 37}, variants[1], 34000);
+    CHECK_THROWS_WITH(tc::attention_decode_warps<float>(odd.out(), odd.qv(), odd.kv(), odd.vv(), {}, ws),
+                      contains("attention_decode_warps: it supports head dims 64 and 128, got 37"));
+    odd.dout.poison();
+    tc::attention_decode<float>(odd.out(), odd.qv(), odd.kv(), odd.vv(), odd.host_opts, ws);  // rung 1
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(odd.dout), odd.want_o, float_tol, "decode fallback D=37");
+    // K/V whose time stride (66 floats) is not a multiple of 4: no 16-byte loads.
+    problem<float> p({1, 1, 8, 2, 2, 64}, variants[0], 34100);
+    tinyllm::tensor_view<const float, 4> skewed(p.dk.data(), {1, 3, 1, 64}, {8 * 2 * 64, 66, 64, 1});
+    tc::device_buffer<float> o1(64);
+    CHECK_THROWS_WITH(tc::attention_decode_warps<float>(o1.view(extents<4>{1, 1, 1, 64}), p.qv().narrow(2, 0, 1), skewed,
+                                                        skewed, {}, ws),
+                      contains("16-byte aligned K and V rows"));
+    CHECK_NOTHROW(tc::attention_decode<float>(o1.view(extents<4>{1, 1, 1, 64}), p.qv().narrow(2, 0, 1), skewed, skewed, {}, ws));
+    problem<float> many({1, 5, 8, 8, 1, 64}, variants[0], 34200);
+    CHECK_THROWS_WITH(tc::attention_decode_warps<float>(many.out(), many.qv(), many.kv(), many.vv(), {}, ws),
+                      contains("attention_decode_warps: Hq/Hkv * Tq = 8 * 5 = 40") && contains("at most 32"));
+    CHECK_THROWS_WITH(tc::attention_decode_warps<float>(p.out(), p.qv(), p.kv(), p.vv(), {}, ws, -1),
+                      contains("splits = -1 must be >= 0"));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 TEST_CASE("device KV cache: decoding step by step equals full causal attention", "[cuda][attention]") {

@@ -1,6 +1,12 @@
 // tinyllm/cuda/attention_decode.cuh — split-K "flash-decoding" for one (or a
 // few) new queries against a long KV cache, and a device KV cache.
 //
+// Two rungs: rung 1 (attention_decode_tiles, this file) runs v3's tile kernel
+// over key splits; rung 2 (attention_decode_warps, attention_decode_warps.cuh,
+// included at the end) maps the same algorithm onto every warp with 16-byte
+// loads, and is what attention_decode runs (falling back to rung 1 where rung 2
+// does not apply). What follows describes the algorithm both share, and rung 1.
+//
 // Decoding asks a different question from prefill. One new token per sequence
 // means Tq = 1: the work is B*Hq dot products against L cached keys, ~4*B*Hq*L*D
 // flops, while K and V are 2*B*L*Hkv*D elements that must all be read. Every
@@ -86,13 +92,15 @@ inline int decode_splits(index_t tk, index_t blocks_without_split, int sms) {
 
 }  // namespace detail
 
-// out (B, Tq, Hq, D) = attention of the Tq new queries q over k, v (B, Tk, Hkv, D).
-// splits = 0 picks the number of key splits from the GPU size.
+// Rung 1 (tiles): out (B, Tq, Hq, D) = attention of the Tq new queries q over
+// k, v (B, Tk, Hkv, D) with v3's tile kernel per key split. splits = 0 picks
+// the number of key splits from the GPU size. Messages name attention_decode:
+// it is what attention_decode falls back to.
 template <class T>
-void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
-                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
-                      const attention_options& opts, attention_workspace& workspace, int splits = 0,
-                      cudaStream_t stream = nullptr) {
+void attention_decode_tiles(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+                            std::type_identity_t<tensor_view<const T, 4>> k,
+                            std::type_identity_t<tensor_view<const T, 4>> v, const attention_options& opts,
+                            attention_workspace& workspace, int splits = 0, cudaStream_t stream = nullptr) {
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_decode");
     // Every product of sizes below is taken in 64 bits: group * Tq, say, passes 2^31 for Tq near 2^30.
     const index_t rows_per_head = static_cast<index_t>(a.group) * a.Tq;
@@ -143,15 +151,11 @@ void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
-// The same with a temporary workspace (allocated and freed per call).
-template <class T>
-void attention_decode(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
-                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
-                      const attention_options& opts = {}, cudaStream_t stream = nullptr) {
-    attention_workspace workspace;
-    attention_decode<T>(out, q, k, v, opts, workspace, 0, stream);
-    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the workspace is freed
-}
+}  // namespace tinyllm::cuda
+
+#include <tinyllm/cuda/attention_decode_warps.cuh>
+
+namespace tinyllm::cuda {
 
 // ---- device KV cache -------------------------------------------------------------
 
