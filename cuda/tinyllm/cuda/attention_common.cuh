@@ -8,6 +8,7 @@
 //   attention_tiled.cuh    v2  the same three steps with shared-memory tiles
 //   attention_flash.cuh    v3  online softmax, one pass over K/V, no score matrix (float32)
 //   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
+//   attention_flash2.cuh   v5  FlashAttention-2's full recipe: 128-row blocks, K/V cp.async stages, exp2, swizzle
 //   attention_decode.cuh       split-K flash-decoding for a few queries over a long KV cache
 //   attention_backward.cuh     the backward pass: v1 naive (P in global memory), v2 flash (recomputed from the lse)
 //   attention_backward_mma.cuh the backward pass v3: v2 on tensor cores (bf16/fp16 mma.sync), no atomics
