@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 using tinyllm::attention_options;
@@ -630,6 +631,129 @@ TEST_CASE("attention v4 index arithmetic computes Q K^T and P V on an emulated w
                     worst = std::max(worst, std::fabs(o[static_cast<std::size_t>(n)][static_cast<std::size_t>(l)][static_cast<std::size_t>(e)] - want));
                 }
         INFO("D = " << D << ": O max-abs error " << worst);
+        REQUIRE(worst < 1e-3);
+    }
+}
+
+TEST_CASE("attention v5 swizzle: a bijection, conflict-free ldmatrix, and Q K^T, P V on an emulated warp", "[attention][mma]") {
+    namespace d = tinyllm::detail;
+    for (int D : {64, 128}) {
+        INFO("D = " << D);
+        const int BK = 64;
+        // A bijection: each row's chunks land on the row's own chunks, each exactly once.
+        for (int row = 0; row < 128; ++row) {
+            std::vector<int> hits(static_cast<std::size_t>(D / 8), 0);
+            for (int col = 0; col < D; col += 8) {
+                const int off = d::mma_swizzle(row, col, D);
+                REQUIRE(off % 8 == 0);  // 16-byte aligned: cp.async and ldmatrix rows
+                REQUIRE(off / D == row);
+                ++hits[static_cast<std::size_t>((off % D) / 8)];
+                for (int e = 1; e < 8; ++e) REQUIRE(d::mma_swizzle(row, col + e, D) == off + e);  // order inside a chunk
+            }
+            for (int h : hits) REQUIRE(h == 1);
+        }
+        // The decomposed ldmatrix addresses equal the swizzle of v4's rows and columns (ld = D).
+        for (int l = 0; l < 32; ++l)
+            for (int s = 0; s < D / 16; ++s) {
+                const int q = d::mma_q_offset(l, D, s), v = d::mma_v_offset(l, D, 0, s);
+                REQUIRE(d::swizzled_q_offset(l, D, s) == d::mma_swizzle(q / D, q % D, D));
+                REQUIRE(d::swizzled_v_offset(l, D, 0, s) == d::mma_swizzle(v / D, v % D, D));
+                for (int np = 0; np < BK / 16; ++np) {
+                    const int k = d::mma_k_offset(l, D, np, s), v2 = d::mma_v_offset(l, D, np, s);
+                    REQUIRE(d::swizzled_k_offset(l, D, np, s) == d::mma_swizzle(k / D, k % D, D));
+                    REQUIRE(d::swizzled_v_offset(l, D, np, s) == d::mma_swizzle(v2 / D, v2 % D, D));
+                }
+            }
+        // Each of ldmatrix.x4's 4 matrices reads 8 row segments (lanes 8m .. 8m+7): they must
+        // fall in 8 different 16-byte bank groups, or the access is serialized.
+        auto conflict_free = [](auto&& offset) {
+            for (int m = 0; m < 4; ++m) {
+                std::array<int, 8> groups{};
+                for (int r = 0; r < 8; ++r) ++groups[static_cast<std::size_t>(tinyllm::detail::bank_group_of(offset(8 * m + r)))];
+                for (int g : groups)
+                    if (g != 1) return false;
+            }
+            return true;
+        };
+        for (int s = 0; s < D / 16; ++s) {
+            CHECK(conflict_free([&](int l) { return d::swizzled_q_offset(l, D, s); }));
+            for (int t = 0; t < BK / 16; ++t) {
+                CHECK(conflict_free([&](int l) { return d::swizzled_k_offset(l, D, t, s); }));
+                CHECK(conflict_free([&](int l) { return d::swizzled_v_offset(l, D, t, s); }));
+            }
+        }
+        // Unswizzled rows of exactly D elements would conflict 8 ways (what v4 padded away): the check can fail.
+        CHECK_FALSE(conflict_free([&](int l) { return d::mma_k_offset(l, D, 0, 0); }));
+
+        // Q K^T and P V through the swizzled tiles, as the kernel's loops do them.
+        auto fill = [&](int rows, std::uint64_t which) {
+            std::vector<float> m(static_cast<std::size_t>(rows * D), std::nanf(""));
+            const auto r = tinyllm_test::random_floats(static_cast<std::size_t>(rows * D), which);
+            for (int i = 0; i < rows; ++i)
+                for (int j = 0; j < D; ++j)
+                    m[static_cast<std::size_t>(d::mma_swizzle(i, j, D))] = r[static_cast<std::size_t>(i * D + j)];
+            return std::pair{m, r};  // swizzled tile, plain row-major values
+        };
+        const auto [qs, qr] = fill(16, 400 + static_cast<std::uint64_t>(D));
+        const auto [ks, kr] = fill(BK, 500);
+        const auto [vs, vr] = fill(BK, 600);
+        auto at = [&](const std::vector<float>& m, int row, int col) { return m[static_cast<std::size_t>(row * D + col)]; };
+        auto addresses = [](auto&& f) {
+            std::array<int, 32> a{};
+            for (int l = 0; l < 32; ++l) a[static_cast<std::size_t>(l)] = f(l);
+            return a;
+        };
+        std::vector<std::array<std::array<float, 4>, 32>> s(static_cast<std::size_t>(BK / 8));
+        for (auto& tile : s)
+            for (auto& lane : tile) lane.fill(0.0f);
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const auto qf = emulate_ldmatrix_x4(qs, addresses([&](int l) { return d::swizzled_q_offset(l, D, kk); }), false);
+            for (int np = 0; np < BK / 16; ++np) {
+                const auto kf = emulate_ldmatrix_x4(ks, addresses([&](int l) { return d::swizzled_k_offset(l, D, np, kk); }), false);
+                emulate_mma(s[static_cast<std::size_t>(2 * np)], qf, kf, 0);
+                emulate_mma(s[static_cast<std::size_t>(2 * np + 1)], qf, kf, 2);
+            }
+        }
+        double worst = 0;
+        std::vector<double> p(16 * BK);
+        for (int n = 0; n < BK / 8; ++n)
+            for (int l = 0; l < 32; ++l)
+                for (int e = 0; e < 4; ++e) {
+                    const int row = d::mma_c_row(l, e), key = 8 * n + d::mma_c_col(l, e);
+                    double want = 0;
+                    for (int f = 0; f < D; ++f) want += double(at(qr, row, f)) * at(kr, key, f);
+                    const float got = s[static_cast<std::size_t>(n)][static_cast<std::size_t>(l)][static_cast<std::size_t>(e)];
+                    worst = std::max(worst, std::fabs(got - want));
+                    p[static_cast<std::size_t>(row * BK + key)] = got;
+                }
+        INFO("S max-abs error " << worst);
+        REQUIRE(worst < 1e-4);
+        std::vector<std::array<std::array<float, 4>, 32>> o(static_cast<std::size_t>(D / 8));
+        for (auto& tile : o)
+            for (auto& lane : tile) lane.fill(0.0f);
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            lane_regs pf{};
+            for (int l = 0; l < 32; ++l) {
+                const auto& lo = s[static_cast<std::size_t>(2 * kk)][static_cast<std::size_t>(l)];
+                const auto& hi = s[static_cast<std::size_t>(2 * kk + 1)][static_cast<std::size_t>(l)];
+                pf[static_cast<std::size_t>(l)] = {{{lo[0], lo[1]}, {lo[2], lo[3]}, {hi[0], hi[1]}, {hi[2], hi[3]}}};
+            }
+            for (int dp = 0; dp < D / 16; ++dp) {
+                const auto vf = emulate_ldmatrix_x4(vs, addresses([&](int l) { return d::swizzled_v_offset(l, D, kk, dp); }), true);
+                emulate_mma(o[static_cast<std::size_t>(2 * dp)], pf, vf, 0);
+                emulate_mma(o[static_cast<std::size_t>(2 * dp + 1)], pf, vf, 2);
+            }
+        }
+        worst = 0;
+        for (int n = 0; n < D / 8; ++n)
+            for (int l = 0; l < 32; ++l)
+                for (int e = 0; e < 4; ++e) {
+                    const int row = d::mma_c_row(l, e), feature = 8 * n + d::mma_c_col(l, e);
+                    double want = 0;
+                    for (int j = 0; j < BK; ++j) want += p[static_cast<std::size_t>(row * BK + j)] * at(vr, j, feature);
+                    worst = std::max(worst, std::fabs(o[static_cast<std::size_t>(n)][static_cast<std::size_t>(l)][static_cast<std::size_t>(e)] - want));
+                }
+        INFO("O max-abs error " << worst);
         REQUIRE(worst < 1e-3);
     }
 }

@@ -2,9 +2,9 @@
 // and `tinyllm bench attention_decode`.
 //
 // attention: 16k tokens of a 2048-wide model, causal:
-//   D = 128, S = 2048, B = 8, H = 16   v4 (bf16) and v3 (float)
-//   D = 64,  S = 2048, B = 8, H = 32   v4 (bf16)
-//   D = 128, S = 8192, B = 2, H = 16   v4 (bf16), v3 (float)
+//   D = 128, S = 2048, B = 8, H = 16   v4, v5 (bf16) and v3 (float)
+//   D = 64,  S = 2048, B = 8, H = 32   v4, v5 (bf16)
+//   D = 128, S = 8192, B = 2, H = 16   v4, v5 (bf16), v3 (float)
 //   v1 and v2 materialize the (B, H, S, S) score matrix and are slow: they run
 //   at B = 1 (2048 tokens; the score matrix alone is 256 MiB), said in the row.
 // TFLOP/s with FLOPs = 4 * B * H * S * S * D, halved for causal (the masked
@@ -39,6 +39,7 @@
 #include <tinyllm/cuda/attention_backward_mma.cuh>
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_flash2.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
@@ -187,6 +188,8 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
         attn_data<tinyllm::bfloat16> d(s);
         add_row(ctx, d, "v4 mma (bf16)", "v4_mma", "bf16", bf16_tol, false,
                 [&] { tc::attention_mma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+        add_row(ctx, d, "v5 flash2 (bf16)", "v5_flash2", "bf16", bf16_tol, false,
+                [&] { tc::attention_flash2<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
     }
 }
 

@@ -11,6 +11,7 @@
 #include <tinyllm/attention.hpp>
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/attention_flash2.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
@@ -506,4 +507,70 @@ TEST_CASE("attention decode computes its grids and sizes in 64 bits", "[cuda][at
         tc::attention_decode<float>(o.view(extents<4>{1, 1, 1, 1}), q, kv, kv, causal_window, ws, 1);
         CHECK(tc::to_host(o) == std::vector<float>{0.5f});  // softmax over one key: its value
     }
+}
+
+// ---- v5 flash2: FlashAttention-2's full recipe (128-row blocks, swizzled shared memory, exp2) ----
+
+namespace {
+
+// v5 against the float64 reference: every variant (plain, causal, window, ALiBi, soft-cap,
+// padding) on each shape; the output is poisoned first, TINYLLM_REQUIRE_CLOSE reports
+// max-abs and rel-L2 errors and fails on NaN.
+template <class T>
+void run_flash2_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed) {
+    for (std::size_t si = 0; si < n; ++si)
+        for (const auto& var : variants) {
+            problem<T> p(shapes[si], var, seed + 100 * si);
+            INFO("v5 flash2 " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name);
+            p.dout.poison();
+            tc::attention_flash2<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v5 flash2 O");
+        }
+}
+
+// T = 1 and T < 16 (one warp's rows, most of a block empty), lengths that are not
+// multiples of 64 or 128 (130: a second 128-row block with 2 rows, a third key tile
+// with 2 keys), Tq < Tk and Tq > Tk (causal bottom-right aligned), MHA, GQA 2 and 4, MQA.
+const shape flash2_shapes[] = {
+    {1, 1, 1, 1, 1, 64}, {2, 13, 13, 4, 2, 64}, {1, 130, 130, 2, 1, 128}, {1, 70, 200, 4, 1, 64}, {1, 45, 17, 2, 2, 128},
+};
+
+}  // namespace
+
+TEST_CASE("attention v5 flash2 (bf16) matches the float64 reference", "[cuda][attention]") {
+    run_flash2_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 70000);
+}
+TEST_CASE("attention v5 flash2 (fp16) matches the float64 reference", "[cuda][attention]") {
+    const shape s[] = {{2, 37, 150, 4, 2, 64}};
+    run_flash2_grid<float16>(s, std::size(s), fp16_tol, 71000);
+}
+TEST_CASE("attention v5 flash2, large shapes", "[cuda][attention][large]") {
+    const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
+    run_flash2_grid<bfloat16>(s, std::size(s), bf16_tol, 72000);
+}
+
+TEST_CASE("attention v5 flash2 rejects what it does not support", "[cuda][attention][error]") {
+    problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 73000);
+    CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(p.out(), p.qv(), p.kv(), p.vv()),
+                      contains("attention v5 (attention_flash2) supports head dims 64 and 128, got 80"));
+    problem<bfloat16> odd({1, 4, 4, 2, 2, 64}, variants[0], 73100);
+    // K/V views whose time stride (132 elements) is not a multiple of 8: cp.async could not move them.
+    tinyllm::tensor_view<const bfloat16, 4> skewed_k(odd.dk.data(), {1, 3, 2, 64}, {4 * 2 * 64, 2 * 64 + 4, 64, 1});
+    tinyllm::tensor_view<const bfloat16, 4> skewed_v(odd.dv.data(), {1, 3, 2, 64}, {4 * 2 * 64, 2 * 64 + 4, 64, 1});
+    CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(odd.out(), odd.qv(), skewed_k, skewed_v),
+                      contains("attention_flash2 needs every batch/time/head stride to be a multiple of 8 elements"));
+    // A q view starting 8 bytes into its buffer: not 16-byte aligned.
+    tinyllm::tensor_view<const bfloat16, 4> shifted_q(odd.dq.data() + 4, {1, 3, 2, 64});
+    tinyllm::tensor_view<bfloat16, 4> small_out(odd.dout.data(), {1, 3, 2, 64});
+    tinyllm::tensor_view<const bfloat16, 4> k3(odd.dk.data(), {1, 3, 2, 64}), v3(odd.dv.data(), {1, 3, 2, 64});
+    CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(small_out, shifted_q, k3, v3),
+                      contains("attention_flash2 needs 16-byte aligned q, k, v and out"));
+    // The CPU reference's checks, and the option pointers in host memory, under v5's name.
+    attention_options w;
+    w.window = 3;  // without causal
+    CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(odd.out(), odd.qv(), odd.kv(), odd.vv(), w), contains("needs causal = true"));
+    problem<bfloat16> padded({2, 3, 40, 4, 2, 64}, variants[5], 73200);
+    CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(padded.out(), padded.qv(), padded.kv(), padded.vv(), padded.host_opts),
+                      contains("attention_flash2: attention_options::key_lengths points to host memory"));
 }

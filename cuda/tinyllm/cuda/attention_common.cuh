@@ -8,6 +8,7 @@
 //   attention_tiled.cuh    v2  the same three steps with shared-memory tiles
 //   attention_flash.cuh    v3  online softmax, one pass over K/V, no score matrix (float32)
 //   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
+//   attention_flash2.cuh   v5  FlashAttention-2's full recipe: 128-row blocks, K/V cp.async stages, exp2, swizzle
 //   attention_decode.cuh       rung 1 (tiles): split-K flash-decoding for a few queries over a long KV cache
 //   attention_decode_warps.cuh rung 2: flash-decoding, every warp on its own keys, 16-byte loads (attention_decode)
 //   attention_backward.cuh     the backward pass: v1 naive (P in global memory), v2 flash (recomputed from the lse)
