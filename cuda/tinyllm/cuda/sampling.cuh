@@ -50,8 +50,10 @@
 //                finds the chunk whose running mass crosses it from the blocks'
 //                partial masses, and scans that one chunk. Greedy is ONE launch
 //                (a 64-bit atomicMax of key << 32 | ~index); sampling is one
-//                launch per pass: max, 4 bytes of top-k, 4 of top-p, draw (2 to
-//                10 launches, ~3 us each). Splits: ~2 blocks per SM over the
+//                launch per pass: max (+ top-k's first byte, whose counts need
+//                no maximum), 3 more bytes of top-k, 4 of top-p, draw (2 to 9
+//                launches, ~3 us each). The last block picks a byte with one
+//                warp (radix_pick_warp), not a 256-step serial walk. Splits: ~2 blocks per SM over the
 //                batch, at least 4096 elements per block (split_count).
 //                EXPECTED (not yet measured on a GPU): greedy near the read of
 //                33 MB (~10-15 us); top-k / top-p ~6 / 10 launches each reading
@@ -60,7 +62,7 @@
 //                block (B below ~132, V >= 8k), else v1 greedy / v2.
 //                Not done: compacting the candidates of the threshold's bin after
 //                the first (wider) histogram so the later radix passes skip the
-//                row, and merging the first top-k pass into the max pass.
+//                row.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
@@ -599,6 +601,47 @@ __device__ bool split_arrive(split_row& r, int splits) {
     return last;
 }
 
+// radix_pick by the 32 lanes of one warp (the same byte and `above` as the
+// CPU's sequential walk): lane l sums bins 255 - 8l down to 248 - 8l, a warp
+// scan from the top finds the lane whose bins reach the target, and that lane
+// walks its 8 bins. A serial walk of 256 bins by one thread costs a few
+// microseconds of dependent loads, paid once per radix pass. `total` gets the
+// sum of all bins.
+__device__ std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target, std::uint64_t& above,
+                                         std::uint64_t& total) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const int top = 255 - 8 * lane;
+    unsigned long long mine = 0;
+    for (int i = 0; i < 8; ++i) mine += hist[top - i];
+    unsigned long long inclusive = mine;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const unsigned long long v = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += v;
+    }
+    total = __shfl_sync(0xffffffffu, inclusive, 31);
+    const unsigned crossing = __ballot_sync(0xffffffffu, above + inclusive >= target);
+    if (crossing == 0) {  // unreachable when target <= the total weight (as radix_pick)
+        above += total;
+        return 0;
+    }
+    const int first = __ffs(static_cast<int>(crossing)) - 1;
+    std::uint32_t chosen = 0;
+    unsigned long long acc = above + inclusive - mine;  // lane `first`: the weight above its bins
+    if (lane == first) {
+        for (int i = 0; i < 8; ++i) {
+            const unsigned long long h = hist[top - i];
+            if (acc + h >= target) {
+                chosen = static_cast<std::uint32_t>(top - i);
+                break;
+            }
+            acc += h;
+        }
+    }
+    chosen = __shfl_sync(0xffffffffu, chosen, first);
+    above = __shfl_sync(0xffffffffu, acc, first);
+    return chosen;
+}
+
 // v3 greedy: one launch. Each block's best (order key, lowest index) packed in
 // 64 bits goes to the row with one atomicMax per warp; the last block decodes it.
 template <int Threads>
@@ -651,39 +694,70 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
     split_row& r = a.rows[b];
     const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
     const float T = a.p.temperature;
+    __shared__ unsigned long long hist[256];
 
-    if (phase == split_max) {
+    if (phase == split_max) {  // sel 1: also top-k's first byte (counts need no maximum)
         bool bad = false;
         std::uint32_t key = 0;
+        if (sel == 1) {
+            for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+            __syncthreads();
+        }
+        bin_cache cache;
         for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
             bad |= is_bad_logit(z);
             const std::uint32_t k = order_key(::tinyllm::detail::div_rn(z, T));
             key = k > key ? k : key;
+            if (sel == 1) cache.add(hist, k >> 24, 1);
         });
-        const bool any_bad = __syncthreads_or(bad) != 0;
+        if (sel == 1) cache.flush(hist);
+        const bool any_bad = __syncthreads_or(bad) != 0;  // also orders the flushes before the reads below
+        if (sel == 1)
+            for (int i = threadIdx.x; i < 256; i += Threads)
+                if (hist[i]) atomicAdd(&r.hist[i], hist[i]);
         key = warp_max(key);
         if (threadIdx.x % 32 == 0 && key) atomicMax(&r.max_key, key);
         if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
-        if (!split_arrive(r, a.splits) || threadIdx.x != 0) return;
-        const std::uint32_t max_key = __ldcg(&r.max_key);
-        const bool row_bad = __ldcg(&r.bad) != 0;
-        const float m = from_order_key(max_key);
-        r.max_key = 0;
-        r.bad = 0;
-        r.m = m;
-        r.usable = !row_bad && m != -INFINITY;
-        r.prefix = r.mask = r.lower = r.tau = 0;
-        r.above = 0;
-        r.done = 0;
-        a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
-        if (!r.usable) a.out[b] = -1;
+        if (!split_arrive(r, a.splits)) return;
+        __shared__ int s_usable;
+        if (sel == 1) {
+            for (int i = threadIdx.x; i < 256; i += Threads) {
+                hist[i] = __ldcg(&r.hist[i]);
+                r.hist[i] = 0;
+            }
+        }
+        if (threadIdx.x == 0) {
+            const std::uint32_t max_key = __ldcg(&r.max_key);
+            const bool row_bad = __ldcg(&r.bad) != 0;
+            const float m = from_order_key(max_key);
+            r.max_key = 0;
+            r.bad = 0;
+            r.m = m;
+            r.usable = !row_bad && m != -INFINITY;
+            r.prefix = r.mask = r.lower = r.tau = 0;
+            r.above = 0;
+            r.done = 0;
+            a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
+            if (!r.usable) a.out[b] = -1;
+            s_usable = r.usable;
+        }
+        __syncthreads();
+        if (sel != 1 || !s_usable || threadIdx.x >= 32) return;
+        const auto target = static_cast<std::uint64_t>(a.p.top_k);
+        std::uint64_t above = 0, total = 0;
+        const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
+        if (threadIdx.x == 0) {
+            r.prefix = chosen << 24;
+            r.mask = 0xff000000u;
+            r.above = above;
+            r.target = target;
+        }
         return;
     }
 
     const bool usable = r.usable != 0;  // written by the split_max launch
     const float m = r.m;
     if (phase == split_radix) {
-        __shared__ unsigned long long hist[256];
         for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
         __syncthreads();
         if (usable) {
@@ -708,21 +782,21 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
             r.hist[i] = 0;
         }
         __syncthreads();
-        if (threadIdx.x != 0) return;
-        r.done = 0;
+        if (threadIdx.x >= 32) return;  // warp 0 picks the byte
+        if (threadIdx.x == 0) r.done = 0;
         if (!usable) return;
-        std::uint64_t above = r.above, target = r.target;
+        std::uint64_t above = r.above, target = r.target, total = 0;
         if (shift == 24) {  // a selection's first byte: its target
             above = 0;
-            if (sel == 0) {
-                target = static_cast<std::uint64_t>(a.p.top_k);
-            } else {
-                std::uint64_t total = 0;  // the mass top-k kept
-                for (int i = 0; i < 256; ++i) total += hist[i];
+            target = static_cast<std::uint64_t>(a.p.top_k);
+            if (sel == 1) {  // the target mass needs the total mass top-k kept: sum of the bins
+                std::uint64_t unused = 0;
+                (void)radix_pick_warp(hist, ~std::uint64_t{0}, unused, total);
                 target = top_p_target(total, a.p.top_p);
             }
         }
-        const std::uint32_t chosen = radix_pick(hist, target, above);
+        const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
+        if (threadIdx.x != 0) return;
         const std::uint32_t prefix = r.prefix | (chosen << shift);
         if (shift > 0) {
             r.prefix = prefix;
@@ -1097,8 +1171,9 @@ inline void greedy_split(tensor_view<token_id, 1> out, tensor_view<const float, 
 }
 
 // v3 split fused sampling: the chain of v2 with several blocks per row, one
-// launch per pass: the maximum, 4 radix bytes for top-k (0 < k < V), 4 for
-// top-p (p < 1), the draw — 2 to 10 launches. Temperature 0 is greedy_split.
+// launch per pass: the maximum (with top-k's first radix byte), 3 more bytes
+// for top-k (0 < k < V), 4 for top-p (p < 1), the draw — 2 to 9 launches.
+// Temperature 0 is greedy_split.
 inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                          std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0, int splits = 0,
                          sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
@@ -1122,9 +1197,10 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
         launch(detail::sample_split_kernel<detail::sampling_threads>, grid, detail::sampling_threads, 0, stream, a,
                phase, sel, shift);
     };
-    pass(detail::split_max, 0, 0);
-    if (a.p.top_k > 0 && a.p.top_k < V)
-        for (int shift = 24; shift >= 0; shift -= 8) pass(detail::split_radix, 0, shift);
+    const bool top_k = a.p.top_k > 0 && a.p.top_k < V;
+    pass(detail::split_max, top_k ? 1 : 0, 0);  // with top-k's first byte
+    if (top_k)
+        for (int shift = 16; shift >= 0; shift -= 8) pass(detail::split_radix, 0, shift);
     if (a.p.top_p < 1.0f)
         for (int shift = 24; shift >= 0; shift -= 8) pass(detail::split_radix, 1, shift);
     pass(detail::split_draw, 0, 0);
