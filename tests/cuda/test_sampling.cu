@@ -460,6 +460,7 @@ TEST_CASE("v3 split: the sampler chooses the CPU's tokens for every setting, sha
     check_split(6, 1003, 5, 704, 2);   // V not a multiple of 4: scalar loads
     check_split(2, 4100, 7, 705, 2);   // V a multiple of 4: float4 loads
     check_split(1, 257, 64, 706, 1);   // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 2, 707, 1);   // a larger batch (every kind of row)
 }
 
 TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda][sampling][split]") {
