@@ -1,7 +1,8 @@
 // CUDA tests for the samplers (tinyllm/cuda/sampling.cuh): for the same seed
 // the GPU chooses EXACTLY the CPU reference's tokens — greedy, multinomial,
-// top-k, top-p, min-p and their combinations, fused (v2) and one kernel per
-// processor (v1) — over fresh random rows with V in {1000, 50257, 128256,
+// top-k, top-p, min-p and their combinations, several blocks per row (v3
+// split, over many split counts, seeds and edge rows), fused (v2) and one
+// kernel per processor (v1) — over fresh random rows with V in {1000, 50257, 128256,
 // 256000} and B in {1, 64, 256}; the v1 processors write bit-identical logits;
 // bad logits and parameters give clear errors. Outputs are poisoned first.
 #include "support/catch.hpp"
