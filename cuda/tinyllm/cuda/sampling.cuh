@@ -28,7 +28,7 @@
 //                temperature(), top_k(), top_p(), min_p() each read the logits
 //                and write -inf over what they drop; sample() then draws. Each
 //                step re-reads (and rewrites) the whole (B, V) tensor.
-//   v2 fused   — sample(out, logits, params, ...): the chain temperature ->
+//   v2 fused   — sample_fused(out, logits, params, ...): the chain temperature ->
 //                top-k -> top-p -> min-p -> draw in ONE kernel that never writes
 //                the logits: the temperature is folded into every read
 //                (z / T), the thresholds live in registers, min-p is one test
@@ -46,20 +46,22 @@
 //                histogram bins, integer masses: the same in any order, so still
 //                the CPU's bits), and the row's LAST block to arrive (atomic
 //                counter after __threadfence) finishes the pass in the same
-//                launch — picks the radix byte with radix_pick, or draws t,
+//                launch — picks the radix byte (as radix_pick), or draws t,
 //                finds the chunk whose running mass crosses it from the blocks'
 //                partial masses, and scans that one chunk. Greedy is ONE launch
 //                (a 64-bit atomicMax of key << 32 | ~index); sampling is one
 //                launch per pass: max (+ top-k's first byte, whose counts need
 //                no maximum), 3 more bytes of top-k, 4 of top-p, draw (2 to 9
 //                launches, ~3 us each). The last block picks a byte with one
-//                warp (radix_pick_warp), not a 256-step serial walk. Splits: ~2 blocks per SM over the
-//                batch, at least 4096 elements per block (split_count).
+//                warp (radix_pick_warp), not a 256-step serial walk. Splits:
+//                ~2 blocks per SM over the batch, at least 4096 elements per
+//                block (split_count).
 //                EXPECTED (not yet measured on a GPU): greedy near the read of
-//                33 MB (~10-15 us); top-k / top-p ~6 / 10 launches each reading
-//                the row from L2 with every SM: ~30-60 us. The public greedy()
-//                and sample(params) use v3 whenever it gives a row more than one
-//                block (B below ~132, V >= 8k), else v1 greedy / v2.
+//                33 MB (~10-15 us); top-k 50 / top-p 0.9: 5 / 6 launches, each
+//                reading the row (after the first, from L2) with every SM:
+//                ~30-40 / 40-60 us. The public greedy() and sample(params) use
+//                v3 whenever it gives a row more than one block (B < 264 and
+//                V > 4096), else v1 greedy / v2 (fewer launches).
 //                Not done: compacting the candidates of the threshold's bin after
 //                the first (wider) histogram so the later radix passes skip the
 //                row.
@@ -1219,8 +1221,8 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
 }
 
 // The public choosers pick the rung: v3 (split) when it gives a row more than
-// one block (split_count > 1: B below ~132 rows and V of at least 8k), else
-// the one-block-per-row rung, which needs fewer launches.
+// one block (split_count > 1: B < 264 rows and V > 4096), else the
+// one-block-per-row rung, which needs fewer launches.
 inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1) return greedy_split(out, logits, 0, check, stream);
