@@ -6,7 +6,7 @@
 //               in place) and then the draw. They overwrite the logits, so each
 //               timed run first restores them with a device-to-device copy of
 //               4·B·V bytes, which is INCLUDED in the v1 time.
-//   v2 fused    tinyllm::cuda::sample(out, logits, params, ...): one kernel.
+//   v2 fused    tinyllm::cuda::sample_fused(out, logits, params, ...): one kernel.
 //   v3 split    tinyllm::cuda::sample_split / greedy_split: several blocks per
 //               row (split_count's choice: 5 at B = 64, V = 128256), one
 //               launch per pass (greedy: one launch).
