@@ -602,7 +602,7 @@ TINYLLM_DEVICE void split_fence() {
 
 // Every block of a row calls this once, after its atomics and stores: true in
 // the row's last block to arrive, which then sees every other block's work.
-__device__ bool split_arrive(split_row& r, int splits) {
+__device__ inline bool split_arrive(split_row& r, int splits) {
     __shared__ int s_last;
     split_fence();  // this block's atomics and stores are visible device-wide ...
     __syncthreads();  // ... for every thread of the block, before the arrival is counted
@@ -619,8 +619,8 @@ __device__ bool split_arrive(split_row& r, int splits) {
 // walks its 8 bins. A serial walk of 256 bins by one thread costs a few
 // microseconds of dependent loads, paid once per radix pass. `total` gets the
 // sum of all bins.
-__device__ std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target, std::uint64_t& above,
-                                         std::uint64_t& total) {
+__device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target,
+                                                std::uint64_t& above, std::uint64_t& total) {
     const int lane = static_cast<int>(threadIdx.x % 32);
     const int top = 255 - 8 * lane;
     unsigned long long mine = 0;
