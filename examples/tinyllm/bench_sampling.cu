@@ -6,8 +6,11 @@
 //               in place) and then the draw. They overwrite the logits, so each
 //               timed run first restores them with a device-to-device copy of
 //               4·B·V bytes, which is INCLUDED in the v1 time.
-//   v2 fused    tinyllm::cuda::sample(out, logits, params, ...): one kernel.
-//   greedy      one argmax reduction per row (a single version).
+//   v2 fused    tinyllm::cuda::sample_fused(out, logits, params, ...): one kernel.
+//   v3 split    tinyllm::cuda::sample_split / greedy_split: several blocks per
+//               row (split_count's choice: 5 at B = 64, V = 128256), one
+//               launch per pass (greedy: one launch).
+//   greedy      v1: one argmax reduction per row (greedy_reduction).
 // Each version first runs once on poisoned tokens with the host-side status
 // check, and its tokens must be identical to the CPU reference's; the timed
 // runs skip the status copy (sampling_check::none).
@@ -58,7 +61,10 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     const auto& p = s.params;
     if (p.temperature == 0.0f) {
         restore();
-        add("greedy reduction", "cuda_greedy", true, [&](tc::sampling_check c) { tc::greedy(tokens, logits, c); });
+        add("greedy reduction", "cuda_greedy", true,
+            [&](tc::sampling_check c) { tc::greedy_reduction(tokens, logits, c); });
+        add("v3 split", "cuda_v3_split", false,
+            [&](tc::sampling_check c) { tc::greedy_split(tokens, logits, 0, c); });
         return;
     }
     add("v1 unfused (+copy)", "cuda_v1_unfused", true, [&](tc::sampling_check c) {
@@ -71,7 +77,9 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     });
     restore();
     add("v2 fused", "cuda_v2_fused", false,
-        [&](tc::sampling_check c) { tc::sample(tokens, logits, p, sb::seed, sb::step, 0, c); });
+        [&](tc::sampling_check c) { tc::sample_fused(tokens, logits, p, sb::seed, sb::step, 0, c); });
+    add("v3 split", "cuda_v3_split", false,
+        [&](tc::sampling_check c) { tc::sample_split(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
 }
 
 }  // namespace

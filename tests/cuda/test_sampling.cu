@@ -1,7 +1,8 @@
 // CUDA tests for the samplers (tinyllm/cuda/sampling.cuh): for the same seed
 // the GPU chooses EXACTLY the CPU reference's tokens — greedy, multinomial,
-// top-k, top-p, min-p and their combinations, fused (v2) and one kernel per
-// processor (v1) — over fresh random rows with V in {1000, 50257, 128256,
+// top-k, top-p, min-p and their combinations, several blocks per row (v3
+// split, over many split counts, seeds and edge rows), fused (v2) and one
+// kernel per processor (v1) — over fresh random rows with V in {1000, 50257, 128256,
 // 256000} and B in {1, 64, 256}; the v1 processors write bit-identical logits;
 // bad logits and parameters give clear errors. Outputs are poisoned first.
 #include "support/catch.hpp"
@@ -13,11 +14,13 @@
 #include <tinyllm/sim/executor.hpp>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace tc = tinyllm::cuda;
@@ -99,6 +102,9 @@ void check_greedy_and_multinomial(const std::vector<index_t>& vs, const std::vec
             cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(want.data(), {B}),
                         tinyllm::tensor_view<const float, 2>(z.data(), {B, V}));
             CHECK(count_different(tc::to_host(d_out), want) == 0);
+            d_out.poison();
+            tc::greedy_reduction(out, logits);  // the one-block-per-row rung, whatever greedy() chose
+            CHECK(count_different(tc::to_host(d_out), want) == 0);
 
             const std::uint64_t seed = tinyllm_test::test_seed() + which, step = which * 7;
             d_out.poison();
@@ -108,7 +114,12 @@ void check_greedy_and_multinomial(const std::vector<index_t>& vs, const std::vec
     }
 }
 
-void check_fused(const std::vector<index_t>& vs, const std::vector<index_t>& bs, std::uint64_t which) {
+// The fused rungs: v2 (one block per row), v3 (several blocks per row), or the
+// public sample(params), which picks one of them.
+enum class fused_rung { v2_fused, v3_split, dispatch };
+
+void check_fused(const std::vector<index_t>& vs, const std::vector<index_t>& bs, std::uint64_t which,
+                 fused_rung rung) {
     std::vector<sampling::params> settings(8);
     settings[1].top_k = 50;
     settings[2].top_k = 1;
@@ -134,8 +145,11 @@ void check_fused(const std::vector<index_t>& vs, const std::vector<index_t>& bs,
                 INFO("V = " << V << ", B = " << B << ", setting " << s);
                 const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 8) ^ s, step = s;
                 d_out.poison();
-                tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), settings[s], seed,
-                           step);
+                const auto out = d_out.view(tinyllm::extents<1>{B});
+                const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+                if (rung == fused_rung::v2_fused) tc::sample_fused(out, logits, settings[s], seed, step);
+                else if (rung == fused_rung::v3_split) tc::sample_split(out, logits, settings[s], seed, step);
+                else tc::sample(out, logits, settings[s], seed, step);
                 auto got = tc::to_host(d_out);
                 for (auto t : got) REQUIRE((t >= 0 && t < V));
                 got.resize(static_cast<std::size_t>(checked));
@@ -157,11 +171,14 @@ TEST_CASE("greedy and multinomial at real vocabulary sizes and B = 256", "[cuda]
 
 TEST_CASE("the fused sampler chooses the CPU's tokens for top-k, top-p, min-p and their combinations",
           "[cuda][sampling]") {
-    check_fused(vocabularies, batches, 100);
+    check_fused(vocabularies, batches, 100, fused_rung::v2_fused);
+    check_fused({50257}, {1}, 110, fused_rung::dispatch);  // v3: 13 blocks for the row
 }
 TEST_CASE("the fused sampler at real vocabulary sizes and B = 256", "[cuda][sampling][large]") {
-    check_fused(large_vocabularies, large_batches, 150);
-    check_fused(vocabularies, {256}, 160);
+    for (fused_rung rung : {fused_rung::v2_fused, fused_rung::v3_split}) {
+        check_fused(large_vocabularies, large_batches, 150, rung);
+        check_fused(vocabularies, {256}, 160, rung);
+    }
 }
 
 namespace {
@@ -365,4 +382,151 @@ TEST_CASE("the samplers on a created stream give the default stream's tokens and
 #endif
     TINYLLM_CUDA_CHECK(cudaStreamDestroy(s1));
     TINYLLM_CUDA_CHECK(cudaStreamDestroy(s2));
+}
+
+// ---- v3 split: several blocks per row ------------------------------------------
+
+namespace {
+
+// The settings the split sampler is checked with: every option alone, their
+// chain, and the edges k = 1, k = V - 1, k >= V, p tiny, p = 1, temperature 0.
+std::vector<sampling::params> split_settings(index_t V) {
+    std::vector<sampling::params> s(13);
+    s[1].top_k = 50;
+    s[2].top_k = 1;
+    s[3].top_k = V;
+    s[4].top_k = std::max<index_t>(1, V - 1);
+    s[5].top_p = 0.9f;
+    s[6].top_p = 1e-6f;
+    s[7].top_p = 1.0f;
+    s[8].temperature = 1.3f;
+    s[8].top_p = 0.5f;
+    s[9].min_p = 0.05f;
+    s[10].temperature = 0.8f;
+    s[10].top_k = 200;
+    s[10].top_p = 0.95f;
+    s[10].min_p = 0.02f;
+    s[11].temperature = 0.0f;  // greedy_split
+    s[12].temperature = 0.5f;
+    s[12].top_k = 3;
+    s[12].top_p = 0.7f;
+    return s;
+}
+
+// random_logits' four kinds of rows, then (when B > 4) a row where most logits
+// tie at the top-k / top-p threshold, and a row of -inf but one.
+std::vector<float> split_logits(index_t B, index_t V, std::uint64_t which) {
+    auto z = random_logits(B, V, which);
+    if (B > 4) {
+        float* ties = z.data() + 4 * V;
+        for (index_t i = 0; i < V; ++i) ties[i] = (i % 97 == 5) ? 2.0f : 1.0f;
+    }
+    if (B > 5) {
+        float* one = z.data() + 5 * V;
+        for (index_t i = 0; i < V; ++i) one[i] = -inf;
+        one[V / 2] = 0.25f;
+    }
+    return z;
+}
+
+// sample_split with `splits` blocks per row (0: its own choice) against the
+// CPU reference, over several seeds per setting.
+void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds) {
+    const auto z = split_logits(B, V, which);
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+    const auto out = d_out.view(tinyllm::extents<1>{B});
+    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    const auto settings = split_settings(V);
+    for (std::size_t s = 0; s < settings.size(); ++s) {
+        for (int k = 0; k < seeds; ++k) {
+            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k);
+            const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
+            d_out.poison();
+            tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
+            const auto got = tc::to_host(d_out);
+            CHECK(count_different(got, cpu_tokens(z, B, V, &settings[s], seed, step, B)) == 0);
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("v3 split: the sampler chooses the CPU's tokens for every setting, shape and split count",
+          "[cuda][sampling][split]") {
+    check_split(1, 1, 0, 700, 1);      // one logit
+    check_split(1, 1, 16, 701, 1);     // forced 16 splits of one element: clamped to 1
+    check_split(1, 7, 2, 702, 2);      // V below one block's share, odd
+    check_split(6, 1003, 1, 703, 2);   // one block per row through the split path
+    check_split(6, 1003, 5, 704, 2);   // V not a multiple of 4: scalar loads
+    check_split(2, 4100, 7, 705, 2);   // V a multiple of 4: float4 loads
+    check_split(1, 257, 64, 706, 1);   // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 2, 707, 1);   // a larger batch (every kind of row)
+}
+
+TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda][sampling][split]") {
+    for (auto [B, V, splits] : {std::tuple<index_t, index_t, int>{1, 1, 3}, {6, 1003, 1}, {6, 1003, 9}, {3, 4100, 4},
+                                {1, 9000, 0}}) {
+        INFO("B = " << B << ", V = " << V << ", splits = " << splits);
+        const auto z = split_logits(B, V, 720 + static_cast<std::uint64_t>(V));
+        auto d_z = tc::to_device(z);
+        tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+        const auto out = d_out.view(tinyllm::extents<1>{B});
+        const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+        std::vector<tinyllm::token_id> want(static_cast<std::size_t>(B));
+        cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(want.data(), {B}),
+                    tinyllm::tensor_view<const float, 2>(z.data(), {B, V}));
+        d_out.poison();
+        tc::greedy_split(out, logits, splits);
+        CHECK(count_different(tc::to_host(d_out), want) == 0);
+        d_out.poison();
+        tc::greedy(out, logits);
+        CHECK(count_different(tc::to_host(d_out), want) == 0);
+    }
+    // B = 1, V = 9000: the public sample(params) takes v3 (3 blocks).
+    const index_t V = 9000;
+    const auto z = split_logits(1, V, 730);
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(1);
+    sampling::params p;
+    p.top_k = 40;
+    p.top_p = 0.8f;
+    d_out.poison();
+    tc::sample(d_out.view(tinyllm::extents<1>{1}), d_z.view(tinyllm::extents<2>{1, V}), p, 5, 9);
+    CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, 1, V, &p, 5, 9, 1)) == 0);
+}
+
+TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffected", "[cuda][sampling][split][errors]") {
+    const index_t B = 4, V = 3001;
+    auto z = random_logits(B, V, 740);
+    const auto good = z;
+    z[3 * V + 17] = std::nanf("");
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(B);
+    const auto out = d_out.view(tinyllm::extents<1>{B});
+    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    sampling::params p;
+    p.top_k = 20;
+    p.top_p = 0.9f;
+    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("sample: row 3 has a NaN or +inf logit"));
+    CHECK_THROWS_WITH(tc::greedy_split(out, logits, 3), contains("greedy: row 3 has a NaN or +inf logit"));
+    z[3 * V + 17] = inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("row 3 has a NaN or +inf logit"));
+    for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("every logit of row 3 is -inf"));
+    CHECK_THROWS_WITH(tc::greedy_split(out, logits, 3), contains("every logit of row 3 is -inf"));
+    // Unchecked: the bad row gets -1, the others the CPU's tokens.
+    d_out.poison();
+    tc::sample_split(out, logits, p, 1, 0, 0, 3, tc::sampling_check::none);
+    auto tokens = tc::to_host(d_out);
+    CHECK(tokens[3] == -1);
+    tokens.resize(3);
+    CHECK(count_different(tokens, cpu_tokens(good, 3, V, &p, 1, 0, 3)) == 0);
+    // A call after the failures (same stream, same workspace) is exact.
+    tc::copy_to_device(d_z, good);
+    d_out.poison();
+    tc::sample_split(out, logits, p, 1, 0, 0, 3);
+    CHECK(count_different(tc::to_host(d_out), cpu_tokens(good, B, V, &p, 1, 0, B)) == 0);
 }

@@ -23,18 +23,49 @@
 // row until the mass reaches p", without sorting 128k values — and the
 // histograms are integer, so exact.
 //
-// The ladder (one thread block per row throughout):
+// The ladder (v1 and v2: one thread block per row):
 //   v1 unfused — one kernel per processor, as composable as the CPU chain:
 //                temperature(), top_k(), top_p(), min_p() each read the logits
 //                and write -inf over what they drop; sample() then draws. Each
 //                step re-reads (and rewrites) the whole (B, V) tensor.
-//   v2 fused   — sample(out, logits, params, ...): the chain temperature ->
+//   v2 fused   — sample_fused(out, logits, params, ...): the chain temperature ->
 //                top-k -> top-p -> min-p -> draw in ONE kernel that never writes
 //                the logits: the temperature is folded into every read
 //                (z / T), the thresholds live in registers, min-p is one test
 //                against the row maximum, and the draw sums only what is kept.
 //                Fewer launches and no writes of (B, V).
-// Greedy (temperature 0, or greedy()) is one argmax reduction per row.
+//   v3 split   — sample_split(out, logits, params, ...) and greedy_split(): the
+//                v2 chain with SEVERAL blocks per row (grid = B x splits; a
+//                block reads a chunk of V / splits elements with float4 loads).
+//                Why: at B = 64 v2 keeps 64 of an H200's 132 SMs busy and each
+//                SM reads its 513 KB row alone (measured: greedy 119 us, top-k
+//                677 us, top-p 913 us, against ~8 us to read 33 MB once).
+//                How, without grid-wide barriers (they deadlock when the blocks
+//                are not all resident): each pass adds its block's part to the
+//                row's state in global memory with atomics (integer max, integer
+//                histogram bins, integer masses: the same in any order, so still
+//                the CPU's bits), and the row's LAST block to arrive (atomic
+//                counter after __threadfence) finishes the pass in the same
+//                launch — picks the radix byte (as radix_pick), or draws t,
+//                finds the chunk whose running mass crosses it from the blocks'
+//                partial masses, and scans that one chunk. Greedy is ONE launch
+//                (a 64-bit atomicMax of key << 32 | ~index); sampling is one
+//                launch per pass: max (+ top-k's first byte, whose counts need
+//                no maximum), 3 more bytes of top-k, 4 of top-p, draw (2 to 9
+//                launches, ~3 us each). The last block picks a byte with one
+//                warp (radix_pick_warp), not a 256-step serial walk. Splits:
+//                ~2 blocks per SM over the batch, at least 4096 elements per
+//                block (split_count).
+//                EXPECTED (not yet measured on a GPU): greedy near the read of
+//                33 MB (~10-15 us); top-k 50 / top-p 0.9: 5 / 6 launches, each
+//                reading the row (after the first, from L2) with every SM:
+//                ~30-40 / 40-60 us. The public greedy() and sample(params) use
+//                v3 whenever it gives a row more than one block (B < 264 and
+//                V > 4096), else v1 greedy / v2 (fewer launches).
+//                Not done: compacting the candidates of the threshold's bin after
+//                the first (wider) histogram so the later radix passes skip the
+//                row.
+// Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
 // checks and messages as the CPU). NaN or +inf logits, or a row where every
@@ -47,8 +78,7 @@
 // legacy default stream), and the status buffer is per host thread and
 // stream, so calls on different streams do not interfere.
 //
-// Not done yet (future rungs): several blocks per row for small B (with B = 64
-// only 64 of 132 SMs work) and bfloat16 logits. The radix histograms already
+// Not done yet (future rungs): bfloat16 logits; for v3, fewer passes (above). The radix histograms already
 // sum a thread's hot bins in registers before touching shared memory
 // (bin_cache), because one row's logits share few top key bytes.
 #pragma once
@@ -479,6 +509,366 @@ __global__ void token_list_kernel(T* logits, index_t row_stride, const token_id*
     }
 }
 
+// ---- v3 split: several blocks per row ------------------------------------------
+//
+// Row b is cut into `splits` chunks of `chunk` elements (a multiple of 4, so a
+// chunk of a 16-byte aligned row starts 16-byte aligned and is read with float4
+// loads). Block j of row b reads chunk j. A pass that needs the whole row's
+// answer (the maximum, a radix histogram, the kept mass) adds its block's part
+// to the row's state in global memory with atomics — integer sums and integer
+// maxima, so the order in which blocks arrive changes nothing — and the LAST
+// block of the row to arrive (an atomic arrival counter after __threadfence)
+// finishes the pass in the same launch: it picks the radix byte, or draws the
+// token. No grid-wide barrier (which would deadlock when the blocks of a row
+// are not all resident), no extra launch per reduction. Every field a pass
+// accumulates into is reset to zero by that pass's last block, so the state is
+// clean for the next pass and the next call on the stream.
+
+// One row's state between the passes of a call (a per-stream workspace).
+struct split_row {
+    unsigned long long hist[256];  // the current radix pass's histogram (zero between passes)
+    unsigned long long above;      // radix: weight of the keys above the prefix chosen so far
+    unsigned long long target;     // radix: the weight to reach (k, or top-p's target mass)
+    unsigned long long argmax;     // greedy: max of (order key << 32 | ~index) (zero between calls)
+    unsigned int max_key;          // the maximum order key of z / T (zero between calls)
+    unsigned int bad;              // a NaN or +inf logit was seen (zero between calls)
+    unsigned int done;             // blocks arrived in the current pass (zero between passes)
+    unsigned int prefix, mask;     // radix: the key bytes chosen so far (zero between selections)
+    unsigned int lower;            // top-k's threshold key: top-p selects among keys >= lower
+    unsigned int tau;              // the final threshold key: keep keys >= tau
+    float m;                       // the row maximum of z / T
+    int usable;                    // 0: the row is bad or all -inf (its status is written)
+};
+
+enum : int { split_max = 0, split_radix = 1, split_draw = 2 };
+
+struct split_args {
+    token_id* out;
+    int* status;
+    const float* logits;  // (B, V), rows row_stride apart
+    index_t V, row_stride, chunk;
+    int splits;
+    int vec;  // rows are 16-byte aligned: float4 loads
+    split_row* rows;
+    unsigned long long* partials;  // (B, splits): the draw's kept mass per chunk
+    fused_params p;
+    std::uint64_t seed, step, stream_offset;
+};
+
+// f(i, z) for every element i of [lo, hi) of the row, this thread's share:
+// float4 loads when the row is aligned (lo is a multiple of 4), then the tail.
+template <int Threads, class F>
+__device__ void for_each_in_chunk(const float* row, index_t lo, index_t hi, int vec, F&& f) {
+    index_t start = lo;
+    if (vec) {
+        const index_t quads = (hi - lo) / 4;
+        const float4* q = reinterpret_cast<const float4*>(row + lo);
+        for (index_t j = threadIdx.x; j < quads; j += Threads) {
+            const float4 v = q[j];
+            const index_t i = lo + 4 * j;
+            f(i, v.x);
+            f(i + 1, v.y);
+            f(i + 2, v.z);
+            f(i + 3, v.w);
+        }
+        start = lo + 4 * quads;
+    }
+    for (index_t i = start + static_cast<index_t>(threadIdx.x); i < hi; i += Threads) f(i, row[i]);
+}
+
+template <class U>
+__device__ U warp_max(U v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const U w = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = w > v ? w : v;
+    }
+    return v;
+}
+
+// The float whose order key is k (the inverse of order_key).
+TINYLLM_DEVICE float from_order_key(std::uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// __threadfence(), except in the simulator under ThreadSanitizer: there the
+// fence (a C++ seq_cst fence) draws GCC's -Wtsan warning, an error in CI, and
+// it orders nothing anyway — the simulator runs blocks one after another.
+TINYLLM_DEVICE void split_fence() {
+#if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
+#else
+    __threadfence();
+#endif
+}
+
+// Every block of a row calls this once, after its atomics and stores: true in
+// the row's last block to arrive, which then sees every other block's work.
+__device__ inline bool split_arrive(split_row& r, int splits) {
+    __shared__ int s_last;
+    split_fence();  // this block's atomics and stores are visible device-wide ...
+    __syncthreads();  // ... for every thread of the block, before the arrival is counted
+    if (threadIdx.x == 0) s_last = atomicAdd(&r.done, 1u) == static_cast<unsigned>(splits - 1);
+    __syncthreads();
+    const bool last = s_last != 0;
+    if (last) split_fence();
+    return last;
+}
+
+// radix_pick by the 32 lanes of one warp (the same byte and `above` as the
+// CPU's sequential walk): lane l sums bins 255 - 8l down to 248 - 8l, a warp
+// scan from the top finds the lane whose bins reach the target, and that lane
+// walks its 8 bins. A serial walk of 256 bins by one thread costs a few
+// microseconds of dependent loads, paid once per radix pass. `total` gets the
+// sum of all bins.
+__device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target,
+                                                std::uint64_t& above, std::uint64_t& total) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const int top = 255 - 8 * lane;
+    unsigned long long mine = 0;
+    for (int i = 0; i < 8; ++i) mine += hist[top - i];
+    unsigned long long inclusive = mine;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const unsigned long long v = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += v;
+    }
+    total = __shfl_sync(0xffffffffu, inclusive, 31);
+    const unsigned crossing = __ballot_sync(0xffffffffu, above + inclusive >= target);
+    if (crossing == 0) {  // unreachable when target <= the total weight (as radix_pick)
+        above += total;
+        return 0;
+    }
+    const int first = __ffs(static_cast<int>(crossing)) - 1;
+    std::uint32_t chosen = 0;
+    unsigned long long acc = above + inclusive - mine;  // lane `first`: the weight above its bins
+    if (lane == first) {
+        for (int i = 0; i < 8; ++i) {
+            const unsigned long long h = hist[top - i];
+            if (acc + h >= target) {
+                chosen = static_cast<std::uint32_t>(top - i);
+                break;
+            }
+            acc += h;
+        }
+    }
+    chosen = __shfl_sync(0xffffffffu, chosen, first);
+    above = __shfl_sync(0xffffffffu, acc, first);
+    return chosen;
+}
+
+// v3 greedy: one launch. Each block's best (order key, lowest index) packed in
+// 64 bits goes to the row with one atomicMax per warp; the last block decodes it.
+template <int Threads>
+__global__ void greedy_split_kernel(split_args a) {
+    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
+    const float* row = a.logits + b * a.row_stride;
+    split_row& r = a.rows[b];
+    const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
+    bool bad = false;
+    unsigned long long best = 0;
+    for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t i, float z) {
+        bad |= is_bad_logit(z);
+        const unsigned long long packed = (static_cast<unsigned long long>(order_key(z)) << 32) |
+                                          (0xffffffffu - static_cast<std::uint32_t>(i));
+        best = packed > best ? packed : best;
+    });
+    const bool any_bad = __syncthreads_or(bad) != 0;
+    best = warp_max(best);
+    if (threadIdx.x % 32 == 0 && best) atomicMax(&r.argmax, best);
+    if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
+    if (!split_arrive(r, a.splits) || threadIdx.x != 0) return;
+    const unsigned long long packed = __ldcg(&r.argmax);
+    const bool row_bad = __ldcg(&r.bad) != 0;
+    r.argmax = 0;
+    r.bad = 0;
+    r.done = 0;
+    if (row_bad || static_cast<std::uint32_t>(packed >> 32) == order_key(-INFINITY)) {
+        a.status[b] = row_bad ? row_bad_logit : row_all_masked;
+        a.out[b] = -1;
+        return;
+    }
+    a.out[b] = static_cast<token_id>(0xffffffffu - static_cast<std::uint32_t>(packed & 0xffffffffu));
+    a.status[b] = row_ok;
+}
+
+// v3 fused sampling, one launch per pass (the host sequences them):
+//   split_max    the row maximum m of z / T and the NaN/+inf check; the last
+//                block writes the status and readies the radix state;
+//   split_radix  one byte of a radix selection (sel 0: top-k, weights 1;
+//                sel 1: top-p, weights q, among keys >= top-k's threshold):
+//                block histograms are added to the row's; the last block picks
+//                the byte (radix_pick, as the CPU) and, after the last byte,
+//                stores the threshold;
+//   split_draw   each block's kept mass; the last block draws t, finds the
+//                chunk whose running sum crosses t, and scans that chunk.
+template <int Threads>
+__global__ void sample_split_kernel(split_args a, int phase, int sel, int shift) {
+    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
+    const float* row = a.logits + b * a.row_stride;
+    split_row& r = a.rows[b];
+    const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
+    const float T = a.p.temperature;
+    __shared__ unsigned long long hist[256];
+
+    if (phase == split_max) {  // sel 1: also top-k's first byte (counts need no maximum)
+        bool bad = false;
+        std::uint32_t key = 0;
+        if (sel == 1) {
+            for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+            __syncthreads();
+        }
+        bin_cache cache;
+        for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
+            bad |= is_bad_logit(z);
+            const std::uint32_t k = order_key(::tinyllm::detail::div_rn(z, T));
+            key = k > key ? k : key;
+            if (sel == 1) cache.add(hist, k >> 24, 1);
+        });
+        if (sel == 1) cache.flush(hist);
+        const bool any_bad = __syncthreads_or(bad) != 0;  // also orders the flushes before the reads below
+        if (sel == 1)
+            for (int i = threadIdx.x; i < 256; i += Threads)
+                if (hist[i]) atomicAdd(&r.hist[i], hist[i]);
+        key = warp_max(key);
+        if (threadIdx.x % 32 == 0 && key) atomicMax(&r.max_key, key);
+        if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
+        if (!split_arrive(r, a.splits)) return;
+        __shared__ int s_usable;
+        if (sel == 1) {
+            for (int i = threadIdx.x; i < 256; i += Threads) {
+                hist[i] = __ldcg(&r.hist[i]);
+                r.hist[i] = 0;
+            }
+        }
+        if (threadIdx.x == 0) {
+            const std::uint32_t max_key = __ldcg(&r.max_key);
+            const bool row_bad = __ldcg(&r.bad) != 0;
+            const float m = from_order_key(max_key);
+            r.max_key = 0;
+            r.bad = 0;
+            r.m = m;
+            r.usable = !row_bad && m != -INFINITY;
+            r.prefix = r.mask = r.lower = r.tau = 0;
+            r.above = 0;
+            r.done = 0;
+            a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
+            if (!r.usable) a.out[b] = -1;
+            s_usable = r.usable;
+        }
+        __syncthreads();
+        if (sel != 1 || !s_usable || threadIdx.x >= 32) return;
+        const auto target = static_cast<std::uint64_t>(a.p.top_k);
+        std::uint64_t above = 0, total = 0;
+        const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
+        if (threadIdx.x == 0) {
+            r.prefix = chosen << 24;
+            r.mask = 0xff000000u;
+            r.above = above;
+            r.target = target;
+        }
+        return;
+    }
+
+    const bool usable = r.usable != 0;  // written by the split_max launch
+    const float m = r.m;
+    if (phase == split_radix) {
+        for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+        __syncthreads();
+        if (usable) {
+            const std::uint32_t prefix = r.prefix, mask = r.mask, lower = sel == 0 ? 0u : r.lower;
+            bin_cache cache;
+            for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
+                const float x = ::tinyllm::detail::div_rn(z, T);
+                const std::uint32_t k = order_key(x);
+                if (k >= lower && (k & mask) == prefix) {
+                    const std::uint64_t w = sel == 0 ? 1 : sampling_weight(::tinyllm::detail::sub_rn(x, m));
+                    if (w) cache.add(hist, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
+                }
+            });
+            cache.flush(hist);
+            __syncthreads();
+            for (int i = threadIdx.x; i < 256; i += Threads)
+                if (hist[i]) atomicAdd(&r.hist[i], hist[i]);
+        }
+        if (!split_arrive(r, a.splits)) return;
+        for (int i = threadIdx.x; i < 256; i += Threads) {  // the row's histogram, and clean it
+            hist[i] = __ldcg(&r.hist[i]);
+            r.hist[i] = 0;
+        }
+        __syncthreads();
+        if (threadIdx.x >= 32) return;  // warp 0 picks the byte
+        if (threadIdx.x == 0) r.done = 0;
+        if (!usable) return;
+        std::uint64_t above = r.above, target = r.target, total = 0;
+        if (shift == 24) {  // a selection's first byte: its target
+            above = 0;
+            target = static_cast<std::uint64_t>(a.p.top_k);
+            if (sel == 1) {  // the target mass needs the total mass top-k kept: sum of the bins
+                std::uint64_t unused = 0;
+                (void)radix_pick_warp(hist, ~std::uint64_t{0}, unused, total);
+                target = top_p_target(total, a.p.top_p);
+            }
+        }
+        const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
+        __syncwarp();  // every lane has read r.above and r.target before lane 0 writes them
+        if (threadIdx.x != 0) return;
+        const std::uint32_t prefix = r.prefix | (chosen << shift);
+        if (shift > 0) {
+            r.prefix = prefix;
+            r.mask |= 0xffu << shift;
+            r.above = above;
+            r.target = target;
+        } else {  // the last byte: the threshold; clean the radix state for the next selection
+            if (sel == 0) r.lower = prefix;
+            r.tau = prefix;
+            r.prefix = r.mask = 0;
+            r.above = 0;
+        }
+        return;
+    }
+
+    // split_draw
+    const std::uint32_t tau = r.tau;
+    auto kept_q = [&](float z) -> std::uint64_t {
+        const float x = ::tinyllm::detail::div_rn(z, T);
+        if (order_key(x) < tau) return 0;
+        const float d = ::tinyllm::detail::sub_rn(x, m);
+        if (a.p.min_p > 0.0f && sampling_exp(d) < a.p.min_p) return 0;
+        return sampling_weight(d);
+    };
+    std::uint64_t local = 0;
+    if (usable) for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) { local += kept_q(z); });
+    const std::uint64_t mass = block_sum<Threads>(local);
+    unsigned long long* partial = a.partials + b * a.splits;
+    if (threadIdx.x == 0) partial[j] = mass;
+    if (!split_arrive(r, a.splits)) return;
+    __shared__ index_t s_chunk;
+    __shared__ unsigned long long s_t;
+    if (threadIdx.x == 0) {
+        r.done = 0;
+        s_chunk = -1;
+        if (usable) {
+            std::uint64_t total = 0;
+            for (int c = 0; c < a.splits; ++c) total += __ldcg(&partial[c]);
+            std::uint64_t t = sampling_threshold(
+                total, sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step));
+            for (int c = 0; c < a.splits; ++c) {  // the chunk whose running sum crosses t
+                const std::uint64_t w = __ldcg(&partial[c]);
+                if (t < w) {
+                    s_chunk = c;
+                    break;
+                }
+                t -= w;
+            }
+            s_t = t;
+        }
+    }
+    __syncthreads();
+    if (s_chunk < 0) return;  // uniform: a bad row (its token -1 is written)
+    const index_t first = s_chunk * a.chunk, n = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
+    const int token =
+        first_crossing<Threads, sampling_items>(n, s_t, [&](index_t i) { return kept_q(row[first + i]); });
+    if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
+}
+
 // ---- host side ---------------------------------------------------------------
 
 // The device buffer for the row status of a call on `stream`: one per host
@@ -661,8 +1051,9 @@ inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> t
 
 // ---- choosers -------------------------------------------------------------------
 
-// out[b] = argmax of row b (lowest index among ties). out (B) and logits (B, V) on the device.
-inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+// Greedy, one block per row: out[b] = argmax of row b (lowest index among
+// ties). out (B) and logits (B, V) on the device.
+inline void greedy_reduction(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
     detail::check_out(out, logits.extent(0), "greedy");
@@ -689,15 +1080,15 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
     detail::check_status(status, B, "sample", check, stream);
 }
 
-// v2 fused: temperature -> top-k -> top-p -> min-p -> draw in one kernel (the
-// logits are not modified); temperature 0 is greedy. The same token as
-// tinyllm::cpu::sample(out, logits, params, seed, step, stream_offset): row b
-// draws from Philox stream b + stream_offset.
-inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+// v2 fused, one block per row: temperature -> top-k -> top-p -> min-p -> draw
+// in one kernel (the logits are not modified); temperature 0 is greedy. The
+// same token as tinyllm::cpu::sample(out, logits, params, seed, step,
+// stream_offset): row b draws from Philox stream b + stream_offset.
+inline void sample_fused(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_params(p);
-    if (p.temperature == 0.0f) return greedy(out, logits, check, stream);
+    if (p.temperature == 0.0f) return greedy_reduction(out, logits, check, stream);
     detail::check_logits(logits, "sample");
     detail::check_out(out, logits.extent(0), "sample");
     const index_t B = logits.extent(0);
@@ -709,6 +1100,144 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
            detail::sampling_threads, 0, stream, out.data(), status, logits.data(), logits.extent(1), logits.stride(0),
            fp, seed, step, stream_offset);
     detail::check_status(status, B, "sample", check, stream);
+}
+
+namespace detail {
+
+// The blocks per row of a v3 call: enough blocks for two per SM of an H200
+// (132 SMs) over the whole batch, but at least 4096 elements per block (below
+// that a block's fixed cost dominates). `requested` > 0 forces the count
+// (tests), capped at 1024 and at one block per 4 elements.
+inline constexpr index_t split_target_blocks = 264;
+inline constexpr index_t split_min_elements = 4096;
+inline int split_count(index_t B, index_t V, int requested) {
+    if (requested > 0) return static_cast<int>(std::max<index_t>(1, std::min<index_t>({requested, 1024, (V + 3) / 4})));
+    const index_t by_sms = (split_target_blocks + B - 1) / B;
+    const index_t by_size = (V + split_min_elements - 1) / split_min_elements;
+    return static_cast<int>(std::max<index_t>(1, std::min<index_t>({by_sms, by_size, 1024})));
+}
+
+// The v3 workspace of a stream: one split_row per row (zeroed once when
+// allocated; every pass leaves it clean) and the draw's per-chunk masses.
+struct split_workspace {
+    device_buffer<split_row> rows;
+    device_buffer<unsigned long long> partials;
+};
+inline split_workspace& split_buffers(index_t B, int splits, cudaStream_t stream) {
+    thread_local std::map<cudaStream_t, split_workspace> workspaces;
+    split_workspace& w = workspaces[stream];
+    const auto need_rows = static_cast<std::size_t>(B), need_partials = static_cast<std::size_t>(B) * splits;
+    if (w.rows.size() < need_rows || w.partials.size() < need_partials) {
+        // An unchecked call's kernels may still use the old buffers.
+        if (w.rows.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        if (w.rows.size() < need_rows) {
+            w.rows = device_buffer<split_row>(need_rows);
+            TINYLLM_CUDA_CHECK(cudaMemsetAsync(w.rows.data(), 0, w.rows.bytes(), stream));
+        }
+        if (w.partials.size() < need_partials) w.partials = device_buffer<unsigned long long>(need_partials);
+    }
+    return w;
+}
+
+inline split_args make_split_args(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, int splits,
+                                  int* status, split_workspace& w) {
+    split_args a{};
+    a.out = out.data();
+    a.status = status;
+    a.logits = logits.data();
+    a.V = logits.extent(1);
+    a.row_stride = logits.stride(0);
+    a.splits = splits;
+    a.chunk = ((a.V + splits - 1) / splits + 3) / 4 * 4;  // a multiple of 4: aligned chunk starts
+    a.vec = (reinterpret_cast<std::uintptr_t>(logits.data()) % 16 == 0 &&
+             (logits.extent(0) == 1 || a.row_stride % 4 == 0))
+                ? 1
+                : 0;
+    a.rows = w.rows.data();
+    a.partials = w.partials.data();
+    return a;
+}
+
+inline unsigned split_grid(index_t B, int splits) {
+    const index_t blocks = B * splits;
+    TINYLLM_EXPECT(blocks < (index_t{1} << 31), "sample: B = ", B, " rows of ", splits, " blocks is too many");
+    return static_cast<unsigned>(blocks);
+}
+
+}  // namespace detail
+
+// v3 split greedy: several blocks per row, one launch (see split_row). splits
+// = 0 chooses the count (split_count); a positive value forces it.
+inline void greedy_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, int splits = 0,
+                         sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    detail::check_logits(logits, "greedy");
+    detail::check_out(out, logits.extent(0), "greedy");
+    const index_t B = logits.extent(0);
+    if (B == 0) return;
+    splits = detail::split_count(B, logits.extent(1), splits);
+    int* status = detail::status_buffer(B, stream);
+    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
+    const detail::split_args a = detail::make_split_args(out, logits, splits, status, w);
+    launch(detail::greedy_split_kernel<detail::sampling_threads>, detail::split_grid(B, splits),
+           detail::sampling_threads, 0, stream, a);
+    detail::check_status(status, B, "greedy", check, stream);
+}
+
+// v3 split fused sampling: the chain of v2 with several blocks per row, one
+// launch per pass: the maximum (with top-k's first radix byte), 3 more bytes
+// for top-k (0 < k < V), 4 for top-p (p < 1), the draw — 2 to 9 launches.
+// Temperature 0 is greedy_split.
+inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+                         std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0, int splits = 0,
+                         sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    ::tinyllm::detail::check_params(p);
+    if (p.temperature == 0.0f) return greedy_split(out, logits, splits, check, stream);
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, logits.extent(0), "sample");
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (B == 0) return;
+    splits = detail::split_count(B, V, splits);
+    int* status = detail::status_buffer(B, stream);
+    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
+    detail::split_args a = detail::make_split_args(out, logits, splits, status, w);
+    a.p = detail::fused_params{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
+                               p.min_p ? *p.min_p : 0.0f};
+    a.seed = seed;
+    a.step = step;
+    a.stream_offset = stream_offset;
+    const unsigned grid = detail::split_grid(B, splits);
+    auto pass = [&](int phase, int sel, int shift) {
+        launch(detail::sample_split_kernel<detail::sampling_threads>, grid, detail::sampling_threads, 0, stream, a,
+               phase, sel, shift);
+    };
+    const bool top_k = a.p.top_k > 0 && a.p.top_k < V;
+    pass(detail::split_max, top_k ? 1 : 0, 0);  // with top-k's first byte
+    if (top_k)
+        for (int shift = 16; shift >= 0; shift -= 8) pass(detail::split_radix, 0, shift);
+    if (a.p.top_p < 1.0f)
+        for (int shift = 24; shift >= 0; shift -= 8) pass(detail::split_radix, 1, shift);
+    pass(detail::split_draw, 0, 0);
+    detail::check_status(status, B, "sample", check, stream);
+}
+
+// The public choosers pick the rung: v3 (split) when it gives a row more than
+// one block (split_count > 1: B < 264 rows and V > 4096), else the
+// one-block-per-row rung, which needs fewer launches.
+inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                   sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1) return greedy_split(out, logits, 0, check, stream);
+    greedy_reduction(out, logits, check, stream);
+}
+
+// The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
+// 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
+// seed, step, stream_offset): sample_split or sample_fused, as greedy chooses.
+inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+                   std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
+                   sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1)
+        return sample_split(out, logits, p, seed, step, stream_offset, 0, check, stream);
+    sample_fused(out, logits, p, seed, step, stream_offset, check, stream);
 }
 
 }  // namespace tinyllm::cuda
