@@ -38,6 +38,10 @@
 // through the shared mask and logit math of <tinyllm/attention.hpp>.
 #pragma once
 
+// This rung reuses rung 1's workspace, combine kernel and split arithmetic, so it
+// includes <tinyllm/cuda/attention_decode.cuh> (which in turn includes this header at
+// its end, after those definitions; #pragma once makes either order complete).
+#include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_common.cuh>
 #include <tinyllm/cuda/launch.cuh>
 
