@@ -553,6 +553,14 @@ public:
     // Forget everything (the storage stays allocated).
     void clear() { length_ = 0; }
 
+    // Forget the positions from `length` on, keeping the first `length`: how
+    // speculative decoding rolls back the drafted positions a verifier rejected.
+    void truncate(index_t length) {
+        TINYLLM_EXPECT(length >= 0 && length <= length_, "kv_cache::truncate: length ", length,
+                       " is outside [0, ", length_, "]");
+        length_ = length;
+    }
+
 private:
     static extents<4> checked_shape(index_t b, index_t cap, index_t h, index_t d) {
         TINYLLM_EXPECT(b >= 1 && cap >= 1 && h >= 1 && d >= 1, "kv_cache: batch = ", b, ", capacity = ", cap,

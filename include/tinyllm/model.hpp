@@ -1022,6 +1022,15 @@ public:
         return s;
     }
 
+    // Roll a session back to its first `length` positions (the caches keep
+    // their storage): a later forward continues from position `length`.
+    void truncate(session& s, index_t length) const {
+        TINYLLM_EXPECT(length >= 0 && length <= s.length, "model::truncate: length ", length, " is outside [0, ",
+                       s.length, "]");
+        for (kv_cache<float>& c : s.caches) c.truncate(length);
+        s.length = length;
+    }
+
     // Called once per layer with that layer's attention probabilities,
     // (1, Hq, n, length + n): row i is fed position i, column j a cached position.
     using attention_observer = std::function<void(index_t layer, tensor_view<const float, 4> probs)>;

@@ -388,6 +388,18 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
     }
 }
 
+// The processors of sampling::params in their fixed order (temperature ->
+// top-k -> top-p -> min-p), in place. Temperature 0 (greedy) is the chooser's
+// business, not a processor's: here it is rejected.
+inline void apply_params(tensor_view<float, 2> logits, const sampling::params& p) {  // (B, V)
+    ::tinyllm::detail::check_params(p);
+    TINYLLM_EXPECT(p.temperature > 0.0f, "apply_params: temperature 0 means greedy, which has no processed logits");
+    if (p.temperature != 1.0f) temperature(logits, p.temperature);
+    if (p.top_k) top_k(logits, *p.top_k);
+    if (p.top_p) top_p(logits, *p.top_p);
+    if (p.min_p) min_p(logits, *p.min_p);
+}
+
 // The fused chain of sampling::params (temperature -> top-k -> top-p -> min-p
 // -> sample; temperature 0 = greedy), on a copy of the logits. This is the CPU
 // reference of tinyllm::cuda::sample (which draws row b from stream b).
@@ -398,10 +410,7 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
     for (index_t b = 0; b < logits.extent(0); ++b)
         for (index_t i = 0; i < logits.extent(1); ++i) work(b, i) = logits(b, i);
     if (p.temperature == 0.0f) return greedy(out, work.view());
-    if (p.temperature != 1.0f) temperature(work.view(), p.temperature);
-    if (p.top_k) top_k(work.view(), *p.top_k);
-    if (p.top_p) top_p(work.view(), *p.top_p);
-    if (p.min_p) min_p(work.view(), *p.min_p);
+    apply_params(work.view(), p);
     sample(out, work.view(), seed, step, stream_offset);
 }
 
