@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -195,7 +196,7 @@ TEST_CASE("gemm matches the double reference for every transpose case and odd si
     // MC 96, KC 256, NC 2048), K past one depth block, N past one panel of B.
     const std::vector<std::array<index_t, 3>> large = {{129, 65, 300}, {300, 17, 129}, {65, 300, 300},
                                                        {1, 300, 129},   {300, 129, 1},  {129, 300, 65},
-                                                       {7, 2100, 300}};
+                                                       {7, 2100, 300}, {8, 2100, 300}, {9, 2100, 300}};
     std::uint64_t which = 100;
     for (const auto& impl : implementations())
         for (int threads : {1, 2}) {
@@ -361,6 +362,39 @@ TEST_CASE("linear_gemm matches cpu::linear, with and without bias, (B, T, K) and
     cpu::linear_gemm(out0, x0, w, bias);
 }
 
+TEST_CASE("linear_gemm's few-rows path gives each row the same bits whatever rows it shares the call with",
+          "[gemm][ffn]") {
+    // Speculative decoding verifies drafted tokens in one forward over k + 1 positions
+    // and compares its choices with decoding one position at a time: a row's product
+    // must not depend on its neighbours. Rows 1 to 8 (4 rows per load of the weight),
+    // float and bf16 weights, K with a tail (300 = 2 x 8 x 18 + 12), 1 and 2 threads.
+    const index_t N = 37, K = 300;
+    const auto w = uniform(extents<2>{N, K}, 7001);
+    tensor<tinyllm::bfloat16, 2> w16(extents<2>{N, K});
+    for (index_t i = 0; i < w.size(); ++i) w16.data()[i] = tinyllm::float_to_bf16(w.data()[i]);
+    const auto x = uniform(extents<2>{8, K}, 7002);
+    for (int threads : {1, 2}) {
+        const threads_scope scope(threads);
+        for (index_t rows = 1; rows <= 8; ++rows) {
+            tensor<float, 2> together(extents<2>{rows, N}), alone(extents<2>{1, N});
+            tensor<float, 2> together16(extents<2>{rows, N}), alone16(extents<2>{1, N});
+            const auto xs = tensor_view<const float, 2>(x.view()).narrow(0, 0, rows);
+            cpu::linear_gemm(together, xs, w, {});
+            cpu::linear_gemm(together16.view(), xs, tensor_view<const tinyllm::bfloat16, 2>(w16.view()), {});
+            for (index_t r = 0; r < rows; ++r) {
+                const auto xr = xs.narrow(0, r, 1);
+                cpu::linear_gemm(alone, xr, w, {});
+                cpu::linear_gemm(alone16.view(), xr, tensor_view<const tinyllm::bfloat16, 2>(w16.view()), {});
+                for (index_t n = 0; n < N; ++n) {
+                    INFO("rows " << rows << ", row " << r << ", column " << n << ", " << threads << " thread(s)");
+                    REQUIRE(std::bit_cast<std::uint32_t>(together(r, n)) == std::bit_cast<std::uint32_t>(alone(0, n)));
+                    REQUIRE(std::bit_cast<std::uint32_t>(together16(r, n)) == std::bit_cast<std::uint32_t>(alone16(0, n)));
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("linear_backward_gemm matches cpu::linear_backward: overwrite, accumulate, skipped outputs",
           "[gemm][ffn][backward]") {
     const index_t B = 3, T = 43, K = 129, N = 65;  // rows = 129: dweight sums over 129 rows
@@ -519,10 +553,11 @@ TEST_CASE("linear_gemm with a bfloat16 weight is the float product with the wide
     REQUIRE(rounded > w_wide.values().size() * 9 / 10);  // the check below means something
 
     std::uint64_t which = 6100;
-    // Rows 1 to 5: the few-rows dot products (under the tile's 6 rows); 6, 7, 128, 200:
-    // the blocked kernel (200: past one 96-row block of A). A transposed weight takes
-    // the blocked kernel at every row count (its packing reads it along N).
-    for (const index_t rows : {1, 2, 3, 4, 5, 6, 7, 128, 200}) {
+    // Rows 1 to 8: the few-rows dot products (4 rows per load of the weight, then the
+    // rest: 5 = 4 + 1, 7 = 4 + 3); 9, 128, 200: the blocked kernel (200: past one 96-row
+    // block of A). A transposed weight takes the blocked kernel at every row count (its
+    // packing reads it along N).
+    for (const index_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 128, 200}) {
         const auto x = uniform(extents<2>{rows, K}, which++);
         const reference plain = reference_gemm(x.view(), w_wide.view().transpose(0, 1), 1.0f, 0.0f, {});
         const reference biased = with_bias(plain, bias, N);
