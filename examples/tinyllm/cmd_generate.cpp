@@ -9,15 +9,18 @@
 
 #include <tinyllm/model.hpp>
 #include <tinyllm/quantize.hpp>
+#include <tinyllm/speculative.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iostream>
+#include <iterator>
 #include <optional>
 #include <span>
-#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,13 +65,78 @@ tinyllm::cpu::model load_cpu_model(const parsed_args& a, const std::string& dir,
     return m;
 }
 
+// --draft-model / --prompt-lookup / --speculate, checked before any model loads.
+struct speculation {
+    bool active = false;
+    tinyllm::index_t k = 4;
+    tinyllm::index_t lookup_ngram = 0;
+    std::string draft_dir;
+    bool draft_bf16 = false;
+    std::optional<tinyllm::quant_spec> draft_quantized;
+};
+
+speculation speculation_of(const parsed_args& a, const std::string& dir, bool gpu) {
+    speculation s;
+    const bool draft = a.options.count("draft-model") > 0, lookup = a.options.count("prompt-lookup") > 0;
+    if (!draft && !lookup) {
+        for (const char* only : {"speculate", "draft-dtype"})
+            if (a.options.count(only)) throw usage_error(std::string("--") + only + " needs --draft-model DIR2 or --prompt-lookup N");
+        return s;
+    }
+    if (draft && lookup) throw usage_error("give one drafter: --draft-model DIR2 or --prompt-lookup N, not both");
+    if (gpu) throw usage_error("speculative decoding runs on the CPU model; drop --device cuda");
+    if (a.has_flag("reference")) throw usage_error("speculative decoding runs the blocked kernels; drop --reference");
+    s.active = true;
+    s.k = a.get_int("speculate", 4);
+    if (s.k < 1) throw usage_error("--speculate K: K = " + std::to_string(s.k) + " must be at least 1");
+    if (lookup) {
+        if (a.options.count("draft-dtype")) throw usage_error("--draft-dtype needs --draft-model DIR2");
+        s.lookup_ngram = a.get_int("prompt-lookup", 0);
+        if (s.lookup_ngram < 1)
+            throw usage_error("--prompt-lookup N: N = " + std::to_string(s.lookup_ngram) + " must be at least 1");
+        return s;
+    }
+    s.draft_dir = a.get("draft-model");
+    const std::string dtype = a.get("draft-dtype", "float32");
+    if (dtype == "bfloat16") s.draft_bf16 = true;
+    else if (dtype != "float32") {
+        try {
+            s.draft_quantized = tinyllm::parse_quant_spec(dtype);
+        } catch (const tinyllm::error&) {
+            throw usage_error("--draft-dtype must be float32, bfloat16, int8 or int4-gG, got '" + dtype + "'");
+        }
+    }
+    // The vocabulary sizes are checked by the library; the tokenizers, when both
+    // directories have one, must be the same file.
+    namespace fs = std::filesystem;
+    const fs::path t1 = fs::path(dir) / "tokenizer.json", t2 = fs::path(s.draft_dir) / "tokenizer.json";
+    const auto bytes = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        return std::string((std::istreambuf_iterator<char>(in)), {});
+    };
+    if (fs::exists(t1) && fs::exists(t2) && bytes(t1) != bytes(t2))
+        throw usage_error("the draft model's tokenizer (" + t2.string() + ") differs from the model's (" + t1.string() +
+                          "): a draft must share the model's vocabulary");
+    return s;
+}
+
+void report_speculation(const tinyllm::speculative_result& r, tinyllm::index_t k) {
+    std::fprintf(stderr,
+                 "speculative decoding: %zu tokens in %lld target forwards (%.2f per forward); "
+                 "%lld of %lld drafted tokens accepted (%.1f%%), k = %lld\n",
+                 r.tokens.size(), static_cast<long long>(r.rounds), r.tokens_per_round(),
+                 static_cast<long long>(r.accepted), static_cast<long long>(r.drafted), 100.0 * r.acceptance_rate(),
+                 static_cast<long long>(k));
+}
+
 }  // namespace
 
 TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2, Llama, Mixtral)",
                 "usage: tinyllm generate [--model DIR] (--prompt TEXT [--tokenizer FILE] [--encoding NAME] |\n"
                 "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
                 "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
-                "                         [--device cpu|cuda] [--dtype float32|bfloat16|int8|int4-gG] [--reference]\n\n"
+                "                         [--device cpu|cuda] [--dtype float32|bfloat16|int8|int4-gG] [--reference]\n"
+                "                         [--draft-model DIR2 [--draft-dtype D] | --prompt-lookup N] [--speculate K]\n\n"
                 "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
                 "as Hugging Face publishes them. Without --model: the default model, models/kjv, which\n"
                 "`tinyllm train` trains on the King James Bible with no arguments. With --prompt-ids,\n"
@@ -84,10 +152,17 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "with the same samplers and seeds. On the CPU the model runs its blocked kernels (float\n"
                 "accumulation, threads: docs/cpu.md); --reference runs the readable reference kernels\n"
                 "instead (double accumulation, one thread, float32 weights, many times slower), which\n"
-                "define what the blocked ones compute.\n") {
+                "define what the blocked ones compute.\n"
+                "Speculative decoding (CPU; docs/speculative.md): --draft-model DIR2, a smaller model\n"
+                "with the same tokenizer, drafts K tokens per round (--speculate K, default 4; the draft\n"
+                "held in --draft-dtype, default float32) and the model checks them in one forward;\n"
+                "--prompt-lookup N drafts instead by copying what followed the latest earlier\n"
+                "occurrence of the text's last N (or fewer) tokens. The output follows the same\n"
+                "distribution as without it (greedy: the same tokens); stderr reports the acceptance.\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
-                               "top-k", "top-p", "min-p", "seed", "device", "dtype"},
+                               "top-k", "top-p", "min-p", "seed", "device", "dtype", "draft-model", "draft-dtype",
+                               "speculate", "prompt-lookup"},
                               {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const bool default_model = a.get("model").empty();
@@ -124,10 +199,31 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
     o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
 
+    const speculation spec = speculation_of(a, dir, gpu);
+
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
-        if (gpu) gpu_generate(dir, bf16, prompt, o, on_token);
-        else tinyllm::cpu::generate(load_cpu_model(a, dir, bf16, quantized), prompt, o, on_token);
+        if (gpu) {
+            gpu_generate(dir, bf16, prompt, o, on_token);
+            return;
+        }
+        const tinyllm::cpu::model target = load_cpu_model(a, dir, bf16, quantized);
+        if (!spec.active) {
+            tinyllm::cpu::generate(target, prompt, o, on_token);
+            return;
+        }
+        tinyllm::speculative_options so;
+        so.draft_tokens = spec.k;
+        so.max_new_tokens = o.max_new_tokens;
+        so.sampling = o.sampling;
+        so.seed = o.seed;
+        const auto each = [&](tinyllm::token_id id, bool) { on_token(id); };
+        const tinyllm::speculative_result r =
+            spec.lookup_ngram > 0
+                ? tinyllm::cpu::generate_prompt_lookup(target, prompt, spec.lookup_ngram, so, each)
+                : tinyllm::cpu::generate_speculative(target, load_cpu_model(a, spec.draft_dir, spec.draft_bf16, spec.draft_quantized),
+                                                     prompt, so, each);
+        report_speculation(r, spec.k);
     };
     if (!text_mode) {
         bool first = true;

@@ -2,6 +2,7 @@
 // quantization costs a trained model in quality. The held-out loss and
 // perplexity of the float model, then of the same model with its matrices
 // rounded to each format (tinyllm/quantize_model.hpp), over the same windows.
+#include "model_data.hpp"
 #include "registry.hpp"
 
 #include <tinyllm/data.hpp>
@@ -22,21 +23,6 @@ using namespace tinyllm_cli;
 using tinyllm::index_t;
 
 namespace {
-
-// The validation range of DIR/data.tokens: the one training_state.json records, else the last 5%.
-std::pair<std::uint64_t, std::uint64_t> validation_range(const std::string& dir, const tinyllm::token_file& data,
-                                                         index_t T) {
-    const auto state = std::filesystem::path(dir) / "training_state.json";
-    if (std::filesystem::exists(state)) {
-        const auto doc = tinyllm::detail::read_json_file(state.string());
-        if (const auto* d = doc.find("data"); d && d->is_object() && d->find("validation")) {
-            const auto& v = d->at("validation");
-            return {static_cast<std::uint64_t>(v.at(std::size_t{0}).as_int64()), static_cast<std::uint64_t>(v.at(std::size_t{1}).as_int64())};
-        }
-    }
-    const auto s = tinyllm::split_tokens(data.size(), T, 0.05);
-    return {s.val_begin, s.val_end};
-}
 
 // Mean next-token loss over `windows` consecutive windows of T + 1 tokens from `begin`.
 double held_out_loss(const tinyllm::cpu::model& m, const tinyllm::token_file& data, std::uint64_t begin, index_t T,
@@ -69,7 +55,7 @@ TINYLLM_COMMAND("quantize", "measure what int8/int4 weights cost a trained model
                 "windows of T + 1 tokens from the start of the validation split training used (default\n"
                 "T = 128, N = as many as the split holds). Printed: the bits per quantized weight, the\n"
                 "weights' bytes, the mean next-token loss, the perplexity and its change.\n"
-                "(Writing quantized checkpoints, and running the model on quantized kernels, come next.)\n") {
+                "(`tinyllm generate --dtype int8|int4-gG` runs a model on its quantized weights.)\n") {
     const auto a = parse_args(args, {"model", "formats", "context", "windows"}, {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const std::string dir = a.get("model");
@@ -88,10 +74,7 @@ TINYLLM_COMMAND("quantize", "measure what int8/int4 weights cost a trained model
     const long long context = a.get_int("context", 128);
     if (context < 1) throw usage_error("--context must be at least 1");
     const index_t T = context;
-    const std::string tokens_path = (std::filesystem::path(dir) / "data.tokens").string();
-    if (!std::filesystem::exists(tokens_path))
-        throw tinyllm::error("'" + dir + "' has no data.tokens: give a model directory `tinyllm train` wrote");
-    const tinyllm::token_file data(tokens_path);
+    const tinyllm::token_file data(model_tokens_path(dir));
     const auto [val_begin, val_end] = validation_range(dir, data, T);
     const auto available = static_cast<index_t>((val_end - val_begin - 1) / static_cast<std::uint64_t>(T));
     if (available < 1) throw tinyllm::error("the validation split of '" + dir + "' holds no window of " +

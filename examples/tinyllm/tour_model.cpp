@@ -1,6 +1,7 @@
 // examples/tinyllm/tour_model.cpp — the tour's last chapter: the whole pipeline
 // end to end on the example sentence, with a small model built from the parts.
 #include "registry.hpp"
+#include "tour_models.hpp"
 
 #include <tinyllm/model.hpp>
 #include <tinyllm/optimizer.hpp>
@@ -17,12 +18,7 @@
 
 using namespace tinyllm_cli;
 
-namespace {
-
-// A Llama-shaped model with vocabulary 256 (one token per byte), D = 32, 2 layers,
-// 4 query heads sharing 2 key/value heads; random weights from Philox
-// (tinyllm::random_model_weights: uniform in +-1/sqrt(fan_in), like nn.Linear's init).
-tinyllm::cpu::model tiny_llama() {
+tinyllm::cpu::model tinyllm_cli::tour_tiny_llama() {
     tinyllm::model_config c;
     c.arch = tinyllm::model_arch::llama;
     c.architecture = "LlamaForCausalLM (random weights)";
@@ -40,6 +36,8 @@ tinyllm::cpu::model tiny_llama() {
     return tinyllm::cpu::model(c, tinyllm::random_model_weights(c, 2026));
 }
 
+namespace {
+
 std::string printable(std::int32_t byte) {
     if (byte >= 32 && byte < 127) return std::string(1, static_cast<char>(byte));
     char buf[8];
@@ -51,7 +49,7 @@ std::string printable(std::int32_t byte) {
 
 TINYLLM_TOUR_CHAPTER(70, "model", "The whole pipeline: tokens in, tokens out") {
     auto& out = ctx.out;
-    const tinyllm::cpu::model m = tiny_llama();
+    const tinyllm::cpu::model m = tour_tiny_llama();
     const auto& c = m.config();
     const std::string sentence = example_sentence;
     out << "Every part of the earlier chapters, composed (include/tinyllm/model.hpp):\n\n"
@@ -110,7 +108,7 @@ TINYLLM_TOUR_CHAPTER(70, "model", "The whole pipeline: tokens in, tokens out") {
 
 TINYLLM_TOUR_CHAPTER(75, "training", "Learning: one gradient step on the sentence") {
     auto& out = ctx.out;
-    tinyllm::cpu::model m = tiny_llama();
+    tinyllm::cpu::model m = tour_tiny_llama();
     const std::string sentence = example_sentence;
     const auto T = static_cast<tinyllm::index_t>(sentence.size()) - 1;
     // Position t reads byte t and should predict byte t + 1.
