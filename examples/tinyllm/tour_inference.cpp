@@ -83,7 +83,7 @@ TINYLLM_TOUR_CHAPTER(97, "inference", "Cheaper inference: quantized weights and 
         out << "\n";
     };
     row("float32", target, reference);
-    for (const char* spec : {"int8", "int4-g64"}) {
+    for (const char* spec : {"int8", "int4-g32"}) {
         tinyllm::cpu::model q = trained ? tinyllm::cpu::model::load(dir) : tour_tiny_llama();
         q.quantize_weights(tinyllm::parse_quant_spec(spec));
         row(spec, q, tinyllm::cpu::generate(q, prompt, g));
@@ -95,7 +95,7 @@ TINYLLM_TOUR_CHAPTER(97, "inference", "Cheaper inference: quantized weights and 
 
     // 2. Speculative decoding (include/tinyllm/speculative.hpp).
     tinyllm::cpu::model draft = trained ? tinyllm::cpu::model::load(dir) : tour_tiny_llama();
-    draft.quantize_weights(tinyllm::parse_quant_spec("int4-g64"));
+    draft.quantize_weights(tinyllm::parse_quant_spec("int4-g32"));
     tinyllm::speculative_options o;
     o.draft_tokens = 4;
     o.max_new_tokens = g.max_new_tokens;
@@ -105,8 +105,9 @@ TINYLLM_TOUR_CHAPTER(97, "inference", "Cheaper inference: quantized weights and 
     const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
     out << "\n2. Speculative decoding (docs/speculative.md): a draft — here the int4 copy — proposes "
         << o.draft_tokens << " tokens,\n   the float32 model checks all of them in one forward over "
-        << o.draft_tokens + 1 << " positions, keeps the agreed prefix and adds one\n"
-           "   token of its own. [brackets] mark drafted tokens it accepted, | ends a round:\n\n   \"";
+        << o.draft_tokens + 1 << " positions, keeps the agreed\n"
+           "   prefix and adds one token of its own. [brackets] mark drafted tokens it accepted,\n"
+           "   | ends a round:\n\n   \"";
     std::size_t at = 0;
     for (tinyllm::index_t a : r.accepted_per_round) {
         for (tinyllm::index_t i = 0; i < a && at < r.tokens.size(); ++i) out << "[" << codec.decode(r.tokens[at++]) << "]";
