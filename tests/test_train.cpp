@@ -318,3 +318,208 @@ TEST_CASE("train: bad input is an error that says what was wrong", "[train][erro
     cpu::trainer t(std::move(m), file, splits, small_options(4));
     CHECK_THROWS_WITH(t.step(), contains("training stopped at step 0") && contains("non-finite"));
 }
+
+// ---- distillation --------------------------------------------------------------
+
+namespace {
+
+// tau^2 KL(softmax(t / tau) || softmax(s / tau)) of one row in long double, from the definition.
+long double kl_row(const std::vector<float>& s, const std::vector<float>& t, long double tau) {
+    const auto log_softmax = [&](const std::vector<float>& z) {
+        long double m = -INFINITY, sum = 0;
+        for (float v : z) m = std::max(m, v / tau);
+        for (float v : z) sum += std::exp(v / tau - m);
+        std::vector<long double> out;
+        for (float v : z) out.push_back(v / tau - m - std::log(sum));
+        return out;
+    };
+    const auto ls = log_softmax(s), lt = log_softmax(t);
+    long double kl = 0;
+    for (std::size_t j = 0; j < s.size(); ++j) kl += std::exp(lt[j]) * (lt[j] - ls[j]);
+    return tau * tau * kl;
+}
+
+}  // namespace
+
+TEST_CASE("distillation_loss: tau^2 KL(teacher || student), its gradient by finite differences, bad input",
+          "[train][distill]") {
+    const index_t rows = 5, V = 23;
+    for (const double tau : {0.7, 1.0, 2.0, 4.0}) {
+        INFO("tau " << tau);
+        tensor<float, 2> s(extents<2>{rows, V}), t(extents<2>{rows, V});
+        cpu::fill_uniform(s, tinyllm_test::test_seed() + 1, -3.0f, 3.0f);
+        cpu::fill_uniform(t, tinyllm_test::test_seed() + 2, -3.0f, 3.0f);
+        // The loss from the definition, row by row.
+        long double want = 0;
+        for (index_t r = 0; r < rows; ++r) {
+            std::vector<float> sr(&s(r, 0), &s(r, 0) + V), tr(&t(r, 0), &t(r, 0) + V);
+            want += kl_row(sr, tr, tau);
+        }
+        want /= rows;
+        // The gradient is added to what dlogits holds, times grad_scale.
+        tensor<float, 2> d(extents<2>{rows, V}, 0.25f);
+        const double got = cpu::distillation_loss(d.view(), s.view(), t.view(), tau, 3.0);
+        CHECK(got == Approx(static_cast<double>(want)).epsilon(1e-12));
+        CHECK(got > 0);
+        CHECK(cpu::distillation_loss({}, s.view(), t.view(), tau) == got);  // the loss alone
+        // Central differences of the loss (in long double) at a few elements.
+        for (const auto& [r, j] : {std::pair<index_t, index_t>{0, 0}, {2, 7}, {4, 22}}) {
+            const float h = 1e-2f;
+            tensor<float, 2> plus = s, minus = s;
+            plus(r, j) += h;
+            minus(r, j) -= h;
+            long double lp = 0, lm = 0;
+            for (index_t q = 0; q < rows; ++q) {
+                std::vector<float> tq(&t(q, 0), &t(q, 0) + V);
+                lp += kl_row(std::vector<float>(&plus(q, 0), &plus(q, 0) + V), tq, tau);
+                lm += kl_row(std::vector<float>(&minus(q, 0), &minus(q, 0) + V), tq, tau);
+            }
+            const double numeric = static_cast<double>((lp - lm) / rows / (2.0L * (plus(r, j) - s(r, j))));
+            INFO("row " << r << ", index " << j);
+            CHECK((d(r, j) - 0.25f) / 3.0 == Approx(numeric).margin(1e-4));
+        }
+        // Each row's gradient sums to zero (both distributions sum to one).
+        for (index_t r = 0; r < rows; ++r) {
+            double sum = 0;
+            for (index_t j = 0; j < V; ++j) sum += d(r, j) - 0.25f;
+            CHECK(std::fabs(sum) < 1e-5);
+        }
+        // A student equal to its teacher: loss and gradient zero.
+        tensor<float, 2> z(extents<2>{rows, V}, 0.0f);
+        CHECK(std::fabs(cpu::distillation_loss(z.view(), t.view(), t.view(), tau)) < 1e-12);
+        for (float g : z.values()) CHECK(std::fabs(g) < 1e-7f);
+    }
+    tensor<float, 2> s(extents<2>{2, 4}, 0.0f), t(extents<2>{2, 4}, 0.0f), wrong(extents<2>{2, 5}, 0.0f);
+    CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 0.0), contains("temperature = 0 must be positive"));
+    CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), wrong.view(), 1.0), contains("must have the same shape"));
+    CHECK_THROWS_WITH(cpu::distillation_loss(wrong.view(), s.view(), t.view(), 1.0), contains("dlogits has shape"));
+    CHECK_THROWS_WITH(cpu::distillation_loss(s.view(), s.view(), t.view(), 1.0), contains("must not be the logits"));
+    t(1, 2) = NAN;
+    CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 1.0),
+                      contains("the teacher logits of row 1 hold a non-finite value"));
+}
+
+TEST_CASE("distillation in forward_backward: the gradient is (1 - a) CE's + a KL's, the loss terms add up",
+          "[train][distill]") {
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        const cpu::model student = fresh_model(arch);
+        const model_config c = config_of(arch);
+        const cpu::model teacher(c, init_weights(c, tinyllm_test::test_seed() + 99));
+        const index_t B = 2, T = 9, V = c.vocab_size;
+        tensor<token_id, 2> tokens(extents<2>{B, T}), targets(extents<2>{B, T});
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < T; ++t) {
+                tokens(b, t) = static_cast<token_id>((7 * b + 13 * t + 5) % V);
+                targets(b, t) = static_cast<token_id>((3 * b + 11 * t + 1) % V);
+            }
+        tensor<float, 2> teacher_logits(extents<2>{B * T, V}), student_logits(extents<2>{B * T, V});
+        for (index_t b = 0; b < B; ++b) {
+            auto st = teacher.new_session(T), ss = student.new_session(T);
+            const auto lt = teacher.forward(st, std::span<const token_id>(&tokens(b, 0), static_cast<std::size_t>(T)));
+            const auto ls = student.forward(ss, std::span<const token_id>(&tokens(b, 0), static_cast<std::size_t>(T)));
+            std::copy(lt.values().begin(), lt.values().end(), teacher_logits.data() + b * T * V);
+            std::copy(ls.values().begin(), ls.values().end(), student_logits.data() + b * T * V);
+        }
+        const double alpha = 0.3, tau = 2.0;
+        model_weights g_ce = zeros_like(student.weights()), g_kl = zeros_like(student.weights()),
+                      g_mix = zeros_like(student.weights());
+        const loss_terms ce = student.forward_backward(g_ce, tokens.view(), targets.view());
+        backward_options only_kl;
+        only_kl.lm_weight = 0;
+        only_kl.teacher_logits = teacher_logits.view();
+        only_kl.distill_weight = 1;
+        only_kl.distill_temperature = tau;
+        const loss_terms kl = student.forward_backward(g_kl, tokens.view(), targets.view(), only_kl);
+        backward_options mix = only_kl;
+        mix.lm_weight = 1 - alpha;
+        mix.distill_weight = alpha;
+        const loss_terms both = student.forward_backward(g_mix, tokens.view(), targets.view(), mix);
+
+        const double want_kl = cpu::distillation_loss({}, student_logits.view(), teacher_logits.view(), tau);
+        CHECK(kl.distill == Approx(want_kl).epsilon(1e-5));
+        CHECK(both.lm == Approx(ce.lm).epsilon(1e-12));
+        CHECK(both.distill == Approx(kl.distill).epsilon(1e-12));
+        CHECK(both.total == Approx((1 - alpha) * ce.lm + alpha * kl.distill).epsilon(1e-12));
+        // The backward is linear in d loss / d logits: every gradient element mixes the same way.
+        const auto flat = [](model_weights& g) {
+            std::vector<float> all;
+            detail::for_each_weight(g, g, [&](const std::string&, const auto& t, const auto&) {
+                all.insert(all.end(), t.values().begin(), t.values().end());
+            });
+            return all;
+        };
+        const std::vector<float> m = flat(g_mix), a = flat(g_ce), k = flat(g_kl);
+        REQUIRE(m.size() == a.size());
+        REQUIRE(m.size() == k.size());
+        for (std::size_t i = 0; i < m.size(); ++i) {
+            const double want = (1 - alpha) * a[i] + alpha * k[i];
+            INFO("gradient element " << i);
+            REQUIRE(m[i] == Approx(want).margin(1e-6 + 1e-4 * std::fabs(want)));
+        }
+    }
+}
+
+TEST_CASE("train with a teacher: the student moves toward it; a distilled run resumes bit for bit; errors",
+          "[train][distill]") {
+    temp_dir dir("distill");
+    const corpus data(dir);
+    const token_file file(data.token_path);
+    const data_splits splits = split_tokens(file.size(), 24, 0.1);
+    // The teacher: a model trained briefly on the corpus.
+    cpu::trainer teacher_run(fresh_model(model_arch::llama), file, splits, small_options(30));
+    for (int s = 0; s < 30; ++s) teacher_run.step();
+    const cpu::model& teacher = teacher_run.model();
+
+    train_options o = small_options(8);
+    o.distill_weight = 1.0;  // the teacher alone
+    o.distill_temperature = 2.0;
+    cpu::trainer student(fresh_model(model_arch::gpt2), file, splits, o);
+    student.set_teacher(teacher);
+    double first = 0, last = 0;
+    for (int s = 0; s < 8; ++s) {
+        const step_stats st = student.step();
+        CHECK(std::isfinite(st.distill));
+        if (s == 0) first = st.distill;
+        last = st.distill;
+    }
+    INFO("distillation loss " << first << " -> " << last);
+    CHECK(last < 0.8 * first);
+
+    // Resume: 4 + 4 steps equal 8 straight, with the options saved and read back.
+    o.distill_weight = 0.5;
+    cpu::trainer straight(fresh_model(model_arch::llama), file, splits, o);
+    straight.set_teacher(teacher);
+    for (int s = 0; s < 8; ++s) straight.step();
+    const std::string ck = dir.file("distilled");
+    {
+        cpu::trainer first_half(fresh_model(model_arch::llama), file, splits, o);
+        first_half.set_teacher(teacher);
+        for (int s = 0; s < 4; ++s) first_half.step();
+        save_training_checkpoint(ck, first_half, data.tok);
+    }
+    const train_options saved = read_train_options(read_training_state(ck), "state");
+    CHECK(saved.distill_weight == 0.5);
+    CHECK(saved.distill_temperature == 2.0);
+    cpu::trainer resumed(fresh_model(model_arch::llama), file, splits, o);
+    resumed.set_teacher(teacher);
+    resumed.restore(ck);
+    for (int s = 4; s < 8; ++s) resumed.step();
+    require_same_run(straight, resumed);
+
+    // Errors: no teacher, a teacher not asked for, another vocabulary, bad weights.
+    cpu::trainer orphan(fresh_model(model_arch::llama), file, splits, o);
+    CHECK_THROWS_WITH(orphan.step(), contains("needs a teacher (set_teacher)"));
+    cpu::trainer plain(fresh_model(model_arch::llama), file, splits, small_options(2));
+    CHECK_THROWS_WITH(plain.set_teacher(teacher), contains("distill_weight is 0"));
+    model_config other = config_of(model_arch::llama);
+    other.vocab_size = 301;
+    const cpu::model wide(other, init_weights(other, 1));
+    CHECK_THROWS_WITH(orphan.set_teacher(wide), contains("the teacher's vocabulary has 301 tokens and the student's 300"));
+    train_options bad = o;
+    bad.distill_weight = 1.5;
+    CHECK_THROWS_WITH(cpu::trainer(fresh_model(model_arch::llama), file, splits, bad), contains("distill_weight = 1.5"));
+    bad = o;
+    bad.distill_temperature = 0;
+    CHECK_THROWS_WITH(cpu::trainer(fresh_model(model_arch::llama), file, splits, bad),
+                      contains("distill_temperature = 0 must be positive"));
+}

@@ -214,13 +214,18 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
                 "  --resume DIR       continue the run saved in DIR (its options; --steps may change)\n"
                 "  --stop-after N     stop after step N as Ctrl-C does (the rest with --resume)\n"
                 "  --keep-initial     also save the initial weights in DIR/initial (for comparisons)\n"
+                "  --teacher DIR      distill: learn from the model in DIR (same tokenizer) as well as\n"
+                "                     from the text: loss (1 - A) CE + A T^2 KL(teacher || student) at\n"
+                "                     temperature T (--distill-weight A, default 0.5; --distill-temperature\n"
+                "                     T, default 2; CPU only; docs/training.md)\n"
                 "  --fail-above X     exit with status 1 when the final validation loss is above X\n\n"
                 "Ctrl-C stops after the current step and saves a checkpoint to resume from.\n") {
     const auto a = parse_args(args,
                               {"data", "out", "resume", "tokenizer", "vocab-size", "arch", "layers", "d-model", "heads",
                                "kv-heads", "ffn", "experts", "top-k", "context", "batch", "steps", "lr", "warmup",
                                "weight-decay", "clip", "seed", "validation", "eval-every", "eval-batches",
-                               "sample-prompt", "sample-tokens", "device", "threads", "stop-after", "fail-above"},
+                               "sample-prompt", "sample-tokens", "device", "threads", "stop-after", "fail-above",
+                               "teacher", "distill-weight", "distill-temperature"},
                               {"keep-initial"});
     using clock = std::chrono::steady_clock;
     const auto started = clock::now();
@@ -270,6 +275,16 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     const long long stop_after = a.get_int("stop-after", -1);
     if (a.options.count("stop-after") && stop_after < 1) throw usage_error("--stop-after must be at least 1");
     const double fail_above = a.get_double("fail-above", std::numeric_limits<double>::infinity());
+    const bool distilled = a.options.count("teacher") > 0;
+    if (!distilled && (a.options.count("distill-weight") || a.options.count("distill-temperature")))
+        throw usage_error("--distill-weight and --distill-temperature need --teacher DIR");
+    if (distilled && device == "cuda") throw usage_error("--teacher: distillation runs on the CPU; drop --device cuda");
+    if (distilled) {
+        o.distill_weight = a.get_double("distill-weight", 0.5);
+        o.distill_temperature = a.get_double("distill-temperature", 2.0);
+        if (!(o.distill_weight > 0 && o.distill_weight <= 1)) throw usage_error("--distill-weight must be in (0, 1]");
+        if (!(o.distill_temperature > 0)) throw usage_error("--distill-temperature must be positive");
+    }
     const long long sample_tokens = a.get_int("sample-tokens", 48);
     if (sample_tokens < 0) throw usage_error("--sample-tokens must not be negative");
 
@@ -287,7 +302,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         const auto mine = tinyllm::detail::train_option_fields(o), theirs = tinyllm::detail::train_option_fields(saved);
         const char* flag_of[] = {"batch", "context", "steps", "lr", "warmup", "weight-decay", "beta1", "beta2", "eps",
                                  "clip", "seed", "eval-batches", "aux_weight"};
-        for (std::size_t i = 0; i < mine.size(); ++i)
+        for (std::size_t i = 0; i < std::size(flag_of); ++i)
             if (a.options.count(flag_of[i]) && mine[i].first != "steps" && mine[i].second != theirs[i].second)
                 throw usage_error("--" + std::string(flag_of[i]) + " " + mine[i].second + ": the run in " + dir +
                                   " was trained with " + theirs[i].second + " (only --steps may change when resuming)");
@@ -296,6 +311,14 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
             if (a.options.count(shape))
                 throw usage_error(std::string("--") + shape + ": a resumed run keeps its model, tokenizer and data split (" +
                                   dir + ")");
+        if (saved.distill_weight > 0 && !distilled)
+            throw usage_error("the run in " + dir + " learns from a teacher: give --teacher DIR again to resume it");
+        if (saved.distill_weight == 0 && distilled)
+            throw usage_error("--teacher: the run in " + dir + " was not distilled (a resumed run keeps its loss)");
+        if (distilled && (o.distill_weight != saved.distill_weight || o.distill_temperature != saved.distill_temperature))
+            throw usage_error("--distill-weight/--distill-temperature: the run in " + dir + " was trained with " +
+                              tinyllm::detail::json_number(saved.distill_weight) + " and " +
+                              tinyllm::detail::json_number(saved.distill_temperature));
         const long long steps = o.steps;
         o = saved;
         if (a.options.count("steps")) o.steps = steps;
@@ -400,7 +423,18 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     tinyllm::gradient_function gradients;
     if (device == "cuda") gradients = gpu_forward_backward;
     if (config.arch == tinyllm::model_arch::mixtral) o.aux_weight = config.router_aux_loss_coef;
+    std::optional<tinyllm::cpu::model> teacher;  // outlives the trainer, which points to it
+    if (distilled) {
+        const std::string dir = a.get("teacher");
+        teacher.emplace(tinyllm::cpu::model::load(dir));
+        const auto teacher_tok = tinyllm::load_tokenizer((fs::path(dir) / "tokenizer.json").string());
+        if (tinyllm::hf_tokenizer_json(teacher_tok) != tinyllm::hf_tokenizer_json(tok))
+            throw usage_error("--teacher " + dir + ": its tokenizer.json is not the tokenizer of this run; a student "
+                              "learns the teacher's distribution over the same tokens (train with --tokenizer " + dir +
+                              "/tokenizer.json)");
+    }
     tinyllm::cpu::trainer t(tinyllm::cpu::model(config, tinyllm::init_weights(config, o.seed)), data, splits, o, gradients);
+    if (teacher) t.set_teacher(*teacher);
     if (resuming) t.restore(a.get("resume"));
     const std::int64_t params = [&] {
         std::int64_t n = 0;
@@ -475,6 +509,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         const double eta = elapsed / static_cast<double>(t.steps_done() - first) * static_cast<double>(o.steps - t.steps_done());
         log << "{\"step\": " << s.step << ", \"loss\": " << tinyllm::detail::json_number(s.loss);
         if (config.num_experts) log << ", \"aux_loss\": " << tinyllm::detail::json_number(s.aux);
+        if (teacher) log << ", \"distill_loss\": " << tinyllm::detail::json_number(s.distill);
         log << ", \"lr\": " << tinyllm::detail::json_number(s.lr) << ", \"grad_norm\": "
             << tinyllm::detail::json_number(s.grad_norm) << ", \"seconds\": " << tinyllm::detail::json_number(s.seconds)
             << ", \"tokens_per_s\": " << tinyllm::detail::json_number(tokens_per_s) << "}\n";

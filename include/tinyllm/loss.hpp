@@ -232,5 +232,100 @@ double cross_entropy(D&& dlogits /*(..., V) or empty*/, const L& logits /*(..., 
                          [&](index_t r) { return tinyllm::detail::position_string(leading, r); });
 }
 
+// ---- knowledge distillation -------------------------------------------------------
+//
+// A student learns from a teacher's full distribution instead of the one true
+// token alone (Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a
+// Neural Network"). Both logits are softened by a temperature tau,
+//
+//     q_j = softmax(t / tau)_j   (the teacher),      p_j = softmax(s / tau)_j   (the student),
+//
+// and the loss of a row is tau^2 times the Kullback–Leibler divergence
+//
+//     tau^2 KL(q || p) = tau^2 sum_j q_j (log q_j - log p_j),
+//
+// averaged over the rows. Its gradient needs no new exponentials either:
+// d/ds_j of sum_j q_j (-log p_j) is (p_j - q_j) / tau, so
+//
+//     d loss / d s_j = tau (p_j - q_j)            (divided by the rows for the mean)
+//
+// The tau^2 keeps the gradient's size independent of tau (Hinton et al.'s
+// reason for it), so the loss can be mixed with the hard-label cross-entropy
+// at a fixed weight: training minimizes (1 - alpha) CE + alpha tau^2 KL.
+// tau > 1 spreads the teacher's mass over its second choices ("dark
+// knowledge"), which is what a student learns from beyond the label.
+//
+// distillation_loss(dlogits, student, teacher, tau, grad_scale) returns the mean
+// loss over the (rows, V) logits and, unless dlogits is empty, ADDS grad_scale
+// times its gradient to dlogits (rows, V) (so the cross-entropy's gradient can
+// be written there first); dlogits must not be the logits' memory. Sums
+// in double; a non-finite logit is an error naming its row.
+}  // namespace cpu
+
+namespace detail {
+template <class D, class S, class T>
+void expect_distillation_args(const D& dlogits, const S& student, const T& teacher, double temperature,
+                              const char* who) {
+    TINYLLM_EXPECT(std::isfinite(temperature) && temperature > 0, who, ": temperature = ", temperature,
+                   " must be positive");
+    TINYLLM_EXPECT(student.shape() == teacher.shape(), who, ": student logits ", to_string(student.shape()),
+                   " and teacher logits ", to_string(teacher.shape()), " must have the same shape");
+    TINYLLM_EXPECT(student.extent(1) >= 1, who, ": logits need at least one vocabulary entry");
+    TINYLLM_EXPECT(dlogits.size() == 0 || dlogits.shape() == student.shape(), who, ": dlogits has shape ",
+                   to_string(dlogits.shape()), " but the logits ", to_string(student.shape()));
+}
+}  // namespace detail
+
+namespace cpu {
+
+inline double distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empty; added to*/,
+                                tensor_view<const float, 2> student /*(rows, V)*/,
+                                tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,
+                                double grad_scale = 1.0) {
+    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, "distillation_loss");
+    TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
+                                           static_cast<const void*>(dlogits.data()) != teacher.data()),
+                   "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");
+    const index_t rows = student.extent(0), V = student.extent(1);
+    const double tau = temperature;
+    std::vector<double> p(static_cast<std::size_t>(V)), q(static_cast<std::size_t>(V));
+    // softmax(z / tau) of a row into out, returning log sum exp(z / tau - m).
+    const auto soften = [&](tensor_view<const float, 2> z, index_t r, std::vector<double>& out, const char* whose) {
+        double m = -INFINITY;
+        for (index_t j = 0; j < V; ++j) {
+            TINYLLM_EXPECT(std::isfinite(z(r, j)), "distillation_loss: the ", whose, " logits of row ", r,
+                           " hold a non-finite value, ", z(r, j), " at vocabulary index ", j);
+            m = std::max(m, z(r, j) / tau);
+        }
+        double sum = 0;
+        for (index_t j = 0; j < V; ++j) sum += out[static_cast<std::size_t>(j)] = std::exp(z(r, j) / tau - m);
+        for (double& x : out) x /= sum;
+        return m + std::log(sum);  // log of the normalizer
+    };
+    double total = 0;
+    for (index_t r = 0; r < rows; ++r) {
+        const double lse_s = soften(student, r, p, "student");
+        const double lse_t = soften(teacher, r, q, "teacher");
+        double kl = 0;  // sum_j q_j (log q_j - log p_j), log q_j = t_j/tau - lse_t; q_j = 0 adds nothing
+        for (index_t j = 0; j < V; ++j) {
+            const double qj = q[static_cast<std::size_t>(j)];
+            if (qj > 0) kl += qj * ((teacher(r, j) / tau - lse_t) - (student(r, j) / tau - lse_s));
+        }
+        total += tau * tau * kl;
+    }
+    const double mean = rows > 0 ? 1.0 / static_cast<double>(rows) : 0.0;
+    if (dlogits.size() != 0) {
+        for (index_t r = 0; r < rows; ++r) {
+            soften(student, r, p, "student");
+            soften(teacher, r, q, "teacher");
+            for (index_t j = 0; j < V; ++j) {
+                const double g = tau * (p[static_cast<std::size_t>(j)] - q[static_cast<std::size_t>(j)]) * mean;
+                dlogits(r, j) = static_cast<float>(dlogits(r, j) + grad_scale * g);
+            }
+        }
+    }
+    return total * mean;
+}
+
 }  // namespace cpu
 }  // namespace tinyllm

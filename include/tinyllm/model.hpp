@@ -797,15 +797,21 @@ inline model_config llama_1b() {
 
 // The losses of one batch. The gradients forward_backward writes are those of `total`.
 struct loss_terms {
-    double lm = 0;     // mean next-token cross-entropy over the targets that are not ignore_index
-    double aux = 0;    // Mixtral: the load-balancing loss as transformers defines it; 0 otherwise
-    double total = 0;  // lm_weight * lm + aux_weight * aux
+    double lm = 0;       // mean next-token cross-entropy over the targets that are not ignore_index
+    double aux = 0;      // Mixtral: the load-balancing loss as transformers defines it; 0 otherwise
+    double distill = 0;  // with teacher logits: tau^2 KL(teacher || student) at temperature tau, mean over positions
+    double total = 0;    // lm_weight * lm + aux_weight * aux + distill_weight * distill
 };
 
 struct backward_options {
     double lm_weight = 1.0;       // 0: only the auxiliary loss (tinyllm grads --aux-only)
     double aux_weight = 0.0;      // Mixtral: router_aux_loss_coef (0.001 in the fixtures), as transformers' training loss
     cross_entropy_options loss;   // ignore_index (-100), label smoothing
+    // Distillation (cpu::distillation_loss in <tinyllm/loss.hpp>): a teacher's logits for
+    // the same positions, (B * T, V) in the tokens' row order, or empty (none).
+    tensor_view<const float, 2> teacher_logits;
+    double distill_weight = 0.0;
+    double distill_temperature = 1.0;
 };
 
 namespace detail {
@@ -1520,6 +1526,9 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
                        options.aux_weight >= 0,
                    "model::forward_backward: lm_weight = ", options.lm_weight, " and aux_weight = ",
                    options.aux_weight, " must be finite and not negative");
+    TINYLLM_EXPECT(std::isfinite(options.distill_weight) && options.distill_weight >= 0,
+                   "model::forward_backward: distill_weight = ", options.distill_weight,
+                   " must be finite and not negative");
     TINYLLM_EXPECT(!gpt2 || T <= c.max_positions, "model::forward_backward: ", T, " positions exceed GPT-2's ",
                    c.max_positions, " learned positions");
     for (index_t b = 0; b < B; ++b)
@@ -1610,9 +1619,19 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     // ---- the losses ----
     loss_terms loss;
     const tensor_view<const token_id, 1> flat_targets(targets.data(), {N});
+    tensor<float, 2> student;  // (N, V): the logits kept for distillation (the cross-entropy overwrites them)
+    if (options.teacher_logits.size() != 0) {
+        TINYLLM_EXPECT(options.teacher_logits.shape() == logits.shape(), "model::forward_backward: teacher logits ",
+                       to_string(options.teacher_logits.shape()), " for student logits ", to_string(logits.shape()),
+                       " (B * T positions, V)");
+        student = logits;
+    }
     loss.lm = cross_entropy_on_kernels(logits.view(), logits.view(), flat_targets, options.loss);  // dlogits in place
     if (options.lm_weight != 1.0)
         for (float& g : logits.values()) g = static_cast<float>(g * options.lm_weight);
+    if (options.teacher_logits.size() != 0)  // adds distill_weight times its gradient
+        loss.distill = distillation_loss(logits.view(), student.view(), options.teacher_logits,
+                                         options.distill_temperature, options.distill_weight);
     // Mixtral's load-balancing loss and its gradient at each layer's router logits.
     std::vector<tensor<float, 2>> aux_dlogits;  // (N, E) per layer
     if (moe) {
@@ -1620,7 +1639,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         for (const auto& A : acts) router_logits.push_back(A.router_logits.view());
         loss.aux = detail::load_balancing_loss(aux_dlogits, router_logits, c.experts_per_token, options.aux_weight);
     }
-    loss.total = options.lm_weight * loss.lm + options.aux_weight * loss.aux;
+    loss.total = options.lm_weight * loss.lm + options.aux_weight * loss.aux + options.distill_weight * loss.distill;
 
     // ---- backward, from the loss down ----
     const tensor_view<const float, 2> dlogits = logits.view();

@@ -76,6 +76,10 @@ struct train_options {
     std::uint64_t seed = 0;           // the batches' Philox seed (and the initial weights', see init_weights)
     index_t eval_batches = 8;         // validation windows per evaluation (batch numbers 0 .. eval_batches - 1)
     double aux_weight = 0.0;          // Mixtral: the load-balancing loss's weight (config.router_aux_loss_coef)
+    // Distillation (trainer::set_teacher): the loss is (1 - alpha) CE + alpha tau^2 KL(teacher || student)
+    // at temperature tau (cpu::distillation_loss). alpha = 0: no teacher.
+    double distill_weight = 0.0;      // alpha, in [0, 1]
+    double distill_temperature = 1.0; // tau > 0
 };
 
 // The schedule of a run: linear warmup to lr, cosine decay to lr / 10 at the
@@ -99,6 +103,10 @@ inline void expect_train_options(const train_options& o) {
     TINYLLM_EXPECT(std::isfinite(o.clip) && o.clip >= 0, "train: clip = ", o.clip, " must be >= 0 (0: no clipping)");
     TINYLLM_EXPECT(o.eval_batches >= 1, "train: eval_batches = ", o.eval_batches, " must be at least 1");
     TINYLLM_EXPECT(o.aux_weight >= 0, "train: aux_weight = ", o.aux_weight, " must not be negative");
+    TINYLLM_EXPECT(o.distill_weight >= 0 && o.distill_weight <= 1, "train: distill_weight = ", o.distill_weight,
+                   " must be in [0, 1]");
+    TINYLLM_EXPECT(std::isfinite(o.distill_temperature) && o.distill_temperature > 0, "train: distill_temperature = ",
+                   o.distill_temperature, " must be positive");
 }
 
 // Initial weights for training `c` from scratch, GPT-2's recipe (as nanoGPT
@@ -124,6 +132,7 @@ struct step_stats {
     std::int64_t step = 0;      // the step taken (0-based); steps_done() is now step + 1
     double loss = 0;            // the batch's mean next-token cross-entropy (before the update)
     double aux = 0;             // Mixtral: the load-balancing loss
+    double distill = 0;         // with a teacher: tau^2 KL(teacher || student), the batch's mean
     double grad_norm = 0;       // the gradients' global norm before clipping
     double lr = 0;              // the learning rate used
     double seconds = 0;         // wall time of the step
@@ -179,6 +188,16 @@ public:
                    static_cast<std::uint64_t>(step_));
         backward_options bo;
         bo.aux_weight = model_.config().arch == model_arch::mixtral ? options_.aux_weight : 0.0;
+        tensor<float, 2> teacher_logits;  // (B * T, V)
+        if (options_.distill_weight > 0) {
+            TINYLLM_EXPECT(teacher_, "trainer::step: distill_weight = ", options_.distill_weight,
+                           " needs a teacher (set_teacher)");
+            teacher_logits = teacher_forward(tokens_.view());
+            bo.teacher_logits = teacher_logits.view();
+            bo.lm_weight = 1.0 - options_.distill_weight;
+            bo.distill_weight = options_.distill_weight;
+            bo.distill_temperature = options_.distill_temperature;
+        }
         loss_terms loss;
         try {
             if (gradients_) {
@@ -204,6 +223,7 @@ public:
         }
         s.loss = loss.lm;
         s.aux = loss.aux;
+        s.distill = loss.distill;
         s.grad_norm = options_.clip > 0 ? clip_grad_norm(params_, options_.clip, step_) : grad_norm(params_);
         s.lr = learning_rate_at(schedule_of(options_), step_);
         adamw_config config{.lr = s.lr, .beta1 = options_.beta1, .beta2 = options_.beta2, .eps = options_.eps,
@@ -232,6 +252,23 @@ public:
         return sum / static_cast<double>(options_.eval_batches);
     }
 
+    // Distill from `teacher` (it must outlive the trainer): a model over the same
+    // vocabulary whose logits for each batch are the soft targets. Needs
+    // options.distill_weight > 0, and the CPU's forward_backward (no gradient function).
+    void set_teacher(const cpu::model& teacher) {
+        TINYLLM_EXPECT(options_.distill_weight > 0, "trainer::set_teacher: distill_weight is 0, so a teacher would "
+                                                    "not be used");
+        TINYLLM_EXPECT(!gradients_, "trainer::set_teacher: distillation runs on the CPU model's forward_backward, "
+                                    "not a gradient function (tinyllm train --device cuda)");
+        TINYLLM_EXPECT(teacher.config().vocab_size == model_.config().vocab_size, "trainer::set_teacher: the teacher's "
+                       "vocabulary has ", teacher.config().vocab_size, " tokens and the student's ",
+                       model_.config().vocab_size, "; they must share the tokenizer");
+        TINYLLM_EXPECT(teacher.config().arch != model_arch::gpt2 || options_.context <= teacher.config().max_positions,
+                       "trainer::set_teacher: context ", options_.context, " is longer than the teacher's GPT-2 "
+                       "position table (", teacher.config().max_positions, ")");
+        teacher_ = &teacher;
+    }
+
     std::int64_t steps_done() const { return step_; }
     const train_options& options() const { return options_; }
     const data_splits& splits() const { return splits_; }
@@ -248,6 +285,19 @@ public:
     void restore(const std::string& dir);
 
 private:
+    // The teacher's logits for every window of the batch, (B * T, V) in row order.
+    tensor<float, 2> teacher_forward(tensor_view<const token_id, 2> tokens) const {
+        const index_t B = tokens.extent(0), T = tokens.extent(1), V = model_.config().vocab_size;
+        tensor<float, 2> out(extents<2>{B * T, V});
+        for (index_t b = 0; b < B; ++b) {
+            auto session = teacher_->new_session(T);
+            const auto logits = teacher_->forward(session, std::span<const token_id>(&tokens(b, 0), static_cast<std::size_t>(T)));
+            std::copy(logits.values().begin(), logits.values().end(), out.data() + b * T * V);
+        }
+        return out;
+    }
+
+    const cpu::model* teacher_ = nullptr;
     cpu::model model_;
     const token_file& data_;
     data_splits splits_;
@@ -282,11 +332,16 @@ inline std::string file_fingerprint(const std::string& path) {
 inline std::vector<std::pair<std::string, std::string>> train_option_fields(const train_options& o) {
     const auto n = [](auto v) { return std::to_string(v); };
     const auto f = [](double v) { return json_number(v); };
-    return {{"batch", n(o.batch)},       {"context", n(o.context)}, {"steps", n(o.steps)},
+    std::vector<std::pair<std::string, std::string>> fields = {{"batch", n(o.batch)},       {"context", n(o.context)}, {"steps", n(o.steps)},
             {"lr", f(o.lr)},             {"warmup", n(o.warmup)},   {"weight_decay", f(o.weight_decay)},
             {"beta1", f(o.beta1)},       {"beta2", f(o.beta2)},     {"eps", f(o.eps)},
             {"clip", f(o.clip)},         {"seed", n(o.seed)},       {"eval_batches", n(o.eval_batches)},
             {"aux_weight", f(o.aux_weight)}};
+    if (o.distill_weight > 0) {  // only a distilled run has them (earlier checkpoints read as alpha = 0)
+        fields.emplace_back("distill_weight", f(o.distill_weight));
+        fields.emplace_back("distill_temperature", f(o.distill_temperature));
+    }
+    return fields;
 }
 
 }  // namespace detail
@@ -431,6 +486,10 @@ inline train_options read_train_options(const json::value& state, const std::str
     }
     t.eval_batches = num("eval_batches").as_int64();
     t.aux_weight = num("aux_weight").as_double();
+    if (o->find("distill_weight")) {
+        t.distill_weight = num("distill_weight").as_double();
+        t.distill_temperature = num("distill_temperature").as_double();
+    }
     return t;
 }
 
