@@ -242,6 +242,51 @@ TEST_CASE("cross_entropy with every row ignored is 0 with zero gradients", "[cud
     }
 }
 
+// ---- distillation ------------------------------------------------------------------------
+
+TEST_CASE("distillation_loss matches the CPU reference: loss, gradient added to dlogits, errors", "[cuda][loss]") {
+    const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1}, {1, 7}, {3, 32}, {4, 1000}, {5, 4099}};
+    std::uint64_t which = 600;
+    for (const auto& [rows, V] : shapes)
+        for (const double tau : {1.0, 2.5}) {
+            const std::size_t n = static_cast<std::size_t>(rows * V);
+            const auto student = normal_as<float>(n, which++, 0.0f, 3.0f);
+            const auto teacher = normal_as<float>(n, which++, 0.0f, 3.0f);
+            const auto start = normal_as<float>(n, which++);  // what dlogits holds before (the CE gradient)
+            std::vector<float> ref = start;
+            const double ref_loss =
+                cpu::distillation_loss(view2(ref, rows, V), cview2(student, rows, V), cview2(teacher, rows, V), tau, 0.7);
+            auto d_s = upload<float>(student), d_t = upload<float>(teacher), d_g = upload<float>(start);
+            const float loss = tc::distillation_loss(dview2(d_g, rows, V), dview2(d_s, rows, V), dview2(d_t, rows, V),
+                                                     tau, 0.7);
+            const std::string name = "distillation_loss (" + std::to_string(rows) + ", " + std::to_string(V) +
+                                     "), tau " + std::to_string(tau);
+            TINYLLM_REQUIRE_CLOSE(std::vector<float>{loss}, std::vector<double>{ref_loss},
+                                  tolerance{1e-5, 1e-4, 1e-4}, name + ": loss");
+            TINYLLM_REQUIRE_CLOSE(download(d_g), ref, tolerance{1e-6, 1e-5, 1e-5}, name + ": dlogits");
+            // The loss alone writes nothing.
+            const float alone = tc::distillation_loss({}, dview2(d_s, rows, V), dview2(d_t, rows, V), tau);
+            CHECK(alone == loss);
+        }
+    // A NaN in the teacher's row 1 is named; bad arguments are refused on the host.
+    const index_t rows = 3, V = 40;
+    auto teacher = normal_as<float>(static_cast<std::size_t>(rows * V), 700);
+    teacher[static_cast<std::size_t>(V + 5)] = std::numeric_limits<float>::quiet_NaN();
+    const auto student = normal_as<float>(static_cast<std::size_t>(rows * V), 701);
+    auto d_s = upload<float>(student), d_t = upload<float>(teacher);
+    tc::device_buffer<float> d_g(static_cast<std::size_t>(rows * V));
+    d_g.poison();
+    CHECK_THROWS_WITH(tc::distillation_loss(dview2(d_g, rows, V), dview2(d_s, rows, V), dview2(d_t, rows, V), 1.0),
+                      tinyllm_test::contains("the student or teacher logits of row 1 hold a non-finite value"));
+    CHECK_THROWS_WITH(tc::distillation_loss({}, dview2(d_s, rows, V), dview2(d_t, rows, V), -1.0),
+                      tinyllm_test::contains("temperature = -1 must be positive"));
+    CHECK_THROWS_WITH(tc::distillation_loss(dview2(d_s, rows, V), dview2(d_s, rows, V), dview2(d_t, rows, V), 1.0),
+                      tinyllm_test::contains("must not be the logits' memory"));
+    CHECK_THROWS_WITH(tc::distillation_loss({}, dview2(d_s, rows, V),
+                                            tensor_view<const float, 2>(d_t.data(), extents<2>{rows - 1, V}), 1.0),
+                      tinyllm_test::contains("must have the same shape"));
+}
+
 TEST_CASE("cross_entropy on (B, T, V) equals the flattened call; loss alone; no losses buffer", "[cuda][loss]") {
     const index_t B = 2, T = 3, V = 101, rows = B * T;
     const auto logits = normal_as<bfloat16>(static_cast<std::size_t>(rows * V), 500, 0.0f, 2.0f);

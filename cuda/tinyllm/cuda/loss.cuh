@@ -60,8 +60,17 @@
 // and type, or empty ({}) for the loss alone; dlogits may be logits. targets
 // (rows) token ids, contiguous. losses (rows) float, contiguous: each row's
 // loss (unscaled, 0 for an ignored row), or empty to use an internal
-// workspace. All arithmetic in float. The (..., V) overload at the end takes
-// logits (B, T, V) and targets (B, T), like the CPU.
+// workspace. All arithmetic in float. The (..., V) overload takes logits
+// (B, T, V) and targets (B, T), like the CPU.
+//
+// Distillation (distillation_loss, at the end): tau^2 KL(softmax(t / tau) ||
+// softmax(s / tau)) of student logits s against teacher logits t, mean over
+// the rows, with its gradient tau (p - q) / rows ADDED (times grad_scale) to
+// dlogits — the same meaning as tinyllm::cpu::distillation_loss. v1: one block
+// per row; pass 1 takes the online log-sum-exp of s / tau and of t / tau
+// together (one read of both rows); pass 2 re-reads them for the row's KL sum
+// and the gradient. Per-row losses and a fixed-order reduction, as above, so
+// the loss is deterministic; a non-finite logit is reported by its row.
 #pragma once
 
 #include <tinyllm/config.hpp>
@@ -308,7 +317,129 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
     return s.loss;
 }
 
+// ---- distillation ----------------------------------------------------------------
+
+struct distillation_status {
+    int bad_row;  // the first row found holding a NaN or infinite logit (student or teacher); rows if none
+    float loss;   // the reduced loss
+};
+
+// v1: one block per row (grid-stride over rows). student, teacher (rows, V) of T =
+// float with unit column stride; dlogits the same or null (the loss alone). A
+// template, as every kernel in a header.
+template <class T>
+__global__ void distillation_kernel(T* dlogits, index_t dlogits_stride, float* losses, distillation_status* status,
+                                    const T* student, index_t student_stride, const T* teacher,
+                                    index_t teacher_stride, index_t rows, index_t V, float tau, float grad_scale) {
+    __shared__ float pm_s[32], ps_s[32], pm_t[32], ps_t[32], partial[32];
+    const float inv_tau = 1.0f / tau, scale = grad_scale * tau / static_cast<float>(rows);
+    for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* s = student + r * student_stride;
+        const T* t = teacher + r * teacher_stride;
+        // Pass 1: log sum exp of s / tau and of t / tau, and the non-finite count.
+        online_lse as{-INFINITY, 0.0f}, at{-INFINITY, 0.0f};
+        float bad = 0.0f;
+        for (index_t j = threadIdx.x; j < V; j += blockDim.x) {
+            const float zs = s[j] * inv_tau, zt = t[j] * inv_tau;
+            if (!::isfinite(zs) || !::isfinite(zt)) {
+                bad += 1.0f;
+                continue;
+            }
+            as = merge_lse(as, online_lse{zs, 1.0f});
+            at = merge_lse(at, online_lse{zt, 1.0f});
+        }
+        as = block_lse(as, pm_s, ps_s);
+        at = block_lse(at, pm_t, ps_t);
+        bad = row_block_sum(bad, partial);
+        if (bad > 0.0f) {  // uniform across the block
+            if (threadIdx.x == 0) {
+                atomicMin(&status->bad_row, static_cast<int>(r));
+                losses[r] = 0.0f;
+            }
+            continue;
+        }
+        const float lse_s = as.m + logf(as.s), lse_t = at.m + logf(at.s);
+        // Pass 2: sum_j q_j (log q_j - log p_j), and the gradient tau (p_j - q_j) / rows.
+        float kl = 0.0f;
+        T* d = dlogits ? dlogits + r * dlogits_stride : nullptr;
+        for (index_t j = threadIdx.x; j < V; j += blockDim.x) {
+            const float log_p = s[j] * inv_tau - lse_s, log_q = t[j] * inv_tau - lse_t;
+            const float q = expf(log_q);
+            kl += q * (log_q - log_p);
+            if (d) d[j] += grad_scale == 0.0f ? 0.0f : scale * (expf(log_p) - q);
+        }
+        kl = row_block_sum(kl, partial);
+        if (threadIdx.x == 0) losses[r] = tau * tau * kl;
+    }
+}
+
+// One block: loss = (sum of the rows' losses) / rows, in a fixed order.
+template <int Threads>
+__global__ void distillation_reduce_kernel(distillation_status* status, const float* losses, index_t rows) {
+    __shared__ float partial[32];
+    float acc = 0.0f;
+    for (index_t r = threadIdx.x; r < rows; r += blockDim.x) acc += losses[r];
+    acc = row_block_sum(acc, partial);
+    if (threadIdx.x == 0) status->loss = acc / static_cast<float>(rows);
+}
+
+template <int Rows = 0>
+__global__ void distillation_status_init_kernel(distillation_status* status, int rows) {
+    status->bad_row = rows;
+    status->loss = 0.0f;
+}
+
 }  // namespace detail
+
+// v1 distillation loss: tau^2 KL(softmax(teacher / tau) || softmax(student / tau)),
+// the mean over the rows of student and teacher logits (rows, V) (device, float,
+// unit column stride); unless dlogits is empty, ADDS grad_scale * tau (p - q) / rows
+// to dlogits (rows, V), which must not be either logits. Returns the loss
+// (synchronizes `stream`). The CPU reference is tinyllm::cpu::distillation_loss.
+inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empty; added to*/,
+                               tensor_view<const float, 2> student /*(rows, V)*/,
+                               tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,
+                               double grad_scale = 1.0, cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, "distillation_loss");
+    TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
+                                           static_cast<const void*>(dlogits.data()) != teacher.data()),
+                   "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");
+    const index_t rows = student.extent(0), V = student.extent(1);
+    TINYLLM_EXPECT(rows < (index_t{1} << 31) && V < (index_t{1} << 31), "distillation_loss: logits have shape ",
+                   to_string(student.shape()), "; rows and V must be below 2^31");
+    detail::expect_unit_column_stride(student, "distillation_loss", "student");
+    detail::expect_unit_column_stride(teacher, "distillation_loss", "teacher");
+    if (dlogits.size() != 0) detail::expect_unit_column_stride(dlogits, "distillation_loss", "dlogits");
+    if (rows == 0) return 0.0f;
+
+    const std::size_t status_bytes = 256;
+    auto* base = static_cast<unsigned char*>(
+        detail::stream_workspace(status_bytes + static_cast<std::size_t>(rows) * sizeof(float), stream));
+    auto* status = reinterpret_cast<detail::distillation_status*>(base);
+    float* losses = reinterpret_cast<float*>(base + status_bytes);
+    launch(detail::distillation_status_init_kernel<>, 1, 1, 0, stream, status, static_cast<int>(rows));
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const index_t wanted = ceil_div<index_t>(V, 32) * 32;
+    const int threads = static_cast<int>(wanted > 512 ? 512 : wanted);
+    const unsigned blocks = static_cast<unsigned>(rows < (index_t{1} << 30) ? rows : (index_t{1} << 30));
+    const bool want_grad = dlogits.size() != 0;
+    launch(detail::distillation_kernel<float>, blocks, threads, 0, stream, want_grad ? dlogits.data() : nullptr,
+           want_grad ? detail::norm_row_stride(dlogits) : index_t{0}, losses, status, student.data(),
+           detail::norm_row_stride(student), teacher.data(), detail::norm_row_stride(teacher), rows, V,
+           static_cast<float>(temperature), static_cast<float>(grad_scale));
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    launch(detail::distillation_reduce_kernel<detail::cross_entropy_reduce_threads>, 1,
+           detail::cross_entropy_reduce_threads, 0, stream, status, losses, rows);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    detail::distillation_status st{};
+    TINYLLM_CUDA_CHECK(cudaMemcpyAsync(&st, status, sizeof st, cudaMemcpyDeviceToHost, stream));
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (st.bad_row < rows)
+        TINYLLM_FAIL("distillation_loss: the student or teacher logits of row ", st.bad_row,
+                     " hold a non-finite value (NaN or infinity); that row of dlogits was not written, other rows "
+                     "may have been");
+    return st.loss;
+}
 
 // v1: the cross-entropy of logits (rows, V) against targets (rows), both on
 // the device: returns the loss (the mean over the valid rows, or the sum, as
