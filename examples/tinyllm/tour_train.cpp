@@ -1,4 +1,4 @@
-// examples/tinyllm/tour_train.cpp — the tour's last chapter: a small model
+// examples/tinyllm/tour_train.cpp — the tour's training chapter: a small model
 // trained live for about a minute on the King James Bible (data/kjv.txt, which
 // tools/bootstrap writes), its loss falling on screen, then writing text.
 #include "paths.hpp"

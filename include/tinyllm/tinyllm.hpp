@@ -51,6 +51,7 @@
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/quantize_model.hpp>
 #include <tinyllm/safetensors.hpp>
+#include <tinyllm/speculative.hpp>
 
 // Training a model: the loop, its checkpoints, resuming.
 #include <tinyllm/train.hpp>
