@@ -374,6 +374,11 @@ TEST_CASE("round_model_weights: every layer matrix rounded, embeddings, norms, b
         CHECK_THROWS_WITH(tinyllm::round_model_weights(w, {quant_format::int4, 64}),
                           contains("the group size 64 does not divide the 96 inputs of layers.0.down (64 x 96)"));
         CHECK(w.layers[0].wq.values() == original.layers[0].wq.values());
+        // The same reason without the error; none for a group that divides, nor for int8.
+        CHECK(tinyllm::quant_spec_mismatch(original, {quant_format::int4, 64}) ==
+              "the group size 64 does not divide the 96 inputs of layers.0.down (64 x 96)");
+        CHECK(tinyllm::quant_spec_mismatch(original, {quant_format::int4, 32}).empty());
+        CHECK(tinyllm::quant_spec_mismatch(original, {quant_format::int8, 0}).empty());
     }
 }
 

@@ -107,19 +107,13 @@ TINYLLM_COMMAND("quantize", "measure what int8/int4 weights cost a trained model
                   static_cast<long long>(float_bytes), base, std::exp(base), "", seconds);
     out << line << std::flush;
     for (const auto& spec : specs) {
-        tinyllm::model_weights w = float_model.weights();
-        tinyllm::quantization_summary s;
-        try {
-            s = tinyllm::round_model_weights(w, spec);
-        } catch (const tinyllm::error& e) {  // a group size this model's shapes do not allow: say so, go on
-            std::string why = e.what();  // "...(round_model_weights: ...: the group size ...)\n  at ..."
-            why = why.substr(0, why.find('\n'));
-            const bool wrapped = why.find("(round_model_weights") != std::string::npos;
-            if (const auto at = why.find("the group size"); at != std::string::npos) why = why.substr(at);
-            if (wrapped && !why.empty() && why.back() == ')') why.pop_back();
+        // A group size this model's shapes do not allow: say so, go on.
+        if (const std::string why = tinyllm::quant_spec_mismatch(float_model.weights(), spec); !why.empty()) {
             out << spec.name() << ": skipped, " << why << "\n";
             continue;
         }
+        tinyllm::model_weights w = float_model.weights();
+        const tinyllm::quantization_summary s = tinyllm::round_model_weights(w, spec);
         const tinyllm::cpu::model m(float_model.config(), std::move(w));
         const double loss = timed_loss(m, seconds);
         std::snprintf(line, sizeof line, "%-10s %8.2f %12lld %10.4f %11.3f %+8.2f%% %6.1fs\n", spec.name().c_str(),

@@ -27,6 +27,7 @@
 #include <tinyllm/quantize.hpp>
 
 #include <string>
+#include <type_traits>
 
 namespace tinyllm {
 
@@ -42,14 +43,15 @@ struct quantization_summary {
 namespace detail {
 
 // Calls f(name, matrix) for each matrix that is quantized (see the top), and
-// g(bytes) for the float32 bytes of every tensor that is not.
-template <class F, class G>
-void for_each_quantized_matrix(model_weights& w, F&& f, G&& kept) {
+// g(bytes) for the float32 bytes of every tensor that is not. W is model_weights
+// (f may change the matrices) or const model_weights (f only reads them).
+template <class W, class F, class G>
+void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
     auto keep = [&](const auto& t) { kept(static_cast<index_t>(sizeof(float)) * t.size()); };
     keep(w.embed), keep(w.positions), keep(w.final_norm_weight), keep(w.final_norm_bias);
     if (w.lm_head.size()) f(std::string("lm_head"), w.lm_head);
     for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        layer_weights& L = w.layers[l];
+        auto& L = w.layers[l];
         const std::string p = "layers." + std::to_string(l) + ".";
         keep(L.attn_norm_weight), keep(L.attn_norm_bias), keep(L.ffn_norm_weight), keep(L.ffn_norm_bias);
         keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
@@ -64,7 +66,7 @@ void for_each_quantized_matrix(model_weights& w, F&& f, G&& kept) {
                 tensor<float, 2> m(extents<2>{rows, cols});
                 std::copy_n(experts->data() + e * rows * cols, rows * cols, m.data());
                 f(p + "experts." + std::to_string(e) + "." + name, m);
-                std::copy_n(m.data(), rows * cols, experts->data() + e * rows * cols);
+                if constexpr (!std::is_const_v<W>) std::copy_n(m.data(), rows * cols, experts->data() + e * rows * cols);
             }
         }
     }
@@ -73,28 +75,37 @@ void for_each_quantized_matrix(model_weights& w, F&& f, G&& kept) {
 }  // namespace detail
 
 // Bytes of all of `w`'s tensors in float32.
-inline index_t float32_bytes(model_weights w) {
+inline index_t float32_bytes(const model_weights& w) {
     index_t bytes = 0;
     detail::for_each_quantized_matrix(
-        w, [&](const std::string&, tensor<float, 2>& m) { bytes += static_cast<index_t>(sizeof(float)) * m.size(); },
+        w, [&](const std::string&, const tensor<float, 2>& m) { bytes += static_cast<index_t>(sizeof(float)) * m.size(); },
         [&](index_t b) { bytes += b; });
     return bytes;
 }
 
-// Replace every quantized matrix of `w` (see the top) by its round-to-nearest
-// dequantized form in `spec`. A group size that does not divide a matrix's
-// inputs is an error naming the matrix; nothing is changed then.
-inline quantization_summary round_model_weights(model_weights& w, const quant_spec& spec) {
-    // Check every matrix first, so that an error leaves the weights as they were.
+// Why `spec` cannot quantize `w`: "the group size G does not divide the K inputs
+// of NAME (N x K)" for the first matrix whose inputs an int4 group size does not
+// divide; empty when it can (always for int8).
+inline std::string quant_spec_mismatch(const model_weights& w, const quant_spec& spec) {
+    std::string why;
+    if (spec.format != quant_format::int4) return why;
     detail::for_each_quantized_matrix(
         w,
-        [&](const std::string& name, tensor<float, 2>& m) {
-            if (spec.format == quant_format::int4)
-                TINYLLM_EXPECT(m.extent(1) % spec.group == 0, "round_model_weights: ", spec.name(),
-                               ": the group size ", spec.group, " does not divide the ", m.extent(1), " inputs of ",
-                               name, " (", m.extent(0), " x ", m.extent(1), ")");
+        [&](const std::string& name, const tensor<float, 2>& m) {
+            if (why.empty() && m.extent(1) % spec.group != 0)
+                why = tinyllm::detail::cat("the group size ", spec.group, " does not divide the ", m.extent(1),
+                                           " inputs of ", name, " (", m.extent(0), " x ", m.extent(1), ")");
         },
         [](index_t) {});
+    return why;
+}
+
+// Replace every quantized matrix of `w` (see the top) by its round-to-nearest
+// dequantized form in `spec`. A group size that does not divide a matrix's
+// inputs is an error naming the matrix (quant_spec_mismatch); nothing is changed then.
+inline quantization_summary round_model_weights(model_weights& w, const quant_spec& spec) {
+    const std::string why = quant_spec_mismatch(w, spec);
+    TINYLLM_EXPECT(why.empty(), "round_model_weights: ", spec.name(), ": ", why);
     quantization_summary s;
     detail::for_each_quantized_matrix(
         w,
