@@ -377,19 +377,7 @@ void attention_flash2(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
                   "attention_flash2 (v5) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_flash2");
-    TINYLLM_EXPECT(a.D == 64 || a.D == 128, "attention v5 (attention_flash2) supports head dims 64 and 128, got ", a.D);
-    const void* const pointers[] = {a.q, a.k, a.v, a.o};
-    for (const void* p : pointers)
-        TINYLLM_EXPECT(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
-                       "attention_flash2 needs 16-byte aligned q, k, v and out (cp.async and the output stores move 16 bytes)");
-    const index_t strides[] = {a.q_sb, a.q_st, a.q_sh, a.k_sb, a.k_st, a.k_sh, a.v_sb, a.v_st, a.v_sh, a.o_sb, a.o_st, a.o_sh};
-    for (index_t s : strides)
-        TINYLLM_EXPECT(s % 8 == 0, "attention_flash2 needs every batch/time/head stride to be a multiple of 8 elements; got ", s);
-    int device = 0, major = 0;
-    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    TINYLLM_EXPECT(major >= 8, "attention_flash2 needs a GPU of compute capability 8.0 or newer (mma.sync bf16, cp.async); "
-                   "this one is ", major, ".x");
+    detail::expect_mma_args(a, "attention_flash2", "v5");
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::flash2_smem_bytes(a.D));
     // x: (head, batch row), heads fastest; y: query blocks, launched last-first by the kernel.

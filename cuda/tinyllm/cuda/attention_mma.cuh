@@ -369,6 +369,28 @@ __global__ void __launch_bounds__(mma_threads) attention_mma_kernel(attention_ar
 #endif
 }
 
+// The launch conditions the tensor-core rungs (v4 attention_mma, v5
+// attention_flash2) share, checked on the host: head dim 64 or 128; q, k, v and
+// out 16-byte aligned with every batch/time/head stride a multiple of 8 elements
+// (cp.async and the output stores move 16 bytes); a GPU of compute capability
+// 8.0 or newer (mma.sync on bf16/fp16, cp.async).
+template <class Args>
+void expect_mma_args(const Args& a, const char* name, const char* rung) {
+    TINYLLM_EXPECT(a.D == 64 || a.D == 128, "attention ", rung, " (", name, ") supports head dims 64 and 128, got ", a.D);
+    const void* const pointers[] = {a.q, a.k, a.v, a.o};
+    for (const void* p : pointers)
+        TINYLLM_EXPECT(reinterpret_cast<std::uintptr_t>(p) % 16 == 0, name,
+                       " needs 16-byte aligned q, k, v and out (cp.async and the output stores move 16 bytes)");
+    const index_t strides[] = {a.q_sb, a.q_st, a.q_sh, a.k_sb, a.k_st, a.k_sh, a.v_sb, a.v_st, a.v_sh, a.o_sb, a.o_st, a.o_sh};
+    for (index_t s : strides)
+        TINYLLM_EXPECT(s % 8 == 0, name, " needs every batch/time/head stride to be a multiple of 8 elements; got ", s);
+    int device = 0, major = 0;
+    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
+    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    TINYLLM_EXPECT(major >= 8, name, " needs a GPU of compute capability 8.0 or newer (mma.sync bf16, cp.async); "
+                   "this one is ", major, ".x");
+}
+
 }  // namespace detail
 
 // v4: out = attention(q, k, v) on tensor cores. T: tinyllm::bfloat16 or
@@ -380,19 +402,7 @@ void attention_mma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
     static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
                   "attention_mma (v4) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_mma");
-    TINYLLM_EXPECT(a.D == 64 || a.D == 128, "attention v4 (attention_mma) supports head dims 64 and 128, got ", a.D);
-    const void* const pointers[] = {a.q, a.k, a.v, a.o};
-    for (const void* p : pointers)
-        TINYLLM_EXPECT(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
-                       "attention_mma needs 16-byte aligned q, k, v and out (cp.async moves 16 bytes)");
-    const index_t strides[] = {a.q_sb, a.q_st, a.q_sh, a.k_sb, a.k_st, a.k_sh, a.v_sb, a.v_st, a.v_sh, a.o_sb, a.o_st, a.o_sh};
-    for (index_t s : strides)
-        TINYLLM_EXPECT(s % 8 == 0, "attention_mma needs every batch/time/head stride to be a multiple of 8 elements; got ", s);
-    int device = 0, major = 0;
-    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    TINYLLM_EXPECT(major >= 8, "attention_mma needs a GPU of compute capability 8.0 or newer (mma.sync bf16, cp.async); "
-                   "this one is ", major, ".x");
+    detail::expect_mma_args(a, "attention_mma", "v4");
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::mma_smem_bytes(a.D));
     const dim3 grid = detail::checked_grid(ceil_div<index_t>(a.Tq, detail::mma_bq), a.Hq, a.B, "attention_mma",
