@@ -245,7 +245,7 @@ TEST_CASE("greedy speculative decoding returns exactly the target's greedy token
 }
 
 TEST_CASE("prompt lookup proposes what followed the latest earlier occurrence of the last n-gram", "[speculative]") {
-    cpu::detail::prompt_lookup_drafter lookup(2);
+    tinyllm::detail::prompt_lookup_drafter lookup(2);
     std::vector<token_id> tokens;
     std::vector<std::vector<double>> q;
     const auto propose = [&](std::vector<token_id> text, index_t k) {

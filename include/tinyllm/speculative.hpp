@@ -49,6 +49,9 @@
 // (seed, stream) at steps 3j (the draft's sample), 3j+1 (the acceptance test)
 // and 3j+2 (the correction or bonus sample), so a run is a function of the seed.
 //
+// The loop runs on a model adapter (detail::cpu_target here; the CUDA model's
+// in <tinyllm/cuda/speculative.cuh>), so the GPU target uses the same code.
+//
 //     tinyllm::speculative_options o;  o.draft_tokens = 4;  o.max_new_tokens = 64;
 //     auto r = tinyllm::cpu::generate_speculative(target, draft, prompt, o);
 //     // r.tokens, r.from_draft[i] (accepted draft or target sample), r.acceptance_rate()
@@ -170,40 +173,62 @@ inline speculative_step accept_or_resample(std::span<const double> p, std::span<
     return {detail::draw_from(residual, u_resample), false};
 }
 
-namespace cpu {
 namespace detail {
+
+// What speculate() needs of a model, on any device: sessions (a KV cache and a
+// length), logits of every fed position or of the last one, as host (n, V)
+// float tensors, and a rollback. cpu_target is the CPU model's;
+// <tinyllm/cuda/speculative.cuh> has the CUDA model's.
+class cpu_target {
+public:
+    using session = cpu::model::session;
+    explicit cpu_target(const cpu::model& m) : m_(m) {}
+    const model_config& config() const { return m_.config(); }
+    session new_session(index_t capacity) const { return m_.new_session(capacity); }
+    tensor<float, 2> forward(session& s, std::span<const token_id> tokens) const { return m_.forward(s, tokens); }
+    tensor<float, 2> forward_last(session& s, std::span<const token_id> tokens) const {
+        return m_.forward_last(s, tokens);
+    }
+    void truncate(session& s, index_t length) const { m_.truncate(s, length); }
+    static index_t length(const session& s) { return s.length; }
+
+private:
+    const cpu::model& m_;
+};
 
 // The drafters. propose(text, k, first_position, out_tokens, out_q) fills up
 // to k tokens (fewer, even none, if it has nothing to say) and, for a model,
 // their distributions; sync(length) tells it the committed text now has
 // `length` tokens (so a model can roll its cache back).
+template <class Model>
 class model_drafter {
 public:
-    model_drafter(const model& m, index_t capacity, const speculative_options& o)
+    model_drafter(const Model& m, index_t capacity, const speculative_options& o)
         : m_(m), s_(m.new_session(capacity)), o_(o) {}
 
     void propose(const std::vector<token_id>& text, index_t k, index_t first_position, std::vector<token_id>& tokens,
                  std::vector<std::vector<double>>& q) {
         const index_t V = m_.config().vocab_size;
         // Catch up with the committed text (the last token, or two after a round that accepted everything).
-        const std::span<const token_id> missing(text.data() + s_.length, text.size() - static_cast<std::size_t>(s_.length));
+        const std::size_t fed = static_cast<std::size_t>(Model::length(s_));
+        const std::span<const token_id> missing(text.data() + fed, text.size() - fed);
         tensor<float, 2> logits = m_.forward_last(s_, missing);  // (1, V)
         for (index_t i = 0; i < k; ++i) {
-            q.push_back(::tinyllm::detail::sampler_distribution(std::span<const float>(logits.data(), V), o_.sampling));
+            q.push_back(sampler_distribution(std::span<const float>(logits.data(), V), o_.sampling));
             const std::uint64_t bits = sampling_bits(o_.seed, o_.stream, 3 * static_cast<std::uint64_t>(first_position + i));
-            const token_id d = ::tinyllm::detail::draw_from(q.back(), ::tinyllm::detail::unit_interval(bits));
+            const token_id d = draw_from(q.back(), unit_interval(bits));
             tokens.push_back(d);
             if (i + 1 < k) logits = m_.forward_last(s_, std::span<const token_id>(&tokens.back(), 1));
         }
     }
     void sync(index_t length) {
         // The draft cache holds text[0..length-1) at most: the last committed token is fed next round.
-        if (s_.length > length - 1) m_.truncate(s_, length - 1);
+        if (Model::length(s_) > length - 1) m_.truncate(s_, length - 1);
     }
 
 private:
-    const model& m_;
-    model::session s_;
+    Model m_;
+    typename Model::session s_;
     const speculative_options& o_;
 };
 
@@ -229,8 +254,10 @@ private:
     index_t n_;
 };
 
-template <class Drafter>
-speculative_result speculate(const model& target, Drafter& drafter, std::span<const token_id> prompt,
+// The decoding loop of the header's comment, for a target adapter (cpu_target,
+// or the CUDA model's) and a drafter.
+template <class Target, class Drafter>
+speculative_result speculate(const Target& target, Drafter& drafter, std::span<const token_id> prompt,
                              const speculative_options& o, const std::function<void(token_id, bool)>& on_token) {
     const index_t V = target.config().vocab_size;
     const auto& eos = o.eos_token_ids.empty() ? target.config().eos_token_ids : o.eos_token_ids;
@@ -264,22 +291,22 @@ speculative_result speculate(const model& target, Drafter& drafter, std::span<co
         // Verify: feed the last committed token and the drafts, (n + 1, V) logits.
         std::vector<token_id> feed{text.back()};
         feed.insert(feed.end(), draft.begin(), draft.end());
-        const index_t before = session.length;
+        const index_t before = Target::length(session);
         const tensor<float, 2> logits = target.forward(session, feed);
         ++r.rounds;
         r.drafted += n;
 
         index_t a = 0;
         for (; a <= n && !stop; ++a) {
-            const std::vector<double> p = ::tinyllm::detail::sampler_distribution(
-                std::span<const float>(logits.data() + a * V, static_cast<std::size_t>(V)), o.sampling);
+            const std::vector<double> p =
+                sampler_distribution(std::span<const float>(logits.data() + a * V, static_cast<std::size_t>(V)), o.sampling);
             const std::uint64_t pos = static_cast<std::uint64_t>(produced + a);
-            const double u_resample = ::tinyllm::detail::unit_interval(sampling_bits(o.seed, o.stream, 3 * pos + 2));
+            const double u_resample = unit_interval(sampling_bits(o.seed, o.stream, 3 * pos + 2));
             if (a == n) {  // every draft accepted (or none proposed): the bonus token from p_{n+1}
-                stop = emit(::tinyllm::detail::draw_from(p, u_resample), false);
+                stop = emit(draw_from(p, u_resample), false);
                 break;
             }
-            const double u_accept = ::tinyllm::detail::unit_interval(sampling_bits(o.seed, o.stream, 3 * pos + 1));
+            const double u_accept = unit_interval(sampling_bits(o.seed, o.stream, 3 * pos + 1));
             const std::span<const double> qa = q.empty() ? std::span<const double>() : std::span<const double>(q[a]);
             const speculative_step step = accept_or_resample(p, qa, draft[a], u_accept, u_resample);
             stop = emit(step.token, step.accepted);
@@ -288,37 +315,57 @@ speculative_result speculate(const model& target, Drafter& drafter, std::span<co
         }
         r.accepted_per_round.push_back(std::min(a, n));
         // Keep the target's cache for the committed text minus its last token.
-        target.truncate(session, std::min(session.length, before + static_cast<index_t>(r.tokens.size()) - produced));
+        target.truncate(session, std::min(Target::length(session), before + static_cast<index_t>(r.tokens.size()) - produced));
         drafter.sync(static_cast<index_t>(text.size()));
     }
     return r;
 }
 
-inline void check_speculative(const model& target, std::span<const token_id> prompt, const speculative_options& o,
-                              const char* what) {
+template <class Target>
+void check_speculative(const Target& target, std::span<const token_id> prompt, const speculative_options& o,
+                       const char* what) {
     TINYLLM_EXPECT(!prompt.empty(), what, ": the prompt is empty");
     TINYLLM_EXPECT(o.draft_tokens >= 1, what, ": draft_tokens = ", o.draft_tokens, " must be at least 1");
     TINYLLM_EXPECT(o.max_new_tokens >= 0, what, ": max_new_tokens = ", o.max_new_tokens, " must not be negative");
-    ::tinyllm::detail::check_params(o.sampling);
+    check_params(o.sampling);
     for (token_id t : prompt)
         TINYLLM_EXPECT(t >= 0 && t < target.config().vocab_size, what, ": prompt token ", t,
                        " is outside the target's vocabulary [0, ", target.config().vocab_size, ")");
 }
 
+template <class Target, class Draft>
+speculative_result generate_speculative_on(const Target& target, const Draft& draft, std::span<const token_id> prompt,
+                                           const speculative_options& o,
+                                           const std::function<void(token_id, bool)>& on_token, const char* what) {
+    check_speculative(target, prompt, o, what);
+    TINYLLM_EXPECT(draft.config().vocab_size == target.config().vocab_size, what, ": the draft model's vocabulary has ",
+                   draft.config().vocab_size, " tokens and the target's ", target.config().vocab_size,
+                   "; a draft must share the target's tokenizer");
+    model_drafter<Draft> drafter(draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens + o.draft_tokens, o);
+    return speculate(target, drafter, prompt, o, on_token);
+}
+
+template <class Target>
+speculative_result generate_prompt_lookup_on(const Target& target, std::span<const token_id> prompt, index_t ngram,
+                                             const speculative_options& o,
+                                             const std::function<void(token_id, bool)>& on_token, const char* what) {
+    check_speculative(target, prompt, o, what);
+    TINYLLM_EXPECT(ngram >= 1, what, ": ngram = ", ngram, " must be at least 1");
+    prompt_lookup_drafter drafter(ngram);
+    return speculate(target, drafter, prompt, o, on_token);
+}
+
 }  // namespace detail
 
+namespace cpu {
 // Speculative decoding with a draft model over the same vocabulary.
 // on_token(id, from_draft) is called as each token is committed.
 inline speculative_result generate_speculative(const model& target, const model& draft,
                                                std::span<const token_id> prompt, const speculative_options& o,
                                                const std::function<void(token_id, bool)>& on_token = {}) {
-    detail::check_speculative(target, prompt, o, "generate_speculative");
-    TINYLLM_EXPECT(draft.config().vocab_size == target.config().vocab_size,
-                   "generate_speculative: the draft model's vocabulary has ", draft.config().vocab_size,
-                   " tokens and the target's ", target.config().vocab_size,
-                   "; a draft must share the target's tokenizer");
-    detail::model_drafter drafter(draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens + o.draft_tokens, o);
-    return detail::speculate(target, drafter, prompt, o, on_token);
+    return ::tinyllm::detail::generate_speculative_on(::tinyllm::detail::cpu_target(target),
+                                                      ::tinyllm::detail::cpu_target(draft), prompt, o, on_token,
+                                                      "generate_speculative");
 }
 
 // Speculative decoding with prompt lookup: drafts copied from the text's own
@@ -326,10 +373,8 @@ inline speculative_result generate_speculative(const model& target, const model&
 inline speculative_result generate_prompt_lookup(const model& target, std::span<const token_id> prompt, index_t ngram,
                                                  const speculative_options& o,
                                                  const std::function<void(token_id, bool)>& on_token = {}) {
-    detail::check_speculative(target, prompt, o, "generate_prompt_lookup");
-    TINYLLM_EXPECT(ngram >= 1, "generate_prompt_lookup: ngram = ", ngram, " must be at least 1");
-    detail::prompt_lookup_drafter drafter(ngram);
-    return detail::speculate(target, drafter, prompt, o, on_token);
+    return ::tinyllm::detail::generate_prompt_lookup_on(::tinyllm::detail::cpu_target(target), prompt, ngram, o,
+                                                        on_token, "generate_prompt_lookup");
 }
 
 }  // namespace cpu

@@ -18,6 +18,7 @@
 #include "support/fixtures.hpp"
 
 #include <tinyllm/cuda/model.cuh>
+#include <tinyllm/cuda/speculative.cuh>
 #include <tinyllm/model.hpp>
 #if defined(TINYLLM_SIMULATED_GPU)
 #include <tinyllm/sim/executor.hpp>
@@ -243,6 +244,58 @@ TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens"
             CHECK(gpu[r].size() == 8);
         }
     }
+}
+
+TEST_CASE("cuda speculative decoding: greedy gives the CUDA model's own greedy tokens; rollback on the device",
+          "[model][speculative]") {
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+    const tc::model<float> target(host);
+    const tc::model<float> poor(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 1));
+    cpu::model close = cpu::model(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));
+    close.quantize_weights(tinyllm::quant_spec{tinyllm::quant_format::int8, 0});  // a CPU draft near the target
+    const std::vector<tinyllm::token_id> prompt{5, 9, 2, 7, 5, 9};
+    cpu::generation_options g;
+    g.max_new_tokens = 20;
+    g.eos_token_ids = {-1};
+    const auto want = tc::generate_batch(target, {prompt}, g)[0];
+    REQUIRE(want.size() == 20);
+    for (const index_t k : {1, 3, 5}) {
+        tinyllm::speculative_options o;
+        o.draft_tokens = k;
+        o.max_new_tokens = 20;
+        o.eos_token_ids = {-1};
+        const auto by_poor = tc::generate_speculative(target, poor, prompt, o);
+        const auto by_close = tc::generate_speculative(target, close, prompt, o);
+        const auto by_lookup = tc::generate_prompt_lookup(target, prompt, 2, o);
+        INFO("k = " << k << ": poor draft accepts " << by_poor.accepted << " / " << by_poor.drafted << ", close "
+                    << by_close.accepted << " / " << by_close.drafted);
+        CHECK(by_poor.tokens == want);
+        CHECK(by_close.tokens == want);
+        CHECK(by_lookup.tokens == want);
+        CHECK(by_close.accepted > 0);
+        CHECK(by_close.rounds < 20);
+        for (const auto* r : {&by_poor, &by_close, &by_lookup})
+            CHECK(static_cast<index_t>(r->tokens.size()) == r->accepted + r->rounds);
+    }
+    // Sampling: the budget is kept and the bookkeeping adds up.
+    tinyllm::speculative_options o;
+    o.draft_tokens = 4;
+    o.max_new_tokens = 17;
+    o.sampling = {0.9f, index_t{20}, {}, {}};
+    o.seed = tinyllm_test::test_seed();
+    o.eos_token_ids = {-1};
+    const auto sampled = tc::generate_speculative(target, poor, prompt, o);
+    CHECK(sampled.tokens.size() == 17);
+    CHECK(static_cast<index_t>(sampled.tokens.size()) == sampled.accepted + sampled.rounds);
+    const tinyllm::model_config other = [&] {
+        tinyllm::model_config w = c;
+        w.vocab_size = c.vocab_size + 8;
+        return w;
+    }();
+    const tc::model<float> wide(other, tinyllm::random_model_weights(other, 3));
+    CHECK_THROWS_WITH(tc::generate_speculative(target, wide, prompt, o),
+                      tinyllm_test::contains("a draft must share the target's tokenizer"));
 }
 
 TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") {

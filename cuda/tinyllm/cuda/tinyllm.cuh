@@ -38,3 +38,4 @@
 
 // The decoder built from them.
 #include <tinyllm/cuda/model.cuh>
+#include <tinyllm/cuda/speculative.cuh>
