@@ -64,7 +64,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
-#include <limits>
 #include <span>
 #include <vector>
 
@@ -143,14 +142,16 @@ inline token_id draw_from(std::span<const double> weights, double u) {
 
 }  // namespace detail
 
+// What the acceptance rule did with one drafted token.
+struct speculative_step {
+    token_id token;  // the drafted token if accepted, else the resampled one
+    bool accepted;
+};
+
 // The acceptance rule for one drafted token d (see the header): with target
 // distribution p and draft distribution q (an empty q means one-hot at d),
 // accept d if u_accept < p(d)/q(d); otherwise return a token drawn with u_resample
-// from norm(max(0, p - q)). Returns {token, accepted}.
-struct speculative_step {
-    token_id token;
-    bool accepted;
-};
+// from norm(max(0, p - q)).
 inline speculative_step accept_or_resample(std::span<const double> p, std::span<const double> q, token_id d,
                                            double u_accept, double u_resample) {
     const std::size_t V = p.size();

@@ -81,13 +81,27 @@ __global__ void attention_decode_combine_kernel(attention_args<T> a, int splits,
     }
 }
 
-// How many key splits: enough blocks for ~4 per SM, never chunks under 256 keys.
-inline int decode_splits(index_t tk, index_t blocks_without_split, int sms) {
-    index_t want = ceil_div<index_t>(4 * static_cast<index_t>(sms), blocks_without_split > 0 ? blocks_without_split : 1);
-    const index_t most = ceil_div<index_t>(tk > 0 ? tk : 1, decode_min_keys);
+// How many key splits: enough blocks for about `blocks_per_sm` per SM, never
+// chunks under `min_keys` keys. Rung 1 aims at 4 blocks per SM with splits of
+// at least 256 keys (decode_min_keys); rung 2 (attention_decode_warps.cuh), whose
+// blocks are lighter, at 64 per SM with splits of at least 64 keys.
+inline int decode_splits(index_t tk, index_t blocks_without_split, int sms, index_t blocks_per_sm = 4,
+                         index_t min_keys = decode_min_keys) {
+    index_t want = ceil_div<index_t>(blocks_per_sm * static_cast<index_t>(sms),
+                                     blocks_without_split > 0 ? blocks_without_split : 1);
+    const index_t most = ceil_div<index_t>(tk > 0 ? tk : 1, min_keys);
     if (want > most) want = most;
     if (want < 1) want = 1;
     return static_cast<int>(want);
+}
+
+// The limit both rungs share: the Hq/Hkv * Tq query rows of a KV head fit one block.
+template <class Args>
+void expect_decode_rows(const Args& a, const char* op) {
+    const index_t rows_per_head = static_cast<index_t>(a.group) * a.Tq;  // 64 bits: Tq may be near 2^30
+    TINYLLM_EXPECT(rows_per_head <= decode_rows, op, ": Hq/Hkv * Tq = ", a.group, " * ", a.Tq, " = ", rows_per_head,
+                   " query rows share each KV head; at most ", decode_rows,
+                   " are supported (use attention_flash or attention_mma for prefill)");
 }
 
 }  // namespace detail
@@ -103,10 +117,7 @@ void attention_decode_tiles(tensor_view<T, 4> out, std::type_identity_t<tensor_v
                             attention_workspace& workspace, int splits = 0, cudaStream_t stream = nullptr) {
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_decode");
     // Every product of sizes below is taken in 64 bits: group * Tq, say, passes 2^31 for Tq near 2^30.
-    const index_t rows_per_head = static_cast<index_t>(a.group) * a.Tq;
-    TINYLLM_EXPECT(rows_per_head <= detail::decode_rows, "attention_decode: Hq/Hkv * Tq = ", a.group, " * ", a.Tq,
-                   " = ", rows_per_head, " query rows share each KV head; at most ", detail::decode_rows,
-                   " are supported (use attention_flash or attention_mma for prefill)");
+    detail::expect_decode_rows(a, "attention_decode");
     TINYLLM_EXPECT(a.D <= 256, "attention_decode supports head dims up to 256, got ", a.D);
     TINYLLM_EXPECT(splits >= 0, "attention_decode: splits = ", splits, " must be >= 0 (0: automatic)");
     TINYLLM_EXPECT(a.B <= 65535 && a.Hkv <= 65535, "attention_decode: B = ", a.B, " and Hkv = ", a.Hkv,

@@ -52,6 +52,7 @@ namespace detail {
 
 inline constexpr int decode_warps_threads = 128;  // 4 warps
 inline constexpr int decode_warps_min_keys = 64;  // no automatic split shorter than this
+inline constexpr int decode_warps_blocks_per_sm = 64;  // automatic splits aim at this many blocks per SM
 
 // How a key row of D elements of T is spread over lanes.
 template <class T, int D>
@@ -264,10 +265,8 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
                             attention_workspace& workspace, int splits = 0, cudaStream_t stream = nullptr) {
     const char* op = "attention_decode_warps";
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, op);
+    detail::expect_decode_rows(a, op);
     const index_t rows_per_head = static_cast<index_t>(a.group) * a.Tq;
-    TINYLLM_EXPECT(rows_per_head <= detail::decode_rows, op, ": Hq/Hkv * Tq = ", a.group, " * ", a.Tq, " = ",
-                   rows_per_head, " query rows share each KV head; at most ", detail::decode_rows,
-                   " are supported (use attention_flash or attention_mma for prefill)");
     if (const std::string why = detail::decode_warps_unsupported(a); !why.empty())
         TINYLLM_FAIL(op, ": ", why, " (attention_decode falls back to attention_decode_tiles)");
     TINYLLM_EXPECT(splits >= 0, op, ": splits = ", splits, " must be >= 0 (0: automatic)");
@@ -283,10 +282,8 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         int device = 0, sms = 0;
         TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
         TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-        const index_t base = static_cast<index_t>(a.B) * a.Hkv * passes;
-        index_t want = ceil_div<index_t>(64 * static_cast<index_t>(sms), base);
-        const index_t most = ceil_div<index_t>(tk, detail::decode_warps_min_keys);
-        want = want > most ? most : (want < 1 ? 1 : want);
+        const index_t want = detail::decode_splits(tk, static_cast<index_t>(a.B) * a.Hkv * passes, sms,
+                                                   detail::decode_warps_blocks_per_sm, detail::decode_warps_min_keys);
         per_split = ceil_div<index_t>(ceil_div<index_t>(tk, want), detail::decode_warps_min_keys) *
                     detail::decode_warps_min_keys;
     } else {
