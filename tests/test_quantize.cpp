@@ -4,15 +4,19 @@
 // weights; the int4 packing byte for byte; the quantized linear layer against
 // the float layer within the bound the weights' errors allow; GPTQ against
 // round-to-nearest on correlated inputs (it must lower the layer's output
-// error); every bad input.
+// error); every bad input. The quantized model: its checkpoints written and
+// read back bit for bit, refused where config and tensors disagree; GPTQ on the
+// model's own activations against round to nearest.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
+#include "support/temp_dir.hpp"
 
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/model.hpp>
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/quantize_model.hpp>
+#include <tinyllm/philox.hpp>
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
@@ -439,5 +443,282 @@ TEST_CASE("model::quantize_weights computes what the model of the rounded weight
         cpu::model b16(c, tinyllm::random_model_weights(c, 5));
         b16.set_weight_dtype(cpu::model::weight_dtype::bfloat16);
         CHECK_THROWS_WITH(b16.quantize_weights({}), contains("the matrices are bfloat16"));
+    }
+}
+
+namespace {
+
+// Logits of every position of each window (M, T), one session per window, concatenated.
+std::vector<float> window_logits(const cpu::model& m, const tensor<tinyllm::token_id, 2>& windows) {
+    std::vector<float> out;
+    for (index_t w = 0; w < windows.extent(0); ++w) {
+        auto s = m.new_session(windows.extent(1));
+        const std::vector<tinyllm::token_id> ids(windows.data() + w * windows.extent(1),
+                                                 windows.data() + (w + 1) * windows.extent(1));
+        const auto logits = m.forward(s, ids);
+        out.insert(out.end(), logits.values().begin(), logits.values().end());
+    }
+    return out;
+}
+
+tensor<tinyllm::token_id, 2> random_windows(index_t M, index_t T, index_t vocab, std::uint64_t seed) {
+    tensor<tinyllm::token_id, 2> t({M, T});
+    tinyllm::philox_generator r(seed);
+    for (auto& id : t.values()) id = static_cast<tinyllm::token_id>(r.next_bits() % static_cast<std::uint32_t>(vocab));
+    return t;
+}
+
+double mean_square_difference(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    double sum = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) sum += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    return sum / static_cast<double>(a.size());
+}
+
+}  // namespace
+
+TEST_CASE("quantized checkpoints: save_quantized_model, then model::load, is the same model", "[quantize]") {
+    using tinyllm::model_arch;
+    const auto windows = random_windows(2, 12, 64, tinyllm_test::test_seed() + 5);
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        for (const bool tied : {true, false}) {
+            const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 32, tied);
+            const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 82);
+            for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+                const std::string what = std::string(arch == model_arch::gpt2 ? "gpt2" : "llama") +
+                                         (tied ? " tied " : " untied ") + spec.name();
+                INFO(what);
+                cpu::model m(c, w);
+                m.quantize_weights(spec);
+                tinyllm_test::temp_dir dir("tinyllm_quantized_checkpoint");
+                tinyllm::cpu::save_quantized_model(dir.path.string(), m);
+                const cpu::model back = cpu::model::load(dir.path.string());
+                REQUIRE(back.quantized());
+                CHECK(back.quantization().name() == spec.name());
+                REQUIRE(back.config().quantization);
+                CHECK(back.config().quantization->name() == spec.name());
+                CHECK(back.config().quantization_method == "rtn");
+                CHECK(back.weight_bytes() == m.weight_bytes());
+                // The same bytes and the same kernels: the same logits, bit for bit.
+                const std::vector<float> want = window_logits(m, windows), got = window_logits(back, windows);
+                CHECK(got == want);
+                // A checkpoint of a quantized model says so to a float loader's users too.
+                const std::string config = tinyllm_test::read_text(dir.file("config.json"));
+                CHECK_THAT(config, contains("\"quant_method\": \"tinyllm\""));
+                CHECK_THAT(config, contains("\"format\": \"" + spec.name() + "\""));
+            }
+        }
+    }
+    SECTION("what is refused") {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::llama, 64, 64, 16, 96, 32, false);
+        cpu::model m(c, tinyllm::random_model_weights(c, 8));
+        tinyllm_test::temp_dir dir("tinyllm_quantized_checkpoint");
+        CHECK_THROWS_WITH(tinyllm::cpu::save_quantized_model(dir.path.string(), m), contains("not quantized"));
+        m.quantize_weights({quant_format::int4, 32});
+        CHECK_THROWS_WITH(tinyllm::save_model(dir.path.string(), m.config(), m.weights()),
+                          contains("this config's matrices are quantized (int4-g32)"));
+        tinyllm::cpu::save_quantized_model(dir.path.string(), m);
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string(), cpu::model::weight_dtype::bfloat16),
+                          contains("holds its matrices quantized (int4-g32)"));
+        const std::string config = tinyllm_test::read_text(dir.file("config.json"));
+        const auto with_config = [&](const std::string& from, const std::string& to) {
+            std::string edited = config;
+            const auto at = edited.find(from);
+            REQUIRE(at != std::string::npos);
+            edited.replace(at, from.size(), to);
+            tinyllm_test::write_text(dir.file("config.json"), edited);
+        };
+        // The config and the tensors disagree: each named.
+        with_config("\"format\": \"int4-g32\", \"bits\": 4, \"group_size\": 32",
+                    "\"format\": \"int4-g16\", \"bits\": 4, \"group_size\": 16");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'lm_head.scales' is F32 (64, 2) but the config (int4-g16, lm_head of 64 x "
+                                   "64) asks for F32 (64, 4)"));
+        with_config("\"format\": \"int4-g32\", \"bits\": 4, \"group_size\": 32",
+                    "\"format\": \"int8\", \"bits\": 8, \"group_size\": 0");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'lm_head.qweight' is U8 (64, 32) but the config (int8, lm_head of 64 x 64) "
+                                   "asks for I8 (64, 64)"));
+        with_config("\"format\": \"int4-g32\", \"bits\": 4, \"group_size\": 32",
+                    "\"format\": \"int4-g32\", \"bits\": 4, \"group_size\": 64");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("quantization_config says format int4-g32 but bits 4 and group_size 64"));
+        with_config("\"quant_method\": \"tinyllm\"", "\"quant_method\": \"gptq\"");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()), contains("is another library's checkpoint layout"));
+        with_config("\"format\": \"int4-g32\"", "\"format\": \"int3\"");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()), contains("quantization format 'int3' is not one of"));
+        with_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("has no tensor 'layers.2.attn_norm.weight'"));
+        with_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'layers.1.attn_norm.weight' is not part of a int4-g32 LlamaForCausalLM"));
+        // Without its quantization_config it is read as a float checkpoint, which it is not.
+        std::string plain = config;
+        plain.erase(plain.find("  \"quantization_config\""), plain.find("  \"torch_dtype\"") - plain.find("  \"quantization_config\""));
+        tinyllm_test::write_text(dir.file("config.json"), plain);
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()), contains("has no tensor 'model.embed_tokens.weight'"));
+    }
+}
+
+TEST_CASE("model::quantize_weights_gptq: closer to the float model than round to nearest", "[quantize]") {
+    using tinyllm::model_arch;
+    // Calibrated on windows of one text; measured on those windows (GPTQ's
+    // objective) and on other windows of the same kind.
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 128, 64, false);
+        const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 83);
+        const auto calibration = random_windows(8, 32, 64, tinyllm_test::test_seed() + 9);
+        const auto other = random_windows(4, 32, 64, tinyllm_test::test_seed() + 10);
+        const cpu::model reference(c, w);
+        for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+            const std::string what = std::string(arch == model_arch::gpt2 ? "gpt2 " : "llama ") + spec.name();
+            INFO(what);
+            cpu::model rtn(c, w), gptq(c, w);
+            rtn.quantize_weights(spec);
+            gptq.quantize_weights_gptq(spec, calibration.view());
+            CHECK(gptq.quantized());
+            CHECK(gptq.config().quantization_method == "gptq");
+            CHECK(gptq.weight_bytes() == rtn.weight_bytes());
+            for (const auto* windows : {&calibration, &other}) {
+                const std::vector<float> want = window_logits(reference, *windows);
+                const double e_rtn = mean_square_difference(window_logits(rtn, *windows), want);
+                const double e_gptq = mean_square_difference(window_logits(gptq, *windows), want);
+                INFO((windows == &calibration ? "calibration" : "other") << " windows: mean square logit error rtn "
+                                                                          << e_rtn << ", gptq " << e_gptq);
+                CHECK(e_gptq > 0.0);
+                // Its objective, on the windows it saw: well below; elsewhere, below.
+                CHECK(e_gptq < (windows == &calibration ? 0.8 : 1.0) * e_rtn);
+            }
+        }
+    }
+    SECTION("bad input") {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::llama, 64, 64, 16, 96, 32, false);
+        cpu::model m(c, tinyllm::random_model_weights(c, 11));
+        tensor<tinyllm::token_id, 2> windows({2, 4}, 1);
+        windows(1, 2) = 64;
+        CHECK_THROWS_WITH(m.quantize_weights_gptq({}, windows.view()),
+                          contains("calibration token (1, 2) = 64 is outside the vocabulary [0, 64)"));
+        CHECK_FALSE(m.quantized());
+        CHECK_THROWS_WITH(m.quantize_weights_gptq({}, tensor<tinyllm::token_id, 2>({0, 4}).view()),
+                          contains("the calibration windows are 0 x 4"));
+        CHECK_THROWS_WITH(m.quantize_weights_gptq({quant_format::int4, 64}, windows.view()),
+                          contains("the group size 64 does not divide the 96 inputs of layers.0.down"));
+        windows(1, 2) = 5;
+        m.quantize_weights_gptq({}, windows.view());
+        CHECK_THROWS_WITH(m.quantize_weights_gptq({}, windows.view()), contains("already quantized (int8)"));
+    }
+}
+
+TEST_CASE("kv_cache_int8: each position's keys and values within half a step of their own scale", "[quantize]") {
+    const index_t B = 2, cap = 12, H = 3, D = 16;
+    tinyllm::kv_cache_int8 cache(B, cap, H, D);
+    CHECK(cache.bytes() == 2 * (B * cap * H * D + 4 * B * cap * H));
+    std::vector<tensor<float, 4>> ks, vs;
+    std::uint64_t seed = tinyllm_test::test_seed() + 90;
+    for (const index_t n : {5, 1, 4}) {
+        tensor<float, 4> k({B, n, H, D}), v({B, n, H, D});
+        tinyllm::cpu::fill_uniform(k.view(), seed++, -2.0f, 2.0f);
+        tinyllm::cpu::fill_uniform(v.view(), seed++, -2.0f, 2.0f);
+        // An outlier, an all-zero row, a row of subnormal size and one of huge size.
+        k(0, 0, 0, 3) = 900.0f;
+        for (index_t d = 0; d < D; ++d) {
+            v(1, 0, 2, d) = 0.0f;
+            k(1, 0, 1, d) *= 1e-40f;
+            v(0, 0, 1, d) *= 1e30f;
+        }
+        cache.append(k.view(), v.view());
+        ks.push_back(k), vs.push_back(v);
+    }
+    REQUIRE(cache.length() == 10);
+    tensor<float, 4> k_out({B, 10, H, D}, std::numeric_limits<float>::quiet_NaN()), v_out(k_out.shape(), k_out(0, 0, 0, 0));
+    cache.dequantize(k_out.view(), v_out.view());
+    index_t t0 = 0, checked = 0;
+    for (std::size_t chunk = 0; chunk < ks.size(); ++chunk) {
+        const index_t n = ks[chunk].extent(1);
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < n; ++t)
+                for (index_t h = 0; h < H; ++h)
+                    for (const bool key : {true, false}) {
+                        const tensor<float, 4>& x = key ? ks[chunk] : vs[chunk];
+                        const tensor<float, 4>& got = key ? k_out : v_out;
+                        const float s = (key ? cache.key_scales() : cache.value_scales())(b, t0 + t, h);
+                        double amax = 0;
+                        for (index_t d = 0; d < D; ++d) amax = std::max(amax, std::fabs(static_cast<double>(x(b, t, h, d))));
+                        INFO("chunk " << chunk << " (b, t, h) = (" << b << ", " << t << ", " << h << ") key " << key);
+                        // The scale is the step of 127 levels over max|x| (up to one ulp up).
+                        CHECK(static_cast<double>(s) * 127.0 >= amax);
+                        CHECK(static_cast<double>(s) * 127.0 <=
+                              amax * (1.0 + 1e-6) + 127.0 * std::numeric_limits<float>::denorm_min());
+                        for (index_t d = 0; d < D; ++d) {
+                            const double err = std::fabs(static_cast<double>(got(b, t0 + t, h, d)) - x(b, t, h, d));
+                            REQUIRE(std::isfinite(got(b, t0 + t, h, d)));
+                            CHECK(err <= static_cast<double>(s) * (0.5 + std::ldexp(1.0, -16)) + 1e-45);
+                            ++checked;
+                        }
+                    }
+        t0 += n;
+    }
+    CHECK(checked == 2 * B * 10 * H * D);
+    SECTION("truncate keeps the first positions; bad input is refused") {
+        cache.truncate(6);
+        CHECK(cache.length() == 6);
+        tensor<float, 4> one({B, 1, H, D}, 0.5f);
+        cache.append(one.view(), one.view());
+        tensor<float, 4> k6({B, 7, H, D}), v6(k6.shape());
+        cache.dequantize(k6.view(), v6.view());
+        CHECK(std::fabs(k6(1, 6, 2, 5) - 0.5f) <= 1e-6f);  // 127 steps of (0.5 / 127, rounded up)
+        CHECK(k6(0, 0, 0, 3) == k_out(0, 0, 0, 3));
+        CHECK_THROWS_WITH(cache.truncate(8), contains("length 8 is outside [0, 7]"));
+        tensor<float, 4> many({B, 6, H, D}, 1.0f);
+        CHECK_THROWS_WITH(cache.append(many.view(), many.view()), contains("6 new positions after 7 exceed the capacity 12"));
+        one(1, 0, 2, 7) = std::numeric_limits<float>::quiet_NaN();
+        CHECK_THROWS_WITH(cache.append(one.view(), tensor<float, 4>({B, 1, H, D}, 0.0f).view()),
+                          contains("key (1, 0, 2, 7) is nan; only finite numbers can be quantized"));
+        tensor<float, 4> wrong({B, 1, H, D + 1}, 0.0f);
+        CHECK_THROWS_WITH(cache.append(wrong.view(), wrong.view()), contains("kv_cache_int8::append: k_new"));
+        CHECK_THROWS_WITH(tinyllm::kv_cache_int8(1, 0, 1, 1), contains("must all be at least 1"));
+    }
+}
+
+TEST_CASE("model sessions with an int8 KV cache: the float model's logits within the cache's rounding", "[quantize]") {
+    using tinyllm::model_arch;
+    using kv = cpu::model::kv_dtype;
+    const std::vector<tinyllm::token_id> prompt = {3, 17, 42, 5, 9, 61, 2, 8};
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 32, false);
+        cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 84));
+        // Prefill, then three decode steps; the logits of every fed position.
+        const auto run = [&](cpu::model::session s) {
+            std::vector<float> all;
+            const auto keep = [&](const tensor<float, 2>& l) { all.insert(all.end(), l.values().begin(), l.values().end()); };
+            keep(m.forward(s, prompt));
+            for (const tinyllm::token_id t : {11, 12, 13}) keep(m.forward(s, std::vector<tinyllm::token_id>{t}));
+            return all;
+        };
+        const std::string name = arch == model_arch::gpt2 ? "gpt2" : "llama";
+        const auto float_cache = run(m.new_session(16));
+        const auto int8_cache = run(m.new_session(16, kv::int8));
+        CHECK(m.new_session(16, kv::int8).dtype() == kv::int8);
+        CHECK(m.new_session(16).cache_bytes() == 2 * 2 * 16 * c.num_kv_heads * c.head_dim * 4);
+        CHECK(m.new_session(16, kv::int8).cache_bytes() == 2 * 2 * 16 * c.num_kv_heads * (c.head_dim + 4));
+        // The rounding shows, and stays small (keys and values to 1/254 of their range).
+        CHECK(int8_cache != float_cache);
+        TINYLLM_REQUIRE_CLOSE(int8_cache, float_cache, tinyllm_test::tolerance{2e-2, 2e-2, 1e-2},
+                              name + ": int8 KV cache against float32");
+        // The reference kernels over the same int8 cache agree to float summation order.
+        m.set_kernels(cpu::model::kernels::reference);
+        const auto reference = run(m.new_session(16, kv::int8));
+        m.set_kernels(cpu::model::kernels::blocked);
+        TINYLLM_REQUIRE_CLOSE(int8_cache, reference, tinyllm_test::tolerance{1e-5, 1e-5, 1e-6},
+                              name + ": int8 KV cache, blocked against reference kernels");
+        // Rolled back and fed again: the same logits (each position's rounding is its own).
+        auto s = m.new_session(16, kv::int8);
+        m.forward(s, prompt);
+        m.forward(s, std::vector<tinyllm::token_id>{11});
+        m.truncate(s, 8);
+        const auto again = m.forward(s, std::vector<tinyllm::token_id>{11});
+        const std::vector<float> first(int8_cache.begin() + 8 * 64, int8_cache.begin() + 9 * 64);
+        CHECK(std::vector<float>(again.values().begin(), again.values().end()) == first);
     }
 }

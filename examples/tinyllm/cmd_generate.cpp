@@ -60,6 +60,9 @@ tinyllm::cpu::model load_cpu_model(const parsed_args& a, const std::string& dir,
                                    const std::optional<tinyllm::quant_spec>& quantized) {
     using tinyllm::cpu::model;
     auto m = model::load(dir, bf16 ? model::weight_dtype::bfloat16 : model::weight_dtype::float32);
+    if (quantized && m.quantized())
+        throw usage_error("'" + dir + "' is a quantized checkpoint (" + m.quantization().name() +
+                          "); it runs as stored, without --dtype " + quantized->name());
     if (quantized) m.quantize_weights(*quantized);
     m.set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
     return m;
@@ -136,7 +139,8 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "                         --prompt-ids \"ID ...\") [--max-new-tokens N]\n"
                 "                         [--greedy | --temperature T --top-k K --top-p P --min-p M --seed S]\n"
                 "                         [--device cpu|cuda] [--dtype float32|bfloat16|int8|int4-gG] [--reference]\n"
-                "                         [--draft-model DIR2 [--draft-dtype D] | --prompt-lookup N] [--speculate K]\n\n"
+                "                         [--draft-model DIR2 [--draft-dtype D] | --prompt-lookup N] [--speculate K]\n"
+                "                         [--kv-cache float32|int8]\n\n"
                 "DIR holds config.json and model.safetensors (or model.safetensors.index.json + shards),\n"
                 "as Hugging Face publishes them. Without --model: the default model, models/kjv, which\n"
                 "`tinyllm train` trains on the King James Bible with no arguments. With --prompt-ids,\n"
@@ -158,11 +162,13 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "held in --draft-dtype, default float32) and the model checks them in one forward;\n"
                 "--prompt-lookup N drafts instead by copying what followed the latest earlier\n"
                 "occurrence of the text's last N (or fewer) tokens. The output follows the same\n"
-                "distribution as without it (greedy: the same tokens); stderr reports the acceptance.\n") {
+                "distribution as without it (greedy: the same tokens); stderr reports the acceptance.\n"
+                "--kv-cache int8 (CPU, without speculative decoding) keeps the keys and values in 8 bits\n"
+                "with a scale per position and head: about 3.7x less cache memory (docs/quantization.md).\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
                                "top-k", "top-p", "min-p", "seed", "device", "dtype", "draft-model", "draft-dtype",
-                               "speculate", "prompt-lookup"},
+                               "speculate", "prompt-lookup", "kv-cache"},
                               {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const bool default_model = a.get("model").empty();
@@ -185,6 +191,14 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     const bool gpu = wants_gpu(a, &bf16, &quantized);
 
     tinyllm::cpu::generation_options o;
+    if (const std::string kv = a.get("kv-cache", "float32"); kv == "int8") {
+        if (gpu) throw usage_error("--kv-cache int8 runs on the CPU; the CUDA model keeps float keys and values");
+        if (a.options.count("draft-model") || a.options.count("prompt-lookup"))
+            throw usage_error("--kv-cache int8 does not combine with speculative decoding yet");
+        o.kv_cache = tinyllm::cpu::model::kv_dtype::int8;
+    } else if (kv != "float32") {
+        throw usage_error("--kv-cache must be float32 or int8, got '" + kv + "'");
+    }
     o.max_new_tokens = a.get_int("max-new-tokens", default_model ? 200 : 32);
     if (o.max_new_tokens < 0) throw usage_error("--max-new-tokens must not be negative");
     const bool sampling = a.options.count("temperature") || a.options.count("top-k") || a.options.count("top-p") ||

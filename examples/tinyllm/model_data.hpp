@@ -39,4 +39,25 @@ inline std::pair<std::uint64_t, std::uint64_t> validation_range(const std::strin
     return {s.val_begin, s.val_end};
 }
 
+// N calibration windows of T tokens (N, T) from the part of data.tokens training
+// used (outside the validation range [val_begin, val_end)), spread evenly over it:
+// text like what the model will read, never what it is measured on.
+inline tinyllm::tensor<tinyllm::token_id, 2> calibration_windows(const tinyllm::token_file& data,
+                                                                std::pair<std::uint64_t, std::uint64_t> validation,
+                                                                tinyllm::index_t N, tinyllm::index_t T) {
+    // The larger training side of the validation range.
+    const std::uint64_t before = validation.first, after = data.size() - validation.second;
+    const std::uint64_t begin = before >= after ? 0 : validation.second, length = before >= after ? before : after;
+    const auto window = static_cast<std::uint64_t>(T);
+    if (length < window * static_cast<std::uint64_t>(N))
+        throw tinyllm::error("the training split of data.tokens (" + std::to_string(length) + " tokens) holds fewer than " +
+                             std::to_string(N) + " calibration windows of " + std::to_string(T) + " tokens");
+    tinyllm::tensor<tinyllm::token_id, 2> out(tinyllm::extents<2>{N, T});
+    const std::uint64_t stride = (length - window) / static_cast<std::uint64_t>(N > 1 ? N - 1 : 1);
+    for (tinyllm::index_t n = 0; n < N; ++n)
+        for (tinyllm::index_t t = 0; t < T; ++t)
+            out(n, t) = data[begin + static_cast<std::uint64_t>(n) * stride + static_cast<std::uint64_t>(t)];
+    return out;
+}
+
 }  // namespace tinyllm_cli

@@ -43,6 +43,7 @@
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/gemm.hpp>
+#include <tinyllm/kv_cache_int8.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
@@ -55,14 +56,18 @@
 #include <tinyllm/tensor.hpp>
 #include <tinyllm/vectorized.hpp>
 
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -90,6 +95,11 @@ struct model_config {
     double router_aux_loss_coef = 0;   // Mixtral: the load-balancing loss's weight in training (transformers: 0.001)
     rope_config rope;                  // Llama, Mixtral
     std::vector<token_id> eos_token_ids;
+    // A quantized checkpoint's (`tinyllm quantize --out`, save_quantized_model):
+    // the format of its matrices and how they were rounded ("rtn" or "gptq");
+    // empty for a float checkpoint.
+    std::optional<quant_spec> quantization;
+    std::string quantization_method;
 };
 
 namespace detail {
@@ -157,6 +167,45 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
 }  // namespace detail
 
 // Read DIR/config.json. Unknown architectures and missing fields are errors.
+namespace detail {
+
+// config.json's "quantization_config" of a checkpoint save_quantized_model wrote:
+//   {"quant_method": "tinyllm", "format": "int4-g128", "bits": 4, "group_size": 128, "method": "gptq"}
+// (int8: "bits": 8, "group_size": 0, one scale per output row).
+// Other libraries' entries (GPTQ's, AWQ's, bitsandbytes') describe other tensor layouts and are refused.
+inline void read_quantization_config(model_config& m, const json::value& q, const std::string& path) {
+    if (!q.is_object()) TINYLLM_FAIL("'", path, "': \"quantization_config\" is not an object");
+    const auto text = [&](const char* key) {
+        const json::value* v = q.find(key);
+        if (!v || !v->is_string()) TINYLLM_FAIL("'", path, "': quantization_config has no \"", key, "\" string");
+        return v->as_string();
+    };
+    const std::string method = text("quant_method");
+    if (method != "tinyllm")
+        TINYLLM_FAIL("'", path, "': quantization_config.quant_method \"", method,
+                     "\" is another library's checkpoint layout; tinyllm reads its own (quant_method \"tinyllm\", "
+                     "written by `tinyllm quantize --out`) and float checkpoints");
+    try {
+        m.quantization = parse_quant_spec(text("format"));
+    } catch (const error& e) {
+        TINYLLM_FAIL("'", path, "': quantization_config.format: ", e.what());
+    }
+    const index_t bits = config_int(q, "bits", -1, path);
+    const index_t group = config_int(q, "group_size", -1, path);
+    const bool int8 = m.quantization->format == quant_format::int8;
+    if (bits != (int8 ? 8 : 4) || group != (int8 ? 0 : m.quantization->group))
+        TINYLLM_FAIL("'", path,
+                     "': quantization_config says format ", m.quantization->name(), " but bits ", bits,
+                     " and group_size ", group, " (", m.quantization->name(), " is bits ", int8 ? 8 : 4,
+                     ", group_size ", int8 ? index_t{0} : m.quantization->group, ")");
+    m.quantization_method = text("method");
+    if (m.quantization_method != "rtn" && m.quantization_method != "gptq")
+        TINYLLM_FAIL("'", path,
+                     "': quantization_config.method \"", m.quantization_method, "\" is not rtn or gptq");
+}
+
+}  // namespace detail
+
 inline model_config load_model_config(const std::string& dir) {
     const std::string path = (std::filesystem::path(dir) / "config.json").string();
     const json::value c = detail::read_json_file(path);
@@ -236,6 +285,8 @@ inline model_config load_model_config(const std::string& dir) {
         else if (eos->is_array())
             for (const auto& e : eos->as_array()) m.eos_token_ids.push_back(static_cast<token_id>(e.as_int64()));
     }
+    if (const json::value* q = c.find("quantization_config"); q && !q->is_null())
+        detail::read_quantization_config(m, *q, path);
     return m;
 }
 
@@ -291,6 +342,200 @@ struct model_weights_bf16 {
 struct layer_weights_quantized {
     quantized_matrix wq, wk, wv, wo, fc, proj, gate, up, down;
 };
+
+// ---- quantized checkpoints -------------------------------------------------------
+//
+// A model holding its matrices quantized (cpu::model::quantize_weights, or
+// quantize_weights_gptq) is written by save_quantized_model and read back by
+// cpu::model::load in tinyllm's own layout (docs/quantization.md has the table):
+// config.json as for the float model plus a "quantization_config" entry, and one
+// model.safetensors whose tensors are named after model_weights' members —
+//   embed (V, D); positions (P, D), GPT-2; final_norm.weight (D); final_norm.bias (D), GPT-2;
+//   layers.L.attn_norm.weight, layers.L.ffn_norm.weight (D), and GPT-2's
+//   layers.L.{attn_norm.bias, ffn_norm.bias, bq, bk, bv, bo, fc_bias, proj_bias},  all F32;
+// and, for each quantized matrix NAME (layers.L.wq ... layers.L.down, and
+// lm_head when the output projection is untied), of N outputs and K inputs:
+//   NAME.qweight  int8: I8 (N, K);  int4: U8 (N, K/2), two inputs per byte (quantize.hpp)
+//   NAME.scales   F32 (N, 1) for int8, (N, K/G) for int4
+//   NAME.zeros    U8 (N, K/G), int4 only.
+// Hugging Face's quantized formats (GPTQ's packed int32 qweight, AWQ's, bitsandbytes')
+// are other layouts; their configs are refused by name.
+
+namespace detail {
+
+// A layer's quantizable matrices: their checkpoint names, and where the model keeps them.
+// (Pointers to members through aliases: nvcc's front end rewrites a plain
+// `T C::*m` declaration with parentheses that GCC then warns about.)
+using quantized_member = quantized_matrix layer_weights_quantized::*;
+using matrix_member = tensor<float, 2> layer_weights::*;
+using vector_member = tensor<float, 1> layer_weights::*;
+struct layer_matrix_member {
+    const char* name;
+    quantized_member quantized;
+    matrix_member dense;
+};
+inline constexpr layer_matrix_member layer_matrix_members[] = {
+    {"wq", &layer_weights_quantized::wq, &layer_weights::wq},
+    {"wk", &layer_weights_quantized::wk, &layer_weights::wk},
+    {"wv", &layer_weights_quantized::wv, &layer_weights::wv},
+    {"wo", &layer_weights_quantized::wo, &layer_weights::wo},
+    {"fc", &layer_weights_quantized::fc, &layer_weights::fc},
+    {"proj", &layer_weights_quantized::proj, &layer_weights::proj},
+    {"gate", &layer_weights_quantized::gate, &layer_weights::gate},
+    {"up", &layer_weights_quantized::up, &layer_weights::up},
+    {"down", &layer_weights_quantized::down, &layer_weights::down},
+};
+
+// A layer's vectors (norm weights, biases), which stay float.
+struct layer_vector_member {
+    const char* name;
+    vector_member vector;
+};
+inline constexpr layer_vector_member layer_vector_members[] = {
+    {"attn_norm.weight", &layer_weights::attn_norm_weight}, {"attn_norm.bias", &layer_weights::attn_norm_bias},
+    {"ffn_norm.weight", &layer_weights::ffn_norm_weight},   {"ffn_norm.bias", &layer_weights::ffn_norm_bias},
+    {"bq", &layer_weights::bq}, {"bk", &layer_weights::bk}, {"bv", &layer_weights::bv}, {"bo", &layer_weights::bo},
+    {"fc_bias", &layer_weights::fc_bias},                   {"proj_bias", &layer_weights::proj_bias},
+};
+
+// The shape (N outputs, K inputs) of a layer matrix of config c; {0, 0} where its architecture has none.
+inline std::array<index_t, 2> layer_matrix_shape(const model_config& c, std::string_view name) {
+    const index_t D = c.hidden_size, F = c.intermediate_size;
+    const index_t q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+    const bool gpt2 = c.arch == model_arch::gpt2, llama = c.arch == model_arch::llama;
+    if (name == "wq") return {q, D};
+    if (name == "wk" || name == "wv") return {kv, D};
+    if (name == "wo") return {D, q};
+    if (gpt2 && name == "fc") return {F, D};
+    if (gpt2 && name == "proj") return {D, F};
+    if (llama && (name == "gate" || name == "up")) return {F, D};
+    if (llama && name == "down") return {D, F};
+    return {0, 0};
+}
+
+// The length of a layer vector of config c; 0 where its architecture has none.
+inline index_t layer_vector_length(const model_config& c, std::string_view name) {
+    if (name == "attn_norm.weight" || name == "ffn_norm.weight") return c.hidden_size;
+    if (c.arch != model_arch::gpt2) return 0;
+    return name == "fc_bias" ? c.intermediate_size : c.hidden_size;  // GPT-2: norm biases, bq bk bv bo, proj_bias
+}
+
+// Read NAME.qweight, NAME.scales and NAME.zeros as the (N, K) matrix `spec` makes;
+// any tensor missing, of another dtype or shape, or holding a value the format
+// cannot (int8 -128, a zero point above 15, a negative or non-finite scale) is
+// an error naming it.
+inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, const std::string& where,
+                                              const std::string& name, index_t N, index_t K, const quant_spec& spec) {
+    const bool int8 = spec.format == quant_format::int8;
+    if (!int8 && K % spec.group != 0)
+        TINYLLM_FAIL("checkpoint '", where, "': its quantization (", spec.name(),
+                     ") has groups of ", spec.group, " inputs, which do not divide the ", K, " inputs of ", name, " (",
+                     N, " x ", K, ")");
+    quantized_matrix q = empty_quantized(N, K, spec);
+    const auto raw = [&](const char* suffix, st_dtype dtype, index_t rows, index_t cols) -> const safetensors_tensor& {
+        const std::string full = name + suffix;
+        const safetensors_tensor* t = ck.find(full);
+        if (!t)
+            TINYLLM_FAIL("checkpoint '", where, "': its config says the matrices are ", spec.name(),
+                         " but tensor '", full, "' is missing");
+        const bool ok = t->dtype == dtype && t->shape.size() == 2 && t->shape[0] == rows && t->shape[1] == cols;
+        if (!ok)
+            TINYLLM_FAIL("checkpoint '", where, "': tensor '", full, "' is ", st_dtype_name(t->dtype), " ",
+                         safetensors_file::shape_string(t->shape), " but the config (", spec.name(), ", ", name,
+                         " of ", N, " x ", K, ") asks for ", st_dtype_name(dtype), " ",
+                         safetensors_file::shape_string({rows, cols}));
+        return *t;
+    };
+    const safetensors_tensor& values = raw(".qweight", int8 ? st_dtype::i8 : st_dtype::u8, N, q.row_bytes());
+    std::memcpy(q.data.data(), values.data, q.data.size());
+    if (int8)
+        for (std::size_t i = 0; i < q.data.size(); ++i)
+            if (q.data[i] == 0x80)
+                TINYLLM_FAIL("checkpoint '", where, "': ", name, ".qweight holds -128 at (",
+                             static_cast<index_t>(i) / K, ", ", static_cast<index_t>(i) % K,
+                             "); int8 weights are in [-127, 127]");
+    q.scales = to_tensor<float, 2>(raw(".scales", st_dtype::f32, N, q.groups()));
+    for (index_t n = 0; n < N; ++n)
+        for (index_t g = 0; g < q.groups(); ++g)
+            if (!std::isfinite(q.scales(n, g)) || q.scales(n, g) < 0.0f)
+                TINYLLM_FAIL("checkpoint '", where, "': ",
+                             name, ".scales(", n, ", ", g, ") = ", q.scales(n, g), "; scales are finite and >= 0");
+    if (!int8) {
+        q.zeros = to_tensor<std::uint8_t, 2>(raw(".zeros", st_dtype::u8, N, q.groups()));
+        for (index_t n = 0; n < N; ++n)
+            for (index_t g = 0; g < q.groups(); ++g)
+                if (q.zeros(n, g) > 15)
+                    TINYLLM_FAIL("checkpoint '", where, "': ", name, ".zeros(", n, ", ", g,
+                                 ") = ", static_cast<int>(q.zeros(n, g)), "; int4 zero points are in [0, 15]");
+    } else {
+        if (ck.contains(name + ".zeros"))
+            TINYLLM_FAIL("checkpoint '", where, "': tensor '", name,
+                         ".zeros' is there, but int8 matrices have no zero points (is the config's format right?)");
+    }
+    return q;
+}
+
+}  // namespace detail
+
+// What a quantized checkpoint holds: the float tensors, with the quantized
+// matrices left empty, and the quantized matrices.
+struct quantized_model_weights {
+    model_weights floats;
+    std::vector<layer_weights_quantized> layers;
+    quantized_matrix lm_head;  // an untied output projection; empty when tied to the embedding
+};
+
+// Read a quantized checkpoint (the layout above) of config c, whose
+// quantization_config names its format. Every tensor the config implies must
+// be there with its dtype and shape, and no other: a checkpoint whose
+// quantization config and tensors disagree is an error that names the tensor.
+inline quantized_model_weights load_quantized_model_weights(const model_config& c, const safetensors_checkpoint& ck,
+                                                            const std::string& where) {
+    if (!c.quantization) TINYLLM_FAIL("load_quantized_model_weights: '", where, "' has no quantization_config");
+    if (c.arch == model_arch::mixtral)
+        TINYLLM_FAIL("checkpoint '", where,
+                     "': a quantized Mixtral is not supported (its experts are not quantized yet)");
+    const quant_spec& spec = *c.quantization;
+    const index_t D = c.hidden_size, V = c.vocab_size;
+    std::set<std::string> expected;
+    const auto vector = [&](const std::string& name, index_t n) {
+        expected.insert(name);
+        return ck.load(name, extents<1>{n});
+    };
+    const auto matrix = [&](const std::string& name, index_t rows, index_t cols) {
+        expected.insert(name);
+        return ck.load(name, extents<2>{rows, cols});
+    };
+    const auto quantized = [&](const std::string& name, index_t N, index_t K) {
+        expected.insert(name + ".qweight");
+        expected.insert(name + ".scales");
+        if (spec.format == quant_format::int4) expected.insert(name + ".zeros");
+        return detail::read_quantized_matrix(ck, where, name, N, K, spec);
+    };
+    quantized_model_weights q;
+    model_weights& w = q.floats;
+    w.embed = matrix("embed", V, D);
+    if (c.arch == model_arch::gpt2) w.positions = matrix("positions", c.max_positions, D);
+    w.final_norm_weight = vector("final_norm.weight", D);
+    if (c.arch == model_arch::gpt2) w.final_norm_bias = vector("final_norm.bias", D);
+    if (!c.tie_word_embeddings) q.lm_head = quantized("lm_head", V, D);
+    w.layers.resize(static_cast<std::size_t>(c.num_layers));
+    q.layers.resize(static_cast<std::size_t>(c.num_layers));
+    for (index_t l = 0; l < c.num_layers; ++l) {
+        const std::string p = "layers." + std::to_string(l) + ".";
+        layer_weights& L = w.layers[static_cast<std::size_t>(l)];
+        for (const auto& [name, member] : detail::layer_vector_members)
+            if (const index_t n = detail::layer_vector_length(c, name)) L.*member = vector(p + name, n);
+        for (const auto& [name, member, dense] : detail::layer_matrix_members)
+            if (const auto [N, K] = detail::layer_matrix_shape(c, name); N > 0)
+                q.layers[static_cast<std::size_t>(l)].*member = quantized(p + name, N, K);
+    }
+    for (const std::string& name : ck.names())
+        if (!expected.count(name))
+            TINYLLM_FAIL("checkpoint '", where, "': tensor '", name, "' is not part of a ",
+                         spec.name(), " ", c.architecture, " of this config (docs/quantization.md lists the tensors)");
+    return q;
+}
 
 namespace detail {
 
@@ -659,6 +904,14 @@ inline std::string model_config_json(const model_config& c) {
             list += (i ? ", " : "") + std::to_string(c.eos_token_ids[i]);
         field("eos_token_id", list + "]");
     }
+    if (c.quantization) {
+        const bool int8 = c.quantization->format == quant_format::int8;
+        field("quantization_config", "{\"quant_method\": \"tinyllm\", \"format\": \"" + c.quantization->name() +
+                                         "\", \"bits\": " + n(int8 ? 8 : 4) + ", \"group_size\": " +
+                                         n(int8 ? 0 : c.quantization->group) + ", \"method\": " +
+                                         json::quote(c.quantization_method.empty() ? "rtn" : c.quantization_method) +
+                                         "}");
+    }
     field("torch_dtype", "\"float32\"");
     j += "  \"tie_word_embeddings\": " + std::string(c.tie_word_embeddings ? "true" : "false") + "\n}\n";
     return j;
@@ -673,6 +926,8 @@ inline std::string model_config_json(const model_config& c) {
 // under the real name.
 inline void save_model(const std::string& dir, const model_config& c, const model_weights& w) {
     namespace fs = std::filesystem;
+    TINYLLM_EXPECT(!c.quantization, "save_model: writes float checkpoints, and this config's matrices are quantized (",
+                   c.quantization->name(), "); save_quantized_model writes those");
     TINYLLM_EXPECT(w.embed.size() == c.vocab_size * c.hidden_size && static_cast<index_t>(w.layers.size()) == c.num_layers,
                    "save_model: the weights do not hold this config's float32 embedding and ", c.num_layers,
                    " layers (a model holding bf16 matrices: set_weight_dtype(weight_dtype::float32) first)");
@@ -923,45 +1178,116 @@ public:
     // reference kernels refuse a quantized model. There is no way back: load
     // the model again for float weights.
     void quantize_weights(const quant_spec& spec) {
-        TINYLLM_EXPECT(!quantized_, "model::quantize_weights: the matrices are already quantized (",
-                       quant_spec_.name(), ")");
-        TINYLLM_EXPECT(dtype_ == weight_dtype::float32, "model::quantize_weights: the matrices are bfloat16; "
-                       "quantize from float32 weights");
-        TINYLLM_EXPECT(config_.arch != model_arch::mixtral,
-                       "model::quantize_weights: Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
-        const auto check = [&](const char* name, index_t l, const tensor<float, 2>& m) {
-            if (m.size() && spec.format == quant_format::int4)
-                TINYLLM_EXPECT(m.extent(1) % spec.group == 0, "model::quantize_weights: ", spec.name(),
-                               ": the group size ", spec.group, " does not divide the ", m.extent(1), " inputs of ",
-                               l < 0 ? std::string(name) : "layers." + std::to_string(l) + "." + name, " (",
-                               m.extent(0), " x ", m.extent(1), ")");
-        };
-        const auto take = [&](quantized_matrix& q, tensor<float, 2>& m) {
-            if (!m.size()) return;
-            q = quantize_rtn(m.view(), spec);
-            m = tensor<float, 2>();
-        };
-        check("lm_head", -1, w_.lm_head);
-        for (index_t l = 0; l < config_.num_layers; ++l) {
-            const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
-            check("wq", l, L.wq), check("wk", l, L.wk), check("wv", l, L.wv), check("wo", l, L.wo);
-            check("fc", l, L.fc), check("proj", l, L.proj), check("gate", l, L.gate), check("up", l, L.up);
-            check("down", l, L.down);
-        }
+        expect_quantizable_model(spec, "model::quantize_weights");
         wq_.assign(w_.layers.size(), layer_weights_quantized{});
-        take(head_q_, w_.lm_head);
-        for (std::size_t l = 0; l < w_.layers.size(); ++l) {
-            layer_weights& L = w_.layers[l];
-            layer_weights_quantized& Q = wq_[l];
-            take(Q.wq, L.wq), take(Q.wk, L.wk), take(Q.wv, L.wv), take(Q.wo, L.wo), take(Q.fc, L.fc);
-            take(Q.proj, L.proj), take(Q.gate, L.gate), take(Q.up, L.up), take(Q.down, L.down);
-        }
-        quantized_ = true;
-        quant_spec_ = spec;
+        if (w_.lm_head.size()) head_q_ = quantize_rtn(w_.lm_head.view(), spec);
+        for (std::size_t l = 0; l < w_.layers.size(); ++l)
+            for (const auto& [name, member, dense] : detail::layer_matrix_members)
+                if (const tensor<float, 2>& m = w_.layers[l].*dense; m.size())
+                    wq_[l].*member = quantize_rtn(m.view(), spec);
+        finish_quantization(spec, "rtn");
     }
+
+    // The same matrices quantized by GPTQ (quantize_gptq, tinyllm/quantize.hpp)
+    // instead of round to nearest, calibrated on this model's own activations:
+    // `calibration` holds M windows of T tokens (M, T) — text like the text the
+    // model will see, not the held-out text it is measured on. As in the GPTQ
+    // paper's implementation, the layers are quantized in order and each layer's
+    // inputs are those of the model whose earlier layers are already quantized,
+    // so a layer also corrects what the rounding before it changed: for layer l,
+    // the windows are run through the model (layers < l quantized, l and above
+    // float) and H = 2 X^T X / M is gathered for each input of the layer — one
+    // for Wq, Wk and Wv (they read the same normed input), one for Wo, one for the
+    // MLP's first matrices (fc, or gate and up), one for its last (proj, down) —
+    // then its matrices are quantized; an untied output projection last, on the
+    // final norm's output. L + 1 passes over the windows (L when tied).
+    void quantize_weights_gptq(const quant_spec& spec, tensor_view<const token_id, 2> calibration,
+                               const gptq_options& options = {}) {
+        const char* op = "model::quantize_weights_gptq";
+        expect_quantizable_model(spec, op);
+        const index_t M = calibration.extent(0), T = calibration.extent(1);
+        TINYLLM_EXPECT(M >= 1 && T >= 1, op, ": the calibration windows are ", M, " x ", T, "; GPTQ needs tokens");
+        for (index_t m = 0; m < M; ++m)
+            for (index_t t = 0; t < T; ++t)
+                TINYLLM_EXPECT(calibration(m, t) >= 0 && calibration(m, t) < config_.vocab_size, op,
+                               ": calibration token (", m, ", ", t, ") = ", calibration(m, t),
+                               " is outside the vocabulary [0, ", config_.vocab_size, ")");
+        TINYLLM_EXPECT(kernels_ == kernels::blocked, op, ": runs its calibration on the blocked kernels "
+                       "(set_kernels(kernels::blocked))");
+        // Run every window through the model; `observe` sees each projection's input.
+        const auto run_windows = [&](const linear_observer& observe) {
+            observe_linear_ = &observe;
+            try {
+                for (index_t m = 0; m < M; ++m) {
+                    session s = new_session(T);
+                    std::vector<token_id> window(static_cast<std::size_t>(T));
+                    for (index_t t = 0; t < T; ++t) window[static_cast<std::size_t>(t)] = calibration(m, t);
+                    forward_positions(s, window, {}, false);
+                }
+            } catch (...) {
+                observe_linear_ = nullptr;
+                throw;
+            }
+            observe_linear_ = nullptr;
+        };
+        // While it runs, the layers already quantized compute with their quantized
+        // matrices (project prefers them) and the rest with float ones.
+        wq_.assign(w_.layers.size(), layer_weights_quantized{});
+        quantized_ = true;
+        try {
+            for (std::size_t l = 0; l < w_.layers.size(); ++l) {
+                const layer_weights& L = w_.layers[l];
+                // Which Hessian each matrix of the layer is quantized with.
+                const auto input_of = [&](std::string_view name) -> int {
+                    if (name == "wq" || name == "wk" || name == "wv") return 0;
+                    if (name == "wo") return 1;
+                    if (name == "fc" || name == "gate" || name == "up") return 2;
+                    return 3;  // proj, down
+                };
+                std::vector<gptq_hessian> h;
+                std::vector<const tensor<float, 2>*> reader;  // the matrix whose input fills h[i]
+                for (const auto& [name, member, dense] : detail::layer_matrix_members) {
+                    const tensor<float, 2>& m = L.*dense;
+                    if (!m.size()) continue;
+                    const auto i = static_cast<std::size_t>(input_of(name));
+                    if (h.size() <= i) {
+                        h.resize(i + 1, gptq_hessian(1)), reader.resize(i + 1, nullptr);
+                    }
+                    if (!reader[i]) h[i] = gptq_hessian(m.extent(1)), reader[i] = &m;
+                }
+                run_windows([&](const tensor<float, 2>& weight, tensor_view<const float, 2> x) {
+                    for (std::size_t i = 0; i < reader.size(); ++i)
+                        if (reader[i] == &weight) h[i].add(x);
+                });
+                for (const auto& [name, member, dense] : detail::layer_matrix_members)
+                    if (const tensor<float, 2>& m = L.*dense; m.size())
+                        wq_[l].*member = quantize_gptq(m.view(), h[static_cast<std::size_t>(input_of(name))], spec,
+                                                       options);
+            }
+            if (w_.lm_head.size()) {
+                gptq_hessian h(w_.lm_head.extent(1));
+                run_windows([&](const tensor<float, 2>& weight, tensor_view<const float, 2> x) {
+                    if (&weight == &w_.lm_head) h.add(x);
+                });
+                head_q_ = quantize_gptq(w_.lm_head.view(), h, spec, options);
+            }
+        } catch (...) {
+            // Back to the float model it was.
+            wq_.clear();
+            head_q_ = quantized_matrix();
+            quantized_ = false;
+            throw;
+        }
+        finish_quantization(spec, "gptq");
+    }
+
     // Whether (and how) the matrices are quantized.
     bool quantized() const { return quantized_; }
     const quant_spec& quantization() const { return quant_spec_; }
+    // The quantized matrices (empty unless quantized()): each layer's, and an
+    // untied output projection's (rows 0 when tied).
+    const std::vector<layer_weights_quantized>& weights_quantized() const { return wq_; }
+    const quantized_matrix& head_quantized() const { return head_q_; }
     // Bytes of the weights as held: float32 and bfloat16 tensors, quantized matrices in their format.
     index_t weight_bytes() const {
         index_t bytes = 0;
@@ -994,6 +1320,19 @@ public:
     static model load(const std::string& dir, weight_dtype dtype = weight_dtype::float32) {
         model_config c = load_model_config(dir);
         const safetensors_checkpoint ck(dir);
+        if (c.quantization) {
+            // A quantized checkpoint (save_quantized_model): the matrices load as stored.
+            TINYLLM_EXPECT(dtype == weight_dtype::float32, "model::load: '", dir, "' holds its matrices quantized (",
+                           c.quantization->name(), "); they load as they are, not as bfloat16");
+            quantized_model_weights q = load_quantized_model_weights(c, ck, dir);
+            const quant_spec spec = *c.quantization;
+            model m(std::move(c), std::move(q.floats));
+            m.wq_ = std::move(q.layers);
+            m.head_q_ = std::move(q.lm_head);
+            m.quantized_ = true;
+            m.quant_spec_ = spec;
+            return m;
+        }
         model_weights w = load_model_weights(c, ck);
         model m(std::move(c), std::move(w));
         m.set_weight_dtype(dtype);
@@ -1011,20 +1350,42 @@ public:
     const model_weights& weights() const { return w_; }
     model_weights& weights() { return w_; }  // training updates them in place (float32 only)
 
+    // How a session keeps its keys and values: float32 (kv_cache), or int8 with
+    // a scale per position and head (kv_cache_int8, tinyllm/kv_cache_int8.hpp;
+    // about 3.6-3.8x less memory, attention over the rounded keys and values).
+    enum class kv_dtype { float32, int8 };
+
     // One sequence's state: a KV cache per layer and the number of positions fed.
     struct session {
-        std::vector<kv_cache<float>> caches;
+        std::vector<kv_cache<float>> caches;       // a float32 session's, one per layer
+        std::vector<kv_cache_int8> caches_int8;    // an int8 session's, one per layer
         index_t length = 0;
+
+        kv_dtype dtype() const { return caches_int8.empty() ? kv_dtype::float32 : kv_dtype::int8; }
+        index_t capacity() const {
+            return !caches.empty() ? caches.front().capacity()
+                                   : !caches_int8.empty() ? caches_int8.front().capacity() : 0;
+        }
+        // Bytes the caches hold, for their whole capacity.
+        index_t cache_bytes() const {
+            index_t bytes = 0;
+            for (const kv_cache<float>& c : caches)
+                bytes += 2 * c.batch() * c.capacity() * c.kv_heads() * c.head_dim() * static_cast<index_t>(sizeof(float));
+            for (const kv_cache_int8& c : caches_int8) bytes += c.bytes();
+            return bytes;
+        }
     };
 
-    session new_session(index_t capacity) const {
+    session new_session(index_t capacity, kv_dtype kv = kv_dtype::float32) const {
         TINYLLM_EXPECT(capacity >= 1, "model::new_session: capacity = ", capacity, " must be at least 1");
         if (config_.arch == model_arch::gpt2)
             TINYLLM_EXPECT(capacity <= config_.max_positions, "model::new_session: capacity ", capacity,
                            " exceeds GPT-2's ", config_.max_positions, " learned positions");
         session s;
-        for (index_t l = 0; l < config_.num_layers; ++l)
-            s.caches.emplace_back(1, capacity, config_.num_kv_heads, config_.head_dim);
+        for (index_t l = 0; l < config_.num_layers; ++l) {
+            if (kv == kv_dtype::int8) s.caches_int8.emplace_back(1, capacity, config_.num_kv_heads, config_.head_dim);
+            else s.caches.emplace_back(1, capacity, config_.num_kv_heads, config_.head_dim);
+        }
         return s;
     }
 
@@ -1034,6 +1395,7 @@ public:
         TINYLLM_EXPECT(length >= 0 && length <= s.length, "model::truncate: length ", length, " is outside [0, ",
                        s.length, "]");
         for (kv_cache<float>& c : s.caches) c.truncate(length);
+        for (kv_cache_int8& c : s.caches_int8) c.truncate(length);
         s.length = length;
     }
 
@@ -1063,8 +1425,8 @@ private:
         const index_t n = static_cast<index_t>(tokens.size()), D = c.hidden_size, Dh = c.head_dim;
         const index_t Hq = c.num_heads, Hkv = c.num_kv_heads;
         TINYLLM_EXPECT(n >= 1, "model::forward: no tokens to feed");
-        TINYLLM_EXPECT(!s.caches.empty() && s.length + n <= s.caches.front().capacity(), "model::forward: ",
-                       s.length, " + ", n, " positions exceed the session's capacity");
+        TINYLLM_EXPECT(s.capacity() > 0 && s.length + n <= s.capacity(), "model::forward: ", s.length, " + ", n,
+                       " positions exceed the session's capacity");
         for (index_t t = 0; t < n; ++t)
             TINYLLM_EXPECT(tokens[t] >= 0 && tokens[t] < c.vocab_size, "model::forward: token id ", tokens[t],
                            " at position ", s.length + t, " is outside the vocabulary [0, ", c.vocab_size, ")");
@@ -1102,23 +1464,37 @@ private:
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
             if (c.arch != model_arch::gpt2) apply_rope(q4, k4, c.rope, s.length);  // positions length..length+n-1
-            kv_cache<float>& cache = s.caches[static_cast<std::size_t>(l)];
-            cache.append(k4, v4);
+            // The cached keys and values, this step's included.       (1, length + n, Hkv, Dh) each
+            tensor_view<const float, 4> keys, values;
+            tensor<float, 4> keys_int8, values_int8;  // an int8 session's cache, dequantized for this layer
+            if (s.dtype() == kv_dtype::int8) {
+                kv_cache_int8& cache = s.caches_int8[static_cast<std::size_t>(l)];
+                cache.append(k4, v4);
+                keys_int8 = tensor<float, 4>(extents<4>{1, cache.length(), Hkv, Dh});
+                values_int8 = tensor<float, 4>(keys_int8.shape());
+                cache.dequantize(keys_int8.view(), values_int8.view());
+                keys = keys_int8.view(), values = values_int8.view();
+            } else {
+                kv_cache<float>& cache = s.caches[static_cast<std::size_t>(l)];
+                cache.append(k4, v4);
+                keys = cache.keys(), values = cache.values();
+            }
             attention_options opts;
             opts.causal = true;
             tensor<float, 4> probs;  // (1, Hq, n, length + n), only when observed
-            if (observe) probs = tensor<float, 4>(extents<4>{1, Hq, n, cache.length()});
+            if (observe) probs = tensor<float, 4>(extents<4>{1, Hq, n, keys.extent(1)});
             const tensor_view<float, 4> attn4(attn.data(), {1, n, Hq, Dh});  // (1, n, Hq, Dh)
-            if (kernels_ == kernels::blocked) attention_tiled<float>(attn4, q4, cache, opts);
+            if (kernels_ == kernels::blocked) attention_tiled<float>(attn4, q4, keys, values, opts);
             if (observe) {
                 // The tiled kernel never forms the probabilities; the reference does.
                 // Its output is discarded on the blocked path, so observing changes nothing.
                 tensor<float, 4> scratch;
                 if (kernels_ == kernels::blocked) scratch = tensor<float, 4>(attn4.shape());
-                attention<float>(kernels_ == kernels::blocked ? scratch.view() : attn4, q4, cache, opts, probs.view());
+                attention<float>(kernels_ == kernels::blocked ? scratch.view() : attn4, q4, keys, values, opts,
+                                 probs.view());
                 observe(l, probs.view());
             } else if (kernels_ == kernels::reference) {
-                attention<float>(attn4, q4, cache, opts);
+                attention<float>(attn4, q4, keys, values, opts);
             }
             project(delta.view(), attn.view(), L.wo, L16.wo, LQ.wo, L.bo);
             add(x.view(), x.view(), delta.view());
@@ -1182,6 +1558,7 @@ private:
     void project(tensor_view<float, 2> out, tensor_view<const float, 2> x, const tensor<float, 2>& weight,
                  const tensor<bfloat16, 2>& weight16, const quantized_matrix& weight_q,
                  const tensor<float, 1>& bias) const {
+        if (observe_linear_ && weight.size()) (*observe_linear_)(weight, x);
         if (weight_q.rows > 0) linear_quantized_fused(out, x, weight_q, bias.view());
         else if (dtype_ == weight_dtype::bfloat16) linear_gemm(out, x, weight16.view(), bias.view());
         else linear_on_kernels(out, x, weight.view(), bias.view());
@@ -1391,6 +1768,40 @@ private:
     kernels kernels_ = kernels::blocked;
     weight_dtype dtype_ = weight_dtype::float32;
     inline static const layer_weights_bf16 no_bf16_layer_{};  // float32 weights: every bf16 matrix empty
+    // Sees each projection's input x (n, K) and the float weight it meets (by
+    // address): set only while quantize_weights_gptq gathers its statistics.
+    using linear_observer = std::function<void(const tensor<float, 2>&, tensor_view<const float, 2>)>;
+    mutable const linear_observer* observe_linear_ = nullptr;
+
+    // What quantize_weights and quantize_weights_gptq check first.
+    void expect_quantizable_model(const quant_spec& spec, const char* op) const {
+        TINYLLM_EXPECT(!quantized_, op, ": the matrices are already quantized (", quant_spec_.name(), ")");
+        TINYLLM_EXPECT(dtype_ == weight_dtype::float32, op, ": the matrices are bfloat16; quantize from float32 weights");
+        TINYLLM_EXPECT(config_.arch != model_arch::mixtral, op,
+                       ": Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
+        if (spec.format != quant_format::int4) return;
+        const auto check = [&](const std::string& name, const tensor<float, 2>& m) {
+            TINYLLM_EXPECT(!m.size() || m.extent(1) % spec.group == 0, op, ": ", spec.name(), ": the group size ",
+                           spec.group, " does not divide the ", m.extent(1), " inputs of ", name, " (", m.extent(0),
+                           " x ", m.extent(1), ")");
+        };
+        check("lm_head", w_.lm_head);
+        for (std::size_t l = 0; l < w_.layers.size(); ++l)
+            for (const auto& [name, member, dense] : detail::layer_matrix_members)
+                check("layers." + std::to_string(l) + "." + name, w_.layers[l].*dense);
+    }
+
+    // The quantized matrices are in wq_ and head_q_: free their float copies, record the format.
+    void finish_quantization(const quant_spec& spec, const char* method) {
+        w_.lm_head = tensor<float, 2>();
+        for (layer_weights& L : w_.layers)
+            for (const auto& [name, member, dense] : detail::layer_matrix_members) L.*dense = tensor<float, 2>();
+        quantized_ = true;
+        quant_spec_ = spec;
+        config_.quantization = spec;
+        config_.quantization_method = method;
+    }
+
     bool quantized_ = false;                       // quantize_weights was called
     quant_spec quant_spec_;
     std::vector<layer_weights_quantized> wq_;      // the layers' quantized matrices, when quantized_
@@ -1723,7 +2134,57 @@ struct generation_options {
     std::uint64_t seed = 0;                        // Philox seed for sampling
     std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream r)
     std::vector<token_id> eos_token_ids;           // stop after generating one of these (empty: the config's)
+    model::kv_dtype kv_cache = model::kv_dtype::float32;  // generate's session: float32 or int8 keys and values
 };
+
+// Write a model holding its matrices quantized (quantize_weights or
+// quantize_weights_gptq) to DIR in tinyllm's quantized layout (see "quantized
+// checkpoints" above): config.json with its "quantization_config" and
+// model.safetensors, each written beside its final name and renamed into place.
+// model::load and `tinyllm generate --model DIR` read it back; transformers does
+// not (it knows no quant_method "tinyllm"). Other files a model directory holds
+// (tokenizer.json, generation_config.json) are the caller's to copy.
+inline void save_quantized_model(const std::string& dir, const model& m) {
+    namespace fs = std::filesystem;
+    const model_config& c = m.config();
+    TINYLLM_EXPECT(m.quantized() && c.quantization, "save_quantized_model: the model's matrices are not quantized "
+                   "(quantize_weights first; save_model writes float checkpoints)");
+    const model_weights& w = m.weights();
+    std::vector<safetensors_entry> entries;
+    // The caller's views are only kept while `entries` lives; the int8 values are
+    // viewed as the signed bytes they are.
+    const auto put_quantized = [&](const std::string& name, const quantized_matrix& q) {
+        if (q.spec.format == quant_format::int8)
+            entries.emplace_back(name + ".qweight", tensor_view<const std::int8_t, 2>(
+                                                        reinterpret_cast<const std::int8_t*>(q.data.data()),
+                                                        {q.rows, q.row_bytes()}));
+        else
+            entries.emplace_back(name + ".qweight",
+                                 tensor_view<const std::uint8_t, 2>(q.data.data(), {q.rows, q.row_bytes()}));
+        entries.emplace_back(name + ".scales", q.scales);
+        if (q.zeros.size()) entries.emplace_back(name + ".zeros", q.zeros);
+    };
+    entries.emplace_back("embed", w.embed);
+    if (w.positions.size()) entries.emplace_back("positions", w.positions);
+    entries.emplace_back("final_norm.weight", w.final_norm_weight);
+    if (w.final_norm_bias.size()) entries.emplace_back("final_norm.bias", w.final_norm_bias);
+    if (m.head_quantized().rows > 0) put_quantized("lm_head", m.head_quantized());
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        const std::string p = "layers." + std::to_string(l) + ".";
+        for (const auto& [name, member] : tinyllm::detail::layer_vector_members)
+            if ((w.layers[l].*member).size()) entries.emplace_back(p + name, w.layers[l].*member);
+        for (const auto& [name, member, dense] : tinyllm::detail::layer_matrix_members)
+            if (const quantized_matrix& q = m.weights_quantized()[l].*member; q.rows > 0) put_quantized(p + name, q);
+    }
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    TINYLLM_EXPECT(!ec, "save_quantized_model: cannot create the directory '", dir, "': ", ec.message());
+    const std::string weights = (fs::path(dir) / "model.safetensors").string();
+    save_safetensors(weights + ".tmp", entries,
+                     {{"format", "tinyllm-quantized"}, {"quantization", c.quantization->name()}});
+    tinyllm::detail::rename_into_place(weights + ".tmp", weights, "save_quantized_model");
+    tinyllm::detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c), "save_quantized_model");
+}
 
 // Generate a continuation of `prompt`: prefill, then decode one token at a
 // time. on_token(id) is called as each token is chosen (for streaming).
@@ -1735,7 +2196,8 @@ inline std::vector<token_id> generate(const model& m, std::span<const token_id> 
     TINYLLM_EXPECT(options.max_new_tokens >= 0, "generate: max_new_tokens = ", options.max_new_tokens,
                    " must not be negative");
     const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
-    auto session = m.new_session(static_cast<index_t>(prompt.size()) + std::max<index_t>(options.max_new_tokens, 1));
+    auto session = m.new_session(static_cast<index_t>(prompt.size()) + std::max<index_t>(options.max_new_tokens, 1),
+                                 options.kv_cache);
     std::vector<token_id> out;
     if (options.max_new_tokens == 0) return out;
     tensor<float, 2> logits = m.forward_last(session, prompt);  // (1, V)

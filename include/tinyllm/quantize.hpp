@@ -316,33 +316,60 @@ struct gptq_options {
     double percdamp = 0.01;  // damping added to H's diagonal, as a fraction of its mean
 };
 
+// GPTQ's calibration statistics for one layer input: the sum X^T X over the M
+// rows of input activations seen so far, accumulated batch by batch (a model's
+// calibration runs many windows through a layer), H = 2 X^T X / M.
+class gptq_hessian {
+public:
+    explicit gptq_hessian(index_t inputs) : K_(inputs), sum_(static_cast<std::size_t>(inputs * inputs), 0.0) {
+        TINYLLM_EXPECT(inputs >= 1, "gptq_hessian: ", inputs, " inputs");
+    }
+    // Add the rows of x (M, K): sum += x^T x (its lower triangle, in double).
+    void add(tensor_view<const float, 2> x) {
+        TINYLLM_EXPECT(x.extent(1) == K_, "gptq_hessian::add: the calibration inputs have ", x.extent(1),
+                       " columns; the layer takes ", K_, " inputs");
+        for (index_t m = 0; m < x.extent(0); ++m)
+            for (index_t i = 0; i < K_; ++i) {
+                const double xi = x(m, i);
+                TINYLLM_EXPECT(std::isfinite(xi), "quantize_gptq: calibration input (", rows_ + m, ", ", i, ") is ", xi);
+                if (xi == 0.0) continue;
+                double* row = sum_.data() + i * K_;
+                for (index_t j = 0; j <= i; ++j) row[j] += xi * x(m, j);
+            }
+        rows_ += x.extent(0);
+    }
+    index_t inputs() const { return K_; }
+    index_t rows() const { return rows_; }
+    // H = 2 X^T X / M, both triangles.                                              (K, K)
+    std::vector<double> hessian() const {
+        std::vector<double> h(sum_.size());
+        for (index_t i = 0; i < K_; ++i)
+            for (index_t j = 0; j <= i; ++j) {
+                const double v = sum_[static_cast<std::size_t>(i * K_ + j)] * 2.0 / static_cast<double>(rows_);
+                h[static_cast<std::size_t>(i * K_ + j)] = v;
+                h[static_cast<std::size_t>(j * K_ + i)] = v;
+            }
+        return h;
+    }
+
+private:
+    index_t K_;
+    index_t rows_ = 0;
+    std::vector<double> sum_;  // (K, K), lower triangle
+};
+
 // GPTQ (see the top): quantize w so that x W^^T stays close to x W^T on the
-// calibration inputs x (M, K), M >= 1 rows of this layer's input activations.
-inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/,
-                                      tensor_view<const float, 2> calibration /*(M, K)*/, const quant_spec& spec,
-                                      const gptq_options& options = {}) {
+// calibration inputs whose statistics `calibration` holds (at least one row).
+inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/, const gptq_hessian& calibration,
+                                      const quant_spec& spec, const gptq_options& options = {}) {
     detail::expect_quantizable(w, spec, "quantize_gptq");
-    const index_t N = w.extent(0), K = w.extent(1), M = calibration.extent(0);
-    TINYLLM_EXPECT(calibration.extent(1) == K, "quantize_gptq: the calibration inputs have ", calibration.extent(1),
+    const index_t N = w.extent(0), K = w.extent(1);
+    TINYLLM_EXPECT(calibration.inputs() == K, "quantize_gptq: the calibration inputs have ", calibration.inputs(),
                    " columns; the weight (", N, " x ", K, ") takes ", K, " inputs");
-    TINYLLM_EXPECT(M >= 1, "quantize_gptq: no calibration rows");
+    TINYLLM_EXPECT(calibration.rows() >= 1, "quantize_gptq: no calibration rows");
     TINYLLM_EXPECT(options.percdamp > 0.0 && std::isfinite(options.percdamp), "quantize_gptq: percdamp = ",
                    options.percdamp, " must be positive");
-    // H = 2 X^T X / M, in double.                                                   (K, K)
-    std::vector<double> h(static_cast<std::size_t>(K * K), 0.0);
-    for (index_t m = 0; m < M; ++m)
-        for (index_t i = 0; i < K; ++i) {
-            const double xi = calibration(m, i);
-            TINYLLM_EXPECT(std::isfinite(xi), "quantize_gptq: calibration input (", m, ", ", i, ") is ", xi);
-            if (xi == 0.0) continue;
-            for (index_t j = 0; j <= i; ++j) h[static_cast<std::size_t>(i * K + j)] += xi * calibration(m, j);
-        }
-    for (index_t i = 0; i < K; ++i)
-        for (index_t j = 0; j <= i; ++j) {
-            const double v = h[static_cast<std::size_t>(i * K + j)] * 2.0 / static_cast<double>(M);
-            h[static_cast<std::size_t>(i * K + j)] = v;
-            h[static_cast<std::size_t>(j * K + i)] = v;
-        }
+    std::vector<double> h = calibration.hessian();  // H = 2 X^T X / M                   (K, K)
     // Dead inputs (never non-zero): they cannot change the output; quantize them as 0.
     std::vector<float> work(static_cast<std::size_t>(N * K));  // the weights as GPTQ updates them
     for (index_t n = 0; n < N; ++n)
@@ -401,6 +428,20 @@ inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/,
         }
     }
     return q;
+}
+
+// GPTQ on calibration inputs given as rows: x (M, K), M >= 1 rows of this layer's input activations.
+inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/,
+                                      tensor_view<const float, 2> calibration /*(M, K)*/, const quant_spec& spec,
+                                      const gptq_options& options = {}) {
+    detail::expect_quantizable(w, spec, "quantize_gptq");
+    TINYLLM_EXPECT(calibration.extent(1) == w.extent(1), "quantize_gptq: the calibration inputs have ",
+                   calibration.extent(1), " columns; the weight (", w.extent(0), " x ", w.extent(1), ") takes ",
+                   w.extent(1), " inputs");
+    TINYLLM_EXPECT(calibration.extent(0) >= 1, "quantize_gptq: no calibration rows");
+    gptq_hessian h(w.extent(1));
+    h.add(calibration);
+    return quantize_gptq(w, h, spec, options);
 }
 
 // out (N, K) = W^, the dequantized weight.

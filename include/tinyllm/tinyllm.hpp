@@ -30,6 +30,7 @@
 #include <tinyllm/attention_tiled.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/gemm.hpp>
+#include <tinyllm/kv_cache_int8.hpp>
 #include <tinyllm/loss.hpp>
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
