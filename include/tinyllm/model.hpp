@@ -48,6 +48,7 @@
 #include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
 #include <tinyllm/optimizer.hpp>
+#include <tinyllm/paged_kv.hpp>
 #include <tinyllm/positional.hpp>
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/random.hpp>
@@ -66,6 +67,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <set>
 #include <span>
@@ -1355,23 +1357,34 @@ public:
     // about 3.6-3.8x less memory, attention over the rounded keys and values).
     enum class kv_dtype { float32, int8 };
 
-    // One sequence's state: a KV cache per layer and the number of positions fed.
+    // One sequence's state: a KV cache per layer and the number of positions
+    // fed. Its keys and values are in one of three places: contiguous float32
+    // caches, contiguous int8 caches, or blocks of a shared pool through a block
+    // table (a paged session, tinyllm/paged_kv.hpp; move-only, it returns its
+    // blocks to the pool when it ends).
     struct session {
         std::vector<kv_cache<float>> caches;       // a float32 session's, one per layer
         std::vector<kv_cache_int8> caches_int8;    // an int8 session's, one per layer
+        kv_block_table paged;                      // a paged session's blocks (float32), all layers
         index_t length = 0;
+        index_t max_length = 0;                    // a paged session's limit (GPT-2: its learned positions)
 
         kv_dtype dtype() const { return caches_int8.empty() ? kv_dtype::float32 : kv_dtype::int8; }
+        bool is_paged() const { return paged.pool() != nullptr; }
         index_t capacity() const {
-            return !caches.empty() ? caches.front().capacity()
-                                   : !caches_int8.empty() ? caches_int8.front().capacity() : 0;
+            return is_paged() ? max_length
+                              : !caches.empty() ? caches.front().capacity()
+                                                : !caches_int8.empty() ? caches_int8.front().capacity() : 0;
         }
-        // Bytes the caches hold, for their whole capacity.
+        // Bytes the caches hold: contiguous ones for their whole capacity, a
+        // paged session for the blocks its table holds (shared ones included).
         index_t cache_bytes() const {
             index_t bytes = 0;
             for (const kv_cache<float>& c : caches)
-                bytes += 2 * c.batch() * c.capacity() * c.kv_heads() * c.head_dim() * static_cast<index_t>(sizeof(float));
+                bytes += 2 * c.batch() * c.capacity() * c.kv_heads() * c.head_dim() *
+                         static_cast<index_t>(sizeof(float));
             for (const kv_cache_int8& c : caches_int8) bytes += c.bytes();
+            if (is_paged()) bytes += static_cast<index_t>(paged.blocks().size()) * paged.pool()->block_bytes();
             return bytes;
         }
     };
@@ -1389,6 +1402,32 @@ public:
         return s;
     }
 
+    // A paged session: its keys and values go to blocks of `pool`, taken as it
+    // grows (tinyllm/paged_kv.hpp). The pool must have this model's layers, KV
+    // heads and head dim; it must outlive the session.
+    session new_session(kv_block_pool& pool) const {
+        TINYLLM_EXPECT(pool.layers() == config_.num_layers && pool.kv_heads() == config_.num_kv_heads &&
+                           pool.head_dim() == config_.head_dim,
+                       "model::new_session: the block pool has ", pool.layers(), " layers of ", pool.kv_heads(),
+                       " KV heads of ", pool.head_dim(), "; the model has ", config_.num_layers, " of ",
+                       config_.num_kv_heads, " of ", config_.head_dim);
+        session s;
+        s.paged = kv_block_table(pool);
+        s.max_length =
+            config_.arch == model_arch::gpt2 ? config_.max_positions : std::numeric_limits<std::int32_t>::max();
+        return s;
+    }
+    // A paged session holding the same positions as `s` (its blocks shared,
+    // copied on write): what two continuations of one prefix start from.
+    session fork(const session& s) const {
+        TINYLLM_EXPECT(s.is_paged(), "model::fork: only a paged session's blocks can be shared");
+        session t;
+        t.paged = s.paged.fork();
+        t.length = s.length;
+        t.max_length = s.max_length;
+        return t;
+    }
+
     // Roll a session back to its first `length` positions (the caches keep
     // their storage): a later forward continues from position `length`.
     void truncate(session& s, index_t length) const {
@@ -1396,6 +1435,7 @@ public:
                        s.length, "]");
         for (kv_cache<float>& c : s.caches) c.truncate(length);
         for (kv_cache_int8& c : s.caches_int8) c.truncate(length);
+        if (s.is_paged()) s.paged.truncate(length);
         s.length = length;
     }
 
@@ -1430,6 +1470,9 @@ private:
         for (index_t t = 0; t < n; ++t)
             TINYLLM_EXPECT(tokens[t] >= 0 && tokens[t] < c.vocab_size, "model::forward: token id ", tokens[t],
                            " at position ", s.length + t, " is outside the vocabulary [0, ", c.vocab_size, ")");
+        TINYLLM_EXPECT(!observe || !s.is_paged(), "model::forward: the attention observer needs a contiguous "
+                       "session (a paged one attends through its block table and forms no probabilities)");
+        if (s.is_paged()) s.paged.reserve(n);  // every layer writes the same positions of the same blocks
 
         const bool bf16 = dtype_ == weight_dtype::bfloat16;
         TINYLLM_EXPECT(!bf16 || kernels_ == kernels::blocked,
@@ -1464,37 +1507,31 @@ private:
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
             if (c.arch != model_arch::gpt2) apply_rope(q4, k4, c.rope, s.length);  // positions length..length+n-1
-            // The cached keys and values, this step's included.       (1, length + n, Hkv, Dh) each
-            tensor_view<const float, 4> keys, values;
-            tensor<float, 4> keys_int8, values_int8;  // an int8 session's cache, dequantized for this layer
-            if (s.dtype() == kv_dtype::int8) {
+            const tensor_view<float, 4> attn4(attn.data(), {1, n, Hq, Dh});  // (1, n, Hq, Dh)
+            attention_options opts;
+            opts.causal = true;
+            if (s.is_paged()) {
+                // Into the session's blocks, then attention through its block table.
+                s.paged.write(l, s.length, tensor_view<const float, 3>(k.data(), {n, Hkv, Dh}),
+                              tensor_view<const float, 3>(v.data(), {n, Hkv, Dh}));
+                const kv_block_pool& pool = *s.paged.pool();
+                const std::vector<std::int32_t>& blocks = s.paged.blocks();
+                const std::int32_t fed = static_cast<std::int32_t>(s.length + n);
+                const index_t held = static_cast<index_t>(blocks.size());
+                attention_paged(attn4, q4, pool.keys(l), pool.values(l),
+                                tensor_view<const std::int32_t, 2>(blocks.data(), {1, held}),
+                                tensor_view<const std::int32_t, 1>(&fed, {1}), opts);
+            } else if (s.dtype() == kv_dtype::int8) {
                 kv_cache_int8& cache = s.caches_int8[static_cast<std::size_t>(l)];
                 cache.append(k4, v4);
-                keys_int8 = tensor<float, 4>(extents<4>{1, cache.length(), Hkv, Dh});
-                values_int8 = tensor<float, 4>(keys_int8.shape());
-                cache.dequantize(keys_int8.view(), values_int8.view());
-                keys = keys_int8.view(), values = values_int8.view();
+                // The cache dequantized for this layer.                  (1, length + n, Hkv, Dh) each
+                tensor<float, 4> keys(extents<4>{1, cache.length(), Hkv, Dh}), values(keys.shape());
+                cache.dequantize(keys.view(), values.view());
+                attend(attn4, q4, keys.view(), values.view(), opts, observe, l);
             } else {
                 kv_cache<float>& cache = s.caches[static_cast<std::size_t>(l)];
                 cache.append(k4, v4);
-                keys = cache.keys(), values = cache.values();
-            }
-            attention_options opts;
-            opts.causal = true;
-            tensor<float, 4> probs;  // (1, Hq, n, length + n), only when observed
-            if (observe) probs = tensor<float, 4>(extents<4>{1, Hq, n, keys.extent(1)});
-            const tensor_view<float, 4> attn4(attn.data(), {1, n, Hq, Dh});  // (1, n, Hq, Dh)
-            if (kernels_ == kernels::blocked) attention_tiled<float>(attn4, q4, keys, values, opts);
-            if (observe) {
-                // The tiled kernel never forms the probabilities; the reference does.
-                // Its output is discarded on the blocked path, so observing changes nothing.
-                tensor<float, 4> scratch;
-                if (kernels_ == kernels::blocked) scratch = tensor<float, 4>(attn4.shape());
-                attention<float>(kernels_ == kernels::blocked ? scratch.view() : attn4, q4, keys, values, opts,
-                                 probs.view());
-                observe(l, probs.view());
-            } else if (kernels_ == kernels::reference) {
-                attention<float>(attn4, q4, keys, values, opts);
+                attend(attn4, q4, cache.keys(), cache.values(), opts, observe, l);
             }
             project(delta.view(), attn.view(), L.wo, L16.wo, LQ.wo, L.bo);
             add(x.view(), x.view(), delta.view());
@@ -1514,6 +1551,7 @@ private:
             add(x.view(), x.view(), delta.view());
         }
         s.length += n;
+        if (s.is_paged()) s.paged.advance(n);
 
         norm(h.view(), x.view(), w_.final_norm_weight, w_.final_norm_bias);
         const index_t rows = last_only ? 1 : n;
@@ -1538,6 +1576,26 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
+    // Attention of the n new queries over a contiguous cache's keys and values
+    // (this step's included), on the chosen kernels; `observe` sees the probabilities.
+    //   out, q (1, n, Hq, Dh); keys, values (1, length + n, Hkv, Dh)
+    void attend(tensor_view<float, 4> out, tensor_view<const float, 4> q, tensor_view<const float, 4> keys,
+                tensor_view<const float, 4> values, const attention_options& opts, const attention_observer& observe,
+                index_t layer) const {
+        if (kernels_ == kernels::blocked) attention_tiled<float>(out, q, keys, values, opts);
+        if (observe) {
+            // The tiled kernel never forms the probabilities; the reference does.
+            // Its output is discarded on the blocked path, so observing changes nothing.
+            tensor<float, 4> probs(extents<4>{1, q.extent(2), q.extent(1), keys.extent(1)});  // (1, Hq, n, length + n)
+            tensor<float, 4> scratch;
+            if (kernels_ == kernels::blocked) scratch = tensor<float, 4>(out.shape());
+            attention<float>(kernels_ == kernels::blocked ? scratch.view() : out, q, keys, values, opts, probs.view());
+            observe(layer, probs.view());
+        } else if (kernels_ == kernels::reference) {
+            attention<float>(out, q, keys, values, opts);
+        }
+    }
+
     // out = x weight^T + bias through the chosen kernels, float weights.  out (n, N), x (n, K)
     void linear_on_kernels(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
                            tensor_view<const float, 1> bias) const {
@@ -1776,7 +1834,8 @@ private:
     // What quantize_weights and quantize_weights_gptq check first.
     void expect_quantizable_model(const quant_spec& spec, const char* op) const {
         TINYLLM_EXPECT(!quantized_, op, ": the matrices are already quantized (", quant_spec_.name(), ")");
-        TINYLLM_EXPECT(dtype_ == weight_dtype::float32, op, ": the matrices are bfloat16; quantize from float32 weights");
+        TINYLLM_EXPECT(dtype_ == weight_dtype::float32, op,
+                       ": the matrices are bfloat16; quantize from float32 weights");
         TINYLLM_EXPECT(config_.arch != model_arch::mixtral, op,
                        ": Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
         if (spec.format != quant_format::int4) return;
@@ -2183,7 +2242,8 @@ inline void save_quantized_model(const std::string& dir, const model& m) {
     save_safetensors(weights + ".tmp", entries,
                      {{"format", "tinyllm-quantized"}, {"quantization", c.quantization->name()}});
     tinyllm::detail::rename_into_place(weights + ".tmp", weights, "save_quantized_model");
-    tinyllm::detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c), "save_quantized_model");
+    tinyllm::detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c),
+                                          "save_quantized_model");
 }
 
 // Generate a continuation of `prompt`: prefill, then decode one token at a

@@ -1,0 +1,367 @@
+// tinyllm/paged_kv.hpp — the paged KV cache: keys and values in fixed-size
+// blocks of one shared pool, and attention that reads them through a block table.
+//
+// Why. kv_cache (tinyllm/attention.hpp) gives a sequence one contiguous
+// (capacity, Hkv, D) slab per layer, sized for the longest the sequence might
+// grow. A server holding many sequences at once then reserves memory for tokens
+// that never come, and two requests that share a system prompt store it twice.
+// PagedAttention (Kwon et al., "Efficient Memory Management for Large Language
+// Model Serving with PagedAttention", SOSP 2023) manages the cache as an
+// operating system manages memory: in pages.
+//
+// What. A kv_block_pool holds `blocks` blocks of `block_size` positions; block
+// i of layer l is keys(l)[i] and values(l)[i], each (block_size, Hkv, D). One
+// block id serves every layer. A sequence owns a kv_block_table: the ids of its
+// blocks in order, and its length. Position p lives in block table[p / bs] at
+// offset p % bs. Blocks are taken one at a time as a sequence grows (at most one
+// partly filled block per sequence) and go back to the pool when it ends.
+//
+// Sharing. Blocks carry reference counts. fork() gives a second table with the
+// same blocks, each count + 1: two sequences with a common prefix hold it once.
+// A block is written only while its count is 1. Before a sequence appends into
+// a shared, partly filled last block, reserve() copies that block into a fresh
+// one (copy-on-write). Full shared blocks are never written again, so they stay
+// shared. With block_size 4:
+//
+//     pool:             [0] [1] [2] [3] [4] [5] ...
+//     A, length 10:     table [3, 0, 5]     positions 0-3 in block 3, 4-7 in 0, 8-9 in 5
+//     B = A.fork():     table [3, 0, 5]     counts: 3 -> 2, 0 -> 2, 5 -> 2
+//     B.reserve(1):     table [3, 0, 1]     block 5 is shared and half full: copied to 1
+//                                           counts: 3 -> 2, 0 -> 2, 5 -> 1, 1 -> 1
+//
+// Attention. cpu::attention_paged computes exactly what cpu::attention
+// computes (the shared mask and logit helpers of attention.hpp, in double) for
+// B sequences of different lengths, reading key j of sequence b from block
+// block_tables(b, j / bs), offset j % bs. Its arguments are raw views — the
+// pool's (blocks, bs, Hkv, D) tensors, a (B, max_blocks) table of block ids and
+// the (B) lengths — as a kernel takes them. Sequence b's Tq queries are its
+// last Tq positions (lengths[b] - Tq ... lengths[b] - 1), so causal masks are
+// aligned to each sequence's own length.
+#pragma once
+
+#include <tinyllm/attention.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+class kv_block_pool {
+public:
+    kv_block_pool(index_t layers, index_t blocks, index_t block_size, index_t kv_heads, index_t head_dim)
+        : block_size_(block_size), refs_(static_cast<std::size_t>(blocks > 0 ? blocks : 0), 0) {
+        TINYLLM_EXPECT(layers >= 1 && blocks >= 1 && block_size >= 1 && kv_heads >= 1 && head_dim >= 1,
+                       "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
+                       ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
+        TINYLLM_EXPECT(blocks <= std::numeric_limits<std::int32_t>::max(), "kv_block_pool: ", blocks,
+                       " blocks do not fit the int32 ids of a block table");
+        for (index_t l = 0; l < layers; ++l) {
+            k_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
+            v_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
+        }
+        // Handed out lowest id first.
+        for (index_t b = blocks - 1; b >= 0; --b) free_.push_back(static_cast<std::int32_t>(b));
+    }
+
+    index_t layers() const { return static_cast<index_t>(k_.size()); }
+    index_t blocks() const { return static_cast<index_t>(refs_.size()); }
+    index_t block_size() const { return block_size_; }
+    index_t kv_heads() const { return k_.front().extent(2); }
+    index_t head_dim() const { return k_.front().extent(3); }
+    index_t free_blocks() const { return static_cast<index_t>(free_.size()); }
+    index_t used_blocks() const { return blocks() - free_blocks(); }
+    index_t ref_count(index_t block) const {
+        expect_block(block, "kv_block_pool::ref_count");
+        return refs_[static_cast<std::size_t>(block)];
+    }
+    // Bytes of one block across all layers (keys and values, float32).
+    index_t block_bytes() const {
+        return 2 * layers() * block_size_ * kv_heads() * head_dim() * static_cast<index_t>(sizeof(float));
+    }
+
+    // Layer l's blocks: (blocks, block_size, Hkv, D).
+    tensor_view<float, 4> keys(index_t layer) { return k_[layer_index(layer)].view(); }
+    tensor_view<float, 4> values(index_t layer) { return v_[layer_index(layer)].view(); }
+    tensor_view<const float, 4> keys(index_t layer) const { return k_[layer_index(layer)].view(); }
+    tensor_view<const float, 4> values(index_t layer) const { return v_[layer_index(layer)].view(); }
+
+    // A free block, its count set to 1. An empty pool is an error saying so
+    // (kv_block_table::reserve checks first, so that it fails before changing anything).
+    index_t allocate() {
+        TINYLLM_EXPECT(!free_.empty(), "kv_block_pool::allocate: all ", blocks(), " blocks are in use");
+        const index_t b = free_.back();
+        free_.pop_back();
+        refs_[static_cast<std::size_t>(b)] = 1;
+        return b;
+    }
+    // One more holder of `block`.
+    void retain(index_t block) {
+        expect_held(block, "kv_block_pool::retain");
+        ++refs_[static_cast<std::size_t>(block)];
+    }
+    // One holder fewer; at zero the block is free again.
+    void release(index_t block) {
+        expect_held(block, "kv_block_pool::release");
+        if (--refs_[static_cast<std::size_t>(block)] == 0) free_.push_back(static_cast<std::int32_t>(block));
+    }
+    // Block dst := block src, in every layer (copy-on-write).
+    void copy_block(index_t dst, index_t src) {
+        expect_held(dst, "kv_block_pool::copy_block");
+        expect_held(src, "kv_block_pool::copy_block");
+        for (std::size_t l = 0; l < k_.size(); ++l) {
+            const index_t n = block_size_ * kv_heads() * head_dim();
+            std::copy_n(k_[l].data() + src * n, n, k_[l].data() + dst * n);
+            std::copy_n(v_[l].data() + src * n, n, v_[l].data() + dst * n);
+        }
+    }
+
+private:
+    std::size_t layer_index(index_t layer) const {
+        TINYLLM_EXPECT(layer >= 0 && layer < layers(), "kv_block_pool: layer ", layer, " is outside [0, ", layers(),
+                       ")");
+        return static_cast<std::size_t>(layer);
+    }
+    void expect_block(index_t block, const char* op) const {
+        TINYLLM_EXPECT(block >= 0 && block < blocks(), op, ": block ", block, " is outside [0, ", blocks(), ")");
+    }
+    void expect_held(index_t block, const char* op) const {
+        expect_block(block, op);
+        TINYLLM_EXPECT(refs_[static_cast<std::size_t>(block)] > 0, op, ": block ", block, " is free");
+    }
+
+    index_t block_size_;
+    std::vector<tensor<float, 4>> k_, v_;  // per layer (blocks, block_size, Hkv, D)
+    std::vector<index_t> refs_;            // per block: how many tables hold it
+    std::vector<std::int32_t> free_;       // free block ids, next one at the back
+};
+
+// One sequence's blocks in a pool, and its length. Move-only: it releases its
+// blocks when it is destroyed or reset.
+class kv_block_table {
+public:
+    kv_block_table() = default;
+    explicit kv_block_table(kv_block_pool& pool) : pool_(&pool) {}
+    kv_block_table(const kv_block_table&) = delete;
+    kv_block_table& operator=(const kv_block_table&) = delete;
+    kv_block_table(kv_block_table&& o) noexcept
+        : pool_(std::exchange(o.pool_, nullptr)), blocks_(std::move(o.blocks_)), length_(std::exchange(o.length_, 0)) {
+        o.blocks_.clear();
+    }
+    kv_block_table& operator=(kv_block_table&& o) noexcept {
+        if (this != &o) {
+            reset();
+            pool_ = std::exchange(o.pool_, nullptr);
+            blocks_ = std::move(o.blocks_);
+            o.blocks_.clear();
+            length_ = std::exchange(o.length_, 0);
+        }
+        return *this;
+    }
+    ~kv_block_table() { reset(); }
+
+    kv_block_pool* pool() const { return pool_; }
+    index_t length() const { return length_; }
+    const std::vector<std::int32_t>& blocks() const { return blocks_; }
+
+    // How many free blocks reserve(n) takes: new blocks for positions past the
+    // last block, plus one copy when the last block is shared and partly filled.
+    index_t blocks_needed(index_t n) const {
+        expect_pool("kv_block_table::blocks_needed");
+        TINYLLM_EXPECT(n >= 0, "kv_block_table::blocks_needed: n = ", n, " must not be negative");
+        if (n == 0) return 0;
+        const index_t bs = pool_->block_size();
+        const index_t held = static_cast<index_t>(blocks_.size());
+        const index_t want = (length_ + n + bs - 1) / bs;
+        return std::max<index_t>(want - held, 0) + (last_block_shared_and_partial() ? 1 : 0);
+    }
+
+    // Make positions [length, length + n) writable: copy a shared, partly filled
+    // last block (copy-on-write), then take new blocks. If the pool cannot give
+    // blocks_needed(n), it is an error and nothing changes.
+    void reserve(index_t n) {
+        const index_t need = blocks_needed(n);
+        TINYLLM_EXPECT(need <= pool_->free_blocks(), "kv_block_table::reserve: ", n, " more positions after ",
+                       length_, " need ", need, " free blocks of ", pool_->block_size(), " positions; the pool has ",
+                       pool_->free_blocks(), " of ", pool_->blocks());
+        if (n == 0) return;
+        if (last_block_shared_and_partial()) {
+            std::int32_t& slot = blocks_[static_cast<std::size_t>(length_ / pool_->block_size())];
+            const index_t copy = pool_->allocate();
+            pool_->copy_block(copy, slot);
+            pool_->release(slot);
+            slot = static_cast<std::int32_t>(copy);
+        }
+        const index_t bs = pool_->block_size();
+        while (static_cast<index_t>(blocks_.size()) * bs < length_ + n)
+            blocks_.push_back(static_cast<std::int32_t>(pool_->allocate()));
+    }
+
+    // Write layer l's keys and values of positions first .. first + n - 1,
+    // (n, Hkv, D) each, into reserved blocks the table holds alone.
+    void write(index_t layer, index_t first, tensor_view<const float, 3> k_new, tensor_view<const float, 3> v_new) {
+        expect_pool("kv_block_table::write");
+        const index_t n = k_new.extent(0), bs = pool_->block_size();
+        const extents<3> want{n, pool_->kv_heads(), pool_->head_dim()};
+        expect_shape(k_new, want, "kv_block_table::write: k_new");
+        expect_shape(v_new, want, "kv_block_table::write: v_new");
+        TINYLLM_EXPECT(first >= 0 && first + n <= static_cast<index_t>(blocks_.size()) * bs,
+                       "kv_block_table::write: positions ", first, " .. ", first + n - 1, " are not reserved (",
+                       blocks_.size(), " blocks of ", bs, ")");
+        tensor_view<float, 4> keys = pool_->keys(layer), values = pool_->values(layer);
+        for (index_t t = 0; t < n; ++t) {
+            const index_t block = blocks_[static_cast<std::size_t>((first + t) / bs)], at = (first + t) % bs;
+            TINYLLM_EXPECT(pool_->ref_count(block) == 1, "kv_block_table::write: block ", block,
+                           " is shared (reserve copies a shared block before it is written)");
+            for (index_t h = 0; h < want[1]; ++h)
+                for (index_t d = 0; d < want[2]; ++d) {
+                    keys(block, at, h, d) = k_new(t, h, d);
+                    values(block, at, h, d) = v_new(t, h, d);
+                }
+        }
+    }
+
+    // The written positions now count: length += n (within the reserved blocks).
+    void advance(index_t n) {
+        expect_pool("kv_block_table::advance");
+        TINYLLM_EXPECT(n >= 0 && length_ + n <= static_cast<index_t>(blocks_.size()) * pool_->block_size(),
+                       "kv_block_table::advance: ", length_, " + ", n, " positions exceed the ", blocks_.size(),
+                       " reserved blocks");
+        length_ += n;
+    }
+
+    // Keep the first `length` positions; blocks past them go back to the pool.
+    void truncate(index_t length) {
+        TINYLLM_EXPECT(length >= 0 && length <= length_, "kv_block_table::truncate: length ", length,
+                       " is outside [0, ", length_, "]");
+        if (!pool_) return;
+        const index_t bs = pool_->block_size(), keep = (length + bs - 1) / bs;
+        while (static_cast<index_t>(blocks_.size()) > keep) {
+            pool_->release(blocks_.back());
+            blocks_.pop_back();
+        }
+        length_ = length;
+    }
+
+    // A second table holding the same written blocks (each count + 1) and length.
+    kv_block_table fork() const {
+        expect_pool("kv_block_table::fork");
+        kv_block_table t(*pool_);
+        const index_t written = (length_ + pool_->block_size() - 1) / pool_->block_size();
+        t.blocks_.assign(blocks_.begin(), blocks_.begin() + written);
+        for (const std::int32_t b : t.blocks_) pool_->retain(b);
+        t.length_ = length_;
+        return t;
+    }
+
+    // Release every block; length 0.
+    void reset() {
+        if (pool_)
+            for (const std::int32_t b : blocks_) pool_->release(b);
+        blocks_.clear();
+        length_ = 0;
+    }
+
+private:
+    void expect_pool(const char* op) const {
+        TINYLLM_EXPECT(pool_ != nullptr, op, ": the table has no pool (construct it with kv_block_table(pool))");
+    }
+    // Whether the block the next position goes to is partly written and shared.
+    bool last_block_shared_and_partial() const {
+        const index_t bs = pool_->block_size(), i = length_ / bs;
+        return length_ % bs != 0 && i < static_cast<index_t>(blocks_.size()) &&
+               pool_->ref_count(blocks_[static_cast<std::size_t>(i)]) > 1;
+    }
+
+    kv_block_pool* pool_ = nullptr;
+    std::vector<std::int32_t> blocks_;
+    index_t length_ = 0;
+};
+
+namespace cpu {
+
+// out (B, Tq, Hq, D) = attention of each sequence's last Tq positions over its
+// first lengths[b] positions, the keys and values read through block tables:
+//   q               (B, Tq, Hq, D)
+//   keys, values    (blocks, block_size, Hkv, D), Hq % Hkv == 0 (a pool layer's)
+//   block_tables    (B, max_blocks): sequence b's position j is in block
+//                   block_tables(b, j / block_size), offset j % block_size
+//   lengths         (B): each in [Tq, max_blocks * block_size]
+// Options as cpu::attention's (causal, window, ALiBi, soft-cap, scale), each
+// sequence's queries aligned to its own length; key_lengths is refused (the
+// lengths say it). Computed in double, as cpu::attention.
+inline void attention_paged(tensor_view<float, 4> out, tensor_view<const float, 4> q, tensor_view<const float, 4> keys,
+                            tensor_view<const float, 4> values, tensor_view<const std::int32_t, 2> block_tables,
+                            tensor_view<const std::int32_t, 1> lengths, const attention_options& opts = {}) {
+    const char* op = "attention_paged";
+    const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
+    const index_t blocks = keys.extent(0), bs = keys.extent(1), Hkv = keys.extent(2);
+    expect_shape(out, q.shape(), "attention_paged: out");
+    expect_shape(values, keys.shape(), "attention_paged: values");
+    TINYLLM_EXPECT(keys.extent(3) == D, op, ": q has head dim ", D, " but the blocks hold ", keys.extent(3));
+    TINYLLM_EXPECT(Hkv >= 1 && Hq % Hkv == 0, op, ": the query heads (Hq = ", Hq,
+                   ") must be a multiple of the key/value heads (Hkv = ", Hkv, ")");
+    TINYLLM_EXPECT(block_tables.extent(0) == B && lengths.extent(0) == B, op, ": ", B, " sequences but ",
+                   block_tables.extent(0), " block tables and ", lengths.extent(0), " lengths");
+    TINYLLM_EXPECT(opts.key_lengths.data() == nullptr, op, ": key_lengths is not taken; the lengths give each "
+                   "sequence's keys");
+    // cpu::attention's option checks, on a (B, Tq, Hq, D) query and a stand-in key shape.
+    tinyllm::detail::check_attention_options(opts, q, q, op);
+    for (index_t b = 0; b < B; ++b) {
+        const index_t n = lengths(b);
+        TINYLLM_EXPECT(n >= Tq && n <= block_tables.extent(1) * bs, op, ": sequence ", b, " has length ", n,
+                       "; it must hold its ", Tq, " queries and fit its ", block_tables.extent(1), " blocks of ", bs);
+        for (index_t i = 0; i < (n + bs - 1) / bs; ++i)
+            TINYLLM_EXPECT(block_tables(b, i) >= 0 && block_tables(b, i) < blocks, op, ": sequence ", b,
+                           "'s block ", i, " is ", block_tables(b, i), ", outside the pool's [0, ", blocks, ")");
+    }
+
+    const index_t group = Hq / Hkv;
+    const double scale = tinyllm::detail::attention_scale(opts, D);
+    const double softcap = opts.softcap ? *opts.softcap : 0.0;
+    std::vector<double> s, o(static_cast<std::size_t>(D));
+    for (index_t b = 0; b < B; ++b) {
+        const index_t Tk = lengths(b);
+        const attention_mask mask = tinyllm::detail::make_attention_mask(opts, Tq, Tk);
+        s.assign(static_cast<std::size_t>(Tk), 0.0);
+        // Sequence b's key j: its block and the row within it.
+        const auto block_of = [&](index_t j) { return static_cast<index_t>(block_tables(b, j / bs)); };
+        for (index_t h = 0; h < Hq; ++h) {
+            const index_t hkv = h / group;
+            const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            for (index_t i = 0; i < Tq; ++i) {
+                const key_range visible = attention_visible_keys(mask, i, Tk);
+                const index_t pos = mask.query_position(i);
+                double row_max = -std::numeric_limits<double>::infinity();
+                for (index_t j = visible.begin; j < visible.end; ++j) {
+                    double dot = 0.0;
+                    for (index_t d = 0; d < D; ++d)
+                        dot += static_cast<double>(q(b, i, h, d)) * keys(block_of(j), j % bs, hkv, d);
+                    s[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
+                    row_max = std::max(row_max, s[static_cast<std::size_t>(j)]);
+                }
+                double sum = 0.0;
+                for (index_t j = visible.begin; j < visible.end; ++j) {
+                    double& x = s[static_cast<std::size_t>(j)];
+                    x = std::exp(x - row_max);
+                    sum += x;
+                }
+                std::fill(o.begin(), o.end(), 0.0);
+                for (index_t j = visible.begin; j < visible.end; ++j) {
+                    const double p = s[static_cast<std::size_t>(j)] / sum;
+                    for (index_t d = 0; d < D; ++d)
+                        o[static_cast<std::size_t>(d)] += p * values(block_of(j), j % bs, hkv, d);
+                }
+                for (index_t d = 0; d < D; ++d) out(b, i, h, d) = static_cast<float>(o[static_cast<std::size_t>(d)]);
+            }
+        }
+    }
+}
+
+}  // namespace cpu
+}  // namespace tinyllm
