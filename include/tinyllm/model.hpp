@@ -1417,15 +1417,21 @@ public:
             config_.arch == model_arch::gpt2 ? config_.max_positions : std::numeric_limits<std::int32_t>::max();
         return s;
     }
+    // A paged session continuing `prefix`, a table holding the first positions
+    // of a sequence (prefix_cache::match's, tinyllm/prefix_cache.hpp): the next
+    // forward feeds position prefix.length().
+    session new_session(kv_block_table prefix) const {
+        TINYLLM_EXPECT(prefix.pool() != nullptr, "model::new_session: the block table has no pool");
+        session s = new_session(*prefix.pool());
+        s.length = prefix.length();
+        s.paged = std::move(prefix);
+        return s;
+    }
     // A paged session holding the same positions as `s` (its blocks shared,
     // copied on write): what two continuations of one prefix start from.
     session fork(const session& s) const {
         TINYLLM_EXPECT(s.is_paged(), "model::fork: only a paged session's blocks can be shared");
-        session t;
-        t.paged = s.paged.fork();
-        t.length = s.length;
-        t.max_length = s.max_length;
-        return t;
+        return new_session(s.paged.fork());
     }
 
     // Roll a session back to its first `length` positions (the caches keep

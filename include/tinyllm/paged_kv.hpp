@@ -259,6 +259,20 @@ public:
         return t;
     }
 
+    // Hold `blocks` (each retained here) as positions [0, length) of this empty
+    // table: how a prefix cache hands a sequence the blocks of its cached prefix.
+    void adopt(const std::vector<std::int32_t>& blocks, index_t length) {
+        expect_pool("kv_block_table::adopt");
+        TINYLLM_EXPECT(blocks_.empty() && length_ == 0, "kv_block_table::adopt: the table already holds ",
+                       blocks_.size(), " blocks");
+        const index_t bs = pool_->block_size(), n = static_cast<index_t>(blocks.size());
+        TINYLLM_EXPECT(length >= 0 && length <= n * bs && (n == 0 || length > (n - 1) * bs),
+                       "kv_block_table::adopt: ", n, " blocks of ", bs, " cannot hold exactly ", length, " positions");
+        for (const std::int32_t b : blocks) pool_->retain(b);
+        blocks_ = blocks;
+        length_ = length;
+    }
+
     // Release every block; length 0.
     void reset() {
         if (pool_)

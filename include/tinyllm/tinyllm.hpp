@@ -49,6 +49,8 @@
 // The model: checkpoints and generation.
 #include <tinyllm/model.hpp>
 #include <tinyllm/npy.hpp>
+#include <tinyllm/paged_kv.hpp>
+#include <tinyllm/prefix_cache.hpp>
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/quantize_model.hpp>
 #include <tinyllm/safetensors.hpp>
