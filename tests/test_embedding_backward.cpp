@@ -164,8 +164,11 @@ TEST_CASE("embedding_backward accumulates: GPT-2's tied lm_head and token embedd
     cpu::embedding_backward(lookup_only, ids, dx);
     std::vector<double> want(head_only.size());
     for (std::size_t i = 0; i < want.size(); ++i) want[i] = static_cast<double>(head_only[i]) + lookup_only.values()[i];
-    // Each element: the double sum rounded once, against two float roundings: 1 ulp.
-    TINYLLM_REQUIRE_CLOSE(dwte.values(), want, tolerance{1e-7, 1.2e-7, 1.2e-7}, "tied dwte = head + lookup");
+    // Each element against the double sum of the two parts: accumulating adds the
+    // rows of a repeated id one at a time in float, a rounding each (up to 10 rows
+    // of normal numbers here, partial sums up to about 4), so a few ulps of the
+    // addends — not of the result, which cancellation can make much smaller.
+    TINYLLM_REQUIRE_CLOSE(dwte.values(), want, tolerance{1e-6, 0, 3e-7}, "tied dwte = head + lookup");
 
     // And against finite differences of the whole: L = sum(dlogits * h wte^T) + sum(dx * wte[ids]).
     auto loss = [&] {
