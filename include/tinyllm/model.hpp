@@ -1464,6 +1464,126 @@ public:
         return forward_positions(s, tokens, {}, true);
     }
 
+    // One step of several paged sessions at once, what continuous batching runs
+    // (tinyllm/batching.hpp): session i is fed tokens[i] — a chunk of its prompt
+    // or its one newest token. Every matrix product runs once over all the new
+    // rows of all the sessions stacked, (sum of n_i, D): that is where batching's
+    // speed comes from, since the weights are read once per step instead of once
+    // per sequence. Positions, RoPE, the cache writes and attention are each
+    // sequence's own (attention through its block table). Returns the logits of
+    // each session's last fed position, (S, V). The blocks every session needs
+    // are checked first; a pool too small is an error before anything changes.
+    tensor<float, 2> forward_batch(std::span<session* const> sessions,
+                                   std::span<const std::span<const token_id>> tokens) const {
+        const model_config& c = config_;
+        const char* op = "model::forward_batch";
+        const index_t S = static_cast<index_t>(sessions.size()), D = c.hidden_size, Dh = c.head_dim;
+        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads;
+        TINYLLM_EXPECT(S >= 1 && static_cast<index_t>(tokens.size()) == S, op, ": ", S, " sessions and ",
+                       tokens.size(), " token lists");
+        std::vector<index_t> first(static_cast<std::size_t>(S) + 1, 0);  // session i's rows: [first[i], first[i+1])
+        index_t blocks_needed = 0;
+        const kv_block_pool* pool = nullptr;
+        for (index_t i = 0; i < S; ++i) {
+            const session& s = *sessions[static_cast<std::size_t>(i)];
+            const std::span<const token_id> t = tokens[static_cast<std::size_t>(i)];
+            const index_t n = static_cast<index_t>(t.size());
+            TINYLLM_EXPECT(s.is_paged(), op, ": session ", i, " is not paged (new_session(pool))");
+            TINYLLM_EXPECT(!pool || s.paged.pool() == pool, op, ": session ", i, "'s blocks are in another pool");
+            pool = s.paged.pool();
+            for (index_t j = 0; j < i; ++j)
+                TINYLLM_EXPECT(sessions[static_cast<std::size_t>(j)] != &s, op, ": session ", i, " is also session ",
+                               j);
+            TINYLLM_EXPECT(n >= 1, op, ": no tokens for session ", i);
+            TINYLLM_EXPECT(s.length + n <= s.capacity(), op, ": session ", i, ": ", s.length, " + ", n,
+                           " positions exceed its capacity ", s.capacity());
+            for (const token_id id : t)
+                TINYLLM_EXPECT(id >= 0 && id < c.vocab_size, op, ": session ", i, ": token id ", id,
+                               " is outside the vocabulary [0, ", c.vocab_size, ")");
+            blocks_needed += s.paged.blocks_needed(n);
+            first[static_cast<std::size_t>(i) + 1] = first[static_cast<std::size_t>(i)] + n;
+        }
+        TINYLLM_EXPECT(blocks_needed <= pool->free_blocks(), op, ": the step needs ", blocks_needed,
+                       " free blocks; the pool has ", pool->free_blocks(), " of ", pool->blocks());
+        for (index_t i = 0; i < S; ++i) sessions[static_cast<std::size_t>(i)]->paged.reserve(
+                                            static_cast<index_t>(tokens[static_cast<std::size_t>(i)].size()));
+        const bool bf16 = dtype_ == weight_dtype::bfloat16;
+        TINYLLM_EXPECT((!bf16 && !quantized_) || kernels_ == kernels::blocked, op,
+                       ": the reference kernels need float32 weights");
+        const index_t N = first.back();
+        const auto rows_of = [&](index_t i) { return first[static_cast<std::size_t>(i)]; };
+        const auto count_of = [&](index_t i) {
+            return first[static_cast<std::size_t>(i) + 1] - first[static_cast<std::size_t>(i)];
+        };
+
+        // x = embed(tokens) (+ positions), every session's rows stacked          (N, D)
+        tensor<float, 2> x(extents<2>{N, D});
+        for (index_t i = 0; i < S; ++i) {
+            const session& s = *sessions[static_cast<std::size_t>(i)];
+            const std::span<const token_id> t = tokens[static_cast<std::size_t>(i)];
+            for (index_t r = 0; r < count_of(i); ++r)
+                for (index_t j = 0; j < D; ++j)
+                    x(rows_of(i) + r, j) = bf16 ? bf16_to_float(w16_.embed(t[static_cast<std::size_t>(r)], j))
+                                                : w_.embed(t[static_cast<std::size_t>(r)], j);
+            if (c.arch == model_arch::gpt2) {
+                tensor<std::int64_t, 2> positions(extents<2>{1, count_of(i)});
+                for (index_t r = 0; r < count_of(i); ++r) positions(0, r) = s.length + r;
+                add_learned_positions(tensor_view<float, 3>(x.data() + rows_of(i) * D, {1, count_of(i), D}),
+                                      w_.positions.view(), positions.view());
+            }
+        }
+        tensor<float, 2> h(extents<2>{N, D}), delta(extents<2>{N, D});                // (N, D)
+        tensor<float, 2> q(extents<2>{N, Hq * Dh}), k(extents<2>{N, Hkv * Dh}), v(extents<2>{N, Hkv * Dh});
+        tensor<float, 2> attn(extents<2>{N, Hq * Dh});
+        attention_options opts;
+        opts.causal = true;
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
+            const layer_weights_bf16& L16 = bf16 ? w16_.layers[static_cast<std::size_t>(l)] : no_bf16_layer_;
+            const layer_weights_quantized& LQ = quantized_ ? wq_[static_cast<std::size_t>(l)] : no_quantized_layer_;
+            norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
+            project(q.view(), h.view(), L.wq, L16.wq, LQ.wq, L.bq);
+            project(k.view(), h.view(), L.wk, L16.wk, LQ.wk, L.bk);
+            project(v.view(), h.view(), L.wv, L16.wv, LQ.wv, L.bv);
+            for (index_t i = 0; i < S; ++i) {
+                session& s = *sessions[static_cast<std::size_t>(i)];
+                const index_t n = count_of(i), r0 = rows_of(i);
+                tensor_view<float, 4> qi(q.data() + r0 * Hq * Dh, {1, n, Hq, Dh});   // (1, n_i, Hq, Dh)
+                tensor_view<float, 4> ki(k.data() + r0 * Hkv * Dh, {1, n, Hkv, Dh});
+                if (c.arch != model_arch::gpt2) apply_rope(qi, ki, c.rope, s.length);
+                s.paged.write(l, s.length, tensor_view<const float, 3>(k.data() + r0 * Hkv * Dh, {n, Hkv, Dh}),
+                              tensor_view<const float, 3>(v.data() + r0 * Hkv * Dh, {n, Hkv, Dh}));
+                const std::vector<std::int32_t>& blocks = s.paged.blocks();
+                const std::int32_t fed = static_cast<std::int32_t>(s.length + n);
+                const index_t held = static_cast<index_t>(blocks.size());
+                attention_paged(tensor_view<float, 4>(attn.data() + r0 * Hq * Dh, {1, n, Hq, Dh}), qi,
+                                pool->keys(l), pool->values(l), tensor_view<const std::int32_t, 2>(blocks.data(), {1, held}),
+                                tensor_view<const std::int32_t, 1>(&fed, {1}), opts);
+            }
+            project(delta.view(), attn.view(), L.wo, L16.wo, LQ.wo, L.bo);
+            add(x.view(), x.view(), delta.view());
+            norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
+            mlp(delta.view(), h.view(), L, L16, LQ);
+            add(x.view(), x.view(), delta.view());
+        }
+        for (index_t i = 0; i < S; ++i) {
+            session& s = *sessions[static_cast<std::size_t>(i)];
+            s.length += count_of(i);
+            s.paged.advance(count_of(i));
+        }
+        // Each session's last row, normed, through the output projection.        (S, D) -> (S, V)
+        tensor<float, 2> last(extents<2>{S, D}), last_normed(extents<2>{S, D});
+        for (index_t i = 0; i < S; ++i)
+            for (index_t j = 0; j < D; ++j) last(i, j) = x(rows_of(i) + count_of(i) - 1, j);
+        norm(last_normed.view(), last.view(), w_.final_norm_weight, w_.final_norm_bias);
+        tensor<float, 2> logits(extents<2>{S, c.vocab_size});
+        const tensor<float, 2>& head = c.tie_word_embeddings ? w_.embed : w_.lm_head;
+        const tensor<bfloat16, 2>& head16 = c.tie_word_embeddings ? w16_.embed : w16_.lm_head;
+        project(logits.view(), last_normed.view(), head, head16,
+                c.tie_word_embeddings ? no_quantized_layer_.wq : head_q_, tensor<float, 1>{});
+        return logits;
+    }
+
 private:
     tensor<float, 2> forward_positions(session& s, std::span<const token_id> tokens, const attention_observer& observe,
                                        bool last_only) const {
@@ -1543,17 +1663,7 @@ private:
             add(x.view(), x.view(), delta.view());
 
             norm(h.view(), x.view(), L.ffn_norm_weight, L.ffn_norm_bias);
-            if (kernels_ == kernels::blocked) {
-                mlp_blocked(delta.view(), h.view(), L, L16, LQ);
-            } else if (c.arch == model_arch::gpt2) {
-                gpt2_mlp(delta.view(), h.view(), {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()},
-                         activation::gelu_tanh);
-            } else if (c.arch == model_arch::llama) {
-                swiglu_mlp(delta.view(), h.view(), {L.gate.view(), L.up.view(), L.down.view()});
-            } else {
-                moe_forward(delta.view(), h.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
-                            c.experts_per_token);
-            }
+            mlp(delta.view(), h.view(), L, L16, LQ);
             add(x.view(), x.view(), delta.view());
         }
         s.length += n;
@@ -1582,6 +1692,20 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
+    // The layer's MLP (or MoE block) on the rows of h, through the chosen kernels.  out, h (n, D)
+    void mlp(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L,
+             const layer_weights_bf16& L16, const layer_weights_quantized& LQ) const {
+        if (kernels_ == kernels::blocked) {
+            mlp_blocked(out, h, L, L16, LQ);
+        } else if (config_.arch == model_arch::gpt2) {
+            gpt2_mlp(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, activation::gelu_tanh);
+        } else if (config_.arch == model_arch::llama) {
+            swiglu_mlp(out, h, {L.gate.view(), L.up.view(), L.down.view()});
+        } else {
+            moe_forward(out, h, L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(), config_.experts_per_token);
+        }
+    }
+
     // Attention of the n new queries over a contiguous cache's keys and values
     // (this step's included), on the chosen kernels; `observe` sees the probabilities.
     //   out, q (1, n, Hq, Dh); keys, values (1, length + n, Hkv, Dh)

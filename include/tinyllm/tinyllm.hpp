@@ -42,6 +42,7 @@
 #include <tinyllm/optimizer.hpp>
 
 // Tokens out: samplers, best-of-n and beam search.
+#include <tinyllm/batching.hpp>
 #include <tinyllm/beam_search.hpp>
 #include <tinyllm/sampling.hpp>
 #include <tinyllm/sampling_math.hpp>

@@ -160,6 +160,7 @@ __global__ void __launch_bounds__(paged_threads)
         sm[r] = -INFINITY;
         sl[r] = 0.0f;
     }
+    __syncthreads();  // also when the split has no keys: the results below read what other threads set
 
     for (index_t k0 = range.begin; k0 < range.end; k0 += tile) {  // the same trip count in every thread
         // Where the tile's keys are: a table look-up per key, by the first `tile` threads.

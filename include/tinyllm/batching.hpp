@@ -1,0 +1,324 @@
+// tinyllm/batching.hpp — continuous batching: many requests decoded together,
+// each joining and leaving the batch at any step.
+//
+// Why. A decode step reads every weight of the model to produce one token per
+// sequence in the batch, so a step of 16 sequences costs little more than a
+// step of one: batching multiplies throughput. Static batching (pad a group
+// of requests, run them until the longest finishes) wastes the slots of the
+// ones that finished early and makes new requests wait for the whole group.
+// Iteration-level scheduling (Orca: Yu et al., "Orca: A Distributed Serving
+// System for Transformer-Based Generative Models", OSDI 2022; vLLM's
+// scheduler) decides the batch again at every step: finished sequences leave
+// at once, waiting ones join as soon as there is room.
+//
+// A step of continuous_batcher:
+//   1. Every running sequence that has its whole prompt fed contributes its
+//      newest token (a decode row); sequences still prefilling contribute their
+//      next chunk of at most `prefill_chunk` prompt tokens, all within a budget
+//      of `token_budget` rows per step (chunked prefill: a long prompt does not
+//      stall the decodes of everyone else).
+//   2. Waiting requests are admitted in arrival order while fewer than
+//      `max_running` run and budget is left. With a prefix cache
+//      (tinyllm/prefix_cache.hpp) a new sequence starts from its cached prefix.
+//   3. The KV blocks the step needs must be free in the pool. If they are not,
+//      the prefix cache gives back blocks nobody uses; if that is not enough,
+//      the most recently admitted sequence is preempted: its blocks are freed
+//      and it goes back to the front of the queue, to recompute its prompt and
+//      the tokens generated so far when it is admitted again (recomputation,
+//      not swapping).
+//   4. One model.forward_batch over all chosen rows. Each sequence whose fed
+//      rows reached the end of what it knows samples its next token, with its
+//      own sampling parameters, seed and Philox stream, counter = the number of
+//      tokens it has generated — exactly as cpu::generate draws them, so a
+//      request gives the same tokens alone or in any batch.
+//   5. A sequence that produced an end-of-sequence token or reached its
+//      max_new_tokens finishes: the whole blocks of what it computed (prompt and
+//      generated tokens) go to the prefix cache, the rest back to the pool.
+// cancel(id) ends a request at any time and frees its blocks.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/model.hpp>
+#include <tinyllm/paged_kv.hpp>
+#include <tinyllm/prefix_cache.hpp>
+#include <tinyllm/sampling.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <span>
+#include <vector>
+
+namespace tinyllm {
+
+struct batch_request {
+    std::vector<token_id> prompt;
+    index_t max_new_tokens = 32;
+    sampling::params sampling{0.0f, {}, {}, {}};  // temperature 0: greedy
+    std::uint64_t seed = 0;                        // Philox seed and stream of every draw
+    std::uint64_t stream = 0;
+    std::vector<token_id> eos_token_ids;           // stop after one of these (empty: the model config's)
+};
+
+struct batch_options {
+    index_t token_budget = 256;  // rows (prefill tokens + decode tokens) per step
+    index_t max_running = 32;    // sequences in the batch at once
+    index_t prefill_chunk = 128; // prompt tokens one sequence feeds per step
+};
+
+enum class finish_reason { none, eos, length, cancelled };
+
+// What a step did for one request.
+struct batch_event {
+    index_t id = 0;
+    token_id token = -1;  // the token generated this step (-1: none, e.g. a cancelled or empty request)
+    finish_reason finished = finish_reason::none;
+};
+
+struct batch_stats {
+    index_t steps = 0;
+    index_t prefill_tokens = 0;   // prompt (and recomputed) positions fed
+    index_t decode_tokens = 0;    // decode rows fed
+    index_t generated = 0;        // tokens sampled
+    index_t preemptions = 0;
+    index_t max_batch_rows = 0;   // the most rows one step fed
+};
+
+class continuous_batcher {
+public:
+    continuous_batcher(const cpu::model& model, kv_block_pool& pool, batch_options options = {},
+                       prefix_cache* cache = nullptr)
+        : m_(model), pool_(pool), o_(options), cache_(cache) {
+        TINYLLM_EXPECT(o_.token_budget >= 1 && o_.max_running >= 1 && o_.prefill_chunk >= 1,
+                       "continuous_batcher: token_budget = ", o_.token_budget, ", max_running = ", o_.max_running,
+                       " and prefill_chunk = ", o_.prefill_chunk, " must all be at least 1");
+        TINYLLM_EXPECT(pool.layers() == model.config().num_layers && pool.kv_heads() == model.config().num_kv_heads &&
+                           pool.head_dim() == model.config().head_dim,
+                       "continuous_batcher: the block pool does not have the model's layers, KV heads and head dim");
+    }
+
+    // Queue a request; returns its id (0, 1, 2, ... in submission order). A
+    // request the pool could never hold, or with bad parameters, is refused here.
+    index_t submit(batch_request r) {
+        const model_config& c = m_.config();
+        TINYLLM_EXPECT(!r.prompt.empty(), "continuous_batcher::submit: the prompt is empty");
+        TINYLLM_EXPECT(r.max_new_tokens >= 0, "continuous_batcher::submit: max_new_tokens = ", r.max_new_tokens,
+                       " must not be negative");
+        for (std::size_t t = 0; t < r.prompt.size(); ++t)
+            TINYLLM_EXPECT(r.prompt[t] >= 0 && r.prompt[t] < c.vocab_size, "continuous_batcher::submit: token id ",
+                           r.prompt[t], " at prompt position ", t, " is outside the vocabulary [0, ", c.vocab_size,
+                           ")");
+        detail::check_params(r.sampling);
+        const index_t total = static_cast<index_t>(r.prompt.size()) + r.max_new_tokens;
+        TINYLLM_EXPECT(c.arch != model_arch::gpt2 || total <= c.max_positions, "continuous_batcher::submit: ",
+                       r.prompt.size(), " prompt + ", r.max_new_tokens, " new tokens exceed GPT-2's ", c.max_positions,
+                       " positions");
+        const index_t blocks = (total + pool_.block_size() - 1) / pool_.block_size();
+        TINYLLM_EXPECT(blocks <= pool_.blocks(), "continuous_batcher::submit: ", total, " positions need ", blocks,
+                       " blocks; the whole pool has ", pool_.blocks());
+        auto seq = std::make_unique<sequence>();
+        seq->id = next_id_++;
+        seq->request = std::move(r);
+        seq->eos = seq->request.eos_token_ids.empty() ? c.eos_token_ids : seq->request.eos_token_ids;
+        waiting_.push_back(seq.get());
+        all_.push_back(std::move(seq));
+        return all_.back()->id;
+    }
+
+    // End request `id` now: finished as cancelled, its blocks freed. Unknown or finished: nothing happens.
+    void cancel(index_t id) {
+        sequence* s = find(id);
+        if (!s || s->done != finish_reason::none) return;
+        s->done = finish_reason::cancelled;
+        s->session.reset();
+        waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
+        running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+        cancelled_.push_back({id, -1, finish_reason::cancelled});
+    }
+
+    // One iteration (see the top); returns what happened to each request this step.
+    std::vector<batch_event> step() {
+        std::vector<batch_event> events;
+        std::swap(events, cancelled_);
+        // Requests with nothing to generate finish at once.
+        for (auto it = waiting_.begin(); it != waiting_.end();) {
+            if ((*it)->request.max_new_tokens == 0) {
+                (*it)->done = finish_reason::length;
+                events.push_back({(*it)->id, -1, finish_reason::length});
+                it = waiting_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        std::vector<sequence*> batch;
+        std::vector<std::span<const token_id>> feeds;
+        bool admit = true;  // no new admissions once this step has had to preempt
+        for (;;) {
+            plan(batch, feeds, admit);
+            if (batch.empty()) return events;
+            index_t need = 0;
+            for (std::size_t i = 0; i < batch.size(); ++i)
+                need += batch[i]->session->paged.blocks_needed(static_cast<index_t>(feeds[i].size()));
+            if (need <= pool_.free_blocks()) break;
+            if (cache_ && cache_->evict(need - pool_.free_blocks()) > 0) continue;
+            preempt_newest();
+            admit = false;
+        }
+        std::vector<cpu::model::session*> sessions;
+        for (sequence* s : batch) sessions.push_back(s->session.get());
+        const tensor<float, 2> logits = m_.forward_batch(sessions, feeds);  // (S, V)
+        ++stats_.steps;
+        index_t rows = 0;
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            sequence& s = *batch[i];
+            const index_t fed = static_cast<index_t>(feeds[i].size());
+            rows += fed;
+            // A decode row feeds the newest generated token; anything else is prefill (or recomputation).
+            const bool decode = fed == 1 && !s.generated.empty() && s.prefilled == s.context_length() - 1 &&
+                                s.prefilled >= static_cast<index_t>(s.request.prompt.size());
+            (decode ? stats_.decode_tokens : stats_.prefill_tokens) += fed;
+            s.prefilled += fed;
+            if (s.prefilled < s.context_length()) continue;  // mid-prompt: nothing to sample yet
+            // Draw the next token as cpu::generate does: counter = tokens generated so far.
+            token_id token = 0;
+            cpu::sample(tensor_view<token_id, 1>(&token, {1}),
+                   tensor_view<const float, 2>(logits.view()).narrow(0, static_cast<index_t>(i), 1),
+                   s.request.sampling, s.request.seed, static_cast<std::uint64_t>(s.generated.size()),
+                   s.request.stream);
+            s.generated.push_back(token);
+            ++stats_.generated;
+            batch_event e{s.id, token, finish_reason::none};
+            if (std::find(s.eos.begin(), s.eos.end(), token) != s.eos.end()) e.finished = finish_reason::eos;
+            else if (static_cast<index_t>(s.generated.size()) >= s.request.max_new_tokens)
+                e.finished = finish_reason::length;
+            if (e.finished != finish_reason::none) finish(s, e.finished);
+            events.push_back(e);
+        }
+        stats_.max_batch_rows = std::max(stats_.max_batch_rows, rows);
+        return events;
+    }
+
+    // Run steps until every request has finished.
+    void run() {
+        while (!idle()) step();
+    }
+
+    bool idle() const { return waiting_.empty() && running_.empty(); }
+    index_t running() const { return static_cast<index_t>(running_.size()); }
+    index_t waiting() const { return static_cast<index_t>(waiting_.size()); }
+    const batch_stats& stats() const { return stats_; }
+    // Request id's generated tokens so far, and how it finished (none: not yet).
+    const std::vector<token_id>& tokens(index_t id) const { return expect(id)->generated; }
+    finish_reason finished(index_t id) const { return expect(id)->done; }
+
+private:
+    struct sequence {
+        index_t id = 0;
+        batch_request request;
+        std::vector<token_id> eos;
+        std::vector<token_id> generated;
+        std::unique_ptr<cpu::model::session> session;  // while running
+        index_t prefilled = 0;                         // positions of prompt + generated the session holds
+        finish_reason done = finish_reason::none;
+        // What the sequence knows: its prompt, then the tokens it generated. The
+        // session holds the first `prefilled` of them; the newest generated token
+        // is fed at the next step (its keys and values are not computed yet).
+        index_t context_length() const { return static_cast<index_t>(request.prompt.size() + generated.size()); }
+        token_id at(index_t p) const {
+            const index_t n = static_cast<index_t>(request.prompt.size());
+            return p < n ? request.prompt[static_cast<std::size_t>(p)] : generated[static_cast<std::size_t>(p - n)];
+        }
+    };
+
+    // The rows of this step: decodes first, then prefill chunks, then new admissions.
+    void plan(std::vector<sequence*>& batch, std::vector<std::span<const token_id>>& feeds, bool admit_new) {
+        batch.clear(), feeds.clear(), feed_storage_.clear();
+        index_t budget = o_.token_budget;
+        const auto add = [&](sequence* s) {
+            const index_t left = s->context_length() - s->prefilled;
+            const index_t n = std::min({left, o_.prefill_chunk, budget});
+            if (n <= 0) return false;
+            std::vector<token_id> rows;
+            for (index_t p = s->prefilled; p < s->prefilled + n; ++p) rows.push_back(s->at(p));
+            feed_storage_.push_back(std::move(rows));
+            batch.push_back(s);
+            budget -= n;
+            return true;
+        };
+        for (sequence* s : running_)  // decodes (one row each) before prefill chunks
+            if (s->context_length() - s->prefilled == 1 && budget > 0) add(s);
+        for (sequence* s : running_)
+            if (s->context_length() - s->prefilled > 1 && budget > 0) add(s);
+        while (admit_new && !waiting_.empty() && budget > 0 && static_cast<index_t>(running_.size()) < o_.max_running) {
+            sequence* s = waiting_.front();
+            waiting_.pop_front();
+            admit(*s);
+            running_.push_back(s);
+            add(s);
+        }
+        for (const auto& rows : feed_storage_) feeds.emplace_back(rows);
+    }
+
+    void admit(sequence& s) {
+        s.prefilled = 0;
+        if (cache_) {
+            // The cached prefix of what it knows, leaving at least one position to compute.
+            std::vector<token_id> known;
+            for (index_t p = 0; p + 1 < s.context_length(); ++p) known.push_back(s.at(p));
+            s.session = std::make_unique<cpu::model::session>(m_.new_session(cache_->match(known)));
+            s.prefilled = s.session->length;
+        } else {
+            s.session = std::make_unique<cpu::model::session>(m_.new_session(pool_));
+        }
+    }
+
+    // Free the most recently admitted running sequence's blocks and queue it first again.
+    void preempt_newest() {
+        TINYLLM_EXPECT(!running_.empty(), "continuous_batcher: the pool's ", pool_.blocks(),
+                       " blocks cannot hold even one sequence's step");
+        sequence* s = running_.back();
+        running_.pop_back();
+        s->session.reset();
+        s->prefilled = 0;
+        waiting_.push_front(s);
+        ++stats_.preemptions;
+    }
+
+    void finish(sequence& s, finish_reason why) {
+        s.done = why;
+        if (cache_) {
+            // Everything the session computed: the prompt and the generated tokens fed so far
+            // (a chat's next turn begins with them).
+            std::vector<token_id> known;
+            for (index_t p = 0; p < s.session->length; ++p) known.push_back(s.at(p));
+            cache_->insert(known, s.session->paged);
+        }
+        s.session.reset();
+        running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
+    }
+
+    sequence* find(index_t id) const {
+        return id >= 0 && id < static_cast<index_t>(all_.size()) ? all_[static_cast<std::size_t>(id)].get() : nullptr;
+    }
+    const sequence* expect(index_t id) const {
+        const sequence* s = find(id);
+        TINYLLM_EXPECT(s, "continuous_batcher: no request ", id);
+        return s;
+    }
+
+    const cpu::model& m_;
+    kv_block_pool& pool_;
+    batch_options o_;
+    prefix_cache* cache_;
+    std::vector<std::unique_ptr<sequence>> all_;
+    std::deque<sequence*> waiting_;
+    std::vector<sequence*> running_;  // in admission order
+    std::vector<batch_event> cancelled_;
+    std::vector<std::vector<token_id>> feed_storage_;
+    batch_stats stats_;
+    index_t next_id_ = 0;
+};
+
+}  // namespace tinyllm

@@ -1,0 +1,228 @@
+// Tests for continuous batching (tinyllm/batching.hpp) and the batched forward
+// it runs (cpu::model::forward_batch): the batched logits equal each sequence's
+// own; requests of different lengths, budgets and sampling parameters, run
+// together with chunked prefill, give exactly the tokens cpu::generate gives
+// each alone — also when a small pool forces preemption and with a prefix
+// cache; cancellation frees the blocks; every block is back at the end; bad
+// requests are refused with a message.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+#include "support/fixtures.hpp"
+
+#include <tinyllm/batching.hpp>
+#include <tinyllm/model.hpp>
+#include <tinyllm/paged_kv.hpp>
+#include <tinyllm/prefix_cache.hpp>
+#include <tinyllm/random.hpp>
+
+#include <numeric>
+#include <string>
+#include <vector>
+
+using tinyllm::batch_request;
+using tinyllm::continuous_batcher;
+using tinyllm::finish_reason;
+using tinyllm::index_t;
+using tinyllm::kv_block_pool;
+using tinyllm::token_id;
+using tinyllm_test::contains;
+
+namespace cpu = tinyllm::cpu;
+
+namespace {
+
+std::vector<token_id> tokens_from(token_id first, index_t n, index_t vocab) {
+    std::vector<token_id> t(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) t[static_cast<std::size_t>(i)] = static_cast<token_id>((first + 7 * i) % vocab);
+    return t;
+}
+
+// Requests of every kind: short and long prompts (some sharing a beginning),
+// greedy and sampled, none or many new tokens.
+std::vector<batch_request> mixed_requests(index_t vocab) {
+    std::vector<batch_request> rs;
+    const std::vector<token_id> shared = tokens_from(3, 12, vocab);
+    for (int i = 0; i < 7; ++i) {
+        batch_request r;
+        r.prompt = i % 3 == 0 ? shared : tokens_from(5 + i, 2 + 5 * i, vocab);
+        if (i % 3 == 0) r.prompt.push_back(static_cast<token_id>(40 + i));
+        r.max_new_tokens = i == 4 ? 0 : 3 + 2 * i;
+        if (i % 2 == 1) {
+            r.sampling.temperature = 0.9f;
+            r.sampling.top_k = 20;
+            if (i == 3) r.sampling.top_p = 0.8f;
+        }
+        r.seed = 100 + static_cast<std::uint64_t>(i);
+        r.stream = static_cast<std::uint64_t>(i % 2);
+        r.eos_token_ids = {static_cast<token_id>(vocab + 1)};  // never produced: every request runs its length
+        rs.push_back(r);
+    }
+    return rs;
+}
+
+std::vector<token_id> alone(const cpu::model& m, const batch_request& r) {
+    cpu::generation_options o;
+    o.max_new_tokens = r.max_new_tokens;
+    o.sampling = r.sampling;
+    o.seed = r.seed;
+    o.stream = r.stream;
+    o.eos_token_ids = r.eos_token_ids;
+    return cpu::generate(m, r.prompt, o);
+}
+
+}  // namespace
+
+TEST_CASE("model::forward_batch: each session's logits as if it ran alone", "[batching]") {
+    using tinyllm::model_arch;
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 64, false);
+        const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 88));
+        kv_block_pool pool(c.num_layers, 24, 4, c.num_kv_heads, c.head_dim);
+        // Three sessions: one decoding after a prefill, one mid-prompt, one new.
+        auto a = m.new_session(pool), b = m.new_session(pool), d = m.new_session(pool);
+        m.forward(a, tokens_from(1, 9, 64));
+        m.forward(b, tokens_from(2, 5, 64));
+        const std::vector<token_id> fa = {7}, fb = tokens_from(9, 6, 64), fd = tokens_from(4, 3, 64);
+        std::vector<cpu::model::session*> sessions = {&a, &b, &d};
+        const std::vector<std::span<const token_id>> feeds = {fa, fb, fd};
+        const auto got = m.forward_batch(sessions, feeds);  // (3, V)
+        CHECK(a.length == 10);
+        CHECK(b.length == 11);
+        CHECK(d.length == 3);
+        // The same steps one session at a time, contiguous.
+        auto ca = m.new_session(16), cb = m.new_session(16), cd = m.new_session(16);
+        m.forward(ca, tokens_from(1, 9, 64));
+        m.forward(cb, tokens_from(2, 5, 64));
+        std::vector<float> want;
+        for (const auto& l : {m.forward_last(ca, fa), m.forward_last(cb, fb), m.forward_last(cd, fd)})
+            want.insert(want.end(), l.values().begin(), l.values().end());
+        TINYLLM_REQUIRE_CLOSE(std::vector<float>(got.values().begin(), got.values().end()), want,
+                              tinyllm_test::tolerance{1e-4, 1e-4, 1e-5},
+                              std::string(arch == model_arch::gpt2 ? "gpt2" : arch == model_arch::llama ? "llama"
+                                                                                                       : "mixtral") +
+                                  ": batched against one at a time");
+    }
+    SECTION("bad input") {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::llama, 64, 64, 16, 96, 64, true);
+        const cpu::model m(c, tinyllm::random_model_weights(c, 3));
+        kv_block_pool pool(c.num_layers, 3, 4, c.num_kv_heads, c.head_dim);
+        auto a = m.new_session(pool), contiguous = m.new_session(8);
+        const std::vector<token_id> one = {1}, many = tokens_from(1, 13, 64);
+        std::vector<cpu::model::session*> twice = {&a, &a};
+        CHECK_THROWS_WITH(m.forward_batch(twice, std::vector<std::span<const token_id>>{one, one}),
+                          contains("session 1 is also session 0"));
+        std::vector<cpu::model::session*> not_paged = {&contiguous};
+        CHECK_THROWS_WITH(m.forward_batch(not_paged, std::vector<std::span<const token_id>>{one}),
+                          contains("session 0 is not paged"));
+        std::vector<cpu::model::session*> just_a = {&a};
+        CHECK_THROWS_WITH(m.forward_batch(just_a, std::vector<std::span<const token_id>>{many}),
+                          contains("the step needs 4 free blocks; the pool has 3 of 3"));
+        CHECK(a.length == 0);
+        CHECK(pool.free_blocks() == 3);
+    }
+}
+
+TEST_CASE("continuous batching gives each request the tokens it gets alone", "[batching]") {
+    using tinyllm::model_arch;
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        const std::string name = arch == model_arch::gpt2 ? "gpt2" : "llama";
+        const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 64, false);
+        const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 89));
+        const std::vector<batch_request> requests = mixed_requests(c.vocab_size);
+        std::vector<std::vector<token_id>> want;
+        for (const auto& r : requests) want.push_back(alone(m, r));
+
+        struct setup {
+            std::string what;
+            index_t blocks;
+            tinyllm::batch_options options;
+            bool cache;
+        };
+        // Roomy; a pool so small that sequences are preempted; with a prefix cache.
+        const std::vector<setup> setups = {{"roomy pool", 64, {16, 4, 8}, false},
+                                           {"small pool", 12, {24, 6, 8}, false},
+                                           {"prefix cache", 64, {16, 4, 8}, true}};
+        for (const setup& s : setups) {
+            INFO(name << ", " << s.what);
+            kv_block_pool pool(c.num_layers, s.blocks, 4, c.num_kv_heads, c.head_dim);
+            tinyllm::prefix_cache cache(pool, 16);
+            continuous_batcher batcher(m, pool, s.options, s.cache ? &cache : nullptr);
+            std::vector<index_t> ids;
+            for (const auto& r : requests) ids.push_back(batcher.submit(r));
+            std::vector<std::vector<token_id>> streamed(requests.size());
+            index_t finished = 0;
+            while (!batcher.idle()) {
+                for (const auto& e : batcher.step()) {
+                    if (e.token >= 0) streamed[static_cast<std::size_t>(e.id)].push_back(e.token);
+                    if (e.finished != finish_reason::none) ++finished;
+                }
+                CHECK(batcher.running() <= s.options.max_running);
+            }
+            CHECK(finished == static_cast<index_t>(requests.size()));
+            for (std::size_t i = 0; i < requests.size(); ++i) {
+                INFO("request " << i);
+                CHECK(batcher.tokens(ids[i]) == want[i]);
+                CHECK(streamed[i] == want[i]);
+                CHECK(batcher.finished(ids[i]) == finish_reason::length);
+            }
+            CHECK(batcher.stats().max_batch_rows <= s.options.token_budget);
+            if (s.blocks == 12) CHECK(batcher.stats().preemptions > 0);
+            if (s.cache) CHECK(cache.stats().hit_tokens > 0);
+            // Every block back: in the pool, or held by the cache alone.
+            CHECK(pool.used_blocks() == cache.cached_blocks());
+            if (!s.cache) CHECK(pool.used_blocks() == 0);
+        }
+    }
+}
+
+TEST_CASE("continuous batching: cancellation, end of sequence, bad requests", "[batching]") {
+    using tinyllm::model_arch;
+    const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::llama, 64, 64, 16, 96, 64, true);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 90));
+    kv_block_pool pool(c.num_layers, 16, 4, c.num_kv_heads, c.head_dim);
+    continuous_batcher batcher(m, pool, {8, 4, 4});
+    batch_request r;
+    r.prompt = tokens_from(1, 10, 64);
+    r.max_new_tokens = 20;
+    const index_t a = batcher.submit(r), b = batcher.submit(r);
+    batcher.step(), batcher.step(), batcher.step();
+    CHECK(pool.used_blocks() > 0);
+    batcher.cancel(a);
+    CHECK(batcher.finished(a) == finish_reason::cancelled);
+    const auto events = batcher.step();
+    CHECK(std::count_if(events.begin(), events.end(), [&](const auto& e) {
+              return e.id == a && e.finished == finish_reason::cancelled;
+          }) == 1);
+    batcher.cancel(b);
+    batcher.step();
+    CHECK(batcher.idle());
+    CHECK(pool.used_blocks() == 0);
+
+    // An end-of-sequence token stops a request: the greedy continuation's third token, as EOS.
+    const std::vector<token_id> greedy = alone(m, r);
+    batch_request stop = r;
+    stop.eos_token_ids = {greedy[2]};
+    const index_t e = batcher.submit(stop);
+    batcher.run();
+    const std::vector<token_id>& got = batcher.tokens(e);
+    const auto first_eos = std::find(greedy.begin(), greedy.end(), greedy[2]) - greedy.begin();
+    CHECK(got == std::vector<token_id>(greedy.begin(), greedy.begin() + first_eos + 1));
+    CHECK(batcher.finished(e) == finish_reason::eos);
+
+    SECTION("bad requests") {
+        batch_request bad = r;
+        bad.prompt.clear();
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("the prompt is empty"));
+        bad.prompt = {1, 64};
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("token id 64 at prompt position 1 is outside the vocabulary"));
+        bad.prompt = {1};
+        bad.max_new_tokens = -1;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("max_new_tokens = -1 must not be negative"));
+        bad.max_new_tokens = 100;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("101 positions need 26 blocks; the whole pool has 16"));
+        bad.max_new_tokens = 4;
+        bad.sampling.top_p = 0.0f;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("top_p"));
+        CHECK_THROWS_WITH(continuous_batcher(m, pool, {0, 1, 1}), contains("must all be at least 1"));
+    }
+}
