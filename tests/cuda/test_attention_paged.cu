@@ -77,12 +77,12 @@ template <class T>
 struct paged_problem {
     paged_shape s;
     index_t B = 0, blocks = 0, max_blocks = 0;
-    std::vector<T> q, k, v;                 // q (B, Tq, Hq, D); k, v (blocks, bs, Hkv, D)
-    std::vector<std::int32_t> tables;       // (B, max_blocks)
-    std::vector<std::int32_t> lengths;      // (B)
-    std::vector<float> slopes;              // (Hq) or empty
+    std::vector<T> q, k, v;             // q (B, Tq, Hq, D); k, v (blocks, bs, Hkv, D)
+    std::vector<std::int32_t> tables;   // (B, max_blocks)
+    std::vector<std::int32_t> lengths;  // (B)
+    std::vector<float> slopes;          // (Hq) or empty
     attention_options host_opts;
-    std::vector<float> want;                // (B, Tq, Hq, D)
+    std::vector<float> want;  // (B, Tq, Hq, D)
     tc::device_buffer<T> dq, dk, dv, dout;
     tc::device_buffer<std::int32_t> dtables, dlengths;
     tc::device_buffer<float> dslopes;
@@ -152,12 +152,11 @@ struct paged_problem {
         };
         const auto qf = widen(q), kf = widen(k), vf = widen(v);
         want.assign(q.size(), 0.0f);
-        tinyllm::cpu::attention_paged(tensor_view<float, 4>(want.data(), q_shape()),
-                                      tensor_view<const float, 4>(qf.data(), q_shape()),
-                                      tensor_view<const float, 4>(kf.data(), pool_shape()),
-                                      tensor_view<const float, 4>(vf.data(), pool_shape()),
-                                      tensor_view<const std::int32_t, 2>(tables.data(), {B, max_blocks}),
-                                      tensor_view<const std::int32_t, 1>(lengths.data(), {B}), host_opts);
+        tinyllm::cpu::attention_paged(
+            tensor_view<float, 4>(want.data(), q_shape()), tensor_view<const float, 4>(qf.data(), q_shape()),
+            tensor_view<const float, 4>(kf.data(), pool_shape()), tensor_view<const float, 4>(vf.data(), pool_shape()),
+            tensor_view<const std::int32_t, 2>(tables.data(), {B, max_blocks}),
+            tensor_view<const std::int32_t, 1>(lengths.data(), {B}), host_opts);
 
         dq = tc::to_device(q);
         dk = tc::to_device(k);
@@ -205,6 +204,14 @@ const paged_shape float_shapes[] = {
     {{16, 1, 29}, 4, 4, 2, 64, 1},
     {{20, 37, 9}, 16, 8, 2, 16, 3, true},
 };
+// The limits and the odd: 32 rows per KV head (16 heads over 1, Tq 2); D = 256 with 32 rows (over
+// 48 KB of shared memory); an odd head dim; tables of 34 entries, where automatic splits are 3.
+const paged_shape float_edges[] = {
+    {{40, 2, 19}, 4, 16, 1, 64, 2},
+    {{20, 45}, 16, 8, 1, 256, 4},
+    {{7, 33}, 16, 2, 2, 37, 1},
+    {{300, 1, 517}, 16, 8, 2, 128, 1},
+};
 
 }  // namespace
 
@@ -219,6 +226,71 @@ TEST_CASE("attention_paged (float) matches cpu::attention_paged", "[cuda][attent
                 TINYLLM_REQUIRE_CLOSE(p.run(workspace, splits), p.want, float_tol, "paged float O");
             }
         }
+}
+
+TEST_CASE("attention_paged (float) at its limits: 32 rows, D = 256, odd D, automatic splits",
+          "[cuda][attention][paged]") {
+    tc::attention_workspace workspace;
+    std::uint64_t which = 1500;
+    for (const auto& s : float_edges)
+        for (const auto& var : {variants[1], variants[3]}) {
+            paged_problem<float> p(s, var, which += 10);
+            for (int splits : {0, 2}) {
+                INFO("paged float " << describe(s) << " " << var.name << " splits " << splits);
+                TINYLLM_REQUIRE_CLOSE(p.run(workspace, splits), p.want, float_tol, "paged float O");
+            }
+        }
+}
+
+TEST_CASE("attention_paged takes strided views (all but the head dim)", "[cuda][attention][paged]") {
+    // The pool with 3 padding elements after each head row, q and out with 5, the tables with 2 spare
+    // columns, the lengths every other element: the same numbers as the contiguous problem.
+    paged_problem<float> p({{9, 22, 4}, 4, 4, 2, 16, 2}, variants[2], 1800);
+    const index_t D = p.s.D, Hkv = p.s.Hkv, rows = p.blocks * p.s.block_size * Hkv;
+    std::vector<float> kpad(static_cast<std::size_t>(rows * (D + 3))), vpad(kpad.size());
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t d = 0; d < D; ++d) {
+            kpad[static_cast<std::size_t>(r * (D + 3) + d)] = p.k[static_cast<std::size_t>(r * D + d)];
+            vpad[static_cast<std::size_t>(r * (D + 3) + d)] = p.v[static_cast<std::size_t>(r * D + d)];
+        }
+    const index_t qrows = p.B * p.s.Tq * p.s.Hq;
+    std::vector<float> qpad(static_cast<std::size_t>(qrows * (D + 5)));
+    for (index_t r = 0; r < qrows; ++r)
+        for (index_t d = 0; d < D; ++d)
+            qpad[static_cast<std::size_t>(r * (D + 5) + d)] = p.q[static_cast<std::size_t>(r * D + d)];
+    const index_t mb = p.max_blocks;
+    std::vector<std::int32_t> tpad(static_cast<std::size_t>(p.B * (mb + 2)), -1),
+        lpad(static_cast<std::size_t>(2 * p.B), -1);
+    for (index_t b = 0; b < p.B; ++b) {
+        for (index_t i = 0; i < mb; ++i)
+            tpad[static_cast<std::size_t>(b * (mb + 2) + i)] = p.tables[static_cast<std::size_t>(b * mb + i)];
+        lpad[static_cast<std::size_t>(2 * b)] = p.lengths[static_cast<std::size_t>(b)];
+    }
+    const auto dk = tc::to_device(kpad), dv = tc::to_device(vpad), dq = tc::to_device(qpad);
+    const auto dt = tc::to_device(tpad), dl = tc::to_device(lpad);
+    tc::device_buffer<float> dout(qpad.size());
+    const extents<4> pool{p.blocks, p.s.block_size, Hkv, D + 3}, qs{p.B, p.s.Tq, p.s.Hq, D + 5};
+    tc::attention_workspace workspace;
+    for (int splits : {1, 3}) {
+        INFO("strided views, splits " << splits);
+        dout.poison();
+        tc::attention_paged<float>(
+            dout.view(qs).narrow(3, 0, D), dq.view(qs).narrow(3, 0, D), dk.view(pool).narrow(3, 0, D),
+            dv.view(pool).narrow(3, 0, D), dt.view(extents<2>{p.B, mb + 2}).narrow(1, 0, mb),
+            tensor_view<const std::int32_t, 1>(dl.data(), {p.B}, {2}), p.device_opts(), workspace, splits);
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto padded = tc::to_host(dout);
+        std::vector<float> got(p.want.size());
+        std::size_t padding_written = 0;  // out's padding must still be the poison
+        for (index_t r = 0; r < qrows; ++r) {
+            for (index_t d = 0; d < D; ++d)
+                got[static_cast<std::size_t>(r * D + d)] = padded[static_cast<std::size_t>(r * (D + 5) + d)];
+            for (index_t d = D; d < D + 5; ++d)
+                padding_written += !std::isnan(padded[static_cast<std::size_t>(r * (D + 5) + d)]);
+        }
+        CHECK(padding_written == 0);
+        TINYLLM_REQUIRE_CLOSE(got, p.want, float_tol, "paged strided O");
+    }
 }
 
 TEST_CASE("attention_paged in bfloat16 and float16 (float math)", "[cuda][attention][paged]") {
@@ -275,8 +347,8 @@ TEST_CASE("attention_paged over a kv_block_pool with forked, copied-on-write blo
     attention_options opts;
     opts.causal = true;
     std::vector<float> want(q.size());
-    tinyllm::cpu::attention_paged(tensor_view<float, 4>(want.data(), q_shape), tensor_view<const float, 4>(q.data(), q_shape),
-                                  pool.keys(1), pool.values(1),
+    tinyllm::cpu::attention_paged(tensor_view<float, 4>(want.data(), q_shape),
+                                  tensor_view<const float, 4>(q.data(), q_shape), pool.keys(1), pool.values(1),
                                   tensor_view<const std::int32_t, 2>(tables.data(), {B, max_blocks}),
                                   tensor_view<const std::int32_t, 1>(lengths.data(), {B}), opts);
 
@@ -297,6 +369,11 @@ TEST_CASE("attention_paged over a kv_block_pool with forked, copied-on-write blo
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
         TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, float_tol, "paged over kv_block_pool O");
     }
+    // cpu::attention_paged's signature: a temporary workspace, automatic splits.
+    dout.poison();
+    tc::attention_paged<float>(dout.view(q_shape), dq.view(q_shape), dk.view(keys.shape()), dv.view(values.shape()),
+                               dtables.view(extents<2>{B, max_blocks}), dlengths.view(extents<1>{B}), opts);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, float_tol, "paged over kv_block_pool O, no workspace");
 }
 
 TEST_CASE("attention_paged stays inside memory given bad device values", "[cuda][attention][paged]") {
@@ -321,7 +398,8 @@ TEST_CASE("attention_paged stays inside memory given bad device values", "[cuda]
     for (index_t r = 1; r < 4; ++r)
         for (index_t e = 0; e < 16; ++e) {
             p.k[static_cast<std::size_t>((last * 4 + r) * 16 + e)] = fill[static_cast<std::size_t>((r - 1) * 16 + e)];
-            p.v[static_cast<std::size_t>((last * 4 + r) * 16 + e)] = fill[static_cast<std::size_t>(48 + (r - 1) * 16 + e)];
+            p.v[static_cast<std::size_t>((last * 4 + r) * 16 + e)] =
+                fill[static_cast<std::size_t>(48 + (r - 1) * 16 + e)];
         }
     std::vector<float> want(p.q.size());
     tinyllm::cpu::attention_paged(tensor_view<float, 4>(want.data(), p.q_shape()),
@@ -342,9 +420,9 @@ TEST_CASE("attention_paged stays inside memory given bad device values", "[cuda]
         // Sequence 0 (a block skipped): finite, and not what the whole sequence gives.
         const std::vector<float> got0(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(per_seq));
         for (const float x : got0) REQUIRE(std::isfinite(x));
-        CHECK_FALSE(tinyllm_test::compare(got0, std::vector<float>(p.want.begin(), p.want.begin() +
-                                                                                      static_cast<std::ptrdiff_t>(per_seq)),
-                                          float_tol)
+        CHECK_FALSE(tinyllm_test::compare(
+                        got0, std::vector<float>(p.want.begin(), p.want.begin() + static_cast<std::ptrdiff_t>(per_seq)),
+                        float_tol)
                         .passed);
         // Sequences 1 (clamped) and 2 (untouched): exact.
         const std::vector<float> got12(got.begin() + static_cast<std::ptrdiff_t>(per_seq), got.end());
@@ -397,9 +475,9 @@ TEST_CASE("attention_paged rejects bad arguments with clear errors", "[cuda][att
     CHECK_THROWS_WITH(run(p.out(), p.qv(), p.kv(), p.vv(),
                           tensor_view<const std::int32_t, 2>(p.tables.data(), {p.B, p.max_blocks}), p.lv(), none),
                       contains("attention_paged: block_tables points to host memory"));
-    CHECK_THROWS_WITH(run(p.out(), p.qv(), p.kv(), p.vv(), p.tv(),
-                          tensor_view<const std::int32_t, 1>(p.lengths.data(), {p.B}), none),
-                      contains("attention_paged: lengths points to host memory"));
+    CHECK_THROWS_WITH(
+        run(p.out(), p.qv(), p.kv(), p.vv(), p.tv(), tensor_view<const std::int32_t, 1>(p.lengths.data(), {p.B}), none),
+        contains("attention_paged: lengths points to host memory"));
     // Head dim over 256, negative splits, a table too narrow for the queries.
     tc::device_buffer<float> wide(2 * 2 * 4 * 300 + p.blocks * 4 * 2 * 300);
     const tensor_view<float, 4> wide_q(wide.data(), {2, 2, 4, 300});

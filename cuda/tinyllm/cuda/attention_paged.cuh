@@ -45,8 +45,8 @@
 // row's (m, l) and turns the scores into probabilities; each thread then updates
 // elements (row, d) of the o accumulators, which live in shared memory.
 // Shared memory: Q, o (rows x D), K (32 x (D + 1), padded against bank
-// conflicts), V (32 x D), the scores (rows x 32) — 135 KB at the limits
-// (32 rows, D = 256), 10 KB for one row of D = 128.
+// conflicts), V (32 x D), the scores (rows x 32) — 133 KiB at the limits
+// (32 rows, D = 256), 33 KiB for one row of D = 128.
 //
 // Limits (rejected on the host): Hq/Hkv * Tq <= 32 rows per KV head (as
 // attention_decode), D <= 256, max_blocks * block_size < 2^31. Every option of
@@ -62,9 +62,9 @@
 // length are never read (they may hold anything, -1 say).
 //
 // Memory: q, keys, values, out, block_tables, lengths and the ALiBi slopes are
-// all device memory (the tables, lengths and slopes are checked to be: a kernel
-// reading a host pointer faults). The head dim of q, keys, values and out must be
-// contiguous; every other stride is free.
+// all device memory; the host checks that the tables, the lengths and the slopes
+// are (a kernel reading a host pointer faults). The head dim of q, keys, values
+// and out must be contiguous; every other stride is free.
 #pragma once
 
 #include <tinyllm/attention.hpp>
@@ -90,7 +90,7 @@ inline constexpr int paged_max_head_dim = 256;
 // the options (its k, v, Tk stay unused: 0 and null), plus the pool and the tables.
 template <class T>
 struct paged_args {
-    attention_args<T> a;  // q (B, Tq, Hq, D), o (B, Tq, Hq, D), sizes, scale, soft-cap, slopes, mask
+    attention_args<T> a;   // q (B, Tq, Hq, D), o (B, Tq, Hq, D), sizes, scale, soft-cap, slopes, mask
     const T* k = nullptr;  // (blocks, bs, Hkv, D)
     const T* v = nullptr;  // (blocks, bs, Hkv, D)
     index_t k_sblock = 0, k_st = 0, k_sh = 0;  // element strides of the block, row and head dims
@@ -263,13 +263,13 @@ paged_args<T> make_paged_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, 
                    q.stride(3), ", keys ", keys.stride(3), ", values ", values.stride(3), ", out ", out.stride(3));
     TINYLLM_EXPECT(D <= paged_max_head_dim, op, " supports head dims up to ", paged_max_head_dim, ", got ", D);
     constexpr index_t int_max = 2147483647;
-    TINYLLM_EXPECT(B < int_max && Tq < int_max && Hq < int_max && Hkv < int_max && blocks < int_max &&
-                       bs < int_max && max_blocks < int_max && max_blocks * bs < int_max,
+    TINYLLM_EXPECT(B < int_max && Tq < int_max && Hq < int_max && Hkv < int_max && blocks < int_max && bs < int_max &&
+                       max_blocks < int_max && max_blocks * bs < int_max,
                    op, ": B = ", B, ", Tq = ", Tq, ", Hq = ", Hq, ", Hkv = ", Hkv, ", blocks = ", blocks,
                    " and max_blocks * block_size = ", max_blocks, " * ", bs,
                    " must be below 2^31 (the kernels index with int)");
-    TINYLLM_EXPECT(max_blocks * bs >= Tq, op, ": the block tables have room for ", max_blocks, " blocks of ", bs,
-                   " = ", max_blocks * bs, " positions, fewer than the ", Tq, " queries of each sequence");
+    TINYLLM_EXPECT(max_blocks * bs >= Tq, op, ": the block tables have room for ", max_blocks, " blocks of ", bs, " = ",
+                   max_blocks * bs, " positions, fewer than the ", Tq, " queries of each sequence");
     // Every product of sizes is taken in 64 bits: group * Tq, say, passes 2^31 for Tq near 2^30.
     const index_t rows_per_head = (Hq / Hkv) * Tq;
     TINYLLM_EXPECT(rows_per_head <= decode_rows, op, ": Hq/Hkv * Tq = ", Hq / Hkv, " * ", Tq, " = ", rows_per_head,
@@ -305,7 +305,9 @@ paged_args<T> make_paged_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, 
     p.table_sb = block_tables.stride(0), p.table_si = block_tables.stride(1);
     p.lengths = lengths.data();
     p.lengths_stride = lengths.stride(0);
-    p.blocks = static_cast<int>(blocks), p.block_size = static_cast<int>(bs), p.max_blocks = static_cast<int>(max_blocks);
+    p.blocks = static_cast<int>(blocks);
+    p.block_size = static_cast<int>(bs);
+    p.max_blocks = static_cast<int>(max_blocks);
     return p;
 }
 
@@ -320,7 +322,9 @@ paged_args<T> make_paged_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, 
 //                   block_tables(b, j / block_size), row j % block_size
 //   lengths         (B) int32, each in [Tq, max_blocks * block_size]
 // All in device memory. splits = 0 picks the number of splits of each table from
-// the GPU size; splits = n asks for n (fewer when the table's blocks run out).
+// the GPU size, as attention_decode's rung 1 does (about 4 grid blocks per SM, no
+// split under 256 positions of the table); splits = n asks for n (fewer when the
+// table's entries run out).
 // The workspace holds the splits' partial results between the two kernels.
 template <class T>
 void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
@@ -338,7 +342,8 @@ void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     // The combine kernel has a block per query row: check its grid before allocating anything.
     const index_t rows = static_cast<index_t>(p.a.B) * p.a.Hq * p.a.Tq;
     const dim3 combine_grid = detail::checked_grid(
-        rows, 1, 1, op, tinyllm::detail::cat("B * Hq * Tq = ", rows, " query rows (a block each in the combine kernel)"));
+        rows, 1, 1, op,
+        tinyllm::detail::cat("B * Hq * Tq = ", rows, " query rows (a block each in the combine kernel)"));
     const index_t table_blocks = p.max_blocks;  // >= 1: the host checks max_blocks * block_size >= Tq >= 1
     if (splits == 0) {
         int device = 0, sms = 0;
@@ -349,9 +354,9 @@ void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     // Table entries per split; then drop the splits that would start past the table.
     const index_t per_split = ceil_div<index_t>(table_blocks, splits);
     splits = static_cast<int>(ceil_div<index_t>(table_blocks, per_split));
-    const dim3 grid = detail::checked_grid(
-        splits, p.a.Hkv, p.a.B, op,
-        tinyllm::detail::cat("(splits, Hkv, B) = (", splits, ", ", p.a.Hkv, ", ", p.a.B, ")"));
+    const dim3 grid =
+        detail::checked_grid(splits, p.a.Hkv, p.a.B, op,
+                             tinyllm::detail::cat("(splits, Hkv, B) = (", splits, ", ", p.a.Hkv, ", ", p.a.B, ")"));
 
     float* part_o = nullptr;
     float* part_ml = nullptr;
@@ -372,6 +377,19 @@ void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
         launch(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, p.a, splits, part_o, part_ml);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
+}
+
+// The same with a temporary workspace (allocated and freed per call) and automatic splits:
+// cpu::attention_paged's signature.
+template <class T>
+void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+                     std::type_identity_t<tensor_view<const T, 4>> keys,
+                     std::type_identity_t<tensor_view<const T, 4>> values,
+                     tensor_view<const std::int32_t, 2> block_tables, tensor_view<const std::int32_t, 1> lengths,
+                     const attention_options& opts = {}, cudaStream_t stream = nullptr) {
+    attention_workspace workspace;
+    attention_paged<T>(out, q, keys, values, block_tables, lengths, opts, workspace, 0, stream);
+    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the workspace is freed
 }
 
 }  // namespace tinyllm::cuda
