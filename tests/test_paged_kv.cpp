@@ -269,8 +269,18 @@ TEST_CASE("the model on paged sessions computes what it computes on contiguous o
             CHECK(paged.cache_bytes() == 5 * pool.block_bytes());
         }
         CHECK(pool.free_blocks() == 32);
-        // Blocked float attention against the paged reference in double: float summation order apart.
+        // The blocked kernels gather the blocks and run the tiled attention: the contiguous arithmetic.
         TINYLLM_REQUIRE_CLOSE(got, want, tinyllm_test::tolerance{1e-4, 1e-4, 1e-5}, name + ": paged against contiguous");
+        // The reference kernels attend through the table in place (cpu::attention_paged).
+        m.set_kernels(cpu::model::kernels::reference);
+        {
+            auto paged = m.new_session(pool);
+            auto contiguous_reference = m.new_session(32);
+            TINYLLM_REQUIRE_CLOSE(run(paged, steps), run(contiguous_reference, steps),
+                                  tinyllm_test::tolerance{1e-5, 1e-5, 1e-6},
+                                  name + ": paged against contiguous, reference kernels");
+        }
+        m.set_kernels(cpu::model::kernels::blocked);
 
         // Two continuations of one shared prefix: each equals its own contiguous run.
         auto first = m.new_session(pool);

@@ -1553,12 +1553,8 @@ public:
                 if (c.arch != model_arch::gpt2) apply_rope(qi, ki, c.rope, s.length);
                 s.paged.write(l, s.length, tensor_view<const float, 3>(k.data() + r0 * Hkv * Dh, {n, Hkv, Dh}),
                               tensor_view<const float, 3>(v.data() + r0 * Hkv * Dh, {n, Hkv, Dh}));
-                const std::vector<std::int32_t>& blocks = s.paged.blocks();
-                const std::int32_t fed = static_cast<std::int32_t>(s.length + n);
-                const index_t held = static_cast<index_t>(blocks.size());
-                attention_paged(tensor_view<float, 4>(attn.data() + r0 * Hq * Dh, {1, n, Hq, Dh}), qi,
-                                pool->keys(l), pool->values(l), tensor_view<const std::int32_t, 2>(blocks.data(), {1, held}),
-                                tensor_view<const std::int32_t, 1>(&fed, {1}), opts);
+                attend_paged(tensor_view<float, 4>(attn.data() + r0 * Hq * Dh, {1, n, Hq, Dh}), qi, s.paged, l,
+                             s.length + n, opts);
             }
             project(delta.view(), attn.view(), L.wo, L16.wo, LQ.wo, L.bo);
             add(x.view(), x.view(), delta.view());
@@ -1640,13 +1636,7 @@ private:
                 // Into the session's blocks, then attention through its block table.
                 s.paged.write(l, s.length, tensor_view<const float, 3>(k.data(), {n, Hkv, Dh}),
                               tensor_view<const float, 3>(v.data(), {n, Hkv, Dh}));
-                const kv_block_pool& pool = *s.paged.pool();
-                const std::vector<std::int32_t>& blocks = s.paged.blocks();
-                const std::int32_t fed = static_cast<std::int32_t>(s.length + n);
-                const index_t held = static_cast<index_t>(blocks.size());
-                attention_paged(attn4, q4, pool.keys(l), pool.values(l),
-                                tensor_view<const std::int32_t, 2>(blocks.data(), {1, held}),
-                                tensor_view<const std::int32_t, 1>(&fed, {1}), opts);
+                attend_paged(attn4, q4, s.paged, l, s.length + n, opts);
             } else if (s.dtype() == kv_dtype::int8) {
                 kv_cache_int8& cache = s.caches_int8[static_cast<std::size_t>(l)];
                 cache.append(k4, v4);
@@ -1704,6 +1694,27 @@ private:
         } else {
             moe_forward(out, h, L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(), config_.experts_per_token);
         }
+    }
+
+    // Attention of the n new queries (the last of `length` positions) through a
+    // paged session's block table: the reference reads the blocks in place
+    // (cpu::attention_paged); the blocked kernels gather the positions into a
+    // contiguous copy and run the tiled float attention on it.  out, q (1, n, Hq, Dh)
+    void attend_paged(tensor_view<float, 4> out, tensor_view<const float, 4> q, const kv_block_table& table,
+                      index_t layer, index_t length, const attention_options& opts) const {
+        if (kernels_ == kernels::blocked) {
+            const extents<4> shape{1, length, config_.num_kv_heads, config_.head_dim};
+            tensor<float, 4> keys(shape), values(shape);  // (1, length, Hkv, Dh)
+            table.gather(layer, length, keys.view(), values.view());
+            attention_tiled<float>(out, q, keys.view(), values.view(), opts);
+            return;
+        }
+        const kv_block_pool& pool = *table.pool();
+        const std::int32_t fed = static_cast<std::int32_t>(length);
+        const index_t held = static_cast<index_t>(table.blocks().size());
+        attention_paged(out, q, pool.keys(layer), pool.values(layer),
+                        tensor_view<const std::int32_t, 2>(table.blocks().data(), {1, held}),
+                        tensor_view<const std::int32_t, 1>(&fed, {1}), opts);
     }
 
     // Attention of the n new queries over a contiguous cache's keys and values

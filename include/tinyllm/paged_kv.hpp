@@ -248,6 +248,29 @@ public:
         length_ = length;
     }
 
+    // Copy layer l's first n positions out of the blocks, contiguous: k_out,
+    // v_out (1, n, Hkv, D). What a kernel written for a contiguous cache (the
+    // tiled CPU attention) reads; n may include positions written but not yet
+    // counted (advance comes after a step's layers).
+    void gather(index_t layer, index_t n, tensor_view<float, 4> k_out, tensor_view<float, 4> v_out) const {
+        expect_pool("kv_block_table::gather");
+        const index_t bs = pool_->block_size(), H = pool_->kv_heads(), D = pool_->head_dim();
+        expect_shape(k_out, extents<4>{1, n, H, D}, "kv_block_table::gather: k_out");
+        expect_shape(v_out, extents<4>{1, n, H, D}, "kv_block_table::gather: v_out");
+        TINYLLM_EXPECT(n >= 0 && n <= static_cast<index_t>(blocks_.size()) * bs, "kv_block_table::gather: ", n,
+                       " positions but the table holds ", blocks_.size(), " blocks of ", bs);
+        const tensor_view<const float, 4> keys = std::as_const(*pool_).keys(layer);
+        const tensor_view<const float, 4> values = std::as_const(*pool_).values(layer);
+        for (index_t p = 0; p < n; ++p) {
+            const index_t block = blocks_[static_cast<std::size_t>(p / bs)], row = p % bs;
+            for (index_t h = 0; h < H; ++h)
+                for (index_t d = 0; d < D; ++d) {
+                    k_out(0, p, h, d) = keys(block, row, h, d);
+                    v_out(0, p, h, d) = values(block, row, h, d);
+                }
+        }
+    }
+
     // A second table holding the same written blocks (each count + 1) and length.
     kv_block_table fork() const {
         expect_pool("kv_block_table::fork");

@@ -24,6 +24,7 @@
 #include <tinyllm/cuda/attention_flash2.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
+#include <tinyllm/cuda/attention_paged.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
 #include <tinyllm/cuda/bpe.cuh>
 #include <tinyllm/cuda/embedding.cuh>
