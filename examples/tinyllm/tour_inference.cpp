@@ -21,33 +21,6 @@
 
 using namespace tinyllm_cli;
 
-namespace {
-
-// How the chapter turns ids into text: the model's tokenizer, or bytes.
-struct text_codec {
-    std::optional<tinyllm::tokenizer> tok;
-    std::vector<tinyllm::token_id> encode(const std::string& s) const {
-        if (tok) return tok->encode_ordinary(s);
-        return {s.begin(), s.end()};
-    }
-    std::string decode(tinyllm::token_id id) const {
-        std::string s;
-        if (tok) s = tok->decode(std::vector<tinyllm::token_id>{id});
-        else if (id >= 32 && id < 127) s = std::string(1, static_cast<char>(id));
-        else s = "?";
-        for (char& c : s)
-            if (c == '\n') c = ' ';
-        return s;
-    }
-    std::string decode(const std::vector<tinyllm::token_id>& ids) const {
-        std::string s;
-        for (auto id : ids) s += decode(id);
-        return s;
-    }
-};
-
-}  // namespace
-
 TINYLLM_TOUR_CHAPTER(97, "inference", "Cheaper inference: quantized weights and speculative decoding") {
     auto& out = ctx.out;
     namespace fs = std::filesystem;
