@@ -1541,10 +1541,7 @@ public:
             const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
             const layer_weights_bf16& L16 = bf16 ? w16_.layers[static_cast<std::size_t>(l)] : no_bf16_layer_;
             const layer_weights_quantized& LQ = quantized_ ? wq_[static_cast<std::size_t>(l)] : no_quantized_layer_;
-            norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
-            project(q.view(), h.view(), L.wq, L16.wq, LQ.wq, L.bq);
-            project(k.view(), h.view(), L.wk, L16.wk, LQ.wk, L.bk);
-            project(v.view(), h.view(), L.wv, L16.wv, LQ.wv, L.bv);
+            attention_inputs(q.view(), k.view(), v.view(), h.view(), x.view(), L, L16, LQ);
             for (index_t i = 0; i < S; ++i) {
                 session& s = *sessions[static_cast<std::size_t>(i)];
                 const index_t n = count_of(i), r0 = rows_of(i);
@@ -1621,10 +1618,7 @@ private:
             const layer_weights& L = w_.layers[static_cast<std::size_t>(l)];
             const layer_weights_bf16& L16 = bf16 ? w16_.layers[static_cast<std::size_t>(l)] : no_bf16_layer_;
             const layer_weights_quantized& LQ = quantized_ ? wq_[static_cast<std::size_t>(l)] : no_quantized_layer_;
-            norm(h.view(), x.view(), L.attn_norm_weight, L.attn_norm_bias);
-            project(q.view(), h.view(), L.wq, L16.wq, LQ.wq, L.bq);
-            project(k.view(), h.view(), L.wk, L16.wk, LQ.wk, L.bk);
-            project(v.view(), h.view(), L.wv, L16.wv, LQ.wv, L.bv);
+            attention_inputs(q.view(), k.view(), v.view(), h.view(), x.view(), L, L16, LQ);
             tensor_view<float, 4> q4(q.data(), {1, n, Hq, Dh});   // (B=1, n, Hq, Dh)
             tensor_view<float, 4> k4(k.data(), {1, n, Hkv, Dh});  // (B=1, n, Hkv, Dh)
             tensor_view<float, 4> v4(v.data(), {1, n, Hkv, Dh});
@@ -1682,6 +1676,17 @@ public:
                                 tensor_view<const token_id, 2> targets, const backward_options& options = {}) const;
 
 private:
+    // A layer's attention inputs: h = norm1(x), then q, k, v = h Wq^T, h Wk^T, h Wv^T
+    // (+ GPT-2's biases), each matrix as held.  x, h (n, D); q (n, Hq Dh); k, v (n, Hkv Dh)
+    void attention_inputs(tensor_view<float, 2> q, tensor_view<float, 2> k, tensor_view<float, 2> v,
+                          tensor_view<float, 2> h, tensor_view<const float, 2> x, const layer_weights& L,
+                          const layer_weights_bf16& L16, const layer_weights_quantized& LQ) const {
+        norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
+        project(q, h, L.wq, L16.wq, LQ.wq, L.bq);
+        project(k, h, L.wk, L16.wk, LQ.wk, L.bk);
+        project(v, h, L.wv, L16.wv, LQ.wv, L.bv);
+    }
+
     // The layer's MLP (or MoE block) on the rows of h, through the chosen kernels.  out, h (n, D)
     void mlp(tensor_view<float, 2> out, tensor_view<const float, 2> h, const layer_weights& L,
              const layer_weights_bf16& L16, const layer_weights_quantized& LQ) const {
