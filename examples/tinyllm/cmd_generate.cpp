@@ -78,7 +78,7 @@ struct speculation {
     std::optional<tinyllm::quant_spec> draft_quantized;
 };
 
-speculation speculation_of(const parsed_args& a, const std::string& dir, bool gpu) {
+speculation speculation_of(const parsed_args& a, const std::string& dir) {
     speculation s;
     const bool draft = a.options.count("draft-model") > 0, lookup = a.options.count("prompt-lookup") > 0;
     if (!draft && !lookup) {
@@ -87,7 +87,6 @@ speculation speculation_of(const parsed_args& a, const std::string& dir, bool gp
         return s;
     }
     if (draft && lookup) throw usage_error("give one drafter: --draft-model DIR2 or --prompt-lookup N, not both");
-    if (gpu) throw usage_error("speculative decoding runs on the CPU model; drop --device cuda");
     if (a.has_flag("reference")) throw usage_error("speculative decoding runs the blocked kernels; drop --reference");
     s.active = true;
     s.k = a.get_int("speculate", 4);
@@ -157,12 +156,14 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "accumulation, threads: docs/cpu.md); --reference runs the readable reference kernels\n"
                 "instead (double accumulation, one thread, float32 weights, many times slower), which\n"
                 "define what the blocked ones compute.\n"
-                "Speculative decoding (CPU; docs/speculative.md): --draft-model DIR2, a smaller model\n"
+                "Speculative decoding (docs/speculative.md): --draft-model DIR2, a smaller model\n"
                 "with the same tokenizer, drafts K tokens per round (--speculate K, default 4; the draft\n"
                 "held in --draft-dtype, default float32) and the model checks them in one forward;\n"
                 "--prompt-lookup N drafts instead by copying what followed the latest earlier\n"
                 "occurrence of the text's last N (or fewer) tokens. The output follows the same\n"
                 "distribution as without it (greedy: the same tokens); stderr reports the acceptance.\n"
+                "With --device cuda the CUDA model is the target and a float32/bfloat16 draft runs on\n"
+                "the GPU too; an int8/int4 draft (--draft-dtype) runs on the CPU.\n"
                 "--kv-cache int8 (CPU, without speculative decoding) keeps the keys and values in 8 bits\n"
                 "with a scale per position and head: about 3.7x less cache memory (docs/quantization.md).\n") {
     const auto a = parse_args(args,
@@ -213,17 +214,12 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
     o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
 
-    const speculation spec = speculation_of(a, dir, gpu);
+    const speculation spec = speculation_of(a, dir);
 
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
-        if (gpu) {
+        if (gpu && !spec.active) {
             gpu_generate(dir, bf16, prompt, o, on_token);
-            return;
-        }
-        const tinyllm::cpu::model target = load_cpu_model(a, dir, bf16, quantized);
-        if (!spec.active) {
-            tinyllm::cpu::generate(target, prompt, o, on_token);
             return;
         }
         tinyllm::speculative_options so;
@@ -232,6 +228,21 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
         so.sampling = o.sampling;
         so.seed = o.seed;
         const auto each = [&](tinyllm::token_id id, bool) { on_token(id); };
+        if (gpu) {
+            // The CUDA model as target; a quantized draft runs on the CPU (the CUDA model holds float weights).
+            std::optional<tinyllm::cpu::model> cpu_draft;
+            if (spec.draft_quantized) cpu_draft = load_cpu_model(a, spec.draft_dir, false, spec.draft_quantized);
+            report_speculation(gpu_generate_speculative(dir, bf16, spec.draft_dir, spec.draft_bf16,
+                                                        cpu_draft ? &*cpu_draft : nullptr, spec.lookup_ngram, prompt,
+                                                        so, each),
+                               spec.k);
+            return;
+        }
+        const tinyllm::cpu::model target = load_cpu_model(a, dir, bf16, quantized);
+        if (!spec.active) {
+            tinyllm::cpu::generate(target, prompt, o, on_token);
+            return;
+        }
         const tinyllm::speculative_result r =
             spec.lookup_ngram > 0
                 ? tinyllm::cpu::generate_prompt_lookup(target, prompt, spec.lookup_ngram, so, each)

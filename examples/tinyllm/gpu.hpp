@@ -28,6 +28,7 @@ std::vector<float> gpu_fill_uniform(long long n, unsigned long long seed);
 }  // namespace tinyllm_cli
 
 #include <tinyllm/model.hpp>
+#include <tinyllm/speculative.hpp>
 
 #include <cstdint>
 #include <functional>
@@ -41,6 +42,18 @@ std::vector<tinyllm::token_id> gpu_generate(const std::string& dir, bool bfloat1
                                        const tinyllm::cpu::generation_options& options,
                                        const std::function<void(tinyllm::token_id)>& on_token);
 std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt);
+
+// `tinyllm generate --device cuda` with --draft-model or --prompt-lookup: speculative
+// decoding with the CUDA model of DIR as the target (tinyllm/cuda/speculative.cuh).
+// The drafter: prompt lookup when lookup_ngram > 0; else `cpu_draft` when given (a
+// quantized draft runs on the CPU: the CUDA model holds float weights only); else
+// the checkpoint in draft_dir on the GPU, in float32 or bfloat16.
+tinyllm::speculative_result gpu_generate_speculative(const std::string& dir, bool bfloat16,
+                                                     const std::string& draft_dir, bool draft_bfloat16,
+                                                     const tinyllm::cpu::model* cpu_draft, tinyllm::index_t lookup_ngram,
+                                                     std::span<const tinyllm::token_id> prompt,
+                                                     const tinyllm::speculative_options& options,
+                                                     const std::function<void(tinyllm::token_id, bool)>& on_token);
 
 // `tinyllm grads --device cuda`: cuda::model<float>::forward_backward on the
 // weights of `model` (uploaded), the gradients downloaded into `grads` in the

@@ -30,6 +30,12 @@ std::vector<tinyllm::token_id> gpu_generate(const std::string&, bool, std::span<
     no_cuda();
 }
 std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const tinyllm::token_id>) { no_cuda(); }
+tinyllm::speculative_result gpu_generate_speculative(const std::string&, bool, const std::string&, bool,
+                                                     const tinyllm::cpu::model*, tinyllm::index_t,
+                                                     std::span<const tinyllm::token_id>, const tinyllm::speculative_options&,
+                                                     const std::function<void(tinyllm::token_id, bool)>&) {
+    no_cuda();
+}
 tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model&, tinyllm::model_weights&,
                                          tinyllm::tensor_view<const tinyllm::token_id, 2>,
                                          tinyllm::tensor_view<const tinyllm::token_id, 2>,
