@@ -55,9 +55,8 @@ void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
         const std::string p = "layers." + std::to_string(l) + ".";
         keep(L.attn_norm_weight), keep(L.attn_norm_bias), keep(L.ffn_norm_weight), keep(L.ffn_norm_bias);
         keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
-        for (auto [name, m] : {std::pair{"wq", &L.wq}, {"wk", &L.wk}, {"wv", &L.wv}, {"wo", &L.wo}, {"fc", &L.fc},
-                               {"proj", &L.proj}, {"gate", &L.gate}, {"up", &L.up}, {"down", &L.down}})
-            if (m->size()) f(p + name, *m);
+        for (const auto& [name, member, dense] : layer_matrix_members)  // the model's own list (model.hpp)
+            if ((L.*dense).size()) f(p + name, L.*dense);
         for (auto [name, experts] : {std::pair{"w1", &L.w1}, {"w3", &L.w3}, {"w2", &L.w2}}) {
             if (!experts->size()) continue;
             const index_t E = experts->extent(0), rows = experts->extent(1), cols = experts->extent(2);
