@@ -21,9 +21,11 @@
 #include <tinyllm/tensor.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using tinyllm::index_t;
@@ -553,6 +555,62 @@ TEST_CASE("quantized checkpoints: save_quantized_model, then model::load, is the
         with_config("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
         CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
                           contains("tensor 'layers.1.attn_norm.weight' is not part of a int4-g32 LlamaForCausalLM"));
+        // Values the format cannot hold, written into the tensors themselves.
+        tinyllm_test::write_text(dir.file("config.json"), config);
+        const auto with_tensor = [&](const std::string& target, const auto& edit) {
+            // Rewrite model.safetensors with `target` (U8 or F32, rank 2) changed by edit(tensor).
+            std::vector<tensor<float, 1>> f1;
+            std::vector<tensor<float, 2>> f2;
+            std::vector<tensor<std::uint8_t, 2>> u2;
+            std::vector<tensor<std::int8_t, 2>> i2;
+            {
+                const tinyllm::safetensors_checkpoint ck(dir.path.string());
+                for (const std::string& name : ck.names()) {
+                    const tinyllm::safetensors_tensor& t = *ck.find(name);
+                    if (t.dtype == tinyllm::st_dtype::f32 && t.shape.size() == 1) {
+                        f1.push_back(tinyllm::to_tensor<float, 1>(t));
+                    } else if (t.dtype == tinyllm::st_dtype::f32) {
+                        f2.push_back(tinyllm::to_tensor<float, 2>(t));
+                        if (name == target) edit(f2.back());
+                    } else if (t.dtype == tinyllm::st_dtype::u8) {
+                        u2.push_back(tinyllm::to_tensor<std::uint8_t, 2>(t));
+                        if (name == target) edit(u2.back());
+                    } else {
+                        i2.push_back(tinyllm::to_tensor<std::int8_t, 2>(t));
+                    }
+                }
+                // Entries in the same order, viewing the copies (the file is closed before it is replaced).
+                std::vector<tinyllm::safetensors_entry> entries;
+                std::size_t a1 = 0, a2 = 0, b2 = 0, c2 = 0;
+                for (const std::string& name : ck.names()) {
+                    const tinyllm::safetensors_tensor& t = *ck.find(name);
+                    if (t.dtype == tinyllm::st_dtype::f32 && t.shape.size() == 1) entries.emplace_back(name, f1[a1++]);
+                    else if (t.dtype == tinyllm::st_dtype::f32) entries.emplace_back(name, f2[a2++]);
+                    else if (t.dtype == tinyllm::st_dtype::u8) entries.emplace_back(name, u2[b2++]);
+                    else entries.emplace_back(name, i2[c2++]);
+                }
+                tinyllm::save_safetensors(dir.file("edited.safetensors"), entries);
+            }
+            std::filesystem::rename(dir.file("edited.safetensors"), dir.file("model.safetensors"));
+        };
+        with_tensor("layers.1.down.zeros", [](auto& z) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(z)>, tensor<std::uint8_t, 2>>) z(3, 1) = 16;
+        });
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("layers.1.down.zeros(3, 1) = 16; int4 zero points are in [0, 15]"));
+        with_tensor("layers.1.down.zeros", [](auto& z) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(z)>, tensor<std::uint8_t, 2>>) z(3, 1) = 15;
+        });
+        with_tensor("lm_head.scales", [](auto& sc) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(sc)>, tensor<float, 2>>) sc(5, 0) = -1.0f;
+        });
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("lm_head.scales(5, 0) = -1; scales are finite and >= 0"));
+        with_tensor("lm_head.scales", [](auto& sc) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(sc)>, tensor<float, 2>>)
+                sc(5, 0) = std::numeric_limits<float>::quiet_NaN();
+        });
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()), contains("lm_head.scales(5, 0) = nan"));
         // Without its quantization_config it is read as a float checkpoint, which it is not.
         std::string plain = config;
         plain.erase(plain.find("  \"quantization_config\""), plain.find("  \"torch_dtype\"") - plain.find("  \"quantization_config\""));
