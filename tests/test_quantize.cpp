@@ -403,6 +403,12 @@ TEST_CASE("model::quantize_weights computes what the model of the rounded weight
                 const index_t float_bytes = quantized.weight_bytes();
                 quantized.quantize_weights(spec);
                 CHECK(quantized.quantized());
+                // The quantized model's own summary counts what rounding the float weights counted.
+                const tinyllm::quantization_summary held = tinyllm::quantization_of(quantized);
+                CHECK(held.matrices == s.matrices);
+                CHECK(held.weights == s.weights);
+                CHECK(held.quantized_bytes == s.quantized_bytes);
+                CHECK(held.float_bytes_kept == s.float_bytes_kept);
                 CHECK(quantized.quantization().name() == spec.name());
                 CHECK(quantized.weight_bytes() == float_bytes - 4 * s.weights + s.quantized_bytes);
                 // Prefill, then three decode steps, on both.

@@ -204,13 +204,12 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
             out << spec.name() << ": skipped, " << why << "\n";
             continue;
         }
-        tinyllm::model_weights rounded = float_model.weights();
-        const tinyllm::quantization_summary s = tinyllm::round_model_weights(rounded, spec);
         for (const std::string& method : methods) {
             tinyllm::cpu::model m = float_model;
             const auto t0 = std::chrono::steady_clock::now();
             quantize(m, spec, method, calibration);
             const double quantize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            const tinyllm::quantization_summary s = tinyllm::quantization_of(m);
             const double loss = timed_loss(m, seconds);
             std::snprintf(line, sizeof line, "%-10s %-6s %8.2f %12lld %10.4f %11.3f %+8.2f%% %6.1fs %6.1fs\n",
                           spec.name().c_str(), method.c_str(), s.bits_per_weight(),

@@ -422,6 +422,37 @@ inline index_t layer_vector_length(const model_config& c, std::string_view name)
     return name == "fc_bias" ? c.intermediate_size : c.hidden_size;  // GPT-2: norm biases, bq bk bv bo, proj_bias
 }
 
+// Calls f(name, matrix) for each matrix quantize_model.hpp quantizes (the layers' and an
+// untied head's, each Mixtral expert's on its own), and
+// g(bytes) for the float32 bytes of every tensor that is not. W is model_weights
+// (f may change the matrices) or const model_weights (f only reads them).
+template <class W, class F, class G>
+void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
+    auto keep = [&](const auto& t) { kept(static_cast<index_t>(sizeof(float)) * t.size()); };
+    keep(w.embed), keep(w.positions), keep(w.final_norm_weight), keep(w.final_norm_bias);
+    if (w.lm_head.size()) f(std::string("lm_head"), w.lm_head);
+    for (std::size_t l = 0; l < w.layers.size(); ++l) {
+        auto& L = w.layers[l];
+        const std::string p = "layers." + std::to_string(l) + ".";
+        keep(L.attn_norm_weight), keep(L.attn_norm_bias), keep(L.ffn_norm_weight), keep(L.ffn_norm_bias);
+        keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
+        for (const auto& [name, member, dense] : layer_matrix_members)  // the model's own list (model.hpp)
+            if ((L.*dense).size()) f(p + name, L.*dense);
+        for (auto [name, experts] : {std::pair{"w1", &L.w1}, {"w3", &L.w3}, {"w2", &L.w2}}) {
+            if (!experts->size()) continue;
+            const index_t E = experts->extent(0), rows = experts->extent(1), cols = experts->extent(2);
+            for (index_t e = 0; e < E; ++e) {
+                // Expert e's matrix as its own (rows, cols) tensor, written back after f.
+                tensor<float, 2> m(extents<2>{rows, cols});
+                std::copy_n(experts->data() + e * rows * cols, rows * cols, m.data());
+                f(p + "experts." + std::to_string(e) + "." + name, m);
+                if constexpr (!std::is_const_v<W>) std::copy_n(m.data(), rows * cols, experts->data() + e * rows * cols);
+            }
+        }
+    }
+}
+
+
 // Read NAME.qweight, NAME.scales and NAME.zeros as the (N, K) matrix `spec` makes;
 // any tensor missing, of another dtype or shape, or holding a value the format
 // cannot (int8 -128, a zero point above 15, a negative or non-finite scale) is
@@ -478,6 +509,23 @@ inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, 
 }
 
 }  // namespace detail
+
+// Why `spec` cannot quantize `w`: "the group size G does not divide the K inputs
+// of NAME (N x K)" for the first matrix whose inputs an int4 group size does not
+// divide; empty when it can (always for int8).
+inline std::string quant_spec_mismatch(const model_weights& w, const quant_spec& spec) {
+    std::string why;
+    if (spec.format != quant_format::int4) return why;
+    detail::for_each_quantized_matrix(
+        w,
+        [&](const std::string& name, const tensor<float, 2>& m) {
+            if (why.empty() && m.extent(1) % spec.group != 0)
+                why = tinyllm::detail::cat("the group size ", spec.group, " does not divide the ", m.extent(1),
+                                           " inputs of ", name, " (", m.extent(0), " x ", m.extent(1), ")");
+        },
+        [](index_t) {});
+    return why;
+}
 
 // What a quantized checkpoint holds: the float tensors, with the quantized
 // matrices left empty, and the quantized matrices.
@@ -1246,24 +1294,21 @@ public:
                     if (name == "fc" || name == "gate" || name == "up") return 2;
                     return 3;  // proj, down
                 };
-                std::vector<gptq_hessian> h;
-                std::vector<const tensor<float, 2>*> reader;  // the matrix whose input fills h[i]
+                // Input i's Hessian, gathered where the first matrix reading it (`reader[i]`) meets it.
+                std::array<std::optional<gptq_hessian>, 4> h;
+                std::array<const tensor<float, 2>*, 4> reader{};
                 for (const auto& [name, member, dense] : detail::layer_matrix_members) {
                     const tensor<float, 2>& m = L.*dense;
-                    if (!m.size()) continue;
                     const auto i = static_cast<std::size_t>(input_of(name));
-                    if (h.size() <= i) {
-                        h.resize(i + 1, gptq_hessian(1)), reader.resize(i + 1, nullptr);
-                    }
-                    if (!reader[i]) h[i] = gptq_hessian(m.extent(1)), reader[i] = &m;
+                    if (m.size() && !reader[i]) h[i].emplace(m.extent(1)), reader[i] = &m;
                 }
                 run_windows([&](const tensor<float, 2>& weight, tensor_view<const float, 2> x) {
                     for (std::size_t i = 0; i < reader.size(); ++i)
-                        if (reader[i] == &weight) h[i].add(x);
+                        if (reader[i] == &weight) h[i]->add(x);
                 });
                 for (const auto& [name, member, dense] : detail::layer_matrix_members)
                     if (const tensor<float, 2>& m = L.*dense; m.size())
-                        wq_[l].*member = quantize_gptq(m.view(), h[static_cast<std::size_t>(input_of(name))], spec,
+                        wq_[l].*member = quantize_gptq(m.view(), *h[static_cast<std::size_t>(input_of(name))], spec,
                                                        options);
             }
             if (w_.lm_head.size()) {
@@ -1984,16 +2029,8 @@ private:
                        ": the matrices are bfloat16; quantize from float32 weights");
         TINYLLM_EXPECT(config_.arch != model_arch::mixtral, op,
                        ": Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
-        if (spec.format != quant_format::int4) return;
-        const auto check = [&](const std::string& name, const tensor<float, 2>& m) {
-            TINYLLM_EXPECT(!m.size() || m.extent(1) % spec.group == 0, op, ": ", spec.name(), ": the group size ",
-                           spec.group, " does not divide the ", m.extent(1), " inputs of ", name, " (", m.extent(0),
-                           " x ", m.extent(1), ")");
-        };
-        check("lm_head", w_.lm_head);
-        for (std::size_t l = 0; l < w_.layers.size(); ++l)
-            for (const auto& [name, member, dense] : detail::layer_matrix_members)
-                check("layers." + std::to_string(l) + "." + name, w_.layers[l].*dense);
+        const std::string why = quant_spec_mismatch(w_, spec);
+        TINYLLM_EXPECT(why.empty(), op, ": ", spec.name(), ": ", why);
     }
 
     // The quantized matrices are in wq_ and head_q_: free their float copies, record the format.

@@ -161,8 +161,8 @@ private:
         return path;
     }
 
-    // Evict the least recently used leaf held by the cache alone, never
-    // `keep` or one of its ancestors (the path an insert is extending).
+    // Evict the least recently used leaf held by the cache alone, never `keep`
+    // (the node an insert is extending; its ancestors have children, so are no leaves).
     // Returns 1 if a block was freed, 0 if none could be.
     index_t evict_one(const node* keep) {
         node* victim = nullptr;
@@ -177,18 +177,13 @@ private:
     void find_victim(node& at, const node* keep, node*& best) {
         for (auto& [key, child] : at.children) {
             if (child->children.empty()) {
-                if (child.get() != keep && !is_ancestor(child.get(), keep) && pool_->ref_count(child->block) == 1 &&
+                if (child.get() != keep && pool_->ref_count(child->block) == 1 &&
                     (!best || child->last_use < best->last_use))
                     best = child.get();
             } else {
                 find_victim(*child, keep, best);
             }
         }
-    }
-    static bool is_ancestor(const node* a, const node* of) {
-        for (const node* n = of; n; n = n->parent)
-            if (n == a) return true;
-        return false;
     }
     void release_subtree(node& at) {
         for (auto& [key, child] : at.children) {

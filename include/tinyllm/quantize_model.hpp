@@ -40,38 +40,22 @@ struct quantization_summary {
     double bits_per_weight() const { return weights ? 8.0 * static_cast<double>(quantized_bytes) / static_cast<double>(weights) : 0.0; }
 };
 
-namespace detail {
-
-// Calls f(name, matrix) for each matrix that is quantized (see the top), and
-// g(bytes) for the float32 bytes of every tensor that is not. W is model_weights
-// (f may change the matrices) or const model_weights (f only reads them).
-template <class W, class F, class G>
-void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
-    auto keep = [&](const auto& t) { kept(static_cast<index_t>(sizeof(float)) * t.size()); };
-    keep(w.embed), keep(w.positions), keep(w.final_norm_weight), keep(w.final_norm_bias);
-    if (w.lm_head.size()) f(std::string("lm_head"), w.lm_head);
-    for (std::size_t l = 0; l < w.layers.size(); ++l) {
-        auto& L = w.layers[l];
-        const std::string p = "layers." + std::to_string(l) + ".";
-        keep(L.attn_norm_weight), keep(L.attn_norm_bias), keep(L.ffn_norm_weight), keep(L.ffn_norm_bias);
-        keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
-        for (const auto& [name, member, dense] : layer_matrix_members)  // the model's own list (model.hpp)
-            if ((L.*dense).size()) f(p + name, L.*dense);
-        for (auto [name, experts] : {std::pair{"w1", &L.w1}, {"w3", &L.w3}, {"w2", &L.w2}}) {
-            if (!experts->size()) continue;
-            const index_t E = experts->extent(0), rows = experts->extent(1), cols = experts->extent(2);
-            for (index_t e = 0; e < E; ++e) {
-                // Expert e's matrix as its own (rows, cols) tensor, written back after f.
-                tensor<float, 2> m(extents<2>{rows, cols});
-                std::copy_n(experts->data() + e * rows * cols, rows * cols, m.data());
-                f(p + "experts." + std::to_string(e) + "." + name, m);
-                if constexpr (!std::is_const_v<W>) std::copy_n(m.data(), rows * cols, experts->data() + e * rows * cols);
-            }
-        }
-    }
+// The same summary of a model that holds its matrices quantized (model::quantize_weights,
+// quantize_weights_gptq, or a quantized checkpoint); all zeros but the float bytes when it does not.
+inline quantization_summary quantization_of(const cpu::model& m) {
+    quantization_summary s;
+    const auto add = [&](const quantized_matrix& q) {
+        if (q.rows == 0) return;
+        ++s.matrices;
+        s.weights += q.rows * q.cols;
+        s.quantized_bytes += q.bytes();
+    };
+    add(m.head_quantized());
+    for (const layer_weights_quantized& layer : m.weights_quantized())
+        for (const auto& [name, member, dense] : detail::layer_matrix_members) add(layer.*member);
+    s.float_bytes_kept = m.weight_bytes() - s.quantized_bytes;
+    return s;
 }
-
-}  // namespace detail
 
 // Bytes of all of `w`'s tensors in float32.
 inline index_t float32_bytes(const model_weights& w) {
@@ -80,23 +64,6 @@ inline index_t float32_bytes(const model_weights& w) {
         w, [&](const std::string&, const tensor<float, 2>& m) { bytes += static_cast<index_t>(sizeof(float)) * m.size(); },
         [&](index_t b) { bytes += b; });
     return bytes;
-}
-
-// Why `spec` cannot quantize `w`: "the group size G does not divide the K inputs
-// of NAME (N x K)" for the first matrix whose inputs an int4 group size does not
-// divide; empty when it can (always for int8).
-inline std::string quant_spec_mismatch(const model_weights& w, const quant_spec& spec) {
-    std::string why;
-    if (spec.format != quant_format::int4) return why;
-    detail::for_each_quantized_matrix(
-        w,
-        [&](const std::string& name, const tensor<float, 2>& m) {
-            if (why.empty() && m.extent(1) % spec.group != 0)
-                why = tinyllm::detail::cat("the group size ", spec.group, " does not divide the ", m.extent(1),
-                                           " inputs of ", name, " (", m.extent(0), " x ", m.extent(1), ")");
-        },
-        [](index_t) {});
-    return why;
 }
 
 // Replace every quantized matrix of `w` (see the top) by its round-to-nearest
