@@ -770,11 +770,15 @@ TEST_CASE("model sessions with an int8 KV cache: the float model's logits within
         CHECK(int8_cache != float_cache);
         TINYLLM_REQUIRE_CLOSE(int8_cache, float_cache, tinyllm_test::tolerance{2e-2, 2e-2, 1e-2},
                               name + ": int8 KV cache against float32");
-        // The reference kernels over the same int8 cache agree to float summation order.
+        // The reference kernels over an int8 cache agree with the blocked ones, though not to float
+        // rounding: the two compute keys and values that differ in their last bits, and an element
+        // that lands on a rounding boundary is stored one step (1/254 of its row's range) apart. A
+        // flip costs at most what the int8 rounding itself costs, so the bound is the one above
+        // (seen over 500 seeds: max-abs up to 2.1e-3, rel-L2 up to 7.1e-4).
         m.set_kernels(cpu::model::kernels::reference);
         const auto reference = run(m.new_session(16, kv::int8));
         m.set_kernels(cpu::model::kernels::blocked);
-        TINYLLM_REQUIRE_CLOSE(int8_cache, reference, tinyllm_test::tolerance{1e-5, 1e-5, 1e-6},
+        TINYLLM_REQUIRE_CLOSE(int8_cache, reference, tinyllm_test::tolerance{2e-2, 2e-2, 1e-2},
                               name + ": int8 KV cache, blocked against reference kernels");
         // Rolled back and fed again: the same logits (each position's rounding is its own).
         auto s = m.new_session(16, kv::int8);
