@@ -34,7 +34,9 @@
 //   5. A sequence that produced an end-of-sequence token or reached its
 //      max_new_tokens finishes: the whole blocks of what it computed (prompt and
 //      generated tokens) go to the prefix cache, the rest back to the pool.
-// cancel(id) ends a request at any time and frees its blocks.
+// cancel(id) ends a request at any time and frees its blocks; release(id)
+// forgets a request (its tokens), which a long-running server does once it has
+// read them.
 #pragma once
 
 #include <tinyllm/config.hpp>
@@ -49,6 +51,7 @@
 #include <deque>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 namespace tinyllm {
@@ -123,8 +126,9 @@ public:
         seq->request = std::move(r);
         seq->eos = seq->request.eos_token_ids.empty() ? c.eos_token_ids : seq->request.eos_token_ids;
         waiting_.push_back(seq.get());
-        all_.push_back(std::move(seq));
-        return all_.back()->id;
+        const index_t id = seq->id;
+        all_.emplace(id, std::move(seq));
+        return id;
     }
 
     // End request `id` now: finished as cancelled, its blocks freed. Unknown or finished: nothing happens.
@@ -136,6 +140,13 @@ public:
         waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
         running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
         cancelled_.push_back({id, -1, finish_reason::cancelled});
+    }
+
+    // Forget request `id` (cancelled first if it has not finished): tokens(id)
+    // and finished(id) no longer know it. Unknown ids are ignored.
+    void release(index_t id) {
+        cancel(id);
+        all_.erase(id);
     }
 
     // One iteration (see the top); returns what happened to each request this step.
@@ -300,7 +311,8 @@ private:
     }
 
     sequence* find(index_t id) const {
-        return id >= 0 && id < static_cast<index_t>(all_.size()) ? all_[static_cast<std::size_t>(id)].get() : nullptr;
+        const auto it = all_.find(id);
+        return it == all_.end() ? nullptr : it->second.get();
     }
     const sequence* expect(index_t id) const {
         const sequence* s = find(id);
@@ -312,7 +324,7 @@ private:
     kv_block_pool& pool_;
     batch_options o_;
     prefix_cache* cache_;
-    std::vector<std::unique_ptr<sequence>> all_;
+    std::unordered_map<index_t, std::unique_ptr<sequence>> all_;  // every request not released, by id
     std::deque<sequence*> waiting_;
     std::vector<sequence*> running_;  // in admission order
     std::vector<batch_event> cancelled_;

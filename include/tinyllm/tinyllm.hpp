@@ -43,6 +43,7 @@
 
 // Tokens out: samplers, best-of-n and beam search.
 #include <tinyllm/batching.hpp>
+#include <tinyllm/engine.hpp>
 #include <tinyllm/beam_search.hpp>
 #include <tinyllm/sampling.hpp>
 #include <tinyllm/sampling_math.hpp>

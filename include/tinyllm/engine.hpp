@@ -1,0 +1,322 @@
+// tinyllm/engine.hpp — the loop behind a server: one continuous batcher
+// (tinyllm/batching.hpp) stepping on its own thread, with requests submitted,
+// read token by token and cancelled from any number of other threads.
+//
+// Why. A server answers each HTTP request on its own thread, but the model must
+// see all of them together: that is what makes a decode step serve sixteen
+// sequences for little more than the price of one. The engine is the meeting
+// point. Request threads hand it work; one engine thread owns the batcher, the
+// paged KV pool and the prefix cache, and runs
+//
+//     while running:
+//         wait until some request is waiting or running
+//         events = batcher.step()          (one forward over every chosen row)
+//         hand each event (a token, or "finished") to its request's queue
+//
+// and each request thread reads its own queue, sending tokens to its client as
+// they come. Everything the batcher guarantees holds here too: a request gives
+// the same tokens as `cpu::generate` with the same seed, whatever else is in
+// the batch.
+//
+// Threads. The batcher, pool and cache are touched only under the engine's
+// mutex, which the loop holds for one step (one model forward). submit() and
+// cancel() take it too: they announce themselves (`callers_`), and the loop lets
+// them in between two steps before it steps again, so each waits at most one
+// step. metrics() reads a snapshot under a mutex of its own, and each request's
+// queue has its own mutex, so neither ever waits for the model.
+//
+// Lifetime. The engine must outlive the requests it hands out. Destroying it
+// stops the loop and finishes every unfinished request as cancelled.
+#pragma once
+
+#include <tinyllm/batching.hpp>
+#include <tinyllm/config.hpp>
+#include <tinyllm/error.hpp>
+#include <tinyllm/model.hpp>
+#include <tinyllm/paged_kv.hpp>
+#include <tinyllm/prefix_cache.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+struct engine_options {
+    batch_options batch{};
+    index_t block_size = 16;           // positions per KV block
+    index_t kv_blocks = 0;             // blocks in the pool; 0: room for batch.max_running sequences of
+                                       // 512 positions (the model's max_positions when smaller)
+    index_t prefix_cache_blocks = -1;  // at most this many blocks cached; -1: a quarter of the pool; 0: no cache
+};
+
+// A snapshot of the engine, taken after each step (what /metrics reports).
+struct engine_metrics {
+    index_t running = 0, waiting = 0;       // requests in the batch / queued
+    index_t kv_blocks = 0, kv_blocks_used = 0, block_size = 0;
+    index_t prefix_cache_blocks = 0;        // blocks the prefix cache holds now
+    prefix_cache_stats prefix{};            // lookups and hits since the start (zero without a cache)
+    batch_stats batch{};                    // steps, prefill/decode tokens, preemptions since the start
+    index_t submitted = 0;
+    index_t finished_eos = 0, finished_length = 0, cancelled = 0, failed = 0;
+    double tokens_per_second = 0.0;         // tokens generated per second over the last 10 s (at metrics())
+};
+
+class engine;
+
+// One submitted request, as its reader sees it: a queue of events filled by the
+// engine's thread. Read it with next() until an event says it has finished.
+class engine_request {
+public:
+    index_t id() const { return id_; }
+
+    // The next event (a token, then the last one with `finished` set), waiting
+    // up to `timeout` for it; nullopt if none came in time. After the finished
+    // event, nullopt at once.
+    std::optional<batch_event> next(std::chrono::milliseconds timeout) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait_for(lk, timeout, [&] { return !events_.empty() || read_done_; });
+        if (events_.empty()) return std::nullopt;
+        batch_event e = events_.front();
+        events_.pop_front();
+        if (e.finished != finish_reason::none) read_done_ = true;
+        return e;
+    }
+
+    // Why the engine failed this request (a model error), or empty.
+    std::string error() const {
+        std::lock_guard<std::mutex> lk(mu_);
+        return error_;
+    }
+
+private:
+    friend class engine;
+    explicit engine_request(index_t id) : id_(id) {}
+
+    void push(const batch_event& e, std::string error = {}) {
+        {
+            std::lock_guard<std::mutex> lk(mu_);
+            if (done_) return;
+            events_.push_back(e);
+            if (e.finished != finish_reason::none) done_ = true, error_ = std::move(error);
+        }
+        cv_.notify_all();
+    }
+
+    index_t id_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<batch_event> events_;
+    bool done_ = false;       // the finished event has been pushed
+    bool read_done_ = false;  // ... and read
+    std::string error_;
+};
+
+class engine {
+public:
+    engine(const cpu::model& model, engine_options options = {})
+        : m_(model), o_(options), pool_(make_pool(model, options)),
+          cache_(cache_capacity(options, pool_.blocks()) > 0
+                     ? std::make_unique<prefix_cache>(pool_, cache_capacity(options, pool_.blocks()))
+                     : nullptr),
+          batcher_(model, pool_, options.batch, cache_.get()) {
+        snapshot();
+        thread_ = std::thread([this] { loop(); });
+    }
+    engine(const engine&) = delete;
+    engine& operator=(const engine&) = delete;
+
+    ~engine() {
+        {
+            caller_lock lk(*this);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+        for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled});
+    }
+
+    const cpu::model& model() const { return m_; }
+    const kv_block_pool& pool() const { return pool_; }
+
+    // Queue a request. Bad requests (an empty prompt, a token outside the
+    // vocabulary, more positions than the pool holds, bad sampling parameters)
+    // throw here, on the caller's thread, naming what was wrong.
+    std::shared_ptr<engine_request> submit(batch_request r) {
+        std::shared_ptr<engine_request> handle;
+        {
+            caller_lock lk(*this);
+            TINYLLM_EXPECT(!stop_, "engine::submit: the engine is shutting down");
+            const index_t id = batcher_.submit(std::move(r));
+            handle.reset(new engine_request(id));
+            open_.emplace(id, handle);
+            ++submitted_;
+            snapshot();
+        }
+        cv_.notify_all();
+        return handle;
+    }
+
+    // End a request now: its reader gets a cancelled event (unless it had
+    // finished already) and its KV blocks are freed.
+    void cancel(const engine_request& r) {
+        {
+            caller_lock lk(*this);
+            const auto it = open_.find(r.id());
+            if (it == open_.end()) return;
+            batcher_.release(r.id());
+            it->second->push({r.id(), -1, finish_reason::cancelled});
+            open_.erase(it);
+            ++cancelled_;
+            snapshot();
+        }
+        cv_.notify_all();
+    }
+
+    engine_metrics metrics() const {
+        std::lock_guard<std::mutex> lk(snapshot_mu_);
+        engine_metrics s = metrics_;
+        // Tokens of the steps that ended in the last 10 s (or since the start, when that is shorter).
+        const auto now = std::chrono::steady_clock::now();
+        const double window = std::min(10.0, std::chrono::duration<double>(now - start_).count());
+        index_t tokens = 0;
+        for (const auto& [when, n] : rate_)
+            if (now - when <= std::chrono::seconds(10)) tokens += n;
+        s.tokens_per_second = window > 0.0 ? static_cast<double>(tokens) / window : 0.0;
+        return s;
+    }
+
+private:
+    // The engine's mutex for a thread other than the loop's: counted in
+    // callers_ while it waits, so that the loop steps aside for it.
+    struct caller_lock {
+        explicit caller_lock(engine& e) : e_(e) {
+            ++e.callers_;
+            e.mu_.lock();
+            --e.callers_;
+        }
+        ~caller_lock() { e_.mu_.unlock(); }
+        caller_lock(const caller_lock&) = delete;
+        caller_lock& operator=(const caller_lock&) = delete;
+        engine& e_;
+    };
+
+    static kv_block_pool make_pool(const cpu::model& m, const engine_options& o) {
+        const model_config& c = m.config();
+        TINYLLM_EXPECT(o.block_size >= 1, "engine: block_size = ", o.block_size, " must be at least 1");
+        TINYLLM_EXPECT(o.kv_blocks >= 0, "engine: kv_blocks = ", o.kv_blocks, " must not be negative");
+        index_t blocks = o.kv_blocks;
+        if (blocks == 0) {
+            const index_t positions = std::min<index_t>(512, c.max_positions > 0 ? c.max_positions : 512);
+            blocks = o.batch.max_running * ((positions + o.block_size - 1) / o.block_size);
+        }
+        return kv_block_pool(c.num_layers, blocks, o.block_size, c.num_kv_heads, c.head_dim);
+    }
+    static index_t cache_capacity(const engine_options& o, index_t blocks) {
+        TINYLLM_EXPECT(o.prefix_cache_blocks >= -1, "engine: prefix_cache_blocks = ", o.prefix_cache_blocks,
+                       " must be -1 (a quarter of the pool), 0 (no cache) or a block count");
+        return o.prefix_cache_blocks < 0 ? blocks / 4 : o.prefix_cache_blocks;
+    }
+
+    void loop() {
+        std::unique_lock<std::mutex> lk(mu_);
+        for (;;) {
+            // Step when there is work and no other thread is waiting for the mutex
+            // (waiting releases it: they go first, and notify when done).
+            cv_.wait(lk, [&] { return stop_ || (callers_.load() == 0 && !batcher_.idle()); });
+            if (stop_) return;
+            std::vector<batch_event> events;
+            const index_t generated_before = batcher_.stats().generated;
+            try {
+                events = batcher_.step();
+            } catch (const std::exception& e) {
+                fail_all(e.what());
+                continue;
+            }
+            for (const batch_event& e : events) {
+                const auto it = open_.find(e.id);
+                if (it == open_.end()) continue;  // cancelled by its reader already
+                it->second->push(e);
+                if (e.finished == finish_reason::none) continue;
+                (e.finished == finish_reason::eos ? finished_eos_ : e.finished == finish_reason::length
+                                                                        ? finished_length_
+                                                                        : cancelled_)++;
+                open_.erase(it);
+                batcher_.release(e.id);
+            }
+            record_rate(batcher_.stats().generated - generated_before);
+            snapshot();
+        }
+    }
+
+    // A step threw (a model error): every open request ends, with the message.
+    void fail_all(const std::string& what) {
+        for (auto& [id, r] : open_) {
+            batcher_.release(id);
+            r->push({id, -1, finish_reason::cancelled}, what);
+            ++failed_;
+        }
+        open_.clear();
+        snapshot();
+    }
+
+    // (end time, tokens generated) of each step of the last 10 seconds.
+    void record_rate(index_t generated) {
+        const auto now = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lk(snapshot_mu_);
+        rate_.emplace_back(now, generated);
+        while (!rate_.empty() && now - rate_.front().first > std::chrono::seconds(10)) rate_.pop_front();
+    }
+
+    void snapshot() {
+        engine_metrics s;
+        s.running = batcher_.running();
+        s.waiting = batcher_.waiting();
+        s.kv_blocks = pool_.blocks();
+        s.kv_blocks_used = pool_.used_blocks();
+        s.block_size = pool_.block_size();
+        if (cache_) s.prefix_cache_blocks = cache_->cached_blocks(), s.prefix = cache_->stats();
+        s.batch = batcher_.stats();
+        s.submitted = submitted_;
+        s.finished_eos = finished_eos_;
+        s.finished_length = finished_length_;
+        s.cancelled = cancelled_;
+        s.failed = failed_;
+        std::lock_guard<std::mutex> lk(snapshot_mu_);
+        metrics_ = s;
+    }
+
+    const cpu::model& m_;
+    engine_options o_;
+    kv_block_pool pool_;
+    std::unique_ptr<prefix_cache> cache_;
+    continuous_batcher batcher_;
+
+    std::mutex mu_;  // guards everything below but the snapshot
+    std::condition_variable cv_;
+    std::atomic<int> callers_{0};  // threads waiting for mu_ in submit() or cancel()
+    bool stop_ = false;
+    std::map<index_t, std::shared_ptr<engine_request>> open_;  // requests not yet finished, by id
+    index_t submitted_ = 0, finished_eos_ = 0, finished_length_ = 0, cancelled_ = 0, failed_ = 0;
+
+    mutable std::mutex snapshot_mu_;  // guards the two below
+    engine_metrics metrics_;
+    std::deque<std::pair<std::chrono::steady_clock::time_point, index_t>> rate_;
+    const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+
+    std::thread thread_;  // last: starts once everything above exists
+};
+
+}  // namespace tinyllm

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# tests/serve/curl.sh — `tinyllm serve` driven with curl, as a shell user would:
+#
+#     curl.sh TINYLLM MODEL_DIR
+#
+# health, the model list, a completion and a chat completion (their JSON
+# shape), a streamed completion (server-sent events ending in [DONE]), the
+# OpenAI-shaped errors (bad JSON, a bad field, an unknown route), /metrics in
+# Prometheus text, and a clean stop on SIGTERM. Exit 1 on the first failure,
+# with what was received.
+set -euo pipefail
+tinyllm=$1 model=$2
+work=$(mktemp -d)
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$tinyllm" serve --model "$model" --port 0 --max-batch 4 > "$work/out" 2> "$work/err" &
+pid=$!
+for _ in $(seq 100); do
+  grep -q "http://" "$work/out" 2>/dev/null && break
+  sleep 0.1
+done
+base=$(grep -o "http://[0-9.]*:[0-9]*" "$work/out") || { cat "$work/out" "$work/err"; exit 1; }
+name=$(sed -n "s/.*model '\([^']*\)'.*/\1/p" "$work/out")
+echo "server at $base, model '$name'"
+
+fail() { echo "FAIL: $1"; echo "--- received:"; cat "$work/body"; echo; exit 1; }
+# request METHOD PATH [JSON]: the body into $work/body, the HTTP status printed.
+request() {
+  local data=()
+  [ $# -ge 3 ] && data=(-H "Content-Type: application/json" --data "$3")
+  curl -sS -o "$work/body" -w "%{http_code}" -X "$1" "${data[@]}" "$base$2"
+}
+
+[ "$(request GET /health)" = 200 ] && grep -q '"status":"ok"' "$work/body" || fail "/health"
+echo "ok:   /health"
+[ "$(request GET /v1/models)" = 200 ] && grep -q "\"id\":\"$name\"" "$work/body" || fail "/v1/models"
+echo "ok:   /v1/models"
+
+status=$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"In the beginning\",\"max_tokens\":6,\"temperature\":0}")
+[ "$status" = 200 ] && grep -q '"object":"text_completion"' "$work/body" &&
+  grep -q '"completion_tokens":6' "$work/body" || fail "completion"
+echo "ok:   completion: $(cat "$work/body")"
+
+status=$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":[1,2,3],\"max_tokens\":3,\"temperature\":0}")
+[ "$status" = 200 ] && grep -q '"prompt_tokens":3' "$work/body" || fail "completion from token ids"
+echo "ok:   completion from token ids"
+
+status=$(request POST /v1/chat/completions "{\"model\":\"$name\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}],\"max_tokens\":5,\"temperature\":0}")
+[ "$status" = 200 ] && grep -q '"object":"chat.completion"' "$work/body" &&
+  grep -q '"message":{"role":"assistant","content":' "$work/body" || fail "chat completion"
+echo "ok:   chat completion"
+
+curl -sS -N -H "Content-Type: application/json" -o "$work/body" \
+  --data "{\"model\":\"$name\",\"prompt\":\"And God said\",\"max_tokens\":5,\"temperature\":0,\"stream\":true}" \
+  "$base/v1/completions"
+[ "$(grep -c '^data: {' "$work/body")" -ge 2 ] && [ "$(tail -n 2 "$work/body" | head -n 1)" = "data: [DONE]" ] &&
+  grep -q '"finish_reason":"length"' "$work/body" || fail "streamed completion"
+echo "ok:   streamed completion ($(grep -c '^data: ' "$work/body") events)"
+
+[ "$(request POST /v1/completions '{"model": ')" = 400 ] && grep -q '"type":"invalid_request_error"' "$work/body" &&
+  grep -q "not valid JSON" "$work/body" || fail "bad JSON: 400"
+echo "ok:   bad JSON: $(cat "$work/body")"
+[ "$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"x\",\"top_k\":0}")" = 400 ] &&
+  grep -q '"param":"top_k"' "$work/body" || fail "top_k 0: 400"
+echo "ok:   top_k = 0: $(cat "$work/body")"
+[ "$(request POST /v1/chat/completions "{\"model\":\"$name\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}")" = 400 ] &&
+  grep -q "messages\[0\].role" "$work/body" || fail "bad role: 400"
+echo "ok:   bad role: 400"
+[ "$(request GET /v1/nothing)" = 404 ] && grep -q "no route GET /v1/nothing" "$work/body" || fail "unknown route: 404"
+echo "ok:   unknown route: 404"
+
+[ "$(request GET /metrics)" = 200 ] && grep -q "^tinyllm_requests_running 0$" "$work/body" &&
+  grep -q "^# TYPE tinyllm_generation_tokens_total counter$" "$work/body" &&
+  grep -q '^tinyllm_requests_finished_total{reason="length"} [1-9]' "$work/body" || fail "/metrics"
+echo "ok:   /metrics"
+
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+[ "$rc" = 0 ] || { cat "$work/err"; echo "FAIL: exit $rc after SIGTERM"; exit 1; }
+echo "ok:   SIGTERM: exit 0"
+echo "all checks passed"

@@ -1,0 +1,176 @@
+// Tests for the serving engine (tinyllm/engine.hpp): requests submitted and
+// read from many threads at once each get exactly the tokens cpu::generate
+// gives them alone (also when a small pool forces preemption); cancelling mid-
+// stream ends the request and gives its blocks back; bad requests throw on the
+// submitting thread; the metrics count what happened; destroying the engine
+// ends every open request.
+#include "support/catch.hpp"
+#include "support/compare.hpp"
+#include "support/fixtures.hpp"
+
+#include <tinyllm/engine.hpp>
+#include <tinyllm/model.hpp>
+#include <tinyllm/random.hpp>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+using tinyllm::batch_event;
+using tinyllm::batch_request;
+using tinyllm::finish_reason;
+using tinyllm::index_t;
+using tinyllm::token_id;
+using tinyllm_test::contains;
+
+namespace cpu = tinyllm::cpu;
+using namespace std::chrono_literals;
+
+namespace {
+
+batch_request request_number(int i, index_t vocab) {
+    batch_request r;
+    for (int t = 0; t < 3 + 4 * (i % 5); ++t) r.prompt.push_back(static_cast<token_id>((11 * i + 5 * t + 1) % vocab));
+    r.max_new_tokens = 4 + i % 6;
+    if (i % 2 == 1) {
+        r.sampling.temperature = 0.8f;
+        r.sampling.top_k = 16;
+    }
+    r.seed = 1000 + static_cast<std::uint64_t>(i);
+    r.eos_token_ids = {static_cast<token_id>(vocab + 1)};  // never produced: each runs its whole length
+    return r;
+}
+
+std::vector<token_id> alone(const cpu::model& m, const batch_request& r) {
+    cpu::generation_options o;
+    o.max_new_tokens = r.max_new_tokens;
+    o.sampling = r.sampling;
+    o.seed = r.seed;
+    o.stream = r.stream;
+    o.eos_token_ids = r.eos_token_ids;
+    return cpu::generate(m, r.prompt, o);
+}
+
+// Read a request to its end; the tokens, and how it finished.
+std::pair<std::vector<token_id>, finish_reason> read_all(tinyllm::engine_request& r) {
+    std::vector<token_id> tokens;
+    for (;;) {
+        const std::optional<batch_event> e = r.next(10s);
+        REQUIRE(e.has_value());  // ten seconds without an event: the engine is stuck
+        if (e->token >= 0) tokens.push_back(e->token);
+        if (e->finished != finish_reason::none) return {tokens, e->finished};
+    }
+}
+
+}  // namespace
+
+TEST_CASE("engine: requests from many threads give the tokens each gives alone", "[engine]") {
+    using tinyllm::model_arch;
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(arch, 64, 64, 16, 96, 64, false);
+        const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 5));
+        // A roomy pool, and one so small that requests are preempted and recomputed.
+        for (const index_t blocks : {index_t{0}, index_t{12}}) {
+            CAPTURE(arch, blocks);
+            tinyllm::engine_options o;
+            o.block_size = 4;
+            o.kv_blocks = blocks;
+            o.batch = {24, 6, 8};
+            tinyllm::engine e(m, o);
+            const int n = 12;
+            std::vector<std::vector<token_id>> got(n);
+            std::vector<finish_reason> why(n, finish_reason::none);
+            std::vector<std::thread> clients;
+            for (int i = 0; i < n; ++i)
+                clients.emplace_back([&, i] {
+                    const auto r = e.submit(request_number(i, c.vocab_size));
+                    std::tie(got[static_cast<std::size_t>(i)], why[static_cast<std::size_t>(i)]) = read_all(*r);
+                    CHECK(!r->next(0ms).has_value());  // nothing after the end
+                });
+            for (auto& t : clients) t.join();
+            for (int i = 0; i < n; ++i) {
+                CAPTURE(i);
+                const batch_request r = request_number(i, c.vocab_size);
+                CHECK(why[static_cast<std::size_t>(i)] == finish_reason::length);
+                CHECK(got[static_cast<std::size_t>(i)] == alone(m, r));
+            }
+            const tinyllm::engine_metrics s = e.metrics();
+            CHECK(s.submitted == n);
+            CHECK(s.finished_length == n);
+            CHECK(s.running == 0);
+            CHECK(s.waiting == 0);
+            CHECK(s.tokens_per_second > 0.0);
+            CHECK(s.kv_blocks_used == s.prefix_cache_blocks);  // only the prefix cache holds blocks now
+            if (blocks == 12) CHECK(s.batch.preemptions > 0);
+            else CHECK(s.batch.generated == s.batch.decode_tokens + n);  // each first token comes from a prefill
+        }
+    }
+}
+
+TEST_CASE("engine: cancelling mid-stream ends the request and frees its blocks", "[engine]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 6));
+    tinyllm::engine_options o;
+    o.block_size = 4;
+    o.prefix_cache_blocks = 0;  // nothing cached: every block must come back to the pool
+    o.kv_blocks = 2100;
+    tinyllm::engine e(m, o);
+    batch_request r = request_number(3, c.vocab_size);
+    r.max_new_tokens = 8000;  // seconds of work: it is still running when cancelled
+    const auto h = e.submit(r);
+    for (int i = 0; i < 2; ++i) {
+        const auto ev = h->next(10s);
+        REQUIRE(ev.has_value());
+        CHECK(ev->token >= 0);
+        CHECK(ev->finished == finish_reason::none);
+    }
+    e.cancel(*h);
+    std::optional<batch_event> last;
+    while (const auto ev = h->next(1s)) last = ev;  // tokens already queued, then the end
+    REQUIRE(last.has_value());
+    CHECK(last->finished == finish_reason::cancelled);
+    const tinyllm::engine_metrics s = e.metrics();
+    CHECK(s.cancelled == 1);
+    CHECK(s.running == 0);
+    CHECK(s.kv_blocks_used == 0);
+    e.cancel(*h);  // twice: nothing happens
+    CHECK(e.metrics().cancelled == 1);
+
+    // The engine goes on serving: the next request is complete.
+    const auto h2 = e.submit(request_number(4, c.vocab_size));
+    CHECK(read_all(*h2).first == alone(m, request_number(4, c.vocab_size)));
+}
+
+TEST_CASE("engine: bad requests throw on the submitting thread; shutting down ends open requests", "[engine]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::gpt2, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 7));
+    std::shared_ptr<tinyllm::engine_request> open;
+    {
+        tinyllm::engine_options o;
+        o.block_size = 4;
+        o.kv_blocks = 8;
+        tinyllm::engine e(m, o);
+        batch_request bad = request_number(0, c.vocab_size);
+        bad.prompt.push_back(static_cast<token_id>(c.vocab_size));
+        CHECK_THROWS_WITH(e.submit(bad), contains("outside the vocabulary"));
+        bad = request_number(0, c.vocab_size);
+        bad.max_new_tokens = 40;  // 43 positions: 11 blocks of 4, the pool has 8
+        CHECK_THROWS_WITH(e.submit(bad), contains("the whole pool has 8"));
+        bad = request_number(0, c.vocab_size);
+        bad.sampling.top_p = 0.0f;
+        CHECK_THROWS_WITH(e.submit(bad), contains("top_p"));
+        CHECK(e.metrics().submitted == 0);
+        CHECK_THROWS_WITH(tinyllm::engine(m, tinyllm::engine_options{{}, 0, 0, -1}), contains("block_size = 0"));
+
+        batch_request slow = request_number(1, c.vocab_size);
+        slow.max_new_tokens = 20;
+        open = e.submit(slow);
+    }  // the engine goes while `open` may still be running
+    std::optional<batch_event> last;
+    while (const auto ev = open->next(1s)) last = ev;
+    REQUIRE(last.has_value());
+    CHECK(last->finished != finish_reason::none);
+}
