@@ -15,6 +15,8 @@
 #include <tinyllm/prefix_cache.hpp>
 #include <tinyllm/random.hpp>
 
+#include <algorithm>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -67,6 +69,7 @@ std::vector<token_id> alone(const cpu::model& m, const batch_request& r) {
     o.seed = r.seed;
     o.stream = r.stream;
     o.eos_token_ids = r.eos_token_ids;
+    o.adjust = r.adjust;
     return cpu::generate(m, r.prompt, o);
 }
 
@@ -225,4 +228,45 @@ TEST_CASE("continuous batching: cancellation, end of sequence, bad requests", "[
         CHECK_THROWS_WITH(batcher.submit(bad), contains("top_p"));
         CHECK_THROWS_WITH(continuous_batcher(m, pool, {0, 1, 1}), contains("must all be at least 1"));
     }
+}
+
+TEST_CASE("continuous_batcher: presence and frequency penalties and logit biases, as generate applies them",
+          "[batching]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 91));
+    kv_block_pool pool(c.num_layers, 64, 4, c.num_kv_heads, c.head_dim);
+    continuous_batcher batcher(m, pool, {32, 4, 8});
+    std::vector<batch_request> rs(4);
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+        rs[i].prompt = tokens_from(static_cast<token_id>(3 + i), 6, c.vocab_size);
+        rs[i].max_new_tokens = 12;
+        rs[i].seed = 50 + i;
+        rs[i].eos_token_ids = {static_cast<token_id>(c.vocab_size + 1)};
+    }
+    rs[0].adjust.logit_bias = {{7, 100.0f}};                                  // greedy: always 7
+    rs[1].adjust.logit_bias = {{7, 100.0f}};
+    rs[1].adjust.frequency_penalty = 30.0f;                                   // ... until 7 has been said 4 times
+    rs[2].sampling.temperature = 0.9f;
+    rs[2].adjust.presence_penalty = 1.5f;
+    rs[2].adjust.frequency_penalty = 0.5f;
+    rs[3].adjust.presence_penalty = -2.0f;                                    // greedy, rewarding repetition
+    std::vector<index_t> ids;
+    for (const auto& r : rs) ids.push_back(batcher.submit(r));
+    batcher.run();
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+        CAPTURE(i);
+        CHECK(batcher.tokens(ids[i]) == alone(m, rs[i]));
+    }
+    CHECK(batcher.tokens(ids[0]) == std::vector<token_id>(12, 7));
+    const std::vector<token_id>& r1 = batcher.tokens(ids[1]);
+    CHECK(std::count(r1.begin(), r1.end(), 7) == 4);  // 100 - 30 n beats every other logit until n = 4
+    CHECK(std::vector<token_id>(r1.begin(), r1.begin() + 4) == std::vector<token_id>(4, 7));
+
+    batch_request bad = rs[0];
+    bad.adjust.logit_bias = {{static_cast<token_id>(c.vocab_size), 1.0f}};
+    CHECK_THROWS_WITH(batcher.submit(bad), contains("logit_bias"));
+    bad.adjust.logit_bias.clear();
+    bad.adjust.presence_penalty = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(batcher.submit(bad), contains("presence_penalty"));
 }

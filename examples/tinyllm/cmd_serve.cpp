@@ -39,6 +39,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -175,9 +176,25 @@ void read_common(const served_model& s, const json::value& body, generation_requ
                         "model", "invalid_request_error", "model_not_found");
     if (const auto n = int_field(body, "n", 1, 1, "1 (one choice per request)")) (void)n;
     if (const auto n = int_field(body, "best_of", 1, 1, "1 (one choice per request)")) (void)n;
-    refuse_unless_default(body, "presence_penalty", "penalties are not applied in batched decoding yet");
-    refuse_unless_default(body, "frequency_penalty", "penalties are not applied in batched decoding yet");
-    refuse_unless_default(body, "logit_bias", "logit biases are not applied");
+    auto& adjust = g.batch.adjust;
+    adjust.presence_penalty = static_cast<float>(number_field(body, "presence_penalty", 0.0, -2.0, 2.0, "in [-2, 2]"));
+    adjust.frequency_penalty =
+        static_cast<float>(number_field(body, "frequency_penalty", 0.0, -2.0, 2.0, "in [-2, 2]"));
+    if (const json::value* bias = field(body, "logit_bias")) {  // {"token id": bias in [-100, 100], ...}
+        if (!bias->is_object()) throw api_error(400, "'logit_bias' must be an object of token ids to biases", "logit_bias");
+        const index_t vocab = s.model->config().vocab_size;
+        for (const auto& [key, v] : bias->as_object()) {
+            long long id = -1;
+            const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+            if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id >= vocab)
+                throw api_error(400, "'logit_bias' key '" + key + "' is not a token id in [0, " +
+                                         std::to_string(vocab) + ")", "logit_bias");
+            if (!v.is_number() || !(v.as_double() >= -100.0 && v.as_double() <= 100.0))
+                throw api_error(400, "'logit_bias' for token " + key + " must be a number in [-100, 100]",
+                                "logit_bias");
+            adjust.logit_bias[static_cast<token_id>(id)] = static_cast<float>(v.as_double());
+        }
+    }
     refuse_unless_default(body, "logprobs", "log probabilities are not returned");
     refuse_unless_default(body, "top_logprobs", "log probabilities are not returned");
     refuse_unless_default(body, "echo", "the prompt is not echoed");

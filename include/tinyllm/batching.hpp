@@ -47,6 +47,7 @@
 #include <tinyllm/sampling.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -63,6 +64,7 @@ struct batch_request {
     std::uint64_t seed = 0;                        // Philox seed and stream of every draw
     std::uint64_t stream = 0;
     std::vector<token_id> eos_token_ids;           // stop after one of these (empty: the model config's)
+    cpu::logit_adjustments adjust;                 // penalties and biases, as generation_options::adjust
 };
 
 struct batch_options {
@@ -114,6 +116,12 @@ public:
                            r.prompt[t], " at prompt position ", t, " is outside the vocabulary [0, ", c.vocab_size,
                            ")");
         detail::check_params(r.sampling);
+        TINYLLM_EXPECT(std::isfinite(r.adjust.presence_penalty) && std::isfinite(r.adjust.frequency_penalty),
+                       "continuous_batcher::submit: presence_penalty = ", r.adjust.presence_penalty,
+                       " and frequency_penalty = ", r.adjust.frequency_penalty, " must be finite");
+        for (const auto& [t, b] : r.adjust.logit_bias)
+            TINYLLM_EXPECT(t >= 0 && t < c.vocab_size && std::isfinite(b), "continuous_batcher::submit: logit_bias ",
+                           b, " for token ", t, " needs a token in [0, ", c.vocab_size, ") and a finite bias");
         const index_t total = static_cast<index_t>(r.prompt.size()) + r.max_new_tokens;
         TINYLLM_EXPECT(c.arch != model_arch::gpt2 || total <= c.max_positions, "continuous_batcher::submit: ",
                        r.prompt.size(), " prompt + ", r.max_new_tokens, " new tokens exceed GPT-2's ", c.max_positions,
@@ -179,7 +187,7 @@ public:
         }
         std::vector<cpu::model::session*> sessions;
         for (sequence* s : batch) sessions.push_back(s->session.get());
-        const tensor<float, 2> logits = m_.forward_batch(sessions, feeds);  // (S, V)
+        tensor<float, 2> logits = m_.forward_batch(sessions, feeds);  // (S, V)
         ++stats_.steps;
         index_t rows = 0;
         for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -194,6 +202,8 @@ public:
             if (s.prefilled < s.context_length()) continue;  // mid-prompt: nothing to sample yet
             // Draw the next token as cpu::generate does: counter = tokens generated so far.
             token_id token = 0;
+            if (s.request.adjust.active())
+                cpu::adjust_logits(logits.view().narrow(0, static_cast<index_t>(i), 1), s.generated, s.request.adjust);
             cpu::sample(tensor_view<token_id, 1>(&token, {1}),
                    tensor_view<const float, 2>(logits.view()).narrow(0, static_cast<index_t>(i), 1),
                    s.request.sampling, s.request.seed, static_cast<std::uint64_t>(s.generated.size()),

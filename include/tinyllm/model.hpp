@@ -65,6 +65,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -2369,6 +2370,27 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
     return loss;
 }
 
+// Changes to a sequence's logits before its next token is drawn, as OpenAI's
+// API defines them over the tokens generated so far (the prompt not counted):
+//     z_t <- z_t + bias[t] - count_t * frequency_penalty - [count_t > 0] * presence_penalty
+// Both penalties default to 0 and no bias: the logits unchanged.
+struct logit_adjustments {
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    std::map<token_id, float> logit_bias;
+    bool active() const { return presence_penalty != 0.0f || frequency_penalty != 0.0f || !logit_bias.empty(); }
+};
+
+// Apply `a` to logits (1, V) given the tokens generated so far.
+inline void adjust_logits(tensor_view<float, 2> logits, std::span<const token_id> generated,
+                          const logit_adjustments& a) {
+    if (!a.logit_bias.empty()) logit_bias(logits, a.logit_bias);
+    if ((a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) && !generated.empty())
+        frequency_presence_penalty(
+            logits, tensor_view<const token_id, 2>(generated.data(), {1, static_cast<index_t>(generated.size())}),
+            a.frequency_penalty, a.presence_penalty);
+}
+
 // How generate() chooses and when it stops.
 struct generation_options {
     index_t max_new_tokens = 32;
@@ -2377,6 +2399,7 @@ struct generation_options {
     std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream r)
     std::vector<token_id> eos_token_ids;           // stop after generating one of these (empty: the config's)
     model::kv_dtype kv_cache = model::kv_dtype::float32;  // generate's session: float32 or int8 keys and values
+    logit_adjustments adjust;                      // penalties and biases before each draw
 };
 
 // Write a model holding its matrices quantized (quantize_weights or
@@ -2446,6 +2469,7 @@ inline std::vector<token_id> generate(const model& m, std::span<const token_id> 
     tensor<float, 2> logits = m.forward_last(session, prompt);  // (1, V)
     for (index_t step = 0; step < options.max_new_tokens; ++step) {
         token_id token = 0;
+        if (options.adjust.active()) adjust_logits(logits.view(), out, options.adjust);
         sample(tensor_view<token_id, 1>(&token, {1}), tensor_view<const float, 2>(logits.view()), options.sampling,
                options.seed, static_cast<std::uint64_t>(step), options.stream);
         out.push_back(token);
