@@ -88,8 +88,10 @@ TINYLLM_TOUR_CHAPTER(50, "moe", "Mixture of Experts: routing tokens to experts")
     for (index_t e = 0; e < E; ++e) out << "  e" << e << ": " << stats.counts[e];
     out << "\n    busiest expert / mean = " << fixed(stats.max_over_mean, 2) << ", unused experts: " << stats.unused_experts
         << "\n\nThe Switch load-balancing loss E * sum_i f_i * P_i (f_i: share of slots routed to i,\n"
-           "P_i: mean router probability of i) is 1 for perfectly even routing and E = "
-        << E << " if one expert\ntakes everything. Here: " << fixed(tinyllm::cpu::load_balancing_loss(logits.view(), ids.view()), 4)
+           "P_i: mean router probability of i) is 1 for perfectly even routing. A token's k experts are\n"
+           "distinct, so one expert holds at most 1/k of the slots and the loss is at most E/k = "
+        << E / k << ",\napproached when the same k experts take every token and hold all the router's probability.\n"
+           "Here: " << fixed(tinyllm::cpu::load_balancing_loss(logits.view(), ids.view()), 4)
         << ". Training adds ~0.01 x this so the router spreads tokens out.\n"
         << "The router z-loss, mean logsumexp^2, keeps logits small: "
         << fixed(tinyllm::cpu::router_z_loss(logits.view()), 4) << ".\n";

@@ -46,10 +46,12 @@ TINYLLM_TOUR_CHAPTER(30, "positions", "Positions: how a model that reads in para
     auto& out = ctx.out;
     const auto words = words_of(example_sentence);
     const index_t T = static_cast<index_t>(words.size());
-    out << "Attention looks at all tokens at once and treats them as a set: shuffle the words and\n"
-           "every output is shuffled the same way, nothing else changes. \"The tiger ate the fish\"\n"
-           "and \"the fish ate the tiger\" would be the same bag of vectors. The order has to be put\n"
-           "in. Here the positions are the "
+    out << "Without a mask, attention looks at all tokens at once and treats them as a set: shuffle\n"
+           "the words and every output is shuffled the same way, nothing else changes. \"The tiger ate\n"
+           "the fish\" and \"the fish ate the tiger\" would be the same bag of vectors. The causal\n"
+           "mask breaks this symmetry (each token sees only itself and the tokens before it), and\n"
+           "models with no positional encoding still learn positions through it (Haviv et al. 2022).\n"
+           "A positional encoding puts the order in directly. Here the positions are the "
         << T << " words of the sentence (with a tokenizer: token positions).\n";
 
     // ---- sinusoidal ------------------------------------------------------------

@@ -2,7 +2,7 @@
 // dispatch (plan + gather), the experts' SwiGLU FFNs, and combine.
 //
 // After gating, token t must visit experts id(t, 0..k-1). Running each expert
-// on the whole batch with a mask would waste E/k of the work; instead the T·k
+// on the whole batch with a mask would do E/k times the work; instead the T·k
 // (token, slot) pairs are grouped by expert so each expert multiplies one
 // contiguous block of rows — one dense GEMM per expert:
 //

@@ -15,7 +15,7 @@
 // Why it is slow — bytes moved, for B*Hq heads of Tq = Tk = T, head dim D:
 //   * S is written once and read about four times (softmax: 3 passes; P V: 1):
 //     ~5 * 4 bytes * B*Hq*T^2. At T = 2048, B*Hq = 128 heads that is 10.7 GB,
-//     against 3 * 128*2048*128*4 = 0.4 GB for Q, K, V and O themselves.
+//     against 4 * 128*2048*128*4 = 0.54 GB for Q, K, V and O themselves.
 //   * the scores kernel reads each q_i and k_j from global memory T times
 //     (2*D loads per score, 2*D*B*Hq*T^2 loads in all; caches catch some);
 //   * P V reads each row of P D times and each v_j T times, with no reuse
