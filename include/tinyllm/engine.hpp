@@ -58,7 +58,7 @@ struct engine_options {
     batch_options batch{};
     index_t block_size = 16;           // positions per KV block
     index_t kv_blocks = 0;             // blocks in the pool; 0: room for batch.max_running sequences of
-                                       // 512 positions (the model's max_positions when smaller)
+                                       // 512 positions (GPT-2's max_positions when smaller)
     index_t prefix_cache_blocks = -1;  // at most this many blocks cached; -1: a quarter of the pool; 0: no cache
 };
 
@@ -219,7 +219,9 @@ private:
         TINYLLM_EXPECT(o.kv_blocks >= 0, "engine: kv_blocks = ", o.kv_blocks, " must not be negative");
         index_t blocks = o.kv_blocks;
         if (blocks == 0) {
-            const index_t positions = std::min<index_t>(512, c.max_positions > 0 ? c.max_positions : 512);
+            // 512 positions a sequence (GPT-2: at most its position table).
+            const index_t positions =
+                c.arch == model_arch::gpt2 && c.max_positions > 0 ? std::min<index_t>(512, c.max_positions) : 512;
             blocks = o.batch.max_running * ((positions + o.block_size - 1) / o.block_size);
         }
         return kv_block_pool(c.num_layers, blocks, o.block_size, c.num_kv_heads, c.head_dim);
