@@ -13,12 +13,16 @@
 #include <tinyllm/model.hpp>
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/quantize_model.hpp>
+#include <tinyllm/tokenizer.hpp>
+#include <tinyllm/tokenizer_io.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -56,6 +60,27 @@ void quantize(tinyllm::cpu::model& m, const tinyllm::quant_spec& spec, const std
     else m.quantize_weights(spec);
 }
 
+// N windows of T tokens, evenly spaced over `file` encoded with DIR/tokenizer.json.
+tinyllm::tensor<tinyllm::token_id, 2> text_windows(const std::string& dir, const std::string& file, index_t N,
+                                                   index_t T) {
+    const std::filesystem::path tokenizer = std::filesystem::path(dir) / "tokenizer.json";
+    if (!std::filesystem::exists(tokenizer))
+        throw usage_error("--calibration-text needs " + tokenizer.string() + " to encode the text");
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw usage_error("--calibration-text: cannot read '" + file + "'");
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    const std::vector<tinyllm::token_id> ids = tinyllm::load_tokenizer(tokenizer.string()).encode(text);
+    const auto n = static_cast<index_t>(ids.size());
+    if (n < T * N)
+        throw usage_error("--calibration-text: '" + file + "' encodes to " + std::to_string(n) + " tokens, fewer than " +
+                          std::to_string(N) + " windows of " + std::to_string(T) + " (lower --calibration or --context)");
+    tinyllm::tensor<tinyllm::token_id, 2> out(tinyllm::extents<2>{N, T});
+    const index_t stride = N > 1 ? (n - T) / (N - 1) : 0;
+    for (index_t w = 0; w < N; ++w)
+        for (index_t t = 0; t < T; ++t) out(w, t) = ids[static_cast<std::size_t>(w * stride + t)];
+    return out;
+}
+
 std::vector<std::string> split_list(const std::string& text) {
     std::vector<std::string> items;
     std::stringstream list(text);
@@ -77,7 +102,7 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
                 "usage: tinyllm quantize --model DIR [--formats LIST] [--methods LIST] [--calibration N]\n"
                 "                        [--context T] [--windows N]\n"
                 "       tinyllm quantize --model DIR --format F [--method rtn|gptq] [--calibration N]\n"
-                "                        [--context T] --out DIR2\n\n"
+                "                        [--calibration-text FILE] [--context T] --out DIR2\n\n"
                 "Measuring (no --out). DIR is a model `tinyllm train` wrote (it holds data.tokens, the\n"
                 "tokenized corpus). The float model and, for each format of LIST (default\n"
                 "int8,int4-g128,int4-g64,int4-g32) and each method (default rtn,gptq), the model holding\n"
@@ -91,13 +116,15 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
                 "quantized weight, the weights' bytes, the mean next-token loss, the perplexity and its\n"
                 "change; then the same for the float model with its KV cache in int8 (a scale per\n"
                 "position and head) and the cache's bytes per position.\n\n"
-                "Writing (--out DIR2): DIR (any model tinyllm loads; gptq needs DIR's data.tokens) is\n"
+                "Writing (--out DIR2): DIR (any model tinyllm loads; gptq calibrates on DIR's data.tokens,\n"
+                "or on --calibration-text FILE: N windows of T tokens spread over FILE, encoded with\n"
+                "DIR/tokenizer.json, for checkpoints `tinyllm train` did not write) is\n"
                 "quantized to F by the method (default rtn) and written to DIR2 as a quantized checkpoint\n"
                 "— config.json with a \"quantization_config\", model.safetensors with each matrix's\n"
                 "integers, scales and zero points (docs/quantization.md has the layout) — beside DIR's\n"
                 "tokenizer and generation config. `tinyllm generate --model DIR2` runs it.\n") {
-    const auto a = parse_args(args, {"model", "formats", "methods", "format", "method", "calibration", "context",
-                                     "windows", "out"},
+    const auto a = parse_args(args, {"model", "formats", "methods", "format", "method", "calibration",
+                                     "calibration-text", "context", "windows", "out"},
                               {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const std::string dir = a.get("model");
@@ -111,8 +138,13 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
         if (method != "rtn" && method != "gptq")
             throw usage_error("method '" + method + "' is not rtn or gptq");
     };
-    // GPTQ's calibration windows, from DIR's training text.
+    // GPTQ's calibration windows: from --calibration-text FILE (encoded with DIR's tokenizer), else from
+    // DIR's training text.
     const auto calibration_of = [&](const std::string& model_dir) {
+        if (a.options.count("calibration-text")) return text_windows(model_dir, a.get("calibration-text"), calibration_count, T);
+        if (!std::filesystem::exists(model_tokens_path(model_dir)))
+            throw usage_error("gptq calibrates on " + model_dir + "'s data.tokens (a model `tinyllm train` wrote), "
+                              "which is not there; pass --calibration-text FILE");
         const tinyllm::token_file data(model_tokens_path(model_dir));
         return calibration_windows(data, validation_range(model_dir, data, T), calibration_count, T);
     };
@@ -145,7 +177,8 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         out << "wrote " << out_dir << ": " << spec.name() << " by " << method;
         if (calibration)
-            out << " (calibrated on " << calibration->extent(0) << " windows of " << T << " training tokens)";
+            out << " (calibrated on " << calibration->extent(0) << " windows of " << T << " tokens of "
+                << (a.options.count("calibration-text") ? a.get("calibration-text") : "the training text") << ")";
         char line[160];
         std::snprintf(line, sizeof line, "; weights %lld bytes, %.2fx smaller than float32 (%lld); %.1f s\n",
                       static_cast<long long>(m.weight_bytes()),
