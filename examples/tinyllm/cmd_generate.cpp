@@ -262,7 +262,11 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     const auto tok = tinyllm::load_tokenizer(tokenizer_path, a.get("encoding"));
     tinyllm::stream_decoder decoder(tok);
     out << a.get("prompt") << std::flush;
-    run(tok.encode(a.get("prompt")), [&](tinyllm::token_id id) {
+    // The template's ids before a text ("<s>" in a Llama tokenizer.json; none for byte-level BPE), then the prompt.
+    std::vector<tinyllm::token_id> prompt_ids(tok.template_before().begin(), tok.template_before().end());
+    const auto text_ids = tok.encode(a.get("prompt"));
+    prompt_ids.insert(prompt_ids.end(), text_ids.begin(), text_ids.end());
+    run(prompt_ids, [&](tinyllm::token_id id) {
         TINYLLM_EXPECT(static_cast<std::size_t>(id) < tok.vocab_size(), "the model produced token ", id,
                        " which the tokenizer (", tok.vocab_size(), " tokens) cannot decode");
         out << decoder.push(id) << std::flush;

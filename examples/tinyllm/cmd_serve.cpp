@@ -160,9 +160,13 @@ struct generation_request {
     bool stream = false, include_usage = false, chat = false;
 };
 
+// The template's ids before a text ("<s>" for a Llama tokenizer.json; none for byte-level BPE), then
+// the text's, as `tinyllm generate` encodes a prompt.
 std::vector<token_id> encode(const served_model& s, const std::string& text) {
-    std::vector<token_id> ids = s.tok->encode(text);
-    if (ids.empty()) throw api_error(400, "the prompt is empty", "prompt");
+    std::vector<token_id> ids(s.tok->template_before().begin(), s.tok->template_before().end());
+    const std::vector<token_id> text_ids = s.tok->encode(text);
+    if (text_ids.empty()) throw api_error(400, "the prompt is empty", "prompt");
+    ids.insert(ids.end(), text_ids.begin(), text_ids.end());
     return ids;
 }
 

@@ -1,6 +1,6 @@
 // examples/tinyllm/cmd_tokenize.cpp — `tinyllm tokenize`, `tinyllm detokenize`
-// and `tinyllm train-tokenizer`: the byte-level BPE tokenizer of
-// <tinyllm/tokenizer.hpp> from the command line.
+// and `tinyllm train-tokenizer`: the tokenizer of <tinyllm/tokenizer.hpp>
+// (byte-level BPE, or a SentencePiece-family tokenizer.json) from the command line.
 #include "registry.hpp"
 
 #include <tinyllm/bpe_train.hpp>
@@ -73,11 +73,12 @@ std::string readable(std::string_view bytes) {
 
 }  // namespace
 
-TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE)",
+TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or SentencePiece)",
                 "usage: tinyllm tokenize --vocab FILE [--encoding r50k_base|cl100k_base|o200k_base|gpt2]\n"
                 "                        [--allow-special | --special-as-text] [--show] [--file F | TEXT...]\n\n"
                 "FILE is a tiktoken rank file (say which --encoding it is, unless its name does),\n"
-                "a Hugging Face tokenizer.json, or a file written by `tinyllm train-tokenizer`.\n"
+                "a Hugging Face tokenizer.json (byte-level BPE, or SentencePiece BPE / Unigram as\n"
+                "Llama 2 and Mistral use), or a file written by `tinyllm train-tokenizer`.\n"
                 "Without --vocab, --encoding NAME loads NAME.tiktoken from $TINYLLM_SHARED_DIR or\n"
                 "../shared/data/tokenizers. The text is TEXT, the contents of --file, or stdin.\n"
                 "Prints the ids separated by spaces; --show prints one token per line: id and bytes.\n"

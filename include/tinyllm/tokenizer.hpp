@@ -31,6 +31,15 @@
 // returns the raw bytes on request; stream_decoder holds back an incomplete
 // character until the token that completes it arrives.
 //
+// The same class also holds a SentencePiece-family tokenizer (Llama 2,
+// Mistral, Unigram models; sentencepiece.hpp), as load_tokenizer reads it from
+// a Hugging Face tokenizer.json: then steps 2 and 3 are the normalizer and the
+// SentencePiece model, token_bytes(id) is what the token decodes to ("▁the" ->
+// " the", "<0x0A>" -> "\n"), decode() drops the leading space that encoding
+// added (as Hugging Face's decoder does), and encode_with_template() adds the
+// ids of the file's post-processor ("<s>" in front, for Llama). For byte-level
+// BPE the template is empty and nothing changes.
+//
 // The tokenizer is immutable after construction: encode and decode are const
 // and keep their scratch memory on the caller's stack, so one tokenizer can be
 // shared by any number of threads.
@@ -40,10 +49,12 @@
 #include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/pretokenize.hpp>
+#include <tinyllm/sentencepiece.hpp>
 
 #include <algorithm>
 #include <cstddef>
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -113,6 +124,24 @@ public:
                   [](const special_token& a, const special_token& b) { return a.id < b.id; });
     }
 
+    // A SentencePiece-family tokenizer (sentencepiece.hpp). A special token may
+    // share its id with the model's piece of the same text ("<s>" in Llama).
+    explicit tokenizer(sentencepiece_model model, std::vector<special_token> specials = {})
+        : tokenizer(bpe_vocab(), pretokenizer::r50k, std::move(specials)) {
+        for (const auto& s : specials_)
+            TINYLLM_EXPECT(!model.contains(s.id) || model.piece(s.id) == s.text, "special token \"", s.text,
+                           "\" has id ", s.id, ", which the SentencePiece model uses for the piece \"",
+                           model.piece(s.id), "\"");
+        sentencepiece_ = std::make_shared<const sentencepiece_model>(std::move(model));
+        for (const auto* list : {&sentencepiece_->options().template_before, &sentencepiece_->options().template_after})
+            for (const token_id id : *list)
+                TINYLLM_EXPECT(sentencepiece_->contains(id) || is_special(id), "the post-processor's template has "
+                               "token id ", id, ", which is neither a piece nor a special token");
+    }
+
+    // The SentencePiece model, or nullptr for a byte-level BPE tokenizer.
+    const sentencepiece_model* sentencepiece() const { return sentencepiece_.get(); }
+
     const bpe_vocab& vocab() const { return vocab_; }
     pretokenizer pattern() const { return pattern_; }
     const std::vector<special_token>& specials() const { return specials_; }
@@ -120,7 +149,7 @@ public:
 
     // One past the largest id (ordinary or special): the embedding table's rows.
     std::size_t vocab_size() const {
-        std::size_t n = vocab_.size();
+        std::size_t n = sentencepiece_ ? sentencepiece_->size() : vocab_.size();
         for (const auto& s : specials_) n = std::max<std::size_t>(n, static_cast<std::size_t>(s.id) + 1);
         return n;
     }
@@ -141,6 +170,11 @@ public:
         TINYLLM_EXPECT(id >= 0, "token id ", id, " is negative; token ids are in [0, ", vocab_size(), ")");
         for (const auto& s : specials_)
             if (s.id == id) return s.text;
+        if (sentencepiece_) {
+            TINYLLM_EXPECT(sentencepiece_->contains(id), "token id ", id, " is not in the vocabulary (size ",
+                           vocab_size(), ")");
+            return sentencepiece_->token_bytes(id);
+        }
         TINYLLM_EXPECT(vocab_.contains(id), "token id ", id, " is not in the vocabulary (size ", vocab_size(), ")");
         return vocab_.bytes(id);
     }
@@ -149,15 +183,7 @@ public:
 
     // All of text as ordinary text: special tokens' strings are not special.
     void encode_ordinary(std::string_view text, std::vector<token_id>& out) const {
-        bpe_vocab::scratch_space scratch;
-        std::string prefixed;
-        if (add_prefix_space_ && !text.empty() && text.front() != ' ') {
-            prefixed.reserve(text.size() + 1);
-            prefixed = " ";
-            prefixed.append(text);
-            text = prefixed;
-        }
-        for_each_piece(text, pattern_, [&](std::string_view piece) { vocab_.encode_piece(piece, out, scratch); });
+        encode_stretch(text, out, true);
     }
     std::vector<token_id> encode_ordinary(std::string_view text) const {
         std::vector<token_id> out;
@@ -194,7 +220,7 @@ public:
                 if (p < best || (p == best && s.text.size() > which->text.size())) best = p, which = &s;
             }
             if (!which) {
-                encode_ordinary(text.substr(at), out);
+                encode_stretch(text.substr(at), out, at == 0);
                 break;
             }
             if (!allowed.allows(which->text))
@@ -202,10 +228,33 @@ public:
                              ", which is not allowed: allow it (allowed_special{\"", which->text,
                              "\"}) to encode it as id ", which->id,
                              ", or use encode_ordinary / special_handling::as_text to encode it as text");
-            encode_ordinary(text.substr(at, best - at), out);
+            encode_stretch(text.substr(at, best - at), out, at == 0);
             out.push_back(which->id);
             at = best + which->text.size();
         }
+        return out;
+    }
+
+    // The ids the tokenizer.json's post-processor (TemplateProcessing) puts
+    // before and after a text: Llama's {"<s>"} before, nothing after. Empty for
+    // byte-level BPE and for files without a template.
+    std::span<const token_id> template_before() const {
+        return sentencepiece_ ? std::span<const token_id>(sentencepiece_->options().template_before)
+                              : std::span<const token_id>();
+    }
+    std::span<const token_id> template_after() const {
+        return sentencepiece_ ? std::span<const token_id>(sentencepiece_->options().template_after)
+                              : std::span<const token_id>();
+    }
+
+    // encode() inside the template: what Hugging Face's encode(text) returns
+    // (add_special_tokens=True), and what a Llama model expects as a prompt.
+    std::vector<token_id> encode_with_template(std::string_view text, const allowed_special& allowed = {},
+                                               special_handling others = special_handling::error) const {
+        std::vector<token_id> out(template_before().begin(), template_before().end());
+        const std::vector<token_id> ids = encode(text, allowed, others);
+        out.insert(out.end(), ids.begin(), ids.end());
+        out.insert(out.end(), template_after().begin(), template_after().end());
         return out;
     }
 
@@ -213,14 +262,20 @@ public:
 
     // The concatenated bytes of the tokens (may be invalid UTF-8). ids: a
     // std::vector<token_id>, an array, or any span of them.
+    // SentencePiece: the leading space that encoding added is dropped.
     std::string decode_bytes(std::span<const token_id> ids) const {
         std::string out;
         for (const token_id id : ids) out.append(token_bytes(id));
+        if (sentencepiece_ && !ids.empty()) sentencepiece_->text_start_fix(ids.front(), is_special(ids.front()), out);
         return out;
     }
 
     // The text of the tokens; an id outside the vocabulary (negative included) is an error.
+    // SentencePiece with byte fallback, as Hugging Face's ByteFallback decoder:
+    // a run of <0xNN> tokens whose bytes are not valid UTF-8 becomes one U+FFFD
+    // per token (stream_decoder and decode_errors::keep use the bytes as they are).
     std::string decode(std::span<const token_id> ids, decode_errors errors = decode_errors::replace) const {
+        if (sentencepiece_ && errors == decode_errors::replace) return decode_sentencepiece(ids);
         std::string bytes = decode_bytes(ids);
         if (errors == decode_errors::keep) return bytes;
         if (detail::is_valid_utf8(bytes)) return bytes;
@@ -232,23 +287,84 @@ public:
     }
 
 private:
+    // One stretch of ordinary text; text_start: it begins the whole text.
+    void encode_stretch(std::string_view text, std::vector<token_id>& out, bool text_start) const {
+        if (sentencepiece_) {
+            sentencepiece_->encode(text, out, text_start);
+            return;
+        }
+        bpe_vocab::scratch_space scratch;
+        std::string prefixed;
+        if (add_prefix_space_ && !text.empty() && text.front() != ' ') {
+            prefixed.reserve(text.size() + 1);
+            prefixed = " ";
+            prefixed.append(text);
+            text = prefixed;
+        }
+        for_each_piece(text, pattern_, [&](std::string_view piece) { vocab_.encode_piece(piece, out, scratch); });
+    }
+
+    // Hugging Face's decoders for a SentencePiece tokenizer (see decode).
+    std::string decode_sentencepiece(std::span<const token_id> ids) const {
+        std::string text, run;  // run: the bytes of consecutive <0xNN> tokens
+        const auto flush = [&] {
+            if (detail::is_valid_utf8(run)) {
+                text += run;
+            } else {
+                for (std::size_t k = 0; k < run.size(); ++k) detail::encode_utf8(detail::replacement_character, text);
+            }
+            run.clear();
+        };
+        for (const token_id id : ids) {
+            const int byte = is_special(id) ? -1 : sentencepiece_->byte_value(id);
+            if (byte >= 0) {
+                run += static_cast<char>(byte);
+            } else {
+                flush();
+                text.append(token_bytes(id));
+            }
+        }
+        flush();
+        if (!ids.empty()) sentencepiece_->text_start_fix(ids.front(), is_special(ids.front()), text);
+        return text;
+    }
+
     bpe_vocab vocab_;
+    std::shared_ptr<const sentencepiece_model> sentencepiece_;
     pretokenizer pattern_ = pretokenizer::r50k;
     std::vector<special_token> specials_;
     bool add_prefix_space_ = false;
 };
 
+// Where a stream of tokens sits in its text.
+enum class stream_start {
+    continues_text,  // after text already shown (a prompt): every space is kept
+    starts_text,     // the tokens begin the text: decode()'s leading-space rule applies
+};
+
 // Decode a stream of tokens (as a model generates them) into text that is
 // always valid UTF-8: bytes of a character split across tokens are held back
 // until the character is complete. Concatenating everything push() and
-// finish() return gives exactly tokenizer::decode(all ids).
+// finish() return gives exactly tokenizer::decode(all ids), with two
+// exceptions for SentencePiece tokenizers: by default (continues_text) the
+// stream keeps the leading space that decode() drops — generated tokens follow
+// a prompt, and " jumped" must stay " jumped" — and <0xNN> byte tokens that do
+// not form valid UTF-8 become U+FFFD per invalid sequence, not per token.
 class stream_decoder {
 public:
-    explicit stream_decoder(const tokenizer& tok) : tok_(&tok) {}
+    explicit stream_decoder(const tokenizer& tok, stream_start start = stream_start::continues_text)
+        : tok_(&tok), at_start_(start == stream_start::starts_text) {}
 
     // The text that this token completes (possibly empty).
     std::string push(token_id id) {
-        pending_.append(tok_->token_bytes(id));
+        if (at_start_ && tok_->sentencepiece()) {
+            std::string first(tok_->token_bytes(id));
+            tok_->sentencepiece()->text_start_fix(id, tok_->is_special(id), first);
+            pending_.append(first);
+        } else {
+            pending_.append(tok_->token_bytes(id));
+        }
+        at_start_ = false;
         const std::size_t hold = detail::incomplete_utf8_suffix(pending_);
         std::string ready = detail::replace_invalid_utf8(std::string_view(pending_).substr(0, pending_.size() - hold));
         pending_.erase(0, pending_.size() - hold);
@@ -267,6 +383,7 @@ public:
 
 private:
     const tokenizer* tok_;
+    bool at_start_ = false;
     std::string pending_;
 };
 

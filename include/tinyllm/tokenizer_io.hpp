@@ -10,7 +10,10 @@
 //                         and vocab.bpe: "#version" then one merge "a b" per line.
 //   Hugging Face          tokenizer.json with a BPE model, a ByteLevel
 //     tokenizer.json      pre-tokenizer, merges as "a b" strings or ["a", "b"]
-//                         arrays, and added (special) tokens.
+//                         arrays, and added (special) tokens; or a
+//                         SentencePiece-family file (Llama 2, Mistral: BPE with
+//                         byte_fallback; Unigram), read into sentencepiece.hpp's
+//                         model (parse_hf_sentencepiece_json).
 //   tinyllm's own         a text file (save_tokenizer / load_tokenizer):
 //                             tinyllm-bpe 1
 //                             pattern r50k|cl100k|o200k
@@ -33,6 +36,7 @@
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/pretokenize.hpp>
+#include <tinyllm/sentencepiece.hpp>
 #include <tinyllm/tokenizer.hpp>
 
 #include <array>
@@ -375,17 +379,46 @@ inline pretokenizer hf_split_pattern(const json::value& split, const std::string
 
 }  // namespace detail
 
-// Parse a Hugging Face tokenizer.json (`source` names it in errors).
+namespace detail {
+
+// Whether a tokenizer.json is a SentencePiece-family file rather than a
+// byte-level BPE: a Unigram model, a BPE with byte_fallback, a Metaspace
+// pre-tokenizer, or a normalizer without a ByteLevel pre-tokenizer.
+inline bool is_sentencepiece_json(const json::value& doc) {
+    const json::value* model = doc.find("model");
+    if (!model || !model->is_object()) return false;
+    const auto type_of = [](const json::value* v) -> std::string {
+        const json::value* t = v ? v->find("type") : nullptr;
+        return t && t->is_string() ? t->as_string() : "";
+    };
+    if (type_of(model) == "Unigram") return true;
+    if (const auto* v = model->find("byte_fallback"); v && v->is_bool() && v->as_bool()) return true;
+    const json::value* pre = doc.find("pre_tokenizer");
+    if (type_of(pre) == "Metaspace") return true;
+    bool byte_level = type_of(pre) == "ByteLevel";
+    if (const auto* list = pre ? pre->find("pretokenizers") : nullptr; list && list->is_array())
+        for (const auto& p : list->as_array()) byte_level |= type_of(&p) == "ByteLevel";
+    const json::value* norm = doc.find("normalizer");
+    return norm && !norm->is_null() && !byte_level;
+}
+
+}  // namespace detail
+
+inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string_view text, const std::string& path);
+
+// Parse a Hugging Face tokenizer.json (`source` names it in errors): a
+// byte-level BPE here, a SentencePiece-family file by parse_hf_sentencepiece_json.
 inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::string& path) {
     const auto doc = json::parse(text, path);
     auto field_error = [&](const std::string& field, const std::string& what) {
         TINYLLM_FAIL("malformed ", path, ": field \"", field, "\": ", what);
     };
     if (!doc.is_object()) field_error("(top level)", "expected a JSON object");
+    if (detail::is_sentencepiece_json(doc)) return parse_hf_sentencepiece_json(doc, text, path);
     const json::value* model = doc.find("model");
     if (!model || !model->is_object()) field_error("model", "missing or not an object");
     if (const auto* type = model->find("type"); type && (!type->is_string() || type->as_string() != "BPE"))
-        field_error("model.type", "only \"BPE\" models are supported");
+        field_error("model.type", "only \"BPE\" (byte-level) and \"Unigram\" models are supported");
     for (const char* unsupported : {"continuing_subword_prefix", "end_of_word_suffix"}) {
         const auto* v = model->find(unsupported);
         if (v && !v->is_null() && !(v->is_string() && v->as_string().empty()))
@@ -528,6 +561,295 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
                      std::move(specials), add_prefix_space);
 }
 
+// ---- Hugging Face tokenizer.json: the SentencePiece family ---------------------------------
+
+// Parse a SentencePiece-family tokenizer.json (Llama 2 / Mistral / TinyLlama
+// BPE with byte fallback, or a Unigram model); what is read and what is refused
+// is listed at the top of sentencepiece.hpp. `path` names the file in errors.
+inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string_view text, const std::string& path) {
+    auto field_error = [&](const std::string& field, const std::string& what) {
+        TINYLLM_FAIL("malformed ", path, ": field \"", field, "\": ", what);
+    };
+    auto unsupported = [&](const std::string& field, const std::string& what) {
+        TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", field, "\": ", what);
+    };
+    const auto type_of = [](const json::value& v) -> std::string {
+        const json::value* t = v.find("type");
+        return t && t->is_string() ? t->as_string() : "";
+    };
+    const auto string_of = [&](const json::value& v, const char* key, const std::string& where) -> std::string {
+        const json::value* s = v.find(key);
+        if (!s || !s->is_string()) field_error(where + "." + key, "missing or not a string");
+        return s->as_string();
+    };
+    // A Replace's pattern: {"String": "..."} only (a Regex is refused).
+    const auto replace_pattern = [&](const json::value& r, const std::string& where) -> std::string {
+        const json::value* pat = r.find("pattern");
+        if (pat && pat->find("Regex")) unsupported(where + ".pattern", "a Regex pattern is not supported (only String)");
+        const json::value* str = pat ? pat->find("String") : nullptr;
+        if (!str || !str->is_string() || str->as_string().empty())
+            field_error(where + ".pattern", "expected {\"String\": \"...\"} (not empty)");
+        return str->as_string();
+    };
+    if (!doc.is_object()) field_error("(top level)", "expected a JSON object");
+    const json::value* model = doc.find("model");
+    if (!model || !model->is_object()) field_error("model", "missing or not an object");
+    const std::string model_type = type_of(*model);
+    if (model_type != "BPE" && model_type != "Unigram")
+        field_error("model.type", "\"" + model_type + "\": only \"BPE\" and \"Unigram\" models are supported");
+    sentencepiece_options o;
+    o.source_json = std::string(text);
+
+    // Normalizer: Prepend, Replace (String), an empty Precompiled, or a Sequence of them.
+    const auto normalizer_step = [&](const json::value& n, const std::string& where) {
+        const std::string t = type_of(n);
+        if (t == "Prepend") {
+            o.normalizer.push_back({"", string_of(n, "prepend", where)});
+        } else if (t == "Replace") {
+            o.normalizer.push_back({replace_pattern(n, where), string_of(n, "content", where)});
+        } else if (t == "Precompiled") {
+            const json::value* map = n.find("precompiled_charsmap");
+            if (map && !map->is_null() && !(map->is_string() && map->as_string().empty()))
+                unsupported(where, "a Precompiled normalizer (SentencePiece's NFKC character map, "
+                                   "precompiled_charsmap) is not supported");
+        } else {
+            unsupported(where, "normalizer \"" + t + "\" is not supported (supported: Prepend, Replace with a "
+                               "String pattern, Sequence of them)");
+        }
+    };
+    if (const json::value* norm = doc.find("normalizer"); norm && !norm->is_null()) {
+        if (type_of(*norm) == "Sequence") {
+            const json::value* list = norm->find("normalizers");
+            if (!list || !list->is_array()) field_error("normalizer.normalizers", "missing or not an array");
+            for (std::size_t k = 0; k < list->size(); ++k)
+                normalizer_step(list->at(k), "normalizer.normalizers[" + std::to_string(k) + "]");
+        } else {
+            normalizer_step(*norm, "normalizer");
+        }
+    }
+
+    // Pre-tokenizer: null or Metaspace. Its prepend_scheme (or the older add_prefix_space).
+    const auto read_prepend = [&](const json::value& m, const std::string& where) {
+        if (const json::value* p = m.find("prepend_scheme"); p && !p->is_null()) {
+            const std::string v = p->is_string() ? p->as_string() : "";
+            if (v == "always") return prepend_scheme::always;
+            if (v == "first") return prepend_scheme::first;
+            if (v == "never") return prepend_scheme::never;
+            field_error(where + ".prepend_scheme", "expected \"always\", \"first\" or \"never\"");
+        }
+        if (const json::value* a = m.find("add_prefix_space"); a && a->is_bool() && !a->as_bool())
+            return prepend_scheme::never;
+        return prepend_scheme::always;
+    };
+    const auto read_replacement = [&](const json::value& m, const std::string& where) {
+        const json::value* r = m.find("replacement");
+        if (!r || !r->is_string()) field_error(where + ".replacement", "missing or not a string");
+        std::uint32_t cp = 0;
+        const std::string& s = r->as_string();
+        if (s.empty() || std::size_t(detail::decode_utf8(s, 0, cp)) != s.size())
+            field_error(where + ".replacement", "expected one character");
+        return s;
+    };
+    if (const json::value* pre = doc.find("pre_tokenizer"); pre && !pre->is_null()) {
+        if (type_of(*pre) != "Metaspace")
+            unsupported("pre_tokenizer", "\"" + type_of(*pre) + "\" is not supported with a SentencePiece model "
+                        "(supported: null, Metaspace)");
+        o.metaspace = true;
+        o.replacement = read_replacement(*pre, "pre_tokenizer");
+        o.prepend = read_prepend(*pre, "pre_tokenizer");
+        if (const json::value* v = pre->find("split"); v && v->is_bool()) o.split = v->as_bool();
+    }
+
+    // Decoder: Sequence[Replace, ByteFallback, Fuse, Strip] (any of them), or Metaspace.
+    const json::value* dec = doc.find("decoder");
+    if (!dec || dec->is_null())
+        unsupported("decoder", "missing: a SentencePiece tokenizer needs a decoder (Sequence or Metaspace)");
+    if (type_of(*dec) == "Metaspace") {
+        o.metaspace_decoder = true;
+        const std::string r = read_replacement(*dec, "decoder");
+        o.decoder.push_back({r, " "});
+        o.replacement = r;
+        if (!o.metaspace) o.prepend = read_prepend(*dec, "decoder");
+    } else if (type_of(*dec) == "Sequence") {
+        const json::value* list = dec->find("decoders");
+        if (!list || !list->is_array()) field_error("decoder.decoders", "missing or not an array");
+        bool fused = false;
+        for (std::size_t k = 0; k < list->size(); ++k) {
+            const json::value& d = list->at(k);
+            const std::string where = "decoder.decoders[" + std::to_string(k) + "]";
+            const std::string t = type_of(d);
+            if (t == "Replace") {
+                o.decoder.push_back({replace_pattern(d, where), string_of(d, "content", where)});
+            } else if (t == "ByteFallback") {
+                o.decode_bytes = true;
+            } else if (t == "Fuse") {
+                fused = true;
+            } else if (t == "Strip") {
+                const json::value* start = d.find("start");
+                const json::value* stop = d.find("stop");
+                if (string_of(d, "content", where) != " " || !start || !start->is_number() || !stop ||
+                    !stop->is_number() || stop->number_text() != "0" || !fused)
+                    unsupported(where, "only Strip(\" \", n, 0) after Fuse is supported");
+                o.strip_leading_spaces = static_cast<std::size_t>(std::max<std::int64_t>(0, start->as_int64()));
+            } else {
+                unsupported(where, "decoder \"" + t + "\" is not supported (supported: Replace, ByteFallback, "
+                                   "Fuse, Strip)");
+            }
+        }
+    } else {
+        unsupported("decoder", "\"" + type_of(*dec) + "\" is not supported (supported: Sequence, Metaspace)");
+    }
+
+    // Added tokens become special tokens.
+    std::vector<special_token> specials;
+    if (const auto* added = doc.find("added_tokens"); added && !added->is_null()) {
+        if (!added->is_array()) field_error("added_tokens", "expected an array");
+        for (std::size_t k = 0; k < added->size(); ++k) {
+            const auto& a = added->at(k);
+            const std::string where = "added_tokens[" + std::to_string(k) + "]";
+            const auto* id = a.find("id");
+            const auto* content = a.find("content");
+            if (!id || !id->is_number() || !content || !content->is_string() || content->as_string().empty())
+                field_error(where, "expected {\"id\": number, \"content\": non-empty string, ...}");
+            std::int64_t v = -1;
+            try { v = id->as_int64(); } catch (const error&) {}
+            if (v < 0 || v >= 100'000'000) field_error(where + ".id", "expected an integer in [0, 1e8)");
+            specials.push_back({content->as_string(), static_cast<token_id>(v)});
+        }
+    }
+    const auto id_of_piece = [&](std::string_view piece, const std::vector<std::string>& pieces) -> std::optional<token_id> {
+        for (std::size_t i = 0; i < pieces.size(); ++i)
+            if (pieces[i] == piece) return static_cast<token_id>(i);
+        return std::nullopt;
+    };
+
+    // Model.
+    if (const auto* v = model->find("byte_fallback"); v && v->is_bool()) o.byte_fallback = v->as_bool();
+    std::vector<std::string> pieces;
+    auto build = [&]() -> sentencepiece_model {
+        if (model_type == "Unigram") {
+            const json::value* vocab = model->find("vocab");
+            if (!vocab || !vocab->is_array()) field_error("model.vocab", "missing or not an array of [piece, score]");
+            std::vector<double> scores;
+            for (std::size_t k = 0; k < vocab->size(); ++k) {
+                const json::value& e = vocab->at(k);
+                if (!e.is_array() || e.size() != 2 || !e.at(0).is_string() || !e.at(1).is_number())
+                    field_error("model.vocab[" + std::to_string(k) + "]", "expected [\"piece\", score]");
+                pieces.push_back(e.at(0).as_string());
+                scores.push_back(e.at(1).as_double());
+            }
+            const json::value* unk = model->find("unk_id");
+            if (!unk || !unk->is_number()) field_error("model.unk_id", "missing: a Unigram model needs an unknown token");
+            std::int64_t u = -1;
+            try { u = unk->as_int64(); } catch (const error&) {}
+            if (u < 0 || std::size_t(u) >= pieces.size())
+                field_error("model.unk_id", "expected an id in [0, " + std::to_string(pieces.size()) + ")");
+            o.unk = static_cast<token_id>(u);
+            return sentencepiece_model::unigram(std::move(pieces), std::move(scores), std::move(o));
+        }
+        for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix", "dropout"}) {
+            const auto* v = model->find(key);
+            if (v && !v->is_null() && !(v->is_string() && v->as_string().empty()))
+                unsupported(std::string("model.") + key, "not supported by a SentencePiece BPE");
+        }
+        if (const auto* v = model->find("fuse_unk"); v && v->is_bool()) o.fuse_unk = v->as_bool();
+        if (const auto* v = model->find("ignore_merges"); v && v->is_bool()) o.ignore_merges = v->as_bool();
+        const json::value* vocab = model->find("vocab");
+        if (!vocab || !vocab->is_object()) field_error("model.vocab", "missing or not an object");
+        std::vector<bool> present;
+        for (const auto& [key, value] : vocab->as_object()) {
+            std::int64_t id = -1;
+            if (value.is_number()) try { id = value.as_int64(); } catch (const error&) {}
+            const std::string where = "model.vocab[" + json::quote(key) + "]";
+            if (id < 0 || id >= 100'000'000) field_error(where, "expected an integer id in [0, 1e8)");
+            if (std::size_t(id) >= pieces.size()) pieces.resize(std::size_t(id) + 1), present.resize(std::size_t(id) + 1);
+            if (present[std::size_t(id)]) field_error(where, "id " + std::to_string(id) + " is used twice");
+            pieces[std::size_t(id)] = key;
+            present[std::size_t(id)] = true;
+        }
+        for (std::size_t id = 0; id < pieces.size(); ++id)
+            if (!present[id]) field_error("model.vocab", "no piece has id " + std::to_string(id) + " (ids must be 0 .. N-1)");
+        if (const json::value* unk = model->find("unk_token"); unk && !unk->is_null()) {
+            if (!unk->is_string()) field_error("model.unk_token", "expected a string or null");
+            o.unk = id_of_piece(unk->as_string(), pieces);
+            if (!o.unk) field_error("model.unk_token", json::quote(unk->as_string()) + " is not in model.vocab");
+        }
+        // Merges: "a b" strings or ["a", "b"] arrays; rank = position in the list.
+        const json::value* merges = model->find("merges");
+        if (!merges || !merges->is_array()) field_error("model.merges", "missing or not an array");
+        std::unordered_map<std::string, token_id, detail::string_hash, std::equal_to<>> ids;
+        for (std::size_t i = 0; i < pieces.size(); ++i) ids.emplace(pieces[i], static_cast<token_id>(i));
+        std::vector<std::pair<token_id, token_id>> list;
+        for (std::size_t k = 0; k < merges->size(); ++k) {
+            const auto& m = merges->at(k);
+            const std::string where = "model.merges[" + std::to_string(k) + "]";
+            std::string a, b;
+            if (m.is_string()) {
+                const std::string& s = m.as_string();
+                const auto space = s.find(' ');
+                if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
+                    field_error(where, "expected \"a b\" (two pieces separated by one space), got " + json::quote(s));
+                a = s.substr(0, space), b = s.substr(space + 1);
+            } else if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string()) {
+                a = m.at(0).as_string(), b = m.at(1).as_string();
+            } else {
+                field_error(where, "expected \"a b\" or [\"a\", \"b\"]");
+            }
+            const auto ia = ids.find(a), ib = ids.find(b), iab = ids.find(a + b);
+            if (ia == ids.end() || ib == ids.end() || iab == ids.end())
+                field_error(where, "merge " + json::quote(a) + " + " + json::quote(b) +
+                                       " uses or makes a piece missing from model.vocab");
+            list.emplace_back(ia->second, ib->second);
+        }
+        return sentencepiece_model::bpe(std::move(pieces), list, std::move(o));
+    };
+    // Post-processor: null or TemplateProcessing (its "single" template).
+    std::vector<token_id> before, after;
+    if (const json::value* post = doc.find("post_processor"); post && !post->is_null()) {
+        if (type_of(*post) != "TemplateProcessing")
+            unsupported("post_processor", "\"" + type_of(*post) + "\" is not supported (supported: TemplateProcessing)");
+        const json::value* single = post->find("single");
+        const json::value* table = post->find("special_tokens");
+        if (!single || !single->is_array()) field_error("post_processor.single", "missing or not an array");
+        bool seen_text = false;
+        for (std::size_t k = 0; k < single->size(); ++k) {
+            const json::value& item = single->at(k);
+            const std::string where = "post_processor.single[" + std::to_string(k) + "]";
+            if (const json::value* seq = item.find("Sequence")) {
+                if (seen_text || string_of(*seq, "id", where + ".Sequence") != "A")
+                    field_error(where, "the single template must hold the sequence A exactly once");
+                seen_text = true;
+            } else if (const json::value* sp = item.find("SpecialToken")) {
+                const std::string name = string_of(*sp, "id", where + ".SpecialToken");
+                const json::value* entry = table && table->is_object() ? table->find(name) : nullptr;
+                const json::value* ids = entry ? entry->find("ids") : nullptr;
+                if (!ids || !ids->is_array())
+                    field_error("post_processor.special_tokens", json::quote(name) + " is missing or has no \"ids\"");
+                for (const auto& id : ids->as_array()) {
+                    std::int64_t v = -1;
+                    if (id.is_number()) try { v = id.as_int64(); } catch (const error&) {}
+                    if (v < 0 || v >= 100'000'000)
+                        field_error("post_processor.special_tokens[" + json::quote(name) + "].ids", "expected ids in [0, 1e8)");
+                    (seen_text ? after : before).push_back(static_cast<token_id>(v));
+                }
+            } else {
+                field_error(where, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
+            }
+        }
+        if (!seen_text) field_error("post_processor.single", "the template has no sequence A");
+    }
+    o.template_before = std::move(before);
+    o.template_after = std::move(after);
+    try {
+        return tokenizer(build(), std::move(specials));
+    } catch (const error& e) {
+        TINYLLM_FAIL("bad SentencePiece tokenizer in ", path, ": ", e.what());
+    }
+}
+inline tokenizer parse_hf_sentencepiece_json(std::string_view text, const std::string& path) {
+    return parse_hf_sentencepiece_json(json::parse(text, path), text, path);
+}
+
 inline tokenizer load_hf_tokenizer_json(const std::string& path) {
     return parse_hf_tokenizer_json(detail::read_text_file(path), path);
 }
@@ -539,8 +861,10 @@ inline tokenizer load_hf_tokenizer_json(const std::string& path) {
 // or a Split on the pattern's regex followed by ByteLevel without one (cl100k,
 // o200k); special tokens are added tokens. A vocabulary read from a tiktoken
 // rank file has no merge list (every split of a token merges, by the token's
-// rank), so it is refused.
+// rank), so it is refused. A SentencePiece tokenizer is written as the
+// tokenizer.json it was read from.
 inline std::string hf_tokenizer_json(const tokenizer& tok) {
+    if (const sentencepiece_model* sp = tok.sentencepiece()) return sp->options().source_json;
     const bpe_vocab& v = tok.vocab();
     TINYLLM_EXPECT(!v.tiktoken_merges(), "hf_tokenizer_json: this vocabulary ranks merges by token id (a tiktoken "
                    "rank file); a tokenizer.json needs an explicit merge list (train one with train_bpe, or load "
@@ -594,6 +918,8 @@ inline void save_hf_tokenizer_json(const tokenizer& tok, const std::string& path
 // ---- tinyllm's own format -----------------------------------------------------------
 
 inline std::string serialize_tokenizer(const tokenizer& tok) {
+    TINYLLM_EXPECT(!tok.sentencepiece(), "serialize_tokenizer: tinyllm's own format holds byte-level BPE only; save a "
+                   "SentencePiece tokenizer as a tokenizer.json (save_hf_tokenizer_json)");
     const bpe_vocab& v = tok.vocab();
     std::string out = "tinyllm-bpe 1\n";
     out += "pattern " + std::string(pretokenizer_name(tok.pattern())) + "\n";

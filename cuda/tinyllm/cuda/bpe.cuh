@@ -200,6 +200,8 @@ private:
 inline std::vector<std::vector<token_id>> encode_batch(const tokenizer& tok, const bpe_device_vocab& dv,
                                                        const std::vector<std::string>& documents,
                                                        cudaStream_t stream = nullptr) {
+    TINYLLM_EXPECT(tok.sentencepiece() == nullptr, "encode_batch: the GPU encoder runs byte-level BPE; this is a "
+                   "SentencePiece-family tokenizer (encode it with tokenizer::encode on the CPU)");
     TINYLLM_EXPECT(&dv.host() == &tok.vocab(), "encode_batch: the device vocabulary was made from another tokenizer");
     // 1. Pre-tokenize on the host into one byte buffer.
     std::string all;

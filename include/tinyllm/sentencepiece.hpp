@@ -1,0 +1,487 @@
+// tinyllm/sentencepiece.hpp — the SentencePiece family of tokenizers (Llama 2,
+// Mistral, TinyLlama, T5-style Unigram models), computed as Hugging Face
+// `tokenizers` computes them from a tokenizer.json. A readable CPU reference.
+//
+// How it differs from byte-level BPE (bpe.hpp):
+//
+//   * Spaces are a visible character. Before the model sees the text, every
+//     " " becomes "▁" (U+2581, three UTF-8 bytes) and one "▁" is put in front,
+//     so "The tiger" is modelled as "▁The▁tiger" and the pieces are "▁The",
+//     "▁tiger": the space belongs to the word after it, as in GPT-2, but it is
+//     an ordinary character of the vocabulary, not byte 0x20.
+//   * The units are Unicode characters, not bytes. Encoding starts from the
+//     characters of the text; a character that is not in the vocabulary is
+//     written as its UTF-8 bytes, each byte a token "<0xNN>" ("byte fallback"):
+//     "안" (EC 95 88) is <0xEC> <0x95> <0x88> when "안" is not a piece. Without
+//     byte fallback it becomes the unknown token "<unk>" (runs of them fused
+//     into one with fuse_unk), and the text cannot be restored.
+//   * Two models cut the "▁"-text into pieces:
+//       BPE      as in bpe.hpp, over characters: repeatedly merge the adjacent
+//                pair with the lowest rank in the merges list (leftmost on
+//                ties) until no listed pair is adjacent.
+//       Unigram  every piece has a score, its log probability; the pieces
+//                chosen are the segmentation whose scores sum highest, found by
+//                Viterbi over the lattice of all pieces that occur in the text.
+//                For "▁the" with pieces ▁ (-4.1), t (-5.0), h (-5.2), e (-4.5),
+//                ▁t (-6.3), th (-6.0), he (-5.9), ▁the (-7.0), the (-6.8):
+//
+//                  position   0     1     2     3     4        (character boundaries)
+//                             |  ▁  |  t  |  h  |  e  |
+//                             +-----+-----+-----+-----+
+//                             |--▁--|--t--|--h--|--e--|        one-character pieces
+//                             |----▁t-----|----he-----|
+//                                   |----th-----|
+//                                   |-------the-------|
+//                             |----------▁the---------|
+//
+//                  best[k] = max over pieces p ending at k of best[start(p)] + score(p),
+//                  best[0] = 0; best[4] = max(-7.0 (▁the), -4.1 - 6.8 (▁ the),
+//                  -6.3 - 5.9 (▁t he), ...) = -7.0, so "▁the" is one token. Reading
+//                  back the argmax at each end gives the pieces. A character that no
+//                  piece covers gets an "unknown" edge scored (lowest score - 10);
+//                  such edges are encoded by byte fallback, or as <unk>.
+//   * Decoding turns "▁" back into " ", the <0xNN> tokens back into bytes, and
+//     removes the one space that encoding put in front of the text.
+//
+// What is read from a tokenizer.json (tokenizer_io.hpp builds this model):
+//
+//   normalizer      null; Sequence of Prepend(s) and Replace(String a -> b)
+//                   (Llama 2: Prepend("▁"), Replace(" ", "▁")); Precompiled with
+//                   an empty charsmap (an identity). NFKC and the rest: refused.
+//   pre_tokenizer   null, or Metaspace(replacement, prepend_scheme always|first|
+//                   never, split) (Mistral, Unigram models).
+//   model           BPE (merges, byte_fallback, unk_token, fuse_unk,
+//                   ignore_merges) or Unigram (pieces with scores, unk_id,
+//                   byte_fallback).
+//   decoder         Sequence of Replace("▁" -> " "), ByteFallback, Fuse,
+//                   Strip(" ", n, 0), or Metaspace.
+//   post_processor  null or TemplateProcessing: the ids put around a text
+//                   (Llama: "<s>" before it), tokenizer::encode_with_template.
+//
+// Unlike bpe.hpp, which cuts text into short pieces first, a Llama-style
+// tokenizer has no pre-tokenizer: the whole text is one sequence. Both models
+// here therefore cost O(n log n) (BPE: a heap of candidate merges) or O(n * L)
+// (Unigram: L = the longest piece) for n characters, never O(n^2).
+//
+// The model is immutable after construction; encode and decode are const.
+#pragma once
+
+#include <tinyllm/config.hpp>
+#include <tinyllm/detail/utf8.hpp>
+#include <tinyllm/error.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <queue>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace tinyllm {
+
+enum class sentencepiece_kind { bpe, unigram };
+
+// Metaspace's prepend_scheme: when a "▁" is put in front of a stretch of text.
+enum class prepend_scheme {
+    always,  // every stretch (the text, and each part between special tokens)
+    first,   // only the stretch at the start of the text
+    never,
+};
+
+// One step of a normalizer: Prepend(text) when `from` is empty, else Replace(from -> to).
+struct text_rewrite {
+    std::string from;
+    std::string to;
+};
+
+// Everything about a SentencePiece-family tokenizer except its pieces.
+struct sentencepiece_options {
+    // Normalizer (in order) and Metaspace pre-tokenizer.
+    std::vector<text_rewrite> normalizer;
+    bool metaspace = false;
+    std::string replacement = "\xE2\x96\x81";  // "▁" U+2581
+    prepend_scheme prepend = prepend_scheme::always;
+    bool split = true;  // Metaspace: cut the text before every replacement character
+
+    // Model.
+    bool byte_fallback = false;
+    std::optional<token_id> unk;  // the unknown token
+    bool fuse_unk = true;         // a run of unknown characters is one <unk>
+    bool ignore_merges = false;   // BPE: a whole word that is a piece is one token
+
+    // Decoder: replacements applied to each piece, <0xNN> pieces as bytes
+    // (ByteFallback), how many leading spaces of the text to drop (Strip), and
+    // Metaspace's decoder (which drops every "▁" of the first token instead).
+    std::vector<text_rewrite> decoder;
+    bool decode_bytes = false;
+    std::size_t strip_leading_spaces = 0;
+    bool metaspace_decoder = false;
+
+    // Post-processor (TemplateProcessing, single sequence): ids before and after the text.
+    std::vector<token_id> template_before;
+    std::vector<token_id> template_after;
+
+    // The tokenizer.json this was read from (hf_tokenizer_json writes it back).
+    std::string source_json;
+};
+
+namespace detail {
+
+// Heterogeneous lookup: find a std::string key with a std::string_view.
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+inline void replace_all(std::string& s, std::string_view from, std::string_view to) {
+    if (from.empty()) return;
+    std::string out;
+    out.reserve(s.size());
+    std::size_t at = 0;
+    for (std::size_t hit; (hit = s.find(from, at)) != std::string::npos; at = hit + from.size())
+        out.append(s, at, hit - at).append(to);
+    out.append(s, at, std::string::npos);
+    s = std::move(out);
+}
+
+// "<0xNN>" -> NN, or -1.
+inline int byte_piece_value(std::string_view piece) {
+    if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+    int v = 0;
+    for (const char c : piece.substr(3, 2)) {
+        const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;  // Hugging Face writes upper-case hex
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+inline std::string byte_piece_name(unsigned char b) {
+    const char* hex = "0123456789ABCDEF";
+    return std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
+}
+
+// The byte length of the UTF-8 character at s[at] (an invalid byte counts as a
+// character of one byte; it can only be encoded by byte fallback).
+inline std::size_t char_length(std::string_view s, std::size_t at) {
+    std::uint32_t cp;
+    const int n = decode_utf8(s, at, cp);
+    return cp == invalid_code_point ? 1 : static_cast<std::size_t>(n);
+}
+
+}  // namespace detail
+
+class sentencepiece_model {
+public:
+    sentencepiece_model() = default;
+
+    // A BPE model: pieces[id] is the piece's text ("▁the", "<0x0A>", "<s>");
+    // merges in rank order, each a pair of piece ids whose concatenation is a piece.
+    static sentencepiece_model bpe(std::vector<std::string> pieces,
+                                   const std::vector<std::pair<token_id, token_id>>& merges,
+                                   sentencepiece_options options) {
+        sentencepiece_model m(sentencepiece_kind::bpe, std::move(pieces), {}, std::move(options));
+        for (std::size_t rank = 0; rank < merges.size(); ++rank) {
+            const auto [a, b] = merges[rank];
+            TINYLLM_EXPECT(m.contains(a) && m.contains(b), "merge ", rank, " (", a, ", ", b,
+                           ") names an id outside the vocabulary of ", m.size(), " pieces");
+            const auto merged = m.find(m.piece(a) + m.piece(b));
+            TINYLLM_EXPECT(merged.has_value(), "merge ", rank, " \"", m.piece(a), "\" + \"", m.piece(b),
+                           "\" makes \"", m.piece(a) + m.piece(b), "\", which is not a piece of the vocabulary");
+            // The first listing of a pair wins (a later duplicate would have a worse rank).
+            m.merges_.try_emplace(pair_key(a, b), merge_info{static_cast<std::uint32_t>(rank), *merged});
+        }
+        return m;
+    }
+
+    // A Unigram model: pieces[id] with its score (log probability) scores[id].
+    static sentencepiece_model unigram(std::vector<std::string> pieces, std::vector<double> scores,
+                                       sentencepiece_options options) {
+        TINYLLM_EXPECT(scores.size() == pieces.size(), "a Unigram model needs one score per piece: ", pieces.size(),
+                       " pieces, ", scores.size(), " scores");
+        TINYLLM_EXPECT(options.unk.has_value(), "a Unigram model needs an unknown token (unk_id)");
+        return sentencepiece_model(sentencepiece_kind::unigram, std::move(pieces), std::move(scores),
+                                   std::move(options));
+    }
+
+    sentencepiece_kind kind() const { return kind_; }
+    const sentencepiece_options& options() const { return options_; }
+    std::size_t size() const { return pieces_.size(); }
+    bool contains(token_id id) const { return id >= 0 && static_cast<std::size_t>(id) < pieces_.size(); }
+    const std::string& piece(token_id id) const {
+        TINYLLM_EXPECT(contains(id), "token id ", id, " is not in the vocabulary (", size(), " pieces)");
+        return pieces_[static_cast<std::size_t>(id)];
+    }
+    std::optional<token_id> find(std::string_view piece) const {
+        const auto it = ids_.find(piece);
+        if (it == ids_.end()) return std::nullopt;
+        return it->second;
+    }
+    double score(token_id id) const { return kind_ == sentencepiece_kind::unigram ? scores_.at(std::size_t(id)) : 0.0; }
+
+    // What a token decodes to: the piece after the decoder's replacements
+    // ("▁the" -> " the"), or its byte when it is "<0xNN>" and the decoder has
+    // ByteFallback (<0x0A> -> "\n"). Concatenating these gives the text, except
+    // for the leading space decode() drops (text_start_fix).
+    std::string_view token_bytes(token_id id) const {
+        TINYLLM_EXPECT(contains(id), "token id ", id, " is not in the vocabulary (", size(), " pieces)");
+        return decoded_[static_cast<std::size_t>(id)];
+    }
+    // NN for a "<0xNN>" piece that decodes to its byte, else -1.
+    int byte_value(token_id id) const {
+        return options_.decode_bytes && contains(id) ? byte_of_[static_cast<std::size_t>(id)] : -1;
+    }
+
+    // ---- encoding ---------------------------------------------------------------
+
+    // Append the ids of `text`, one stretch of ordinary text (no special tokens).
+    // text_start: the stretch begins the whole text (Metaspace's prepend_scheme "first").
+    void encode(std::string_view text, std::vector<token_id>& out, bool text_start = true) const {
+        const std::string normalized = normalize(text, text_start);
+        for_each_word(normalized, [&](std::string_view word) {
+            if (kind_ == sentencepiece_kind::bpe)
+                encode_bpe(word, out);
+            else
+                encode_unigram(word, out);
+        });
+    }
+    std::vector<token_id> encode(std::string_view text) const {
+        std::vector<token_id> out;
+        encode(text, out, true);
+        return out;
+    }
+
+    // The text the model sees: the normalizer's rewrites, then Metaspace's
+    // " " -> "▁" and prepended "▁" ("The tiger" -> "▁The▁tiger").
+    std::string normalize(std::string_view text, bool text_start = true) const {
+        std::string s(text);
+        for (const text_rewrite& r : options_.normalizer) {
+            if (r.from.empty()) {
+                if (!s.empty()) s.insert(0, r.to);  // Prepend: not to an empty text
+            } else {
+                detail::replace_all(s, r.from, r.to);
+            }
+        }
+        if (options_.metaspace) {
+            detail::replace_all(s, " ", options_.replacement);
+            const bool want = options_.prepend == prepend_scheme::always ||
+                              (options_.prepend == prepend_scheme::first && text_start);
+            if (want && !s.empty() && s.rfind(options_.replacement, 0) != 0) s.insert(0, options_.replacement);
+        }
+        return s;
+    }
+
+    // The words the model encodes one by one: the whole text, or (Metaspace
+    // with split) the text cut before every "▁": "▁a▁▁b" -> "▁a", "▁", "▁b".
+    template <class F>
+    void for_each_word(std::string_view s, F&& f) const {
+        if (!(options_.metaspace && options_.split)) {
+            if (!s.empty()) f(s);
+            return;
+        }
+        const std::string_view r = options_.replacement;
+        std::size_t start = 0;
+        for (std::size_t at = s.find(r, 1); at != std::string_view::npos; at = s.find(r, at + r.size())) {
+            if (at > start) f(s.substr(start, at - start));
+            start = at;
+        }
+        if (start < s.size()) f(s.substr(start));
+    }
+
+    // ---- decoding ---------------------------------------------------------------
+
+    // Fix the start of a decoded text (bytes: the concatenated token_bytes)
+    // whose first token is `first`: the Metaspace decoder drops every "▁" of
+    // the first token (not only one), and Strip drops up to n leading spaces.
+    void text_start_fix(token_id first, bool first_is_special, std::string& bytes) const {
+        if (options_.metaspace_decoder && options_.prepend != prepend_scheme::never && !first_is_special &&
+            contains(first)) {
+            std::string kept = pieces_[std::size_t(first)];
+            detail::replace_all(kept, options_.replacement, "");
+            bytes.replace(0, std::min(bytes.size(), decoded_[std::size_t(first)].size()), kept);
+        }
+        std::size_t n = 0;
+        while (n < options_.strip_leading_spaces && n < bytes.size() && bytes[n] == ' ') ++n;
+        bytes.erase(0, n);
+    }
+
+private:
+    struct merge_info {
+        std::uint32_t rank;
+        token_id merged;
+    };
+    static std::uint64_t pair_key(token_id a, token_id b) {
+        return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
+    }
+
+    sentencepiece_model(sentencepiece_kind kind, std::vector<std::string> pieces, std::vector<double> scores,
+                        sentencepiece_options options)
+        : kind_(kind), pieces_(std::move(pieces)), scores_(std::move(scores)), options_(std::move(options)) {
+        TINYLLM_EXPECT(!pieces_.empty(), "a SentencePiece model needs at least one piece");
+        TINYLLM_EXPECT(pieces_.size() < std::size_t(std::numeric_limits<token_id>::max()), "too many pieces: ",
+                       pieces_.size());
+        decoded_.resize(pieces_.size());
+        byte_of_.assign(pieces_.size(), -1);
+        for (std::size_t id = 0; id < pieces_.size(); ++id) {
+            const std::string& p = pieces_[id];
+            TINYLLM_EXPECT(!p.empty(), "piece ", id, " is empty");
+            TINYLLM_EXPECT(ids_.emplace(p, static_cast<token_id>(id)).second, "piece \"", p, "\" appears twice (ids ",
+                           ids_.at(p), " and ", id, ")");
+            longest_ = std::max(longest_, p.size());
+            byte_of_[id] = detail::byte_piece_value(p);
+            if (options_.decode_bytes && byte_of_[id] >= 0) {
+                decoded_[id] = std::string(1, static_cast<char>(byte_of_[id]));
+            } else {
+                decoded_[id] = p;
+                for (const text_rewrite& r : options_.decoder) detail::replace_all(decoded_[id], r.from, r.to);
+            }
+        }
+        if (options_.unk)
+            TINYLLM_EXPECT(contains(*options_.unk), "the unknown token's id ", *options_.unk,
+                           " is outside the vocabulary of ", pieces_.size(), " pieces");
+        if (options_.byte_fallback)
+            for (int b = 0; b < 256; ++b)
+                TINYLLM_EXPECT(find(detail::byte_piece_name(static_cast<unsigned char>(b))).has_value(),
+                               "byte_fallback is on but the vocabulary has no piece ",
+                               detail::byte_piece_name(static_cast<unsigned char>(b)),
+                               " (byte fallback needs all 256 pieces <0x00> .. <0xFF>)");
+        for (const double s : scores_) min_score_ = std::min(min_score_, s);
+    }
+
+    // A character (or a run of them) that is not a piece: its bytes as <0xNN>
+    // tokens, else <unk>, else (no unknown token) nothing, as Hugging Face does.
+    void push_bytes(std::string_view s, std::vector<token_id>& out) const {
+        for (const char c : s) out.push_back(*find(detail::byte_piece_name(static_cast<unsigned char>(c))));
+    }
+
+    // BPE over the characters of one word.
+    void encode_bpe(std::string_view word, std::vector<token_id>& out) const {
+        if (options_.ignore_merges)
+            if (const auto id = find(word)) {
+                out.push_back(*id);
+                return;
+            }
+        // 1. One symbol per character; unknown characters as bytes or <unk>.
+        std::vector<token_id> symbols;
+        bool unk_pending = false;  // the last symbol is an <unk> that more unknown characters may join
+        for (std::size_t at = 0; at < word.size();) {
+            const std::size_t n = detail::char_length(word, at);
+            const std::string_view c = word.substr(at, n);
+            at += n;
+            if (const auto id = find(c)) {
+                symbols.push_back(*id);
+                unk_pending = false;
+            } else if (options_.byte_fallback) {
+                push_bytes(c, symbols);  // every byte has a piece (checked at construction)
+            } else if (options_.unk) {
+                if (!(unk_pending && options_.fuse_unk)) symbols.push_back(*options_.unk);
+                unk_pending = true;
+            }
+        }
+        // 2. Merge, lowest rank first, leftmost on ties. The symbols form a
+        // linked list (merging i with next[i] keeps i and removes the other);
+        // the heap holds candidate pairs (rank, left position), and an entry is
+        // stale when its pair is no longer at that position.
+        const std::size_t n = symbols.size();
+        std::vector<std::size_t> prev(n), next(n);
+        std::vector<bool> alive(n, true);
+        constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+        for (std::size_t i = 0; i < n; ++i) prev[i] = i == 0 ? none : i - 1, next[i] = i + 1 == n ? none : i + 1;
+        using candidate = std::pair<std::uint32_t, std::size_t>;  // (rank, position): smallest first
+        std::priority_queue<candidate, std::vector<candidate>, std::greater<>> heap;
+        const auto push = [&](std::size_t i) {
+            if (i == none || next[i] == none) return;
+            const auto it = merges_.find(pair_key(symbols[i], symbols[next[i]]));
+            if (it != merges_.end()) heap.push({it->second.rank, i});
+        };
+        for (std::size_t i = 0; i + 1 < n; ++i) push(i);
+        while (!heap.empty()) {
+            const auto [rank, i] = heap.top();
+            heap.pop();
+            if (!alive[i] || next[i] == none) continue;
+            const auto it = merges_.find(pair_key(symbols[i], symbols[next[i]]));
+            if (it == merges_.end() || it->second.rank != rank) continue;  // stale: the pair changed
+            const std::size_t j = next[i];
+            symbols[i] = it->second.merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if (next[j] != none) prev[next[j]] = i;
+            push(prev[i]);
+            push(i);
+        }
+        for (std::size_t i = 0; i < n; ++i)
+            if (alive[i]) out.push_back(symbols[i]);
+    }
+
+    // Unigram: Viterbi over the lattice of pieces (see the picture at the top).
+    void encode_unigram(std::string_view word, std::vector<token_id>& out) const {
+        const std::size_t n = word.size();
+        struct node {                // the best segmentation of word[0, end)
+            bool reached = false;
+            double best = 0;         // its score
+            std::size_t start = 0;   // where its last piece starts
+            token_id id = -1;        // its last piece
+        };
+        std::vector<node> at(n + 1);  // indexed by end
+        at[0].reached = true;
+        const double unk_score = min_score_ - 10.0;
+        const auto relax = [&](std::size_t from, std::size_t to, token_id id, double score) {
+            const double s = at[from].best + score;
+            if (!at[to].reached || s > at[to].best) at[to] = {true, s, from, id};
+        };
+        for (std::size_t from = 0; from < n;) {
+            const std::size_t char_len = detail::char_length(word, from);
+            bool covered = false;  // a piece is exactly this character
+            for (std::size_t len = 1; len <= longest_ && from + len <= n; ++len) {
+                const auto id = find(word.substr(from, len));
+                if (!id) continue;
+                relax(from, from + len, *id, scores_[std::size_t(*id)]);
+                covered |= len == char_len;
+            }
+            if (!covered) relax(from, from + char_len, *options_.unk, unk_score);
+            from += char_len;
+        }
+        // Read the best path back to front; runs of unknown edges fuse into one
+        // string. Each string then becomes its piece, its bytes, or <unk>.
+        std::vector<std::string_view> parts;
+        std::size_t unk_end = 0;  // end of the unknown run being fused (0: none)
+        for (std::size_t end = n; end > 0;) {
+            const node& e = at[end];
+            if (e.id == *options_.unk) {
+                if (unk_end == 0) unk_end = end;
+            } else {
+                if (unk_end) parts.push_back(word.substr(end, unk_end - end)), unk_end = 0;
+                parts.push_back(word.substr(e.start, end - e.start));
+            }
+            end = e.start;
+            if (end == 0 && unk_end) parts.push_back(word.substr(0, unk_end)), unk_end = 0;
+        }
+        for (auto p = parts.rbegin(); p != parts.rend(); ++p) {
+            if (const auto id = find(*p))
+                out.push_back(*id);
+            else if (options_.byte_fallback)
+                push_bytes(*p, out);
+            else
+                out.push_back(*options_.unk);
+        }
+    }
+
+    sentencepiece_kind kind_ = sentencepiece_kind::bpe;
+    std::vector<std::string> pieces_;
+    std::vector<double> scores_;
+    sentencepiece_options options_;
+    std::unordered_map<std::string, token_id, detail::string_hash, std::equal_to<>> ids_;
+    std::unordered_map<std::uint64_t, merge_info> merges_;
+    std::vector<std::string> decoded_;
+    std::vector<int> byte_of_;
+    std::size_t longest_ = 0;
+    double min_score_ = std::numeric_limits<double>::max();
+};
+
+}  // namespace tinyllm
