@@ -8,6 +8,7 @@
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
+#include "support/generate_alone.hpp"
 
 #include <tinyllm/batching.hpp>
 #include <tinyllm/model.hpp>
@@ -62,16 +63,7 @@ std::vector<batch_request> mixed_requests(index_t vocab) {
     return rs;
 }
 
-std::vector<token_id> alone(const cpu::model& m, const batch_request& r) {
-    cpu::generation_options o;
-    o.max_new_tokens = r.max_new_tokens;
-    o.sampling = r.sampling;
-    o.seed = r.seed;
-    o.stream = r.stream;
-    o.eos_token_ids = r.eos_token_ids;
-    o.adjust = r.adjust;
-    return cpu::generate(m, r.prompt, o);
-}
+using tinyllm_test::generate_alone;
 
 }  // namespace
 
@@ -133,7 +125,7 @@ TEST_CASE("continuous batching gives each request the tokens it gets alone", "[b
         const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 89));
         const std::vector<batch_request> requests = mixed_requests(c.vocab_size);
         std::vector<std::vector<token_id>> want;
-        for (const auto& r : requests) want.push_back(alone(m, r));
+        for (const auto& r : requests) want.push_back(generate_alone(m, r));
 
         struct setup {
             std::string what;
@@ -202,7 +194,7 @@ TEST_CASE("continuous batching: cancellation, end of sequence, bad requests", "[
     CHECK(pool.used_blocks() == 0);
 
     // An end-of-sequence token stops a request: the greedy continuation's third token, as EOS.
-    const std::vector<token_id> greedy = alone(m, r);
+    const std::vector<token_id> greedy = generate_alone(m, r);
     batch_request stop = r;
     stop.eos_token_ids = {greedy[2]};
     const index_t e = batcher.submit(stop);
@@ -256,7 +248,7 @@ TEST_CASE("continuous_batcher: presence and frequency penalties and logit biases
     batcher.run();
     for (std::size_t i = 0; i < rs.size(); ++i) {
         CAPTURE(i);
-        CHECK(batcher.tokens(ids[i]) == alone(m, rs[i]));
+        CHECK(batcher.tokens(ids[i]) == generate_alone(m, rs[i]));
     }
     CHECK(batcher.tokens(ids[0]) == std::vector<token_id>(12, 7));
     const std::vector<token_id>& r1 = batcher.tokens(ids[1]);

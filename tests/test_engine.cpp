@@ -7,6 +7,7 @@
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
+#include "support/generate_alone.hpp"
 
 #include <tinyllm/engine.hpp>
 #include <tinyllm/model.hpp>
@@ -42,15 +43,7 @@ batch_request request_number(int i, index_t vocab) {
     return r;
 }
 
-std::vector<token_id> alone(const cpu::model& m, const batch_request& r) {
-    cpu::generation_options o;
-    o.max_new_tokens = r.max_new_tokens;
-    o.sampling = r.sampling;
-    o.seed = r.seed;
-    o.stream = r.stream;
-    o.eos_token_ids = r.eos_token_ids;
-    return cpu::generate(m, r.prompt, o);
-}
+using tinyllm_test::generate_alone;
 
 // Read a request to its end; the tokens, and how it finished.
 std::pair<std::vector<token_id>, finish_reason> read_all(tinyllm::engine_request& r) {
@@ -93,7 +86,7 @@ TEST_CASE("engine: requests from many threads give the tokens each gives alone",
                 CAPTURE(i);
                 const batch_request r = request_number(i, c.vocab_size);
                 CHECK(why[static_cast<std::size_t>(i)] == finish_reason::length);
-                CHECK(got[static_cast<std::size_t>(i)] == alone(m, r));
+                CHECK(got[static_cast<std::size_t>(i)] == generate_alone(m, r));
             }
             const tinyllm::engine_metrics s = e.metrics();
             CHECK(s.submitted == n);
@@ -140,7 +133,7 @@ TEST_CASE("engine: cancelling mid-stream ends the request and frees its blocks",
 
     // The engine goes on serving: the next request is complete.
     const auto h2 = e.submit(request_number(4, c.vocab_size));
-    CHECK(read_all(*h2).first == alone(m, request_number(4, c.vocab_size)));
+    CHECK(read_all(*h2).first == generate_alone(m, request_number(4, c.vocab_size)));
 }
 
 TEST_CASE("engine: bad requests throw on the submitting thread; shutting down ends open requests", "[engine]") {

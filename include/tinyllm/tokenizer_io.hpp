@@ -402,6 +402,23 @@ inline bool is_sentencepiece_json(const json::value& doc) {
     return norm && !norm->is_null() && !byte_level;
 }
 
+// One entry of a tokenizer.json's model.merges, "a b" or ["a", "b"], as its two
+// halves; `where` names it in the error ("malformed PATH: field \"model.merges[k]\": ...").
+inline std::pair<std::string, std::string> merge_halves(const json::value& m, const std::string& path,
+                                                        const std::string& where) {
+    if (m.is_string()) {
+        const std::string& s = m.as_string();
+        const auto space = s.find(' ');
+        if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
+            TINYLLM_FAIL("malformed ", path, ": field \"", where, "\": expected \"a b\" (two tokens separated by one "
+                         "space), got ", json::quote(s));
+        return {s.substr(0, space), s.substr(space + 1)};
+    }
+    if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string())
+        return {m.at(0).as_string(), m.at(1).as_string()};
+    TINYLLM_FAIL("malformed ", path, ": field \"", where, "\": expected \"a b\" or [\"a\", \"b\"]");
+}
+
 }  // namespace detail
 
 inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string_view text, const std::string& path);
@@ -538,18 +555,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
     for (std::size_t k = 0; k < merges->size(); ++k) {
         const auto& m = merges->at(k);
         const std::string where = "model.merges[" + std::to_string(k) + "]";
-        std::string a, b;
-        if (m.is_string()) {
-            const std::string& s = m.as_string();
-            const auto space = s.find(' ');
-            if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-                field_error(where, "expected \"a b\" (two tokens separated by one space), got " + json::quote(s));
-            a = s.substr(0, space), b = s.substr(space + 1);
-        } else if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string()) {
-            a = m.at(0).as_string(), b = m.at(1).as_string();
-        } else {
-            field_error(where, "expected \"a b\" or [\"a\", \"b\"]");
-        }
+        const auto [a, b] = detail::merge_halves(m, path, where);
         if (!detail::unicode_to_bytes(a, left) || !detail::unicode_to_bytes(b, right))
             field_error(where, "a character outside GPT-2's byte-to-unicode map");
         const token_id ia = probe.find(left), ib = probe.find(right), iab = probe.find(left + right);
@@ -783,18 +789,7 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
         for (std::size_t k = 0; k < merges->size(); ++k) {
             const auto& m = merges->at(k);
             const std::string where = "model.merges[" + std::to_string(k) + "]";
-            std::string a, b;
-            if (m.is_string()) {
-                const std::string& s = m.as_string();
-                const auto space = s.find(' ');
-                if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-                    field_error(where, "expected \"a b\" (two pieces separated by one space), got " + json::quote(s));
-                a = s.substr(0, space), b = s.substr(space + 1);
-            } else if (m.is_array() && m.size() == 2 && m.at(0).is_string() && m.at(1).is_string()) {
-                a = m.at(0).as_string(), b = m.at(1).as_string();
-            } else {
-                field_error(where, "expected \"a b\" or [\"a\", \"b\"]");
-            }
+            const auto [a, b] = detail::merge_halves(m, path, where);
             const auto ia = ids.find(a), ib = ids.find(b), iab = ids.find(a + b);
             if (ia == ids.end() || ib == ids.end() || iab == ids.end())
                 field_error(where, "merge " + json::quote(a) + " + " + json::quote(b) +
