@@ -419,6 +419,29 @@ inline std::pair<std::string, std::string> merge_halves(const json::value& m, co
     TINYLLM_FAIL("malformed ", path, ": field \"", where, "\": expected \"a b\" or [\"a\", \"b\"]");
 }
 
+// A tokenizer.json's added_tokens ({"id", "content", ...} each) as tinyllm special tokens.
+inline std::vector<special_token> added_tokens(const json::value& doc, const std::string& path) {
+    std::vector<special_token> specials;
+    const auto* added = doc.find("added_tokens");
+    if (!added || added->is_null()) return specials;
+    if (!added->is_array()) TINYLLM_FAIL("malformed ", path, ": field \"added_tokens\": expected an array");
+    for (std::size_t k = 0; k < added->size(); ++k) {
+        const auto& a = added->at(k);
+        const std::string where = "added_tokens[" + std::to_string(k) + "]";
+        const auto* id = a.find("id");
+        const auto* content = a.find("content");
+        if (!id || !id->is_number() || !content || !content->is_string() || content->as_string().empty())
+            TINYLLM_FAIL("malformed ", path, ": field \"", where,
+                         "\": expected {\"id\": number, \"content\": non-empty string, ...}");
+        std::int64_t v = -1;
+        try { v = id->as_int64(); } catch (const error&) {}
+        if (v < 0 || v >= 100'000'000)
+            TINYLLM_FAIL("malformed ", path, ": field \"", where, ".id\": expected an integer in [0, 1e8)");
+        specials.push_back({content->as_string(), static_cast<token_id>(v)});
+    }
+    return specials;
+}
+
 }  // namespace detail
 
 inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string_view text, const std::string& path);
@@ -512,26 +535,12 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
 
     // Added tokens: matched in the input before pre-tokenization; all of them
     // become tinyllm special tokens.
-    std::vector<special_token> specials;
-    if (const auto* added = doc.find("added_tokens"); added && !added->is_null()) {
-        if (!added->is_array()) field_error("added_tokens", "expected an array");
-        for (std::size_t k = 0; k < added->size(); ++k) {
-            const auto& a = added->at(k);
-            const std::string where = "added_tokens[" + std::to_string(k) + "]";
-            const auto* id = a.find("id");
-            const auto* content = a.find("content");
-            if (!id || !id->is_number() || !content || !content->is_string())
-                field_error(where, "expected {\"id\": number, \"content\": string, ...}");
-            std::int64_t v = -1;
-            try { v = id->as_int64(); } catch (const error&) {}
-            if (v < 0 || v >= 100'000'000) field_error(where + ".id", "expected an integer in [0, 1e8)");
-            specials.push_back({content->as_string(), static_cast<token_id>(v)});
-            if (std::size_t(v) < tokens.size() && present[std::size_t(v)]) {
-                present[std::size_t(v)] = false;  // the special token owns this id
-                tokens[std::size_t(v)].clear();
-            }
+    std::vector<special_token> specials = detail::added_tokens(doc, path);
+    for (const special_token& sp : specials)
+        if (std::size_t(sp.id) < tokens.size() && present[std::size_t(sp.id)]) {
+            present[std::size_t(sp.id)] = false;  // the special token owns this id
+            tokens[std::size_t(sp.id)].clear();
         }
-    }
     for (const auto& [id, key] : non_byte_level) {
         bool is_added = false;
         for (const auto& s : specials) is_added |= s.id == id;
@@ -707,22 +716,7 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
     }
 
     // Added tokens become special tokens.
-    std::vector<special_token> specials;
-    if (const auto* added = doc.find("added_tokens"); added && !added->is_null()) {
-        if (!added->is_array()) field_error("added_tokens", "expected an array");
-        for (std::size_t k = 0; k < added->size(); ++k) {
-            const auto& a = added->at(k);
-            const std::string where = "added_tokens[" + std::to_string(k) + "]";
-            const auto* id = a.find("id");
-            const auto* content = a.find("content");
-            if (!id || !id->is_number() || !content || !content->is_string() || content->as_string().empty())
-                field_error(where, "expected {\"id\": number, \"content\": non-empty string, ...}");
-            std::int64_t v = -1;
-            try { v = id->as_int64(); } catch (const error&) {}
-            if (v < 0 || v >= 100'000'000) field_error(where + ".id", "expected an integer in [0, 1e8)");
-            specials.push_back({content->as_string(), static_cast<token_id>(v)});
-        }
-    }
+    std::vector<special_token> specials = detail::added_tokens(doc, path);
     const auto id_of_piece = [&](std::string_view piece, const std::vector<std::string>& pieces) -> std::optional<token_id> {
         for (std::size_t i = 0; i < pieces.size(); ++i)
             if (pieces[i] == piece) return static_cast<token_id>(i);
