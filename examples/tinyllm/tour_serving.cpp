@@ -92,5 +92,7 @@ TINYLLM_TOUR_CHAPTER(98, "serving", "Serving many requests: paged blocks, a shar
         << " prompt positions and " << st.decode_tokens << " decode rows fed. Each request's tokens are\n"
         << "   the ones it gets alone: " << (same ? "yes" : "NO (a bug)") << ". The prefix cache served "
         << cache.stats().hit_tokens << " of " << cache.stats().lookup_tokens << " looked-up tokens.\n"
-        << "   Measure it: tinyllm bench prefix_cache, tinyllm bench batching.\n";
+        << "   Measure it: tinyllm bench prefix_cache, tinyllm bench batching.\n\n"
+        << "   Serve it: `tinyllm serve` runs this batcher on its own thread (tinyllm::engine) behind\n"
+        << "   OpenAI's HTTP API, so any OpenAI client can send it requests at once (docs/serving.md).\n";
 }
