@@ -1,6 +1,6 @@
 // tinyllm/tokenizer_io.hpp — reading and writing byte-level BPE vocabularies.
 //
-// Four formats:
+// Five formats:
 //
 //   tiktoken rank files   one line per token: base64(token bytes), a space, its
 //                         rank (= id). Merges are implied: two tokens merge when
@@ -14,6 +14,8 @@
 //                         SentencePiece-family file (Llama 2, Mistral: BPE with
 //                         byte_fallback; Unigram), read into sentencepiece.hpp's
 //                         model (parse_hf_sentencepiece_json).
+//   SentencePiece         tokenizer.model, a protobuf ModelProto (load_tokenizer
+//     .model              reads it with sentencepiece_proto.hpp).
 //   tinyllm's own         a text file (save_tokenizer / load_tokenizer):
 //                             tinyllm-bpe 1
 //                             pattern r50k|cl100k|o200k
@@ -37,6 +39,7 @@
 #include <tinyllm/error.hpp>
 #include <tinyllm/pretokenize.hpp>
 #include <tinyllm/sentencepiece.hpp>
+#include <tinyllm/sentencepiece_proto.hpp>
 #include <tinyllm/tokenizer.hpp>
 
 #include <array>
@@ -1030,13 +1033,18 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
 }
 
 // Load a tokenizer, recognising the format: tinyllm's own ("tinyllm-bpe"),
-// Hugging Face tokenizer.json (a JSON object), or a tiktoken rank file (then
-// `encoding` names the pattern and special tokens: r50k_base, cl100k_base, ...).
+// Hugging Face tokenizer.json (a JSON object), SentencePiece's tokenizer.model
+// (a name ending in ".model", or protobuf bytes that start as a ModelProto;
+// sentencepiece_proto.hpp), or a tiktoken rank file (then `encoding` names the
+// pattern and special tokens: r50k_base, cl100k_base, ...).
 inline tokenizer load_tokenizer(const std::string& path, std::string_view encoding = "") {
     const std::string text = detail::read_text_file(path);
     if (text.rfind("tinyllm-bpe", 0) == 0) return parse_tokenizer(text, path);
+    if (path.size() >= 6 && path.compare(path.size() - 6, 6, ".model") == 0)
+        return sentencepiece_model_tokenizer(text, path);
     std::size_t first = text.find_first_not_of(" \t\r\n");
     if (first != std::string::npos && text[first] == '{') return parse_hf_tokenizer_json(text, path);
+    if (detail::looks_like_sentencepiece_model(text)) return sentencepiece_model_tokenizer(text, path);
     std::string name(encoding);
     if (name.empty()) {  // guess from the file name
         for (const char* known : {"o200k_base", "cl100k_base", "p50k_base", "r50k_base", "gpt2"})
