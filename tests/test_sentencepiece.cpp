@@ -23,21 +23,9 @@ using tinyllm_test::contains;
 
 namespace {
 
-std::string sp_dir() { return tokenizer_test::fixture_dir() + "../sentencepiece/"; }
-
-const json::value& expected() {
-    static const json::value doc = [] {
-        const std::string path = sp_dir() + "expected.json";
-        return json::parse(detail::read_text_file(path), path);
-    }();
-    return doc;
-}
-
-std::vector<token_id> ids_of(const json::value& a) {
-    std::vector<token_id> ids;
-    for (const auto& v : a.as_array()) ids.push_back(static_cast<token_id>(v.as_int64()));
-    return ids;
-}
+using tokenizer_test::ids_of;
+std::string sp_dir() { return tokenizer_test::sentencepiece_dir(); }
+const json::value& expected() { return tokenizer_test::sentencepiece_json("expected.json"); }
 
 std::string fixture_text(const std::string& file) { return detail::read_text_file(sp_dir() + file); }
 

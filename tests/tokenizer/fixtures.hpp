@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -63,6 +64,27 @@ inline const tinyllm::tokenizer* real_tokenizer(const std::string& encoding) {
     }
     auto& t = encoding == "r50k_base" ? r50k : cl100k;
     return t ? &*t : nullptr;
+}
+
+// The SentencePiece fixtures (tools/make-sentencepiece-fixtures), beside the byte-level ones.
+inline std::string sentencepiece_dir() { return fixture_dir() + "../sentencepiece/"; }
+
+// A JSON fixture of that folder, parsed once per process.
+inline const tinyllm::json::value& sentencepiece_json(const std::string& name) {
+    static std::map<std::string, tinyllm::json::value> docs;
+    auto it = docs.find(name);
+    if (it == docs.end()) {
+        const std::string path = sentencepiece_dir() + name;
+        it = docs.emplace(name, tinyllm::json::parse(tinyllm::detail::read_text_file(path), path)).first;
+    }
+    return it->second;
+}
+
+// A JSON array of token ids.
+inline std::vector<tinyllm::token_id> ids_of(const tinyllm::json::value& a) {
+    std::vector<tinyllm::token_id> ids;
+    for (const auto& v : a.as_array()) ids.push_back(static_cast<tinyllm::token_id>(v.as_int64()));
+    return ids;
 }
 
 }  // namespace tokenizer_test
