@@ -2,7 +2,8 @@
 // decoding step's linear layer out = x W^T, x (rows, 2048) in bfloat16 (--size
 // rows, default 1), W (8192, 2048) as a dense bfloat16 matrix (cuBLAS through
 // cuda::linear, what a bf16 model does today) and quantized: v1 dequantize +
-// cuBLAS (int4-g128) and v2 fused GEMV (int8, int4-g128, int4-g32). On the
+// cuBLAS (int4-g128), v2 fused GEMV (int8, int4-g128, int4-g32; rows <= 8) and v3
+// tensor-core dequantize-GEMM (int8, int4-g128; the prefill rung: try --size 512). On the
 // simulated GPU: W (64, 256). GB/s counts the weight's stored bytes (scales and
 // zero points included), the quantity a decode step is bound by; each row is
 // checked against the float64 reference of its own weight (bfloat16 output:
@@ -47,7 +48,7 @@ std::pair<std::string, bool> agreement(const tc::device_buffer<bfloat16>& got, c
 
 }  // namespace
 
-TINYLLM_BENCH("quantize", "decode linear layer x W^T, x (rows, 2048), W (8192, 2048): CPU float32/bf16/int8/int4 weights; CUDA bf16 cuBLAS, v1 dequantize + cuBLAS, v2 fused GEMV; --size rows (default 1; simulated GPU: W 64 x 256)", 1) {
+TINYLLM_BENCH("quantize", "decode linear layer x W^T, x (rows, 2048), W (8192, 2048): CPU float32/bf16/int8/int4 weights; CUDA bf16 cuBLAS, v1 dequantize + cuBLAS, v2 fused GEMV, v3 tensor-core GEMM; --size rows (default 1; simulated GPU: W 64 x 256)", 1) {
     if (!ctx.gpu_available) return;
     const index_t M = ctx.size > 0 ? ctx.size : 1, N = ctx.simulated ? 64 : 8192, K = ctx.simulated ? 256 : 2048;
     tensor<float, 2> w({N, K}), x({M, K});
@@ -83,26 +84,28 @@ TINYLLM_BENCH("quantize", "decode linear layer x W^T, x (rows, 2048), W (8192, 2
     }
     struct variant {
         const char* format;
-        bool fused;
+        int rung;  // 1 dequantize + cuBLAS, 2 fused GEMV (rows <= 8), 3 tensor-core dequantize-GEMM
     };
-    for (const variant& v : {variant{"int4-g128", false}, variant{"int8", true}, variant{"int4-g128", true},
-                             variant{"int4-g32", true}}) {
+    for (const variant& v : {variant{"int4-g128", 1}, variant{"int8", 2}, variant{"int4-g128", 2}, variant{"int4-g32", 2},
+                             variant{"int8", 3}, variant{"int4-g128", 3}}) {
+        if (v.rung == 2 && M > tc::detail::gemv_max_rows) continue;  // the GEMV is for decoding
         const tinyllm::quantized_matrix q = tinyllm::quantize_rtn(w.view(), tinyllm::parse_quant_spec(v.format));
         tensor<float, 2> want({M, N});
         tinyllm::linear_quantized(want.view(), x.view(), q);
         const tc::device_quantized_matrix dq = tc::to_device(q);
         const auto run = [&] {
-            if (v.fused) tc::linear_quantized_gemv<bfloat16>(ov, xv, dq, {});
+            if (v.rung == 2) tc::linear_quantized_gemv<bfloat16>(ov, xv, dq, {});
+            else if (v.rung == 3) tc::linear_quantized_mma<bfloat16>(ov, xv, dq, {});
             else tc::linear_dequantize_gemm<bfloat16>(ov, xv, dq, {}, scratch, handle);
         };
         dout.poison();
         run();
         const auto [text, ok] = agreement(dout, want);
-        const std::string version = std::string(v.fused ? "v2 fused GEMV " : "v1 dequantize + cuBLAS ") + v.format;
-        ctx.rows.push_back({version, "cuda",
-                            tc::time_gpu("quantize/cuda_" + std::string(v.fused ? "v2_gemv_" : "v1_dequant_") +
-                                             v.format + "/" + shape,
-                                         run, static_cast<double>(q.bytes()), flops, options),
+        static const char* const names[] = {"", "v1 dequantize + cuBLAS ", "v2 fused GEMV ", "v3 tensor-core GEMM "};
+        static const char* const keys[] = {"", "v1_dequant_", "v2_gemv_", "v3_mma_"};
+        ctx.rows.push_back({std::string(names[v.rung]) + v.format, "cuda",
+                            tc::time_gpu("quantize/cuda_" + std::string(keys[v.rung]) + v.format + "/" + shape, run,
+                                         static_cast<double>(q.bytes()), flops, options),
                             text, ok, false});
     }
 }

@@ -3,7 +3,8 @@
 // tests/test_quantize.cpp): the device dequantization bit for bit, v1
 // (dequantize + cuBLAS) and v2 (fused GEMV) against the float64 reference
 // dequantize-then-linear, for int8, int4-g32/g64/g128, float and bfloat16
-// activations, with and without bias; the rejections.
+// activations, with and without bias; v3 (tensor-core dequantize-GEMM) on
+// prefill shapes that are not multiples of its 64 x 64 x 32 tiles; the rejections.
 //
 // Inputs are fresh random numbers each run; outputs are poisoned (NaN) first.
 // Tolerances, |got - ref| <= abs + rel |ref| plus relative L2:
@@ -12,6 +13,12 @@
 //   bfloat16     x is rounded to bfloat16 before the reference sees it; the output
 //                is rounded to bfloat16 (relative 2^-9) and v1 also rounds W^
 //                to bfloat16 before cuBLAS: abs 1e-2 + rel 1e-2, rel-L2 1e-2.
+//   v1 bf16, v3  round W^ (v3: and x, whatever T is) to bfloat16 before the
+//                products; they are compared with a float64 reference computed on
+//                those same rounded operands, so what is left is float summation
+//                and the output's rounding: T's tolerance above. (Against the
+//                unrounded reference the error is up to 2^-8 sum |x w|, which
+//                outlier rows and unit-variance weights push past any fixed bound.)
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 
@@ -75,6 +82,22 @@ tolerance tolerance_for() {
     else return {1e-2, 1e-2, 1e-2};
 }
 
+// out = x W^^T + bias in float64 with x and W^ rounded to bfloat16 first (round_x:
+// also x), and bias as given: what v1 (W^ only) and v3 (both) multiply.
+std::vector<float> reference_bf16(const tensor<float, 2>& x, const quantized_matrix& q,
+                                  tensor_view<const float, 1> bias, bool round_x) {
+    const auto r = [](float v) { return tinyllm::to_float(tinyllm::from_float<bfloat16>(v)); };
+    const index_t M = x.extent(0), K = x.extent(1), N = q.rows;
+    std::vector<float> out(static_cast<std::size_t>(M * N));
+    for (index_t m = 0; m < M; ++m)
+        for (index_t n = 0; n < N; ++n) {
+            double acc = bias.size() ? bias(n) : 0.0;
+            for (index_t k = 0; k < K; ++k) acc += double(round_x ? r(x(m, k)) : x(m, k)) * double(r(q.weight(n, k)));
+            out[static_cast<std::size_t>(m * N + n)] = static_cast<float>(acc);
+        }
+    return out;
+}
+
 template <class T>
 void check_layer(index_t rows, index_t N, index_t K, const quant_spec& spec, bool with_bias, std::uint64_t which) {
     tensor<float, 2> w({N, K});
@@ -104,7 +127,37 @@ void check_layer(index_t rows, index_t N, index_t K, const quant_spec& spec, boo
     tc::device_buffer<T> scratch;
     dout.poison();
     tc::linear_dequantize_gemm<T>(dout.view(tinyllm::extents<2>{rows, N}), xv, dw, bv, scratch, handle);
-    TINYLLM_REQUIRE_CLOSE(download(dout), want.values(), tolerance_for<T>(), "v1 dequantize + cuBLAS " + what);
+    const std::vector<float> want_v1 = std::is_same_v<T, float> ? want.values() : reference_bf16(x, q, bias_view, false);
+    TINYLLM_REQUIRE_CLOSE(download(dout), want_v1, tolerance_for<T>(), "v1 dequantize + cuBLAS " + what);
+
+    dout.poison();
+    tc::linear_quantized_mma<T>(dout.view(tinyllm::extents<2>{rows, N}), xv, dw, bv);
+    TINYLLM_REQUIRE_CLOSE(download(dout), reference_bf16(x, q, bias_view, true), tolerance_for<T>(),
+                          "v3 tensor-core GEMM " + what);
+    // And the price of the bfloat16 operands, against the unrounded reference: rel-L2 only.
+    TINYLLM_REQUIRE_CLOSE(download(dout), want.values(), (tolerance{1e9, 0, 1e-2}), "v3 against float operands " + what);
+}
+
+// v3 on a prefill shape: rows and N not multiples of 64, K several 32-input steps.
+template <class T>
+void check_prefill(index_t rows, index_t N, index_t K, const quant_spec& spec, bool with_bias, std::uint64_t which) {
+    tensor<float, 2> w({N, K});
+    cpu::fill_normal(w, seed_for(which), 0.0f, 0.05f);
+    const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+    const tensor<float, 2> x = random_as<T>(rows, K, which + 1, -1.0f, 1.0f);
+    const tensor<float, 2> b = random_as<T>(1, N, which + 2, -1.0f, 1.0f);
+    const tensor_view<const float, 1> bias_view(b.data(), {with_bias ? N : 0});
+    const std::vector<float> want = reference_bf16(x, q, bias_view, true);
+    const tc::device_quantized_matrix dw = tc::to_device(q);
+    auto dx = upload<T>(x.values());
+    auto dbias = upload<T>(std::vector<float>(b.values().begin(), b.values().begin() + (with_bias ? N : 0)));
+    tc::device_buffer<T> dout(static_cast<std::size_t>(rows * N));
+    dout.poison();
+    tc::linear_quantized_mma<T>(dout.view(tinyllm::extents<2>{rows, N}), dx.view(tinyllm::extents<2>{rows, K}), dw,
+                                tensor_view<const T, 1>(dbias.data(), {with_bias ? N : 0}));
+    TINYLLM_REQUIRE_CLOSE(download(dout), want, tolerance_for<T>(),
+                          "v3 tensor-core GEMM " + std::string(tinyllm::dtype_name<T>()) + " " + spec.name() + " (" +
+                              std::to_string(rows) + ", " + std::to_string(N) + ", " + std::to_string(K) + ")");
 }
 
 }  // namespace
@@ -144,6 +197,12 @@ TEST_CASE("cuda quantized linear: v1 dequantize + cuBLAS and v2 fused GEMV again
         }
         check_layer<bfloat16>(2, 45, 384, spec, true, which += 3);
     }
+    SECTION("v3 on prefill shapes") {
+        for (const auto& spec2 : all_specs()) {
+            check_prefill<bfloat16>(100, 70, 128, spec2, true, which += 3);
+            check_prefill<float>(65, 129, 256, spec2, false, which += 3);
+        }
+    }
     SECTION("v1 takes shapes the fused kernel does not: K = 20, int4 groups of 10") {
         tensor<float, 2> w({9, 20});
         cpu::fill_normal(w, seed_for(90));
@@ -159,6 +218,10 @@ TEST_CASE("cuda quantized linear: v1 dequantize + cuBLAS and v2 fused GEMV again
         tc::linear_dequantize_gemm<float>(dout.view(tinyllm::extents<2>{11, 9}), dx.view(tinyllm::extents<2>{11, 20}), dw,
                                           {}, scratch, handle);
         TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want.values(), tolerance{1e-4, 1e-4, 1e-5}, "v1 int4-g10 K=20");
+        dout.poison();  // v3 takes it too (the last 32-input step is zero-filled past K)
+        tc::linear_quantized_mma<float>(dout.view(tinyllm::extents<2>{11, 9}), dx.view(tinyllm::extents<2>{11, 20}), dw, {});
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), reference_bf16(x, q, {}, true), tolerance{1e-4, 1e-4, 1e-5},
+                              "v3 int4-g10 K=20");
         CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout.view(tinyllm::extents<2>{11, 9}),
                                                            dx.view(tinyllm::extents<2>{11, 20}), dw, {}),
                           contains("linear_quantized_gemv: 11 rows of x; the fused GEMV takes at most 8"));

@@ -27,15 +27,31 @@
 //       warp shuffle sum finishes the dot product. The weight's bytes are read
 //       exactly once and nothing is written but out, so a step's time should be
 //       its quantized bytes over the memory bandwidth: for an 8192 x 2048 layer,
-//       8.9 MB at int4-g128 against 33.6 MB in bfloat16, an expected ~3.5x over
-//       a bfloat16 GEMV once the layer is large enough to hide the launch (not
-//       yet measured on a GPU).
+//       9.0 MB at int4-g128 (values, scales and zero points) against 33.6 MB in
+//       bfloat16, an expected ~3.7x over a bfloat16 GEMV once the layer is large
+//       enough to hide the launch (not yet measured on a GPU).
 //       Needs K a multiple of 32 (int4; groups a multiple of 32) or 16 (int8),
 //       x contiguous; the host rejects other shapes (v1 takes them).
-//   v3 (not yet written) fused dequantize-GEMM for prefill on tensor cores.
+//   v3 fused dequantize-GEMM on tensor cores  (linear_quantized_mma) — for
+//       prefill (many rows): the GEMM is compute-bound there, so the point is to
+//       feed the tensor cores without ever writing W^ to global memory. A block
+//       of 4 warps computes a 64 x 64 tile of out; for every 32 inputs k it
+//       stages a 64 x 32 tile of x and a 64 x 32 tile of W^, *dequantized while
+//       loading* (the quantized bytes are read from global memory, q -> (q - z) s
+//       is computed in registers with the same quant:: functions as the CPU, and
+//       only the bfloat16 result goes to shared memory), then each warp runs
+//       mma.sync m16n8k16 (bfloat16 in, float sums) over its 16 rows x 64
+//       outputs, its fragments loaded with ldmatrix as in attention v4
+//       (attention_mma.cuh; W^ stored [n][k] is the "col" B operand, like K in
+//       Q K^T). The price: x and W^ enter the product rounded to bfloat16
+//       (relative 2^-9 each), also for float activations. Any shape (tiles past
+//       the edges are zero-filled); sm_80 or newer. Next rungs, not written:
+//       double-buffered cp.async of the packed bytes, and dequantizing straight
+//       into the B fragments' registers instead of through shared memory.
 #pragma once
 
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
@@ -184,6 +200,65 @@ __global__ void __launch_bounds__(gemv_warps * 32)
     }
 }
 
+// v3: a 64 x 64 tile of out per block of 4 warps, 32 inputs per step; see the top.
+inline constexpr int qmma_bm = 64;  // rows of x per block (16 per warp)
+inline constexpr int qmma_bn = 64;  // outputs per block
+inline constexpr int qmma_bk = 32;  // inputs per step
+inline constexpr int qmma_ld = qmma_bk + 8;  // shared row stride in elements: 80 bytes, 16-byte aligned rows
+
+template <class T>
+__global__ void __launch_bounds__(128) quantized_mma_kernel(T* out, const T* x, const T* bias, quantized_args w,
+                                                            index_t M) {
+#if TINYLLM_CUDA_ARCH >= 800
+    __shared__ __align__(16) bfloat16 xs[qmma_bm * qmma_ld];  // x tile   [row][k]
+    __shared__ __align__(16) bfloat16 ws[qmma_bn * qmma_ld];  // W^ tile  [n][k]
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const index_t n0 = blockIdx.x * static_cast<index_t>(qmma_bn), m0 = blockIdx.y * static_cast<index_t>(qmma_bm);
+    const index_t N = w.rows, K = w.cols;
+    float acc[qmma_bn / 8][4] = {};  // 8 tiles of 8 outputs; accumulator layout of mma_c_row/mma_c_col
+    for (index_t k0 = 0; k0 < K; k0 += qmma_bk) {
+        // Stage both tiles; thread tid takes elements tid, tid + 128, ... (32 per row:
+        // consecutive threads read consecutive k of one row).
+        for (int e = tid; e < qmma_bm * qmma_bk; e += 128) {
+            const int r = e / qmma_bk, c = e % qmma_bk;
+            const index_t k = k0 + c, m = m0 + r, n = n0 + r;
+            const float xv = (m < M && k < K) ? to_float(x[m * K + k]) : 0.0f;
+            xs[r * qmma_ld + c] = from_float<bfloat16>(xv);
+            float wv = 0.0f;
+            if (n < N && k < K) {  // dequantize in registers, as dequantize_kernel does
+                const std::uint8_t* row = w.data + n * w.row_bytes;
+                const index_t g = k / w.group;
+                const float sc = w.scales[n * w.groups + g];
+                wv = w.int8 ? quant::dequantize_int8(static_cast<std::int8_t>(row[k]), sc)
+                            : quant::dequantize_int4(quant::int4_at(row, k), sc, w.zeros[n * w.groups + g]);
+            }
+            ws[r * qmma_ld + c] = from_float<bfloat16>(wv);
+        }
+        __syncthreads();
+        for (int kk = 0; kk < qmma_bk / 16; ++kk) {
+            std::uint32_t a[4];
+            ldmatrix_x4(a, xs + warp * 16 * qmma_ld + tinyllm::detail::mma_q_offset(lane, qmma_ld, kk));
+            for (int np = 0; np < qmma_bn / 16; ++np) {
+                std::uint32_t b[4];  // b0, b1 of output tiles 2np and 2np + 1
+                ldmatrix_x4(b, ws + tinyllm::detail::mma_k_offset(lane, qmma_ld, np, kk));
+                mma_16816<bfloat16>(acc[2 * np], a, b[0], b[1]);
+                mma_16816<bfloat16>(acc[2 * np + 1], a, b[2], b[3]);
+            }
+        }
+        __syncthreads();  // the tiles are overwritten next step
+    }
+    for (int nt = 0; nt < qmma_bn / 8; ++nt)
+        for (int e = 0; e < 4; ++e) {
+            const index_t m = m0 + warp * 16 + tinyllm::detail::mma_c_row(lane, e);
+            const index_t n = n0 + nt * 8 + tinyllm::detail::mma_c_col(lane, e);
+            if (m < M && n < N) out[m * N + n] = from_float<T>(acc[nt][e] + (bias ? to_float(bias[n]) : 0.0f));
+        }
+#else
+    (void)out, (void)x, (void)bias, (void)w, (void)M;
+    __trap();  // the launcher refuses GPUs older than sm_80
+#endif
+}
+
 inline void expect_quantized_args(const char* op, index_t out0, index_t out1, index_t x0, index_t x1, index_t bias_n,
                                   const device_quantized_matrix& w) {
     TINYLLM_EXPECT(x1 == w.cols, op, ": x has ", x1, " features, the quantized weight (", w.rows, " x ", w.cols,
@@ -245,6 +320,31 @@ void linear_quantized_gemv(tensor_view<T, 2> out, std::type_identity_t<tensor_vi
     launch(detail::quantized_gemv_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(detail::gemv_warps * 32), 0,
            stream, out.data(), x.data(), bias.size() ? bias.data() : nullptr, detail::args_of(w),
            static_cast<int>(x.extent(0)));
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// v3: out (rows, N) = x (rows, K) W^^T + bias on tensor cores, W^ dequantized
+// on the way into shared memory (prefill); see the top. Any shape; x, out and bias
+// contiguous; sm_80 or newer. x and W^ enter the products as bfloat16.
+template <class T>
+void linear_quantized_mma(tensor_view<T, 2> out, std::type_identity_t<tensor_view<const T, 2>> x,
+                          const device_quantized_matrix& w, std::type_identity_t<tensor_view<const T, 1>> bias,
+                          cudaStream_t stream = nullptr) {
+    constexpr const char* op = "linear_quantized_mma";
+    detail::expect_quantized_args(op, out.extent(0), out.extent(1), x.extent(0), x.extent(1), bias.size(), w);
+    TINYLLM_EXPECT(x.is_contiguous() && out.is_contiguous() && (bias.size() == 0 || bias.is_contiguous()), op,
+                   ": x, out and bias must be contiguous");
+    if (out.size() == 0) return;
+    int device = 0, major = 0;
+    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
+    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    TINYLLM_EXPECT(major >= 8, op, " needs a GPU of compute capability 8.0 or newer (mma.sync bf16); this one is ",
+                   major, ".x (linear_dequantize_gemm runs anywhere)");
+    const index_t bx = ceil_div<index_t>(w.rows, detail::qmma_bn), by = ceil_div<index_t>(x.extent(0), detail::qmma_bm);
+    TINYLLM_EXPECT(bx <= 2147483647 && by <= 65535, op, ": (", x.extent(0), " rows, ", w.rows,
+                   " outputs) exceed the grid of 64 x 64 tiles");
+    launch(detail::quantized_mma_kernel<T>, dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), dim3(128), 0,
+           stream, out.data(), x.data(), bias.size() ? bias.data() : nullptr, detail::args_of(w), x.extent(0));
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
