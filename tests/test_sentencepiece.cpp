@@ -3,9 +3,12 @@
 // ids, templates and decoded text as Hugging Face `tokenizers` on the fixtures
 // of tools/make-sentencepiece-fixtures (a Llama-style BPE with byte fallback,
 // the same model with a Metaspace pre-tokenizer, a Unigram model), round
-// trips, byte fallback, the Viterbi lattice on a hand-made model, and an error
-// for each kind of malformed or unsupported file.
+// trips, byte fallback, the Viterbi lattice on a hand-made model, an error
+// for each kind of malformed or unsupported file, and Unigram sampling (subword
+// regularization): the exact distribution on a hand-made model, reproducibility,
+// and the same decoded text as Viterbi on the fixture.
 #include "support/catch.hpp"
+#include "support/compare.hpp"
 #include "tokenizer/fixtures.hpp"
 
 #include <tinyllm/detail/json.hpp>
@@ -14,7 +17,12 @@
 #include <tinyllm/tokenizer_io.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -287,4 +295,214 @@ TEST_CASE("SentencePiece: any bytes encode, and byte fallback restores them", "[
             CHECK(detail::is_valid_utf8(tok.decode(ids)));
         }
     }
+}
+
+// ---- Unigram sampling (subword regularization) -------------------------------------
+
+namespace {
+
+// Every segmentation of one word of `sp` (already normalized: "▁the"), found by
+// brute force (independently of the lattice code): each part a piece, or one
+// character that is no piece (the unknown edge, lowest score - 10). Returns the
+// ids each segmentation encodes to (unknown characters: <unk>, a run of them one
+// <unk>, as the small model has no byte fallback) with its exact probability
+// exp(alpha * score) / Z.
+std::map<std::vector<token_id>, double> segmentations(const sentencepiece_model& sp, const std::string& word,
+                                                      double alpha) {
+    double lowest = std::numeric_limits<double>::max();
+    for (std::size_t id = 0; id < sp.size(); ++id) lowest = std::min(lowest, sp.score(token_id(id)));
+    const token_id unk = *sp.options().unk;
+    std::map<std::vector<token_id>, double> weight;
+    std::vector<token_id> ids;
+    const std::function<void(std::size_t, double)> walk = [&](std::size_t at, double score) {
+        if (at == word.size()) {
+            weight[ids] += std::exp(alpha * score);
+            return;
+        }
+        const std::size_t char_len = detail::char_length(word, at);
+        for (std::size_t end = at + 1; end <= word.size(); ++end)
+            if (const auto id = sp.find(word.substr(at, end - at))) {
+                ids.push_back(*id);
+                walk(end, score + sp.score(*id));
+                ids.pop_back();
+            }
+        if (!sp.find(word.substr(at, char_len))) {
+            const bool fused = !ids.empty() && ids.back() == unk;
+            if (!fused) ids.push_back(unk);
+            walk(at + char_len, score + lowest - 10.0);
+            if (!fused) ids.pop_back();
+        }
+    };
+    walk(0, 0.0);
+    double z = 0;
+    for (const auto& [seg, w] : weight) z += w;
+    for (auto& [seg, w] : weight) w /= z;
+    return weight;
+}
+
+std::string show(const sentencepiece_model& sp, const std::vector<token_id>& ids) {
+    std::string s;
+    for (const token_id id : ids) s += "[" + sp.piece(id) + "]";
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("Unigram sampling: every segmentation as often as exp(alpha * score) / Z says", "[sentencepiece]") {
+    const tokenizer tok = parse_hf_tokenizer_json(small_unigram(), "u.json");
+    const sentencepiece_model& sp = *tok.sentencepiece();
+    const std::string bar = "\xE2\x96\x81";
+    const double alpha = 0.3;
+    // Three words sampled together: "▁the" (7 segmentations), "▁thx" ("x" is no
+    // piece: 3) and "▁a" (2). The joint frequencies (42 outcomes) check each word's
+    // distribution and that the words' draws are independent.
+    const auto the = segmentations(sp, bar + "the", alpha);
+    const auto thx = segmentations(sp, bar + "thx", alpha);
+    const auto a = segmentations(sp, bar + "a", alpha);
+    CHECK(the.size() == 7);
+    CHECK(thx.size() == 3);
+    CHECK(a.size() == 2);
+    std::map<std::vector<token_id>, double> joint;
+    for (const auto& [s1, p1] : the)
+        for (const auto& [s2, p2] : thx)
+            for (const auto& [s3, p3] : a) {
+                std::vector<token_id> ids = s1;
+                ids.insert(ids.end(), s2.begin(), s2.end());
+                ids.insert(ids.end(), s3.begin(), s3.end());
+                joint[ids] = p1 * p2 * p3;
+            }
+    REQUIRE(joint.size() == 42);
+
+    // 20,000 draws, each with its own stream under this run's seed. A count c of an
+    // outcome of probability p is binomial(N, p): within 5 standard deviations of
+    // N p (a false alarm about once in 1.7 million per outcome).
+    const int n = 20000;
+    const std::uint64_t seed = tinyllm_test::test_seed();
+    std::map<std::vector<token_id>, int> count;
+    for (int i = 0; i < n; ++i) ++count[sp.encode_sample("the thx a", {alpha, seed, std::uint64_t(i)})];
+    for (const auto& [ids, c] : count) {
+        INFO(show(sp, ids));
+        CHECK(joint.count(ids) == 1);  // nothing outside the enumeration
+    }
+    for (const auto& [ids, p] : joint) {
+        const double mean = n * p, sd = std::sqrt(n * p * (1 - p));
+        const int c = count.count(ids) ? count.at(ids) : 0;
+        INFO(show(sp, ids) << ": p = " << p << ", expected " << mean << " +- " << sd << ", drawn " << c);
+        CHECK(std::abs(c - mean) <= 5 * sd + 1e-9);
+    }
+    // The marginal of the first word, with a tighter look at the likeliest outcomes.
+    std::map<std::vector<token_id>, int> first;
+    for (const auto& [ids, c] : count) {
+        for (const auto& [seg, p] : the)
+            if (std::equal(seg.begin(), seg.end(), ids.begin()) && ids.size() >= seg.size() &&
+                (ids.size() == seg.size() || sp.piece(ids[seg.size()]).rfind(bar, 0) == 0))
+                first[seg] += c;
+    }
+    for (const auto& [seg, p] : the) {
+        const double mean = n * p, sd = std::sqrt(n * p * (1 - p));
+        INFO(show(sp, seg) << ": p = " << p << ", expected " << mean << " +- " << sd << ", drawn " << first[seg]);
+        CHECK(std::abs(first[seg] - mean) <= 5 * sd + 1e-9);
+    }
+    // "▁the" is Viterbi's answer and the likeliest sample; every segmentation occurs.
+    CHECK(the.at({8}) > 0.5);
+    CHECK(first.size() == the.size());
+}
+
+TEST_CASE("Unigram sampling: reproducible per (seed, stream), new for another", "[sentencepiece]") {
+    const tokenizer tok = load_tokenizer(sp_dir() + "unigram.json");
+    const sentencepiece_model& sp = *tok.sentencepiece();
+    const std::string text = tiger + " " + tiger + " And God said, Let there be light: and there was light.";
+    const subword_sampling base{0.1, 20260101, 0};
+    const auto ids = tok.encode_sample(text, base);
+    CHECK(tok.encode_sample(text, base) == ids);        // the same seed and stream: the same ids
+    CHECK(sp.encode_sample(text, base) == ids);         // the model and the tokenizer agree
+    CHECK(tok.decode(ids) == text);
+    CHECK(ids != tok.encode(text));                     // alpha 0.1 on 40 words: not the best segmentation
+    std::set<std::vector<token_id>> seen{ids};
+    for (std::uint64_t k = 1; k <= 10; ++k) {
+        seen.insert(tok.encode_sample(text, {0.1, base.seed + k, 0}));  // another seed
+        seen.insert(tok.encode_sample(text, {0.1, base.seed, k}));      // another stream
+    }
+    CHECK(seen.size() == 21);
+
+    // A word's draw depends only on (seed, stream, its index, itself): changing the
+    // second word leaves the first and the third as they were.
+    const auto a = tok.encode_sample("because tiger drink", base);
+    const auto b = tok.encode_sample("because lion drink", base);
+    const auto words = [&](const std::vector<token_id>& v) {
+        std::vector<std::vector<token_id>> w;
+        for (const token_id id : v) {
+            if (w.empty() || sp.piece(id).rfind("\xE2\x96\x81", 0) == 0) w.emplace_back();
+            w.back().push_back(id);
+        }
+        return w;
+    };
+    REQUIRE(words(a).size() == 3);
+    REQUIRE(words(b).size() == 3);
+    CHECK(words(a)[0] == words(b)[0]);
+    CHECK(words(a)[2] == words(b)[2]);
+
+    // Special tokens split the text; the words are counted across the stretches.
+    const auto with_eos = tok.encode_sample("a tiger </s> a tiger", base, allowed_special::everything());
+    CHECK(std::count(with_eos.begin(), with_eos.end(), *tok.special_id("</s>")) == 1);
+    CHECK(tok.decode(with_eos) == tok.decode(tok.encode("a tiger </s> a tiger", allowed_special::everything())));
+}
+
+TEST_CASE("Unigram sampling: a large alpha gives Viterbi's answer, any alpha the same text", "[sentencepiece]") {
+    const std::uint64_t seed = tinyllm_test::test_seed();
+    // The hand-made model: alpha 1e6 puts all the weight on the best path.
+    const tokenizer small = parse_hf_tokenizer_json(small_unigram(), "u.json");
+    for (const char* text : {"the", "the a", "txy", "a the thee the", "hehe tt"}) {
+        INFO(text);
+        for (std::uint64_t s = 0; s < 20; ++s) CHECK(small.encode_sample(text, {1e6, seed, s}) == small.encode(text));
+        const auto sample = small.encode_sample(text, {0.5, seed, 99});
+        CHECK(small.decode(sample) == small.decode(small.encode(text)));
+    }
+    // The fixture (byte fallback, Metaspace) on its 133 texts: a large alpha gives
+    // the Viterbi ids; small ones other ids but the same decoded text. (Texts with
+    // a byte piece's name such as "<0x41>" are left out of the second check: a
+    // sample may take the piece <0x41>, which decodes to "A".)
+    const tokenizer tok = load_tokenizer(sp_dir() + "unigram.json");
+    const auto& texts = expected().at("texts").as_array();
+    std::size_t same_ids = 0, differ = 0;
+    for (std::size_t i = 0; i < texts.size(); ++i) {
+        const std::string& text = texts[i].as_string();
+        INFO("text " << i << ": " << json::quote(text));
+        const auto best = tok.encode(text, allowed_special::everything());
+        const auto sharp = tok.encode_sample(text, {1e6, seed, i}, allowed_special::everything());
+        CHECK(sharp == best);
+        same_ids += sharp == best;
+        if (text.find("<0x") != std::string::npos) continue;
+        for (const double alpha : {0.05, 0.2, 1.0}) {
+            const auto ids = tok.encode_sample(text, {alpha, seed, i}, allowed_special::everything());
+            CHECK(tok.decode(ids) == tok.decode(best));
+            differ += ids != best;
+        }
+    }
+    CHECK(same_ids == texts.size());
+    CHECK(differ > texts.size() / 2);  // the samples are not just Viterbi's answer (about 170 of 390 differ)
+    // Korean: characters outside the vocabulary are byte tokens in the samples too.
+    const std::string korean = "\xEC\x95\x88\xEB\x85\x95 tiger";  // 안녕 tiger
+    const auto k = tok.encode_sample(korean, {0.1, seed, 0});
+    CHECK(tok.decode(k) == korean);
+    CHECK(tok.sentencepiece()->piece(k[1]) == "<0xEC>");
+    // SentencePiece's own .model file, read as a tokenizer, samples too.
+    const tokenizer spm = load_tokenizer(sp_dir() + "unigram.model");
+    CHECK(spm.decode(spm.encode_sample(tiger, {0.1, seed, 0})) == tiger);
+}
+
+TEST_CASE("Unigram sampling: refused for BPE and for a bad alpha, by name", "[sentencepiece]") {
+    const tokenizer unigram = load_tokenizer(sp_dir() + "unigram.json");
+    const tokenizer bpe = load_tokenizer(sp_dir() + "bpe_llama.json");
+    CHECK_THROWS_WITH(bpe.encode_sample("the tiger", {0.1, 1, 0}), contains("BPE-dropout"));
+    CHECK_THROWS_WITH(bpe.sentencepiece()->encode_sample("the tiger", {0.1, 1, 0}),
+                      contains("this is a SentencePiece BPE model"));
+    CHECK_THROWS_WITH(tokenizer().encode_sample("the tiger", {0.1, 1, 0}), contains("byte-level BPE tokenizer"));
+    for (const double alpha : {0.0, -0.5, std::numeric_limits<double>::infinity(),
+                               std::numeric_limits<double>::quiet_NaN()}) {
+        INFO(alpha);
+        CHECK_THROWS_WITH(unigram.encode_sample("the tiger", {alpha, 1, 0}), contains("must be a finite number > 0"));
+        CHECK_THROWS_WITH(unigram.encode_sample("", {alpha, 1, 0}), contains("alpha"));
+    }
+    CHECK(unigram.encode_sample("", {0.1, 1, 0}).empty());
 }

@@ -11,14 +11,25 @@
 // * long_piece: one 1 MB piece of 'a' (the linked-list + heap merge path).
 // * train/<MB>: bpe training to a 4096-token vocabulary on the first MB of the
 //   texts (TINYLLM_BENCH_TRAIN_MB=1,10).
-// Without ../shared only the trained-vocabulary rows run.
+// * sentencepiece/<file>/<shape>: the SentencePiece fixtures (tests/fixtures/sentencepiece,
+//   or TINYLLM_BENCH_SP_DIR) encoding the King James Bible (data/kjv.txt, or
+//   TINYLLM_BENCH_KJV; tools/prepare-kjv writes it), as "lines" (each of its 31,102
+//   verses, newline included, one encode call each) and "whole" (the 4.1 MB text in one
+//   call): bpe_llama.json and unigram.json with tokenizer::encode_ordinary (Hugging Face's
+//   ids), bpe.model and unigram.model with sentencepiece_processor::encode (the
+//   sentencepiece library's ids), and unigram.json/sample_*: encode_sample at alpha 0.1
+//   (subword regularization, a new stream per line). bench/sentencepiece_vs_hf.py times
+//   `tokenizers` and `sentencepiece` on the same text. Left out without data/kjv.txt.
+// Without ../shared only the trained-vocabulary and SentencePiece rows run.
 #include <benchmark/benchmark.h>
 
 #include <tinyllm/bpe_train.hpp>
 #include <tinyllm/pretokenize.hpp>
+#include <tinyllm/sentencepiece_proto.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
+#include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -65,7 +76,75 @@ std::shared_ptr<tinyllm::tokenizer> load(const std::string& encoding) {
     return std::make_shared<tinyllm::tokenizer>(tinyllm::load_tiktoken_encoding(encoding, path));
 }
 
+#ifndef TINYLLM_SOURCE_DIR
+#define TINYLLM_SOURCE_DIR "."
+#endif
+
+std::string env_or(const char* name, const std::string& fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::string(v) : fallback;
+}
+
+// The SentencePiece rows (see the top of the file).
+void register_sentencepiece() {
+    const std::string dir = env_or("TINYLLM_BENCH_SP_DIR", TINYLLM_SOURCE_DIR "/tests/fixtures/sentencepiece") + "/";
+    const std::string kjv_path = env_or("TINYLLM_BENCH_KJV", TINYLLM_SOURCE_DIR "/data/kjv.txt");
+    if (!std::ifstream(kjv_path) || !std::ifstream(dir + "unigram.json")) return;
+    static const std::string whole = tinyllm::detail::read_text_file(kjv_path);
+    static const std::vector<std::string_view> lines = [] {
+        std::vector<std::string_view> v;
+        for (std::size_t at = 0; at < whole.size();) {
+            std::size_t end = whole.find('\n', at);
+            end = end == std::string::npos ? whole.size() : end + 1;
+            v.push_back(std::string_view(whole).substr(at, end - at));
+            at = end;
+        }
+        return v;
+    }();
+    // One row: encode(text, ids) appends the ids of one text.
+    const auto row = [&](const std::string& name, bool by_line, auto encode) {
+        benchmark::RegisterBenchmark(name.c_str(), [by_line, encode](benchmark::State& state) {
+            std::vector<tinyllm::token_id> ids;
+            for (auto _ : state) {
+                ids.clear();
+                if (by_line) {
+                    for (std::size_t i = 0; i < lines.size(); ++i) encode(lines[i], ids, i);
+                } else {
+                    encode(std::string_view(whole), ids, 0);
+                }
+                benchmark::DoNotOptimize(ids.data());
+            }
+            state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(whole.size()));
+            state.counters["tokens"] = static_cast<double>(ids.size());
+        })->Unit(benchmark::kMillisecond)->MinTime(1.0);
+    };
+    for (const char* file : {"bpe_llama.json", "unigram.json"}) {
+        auto tok = std::make_shared<tinyllm::tokenizer>(tinyllm::load_tokenizer(dir + file));
+        for (const bool by_line : {true, false})
+            row(std::string("sentencepiece/") + file + (by_line ? "/lines" : "/whole"), by_line,
+                [tok](std::string_view text, std::vector<tinyllm::token_id>& ids, std::size_t) {
+                    tok->encode_ordinary(text, ids);
+                });
+        if (std::string(file) == "unigram.json")
+            for (const bool by_line : {true, false})
+                row(std::string("sentencepiece/") + file + (by_line ? "/sample_lines" : "/sample_whole"), by_line,
+                    [tok](std::string_view text, std::vector<tinyllm::token_id>& ids, std::size_t i) {
+                        tok->sentencepiece()->encode_sample(text, ids, {0.1, 1, std::uint64_t(i)});
+                    });
+    }
+    for (const char* file : {"bpe.model", "unigram.model"}) {
+        auto sp = std::make_shared<tinyllm::sentencepiece_processor>(tinyllm::load_sentencepiece_model(dir + file));
+        for (const bool by_line : {true, false})
+            row(std::string("sentencepiece/") + file + (by_line ? "/lines" : "/whole"), by_line,
+                [sp](std::string_view text, std::vector<tinyllm::token_id>& ids, std::size_t) {
+                    const auto v = sp->encode(text);
+                    ids.insert(ids.end(), v.begin(), v.end());
+                });
+    }
+}
+
 void register_all() {
+    register_sentencepiece();
     static const auto texts = bench_texts();
     for (const char* enc : {"r50k_base", "cl100k_base"}) {
         auto tok = load(enc);

@@ -8,6 +8,8 @@
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -74,7 +76,8 @@ std::string readable(std::string_view bytes) {
 
 TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or SentencePiece)",
                 "usage: tinyllm tokenize --vocab FILE [--encoding r50k_base|cl100k_base|o200k_base|gpt2]\n"
-                "                        [--allow-special | --special-as-text] [--show] [--file F | TEXT...]\n\n"
+                "                        [--allow-special | --special-as-text] [--show]\n"
+                "                        [--sample-alpha A [--seed S] [--samples N]] [--file F | TEXT...]\n\n"
                 "FILE is a tiktoken rank file (say which --encoding it is, unless its name does),\n"
                 "a Hugging Face tokenizer.json (byte-level BPE, or SentencePiece BPE / Unigram as\n"
                 "Llama 2 and Mistral use), or a file written by `tinyllm train-tokenizer`.\n"
@@ -82,9 +85,40 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
                 "../shared/data/tokenizers. The text is TEXT, the contents of --file, or stdin.\n"
                 "Prints the ids separated by spaces; --show prints one token per line: id and bytes.\n"
                 "A special token's text (\"<|endoftext|>\") is an error unless --allow-special\n"
-                "(encode it as its id) or --special-as-text (encode it as ordinary text).\n") {
-    const auto a = parse_args(args, {"vocab", "encoding", "file"}, {"show", "allow-special", "special-as-text"});
+                "(encode it as its id) or --special-as-text (encode it as ordinary text).\n\n"
+                "--sample-alpha A (SentencePiece Unigram models only): instead of the best segmentation,\n"
+                "draw one at random with probability proportional to exp(A * score) (subword\n"
+                "regularization; A > 0, 0.1 to 1 are usual, larger is closer to the best). The draw is\n"
+                "Philox's: --seed S (default 0) gives the same ids every time. --samples N prints N\n"
+                "draws, one per line (streams 0 .. N-1 of the seed; the first is the single draw).\n") {
+    const auto a = parse_args(args, {"vocab", "encoding", "file", "sample-alpha", "seed", "samples"},
+                              {"show", "allow-special", "special-as-text"});
+    const bool sampling = a.options.count("sample-alpha") > 0;
+    if (!sampling && (a.options.count("seed") || a.options.count("samples")))
+        throw usage_error("--seed and --samples choose the draws of --sample-alpha A, which is not given");
+    std::uint64_t seed = 0;
+    if (a.options.count("seed")) {
+        const std::string& v = a.get("seed");
+        char* end = nullptr;
+        seed = std::strtoull(v.c_str(), &end, 10);
+        if (v.empty() || *end != '\0' || v[0] == '-') throw usage_error("--seed needs a non-negative integer, got '" + v + "'");
+    }
+    const long long samples = a.get_int("samples", 1);
+    if (samples < 1) throw usage_error("--samples N: N = " + std::to_string(samples) + " must be at least 1");
+    const double alpha = a.get_double("sample-alpha", 0.1);
     const auto tok = load_vocab(a);
+    if (sampling) {
+        const tinyllm::sentencepiece_model* sp = tok.sentencepiece();
+        if (!sp)
+            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + a.get("vocab") +
+                              " is a byte-level BPE vocabulary");
+        if (sp->kind() != tinyllm::sentencepiece_kind::unigram)
+            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + a.get("vocab") +
+                              " is a SentencePiece BPE model (sampling BPE is BPE-dropout, a different algorithm, "
+                              "not implemented)");
+        if (!(std::isfinite(alpha) && alpha > 0))
+            throw usage_error("--sample-alpha A: A = " + a.get("sample-alpha") + " must be a finite number > 0");
+    }
     std::string text;
     if (a.options.count("file")) {
         text = tinyllm::detail::read_text_file(a.get("file"));
@@ -93,15 +127,20 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
     } else {
         text = read_all(std::cin);
     }
-    const auto ids = a.has_flag("allow-special")
-                         ? tok.encode(text, tinyllm::allowed_special::everything())
-                         : tok.encode(text, {}, a.has_flag("special-as-text") ? tinyllm::special_handling::as_text
-                                                                              : tinyllm::special_handling::error);
-    if (a.has_flag("show")) {
-        for (const auto id : ids) out << id << "\t\"" << readable(tok.token_bytes(id)) << "\"\n";
-    } else {
-        for (std::size_t i = 0; i < ids.size(); ++i) out << (i ? " " : "") << ids[i];
-        out << "\n";
+    const tinyllm::allowed_special allowed =
+        a.has_flag("allow-special") ? tinyllm::allowed_special::everything() : tinyllm::allowed_special::none();
+    const auto others =
+        a.has_flag("special-as-text") ? tinyllm::special_handling::as_text : tinyllm::special_handling::error;
+    for (long long k = 0; k < samples; ++k) {
+        const auto ids = sampling ? tok.encode_sample(text, {alpha, seed, std::uint64_t(k)}, allowed, others)
+                                  : tok.encode(text, allowed, others);
+        if (a.has_flag("show")) {
+            if (k) out << "\n";  // a blank line between draws
+            for (const auto id : ids) out << id << "\t\"" << readable(tok.token_bytes(id)) << "\"\n";
+        } else {
+            for (std::size_t i = 0; i < ids.size(); ++i) out << (i ? " " : "") << ids[i];
+            out << "\n";
+        }
     }
     return 0;
 }

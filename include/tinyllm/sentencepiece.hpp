@@ -40,6 +40,38 @@
 //                  back the argmax at each end gives the pieces. A character that no
 //                  piece covers gets an "unknown" edge scored (lowest score - 10);
 //                  such edges are encoded by byte fallback, or as <unk>.
+//   * Sampling (Unigram only; subword regularization, Kudo 2018). Instead of
+//     the best segmentation, encode_sample draws one at random, so that a model
+//     trained on the samples sees "▁the" also as "▁t he" and "▁ the" and learns
+//     to read the pieces of a word. A segmentation x of a word (a path through
+//     the lattice above, its pieces' scores summing to score(x)) is drawn with
+//
+//         P(x) = exp(alpha * score(x)) / Z,    Z = sum over all paths y of exp(alpha * score(y)).
+//
+//     alpha > 0 sharpens or flattens it: the scores are log probabilities, so
+//     P(x) is proportional to p(x)^alpha; alpha -> infinity gives Viterbi's
+//     answer, small alpha nearly uniform choices. There are exponentially many
+//     paths, but Z and the draw are two passes over the same edges as Viterbi
+//     ("forward filtering, backward sampling"):
+//
+//       forward   a[0] = 0;  a[k] = log sum over pieces p ending at k of exp(a[start(p)] + alpha * score(p))
+//                 (Viterbi with max replaced by log-sum-exp): exp(a[k]) is the
+//                 sum of exp(alpha * score) over all paths of word[0, k), and a[n] = log Z.
+//       backward  at end = n, pick one piece p ending there with probability
+//                 exp(a[start(p)] + alpha * score(p) - a[end]), i.e. the share of
+//                 the paths ending at `end` whose last piece is p (these shares sum to 1);
+//                 then end = start(p); repeat until 0.
+//
+//     The draw is exact: the probability of the path p1 p2 ... pm it returns is
+//     the product of its steps, and the product telescopes,
+//         prod_j exp(a[s_j] + alpha * score(p_j) - a[e_j]) = exp(alpha * score(x) - a[n]) = P(x),
+//     since each piece ends where the next starts (e_j = s_{j+1}), a[0] = 0 and a[n] = log Z.
+//     Cost: the same O(n * L) as Viterbi, plus one random number per piece drawn.
+//     The unknown edges take part with their score, and the path is written out
+//     as Viterbi's is (unknown runs fused, then bytes or <unk>), so decoding a
+//     sample gives the same text as decoding the best segmentation.
+//     The random numbers are Philox's (philox.hpp), so a (seed, stream) gives
+//     the same ids on every machine; see subword_sampling for how they are counted.
 //   * Decoding turns "▁" back into " ", the <0xNN> tokens back into bytes, and
 //     removes the one space that encoding put in front of the text.
 //
@@ -69,8 +101,10 @@
 #include <tinyllm/config.hpp>
 #include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/philox.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -131,7 +165,36 @@ struct sentencepiece_options {
     std::string source_json;
 };
 
+// How encode_sample draws a Unigram segmentation (see "Sampling" at the top).
+//
+//   alpha   P(segmentation) is proportional to exp(alpha * its score); finite and > 0.
+//           sentencepiece's usual values are 0.1 to 1 (its `alpha` with nbest_size = -1).
+//   seed    with stream, all the randomness: the same (seed, stream, text) gives the same ids.
+//   stream  which draw for this seed: a training loop passes a document's number, or
+//           epoch * documents + document, so every document and epoch gets its own sample.
+//
+// The random numbers: the k-th word of the call (counting from 0 over the words
+// for_each_word gives, continued across the stretches between special tokens in
+// tokenizer::encode_sample), when it draws its i-th piece (back to front: i = 0
+// is its last piece), uses Philox words n = k * 2^32 + 2i and 2i + 1 of stream
+// `stream` under `seed` (philox_bits(seed, stream, n)), as the double
+// u = (64 bits >> 11) * 2^-53 in [0, 1). A word's draw therefore depends only on
+// (seed, stream, k) and the word: different words use disjoint numbers, and
+// changing one word of a text leaves the others' draws as they were.
+struct subword_sampling {
+    double alpha = 0.1;
+    std::uint64_t seed = 0;
+    std::uint64_t stream = 0;
+};
+
 namespace detail {
+
+// The uniform double in [0, 1) of the 64 Philox bits at words n, n + 1 (n even, one block).
+inline double subword_uniform(std::uint64_t seed, std::uint64_t stream, std::uint64_t n) {
+    const philox_counter b = philox_block(seed, stream, n >> 2);
+    const std::uint64_t bits = (std::uint64_t(b.v[n & 3]) << 32) | b.v[(n + 1) & 3];
+    return static_cast<double>(bits >> 11) * 0x1p-53;
+}
 
 // Heterogeneous lookup: find a std::string key with a std::string_view.
 struct string_hash {
@@ -255,6 +318,42 @@ public:
         std::vector<token_id> out;
         encode(text, out, true);
         return out;
+    }
+
+    // ---- sampling (Unigram) -------------------------------------------------------
+
+    // Append the ids of one segmentation of `text` drawn at random with
+    // P(segmentation) proportional to exp(alpha * score), word by word (see
+    // "Sampling" at the top and subword_sampling for the random numbers).
+    // first_word: the index k of the text's first word (a caller encoding
+    // several stretches of one text passes on what the previous call returned);
+    // returns the index after the text's last word. Refused: BPE models, and
+    // an alpha that is not a finite number > 0.
+    std::uint64_t encode_sample(std::string_view text, std::vector<token_id>& out, const subword_sampling& sampling,
+                                bool text_start = true, std::uint64_t first_word = 0) const {
+        check_sampling(sampling);
+        const std::string normalized = normalize(text, text_start);
+        std::uint64_t word_index = first_word;
+        for_each_word(normalized, [&](std::string_view word) { sample_unigram(word, out, sampling, word_index++); });
+        return word_index;
+    }
+    std::vector<token_id> encode_sample(std::string_view text, const subword_sampling& sampling) const {
+        std::vector<token_id> out;
+        encode_sample(text, out, sampling, true, 0);
+        return out;
+    }
+
+    // Throws unless encode_sample can draw with these settings on this model.
+    void check_sampling(const subword_sampling& sampling) const {
+        TINYLLM_EXPECT(kind_ == sentencepiece_kind::unigram,
+                       "encode_sample draws Unigram segmentations (subword regularization), but this is a "
+                       "SentencePiece BPE model; sampling BPE is BPE-dropout (skipping merges at random, "
+                       "Provilkov et al. 2020, Hugging Face's `dropout`), a different algorithm that tinyllm does "
+                       "not implement: use encode");
+        TINYLLM_EXPECT(std::isfinite(sampling.alpha) && sampling.alpha > 0, "encode_sample: alpha = ",
+                       sampling.alpha,
+                       " must be a finite number > 0 (P(segmentation) is proportional to exp(alpha * score); "
+                       "0.1 to 1 are usual; for the best segmentation use encode)");
     }
 
     // The text the model sees: the normalizer's rewrites, then Metaspace's
@@ -419,47 +518,44 @@ private:
             if (alive[i]) out.push_back(symbols[i]);
     }
 
-    // Unigram: Viterbi over the lattice of pieces (see the picture at the top).
-    void encode_unigram(std::string_view word, std::vector<token_id>& out) const {
+    // The edges of a word's lattice, in order of their start: f(from, to, id, score)
+    // for every piece at a character boundary `from`, and an unknown edge
+    // (*options_.unk, lowest score - 10) for a character that no piece is.
+    template <class F>
+    void for_each_edge(std::string_view word, F&& f) const {
         const std::size_t n = word.size();
-        struct node {                // the best segmentation of word[0, end)
-            bool reached = false;
-            double best = 0;         // its score
-            std::size_t start = 0;   // where its last piece starts
-            token_id id = -1;        // its last piece
-        };
-        std::vector<node> at(n + 1);  // indexed by end
-        at[0].reached = true;
         const double unk_score = min_score_ - 10.0;
-        const auto relax = [&](std::size_t from, std::size_t to, token_id id, double score) {
-            const double s = at[from].best + score;
-            if (!at[to].reached || s > at[to].best) at[to] = {true, s, from, id};
-        };
         for (std::size_t from = 0; from < n;) {
             const std::size_t char_len = detail::char_length(word, from);
             bool covered = false;  // a piece is exactly this character
             for (std::size_t len = 1; len <= longest_ && from + len <= n; ++len) {
                 const auto id = find(word.substr(from, len));
                 if (!id) continue;
-                relax(from, from + len, *id, scores_[std::size_t(*id)]);
+                f(from, from + len, *id, scores_[std::size_t(*id)]);
                 covered |= len == char_len;
             }
-            if (!covered) relax(from, from + char_len, *options_.unk, unk_score);
+            if (!covered) f(from, from + char_len, *options_.unk, unk_score);
             from += char_len;
         }
-        // Read the best path back to front; runs of unknown edges fuse into one
-        // string. Each string then becomes its piece, its bytes, or <unk>.
+    }
+
+    // Write out a path through a word's lattice, read back to front:
+    // step(end) gives the start and id of the piece that ends at `end`. Runs of
+    // unknown edges fuse into one string; each string then becomes its piece,
+    // its bytes, or <unk>.
+    template <class Step>
+    void emit_path(std::string_view word, Step&& step, std::vector<token_id>& out) const {
         std::vector<std::string_view> parts;
         std::size_t unk_end = 0;  // end of the unknown run being fused (0: none)
-        for (std::size_t end = n; end > 0;) {
-            const node& e = at[end];
-            if (e.id == *options_.unk) {
+        for (std::size_t end = word.size(); end > 0;) {
+            const auto [start, id] = step(end);
+            if (id == *options_.unk) {
                 if (unk_end == 0) unk_end = end;
             } else {
                 if (unk_end) parts.push_back(word.substr(end, unk_end - end)), unk_end = 0;
-                parts.push_back(word.substr(e.start, end - e.start));
+                parts.push_back(word.substr(start, end - start));
             }
-            end = e.start;
+            end = start;
             if (end == 0 && unk_end) parts.push_back(word.substr(0, unk_end)), unk_end = 0;
         }
         for (auto p = parts.rbegin(); p != parts.rend(); ++p) {
@@ -470,6 +566,100 @@ private:
             else
                 out.push_back(*options_.unk);
         }
+    }
+
+    // Unigram: Viterbi over the lattice of pieces (see the picture at the top).
+    void encode_unigram(std::string_view word, std::vector<token_id>& out) const {
+        struct node {                // the best segmentation of word[0, end)
+            bool reached = false;
+            double best = 0;         // its score
+            std::size_t start = 0;   // where its last piece starts
+            token_id id = -1;        // its last piece
+        };
+        std::vector<node> at(word.size() + 1);  // indexed by end
+        at[0].reached = true;
+        for_each_edge(word, [&](std::size_t from, std::size_t to, token_id id, double score) {
+            const double s = at[from].best + score;
+            if (!at[to].reached || s > at[to].best) at[to] = {true, s, from, id};
+        });
+        emit_path(word, [&](std::size_t end) { return std::pair{at[end].start, at[end].id}; }, out);
+    }
+
+    // Unigram sampling: forward filtering, backward sampling over the same
+    // lattice (see "Sampling" at the top); word_index is k of subword_sampling.
+    void sample_unigram(std::string_view word, std::vector<token_id>& out, const subword_sampling& sampling,
+                        std::uint64_t word_index) const {
+        const std::size_t n = word.size();
+        TINYLLM_EXPECT(word_index < (std::uint64_t(1) << 32) && n < (std::size_t(1) << 31),
+                       "encode_sample: word ", word_index, " (", n, " bytes) is past the random numbers of one "
+                       "call (2^32 words of under 2^31 bytes each); encode the text in parts with other streams");
+        struct edge {
+            std::size_t start, end;
+            token_id id;
+            double score;
+        };
+        std::vector<edge> edges;  // in order of start
+        for_each_edge(word, [&](std::size_t from, std::size_t to, token_id id, double score) {
+            edges.push_back({from, to, id, score});
+        });
+        // Forward: a[k] = log-sum-exp of a[start] + alpha * score over the edges
+        // ending at k, accumulated as (peak, sum of exp(x - peak)) while the edges
+        // arrive (all edges into k start before k, so a[k] is complete when the
+        // first edge leaving k is reached).
+        constexpr double minus_inf = -std::numeric_limits<double>::infinity();
+        std::vector<double> peak(n + 1, minus_inf), sum(n + 1, 0.0), a(n + 1, minus_inf);
+        const auto finish = [&](std::size_t k) { a[k] = sum[k] > 0 ? peak[k] + std::log(sum[k]) : minus_inf; };
+        a[0] = 0;
+        std::size_t done = 0;  // a[0 .. done] are final
+        for (const edge& e : edges) {
+            while (done < e.start) finish(++done);
+            const double x = a[e.start] + sampling.alpha * e.score;
+            if (x == minus_inf) continue;
+            if (x > peak[e.end]) {
+                sum[e.end] = sum[e.end] * std::exp(peak[e.end] - x) + 1.0;
+                peak[e.end] = x;
+            } else {
+                sum[e.end] += std::exp(x - peak[e.end]);
+            }
+        }
+        while (done < n) finish(++done);
+        // The edges grouped by their end (counting sort), for the backward pass.
+        std::vector<std::size_t> first(n + 2, 0), by_end(edges.size());
+        for (const edge& e : edges) ++first[e.end + 1];
+        for (std::size_t k = 1; k < first.size(); ++k) first[k] += first[k - 1];
+        {
+            std::vector<std::size_t> fill(first.begin(), first.end() - 1);
+            for (std::size_t i = 0; i < edges.size(); ++i) by_end[fill[edges[i].end]++] = i;
+        }
+        // Backward: at `end`, the piece p ending there with probability
+        // exp(a[start(p)] + alpha * score(p) - a[end]).
+        std::vector<double> weight;
+        std::uint64_t drawn = 0;
+        const auto step = [&](std::size_t end) {
+            weight.clear();
+            double total = 0;
+            for (std::size_t j = first[end]; j < first[end + 1]; ++j) {
+                const edge& e = edges[by_end[j]];
+                const double w = std::exp(a[e.start] + sampling.alpha * e.score - a[end]);
+                weight.push_back(w);
+                total += w;
+            }
+            const double u = detail::subword_uniform(sampling.seed, sampling.stream, (word_index << 32) + 2 * drawn++);
+            const double target = u * total;
+            std::size_t pick = first[end + 1];  // the chosen edge's slot
+            double running = 0;
+            for (std::size_t j = first[end]; j < first[end + 1]; ++j) {
+                const double w = weight[j - first[end]];
+                if (w <= 0) continue;
+                pick = j;  // the last edge with weight, should rounding leave target >= the total
+                running += w;
+                if (target < running) break;
+            }
+            TINYLLM_EXPECT(pick < first[end + 1], "encode_sample: no piece ends at byte ", end, " of a word");
+            const edge& e = edges[by_end[pick]];
+            return std::pair{e.start, e.id};
+        };
+        emit_path(word, step, out);
     }
 
     sentencepiece_kind kind_ = sentencepiece_kind::bpe;

@@ -38,7 +38,8 @@
 // " the", "<0x0A>" -> "\n"), decode() drops the leading space that encoding
 // added (as Hugging Face's decoder does), and encode_with_template() adds the
 // ids of the file's post-processor ("<s>" in front, for Llama). For byte-level
-// BPE the template is empty and nothing changes.
+// BPE the template is empty and nothing changes. A Unigram tokenizer can also
+// draw a random segmentation (encode_sample: subword regularization).
 //
 // The tokenizer is immutable after construction: encode and decode are const
 // and keep their scratch memory on the caller's stack, so one tokenizer can be
@@ -53,6 +54,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -196,43 +198,27 @@ public:
     // token's string is an error (or ordinary text with special_handling::as_text).
     std::vector<token_id> encode(std::string_view text, const allowed_special& allowed = {},
                                  special_handling others = special_handling::error) const {
-        std::vector<token_id> out;
-        out.reserve(text.size() / 3 + 1);
-        std::size_t at = 0;
-        // Next occurrence of each special token at or after `at` (found lazily,
-        // so a long text is scanned once per special token, not once per hit).
-        std::vector<std::size_t> next(specials_.size(), 0);
-        std::vector<bool> searched(specials_.size(), false);
-        while (at < text.size()) {
-            // The next special token string that is either allowed or an error
-            // (leftmost; the longest when several start at the same byte).
-            std::size_t best = std::string_view::npos;
-            const special_token* which = nullptr;
-            for (std::size_t k = 0; k < specials_.size(); ++k) {
-                const special_token& s = specials_[k];
-                if (!allowed.allows(s.text) && others == special_handling::as_text) continue;
-                if (!searched[k] || (next[k] != std::string_view::npos && next[k] < at)) {
-                    next[k] = text.find(s.text, at);
-                    searched[k] = true;
-                }
-                const std::size_t p = next[k];
-                if (p == std::string_view::npos) continue;
-                if (p < best || (p == best && s.text.size() > which->text.size())) best = p, which = &s;
-            }
-            if (!which) {
-                encode_stretch(text.substr(at), out, at == 0);
-                break;
-            }
-            if (!allowed.allows(which->text))
-                TINYLLM_FAIL("the text contains the special token \"", which->text, "\" at byte ", best,
-                             ", which is not allowed: allow it (allowed_special{\"", which->text,
-                             "\"}) to encode it as id ", which->id,
-                             ", or use encode_ordinary / special_handling::as_text to encode it as text");
-            encode_stretch(text.substr(at, best - at), out, at == 0);
-            out.push_back(which->id);
-            at = best + which->text.size();
-        }
-        return out;
+        return encode_split(text, allowed, others, [&](std::string_view stretch, std::vector<token_id>& out,
+                                                       bool text_start) { encode_stretch(stretch, out, text_start); });
+    }
+
+    // A SentencePiece Unigram tokenizer: one segmentation drawn at random
+    // (subword regularization; sentencepiece.hpp, "Sampling"), special tokens
+    // as in encode. The words are counted across the whole text, so a
+    // (seed, stream) gives one reproducible sample of it. Refused for
+    // byte-level and SentencePiece BPE, and for alpha not finite and > 0.
+    std::vector<token_id> encode_sample(std::string_view text, const subword_sampling& sampling,
+                                        const allowed_special& allowed = {},
+                                        special_handling others = special_handling::error) const {
+        TINYLLM_EXPECT(sentencepiece_ != nullptr,
+                       "encode_sample draws SentencePiece Unigram segmentations (subword regularization), but this "
+                       "is a byte-level BPE tokenizer: use encode");
+        sentencepiece_->check_sampling(sampling);
+        std::uint64_t word = 0;
+        return encode_split(text, allowed, others,
+                            [&](std::string_view stretch, std::vector<token_id>& out, bool text_start) {
+                                word = sentencepiece_->encode_sample(stretch, out, sampling, text_start, word);
+                            });
     }
 
     // The ids the tokenizer.json's post-processor (TemplateProcessing) puts
@@ -287,6 +273,50 @@ public:
     }
 
 private:
+    // encode's loop over special tokens; stretch(text, out, text_start) encodes
+    // each stretch of ordinary text between them.
+    template <class Stretch>
+    std::vector<token_id> encode_split(std::string_view text, const allowed_special& allowed,
+                                       special_handling others, Stretch&& stretch) const {
+        std::vector<token_id> out;
+        out.reserve(text.size() / 3 + 1);
+        std::size_t at = 0;
+        // Next occurrence of each special token at or after `at` (found lazily,
+        // so a long text is scanned once per special token, not once per hit).
+        std::vector<std::size_t> next(specials_.size(), 0);
+        std::vector<bool> searched(specials_.size(), false);
+        while (at < text.size()) {
+            // The next special token string that is either allowed or an error
+            // (leftmost; the longest when several start at the same byte).
+            std::size_t best = std::string_view::npos;
+            const special_token* which = nullptr;
+            for (std::size_t k = 0; k < specials_.size(); ++k) {
+                const special_token& s = specials_[k];
+                if (!allowed.allows(s.text) && others == special_handling::as_text) continue;
+                if (!searched[k] || (next[k] != std::string_view::npos && next[k] < at)) {
+                    next[k] = text.find(s.text, at);
+                    searched[k] = true;
+                }
+                const std::size_t p = next[k];
+                if (p == std::string_view::npos) continue;
+                if (p < best || (p == best && s.text.size() > which->text.size())) best = p, which = &s;
+            }
+            if (!which) {
+                stretch(text.substr(at), out, at == 0);
+                break;
+            }
+            if (!allowed.allows(which->text))
+                TINYLLM_FAIL("the text contains the special token \"", which->text, "\" at byte ", best,
+                             ", which is not allowed: allow it (allowed_special{\"", which->text,
+                             "\"}) to encode it as id ", which->id,
+                             ", or use encode_ordinary / special_handling::as_text to encode it as text");
+            stretch(text.substr(at, best - at), out, at == 0);
+            out.push_back(which->id);
+            at = best + which->text.size();
+        }
+        return out;
+    }
+
     // One stretch of ordinary text; text_start: it begins the whole text.
     void encode_stretch(std::string_view text, std::vector<token_id>& out, bool text_start) const {
         if (sentencepiece_) {
