@@ -44,7 +44,7 @@
 //         wait K[j], barrier  ->  issue V[j]   ->  S = Q K[j]^T (V[j] in flight)
 //         wait V[j], barrier  ->  issue K[j+1] ->  softmax, O += P V[j] (K[j+1] in flight)
 //     Each copy overlaps one matrix product, and shared memory holds Q + one K
-//     + one V tile: 64 KiB at D = 128 (v4's double buffers of both took 99 KiB
+//     + one V tile: 64 KiB at D = 128 (v4's double buffers of both took 85 KiB
 //     for half the rows), so shared memory would allow 3 blocks/SM; registers
 //     decide (above). Expected: the copy latency is hidden as well as with
 //     v4's double buffering, at 2/3 of the memory per row.
