@@ -113,4 +113,37 @@ void rms_norm_backward(std::span<float> dx /*(rows, D)*/, std::span<float> dweig
 
 }  // namespace layers
 
+// ---- quantization -------------------------------------------------------------------------
+namespace quantization {
+
+void int4_groups(std::span<std::uint8_t> q /*(K)*/, std::span<float> scales /*(K / G)*/,
+                 std::span<std::uint8_t> zeros /*(K / G)*/, std::span<const float> w /*(K)*/, int G);
+// Returns the row's worst error max_k |w[k] - q[k] * scale|.
+double int8_absmax(std::span<std::int8_t> q /*(K)*/, float& scale, std::span<const float> w /*(K)*/);
+
+}  // namespace quantization
+
+// ---- speculative decoding ---------------------------------------------------------------
+namespace speculative {
+
+// What the acceptance rule did with one drafted token.
+struct step {
+    int token = -1;  // the drafted token if accepted, else the one drawn from the residual
+    bool accepted = false;
+};
+
+step accept_or_resample(std::span<const double> p /*(V)*/, std::span<const double> q /*(V)*/, int d,
+                        double u_accept, double u_resample);
+
+}  // namespace speculative
+
+// ---- serving ------------------------------------------------------------------------------
+namespace serving {
+
+std::int64_t physical_row(std::span<const std::int32_t> block_table, int block_size, std::int64_t position);
+std::int64_t blocks_needed(std::int64_t length, std::int64_t held, bool last_block_shared, int block_size,
+                           std::int64_t n);
+
+}  // namespace serving
+
 }  // namespace exercises
