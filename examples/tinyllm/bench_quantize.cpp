@@ -52,7 +52,7 @@ std::string max_abs_text(const std::vector<float>& got, const tensor<float, 2>& 
 
 }  // namespace
 
-TINYLLM_BENCH("quantize", "decode linear layer x W^T, x (rows, 2048), W (8192, 2048): CPU float32/bf16/int8/int4 weights; CUDA bf16 cuBLAS, v1 dequantize + cuBLAS, v2 fused GEMV; --size rows (default 1; simulated GPU: W 64 x 256)", 0) {
+TINYLLM_BENCH("quantize", "decode linear layer x W^T, x (rows, 2048), W (8192, 2048): CPU float32/bf16/int8/int4 weights; CUDA bf16 cuBLAS, v1 dequantize + cuBLAS, v2 fused GEMV, v3 tensor-core GEMM; --size rows (default 1; simulated GPU: W 64 x 256)", 0) {
     const index_t M = ctx.size > 0 ? ctx.size : 1, N = quant_n, K = quant_k;
     tensor<float, 2> w({N, K}), x({M, K});
     tinyllm::cpu::fill_normal(w, 1, 0.0f, 0.02f);
