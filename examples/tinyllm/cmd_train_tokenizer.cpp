@@ -21,6 +21,19 @@ using namespace tinyllm_cli;
 
 namespace {
 
+// Feed every CORPUS file to a trainer (bpe_trainer or sentencepiece_trainer); returns the bytes read.
+template <class Trainer>
+std::size_t add_corpus(Trainer& trainer, const std::vector<std::string>& paths) {
+    std::size_t bytes = 0;
+    for (const auto& path : paths) {
+        const std::string text = tinyllm::detail::read_text_file(path);
+        bytes += text.size();
+        trainer.add_text(text);
+        std::cerr << "read " << path << " (" << text.size() << " bytes)\n";
+    }
+    return bytes;
+}
+
 // --model sentencepiece-bpe | unigram: SentencePiece's two algorithms, written as tokenizer.json.
 int train_sentencepiece_command(const parsed_args& a, tinyllm::sentencepiece_kind kind, std::ostream& out) {
     if (a.options.count("pattern") || a.options.count("special"))
@@ -38,13 +51,7 @@ int train_sentencepiece_command(const parsed_args& a, tinyllm::sentencepiece_kin
     auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
     opt.progress = [&](const std::string& s) { std::cerr << "[" << static_cast<int>(seconds()) << " s] " << s << "\n"; };
     tinyllm::sentencepiece_trainer trainer(opt);
-    std::size_t bytes = 0;
-    for (const auto& path : a.positional) {
-        const std::string text = tinyllm::detail::read_text_file(path);
-        bytes += text.size();
-        trainer.add_text(text);
-        std::cerr << "read " << path << " (" << text.size() << " bytes)\n";
-    }
+    const std::size_t bytes = add_corpus(trainer, a.positional);
     if (trainer.skipped_sentences())
         std::cerr << "skipped " << trainer.skipped_sentences() << " lines longer than " << opt.max_sentence_bytes
                   << " bytes (as SentencePiece does)\n";
@@ -109,13 +116,7 @@ TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files
                       << std::flush;
     };
     tinyllm::bpe_trainer trainer(opt);
-    std::size_t bytes = 0;
-    for (const auto& path : a.positional) {
-        const std::string text = tinyllm::detail::read_text_file(path);
-        bytes += text.size();
-        trainer.add_text(text);
-        std::cerr << "read " << path << " (" << text.size() << " bytes)\n";
-    }
+    const std::size_t bytes = add_corpus(trainer, a.positional);
     std::cerr << trainer.distinct_pieces() << " distinct pieces in " << bytes << " bytes\n";
     const auto tok = trainer.train();
     std::cerr << "\n";
