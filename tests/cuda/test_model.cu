@@ -202,6 +202,51 @@ TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2
     }
 }
 
+TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logits", "[model][quantize]") {
+    using tinyllm::model_arch;
+    // (The CPU quantizes GPT-2's and Llama's matrices; Mixtral's experts are not quantized yet.)
+    for (const model_arch arch : {model_arch::llama, model_arch::gpt2}) {
+        tinyllm::model_config c = small_config(arch);
+        if (arch == model_arch::gpt2) {
+            c = tinyllm::model_shapes::gpt2_124m();
+            c.vocab_size = 1000;
+            c.num_layers = 2;
+            c.hidden_size = 256;
+            c.num_heads = c.num_kv_heads = 4;
+            c.head_dim = 64;
+            c.intermediate_size = 1024;
+            c.max_positions = 256;
+        }
+        const auto weights = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 20 + static_cast<int>(arch));
+        const std::size_t dense_bytes = tc::model<float>(c, weights).weight_bytes();
+        for (const char* format : {"int8", "int4-g32"}) {
+            cpu::model host(c, weights);
+            host.quantize_weights(tinyllm::parse_quant_spec(format));
+            std::vector<tinyllm::token_id> seq;
+            tinyllm::philox_generator g(tinyllm_test::test_seed(), 21);
+            for (int i = 0; i < 40; ++i) seq.push_back(static_cast<tinyllm::token_id>(g.next_bits() % c.vocab_size));
+            const auto want = cpu_all_logits(host, seq);
+            const index_t V = c.vocab_size;
+            const std::string what = std::string(arch == model_arch::llama ? "llama" : "gpt2") + " " + format;
+            const tc::model<float> m(host);
+            REQUIRE(m.quantized());
+            CHECK(m.weight_bytes() < dense_bytes);
+            // The prompt: v1 (dequantize + cuBLAS) in float, the CPU's float accuracy.
+            require_positions_close(gpu_all_logits(m, seq), want, V, 1e-5, what + " float32 prompt");
+            // Decoding, one token at a time: v2, the fused GEMV.
+            auto s = m.new_session(1, 40);
+            m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 9}));
+            for (index_t t = 9; t < 40; ++t) {
+                const auto one = host_rows(m.forward(s, tensor_view<const tinyllm::token_id, 2>(&seq[t], {1, 1})), 0, 1);
+                const std::vector<double> row(want.begin() + t * V, want.begin() + (t + 1) * V);
+                TINYLLM_REQUIRE_CLOSE(one, row, tolerance{1e-4, 1e-4, 1e-5}, what + " float32 decode step " + std::to_string(t));
+            }
+            // bfloat16: the prompt through v3 (tensor cores), within the dense bf16 model's bound.
+            require_positions_close(gpu_all_logits(tc::model<bfloat16>(host), seq), want, V, 3e-2, what + " bf16 prompt");
+        }
+    }
+}
+
 TEST_CASE("cuda::model KV-cache decoding equals the full forward", "[model]") {
     const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed()));

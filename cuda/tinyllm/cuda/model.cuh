@@ -36,6 +36,17 @@
 // That is exactly what generation needs: prefill the batch, then one token per
 // row per step. Padding positions are never written to the cache.
 //
+// Quantized weights. A CPU model whose matrices are quantized (int8, int4-gG;
+// cpu::model::quantize_weights, or a checkpoint of `tinyllm quantize --out`)
+// uploads them as they are (quantize.cuh's device_quantized_matrix; Wq, Wk, Wv
+// stacked by rows as the dense ones are), and every projection picks its rung:
+// a few rows (decoding, at most 8) the fused GEMV (v2), which reads the
+// quantized bytes once; more rows (a prompt) dequantize + cuBLAS (v1) for
+// float, which keeps float accuracy, or the tensor-core dequantize-GEMM (v3)
+// for bfloat16. Embeddings, norms, biases and Mixtral's experts stay as the CPU
+// holds them (float); a quantized untied output projection is dequantized once
+// on the host and uploaded dense (the logits' GEMM writes float).
+//
 // Training: forward_backward(grads, tokens, targets, options) is
 // cpu::model::forward_backward on the GPU, float only (T = float; bfloat16
 // training is not implemented and throws). The forward pass runs over the
@@ -89,6 +100,7 @@
 #include <tinyllm/cuda/moe_dispatch.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>
+#include <tinyllm/cuda/quantize.cuh>
 #include <tinyllm/cuda/sampling.cuh>
 #include <tinyllm/model.hpp>
 
@@ -141,6 +153,36 @@ tensor<float, R> stacked(const tensor<float, R>& a, const tensor<float, R>& b, c
     float* out = s.data();
     for (const auto* part : {&a, &b, &c}) out = std::copy(part->data(), part->data() + part->size(), out);
     return s;
+}
+
+// The rows of a, then of b, then of c, of three quantized matrices with the same
+// inputs and format (Wq, Wk, Wv): per-row formats, so the bytes, scales and zero
+// points simply follow one another. Empty when a is.
+inline quantized_matrix stacked(const quantized_matrix& a, const quantized_matrix& b, const quantized_matrix& c) {
+    if (a.rows == 0) return {};
+    quantized_matrix s;
+    s.spec = a.spec;
+    s.cols = a.cols;
+    s.rows = a.rows + b.rows + c.rows;
+    const index_t groups = a.groups();
+    s.scales = tensor<float, 2>({s.rows, groups});
+    if (a.zeros.size()) s.zeros = tensor<std::uint8_t, 2>({s.rows, groups});
+    float* scale = s.scales.data();
+    std::uint8_t* zero = s.zeros.data();
+    for (const quantized_matrix* part : {&a, &b, &c}) {
+        TINYLLM_EXPECT(part->cols == a.cols && part->spec.name() == a.spec.name() && part->groups() == groups,
+                       "cuda::model: Wq, Wk and Wv are quantized differently (", a.spec.name(), " with ", a.cols,
+                       " inputs vs ", part->spec.name(), " with ", part->cols, ")");
+        s.data.insert(s.data.end(), part->data.begin(), part->data.end());
+        scale = std::copy(part->scales.data(), part->scales.data() + part->scales.size(), scale);
+        if (zero) zero = std::copy(part->zeros.data(), part->zeros.data() + part->zeros.size(), zero);
+    }
+    return s;
+}
+
+inline std::optional<device_quantized_matrix> upload_quantized(const quantized_matrix& q) {
+    if (q.rows == 0) return std::nullopt;
+    return to_device(q);
 }
 
 // cache(b, start[b] + t, :) = src(b, t, :) for t < count[b]; one block per (t, b).
@@ -228,6 +270,8 @@ struct device_layer_weights {
     detail::device_tensor<T, 2> gate, up, down;  // SwiGLU
     detail::device_tensor<T, 2> router;          // Mixtral (E, D)
     detail::device_tensor<T, 3> w1, w3, w2;      // Mixtral experts
+    // A quantized model's matrices (the dense ones above are then empty).
+    std::optional<device_quantized_matrix> wqkv_q, wo_q, fc_q, proj_q, gate_q, up_q, down_q;
 };
 
 template <class T>
@@ -235,12 +279,12 @@ class model {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
                   "tinyllm::cuda::model runs in float or tinyllm::bfloat16");
 
-    // A CPU model's float32 weights (a model holding bfloat16 or quantized matrices has them empty).
+    // A CPU model's float32 weights (a model holding bfloat16 matrices has them empty;
+    // a quantized one has its quantized matrices, uploaded by upload_quantized).
     static const model_weights& float_weights_of(const cpu::model& host) {
-        TINYLLM_EXPECT(host.weights_dtype() == cpu::model::weight_dtype::float32 && !host.quantized(),
-                       "cuda::model: the CPU model holds its matrices in ",
-                       host.quantized() ? host.quantization().name() : std::string("bfloat16"),
-                       "; upload a model with float32 weights");
+        TINYLLM_EXPECT(host.weights_dtype() == cpu::model::weight_dtype::float32,
+                       "cuda::model: the CPU model holds its matrices in bfloat16; upload a model with float32 "
+                       "(or quantized) weights");
         return host.weights();
     }
 
@@ -282,7 +326,12 @@ public:
             rope_ = make_rope_cache(resolve_rope(config_.rope, config_.head_dim), std::min<index_t>(std::max<index_t>(config_.max_positions, 1), 16384));
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
     }
-    explicit model(const cpu::model& host) : model(host.config(), float_weights_of(host)) {}
+    explicit model(const cpu::model& host) : model(host.config(), float_weights_of(host)) {
+        if (host.quantized()) upload_quantized(host);
+    }
+
+    // Whether the matrices are quantized, and how (see the top).
+    bool quantized() const { return quantization_.has_value(); }
 
     // Load DIR/config.json and DIR/model.safetensors (read as float on the host, then uploaded).
     static model load(const std::string& dir) {
@@ -301,9 +350,12 @@ public:
         std::size_t n = 0;
         const auto add = [&n](const auto&... t) { ((n += t.buffer.bytes()), ...); };
         add(embed_, positions_, final_norm_weight_, final_norm_bias_, lm_head_);
-        for (const auto& L : layers_)
+        for (const auto& L : layers_) {
             add(L.attn_norm_weight, L.attn_norm_bias, L.ffn_norm_weight, L.ffn_norm_bias, L.wqkv, L.bqkv, L.wo, L.bo,
                 L.fc, L.fc_bias, L.proj, L.proj_bias, L.gate, L.up, L.down, L.router, L.w1, L.w3, L.w2);
+            for (const auto* q : {&L.wqkv_q, &L.wo_q, &L.fc_q, &L.proj_q, &L.gate_q, &L.up_q, &L.down_q})
+                if (*q) n += (*q)->data.bytes() + (*q)->scales.bytes() + (*q)->zeros.bytes();
+        }
         return n;
     }
 
@@ -441,7 +493,7 @@ public:
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
             if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
             else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias);  // x += delta; h = norm(x)
-            linear<T>(qkv, h, L.wqkv.view(), L.bqkv.view(), handle_);
+            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv);
             if (c.arch != model_arch::gpt2) {
                 apply_rope_cached(q, pos_v, rope_);
                 apply_rope_cached(k, pos_v, rope_);
@@ -458,7 +510,7 @@ public:
             const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
             const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
             attend(attn4, q, keys, values, opts, s.attention_ws);
-            linear<T>(delta, attn, L.wo.view(), L.bo.view(), handle_);
+            project(delta, attn, L.wo, L.wo_q, L.bo);
             residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
             ffn(s, delta, h, L);
         }
@@ -496,11 +548,54 @@ public:
             TINYLLM_FAIL("cuda::model<", dtype_name<T>(), ">::forward_backward: training runs in float only; "
                          "load the model as cuda::model<float> (bfloat16 training is not implemented)");
         } else {
+            TINYLLM_EXPECT(!quantized(), "cuda::model::forward_backward: the model's matrices are quantized (",
+                           quantization_->name(), "); training needs float32 weights");
             return train_step(grads, tokens, targets, options);
         }
     }
 
 private:
+    // The quantized matrices of a CPU model (the dense ones were uploaded empty).
+    void upload_quantized(const cpu::model& host) {
+        const auto& Q = host.weights_quantized();
+        TINYLLM_EXPECT(Q.size() == layers_.size(), "cuda::model: ", Q.size(), " quantized layers for ", layers_.size());
+        for (std::size_t l = 0; l < layers_.size(); ++l) {
+            const layer_weights_quantized& q = Q[l];
+            device_layer_weights<T>& d = layers_[l];
+            d.wqkv_q = detail::upload_quantized(detail::stacked(q.wq, q.wk, q.wv));
+            d.wo_q = detail::upload_quantized(q.wo);
+            d.fc_q = detail::upload_quantized(q.fc);
+            d.proj_q = detail::upload_quantized(q.proj);
+            d.gate_q = detail::upload_quantized(q.gate);
+            d.up_q = detail::upload_quantized(q.up);
+            d.down_q = detail::upload_quantized(q.down);
+        }
+        if (const quantized_matrix& head = host.head_quantized(); head.rows > 0) {
+            tensor<float, 2> dense({head.rows, head.cols});
+            tinyllm::dequantize(dense.view(), head);
+            lm_head_ = detail::upload<T>(dense);
+        }
+        quantization_ = host.quantization();
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+
+    // out = x W^T + bias with W dense, or quantized (then the rung by the number of rows; see the top).
+    void project(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 2>& dense,
+                 const std::optional<device_quantized_matrix>& q, const detail::device_tensor<T, 1>& bias) const {
+        if (!q) {
+            linear<T>(out, x, dense.view(), bias.view(), handle_);
+            return;
+        }
+        const bool int8 = q->spec.format == quant_format::int8;
+        const bool gemv_shape = int8 ? q->cols % 16 == 0 : (q->cols % 32 == 0 && q->spec.group % 32 == 0);
+        if (x.extent(0) <= detail::gemv_max_rows && gemv_shape)
+            linear_quantized_gemv<T>(out, x, *q, bias.view());
+        else if constexpr (std::is_same_v<T, float>)
+            linear_dequantize_gemm<T>(out, x, *q, bias.view(), dequantized_, handle_);
+        else
+            linear_quantized_mma<T>(out, x, *q, bias.view());
+    }
+
     void norm(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 1>& w,
               const detail::device_tensor<T, 1>& b) const {
         if (config_.arch == model_arch::gpt2) layer_norm<T>(out, x, w.view(), b.view(), config_.norm_eps);
@@ -842,6 +937,22 @@ private:
     void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L) const {
         const model_config& c = config_;
         const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
+        if (c.arch == model_arch::gpt2 && L.fc_q) {  // quantized: gpt2_mlp's three steps, each projection by project()
+            const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
+            project(hidden, h, L.fc, L.fc_q, {});
+            bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh);
+            project(out, hidden, L.proj, L.proj_q, L.proj_bias);
+            return;
+        }
+        if (c.arch == model_arch::llama && L.gate_q) {  // quantized: swiglu_mlp's steps
+            const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
+            const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
+            project(gate, h, L.gate, L.gate_q, {});
+            project(up, h, L.up, L.up_q, {});
+            swiglu<T>(gate, gate, up);
+            project(out, gate, L.down, L.down_q, {});
+            return;
+        }
         if (c.arch == model_arch::gpt2) {
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
             gpt2_mlp<T>(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, hidden, handle_,
@@ -886,6 +997,8 @@ private:
     detail::device_tensor<T, 1> final_norm_weight_, final_norm_bias_;
     rope_cache rope_;
     cublas_handle handle_;
+    std::optional<quant_spec> quantization_;    // set when the matrices are quantized
+    mutable device_buffer<T> dequantized_;      // v1's temporary W^ (float prompts of a quantized model)
 };
 
 // The logits of the last position of one prompt, on the host: a fresh session,
