@@ -107,6 +107,19 @@ tinyllm::model_config small_config(tinyllm::model_arch arch) {
     return c;
 }
 
+// GPT-2's shapes, as small.
+tinyllm::model_config small_gpt2_config() {
+    tinyllm::model_config c = tinyllm::model_shapes::gpt2_124m();
+    c.vocab_size = 1000;
+    c.num_layers = 2;
+    c.hidden_size = 256;
+    c.num_heads = c.num_kv_heads = 4;
+    c.head_dim = 64;
+    c.intermediate_size = 1024;
+    c.max_positions = 256;
+    return c;
+}
+
 }  // namespace
 
 TEST_CASE("cuda::model float32 reproduces transformers on the HF fixtures", "[model][conformance]") {
@@ -173,16 +186,7 @@ TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::llama, model_arch::mixtral, model_arch::gpt2}) {
         tinyllm::model_config c = small_config(arch);
-        if (arch == model_arch::gpt2) {
-            c = tinyllm::model_shapes::gpt2_124m();
-            c.vocab_size = 1000;
-            c.num_layers = 2;
-            c.hidden_size = 256;
-            c.num_heads = c.num_kv_heads = 4;
-            c.head_dim = 64;
-            c.intermediate_size = 1024;
-            c.max_positions = 256;
-        }
+        if (arch == model_arch::gpt2) c = small_gpt2_config();
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + static_cast<int>(arch)));
         std::vector<tinyllm::token_id> seq;
         tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
@@ -207,16 +211,7 @@ TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logi
     // (The CPU quantizes GPT-2's and Llama's matrices; Mixtral's experts are not quantized yet.)
     for (const model_arch arch : {model_arch::llama, model_arch::gpt2}) {
         tinyllm::model_config c = small_config(arch);
-        if (arch == model_arch::gpt2) {
-            c = tinyllm::model_shapes::gpt2_124m();
-            c.vocab_size = 1000;
-            c.num_layers = 2;
-            c.hidden_size = 256;
-            c.num_heads = c.num_kv_heads = 4;
-            c.head_dim = 64;
-            c.intermediate_size = 1024;
-            c.max_positions = 256;
-        }
+        if (arch == model_arch::gpt2) c = small_gpt2_config();
         const auto weights = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 20 + static_cast<int>(arch));
         const std::size_t dense_bytes = tc::model<float>(c, weights).weight_bytes();
         for (const char* format : {"int8", "int4-g32"}) {
