@@ -586,9 +586,7 @@ private:
             linear<T>(out, x, dense.view(), bias.view(), handle_);
             return;
         }
-        const bool int8 = q->spec.format == quant_format::int8;
-        const bool gemv_shape = int8 ? q->cols % 16 == 0 : (q->cols % 32 == 0 && q->spec.group % 32 == 0);
-        if (x.extent(0) <= detail::gemv_max_rows && gemv_shape)
+        if (x.extent(0) <= detail::gemv_max_rows && detail::gemv_takes(*q))
             linear_quantized_gemv<T>(out, x, *q, bias.view());
         else if constexpr (std::is_same_v<T, float>)
             linear_dequantize_gemm<T>(out, x, *q, bias.view(), dequantized_, handle_);

@@ -259,6 +259,12 @@ __global__ void __launch_bounds__(128) quantized_mma_kernel(T* out, const T* x, 
 #endif
 }
 
+// Whether the v2 GEMV takes this weight: K a multiple of 16 (int8), or of 32 with
+// groups a multiple of 32 (int4): every 16-byte load then lies in one row and one group.
+inline bool gemv_takes(const device_quantized_matrix& w) {
+    return w.spec.format == quant_format::int8 ? w.cols % 16 == 0 : (w.cols % 32 == 0 && w.spec.group % 32 == 0);
+}
+
 inline void expect_quantized_args(const char* op, index_t out0, index_t out1, index_t x0, index_t x1, index_t bias_n,
                                   const device_quantized_matrix& w) {
     TINYLLM_EXPECT(x1 == w.cols, op, ": x has ", x1, " features, the quantized weight (", w.rows, " x ", w.cols,
@@ -308,7 +314,7 @@ void linear_quantized_gemv(tensor_view<T, 2> out, std::type_identity_t<tensor_vi
     TINYLLM_EXPECT(x.extent(0) <= detail::gemv_max_rows, op, ": ", x.extent(0), " rows of x; the fused GEMV takes at most ",
                    detail::gemv_max_rows, " (use linear_dequantize_gemm for prefill)");
     const bool int8 = w.spec.format == quant_format::int8;
-    TINYLLM_EXPECT(int8 ? w.cols % 16 == 0 : (w.cols % 32 == 0 && w.spec.group % 32 == 0), op, ": ", w.spec.name(),
+    TINYLLM_EXPECT(detail::gemv_takes(w), op, ": ", w.spec.name(),
                    " with K = ", w.cols, " inputs; the fused GEMV needs K a multiple of ", int8 ? "16" : "32",
                    int8 ? "" : " and a group size that is a multiple of 32", " (linear_dequantize_gemm takes any)");
     TINYLLM_EXPECT(x.is_contiguous() && out.is_contiguous() && (bias.size() == 0 || bias.is_contiguous()), op,
