@@ -20,7 +20,9 @@
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <cstdint>
 #include <limits>
@@ -445,9 +447,6 @@ TEST_CASE("model::quantize_weights computes what the model of the rounded weight
         m.set_kernels(cpu::model::kernels::reference);
         auto session = m.new_session(16);
         CHECK_THROWS_WITH(m.forward(session, prompt), contains("the reference kernels need float32 weights"));
-        const tinyllm::model_config mc = tinyllm_test::small_model_config(model_arch::mixtral, 64, 64, 16, 96, 32, true);
-        cpu::model moe(mc, tinyllm::random_model_weights(mc, 4));
-        CHECK_THROWS_WITH(moe.quantize_weights({}), contains("Mixtral's experts are not quantized yet"));
         cpu::model b16(c, tinyllm::random_model_weights(c, 5));
         b16.set_weight_dtype(cpu::model::weight_dtype::bfloat16);
         CHECK_THROWS_WITH(b16.quantize_weights({}), contains("the matrices are bfloat16"));
@@ -671,6 +670,289 @@ TEST_CASE("model::quantize_weights_gptq: closer to the float model than round to
         windows(1, 2) = 5;
         m.quantize_weights_gptq({}, windows.view());
         CHECK_THROWS_WITH(m.quantize_weights_gptq({}, windows.view()), contains("already quantized (int8)"));
+    }
+}
+
+// ---- Mixtral: the experts quantized one matrix per expert, the router float ----
+
+namespace {
+
+// Rewrite DIR/model.safetensors without tensor `drop`, with tensor `swap`'s two
+// extents exchanged (the same bytes, another shape), and with a copy of tensor
+// `copy_from` added as `copy_as`; "" leaves them alone.
+void rewrite_checkpoint(const tinyllm_test::temp_dir& dir, const std::string& drop, const std::string& swap,
+                        const std::string& copy_from = "", const std::string& copy_as = "") {
+    // Copies of every tensor's bytes (the file is closed before it is replaced).
+    std::vector<std::vector<float>> f32;
+    std::vector<std::vector<std::uint8_t>> u8;
+    std::vector<std::vector<std::int8_t>> i8;
+    std::vector<std::string> names;
+    std::vector<std::vector<index_t>> shapes;
+    std::vector<tinyllm::st_dtype> dtypes;
+    {
+        const tinyllm::safetensors_checkpoint ck(dir.path.string());
+        std::vector<std::string> sources = ck.names();
+        if (!copy_from.empty()) sources.push_back(copy_from);
+        for (std::size_t s = 0; s < sources.size(); ++s) {
+            const std::string& name = sources[s];
+            if (name == drop) continue;
+            const tinyllm::safetensors_tensor& t = *ck.find(name);
+            std::vector<index_t> shape = t.shape;
+            REQUIRE((shape.size() == 1 || shape.size() == 2));
+            if (name == swap) std::swap(shape.front(), shape.back());
+            names.push_back(s + 1 == sources.size() && !copy_from.empty() ? copy_as : name);
+            shapes.push_back(shape), dtypes.push_back(t.dtype);
+            const auto copy = [&](auto& store) {
+                using T = typename std::decay_t<decltype(store)>::value_type::value_type;
+                store.emplace_back(t.bytes / sizeof(T));
+                std::memcpy(store.back().data(), t.data, t.bytes);
+            };
+            if (t.dtype == tinyllm::st_dtype::f32) copy(f32);
+            else if (t.dtype == tinyllm::st_dtype::u8) copy(u8);
+            else if (t.dtype == tinyllm::st_dtype::i8) copy(i8);
+            else FAIL("unexpected dtype in " << name);
+        }
+    }
+    std::vector<tinyllm::safetensors_entry> entries;
+    std::size_t a = 0, b = 0, c = 0;
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        const auto put = [&](const auto* data) {
+            using T = std::remove_cv_t<std::remove_pointer_t<decltype(data)>>;
+            if (shapes[i].size() == 1) entries.emplace_back(names[i], tensor_view<const T, 1>(data, {shapes[i][0]}));
+            else entries.emplace_back(names[i], tensor_view<const T, 2>(data, {shapes[i][0], shapes[i][1]}));
+        };
+        if (dtypes[i] == tinyllm::st_dtype::f32) put(f32[a++].data());
+        else if (dtypes[i] == tinyllm::st_dtype::u8) put(u8[b++].data());
+        else put(i8[c++].data());
+    }
+    tinyllm::save_safetensors(dir.file("edited.safetensors"), entries);
+    std::filesystem::rename(dir.file("edited.safetensors"), dir.file("model.safetensors"));
+}
+
+// Expert e's (rows, cols) matrix of an (E, rows, cols) tensor, as its own tensor.
+tensor<float, 2> expert_matrix(const tensor<float, 3>& experts, index_t e) {
+    const index_t rows = experts.extent(1), cols = experts.extent(2);
+    tensor<float, 2> m({rows, cols});
+    std::copy_n(experts.data() + e * rows * cols, rows * cols, m.data());
+    return m;
+}
+
+// The median over positions of each position's mean square difference between
+// two runs' logits (rows of V). A position whose top-k routing flipped between the
+// runs differs by far more than rounding's error elsewhere; the median leaves the
+// few such positions out of the comparison the mean would let them dominate.
+double median_position_square_difference(const std::vector<float>& a, const std::vector<float>& b, index_t V) {
+    REQUIRE(a.size() == b.size());
+    std::vector<double> per_position;
+    for (std::size_t p = 0; p < a.size() / static_cast<std::size_t>(V); ++p) {
+        double sum = 0;
+        for (std::size_t i = p * static_cast<std::size_t>(V); i < (p + 1) * static_cast<std::size_t>(V); ++i)
+            sum += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+        per_position.push_back(sum / static_cast<double>(V));
+    }
+    std::nth_element(per_position.begin(), per_position.begin() + per_position.size() / 2, per_position.end());
+    return per_position[per_position.size() / 2];
+}
+
+bool same_quantized(const quantized_matrix& a, const quantized_matrix& b) {
+    return a.rows == b.rows && a.cols == b.cols && a.data == b.data && a.scales.values() == b.scales.values() &&
+           a.zeros.values() == b.zeros.values();
+}
+
+}  // namespace
+
+TEST_CASE("Mixtral: quantize_weights rounds each expert and computes what the model of the rounded weights computes",
+          "[quantize]") {
+    using tinyllm::model_arch;
+    const std::vector<tinyllm::token_id> prompt = {5, 40, 11, 63, 2, 19, 33, 8, 27};
+    for (const bool tied : {true, false}) {
+        const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::mixtral, 64, 64, 16, 96, 32, tied);
+        const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 91);
+        for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+            const std::string what = std::string(tied ? "tied " : "untied ") + spec.name();
+            INFO(what);
+            tinyllm::model_weights rounded = w;
+            const tinyllm::quantization_summary s = tinyllm::round_model_weights(rounded, spec);
+            // Wq Wk Wv Wo and 3 matrices of each of the 4 experts, per layer; an untied head.
+            CHECK(s.matrices == 2 * (4 + 3 * 4) + (tied ? 0 : 1));
+            const cpu::model reference(c, rounded);
+            cpu::model quantized(c, w);
+            const index_t float_bytes = quantized.weight_bytes();
+            quantized.quantize_weights(spec);
+            for (std::size_t l = 0; l < 2; ++l) {
+                const tinyllm::layer_weights_quantized& Q = quantized.weights_quantized()[l];
+                const tinyllm::layer_weights& L = quantized.weights().layers[l];
+                REQUIRE(Q.w1.size() == 4);
+                REQUIRE(Q.w3.size() == 4);
+                REQUIRE(Q.w2.size() == 4);
+                CHECK((Q.w1[3].rows == 96 && Q.w1[3].cols == 64 && Q.w2[3].rows == 64 && Q.w2[3].cols == 96));
+                // Each expert's matrix is quantize_rtn of that expert alone; the float experts are freed,
+                // the router kept as it was.
+                CHECK(same_quantized(Q.w3[2], tinyllm::quantize_rtn(expert_matrix(w.layers[l].w3, 2).view(), spec)));
+                CHECK(same_quantized(Q.w2[1], tinyllm::quantize_rtn(expert_matrix(w.layers[l].w2, 1).view(), spec)));
+                CHECK(L.w1.size() == 0);
+                CHECK(L.w2.size() == 0);
+                CHECK(L.router.values() == w.layers[l].router.values());
+            }
+            const tinyllm::quantization_summary held = tinyllm::quantization_of(quantized);
+            CHECK(held.matrices == s.matrices);
+            CHECK(held.weights == s.weights);
+            CHECK(held.quantized_bytes == s.quantized_bytes);
+            CHECK(held.float_bytes_kept == s.float_bytes_kept);
+            CHECK(quantized.weight_bytes() == float_bytes - 4 * s.weights + s.quantized_bytes);
+            // Per layer Wq, Wo (64 x 64), Wk, Wv (32 x 64) and 4 experts' 3 matrices of 96 x 64: the experts
+            // hold 6 of every 7 quantized weights.
+            CHECK(s.weights == 2 * (3 * 64 * 64 + 4 * 3 * 96 * 64) + (tied ? 0 : 64 * 64));
+            auto s1 = reference.new_session(16);
+            auto s2 = quantized.new_session(16);
+            std::vector<float> want, got;
+            auto feed = [&](std::span<const tinyllm::token_id> ids) {
+                const auto a = reference.forward(s1, ids), b = quantized.forward(s2, ids);
+                want.insert(want.end(), a.values().begin(), a.values().end());
+                got.insert(got.end(), b.values().begin(), b.values().end());
+            };
+            feed(prompt);
+            for (const tinyllm::token_id t : {50, 7, 31}) feed(std::vector<tinyllm::token_id>{t});
+            TINYLLM_REQUIRE_CLOSE(got, want, tinyllm_test::tolerance{1e-4, 1e-4, 1e-5}, "mixtral " + what + " logits");
+        }
+    }
+}
+
+TEST_CASE("Mixtral quantized checkpoints: the experts written and read back; one missing or misshapen is named",
+          "[quantize]") {
+    using tinyllm::model_arch;
+    const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::mixtral, 64, 64, 16, 96, 32, false);
+    const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 92);
+    const auto windows = random_windows(2, 12, 64, tinyllm_test::test_seed() + 93);
+    for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+        INFO(spec.name());
+        cpu::model m(c, w);
+        m.quantize_weights(spec);
+        tinyllm_test::temp_dir dir("tinyllm_quantized_mixtral");
+        tinyllm::cpu::save_quantized_model(dir.path.string(), m);
+        {
+            const tinyllm::safetensors_checkpoint ck(dir.path.string());
+            const tinyllm::safetensors_tensor* router = ck.find("layers.1.router");
+            REQUIRE(router);
+            CHECK(router->dtype == tinyllm::st_dtype::f32);
+            CHECK(router->shape == std::vector<index_t>{4, 64});
+            const tinyllm::safetensors_tensor* w2 = ck.find("layers.1.experts.3.w2.qweight");
+            REQUIRE(w2);
+            CHECK(w2->shape == std::vector<index_t>{64, spec.format == quant_format::int8 ? 96 : 48});
+            CHECK(ck.contains("layers.0.experts.0.w1.scales"));
+            CHECK(ck.contains("layers.0.experts.2.w3.zeros") == (spec.format == quant_format::int4));
+            CHECK_FALSE(ck.contains("layers.0.experts.4.w1.qweight"));
+        }
+        const cpu::model back = cpu::model::load(dir.path.string());
+        REQUIRE(back.quantized());
+        CHECK(back.quantization().name() == spec.name());
+        CHECK(back.weight_bytes() == m.weight_bytes());
+        CHECK(back.weights_quantized()[1].w3.size() == 4);
+        CHECK(same_quantized(back.weights_quantized()[1].w3[2], m.weights_quantized()[1].w3[2]));
+        // The same bytes, the same kernels, the same routing: the same logits, bit for bit.
+        const std::vector<float> want = window_logits(m, windows), got = window_logits(back, windows);
+        CHECK(got == want);
+    }
+    SECTION("what is refused, by name") {
+        const quant_spec spec{quant_format::int4, 32};
+        cpu::model m(c, w);
+        m.quantize_weights(spec);
+        tinyllm_test::temp_dir dir("tinyllm_quantized_mixtral");
+        const auto save = [&] { tinyllm::cpu::save_quantized_model(dir.path.string(), m); };
+        save();
+        rewrite_checkpoint(dir, "layers.1.experts.2.w3.scales", "");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("the matrices are int4-g32 but tensor 'layers.1.experts.2.w3.scales' is missing"));
+        save();
+        rewrite_checkpoint(dir, "", "layers.0.experts.1.w2.qweight");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'layers.0.experts.1.w2.qweight' is U8 (48, 64) but the config (int4-g32, "
+                                   "layers.0.experts.1.w2 of 64 x 96) asks for U8 (64, 48)"));
+        save();
+        rewrite_checkpoint(dir, "", "layers.1.router");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'layers.1.router' has shape (64, 4) but the config implies (4, 64)"));
+        save();
+        rewrite_checkpoint(dir, "layers.0.router", "");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()), contains("has no tensor 'layers.0.router'"));
+        // More experts in the file than the config has, or fewer.
+        save();
+        const std::string config = tinyllm_test::read_text(dir.file("config.json"));
+        const auto with_experts = [&](const char* n) {
+            std::string edited = config;
+            const std::string from = "\"num_local_experts\": 4";
+            const auto at = edited.find(from);
+            REQUIRE(at != std::string::npos);
+            edited.replace(at, from.size(), std::string("\"num_local_experts\": ") + n);
+            tinyllm_test::write_text(dir.file("config.json"), edited);
+        };
+        with_experts("3");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("has shape (4, 64) but the config implies (3, 64)"));
+        with_experts("5");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("has shape (4, 64) but the config implies (5, 64)"));
+        // An expert tensor the config does not imply.
+        tinyllm_test::write_text(dir.file("config.json"), config);
+        CHECK_NOTHROW(cpu::model::load(dir.path.string()));
+        rewrite_checkpoint(dir, "", "", "layers.0.experts.3.w1.qweight", "layers.0.experts.4.w1.qweight");
+        CHECK_THROWS_WITH(cpu::model::load(dir.path.string()),
+                          contains("tensor 'layers.0.experts.4.w1.qweight' is not part of a int4-g32 "
+                                   "MixtralForCausalLM of this config"));
+    }
+}
+
+TEST_CASE("Mixtral: quantize_weights_gptq fits each expert to the tokens routed to it", "[quantize]") {
+    using tinyllm::model_arch;
+    const tinyllm::model_config c = tinyllm_test::small_model_config(model_arch::mixtral, 64, 64, 16, 128, 64, false);
+    const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 94);
+    const auto calibration = random_windows(8, 32, 64, tinyllm_test::test_seed() + 95);
+    const auto other = random_windows(4, 32, 64, tinyllm_test::test_seed() + 96);
+    const cpu::model reference(c, w);
+    for (const auto& spec : {quant_spec{quant_format::int8, 0}, quant_spec{quant_format::int4, 32}}) {
+        INFO("mixtral " << spec.name());
+        cpu::model rtn(c, w), gptq(c, w);
+        rtn.quantize_weights(spec);
+        gptq.quantize_weights_gptq(spec, calibration.view());
+        CHECK(gptq.config().quantization_method == "gptq");
+        CHECK(gptq.weight_bytes() == rtn.weight_bytes());
+        REQUIRE(gptq.weights_quantized()[1].w2.size() == 4);
+        // Every expert was reached here, so none is round to nearest's.
+        for (std::size_t l = 0; l < 2; ++l)
+            for (index_t e = 0; e < 4; ++e)
+                CHECK_FALSE(same_quantized(gptq.weights_quantized()[l].w1[static_cast<std::size_t>(e)],
+                                           rtn.weights_quantized()[l].w1[static_cast<std::size_t>(e)]));
+        for (const auto* windows : {&calibration, &other}) {
+            const std::vector<float> want = window_logits(reference, *windows);
+            const std::vector<float> got_rtn = window_logits(rtn, *windows), got_gptq = window_logits(gptq, *windows);
+            const double e_rtn = mean_square_difference(got_rtn, want);
+            const double e_gptq = mean_square_difference(got_gptq, want);
+            const double m_rtn = median_position_square_difference(got_rtn, want, 64);
+            const double m_gptq = median_position_square_difference(got_gptq, want, 64);
+            INFO((windows == &calibration ? "calibration" : "other")
+                 << " windows: mean square logit error rtn " << e_rtn << ", gptq " << e_gptq
+                 << "; median over positions rtn " << m_rtn << ", gptq " << m_gptq);
+            CHECK(m_gptq > 0.0);
+            CHECK(m_gptq < (windows == &calibration ? 0.8 : 1.0) * m_rtn);
+            // At int4 rounding's own error outweighs the few flipped positions: the mean is below too.
+            if (spec.format == quant_format::int4) CHECK(e_gptq < (windows == &calibration ? 0.8 : 1.0) * e_rtn);
+        }
+    }
+    SECTION("an expert no calibration token reaches is rounded to nearest") {
+        // Layer 0's router: expert 0 scores a = h . v, expert 1 -a, experts 2 and 3 exactly 0.
+        // Top-2 takes the larger of +-a, then expert 2 (ties go to the lower index): never 3.
+        tinyllm::model_weights cut = w;
+        tensor<float, 2>& router = cut.layers[0].router;  // (E, D)
+        for (index_t d = 0; d < 64; ++d) router(1, d) = -router(0, d), router(2, d) = 0.0f, router(3, d) = 0.0f;
+        const quant_spec spec{quant_format::int4, 32};
+        cpu::model m(c, cut);
+        m.quantize_weights_gptq(spec, calibration.view());
+        const tinyllm::layer_weights_quantized& Q = m.weights_quantized()[0];
+        for (auto [got, dense] : {std::pair{&Q.w1, &cut.layers[0].w1}, {&Q.w3, &cut.layers[0].w3},
+                                  {&Q.w2, &cut.layers[0].w2}}) {
+            CHECK(same_quantized((*got)[3], tinyllm::quantize_rtn(expert_matrix(*dense, 3).view(), spec)));
+            CHECK_FALSE(same_quantized((*got)[2], tinyllm::quantize_rtn(expert_matrix(*dense, 2).view(), spec)));
+        }
     }
 }
 

@@ -341,9 +341,15 @@ struct model_weights_bf16 {
 };
 
 // The matrices of a layer quantized (model::quantize_weights); an empty
-// quantized_matrix (rows 0) where the layer has no such matrix.
+// quantized_matrix (rows 0) where the layer has no such matrix. Mixtral's
+// experts are quantized one matrix per expert, w1[e], w3[e] (F, D) and w2[e]
+// (D, F), each with its own scales (empty vectors for GPT-2 and Llama). The
+// router stays float in layer_weights::router: it is E x D, a sliver of the
+// layer's E (3 F D) expert weights, and its logits choose the experts, so a
+// rounding there would change which experts run, not just a value.
 struct layer_weights_quantized {
     quantized_matrix wq, wk, wv, wo, fc, proj, gate, up, down;
+    std::vector<quantized_matrix> w1, w3, w2;  // Mixtral: E of (F, D), (F, D), (D, F)
 };
 
 // ---- quantized checkpoints -------------------------------------------------------
@@ -355,8 +361,10 @@ struct layer_weights_quantized {
 // model.safetensors whose tensors are named after model_weights' members —
 //   embed (V, D); positions (P, D), GPT-2; final_norm.weight (D); final_norm.bias (D), GPT-2;
 //   layers.L.attn_norm.weight, layers.L.ffn_norm.weight (D), and GPT-2's
-//   layers.L.{attn_norm.bias, ffn_norm.bias, bq, bk, bv, bo, fc_bias, proj_bias},  all F32;
-// and, for each quantized matrix NAME (layers.L.wq ... layers.L.down, and
+//   layers.L.{attn_norm.bias, ffn_norm.bias, bq, bk, bv, bo, fc_bias, proj_bias};
+//   Mixtral's router layers.L.router (E, D),  all F32;
+// and, for each quantized matrix NAME (layers.L.wq ... layers.L.down, Mixtral's
+// layers.L.experts.E.w1, .w3 (F, D) and .w2 (D, F) for each expert E, and
 // lm_head when the output projection is untied), of N outputs and K inputs:
 //   NAME.qweight  int8: I8 (N, K);  int4: U8 (N, K/2), two inputs per byte (quantize.hpp)
 //   NAME.scales   F32 (N, 1) for int8, (N, K/G) for int4
@@ -389,6 +397,26 @@ inline constexpr layer_matrix_member layer_matrix_members[] = {
     {"down", &layer_weights_quantized::down, &layer_weights::down},
 };
 
+// Mixtral's expert matrices: their names (layers.L.experts.E.NAME in a checkpoint),
+// the per-expert quantized matrices and the float (E, rows, cols) tensor they come from.
+using expert_quantized_member = std::vector<quantized_matrix> layer_weights_quantized::*;
+using expert_member = tensor<float, 3> layer_weights::*;
+struct layer_expert_member {
+    const char* name;
+    expert_quantized_member quantized;
+    expert_member dense;
+};
+inline constexpr layer_expert_member layer_expert_members[] = {
+    {"w1", &layer_weights_quantized::w1, &layer_weights::w1},
+    {"w3", &layer_weights_quantized::w3, &layer_weights::w3},
+    {"w2", &layer_weights_quantized::w2, &layer_weights::w2},
+};
+
+// The checkpoint name of expert e's matrix `name` in layer l: layers.L.experts.E.NAME.
+inline std::string expert_matrix_name(std::size_t l, index_t e, std::string_view name) {
+    return "layers." + std::to_string(l) + ".experts." + std::to_string(e) + "." + std::string(name);
+}
+
 // A layer's vectors (norm weights, biases), which stay float.
 struct layer_vector_member {
     const char* name;
@@ -416,6 +444,14 @@ inline std::array<index_t, 2> layer_matrix_shape(const model_config& c, std::str
     return {0, 0};
 }
 
+// The shape (N outputs, K inputs) of each expert's matrix `name` (w1, w3, w2) of config c;
+// {0, 0} when it has no experts.
+inline std::array<index_t, 2> expert_matrix_shape(const model_config& c, std::string_view name) {
+    if (c.arch != model_arch::mixtral) return {0, 0};
+    const index_t D = c.hidden_size, F = c.intermediate_size;
+    return name == "w2" ? std::array<index_t, 2>{D, F} : std::array<index_t, 2>{F, D};
+}
+
 // The length of a layer vector of config c; 0 where its architecture has none.
 inline index_t layer_vector_length(const model_config& c, std::string_view name) {
     if (name == "attn_norm.weight" || name == "ffn_norm.weight") return c.hidden_size;
@@ -439,14 +475,15 @@ void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
         keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
         for (const auto& [name, member, dense] : layer_matrix_members)  // the model's own list (model.hpp)
             if ((L.*dense).size()) f(p + name, L.*dense);
-        for (auto [name, experts] : {std::pair{"w1", &L.w1}, {"w3", &L.w3}, {"w2", &L.w2}}) {
+        for (const auto& [name, quantized, dense] : layer_expert_members) {
+            auto* experts = &(L.*dense);
             if (!experts->size()) continue;
             const index_t E = experts->extent(0), rows = experts->extent(1), cols = experts->extent(2);
             for (index_t e = 0; e < E; ++e) {
                 // Expert e's matrix as its own (rows, cols) tensor, written back after f.
                 tensor<float, 2> m(extents<2>{rows, cols});
                 std::copy_n(experts->data() + e * rows * cols, rows * cols, m.data());
-                f(p + "experts." + std::to_string(e) + "." + name, m);
+                f(expert_matrix_name(l, e, name), m);
                 if constexpr (!std::is_const_v<W>) std::copy_n(m.data(), rows * cols, experts->data() + e * rows * cols);
             }
         }
@@ -543,9 +580,6 @@ struct quantized_model_weights {
 inline quantized_model_weights load_quantized_model_weights(const model_config& c, const safetensors_checkpoint& ck,
                                                             const std::string& where) {
     if (!c.quantization) TINYLLM_FAIL("load_quantized_model_weights: '", where, "' has no quantization_config");
-    if (c.arch == model_arch::mixtral)
-        TINYLLM_FAIL("checkpoint '", where,
-                     "': a quantized Mixtral is not supported (its experts are not quantized yet)");
     const quant_spec& spec = *c.quantization;
     const index_t D = c.hidden_size, V = c.vocab_size;
     std::set<std::string> expected;
@@ -580,6 +614,16 @@ inline quantized_model_weights load_quantized_model_weights(const model_config& 
         for (const auto& [name, member, dense] : detail::layer_matrix_members)
             if (const auto [N, K] = detail::layer_matrix_shape(c, name); N > 0)
                 q.layers[static_cast<std::size_t>(l)].*member = quantized(p + name, N, K);
+        if (c.arch == model_arch::mixtral) {
+            // The router (float) and each expert's three matrices (quantized).
+            L.router = matrix(p + "router", c.num_experts, D);
+            for (const auto& [name, member, dense] : detail::layer_expert_members) {
+                const auto [N, K] = detail::expert_matrix_shape(c, name);
+                std::vector<quantized_matrix>& experts = q.layers[static_cast<std::size_t>(l)].*member;
+                for (index_t e = 0; e < c.num_experts; ++e)
+                    experts.push_back(quantized(detail::expert_matrix_name(static_cast<std::size_t>(l), e, name), N, K));
+            }
+        }
     }
     for (const std::string& name : ck.names())
         if (!expected.count(name))
@@ -1218,24 +1262,30 @@ public:
     const model_weights_bf16& weights_bf16() const { return w16_; }
 
     // Hold the matrices a decoded token reads whole — each layer's Wq, Wk, Wv,
-    // Wo and MLP matrices, and an untied output projection — quantized to
+    // Wo and MLP matrices (Mixtral: each expert's w1, w3 and w2, one quantized
+    // matrix per expert), and an untied output projection — quantized to
     // `spec` by round to nearest (tinyllm/quantize.hpp), freeing their float
-    // copies; the embedding (with a tied head), norms, biases and GPT-2's
-    // positions stay float. The same matrices as round_model_weights
-    // (tinyllm/quantize_model.hpp) rounds, so the model computes what a model
-    // of those rounded weights computes, on cpu::linear_quantized_fused. For
-    // float32 models on the blocked kernels, GPT-2 and Llama (Mixtral's experts
-    // are not quantized yet); inference only: forward_backward and the
-    // reference kernels refuse a quantized model. There is no way back: load
-    // the model again for float weights.
+    // copies; the embedding (with a tied head), norms, biases, GPT-2's
+    // positions and Mixtral's routers stay float. The same matrices as
+    // round_model_weights (tinyllm/quantize_model.hpp) rounds, so the model
+    // computes what a model of those rounded weights computes, on
+    // cpu::linear_quantized_fused. For float32 models on the blocked kernels;
+    // inference only: forward_backward and the reference kernels refuse a
+    // quantized model. There is no way back: load the model again for float weights.
     void quantize_weights(const quant_spec& spec) {
         expect_quantizable_model(spec, "model::quantize_weights");
         wq_.assign(w_.layers.size(), layer_weights_quantized{});
         if (w_.lm_head.size()) head_q_ = quantize_rtn(w_.lm_head.view(), spec);
-        for (std::size_t l = 0; l < w_.layers.size(); ++l)
+        for (std::size_t l = 0; l < w_.layers.size(); ++l) {
             for (const auto& [name, member, dense] : detail::layer_matrix_members)
                 if (const tensor<float, 2>& m = w_.layers[l].*dense; m.size())
                     wq_[l].*member = quantize_rtn(m.view(), spec);
+            for (const auto& [name, member, dense] : detail::layer_expert_members) {
+                const tensor<float, 3>& experts = w_.layers[l].*dense;  // (E, rows, cols)
+                for (index_t e = 0; e < (experts.size() ? experts.extent(0) : 0); ++e)
+                    (wq_[l].*member).push_back(quantize_rtn(experts.view().slice(0, e), spec));
+            }
+        }
         finish_quantization(spec, "rtn");
     }
 
@@ -1252,6 +1302,12 @@ public:
     // MLP's first matrices (fc, or gate and up), one for its last (proj, down) —
     // then its matrices are quantized; an untied output projection last, on the
     // final norm's output. L + 1 passes over the windows (L when tied).
+    // Mixtral's experts get a Hessian each, over the tokens routed to them: for
+    // expert e, H_e = 2 X_e^T X_e / M_e with X_e the normed hidden states of the
+    // M_e (token, slot) rows whose top-k holds e (w1's and w3's input, D x D), and
+    // another over those rows' SwiGLU output (w2's input, F x F). An expert no
+    // calibration token reached has no statistics to weigh its errors by: it is
+    // quantized by round to nearest instead. The router stays float.
     void quantize_weights_gptq(const quant_spec& spec, tensor_view<const token_id, 2> calibration,
                                const gptq_options& options = {}) {
         const char* op = "model::quantize_weights_gptq";
@@ -1265,9 +1321,11 @@ public:
                                " is outside the vocabulary [0, ", config_.vocab_size, ")");
         TINYLLM_EXPECT(kernels_ == kernels::blocked, op, ": runs its calibration on the blocked kernels "
                        "(set_kernels(kernels::blocked))");
-        // Run every window through the model; `observe` sees each projection's input.
-        const auto run_windows = [&](const linear_observer& observe) {
+        // Run every window through the model; `observe` sees each projection's input,
+        // `observe_experts` (if given) each expert's.
+        const auto run_windows = [&](const linear_observer& observe, const expert_observer* observe_experts = nullptr) {
             observe_linear_ = &observe;
+            observe_expert_ = observe_experts;
             try {
                 for (index_t m = 0; m < M; ++m) {
                     session s = new_session(T);
@@ -1277,9 +1335,11 @@ public:
                 }
             } catch (...) {
                 observe_linear_ = nullptr;
+                observe_expert_ = nullptr;
                 throw;
             }
             observe_linear_ = nullptr;
+            observe_expert_ = nullptr;
         };
         // While it runs, the layers already quantized compute with their quantized
         // matrices (project prefers them) and the rest with float ones.
@@ -1303,14 +1363,36 @@ public:
                     const auto i = static_cast<std::size_t>(input_of(name));
                     if (m.size() && !reader[i]) h[i].emplace(m.extent(1)), reader[i] = &m;
                 }
-                run_windows([&](const tensor<float, 2>& weight, tensor_view<const float, 2> x) {
-                    for (std::size_t i = 0; i < reader.size(); ++i)
-                        if (reader[i] == &weight) h[i]->add(x);
-                });
+                // Mixtral: expert e's two Hessians, over the rows routed to it —
+                // h_in[e] (D x D) for w1 and w3, h_hidden[e] (F x F) for w2.
+                const index_t E = L.w1.size() ? L.w1.extent(0) : 0;
+                std::vector<gptq_hessian> h_in, h_hidden;
+                for (index_t e = 0; e < E; ++e) h_in.emplace_back(L.w1.extent(2)), h_hidden.emplace_back(L.w2.extent(2));
+                const expert_observer see_experts = [&](const tensor<float, 3>& weight, index_t e,
+                                                        tensor_view<const float, 2> x) {
+                    if (&weight == &L.w1) h_in[static_cast<std::size_t>(e)].add(x);
+                    else if (&weight == &L.w2) h_hidden[static_cast<std::size_t>(e)].add(x);
+                };
+                run_windows(
+                    [&](const tensor<float, 2>& weight, tensor_view<const float, 2> x) {
+                        for (std::size_t i = 0; i < reader.size(); ++i)
+                            if (reader[i] == &weight) h[i]->add(x);
+                    },
+                    E ? &see_experts : nullptr);
                 for (const auto& [name, member, dense] : detail::layer_matrix_members)
                     if (const tensor<float, 2>& m = L.*dense; m.size())
                         wq_[l].*member = quantize_gptq(m.view(), *h[static_cast<std::size_t>(input_of(name))], spec,
                                                        options);
+                for (const auto& [name, member, dense] : detail::layer_expert_members) {
+                    const std::vector<gptq_hessian>& he = std::string_view(name) == "w2" ? h_hidden : h_in;
+                    for (index_t e = 0; e < E; ++e) {
+                        const auto m = (L.*dense).view().slice(0, e);  // (rows, cols)
+                        const gptq_hessian& H = he[static_cast<std::size_t>(e)];
+                        // No calibration row reached expert e: round to nearest.
+                        (wq_[l].*member).push_back(H.rows() > 0 ? quantize_gptq(m, H, spec, options)
+                                                                : quantize_rtn(m, spec));
+                    }
+                }
             }
             if (w_.lm_head.size()) {
                 gptq_hessian h(w_.lm_head.extent(1));
@@ -1357,9 +1439,12 @@ public:
             for (const auto* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.fc, &L.proj, &L.gate, &L.up, &L.down}) add_bf16(*t);
             add_bf16(L.w1), add_bf16(L.w3), add_bf16(L.w2);
         }
-        for (const layer_weights_quantized& Q : wq_)
+        for (const layer_weights_quantized& Q : wq_) {
             for (const auto* q : {&Q.wq, &Q.wk, &Q.wv, &Q.wo, &Q.fc, &Q.proj, &Q.gate, &Q.up, &Q.down})
                 bytes += q->bytes();
+            for (const auto* experts : {&Q.w1, &Q.w3, &Q.w2})
+                for (const quantized_matrix& q : *experts) bytes += q.bytes();
+        }
         return bytes;
     }
 
@@ -1833,7 +1918,7 @@ private:
             swiglu_vectorized(gate.view(), gate.view(), up.view());
             project(out, gate.view(), L.down, L16.down, LQ.down, none);
         } else {
-            moe_blocked(out, h, L, L16);
+            moe_blocked(out, h, L, L16, LQ);
         }
     }
 
@@ -1858,9 +1943,11 @@ private:
     // Mixtral's sparse MoE block on the blocked kernels: moe_forward's steps (router
     // logits in double as the reference computes them, so both choose the same
     // experts; softmax -> top-k -> renormalize; tokens gathered expert by expert),
-    // with each expert's rows multiplied through linear_gemm as one (rows, D) block.
+    // with each expert's rows multiplied through linear_gemm as one (rows, D) block,
+    // or through linear_quantized_fused when the experts are quantized (the router
+    // is float either way).
     void moe_blocked(tensor_view<float, 2> out, tensor_view<const float, 2> x, const layer_weights& L,
-                     const layer_weights_bf16& L16) const {
+                     const layer_weights_bf16& L16, const layer_weights_quantized& LQ) const {
         const index_t D = x.extent(1), E = config_.num_experts, F = config_.intermediate_size;
         const bool bf16 = dtype_ == weight_dtype::bfloat16;
         moe_routing r = route(x, L);
@@ -1871,18 +1958,20 @@ private:
         for (index_t e = 0; e < E; ++e) {
             const index_t first = plan.expert_offsets(e), rows = plan.expert_counts(e);
             if (rows == 0) continue;
-            // out = in · (expert e's matrix of w or w16, as held)^T
+            // out = in · (expert e's matrix of w, w16 or wq, as held)^T
             auto expert = [&](tensor_view<float, 2> out, tensor_view<const float, 2> in, const tensor<float, 3>& w,
-                              const tensor<bfloat16, 3>& w16) {
-                if (bf16) linear_gemm(out, in, w16.view().slice(0, e), {});
+                              const tensor<bfloat16, 3>& w16, const std::vector<quantized_matrix>& wq) {
+                if (observe_expert_ && w.size()) (*observe_expert_)(w, e, in);
+                if (!wq.empty()) linear_quantized_fused(out, in, wq[static_cast<std::size_t>(e)]);
+                else if (bf16) linear_gemm(out, in, w16.view().slice(0, e), {});
                 else linear_gemm(out, in, w.view().slice(0, e), {});
             };
             const auto in = sorted.view().narrow(0, first, rows);  // (rows, D)
             tensor<float, 2> gate(extents<2>{rows, F}), up(extents<2>{rows, F});
-            expert(gate.view(), in, L.w1, L16.w1);
-            expert(up.view(), in, L.w3, L16.w3);
+            expert(gate.view(), in, L.w1, L16.w1, LQ.w1);
+            expert(up.view(), in, L.w3, L16.w3, LQ.w3);
             swiglu_vectorized(gate.view(), gate.view(), up.view());
-            expert(expert_out.view().narrow(0, first, rows), gate.view(), L.w2, L16.w2);
+            expert(expert_out.view().narrow(0, first, rows), gate.view(), L.w2, L16.w2, LQ.w2);
         }
         moe_combine(out, expert_out.view(), r.weights.view(), plan.view());
     }
@@ -2022,14 +2111,17 @@ private:
     // address): set only while quantize_weights_gptq gathers its statistics.
     using linear_observer = std::function<void(const tensor<float, 2>&, tensor_view<const float, 2>)>;
     mutable const linear_observer* observe_linear_ = nullptr;
+    // The same for Mixtral's experts: the float (E, rows, cols) tensor, the expert e
+    // and the input rows routed to it, x (rows_e, cols) — w1's and w3's input
+    // (the normed hidden state of the tokens routed to e), or w2's (their SwiGLU output).
+    using expert_observer = std::function<void(const tensor<float, 3>&, index_t, tensor_view<const float, 2>)>;
+    mutable const expert_observer* observe_expert_ = nullptr;
 
     // What quantize_weights and quantize_weights_gptq check first.
     void expect_quantizable_model(const quant_spec& spec, const char* op) const {
         TINYLLM_EXPECT(!quantized_, op, ": the matrices are already quantized (", quant_spec_.name(), ")");
         TINYLLM_EXPECT(dtype_ == weight_dtype::float32, op,
                        ": the matrices are bfloat16; quantize from float32 weights");
-        TINYLLM_EXPECT(config_.arch != model_arch::mixtral, op,
-                       ": Mixtral's experts are not quantized yet (GPT-2 and Llama are)");
         const std::string why = quant_spec_mismatch(w_, spec);
         TINYLLM_EXPECT(why.empty(), op, ": ", spec.name(), ": ", why);
     }
@@ -2037,8 +2129,10 @@ private:
     // The quantized matrices are in wq_ and head_q_: free their float copies, record the format.
     void finish_quantization(const quant_spec& spec, const char* method) {
         w_.lm_head = tensor<float, 2>();
-        for (layer_weights& L : w_.layers)
+        for (layer_weights& L : w_.layers) {
             for (const auto& [name, member, dense] : detail::layer_matrix_members) L.*dense = tensor<float, 2>();
+            for (const auto& [name, member, dense] : detail::layer_expert_members) L.*dense = tensor<float, 3>();
+        }
         quantized_ = true;
         quant_spec_ = spec;
         config_.quantization = spec;
@@ -2257,7 +2351,7 @@ inline loss_terms model::forward_backward(model_weights& grads, tensor_view<cons
         } else {
             A.router_logits = tensor<float, 2>(extents<2>{N, E});
             linear(A.router_logits.view(), A.h2.view(), L.router.view(), {});
-            if (blocked) moe_blocked(delta.view(), A.h2.view(), L, no_bf16_layer_);
+            if (blocked) moe_blocked(delta.view(), A.h2.view(), L, no_bf16_layer_, no_quantized_layer_);
             else
                 moe_forward(delta.view(), A.h2.view(), L.router.view(), L.w1.view(), L.w3.view(), L.w2.view(),
                             c.experts_per_token);
@@ -2440,6 +2534,13 @@ inline void save_quantized_model(const std::string& dir, const model& m) {
             if ((w.layers[l].*member).size()) entries.emplace_back(p + name, w.layers[l].*member);
         for (const auto& [name, member, dense] : tinyllm::detail::layer_matrix_members)
             if (const quantized_matrix& q = m.weights_quantized()[l].*member; q.rows > 0) put_quantized(p + name, q);
+        // Mixtral: the float router, then expert by expert its quantized w1, w3, w2.
+        if (w.layers[l].router.size()) entries.emplace_back(p + "router", w.layers[l].router);
+        for (const auto& [name, member, dense] : tinyllm::detail::layer_expert_members) {
+            const std::vector<quantized_matrix>& experts = m.weights_quantized()[l].*member;
+            for (std::size_t e = 0; e < experts.size(); ++e)
+                put_quantized(tinyllm::detail::expert_matrix_name(l, static_cast<index_t>(e), name), experts[e]);
+        }
     }
     std::error_code ec;
     fs::create_directories(dir, ec);

@@ -51,8 +51,11 @@ inline quantization_summary quantization_of(const cpu::model& m) {
         s.quantized_bytes += q.bytes();
     };
     add(m.head_quantized());
-    for (const layer_weights_quantized& layer : m.weights_quantized())
+    for (const layer_weights_quantized& layer : m.weights_quantized()) {
         for (const auto& [name, member, dense] : detail::layer_matrix_members) add(layer.*member);
+        for (const auto& [name, member, dense] : detail::layer_expert_members)
+            for (const quantized_matrix& q : layer.*member) add(q);  // Mixtral: one per expert
+    }
     s.float_bytes_kept = m.weight_bytes() - s.quantized_bytes;
     return s;
 }
