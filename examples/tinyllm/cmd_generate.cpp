@@ -30,7 +30,8 @@ using namespace tinyllm_cli;
 namespace {
 
 // --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16 and
-// *quantized for --dtype int8 or int4-gG (CPU only: quantized at load, round to nearest).
+// *quantized for --dtype int8 or int4-gG (quantized at load, round to nearest, on
+// either device).
 bool wants_gpu(const parsed_args& a, bool* bf16, std::optional<tinyllm::quant_spec>* quantized) {
     const std::string device = a.get("device", "cpu"), dtype = a.get("dtype", "float32");
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
@@ -41,8 +42,6 @@ bool wants_gpu(const parsed_args& a, bool* bf16, std::optional<tinyllm::quant_sp
             throw usage_error("--dtype must be float32, bfloat16, int8 or int4-gG (G an even group size), got '" +
                               dtype + "'");
         }
-        if (device == "cuda")
-            throw usage_error("--dtype " + dtype + " runs on the CPU; the CUDA model holds float32 or bfloat16 weights");
         if (a.has_flag("reference"))
             throw usage_error("--reference runs float32 weights; --dtype " + dtype + " needs the blocked kernels");
     }
@@ -149,9 +148,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "it is generated. Default: greedy, 32 new tokens, --device cpu (the default model:\n"
                 "temperature 0.8, top-k 40, 200 new tokens).\n"
                 "--device cuda runs the CUDA model; on either device the weights are held in --dtype\n"
-                "(float32, or bfloat16: half the bytes, float accumulation; on the CPU also int8 or\n"
-                "int4-gG, e.g. int4-g64: the layers' matrices quantized at load by round to nearest,\n"
-                "docs/quantization.md). Both devices choose tokens\n"
+                "(float32; bfloat16: half the bytes, float accumulation; int8 or int4-gG, e.g. int4-g64:\n"
+                "the layers' matrices quantized at load by round to nearest, docs/quantization.md). A\n"
+                "checkpoint of `tinyllm quantize --out` runs quantized as stored. Both devices choose tokens\n"
                 "with the same samplers and seeds. On the CPU the model runs its blocked kernels (float\n"
                 "accumulation, threads: docs/cpu.md); --reference runs the readable reference kernels\n"
                 "instead (double accumulation, one thread, float32 weights, many times slower), which\n"
@@ -162,10 +161,10 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                 "--prompt-lookup N drafts instead by copying what followed the latest earlier\n"
                 "occurrence of the text's last N (or fewer) tokens. The output follows the same\n"
                 "distribution as without it (greedy: the same tokens); stderr reports the acceptance.\n"
-                "With --device cuda the CUDA model is the target and a float32/bfloat16 draft runs on\n"
-                "the GPU too; an int8/int4 draft (--draft-dtype) runs on the CPU.\n"
-                "--kv-cache int8 (CPU, without speculative decoding) keeps the keys and values in 8 bits\n"
-                "with a scale per position and head: about 3.7x less cache memory (docs/quantization.md).\n") {
+                "With --device cuda the CUDA model is the target and the draft runs on the GPU too.\n"
+                "--kv-cache int8 (either device, without speculative decoding) keeps the keys and values\n"
+                "in 8 bits with a scale per position and head: about 3.7x less cache memory\n"
+                "(docs/quantization.md).\n") {
     const auto a = parse_args(args,
                               {"model", "prompt", "prompt-ids", "tokenizer", "encoding", "max-new-tokens", "temperature",
                                "top-k", "top-p", "min-p", "seed", "device", "dtype", "draft-model", "draft-dtype",
@@ -193,7 +192,6 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
 
     tinyllm::cpu::generation_options o;
     if (const std::string kv = a.get("kv-cache", "float32"); kv == "int8") {
-        if (gpu) throw usage_error("--kv-cache int8 runs on the CPU; the CUDA model keeps float keys and values");
         if (a.options.count("draft-model") || a.options.count("prompt-lookup"))
             throw usage_error("--kv-cache int8 does not combine with speculative decoding yet");
         o.kv_cache = tinyllm::cpu::model::kv_dtype::int8;
@@ -217,9 +215,10 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     const speculation spec = speculation_of(a, dir);
 
     // The same loop on either device: prefill, then one token at a time, on_token per token.
+    const gpu_weights gpu_target{dir, bf16, quantized, o.kv_cache == tinyllm::cpu::model::kv_dtype::int8};
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
         if (gpu && !spec.active) {
-            gpu_generate(dir, bf16, prompt, o, on_token);
+            gpu_generate(gpu_target, prompt, o, on_token);
             return;
         }
         tinyllm::speculative_options so;
@@ -228,14 +227,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
         so.sampling = o.sampling;
         so.seed = o.seed;
         const auto each = [&](tinyllm::token_id id, bool) { on_token(id); };
-        if (gpu) {
-            // The CUDA model as target; a quantized draft runs on the CPU (the CUDA model holds float weights).
-            std::optional<tinyllm::cpu::model> cpu_draft;
-            if (spec.draft_quantized) cpu_draft = load_cpu_model(a, spec.draft_dir, false, spec.draft_quantized);
-            report_speculation(gpu_generate_speculative(dir, bf16, spec.draft_dir, spec.draft_bf16,
-                                                        cpu_draft ? &*cpu_draft : nullptr, spec.lookup_ngram, prompt,
-                                                        so, each),
-                               spec.k);
+        if (gpu) {  // the CUDA model as target, and as draft
+            const gpu_weights draft{spec.draft_dir, spec.draft_bf16, spec.draft_quantized, false};
+            report_speculation(gpu_generate_speculative(gpu_target, draft, spec.lookup_ngram, prompt, so, each), spec.k);
             return;
         }
         const tinyllm::cpu::model target = load_cpu_model(a, dir, bf16, quantized);
@@ -291,7 +285,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     const auto prompt = parse_token_ids(a.get("prompt-ids"));
     std::vector<float> last;
     if (gpu) {
-        last = gpu_last_logits(a.get("model"), bf16, prompt);
+        last = gpu_last_logits(gpu_weights{a.get("model"), bf16, quantized, false}, prompt);
     } else {
         const auto model = load_cpu_model(a, a.get("model"), bf16, quantized);
         auto session = model.new_session(static_cast<tinyllm::index_t>(prompt.size()));

@@ -28,29 +28,39 @@ std::vector<float> gpu_fill_uniform(long long n, unsigned long long seed);
 }  // namespace tinyllm_cli
 
 #include <tinyllm/model.hpp>
+#include <tinyllm/quantize.hpp>
 #include <tinyllm/speculative.hpp>
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 
 namespace tinyllm_cli {
-// `tinyllm generate/logits --device cuda`: the checkpoint in DIR run by
-// tinyllm::cuda::model in float32 or bfloat16 (gpu_model.cu). A build without
-// CUDA, or a machine without a usable GPU, throws tinyllm::error saying so.
-std::vector<tinyllm::token_id> gpu_generate(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt,
-                                       const tinyllm::cpu::generation_options& options,
-                                       const std::function<void(tinyllm::token_id)>& on_token);
-std::vector<float> gpu_last_logits(const std::string& dir, bool bfloat16, std::span<const tinyllm::token_id> prompt);
+// What `--device cuda` runs: the checkpoint in `dir` on tinyllm::cuda::model
+// (gpu_model.cu), its matrices in float32 or bfloat16, or quantized — as a
+// checkpoint of `tinyllm quantize --out` holds them, or by round to nearest at
+// load (`quantize`, from --dtype int8|int4-gG; the model then computes in float
+// around its int8/int4 matrices). `int8_kv` keeps the sessions' keys and values
+// in int8 (--kv-cache int8). A build without CUDA, or a machine without a
+// usable GPU, throws tinyllm::error saying so.
+struct gpu_weights {
+    std::string dir;
+    bool bfloat16 = false;
+    std::optional<tinyllm::quant_spec> quantize;
+    bool int8_kv = false;
+};
+
+std::vector<tinyllm::token_id> gpu_generate(const gpu_weights& model, std::span<const tinyllm::token_id> prompt,
+                                            const tinyllm::cpu::generation_options& options,
+                                            const std::function<void(tinyllm::token_id)>& on_token);
+std::vector<float> gpu_last_logits(const gpu_weights& model, std::span<const tinyllm::token_id> prompt);
 
 // `tinyllm generate --device cuda` with --draft-model or --prompt-lookup: speculative
-// decoding with the CUDA model of DIR as the target (tinyllm/cuda/speculative.cuh).
-// The drafter: prompt lookup when lookup_ngram > 0; else `cpu_draft` when given (a
-// quantized draft runs on the CPU: the CUDA model holds float weights only); else
-// the checkpoint in draft_dir on the GPU, in float32 or bfloat16.
-tinyllm::speculative_result gpu_generate_speculative(const std::string& dir, bool bfloat16,
-                                                     const std::string& draft_dir, bool draft_bfloat16,
-                                                     const tinyllm::cpu::model* cpu_draft, tinyllm::index_t lookup_ngram,
+// decoding with the CUDA model of `target` (tinyllm/cuda/speculative.cuh). The
+// drafter: prompt lookup when lookup_ngram > 0; else the CUDA model of `draft`.
+tinyllm::speculative_result gpu_generate_speculative(const gpu_weights& target, const gpu_weights& draft,
+                                                     tinyllm::index_t lookup_ngram,
                                                      std::span<const tinyllm::token_id> prompt,
                                                      const tinyllm::speculative_options& options,
                                                      const std::function<void(tinyllm::token_id, bool)>& on_token);

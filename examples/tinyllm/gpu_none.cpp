@@ -24,14 +24,13 @@ namespace {
 }
 }  // namespace
 
-std::vector<tinyllm::token_id> gpu_generate(const std::string&, bool, std::span<const tinyllm::token_id>,
-                                       const tinyllm::cpu::generation_options&,
-                                       const std::function<void(tinyllm::token_id)>&) {
+std::vector<tinyllm::token_id> gpu_generate(const gpu_weights&, std::span<const tinyllm::token_id>,
+                                            const tinyllm::cpu::generation_options&,
+                                            const std::function<void(tinyllm::token_id)>&) {
     no_cuda();
 }
-std::vector<float> gpu_last_logits(const std::string&, bool, std::span<const tinyllm::token_id>) { no_cuda(); }
-tinyllm::speculative_result gpu_generate_speculative(const std::string&, bool, const std::string&, bool,
-                                                     const tinyllm::cpu::model*, tinyllm::index_t,
+std::vector<float> gpu_last_logits(const gpu_weights&, std::span<const tinyllm::token_id>) { no_cuda(); }
+tinyllm::speculative_result gpu_generate_speculative(const gpu_weights&, const gpu_weights&, tinyllm::index_t,
                                                      std::span<const tinyllm::token_id>, const tinyllm::speculative_options&,
                                                      const std::function<void(tinyllm::token_id, bool)>&) {
     no_cuda();

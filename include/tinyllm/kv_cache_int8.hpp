@@ -126,11 +126,9 @@ private:
                            ") is ", xd, "; only finite numbers can be quantized");
             amax = std::max(amax, std::fabs(xd));
         }
-        const float s = detail::step_for(amax, 127.0);
+        const float s = quant::step_for(amax, 127.0);
         scales(b, at, h) = s;
-        for (index_t d = 0; d < D; ++d)
-            q(b, at, h, d) = static_cast<std::int8_t>(
-                s > 0.0f ? std::clamp(std::round(x(b, t, h, d) / s), -127.0f, 127.0f) : 0.0f);
+        for (index_t d = 0; d < D; ++d) q(b, at, h, d) = quant::quantize_int8(x(b, t, h, d), s);
     }
 
     tensor<std::int8_t, 4> k_, v_;       // (B, capacity, Hkv, D)

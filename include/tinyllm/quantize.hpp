@@ -124,6 +124,30 @@ TINYLLM_HOST_DEVICE std::uint8_t int4_pack(int even, int odd) {
 TINYLLM_HOST_DEVICE float dequantize_int8(std::int8_t q, float scale) { return static_cast<float>(q) * scale; }
 TINYLLM_HOST_DEVICE float dequantize_int4(int q, float scale, int zero) { return static_cast<float>(q - zero) * scale; }
 
+// The step s for `range` spread over `levels` steps: the smallest float with
+// range / s <= levels (computed in double, as the range is), 0 for an empty
+// range. Every quantizer's scale comes from here (int8 absmax: levels 127; int4
+// min/max: 15).
+TINYLLM_HOST_DEVICE float step_for(double range, double levels) {
+    if (!(range > 0.0)) return 0.0f;
+    float s = static_cast<float>(range / levels);
+    if (s == 0.0f) s = 1.40129846e-45f;  // the smallest denormal
+    while (range / s > levels) {         // one float up (s is positive and finite)
+        std::uint32_t bits;
+        std::memcpy(&bits, &s, sizeof bits);
+        ++bits;
+        std::memcpy(&s, &bits, sizeof bits);
+    }
+    return s;
+}
+// x as a symmetric int8 with step s: round(x / s) clamped to [-127, 127]; 0 when s is 0.
+TINYLLM_HOST_DEVICE std::int8_t quantize_int8(float x, float s) {
+    if (!(s > 0.0f)) return 0;
+    const float r = ::roundf(x / s);
+    if (r != r) return 0;  // x is NaN (callers check finiteness; this only keeps the cast defined)
+    return static_cast<std::int8_t>(r < -127.0f ? -127.0f : r > 127.0f ? 127.0f : r);
+}
+
 }  // namespace quant
 
 enum class quant_format { int8, int4 };
@@ -216,13 +240,7 @@ inline void expect_quantizable(tensor_view<const float, 2> w, const quant_spec& 
 // range). A quotient that underflows or rounds down would otherwise push the
 // largest weight past the last level. The range is a double: max - min of two
 // floats can exceed the largest float.
-inline float step_for(double range, double levels) {
-    if (!(range > 0.0)) return 0.0f;
-    float s = static_cast<float>(range / levels);
-    if (s == 0.0f) s = std::numeric_limits<float>::denorm_min();
-    while (range / s > levels) s = std::nextafter(s, std::numeric_limits<float>::infinity());
-    return s;
-}
+inline float step_for(double range, double levels) { return quant::step_for(range, levels); }
 
 inline quantized_matrix empty_quantized(index_t N, index_t K, const quant_spec& spec) {
     quantized_matrix q;

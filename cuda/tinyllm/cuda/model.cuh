@@ -36,6 +36,13 @@
 // That is exactly what generation needs: prefill the batch, then one token per
 // row per step. Padding positions are never written to the cache.
 //
+// An int8 KV cache (new_session(B, capacity, cpu::model::kv_dtype::int8), or
+// generation_options::kv_cache) holds each position's keys and values of each
+// KV head as Dh bytes and one float step, the CPU's kv_cache_int8 format made
+// by the same formulas (quant::step_for, quant::quantize_int8): about 3.6x less
+// memory at Dh = 64. Attention reads it through a per-layer temporary of T that
+// a kernel dequantizes (the CPU reference's way), so it saves memory, not time.
+//
 // Quantized weights. A CPU model whose matrices are quantized (int8, int4-gG;
 // cpu::model::quantize_weights, or a checkpoint of `tinyllm quantize --out`)
 // uploads them as they are (quantize.cuh's device_quantized_matrix; Wq, Wk, Wv
@@ -43,9 +50,10 @@
 // a few rows (decoding, at most 8) the fused GEMV (v2), which reads the
 // quantized bytes once; more rows (a prompt) dequantize + cuBLAS (v1) for
 // float, which keeps float accuracy, or the tensor-core dequantize-GEMM (v3)
-// for bfloat16. Embeddings, norms, biases and Mixtral's experts stay as the CPU
-// holds them (float); a quantized untied output projection is dequantized once
-// on the host and uploaded dense (the logits' GEMM writes float).
+// for bfloat16. Embeddings, norms, biases and the router stay as the CPU holds
+// them (float); a quantized untied output projection and Mixtral's quantized
+// experts are dequantized once on the host and uploaded dense (the logits' GEMM
+// writes float; the experts' grouped GEMMs have no quantized rung yet).
 //
 // Training: forward_backward(grads, tokens, targets, options) is
 // cpu::model::forward_backward on the GPU, float only (T = float; bfloat16
@@ -198,6 +206,54 @@ __global__ void write_cache_kernel(T* cache, index_t capacity, const T* src, ind
     for (index_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = from[i];
 }
 
+// The int8 KV cache (session kv_dtype::int8; the format of tinyllm/kv_cache_int8.hpp):
+// like write_cache_kernel, but each position's Dh numbers of one KV head are
+// stored as int8 with one float step s = max|x| / 127 (quant::step_for and
+// quant::quantize_int8, the CPU cache's formulas, so the bytes are the CPU's).
+// One warp per (position, head): the absmax by shuffles, then each lane rounds
+// its elements. A non-finite element makes the step NaN, so attention over it
+// is NaN rather than silently finite. Grid (n, B), 32 * warps threads.
+template <class T>
+__global__ void write_cache_int8_kernel(std::int8_t* cache, float* scales, index_t capacity, const T* src,
+                                        index_t src_batch_stride, index_t src_time_stride, index_t heads,
+                                        index_t head_dim, const std::int32_t* start, const std::int32_t* count) {
+    const int t = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y);
+    if (t >= count[b]) return;  // right padding: nothing to keep
+    const index_t at = static_cast<index_t>(b) * capacity + start[b] + t;  // the cache position
+    const T* from = src + b * src_batch_stride + t * src_time_stride;
+    const int lane = static_cast<int>(threadIdx.x % 32), warps = static_cast<int>(blockDim.x / 32);
+    for (index_t h = threadIdx.x / 32; h < heads; h += warps) {
+        const T* x = from + h * head_dim;
+        float amax = 0.0f;
+        bool finite = true;
+        for (index_t d = lane; d < head_dim; d += 32) {
+            const float xd = to_float(x[d]);
+            finite = finite && ::isfinite(xd);
+            amax = fmaxf(amax, fabsf(xd));
+        }
+        amax = warp_max(amax);
+        finite = __all_sync(0xffffffffu, finite);
+        const float s = finite ? quant::step_for(amax, 127.0) : __int_as_float(0x7fc00000);  // NaN
+        if (lane == 0) scales[at * heads + h] = s;
+        std::int8_t* q = cache + (at * heads + h) * head_dim;
+        for (index_t d = lane; d < head_dim; d += 32) q[d] = finite ? quant::quantize_int8(to_float(x[d]), s) : 0;
+    }
+}
+
+// out (B, tk, Hkv, Dh) contiguous = s · q for the first tk positions of each row
+// of an int8 cache (B, capacity, Hkv, Dh): the keys or values attention reads.
+template <class T>
+__global__ void dequantize_cache_kernel(T* out, const std::int8_t* cache, const float* scales, index_t capacity,
+                                        index_t tk, index_t heads, index_t head_dim) {
+    const index_t width = heads * head_dim, n = static_cast<index_t>(gridDim.y) * tk * width;
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x) {
+        const index_t b = i / (tk * width), rest = i % (tk * width), t = rest / width, e = rest % width;
+        const index_t at = b * capacity + t;
+        out[i] = from_float<T>(quant::dequantize_int8(cache[at * width + e], scales[at * heads + e / head_dim]));
+    }
+}
+
 // out(r, :) = in(rows[r], :), for the last real position of each batch row.
 template <class T>
 __global__ void gather_rows_kernel(T* out, const T* in, const std::int32_t* rows, index_t width) {
@@ -333,9 +389,12 @@ public:
     // Whether the matrices are quantized, and how (see the top).
     bool quantized() const { return quantization_.has_value(); }
 
-    // Load DIR/config.json and DIR/model.safetensors (read as float on the host, then uploaded).
+    // Load DIR/config.json and DIR/model.safetensors (read as float on the host, then
+    // uploaded); a quantized checkpoint (`tinyllm quantize --out`) is read by the CPU
+    // model and uploaded as it stores it.
     static model load(const std::string& dir) {
         const model_config c = load_model_config(dir);
+        if (c.quantization) return model(cpu::model::load(dir));
         const safetensors_checkpoint ck(dir);
         return model(c, load_model_weights(c, ck));
     }
@@ -364,7 +423,22 @@ public:
     struct session {
         index_t batch = 0, capacity = 0;
         std::vector<index_t> lengths;                   // (B) positions fed so far
-        std::vector<device_buffer<T>> keys, values;     // per layer (B, capacity, Hkv, Dh)
+        std::vector<device_buffer<T>> keys, values;     // per layer (B, capacity, Hkv, Dh); empty for int8
+        // An int8 session (new_session(..., kv_dtype::int8)) keeps them as int8 with a
+        // float step per position and KV head, and dequantizes one layer at a time
+        // into keys_T/values_T (B, tk, Hkv, Dh) for attention.
+        cpu::model::kv_dtype kv = cpu::model::kv_dtype::float32;
+        std::vector<device_buffer<std::int8_t>> keys8, values8;     // per layer (B, capacity, Hkv, Dh)
+        std::vector<device_buffer<float>> key_steps, value_steps;   // per layer (B, capacity, Hkv)
+        device_buffer<T> keys_T, values_T;
+        // Bytes the cache keeps between forwards (the int8 session's temporaries not counted).
+        std::size_t cache_bytes() const {
+            std::size_t bytes = 0;
+            for (const auto& b : keys) bytes += 2 * b.bytes();
+            for (const auto& b : keys8) bytes += 2 * b.bytes();
+            for (const auto& b : key_steps) bytes += 2 * b.bytes();
+            return bytes;
+        }
         // scratch
         device_buffer<token_id> ids;                    // (B, n)
         device_buffer<std::int32_t> row_info;           // (4, B): start, count, key length, last row
@@ -381,7 +455,12 @@ public:
         moe_experts_workspace experts_ws;  // shared by every MoE layer: no allocation or final wait per layer
     };
 
-    session new_session(index_t batch, index_t capacity) const {
+    // A session of `batch` sequences of up to `capacity` positions each; kv_dtype::int8
+    // keeps the keys and values in 8 bits (tinyllm/kv_cache_int8.hpp's format: about
+    // 3.7x less cache memory, attention over the rounded keys and values, exactly as
+    // cpu::model's int8 sessions).
+    session new_session(index_t batch, index_t capacity,
+                        cpu::model::kv_dtype kv = cpu::model::kv_dtype::float32) const {
         TINYLLM_EXPECT(batch >= 1 && capacity >= 1, "cuda::model::new_session: batch = ", batch, " and capacity = ",
                        capacity, " must be at least 1");
         if (config_.arch == model_arch::gpt2)
@@ -395,11 +474,19 @@ public:
             static_cast<std::size_t>(batch * capacity * config_.num_kv_heads * config_.head_dim);
         // Zeroed: attention masks the positions a row has not filled, but a masked
         // key's value still meets a weight of exactly 0, and 0 * NaN would be NaN.
+        s.kv = kv;
+        const auto zeroed = [](auto& buffers, std::size_t n) {
+            buffers.emplace_back(n);
+            TINYLLM_CUDA_CHECK(cudaMemset(buffers.back().data(), 0, buffers.back().bytes()));
+        };
+        const std::size_t steps = static_cast<std::size_t>(batch * capacity * config_.num_kv_heads);
         for (index_t l = 0; l < config_.num_layers; ++l) {
-            s.keys.emplace_back(per_layer);
-            s.values.emplace_back(per_layer);
-            TINYLLM_CUDA_CHECK(cudaMemset(s.keys.back().data(), 0, s.keys.back().bytes()));
-            TINYLLM_CUDA_CHECK(cudaMemset(s.values.back().data(), 0, s.values.back().bytes()));
+            if (kv == cpu::model::kv_dtype::int8) {
+                zeroed(s.keys8, per_layer), zeroed(s.values8, per_layer);
+                zeroed(s.key_steps, steps), zeroed(s.value_steps, steps);
+            } else {
+                zeroed(s.keys, per_layer), zeroed(s.values, per_layer);
+            }
         }
         return s;
     }
@@ -498,18 +585,44 @@ public:
                 apply_rope_cached(q, pos_v, rope_);
                 apply_rope_cached(k, pos_v, rope_);
             }
-            T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
-            T* cache_v = s.values[static_cast<std::size_t>(l)].data();
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
-            launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_k, s.capacity, k.data(), n * qkv_out,
-                   qkv_out, kv_out, d_start, d_count);
-            TINYLLM_CUDA_CHECK_LAUNCH();
-            launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_v, s.capacity, v.data(), n * qkv_out,
-                   qkv_out, kv_out, d_start, d_count);
-            TINYLLM_CUDA_CHECK_LAUNCH();
-            const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
-            const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
-            attend(attn4, q, keys, values, opts, s.attention_ws);
+            if (s.kv == cpu::model::kv_dtype::int8) {
+                // Quantize the new keys and values into the int8 cache, then dequantize
+                // positions [0, tk) for attention (the CPU reference's way, on the device).
+                const auto l_ = static_cast<std::size_t>(l);
+                const unsigned threads = static_cast<unsigned>(32 * std::min<index_t>(Hkv, 4));
+                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, nullptr, s.keys8[l_].data(),
+                       s.key_steps[l_].data(), s.capacity, k.data(), n * qkv_out, qkv_out, Hkv, Dh, d_start, d_count);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, nullptr, s.values8[l_].data(),
+                       s.value_steps[l_].data(), s.capacity, v.data(), n * qkv_out, qkv_out, Hkv, Dh, d_start,
+                       d_count);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                T* keys_T = detail::at_least(s.keys_T, B * tk * kv_out);
+                T* values_T = detail::at_least(s.values_T, B * tk * kv_out);
+                const dim3 dq_grid(static_cast<unsigned>(std::min<index_t>((tk * kv_out + 255) / 256, 1024)),
+                                   static_cast<unsigned>(B));
+                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, nullptr, keys_T, s.keys8[l_].data(),
+                       s.key_steps[l_].data(), s.capacity, tk, Hkv, Dh);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, nullptr, values_T, s.values8[l_].data(),
+                       s.value_steps[l_].data(), s.capacity, tk, Hkv, Dh);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                attend(attn4, q, tensor_view<const T, 4>(keys_T, {B, tk, Hkv, Dh}),
+                       tensor_view<const T, 4>(values_T, {B, tk, Hkv, Dh}), opts, s.attention_ws);
+            } else {
+                T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
+                T* cache_v = s.values[static_cast<std::size_t>(l)].data();
+                launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_k, s.capacity, k.data(),
+                       n * qkv_out, qkv_out, kv_out, d_start, d_count);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_v, s.capacity, v.data(),
+                       n * qkv_out, qkv_out, kv_out, d_start, d_count);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
+                const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
+                attend(attn4, q, keys, values, opts, s.attention_ws);
+            }
             project(delta, attn, L.wo, L.wo_q, L.bo);
             residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
             ffn(s, delta, h, L);
@@ -569,6 +682,19 @@ private:
             d.gate_q = detail::upload_quantized(q.gate);
             d.up_q = detail::upload_quantized(q.up);
             d.down_q = detail::upload_quantized(q.down);
+            // Mixtral's experts: dequantized here and uploaded dense (the experts' grouped
+            // GEMMs have no quantized rung yet), so the GPU computes with the rounded
+            // weights the CPU does, but holds them in T.
+            for (auto [dense, experts] : {std::pair{&d.w1, &q.w1}, {&d.w3, &q.w3}, {&d.w2, &q.w2}}) {
+                if (experts->empty()) continue;
+                const index_t E = static_cast<index_t>(experts->size()), rows = experts->front().rows,
+                              cols = experts->front().cols;
+                tensor<float, 3> all(extents<3>{E, rows, cols});  // (E, rows, cols)
+                for (index_t e = 0; e < E; ++e)
+                    tinyllm::dequantize(tensor_view<float, 2>(all.data() + e * rows * cols, {rows, cols}),
+                                        (*experts)[static_cast<std::size_t>(e)]);
+                *dense = detail::upload<T>(all);
+            }
         }
         if (const quantized_matrix& head = host.head_quantized(); head.rows > 0) {
             tensor<float, 2> dense({head.rows, head.cols});
@@ -1035,7 +1161,7 @@ std::vector<std::vector<token_id>> generate_batch(
     if (options.max_new_tokens == 0) return out;
     const auto& eos = options.eos_token_ids.empty() ? m.config().eos_token_ids : options.eos_token_ids;
 
-    auto session = m.new_session(B, n + options.max_new_tokens);
+    auto session = m.new_session(B, n + options.max_new_tokens, options.kv_cache);
     std::vector<token_id> padded(static_cast<std::size_t>(B * n), 0);
     std::vector<index_t> counts(static_cast<std::size_t>(B));
     for (index_t r = 0; r < B; ++r) {
