@@ -29,6 +29,20 @@
 //     B.reserve(1):     table [3, 0, 1]     block 5 is shared and half full: copied to 1
 //                                           counts: 3 -> 2, 0 -> 2, 5 -> 1, 1 -> 1
 //
+// Where the numbers live. By default (kv_storage::host) the pool holds every
+// block's keys and values itself, as float32. With kv_storage::elsewhere it
+// keeps only the bookkeeping — the block ids, the reference counts, the free
+// list — and another owner holds the numbers under the same ids: the CUDA
+// model's device pool (cuda::paged_kv_pool, cuda/tinyllm/cuda/model_paged.cuh)
+// keeps them in GPU memory. Tables, forks, reserve, truncate and the prefix
+// cache work unchanged on such a pool; keys(), values(), write and gather
+// refuse (there is nothing on the host to read or write). The one place the
+// bookkeeping moves numbers is copy-on-write, so copy_block calls a hook
+// (set_copy_hook) after its own copy, and the owner copies its block there:
+//
+//     reserve -> allocate c, copy_block(c, s) -> host copy (if held)
+//                                             -> hook(c, s)  (device copy)
+//
 // Attention. cpu::attention_paged computes exactly what cpu::attention
 // computes (the shared mask and logit helpers of attention.hpp, in double) for
 // B sequences of different lengths, reading key j of sequence b from block
@@ -46,34 +60,45 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
 
 namespace tinyllm {
 
+// Where a kv_block_pool's keys and values live (see the top).
+enum class kv_storage {
+    host,       // in the pool, float32 (blocks, block_size, Hkv, D) per layer
+    elsewhere,  // with another owner (a device pool); the pool keeps the bookkeeping only
+};
+
 class kv_block_pool {
 public:
-    kv_block_pool(index_t layers, index_t blocks, index_t block_size, index_t kv_heads, index_t head_dim)
-        : block_size_(block_size), refs_(static_cast<std::size_t>(blocks > 0 ? blocks : 0), 0) {
+    kv_block_pool(index_t layers, index_t blocks, index_t block_size, index_t kv_heads, index_t head_dim,
+                  kv_storage storage = kv_storage::host)
+        : layers_(layers), block_size_(block_size), kv_heads_(kv_heads), head_dim_(head_dim), storage_(storage),
+          refs_(static_cast<std::size_t>(blocks > 0 ? blocks : 0), 0) {
         TINYLLM_EXPECT(layers >= 1 && blocks >= 1 && block_size >= 1 && kv_heads >= 1 && head_dim >= 1,
                        "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
                        ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
         TINYLLM_EXPECT(blocks <= std::numeric_limits<std::int32_t>::max(), "kv_block_pool: ", blocks,
                        " blocks do not fit the int32 ids of a block table");
-        for (index_t l = 0; l < layers; ++l) {
-            k_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
-            v_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
-        }
+        if (storage == kv_storage::host)
+            for (index_t l = 0; l < layers; ++l) {
+                k_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
+                v_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
+            }
         // Handed out lowest id first.
         for (index_t b = blocks - 1; b >= 0; --b) free_.push_back(static_cast<std::int32_t>(b));
     }
 
-    index_t layers() const { return static_cast<index_t>(k_.size()); }
+    index_t layers() const { return layers_; }
     index_t blocks() const { return static_cast<index_t>(refs_.size()); }
     index_t block_size() const { return block_size_; }
-    index_t kv_heads() const { return k_.front().extent(2); }
-    index_t head_dim() const { return k_.front().extent(3); }
+    index_t kv_heads() const { return kv_heads_; }
+    index_t head_dim() const { return head_dim_; }
+    kv_storage storage() const { return storage_; }
     index_t free_blocks() const { return static_cast<index_t>(free_.size()); }
     index_t used_blocks() const { return blocks() - free_blocks(); }
     index_t ref_count(index_t block) const {
@@ -110,7 +135,8 @@ public:
         expect_held(block, "kv_block_pool::release");
         if (--refs_[static_cast<std::size_t>(block)] == 0) free_.push_back(static_cast<std::int32_t>(block));
     }
-    // Block dst := block src, in every layer (copy-on-write).
+    // Block dst := block src, in every layer (copy-on-write): the host copy when
+    // the pool holds the numbers, then the copy hook, if one is set.
     void copy_block(index_t dst, index_t src) {
         expect_held(dst, "kv_block_pool::copy_block");
         expect_held(src, "kv_block_pool::copy_block");
@@ -119,10 +145,18 @@ public:
             std::copy_n(k_[l].data() + src * n, n, k_[l].data() + dst * n);
             std::copy_n(v_[l].data() + src * n, n, v_[l].data() + dst * n);
         }
+        if (copy_hook_) copy_hook_(dst, src);
     }
+    // hook(dst, src) runs at every copy_block, after the host copy: how the owner
+    // of kv_storage::elsewhere numbers mirrors copy-on-write. An empty function
+    // removes the hook.
+    void set_copy_hook(std::function<void(index_t dst, index_t src)> hook) { copy_hook_ = std::move(hook); }
 
 private:
     std::size_t layer_index(index_t layer) const {
+        TINYLLM_EXPECT(storage_ == kv_storage::host, "kv_block_pool: the blocks' keys and values are not held on the "
+                       "host (kv_storage::elsewhere: a device pool holds them), so they cannot be read or written "
+                       "here");
         TINYLLM_EXPECT(layer >= 0 && layer < layers(), "kv_block_pool: layer ", layer, " is outside [0, ", layers(),
                        ")");
         return static_cast<std::size_t>(layer);
@@ -135,8 +169,10 @@ private:
         TINYLLM_EXPECT(refs_[static_cast<std::size_t>(block)] > 0, op, ": block ", block, " is free");
     }
 
-    index_t block_size_;
-    std::vector<tensor<float, 4>> k_, v_;  // per layer (blocks, block_size, Hkv, D)
+    index_t layers_, block_size_, kv_heads_, head_dim_;
+    kv_storage storage_;
+    std::vector<tensor<float, 4>> k_, v_;  // per layer (blocks, block_size, Hkv, D); empty when held elsewhere
+    std::function<void(index_t, index_t)> copy_hook_;  // copy_block's mirror (set_copy_hook)
     std::vector<index_t> refs_;            // per block: how many tables hold it
     std::vector<std::int32_t> free_;       // free block ids, next one at the back
 };

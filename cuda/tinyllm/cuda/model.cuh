@@ -330,6 +330,10 @@ struct device_layer_weights {
     std::optional<device_quantized_matrix> wqkv_q, wo_q, fc_q, proj_q, gate_q, up_q, down_q;
 };
 
+// The device keys and values of a paged KV cache (cuda/tinyllm/cuda/model_paged.cuh).
+template <class T>
+class paged_kv_pool;
+
 template <class T>
 class model {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16>,
@@ -646,6 +650,18 @@ public:
         for (index_t b = 0; b < B; ++b) s.lengths[b] += counts.empty() ? n : counts[b];
         return tensor_view<const float, 2>(logits, {m, V});
     }
+
+    // Paged sessions and continuous batching's step, cpu::model::forward_batch on
+    // the GPU (defined in cuda/tinyllm/cuda/model_paged.cuh, where the design is):
+    // a paged session is a cpu::model::session whose block table is in
+    // pool.host(); its keys and values live in the pool's device blocks.
+    cpu::model::session new_session(paged_kv_pool<T>& pool) const;
+    cpu::model::session fork(const cpu::model::session& s) const;
+    // Session i is fed tokens[i] (a prompt chunk or one decode token); returns the
+    // float logits of each session's last fed position, (S, V), on the device,
+    // valid until the pool's next forward_batch.
+    tensor_view<const float, 2> forward_batch(paged_kv_pool<T>& pool, std::span<cpu::model::session* const> sessions,
+                                              std::span<const std::span<const token_id>> tokens) const;
 
 
     // One training step's forward and backward over a batch, the contract of
@@ -1208,3 +1224,6 @@ std::vector<token_id> generate(const model<T>& m, std::span<const token_id> prom
 }
 
 }  // namespace tinyllm::cuda
+
+// The paged sessions' members declared above (model::new_session(pool), fork, forward_batch).
+#include <tinyllm/cuda/model_paged.cuh>

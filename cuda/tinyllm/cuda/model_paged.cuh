@@ -1,0 +1,400 @@
+// tinyllm/cuda/model_paged.cuh — the CUDA model on paged sessions: one step of
+// continuous batching (cpu::model::forward_batch) on the GPU, the keys and
+// values in blocks of a device pool read through each sequence's block table.
+//
+// Where things live. The paged KV cache of tinyllm/paged_kv.hpp has two halves:
+// the bookkeeping (block ids, reference counts, the free list, each sequence's
+// kv_block_table, fork, copy-on-write decisions, the prefix cache) and the
+// numbers (each block's keys and values). paged_kv_pool<T> keeps the first on
+// the host, in an ordinary kv_block_pool made with kv_storage::elsewhere, and
+// the second on the device, one (blocks, bs, Hkv, Dh) tensor of T per layer for
+// keys and one for values, indexed by the same block ids:
+//
+//     host:    kv_block_pool (ids, counts, free list)    tables [3, 0, 5], [3, 0, 1], ...
+//     device:  keys[l], values[l]   (blocks, bs, Hkv, Dh)   block b of layer l at b * bs * Hkv * Dh
+//
+// So a paged session here is the CPU's own cpu::model::session (its table in
+// pool.host()), and everything that only moves ids — fork, truncate, reserve,
+// prefix_cache::match/insert, the batcher's preemption — works unchanged. The
+// one place the bookkeeping moves numbers is copy-on-write: reserve() copies a
+// shared, partly filled last block before a sequence appends to it. The pool
+// mirrors it with kv_block_pool's copy hook, which it sets to a device-to-device
+// copy of the block in every layer. The hook was chosen over detecting table
+// changes on the device side (diffing each table against a shadow copy) because
+// the copy then happens exactly where the CPU's does, in stream order before
+// the step's writes, and nothing can be missed: a table can change in many
+// places (reserve, adopt, truncate), but numbers move only in copy_block.
+//
+// A step, forward_batch(pool, sessions, tokens): session i feeds n_i tokens (a
+// chunk of its prompt or its newest token). As on the CPU, the blocks every
+// session needs are counted first (a pool too small is an error before anything
+// changes), then each table reserves its positions (copy-on-write included).
+// The N = sum n_i rows are stacked, the one-token sessions first:
+//
+//     rows:  [d_0][d_1]...[d_k] [chunk of s_a ......][chunk of s_b ...]
+//              decode rows         prompt chunks
+//
+//     x = embed(ids) (+ positions)          embedding.cuh, learned positions at each row's own position (N, D)
+//     for each layer:
+//         h = norm1(x)                      norm.cuh (fused with the residual add)
+//         qkv = h Wqkv^T (+ b)              ONE GEMM over all N rows (the model's project: dense or quantized)
+//         q, k = rope(q, k, pos_r)          positional.cuh v2, each row at its own position
+//         block(r) = k_r, v_r               write_paged_kernel: block_tables(seq_r, pos_r / bs), row pos_r % bs
+//         a = attention                     decode rows: ONE attention_paged call (B = k + 1, Tq = 1);
+//                                           a chunk with Hq/Hkv * n <= 32 rows: attention_paged (B = 1, Tq = n);
+//                                           a longer chunk: paged prefill rung 1 (below)
+//         x, h = x + a Wo^T, norm2(...)     one GEMM, residual_add_*_norm
+//         delta = ffn(h)                    the model's ffn (GPT-2 MLP, SwiGLU, MoE) over all N rows
+//     logits = norm_f(x_last) W_lm^T        each session's last row gathered, (S, V) float
+//
+// Paged prefill, rung 1: gather, then contiguous attention. attention_paged
+// holds at most 32 query rows per KV head (Hq/Hkv * Tq <= 32), which a prompt
+// chunk exceeds. For such a chunk of n new positions after L cached ones,
+// gather_paged_kernel copies the sequence's first L + n keys and values out of
+// its blocks into a contiguous (1, L + n, Hkv, Dh) temporary, and the model's
+// attend() runs on it — attention_flash (or attention_mma for a bf16 model with
+// head dim 64/128), causal and aligned bottom-right, exactly as model.cuh runs a
+// prompt over its contiguous cache. The gather costs a read and a write of the
+// sequence's cache per layer, small beside attention over n queries (it is
+// O((L + n) Hkv Dh) against O(n (L + n) Hq Dh)); a later rung would read the
+// blocks inside the flash kernel instead (a paged flash-attention).
+//
+// Output: the logits stay on the device (as model::forward's), (S, V) float in
+// the order of `sessions`, valid until the pool's next forward_batch (they live
+// in the pool's scratch). Element type: the blocks hold T (bf16 for a bf16
+// model), like the contiguous session's cache.
+//
+// Verified on the simulated GPU (tests/cuda/test_model_paged.cu) against
+// cpu::model::forward_batch on the same schedule; unmeasured on a real GPU.
+//
+// One pool, its sessions and its model belong to one host thread; the pool
+// must outlive the sessions whose tables are in it.
+#pragma once
+
+#include <tinyllm/cuda/attention_paged.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/model.cuh>
+#include <tinyllm/paged_kv.hpp>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <vector>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+// Each stacked row's new key and value into its block: row r belongs to
+// sequence seq[r] at position pos[r], which lives in block
+// block_tables(seq[r], pos[r] / bs) at row pos[r] % bs. Grid (N), one block per row.
+//   keys, values   (blocks, bs, Hkv, Dh) one layer of the pool, a row = width = Hkv * Dh
+//   k, v           row r at k + r * src_stride (the k and v parts of qkv)
+template <class T>
+__global__ void write_paged_kernel(T* keys, T* values, const T* k, const T* v, index_t src_stride, index_t width,
+                                   const std::int32_t* block_tables, index_t max_blocks, index_t block_size,
+                                   const std::int32_t* seq, const std::int32_t* pos) {
+    const index_t r = blockIdx.x, p = pos[r];
+    const index_t block = block_tables[static_cast<index_t>(seq[r]) * max_blocks + p / block_size];
+    const index_t at = (block * block_size + p % block_size) * width;
+    for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
+        keys[at + i] = k[r * src_stride + i];
+        values[at + i] = v[r * src_stride + i];
+    }
+}
+
+// k_out, v_out (positions, Hkv, Dh) contiguous = one sequence's first positions,
+// read from its blocks: position p from block table[p / bs], row p % bs. Grid (positions).
+template <class T>
+__global__ void gather_paged_kernel(T* k_out, T* v_out, const T* keys, const T* values, const std::int32_t* table,
+                                    index_t block_size, index_t width) {
+    const index_t p = blockIdx.x;
+    const index_t at = (static_cast<index_t>(table[p / block_size]) * block_size + p % block_size) * width;
+    for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
+        k_out[p * width + i] = keys[at + i];
+        v_out[p * width + i] = values[at + i];
+    }
+}
+
+}  // namespace detail
+
+// A paged KV cache for cuda::model<T>: the block bookkeeping on the host
+// (host(), a kv_block_pool without storage), the keys and values on the device.
+// Not copyable or movable: the bookkeeping's copy hook points at this object.
+template <class T>
+class paged_kv_pool {
+public:
+    // `blocks` blocks of `block_size` positions for a model of config c, zeroed
+    // (a masked key's value still meets a weight of exactly 0, and 0 * NaN is NaN).
+    paged_kv_pool(const model_config& c, index_t blocks, index_t block_size)
+        : host_(c.num_layers, blocks, block_size, c.num_kv_heads, c.head_dim, kv_storage::elsewhere) {
+        const std::size_t n = static_cast<std::size_t>(blocks * block_elements());
+        for (index_t l = 0; l < c.num_layers; ++l)
+            for (auto* buffers : {&keys_, &values_}) {
+                buffers->emplace_back(n);
+                TINYLLM_CUDA_CHECK(cudaMemset(buffers->back().data(), 0, buffers->back().bytes()));
+            }
+        host_.set_copy_hook([this](index_t dst, index_t src) { copy_block(dst, src); });
+    }
+    paged_kv_pool(const paged_kv_pool&) = delete;
+    paged_kv_pool& operator=(const paged_kv_pool&) = delete;
+    ~paged_kv_pool() { host_.set_copy_hook({}); }
+
+    // The bookkeeping: block tables, forks and the prefix cache use it as a CPU pool.
+    kv_block_pool& host() { return host_; }
+    const kv_block_pool& host() const { return host_; }
+
+    // Layer l's blocks on the device: (blocks, block_size, Hkv, Dh).
+    tensor_view<T, 4> keys(index_t layer) { return {keys_[layer_index(layer)].data(), shape()}; }
+    tensor_view<T, 4> values(index_t layer) { return {values_[layer_index(layer)].data(), shape()}; }
+    tensor_view<const T, 4> keys(index_t layer) const { return {keys_[layer_index(layer)].data(), shape()}; }
+    tensor_view<const T, 4> values(index_t layer) const { return {values_[layer_index(layer)].data(), shape()}; }
+
+    // Device bytes of the blocks (keys and values, all layers).
+    std::size_t bytes() const {
+        std::size_t n = 0;
+        for (const auto& b : keys_) n += 2 * b.bytes();
+        return n;
+    }
+
+private:
+    template <class>
+    friend class model;
+
+    index_t block_elements() const { return host_.block_size() * host_.kv_heads() * host_.head_dim(); }
+    extents<4> shape() const { return {host_.blocks(), host_.block_size(), host_.kv_heads(), host_.head_dim()}; }
+    std::size_t layer_index(index_t layer) const {
+        TINYLLM_EXPECT(layer >= 0 && layer < host_.layers(), "cuda::paged_kv_pool: layer ", layer,
+                       " is outside [0, ", host_.layers(), ")");
+        return static_cast<std::size_t>(layer);
+    }
+    // Copy-on-write's device half: block dst := block src in every layer (stream-ordered).
+    void copy_block(index_t dst, index_t src) {
+        const index_t n = block_elements();
+        for (std::size_t l = 0; l < keys_.size(); ++l)
+            for (auto* buffers : {&keys_, &values_}) {
+                T* base = (*buffers)[l].data();
+                TINYLLM_CUDA_CHECK(cudaMemcpy(base + dst * n, base + src * n, static_cast<std::size_t>(n) * sizeof(T),
+                                              cudaMemcpyDeviceToDevice));
+            }
+    }
+
+    kv_block_pool host_;
+    std::vector<device_buffer<T>> keys_, values_;  // per layer (blocks, bs, Hkv, Dh)
+    // forward_batch's scratch, grown on demand and reused.
+    typename model<T>::session step_;    // the model's activations, MoE and attention workspaces
+    device_buffer<T> gathered_k_, gathered_v_;  // a long chunk's keys and values, contiguous
+};
+
+template <class T>
+cpu::model::session model<T>::new_session(paged_kv_pool<T>& pool) const {
+    const kv_block_pool& p = pool.host();
+    TINYLLM_EXPECT(p.layers() == config_.num_layers && p.kv_heads() == config_.num_kv_heads &&
+                       p.head_dim() == config_.head_dim,
+                   "cuda::model::new_session: the block pool has ", p.layers(), " layers of ", p.kv_heads(),
+                   " KV heads of ", p.head_dim(), "; the model has ", config_.num_layers, " of ",
+                   config_.num_kv_heads, " of ", config_.head_dim);
+    cpu::model::session s;
+    s.paged = kv_block_table(pool.host());
+    s.max_length =
+        config_.arch == model_arch::gpt2 ? config_.max_positions : std::numeric_limits<std::int32_t>::max();
+    return s;
+}
+
+template <class T>
+cpu::model::session model<T>::fork(const cpu::model::session& s) const {
+    TINYLLM_EXPECT(s.is_paged(), "cuda::model::fork: only a paged session's blocks can be shared");
+    cpu::model::session f;
+    f.paged = s.paged.fork();
+    f.length = f.paged.length();
+    f.max_length = s.max_length;
+    return f;
+}
+
+template <class T>
+tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
+                                                    std::span<cpu::model::session* const> sessions,
+                                                    std::span<const std::span<const token_id>> tokens) const {
+    const model_config& c = config_;
+    const char* op = "cuda::model::forward_batch";
+    const index_t S = static_cast<index_t>(sessions.size()), D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+    const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
+    const index_t qkv_out = q_out + 2 * kv_out, group = Hq / Hkv;
+    kv_block_pool& blocks = pool.host();
+    TINYLLM_EXPECT(blocks.layers() == c.num_layers && blocks.kv_heads() == Hkv && blocks.head_dim() == Dh, op,
+                   ": the pool has ", blocks.layers(), " layers of ", blocks.kv_heads(), " KV heads of ",
+                   blocks.head_dim(), "; the model has ", c.num_layers, " of ", Hkv, " of ", Dh);
+    TINYLLM_EXPECT(S >= 1 && static_cast<index_t>(tokens.size()) == S, op, ": ", S, " sessions and ", tokens.size(),
+                   " token lists");
+    const auto count_of = [&](index_t i) { return static_cast<index_t>(tokens[static_cast<std::size_t>(i)].size()); };
+
+    // Every check before anything changes (cpu::model::forward_batch's, and the pool's).
+    index_t need = 0, N = 0;
+    for (index_t i = 0; i < S; ++i) {
+        const cpu::model::session* s = sessions[static_cast<std::size_t>(i)];
+        TINYLLM_EXPECT(s != nullptr, op, ": session ", i, " is null");
+        TINYLLM_EXPECT(s->is_paged(), op, ": session ", i, " is not paged (new_session(pool))");
+        TINYLLM_EXPECT(s->paged.pool() == &blocks, op, ": session ", i,
+                       "'s blocks are in another pool (not this paged_kv_pool's)");
+        for (index_t j = 0; j < i; ++j)
+            TINYLLM_EXPECT(sessions[static_cast<std::size_t>(j)] != s, op, ": session ", i, " is also session ", j);
+        const index_t n = count_of(i);
+        TINYLLM_EXPECT(n >= 1, op, ": no tokens for session ", i);
+        TINYLLM_EXPECT(s->length + n <= s->capacity(), op, ": session ", i, ": ", s->length, " + ", n,
+                       " positions exceed its capacity ", s->capacity());
+        for (const token_id id : tokens[static_cast<std::size_t>(i)])
+            TINYLLM_EXPECT(id >= 0 && id < V, op, ": session ", i, ": token id ", id,
+                           " is outside the vocabulary [0, ", V, ")");
+        need += s->paged.blocks_needed(n);
+        N += n;
+    }
+    TINYLLM_EXPECT(need <= blocks.free_blocks(), op, ": the step needs ", need, " free blocks; the pool has ",
+                   blocks.free_blocks(), " of ", blocks.blocks());
+    TINYLLM_EXPECT(N <= std::numeric_limits<std::int32_t>::max(), op, ": ", N, " rows do not fit int32 row ids");
+    // Copy-on-write happens here: the pool's hook copies the device blocks.
+    for (index_t i = 0; i < S; ++i) sessions[static_cast<std::size_t>(i)]->paged.reserve(count_of(i));
+
+    // The order of the stacked rows: the one-token sessions first, so that their
+    // queries and outputs are the first `decoders` rows (one attention_paged call).
+    std::vector<index_t> order;
+    for (index_t i = 0; i < S; ++i)
+        if (count_of(i) == 1) order.push_back(i);
+    const index_t decoders = static_cast<index_t>(order.size());
+    for (index_t i = 0; i < S; ++i)
+        if (count_of(i) > 1) order.push_back(i);
+    index_t max_blocks = 1, gathered = 0;
+    for (index_t i = 0; i < S; ++i) {
+        const cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
+        max_blocks = std::max<index_t>(max_blocks, static_cast<index_t>(s.paged.blocks().size()));
+        if (group * count_of(i) > detail::decode_rows) gathered = std::max(gathered, s.length + count_of(i));
+    }
+
+    // Host bookkeeping, in the order of the rows (slot j = session order[j]):
+    //   tables (S, max_blocks), lengths (S), row seq (N), row pos (N), last row (S, by session)
+    std::vector<std::int32_t> ints(static_cast<std::size_t>(S * max_blocks + S + 2 * N + S), -1);
+    std::int32_t* tables = ints.data();
+    std::int32_t* lengths = tables + S * max_blocks;
+    std::int32_t* row_seq = lengths + S;
+    std::int32_t* row_pos = row_seq + N;
+    std::int32_t* last_row = row_pos + N;
+    std::vector<token_id> ids(static_cast<std::size_t>(N));
+    std::vector<std::int64_t> pos(static_cast<std::size_t>(N));
+    std::vector<index_t> first(static_cast<std::size_t>(S));  // slot j's first row
+    for (index_t j = 0, r = 0; j < S; ++j) {
+        const index_t i = order[static_cast<std::size_t>(j)], n = count_of(i);
+        const cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
+        const std::vector<std::int32_t>& t = s.paged.blocks();
+        std::copy(t.begin(), t.end(), tables + j * max_blocks);
+        lengths[j] = static_cast<std::int32_t>(s.length + n);
+        first[static_cast<std::size_t>(j)] = r;
+        for (index_t k = 0; k < n; ++k, ++r) {
+            ids[static_cast<std::size_t>(r)] = tokens[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)];
+            pos[static_cast<std::size_t>(r)] = s.length + k;
+            row_seq[r] = static_cast<std::int32_t>(j);
+            row_pos[r] = static_cast<std::int32_t>(s.length + k);
+        }
+        last_row[i] = static_cast<std::int32_t>(r - 1);
+    }
+    typename model<T>::session& w = pool.step_;
+    std::int32_t* d_ints = detail::at_least(w.row_info, static_cast<index_t>(ints.size()));
+    TINYLLM_CUDA_CHECK(cudaMemcpy(d_ints, ints.data(), ints.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+    const std::int32_t* d_tables = d_ints;
+    const std::int32_t* d_lengths = d_tables + S * max_blocks;
+    const std::int32_t* d_row_seq = d_lengths + S;
+    const std::int32_t* d_row_pos = d_row_seq + N;
+    const std::int32_t* d_last_row = d_row_pos + N;
+    token_id* d_ids = detail::at_least(w.ids, N);
+    TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(token_id), cudaMemcpyHostToDevice));
+    std::int64_t* d_pos = detail::at_least(w.positions, N);
+    TINYLLM_CUDA_CHECK(cudaMemcpy(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
+    const tensor_view<const std::int64_t, 2> pos_v(d_pos, {1, N});
+
+    const tensor_view<T, 2> x(detail::at_least(w.x, N * D), {N, D});  // (N, D)
+    const tensor_view<T, 2> h(detail::at_least(w.h, N * D), {N, D});
+    const tensor_view<T, 2> delta(detail::at_least(w.delta, N * D), {N, D});
+    const tensor_view<T, 2> qkv(detail::at_least(w.qkv, N * qkv_out), {N, qkv_out});
+    const tensor_view<T, 2> attn(detail::at_least(w.attn, N * q_out), {N, q_out});
+    T* gathered_k = gathered > 0 ? detail::at_least(pool.gathered_k_, gathered * kv_out) : nullptr;
+    T* gathered_v = gathered > 0 ? detail::at_least(pool.gathered_v_, gathered * kv_out) : nullptr;
+
+    // x = embed(ids) (+ learned positions, each row's own)
+    embedding<T, token_id>(tensor_view<T, 3>(x.data(), {1, N, D}), tensor_view<const token_id, 2>(d_ids, {1, N}),
+                           embed_.view(), 1.0f, embedding_version::vectorized, /*check_ids=*/false);
+    if (c.arch == model_arch::gpt2)
+        add_learned_positions<T>(tensor_view<T, 3>(x.data(), {1, N, D}), positions_.view(), pos_v);
+
+    // q, k: views into the rows of qkv                                           (1, N, H, Dh)
+    const extents<4> qkv_strides{N * qkv_out, qkv_out, Dh, 1};
+    const tensor_view<T, 4> q(qkv.data(), {1, N, Hq, Dh}, qkv_strides);
+    const tensor_view<T, 4> k(qkv.data() + q_out, {1, N, Hkv, Dh}, qkv_strides);
+    attention_options opts;
+    opts.causal = true;
+
+    for (index_t l = 0; l < c.num_layers; ++l) {
+        const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+        if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
+        else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias);  // x += delta; h = norm(x)
+        project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv);
+        if (c.arch != model_arch::gpt2) {
+            apply_rope_cached(q, pos_v, rope_);
+            apply_rope_cached(k, pos_v, rope_);
+        }
+        T* keys = pool.keys(l).data();
+        T* values = pool.values(l).data();
+        launch(detail::write_paged_kernel<T>, static_cast<unsigned>(N), 128, 0, nullptr, keys, values,
+               qkv.data() + q_out, qkv.data() + q_out + kv_out, qkv_out, kv_out, d_tables, max_blocks,
+               blocks.block_size(), d_row_seq, d_row_pos);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        const tensor_view<const T, 4> keys_l = pool.keys(l), values_l = pool.values(l);
+
+        // Decode rows: one call over the first `decoders` rows.             q, out (decoders, 1, Hq, Dh)
+        if (decoders > 0)
+            attention_paged<T>(tensor_view<T, 4>(attn.data(), {decoders, 1, Hq, Dh}, {q_out, q_out, Dh, 1}),
+                               tensor_view<const T, 4>(qkv.data(), {decoders, 1, Hq, Dh}, {qkv_out, qkv_out, Dh, 1}),
+                               keys_l, values_l, tensor_view<const std::int32_t, 2>(d_tables, {decoders, max_blocks}),
+                               tensor_view<const std::int32_t, 1>(d_lengths, {decoders}), opts, w.attention_ws);
+        // Chunks: each on its own.                                            q, out (1, n, Hq, Dh)
+        for (index_t j = decoders; j < S; ++j) {
+            const index_t i = order[static_cast<std::size_t>(j)], n = count_of(i), r0 = first[static_cast<std::size_t>(j)];
+            const index_t known = sessions[static_cast<std::size_t>(i)]->length + n;  // keys after this step
+            const tensor_view<const T, 4> qj(qkv.data() + r0 * qkv_out, {1, n, Hq, Dh}, {n * qkv_out, qkv_out, Dh, 1});
+            const tensor_view<T, 4> oj(attn.data() + r0 * q_out, {1, n, Hq, Dh});
+            if (group * n <= detail::decode_rows) {
+                attention_paged<T>(oj, qj, keys_l, values_l,
+                                   tensor_view<const std::int32_t, 2>(d_tables + j * max_blocks, {1, max_blocks}),
+                                   tensor_view<const std::int32_t, 1>(d_lengths + j, {1}), opts, w.attention_ws);
+            } else {  // paged prefill rung 1: gather the sequence's keys and values, then contiguous attention
+                launch(detail::gather_paged_kernel<T>, static_cast<unsigned>(known), 128, 0, nullptr, gathered_k,
+                       gathered_v, keys_l.data(), values_l.data(), d_tables + j * max_blocks, blocks.block_size(),
+                       kv_out);
+                TINYLLM_CUDA_CHECK_LAUNCH();
+                attend(oj, qj, tensor_view<const T, 4>(gathered_k, {1, known, Hkv, Dh}),
+                       tensor_view<const T, 4>(gathered_v, {1, known, Hkv, Dh}), opts, w.attention_ws);
+            }
+        }
+        project(delta, attn, L.wo, L.wo_q, L.bo);
+        residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
+        ffn(w, delta, h, L);
+    }
+    residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_);
+
+    // Each session's last row, in the order of `sessions`, through the output projection.  (S, D) -> (S, V)
+    T* picked = detail::at_least(w.head_in, S * D);
+    launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(S), 128, 0, nullptr, picked, h.data(), d_last_row, D);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
+    float* logits = detail::at_least(w.logits, S * V);
+    linear<T, float>(tensor_view<float, 2>(logits, {S, V}), tensor_view<const T, 2>(picked, {S, D}), head, {},
+                     handle_);
+    for (index_t i = 0; i < S; ++i) {
+        cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
+        s.length += count_of(i);
+        s.paged.advance(count_of(i));
+    }
+    return tensor_view<const float, 2>(logits, {S, V});
+}
+
+}  // namespace tinyllm::cuda
