@@ -17,6 +17,7 @@
 #include <tinyllm/random.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -261,4 +262,74 @@ TEST_CASE("continuous_batcher: presence and frequency penalties and logit biases
     bad.adjust.logit_bias.clear();
     bad.adjust.presence_penalty = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_WITH(batcher.submit(bad), contains("presence_penalty"));
+}
+
+TEST_CASE("continuous_batcher: log-probabilities of each token from the model's own distribution", "[batching]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 92));
+    kv_block_pool pool(c.num_layers, 64, 4, c.num_kv_heads, c.head_dim);
+    continuous_batcher batcher(m, pool, {32, 4, 8});
+    std::vector<batch_request> rs(3);
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+        rs[i].prompt = tokens_from(static_cast<token_id>(5 + i), 4 + 3 * static_cast<index_t>(i), c.vocab_size);
+        rs[i].max_new_tokens = 8;
+        rs[i].seed = 70 + i;
+        rs[i].eos_token_ids = {static_cast<token_id>(c.vocab_size + 1)};
+    }
+    rs[0].logprobs = 3;                               // greedy, top 3
+    rs[1].logprobs = 0;                               // sampled, the token's own only
+    rs[1].sampling.temperature = 0.8f;
+    rs[1].adjust.logit_bias = {{9, 5.0f}};            // the bias changes the draw, not the reported distribution
+    rs[2].sampling.temperature = 1.0f;                // none asked for
+    std::vector<index_t> ids;
+    for (const auto& r : rs) ids.push_back(batcher.submit(r));
+    std::vector<std::vector<tinyllm::batch_event>> events(rs.size());
+    while (!batcher.idle())
+        for (const auto& e : batcher.step()) events[static_cast<std::size_t>(e.id - ids.front())].push_back(e);
+
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+        CAPTURE(i);
+        const auto& got = batcher.tokens(ids[i]);
+        CHECK(got == generate_alone(m, rs[i]));  // asking for them changes no token
+        REQUIRE(events[i].size() == got.size());
+        // The reference: the whole sequence fed at once, log softmax in double at each new position.
+        std::vector<token_id> seq = rs[i].prompt;
+        seq.insert(seq.end(), got.begin(), got.end());
+        auto session = m.new_session(static_cast<index_t>(seq.size()));
+        const auto logits = m.forward(session, seq);  // (n, V)
+        for (std::size_t t = 0; t < got.size(); ++t) {
+            const index_t row = static_cast<index_t>(rs[i].prompt.size() + t) - 1;
+            double mx = -1e300, sum = 0;
+            for (index_t v = 0; v < c.vocab_size; ++v) mx = std::max(mx, double{logits(row, v)});
+            for (index_t v = 0; v < c.vocab_size; ++v) sum += std::exp(double{logits(row, v)} - mx);
+            const auto logp = [&](token_id v) { return double{logits(row, v)} - mx - std::log(sum); };
+            const tinyllm::batch_event& e = events[i][t];
+            CHECK(e.token == got[t]);
+            if (rs[i].logprobs < 0) {
+                CHECK(e.top_logprobs.empty());
+                continue;
+            }
+            CHECK(std::isfinite(e.logprob));
+            CHECK(std::fabs(e.logprob - logp(e.token)) < 1e-4);
+            REQUIRE(static_cast<index_t>(e.top_logprobs.size()) == rs[i].logprobs);
+            // The top k: the k largest logits, most likely first, each with its own log p.
+            std::vector<token_id> order(static_cast<std::size_t>(c.vocab_size));
+            std::iota(order.begin(), order.end(), 0);
+            std::stable_sort(order.begin(), order.end(), [&](token_id a, token_id b) { return logp(a) > logp(b); });
+            for (std::size_t j = 0; j < e.top_logprobs.size(); ++j) {
+                CHECK(e.top_logprobs[j].first == order[j]);
+                CHECK(std::fabs(e.top_logprobs[j].second - logp(order[j])) < 1e-4);
+            }
+            if (rs[i].sampling.temperature == 0.0f) {  // greedy: the token is the most likely one
+                CHECK(e.top_logprobs.front().first == e.token);
+                CHECK(e.top_logprobs.front().second == e.logprob);
+            }
+        }
+    }
+    batch_request bad = rs[0];
+    bad.logprobs = -2;
+    CHECK_THROWS_WITH(batcher.submit(bad), contains("logprobs"));
+    bad.logprobs = c.vocab_size + 1;
+    CHECK_THROWS_WITH(batcher.submit(bad), contains("logprobs"));
 }

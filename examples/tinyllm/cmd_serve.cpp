@@ -27,6 +27,7 @@
 #ifdef TINYLLM_HAVE_HTTPLIB
 
 #include <tinyllm/detail/json.hpp>
+#include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/engine.hpp>
 #include <tinyllm/model.hpp>
 #include <tinyllm/quantize.hpp>
@@ -51,6 +52,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -199,8 +201,20 @@ void read_common(const served_model& s, const json::value& body, generation_requ
             adjust.logit_bias[static_cast<token_id>(id)] = static_cast<float>(v.as_double());
         }
     }
-    refuse_unless_default(body, "logprobs", "log probabilities are not returned");
-    refuse_unless_default(body, "top_logprobs", "log probabilities are not returned");
+    // Log-probabilities (batching.hpp: the model's own distribution, before penalties, bias and
+    // temperature). Completions: "logprobs": k, the top k with each token (k in [0, 20]); chat:
+    // "logprobs": true, and "top_logprobs": k alongside.
+    if (g.chat) {
+        const bool wanted = bool_field(body, "logprobs");
+        const auto k = int_field(body, "top_logprobs", 0, 20, "in [0, 20]");
+        if (k && !wanted) throw api_error(400, "'top_logprobs' needs \"logprobs\": true", "top_logprobs");
+        if (wanted) g.batch.logprobs = k ? static_cast<index_t>(*k) : 0;
+    } else {
+        if (field(body, "top_logprobs"))
+            throw api_error(400, "'top_logprobs' belongs to chat completions; completions take \"logprobs\": k",
+                            "top_logprobs");
+        if (const auto k = int_field(body, "logprobs", 0, 20, "in [0, 20]")) g.batch.logprobs = static_cast<index_t>(*k);
+    }
     refuse_unless_default(body, "echo", "the prompt is not echoed");
     if (field(body, "suffix")) throw api_error(400, "'suffix' (insertion) is not supported by tinyllm serve", "suffix");
 
@@ -427,6 +441,10 @@ struct running_request {
     std::size_t completion_tokens = 0;
     bool finished = false, stopped = false;
     tinyllm::finish_reason reason = tinyllm::finish_reason::none;
+    // With log-probabilities asked for: the events of the reply's tokens (an end-of-sequence
+    // token, which adds no text, is left out), and how many of them were sent already.
+    std::vector<tinyllm::batch_event> token_events;
+    std::size_t events_sent = 0;
 
     running_request(served_model& s_, generation_request g_)
         : s(s_), g(std::move(g_)), text(*s_.tok, g.stop), id(random_id(g.chat ? "chatcmpl" : "cmpl")) {
@@ -444,7 +462,10 @@ struct running_request {
         std::string out;
         if (e->token >= 0) {
             ++completion_tokens, ++s.completion_tokens;
-            if (e->finished != tinyllm::finish_reason::eos) out = text.push(e->token, &stopped);
+            if (e->finished != tinyllm::finish_reason::eos) {
+                out = text.push(e->token, &stopped);
+                if (g.batch.logprobs >= 0) token_events.push_back(*e);
+            }
         }
         if (stopped) {  // the rest is not wanted: end it in the engine now
             s.engine->cancel(*handle);
@@ -463,7 +484,97 @@ struct running_request {
     }
 };
 
-std::string completion_chunk(const running_request& r, const std::string& delta, const char* finish, bool role) {
+// A token's text for the log-probabilities: its bytes when they are UTF-8 on their own,
+// else "bytes:\\xNN..." (a token that holds part of a character), as OpenAI writes them.
+std::string token_text(const tinyllm::tokenizer& tok, token_id id) {
+    const std::string_view b = tok.token_bytes(id);
+    if (tinyllm::detail::is_valid_utf8(b)) return std::string(b);
+    std::string out = "bytes:";
+    char buf[8];
+    for (const unsigned char c : b) {
+        std::snprintf(buf, sizeof buf, "\\x%02x", c);
+        out += buf;
+    }
+    return out;
+}
+
+std::string bytes_json(std::string_view b) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        if (i) out += ',';
+        out += std::to_string(static_cast<unsigned char>(b[i]));
+    }
+    out += ']';
+    return out;
+}
+
+std::string number_json(float x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(x));
+    return buf;
+}
+
+// The "logprobs" object of a choice for the token events [from, to) of the reply, or null
+// when none were asked for. Chat: {"content": [{token, logprob, bytes, top_logprobs}]};
+// completions: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, the offsets in
+// characters of the reply's text (counted from the tokens' decoded bytes).
+std::string logprobs_json(const running_request& r, std::size_t from, std::size_t to) {
+    if (r.g.batch.logprobs < 0) return "null";
+    const tinyllm::tokenizer& tok = *r.s.tok;
+    const auto& ev = r.token_events;
+    if (r.g.chat) {
+        std::string content;
+        for (std::size_t i = from; i < to; ++i) {
+            const auto entry = [&](std::string& out, token_id id, float lp) {
+                out += "\"token\":";
+                out += json::quote(token_text(tok, id));
+                out += ",\"logprob\":";
+                out += number_json(lp);
+                out += ",\"bytes\":";
+                out += bytes_json(tok.token_bytes(id));
+            };
+            content += i > from ? ",{" : "{";
+            entry(content, ev[i].token, ev[i].logprob);
+            content += ",\"top_logprobs\":[";
+            for (std::size_t j = 0; j < ev[i].top_logprobs.size(); ++j) {
+                content += j ? ",{" : "{";
+                entry(content, ev[i].top_logprobs[j].first, ev[i].top_logprobs[j].second);
+                content += '}';
+            }
+            content += "]}";
+        }
+        return "{\"content\":[" + content + "],\"refusal\":null}";
+    }
+    // Characters before token `from`: the code points of the bytes of the tokens before it.
+    std::size_t offset = 0;
+    for (std::size_t i = 0; i < from; ++i)
+        for (const unsigned char c : tok.token_bytes(ev[i].token)) offset += (c & 0xC0) != 0x80;
+    std::string tokens, logprobs, tops, offsets;
+    for (std::size_t i = from; i < to; ++i) {
+        const char* sep = i > from ? "," : "";
+        tokens += sep;
+        tokens += json::quote(token_text(tok, ev[i].token));
+        logprobs += sep;
+        logprobs += number_json(ev[i].logprob);
+        tops += sep;
+        tops += '{';
+        for (std::size_t j = 0; j < ev[i].top_logprobs.size(); ++j) {
+            if (j) tops += ',';
+            tops += json::quote(token_text(tok, ev[i].top_logprobs[j].first));
+            tops += ':';
+            tops += number_json(ev[i].top_logprobs[j].second);
+        }
+        tops += '}';
+        offsets += sep;
+        offsets += std::to_string(offset);
+        for (const unsigned char c : tok.token_bytes(ev[i].token)) offset += (c & 0xC0) != 0x80;
+    }
+    return "{\"tokens\":[" + tokens + "],\"token_logprobs\":[" + logprobs + "],\"top_logprobs\":[" + tops +
+           "],\"text_offset\":[" + offsets + "]}";
+}
+
+std::string completion_chunk(const running_request& r, const std::string& delta, const char* finish, bool role,
+                             const std::string& logprobs = "null") {
     std::string head = "{\"id\":" + json::quote(r.id) + ",\"object\":" +
                        (r.g.chat ? "\"chat.completion.chunk\"" : "\"text_completion\"") +
                        ",\"created\":" + std::to_string(r.created) + ",\"model\":" + json::quote(r.s.name) +
@@ -473,9 +584,10 @@ std::string completion_chunk(const running_request& r, const std::string& delta,
         std::string d = role ? "{\"role\":\"assistant\",\"content\":" + json::quote(delta) + "}"
                         : finish && delta.empty() ? "{}"
                                                   : "{\"content\":" + json::quote(delta) + "}";
-        return head + "\"delta\":" + d + ",\"logprobs\":null,\"finish_reason\":" + fin + "}]}";
+        return head + "\"delta\":" + d + ",\"logprobs\":" + logprobs + ",\"finish_reason\":" + fin + "}]}";
     }
-    return head + "\"text\":" + json::quote(delta) + ",\"logprobs\":null,\"finish_reason\":" + fin + "}]}";
+    return head + "\"text\":" + json::quote(delta) + ",\"logprobs\":" + logprobs + ",\"finish_reason\":" + fin +
+           "}]}";
 }
 
 void answer(served_model& s, generation_request g, httplib::Response& res) {
@@ -492,7 +604,8 @@ void answer(served_model& s, generation_request g, httplib::Response& res) {
             body += "\"message\":{\"role\":\"assistant\",\"content\":" + json::quote(text) + "},";
         else
             body += "\"text\":" + json::quote(text) + ",";
-        body += "\"logprobs\":null,\"finish_reason\":" + json::quote(finish) + "}],\"usage\":" +
+        body += "\"logprobs\":" + logprobs_json(r, 0, r.token_events.size()) +
+                ",\"finish_reason\":" + json::quote(finish) + "}],\"usage\":" +
                 usage_json(r.g.prompt.size(), r.completion_tokens) + "}";
         res.set_content(body, "application/json");
         return;
@@ -519,7 +632,19 @@ void answer(served_model& s, generation_request g, httplib::Response& res) {
                     send(error_body(e.what(), e.type, e.param, e.code));
                     return false;
                 }
-                if (!delta.empty() && !send(completion_chunk(*r, delta, nullptr, false))) return false;
+                // A chunk per released text, with the log-probabilities of the tokens read since the last.
+                if (!delta.empty()) {
+                    const std::size_t from = r->events_sent;
+                    r->events_sent = r->token_events.size();
+                    if (!send(completion_chunk(*r, delta, nullptr, false, logprobs_json(*r, from, r->events_sent))))
+                        return false;
+                }
+            }
+            if (r->events_sent < r->token_events.size() && r->g.batch.logprobs >= 0) {
+                // Tokens whose text was held back for a stop string and then dropped: their entries still go out.
+                const std::size_t from = r->events_sent;
+                r->events_sent = r->token_events.size();
+                if (!send(completion_chunk(*r, "", nullptr, false, logprobs_json(*r, from, r->events_sent)))) return false;
             }
             if (!send(completion_chunk(*r, "", openai_finish(r->reason, r->stopped), false))) return false;
             if (r->g.include_usage) {

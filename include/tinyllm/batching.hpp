@@ -31,6 +31,12 @@
 //      own sampling parameters, seed and Philox stream, counter = the number of
 //      tokens it has generated — exactly as cpu::generate draws them, so a
 //      request gives the same tokens alone or in any batch.
+//      A request that asks for log-probabilities (batch_request::logprobs)
+//      gets, with each token, log p(token) and the k most likely tokens, from
+//      the model's own distribution at that step:
+//          log p(t) = z_t - log sum_j exp(z_j)      (z: the row's logits)
+//      before penalties, logit_bias, temperature and any filtering (what vLLM
+//      reports by default), so they do not depend on how the token was drawn.
 //   5. A sequence that produced an end-of-sequence token or reached its
 //      max_new_tokens finishes: the whole blocks of what it computed (prompt and
 //      generated tokens) go to the prefix cache, the rest back to the pool.
@@ -50,9 +56,11 @@
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace tinyllm {
@@ -65,6 +73,7 @@ struct batch_request {
     std::uint64_t stream = 0;
     std::vector<token_id> eos_token_ids;           // stop after one of these (empty: the model config's)
     cpu::logit_adjustments adjust;                 // penalties and biases, as generation_options::adjust
+    index_t logprobs = -1;                         // -1: none; k >= 0: each token's log p and the top k (see the top)
 };
 
 struct batch_options {
@@ -80,7 +89,43 @@ struct batch_event {
     index_t id = 0;
     token_id token = -1;  // the token generated this step (-1: none, e.g. a cancelled or empty request)
     finish_reason finished = finish_reason::none;
+    // When the request asked for them (batch_request::logprobs = k >= 0): log p of
+    // `token`, and the k most likely tokens with theirs, most likely first (ties:
+    // the smaller id first).
+    float logprob = 0.0f;
+    std::vector<std::pair<token_id, float>> top_logprobs;
 };
+
+// The log-probabilities of one row of logits z (V): log p(token), and the k most
+// likely tokens with theirs into *top (most likely first; ties: smaller id first).
+// In double, like the samplers' reference softmax; a non-finite logit is an error.
+inline float token_logprobs(std::span<const float> z, token_id token, index_t k,
+                            std::vector<std::pair<token_id, float>>* top) {
+    const index_t V = static_cast<index_t>(z.size());
+    TINYLLM_EXPECT(token >= 0 && token < V, "token_logprobs: token ", token, " is outside [0, ", V, ")");
+    TINYLLM_EXPECT(k >= 0 && k <= V, "token_logprobs: k = ", k, " must be in [0, ", V, "]");
+    double m = -std::numeric_limits<double>::infinity();
+    for (index_t j = 0; j < V; ++j) {
+        TINYLLM_EXPECT(std::isfinite(z[static_cast<std::size_t>(j)]), "token_logprobs: logit ", j, " is ",
+                       z[static_cast<std::size_t>(j)]);
+        m = std::max(m, static_cast<double>(z[static_cast<std::size_t>(j)]));
+    }
+    double sum = 0.0;
+    for (const float x : z) sum += std::exp(static_cast<double>(x) - m);
+    const double lse = m + std::log(sum);
+    const auto logp = [&](token_id t) { return static_cast<float>(z[static_cast<std::size_t>(t)] - lse); };
+    top->clear();
+    if (k > 0) {
+        std::vector<token_id> ids(static_cast<std::size_t>(V));
+        for (index_t j = 0; j < V; ++j) ids[static_cast<std::size_t>(j)] = static_cast<token_id>(j);
+        std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](token_id a, token_id b) {
+            const float za = z[static_cast<std::size_t>(a)], zb = z[static_cast<std::size_t>(b)];
+            return za > zb || (za == zb && a < b);
+        });
+        for (index_t j = 0; j < k; ++j) top->emplace_back(ids[static_cast<std::size_t>(j)], logp(ids[static_cast<std::size_t>(j)]));
+    }
+    return logp(token);
+}
 
 struct batch_stats {
     index_t steps = 0;
@@ -116,6 +161,8 @@ public:
                            r.prompt[t], " at prompt position ", t, " is outside the vocabulary [0, ", c.vocab_size,
                            ")");
         detail::check_params(r.sampling);
+        TINYLLM_EXPECT(r.logprobs >= -1 && r.logprobs <= c.vocab_size, "continuous_batcher::submit: logprobs = ",
+                       r.logprobs, " must be -1 (none) or a count of top tokens in [0, ", c.vocab_size, "]");
         TINYLLM_EXPECT(std::isfinite(r.adjust.presence_penalty) && std::isfinite(r.adjust.frequency_penalty),
                        "continuous_batcher::submit: presence_penalty = ", r.adjust.presence_penalty,
                        " and frequency_penalty = ", r.adjust.frequency_penalty, " must be finite");
@@ -147,7 +194,7 @@ public:
         s->session.reset();
         waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
         running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
-        cancelled_.push_back({id, -1, finish_reason::cancelled});
+        cancelled_.push_back({id, -1, finish_reason::cancelled, 0.0f, {}});
     }
 
     // Forget request `id` (cancelled first if it has not finished): tokens(id)
@@ -165,7 +212,7 @@ public:
         for (auto it = waiting_.begin(); it != waiting_.end();) {
             if ((*it)->request.max_new_tokens == 0) {
                 (*it)->done = finish_reason::length;
-                events.push_back({(*it)->id, -1, finish_reason::length});
+                events.push_back({(*it)->id, -1, finish_reason::length, 0.0f, {}});
                 it = waiting_.erase(it);
             } else {
                 ++it;
@@ -202,6 +249,11 @@ public:
             if (s.prefilled < s.context_length()) continue;  // mid-prompt: nothing to sample yet
             // Draw the next token as cpu::generate does: counter = tokens generated so far.
             token_id token = 0;
+            std::vector<float> raw;  // the row before the adjustments, for the log-probabilities
+            if (s.request.logprobs >= 0) {
+                const float* row = logits.data() + static_cast<index_t>(i) * logits.extent(1);
+                raw.assign(row, row + logits.extent(1));
+            }
             if (s.request.adjust.active())
                 cpu::adjust_logits(logits.view().narrow(0, static_cast<index_t>(i), 1), s.generated, s.request.adjust);
             cpu::sample(tensor_view<token_id, 1>(&token, {1}),
@@ -210,7 +262,10 @@ public:
                    s.request.stream);
             s.generated.push_back(token);
             ++stats_.generated;
-            batch_event e{s.id, token, finish_reason::none};
+            batch_event e{s.id, token, finish_reason::none, 0.0f, {}};
+            if (s.request.logprobs >= 0)
+                e.logprob = token_logprobs(raw, token, std::min<index_t>(s.request.logprobs, m_.config().vocab_size),
+                                           &e.top_logprobs);
             if (std::find(s.eos.begin(), s.eos.end(), token) != s.eos.end()) e.finished = finish_reason::eos;
             else if (static_cast<index_t>(s.generated.size()) >= s.request.max_new_tokens)
                 e.finished = finish_reason::length;

@@ -145,7 +145,7 @@ public:
         }
         cv_.notify_all();
         thread_.join();
-        for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled});
+        for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled, 0.0f, {}});
     }
 
     const cpu::model& model() const { return m_; }
@@ -177,7 +177,7 @@ public:
             const auto it = open_.find(r.id());
             if (it == open_.end()) return;
             batcher_.release(r.id());
-            it->second->push({r.id(), -1, finish_reason::cancelled});
+            it->second->push({r.id(), -1, finish_reason::cancelled, 0.0f, {}});
             open_.erase(it);
             ++cancelled_;
             snapshot();
@@ -267,7 +267,7 @@ private:
     void fail_all(const std::string& what) {
         for (auto& [id, r] : open_) {
             batcher_.release(id);
-            r->push({id, -1, finish_reason::cancelled}, what);
+            r->push({id, -1, finish_reason::cancelled, 0.0f, {}}, what);
             ++failed_;
         }
         open_.clear();

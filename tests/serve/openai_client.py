@@ -16,10 +16,13 @@ package's own client (exit 77, CTest's "skipped", when it is not installed):
   * a stop string ends the text before it, with finish_reason "stop";
   * bad requests raise the client's BadRequestError / NotFoundError with a message
     naming the field;
+  * log-probabilities (completions and chat, streamed and not) are log softmax of
+    what `tinyllm logits` prints;
   * a stream the client abandons is cancelled: /metrics shows no running request
     and the KV blocks back (only the prefix cache holds any).
 """
 import concurrent.futures
+import math
 import os
 import re
 import subprocess
@@ -144,6 +147,47 @@ try:
     check(raises(openai.BadRequestError, "top_p", model=name, prompt="x", top_p=0), "top_p = 0: 400")
     check(raises(openai.BadRequestError, "positions", model=name, prompt="x", max_tokens=10 ** 6),
           "max_tokens past the server's positions: 400")
+
+    # Log-probabilities, greedy: the first token's are log softmax of what `tinyllm logits` prints for
+    # the prompt; each token is its own top 1; streamed chunks carry the same entries.
+    ids = [5, 6, 7, 5, 6]
+    lp = client.completions.create(model=name, prompt=ids, max_tokens=6, temperature=0, logprobs=3)
+    L = lp.choices[0].logprobs
+    raw = subprocess.run([TINYLLM, "logits", "--model", MODEL_DIR, "--prompt-ids", " ".join(map(str, ids))],
+                         capture_output=True, text=True, check=True).stdout.split()
+    z = [float(x) for x in raw]
+    mx = max(z)
+    lse = mx + math.log(sum(math.exp(x - mx) for x in z))
+    want = sorted((x - lse for x in z), reverse=True)[:3]
+    got = sorted(L.top_logprobs[0].values(), reverse=True)
+    check(len(L.tokens) == lp.usage.completion_tokens and len(L.token_logprobs) == len(L.tokens) and
+          len(L.top_logprobs) == len(L.tokens) and len(L.text_offset) == len(L.tokens),
+          f"completions logprobs=3: {len(L.tokens)} entries for {lp.usage.completion_tokens} tokens")
+    check(abs(L.token_logprobs[0] - want[0]) < 1e-4 and all(abs(a - b) < 1e-4 for a, b in zip(got, want)),
+          f"the first token's log p {L.token_logprobs[0]:.6f} and top 3 are log softmax of `tinyllm logits` "
+          f"({want[0]:.6f})")
+    check(all(t <= 0 and abs(t - max(top.values())) < 1e-6 for t, top in zip(L.token_logprobs, L.top_logprobs)),
+          "greedy: each token is its own most likely")
+    check(L.text_offset[0] == 0 and "".join(L.tokens) == lp.choices[0].text or "bytes:" in "".join(L.tokens),
+          f"the tokens spell the text {lp.choices[0].text!r}")
+    s_lp = [x for ch in client.completions.create(model=name, prompt=ids, max_tokens=6, temperature=0, logprobs=3,
+                                                  stream=True) if ch.choices and ch.choices[0].logprobs
+            for x in ch.choices[0].logprobs.token_logprobs]
+    check(s_lp == L.token_logprobs, "streamed: the same log-probabilities")
+    clp = client.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                         top_logprobs=2)
+    content = clp.choices[0].logprobs.content
+    check(len(content) == clp.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in content),
+          f"chat logprobs: {len(content)} entries of 2 alternatives for {clp.usage.completion_tokens} tokens")
+    if clp.choices[0].finish_reason == "length":
+        check(bytes(b for e in content for b in e.bytes).decode("utf-8", "replace") == clp.choices[0].message.content,
+              "chat logprobs: the tokens' bytes spell the reply")
+    check(raises(openai.BadRequestError, "logprobs", model=name, prompt="x", logprobs=21), "logprobs = 21: 400")
+    try:
+        client.chat.completions.create(model=name, messages=messages, top_logprobs=2)
+        check(False, "top_logprobs without logprobs: accepted")
+    except openai.BadRequestError as e:
+        check("top_logprobs" in str(e), "top_logprobs without logprobs: 400")
 
     # A client that walks away mid-stream: its request is cancelled and its blocks freed.
     before = metrics(base)
