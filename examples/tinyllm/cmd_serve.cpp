@@ -19,8 +19,13 @@
 // the prompt ends with "Assistant:", so that the reply is what follows it. The
 // reply stops at "\nUser:" besides the request's own stop strings.
 //
+// --device cuda runs the engine's step on the CUDA model, its KV blocks on the
+// device (gpu_serve.cu, cuda/tinyllm/cuda/batching.cuh); everything here is the
+// same for both devices, since the engine is the same type.
+//
 // docs/serving.md has the endpoints, what each field does here, and the curl and
 // openai-client examples.
+#include "gpu.hpp"
 #include "paths.hpp"
 #include "registry.hpp"
 
@@ -146,7 +151,7 @@ void refuse_unless_default(const json::value& body, const char* name, const std:
 // ---- the served model ----------------------------------------------------------------
 struct served_model {
     std::string name;
-    std::unique_ptr<tinyllm::cpu::model> model;
+    std::unique_ptr<tinyllm::cpu::model> model;  // --device cpu's (the CUDA engine holds its own)
     std::unique_ptr<tinyllm::tokenizer> tok;
     std::unique_ptr<tinyllm::engine> engine;
     index_t max_positions = 0;  // prompt + new tokens of one request (the pool's size; GPT-2's positions)
@@ -188,7 +193,7 @@ void read_common(const served_model& s, const json::value& body, generation_requ
         static_cast<float>(number_field(body, "frequency_penalty", 0.0, -2.0, 2.0, "in [-2, 2]"));
     if (const json::value* bias = field(body, "logit_bias")) {  // {"token id": bias in [-100, 100], ...}
         if (!bias->is_object()) throw api_error(400, "'logit_bias' must be an object of token ids to biases", "logit_bias");
-        const index_t vocab = s.model->config().vocab_size;
+        const index_t vocab = s.engine->model().config().vocab_size;
         for (const auto& [key, v] : bias->as_object()) {
             long long id = -1;
             const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
@@ -289,7 +294,7 @@ generation_request read_completion(const served_model& s, const json::value& bod
     if (one->is_string()) {
         g.prompt = encode(s, one->as_string());
     } else if (one->is_array()) {
-        const index_t vocab = s.model->config().vocab_size;
+        const index_t vocab = s.engine->model().config().vocab_size;
         for (const json::value& v : one->as_array()) {
             long long id = -1;
             try {
@@ -749,7 +754,7 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
                 "                     [--tokenizer FILE] [--dtype float32|bfloat16|int8|int4-gG]\n"
                 "                     [--max-batch 16] [--token-budget 256] [--prefill-chunk 128]\n"
                 "                     [--kv-blocks N] [--block-size 16] [--prefix-cache-blocks N]\n"
-                "                     [--http-threads 64] [--device cpu]\n\n"
+                "                     [--http-threads 64] [--device cpu|cuda]\n\n"
                 "Serves the checkpoint DIR (default: the trained default model) on http://HOST:PORT with\n"
                 "OpenAI's API: POST /v1/completions and /v1/chat/completions (\"stream\": true sends\n"
                 "server-sent events), GET /v1/models, /health and /metrics (Prometheus text). Requests\n"
@@ -761,17 +766,18 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
                 "A request's tokens are those `tinyllm generate` gives with the same seed.\n"
                 "--port 0 picks a free port. Binds to loopback unless --host says otherwise; the first\n"
                 "line printed is the address. SIGINT or SIGTERM stops it. docs/serving.md has the\n"
-                "fields, the chat template and client examples. The CUDA model has no paged sessions\n"
-                "yet: --device cuda is refused.\n") {
+                "fields, the chat template and client examples. --device cuda runs each step on the\n"
+                "CUDA model (float32 or bfloat16 weights; the KV blocks on the GPU; the sampling stays\n"
+                "on the CPU, the step's logits copied back).\n") {
     const auto a = parse_args(args,
                               {"model", "host", "port", "name", "tokenizer", "encoding", "dtype", "max-batch",
                                "token-budget", "prefill-chunk", "kv-blocks", "block-size", "prefix-cache-blocks",
                                "http-threads", "device"},
                               {"reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
-    if (a.get("device", "cpu") != "cpu")
-        throw usage_error("--device " + a.get("device") +
-                          ": tinyllm serve runs on the CPU; the CUDA model has no paged KV sessions yet");
+    const std::string device = a.get("device", "cpu");
+    if (device != "cpu" && device != "cuda")
+        throw usage_error("--device " + device + ": tinyllm serve runs on cpu or cuda");
     const std::string dir = a.get("model", default_model_dir());
     if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
         throw usage_error(a.get("model").empty()
@@ -803,6 +809,7 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
     const index_t http_threads = positive("http-threads", 64, 2);
 
     served_model s;
+    tinyllm::index_t kv_element_bytes = 4;  // the KV blocks' element: float32 (bfloat16 on the GPU for a bf16 model)
     s.name = a.get("name", std::filesystem::path(dir).lexically_normal().filename().string());
     if (s.name.empty() || s.name == ".") s.name = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
     {
@@ -818,22 +825,35 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
         }
         if (a.has_flag("reference") && dtype != "float32")
             throw usage_error("--reference runs float32 weights; --dtype " + dtype + " needs the blocked kernels");
-        s.model = std::make_unique<model>(
-            model::load(dir, dtype == "bfloat16" ? model::weight_dtype::bfloat16 : model::weight_dtype::float32));
-        if (quantized && s.model->quantized())
-            throw usage_error("'" + dir + "' is a quantized checkpoint; it runs as stored, without --dtype");
-        if (quantized) s.model->quantize_weights(*quantized);
-        s.model->set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
+        if (device == "cuda") {
+            if (quantized)
+                throw usage_error("--device cuda serves float32 or bfloat16 weights; --dtype " + dtype +
+                                  " runs with --device cpu");
+            if (a.has_flag("reference"))
+                throw usage_error("--reference picks the CPU's kernels; not with --device cuda");
+            gpu_weights w;
+            w.dir = dir;
+            w.bfloat16 = dtype == "bfloat16";
+            s.engine = gpu_serve_engine(w, eo);
+            kv_element_bytes = w.bfloat16 ? 2 : 4;
+        } else {
+            s.model = std::make_unique<model>(
+                model::load(dir, dtype == "bfloat16" ? model::weight_dtype::bfloat16 : model::weight_dtype::float32));
+            if (quantized && s.model->quantized())
+                throw usage_error("'" + dir + "' is a quantized checkpoint; it runs as stored, without --dtype");
+            if (quantized) s.model->quantize_weights(*quantized);
+            s.model->set_kernels(a.has_flag("reference") ? model::kernels::reference : model::kernels::blocked);
+            s.engine = std::make_unique<tinyllm::engine>(*s.model, eo);
+        }
     }
     s.tok = std::make_unique<tinyllm::tokenizer>(tinyllm::load_tokenizer(tokenizer_path, a.get("encoding")));
-    if (s.tok->vocab_size() < static_cast<std::size_t>(s.model->config().vocab_size))
+    if (s.tok->vocab_size() < static_cast<std::size_t>(s.engine->model().config().vocab_size))
         std::cerr << "tinyllm serve: warning: the tokenizer has " << s.tok->vocab_size() << " tokens, the model "
-                  << s.model->config().vocab_size << "; tokens beyond the tokenizer's cannot be decoded\n";
-    s.engine = std::make_unique<tinyllm::engine>(*s.model, eo);
+                  << s.engine->model().config().vocab_size << "; tokens beyond the tokenizer's cannot be decoded\n";
     const tinyllm::kv_block_pool& pool = s.engine->pool();
     s.max_positions = pool.blocks() * pool.block_size();
-    if (s.model->config().arch == tinyllm::model_arch::gpt2)
-        s.max_positions = std::min(s.max_positions, s.model->config().max_positions);
+    if (s.engine->model().config().arch == tinyllm::model_arch::gpt2)
+        s.max_positions = std::min(s.max_positions, s.engine->model().config().max_positions);
 
     httplib::Server svr;
     svr.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(http_threads)); };
@@ -892,12 +912,13 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
     const std::string host = a.get("host", "127.0.0.1");
     const int bound = port == 0 ? svr.bind_to_any_port(host) : (svr.bind_to_port(host, port) ? port : -1);
     if (bound < 0) throw usage_error("cannot listen on " + host + ":" + std::to_string(port) + " (in use?)");
-    const tinyllm::model_config& c = s.model->config();
+    const tinyllm::model_config& c = s.engine->model().config();
     out << "tinyllm serve: http://" << host << ":" << bound << "  model '" << s.name << "' (" << dir << ", "
         << c.num_layers << " layers, hidden size " << c.hidden_size << ", vocabulary " << c.vocab_size << ")" << std::endl;
     std::cerr << "tinyllm serve: batch up to " << eo.batch.max_running << " sequences, " << eo.batch.token_budget
               << " tokens per step; " << pool.blocks() << " KV blocks of " << pool.block_size() << " positions ("
-              << pool.blocks() * pool.block_bytes() / (1 << 20) << " MiB), at most " << s.max_positions
+              << pool.blocks() * pool.block_bytes() / 4 * kv_element_bytes / (1 << 20) << " MiB"
+              << (device == "cuda" ? " on the GPU" : "") << "), at most " << s.max_positions
               << " positions per request\n";
     signal_stopper stopper(svr);
     svr.listen_after_bind();

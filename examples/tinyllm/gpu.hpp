@@ -33,8 +33,14 @@ std::vector<float> gpu_fill_uniform(long long n, unsigned long long seed);
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
+
+namespace tinyllm {
+class engine;           // tinyllm/engine.hpp (not included here: most commands do not serve)
+struct engine_options;
+}  // namespace tinyllm
 
 namespace tinyllm_cli {
 // What `--device cuda` runs: the checkpoint in `dir` on tinyllm::cuda::model
@@ -72,6 +78,12 @@ tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model& model, tinyl
                                          tinyllm::tensor_view<const tinyllm::token_id, 2> tokens,
                                          tinyllm::tensor_view<const tinyllm::token_id, 2> targets,
                                          const tinyllm::backward_options& options);
+
+// `tinyllm serve --device cuda`: the serving engine (tinyllm/engine.hpp) on the
+// CUDA model of `model` (float32 or bfloat16 weights; gpu_serve.cu), its KV
+// blocks on the device, sized from `options` as the CPU engine's pool is. Throws
+// like gpu_generate without CUDA or a GPU, and for quantized weights.
+std::unique_ptr<tinyllm::engine> gpu_serve_engine(const gpu_weights& model, const tinyllm::engine_options& options);
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

@@ -15,6 +15,7 @@ namespace tinyllm_cli {
 std::vector<float> gpu_fill_uniform(long long, unsigned long long) { return {}; }
 }  // namespace tinyllm_cli
 
+#include <tinyllm/engine.hpp>
 #include <tinyllm/error.hpp>
 
 namespace tinyllm_cli {
@@ -41,6 +42,7 @@ tinyllm::loss_terms gpu_forward_backward(const tinyllm::cpu::model&, tinyllm::mo
                                          const tinyllm::backward_options&) {
     no_cuda();
 }
+std::unique_ptr<tinyllm::engine> gpu_serve_engine(const gpu_weights&, const tinyllm::engine_options&) { no_cuda(); }
 }  // namespace tinyllm_cli
 
 namespace tinyllm_cli {

@@ -43,8 +43,16 @@
 // cancel(id) ends a request at any time and frees its blocks; release(id)
 // forgets a request (its tokens), which a long-running server does once it has
 // read them.
+//
+// The model. The batcher schedules and samples; the step itself belongs to a
+// batch_model (tinyllm/batch_model.hpp): the CPU model on a kv_block_pool (the
+// constructor taking a cpu::model and its pool), or the CUDA model on a device
+// pool (cuda::paged_batch_model, cuda/tinyllm/cuda/batching.cuh), whose logits
+// are copied back to the host each step. Everything above is the same code for
+// both: the sessions' block tables live in the model's pool() either way.
 #pragma once
 
+#include <tinyllm/batch_model.hpp>
 #include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/model.hpp>
@@ -138,15 +146,17 @@ struct batch_stats {
 
 class continuous_batcher {
 public:
+    // The CPU model on `pool` (both must outlive the batcher).
     continuous_batcher(const cpu::model& model, kv_block_pool& pool, batch_options options = {},
                        prefix_cache* cache = nullptr)
-        : m_(model), pool_(pool), o_(options), cache_(cache) {
-        TINYLLM_EXPECT(o_.token_budget >= 1 && o_.max_running >= 1 && o_.prefill_chunk >= 1,
-                       "continuous_batcher: token_budget = ", o_.token_budget, ", max_running = ", o_.max_running,
-                       " and prefill_chunk = ", o_.prefill_chunk, " must all be at least 1");
-        TINYLLM_EXPECT(pool.layers() == model.config().num_layers && pool.kv_heads() == model.config().num_kv_heads &&
-                           pool.head_dim() == model.config().head_dim,
-                       "continuous_batcher: the block pool does not have the model's layers, KV heads and head dim");
+        : own_(checked_cpu_model(model, pool)), m_(*own_), pool_(pool), o_(options), cache_(cache) {
+        check_options();
+    }
+    // Any batch_model, e.g. the CUDA model's (cuda::paged_batch_model); its pool()
+    // holds the block tables and the prefix cache's blocks. It must outlive the batcher.
+    explicit continuous_batcher(batch_model& model, batch_options options = {}, prefix_cache* cache = nullptr)
+        : m_(model), pool_(model.pool()), o_(options), cache_(cache) {
+        check_options();
     }
 
     // Queue a request; returns its id (0, 1, 2, ... in submission order). A
@@ -346,7 +356,7 @@ private:
             s.session = std::make_unique<cpu::model::session>(m_.new_session(cache_->match(known)));
             s.prefilled = s.session->length;
         } else {
-            s.session = std::make_unique<cpu::model::session>(m_.new_session(pool_));
+            s.session = std::make_unique<cpu::model::session>(m_.new_session());
         }
     }
 
@@ -375,6 +385,18 @@ private:
         running_.erase(std::remove(running_.begin(), running_.end(), &s), running_.end());
     }
 
+    void check_options() const {
+        TINYLLM_EXPECT(o_.token_budget >= 1 && o_.max_running >= 1 && o_.prefill_chunk >= 1,
+                       "continuous_batcher: token_budget = ", o_.token_budget, ", max_running = ", o_.max_running,
+                       " and prefill_chunk = ", o_.prefill_chunk, " must all be at least 1");
+    }
+    static std::unique_ptr<batch_model> checked_cpu_model(const cpu::model& model, kv_block_pool& pool) {
+        TINYLLM_EXPECT(pool.layers() == model.config().num_layers && pool.kv_heads() == model.config().num_kv_heads &&
+                           pool.head_dim() == model.config().head_dim,
+                       "continuous_batcher: the block pool does not have the model's layers, KV heads and head dim");
+        return std::make_unique<cpu_batch_model>(model, pool);
+    }
+
     sequence* find(index_t id) const {
         const auto it = all_.find(id);
         return it == all_.end() ? nullptr : it->second.get();
@@ -385,8 +407,9 @@ private:
         return s;
     }
 
-    const cpu::model& m_;
-    kv_block_pool& pool_;
+    std::unique_ptr<batch_model> own_;  // the CPU constructor's adapter
+    batch_model& m_;
+    kv_block_pool& pool_;               // m_.pool()
     batch_options o_;
     prefix_cache* cache_;
     std::unordered_map<index_t, std::unique_ptr<sequence>> all_;  // every request not released, by id

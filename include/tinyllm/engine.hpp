@@ -27,8 +27,16 @@
 //
 // Lifetime. The engine must outlive the requests it hands out. Destroying it
 // stops the loop and finishes every unfinished request as cancelled.
+//
+// The model. engine(cpu::model, options) makes a kv_block_pool of
+// pool_blocks(config, options) blocks and runs the CPU model on it. The other
+// constructor takes any batch_model (tinyllm/batch_model.hpp) with its pool
+// already made — cuda::make_engine (cuda/tinyllm/cuda/batching.cuh) builds one
+// on the CUDA model with a device pool of the same size — and owns it. The loop,
+// the queues and the metrics are the same for both.
 #pragma once
 
+#include <tinyllm/batch_model.hpp>
 #include <tinyllm/batching.hpp>
 #include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
@@ -126,12 +134,20 @@ private:
 
 class engine {
 public:
+    // The CPU model; its pool of pool_blocks(model.config(), options) blocks is the engine's.
     engine(const cpu::model& model, engine_options options = {})
-        : m_(model), o_(options), pool_(make_pool(model, options)),
+        : engine(std::make_unique<cpu_batch_model>(
+                     model, std::make_unique<kv_block_pool>(make_pool(model.config(), options))),
+                 options) {}
+    // Any batch_model (e.g. the CUDA model's: cuda::make_engine), which the engine
+    // owns; its pool() is the engine's pool (options.block_size and kv_blocks are
+    // not used here: the model's pool was made with them, see pool_blocks).
+    explicit engine(std::unique_ptr<batch_model> model, engine_options options = {})
+        : o_(options), model_(checked(std::move(model))), pool_(model_->pool()),
           cache_(cache_capacity(options, pool_.blocks()) > 0
                      ? std::make_unique<prefix_cache>(pool_, cache_capacity(options, pool_.blocks()))
                      : nullptr),
-          batcher_(model, pool_, options.batch, cache_.get()) {
+          batcher_(*model_, options.batch, cache_.get()) {
         snapshot();
         thread_ = std::thread([this] { loop(); });
     }
@@ -148,8 +164,20 @@ public:
         for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled, 0.0f, {}});
     }
 
-    const cpu::model& model() const { return m_; }
+    const batch_model& model() const { return *model_; }
     const kv_block_pool& pool() const { return pool_; }
+
+    // The blocks of the pool the engine makes for a model of config c:
+    // options.kv_blocks, or (0) room for options.batch.max_running sequences of
+    // 512 positions each (GPT-2: at most its position table).
+    static index_t pool_blocks(const model_config& c, const engine_options& o) {
+        TINYLLM_EXPECT(o.block_size >= 1, "engine: block_size = ", o.block_size, " must be at least 1");
+        TINYLLM_EXPECT(o.kv_blocks >= 0, "engine: kv_blocks = ", o.kv_blocks, " must not be negative");
+        if (o.kv_blocks > 0) return o.kv_blocks;
+        const index_t positions =
+            c.arch == model_arch::gpt2 && c.max_positions > 0 ? std::min<index_t>(512, c.max_positions) : 512;
+        return o.batch.max_running * ((positions + o.block_size - 1) / o.block_size);
+    }
 
     // Queue a request. Bad requests (an empty prompt, a token outside the
     // vocabulary, more positions than the pool holds, bad sampling parameters)
@@ -213,18 +241,12 @@ private:
         engine& e_;
     };
 
-    static kv_block_pool make_pool(const cpu::model& m, const engine_options& o) {
-        const model_config& c = m.config();
-        TINYLLM_EXPECT(o.block_size >= 1, "engine: block_size = ", o.block_size, " must be at least 1");
-        TINYLLM_EXPECT(o.kv_blocks >= 0, "engine: kv_blocks = ", o.kv_blocks, " must not be negative");
-        index_t blocks = o.kv_blocks;
-        if (blocks == 0) {
-            // 512 positions a sequence (GPT-2: at most its position table).
-            const index_t positions =
-                c.arch == model_arch::gpt2 && c.max_positions > 0 ? std::min<index_t>(512, c.max_positions) : 512;
-            blocks = o.batch.max_running * ((positions + o.block_size - 1) / o.block_size);
-        }
-        return kv_block_pool(c.num_layers, blocks, o.block_size, c.num_kv_heads, c.head_dim);
+    static kv_block_pool make_pool(const model_config& c, const engine_options& o) {
+        return kv_block_pool(c.num_layers, pool_blocks(c, o), o.block_size, c.num_kv_heads, c.head_dim);
+    }
+    static std::unique_ptr<batch_model> checked(std::unique_ptr<batch_model> m) {
+        TINYLLM_EXPECT(m != nullptr, "engine: the model is null");
+        return m;
     }
     static index_t cache_capacity(const engine_options& o, index_t blocks) {
         TINYLLM_EXPECT(o.prefix_cache_blocks >= -1, "engine: prefix_cache_blocks = ", o.prefix_cache_blocks,
@@ -300,9 +322,9 @@ private:
         metrics_ = s;
     }
 
-    const cpu::model& m_;
     engine_options o_;
-    kv_block_pool pool_;
+    std::unique_ptr<batch_model> model_;
+    kv_block_pool& pool_;  // model_->pool()
     std::unique_ptr<prefix_cache> cache_;
     continuous_batcher batcher_;
 

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # tests/serve/curl.sh — `tinyllm serve` driven with curl, as a shell user would:
 #
-#     curl.sh TINYLLM MODEL_DIR
+#     curl.sh TINYLLM MODEL_DIR [DEVICE]
 #
 # health, the model list, a completion and a chat completion (their JSON
-# shape), a streamed completion (server-sent events ending in [DONE]), the
-# OpenAI-shaped errors (bad JSON, a bad field, an unknown route), /metrics in
-# Prometheus text, and a clean stop on SIGTERM. Exit 1 on the first failure,
-# with what was received.
+# shape), a streamed completion (server-sent events ending in [DONE]), a seeded
+# sampled completion equal to what `tinyllm generate` prints for the same prompt,
+# temperature, top-k and seed on the same device (when python3 is there to read
+# the JSON), the OpenAI-shaped errors (bad JSON, a bad field, an unknown route),
+# /metrics in Prometheus text, and a clean stop on SIGTERM. DEVICE (cpu, the
+# default, or cuda) is where both the server and generate run. Exit 1 on the
+# first failure, with what was received.
 set -euo pipefail
-tinyllm=$1 model=$2
+tinyllm=$1 model=$2 device=${3:-cpu}
 work=$(mktemp -d)
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
-"$tinyllm" serve --model "$model" --port 0 --max-batch 4 > "$work/out" 2> "$work/err" &
+"$tinyllm" serve --model "$model" --device "$device" --port 0 --max-batch 4 > "$work/out" 2> "$work/err" &
 pid=$!
 for _ in $(seq 100); do
   grep -q "http://" "$work/out" 2>/dev/null && break
@@ -56,6 +59,19 @@ curl -sS -N -H "Content-Type: application/json" -o "$work/body" \
 [ "$(grep -c '^data: {' "$work/body")" -ge 2 ] && [ "$(tail -n 2 "$work/body" | head -n 1)" = "data: [DONE]" ] &&
   grep -q '"finish_reason":"length"' "$work/body" || fail "streamed completion"
 echo "ok:   streamed completion ($(grep -c '^data: ' "$work/body") events)"
+
+# A seeded sampled completion: the tokens `tinyllm generate` gives alone, with the same sampler and seed.
+if command -v python3 > /dev/null; then
+  status=$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"In the beginning\",\"max_tokens\":8,\"temperature\":0.8,\"top_k\":20,\"seed\":7}")
+  [ "$status" = 200 ] || fail "seeded sampled completion"
+  served=$(python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["choices"][0]["text"])' < "$work/body")
+  alone=$("$tinyllm" generate --device "$device" --model "$model" --prompt "In the beginning" --max-new-tokens 8 \
+            --temperature 0.8 --top-k 20 --seed 7)
+  [ "$alone" = "In the beginning$served" ] || { echo "generate printed: $alone"; fail "seeded sampled completion: not what generate prints"; }
+  echo "ok:   seeded sampled completion, as generate --device $device: $(cat "$work/body")"
+else
+  echo "skip: seeded sampled completion (no python3 to read the JSON)"
+fi
 
 [ "$(request POST /v1/completions '{"model": ')" = 400 ] && grep -q '"type":"invalid_request_error"' "$work/body" &&
   grep -q "not valid JSON" "$work/body" || fail "bad JSON: 400"
