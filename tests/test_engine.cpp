@@ -88,7 +88,13 @@ TEST_CASE("engine: requests from many threads give the tokens each gives alone",
                 CHECK(why[static_cast<std::size_t>(i)] == finish_reason::length);
                 CHECK(got[static_cast<std::size_t>(i)] == generate_alone(m, r));
             }
-            const tinyllm::engine_metrics s = e.metrics();
+            // The last event reaches its reader just before the engine's thread counts it
+            // and takes the snapshot: wait (up to 10 s) for that step's snapshot.
+            tinyllm::engine_metrics s = e.metrics();
+            for (int wait = 0; wait < 1000 && (s.running > 0 || s.finished_length < n); ++wait) {
+                std::this_thread::sleep_for(10ms);
+                s = e.metrics();
+            }
             CHECK(s.submitted == n);
             CHECK(s.finished_length == n);
             CHECK(s.running == 0);
