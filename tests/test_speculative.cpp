@@ -18,6 +18,7 @@
 #include <tinyllm/random.hpp>
 #include <tinyllm/speculative.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -63,13 +64,21 @@ std::pair<double, double> chi_square(const std::vector<double>& count, const std
     return {chi2, static_cast<double>(bins - 1)};
 }
 
+// A random distribution over V outcomes with exactly round(V * zero_fraction)
+// of them impossible (the ones whose second uniform draw is smallest), so
+// every seed leaves the chi-square test the same number of bins.
 std::vector<double> random_distribution(std::size_t V, std::uint64_t seed, double zero_fraction) {
     std::vector<float> u(2 * V);
     cpu::fill_uniform(tinyllm::tensor_view<float, 1>(u.data(), {static_cast<index_t>(2 * V)}), seed);
+    const auto zeros = static_cast<std::size_t>(std::lround(static_cast<double>(V) * zero_fraction));
+    std::vector<std::size_t> order(V);
+    for (std::size_t i = 0; i < V; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return u[V + a] < u[V + b]; });
     std::vector<double> p(V);
+    for (std::size_t i = 0; i < V; ++i) p[i] = std::exp(4.0 * u[i]);
+    for (std::size_t r = 0; r < zeros && r + 1 < V; ++r) p[order[r]] = 0.0;
     double s = 0;
-    for (std::size_t i = 0; i < V; ++i) s += p[i] = u[V + i] < zero_fraction ? 0.0 : std::exp(4.0 * u[i]);
-    if (s == 0) p[0] = s = 1;
+    for (double x : p) s += x;
     for (double& x : p) x /= s;
     return p;
 }
@@ -109,6 +118,9 @@ TEST_CASE("the acceptance rule emits the target distribution whatever the draft"
                           << chi2 << " at " << df << " degrees of freedom, critical " << chi_square_critical(df));
             CHECK(df >= 5);
             CHECK(chi2 < chi_square_critical(df));
+            // The chi-square above leaves out impossible outcomes; none may appear.
+            for (std::size_t v = 0; v < V; ++v)
+                if (p[v] == 0) CHECK(count[v] == 0);
             // Both branches ran: some drafts accepted, some replaced.
             CHECK(accepted > 0);
             CHECK(accepted < n);
