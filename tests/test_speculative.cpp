@@ -250,7 +250,12 @@ TEST_CASE("greedy speculative decoding returns exactly the target's greedy token
                 CHECK(r->accepted <= r->drafted);
                 CHECK(static_cast<index_t>(r->accepted_per_round.size()) == r->rounds);
             }
-            CHECK(by_close.acceptance_rate() > 0.7);
+            // Typically 0.85 to 1; each near-tie the int8 weights flip throws
+            // away the rest of a round's k drafts, so a seed with two such
+            // flips at k = 7 was seen at 0.69. The bound leaves room for that
+            // and still separates the close draft from the poor one.
+            CHECK(by_close.acceptance_rate() > 0.5);
+            CHECK(by_close.acceptance_rate() > by_poor.acceptance_rate() + 0.3);
             CHECK(by_close.rounds < 40);  // fewer target forwards than tokens
         }
     }
