@@ -10,12 +10,19 @@
 //     or with the wrong direction, fails with cudaErrorInvalidValue;
 //   * streams and events exist, and work runs in order at the moment it is
 //     issued (events record the host clock);
+//   * stream capture and graphs: while a stream is captured, the work issued
+//     to it (launches, asynchronous copies and sets, cuBLAS calls) is recorded
+//     instead of run, with its arguments as they were at that moment; a graph
+//     launch runs the recorded work in order. What a GPU forbids during a
+//     capture is refused the same way and spoils the capture: a synchronous
+//     call, an allocation or free, work on the legacy default stream;
 //   * the one device has an H100's properties and says it is simulated.
 #pragma once
 
 #include <tinyllm/sim/types.hpp>
 
 #include <cstddef>
+#include <functional>
 
 // The runtime version the simulator mimics (CUDA 13.0).
 #define CUDART_VERSION 13000
@@ -34,6 +41,7 @@ enum cudaError {
     cudaErrorInvalidDevicePointer = 17,
     cudaErrorInvalidMemcpyDirection = 21,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorIllegalState = 401,
     cudaErrorNotReady = 600,
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
@@ -44,6 +52,10 @@ enum cudaError {
     cudaErrorIllegalInstruction = 715,
     cudaErrorLaunchFailure = 719,
     cudaErrorNotSupported = 801,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorStreamCaptureUnmatched = 903,
+    cudaErrorStreamCaptureImplicit = 906,
     cudaErrorUnknown = 999,
 };
 typedef enum cudaError cudaError_t;
@@ -158,6 +170,37 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
+
+// Stream capture and graphs.
+struct CUgraph_st;
+struct CUgraphExec_st;
+struct CUgraphNode_st;
+typedef struct CUgraph_st* cudaGraph_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
+typedef struct CUgraphNode_st* cudaGraphNode_t;
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2,
+};
+enum cudaStreamCaptureStatus {
+    cudaStreamCaptureStatusNone = 0,
+    cudaStreamCaptureStatusActive = 1,
+    cudaStreamCaptureStatusInvalidated = 2,
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, std::size_t* count);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+
+// The simulator's own entry for work issued to a stream (cuBLAS, CUB): runs
+// `work` now, or records it while `stream` is captured; refuses it (and spoils
+// the capture) on the legacy stream while a capture forbids that.
+cudaError_t tinyllm_sim_stream_work(cudaStream_t stream, std::function<void()> work);
 
 // Raises (or lowers) a kernel's limit on dynamic shared memory, as on a GPU.
 cudaError_t tinyllm_sim_func_set_attribute(const void* kernel, cudaFuncAttribute attr, int value);

@@ -135,8 +135,10 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
     if (!in_device_memory(A, a_rows, a_cols, lda, Atype) || !in_device_memory(B, b_rows, b_cols, ldb, Btype) ||
         !in_device_memory(C, m, n, ldc, Ctype))
         return CUBLAS_STATUS_INVALID_VALUE;
+    // alpha and beta are read now (host pointer mode); the product runs in order
+    // on the handle's stream, or is recorded while that stream is captured.
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-
+    const auto gemm = [=] {
     // Panels: a[i][p] = op(A)(i, p), b[j][p] = op(B)(p, j).
     std::vector<float> a(static_cast<std::size_t>(m) * k), b(static_cast<std::size_t>(n) * k);
     for (int i = 0; i < m; ++i)
@@ -169,5 +171,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                               static_cast<int>(static_cast<long long>(n) * (w + 1) / workers));
         for (auto& t : pool) t.join();
     }
-    return CUBLAS_STATUS_SUCCESS;
+    };
+    return tinyllm_sim_stream_work(handle->stream, gemm) == cudaSuccess ? CUBLAS_STATUS_SUCCESS
+                                                                        : CUBLAS_STATUS_EXECUTION_FAILED;
 }

@@ -982,6 +982,24 @@ void launch(const launch_request& r) {
         return;
     }
     if (r.grid.x == 0 || r.block.x == 0) return;
+    bool captured = false;
+    if (const cudaError_t routed = runtime::route(r.stream, &captured); routed != cudaSuccess) {
+        runtime::set_last_error(routed);  // the legacy stream during a capture, or a spoiled capture
+        return;
+    }
+    if (captured) {  // recorded with its own copy of the arguments, run at each graph launch
+        std::shared_ptr<void> closure(r.clone(r.closure), r.destroy);
+        runtime::record(r.stream, [r, closure, limit] {
+            if (runtime::sticky_error() != cudaSuccess) return;
+            launch_request replay = r;
+            replay.closure = closure.get();
+            executor& e = ex();
+            std::lock_guard lock(e.launch_mutex);
+            sanitizer_ignore ignore;
+            e.run(replay, limit);
+        });
+        return;
+    }
     std::lock_guard lock(e.launch_mutex);
     sanitizer_ignore ignore;
     e.run(r, limit);

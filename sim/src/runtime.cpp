@@ -3,14 +3,17 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
 #include <set>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <utility>
+#include <vector>
 
 namespace tinyllm::sim {
 void clear_report();
@@ -19,6 +22,14 @@ void clear_report();
 namespace {
 
 using clock_type = std::chrono::steady_clock;
+
+// A stream being captured: the work issued to it so far, in order.
+struct capture {
+    cudaStreamCaptureMode mode;
+    std::thread::id thread;
+    bool invalidated = false;
+    std::vector<std::function<void()>> nodes;
+};
 
 // The limits of an H100 SXM (compute capability 9.0).
 constexpr std::size_t global_memory = std::size_t{80} << 30;
@@ -35,6 +46,8 @@ struct state {
     std::set<const void*> streams, events;
     std::map<const void*, clock_type::time_point> recorded;
     std::map<const void*, int> dynamic_shared_limit;  // per kernel, set by cudaFuncSetAttribute
+    std::map<const void*, capture> captures;          // per stream being captured
+    std::set<const void*> graphs, graph_execs;
     cudaError_t sticky = cudaSuccess;
     std::string sticky_report;
     std::uint64_t allocations_made = 0, synchronizations = 0;
@@ -76,6 +89,21 @@ bool valid_stream(cudaStream_t s) {
     return s == nullptr || st().streams.count(s) > 0;
 }
 
+// Whether a capture forbids the calling thread capture-unsafe calls (caller
+// holds the lock): its own capture unless relaxed, or any thread's global one.
+// Those captures are spoiled when `spoil`.
+bool capture_forbids(bool spoil) {
+    bool forbids = false;
+    for (auto& [stream, c] : st().captures) {
+        const bool applies = c.mode == cudaStreamCaptureModeGlobal ||
+                             (c.mode == cudaStreamCaptureModeThreadLocal && c.thread == std::this_thread::get_id());
+        if (!applies) continue;
+        forbids = true;
+        if (spoil) c.invalidated = true;
+    }
+    return forbids;
+}
+
 // Checks a copy of `bytes` (or rows) between dst and src for `kind`.
 cudaError_t check_copy(void* dst, std::size_t dpitch, const void* src, std::size_t spitch, std::size_t width,
                        std::size_t height, cudaMemcpyKind kind) {
@@ -111,6 +139,7 @@ const char* name_of(cudaError_t e) {
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
@@ -121,6 +150,10 @@ const char* name_of(cudaError_t e) {
     case cudaErrorIllegalInstruction: return "cudaErrorIllegalInstruction";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
     case cudaErrorUnknown: return "cudaErrorUnknown";
     }
     return "cudaErrorUnknown";
@@ -135,6 +168,7 @@ const char* text_of(cudaError_t e) {
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
@@ -145,6 +179,11 @@ const char* text_of(cudaError_t e) {
     case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched: return "the capture was not initiated in this stream";
+    case cudaErrorStreamCaptureImplicit:
+        return "operation would make the legacy stream depend on a capturing blocking stream";
     case cudaErrorUnknown: return "unknown error";
     }
     return "unrecognized error code";
@@ -163,6 +202,26 @@ void set_sticky_error(cudaError_t error, const std::string& report) {
     }
 }
 cudaError_t sticky_error() { return sticky(); }
+
+cudaError_t route(cudaStream_t stream, bool* record) {
+    *record = false;
+    std::lock_guard lock(st().m);
+    if (stream == nullptr) return capture_forbids(true) ? cudaErrorStreamCaptureImplicit : cudaSuccess;
+    auto it = st().captures.find(stream);
+    if (it == st().captures.end()) return cudaSuccess;
+    if (it->second.invalidated) return cudaErrorStreamCaptureInvalidated;
+    *record = true;
+    return cudaSuccess;
+}
+void record(cudaStream_t stream, std::function<void()> work) {
+    std::lock_guard lock(st().m);
+    auto it = st().captures.find(stream);
+    if (it != st().captures.end()) it->second.nodes.push_back(std::move(work));
+}
+cudaError_t check_capture_safe() {
+    std::lock_guard lock(st().m);
+    return capture_forbids(true) ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
 std::uint64_t allocation_count() {
     std::lock_guard lock(st().m);
     return st().allocations_made;
@@ -297,6 +356,7 @@ static void count_synchronization() {
 cudaError_t cudaDeviceSynchronize() {
     count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
+    if (const cudaError_t e = tinyllm::sim::runtime::check_capture_safe(); e != cudaSuccess) return fail(e);
     return cudaSuccess;
 }
 cudaError_t cudaDeviceReset() {
@@ -322,6 +382,8 @@ cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
     if (!ptr) return fail(cudaErrorInvalidValue);
     *ptr = nullptr;
     TINYLLM_SIM_RETURN_IF_STICKY();
+    // An allocation is not stream work: a graph would not replay it.
+    if (const cudaError_t e = tinyllm::sim::runtime::check_capture_safe(); e != cudaSuccess) return fail(e);
     if (bytes == 0) return cudaSuccess;
     std::lock_guard lock(st().m);
     // The simulated device has an H100's 80 GB, and no more than the host's memory.
@@ -341,6 +403,7 @@ cudaError_t cudaMalloc(void** ptr, std::size_t bytes) {
 }
 cudaError_t cudaFree(void* ptr) {
     if (!ptr) return cudaSuccess;
+    if (const cudaError_t e = tinyllm::sim::runtime::check_capture_safe(); e != cudaSuccess) return fail(e);
     std::lock_guard lock(st().m);
     auto it = st().allocations.find(reinterpret_cast<std::uintptr_t>(ptr));
     if (it == st().allocations.end()) return fail(cudaErrorInvalidValue);  // not the start of a live allocation
@@ -374,8 +437,26 @@ cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dpitch, const void* src, st
     TINYLLM_SIM_RETURN_IF_STICKY();
     if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
     if (const cudaError_t e = check_copy(dst, dpitch, src, spitch, width, height, kind); e != cudaSuccess) return fail(e);
-    for (std::size_t r = 0; r < height; ++r)
-        std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+    const auto copy = [=] {
+        for (std::size_t r = 0; r < height; ++r)
+            std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+    };
+    bool captured = false;
+    if (const cudaError_t e = tinyllm::sim::runtime::route(stream, &captured); e != cudaSuccess) return fail(e);
+    if (!captured) {
+        copy();
+        return cudaSuccess;
+    }
+    // Replayed later: the pointers are checked again then (freed memory is a fault).
+    tinyllm::sim::runtime::record(stream, [=] {
+        if (sticky() != cudaSuccess) return;
+        if (check_copy(dst, dpitch, src, spitch, width, height, kind) != cudaSuccess) {
+            tinyllm::sim::runtime::set_sticky_error(
+                cudaErrorIllegalAddress, "tinyllm simulator: a graph's copy node reaches memory that is no longer allocated");
+            return;
+        }
+        copy();
+    });
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy2D(void* dst, std::size_t dpitch, const void* src, std::size_t spitch, std::size_t width,
@@ -396,7 +477,26 @@ cudaError_t cudaMemsetAsync(void* ptr, int value, std::size_t bytes, cudaStream_
         std::lock_guard lock(st().m);
         if (!in_allocation(ptr, bytes)) return fail(cudaErrorInvalidValue);
     }
-    std::memset(ptr, value, bytes);
+    bool captured = false;
+    if (const cudaError_t e = tinyllm::sim::runtime::route(stream, &captured); e != cudaSuccess) return fail(e);
+    if (!captured) {
+        std::memset(ptr, value, bytes);
+        return cudaSuccess;
+    }
+    tinyllm::sim::runtime::record(stream, [=] {
+        if (sticky() != cudaSuccess) return;
+        bool live = false;
+        {
+            std::lock_guard lock(st().m);
+            live = in_allocation(ptr, bytes);
+        }
+        if (!live) {
+            tinyllm::sim::runtime::set_sticky_error(
+                cudaErrorIllegalAddress, "tinyllm simulator: a graph's memset node reaches memory that is no longer allocated");
+            return;
+        }
+        std::memset(ptr, value, bytes);
+    });
     return cudaSuccess;
 }
 cudaError_t cudaMemset(void* ptr, int value, std::size_t bytes) { return cudaMemsetAsync(ptr, value, bytes, nullptr); }
@@ -411,6 +511,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     std::lock_guard lock(st().m);
+    if (st().captures.count(stream)) return fail(cudaErrorIllegalState);
     if (!st().streams.erase(stream)) return fail(cudaErrorInvalidResourceHandle);
     delete reinterpret_cast<char*>(stream);
     return cudaSuccess;
@@ -418,6 +519,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
+    if (const cudaError_t e = tinyllm::sim::runtime::check_capture_safe(); e != cudaSuccess) return fail(e);
     return valid_stream(stream) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
@@ -444,14 +546,24 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     TINYLLM_SIM_RETURN_IF_STICKY();
     if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
-    std::lock_guard lock(st().m);
-    if (!st().events.count(event)) return fail(cudaErrorInvalidResourceHandle);
-    st().recorded[event] = clock_type::now();  // the work before it has already run
+    {
+        std::lock_guard lock(st().m);
+        if (!st().events.count(event)) return fail(cudaErrorInvalidResourceHandle);
+    }
+    bool captured = false;
+    if (const cudaError_t e = tinyllm::sim::runtime::route(stream, &captured); e != cudaSuccess) return fail(e);
+    const auto stamp = [event] {
+        std::lock_guard lock(st().m);
+        if (st().events.count(event)) st().recorded[event] = clock_type::now();  // the work before it has run
+    };
+    if (captured) tinyllm::sim::runtime::record(stream, stamp);
+    else stamp();
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     count_synchronization();
     TINYLLM_SIM_RETURN_IF_STICKY();
+    if (const cudaError_t e = tinyllm::sim::runtime::check_capture_safe(); e != cudaSuccess) return fail(e);
     std::lock_guard lock(st().m);
     return st().events.count(event) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
@@ -482,4 +594,118 @@ cudaError_t tinyllm_sim_func_set_attribute(const void* kernel, cudaFuncAttribute
         return value >= -1 && value <= 100 ? cudaSuccess : fail(cudaErrorInvalidValue);
     }
     return fail(cudaErrorInvalidValue);
+}
+
+// ---- stream capture and graphs ----------------------------------------------
+// A graph is the list of work a capture recorded; an executable graph is a
+// copy of it. The nodes run in the order they were issued (one stream: the
+// dependencies a GPU would track are that order).
+struct CUgraph_st {
+    std::vector<std::function<void()>> nodes;
+};
+struct CUgraphExec_st {
+    std::vector<std::function<void()>> nodes;
+};
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+    TINYLLM_SIM_RETURN_IF_STICKY();
+    if (stream == nullptr) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream cannot be captured
+    if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+    if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+        mode != cudaStreamCaptureModeRelaxed)
+        return fail(cudaErrorInvalidValue);
+    std::lock_guard lock(st().m);
+    if (st().captures.count(stream)) return fail(cudaErrorIllegalState);
+    st().captures.emplace(stream, capture{mode, std::this_thread::get_id(), false, {}});
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+    if (!graph) return fail(cudaErrorInvalidValue);
+    *graph = nullptr;
+    if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+    std::lock_guard lock(st().m);
+    auto it = st().captures.find(stream);
+    if (it == st().captures.end()) return fail(cudaErrorIllegalState);
+    if (it->second.mode != cudaStreamCaptureModeRelaxed && it->second.thread != std::this_thread::get_id())
+        return fail(cudaErrorStreamCaptureUnmatched);
+    capture c = std::move(it->second);
+    st().captures.erase(it);
+    if (c.invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+    *graph = new CUgraph_st{std::move(c.nodes)};
+    st().graphs.insert(*graph);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+    if (!status) return fail(cudaErrorInvalidValue);
+    if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+    std::lock_guard lock(st().m);
+    auto it = st().captures.find(stream);
+    *status = it == st().captures.end() ? cudaStreamCaptureStatusNone
+              : it->second.invalidated  ? cudaStreamCaptureStatusInvalidated
+                                        : cudaStreamCaptureStatusActive;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, std::size_t* count) {
+    if (!count) return fail(cudaErrorInvalidValue);
+    std::lock_guard lock(st().m);
+    if (!st().graphs.count(graph)) return fail(cudaErrorInvalidResourceHandle);
+    if (nodes) return fail(cudaErrorNotSupported);  // the simulator reports the count only
+    *count = graph->nodes.size();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    if (!exec) return fail(cudaErrorInvalidValue);
+    *exec = nullptr;
+    TINYLLM_SIM_RETURN_IF_STICKY();
+    std::lock_guard lock(st().m);
+    if (!st().graphs.count(graph)) return fail(cudaErrorInvalidResourceHandle);
+    *exec = new CUgraphExec_st{graph->nodes};
+    st().graph_execs.insert(*exec);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+    TINYLLM_SIM_RETURN_IF_STICKY();
+    if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+    {
+        std::lock_guard lock(st().m);
+        if (!st().graph_execs.count(exec)) return fail(cudaErrorInvalidResourceHandle);
+    }
+    bool captured = false;
+    if (const cudaError_t e = tinyllm::sim::runtime::route(stream, &captured); e != cudaSuccess) return fail(e);
+    for (const auto& node : exec->nodes) {
+        if (captured) {
+            tinyllm::sim::runtime::record(stream, node);
+        } else {
+            node();
+            if (sticky() != cudaSuccess) break;  // a fault stops the graph, as it stops a stream
+        }
+    }
+    return sticky() != cudaSuccess ? fail(sticky()) : cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    std::lock_guard lock(st().m);
+    if (!st().graph_execs.erase(exec)) return fail(cudaErrorInvalidResourceHandle);
+    delete exec;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    std::lock_guard lock(st().m);
+    if (!st().graphs.erase(graph)) return fail(cudaErrorInvalidResourceHandle);
+    delete graph;
+    return cudaSuccess;
+}
+
+cudaError_t tinyllm_sim_stream_work(cudaStream_t stream, std::function<void()> work) {
+    TINYLLM_SIM_RETURN_IF_STICKY();
+    if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+    bool captured = false;
+    if (const cudaError_t e = tinyllm::sim::runtime::route(stream, &captured); e != cudaSuccess) return fail(e);
+    if (captured) {
+        tinyllm::sim::runtime::record(stream, [w = std::move(work)] {
+            if (sticky() == cudaSuccess) w();
+        });
+    } else {
+        work();
+    }
+    return cudaSuccess;
 }

@@ -424,3 +424,94 @@ TEST_CASE("the random schedule keeps correct kernels' results and exposes a miss
     }
 }
 #endif  // TINYLLM_SIMULATED_GPU
+
+namespace {
+__global__ void add_kernel(int* x, int n, int v) {
+    const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i < n) x[i] += v;
+}
+}  // namespace
+
+// CUDA graphs (cuda::model's captured decode step relies on them): capture
+// records instead of running, keeps each launch's arguments as they were, and
+// a launch of the graph replays the work in order; a synchronization or work
+// on the legacy stream during a capture spoils it. On a GPU and on the
+// simulated GPU alike, except the exact error codes, checked on the simulator.
+TEST_CASE("stream capture records work that a graph launch replays", "[cuda][sim][graph]") {
+    const int n = 100;
+    tc::device_buffer<int> x(n), y(n);
+    REQUIRE(cudaMemset(x.data(), 0, n * sizeof(int)) == cudaSuccess);
+    REQUIRE(cudaMemset(y.data(), 7, n * sizeof(int)) == cudaSuccess);
+    cudaStream_t s = nullptr;
+    REQUIRE(cudaStreamCreate(&s) == cudaSuccess);
+
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    REQUIRE(cudaStreamIsCapturing(s, &status) == cudaSuccess);
+    CHECK(status == cudaStreamCaptureStatusActive);
+    int v = 2;
+    tc::launch(add_kernel, 1, 128, 0, s, x.data(), n, v);  // x += 2
+    v = 1000;                                                // the launch kept 2
+    CHECK(cudaMemcpyAsync(y.data(), x.data(), n * sizeof(int), cudaMemcpyDeviceToDevice, s) == cudaSuccess);
+    tc::launch(add_kernel, 1, 128, 0, s, y.data(), n, 1);    // y = x + 1
+    CHECK(cudaGetLastError() == cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+    REQUIRE(graph != nullptr);
+    std::size_t nodes = 0;
+    REQUIRE(cudaGraphGetNodes(graph, nullptr, &nodes) == cudaSuccess);
+    CHECK(nodes == 3);
+    // Nothing ran yet.
+    CHECK(tc::to_host(x) == std::vector<int>(n, 0));
+    CHECK(tc::to_host(y) == std::vector<int>(n, 0x07070707));
+
+    cudaGraphExec_t exec = nullptr;
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+    REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);  // twice: x = 4, y = 5
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    CHECK(tc::to_host(x) == std::vector<int>(n, 4));
+    CHECK(tc::to_host(y) == std::vector<int>(n, 5));
+    CHECK(cudaGraphExecDestroy(exec) == cudaSuccess);
+    CHECK(cudaGraphDestroy(graph) == cudaSuccess);
+
+    SECTION("a synchronization during the capture spoils it") {
+        REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+        tc::launch(add_kernel, 1, 128, 0, s, x.data(), n, 1);
+        const cudaError_t sync = cudaStreamSynchronize(s);
+        CHECK(sync != cudaSuccess);
+        cudaGraph_t spoiled = nullptr;
+        const cudaError_t end = cudaStreamEndCapture(s, &spoiled);
+        CHECK(end != cudaSuccess);
+        CHECK(spoiled == nullptr);
+#if defined(TINYLLM_SIMULATED_GPU)
+        CHECK(sync == cudaErrorStreamCaptureUnsupported);
+        CHECK(end == cudaErrorStreamCaptureInvalidated);
+#endif
+    }
+    SECTION("work on the legacy stream during the capture spoils it") {
+        REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+        tc::launch(add_kernel, 1, 128, 0, nullptr, x.data(), n, 1);
+        const cudaError_t launched = launch_error();
+        CHECK(launched != cudaSuccess);
+        cudaGraph_t spoiled = nullptr;
+        CHECK(cudaStreamEndCapture(s, &spoiled) != cudaSuccess);
+        CHECK(spoiled == nullptr);
+#if defined(TINYLLM_SIMULATED_GPU)
+        CHECK(launched == cudaErrorStreamCaptureImplicit);
+#endif
+    }
+#if defined(TINYLLM_SIMULATED_GPU)
+    SECTION("an allocation during the capture spoils it") {
+        REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+        void* p = nullptr;
+        CHECK(cudaMalloc(&p, 64) == cudaErrorStreamCaptureUnsupported);
+        CHECK(p == nullptr);
+        cudaGraph_t spoiled = nullptr;
+        CHECK(cudaStreamEndCapture(s, &spoiled) == cudaErrorStreamCaptureInvalidated);
+    }
+#endif
+    (void)cudaGetLastError();
+    CHECK(tc::to_host(x) == std::vector<int>(n, 4));  // the spoiled captures ran nothing
+    CHECK(cudaStreamDestroy(s) == cudaSuccess);
+}

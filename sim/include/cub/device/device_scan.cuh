@@ -4,8 +4,9 @@
 // two-call protocol is kept: called with d_temp_storage == nullptr it only
 // says how many bytes of temporary storage it needs; called again with that
 // storage it scans. The scan itself runs in order on the stream (the
-// simulator's streams run work as it is issued), over device memory that must
-// lie in live allocations (cudaErrorInvalidValue otherwise).
+// simulator's streams run work as it is issued, or record it while captured),
+// over device memory that must lie in live allocations (cudaErrorInvalidValue
+// otherwise).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -48,15 +49,15 @@ private:
         using T = typename std::iterator_traits<Out>::value_type;
         const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
         if (!device_range(&in[0], bytes) || !device_range(&out[0], bytes)) return cudaErrorInvalidValue;
-        if (const cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) return e;
-        T running{};
-        for (int i = 0; i < n; ++i) {
-            const T v = static_cast<T>(in[i]);
-            if (!inclusive) out[i] = running;
-            running = running + v;
-            if (inclusive) out[i] = running;
-        }
-        return cudaSuccess;
+        return tinyllm_sim_stream_work(stream, [=] {
+            T running{};
+            for (int i = 0; i < n; ++i) {
+                const T v = static_cast<T>(in[i]);
+                if (!inclusive) out[i] = running;
+                running = running + v;
+                if (inclusive) out[i] = running;
+            }
+        });
     }
 };
 

@@ -94,6 +94,9 @@ struct launch_request {
     const void* kernel;  // identifies the kernel (limits set with cudaFuncSetAttribute, its name)
     void (*run)(void* closure);
     void* closure;
+    // A copy of the closure that outlives the call (a launch recorded by stream capture).
+    void* (*clone)(const void* closure);
+    void (*destroy)(void* closure);
 };
 // Validates and runs a launch (or records the configuration error).
 void launch(const launch_request& request);
@@ -142,11 +145,21 @@ void run_closure(void* c) {
     std::apply(closure.kernel, closure.params);  // each thread gets its own copies of the parameters
 }
 
+template <class Closure>
+void* clone_closure(const void* c) {
+    return new Closure(*static_cast<const Closure*>(c));
+}
+template <class Closure>
+void destroy_closure(void* c) {
+    delete static_cast<Closure*>(c);
+}
+
 }  // namespace detail
 
 // kernel<<<grid, block, dynamic_shared_bytes, stream>>>(args...) on the simulator.
 // The arguments are converted to the kernel's parameter types once, as a real
-// launch does, and every thread receives copies of them.
+// launch does, and every thread receives copies of them (a captured launch
+// keeps its own copy until its graph is destroyed).
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t dynamic_shared_bytes, cudaStream_t stream,
             Args&&... args) {
@@ -156,7 +169,8 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t dynami
         std::tuple<std::decay_t<Params>...> params;
     } c{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
     detail::launch({grid, block, dynamic_shared_bytes, stream, reinterpret_cast<const void*>(kernel),
-                    &detail::run_closure<closure>, &c});
+                    &detail::run_closure<closure>, &c, &detail::clone_closure<closure>,
+                    &detail::destroy_closure<closure>});
 }
 
 }  // namespace tinyllm::sim
