@@ -12,6 +12,8 @@
 //            each timed step, so every step does the same work): tokens/s = B / time;
 //            bytes = the weights read once (+ the K/V cache read), so the GB/s
 //            column says how close a step gets to the weights-read-once floor.
+//   decode_graph  the same step from model::decode_step, one CUDA-graph launch per
+//            step (the cache grows by one position per timed step from 128).
 // Check column: tokens/s, and how the model's last-position logits agree with
 // the CPU reference (GPT-2 shape, 8-token prompt) or, for the 1B shape whose CPU
 // run would take minutes, bfloat16 against the float32 GPU model.
@@ -138,6 +140,27 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         std::snprintf(check, sizeof check, "%.0f tok/s; %s", B / (decode.median_us * 1e-6), check_prefix.c_str());
         ctx.rows.push_back({std::string("decode ") + dtype + " B=" + std::to_string(B), "cuda", decode, check, true,
                             false});
+
+        // The same step replayed from model::decode_step's CUDA graph (one launch per
+        // step instead of a dozen per layer). Each timed step feeds one more token,
+        // so the cache grows by one position per step from the same 128.
+        const index_t graph_room = 512;
+        auto gs = m.new_session(B, prompt_length + 1 + graph_room);
+        const auto restart = [&] {
+            gs.lengths.assign(static_cast<std::size_t>(B), prompt_length);
+        };
+        restart();
+        m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
+        const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
+        const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
+        auto graphed = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_graph"), [&] {
+            if (gs.lengths[0] + 1 > gs.capacity) restart();
+            m.decode_step(gs, next_ids);
+        }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+        std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s", B / (graphed.median_us * 1e-6),
+                      gs.graph_captures(), gs.graph_replays(), gs.graph_failure().empty() ? "" : "; capture FAILED");
+        ctx.rows.push_back({std::string("decode graph ") + dtype + " B=" + std::to_string(B), "cuda", graphed, check,
+                            gs.graph_failure().empty(), false});
     }
 }
 

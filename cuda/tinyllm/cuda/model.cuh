@@ -118,6 +118,8 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -261,6 +263,58 @@ __global__ void gather_rows_kernel(T* out, const T* in, const std::int32_t* rows
     const T* from = in + static_cast<index_t>(rows[r]) * width;
     for (index_t i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = from[i];
 }
+
+// The per-row bookkeeping of one decode step (one token per row), computed on
+// the device from the device copy of the rows' lengths, which it advances: what
+// forward() computes on the host and uploads, so that a captured step needs
+// nothing from the host. info is (4, B): start, count, key length, last row.
+__global__ void decode_prepare_kernel(std::int32_t* lengths, std::int32_t* info, std::int64_t* positions, int B) {
+    for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) {
+        const std::int32_t L = lengths[b];
+        info[b] = L;
+        info[B + b] = 1;
+        info[2 * B + b] = L + 1;
+        info[3 * B + b] = b;
+        positions[b] = L;
+        lengths[b] = L + 1;
+    }
+}
+
+// The keys a decode step attends: the longest row's plus one, rounded up to a
+// power of two (at least 64, at most the capacity). Rows shorter than that are
+// masked by their key lengths, and the attention kernels skip the masked keys'
+// splits; rounding keeps the kernels' shapes fixed for many steps, so that one
+// captured graph serves them all.
+inline index_t decode_keys(index_t longest, index_t capacity) {
+    index_t tk = 64;
+    while (tk < longest) tk *= 2;
+    return tk < capacity ? tk : capacity;
+}
+
+// A session's captured decode steps (model::decode_step): one executable graph
+// per key count, the stream they run on, and the device copy of the lengths.
+// Owned by the session; destroying it destroys the graphs and the stream.
+struct decode_graphs {
+    cudaStream_t stream = nullptr;
+    std::map<index_t, cudaGraphExec_t> steps;   // by decode_keys()
+    std::vector<const void*> scratch;           // the buffers the graphs were captured on
+    std::vector<index_t> uploaded;              // the lengths the device copy holds
+    device_buffer<std::int32_t> lengths;        // (B)
+    std::string failure;                        // why capture failed (the steps then run eagerly)
+    std::size_t captures = 0, replays = 0;
+
+    decode_graphs() = default;
+    decode_graphs(const decode_graphs&) = delete;
+    decode_graphs& operator=(const decode_graphs&) = delete;
+    ~decode_graphs() {
+        clear();
+        if (stream) (void)cudaStreamDestroy(stream);  // never throw from a destructor
+    }
+    void clear() {
+        for (auto& [tk, exec] : steps) (void)cudaGraphExecDestroy(exec);
+        steps.clear();
+    }
+};
 
 // Grow-only scratch: a buffer of at least n elements.
 template <class T>
@@ -457,6 +511,12 @@ public:
         device_buffer<float> expert_weights;
         std::optional<moe_dispatch_workspace> dispatch_ws;
         moe_experts_workspace experts_ws;  // shared by every MoE layer: no allocation or final wait per layer
+        // decode_step's graphs (created at its first call)
+        std::unique_ptr<detail::decode_graphs> graphs;
+        // How decode_step ran so far: graphs captured and replayed, and why capture failed, if it did.
+        std::size_t graph_captures() const { return graphs ? graphs->captures : 0; }
+        std::size_t graph_replays() const { return graphs ? graphs->replays : 0; }
+        std::string graph_failure() const { return graphs ? graphs->failure : std::string(); }
     };
 
     // A session of `batch` sequences of up to `capacity` positions each; kv_dtype::int8
@@ -502,10 +562,7 @@ public:
     //   all_positions = true:  (B * n, V), row b * n + t (padding rows included).
     tensor_view<const float, 2> forward(session& s, tensor_view<const token_id, 2> tokens,
                                         std::span<const index_t> counts = {}, bool all_positions = false) const {
-        const model_config& c = config_;
-        const index_t B = s.batch, n = tokens.extent(1), D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
-        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
-        const index_t qkv_out = q_out + 2 * kv_out, rows = B * n;
+        const index_t B = s.batch, n = tokens.extent(1), V = config_.vocab_size, rows = B * n;
         TINYLLM_EXPECT(tokens.extent(0) == B, "cuda::model::forward: tokens has ", tokens.extent(0),
                        " rows but the session holds ", B, " sequences");
         TINYLLM_EXPECT(n >= 1, "cuda::model::forward: no tokens to feed");
@@ -541,21 +598,158 @@ public:
             info[static_cast<std::size_t>(3 * B + b)] = static_cast<std::int32_t>(b * n + count - 1);
             tk = std::max(tk, L + n);
         }
-        // Decode: the keys attended are those of the longest row; shorter rows mask the rest.
-        if (n == 1) tk = *std::max_element(s.lengths.begin(), s.lengths.end()) + 1;
+        // Decode: the keys attended are those of the longest row, rounded up as
+        // decode_step rounds them (the same kernels, the same logits); shorter rows
+        // mask the rest.
+        if (n == 1) tk = detail::decode_keys(*std::max_element(s.lengths.begin(), s.lengths.end()) + 1, s.capacity);
 
         std::int32_t* d_info = detail::at_least(s.row_info, 4 * B);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_info, info.data(), info.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
-        const std::int32_t* d_start = d_info;              // (B) first cache position written
-        const std::int32_t* d_count = d_info + B;          // (B) tokens kept
-        const std::int32_t* d_key_length = d_info + 2 * B; // (B) valid keys after this forward
-        const std::int32_t* d_last_row = d_info + 3 * B;   // (B) row of x holding the last fed token
         token_id* d_ids = detail::at_least(s.ids, rows);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(token_id), cudaMemcpyHostToDevice));
         std::int64_t* d_pos = detail::at_least(s.positions, rows);
         TINYLLM_CUDA_CHECK(cudaMemcpy(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
-        const tensor_view<const token_id, 2> ids_v(d_ids, {B, n});
-        const tensor_view<const std::int64_t, 2> pos_v(d_pos, {B, n});
+        const tensor_view<const float, 2> logits = forward_device(s, n, tk, all_positions, nullptr);
+        for (index_t b = 0; b < B; ++b) s.lengths[b] += counts.empty() ? n : counts[b];
+        return logits;
+    }
+
+    // One decode step, one token per row, replayed from a CUDA graph: row b is
+    // fed ids[b], read from device memory (where cuda::sample writes its
+    // tokens), so the step needs nothing from the host. The same kernels on the
+    // same data as forward(s, ids as (B, 1)), hence the same logits, bit for bit.
+    //
+    // Why: a decode step of a small model is hundreds of short kernel launches
+    // (a dozen per layer), and at batch 1 the GPU finishes many of them sooner
+    // than the CPU can issue the next one, so the step costs launch overhead
+    // rather than the weights' bytes. Captured once (cudaStreamBeginCapture ...
+    // cudaStreamEndCapture) and instantiated, the whole step is one
+    // cudaGraphLaunch. What changes from step to step lives in device memory:
+    // the ids, the positions and the rows' bookkeeping, which the graph's first
+    // kernel (decode_prepare_kernel) derives from a device copy of the lengths
+    // and advances. The number of keys attended is a kernel shape, so it is
+    // rounded up (detail::decode_keys) and one graph is kept per rounded value:
+    // a 2048-position session captures at most 6.
+    //
+    // A step of a new shape runs eagerly first (that sizes every scratch buffer,
+    // since no allocation may happen inside a capture), then is captured for
+    // the next steps. Should the scratch buffers move (a longer forward() on
+    // the session grows them), the graphs are dropped and captured again. A
+    // Mixtral model's experts are sized on the host (its dispatch plan), so
+    // its steps run eagerly; so does any model if capture fails, with the
+    // reason in s.graph_failure().
+    tensor_view<const float, 2> decode_step(session& s, tensor_view<const token_id, 1> ids /*(B) device*/) const {
+        const index_t B = s.batch;
+        TINYLLM_EXPECT(ids.extent(0) == B, "cuda::model::decode_step: ", ids.extent(0), " ids for ", B, " rows");
+        TINYLLM_EXPECT(ids.is_contiguous(), "cuda::model::decode_step: ids must be contiguous");
+        for (index_t b = 0; b < B; ++b)
+            TINYLLM_EXPECT(s.lengths[b] + 1 <= s.capacity, "cuda::model::decode_step: row ", b, " holds ", s.lengths[b],
+                           " positions; one more exceeds the session's capacity ", s.capacity);
+        if (!s.graphs) {
+            s.graphs = std::make_unique<detail::decode_graphs>();
+            TINYLLM_CUDA_CHECK(cudaStreamCreate(&s.graphs->stream));  // blocking: ordered with the default stream
+            s.graphs->lengths = device_buffer<std::int32_t>(static_cast<std::size_t>(B));
+        }
+        detail::decode_graphs& g = *s.graphs;
+        if (config_.num_experts > 0 || !g.failure.empty()) {  // eagerly: the host needs the ids
+            std::vector<token_id> host(static_cast<std::size_t>(B));
+            TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), ids.data(), host.size() * sizeof(token_id), cudaMemcpyDeviceToHost));
+            return forward(s, tensor_view<const token_id, 2>(host.data(), {B, 1}));
+        }
+        if (g.uploaded != s.lengths) {  // forward() fed the session since: refresh the device copy
+            std::vector<std::int32_t> lengths(s.lengths.begin(), s.lengths.end());
+            TINYLLM_CUDA_CHECK(cudaMemcpy(g.lengths.data(), lengths.data(), lengths.size() * sizeof(std::int32_t),
+                                          cudaMemcpyHostToDevice));
+        }
+        token_id* d_ids = detail::at_least(s.ids, B);
+        if (ids.data() != d_ids)
+            TINYLLM_CUDA_CHECK(cudaMemcpyAsync(d_ids, ids.data(), static_cast<std::size_t>(B) * sizeof(token_id),
+                                               cudaMemcpyDeviceToDevice, g.stream));
+        const index_t tk = detail::decode_keys(*std::max_element(s.lengths.begin(), s.lengths.end()) + 1, s.capacity);
+        if (scratch_of(s) != g.scratch) g.clear();
+        auto found = g.steps.find(tk);
+        tensor_view<const float, 2> logits;
+        if (found != g.steps.end()) {
+            TINYLLM_CUDA_CHECK(cudaGraphLaunch(found->second, g.stream));
+            ++g.replays;
+            logits = tensor_view<const float, 2>(s.logits.data(), {B, config_.vocab_size});
+        } else {
+            logits = prepared_decode(s, tk);  // eagerly, sizing the buffers
+            if (scratch_of(s) != g.scratch) {
+                g.clear();
+                g.scratch = scratch_of(s);
+            }
+            capture_decode(s, tk);
+        }
+        for (index_t b = 0; b < B; ++b) s.lengths[b] += 1;
+        g.uploaded = s.lengths;
+        return logits;
+    }
+
+private:
+    // decode_step's work on its stream: the bookkeeping from the device lengths, then the step.
+    tensor_view<const float, 2> prepared_decode(session& s, index_t tk) const {
+        detail::decode_graphs& g = *s.graphs;
+        const index_t B = s.batch;
+        std::int32_t* d_info = detail::at_least(s.row_info, 4 * B);
+        std::int64_t* d_pos = detail::at_least(s.positions, B);
+        launch(detail::decode_prepare_kernel, 1, 128, 0, g.stream, g.lengths.data(), d_info, d_pos, static_cast<int>(B));
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        return forward_device(s, 1, tk, false, g.stream);
+    }
+
+    // Captures decode_step's work for `tk` keys into a graph kept in s.graphs.
+    // Nothing runs. A failure leaves the session decoding eagerly.
+    void capture_decode(session& s, index_t tk) const {
+        detail::decode_graphs& g = *s.graphs;
+        cudaGraph_t graph = nullptr;
+        try {
+            TINYLLM_CUDA_CHECK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
+            try {
+                (void)prepared_decode(s, tk);
+            } catch (...) {
+                (void)cudaStreamEndCapture(g.stream, &graph);
+                if (graph) (void)cudaGraphDestroy(graph);
+                (void)cudaGetLastError();
+                throw;
+            }
+            TINYLLM_CUDA_CHECK(cudaStreamEndCapture(g.stream, &graph));
+            cudaGraphExec_t exec = nullptr;
+            const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+            (void)cudaGraphDestroy(graph);
+            TINYLLM_CUDA_CHECK(made);
+            g.steps[tk] = exec;
+            ++g.captures;
+        } catch (const std::exception& e) {
+            g.failure = e.what();
+            g.clear();
+        }
+    }
+
+    // The device buffers a captured step reads and writes: if one moves, the graphs are stale.
+    std::vector<const void*> scratch_of(session& s) const {
+        return {s.ids.data(),     s.row_info.data(), s.positions.data(), s.x.data(),      s.h.data(),
+                s.qkv.data(),     s.attn.data(),     s.delta.data(),     s.hidden.data(), s.hidden2.data(),
+                s.head_in.data(), s.logits.data(),   s.keys_T.data(),    s.values_T.data(),
+                s.attention_ws.floats(0), dequantized_.data()};
+    }
+
+    // forward()'s device work for n tokens per row, from the ids, positions and
+    // row bookkeeping already in s.ids, s.positions and s.row_info, issued on
+    // `stream`: embedding, the layers, the final norm and the logits.
+    tensor_view<const float, 2> forward_device(session& s, index_t n, index_t tk, bool all_positions,
+                                               cudaStream_t stream) const {
+        const model_config& c = config_;
+        const index_t B = s.batch, D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
+        const index_t qkv_out = q_out + 2 * kv_out, rows = B * n;
+        const std::int32_t* d_info = s.row_info.data();
+        const std::int32_t* d_start = d_info;              // (B) first cache position written
+        const std::int32_t* d_count = d_info + B;          // (B) tokens kept
+        const std::int32_t* d_key_length = d_info + 2 * B; // (B) valid keys after this forward
+        const std::int32_t* d_last_row = d_info + 3 * B;   // (B) row of x holding the last fed token
+        const tensor_view<const token_id, 2> ids_v(s.ids.data(), {B, n});
+        const tensor_view<const std::int64_t, 2> pos_v(s.positions.data(), {B, n});
 
         const tensor_view<T, 2> x(detail::at_least(s.x, rows * D), {rows, D});            // (B·n, D)
         const tensor_view<T, 2> h(detail::at_least(s.h, rows * D), {rows, D});
@@ -565,9 +759,9 @@ public:
 
         // x = embed(tokens) (+ learned positions)
         embedding<T, token_id>(tensor_view<T, 3>(x.data(), {B, n, D}), ids_v, embed_.view(), 1.0f,
-                               embedding_version::vectorized, /*check_ids=*/false);
+                               embedding_version::vectorized, /*check_ids=*/false, stream);
         if (c.arch == model_arch::gpt2)
-            add_learned_positions<T>(tensor_view<T, 3>(x.data(), {B, n, D}), positions_.view(), pos_v);
+            add_learned_positions<T>(tensor_view<T, 3>(x.data(), {B, n, D}), positions_.view(), pos_v, stream);
 
         // q, k, v: views into the rows of qkv                                    (B, n, H, Dh)
         const extents<4> qkv_strides{n * qkv_out, qkv_out, Dh, 1};
@@ -582,12 +776,12 @@ public:
 
         for (index_t l = 0; l < c.num_layers; ++l) {
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
-            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
-            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias);  // x += delta; h = norm(x)
-            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv);
+            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
+            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
+            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
             if (c.arch != model_arch::gpt2) {
-                apply_rope_cached(q, pos_v, rope_);
-                apply_rope_cached(k, pos_v, rope_);
+                apply_rope_cached(q, pos_v, rope_, stream);
+                apply_rope_cached(k, pos_v, rope_, stream);
             }
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
             if (s.kv == cpu::model::kv_dtype::int8) {
@@ -595,10 +789,10 @@ public:
                 // positions [0, tk) for attention (the CPU reference's way, on the device).
                 const auto l_ = static_cast<std::size_t>(l);
                 const unsigned threads = static_cast<unsigned>(32 * std::min<index_t>(Hkv, 4));
-                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, nullptr, s.keys8[l_].data(),
+                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, stream, s.keys8[l_].data(),
                        s.key_steps[l_].data(), s.capacity, k.data(), n * qkv_out, qkv_out, Hkv, Dh, d_start, d_count);
                 TINYLLM_CUDA_CHECK_LAUNCH();
-                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, nullptr, s.values8[l_].data(),
+                launch(detail::write_cache_int8_kernel<T>, grid, threads, 0, stream, s.values8[l_].data(),
                        s.value_steps[l_].data(), s.capacity, v.data(), n * qkv_out, qkv_out, Hkv, Dh, d_start,
                        d_count);
                 TINYLLM_CUDA_CHECK_LAUNCH();
@@ -606,38 +800,38 @@ public:
                 T* values_T = detail::at_least(s.values_T, B * tk * kv_out);
                 const dim3 dq_grid(static_cast<unsigned>(std::min<index_t>((tk * kv_out + 255) / 256, 1024)),
                                    static_cast<unsigned>(B));
-                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, nullptr, keys_T, s.keys8[l_].data(),
+                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, stream, keys_T, s.keys8[l_].data(),
                        s.key_steps[l_].data(), s.capacity, tk, Hkv, Dh);
                 TINYLLM_CUDA_CHECK_LAUNCH();
-                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, nullptr, values_T, s.values8[l_].data(),
+                launch(detail::dequantize_cache_kernel<T>, dq_grid, 256, 0, stream, values_T, s.values8[l_].data(),
                        s.value_steps[l_].data(), s.capacity, tk, Hkv, Dh);
                 TINYLLM_CUDA_CHECK_LAUNCH();
                 attend(attn4, q, tensor_view<const T, 4>(keys_T, {B, tk, Hkv, Dh}),
-                       tensor_view<const T, 4>(values_T, {B, tk, Hkv, Dh}), opts, s.attention_ws);
+                       tensor_view<const T, 4>(values_T, {B, tk, Hkv, Dh}), opts, s.attention_ws, stream);
             } else {
                 T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
                 T* cache_v = s.values[static_cast<std::size_t>(l)].data();
-                launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_k, s.capacity, k.data(),
+                launch(detail::write_cache_kernel<T>, grid, 128, 0, stream, cache_k, s.capacity, k.data(),
                        n * qkv_out, qkv_out, kv_out, d_start, d_count);
                 TINYLLM_CUDA_CHECK_LAUNCH();
-                launch(detail::write_cache_kernel<T>, grid, 128, 0, nullptr, cache_v, s.capacity, v.data(),
+                launch(detail::write_cache_kernel<T>, grid, 128, 0, stream, cache_v, s.capacity, v.data(),
                        n * qkv_out, qkv_out, kv_out, d_start, d_count);
                 TINYLLM_CUDA_CHECK_LAUNCH();
                 const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
                 const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
-                attend(attn4, q, keys, values, opts, s.attention_ws);
+                attend(attn4, q, keys, values, opts, s.attention_ws, stream);
             }
-            project(delta, attn, L.wo, L.wo_q, L.bo);
-            residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
-            ffn(s, delta, h, L);
+            project(delta, attn, L.wo, L.wo_q, L.bo, stream);
+            residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
+            ffn(s, delta, h, L, stream);
         }
-        residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_);
+        residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_, stream);
 
         // logits = h W^T for the rows asked for.
         tensor_view<const T, 2> head_in = h;
         if (!all_positions) {
             T* picked = detail::at_least(s.head_in, B * D);
-            launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(B), 128, 0, nullptr, picked, h.data(),
+            launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(B), 128, 0, stream, picked, h.data(),
                    d_last_row, D);
             TINYLLM_CUDA_CHECK_LAUNCH();
             head_in = tensor_view<const T, 2>(picked, {B, D});
@@ -646,10 +840,11 @@ public:
         const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
         float* logits = detail::at_least(s.logits, m * V);
         // Float logits straight from the GEMM (bf16 inputs, float accumulation and output).
-        linear<T, float>(tensor_view<float, 2>(logits, {m, V}), head_in, head, {}, handle_);
-        for (index_t b = 0; b < B; ++b) s.lengths[b] += counts.empty() ? n : counts[b];
+        linear<T, float>(tensor_view<float, 2>(logits, {m, V}), head_in, head, {}, handle_, stream);
         return tensor_view<const float, 2>(logits, {m, V});
     }
+
+public:
 
     // Paged sessions and continuous batching's step, cpu::model::forward_batch on
     // the GPU (defined in cuda/tinyllm/cuda/model_paged.cuh, where the design is):
@@ -723,31 +918,33 @@ private:
 
     // out = x W^T + bias with W dense, or quantized (then the rung by the number of rows; see the top).
     void project(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 2>& dense,
-                 const std::optional<device_quantized_matrix>& q, const detail::device_tensor<T, 1>& bias) const {
+                 const std::optional<device_quantized_matrix>& q, const detail::device_tensor<T, 1>& bias,
+                 cudaStream_t stream = nullptr) const {
         if (!q) {
-            linear<T>(out, x, dense.view(), bias.view(), handle_);
+            linear<T>(out, x, dense.view(), bias.view(), handle_, stream);
             return;
         }
         if (x.extent(0) <= detail::gemv_max_rows && detail::gemv_takes(*q))
-            linear_quantized_gemv<T>(out, x, *q, bias.view());
+            linear_quantized_gemv<T>(out, x, *q, bias.view(), stream);
         else if constexpr (std::is_same_v<T, float>)
-            linear_dequantize_gemm<T>(out, x, *q, bias.view(), dequantized_, handle_);
+            linear_dequantize_gemm<T>(out, x, *q, bias.view(), dequantized_, handle_, stream);
         else
-            linear_quantized_mma<T>(out, x, *q, bias.view());
+            linear_quantized_mma<T>(out, x, *q, bias.view(), stream);
     }
 
     void norm(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 1>& w,
-              const detail::device_tensor<T, 1>& b) const {
-        if (config_.arch == model_arch::gpt2) layer_norm<T>(out, x, w.view(), b.view(), config_.norm_eps);
-        else rms_norm<T>(out, x, w.view(), config_.norm_eps);
+              const detail::device_tensor<T, 1>& b, cudaStream_t stream = nullptr) const {
+        if (config_.arch == model_arch::gpt2) layer_norm<T>(out, x, w.view(), b.view(), config_.norm_eps, stream);
+        else rms_norm<T>(out, x, w.view(), config_.norm_eps, stream);
     }
 
     // x = x + delta; out = norm(x), in one pass.
     void residual_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> delta,
-                       const detail::device_tensor<T, 1>& w, const detail::device_tensor<T, 1>& b) const {
+                       const detail::device_tensor<T, 1>& w, const detail::device_tensor<T, 1>& b,
+                       cudaStream_t stream = nullptr) const {
         if (config_.arch == model_arch::gpt2)
-            residual_add_layer_norm<T>(out, x, x, delta, w.view(), b.view(), config_.norm_eps);
-        else residual_add_rms_norm<T>(out, x, x, delta, w.view(), config_.norm_eps);
+            residual_add_layer_norm<T>(out, x, x, delta, w.view(), b.view(), config_.norm_eps, stream);
+        else residual_add_rms_norm<T>(out, x, x, delta, w.view(), config_.norm_eps, stream);
     }
 
     // The backward of norm (+ the residual path): dx = norm'(dout) + dskip (dskip may be dx itself).
@@ -1062,47 +1259,49 @@ private:
     // The attention kernel for the shape: flash-decoding when few query rows
     // share a KV head (decode), tensor cores for a bf16 prompt, v3 otherwise.
     void attend(tensor_view<T, 4> out, tensor_view<const T, 4> q, tensor_view<const T, 4> k, tensor_view<const T, 4> v,
-                const attention_options& opts, attention_workspace& ws) const {
+                const attention_options& opts, attention_workspace& ws, cudaStream_t stream = nullptr) const {
         const index_t group = config_.num_heads / config_.num_kv_heads;
         if (group * q.extent(1) <= detail::decode_rows) {
-            attention_decode<T>(out, q, k, v, opts, ws);
+            attention_decode<T>(out, q, k, v, opts, ws, 0, stream);
         } else if constexpr (std::is_same_v<T, bfloat16>) {
-            if (config_.head_dim == 64 || config_.head_dim == 128) attention_mma<T>(out, q, k, v, opts);
-            else attention_flash<T>(out, q, k, v, opts);
+            if (config_.head_dim == 64 || config_.head_dim == 128) attention_mma<T>(out, q, k, v, opts, stream);
+            else attention_flash<T>(out, q, k, v, opts, stream);
         } else {
-            attention_flash<T>(out, q, k, v, opts);
+            attention_flash<T>(out, q, k, v, opts, stream);
         }
     }
 
-    void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L) const {
+    // The MoE branch (Mixtral) runs on the default stream: its dispatch plan is sized on the host.
+    void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
+             cudaStream_t stream = nullptr) const {
         const model_config& c = config_;
         const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
         if (c.arch == model_arch::gpt2 && L.fc_q) {  // quantized: gpt2_mlp's three steps, each projection by project()
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
-            project(hidden, h, L.fc, L.fc_q, {});
-            bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh);
-            project(out, hidden, L.proj, L.proj_q, L.proj_bias);
+            project(hidden, h, L.fc, L.fc_q, {}, stream);
+            bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
+            project(out, hidden, L.proj, L.proj_q, L.proj_bias, stream);
             return;
         }
         if (c.arch == model_arch::llama && L.gate_q) {  // quantized: swiglu_mlp's steps
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
             const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
-            project(gate, h, L.gate, L.gate_q, {});
-            project(up, h, L.up, L.up_q, {});
-            swiglu<T>(gate, gate, up);
-            project(out, gate, L.down, L.down_q, {});
+            project(gate, h, L.gate, L.gate_q, {}, stream);
+            project(up, h, L.up, L.up_q, {}, stream);
+            swiglu<T>(gate, gate, up, stream);
+            project(out, gate, L.down, L.down_q, {}, stream);
             return;
         }
         if (c.arch == model_arch::gpt2) {
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
             gpt2_mlp<T>(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, hidden, handle_,
-                        activation::gelu_tanh);
+                        activation::gelu_tanh, stream);
             return;
         }
         if (c.arch == model_arch::llama) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
             const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
-            swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_);
+            swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_, stream);
             return;
         }
         // Mixtral: softmax -> top-k -> renormalize, then dispatch / experts / combine.
@@ -1154,8 +1353,9 @@ std::vector<float> last_logits(const model<T>& m, std::span<const token_id> prom
 }
 
 // Generate continuations of a batch of prompts of different lengths on the GPU:
-// one prefill of the right-padded batch, then one token per row per step, the
-// tokens chosen by cuda::sample (row r from Philox stream options.stream + r).
+// one prefill of the right-padded batch, then one token per row per step (each
+// step a model::decode_step, replayed from a CUDA graph), the tokens chosen by
+// cuda::sample (row r from Philox stream options.stream + r).
 // The same tokens as cpu::generate_batch for the same logits; a row that
 // produced an EOS stops (its output ends with the EOS). on_token(row, id) is
 // called as each token is chosen.
@@ -1204,7 +1404,8 @@ std::vector<std::vector<token_id>> generate_batch(
         }
         if (all_done || step + 1 == options.max_new_tokens) break;
         // Finished rows keep decoding (their tokens are ignored) so that the batch stays rectangular.
-        logits = m.forward(session, tensor_view<const token_id, 2>(next.data(), {B, 1}));
+        // The step reads the chosen tokens where sample() wrote them, from a CUDA graph.
+        logits = m.decode_step(session, tensor_view<const token_id, 1>(chosen.data(), {B}));
     }
     return out;
 }
