@@ -29,6 +29,7 @@
 #include <cstring>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace tc = tinyllm::cuda;
@@ -367,28 +368,25 @@ TEST_CASE("cuda::model KV-cache decoding equals the full forward", "[model]") {
     CHECK(s.lengths[0] == 40);
 }
 
-TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logits, bit for bit", "[model][graph]") {
+namespace {
+// decode_step against forward() on two sessions fed the same tokens (see the test below).
+template <class T>
+void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
     using tinyllm::model_arch;
     using tinyllm::token_id;
-    struct setup {
-        model_arch arch;
-        cpu::model::kv_dtype kv;
-    };
-    for (const setup& u : {setup{model_arch::gpt2, cpu::model::kv_dtype::float32},
-                           setup{model_arch::llama, cpu::model::kv_dtype::float32},
-                           setup{model_arch::llama, cpu::model::kv_dtype::int8},
-                           setup{model_arch::mixtral, cpu::model::kv_dtype::float32}}) {
-        const bool moe = u.arch == model_arch::mixtral;
-        INFO("arch " << static_cast<int>(u.arch) << (u.kv == cpu::model::kv_dtype::int8 ? ", int8 cache" : ""));
-        const tinyllm::model_config c = u.arch == model_arch::gpt2 ? small_gpt2_config() : small_config(u.arch);
+    {
+        const bool moe = arch == model_arch::mixtral;
+        INFO("arch " << static_cast<int>(arch) << (kv == cpu::model::kv_dtype::int8 ? ", int8 cache" : "")
+                     << (std::is_same_v<T, float> ? ", float32" : ", bfloat16"));
+        const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 21));
-        const tc::model<float> m(host);
+        const tc::model<T> m(host);
         const index_t B = 3, V = c.vocab_size, capacity = 100, steps = moe ? 12 : 80;
         // Right-padded prompts of 9, 4 and 6 tokens, fed to two identical sessions.
         const std::vector<token_id> prompts = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0, 0, 0, 0, 0,
                                                14, 15, 16, 17, 18, 19, 0, 0, 0};
         const std::vector<index_t> counts = {9, 4, 6};
-        auto eager = m.new_session(B, capacity, u.kv), graphed = m.new_session(B, capacity, u.kv);
+        auto eager = m.new_session(B, capacity, kv), graphed = m.new_session(B, capacity, kv);
         m.forward(eager, tensor_view<const token_id, 2>(prompts.data(), {B, 9}), counts);
         m.forward(graphed, tensor_view<const token_id, 2>(prompts.data(), {B, 9}), counts);
         tc::device_buffer<token_id> ids(static_cast<std::size_t>(B));
@@ -444,6 +442,17 @@ TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logi
 #endif
         }
     }
+}
+}  // namespace
+
+TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logits, bit for bit", "[model][graph]") {
+    using tinyllm::model_arch;
+    check_decode_graph<float>(model_arch::gpt2, cpu::model::kv_dtype::float32);
+    check_decode_graph<float>(model_arch::llama, cpu::model::kv_dtype::float32);
+    check_decode_graph<float>(model_arch::llama, cpu::model::kv_dtype::int8);
+    check_decode_graph<float>(model_arch::mixtral, cpu::model::kv_dtype::float32);
+    check_decode_graph<tinyllm::bfloat16>(model_arch::gpt2, cpu::model::kv_dtype::float32);
+    check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32);
 }
 
 TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens", "[model]") {
