@@ -195,17 +195,21 @@ inline std::optional<device_quantized_matrix> upload_quantized(const quantized_m
     return to_device(q);
 }
 
-// cache(b, start[b] + t, :) = src(b, t, :) for t < count[b]; one block per (t, b).
-// A row of the cache and of src holds `width` = Hkv * Dh elements.
+// keys(b, start[b] + t, :) = k(b, t, :) and values(b, start[b] + t, :) = v(b, t, :)
+// for t < count[b], in one launch; one block per (t, b). A row of either cache
+// holds `width` = Hkv * Dh elements; in a row of qkv, v follows k (v = k + width).
 template <class T>
-__global__ void write_cache_kernel(T* cache, index_t capacity, const T* src, index_t src_batch_stride,
+__global__ void write_cache_kernel(T* keys, T* values, index_t capacity, const T* k, index_t src_batch_stride,
                                    index_t src_time_stride, index_t width, const std::int32_t* start,
                                    const std::int32_t* count) {
     const int t = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.y);
     if (t >= count[b]) return;  // right padding: nothing to keep
-    T* dst = cache + (static_cast<index_t>(b) * capacity + start[b] + t) * width;
-    const T* from = src + b * src_batch_stride + t * src_time_stride;
-    for (index_t i = threadIdx.x; i < width; i += blockDim.x) dst[i] = from[i];
+    const index_t at = (static_cast<index_t>(b) * capacity + start[b] + t) * width;
+    const T* from = k + b * src_batch_stride + t * src_time_stride;
+    for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
+        keys[at + i] = from[i];
+        values[at + i] = from[width + i];
+    }
 }
 
 // The int8 KV cache (session kv_dtype::int8; the format of tinyllm/kv_cache_int8.hpp):
@@ -779,9 +783,9 @@ private:
             if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
             else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
             project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
-            if (c.arch != model_arch::gpt2) {
-                apply_rope_cached(q, pos_v, rope_, stream);
-                apply_rope_cached(k, pos_v, rope_, stream);
+            if (c.arch != model_arch::gpt2) {  // q's and k's heads are adjacent in a row of qkv: one launch rotates both
+                const tensor_view<T, 4> qk(qkv.data(), {B, n, Hq + Hkv, Dh}, qkv_strides);
+                apply_rope_cached(qk, pos_v, rope_, stream);
             }
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
             if (s.kv == cpu::model::kv_dtype::int8) {
@@ -811,10 +815,7 @@ private:
             } else {
                 T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
                 T* cache_v = s.values[static_cast<std::size_t>(l)].data();
-                launch(detail::write_cache_kernel<T>, grid, 128, 0, stream, cache_k, s.capacity, k.data(),
-                       n * qkv_out, qkv_out, kv_out, d_start, d_count);
-                TINYLLM_CUDA_CHECK_LAUNCH();
-                launch(detail::write_cache_kernel<T>, grid, 128, 0, stream, cache_v, s.capacity, v.data(),
+                launch(detail::write_cache_kernel<T>, grid, 128, 0, stream, cache_k, cache_v, s.capacity, k.data(),
                        n * qkv_out, qkv_out, kv_out, d_start, d_count);
                 TINYLLM_CUDA_CHECK_LAUNCH();
                 const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
