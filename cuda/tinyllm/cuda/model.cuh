@@ -272,9 +272,11 @@ __global__ void gather_rows_kernel(T* out, const T* in, const std::int32_t* rows
 // the device from the device copy of the rows' lengths, which it advances: what
 // forward() computes on the host and uploads, so that a captured step needs
 // nothing from the host. info is (4, B): start, count, key length, last row.
-__global__ void decode_prepare_kernel(std::int32_t* lengths, std::int32_t* info, std::int64_t* positions, int B) {
+// (A template, as every kernel in a header: several translation units include it.)
+template <class I>
+__global__ void decode_prepare_kernel(I* lengths, I* info, std::int64_t* positions, int B) {
     for (int b = static_cast<int>(threadIdx.x); b < B; b += static_cast<int>(blockDim.x)) {
-        const std::int32_t L = lengths[b];
+        const I L = lengths[b];
         info[b] = L;
         info[B + b] = 1;
         info[2 * B + b] = L + 1;
@@ -697,7 +699,8 @@ private:
         const index_t B = s.batch;
         std::int32_t* d_info = detail::at_least(s.row_info, 4 * B);
         std::int64_t* d_pos = detail::at_least(s.positions, B);
-        launch(detail::decode_prepare_kernel, 1, 128, 0, g.stream, g.lengths.data(), d_info, d_pos, static_cast<int>(B));
+        launch(detail::decode_prepare_kernel<std::int32_t>, 1, 128, 0, g.stream, g.lengths.data(), d_info, d_pos,
+               static_cast<int>(B));
         TINYLLM_CUDA_CHECK_LAUNCH();
         return forward_device(s, 1, tk, false, g.stream);
     }
