@@ -14,6 +14,11 @@
 //     copy-on-write was mirrored on the device);
 //   * a bfloat16 model on the same schedule: every row within 3e-2 relative L2
 //     of the float CPU reference (Mixtral: a few rows may be routing flips);
+//   * CUDA graphs: two pools fed the same schedule, one replaying graphs for
+//     its decode-only steps and one eager — the same logits bit for bit at
+//     every step (a copy-on-write before a replayed step, sessions joining and
+//     leaving, the tables widening), the captures and replays counted, and on
+//     the simulated GPU no allocation or synchronization in a replayed step;
 //   * errors: a session not paged, one of another pool, a pool too small
 //     (a clear exception, and nothing changed), a device pool's host half.
 // The logits buffer is poisoned (NaN) after each step is read, so a row the next
@@ -26,10 +31,15 @@
 #include <tinyllm/model.hpp>
 #include <tinyllm/paged_kv.hpp>
 
+#if defined(TINYLLM_SIMULATED_GPU)
+#include <tinyllm/sim/executor.hpp>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -272,7 +282,140 @@ void run_schedule(const cpu::model& host, const tc::model<T>& gpu, const bounds&
     }
 }
 
+// forward_batch with and without graphs, on two pools fed the same schedule (block size 8):
+//   step 0      a, b, c, d feed prompts of 5, 12, 3 and 9 tokens (a chunk step: eager on both)
+//   steps 1-9   all decode: shape (4 sessions, tables 4 wide): captured at step 1, then replayed
+//   step 10     c ends and e = fork(a) joins (a's half-full last block: copy-on-write), still (4, 4): replayed
+//   step 13     f = fork(b) joins (3 full blocks shared, no copy): (5, 4), captured; the
+//               larger step grows the scratch, so (4, 4)'s graph is dropped
+//   step 17     e ends: (4, 4) again, captured again (its old graph read the old buffers)
+//   step 21     b's and f's tables need a 5th block: (4, 8), captured
+//   step 25     b ends (f keeps the blocks they share): (3, 8), captured; replayed to step 30
+// So 5 captures and 25 replays; Mixtral's steps are all eager (its experts are planned on the host).
+template <class T>
+void check_paged_graphs(tinyllm::model_arch arch) {
+    using tinyllm::model_arch;
+    const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 60 + static_cast<int>(arch)));
+    const tc::model<T> m(host);
+    const index_t V = c.vocab_size;
+    tc::paged_kv_pool<T> eager_pool(c, pool_blocks, block_size), graphed_pool(c, pool_blocks, block_size);
+    eager_pool.use_graphs(false);
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 61);
+    const auto random_tokens = [&](index_t n) {
+        std::vector<token_id> p;
+        for (index_t i = 0; i < n; ++i) p.push_back(static_cast<token_id>(g.next_bits() % static_cast<unsigned>(V)));
+        return p;
+    };
+    struct pair {
+        std::string name;
+        std::unique_ptr<cpu::model::session> eager, graphed;
+    };
+    std::vector<pair> live;
+    const auto start = [&](const std::string& name) {
+        live.push_back({name, std::make_unique<cpu::model::session>(m.new_session(eager_pool)),
+                        std::make_unique<cpu::model::session>(m.new_session(graphed_pool))});
+    };
+    const auto find = [&](const std::string& name) {
+        const auto it = std::find_if(live.begin(), live.end(), [&](const pair& p) { return p.name == name; });
+        REQUIRE(it != live.end());
+        return it;
+    };
+    const auto fork = [&](const std::string& name, const std::string& of) {
+        const auto it = find(of);
+        live.push_back({name, std::make_unique<cpu::model::session>(m.fork(*it->eager)),
+                        std::make_unique<cpu::model::session>(m.fork(*it->graphed))});
+    };
+    std::size_t decode_steps = 0, replays_checked = 0;
+    const auto step = [&](int number, const std::vector<std::vector<token_id>>& feeds) {
+        INFO("step " << number);
+        std::vector<cpu::model::session*> es, gs;
+        for (const pair& p : live) {
+            es.push_back(p.eager.get());
+            gs.push_back(p.graphed.get());
+        }
+        const std::vector<std::span<const token_id>> spans(feeds.begin(), feeds.end());
+        const std::vector<float> want = host_rows(m.forward_batch(eager_pool, es, spans), 0, static_cast<index_t>(es.size()));
+#if defined(TINYLLM_SIMULATED_GPU)
+        const auto before = tinyllm::sim::stats();
+        const std::size_t replays_before = graphed_pool.graph_replays();
+#endif
+        const auto got_view = m.forward_batch(graphed_pool, gs, spans);
+#if defined(TINYLLM_SIMULATED_GPU)
+        if (graphed_pool.graph_replays() > replays_before) {  // a replayed step allocates nothing and waits for nothing
+            const auto after = tinyllm::sim::stats();
+            CHECK(after.allocations == before.allocations);
+            CHECK(after.synchronizations == before.synchronizations);
+            ++replays_checked;
+        }
+#endif
+        const std::vector<float> got = host_rows(got_view, 0, static_cast<index_t>(gs.size()));
+        TINYLLM_CUDA_CHECK(cudaMemset(const_cast<float*>(got_view.data()), 0xFF, got.size() * sizeof(float)));
+        REQUIRE(got.size() == want.size());
+        std::size_t differ = 0, non_finite = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+            non_finite += !std::isfinite(got[i]);
+        }
+        CHECK(non_finite == 0);
+        CHECK(differ == 0);
+        for (const pair& p : live) {
+            REQUIRE(p.graphed->length == p.eager->length);
+            REQUIRE(p.graphed->paged.blocks() == p.eager->paged.blocks());
+        }
+    };
+
+    for (const char* name : {"a", "b", "c", "d"}) start(name);
+    step(0, {random_tokens(5), random_tokens(12), random_tokens(3), random_tokens(9)});
+    for (int number = 1; number <= 30; ++number) {
+        if (number == 10) {
+            live.erase(find("c"));
+            fork("e", "a");
+        }
+        if (number == 13) fork("f", "b");
+        if (number == 17) live.erase(find("e"));
+        if (number == 25) live.erase(find("b"));
+        std::vector<std::vector<token_id>> feeds;
+        for (std::size_t i = 0; i < live.size(); ++i) feeds.push_back(random_tokens(1));
+        step(number, feeds);
+        ++decode_steps;
+    }
+    CHECK(graphed_pool.graph_failure() == "");
+    CHECK(graphed_pool.host().free_blocks() == eager_pool.host().free_blocks());
+    CHECK(eager_pool.graph_captures() == 0);
+    CHECK(eager_pool.graph_replays() == 0);
+    if (arch == model_arch::mixtral) {
+        CHECK(graphed_pool.graph_captures() == 0);
+        CHECK(graphed_pool.graph_replays() == 0);
+    } else {
+        CHECK(graphed_pool.graph_captures() == 5);
+        CHECK(graphed_pool.graph_replays() == decode_steps - 5);
+#if defined(TINYLLM_SIMULATED_GPU)
+        CHECK(replays_checked == graphed_pool.graph_replays());
+#endif
+    }
+    (void)replays_checked;
+}
+
 }  // namespace
+
+TEST_CASE("cuda::model::forward_batch replays CUDA graphs for decode-only steps, bit for bit the eager steps",
+          "[model][paged][graph]") {
+    using tinyllm::model_arch;
+    // The table width a decode-only step is rounded to: a power of two, at least 4, at most the pool.
+    CHECK(tc::detail::table_width(1, 64) == 4);
+    CHECK(tc::detail::table_width(4, 64) == 4);
+    CHECK(tc::detail::table_width(5, 64) == 8);
+    CHECK(tc::detail::table_width(33, 64) == 64);
+    CHECK(tc::detail::table_width(40, 50) == 50);
+    CHECK(tc::detail::table_width(2, 3) == 3);
+    for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
+        INFO(arch_name(arch) << " float32");
+        check_paged_graphs<float>(arch);
+    }
+    INFO("llama bfloat16");
+    check_paged_graphs<bfloat16>(model_arch::llama);
+}
 
 TEST_CASE("cuda::model::forward_batch gives cpu::model::forward_batch's logits and tokens", "[model][paged]") {
     using tinyllm::model_arch;

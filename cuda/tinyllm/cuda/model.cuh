@@ -124,6 +124,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace tinyllm::cuda {
@@ -297,19 +298,23 @@ inline index_t decode_keys(index_t longest, index_t capacity) {
     return tk < capacity ? tk : capacity;
 }
 
-// A session's captured decode steps (model::decode_step): one executable graph
-// per key count, the stream they run on, and the device copy of the lengths.
-// Owned by the session; destroying it destroys the graphs and the stream.
+// Captured decode steps: a session's (model::decode_step) or a paged pool's
+// (forward_batch's decode-only steps, model_paged.cuh). One executable graph per
+// step shape, keyed by (rows, keys): decode_step's (B, rounded key count), the
+// pool's (sessions, rounded block-table width). Also the stream they run on and
+// the device copy of a session's lengths. Destroying it destroys the graphs and
+// the stream.
 struct decode_graphs {
+    using shape = std::pair<index_t, index_t>;  // (rows, keys or table width)
     cudaStream_t stream = nullptr;
-    std::map<index_t, cudaGraphExec_t> steps;   // by decode_keys()
+    std::map<shape, cudaGraphExec_t> steps;
     std::vector<const void*> scratch;           // the buffers the graphs were captured on
-    std::vector<index_t> uploaded;              // the lengths the device copy holds
-    device_buffer<std::int32_t> lengths;        // (B)
+    std::vector<index_t> uploaded;              // the lengths the device copy holds (decode_step)
+    device_buffer<std::int32_t> lengths;        // (B) (decode_step)
     std::string failure;                        // why capture failed (the steps then run eagerly)
     std::size_t captures = 0, replays = 0;
 
-    decode_graphs() = default;
+    decode_graphs() { TINYLLM_CUDA_CHECK(cudaStreamCreate(&stream)); }  // blocking: ordered with the default stream
     decode_graphs(const decode_graphs&) = delete;
     decode_graphs& operator=(const decode_graphs&) = delete;
     ~decode_graphs() {
@@ -317,8 +322,52 @@ struct decode_graphs {
         if (stream) (void)cudaStreamDestroy(stream);  // never throw from a destructor
     }
     void clear() {
-        for (auto& [tk, exec] : steps) (void)cudaGraphExecDestroy(exec);
+        for (auto& [key, exec] : steps) (void)cudaGraphExecDestroy(exec);
         steps.clear();
+    }
+    // Drops the graphs if the buffers they were captured on moved (a scratch buffer grew).
+    void follow(std::vector<const void*> buffers) {
+        if (buffers == scratch) return;
+        clear();
+        scratch = std::move(buffers);
+    }
+    // The graph of a step shape, or nullptr.
+    cudaGraphExec_t find(shape key) const {
+        const auto it = steps.find(key);
+        return it == steps.end() ? nullptr : it->second;
+    }
+    // Captures what issue() issues on `stream` into the graph of `key`; nothing
+    // runs. A failure (a synchronization or an allocation inside, a capture the
+    // driver refuses) is kept in `failure`, and the caller runs eagerly from then on.
+    template <class Issue>
+    void capture(shape key, Issue&& issue) {
+        cudaGraph_t graph = nullptr;
+        try {
+            TINYLLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+            try {
+                issue();
+            } catch (...) {
+                (void)cudaStreamEndCapture(stream, &graph);
+                if (graph) (void)cudaGraphDestroy(graph);
+                (void)cudaGetLastError();
+                throw;
+            }
+            TINYLLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+            cudaGraphExec_t exec = nullptr;
+            const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+            (void)cudaGraphDestroy(graph);
+            TINYLLM_CUDA_CHECK(made);
+            steps[key] = exec;
+            ++captures;
+        } catch (const std::exception& e) {
+            failure = e.what();
+            clear();
+        }
+    }
+    // Runs the graph of a step shape on `stream`.
+    void replay(cudaGraphExec_t exec) {
+        TINYLLM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+        ++replays;
     }
 };
 
@@ -393,6 +442,9 @@ struct device_layer_weights {
 // The device keys and values of a paged KV cache (cuda/tinyllm/cuda/model_paged.cuh).
 template <class T>
 class paged_kv_pool;
+namespace detail {
+struct paged_step;  // one forward_batch step's rows (model_paged.cuh)
+}
 
 template <class T>
 class model {
@@ -653,7 +705,6 @@ public:
                            " positions; one more exceeds the session's capacity ", s.capacity);
         if (!s.graphs) {
             s.graphs = std::make_unique<detail::decode_graphs>();
-            TINYLLM_CUDA_CHECK(cudaStreamCreate(&s.graphs->stream));  // blocking: ordered with the default stream
             s.graphs->lengths = device_buffer<std::int32_t>(static_cast<std::size_t>(B));
         }
         detail::decode_graphs& g = *s.graphs;
@@ -672,20 +723,16 @@ public:
             TINYLLM_CUDA_CHECK(cudaMemcpyAsync(d_ids, ids.data(), static_cast<std::size_t>(B) * sizeof(token_id),
                                                cudaMemcpyDeviceToDevice, g.stream));
         const index_t tk = detail::decode_keys(*std::max_element(s.lengths.begin(), s.lengths.end()) + 1, s.capacity);
-        if (scratch_of(s) != g.scratch) g.clear();
-        auto found = g.steps.find(tk);
+        const detail::decode_graphs::shape key{B, tk};
+        g.follow(scratch_of(s));
         tensor_view<const float, 2> logits;
-        if (found != g.steps.end()) {
-            TINYLLM_CUDA_CHECK(cudaGraphLaunch(found->second, g.stream));
-            ++g.replays;
+        if (const cudaGraphExec_t exec = g.find(key)) {
+            g.replay(exec);
             logits = tensor_view<const float, 2>(s.logits.data(), {B, config_.vocab_size});
         } else {
             logits = prepared_decode(s, tk);  // eagerly, sizing the buffers
-            if (scratch_of(s) != g.scratch) {
-                g.clear();
-                g.scratch = scratch_of(s);
-            }
-            capture_decode(s, tk);
+            g.follow(scratch_of(s));
+            g.capture(key, [&] { (void)prepared_decode(s, tk); });
         }
         for (index_t b = 0; b < B; ++b) s.lengths[b] += 1;
         g.uploaded = s.lengths;
@@ -703,34 +750,6 @@ private:
                static_cast<int>(B));
         TINYLLM_CUDA_CHECK_LAUNCH();
         return forward_device(s, 1, tk, false, g.stream);
-    }
-
-    // Captures decode_step's work for `tk` keys into a graph kept in s.graphs.
-    // Nothing runs. A failure leaves the session decoding eagerly.
-    void capture_decode(session& s, index_t tk) const {
-        detail::decode_graphs& g = *s.graphs;
-        cudaGraph_t graph = nullptr;
-        try {
-            TINYLLM_CUDA_CHECK(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal));
-            try {
-                (void)prepared_decode(s, tk);
-            } catch (...) {
-                (void)cudaStreamEndCapture(g.stream, &graph);
-                if (graph) (void)cudaGraphDestroy(graph);
-                (void)cudaGetLastError();
-                throw;
-            }
-            TINYLLM_CUDA_CHECK(cudaStreamEndCapture(g.stream, &graph));
-            cudaGraphExec_t exec = nullptr;
-            const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
-            (void)cudaGraphDestroy(graph);
-            TINYLLM_CUDA_CHECK(made);
-            g.steps[tk] = exec;
-            ++g.captures;
-        } catch (const std::exception& e) {
-            g.failure = e.what();
-            g.clear();
-        }
     }
 
     // The device buffers a captured step reads and writes: if one moves, the graphs are stale.
@@ -861,6 +880,13 @@ public:
     // valid until the pool's next forward_batch.
     tensor_view<const float, 2> forward_batch(paged_kv_pool<T>& pool, std::span<cpu::model::session* const> sessions,
                                               std::span<const std::span<const token_id>> tokens) const;
+
+private:
+    // forward_batch's device work on `stream`, from the rows' bookkeeping already on the device.
+    tensor_view<const float, 2> forward_batch_device(paged_kv_pool<T>& pool, const detail::paged_step& step,
+                                                     cudaStream_t stream) const;
+
+public:
 
 
     // One training step's forward and backward over a batch, the contract of

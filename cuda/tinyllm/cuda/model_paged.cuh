@@ -38,7 +38,7 @@
 //     for each layer:
 //         h = norm1(x)                      norm.cuh (fused with the residual add)
 //         qkv = h Wqkv^T (+ b)              ONE GEMM over all N rows (the model's project: dense or quantized)
-//         q, k = rope(q, k, pos_r)          positional.cuh v2, each row at its own position
+//         q, k = rope(q, k, pos_r)          positional.cuh v2, each row at its own position (one launch for both)
 //         block(r) = k_r, v_r               write_paged_kernel: block_tables(seq_r, pos_r / bs), row pos_r % bs
 //         a = attention                     decode rows: ONE attention_paged call (B = k + 1, Tq = 1);
 //                                           a chunk with Hq/Hkv * n <= 32 rows: attention_paged (B = 1, Tq = n);
@@ -58,6 +58,27 @@
 // sequence's cache per layer, small beside attention over n queries (it is
 // O((L + n) Hkv Dh) against O(n (L + n) Hq Dh)); a later rung would read the
 // blocks inside the flash kernel instead (a paged flash-attention).
+//
+// CUDA graphs. Once every sequence is generating, a step feeds one token per
+// session, and a small model's step is then about a dozen short launches per
+// layer that the GPU finishes sooner than the host can issue them (the case
+// model::decode_step makes for a contiguous session). Such a decode-only step
+// of a dense model replays a CUDA graph kept by the pool, one per step shape:
+// the number of sessions S and the block-table width, which is rounded up to a
+// power of two (detail::table_width; the extra entries are -1 and never read).
+// Everything else a step changes is data the host uploads before the launch
+// (three asynchronous copies on the graphs' stream): the tables, the lengths,
+// each row's slot and position, the ids. So a step is three copies and one
+// cudaGraphLaunch, instead of a dozen launches per layer plus the copies. As in
+// decode_step, a new shape's first step runs eagerly (sizing the scratch, since
+// nothing may be allocated inside a capture) and is then captured; the graphs
+// are dropped if a scratch buffer moves (a larger step grew it); eager and
+// graphed steps round alike, so they run the same kernels and give the same
+// logits bit for bit. Steps with a prompt chunk (their attention is a loop over
+// chunks of host-known sizes) and Mixtral's (its dispatch plan is sized on the
+// host) run eagerly. vLLM captures its decode steps the same way, padding the
+// batch to a few sizes; here S is exact, since a serving batch changes size
+// rarely and a graph per size costs only its instantiation.
 //
 // Output: the logits stay on the device (as model::forward's), (S, V) float in
 // the order of `sessions`, valid until the pool's next forward_batch (they live
@@ -82,7 +103,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace tinyllm::cuda {
@@ -117,6 +140,30 @@ __global__ void gather_paged_kernel(T* k_out, T* v_out, const T* keys, const T* 
         k_out[p * width + i] = keys[at + i];
         v_out[p * width + i] = values[at + i];
     }
+}
+
+// One forward_batch step's rows: S sessions, N stacked rows, the first
+// `decoders` of them one-token sessions; block tables max_blocks wide; a long
+// chunk's keys gathered into at most `gathered` contiguous positions; and each
+// chunk (slot j = its place among the sessions' rows, first_row, rows, and the
+// keys it attends after the step).
+struct paged_step {
+    struct chunk {
+        index_t slot, first_row, rows, keys;
+    };
+    index_t S = 0, N = 0, decoders = 0, max_blocks = 0, gathered = 0;
+    std::vector<chunk> chunks;
+};
+
+// A decode-only step's block-table width: the widest table rounded up to a power
+// of two (at least 4, at most the pool's blocks). The table's extra entries are
+// -1 and never read (each row stops at its length), and attention_paged cuts its
+// splits from the width, so rounding keeps a step's kernels the same for many
+// steps and one captured graph serves them (as decode_keys does for a session).
+inline index_t table_width(index_t widest, index_t pool_blocks) {
+    index_t w = 4;
+    while (w < widest) w *= 2;
+    return std::max(widest, std::min(w, pool_blocks));
 }
 
 }  // namespace detail
@@ -160,6 +207,14 @@ public:
         return n;
     }
 
+    // CUDA graphs for decode-only steps (model::forward_batch; on by default):
+    // off, every step runs eagerly. How they ran so far: graphs captured and
+    // replayed, and why capture failed, if it did (the steps then run eagerly).
+    void use_graphs(bool on) { graphs_on_ = on; }
+    std::size_t graph_captures() const { return graphs_ ? graphs_->captures : 0; }
+    std::size_t graph_replays() const { return graphs_ ? graphs_->replays : 0; }
+    std::string graph_failure() const { return graphs_ ? graphs_->failure : std::string(); }
+
 private:
     template <class>
     friend class model;
@@ -187,6 +242,8 @@ private:
     // forward_batch's scratch, grown on demand and reused.
     typename model<T>::session step_;    // the model's activations, MoE and attention workspaces
     device_buffer<T> gathered_k_, gathered_v_;  // a long chunk's keys and values, contiguous
+    bool graphs_on_ = true;
+    std::unique_ptr<detail::decode_graphs> graphs_;  // by (sessions, table width), created at the first decode-only step
 };
 
 template <class T>
@@ -220,9 +277,8 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
                                                     std::span<const std::span<const token_id>> tokens) const {
     const model_config& c = config_;
     const char* op = "cuda::model::forward_batch";
-    const index_t S = static_cast<index_t>(sessions.size()), D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
-    const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
-    const index_t qkv_out = q_out + 2 * kv_out, group = Hq / Hkv;
+    const index_t S = static_cast<index_t>(sessions.size()), Dh = c.head_dim, V = c.vocab_size;
+    const index_t Hkv = c.num_kv_heads, group = c.num_heads / Hkv;
     kv_block_pool& blocks = pool.host();
     TINYLLM_EXPECT(blocks.layers() == c.num_layers && blocks.kv_heads() == Hkv && blocks.head_dim() == Dh, op,
                    ": the pool has ", blocks.layers(), " layers of ", blocks.kv_heads(), " KV heads of ",
@@ -262,15 +318,21 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
     std::vector<index_t> order;
     for (index_t i = 0; i < S; ++i)
         if (count_of(i) == 1) order.push_back(i);
-    const index_t decoders = static_cast<index_t>(order.size());
+    detail::paged_step step;
+    step.S = S;
+    step.N = N;
+    step.decoders = static_cast<index_t>(order.size());
     for (index_t i = 0; i < S; ++i)
         if (count_of(i) > 1) order.push_back(i);
-    index_t max_blocks = 1, gathered = 0;
+    step.max_blocks = 1;
     for (index_t i = 0; i < S; ++i) {
         const cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
-        max_blocks = std::max<index_t>(max_blocks, static_cast<index_t>(s.paged.blocks().size()));
-        if (group * count_of(i) > detail::decode_rows) gathered = std::max(gathered, s.length + count_of(i));
+        step.max_blocks = std::max<index_t>(step.max_blocks, static_cast<index_t>(s.paged.blocks().size()));
+        if (group * count_of(i) > detail::decode_rows) step.gathered = std::max(step.gathered, s.length + count_of(i));
     }
+    const bool decode_only = step.decoders == S;
+    if (decode_only) step.max_blocks = detail::table_width(step.max_blocks, blocks.blocks());
+    const index_t max_blocks = step.max_blocks;
 
     // Host bookkeeping, in the order of the rows (slot j = session order[j]):
     //   tables (S, max_blocks), lengths (S), row seq (N), row pos (N), last row (S, by session)
@@ -282,14 +344,13 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
     std::int32_t* last_row = row_pos + N;
     std::vector<token_id> ids(static_cast<std::size_t>(N));
     std::vector<std::int64_t> pos(static_cast<std::size_t>(N));
-    std::vector<index_t> first(static_cast<std::size_t>(S));  // slot j's first row
     for (index_t j = 0, r = 0; j < S; ++j) {
         const index_t i = order[static_cast<std::size_t>(j)], n = count_of(i);
         const cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
         const std::vector<std::int32_t>& t = s.paged.blocks();
         std::copy(t.begin(), t.end(), tables + j * max_blocks);
         lengths[j] = static_cast<std::int32_t>(s.length + n);
-        first[static_cast<std::size_t>(j)] = r;
+        if (j >= step.decoders) step.chunks.push_back({j, r, n, s.length + n});
         for (index_t k = 0; k < n; ++k, ++r) {
             ids[static_cast<std::size_t>(r)] = tokens[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)];
             pos[static_cast<std::size_t>(r)] = s.length + k;
@@ -298,55 +359,100 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
         }
         last_row[i] = static_cast<std::int32_t>(r - 1);
     }
+
+    // A decode-only step of a dense model replays the pool's graph of its shape
+    // (S, max_blocks); any other step runs eagerly on the default stream.
+    const bool graphed = decode_only && pool.graphs_on_ && c.num_experts == 0 &&
+                         (!pool.graphs_ || pool.graphs_->failure.empty());
+    if (graphed && !pool.graphs_) pool.graphs_ = std::make_unique<detail::decode_graphs>();
+    const cudaStream_t stream = graphed ? pool.graphs_->stream : nullptr;
     typename model<T>::session& w = pool.step_;
+    // The bookkeeping goes up in stream order, ahead of the step that reads it.
     std::int32_t* d_ints = detail::at_least(w.row_info, static_cast<index_t>(ints.size()));
-    TINYLLM_CUDA_CHECK(cudaMemcpy(d_ints, ints.data(), ints.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
-    const std::int32_t* d_tables = d_ints;
-    const std::int32_t* d_lengths = d_tables + S * max_blocks;
-    const std::int32_t* d_row_seq = d_lengths + S;
-    const std::int32_t* d_row_pos = d_row_seq + N;
-    const std::int32_t* d_last_row = d_row_pos + N;
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_ints, ints.data(), ints.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream));
     token_id* d_ids = detail::at_least(w.ids, N);
-    TINYLLM_CUDA_CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(token_id), cudaMemcpyHostToDevice));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_ids, ids.data(), ids.size() * sizeof(token_id), cudaMemcpyHostToDevice, stream));
     std::int64_t* d_pos = detail::at_least(w.positions, N);
-    TINYLLM_CUDA_CHECK(cudaMemcpy(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice));
-    const tensor_view<const std::int64_t, 2> pos_v(d_pos, {1, N});
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpyAsync(d_pos, pos.data(), pos.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice, stream));
+
+    tensor_view<const float, 2> logits;
+    if (!graphed) {
+        logits = forward_batch_device(pool, step, nullptr);
+    } else {
+        detail::decode_graphs& g = *pool.graphs_;
+        const auto scratch = [&] {  // what a graph captured: the step's buffers and this model's weights
+            std::vector<const void*> b = scratch_of(w);
+            b.push_back(this);
+            return b;
+        };
+        const detail::decode_graphs::shape key{S, max_blocks};
+        g.follow(scratch());
+        if (const cudaGraphExec_t exec = g.find(key)) {
+            g.replay(exec);
+            logits = tensor_view<const float, 2>(w.logits.data(), {S, V});
+        } else {
+            logits = forward_batch_device(pool, step, stream);  // eagerly, sizing the buffers
+            g.follow(scratch());
+            g.capture(key, [&] { (void)forward_batch_device(pool, step, stream); });
+        }
+    }
+    for (index_t i = 0; i < S; ++i) {
+        cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
+        s.length += count_of(i);
+        s.paged.advance(count_of(i));
+    }
+    return logits;
+}
+
+template <class T>
+tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& pool, const detail::paged_step& step,
+                                                           cudaStream_t stream) const {
+    const model_config& c = config_;
+    const index_t S = step.S, N = step.N, decoders = step.decoders, max_blocks = step.max_blocks;
+    const index_t D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+    const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
+    const index_t qkv_out = q_out + 2 * kv_out;
+    typename model<T>::session& w = pool.step_;
+    const index_t block_size = pool.host().block_size();
+    const std::int32_t* d_tables = w.row_info.data();            // (S, max_blocks)
+    const std::int32_t* d_lengths = d_tables + S * max_blocks;   // (S) keys after this step
+    const std::int32_t* d_row_seq = d_lengths + S;               // (N) slot of each row
+    const std::int32_t* d_row_pos = d_row_seq + N;               // (N) position of each row
+    const std::int32_t* d_last_row = d_row_pos + N;              // (S) by session: its last row
+    const tensor_view<const std::int64_t, 2> pos_v(w.positions.data(), {1, N});
 
     const tensor_view<T, 2> x(detail::at_least(w.x, N * D), {N, D});  // (N, D)
     const tensor_view<T, 2> h(detail::at_least(w.h, N * D), {N, D});
     const tensor_view<T, 2> delta(detail::at_least(w.delta, N * D), {N, D});
     const tensor_view<T, 2> qkv(detail::at_least(w.qkv, N * qkv_out), {N, qkv_out});
     const tensor_view<T, 2> attn(detail::at_least(w.attn, N * q_out), {N, q_out});
-    T* gathered_k = gathered > 0 ? detail::at_least(pool.gathered_k_, gathered * kv_out) : nullptr;
-    T* gathered_v = gathered > 0 ? detail::at_least(pool.gathered_v_, gathered * kv_out) : nullptr;
+    T* gathered_k = step.gathered > 0 ? detail::at_least(pool.gathered_k_, step.gathered * kv_out) : nullptr;
+    T* gathered_v = step.gathered > 0 ? detail::at_least(pool.gathered_v_, step.gathered * kv_out) : nullptr;
 
     // x = embed(ids) (+ learned positions, each row's own)
-    embedding<T, token_id>(tensor_view<T, 3>(x.data(), {1, N, D}), tensor_view<const token_id, 2>(d_ids, {1, N}),
-                           embed_.view(), 1.0f, embedding_version::vectorized, /*check_ids=*/false);
+    embedding<T, token_id>(tensor_view<T, 3>(x.data(), {1, N, D}), tensor_view<const token_id, 2>(w.ids.data(), {1, N}),
+                           embed_.view(), 1.0f, embedding_version::vectorized, /*check_ids=*/false, stream);
     if (c.arch == model_arch::gpt2)
-        add_learned_positions<T>(tensor_view<T, 3>(x.data(), {1, N, D}), positions_.view(), pos_v);
+        add_learned_positions<T>(tensor_view<T, 3>(x.data(), {1, N, D}), positions_.view(), pos_v, stream);
 
-    // q, k: views into the rows of qkv                                           (1, N, H, Dh)
+    // q and k: views into the rows of qkv, whose heads are adjacent: (1, N, Hq + Hkv, Dh)
     const extents<4> qkv_strides{N * qkv_out, qkv_out, Dh, 1};
-    const tensor_view<T, 4> q(qkv.data(), {1, N, Hq, Dh}, qkv_strides);
-    const tensor_view<T, 4> k(qkv.data() + q_out, {1, N, Hkv, Dh}, qkv_strides);
+    const tensor_view<T, 4> qk(qkv.data(), {1, N, Hq + Hkv, Dh}, qkv_strides);
     attention_options opts;
     opts.causal = true;
 
     for (index_t l = 0; l < c.num_layers; ++l) {
         const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
-        if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias);
-        else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias);  // x += delta; h = norm(x)
-        project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv);
-        if (c.arch != model_arch::gpt2) {
-            apply_rope_cached(q, pos_v, rope_);
-            apply_rope_cached(k, pos_v, rope_);
-        }
-        T* keys = pool.keys(l).data();
-        T* values = pool.values(l).data();
-        launch(detail::write_paged_kernel<T>, static_cast<unsigned>(N), 128, 0, nullptr, keys, values,
-               qkv.data() + q_out, qkv.data() + q_out + kv_out, qkv_out, kv_out, d_tables, max_blocks,
-               blocks.block_size(), d_row_seq, d_row_pos);
+        if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
+        else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
+        project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
+        if (c.arch != model_arch::gpt2) apply_rope_cached(qk, pos_v, rope_, stream);  // one launch rotates q and k
+        launch(detail::write_paged_kernel<T>, static_cast<unsigned>(N), 128, 0, stream, pool.keys(l).data(),
+               pool.values(l).data(), qkv.data() + q_out, qkv.data() + q_out + kv_out, qkv_out, kv_out, d_tables,
+               max_blocks, block_size, d_row_seq, d_row_pos);
         TINYLLM_CUDA_CHECK_LAUNCH();
         const tensor_view<const T, 4> keys_l = pool.keys(l), values_l = pool.values(l);
 
@@ -355,45 +461,40 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
             attention_paged<T>(tensor_view<T, 4>(attn.data(), {decoders, 1, Hq, Dh}, {q_out, q_out, Dh, 1}),
                                tensor_view<const T, 4>(qkv.data(), {decoders, 1, Hq, Dh}, {qkv_out, qkv_out, Dh, 1}),
                                keys_l, values_l, tensor_view<const std::int32_t, 2>(d_tables, {decoders, max_blocks}),
-                               tensor_view<const std::int32_t, 1>(d_lengths, {decoders}), opts, w.attention_ws);
+                               tensor_view<const std::int32_t, 1>(d_lengths, {decoders}), opts, w.attention_ws, 0,
+                               stream);
         // Chunks: each on its own.                                            q, out (1, n, Hq, Dh)
-        for (index_t j = decoders; j < S; ++j) {
-            const index_t i = order[static_cast<std::size_t>(j)], n = count_of(i), r0 = first[static_cast<std::size_t>(j)];
-            const index_t known = sessions[static_cast<std::size_t>(i)]->length + n;  // keys after this step
+        for (const detail::paged_step::chunk& ch : step.chunks) {
+            const index_t j = ch.slot, n = ch.rows, r0 = ch.first_row;
             const tensor_view<const T, 4> qj(qkv.data() + r0 * qkv_out, {1, n, Hq, Dh}, {n * qkv_out, qkv_out, Dh, 1});
             const tensor_view<T, 4> oj(attn.data() + r0 * q_out, {1, n, Hq, Dh});
-            if (group * n <= detail::decode_rows) {
+            if ((Hq / Hkv) * n <= detail::decode_rows) {
                 attention_paged<T>(oj, qj, keys_l, values_l,
                                    tensor_view<const std::int32_t, 2>(d_tables + j * max_blocks, {1, max_blocks}),
-                                   tensor_view<const std::int32_t, 1>(d_lengths + j, {1}), opts, w.attention_ws);
+                                   tensor_view<const std::int32_t, 1>(d_lengths + j, {1}), opts, w.attention_ws, 0,
+                                   stream);
             } else {  // paged prefill rung 1: gather the sequence's keys and values, then contiguous attention
-                launch(detail::gather_paged_kernel<T>, static_cast<unsigned>(known), 128, 0, nullptr, gathered_k,
-                       gathered_v, keys_l.data(), values_l.data(), d_tables + j * max_blocks, blocks.block_size(),
-                       kv_out);
+                launch(detail::gather_paged_kernel<T>, static_cast<unsigned>(ch.keys), 128, 0, stream, gathered_k,
+                       gathered_v, keys_l.data(), values_l.data(), d_tables + j * max_blocks, block_size, kv_out);
                 TINYLLM_CUDA_CHECK_LAUNCH();
-                attend(oj, qj, tensor_view<const T, 4>(gathered_k, {1, known, Hkv, Dh}),
-                       tensor_view<const T, 4>(gathered_v, {1, known, Hkv, Dh}), opts, w.attention_ws);
+                attend(oj, qj, tensor_view<const T, 4>(gathered_k, {1, ch.keys, Hkv, Dh}),
+                       tensor_view<const T, 4>(gathered_v, {1, ch.keys, Hkv, Dh}), opts, w.attention_ws, stream);
             }
         }
-        project(delta, attn, L.wo, L.wo_q, L.bo);
-        residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias);  // x += attention; h = norm(x)
-        ffn(w, delta, h, L);
+        project(delta, attn, L.wo, L.wo_q, L.bo, stream);
+        residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
+        ffn(w, delta, h, L, stream);
     }
-    residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_);
+    residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_, stream);
 
     // Each session's last row, in the order of `sessions`, through the output projection.  (S, D) -> (S, V)
     T* picked = detail::at_least(w.head_in, S * D);
-    launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(S), 128, 0, nullptr, picked, h.data(), d_last_row, D);
+    launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(S), 128, 0, stream, picked, h.data(), d_last_row, D);
     TINYLLM_CUDA_CHECK_LAUNCH();
     const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
     float* logits = detail::at_least(w.logits, S * V);
-    linear<T, float>(tensor_view<float, 2>(logits, {S, V}), tensor_view<const T, 2>(picked, {S, D}), head, {},
-                     handle_);
-    for (index_t i = 0; i < S; ++i) {
-        cpu::model::session& s = *sessions[static_cast<std::size_t>(i)];
-        s.length += count_of(i);
-        s.paged.advance(count_of(i));
-    }
+    linear<T, float>(tensor_view<float, 2>(logits, {S, V}), tensor_view<const T, 2>(picked, {S, D}), head, {}, handle_,
+                     stream);
     return tensor_view<const float, 2>(logits, {S, V});
 }
 
