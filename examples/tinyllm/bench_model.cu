@@ -14,6 +14,9 @@
 //            column says how close a step gets to the weights-read-once floor.
 //   decode_graph  the same step from model::decode_step, one CUDA-graph launch per
 //            step (the cache grows by one position per timed step from 128).
+//   paged_decode, paged_decode_graph  continuous batching's step (model::forward_batch)
+//            on B paged sessions (blocks of 16) decoding from 128 cached positions
+//            (+ up to 64), eagerly and from the pool's CUDA graphs.
 // Check column: tokens/s, and how the model's last-position logits agree with
 // the CPU reference (GPT-2 shape, 8-token prompt) or, for the 1B shape whose CPU
 // run would take minutes, bfloat16 against the float32 GPU model.
@@ -33,6 +36,7 @@
 #include <cmath>
 #include <cstdio>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -161,6 +165,39 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
                       gs.graph_captures(), gs.graph_replays(), gs.graph_failure().empty() ? "" : "; capture FAILED");
         ctx.rows.push_back({std::string("decode graph ") + dtype + " B=" + std::to_string(B), "cuda", graphed, check,
                             gs.graph_failure().empty(), false});
+
+        // Continuous batching's step (model::forward_batch) on B paged sessions decoding
+        // from the same 128 cached positions, eagerly and from the pool's graphs; each
+        // timed step feeds one more token, and the sessions are cut back to 128 positions
+        // when their room runs out.
+        for (const bool graphs : {false, true}) {
+            const index_t block_size = 16, room = 64, per_session = (prompt_length + room) / block_size;
+            tc::paged_kv_pool<T> pool(c, B * per_session, block_size);
+            pool.use_graphs(graphs);
+            std::vector<tinyllm::cpu::model::session> sessions;
+            for (index_t b = 0; b < B; ++b) sessions.push_back(m.new_session(pool));
+            std::vector<tinyllm::cpu::model::session*> ptrs;
+            for (auto& ps : sessions) ptrs.push_back(&ps);
+            std::vector<std::span<const tinyllm::token_id>> feeds;
+            for (index_t b = 0; b < B; ++b)
+                feeds.emplace_back(tokens.data() + b * prompt_length, static_cast<std::size_t>(prompt_length));
+            m.forward_batch(pool, ptrs, feeds);  // the prompts
+            feeds.assign(static_cast<std::size_t>(B), std::span<const tinyllm::token_id>(next.data(), 1));
+            auto paged = tc::time_gpu("model/tinyllm_cuda/" + shape(graphs ? "paged_decode_graph" : "paged_decode"), [&] {
+                if (sessions[0].length + 1 > prompt_length + room)
+                    for (auto& ps : sessions) {
+                        ps.paged.truncate(prompt_length);
+                        ps.length = prompt_length;
+                    }
+                m.forward_batch(pool, ptrs, feeds);
+            }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+            std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s", B / (paged.median_us * 1e-6),
+                          pool.graph_captures(), pool.graph_replays(),
+                          pool.graph_failure().empty() ? "" : "; capture FAILED");
+            ctx.rows.push_back({std::string(graphs ? "paged graph " : "paged ") + dtype +
+                                    " B=" + std::to_string(B),
+                                "cuda", paged, check, pool.graph_failure().empty(), false});
+        }
     }
 }
 
