@@ -15,6 +15,7 @@
 // with NaN never passing (tests/support/compare.hpp).
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/cuda_small_models.hpp"
 #include "support/fixtures.hpp"
 
 #include <tinyllm/cuda/model.cuh>
@@ -38,16 +39,12 @@ using tinyllm::bfloat16;
 using tinyllm::index_t;
 using tinyllm::tensor_view;
 using tinyllm_test::contains;
+using tinyllm_test::host_rows;
+using tinyllm_test::small_config;
+using tinyllm_test::small_model_config;
 using tinyllm_test::tolerance;
 
 namespace {
-
-std::vector<float> host_rows(tensor_view<const float, 2> d, index_t first, index_t count) {
-    std::vector<float> h(static_cast<std::size_t>(count * d.extent(1)));
-    TINYLLM_CUDA_CHECK(cudaMemcpy(h.data(), d.data() + first * d.extent(1), h.size() * sizeof(float),
-                                  cudaMemcpyDeviceToHost));
-    return h;
-}
 
 // All positions' logits of one sequence fed at once: (n, V) on the host.
 template <class T>
@@ -88,38 +85,6 @@ void require_positions_close(const std::vector<float>& got, const std::vector<do
     std::printf("  %s: %lld positions, worst rel-L2 %.3g, %lld over %.0e (allowed %lld)\n", what.c_str(),
                 static_cast<long long>(n), worst, static_cast<long long>(over), rel_l2, static_cast<long long>(outliers));
     REQUIRE(over <= outliers);
-}
-
-tinyllm::model_config small_config(tinyllm::model_arch arch) {
-    tinyllm::model_config c = tinyllm::model_shapes::llama_1b();
-    c.arch = arch;
-    c.vocab_size = 1000;
-    c.hidden_size = 256;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 64;
-    c.intermediate_size = 512;
-    c.max_positions = 256;
-    c.tie_word_embeddings = false;
-    if (arch == tinyllm::model_arch::mixtral) {
-        c.num_experts = 8;
-        c.experts_per_token = 2;
-    }
-    return c;
-}
-
-// GPT-2's shapes, as small.
-tinyllm::model_config small_gpt2_config() {
-    tinyllm::model_config c = tinyllm::model_shapes::gpt2_124m();
-    c.vocab_size = 1000;
-    c.num_layers = 2;
-    c.hidden_size = 256;
-    c.num_heads = c.num_kv_heads = 4;
-    c.head_dim = 64;
-    c.intermediate_size = 1024;
-    c.max_positions = 256;
-    return c;
 }
 
 }  // namespace
@@ -187,8 +152,7 @@ TEST_CASE("cuda::model bfloat16: every teacher-forced position within 2e-2 relat
 TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2", "[model]") {
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::llama, model_arch::mixtral, model_arch::gpt2}) {
-        tinyllm::model_config c = small_config(arch);
-        if (arch == model_arch::gpt2) c = small_gpt2_config();
+        tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + static_cast<int>(arch)));
         std::vector<tinyllm::token_id> seq;
         tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
@@ -211,8 +175,7 @@ TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2
 TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logits", "[model][quantize]") {
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::llama, model_arch::gpt2, model_arch::mixtral}) {
-        tinyllm::model_config c = small_config(arch);
-        if (arch == model_arch::gpt2) c = small_gpt2_config();
+        tinyllm::model_config c = small_model_config(arch);
         const auto weights = tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 20 + static_cast<int>(arch));
         const std::size_t dense_bytes = tc::model<float>(c, weights).weight_bytes();
         for (const char* format : {"int8", "int4-g32"}) {
@@ -251,7 +214,7 @@ TEST_CASE("cuda::model int8 KV cache: the CPU int8 session's bytes and logits", 
     using tinyllm::model_arch;
     using kv_dtype = cpu::model::kv_dtype;
     for (const model_arch arch : {model_arch::llama, model_arch::gpt2}) {
-        const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+        const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 30 + static_cast<int>(arch)));
         const tc::model<float> m(host);
         const std::string what = arch == model_arch::llama ? "llama" : "gpt2";
@@ -378,7 +341,7 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
         const bool moe = arch == model_arch::mixtral;
         INFO("arch " << static_cast<int>(arch) << (kv == cpu::model::kv_dtype::int8 ? ", int8 cache" : "")
                      << (std::is_same_v<T, float> ? ", float32" : ", bfloat16"));
-        const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+        const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 21));
         const tc::model<T> m(host);
         const index_t B = 3, V = c.vocab_size, capacity = 100, steps = moe ? 12 : 80;

@@ -25,6 +25,7 @@
 // step does not write cannot pass; NaN never passes (tests/support/compare.hpp).
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/cuda_small_models.hpp"
 
 #include <tinyllm/cuda/model.cuh>
 #include <tinyllm/cuda/model_paged.cuh>
@@ -52,47 +53,13 @@ using tinyllm::index_t;
 using tinyllm::tensor_view;
 using tinyllm::token_id;
 using tinyllm_test::contains;
+using tinyllm_test::host_rows;
+using tinyllm_test::small_config;
+using tinyllm_test::small_gpt2_config;
+using tinyllm_test::small_model_config;
 using tinyllm_test::tolerance;
 
 namespace {
-
-std::vector<float> host_rows(tensor_view<const float, 2> d, index_t first, index_t count) {
-    std::vector<float> h(static_cast<std::size_t>(count * d.extent(1)));
-    TINYLLM_CUDA_CHECK(cudaMemcpy(h.data(), d.data() + first * d.extent(1), h.size() * sizeof(float),
-                                  cudaMemcpyDeviceToHost));
-    return h;
-}
-
-tinyllm::model_config small_config(tinyllm::model_arch arch) {
-    tinyllm::model_config c = tinyllm::model_shapes::llama_1b();
-    c.arch = arch;
-    c.vocab_size = 1000;
-    c.hidden_size = 256;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 64;
-    c.intermediate_size = 512;
-    c.max_positions = 256;
-    c.tie_word_embeddings = false;
-    if (arch == tinyllm::model_arch::mixtral) {
-        c.num_experts = 8;
-        c.experts_per_token = 2;
-    }
-    return c;
-}
-
-tinyllm::model_config small_gpt2_config() {
-    tinyllm::model_config c = tinyllm::model_shapes::gpt2_124m();
-    c.vocab_size = 1000;
-    c.num_layers = 2;
-    c.hidden_size = 256;
-    c.num_heads = c.num_kv_heads = 4;
-    c.head_dim = 64;
-    c.intermediate_size = 1024;
-    c.max_positions = 256;
-    return c;
-}
 
 const char* arch_name(tinyllm::model_arch a) {
     return a == tinyllm::model_arch::gpt2 ? "gpt2" : a == tinyllm::model_arch::llama ? "llama" : "mixtral";
@@ -295,7 +262,7 @@ void run_schedule(const cpu::model& host, const tc::model<T>& gpu, const bounds&
 template <class T>
 void check_paged_graphs(tinyllm::model_arch arch) {
     using tinyllm::model_arch;
-    const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+    const tinyllm::model_config c = small_model_config(arch);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 60 + static_cast<int>(arch)));
     const tc::model<T> m(host);
     const index_t V = c.vocab_size;
@@ -420,7 +387,7 @@ TEST_CASE("cuda::model::forward_batch replays CUDA graphs for decode-only steps,
 TEST_CASE("cuda::model::forward_batch gives cpu::model::forward_batch's logits and tokens", "[model][paged]") {
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
-        const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+        const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 40 +
                                                                       static_cast<int>(arch)));
         INFO(arch_name(arch));
@@ -432,7 +399,7 @@ TEST_CASE("cuda::model::forward_batch gives cpu::model::forward_batch's logits a
 TEST_CASE("cuda::model<bfloat16>::forward_batch within 3e-2 relative L2 of the float reference", "[model][paged]") {
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
-        const tinyllm::model_config c = arch == model_arch::gpt2 ? small_gpt2_config() : small_config(arch);
+        const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 40 +
                                                                       static_cast<int>(arch)));
         INFO(arch_name(arch));
