@@ -27,7 +27,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <cstdio>
 #include <string>
 #include <type_traits>
@@ -382,13 +381,9 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
 #endif
             INFO("step " << step);
             REQUIRE(got.size() == want.size());
-            std::size_t differ = 0, non_finite = 0;
-            for (std::size_t i = 0; i < got.size(); ++i) {
-                differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
-                non_finite += !std::isfinite(got[i]);
-            }
-            CHECK(non_finite == 0);
-            CHECK(differ == 0);
+            const auto bits = tinyllm_test::compare_bits(got, want);
+            CHECK(bits.non_finite == 0);
+            CHECK(bits.differ == 0);
         }
         CHECK(graphed.lengths == eager.lengths);
         CHECK(graphed.graph_failure() == "");

@@ -40,7 +40,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -319,13 +318,9 @@ void check_paged_graphs(tinyllm::model_arch arch) {
         const std::vector<float> got = host_rows(got_view, 0, static_cast<index_t>(gs.size()));
         TINYLLM_CUDA_CHECK(cudaMemset(const_cast<float*>(got_view.data()), 0xFF, got.size() * sizeof(float)));
         REQUIRE(got.size() == want.size());
-        std::size_t differ = 0, non_finite = 0;
-        for (std::size_t i = 0; i < got.size(); ++i) {
-            differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
-            non_finite += !std::isfinite(got[i]);
-        }
-        CHECK(non_finite == 0);
-        CHECK(differ == 0);
+        const auto bits = tinyllm_test::compare_bits(got, want);
+        CHECK(bits.non_finite == 0);
+        CHECK(bits.differ == 0);
         for (const pair& p : live) {
             REQUIRE(p.graphed->length == p.eager->length);
             REQUIRE(p.graphed->paged.blocks() == p.eager->paged.blocks());

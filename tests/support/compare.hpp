@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <span>
@@ -116,6 +117,21 @@ template <class T, class R>
 comparison compare(const std::vector<T>& got, const std::vector<R>& reference, tolerance tol,
                    std::string_view what = "") {
     return compare(std::span<const T>(got), std::span<const R>(reference), tol, what);
+}
+
+// Two runs that must agree bit for bit (the same kernels on the same data, e.g. a
+// replayed CUDA graph and the eager step): how many floats differ in any bit, and
+// how many of `got` are not finite. The spans must have the same size.
+struct bitwise_comparison {
+    std::size_t differ = 0, non_finite = 0;
+};
+inline bitwise_comparison compare_bits(std::span<const float> got, std::span<const float> want) {
+    bitwise_comparison c;
+    for (std::size_t i = 0; i < got.size() && i < want.size(); ++i) {
+        c.differ += std::memcmp(&got[i], &want[i], sizeof(float)) != 0;
+        c.non_finite += !std::isfinite(got[i]);
+    }
+    return c;
 }
 
 // The seed for this test process: TINYLLM_TEST_SEED if set, else fresh.
