@@ -38,8 +38,8 @@
 //     for each layer:
 //         h = norm1(x)                      norm.cuh (fused with the residual add)
 //         qkv = h Wqkv^T (+ b)              ONE GEMM over all N rows (the model's project: dense or quantized)
-//         q, k = rope(q, k, pos_r)          positional.cuh v2, each row at its own position (one launch for both)
-//         block(r) = k_r, v_r               write_paged_kernel: block_tables(seq_r, pos_r / bs), row pos_r % bs
+//         q, k = rope(q, k, pos_r)          ONE kernel, model.cuh's rope_write_cache: the rotation at each
+//         block(r) = k_r, v_r               row's own position, then k, v into block_tables(seq_r, pos_r / bs), row pos_r % bs
 //         a = attention                     decode rows: ONE attention_paged call (B = k + 1, Tq = 1);
 //                                           a chunk with Hq/Hkv * n <= 32 rows: attention_paged (B = 1, Tq = n);
 //                                           a longer chunk: paged prefill rung 1 (below)
@@ -111,23 +111,22 @@
 namespace tinyllm::cuda {
 namespace detail {
 
-// Each stacked row's new key and value into its block: row r belongs to
-// sequence seq[r] at position pos[r], which lives in block
-// block_tables(seq[r], pos[r] / bs) at row pos[r] % bs. Grid (N), one block per row.
-//   keys, values   (blocks, bs, Hkv, Dh) one layer of the pool, a row = width = Hkv * Dh
-//   k, v           row r at k + r * src_stride (the k and v parts of qkv)
-template <class T>
-__global__ void write_paged_kernel(T* keys, T* values, const T* k, const T* v, index_t src_stride, index_t width,
-                                   const std::int32_t* block_tables, index_t max_blocks, index_t block_size,
-                                   const std::int32_t* seq, const std::int32_t* pos) {
-    const index_t r = blockIdx.x, p = pos[r];
-    const index_t block = block_tables[static_cast<index_t>(seq[r]) * max_blocks + p / block_size];
-    const index_t at = (block * block_size + p % block_size) * width;
-    for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
-        keys[at + i] = k[r * src_stride + i];
-        values[at + i] = v[r * src_stride + i];
+// Where each stacked row's new key and value go (rope_write_cache's Rows): row
+// r belongs to sequence seq[r] at position pos[r], which lives in block
+// block_tables(seq[r], pos[r] / bs) at row pos[r] % bs of the pool's layer
+// (blocks, bs, Hkv, Dh).
+struct paged_cache_rows {
+    const std::int32_t* block_tables = nullptr;  // (S, max_blocks)
+    index_t max_blocks = 0, block_size = 0;
+    const std::int32_t* seq = nullptr;  // (N) slot of each row
+    const std::int32_t* pos = nullptr;  // (N) position of each row
+    __device__ index_t operator()(index_t r) const {
+        const index_t p = pos[r];
+        return static_cast<index_t>(block_tables[static_cast<index_t>(seq[r]) * max_blocks + p / block_size]) *
+                   block_size +
+               p % block_size;
     }
-}
+};
 
 // k_out, v_out (positions, Hkv, Dh) contiguous = one sequence's first positions,
 // read from its blocks: position p from block table[p / bs], row p % bs. Grid (positions).
@@ -438,9 +437,6 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
     if (c.arch == model_arch::gpt2)
         add_learned_positions<T>(tensor_view<T, 3>(x.data(), {1, N, D}), positions_.view(), pos_v, stream);
 
-    // q and k: views into the rows of qkv, whose heads are adjacent: (1, N, Hq + Hkv, Dh)
-    const extents<4> qkv_strides{N * qkv_out, qkv_out, Dh, 1};
-    const tensor_view<T, 4> qk(qkv.data(), {1, N, Hq + Hkv, Dh}, qkv_strides);
     attention_options opts;
     opts.causal = true;
 
@@ -449,11 +445,11 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
         if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
         else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
         project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
-        if (c.arch != model_arch::gpt2) apply_rope_cached(qk, pos_v, rope_, stream);  // one launch rotates q and k
-        launch(detail::write_paged_kernel<T>, static_cast<unsigned>(N), 128, 0, stream, pool.keys(l).data(),
-               pool.values(l).data(), qkv.data() + q_out, qkv.data() + q_out + kv_out, qkv_out, kv_out, d_tables,
-               max_blocks, block_size, d_row_seq, d_row_pos);
-        TINYLLM_CUDA_CHECK_LAUNCH();
+        // q, k = rope(q, k) at each row's position; each row's k, v into its block: one launch.
+        detail::rope_write_cache(pool.keys(l).data(), pool.values(l).data(),
+                                 detail::paged_cache_rows{d_tables, max_blocks, block_size, d_row_seq, d_row_pos},
+                                 qkv.data(), N, qkv_out, Hq, Hkv, Dh, w.positions.data(),
+                                 c.arch != model_arch::gpt2 ? &rope_ : nullptr, stream);
         const tensor_view<const T, 4> keys_l = pool.keys(l), values_l = pool.values(l);
 
         // Decode rows: one call over the first `decoders` rows.             q, out (decoders, 1, Hq, Dh)

@@ -102,27 +102,16 @@ struct alignas(16) rope_vector {
     T v[V];
 };
 
-// One block per token (b, t). V == 1: one pair per step, scalar loads, any
-// layout. V > 1: V-element 16-byte vectors (the launcher checked alignment).
-// cache_cos == nullptr: v1 (compute); otherwise v2 (read the table).
-// positions == nullptr: token t is at position_offset + t (every row).
-// cfg is resolved (rotary_dim > 0). sin_sign: +1 rotates by +angle (the
-// forward), -1 by -angle (the backward: R(-angle) = R(angle)^T); negating the
-// sine is exact, so the backward uses the forward's own cosines and sines.
-template <class T, class P, int V>
-__global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
-                            index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
-                            index_t position_offset, rope_config cfg, const float* cache_cos, const float* cache_sin,
-                            index_t cache_rows, float sin_sign) {
-    float* rope_shared = dynamic_shared<float>();  // cos[pairs], sin[pairs]
+// Block-wide: s_cos[i], s_sin[i] = the rotation of pair i at position pos, for
+// the rotary_dim/2 pairs of cfg (resolved), then a __syncthreads. cache_cos ==
+// nullptr: v1 (compute); otherwise v2 (read the table; a position outside it is
+// computed). sin_sign: +1 rotates by +angle (the forward), -1 by -angle (the
+// backward: R(-angle) = R(angle)^T); negating the sine is exact, so the backward
+// uses the forward's own cosines and sines.
+__device__ inline void rope_load_angles(float* s_cos, float* s_sin, index_t pos, const rope_config& cfg,
+                                        const float* cache_cos, const float* cache_sin, index_t cache_rows,
+                                        float sin_sign) {
     const index_t pairs = cfg.rotary_dim / 2;
-    float* s_cos = rope_shared;
-    float* s_sin = rope_shared + pairs;
-
-    const index_t token = blockIdx.x;
-    const index_t b = token / seq_len, t = token % seq_len;
-    const index_t pos = positions != nullptr ? static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t])
-                                             : position_offset + t;
     const bool from_cache = cache_cos != nullptr && pos >= 0 && pos < cache_rows;
     for (index_t i = threadIdx.x; i < pairs; i += blockDim.x) {
         if (from_cache) {
@@ -134,8 +123,16 @@ __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride
         s_sin[i] *= sin_sign;
     }
     __syncthreads();
+}
 
-    T* row = x + b * stride_b + t * stride_t;  // head 0 of this token
+// Block-wide: rotates heads 0 .. heads-1 of one token in place (head h at
+// row + h * stride_h, its features contiguous) by the angles in s_cos, s_sin.
+// V == 1: one pair per step, scalar loads, any layout. V > 1: V-element 16-byte
+// vectors (the launcher checked alignment: rope_vectorizable).
+template <class T, int V>
+__device__ void rope_rotate_token(T* row, index_t heads, index_t stride_h, const rope_config& cfg, const float* s_cos,
+                                  const float* s_sin) {
+    const index_t pairs = cfg.rotary_dim / 2;
     if constexpr (V == 1) {
         for (index_t idx = threadIdx.x; idx < heads * pairs; idx += blockDim.x) {
             const index_t h = idx / pairs, i = idx % pairs;
@@ -183,6 +180,25 @@ __global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride
             *reinterpret_cast<rope_vector<T, V>*>(p) = a;
         }
     }
+}
+
+// One block per token (b, t): its angles into shared memory, then all its heads
+// rotated. positions == nullptr: token t is at position_offset + t (every row).
+// cfg is resolved (rotary_dim > 0); cache_cos and sin_sign: rope_load_angles.
+template <class T, class P, int V>
+__global__ void rope_kernel(T* x, index_t seq_len, index_t heads, index_t stride_b, index_t stride_t,
+                            index_t stride_h, const P* positions, index_t pos_stride_b, index_t pos_stride_t,
+                            index_t position_offset, rope_config cfg, const float* cache_cos, const float* cache_sin,
+                            index_t cache_rows, float sin_sign) {
+    float* rope_shared = dynamic_shared<float>();  // cos[pairs], sin[pairs]
+    float* s_cos = rope_shared;
+    float* s_sin = rope_shared + cfg.rotary_dim / 2;
+    const index_t token = blockIdx.x;
+    const index_t b = token / seq_len, t = token % seq_len;
+    const index_t pos = positions != nullptr ? static_cast<index_t>(positions[b * pos_stride_b + t * pos_stride_t])
+                                             : position_offset + t;
+    rope_load_angles(s_cos, s_sin, pos, cfg, cache_cos, cache_sin, cache_rows, sin_sign);
+    rope_rotate_token<T, V>(x + b * stride_b + t * stride_t, heads, stride_h, cfg, s_cos, s_sin);
 }
 
 template <class T, class P>
@@ -236,6 +252,19 @@ rope_config expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, c
     return r;
 }
 
+// Whether rope_rotate_token<T, 16 / sizeof(T)> may rotate x's heads: 16-byte
+// aligned, strides multiples of the vector, and the pairs of one vector
+// contiguous (rotate_half: rotary_dim/2 a multiple of the width; interleaved:
+// rotary_dim a multiple). cfg is resolved.
+template <class T>
+bool rope_vectorizable(tensor_view<T, 4> x, const rope_config& cfg) {
+    constexpr int V = 16 / static_cast<int>(sizeof(T));
+    const bool pairs_fit =
+        cfg.pairing == rope_pairing::rotate_half ? (cfg.rotary_dim / 2) % V == 0 : cfg.rotary_dim % V == 0;
+    return pairs_fit && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0 && x.stride(0) % V == 0 &&
+           x.stride(1) % V == 0 && x.stride(2) % V == 0;
+}
+
 // positions.data() == nullptr: positions position_offset + t. cfg is resolved.
 // sin_sign: +1 the forward rotation, -1 its transpose (the backward).
 template <class T, class P>
@@ -248,9 +277,7 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t posit
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "rope: B * T = ", tokens, " tokens exceed the grid limit 2^31 - 1");
     constexpr int V = 16 / static_cast<int>(sizeof(T));
     const index_t pairs = cfg.rotary_dim / 2;
-    const bool pairs_fit = cfg.pairing == rope_pairing::rotate_half ? pairs % V == 0 : cfg.rotary_dim % V == 0;
-    const bool vectorized = pairs_fit && reinterpret_cast<std::uintptr_t>(x.data()) % 16 == 0 &&
-                            x.stride(0) % V == 0 && x.stride(1) % V == 0 && x.stride(2) % V == 0;
+    const bool vectorized = rope_vectorizable(x, cfg);
     const int threads = 128;
     const std::size_t shared = 2 * static_cast<std::size_t>(pairs) * sizeof(float);
     const position_type* pos = positions.data();
