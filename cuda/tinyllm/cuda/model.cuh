@@ -842,7 +842,7 @@ private:
     tensor_view<const float, 2> forward_device(session& s, index_t n, index_t tk, bool all_positions,
                                                cudaStream_t stream) const {
         const model_config& c = config_;
-        const index_t B = s.batch, D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+        const index_t B = s.batch, D = c.hidden_size, Dh = c.head_dim;
         const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
         const index_t qkv_out = q_out + 2 * kv_out, rows = B * n;
         const std::int32_t* d_info = s.row_info.data();
@@ -859,12 +859,6 @@ private:
         const tensor_view<T, 2> qkv(detail::at_least(s.qkv, rows * qkv_out), {rows, qkv_out});
         const tensor_view<T, 2> attn(detail::at_least(s.attn, rows * q_out), {rows, q_out});
 
-        // x = embed(tokens) (+ learned positions)
-        embedding<T, token_id>(tensor_view<T, 3>(x.data(), {B, n, D}), ids_v, embed_.view(), 1.0f,
-                               embedding_version::vectorized, /*check_ids=*/false, stream);
-        if (c.arch == model_arch::gpt2)
-            add_learned_positions<T>(tensor_view<T, 3>(x.data(), {B, n, D}), positions_.view(), pos_v, stream);
-
         // q, k, v: views into the rows of qkv                                    (B, n, H, Dh)
         const extents<4> qkv_strides{n * qkv_out, qkv_out, Dh, 1};
         const tensor_view<T, 4> q(qkv.data(), {B, n, Hq, Dh}, qkv_strides);
@@ -876,11 +870,8 @@ private:
         opts.causal = true;
         opts.key_lengths = tensor_view<const std::int32_t, 1>(d_key_length, {B});
 
-        for (index_t l = 0; l < c.num_layers; ++l) {
-            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
-            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
-            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
-            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
+        // Each layer's attention, from qkv into attn: RoPE, the cache write, attention.
+        const auto attend_layer = [&](index_t l) {
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
             if (s.kv == cpu::model::kv_dtype::int8) {
                 if (c.arch != model_arch::gpt2) {  // q's and k's heads are adjacent in a row of qkv: one launch
@@ -921,25 +912,57 @@ private:
                 const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
                 attend(attn4, q, keys, values, opts, s.attention_ws, stream);
             }
+        };
+        run_decoder(s, x, h, delta, qkv, attn, ids_v, pos_v, attend_layer, stream);
+        // logits = h W^T for the rows asked for.
+        return all_positions ? logits_of(s, h, nullptr, rows, stream) : logits_of(s, h, d_last_row, B, stream);
+    }
+
+    // The decoder around attention, shared by forward_device and
+    // forward_batch_device: x = embed(ids) (+ learned positions), then for each
+    // layer the first norm, the QKV GEMM, attend_layer(l) (the caller's RoPE,
+    // cache write and attention, from qkv into attn), the output GEMM, the
+    // second norm and the FFN; h = the final norm of x.
+    //   x, h, delta (B·n, D); qkv (B·n, (Hq + 2 Hkv) Dh); attn (B·n, Hq Dh); ids, positions (B, n)
+    template <class AttendLayer>
+    void run_decoder(session& s, tensor_view<T, 2> x, tensor_view<T, 2> h, tensor_view<T, 2> delta,
+                     tensor_view<T, 2> qkv, tensor_view<T, 2> attn, tensor_view<const token_id, 2> ids,
+                     tensor_view<const std::int64_t, 2> positions, const AttendLayer& attend_layer,
+                     cudaStream_t stream) const {
+        const model_config& c = config_;
+        const extents<3> x3{ids.extent(0), ids.extent(1), c.hidden_size};
+        embedding<T, token_id>(tensor_view<T, 3>(x.data(), x3), ids, embed_.view(), 1.0f, embedding_version::vectorized,
+                               /*check_ids=*/false, stream);
+        if (c.arch == model_arch::gpt2)
+            add_learned_positions<T>(tensor_view<T, 3>(x.data(), x3), positions_.view(), positions, stream);
+        for (index_t l = 0; l < c.num_layers; ++l) {
+            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
+            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
+            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
+            attend_layer(l);  // qkv -> attn
             project(delta, attn, L.wo, L.wo_q, L.bo, stream);
             residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
             ffn(s, delta, h, L, stream);
         }
         residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_, stream);
+    }
 
-        // logits = h W^T for the rows asked for.
+    // The float logits (m, V) of m rows of h: the rows `rows` names ((m) device
+    // row ids, gathered first), or all of h's m rows when rows == nullptr. The
+    // GEMM writes float (bf16 inputs, float accumulation and output).
+    tensor_view<const float, 2> logits_of(session& s, tensor_view<const T, 2> h, const std::int32_t* rows, index_t m,
+                                          cudaStream_t stream) const {
+        const index_t D = config_.hidden_size, V = config_.vocab_size;
         tensor_view<const T, 2> head_in = h;
-        if (!all_positions) {
-            T* picked = detail::at_least(s.head_in, B * D);
-            launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(B), 128, 0, stream, picked, h.data(),
-                   d_last_row, D);
+        if (rows != nullptr) {
+            T* picked = detail::at_least(s.head_in, m * D);
+            launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(m), 128, 0, stream, picked, h.data(), rows, D);
             TINYLLM_CUDA_CHECK_LAUNCH();
-            head_in = tensor_view<const T, 2>(picked, {B, D});
+            head_in = tensor_view<const T, 2>(picked, {m, D});
         }
-        const index_t m = head_in.extent(0);
-        const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
+        const tensor_view<const T, 2> head = config_.tie_word_embeddings ? embed_.view() : lm_head_.view();
         float* logits = detail::at_least(s.logits, m * V);
-        // Float logits straight from the GEMM (bf16 inputs, float accumulation and output).
         linear<T, float>(tensor_view<float, 2>(logits, {m, V}), head_in, head, {}, handle_, stream);
         return tensor_view<const float, 2>(logits, {m, V});
     }

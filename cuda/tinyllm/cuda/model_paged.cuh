@@ -411,7 +411,7 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
                                                            cudaStream_t stream) const {
     const model_config& c = config_;
     const index_t S = step.S, N = step.N, decoders = step.decoders, max_blocks = step.max_blocks;
-    const index_t D = c.hidden_size, Dh = c.head_dim, V = c.vocab_size;
+    const index_t D = c.hidden_size, Dh = c.head_dim;
     const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, q_out = Hq * Dh, kv_out = Hkv * Dh;
     const index_t qkv_out = q_out + 2 * kv_out;
     typename model<T>::session& w = pool.step_;
@@ -431,20 +431,12 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
     T* gathered_k = step.gathered > 0 ? detail::at_least(pool.gathered_k_, step.gathered * kv_out) : nullptr;
     T* gathered_v = step.gathered > 0 ? detail::at_least(pool.gathered_v_, step.gathered * kv_out) : nullptr;
 
-    // x = embed(ids) (+ learned positions, each row's own)
-    embedding<T, token_id>(tensor_view<T, 3>(x.data(), {1, N, D}), tensor_view<const token_id, 2>(w.ids.data(), {1, N}),
-                           embed_.view(), 1.0f, embedding_version::vectorized, /*check_ids=*/false, stream);
-    if (c.arch == model_arch::gpt2)
-        add_learned_positions<T>(tensor_view<T, 3>(x.data(), {1, N, D}), positions_.view(), pos_v, stream);
-
     attention_options opts;
     opts.causal = true;
 
-    for (index_t l = 0; l < c.num_layers; ++l) {
-        const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
-        if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
-        else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
-        project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
+    // Each layer's attention, from qkv into attn (the decoder around it: run_decoder, with
+    // each row's own position for RoPE and GPT-2's learned positions).
+    const auto attend_layer = [&](index_t l) {
         // q, k = rope(q, k) at each row's position; each row's k, v into its block: one launch.
         detail::rope_write_cache(pool.keys(l).data(), pool.values(l).data(),
                                  detail::paged_cache_rows{d_tables, max_blocks, block_size, d_row_seq, d_row_pos},
@@ -477,21 +469,11 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
                        tensor_view<const T, 4>(gathered_v, {1, ch.keys, Hkv, Dh}), opts, w.attention_ws, stream);
             }
         }
-        project(delta, attn, L.wo, L.wo_q, L.bo, stream);
-        residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
-        ffn(w, delta, h, L, stream);
-    }
-    residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_, stream);
-
+    };
+    run_decoder(w, x, h, delta, qkv, attn, tensor_view<const token_id, 2>(w.ids.data(), {1, N}), pos_v, attend_layer,
+                stream);
     // Each session's last row, in the order of `sessions`, through the output projection.  (S, D) -> (S, V)
-    T* picked = detail::at_least(w.head_in, S * D);
-    launch(detail::gather_rows_kernel<T>, static_cast<unsigned>(S), 128, 0, stream, picked, h.data(), d_last_row, D);
-    TINYLLM_CUDA_CHECK_LAUNCH();
-    const tensor_view<const T, 2> head = c.tie_word_embeddings ? embed_.view() : lm_head_.view();
-    float* logits = detail::at_least(w.logits, S * V);
-    linear<T, float>(tensor_view<float, 2>(logits, {S, V}), tensor_view<const T, 2>(picked, {S, D}), head, {}, handle_,
-                     stream);
-    return tensor_view<const float, 2>(logits, {S, V});
+    return logits_of(w, h, d_last_row, S, stream);
 }
 
 }  // namespace tinyllm::cuda
