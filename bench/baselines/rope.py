@@ -14,6 +14,14 @@ between layers. The timed work is
 which PyTorch runs as several element-wise kernels (neg, cat, two multiplies,
 an add). Bytes counted: q read once and the result written once, as for the
 tinyllm rows (the real traffic of the eager version is several times more).
+
+Second, for `tinyllm bench rope_cache`: a decode step's RoPE on q and k and its
+KV-cache write, as transformers runs them with a StaticCache — Llama-3.2-1B
+heads (32 q, 8 kv, head dim 64, theta 500000), B = 32 rows, one new token each
+at position 1000 of a 4096-position cache: apply_rotary_pos_emb on q and k, then
+key_cache.index_copy_ and value_cache.index_copy_ along the sequence. Bytes
+counted as tinyllm's rows count them: q, k, v read, q and k written, k and v
+written to the cache.
 """
 from _timing import Results, parse_args, require_cuda_torch, time_cuda
 
@@ -47,4 +55,32 @@ n = B * T * H * D
 shape = f"B={B},T={T},H={H},D={D},bf16"
 results.add(f"rope/pytorch_eager/{shape}", time_cuda(torch, lambda: apply_rotary(q), args.repeats, args.warmup),
             bytes=2.0 * n * 2)
+
+# rope_cache: transformers' layout, q (B, Hq, 1, Dh), k and v (B, Hkv, 1, Dh), caches (B, Hkv, capacity, Dh).
+Bd, Hq, Hkv, Dh, capacity, position = 32, 32, 8, 64, 4096, 1000
+qd = torch.rand(Bd, Hq, 1, Dh, device="cuda", dtype=torch.bfloat16) * 2 - 1
+kd = torch.rand(Bd, Hkv, 1, Dh, device="cuda", dtype=torch.bfloat16) * 2 - 1
+vd = torch.rand(Bd, Hkv, 1, Dh, device="cuda", dtype=torch.bfloat16) * 2 - 1
+key_cache = torch.zeros(Bd, Hkv, capacity, Dh, device="cuda", dtype=torch.bfloat16)
+value_cache = torch.zeros_like(key_cache)
+inv_freq_d = 1.0 / (500000.0 ** (torch.arange(0, Dh, 2, dtype=torch.int64, device="cuda").float() / Dh))
+freqs_d = torch.full((Bd, 1, 1), float(position), device="cuda") * inv_freq_d  # (B, 1, Dh/2)
+emb_d = torch.cat((freqs_d, freqs_d), dim=-1)                                   # (B, 1, Dh)
+cos_d = emb_d.cos().to(torch.bfloat16).unsqueeze(1)                             # (B, 1, 1, Dh)
+sin_d = emb_d.sin().to(torch.bfloat16).unsqueeze(1)
+cache_position = torch.tensor([position], device="cuda")
+
+
+def decode_rope_and_cache():
+    q_rot = qd * cos_d + rotate_half(qd) * sin_d
+    k_rot = kd * cos_d + rotate_half(kd) * sin_d
+    key_cache.index_copy_(2, cache_position, k_rot)
+    value_cache.index_copy_(2, cache_position, vd)
+    return q_rot
+
+
+stride = (Hq + 2 * Hkv) * Dh
+results.add(f"rope_cache/pytorch_eager/B={Bd},Hq={Hq},Hkv={Hkv},Dh={Dh},bf16",
+            time_cuda(torch, decode_rope_and_cache, args.repeats, args.warmup),
+            bytes=2.0 * Bd * (stride + (Hq + Hkv) * Dh + 2 * Hkv * Dh))
 results.write(args.json)

@@ -76,3 +76,85 @@ TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 1000
     run("v1 on_the_fly", "v1_on_the_fly", true, [&] { tc::apply_rope_on_the_fly(x.view(shape), d_pos.view(pshape), cfg); });
     run("v2 cached", "v2_cached", false, [&] { tc::apply_rope_cached(x.view(shape), d_pos.view(pshape), cache); });
 }
+
+// `tinyllm bench rope_cache`: a decode step's RoPE on q and k and its KV-cache
+// write, as cuda::model runs them each layer, on the Llama-3.2-1B shape (Hq = 32,
+// Hkv = 8, Dh = 64, bf16): B rows of qkv (one new token per sequence, all at
+// position 1000 of a (B, 4096, Hkv, Dh) cache). Two ways:
+//   rope + 2 copies    apply_rope_cached over q's and k's heads, then k and v
+//                      into the caches with two cudaMemcpy2DAsync (the rows'
+//                      positions are equal, so each cache is one strided copy)
+//   rope_write_cache   the model's fused kernel: one launch
+// At these sizes (B = 32: 0.4 MB) both are a few microseconds of launches and
+// gaps, which is what the fusion removes. Bytes: q, k, v read, q and k written
+// back, k and v written to the cache. The rows' results must agree bit for bit.
+TINYLLM_BENCH("rope_cache", "a decode step's RoPE on q, k and KV-cache write, Llama-3.2-1B heads (32 q, 8 kv, Dh 64), bf16: --size B rows (default 32; simulated GPU 4)", 1) {
+    if (!ctx.gpu_available) return;
+    using T = tinyllm::bfloat16;
+    const long long B = ctx.size_or(32, 4), Hq = 32, Hkv = 8, Dh = 64, capacity = ctx.simulated_default() ? 64 : 4096;
+    const long long position = ctx.simulated_default() ? 10 : 1000;
+    const long long width = Hkv * Dh, stride = (Hq + 2 * Hkv) * Dh;
+    std::vector<float> f(static_cast<std::size_t>(B * stride));
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(f.data(), {B * stride}), 11, -1.0f, 1.0f);
+    std::vector<T> input(f.size());
+    for (std::size_t i = 0; i < f.size(); ++i) input[i] = tinyllm::float_to_bf16(f[i]);
+    const auto d_pos = tc::to_device(std::vector<std::int64_t>(static_cast<std::size_t>(B), position));
+    const std::vector<std::int32_t> start(static_cast<std::size_t>(B), static_cast<std::int32_t>(position));
+    const std::vector<std::int32_t> count(static_cast<std::size_t>(B), 1);
+    const auto d_start = tc::to_device(start), d_count = tc::to_device(count);
+    tinyllm::rope_config cfg;
+    cfg.rotary_dim = Dh;
+    cfg.theta = 500000.0;
+    const auto rope = tc::make_rope_cache(cfg, capacity);
+    tc::device_buffer<T> qkv(input.size()), keys(static_cast<std::size_t>(B * capacity * width)),
+        values(static_cast<std::size_t>(B * capacity * width));
+    const tinyllm::tensor_view<T, 4> qk(qkv.data(), {B, 1, Hq + Hkv, Dh}, {stride, stride, Dh, 1});
+    const tinyllm::tensor_view<const std::int64_t, 2> pos(d_pos.data(), {B, 1});
+    const std::size_t pitch_src = static_cast<std::size_t>(stride) * sizeof(T),
+                      pitch_dst = static_cast<std::size_t>(capacity * width) * sizeof(T),
+                      row_bytes = static_cast<std::size_t>(width) * sizeof(T);
+    const auto unfused = [&] {
+        tc::apply_rope_cached(qk, pos, rope);
+        TINYLLM_CUDA_CHECK(cudaMemcpy2DAsync(keys.data() + position * width, pitch_dst, qkv.data() + Hq * Dh, pitch_src,
+                                             row_bytes, static_cast<std::size_t>(B), cudaMemcpyDeviceToDevice, nullptr));
+        TINYLLM_CUDA_CHECK(cudaMemcpy2DAsync(values.data() + position * width, pitch_dst,
+                                             qkv.data() + (Hq + Hkv) * Dh, pitch_src, row_bytes,
+                                             static_cast<std::size_t>(B), cudaMemcpyDeviceToDevice, nullptr));
+    };
+    const auto fused = [&] {
+        tc::detail::rope_write_cache(keys.data(), values.data(),
+                                     tc::detail::contiguous_cache_rows{1, capacity, d_start.data(), d_count.data()},
+                                     qkv.data(), B, stride, Hq, Hkv, Dh, d_pos.data(), &rope, nullptr);
+    };
+    // One run of each on fresh inputs and poisoned caches: the bits they leave.
+    const auto result_of = [&](const auto& work) {
+        qkv.poison();
+        keys.poison();
+        values.poison();
+        tc::copy_to_device(qkv, input);
+        work();
+        std::vector<T> all = tc::to_host(qkv);
+        for (const auto* cache : {&keys, &values}) {
+            const std::vector<T> c = tc::to_host(*cache);
+            for (long long b = 0; b < B; ++b) {
+                const auto row = c.begin() + (b * capacity + position) * width;
+                all.insert(all.end(), row, row + width);
+            }
+        }
+        return all;
+    };
+    const std::vector<T> want = result_of(unfused), got = result_of(fused);
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) differ += got[i].bits != want[i].bits;
+    const std::string shape = "B=" + std::to_string(B) + ",Hq=32,Hkv=8,Dh=64,bf16";
+    const double bytes = static_cast<double>(B) * static_cast<double>(stride + (Hq + Hkv) * Dh + 2 * width) * sizeof(T);
+    tc::timing_options options;
+    options.repeats = ctx.repeats;
+    // Timed runs rotate q and k again and again in place: rotations keep norms.
+    const auto unfused_t = tc::time_gpu("rope_cache/rope_and_copies/" + shape, unfused, bytes, 0, options);
+    ctx.rows.push_back({"rope + 2 copies", "cuda", unfused_t, "the reference", true, true});
+    const auto fused_t = tc::time_gpu("rope_cache/rope_write_cache/" + shape, fused, bytes, 0, options);
+    ctx.rows.push_back({"rope_write_cache", "cuda", fused_t,
+                        differ == 0 ? std::string("bit-exact") : std::to_string(differ) + " values differ", differ == 0,
+                        false});
+}

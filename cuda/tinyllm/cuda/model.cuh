@@ -8,8 +8,8 @@
 //     for each layer:
 //         h = norm1(x)                         norm.cuh (fused with the residual add below)
 //         qkv = h Wqkv^T (+ b)                 ONE cuBLAS GEMM: Wq, Wk, Wv stacked at load time
-//         q, k = rope(q, k, positions)         ONE kernel, rope_write_cache: positional.cuh v2's rotation
-//         cache[b, L_b + t] = k, v             in place on qkv, then k, v copied into the (B, capacity, Hkv, Dh) cache
+//         q, k = rope(q, k, positions)         ONE kernel, positional.cuh's rope_write_cache (RoPE v3): v2's
+//         cache[b, L_b + t] = k, v             rotation in place on qkv, then k, v into the (B, capacity, Hkv, Dh) cache
 //         a = attention(q, cache)              decode.cuh for a few queries, mma.cuh (bf16, Dh 64/128)
 //                                              or flash.cuh (anything else) for a prompt
 //         x, h = x + a Wo^T, norm2(...)         cuBLAS + residual_add_*_norm (one pass)
@@ -194,99 +194,6 @@ inline quantized_matrix stacked(const quantized_matrix& a, const quantized_matri
 inline std::optional<device_quantized_matrix> upload_quantized(const quantized_matrix& q) {
     if (q.rows == 0) return std::nullopt;
     return to_device(q);
-}
-
-// RoPE on q and k, and the cache write, fused: one block per token r of qkv
-// (rows `stride` apart: Hq heads of q, Hkv of k, Hkv of v, each Dh wide)
-//   1. rotates q's and k's heads in place at position positions[r]
-//      (positional.cuh's rope_load_angles and rope_rotate_token, the same code
-//      and so the same bits as apply_rope_cached; skipped when rotate is false,
-//      GPT-2), then
-//   2. copies the rotated k and v into cache row at = rows(r) (a row holds
-//      width = Hkv * Dh elements; rows(r) < 0: a padding token, not kept).
-// Unfused, these were two launches per layer (apply_rope_cached, then a copy
-// kernel that read the rotated keys back); here the block copies keys it has
-// just rotated itself, so a layer of a RoPE model spends one launch on them, as
-// GPT-2's (copy only) always did. During a decode step each launch is a few
-// microseconds of tiny work, so a launch saved is most of the time saved.
-// V: rope_rotate_token's vector width, also the copy's (16 / sizeof(T) when the
-// launcher found everything aligned, else 1).
-// Rows: contiguous_cache_rows (a session) or paged_cache_rows (model_paged.cuh).
-template <class T, int V, class Rows>
-__global__ void rope_write_cache_kernel(T* keys, T* values, Rows rows, T* qkv, index_t stride, index_t q_heads,
-                                        index_t kv_heads, index_t head_dim, bool rotate, const std::int64_t* positions,
-                                        rope_config cfg, const float* cache_cos, const float* cache_sin,
-                                        index_t cache_rows) {
-    const index_t r = blockIdx.x;
-    T* row = qkv + r * stride;
-    if (rotate) {
-        float* s_cos = dynamic_shared<float>();  // cos[pairs], sin[pairs]
-        float* s_sin = s_cos + cfg.rotary_dim / 2;
-        rope_load_angles(s_cos, s_sin, static_cast<index_t>(positions[r]), cfg, cache_cos, cache_sin, cache_rows, 1.0f);
-        rope_rotate_token<T, V>(row, q_heads + kv_heads, head_dim, cfg, s_cos, s_sin);
-        __syncthreads();  // the keys other threads of the block rotated are copied below
-    }
-    const index_t at = rows(r);
-    if (at < 0) return;
-    const index_t width = kv_heads * head_dim;
-    const T* k = row + q_heads * head_dim;
-    const T* v = k + width;
-    T* to_k = keys + at * width;
-    T* to_v = values + at * width;
-    if constexpr (V == 1) {
-        for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
-            to_k[i] = k[i];
-            to_v[i] = v[i];
-        }
-    } else {  // 16-byte vectors (rope_vector<T, 1> would be 16 bytes too: alignas)
-        using vec = rope_vector<T, V>;
-        for (index_t i = threadIdx.x; i < width / V; i += blockDim.x) {
-            reinterpret_cast<vec*>(to_k)[i] = reinterpret_cast<const vec*>(k)[i];
-            reinterpret_cast<vec*>(to_v)[i] = reinterpret_cast<const vec*>(v)[i];
-        }
-    }
-}
-
-// A session's cache rows: token r = b * n + t goes to row b * capacity +
-// start[b] + t when t < count[b] (right padding is not kept).
-struct contiguous_cache_rows {
-    index_t n = 1, capacity = 0;
-    const std::int32_t* start = nullptr;  // (B) first cache position written
-    const std::int32_t* count = nullptr;  // (B) tokens kept
-    __device__ index_t operator()(index_t r) const {
-        const index_t b = r / n, t = r % n;
-        return t < count[b] ? b * capacity + start[b] + t : -1;
-    }
-};
-
-// Launches rope_write_cache_kernel over the `tokens` rows of qkv (row r at
-// qkv + r * stride, positions[r] its position); rope == nullptr: no rotation.
-template <class T, class Rows>
-void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, index_t stride, index_t q_heads,
-                      index_t kv_heads, index_t head_dim, const std::int64_t* positions, const rope_cache* rope,
-                      cudaStream_t stream) {
-    if (tokens == 0) return;
-    constexpr int W = 16 / static_cast<int>(sizeof(T));
-    const rope_config cfg = rope != nullptr ? rope->config : rope_config{};
-    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    // The 16-byte path: the rotation's conditions on q and k (rope_vectorizable), whole vectors per
-    // cache row, and every pointer aligned.
-    const bool vectorized =
-        (rope == nullptr || rope_vectorizable(tensor_view<T, 4>(qkv, {1, tokens, q_heads + kv_heads, head_dim},
-                                                                {tokens * stride, stride, head_dim, 1}),
-                                              cfg)) &&
-        stride % W == 0 && head_dim % W == 0 && aligned(qkv) && aligned(keys) && aligned(values);
-    const std::size_t shared = rope != nullptr ? static_cast<std::size_t>(cfg.rotary_dim) * sizeof(float) : 0;
-    const float* cos = rope != nullptr ? rope->cos.data() : nullptr;
-    const float* sin = rope != nullptr ? rope->sin.data() : nullptr;
-    const index_t table = rope != nullptr ? rope->max_positions : 0;
-    if (vectorized)
-        launch(rope_write_cache_kernel<T, W, Rows>, static_cast<unsigned>(tokens), 128, shared, stream, keys, values,
-               rows, qkv, stride, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
-    else
-        launch(rope_write_cache_kernel<T, 1, Rows>, static_cast<unsigned>(tokens), 128, shared, stream, keys, values,
-               rows, qkv, stride, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
-    TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
 // The int8 KV cache (session kv_dtype::int8; the format of tinyllm/kv_cache_int8.hpp):

@@ -38,7 +38,7 @@
 //     for each layer:
 //         h = norm1(x)                      norm.cuh (fused with the residual add)
 //         qkv = h Wqkv^T (+ b)              ONE GEMM over all N rows (the model's project: dense or quantized)
-//         q, k = rope(q, k, pos_r)          ONE kernel, model.cuh's rope_write_cache: the rotation at each
+//         q, k = rope(q, k, pos_r)          ONE kernel, positional.cuh's rope_write_cache: the rotation at each
 //         block(r) = k_r, v_r               row's own position, then k, v into block_tables(seq_r, pos_r / bs), row pos_r % bs
 //         a = attention                     decode rows: ONE attention_paged call (B = k + 1, Tq = 1);
 //                                           a chunk with Hq/Hkv * n <= 32 rows: attention_paged (B = 1, Tq = n);

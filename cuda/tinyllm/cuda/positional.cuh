@@ -5,8 +5,8 @@
 //
 // RoPE is memory-bound: every element of q and k is read once and written once,
 // with a handful of multiply-adds in between. What costs is (1) the bytes, (2)
-// the sines and cosines. The ladder varies where the sines and cosines come from;
-// both rungs share the same rotation loop:
+// the sines and cosines. The ladder varies where the sines and cosines come from,
+// then what else the launch does; every rung shares the same rotation loop:
 //
 //   v1 on_the_fly  one block per token (b, t). The block first computes the
 //                  rotary_dim/2 pairs (cos, sin) of its position — the inverse
@@ -23,7 +23,17 @@
 //                  sincosf work for those reads. Positions outside the table fall
 //                  back to computing, so an undersized cache is slower, never wrong.
 //
-// Both rotate with 16-byte vector loads and stores (8 bf16/fp16 or 4 floats)
+//   v3 with the     what a decoder layer does with its rotated keys: store them.
+//   cache write    cuda::model rotates q and k in a row of its fused qkv and then
+//                  copies k and v into the KV cache; detail::rope_write_cache does
+//                  both in one launch (a block per token: v2's rotation, a
+//                  __syncthreads, the copy), the destination row given by a
+//                  functor (a session's contiguous cache, or model_paged.cuh's
+//                  block tables). Same rotation code, so the same bits as v2; the
+//                  saving is a launch per layer, which is what a decode step's
+//                  tiny kernels cost (`tinyllm bench rope_cache`).
+//
+// All rungs rotate with 16-byte vector loads and stores (8 bf16/fp16 or 4 floats)
 // when the layout allows it — head dim contiguous, pointer and strides multiples
 // of the vector width, and the pairs of one vector contiguous (rotate_half:
 // rotary_dim/2 a multiple of the width; interleaved: rotary_dim a multiple) — and
@@ -290,6 +300,99 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t posit
                x.extent(1), x.extent(2), x.stride(0), x.stride(1), x.stride(2), pos, positions.stride(0),
                positions.stride(1), position_offset, cfg, cache_cos, cache_sin, cache_rows, sin_sign);
     }
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// RoPE on q and k, and the cache write, fused: one block per token r of qkv
+// (rows `stride` apart: Hq heads of q, Hkv of k, Hkv of v, each Dh wide)
+//   1. rotates q's and k's heads in place at position positions[r]
+//      (rope_load_angles and rope_rotate_token above, the same code
+//      and so the same bits as apply_rope_cached; skipped when rotate is false,
+//      GPT-2), then
+//   2. copies the rotated k and v into cache row at = rows(r) (a row holds
+//      width = Hkv * Dh elements; rows(r) < 0: a padding token, not kept).
+// Unfused, these were two launches per layer (apply_rope_cached, then a copy
+// kernel that read the rotated keys back); here the block copies keys it has
+// just rotated itself, so a layer of a RoPE model spends one launch on them, as
+// GPT-2's (copy only) always did. During a decode step each launch is a few
+// microseconds of tiny work, so a launch saved is most of the time saved.
+// V: rope_rotate_token's vector width, also the copy's (16 / sizeof(T) when the
+// launcher found everything aligned, else 1).
+// Rows: contiguous_cache_rows (a session) or paged_cache_rows (model_paged.cuh).
+template <class T, int V, class Rows>
+__global__ void rope_write_cache_kernel(T* keys, T* values, Rows rows, T* qkv, index_t stride, index_t q_heads,
+                                        index_t kv_heads, index_t head_dim, bool rotate, const std::int64_t* positions,
+                                        rope_config cfg, const float* cache_cos, const float* cache_sin,
+                                        index_t cache_rows) {
+    const index_t r = blockIdx.x;
+    T* row = qkv + r * stride;
+    if (rotate) {
+        float* s_cos = dynamic_shared<float>();  // cos[pairs], sin[pairs]
+        float* s_sin = s_cos + cfg.rotary_dim / 2;
+        rope_load_angles(s_cos, s_sin, static_cast<index_t>(positions[r]), cfg, cache_cos, cache_sin, cache_rows, 1.0f);
+        rope_rotate_token<T, V>(row, q_heads + kv_heads, head_dim, cfg, s_cos, s_sin);
+        __syncthreads();  // the keys other threads of the block rotated are copied below
+    }
+    const index_t at = rows(r);
+    if (at < 0) return;
+    const index_t width = kv_heads * head_dim;
+    const T* k = row + q_heads * head_dim;
+    const T* v = k + width;
+    T* to_k = keys + at * width;
+    T* to_v = values + at * width;
+    if constexpr (V == 1) {
+        for (index_t i = threadIdx.x; i < width; i += blockDim.x) {
+            to_k[i] = k[i];
+            to_v[i] = v[i];
+        }
+    } else {  // 16-byte vectors (rope_vector<T, 1> would be 16 bytes too: alignas)
+        using vec = rope_vector<T, V>;
+        for (index_t i = threadIdx.x; i < width / V; i += blockDim.x) {
+            reinterpret_cast<vec*>(to_k)[i] = reinterpret_cast<const vec*>(k)[i];
+            reinterpret_cast<vec*>(to_v)[i] = reinterpret_cast<const vec*>(v)[i];
+        }
+    }
+}
+
+// A session's cache rows: token r = b * n + t goes to row b * capacity +
+// start[b] + t when t < count[b] (right padding is not kept).
+struct contiguous_cache_rows {
+    index_t n = 1, capacity = 0;
+    const std::int32_t* start = nullptr;  // (B) first cache position written
+    const std::int32_t* count = nullptr;  // (B) tokens kept
+    __device__ index_t operator()(index_t r) const {
+        const index_t b = r / n, t = r % n;
+        return t < count[b] ? b * capacity + start[b] + t : -1;
+    }
+};
+
+// Launches rope_write_cache_kernel over the `tokens` rows of qkv (row r at
+// qkv + r * stride, positions[r] its position); rope == nullptr: no rotation.
+template <class T, class Rows>
+void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, index_t stride, index_t q_heads,
+                      index_t kv_heads, index_t head_dim, const std::int64_t* positions, const rope_cache* rope,
+                      cudaStream_t stream) {
+    if (tokens == 0) return;
+    constexpr int W = 16 / static_cast<int>(sizeof(T));
+    const rope_config cfg = rope != nullptr ? rope->config : rope_config{};
+    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    // The 16-byte path: the rotation's conditions on q and k (rope_vectorizable), whole vectors per
+    // cache row, and every pointer aligned.
+    const bool vectorized =
+        (rope == nullptr || rope_vectorizable(tensor_view<T, 4>(qkv, {1, tokens, q_heads + kv_heads, head_dim},
+                                                                {tokens * stride, stride, head_dim, 1}),
+                                              cfg)) &&
+        stride % W == 0 && head_dim % W == 0 && aligned(qkv) && aligned(keys) && aligned(values);
+    const std::size_t shared = rope != nullptr ? static_cast<std::size_t>(cfg.rotary_dim) * sizeof(float) : 0;
+    const float* cos = rope != nullptr ? rope->cos.data() : nullptr;
+    const float* sin = rope != nullptr ? rope->sin.data() : nullptr;
+    const index_t table = rope != nullptr ? rope->max_positions : 0;
+    if (vectorized)
+        launch(rope_write_cache_kernel<T, W, Rows>, static_cast<unsigned>(tokens), 128, shared, stream, keys, values,
+               rows, qkv, stride, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
+    else
+        launch(rope_write_cache_kernel<T, 1, Rows>, static_cast<unsigned>(tokens), 128, shared, stream, keys, values,
+               rows, qkv, stride, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
