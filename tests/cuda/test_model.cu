@@ -19,7 +19,6 @@
 #include "support/fixtures.hpp"
 
 #include <tinyllm/cuda/model.cuh>
-#include <tinyllm/cuda/model_paged.cuh>
 #include <tinyllm/cuda/speculative.cuh>
 #include <tinyllm/model.hpp>
 #if defined(TINYLLM_SIMULATED_GPU)
@@ -28,9 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstdio>
-#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -414,136 +411,6 @@ TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logi
     check_decode_graph<float>(model_arch::mixtral, cpu::model::kv_dtype::float32);
     check_decode_graph<tinyllm::bfloat16>(model_arch::gpt2, cpu::model::kv_dtype::float32);
     check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32);
-}
-
-namespace {
-
-template <class T>
-std::vector<float> widened(const std::vector<T>& v) {  // exact: bf16 -> float is one-to-one
-    std::vector<float> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::to_float(v[i]);
-    return out;
-}
-
-// rope_write_cache, the model's fused RoPE + cache write, against what it
-// replaces: apply_rope_cached on q and k (one launch over their adjacent heads),
-// then each kept token's k and v copied into its cache row, here on the host.
-// The rotation is the same device code, so qkv and the cache must agree bit for
-// bit; rows nobody writes keep their NaN poison. `dest`: each token's cache row
-// or -1 (not kept); `rows`: the same on the device; rope == nullptr: GPT-2.
-template <class T, class Rows>
-void check_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, const tc::rope_cache* rope,
-                            const std::vector<std::int64_t>& positions, const std::vector<index_t>& dest,
-                            index_t cache_rows, Rows rows, std::uint64_t which, const std::string& what) {
-    INFO(what);
-    const index_t tokens = static_cast<index_t>(positions.size()), stride = (Hq + 2 * Hkv) * Dh, width = Hkv * Dh;
-    const auto f = tinyllm_test::random_floats(static_cast<std::size_t>(tokens * stride), which, -2.0f, 2.0f);
-    std::vector<T> qkv_host(f.size());
-    for (std::size_t i = 0; i < f.size(); ++i) qkv_host[i] = tinyllm::from_float<T>(f[i]);
-    const T nan = tinyllm::from_float<T>(std::numeric_limits<float>::quiet_NaN());
-    const std::vector<T> poison(static_cast<std::size_t>(cache_rows * width), nan);
-    const auto pos = tc::to_device(positions);
-
-    // Unfused: rotate, then copy on the host.
-    auto qkv_ref = tc::to_device(qkv_host);
-    if (rope != nullptr)
-        tc::apply_rope_cached(
-            tensor_view<T, 4>(qkv_ref.data(), {1, tokens, Hq + Hkv, Dh}, {tokens * stride, stride, Dh, 1}),
-            tensor_view<const std::int64_t, 2>(pos.data(), {1, tokens}), *rope);
-    const std::vector<T> want_qkv = tc::to_host(qkv_ref);
-    std::vector<T> want_k = poison, want_v = poison;
-    for (index_t r = 0; r < tokens; ++r) {
-        if (dest[static_cast<std::size_t>(r)] < 0) continue;
-        const auto from = want_qkv.begin() + r * stride + Hq * Dh;
-        std::copy(from, from + width, want_k.begin() + dest[static_cast<std::size_t>(r)] * width);
-        std::copy(from + width, from + 2 * width, want_v.begin() + dest[static_cast<std::size_t>(r)] * width);
-    }
-
-    // Fused.
-    auto qkv = tc::to_device(qkv_host);
-    auto keys = tc::to_device(poison), values = tc::to_device(poison);
-    tc::detail::rope_write_cache(keys.data(), values.data(), rows, qkv.data(), tokens, stride, Hq, Hkv, Dh, pos.data(),
-                                 rope, nullptr);
-    const auto got_qkv = tc::to_host(qkv), got_k = tc::to_host(keys), got_v = tc::to_host(values);
-
-    const auto q_bits = tinyllm_test::compare_bits(widened(got_qkv), widened(want_qkv));
-    const auto k_bits = tinyllm_test::compare_bits(widened(got_k), widened(want_k));
-    const auto v_bits = tinyllm_test::compare_bits(widened(got_v), widened(want_v));
-    const auto kept =
-        static_cast<std::size_t>(std::count_if(dest.begin(), dest.end(), [](index_t d) { return d >= 0; }));
-    std::printf("  rope_write_cache %s: %lld tokens, %zu kept; qkv, keys, values differ in %zu, %zu, %zu elements\n",
-                what.c_str(), static_cast<long long>(tokens), kept, q_bits.differ, k_bits.differ, v_bits.differ);
-    REQUIRE(q_bits.differ == 0);
-    REQUIRE(q_bits.non_finite == 0);
-    REQUIRE(k_bits.differ == 0);
-    REQUIRE(v_bits.differ == 0);
-    // Exactly the kept rows were written (finite); the rest is still poison.
-    REQUIRE(k_bits.non_finite == (static_cast<std::size_t>(cache_rows) - kept) * static_cast<std::size_t>(width));
-    REQUIRE(v_bits.non_finite == k_bits.non_finite);
-    if (rope != nullptr) REQUIRE(widened(got_qkv) != widened(qkv_host));  // something rotated
-}
-
-template <class T>
-void check_rope_write_cache_all() {
-    const bool bf = std::is_same_v<T, bfloat16>;
-    std::uint64_t which = bf ? 9100 : 9000;
-    // (Hq, Hkv, Dh): 16-byte vectors (Dh = 16); Dh = 6, whose 3 pairs take the scalar path; MQA.
-    const index_t shapes[][3] = {{4, 2, 16}, {3, 1, 6}, {4, 1, 16}};
-    for (const auto& sh : shapes)
-        for (int variant = 0; variant < 3; ++variant) {  // RoPE rotate_half, RoPE interleaved, none (GPT-2)
-            const index_t Hq = sh[0], Hkv = sh[1], Dh = sh[2];
-            const bool with_rope = variant < 2;
-            const tinyllm::rope_pairing pairing =
-                variant == 1 ? tinyllm::rope_pairing::interleaved : tinyllm::rope_pairing::rotate_half;
-            tinyllm::rope_config cfg;
-            cfg.pairing = pairing;
-            // A table of 8 positions: later ones are computed (the table's fallback).
-            const tc::rope_cache table = tc::make_rope_cache(tinyllm::resolve_rope(cfg, Dh), 8);
-            const tc::rope_cache* rope = with_rope ? &table : nullptr;
-            const std::string shape =
-                std::to_string(Hq) + "/" + std::to_string(Hkv) + "/" + std::to_string(Dh) +
-                (with_rope ? std::string(" ") + std::string(tinyllm::to_string(pairing)) : std::string(" no rope")) +
-                (bf ? " bf16" : " float");
-
-            // A session: B = 3 rows of n = 4 tokens; row b keeps count[b] from cache position start[b].
-            const index_t n = 4, capacity = 16;
-            const std::vector<std::int32_t> start = {0, 5, 9}, count = {4, 2, 0};
-            std::vector<std::int64_t> positions;
-            std::vector<index_t> dest;
-            for (index_t b = 0; b < 3; ++b)
-                for (index_t t = 0; t < n; ++t) {
-                    positions.push_back(start[static_cast<std::size_t>(b)] + t);
-                    dest.push_back(t < count[static_cast<std::size_t>(b)]
-                                       ? b * capacity + start[static_cast<std::size_t>(b)] + t
-                                       : -1);
-                }
-            const auto d_start = tc::to_device(start), d_count = tc::to_device(count);
-            check_rope_write_cache<T>(Hq, Hkv, Dh, rope, positions, dest, 3 * capacity,
-                                      tc::detail::contiguous_cache_rows{n, capacity, d_start.data(), d_count.data()},
-                                      which++, "session " + shape);
-
-            // A paged step: 5 rows of 2 sequences in blocks of 4 (pool of 5 blocks).
-            const index_t max_blocks = 3, block_size = 4;
-            const std::vector<std::int32_t> tables = {2, 0, -1, 1, 3, 4}, seq = {0, 1, 1, 1, 0}, pos = {5, 9, 10, 0, 6};
-            std::vector<std::int64_t> paged_positions(pos.begin(), pos.end());
-            std::vector<index_t> paged_dest;
-            for (std::size_t r = 0; r < seq.size(); ++r)
-                paged_dest.push_back(tables[static_cast<std::size_t>(seq[r] * max_blocks + pos[r] / block_size)] *
-                                         block_size +
-                                     pos[r] % block_size);
-            const auto d_tables = tc::to_device(tables), d_seq = tc::to_device(seq), d_pos = tc::to_device(pos);
-            check_rope_write_cache<T>(
-                Hq, Hkv, Dh, rope, paged_positions, paged_dest, 5 * block_size,
-                tc::detail::paged_cache_rows{d_tables.data(), max_blocks, block_size, d_seq.data(), d_pos.data()},
-                which++, "paged " + shape);
-        }
-}
-
-}  // namespace
-
-TEST_CASE("rope_write_cache: RoPE and the cache write in one launch give apply_rope_cached's bits", "[model][fused]") {
-    check_rope_write_cache_all<float>();
-    check_rope_write_cache_all<bfloat16>();
 }
 
 TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens", "[model]") {

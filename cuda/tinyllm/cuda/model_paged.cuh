@@ -111,23 +111,6 @@
 namespace tinyllm::cuda {
 namespace detail {
 
-// Where each stacked row's new key and value go (rope_write_cache's Rows): row
-// r belongs to sequence seq[r] at position pos[r], which lives in block
-// block_tables(seq[r], pos[r] / bs) at row pos[r] % bs of the pool's layer
-// (blocks, bs, Hkv, Dh).
-struct paged_cache_rows {
-    const std::int32_t* block_tables = nullptr;  // (S, max_blocks)
-    index_t max_blocks = 0, block_size = 0;
-    const std::int32_t* seq = nullptr;  // (N) slot of each row
-    const std::int32_t* pos = nullptr;  // (N) position of each row
-    __device__ index_t operator()(index_t r) const {
-        const index_t p = pos[r];
-        return static_cast<index_t>(block_tables[static_cast<index_t>(seq[r]) * max_blocks + p / block_size]) *
-                   block_size +
-               p % block_size;
-    }
-};
-
 // k_out, v_out (positions, Hkv, Dh) contiguous = one sequence's first positions,
 // read from its blocks: position p from block table[p / bs], row p % bs. Grid (positions).
 template <class T>

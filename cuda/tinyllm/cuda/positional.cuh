@@ -28,7 +28,7 @@
 //                  copies k and v into the KV cache; detail::rope_write_cache does
 //                  both in one launch (a block per token: v2's rotation, a
 //                  __syncthreads, the copy), the destination row given by a
-//                  functor (a session's contiguous cache, or model_paged.cuh's
+//                  functor (a session's contiguous cache, or a paged pool's
 //                  block tables). Same rotation code, so the same bits as v2; the
 //                  saving is a launch per layer, which is what a decode step's
 //                  tiny kernels cost (`tinyllm bench rope_cache`).
@@ -318,7 +318,7 @@ void launch_rope(tensor_view<T, 4> x, tensor_view<P, 2> positions, index_t posit
 // microseconds of tiny work, so a launch saved is most of the time saved.
 // V: rope_rotate_token's vector width, also the copy's (16 / sizeof(T) when the
 // launcher found everything aligned, else 1).
-// Rows: contiguous_cache_rows (a session) or paged_cache_rows (model_paged.cuh).
+// Rows: contiguous_cache_rows (a session) or paged_cache_rows (a paged pool), below.
 template <class T, int V, class Rows>
 __global__ void rope_write_cache_kernel(T* keys, T* values, Rows rows, T* qkv, index_t stride, index_t q_heads,
                                         index_t kv_heads, index_t head_dim, bool rotate, const std::int64_t* positions,
@@ -363,6 +363,23 @@ struct contiguous_cache_rows {
     __device__ index_t operator()(index_t r) const {
         const index_t b = r / n, t = r % n;
         return t < count[b] ? b * capacity + start[b] + t : -1;
+    }
+};
+
+// A paged step's cache rows (model_paged.cuh): stacked row r belongs to
+// sequence seq[r] at position pos[r], which lives in block
+// block_tables(seq[r], pos[r] / bs) at row pos[r] % bs of the pool's layer
+// (blocks, bs, Hkv, Dh).
+struct paged_cache_rows {
+    const std::int32_t* block_tables = nullptr;  // (S, max_blocks)
+    index_t max_blocks = 0, block_size = 0;
+    const std::int32_t* seq = nullptr;  // (N) slot of each row
+    const std::int32_t* pos = nullptr;  // (N) position of each row
+    __device__ index_t operator()(index_t r) const {
+        const index_t p = pos[r];
+        return static_cast<index_t>(block_tables[static_cast<index_t>(seq[r]) * max_blocks + p / block_size]) *
+                   block_size +
+               p % block_size;
     }
 };
 
