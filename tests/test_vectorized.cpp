@@ -63,26 +63,38 @@ struct threads_scope {
 // Observed over runs of this file: forward activations and SwiGLU rel-L2 <= 1.4e-7,
 // derivatives <= 1.4e-7; norms rel-L2 <= 1.2e-7 (3e-6 with a mean of 50, where the
 // tolerance grows, below); norm gradients rel-L2 <= 2.3e-7, except D = 3 rows,
-// whose dx can nearly cancel (1.5e-5 seen; the tolerance grows, dx_conditioning);
-// the loss's relative error <= 4.2e-7 (but see the cancellation below), its
-// gradient rel-L2 <= 8.5e-8.
+// whose dx can nearly cancel (1.5e-5 seen; the tolerance grows: see
+// norm_backward_conditioning); the loss's relative error <= 4.2e-7 (but see the
+// cancellation below), its gradient rel-L2 <= 8.5e-8.
 const tinyllm_test::tolerance elementwise_tol{1e-30, 3e-6, 3e-6};  // a few ulps, relative
 // A derivative that is a difference of two terms (GELU's and SiLU's near their
 // minimum, far below zero) is exact to the float rounding of the terms: an
 // absolute error of ~1e-7 on the scale of dout, however small the difference.
 const tinyllm_test::tolerance derivative_tol{3e-7, 3e-6, 3e-6};
-// The same bound taken over the whole tensor: ||error|| <= 3e-7 ||scale||, the
-// scale being dout (SwiGLU's d gate: dout * up), which exceeds 3e-6 ||reference||
-// when every element sits near such a minimum (a 1x1 case, say: error 2.9e-9 on
-// a derivative of 9.5e-4 is rel-L2 3.1e-6).
-tinyllm_test::tolerance derivative_tol_for(std::span<const float> scale, const tensor<float, 2>& want) {
-    double scale_sq = 0.0, want_sq = 0.0;
-    for (const float v : scale) scale_sq += static_cast<double>(v) * v;
-    for (const float v : want.values()) want_sq += static_cast<double>(v) * v;
-    tinyllm_test::tolerance tol = derivative_tol;
+
+double sum_of_squares(std::span<const float> v) {
+    double s = 0.0;
+    for (const float e : v) s += static_cast<double>(e) * e;
+    return s;
+}
+
+// `tol` with its rel-L2 bound raised to what its absolute bound allows over a
+// whole tensor: an error of at most abs per unit of `scale` in each element is
+// ||error|| <= abs * ||scale||, where ||scale||^2 = scale_sq. That exceeds
+// rel_l2 * ||reference|| when every element of the reference is small.
+tinyllm_test::tolerance rel_l2_from_abs(tinyllm_test::tolerance tol, double scale_sq, std::span<const float> want) {
+    const double want_sq = sum_of_squares(want);
     if (want_sq > 0.0) tol.rel_l2 = std::max(tol.rel_l2, tol.abs * std::sqrt(scale_sq / want_sq));
     return tol;
 }
+
+// derivative_tol over the whole tensor, the scale being dout (SwiGLU's d gate:
+// dout * up): every element can sit near such a minimum (a 1x1 case, say: error
+// 2.9e-9 on a derivative of 9.5e-4 is rel-L2 3.1e-6).
+tinyllm_test::tolerance derivative_tol_for(std::span<const float> scale, std::span<const float> want) {
+    return rel_l2_from_abs(derivative_tol, sum_of_squares(scale), want);
+}
+
 const tinyllm_test::tolerance norm_tol{2e-6, 2e-6, 3e-6};
 const tinyllm_test::tolerance norm_grad_tol{4e-6, 4e-6, 1e-5};
 // The target's element, p_t - 1, cancels when p_t is near 1: absolute error ~1e-7
@@ -91,25 +103,28 @@ const tinyllm_test::tolerance loss_grad_tol{2e-7, 1e-5, 3e-6};
 
 const index_t shapes[][2] = {{1, 1}, {3, 7}, {33, 301}, {70, 1024}};
 
-// How far a norm's dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ skip),
-// g = dout * w, amplifies float rounding. Its errors are those of its terms,
-// however much the terms cancel: rstd * g, and xhat = (x - mean) * rstd, whose
-// float error is an ulp of |x| times rstd and is multiplied by rstd again. So a
-// row's amplification is a = rstd * (1 + rstd * max|x|) / 4, the 4 making it at
-// most 1 on this test's typical rows (spread of x ~1.4, |x| <= 3, |g| <= 1.5).
+// How far a norm's backward amplifies float rounding, case by case.
+//
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) (+ skip), g = dout * w: its
+// errors are those of its terms, however much the terms cancel: rstd * g, and
+// xhat = (x - mean) * rstd, whose float error is an ulp of |x| times rstd and
+// is multiplied by rstd again. So a row's amplification is a = rstd * (1 + rstd
+// * max|x|) / 4, the 4 making it at most 1 on this test's typical rows (spread
+// of x ~1.4, |x| <= 3, |g| <= 1.5).
 // The tolerance grows with `term`, the largest a * |g| of the case, and the
 // rel-L2 bound with `cancellation`, ||a * g|| / ||dx||. A row of three values
 // can land close together: within 0.1 (rstd ~ 9), dx a twentieth of its terms,
 // an error of 4e-6; within 0.03 of each other near |x| = 2.5 (rstd ~ 32), an
 // error of 1.9e-4 on 0.52.
+//
 // dweight = sum over rows of dout * xhat carries xhat's error too: `xhat_term`
 // is the largest rstd * max|x| / 3 of the case (at most 1 on typical rows),
 // and dweight's bounds grow with it (a 1x3 row gave 4.9e-6 on 0.043).
 struct conditioning {
     double term = 0.0, cancellation = 0.0, xhat_term = 0.0;
 };
-conditioning dx_conditioning(const tensor<float, 2>& dx, const tensor<float, 2>& dout, const tensor<float, 2>& x,
-                             const tensor<float, 1>& w, bool centre) {
+conditioning norm_backward_conditioning(const tensor<float, 2>& dx, const tensor<float, 2>& dout,
+                                        const tensor<float, 2>& x, const tensor<float, 1>& w, bool centre) {
     const index_t rows = x.extent(0), D = x.extent(1);
     double largest = 0.0, terms_sq = 0.0, dx_sq = 0.0, xhat_term = 0.0;
     for (index_t r = 0; r < rows; ++r) {
@@ -161,7 +176,8 @@ TEST_CASE("activate_vectorized and its backward equal the references for every a
             auto dwant = poisoned(rows, cols), dgot = poisoned(rows, cols);
             cpu::activate_backward(dwant.view(), dout.view(), x.view(), kind);
             cpu::activate_backward_vectorized(dgot.view(), dout.view(), x.view(), kind);
-            TINYLLM_REQUIRE_CLOSE(dgot.values(), dwant.values(), derivative_tol_for(dout.values(), dwant), what + " backward");
+            TINYLLM_REQUIRE_CLOSE(dgot.values(), dwant.values(), derivative_tol_for(dout.values(), dwant.values()),
+                                  what + " backward");
 
             // In place: out = x, and dx = dout.
             auto inplace = x;
@@ -178,7 +194,8 @@ TEST_CASE("swiglu_vectorized and its backward equal the references", "[vectorize
     for (const auto& s : shapes) {
         const index_t rows = s[0], cols = s[1];
         INFO(rows << "x" << cols);
-        const auto gate = random_matrix(rows, cols, which++, -10.0f, 10.0f), up = random_matrix(rows, cols, which++, -3, 3);
+        const auto gate = random_matrix(rows, cols, which++, -10.0f, 10.0f),
+                   up = random_matrix(rows, cols, which++, -3, 3);
         const auto dout = random_matrix(rows, cols, which++, -2.0f, 2.0f);
         auto want = poisoned(rows, cols), got = poisoned(rows, cols);
         cpu::swiglu(want.view(), gate.view(), up.view());
@@ -191,7 +208,8 @@ TEST_CASE("swiglu_vectorized and its backward equal the references", "[vectorize
         cpu::swiglu_backward_vectorized(dg_got.view(), du_got.view(), dout.view(), gate.view(), up.view());
         std::vector<float> dout_up(dout.values().begin(), dout.values().end());
         for (std::size_t i = 0; i < dout_up.size(); ++i) dout_up[i] *= up.values()[i];
-        TINYLLM_REQUIRE_CLOSE(dg_got.values(), dg_want.values(), derivative_tol_for(dout_up, dg_want), "swiglu d gate");
+        TINYLLM_REQUIRE_CLOSE(dg_got.values(), dg_want.values(), derivative_tol_for(dout_up, dg_want.values()),
+                              "swiglu d gate");
         TINYLLM_REQUIRE_CLOSE(du_got.values(), du_want.values(), elementwise_tol, "swiglu d up");
         auto dg_inplace = dout;  // dgate = dout's memory, as the model calls it
         cpu::swiglu_backward_vectorized(dg_inplace.view(), du_got.view(), dg_inplace.view(), gate.view(), up.view());
@@ -255,8 +273,8 @@ TEST_CASE("the vectorized norms' backward passes equal the references", "[vector
                     cpu::residual_add_layer_norm_backward(dx_want.view(), dw_want.view(), db_want.view(), dout.view(),
                                                           skip.view(), x.view(), w.view(), 1e-5f, accumulate);
                     cpu::residual_add_layer_norm_backward_vectorized(dx_got.view(), dw_got.view(), db_got.view(),
-                                                                     dout.view(), skip.view(), x.view(), w.view(), 1e-5f,
-                                                                     accumulate);
+                                                                     dout.view(), skip.view(), x.view(), w.view(),
+                                                                     1e-5f, accumulate);
                     TINYLLM_REQUIRE_CLOSE(db_got.values(), db_want.values(), norm_grad_tol, "d bias");
                 } else {
                     cpu::residual_add_rms_norm_backward(dx_want.view(), dw_want.view(), dout.view(), skip.view(),
@@ -264,7 +282,7 @@ TEST_CASE("the vectorized norms' backward passes equal the references", "[vector
                     cpu::residual_add_rms_norm_backward_vectorized(dx_got.view(), dw_got.view(), dout.view(),
                                                                    skip.view(), x.view(), w.view(), 1e-5f, accumulate);
                 }
-                const auto [term, cancellation, xhat_term] = dx_conditioning(dx_want, dout, x, w, centre);
+                const auto [term, cancellation, xhat_term] = norm_backward_conditioning(dx_want, dout, x, w, centre);
                 const tinyllm_test::tolerance dx_tol{norm_grad_tol.abs * std::max(1.0, term), norm_grad_tol.rel,
                                                      norm_grad_tol.rel_l2 * std::max(1.0, cancellation)};
                 TINYLLM_REQUIRE_CLOSE(dx_got.values(), dx_want.values(), dx_tol, "dx");
@@ -288,14 +306,16 @@ TEST_CASE("cross_entropy_vectorized equals the reference: loss and gradient, eve
             tensor<token_id, 1> targets(extents<1>{rows});
             const auto picks = tinyllm_test::random_floats(static_cast<std::size_t>(rows), which++, 0.0f, 1.0f);
             for (index_t r = 0; r < rows; ++r)
-                targets(r) = r % 5 == 3 ? -100 : static_cast<token_id>(std::min<index_t>(V - 1, static_cast<index_t>(picks[r] * V)));
+                targets(r) = r % 5 == 3
+                                 ? -100
+                                 : static_cast<token_id>(std::min<index_t>(V - 1, static_cast<index_t>(picks[r] * V)));
             tinyllm::cross_entropy_options opts;
             if (variant == 1) opts.label_smoothing = 0.1;
             if (variant == 2) opts.reduction = tinyllm::loss_reduction::sum;
             auto want = poisoned(rows, V), got = poisoned(rows, V);
             const bool grad = variant != 3;
-            const double loss_want = cpu::cross_entropy(grad ? want.view() : tensor_view<float, 2>{}, logits.view(),
-                                                        targets.view(), opts);
+            const double loss_want =
+                cpu::cross_entropy(grad ? want.view() : tensor_view<float, 2>{}, logits.view(), targets.view(), opts);
             const double loss_got = cpu::cross_entropy_vectorized(grad ? got.view() : tensor_view<float, 2>{},
                                                                   logits.view(), targets.view(), opts);
             std::printf("  cross_entropy %ldx%ld variant %d: loss %.9g, reference %.9g, relative error %.3g\n",
@@ -320,12 +340,8 @@ TEST_CASE("cross_entropy_vectorized equals the reference: loss and gradient, eve
             if (!grad) continue;
             // The cancelling element is one per valid row, so over the tensor ||error|| <= abs * sqrt(valid),
             // which exceeds 3e-6 ||dlogits|| when every row's p_t is near 1 (the 4x5 case above: 6.7e-6).
-            double want_sq = 0.0;
-            for (const float g : want.values()) want_sq += static_cast<double>(g) * g;
-            tinyllm_test::tolerance grad_tol = loss_grad_tol;
-            if (want_sq > 0.0)
-                grad_tol.rel_l2 = std::max(grad_tol.rel_l2, grad_tol.abs * std::sqrt(static_cast<double>(valid) / want_sq));
-            TINYLLM_REQUIRE_CLOSE(got.values(), want.values(), grad_tol, "dlogits");
+            TINYLLM_REQUIRE_CLOSE(got.values(), want.values(),
+                                  rel_l2_from_abs(loss_grad_tol, static_cast<double>(valid), want.values()), "dlogits");
             auto inplace = logits;  // dlogits = logits, as the model calls it
             const double loss_inplace =
                 cpu::cross_entropy_vectorized(inplace.view(), inplace.view(), targets.view(), opts);
