@@ -22,6 +22,12 @@ at position 1000 of a 4096-position cache: apply_rotary_pos_emb on q and k, then
 key_cache.index_copy_ and value_cache.index_copy_ along the sequence. Bytes
 counted as tinyllm's rows count them: q, k, v read, q and k written, k and v
 written to the cache.
+
+Third, for `tinyllm bench qkv_rope_cache`: the same step with its projection,
+as transformers' LlamaAttention runs it for one token (M = 1 row, hidden size
+2048): q_proj, k_proj and v_proj (three bf16 GEMMs, F.linear), the rotation of
+q and k, and the two index_copy_ into the StaticCache. Bytes counted as
+tinyllm's rows count them: the weights (3072 x 2048), x, qkv and the cache rows.
 """
 from _timing import Results, parse_args, require_cuda_torch, time_cuda
 
@@ -83,4 +89,30 @@ stride = (Hq + 2 * Hkv) * Dh
 results.add(f"rope_cache/pytorch_eager/B={Bd},Hq={Hq},Hkv={Hkv},Dh={Dh},bf16",
             time_cuda(torch, decode_rope_and_cache, args.repeats, args.warmup),
             bytes=2.0 * Bd * (stride + (Hq + Hkv) * Dh + 2 * Hkv * Dh))
+
+# qkv_rope_cache: M = 1 row of h (1, 1, 2048); Wq (2048, 2048), Wk and Wv (512, 2048), scaled as tinyllm's bench.
+M, Dm = 1, 2048
+hm = torch.rand(M, 1, Dm, device="cuda", dtype=torch.bfloat16) * 2 - 1
+wq, wk, wv = ((torch.rand(n, Dm, device="cuda", dtype=torch.bfloat16) * 2 - 1) / Dm ** 0.5
+              for n in (Hq * Dh, Hkv * Dh, Hkv * Dh))
+key_cache_m = torch.zeros(M, Hkv, capacity, Dh, device="cuda", dtype=torch.bfloat16)
+value_cache_m = torch.zeros_like(key_cache_m)
+cos_m, sin_m = cos_d[:M], sin_d[:M]
+
+
+def decode_qkv_rope_and_cache():
+    q = torch.nn.functional.linear(hm, wq).view(M, 1, Hq, Dh).transpose(1, 2)   # (M, Hq, 1, Dh)
+    k = torch.nn.functional.linear(hm, wk).view(M, 1, Hkv, Dh).transpose(1, 2)
+    v = torch.nn.functional.linear(hm, wv).view(M, 1, Hkv, Dh).transpose(1, 2)
+    q_rot = q * cos_m + rotate_half(q) * sin_m
+    k_rot = k * cos_m + rotate_half(k) * sin_m
+    key_cache_m.index_copy_(2, cache_position, k_rot)
+    value_cache_m.index_copy_(2, cache_position, v)
+    return q_rot
+
+
+results.add(f"qkv_rope_cache/pytorch_eager/M={M},D={Dm},Hq={Hq},Hkv={Hkv},Dh={Dh},bf16",
+            time_cuda(torch, decode_qkv_rope_and_cache, args.repeats, args.warmup),
+            bytes=2.0 * (stride * Dm + M * Dm + M * stride + 2 * M * Hkv * Dh),
+            flops=2.0 * M * stride * Dm)
 results.write(args.json)

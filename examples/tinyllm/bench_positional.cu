@@ -9,6 +9,7 @@
 // and compares with the CPU reference (float math on the same bf16 inputs).
 #include "registry.hpp"
 
+#include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/timing.cuh>
@@ -157,4 +158,98 @@ TINYLLM_BENCH("rope_cache", "a decode step's RoPE on q, k and KV-cache write, Ll
     ctx.rows.push_back({"rope_write_cache", "cuda", fused_t,
                         differ == 0 ? std::string("bit-exact") : std::to_string(differ) + " values differ", differ == 0,
                         false});
+}
+
+// `tinyllm bench qkv_rope_cache`: a decode step's QKV projection, RoPE and
+// KV-cache write on the Llama-3.2-1B shape (D = 2048, Hq = 32, Hkv = 8,
+// Dh = 64, bf16), M rows of h (one token of M sequences at position 1000 of a
+// (M, 4096, Hkv, Dh) cache; --size M, at most 8). Two ways:
+//   cuBLAS + rope_write_cache   the GEMM, then RoPE v3 (rotation and cache write)
+//   qkv_rope_write_cache        RoPE v4: a GEMV with the rotation and the store
+//                               in its epilogue, one launch
+// Bytes: Wqkv (3072 x 2048 bf16, 12.6 MB) read once dominates; x, qkv and the
+// cache rows are counted too. v4 rounds q and k once where the pair rounds
+// twice, so the check is a tolerance (rel-L2 <= 1e-2, a few bf16 roundings),
+// not bits.
+TINYLLM_BENCH("qkv_rope_cache", "a decode step's QKV projection + RoPE + KV-cache write, Llama-3.2-1B shape (D 2048, 32 q, 8 kv, Dh 64), bf16: --size M rows (default 1, at most 8; simulated GPU: D 256)", 1) {
+    if (!ctx.gpu_available) return;
+    using T = tinyllm::bfloat16;
+    const long long M = ctx.size_or(1, 1), Hq = 32, Hkv = 8, Dh = 64;
+    const long long D = ctx.simulated ? 256 : 2048, capacity = ctx.simulated ? 64 : 4096;
+    const long long position = ctx.simulated ? 10 : 1000;
+    if (M > tc::detail::qkv_gemv_max_rows) {
+        ctx.out << "  qkv_rope_cache: --size " << M << " rows; RoPE v4 takes at most " << tc::detail::qkv_gemv_max_rows
+                << " (a decode step)\n";
+        return;
+    }
+    const long long N = (Hq + 2 * Hkv) * Dh, width = Hkv * Dh;
+    const auto random_bf16 = [](long long n, std::uint64_t seed, float scale) {
+        std::vector<float> f(static_cast<std::size_t>(n));
+        tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(f.data(), {n}), seed, -scale, scale);
+        std::vector<T> out(f.size());
+        for (std::size_t i = 0; i < f.size(); ++i) out[i] = tinyllm::float_to_bf16(f[i]);
+        return out;
+    };
+    const auto d_x = tc::to_device(random_bf16(M * D, 21, 1.0f));
+    const auto d_w = tc::to_device(random_bf16(N * D, 22, 1.0f / std::sqrt(static_cast<float>(D))));
+    const auto d_pos = tc::to_device(std::vector<std::int64_t>(static_cast<std::size_t>(M), position));
+    const auto d_start = tc::to_device(std::vector<std::int32_t>(static_cast<std::size_t>(M), static_cast<std::int32_t>(position)));
+    const auto d_count = tc::to_device(std::vector<std::int32_t>(static_cast<std::size_t>(M), 1));
+    const tc::detail::contiguous_cache_rows rows{1, capacity, d_start.data(), d_count.data()};
+    tinyllm::rope_config cfg;
+    cfg.rotary_dim = Dh;
+    cfg.theta = 500000.0;
+    const auto rope = tc::make_rope_cache(cfg, capacity);
+    tc::device_buffer<T> qkv(static_cast<std::size_t>(M * N)), keys(static_cast<std::size_t>(M * capacity * width)),
+        values(static_cast<std::size_t>(M * capacity * width));
+    const tc::cublas_handle handle;
+    const auto unfused = [&] {
+        tc::linear<T>(qkv.view(tinyllm::extents<2>{M, N}), d_x.view(tinyllm::extents<2>{M, D}),
+                      d_w.view(tinyllm::extents<2>{N, D}), {}, handle);
+        tc::detail::rope_write_cache(keys.data(), values.data(), rows, qkv.data(), M, N, Hq, Hkv, Dh, d_pos.data(),
+                                     &rope, nullptr);
+    };
+    const auto fused = [&] {
+        tc::detail::qkv_rope_write_cache(qkv.data(), keys.data(), values.data(), rows, d_x.data(), M, d_w.data(),
+                                         nullptr, D, Hq, Hkv, Dh, d_pos.data(), &rope, nullptr);
+    };
+    // One run of each into poisoned outputs: qkv and the cache rows written.
+    const auto result_of = [&](const auto& work) {
+        qkv.poison();
+        keys.poison();
+        values.poison();
+        work();
+        std::vector<T> all = tc::to_host(qkv);
+        for (const auto* cache : {&keys, &values}) {
+            const std::vector<T> c = tc::to_host(*cache);
+            for (long long b = 0; b < M; ++b) {
+                const auto row = c.begin() + (b * capacity + position) * width;
+                all.insert(all.end(), row, row + width);
+            }
+        }
+        return all;
+    };
+    const std::vector<T> want = result_of(unfused), got = result_of(fused);
+    double diff2 = 0.0, ref2 = 0.0, max_abs = 0.0;
+    bool finite = true;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        const double g = tinyllm::to_float(got[i]), r = tinyllm::to_float(want[i]);
+        finite = finite && std::isfinite(g) && std::isfinite(r);
+        diff2 += (g - r) * (g - r);
+        ref2 += r * r;
+        max_abs = std::max(max_abs, std::fabs(g - r));
+    }
+    const double rel_l2 = ref2 > 0.0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+    const bool agrees = finite && rel_l2 <= 1e-2;
+    std::ostringstream check;
+    check << (finite ? "" : "non-finite values; ") << "max-abs " << max_abs << ", rel-L2 " << rel_l2;
+    const std::string shape = "M=" + std::to_string(M) + ",D=" + std::to_string(D) + ",Hq=32,Hkv=8,Dh=64,bf16";
+    const double bytes = static_cast<double>(N * D + M * D + M * N + 2 * M * width) * sizeof(T);
+    const double flops = 2.0 * static_cast<double>(M * N * D);
+    tc::timing_options options;
+    options.repeats = ctx.repeats;
+    const auto unfused_t = tc::time_gpu("qkv_rope_cache/cublas_rope_write_cache/" + shape, unfused, bytes, flops, options);
+    ctx.rows.push_back({"cuBLAS + rope_write_cache", "cuda", unfused_t, "the reference", true, true});
+    const auto fused_t = tc::time_gpu("qkv_rope_cache/qkv_rope_write_cache/" + shape, fused, bytes, flops, options);
+    ctx.rows.push_back({"qkv_rope_write_cache", "cuda", fused_t, check.str(), agrees, false});
 }

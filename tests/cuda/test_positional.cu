@@ -1,5 +1,6 @@
 // CUDA tests for <tinyllm/cuda/positional.cuh>: RoPE v1 (on the fly), v2
-// (cached) and v3 (with the KV-cache write, bit for bit against v2 and a copy),
+// (cached), v3 (with the KV-cache write, bit for bit against v2 and a copy) and
+// v4 (in the QKV GEMV's epilogue, against the projection followed by v3),
 // the cos/sin cache, sinusoidal and learned additions — each against
 // the CPU reference in <tinyllm/positional.hpp>, for float, bfloat16 and
 // float16, int32 and int64 positions, odd sizes (D not a multiple of the
@@ -25,8 +26,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace tc = tinyllm::cuda;
@@ -465,12 +468,181 @@ void check_rope_write_cache_all() {
         }
 }
 
+
+// v4, qkv_rope_write_cache (the projection, RoPE and the cache write in one
+// GEMV), against what it replaces: qkv = x W^T + b (here in double on the host,
+// rounded to T as cuBLAS's output is), then v3 on the device. v4 rounds q and k
+// once where that path rounds twice, so they agree within the storage type's
+// rounding: float abs 1e-5 + rel 1e-5 (with w scaled by 1/sqrt(K) the values
+// are O(1), and a float dot product's rounding errors, which add up like a
+// random walk, stay below 1e-6 of them up to K = 1290), bfloat16 abs 1.5e-2 + rel 1e-2 (an extra
+// half-ulp of a and of b, 2^-9 (|a| + |b|), enters the rotated values).
+// qkv is poisoned before v4 runs: every element must be written; cache rows
+// nobody keeps must stay poison.
+template <class T, class Rows>
+void check_qkv_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, index_t K, bool with_bias,
+                                const tc::rope_cache* rope, const std::vector<std::int64_t>& positions,
+                                const std::vector<index_t>& dest, index_t cache_rows, Rows rows, std::uint64_t which,
+                                const std::string& what) {
+    INFO(what);
+    const index_t tokens = static_cast<index_t>(positions.size()), N = (Hq + 2 * Hkv) * Dh, width = Hkv * Dh;
+    const float w_scale = 1.0f / std::sqrt(static_cast<float>(K));
+    const std::vector<T> x = to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(tokens * K), which));
+    const std::vector<T> w = to_storage<T>(
+        tinyllm_test::random_floats(static_cast<std::size_t>(N * K), which + 1, -w_scale, w_scale));
+    const std::vector<T> bias =
+        with_bias ? to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(N), which + 2, -0.5f, 0.5f))
+                  : std::vector<T>{};
+    std::vector<float> projected(static_cast<std::size_t>(tokens * N));
+    for (index_t r = 0; r < tokens; ++r)
+        for (index_t n = 0; n < N; ++n) {
+            double sum = with_bias ? tinyllm::to_float(bias[static_cast<std::size_t>(n)]) : 0.0;
+            for (index_t k = 0; k < K; ++k)
+                sum += static_cast<double>(tinyllm::to_float(x[static_cast<std::size_t>(r * K + k)])) *
+                       tinyllm::to_float(w[static_cast<std::size_t>(n * K + k)]);
+            projected[static_cast<std::size_t>(r * N + n)] = static_cast<float>(sum);
+        }
+    const T nan = tinyllm::from_float<T>(std::numeric_limits<float>::quiet_NaN());
+    const std::vector<T> poison(static_cast<std::size_t>(cache_rows * width), nan);
+    const auto pos = tc::to_device(positions);
+
+    // What v4 replaces: the projection's output in T, then v3.
+    auto qkv_ref = tc::to_device(to_storage<T>(projected));
+    auto keys_ref = tc::to_device(poison), values_ref = tc::to_device(poison);
+    tc::detail::rope_write_cache(keys_ref.data(), values_ref.data(), rows, qkv_ref.data(), tokens, N, Hq, Hkv, Dh,
+                                 pos.data(), rope, nullptr);
+
+    // v4.
+    const auto d_x = tc::to_device(x), d_w = tc::to_device(w), d_bias = tc::to_device(bias);
+    tc::device_buffer<T> qkv(static_cast<std::size_t>(tokens * N));
+    qkv.poison();
+    auto keys = tc::to_device(poison), values = tc::to_device(poison);
+    tc::detail::qkv_rope_write_cache(qkv.data(), keys.data(), values.data(), rows, d_x.data(), tokens, d_w.data(),
+                                     with_bias ? d_bias.data() : nullptr, K, Hq, Hkv, Dh, pos.data(), rope, nullptr);
+
+    tinyllm_test::tolerance tol{1e-5, 1e-5, 1e-5};
+    if constexpr (std::is_same_v<T, tinyllm::bfloat16>) tol = {1.5e-2, 1e-2, 1e-2};
+    TINYLLM_REQUIRE_CLOSE(to_floats(tc::to_host(qkv)), to_floats(tc::to_host(qkv_ref)), tol, "qkv " + what);
+    // The kept cache rows agree; the others are still poison.
+    std::size_t kept = 0;
+    for (const auto& [got_buf, want_buf] : {std::pair{&keys, &keys_ref}, std::pair{&values, &values_ref}}) {
+        const std::vector<float> got = to_floats(tc::to_host(*got_buf)), want = to_floats(tc::to_host(*want_buf));
+        std::vector<float> got_kept, want_kept;
+        kept = 0;
+        for (const index_t d : dest) {
+            if (d < 0) continue;
+            ++kept;
+            got_kept.insert(got_kept.end(), got.begin() + d * width, got.begin() + (d + 1) * width);
+            want_kept.insert(want_kept.end(), want.begin() + d * width, want.begin() + (d + 1) * width);
+        }
+        TINYLLM_REQUIRE_CLOSE(got_kept, want_kept, tol, (got_buf == &keys ? "keys " : "values ") + what);
+        const std::size_t poisoned = static_cast<std::size_t>(std::count_if(got.begin(), got.end(), [](float v) {
+            return std::isnan(v);
+        }));
+        REQUIRE(poisoned == (static_cast<std::size_t>(cache_rows) - kept) * static_cast<std::size_t>(width));
+    }
+    std::printf("  qkv_rope_write_cache %s: %lld tokens, %zu kept, K = %lld\n", what.c_str(),
+                static_cast<long long>(tokens), kept, static_cast<long long>(K));
+}
+
+template <class T>
+void check_qkv_rope_write_cache_all() {
+    const bool bf = std::is_same_v<T, tinyllm::bfloat16>;
+    std::uint64_t which = bf ? 9600 : 9500;
+    // (Hq, Hkv, Dh, K, rotary_dim): 16-byte loads (K = 32); K = 30 (scalar loads) with
+    // 3 pairs per head; a partial rotary (4 of 6 features turn); an odd head dim (no
+    // RoPE: its last feature goes alone); MQA; K = 1288 and 1290, which take the
+    // kernel's unrolled steps (4 loads per lane, 32 lanes) and end inside one
+    // (vector and scalar loads).
+    const index_t shapes[][5] = {{4, 2, 16, 32, 0}, {3, 1, 6, 30, 0}, {2, 1, 6, 40, 4},   {2, 1, 5, 32, -1},
+                                 {4, 1, 16, 32, 0}, {2, 1, 8, 1288, 0}, {1, 1, 8, 1290, 0}};
+    int count = 0;
+    for (const auto& sh : shapes)
+        for (int variant = 0; variant < 3; ++variant) {  // RoPE rotate_half, RoPE interleaved, none (GPT-2)
+            const index_t Hq = sh[0], Hkv = sh[1], Dh = sh[2], K = sh[3];
+            const bool with_rope = variant < 2 && sh[4] >= 0;
+            if (sh[4] < 0 && variant < 2) continue;  // an odd head dim has no rotation
+            const tinyllm::rope_pairing pairing =
+                variant == 1 ? tinyllm::rope_pairing::interleaved : tinyllm::rope_pairing::rotate_half;
+            tinyllm::rope_config cfg;
+            cfg.pairing = pairing;
+            cfg.rotary_dim = sh[4] > 0 ? sh[4] : 0;
+            // A table of 8 positions: later ones are computed (the table's fallback).
+            std::optional<tc::rope_cache> table;
+            if (with_rope) table = tc::make_rope_cache(tinyllm::resolve_rope(cfg, Dh), 8);
+            const tc::rope_cache* rope = with_rope ? &*table : nullptr;
+            const bool with_bias = ++count % 2 == 0;
+            const std::string shape =
+                std::to_string(Hq) + "/" + std::to_string(Hkv) + "/" + std::to_string(Dh) +
+                (with_rope ? std::string(" ") + std::string(tinyllm::to_string(pairing)) +
+                                 (sh[4] > 0 ? " rotary " + std::to_string(sh[4]) : std::string())
+                           : std::string(" no rope")) +
+                (with_bias ? " bias" : "") + (bf ? " bf16" : " float");
+
+            // A session: B = 2 rows of n = 4 tokens (8, the most a launch takes); row 1 keeps 1.
+            const index_t n = 4, capacity = 16;
+            const std::vector<std::int32_t> start = {3, 9}, count_kept = {4, 1};
+            std::vector<std::int64_t> positions;
+            std::vector<index_t> dest;
+            for (index_t b = 0; b < 2; ++b)
+                for (index_t t = 0; t < n; ++t) {
+                    const auto bi = static_cast<std::size_t>(b);
+                    positions.push_back(start[bi] + t);
+                    dest.push_back(t < count_kept[bi] ? b * capacity + start[bi] + t : -1);
+                }
+            const auto d_start = tc::to_device(start), d_count = tc::to_device(count_kept);
+            check_qkv_rope_write_cache<T>(Hq, Hkv, Dh, K, with_bias, rope, positions, dest, 2 * capacity,
+                                          tc::detail::contiguous_cache_rows{n, capacity, d_start.data(), d_count.data()},
+                                          which, "session " + shape);
+            which += 3;
+
+            // A paged decode step: 5 rows of 2 sequences in blocks of 4 (pool of 5 blocks).
+            const index_t max_blocks = 3, block_size = 4;
+            const std::vector<std::int32_t> tables = {2, 0, -1, 1, 3, 4}, seq = {0, 1, 1, 1, 0}, pos = {5, 9, 10, 0, 6};
+            std::vector<std::int64_t> paged_positions(pos.begin(), pos.end());
+            std::vector<index_t> paged_dest;
+            for (std::size_t r = 0; r < seq.size(); ++r)
+                paged_dest.push_back(tables[static_cast<std::size_t>(seq[r] * max_blocks + pos[r] / block_size)] *
+                                         block_size +
+                                     pos[r] % block_size);
+            const auto d_tables = tc::to_device(tables), d_seq = tc::to_device(seq), d_pos = tc::to_device(pos);
+            check_qkv_rope_write_cache<T>(
+                Hq, Hkv, Dh, K, with_bias, rope, paged_positions, paged_dest, 5 * block_size,
+                tc::detail::paged_cache_rows{d_tables.data(), max_blocks, block_size, d_seq.data(), d_pos.data()},
+                which, "paged " + shape);
+            which += 3;
+        }
+}
+
 }  // namespace
 
 TEST_CASE("RoPE v3: rotation and KV-cache write in one launch give v2's bits and the copy",
           "[cuda][positional][rope][fused]") {
     check_rope_write_cache_all<float>();
     check_rope_write_cache_all<tinyllm::bfloat16>();
+}
+
+TEST_CASE("RoPE v4: the QKV GEMV with RoPE and the cache write in its epilogue matches projection + v3",
+          "[cuda][positional][rope][fused]") {
+    check_qkv_rope_write_cache_all<float>();
+    check_qkv_rope_write_cache_all<tinyllm::bfloat16>();
+}
+
+TEST_CASE("v4 rejects more rows than a launch takes, and a rotary dim wider than the head",
+          "[cuda][positional][rope][errors]") {
+    tc::device_buffer<float> buf(4096);
+    const std::vector<std::int32_t> zero(16, 0);
+    const auto d_zero = tc::to_device(zero);
+    const tc::detail::contiguous_cache_rows rows{1, 4, d_zero.data(), d_zero.data()};
+    const auto d_pos = tc::to_device(std::vector<std::int64_t>(16, 0));
+    tinyllm::rope_config cfg;
+    const tc::rope_cache table = tc::make_rope_cache(tinyllm::resolve_rope(cfg, 16), 8);
+    CHECK_THROWS_WITH(tc::detail::qkv_rope_write_cache(buf.data(), buf.data(), buf.data(), rows, buf.data(), 9,
+                                                       buf.data(), nullptr, 8, 1, 1, 16, d_pos.data(), &table, nullptr),
+                      Catch::Contains("at most 8"));
+    CHECK_THROWS_WITH(tc::detail::qkv_rope_write_cache(buf.data(), buf.data(), buf.data(), rows, buf.data(), 1,
+                                                       buf.data(), nullptr, 8, 1, 1, 8, d_pos.data(), &table, nullptr),
+                      Catch::Contains("rotary_dim 16 is larger than head_dim 8"));
 }
 
 TEST_CASE("sinusoidal and learned additions match the CPU reference", "[cuda][positional][absolute]") {

@@ -10,6 +10,8 @@
 //         qkv = h Wqkv^T (+ b)                 ONE cuBLAS GEMM: Wq, Wk, Wv stacked at load time
 //         q, k = rope(q, k, positions)         ONE kernel, positional.cuh's rope_write_cache (RoPE v3): v2's
 //         cache[b, L_b + t] = k, v             rotation in place on qkv, then k, v into the (B, capacity, Hkv, Dh) cache
+//                                              (a decode step, at most 8 rows: these three are ONE kernel, RoPE v4's
+//                                              qkv_rope_write_cache, a GEMV that rotates and stores in its epilogue)
 //         a = attention(q, cache)              decode.cuh for a few queries, mma.cuh (bf16, Dh 64/128)
 //                                              or flash.cuh (anything else) for a prompt
 //         x, h = x + a Wo^T, norm2(...)         cuBLAS + residual_add_*_norm (one pass)
@@ -777,10 +779,12 @@ private:
         opts.causal = true;
         opts.key_lengths = tensor_view<const std::int32_t, 1>(d_key_length, {B});
 
-        // Each layer's attention, from qkv into attn: RoPE, the cache write, attention.
+        // Each layer's attention, from h into attn: the QKV projection, RoPE, the cache write, attention.
         const auto attend_layer = [&](index_t l) {
             const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(B));
+            const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
             if (s.kv == cpu::model::kv_dtype::int8) {
+                project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
                 if (c.arch != model_arch::gpt2) {  // q's and k's heads are adjacent in a row of qkv: one launch
                     const tensor_view<T, 4> qk(qkv.data(), {B, n, Hq + Hkv, Dh}, qkv_strides);
                     apply_rope_cached(qk, pos_v, rope_, stream);
@@ -811,29 +815,30 @@ private:
             } else {
                 T* cache_k = s.keys[static_cast<std::size_t>(l)].data();
                 T* cache_v = s.values[static_cast<std::size_t>(l)].data();
-                // q, k = rope(q, k); cache rows [start_b, start_b + count_b) = k, v: one launch.
-                detail::rope_write_cache(cache_k, cache_v, detail::contiguous_cache_rows{n, s.capacity, d_start, d_count},
-                                         qkv.data(), rows, qkv_out, Hq, Hkv, Dh, s.positions.data(),
-                                         c.arch != model_arch::gpt2 ? &rope_ : nullptr, stream);
+                // qkv = h Wqkv^T; q, k = rope(q, k); cache rows [start_b, start_b + count_b) = k, v.
+                project_qkv_write_cache(qkv, h, L, cache_k, cache_v,
+                                        detail::contiguous_cache_rows{n, s.capacity, d_start, d_count},
+                                        s.positions.data(), stream);
                 const tensor_view<const T, 4> keys(cache_k, {B, tk, Hkv, Dh}, cache_strides);
                 const tensor_view<const T, 4> values(cache_v, {B, tk, Hkv, Dh}, cache_strides);
                 attend(attn4, q, keys, values, opts, s.attention_ws, stream);
             }
         };
-        run_decoder(s, x, h, delta, qkv, attn, ids_v, pos_v, attend_layer, stream);
+        run_decoder(s, x, h, delta, attn, ids_v, pos_v, attend_layer, stream);
         // logits = h W^T for the rows asked for.
         return all_positions ? logits_of(s, h, nullptr, rows, stream) : logits_of(s, h, d_last_row, B, stream);
     }
 
     // The decoder around attention, shared by forward_device and
     // forward_batch_device: x = embed(ids) (+ learned positions), then for each
-    // layer the first norm, the QKV GEMM, attend_layer(l) (the caller's RoPE,
-    // cache write and attention, from qkv into attn), the output GEMM, the
-    // second norm and the FFN; h = the final norm of x.
-    //   x, h, delta (B·n, D); qkv (B·n, (Hq + 2 Hkv) Dh); attn (B·n, Hq Dh); ids, positions (B, n)
+    // layer the first norm, attend_layer(l) (the caller's QKV projection, RoPE,
+    // cache write and attention, from h through qkv into attn; see
+    // project_qkv_write_cache), the output GEMM, the second norm and the FFN;
+    // h = the final norm of x.
+    //   x, h, delta (B·n, D); attn (B·n, Hq Dh); ids, positions (B, n)
     template <class AttendLayer>
     void run_decoder(session& s, tensor_view<T, 2> x, tensor_view<T, 2> h, tensor_view<T, 2> delta,
-                     tensor_view<T, 2> qkv, tensor_view<T, 2> attn, tensor_view<const token_id, 2> ids,
+                     tensor_view<T, 2> attn, tensor_view<const token_id, 2> ids,
                      tensor_view<const std::int64_t, 2> positions, const AttendLayer& attend_layer,
                      cudaStream_t stream) const {
         const model_config& c = config_;
@@ -846,8 +851,7 @@ private:
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
             if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
             else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
-            project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
-            attend_layer(l);  // qkv -> attn
+            attend_layer(l);  // h -> qkv -> attn
             project(delta, attn, L.wo, L.wo_q, L.bo, stream);
             residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
             ffn(s, delta, h, L, stream);
@@ -951,6 +955,31 @@ private:
         }
         quantization_ = host.quantization();
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+
+    // qkv = h Wqkv^T (+ b), q and k rotated at their positions (not GPT-2), and k,
+    // v stored into the cache rows `rows` gives each token. For a few rows (a
+    // decode step) of dense weights: ONE kernel, RoPE v4 (positional.cuh's
+    // qkv_rope_write_cache, a GEMV with the rotation and the store in its
+    // epilogue). Otherwise the projection (cuBLAS, or a quantized rung), then
+    // RoPE v3 (rope_write_cache).
+    //   qkv (m, (Hq + 2 Hkv) Dh); h (m, D); positions (m)
+    template <class Rows>
+    void project_qkv_write_cache(tensor_view<T, 2> qkv, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
+                                 T* cache_k, T* cache_v, Rows rows, const std::int64_t* positions,
+                                 cudaStream_t stream) const {
+        const model_config& c = config_;
+        const rope_cache* rope = c.arch != model_arch::gpt2 ? &rope_ : nullptr;
+        const index_t m = h.extent(0);
+        if (!L.wqkv_q && m <= detail::qkv_gemv_max_rows) {
+            detail::qkv_rope_write_cache(qkv.data(), cache_k, cache_v, rows, h.data(), m, L.wqkv.buffer.data(),
+                                         L.bqkv.empty() ? nullptr : L.bqkv.buffer.data(), c.hidden_size, c.num_heads,
+                                         c.num_kv_heads, c.head_dim, positions, rope, stream);
+            return;
+        }
+        project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
+        detail::rope_write_cache(cache_k, cache_v, rows, qkv.data(), m, qkv.extent(1), c.num_heads, c.num_kv_heads,
+                                 c.head_dim, positions, rope, stream);
     }
 
     // out = x W^T + bias with W dense, or quantized (then the rung by the number of rows; see the top).

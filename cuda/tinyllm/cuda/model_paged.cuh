@@ -40,6 +40,7 @@
 //         qkv = h Wqkv^T (+ b)              ONE GEMM over all N rows (the model's project: dense or quantized)
 //         q, k = rope(q, k, pos_r)          ONE kernel, positional.cuh's rope_write_cache: the rotation at each
 //         block(r) = k_r, v_r               row's own position, then k, v into block_tables(seq_r, pos_r / bs), row pos_r % bs
+//                                           (N <= 8 rows of dense weights: the three are ONE kernel, RoPE v4)
 //         a = attention                     decode rows: ONE attention_paged call (B = k + 1, Tq = 1);
 //                                           a chunk with Hq/Hkv * n <= 32 rows: attention_paged (B = 1, Tq = n);
 //                                           a longer chunk: paged prefill rung 1 (below)
@@ -417,14 +418,15 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
     attention_options opts;
     opts.causal = true;
 
-    // Each layer's attention, from qkv into attn (the decoder around it: run_decoder, with
+    // Each layer's attention, from h through qkv into attn (the decoder around it: run_decoder, with
     // each row's own position for RoPE and GPT-2's learned positions).
     const auto attend_layer = [&](index_t l) {
-        // q, k = rope(q, k) at each row's position; each row's k, v into its block: one launch.
-        detail::rope_write_cache(pool.keys(l).data(), pool.values(l).data(),
-                                 detail::paged_cache_rows{d_tables, max_blocks, block_size, d_row_seq, d_row_pos},
-                                 qkv.data(), N, qkv_out, Hq, Hkv, Dh, w.positions.data(),
-                                 c.arch != model_arch::gpt2 ? &rope_ : nullptr, stream);
+        // qkv = h Wqkv^T; q, k = rope(q, k) at each row's position; each row's k, v into its block
+        // (one kernel for a step of at most 8 rows: RoPE v4).
+        project_qkv_write_cache(qkv, h, layers_[static_cast<std::size_t>(l)], pool.keys(l).data(),
+                                pool.values(l).data(),
+                                detail::paged_cache_rows{d_tables, max_blocks, block_size, d_row_seq, d_row_pos},
+                                w.positions.data(), stream);
         const tensor_view<const T, 4> keys_l = pool.keys(l), values_l = pool.values(l);
 
         // Decode rows: one call over the first `decoders` rows.             q, out (decoders, 1, Hq, Dh)
@@ -453,7 +455,7 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
             }
         }
     };
-    run_decoder(w, x, h, delta, qkv, attn, tensor_view<const token_id, 2>(w.ids.data(), {1, N}), pos_v, attend_layer,
+    run_decoder(w, x, h, delta, attn, tensor_view<const token_id, 2>(w.ids.data(), {1, N}), pos_v, attend_layer,
                 stream);
     // Each session's last row, in the order of `sessions`, through the output projection.  (S, D) -> (S, V)
     return logits_of(w, h, d_last_row, S, stream);

@@ -32,6 +32,15 @@
 //                  block tables). Same rotation code, so the same bits as v2; the
 //                  saving is a launch per layer, which is what a decode step's
 //                  tiny kernels cost (`tinyllm bench rope_cache`).
+//   v4 in the      one step further back: for a few rows (decoding),
+//   projection's   detail::qkv_rope_write_cache computes qkv = h Wqkv^T (+ b)
+//   epilogue       itself, a GEMV with a warp per rotation pair (the two rows of
+//                  Wqkv whose outputs RoPE turns together), and rotates and
+//                  stores the results from registers: q and k never make the
+//                  round trip through memory between the product and the
+//                  rotation, and the step loses the rotation's launch too.
+//                  Not v3's bits (q, k are rounded once, not twice), within a
+//                  rounding of them (`tinyllm bench qkv_rope_cache`).
 //
 // All rungs rotate with 16-byte vector loads and stores (8 bf16/fp16 or 4 floats)
 // when the layout allows it — head dim contiguous, pointer and strides multiples
@@ -62,6 +71,8 @@
 // positions as ids; x's gradient is dout itself (an addition passes it on).
 #pragma once
 
+#include <tinyllm/cuda/activation.cuh>  // detail::load_floats
+#include <tinyllm/cuda/attention_common.cuh>  // detail::warp_sum
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/embedding.cuh>
@@ -112,6 +123,20 @@ struct alignas(16) rope_vector {
     T v[V];
 };
 
+// The cosine and sine of pair i at position pos: from the table (cache_cos,
+// cache_sin: (cache_rows, rotary_dim/2)) when it holds pos, else computed with
+// the table's own sincosf, so both give the same values. cfg is resolved.
+__device__ inline void rope_angle_of(float* cos_out, float* sin_out, index_t pos, index_t i, const rope_config& cfg,
+                                     const float* cache_cos, const float* cache_sin, index_t cache_rows) {
+    const index_t pairs = cfg.rotary_dim / 2;
+    if (cache_cos != nullptr && pos >= 0 && pos < cache_rows) {
+        *cos_out = cache_cos[pos * pairs + i];
+        *sin_out = cache_sin[pos * pairs + i];
+    } else {
+        tinyllm::detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), pos), sin_out, cos_out);
+    }
+}
+
 // Block-wide: s_cos[i], s_sin[i] = the rotation of pair i at position pos, for
 // the rotary_dim/2 pairs of cfg (resolved), then a __syncthreads. cache_cos ==
 // nullptr: v1 (compute); otherwise v2 (read the table; a position outside it is
@@ -121,15 +146,8 @@ struct alignas(16) rope_vector {
 __device__ inline void rope_load_angles(float* s_cos, float* s_sin, index_t pos, const rope_config& cfg,
                                         const float* cache_cos, const float* cache_sin, index_t cache_rows,
                                         float sin_sign) {
-    const index_t pairs = cfg.rotary_dim / 2;
-    const bool from_cache = cache_cos != nullptr && pos >= 0 && pos < cache_rows;
-    for (index_t i = threadIdx.x; i < pairs; i += blockDim.x) {
-        if (from_cache) {
-            s_cos[i] = cache_cos[pos * pairs + i];
-            s_sin[i] = cache_sin[pos * pairs + i];
-        } else {
-            tinyllm::detail::sin_cos(rope_angle(rope_inverse_frequency(cfg, i), pos), &s_sin[i], &s_cos[i]);
-        }
+    for (index_t i = threadIdx.x; i < cfg.rotary_dim / 2; i += blockDim.x) {
+        rope_angle_of(&s_cos[i], &s_sin[i], pos, i, cfg, cache_cos, cache_sin, cache_rows);
         s_sin[i] *= sin_sign;
     }
     __syncthreads();
@@ -410,6 +428,180 @@ void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, ind
     else
         launch(rope_write_cache_kernel<T, 1, Rows>, static_cast<unsigned>(tokens), 128, shared, stream, keys, values,
                rows, qkv, stride, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+
+// ---- v4: RoPE in the QKV projection's epilogue ---------------------------------
+//
+// A decode step computes qkv = h Wqkv^T (+ b) for a few rows of h, then v3
+// rotates and stores. v4 does the projection itself, as a GEMV, and rotates the
+// results while they are still in registers:
+//
+//     a warp per rotation pair: the two features (f0, f1) that RoPE turns
+//     together (rotate_half: i and i + R/2 of a head; interleaved: 2i, 2i + 1)
+//     are two rows of Wqkv. The warp reads both rows once (16-byte vectors,
+//     lanes striding over K, four loads of each row in flight per lane: a
+//     Llama-3.2-1B step has only ~12 of these warps per SM of an H100, and
+//     streaming memory needs more bytes in flight than one load per warp),
+//     dots them with every row m of h (at most 8:
+//     decoding), sums over the warp with shuffles, and then lane m adds the
+//     bias, rotates (f0, f1) by row m's angle (the table's value, or the same
+//     sincosf past it) and writes them: to qkv, and for k and v also to the
+//     token's cache row (the same functors as v3).
+//
+// Features RoPE leaves alone (v's heads, a partial rotary's tail, GPT-2's
+// everything) go two neighbours per warp through the same code, unrotated.
+// What it saves against cuBLAS + v3: one launch per layer, and q and k
+// rounded once instead of twice (after the product, then after the rotation):
+// the result is not v3's bits but within a rounding of them. Like any GEMV at
+// a few rows, the weights' bytes set its time: 12.6 MB for Llama-3.2-1B's
+// Wqkv in bf16, about 3 µs at 4 TB/s, against a few µs per launch it removes
+// (expected, not measured on a GPU: `tinyllm bench qkv_rope_cache`).
+inline constexpr int qkv_gemv_warps = 4;     // rotation pairs (warps) per block
+inline constexpr int qkv_gemv_max_rows = 8;  // rows of h per launch
+inline constexpr int qkv_gemv_unroll = 4;    // 16-byte loads of each weight row in flight per lane
+
+// The features (n0, n1) of a row of qkv that warp `unit` computes, and the RoPE
+// pair that rotates them (pair < 0: none). unit = head * ceil(Dh / 2) + j; the
+// first rotated_heads heads (q's and k's) rotate their first rotary_dim / 2
+// units. n1 < 0: an odd head dim's last feature, alone.
+struct qkv_unit {
+    index_t n0, n1, pair;
+};
+
+__device__ inline qkv_unit qkv_unit_of(index_t unit, index_t rotated_heads, index_t head_dim, bool rotate,
+                                       const rope_config& cfg) {
+    const index_t per_head = (head_dim + 1) / 2;
+    const index_t h = unit / per_head, j = unit % per_head;
+    const index_t pairs = rotate && h < rotated_heads ? cfg.rotary_dim / 2 : 0;
+    index_t f0, f1, pair = -1;
+    if (j < pairs) {
+        rope_pair_features(cfg.pairing, cfg.rotary_dim, j, &f0, &f1);
+        pair = j;
+    } else {  // the unrotated features, two neighbours at a time
+        f0 = 2 * pairs + 2 * (j - pairs);
+        f1 = f0 + 1 < head_dim ? f0 + 1 : -1;
+    }
+    return {h * head_dim + f0, f1 < 0 ? -1 : h * head_dim + f1, pair};
+}
+
+// qkv (m_rows, (Hq + 2 Hkv) Dh) = x (m_rows, K) w^T (+ bias), rotated, k and v
+// also into the cache rows rows(m); see above. V: elements per load (16 / sizeof(T),
+// or 1 when K or a pointer does not allow vectors).
+template <class T, int V, class Rows>
+__global__ void __launch_bounds__(qkv_gemv_warps * 32)
+    qkv_rope_write_cache_kernel(T* qkv, T* keys, T* values, Rows rows, const T* x, const T* w, const T* bias,
+                                int m_rows, index_t K, index_t q_heads, index_t kv_heads, index_t head_dim, bool rotate,
+                                const std::int64_t* positions, rope_config cfg, const float* cache_cos,
+                                const float* cache_sin, index_t cache_rows) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const index_t heads = q_heads + 2 * kv_heads, per_head = (head_dim + 1) / 2;
+    const index_t unit = blockIdx.x * static_cast<index_t>(qkv_gemv_warps) + threadIdx.x / 32;
+    if (unit >= heads * per_head) return;  // a whole warp leaves together
+    const qkv_unit u = qkv_unit_of(unit, q_heads + kv_heads, head_dim, rotate, cfg);
+    const bool two = u.n1 >= 0;
+    const T* w0 = w + u.n0 * K;
+    const T* w1 = w + (two ? u.n1 : u.n0) * K;  // a lone feature reads its row twice, and drops the copy
+    float acc0[qkv_gemv_max_rows] = {}, acc1[qkv_gemv_max_rows] = {};
+    // U vectors of each weight row in flight per lane: the loads of a step are all
+    // issued before the first multiply, so even a few warps per SM keep enough
+    // bytes in flight to stream the weights.
+    constexpr int U = qkv_gemv_unroll;
+    for (index_t k0 = static_cast<index_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
+        float a[U][V], b[U][V];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const index_t k = k0 + u * 32 * V;
+            if (k < K) {
+                load_floats<T, V>(a[u], w0 + k);
+                load_floats<T, V>(b[u], w1 + k);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const index_t k = k0 + u * 32 * V;
+            if (k >= K) break;
+#pragma unroll
+            for (int m = 0; m < qkv_gemv_max_rows; ++m) {
+                if (m >= m_rows) break;
+                float xv[V];
+                load_floats<T, V>(xv, x + m * K + k);
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    acc0[m] = fmaf(xv[e], a[u][e], acc0[m]);
+                    acc1[m] = fmaf(xv[e], b[u][e], acc1[m]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < qkv_gemv_max_rows; ++m) {
+        if (m >= m_rows) break;
+        acc0[m] = warp_sum(acc0[m]);  // every lane gets the sums
+        acc1[m] = warp_sum(acc1[m]);
+    }
+    const index_t h = u.n0 / head_dim, width = kv_heads * head_dim;
+#pragma unroll
+    for (int m = 0; m < qkv_gemv_max_rows; ++m) {  // lane m finishes row m
+        if (m >= m_rows) break;
+        if (lane != m) continue;
+        float f0 = acc0[m] + (bias != nullptr ? to_float(bias[u.n0]) : 0.0f);
+        float f1 = acc1[m] + (bias != nullptr && two ? to_float(bias[u.n1]) : 0.0f);
+        if (u.pair >= 0) {
+            float c, s;
+            rope_angle_of(&c, &s, static_cast<index_t>(positions[m]), u.pair, cfg, cache_cos, cache_sin, cache_rows);
+            rope_rotate(&f0, &f1, c, s);
+        }
+        T* out = qkv + m * heads * head_dim;
+        out[u.n0] = from_float<T>(f0);
+        if (two) out[u.n1] = from_float<T>(f1);
+        if (h < q_heads) continue;  // q stays in qkv
+        const index_t at = rows(m);
+        if (at < 0) continue;  // a padding token
+        const bool key = h < q_heads + kv_heads;
+        const index_t first = (key ? q_heads : q_heads + kv_heads) * head_dim;  // the part's first feature in qkv
+        T* to = (key ? keys : values) + at * width;
+        to[u.n0 - first] = from_float<T>(f0);
+        if (two) to[u.n1 - first] = from_float<T>(f1);
+    }
+}
+
+// Launches qkv_rope_write_cache_kernel: qkv (tokens, (Hq + 2 Hkv) Dh, contiguous)
+// = x (tokens, K, contiguous) w^T + bias (w: (Nqkv, K) contiguous; bias may be
+// nullptr), q and k rotated at positions[r] (rope == nullptr: not rotated),
+// k and v stored into cache row rows(r). tokens <= qkv_gemv_max_rows.
+template <class T, class Rows>
+void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type_identity_t<T>* x, index_t tokens,
+                          const std::type_identity_t<T>* w, const std::type_identity_t<T>* bias, index_t K, index_t q_heads, index_t kv_heads, index_t head_dim,
+                          const std::int64_t* positions, const rope_cache* rope, cudaStream_t stream) {
+    constexpr const char* op = "qkv_rope_write_cache";
+    TINYLLM_EXPECT(tokens >= 0 && tokens <= qkv_gemv_max_rows, op, ": ", tokens,
+                   " rows; the GEMV takes at most ", qkv_gemv_max_rows, " (cuBLAS and rope_write_cache take more)");
+    TINYLLM_EXPECT(K >= 1 && q_heads >= 1 && kv_heads >= 1 && head_dim >= 1, op, ": K = ", K, ", heads ", q_heads,
+                   "/", kv_heads, ", head_dim ", head_dim, " must all be positive");
+    if (rope != nullptr)
+        TINYLLM_EXPECT(rope->config.rotary_dim <= head_dim, op, ": rotary_dim ", rope->config.rotary_dim,
+                       " is larger than head_dim ", head_dim);
+    if (tokens == 0) return;
+    constexpr int W = 16 / static_cast<int>(sizeof(T));
+    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    const bool vectorized = K % W == 0 && aligned(x) && aligned(w);
+    const index_t units = (q_heads + 2 * kv_heads) * ((head_dim + 1) / 2);
+    const index_t blocks = ceil_div<index_t>(units, qkv_gemv_warps);
+    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output pairs exceed the grid");
+    const rope_config cfg = rope != nullptr ? rope->config : rope_config{};
+    const float* cos = rope != nullptr ? rope->cos.data() : nullptr;
+    const float* sin = rope != nullptr ? rope->sin.data() : nullptr;
+    const index_t table = rope != nullptr ? rope->max_positions : 0;
+    const auto grid = static_cast<unsigned>(blocks);
+    const int m = static_cast<int>(tokens);
+    if (vectorized)
+        launch(qkv_rope_write_cache_kernel<T, W, Rows>, grid, qkv_gemv_warps * 32, 0, stream, qkv, keys, values, rows,
+               x, w, bias, m, K, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
+    else
+        launch(qkv_rope_write_cache_kernel<T, 1, Rows>, grid, qkv_gemv_warps * 32, 0, stream, qkv, keys, values, rows,
+               x, w, bias, m, K, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
