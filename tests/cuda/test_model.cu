@@ -413,6 +413,65 @@ TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logi
     check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32);
 }
 
+namespace {
+// The nodes one decode step's graph holds per layer: the difference between
+// the graphs of the same model with 2 and 1 layers (the embedding, the final
+// norm, the logits and the step's bookkeeping cancel). `format`: "" dense, or
+// a quantization of the matrices.
+template <class T>
+std::size_t decode_nodes_per_layer(tinyllm::model_arch arch, const std::string& format) {
+    std::size_t nodes[2] = {};
+    for (index_t layers = 1; layers <= 2; ++layers) {
+        tinyllm::model_config c = small_model_config(arch);
+        c.num_layers = layers;
+        cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 31));
+        if (!format.empty()) host.quantize_weights(tinyllm::parse_quant_spec(format));
+        const tc::model<T> m(host);
+        auto s = m.new_session(1, 64);
+        const std::vector<tinyllm::token_id> prompt = {1, 2, 3};
+        m.forward(s, tensor_view<const tinyllm::token_id, 2>(prompt.data(), {1, 3}));
+        tc::device_buffer<tinyllm::token_id> ids(1);
+        const std::vector<tinyllm::token_id> next = {4};
+        TINYLLM_CUDA_CHECK(cudaMemcpy(ids.data(), next.data(), sizeof(tinyllm::token_id), cudaMemcpyHostToDevice));
+        for (int step = 0; step < 2; ++step)  // the first runs eagerly and captures, the second replays
+            (void)m.decode_step(s, tensor_view<const tinyllm::token_id, 1>(ids.data(), {1}));
+        REQUIRE(s.graph_failure() == "");
+        REQUIRE(s.graph_captures() == 1);
+        nodes[layers - 1] = s.graph_nodes();
+    }
+    std::printf("  decode graph, %s%s%s: %zu nodes with 1 layer, %zu with 2\n",
+                arch == tinyllm::model_arch::gpt2 ? "gpt2" : "llama", std::is_same_v<T, float> ? " float32" : " bf16",
+                format.empty() ? "" : (" " + format).c_str(), nodes[0], nodes[1]);
+    REQUIRE(nodes[1] > nodes[0]);
+    return nodes[1] - nodes[0];
+}
+}  // namespace
+
+TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write are one node per layer",
+          "[model][graph]") {
+    using tinyllm::model_arch;
+    const std::size_t llama = decode_nodes_per_layer<float>(model_arch::llama, "");
+    const std::size_t llama_int8 = decode_nodes_per_layer<float>(model_arch::llama, "int8");
+    const std::size_t gpt2 = decode_nodes_per_layer<float>(model_arch::gpt2, "");
+    const std::size_t gpt2_int8 = decode_nodes_per_layer<float>(model_arch::gpt2, "int8");
+    const std::size_t llama_bf16 = decode_nodes_per_layer<tinyllm::bfloat16>(model_arch::llama, "");
+    std::printf("  nodes per layer: llama %zu (int8 weights %zu), gpt2 %zu (int8 weights %zu), llama bf16 %zu\n", llama,
+                llama_int8, gpt2, gpt2_int8, llama_bf16);
+#if defined(TINYLLM_SIMULATED_GPU)
+    // On the simulated GPU a cuBLAS call is one node, so the counts are the model's own
+    // (a real GPU's cuBLAS may launch more than one kernel per call: printed only).
+    // A Llama layer of a decode step, dense weights:
+    //   residual_add_rms_norm, qkv_rope_write_cache (RoPE v4), attention_decode (one
+    //   split at these lengths), Wo, residual_add_rms_norm, and the SwiGLU MLP's four
+    //   (gate, up, swiglu, down) = 9.
+    CHECK(llama == 9);
+    CHECK(llama_bf16 == llama);
+    // Quantized weights keep the projection and RoPE v3 apart (the quantized GEMV, then
+    // rope_write_cache); every other step has as many nodes as the dense one.
+    CHECK(llama_int8 == llama + 1);
+#endif
+}
+
 TEST_CASE("cuda::generate_batch: different-length prompts give the CPU's tokens", "[model]") {
     const std::string dir = tinyllm_test::fixture_dir("llama");
     const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);

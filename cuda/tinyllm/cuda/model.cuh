@@ -298,6 +298,7 @@ struct decode_graphs {
     device_buffer<std::int32_t> lengths;        // (B) (decode_step)
     std::string failure;                        // why capture failed (the steps then run eagerly)
     std::size_t captures = 0, replays = 0;
+    std::size_t nodes = 0;                      // nodes of the last graph captured (its kernels and copies)
 
     decode_graphs() { TINYLLM_CUDA_CHECK(cudaStreamCreate(&stream)); }  // blocking: ordered with the default stream
     decode_graphs(const decode_graphs&) = delete;
@@ -338,6 +339,9 @@ struct decode_graphs {
                 throw;
             }
             TINYLLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+            std::size_t count = 0;
+            if (cudaGraphGetNodes(graph, nullptr, &count) == cudaSuccess) nodes = count;
+            (void)cudaGetLastError();
             cudaGraphExec_t exec = nullptr;
             const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
             (void)cudaGraphDestroy(graph);
@@ -560,6 +564,9 @@ public:
         std::size_t graph_captures() const { return graphs ? graphs->captures : 0; }
         std::size_t graph_replays() const { return graphs ? graphs->replays : 0; }
         std::string graph_failure() const { return graphs ? graphs->failure : std::string(); }
+        // The number of nodes (kernel launches, copies, cuBLAS's kernels) in the last
+        // step graph captured: what one decode step issues. 0 before any capture.
+        std::size_t graph_nodes() const { return graphs ? graphs->nodes : 0; }
     };
 
     // A session of `batch` sequences of up to `capacity` positions each; kv_dtype::int8
