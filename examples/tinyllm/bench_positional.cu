@@ -78,6 +78,25 @@ TINYLLM_BENCH("rope", "RoPE in place on (4, T, 32, 128), rotate_half, theta 1000
     run("v2 cached", "v2_cached", false, [&] { tc::apply_rope_cached(x.view(shape), d_pos.view(pshape), cache); });
 }
 
+namespace {
+// What a decode step's RoPE and cache write leave, on the host: qkv, then the
+// cache row (b * capacity + position) of each of the `rows` rows in keys and in values.
+template <class T>
+std::vector<T> step_result(const tc::device_buffer<T>& qkv, const tc::device_buffer<T>& keys,
+                           const tc::device_buffer<T>& values, long long rows, long long capacity, long long position,
+                           long long width) {
+    std::vector<T> all = tc::to_host(qkv);
+    for (const auto* cache : {&keys, &values}) {
+        const std::vector<T> c = tc::to_host(*cache);
+        for (long long b = 0; b < rows; ++b) {
+            const auto row = c.begin() + (b * capacity + position) * width;
+            all.insert(all.end(), row, row + width);
+        }
+    }
+    return all;
+}
+}  // namespace
+
 // `tinyllm bench rope_cache`: a decode step's RoPE on q and k and its KV-cache
 // write, as cuda::model runs them each layer, on the Llama-3.2-1B shape (Hq = 32,
 // Hkv = 8, Dh = 64, bf16): B rows of qkv (one new token per sequence, all at
@@ -134,15 +153,7 @@ TINYLLM_BENCH("rope_cache", "a decode step's RoPE on q, k and KV-cache write, Ll
         values.poison();
         tc::copy_to_device(qkv, input);
         work();
-        std::vector<T> all = tc::to_host(qkv);
-        for (const auto* cache : {&keys, &values}) {
-            const std::vector<T> c = tc::to_host(*cache);
-            for (long long b = 0; b < B; ++b) {
-                const auto row = c.begin() + (b * capacity + position) * width;
-                all.insert(all.end(), row, row + width);
-            }
-        }
-        return all;
+        return step_result(qkv, keys, values, B, capacity, position, width);
     };
     const std::vector<T> want = result_of(unfused), got = result_of(fused);
     std::size_t differ = 0;
@@ -219,15 +230,7 @@ TINYLLM_BENCH("qkv_rope_cache", "a decode step's QKV projection + RoPE + KV-cach
         keys.poison();
         values.poison();
         work();
-        std::vector<T> all = tc::to_host(qkv);
-        for (const auto* cache : {&keys, &values}) {
-            const std::vector<T> c = tc::to_host(*cache);
-            for (long long b = 0; b < M; ++b) {
-                const auto row = c.begin() + (b * capacity + position) * width;
-                all.insert(all.end(), row, row + width);
-            }
-        }
-        return all;
+        return step_result(qkv, keys, values, M, capacity, position, width);
     };
     const std::vector<T> want = result_of(unfused), got = result_of(fused);
     double diff2 = 0.0, ref2 = 0.0, max_abs = 0.0;

@@ -354,6 +354,27 @@ void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
 }
 
 
+// A paged step for the v3 and v4 tests: 5 rows of 2 sequences in blocks of 4 (a
+// pool of 5 blocks); row r is sequence seq[r]'s position pos[r].
+struct paged_step {
+    static constexpr index_t max_blocks = 3, block_size = 4, pool_rows = 5 * block_size;
+    std::vector<std::int32_t> tables = {2, 0, -1, 1, 3, 4}, seq = {0, 1, 1, 1, 0}, pos = {5, 9, 10, 0, 6};
+    tc::device_buffer<std::int32_t> d_tables = tc::to_device(tables), d_seq = tc::to_device(seq),
+                                    d_pos = tc::to_device(pos);
+    std::vector<std::int64_t> positions() const { return {pos.begin(), pos.end()}; }
+    // Each row's pool row: block_tables(seq, pos / bs) * bs + pos % bs.
+    std::vector<index_t> dest() const {
+        std::vector<index_t> d;
+        for (std::size_t r = 0; r < seq.size(); ++r)
+            d.push_back(tables[static_cast<std::size_t>(seq[r] * max_blocks + pos[r] / block_size)] * block_size +
+                        pos[r] % block_size);
+        return d;
+    }
+    tc::detail::paged_cache_rows rows() const {
+        return {d_tables.data(), max_blocks, block_size, d_seq.data(), d_pos.data()};
+    }
+};
+
 // v3, rope_write_cache (the model's RoPE with its KV-cache write), against what
 // it replaces: apply_rope_cached on q and k (one launch over their adjacent heads),
 // then each kept token's k and v copied into its cache row, here on the host.
@@ -451,20 +472,9 @@ void check_rope_write_cache_all() {
                                       tc::detail::contiguous_cache_rows{n, capacity, d_start.data(), d_count.data()},
                                       which++, "session " + shape);
 
-            // A paged step: 5 rows of 2 sequences in blocks of 4 (pool of 5 blocks).
-            const index_t max_blocks = 3, block_size = 4;
-            const std::vector<std::int32_t> tables = {2, 0, -1, 1, 3, 4}, seq = {0, 1, 1, 1, 0}, pos = {5, 9, 10, 0, 6};
-            std::vector<std::int64_t> paged_positions(pos.begin(), pos.end());
-            std::vector<index_t> paged_dest;
-            for (std::size_t r = 0; r < seq.size(); ++r)
-                paged_dest.push_back(tables[static_cast<std::size_t>(seq[r] * max_blocks + pos[r] / block_size)] *
-                                         block_size +
-                                     pos[r] % block_size);
-            const auto d_tables = tc::to_device(tables), d_seq = tc::to_device(seq), d_pos = tc::to_device(pos);
-            check_rope_write_cache<T>(
-                Hq, Hkv, Dh, rope, paged_positions, paged_dest, 5 * block_size,
-                tc::detail::paged_cache_rows{d_tables.data(), max_blocks, block_size, d_seq.data(), d_pos.data()},
-                which++, "paged " + shape);
+            const paged_step paged;
+            check_rope_write_cache<T>(Hq, Hkv, Dh, rope, paged.positions(), paged.dest(), paged_step::pool_rows,
+                                      paged.rows(), which++, "paged " + shape);
         }
 }
 
@@ -596,20 +606,9 @@ void check_qkv_rope_write_cache_all() {
                                           which, "session " + shape);
             which += 3;
 
-            // A paged decode step: 5 rows of 2 sequences in blocks of 4 (pool of 5 blocks).
-            const index_t max_blocks = 3, block_size = 4;
-            const std::vector<std::int32_t> tables = {2, 0, -1, 1, 3, 4}, seq = {0, 1, 1, 1, 0}, pos = {5, 9, 10, 0, 6};
-            std::vector<std::int64_t> paged_positions(pos.begin(), pos.end());
-            std::vector<index_t> paged_dest;
-            for (std::size_t r = 0; r < seq.size(); ++r)
-                paged_dest.push_back(tables[static_cast<std::size_t>(seq[r] * max_blocks + pos[r] / block_size)] *
-                                         block_size +
-                                     pos[r] % block_size);
-            const auto d_tables = tc::to_device(tables), d_seq = tc::to_device(seq), d_pos = tc::to_device(pos);
-            check_qkv_rope_write_cache<T>(
-                Hq, Hkv, Dh, K, with_bias, rope, paged_positions, paged_dest, 5 * block_size,
-                tc::detail::paged_cache_rows{d_tables.data(), max_blocks, block_size, d_seq.data(), d_pos.data()},
-                which, "paged " + shape);
+            const paged_step paged;
+            check_qkv_rope_write_cache<T>(Hq, Hkv, Dh, K, with_bias, rope, paged.positions(), paged.dest(),
+                                          paged_step::pool_rows, paged.rows(), which, "paged " + shape);
             which += 3;
         }
 }
