@@ -478,7 +478,6 @@ void check_rope_write_cache_all() {
         }
 }
 
-
 // v4, qkv_rope_write_cache (the projection, RoPE and the cache write in one
 // GEMV), against what it replaces: qkv = x W^T + b (here in double on the host,
 // rounded to T as cuBLAS's output is), then v3 on the device. v4 rounds q and k
@@ -569,9 +568,9 @@ void check_qkv_rope_write_cache_all() {
     int count = 0;
     for (const auto& sh : shapes)
         for (int variant = 0; variant < 3; ++variant) {  // RoPE rotate_half, RoPE interleaved, none (GPT-2)
-            const index_t Hq = sh[0], Hkv = sh[1], Dh = sh[2], K = sh[3];
-            const bool with_rope = variant < 2 && sh[4] >= 0;
             if (sh[4] < 0 && variant < 2) continue;  // an odd head dim has no rotation
+            const index_t Hq = sh[0], Hkv = sh[1], Dh = sh[2], K = sh[3];
+            const bool with_rope = variant < 2;
             const tinyllm::rope_pairing pairing =
                 variant == 1 ? tinyllm::rope_pairing::interleaved : tinyllm::rope_pairing::rotate_half;
             tinyllm::rope_config cfg;

@@ -339,9 +339,9 @@ struct decode_graphs {
                 throw;
             }
             TINYLLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-            std::size_t count = 0;
+            std::size_t count = 0;  // for graph_nodes(); a runtime that cannot count leaves it as it was
             if (cudaGraphGetNodes(graph, nullptr, &count) == cudaSuccess) nodes = count;
-            (void)cudaGetLastError();
+            else (void)cudaGetLastError();  // that failure is not the step's
             cudaGraphExec_t exec = nullptr;
             const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
             (void)cudaGraphDestroy(graph);

@@ -431,7 +431,6 @@ void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, ind
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
-
 // ---- v4: RoPE in the QKV projection's epilogue ---------------------------------
 //
 // A decode step computes qkv = h Wqkv^T (+ b) for a few rows of h, then v3
@@ -444,11 +443,11 @@ void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, ind
 //     lanes striding over K, four loads of each row in flight per lane: a
 //     Llama-3.2-1B step has only ~12 of these warps per SM of an H100, and
 //     streaming memory needs more bytes in flight than one load per warp),
-//     dots them with every row m of h (at most 8:
-//     decoding), sums over the warp with shuffles, and then lane m adds the
-//     bias, rotates (f0, f1) by row m's angle (the table's value, or the same
-//     sincosf past it) and writes them: to qkv, and for k and v also to the
-//     token's cache row (the same functors as v3).
+//     dots them with every row m of h (at most 8: decoding), sums over the
+//     warp with shuffles, and then lane m adds the bias, rotates (f0, f1) by
+//     row m's angle (the table's value, or the same sincosf past it) and
+//     writes them: to qkv, and for k and v also to the token's cache row (the
+//     same functors as v3).
 //
 // Features RoPE leaves alone (v's heads, a partial rotary's tail, GPT-2's
 // everything) go two neighbours per warp through the same code, unrotated.
@@ -573,8 +572,9 @@ __global__ void __launch_bounds__(qkv_gemv_warps * 32)
 // k and v stored into cache row rows(r). tokens <= qkv_gemv_max_rows.
 template <class T, class Rows>
 void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type_identity_t<T>* x, index_t tokens,
-                          const std::type_identity_t<T>* w, const std::type_identity_t<T>* bias, index_t K, index_t q_heads, index_t kv_heads, index_t head_dim,
-                          const std::int64_t* positions, const rope_cache* rope, cudaStream_t stream) {
+                          const std::type_identity_t<T>* w, const std::type_identity_t<T>* bias, index_t K,
+                          index_t q_heads, index_t kv_heads, index_t head_dim, const std::int64_t* positions,
+                          const rope_cache* rope, cudaStream_t stream) {
     constexpr const char* op = "qkv_rope_write_cache";
     TINYLLM_EXPECT(tokens >= 0 && tokens <= qkv_gemv_max_rows, op, ": ", tokens,
                    " rows; the GEMV takes at most ", qkv_gemv_max_rows, " (cuBLAS and rope_write_cache take more)");
