@@ -210,6 +210,95 @@ void check_norm_layouts(std::uint64_t which) {
     TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), two_steps_f, tol_for<T>(), label<T>("fused vs add + rms_norm", rows, D));
 }
 
+// The residual add with a deferred projection bias (detail::residual_add_bias_*_norm,
+// and v1 through launch_norm): residual_out = x + (residual + bias), out = norm(it),
+// against the two steps it replaces on the GPU (bias_activate's identity, as linear adds
+// a bias, then residual_add_*_norm) bit for bit, and against the CPU reference. `skew`
+// starts the bias and the weight one element past their allocations (not 16-byte
+// aligned: the scalar path, for the fusion and the two steps alike, so that both sum
+// in the same order).
+template <class T>
+void check_residual_bias_norms(index_t rows, index_t D, std::uint64_t which, index_t skew) {
+    const auto n = static_cast<std::size_t>(rows * D);
+    const auto x = random_as<T>(n, which, -3.0f, 5.0f), res = random_as<T>(n, which + 1, -4.0f, 4.0f);
+    const auto w = random_as<T>(static_cast<std::size_t>(D + skew), which + 2, 0.5f, 1.5f);
+    const auto b = random_as<T>(static_cast<std::size_t>(D), which + 3, -1.0f, 1.0f);
+    const auto rb = random_as<T>(static_cast<std::size_t>(D + skew), which + 4, -2.0f, 2.0f);
+    auto dx = upload<T>(x), dres = upload<T>(res), dw = upload<T>(w), db = upload<T>(b), drb = upload<T>(rb);
+    tc::device_buffer<T> dout(n), dsum(n), dout2(n), dsum2(n), ddelta(n);
+    const auto X = dview2(dx, rows, D);
+    const auto R = dview2(dres, rows, D);
+    const auto out = dview2(dout, rows, D), sum = dview2(dsum, rows, D);
+    const auto out2 = dview2(dout2, rows, D), sum2 = dview2(dsum2, rows, D), delta = dview2(ddelta, rows, D);
+    const tensor_view<const T, 1> RB(drb.data() + skew, {D});
+    const tensor_view<const T, 1> W(dw.data() + skew, {D}), B = dview1(db);
+    const tensor_view<const float, 1> cw(w.data() + skew, {D});
+    const float eps = 1e-5f;
+
+    // The CPU reference: the stream as stored, residual + bias rounded to T first.
+    std::vector<float> s(n), ref(n);
+    for (index_t r = 0; r < rows; ++r)
+        for (index_t j = 0; j < D; ++j) {
+            const auto i = static_cast<std::size_t>(r * D + j);
+            const float biased = tinyllm::to_float(tinyllm::from_float<T>(res[i] + rb[static_cast<std::size_t>(skew + j)]));
+            s[i] = x[i] + biased;
+        }
+    round_to<T>(s);
+
+    // The two steps the fusion replaces: delta = residual + bias (linear's bias kernel).
+    tc::bias_activate<T>(delta, R, RB, activation::identity);
+    const std::string where = label<T>(" (bias skew " + std::to_string(skew) + ")", rows, D);
+    for (bool vectorized : {false, true}) {
+        const std::string v = vectorized ? "v2" : "v1";
+        for (bool layer : {true, false}) {
+            const std::string name = layer ? "residual_add_bias_layer_norm " : "residual_add_bias_rms_norm ";
+            dout.poison();
+            dsum.poison();
+            dout2.poison();
+            dsum2.poison();
+            if (layer) {
+                tc::detail::launch_norm<T, true, true>("test", vectorized, out, sum, X, R, W, B, eps, nullptr, RB);
+                tc::detail::launch_norm<T, true, true>("test", vectorized, out2, sum2, X, delta, W, B, eps, nullptr);
+                cpu::layer_norm(view2(ref, rows, D), cview2(s, rows, D), cw, cview1(b), eps);
+            } else {
+                tc::detail::launch_norm<T, false, true>("test", vectorized, out, sum, X, R, W, {}, eps, nullptr, RB);
+                tc::detail::launch_norm<T, false, true>("test", vectorized, out2, sum2, X, delta, W, {}, eps, nullptr);
+                cpu::rms_norm(view2(ref, rows, D), cview2(s, rows, D), cw, eps);
+            }
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dsum), s, tolerance{0, 0, 0}, "residual sum " + name + v + where);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dsum), tc::to_host(dsum2), tolerance{0, 0, 0},
+                                  "residual sum vs bias then add " + name + v + where);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), tc::to_host(dout2), tolerance{0, 0, 0},
+                                  "out vs bias then add " + name + v + where);
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), "out vs CPU " + name + v + where);
+        }
+    }
+
+    // The launchers cuda::model calls (v2), in place on the stream as it runs them.
+    auto dstream = upload<T>(x);
+    const auto S = dview2(dstream, rows, D);
+    dout.poison();
+    tc::detail::residual_add_bias_layer_norm<T>(out, S, S, R, RB, W, B, eps);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dstream), s, tolerance{0, 0, 0}, "in-place stream, layer" + where);
+    cpu::layer_norm(view2(ref, rows, D), cview2(s, rows, D), cw, cview1(b), eps);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), "residual_add_bias_layer_norm in place" + where);
+    dstream = upload<T>(x);
+    dout.poison();
+    tc::detail::residual_add_bias_rms_norm<T>(out, dview2(dstream, rows, D), dview2(dstream, rows, D), R, RB, W, eps);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dstream), s, tolerance{0, 0, 0}, "in-place stream, rms" + where);
+    cpu::rms_norm(view2(ref, rows, D), cview2(s, rows, D), cw, eps);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, tol_for<T>(), "residual_add_bias_rms_norm in place" + where);
+
+    // A bias of the wrong length is refused before any launch.
+    if (D > 1) {
+        const tensor_view<const T, 1> short_bias(drb.data(), {D - 1});
+        CHECK_THROWS_WITH(tc::detail::residual_add_bias_rms_norm<T>(out, sum, X, R, short_bias, W, eps),
+                          tinyllm_test::contains("residual_add_bias_rms_norm: residual_bias has " +
+                                                 std::to_string(D - 1) + " elements but the rows have D = " +
+                                                 std::to_string(D)));
+    }
+}
+
 const std::vector<std::pair<index_t, index_t>> map_shapes = {{1, 1}, {3, 5}, {4, 64}, {7, 1001}, {16, 4096}, {2, 24}};
 
 template <class T>
@@ -390,6 +479,16 @@ TEST_CASE("CUDA norms on strided and misaligned rows, and the in-place residual 
     check_norm_layouts<float>(500);
     check_norm_layouts<bfloat16>(510);
     check_norm_layouts<float16>(520);
+}
+
+TEST_CASE("CUDA residual add + norm with a projection's deferred bias: bias then add, bit for bit", "[cuda][norm]") {
+    std::uint64_t which = 700;
+    for (auto [rows, D] : norm_shapes)
+        for (index_t skew : {index_t{0}, index_t{1}}) {
+            check_residual_bias_norms<float>(rows, D, which += 10, skew);
+            check_residual_bias_norms<bfloat16>(rows, D, which += 10, skew);
+            check_residual_bias_norms<float16>(rows, D, which += 10, skew);
+        }
 }
 
 TEST_CASE("CUDA element-wise kernels match the CPU reference", "[cuda][activation]") {

@@ -447,7 +447,8 @@ std::size_t decode_nodes_per_layer(tinyllm::model_arch arch, const std::string& 
 }
 }  // namespace
 
-TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write are one node per layer",
+TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write are one node per layer, "
+          "a projection's bias rides the residual add",
           "[model][graph]") {
     using tinyllm::model_arch;
     const std::size_t llama = decode_nodes_per_layer<float>(model_arch::llama, "");
@@ -469,6 +470,13 @@ TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write a
     // Quantized weights keep the projection and RoPE v3 apart (the quantized GEMV, then
     // rope_write_cache); every other step has as many nodes as the dense one.
     CHECK(llama_int8 == llama + 1);
+    // A GPT-2 layer, dense weights: residual_add_layer_norm, RoPE v4 (no rotation),
+    // attention_decode, Wo (its bias left to the next kernel), residual_add_layer_norm
+    // (adding it), then fc, bias + GELU, proj (its bias left to the next layer's norm) = 8.
+    CHECK(gpt2 == 8);
+    // Int8 weights: the GEMV adds its own bias (Wo, proj), and the QKV projection and
+    // RoPE v3 are two launches: one node more.
+    CHECK(gpt2_int8 == gpt2 + 1);
 #endif
 }
 

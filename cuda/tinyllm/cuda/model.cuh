@@ -14,10 +14,11 @@
 //                                              qkv_rope_write_cache, a GEMV that rotates and stores in its epilogue)
 //         a = attention(q, cache)              decode.cuh for a few queries, mma.cuh (bf16, Dh 64/128)
 //                                              or flash.cuh (anything else) for a prompt
-//         x, h = x + a Wo^T, norm2(...)         cuBLAS + residual_add_*_norm (one pass)
+//         x, h = x + a Wo^T (+ bo), norm2(...)  cuBLAS + residual_add_*_norm (one pass; a dense
+//                                              projection's bias is added in that pass, not after the GEMM)
 //         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
 //                                              gather, cuBLAS experts, combine)
-//     x, h = x + delta, norm_f(...)
+//     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1, likewise one pass)
 //     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
 // Element type T: float (matches the CPU reference to ~1e-6) or
@@ -854,16 +855,18 @@ private:
                                /*check_ids=*/false, stream);
         if (c.arch == model_arch::gpt2)
             add_learned_positions<T>(tensor_view<T, 3>(x.data(), x3), positions_.view(), positions, stream);
+        // A dense projection's bias (GPT-2's Wo and MLP proj) is left to the residual add after it.
+        tensor_view<const T, 1> pending;  // the bias delta still lacks, or empty
         for (index_t l = 0; l < c.num_layers; ++l) {
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
             if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
-            else residual_norm(h, x, delta, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta; h = norm(x)
-            attend_layer(l);  // h -> qkv -> attn
-            project(delta, attn, L.wo, L.wo_q, L.bo, stream);
-            residual_norm(h, x, delta, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention; h = norm(x)
-            ffn(s, delta, h, L, stream);
+            else residual_norm(h, x, delta, pending, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta
+            attend_layer(l);                                                  // h -> qkv -> attn
+            pending = project_deferring_bias(delta, attn, L.wo, L.wo_q, L.bo, stream);
+            residual_norm(h, x, delta, pending, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention
+            pending = ffn(s, delta, h, L, stream, /*defer_bias=*/true);
         }
-        residual_norm(h, x, delta, final_norm_weight_, final_norm_bias_, stream);
+        residual_norm(h, x, delta, pending, final_norm_weight_, final_norm_bias_, stream);
     }
 
     // The float logits (m, V) of m rows of h: the rows `rows` names ((m) device
@@ -1005,19 +1008,36 @@ private:
             linear_quantized_mma<T>(out, x, *q, bias.view(), stream);
     }
 
+    // project() for the decoder's Wo: a dense weight's bias is not added but returned, for the
+    // residual add that follows (residual_norm); a quantized GEMV adds it itself (returns empty).
+    tensor_view<const T, 1> project_deferring_bias(tensor_view<T, 2> out, tensor_view<const T, 2> x,
+                                                   const detail::device_tensor<T, 2>& dense,
+                                                   const std::optional<device_quantized_matrix>& q,
+                                                   const detail::device_tensor<T, 1>& bias,
+                                                   cudaStream_t stream = nullptr) const {
+        if (q || bias.empty()) {
+            project(out, x, dense, q, bias, stream);
+            return {};
+        }
+        linear<T>(out, x, dense.view(), {}, handle_, stream);
+        return bias.view();
+    }
+
     void norm(tensor_view<T, 2> out, tensor_view<const T, 2> x, const detail::device_tensor<T, 1>& w,
               const detail::device_tensor<T, 1>& b, cudaStream_t stream = nullptr) const {
         if (config_.arch == model_arch::gpt2) layer_norm<T>(out, x, w.view(), b.view(), config_.norm_eps, stream);
         else rms_norm<T>(out, x, w.view(), config_.norm_eps, stream);
     }
 
-    // x = x + delta; out = norm(x), in one pass.
+    // x = x + (delta + delta_bias); out = norm(x), in one pass. delta_bias: the bias the
+    // projection that wrote delta left out (project_deferring_bias), or empty.
     void residual_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> delta,
-                       const detail::device_tensor<T, 1>& w, const detail::device_tensor<T, 1>& b,
-                       cudaStream_t stream = nullptr) const {
+                       tensor_view<const T, 1> delta_bias, const detail::device_tensor<T, 1>& w,
+                       const detail::device_tensor<T, 1>& b, cudaStream_t stream = nullptr) const {
         if (config_.arch == model_arch::gpt2)
-            residual_add_layer_norm<T>(out, x, x, delta, w.view(), b.view(), config_.norm_eps, stream);
-        else residual_add_rms_norm<T>(out, x, x, delta, w.view(), config_.norm_eps, stream);
+            detail::residual_add_bias_layer_norm<T>(out, x, x, delta, delta_bias, w.view(), b.view(), config_.norm_eps,
+                                                    stream);
+        else detail::residual_add_bias_rms_norm<T>(out, x, x, delta, delta_bias, w.view(), config_.norm_eps, stream);
     }
 
     // The backward of norm (+ the residual path): dx = norm'(dout) + dskip (dskip may be dx itself).
@@ -1345,8 +1365,11 @@ private:
     }
 
     // The MoE branch (Mixtral) runs on the default stream: its dispatch plan is sized on the host.
-    void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
-             cudaStream_t stream = nullptr) const {
+    // With defer_bias, GPT-2's dense MLP leaves proj's bias out of `out` and returns it (see
+    // project_deferring_bias); otherwise the result is empty.
+    tensor_view<const T, 1> ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h,
+                                const device_layer_weights<T>& L, cudaStream_t stream = nullptr,
+                                bool defer_bias = false) const {
         const model_config& c = config_;
         const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
         if (c.arch == model_arch::gpt2 && L.fc_q) {  // quantized: gpt2_mlp's three steps, each projection by project()
@@ -1354,7 +1377,7 @@ private:
             project(hidden, h, L.fc, L.fc_q, {}, stream);
             bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
             project(out, hidden, L.proj, L.proj_q, L.proj_bias, stream);
-            return;
+            return {};
         }
         if (c.arch == model_arch::llama && L.gate_q) {  // quantized: swiglu_mlp's steps
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
@@ -1363,19 +1386,25 @@ private:
             project(up, h, L.up, L.up_q, {}, stream);
             swiglu<T>(gate, gate, up, stream);
             project(out, gate, L.down, L.down_q, {}, stream);
-            return;
+            return {};
         }
         if (c.arch == model_arch::gpt2) {
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
+            if (defer_bias) {  // gpt2_mlp's steps, proj without its bias
+                linear<T>(hidden, h, L.fc.view(), {}, handle_, stream);
+                bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
+                linear<T>(out, hidden, L.proj.view(), {}, handle_, stream);
+                return L.proj_bias.view();
+            }
             gpt2_mlp<T>(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, hidden, handle_,
                         activation::gelu_tanh, stream);
-            return;
+            return {};
         }
         if (c.arch == model_arch::llama) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
             const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
             swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_, stream);
-            return;
+            return {};
         }
         // Mixtral: softmax -> top-k -> renormalize, then dispatch / experts / combine.
         const index_t E = c.num_experts, k = c.experts_per_token, R = moe_max_rows(rows, k, E, 1);
@@ -1400,6 +1429,7 @@ private:
         moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(), plan,
                            s.experts_ws, handle_.get());
         moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan);
+        return {};
     }
 
     model_config config_;

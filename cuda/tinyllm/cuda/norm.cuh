@@ -37,7 +37,10 @@
 // add() followed by the norm, with one kernel instead of two and the sum never
 // read back from DRAM. residual_out may be `residual` or `x` (in place) and out
 // may be `x`: every thread reads an element before writing it, and each
-// element is handled by the same thread in every pass.
+// element is handled by the same thread in every pass. The same pass can also
+// add a per-column bias to `residual` (detail::residual_add_bias_*_norm): the
+// bias of the projection that produced `residual`, which then skips its own
+// bias kernel.
 //
 // The backward (training; the math in <tinyllm/norm.hpp> and docs/training.md):
 //
@@ -122,6 +125,7 @@ struct norm_args {
     index_t x_stride;
     const T* residual;  // Residual only
     index_t residual_stride;
+    const T* residual_bias;  // (D) or null; Residual only: added to residual first (a deferred projection bias)
     const T* weight;  // (D) or null
     const T* bias;    // (D) or null; LayerNorm only
     index_t rows, D;
@@ -137,7 +141,11 @@ __global__ void norm_naive_kernel(norm_args<T> p) {
     if constexpr (Residual) {
         T* sum = p.residual_out + r * p.residual_out_stride;
         const T* res = p.residual + r * p.residual_stride;
-        for (index_t j = 0; j < p.D; ++j) sum[j] = store_as<T>(to_float(src[j]) + to_float(res[j]));
+        for (index_t j = 0; j < p.D; ++j) {
+            float delta = to_float(res[j]);
+            if (p.residual_bias) delta = to_float(store_as<T>(delta + to_float(p.residual_bias[j])));
+            sum[j] = store_as<T>(to_float(src[j]) + delta);
+        }
         src = sum;
     }
     float mean = 0.0f;
@@ -180,6 +188,12 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
                 float a[N], b[N], s[N];
                 load_floats<T, N>(a, src + v * N);
                 load_floats<T, N>(b, res + v * N);
+                if (p.residual_bias) {  // residual + bias rounded to T first, as linear's bias add stores it
+                    float c[N];
+                    load_floats<T, N>(c, p.residual_bias + v * N);
+#pragma unroll
+                    for (int i = 0; i < N; ++i) b[i] = to_float(store_as<T>(b[i] + c[i]));
+                }
                 packed_elements<T, N> q;
 #pragma unroll
                 for (int i = 0; i < N; ++i) {
@@ -249,7 +263,8 @@ index_t norm_row_stride(const View& v) {
 template <class T, bool Layer, bool Residual>
 void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, tensor_view<T, 2> residual_out,
                  tensor_view<const T, 2> x, tensor_view<const T, 2> residual, tensor_view<const T, 1> weight,
-                 tensor_view<const T, 1> bias, float eps, cudaStream_t stream) {
+                 tensor_view<const T, 1> bias, float eps, cudaStream_t stream,
+                 tensor_view<const T, 1> residual_bias = {}) {
     tinyllm::detail::expect_norm_args(op, out, x, weight, bias, eps);
     expect_unit_column_stride(out, op, "out");
     expect_unit_column_stride(x, op, "x");
@@ -261,11 +276,17 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
     TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
     const index_t rows = x.extent(0), D = x.extent(1);
+    if (residual_bias.size()) {
+        TINYLLM_EXPECT(Residual && residual_bias.extent(0) == D, op, ": residual_bias has ", residual_bias.extent(0),
+                       " elements but the rows have D = ", D);
+        TINYLLM_EXPECT(D <= 1 || residual_bias.stride(0) == 1, op, ": residual_bias must be contiguous");
+    }
     if (rows == 0) return;
 
     norm_args<T> p{out.data(), norm_row_stride(out), residual_out.data(), Residual ? norm_row_stride(residual_out) : 0,
                    x.data(), norm_row_stride(x), residual.data(), Residual ? norm_row_stride(residual) : 0,
-                   weight.size() ? weight.data() : nullptr, bias.size() ? bias.data() : nullptr, rows, D, eps};
+                   residual_bias.size() ? residual_bias.data() : nullptr, weight.size() ? weight.data() : nullptr,
+                   bias.size() ? bias.data() : nullptr, rows, D, eps};
 
     if (!vectorized) {
         const int threads = 128;
@@ -280,7 +301,7 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     const auto ok = [](const void* ptr, index_t stride) { return !ptr || (aligned_16(ptr) && stride % W == 0); };
     const bool wide = D % W == 0 && ok(p.out, p.out_stride) && ok(p.x, p.x_stride) &&
                       ok(p.residual_out, p.residual_out_stride) && ok(p.residual, p.residual_stride) &&
-                      ok(p.weight, 0) && ok(p.bias, 0);
+                      ok(p.residual_bias, 0) && ok(p.weight, 0) && ok(p.bias, 0);
     const index_t vectors = wide ? D / W : D;
     // Enough threads to give each a few vectors of the row, 32..256, whole warps.
     const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;
@@ -549,6 +570,31 @@ void residual_add_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out
                            cudaStream_t stream = nullptr) {
     residual_add_rms_norm_vectorized<T>(out, residual_out, x, residual, weight, eps, stream);
 }
+
+// ---- residual_out = x + (residual + residual_bias); out = norm(residual_out) -------------
+// A projection's bias, deferred to the residual add that follows it: the projection runs
+// without its bias (linear(delta, ..., {})) and the v2 kernel adds residual_bias (D) to
+// each row of residual, rounded to T as linear's own bias kernel rounds it, before the
+// add. The result is linear with its bias, then residual_add_*_norm, bit for bit, in one
+// launch fewer. cuda::model's decode uses it for GPT-2's Wo and MLP proj.
+
+namespace detail {
+template <class T>
+void residual_add_bias_layer_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, const_view<T, 2> x,
+                                  const_view<T, 2> residual, const_view<T, 1> residual_bias, const_view<T, 1> weight,
+                                  const_view<T, 1> bias, float eps, cudaStream_t stream = nullptr) {
+    launch_norm<T, true, true>("residual_add_bias_layer_norm", true, out, residual_out, x, residual, weight, bias, eps,
+                               stream, residual_bias);
+}
+
+template <class T>
+void residual_add_bias_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residual_out, const_view<T, 2> x,
+                                const_view<T, 2> residual, const_view<T, 1> residual_bias, const_view<T, 1> weight,
+                                float eps, cudaStream_t stream = nullptr) {
+    launch_norm<T, false, true>("residual_add_bias_rms_norm", true, out, residual_out, x, residual, weight, {}, eps,
+                                stream, residual_bias);
+}
+}  // namespace detail
 
 // ---- Backward: (rows, D) ------------------------------------------------------------------
 
