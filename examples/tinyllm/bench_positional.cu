@@ -232,20 +232,12 @@ TINYLLM_BENCH("qkv_rope_cache", "a decode step's QKV projection + RoPE + KV-cach
         work();
         return step_result(qkv, keys, values, M, capacity, position, width);
     };
-    const std::vector<T> want = result_of(unfused), got = result_of(fused);
-    double diff2 = 0.0, ref2 = 0.0, max_abs = 0.0;
-    bool finite = true;
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        const double g = tinyllm::to_float(got[i]), r = tinyllm::to_float(want[i]);
-        finite = finite && std::isfinite(g) && std::isfinite(r);
-        diff2 += (g - r) * (g - r);
-        ref2 += r * r;
-        max_abs = std::max(max_abs, std::fabs(g - r));
-    }
-    const double rel_l2 = ref2 > 0.0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
-    const bool agrees = finite && rel_l2 <= 1e-2;
-    std::ostringstream check;
-    check << (finite ? "" : "non-finite values; ") << "max-abs " << max_abs << ", rel-L2 " << rel_l2;
+    const auto floats = [](const std::vector<T>& v) {
+        std::vector<float> f(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) f[i] = tinyllm::to_float(v[i]);
+        return f;
+    };
+    const bench_agreement check = rel_l2_agreement(floats(result_of(fused)), floats(result_of(unfused)), 1e-2);
     const std::string shape = "M=" + std::to_string(M) + ",D=" + std::to_string(D) + ",Hq=32,Hkv=8,Dh=64,bf16";
     const double bytes = static_cast<double>(N * D + M * D + M * N + 2 * M * width) * sizeof(T);
     const double flops = 2.0 * static_cast<double>(M * N * D);
@@ -254,5 +246,5 @@ TINYLLM_BENCH("qkv_rope_cache", "a decode step's QKV projection + RoPE + KV-cach
     const auto unfused_t = tc::time_gpu("qkv_rope_cache/cublas_rope_write_cache/" + shape, unfused, bytes, flops, options);
     ctx.rows.push_back({"cuBLAS + rope_write_cache", "cuda", unfused_t, "the reference", true, true});
     const auto fused_t = tc::time_gpu("qkv_rope_cache/qkv_rope_write_cache/" + shape, fused, bytes, flops, options);
-    ctx.rows.push_back({"qkv_rope_write_cache", "cuda", fused_t, check.str(), agrees, false});
+    ctx.rows.push_back({"qkv_rope_write_cache", "cuda", fused_t, check.text, check.ok, false});
 }

@@ -2,6 +2,7 @@
 #include "registry.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
 
@@ -92,6 +93,24 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
         }
     }
     return parsed;
+}
+
+bench_agreement rel_l2_agreement(const std::vector<float>& got, const std::vector<float>& want, double bound) {
+    if (got.size() != want.size())
+        return {"got " + std::to_string(got.size()) + " values for " + std::to_string(want.size()), false};
+    double diff2 = 0.0, ref2 = 0.0, max_abs = 0.0;
+    bool finite = true;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        const double g = got[i], r = want[i];
+        finite = finite && std::isfinite(g) && std::isfinite(r);
+        diff2 += (g - r) * (g - r);
+        ref2 += r * r;
+        max_abs = std::max(max_abs, std::fabs(g - r));
+    }
+    const double rel_l2 = ref2 > 0.0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+    std::ostringstream text;
+    text << (finite ? "" : "non-finite values; ") << "max-abs " << max_abs << ", rel-L2 " << rel_l2;
+    return {text.str(), finite && rel_l2 <= bound};
 }
 
 std::vector<tinyllm::token_id> parse_token_ids(const std::string& text) {

@@ -90,6 +90,15 @@ struct bench_component {
 };
 std::vector<bench_component>& bench_components();
 
+// A bench row's check when the version is expected within a tolerance of the
+// reference, not its bits: "max-abs A, rel-L2 R" of got against want (the same
+// length), and ok when every value is finite and rel-L2 <= bound.
+struct bench_agreement {
+    std::string text;
+    bool ok = false;
+};
+bench_agreement rel_l2_agreement(const std::vector<float>& got, const std::vector<float>& want, double bound);
+
 struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };

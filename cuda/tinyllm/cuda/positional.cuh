@@ -76,6 +76,7 @@
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/embedding.cuh>
+#include <tinyllm/cuda/gemv.cuh>  // detail::pair_gemv_kernel (RoPE v4)
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
@@ -434,20 +435,18 @@ void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, ind
 // ---- v4: RoPE in the QKV projection's epilogue ---------------------------------
 //
 // A decode step computes qkv = h Wqkv^T (+ b) for a few rows of h, then v3
-// rotates and stores. v4 does the projection itself, as a GEMV, and rotates the
-// results while they are still in registers:
+// rotates and stores. v4 does the projection itself, as a GEMV (gemv.cuh's
+// pair_gemv_kernel: two weight rows per warp, at most 8 rows of h), and rotates
+// the results while they are still in registers:
 //
 //     a warp per rotation pair: the two features (f0, f1) that RoPE turns
 //     together (rotate_half: i and i + R/2 of a head; interleaved: 2i, 2i + 1)
 //     are two rows of Wqkv. The warp reads both rows once (16-byte vectors,
-//     lanes striding over K, four loads of each row in flight per lane: a
-//     Llama-3.2-1B step has only ~12 of these warps per SM of an H100, and
-//     streaming memory needs more bytes in flight than one load per warp),
-//     dots them with every row m of h (at most 8: decoding), sums over the
-//     warp with shuffles, and then lane m adds the bias, rotates (f0, f1) by
-//     row m's angle (the table's value, or the same sincosf past it) and
-//     writes them: to qkv, and for k and v also to the token's cache row (the
-//     same functors as v3).
+//     four loads of each row in flight per lane: a Llama-3.2-1B step has only
+//     ~12 of these warps per SM of an H100), dots them with every row m of h,
+//     and then lane m adds the bias, rotates (f0, f1) by row m's angle (the
+//     table's value, or the same sincosf past it) and writes them: to qkv, and
+//     for k and v also to the token's cache row (the same functors as v3).
 //
 // Features RoPE leaves alone (v's heads, a partial rotary's tail, GPT-2's
 // everything) go two neighbours per warp through the same code, unrotated.
@@ -457,9 +456,7 @@ void rope_write_cache(T* keys, T* values, Rows rows, T* qkv, index_t tokens, ind
 // a few rows, the weights' bytes set its time: 12.6 MB for Llama-3.2-1B's
 // Wqkv in bf16, about 3 µs at 4 TB/s, against a few µs per launch it removes
 // (expected, not measured on a GPU: `tinyllm bench qkv_rope_cache`).
-inline constexpr int qkv_gemv_warps = 4;     // rotation pairs (warps) per block
-inline constexpr int qkv_gemv_max_rows = 8;  // rows of h per launch
-inline constexpr int qkv_gemv_unroll = 4;    // 16-byte loads of each weight row in flight per lane
+inline constexpr int qkv_gemv_max_rows = pair_gemv_max_rows;  // rows of h per launch
 
 // The features (n0, n1) of a row of qkv that warp `unit` computes, and the RoPE
 // pair that rotates them (pair < 0: none). unit = head * ceil(Dh / 2) + j; the
@@ -485,68 +482,43 @@ __device__ inline qkv_unit qkv_unit_of(index_t unit, index_t rotated_heads, inde
     return {h * head_dim + f0, f1 < 0 ? -1 : h * head_dim + f1, pair};
 }
 
-// qkv (m_rows, (Hq + 2 Hkv) Dh) = x (m_rows, K) w^T (+ bias), rotated, k and v
-// also into the cache rows rows(m); see above. V: elements per load (16 / sizeof(T),
-// or 1 when K or a pointer does not allow vectors).
-template <class T, int V, class Rows>
-__global__ void __launch_bounds__(qkv_gemv_warps * 32)
-    qkv_rope_write_cache_kernel(T* qkv, T* keys, T* values, Rows rows, const T* x, const T* w, const T* bias,
-                                int m_rows, index_t K, index_t q_heads, index_t kv_heads, index_t head_dim, bool rotate,
-                                const std::int64_t* positions, rope_config cfg, const float* cache_cos,
-                                const float* cache_sin, index_t cache_rows) {
-    const int lane = static_cast<int>(threadIdx.x % 32);
-    const index_t heads = q_heads + 2 * kv_heads, per_head = (head_dim + 1) / 2;
-    const index_t unit = blockIdx.x * static_cast<index_t>(qkv_gemv_warps) + threadIdx.x / 32;
-    if (unit >= heads * per_head) return;  // a whole warp leaves together
-    const qkv_unit u = qkv_unit_of(unit, q_heads + kv_heads, head_dim, rotate, cfg);
-    const bool two = u.n1 >= 0;
-    const T* w0 = w + u.n0 * K;
-    const T* w1 = w + (two ? u.n1 : u.n0) * K;  // a lone feature reads its row twice, and drops the copy
-    float acc0[qkv_gemv_max_rows] = {}, acc1[qkv_gemv_max_rows] = {};
-    // U vectors of each weight row in flight per lane: the loads of a step are all
-    // issued before the first multiply, so even a few warps per SM keep enough
-    // bytes in flight to stream the weights.
-    constexpr int U = qkv_gemv_unroll;
-    for (index_t k0 = static_cast<index_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
-        float a[U][V], b[U][V];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const index_t k = k0 + u * 32 * V;
-            if (k < K) {
-                load_floats<T, V>(a[u], w0 + k);
-                load_floats<T, V>(b[u], w1 + k);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const index_t k = k0 + u * 32 * V;
-            if (k >= K) break;
-#pragma unroll
-            for (int m = 0; m < qkv_gemv_max_rows; ++m) {
-                if (m >= m_rows) break;
-                float xv[V];
-                load_floats<T, V>(xv, x + m * K + k);
-#pragma unroll
-                for (int e = 0; e < V; ++e) {
-                    acc0[m] = fmaf(xv[e], a[u][e], acc0[m]);
-                    acc1[m] = fmaf(xv[e], b[u][e], acc1[m]);
-                }
-            }
-        }
+// v4's epilogue for pair_gemv_kernel (gemv.cuh): qkv (m_rows, (Hq + 2 Hkv) Dh) =
+// x (m_rows, K) w^T (+ bias), rotated, k and v also into the cache rows rows(m);
+// see above.
+template <class T, class Rows>
+struct qkv_rope_epilogue {
+    T* qkv;
+    T* keys;
+    T* values;
+    Rows rows;
+    const T* w;     // (Nqkv, K)
+    const T* bias;  // (Nqkv) or null
+    index_t K, q_heads, kv_heads, head_dim;
+    bool rotate;
+    const std::int64_t* positions;  // (m_rows)
+    rope_config cfg;
+    const float* cache_cos;
+    const float* cache_sin;
+    index_t cache_rows;
+
+    struct unit_state {
+        const T* w0;
+        const T* w1;
+        qkv_unit u;
+    };
+
+    __device__ unit_state unit(index_t unit) const {
+        const qkv_unit u = qkv_unit_of(unit, q_heads + kv_heads, head_dim, rotate, cfg);
+        // A lone feature reads its row twice, and drops the copy.
+        return {w + u.n0 * K, w + (u.n1 >= 0 ? u.n1 : u.n0) * K, u};
     }
-#pragma unroll
-    for (int m = 0; m < qkv_gemv_max_rows; ++m) {
-        if (m >= m_rows) break;
-        acc0[m] = warp_sum(acc0[m]);  // every lane gets the sums
-        acc1[m] = warp_sum(acc1[m]);
-    }
-    const index_t h = u.n0 / head_dim, width = kv_heads * head_dim;
-#pragma unroll
-    for (int m = 0; m < qkv_gemv_max_rows; ++m) {  // lane m finishes row m
-        if (m >= m_rows) break;
-        if (lane != m) continue;
-        float f0 = acc0[m] + (bias != nullptr ? to_float(bias[u.n0]) : 0.0f);
-        float f1 = acc1[m] + (bias != nullptr && two ? to_float(bias[u.n1]) : 0.0f);
+
+    __device__ void finish(const unit_state& state, int m, float f0, float f1) const {
+        const qkv_unit& u = state.u;
+        const bool two = u.n1 >= 0;
+        const index_t heads = q_heads + 2 * kv_heads, h = u.n0 / head_dim, width = kv_heads * head_dim;
+        f0 += bias != nullptr ? to_float(bias[u.n0]) : 0.0f;
+        f1 += bias != nullptr && two ? to_float(bias[u.n1]) : 0.0f;
         if (u.pair >= 0) {
             float c, s;
             rope_angle_of(&c, &s, static_cast<index_t>(positions[m]), u.pair, cfg, cache_cos, cache_sin, cache_rows);
@@ -555,20 +527,20 @@ __global__ void __launch_bounds__(qkv_gemv_warps * 32)
         T* out = qkv + m * heads * head_dim;
         out[u.n0] = from_float<T>(f0);
         if (two) out[u.n1] = from_float<T>(f1);
-        if (h < q_heads) continue;  // q stays in qkv
+        if (h < q_heads) return;  // q stays in qkv
         const index_t at = rows(m);
-        if (at < 0) continue;  // a padding token
+        if (at < 0) return;  // a padding token
         const bool key = h < q_heads + kv_heads;
         const index_t first = (key ? q_heads : q_heads + kv_heads) * head_dim;  // the part's first feature in qkv
         T* to = (key ? keys : values) + at * width;
         to[u.n0 - first] = from_float<T>(f0);
         if (two) to[u.n1 - first] = from_float<T>(f1);
     }
-}
+};
 
-// Launches qkv_rope_write_cache_kernel: qkv (tokens, (Hq + 2 Hkv) Dh, contiguous)
-// = x (tokens, K, contiguous) w^T + bias (w: (Nqkv, K) contiguous; bias may be
-// nullptr), q and k rotated at positions[r] (rope == nullptr: not rotated),
+// Launches v4 (pair_gemv_kernel with qkv_rope_epilogue): qkv (tokens, (Hq + 2 Hkv) Dh,
+// contiguous) = x (tokens, K, contiguous) w^T + bias (w: (Nqkv, K) contiguous; bias
+// may be nullptr), q and k rotated at positions[r] (rope == nullptr: not rotated),
 // k and v stored into cache row rows(r). tokens <= qkv_gemv_max_rows.
 template <class T, class Rows>
 void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type_identity_t<T>* x, index_t tokens,
@@ -583,26 +555,24 @@ void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type
     if (rope != nullptr)
         TINYLLM_EXPECT(rope->config.rotary_dim <= head_dim, op, ": rotary_dim ", rope->config.rotary_dim,
                        " is larger than head_dim ", head_dim);
-    if (tokens == 0) return;
-    constexpr int W = 16 / static_cast<int>(sizeof(T));
-    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    const bool vectorized = K % W == 0 && aligned(x) && aligned(w);
+    const qkv_rope_epilogue<T, Rows> epi{qkv,
+                                         keys,
+                                         values,
+                                         rows,
+                                         w,
+                                         bias,
+                                         K,
+                                         q_heads,
+                                         kv_heads,
+                                         head_dim,
+                                         rope != nullptr,
+                                         positions,
+                                         rope != nullptr ? rope->config : rope_config{},
+                                         rope != nullptr ? rope->cos.data() : nullptr,
+                                         rope != nullptr ? rope->sin.data() : nullptr,
+                                         rope != nullptr ? rope->max_positions : 0};
     const index_t units = (q_heads + 2 * kv_heads) * ((head_dim + 1) / 2);
-    const index_t blocks = ceil_div<index_t>(units, qkv_gemv_warps);
-    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output pairs exceed the grid");
-    const rope_config cfg = rope != nullptr ? rope->config : rope_config{};
-    const float* cos = rope != nullptr ? rope->cos.data() : nullptr;
-    const float* sin = rope != nullptr ? rope->sin.data() : nullptr;
-    const index_t table = rope != nullptr ? rope->max_positions : 0;
-    const auto grid = static_cast<unsigned>(blocks);
-    const int m = static_cast<int>(tokens);
-    if (vectorized)
-        launch(qkv_rope_write_cache_kernel<T, W, Rows>, grid, qkv_gemv_warps * 32, 0, stream, qkv, keys, values, rows,
-               x, w, bias, m, K, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
-    else
-        launch(qkv_rope_write_cache_kernel<T, 1, Rows>, grid, qkv_gemv_warps * 32, 0, stream, qkv, keys, values, rows,
-               x, w, bias, m, K, q_heads, kv_heads, head_dim, rope != nullptr, positions, cfg, cos, sin, table);
-    TINYLLM_CUDA_CHECK_LAUNCH();
+    launch_pair_gemv<T>(op, epi, x, tokens, w, w, K, units, stream);
 }
 
 }  // namespace detail

@@ -1,0 +1,143 @@
+// tinyllm/cuda/gemv.cuh — the matrix-vector product that a decode step's fused
+// kernels share: a few rows of activations x (m <= 8) times a weight matrix
+// W (N, K), two weight rows per warp, with the results handed to an epilogue
+// while they are still in registers.
+//
+//     s0[m] = sum_k x[m, k] W[n0, k],   s1[m] = sum_k x[m, k] W[n1, k]   (m < rows)
+//
+// Why a GEMV and not cuBLAS: decoding feeds one token per sequence, so the
+// product reads every weight once and does two flops per weight; its time is
+// the weights' bytes over the memory bandwidth, whoever computes it. What a
+// kernel of our own adds is the epilogue: whatever the next step would do to
+// the outputs (rotate them, add a bias, apply SwiGLU, write them to the cache)
+// happens here, so that step's launch, and its read and write of the outputs,
+// disappear.
+//
+// How a warp reads its two rows. The 32 lanes stride over K together, each
+// loading 16 bytes of each row per step (8 bf16 or 4 floats: coalesced, 512
+// bytes a warp-load), and U = 4 such loads of each row are issued before the
+// first multiply: a large decode step has only a dozen of these warps per SM,
+// and streaming memory needs more bytes in flight than one load per warp. Each
+// lane multiplies its slice with every row of x (x is tiny and stays in L1),
+// and a warp shuffle (warp_sum) finishes the m sums on every lane; lane m then
+// runs the epilogue for row m.
+//
+// Who pairs which rows is the epilogue's business:
+//   * RoPE v4 (positional.cuh): the two features a rotation turns together;
+//   * SwiGLU (ffn.cuh): row j of W_gate and row j of W_up, two matrices;
+//   * bias + activation (ffn.cuh): neighbouring rows n, n + 1 of one matrix.
+//
+// An epilogue E is a small struct passed by value to the kernel:
+//   E::unit_state   what a warp needs to know about its unit, with members
+//                   `const T* w0, * w1` (the two rows; w1 == w0 for a lone row)
+//   unit_state unit(index_t u) const            (device) unit u's rows
+//   void finish(const unit_state&, int m, float s0, float s1) const
+//                                               (device) row m's two sums
+//
+// Expected speed (not measured on a GPU yet): the weights' bytes over the
+// bandwidth, e.g. Llama-3.2-1B's gate and up in bf16 (2 x 8192 x 2048 x 2 B =
+// 67 MB) in ~17 µs at 4 TB/s. Whether it keeps pace with cuBLAS's own
+// small-M kernels is what the benchmarks of its users show
+// (`tinyllm bench qkv_rope_cache`, `tinyllm bench mlp_gemv`).
+#pragma once
+
+#include <tinyllm/cuda/activation.cuh>        // detail::load_floats
+#include <tinyllm/cuda/attention_common.cuh>  // detail::warp_sum
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
+#include <tinyllm/tensor.hpp>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string_view>
+
+namespace tinyllm::cuda::detail {
+
+inline constexpr int pair_gemv_warps = 4;     // units (warps) per block
+inline constexpr int pair_gemv_max_rows = 8;  // rows of x per launch
+inline constexpr int pair_gemv_unroll = 4;    // 16-byte loads of each weight row in flight per lane
+
+// units warps, each the two sums of every row of x (m_rows, K, contiguous) with
+// its two weight rows, then epi.finish per row. V: elements per load (16 /
+// sizeof(T), or 1 when K or a pointer does not allow vectors).
+template <class T, int V, class Epilogue>
+__global__ void __launch_bounds__(pair_gemv_warps * 32)
+    pair_gemv_kernel(Epilogue epi, const T* x, int m_rows, index_t K, index_t units) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
+    if (unit >= units) return;  // a whole warp leaves together
+    const typename Epilogue::unit_state u = epi.unit(unit);
+    const T* w0 = u.w0;
+    const T* w1 = u.w1;
+    float acc0[pair_gemv_max_rows] = {}, acc1[pair_gemv_max_rows] = {};
+    // All U loads of a step are issued before the first multiply.
+    constexpr int U = pair_gemv_unroll;
+    for (index_t k0 = static_cast<index_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
+        float a[U][V], b[U][V];
+#pragma unroll
+        for (int s = 0; s < U; ++s) {
+            const index_t k = k0 + s * 32 * V;
+            if (k < K) {
+                load_floats<T, V>(a[s], w0 + k);
+                load_floats<T, V>(b[s], w1 + k);
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < U; ++s) {
+            const index_t k = k0 + s * 32 * V;
+            if (k >= K) break;
+#pragma unroll
+            for (int m = 0; m < pair_gemv_max_rows; ++m) {
+                if (m >= m_rows) break;
+                float xv[V];
+                load_floats<T, V>(xv, x + m * K + k);
+#pragma unroll
+                for (int e = 0; e < V; ++e) {
+                    acc0[m] = fmaf(xv[e], a[s][e], acc0[m]);
+                    acc1[m] = fmaf(xv[e], b[s][e], acc1[m]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < pair_gemv_max_rows; ++m) {
+        if (m >= m_rows) break;
+        acc0[m] = warp_sum(acc0[m]);  // every lane gets the sums
+        acc1[m] = warp_sum(acc1[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < pair_gemv_max_rows; ++m) {  // lane m finishes row m
+        if (m >= m_rows) break;
+        if (lane == m) epi.finish(u, m, acc0[m], acc1[m]);
+    }
+}
+
+// Checks (on the host) and launches pair_gemv_kernel: x (rows, K) and every
+// weight row contiguous, the rows K apart in the matrices w_a and w_b that the
+// units read (one matrix: the same pointer twice). The vector path needs K a
+// multiple of the vector and x, w_a, w_b 16-byte aligned; otherwise scalar.
+template <class T, class Epilogue>
+void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, index_t rows, const T* w_a, const T* w_b,
+                      index_t K, index_t units, cudaStream_t stream) {
+    TINYLLM_EXPECT(rows >= 0 && rows <= pair_gemv_max_rows, op, ": ", rows, " rows; the GEMV takes at most ",
+                   pair_gemv_max_rows, " (a decode step; more rows go to cuBLAS)");
+    TINYLLM_EXPECT(K >= 1, op, ": K = ", K, " must be positive");
+    if (rows == 0 || units == 0) return;
+    const index_t blocks = ceil_div<index_t>(units, pair_gemv_warps);
+    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output units exceed the grid");
+    constexpr int W = 16 / static_cast<int>(sizeof(T));
+    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    const bool vectorized = K % W == 0 && aligned(x) && aligned(w_a) && aligned(w_b);
+    const auto grid = static_cast<unsigned>(blocks);
+    const int m = static_cast<int>(rows);
+    if (vectorized)
+        launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, m, K, units);
+    else
+        launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, m, K, units);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace tinyllm::cuda::detail
