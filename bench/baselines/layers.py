@@ -1,8 +1,14 @@
-"""PyTorch baselines for `tinyllm bench rmsnorm|layernorm|residual_rmsnorm|swiglu`.
+"""PyTorch baselines for `tinyllm bench rmsnorm|layernorm|residual_rmsnorm|swiglu`
+and `mlp_swiglu_gemv|mlp_gelu_gemv`.
 
 Same shapes and byte counts as the CUDA rows: (16384, 4096) bfloat16 (--rows to
 change the rows), eps 1e-5, eager PyTorch (what a user gets without writing a
 kernel). GB/s counts each input read once and each output written once.
+
+The MLP GEMV rows are a decode step's first MLP projection (--gemv-rows M rows,
+default 1) as transformers writes it: LlamaMLP's act_fn(gate_proj(x)) *
+up_proj(x) at Llama-3.2-1B's D 2048, H 8192, and GPT-2's c_fc + gelu_new at
+D 768, H 3072; bytes are dominated by the weights, read once.
 
     python3 bench/baselines/layers.py --json out/layers_pytorch.json
 """
@@ -16,6 +22,7 @@ p.add_argument("--json", help="write results to this file (Google Benchmark layo
 p.add_argument("--repeats", type=int, default=20)
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--rows", type=int, default=16384)
+p.add_argument("--gemv-rows", type=int, default=1)
 args = p.parse_args()
 
 torch = require_cuda_torch()
@@ -70,6 +77,24 @@ run(f"residual_rmsnorm/pytorch_add+{rms_name.removeprefix('pytorch_')}", residua
 g = rand(rows, D, lo=-4.0, hi=4.0)
 u = rand(rows, D)
 run("swiglu/pytorch_F.silu(g)*u", lambda: F.silu(g) * u, 3.0 * n * size)
+
+# A decode step's MLP input: M rows of x, weights (H, D) as nn.Linear holds them.
+M = args.gemv_rows
+for name, Dm, H in (("mlp_swiglu_gemv", 2048, 8192), ("mlp_gelu_gemv", 768, 3072)):
+    scale = Dm ** -0.5
+    xm = rand(M, Dm, lo=-1.0, hi=1.0)
+    wa = rand(H, Dm, lo=-scale, hi=scale)
+    key = f"{name}/pytorch_eager/M={M},D={Dm},H={H},bf16"
+    if name == "mlp_swiglu_gemv":
+        wb = rand(H, Dm, lo=-scale, hi=scale)
+        results.add(key, time_cuda(torch, lambda: F.silu(F.linear(xm, wa)) * F.linear(xm, wb), args.repeats,
+                                   args.warmup),
+                    bytes=(2 * H * Dm + M * Dm + M * H) * size, flops=4.0 * M * H * Dm)
+    else:
+        bias = rand(H, lo=-0.5, hi=0.5)
+        results.add(key, time_cuda(torch, lambda: F.gelu(F.linear(xm, wa, bias), approximate="tanh"), args.repeats,
+                                   args.warmup),
+                    bytes=(H * Dm + H + M * Dm + M * H) * size, flops=2.0 * M * H * Dm)
 
 results.write(args.json)
 sys.exit(0)

@@ -1,5 +1,5 @@
 // examples/tinyllm/bench_layers.cu — CUDA rows of `tinyllm bench
-// rmsnorm|layernorm|residual_rmsnorm|swiglu`: (rows, 4096) bfloat16, rows =
+// rmsnorm|layernorm|residual_rmsnorm|swiglu` (and the MLP GEMVs, at the end): (rows, 4096) bfloat16, rows =
 // --size or 16384 (64 on the simulated GPU: every row is then checked, and the
 // kernels take the same paths, since their launch shapes depend on the 4096).
 //
@@ -12,7 +12,9 @@
 #include "registry.hpp"
 
 #include <tinyllm/cuda/activation.cuh>
+#include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/random.cuh>
 #include <tinyllm/cuda/timing.cuh>
@@ -222,4 +224,108 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
     run_version(ctx, "swiglu", "v2 fused vectorized", "v2_fused_vectorized", false, bytes, rows, out, idx, ref,
                 [&] { tc::swiglu<T>(O, G, U); });
     run_copy(ctx, "swiglu", bytes, rows);
+}
+
+// ---- `tinyllm bench mlp_swiglu_gemv|mlp_gelu_gemv` ---------------------------------------
+// A decode step's first MLP projection with its element-wise step, M rows
+// (--size M, default 1, at most 8), bf16:
+//   mlp_swiglu_gemv  Llama-3.2-1B (D 2048, H 8192): cuBLAS gate + cuBLAS up +
+//                    swiglu, against swiglu_gemv (gate and up read by one GEMV,
+//                    SwiGLU in its epilogue); bytes: the two weights (67 MB)
+//   mlp_gelu_gemv    GPT-2 124M (D 768, H 3072): cuBLAS fc + bias_activate (bias
+//                    + GELU), against bias_activate_gemv; bytes: W_fc (4.7 MB)
+// The GEMVs sum in another order than cuBLAS, so the check is a tolerance
+// against the unfused steps (rel-L2 <= 1e-2), not bits. On the simulated GPU
+// the widths are 8x smaller.
+
+namespace {
+
+index_t gemv_rows(bench_context& ctx) {
+    const index_t M = ctx.size_or(1, 1);
+    if (M > tc::detail::mlp_gemv_max_rows)
+        ctx.out << "  --size " << M << " rows; the MLP GEMVs take at most " << tc::detail::mlp_gemv_max_rows
+                << " (a decode step)\n";
+    return M;
+}
+
+std::vector<float> floats_of(const tc::device_buffer<T>& b) {
+    const std::vector<T> v = tc::to_host(b);
+    std::vector<float> f(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) f[i] = tinyllm::to_float(v[i]);
+    return f;
+}
+
+// Runs `unfused` (the reference row) and `fused` into poisoned copies of out,
+// compares them, then times both.
+void compare_and_time(bench_context& ctx, const std::string& key, tc::device_buffer<T>& out,
+                      const char* unfused_name, const char* unfused_key, const std::function<void()>& unfused,
+                      const char* fused_name, const char* fused_key, const std::function<void()>& fused, double bytes,
+                      double flops) {
+    out.poison();
+    unfused();
+    const std::vector<float> want = floats_of(out);
+    out.poison();
+    fused();
+    const bench_agreement check = rel_l2_agreement(floats_of(out), want, 1e-2);
+    const auto unfused_t = tc::time_gpu(std::string(unfused_key) + "/" + key, unfused, bytes, flops, options(ctx));
+    ctx.rows.push_back({unfused_name, "cuda", unfused_t, "the reference", true, true});
+    const auto fused_t = tc::time_gpu(std::string(fused_key) + "/" + key, fused, bytes, flops, options(ctx));
+    ctx.rows.push_back({fused_name, "cuda", fused_t, check.text, check.ok, false});
+}
+
+std::string gemv_shape(index_t M, index_t Dm, index_t H) {
+    return "M=" + std::to_string(M) + ",D=" + std::to_string(Dm) + ",H=" + std::to_string(H) + ",bf16";
+}
+
+}  // namespace
+
+TINYLLM_BENCH("mlp_swiglu_gemv", "a decode step's gate and up projections + SwiGLU, Llama-3.2-1B shape (D 2048, H 8192), bf16: --size M rows (default 1, at most 8; simulated GPU: D 256, H 1024)", 1) {
+    if (!ctx.gpu_available) return;
+    const index_t M = gemv_rows(ctx), shrink = ctx.simulated ? 8 : 1;
+    if (M > tc::detail::mlp_gemv_max_rows) return;
+    const index_t Dm = 2048 / shrink, H = 8192 / shrink;
+    auto x = random_bf16(M * Dm, 51, -1, 1);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(Dm));
+    auto wg = random_bf16(H * Dm, 52, -scale, scale), wu = random_bf16(H * Dm, 53, -scale, scale);
+    tc::device_buffer<T> out(static_cast<std::size_t>(M * H)), up(static_cast<std::size_t>(M * H));
+    const auto X = x.view(extents<2>{M, Dm});
+    const auto WG = wg.view(extents<2>{H, Dm}), WU = wu.view(extents<2>{H, Dm});
+    const auto O = out.view(extents<2>{M, H}), U = up.view(extents<2>{M, H});
+    const tc::cublas_handle handle;
+    const double bytes = static_cast<double>(2 * H * Dm + M * Dm + M * H) * sizeof(T);
+    compare_and_time(
+        ctx, gemv_shape(M, Dm, H), out, "cuBLAS gate, up + swiglu", "mlp_swiglu_gemv/cublas_swiglu",
+        [&] {
+            tc::linear<T>(O, X, WG, {}, handle);
+            tc::linear<T>(U, X, WU, {}, handle);
+            tc::swiglu<T>(O, O, U);
+        },
+        "swiglu_gemv", "mlp_swiglu_gemv/swiglu_gemv", [&] { tc::detail::swiglu_gemv<T>(O, X, WG, WU); }, bytes,
+        4.0 * static_cast<double>(M * H * Dm));
+}
+
+TINYLLM_BENCH("mlp_gelu_gemv", "a decode step's fc projection + bias + GELU, GPT-2 124M shape (D 768, H 3072), bf16: --size M rows (default 1, at most 8; simulated GPU: D 96, H 384)", 1) {
+    if (!ctx.gpu_available) return;
+    const index_t M = gemv_rows(ctx), shrink = ctx.simulated ? 8 : 1;
+    if (M > tc::detail::mlp_gemv_max_rows) return;
+    const index_t Dm = 768 / shrink, H = 3072 / shrink;
+    auto x = random_bf16(M * Dm, 61, -1, 1);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(Dm));
+    auto w = random_bf16(H * Dm, 62, -scale, scale), b = random_bf16(H, 63, -0.5f, 0.5f);
+    tc::device_buffer<T> out(static_cast<std::size_t>(M * H));
+    const auto X = x.view(extents<2>{M, Dm});
+    const auto W = w.view(extents<2>{H, Dm});
+    const auto B = b.view(extents<1>{H});
+    const auto O = out.view(extents<2>{M, H});
+    const tc::cublas_handle handle;
+    const double bytes = static_cast<double>(H * Dm + H + M * Dm + M * H) * sizeof(T);
+    compare_and_time(
+        ctx, gemv_shape(M, Dm, H), out, "cuBLAS fc + bias_activate", "mlp_gelu_gemv/cublas_bias_activate",
+        [&] {
+            tc::linear<T>(O, X, W, {}, handle);
+            tc::bias_activate<T>(O, O, B, tinyllm::activation::gelu_tanh);
+        },
+        "bias_activate_gemv", "mlp_gelu_gemv/bias_activate_gemv",
+        [&] { tc::detail::bias_activate_gemv<T>(O, X, W, B, tinyllm::activation::gelu_tanh); }, bytes,
+        2.0 * static_cast<double>(M * H * Dm));
 }

@@ -299,6 +299,82 @@ void check_residual_bias_norms(index_t rows, index_t D, std::uint64_t which, ind
     }
 }
 
+// The decode step's MLP GEMVs (detail::swiglu_gemv, detail::bias_activate_gemv)
+// against the double-precision products rounded to T, then the element-wise step
+// (what the unfused path stores), and against that unfused path on the GPU (cuBLAS,
+// then swiglu / bias_activate). `skew` starts the weights one element past their
+// allocation (the scalar path). Outputs poisoned first. Tolerances: twice the
+// element type's (two roundings), except float's rel-L2, 1e-4: the float sums of
+// K = 1290 terms in two different orders differ by ~1e-5 of a result whose terms
+// cancel, and an N = 1 output is a single value, nothing to average over.
+template <class T>
+tolerance gemv_tol() {
+    tolerance t = loose_tol_for<T>();
+    if constexpr (std::is_same_v<T, float>) t.rel_l2 = 1e-4;
+    return t;
+}
+
+template <class T>
+void check_mlp_gemv(index_t rows, index_t K, index_t N, std::uint64_t which, index_t skew) {
+    const auto nx = static_cast<std::size_t>(rows * K), nw = static_cast<std::size_t>(N * K + skew);
+    const auto x = random_as<T>(nx, which, -1.0f, 1.0f);
+    const auto wg = random_as<T>(nw, which + 1, -0.5f, 0.5f), wu = random_as<T>(nw, which + 2, -0.5f, 0.5f);
+    const auto bias = random_as<T>(static_cast<std::size_t>(N), which + 3, -1.0f, 1.0f);
+    auto dx = upload<T>(x), dwg = upload<T>(wg), dwu = upload<T>(wu), dbias = upload<T>(bias);
+    const auto no = static_cast<std::size_t>(rows * N);
+    tc::device_buffer<T> dout(no), da(no), db(no);
+    const auto X = dview2(dx, rows, K);
+    const tensor_view<const T, 2> WG(dwg.data() + skew, {N, K}), WU(dwu.data() + skew, {N, K});
+    const auto out = dview2(dout, rows, N), A = dview2(da, rows, N), B = dview2(db, rows, N);
+    const std::string where = label<T>("rows " + std::to_string(rows) + ", K " + std::to_string(K) + ", skew " +
+                                           std::to_string(skew) + ", (rows, N)",
+                                       rows, N);
+
+    // The products in double, rounded to T as a GEMM's output is stored.
+    const auto product = [&](const std::vector<float>& w, index_t m, index_t n) {
+        double sum = 0.0;
+        for (index_t k = 0; k < K; ++k)
+            sum += static_cast<double>(x[static_cast<std::size_t>(m * K + k)]) *
+                   w[static_cast<std::size_t>(skew + n * K + k)];
+        return tinyllm::to_float(tinyllm::from_float<T>(static_cast<float>(sum)));
+    };
+    std::vector<float> ref(no);
+    const auto rounded = [](float v) { return tinyllm::to_float(tinyllm::from_float<T>(v)); };
+
+    // SwiGLU: the reference, then the unfused GPU path (cuBLAS twice, swiglu).
+    for (index_t m = 0; m < rows; ++m)
+        for (index_t n = 0; n < N; ++n)
+            ref[static_cast<std::size_t>(m * N + n)] = rounded(tinyllm::swiglu(product(wg, m, n), product(wu, m, n)));
+    dout.poison();
+    tc::detail::swiglu_gemv<T>(out, X, WG, WU);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, gemv_tol<T>(), "swiglu_gemv vs double, " + where);
+    tc::cublas_handle handle;
+    da.poison();
+    db.poison();
+    tc::linear<T>(A, X, WG, {}, handle);
+    tc::linear<T>(B, X, WU, {}, handle);
+    tc::swiglu<T>(A, A, B);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), tc::to_host(da), gemv_tol<T>(), "swiglu_gemv vs unfused, " + where);
+
+    // Bias + GELU (tanh), and without a bias (identity: the plain GEMV).
+    for (const bool with_bias : {true, false}) {
+        const activation kind = with_bias ? activation::gelu_tanh : activation::identity;
+        for (index_t m = 0; m < rows; ++m)
+            for (index_t n = 0; n < N; ++n)
+                ref[static_cast<std::size_t>(m * N + n)] = rounded(
+                    tinyllm::activate(kind, product(wg, m, n) + (with_bias ? bias[static_cast<std::size_t>(n)] : 0.0f)));
+        const tensor_view<const T, 1> bv = with_bias ? dview1(dbias) : tensor_view<const T, 1>{};
+        dout.poison();
+        tc::detail::bias_activate_gemv<T>(out, X, WG, bv, kind);
+        const std::string what = std::string(with_bias ? "bias_activate_gemv gelu_tanh" : "bias_activate_gemv plain");
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, gemv_tol<T>(), what + " vs double, " + where);
+        da.poison();
+        tc::linear<T>(A, X, WG, {}, handle);
+        if (with_bias) tc::bias_activate<T>(A, A, bv, kind);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), tc::to_host(da), gemv_tol<T>(), what + " vs unfused, " + where);
+    }
+}
+
 const std::vector<std::pair<index_t, index_t>> map_shapes = {{1, 1}, {3, 5}, {4, 64}, {7, 1001}, {16, 4096}, {2, 24}};
 
 template <class T>
@@ -329,7 +405,7 @@ void check_elementwise(index_t rows, index_t cols, std::uint64_t which) {
     dout.poison();
     tc::swiglu_naive<T>(out, X, Y);
     // The unfused version rounds silu(gate) to T before the product: one more rounding.
-    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, loose_tol_for<T>(), label<T>("swiglu naive", rows, cols));
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref, gemv_tol<T>(), label<T>("swiglu naive", rows, cols));
     // In place (out = gate), as swiglu_mlp runs it.
     auto dgate = upload<T>(x);
     tc::swiglu<T>(dview2(dgate, rows, cols), dview2(dgate, rows, cols), Y);
@@ -391,13 +467,13 @@ void check_linear(std::uint64_t which) {
 
         dout.poison();
         tc::linear<T>(out, dview2(dx, rows, K), dview2(dW, N, K), dview1(db), handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_rounded, loose_tol_for<T>(), label<T>("linear + bias", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_rounded, gemv_tol<T>(), label<T>("linear + bias", rows, N));
         dout.poison();
         tc::linear<T>(out, dview2(dx, rows, K), dview2(dWt, K, N).transpose(0, 1), {}, handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, loose_tol_for<T>(), label<T>("linear, (K, N) weight", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, gemv_tol<T>(), label<T>("linear, (K, N) weight", rows, N));
         dout.poison();
         tc::matmul<T>(out, dview2(dx, rows, K), dview2(dWt, K, N), handle);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, loose_tol_for<T>(), label<T>("matmul", rows, N));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), ref_nobias, gemv_tol<T>(), label<T>("matmul", rows, N));
     }
 }
 
@@ -439,12 +515,12 @@ void check_mlps(std::uint64_t which) {
         round_to<T>(h);
         auto y = lin(h, H, w3, D);
         cpu::bias_activate(view2(y, rows, D), cview2(y, rows, D), cview1(b3), activation::identity);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, loose_tol_for<T>(), label<T>("gpt2_mlp", rows, D));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, gemv_tol<T>(), label<T>("gpt2_mlp", rows, D));
         // And close to the unrounded float reference.
         std::vector<float> exact(n_out);
         const tinyllm::gpt2_mlp_weights<float> cw{cview2(w1, H, D), cview1(b1), cview2(w3, D, H), cview1(b3)};
         cpu::gpt2_mlp(view2(exact, rows, D), cview2(x, rows, D), cw);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), exact, tolerance{4 * loose_tol_for<T>().abs, 4 * loose_tol_for<T>().rel, 2 * loose_tol_for<T>().rel_l2},
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), exact, tolerance{4 * gemv_tol<T>().abs, 4 * gemv_tol<T>().rel, 2 * gemv_tol<T>().rel_l2},
                               label<T>("gpt2_mlp vs float", rows, D));
     }
     // SwiGLU MLP.
@@ -460,7 +536,7 @@ void check_mlps(std::uint64_t which) {
         cpu::swiglu(view2(g, rows, H), cview2(g, rows, H), cview2(u, rows, H));
         round_to<T>(g);
         const auto y = lin(g, H, w3, D);
-        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, loose_tol_for<T>(), label<T>("swiglu_mlp", rows, D));
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), y, gemv_tol<T>(), label<T>("swiglu_mlp", rows, D));
     }
 }
 
@@ -489,6 +565,38 @@ TEST_CASE("CUDA residual add + norm with a projection's deferred bias: bias then
             check_residual_bias_norms<bfloat16>(rows, D, which += 10, skew);
             check_residual_bias_norms<float16>(rows, D, which += 10, skew);
         }
+}
+
+TEST_CASE("CUDA MLP GEMVs (SwiGLU, bias + activation) for a decode step match the products in double and the "
+          "unfused kernels",
+          "[cuda][ffn][gemv]") {
+    std::uint64_t which = 900;
+    for (const index_t rows : {1, 3, 8})
+        for (const index_t K : {30, 32, 40, 1288, 1290})
+            for (const index_t N : {1, 7, 64}) {
+                const index_t skew = (K + N) % 3 == 0 ? 1 : 0;
+                check_mlp_gemv<float>(rows, K, N, which += 10, skew);
+                check_mlp_gemv<bfloat16>(rows, K, N, which += 10, skew);
+            }
+    check_mlp_gemv<float16>(2, 64, 9, which += 10, 0);
+}
+
+TEST_CASE("CUDA MLP GEMVs reject bad arguments before launching", "[cuda][ffn][gemv][error]") {
+    tc::device_buffer<float> x(9 * 16), w(32 * 16), u(32 * 16), out(9 * 32), bias(31);
+    const auto X = dview2(x, 9, 16), W = dview2(w, 32, 16), U = dview2(u, 32, 16), out9 = dview2(out, 9, 32);
+    CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(out9, X, W, U),
+                      tinyllm_test::contains("swiglu_gemv: 9 rows; the GEMV takes at most 8"));
+    const tensor_view<const float, 2> X2(x.data(), {2, 16});
+    const tensor_view<float, 2> out2(out.data(), {2, 32});
+    CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(out2, X2, W, dview2(u, 16, 32)),
+                      tinyllm_test::contains("swiglu_gemv: hidden (2, 32), x (2, 16), gate_weight (32, 16) and "
+                                             "up_weight (16, 32) must be"));
+    CHECK_THROWS_WITH(tc::detail::bias_activate_gemv<float>(out2, X2, W, dview1(bias), activation::gelu_tanh),
+                      tinyllm_test::contains("bias_activate_gemv: bias has 31 elements but the weight has N = 32"));
+    const tensor_view<const float, 2> strided(x.data(), {2, 8}, {16, 1});  // rows 16 apart, 8 wide
+    CHECK_THROWS_WITH(tc::detail::bias_activate_gemv<float>(out2, strided, tensor_view<const float, 2>(w.data(), {32, 8}),
+                                                            tensor_view<const float, 1>{}, activation::identity),
+                      tinyllm_test::contains("bias_activate_gemv: x (shape (2, 8), strides (16, 1)) must be contiguous"));
 }
 
 TEST_CASE("CUDA element-wise kernels match the CPU reference", "[cuda][activation]") {

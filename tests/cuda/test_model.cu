@@ -447,8 +447,8 @@ std::size_t decode_nodes_per_layer(tinyllm::model_arch arch, const std::string& 
 }
 }  // namespace
 
-TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write are one node per layer, "
-          "a projection's bias rides the residual add",
+TEST_CASE("a decode step's graph has the nodes per layer that its fusions promise (RoPE v4, deferred biases, "
+          "the MLP's GEMVs)",
           "[model][graph]") {
     using tinyllm::model_arch;
     const std::size_t llama = decode_nodes_per_layer<float>(model_arch::llama, "");
@@ -461,22 +461,22 @@ TEST_CASE("a decode step's graph: the QKV projection, RoPE and the cache write a
 #if defined(TINYLLM_SIMULATED_GPU)
     // On the simulated GPU a cuBLAS call is one node, so the counts are the model's own
     // (a real GPU's cuBLAS may launch more than one kernel per call: printed only).
-    // A Llama layer of a decode step, dense weights:
-    //   residual_add_rms_norm, qkv_rope_write_cache (RoPE v4), attention_decode (one
-    //   split at these lengths), Wo, residual_add_rms_norm, and the SwiGLU MLP's four
-    //   (gate, up, swiglu, down) = 9.
-    CHECK(llama == 9);
+    // A Llama layer of a decode step, dense weights: residual_add_rms_norm,
+    //   qkv_rope_write_cache (RoPE v4), attention_decode (one split at these lengths),
+    //   Wo, residual_add_rms_norm, swiglu_gemv (gate, up and SwiGLU), down = 7.
+    CHECK(llama == 7);
     CHECK(llama_bf16 == llama);
     // Quantized weights keep the projection and RoPE v3 apart (the quantized GEMV, then
-    // rope_write_cache); every other step has as many nodes as the dense one.
-    CHECK(llama_int8 == llama + 1);
+    // rope_write_cache), and the MLP's gate, up and SwiGLU (three launches): 3 more.
+    CHECK(llama_int8 == llama + 3);
     // A GPT-2 layer, dense weights: residual_add_layer_norm, RoPE v4 (no rotation),
     // attention_decode, Wo (its bias left to the next kernel), residual_add_layer_norm
-    // (adding it), then fc, bias + GELU, proj (its bias left to the next layer's norm) = 8.
-    CHECK(gpt2 == 8);
-    // Int8 weights: the GEMV adds its own bias (Wo, proj), and the QKV projection and
-    // RoPE v3 are two launches: one node more.
-    CHECK(gpt2_int8 == gpt2 + 1);
+    // (adding it), bias_activate_gemv (fc, its bias and GELU), proj (its bias left to
+    // the next layer's norm) = 7.
+    CHECK(gpt2 == 7);
+    // Int8 weights: the GEMV adds its own bias (Wo, proj), but the QKV projection and
+    // RoPE v3 are two launches, and so are fc and bias + GELU: 2 more.
+    CHECK(gpt2_int8 == gpt2 + 2);
 #endif
 }
 

@@ -10,6 +10,11 @@
 //           g = silu(g) * u                   swiglu: one pass (reads g, u; writes g)
 //           y = g W_down^T                    cuBLAS GEMM
 //
+// For a decode step (at most 8 rows) the first projection and the element-wise
+// step after it can be one GEMV instead (detail::swiglu_gemv,
+// detail::bias_activate_gemv; see the section before the (..., features)
+// overloads, and gemv.cuh).
+//
 // (cublasLt can fuse a bias and GELU into the GEMM's epilogue; we keep the
 // element-wise step visible, because it is the part this library teaches and
 // the same kernels serve every model.)
@@ -63,6 +68,7 @@
 #include <tinyllm/cuda/activation.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/cuda/gemv.cuh>
 #include <tinyllm/error.hpp>
 #include <tinyllm/ffn.hpp>
 #include <tinyllm/tensor.hpp>
@@ -290,6 +296,127 @@ void swiglu_mlp(tensor_view<T, 2> out, detail::const_view<T, 2> x, const swiglu_
     swiglu<T>(gate, gate, up, stream);  // fused: silu(gate) * up in one pass
     linear<T>(out, gate, w.down_weight, {}, handle, stream);
 }
+
+// ---- A decode step's first MLP projection as a GEMV (at most 8 rows) ---------------
+// For a few rows of x (decoding) the MLP's first half is a matrix-vector product
+// and an element-wise step. gemv.cuh's pair_gemv_kernel does both in one launch,
+// the element-wise step in its epilogue (gemv.cuh explains how a warp reads):
+//
+//   swiglu_gemv          hidden = silu(x W_gate^T) * (x W_up^T): a warp reads row j of
+//                        W_gate and row j of W_up. Replaces two cuBLAS GEMMs + swiglu.
+//   bias_activate_gemv   hidden = kind(x W^T + b): a warp per two neighbouring rows of
+//                        W. Replaces a cuBLAS GEMM + bias_activate.
+//
+// Each product is rounded to T before the element-wise step, as the unfused path
+// stores it. The sums run in another order than cuBLAS's, so the result is within
+// a rounding of the unfused one, not its bits. cuda::model uses them for a decode
+// step with dense weights (two launches fewer per Llama layer, one per GPT-2 layer).
+
+namespace detail {
+
+inline constexpr int mlp_gemv_max_rows = pair_gemv_max_rows;
+
+template <class T>
+TINYLLM_DEVICE float rounded_to(float v) {
+    return to_float(from_float<T>(v));
+}
+
+template <class T>
+struct swiglu_gemv_epilogue {
+    T* out;          // (m, H)
+    const T* gate;   // (H, K)
+    const T* up;     // (H, K)
+    index_t K, H;
+
+    struct unit_state {
+        const T* w0;
+        const T* w1;
+        index_t j;
+    };
+    __device__ unit_state unit(index_t j) const { return {gate + j * K, up + j * K, j}; }
+    __device__ void finish(const unit_state& s, int m, float g, float u) const {
+        out[m * H + s.j] = from_float<T>(tinyllm::swiglu(rounded_to<T>(g), rounded_to<T>(u)));
+    }
+};
+
+template <class T>
+struct bias_activate_gemv_epilogue {
+    T* out;          // (m, N)
+    const T* w;      // (N, K)
+    const T* bias;   // (N) or null
+    index_t K, N;
+    activation kind;
+
+    struct unit_state {
+        const T* w0;
+        const T* w1;
+        index_t n0;
+    };
+    __device__ unit_state unit(index_t u) const {
+        const index_t n0 = 2 * u, n1 = n0 + 1 < N ? n0 + 1 : n0;  // an odd N's last row alone
+        return {w + n0 * K, w + n1 * K, n0};
+    }
+    __device__ void finish(const unit_state& s, int m, float a, float b) const {
+        T* row = out + m * N;
+        const float b0 = bias != nullptr ? to_float(bias[s.n0]) : 0.0f;
+        row[s.n0] = from_float<T>(tinyllm::activate(kind, rounded_to<T>(a) + b0));
+        if (s.n0 + 1 < N) {
+            const float b1 = bias != nullptr ? to_float(bias[s.n0 + 1]) : 0.0f;
+            row[s.n0 + 1] = from_float<T>(tinyllm::activate(kind, rounded_to<T>(b) + b1));
+        }
+    }
+};
+
+// A (r, c) view whose rows are contiguous and c apart (what the GEMV reads and writes).
+template <class View>
+void expect_packed_rows(const View& v, std::string_view op, std::string_view name) {
+    TINYLLM_EXPECT((v.extent(1) <= 1 || v.stride(1) == 1) && (v.extent(0) <= 1 || v.stride(0) == v.extent(1)), op,
+                   ": ", name, " (shape ", to_string(v.shape()), ", strides ", to_string(v.strides()),
+                   ") must be contiguous");
+}
+
+// hidden (rows, H) = silu(x W_gate^T) * (x W_up^T); x (rows, K); gate_weight,
+// up_weight (H, K); all contiguous, rows <= mlp_gemv_max_rows.
+template <class T>
+void swiglu_gemv(tensor_view<T, 2> hidden, const_view<T, 2> x, const_view<T, 2> gate_weight,
+                 const_view<T, 2> up_weight, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "swiglu_gemv";
+    const index_t rows = x.extent(0), K = x.extent(1), H = gate_weight.extent(0);
+    TINYLLM_EXPECT(gate_weight.extent(1) == K && up_weight.extent(0) == H && up_weight.extent(1) == K &&
+                       hidden.extent(0) == rows && hidden.extent(1) == H,
+                   op, ": hidden ", to_string(hidden.shape()), ", x ", to_string(x.shape()), ", gate_weight ",
+                   to_string(gate_weight.shape()), " and up_weight ", to_string(up_weight.shape()),
+                   " must be (rows, H), (rows, K), (H, K) and (H, K)");
+    expect_packed_rows(hidden, op, "hidden");
+    expect_packed_rows(x, op, "x");
+    expect_packed_rows(gate_weight, op, "gate_weight");
+    expect_packed_rows(up_weight, op, "up_weight");
+    const swiglu_gemv_epilogue<T> epi{hidden.data(), gate_weight.data(), up_weight.data(), K, H};
+    launch_pair_gemv<T>(op, epi, x.data(), rows, gate_weight.data(), up_weight.data(), K, H, stream);
+}
+
+// out (rows, N) = kind(x W^T + bias); x (rows, K); weight (N, K); bias (N) or
+// empty; all contiguous, rows <= mlp_gemv_max_rows.
+template <class T>
+void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const_view<T, 2> weight, const_view<T, 1> bias,
+                        activation kind, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "bias_activate_gemv";
+    const index_t rows = x.extent(0), K = x.extent(1), N = weight.extent(0);
+    TINYLLM_EXPECT(weight.extent(1) == K && out.extent(0) == rows && out.extent(1) == N, op, ": out ",
+                   to_string(out.shape()), ", x ", to_string(x.shape()), " and weight ", to_string(weight.shape()),
+                   " must be (rows, N), (rows, K) and (N, K)");
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
+                   " elements but the weight has N = ", N, " rows");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    expect_packed_rows(out, op, "out");
+    expect_packed_rows(x, op, "x");
+    expect_packed_rows(weight, op, "weight");
+    const bias_activate_gemv_epilogue<T> epi{out.data(), weight.data(), bias.size() ? bias.data() : nullptr, K, N,
+                                             kind};
+    launch_pair_gemv<T>(op, epi, x.data(), rows, weight.data(), weight.data(), K, ceil_div<index_t>(N, 2), stream);
+}
+
+}  // namespace detail
 
 // ---- Any number of leading dimensions: (..., features) -------------------------------
 

@@ -1388,20 +1388,29 @@ private:
             project(out, gate, L.down, L.down_q, {}, stream);
             return {};
         }
+        // Dense weights: gpt2_mlp's and swiglu_mlp's steps, except that a decode step (at most
+        // 8 rows) computes the first projection and its element-wise step in one GEMV.
+        const bool gemv = rows <= detail::mlp_gemv_max_rows;
         if (c.arch == model_arch::gpt2) {
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
-            if (defer_bias) {  // gpt2_mlp's steps, proj without its bias
+            if (gemv) {
+                detail::bias_activate_gemv<T>(hidden, h, L.fc.view(), L.fc_bias.view(), activation::gelu_tanh, stream);
+            } else {
                 linear<T>(hidden, h, L.fc.view(), {}, handle_, stream);
-                bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
-                linear<T>(out, hidden, L.proj.view(), {}, handle_, stream);
-                return L.proj_bias.view();
+                bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);  // fused bias + GELU
             }
-            gpt2_mlp<T>(out, h, {L.fc.view(), L.fc_bias.view(), L.proj.view(), L.proj_bias.view()}, hidden, handle_,
-                        activation::gelu_tanh, stream);
-            return {};
+            // proj's bias: here, or left to the residual add that follows.
+            linear<T>(out, hidden, L.proj.view(), defer_bias ? tensor_view<const T, 1>{} : L.proj_bias.view(), handle_,
+                      stream);
+            return defer_bias ? L.proj_bias.view() : tensor_view<const T, 1>{};
         }
         if (c.arch == model_arch::llama) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
+            if (gemv) {
+                detail::swiglu_gemv<T>(gate, h, L.gate.view(), L.up.view(), stream);
+                linear<T>(out, gate, L.down.view(), {}, handle_, stream);
+                return {};
+            }
             const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
             swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_, stream);
             return {};
