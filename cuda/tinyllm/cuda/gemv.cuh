@@ -38,7 +38,7 @@
 // bandwidth, e.g. Llama-3.2-1B's gate and up in bf16 (2 x 8192 x 2048 x 2 B =
 // 67 MB) in ~17 µs at 4 TB/s. Whether it keeps pace with cuBLAS's own
 // small-M kernels is what the benchmarks of its users show
-// (`tinyllm bench qkv_rope_cache`, `tinyllm bench mlp_gemv`).
+// (`tinyllm bench qkv_rope_cache|mlp_swiglu_gemv|mlp_gelu_gemv`).
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>        // detail::load_floats
