@@ -24,6 +24,7 @@
 
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/quantize.cuh>
 #include <tinyllm/quantize.hpp>
 #include <tinyllm/random.hpp>
@@ -161,6 +162,92 @@ void check_prefill(index_t rows, index_t N, index_t K, const quant_spec& spec, b
 }
 
 }  // namespace
+
+// The quantized pair GEMVs of a decode step (detail::swiglu_gemv,
+// detail::bias_activate_gemv with quantized weights) against what they fuse,
+// which must give the same bits: v2 (linear_quantized_gemv) for each matrix,
+// then swiglu / bias_activate; and RoPE v4's epilogue on the quantized GEMV
+// (qkv_rope_epilogue, no rotation: GPT-2's way) against v2 with the bias, whose
+// sums it shares (the epilogue adds the bias before its one rounding, v2 too).
+template <class T>
+void check_pair_gemv(index_t rows, index_t N, index_t K, const quant_spec& spec, std::uint64_t which) {
+    tensor<float, 2> wg({N, K}), wu({N, K});
+    cpu::fill_normal(wg, seed_for(which), 0.0f, 0.05f);
+    cpu::fill_normal(wu, seed_for(which + 1), 0.0f, 0.05f);
+    const quantized_matrix qg = tinyllm::quantize_rtn(wg.view(), spec), qu = tinyllm::quantize_rtn(wu.view(), spec);
+    const tensor<float, 2> x = random_as<T>(rows, K, which + 2, -1.0f, 1.0f);
+    const tensor<float, 2> b = random_as<T>(1, N, which + 3, -1.0f, 1.0f);
+    const tc::device_quantized_matrix dg = tc::to_device(qg), du = tc::to_device(qu);
+    auto dx = upload<T>(x.values());
+    auto dbias = upload<T>(b.values());
+    const auto n = static_cast<std::size_t>(rows * N);
+    tc::device_buffer<T> dout(n), da(n), db(n);
+    const tinyllm::extents<2> shape{rows, N};
+    const tensor_view<const T, 2> xv = dx.view(tinyllm::extents<2>{rows, K});
+    const tensor_view<const T, 1> bv = dbias.view(tinyllm::extents<1>{N});
+    const std::string what = std::string(tinyllm::dtype_name<T>()) + " " + spec.name() + " rows " +
+                             std::to_string(rows) + " N " + std::to_string(N) + " K " + std::to_string(K);
+    const tolerance bits{0, 0, 0};
+
+    dout.poison();
+    tc::detail::swiglu_gemv<T>(dout.view(shape), xv, dg, du);
+    da.poison();
+    db.poison();
+    tc::linear_quantized_gemv<T>(da.view(shape), xv, dg, {});
+    tc::linear_quantized_gemv<T>(db.view(shape), xv, du, {});
+    tc::swiglu<T>(da.view(shape), da.view(shape), db.view(shape));
+    TINYLLM_REQUIRE_CLOSE(download(dout), download(da), bits, "quantized swiglu_gemv vs v2 + swiglu, " + what);
+
+    dout.poison();
+    tc::detail::bias_activate_gemv<T>(dout.view(shape), xv, dg, bv, tinyllm::activation::gelu_tanh);
+    da.poison();
+    tc::linear_quantized_gemv<T>(da.view(shape), xv, dg, {});
+    tc::bias_activate<T>(da.view(shape), da.view(shape), bv, tinyllm::activation::gelu_tanh);
+    TINYLLM_REQUIRE_CLOSE(download(dout), download(da), bits, "quantized bias_activate_gemv vs v2 + bias_activate, " + what);
+
+    // RoPE v4's epilogue, unrotated: one head each for q, k and v (Dh = N / 3, when 3 divides N).
+    if (N % 3 == 0) {
+        const index_t Dh = N / 3, capacity = 4;
+        tc::device_buffer<T> keys(static_cast<std::size_t>(rows * capacity * Dh)),
+            values(static_cast<std::size_t>(rows * capacity * Dh));
+        const std::vector<std::int32_t> start(static_cast<std::size_t>(rows), 1), count(static_cast<std::size_t>(rows), 1);
+        const auto d_start = tc::to_device(start), d_count = tc::to_device(count);
+        const tc::detail::contiguous_cache_rows cache_rows{1, capacity, d_start.data(), d_count.data()};
+        const auto epi = tc::detail::make_qkv_rope_epilogue<T>(dout.data(), keys.data(), values.data(), cache_rows,
+                                                               rows, dbias.data(), 1, 1, Dh, nullptr, nullptr);
+        dout.poison();
+        tc::detail::launch_quantized_pair_gemv<T>("test", epi, dx.data(), rows, K, dg, dg, epi.units(), nullptr);
+        da.poison();
+        tc::linear_quantized_gemv<T>(da.view(shape), xv, dg, bv);
+        TINYLLM_REQUIRE_CLOSE(download(dout), download(da), bits, "quantized RoPE v4 epilogue (unrotated) vs v2, " + what);
+    }
+}
+
+TEST_CASE("cuda quantized pair GEMVs (SwiGLU, bias + GELU, RoPE v4's epilogue) give the unfused steps' bits",
+          "[quantize][gemv]") {
+    std::uint64_t which = 5000;
+    for (const quant_spec& spec : all_specs())
+        for (const index_t rows : {1, 3, 8})
+            for (const index_t N : {7, 48}) {
+                check_pair_gemv<float>(rows, N, 256, spec, which += 10);
+                check_pair_gemv<bfloat16>(rows, N, 256, spec, which += 10);
+            }
+    // Rejections: more rows than the GEMV takes, a K the quantized GEMV cannot read.
+    tensor<float, 2> w({8, 256});
+    cpu::fill_normal(w, seed_for(1), 0.0f, 0.05f);
+    const tc::device_quantized_matrix dw = tc::to_device(tinyllm::quantize_rtn(w.view(), {quant_format::int8, 0}));
+    tc::device_buffer<float> x(9 * 256), out(9 * 8);
+    CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(out.view(tinyllm::extents<2>{9, 8}),
+                                                     x.view(tinyllm::extents<2>{9, 256}), dw, dw),
+                      contains("swiglu_gemv: 9 rows; the quantized GEMV takes at most 8"));
+    tensor<float, 2> w_odd({8, 40});
+    cpu::fill_normal(w_odd, seed_for(2), 0.0f, 0.05f);
+    const tc::device_quantized_matrix dodd = tc::to_device(tinyllm::quantize_rtn(w_odd.view(), {quant_format::int8, 0}));
+    CHECK_THROWS_WITH(tc::detail::bias_activate_gemv<float>(tensor_view<float, 2>(out.data(), {1, 8}),
+                                                            tensor_view<const float, 2>(x.data(), {1, 40}), dodd,
+                                                            tensor_view<const float, 1>{}, tinyllm::activation::identity),
+                      contains("the quantized GEMV needs K a multiple of 16"));
+}
 
 TEST_CASE("cuda::dequantize gives the CPU's dequantized weights bit for bit", "[quantize]") {
     const index_t N = 37, K = 256;

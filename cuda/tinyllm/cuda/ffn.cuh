@@ -310,7 +310,8 @@ void swiglu_mlp(tensor_view<T, 2> out, detail::const_view<T, 2> x, const swiglu_
 // Each product is rounded to T before the element-wise step, as the unfused path
 // stores it. The sums run in another order than cuBLAS's, so the result is within
 // a rounding of the unfused one, not its bits. cuda::model uses them for a decode
-// step with dense weights (two launches fewer per Llama layer, one per GPT-2 layer).
+// step (two launches fewer per Llama layer, one per GPT-2 layer); quantize.cuh
+// has the same two for quantized weights, on the same epilogues.
 
 namespace detail {
 
@@ -321,41 +322,38 @@ TINYLLM_DEVICE float rounded_to(float v) {
     return to_float(from_float<T>(v));
 }
 
+// Unit j: row j of W_gate (the first matrix) and row j of W_up (the second).
 template <class T>
 struct swiglu_gemv_epilogue {
-    T* out;          // (m, H)
-    const T* gate;   // (H, K)
-    const T* up;     // (H, K)
-    index_t K, H;
+    T* out;  // (m, H)
+    index_t H;
 
     struct unit_state {
-        const T* w0;
-        const T* w1;
-        index_t j;
+        index_t n0, n1;
     };
-    __device__ unit_state unit(index_t j) const { return {gate + j * K, up + j * K, j}; }
+    __device__ unit_state unit(index_t j) const { return {j, j}; }
     __device__ void finish(const unit_state& s, int m, float g, float u) const {
-        out[m * H + s.j] = from_float<T>(tinyllm::swiglu(rounded_to<T>(g), rounded_to<T>(u)));
+        out[m * H + s.n0] = from_float<T>(tinyllm::swiglu(rounded_to<T>(g), rounded_to<T>(u)));
     }
+    index_t units() const { return H; }
 };
 
+// Unit u: rows 2u and 2u + 1 of W (both matrices are W).
 template <class T>
 struct bias_activate_gemv_epilogue {
-    T* out;          // (m, N)
-    const T* w;      // (N, K)
-    const T* bias;   // (N) or null
-    index_t K, N;
+    T* out;         // (m, N)
+    const T* bias;  // (N) or null
+    index_t N;
     activation kind;
 
     struct unit_state {
-        const T* w0;
-        const T* w1;
-        index_t n0;
+        index_t n0, n1;
     };
     __device__ unit_state unit(index_t u) const {
         const index_t n0 = 2 * u, n1 = n0 + 1 < N ? n0 + 1 : n0;  // an odd N's last row alone
-        return {w + n0 * K, w + n1 * K, n0};
+        return {n0, n1};
     }
+    index_t units() const { return ceil_div<index_t>(N, 2); }
     __device__ void finish(const unit_state& s, int m, float a, float b) const {
         T* row = out + m * N;
         const float b0 = bias != nullptr ? to_float(bias[s.n0]) : 0.0f;
@@ -391,8 +389,8 @@ void swiglu_gemv(tensor_view<T, 2> hidden, const_view<T, 2> x, const_view<T, 2> 
     expect_packed_rows(x, op, "x");
     expect_packed_rows(gate_weight, op, "gate_weight");
     expect_packed_rows(up_weight, op, "up_weight");
-    const swiglu_gemv_epilogue<T> epi{hidden.data(), gate_weight.data(), up_weight.data(), K, H};
-    launch_pair_gemv<T>(op, epi, x.data(), rows, gate_weight.data(), up_weight.data(), K, H, stream);
+    const swiglu_gemv_epilogue<T> epi{hidden.data(), H};
+    launch_pair_gemv<T>(op, epi, x.data(), rows, gate_weight.data(), up_weight.data(), K, epi.units(), stream);
 }
 
 // out (rows, N) = kind(x W^T + bias); x (rows, K); weight (N, K); bias (N) or
@@ -411,9 +409,8 @@ void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const_view<T,
     expect_packed_rows(out, op, "out");
     expect_packed_rows(x, op, "x");
     expect_packed_rows(weight, op, "weight");
-    const bias_activate_gemv_epilogue<T> epi{out.data(), weight.data(), bias.size() ? bias.data() : nullptr, K, N,
-                                             kind};
-    launch_pair_gemv<T>(op, epi, x.data(), rows, weight.data(), weight.data(), K, ceil_div<index_t>(N, 2), stream);
+    const bias_activate_gemv_epilogue<T> epi{out.data(), bias.size() ? bias.data() : nullptr, N, kind};
+    launch_pair_gemv<T>(op, epi, x.data(), rows, weight.data(), weight.data(), K, epi.units(), stream);
 }
 
 }  // namespace detail

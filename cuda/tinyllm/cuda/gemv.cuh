@@ -29,10 +29,14 @@
 //
 // An epilogue E is a small struct passed by value to the kernel:
 //   E::unit_state   what a warp needs to know about its unit, with members
-//                   `const T* w0, * w1` (the two rows; w1 == w0 for a lone row)
+//                   `index_t n0, n1`: its row of the first matrix and its row of
+//                   the second (the same matrix twice for one; n1 == n0 for a
+//                   lone row, whose second sum is then dropped)
 //   unit_state unit(index_t u) const            (device) unit u's rows
 //   void finish(const unit_state&, int m, float s0, float s1) const
 //                                               (device) row m's two sums
+// An epilogue names rows, not addresses, so the same one serves the dense
+// kernel here and the quantized one (quantize.cuh), which reads int8/int4 rows.
 //
 // Expected speed (not measured on a GPU yet): the weights' bytes over the
 // bandwidth, e.g. Llama-3.2-1B's gate and up in bf16 (2 x 8192 x 2048 x 2 B =
@@ -61,17 +65,18 @@ inline constexpr int pair_gemv_max_rows = 8;  // rows of x per launch
 inline constexpr int pair_gemv_unroll = 4;    // 16-byte loads of each weight row in flight per lane
 
 // units warps, each the two sums of every row of x (m_rows, K, contiguous) with
-// its two weight rows, then epi.finish per row. V: elements per load (16 /
+// its two weight rows (row n0 of w_a, row n1 of w_b; both (N, K), contiguous),
+// then epi.finish per row. V: elements per load (16 /
 // sizeof(T), or 1 when K or a pointer does not allow vectors).
 template <class T, int V, class Epilogue>
 __global__ void __launch_bounds__(pair_gemv_warps * 32)
-    pair_gemv_kernel(Epilogue epi, const T* x, int m_rows, index_t K, index_t units) {
+    pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, int m_rows, index_t K, index_t units) {
     const int lane = static_cast<int>(threadIdx.x % 32);
     const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
     if (unit >= units) return;  // a whole warp leaves together
     const typename Epilogue::unit_state u = epi.unit(unit);
-    const T* w0 = u.w0;
-    const T* w1 = u.w1;
+    const T* w0 = w_a + u.n0 * K;
+    const T* w1 = w_b + u.n1 * K;
     float acc0[pair_gemv_max_rows] = {}, acc1[pair_gemv_max_rows] = {};
     // All U loads of a step are issued before the first multiply.
     constexpr int U = pair_gemv_unroll;
@@ -134,9 +139,9 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
     const auto grid = static_cast<unsigned>(blocks);
     const int m = static_cast<int>(rows);
     if (vectorized)
-        launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, m, K, units);
+        launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
     else
-        launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, m, K, units);
+        launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -969,10 +969,10 @@ private:
 
     // qkv = h Wqkv^T (+ b), q and k rotated at their positions (not GPT-2), and k,
     // v stored into the cache rows `rows` gives each token. For a few rows (a
-    // decode step) of dense weights: ONE kernel, RoPE v4 (positional.cuh's
-    // qkv_rope_write_cache, a GEMV with the rotation and the store in its
-    // epilogue). Otherwise the projection (cuBLAS, or a quantized rung), then
-    // RoPE v3 (rope_write_cache).
+    // decode step): ONE kernel, RoPE v4 (positional.cuh's qkv_rope_epilogue on
+    // the dense GEMV, or on the quantized one for quantized weights: the rotation
+    // and the store in the GEMV's epilogue). Otherwise the projection (cuBLAS, or
+    // a quantized rung), then RoPE v3 (rope_write_cache).
     //   qkv (m, (Hq + 2 Hkv) Dh); h (m, D); positions (m)
     template <class Rows>
     void project_qkv_write_cache(tensor_view<T, 2> qkv, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
@@ -981,10 +981,18 @@ private:
         const model_config& c = config_;
         const rope_cache* rope = c.arch != model_arch::gpt2 ? &rope_ : nullptr;
         const index_t m = h.extent(0);
+        const T* bias = L.bqkv.empty() ? nullptr : L.bqkv.buffer.data();
         if (!L.wqkv_q && m <= detail::qkv_gemv_max_rows) {
-            detail::qkv_rope_write_cache(qkv.data(), cache_k, cache_v, rows, h.data(), m, L.wqkv.buffer.data(),
-                                         L.bqkv.empty() ? nullptr : L.bqkv.buffer.data(), c.hidden_size, c.num_heads,
-                                         c.num_kv_heads, c.head_dim, positions, rope, stream);
+            detail::qkv_rope_write_cache(qkv.data(), cache_k, cache_v, rows, h.data(), m, L.wqkv.buffer.data(), bias,
+                                         c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, positions, rope,
+                                         stream);
+            return;
+        }
+        if (L.wqkv_q && detail::quantized_pair_gemv_takes(m, *L.wqkv_q, *L.wqkv_q)) {
+            const auto epi = detail::make_qkv_rope_epilogue<T>(qkv.data(), cache_k, cache_v, rows, m, bias, c.num_heads,
+                                                               c.num_kv_heads, c.head_dim, positions, rope);
+            detail::launch_quantized_pair_gemv<T>("qkv_rope_write_cache", epi, h.data(), m, c.hidden_size, *L.wqkv_q,
+                                                  *L.wqkv_q, epi.units(), stream);
             return;
         }
         project(qkv, h, L.wqkv, L.wqkv_q, L.bqkv, stream);
@@ -1372,19 +1380,30 @@ private:
                                 bool defer_bias = false) const {
         const model_config& c = config_;
         const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
-        if (c.arch == model_arch::gpt2 && L.fc_q) {  // quantized: gpt2_mlp's three steps, each projection by project()
+        // Quantized: gpt2_mlp's and swiglu_mlp's steps, each projection by project(),
+        // except that a decode step takes the first projection and its element-wise
+        // step in one quantized GEMV (the same bits).
+        if (c.arch == model_arch::gpt2 && L.fc_q) {
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, rows * F), {rows, F});
-            project(hidden, h, L.fc, L.fc_q, {}, stream);
-            bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
+            if (detail::quantized_pair_gemv_takes(rows, *L.fc_q, *L.fc_q)) {
+                detail::bias_activate_gemv<T>(hidden, h, *L.fc_q, L.fc_bias.view(), activation::gelu_tanh, stream);
+            } else {
+                project(hidden, h, L.fc, L.fc_q, {}, stream);
+                bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
+            }
             project(out, hidden, L.proj, L.proj_q, L.proj_bias, stream);
             return {};
         }
-        if (c.arch == model_arch::llama && L.gate_q) {  // quantized: swiglu_mlp's steps
+        if (c.arch == model_arch::llama && L.gate_q) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
-            const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
-            project(gate, h, L.gate, L.gate_q, {}, stream);
-            project(up, h, L.up, L.up_q, {}, stream);
-            swiglu<T>(gate, gate, up, stream);
+            if (detail::quantized_pair_gemv_takes(rows, *L.gate_q, *L.up_q)) {
+                detail::swiglu_gemv<T>(gate, h, *L.gate_q, *L.up_q, stream);
+            } else {
+                const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
+                project(gate, h, L.gate, L.gate_q, {}, stream);
+                project(up, h, L.up, L.up_q, {}, stream);
+                swiglu<T>(gate, gate, up, stream);
+            }
             project(out, gate, L.down, L.down_q, {}, stream);
             return {};
         }

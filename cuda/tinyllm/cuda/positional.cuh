@@ -491,9 +491,8 @@ struct qkv_rope_epilogue {
     T* keys;
     T* values;
     Rows rows;
-    const T* w;     // (Nqkv, K)
     const T* bias;  // (Nqkv) or null
-    index_t K, q_heads, kv_heads, head_dim;
+    index_t q_heads, kv_heads, head_dim;
     bool rotate;
     const std::int64_t* positions;  // (m_rows)
     rope_config cfg;
@@ -502,16 +501,17 @@ struct qkv_rope_epilogue {
     index_t cache_rows;
 
     struct unit_state {
-        const T* w0;
-        const T* w1;
+        index_t n0, n1;  // the rows of Wqkv read (both rows of Wqkv)
         qkv_unit u;
     };
 
     __device__ unit_state unit(index_t unit) const {
         const qkv_unit u = qkv_unit_of(unit, q_heads + kv_heads, head_dim, rotate, cfg);
         // A lone feature reads its row twice, and drops the copy.
-        return {w + u.n0 * K, w + (u.n1 >= 0 ? u.n1 : u.n0) * K, u};
+        return {u.n0, u.n1 >= 0 ? u.n1 : u.n0, u};
     }
+
+    index_t units() const { return (q_heads + 2 * kv_heads) * ((head_dim + 1) / 2); }
 
     __device__ void finish(const unit_state& state, int m, float f0, float f1) const {
         const qkv_unit& u = state.u;
@@ -538,41 +538,53 @@ struct qkv_rope_epilogue {
     }
 };
 
-// Launches v4 (pair_gemv_kernel with qkv_rope_epilogue): qkv (tokens, (Hq + 2 Hkv) Dh,
-// contiguous) = x (tokens, K, contiguous) w^T + bias (w: (Nqkv, K) contiguous; bias
-// may be nullptr), q and k rotated at positions[r] (rope == nullptr: not rotated),
-// k and v stored into cache row rows(r). tokens <= qkv_gemv_max_rows.
+// v4's epilogue for tokens rows (checked on the host): qkv (tokens, (Hq + 2 Hkv)
+// Dh, contiguous), q and k rotated at positions[r] (rope == nullptr: not
+// rotated), bias (Nqkv) or nullptr added first, k and v stored into cache row
+// rows(r). tokens <= qkv_gemv_max_rows. The product itself is the caller's:
+// qkv_rope_write_cache below for dense weights, quantize.cuh's
+// launch_quantized_pair_gemv for quantized ones.
+template <class T, class Rows>
+qkv_rope_epilogue<T, Rows> make_qkv_rope_epilogue(T* qkv, T* keys, T* values, Rows rows, index_t tokens,
+                                                  const std::type_identity_t<T>* bias, index_t q_heads,
+                                                  index_t kv_heads, index_t head_dim, const std::int64_t* positions,
+                                                  const rope_cache* rope) {
+    constexpr const char* op = "qkv_rope_write_cache";
+    TINYLLM_EXPECT(tokens >= 0 && tokens <= qkv_gemv_max_rows, op, ": ", tokens,
+                   " rows; the GEMV takes at most ", qkv_gemv_max_rows, " (cuBLAS and rope_write_cache take more)");
+    TINYLLM_EXPECT(q_heads >= 1 && kv_heads >= 1 && head_dim >= 1, op, ": heads ", q_heads, "/", kv_heads,
+                   ", head_dim ", head_dim, " must all be positive");
+    if (rope != nullptr)
+        TINYLLM_EXPECT(rope->config.rotary_dim <= head_dim, op, ": rotary_dim ", rope->config.rotary_dim,
+                       " is larger than head_dim ", head_dim);
+    return {qkv,
+            keys,
+            values,
+            rows,
+            bias,
+            q_heads,
+            kv_heads,
+            head_dim,
+            rope != nullptr,
+            positions,
+            rope != nullptr ? rope->config : rope_config{},
+            rope != nullptr ? rope->cos.data() : nullptr,
+            rope != nullptr ? rope->sin.data() : nullptr,
+            rope != nullptr ? rope->max_positions : 0};
+}
+
+// Launches v4 (pair_gemv_kernel with qkv_rope_epilogue): qkv = x (tokens, K,
+// contiguous) w^T + bias (w: (Nqkv, K) contiguous; bias may be nullptr), then
+// as make_qkv_rope_epilogue says.
 template <class T, class Rows>
 void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type_identity_t<T>* x, index_t tokens,
                           const std::type_identity_t<T>* w, const std::type_identity_t<T>* bias, index_t K,
                           index_t q_heads, index_t kv_heads, index_t head_dim, const std::int64_t* positions,
                           const rope_cache* rope, cudaStream_t stream) {
-    constexpr const char* op = "qkv_rope_write_cache";
-    TINYLLM_EXPECT(tokens >= 0 && tokens <= qkv_gemv_max_rows, op, ": ", tokens,
-                   " rows; the GEMV takes at most ", qkv_gemv_max_rows, " (cuBLAS and rope_write_cache take more)");
-    TINYLLM_EXPECT(K >= 1 && q_heads >= 1 && kv_heads >= 1 && head_dim >= 1, op, ": K = ", K, ", heads ", q_heads,
-                   "/", kv_heads, ", head_dim ", head_dim, " must all be positive");
-    if (rope != nullptr)
-        TINYLLM_EXPECT(rope->config.rotary_dim <= head_dim, op, ": rotary_dim ", rope->config.rotary_dim,
-                       " is larger than head_dim ", head_dim);
-    const qkv_rope_epilogue<T, Rows> epi{qkv,
-                                         keys,
-                                         values,
-                                         rows,
-                                         w,
-                                         bias,
-                                         K,
-                                         q_heads,
-                                         kv_heads,
-                                         head_dim,
-                                         rope != nullptr,
-                                         positions,
-                                         rope != nullptr ? rope->config : rope_config{},
-                                         rope != nullptr ? rope->cos.data() : nullptr,
-                                         rope != nullptr ? rope->sin.data() : nullptr,
-                                         rope != nullptr ? rope->max_positions : 0};
-    const index_t units = (q_heads + 2 * kv_heads) * ((head_dim + 1) / 2);
-    launch_pair_gemv<T>(op, epi, x, tokens, w, w, K, units, stream);
+    const qkv_rope_epilogue<T, Rows> epi =
+        make_qkv_rope_epilogue<T>(qkv, keys, values, rows, tokens, bias, q_heads, kv_heads, head_dim, positions, rope);
+    TINYLLM_EXPECT(K >= 1, "qkv_rope_write_cache: K = ", K, " must be positive");
+    launch_pair_gemv<T>("qkv_rope_write_cache", epi, x, tokens, w, w, K, epi.units(), stream);
 }
 
 }  // namespace detail

@@ -32,6 +32,9 @@
 //       enough to hide the launch (not yet measured on a GPU).
 //       Needs K a multiple of 32 (int4; groups a multiple of 32) or 16 (int8),
 //       x contiguous; the host rejects other shapes (v1 takes them).
+//       With an epilogue (quantized_pair_gemv_kernel): a warp reads two rows so,
+//       and hands their sums to one of gemv.cuh's epilogues (SwiGLU, bias +
+//       activation, RoPE v4), as the dense decode GEMVs do; the sums are v2's.
 //   v3 fused dequantize-GEMM on tensor cores  (linear_quantized_mma) — for
 //       prefill (many rows): the GEMM is compute-bound there, so the point is to
 //       feed the tensor cores without ever writing W^ to global memory. A block
@@ -140,16 +143,14 @@ __device__ __forceinline__ void load8(float* dst, const T* p) {
     }
 }
 
-// v2: a warp per output n, every row of x (rows <= gemv_max_rows); see the top.
+// The lane's share of row n of W^ times every row of x: acc[m] += its partial
+// sums (16-byte chunks c = lane, lane + 32, ...), before the warp sum and, for
+// int8, before the row's scale (quantized_row_scale).
 template <class T>
-__global__ void __launch_bounds__(gemv_warps * 32)
-    quantized_gemv_kernel(T* out, const T* x, const T* bias, quantized_args w, int rows) {
-    const int lane = threadIdx.x % 32;
-    const index_t n = blockIdx.x * static_cast<index_t>(gemv_warps) + threadIdx.x / 32;
-    if (n >= w.rows) return;  // a whole warp leaves together
+__device__ __forceinline__ void quantized_row_partials(float (&acc)[gemv_max_rows], const T* x,
+                                                       const quantized_args& w, index_t n, int rows, int lane) {
     const std::uint8_t* row = w.data + n * w.row_bytes;
     const index_t K = w.cols;
-    float acc[gemv_max_rows] = {};
     const int per_chunk = w.int8 ? 16 : 32;  // values in 16 bytes
     const index_t chunks = K / per_chunk;
     for (index_t c = lane; c < chunks; c += 32) {
@@ -191,12 +192,58 @@ __global__ void __launch_bounds__(gemv_warps * 32)
             }
         }
     }
-    const float row_scale = w.int8 ? w.scales[n] : 1.0f;
+}
+
+// What a warp's summed partials of row n are multiplied by: int8's per-row scale (int4's
+// per-group scales are inside the partials).
+__device__ __forceinline__ float quantized_row_scale(const quantized_args& w, index_t n) {
+    return w.int8 ? w.scales[n] : 1.0f;
+}
+
+// v2: a warp per output n, every row of x (rows <= gemv_max_rows); see the top.
+template <class T>
+__global__ void __launch_bounds__(gemv_warps * 32)
+    quantized_gemv_kernel(T* out, const T* x, const T* bias, quantized_args w, int rows) {
+    const int lane = threadIdx.x % 32;
+    const index_t n = blockIdx.x * static_cast<index_t>(gemv_warps) + threadIdx.x / 32;
+    if (n >= w.rows) return;  // a whole warp leaves together
+    float acc[gemv_max_rows] = {};
+    quantized_row_partials(acc, x, w, n, rows, lane);
+    const float row_scale = quantized_row_scale(w, n);
 #pragma unroll
     for (int m = 0; m < gemv_max_rows; ++m) {
         if (m >= rows) break;
         const float total = warp_sum(acc[m]) * row_scale;
         if (lane == 0) out[m * w.rows + n] = from_float<T>(total + (bias ? to_float(bias[n]) : 0.0f));
+    }
+}
+
+// v2 with an epilogue: the quantized counterpart of gemv.cuh's pair_gemv_kernel,
+// taking the same epilogues (RoPE v4's, the MLP's SwiGLU and bias + activation).
+// A warp reads row n0 of a and row n1 of b as v2 reads one row, and lane m
+// hands row m's two sums to the epilogue. The sums are v2's, bit for bit.
+template <class T, class Epilogue>
+__global__ void __launch_bounds__(gemv_warps * 32)
+    quantized_pair_gemv_kernel(Epilogue epi, const T* x, quantized_args a, quantized_args b, int rows,
+                               index_t units) {
+    const int lane = threadIdx.x % 32;
+    const index_t unit = blockIdx.x * static_cast<index_t>(gemv_warps) + threadIdx.x / 32;
+    if (unit >= units) return;  // a whole warp leaves together
+    const typename Epilogue::unit_state s = epi.unit(unit);
+    float acc0[gemv_max_rows] = {}, acc1[gemv_max_rows] = {};
+    quantized_row_partials(acc0, x, a, s.n0, rows, lane);
+    quantized_row_partials(acc1, x, b, s.n1, rows, lane);
+    const float scale0 = quantized_row_scale(a, s.n0), scale1 = quantized_row_scale(b, s.n1);
+#pragma unroll
+    for (int m = 0; m < gemv_max_rows; ++m) {
+        if (m >= rows) break;
+        acc0[m] = warp_sum(acc0[m]) * scale0;  // every lane gets the sums
+        acc1[m] = warp_sum(acc1[m]) * scale1;
+    }
+#pragma unroll
+    for (int m = 0; m < gemv_max_rows; ++m) {  // lane m finishes row m
+        if (m >= rows) break;
+        if (lane == m) epi.finish(s, m, acc0[m], acc1[m]);
     }
 }
 
@@ -328,6 +375,76 @@ void linear_quantized_gemv(tensor_view<T, 2> out, std::type_identity_t<tensor_vi
            static_cast<int>(x.extent(0)));
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
+
+namespace detail {
+
+// Whether a decode step of `rows` rows can take the quantized pair GEMV on a (and b).
+inline bool quantized_pair_gemv_takes(index_t rows, const device_quantized_matrix& a,
+                                      const device_quantized_matrix& b) {
+    return rows <= gemv_max_rows && gemv_takes(a) && gemv_takes(b);
+}
+
+// Checks (on the host) and launches quantized_pair_gemv_kernel: x (rows, K),
+// contiguous and 16-byte aligned; a and b (N_a, K), (N_b, K) in a format the v2
+// GEMV takes; epi's units read rows of a and b.
+template <class T, class Epilogue>
+void launch_quantized_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, index_t rows, index_t K,
+                                const device_quantized_matrix& a, const device_quantized_matrix& b, index_t units,
+                                cudaStream_t stream) {
+    TINYLLM_EXPECT(rows >= 0 && rows <= gemv_max_rows, op, ": ", rows, " rows; the quantized GEMV takes at most ",
+                   gemv_max_rows, " (a decode step)");
+    TINYLLM_EXPECT(a.cols == K && b.cols == K, op, ": x has ", K, " features, the quantized weights take ", a.cols,
+                   " and ", b.cols);
+    TINYLLM_EXPECT(gemv_takes(a) && gemv_takes(b), op, ": ", a.spec.name(), " / ", b.spec.name(), " with K = ", K,
+                   " inputs; the quantized GEMV needs K a multiple of 16 (int8), or of 32 with groups a multiple "
+                   "of 32 (int4)");
+    TINYLLM_EXPECT(reinterpret_cast<std::uintptr_t>(x) % 16 == 0, op, ": x must be 16-byte aligned");
+    if (rows == 0 || units == 0) return;
+    const index_t blocks = ceil_div<index_t>(units, gemv_warps);
+    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output units exceed the grid");
+    launch(quantized_pair_gemv_kernel<T, Epilogue>, dim3(static_cast<unsigned>(blocks)), dim3(gemv_warps * 32), 0,
+           stream, epi, x, args_of(a), args_of(b), static_cast<int>(rows), units);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// ffn.cuh's swiglu_gemv with quantized W_gate and W_up (H, K): hidden (rows, H)
+// = silu(x W^_gate^T) * (x W^_up^T), each product rounded to T first, as
+// linear_quantized_gemv stores it; the same bits as two linear_quantized_gemv
+// calls and swiglu.
+template <class T>
+void swiglu_gemv(tensor_view<T, 2> hidden, const_view<T, 2> x, const device_quantized_matrix& gate,
+                 const device_quantized_matrix& up, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "swiglu_gemv";
+    const index_t rows = x.extent(0), K = x.extent(1), H = gate.rows;
+    TINYLLM_EXPECT(up.rows == H && hidden.extent(0) == rows && hidden.extent(1) == H, op, ": hidden ",
+                   to_string(hidden.shape()), ", gate (", gate.rows, " x ", gate.cols, ") and up (", up.rows, " x ",
+                   up.cols, ") must be (rows, H), (H, K) and (H, K)");
+    expect_packed_rows(hidden, op, "hidden");
+    expect_packed_rows(x, op, "x");
+    const swiglu_gemv_epilogue<T> epi{hidden.data(), H};
+    launch_quantized_pair_gemv<T>(op, epi, x.data(), rows, K, gate, up, epi.units(), stream);
+}
+
+// ffn.cuh's bias_activate_gemv with a quantized W (N, K): out (rows, N) =
+// kind(x W^^T + bias); the same bits as linear_quantized_gemv (no bias) and
+// bias_activate.
+template <class T>
+void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const device_quantized_matrix& w,
+                        const_view<T, 1> bias, activation kind, cudaStream_t stream = nullptr) {
+    constexpr std::string_view op = "bias_activate_gemv";
+    const index_t rows = x.extent(0), K = x.extent(1), N = w.rows;
+    TINYLLM_EXPECT(out.extent(0) == rows && out.extent(1) == N, op, ": out ", to_string(out.shape()),
+                   " must be (rows, N) = (", rows, ", ", N, ")");
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
+                   " elements but the weight has N = ", N, " rows");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    expect_packed_rows(out, op, "out");
+    expect_packed_rows(x, op, "x");
+    const bias_activate_gemv_epilogue<T> epi{out.data(), bias.size() ? bias.data() : nullptr, N, kind};
+    launch_quantized_pair_gemv<T>(op, epi, x.data(), rows, K, w, w, epi.units(), stream);
+}
+
+}  // namespace detail
 
 // v3: out (rows, N) = x (rows, K) W^^T + bias on tensor cores, W^ dequantized
 // on the way into shared memory (prefill); see the top. Any shape; x, out and bias
