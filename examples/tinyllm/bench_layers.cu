@@ -240,12 +240,29 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
 
 namespace {
 
-index_t gemv_rows(bench_context& ctx) {
-    const index_t M = ctx.size_or(1, 1);
-    if (M > tc::detail::mlp_gemv_max_rows)
+// An MLP GEMV bench's problem: M rows of x (M, D), uniform in [-1, 1), the widths
+// (1/8 on the simulated GPU) and the weights' scale 1/sqrt(D). M = 0: --size asked
+// for more rows than the GEMVs take (said on ctx.out), nothing to run.
+struct gemv_problem {
+    index_t M = 0, D = 0, H = 0;
+    tc::device_buffer<T> x;
+    float scale = 1.0f;
+};
+
+gemv_problem gemv_problem_of(bench_context& ctx, index_t D, index_t H, std::uint64_t seed) {
+    gemv_problem p;
+    const index_t M = ctx.size_or(1, 1), shrink = ctx.simulated ? 8 : 1;
+    if (M > tc::detail::mlp_gemv_max_rows) {
         ctx.out << "  --size " << M << " rows; the MLP GEMVs take at most " << tc::detail::mlp_gemv_max_rows
                 << " (a decode step)\n";
-    return M;
+        return p;
+    }
+    p.M = M;
+    p.D = D / shrink;
+    p.H = H / shrink;
+    p.x = random_bf16(M * p.D, seed, -1, 1);
+    p.scale = 1.0f / std::sqrt(static_cast<float>(p.D));
+    return p;
 }
 
 std::vector<float> floats_of(const tc::device_buffer<T>& b) {
@@ -281,14 +298,12 @@ std::string gemv_shape(index_t M, index_t Dm, index_t H) {
 
 TINYLLM_BENCH("mlp_swiglu_gemv", "a decode step's gate and up projections + SwiGLU, Llama-3.2-1B shape (D 2048, H 8192), bf16: --size M rows (default 1, at most 8; simulated GPU: D 256, H 1024)", 1) {
     if (!ctx.gpu_available) return;
-    const index_t M = gemv_rows(ctx), shrink = ctx.simulated ? 8 : 1;
-    if (M > tc::detail::mlp_gemv_max_rows) return;
-    const index_t Dm = 2048 / shrink, H = 8192 / shrink;
-    auto x = random_bf16(M * Dm, 51, -1, 1);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(Dm));
-    auto wg = random_bf16(H * Dm, 52, -scale, scale), wu = random_bf16(H * Dm, 53, -scale, scale);
+    const gemv_problem p = gemv_problem_of(ctx, 2048, 8192, 51);
+    if (p.M == 0) return;
+    const index_t M = p.M, Dm = p.D, H = p.H;
+    auto wg = random_bf16(H * Dm, 52, -p.scale, p.scale), wu = random_bf16(H * Dm, 53, -p.scale, p.scale);
     tc::device_buffer<T> out(static_cast<std::size_t>(M * H)), up(static_cast<std::size_t>(M * H));
-    const auto X = x.view(extents<2>{M, Dm});
+    const auto X = p.x.view(extents<2>{M, Dm});
     const auto WG = wg.view(extents<2>{H, Dm}), WU = wu.view(extents<2>{H, Dm});
     const auto O = out.view(extents<2>{M, H}), U = up.view(extents<2>{M, H});
     const tc::cublas_handle handle;
@@ -306,14 +321,12 @@ TINYLLM_BENCH("mlp_swiglu_gemv", "a decode step's gate and up projections + SwiG
 
 TINYLLM_BENCH("mlp_gelu_gemv", "a decode step's fc projection + bias + GELU, GPT-2 124M shape (D 768, H 3072), bf16: --size M rows (default 1, at most 8; simulated GPU: D 96, H 384)", 1) {
     if (!ctx.gpu_available) return;
-    const index_t M = gemv_rows(ctx), shrink = ctx.simulated ? 8 : 1;
-    if (M > tc::detail::mlp_gemv_max_rows) return;
-    const index_t Dm = 768 / shrink, H = 3072 / shrink;
-    auto x = random_bf16(M * Dm, 61, -1, 1);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(Dm));
-    auto w = random_bf16(H * Dm, 62, -scale, scale), b = random_bf16(H, 63, -0.5f, 0.5f);
+    const gemv_problem p = gemv_problem_of(ctx, 768, 3072, 61);
+    if (p.M == 0) return;
+    const index_t M = p.M, Dm = p.D, H = p.H;
+    auto w = random_bf16(H * Dm, 62, -p.scale, p.scale), b = random_bf16(H, 63, -0.5f, 0.5f);
     tc::device_buffer<T> out(static_cast<std::size_t>(M * H));
-    const auto X = x.view(extents<2>{M, Dm});
+    const auto X = p.x.view(extents<2>{M, Dm});
     const auto W = w.view(extents<2>{H, Dm});
     const auto B = b.view(extents<1>{H});
     const auto O = out.view(extents<2>{M, H});
