@@ -17,7 +17,9 @@
 //         x, h = x + a Wo^T (+ bo), norm2(...)  cuBLAS + residual_add_*_norm (one pass; a dense
 //                                              projection's bias is added in that pass, not after the GEMM)
 //         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
-//                                              gather, cuBLAS experts, combine)
+//                                              gather, cuBLAS experts, combine); a decode step (at most 8
+//                                              rows) computes the first projection and its activation in
+//                                              ONE GEMV (ffn.cuh's swiglu_gemv, bias_activate_gemv)
 //     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1, likewise one pass)
 //     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
@@ -51,7 +53,8 @@
 // uploads them as they are (quantize.cuh's device_quantized_matrix; Wq, Wk, Wv
 // stacked by rows as the dense ones are), and every projection picks its rung:
 // a few rows (decoding, at most 8) the fused GEMV (v2), which reads the
-// quantized bytes once; more rows (a prompt) dequantize + cuBLAS (v1) for
+// quantized bytes once (for the QKV projection and the MLP's first one, with
+// the same epilogues as the dense decode GEMVs); more rows (a prompt) dequantize + cuBLAS (v1) for
 // float, which keeps float accuracy, or the tensor-core dequantize-GEMM (v3)
 // for bfloat16. Embeddings, norms, biases and the router stay as the CPU holds
 // them (float); a quantized untied output projection and Mixtral's quantized
