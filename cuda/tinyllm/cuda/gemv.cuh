@@ -30,8 +30,8 @@
 // An epilogue E is a small struct passed by value to the kernel:
 //   E::unit_state   what a warp needs to know about its unit, with members
 //                   `index_t n0, n1`: its row of the first matrix and its row of
-//                   the second (the same matrix twice for one; n1 == n0 for a
-//                   lone row, whose second sum is then dropped)
+//                   the second (the same matrix twice for one; there n1 == n0
+//                   marks a lone row, whose second sum the epilogue drops)
 //   unit_state unit(index_t u) const            (device) unit u's rows
 //   void finish(const unit_state&, int m, float s0, float s1) const
 //                                               (device) row m's two sums
