@@ -88,16 +88,6 @@ std::vector<float> cpu_last_logits(const tinyllm::model_config& c, const tinyllm
     return std::vector<float>(all.values().end() - c.vocab_size, all.values().end());
 }
 
-double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
-    double num = 0, den = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-        const double d = static_cast<double>(got[i]) - want[i];
-        num += d * d;
-        den += static_cast<double>(want[i]) * want[i];
-    }
-    return std::isfinite(num) && den > 0 ? std::sqrt(num / den) : INFINITY;
-}
-
 // Weights that a forward multiplies with (the embedding table once, as the tied LM head).
 double matmul_weights(const tinyllm::model_config& c) {
     const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);

@@ -90,6 +90,10 @@ struct bench_component {
 };
 std::vector<bench_component>& bench_components();
 
+// |got - want| / |want| over the vectors (the same length); infinity when a value
+// is not finite; |got - want| when want is all zeros.
+double rel_l2(const std::vector<float>& got, const std::vector<float>& want);
+
 // A bench row's check when the version is expected within a tolerance of the
 // reference, not its bits: "max-abs A, rel-L2 R" of got against want (the same
 // length), and ok when every value is finite and rel-L2 <= bound.

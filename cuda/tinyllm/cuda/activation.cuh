@@ -117,6 +117,12 @@ TINYLLM_HOST_DEVICE T store_as(float f) {
 #endif
 }
 
+// f as T stores it, back in float: the value a kernel would read after writing f to T memory.
+template <class T>
+TINYLLM_HOST_DEVICE float rounded_to(float f) {
+    return to_float(store_as<T>(f));
+}
+
 template <class T, int N>
 TINYLLM_DEVICE void load_floats(float (&out)[N], const T* p) {
     const packed_elements<T, N> q = *reinterpret_cast<const packed_elements<T, N>*>(p);

@@ -317,11 +317,6 @@ namespace detail {
 
 inline constexpr int mlp_gemv_max_rows = pair_gemv_max_rows;
 
-template <class T>
-TINYLLM_DEVICE float rounded_to(float v) {
-    return to_float(from_float<T>(v));
-}
-
 // Unit j: row j of W_gate (the first matrix) and row j of W_up (the second).
 template <class T>
 struct swiglu_gemv_epilogue {
@@ -365,12 +360,19 @@ struct bias_activate_gemv_epilogue {
     }
 };
 
-// A (r, c) view whose rows are contiguous and c apart (what the GEMV reads and writes).
+// The GEMVs read and write whole rows c apart: a (r, c) view must be contiguous.
 template <class View>
 void expect_packed_rows(const View& v, std::string_view op, std::string_view name) {
-    TINYLLM_EXPECT((v.extent(1) <= 1 || v.stride(1) == 1) && (v.extent(0) <= 1 || v.stride(0) == v.extent(1)), op,
-                   ": ", name, " (shape ", to_string(v.shape()), ", strides ", to_string(v.strides()),
-                   ") must be contiguous");
+    TINYLLM_EXPECT(v.is_contiguous(), op, ": ", name, " (shape ", to_string(v.shape()), ", strides ",
+                   to_string(v.strides()), ") must be contiguous");
+}
+
+// A GEMV's bias: (N), contiguous, or empty (none).
+template <class View>
+void expect_gemv_bias(const View& bias, index_t N, std::string_view op) {
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
+                   " elements but the weight has N = ", N, " rows");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
 }
 
 // hidden (rows, H) = silu(x W_gate^T) * (x W_up^T); x (rows, K); gate_weight,
@@ -403,9 +405,7 @@ void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const_view<T,
     TINYLLM_EXPECT(weight.extent(1) == K && out.extent(0) == rows && out.extent(1) == N, op, ": out ",
                    to_string(out.shape()), ", x ", to_string(x.shape()), " and weight ", to_string(weight.shape()),
                    " must be (rows, N), (rows, K) and (N, K)");
-    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
-                   " elements but the weight has N = ", N, " rows");
-    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    expect_gemv_bias(bias, N, op);
     expect_packed_rows(out, op, "out");
     expect_packed_rows(x, op, "x");
     expect_packed_rows(weight, op, "weight");

@@ -143,7 +143,7 @@ __global__ void norm_naive_kernel(norm_args<T> p) {
         const T* res = p.residual + r * p.residual_stride;
         for (index_t j = 0; j < p.D; ++j) {
             float delta = to_float(res[j]);
-            if (p.residual_bias) delta = to_float(store_as<T>(delta + to_float(p.residual_bias[j])));
+            if (p.residual_bias) delta = rounded_to<T>(delta + to_float(p.residual_bias[j]));
             sum[j] = store_as<T>(to_float(src[j]) + delta);
         }
         src = sum;
@@ -192,7 +192,7 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
                     float c[N];
                     load_floats<T, N>(c, p.residual_bias + v * N);
 #pragma unroll
-                    for (int i = 0; i < N; ++i) b[i] = to_float(store_as<T>(b[i] + c[i]));
+                    for (int i = 0; i < N; ++i) b[i] = rounded_to<T>(b[i] + c[i]);
                 }
                 packed_elements<T, N> q;
 #pragma unroll

@@ -435,9 +435,7 @@ void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const device_
     const index_t rows = x.extent(0), K = x.extent(1), N = w.rows;
     TINYLLM_EXPECT(out.extent(0) == rows && out.extent(1) == N, op, ": out ", to_string(out.shape()),
                    " must be (rows, N) = (", rows, ", ", N, ")");
-    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
-                   " elements but the weight has N = ", N, " rows");
-    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    expect_gemv_bias(bias, N, op);
     expect_packed_rows(out, op, "out");
     expect_packed_rows(x, op, "x");
     const bias_activate_gemv_epilogue<T> epi{out.data(), bias.size() ? bias.data() : nullptr, N, kind};
