@@ -17,6 +17,11 @@
 // what `extern __shared__ T buffer[];` gives in CUDA C++. It is 16-byte
 // aligned.
 //
+//     if (last_block_to_arrive(&counter, gridDim.x)) { ... }
+//
+// lets the blocks of one launch hand their work to whichever block finishes
+// last (see below): a reduction over the whole grid without a second launch.
+//
 // TINYLLM_CUDA_ARCH is the compute capability the device code is compiled
 // for (800 for sm_80, ...): __CUDA_ARCH__ under nvcc's device pass, 900 (an
 // H100) on the simulated GPU, 0 in host code.
@@ -58,6 +63,47 @@ __device__ __forceinline__ T* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char tinyllm_dynamic_shared[];
     return reinterpret_cast<T*>(tinyllm_dynamic_shared);
 #endif
+}
+
+// ---- the last block to arrive ----------------------------------------------
+//
+// Blocks of a launch never wait for each other (a grid-wide barrier deadlocks
+// when the grid does not fit on the GPU at once), but they can count: each
+// block, once its results are stored, adds one to a counter in global memory,
+// and the block that draws blocks - 1 knows that every other block is done.
+// That block then finishes the job (a norm over outputs all blocks wrote, a
+// choice among all blocks' candidates) in the same launch. The pattern of
+// CUDA's threadFenceReduction sample:
+//   * before counting, __threadfence() makes the block's stores visible to the
+//     whole device, and __syncthreads() waits for every thread of the block;
+//   * after winning, the last block fences again, and reads what others wrote
+//     from L2 (__ldcg, or atomics): its own L1 may hold a line it read before
+//     another block wrote it;
+//   * the counter must be zero at launch; the last block sets it back to zero
+//     for the next launch (the caller's business, after it is done with it).
+
+// __threadfence(), except in the simulator under ThreadSanitizer: there the
+// fence (a C++ seq_cst fence) draws GCC's -Wtsan warning, an error in CI, and
+// it orders nothing anyway (the simulator runs blocks one after another).
+__device__ __forceinline__ void grid_fence() {
+#if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
+#else
+    __threadfence();
+#endif
+}
+
+// Called once by every thread of every block of a launch that shares `done`
+// (a zeroed counter in global memory) among `blocks` blocks, after the
+// thread's stores: true in every thread of the last block to arrive.
+__device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned blocks) {
+    __shared__ int s_last;
+    grid_fence();     // this thread's stores are visible device-wide ...
+    __syncthreads();  // ... for every thread of the block, before the arrival is counted
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) s_last = atomicAdd(done, 1u) == blocks - 1;
+    __syncthreads();
+    const bool last = s_last != 0;
+    if (last) grid_fence();
+    return last;
 }
 
 }  // namespace tinyllm::cuda

@@ -590,27 +590,10 @@ TINYLLM_DEVICE float from_order_key(std::uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-// __threadfence(), except in the simulator under ThreadSanitizer: there the
-// fence (a C++ seq_cst fence) draws GCC's -Wtsan warning, an error in CI, and
-// it orders nothing anyway — the simulator runs blocks one after another.
-TINYLLM_DEVICE void split_fence() {
-#if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
-#else
-    __threadfence();
-#endif
-}
-
 // Every block of a row calls this once, after its atomics and stores: true in
 // the row's last block to arrive, which then sees every other block's work.
 __device__ inline bool split_arrive(split_row& r, int splits) {
-    __shared__ int s_last;
-    split_fence();  // this block's atomics and stores are visible device-wide ...
-    __syncthreads();  // ... for every thread of the block, before the arrival is counted
-    if (threadIdx.x == 0) s_last = atomicAdd(&r.done, 1u) == static_cast<unsigned>(splits - 1);
-    __syncthreads();
-    const bool last = s_last != 0;
-    if (last) split_fence();
-    return last;
+    return last_block_to_arrive(&r.done, static_cast<unsigned>(splits));  // launch.cuh
 }
 
 // radix_pick by the 32 lanes of one warp (the same byte and `above` as the
