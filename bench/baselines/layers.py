@@ -1,5 +1,5 @@
 """PyTorch baselines for `tinyllm bench rmsnorm|layernorm|residual_rmsnorm|swiglu`
-and `mlp_swiglu_gemv|mlp_gelu_gemv`.
+and `mlp_swiglu_gemv|mlp_gelu_gemv|down_residual_rmsnorm_gemv`.
 
 Same shapes and byte counts as the CUDA rows: (16384, 4096) bfloat16 (--rows to
 change the rows), eps 1e-5, eager PyTorch (what a user gets without writing a
@@ -8,7 +8,9 @@ kernel). GB/s counts each input read once and each output written once.
 The MLP GEMV rows are a decode step's first MLP projection (--gemv-rows M rows,
 default 1) as transformers writes it: LlamaMLP's act_fn(gate_proj(x)) *
 up_proj(x) at Llama-3.2-1B's D 2048, H 8192, and GPT-2's c_fc + gelu_new at
-D 768, H 3072; bytes are dominated by the weights, read once.
+D 768, H 3072; bytes are dominated by the weights, read once. The down row is
+the MLP's last projection with the residual add and the next RMSNorm, as
+LlamaDecoderLayer and LlamaRMSNorm write them: x = x + down_proj(h); norm(x).
 
     python3 bench/baselines/layers.py --json out/layers_pytorch.json
 """
@@ -95,6 +97,23 @@ for name, Dm, H in (("mlp_swiglu_gemv", 2048, 8192), ("mlp_gelu_gemv", 768, 3072
         results.add(key, time_cuda(torch, lambda: F.gelu(F.linear(xm, wa, bias), approximate="tanh"), args.repeats,
                                    args.warmup),
                     bytes=(H * Dm + H + M * Dm + M * H) * size, flops=2.0 * M * H * Dm)
+
+# The down projection (D, H), the residual add and the next RMSNorm.
+Dm, H = 2048, 8192
+hm = rand(M, H, lo=-1.0, hi=1.0)
+wd = rand(Dm, H, lo=-H ** -0.5, hi=H ** -0.5)
+xs = rand(M, Dm, lo=-1.0, hi=1.0)
+gd = rand(Dm, lo=0.5, hi=1.5)
+
+
+def down_residual_rms():
+    s = xs + F.linear(hm, wd)
+    return s, F.rms_norm(s, (Dm,), gd, eps) if hasattr(F, "rms_norm") else rms_norm_llama(s, gd)
+
+
+results.add(f"down_residual_rmsnorm_gemv/pytorch_eager/M={M},D={Dm},H={H},bf16",
+            time_cuda(torch, down_residual_rms, args.repeats, args.warmup),
+            bytes=(Dm * H + M * H + 3 * M * Dm + Dm) * size, flops=2.0 * M * H * Dm)
 
 results.write(args.json)
 sys.exit(0)

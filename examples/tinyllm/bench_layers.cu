@@ -226,7 +226,7 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
     run_copy(ctx, "swiglu", bytes, rows);
 }
 
-// ---- `tinyllm bench mlp_swiglu_gemv|mlp_gelu_gemv` ---------------------------------------
+// ---- `tinyllm bench mlp_swiglu_gemv|mlp_gelu_gemv|down_residual_rmsnorm_gemv` -------------
 // A decode step's first MLP projection with its element-wise step, M rows
 // (--size M, default 1, at most 8), bf16:
 //   mlp_swiglu_gemv  Llama-3.2-1B (D 2048, H 8192): cuBLAS gate + cuBLAS up +
@@ -234,6 +234,13 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
 //                    SwiGLU in its epilogue); bytes: the two weights (67 MB)
 //   mlp_gelu_gemv    GPT-2 124M (D 768, H 3072): cuBLAS fc + bias_activate (bias
 //                    + GELU), against bias_activate_gemv; bytes: W_fc (4.7 MB)
+//   down_residual_rmsnorm_gemv  Llama-3.2-1B's down projection (H 8192 -> D
+//                    2048) + residual add + RMSNorm: cuBLAS down + v2
+//                    residual_add_rms_norm, against norm v3 (one GEMV whose
+//                    epilogue adds and whose last block normalizes); bytes:
+//                    W_down (33.5 MB), the stream read and written, h written.
+//                    Both update the stream in place, so the timed runs keep
+//                    adding to it (the values grow; the work does not change)
 // The GEMVs sum in another order than cuBLAS, so the check is a tolerance
 // against the unfused steps (rel-L2 <= 1e-2), not bits. On the simulated GPU
 // the widths are 8x smaller.
@@ -273,15 +280,18 @@ std::vector<float> floats_of(const tc::device_buffer<T>& b) {
 }
 
 // Runs `unfused` (the reference row) and `fused` into poisoned copies of out,
+// each after `prepare` (when given: restores an input both update in place),
 // compares them, then times both.
 void compare_and_time(bench_context& ctx, const std::string& key, tc::device_buffer<T>& out,
                       const char* unfused_name, const char* unfused_key, const std::function<void()>& unfused,
                       const char* fused_name, const char* fused_key, const std::function<void()>& fused, double bytes,
-                      double flops) {
+                      double flops, const std::function<void()>& prepare = {}) {
     out.poison();
+    if (prepare) prepare();
     unfused();
     const std::vector<float> want = floats_of(out);
     out.poison();
+    if (prepare) prepare();
     fused();
     const bench_agreement check = rel_l2_agreement(floats_of(out), want, 1e-2);
     const auto unfused_t = tc::time_gpu(std::string(unfused_key) + "/" + key, unfused, bytes, flops, options(ctx));
@@ -341,4 +351,34 @@ TINYLLM_BENCH("mlp_gelu_gemv", "a decode step's fc projection + bias + GELU, GPT
         "bias_activate_gemv", "mlp_gelu_gemv/bias_activate_gemv",
         [&] { tc::detail::bias_activate_gemv<T>(O, X, W, B, tinyllm::activation::gelu_tanh); }, bytes,
         2.0 * static_cast<double>(M * H * Dm));
+}
+
+TINYLLM_BENCH("down_residual_rmsnorm_gemv", "a decode step's down projection + residual add + RMSNorm, Llama-3.2-1B shape (H 8192 -> D 2048), bf16: --size M rows (default 1, at most 8; simulated GPU: D 256, H 1024)", 1) {
+    if (!ctx.gpu_available) return;
+    const gemv_problem p = gemv_problem_of(ctx, 2048, 8192, 71);  // p.x unused: the input is (M, H)
+    if (p.M == 0) return;
+    const index_t M = p.M, Dm = p.D, H = p.H;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(H));
+    auto in = random_bf16(M * H, 72, -1, 1), w = random_bf16(Dm * H, 73, -scale, scale);
+    auto x0 = random_bf16(M * Dm, 74, -1, 1), g = random_bf16(Dm, 75, 0.5f, 1.5f);
+    tc::device_buffer<T> x(static_cast<std::size_t>(M * Dm)), out(static_cast<std::size_t>(M * Dm)),
+        delta(static_cast<std::size_t>(M * Dm));
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    const auto IN = in.view(extents<2>{M, H});
+    const auto W = w.view(extents<2>{Dm, H});
+    const auto G = g.view(extents<1>{Dm});
+    const auto X = x.view(extents<2>{M, Dm}), O = out.view(extents<2>{M, Dm}), DL = delta.view(extents<2>{M, Dm});
+    const tc::cublas_handle handle;
+    const double bytes = static_cast<double>(Dm * H + M * H + 3 * M * Dm + Dm) * sizeof(T);
+    compare_and_time(
+        ctx, gemv_shape(M, Dm, H), out, "cuBLAS down + residual_add_rms_norm", "down_residual_rmsnorm_gemv/cublas_v2",
+        [&] {
+            tc::linear<T>(DL, IN, W, {}, handle);
+            tc::residual_add_rms_norm<T>(O, X, X, DL, G, eps);
+        },
+        "residual_add_rms_norm_gemv (v3)", "down_residual_rmsnorm_gemv/v3_gemv",
+        [&] { tc::detail::residual_add_rms_norm_gemv<T>(O, X, IN, W, {}, G, eps, arrivals.data()); }, bytes,
+        2.0 * static_cast<double>(M * H * Dm),
+        [&] { TINYLLM_CUDA_CHECK(cudaMemcpy(x.data(), x0.data(), x.bytes(), cudaMemcpyDeviceToDevice)); });
 }

@@ -375,6 +375,96 @@ void check_mlp_gemv(index_t rows, index_t K, index_t N, std::uint64_t which, ind
     }
 }
 
+// norm.cuh's v3 (detail::residual_add_*_norm_gemv): x += in proj^T (+ proj_bias),
+// out = norm(x) in one GEMV launch whose last block normalizes. Checked step by step:
+//   * the stream against the products in double, each rounded to T as cuBLAS
+//     stores it, then the bias rounding and the add (gemv_tol: the sum's order);
+//   * out against the CPU norm of the stream the GPU wrote (the norm alone);
+//   * both against the unfused GPU steps (cuBLAS, residual_add_bias_*_norm);
+//   * a second launch (the arrival counter must be back at zero) gives the same
+//     bits, and the counter is zero afterwards.
+// `skew` starts x and out one element past their allocation: the tail's scalar path.
+template <class T, bool Layer>
+void check_residual_norm_gemv(index_t rows, index_t K, index_t D, bool with_bias, index_t skew, std::uint64_t which) {
+    const auto nx = static_cast<std::size_t>(rows * D), ni = static_cast<std::size_t>(rows * K);
+    const auto x = random_as<T>(nx, which, -2.0f, 2.0f), in = random_as<T>(ni, which + 1, -1.0f, 1.0f);
+    const auto proj = random_as<T>(static_cast<std::size_t>(D * K), which + 2, -0.5f, 0.5f);
+    const auto pb = random_as<T>(static_cast<std::size_t>(D), which + 3, -1.0f, 1.0f);
+    const auto w = random_as<T>(static_cast<std::size_t>(D), which + 4, 0.5f, 1.5f);
+    const auto b = random_as<T>(static_cast<std::size_t>(D), which + 5, -0.5f, 0.5f);
+    const float eps = 1e-5f;
+    std::vector<float> x_skewed(nx + static_cast<std::size_t>(skew), 0.0f);
+    std::copy(x.begin(), x.end(), x_skewed.begin() + skew);
+    auto dx = upload<T>(x_skewed), din = upload<T>(in), dproj = upload<T>(proj), dpb = upload<T>(pb),
+         dw = upload<T>(w), db = upload<T>(b);
+    tc::device_buffer<T> dout(nx + static_cast<std::size_t>(skew)), dsum(nx), dref_out(nx), ddelta(nx);
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    const tensor_view<T, 2> X(dx.data() + skew, {rows, D}), out(dout.data() + skew, {rows, D});
+    const auto IN = dview2(din, rows, K), P = dview2(dproj, D, K);
+    const tensor_view<const T, 1> PB = with_bias ? dview1(dpb) : tensor_view<const T, 1>{};
+    const auto W = dview1(dw), B = dview1(db);
+    const std::string where = label<T>(std::string(Layer ? "layer" : "rms") + (with_bias ? " + bias" : "") +
+                                           ", K " + std::to_string(K) + ", skew " + std::to_string(skew),
+                                       rows, D);
+    const auto fused = [&] {
+        if constexpr (Layer) tc::detail::residual_add_layer_norm_gemv<T>(out, X, IN, P, PB, W, B, eps, arrivals.data());
+        else tc::detail::residual_add_rms_norm_gemv<T>(out, X, IN, P, PB, W, eps, arrivals.data());
+    };
+    const auto cpu_norm = [&](std::vector<float>& ref, const std::vector<float>& stream) {
+        if constexpr (Layer) cpu::layer_norm(view2(ref, rows, D), cview2(stream, rows, D), cview1(w), cview1(b), eps);
+        else cpu::rms_norm(view2(ref, rows, D), cview2(stream, rows, D), cview1(w), eps);
+    };
+    const auto rounded = [](double v) { return tinyllm::to_float(tinyllm::from_float<T>(static_cast<float>(v))); };
+    const auto host_rows = [&](const tc::device_buffer<T>& buf) {  // the (rows, D) view's elements
+        const auto all = tc::to_host(buf);
+        std::vector<float> v(nx);
+        for (std::size_t i = 0; i < nx; ++i) v[i] = tinyllm::to_float(all[static_cast<std::size_t>(skew) + i]);
+        return v;
+    };
+
+    // The stream in double: x + round(round(in proj^T) + bias).
+    std::vector<float> stream(nx), ref(nx);
+    for (index_t m = 0; m < rows; ++m)
+        for (index_t n = 0; n < D; ++n) {
+            double sum = 0.0;
+            for (index_t k = 0; k < K; ++k)
+                sum += static_cast<double>(in[static_cast<std::size_t>(m * K + k)]) * proj[static_cast<std::size_t>(n * K + k)];
+            float delta = rounded(sum);
+            if (with_bias) delta = rounded(static_cast<double>(delta) + pb[static_cast<std::size_t>(n)]);
+            const auto i = static_cast<std::size_t>(m * D + n);
+            stream[i] = rounded(static_cast<double>(x[i]) + delta);
+        }
+
+    dout.poison();
+    fused();
+    const std::vector<float> got_stream = host_rows(dx), got_out = host_rows(dout);
+    TINYLLM_REQUIRE_CLOSE(got_stream, stream, gemv_tol<T>(), "v3 stream vs double, " + where);
+    cpu_norm(ref, got_stream);
+    TINYLLM_REQUIRE_CLOSE(got_out, ref, tol_for<T>(), "v3 norm vs the CPU norm of its stream, " + where);
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
+
+    // The unfused steps on the GPU: cuBLAS without the bias, then v2 with the deferred bias.
+    tc::cublas_handle handle;
+    auto dx2 = upload<T>(x);
+    const auto X2 = dview2(dx2, rows, D), delta = dview2(ddelta, rows, D), ref_out = dview2(dref_out, rows, D);
+    tc::linear<T>(delta, IN, P, {}, handle);
+    dref_out.poison();
+    if constexpr (Layer) tc::detail::residual_add_bias_layer_norm<T>(ref_out, X2, X2, delta, PB, W, B, eps);
+    else tc::detail::residual_add_bias_rms_norm<T>(ref_out, X2, X2, delta, PB, W, eps);
+    TINYLLM_REQUIRE_CLOSE(got_stream, tc::to_host(dx2), gemv_tol<T>(), "v3 stream vs cuBLAS + v2, " + where);
+    TINYLLM_REQUIRE_CLOSE(got_out, tc::to_host(dref_out), gemv_tol<T>(), "v3 out vs cuBLAS + v2, " + where);
+
+    // Again from the same stream: the same bits (the counter was reset).
+    const auto fresh = upload<T>(x_skewed);  // into dx itself: X views its memory
+    TINYLLM_CUDA_CHECK(cudaMemcpy(dx.data(), fresh.data(), x_skewed.size() * sizeof(T), cudaMemcpyDeviceToDevice));
+    dout.poison();
+    fused();
+    TINYLLM_REQUIRE_CLOSE(host_rows(dx), got_stream, tolerance{0, 0, 0}, "v3 stream, second launch, " + where);
+    TINYLLM_REQUIRE_CLOSE(host_rows(dout), got_out, tolerance{0, 0, 0}, "v3 out, second launch, " + where);
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
+}
+
 const std::vector<std::pair<index_t, index_t>> map_shapes = {{1, 1}, {3, 5}, {4, 64}, {7, 1001}, {16, 4096}, {2, 24}};
 
 template <class T>
@@ -579,6 +669,51 @@ TEST_CASE("CUDA MLP GEMVs (SwiGLU, bias + activation) for a decode step match th
                 check_mlp_gemv<bfloat16>(rows, K, N, which += 10, skew);
             }
     check_mlp_gemv<float16>(2, 64, 9, which += 10, 0);
+}
+
+TEST_CASE("CUDA projection + residual add + norm in one GEMV (norm v3) matches the products in double, the CPU "
+          "norm and the unfused kernels",
+          "[cuda][norm][gemv]") {
+    std::uint64_t which = 1900;
+    for (const index_t rows : {1, 3, 8})
+        for (const auto& [K, D] : {std::pair<index_t, index_t>{32, 1}, {40, 7}, {64, 64}, {1288, 40}, {72, 2056}})
+            for (const bool with_bias : {false, true}) {
+                const index_t skew = (rows + D) % 2 == 0 ? 1 : 0;
+                check_residual_norm_gemv<float, true>(rows, K, D, with_bias, skew, which += 10);
+                check_residual_norm_gemv<float, false>(rows, K, D, with_bias, skew, which += 10);
+                check_residual_norm_gemv<bfloat16, true>(rows, K, D, with_bias, skew, which += 10);
+                check_residual_norm_gemv<bfloat16, false>(rows, K, D, with_bias, skew, which += 10);
+            }
+    check_residual_norm_gemv<float16, false>(2, 64, 24, true, 0, which += 10);
+}
+
+TEST_CASE("CUDA projection + residual add + norm GEMV rejects bad arguments before launching", "[cuda][norm][gemv][error]") {
+    tc::device_buffer<float> x(9 * 16), in(9 * 32), p(16 * 32), w(16), out(9 * 16);
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    const auto P = dview2(p, 16, 32);
+    const auto W = dview1(w);
+    const tensor_view<const float, 1> none;
+    const auto X = [&](index_t rows) { return tensor_view<float, 2>(x.data(), {rows, 16}); };
+    const auto O = [&](index_t rows) { return tensor_view<float, 2>(out.data(), {rows, 16}); };
+    const auto I = [&](index_t rows) { return tensor_view<const float, 2>(in.data(), {rows, 32}); };
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(O(9), X(9), I(9), P, none, W, 1e-5f, arrivals.data()),
+                      tinyllm_test::contains("residual_add_rms_norm_gemv: 9 rows; the GEMV takes at most 8"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(O(2), X(2), I(3), P, none, W, 1e-5f, arrivals.data()),
+                      tinyllm_test::contains("x (2, 16) and in (3, 32) do not fit a projection of 32 inputs to 16 outputs"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_layer_norm_gemv<float>(O(2), X(2), I(2), P, tensor_view<const float, 1>(w.data(), {15}), W,
+                                                                      none, 1e-5f, arrivals.data()),
+                      tinyllm_test::contains("residual_add_layer_norm_gemv: bias has 15 elements but the weight has N = 16"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(O(2), X(2), I(2), P, none, W, 1e-5f, nullptr),
+                      tinyllm_test::contains("arrivals must be a zeroed device counter"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(O(2), X(2), tensor_view<const float, 2>(x.data(), {2, 32}),
+                                                                    P, none, W, 1e-5f, arrivals.data()),
+                      tinyllm_test::contains("in must not overlap x or out"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(X(2), X(2), I(2), P, none, W, 1e-5f, arrivals.data()),
+                      tinyllm_test::contains("out must not overlap x"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(O(2), X(2), I(2), P, none, W, 0.0f, arrivals.data()),
+                      tinyllm_test::contains("eps = 0 must be positive"));
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
 }
 
 TEST_CASE("CUDA MLP GEMVs reject bad arguments before launching", "[cuda][ffn][gemv][error]") {

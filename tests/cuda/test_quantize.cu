@@ -4,7 +4,9 @@
 // (dequantize + cuBLAS) and v2 (fused GEMV) against the float64 reference
 // dequantize-then-linear, for int8, int4-g32/g64/g128, float and bfloat16
 // activations, with and without bias; v3 (tensor-core dequantize-GEMM) on
-// prefill shapes that are not multiples of its 64 x 64 x 32 tiles; the rejections.
+// prefill shapes that are not multiples of its 64 x 64 x 32 tiles; the decode
+// GEMVs with epilogues (SwiGLU, bias + GELU, RoPE v4, norm v3's residual add +
+// norm) against the unfused steps they replace; the rejections.
 //
 // Inputs are fresh random numbers each run; outputs are poisoned (NaN) first.
 // Tolerances, |got - ref| <= abs + rel |ref| plus relative L2:
@@ -24,6 +26,7 @@
 
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/positional.cuh>
 #include <tinyllm/cuda/quantize.cuh>
 #include <tinyllm/quantize.hpp>
@@ -247,6 +250,96 @@ TEST_CASE("cuda quantized pair GEMVs (SwiGLU, bias + GELU, RoPE v4's epilogue) g
                                                             tensor_view<const float, 2>(x.data(), {1, 40}), dodd,
                                                             tensor_view<const float, 1>{}, tinyllm::activation::identity),
                       contains("the quantized GEMV needs K a multiple of 16"));
+}
+
+// norm.cuh's v3 on a quantized projection (detail::residual_add_*_norm_gemv with
+// a device_quantized_matrix): x (rows, D) += in W^^T (+ bias), out = norm(x), in
+// one launch. Against v2 (linear_quantized_gemv with the bias) then
+// residual_add_*_norm: the stream must be the same bits (the same sums, the bias
+// added before the one rounding, the same add); out the same norm of the same
+// stream, up to the order of its block reduction (T's tolerance). The arrival
+// counter must be back at zero, so a second launch gives the same bits.
+template <class T, bool Layer>
+void check_residual_norm_gemv(index_t rows, index_t D, index_t K, const quant_spec& spec, bool with_bias,
+                              std::uint64_t which) {
+    tensor<float, 2> w({D, K});
+    cpu::fill_normal(w, seed_for(which), 0.0f, 0.05f);
+    const quantized_matrix q = tinyllm::quantize_rtn(w.view(), spec);
+    const tensor<float, 2> x = random_as<T>(rows, D, which + 1, -2.0f, 2.0f);
+    const tensor<float, 2> in = random_as<T>(rows, K, which + 2, -1.0f, 1.0f);
+    const tensor<float, 2> pb = random_as<T>(1, D, which + 3, -1.0f, 1.0f);
+    const tensor<float, 2> gamma = random_as<T>(1, D, which + 4, 0.5f, 1.5f);
+    const tensor<float, 2> beta = random_as<T>(1, D, which + 5, -0.5f, 0.5f);
+    const tc::device_quantized_matrix dq = tc::to_device(q);
+    auto dx = upload<T>(x.values()), dx2 = upload<T>(x.values()), din = upload<T>(in.values());
+    auto dpb = upload<T>(pb.values()), dgamma = upload<T>(gamma.values()), dbeta = upload<T>(beta.values());
+    const auto n = static_cast<std::size_t>(rows * D);
+    tc::device_buffer<T> dout(n), ddelta(n), dref(n);
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    const tinyllm::extents<2> shape{rows, D};
+    const tensor_view<T, 2> X = dx.view(shape), X2 = dx2.view(shape);
+    const tensor_view<const T, 2> IN = din.view(tinyllm::extents<2>{rows, K});
+    const tensor_view<const T, 1> PB(dpb.data(), {with_bias ? D : 0});
+    const tensor_view<const T, 1> G = dgamma.view(tinyllm::extents<1>{D}), B = dbeta.view(tinyllm::extents<1>{D});
+    const float eps = 1e-5f;
+    const std::string what = std::string(tinyllm::dtype_name<T>()) + " " + spec.name() + (Layer ? " layer" : " rms") +
+                             " rows " + std::to_string(rows) + " D " + std::to_string(D) + (with_bias ? " bias" : "");
+    const auto fused = [&] {
+        if constexpr (Layer)
+            tc::detail::residual_add_layer_norm_gemv<T>(dout.view(shape), X, IN, dq, PB, G, B, eps, arrivals.data());
+        else tc::detail::residual_add_rms_norm_gemv<T>(dout.view(shape), X, IN, dq, PB, G, eps, arrivals.data());
+    };
+    const tolerance bits{0, 0, 0};
+
+    dout.poison();
+    fused();
+    const std::vector<float> got_stream = download(dx), got_out = download(dout);
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
+
+    tc::linear_quantized_gemv<T>(ddelta.view(shape), IN, dq, PB);
+    dref.poison();
+    if constexpr (Layer) tc::residual_add_layer_norm<T>(dref.view(shape), X2, X2, ddelta.view(shape), G, B, eps);
+    else tc::residual_add_rms_norm<T>(dref.view(shape), X2, X2, ddelta.view(shape), G, eps);
+    TINYLLM_REQUIRE_CLOSE(got_stream, download(dx2), bits, "quantized v3 stream vs v2 GEMV + residual norm, " + what);
+    TINYLLM_REQUIRE_CLOSE(got_out, download(dref), tolerance_for<T>(),
+                          "quantized v3 out vs v2 GEMV + residual norm, " + what);
+
+    // Again from the same x: the same bits.
+    const auto fresh = upload<T>(x.values());
+    TINYLLM_CUDA_CHECK(cudaMemcpy(dx.data(), fresh.data(), n * sizeof(T), cudaMemcpyDeviceToDevice));
+    dout.poison();
+    fused();
+    TINYLLM_REQUIRE_CLOSE(download(dx), got_stream, bits, "quantized v3 stream, second launch, " + what);
+    TINYLLM_REQUIRE_CLOSE(download(dout), got_out, bits, "quantized v3 out, second launch, " + what);
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
+}
+
+TEST_CASE("cuda quantized projection + residual add + norm in one GEMV (norm v3) gives v2's stream bit for bit",
+          "[quantize][gemv][norm]") {
+    std::uint64_t which = 6000;
+    for (const quant_spec& spec : all_specs())
+        for (const index_t rows : {1, 3, 8})
+            for (const index_t D : {7, 48})
+                for (const bool with_bias : {false, true}) {
+                    check_residual_norm_gemv<float, true>(rows, D, 256, spec, with_bias, which += 10);
+                    check_residual_norm_gemv<float, false>(rows, D, 256, spec, with_bias, which += 10);
+                    check_residual_norm_gemv<bfloat16, true>(rows, D, 256, spec, with_bias, which += 10);
+                    check_residual_norm_gemv<bfloat16, false>(rows, D, 256, spec, with_bias, which += 10);
+                }
+    // A K the quantized GEMV cannot read is refused before launching.
+    tensor<float, 2> w_odd({8, 40});
+    cpu::fill_normal(w_odd, seed_for(3), 0.0f, 0.05f);
+    const tc::device_quantized_matrix dodd = tc::to_device(tinyllm::quantize_rtn(w_odd.view(), {quant_format::int8, 0}));
+    tc::device_buffer<float> x(8), in(40), g(8), out(8);
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(
+                          out.view(tinyllm::extents<2>{1, 8}), x.view(tinyllm::extents<2>{1, 8}),
+                          tensor_view<const float, 2>(in.data(), {1, 40}), dodd, tensor_view<const float, 1>{},
+                          tensor_view<const float, 1>(g.data(), {8}), 1e-5f, arrivals.data()),
+                      contains("residual_add_rms_norm_gemv: int8 / int8 with K = 40 inputs; the quantized GEMV needs K "
+                               "a multiple of 16"));
 }
 
 TEST_CASE("cuda::dequantize gives the CPU's dequantized weights bit for bit", "[quantize]") {

@@ -360,21 +360,6 @@ struct bias_activate_gemv_epilogue {
     }
 };
 
-// The GEMVs read and write whole rows c apart: a (r, c) view must be contiguous.
-template <class View>
-void expect_packed_rows(const View& v, std::string_view op, std::string_view name) {
-    TINYLLM_EXPECT(v.is_contiguous(), op, ": ", name, " (shape ", to_string(v.shape()), ", strides ",
-                   to_string(v.strides()), ") must be contiguous");
-}
-
-// A GEMV's bias: (N), contiguous, or empty (none).
-template <class View>
-void expect_gemv_bias(const View& bias, index_t N, std::string_view op) {
-    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
-                   " elements but the weight has N = ", N, " rows");
-    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
-}
-
 // hidden (rows, H) = silu(x W_gate^T) * (x W_up^T); x (rows, K); gate_weight,
 // up_weight (H, K); all contiguous, rows <= mlp_gemv_max_rows.
 template <class T>

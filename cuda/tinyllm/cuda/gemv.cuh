@@ -35,8 +35,16 @@
 //   unit_state unit(index_t u) const            (device) unit u's rows
 //   void finish(const unit_state&, int m, float s0, float s1) const
 //                                               (device) row m's two sums
+// and, optionally (the gemv_tail concept below),
+//   void tail() const   (device) run by every thread of every block once the
+//                       block's units are finished: where an epilogue that
+//                       needs all the outputs (a norm over the row) lets the
+//                       last block to arrive (launch.cuh) finish the job
 // An epilogue names rows, not addresses, so the same one serves the dense
 // kernel here and the quantized one (quantize.cuh), which reads int8/int4 rows.
+//
+// Epilogues: RoPE v4 (positional.cuh), SwiGLU and bias + activation (ffn.cuh),
+// and the residual add + norm (norm.cuh v3), the one with a tail.
 //
 // Expected speed (not measured on a GPU yet): the weights' bytes over the
 // bandwidth, e.g. Llama-3.2-1B's gate and up in bf16 (2 x 8192 x 2048 x 2 B =
@@ -64,17 +72,15 @@ inline constexpr int pair_gemv_warps = 4;     // units (warps) per block
 inline constexpr int pair_gemv_max_rows = 8;  // rows of x per launch
 inline constexpr int pair_gemv_unroll = 4;    // 16-byte loads of each weight row in flight per lane
 
-// units warps, each the two sums of every row of x (m_rows, K, contiguous) with
-// its two weight rows (row n0 of w_a, row n1 of w_b; both (N, K), contiguous),
-// then epi.finish per row. V: elements per load (16 /
-// sizeof(T), or 1 when K or a pointer does not allow vectors).
+// An epilogue with a tail (see the top).
+template <class Epilogue>
+concept gemv_tail = requires(const Epilogue& e) { e.tail(); };
+
+// One warp's unit: the sums of its two weight rows with every row of x, then
+// epi.finish per row (by lane m).
 template <class T, int V, class Epilogue>
-__global__ void __launch_bounds__(pair_gemv_warps * 32)
-    pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, int m_rows, index_t K, index_t units) {
-    const int lane = static_cast<int>(threadIdx.x % 32);
-    const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
-    if (unit >= units) return;  // a whole warp leaves together
-    const typename Epilogue::unit_state u = epi.unit(unit);
+__device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::unit_state& u, int lane, const T* x,
+                               const T* w_a, const T* w_b, int m_rows, index_t K) {
     const T* w0 = w_a + u.n0 * K;
     const T* w1 = w_b + u.n1 * K;
     float acc0[pair_gemv_max_rows] = {}, acc1[pair_gemv_max_rows] = {};
@@ -118,6 +124,35 @@ __global__ void __launch_bounds__(pair_gemv_warps * 32)
         if (m >= m_rows) break;
         if (lane == m) epi.finish(u, m, acc0[m], acc1[m]);
     }
+}
+
+// units warps, each the two sums of every row of x (m_rows, K, contiguous) with
+// its two weight rows (row n0 of w_a, row n1 of w_b; both (N, K), contiguous),
+// then epi.finish per row, and an epilogue's tail in every thread (the threads
+// of a warp without a unit too). V: elements per load (16 / sizeof(T), or 1
+// when K or a pointer does not allow vectors).
+template <class T, int V, class Epilogue>
+__global__ void __launch_bounds__(pair_gemv_warps * 32)
+    pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, int m_rows, index_t K, index_t units) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
+    if (unit < units) pair_gemv_unit<T, V>(epi, epi.unit(unit), lane, x, w_a, w_b, m_rows, K);  // a whole warp, or none of it
+    if constexpr (gemv_tail<Epilogue>) epi.tail();
+}
+
+// The GEMVs read and write whole rows c apart: a (r, c) view must be contiguous.
+template <class View>
+void expect_packed_rows(const View& v, std::string_view op, std::string_view name) {
+    TINYLLM_EXPECT(v.is_contiguous(), op, ": ", name, " (shape ", to_string(v.shape()), ", strides ",
+                   to_string(v.strides()), ") must be contiguous");
+}
+
+// A GEMV's bias: (N), contiguous, or empty (none).
+template <class View>
+void expect_gemv_bias(const View& bias, index_t N, std::string_view op) {
+    TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == N, op, ": bias has ", bias.extent(0),
+                   " elements but the weight has N = ", N, " rows");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
 }
 
 // Checks (on the host) and launches pair_gemv_kernel: x (rows, K) and every

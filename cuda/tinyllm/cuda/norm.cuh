@@ -26,6 +26,10 @@
 //                  multiple of the vector width, or that are not 16-byte
 //                  aligned, use the same kernel with scalar (still coalesced)
 //                  accesses.
+//   v3 in a GEMV   (decoding; detail::residual_add_*_norm_gemv) the residual
+//                  add and the norm become the epilogue of the projection
+//                  before them, and the norm is done by the launch's last
+//                  block to arrive: one launch instead of two (see v3 below).
 //
 // Both versions are numerically careful in the same way as the CPU reference:
 // two passes (mean, then squared deviations — never E[x^2] - E[x]^2), float
@@ -81,6 +85,7 @@
 #include <tinyllm/cuda/activation.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/gemv.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/error.hpp>
 #include <tinyllm/math.hpp>
@@ -89,7 +94,11 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <string_view>
+#include <type_traits>
 
 namespace tinyllm::cuda {
 namespace detail {
@@ -169,6 +178,86 @@ __global__ void norm_naive_kernel(norm_args<T> p) {
     }
 }
 
+// How the passes of a row read it: through L1, as any load, or from L2 only
+// (__ldcg) for a row that other blocks of the same launch have just written
+// (v3's tail: its block's L1 may hold a stale line; launch.cuh says why).
+enum class row_reads { cached, from_l2 };
+
+template <class T, int N, row_reads Reads>
+TINYLLM_DEVICE void load_row_floats(float (&out)[N], const T* p) {
+    if constexpr (Reads == row_reads::cached) {
+        load_floats<T, N>(out, p);
+    } else {
+        constexpr std::size_t bytes = sizeof(T) * N;  // one load of 16, 4 or 2 bytes
+        using word = std::conditional_t<bytes == 16, uint4, std::conditional_t<bytes == 4, unsigned, unsigned short>>;
+        static_assert(sizeof(word) == bytes, "a row load is 16, 4 or 2 bytes");
+        const word w = __ldcg(reinterpret_cast<const word*>(p));
+        packed_elements<T, N> q;
+        memcpy(static_cast<void*>(&q), &w, bytes);  // the same bits, without a pointer cast
+#pragma unroll
+        for (int i = 0; i < N; ++i) out[i] = to_float(q.v[i]);
+    }
+}
+
+// Pass 1 of a row without a residual: this thread's share of the sum
+// (LayerNorm) or of the sum of squares (RMSNorm). The row is `vectors` accesses
+// of N elements; thread t takes accesses t, t + blockDim.x, ...
+template <class T, int N, bool Layer, row_reads Reads>
+TINYLLM_DEVICE float norm_first_pass(const T* src, index_t vectors) {
+    float acc = 0.0f;
+    for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+        float a[N];
+        load_row_floats<T, N, Reads>(a, src + v * N);
+#pragma unroll
+        for (int i = 0; i < N; ++i) acc += Layer ? a[i] : a[i] * a[i];
+    }
+    return acc;
+}
+
+// The passes after the first, by the whole block: the row's total from every
+// thread's `acc`, the squared deviations from the mean (LayerNorm; the row is
+// in cache by now), rstd, then y = (x - mean) rstd w + b. Each element is read
+// and written by the same thread in every pass, so y may be src.
+template <class T, int N, bool Layer, row_reads Reads>
+TINYLLM_DEVICE void norm_last_passes(T* y, const T* src, float acc, const T* weight, const T* bias, index_t vectors,
+                                     float inv_d, float eps, float* partial) {
+    const float total = row_block_sum(acc, partial);
+    float mean = 0.0f, rstd;
+    if constexpr (Layer) {
+        mean = total * inv_d;
+        float squares = 0.0f;
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float a[N];
+            load_row_floats<T, N, Reads>(a, src + v * N);
+#pragma unroll
+            for (int i = 0; i < N; ++i) squares += (a[i] - mean) * (a[i] - mean);
+        }
+        rstd = rsqrtf(row_block_sum(squares, partial) * inv_d + eps);
+    } else {
+        rstd = rsqrtf(total * inv_d + eps);
+    }
+    // Normalize, scale, shift, store.
+    for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+        float a[N], w[N], b[N], o[N];
+        load_row_floats<T, N, Reads>(a, src + v * N);
+        if (weight) {
+            load_floats<T, N>(w, weight + v * N);
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; ++i) w[i] = 1.0f;
+        }
+        if (Layer && bias) {
+            load_floats<T, N>(b, bias + v * N);
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; ++i) b[i] = 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) o[i] = (a[i] - mean) * rstd * w[i] + b[i];
+        store_floats<T, N>(y + v * N, o);
+    }
+}
+
 // v2: one block per row, N elements per access (16 bytes, or 1 for the scalar
 // fallback), block reductions with warp shuffles.
 template <class T, int N, bool Layer, bool Residual>
@@ -205,52 +294,10 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
             }
             src = sum;
         } else {
-            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-                float a[N];
-                load_floats<T, N>(a, src + v * N);
-#pragma unroll
-                for (int i = 0; i < N; ++i) acc += Layer ? a[i] : a[i] * a[i];
-            }
+            acc = norm_first_pass<T, N, Layer, row_reads::cached>(src, vectors);
         }
-        const float total = row_block_sum(acc, partial);
-
-        float mean = 0.0f, rstd;
-        if constexpr (Layer) {
-            // Pass 2: squared deviations from the mean (the row is now in cache).
-            mean = total * inv_d;
-            float squares = 0.0f;
-            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-                float a[N];
-                load_floats<T, N>(a, src + v * N);
-#pragma unroll
-                for (int i = 0; i < N; ++i) squares += (a[i] - mean) * (a[i] - mean);
-            }
-            rstd = rsqrtf(row_block_sum(squares, partial) * inv_d + p.eps);
-        } else {
-            rstd = rsqrtf(total * inv_d + p.eps);
-        }
-
-        // Last pass: normalize, scale, shift, store.
-        T* y = p.out + r * p.out_stride;
-        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-            float a[N], w[N], b[N], o[N];
-            load_floats<T, N>(a, src + v * N);
-            if (p.weight) {
-                load_floats<T, N>(w, p.weight + v * N);
-            } else {
-#pragma unroll
-                for (int i = 0; i < N; ++i) w[i] = 1.0f;
-            }
-            if (Layer && p.bias) {
-                load_floats<T, N>(b, p.bias + v * N);
-            } else {
-#pragma unroll
-                for (int i = 0; i < N; ++i) b[i] = 0.0f;
-            }
-#pragma unroll
-            for (int i = 0; i < N; ++i) o[i] = (a[i] - mean) * rstd * w[i] + b[i];
-            store_floats<T, N>(y + v * N, o);
-        }
+        norm_last_passes<T, N, Layer, row_reads::cached>(p.out + r * p.out_stride, src, acc, p.weight, p.bias,
+                                                          vectors, inv_d, p.eps, partial);
     }
 }
 
@@ -593,6 +640,167 @@ void residual_add_bias_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residua
                                 float eps, cudaStream_t stream = nullptr) {
     launch_norm<T, false, true>("residual_add_bias_rms_norm", true, out, residual_out, x, residual, weight, {}, eps,
                                 stream, residual_bias);
+}
+}  // namespace detail
+
+// ---- v3: the residual add + norm in the epilogue of the projection before it -------------
+//
+// A decode step's layer ends each half the same way: a projection (Wo, or the
+// MLP's down / proj), then x += its output (+ its bias), then h = norm(x) for
+// what comes next. With at most 8 rows that projection is a GEMV (gemv.cuh),
+// and this is its epilogue:
+//
+//     finish   the warp holding rows n, n + 1 of the projection adds their sums
+//              to the residual stream: x[m, n] += round_T(sum) (+ bias[n])
+//     tail     the last block to arrive (launch.cuh) normalizes every row of x
+//              into out: passes 1 to 3 of v2, by one block of 128 threads,
+//              reading x from L2 (the other blocks wrote it)
+//
+// One launch instead of two, and the projection's output never goes through
+// memory: a decode step's layer drops from 7 graph nodes to 5 (cuda::model).
+// The price is the tail, run by one block: rows x D elements read from L2 three
+// times (LayerNorm; twice for RMSNorm) and written once, 4 KB a row for
+// Llama-3.2-1B in bf16 (expected well under the 2 to 3 µs a separate launch
+// costs on an H100, not measured on a GPU yet).
+//
+// Rounding, as the two steps it replaces: the projection's output is rounded
+// to T (cuBLAS stores it), a bias is then added and the sum rounded to T (the
+// deferred bias of residual_add_bias_*_norm); the quantized GEMV (quantize.cuh)
+// rounds sum + bias once, as linear_quantized_gemv stores it. The stream x
+// therefore holds the same values as the unfused steps up to the order of the
+// projection's sum (bit for bit with the quantized GEMV); out differs from v2's
+// only in the order of the norm's block sums (v2 picks its own thread count).
+
+namespace detail {
+template <class T, bool Layer>
+struct residual_norm_epilogue {
+    T* out;                  // (rows, D) norm(x)
+    T* x;                    // (rows, D) the residual stream, updated in place
+    const T* proj_bias;      // (D) or null
+    const T* weight;         // (D) or null
+    const T* bias;           // (D) or null; LayerNorm only
+    index_t D;
+    int rows;
+    float eps;
+    bool round_before_bias;  // round_T(round_T(sum) + bias) (dense) or round_T(sum + bias) (quantized)
+    bool vectorized;         // the tail's 16-byte accesses (D a multiple of the vector, aligned rows)
+    unsigned* arrivals;      // zero at launch; the tail's last block sets it back to zero
+
+    struct unit_state {
+        index_t n0, n1;
+    };
+    __device__ unit_state unit(index_t u) const {
+        const index_t n0 = 2 * u, n1 = n0 + 1 < D ? n0 + 1 : n0;  // an odd D's last row alone
+        return {n0, n1};
+    }
+    index_t units() const { return ceil_div<index_t>(D, 2); }
+
+    __device__ void add(int m, index_t n, float sum) const {
+        float delta = rounded_to<T>(sum);
+        if (proj_bias) delta = rounded_to<T>((round_before_bias ? delta : sum) + to_float(proj_bias[n]));
+        T* xn = x + m * D + n;
+        *xn = store_as<T>(to_float(*xn) + delta);
+    }
+    __device__ void finish(const unit_state& s, int m, float s0, float s1) const {
+        add(m, s.n0, s0);
+        if (s.n1 != s.n0) add(m, s.n1, s1);
+    }
+
+    template <int N>
+    __device__ void normalize_rows() const {
+        __shared__ float partial[32];
+        const index_t vectors = D / N;
+        const float inv_d = 1.0f / static_cast<float>(D);
+        for (int m = 0; m < rows; ++m) {
+            const T* src = x + m * D;
+            const float acc = norm_first_pass<T, N, Layer, row_reads::from_l2>(src, vectors);
+            norm_last_passes<T, N, Layer, row_reads::from_l2>(out + m * D, src, acc, weight, bias, vectors, inv_d, eps,
+                                                               partial);
+        }
+    }
+    __device__ void tail() const {
+        if (!last_block_to_arrive(arrivals, gridDim.x)) return;
+        if (vectorized) normalize_rows<vector_width<T>>();
+        else normalize_rows<1>();
+        if (threadIdx.x == 0) *arrivals = 0;  // for the next launch
+    }
+};
+
+// Host checks of v3 (dense and quantized): out, x (rows, D), in (rows, K), all
+// contiguous; in apart from out and x (the GEMV reads it while they are
+// written), out apart from x; a counter.
+template <class T>
+void expect_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                               index_t D, index_t K, const_view<T, 1> proj_bias, const_view<T, 1> weight,
+                               const_view<T, 1> bias, float eps, const unsigned* arrivals) {
+    tinyllm::detail::expect_norm_args(op, out, x, weight, bias, eps);
+    TINYLLM_EXPECT(x.extent(0) <= pair_gemv_max_rows, op, ": ", x.extent(0), " rows; the GEMV takes at most ",
+                   pair_gemv_max_rows, " (a decode step; more rows: the projection, then residual_add_*_norm)");
+    TINYLLM_EXPECT(x.extent(1) == D && in.extent(0) == x.extent(0) && in.extent(1) == K, op, ": x ",
+                   to_string(x.shape()), " and in ", to_string(in.shape()), " do not fit a projection of ", K,
+                   " inputs to ", D, " outputs: x (rows, ", D, ") and in (rows, ", K, ") are required");
+    expect_packed_rows(out, op, "out");
+    expect_packed_rows(x, op, "x");
+    expect_packed_rows(in, op, "in");
+    expect_gemv_bias(proj_bias, D, op);
+    TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    TINYLLM_EXPECT(arrivals != nullptr, op, ": arrivals must be a zeroed device counter");
+    const auto overlap = [](const void* a, std::size_t a_bytes, const void* b, std::size_t b_bytes) {
+        const auto pa = reinterpret_cast<std::uintptr_t>(a), pb = reinterpret_cast<std::uintptr_t>(b);
+        return a_bytes > 0 && b_bytes > 0 && pa < pb + b_bytes && pb < pa + a_bytes;
+    };
+    const std::size_t xb = static_cast<std::size_t>(x.size()) * sizeof(T);
+    const std::size_t ib = static_cast<std::size_t>(in.size()) * sizeof(T);
+    TINYLLM_EXPECT(!overlap(in.data(), ib, x.data(), xb) && !overlap(in.data(), ib, out.data(), xb), op,
+                   ": in must not overlap x or out (the GEMV reads it while they are written)");
+    TINYLLM_EXPECT(!overlap(out.data(), xb, x.data(), xb), op, ": out must not overlap x (the stream)");
+}
+
+template <class T, bool Layer>
+residual_norm_epilogue<T, Layer> make_residual_norm_epilogue(tensor_view<T, 2> out, tensor_view<T, 2> x,
+                                                             const_view<T, 1> proj_bias, const_view<T, 1> weight,
+                                                             const_view<T, 1> bias, float eps, unsigned* arrivals,
+                                                             bool round_before_bias) {
+    const index_t D = x.extent(1);
+    const auto ok = [](const void* p) { return p == nullptr || aligned_16(p); };
+    const T* w = weight.size() ? weight.data() : nullptr;
+    const T* b = Layer && bias.size() ? bias.data() : nullptr;
+    const bool vectorized = D % vector_width<T> == 0 && ok(out.data()) && ok(x.data()) && ok(w) && ok(b);
+    return {out.data(), x.data(), proj_bias.size() ? proj_bias.data() : nullptr, w, b, D,
+            static_cast<int>(x.extent(0)), eps, round_before_bias, vectorized, arrivals};
+}
+
+template <class T, bool Layer>
+void launch_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                               const_view<T, 2> proj, const_view<T, 1> proj_bias, const_view<T, 1> weight,
+                               const_view<T, 1> bias, float eps, unsigned* arrivals, cudaStream_t stream) {
+    const index_t D = proj.extent(0), K = proj.extent(1);
+    expect_residual_norm_gemv<T>(op, out, x, in, D, K, proj_bias, weight, bias, eps, arrivals);
+    expect_packed_rows(proj, op, "proj");
+    const auto epi = make_residual_norm_epilogue<T, Layer>(out, x, proj_bias, weight, bias, eps, arrivals,
+                                                           /*round_before_bias=*/true);
+    launch_pair_gemv<T>(op, epi, in.data(), x.extent(0), proj.data(), proj.data(), K, epi.units(), stream);
+}
+
+// v3, dense: x (rows, D) += in (rows, K) proj^T (+ proj_bias); out = norm(x), in one
+// launch, for rows <= 8 (a decode step). proj (D, K) contiguous; proj_bias (D) or
+// empty; arrivals: one zeroed device counter per stream (left zero).
+template <class T>
+void residual_add_layer_norm_gemv(tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                                  const_view<T, 2> proj, const_view<T, 1> proj_bias, const_view<T, 1> weight,
+                                  const_view<T, 1> bias, float eps, unsigned* arrivals,
+                                  cudaStream_t stream = nullptr) {
+    launch_residual_norm_gemv<T, true>("residual_add_layer_norm_gemv", out, x, in, proj, proj_bias, weight, bias, eps,
+                                       arrivals, stream);
+}
+
+template <class T>
+void residual_add_rms_norm_gemv(tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                                const_view<T, 2> proj, const_view<T, 1> proj_bias, const_view<T, 1> weight, float eps,
+                                unsigned* arrivals, cudaStream_t stream = nullptr) {
+    launch_residual_norm_gemv<T, false>("residual_add_rms_norm_gemv", out, x, in, proj, proj_bias, weight, {}, eps,
+                                        arrivals, stream);
 }
 }  // namespace detail
 

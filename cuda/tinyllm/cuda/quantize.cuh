@@ -60,6 +60,7 @@
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/quantize.hpp>
 
@@ -218,18 +219,10 @@ __global__ void __launch_bounds__(gemv_warps * 32)
     }
 }
 
-// v2 with an epilogue: the quantized counterpart of gemv.cuh's pair_gemv_kernel,
-// taking the same epilogues (RoPE v4's, the MLP's SwiGLU and bias + activation).
-// A warp reads row n0 of a and row n1 of b as v2 reads one row, and lane m
-// hands row m's two sums to the epilogue. The sums are v2's, bit for bit.
+// One warp's unit of quantized_pair_gemv_kernel.
 template <class T, class Epilogue>
-__global__ void __launch_bounds__(gemv_warps * 32)
-    quantized_pair_gemv_kernel(Epilogue epi, const T* x, quantized_args a, quantized_args b, int rows,
-                               index_t units) {
-    const int lane = threadIdx.x % 32;
-    const index_t unit = blockIdx.x * static_cast<index_t>(gemv_warps) + threadIdx.x / 32;
-    if (unit >= units) return;  // a whole warp leaves together
-    const typename Epilogue::unit_state s = epi.unit(unit);
+__device__ void quantized_pair_gemv_unit(const Epilogue& epi, const typename Epilogue::unit_state& s, int lane,
+                                         const T* x, const quantized_args& a, const quantized_args& b, int rows) {
     float acc0[gemv_max_rows] = {}, acc1[gemv_max_rows] = {};
     quantized_row_partials(acc0, x, a, s.n0, rows, lane);
     quantized_row_partials(acc1, x, b, s.n1, rows, lane);
@@ -245,6 +238,21 @@ __global__ void __launch_bounds__(gemv_warps * 32)
         if (m >= rows) break;
         if (lane == m) epi.finish(s, m, acc0[m], acc1[m]);
     }
+}
+
+// v2 with an epilogue: the quantized counterpart of gemv.cuh's pair_gemv_kernel,
+// taking the same epilogues (RoPE v4's, the MLP's SwiGLU and bias + activation).
+// A warp reads row n0 of a and row n1 of b as v2 reads one row, and lane m
+// hands row m's two sums to the epilogue (then an epilogue's tail runs, as in
+// pair_gemv_kernel). The sums are v2's, bit for bit.
+template <class T, class Epilogue>
+__global__ void __launch_bounds__(gemv_warps * 32)
+    quantized_pair_gemv_kernel(Epilogue epi, const T* x, quantized_args a, quantized_args b, int rows,
+                               index_t units) {
+    const int lane = threadIdx.x % 32;
+    const index_t unit = blockIdx.x * static_cast<index_t>(gemv_warps) + threadIdx.x / 32;
+    if (unit < units) quantized_pair_gemv_unit(epi, epi.unit(unit), lane, x, a, b, rows);  // a whole warp, or none
+    if constexpr (gemv_tail<Epilogue>) epi.tail();
 }
 
 // v3: a 64 x 64 tile of out per block of 4 warps, 32 inputs per step; see the top.
@@ -440,6 +448,38 @@ void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const device_
     expect_packed_rows(x, op, "x");
     const bias_activate_gemv_epilogue<T> epi{out.data(), bias.size() ? bias.data() : nullptr, N, kind};
     launch_quantized_pair_gemv<T>(op, epi, x.data(), rows, K, w, w, epi.units(), stream);
+}
+
+// norm.cuh's v3 with a quantized projection (D, K): x (rows, D) += in W^^T (+ proj_bias),
+// out = norm(x), in one launch; x gets the same bits as linear_quantized_gemv (with
+// the bias) followed by residual_add_*_norm.
+template <class T, bool Layer>
+void launch_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                               const device_quantized_matrix& proj, const_view<T, 1> proj_bias,
+                               const_view<T, 1> weight, const_view<T, 1> bias, float eps, unsigned* arrivals,
+                               cudaStream_t stream) {
+    expect_residual_norm_gemv<T>(op, out, x, in, proj.rows, proj.cols, proj_bias, weight, bias, eps, arrivals);
+    const auto epi = make_residual_norm_epilogue<T, Layer>(out, x, proj_bias, weight, bias, eps, arrivals,
+                                                           /*round_before_bias=*/false);
+    launch_quantized_pair_gemv<T>(op, epi, in.data(), x.extent(0), proj.cols, proj, proj, epi.units(), stream);
+}
+
+template <class T>
+void residual_add_layer_norm_gemv(tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                                  const device_quantized_matrix& proj, const_view<T, 1> proj_bias,
+                                  const_view<T, 1> weight, const_view<T, 1> bias, float eps, unsigned* arrivals,
+                                  cudaStream_t stream = nullptr) {
+    launch_residual_norm_gemv<T, true>("residual_add_layer_norm_gemv", out, x, in, proj, proj_bias, weight, bias, eps,
+                                       arrivals, stream);
+}
+
+template <class T>
+void residual_add_rms_norm_gemv(tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
+                                const device_quantized_matrix& proj, const_view<T, 1> proj_bias,
+                                const_view<T, 1> weight, float eps, unsigned* arrivals,
+                                cudaStream_t stream = nullptr) {
+    launch_residual_norm_gemv<T, false>("residual_add_rms_norm_gemv", out, x, in, proj, proj_bias, weight, {}, eps,
+                                        arrivals, stream);
 }
 
 }  // namespace detail
