@@ -447,8 +447,8 @@ std::size_t decode_nodes_per_layer(tinyllm::model_arch arch, const std::string& 
 }
 }  // namespace
 
-TEST_CASE("a decode step's graph has the nodes per layer that its fusions promise (RoPE v4, deferred biases, "
-          "the MLP's GEMVs)",
+TEST_CASE("a decode step's graph has the nodes per layer that its fusions promise (RoPE v4, the MLP's GEMVs, "
+          "the residual adds and norms in the projections' GEMVs)",
           "[model][graph]") {
     using tinyllm::model_arch;
     const std::size_t llama = decode_nodes_per_layer<float>(model_arch::llama, "");
@@ -461,20 +461,19 @@ TEST_CASE("a decode step's graph has the nodes per layer that its fusions promis
 #if defined(TINYLLM_SIMULATED_GPU)
     // On the simulated GPU a cuBLAS call is one node, so the counts are the model's own
     // (a real GPU's cuBLAS may launch more than one kernel per call: printed only).
-    // A Llama layer of a decode step, dense weights: residual_add_rms_norm,
-    //   qkv_rope_write_cache (RoPE v4), attention_decode (one split at these lengths),
-    //   Wo, residual_add_rms_norm, swiglu_gemv (gate, up and SwiGLU), down = 7.
-    CHECK(llama == 7);
+    // A Llama layer of a decode step, dense weights: qkv_rope_write_cache (RoPE v4),
+    //   attention_decode (one split at these lengths), Wo + residual add + RMSNorm
+    //   (norm v3), swiglu_gemv (gate, up and SwiGLU), down + residual add + the next
+    //   RMSNorm (norm v3) = 5.
+    CHECK(llama == 5);
     CHECK(llama_bf16 == llama);
     // Quantized weights take the same fusions on the quantized GEMV (quantize.cuh's
     // quantized_pair_gemv_kernel with the same epilogues): as many nodes.
     CHECK(llama_int8 == llama);
-    // A GPT-2 layer, dense weights: residual_add_layer_norm, RoPE v4 (no rotation),
-    // attention_decode, Wo (its bias left to the next kernel), residual_add_layer_norm
-    // (adding it), bias_activate_gemv (fc, its bias and GELU), proj (its bias left to
-    // the next layer's norm) = 7.
-    CHECK(gpt2 == 7);
-    // Int8 weights: as many (the quantized GEMV adds Wo's and proj's biases itself).
+    // A GPT-2 layer, dense weights: RoPE v4 (no rotation), attention_decode, Wo + its
+    // bias + residual add + LayerNorm, bias_activate_gemv (fc, its bias and GELU),
+    // proj + its bias + residual add + the next LayerNorm = 5.
+    CHECK(gpt2 == 5);
     CHECK(gpt2_int8 == gpt2);
 #endif
 }

@@ -15,12 +15,16 @@
 //         a = attention(q, cache)              decode.cuh for a few queries, mma.cuh (bf16, Dh 64/128)
 //                                              or flash.cuh (anything else) for a prompt
 //         x, h = x + a Wo^T (+ bo), norm2(...)  cuBLAS + residual_add_*_norm (one pass; a dense
-//                                              projection's bias is added in that pass, not after the GEMM)
+//                                              projection's bias is added in that pass, not after the GEMM);
+//                                              a decode step: ONE GEMV, norm.cuh's v3 (the add in its
+//                                              epilogue, the norm by its last block)
 //         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
 //                                              gather, cuBLAS experts, combine); a decode step (at most 8
 //                                              rows) computes the first projection and its activation in
 //                                              ONE GEMV (ffn.cuh's swiglu_gemv, bias_activate_gemv)
-//     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1, likewise one pass)
+//     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1), as after attention:
+//                                              one pass after the MLP's last GEMM, or a decode step's
+//                                              v3 GEMV (dense and quantized MLPs; not MoE)
 //     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
 // Element type T: float (matches the CPU reference to ~1e-6) or
@@ -147,6 +151,14 @@ struct device_tensor {
     tensor_view<T, R> view() { return {buffer.data(), shape}; }
     tensor_view<const T, R> view() const { return {buffer.data(), shape}; }
 };
+
+// One unsigned of device memory, zero: the counter of a kernel whose last block
+// finishes the job (launch.cuh's last_block_to_arrive), which leaves it zero.
+inline device_buffer<unsigned> zeroed_counter() {
+    device_buffer<unsigned> c(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(c.data(), 0, c.bytes()));
+    return c;
+}
 
 // Host float -> device T (rounded to nearest even for bfloat16).
 template <class T, std::size_t R>
@@ -554,6 +566,9 @@ public:
         device_buffer<std::int64_t> positions;          // (B, n)
         device_buffer<T> x, h, qkv, attn, delta, hidden, hidden2, head_in;
         device_buffer<float> logits;
+        // The arrival counter of the decode GEMVs that end in a norm (norm.cuh v3): zero
+        // between launches; one per session, whose launches are ordered on one stream.
+        device_buffer<unsigned> arrivals = detail::zeroed_counter();
         attention_workspace attention_ws;
         // Mixtral
         device_buffer<float> router_logits;
@@ -858,18 +873,20 @@ private:
                                /*check_ids=*/false, stream);
         if (c.arch == model_arch::gpt2)
             add_learned_positions<T>(tensor_view<T, 3>(x.data(), x3), positions_.view(), positions, stream);
-        // A dense projection's bias (GPT-2's Wo and MLP proj) is left to the residual add after it.
-        tensor_view<const T, 1> pending;  // the bias delta still lacks, or empty
+        // Each block's output is added to x and x normalized for what follows (the
+        // next norm), in one step (project_residual_norm); delta is its scratch.
+        norm(h, x, layers_[0].attn_norm_weight, layers_[0].attn_norm_bias, stream);
         for (index_t l = 0; l < c.num_layers; ++l) {
             const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
-            if (l == 0) norm(h, x, L.attn_norm_weight, L.attn_norm_bias, stream);
-            else residual_norm(h, x, delta, pending, L.attn_norm_weight, L.attn_norm_bias, stream);  // x += delta
-            attend_layer(l);                                                  // h -> qkv -> attn
-            pending = project_deferring_bias(delta, attn, L.wo, L.wo_q, L.bo, stream);
-            residual_norm(h, x, delta, pending, L.ffn_norm_weight, L.ffn_norm_bias, stream);  // x += attention
-            pending = ffn(s, delta, h, L, stream, /*defer_bias=*/true);
+            const bool last = l + 1 == c.num_layers;
+            const device_layer_weights<T>* next = last ? nullptr : &layers_[static_cast<std::size_t>(l + 1)];
+            attend_layer(l);  // h -> qkv -> attn
+            const residual_target after_attention{h, x, &L.ffn_norm_weight, &L.ffn_norm_bias};
+            project_residual_norm(s, after_attention, delta, attn, L.wo, L.wo_q, L.bo, stream);  // x += attn Wo^T
+            const residual_target after_ffn{h, x, last ? &final_norm_weight_ : &next->attn_norm_weight,
+                                            last ? &final_norm_bias_ : &next->attn_norm_bias};
+            ffn(s, delta, h, L, stream, &after_ffn);  // x += ffn(h)
         }
-        residual_norm(h, x, delta, pending, final_norm_weight_, final_norm_bias_, stream);
     }
 
     // The float logits (m, V) of m rows of h: the rows `rows` names ((m) device
@@ -1019,8 +1036,9 @@ private:
             linear_quantized_mma<T>(out, x, *q, bias.view(), stream);
     }
 
-    // project() for the decoder's Wo: a dense weight's bias is not added but returned, for the
-    // residual add that follows (residual_norm); a quantized GEMV adds it itself (returns empty).
+    // project() before a residual add (project_residual_norm's second way): a dense weight's
+    // bias is not added but returned, for residual_norm to add; a quantized projection adds
+    // it itself (returns empty).
     tensor_view<const T, 1> project_deferring_bias(tensor_view<T, 2> out, tensor_view<const T, 2> x,
                                                    const detail::device_tensor<T, 2>& dense,
                                                    const std::optional<device_quantized_matrix>& q,
@@ -1049,6 +1067,39 @@ private:
             detail::residual_add_bias_layer_norm<T>(out, x, x, delta, delta_bias, w.view(), b.view(), config_.norm_eps,
                                                     stream);
         else detail::residual_add_bias_rms_norm<T>(out, x, x, delta, delta_bias, w.view(), config_.norm_eps, stream);
+    }
+
+    // Where a block's output goes: x += output, then out = norm(x) with the next
+    // norm's weight w and bias b (LayerNorm) (x, out (rows, D)).
+    struct residual_target {
+        tensor_view<T, 2> out, x;
+        const detail::device_tensor<T, 1>* w;
+        const detail::device_tensor<T, 1>* b;
+    };
+
+    // to.x += in W^T (+ bias); to.out = norm(to.x). A decode step (at most 8 rows)
+    // does it in one GEMV whose epilogue adds and whose last block normalizes
+    // (norm.cuh v3, dense or quantized W); otherwise the projection into delta (a
+    // dense bias deferred) and residual_norm.
+    void project_residual_norm(session& s, const residual_target& to, tensor_view<T, 2> delta,
+                               tensor_view<const T, 2> in, const detail::device_tensor<T, 2>& dense,
+                               const std::optional<device_quantized_matrix>& q,
+                               const detail::device_tensor<T, 1>& bias, cudaStream_t stream = nullptr) const {
+        const index_t rows = in.extent(0);
+        const float eps = config_.norm_eps;
+        const bool gpt2 = config_.arch == model_arch::gpt2;
+        const auto fused = [&](const auto& proj) {
+            if (gpt2)
+                detail::residual_add_layer_norm_gemv<T>(to.out, to.x, in, proj, bias.view(), to.w->view(), to.b->view(),
+                                                        eps, s.arrivals.data(), stream);
+            else
+                detail::residual_add_rms_norm_gemv<T>(to.out, to.x, in, proj, bias.view(), to.w->view(), eps,
+                                                      s.arrivals.data(), stream);
+        };
+        if (!q && rows <= detail::pair_gemv_max_rows) return fused(dense.view());
+        if (q && detail::quantized_pair_gemv_takes(rows, *q, *q)) return fused(*q);
+        const tensor_view<const T, 1> pending = project_deferring_bias(delta, in, dense, q, bias, stream);
+        residual_norm(to.out, to.x, delta, pending, *to.w, *to.b, stream);
     }
 
     // The backward of norm (+ the residual path): dx = norm'(dout) + dskip (dskip may be dx itself).
@@ -1375,14 +1426,22 @@ private:
         }
     }
 
-    // The MoE branch (Mixtral) runs on the default stream: its dispatch plan is sized on the host.
-    // With defer_bias, GPT-2's dense MLP leaves proj's bias out of `out` and returns it (see
-    // project_deferring_bias); otherwise the result is empty.
-    tensor_view<const T, 1> ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h,
-                                const device_layer_weights<T>& L, cudaStream_t stream = nullptr,
-                                bool defer_bias = false) const {
+    // out (rows, D) = ffn(h). With `then`, the output goes to then->x instead (x +=
+    // ffn(h)) and then->out gets norm(x): the last projection by project_residual_norm
+    // (one GEMV for a decode step), `out` only its scratch. The MoE branch (Mixtral)
+    // runs on the default stream: its dispatch plan is sized on the host.
+    void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
+             cudaStream_t stream = nullptr, const residual_target* then = nullptr) const {
         const model_config& c = config_;
         const index_t rows = h.extent(0), F = c.intermediate_size, D = c.hidden_size;
+        // The last projection of the MLP: into out, or added to the stream and normalized.
+        const auto last_projection = [&](tensor_view<const T, 2> in, const detail::device_tensor<T, 2>& dense,
+                                         const std::optional<device_quantized_matrix>& q,
+                                         const detail::device_tensor<T, 1>& bias) {
+            if (then) project_residual_norm(s, *then, out, in, dense, q, bias, stream);
+            else project(out, in, dense, q, bias, stream);
+        };
+        const detail::device_tensor<T, 1> no_bias;
         // Quantized: gpt2_mlp's and swiglu_mlp's steps, each projection by project(),
         // except that a decode step takes the first projection and its element-wise
         // step in one quantized GEMV (the same bits).
@@ -1394,8 +1453,8 @@ private:
                 project(hidden, h, L.fc, L.fc_q, {}, stream);
                 bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);
             }
-            project(out, hidden, L.proj, L.proj_q, L.proj_bias, stream);
-            return {};
+            last_projection(hidden, L.proj, L.proj_q, L.proj_bias);
+            return;
         }
         if (c.arch == model_arch::llama && L.gate_q) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
@@ -1407,8 +1466,8 @@ private:
                 project(up, h, L.up, L.up_q, {}, stream);
                 swiglu<T>(gate, gate, up, stream);
             }
-            project(out, gate, L.down, L.down_q, {}, stream);
-            return {};
+            last_projection(gate, L.down, L.down_q, no_bias);
+            return;
         }
         // Dense weights: gpt2_mlp's and swiglu_mlp's steps, except that a decode step (at most
         // 8 rows) computes the first projection and its element-wise step in one GEMV.
@@ -1421,21 +1480,20 @@ private:
                 linear<T>(hidden, h, L.fc.view(), {}, handle_, stream);
                 bias_activate<T>(hidden, hidden, L.fc_bias.view(), activation::gelu_tanh, stream);  // fused bias + GELU
             }
-            // proj's bias: here, or left to the residual add that follows.
-            linear<T>(out, hidden, L.proj.view(), defer_bias ? tensor_view<const T, 1>{} : L.proj_bias.view(), handle_,
-                      stream);
-            return defer_bias ? L.proj_bias.view() : tensor_view<const T, 1>{};
+            last_projection(hidden, L.proj, std::nullopt, L.proj_bias);
+            return;
         }
         if (c.arch == model_arch::llama) {
             const tensor_view<T, 2> gate(detail::at_least(s.hidden, rows * F), {rows, F});
             if (gemv) {
                 detail::swiglu_gemv<T>(gate, h, L.gate.view(), L.up.view(), stream);
-                linear<T>(out, gate, L.down.view(), {}, handle_, stream);
-                return {};
+                last_projection(gate, L.down, std::nullopt, no_bias);
+                return;
             }
             const tensor_view<T, 2> up(detail::at_least(s.hidden2, rows * F), {rows, F});
             swiglu_mlp<T>(out, h, {L.gate.view(), L.up.view(), L.down.view()}, gate, up, handle_, stream);
-            return {};
+            if (then) residual_norm(then->out, then->x, out, {}, *then->w, *then->b, stream);
+            return;
         }
         // Mixtral: softmax -> top-k -> renormalize, then dispatch / experts / combine.
         const index_t E = c.num_experts, k = c.experts_per_token, R = moe_max_rows(rows, k, E, 1);
@@ -1460,7 +1518,7 @@ private:
         moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(), plan,
                            s.experts_ws, handle_.get());
         moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan);
-        return {};
+        if (then) residual_norm(then->out, then->x, out, {}, *then->w, *then->b, stream);
     }
 
     model_config config_;
