@@ -98,22 +98,22 @@ for name, Dm, H in (("mlp_swiglu_gemv", 2048, 8192), ("mlp_gelu_gemv", 768, 3072
                                    args.warmup),
                     bytes=(H * Dm + H + M * Dm + M * H) * size, flops=2.0 * M * H * Dm)
 
-# The down projection (D, H), the residual add and the next RMSNorm.
+# The down projection (D, H), the residual add and the next RMSNorm, at M rows and at 8
+# (as `tinyllm bench down_residual_rmsnorm_gemv` times M = 1 and 8).
 Dm, H = 2048, 8192
-hm = rand(M, H, lo=-1.0, hi=1.0)
 wd = rand(Dm, H, lo=-H ** -0.5, hi=H ** -0.5)
-xs = rand(M, Dm, lo=-1.0, hi=1.0)
 gd = rand(Dm, lo=0.5, hi=1.5)
+for Md in sorted({M, 8}):
+    hm = rand(Md, H, lo=-1.0, hi=1.0)
+    xs = rand(Md, Dm, lo=-1.0, hi=1.0)
 
+    def down_residual_rms():
+        s = xs + F.linear(hm, wd)
+        return s, F.rms_norm(s, (Dm,), gd, eps) if hasattr(F, "rms_norm") else rms_norm_llama(s, gd)
 
-def down_residual_rms():
-    s = xs + F.linear(hm, wd)
-    return s, F.rms_norm(s, (Dm,), gd, eps) if hasattr(F, "rms_norm") else rms_norm_llama(s, gd)
-
-
-results.add(f"down_residual_rmsnorm_gemv/pytorch_eager/M={M},D={Dm},H={H},bf16",
-            time_cuda(torch, down_residual_rms, args.repeats, args.warmup),
-            bytes=(Dm * H + M * H + 3 * M * Dm + Dm) * size, flops=2.0 * M * H * Dm)
+    results.add(f"down_residual_rmsnorm_gemv/pytorch_eager/M={Md},D={Dm},H={H},bf16",
+                time_cuda(torch, down_residual_rms, args.repeats, args.warmup),
+                bytes=(Dm * H + Md * H + 3 * Md * Dm + Dm) * size, flops=2.0 * Md * H * Dm)
 
 results.write(args.json)
 sys.exit(0)

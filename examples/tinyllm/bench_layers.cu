@@ -240,7 +240,9 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
 //                    epilogue adds and whose last block normalizes); bytes:
 //                    W_down (33.5 MB), the stream read and written, h written.
 //                    Both update the stream in place, so the timed runs keep
-//                    adding to it (the values grow; the work does not change)
+//                    adding to it (the values grow; the work does not change).
+//                    Without --size it times M = 1 and M = 8: one block
+//                    normalizes all M rows, so the tail's cost grows with M
 // The GEMVs sum in another order than cuBLAS, so the check is a tolerance
 // against the unfused steps (rel-L2 <= 1e-2), not bits. On the simulated GPU
 // the widths are 8x smaller.
@@ -256,9 +258,9 @@ struct gemv_problem {
     float scale = 1.0f;
 };
 
-gemv_problem gemv_problem_of(bench_context& ctx, index_t D, index_t H, std::uint64_t seed) {
+gemv_problem gemv_problem_of(bench_context& ctx, index_t M, index_t D, index_t H, std::uint64_t seed) {
     gemv_problem p;
-    const index_t M = ctx.size_or(1, 1), shrink = ctx.simulated ? 8 : 1;
+    const index_t shrink = ctx.simulated ? 8 : 1;
     if (M > tc::detail::mlp_gemv_max_rows) {
         ctx.out << "  --size " << M << " rows; the MLP GEMVs take at most " << tc::detail::mlp_gemv_max_rows
                 << " (a decode step)\n";
@@ -270,6 +272,11 @@ gemv_problem gemv_problem_of(bench_context& ctx, index_t D, index_t H, std::uint
     p.x = random_bf16(M * p.D, seed, -1, 1);
     p.scale = 1.0f / std::sqrt(static_cast<float>(p.D));
     return p;
+}
+
+// The same with M from --size (default 1).
+gemv_problem gemv_problem_of(bench_context& ctx, index_t D, index_t H, std::uint64_t seed) {
+    return gemv_problem_of(ctx, ctx.size_or(1, 1), D, H, seed);
 }
 
 std::vector<float> floats_of(const tc::device_buffer<T>& b) {
@@ -353,32 +360,38 @@ TINYLLM_BENCH("mlp_gelu_gemv", "a decode step's fc projection + bias + GELU, GPT
         2.0 * static_cast<double>(M * H * Dm));
 }
 
-TINYLLM_BENCH("down_residual_rmsnorm_gemv", "a decode step's down projection + residual add + RMSNorm, Llama-3.2-1B shape (H 8192 -> D 2048), bf16: --size M rows (default 1, at most 8; simulated GPU: D 256, H 1024)", 1) {
+TINYLLM_BENCH("down_residual_rmsnorm_gemv", "a decode step's down projection + residual add + RMSNorm, Llama-3.2-1B shape (H 8192 -> D 2048), bf16: --size M rows (default: 1 and 8; at most 8; simulated GPU: D 256, H 1024)", 1) {
     if (!ctx.gpu_available) return;
-    const gemv_problem p = gemv_problem_of(ctx, 2048, 8192, 71);  // p.x unused: the input is (M, H)
-    if (p.M == 0) return;
-    const index_t M = p.M, Dm = p.D, H = p.H;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(H));
-    auto in = random_bf16(M * H, 72, -1, 1), w = random_bf16(Dm * H, 73, -scale, scale);
-    auto x0 = random_bf16(M * Dm, 74, -1, 1), g = random_bf16(Dm, 75, 0.5f, 1.5f);
-    tc::device_buffer<T> x(static_cast<std::size_t>(M * Dm)), out(static_cast<std::size_t>(M * Dm)),
-        delta(static_cast<std::size_t>(M * Dm));
-    tc::device_buffer<unsigned> arrivals(1);
-    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
-    const auto IN = in.view(extents<2>{M, H});
-    const auto W = w.view(extents<2>{Dm, H});
-    const auto G = g.view(extents<1>{Dm});
-    const auto X = x.view(extents<2>{M, Dm}), O = out.view(extents<2>{M, Dm}), DL = delta.view(extents<2>{M, Dm});
-    const tc::cublas_handle handle;
-    const double bytes = static_cast<double>(Dm * H + M * H + 3 * M * Dm + Dm) * sizeof(T);
-    compare_and_time(
-        ctx, gemv_shape(M, Dm, H), out, "cuBLAS down + residual_add_rms_norm", "down_residual_rmsnorm_gemv/cublas_v2",
-        [&] {
-            tc::linear<T>(DL, IN, W, {}, handle);
-            tc::residual_add_rms_norm<T>(O, X, X, DL, G, eps);
-        },
-        "residual_add_rms_norm_gemv (v3)", "down_residual_rmsnorm_gemv/v3_gemv",
-        [&] { tc::detail::residual_add_rms_norm_gemv<T>(O, X, IN, W, {}, G, eps, arrivals.data()); }, bytes,
-        2.0 * static_cast<double>(M * H * Dm),
-        [&] { TINYLLM_CUDA_CHECK(cudaMemcpy(x.data(), x0.data(), x.bytes(), cudaMemcpyDeviceToDevice)); });
+    const std::vector<index_t> sizes = ctx.size > 0 ? std::vector<index_t>{static_cast<index_t>(ctx.size)} : std::vector<index_t>{1, 8};
+    for (const index_t rows : sizes) {
+        const gemv_problem p = gemv_problem_of(ctx, rows, 2048, 8192, 71);  // p.x unused: the input is (M, H)
+        if (p.M == 0) return;
+        const index_t M = p.M, Dm = p.D, H = p.H;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(H));
+        auto in = random_bf16(M * H, 72, -1, 1), w = random_bf16(Dm * H, 73, -scale, scale);
+        auto x0 = random_bf16(M * Dm, 74, -1, 1), g = random_bf16(Dm, 75, 0.5f, 1.5f);
+        tc::device_buffer<T> x(static_cast<std::size_t>(M * Dm)), out(static_cast<std::size_t>(M * Dm)),
+            delta(static_cast<std::size_t>(M * Dm));
+        tc::device_buffer<unsigned> arrivals(1);
+        TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+        const auto IN = in.view(extents<2>{M, H});
+        const auto W = w.view(extents<2>{Dm, H});
+        const auto G = g.view(extents<1>{Dm});
+        const auto X = x.view(extents<2>{M, Dm}), O = out.view(extents<2>{M, Dm}), DL = delta.view(extents<2>{M, Dm});
+        const tc::cublas_handle handle;
+        const double bytes = static_cast<double>(Dm * H + M * H + 3 * M * Dm + Dm) * sizeof(T);
+        // The rows name M: the speed-up column of the table is over the first reference (M = 1).
+        const std::string at_m = ", M=" + std::to_string(M);
+        compare_and_time(
+            ctx, gemv_shape(M, Dm, H), out, ("cuBLAS down + residual_add_rms_norm" + at_m).c_str(),
+            "down_residual_rmsnorm_gemv/cublas_v2",
+            [&] {
+                tc::linear<T>(DL, IN, W, {}, handle);
+                tc::residual_add_rms_norm<T>(O, X, X, DL, G, eps);
+            },
+            ("residual_add_rms_norm_gemv (v3)" + at_m).c_str(), "down_residual_rmsnorm_gemv/v3_gemv",
+            [&] { tc::detail::residual_add_rms_norm_gemv<T>(O, X, IN, W, {}, G, eps, arrivals.data()); }, bytes,
+            2.0 * static_cast<double>(M * H * Dm),
+            [&] { TINYLLM_CUDA_CHECK(cudaMemcpy(x.data(), x0.data(), x.bytes(), cudaMemcpyDeviceToDevice)); });
+    }
 }

@@ -660,8 +660,12 @@ void residual_add_bias_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residua
 // memory: a decode step's layer drops from 7 graph nodes to 5 (cuda::model).
 // The price is the tail, run by one block: rows x D elements read from L2 three
 // times (LayerNorm; twice for RMSNorm) and written once, 4 KB a row for
-// Llama-3.2-1B in bf16 (expected well under the 2 to 3 µs a separate launch
-// costs on an H100, not measured on a GPU yet).
+// Llama-3.2-1B in bf16, the rows one after another. Each pass of a row is a
+// couple of dependent L2 round trips per thread, about a microsecond a row:
+// expected under the 2 to 3 µs a separate launch costs at one row, and possibly
+// over it at 8 (`tinyllm bench down_residual_rmsnorm_gemv` times M = 1 and 8;
+// not measured on a GPU yet). If 8 rows lose, the next rung interleaves the
+// rows' loads (one block sum for all rows) rather than normalizing in turn.
 //
 // Rounding, as the two steps it replaces: the projection's output is rounded
 // to T (cuBLAS stores it), a bias is then added and the sum rounded to T (the
