@@ -62,6 +62,8 @@ inline constexpr exercise_info catalog[] = {
      "CUDA: a row softmax, one warp per row, reductions with __shfl_xor_sync"},
     {"kernels/02_tiled_matmul", "kernels/02_tiled_matmul.cu", "exercises_cuda",
      "CUDA: C = A B with 16x16 tiles in shared memory and __syncthreads"},
+    {"kernels/03_last_block_sum", "kernels/03_last_block_sum.cu", "exercises_cuda",
+     "CUDA: a sum over the whole grid in one launch, the last block to arrive adding the blocks' partials"},
 };
 
 }  // namespace exercises

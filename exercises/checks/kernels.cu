@@ -96,3 +96,36 @@ TINYLLM_EXERCISE_CHECK("kernels/02_tiled_matmul") {
         expect_close_kernel(ctx, "c", got, want_double, {std::size_t(M), std::size_t(N)}, 1e-5, 1e-5);
     }
 }
+
+TINYLLM_EXERCISE_CHECK("kernels/03_last_block_sum") {
+    const int sizes[] = {1, 5, 1024, 1025, 4096, 5000, 100000};
+    for (int c = 0; c < 9; ++c) {
+        const int n = c < 7 ? sizes[c] : ctx.integer(1, 300000);
+        const int blocks = exercises::kernels::grid_sum_blocks(n);
+        ctx.case_label = "case " + std::to_string(c) + ": n " + std::to_string(n) + " (" + std::to_string(blocks) +
+                         (blocks == 1 ? " block)" : " blocks)");
+        const std::vector<float> x = ctx.floats(static_cast<std::size_t>(n), -1.0f, 1.0f);
+        double want = 0.0, magnitude = 0.0;
+        for (const float v : x) {
+            want += v;
+            magnitude += std::fabs(v);
+        }
+        const tc::device_buffer<float> d_x = to_device_padded(x, 64);
+        tc::device_buffer<float> d_out(1), d_partials(static_cast<std::size_t>(blocks));
+        tc::device_buffer<unsigned> d_arrivals(1);
+        TINYLLM_CUDA_CHECK(cudaMemset(d_arrivals.data(), 0, sizeof(unsigned)));
+        // Twice with the same counter: the first call must leave it at zero for the second.
+        for (const char* call : {"out (first call)", "out (second call, the same counter)"}) {
+            d_out.poison();
+            d_partials.poison();
+            exercises::kernels::grid_sum(d_out.data(), d_x.data(), n, d_partials.data(), d_arrivals.data());
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            // A float sum of n terms in another order: within a few roundings of sum |x|.
+            expect_scalar(ctx, call, tc::to_host(d_out)[0], want, 1e-5 * magnitude + 1e-6, 0.0);
+        }
+        const unsigned left = tc::to_host(d_arrivals)[0];
+        if (left != 0)
+            ctx.fail("the arrival counter is " + std::to_string(left) +
+                     " after the calls; the last block must set it back to 0 for the next launch");
+    }
+}
