@@ -653,19 +653,20 @@ void residual_add_bias_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residua
 //     finish   the warp holding rows n, n + 1 of the projection adds their sums
 //              to the residual stream: x[m, n] += round_T(sum) (+ bias[n])
 //     tail     the last block to arrive (launch.cuh) normalizes every row of x
-//              into out: passes 1 to 3 of v2, by one block of 128 threads,
+//              into out: v2's passes, by one block of 128 threads, over all rows
+//              at once (each pass issues every row's loads before using any),
 //              reading x from L2 (the other blocks wrote it)
 //
 // One launch instead of two, and the projection's output never goes through
 // memory: a decode step's layer drops from 7 graph nodes to 5 (cuda::model).
 // The price is the tail, run by one block: rows x D elements read from L2 three
 // times (LayerNorm; twice for RMSNorm) and written once, 4 KB a row for
-// Llama-3.2-1B in bf16, the rows one after another. Each pass of a row is a
-// couple of dependent L2 round trips per thread, about a microsecond a row:
-// expected under the 2 to 3 µs a separate launch costs at one row, and possibly
-// over it at 8 (`tinyllm bench down_residual_rmsnorm_gemv` times M = 1 and 8;
-// not measured on a GPU yet). If 8 rows lose, the next rung interleaves the
-// rows' loads (one block sum for all rows) rather than normalizing in turn.
+// Llama-3.2-1B in bf16. Normalizing the rows one after another would chain
+// each row's L2 round trips and block sums behind the previous row's (about a
+// microsecond a row); all rows at once, a pass costs about one row's latency
+// whatever the rows: expected under the 2 to 3 µs a separate launch costs, at
+// 1 row and at 8 (`tinyllm bench down_residual_rmsnorm_gemv` times both; not
+// measured on a GPU yet).
 //
 // Rounding, as the two steps it replaces: the projection's output is rounded
 // to T (cuBLAS stores it), a bias is then added and the sum rounded to T (the
@@ -710,17 +711,99 @@ struct residual_norm_epilogue {
         if (s.n1 != s.n0) add(m, s.n1, s1);
     }
 
+    // v2's passes over all rows at once, by this one block: in each pass a thread
+    // issues the same vector of every row before using any (loads in flight together,
+    // not one row's round trips after another's), one block sum per pass serves all
+    // rows, and the weight and bias are read once for all rows. Each row's arithmetic,
+    // and its order, is v2's (norm_first_pass, norm_last_passes).
     template <int N>
     __device__ void normalize_rows() const {
-        __shared__ float partial[32];
+        constexpr int R = pair_gemv_max_rows;
+        __shared__ float partial[R][32];
         const index_t vectors = D / N;
         const float inv_d = 1.0f / static_cast<float>(D);
-        for (int m = 0; m < rows; ++m) {
-            const T* src = x + m * D;
-            const float acc = norm_first_pass<T, N, Layer, row_reads::from_l2>(src, vectors);
-            norm_last_passes<T, N, Layer, row_reads::from_l2>(out + m * D, src, acc, weight, bias, vectors, inv_d, eps,
-                                                               partial);
+        // Pass 1: each row's sum (LayerNorm) or sum of squares (RMSNorm).
+        float acc[R] = {}, mean[R] = {}, rstd[R];
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float a[R][N];
+#pragma unroll
+            for (int m = 0; m < R; ++m)
+                if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
+#pragma unroll
+            for (int m = 0; m < R; ++m)
+                if (m < rows)
+#pragma unroll
+                    for (int i = 0; i < N; ++i) acc[m] += Layer ? a[m][i] : a[m][i] * a[m][i];
         }
+        rows_block_sum(acc, partial);
+        if constexpr (Layer) {  // pass 2: the squared deviations from each row's mean
+            float squares[R] = {};
+#pragma unroll
+            for (int m = 0; m < R; ++m) mean[m] = acc[m] * inv_d;
+            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+                float a[R][N];
+#pragma unroll
+                for (int m = 0; m < R; ++m)
+                    if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
+#pragma unroll
+                for (int m = 0; m < R; ++m)
+                    if (m < rows)
+#pragma unroll
+                        for (int i = 0; i < N; ++i) squares[m] += (a[m][i] - mean[m]) * (a[m][i] - mean[m]);
+            }
+            rows_block_sum(squares, partial);
+#pragma unroll
+            for (int m = 0; m < R; ++m) rstd[m] = rsqrtf(squares[m] * inv_d + eps);
+        } else {
+#pragma unroll
+            for (int m = 0; m < R; ++m) rstd[m] = rsqrtf(acc[m] * inv_d + eps);
+        }
+        // Last pass: y = (x - mean) rstd w + b, the weight and bias read once for all rows.
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float w[N], b[N];
+            if (weight) {
+                load_floats<T, N>(w, weight + v * N);
+            } else {
+#pragma unroll
+                for (int i = 0; i < N; ++i) w[i] = 1.0f;
+            }
+            if (Layer && bias) {
+                load_floats<T, N>(b, bias + v * N);
+            } else {
+#pragma unroll
+                for (int i = 0; i < N; ++i) b[i] = 0.0f;
+            }
+            float a[R][N];
+#pragma unroll
+            for (int m = 0; m < R; ++m)
+                if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
+#pragma unroll
+            for (int m = 0; m < R; ++m) {
+                if (m < rows) {
+                    float o[N];
+#pragma unroll
+                    for (int i = 0; i < N; ++i) o[i] = (a[m][i] - mean[m]) * rstd[m] * w[i] + b[i];
+                    store_floats<T, N>(out + m * D + v * N, o);
+                }
+            }
+        }
+    }
+
+    // row_block_sum for the R rows at once, in place (every thread gets each row's
+    // total): the same shuffles and the same order of the warps' partials per row,
+    // one pair of barriers for all rows.
+    __device__ static void rows_block_sum(float (&v)[pair_gemv_max_rows], float (*partial)[32]) {
+        const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+        const int warps = static_cast<int>(blockDim.x) >> 5;
+#pragma unroll
+        for (int m = 0; m < pair_gemv_max_rows; ++m) v[m] = row_warp_sum(v[m]);
+        __syncthreads();
+        if (lane == 0)
+#pragma unroll
+            for (int m = 0; m < pair_gemv_max_rows; ++m) partial[m][warp] = v[m];
+        __syncthreads();
+#pragma unroll
+        for (int m = 0; m < pair_gemv_max_rows; ++m) v[m] = row_warp_sum(lane < warps ? partial[m][lane] : 0.0f);
     }
     __device__ void tail() const {
         if (!last_block_to_arrive(arrivals, gridDim.x)) return;
