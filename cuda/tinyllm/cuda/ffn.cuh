@@ -341,14 +341,9 @@ struct bias_activate_gemv_epilogue {
     index_t N;
     activation kind;
 
-    struct unit_state {
-        index_t n0, n1;
-    };
-    __device__ unit_state unit(index_t u) const {
-        const index_t n0 = 2 * u, n1 = n0 + 1 < N ? n0 + 1 : n0;  // an odd N's last row alone
-        return {n0, n1};
-    }
-    index_t units() const { return ceil_div<index_t>(N, 2); }
+    using unit_state = neighbour_rows;  // rows n, n + 1
+    __device__ unit_state unit(index_t u) const { return neighbour_rows::of_unit(u, N); }
+    index_t units() const { return neighbour_rows::units(N); }
     __device__ void finish(const unit_state& s, int m, float a, float b) const {
         T* row = out + m * N;
         const float b0 = bias != nullptr ? to_float(bias[s.n0]) : 0.0f;

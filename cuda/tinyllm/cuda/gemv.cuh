@@ -76,6 +76,18 @@ inline constexpr int pair_gemv_unroll = 4;    // 16-byte loads of each weight ro
 template <class Epilogue>
 concept gemv_tail = requires(const Epilogue& e) { e.tail(); };
 
+// The unit_state of an epilogue whose warps read one matrix's rows two at a time:
+// unit u is rows 2u and 2u + 1 of a matrix of `rows` rows, an odd count's last row
+// alone (n1 == n0). Bias + activation (ffn.cuh) and norm v3 (norm.cuh) pair rows so.
+struct neighbour_rows {
+    index_t n0, n1;
+    __device__ static neighbour_rows of_unit(index_t u, index_t rows) {
+        const index_t n0 = 2 * u;
+        return {n0, n0 + 1 < rows ? n0 + 1 : n0};
+    }
+    static index_t units(index_t rows) { return ceil_div<index_t>(rows, 2); }
+};
+
 // One warp's unit: the sums of its two weight rows with every row of x, then
 // epi.finish per row (by lane m).
 template <class T, int V, class Epilogue>

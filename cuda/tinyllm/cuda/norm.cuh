@@ -199,6 +199,24 @@ TINYLLM_DEVICE void load_row_floats(float (&out)[N], const T* p) {
     }
 }
 
+// The affine parameters of elements v N .. v N + N - 1: the weight (1 where there
+// is none) and the bias (0 where there is none, and always for RMSNorm).
+template <class T, int N, bool Layer>
+TINYLLM_DEVICE void load_affine(float (&w)[N], float (&b)[N], const T* weight, const T* bias, index_t v) {
+    if (weight) {
+        load_floats<T, N>(w, weight + v * N);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) w[i] = 1.0f;
+    }
+    if (Layer && bias) {
+        load_floats<T, N>(b, bias + v * N);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) b[i] = 0.0f;
+    }
+}
+
 // Pass 1 of a row without a residual: this thread's share of the sum
 // (LayerNorm) or of the sum of squares (RMSNorm). The row is `vectors` accesses
 // of N elements; thread t takes accesses t, t + blockDim.x, ...
@@ -240,18 +258,7 @@ TINYLLM_DEVICE void norm_last_passes(T* y, const T* src, float acc, const T* wei
     for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
         float a[N], w[N], b[N], o[N];
         load_row_floats<T, N, Reads>(a, src + v * N);
-        if (weight) {
-            load_floats<T, N>(w, weight + v * N);
-        } else {
-#pragma unroll
-            for (int i = 0; i < N; ++i) w[i] = 1.0f;
-        }
-        if (Layer && bias) {
-            load_floats<T, N>(b, bias + v * N);
-        } else {
-#pragma unroll
-            for (int i = 0; i < N; ++i) b[i] = 0.0f;
-        }
+        load_affine<T, N, Layer>(w, b, weight, bias, v);
 #pragma unroll
         for (int i = 0; i < N; ++i) o[i] = (a[i] - mean) * rstd * w[i] + b[i];
         store_floats<T, N>(y + v * N, o);
@@ -691,14 +698,9 @@ struct residual_norm_epilogue {
     bool vectorized;         // the tail's 16-byte accesses (D a multiple of the vector, aligned rows)
     unsigned* arrivals;      // zero at launch; the tail's last block sets it back to zero
 
-    struct unit_state {
-        index_t n0, n1;
-    };
-    __device__ unit_state unit(index_t u) const {
-        const index_t n0 = 2 * u, n1 = n0 + 1 < D ? n0 + 1 : n0;  // an odd D's last row alone
-        return {n0, n1};
-    }
-    index_t units() const { return ceil_div<index_t>(D, 2); }
+    using unit_state = neighbour_rows;  // rows n, n + 1 of the projection
+    __device__ unit_state unit(index_t u) const { return neighbour_rows::of_unit(u, D); }
+    index_t units() const { return neighbour_rows::units(D); }
 
     __device__ void add(int m, index_t n, float sum) const {
         float delta = rounded_to<T>(sum);
@@ -761,18 +763,7 @@ struct residual_norm_epilogue {
         // Last pass: y = (x - mean) rstd w + b, the weight and bias read once for all rows.
         for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
             float w[N], b[N];
-            if (weight) {
-                load_floats<T, N>(w, weight + v * N);
-            } else {
-#pragma unroll
-                for (int i = 0; i < N; ++i) w[i] = 1.0f;
-            }
-            if (Layer && bias) {
-                load_floats<T, N>(b, bias + v * N);
-            } else {
-#pragma unroll
-                for (int i = 0; i < N; ++i) b[i] = 0.0f;
-            }
+            load_affine<T, N, Layer>(w, b, weight, bias, v);
             float a[R][N];
 #pragma unroll
             for (int m = 0; m < R; ++m)
