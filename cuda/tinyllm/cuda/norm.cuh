@@ -726,33 +726,13 @@ struct residual_norm_epilogue {
         const float inv_d = 1.0f / static_cast<float>(D);
         // Pass 1: each row's sum (LayerNorm) or sum of squares (RMSNorm).
         float acc[R] = {}, mean[R] = {}, rstd[R];
-        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-            float a[R][N];
-#pragma unroll
-            for (int m = 0; m < R; ++m)
-                if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
-#pragma unroll
-            for (int m = 0; m < R; ++m)
-                if (m < rows)
-#pragma unroll
-                    for (int i = 0; i < N; ++i) acc[m] += Layer ? a[m][i] : a[m][i] * a[m][i];
-        }
+        accumulate_rows<N>(acc, vectors, [](int, float a) { return Layer ? a : a * a; });
         rows_block_sum(acc, partial);
         if constexpr (Layer) {  // pass 2: the squared deviations from each row's mean
             float squares[R] = {};
 #pragma unroll
             for (int m = 0; m < R; ++m) mean[m] = acc[m] * inv_d;
-            for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
-                float a[R][N];
-#pragma unroll
-                for (int m = 0; m < R; ++m)
-                    if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
-#pragma unroll
-                for (int m = 0; m < R; ++m)
-                    if (m < rows)
-#pragma unroll
-                        for (int i = 0; i < N; ++i) squares[m] += (a[m][i] - mean[m]) * (a[m][i] - mean[m]);
-            }
+            accumulate_rows<N>(squares, vectors, [&](int m, float a) { return (a - mean[m]) * (a - mean[m]); });
             rows_block_sum(squares, partial);
 #pragma unroll
             for (int m = 0; m < R; ++m) rstd[m] = rsqrtf(squares[m] * inv_d + eps);
@@ -765,9 +745,7 @@ struct residual_norm_epilogue {
             float w[N], b[N];
             load_affine<T, N, Layer>(w, b, weight, bias, v);
             float a[R][N];
-#pragma unroll
-            for (int m = 0; m < R; ++m)
-                if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
+            load_rows(a, v);
 #pragma unroll
             for (int m = 0; m < R; ++m) {
                 if (m < rows) {
@@ -778,6 +756,30 @@ struct residual_norm_epilogue {
                 }
             }
         }
+    }
+
+    // acc[m] += term(m, x[m, j]) over this thread's elements j of every row m, in
+    // v2's order: a pass of the tail.
+    template <int N, class Term>
+    __device__ void accumulate_rows(float (&acc)[pair_gemv_max_rows], index_t vectors, Term term) const {
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float a[pair_gemv_max_rows][N];
+            load_rows(a, v);
+#pragma unroll
+            for (int m = 0; m < pair_gemv_max_rows; ++m)
+                if (m < rows)
+#pragma unroll
+                    for (int i = 0; i < N; ++i) acc[m] += term(m, a[m][i]);
+        }
+    }
+
+    // Vector v (elements v N .. v N + N - 1) of every row of x, from L2: all the
+    // loads issued before any is used.
+    template <int N>
+    __device__ void load_rows(float (&a)[pair_gemv_max_rows][N], index_t v) const {
+#pragma unroll
+        for (int m = 0; m < pair_gemv_max_rows; ++m)
+            if (m < rows) load_row_floats<T, N, row_reads::from_l2>(a[m], x + m * D + v * N);
     }
 
     // row_block_sum for the R rows at once, in place (every thread gets each row's
