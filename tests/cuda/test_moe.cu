@@ -429,6 +429,126 @@ TEST_CASE("CUDA combine with bfloat16 rows and an odd width", "[cuda][moe][dispa
     TINYLLM_REQUIRE_CLOSE(got, out.values(), tolerance{1e-2, 1e-2, 5e-3}, "bf16 combine");
 }
 
+namespace {
+// The experts of a decode step as grouped GEMVs (moe_experts_swiglu_gemv) against
+// the CPU reference and the cuBLAS path, on the rows of kept slots (the only rows
+// the GEMVs write). T tokens with k = 2 of E = 8 experts; `skew` sends most tokens
+// to expert 0 (T = 40 then gives it more than 8 rows: the GEMV's row chunks).
+template <class T>
+void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, float skew, std::uint64_t which) {
+    const index_t E = 8, k = 2;
+    const auto ids = routed_ids(tokens, E, k, skew, which);
+    // Values on T's grid, so that the CPU (float) sees the GPU's inputs.
+    auto on_grid = [](std::vector<float> v) {
+        for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+        return v;
+    };
+    auto as_t = [](const std::vector<float>& v) {
+        std::vector<T> out(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+        return out;
+    };
+    const auto x = on_grid(tinyllm_test::random_floats(tokens * D, which + 1));
+    const auto w1 = on_grid(tinyllm_test::random_floats(E * F * D, which + 2, -0.2f, 0.2f));
+    const auto w3 = on_grid(tinyllm_test::random_floats(E * F * D, which + 3, -0.2f, 0.2f));
+    const auto w2 = on_grid(tinyllm_test::random_floats(E * D * F, which + 4, -0.2f, 0.2f));
+    tinyllm::moe_dispatch_options o;
+    o.block = block;
+    const index_t R = tinyllm::moe_max_rows(tokens, k, E, block);
+    tinyllm::cpu::moe_plan_buffers cpu_plan(tokens, k, E, block);
+    tinyllm::cpu::moe_plan(cpu_plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {tokens, k}), o);
+    tensor<float, 2> sorted(extents<2>{R, D}), expert_out(extents<2>{R, D});
+    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(x.data(), {tokens, D}), cpu_plan.view());
+    tinyllm::cpu::moe_experts_swiglu(expert_out.view(), sorted.view(),
+                                     tinyllm::tensor_view<const float, 3>(w1.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w3.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w2.data(), {E, D, F}), cpu_plan.view());
+
+    auto d_ids = tc::to_device(ids);
+    auto d_x = tc::to_device(as_t(x));
+    auto d_w1 = tc::to_device(as_t(w1)), d_w3 = tc::to_device(as_t(w3)), d_w2 = tc::to_device(as_t(w2));
+    const auto v1 = d_w1.view(extents<3>{E, F, D}), v3 = d_w3.view(extents<3>{E, F, D});
+    const auto v2 = d_w2.view(extents<3>{E, D, F});
+    tc::moe_dispatch_workspace plan_ws(tokens * k, E);
+    plan_device p(tokens, k, E, block);
+    tc::moe_plan(p.view(), d_ids.view(extents<2>{tokens, k}), o, plan_ws);
+    tc::device_buffer<T> d_sorted(R * D), d_gemm(R * D), d_gemv(R * D), d_hidden(R * F);
+    tc::moe_gather(d_sorted.view(extents<2>{R, D}), d_x.view(extents<2>{tokens, D}), p.view());
+    const auto in = tinyllm::tensor_view<const T, 2>(d_sorted.data(), {R, D});
+    tc::cublas_handle handle;
+    d_gemm.poison();
+    tc::moe_experts_swiglu(d_gemm.view(extents<2>{R, D}), in, v1, v3, v2, p.view(), handle.get());
+    d_gemv.poison();
+    d_hidden.poison();
+#if defined(TINYLLM_SIMULATED_GPU)
+    const auto before = tinyllm::sim::stats();
+#endif
+    tc::moe_experts_swiglu_gemv(d_gemv.view(extents<2>{R, D}), in, v1, v3, v2, p.view(), d_hidden.view(extents<2>{R, F}));
+#if defined(TINYLLM_SIMULATED_GPU)
+    const auto after = tinyllm::sim::stats();
+    CHECK(after.allocations == before.allocations);          // nothing allocated
+    CHECK(after.synchronizations == before.synchronizations);  // nothing read back: the plan stays on the device
+#endif
+    // The rows of kept slots, in slot order.
+    const auto gemv_all = tc::to_host(d_gemv), gemm_all = tc::to_host(d_gemm);
+    std::vector<float> got, gemm, want;
+    index_t kept = 0;
+    for (index_t t = 0; t < tokens; ++t)
+        for (index_t j = 0; j < k; ++j) {
+            const std::int32_t row = cpu_plan.row_of(t, j);
+            if (row < 0) continue;
+            ++kept;
+            for (index_t d = 0; d < D; ++d) {
+                got.push_back(tinyllm::to_float(gemv_all[static_cast<std::size_t>(row * D + d)]));
+                gemm.push_back(tinyllm::to_float(gemm_all[static_cast<std::size_t>(row * D + d)]));
+                want.push_back(expert_out(row, d));
+            }
+        }
+    REQUIRE(kept == tokens * k);  // no capacity: every slot is kept
+    const std::string name = std::string(std::is_same_v<T, float> ? "float32" : "bf16") + " experts GEMV, T=" +
+                             std::to_string(tokens) + " D=" + std::to_string(D) + " F=" + std::to_string(F) +
+                             " block=" + std::to_string(block);
+    // float: sums of up to F products of size ~0.1 in float; bf16: the intermediate and the
+    // output are rounded to bf16 (8 bits), which the CPU reference does not do.
+    const tolerance tol = std::is_same_v<T, float> ? tolerance{1e-5, 1e-4, 1e-5} : tolerance{2e-2, 2e-2, 1e-2};
+    TINYLLM_REQUIRE_CLOSE(got, want, tol, name + " vs CPU");
+    TINYLLM_REQUIRE_CLOSE(got, gemm, tol, name + " vs cuBLAS");
+}
+}  // namespace
+
+TEST_CASE("CUDA experts as grouped GEMVs (a decode step's rows) against the CPU and the cuBLAS experts, without a wait",
+          "[cuda][moe][dispatch][experts][gemv]") {
+    // D, F multiples of 8 (16-byte vectors) and odd (scalar loads); 1, 3 and 8 tokens (a decode
+    // step), and 40 tokens skewed to expert 0 (more than 8 rows for one expert).
+    std::uint64_t which = 700;
+    for (const auto& [D, F] : std::vector<std::pair<index_t, index_t>>{{64, 96}, {37, 45}})
+        for (index_t tokens : {1, 3, 8, 40})
+            for (index_t block : {1, 16}) {
+                const float skew = tokens == 40 ? 3.0f : 0.0f;
+                check_experts_gemv<float>(tokens, D, F, block, skew, which += 10);
+                check_experts_gemv<tinyllm::bfloat16>(tokens, D, F, block, skew, which += 10);
+            }
+}
+
+TEST_CASE("CUDA experts as grouped GEMVs reject what they do not take", "[cuda][moe][dispatch][experts][gemv]") {
+    const index_t T = 2, k = 2, E = 4, D = 8, F = 16, R = tinyllm::moe_max_rows(T, k, E, 1);
+    plan_device p(T, k, E, 1);
+    tc::device_buffer<float> x(R * D), out(R * D), hidden(R * F), w1(E * F * D), w3(E * F * D), w2(E * D * F);
+    const auto in = tinyllm::tensor_view<const float, 2>(x.data(), {R, D});
+    const auto v1 = w1.view(extents<3>{E, F, D}), v3 = w3.view(extents<3>{E, F, D}), v2 = w2.view(extents<3>{E, D, F});
+    tc::device_buffer<float> short_hidden(R * (F - 1));
+    CHECK_THROWS_WITH(tc::moe_experts_swiglu_gemv(out.view(extents<2>{R, D}), in, v1, v3, v2, p.view(),
+                                                  short_hidden.view(extents<2>{R, F - 1})),
+                      tinyllm_test::contains("hidden"));
+    CHECK_THROWS_WITH(tc::moe_experts_swiglu_gemv(out.view(extents<2>{R, D}), in, v1, v3, w2.view(extents<3>{E, F, D}),
+                                                  p.view(), hidden.view(extents<2>{R, F})),
+                      tinyllm_test::contains("w2"));
+    tc::device_buffer<float> wide(R * (F + 1));  // a (R, F) view of it, rows F + 1 apart: not contiguous
+    CHECK_THROWS_WITH(tc::moe_experts_swiglu_gemv(out.view(extents<2>{R, D}), in, v1, v3, v2, p.view(),
+                                                  wide.view(extents<2>{R, F + 1}).narrow(1, 0, F)),
+                      tinyllm_test::contains("must be contiguous"));
+}
+
 TEST_CASE("CUDA dispatch validates its arguments on the host", "[cuda][moe][dispatch][errors]") {
     tc::device_buffer<std::int32_t> ids(10 * 2);
     tc::moe_dispatch_workspace ws(20, 4);

@@ -46,6 +46,10 @@
 // Epilogues: RoPE v4 (positional.cuh), SwiGLU and bias + activation (ffn.cuh),
 // and the residual add + norm (norm.cuh v3), the one with a tail.
 //
+// The grouped form (grouped_pair_gemv_kernel, below) gives each block column g
+// its own matrices and its own rows of x, read from device memory: a MoE
+// layer's experts, each on the rows its dispatch plan gave it (moe_dispatch.cuh).
+//
 // Expected speed (not measured on a GPU yet): the weights' bytes over the
 // bandwidth, e.g. Llama-3.2-1B's gate and up in bf16 (2 x 8192 x 2048 x 2 B =
 // 67 MB) in ~17 µs at 4 TB/s. Whether it keeps pace with cuBLAS's own
@@ -152,6 +156,44 @@ __global__ void __launch_bounds__(pair_gemv_warps * 32)
     if constexpr (gemv_tail<Epilogue>) epi.tail();
 }
 
+// An epilogue seen from row `first` on: row m of a launch is row first + m of
+// the epilogue's output (the grouped GEMV's rows of one group).
+template <class Epilogue>
+struct rows_from {
+    Epilogue epi;
+    int first;
+    using unit_state = typename Epilogue::unit_state;
+    __device__ void finish(const unit_state& u, int m, float s0, float s1) const { epi.finish(u, first + m, s0, s1); }
+};
+
+// The grouped pair GEMV. Group g = blockIdx.y owns the matrices w_a + g group_stride
+// and w_b + g group_stride, and counts[g] rows of x from row offsets[g] on (device
+// memory: a dispatch plan's offsets and counts), taken 8 at a time; the epilogue's
+// row m is x's row m. A group without rows returns before reading a weight, so the
+// launch reads only the matrices that have work. Rows at or past `rows` are neither
+// read nor written (a plan made for more rows than x has is cut, not followed out of
+// bounds). No tail: the groups' blocks do not share an output.
+template <class T, int V, class Epilogue>
+__global__ void __launch_bounds__(pair_gemv_warps * 32)
+    grouped_pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, index_t group_stride,
+                             const std::int32_t* offsets, const std::int32_t* counts, int rows, index_t K,
+                             index_t units) {
+    static_assert(!gemv_tail<Epilogue>, "grouped_pair_gemv_kernel: an epilogue with a tail needs one group");
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
+    const index_t g = blockIdx.y;
+    const int first = offsets[g], count = counts[g];
+    const int end = count > 0 ? (first + count < rows ? first + count : rows) : first;
+    if (unit >= units || first < 0) return;
+    const T* wa = w_a + g * group_stride;
+    const T* wb = w_b + g * group_stride;
+    for (int r = first; r < end; r += pair_gemv_max_rows) {
+        const int m = end - r < pair_gemv_max_rows ? end - r : pair_gemv_max_rows;
+        pair_gemv_unit<T, V>(rows_from<Epilogue>{epi, r}, epi.unit(unit), lane, x + static_cast<index_t>(r) * K, wa,
+                             wb, m, K);
+    }
+}
+
 // The GEMVs read and write whole rows c apart: a (r, c) view must be contiguous.
 template <class View>
 void expect_packed_rows(const View& v, std::string_view op, std::string_view name) {
@@ -189,6 +231,34 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
         launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
     else
         launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+// Checks (on the host) and launches grouped_pair_gemv_kernel: `groups` block
+// columns, group g's matrices group_stride elements after group g - 1's, its rows
+// of x (rows, K) given by offsets[g] and counts[g] in device memory. Vectors need
+// group_stride a multiple of the vector too, so that every group's rows stay aligned.
+template <class T, class Epilogue>
+void launch_grouped_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, index_t rows, const T* w_a,
+                              const T* w_b, index_t group_stride, index_t groups, const std::int32_t* offsets,
+                              const std::int32_t* counts, index_t K, index_t units, cudaStream_t stream) {
+    TINYLLM_EXPECT(K >= 1, op, ": K = ", K, " must be positive");
+    TINYLLM_EXPECT(rows >= 0 && rows <= 2147483647, op, ": ", rows, " rows do not fit int32 row numbers");
+    TINYLLM_EXPECT(groups <= 65535, op, ": ", groups, " groups exceed the grid's 65535 block rows");
+    if (rows == 0 || units == 0 || groups == 0) return;
+    const index_t blocks = ceil_div<index_t>(units, pair_gemv_warps);
+    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output units exceed the grid");
+    constexpr int W = 16 / static_cast<int>(sizeof(T));
+    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+    const bool vectorized = K % W == 0 && group_stride % W == 0 && aligned(x) && aligned(w_a) && aligned(w_b);
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(groups));
+    const int r = static_cast<int>(rows);
+    if (vectorized)
+        launch(grouped_pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b,
+               group_stride, offsets, counts, r, K, units);
+    else
+        launch(grouped_pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b,
+               group_stride, offsets, counts, r, K, units);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -506,6 +506,72 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     if (workspace.bytes() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
+// ---- Step 5 in a decode step: the experts as grouped GEMVs -----------------------------------
+//
+// A decode step routes a few tokens (at most 8 rows, k slots each), so an expert
+// gets at most 8 rows: its products are matrix-vector products, whose time is the
+// expert's weights' bytes (gemv.cuh). moe_experts_swiglu sizes its cuBLAS GEMMs on
+// the host, so it reads the plan's offsets back and waits for them: one round trip
+// per MoE layer, and a step that cannot be captured in a CUDA graph.
+// moe_experts_swiglu_gemv reads the plan where it lies, in device memory:
+//
+//   1. gate, up   grid (F units, E): block column e reads counts[e]; an expert no
+//                 slot chose returns at once (its weights are never read), the
+//                 others run the pair GEMV on rows offsets[e] .. of `in` with row j
+//                 of W1[e] and of W3[e], and the SwiGLU epilogue (ffn.cuh) writes
+//                 hidden = silu(x W1[e]^T) * (x W3[e]^T)
+//   2. down       the same over D with W2[e] (two neighbouring rows a warp) and a
+//                 plain store: out = hidden W2[e]^T
+//
+// Bytes: the chosen experts' weights only, 3 F D s each (s bytes per element); at
+// batch 1 a Mixtral layer reads k = 2 of its 8 experts, as the GEMM path does. The
+// roundings are the GEMM path's (each product rounded to T, SwiGLU of the rounded
+// values, stored as T); the sums run in another order, so the result is within a
+// rounding of moe_experts_swiglu's, not its bits. Nothing is read back and nothing
+// waited for, so cuda::model's decode step captures it in its graph.
+//
+// Expected speed (not measured on a GPU yet): the chosen experts' bytes over the
+// bandwidth, e.g. Mixtral-8x7B's two experts of a token in bf16 (2 x 3 x 14336 x
+// 4096 x 2 B = 705 MB) in ~0.18 ms at 4 TB/s; `tinyllm bench moe_experts_gemv`
+// sets it beside the GEMM path.
+
+// Step 5 for at most a few rows an expert, as above:
+//   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F), hidden (R, F)
+//   scratch; one element type T (float, bfloat16, float16); all contiguous.
+// Only the rows of the plan's kept slots are written (the GEMM path also zeroes
+// padding rows; combine reads neither). Rows any expert has are taken 8 at a
+// time, so the result holds for any plan; the speed is a GEMV's only while every
+// expert has few rows. Asynchronous on `stream`; allocates nothing.
+template <class O, class I, class W, class H>
+void moe_experts_swiglu_gemv(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view<W, 3> w1,
+                             tensor_view<W, 3> w3, tensor_view<W, 3> w2, const moe_plan_view& plan,
+                             tensor_view<H, 2> hidden, cudaStream_t stream = nullptr) {
+    using T = O;
+    static_assert(std::is_same_v<std::remove_const_t<I>, T> && std::is_same_v<std::remove_const_t<W>, T> &&
+                      std::is_same_v<H, T>,
+                  "cuda::moe_experts_swiglu_gemv: out, in, hidden and the weights have one element type");
+    constexpr std::string_view op = "cuda::moe_experts_swiglu_gemv";
+    const index_t R = in.extent(0), D = in.extent(1), E = w1.extent(0), F = w1.extent(1);
+    tinyllm::detail::expect_experts_args(out, in, w1, w3, w2, plan, std::string(op));
+    expect_shape(hidden, extents<2>{R, F}, std::string(op) + ": hidden");
+    TINYLLM_EXPECT(out.is_contiguous() && in.is_contiguous() && hidden.is_contiguous() && w1.is_contiguous() &&
+                       w3.is_contiguous() && w2.is_contiguous(),
+                   op, ": every tensor must be contiguous");
+    TINYLLM_EXPECT(plan.expert_offsets.extent(0) == E + 1 && plan.expert_offsets.is_contiguous() &&
+                       plan.expert_counts.is_contiguous(),
+                   op, ": the plan's expert_offsets must be (E + 1) = (", E + 1, ") and contiguous, as its counts");
+    if (R == 0 || D == 0 || F == 0 || E == 0) return;
+    const std::int32_t* offsets = plan.expert_offsets.data();
+    const std::int32_t* counts = plan.expert_counts.data();
+    const detail::swiglu_gemv_epilogue<T> up{hidden.data(), F};
+    detail::launch_grouped_pair_gemv<T>(op, up, in.data(), R, w1.data(), w3.data(), F * D, E, offsets, counts, D,
+                                        up.units(), stream);
+    const detail::bias_activate_gemv_epilogue<T> down{out.data(), nullptr, D, activation::identity};
+    const T* h = hidden.data();
+    detail::launch_grouped_pair_gemv<T>(op, down, h, R, w2.data(), w2.data(), D * F, E, offsets, counts, F,
+                                        down.units(), stream);
+}
+
 // ---- Backward ------------------------------------------------------------------------------
 //
 // cuda::moe_backward is cpu::moe_backward (moe_dispatch.hpp) on the GPU, float
