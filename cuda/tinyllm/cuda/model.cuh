@@ -21,7 +21,9 @@
 //         delta = ffn(h)                        ffn.cuh (GPT-2 MLP, SwiGLU) or moe.cuh (gating, plan,
 //                                              gather, cuBLAS experts, combine); a decode step (at most 8
 //                                              rows) computes the first projection and its activation in
-//                                              ONE GEMV (ffn.cuh's swiglu_gemv, bias_activate_gemv)
+//                                              ONE GEMV (ffn.cuh's swiglu_gemv, bias_activate_gemv), and
+//                                              a MoE layer's chosen experts as grouped GEMVs that read
+//                                              the plan on the device (moe_experts_swiglu_gemv)
 //     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1), as after attention:
 //                                              one pass after the MLP's last GEMM, or a decode step's
 //                                              v3 GEMV (dense and quantized MLPs; not MoE)
@@ -704,9 +706,9 @@ public:
     // since no allocation may happen inside a capture), then is captured for
     // the next steps. Should the scratch buffers move (a longer forward() on
     // the session grows them), the graphs are dropped and captured again. A
-    // Mixtral model's experts are sized on the host (its dispatch plan), so
-    // its steps run eagerly; so does any model if capture fails, with the
-    // reason in s.graph_failure().
+    // Mixtral model's steps are captured too: a decode step's experts are
+    // GEMVs that read the dispatch plan on the device. Should capture fail,
+    // the steps run eagerly, with the reason in s.graph_failure().
     tensor_view<const float, 2> decode_step(session& s, tensor_view<const token_id, 1> ids /*(B) device*/) const {
         const index_t B = s.batch;
         TINYLLM_EXPECT(ids.extent(0) == B, "cuda::model::decode_step: ", ids.extent(0), " ids for ", B, " rows");
@@ -719,7 +721,7 @@ public:
             s.graphs->lengths = device_buffer<std::int32_t>(static_cast<std::size_t>(B));
         }
         detail::decode_graphs& g = *s.graphs;
-        if (config_.num_experts > 0 || !g.failure.empty()) {  // eagerly: the host needs the ids
+        if (!g.failure.empty()) {  // eagerly: the host needs the ids
             std::vector<token_id> host(static_cast<std::size_t>(B));
             TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), ids.data(), host.size() * sizeof(token_id), cudaMemcpyDeviceToHost));
             return forward(s, tensor_view<const token_id, 2>(host.data(), {B, 1}));
@@ -1428,8 +1430,9 @@ private:
 
     // out (rows, D) = ffn(h). With `then`, the output goes to then->x instead (x +=
     // ffn(h)) and then->out gets norm(x): the last projection by project_residual_norm
-    // (one GEMV for a decode step), `out` only its scratch. The MoE branch (Mixtral)
-    // runs on the default stream: its dispatch plan is sized on the host.
+    // (one GEMV for a decode step), `out` only its scratch. The MoE branch (Mixtral):
+    // gating and the dispatch plan on the GPU, then the experts as GEMMs (their sizes
+    // read back from the plan: a wait) or, in a decode step, as GEMVs (no wait).
     void ffn(session& s, tensor_view<T, 2> out, tensor_view<const T, 2> h, const device_layer_weights<T>& L,
              cudaStream_t stream = nullptr, const residual_target* then = nullptr) const {
         const model_config& c = config_;
@@ -1501,23 +1504,29 @@ private:
         // and the top-k choice flip (measured: transformers' own bf16 Mixtral fixture
         // flips one token's experts and that position's logits move 0.25 rel-L2).
         const tensor_view<float, 2> logits(detail::at_least(s.router_logits, rows * E), {rows, E});
-        linear<T, float>(logits, h, L.router.view(), {}, handle_);
+        linear<T, float>(logits, h, L.router.view(), {}, handle_, stream);
         const tensor_view<std::int32_t, 2> ids(detail::at_least(s.expert_ids, rows * k), {rows, k});
         const tensor_view<float, 2> weights(detail::at_least(s.expert_weights, rows * k), {rows, k});
-        softmax_topk_gating(ids, weights, tensor_view<const float, 2>(logits), /*renormalize=*/true);
+        softmax_topk_gating(ids, weights, tensor_view<const float, 2>(logits), /*renormalize=*/true, stream);
         std::int32_t* p = detail::at_least(s.plan_ints, rows * k + R + (E + 1) + E);
         const moe_plan_view plan{tensor_view<std::int32_t, 2>(p, {rows, k}),
                                  tensor_view<std::int32_t, 1>(p + rows * k, {R}),
                                  tensor_view<std::int32_t, 1>(p + rows * k + R, {E + 1}),
                                  tensor_view<std::int32_t, 1>(p + rows * k + R + E + 1, {E})};
         if (!s.dispatch_ws || s.dispatch_ws->slots() < rows * k) s.dispatch_ws.emplace(rows * k, E);
-        moe_plan(plan, tensor_view<const std::int32_t, 2>(ids), moe_dispatch_options{}, *s.dispatch_ws);
+        moe_plan(plan, tensor_view<const std::int32_t, 2>(ids), moe_dispatch_options{}, *s.dispatch_ws, stream);
         const tensor_view<T, 2> sorted(detail::at_least(s.sorted, R * D), {R, D});
         const tensor_view<T, 2> expert_out(detail::at_least(s.expert_out, R * D), {R, D});
-        moe_gather(sorted, h, plan);
-        moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(), plan,
-                           s.experts_ws, handle_.get());
-        moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan);
+        moe_gather(sorted, h, plan, stream);
+        if (gemv) {  // a decode step: the chosen experts as GEMVs, the plan read where it lies (no wait)
+            const tensor_view<T, 2> hidden(detail::at_least(s.hidden, R * F), {R, F});
+            moe_experts_swiglu_gemv(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(),
+                                    L.w2.view(), plan, hidden, stream);
+        } else {  // cuBLAS GEMMs, sized from the plan's offsets read back to the host
+            moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(),
+                               plan, s.experts_ws, handle_.get(), stream);
+        }
+        moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan, stream);
         if (then) residual_norm(then->out, then->x, out, {}, *then->w, *then->b, stream);
     }
 

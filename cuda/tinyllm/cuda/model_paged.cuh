@@ -76,8 +76,9 @@
 // are dropped if a scratch buffer moves (a larger step grew it); eager and
 // graphed steps round alike, so they run the same kernels and give the same
 // logits bit for bit. Steps with a prompt chunk (their attention is a loop over
-// chunks of host-known sizes) and Mixtral's (its dispatch plan is sized on the
-// host) run eagerly. vLLM captures its decode steps the same way, padding the
+// chunks of host-known sizes) run eagerly, and so do Mixtral's of more than 8
+// sessions (their experts are GEMMs sized from the dispatch plan read back to
+// the host; up to 8 rows they are GEMVs that read it on the device). vLLM captures its decode steps the same way, padding the
 // batch to a few sizes; here S is exact, since a serving batch changes size
 // rarely and a graph per size costs only its instantiation.
 //
@@ -343,9 +344,11 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
         last_row[i] = static_cast<std::int32_t>(r - 1);
     }
 
-    // A decode-only step of a dense model replays the pool's graph of its shape
-    // (S, max_blocks); any other step runs eagerly on the default stream.
-    const bool graphed = decode_only && pool.graphs_on_ && c.num_experts == 0 &&
+    // A decode-only step replays the pool's graph of its shape (S, max_blocks), a
+    // Mixtral step only while its experts are GEMVs (no read-back); any other step
+    // runs eagerly on the default stream.
+    const bool graphed = decode_only && pool.graphs_on_ &&
+                         (c.num_experts == 0 || N <= detail::mlp_gemv_max_rows) &&
                          (!pool.graphs_ || pool.graphs_->failure.empty());
     if (graphed && !pool.graphs_) pool.graphs_ = std::make_unique<detail::decode_graphs>();
     const cudaStream_t stream = graphed ? pool.graphs_->stream : nullptr;
