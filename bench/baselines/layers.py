@@ -1,5 +1,5 @@
 """PyTorch baselines for `tinyllm bench rmsnorm|layernorm|residual_rmsnorm|swiglu`
-and `mlp_swiglu_gemv|mlp_gelu_gemv|down_residual_rmsnorm_gemv`.
+and `mlp_swiglu_gemv|mlp_gelu_gemv|down_residual_rmsnorm_gemv|moe_experts_gemv`.
 
 Same shapes and byte counts as the CUDA rows: (16384, 4096) bfloat16 (--rows to
 change the rows), eps 1e-5, eager PyTorch (what a user gets without writing a
@@ -11,6 +11,13 @@ up_proj(x) at Llama-3.2-1B's D 2048, H 8192, and GPT-2's c_fc + gelu_new at
 D 768, H 3072; bytes are dominated by the weights, read once. The down row is
 the MLP's last projection with the residual add and the next RMSNorm, as
 LlamaDecoderLayer and LlamaRMSNorm write them: x = x + down_proj(h); norm(x).
+The MoE row is a decode step's experts at Mixtral-8x7B's shape (E 8, k 2, D 4096,
+F 14336; M = --gemv-rows tokens) as transformers' MixtralSparseMoeBlock runs
+them: a loop over the experts hit (found with torch.where, which waits for the
+GPU, as tinyllm's GEMM path waits for its plan), each expert's SwiGLU MLP on its
+tokens, scaled by the routing weights and index_add_-ed into the output (the
+combine, a few KB more than tinyllm's rows move). Bytes: the chosen experts'
+weights, read once.
 
     python3 bench/baselines/layers.py --json out/layers_pytorch.json
 """
@@ -114,6 +121,34 @@ for Md in sorted({M, 8}):
     results.add(f"down_residual_rmsnorm_gemv/pytorch_eager/M={Md},D={Dm},H={H},bf16",
                 time_cuda(torch, down_residual_rms, args.repeats, args.warmup),
                 bytes=(Dm * H + Md * H + 3 * Md * Dm + Dm) * size, flops=2.0 * Md * H * Dm)
+
+# A decode step's MoE experts (Mixtral-8x7B shape), transformers' expert loop.
+Dm, Fm, E, k = 4096, 14336, 8, 2
+s1, s2 = Dm ** -0.5, Fm ** -0.5
+w1 = rand(E, Fm, Dm, lo=-s1, hi=s1)
+w3 = rand(E, Fm, Dm, lo=-s1, hi=s1)
+w2 = rand(E, Dm, Fm, lo=-s2, hi=s2)
+xm = rand(M, Dm, lo=-1.0, hi=1.0)
+routing = torch.softmax(torch.rand(M, E, device="cuda") * 8 - 4, dim=-1)
+weights, chosen = torch.topk(routing, k, dim=-1)
+weights = (weights / weights.sum(dim=-1, keepdim=True)).to(dt)
+
+
+def moe_experts():
+    out = torch.zeros_like(xm)
+    mask = F.one_hot(chosen, num_classes=E).permute(2, 1, 0)  # (E, k, M)
+    for e in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+        slot, token = torch.where(mask[e].squeeze(0))
+        h = xm[token]
+        y = F.linear(F.silu(F.linear(h, w1[e].squeeze(0))) * F.linear(h, w3[e].squeeze(0)), w2[e].squeeze(0))
+        out.index_add_(0, token, y * weights[token, slot, None])
+    return out
+
+
+experts_read = int(torch.unique(chosen).numel())
+results.add(f"moe_experts_gemv/pytorch_hf_expert_loop/M={M},D={Dm},F={Fm},E=8,k=2,bf16",
+            time_cuda(torch, moe_experts, args.repeats, args.warmup),
+            bytes=(experts_read * 3 * Fm * Dm + 2 * M * k * Dm) * size, flops=6.0 * M * k * Fm * Dm)
 
 results.write(args.json)
 sys.exit(0)

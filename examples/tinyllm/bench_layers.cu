@@ -1,5 +1,6 @@
 // examples/tinyllm/bench_layers.cu — CUDA rows of `tinyllm bench
-// rmsnorm|layernorm|residual_rmsnorm|swiglu` (and the MLP GEMVs, at the end): (rows, 4096) bfloat16, rows =
+// rmsnorm|layernorm|residual_rmsnorm|swiglu` (and, at the end, the decode GEMVs
+// of the MLP and of the MoE experts): (rows, 4096) bfloat16, rows =
 // --size or 16384 (64 on the simulated GPU: every row is then checked, and the
 // kernels take the same paths, since their launch shapes depend on the 4096).
 //
@@ -15,13 +16,18 @@
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/ffn.cuh>
+#include <tinyllm/cuda/moe.cuh>
 #include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/cuda/random.cuh>
 #include <tinyllm/cuda/timing.cuh>
 #include <tinyllm/activation.hpp>
+#include <tinyllm/moe.hpp>
 #include <tinyllm/norm.hpp>
+#include <tinyllm/random.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -243,6 +249,13 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
 //                    adding to it (the values grow; the work does not change).
 //                    Without --size it times M = 1 and M = 8: one block
 //                    normalizes all M rows, so the tail's cost grows with M
+//   moe_experts_gemv Mixtral-8x7B's experts (E 8, k 2, D 4096, F 14336): the
+//                    M tokens' chosen experts by moe_experts_swiglu (cuBLAS GEMMs
+//                    per expert, sized from the plan's offsets read back: one
+//                    wait per call), against moe_experts_swiglu_gemv (grouped
+//                    GEMVs that read the plan on the device); bytes: the chosen
+//                    experts' three matrices (235 MB each expert), the rows in
+//                    and out. The plan and the gather are made once, untimed
 // The GEMVs sum in another order than cuBLAS, so the check is a tolerance
 // against the unfused steps (rel-L2 <= 1e-2), not bits. On the simulated GPU
 // the widths are 8x smaller.
@@ -394,4 +407,52 @@ TINYLLM_BENCH("down_residual_rmsnorm_gemv", "a decode step's down projection + r
             2.0 * static_cast<double>(M * H * Dm),
             [&] { TINYLLM_CUDA_CHECK(cudaMemcpy(x.data(), x0.data(), x.bytes(), cudaMemcpyDeviceToDevice)); });
     }
+}
+
+TINYLLM_BENCH("moe_experts_gemv", "a decode step's MoE experts, Mixtral-8x7B shape (E 8, k 2, D 4096, F 14336), bf16: cuBLAS per expert against grouped GEMVs; --size M tokens (default 1, at most 8; simulated GPU: D 512, F 1792)", 1) {
+    if (!ctx.gpu_available) return;
+    const gemv_problem p = gemv_problem_of(ctx, 4096, 14336, 81);
+    if (p.M == 0) return;
+    const index_t M = p.M, Dm = p.D, F = p.H, E = 8, k = 2;
+    // The tokens' experts: the CPU's gating of uniform router logits.
+    std::vector<float> logits(static_cast<std::size_t>(M * E));
+    tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(logits.data(), {M * E}), 82, -4.0f, 4.0f);
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(M * k));
+    std::vector<float> gate_weights(ids.size());
+    tinyllm::cpu::softmax_topk_gating(tinyllm::tensor_view<std::int32_t, 2>(ids.data(), {M, k}),
+                                      tinyllm::tensor_view<float, 2>(gate_weights.data(), {M, k}),
+                                      tinyllm::tensor_view<const float, 2>(logits.data(), {M, E}), true);
+    std::vector<bool> chosen(static_cast<std::size_t>(E), false);
+    for (const std::int32_t e : ids) chosen[static_cast<std::size_t>(e)] = true;
+    const auto experts_read = static_cast<index_t>(std::count(chosen.begin(), chosen.end(), true));
+
+    const float s1 = 1.0f / std::sqrt(static_cast<float>(Dm)), s2 = 1.0f / std::sqrt(static_cast<float>(F));
+    auto w1 = random_bf16(E * F * Dm, 83, -s1, s1), w3 = random_bf16(E * F * Dm, 84, -s1, s1);
+    auto w2 = random_bf16(E * Dm * F, 85, -s2, s2);
+    const index_t R = tinyllm::moe_max_rows(M, k, E, 1);
+    auto d_ids = tc::to_device(ids);
+    tc::device_buffer<std::int32_t> row_of(ids.size()), row_token(static_cast<std::size_t>(R)),
+        offsets(static_cast<std::size_t>(E + 1)), counts(static_cast<std::size_t>(E));
+    const tinyllm::moe_plan_view plan{row_of.view(extents<2>{M, k}), row_token.view(extents<1>{R}),
+                                      offsets.view(extents<1>{E + 1}), counts.view(extents<1>{E})};
+    tc::moe_dispatch_workspace plan_ws(M * k, E);
+    tc::moe_plan(plan, d_ids.view(extents<2>{M, k}), {}, plan_ws);
+    tc::device_buffer<T> sorted(static_cast<std::size_t>(R * Dm)), out(static_cast<std::size_t>(R * Dm)),
+        hidden(static_cast<std::size_t>(R * F));
+    tc::moe_gather(sorted.view(extents<2>{R, Dm}), p.x.view(extents<2>{M, Dm}), plan);
+    const auto IN = tinyllm::tensor_view<const T, 2>(sorted.data(), {R, Dm});
+    const auto O = out.view(extents<2>{R, Dm});
+    const auto W1 = w1.view(extents<3>{E, F, Dm}), W3 = w3.view(extents<3>{E, F, Dm});
+    const auto W2 = w2.view(extents<3>{E, Dm, F});
+    tc::moe_experts_workspace ws;
+    const tc::cublas_handle handle;
+    const double bytes = static_cast<double>(experts_read * 3 * F * Dm + 2 * R * Dm) * sizeof(T);
+    const std::string shape = "M=" + std::to_string(M) + ",D=" + std::to_string(Dm) + ",F=" + std::to_string(F) +
+                              ",E=8,k=2,bf16";
+    compare_and_time(
+        ctx, shape, out, "cuBLAS per expert (plan read back)", "moe_experts_gemv/cublas",
+        [&] { tc::moe_experts_swiglu(O, IN, W1, W3, W2, plan, ws, handle.get()); }, "grouped GEMVs",
+        "moe_experts_gemv/grouped_gemv",
+        [&] { tc::moe_experts_swiglu_gemv(O, IN, W1, W3, W2, plan, hidden.view(extents<2>{R, F})); }, bytes,
+        6.0 * static_cast<double>(M * k * F * Dm));
 }
