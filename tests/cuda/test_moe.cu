@@ -319,7 +319,9 @@ void check_plans(const std::vector<plan_shape>& shapes, std::uint64_t which) {
 }  // namespace
 
 TEST_CASE("the CUDA dispatch plan equals the CPU plan, capacity drops included", "[cuda][moe][dispatch]") {
-    check_plans({{1, 8, 2}, {37, 8, 1}, {1000, 60, 2}, {4099, 64, 8}}, 300);
+    // One tile (at most 256 slots: the one-launch plan): 2, 37, 200 (E = 64: two experts a lane)
+    // and exactly 256 slots (E = 256); then 258 slots (two tiles) and more.
+    check_plans({{1, 8, 2}, {37, 8, 1}, {100, 64, 2}, {128, 256, 2}, {129, 8, 2}, {1000, 60, 2}, {4099, 64, 8}}, 300);
 }
 TEST_CASE("the CUDA dispatch plan at T = 100000", "[cuda][moe][dispatch][large]") {
     check_plans({{100000, 256, 8}, {100000, 8, 2}}, 400);

@@ -23,6 +23,10 @@
 //               masks: popc(peers below this lane)); rank >= capacity is
 //               dropped (row -1), otherwise row = expert_offsets[e] + rank.
 //
+// A plan of at most one tile (256 slots: every decode step) needs no scan across
+// tiles, and one warp does the four steps in one launch (moe_plan_one_tile_kernel,
+// the same device functions), so a decode step's plan is one graph node, not five.
+//
 // Gather (one warp per row, 16-byte vector copies where the row size allows)
 // and combine (one warp per token; each output element sums the token's k
 // slots in slot order — no atomics, so results are reproducible run to run)
@@ -82,6 +86,20 @@ __device__ inline int moe_slot_expert(const std::int32_t* ids, index_t slots, in
     return e >= 0 && e < experts ? e : -1;
 }
 
+// One warp counts the slots of each expert in the tile from slot `first` on:
+// count[e] (shared memory, E counters) = slots of e in the tile.
+__device__ inline void moe_tile_count(int* count, const std::int32_t* ids, index_t slots, index_t first, int experts,
+                                      int lane) {
+    for (int e = lane; e < experts; e += 32) count[e] = 0;
+    __syncwarp();
+    for (int step = 0; step < moe_tile_slots; step += 32) {
+        const int e = moe_slot_expert(ids, slots, first + step + lane, experts);
+        const unsigned peers = __match_any_sync(moe_full_warp, e);  // lanes holding the same expert
+        if (e >= 0 && lane == __ffs(peers) - 1) count[e] += __popc(peers);
+        __syncwarp();
+    }
+}
+
 // Step 1: tile_counts[e * tiles + tile] = slots of expert e in the tile.
 template <class Int>
 __global__ void moe_plan_count_kernel(Int* tile_counts, const std::int32_t* ids, index_t slots, int experts,
@@ -91,36 +109,22 @@ __global__ void moe_plan_count_kernel(Int* tile_counts, const std::int32_t* ids,
     const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
     if (tile >= tiles) return;  // the whole warp leaves together
     int* count = moe_counters + warp * experts;
-    for (int e = lane; e < experts; e += 32) count[e] = 0;
-    __syncwarp();
-    const index_t first = tile * moe_tile_slots;
-    for (int step = 0; step < moe_tile_slots; step += 32) {
-        const int e = moe_slot_expert(ids, slots, first + step + lane, experts);
-        const unsigned peers = __match_any_sync(moe_full_warp, e);  // lanes holding the same expert
-        if (e >= 0 && lane == __ffs(peers) - 1) count[e] += __popc(peers);
-        __syncwarp();
-    }
+    moe_tile_count(count, ids, slots, tile * moe_tile_slots, experts, lane);
     for (int e = lane; e < experts; e += 32) tile_counts[static_cast<index_t>(e) * tiles + tile] = count[e];
 }
 
 // Step 3 (one warp): expert_counts[e] = min(all slots of e, capacity);
-// expert_offsets = exclusive scan of the counts padded to `block`.
-template <class Int>
-__global__ void moe_plan_offsets_kernel(std::int32_t* expert_offsets, std::int32_t* expert_counts,
-                                        const Int* tile_counts, const Int* tile_offsets, int experts, index_t tiles,
-                                        index_t capacity, index_t block) {
-    const int lane = threadIdx.x;
+// expert_offsets = exclusive scan of the counts padded to `block`. all_slots(e):
+// every slot of expert e (over all tiles).
+template <class AllSlots>
+__device__ void moe_offsets_warp(std::int32_t* expert_offsets, std::int32_t* expert_counts, int experts,
+                                 index_t capacity, index_t block, int lane, AllSlots all_slots) {
     std::int32_t carry = 0;
     for (int base = 0; base < experts; base += 32) {
         const int e = base + lane;
         std::int32_t padded = 0;
         if (e < experts) {
-            std::int32_t all = 0;
-            if (tiles > 0) {
-                const index_t last = static_cast<index_t>(e) * tiles + tiles - 1;
-                all = static_cast<std::int32_t>(tile_offsets[last] + tile_counts[last] -
-                                                tile_offsets[static_cast<index_t>(e) * tiles]);
-            }
+            const std::int32_t all = all_slots(e);
             const std::int32_t kept = capacity >= 0 && all > capacity ? static_cast<std::int32_t>(capacity) : all;
             expert_counts[e] = kept;
             padded = static_cast<std::int32_t>(ceil_div<index_t>(kept, block) * block);
@@ -137,22 +141,25 @@ __global__ void moe_plan_offsets_kernel(std::int32_t* expert_offsets, std::int32
     if (lane == 0) expert_offsets[experts] = carry;
 }
 
-// Step 4: every slot's row (or -1), and every used row's token.
 template <class Int>
-__global__ void moe_plan_scatter_kernel(std::int32_t* row_of, std::int32_t* row_token, const std::int32_t* ids,
-                                        index_t slots, int k, int experts, index_t tiles, const Int* tile_offsets,
-                                        const std::int32_t* expert_offsets, index_t capacity) {
-    int* moe_counters = dynamic_shared<int>();  // (warps, E): rank of the next slot of e
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
-    if (tile >= tiles) return;
-    int* rank = moe_counters + warp * experts;
-    // Slots of e before this tile = offset of (e, tile) - offset of (e, 0).
-    for (int e = lane; e < experts; e += 32)
-        rank[e] = static_cast<int>(tile_offsets[static_cast<index_t>(e) * tiles + tile] -
-                                   tile_offsets[static_cast<index_t>(e) * tiles]);
-    __syncwarp();
-    const index_t first = tile * moe_tile_slots;
+__global__ void moe_plan_offsets_kernel(std::int32_t* expert_offsets, std::int32_t* expert_counts,
+                                        const Int* tile_counts, const Int* tile_offsets, int experts, index_t tiles,
+                                        index_t capacity, index_t block) {
+    moe_offsets_warp(expert_offsets, expert_counts, experts, capacity, block, static_cast<int>(threadIdx.x),
+                     [&](int e) -> std::int32_t {
+                         if (tiles == 0) return 0;
+                         const index_t last = static_cast<index_t>(e) * tiles + tiles - 1;
+                         return static_cast<std::int32_t>(tile_offsets[last] + tile_counts[last] -
+                                                          tile_offsets[static_cast<index_t>(e) * tiles]);
+                     });
+}
+
+// Step 4 for one warp's tile from slot `first` on: every slot's row (or -1) and every
+// used row's token; rank[e] (shared memory) holds the slots of e before the tile, and
+// is advanced past the tile's.
+__device__ inline void moe_tile_scatter(int* rank, std::int32_t* row_of, std::int32_t* row_token,
+                                        const std::int32_t* ids, index_t slots, index_t first, int k, int experts,
+                                        const std::int32_t* expert_offsets, index_t capacity, int lane) {
     const unsigned below = (1u << lane) - 1u;  // lanes before this one
     for (int step = 0; step < moe_tile_slots; step += 32) {
         const index_t i = first + step + lane;
@@ -173,6 +180,44 @@ __global__ void moe_plan_scatter_kernel(std::int32_t* row_of, std::int32_t* row_
         if (e >= 0 && lane == __ffs(peers) - 1) rank[e] += __popc(peers);
         __syncwarp();
     }
+}
+
+// Step 4: every slot's row (or -1), and every used row's token.
+template <class Int>
+__global__ void moe_plan_scatter_kernel(std::int32_t* row_of, std::int32_t* row_token, const std::int32_t* ids,
+                                        index_t slots, int k, int experts, index_t tiles, const Int* tile_offsets,
+                                        const std::int32_t* expert_offsets, index_t capacity) {
+    int* moe_counters = dynamic_shared<int>();  // (warps, E): rank of the next slot of e
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const index_t tile = blockIdx.x * static_cast<index_t>(warps) + warp;
+    if (tile >= tiles) return;
+    int* rank = moe_counters + warp * experts;
+    // Slots of e before this tile = offset of (e, tile) - offset of (e, 0).
+    for (int e = lane; e < experts; e += 32)
+        rank[e] = static_cast<int>(tile_offsets[static_cast<index_t>(e) * tiles + tile] -
+                                   tile_offsets[static_cast<index_t>(e) * tiles]);
+    __syncwarp();
+    moe_tile_scatter(rank, row_of, row_token, ids, slots, tile * moe_tile_slots, k, experts, expert_offsets, capacity,
+                     lane);
+}
+
+// The plan of at most one tile (moe_tile_slots slots: every decode step) in one
+// launch of one warp: row_token = -1, step 1's counts, step 3's offsets (all of an
+// expert's slots are in this tile: nothing to scan across tiles), step 4's scatter.
+template <class Int>  // std::int32_t (a template, as the other kernels here: defined in a header)
+__global__ void moe_plan_one_tile_kernel(Int* row_of, Int* row_token, Int* expert_offsets, Int* expert_counts,
+                                         const Int* ids, index_t slots, int k, int experts, index_t rows,
+                                         index_t capacity, index_t block) {
+    int* counters = dynamic_shared<int>();  // (E): the tile's counts, then each expert's next rank
+    const int lane = static_cast<int>(threadIdx.x);
+    for (index_t r = lane; r < rows; r += 32) row_token[r] = -1;  // rows no slot lands in (padding, unused)
+    moe_tile_count(counters, ids, slots, 0, experts, lane);
+    moe_offsets_warp(expert_offsets, expert_counts, experts, capacity, block, lane,
+                     [&](int e) -> std::int32_t { return counters[e]; });
+    __syncwarp();  // every lane has read the counts; the -1s and the offsets are written
+    for (int e = lane; e < experts; e += 32) counters[e] = 0;
+    __syncwarp();
+    moe_tile_scatter(counters, row_of, row_token, ids, slots, 0, k, experts, expert_offsets, capacity, lane);
 }
 
 // Gather rows as vectors V (16, 4 or 2 bytes): out[r] = in[row_token[r]] or 0.
@@ -292,6 +337,14 @@ inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
     const index_t tiles = ceil_div<index_t>(slots, detail::moe_tile_slots);
     const int warps = detail::moe_plan_warps(E);
     const std::size_t shared = static_cast<std::size_t>(warps) * E * sizeof(int);
+    if (tiles <= 1) {  // at most one tile (every decode step): the whole plan in one launch of one warp
+        launch(detail::moe_plan_one_tile_kernel<std::int32_t>, 1, 32, static_cast<std::size_t>(E) * sizeof(int), stream,
+               plan.row_of.data(), plan.row_token.data(), plan.expert_offsets.data(), plan.expert_counts.data(),
+               ids.data(), slots, static_cast<int>(k), static_cast<int>(E), plan.row_token.extent(0), options.capacity,
+               options.block);
+        TINYLLM_CUDA_CHECK_LAUNCH();
+        return;
+    }
     // Rows no slot lands in (padding, unused) hold token -1.
     TINYLLM_CUDA_CHECK(cudaMemsetAsync(plan.row_token.data(), 0xFF, plan.row_token.size() * sizeof(std::int32_t), stream));
     const unsigned blocks = static_cast<unsigned>(ceil_div<index_t>(tiles, warps));
