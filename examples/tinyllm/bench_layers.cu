@@ -254,7 +254,7 @@ TINYLLM_BENCH("swiglu", "silu(gate) * up of (rows, 4096): --size rows; CUDA bf16
 //                    per expert, sized from the plan's offsets read back: one
 //                    wait per call), against moe_experts_swiglu_gemv (grouped
 //                    GEMVs that read the plan on the device); bytes: the chosen
-//                    experts' three matrices (235 MB each expert), the rows in
+//                    experts' three matrices (352 MB each expert), the rows in
 //                    and out. The plan and the gather are made once, untimed
 // The GEMVs sum in another order than cuBLAS, so the check is a tolerance
 // against the unfused steps (rel-L2 <= 1e-2), not bits. On the simulated GPU
