@@ -282,6 +282,29 @@ std::vector<std::int32_t> routed_ids(index_t T, index_t E, index_t k, float skew
     return ids;
 }
 
+// The CPU reference of the experts for routed tokens: the plan (options o), and
+// every used row's SwiGLU FFN output (R, D) over the gathered x (T, D).
+struct cpu_experts {
+    tinyllm::cpu::moe_plan_buffers plan;
+    tensor<float, 2> out;
+};
+cpu_experts cpu_expert_rows(const std::vector<std::int32_t>& ids, const std::vector<float>& x,
+                            const std::vector<float>& w1, const std::vector<float>& w3, const std::vector<float>& w2,
+                            index_t T, index_t k, index_t E, index_t D, index_t F,
+                            const tinyllm::moe_dispatch_options& o) {
+    cpu_experts c{tinyllm::cpu::moe_plan_buffers(T, k, E, o.block), tensor<float, 2>()};
+    tinyllm::cpu::moe_plan(c.plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {T, k}), o);
+    const index_t R = tinyllm::moe_max_rows(T, k, E, o.block);
+    tensor<float, 2> sorted(extents<2>{R, D});
+    c.out = tensor<float, 2>(extents<2>{R, D});
+    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(x.data(), {T, D}), c.plan.view());
+    tinyllm::cpu::moe_experts_swiglu(c.out.view(), sorted.view(),
+                                     tinyllm::tensor_view<const float, 3>(w1.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w3.data(), {E, F, D}),
+                                     tinyllm::tensor_view<const float, 3>(w2.data(), {E, D, F}), c.plan.view());
+    return c;
+}
+
 }  // namespace
 
 namespace {
@@ -457,14 +480,7 @@ void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, flo
     tinyllm::moe_dispatch_options o;
     o.block = block;
     const index_t R = tinyllm::moe_max_rows(tokens, k, E, block);
-    tinyllm::cpu::moe_plan_buffers cpu_plan(tokens, k, E, block);
-    tinyllm::cpu::moe_plan(cpu_plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {tokens, k}), o);
-    tensor<float, 2> sorted(extents<2>{R, D}), expert_out(extents<2>{R, D});
-    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(x.data(), {tokens, D}), cpu_plan.view());
-    tinyllm::cpu::moe_experts_swiglu(expert_out.view(), sorted.view(),
-                                     tinyllm::tensor_view<const float, 3>(w1.data(), {E, F, D}),
-                                     tinyllm::tensor_view<const float, 3>(w3.data(), {E, F, D}),
-                                     tinyllm::tensor_view<const float, 3>(w2.data(), {E, D, F}), cpu_plan.view());
+    const cpu_experts want_rows = cpu_expert_rows(ids, x, w1, w3, w2, tokens, k, E, D, F, o);
 
     auto d_ids = tc::to_device(ids);
     auto d_x = tc::to_device(as_t(x));
@@ -497,13 +513,13 @@ void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, flo
     index_t kept = 0;
     for (index_t t = 0; t < tokens; ++t)
         for (index_t j = 0; j < k; ++j) {
-            const std::int32_t row = cpu_plan.row_of(t, j);
+            const std::int32_t row = want_rows.plan.row_of(t, j);
             if (row < 0) continue;
             ++kept;
             for (index_t d = 0; d < D; ++d) {
                 got.push_back(tinyllm::to_float(gemv_all[static_cast<std::size_t>(row * D + d)]));
                 gemm.push_back(tinyllm::to_float(gemm_all[static_cast<std::size_t>(row * D + d)]));
-                want.push_back(expert_out(row, d));
+                want.push_back(want_rows.out(row, d));
             }
         }
     REQUIRE(kept == tokens * k);  // no capacity: every slot is kept
@@ -600,15 +616,7 @@ TEST_CASE("CUDA experts with a caller-owned workspace give the same rows and onc
     const auto reference = tc::to_host(d_want);
     CHECK(tc::to_host(d_got) == reference);
     // ... and the CPU's rows.
-    tinyllm::cpu::moe_plan_buffers cpu_plan(T, k, E, o.block);
-    tinyllm::cpu::moe_plan(cpu_plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {T, k}), o);
-    tensor<float, 2> sorted(extents<2>{R, D}), expert_out(extents<2>{R, D});
-    tinyllm::cpu::moe_gather(sorted.view(), tinyllm::tensor_view<const float, 2>(x.data(), {T, D}), cpu_plan.view());
-    tinyllm::cpu::moe_experts_swiglu(expert_out.view(), sorted.view(),
-                                     tinyllm::tensor_view<const float, 3>(w1.data(), {E, F, D}),
-                                     tinyllm::tensor_view<const float, 3>(w3.data(), {E, F, D}),
-                                     tinyllm::tensor_view<const float, 3>(w2.data(), {E, D, F}), cpu_plan.view());
-    TINYLLM_REQUIRE_CLOSE(reference, expert_out.values(), tolerance{1e-5, 1e-4, 1e-5}, "experts with a workspace");
+    TINYLLM_REQUIRE_CLOSE(reference, cpu_expert_rows(ids, x, w1, w3, w2, T, k, E, D, F, o).out.values(), tolerance{1e-5, 1e-4, 1e-5}, "experts with a workspace");
 
     // Warm: on a created stream, with the caller's handle or the workspace's own (made on first use).
     cudaStream_t stream = nullptr;
