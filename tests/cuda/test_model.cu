@@ -418,6 +418,33 @@ TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logi
     check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32);
 }
 
+TEST_CASE("cuda::model::decode_step runs a Mixtral step of more than 8 rows eagerly, without a failed capture",
+          "[model][graph][moe]") {
+    // Nine rows: the experts are cuBLAS GEMMs sized from the plan read back to the host,
+    // which a graph cannot hold; the step runs as forward() does, with the same logits.
+    const tinyllm::model_config c = small_model_config(tinyllm::model_arch::mixtral);
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 23));
+    const tc::model<float> m(host);
+    const index_t B = 9;
+    auto eager = m.new_session(B, 8), graphed = m.new_session(B, 8);
+    std::vector<tinyllm::token_id> next(static_cast<std::size_t>(B));
+    tc::device_buffer<tinyllm::token_id> ids(static_cast<std::size_t>(B));
+    for (int step = 0; step < 3; ++step) {
+        for (index_t b = 0; b < B; ++b) next[static_cast<std::size_t>(b)] = static_cast<tinyllm::token_id>(5 * b + step + 1);
+        const auto want = host_rows(m.forward(eager, tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1})), 0, B);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(ids.data(), next.data(), next.size() * sizeof(tinyllm::token_id),
+                                      cudaMemcpyHostToDevice));
+        const auto got = host_rows(m.decode_step(graphed, tensor_view<const tinyllm::token_id, 1>(ids.data(), {B})), 0, B);
+        INFO("step " << step);
+        const auto bits = tinyllm_test::compare_bits(got, want);
+        CHECK(bits.non_finite == 0);
+        CHECK(bits.differ == 0);
+    }
+    CHECK(graphed.lengths == eager.lengths);
+    CHECK(graphed.graph_captures() == 0);
+    CHECK(graphed.graph_failure() == "");
+}
+
 namespace {
 // The nodes one decode step's graph holds per layer: the difference between
 // the graphs of the same model with 2 and 1 layers (the embedding, the final

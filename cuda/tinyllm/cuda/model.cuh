@@ -706,8 +706,9 @@ public:
     // since no allocation may happen inside a capture), then is captured for
     // the next steps. Should the scratch buffers move (a longer forward() on
     // the session grows them), the graphs are dropped and captured again. A
-    // Mixtral model's steps are captured too: a decode step's experts are
-    // GEMVs that read the dispatch plan on the device. Should capture fail,
+    // Mixtral model's steps are captured too, up to 8 rows: there a decode
+    // step's experts are GEMVs that read the dispatch plan on the device (more
+    // rows run eagerly: their GEMMs read the plan back). Should capture fail,
     // the steps run eagerly, with the reason in s.graph_failure().
     tensor_view<const float, 2> decode_step(session& s, tensor_view<const token_id, 1> ids /*(B) device*/) const {
         const index_t B = s.batch;
@@ -721,7 +722,10 @@ public:
             s.graphs->lengths = device_buffer<std::int32_t>(static_cast<std::size_t>(B));
         }
         detail::decode_graphs& g = *s.graphs;
-        if (!g.failure.empty()) {  // eagerly: the host needs the ids
+        // Eagerly (the host needs the ids) after a failed capture, and for a Mixtral step of
+        // more than 8 rows: its experts are GEMMs sized from the plan read back to the host.
+        const bool moe_gemm = config_.num_experts > 0 && B > detail::mlp_gemv_max_rows;
+        if (!g.failure.empty() || moe_gemm) {
             std::vector<token_id> host(static_cast<std::size_t>(B));
             TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), ids.data(), host.size() * sizeof(token_id), cudaMemcpyDeviceToHost));
             return forward(s, tensor_view<const token_id, 2>(host.data(), {B, 1}));
