@@ -426,15 +426,15 @@ TEST_CASE("cuda::model::decode_step runs a Mixtral step of more than 8 rows eage
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 23));
     const tc::model<float> m(host);
     const index_t B = 9;
+    using tinyllm::token_id;
     auto eager = m.new_session(B, 8), graphed = m.new_session(B, 8);
-    std::vector<tinyllm::token_id> next(static_cast<std::size_t>(B));
-    tc::device_buffer<tinyllm::token_id> ids(static_cast<std::size_t>(B));
+    std::vector<token_id> next(static_cast<std::size_t>(B));
+    tc::device_buffer<token_id> ids(static_cast<std::size_t>(B));
     for (int step = 0; step < 3; ++step) {
-        for (index_t b = 0; b < B; ++b) next[static_cast<std::size_t>(b)] = static_cast<tinyllm::token_id>(5 * b + step + 1);
-        const auto want = host_rows(m.forward(eager, tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1})), 0, B);
-        TINYLLM_CUDA_CHECK(cudaMemcpy(ids.data(), next.data(), next.size() * sizeof(tinyllm::token_id),
-                                      cudaMemcpyHostToDevice));
-        const auto got = host_rows(m.decode_step(graphed, tensor_view<const tinyllm::token_id, 1>(ids.data(), {B})), 0, B);
+        for (index_t b = 0; b < B; ++b) next[static_cast<std::size_t>(b)] = static_cast<token_id>(5 * b + step + 1);
+        const auto want = host_rows(m.forward(eager, tensor_view<const token_id, 2>(next.data(), {B, 1})), 0, B);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(ids.data(), next.data(), next.size() * sizeof(token_id), cudaMemcpyHostToDevice));
+        const auto got = host_rows(m.decode_step(graphed, tensor_view<const token_id, 1>(ids.data(), {B})), 0, B);
         INFO("step " << step);
         const auto bits = tinyllm_test::compare_bits(got, want);
         CHECK(bits.non_finite == 0);
@@ -471,8 +471,11 @@ std::size_t decode_nodes_per_layer(tinyllm::model_arch arch, const std::string& 
         REQUIRE(s.graph_captures() == 1);
         nodes[layers - 1] = s.graph_nodes();
     }
-    std::printf("  decode graph, %s%s%s: %zu nodes with 1 layer, %zu with 2\n",
-                arch == tinyllm::model_arch::gpt2 ? "gpt2" : arch == tinyllm::model_arch::mixtral ? "mixtral" : "llama", std::is_same_v<T, float> ? " float32" : " bf16",
+    const char* name = arch == tinyllm::model_arch::gpt2      ? "gpt2"
+                       : arch == tinyllm::model_arch::mixtral ? "mixtral"
+                                                              : "llama";
+    std::printf("  decode graph, %s%s%s: %zu nodes with 1 layer, %zu with 2\n", name,
+                std::is_same_v<T, float> ? " float32" : " bf16",
                 format.empty() ? "" : (" " + format).c_str(), nodes[0], nodes[1]);
     REQUIRE(nodes[1] > nodes[0]);
     return nodes[1] - nodes[0];

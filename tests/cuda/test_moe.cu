@@ -501,7 +501,8 @@ void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, flo
 #if defined(TINYLLM_SIMULATED_GPU)
     const auto before = tinyllm::sim::stats();
 #endif
-    tc::moe_experts_swiglu_gemv(d_gemv.view(extents<2>{R, D}), in, v1, v3, v2, p.view(), d_hidden.view(extents<2>{R, F}));
+    tc::moe_experts_swiglu_gemv(d_gemv.view(extents<2>{R, D}), in, v1, v3, v2, p.view(),
+                                d_hidden.view(extents<2>{R, F}));
 #if defined(TINYLLM_SIMULATED_GPU)
     const auto after = tinyllm::sim::stats();
     CHECK(after.allocations == before.allocations);          // nothing allocated
@@ -616,7 +617,8 @@ TEST_CASE("CUDA experts with a caller-owned workspace give the same rows and onc
     const auto reference = tc::to_host(d_want);
     CHECK(tc::to_host(d_got) == reference);
     // ... and the CPU's rows.
-    TINYLLM_REQUIRE_CLOSE(reference, cpu_expert_rows(ids, x, w1, w3, w2, T, k, E, D, F, o).out.values(), tolerance{1e-5, 1e-4, 1e-5}, "experts with a workspace");
+    TINYLLM_REQUIRE_CLOSE(reference, cpu_expert_rows(ids, x, w1, w3, w2, T, k, E, D, F, o).out.values(),
+                          tolerance{1e-5, 1e-4, 1e-5}, "experts with a workspace");
 
     // Warm: on a created stream, with the caller's handle or the workspace's own (made on first use).
     cudaStream_t stream = nullptr;

@@ -182,9 +182,9 @@ __global__ void __launch_bounds__(pair_gemv_warps * 32)
     const int lane = static_cast<int>(threadIdx.x % 32);
     const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
     const index_t g = blockIdx.y;
+    if (unit >= units) return;  // a whole warp, or none of it
     const int first = offsets[g], count = counts[g];
-    const int end = count > 0 ? (first + count < rows ? first + count : rows) : first;
-    if (unit >= units || first < 0) return;
+    const int end = first + count < rows ? first + count : rows;  // an empty group: end <= first, no row
     const T* wa = w_a + g * group_stride;
     const T* wb = w_b + g * group_stride;
     for (int r = first; r < end; r += pair_gemv_max_rows) {
@@ -209,6 +209,26 @@ void expect_gemv_bias(const View& bias, index_t N, std::string_view op) {
     TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
 }
 
+// The launch geometry both launchers share: blocks of pair_gemv_warps units (checked
+// against the grid), and whether the loads may be 16-byte vectors (V = 16 / sizeof(T)
+// elements): K and `stride` (the elements between two groups' matrices; 0 for one)
+// multiples of the vector, and x, w_a, w_b 16-byte aligned.
+template <class T>
+struct pair_gemv_geometry {
+    static constexpr int vector = 16 / static_cast<int>(sizeof(T));
+    unsigned blocks;
+    bool vectorized;
+
+    pair_gemv_geometry(std::string_view op, index_t units, index_t K, index_t stride, const T* x, const T* w_a,
+                       const T* w_b) {
+        const index_t b = ceil_div<index_t>(units, pair_gemv_warps);
+        TINYLLM_EXPECT(b <= 2147483647, op, ": ", units, " output units exceed the grid");
+        blocks = static_cast<unsigned>(b);
+        const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+        vectorized = K % vector == 0 && stride % vector == 0 && aligned(x) && aligned(w_a) && aligned(w_b);
+    }
+};
+
 // Checks (on the host) and launches pair_gemv_kernel: x (rows, K) and every
 // weight row contiguous, the rows K apart in the matrices w_a and w_b that the
 // units read (one matrix: the same pointer twice). The vector path needs K a
@@ -220,14 +240,11 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
                    pair_gemv_max_rows, " (a decode step; more rows go to cuBLAS)");
     TINYLLM_EXPECT(K >= 1, op, ": K = ", K, " must be positive");
     if (rows == 0 || units == 0) return;
-    const index_t blocks = ceil_div<index_t>(units, pair_gemv_warps);
-    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output units exceed the grid");
-    constexpr int W = 16 / static_cast<int>(sizeof(T));
-    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    const bool vectorized = K % W == 0 && aligned(x) && aligned(w_a) && aligned(w_b);
-    const auto grid = static_cast<unsigned>(blocks);
+    const pair_gemv_geometry<T> at(op, units, K, 0, x, w_a, w_b);
+    constexpr int W = pair_gemv_geometry<T>::vector;
+    const unsigned grid = at.blocks;
     const int m = static_cast<int>(rows);
-    if (vectorized)
+    if (at.vectorized)
         launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
     else
         launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
@@ -246,14 +263,11 @@ void launch_grouped_pair_gemv(std::string_view op, const Epilogue& epi, const T*
     TINYLLM_EXPECT(rows >= 0 && rows <= 2147483647, op, ": ", rows, " rows do not fit int32 row numbers");
     TINYLLM_EXPECT(groups <= 65535, op, ": ", groups, " groups exceed the grid's 65535 block rows");
     if (rows == 0 || units == 0 || groups == 0) return;
-    const index_t blocks = ceil_div<index_t>(units, pair_gemv_warps);
-    TINYLLM_EXPECT(blocks <= 2147483647, op, ": ", units, " output units exceed the grid");
-    constexpr int W = 16 / static_cast<int>(sizeof(T));
-    const auto aligned = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    const bool vectorized = K % W == 0 && group_stride % W == 0 && aligned(x) && aligned(w_a) && aligned(w_b);
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(groups));
+    const pair_gemv_geometry<T> at(op, units, K, group_stride, x, w_a, w_b);
+    constexpr int W = pair_gemv_geometry<T>::vector;
+    const dim3 grid(at.blocks, static_cast<unsigned>(groups));
     const int r = static_cast<int>(rows);
-    if (vectorized)
+    if (at.vectorized)
         launch(grouped_pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b,
                group_stride, offsets, counts, r, K, units);
     else

@@ -722,10 +722,9 @@ public:
             s.graphs->lengths = device_buffer<std::int32_t>(static_cast<std::size_t>(B));
         }
         detail::decode_graphs& g = *s.graphs;
-        // Eagerly (the host needs the ids) after a failed capture, and for a Mixtral step of
-        // more than 8 rows: its experts are GEMMs sized from the plan read back to the host.
-        const bool moe_gemm = config_.num_experts > 0 && B > detail::mlp_gemv_max_rows;
-        if (!g.failure.empty() || moe_gemm) {
+        // Eagerly (the host needs the ids) after a failed capture, or when the step's
+        // experts read their plan back to the host, which a graph cannot hold.
+        if (!g.failure.empty() || experts_read_plan_back(B)) {
             std::vector<token_id> host(static_cast<std::size_t>(B));
             TINYLLM_CUDA_CHECK(cudaMemcpy(host.data(), ids.data(), host.size() * sizeof(token_id), cudaMemcpyDeviceToHost));
             return forward(s, tensor_view<const token_id, 2>(host.data(), {B, 1}));
@@ -757,6 +756,14 @@ public:
     }
 
 private:
+    // Whether a step of `rows` rows waits for the host inside: a MoE model's experts
+    // are GEMMs sized from the dispatch plan read back to the host, except in a decode
+    // step of at most 8 rows, where they are GEMVs reading it on the device (ffn).
+    // decode_step and forward_batch capture only steps that do not.
+    bool experts_read_plan_back(index_t rows) const {
+        return config_.num_experts > 0 && rows > detail::mlp_gemv_max_rows;
+    }
+
     // decode_step's work on its stream: the bookkeeping from the device lengths, then the step.
     tensor_view<const float, 2> prepared_decode(session& s, index_t tk) const {
         detail::decode_graphs& g = *s.graphs;
@@ -1522,7 +1529,7 @@ private:
         const tensor_view<T, 2> sorted(detail::at_least(s.sorted, R * D), {R, D});
         const tensor_view<T, 2> expert_out(detail::at_least(s.expert_out, R * D), {R, D});
         moe_gather(sorted, h, plan, stream);
-        if (gemv) {  // a decode step: the chosen experts as GEMVs, the plan read where it lies (no wait)
+        if (!experts_read_plan_back(rows)) {  // a decode step: the chosen experts as GEMVs, the plan read where it lies
             const tensor_view<T, 2> hidden(detail::at_least(s.hidden, R * F), {R, F});
             moe_experts_swiglu_gemv(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(),
                                     L.w2.view(), plan, hidden, stream);

@@ -77,10 +77,10 @@
 // graphed steps round alike, so they run the same kernels and give the same
 // logits bit for bit. Steps with a prompt chunk (their attention is a loop over
 // chunks of host-known sizes) run eagerly, and so do Mixtral's of more than 8
-// sessions (their experts are GEMMs sized from the dispatch plan read back to
-// the host; up to 8 rows they are GEMVs that read it on the device). vLLM captures its decode steps the same way, padding the
-// batch to a few sizes; here S is exact, since a serving batch changes size
-// rarely and a graph per size costs only its instantiation.
+// sessions (model::experts_read_plan_back: their experts are GEMMs sized from the
+// dispatch plan read back to the host). vLLM captures its decode steps the same
+// way, padding the batch to a few sizes; here S is exact, since a serving batch
+// changes size rarely and a graph per size costs only its instantiation.
 //
 // Output: the logits stay on the device (as model::forward's), (S, V) float in
 // the order of `sessions`, valid until the pool's next forward_batch (they live
@@ -344,11 +344,10 @@ tensor_view<const float, 2> model<T>::forward_batch(paged_kv_pool<T>& pool,
         last_row[i] = static_cast<std::int32_t>(r - 1);
     }
 
-    // A decode-only step replays the pool's graph of its shape (S, max_blocks), a
-    // Mixtral step only while its experts are GEMVs (no read-back); any other step
-    // runs eagerly on the default stream.
-    const bool graphed = decode_only && pool.graphs_on_ &&
-                         (c.num_experts == 0 || N <= detail::mlp_gemv_max_rows) &&
+    // A decode-only step replays the pool's graph of its shape (S, max_blocks), unless
+    // its experts read the dispatch plan back to the host (a graph cannot hold that);
+    // any other step runs eagerly on the default stream.
+    const bool graphed = decode_only && pool.graphs_on_ && !experts_read_plan_back(N) &&
                          (!pool.graphs_ || pool.graphs_->failure.empty());
     if (graphed && !pool.graphs_) pool.graphs_ = std::make_unique<detail::decode_graphs>();
     const cudaStream_t stream = graphed ? pool.graphs_->stream : nullptr;

@@ -335,8 +335,6 @@ inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
     TINYLLM_EXPECT(moe_max_rows(T, k, E, options.block) <= INT32_MAX, "cuda::moe_plan: ",
                    moe_max_rows(T, k, E, options.block), " rows do not fit int32 row numbers");
     const index_t tiles = ceil_div<index_t>(slots, detail::moe_tile_slots);
-    const int warps = detail::moe_plan_warps(E);
-    const std::size_t shared = static_cast<std::size_t>(warps) * E * sizeof(int);
     if (tiles <= 1) {  // at most one tile (every decode step): the whole plan in one launch of one warp
         launch(detail::moe_plan_one_tile_kernel<std::int32_t>, 1, 32, static_cast<std::size_t>(E) * sizeof(int), stream,
                plan.row_of.data(), plan.row_token.data(), plan.expert_offsets.data(), plan.expert_counts.data(),
@@ -345,6 +343,8 @@ inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
         TINYLLM_CUDA_CHECK_LAUNCH();
         return;
     }
+    const int warps = detail::moe_plan_warps(E);
+    const std::size_t shared = static_cast<std::size_t>(warps) * E * sizeof(int);
     // Rows no slot lands in (padding, unused) hold token -1.
     TINYLLM_CUDA_CHECK(cudaMemsetAsync(plan.row_token.data(), 0xFF, plan.row_token.size() * sizeof(std::int32_t), stream));
     const unsigned blocks = static_cast<unsigned>(ceil_div<index_t>(tiles, warps));
