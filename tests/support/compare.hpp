@@ -10,7 +10,10 @@
 //   * An element passes when |got - ref| <= abs + rel * |ref|; the whole
 //     comparison also needs the relative L2 error ||got - ref|| / ||ref|| to be
 //     within rel_l2 (||ref|| taken as at least abs * sqrt(n), so a reference of
-//     values at the absolute noise floor is judged element by element). NaN or
+//     values at the absolute noise floor is judged element by element). A single
+//     value has no L2 norm to average over: its relative L2 error is its relative
+//     error, which can be any size when the value cancels to near zero, so a
+//     comparison of one value is judged by the per-element bound alone. NaN or
 //     infinity anywhere never passes.
 //   * The result carries the max-abs and relative-L2 errors and a readable
 //     report of the first mismatches; TINYLLM_REQUIRE_CLOSE prints it.
@@ -101,7 +104,8 @@ comparison compare(std::span<const T> got, std::span<const R> reference, toleran
     const double scale2 = ref2 > floor2 ? ref2 : floor2;
     c.rel_l2_error = scale2 > 0 ? std::sqrt(diff2 / scale2) : std::sqrt(diff2);
     if (c.non_finite > 0) c.rel_l2_error = std::numeric_limits<double>::infinity();
-    c.passed = c.mismatches == 0 && c.non_finite == 0 && c.rel_l2_error <= tol.rel_l2;
+    // One value: the per-element bound alone (see the rules above).
+    c.passed = c.mismatches == 0 && c.non_finite == 0 && (c.count == 1 || c.rel_l2_error <= tol.rel_l2);
 
     std::ostringstream out;
     out << (what.empty() ? "compare" : what) << ": " << c.count << " values, max-abs error " << c.max_abs_error
