@@ -1,6 +1,7 @@
 """The models the model baselines run (bench/baselines/model.py on the GPU, cpu_model.py on
 the CPU): transformers' GPT-2 and Llama classes, random-initialised with the shapes of
-tinyllm's model_shapes (include/tinyllm/model.hpp), and what a decode step reads.
+tinyllm's model_shapes (include/tinyllm/model.hpp), and what a decode step reads; and the
+Mixtral-style shape of `tinyllm bench model_moe` (model_moe.py, on the GPU).
 """
 import inspect
 
@@ -32,8 +33,25 @@ def llama_config(smoke):
         attn_implementation="eager")
 
 
+def mixtral_config(smoke):
+    """mixtral_1b of examples/tinyllm/bench_model.cu: Llama-3.2-1B's shape with each MLP made 8
+    experts of 4096, 2 per token (so a token multiplies with llama_1b's 1.24B weights), Mixtral's
+    RoPE (theta 1e6, no scaling), tied embeddings."""
+    if smoke:
+        shape = dict(vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=2, head_dim=8)
+    else:
+        shape = dict(vocab_size=128256, hidden_size=2048, intermediate_size=4096, num_hidden_layers=16,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=64)
+    return transformers.MixtralConfig(
+        **shape, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        hidden_act="silu", tie_word_embeddings=True, rope_theta=1e6, sliding_window=None,
+        attn_implementation="eager")
+
+
 MODELS = (("gpt2_124m", transformers.GPT2LMHeadModel, gpt2_config),
           ("llama_1b", transformers.LlamaForCausalLM, llama_config))
+MOE_MODELS = (("mixtral_1b", transformers.MixtralForCausalLM, mixtral_config),)
 
 
 def cache_of(out):
@@ -59,6 +77,17 @@ def weight_bytes(model):
     for name, p in model.named_parameters():
         if name.endswith("wpe.weight"):
             total -= p.numel() * p.element_size()
+    return total
+
+
+def step_weight_bytes(model, config, tokens):
+    """Bytes a step of `tokens` tokens must read: weight_bytes less, in each MoE layer, the experts
+    no token can have chosen (the tokens choose at most min(E, k * tokens); exactly k for one)."""
+    total = weight_bytes(model)
+    if isinstance(config, transformers.MixtralConfig):
+        E, k = config.num_local_experts, config.num_experts_per_tok
+        expert = 3 * config.hidden_size * config.intermediate_size * next(model.parameters()).element_size()
+        total -= config.num_hidden_layers * (E - min(E, k * tokens)) * expert
     return total
 
 

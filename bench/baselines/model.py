@@ -8,6 +8,8 @@ Models, random-initialised (no download), attn_implementation="eager", float32 a
   llama_1b   LlamaForCausalLM with Llama-3.2-1B's config: vocab 128256, 16 layers, d=2048,
              32 heads over 8 KV heads of 64, FFN 8192, RoPE theta 500000 with llama3 scaling
              (factor 32, low 1, high 4, original 8192), tied embeddings
+  mixtral_1b MixtralForCausalLM with llama_1b's shape, each MLP 8 experts of 4096, top 2, RoPE
+             theta 1e6 (run by model_moe.py, for `tinyllm bench model_moe`)
 Rows "model/pytorch_eager/<model>_<dtype>_<phase>_b<batch>", dtype fp32 or bf16, batch 1 or 32:
   prefill  B prompts of 128 tokens in one forward with use_cache=True and logits_to_keep=1
            (what generate() runs first); _timing.time_cuda (L2 flush, CUDA events, median of
@@ -22,7 +24,9 @@ cache at the middle step). float32 runs with PyTorch's defaults (no TF32 for mat
 The bandwidth floor of batch-1 decode is printed too: every step must read every weight once,
 so a step cannot take less than weight bytes / memory bandwidth. Weight bytes = all parameters
 (a tied embedding counted once, as the LM head reads it whole) less GPT-2's position table and,
-when untied, the input embedding (a step reads only one row of each). The bandwidth is the
+when untied, the input embedding (a step reads only one row of each), and of a MoE layer the
+experts that no token of the step can have chosen (B tokens choose at most min(E, k B) of them,
+exactly k for one token; prefill's flops count k experts a token). The bandwidth is the
 GPU's nominal peak when its name is known, and the measured rate of a 2 GiB device copy.
 """
 import argparse
@@ -37,6 +41,8 @@ import time
 _hidden = argparse.ArgumentParser(add_help=False)
 _hidden.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
 _hidden.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+# Which models (model_moe.py runs this script with --models mixtral_1b).
+_hidden.add_argument("--models", nargs="+", default=["gpt2_124m", "llama_1b"], help=argparse.SUPPRESS)
 hidden, sys.argv[1:] = _hidden.parse_known_args()
 
 from _timing import Results, parse_args, require_cuda_torch, time_cuda  # noqa: E402
@@ -56,8 +62,8 @@ except ImportError:
     print("transformers is not importable: baseline skipped")
     sys.exit(0)
 transformers.logging.set_verbosity_error()
-from _models import (MODELS, cache_of, decode_cache_argument, kv_bytes, last_logits_only,  # noqa: E402
-                     shape_of, weight_bytes)
+from _models import (MODELS, MOE_MODELS, cache_of, decode_cache_argument, kv_bytes,  # noqa: E402
+                     last_logits_only, shape_of, step_weight_bytes)
 
 DEVICE = hidden.device
 PROMPT = 16 if hidden.smoke else 128
@@ -134,7 +140,8 @@ def time_decode(model, ids, repeats, warmup):
 
 def prefill_flops(model, config, B, T):
     L, Hq, _, Dh, D, V = shape_of(config)
-    matrices = weight_bytes(model) // next(model.parameters()).element_size() - V * D  # all but the LM head
+    # What one token multiplies with (of a MoE layer, its k experts), less the LM head.
+    matrices = step_weight_bytes(model, config, 1) // next(model.parameters()).element_size() - V * D
     return 2.0 * matrices * B * T + 2.0 * V * D * B + L * 4.0 * B * Hq * T * T * Dh / 2
 
 
@@ -176,18 +183,21 @@ def main():
     generator = torch.Generator().manual_seed(0)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, device {DEVICE}"
           + (f" ({torch.cuda.get_device_name(0)})" if DEVICE == "cuda" else ""), flush=True)
-    for model_name, cls, make_config in MODELS:
+    chosen = [m for m in MODELS + MOE_MODELS if m[0] in hidden.models]
+    unknown = set(hidden.models) - {m[0] for m in chosen}
+    assert not unknown, f"no model named {sorted(unknown)}"
+    for model_name, cls, make_config in chosen:
         config = make_config(hidden.smoke)
         torch.manual_seed(0)
         with torch.device(DEVICE):
             model = cls(config).eval()
         assert model.config._attn_implementation == "eager", model.config._attn_implementation
-        big = model_name == "llama_1b" and not hidden.smoke
+        big = model_name in ("llama_1b", "mixtral_1b") and not hidden.smoke
         for dtype_name, dtype in DTYPES:
             model.to(dtype)  # float32 first, then the same weights rounded to bfloat16
             element = next(model.parameters()).element_size()
-            wbytes = weight_bytes(model)
-            floors.append((f"{model_name} {dtype_name}", wbytes, kv_bytes(config, 1, PROMPT + STEPS, element)))
+            floors.append((f"{model_name} {dtype_name}", step_weight_bytes(model, config, 1),
+                           kv_bytes(config, 1, PROMPT + STEPS, element)))
             for B in BATCHES:
                 ids = torch.randint(0, config.vocab_size, (B, PROMPT), generator=generator).to(DEVICE)
                 name = f"model/pytorch_eager/{model_name}_{dtype_name}_%s_b{B}"
@@ -199,7 +209,8 @@ def main():
                             flops=prefill_flops(model, config, B, PROMPT))
                     timing = time_decode(model, ids, min(args.repeats, small_repeats), 1)
                     add_row(results, name % "decode", timing, B,
-                            bytes=wbytes + kv_bytes(config, B, PROMPT + STEPS // 2, element))
+                            bytes=step_weight_bytes(model, config, B)
+                            + kv_bytes(config, B, PROMPT + STEPS // 2, element))
         del model
         if DEVICE == "cuda":
             torch.cuda.empty_cache()

@@ -21,18 +21,26 @@
 // the CPU reference (GPT-2 shape, 8-token prompt) or, for the 1B shape whose CPU
 // run would take minutes, bfloat16 against the float32 GPU model.
 //
+// `tinyllm bench model_moe`: the same rows for a Mixtral-style model (mixtral_1b
+// below: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2, so a token
+// multiplies with as many weights as in llama_1b). A decode step's bytes count only
+// the experts its tokens can have chosen, at most min(8, 2 B) per layer. Decode steps
+// of at most 8 rows run the experts as grouped GEMVs and are captured in a CUDA graph;
+// B = 32 runs them on cuBLAS with the dispatch plan read back, eagerly (0 graphs).
+//
 // On the simulated GPU (docs/simulator.md) the real shapes would take hours: the
 // rows run two small models of the same architectures instead (gpt2_tiny and
 // llama_tiny below: 2 layers, head dim 64, Llama's GQA 4:1 and llama3 RoPE), with
 // prompts of 64 tokens at B = 1 and 4 — still a prompt for v4 mma (bf16) and v3
 // flash (fp32), and a decode step for the split-K kernel — and both models are
-// checked against the CPU reference.
+// checked against the CPU reference (mixtral_tiny too: 2 layers, D 256, experts of 256).
 #include "registry.hpp"
 
 #include <tinyllm/cuda/model.cuh>
 #include <tinyllm/cuda/timing.cuh>
 #include <tinyllm/model.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <optional>
@@ -88,12 +96,60 @@ std::vector<float> cpu_last_logits(const tinyllm::model_config& c, const tinyllm
     return std::vector<float>(all.values().end() - c.vocab_size, all.values().end());
 }
 
-// Weights that a forward multiplies with (the embedding table once, as the tied LM head).
+// A Mixtral-style model of the Llama-3.2-1B shape: each MLP is 8 experts of width 4096,
+// 2 of them per token (Mixtral's routing), so a token multiplies with 2 x 4096 = 8192
+// columns of experts, as many as llama_1b's MLP: the same active weights per token
+// (1.24B), 3.6B in all. Mixtral's RoPE (theta 1e6, no scaling); tied embeddings as in
+// llama_1b. A shape for the benchmark, not a published checkpoint.
+tinyllm::model_config mixtral_1b() {
+    auto c = tinyllm::model_shapes::llama_1b();
+    c.arch = tinyllm::model_arch::mixtral;
+    c.architecture = "MixtralForCausalLM";
+    c.intermediate_size = 4096;
+    c.num_experts = 8;
+    c.experts_per_token = 2;
+    c.rope.theta = 1e6;
+    c.rope.scaling = tinyllm::rope_scaling::none;
+    return c;
+}
+// Its small version for the simulated GPU (2 layers, D 256, GQA 4:1, experts of 256).
+tinyllm::model_config mixtral_tiny() {
+    auto c = mixtral_1b();
+    c.vocab_size = 4096;
+    c.hidden_size = 256;
+    c.num_layers = 2;
+    c.num_heads = 4;
+    c.num_kv_heads = 1;
+    c.intermediate_size = 256;
+    return c;
+}
+
+// One expert's three matrices (w1, w3: (F, D); w2: (D, F)), in elements.
+double expert_elements(const tinyllm::model_config& c) {
+    return 3.0 * static_cast<double>(c.hidden_size) * static_cast<double>(c.intermediate_size);
+}
+
+// Weights that a token multiplies with (the embedding table once, as the tied LM head;
+// of a MoE layer, the router and the token's k experts).
 double matmul_weights(const tinyllm::model_config& c) {
     const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
     const double attn = D * (c.num_heads + 2.0 * c.num_kv_heads) * c.head_dim + D * c.num_heads * c.head_dim;
-    const double ffn = c.arch == tinyllm::model_arch::gpt2 ? 2 * D * F : 3 * D * F;
+    const double ffn = c.arch == tinyllm::model_arch::gpt2      ? 2 * D * F
+                       : c.arch == tinyllm::model_arch::mixtral ? c.experts_per_token * expert_elements(c) + c.num_experts * D
+                                                                : 3 * D * F;
     return c.num_layers * (attn + ffn) + static_cast<double>(c.vocab_size) * D;
+}
+
+// The weight bytes a decode step of B tokens reads: all of them, except, in a MoE
+// layer, the experts no token chose; B tokens choose at most min(E, k B) experts
+// (exactly k at B = 1), so this is the bytes-read floor's numerator.
+template <class T>
+double step_weight_bytes(const tc::model<T>& m, index_t B) {
+    const tinyllm::model_config& c = m.config();
+    const double all = static_cast<double>(m.weight_bytes());
+    if (c.arch != tinyllm::model_arch::mixtral) return all;
+    const index_t unused = c.num_experts - std::min(c.num_experts, c.experts_per_token * B);
+    return all - static_cast<double>(c.num_layers * unused) * expert_elements(c) * sizeof(T);
 }
 
 template <class T>
@@ -130,7 +186,7 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         auto decode = tc::time_gpu("model/tinyllm_cuda/" + shape("decode"), [&] {
             s.lengths.assign(static_cast<std::size_t>(B), prompt_length);
             m.forward(s, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));
-        }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+        }, step_weight_bytes(m, B) + kv_bytes, 0, o);
         std::snprintf(check, sizeof check, "%.0f tok/s; %s", B / (decode.median_us * 1e-6), check_prefix.c_str());
         ctx.rows.push_back({std::string("decode ") + dtype + " B=" + std::to_string(B), "cuda", decode, check, true,
                             false});
@@ -150,7 +206,7 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         auto graphed = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_graph"), [&] {
             if (gs.lengths[0] + 1 > gs.capacity) restart();
             m.decode_step(gs, next_ids);
-        }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+        }, step_weight_bytes(m, B) + kv_bytes, 0, o);
         std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s", B / (graphed.median_us * 1e-6),
                       gs.graph_captures(), gs.graph_replays(), gs.graph_failure().empty() ? "" : "; capture FAILED");
         ctx.rows.push_back({std::string("decode graph ") + dtype + " B=" + std::to_string(B), "cuda", graphed, check,
@@ -180,7 +236,7 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
                         ps.length = prompt_length;
                     }
                 m.forward_batch(pool, ptrs, feeds);
-            }, static_cast<double>(m.weight_bytes()) + kv_bytes, 0, o);
+            }, step_weight_bytes(m, B) + kv_bytes, 0, o);
             std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s", B / (paged.median_us * 1e-6),
                           pool.graph_captures(), pool.graph_replays(),
                           pool.graph_failure().empty() ? "" : "; capture FAILED");
@@ -238,5 +294,19 @@ TINYLLM_BENCH("model", "decoder tokens/s: GPT-2 124M and Llama-3.2-1B shapes, fp
         // 1.24B parameters: the CPU reference would take minutes, so bf16 is checked against fp32 on the GPU.
         const auto c = tinyllm::model_shapes::llama_1b();
         model_component(ctx, "llama_1b", c, tinyllm::random_model_weights(c, 1000), probe, {}, "fp32 GPU");
+    }
+}
+
+TINYLLM_BENCH("model_moe", "decoder tokens/s of a Mixtral-style MoE: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2 (llama_1b's active weights, 3.6B in all), fp32/bf16, B=1/32, prompt 128 (simulated GPU: a 2-layer model, B=1/4, prompt 64)", 2) {
+    if (!ctx.gpu_available) return;
+    const std::vector<tinyllm::token_id> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
+    if (ctx.simulated) {
+        const auto c = mixtral_tiny();
+        const auto w = tinyllm::random_model_weights(c, 2000);
+        model_component(ctx, "mixtral_tiny", c, w, probe, cpu_last_logits(c, w, probe), "CPU");
+    } else {
+        // 3.6B parameters: bf16 is checked against fp32 on the GPU, as for llama_1b.
+        const auto c = mixtral_1b();
+        model_component(ctx, "mixtral_1b", c, tinyllm::random_model_weights(c, 2000), probe, {}, "fp32 GPU");
     }
 }
