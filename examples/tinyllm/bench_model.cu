@@ -76,16 +76,17 @@ tinyllm::model_config gpt2_tiny() {
     c.intermediate_size = 512;
     return c;
 }
-tinyllm::model_config llama_tiny() {
-    auto c = tinyllm::model_shapes::llama_1b();
+// `c` cut to 2 layers of D 256, GQA 4:1 (heads of 64), FFN width F, vocabulary 4096.
+tinyllm::model_config tiny_of(tinyllm::model_config c, index_t F) {
     c.vocab_size = 4096;
     c.hidden_size = 256;
     c.num_layers = 2;
     c.num_heads = 4;
     c.num_kv_heads = 1;
-    c.intermediate_size = 512;
+    c.intermediate_size = F;
     return c;
 }
+tinyllm::model_config llama_tiny() { return tiny_of(tinyllm::model_shapes::llama_1b(), 512); }
 
 // The CPU reference's logits of the last position of `probe`.
 std::vector<float> cpu_last_logits(const tinyllm::model_config& c, const tinyllm::model_weights& w,
@@ -112,17 +113,8 @@ tinyllm::model_config mixtral_1b() {
     c.rope.scaling = tinyllm::rope_scaling::none;
     return c;
 }
-// Its small version for the simulated GPU (2 layers, D 256, GQA 4:1, experts of 256).
-tinyllm::model_config mixtral_tiny() {
-    auto c = mixtral_1b();
-    c.vocab_size = 4096;
-    c.hidden_size = 256;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 1;
-    c.intermediate_size = 256;
-    return c;
-}
+// Its small version for the simulated GPU (llama_tiny's, with experts of 256).
+tinyllm::model_config mixtral_tiny() { return tiny_of(mixtral_1b(), 256); }
 
 // One expert's three matrices (w1, w3: (F, D); w2: (D, F)), in elements.
 double expert_elements(const tinyllm::model_config& c) {
