@@ -549,6 +549,159 @@ TEST_CASE("CUDA experts as grouped GEMVs (a decode step's rows) against the CPU 
             }
 }
 
+namespace {
+// Combine v2 (moe_combine_residual_rms_norm / _layer_norm) against v1 then the
+// residual add + norm on the GPU (bit for bit: the stream and the normalized
+// rows), and against the CPU (combine, rounded to T, added to x and rounded,
+// then the CPU norm). T tokens with k = 2 of E = 8 experts, capacity (some slots
+// dropped) or not; the expert rows are random, padding rows included (never read).
+template <class T, bool Layer>
+void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::uint64_t which) {
+    const index_t E = 8, k = 2, block = 4;
+    const float eps = 1e-5f;
+    const auto ids = routed_ids(tokens, E, k, 1.0f, which);
+    auto on_grid = [](std::vector<float> v) {  // values on T's grid: the CPU sees the GPU's inputs
+        for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+        return v;
+    };
+    auto as_t = [](const std::vector<float>& v) {
+        std::vector<T> out(v.size());
+        for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+        return out;
+    };
+    tinyllm::moe_dispatch_options o;
+    o.block = block;
+    o.capacity = capacity ? tinyllm::moe_capacity(tokens, k, E, 0.75) : -1;
+    tinyllm::cpu::moe_plan_buffers plan(tokens, k, E, block);
+    tinyllm::cpu::moe_plan(plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {tokens, k}), o);
+    const index_t R = tinyllm::moe_max_rows(tokens, k, E, block);
+    const auto y = on_grid(tinyllm_test::random_floats(R * D, which + 1, -2, 2));  // expert rows (R, D)
+    const auto w = tinyllm_test::random_floats(tokens * k, which + 2, 0, 1);         // gating weights (T, k)
+    const auto x = on_grid(tinyllm_test::random_floats(tokens * D, which + 3, -2, 2));
+    const auto g = on_grid(tinyllm_test::random_floats(D, which + 4, 0.5f, 1.5f));  // the norm's weight
+    const auto b = on_grid(tinyllm_test::random_floats(D, which + 5, -0.5f, 0.5f));  // and bias (LayerNorm)
+
+    auto d_ids = tc::to_device(ids);
+    auto d_y = tc::to_device(as_t(y));
+    auto d_w = tc::to_device(w);
+    auto d_g = tc::to_device(as_t(g)), d_b = tc::to_device(as_t(b));
+    tc::moe_dispatch_workspace plan_ws(tokens * k, E);
+    plan_device p(tokens, k, E, block);
+    tc::moe_plan(p.view(), d_ids.view(extents<2>{tokens, k}), o, plan_ws);
+    const auto Y = tinyllm::tensor_view<const T, 2>(d_y.data(), {R, D});
+    const auto W = d_w.view(extents<2>{tokens, k});
+    const auto G = tinyllm::tensor_view<const T, 1>(d_g.data(), {D}), B = tinyllm::tensor_view<const T, 1>(d_b.data(), {D});
+
+    // v1 combine, then the residual add + norm (norm v2).
+    auto d_x1 = tc::to_device(as_t(x));
+    tc::device_buffer<T> d_comb(tokens * D), d_out1(tokens * D), d_out2(tokens * D);
+    const auto X1 = d_x1.view(extents<2>{tokens, D});
+    d_comb.poison();
+    d_out1.poison();
+    tc::moe_combine(d_comb.view(extents<2>{tokens, D}), Y, W, p.view());
+    const auto comb = tinyllm::tensor_view<const T, 2>(d_comb.data(), {tokens, D});
+    if constexpr (Layer) tc::residual_add_layer_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, B, eps);
+    else tc::residual_add_rms_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, eps);
+    // v2, in one launch.
+    auto d_x2 = tc::to_device(as_t(x));
+    const auto X2 = d_x2.view(extents<2>{tokens, D});
+    d_out2.poison();
+    if constexpr (Layer) tc::moe_combine_residual_layer_norm<T>(d_out2.view(extents<2>{tokens, D}), X2, Y, W, p.view(), G, B, eps);
+    else tc::moe_combine_residual_rms_norm<T>(d_out2.view(extents<2>{tokens, D}), X2, Y, W, p.view(), G, eps);
+
+    const auto floats = [](const tc::device_buffer<T>& d) {
+        const auto h = tc::to_host(d);
+        std::vector<float> v(h.size());
+        for (std::size_t i = 0; i < h.size(); ++i) v[i] = tinyllm::to_float(h[i]);
+        return v;
+    };
+    const std::vector<float> stream1 = floats(d_x1), stream2 = floats(d_x2), out1 = floats(d_out1),
+                             out2 = floats(d_out2);
+    const std::string name = std::string(std::is_same_v<T, float> ? "float32" : "bf16") +
+                             (Layer ? " layer" : " rms") + " combine v2, T=" + std::to_string(tokens) +
+                             " D=" + std::to_string(D) + (capacity ? ", capacity" : "");
+    INFO(name);
+    const auto stream_bits = tinyllm_test::compare_bits(stream2, stream1), out_bits = tinyllm_test::compare_bits(out2, out1);
+    std::printf("  %s: %zu of %zu stream values and %zu of %zu outputs differ in any bit from v1 + norm v2\n",
+                name.c_str(), stream_bits.differ, stream2.size(), out_bits.differ, out2.size());
+    CHECK(stream_bits.non_finite == 0);
+    CHECK(out_bits.non_finite == 0);
+    CHECK(stream_bits.differ == 0);
+    CHECK(out_bits.differ == 0);
+
+    // The CPU: combine (float), rounded to T as stored; the add, rounded; the norm.
+    tensor<float, 2> combined(extents<2>{tokens, D}), want(extents<2>{tokens, D});
+    tinyllm::cpu::moe_combine(combined.view(), tinyllm::tensor_view<const float, 2>(y.data(), {R, D}),
+                              tinyllm::tensor_view<const float, 2>(w.data(), {tokens, k}), plan.view());
+    std::vector<float> stream(x.size());
+    index_t dropped = 0;
+    for (index_t t = 0; t < tokens; ++t)
+        for (index_t j = 0; j < k; ++j) dropped += plan.row_of(t, j) < 0;
+    for (std::size_t i = 0; i < stream.size(); ++i) {
+        const float c = tinyllm::to_float(tinyllm::from_float<T>(combined.values()[i]));
+        stream[i] = tinyllm::to_float(tinyllm::from_float<T>(x[i] + c));
+    }
+    const auto cpu_norm = [&](tensor<float, 2>& normed, const std::vector<float>& rows) {
+        const tinyllm::tensor_view<const float, 2> S(rows.data(), {tokens, D});
+        const tinyllm::tensor_view<const float, 1> G1(g.data(), {D}), B1(b.data(), {D});
+        if constexpr (Layer) tinyllm::cpu::layer_norm(normed.view(), S, G1, B1, eps);
+        else tinyllm::cpu::rms_norm(normed.view(), S, G1, eps);
+    };
+    cpu_norm(want, stream);
+    // float: sums in another order (and fused multiply-adds) than the CPU's; bf16: the
+    // stream may round the other way where the sum falls near a rounding boundary.
+    const tolerance tol = std::is_same_v<T, float> ? tolerance{1e-5, 1e-5, 1e-5} : tolerance{2e-2, 2e-2, 1e-2};
+    TINYLLM_REQUIRE_CLOSE(stream2, stream, tol, name + ": the stream vs CPU");
+    // The norm of the GPU's own stream: the norm alone.
+    tensor<float, 2> own(extents<2>{tokens, D});
+    cpu_norm(own, stream2);
+    const tolerance norm_tol = std::is_same_v<T, float> ? tolerance{5e-5, 5e-5, 2e-5} : tolerance{1e-2, 1e-2, 5e-3};
+    TINYLLM_REQUIRE_CLOSE(out2, own.values(), norm_tol, name + ": out vs the CPU norm of its stream");
+    if (capacity) CHECK(dropped > 0);  // the capacity case drops slots, which v2 must skip as v1 does
+}
+}  // namespace
+
+TEST_CASE("CUDA combine v2 (combine + residual add + norm in one launch) equals combine then the residual add + norm, "
+          "bit for bit",
+          "[cuda][moe][dispatch][combine]") {
+    // D a multiple of 8 (16-byte vectors for float and bf16) and odd (scalar); a decode
+    // step's 1, 3 and 8 tokens and a prefill's 40, with and without capacity drops.
+    std::uint64_t which = 1300;
+    for (const index_t D : {64, 37})
+        for (const index_t tokens : {1, 3, 8, 40})
+            for (const bool capacity : {false, true}) {
+                if (capacity && tokens < 40) continue;  // 80 slots skewed to expert 0: capacity 0.75 drops some
+                check_combine_residual_norm<float, false>(tokens, D, capacity, which += 10);
+                check_combine_residual_norm<tinyllm::bfloat16, false>(tokens, D, capacity, which += 10);
+                check_combine_residual_norm<float, true>(tokens, D, capacity, which += 10);
+                check_combine_residual_norm<tinyllm::bfloat16, true>(tokens, D, capacity, which += 10);
+            }
+}
+
+TEST_CASE("CUDA combine v2 rejects bad arguments before launching", "[cuda][moe][dispatch][combine][errors]") {
+    const index_t tokens = 3, k = 2, E = 4, D = 16, R = tinyllm::moe_max_rows(tokens, k, E, 1);
+    tc::device_buffer<float> x(tokens * D), out(tokens * D), y(R * D), w(tokens * k), g(D);
+    plan_device p(tokens, k, E, 1);
+    const auto X = x.view(extents<2>{tokens, D}), O = out.view(extents<2>{tokens, D});
+    const auto Y = tinyllm::tensor_view<const float, 2>(y.data(), {R, D});
+    const auto W = w.view(extents<2>{tokens, k});
+    const auto G = tinyllm::tensor_view<const float, 1>(g.data(), {D});
+    CHECK_THROWS_WITH(tc::moe_combine_residual_rms_norm<float>(O, X, Y, tinyllm::tensor_view<const float, 2>(w.data(), {tokens, 1}),
+                                                               p.view(), G, 1e-5f),
+                      tinyllm_test::contains("cuda::moe_combine_residual_rms_norm: plan.row_of"));
+    CHECK_THROWS_WITH(tc::moe_combine_residual_rms_norm<float>(O, X, tinyllm::tensor_view<const float, 2>(y.data(), {R, D - 1}),
+                                                               W, p.view(), G, 1e-5f),
+                      tinyllm_test::contains("expert_out has width 15 but x has D = 16"));
+    CHECK_THROWS_WITH(tc::moe_combine_residual_rms_norm<float>(O, X, Y, W, p.view(), G, 0.0f),
+                      tinyllm_test::contains("eps = 0 must be positive"));
+    CHECK_THROWS_WITH(tc::moe_combine_residual_rms_norm<float>(tinyllm::tensor_view<float, 2>(out.data(), {tokens - 1, D}), X, Y,
+                                                               W, p.view(), G, 1e-5f),
+                      tinyllm_test::contains("out has shape"));
+    CHECK_THROWS_WITH(tc::moe_combine_residual_layer_norm<float>(O, X, Y, W, p.view(), G,
+                                                                 tinyllm::tensor_view<const float, 1>(g.data(), {D - 1}), 1e-5f),
+                      tinyllm_test::contains("bias has 15 elements"));
+}
+
 TEST_CASE("CUDA experts as grouped GEMVs reject what they do not take", "[cuda][moe][dispatch][experts][gemv]") {
     const index_t T = 2, k = 2, E = 4, D = 8, F = 16, R = tinyllm::moe_max_rows(T, k, E, 1);
     plan_device p(T, k, E, 1);

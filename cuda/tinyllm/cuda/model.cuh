@@ -1537,8 +1537,13 @@ private:
             moe_experts_swiglu(expert_out, tensor_view<const T, 2>(sorted), L.w1.view(), L.w3.view(), L.w2.view(),
                                plan, s.experts_ws, handle_.get(), stream);
         }
+        if (then) {  // combine v2: the combine, the residual add and the next norm in one launch (same bits)
+            moe_combine_residual_rms_norm<T>(then->out, then->x, tensor_view<const T, 2>(expert_out),
+                                             tensor_view<const float, 2>(weights), plan, then->w->view(), c.norm_eps,
+                                             stream);
+            return;
+        }
         moe_combine(out, tensor_view<const T, 2>(expert_out), tensor_view<const float, 2>(weights), plan, stream);
-        if (then) residual_norm(then->out, then->x, out, {}, *then->w, *then->b, stream);
     }
 
     model_config config_;

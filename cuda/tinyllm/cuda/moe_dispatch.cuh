@@ -33,6 +33,9 @@
 // are pure data movement: their floor is the bytes they must move,
 //     gather  R·D·s read + R·D·s written        combine  T·k·D·s read + T·D·s written
 // (s = bytes per element), which is what the benchmark reports GB/s against.
+// Combine v2 (moe_combine_residual_rms_norm / _layer_norm) is what a decoder
+// does with the combined rows: add them to the residual stream and normalize
+// for the next layer, one block per token, in one launch (its kernel says how).
 //
 // The experts run as a loop of cuBLAS GEMMs (float accumulation), three per expert with rows
 // (gate, up, down), plus one element-wise SiLU-multiply kernel: simple and
@@ -52,6 +55,7 @@
 #include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/cuda/moe_gating.cuh>
+#include <tinyllm/cuda/norm.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/moe_dispatch.hpp>
@@ -63,6 +67,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -274,6 +280,51 @@ __global__ void moe_combine_kernel(T* out, const T* expert_out, const float* wei
     }
 }
 
+// Combine v2, in the decoder: the combined rows are only ever added to the
+// residual stream and normalized for the next layer, so one block per token
+// does combine and norm.cuh v2's residual add + norm together:
+//   x[t] += round_T(sum_j w(t, j) expert_out[row_of(t, j)]);  out[t] = norm(x[t]).
+// Pass 1 sums the k slots in slot order with combine's own arithmetic, rounds the
+// sum to T as combine stores it, adds it to x, stores x and accumulates the
+// norm's first sum; norm.cuh's last passes (L1-resident re-reads of x, each
+// element by the thread that wrote it) finish. Bit for bit moe_combine then the
+// residual add + norm, with one launch and no (T, D) intermediate in memory.
+template <class T, int N, bool Layer>
+__global__ void moe_combine_residual_norm_kernel(T* out, T* x, const T* expert_out, const float* weights,
+                                                 const std::int32_t* row_of, int k, const T* weight, const T* bias,
+                                                 index_t tokens, index_t D, float eps) {
+    __shared__ float partial[32];
+    const index_t vectors = D / N;  // the launcher guarantees D % N == 0
+    const float inv_d = 1.0f / static_cast<float>(D);
+    for (index_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+        T* row = x + t * D;  // this token's row of the residual stream
+        float acc = 0.0f;
+        for (index_t v = threadIdx.x; v < vectors; v += blockDim.x) {
+            float a[N], sum[N] = {};
+            for (int j = 0; j < k; ++j) {  // slot order, dropped slots skipped: moe_combine's sum
+                const std::int32_t slot_row = row_of[t * k + j];
+                if (slot_row < 0) continue;
+                const float w = weights[t * k + j];
+                float e[N];
+                load_floats<T, N>(e, expert_out + static_cast<index_t>(slot_row) * D + v * N);
+#pragma unroll
+                for (int i = 0; i < N; ++i) sum[i] += w * e[i];
+            }
+            load_floats<T, N>(a, row + v * N);
+            packed_elements<T, N> q;
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+                q.v[i] = store_as<T>(a[i] + rounded_to<T>(sum[i]));  // the combined row as stored, then the add
+                const float s = to_float(q.v[i]);
+                acc += Layer ? s : s * s;
+            }
+            *reinterpret_cast<packed_elements<T, N>*>(row + v * N) = q;
+        }
+        norm_last_passes<T, N, Layer, row_reads::cached>(out + t * D, row, acc, weight, bias, vectors, inv_d, eps,
+                                                          partial);
+    }
+}
+
 // g = silu(gate) * up, element-wise over n values.
 template <class T>
 __global__ void moe_silu_mul_kernel(T* g, const T* gate, const T* up, index_t n) {
@@ -431,6 +482,65 @@ void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_vie
                weights.data(), plan.row_of.data(), T_, D, static_cast<int>(k));
     }
     TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+namespace detail {
+// Validate (on the host) and launch combine v2 with LayerNorm (Layer) or RMSNorm.
+template <class T, bool Layer>
+void launch_moe_combine_residual_norm(std::string_view op, tensor_view<T, 2> out, tensor_view<T, 2> x,
+                                      tensor_view<const T, 2> expert_out, tensor_view<const float, 2> weights,
+                                      const moe_plan_view& plan, tensor_view<const T, 1> weight,
+                                      tensor_view<const T, 1> bias, float eps, cudaStream_t stream) {
+    tinyllm::detail::expect_norm_args(op, out, x, weight, bias, eps);
+    const index_t tokens = x.extent(0), D = x.extent(1), k = weights.extent(1);
+    expect_shape(weights, extents<2>{tokens, k}, std::string(op) + ": weights");
+    expect_shape(plan.row_of, extents<2>{tokens, k}, std::string(op) + ": plan.row_of");
+    TINYLLM_EXPECT(expert_out.extent(1) == D, op, ": expert_out has width ", expert_out.extent(1), " but x has D = ", D);
+    TINYLLM_EXPECT(out.is_contiguous() && x.is_contiguous() && expert_out.is_contiguous() && weights.is_contiguous(),
+                   op, ": out, x, expert_out and weights must be contiguous");
+    TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
+    TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    if (tokens == 0) return;
+    const T* w = weight.size() ? weight.data() : nullptr;
+    const T* b = bias.size() ? bias.data() : nullptr;
+    // 16-byte accesses when every row and the parameters are 16-byte aligned (as norm v2).
+    constexpr int W = vector_width<T>;
+    const auto ok = [](const void* p) { return !p || aligned_16(p); };
+    const bool wide = D % W == 0 && ok(out.data()) && ok(x.data()) && ok(expert_out.data()) && ok(w) && ok(b);
+    const index_t vectors = wide ? D / W : D;
+    const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;  // a few vectors per thread, 32..256
+    const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
+    const unsigned blocks = static_cast<unsigned>(tokens < (index_t{1} << 30) ? tokens : (index_t{1} << 30));
+    const auto args = [&](auto kernel) {
+        launch(kernel, blocks, threads, 0, stream, out.data(), x.data(), expert_out.data(), weights.data(),
+               plan.row_of.data(), static_cast<int>(k), w, b, tokens, D, eps);
+    };
+    if (wide) args(moe_combine_residual_norm_kernel<T, W, Layer>);
+    else args(moe_combine_residual_norm_kernel<T, 1, Layer>);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
+// Combine v2: x += combine(expert_out), then out = rms_norm(x) (x, out (T, D)),
+// in one launch — what a decoder layer does with its MoE block's output (the
+// residual add and the next norm), bit for bit moe_combine followed by
+// residual_add_rms_norm (LayerNorm: moe_combine_residual_layer_norm).
+// expert_out, weights and the plan as in moe_combine.
+//   out (T, D), x (T, D) in place, expert_out (R, D), weights (T, k) float, weight (D)
+template <class T>
+void moe_combine_residual_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> expert_out,
+                                   tensor_view<const float, 2> weights, const moe_plan_view& plan,
+                                   tensor_view<const T, 1> weight, float eps, cudaStream_t stream = nullptr) {
+    detail::launch_moe_combine_residual_norm<T, false>("cuda::moe_combine_residual_rms_norm", out, x, expert_out,
+                                                       weights, plan, weight, {}, eps, stream);
+}
+template <class T>
+void moe_combine_residual_layer_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> expert_out,
+                                     tensor_view<const float, 2> weights, const moe_plan_view& plan,
+                                     tensor_view<const T, 1> weight, tensor_view<const T, 1> bias, float eps,
+                                     cudaStream_t stream = nullptr) {
+    detail::launch_moe_combine_residual_norm<T, true>("cuda::moe_combine_residual_layer_norm", out, x, expert_out,
+                                                      weights, plan, weight, bias, eps, stream);
 }
 
 // Scratch memory for cuda::moe_experts_swiglu, made once and reused: the two
