@@ -26,7 +26,8 @@
 //                                              the plan on the device (moe_experts_swiglu_gemv)
 //     x, h = x + delta (+ proj's bias), norm_f(...)   (or the next layer's norm1), as after attention:
 //                                              one pass after the MLP's last GEMM, or a decode step's
-//                                              v3 GEMV (dense and quantized MLPs; not MoE)
+//                                              v3 GEMV (dense and quantized MLPs); after a MoE block,
+//                                              combine does it (combine v2: ONE kernel with the add + norm)
 //     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
 // Element type T: float (matches the CPU reference to ~1e-6) or
