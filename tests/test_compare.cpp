@@ -85,3 +85,15 @@ TEST_CASE("a reference at the absolute noise floor is judged element by element"
     CHECK_FALSE(off.passed);
     CHECK(off.rel_l2_error == tinyllm_test::Approx(0.02).epsilon(1e-3));
 }
+
+TEST_CASE("one value is judged by the per-element bound alone", "[compare]") {
+    // A value that cancelled to 5e-3, off by 1e-3: 20% relative, but within abs 1e-2.
+    const tolerance tol{1e-2, 1e-2, 1e-3};
+    const auto one = compare(std::vector<float>{6e-3f}, std::vector<double>{5e-3}, tol);
+    CHECK(one.passed);
+    CHECK(one.rel_l2_error > tol.rel_l2);  // still measured and reported
+    // The per-element bound still decides a single value.
+    CHECK_FALSE(compare(std::vector<float>{0.1f}, std::vector<double>{5e-3}, tol).passed);
+    // From two values on, the relative L2 bound applies again.
+    CHECK_FALSE(compare(std::vector<float>{6e-3f, 6e-3f}, std::vector<double>{5e-3, 5e-3}, tol).passed);
+}
