@@ -455,6 +455,20 @@ TEST_CASE("CUDA combine with bfloat16 rows and an odd width", "[cuda][moe][dispa
 }
 
 namespace {
+// Values on T's grid (rounded to T and back), so that the CPU (float) sees the GPU's inputs.
+template <class T>
+std::vector<float> on_grid(std::vector<float> v) {
+    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    return v;
+}
+// The same values as T, for upload.
+template <class T>
+std::vector<T> as_elements(const std::vector<float>& v) {
+    std::vector<T> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
+    return out;
+}
+
 // The experts of a decode step as grouped GEMVs (moe_experts_swiglu_gemv) against
 // the CPU reference and the cuBLAS path, on the rows of kept slots (the only rows
 // the GEMVs write). T tokens with k = 2 of E = 8 experts; `skew` sends most tokens
@@ -463,28 +477,19 @@ template <class T>
 void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, float skew, std::uint64_t which) {
     const index_t E = 8, k = 2;
     const auto ids = routed_ids(tokens, E, k, skew, which);
-    // Values on T's grid, so that the CPU (float) sees the GPU's inputs.
-    auto on_grid = [](std::vector<float> v) {
-        for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
-        return v;
-    };
-    auto as_t = [](const std::vector<float>& v) {
-        std::vector<T> out(v.size());
-        for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-        return out;
-    };
-    const auto x = on_grid(tinyllm_test::random_floats(tokens * D, which + 1));
-    const auto w1 = on_grid(tinyllm_test::random_floats(E * F * D, which + 2, -0.2f, 0.2f));
-    const auto w3 = on_grid(tinyllm_test::random_floats(E * F * D, which + 3, -0.2f, 0.2f));
-    const auto w2 = on_grid(tinyllm_test::random_floats(E * D * F, which + 4, -0.2f, 0.2f));
+    const auto x = on_grid<T>(tinyllm_test::random_floats(tokens * D, which + 1));
+    const auto w1 = on_grid<T>(tinyllm_test::random_floats(E * F * D, which + 2, -0.2f, 0.2f));
+    const auto w3 = on_grid<T>(tinyllm_test::random_floats(E * F * D, which + 3, -0.2f, 0.2f));
+    const auto w2 = on_grid<T>(tinyllm_test::random_floats(E * D * F, which + 4, -0.2f, 0.2f));
     tinyllm::moe_dispatch_options o;
     o.block = block;
     const index_t R = tinyllm::moe_max_rows(tokens, k, E, block);
     const cpu_experts want_rows = cpu_expert_rows(ids, x, w1, w3, w2, tokens, k, E, D, F, o);
 
     auto d_ids = tc::to_device(ids);
-    auto d_x = tc::to_device(as_t(x));
-    auto d_w1 = tc::to_device(as_t(w1)), d_w3 = tc::to_device(as_t(w3)), d_w2 = tc::to_device(as_t(w2));
+    auto d_x = tc::to_device(as_elements<T>(x));
+    auto d_w1 = tc::to_device(as_elements<T>(w1)), d_w3 = tc::to_device(as_elements<T>(w3));
+    auto d_w2 = tc::to_device(as_elements<T>(w2));
     const auto v1 = d_w1.view(extents<3>{E, F, D}), v3 = d_w3.view(extents<3>{E, F, D});
     const auto v2 = d_w2.view(extents<3>{E, D, F});
     tc::moe_dispatch_workspace plan_ws(tokens * k, E);
@@ -560,31 +565,22 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     const index_t E = 8, k = 2, block = 4;
     const float eps = 1e-5f;
     const auto ids = routed_ids(tokens, E, k, 1.0f, which);
-    auto on_grid = [](std::vector<float> v) {  // values on T's grid: the CPU sees the GPU's inputs
-        for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
-        return v;
-    };
-    auto as_t = [](const std::vector<float>& v) {
-        std::vector<T> out(v.size());
-        for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-        return out;
-    };
     tinyllm::moe_dispatch_options o;
     o.block = block;
     o.capacity = capacity ? tinyllm::moe_capacity(tokens, k, E, 0.75) : -1;
     tinyllm::cpu::moe_plan_buffers plan(tokens, k, E, block);
     tinyllm::cpu::moe_plan(plan.view(), tinyllm::tensor_view<const std::int32_t, 2>(ids.data(), {tokens, k}), o);
     const index_t R = tinyllm::moe_max_rows(tokens, k, E, block);
-    const auto y = on_grid(tinyllm_test::random_floats(R * D, which + 1, -2, 2));  // expert rows (R, D)
+    const auto y = on_grid<T>(tinyllm_test::random_floats(R * D, which + 1, -2, 2));  // expert rows (R, D)
     const auto w = tinyllm_test::random_floats(tokens * k, which + 2, 0, 1);         // gating weights (T, k)
-    const auto x = on_grid(tinyllm_test::random_floats(tokens * D, which + 3, -2, 2));
-    const auto g = on_grid(tinyllm_test::random_floats(D, which + 4, 0.5f, 1.5f));  // the norm's weight
-    const auto b = on_grid(tinyllm_test::random_floats(D, which + 5, -0.5f, 0.5f));  // and bias (LayerNorm)
+    const auto x = on_grid<T>(tinyllm_test::random_floats(tokens * D, which + 3, -2, 2));
+    const auto g = on_grid<T>(tinyllm_test::random_floats(D, which + 4, 0.5f, 1.5f));  // the norm's weight
+    const auto b = on_grid<T>(tinyllm_test::random_floats(D, which + 5, -0.5f, 0.5f));  // and bias (LayerNorm)
 
     auto d_ids = tc::to_device(ids);
-    auto d_y = tc::to_device(as_t(y));
+    auto d_y = tc::to_device(as_elements<T>(y));
     auto d_w = tc::to_device(w);
-    auto d_g = tc::to_device(as_t(g)), d_b = tc::to_device(as_t(b));
+    auto d_g = tc::to_device(as_elements<T>(g)), d_b = tc::to_device(as_elements<T>(b));
     tc::moe_dispatch_workspace plan_ws(tokens * k, E);
     plan_device p(tokens, k, E, block);
     tc::moe_plan(p.view(), d_ids.view(extents<2>{tokens, k}), o, plan_ws);
@@ -593,7 +589,7 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     const auto G = tinyllm::tensor_view<const T, 1>(d_g.data(), {D}), B = tinyllm::tensor_view<const T, 1>(d_b.data(), {D});
 
     // v1 combine, then the residual add + norm (norm v2).
-    auto d_x1 = tc::to_device(as_t(x));
+    auto d_x1 = tc::to_device(as_elements<T>(x));
     tc::device_buffer<T> d_comb(tokens * D), d_out1(tokens * D), d_out2(tokens * D);
     const auto X1 = d_x1.view(extents<2>{tokens, D});
     d_comb.poison();
@@ -603,7 +599,7 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     if constexpr (Layer) tc::residual_add_layer_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, B, eps);
     else tc::residual_add_rms_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, eps);
     // v2, in one launch.
-    auto d_x2 = tc::to_device(as_t(x));
+    auto d_x2 = tc::to_device(as_elements<T>(x));
     const auto X2 = d_x2.view(extents<2>{tokens, D});
     d_out2.poison();
     if constexpr (Layer) tc::moe_combine_residual_layer_norm<T>(d_out2.view(extents<2>{tokens, D}), X2, Y, W, p.view(), G, B, eps);
