@@ -507,16 +507,14 @@ void launch_moe_combine_residual_norm(std::string_view op, tensor_view<T, 2> out
     constexpr int W = vector_width<T>;
     const auto ok = [](const void* p) { return !p || aligned_16(p); };
     const bool wide = D % W == 0 && ok(out.data()) && ok(x.data()) && ok(expert_out.data()) && ok(w) && ok(b);
-    const index_t vectors = wide ? D / W : D;
-    const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;  // a few vectors per thread, 32..256
-    const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
-    const unsigned blocks = static_cast<unsigned>(tokens < (index_t{1} << 30) ? tokens : (index_t{1} << 30));
-    const auto args = [&](auto kernel) {
+    const int threads = norm_row_threads(wide ? D / W : D);
+    const unsigned blocks = norm_row_blocks(tokens);
+    const auto launch_as = [&](auto kernel) {
         launch(kernel, blocks, threads, 0, stream, out.data(), x.data(), expert_out.data(), weights.data(),
                plan.row_of.data(), static_cast<int>(k), w, b, tokens, D, eps);
     };
-    if (wide) args(moe_combine_residual_norm_kernel<T, W, Layer>);
-    else args(moe_combine_residual_norm_kernel<T, 1, Layer>);
+    if (wide) launch_as(moe_combine_residual_norm_kernel<T, W, Layer>);
+    else launch_as(moe_combine_residual_norm_kernel<T, 1, Layer>);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 }  // namespace detail

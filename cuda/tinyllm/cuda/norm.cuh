@@ -308,6 +308,17 @@ __global__ void norm_vectorized_kernel(norm_args<T> p) {
     }
 }
 
+// v2's launch shape, shared with MoE's combine v2 (moe_dispatch.cuh): one block per
+// row (at most 2^30, the rest taken by a grid-stride loop), with enough threads to
+// give each a few of the row's `vectors` accesses, 32..256, whole warps.
+inline unsigned norm_row_blocks(index_t rows) {
+    return static_cast<unsigned>(rows < (index_t{1} << 30) ? rows : (index_t{1} << 30));
+}
+inline int norm_row_threads(index_t vectors) {
+    const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;
+    return static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
+}
+
 template <class View>
 index_t norm_row_stride(const View& v) {
     return v.extent(0) > 1 ? v.stride(0) : v.extent(1);
@@ -356,11 +367,8 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     const bool wide = D % W == 0 && ok(p.out, p.out_stride) && ok(p.x, p.x_stride) &&
                       ok(p.residual_out, p.residual_out_stride) && ok(p.residual, p.residual_stride) &&
                       ok(p.residual_bias, 0) && ok(p.weight, 0) && ok(p.bias, 0);
-    const index_t vectors = wide ? D / W : D;
-    // Enough threads to give each a few vectors of the row, 32..256, whole warps.
-    const index_t wanted = ceil_div<index_t>(vectors, 32) * 32;
-    const int threads = static_cast<int>(wanted < 32 ? 32 : (wanted > 256 ? 256 : wanted));
-    const unsigned blocks = static_cast<unsigned>(rows < (index_t{1} << 30) ? rows : (index_t{1} << 30));
+    const int threads = norm_row_threads(wide ? D / W : D);
+    const unsigned blocks = norm_row_blocks(rows);
     if (wide)
         launch(norm_vectorized_kernel<T, W, Layer, Residual>, blocks, threads, 0, stream, p);
     else
