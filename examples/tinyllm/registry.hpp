@@ -139,20 +139,26 @@ struct registrar {
 #define TINYLLM_CLI_CONCAT2(a, b) a##b
 #define TINYLLM_CLI_CONCAT(a, b) TINYLLM_CLI_CONCAT2(a, b)
 
-#define TINYLLM_TOUR_CHAPTER(order, name, title)                                                   \
-    static void TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__)(::tinyllm_cli::tour_context&);          \
-    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(tour_registrar_, __LINE__)(    \
-        order, name, title, &TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__));                          \
-    static void TINYLLM_CLI_CONCAT(tour_chapter_, __LINE__)(::tinyllm_cli::tour_context & ctx)
+// Each registration defines a function and a registrar named after __COUNTER__, which is
+// unique within a translation unit even when several source files are compiled as one
+// (the command's unity build, examples/CMakeLists.txt).
+#define TINYLLM_TOUR_CHAPTER(order, name, title) \
+    TINYLLM_CLI_TOUR_CHAPTER(order, name, title, TINYLLM_CLI_CONCAT(tour_chapter_, __COUNTER__))
+#define TINYLLM_CLI_TOUR_CHAPTER(order, name, title, fn)                                           \
+    static void fn(::tinyllm_cli::tour_context&);                                                  \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(fn, _registrar)(order, name, title, &fn); \
+    static void fn(::tinyllm_cli::tour_context & ctx)
 
-#define TINYLLM_COMMAND(name, summary, usage)                                                      \
-    static int TINYLLM_CLI_CONCAT(command_, __LINE__)(const std::vector<std::string>&, std::ostream&); \
-    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(command_registrar_, __LINE__)( \
-        name, summary, usage, &TINYLLM_CLI_CONCAT(command_, __LINE__));                             \
-    static int TINYLLM_CLI_CONCAT(command_, __LINE__)(const std::vector<std::string>& args, std::ostream& out)
+#define TINYLLM_COMMAND(name, summary, usage) \
+    TINYLLM_CLI_COMMAND(name, summary, usage, TINYLLM_CLI_CONCAT(command_, __COUNTER__))
+#define TINYLLM_CLI_COMMAND(name, summary, usage, fn)                                              \
+    static int fn(const std::vector<std::string>&, std::ostream&);                                 \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(fn, _registrar)(name, summary, usage, &fn); \
+    static int fn(const std::vector<std::string>& args, std::ostream& out)
 
-#define TINYLLM_BENCH(component, description, order)                                               \
-    static void TINYLLM_CLI_CONCAT(bench_, __LINE__)(::tinyllm_cli::bench_context&);               \
-    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(bench_registrar_, __LINE__)(  \
-        component, description, order, &TINYLLM_CLI_CONCAT(bench_, __LINE__));                     \
-    static void TINYLLM_CLI_CONCAT(bench_, __LINE__)(::tinyllm_cli::bench_context & ctx)
+#define TINYLLM_BENCH(component, description, order) \
+    TINYLLM_CLI_BENCH(component, description, order, TINYLLM_CLI_CONCAT(bench_, __COUNTER__))
+#define TINYLLM_CLI_BENCH(component, description, order, fn)                                       \
+    static void fn(::tinyllm_cli::bench_context&);                                                 \
+    static const ::tinyllm_cli::detail::registrar TINYLLM_CLI_CONCAT(fn, _registrar)(component, description, order, &fn); \
+    static void fn(::tinyllm_cli::bench_context & ctx)

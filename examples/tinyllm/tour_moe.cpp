@@ -1,6 +1,7 @@
 // examples/tinyllm/tour_moe.cpp — the tour's Mixture-of-Experts chapter: route
 // the example sentence's words through 8 random experts with top-2 gating.
 #include "registry.hpp"
+#include "text.hpp"
 
 #include <tinyllm/moe.hpp>
 #include <tinyllm/random.hpp>
@@ -18,24 +19,11 @@ using tinyllm::index_t;
 
 namespace {
 
-std::vector<std::string> words_of(const std::string& sentence) {
-    std::vector<std::string> words;
-    std::istringstream in(sentence);
-    for (std::string w; in >> w;) words.push_back(w);
-    return words;
-}
-
 // FNV-1a: a word's seed, so each word gets the same random "embedding" every run.
 std::uint64_t fnv1a(const std::string& s) {
     std::uint64_t h = 1469598103934665603ull;
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
     return h;
-}
-
-std::string fixed(double v, int precision) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.*f", precision, v);
-    return buf;
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // sinusoidal table of the example sentence, RoPE turning a pair of features,
 // the relative-position property of RoPE, and ALiBi's distance penalty.
 #include "registry.hpp"
+#include "text.hpp"
 
 #include <tinyllm/positional.hpp>
 #include <tinyllm/random.hpp>
@@ -18,13 +19,6 @@ using namespace tinyllm_cli;
 using tinyllm::index_t;
 
 namespace {
-
-std::vector<std::string> words_of(const std::string& s) {
-    std::istringstream in(s);
-    std::vector<std::string> words;
-    for (std::string w; in >> w;) words.push_back(w);
-    return words;
-}
 
 double dot(const std::vector<float>& a, const std::vector<float>& b) {
     double s = 0;

@@ -6,6 +6,7 @@
 // "... because it was ___", over 12 candidate words with MADE-UP logits (no
 // model produced them; tools/plot-sampling draws the same numbers).
 #include "registry.hpp"
+#include "text.hpp"
 
 #include <tinyllm/beam_search.hpp>
 #include <tinyllm/sampling.hpp>
@@ -27,12 +28,6 @@ namespace {
 const std::vector<std::string> words{"thirsty", "tired", "hungry", "hot",   "scared", "bored",
                                      "curious", "happy", "lost",   "sleepy", "angry", "purple"};
 const std::vector<float> base_logits{4.0f, 3.2f, 3.0f, 2.6f, 2.2f, 1.8f, 1.5f, 1.2f, 0.8f, 0.7f, 0.3f, -2.0f};
-
-std::string fixed(double v, int precision) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.*f", precision, v);
-    return buf;
-}
 
 std::string pad(const std::string& s, std::size_t width) { return s.size() >= width ? s : s + std::string(width - s.size(), ' '); }
 

@@ -16,6 +16,7 @@
 //     pool too small for three at once; the metrics count them.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/cuda_small_models.hpp"
 
 #include <tinyllm/batching.hpp>
 #include <tinyllm/cuda/batching.cuh>
@@ -44,6 +45,7 @@ using tinyllm::continuous_batcher;
 using tinyllm::finish_reason;
 using tinyllm::index_t;
 using tinyllm::token_id;
+using tinyllm_test::arch_name;
 using tinyllm_test::contains;
 using namespace std::chrono_literals;
 
@@ -51,7 +53,7 @@ namespace {
 
 // Small enough for the simulated GPU; head dim 64 as the attention kernels like it.
 // Hq / Hkv = 2: a chunk of more than 16 rows goes through the gather + flash rung.
-tinyllm::model_config small_config(tinyllm::model_arch arch) {
+tinyllm::model_config batching_config(tinyllm::model_arch arch) {
     tinyllm::model_config c =
         arch == tinyllm::model_arch::gpt2 ? tinyllm::model_shapes::gpt2_124m() : tinyllm::model_shapes::llama_1b();
     c.arch = arch;
@@ -69,10 +71,6 @@ tinyllm::model_config small_config(tinyllm::model_arch arch) {
         c.experts_per_token = 2;
     }
     return c;
-}
-
-const char* arch_name(tinyllm::model_arch a) {
-    return a == tinyllm::model_arch::gpt2 ? "gpt2" : a == tinyllm::model_arch::llama ? "llama" : "mixtral";
 }
 
 std::vector<token_id> tokens_from(token_id first, index_t n, index_t vocab) {
@@ -129,7 +127,7 @@ std::pair<std::vector<token_id>, finish_reason> read_all(tinyllm::engine_request
     }
 }
 
-constexpr index_t block_size = 4;
+constexpr index_t batching_block_size = 4;
 
 }  // namespace
 
@@ -138,7 +136,7 @@ TEST_CASE("cuda continuous batching gives each request the tokens cuda::generate
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama, model_arch::mixtral}) {
         const std::string name = arch_name(arch);
-        const tinyllm::model_config c = small_config(arch);
+        const tinyllm::model_config c = batching_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 60 +
                                                                       static_cast<int>(arch)));
         const tc::model<float> gpu(host);
@@ -161,7 +159,7 @@ TEST_CASE("cuda continuous batching gives each request the tokens cuda::generate
                                            {"long chunks", 64, {48, 4, 24}, true}};
         for (const setup& s : setups) {
             INFO(name << ", " << s.what);
-            tc::paged_batch_model<float> model(gpu, s.blocks, block_size);
+            tc::paged_batch_model<float> model(gpu, s.blocks, batching_block_size);
             tinyllm::kv_block_pool& pool = model.pool();
             tinyllm::prefix_cache cache(pool, 16);
             continuous_batcher batcher(model, s.options, s.cache ? &cache : nullptr);
@@ -194,10 +192,10 @@ TEST_CASE("cuda continuous batching gives each request the tokens cuda::generate
 }
 
 TEST_CASE("cuda continuous batching: cancellation, end of sequence, a bfloat16 model", "[batching][paged]") {
-    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const tinyllm::model_config c = batching_config(tinyllm::model_arch::llama);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 70));
     const tc::model<float> gpu(host);
-    tc::paged_batch_model<float> model(gpu, 16, block_size);
+    tc::paged_batch_model<float> model(gpu, 16, batching_block_size);
     tinyllm::kv_block_pool& pool = model.pool();
     continuous_batcher batcher(model, {8, 4, 4});
     batch_request r;
@@ -239,7 +237,7 @@ TEST_CASE("cuda continuous batching: cancellation, end of sequence, a bfloat16 m
     // bf16 rounding, so only the schedule is checked: every request runs its length, and
     // every block comes back.
     const tc::model<tinyllm::bfloat16> half(host);
-    tc::paged_batch_model<tinyllm::bfloat16> half_model(half, 12, block_size);
+    tc::paged_batch_model<tinyllm::bfloat16> half_model(half, 12, batching_block_size);
     continuous_batcher half_batcher(half_model, {24, 6, 8});
     const std::vector<batch_request> requests = mixed_requests(c.vocab_size);
     std::vector<index_t> ids;
@@ -256,7 +254,7 @@ TEST_CASE("cuda continuous batching: cancellation, end of sequence, a bfloat16 m
 
 TEST_CASE("engine on the CUDA model: requests from three threads give the tokens each gives alone",
           "[engine][paged]") {
-    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const tinyllm::model_config c = batching_config(tinyllm::model_arch::llama);
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 71));
     const tc::model<float> reference(host);
     std::vector<batch_request> requests;
@@ -280,7 +278,7 @@ TEST_CASE("engine on the CUDA model: requests from three threads give the tokens
         INFO("kv_blocks = " << blocks);
         tinyllm::engine_options o;
         o.batch = {16, 4, 8};
-        o.block_size = block_size;
+        o.block_size = batching_block_size;
         o.kv_blocks = blocks;
         o.prefix_cache_blocks = blocks == 0 ? -1 : 0;
         const std::unique_ptr<tinyllm::engine> e = tc::make_engine(std::make_unique<const tc::model<float>>(host), o);

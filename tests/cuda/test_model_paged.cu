@@ -51,6 +51,7 @@ using tinyllm::bfloat16;
 using tinyllm::index_t;
 using tinyllm::tensor_view;
 using tinyllm::token_id;
+using tinyllm_test::arch_name;
 using tinyllm_test::contains;
 using tinyllm_test::host_rows;
 using tinyllm_test::small_config;
@@ -59,10 +60,6 @@ using tinyllm_test::small_model_config;
 using tinyllm_test::tolerance;
 
 namespace {
-
-const char* arch_name(tinyllm::model_arch a) {
-    return a == tinyllm::model_arch::gpt2 ? "gpt2" : a == tinyllm::model_arch::llama ? "llama" : "mixtral";
-}
 
 token_id argmax(std::span<const float> row) {
     return static_cast<token_id>(std::max_element(row.begin(), row.end()) - row.begin());

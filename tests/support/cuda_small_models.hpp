@@ -1,7 +1,7 @@
 // tests/support/cuda_small_models.hpp — what the CUDA model's tests share: the
 // small random-model configurations they run (two layers, head dim 64, a
 // 1000-token vocabulary; the architectures' real paths at a size the simulated
-// GPU runs in seconds) and the copy of device logits rows to the host.
+// GPU runs in seconds), their names, and the copy of device logits rows to the host.
 #pragma once
 
 #include <tinyllm/model.hpp>
@@ -45,6 +45,11 @@ inline tinyllm::model_config small_gpt2_config() {
     c.intermediate_size = 1024;
     c.max_positions = 256;
     return c;
+}
+
+// An architecture's name, for test messages.
+inline const char* arch_name(tinyllm::model_arch a) {
+    return a == tinyllm::model_arch::gpt2 ? "gpt2" : a == tinyllm::model_arch::llama ? "llama" : "mixtral";
 }
 
 // The small configuration of an architecture.
