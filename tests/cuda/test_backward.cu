@@ -22,6 +22,7 @@
 // simulator's shuffled block and thread order) must give the same results.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/activation.hpp>
 #include <tinyllm/cuda/activation.cuh>
@@ -50,7 +51,11 @@ using tinyllm::index_t;
 using tinyllm::loss_reduction;
 using tinyllm::tensor_view;
 using tinyllm::token_id;
+using tinyllm_test::as_type;
+using tinyllm_test::download;
+using tinyllm_test::round_to;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -73,28 +78,8 @@ template <class T>
 std::vector<float> normal_as(std::size_t n, std::uint64_t which, float mean = 0.0f, float stddev = 1.0f) {
     std::vector<float> v(n);
     cpu::fill_normal(tensor_view<float, 1>(v.data(), {static_cast<index_t>(n)}), seed_for(which), mean, stddev);
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    round_to<T>(v);
     return v;
-}
-
-template <class T>
-std::vector<T> as_type(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-    return out;
-}
-
-template <class T>
-tc::device_buffer<T> upload(const std::vector<float>& v) {
-    return tc::to_device(as_type<T>(v));
-}
-
-template <class T>
-std::vector<float> download(const tc::device_buffer<T>& b) {
-    const auto h = tc::to_host(b);
-    std::vector<float> out(h.size());
-    for (std::size_t i = 0; i < h.size(); ++i) out[i] = tinyllm::to_float(h[i]);
-    return out;
 }
 
 // FNV-1a of the bytes of v: printed by the determinism tests, so that runs with

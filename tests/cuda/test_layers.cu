@@ -12,6 +12,7 @@
 // within 2^-8 relative); float16 2e-3.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/activation.hpp>
 #include <tinyllm/cuda/activation.cuh>
@@ -36,7 +37,10 @@ using tinyllm::extents;
 using tinyllm::float16;
 using tinyllm::index_t;
 using tinyllm::tensor_view;
+using tinyllm_test::as_type;
+using tinyllm_test::round_to;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -65,25 +69,8 @@ std::string label(const std::string& what, index_t rows, index_t cols) {
 template <class T>
 std::vector<float> random_as(std::size_t n, std::uint64_t which, float lo = -1.0f, float hi = 1.0f) {
     auto v = tinyllm_test::random_floats(n, which, lo, hi);
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    round_to<T>(v);
     return v;
-}
-
-template <class T>
-std::vector<T> as_type(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-    return out;
-}
-
-template <class T>
-tc::device_buffer<T> upload(const std::vector<float>& v) {
-    return tc::to_device(as_type<T>(v));
-}
-
-template <class T>
-void round_to(std::vector<float>& v) {
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
 }
 
 tensor_view<float, 2> view2(std::vector<float>& v, index_t rows, index_t cols) { return {v.data(), {rows, cols}}; }

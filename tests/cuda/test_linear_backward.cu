@@ -16,6 +16,7 @@
 // Determinism: no float atomics; repeated runs are compared bit for bit.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/activation.hpp>
 #include <tinyllm/cuda/activation.cuh>
@@ -38,7 +39,10 @@ using tinyllm::bfloat16;
 using tinyllm::extents;
 using tinyllm::index_t;
 using tinyllm::tensor_view;
+using tinyllm_test::download;
+using tinyllm_test::round_to;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -55,23 +59,8 @@ template <class T>
 std::vector<float> normal_as(std::size_t n, std::uint64_t which, float stddev = 1.0f) {
     std::vector<float> v(n);
     cpu::fill_normal(tensor_view<float, 1>(v.data(), {static_cast<index_t>(n)}), seed_for(which), 0.0f, stddev);
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    round_to<T>(v);
     return v;
-}
-
-template <class T>
-tc::device_buffer<T> upload(const std::vector<float>& v) {
-    std::vector<T> h(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) h[i] = tinyllm::from_float<T>(v[i]);
-    return tc::to_device(h);
-}
-
-template <class T>
-std::vector<float> download(const tc::device_buffer<T>& b) {
-    const auto h = tc::to_host(b);
-    std::vector<float> out(h.size());
-    for (std::size_t i = 0; i < h.size(); ++i) out[i] = tinyllm::to_float(h[i]);
-    return out;
 }
 
 template <class T>

@@ -5,6 +5,7 @@
 // rounding. Outputs are poisoned before every kernel runs.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/moe.cuh>
@@ -22,7 +23,9 @@ namespace tc = tinyllm::cuda;
 using tinyllm::extents;
 using tinyllm::index_t;
 using tinyllm::tensor;
+using tinyllm_test::on_grid;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -455,20 +458,6 @@ TEST_CASE("CUDA combine with bfloat16 rows and an odd width", "[cuda][moe][dispa
 }
 
 namespace {
-// Values on T's grid (rounded to T and back), so that the CPU (float) sees the GPU's inputs.
-template <class T>
-std::vector<float> on_grid(std::vector<float> v) {
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
-    return v;
-}
-// The same values as T, for upload.
-template <class T>
-std::vector<T> as_elements(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-    return out;
-}
-
 // The experts of a decode step as grouped GEMVs (moe_experts_swiglu_gemv) against
 // the CPU reference and the cuBLAS path, on the rows of kept slots (the only rows
 // the GEMVs write). T tokens with k = 2 of E = 8 experts; `skew` sends most tokens
@@ -487,9 +476,9 @@ void check_experts_gemv(index_t tokens, index_t D, index_t F, index_t block, flo
     const cpu_experts want_rows = cpu_expert_rows(ids, x, w1, w3, w2, tokens, k, E, D, F, o);
 
     auto d_ids = tc::to_device(ids);
-    auto d_x = tc::to_device(as_elements<T>(x));
-    auto d_w1 = tc::to_device(as_elements<T>(w1)), d_w3 = tc::to_device(as_elements<T>(w3));
-    auto d_w2 = tc::to_device(as_elements<T>(w2));
+    auto d_x = upload<T>(x);
+    auto d_w1 = upload<T>(w1), d_w3 = upload<T>(w3);
+    auto d_w2 = upload<T>(w2);
     const auto v1 = d_w1.view(extents<3>{E, F, D}), v3 = d_w3.view(extents<3>{E, F, D});
     const auto v2 = d_w2.view(extents<3>{E, D, F});
     tc::moe_dispatch_workspace plan_ws(tokens * k, E);
@@ -578,9 +567,9 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     const auto b = on_grid<T>(tinyllm_test::random_floats(D, which + 5, -0.5f, 0.5f));  // and bias (LayerNorm)
 
     auto d_ids = tc::to_device(ids);
-    auto d_y = tc::to_device(as_elements<T>(y));
+    auto d_y = upload<T>(y);
     auto d_w = tc::to_device(w);
-    auto d_g = tc::to_device(as_elements<T>(g)), d_b = tc::to_device(as_elements<T>(b));
+    auto d_g = upload<T>(g), d_b = upload<T>(b);
     tc::moe_dispatch_workspace plan_ws(tokens * k, E);
     plan_device p(tokens, k, E, block);
     tc::moe_plan(p.view(), d_ids.view(extents<2>{tokens, k}), o, plan_ws);
@@ -589,7 +578,7 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     const auto G = tinyllm::tensor_view<const T, 1>(d_g.data(), {D}), B = tinyllm::tensor_view<const T, 1>(d_b.data(), {D});
 
     // v1 combine, then the residual add + norm (norm v2).
-    auto d_x1 = tc::to_device(as_elements<T>(x));
+    auto d_x1 = upload<T>(x);
     tc::device_buffer<T> d_comb(tokens * D), d_out1(tokens * D), d_out2(tokens * D);
     const auto X1 = d_x1.view(extents<2>{tokens, D});
     d_comb.poison();
@@ -599,7 +588,7 @@ void check_combine_residual_norm(index_t tokens, index_t D, bool capacity, std::
     if constexpr (Layer) tc::residual_add_layer_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, B, eps);
     else tc::residual_add_rms_norm<T>(d_out1.view(extents<2>{tokens, D}), X1, X1, comb, G, eps);
     // v2, in one launch.
-    auto d_x2 = tc::to_device(as_elements<T>(x));
+    auto d_x2 = upload<T>(x);
     const auto X2 = d_x2.view(extents<2>{tokens, D});
     d_out2.poison();
     if constexpr (Layer) tc::moe_combine_residual_layer_norm<T>(d_out2.view(extents<2>{tokens, D}), X2, Y, W, p.view(), G, B, eps);

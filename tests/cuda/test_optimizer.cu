@@ -26,6 +26,7 @@
 //   clipping, dropout    the same float multiply on both sides: bit for bit.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/optimizer.cuh>
@@ -50,7 +51,10 @@ using tinyllm::named_parameter;
 using tinyllm::sgd_config;
 using tinyllm::tensor_view;
 using tinyllm_test::contains;
+using tinyllm_test::download;
+using tinyllm_test::round_to;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -61,23 +65,8 @@ template <class T>
 std::vector<float> normal_as(std::size_t n, std::uint64_t which, float stddev = 1.0f) {
     std::vector<float> v(n);
     cpu::fill_normal(tensor_view<float, 1>(v.data(), {static_cast<index_t>(n)}), seed_for(which), 0.0f, stddev);
-    for (auto& x : v) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+    round_to<T>(v);
     return v;
-}
-
-template <class T>
-tc::device_buffer<T> upload(const std::vector<float>& v) {
-    std::vector<T> t(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) t[i] = tinyllm::from_float<T>(v[i]);
-    return tc::to_device(t);
-}
-
-template <class T>
-std::vector<float> download(const tc::device_buffer<T>& b) {
-    const auto h = tc::to_host(b);
-    std::vector<float> out(h.size());
-    for (std::size_t i = 0; i < h.size(); ++i) out[i] = tinyllm::to_float(h[i]);
-    return out;
 }
 
 template <class T>
@@ -285,7 +274,7 @@ void check_clip(const std::vector<std::size_t>& sizes, float scale, double max_n
     for (std::size_t i = 0; i < sizes.size(); ++i) {
         // The CPU clipped float copies of the T values: round them back to T.
         std::vector<float> ref = m.host[i];
-        for (auto& x : ref) x = tinyllm::to_float(tinyllm::from_float<T>(x));
+        round_to<T>(ref);
         TINYLLM_REQUIRE_CLOSE(download(m.device[i]), ref, tolerance{0, 0, 0}, name + ": grad " + std::to_string(i));
     }
 }
@@ -373,7 +362,7 @@ void check_dropout(index_t n, float p, std::uint64_t offset, std::uint64_t which
     std::vector<float> ref(x.size()), ref_dx(x.size());
     std::vector<std::uint8_t> ref_mask(x.size());
     cpu::dropout<1>(view(ref), {ref_mask.data(), {n}}, cview(x), p, s, offset);
-    for (auto& r : ref) r = tinyllm::to_float(tinyllm::from_float<T>(r));
+    round_to<T>(ref);
     auto d_x = upload<T>(x);
     tc::device_buffer<T> d_out(x.size());
     tc::device_buffer<std::uint8_t> d_mask(x.size());
@@ -387,7 +376,7 @@ void check_dropout(index_t n, float p, std::uint64_t offset, std::uint64_t which
     // The backward: the same decisions regenerated; in place on dout.
     const auto dout = normal_as<T>(x.size(), which + 2);
     cpu::dropout_backward<1>(view(ref_dx), cview(dout), p, s, offset);
-    for (auto& r : ref_dx) r = tinyllm::to_float(tinyllm::from_float<T>(r));
+    round_to<T>(ref_dx);
     auto d_dout = upload<T>(dout);
     tc::dropout_backward<T, 1>(dview(d_dout), dview(d_dout), p, s, offset);
     TINYLLM_REQUIRE_CLOSE(download(d_dout), ref_dx, tolerance{0, 0, 0}, name + ": dx (in place)");

@@ -23,6 +23,7 @@
 //                outlier rows and unit-variance weights push past any fixed bound.)
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
@@ -47,7 +48,9 @@ using tinyllm::quantized_matrix;
 using tinyllm::tensor;
 using tinyllm::tensor_view;
 using tinyllm_test::contains;
+using tinyllm_test::download;
 using tinyllm_test::tolerance;
+using tinyllm_test::upload;
 
 namespace {
 
@@ -64,20 +67,6 @@ tensor<float, 2> random_as(index_t rows, index_t cols, std::uint64_t which, floa
     cpu::fill_uniform(t, seed_for(which), lo, hi);
     for (auto& v : t.values()) v = tinyllm::to_float(tinyllm::from_float<T>(v));
     return t;
-}
-
-template <class T>
-tc::device_buffer<T> upload(const std::vector<float>& v) {
-    std::vector<T> t(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) t[i] = tinyllm::from_float<T>(v[i]);
-    return tc::to_device(t);
-}
-
-template <class T>
-std::vector<float> download(const tc::device_buffer<T>& d) {
-    std::vector<float> out;
-    for (const T& v : tc::to_host(d)) out.push_back(tinyllm::to_float(v));
-    return out;
 }
 
 template <class T>
