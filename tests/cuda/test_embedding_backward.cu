@@ -13,6 +13,7 @@
 // must give the same bits.
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/embedding.cuh>
@@ -33,6 +34,7 @@ using tinyllm::bfloat16;
 using tinyllm::extents;
 using tinyllm::index_t;
 using tinyllm::tensor_view;
+using tinyllm_test::as_floats;
 using tinyllm_test::tolerance;
 
 namespace {
@@ -43,9 +45,7 @@ template <class T>
 std::vector<T> normal_values(std::size_t n, std::uint64_t which) {
     std::vector<float> v(n);
     cpu::fill_normal(tensor_view<float, 1>(v.data(), {static_cast<index_t>(n)}), seed_for(which), 0.0f, 1.0f);
-    std::vector<T> out(n);
-    for (std::size_t i = 0; i < n; ++i) out[i] = tinyllm::from_float<T>(v[i]);
-    return out;
+    return tinyllm_test::as_type<T>(v);
 }
 
 // Ids in [0, V); with probability `repeat` the id `frequent`.
@@ -57,13 +57,6 @@ std::vector<Id> random_ids(std::size_t n, index_t V, std::uint64_t which, double
     std::vector<Id> ids(n);
     for (Id& id : ids) id = often(rng) ? frequent : static_cast<Id>(pick(rng));
     return ids;
-}
-
-template <class T>
-std::vector<float> as_floats(const std::vector<T>& v) {
-    std::vector<float> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::to_float(v[i]);
-    return out;
 }
 
 template <class T>

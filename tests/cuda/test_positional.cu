@@ -16,6 +16,7 @@
 //   float16   abs 2e-3 + rel 2e-3 (half an ulp of fp16 is 2^-12 relative)
 #include "support/catch.hpp"
 #include "support/compare.hpp"
+#include "support/elements.hpp"
 
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/positional.cuh>
@@ -37,6 +38,8 @@ using tinyllm::index_t;
 using tinyllm::rope_config;
 using tinyllm::rope_pairing;
 using tinyllm::rope_scaling;
+using tinyllm_test::as_floats;
+using tinyllm_test::as_type;
 using tinyllm_test::tolerance;
 
 namespace {
@@ -46,20 +49,6 @@ tolerance tolerance_for() {
     if constexpr (std::is_same_v<T, float>) return {1e-5, 1e-5, 1e-5};
     else if constexpr (std::is_same_v<T, tinyllm::bfloat16>) return {1e-2, 1e-2, 1e-2};
     else return {2e-3, 2e-3, 2e-3};
-}
-
-template <class T>
-std::vector<T> to_storage(const std::vector<float>& v) {
-    std::vector<T> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::from_float<T>(v[i]);
-    return out;
-}
-
-template <class T>
-std::vector<float> to_floats(const std::vector<T>& v) {
-    std::vector<float> out(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::to_float(v[i]);
-    return out;
 }
 
 // Random positions in [0, max_pos): fresh each run.
@@ -142,13 +131,13 @@ std::vector<rope_case> rope_cases() {
 template <class T, class P>
 void check_rope_case(const rope_case& c, std::uint64_t which) {
     const std::size_t n = static_cast<std::size_t>(c.B * c.T * c.H * c.D);
-    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
+    const auto x_in = as_type<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
     const auto positions = random_positions<P>(static_cast<std::size_t>(c.B * c.T), which + 1000, c.max_pos);
     const tinyllm::extents<4> shape{c.B, c.T, c.H, c.D};
     const tinyllm::extents<2> pshape{c.B, c.T};
 
     // Reference: the CPU function on the same (rounded) inputs, in float.
-    std::vector<float> want = to_floats(x_in);
+    std::vector<float> want = as_floats(x_in);
     tinyllm::cpu::apply_rope(tinyllm::tensor_view<float, 4>(want.data(), shape),
                              tinyllm::tensor_view<const P, 2>(positions.data(), pshape), c.cfg);
 
@@ -205,13 +194,13 @@ TEST_CASE("RoPE on q inside a fused qkv buffer, and on a misaligned view", "[cud
     const index_t B = 2, T = 5, H = 3, D = 64;
     const rope_config cfg{.rotary_dim = 64};
     const std::size_t n = static_cast<std::size_t>(B * T * 3 * H * D);
-    const auto host = to_storage<tinyllm::bfloat16>(tinyllm_test::random_floats(n, 77));
+    const auto host = as_type<tinyllm::bfloat16>(tinyllm_test::random_floats(n, 77));
     const auto positions = random_positions<std::int64_t>(static_cast<std::size_t>(B * T), 78, 500);
     auto d_pos = tc::to_device(positions);
     const tinyllm::extents<2> pshape{B, T};
 
     // Reference: rotate the q part of the fused buffer on the CPU; k and v stay.
-    std::vector<float> want = to_floats(host);
+    std::vector<float> want = as_floats(host);
     tinyllm::tensor_view<float, 4> fused_ref(want.data(), {B, T, 3 * H, D});
     tinyllm::cpu::apply_rope(fused_ref.narrow(2, 0, H), tinyllm::tensor_view<const std::int64_t, 2>(positions.data(), pshape),
                              cfg);
@@ -242,10 +231,10 @@ template <class T>
 void check_rope_default_positions(index_t B, index_t T_, index_t H, index_t D, const rope_config& cfg,
                                   index_t offset, std::uint64_t which) {
     const std::size_t n = static_cast<std::size_t>(B * T_ * H * D);
-    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
+    const auto x_in = as_type<T>(tinyllm_test::random_floats(n, which, -2.0f, 2.0f));
     const tinyllm::extents<4> shape{B, T_, H, D};
     tinyllm::tensor<float, 4> want(shape);
-    want.values() = to_floats(x_in);
+    want.values() = as_floats(x_in);
     tinyllm::cpu::apply_rope(want, cfg, offset);
     const std::string what = std::string(tinyllm::dtype_name<T>()) + " B" + std::to_string(B) + " T" +
                              std::to_string(T_) + " H" + std::to_string(H) + " D" + std::to_string(D) + " rotary " +
@@ -288,7 +277,7 @@ void check_rope_default_positions(index_t B, index_t T_, index_t H, index_t D, c
     guarded<T> k(nk);
     const auto k_in = std::vector<T>(x_in.begin(), x_in.begin() + static_cast<std::ptrdiff_t>(nk));
     tinyllm::tensor<float, 4> k_want({B, T_, index_t{1}, D});
-    k_want.values() = to_floats(k_in);
+    k_want.values() = as_floats(k_in);
     tinyllm::cpu::apply_rope(k_want, cfg, offset);
     x.load(x_in);
     k.load(k_in);
@@ -324,7 +313,7 @@ namespace {
 template <class T, class P>
 void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
     const std::size_t n = static_cast<std::size_t>(B * S * D);
-    const auto x_in = to_storage<T>(tinyllm_test::random_floats(n, which));
+    const auto x_in = as_type<T>(tinyllm_test::random_floats(n, which));
     const index_t max_pos = 1000;
     const auto positions = random_positions<P>(static_cast<std::size_t>(B * S), which + 1, max_pos);
     const tinyllm::extents<3> shape{B, S, D};
@@ -334,7 +323,7 @@ void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
     const std::string what = "B" + std::to_string(B) + " T" + std::to_string(S) + " D" + std::to_string(D) + " " +
                              std::string(tinyllm::dtype_name<T>());
 
-    std::vector<float> want = to_floats(x_in);
+    std::vector<float> want = as_floats(x_in);
     tinyllm::cpu::add_sinusoidal(tinyllm::tensor_view<float, 3>(want.data(), shape), host_pos);
     guarded<T> x(n);
     const tinyllm::tensor_view<T, 3> xv(x.data(), shape);
@@ -342,9 +331,9 @@ void check_absolute(index_t B, index_t S, index_t D, std::uint64_t which) {
     tc::add_sinusoidal(xv, d_pos.view(pshape));
     TINYLLM_REQUIRE_CLOSE(x.result(), want, tolerance_for<T>(), "add_sinusoidal " + what);
 
-    const auto table = to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(max_pos * D), which + 2));
-    const auto table_f = to_floats(table);
-    want = to_floats(x_in);
+    const auto table = as_type<T>(tinyllm_test::random_floats(static_cast<std::size_t>(max_pos * D), which + 2));
+    const auto table_f = as_floats(table);
+    want = as_floats(x_in);
     tinyllm::cpu::add_learned_positions(tinyllm::tensor_view<float, 3>(want.data(), shape),
                                         tinyllm::tensor_view<const float, 2>(table_f.data(), {max_pos, D}), host_pos);
     auto d_table = tc::to_device(table);
@@ -416,9 +405,9 @@ void check_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, const tc::rope_
                                  rope, nullptr);
     const auto got_qkv = tc::to_host(qkv), got_k = tc::to_host(keys), got_v = tc::to_host(values);
 
-    const auto q_bits = tinyllm_test::compare_bits(to_floats(got_qkv), to_floats(want_qkv));
-    const auto k_bits = tinyllm_test::compare_bits(to_floats(got_k), to_floats(want_k));
-    const auto v_bits = tinyllm_test::compare_bits(to_floats(got_v), to_floats(want_v));
+    const auto q_bits = tinyllm_test::compare_bits(as_floats(got_qkv), as_floats(want_qkv));
+    const auto k_bits = tinyllm_test::compare_bits(as_floats(got_k), as_floats(want_k));
+    const auto v_bits = tinyllm_test::compare_bits(as_floats(got_v), as_floats(want_v));
     const auto kept =
         static_cast<std::size_t>(std::count_if(dest.begin(), dest.end(), [](index_t d) { return d >= 0; }));
     std::printf("  rope_write_cache %s: %lld tokens, %zu kept; qkv, keys, values differ in %zu, %zu, %zu elements\n",
@@ -430,7 +419,7 @@ void check_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, const tc::rope_
     // Exactly the kept rows were written (finite); the rest is still poison.
     REQUIRE(k_bits.non_finite == (static_cast<std::size_t>(cache_rows) - kept) * static_cast<std::size_t>(width));
     REQUIRE(v_bits.non_finite == k_bits.non_finite);
-    if (rope != nullptr) REQUIRE(to_floats(got_qkv) != to_floats(qkv_host));  // something rotated
+    if (rope != nullptr) REQUIRE(as_floats(got_qkv) != as_floats(qkv_host));  // something rotated
 }
 
 template <class T>
@@ -496,11 +485,11 @@ void check_qkv_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, index_t K, 
     INFO(what);
     const index_t tokens = static_cast<index_t>(positions.size()), N = (Hq + 2 * Hkv) * Dh, width = Hkv * Dh;
     const float w_scale = 1.0f / std::sqrt(static_cast<float>(K));
-    const std::vector<T> x = to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(tokens * K), which));
-    const std::vector<T> w = to_storage<T>(
+    const std::vector<T> x = as_type<T>(tinyllm_test::random_floats(static_cast<std::size_t>(tokens * K), which));
+    const std::vector<T> w = as_type<T>(
         tinyllm_test::random_floats(static_cast<std::size_t>(N * K), which + 1, -w_scale, w_scale));
     const std::vector<T> bias =
-        with_bias ? to_storage<T>(tinyllm_test::random_floats(static_cast<std::size_t>(N), which + 2, -0.5f, 0.5f))
+        with_bias ? as_type<T>(tinyllm_test::random_floats(static_cast<std::size_t>(N), which + 2, -0.5f, 0.5f))
                   : std::vector<T>{};
     std::vector<float> projected(static_cast<std::size_t>(tokens * N));
     for (index_t r = 0; r < tokens; ++r)
@@ -516,7 +505,7 @@ void check_qkv_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, index_t K, 
     const auto pos = tc::to_device(positions);
 
     // What v4 replaces: the projection's output in T, then v3.
-    auto qkv_ref = tc::to_device(to_storage<T>(projected));
+    auto qkv_ref = tc::to_device(as_type<T>(projected));
     auto keys_ref = tc::to_device(poison), values_ref = tc::to_device(poison);
     tc::detail::rope_write_cache(keys_ref.data(), values_ref.data(), rows, qkv_ref.data(), tokens, N, Hq, Hkv, Dh,
                                  pos.data(), rope, nullptr);
@@ -531,11 +520,11 @@ void check_qkv_rope_write_cache(index_t Hq, index_t Hkv, index_t Dh, index_t K, 
 
     tinyllm_test::tolerance tol{1e-5, 1e-5, 1e-5};
     if constexpr (std::is_same_v<T, tinyllm::bfloat16>) tol = {1.5e-2, 1e-2, 1e-2};
-    TINYLLM_REQUIRE_CLOSE(to_floats(tc::to_host(qkv)), to_floats(tc::to_host(qkv_ref)), tol, "qkv " + what);
+    TINYLLM_REQUIRE_CLOSE(as_floats(tc::to_host(qkv)), as_floats(tc::to_host(qkv_ref)), tol, "qkv " + what);
     // The kept cache rows agree; the others are still poison.
     std::size_t kept = 0;
     for (const auto& [got_buf, want_buf] : {std::pair{&keys, &keys_ref}, std::pair{&values, &values_ref}}) {
-        const std::vector<float> got = to_floats(tc::to_host(*got_buf)), want = to_floats(tc::to_host(*want_buf));
+        const std::vector<float> got = as_floats(tc::to_host(*got_buf)), want = as_floats(tc::to_host(*want_buf));
         std::vector<float> got_kept, want_kept;
         kept = 0;
         for (const index_t d : dest) {

@@ -33,6 +33,14 @@ std::vector<T> as_type(const std::vector<float>& v) {
     return out;
 }
 
+// Values of T as floats (exact: every T value is a float).
+template <class T>
+std::vector<float> as_floats(const std::vector<T>& v) {
+    std::vector<float> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = tinyllm::to_float(v[i]);
+    return out;
+}
+
 // The values as T in a new device buffer.
 template <class T>
 tinyllm::cuda::device_buffer<T> upload(const std::vector<float>& v) {
@@ -42,10 +50,7 @@ tinyllm::cuda::device_buffer<T> upload(const std::vector<float>& v) {
 // A device buffer of T, as floats on the host.
 template <class T>
 std::vector<float> download(const tinyllm::cuda::device_buffer<T>& b) {
-    const auto h = tinyllm::cuda::to_host(b);
-    std::vector<float> out(h.size());
-    for (std::size_t i = 0; i < h.size(); ++i) out[i] = tinyllm::to_float(h[i]);
-    return out;
+    return as_floats(tinyllm::cuda::to_host(b));
 }
 
 }  // namespace tinyllm_test
