@@ -343,24 +343,29 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
         const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 21));
         const tc::model<T> m(host);
-        const index_t B = 3, V = c.vocab_size, capacity = 100, steps = moe ? 12 : 80;
-        // Right-padded prompts of 9, 4 and 6 tokens, fed to two identical sessions.
-        const std::vector<token_id> prompts = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0, 0, 0, 0, 0,
-                                               14, 15, 16, 17, 18, 19, 0, 0, 0};
-        const std::vector<index_t> counts = {9, 4, 6};
+        // Prompts of 50, 41 and 46 tokens: the decode steps' keys (the longest row's
+        // plus one) pass 64 at step 14, so that a dense model's steps take two shapes
+        // (decode_keys: 64, then the capacity, 100), and MoE's 12 steps stay in one.
+        const index_t B = 3, P = 50, V = c.vocab_size, capacity = 100, steps = moe ? 12 : 24;
+        const index_t between = moe ? -1 : 8;  // the step at which forward() feeds the graphed session
+        const std::vector<index_t> counts = {P, 41, 46};
+        tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
+        std::vector<token_id> prompts(static_cast<std::size_t>(B * P), 0);  // (B, P), right-padded
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < counts[static_cast<std::size_t>(b)]; ++t)
+                prompts[static_cast<std::size_t>(b * P + t)] = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
         auto eager = m.new_session(B, capacity, kv), graphed = m.new_session(B, capacity, kv);
-        m.forward(eager, tensor_view<const token_id, 2>(prompts.data(), {B, 9}), counts);
-        m.forward(graphed, tensor_view<const token_id, 2>(prompts.data(), {B, 9}), counts);
+        m.forward(eager, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
+        m.forward(graphed, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
         tc::device_buffer<token_id> ids(static_cast<std::size_t>(B));
         std::vector<token_id> next(static_cast<std::size_t>(B));
-        tinyllm::philox_generator g(tinyllm_test::test_seed(), 7);
 #if defined(TINYLLM_SIMULATED_GPU)
         std::size_t replays_checked = 0;
 #endif
         for (index_t step = 0; step < steps; ++step) {
             for (auto& id : next) id = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
             const auto want = host_rows(m.forward(eager, tensor_view<const token_id, 2>(next.data(), {B, 1})), 0, B);
-            if (step == 40) {  // forward() on the graphed session in between: the graphs follow its lengths
+            if (step == between) {  // forward() on the graphed session in between: the graphs follow its lengths
                 REQUIRE(m.forward(graphed, tensor_view<const token_id, 2>(next.data(), {B, 1})).data() != nullptr);
                 continue;
             }
@@ -397,7 +402,7 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
 #endif
         } else {
             // Keys rounded to 64 for the first steps, then to the capacity (100): two
-            // shapes; the forward() at step 40 moved no buffer, so no capture again.
+            // shapes; the forward() in between moved no buffer, so no capture again.
             CHECK(graphed.graph_captures() == 2);
             CHECK(graphed.graph_replays() == static_cast<std::size_t>(steps - 1 - 2));
 #if defined(TINYLLM_SIMULATED_GPU)
