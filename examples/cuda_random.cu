@@ -2,7 +2,12 @@
 //
 // Fills a tensor with Philox random numbers on the GPU and checks that the CPU
 // reference produces the very same bits.
-#include <tinyllm/cuda/tinyllm.cuh>
+// The headers it uses rather than the umbrella <tinyllm/cuda/tinyllm.cuh>: each header is
+// self-contained, and nvcc parses every header it is given twice, for the host and for the
+// device. With these three this file compiles in about 5 s; with the umbrella, in about 45 s.
+#include <tinyllm/cuda/device.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/random.cuh>
 
 #include <cstdio>
 #include <cstring>

@@ -4,7 +4,14 @@
 #include "support/catch.hpp"
 #include "support/compare.hpp"
 
-#include <tinyllm/cuda/tinyllm.cuh>
+#include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/copy.cuh>
+#include <tinyllm/cuda/device.cuh>
+#include <tinyllm/cuda/device_buffer.cuh>
+#include <tinyllm/cuda/dtype.cuh>
+#include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/random.cuh>
+#include <tinyllm/cuda/timing.cuh>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

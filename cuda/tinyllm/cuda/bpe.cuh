@@ -197,6 +197,7 @@ private:
 
 // Encode every document as tok.encode_ordinary would (special tokens' strings
 // are ordinary text). `dv` must have been made from tok.vocab().
+template <class = void>  // compiled only where called (launch.cuh)
 inline std::vector<std::vector<token_id>> encode_batch(const tokenizer& tok, const bpe_device_vocab& dv,
                                                        const std::vector<std::string>& documents,
                                                        cudaStream_t stream = nullptr) {

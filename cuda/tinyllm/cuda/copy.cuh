@@ -58,6 +58,7 @@ inline void expect_same_size(tensor_view<float, 1> out, tensor_view<const float,
 }  // namespace detail
 
 // v1: out[i] = in[i], one thread per element.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void copy_naive(tensor_view<float, 1> out, tensor_view<const float, 1> in, cudaStream_t stream = nullptr) {
     detail::expect_same_size(out, in, "copy_naive");
     if (in.size() == 0) return;
@@ -68,6 +69,7 @@ inline void copy_naive(tensor_view<float, 1> out, tensor_view<const float, 1> in
 }
 
 // v2: out[i] = in[i], 16 bytes per thread per step, grid-stride.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void copy_vectorized(tensor_view<float, 1> out, tensor_view<const float, 1> in, cudaStream_t stream = nullptr) {
     detail::expect_same_size(out, in, "copy_vectorized");
     TINYLLM_EXPECT(reinterpret_cast<std::uintptr_t>(out.data()) % 16 == 0 &&

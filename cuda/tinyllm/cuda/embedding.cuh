@@ -301,6 +301,7 @@ inline unsigned grid_for(index_t n, int threads) {
 // it; one workspace serves one stream at a time.
 class embedding_backward_workspace {
 public:
+    template <class = void>  // compiled only where called (launch.cuh): plan_'s constructor names CUB's kernels
     embedding_backward_workspace(index_t tokens, index_t V)
         : tokens_(tokens), vocabulary_(V), bits_(std::bit_width(static_cast<std::uint64_t>(V < 1 ? 1 : V))),
           passes_((bits_ + 11) / 12), digit_bits_((bits_ + passes_ - 1) / passes_),

@@ -25,6 +25,26 @@
 // TINYLLM_CUDA_ARCH is the compute capability the device code is compiled
 // for (800 for sm_80, ...): __CUDA_ARCH__ under nvcc's device pass, 900 (an
 // H100) on the simulated GPU, 0 in host code.
+//
+// What including a header costs. A kernel defined in a header is a template
+// (kernel<T>), so that every program may define it. nvcc compiles device code
+// for each kernel<T> that the translation unit names, whether or not anything
+// runs it: a launcher that is an ordinary inline function, say
+//
+//     inline void greedy(...) { launch(detail::greedy_kernel<512, float>, ...); }
+//
+// puts greedy_kernel into every program that includes the header, called or
+// not. C++ instantiates what a template names only when the template itself
+// is instantiated, so such launchers are templates of one unused parameter,
+//
+//     template <class = void>  // compiled only where called (launch.cuh)
+//     inline void greedy(...) { ... }
+//
+// called exactly as before (greedy(out, logits)): their parameters are not
+// deduced, so arguments convert to them as to any function's. The tests
+// compile the umbrella header alone to PTX and find no tinyllm kernel in it
+// (tests/cuda/no_kernels_until_called.cmake); before this rule it held 44,
+// and a program that included it spent about 6 s more in cicc and ptxas.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -396,6 +396,7 @@ __global__ void distillation_status_init_kernel(distillation_status* status, int
 // unit column stride); unless dlogits is empty, ADDS grad_scale * tau (p - q) / rows
 // to dlogits (rows, V), which must not be either logits. Returns the loss
 // (synchronizes `stream`). The CPU reference is tinyllm::cpu::distillation_loss.
+template <class = void>  // compiled only where called (launch.cuh)
 inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empty; added to*/,
                                tensor_view<const float, 2> student /*(rows, V)*/,
                                tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,

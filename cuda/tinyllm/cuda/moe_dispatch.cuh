@@ -348,6 +348,7 @@ namespace tinyllm::cuda {
 // E experts; make it once and reuse it.
 class moe_dispatch_workspace {
 public:
+    template <class = void>  // compiled only where called (launch.cuh): the scan's size query names its kernels
     moe_dispatch_workspace(index_t slots, index_t experts)
         : slots_(slots), experts_(experts), tiles_(ceil_div<index_t>(slots, detail::moe_tile_slots)) {
         TINYLLM_EXPECT(slots >= 0 && experts >= 1, "moe_dispatch_workspace: slots = ", slots, ", E = ", experts);
@@ -375,6 +376,7 @@ private:
 
 // Steps 1–3 of dispatch on the GPU: the same plan as cpu::moe_plan (device
 // memory; asynchronous on `stream`). The workspace must match E and hold T·k slots.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids, const moe_dispatch_options& options,
                      moe_dispatch_workspace& ws, cudaStream_t stream = nullptr) {
     const index_t T = ids.extent(0), k = ids.extent(1), E = plan.expert_counts.extent(0), slots = T * k;
@@ -809,6 +811,7 @@ public:
         return buffer_.data();
     }
     // The plan's workspace for `slots` slots and E experts.
+    template <class = void>  // compiled only where called (launch.cuh), as the workspace's constructor
     moe_dispatch_workspace& dispatch(index_t slots, index_t experts, cudaStream_t stream) {
         if (!dispatch_ || dispatch_->slots() < slots || dispatch_->experts() != experts) {
             if (dispatch_) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -834,6 +837,7 @@ private:
 // options as given to the forward. float tensors, contiguous, on the device.
 // Reads the plan's offsets back to the host (one wait on `stream`) to size the
 // experts' GEMMs.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void moe_backward(tensor_view<float, 2> dx, tensor_view<float, 2> drouter, tensor_view<float, 3> dw1,
                          tensor_view<float, 3> dw3, tensor_view<float, 3> dw2, tensor_view<const float, 2> dout,
                          tensor_view<const float, 2> dlogits_extra, tensor_view<const float, 2> x,

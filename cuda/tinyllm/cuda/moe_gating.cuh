@@ -600,6 +600,7 @@ __global__ void softmax_topk_gating_backward_kernel(F* dlogits, const F* dweight
 // `accumulate`, added to (an auxiliary loss's gradient already there). float
 // logits; every tensor contiguous, on the device. The formulas of
 // cpu::softmax_topk_gating_backward, in double, rounded once.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits, tensor_view<const float, 2> dweights,
                                          tensor_view<const float, 2> logits, bool renormalize, bool accumulate = false,
                                          cudaStream_t stream = nullptr) {

@@ -317,6 +317,7 @@ void adamw_step(tensor_view<T, 1> param, tensor_view<float, 1> master, tensor_vi
 }
 
 // The float version with the CPU's signature (no master).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void adamw_step(tensor_view<float, 1> param, tensor_view<float, 1> m, tensor_view<float, 1> v,
                        tensor_view<const float, 1> grad, const adamw_config& config, std::int64_t step,
                        bool decay = true, cudaStream_t stream = nullptr) {
@@ -406,6 +407,7 @@ void sgd_step(tensor_view<T, 1> param, tensor_view<float, 1> master, tensor_view
 }
 
 // The float version with the CPU's signature.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void sgd_step(tensor_view<float, 1> param, tensor_view<float, 1> momentum_buffer,
                      tensor_view<const float, 1> grad, const sgd_config& config, bool first_step, bool decay = true,
                      cudaStream_t stream = nullptr) {

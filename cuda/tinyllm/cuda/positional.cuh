@@ -592,6 +592,7 @@ void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type
 // Build the cos/sin table of `cfg` for positions [0, max_positions) on the device.
 // The table's width is rotary_dim/2, so rotary_dim must be explicit: for the
 // default (0, the whole head dim) pass resolve_rope(cfg, head_dim).
+template <class = void>  // compiled only where called (launch.cuh)
 inline rope_cache make_rope_cache(const rope_config& config, index_t max_positions, cudaStream_t stream = nullptr) {
     const rope_config cfg = tinyllm::detail::resolve_rope_without_head_dim(config, "make_rope_cache");
     TINYLLM_EXPECT(max_positions >= 1, "make_rope_cache: max_positions = ", max_positions, " must be at least 1");

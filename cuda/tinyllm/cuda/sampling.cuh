@@ -906,6 +906,7 @@ inline void check_out(tensor_view<token_id, 1> out, index_t rows, const char* wh
     TINYLLM_EXPECT(out.extent(0) <= 1 || out.stride(0) == 1, what, ": out must be contiguous");
 }
 
+template <class = void>  // compiled only where called (launch.cuh)
 inline void run_processor(tensor_view<float, 2> logits, int which, float value, index_t k, const char* what,
                           sampling_check check, cudaStream_t stream) {
     check_logits(logits, what);
@@ -917,6 +918,7 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
     check_status(status, B, what, check, stream);
 }
 
+template <class = void>  // compiled only where called (launch.cuh)
 inline void run_token_list(tensor_view<float, 2> logits, const std::vector<token_id>& tokens,
                            const std::vector<float>* bias, cudaStream_t stream) {
     if (logits.extent(0) == 0 || tokens.empty()) return;
@@ -940,24 +942,28 @@ inline void run_token_list(tensor_view<float, 2> logits, const std::vector<token
 // ---- v1: the processors, one kernel each, in place on device logits (B, V) ----
 
 // z <- z / T; T = 0 keeps only the first argmax (greedy decoding).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void temperature(tensor_view<float, 2> logits, float t, sampling_check check = sampling_check::sync,
                         cudaStream_t stream = nullptr) {  // (B, V)
     ::tinyllm::detail::check_temperature(t);
     detail::run_processor(logits, 0, t, 0, "temperature", check, stream);
 }
 // Keep the logits >= the k-th largest (ties kept).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void top_k(tensor_view<float, 2> logits, index_t k, sampling_check check = sampling_check::sync,
                   cudaStream_t stream = nullptr) {  // (B, V)
     ::tinyllm::detail::check_top_k(k);
     detail::run_processor(logits, 1, 0.0f, k, "top_k", check, stream);
 }
 // Keep the most probable tokens until their mass reaches p.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void top_p(tensor_view<float, 2> logits, float p, sampling_check check = sampling_check::sync,
                   cudaStream_t stream = nullptr) {  // (B, V)
     ::tinyllm::detail::check_top_p(p);
     detail::run_processor(logits, 2, p, 0, "top_p", check, stream);
 }
 // Keep the tokens with probability >= p * the top token's.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void min_p(tensor_view<float, 2> logits, float p, sampling_check check = sampling_check::sync,
                   cudaStream_t stream = nullptr) {  // (B, V)
     ::tinyllm::detail::check_min_p(p);
@@ -967,6 +973,7 @@ inline void min_p(tensor_view<float, 2> logits, float p, sampling_check check = 
 namespace detail {
 // Both penalties: validate, launch penalty_kernel in `mode` (0: repetition with
 // factor a; 1: frequency a and presence b), check the rows' status.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated, int mode, float a,
                         float b, const char* op, sampling_check check, cudaStream_t stream) {
     check_logits(logits, op);
@@ -984,6 +991,7 @@ inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const token_id
 }  // namespace detail
 
 // Repetition penalty over the generated tokens (B, L) (device memory, entries < 0 are padding).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated, float r,
                                sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     ::tinyllm::detail::check_penalty(r);
@@ -991,6 +999,7 @@ inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const t
 }
 
 // Frequency and presence penalties over the generated tokens (B, L) (device memory).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view<const token_id, 2> generated,
                                        float frequency, float presence, sampling_check check = sampling_check::sync,
                                        cudaStream_t stream = nullptr) {
@@ -1001,6 +1010,7 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
 }
 
 // z_t <- z_t + bias[t] in every row (the map is on the host). Synchronizes.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, float>& bias,
                        cudaStream_t stream = nullptr) {  // (B, V)
     detail::check_logits(logits, "logit_bias");
@@ -1018,6 +1028,7 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, fl
 }
 
 // z_t <- -inf for the listed tokens in every row. Synchronizes.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> tokens,
                        cudaStream_t stream = nullptr) {  // (B, V)
     detail::check_logits(logits, "ban_tokens");
@@ -1036,6 +1047,7 @@ inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> t
 
 // Greedy, one block per row: out[b] = argmax of row b (lowest index among
 // ties). out (B) and logits (B, V) on the device.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void greedy_reduction(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
@@ -1050,6 +1062,7 @@ inline void greedy_reduction(tensor_view<token_id, 1> out, tensor_view<const flo
 
 // v1 chooser: a draw from softmax(logits) per row, the same token as
 // tinyllm::cpu::sample(out, logits, seed, step, stream_offset).
+template <class = void>  // compiled only where called (launch.cuh)
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
                    std::uint64_t step, std::uint64_t stream_offset = 0, sampling_check check = sampling_check::sync,
                    cudaStream_t stream = nullptr) {
@@ -1067,6 +1080,7 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 // in one kernel (the logits are not modified); temperature 0 is greedy. The
 // same token as tinyllm::cpu::sample(out, logits, params, seed, step,
 // stream_offset): row b draws from Philox stream b + stream_offset.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void sample_fused(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
@@ -1151,6 +1165,7 @@ inline unsigned split_grid(index_t B, int splits) {
 
 // v3 split greedy: several blocks per row, one launch (see split_row). splits
 // = 0 chooses the count (split_count); a positive value forces it.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void greedy_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, int splits = 0,
                          sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
@@ -1170,6 +1185,7 @@ inline void greedy_split(tensor_view<token_id, 1> out, tensor_view<const float, 
 // launch per pass: the maximum (with top-k's first radix byte), 3 more bytes
 // for top-k (0 < k < V), 4 for top-p (p < 1), the draw — 2 to 9 launches.
 // Temperature 0 is greedy_split.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                          std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0, int splits = 0,
                          sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
@@ -1206,6 +1222,7 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
 // The public choosers pick the rung: v3 (split) when it gives a row more than
 // one block (split_count > 1: B < 264 rows and V > 4096), else the
 // one-block-per-row rung, which needs fewer launches.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1) return greedy_split(out, logits, 0, check, stream);
@@ -1215,6 +1232,7 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 // The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
 // 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
 // seed, step, stream_offset): sample_split or sample_fused, as greedy chooses.
+template <class = void>  // compiled only where called (launch.cuh)
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
