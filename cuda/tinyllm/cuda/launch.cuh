@@ -43,7 +43,7 @@
 // called exactly as before (greedy(out, logits)): their parameters are not
 // deduced, so arguments convert to them as to any function's. The tests
 // compile the umbrella header alone to PTX and find no tinyllm kernel in it
-// (tests/cuda/no_kernels_until_called.cmake); before this rule it held 44,
+// (tests/cuda/no_kernels_until_called.cmake); before this rule it held 41,
 // and a program that included it spent about 6 s more in cicc and ptxas.
 #pragma once
 
