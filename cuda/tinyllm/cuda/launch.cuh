@@ -41,11 +41,12 @@
 //     inline void greedy(...) { ... }
 //
 // called exactly as before (greedy(out, logits)): their parameters are not
-// deduced, so arguments convert to them as to any function's. The tests
-// compile every CUDA header, and nothing else, to PTX and find no tinyllm
-// kernel there (tests/cuda/no_kernels_until_called.cmake). Before this rule
-// the umbrella header alone held 41, and a program that included it spent
-// about 6 s more in cicc and ptxas.
+// deduced, so arguments convert to them as to any function's (a pointer to
+// one is &greedy<>). The tests compile every CUDA header, and nothing else,
+// to PTX and find no tinyllm kernel there
+// (tests/cuda/no_kernels_until_called.cmake). Before this rule the umbrella
+// header alone held 41, and a program that included it spent about 6 s more
+// in cicc and ptxas.
 #pragma once
 
 #include <cuda_runtime.h>
