@@ -3,7 +3,9 @@
 // One launch at a time (a mutex), one block at a time, on the calling OS
 // thread. A block's threads are fibers taken from a pool that grows to the
 // largest block seen; each fiber loops: run the kernel once for its thread,
-// mark itself exited, switch back to the scheduler, wait for the next block.
+// mark itself exited, switch to the next ready thread, wait for the next block.
+// A thread that must wait switches straight to the next ready one; the
+// scheduler's loop (run_block) runs again only when none is ready.
 //
 // ThreadSanitizer sees the kernels' memory accesses (the kernels are compiled
 // with it) but not this file's own bookkeeping (compiled without it); what
@@ -550,8 +552,8 @@ private:
             running_ = &t;
             detail::current = &t.ctx;
             ++counters.switches;
-            switch_fiber(host_, *t.f);
-            running_ = nullptr;  // back in the scheduler: no thread is running
+            switch_fiber(host_, *t.f);  // returns when no thread is ready (switch_away)
+            running_ = nullptr;
         }
         running_ = nullptr;
         detail::current = nullptr;
@@ -565,16 +567,35 @@ private:
         return ready_.take(rng_() % ready_.size());
     }
 
-    // Suspend the running thread until the scheduler resumes it.
+    // Suspend the running thread until it is resumed.
     void wait(sim_thread& t) {
         if (t.st == state::ready && !sched_.random) {
             // Released by its own arrival: keep running (in-order schedule).
         } else {
             if (t.st == state::ready) ready_.push_back(t.linear);  // random: let the others have a turn
-            ++counters.switches;
-            switch_fiber(*t.f, host_);
+            switch_away(t);
         }
         if (abandoning_) throw abandon_block{};
+    }
+
+    // The running thread t stops: the next ready thread runs, straight from t's
+    // fiber, without a detour through the scheduler's (one switch, not two). Only
+    // when none is ready does the scheduler get control back: the block has ended,
+    // or it hangs (run_block). Returns when some fiber resumes t.
+    void switch_away(sim_thread& t) {
+        if (ready_.empty()) {
+            running_ = nullptr;
+            detail::current = nullptr;
+            ++counters.switches;
+            switch_fiber(*t.f, host_);
+            return;
+        }
+        sim_thread& next = *pool_[static_cast<std::size_t>(pick())];
+        running_ = &next;
+        detail::current = &next.ctx;
+        if (&next == &t) return;  // the random schedule picked t itself
+        ++counters.switches;
+        switch_fiber(*t.f, *next.f);
     }
 
     // The running thread is never queued: wait() decides what it does next.
@@ -775,7 +796,7 @@ public:
             on_exit(t);
         }
         TSAN_RELEASE(&block_done_sync_);
-        switch_fiber(*t.f, host_);
+        switch_away(t);  // resumed again only to run the next block
     }
     void start_thread() { TSAN_ACQUIRE(&launch_sync_); }
     void run_kernel_body() { req_->run(req_->closure); }

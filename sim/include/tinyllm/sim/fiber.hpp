@@ -5,9 +5,10 @@
 // warps every cycle at no cost. The simulator runs each CUDA thread of a block
 // as a fiber — a function with its own stack that can stop in the middle
 // (at __syncthreads, at a shuffle) and be resumed later. Switching fibers
-// saves the callee-saved registers and the floating-point control words on
-// the old stack, stores its stack pointer, loads the new one and restores the
-// same registers from there: a handful of instructions (sim/src/fiber.cpp),
+// saves the callee-saved registers on the old stack, stores its stack
+// pointer, loads the new one and restores the same registers from there: a
+// handful of instructions (sim/src/fiber.cpp; the floating-point control
+// words stay the OS thread's, shared by every fiber, as explained there),
 // about 100x cheaper than glibc's swapcontext, which also makes a system call
 // to save the signal mask. `tinyllm bench sim` measures it.
 //
