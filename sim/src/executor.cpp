@@ -553,7 +553,6 @@ private:
             detail::current = &t.ctx;
             ++counters.switches;
             switch_fiber(host_, *t.f);  // returns when no thread is ready (switch_away)
-            running_ = nullptr;
         }
         running_ = nullptr;
         detail::current = nullptr;
@@ -579,23 +578,16 @@ private:
     }
 
     // The running thread t stops: the next ready thread runs, straight from t's
-    // fiber, without a detour through the scheduler's (one switch, not two). Only
+    // fiber, without a detour through the scheduler (one switch, not two). Only
     // when none is ready does the scheduler get control back: the block has ended,
     // or it hangs (run_block). Returns when some fiber resumes t.
     void switch_away(sim_thread& t) {
-        if (ready_.empty()) {
-            running_ = nullptr;
-            detail::current = nullptr;
-            ++counters.switches;
-            switch_fiber(*t.f, host_);
-            return;
-        }
-        sim_thread& next = *pool_[static_cast<std::size_t>(pick())];
-        running_ = &next;
-        detail::current = &next.ctx;
-        if (&next == &t) return;  // the random schedule picked t itself
+        sim_thread* next = ready_.empty() ? nullptr : pool_[static_cast<std::size_t>(pick())].get();
+        running_ = next;
+        detail::current = next ? &next->ctx : nullptr;
+        if (next == &t) return;  // the random schedule picked t itself
         ++counters.switches;
-        switch_fiber(*t.f, *next.f);
+        switch_fiber(*t.f, next ? *next->f : host_);
     }
 
     // The running thread is never queued: wait() decides what it does next.

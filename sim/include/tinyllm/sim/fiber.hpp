@@ -9,8 +9,8 @@
 // pointer, loads the new one and restores the same registers from there: a
 // handful of instructions (sim/src/fiber.cpp; the floating-point control
 // words stay the OS thread's, shared by every fiber, as explained there),
-// about 100x cheaper than glibc's swapcontext, which also makes a system call
-// to save the signal mask. `tinyllm bench sim` measures it.
+// about 20 times cheaper than glibc's swapcontext, which also makes a system
+// call to save the signal mask (docs/simulator.md, Measured). `tinyllm bench sim` measures it.
 //
 // Under AddressSanitizer and ThreadSanitizer every switch is announced to the
 // sanitizer (the __sanitizer_*_switch_fiber and __tsan_*_fiber interfaces),
