@@ -430,7 +430,10 @@ __global__ void norm_backward_block_kernel(norm_backward_args<T> p) {
         for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {
             const float xhat = (to_float(x[j]) - mean) * rstd;
             const float d = to_float(dy[j]);
-            const float g = p.weight ? d * to_float(p.weight[j]) : d;
+            // mul_rn: g rounded once, the same value in both passes. nvcc would otherwise fuse
+            // `g - mean_g` below into fma(d, w, -mean_g), and a row whose terms cancel exactly
+            // (D = 1: dx = 0) would keep the product's rounding error, times rstd (up to 1/sqrt(eps)).
+            const float g = p.weight ? ::tinyllm::detail::mul_rn(d, to_float(p.weight[j])) : d;
             sum_g += g;
             sum_g_xhat += g * xhat;
             if (pdw) pdw[j] += d * xhat;
@@ -445,7 +448,7 @@ __global__ void norm_backward_block_kernel(norm_backward_args<T> p) {
         for (index_t j = threadIdx.x; j < p.D; j += blockDim.x) {
             const float xhat = (to_float(x[j]) - mean) * rstd;
             const float d = to_float(dy[j]);
-            const float g = p.weight ? d * to_float(p.weight[j]) : d;
+            const float g = p.weight ? ::tinyllm::detail::mul_rn(d, to_float(p.weight[j])) : d;
             float v = rstd * (g - mean_g - xhat * mean_g_xhat);
             if (ds) v += to_float(ds[j]);
             dx[j] = store_as<T>(v);

@@ -214,7 +214,9 @@ __global__ void __launch_bounds__(gemv_warps * 32)
 #pragma unroll
     for (int m = 0; m < gemv_max_rows; ++m) {
         if (m >= rows) break;
-        const float total = warp_sum(acc[m]) * row_scale;
+        // mul_rn: the product rounded on its own. nvcc would fuse it with the bias add into one
+        // fma, and the epilogue kernels (which add the bias later) would then differ in the last bit.
+        const float total = ::tinyllm::detail::mul_rn(warp_sum(acc[m]), row_scale);
         if (lane == 0) out[m * w.rows + n] = from_float<T>(total + (bias ? to_float(bias[n]) : 0.0f));
     }
 }
@@ -230,8 +232,8 @@ __device__ void quantized_pair_gemv_unit(const Epilogue& epi, const typename Epi
 #pragma unroll
     for (int m = 0; m < gemv_max_rows; ++m) {
         if (m >= rows) break;
-        acc0[m] = warp_sum(acc0[m]) * scale0;  // every lane gets the sums
-        acc1[m] = warp_sum(acc1[m]) * scale1;
+        acc0[m] = ::tinyllm::detail::mul_rn(warp_sum(acc0[m]), scale0);  // every lane gets the sums; rounded as v2's
+        acc1[m] = ::tinyllm::detail::mul_rn(warp_sum(acc1[m]), scale1);
     }
 #pragma unroll
     for (int m = 0; m < gemv_max_rows; ++m) {  // lane m finishes row m
