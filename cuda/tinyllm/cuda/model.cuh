@@ -1092,9 +1092,13 @@ private:
     };
 
     // to.x += in W^T (+ bias); to.out = norm(to.x). A decode step (at most 8 rows)
-    // does it in one GEMV whose epilogue adds and whose last block normalizes
-    // (norm.cuh v3, dense or quantized W); otherwise the projection into delta (a
-    // dense bias deferred) and residual_norm.
+    // on quantized W does it in one GEMV whose epilogue adds and whose last block
+    // normalizes (norm.cuh v3); otherwise, dense W included, the projection into
+    // delta (a dense bias deferred) and residual_norm. Dense decode steps took norm
+    // v3 too until an H200 measured it (2026-12-04, Llama-3.2-1B's down projection,
+    // bf16): 36.9 µs at one row and 129.5 µs at eight, where cuBLAS and the separate
+    // residual add + RMSNorm took 21.8 and 20.8 µs (docs/layers.md). The quantized
+    // path keeps v3 until its own comparison is measured.
     void project_residual_norm(session& s, const residual_target& to, tensor_view<T, 2> delta,
                                tensor_view<const T, 2> in, const detail::device_tensor<T, 2>& dense,
                                const std::optional<device_quantized_matrix>& q,
@@ -1110,7 +1114,6 @@ private:
                 detail::residual_add_rms_norm_gemv<T>(to.out, to.x, in, proj, bias.view(), to.w->view(), eps,
                                                       s.arrivals.data(), stream);
         };
-        if (!q && rows <= detail::pair_gemv_max_rows) return fused(dense.view());
         if (q && detail::quantized_pair_gemv_takes(rows, *q, *q)) return fused(*q);
         const tensor_view<const T, 1> pending = project_deferring_bias(delta, in, dense, q, bias, stream);
         residual_norm(to.out, to.x, delta, pending, *to.w, *to.b, stream);
