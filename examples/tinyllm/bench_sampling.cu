@@ -10,6 +10,10 @@
 //   v3 split    tinyllm::cuda::sample_split / greedy_split: several blocks per
 //               row (split_count's choice: 5 at B = 64, V = 128256), one
 //               launch per pass (greedy: one launch).
+//   v4 candidates  tinyllm::cuda::sample_candidates (top-k only): one launch;
+//               every block keeps its chunk's k largest keys (16 chunks of at
+//               most 8192 at B = 64, V = 128256) and each row's last block
+//               selects and draws among them.
 //   greedy      v1: one argmax reduction per row (greedy_reduction).
 // Each version first runs once on poisoned tokens with the host-side status
 // check, and its tokens must be identical to the CPU reference's; the timed
@@ -80,6 +84,9 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
         [&](tc::sampling_check c) { tc::sample_fused(tokens, logits, p, sb::seed, sb::step, 0, c); });
     add("v3 split", "cuda_v3_split", false,
         [&](tc::sampling_check c) { tc::sample_split(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+    if (tc::detail::candidates_apply(V, p))
+        add("v4 candidates", "cuda_v4_candidates", false,
+            [&](tc::sampling_check c) { tc::sample_candidates(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
 }
 
 }  // namespace

@@ -357,16 +357,18 @@ TEST_CASE("the samplers on a created stream give the default stream's tokens and
 #if defined(TINYLLM_SIMULATED_GPU)
     // The simulator runs every call to completion at once, so it cannot show on which stream a
     // copy ran. What it shows: a checked call waits once (for its rows' status, on its stream),
-    // and a stream's calls keep their status in a buffer of that stream (the first call on a
-    // stream allocates it; a buffer shared with another stream could be overwritten by that
-    // stream's kernels before this call reads it back).
+    // and a stream's calls keep their status and workspace in buffers of that stream (the first
+    // call on a stream allocates them; a buffer shared with another stream could be overwritten by
+    // that stream's kernels before this call reads it back).
     cudaStream_t s3 = nullptr;
     TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&s3, cudaStreamNonBlocking));
     auto before = tinyllm::sim::stats();
     tc::sample(got, logits, p, 11, 2, 0, sync, s3);
     auto after = tinyllm::sim::stats();
     CHECK(after.synchronizations - before.synchronizations == 1);
-    CHECK(after.allocations - before.allocations == 1);  // s3's own status buffer
+    // s3's own status buffer, and v4's workspace: the rows' state, the chunk masses, the slots.
+    REQUIRE(tc::detail::candidates_apply(V, p));
+    CHECK(after.allocations - before.allocations == 4);
     before = after;
     tc::sample(got, logits, p, 11, 3, 0, sync, s3);
     tc::greedy(got, logits, sync, s3);
@@ -528,5 +530,143 @@ TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffec
     tc::copy_to_device(d_z, good);
     d_out.poison();
     tc::sample_split(out, logits, p, 1, 0, 0, 3);
+    CHECK(count_different(tc::to_host(d_out), cpu_tokens(good, B, V, &p, 1, 0, B)) == 0);
+}
+
+// ---- v4 candidates: each block's k largest, one launch ------------------------
+
+namespace {
+
+// The settings v4 is checked with: top-k alone and in every chain, the edges
+// k = 1, k = V - 1, k = 1024 (the largest v4 takes) and k = 1025 (v3's), ties
+// at the threshold (split_logits' fifth row), and one setting without top-k
+// (v3's path through sample_candidates).
+std::vector<sampling::params> candidate_settings(index_t V) {
+    std::vector<sampling::params> s(10);
+    s[0].top_k = 50;
+    s[1].top_k = 1;
+    s[2].top_k = std::max<index_t>(1, V - 1);
+    s[3].top_k = 1024;
+    s[4].top_k = 1025;
+    s[5].temperature = 0.8f;
+    s[5].top_k = 200;
+    s[5].top_p = 0.95f;
+    s[5].min_p = 0.02f;
+    s[6].temperature = 0.5f;
+    s[6].top_k = 3;
+    s[6].top_p = 0.7f;
+    s[7].temperature = 1.3f;
+    s[7].top_k = 40;
+    s[7].top_p = 1e-6f;
+    s[8].top_k = 7;
+    s[8].min_p = 0.5f;
+    s[9].top_p = 0.9f;
+    return s;
+}
+
+void check_candidates(index_t B, index_t V, int splits, std::uint64_t which, int seeds) {
+    const auto z = split_logits(B, V, which);
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+    const auto out = d_out.view(tinyllm::extents<1>{B});
+    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    const auto settings = candidate_settings(V);
+    for (std::size_t s = 0; s < settings.size(); ++s) {
+        for (int k = 0; k < seeds; ++k) {
+            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k
+                        << (tc::detail::candidates_apply(V, settings[s]) ? " (v4)" : " (v3)"));
+            const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
+            d_out.poison();
+            tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
+            CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &settings[s], seed, step, B)) == 0);
+        }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("v4 candidates: which chains take it, and how many blocks a row gets", "[cuda][sampling][candidates]") {
+    sampling::params p;
+    CHECK_FALSE(tc::detail::candidates_apply(1000, p));  // no top-k
+    p.top_k = 50;
+    CHECK(tc::detail::candidates_apply(1000, p));
+    CHECK_FALSE(tc::detail::candidates_apply(50, p));  // k >= V keeps the row: no selection
+    p.top_k = 1024;
+    CHECK(tc::detail::candidates_apply(128256, p));
+    p.top_k = 1025;
+    CHECK_FALSE(tc::detail::candidates_apply(128256, p));
+    p.top_k = 50;
+    p.temperature = 0.0f;  // greedy
+    CHECK_FALSE(tc::detail::candidates_apply(1000, p));
+    // A block holds at most 8192 elements: 16 chunks for Llama 3's row at B = 64
+    // (v3 alone would cut it into 5), 32 at B = 1.
+    CHECK(tc::detail::candidate_split_count(64, 128256, 0) == 16);
+    CHECK(tc::detail::candidate_split_count(1, 128256, 0) == 32);
+    CHECK(tc::detail::candidate_split_count(64, 8192, 0) == 2);  // v3's count where it is enough
+    CHECK(tc::detail::candidate_split_count(1000, 8193, 0) == 2);  // one block per row is not
+    CHECK(tc::detail::candidate_split_count(1, 20000, 1) == 3);  // a forced count too small is raised
+}
+
+TEST_CASE("v4 candidates: the sampler chooses the CPU's tokens for every setting, shape and split count",
+          "[cuda][sampling][candidates]") {
+    check_candidates(1, 2, 0, 800, 2);      // V = 2: k = 1 only
+    check_candidates(1, 7, 2, 801, 2);      // chunks shorter than k (every key is a slot)
+    check_candidates(6, 1003, 1, 802, 2);   // one block per row; V not a multiple of 4
+    check_candidates(6, 1003, 5, 803, 2);   // ties spread over 5 chunks (row 4)
+    check_candidates(2, 4100, 7, 804, 2);   // float4 loads
+    check_candidates(1, 257, 64, 805, 1);   // chunks of 8 elements, the last ones empty
+    check_candidates(33, 201, 3, 806, 1);   // a larger batch (every kind of row)
+    check_candidates(2, 20000, 0, 807, 1);  // its own count: 3 chunks of at most 8192
+}
+
+TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cuda][sampling][candidates]") {
+    const index_t B = 3, V = 9000;
+    const auto z = split_logits(B, V, 830);
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+    sampling::params p;
+    p.top_k = 40;
+    p.top_p = 0.8f;
+    REQUIRE(tc::detail::candidates_apply(V, p));
+    d_out.poison();
+    tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), p, 5, 9);
+    CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &p, 5, 9, B)) == 0);
+}
+
+TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is unaffected",
+          "[cuda][sampling][candidates][errors]") {
+    const index_t B = 4, V = 3001;
+    auto z = random_logits(B, V, 840);
+    const auto good = z;
+    z[3 * V + 17] = std::nanf("");
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(B);
+    const auto out = d_out.view(tinyllm::extents<1>{B});
+    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    sampling::params p;
+    p.top_k = 20;
+    p.top_p = 0.9f;
+    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3),
+                      contains("sample: row 3 has a NaN or +inf logit"));
+    z[3 * V + 17] = inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3), contains("row 3 has a NaN or +inf logit"));
+    for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3), contains("every logit of row 3 is -inf"));
+    sampling::params zero_k;
+    zero_k.top_k = 0;
+    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, zero_k, 1, 0), contains("top_k"));
+    // Unchecked: the bad row gets -1, the others the CPU's tokens.
+    d_out.poison();
+    tc::sample_candidates(out, logits, p, 1, 0, 0, 3, tc::sampling_check::none);
+    auto tokens = tc::to_host(d_out);
+    CHECK(tokens[3] == -1);
+    tokens.resize(3);
+    CHECK(count_different(tokens, cpu_tokens(good, 3, V, &p, 1, 0, 3)) == 0);
+    // A call after the failures (same stream, same workspace) is exact.
+    tc::copy_to_device(d_z, good);
+    d_out.poison();
+    tc::sample_candidates(out, logits, p, 1, 0, 0, 3);
     CHECK(count_different(tc::to_host(d_out), cpu_tokens(good, B, V, &p, 1, 0, B)) == 0);
 }

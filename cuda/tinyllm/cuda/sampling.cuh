@@ -63,10 +63,30 @@
 //                top-k 415 us, top-p 484 us, ten times the estimate: the
 //                radix passes are not bound by the reads (docs/sampling.md). The public greedy() and sample(params) use
 //                v3 whenever it gives a row more than one block (B < 264 and
-//                V > 4096), else v1 greedy / v2 (fewer launches).
-//                Not done: compacting the candidates of the threshold's bin after
-//                the first (wider) histogram so the later radix passes skip the
-//                row.
+//                V > 4096), else v1 greedy / v2 (fewer launches); sample(params)
+//                takes v4 (below) first whenever top-k lets it.
+//                (nvcc 13.0 for sm_90 gives sample_split_kernel 80 registers, so
+//                one 512-thread block per SM, not the two split_count plans for.)
+//   v4 candidates — sample_candidates(out, logits, params, ...): the chain in ONE
+//                launch when top-k is on (0 < k < V, k <= 1024). Why: v3 reads
+//                the row once per radix byte (5 launches for top-k), while the k
+//                largest keys of a row are among the k largest of each chunk.
+//                How: a block holds its chunk (at most 8192 elements: 16 keys per
+//                thread, in registers) and finds the chunk's k-th largest key L_j
+//                by radix selection with block barriers only (warp-aggregated
+//                histogram adds, __match_any_sync); it writes the keys above L_j
+//                with their indices (fewer than k, in row order) and L_j with its
+//                count of equal keys. The row's last block selects the row's k-th
+//                largest among those slots (exactly: the counts carry the ties),
+//                then top-p among them, then draws: chunk masses from the slots,
+//                the token from the drawn chunk's slots — or, when that chunk's
+//                L_j is kept (ties at the threshold, whose indices have no slot),
+//                from a scan of that chunk, as v3. 64 registers: two blocks per SM.
+//                Expected (B = 64, V = 128256, k = 50: 16 chunks, at most 816
+//                slots per row): about greedy v3's single read (18.6 us) plus the
+//                blocks' selections and the last blocks' merge, 25-40 us against
+//                v3's 415 us. Not yet measured on a GPU. Without top-k (top-p or
+//                min-p alone) the kept set has no bound: sample_candidates runs v3.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
@@ -80,7 +100,7 @@
 // legacy default stream), and the status buffer is per host thread and
 // stream, so calls on different streams do not interfere.
 //
-// Not done yet (future rungs): bfloat16 logits; for v3, fewer passes (above). The radix histograms already
+// Not done yet (future rungs): bfloat16 logits; top-p without top-k in fewer passes. The radix histograms already
 // sum a thread's hot bins in registers before touching shared memory
 // (bin_cache), because one row's logits share few top key bytes.
 #pragma once
@@ -854,6 +874,313 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
     if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
 }
 
+// ---- v4 candidates: top-k from every block's own k largest --------------------
+//
+// The k largest keys of a row are among the union of every chunk's k largest:
+// a chunk's k-th largest key L_j is at most the row's k-th largest K (the row
+// has at least k keys >= L_j), so every key >= K of chunk j is >= L_j. So each
+// block finds its chunk's L_j ALONE — a radix selection over the chunk's keys
+// held in registers, with block barriers only — and writes what can matter:
+// the keys above L_j (fewer than k) with their row indices, in row order, and
+// L_j with the number of keys equal to it (their indices are not kept). The
+// row's last block to arrive selects K among those few slots (with their
+// counts: exact, ties included), then top-p among the slots >= K, and draws:
+// the chunk masses come from the slots, and the token from the drawn chunk's
+// slots — or, when that chunk's L_j is itself kept (ties at the threshold,
+// whose indices were not kept), from a scan of that one chunk, as v3.
+
+inline constexpr int candidate_items = 16;  // keys per thread, in registers
+inline constexpr index_t candidate_chunk_max = index_t{sampling_threads} * candidate_items;  // 8192 per block
+inline constexpr index_t candidate_max_k = 1024;  // larger k: v3 (slots grow as splits * k)
+
+struct candidate_args {
+    split_args s;             // the row state, partial masses and parameters of v3 (split_row, split_args)
+    std::uint32_t* keys;      // (B, splits, k + 1): slots e < above: keys > L_j in row order; slot k: L_j
+    std::int32_t* index;      // (B, splits, k + 1): the row index of each slot e < above
+    std::uint32_t* counts;    // (B, splits, 2): above (keys > L_j), ties (keys == L_j)
+};
+
+// Sum of a 64-bit integer over one warp (exact).
+__device__ inline std::uint64_t warp_sum_u64(std::uint64_t v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// Radix selection (as radix_select: the largest key K >= lower whose elements
+// with key >= K weigh at least `target`) over n slots whose weights may be 0,
+// the byte picked by one warp (radix_pick_warp). For the few slots of v4's last
+// block, where a 256-step serial walk per byte would cost more than the slots.
+template <int Threads, class KeyOf, class WeightOf>
+__device__ std::uint32_t radix_select_slots(index_t n, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
+                                            WeightOf weight_of) {
+    __shared__ unsigned long long hist[256];
+    __shared__ std::uint32_t s_prefix;
+    __shared__ unsigned long long s_above;
+    std::uint32_t prefix = 0, mask = 0;
+    std::uint64_t above = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+        __syncthreads();
+        for (index_t i = threadIdx.x; i < n; i += Threads) {
+            const std::uint64_t w = weight_of(i);
+            if (w == 0) continue;
+            const std::uint32_t key = key_of(i);
+            if (key >= lower && (key & mask) == prefix)
+                atomicAdd(&hist[(key >> shift) & 0xffu], static_cast<unsigned long long>(w));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            std::uint64_t acc = above, total = 0;
+            const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
+            if (threadIdx.x == 0) {
+                s_prefix = prefix | (chosen << shift);
+                s_above = acc;
+            }
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        above = s_above;
+        mask |= 0xffu << shift;
+        __syncthreads();  // every thread has read s_prefix before the next pass's pick
+    }
+    return prefix;
+}
+
+// v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
+// Grid B x splits, chunks of at most Threads * Items elements.
+template <int Threads, int Items>
+__global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate_args c) {
+    const split_args& a = c.s;
+    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
+    const float* row = a.logits + b * a.row_stride;
+    split_row& r = a.rows[b];
+    const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
+    const float T = a.p.temperature;
+    const index_t k = a.p.top_k, width = k + 1;
+
+    // 1. The chunk's keys of z / T in registers: thread t holds elements
+    //    lo + 4 (t + Threads s) + {0, 1, 2, 3} for s < Items / 4 (float4 loads when
+    //    the row is aligned). Key 0 marks "no element": no finite or -inf logit has
+    //    it (order_key(-inf) = 0x007fffff; only a NaN's key can be 0).
+    std::uint32_t key[Items];
+    bool bad = false;
+    std::uint32_t top = 0;
+#pragma unroll
+    for (int s = 0; s < Items / 4; ++s) {
+        const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
+        float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (a.vec && i0 + 3 < hi) {
+            const float4 v = *reinterpret_cast<const float4*>(row + i0);
+            z[0] = v.x;
+            z[1] = v.y;
+            z[2] = v.z;
+            z[3] = v.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                if (i0 + e < hi) z[e] = row[i0 + e];
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            key[4 * s + e] = 0;
+            if (i0 + e < hi) {
+                bad |= is_bad_logit(z[e]);
+                const std::uint32_t kk = order_key(::tinyllm::detail::div_rn(z[e], T));
+                key[4 * s + e] = kk;
+                top = kk > top ? kk : top;
+            }
+        }
+    }
+    const bool any_bad = __syncthreads_or(bad) != 0;
+    top = warp_max(top);
+    if (threadIdx.x % 32 == 0 && top) atomicMax(&r.max_key, top);
+    if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
+
+    // 2. L_j, the chunk's k-th largest key (its smallest when it has fewer than k
+    //    elements): 4 radix passes over the registers. A warp's lanes that fall
+    //    into the same bin add once (__match_any_sync: one leader adds the
+    //    popcount), so a bin that most of the chunk falls into is not added to
+    //    512 times.
+    const index_t n = hi - lo;
+    const std::uint64_t target = static_cast<std::uint64_t>(k < n ? k : n);
+    __shared__ unsigned long long hist[256];
+    __shared__ std::uint32_t s_prefix;
+    __shared__ unsigned long long s_above, s_ties;
+    std::uint32_t prefix = 0, mask = 0;
+    std::uint64_t above = 0, ties = 0;
+    if (target > 0) {  // uniform: an empty chunk (lo >= V) has no slots
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+            __syncthreads();
+#pragma unroll
+            for (int s = 0; s < Items; ++s) {
+                const bool in = key[s] != 0 && (key[s] & mask) == prefix;
+                const std::uint32_t bin = in ? (key[s] >> shift) & 0xffu : 256u;
+                const unsigned peers = __match_any_sync(0xffffffffu, bin);
+                if (in && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1)
+                    atomicAdd(&hist[bin], static_cast<unsigned long long>(__popc(peers)));
+            }
+            __syncthreads();
+            if (threadIdx.x < 32) {
+                std::uint64_t acc = above, total = 0;
+                const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
+                if (threadIdx.x == 0) {
+                    s_prefix = prefix | (chosen << shift);
+                    s_above = acc;
+                    s_ties = hist[chosen];
+                }
+            }
+            __syncthreads();
+            prefix = s_prefix;
+            above = s_above;
+            ties = s_ties;
+            mask |= 0xffu << shift;
+            __syncthreads();  // every thread has read the picks before the next pass's
+        }
+    }
+
+    // 3. The slots: the keys above L_j with their indices, in row order (one block
+    //    scan per group of 4 keys a thread holds), then L_j and the two counts.
+    const index_t slot0 = (b * a.splits + j) * width;
+    if (target > 0) {
+        using scan = cub::BlockScan<int, Threads>;
+        __shared__ typename scan::TempStorage storage;
+        int base = 0;
+#pragma unroll
+        for (int s = 0; s < Items / 4; ++s) {
+            int mine = 0;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) mine += key[4 * s + e] > prefix ? 1 : 0;
+            int offset = 0, total = 0;
+            scan(storage).ExclusiveSum(mine, offset, total);
+            const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                if (key[4 * s + e] > prefix) {
+                    c.keys[slot0 + base + offset] = key[4 * s + e];
+                    c.index[slot0 + base + offset] = static_cast<std::int32_t>(i0 + e);
+                    ++offset;
+                }
+            }
+            base += total;
+            __syncthreads();  // before the scan's storage is reused
+        }
+    }
+    if (threadIdx.x == 0) {
+        c.keys[slot0 + k] = prefix;
+        c.counts[2 * (b * a.splits + j)] = static_cast<std::uint32_t>(above);
+        c.counts[2 * (b * a.splits + j) + 1] = static_cast<std::uint32_t>(ties);
+    }
+    if (!split_arrive(r, a.splits)) return;
+
+    // 4. The row's last block: status and maximum (as v3's split_max) ...
+    __shared__ int s_usable;
+    __shared__ float s_m;
+    if (threadIdx.x == 0) {
+        const std::uint32_t max_key = __ldcg(&r.max_key);
+        const bool row_bad = __ldcg(&r.bad) != 0;
+        const float m = from_order_key(max_key);
+        r.max_key = 0;
+        r.bad = 0;
+        r.done = 0;
+        const bool usable = !row_bad && m != -INFINITY;
+        a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
+        if (!usable) a.out[b] = -1;
+        s_usable = usable ? 1 : 0;
+        s_m = m;
+    }
+    __syncthreads();
+    if (!s_usable) return;
+    const float m = s_m;
+    const std::uint32_t* keys = c.keys + b * a.splits * width;  // the row's slots
+    const std::int32_t* index = c.index + b * a.splits * width;
+    const std::uint32_t* counts = c.counts + 2 * b * a.splits;
+    auto slot_key = [&](index_t i) { return __ldcg(&keys[i]); };
+    auto slot_count = [&](index_t i) -> std::uint64_t {  // how many elements slot i stands for
+        const index_t chunk = i / width, e = i - chunk * width;
+        if (e == k) return __ldcg(&counts[2 * chunk + 1]);
+        return e < static_cast<index_t>(__ldcg(&counts[2 * chunk])) ? 1 : 0;
+    };
+    const index_t slots = a.splits * width;
+
+    // ... K, the row's k-th largest key, from the slots ...
+    const std::uint32_t K = radix_select_slots<Threads>(slots, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
+    // ... top-p among the slots >= K, weighted by q ...
+    auto q_of = [&](std::uint32_t kk) {
+        return sampling_weight(::tinyllm::detail::sub_rn(from_order_key(kk), m));
+    };
+    std::uint32_t tau = K;
+    if (a.p.top_p < 1.0f) {
+        auto slot_q = [&](index_t i) -> std::uint64_t {
+            const std::uint64_t n_i = slot_count(i);
+            return n_i ? n_i * q_of(slot_key(i)) : 0;
+        };
+        std::uint64_t local = 0;
+        for (index_t i = threadIdx.x; i < slots; i += Threads)
+            if (slot_key(i) >= K) local += slot_q(i);
+        const std::uint64_t total = block_sum<Threads>(local);
+        tau = radix_select_slots<Threads>(slots, top_p_target(total, a.p.top_p), K, slot_key, slot_q);
+    }
+    // ... min-p in the weights, and the draw: each chunk's kept mass (one warp per chunk) ...
+    auto kept_q = [&](std::uint32_t kk) -> std::uint64_t {
+        if (kk < tau) return 0;
+        const float d = ::tinyllm::detail::sub_rn(from_order_key(kk), m);
+        if (a.p.min_p > 0.0f && sampling_exp(d) < a.p.min_p) return 0;
+        return sampling_weight(d);
+    };
+    unsigned long long* partial = a.partials + b * a.splits;
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    for (index_t chunk = threadIdx.x / 32; chunk < a.splits; chunk += Threads / 32) {
+        const index_t n_above = __ldcg(&counts[2 * chunk]);
+        std::uint64_t sum = 0;
+        for (index_t e = lane; e < n_above; e += 32) sum += kept_q(__ldcg(&keys[chunk * width + e]));
+        sum = warp_sum_u64(sum);
+        if (lane == 0) {
+            const std::uint64_t n_ties = __ldcg(&counts[2 * chunk + 1]);
+            if (n_ties) sum += n_ties * kept_q(__ldcg(&keys[chunk * width + k]));
+            partial[chunk] = sum;
+        }
+    }
+    __syncthreads();
+    __shared__ index_t s_chunk;
+    __shared__ unsigned long long s_t;
+    if (threadIdx.x == 0) {
+        std::uint64_t total = 0;
+        for (index_t chunk = 0; chunk < a.splits; ++chunk) total += partial[chunk];
+        std::uint64_t t =
+            sampling_threshold(total, sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step));
+        s_chunk = 0;
+        for (index_t chunk = 0; chunk < a.splits; ++chunk) {  // the chunk whose running sum crosses t
+            const std::uint64_t w = partial[chunk];
+            if (t < w) {
+                s_chunk = chunk;
+                break;
+            }
+            t -= w;
+        }
+        s_t = t;
+    }
+    __syncthreads();
+    // ... and the token: from the drawn chunk's slots, in row order, unless its
+    // L_j is kept (then its equal keys, whose indices have no slots, are kept
+    // too: scan the chunk's logits, as v3's draw).
+    const index_t chunk = s_chunk, first_slot = chunk * width;
+    const bool scan_chunk = __ldcg(&counts[2 * chunk + 1]) != 0 && kept_q(__ldcg(&keys[first_slot + k])) != 0;
+    token_id token;
+    if (scan_chunk) {
+        const index_t first = chunk * a.chunk, n_chunk = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
+        token = static_cast<token_id>(first + first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) {
+                                          return kept_q(order_key(::tinyllm::detail::div_rn(row[first + i], T)));
+                                      }));
+    } else {
+        const index_t n_above = __ldcg(&counts[2 * chunk]);
+        const int e = first_crossing<Threads, sampling_items>(
+            n_above, s_t, [&](index_t i) { return kept_q(__ldcg(&keys[first_slot + i])); });
+        token = e >= 0 ? static_cast<token_id>(__ldcg(&index[first_slot + e])) : -1;  // e >= 0: t < the chunk's mass
+    }
+    if (threadIdx.x == 0) a.out[b] = token;
+}
+
 // ---- host side ---------------------------------------------------------------
 
 // The device buffer for the row status of a call on `stream`: one per host
@@ -1221,6 +1548,74 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
     detail::check_status(status, B, "sample", check, stream);
 }
 
+namespace detail {
+
+// Whether v4 (candidates) runs a chain: top-k on (0 < k < V, k <= 1024; not
+// greedy) and a row of at most 1024 chunks of 8192.
+inline bool candidates_apply(index_t V, const sampling::params& p) {
+    if (p.temperature == 0.0f || !p.top_k) return false;
+    const index_t k = *p.top_k;
+    return k > 0 && k < V && k <= candidate_max_k && V <= 1024 * candidate_chunk_max;
+}
+
+// v4's blocks per row: v3's count (split_count), but never chunks longer than
+// a block holds in registers (8192 elements).
+inline int candidate_split_count(index_t B, index_t V, int requested) {
+    const index_t least = (V + candidate_chunk_max - 1) / candidate_chunk_max;
+    return static_cast<int>(std::max<index_t>(split_count(B, V, requested), least));
+}
+
+// v4's slots, per stream, in one buffer: the keys (B, splits, k + 1), their
+// indices (the same), the counts (B, splits, 2). Grown as needed; never zeroed:
+// every slot a call reads is written earlier in the same launch.
+inline void candidate_slots(candidate_args& c, index_t B, int splits, index_t k, cudaStream_t stream) {
+    thread_local std::map<cudaStream_t, device_buffer<std::uint32_t>> buffers;
+    device_buffer<std::uint32_t>& buffer = buffers[stream];
+    const auto slots = static_cast<std::size_t>(B) * splits * static_cast<std::size_t>(k + 1);
+    const auto need = 2 * slots + static_cast<std::size_t>(B) * splits * 2;
+    if (buffer.size() < need) {
+        // An unchecked call's kernel may still use the old buffer.
+        if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        buffer = device_buffer<std::uint32_t>(need);
+    }
+    c.keys = buffer.data();
+    c.index = reinterpret_cast<std::int32_t*>(buffer.data() + slots);
+    c.counts = buffer.data() + 2 * slots;
+}
+
+}  // namespace detail
+
+// v4 candidates: the chain of v2/v3 in ONE launch when top-k is on (0 < k < V,
+// k <= 1024): every block keeps its chunk's k largest keys as slots and the
+// row's last block selects, draws and finds the token among them (see
+// candidate_args). Other parameters (no top-k, k > 1024, temperature 0) run
+// sample_split. splits = 0 chooses the count (candidate_split_count).
+template <class = void>  // compiled only where called (launch.cuh)
+inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                              const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                              std::uint64_t stream_offset = 0, int splits = 0,
+                              sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    ::tinyllm::detail::check_params(p);
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, logits.extent(0), "sample");
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::candidates_apply(V, p)) return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    if (B == 0) return;
+    splits = detail::candidate_split_count(B, V, splits);
+    int* status = detail::status_buffer(B, stream);
+    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
+    detail::candidate_args c{};
+    c.s = detail::make_split_args(out, logits, splits, status, w);
+    c.s.p = detail::fused_params{p.temperature, *p.top_k, p.top_p ? *p.top_p : 1.0f, p.min_p ? *p.min_p : 0.0f};
+    c.s.seed = seed;
+    c.s.step = step;
+    c.s.stream_offset = stream_offset;
+    detail::candidate_slots(c, B, splits, *p.top_k, stream);
+    launch(detail::sample_candidates_kernel<detail::sampling_threads, detail::candidate_items>,
+           detail::split_grid(B, splits), detail::sampling_threads, 0, stream, c);
+    detail::check_status(status, B, "sample", check, stream);
+}
+
 // The public choosers pick the rung: v3 (split) when it gives a row more than
 // one block (split_count > 1: B < 264 rows and V > 4096), else the
 // one-block-per-row rung, which needs fewer launches.
@@ -1233,11 +1628,14 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 
 // The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
 // 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
-// seed, step, stream_offset): sample_split or sample_fused, as greedy chooses.
+// seed, step, stream_offset): sample_candidates (v4) when top-k is on with
+// k <= 1024, else sample_split or sample_fused, as greedy chooses.
 template <class = void>  // compiled only where called (launch.cuh)
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    if (detail::candidates_apply(logits.extent(1), p))
+        return sample_candidates(out, logits, p, seed, step, stream_offset, 0, check, stream);
     if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1)
         return sample_split(out, logits, p, seed, step, stream_offset, 0, check, stream);
     sample_fused(out, logits, p, seed, step, stream_offset, check, stream);
