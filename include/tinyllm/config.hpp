@@ -17,6 +17,13 @@
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #  define TINYLLM_HOST_DEVICE __host__ __device__ inline
 #  define TINYLLM_DEVICE __device__ inline
+#elif defined(TINYLLM_SIM_CONTRACT) && TINYLLM_SIM_CONTRACT && defined(__GNUC__) && !defined(__clang__)
+// The simulated GPU contracting device code as nvcc does (docs/simulator.md):
+// shared functions are always inlined, so that in a kernel they take the
+// kernel's contraction and in host code the host's, as nvcc compiles them
+// once for each side; device-only ones contract wherever they are compiled.
+#  define TINYLLM_HOST_DEVICE inline __attribute__((always_inline))
+#  define TINYLLM_DEVICE inline __attribute__((always_inline, optimize("fp-contract=fast")))
 #else
 #  define TINYLLM_HOST_DEVICE inline
 #  define TINYLLM_DEVICE inline

@@ -95,33 +95,63 @@ TINYLLM_HOST_DEVICE double pow_double(double base, double exponent) {
 //
 // nvcc contracts a * b + c into one fma unless told otherwise; these spell out
 // one correctly rounded operation each, identical on host and device.
+//
+// On the host, g++ and clang contract too, wherever the target has an fma
+// instruction: x86-64 built with -mfma or -march=native, and every aarch64
+// (a Grace Hopper host, say). There `mul_rn(a, b) + c` would become one fma
+// after inlining, and a CPU reference would no longer be the GPU's bits. So
+// on such targets the operands and the result pass through an empty asm
+// statement that takes and returns a register: the compiler cannot see through
+// it, and it emits no instruction. (GCC's __builtin_assoc_barrier is not enough: the
+// vectorizer fuses across it.) Baseline x86-64 has no fma to contract into,
+// and keeps the plain expression, so its loops still vectorize.
+TINYLLM_HOST_DEVICE float rounded(float x) {
+#if !TINYLLM_ON_DEVICE && (defined(__GNUC__) || defined(__clang__))
+#  if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
+    __asm__("" : "+x"(x));
+#  elif defined(__aarch64__)
+    __asm__("" : "+w"(x));
+#  endif
+#endif
+    return x;
+}
+TINYLLM_HOST_DEVICE double rounded(double x) {
+#if !TINYLLM_ON_DEVICE && (defined(__GNUC__) || defined(__clang__))
+#  if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
+    __asm__("" : "+x"(x));
+#  elif defined(__aarch64__)
+    __asm__("" : "+w"(x));
+#  endif
+#endif
+    return x;
+}
 
 TINYLLM_HOST_DEVICE float add_rn(float a, float b) {
 #if TINYLLM_ON_DEVICE
     return __fadd_rn(a, b);
 #else
-    return a + b;
+    return rounded(rounded(a) + rounded(b));
 #endif
 }
 TINYLLM_HOST_DEVICE float sub_rn(float a, float b) {
 #if TINYLLM_ON_DEVICE
     return __fsub_rn(a, b);
 #else
-    return a - b;
+    return rounded(rounded(a) - rounded(b));
 #endif
 }
 TINYLLM_HOST_DEVICE float mul_rn(float a, float b) {
 #if TINYLLM_ON_DEVICE
     return __fmul_rn(a, b);
 #else
-    return a * b;
+    return rounded(rounded(a) * rounded(b));
 #endif
 }
 TINYLLM_HOST_DEVICE float div_rn(float a, float b) {
 #if TINYLLM_ON_DEVICE
     return __fdiv_rn(a, b);
 #else
-    return a / b;
+    return rounded(rounded(a) / rounded(b));
 #endif
 }
 // Round to the nearest integer, ties to even (exact).

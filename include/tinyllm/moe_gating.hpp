@@ -129,7 +129,7 @@ TINYLLM_HOST_DEVICE double moe_noisy_score(float logit, float noise_logit, std::
     // one fma (one rounding) while the host rounds twice.
     return __dadd_rn(static_cast<double>(logit), __dmul_rn(noise, scale));
 #else
-    return static_cast<double>(logit) + noise * scale;
+    return detail::rounded(static_cast<double>(logit) + detail::rounded(noise * scale));  // never one fma (math.hpp)
 #endif
 }
 

@@ -16,6 +16,7 @@
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
+#include <tinyllm/math.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -514,4 +515,44 @@ TEST_CASE("stream capture records work that a graph launch replays", "[cuda][sim
     (void)cudaGetLastError();
     CHECK(tc::to_host(x) == std::vector<int>(n, 4));  // the spoiled captures ran nothing
     CHECK(cudaStreamDestroy(s) == cudaSuccess);
+}
+
+namespace {
+// a * b + c four ways, from device memory (nothing folds at compile time), each
+// with its own copy of b: one product used twice is not fused by g++ at all.
+__global__ void contraction_kernel(float* out, const float* in) {
+    const float a = in[0], c = in[4];
+    out[0] = a * in[1] + c;                             // nvcc: one fma
+    out[1] = ::tinyllm::detail::mul_rn(a, in[2]) + c;   // the product rounded on its own
+    out[2] = __fadd_rn(a * in[3], c);                   // never merged into an fma (CUDA's promise)
+    out[3] = ::tinyllm::fma(a, in[1], c);               // one rounding, said so
+}
+}  // namespace
+
+// nvcc contracts a * b + c into one fma in device code; tinyllm's kernels and
+// CPU references agree bit for bit only where the code says which (math.hpp).
+// The simulated GPU does the same when built with TINYLLM_SIM_FMA
+// (docs/simulator.md). a = b = 1 + 2^-12: a b = 1 + 2^-11 + 2^-24, which rounds
+// (a tie, to even) to 1 + 2^-11; with c = -(1 + 2^-11) two roundings give 0
+// and one fma gives 2^-24.
+TEST_CASE("device code fuses a * b + c into one fma, and the _rn operations never fuse", "[cuda][sim][fma]") {
+    const float a = 1.0f + 0x1p-12f, c = -(1.0f + 0x1p-11f);
+    const auto d_in = tc::to_device(std::vector<float>{a, a, a, a, c});
+    tc::device_buffer<float> d_out(4);
+    d_out.poison();
+    tc::launch(contraction_kernel, 1, 1, 0, nullptr, d_out.data(), d_in.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const auto out = tc::to_host(d_out);
+    CHECK(out[1] == 0.0f);
+    CHECK(out[2] == 0.0f);
+    CHECK(out[3] == 0x1p-24f);
+#if !defined(TINYLLM_SIMULATED_GPU) || (defined(TINYLLM_SIM_CONTRACT) && TINYLLM_SIM_CONTRACT)
+    CHECK(out[0] == 0x1p-24f);  // contracted, as nvcc does
+#else
+    WARN("this simulated build does not contract device code (TINYLLM_SIM_FMA off): a * b + c gave " << out[0]);
+#endif
+    // The host's correctly rounded operations, whatever the host compiler may fuse.
+    volatile float va = a, vc = c;
+    CHECK(::tinyllm::detail::mul_rn(va, va) + vc == 0.0f);
+    CHECK(::tinyllm::detail::add_rn(va * va, vc) == 0.0f);
 }

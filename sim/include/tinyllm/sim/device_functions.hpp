@@ -5,7 +5,7 @@
 // sm_*_intrinsics.h, device_atomic_functions.h, math_functions.h.)
 //
 // Keywords. __global__, __device__ and __host__ mark where code runs; here all
-// code runs on the host, so they vanish. __shared__ makes a variable `static`:
+// code runs on the host, so they vanish (but for the contraction mode below). __shared__ makes a variable `static`:
 // the simulator runs one block at a time, so one copy per kernel is one copy
 // per running block, exactly the lifetime of shared memory. (Dynamic shared
 // memory — `extern __shared__ T buf[]` on a GPU — is reached through
@@ -29,8 +29,25 @@
 #include <source_location>
 #include <type_traits>
 
-#define __global__
-#define __device__
+// Floating-point contraction. nvcc fuses `a * b + c` into one fma in device
+// code by default; the host compiler of a GPU machine, for baseline x86-64,
+// does not. A simulated build configured with TINYLLM_SIM_FMA (the default
+// where the CPU has fma instructions; sim/CMakeLists.txt) compiles everything
+// with -mfma -ffp-contract=off and marks __global__ and __device__ functions
+// to contract, so kernels (with whatever they inline: lambdas, shared
+// TINYLLM_HOST_DEVICE math, which config.hpp then always inlines) fuse as nvcc
+// does while the CPU references round every operation, as the host of a GPU
+// machine does. A kernel whose result depends on a fusion then differs from its
+// reference here as on a GPU. Device code is also unswitched (a loop-invariant
+// branch hoisted out of its loop, as nvcc does): g++ does not fuse a product
+// into an add across a branch (`g = w ? d * w : d; ... g - mean`), and nvcc did.
+#if defined(TINYLLM_SIM_CONTRACT) && TINYLLM_SIM_CONTRACT && defined(__GNUC__) && !defined(__clang__)
+#  define TINYLLM_SIM_DEVICE_CODE __attribute__((optimize("fp-contract=fast", "unswitch-loops")))
+#else
+#  define TINYLLM_SIM_DEVICE_CODE
+#endif
+#define __global__ TINYLLM_SIM_DEVICE_CODE
+#define __device__ TINYLLM_SIM_DEVICE_CODE
 #define __host__
 #define __shared__ static
 #define __constant__ static
@@ -251,15 +268,29 @@ inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __frsqrt_rn(float x) { return 1.0f / std::sqrt(x); }
 inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 inline float __frcp_rn(float x) { return 1.0f / x; }
-// Correctly rounded single operations: exactly what the host computes (no contraction
-// across these calls, since each is a separate function).
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
+// Correctly rounded single operations, never fused with a neighbour (as nvcc
+// promises for them). A host compiler targeting an fma instruction (-mfma,
+// aarch64) would fuse `__fmul_rn(a, b) + c` after inlining; the operands and
+// the result pass through an empty asm statement it cannot see through, as
+// tinyllm::detail::rounded does (tinyllm/math.hpp).
+namespace tinyllm::sim::detail {
+template <class F>
+inline F opaque(F x) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
+    __asm__("" : "+x"(x));
+#elif defined(__aarch64__)
+    __asm__("" : "+w"(x));
+#endif
+    return x;
+}
+}  // namespace tinyllm::sim::detail
+inline float __fadd_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) + opaque(b)); }
+inline float __fsub_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) - opaque(b)); }
+inline float __fmul_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) * opaque(b)); }
+inline float __fdiv_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) / opaque(b)); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline double __dadd_rn(double a, double b) { return a + b; }
-inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) + opaque(b)); }
+inline double __dmul_rn(double a, double b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) * opaque(b)); }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline int __float2int_rn(float x) { return static_cast<int>(std::nearbyint(x)); }
 inline int __float2int_rz(float x) { return static_cast<int>(x); }
