@@ -105,17 +105,8 @@ TINYLLM_HOST_DEVICE double pow_double(double base, double exponent) {
 // it, and it emits no instruction. (GCC's __builtin_assoc_barrier is not enough: the
 // vectorizer fuses across it.) Baseline x86-64 has no fma to contract into,
 // and keeps the plain expression, so its loops still vectorize.
-TINYLLM_HOST_DEVICE float rounded(float x) {
-#if !TINYLLM_ON_DEVICE && (defined(__GNUC__) || defined(__clang__))
-#  if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
-    __asm__("" : "+x"(x));
-#  elif defined(__aarch64__)
-    __asm__("" : "+w"(x));
-#  endif
-#endif
-    return x;
-}
-TINYLLM_HOST_DEVICE double rounded(double x) {
+template <class F>  // float or double
+TINYLLM_HOST_DEVICE F rounded(F x) {
 #if !TINYLLM_ON_DEVICE && (defined(__GNUC__) || defined(__clang__))
 #  if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
     __asm__("" : "+x"(x));

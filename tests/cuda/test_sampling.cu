@@ -431,21 +431,28 @@ std::vector<float> split_logits(index_t B, index_t V, std::uint64_t which) {
     return z;
 }
 
-// sample_split with `splits` blocks per row (0: its own choice) against the
-// CPU reference, over several seeds per setting.
-void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds) {
+std::vector<sampling::params> candidate_settings(index_t V);
+
+// sample_split (v3) or sample_candidates (v4) with `splits` blocks per row (0:
+// its own choice) against the CPU reference, over several seeds per setting.
+enum class split_rung { v3_split, v4_candidates };
+void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds,
+                 split_rung rung = split_rung::v3_split) {
     const auto z = split_logits(B, V, which);
     auto d_z = tc::to_device(z);
     tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
     const auto out = d_out.view(tinyllm::extents<1>{B});
     const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    const auto settings = split_settings(V);
+    const bool v4 = rung == split_rung::v4_candidates;
+    const auto settings = v4 ? candidate_settings(V) : split_settings(V);
     for (std::size_t s = 0; s < settings.size(); ++s) {
         for (int k = 0; k < seeds; ++k) {
-            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k);
+            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k
+                        << (v4 && tc::detail::candidates_apply(V, settings[s]) ? " (v4)" : " (v3)"));
             const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
             d_out.poison();
-            tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
+            if (v4) tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
+            else tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
             const auto got = tc::to_host(d_out);
             CHECK(count_different(got, cpu_tokens(z, B, V, &settings[s], seed, step, B)) == 0);
         }
@@ -498,9 +505,16 @@ TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda
     CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, 1, V, &p, 5, 9, 1)) == 0);
 }
 
-TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffected", "[cuda][sampling][split][errors]") {
+namespace {
+// A multi-block sampler on rows with a NaN, a +inf, then only -inf in row 3: the
+// same errors as the CPU, the token -1 for that row when unchecked (the others
+// the CPU's), and an exact call right after the failures (same stream and
+// workspace). run(out, logits, p, check) samples with 3 blocks per row; greedy,
+// when given, is the rung's greedy with 3 blocks per row.
+template <class Run, class Greedy>
+void check_bad_rows(std::uint64_t which, Run run, Greedy greedy) {
     const index_t B = 4, V = 3001;
-    auto z = random_logits(B, V, 740);
+    auto z = random_logits(B, V, which);
     const auto good = z;
     z[3 * V + 17] = std::nanf("");
     auto d_z = tc::to_device(z);
@@ -510,18 +524,19 @@ TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffec
     sampling::params p;
     p.top_k = 20;
     p.top_p = 0.9f;
-    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("sample: row 3 has a NaN or +inf logit"));
-    CHECK_THROWS_WITH(tc::greedy_split(out, logits, 3), contains("greedy: row 3 has a NaN or +inf logit"));
+    const auto sync = tc::sampling_check::sync;
+    CHECK_THROWS_WITH(run(out, logits, p, sync), contains("sample: row 3 has a NaN or +inf logit"));
+    greedy(out, logits, "greedy: row 3 has a NaN or +inf logit");
     z[3 * V + 17] = inf;
     tc::copy_to_device(d_z, z);
-    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("row 3 has a NaN or +inf logit"));
+    CHECK_THROWS_WITH(run(out, logits, p, sync), contains("row 3 has a NaN or +inf logit"));
     for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
     tc::copy_to_device(d_z, z);
-    CHECK_THROWS_WITH(tc::sample_split(out, logits, p, 1, 0, 0, 3), contains("every logit of row 3 is -inf"));
-    CHECK_THROWS_WITH(tc::greedy_split(out, logits, 3), contains("every logit of row 3 is -inf"));
+    CHECK_THROWS_WITH(run(out, logits, p, sync), contains("every logit of row 3 is -inf"));
+    greedy(out, logits, "every logit of row 3 is -inf");
     // Unchecked: the bad row gets -1, the others the CPU's tokens.
     d_out.poison();
-    tc::sample_split(out, logits, p, 1, 0, 0, 3, tc::sampling_check::none);
+    run(out, logits, p, tc::sampling_check::none);
     auto tokens = tc::to_host(d_out);
     CHECK(tokens[3] == -1);
     tokens.resize(3);
@@ -529,8 +544,20 @@ TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffec
     // A call after the failures (same stream, same workspace) is exact.
     tc::copy_to_device(d_z, good);
     d_out.poison();
-    tc::sample_split(out, logits, p, 1, 0, 0, 3);
+    run(out, logits, p, sync);
     CHECK(count_different(tc::to_host(d_out), cpu_tokens(good, B, V, &p, 1, 0, B)) == 0);
+}
+}  // namespace
+
+TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffected", "[cuda][sampling][split][errors]") {
+    check_bad_rows(
+        740,
+        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+            tc::sample_split(out, logits, p, 1, 0, 0, 3, check);
+        },
+        [](auto out, auto logits, const char* message) {
+            CHECK_THROWS_WITH(tc::greedy_split(out, logits, 3), contains(message));
+        });
 }
 
 // ---- v4 candidates: each block's k largest, one launch ------------------------
@@ -564,25 +591,6 @@ std::vector<sampling::params> candidate_settings(index_t V) {
     return s;
 }
 
-void check_candidates(index_t B, index_t V, int splits, std::uint64_t which, int seeds) {
-    const auto z = split_logits(B, V, which);
-    auto d_z = tc::to_device(z);
-    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
-    const auto out = d_out.view(tinyllm::extents<1>{B});
-    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    const auto settings = candidate_settings(V);
-    for (std::size_t s = 0; s < settings.size(); ++s) {
-        for (int k = 0; k < seeds; ++k) {
-            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k
-                        << (tc::detail::candidates_apply(V, settings[s]) ? " (v4)" : " (v3)"));
-            const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
-            d_out.poison();
-            tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
-            CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &settings[s], seed, step, B)) == 0);
-        }
-    }
-}
-
 }  // namespace
 
 TEST_CASE("v4 candidates: which chains take it, and how many blocks a row gets", "[cuda][sampling][candidates]") {
@@ -609,14 +617,14 @@ TEST_CASE("v4 candidates: which chains take it, and how many blocks a row gets",
 
 TEST_CASE("v4 candidates: the sampler chooses the CPU's tokens for every setting, shape and split count",
           "[cuda][sampling][candidates]") {
-    check_candidates(1, 2, 0, 800, 2);      // V = 2: k = 1 only
-    check_candidates(1, 7, 2, 801, 2);      // chunks shorter than k (every key is a slot)
-    check_candidates(6, 1003, 1, 802, 2);   // one block per row; V not a multiple of 4
-    check_candidates(6, 1003, 5, 803, 2);   // ties spread over 5 chunks (row 4)
-    check_candidates(2, 4100, 7, 804, 2);   // float4 loads
-    check_candidates(1, 257, 64, 805, 1);   // chunks of 8 elements, the last ones empty
-    check_candidates(33, 201, 3, 806, 1);   // a larger batch (every kind of row)
-    check_candidates(2, 20000, 0, 807, 1);  // its own count: 3 chunks of at most 8192
+    check_split(1, 2, 0, 800, 2, split_rung::v4_candidates);      // V = 2: k = 1 only
+    check_split(1, 7, 2, 801, 2, split_rung::v4_candidates);      // chunks shorter than k (every key is a slot)
+    check_split(6, 1003, 1, 802, 2, split_rung::v4_candidates);   // one block per row; V not a multiple of 4
+    check_split(6, 1003, 5, 803, 2, split_rung::v4_candidates);   // ties spread over 5 chunks (row 4)
+    check_split(2, 4100, 7, 804, 2, split_rung::v4_candidates);   // float4 loads
+    check_split(1, 257, 64, 805, 1, split_rung::v4_candidates);   // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 3, 806, 1, split_rung::v4_candidates);   // a larger batch (every kind of row)
+    check_split(2, 20000, 0, 807, 1, split_rung::v4_candidates);  // its own count: 3 chunks of at most 8192
 }
 
 TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cuda][sampling][candidates]") {
@@ -635,38 +643,19 @@ TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cu
 
 TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is unaffected",
           "[cuda][sampling][candidates][errors]") {
-    const index_t B = 4, V = 3001;
-    auto z = random_logits(B, V, 840);
-    const auto good = z;
-    z[3 * V + 17] = std::nanf("");
+    check_bad_rows(
+        840,
+        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+            tc::sample_candidates(out, logits, p, 1, 0, 0, 3, check);
+        },
+        [](auto, auto, const char*) {});  // v4 has no greedy of its own (temperature 0 is v3's greedy_split)
+    const index_t B = 2, V = 100;
+    const auto z = random_logits(B, V, 841);
     auto d_z = tc::to_device(z);
     tc::device_buffer<tinyllm::token_id> d_out(B);
-    const auto out = d_out.view(tinyllm::extents<1>{B});
-    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    sampling::params p;
-    p.top_k = 20;
-    p.top_p = 0.9f;
-    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3),
-                      contains("sample: row 3 has a NaN or +inf logit"));
-    z[3 * V + 17] = inf;
-    tc::copy_to_device(d_z, z);
-    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3), contains("row 3 has a NaN or +inf logit"));
-    for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
-    tc::copy_to_device(d_z, z);
-    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, p, 1, 0, 0, 3), contains("every logit of row 3 is -inf"));
     sampling::params zero_k;
     zero_k.top_k = 0;
-    CHECK_THROWS_WITH(tc::sample_candidates(out, logits, zero_k, 1, 0), contains("top_k"));
-    // Unchecked: the bad row gets -1, the others the CPU's tokens.
-    d_out.poison();
-    tc::sample_candidates(out, logits, p, 1, 0, 0, 3, tc::sampling_check::none);
-    auto tokens = tc::to_host(d_out);
-    CHECK(tokens[3] == -1);
-    tokens.resize(3);
-    CHECK(count_different(tokens, cpu_tokens(good, 3, V, &p, 1, 0, 3)) == 0);
-    // A call after the failures (same stream, same workspace) is exact.
-    tc::copy_to_device(d_z, good);
-    d_out.poison();
-    tc::sample_candidates(out, logits, p, 1, 0, 0, 3);
-    CHECK(count_different(tc::to_host(d_out), cpu_tokens(good, B, V, &p, 1, 0, B)) == 0);
+    CHECK_THROWS_WITH(tc::sample_candidates(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}),
+                                            zero_k, 1, 0),
+                      contains("top_k"));
 }

@@ -257,10 +257,53 @@ struct bin_cache {
     }
 };
 
+// radix_pick by the 32 lanes of one warp (the same byte and `above` as the
+// CPU's sequential walk): lane l sums bins 255 - 8l down to 248 - 8l, a warp
+// scan from the top finds the lane whose bins reach the target, and that lane
+// walks its 8 bins. A serial walk of 256 bins by one thread costs a few
+// microseconds of dependent loads, paid once per radix pass. `total` gets the
+// sum of all bins.
+__device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target,
+                                                std::uint64_t& above, std::uint64_t& total) {
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    const int top = 255 - 8 * lane;
+    unsigned long long mine = 0;
+    for (int i = 0; i < 8; ++i) mine += hist[top - i];
+    unsigned long long inclusive = mine;
+    for (int offset = 1; offset < 32; offset <<= 1) {
+        const unsigned long long v = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += v;
+    }
+    total = __shfl_sync(0xffffffffu, inclusive, 31);
+    const unsigned crossing = __ballot_sync(0xffffffffu, above + inclusive >= target);
+    if (crossing == 0) {  // unreachable when target <= the total weight (as radix_pick)
+        above += total;
+        return 0;
+    }
+    const int first = __ffs(static_cast<int>(crossing)) - 1;
+    std::uint32_t chosen = 0;
+    unsigned long long acc = above + inclusive - mine;  // lane `first`: the weight above its bins
+    if (lane == first) {
+        for (int i = 0; i < 8; ++i) {
+            const unsigned long long h = hist[top - i];
+            if (acc + h >= target) {
+                chosen = static_cast<std::uint32_t>(top - i);
+                break;
+            }
+            acc += h;
+        }
+    }
+    chosen = __shfl_sync(0xffffffffu, chosen, first);
+    above = __shfl_sync(0xffffffffu, acc, first);
+    return chosen;
+}
+
 // Radix selection: the largest key K such that the weight of the elements with
 // key >= K (among those with key >= lower) is at least `target` (>= 1, and at
-// most the total weight). key_of(i) and weight_of(i) describe element i.
-template <int Threads, class KeyOf, class WeightOf>
+// most the total weight). key_of(i) and weight_of(i) describe element i. v2
+// picks each byte with thread 0's serial walk (radix_pick, the CPU's code);
+// WarpPick (v4's last block) with one warp (radix_pick_warp, the same byte).
+template <int Threads, bool WarpPick = false, class KeyOf, class WeightOf>
 __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
                                       WeightOf weight_of) {
     __shared__ unsigned long long hist[256];
@@ -281,7 +324,16 @@ __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint
         }
         cache.flush(hist);
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if constexpr (WarpPick) {
+            if (threadIdx.x < 32) {
+                std::uint64_t acc = above, total = 0;
+                const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
+                if (threadIdx.x == 0) {
+                    s_above = acc;
+                    s_prefix = prefix | (chosen << shift);
+                }
+            }
+        } else if (threadIdx.x == 0) {
             std::uint64_t acc = above;
             const std::uint32_t chosen = radix_pick(hist, target, acc);  // shared with the CPU (sampling_math.hpp)
             s_above = acc;
@@ -618,45 +670,35 @@ __device__ inline bool split_arrive(split_row& r, int splits) {
     return last_block_to_arrive(&r.done, static_cast<unsigned>(splits));  // launch.cuh
 }
 
-// radix_pick by the 32 lanes of one warp (the same byte and `above` as the
-// CPU's sequential walk): lane l sums bins 255 - 8l down to 248 - 8l, a warp
-// scan from the top finds the lane whose bins reach the target, and that lane
-// walks its 8 bins. A serial walk of 256 bins by one thread costs a few
-// microseconds of dependent loads, paid once per radix pass. `total` gets the
-// sum of all bins.
-__device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target,
-                                                std::uint64_t& above, std::uint64_t& total) {
-    const int lane = static_cast<int>(threadIdx.x % 32);
-    const int top = 255 - 8 * lane;
-    unsigned long long mine = 0;
-    for (int i = 0; i < 8; ++i) mine += hist[top - i];
-    unsigned long long inclusive = mine;
-    for (int offset = 1; offset < 32; offset <<= 1) {
-        const unsigned long long v = __shfl_up_sync(0xffffffffu, inclusive, offset);
-        if (lane >= offset) inclusive += v;
+// In the row's last block, once every block has added its maximum key and
+// NaN/+inf flag: m, the row's status (and the token -1 when the row has none),
+// and both fields cleared for the next call. Thread 0 calls it; true when the
+// row has a token to draw.
+__device__ inline bool finish_row_max(split_row& r, index_t b, const split_args& a, float& m) {
+    const bool row_bad = __ldcg(&r.bad) != 0;
+    m = from_order_key(__ldcg(&r.max_key));
+    r.max_key = 0;
+    r.bad = 0;
+    a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
+    const bool usable = !row_bad && m != -INFINITY;
+    if (!usable) a.out[b] = -1;
+    return usable;
+}
+
+// The draw over a row cut into chunks with kept masses partial[0..splits): t
+// from the row's total and its random bits, then the chunk whose running mass
+// crosses t (t becomes the offset into that chunk). One thread calls it.
+__device__ inline index_t draw_chunk(const unsigned long long* partial, index_t splits, std::uint64_t bits,
+                                     std::uint64_t& t) {
+    std::uint64_t total = 0;
+    for (index_t c = 0; c < splits; ++c) total += __ldcg(&partial[c]);
+    t = sampling_threshold(total, bits);
+    for (index_t c = 0; c < splits; ++c) {
+        const std::uint64_t w = __ldcg(&partial[c]);
+        if (t < w) return c;
+        t -= w;
     }
-    total = __shfl_sync(0xffffffffu, inclusive, 31);
-    const unsigned crossing = __ballot_sync(0xffffffffu, above + inclusive >= target);
-    if (crossing == 0) {  // unreachable when target <= the total weight (as radix_pick)
-        above += total;
-        return 0;
-    }
-    const int first = __ffs(static_cast<int>(crossing)) - 1;
-    std::uint32_t chosen = 0;
-    unsigned long long acc = above + inclusive - mine;  // lane `first`: the weight above its bins
-    if (lane == first) {
-        for (int i = 0; i < 8; ++i) {
-            const unsigned long long h = hist[top - i];
-            if (acc + h >= target) {
-                chosen = static_cast<std::uint32_t>(top - i);
-                break;
-            }
-            acc += h;
-        }
-    }
-    chosen = __shfl_sync(0xffffffffu, chosen, first);
-    above = __shfl_sync(0xffffffffu, acc, first);
-    return chosen;
+    return splits - 1;  // unreachable: t < total
 }
 
 // v3 greedy: one launch. Each block's best (order key, lowest index) packed in
@@ -744,18 +786,12 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
             }
         }
         if (threadIdx.x == 0) {
-            const std::uint32_t max_key = __ldcg(&r.max_key);
-            const bool row_bad = __ldcg(&r.bad) != 0;
-            const float m = from_order_key(max_key);
-            r.max_key = 0;
-            r.bad = 0;
+            float m = 0.0f;
+            r.usable = finish_row_max(r, b, a, m);
             r.m = m;
-            r.usable = !row_bad && m != -INFINITY;
             r.prefix = r.mask = r.lower = r.tau = 0;
             r.above = 0;
             r.done = 0;
-            a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
-            if (!r.usable) a.out[b] = -1;
             s_usable = r.usable;
         }
         __syncthreads();
@@ -851,18 +887,9 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
         r.done = 0;
         s_chunk = -1;
         if (usable) {
-            std::uint64_t total = 0;
-            for (int c = 0; c < a.splits; ++c) total += __ldcg(&partial[c]);
-            std::uint64_t t = sampling_threshold(
-                total, sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step));
-            for (int c = 0; c < a.splits; ++c) {  // the chunk whose running sum crosses t
-                const std::uint64_t w = __ldcg(&partial[c]);
-                if (t < w) {
-                    s_chunk = c;
-                    break;
-                }
-                t -= w;
-            }
+            std::uint64_t t = 0;
+            s_chunk = draw_chunk(partial, a.splits,
+                                 sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step), t);
             s_t = t;
         }
     }
@@ -904,46 +931,6 @@ struct candidate_args {
 __device__ inline std::uint64_t warp_sum_u64(std::uint64_t v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
-}
-
-// Radix selection (as radix_select: the largest key K >= lower whose elements
-// with key >= K weigh at least `target`) over n slots whose weights may be 0,
-// the byte picked by one warp (radix_pick_warp). For the few slots of v4's last
-// block, where a 256-step serial walk per byte would cost more than the slots.
-template <int Threads, class KeyOf, class WeightOf>
-__device__ std::uint32_t radix_select_slots(index_t n, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
-                                            WeightOf weight_of) {
-    __shared__ unsigned long long hist[256];
-    __shared__ std::uint32_t s_prefix;
-    __shared__ unsigned long long s_above;
-    std::uint32_t prefix = 0, mask = 0;
-    std::uint64_t above = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
-        __syncthreads();
-        for (index_t i = threadIdx.x; i < n; i += Threads) {
-            const std::uint64_t w = weight_of(i);
-            if (w == 0) continue;
-            const std::uint32_t key = key_of(i);
-            if (key >= lower && (key & mask) == prefix)
-                atomicAdd(&hist[(key >> shift) & 0xffu], static_cast<unsigned long long>(w));
-        }
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            std::uint64_t acc = above, total = 0;
-            const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
-            if (threadIdx.x == 0) {
-                s_prefix = prefix | (chosen << shift);
-                s_above = acc;
-            }
-        }
-        __syncthreads();
-        prefix = s_prefix;
-        above = s_above;
-        mask |= 0xffu << shift;
-        __syncthreads();  // every thread has read s_prefix before the next pass's pick
-    }
-    return prefix;
 }
 
 // v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
@@ -1077,17 +1064,10 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     __shared__ int s_usable;
     __shared__ float s_m;
     if (threadIdx.x == 0) {
-        const std::uint32_t max_key = __ldcg(&r.max_key);
-        const bool row_bad = __ldcg(&r.bad) != 0;
-        const float m = from_order_key(max_key);
-        r.max_key = 0;
-        r.bad = 0;
-        r.done = 0;
-        const bool usable = !row_bad && m != -INFINITY;
-        a.status[b] = row_bad ? row_bad_logit : (m == -INFINITY ? row_all_masked : row_ok);
-        if (!usable) a.out[b] = -1;
-        s_usable = usable ? 1 : 0;
+        float m = 0.0f;
+        s_usable = finish_row_max(r, b, a, m) ? 1 : 0;
         s_m = m;
+        r.done = 0;
     }
     __syncthreads();
     if (!s_usable) return;
@@ -1104,7 +1084,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     const index_t slots = a.splits * width;
 
     // ... K, the row's k-th largest key, from the slots ...
-    const std::uint32_t K = radix_select_slots<Threads>(slots, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
+    const std::uint32_t K = radix_select<Threads, true>(slots, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
     // ... top-p among the slots >= K, weighted by q ...
     auto q_of = [&](std::uint32_t kk) {
         return sampling_weight(::tinyllm::detail::sub_rn(from_order_key(kk), m));
@@ -1119,7 +1099,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         for (index_t i = threadIdx.x; i < slots; i += Threads)
             if (slot_key(i) >= K) local += slot_q(i);
         const std::uint64_t total = block_sum<Threads>(local);
-        tau = radix_select_slots<Threads>(slots, top_p_target(total, a.p.top_p), K, slot_key, slot_q);
+        tau = radix_select<Threads, true>(slots, top_p_target(total, a.p.top_p), K, slot_key, slot_q);
     }
     // ... min-p in the weights, and the draw: each chunk's kept mass (one warp per chunk) ...
     auto kept_q = [&](std::uint32_t kk) -> std::uint64_t {
@@ -1145,19 +1125,9 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     __shared__ index_t s_chunk;
     __shared__ unsigned long long s_t;
     if (threadIdx.x == 0) {
-        std::uint64_t total = 0;
-        for (index_t chunk = 0; chunk < a.splits; ++chunk) total += partial[chunk];
-        std::uint64_t t =
-            sampling_threshold(total, sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step));
-        s_chunk = 0;
-        for (index_t chunk = 0; chunk < a.splits; ++chunk) {  // the chunk whose running sum crosses t
-            const std::uint64_t w = partial[chunk];
-            if (t < w) {
-                s_chunk = chunk;
-                break;
-            }
-            t -= w;
-        }
+        std::uint64_t t = 0;
+        s_chunk = draw_chunk(partial, a.splits,
+                             sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step), t);
         s_t = t;
     }
     __syncthreads();
