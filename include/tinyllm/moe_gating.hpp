@@ -71,6 +71,7 @@
 
 #include <tinyllm/config.hpp>
 #include <tinyllm/error.hpp>
+#include <tinyllm/math.hpp>
 #include <tinyllm/philox.hpp>
 #include <tinyllm/tensor.hpp>
 
