@@ -23,7 +23,7 @@
 // kernel's contraction and in host code the host's, as nvcc compiles them
 // once for each side; device-only ones contract wherever they are compiled.
 #  define TINYLLM_HOST_DEVICE inline __attribute__((always_inline))
-#  define TINYLLM_DEVICE inline __attribute__((always_inline, optimize("fp-contract=fast")))
+#  define TINYLLM_DEVICE inline __attribute__((always_inline, optimize("fp-contract=fast", "expensive-optimizations")))
 #else
 #  define TINYLLM_HOST_DEVICE inline
 #  define TINYLLM_DEVICE inline

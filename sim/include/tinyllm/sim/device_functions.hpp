@@ -41,8 +41,10 @@
 // reference here as on a GPU. Device code is also unswitched (a loop-invariant
 // branch hoisted out of its loop, as nvcc does): g++ does not fuse a product
 // into an add across a branch (`g = w ? d * w : d; ... g - mean`), and nvcc did.
+// And g++ forms fmas only with -fexpensive-optimizations, which -O1 (the
+// sanitizer builds) leaves off: device code turns it on.
 #if defined(TINYLLM_SIM_CONTRACT) && TINYLLM_SIM_CONTRACT && defined(__GNUC__) && !defined(__clang__)
-#  define TINYLLM_SIM_DEVICE_CODE __attribute__((optimize("fp-contract=fast", "unswitch-loops")))
+#  define TINYLLM_SIM_DEVICE_CODE __attribute__((optimize("fp-contract=fast", "unswitch-loops", "expensive-optimizations")))
 #else
 #  define TINYLLM_SIM_DEVICE_CODE
 #endif
