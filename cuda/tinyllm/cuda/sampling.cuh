@@ -949,12 +949,15 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     //    lo + 4 (t + Threads s) + {0, 1, 2, 3} for s < Items / 4 (float4 loads when
     //    the row is aligned). Key 0 marks "no element": no finite or -inf logit has
     //    it (order_key(-inf) = 0x007fffff; only a NaN's key can be 0).
+    auto first_of = [&](int s) {  // the row index of this thread's group s of 4 keys
+        return lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
+    };
     std::uint32_t key[Items];
     bool bad = false;
     std::uint32_t top = 0;
 #pragma unroll
     for (int s = 0; s < Items / 4; ++s) {
-        const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
+        const index_t i0 = first_of(s);
         float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (a.vec && i0 + 3 < hi) {
             const float4 v = *reinterpret_cast<const float4*>(row + i0);
@@ -994,7 +997,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     __shared__ std::uint32_t s_prefix;
     __shared__ unsigned long long s_above, s_ties;
     std::uint32_t prefix = 0, mask = 0;
-    std::uint64_t above = 0, ties = 0;
+    std::uint64_t above = 0, ties = 0;  // after the last pass: keys > L_j, keys == L_j
     if (target > 0) {  // uniform: an empty chunk (lo >= V) has no slots
         for (int shift = 24; shift >= 0; shift -= 8) {
             for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
@@ -1028,7 +1031,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
 
     // 3. The slots: the keys above L_j with their indices, in row order (one block
     //    scan per group of 4 keys a thread holds), then L_j and the two counts.
-    const index_t slot0 = (b * a.splits + j) * width;
+    const index_t chunk_id = b * a.splits + j, slot0 = chunk_id * width;
     if (target > 0) {
         using scan = cub::BlockScan<int, Threads>;
         __shared__ typename scan::TempStorage storage;
@@ -1040,7 +1043,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
             for (int e = 0; e < 4; ++e) mine += key[4 * s + e] > prefix ? 1 : 0;
             int offset = 0, total = 0;
             scan(storage).ExclusiveSum(mine, offset, total);
-            const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
+            const index_t i0 = first_of(s);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 if (key[4 * s + e] > prefix) {
@@ -1055,8 +1058,8 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     }
     if (threadIdx.x == 0) {
         c.keys[slot0 + k] = prefix;
-        c.counts[2 * (b * a.splits + j)] = static_cast<std::uint32_t>(above);
-        c.counts[2 * (b * a.splits + j) + 1] = static_cast<std::uint32_t>(ties);
+        c.counts[2 * chunk_id] = static_cast<std::uint32_t>(above);
+        c.counts[2 * chunk_id + 1] = static_cast<std::uint32_t>(ties);
     }
     if (!split_arrive(r, a.splits)) return;
 

@@ -18,6 +18,7 @@
 // the race check find a shared-memory write and read separated only by shuffles.
 #pragma once
 
+#include <tinyllm/math.hpp>
 #include <tinyllm/sim/executor.hpp>
 
 #include <algorithm>
@@ -273,26 +274,15 @@ inline float __frcp_rn(float x) { return 1.0f / x; }
 // Correctly rounded single operations, never fused with a neighbour (as nvcc
 // promises for them). A host compiler targeting an fma instruction (-mfma,
 // aarch64) would fuse `__fmul_rn(a, b) + c` after inlining; the operands and
-// the result pass through an empty asm statement it cannot see through, as
-// tinyllm::detail::rounded does (tinyllm/math.hpp).
-namespace tinyllm::sim::detail {
-template <class F>
-inline F opaque(F x) {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__FMA__) || defined(__FMA4__) || defined(__AVX512F__))
-    __asm__("" : "+x"(x));
-#elif defined(__aarch64__)
-    __asm__("" : "+w"(x));
-#endif
-    return x;
-}
-}  // namespace tinyllm::sim::detail
-inline float __fadd_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) + opaque(b)); }
-inline float __fsub_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) - opaque(b)); }
-inline float __fmul_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) * opaque(b)); }
-inline float __fdiv_rn(float a, float b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) / opaque(b)); }
+// the result pass through tinyllm::detail::rounded (tinyllm/math.hpp), an
+// empty asm statement it cannot see through.
+inline float __fadd_rn(float a, float b) { using tinyllm::detail::rounded; return rounded(rounded(a) + rounded(b)); }
+inline float __fsub_rn(float a, float b) { using tinyllm::detail::rounded; return rounded(rounded(a) - rounded(b)); }
+inline float __fmul_rn(float a, float b) { using tinyllm::detail::rounded; return rounded(rounded(a) * rounded(b)); }
+inline float __fdiv_rn(float a, float b) { using tinyllm::detail::rounded; return rounded(rounded(a) / rounded(b)); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline double __dadd_rn(double a, double b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) + opaque(b)); }
-inline double __dmul_rn(double a, double b) { using tinyllm::sim::detail::opaque; return opaque(opaque(a) * opaque(b)); }
+inline double __dadd_rn(double a, double b) { using tinyllm::detail::rounded; return rounded(rounded(a) + rounded(b)); }
+inline double __dmul_rn(double a, double b) { using tinyllm::detail::rounded; return rounded(rounded(a) * rounded(b)); }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
 inline int __float2int_rn(float x) { return static_cast<int>(std::nearbyint(x)); }
 inline int __float2int_rz(float x) { return static_cast<int>(x); }
