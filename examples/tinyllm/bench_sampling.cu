@@ -14,7 +14,8 @@
 //               every block keeps its chunk's k largest keys (16 chunks of at
 //               most 8192 at B = 64, V = 128256) and each row's last block
 //               selects and draws among them.
-//   greedy      v1: one argmax reduction per row (greedy_reduction).
+//   greedy      v1: one argmax reduction per row (greedy_reduction); v3 also
+//               with 8, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
 // check, and its tokens must be identical to the CPU reference's; the timed
 // runs skip the status copy (sampling_check::none).
@@ -69,6 +70,17 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
             [&](tc::sampling_check c) { tc::greedy_reduction(tokens, logits, c); });
         add("v3 split", "cuda_v3_split", false,
             [&](tc::sampling_check c) { tc::greedy_split(tokens, logits, 0, c); });
+        // The same kernel with more blocks per row than split_count chooses: how
+        // the count trades one wave's balance over the SMs against each block's
+        // fixed cost (its reduction and the last block's decode).
+        const int chosen = tc::detail::split_count(B, V, 0);
+        for (const int splits : {8, 16, 32}) {
+            if (splits <= chosen || splits > tc::detail::split_count(B, V, splits)) continue;
+            const std::string version = "v3 split, " + std::to_string(splits) + " blocks/row";
+            const std::string key = "cuda_v3_split_x" + std::to_string(splits);
+            add(version.c_str(), key.c_str(), false,
+                [&](tc::sampling_check c) { tc::greedy_split(tokens, logits, splits, c); });
+        }
         return;
     }
     add("v1 unfused (+copy)", "cuda_v1_unfused", true, [&](tc::sampling_check c) {
