@@ -214,6 +214,39 @@ __device__ std::uint64_t block_sum(std::uint64_t v) {
     return result;
 }
 
+// A 256-bin histogram of 64-bit sums, added to in shared memory with 32-bit
+// atomics. A 64-bit atomicAdd on shared memory has no single instruction: the
+// compiler makes it a compare-and-swap loop, and threads adding to the same bin
+// retry each other's loops — the radix passes of v3 spent most of their time
+// there (ncu, H200: shared-memory pipes ~50% busy, DRAM 3%). The sum is kept as
+// two 32-bit words instead: `lo` gets the low halves, and an adder whose add
+// wraps `lo` round (it sees the old value) carries one into `hi`, with the high
+// halves. Every wrap is counted exactly once, so hi * 2^32 + lo is the exact sum.
+struct shared_hist64 {
+    unsigned lo[256];
+    unsigned hi[256];
+
+    template <int Threads>
+    __device__ void clear() {
+        for (int i = threadIdx.x; i < 256; i += Threads) lo[i] = hi[i] = 0;
+    }
+    __device__ void add(std::uint32_t b, std::uint64_t w) {
+        const auto w_lo = static_cast<unsigned>(w), w_hi = static_cast<unsigned>(w >> 32);
+        const unsigned old = atomicAdd(&lo[b], w_lo);
+        const unsigned carry = old + w_lo < old ? 1u : 0u;  // this add wrapped lo round
+        if (w_hi + carry) atomicAdd(&hi[b], w_hi + carry);
+    }
+    // After a barrier that follows every add: bin b's sum.
+    __device__ unsigned long long get(int b) const {
+        return (static_cast<unsigned long long>(hi[b]) << 32) | lo[b];
+    }
+    // Every bin's sum into out[256] (the plain array radix_pick reads).
+    template <int Threads>
+    __device__ void copy_to(unsigned long long* out) const {
+        for (int i = threadIdx.x; i < 256; i += Threads) out[i] = get(i);
+    }
+};
+
 // A thread's few most recent histogram bins, summed in registers and added to
 // the shared histogram only when evicted or flushed. The logits of one row
 // share few top key bytes (all of them can fall into 2-4 bins of the first
@@ -233,7 +266,7 @@ struct bin_cache {
             sum[s] = 0;
         }
     }
-    __device__ void add(unsigned long long* hist, std::uint32_t b, unsigned long long w) {
+    __device__ void add(shared_hist64& hist, std::uint32_t b, unsigned long long w) {
 #pragma unroll
         for (int s = 0; s < slots; ++s) {
             if (bin[s] == b) {
@@ -241,7 +274,7 @@ struct bin_cache {
                 return;
             }
         }
-        if (bin[slots - 1] != empty) atomicAdd(&hist[bin[slots - 1]], sum[slots - 1]);  // evict the oldest
+        if (bin[slots - 1] != empty) hist.add(bin[slots - 1], sum[slots - 1]);  // evict the oldest
 #pragma unroll
         for (int s = slots - 1; s > 0; --s) {
             bin[s] = bin[s - 1];
@@ -250,10 +283,10 @@ struct bin_cache {
         bin[0] = b;
         sum[0] = w;
     }
-    __device__ void flush(unsigned long long* hist) {
+    __device__ void flush(shared_hist64& hist) {
 #pragma unroll
         for (int s = 0; s < slots; ++s)
-            if (bin[s] != empty) atomicAdd(&hist[bin[s]], sum[s]);
+            if (bin[s] != empty) hist.add(bin[s], sum[s]);
     }
 };
 
@@ -263,8 +296,9 @@ struct bin_cache {
 // walks its 8 bins. A serial walk of 256 bins by one thread costs a few
 // microseconds of dependent loads, paid once per radix pass. `total` gets the
 // sum of all bins.
-__device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, std::uint64_t target,
-                                                std::uint64_t& above, std::uint64_t& total) {
+template <class Count>  // unsigned long long, or unsigned (v4's block counts)
+__device__ std::uint32_t radix_pick_warp(const Count* hist, std::uint64_t target, std::uint64_t& above,
+                                         std::uint64_t& total) {
     const int lane = static_cast<int>(threadIdx.x % 32);
     const int top = 255 - 8 * lane;
     unsigned long long mine = 0;
@@ -306,23 +340,26 @@ __device__ inline std::uint32_t radix_pick_warp(const unsigned long long* hist, 
 template <int Threads, bool WarpPick = false, class KeyOf, class WeightOf>
 __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
                                       WeightOf weight_of) {
+    __shared__ shared_hist64 sums;
     __shared__ unsigned long long hist[256];
     __shared__ std::uint32_t s_prefix;
     __shared__ unsigned long long s_above;
     std::uint32_t prefix = 0, mask = 0;
     std::uint64_t above = 0;  // weight of the elements whose key is above the chosen prefix
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int j = threadIdx.x; j < 256; j += Threads) hist[j] = 0;
+        sums.clear<Threads>();
         __syncthreads();
         bin_cache cache;
         for (index_t i = threadIdx.x; i < V; i += Threads) {
             const std::uint32_t k = key_of(i);
             if (k >= lower && (k & mask) == prefix) {
                 const std::uint64_t w = weight_of(i);
-                if (w) cache.add(hist, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
+                if (w) cache.add(sums, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
             }
         }
-        cache.flush(hist);
+        cache.flush(sums);
+        __syncthreads();
+        sums.copy_to<Threads>(hist);
         __syncthreads();
         if constexpr (WarpPick) {
             if (threadIdx.x < 32) {
@@ -631,20 +668,32 @@ struct split_args {
 
 // f(i, z) for every element i of [lo, hi) of the row, this thread's share:
 // float4 loads when the row is aligned (lo is a multiple of 4), then the tail.
+// The loads go out four at a time before any of them is used, so each thread
+// has 64 bytes in flight: a pass that reads the row once is bound by how many
+// bytes the SMs keep in flight, and one float4 per thread is too few.
 template <int Threads, class F>
 __device__ void for_each_in_chunk(const float* row, index_t lo, index_t hi, int vec, F&& f) {
     index_t start = lo;
     if (vec) {
+        constexpr int batch = 4;
         const index_t quads = (hi - lo) / 4;
         const float4* q = reinterpret_cast<const float4*>(row + lo);
-        for (index_t j = threadIdx.x; j < quads; j += Threads) {
-            const float4 v = q[j];
+        auto visit = [&](index_t j, const float4& v) {
             const index_t i = lo + 4 * j;
             f(i, v.x);
             f(i + 1, v.y);
             f(i + 2, v.z);
             f(i + 3, v.w);
+        };
+        index_t j = threadIdx.x;
+        for (; j + (batch - 1) * Threads < quads; j += batch * Threads) {
+            float4 v[batch];
+#pragma unroll
+            for (int u = 0; u < batch; ++u) v[u] = q[j + u * Threads];
+#pragma unroll
+            for (int u = 0; u < batch; ++u) visit(j + u * Threads, v[u]);
         }
+        for (; j < quads; j += Threads) visit(j, q[j]);
         start = lo + 4 * quads;
     }
     for (index_t i = start + static_cast<index_t>(threadIdx.x); i < hi; i += Threads) f(i, row[i]);
@@ -746,20 +795,21 @@ __global__ void greedy_split_kernel(split_args a) {
 //                stores the threshold;
 //   split_draw   each block's kept mass; the last block draws t, finds the
 //                chunk whose running sum crosses t, and scans that chunk.
-template <int Threads>
-__global__ void sample_split_kernel(split_args a, int phase, int sel, int shift) {
+template <int Threads, int Phase>
+__global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, int sel, int shift) {
     const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
     const float* row = a.logits + b * a.row_stride;
     split_row& r = a.rows[b];
     const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
     const float T = a.p.temperature;
-    __shared__ unsigned long long hist[256];
+    __shared__ unsigned long long hist[256];  // the row's histogram, in its last block
+    __shared__ shared_hist64 sums;            // this block's
 
-    if (phase == split_max) {  // sel 1: also top-k's first byte (counts need no maximum)
+    if constexpr (Phase == split_max) {  // sel 1: also top-k's first byte (counts need no maximum)
         bool bad = false;
         std::uint32_t key = 0;
         if (sel == 1) {
-            for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+            sums.clear<Threads>();
             __syncthreads();
         }
         bin_cache cache;
@@ -767,13 +817,13 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
             bad |= is_bad_logit(z);
             const std::uint32_t k = order_key(::tinyllm::detail::div_rn(z, T));
             key = k > key ? k : key;
-            if (sel == 1) cache.add(hist, k >> 24, 1);
+            if (sel == 1) cache.add(sums, k >> 24, 1);
         });
-        if (sel == 1) cache.flush(hist);
+        if (sel == 1) cache.flush(sums);
         const bool any_bad = __syncthreads_or(bad) != 0;  // also orders the flushes before the reads below
         if (sel == 1)
             for (int i = threadIdx.x; i < 256; i += Threads)
-                if (hist[i]) atomicAdd(&r.hist[i], hist[i]);
+                if (const unsigned long long h = sums.get(i)) atomicAdd(&r.hist[i], h);
         key = warp_max(key);
         if (threadIdx.x % 32 == 0 && key) atomicMax(&r.max_key, key);
         if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
@@ -808,10 +858,11 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
         return;
     }
 
-    const bool usable = r.usable != 0;  // written by the split_max launch
+    const bool usable = r.usable != 0;  // the split_max launch wrote these
     const float m = r.m;
-    if (phase == split_radix) {
-        for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+    if constexpr (Phase == split_radix) {
+        (void)m;
+        sums.clear<Threads>();
         __syncthreads();
         if (usable) {
             const std::uint32_t prefix = r.prefix, mask = r.mask, lower = sel == 0 ? 0u : r.lower;
@@ -821,13 +872,13 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
                 const std::uint32_t k = order_key(x);
                 if (k >= lower && (k & mask) == prefix) {
                     const std::uint64_t w = sel == 0 ? 1 : sampling_weight(::tinyllm::detail::sub_rn(x, m));
-                    if (w) cache.add(hist, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
+                    if (w) cache.add(sums, (k >> shift) & 0xffu, static_cast<unsigned long long>(w));
                 }
             });
-            cache.flush(hist);
+            cache.flush(sums);
             __syncthreads();
             for (int i = threadIdx.x; i < 256; i += Threads)
-                if (hist[i]) atomicAdd(&r.hist[i], hist[i]);
+                if (const unsigned long long h = sums.get(i)) atomicAdd(&r.hist[i], h);
         }
         if (!split_arrive(r, a.splits)) return;
         for (int i = threadIdx.x; i < 256; i += Threads) {  // the row's histogram, and clean it
@@ -866,39 +917,40 @@ __global__ void sample_split_kernel(split_args a, int phase, int sel, int shift)
         return;
     }
 
-    // split_draw
-    const std::uint32_t tau = r.tau;
-    auto kept_q = [&](float z) -> std::uint64_t {
-        const float x = ::tinyllm::detail::div_rn(z, T);
-        if (order_key(x) < tau) return 0;
-        const float d = ::tinyllm::detail::sub_rn(x, m);
-        if (a.p.min_p > 0.0f && sampling_exp(d) < a.p.min_p) return 0;
-        return sampling_weight(d);
-    };
-    std::uint64_t local = 0;
-    if (usable) for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) { local += kept_q(z); });
-    const std::uint64_t mass = block_sum<Threads>(local);
-    unsigned long long* partial = a.partials + b * a.splits;
-    if (threadIdx.x == 0) partial[j] = mass;
-    if (!split_arrive(r, a.splits)) return;
-    __shared__ index_t s_chunk;
-    __shared__ unsigned long long s_t;
-    if (threadIdx.x == 0) {
-        r.done = 0;
-        s_chunk = -1;
-        if (usable) {
-            std::uint64_t t = 0;
-            s_chunk = draw_chunk(partial, a.splits,
-                                 sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step), t);
-            s_t = t;
+    if constexpr (Phase == split_draw) {
+        const std::uint32_t tau = r.tau;
+        auto kept_q = [&](float z) -> std::uint64_t {
+            const float x = ::tinyllm::detail::div_rn(z, T);
+            if (order_key(x) < tau) return 0;
+            const float d = ::tinyllm::detail::sub_rn(x, m);
+            if (a.p.min_p > 0.0f && sampling_exp(d) < a.p.min_p) return 0;
+            return sampling_weight(d);
+        };
+        std::uint64_t local = 0;
+        if (usable) for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) { local += kept_q(z); });
+        const std::uint64_t mass = block_sum<Threads>(local);
+        unsigned long long* partial = a.partials + b * a.splits;
+        if (threadIdx.x == 0) partial[j] = mass;
+        if (!split_arrive(r, a.splits)) return;
+        __shared__ index_t s_chunk;
+        __shared__ unsigned long long s_t;
+        if (threadIdx.x == 0) {
+            r.done = 0;
+            s_chunk = -1;
+            if (usable) {
+                std::uint64_t t = 0;
+                s_chunk = draw_chunk(partial, a.splits,
+                                     sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step), t);
+                s_t = t;
+            }
         }
+        __syncthreads();
+        if (s_chunk < 0) return;  // uniform: a bad row (its token -1 is written)
+        const index_t first = s_chunk * a.chunk, n = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
+        const int token =
+            first_crossing<Threads, sampling_items>(n, s_t, [&](index_t i) { return kept_q(row[first + i]); });
+        if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
     }
-    __syncthreads();
-    if (s_chunk < 0) return;  // uniform: a bad row (its token -1 is written)
-    const index_t first = s_chunk * a.chunk, n = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
-    const int token =
-        first_crossing<Threads, sampling_items>(n, s_t, [&](index_t i) { return kept_q(row[first + i]); });
-    if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
 }
 
 // ---- v4 candidates: top-k from every block's own k largest --------------------
@@ -993,7 +1045,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     //    512 times.
     const index_t n = hi - lo;
     const std::uint64_t target = static_cast<std::uint64_t>(k < n ? k : n);
-    __shared__ unsigned long long hist[256];
+    __shared__ unsigned hist[256];  // counts: at most 8192, so 32-bit atomics (see shared_hist64)
     __shared__ std::uint32_t s_prefix;
     __shared__ unsigned long long s_above, s_ties;
     std::uint32_t prefix = 0, mask = 0;
@@ -1008,7 +1060,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
                 const std::uint32_t bin = in ? (key[s] >> shift) & 0xffu : 256u;
                 const unsigned peers = __match_any_sync(0xffffffffu, bin);
                 if (in && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1)
-                    atomicAdd(&hist[bin], static_cast<unsigned long long>(__popc(peers)));
+                    atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
             }
             __syncthreads();
             if (threadIdx.x < 32) {
@@ -1507,9 +1559,14 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
     a.step = step;
     a.stream_offset = stream_offset;
     const unsigned grid = detail::split_grid(B, splits);
-    auto pass = [&](int phase, int sel, int shift) {
-        launch(detail::sample_split_kernel<detail::sampling_threads>, grid, detail::sampling_threads, 0, stream, a,
-               phase, sel, shift);
+    auto pass = [&](int phase, int sel, int shift) {  // one instantiation per phase: each its own registers
+        constexpr int T = detail::sampling_threads;
+        if (phase == detail::split_max)
+            launch(detail::sample_split_kernel<T, detail::split_max>, grid, T, 0, stream, a, sel, shift);
+        else if (phase == detail::split_radix)
+            launch(detail::sample_split_kernel<T, detail::split_radix>, grid, T, 0, stream, a, sel, shift);
+        else
+            launch(detail::sample_split_kernel<T, detail::split_draw>, grid, T, 0, stream, a, sel, shift);
     };
     const bool top_k = a.p.top_k > 0 && a.p.top_k < V;
     pass(detail::split_max, top_k ? 1 : 0, 0);  // with top-k's first byte
