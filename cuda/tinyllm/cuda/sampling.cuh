@@ -59,14 +59,16 @@
 //                Expected: greedy near the read of 33 MB (~10-15 us); top-k
 //                50 / top-p 0.9: 5 / 6 launches, each reading the row (after
 //                the first, from L2) with every SM: ~30-40 / 40-60 us.
-//                Measured (H200, 2026-12-04, B=64, V=128256): greedy 18.6 us;
-//                top-k 415 us, top-p 484 us, ten times the estimate: the
-//                radix passes are not bound by the reads (docs/sampling.md). The public greedy() and sample(params) use
-//                v3 whenever it gives a row more than one block (B < 264 and
-//                V > 4096), else v1 greedy / v2 (fewer launches); sample(params)
-//                takes v4 (below) first whenever top-k lets it.
-//                (nvcc 13.0 for sm_90 gives sample_split_kernel 80 registers, so
-//                one 512-thread block per SM, not the two split_count plans for.)
+//                Measured (H200, 2026-12-04, B=64, V=128256): greedy 18.5 us;
+//                top-k 354 us, top-p 412 us, about ten times the estimate: the
+//                radix passes are bound by per-element work (the exact weights)
+//                and latency, not by the reads (docs/sampling.md). Each pass is
+//                its own instantiation of sample_split_kernel (54-64 registers,
+//                two 512-thread blocks per SM). The public greedy() and
+//                sample(params) use v3 whenever it gives a row more than one
+//                block (B < 264 and V > 4096), else v1 greedy / v2 (fewer
+//                launches); sample(params) takes v4 (below) first whenever
+//                top-k lets it.
 //   v4 candidates — sample_candidates(out, logits, params, ...): the chain in ONE
 //                launch when top-k is on (0 < k < V, k <= 1024). Why: v3 reads
 //                the row once per radix byte (5 launches for top-k), while the k
@@ -84,8 +86,10 @@
 //                from a scan of that chunk, as v3. 64 registers: two blocks per SM.
 //                Expected (B = 64, V = 128256, k = 50: 16 chunks, at most 816
 //                slots per row): about greedy v3's single read (18.6 us) plus the
-//                blocks' selections and the last blocks' merge, 25-40 us against
-//                v3's 415 us. Not yet measured on a GPU. Without top-k (top-p or
+//                blocks' selections and the last blocks' merge, 25-40 us.
+//                Measured (H200, 2026-12-04): 122 us against v3's 354 us; the
+//                blocks' four radix passes over all 16 keys a thread holds are
+//                latency-bound (docs/sampling.md). Without top-k (top-p or
 //                min-p alone) the kept set has no bound: sample_candidates runs v3.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
