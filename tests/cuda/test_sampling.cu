@@ -565,11 +565,12 @@ TEST_CASE("v3 split: bad rows give the same errors, and the next call is unaffec
 namespace {
 
 // The settings v4 is checked with: top-k alone and in every chain, the edges
-// k = 1, k = V - 1, k = 1024 (the largest v4 takes) and k = 1025 (v3's), ties
-// at the threshold (split_logits' fifth row), and one setting without top-k
-// (v3's path through sample_candidates).
+// k = 1, k = V - 1, k = 1024 (the largest v4 takes) and k = 1025 (v3's), k = 512
+// and 513 (a block's bound from its threads' maxima needs k of them: 512 take
+// it in full chunks, 513 never), ties at the threshold (split_logits' fifth
+// row), and one setting without top-k (v3's path through sample_candidates).
 std::vector<sampling::params> candidate_settings(index_t V) {
-    std::vector<sampling::params> s(10);
+    std::vector<sampling::params> s(12);
     s[0].top_k = 50;
     s[1].top_k = 1;
     s[2].top_k = std::max<index_t>(1, V - 1);
@@ -588,6 +589,8 @@ std::vector<sampling::params> candidate_settings(index_t V) {
     s[8].top_k = 7;
     s[8].min_p = 0.5f;
     s[9].top_p = 0.9f;
+    s[10].top_k = 512;
+    s[11].top_k = 513;
     return s;
 }
 

@@ -76,7 +76,8 @@
 //                How: a block holds its chunk (at most 8192 elements: 16 keys per
 //                thread, in registers) and finds the chunk's k-th largest key L_j
 //                by radix selection with block barriers only (warp-aggregated
-//                histogram adds, __match_any_sync); it writes the keys above L_j
+//                histogram adds, __match_any_sync), among the keys >= a bound
+//                (the k-th largest of the threads' own maxima); it writes the keys above L_j
 //                with their indices (fewer than k, in row order) and L_j with its
 //                count of equal keys. The row's last block selects the row's k-th
 //                largest among those slots (exactly: the counts carry the ties),
@@ -87,9 +88,10 @@
 //                Expected (B = 64, V = 128256, k = 50: 16 chunks, at most 816
 //                slots per row): about greedy v3's single read (18.6 us) plus the
 //                blocks' selections and the last blocks' merge, 25-40 us.
-//                Measured (H200, 2026-12-04): 122 us against v3's 354 us; the
-//                blocks' four radix passes over all 16 keys a thread holds are
-//                latency-bound (docs/sampling.md). Without top-k (top-p or
+//                Measured (H200, 2026-12-04), before the bound: 122 us against
+//                v3's 354 us; the blocks' four radix passes over all 16 keys a
+//                thread holds were latency-bound (docs/sampling.md). With the
+//                bound (not yet measured): expected 70-90 us. Without top-k (top-p or
 //                min-p alone) the kept set has no bound: sample_candidates runs v3.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
@@ -989,6 +991,55 @@ __device__ inline std::uint64_t warp_sum_u64(std::uint64_t v) {
     return v;
 }
 
+// Radix selection over keys a block holds in registers, N per thread (key 0:
+// no element), with block barriers only: the largest key L such that at least
+// `target` of the keys >= lower are >= L (target >= 1 and at most how many keys
+// are >= lower). `above` gets how many of them are > L, `ties` how many == L.
+// 4 passes of a 256-bin shared histogram of 32-bit counts. A warp's lanes that
+// fall into the same bin add once (__match_any_sync groups them; the lowest lane
+// adds the group's size), so a bin most keys crowd into is not added to 512
+// times; a warp none of whose keys can still matter skips the add altogether.
+template <int Threads, int N>
+__device__ std::uint32_t block_select(const std::uint32_t (&key)[N], std::uint32_t lower, std::uint64_t target,
+                                      std::uint64_t& above, std::uint64_t& ties) {
+    __shared__ unsigned hist[256];  // counts: at most 8192 keys (see shared_hist64 for why 32-bit)
+    __shared__ std::uint32_t s_prefix;
+    __shared__ unsigned long long s_above, s_ties;
+    std::uint32_t prefix = 0, mask = 0;
+    above = 0;
+    ties = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int s = 0; s < N; ++s) {
+            const bool in = key[s] != 0 && key[s] >= lower && (key[s] & mask) == prefix;
+            if (!__any_sync(0xffffffffu, in)) continue;  // uniform in the warp
+            const std::uint32_t bin = in ? (key[s] >> shift) & 0xffu : 256u;
+            const unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (in && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1)
+                atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            std::uint64_t acc = above, total = 0;
+            const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
+            if (threadIdx.x == 0) {
+                s_prefix = prefix | (chosen << shift);
+                s_above = acc;
+                s_ties = hist[chosen];
+            }
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        above = s_above;
+        ties = s_ties;
+        mask |= 0xffu << shift;
+        __syncthreads();  // every thread has read the picks before the next pass's
+    }
+    return prefix;
+}
+
 // v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
 // Grid B x splits, chunks of at most Threads * Items elements.
 template <int Threads, int Items>
@@ -1038,51 +1089,28 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         }
     }
     const bool any_bad = __syncthreads_or(bad) != 0;
+    const std::uint32_t own_max = top;  // this thread's largest key (0: it holds none)
     top = warp_max(top);
     if (threadIdx.x % 32 == 0 && top) atomicMax(&r.max_key, top);
     if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
 
     // 2. L_j, the chunk's k-th largest key (its smallest when it has fewer than k
-    //    elements): 4 radix passes over the registers. A warp's lanes that fall
-    //    into the same bin add once (__match_any_sync: one leader adds the
-    //    popcount), so a bin that most of the chunk falls into is not added to
-    //    512 times.
+    //    elements), by radix selection over the registers (block_select). First
+    //    a bound: the k-th largest of the threads' own maxima, M. k threads hold
+    //    a key >= M, so L_j >= M, and only the keys >= M — usually a few more
+    //    than k — take part in the passes over all 16 keys a thread holds.
     const index_t n = hi - lo;
     const std::uint64_t target = static_cast<std::uint64_t>(k < n ? k : n);
-    __shared__ unsigned hist[256];  // counts: at most 8192, so 32-bit atomics (see shared_hist64)
-    __shared__ std::uint32_t s_prefix;
-    __shared__ unsigned long long s_above, s_ties;
-    std::uint32_t prefix = 0, mask = 0;
-    std::uint64_t above = 0, ties = 0;  // after the last pass: keys > L_j, keys == L_j
+    std::uint32_t prefix = 0;
+    std::uint64_t above = 0, ties = 0;  // keys > L_j, keys == L_j
     if (target > 0) {  // uniform: an empty chunk (lo >= V) has no slots
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int i = threadIdx.x; i < 256; i += Threads) hist[i] = 0;
-            __syncthreads();
-#pragma unroll
-            for (int s = 0; s < Items; ++s) {
-                const bool in = key[s] != 0 && (key[s] & mask) == prefix;
-                const std::uint32_t bin = in ? (key[s] >> shift) & 0xffu : 256u;
-                const unsigned peers = __match_any_sync(0xffffffffu, bin);
-                if (in && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1)
-                    atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
-            }
-            __syncthreads();
-            if (threadIdx.x < 32) {
-                std::uint64_t acc = above, total = 0;
-                const std::uint32_t chosen = radix_pick_warp(hist, target, acc, total);
-                if (threadIdx.x == 0) {
-                    s_prefix = prefix | (chosen << shift);
-                    s_above = acc;
-                    s_ties = hist[chosen];
-                }
-            }
-            __syncthreads();
-            prefix = s_prefix;
-            above = s_above;
-            ties = s_ties;
-            mask |= 0xffu << shift;
-            __syncthreads();  // every thread has read the picks before the next pass's
+        std::uint32_t lower = 0;
+        const std::uint32_t own[1] = {own_max};
+        if (__syncthreads_count(own_max != 0) >= k) {  // uniform; else no bound (lower 0: every key)
+            std::uint64_t unused_above = 0, unused_ties = 0;
+            lower = block_select<Threads, 1>(own, 0u, static_cast<std::uint64_t>(k), unused_above, unused_ties);
         }
+        prefix = block_select<Threads, Items>(key, lower, target, above, ties);
     }
 
     // 3. The slots: the keys above L_j with their indices, in row order (one block
