@@ -185,9 +185,12 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
 
         // The same step replayed from model::decode_step's CUDA graph (one launch per
         // step instead of a dozen per layer). Each timed step feeds one more token,
-        // so the cache grows by one position per step from the same 128.
+        // so the cache grows by one position per step from the same 128. The session
+        // first reads the same prompts: a MoE step's routing, and so the experts it
+        // reads, depends on what the rows hold (rows alike choose the same experts).
         const index_t graph_room = 512;
         auto gs = m.new_session(B, prompt_length + 1 + graph_room);
+        m.forward(gs, prompt);
         const auto restart = [&] {
             gs.lengths.assign(static_cast<std::size_t>(B), prompt_length);
         };
