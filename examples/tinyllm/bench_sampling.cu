@@ -8,14 +8,14 @@
 //               4·B·V bytes, which is INCLUDED in the v1 time.
 //   v2 fused    tinyllm::cuda::sample_fused(out, logits, params, ...): one kernel.
 //   v3 split    tinyllm::cuda::sample_split / greedy_split: several blocks per
-//               row (split_count's choice: 5 at B = 64, V = 128256), one
-//               launch per pass (greedy: one launch).
+//               row (split_count's choice: 5 at B = 64, V = 128256; greedy's
+//               greedy_split_count: 8), one launch per pass (greedy: one launch).
 //   v4 candidates  tinyllm::cuda::sample_candidates (top-k only): one launch;
 //               every block keeps its chunk's k largest keys (16 chunks of at
 //               most 8192 at B = 64, V = 128256) and each row's last block
 //               selects and draws among them.
 //   greedy      v1: one argmax reduction per row (greedy_reduction); v3 also
-//               with 8, 16 and 32 blocks per row (forced split counts).
+//               with 5, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
 // check, and its tokens must be identical to the CPU reference's; the timed
 // runs skip the status copy (sampling_check::none).
@@ -70,12 +70,13 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
             [&](tc::sampling_check c) { tc::greedy_reduction(tokens, logits, c); });
         add("v3 split", "cuda_v3_split", false,
             [&](tc::sampling_check c) { tc::greedy_split(tokens, logits, 0, c); });
-        // The same kernel with more blocks per row than split_count chooses: how
-        // the count trades one wave's balance over the SMs against each block's
-        // fixed cost (its reduction and the last block's decode).
-        const int chosen = tc::detail::split_count(B, V, 0);
-        for (const int splits : {8, 16, 32}) {
-            if (splits <= chosen || splits > tc::detail::split_count(B, V, splits)) continue;
+        // The same kernel with other block counts per row than greedy_split_count's
+        // (8 at B = 64): how the count trades one wave's balance over the SMs against
+        // each block's fixed cost (its reduction and the last block's decode). The
+        // first is split_count's, which the sampling passes use (5 at B = 64).
+        const int chosen = tc::detail::greedy_split_count(B, V, 0);
+        for (const int splits : {tc::detail::split_count(B, V, 0), 16, 32}) {
+            if (splits == chosen || splits > tc::detail::split_count(B, V, splits)) continue;
             const std::string version = "v3 split, " + std::to_string(splits) + " blocks/row";
             const std::string key = "cuda_v3_split_x" + std::to_string(splits);
             add(version.c_str(), key.c_str(), false,

@@ -474,6 +474,11 @@ TEST_CASE("v3 split: the sampler chooses the CPU's tokens for every setting, sha
 }
 
 TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda][sampling][split]") {
+    // Greedy's own block count: one wave of four blocks per SM (528 on an H200) over the batch.
+    CHECK(tc::detail::greedy_split_count(64, 128256, 0) == 8);
+    CHECK(tc::detail::greedy_split_count(1, 128256, 0) == 32);   // at least 4096 elements a block
+    CHECK(tc::detail::greedy_split_count(600, 128256, 0) == 1);  // the batch alone fills the wave
+    CHECK(tc::detail::greedy_split_count(64, 128256, 3) == 3);   // forced
     for (auto [B, V, splits] : {std::tuple<index_t, index_t, int>{1, 1, 3}, {6, 1003, 1}, {6, 1003, 9}, {3, 4100, 4},
                                 {1, 9000, 0}}) {
         INFO("B = " << B << ", V = " << V << ", splits = " << splits);
