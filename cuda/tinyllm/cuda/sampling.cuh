@@ -867,7 +867,6 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
     const bool usable = r.usable != 0;  // the split_max launch wrote these
     const float m = r.m;
     if constexpr (Phase == split_radix) {
-        (void)m;
         sums.clear<Threads>();
         __syncthreads();
         if (usable) {
@@ -1493,11 +1492,14 @@ namespace detail {
 // (tests), capped at 1024 and at one block per 4 elements.
 inline constexpr index_t split_target_blocks = 264;
 inline constexpr index_t split_min_elements = 4096;
+// `per_row` blocks a row, but at least split_min_elements each, at most 1024.
+inline int split_count_of(index_t per_row, index_t V) {
+    const index_t by_size = (V + split_min_elements - 1) / split_min_elements;
+    return static_cast<int>(std::max<index_t>(1, std::min<index_t>({per_row, by_size, 1024})));
+}
 inline int split_count(index_t B, index_t V, int requested) {
     if (requested > 0) return static_cast<int>(std::max<index_t>(1, std::min<index_t>({requested, 1024, (V + 3) / 4})));
-    const index_t by_sms = (split_target_blocks + B - 1) / B;
-    const index_t by_size = (V + split_min_elements - 1) / split_min_elements;
-    return static_cast<int>(std::max<index_t>(1, std::min<index_t>({by_sms, by_size, 1024})));
+    return split_count_of((split_target_blocks + B - 1) / B, V);
 }
 
 // Greedy's blocks per row: as many as one wave holds over the batch. Its kernel
@@ -1508,9 +1510,7 @@ inline int split_count(index_t B, index_t V, int requested) {
 inline constexpr index_t greedy_wave_blocks = 4 * 132;
 inline int greedy_split_count(index_t B, index_t V, int requested) {
     if (requested > 0) return split_count(B, V, requested);
-    const index_t by_wave = std::max<index_t>(1, greedy_wave_blocks / B);
-    const index_t by_size = (V + split_min_elements - 1) / split_min_elements;
-    return static_cast<int>(std::max<index_t>(1, std::min<index_t>({by_wave, by_size, 1024})));
+    return split_count_of(greedy_wave_blocks / B, V);
 }
 
 // The v3 workspace of a stream: one split_row per row (zeroed once when
