@@ -2,16 +2,28 @@
 
 Each baseline times what a user would otherwise call (PyTorch on the same GPU)
 on the same shapes as a `tinyllm bench` row, the same way tinyllm's CUDA
-harness does: warm-up runs, then for each timed run an L2 flush (writing a
-buffer twice the L2 size) followed by CUDA events around the work alone; the
-median is reported. Results are written as JSON in Google Benchmark's layout,
+harness does: warm-up runs, then for each timed run an L2 flush (reading a
+buffer twice the L2 size, or writing it with --l2-flush write as runs A to E
+did: cuda/tinyllm/cuda/timing.cuh says why reading is the default) followed by
+CUDA events around the work alone; the median is reported. Results are written as JSON in Google Benchmark's layout,
 named "component/pytorch_<what>/<shape>" so tools/bench-report can put them in
 the same table as tinyllm's rows.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
+
+L2_FLUSH_MODES = ("read", "write", "none")
+
+
+def l2_flush_mode():
+    """TINYLLM_BENCH_L2_FLUSH (read, write or none), else read: the same variable tinyllm bench reads."""
+    mode = os.environ.get("TINYLLM_BENCH_L2_FLUSH") or "read"
+    if mode not in L2_FLUSH_MODES:
+        sys.exit(f"TINYLLM_BENCH_L2_FLUSH must be read, write or none; got {mode!r}")
+    return mode
 
 
 def parse_args(description):
@@ -19,7 +31,12 @@ def parse_args(description):
     p.add_argument("--json", help="write results to this file (Google Benchmark layout)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    return p.parse_args()
+    p.add_argument("--l2-flush", choices=L2_FLUSH_MODES,
+                   help="how the L2 is emptied before each timed run (default: TINYLLM_BENCH_L2_FLUSH, else read)")
+    args = p.parse_args()
+    if args.l2_flush:
+        os.environ["TINYLLM_BENCH_L2_FLUSH"] = args.l2_flush
+    return args
 
 
 def require_cuda_torch():
@@ -60,14 +77,18 @@ def time_cpu(fn, repeats=20, warmup=3):
 
 def time_cuda(torch, fn, repeats=20, warmup=3):
     """Median, min and max microseconds of fn() on the current CUDA stream."""
+    mode = l2_flush_mode()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    flush = torch.empty(2 * max(l2, 1 << 20), dtype=torch.uint8, device="cuda")
+    flush = torch.full((2 * max(l2, 1 << 20) // 4,), 0x5A5A5A5A, dtype=torch.int32, device="cuda")
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
-        flush.fill_(0x5A)
+        if mode == "read":
+            flush.sum()  # reads the buffer: evicts the inputs and leaves clean lines
+        elif mode == "write":
+            flush.fill_(0x5A5A5A5A)  # evicts them too, but leaves dirty lines for fn() to write back
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -104,7 +125,7 @@ class Results:
         if not path:
             return
         context = {"library": "pytorch " + self.torch.__version__, "timer": self.timer,
-                   "device": self.device or self.torch.cuda.get_device_name(0)}
+                   "device": self.device or self.torch.cuda.get_device_name(0), "l2_flush": l2_flush_mode()}
         with open(path, "w") as f:
             json.dump({"context": context, "benchmarks": self.rows}, f, indent=1)
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <iomanip>
@@ -96,7 +97,7 @@ TINYLLM_COMMAND("tour", "a guided walk through what the library does",
 
 // ---- bench -----------------------------------------------------------------------
 TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: agreement and speed",
-                "usage: tinyllm bench [COMPONENT...] [--size N] [--repeats N] [--json FILE] [--list]\n\n"
+                "usage: tinyllm bench [COMPONENT...] [--size N] [--repeats N] [--l2-flush MODE] [--json FILE] [--list]\n\n"
                 "For each component, runs the CPU reference and (when a GPU is present) every CUDA\n"
                 "version on the same inputs, checks that they agree with the reference, and prints\n"
                 "the median time, GB/s or TFLOP/s and the speed-up over the baseline (the naive\n"
@@ -105,9 +106,13 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
                 "  --size N      problem size (elements; each component documents its meaning). Without\n"
                 "                it, a simulated build runs small default shapes (each component says which)\n"
                 "  --repeats N   timed runs per version (default 10; the median is reported)\n"
+                "  --l2-flush MODE  how the GPU's L2 is emptied before each timed run: read (default; a\n"
+                "                buffer twice its size is read), write (it is written, which leaves dirty\n"
+                "                lines the timed run pays to write back: runs A to E of docs/gpu.md) or\n"
+                "                none (warm). Also TINYLLM_BENCH_L2_FLUSH\n"
                 "  --json FILE   also write every timing as JSON (Google Benchmark layout)\n"
                 "  --list        list the components\n") {
-    const auto a = parse_args(args, {"size", "repeats", "json"}, {"list"});
+    const auto a = parse_args(args, {"size", "repeats", "json", "l2-flush"}, {"list"});
     std::vector<std::string> names;
     for (const auto& c : bench_components())
         if (std::find(names.begin(), names.end(), c.name) == names.end()) names.push_back(c.name);
@@ -126,6 +131,16 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     if (repeats < 1) throw usage_error("--repeats must be at least 1");
     const long long size = a.get_int("size", 0);
     if (size < 0) throw usage_error("--size must be positive");
+    // The CUDA timing harness reads the mode from the environment (cuda/tinyllm/cuda/timing.cuh).
+    if (const std::string flush = a.get("l2-flush"); !flush.empty()) {
+        if (flush != "read" && flush != "write" && flush != "none")
+            throw usage_error("--l2-flush must be read, write or none; got '" + flush + "'");
+        ::setenv("TINYLLM_BENCH_L2_FLUSH", flush.c_str(), 1);
+    }
+    const char* flush_env = std::getenv("TINYLLM_BENCH_L2_FLUSH");
+    const std::string l2_flush = flush_env && *flush_env ? flush_env : "read";
+    if (l2_flush != "read" && l2_flush != "write" && l2_flush != "none")
+        throw usage_error("TINYLLM_BENCH_L2_FLUSH must be read, write or none; got '" + l2_flush + "'");
 
     const bool gpu = gpu_usable();
     const gpu_report report = query_gpus();
@@ -136,6 +151,7 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
             : gpu     ? "GPU: " + report.devices.front()
                       : "no GPU: CPU reference rows only")
         << "\n";
+    if (gpu) out << "L2 flush before each timed GPU run: " << l2_flush << "\n";
     std::vector<tinyllm::timing_result> all_timings;
     bool all_agree = true;
     for (const auto& name : names) {
@@ -175,7 +191,8 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         tinyllm::write_json(file, all_timings,
                             {{"device", simulated ? "simulated GPU (CPU): not GPU times"
                                         : gpu     ? report.devices.front()
-                                                  : "cpu"}});
+                                                  : "cpu"},
+                             {"l2_flush", gpu ? l2_flush : "none (CPU)"}});
         out << "\nwrote " << path << "\n";
     }
     if (!all_agree) out << "\nSome versions DISAGREE with the CPU reference.\n";

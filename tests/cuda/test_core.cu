@@ -18,6 +18,7 @@
 #include <curand_kernel.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -248,6 +249,35 @@ TEST_CASE("the timing harness reports a median and writes JSON", "[cuda][timing]
     CHECK(json.str().find("\"name\": \"copy/v2_vectorized/n=4194304\"") != std::string::npos);
     CHECK(json.str().find("\"bytes_per_second\"") != std::string::npos);
     CHECK_THROWS_AS(tc::time_gpu("x", [] {}, 0, 0, {.repeats = 0}), tinyllm::error);
+}
+
+TEST_CASE("the timing harness flushes the L2 by reading, by writing or not at all", "[cuda][timing]") {
+    const index_t n = 1 << 16;
+    tc::device_buffer<float> in(n), out(n);
+    tc::fill_uniform(in.view(tinyllm::extents<1>{n}), 2);
+    for (const auto mode : {tc::l2_flush::read, tc::l2_flush::write, tc::l2_flush::none}) {
+        CAPTURE(tc::to_string(mode));
+        out.poison();
+        const auto r = tc::time_gpu(
+            "copy/v2_vectorized/n=65536",
+            [&] { tc::copy_vectorized(out.view(tinyllm::extents<1>{n}), in.view(tinyllm::extents<1>{n})); },
+            2.0 * n * sizeof(float), 0, {.warmup = 1, .repeats = 2, .flush = mode});
+        CHECK(r.median_us > 0);
+        CHECK(tc::to_host(out) == tc::to_host(in));  // the flush does not touch the work's buffers
+        CHECK(tc::parse_l2_flush(tc::to_string(mode)) == mode);
+    }
+    CHECK_THROWS_WITH(tc::parse_l2_flush("flush"), Catch::Contains("read, write or none") && Catch::Contains("'flush'"));
+
+    // The default comes from TINYLLM_BENCH_L2_FLUSH (put back as it was afterwards).
+    const char* before = std::getenv("TINYLLM_BENCH_L2_FLUSH");
+    const std::string saved = before ? before : "";
+    ::setenv("TINYLLM_BENCH_L2_FLUSH", "write", 1);
+    CHECK(tc::timing_options{}.flush == tc::l2_flush::write);
+    ::setenv("TINYLLM_BENCH_L2_FLUSH", "sometimes", 1);
+    CHECK_THROWS_WITH(tc::timing_options{}, Catch::Contains("TINYLLM_BENCH_L2_FLUSH") && Catch::Contains("'sometimes'"));
+    ::unsetenv("TINYLLM_BENCH_L2_FLUSH");
+    CHECK(tc::timing_options{}.flush == tc::l2_flush::read);
+    if (before) ::setenv("TINYLLM_BENCH_L2_FLUSH", saved.c_str(), 1);
 }
 
 TEST_CASE("device_info describes the GPU", "[cuda][device]") {
