@@ -188,24 +188,42 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         // so the cache grows by one position per step from the same 128. The session
         // first reads the same prompts: a MoE step's routing, and so the experts it
         // reads, depends on what the rows hold (rows alike choose the same experts).
+        //
+        // Twice: as launched so far, and with programmatic dependent launch (launch.cuh:
+        // the chained kernels of a step start before the one before them ends). The
+        // second row's check is the first step after the prompt, from both sessions:
+        // the same logits, bit for bit.
         const index_t graph_room = 512;
-        auto gs = m.new_session(B, prompt_length + 1 + graph_room);
-        m.forward(gs, prompt);
-        const auto restart = [&] {
-            gs.lengths.assign(static_cast<std::size_t>(B), prompt_length);
-        };
-        restart();
-        m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
         const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
         const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
-        auto graphed = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_graph"), [&] {
-            if (gs.lengths[0] + 1 > gs.capacity) restart();
-            m.decode_step(gs, next_ids);
-        }, step_weight_bytes(m, B) + kv_bytes, 0, o);
-        std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s", B / (graphed.median_us * 1e-6),
-                      gs.graph_captures(), gs.graph_replays(), gs.graph_failure().empty() ? "" : "; capture FAILED");
-        ctx.rows.push_back({std::string("decode graph ") + dtype + " B=" + std::to_string(B), "cuda", graphed, check,
-                            gs.graph_failure().empty(), false});
+        std::vector<float> first_step[2];
+        for (const bool chained : {false, true}) {
+            const tc::programmatic_launch_scope pdl(chained);
+            auto gs = m.new_session(B, prompt_length + 1 + graph_room);
+            m.forward(gs, prompt);
+            const auto restart = [&] {
+                gs.lengths.assign(static_cast<std::size_t>(B), prompt_length);
+            };
+            restart();
+            m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
+            restart();
+            const auto logits = m.decode_step(gs, next_ids);  // captured here, then compared
+            first_step[chained].resize(static_cast<std::size_t>(logits.size()));
+            TINYLLM_CUDA_CHECK(cudaMemcpy(first_step[chained].data(), logits.data(), first_step[chained].size() * sizeof(float),
+                                          cudaMemcpyDeviceToHost));
+            auto graphed = tc::time_gpu("model/tinyllm_cuda/" + shape(chained ? "decode_graph_pdl" : "decode_graph"), [&] {
+                if (gs.lengths[0] + 1 > gs.capacity) restart();
+                m.decode_step(gs, next_ids);
+            }, step_weight_bytes(m, B) + kv_bytes, 0, o);
+            const bool same = !chained || first_step[0] == first_step[1];
+            std::snprintf(check, sizeof check, "%.0f tok/s; %zu graphs, %zu replays%s%s",
+                          B / (graphed.median_us * 1e-6), gs.graph_captures(), gs.graph_replays(),
+                          gs.graph_failure().empty() ? "" : "; capture FAILED",
+                          !chained ? "" : same ? "; logits = decode graph's" : "; logits DIFFER from decode graph's");
+            ctx.rows.push_back({std::string(chained ? "decode graph pdl " : "decode graph ") + dtype +
+                                    " B=" + std::to_string(B),
+                                "cuda", graphed, check, gs.graph_failure().empty() && same, false});
+        }
 
         // Continuous batching's step (model::forward_batch) on B paged sessions decoding
         // from the same 128 cached positions, eagerly and from the pool's graphs; each

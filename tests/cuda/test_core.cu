@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <curand_kernel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -278,6 +279,38 @@ TEST_CASE("the timing harness flushes the L2 by reading, by writing or not at al
     ::unsetenv("TINYLLM_BENCH_L2_FLUSH");
     CHECK(tc::timing_options{}.flush == tc::l2_flush::read);
     if (before) ::setenv("TINYLLM_BENCH_L2_FLUSH", saved.c_str(), 1);
+}
+
+namespace {
+// Adds 1 to every element, after waiting for the kernel before it (launch.cuh).
+template <class T>
+__global__ void add_one_chained_kernel(T* data, index_t n) {
+    tc::allow_next_grid();
+    tc::wait_for_prior_grids();
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        data[i] += 1;
+}
+}  // namespace
+
+TEST_CASE("launch_chained keeps a stream's order: each kernel sees the one before it", "[cuda][launch][pdl]") {
+    // 40 launches of one read-modify-write: with programmatic dependent launch on, each
+    // kernel starts early on an sm_90 GPU, and only its wait keeps the sum exact.
+    const index_t n = 1 << 18;
+    for (const bool chained : {false, true}) {
+        CAPTURE(chained);
+        const tc::programmatic_launch_scope pdl(chained);
+        CHECK(tc::programmatic_launch() == chained);
+        tc::device_buffer<std::int32_t> data(static_cast<std::size_t>(n));
+        TINYLLM_CUDA_CHECK(cudaMemset(data.data(), 0, static_cast<std::size_t>(n) * sizeof(std::int32_t)));
+        for (int k = 0; k < 40; ++k) {
+            tc::launch_chained(add_one_chained_kernel<std::int32_t>, 64, 256, 0, nullptr, data.data(), n);
+            TINYLLM_CUDA_CHECK_LAUNCH();
+        }
+        const auto got = tc::to_host(data);
+        CHECK(std::count(got.begin(), got.end(), 40) == n);
+    }
+    CHECK_FALSE(tc::programmatic_launch());  // the scopes put the setting back
 }
 
 TEST_CASE("device_info describes the GPU", "[cuda][device]") {

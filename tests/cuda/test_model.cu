@@ -332,14 +332,17 @@ TEST_CASE("cuda::model KV-cache decoding equals the full forward", "[model]") {
 
 namespace {
 // decode_step against forward() on two sessions fed the same tokens (see the test below).
+// chained: the graphed session's steps are launched (and captured) with programmatic
+// dependent launch on (launch.cuh), the eager session's without.
 template <class T>
-void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
+void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv, bool chained = false) {
     using tinyllm::model_arch;
     using tinyllm::token_id;
     {
         const bool moe = arch == model_arch::mixtral;
         INFO("arch " << static_cast<int>(arch) << (kv == cpu::model::kv_dtype::int8 ? ", int8 cache" : "")
-                     << (std::is_same_v<T, float> ? ", float32" : ", bfloat16"));
+                     << (std::is_same_v<T, float> ? ", float32" : ", bfloat16")
+                     << (chained ? ", programmatic dependent launch" : ""));
         const tinyllm::model_config c = small_model_config(arch);
         const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 21));
         const tc::model<T> m(host);
@@ -356,7 +359,10 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
                 prompts[static_cast<std::size_t>(b * P + t)] = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
         auto eager = m.new_session(B, capacity, kv), graphed = m.new_session(B, capacity, kv);
         m.forward(eager, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
-        m.forward(graphed, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
+        {
+            const tc::programmatic_launch_scope pdl(chained);
+            m.forward(graphed, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
+        }
         tc::device_buffer<token_id> ids(static_cast<std::size_t>(B));
         std::vector<token_id> next(static_cast<std::size_t>(B));
 #if defined(TINYLLM_SIMULATED_GPU)
@@ -366,6 +372,7 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
             for (auto& id : next) id = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
             const auto want = host_rows(m.forward(eager, tensor_view<const token_id, 2>(next.data(), {B, 1})), 0, B);
             if (step == between) {  // forward() on the graphed session in between: the graphs follow its lengths
+                const tc::programmatic_launch_scope pdl(chained);
                 REQUIRE(m.forward(graphed, tensor_view<const token_id, 2>(next.data(), {B, 1})).data() != nullptr);
                 continue;
             }
@@ -374,7 +381,11 @@ void check_decode_graph(tinyllm::model_arch arch, cpu::model::kv_dtype kv) {
             const auto before = tinyllm::sim::stats();
             const std::size_t replays_before = graphed.graph_replays();
 #endif
-            const auto got = host_rows(m.decode_step(graphed, tensor_view<const token_id, 1>(ids.data(), {B})), 0, B);
+            std::vector<float> got;
+            {
+                const tc::programmatic_launch_scope pdl(chained);
+                got = host_rows(m.decode_step(graphed, tensor_view<const token_id, 1>(ids.data(), {B})), 0, B);
+            }
 #if defined(TINYLLM_SIMULATED_GPU)
             if (graphed.graph_replays() > replays_before) {
                 // A replayed step allocates nothing and waits for nothing (the one wait is host_rows' copy).
@@ -421,6 +432,17 @@ TEST_CASE("cuda::model::decode_step replays captured CUDA graphs: forward's logi
     check_decode_graph<float>(model_arch::mixtral, cpu::model::kv_dtype::float32);
     check_decode_graph<tinyllm::bfloat16>(model_arch::gpt2, cpu::model::kv_dtype::float32);
     check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32);
+}
+
+// On an sm_90 GPU the chained kernels of a step (the GEMVs, the norms, decode attention)
+// start before the previous one ends and wait inside; the logits must not change. (The
+// simulated GPU runs kernels one after another: there this is the test above again.)
+TEST_CASE("cuda::model::decode_step with programmatic dependent launch: the same logits, bit for bit",
+          "[model][graph][pdl]") {
+    using tinyllm::model_arch;
+    check_decode_graph<float>(model_arch::gpt2, cpu::model::kv_dtype::float32, true);
+    check_decode_graph<tinyllm::bfloat16>(model_arch::llama, cpu::model::kv_dtype::float32, true);
+    check_decode_graph<tinyllm::bfloat16>(model_arch::mixtral, cpu::model::kv_dtype::float32, true);
 }
 
 TEST_CASE("cuda::model::decode_step runs a Mixtral step of more than 8 rows eagerly, without a failed capture",

@@ -65,6 +65,8 @@ inline constexpr int decode_min_keys = 256;  // no split shorter than this
 template <class T>
 __global__ void attention_decode_combine_kernel(attention_args<T> a, int splits, const float* part_o,
                                                 const float* part_ml) {
+    allow_next_grid();  // may be launched chained (launch.cuh): the partials are read after the wait
+    wait_for_prior_grids();
     const index_t row = blockIdx.x;  // ((b * Hq + h) * Tq + i)
     const int i = static_cast<int>(row % a.Tq);
     const int h = static_cast<int>((row / a.Tq) % a.Hq);
@@ -158,7 +160,7 @@ void attention_decode_tiles(tensor_view<T, 4> out, std::type_identity_t<tensor_v
     launch(kernel, split_grid, detail::flash_threads, bytes, stream, a, static_cast<int>(per_split), part_o, part_ml,
            tensor_view<float, 3>{});
     TINYLLM_CUDA_CHECK_LAUNCH();
-    launch(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o, part_ml);
+    launch_chained(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

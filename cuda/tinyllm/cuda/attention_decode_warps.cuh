@@ -77,6 +77,8 @@ struct alignas(16) decode_vec {
 template <class T, int D, int RB>
 __global__ void __launch_bounds__(decode_warps_threads)
     attention_decode_warps_kernel(attention_args<T> a, int keys_per_split, int passes, float* part_o, float* part_ml) {
+    allow_next_grid();  // launched chained (launch.cuh): q, the cache and the lengths are
+    wait_for_prior_grids();  // the previous kernels' work, so nothing is read before the wait
     using G = decode_lanes<T, D>;
     constexpr int U = RB == 1 ? 4 : 2;  // keys per key group per step
     constexpr int warps = decode_warps_threads / 32;
@@ -247,8 +249,8 @@ template <class T, int D, int RB>
 void launch_decode_warps(const attention_args<T>& a, dim3 grid, int keys_per_split, int passes, float* part_o,
                          float* part_ml, cudaStream_t stream) {
     const std::size_t bytes = sizeof(float) * static_cast<std::size_t>((decode_warps_threads / 32) * RB * (D + 2));
-    launch(attention_decode_warps_kernel<T, D, RB>, grid, decode_warps_threads, bytes, stream, a, keys_per_split,
-           passes, part_o, part_ml);
+    launch_chained(attention_decode_warps_kernel<T, D, RB>, grid, decode_warps_threads, bytes, stream, a,
+                   keys_per_split, passes, part_o, part_ml);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
@@ -311,7 +313,8 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         else detail::launch_decode_warps<T, 128, 8>(a, grid, kps, passes, part_o, part_ml, stream);
     }
     if (splits > 1) {
-        launch(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o, part_ml);
+        launch_chained(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o,
+                       part_ml);
         TINYLLM_CUDA_CHECK_LAUNCH();
     }
 }

@@ -94,15 +94,19 @@ struct neighbour_rows {
 };
 
 // One warp's unit: the sums of its two weight rows with every row of x, then
-// epi.finish per row (by lane m).
-template <class T, int V, class Epilogue>
+// epi.finish per row (by lane m). inputs_ready() is called once, after the first
+// step's weight loads are issued and before x is read or anything written: a
+// chained launch (launch.cuh) waits there for the kernel that wrote x, with
+// those loads already on their way.
+template <class T, int V, class Epilogue, class InputsReady>
 __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::unit_state& u, int lane, const T* x,
-                               const T* w_a, const T* w_b, int m_rows, index_t K) {
+                               const T* w_a, const T* w_b, int m_rows, index_t K, InputsReady inputs_ready) {
     const T* w0 = w_a + u.n0 * K;
     const T* w1 = w_b + u.n1 * K;
     float acc0[pair_gemv_max_rows] = {}, acc1[pair_gemv_max_rows] = {};
     // All U loads of a step are issued before the first multiply.
     constexpr int U = pair_gemv_unroll;
+    bool first = true;
     for (index_t k0 = static_cast<index_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
         float a[U][V], b[U][V];
 #pragma unroll
@@ -112,6 +116,10 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
                 load_floats<T, V>(a[s], w0 + k);
                 load_floats<T, V>(b[s], w1 + k);
             }
+        }
+        if (first) {
+            inputs_ready();
+            first = false;
         }
 #pragma unroll
         for (int s = 0; s < U; ++s) {
@@ -130,6 +138,7 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
             }
         }
     }
+    if (first) inputs_ready();  // a lane with no k (K < its first column) still waits before writing
 #pragma unroll
     for (int m = 0; m < pair_gemv_max_rows; ++m) {
         if (m >= m_rows) break;
@@ -148,13 +157,23 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
 // then epi.finish per row, and an epilogue's tail in every thread (the threads
 // of a warp without a unit too). V: elements per load (16 / sizeof(T), or 1
 // when K or a pointer does not allow vectors).
+//
+// Launched chained (launch.cuh): the next kernel may start as soon as every
+// block here has, and the weights (which no kernel of a step writes) are read
+// before waiting for the kernel that wrote x. The epilogue's writes (the
+// outputs, the KV cache) all come after the wait.
 template <class T, int V, class Epilogue>
 __global__ void __launch_bounds__(pair_gemv_warps * 32)
     pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, int m_rows, index_t K, index_t units) {
+    allow_next_grid();
     const int lane = static_cast<int>(threadIdx.x % 32);
     const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
-    if (unit < units) pair_gemv_unit<T, V>(epi, epi.unit(unit), lane, x, w_a, w_b, m_rows, K);  // a whole warp, or none of it
-    if constexpr (gemv_tail<Epilogue>) epi.tail();
+    if (unit < units)  // a whole warp, or none of it
+        pair_gemv_unit<T, V>(epi, epi.unit(unit), lane, x, w_a, w_b, m_rows, K, [] { wait_for_prior_grids(); });
+    if constexpr (gemv_tail<Epilogue>) {
+        wait_for_prior_grids();  // the threads of a warp without a unit too (a second wait returns at once)
+        epi.tail();
+    }
 }
 
 // An epilogue seen from row `first` on: row m of a launch is row first + m of
@@ -191,7 +210,7 @@ __global__ void __launch_bounds__(pair_gemv_warps * 32)
     for (int r = first; r < end; r += pair_gemv_max_rows) {
         const int m = end - r < pair_gemv_max_rows ? end - r : pair_gemv_max_rows;
         pair_gemv_unit<T, V>(rows_from<Epilogue>{epi, r}, epi.unit(unit), lane, x + static_cast<index_t>(r) * K, wa,
-                             wb, m, K);
+                             wb, m, K, [] {});  // launched plainly: x and the plan are ready
     }
 }
 
@@ -246,9 +265,11 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
     const unsigned grid = at.blocks;
     const int m = static_cast<int>(rows);
     if (at.vectorized)
-        launch(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
+        launch_chained(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K,
+                       units);
     else
-        launch(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
+        launch_chained(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K,
+                       units);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

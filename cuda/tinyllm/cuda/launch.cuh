@@ -22,6 +22,13 @@
 // lets the blocks of one launch hand their work to whichever block finishes
 // last (see below): a reduction over the whole grid without a second launch.
 //
+//     launch_chained(kernel, grid, block, shared_bytes, stream, args...);
+//
+// is launch() for a kernel that calls wait_for_prior_grids() before it reads
+// what earlier work on the stream wrote: with set_programmatic_launch(true), on
+// an sm_90 GPU, the kernel may start while the one before it is still running
+// (programmatic dependent launch, below).
+//
 // TINYLLM_CUDA_ARCH is the compute capability the device code is compiled
 // for (800 for sm_80, ...): __CUDA_ARCH__ under nvcc's device pass, 900 (an
 // H100) on the simulated GPU, 0 in host code.
@@ -51,6 +58,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <utility>
 
@@ -126,6 +134,127 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
     const bool last = s_last != 0;
     if (last) grid_fence();
     return last;
+}
+
+
+// ---- programmatic dependent launch (PDL) -----------------------------------
+//
+// Kernels on one stream run one after another: kernel B starts when kernel A
+// has finished and its writes are visible. Between the two the GPU pays a gap:
+// B's launch is processed, its blocks are placed on the SMs, and its first
+// loads travel to memory, while the SMs A has left sit idle. A decode step is
+// ~100 such kernels of a few microseconds each (docs/model.md), so the gaps are
+// a large share of it.
+//
+// Hopper (sm_90) lets B overlap that gap. B is launched with the attribute
+// cudaLaunchAttributeProgrammaticStreamSerialization; its blocks may then start
+// as soon as every block of A has executed
+//     griddepcontrol.launch_dependents   (allow_next_grid() here)
+// (or exited), and B itself executes
+//     griddepcontrol.wait                (wait_for_prior_grids() here)
+// which returns once every grid B depends on has completed and its memory
+// operations are visible: the ordering a plain launch gives, moved from the
+// start of B to the point where B first needs it. Before that point B may do
+// only what depends on nothing earlier work writes: compute addresses, and
+// load data that no kernel writes during the step (weights). It must not
+// write anything either (a kernel still running may be reading it). Since every
+// kernel of a chain allows its successor at its start, B's early part may run
+// beside kernels further back than A too; the rule keeps that harmless.
+//
+// A kernel that calls neither instruction, or is launched plainly, behaves as
+// before: without the attribute, wait returns at once and launch_dependents
+// does nothing. Inside a stream capture the attribute becomes a programmatic
+// edge of the graph, so a replayed decode step keeps the overlap.
+//
+// It is off unless set_programmatic_launch(true) says otherwise (tinyllm bench
+// model times the decode step both ways), and it needs compute capability 9.0
+// or newer; below that launch_chained is launch(). The simulated GPU runs
+// kernels one after another, where waiting is already satisfied: both
+// instructions do nothing there, so it checks the kernels' results with and
+// without the wait, not the rule above.
+//
+// Expected effect (not yet measured on a GPU): a microsecond or two less per
+// chained kernel boundary of a decode step, and for the GEMVs (gemv.cuh) the
+// first weight loads in flight before the previous kernel ends.
+
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+namespace detail {
+inline std::atomic<bool>& programmatic_launch_setting() {
+    static std::atomic<bool> on{false};
+    return on;
+}
+}  // namespace detail
+
+// Whether launch_chained may overlap a kernel with the one before it (off by default).
+inline void set_programmatic_launch(bool on) { detail::programmatic_launch_setting().store(on); }
+inline bool programmatic_launch() { return detail::programmatic_launch_setting().load(); }
+
+// Sets programmatic_launch() for a scope and puts the old setting back after it.
+class programmatic_launch_scope {
+public:
+    explicit programmatic_launch_scope(bool on) : before_(programmatic_launch()) { set_programmatic_launch(on); }
+    ~programmatic_launch_scope() { set_programmatic_launch(before_); }
+    programmatic_launch_scope(const programmatic_launch_scope&) = delete;
+    programmatic_launch_scope& operator=(const programmatic_launch_scope&) = delete;
+
+private:
+    bool before_;
+};
+
+namespace detail {
+// Compute capability 9.0 or newer on the current device (queried once per device).
+inline bool device_has_programmatic_launch() {
+    static std::atomic<int> known[64] = {};  // 0: not asked yet, 1: no, 2: yes
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
+    int state = known[device].load();
+    if (state == 0) {
+        int major = 0;
+        state = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9
+                    ? 2
+                    : 1;
+        known[device].store(state);
+    }
+    return state == 2;
+}
+}  // namespace detail
+
+// launch() for a kernel that calls wait_for_prior_grids() before touching what
+// earlier work on the stream writes (see above). A refused launch is reported by
+// the next cudaGetLastError, as launch()'s is.
+template <class... Params, class... Args>
+void launch_chained(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
+                    Args&&... args) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+#else
+    if (!programmatic_launch() || !detail::device_has_programmatic_launch()) {
+        kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+        return;
+    }
+    cudaLaunchAttribute attribute[1] = {};
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    (void)cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+#endif
 }
 
 }  // namespace tinyllm::cuda

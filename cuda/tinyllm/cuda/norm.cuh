@@ -269,6 +269,8 @@ TINYLLM_DEVICE void norm_last_passes(T* y, const T* src, float acc, const T* wei
 // fallback), block reductions with warp shuffles.
 template <class T, int N, bool Layer, bool Residual>
 __global__ void norm_vectorized_kernel(norm_args<T> p) {
+    allow_next_grid();  // launched chained (launch.cuh): every row is read after the wait
+    wait_for_prior_grids();
     __shared__ float partial[32];
     const index_t vectors = p.D / N;  // the launcher guarantees D % N == 0
     const float inv_d = 1.0f / static_cast<float>(p.D);
@@ -370,9 +372,9 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     const int threads = norm_row_threads(wide ? D / W : D);
     const unsigned blocks = norm_row_blocks(rows);
     if (wide)
-        launch(norm_vectorized_kernel<T, W, Layer, Residual>, blocks, threads, 0, stream, p);
+        launch_chained(norm_vectorized_kernel<T, W, Layer, Residual>, blocks, threads, 0, stream, p);
     else
-        launch(norm_vectorized_kernel<T, 1, Layer, Residual>, blocks, threads, 0, stream, p);
+        launch_chained(norm_vectorized_kernel<T, 1, Layer, Residual>, blocks, threads, 0, stream, p);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
