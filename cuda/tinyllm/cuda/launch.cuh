@@ -237,10 +237,10 @@ template <class... Params, class... Args>
 void launch_chained(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
                     Args&&... args) {
 #if defined(TINYLLM_SIMULATED_GPU)
-    ::tinyllm::sim::launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+    launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
 #else
     if (!programmatic_launch() || !detail::device_has_programmatic_launch()) {
-        kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+        launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
         return;
     }
     cudaLaunchAttribute attribute[1] = {};
