@@ -10,6 +10,7 @@
 #include <tinyllm/sampling.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -211,6 +212,22 @@ TEST_CASE("the exact arithmetic: exp, weights, order keys, 128-bit products", "[
     CHECK(tinyllm::sampling_exp(-inf) == 0.0f);
     CHECK(tinyllm::sampling_weight(0.0f) == (std::uint64_t{1} << 40));
     CHECK(tinyllm::sampling_weight(-29.0f) == 0);
+    // q is exp(x) scaled by 2^40 exactly: one multiply by 2^(n + 40) gives the bits of
+    // ldexp(sampling_exp(x), 40), over every 61st float of [-28, 0] and the ends.
+    {
+        std::size_t checked = 0, differ = 0;
+        const auto same = [&](float x) {
+            ++checked;
+            const auto want = static_cast<std::uint64_t>(std::ldexp(tinyllm::sampling_exp(x), 40));
+            if (tinyllm::sampling_weight(x) != want) ++differ;
+        };
+        const std::uint32_t top = std::bit_cast<std::uint32_t>(28.0f);
+        for (std::uint32_t bits = 0; bits <= top; bits += 61) same(-std::bit_cast<float>(bits));
+        for (const float x : {0.0f, -0.0f, -28.0f, std::nextafter(-28.0f, 0.0f), -1e-45f, -0.5f * 0.6931472f})
+            same(x);
+        CHECK(checked > 10000000);
+        CHECK(differ == 0);
+    }
     // q carries the float exp's 24 bits: within 3e-7 of exp(-1) * 2^40.
     CHECK(static_cast<double>(tinyllm::sampling_weight(-1.0f)) ==
           tinyllm_test::Approx(std::ldexp(std::exp(-1.0), 40)).epsilon(3e-7));

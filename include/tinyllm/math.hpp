@@ -161,6 +161,17 @@ TINYLLM_HOST_DEVICE float ldexp_exact(float x, int n) {
     return std::ldexp(x, n);
 #endif
 }
+// 2^e as a float, for e in [-126, 127]: a normal power of two, built from its
+// exponent bits (x * pow2_exact(e) is ldexp(x, e) wherever the product is a
+// normal float, for two instructions where the device's ldexpf takes ~17).
+TINYLLM_HOST_DEVICE float pow2_exact(int e) {
+    const auto bits = static_cast<std::uint32_t>(e + 127) << 23;
+#if TINYLLM_ON_DEVICE
+    return __uint_as_float(bits);
+#else
+    return std::bit_cast<float>(bits);
+#endif
+}
 
 // e^x for the x <= 0 of a softmax (x = s - max) and of the CPU's vectorized
 // sigmoids (x = -|u|), in a form a compiler vectorizes (host code only):

@@ -85,14 +85,17 @@ TINYLLM_HOST_DEVICE std::uint32_t order_key(float x) {
 }
 
 // ---- exp, the same bits on host and device ------------------------------------
-// exp(x) for x <= 0 (the only case sampling needs: x = z - max z). Below -87
-// it returns 0. Otherwise x = n ln2 + r with n = rint(x / ln2), |r| <= ln2 / 2,
-// e^r by a degree-7 Taylor polynomial (truncation error < 6e-9), and the
-// result scaled by 2^n exactly. Every step is one correctly rounded IEEE
-// operation, so g++ and nvcc produce identical results.
-TINYLLM_HOST_DEVICE float sampling_exp(float x) {
-    if (!(x >= -87.0f)) return 0.0f;  // also -inf
-    const float n = detail::rint_rn(detail::mul_rn(x, 1.44269504f));
+namespace detail {
+// exp(x) = p * 2^n for -87 <= x <= 0: n = rint(x / ln2), |r| <= ln2 / 2 with
+// x = n ln2 + r, and p = e^r by a degree-7 Taylor polynomial (truncation error
+// < 6e-9; p in [0.7, 1.42]). Every step is one correctly rounded IEEE operation,
+// so g++ and nvcc produce identical results.
+struct exp_parts {
+    float p;
+    int n;
+};
+TINYLLM_HOST_DEVICE exp_parts sampling_exp_parts(float x) {
+    const float n = rint_rn(mul_rn(x, 1.44269504f));
     // ln 2 = ln2_hi + ln2_lo, ln2_hi with few bits so n * ln2_hi is exact.
     float r = tinyllm::fma(n, -0.693145751953125f, x);
     r = tinyllm::fma(n, -1.428606765330187e-06f, r);
@@ -104,15 +107,40 @@ TINYLLM_HOST_DEVICE float sampling_exp(float x) {
     p = tinyllm::fma(p, r, 0.5f);
     p = tinyllm::fma(p, r, 1.0f);
     p = tinyllm::fma(p, r, 1.0f);
-    return detail::ldexp_exact(p, static_cast<int>(n));  // exact: a power-of-two scaling
+    return {p, static_cast<int>(n)};
+}
+}  // namespace detail
+
+// exp(x) for x <= 0 (the only case sampling needs: x = z - max z). Below -87
+// it returns 0. Otherwise p * 2^n (above), scaled by 2^n exactly.
+TINYLLM_HOST_DEVICE float sampling_exp(float x) {
+    if (!(x >= -87.0f)) return 0.0f;  // also -inf
+    const detail::exp_parts e = detail::sampling_exp_parts(x);
+    return detail::ldexp_exact(e.p, e.n);  // exact: a power-of-two scaling
 }
 
 // The integer sampling weight q = floor(exp(x) * 2^40) of a logit x below the
 // row maximum (x = z - m <= 0). exp(0) = 1 gives 2^40; x < -28 gives 0.
+//
+// It is floor(ldexp(ldexp(p, n), 40)) = floor(p * 2^(n + 40)), computed as the
+// latter: x >= -28 gives n >= -40, so 2^(n + 40) is a normal power of two in
+// [1, 2^40] and the one product is exact, the same bits as the two exact
+// scalings, for one multiply where the device's two ldexpf calls took ~35
+// instructions (run E profiled top-p's weighted passes, which compute this for
+// every element they weigh, as bound by instruction issue).
 TINYLLM_HOST_DEVICE std::uint64_t sampling_weight(float x) {
     if (!(x >= -28.0f)) return 0;
-    const float w = detail::ldexp_exact(sampling_exp(x), sampling_weight_bits);  // exact scaling
-    return static_cast<std::uint64_t>(w);                               // truncation
+    const detail::exp_parts e = detail::sampling_exp_parts(x);
+    const float w = detail::mul_rn(e.p, detail::pow2_exact(e.n + sampling_weight_bits));  // exact scaling
+    return static_cast<std::uint64_t>(w);                                                // truncation
+}
+
+// A logit z at temperature T, as the samplers see it: z / T, correctly rounded.
+// T = 1 (the default) returns z itself, which is what the division by 1 gives,
+// bit for bit (signed zeros and infinities included; a NaN row is rejected
+// before anything reads its keys), without a division per element per pass.
+TINYLLM_HOST_DEVICE float temperature_scaled(float z, float T) {
+    return T == 1.0f ? z : detail::div_rn(z, T);
 }
 
 // ---- the random draw -----------------------------------------------------------

@@ -166,7 +166,7 @@ TINYLLM_DEVICE bool is_bad_logit(float z) { return isnan(z) || z == INFINITY; }
 // The scaled logit z / T of element i (T = 1 leaves z unchanged, exactly).
 template <class T>
 TINYLLM_DEVICE float scaled(const T* row, index_t i, float temperature) {
-    return ::tinyllm::detail::div_rn(to_float(row[i]), temperature);
+    return temperature_scaled(to_float(row[i]), temperature);
 }
 
 // The row maximum of z / T and whether any logit is NaN or +inf (block-wide).
@@ -180,7 +180,7 @@ __device__ float row_max_checked(const T* row, index_t V, float temperature, boo
     for (index_t i = threadIdx.x; i < V; i += Threads) {
         const float z = to_float(row[i]);
         my_bad |= is_bad_logit(z);
-        m = fmaxf(m, ::tinyllm::detail::div_rn(z, temperature));
+        m = fmaxf(m, temperature_scaled(z, temperature));
     }
     bad = __syncthreads_or(my_bad) != 0;
     const float block_max = reduce(storage).Reduce(m, max_op{});
@@ -674,14 +674,17 @@ struct split_args {
 
 // f(i, z) for every element i of [lo, hi) of the row, this thread's share:
 // float4 loads when the row is aligned (lo is a multiple of 4), then the tail.
-// The loads go out four at a time before any of them is used, so each thread
-// has 64 bytes in flight: a pass that reads the row once is bound by how many
-// bytes the SMs keep in flight, and one float4 per thread is too few.
-template <int Threads, class F>
+// The loads go out Batch at a time before any of them is used, so each thread
+// has 16 * Batch bytes in flight: a pass that reads the row once is bound by
+// how many bytes the SMs keep in flight, and one float4 per thread is too few.
+// (Run E measured 4 against 1 and saw no difference in the sampling passes; a
+// pass whose f is long, the radix byte that weighs every key, takes 2 and keeps
+// the registers for f.)
+template <int Threads, int Batch = 4, class F>
 __device__ void for_each_in_chunk(const float* row, index_t lo, index_t hi, int vec, F&& f) {
     index_t start = lo;
     if (vec) {
-        constexpr int batch = 4;
+        constexpr int batch = Batch;
         const index_t quads = (hi - lo) / 4;
         const float4* q = reinterpret_cast<const float4*>(row + lo);
         auto visit = [&](index_t j, const float4& v) {
@@ -821,7 +824,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
         bin_cache cache;
         for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
             bad |= is_bad_logit(z);
-            const std::uint32_t k = order_key(::tinyllm::detail::div_rn(z, T));
+            const std::uint32_t k = order_key(temperature_scaled(z, T));
             key = k > key ? k : key;
             if (sel == 1) cache.add(sums, k >> 24, 1);
         });
@@ -872,8 +875,8 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
         if (usable) {
             const std::uint32_t prefix = r.prefix, mask = r.mask, lower = sel == 0 ? 0u : r.lower;
             bin_cache cache;
-            for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
-                const float x = ::tinyllm::detail::div_rn(z, T);
+            for_each_in_chunk<Threads, 2>(row, lo, hi, a.vec, [&](index_t, float z) {
+                const float x = temperature_scaled(z, T);
                 const std::uint32_t k = order_key(x);
                 if (k >= lower && (k & mask) == prefix) {
                     const std::uint64_t w = sel == 0 ? 1 : sampling_weight(::tinyllm::detail::sub_rn(x, m));
@@ -925,7 +928,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
     if constexpr (Phase == split_draw) {
         const std::uint32_t tau = r.tau;
         auto kept_q = [&](float z) -> std::uint64_t {
-            const float x = ::tinyllm::detail::div_rn(z, T);
+            const float x = temperature_scaled(z, T);
             if (order_key(x) < tau) return 0;
             const float d = ::tinyllm::detail::sub_rn(x, m);
             if (a.p.min_p > 0.0f && sampling_exp(d) < a.p.min_p) return 0;
@@ -1081,7 +1084,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
             key[4 * s + e] = 0;
             if (i0 + e < hi) {
                 bad |= is_bad_logit(z[e]);
-                const std::uint32_t kk = order_key(::tinyllm::detail::div_rn(z[e], T));
+                const std::uint32_t kk = order_key(temperature_scaled(z[e], T));
                 key[4 * s + e] = kk;
                 top = kk > top ? kk : top;
             }
@@ -1226,7 +1229,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     if (scan_chunk) {
         const index_t first = chunk * a.chunk, n_chunk = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
         token = static_cast<token_id>(first + first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) {
-                                          return kept_q(order_key(::tinyllm::detail::div_rn(row[first + i], T)));
+                                          return kept_q(order_key(temperature_scaled(row[first + i], T)));
                                       }));
     } else {
         const index_t n_above = __ldcg(&counts[2 * chunk]);
