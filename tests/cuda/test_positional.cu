@@ -594,6 +594,14 @@ void check_qkv_rope_write_cache_all() {
                                           which, "session " + shape);
             which += 3;
 
+            // A batch-1 decode step: one row, the GEMV's one-row instantiation.
+            const std::vector<std::int32_t> start1 = {5}, count1 = {1};
+            const auto d_start1 = tc::to_device(start1), d_count1 = tc::to_device(count1);
+            check_qkv_rope_write_cache<T>(Hq, Hkv, Dh, K, with_bias, rope, {5}, {5}, capacity,
+                                          tc::detail::contiguous_cache_rows{1, capacity, d_start1.data(), d_count1.data()},
+                                          which, "one row " + shape);
+            which += 3;
+
             const paged_step paged;
             check_qkv_rope_write_cache<T>(Hq, Hkv, Dh, K, with_bias, rope, paged.positions(), paged.dest(),
                                           paged_step::pool_rows, paged.rows(), which, "paged " + shape);

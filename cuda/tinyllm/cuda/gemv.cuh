@@ -98,12 +98,17 @@ struct neighbour_rows {
 // step's weight loads are issued and before x is read or anything written: a
 // chained launch (launch.cuh) waits there for the kernel that wrote x, with
 // those loads already on their way.
-template <class T, int V, class Epilogue, class InputsReady>
+//
+// MaxRows bounds m_rows at compile time: 1 for a batch-1 decode step, whose warp
+// then keeps 2 accumulators rather than 16 (and fewer registers mean more
+// warps, and more loads in flight, per SM), else pair_gemv_max_rows.
+template <class T, int V, int MaxRows, class Epilogue, class InputsReady>
 __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::unit_state& u, int lane, const T* x,
                                const T* w_a, const T* w_b, int m_rows, index_t K, InputsReady inputs_ready) {
+    static_assert(MaxRows >= 1 && MaxRows <= pair_gemv_max_rows);
     const T* w0 = w_a + u.n0 * K;
     const T* w1 = w_b + u.n1 * K;
-    float acc0[pair_gemv_max_rows] = {}, acc1[pair_gemv_max_rows] = {};
+    float acc0[MaxRows] = {}, acc1[MaxRows] = {};
     // All U loads of a step are issued before the first multiply.
     constexpr int U = pair_gemv_unroll;
     bool first = true;
@@ -126,7 +131,7 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
             const index_t k = k0 + s * 32 * V;
             if (k >= K) break;
 #pragma unroll
-            for (int m = 0; m < pair_gemv_max_rows; ++m) {
+            for (int m = 0; m < MaxRows; ++m) {
                 if (m >= m_rows) break;
                 float xv[V];
                 load_floats<T, V>(xv, x + m * K + k);
@@ -140,13 +145,13 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
     }
     if (first) inputs_ready();  // a lane with no k (K < its first column) still waits before writing
 #pragma unroll
-    for (int m = 0; m < pair_gemv_max_rows; ++m) {
+    for (int m = 0; m < MaxRows; ++m) {
         if (m >= m_rows) break;
         acc0[m] = warp_sum(acc0[m]);  // every lane gets the sums
         acc1[m] = warp_sum(acc1[m]);
     }
 #pragma unroll
-    for (int m = 0; m < pair_gemv_max_rows; ++m) {  // lane m finishes row m
+    for (int m = 0; m < MaxRows; ++m) {  // lane m finishes row m
         if (m >= m_rows) break;
         if (lane == m) epi.finish(u, m, acc0[m], acc1[m]);
     }
@@ -162,14 +167,15 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
 // block here has, and the weights (which no kernel of a step writes) are read
 // before waiting for the kernel that wrote x. The epilogue's writes (the
 // outputs, the KV cache) all come after the wait.
-template <class T, int V, class Epilogue>
+template <class T, int V, int MaxRows, class Epilogue>
 __global__ void __launch_bounds__(pair_gemv_warps * 32)
     pair_gemv_kernel(Epilogue epi, const T* x, const T* w_a, const T* w_b, int m_rows, index_t K, index_t units) {
     allow_next_grid();
     const int lane = static_cast<int>(threadIdx.x % 32);
     const index_t unit = blockIdx.x * static_cast<index_t>(pair_gemv_warps) + threadIdx.x / 32;
     if (unit < units)  // a whole warp, or none of it
-        pair_gemv_unit<T, V>(epi, epi.unit(unit), lane, x, w_a, w_b, m_rows, K, [] { wait_for_prior_grids(); });
+        pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(unit), lane, x, w_a, w_b, m_rows, K,
+                                      [] { wait_for_prior_grids(); });
     if constexpr (gemv_tail<Epilogue>) {
         wait_for_prior_grids();  // the threads of a warp without a unit too (a second wait returns at once)
         epi.tail();
@@ -209,8 +215,9 @@ __global__ void __launch_bounds__(pair_gemv_warps * 32)
     const T* wb = w_b + g * group_stride;
     for (int r = first; r < end; r += pair_gemv_max_rows) {
         const int m = end - r < pair_gemv_max_rows ? end - r : pair_gemv_max_rows;
-        pair_gemv_unit<T, V>(rows_from<Epilogue>{epi, r}, epi.unit(unit), lane, x + static_cast<index_t>(r) * K, wa,
-                             wb, m, K, [] {});  // launched plainly: x and the plan are ready
+        pair_gemv_unit<T, V, pair_gemv_max_rows>(rows_from<Epilogue>{epi, r}, epi.unit(unit), lane,
+                                                 x + static_cast<index_t>(r) * K, wa, wb, m, K,
+                                                 [] {});  // launched plainly: x and the plan are ready
     }
 }
 
@@ -264,12 +271,14 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
     constexpr int W = pair_gemv_geometry<T>::vector;
     const unsigned grid = at.blocks;
     const int m = static_cast<int>(rows);
+    const auto go = [&](auto kernel) {
+        launch_chained(kernel, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
+    };
+    constexpr int R = pair_gemv_max_rows;
     if (at.vectorized)
-        launch_chained(pair_gemv_kernel<T, W, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K,
-                       units);
+        m == 1 ? go(pair_gemv_kernel<T, W, 1, Epilogue>) : go(pair_gemv_kernel<T, W, R, Epilogue>);
     else
-        launch_chained(pair_gemv_kernel<T, 1, Epilogue>, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K,
-                       units);
+        m == 1 ? go(pair_gemv_kernel<T, 1, 1, Epilogue>) : go(pair_gemv_kernel<T, 1, R, Epilogue>);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -161,17 +161,20 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
 // kernel of a chain allows its successor at its start, B's early part may run
 // beside kernels further back than A too; the rule keeps that harmless.
 //
-// A kernel that calls neither instruction, or is launched plainly, behaves as
-// before: without the attribute, wait returns at once and launch_dependents
-// does nothing. Inside a stream capture the attribute becomes a programmatic
-// edge of the graph, so a replayed decode step keeps the overlap.
+// Launched plainly, such a kernel behaves as before: wait returns at once and
+// launch_dependents does nothing. The reverse is the danger: a kernel launched
+// with the attribute that never waits may read its inputs before they are
+// written, so launch_chained is only for kernels that wait. Inside a stream
+// capture the attribute becomes a programmatic edge of the graph, so a
+// replayed decode step keeps the overlap.
 //
 // It is off unless set_programmatic_launch(true) says otherwise (tinyllm bench
 // model times the decode step both ways), and it needs compute capability 9.0
 // or newer; below that launch_chained is launch(). The simulated GPU runs
-// kernels one after another, where waiting is already satisfied: both
-// instructions do nothing there, so it checks the kernels' results with and
-// without the wait, not the rule above.
+// kernels one after another, where every wait is already satisfied: both
+// instructions do nothing there, so the simulator checks what the chained
+// kernels compute, not that they keep the rule above (the [pdl] tests of
+// test_core and test_model exercise that on a GPU).
 //
 // Expected effect (not yet measured on a GPU): a microsecond or two less per
 // chained kernel boundary of a decode step, and for the GEMVs (gemv.cuh) the
