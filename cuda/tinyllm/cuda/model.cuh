@@ -865,8 +865,10 @@ private:
             }
         };
         run_decoder(s, x, h, delta, attn, ids_v, pos_v, attend_layer, stream);
-        // logits = h W^T for the rows asked for.
-        return all_positions ? logits_of(s, h, nullptr, rows, stream) : logits_of(s, h, d_last_row, B, stream);
+        // logits = h W^T for the rows asked for. With one token per row (a decode step),
+        // row b of h is row b's last position already: nothing to gather, one node less.
+        if (all_positions || n == 1) return logits_of(s, h, nullptr, rows, stream);
+        return logits_of(s, h, d_last_row, B, stream);
     }
 
     // The decoder around attention, shared by forward_device and
