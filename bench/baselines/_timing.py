@@ -5,9 +5,9 @@ on the same shapes as a `tinyllm bench` row, the same way tinyllm's CUDA
 harness does: warm-up runs, then for each timed run an L2 flush (reading a
 buffer twice the L2 size, or writing it with --l2-flush write as runs A to E
 did: cuda/tinyllm/cuda/timing.cuh says why reading is the default) followed by
-CUDA events around the work alone; the median is reported. Results are written as JSON in Google Benchmark's layout,
-named "component/pytorch_<what>/<shape>" so tools/bench-report can put them in
-the same table as tinyllm's rows.
+CUDA events around the work alone; the median is reported. Results are written
+as JSON in Google Benchmark's layout, named "component/pytorch_<what>/<shape>"
+so tools/bench-report can put them in the same table as tinyllm's rows.
 """
 import argparse
 import json

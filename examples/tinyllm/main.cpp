@@ -131,16 +131,13 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     if (repeats < 1) throw usage_error("--repeats must be at least 1");
     const long long size = a.get_int("size", 0);
     if (size < 0) throw usage_error("--size must be positive");
-    // The CUDA timing harness reads the mode from the environment (cuda/tinyllm/cuda/timing.cuh).
-    if (const std::string flush = a.get("l2-flush"); !flush.empty()) {
-        if (flush != "read" && flush != "write" && flush != "none")
-            throw usage_error("--l2-flush must be read, write or none; got '" + flush + "'");
-        ::setenv("TINYLLM_BENCH_L2_FLUSH", flush.c_str(), 1);
-    }
+    // The CUDA timing harness reads the mode from the environment (cuda/tinyllm/cuda/timing.cuh):
+    // --l2-flush sets it, and whichever gave the mode, it is checked here, before anything runs.
+    if (const std::string flush = a.get("l2-flush"); !flush.empty()) ::setenv("TINYLLM_BENCH_L2_FLUSH", flush.c_str(), 1);
     const char* flush_env = std::getenv("TINYLLM_BENCH_L2_FLUSH");
     const std::string l2_flush = flush_env && *flush_env ? flush_env : "read";
     if (l2_flush != "read" && l2_flush != "write" && l2_flush != "none")
-        throw usage_error("TINYLLM_BENCH_L2_FLUSH must be read, write or none; got '" + l2_flush + "'");
+        throw usage_error("--l2-flush (or TINYLLM_BENCH_L2_FLUSH) must be read, write or none; got '" + l2_flush + "'");
 
     const bool gpu = gpu_usable();
     const gpu_report report = query_gpus();

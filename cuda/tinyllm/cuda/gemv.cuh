@@ -271,14 +271,12 @@ void launch_pair_gemv(std::string_view op, const Epilogue& epi, const T* x, inde
     constexpr int W = pair_gemv_geometry<T>::vector;
     const unsigned grid = at.blocks;
     const int m = static_cast<int>(rows);
-    const auto go = [&](auto kernel) {
-        launch_chained(kernel, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
-    };
+    // Four instantiations: 16-byte or scalar loads, one row or up to pair_gemv_max_rows.
     constexpr int R = pair_gemv_max_rows;
-    if (at.vectorized)
-        m == 1 ? go(pair_gemv_kernel<T, W, 1, Epilogue>) : go(pair_gemv_kernel<T, W, R, Epilogue>);
-    else
-        m == 1 ? go(pair_gemv_kernel<T, 1, 1, Epilogue>) : go(pair_gemv_kernel<T, 1, R, Epilogue>);
+    auto kernel = pair_gemv_kernel<T, 1, R, Epilogue>;
+    if (at.vectorized) kernel = m == 1 ? pair_gemv_kernel<T, W, 1, Epilogue> : pair_gemv_kernel<T, W, R, Epilogue>;
+    else if (m == 1) kernel = pair_gemv_kernel<T, 1, 1, Epilogue>;
+    launch_chained(kernel, grid, pair_gemv_warps * 32, 0, stream, epi, x, w_a, w_b, m, K, units);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -216,20 +216,11 @@ private:
 };
 
 namespace detail {
-// Compute capability 9.0 or newer on the current device (queried once per device).
+// Compute capability 9.0 or newer on the current device.
 inline bool device_has_programmatic_launch() {
-    static std::atomic<int> known[64] = {};  // 0: not asked yet, 1: no, 2: yes
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return false;
-    int state = known[device].load();
-    if (state == 0) {
-        int major = 0;
-        state = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9
-                    ? 2
-                    : 1;
-        known[device].store(state);
-    }
-    return state == 2;
+    int device = 0, major = 0;
+    return cudaGetDevice(&device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major >= 9;
 }
 }  // namespace detail
 
