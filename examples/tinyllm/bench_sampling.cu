@@ -14,6 +14,10 @@
 //               every block keeps its chunk's k largest keys (16 chunks of at
 //               most 8192 at B = 64, V = 128256) and each row's last block
 //               selects and draws among them.
+//   v5 buckets  tinyllm::cuda::sample_buckets (top-p without top-k): three
+//               launches — the maximum, the row's mass in eighth-nat buckets of
+//               z - m, then the crossing bucket's elements as candidates for the
+//               threshold and the draw.
 //   greedy      v1: one argmax reduction per row (greedy_reduction); v3 also
 //               with 5, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
@@ -100,6 +104,9 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     if (tc::detail::candidates_apply(V, p))
         add("v4 candidates", "cuda_v4_candidates", false,
             [&](tc::sampling_check c) { tc::sample_candidates(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+    if (tc::detail::buckets_apply(V, p))
+        add("v5 buckets", "cuda_v5_buckets", false,
+            [&](tc::sampling_check c) { tc::sample_buckets(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
 }
 
 }  // namespace

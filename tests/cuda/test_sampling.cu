@@ -432,26 +432,32 @@ std::vector<float> split_logits(index_t B, index_t V, std::uint64_t which) {
 }
 
 std::vector<sampling::params> candidate_settings(index_t V);
+std::vector<sampling::params> bucket_settings(index_t V);
 
-// sample_split (v3) or sample_candidates (v4) with `splits` blocks per row (0:
-// its own choice) against the CPU reference, over several seeds per setting.
-enum class split_rung { v3_split, v4_candidates };
+// sample_split (v3), sample_candidates (v4) or sample_buckets (v5) with `splits`
+// blocks per row (0: its own choice) against the CPU reference, over several
+// seeds per setting. `z` replaces split_logits' rows when given.
+enum class split_rung { v3_split, v4_candidates, v5_buckets };
 void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds,
-                 split_rung rung = split_rung::v3_split) {
-    const auto z = split_logits(B, V, which);
+                 split_rung rung = split_rung::v3_split, std::vector<float> z = {}) {
+    if (z.empty()) z = split_logits(B, V, which);
     auto d_z = tc::to_device(z);
     tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
     const auto out = d_out.view(tinyllm::extents<1>{B});
     const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    const bool v4 = rung == split_rung::v4_candidates;
-    const auto settings = v4 ? candidate_settings(V) : split_settings(V);
+    const bool v4 = rung == split_rung::v4_candidates, v5 = rung == split_rung::v5_buckets;
+    const auto settings = v4 ? candidate_settings(V) : v5 ? bucket_settings(V) : split_settings(V);
     for (std::size_t s = 0; s < settings.size(); ++s) {
         for (int k = 0; k < seeds; ++k) {
+            const char* taken = v5 && tc::detail::buckets_apply(V, settings[s])       ? " (v5)"
+                                : (v4 || v5) && tc::detail::candidates_apply(V, settings[s]) ? " (v4)"
+                                                                                            : " (v3)";
             INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k
-                        << (v4 && tc::detail::candidates_apply(V, settings[s]) ? " (v4)" : " (v3)"));
+                        << taken);
             const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
             d_out.poison();
-            if (v4) tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
+            if (v5) tc::sample_buckets(out, logits, settings[s], seed, step, 0, splits);
+            else if (v4) tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
             else tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
             const auto got = tc::to_host(d_out);
             CHECK(count_different(got, cpu_tokens(z, B, V, &settings[s], seed, step, B)) == 0);
@@ -517,7 +523,7 @@ namespace {
 // workspace). run(out, logits, p, check) samples with 3 blocks per row; greedy,
 // when given, is the rung's greedy with 3 blocks per row.
 template <class Run, class Greedy>
-void check_bad_rows(std::uint64_t which, Run run, Greedy greedy) {
+void check_bad_rows(std::uint64_t which, Run run, Greedy greedy, bool with_top_k = true) {
     const index_t B = 4, V = 3001;
     auto z = random_logits(B, V, which);
     const auto good = z;
@@ -527,7 +533,7 @@ void check_bad_rows(std::uint64_t which, Run run, Greedy greedy) {
     const auto out = d_out.view(tinyllm::extents<1>{B});
     const auto logits = d_z.view(tinyllm::extents<2>{B, V});
     sampling::params p;
-    p.top_k = 20;
+    if (with_top_k) p.top_k = 20;
     p.top_p = 0.9f;
     const auto sync = tc::sampling_check::sync;
     CHECK_THROWS_WITH(run(out, logits, p, sync), contains("sample: row 3 has a NaN or +inf logit"));
@@ -666,4 +672,148 @@ TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is un
     CHECK_THROWS_WITH(tc::sample_candidates(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}),
                                             zero_k, 1, 0),
                       contains("top_k"));
+}
+
+// ---- v5 buckets: top-p without top-k in three launches ------------------------
+
+namespace {
+
+// The settings v5 is checked with: top-p alone from tiny to nearly 1, with
+// temperatures and min-p, a top-k that keeps the whole row (k = V: still v5),
+// and the chains v5 hands on (p = 1, top-k below V, temperature 0).
+std::vector<sampling::params> bucket_settings(index_t V) {
+    std::vector<sampling::params> s(11);
+    s[0].top_p = 0.9f;
+    s[1].top_p = 1e-6f;
+    s[2].top_p = 0.999f;
+    s[3].temperature = 1.3f;
+    s[3].top_p = 0.5f;
+    s[4].temperature = 0.8f;
+    s[4].top_p = 0.95f;
+    s[4].min_p = 0.02f;
+    s[5].temperature = 4.0f;
+    s[5].top_p = 0.3f;
+    s[5].min_p = 0.2f;
+    s[6].top_k = V;
+    s[6].top_p = 0.7f;
+    s[7].top_p = 1.0f;
+    s[8].top_k = std::max<index_t>(1, V - 1);
+    s[8].top_p = 0.9f;
+    s[9].temperature = 0.0f;
+    s[9].top_p = 0.9f;
+    s[10].temperature = 0.25f;
+    s[10].top_p = 0.6f;
+    return s;
+}
+
+// Rows whose masses spread past x = -28, where the weights are 0: uniform over
+// [-60, 10), a row of two values 30 nats apart, and a row on a grid of eighth
+// nats (many keys on the buckets' edges), after split_logits' rows.
+std::vector<float> bucket_logits(index_t B, index_t V, std::uint64_t which) {
+    auto z = split_logits(B, V, which);
+    const auto wide = tinyllm_test::random_floats(static_cast<std::size_t>(V), which + 1, -60.0f, 10.0f);
+    for (index_t b = 6; b < B; ++b) {
+        float* row = z.data() + b * V;
+        for (index_t i = 0; i < V; ++i) {
+            const float w = wide[static_cast<std::size_t>(i)];
+            row[i] = b % 3 == 0 ? w : b % 3 == 1 ? (i % 5 == 0 ? 1.0f : -29.0f) : std::round(w * 8.0f) / 8.0f;
+        }
+    }
+    return z;
+}
+
+}  // namespace
+
+TEST_CASE("v5 buckets: which chains take it", "[cuda][sampling][buckets]") {
+    sampling::params p;
+    CHECK_FALSE(tc::detail::buckets_apply(1000, p));  // no top-p
+    p.top_p = 0.9f;
+    CHECK(tc::detail::buckets_apply(1000, p));
+    p.top_k = 1000;  // keeps the whole row
+    CHECK(tc::detail::buckets_apply(1000, p));
+    p.top_k = 999;
+    CHECK_FALSE(tc::detail::buckets_apply(1000, p));
+    p.top_k.reset();
+    p.top_p = 1.0f;
+    CHECK_FALSE(tc::detail::buckets_apply(1000, p));
+    p.top_p = 0.5f;
+    p.temperature = 0.0f;  // greedy
+    CHECK_FALSE(tc::detail::buckets_apply(1000, p));
+}
+
+TEST_CASE("v5 buckets: the sampler chooses the CPU's tokens for every setting, shape and split count",
+          "[cuda][sampling][buckets]") {
+    check_split(1, 1, 0, 900, 1, split_rung::v5_buckets);     // one logit
+    check_split(1, 7, 2, 901, 2, split_rung::v5_buckets);     // V below one block's share
+    check_split(6, 1003, 1, 902, 2, split_rung::v5_buckets);  // one block per row; scalar loads
+    check_split(6, 1003, 5, 903, 2, split_rung::v5_buckets);  // the tie row: one bucket holds most of it
+    check_split(2, 4100, 7, 904, 2, split_rung::v5_buckets);  // float4 loads
+    check_split(1, 257, 64, 905, 1, split_rung::v5_buckets);  // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 3, 906, 1, split_rung::v5_buckets);  // a larger batch (every kind of row)
+    check_split(9, 3001, 4, 907, 2, split_rung::v5_buckets, bucket_logits(9, 3001, 907));  // weights 0 past -28
+    check_split(9, 20000, 0, 908, 1, split_rung::v5_buckets, bucket_logits(9, 20000, 908));  // its own count
+}
+
+TEST_CASE("v5 buckets: the public sampler takes it and matches the CPU", "[cuda][sampling][buckets]") {
+    const index_t B = 3, V = 9000;
+    const auto z = split_logits(B, V, 930);
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+    sampling::params p;
+    p.top_p = 0.8f;
+    p.temperature = 0.9f;
+    REQUIRE(tc::detail::buckets_apply(V, p));
+    REQUIRE(tc::detail::split_count(B, V, 0) > 1);  // where sample() takes the multi-block rungs
+    d_out.poison();
+    tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), p, 5, 9);
+    CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &p, 5, 9, B)) == 0);
+}
+
+TEST_CASE("v5 buckets: bad rows give the same errors, and the next call is unaffected",
+          "[cuda][sampling][buckets][errors]") {
+    check_bad_rows(
+        940,
+        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+            REQUIRE(tc::detail::buckets_apply(logits.extent(1), p));
+            tc::sample_buckets(out, logits, p, 1, 0, 0, 3, check);
+        },
+        [](auto, auto, const char*) {}, false);  // v5 has no greedy of its own
+}
+
+// A mass that reaches top-p's target EXACTLY at a threshold: one logit 0 (weight
+// 2^40), two at -ln 2 (2^39 each), the rest -inf. S = 2^41, and p = 1/2 gives
+// the target 2^40, the top token's weight alone: only it is kept (a rung whose
+// target or comparison is off by one keeps all three). Random draws never land
+// there; every multi-block rung and the one-block rung are checked.
+TEST_CASE("top-p whose target is reached exactly at a threshold keeps only the tokens above it",
+          "[cuda][sampling][split][buckets]") {
+    const float minus_ln2 = -0.693147182f;
+    REQUIRE(tinyllm::sampling_weight(minus_ln2) == (std::uint64_t{1} << 39));
+    REQUIRE(tinyllm::top_p_target(std::uint64_t{1} << 41, 0.5f) == (std::uint64_t{1} << 40));
+    const index_t B = 2, V = 3001;
+    std::vector<float> z(static_cast<std::size_t>(B * V), -inf);
+    const index_t top[2] = {1700, 5};
+    z[static_cast<std::size_t>(top[0])] = 0.0f;
+    z[17] = z[2999] = minus_ln2;
+    z[static_cast<std::size_t>(V + top[1])] = 0.0f;
+    z[static_cast<std::size_t>(V + 4)] = z[static_cast<std::size_t>(V + 6)] = minus_ln2;
+    auto d_z = tc::to_device(z);
+    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+    const auto out = d_out.view(tinyllm::extents<1>{B});
+    const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    sampling::params p;
+    p.top_p = 0.5f;
+    for (std::uint64_t seed = 0; seed < 8; ++seed) {
+        const auto want = cpu_tokens(z, B, V, &p, seed, 3, B);
+        REQUIRE(want[0] == top[0]);
+        REQUIRE(want[1] == top[1]);
+        for (int rung = 0; rung < 3; ++rung) {
+            INFO("seed " << seed << ", rung " << (rung == 0 ? "v2" : rung == 1 ? "v3" : "v5"));
+            d_out.poison();
+            if (rung == 0) tc::sample_fused(out, logits, p, seed, 3);
+            else if (rung == 1) tc::sample_split(out, logits, p, seed, 3, 0, 4);
+            else tc::sample_buckets(out, logits, p, seed, 3, 0, 4);
+            CHECK(count_different(tc::to_host(d_out), want) == 0);
+        }
+    }
 }

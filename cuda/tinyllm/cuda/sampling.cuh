@@ -93,6 +93,24 @@
 //                thread holds were latency-bound (docs/sampling.md). With the
 //                bound (not yet measured): expected 70-90 us. Without top-k (top-p or
 //                min-p alone) the kept set has no bound: sample_candidates runs v3.
+//   v5 buckets — sample_buckets(out, logits, params, ...): top-p WITHOUT top-k
+//                in THREE launches instead of v3's six. Why: v3 finds top-p's
+//                threshold one key byte per launch, and two of those passes
+//                compute the exact weight q of a large part of the row (run E's
+//                profile: 181 and 122 of its ~470 us). But a threshold only has
+//                to be found among the elements that could be it. How: after the
+//                maximum (v3's pass), every block adds its masses q into 256
+//                buckets of x = z / T - m, eighth nats wide (mass_bucket: a larger
+//                key never lands in a lower bucket), and the row's last block
+//                finds S, the target and the bucket c where the mass from the top
+//                reaches it. The third launch: each block sums its kept mass
+//                above c and appends its elements in c to the row's candidate
+//                list (a ballot and one atomic per warp); the row's last block
+//                selects tau among the candidates alone, adds their kept masses to
+//                their chunks and draws as v3. Exact: every key above c is above
+//                every candidate. Expected (B = 64, V = 128256, p = 0.9; not yet
+//                measured): about half of v3's 412 us, the weighted pass being
+//                most of what is left (docs/sampling.md).
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
@@ -106,7 +124,7 @@
 // legacy default stream), and the status buffer is per host thread and
 // stream, so calls on different streams do not interfere.
 //
-// Not done yet (future rungs): bfloat16 logits; top-p without top-k in fewer passes. The radix histograms already
+// Not done yet (future rungs): bfloat16 logits. The radix histograms already
 // sum a thread's hot bins in registers before touching shared memory
 // (bin_cache), because one row's logits share few top key bytes.
 #pragma once
@@ -655,9 +673,10 @@ struct split_row {
     unsigned int tau;              // the final threshold key: keep keys >= tau
     float m;                       // the row maximum of z / T
     int usable;                    // 0: the row is bad or all -inf (its status is written)
+    unsigned int candidates;       // v5: entries in the row's candidate list (zero between calls)
 };
 
-enum : int { split_max = 0, split_radix = 1, split_draw = 2 };
+enum : int { split_max = 0, split_radix = 1, split_draw = 2, split_buckets = 3, split_bucket_draw = 4 };
 
 struct split_args {
     token_id* out;
@@ -668,6 +687,7 @@ struct split_args {
     int vec;  // rows are 16-byte aligned: float4 loads
     split_row* rows;
     unsigned long long* partials;  // (B, splits): the draw's kept mass per chunk
+    std::uint32_t* candidates;     // v5: (B, V), row b's candidate indices (the crossing bucket's elements)
     fused_params p;
     std::uint64_t seed, step, stream_offset;
 };
@@ -706,6 +726,45 @@ __device__ void for_each_in_chunk(const float* row, index_t lo, index_t hi, int 
         start = lo + 4 * quads;
     }
     for (index_t i = start + static_cast<index_t>(threadIdx.x); i < hi; i += Threads) f(i, row[i]);
+}
+
+// for_each_in_chunk for a pass that votes across the warp: f(i, z, valid) is
+// called the same number of times by every lane of a warp (valid is false past
+// the chunk's end, z is then 0), so f may call __ballot_sync on the full warp.
+// One float4 (or one scalar in the tail) per thread per step.
+template <int Threads, class F>
+__device__ void for_each_in_chunk_warp_uniform(const float* row, index_t lo, index_t hi, int vec, F&& f) {
+    index_t start = lo;
+    if (vec) {
+        const index_t quads = (hi - lo) / 4;
+        const float4* q = reinterpret_cast<const float4*>(row + lo);
+        for (index_t base = 0; base < quads; base += Threads) {  // the same trip count in every thread
+            const index_t j = base + static_cast<index_t>(threadIdx.x);
+            const bool valid = j < quads;
+            float4 v{0.0f, 0.0f, 0.0f, 0.0f};
+            if (valid) v = q[j];
+            const index_t i = lo + 4 * j;
+            f(i, v.x, valid);
+            f(i + 1, v.y, valid);
+            f(i + 2, v.z, valid);
+            f(i + 3, v.w, valid);
+        }
+        start = lo + 4 * quads;
+    }
+    for (index_t base = start; base < hi; base += Threads) {
+        const index_t i = base + static_cast<index_t>(threadIdx.x);
+        const bool valid = i < hi;
+        f(i, valid ? row[i] : 0.0f, valid);
+    }
+}
+
+// v5's bucket of an element of positive weight, x = z / T - m in [-28, 0]:
+// eighth-nat buckets numbered up from the bottom, 255 for x in (-1/8, 0] down to
+// 31 for x = -28. Any function of x that never gives a larger key a smaller
+// bucket would do (equal keys, equal x, one bucket); this one puts about 1/128
+// of a row of logits spread evenly over 16 nats into each bucket. -8x is exact.
+TINYLLM_DEVICE std::uint32_t mass_bucket(float x) {
+    return 255u - static_cast<std::uint32_t>(::tinyllm::detail::mul_rn(x, -8.0f));
 }
 
 template <class U>
@@ -957,6 +1016,126 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
         const index_t first = s_chunk * a.chunk, n = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
         const int token =
             first_crossing<Threads, sampling_items>(n, s_t, [&](index_t i) { return kept_q(row[first + i]); });
+        if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
+    }
+
+    // v5 (sample_buckets), top-p without top-k. The crossing bucket: each block
+    // adds its chunk's masses per bucket (mass_bucket: eighth nats of z / T - m)
+    // to the row's; the last block takes the total mass S, the target
+    // ceil(p S) and the bucket where the running mass from the top reaches it.
+    if constexpr (Phase == split_buckets) {
+        sums.clear<Threads>();
+        __syncthreads();
+        if (usable) {
+            // No bin_cache: a row's masses spread over ~100 buckets, which a cache
+            // of 4 would evict at almost every element.
+            for_each_in_chunk<Threads, 2>(row, lo, hi, a.vec, [&](index_t, float z) {
+                const float x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
+                const std::uint64_t w = sampling_weight(x);  // 0 below x = -28
+                if (w) sums.add(mass_bucket(x), w);
+            });
+            __syncthreads();
+            for (int i = threadIdx.x; i < 256; i += Threads)
+                if (const unsigned long long h = sums.get(i)) atomicAdd(&r.hist[i], h);
+        }
+        if (!split_arrive(r, a.splits)) return;
+        for (int i = threadIdx.x; i < 256; i += Threads) {  // the row's bucket masses, and clean them
+            hist[i] = __ldcg(&r.hist[i]);
+            r.hist[i] = 0;
+        }
+        __syncthreads();
+        if (threadIdx.x >= 32) return;  // warp 0 picks the bucket
+        if (threadIdx.x == 0) r.done = 0;
+        if (!usable) return;
+        std::uint64_t unused = 0, total = 0, above = 0;
+        (void)radix_pick_warp(hist, ~std::uint64_t{0}, unused, total);  // S: the sum of the buckets
+        const std::uint64_t target = top_p_target(total, a.p.top_p);
+        const std::uint32_t bucket = radix_pick_warp(hist, target, above, total);
+        if (threadIdx.x == 0) {
+            r.prefix = bucket;
+            r.above = above;  // the mass of the buckets above it: < target
+            r.target = target;
+        }
+        return;
+    }
+
+    // v5's draw. Every block: its kept mass above the crossing bucket c (min-p
+    // applied) and the indices of its elements IN c, appended to the row's
+    // candidate list (one atomic per warp). The row's last block: tau by radix
+    // selection over the candidates alone (target - above), the candidates' kept
+    // masses added to their chunks, then the draw as v3's.
+    if constexpr (Phase == split_bucket_draw) {
+        const std::uint32_t c = r.prefix;
+        const std::uint64_t above = r.above, target = r.target;
+        std::uint32_t* list = a.candidates + b * a.V;
+        auto kept_weight = [&](float x) -> std::uint64_t {  // min-p, then q (x = z / T - m)
+            if (a.p.min_p > 0.0f && sampling_exp(x) < a.p.min_p) return 0;
+            return sampling_weight(x);
+        };
+        std::uint64_t local = 0;
+        if (usable) {
+            const int lane = static_cast<int>(threadIdx.x % 32);
+            for_each_in_chunk_warp_uniform<Threads>(row, lo, hi, a.vec, [&](index_t i, float z, bool valid) {
+                bool candidate = false;
+                if (valid) {
+                    const float x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
+                    if (x >= -28.0f) {  // below: weight 0, never kept
+                        const std::uint32_t bucket = mass_bucket(x);
+                        if (bucket > c) local += kept_weight(x);  // every key above c is kept
+                        candidate = bucket == c;
+                    }
+                }
+                const unsigned want = __ballot_sync(0xffffffffu, candidate);
+                if (want) {  // uniform in the warp: one atomic for its candidates
+                    const int leader = __ffs(static_cast<int>(want)) - 1;
+                    unsigned base = 0;
+                    if (lane == leader) base = atomicAdd(&r.candidates, static_cast<unsigned>(__popc(want)));
+                    base = __shfl_sync(0xffffffffu, base, leader);
+                    if (candidate) list[base + __popc(want & ((1u << lane) - 1u))] = static_cast<std::uint32_t>(i);
+                }
+            });
+        }
+        const std::uint64_t mass = block_sum<Threads>(local);
+        unsigned long long* partial = a.partials + b * a.splits;
+        if (threadIdx.x == 0) partial[j] = mass;
+        if (!split_arrive(r, a.splits)) return;
+        __shared__ unsigned s_n;
+        if (threadIdx.x == 0) {
+            r.done = 0;
+            s_n = __ldcg(&r.candidates);
+            r.candidates = 0;
+            r.prefix = 0;
+            r.above = 0;
+        }
+        __syncthreads();
+        if (!usable) return;  // uniform: the row's token -1 is written
+        const index_t n = s_n;
+        auto candidate_x = [&](index_t e) { return temperature_scaled(row[__ldcg(&list[e])], T); };
+        const std::uint32_t tau = radix_select<Threads, true>(
+            n, target - above, 0u, [&](index_t e) { return order_key(candidate_x(e)); },
+            [&](index_t e) { return sampling_weight(::tinyllm::detail::sub_rn(candidate_x(e), m)); });
+        auto kept_q = [&](float z) -> std::uint64_t {
+            const float x = temperature_scaled(z, T);
+            if (order_key(x) < tau) return 0;
+            return kept_weight(::tinyllm::detail::sub_rn(x, m));
+        };
+        for (index_t e = threadIdx.x; e < n; e += Threads) {  // the kept candidates' masses, to their chunks
+            const index_t i = __ldcg(&list[e]);
+            if (const std::uint64_t q = kept_q(row[i])) atomicAdd(&partial[i / a.chunk], static_cast<unsigned long long>(q));
+        }
+        __syncthreads();
+        __shared__ index_t s_chunk;
+        __shared__ unsigned long long s_t;
+        if (threadIdx.x == 0) {
+            std::uint64_t t = 0;
+            s_chunk = draw_chunk(partial, a.splits,
+                                 sampling_bits(a.seed, static_cast<std::uint64_t>(b) + a.stream_offset, a.step), t);
+            s_t = t;
+        }
+        __syncthreads();
+        const index_t first = s_chunk * a.chunk, n_chunk = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
+        const int token =
+            first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) { return kept_q(row[first + i]); });
         if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
     }
 }
@@ -1694,6 +1873,75 @@ inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const fl
     detail::check_status(status, B, "sample", check, stream);
 }
 
+namespace detail {
+
+// Whether v5 (buckets) runs a chain: top-p on (p < 1) without a top-k that
+// keeps less than the row (k < V: v4 or v3), and not greedy.
+inline bool buckets_apply(index_t V, const sampling::params& p) {
+    if (p.temperature == 0.0f || !p.top_p || *p.top_p >= 1.0f) return false;
+    return !p.top_k || *p.top_k >= V;
+}
+
+// v5's candidate lists, per stream: (B, V) indices, room for a whole row (a row
+// whose logits are all equal puts every element into one bucket). Grown as
+// needed; never zeroed: a call reads only the entries it wrote.
+inline std::uint32_t* bucket_candidates(index_t B, index_t V, cudaStream_t stream) {
+    thread_local std::map<cudaStream_t, device_buffer<std::uint32_t>> buffers;
+    device_buffer<std::uint32_t>& buffer = buffers[stream];
+    const auto need = static_cast<std::size_t>(B) * static_cast<std::size_t>(V);
+    if (buffer.size() < need) {
+        // An unchecked call's kernels may still use the old buffer.
+        if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        buffer = device_buffer<std::uint32_t>(need);
+    }
+    return buffer.data();
+}
+
+}  // namespace detail
+
+// v5 buckets: top-p without top-k in THREE launches, v3's chunks and row state:
+//   1. the maximum (v3's split_max);
+//   2. every block adds its chunk's masses into 256 buckets of x = z / T - m,
+//      eighth nats (mass_bucket); the row's last block finds S, the target
+//      ceil(p S) and the bucket c where the mass from the top reaches it;
+//   3. every block: its kept mass above c, and its elements in c appended to the
+//      row's candidate list; the row's last block selects tau among the
+//      candidates only (radix selection, weights q), adds their kept masses to
+//      their chunks and draws as v3.
+// tau is exactly the CPU's: every key above bucket c is larger than every key
+// in it, so the CPU's threshold is the candidate key whose mass from the top,
+// plus the mass above c, first reaches the target. Other chains (top-k with
+// k < V, p = 1, temperature 0) run sample_candidates (v4, or v3 through it).
+// splits = 0 chooses v3's count (split_count).
+template <class = void>  // compiled only where called (launch.cuh)
+inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                           const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                           std::uint64_t stream_offset = 0, int splits = 0,
+                           sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    ::tinyllm::detail::check_params(p);
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, logits.extent(0), "sample");
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::buckets_apply(V, p))
+        return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    if (B == 0) return;
+    splits = detail::split_count(B, V, splits);
+    int* status = detail::status_buffer(B, stream);
+    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
+    detail::split_args a = detail::make_split_args(out, logits, splits, status, w);
+    a.p = detail::fused_params{p.temperature, 0, *p.top_p, p.min_p ? *p.min_p : 0.0f};
+    a.seed = seed;
+    a.step = step;
+    a.stream_offset = stream_offset;
+    a.candidates = detail::bucket_candidates(B, V, stream);
+    const unsigned grid = detail::split_grid(B, splits);
+    constexpr int T = detail::sampling_threads;
+    launch(detail::sample_split_kernel<T, detail::split_max>, grid, T, 0, stream, a, 0, 0);
+    launch(detail::sample_split_kernel<T, detail::split_buckets>, grid, T, 0, stream, a, 0, 0);
+    launch(detail::sample_split_kernel<T, detail::split_bucket_draw>, grid, T, 0, stream, a, 0, 0);
+    detail::check_status(status, B, "sample", check, stream);
+}
+
 // The public choosers pick the rung: v3 (split) when it gives a row more than
 // one block (split_count > 1: B < 264 rows and V > 4096), else the
 // one-block-per-row rung, which needs fewer launches.
@@ -1707,15 +1955,19 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 // The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
 // 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
 // seed, step, stream_offset): sample_candidates (v4) when top-k is on with
-// k <= 1024, else sample_split or sample_fused, as greedy chooses.
+// k <= 1024; else, where greedy would take v3, sample_buckets (v5) for top-p
+// without top-k and sample_split (v3) for the rest; else sample_fused (v2).
 template <class = void>  // compiled only where called (launch.cuh)
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     if (detail::candidates_apply(logits.extent(1), p))
         return sample_candidates(out, logits, p, seed, step, stream_offset, 0, check, stream);
-    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1)
+    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1) {
+        if (detail::buckets_apply(logits.extent(1), p))
+            return sample_buckets(out, logits, p, seed, step, stream_offset, 0, check, stream);
         return sample_split(out, logits, p, seed, step, stream_offset, 0, check, stream);
+    }
     sample_fused(out, logits, p, seed, step, stream_offset, check, stream);
 }
 
