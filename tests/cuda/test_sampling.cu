@@ -752,6 +752,10 @@ TEST_CASE("v5 buckets: the sampler chooses the CPU's tokens for every setting, s
     check_split(33, 201, 3, 906, 1, split_rung::v5_buckets);  // a larger batch (every kind of row)
     check_split(9, 3001, 4, 907, 2, split_rung::v5_buckets, bucket_logits(9, 3001, 907));  // weights 0 past -28
     check_split(9, 20000, 0, 908, 1, split_rung::v5_buckets, bucket_logits(9, 20000, 908));  // its own count
+    // Row 4 puts ~39,600 logits into one bucket, more than a row's list holds
+    // (bucket_list_max): its last block reads the row again.
+    REQUIRE(tc::detail::bucket_capacity(40000) < 39000);
+    check_split(6, 40000, 0, 909, 1, split_rung::v5_buckets);
 }
 
 TEST_CASE("v5 buckets: the public sampler takes it and matches the CPU", "[cuda][sampling][buckets]") {
@@ -763,10 +767,18 @@ TEST_CASE("v5 buckets: the public sampler takes it and matches the CPU", "[cuda]
     p.top_p = 0.8f;
     p.temperature = 0.9f;
     REQUIRE(tc::detail::buckets_apply(V, p));
-    REQUIRE(tc::detail::split_count(B, V, 0) > 1);  // where sample() takes the multi-block rungs
     d_out.poison();
     tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), p, 5, 9);
     CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &p, 5, 9, B)) == 0);
+    // A batch that fills the GPU alone (split_count 1): v5 with one block per row.
+    const index_t big_B = 300, small_V = 1003;
+    REQUIRE(tc::detail::split_count(big_B, small_V, 0) == 1);
+    const auto zb = split_logits(big_B, small_V, 931);
+    auto d_zb = tc::to_device(zb);
+    tc::device_buffer<tinyllm::token_id> d_big(static_cast<std::size_t>(big_B));
+    d_big.poison();
+    tc::sample(d_big.view(tinyllm::extents<1>{big_B}), d_zb.view(tinyllm::extents<2>{big_B, small_V}), p, 6, 2);
+    CHECK(count_different(tc::to_host(d_big), cpu_tokens(zb, big_B, small_V, &p, 6, 2, big_B)) == 0);
 }
 
 TEST_CASE("v5 buckets: bad rows give the same errors, and the next call is unaffected",

@@ -63,12 +63,12 @@
 //                top-k 354 us, top-p 412 us, about ten times the estimate: the
 //                radix passes are bound by per-element work (the exact weights)
 //                and latency, not by the reads (docs/sampling.md). Each pass is
-//                its own instantiation of sample_split_kernel (54-64 registers,
+//                its own instantiation of sample_split_kernel (56-64 registers,
 //                two 512-thread blocks per SM). The public greedy() and
 //                sample(params) use v3 whenever it gives a row more than one
 //                block (B < 264 and V > 4096), else v1 greedy / v2 (fewer
 //                launches); sample(params) takes v4 (below) first whenever
-//                top-k lets it.
+//                top-k lets it, and v5 for top-p without top-k.
 //   v4 candidates — sample_candidates(out, logits, params, ...): the chain in ONE
 //                launch when top-k is on (0 < k < V, k <= 1024). Why: v3 reads
 //                the row once per radix byte (5 launches for top-k), while the k
@@ -107,8 +107,9 @@
 //                above c and appends its elements in c to the row's candidate
 //                list (a ballot and one atomic per warp); the row's last block
 //                selects tau among the candidates alone, adds their kept masses to
-//                their chunks and draws as v3. Exact: every key above c is above
-//                every candidate. Expected (B = 64, V = 128256, p = 0.9; not yet
+//                their chunks and draws as v3 (a row whose candidates overflow
+//                the list, bucket_list_max, is read again by that block). Exact:
+//                every key above c is above every candidate. Expected (B = 64, V = 128256, p = 0.9; not yet
 //                measured): about half of v3's 412 us, the weighted pass being
 //                most of what is left (docs/sampling.md).
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
@@ -687,7 +688,8 @@ struct split_args {
     int vec;  // rows are 16-byte aligned: float4 loads
     split_row* rows;
     unsigned long long* partials;  // (B, splits): the draw's kept mass per chunk
-    std::uint32_t* candidates;     // v5: (B, V), row b's candidate indices (the crossing bucket's elements)
+    std::uint32_t* candidates;     // v5: (B, candidate_capacity), row b's candidate indices (the crossing bucket's elements)
+    index_t candidate_capacity;    // v5: entries a row's list holds (more: the last block reads the row again)
     fused_params p;
     std::uint64_t seed, step, stream_offset;
 };
@@ -1061,17 +1063,20 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
 
     // v5's draw. Every block: its kept mass above the crossing bucket c (min-p
     // applied) and the indices of its elements IN c, appended to the row's
-    // candidate list (one atomic per warp). The row's last block: tau by radix
+    // candidate list (one atomic per warp; a list that would pass its capacity
+    // keeps counting but stores no more). The row's last block: tau by radix
     // selection over the candidates alone (target - above), the candidates' kept
-    // masses added to their chunks, then the draw as v3's.
+    // masses added to their chunks, then the draw as v3's. A row whose
+    // candidates overflowed the list is read again instead, by that block.
     if constexpr (Phase == split_bucket_draw) {
         const std::uint32_t c = r.prefix;
         const std::uint64_t above = r.above, target = r.target;
-        std::uint32_t* list = a.candidates + b * a.V;
+        std::uint32_t* list = a.candidates + b * a.candidate_capacity;
         auto kept_weight = [&](float x) -> std::uint64_t {  // min-p, then q (x = z / T - m)
             if (a.p.min_p > 0.0f && sampling_exp(x) < a.p.min_p) return 0;
             return sampling_weight(x);
         };
+        auto in_bucket_c = [&](float x) { return x >= -28.0f && mass_bucket(x) == c; };  // below -28: weight 0
         std::uint64_t local = 0;
         if (usable) {
             const int lane = static_cast<int>(threadIdx.x % 32);
@@ -1079,7 +1084,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
                 bool candidate = false;
                 if (valid) {
                     const float x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
-                    if (x >= -28.0f) {  // below: weight 0, never kept
+                    if (x >= -28.0f) {
                         const std::uint32_t bucket = mass_bucket(x);
                         if (bucket > c) local += kept_weight(x);  // every key above c is kept
                         candidate = bucket == c;
@@ -1091,7 +1096,8 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
                     unsigned base = 0;
                     if (lane == leader) base = atomicAdd(&r.candidates, static_cast<unsigned>(__popc(want)));
                     base = __shfl_sync(0xffffffffu, base, leader);
-                    if (candidate) list[base + __popc(want & ((1u << lane) - 1u))] = static_cast<std::uint32_t>(i);
+                    const index_t pos = static_cast<index_t>(base) + __popc(want & ((1u << lane) - 1u));
+                    if (candidate && pos < a.candidate_capacity) list[pos] = static_cast<std::uint32_t>(i);
                 }
             });
         }
@@ -1109,19 +1115,27 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
         }
         __syncthreads();
         if (!usable) return;  // uniform: the row's token -1 is written
-        const index_t n = s_n;
-        auto candidate_x = [&](index_t e) { return temperature_scaled(row[__ldcg(&list[e])], T); };
+        // The candidates: the list, or (overflowed) the row's elements in bucket c.
+        const bool listed = static_cast<index_t>(s_n) <= a.candidate_capacity;
+        const index_t n = listed ? static_cast<index_t>(s_n) : a.V;
+        auto candidate_index = [&](index_t e) -> index_t { return listed ? __ldcg(&list[e]) : e; };
+        auto candidate_x = [&](index_t e) { return temperature_scaled(row[candidate_index(e)], T); };
         const std::uint32_t tau = radix_select<Threads, true>(
             n, target - above, 0u, [&](index_t e) { return order_key(candidate_x(e)); },
-            [&](index_t e) { return sampling_weight(::tinyllm::detail::sub_rn(candidate_x(e), m)); });
+            [&](index_t e) -> std::uint64_t {
+                const float x = ::tinyllm::detail::sub_rn(candidate_x(e), m);
+                return listed || in_bucket_c(x) ? sampling_weight(x) : 0;
+            });
         auto kept_q = [&](float z) -> std::uint64_t {
             const float x = temperature_scaled(z, T);
             if (order_key(x) < tau) return 0;
             return kept_weight(::tinyllm::detail::sub_rn(x, m));
         };
         for (index_t e = threadIdx.x; e < n; e += Threads) {  // the kept candidates' masses, to their chunks
-            const index_t i = __ldcg(&list[e]);
-            if (const std::uint64_t q = kept_q(row[i])) atomicAdd(&partial[i / a.chunk], static_cast<unsigned long long>(q));
+            const index_t i = candidate_index(e);
+            const float z = row[i];
+            if (!listed && !in_bucket_c(::tinyllm::detail::sub_rn(temperature_scaled(z, T), m))) continue;
+            if (const std::uint64_t q = kept_q(z)) atomicAdd(&partial[i / a.chunk], static_cast<unsigned long long>(q));
         }
         __syncthreads();
         __shared__ index_t s_chunk;
@@ -1882,13 +1896,18 @@ inline bool buckets_apply(index_t V, const sampling::params& p) {
     return !p.top_k || *p.top_k >= V;
 }
 
-// v5's candidate lists, per stream: (B, V) indices, room for a whole row (a row
-// whose logits are all equal puts every element into one bucket). Grown as
-// needed; never zeroed: a call reads only the entries it wrote.
+// v5's candidate lists, per stream: (B, capacity) indices, capacity =
+// min(V, bucket_list_max). A crossing bucket holds about 1/128 of a row of
+// logits spread over 16 nats (~1000 of 128256); a row with more candidates than
+// that (logits piled into one eighth of a nat: ties, a flat distribution) is
+// read again by its last block instead. Grown as needed; never zeroed: a call
+// reads only the entries it wrote.
+inline constexpr index_t bucket_list_max = 16384;
+inline index_t bucket_capacity(index_t V) { return std::min(V, bucket_list_max); }
 inline std::uint32_t* bucket_candidates(index_t B, index_t V, cudaStream_t stream) {
     thread_local std::map<cudaStream_t, device_buffer<std::uint32_t>> buffers;
     device_buffer<std::uint32_t>& buffer = buffers[stream];
-    const auto need = static_cast<std::size_t>(B) * static_cast<std::size_t>(V);
+    const auto need = static_cast<std::size_t>(B) * static_cast<std::size_t>(bucket_capacity(V));
     if (buffer.size() < need) {
         // An unchecked call's kernels may still use the old buffer.
         if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -1907,7 +1926,9 @@ inline std::uint32_t* bucket_candidates(index_t B, index_t V, cudaStream_t strea
 //   3. every block: its kept mass above c, and its elements in c appended to the
 //      row's candidate list; the row's last block selects tau among the
 //      candidates only (radix selection, weights q), adds their kept masses to
-//      their chunks and draws as v3.
+//      their chunks and draws as v3. A row with more candidates than its list
+//      holds (bucket_list_max) is read again by that block instead: slower, the
+//      same token.
 // tau is exactly the CPU's: every key above bucket c is larger than every key
 // in it, so the CPU's threshold is the candidate key whose mass from the top,
 // plus the mass above c, first reaches the target. Other chains (top-k with
@@ -1934,6 +1955,7 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     a.step = step;
     a.stream_offset = stream_offset;
     a.candidates = detail::bucket_candidates(B, V, stream);
+    a.candidate_capacity = detail::bucket_capacity(V);
     const unsigned grid = detail::split_grid(B, splits);
     constexpr int T = detail::sampling_threads;
     launch(detail::sample_split_kernel<T, detail::split_max>, grid, T, 0, stream, a, 0, 0);
@@ -1955,19 +1977,18 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 // The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
 // 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
 // seed, step, stream_offset): sample_candidates (v4) when top-k is on with
-// k <= 1024; else, where greedy would take v3, sample_buckets (v5) for top-p
-// without top-k and sample_split (v3) for the rest; else sample_fused (v2).
+// k <= 1024, sample_buckets (v5) for top-p without top-k; else sample_split
+// (v3) where greedy would take it, else sample_fused (v2).
 template <class = void>  // compiled only where called (launch.cuh)
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     if (detail::candidates_apply(logits.extent(1), p))
         return sample_candidates(out, logits, p, seed, step, stream_offset, 0, check, stream);
-    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1) {
-        if (detail::buckets_apply(logits.extent(1), p))
-            return sample_buckets(out, logits, p, seed, step, stream_offset, 0, check, stream);
+    if (detail::buckets_apply(logits.extent(1), p))
+        return sample_buckets(out, logits, p, seed, step, stream_offset, 0, check, stream);
+    if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1)
         return sample_split(out, logits, p, seed, step, stream_offset, 0, check, stream);
-    }
     sample_fused(out, logits, p, seed, step, stream_offset, check, stream);
 }
 
