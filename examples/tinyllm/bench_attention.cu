@@ -3,7 +3,7 @@
 //
 // attention: 16k tokens of a 2048-wide model, causal:
 //   D = 128, S = 2048, B = 8, H = 16   v4, v5 (bf16) and v3 (float)
-//   D = 64,  S = 2048, B = 8, H = 32   v4, v5 (bf16)
+//   D = 64,  S = 2048, B = 8, H = 32   v4, v5 (bf16), v5 with two blocks per SM
 //   D = 128, S = 8192, B = 2, H = 16   v4, v5 (bf16), v3 (float)
 //   v1 and v2 materialize the (B, H, S, S) score matrix and are slow: they run
 //   at B = 1 (2048 tokens; the score matrix alone is 256 MiB), said in the row.
@@ -190,6 +190,9 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
                 [&] { tc::attention_mma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
         add_row(ctx, d, "v5 flash2 (bf16)", "v5_flash2", "bf16", bf16_tol, false,
                 [&] { tc::attention_flash2<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+        if (s.D == 64)  // the same kernel compiled for two blocks per SM (128 registers)
+            add_row(ctx, d, "v5 flash2, 2 blocks/SM (bf16)", "v5_flash2_x2", "bf16", bf16_tol, false,
+                    [&] { tc::attention_flash2<tinyllm::bfloat16, 2>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
     }
 }
 

@@ -516,14 +516,16 @@ namespace {
 // v5 against the float64 reference: every variant (plain, causal, window, ALiBi, soft-cap,
 // padding) on each shape; the output is poisoned first, TINYLLM_REQUIRE_CLOSE reports
 // max-abs and rel-L2 errors and fails on NaN.
-template <class T>
+// BlocksPerSM = 2: the two-blocks-per-SM compilation (D = 64; D = 128 runs the other).
+template <class T, int BlocksPerSM = 1>
 void run_flash2_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed) {
     for (std::size_t si = 0; si < n; ++si)
         for (const auto& var : variants) {
             problem<T> p(shapes[si], var, seed + 100 * si);
-            INFO("v5 flash2 " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name);
+            INFO("v5 flash2 " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name
+                              << ", blocks per SM " << BlocksPerSM);
             p.dout.poison();
-            tc::attention_flash2<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+            tc::attention_flash2<T, BlocksPerSM>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
             TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
             TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v5 flash2 O");
         }
@@ -544,6 +546,12 @@ TEST_CASE("attention v5 flash2 (bf16) matches the float64 reference", "[cuda][at
 TEST_CASE("attention v5 flash2 (fp16) matches the float64 reference", "[cuda][attention]") {
     const shape s[] = {{2, 37, 150, 4, 2, 64}};
     run_flash2_grid<float16>(s, std::size(s), fp16_tol, 71000);
+}
+TEST_CASE("attention v5 flash2 with two blocks per SM (D = 64) matches the float64 reference", "[cuda][attention]") {
+    const shape s[] = {{2, 13, 13, 4, 2, 64}, {1, 70, 200, 4, 1, 64}, {1, 130, 130, 2, 1, 64}};
+    run_flash2_grid<bfloat16, 2>(s, std::size(s), bf16_tol, 74000);
+    const shape h[] = {{2, 37, 150, 4, 2, 64}};
+    run_flash2_grid<float16, 2>(h, std::size(h), fp16_tol, 74100);
 }
 TEST_CASE("attention v5 flash2, large shapes", "[cuda][attention][large]") {
     const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};

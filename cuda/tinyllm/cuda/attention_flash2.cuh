@@ -38,7 +38,10 @@
 //     (__launch_bounds__(256, 2), two blocks per SM) spilled 272 / 120 bytes
 //     per thread, so one 8-warp block per SM it is, for now; bringing the
 //     count under 128 (the compiler hoists ldmatrix loads far ahead of their
-//     mma when registers are free) is the next step of this rung.
+//     mma when registers are free) is the next step of this rung. Since run D
+//     the logit without soft-cap or ALiBi has its own instantiation (Plain:
+//     233 and 180 registers), and at D = 64 attention_flash2<T, 2> compiles
+//     for two blocks per SM (128 registers, 48 bytes spilled; see below).
 //   * K and V pipelined as separate cp.async stages (FlashAttention-2's
 //     schedule, one K and one V buffer):
 //         wait K[j], barrier  ->  issue V[j]   ->  S = Q K[j]^T (V[j] in flight)
@@ -138,8 +141,11 @@ __device__ __forceinline__ void flash2_load_tile(T* dst, const T* src, index_t r
 }
 
 // Block (h + Hq * b, query block counted from the end). T: bfloat16 or float16.
-template <class T, int D>
-__global__ void __launch_bounds__(flash2_threads, 1) attention_flash2_kernel(attention_args<T> a) {
+// MinBlocks: 8-warp blocks per SM the registers must allow (launch bounds).
+// Plain: launched only when the logit is the scaled dot product (no soft-cap, no
+// ALiBi), so the general logit's code and registers are left out.
+template <class T, int D, int MinBlocks, bool Plain>
+__global__ void __launch_bounds__(flash2_threads, MinBlocks) attention_flash2_kernel(attention_args<T> a) {
 #if TINYLLM_CUDA_ARCH >= 800
     constexpr bool q_in_registers = D <= 64;  // D = 128: re-read Q from shared memory per tile (registers)
     constexpr int CHUNKS = D / 8;
@@ -195,7 +201,7 @@ __global__ void __launch_bounds__(flash2_threads, 1) attention_flash2_kernel(att
     const int begin1 = static_cast<int>(keys1.begin), end1 = static_cast<int>(keys1.end);
     const index_t pos0 = a.mask.query_position(row0), pos1 = a.mask.query_position(row1);
     // Plain logits (no soft-cap, no ALiBi): x = dot * scale * log2 e, one multiply.
-    const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
+    const bool plain = Plain || (!(a.softcap > 0.0f) && a.slopes == nullptr);  // Plain: the launcher checked
     const float scale_log2 = a.scale * log2e;
 
     float o[D / 8][4];  // O rows (g, g+8) x features (8n + 2t, +1): D/8 C tiles
@@ -256,7 +262,7 @@ __global__ void __launch_bounds__(flash2_threads, 1) attention_flash2_kernel(att
             for (int n = 0; n < flash2_bk / 8; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) s[n][e] *= scale_log2;
-        } else {
+        } else if constexpr (!Plain) {
 #pragma unroll
             for (int n = 0; n < flash2_bk / 8; ++n)
 #pragma unroll
@@ -365,17 +371,38 @@ __global__ void __launch_bounds__(flash2_threads, 1) attention_flash2_kernel(att
 #endif
 }
 
+// The kernel for one head dim, occupancy and kind of logit: the plain
+// instantiation (no soft-cap, no ALiBi: the logit is the dot product times the
+// scale) drops the general path's registers from the loop.
+template <class T, int D, int BlocksPerSM>
+void launch_attention_flash2(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
+    const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
+    auto kernel = plain ? attention_flash2_kernel<T, D, BlocksPerSM, true> : attention_flash2_kernel<T, D, BlocksPerSM, false>;
+    set_shared_memory(kernel, bytes, "attention_flash2");
+    launch(kernel, grid, flash2_threads, bytes, stream, a);
+}
+
 }  // namespace detail
 
 // v5: out = attention(q, k, v) on tensor cores with FlashAttention-2's full
 // recipe. T: tinyllm::bfloat16 or tinyllm::float16; head dims 64 and 128;
 // sm_80+. See the top of this file.
-template <class T>
+//
+// BlocksPerSM = 2 (D = 64 only; D = 128 keeps one) compiles the kernel for two
+// 8-warp blocks per SM: registers capped at 128 a thread (65536 / 512), 48 bytes
+// spilled a thread at D = 64 (nvcc 13, sm_90, plain logits). Why try it: run D
+// measured v5 at 0.60x PyTorch's flash kernel at D = 64 against 0.82x at
+// D = 128, and at D = 64 a K/V tile carries half the work between the same two
+// cp.async waits and barriers. With two blocks per SM one block's waits are
+// covered by the other's products. Expected: a gain at D = 64 if the spills stay
+// in L1; `tinyllm bench attention` times both (not yet measured on a GPU).
+template <class T, int BlocksPerSM = 1>
 void attention_flash2(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                       std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                       const attention_options& opts = {}, cudaStream_t stream = nullptr) {
     static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
                   "attention_flash2 (v5) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
+    static_assert(BlocksPerSM == 1 || BlocksPerSM == 2, "attention_flash2: BlocksPerSM is 1 or 2");
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_flash2");
     detail::expect_mma_args(a, "attention_flash2", "v5");
     if (out.size() == 0) return;
@@ -383,15 +410,8 @@ void attention_flash2(tensor_view<T, 4> out, std::type_identity_t<tensor_view<co
     // x: (head, batch row), heads fastest; y: query blocks, launched last-first by the kernel.
     const dim3 grid = detail::checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, detail::flash2_bq), 1,
                                            "attention_flash2", "the (Hq * B, Tq / 128) query blocks");
-    if (a.D == 64) {
-        auto kernel = detail::attention_flash2_kernel<T, 64>;
-        detail::set_shared_memory(kernel, bytes, "attention_flash2");
-        launch(kernel, grid, detail::flash2_threads, bytes, stream, a);
-    } else {
-        auto kernel = detail::attention_flash2_kernel<T, 128>;
-        detail::set_shared_memory(kernel, bytes, "attention_flash2");
-        launch(kernel, grid, detail::flash2_threads, bytes, stream, a);
-    }
+    if (a.D == 64) detail::launch_attention_flash2<T, 64, BlocksPerSM>(a, grid, bytes, stream);
+    else detail::launch_attention_flash2<T, 128, 1>(a, grid, bytes, stream);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
