@@ -21,6 +21,16 @@
 // the CPU reference (GPT-2 shape, 8-token prompt) or, for the 1B shape whose CPU
 // run would take minutes, bfloat16 against the float32 GPU model.
 //
+// `tinyllm bench model_breakdown`: where batch-1 bf16 decode from a CUDA graph (the
+// decode_graph rows) spends its time, kernel by kernel, for both shapes: the step is
+// captured under a launch_timeline (timeline.cuh), which puts a pair of events around
+// every node, and each replay is split into its kernels. A row per kernel name: its
+// time per step summed over its launches (median over the steps), how many launches a
+// step makes and their share of the step; then the whole step from its first node's
+// start to its last node's end, and what the nodes leave over (the gaps between them).
+// Programmatic launch stays off: its edges cannot pass the event nodes. The event nodes
+// cost a little time of their own, so the step is slower than decode_graph's row.
+//
 // `tinyllm bench model_moe`: the same rows for a Mixtral-style model (mixtral_1b
 // below: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2, so a token
 // multiplies with as many weights as in llama_1b). A decode step's bytes count only
@@ -37,12 +47,14 @@
 #include "registry.hpp"
 
 #include <tinyllm/cuda/model.cuh>
+#include <tinyllm/cuda/timeline.cuh>
 #include <tinyllm/cuda/timing.cuh>
 #include <tinyllm/model.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -288,7 +300,92 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
     if (!(e <= 3e-2)) ctx.rows.back().agrees = false;
 }
 
+// model_breakdown's rows for one model: B = 1, the prompt of the model rows, then
+// `steps` decode steps replayed from the graph captured under a launch_timeline.
+template <class T>
+void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc::model<T>& m) {
+    const tinyllm::model_config& c = m.config();
+    const char* dtype = std::is_same_v<T, float> ? "fp32" : "bf16";
+    const index_t B = 1, prompt_length = run_shape_for(ctx).prompt_length;
+    const int steps = ctx.simulated ? 2 : std::max(5, ctx.repeats);
+    std::vector<tinyllm::token_id> tokens(static_cast<std::size_t>(prompt_length));
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = static_cast<tinyllm::token_id>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
+    const std::vector<tinyllm::token_id> next(1, 1);
+    const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
+    const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
+
+    const tc::programmatic_launch_scope no_pdl(false);
+    auto gs = m.new_session(B, prompt_length + 2 + steps);
+    m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(tokens.data(), {B, prompt_length}));
+    gs.lengths.assign(1, prompt_length);
+    m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
+    gs.lengths.assign(1, prompt_length);
+
+    tc::launch_timeline timeline;  // the graph below is captured with its events
+    (void)m.decode_step(gs, next_ids);  // eager run and capture
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    std::map<std::string, std::vector<double>> per_name;  // us per step, one entry per replay
+    std::map<std::string, int> launches;                  // per step
+    std::vector<std::string> order;                       // by time in the first replay
+    std::vector<double> step_us, gap_us;
+    std::size_t nodes = 0;
+    for (int k = 0; k < steps; ++k) {
+        (void)m.decode_step(gs, next_ids);  // a replay: every node records its events again
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto groups = timeline.groups(true);
+        double spanned = 0;
+        nodes = 0;
+        for (const auto& g : groups) {
+            if (k == 0) order.push_back(g.name);
+            per_name[g.name].push_back(g.us);
+            launches[g.name] = g.count;
+            spanned += g.us;
+            nodes += static_cast<std::size_t>(g.count);
+        }
+        step_us.push_back(timeline.elapsed_us(true));
+        gap_us.push_back(step_us.back() - spanned);
+    }
+    const bool ok = gs.graph_failure().empty() && gs.graph_captures() == 1 && nodes > 0;
+    const std::string shape = model_name + "_" + dtype + "_b1";
+    const double step_median = tinyllm::summarize("step", step_us, 0, 0).median_us;
+    for (const std::string& name : order) {
+        auto t = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/" + name, per_name[name], 0, 0);
+        char check[96];
+        std::snprintf(check, sizeof check, "%d launch%s a step, %.1f%% of the step", launches[name],
+                      launches[name] == 1 ? "" : "es", step_median > 0 ? 100.0 * t.median_us / step_median : 0.0);
+        const std::string kernel = name.size() > 60 ? name.substr(0, 57) + "..." : name;  // the JSON has it whole
+        ctx.rows.push_back({model_name + ": " + kernel, "cuda", t, check, ok, false});
+    }
+    auto gaps = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/gaps", gap_us, 0, 0);
+    char check[160];
+    std::snprintf(check, sizeof check, "between the %zu nodes: %.1f%% of the step", nodes,
+                  step_median > 0 ? 100.0 * gaps.median_us / step_median : 0.0);
+    ctx.rows.push_back({model_name + ": between nodes", "cuda", gaps, check, ok, false});
+    auto whole = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/step", step_us,
+                                    step_weight_bytes(m, B), 0);
+    std::snprintf(check, sizeof check, "%zu nodes, first start to last end; %zu graph%s%s", nodes,
+                  gs.graph_captures(), gs.graph_captures() == 1 ? "" : "s",
+                  gs.graph_failure().empty() ? "" : "; capture FAILED");
+    ctx.rows.push_back({model_name + ": whole step", "cuda", whole, check, ok, false});
+}
+
 }  // namespace
+
+TINYLLM_BENCH("model_breakdown", "where a batch-1 bf16 decode step from a CUDA graph spends its time, kernel by kernel (GPT-2 124M and Llama-3.2-1B shapes; simulated GPU: 2-layer models)", 3) {
+    if (!ctx.gpu_available) return;
+    const bool sim = ctx.simulated;
+    {
+        const auto c = sim ? gpt2_tiny() : tinyllm::model_shapes::gpt2_124m();
+        const tc::model<tinyllm::bfloat16> m(c, tinyllm::random_model_weights(c, 124));
+        breakdown_rows(ctx, sim ? "gpt2_tiny" : "gpt2_124m", m);
+    }
+    {
+        const auto c = sim ? llama_tiny() : tinyllm::model_shapes::llama_1b();
+        const tc::model<tinyllm::bfloat16> m(c, tinyllm::random_model_weights(c, 1000));
+        breakdown_rows(ctx, sim ? "llama_tiny" : "llama_1b", m);
+    }
+}
 
 TINYLLM_BENCH("model", "decoder tokens/s: GPT-2 124M and Llama-3.2-1B shapes, fp32/bf16, B=1/32, prompt 128 (simulated GPU: 2-layer models of both, B=1/4, prompt 64)", 1) {
     if (!ctx.gpu_available) return;

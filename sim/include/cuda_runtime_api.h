@@ -202,6 +202,9 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 // the capture) on the legacy stream while a capture forbids that.
 cudaError_t tinyllm_sim_stream_work(cudaStream_t stream, std::function<void()> work);
 
+// The kernel's name (demangled: a GPU's may be mangled), valid for the program's life.
+cudaError_t cudaFuncGetName(const char** name, const void* func);
+
 // Raises (or lowers) a kernel's limit on dynamic shared memory, as on a GPU.
 cudaError_t tinyllm_sim_func_set_attribute(const void* kernel, cudaFuncAttribute attr, int value);
 template <class Kernel>

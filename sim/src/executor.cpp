@@ -975,6 +975,10 @@ void clear_report() {
     ex().report.clear();
 }
 
+namespace runtime {
+std::string function_name(const void* kernel) { return kernel_name(kernel); }
+}  // namespace runtime
+
 namespace detail {
 
 void launch(const launch_request& r) {

@@ -578,6 +578,17 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
     return cudaSuccess;
 }
 
+cudaError_t cudaFuncGetName(const char** name, const void* func) {
+    if (!name || !func) return fail(cudaErrorInvalidValue);
+    static std::mutex m;
+    static std::map<const void*, std::string> names;  // stable strings: the pointers are handed out
+    std::lock_guard lock(m);
+    auto it = names.find(func);
+    if (it == names.end()) it = names.emplace(func, tinyllm::sim::runtime::function_name(func)).first;
+    *name = it->second.c_str();
+    return cudaSuccess;
+}
+
 cudaError_t tinyllm_sim_func_set_attribute(const void* kernel, cudaFuncAttribute attr, int value) {
     TINYLLM_SIM_RETURN_IF_STICKY();
     if (!kernel) return fail(cudaErrorInvalidValue);

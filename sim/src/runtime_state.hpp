@@ -25,6 +25,8 @@ void record(cudaStream_t stream, std::function<void()> work);
 // A capture-unsafe call (synchronization, allocation): cudaErrorStreamCaptureUnsupported
 // when a capture forbids it from this thread (and that capture is spoiled), else cudaSuccess.
 cudaError_t check_capture_safe();
+// A kernel's name, demangled, as the executor's reports print it (executor.cpp).
+std::string function_name(const void* kernel);
 // Counters for statistics().
 std::uint64_t allocation_count();
 std::uint64_t synchronization_count();

@@ -11,6 +11,7 @@
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/cuda/random.cuh>
+#include <tinyllm/cuda/timeline.cuh>
 #include <tinyllm/cuda/timing.cuh>
 
 #include <cuda_bf16.h>
@@ -311,6 +312,85 @@ TEST_CASE("launch_chained keeps a stream's order: each kernel sees the one befor
         CHECK(std::count(got.begin(), got.end(), 40) == n);
     }
     CHECK_FALSE(tc::programmatic_launch());  // the scopes put the setting back
+}
+
+namespace {
+template <class T>
+__global__ void scale_kernel(T* data, index_t n, T factor) {
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<index_t>(gridDim.x) * blockDim.x)
+        data[i] *= factor;
+}
+}  // namespace
+
+TEST_CASE("launch_timeline names and times every launch, eager and from a captured graph", "[cuda][launch][timeline]") {
+    CHECK(tc::detail::short_kernel_name("void tinyllm::cuda::detail::f<tinyllm::bfloat16, 8>(tinyllm::index_t)") ==
+          "f<bfloat16, 8>");
+    CHECK(tc::detail::short_kernel_name("_ZN7tinyllm4cuda6detail1gEv") == "g");  // mangled: demangled first
+    CHECK(tc::detail::short_kernel_name("void (anonymous namespace)::h<int>(int*, long)") == "h<int>");
+
+    const index_t n = 1 << 16;
+    tc::device_buffer<std::int32_t> data(static_cast<std::size_t>(n));
+    TINYLLM_CUDA_CHECK(cudaMemset(data.data(), 0, static_cast<std::size_t>(n) * sizeof(std::int32_t)));
+    cudaStream_t stream = nullptr;
+    TINYLLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    {
+        tc::launch_timeline outer;
+        tc::launch(add_one_chained_kernel<std::int32_t>, 64, 256, 0, stream, data.data(), n);
+        {
+            tc::launch_timeline inner;  // records instead of outer while it exists
+            tc::launch(scale_kernel<std::int32_t>, 64, 256, 0, stream, data.data(), n, 3);
+            TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+            REQUIRE(inner.size() == 1);
+            CHECK(inner.spans()[0].name == "scale_kernel<int>");
+        }
+        for (int k = 0; k < 3; ++k) tc::launch(add_one_chained_kernel<std::int32_t>, 64, 256, 0, stream, data.data(), n);
+        TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+        const auto spans = outer.spans();
+        REQUIRE(spans.size() == 4);
+        double sum = 0;
+        for (const auto& s : spans) {
+            CHECK(s.name == "add_one_chained_kernel<int>");
+            CHECK(s.us >= 0.0);
+            CHECK_FALSE(s.captured);
+            sum += s.us;
+        }
+        const auto groups = outer.groups();
+        REQUIRE(groups.size() == 1);
+        CHECK(groups[0].count == 4);
+        CHECK(groups[0].us == Approx(sum));
+        CHECK(outer.elapsed_us() >= spans.back().us);
+        CHECK(outer.spans(true).empty());  // nothing was captured
+    }
+    // ((0 + 1) * 3 + 3) = 6 everywhere; then a graph of two launches, replayed twice.
+    const auto eager = tc::to_host(data);
+    CHECK(std::count(eager.begin(), eager.end(), 6) == n);
+    {
+        tc::launch_timeline timeline;
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        TINYLLM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        tc::launch(scale_kernel<std::int32_t>, 64, 256, 0, stream, data.data(), n, 2);
+        tc::launch(add_one_chained_kernel<std::int32_t>, 64, 256, 0, stream, data.data(), n);
+        TINYLLM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+        TINYLLM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        for (int replay = 0; replay < 2; ++replay) {
+            TINYLLM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+            TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+            const auto spans = timeline.spans(true);  // the nodes of this replay
+            REQUIRE(spans.size() == 2);
+            CHECK(spans[0].name == "scale_kernel<int>");
+            CHECK(spans[1].name == "add_one_chained_kernel<int>");
+            CHECK(spans[0].captured);
+            CHECK(timeline.elapsed_us(true) >= 0.0);
+        }
+        TINYLLM_CUDA_CHECK(cudaGraphExecDestroy(exec));
+        TINYLLM_CUDA_CHECK(cudaGraphDestroy(graph));
+    }
+    // 6 -> 13 -> 27: the graph with its event nodes computed what the launches do.
+    const auto got = tc::to_host(data);
+    CHECK(std::count(got.begin(), got.end(), 27) == n);
+    TINYLLM_CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 TEST_CASE("device_info describes the GPU", "[cuda][device]") {

@@ -29,6 +29,10 @@
 // an sm_90 GPU, the kernel may start while the one before it is still running
 // (programmatic dependent launch, below).
 //
+// launch() and launch_chained() tell a launch_timeline (timeline.cuh), when one
+// records on the calling host thread, where each launch begins and ends on its
+// stream: a kernel-by-kernel account of where a decode step's time goes.
+//
 // TINYLLM_CUDA_ARCH is the compute capability the device code is compiled
 // for (800 for sm_80, ...): __CUDA_ARCH__ under nvcc's device pass, 900 (an
 // H100) on the simulated GPU, 0 in host code.
@@ -72,11 +76,49 @@
 
 namespace tinyllm::cuda {
 
+namespace detail {
+// What launch() tells a launch_timeline (timeline.cuh) that records this host
+// thread's launches: before and after each launch, or each library call that
+// says so (the cuBLAS products). kernel is null for a library call, label null
+// for a kernel. Nothing is called when no timeline records (the usual case).
+class launch_observer {
+public:
+    virtual void before(const void* kernel, const char* label, cudaStream_t stream) = 0;
+    virtual void after(cudaStream_t stream) = 0;
+
+protected:
+    ~launch_observer() = default;
+};
+inline launch_observer*& current_launch_observer() {
+    thread_local launch_observer* observer = nullptr;
+    return observer;
+}
+// Tells the current observer, if any, about one launch or library call: from
+// its construction to its destruction.
+class observed_launch {
+public:
+    observed_launch(const void* kernel, const char* label, cudaStream_t stream)
+        : observer_(current_launch_observer()), stream_(stream) {
+        if (observer_) observer_->before(kernel, label, stream);
+    }
+    ~observed_launch() {
+        if (observer_) observer_->after(stream_);
+    }
+    observed_launch(const observed_launch&) = delete;
+    observed_launch& operator=(const observed_launch&) = delete;
+
+private:
+    launch_observer* observer_;
+    cudaStream_t stream_;
+};
+}  // namespace detail
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...). The arguments are
 // converted to the kernel's parameter types, as in a <<< >>> launch.
 template <class... Params, class... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
             Args&&... args) {
+    const detail::observed_launch observed(reinterpret_cast<const void*>(kernel), nullptr, stream);
 #if defined(TINYLLM_SIMULATED_GPU)
     ::tinyllm::sim::launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
 #else
@@ -237,6 +279,7 @@ void launch_chained(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_
         launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
         return;
     }
+    const detail::observed_launch observed(reinterpret_cast<const void*>(kernel), nullptr, stream);
     cudaLaunchAttribute attribute[1] = {};
     attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute[0].val.programmaticStreamSerializationAllowed = 1;

@@ -634,6 +634,7 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     constexpr cudaDataType_t type = cuda_data_type<T>();
     // Row-major (m, n) is column-major (n, m): C^T (rows_out, m) = W (rows_out, K) · X^T (K, m).
     auto gemm = [&](int rows_out, int m, int k, const T* w, const T* x, T* y) {
+        const detail::observed_launch observed(nullptr, "cublasGemmEx", stream);  // launch.cuh: a timeline's span
         TINYLLM_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows_out, m, k, &one, w, type, k, x, type, k,
                                           &zero, y, type, rows_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     };

@@ -10,6 +10,7 @@
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/timing.cuh>
+#include <tinyllm/cuda/timeline.cuh>
 
 // The first ladders: copy (the bandwidth ceiling) and random numbers.
 #include <tinyllm/cuda/copy.cuh>
