@@ -641,18 +641,25 @@ TEST_CASE("v4 candidates: the sampler chooses the CPU's tokens for every setting
     check_split(2, 20000, 0, 807, 1, split_rung::v4_candidates);  // its own count: 3 chunks of at most 8192
 }
 
-TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cuda][sampling][candidates]") {
-    const index_t B = 3, V = 9000;
-    const auto z = split_logits(B, V, 830);
+namespace {
+// The public cuda::sample on B rows of split_logits against the CPU's tokens.
+void check_public_sample(index_t B, index_t V, const sampling::params& p, std::uint64_t which) {
+    INFO("B = " << B << ", V = " << V);
+    const auto z = split_logits(B, V, which);
     auto d_z = tc::to_device(z);
     tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
-    sampling::params p;
-    p.top_k = 40;
-    p.top_p = 0.8f;
-    REQUIRE(tc::detail::candidates_apply(V, p));
     d_out.poison();
     tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), p, 5, 9);
     CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &p, 5, 9, B)) == 0);
+}
+}  // namespace
+
+TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cuda][sampling][candidates]") {
+    sampling::params p;
+    p.top_k = 40;
+    p.top_p = 0.8f;
+    REQUIRE(tc::detail::candidates_apply(9000, p));
+    check_public_sample(3, 9000, p, 830);
 }
 
 TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is unaffected",
@@ -759,26 +766,14 @@ TEST_CASE("v5 buckets: the sampler chooses the CPU's tokens for every setting, s
 }
 
 TEST_CASE("v5 buckets: the public sampler takes it and matches the CPU", "[cuda][sampling][buckets]") {
-    const index_t B = 3, V = 9000;
-    const auto z = split_logits(B, V, 930);
-    auto d_z = tc::to_device(z);
-    tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
     sampling::params p;
     p.top_p = 0.8f;
     p.temperature = 0.9f;
-    REQUIRE(tc::detail::buckets_apply(V, p));
-    d_out.poison();
-    tc::sample(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}), p, 5, 9);
-    CHECK(count_different(tc::to_host(d_out), cpu_tokens(z, B, V, &p, 5, 9, B)) == 0);
+    REQUIRE(tc::detail::buckets_apply(9000, p));
+    check_public_sample(3, 9000, p, 930);
     // A batch that fills the GPU alone (split_count 1): v5 with one block per row.
-    const index_t big_B = 300, small_V = 1003;
-    REQUIRE(tc::detail::split_count(big_B, small_V, 0) == 1);
-    const auto zb = split_logits(big_B, small_V, 931);
-    auto d_zb = tc::to_device(zb);
-    tc::device_buffer<tinyllm::token_id> d_big(static_cast<std::size_t>(big_B));
-    d_big.poison();
-    tc::sample(d_big.view(tinyllm::extents<1>{big_B}), d_zb.view(tinyllm::extents<2>{big_B, small_V}), p, 6, 2);
-    CHECK(count_different(tc::to_host(d_big), cpu_tokens(zb, big_B, small_V, &p, 6, 2, big_B)) == 0);
+    REQUIRE(tc::detail::split_count(300, 1003, 0) == 1);
+    check_public_sample(300, 1003, p, 931);
 }
 
 TEST_CASE("v5 buckets: bad rows give the same errors, and the next call is unaffected",

@@ -377,7 +377,8 @@ __global__ void __launch_bounds__(flash2_threads, MinBlocks) attention_flash2_ke
 template <class T, int D, int BlocksPerSM>
 void launch_attention_flash2(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
     const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
-    auto kernel = plain ? attention_flash2_kernel<T, D, BlocksPerSM, true> : attention_flash2_kernel<T, D, BlocksPerSM, false>;
+    auto kernel = plain ? attention_flash2_kernel<T, D, BlocksPerSM, true>
+                        : attention_flash2_kernel<T, D, BlocksPerSM, false>;
     set_shared_memory(kernel, bytes, "attention_flash2");
     launch(kernel, grid, flash2_threads, bytes, stream, a);
 }

@@ -688,7 +688,7 @@ struct split_args {
     int vec;  // rows are 16-byte aligned: float4 loads
     split_row* rows;
     unsigned long long* partials;  // (B, splits): the draw's kept mass per chunk
-    std::uint32_t* candidates;     // v5: (B, candidate_capacity), row b's candidate indices (the crossing bucket's elements)
+    std::uint32_t* candidates;     // v5: (B, candidate_capacity), row b's crossing bucket's indices
     index_t candidate_capacity;    // v5: entries a row's list holds (more: the last block reads the row again)
     fused_params p;
     std::uint64_t seed, step, stream_offset;
@@ -865,6 +865,12 @@ __global__ void greedy_split_kernel(split_args a) {
 //                stores the threshold;
 //   split_draw   each block's kept mass; the last block draws t, finds the
 //                chunk whose running sum crosses t, and scans that chunk.
+// and v5's two (sample_buckets, after split_max):
+//   split_buckets      the row's masses in 256 eighth-nat buckets of z / T - m;
+//                      the last block finds top-p's target and its bucket c;
+//   split_bucket_draw  each block's kept mass above c and its elements in c as
+//                      candidates; the last block selects tau among them and
+//                      draws as split_draw.
 template <int Threads, int Phase>
 __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, int sel, int shift) {
     const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
@@ -1756,6 +1762,22 @@ inline unsigned split_grid(index_t B, int splits) {
     return static_cast<unsigned>(blocks);
 }
 
+// The arguments of a multi-block sampling call (v3, v4, v5) with `splits` blocks
+// per row: the stream's workspace and status buffer (a.status), the chain's
+// parameters and the draw's seed, step and stream offset.
+inline split_args split_call(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                             const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                             std::uint64_t stream_offset, int splits, cudaStream_t stream) {
+    const index_t B = logits.extent(0);
+    int* status = status_buffer(B, stream);
+    split_args a = make_split_args(out, logits, splits, status, split_buffers(B, splits, stream));
+    a.p = fused_params{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f, p.min_p ? *p.min_p : 0.0f};
+    a.seed = seed;
+    a.step = step;
+    a.stream_offset = stream_offset;
+    return a;
+}
+
 }  // namespace detail
 
 // v3 split greedy: several blocks per row, one launch (see split_row). splits
@@ -1791,14 +1813,7 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
     const index_t B = logits.extent(0), V = logits.extent(1);
     if (B == 0) return;
     splits = detail::split_count(B, V, splits);
-    int* status = detail::status_buffer(B, stream);
-    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
-    detail::split_args a = detail::make_split_args(out, logits, splits, status, w);
-    a.p = detail::fused_params{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
-                               p.min_p ? *p.min_p : 0.0f};
-    a.seed = seed;
-    a.step = step;
-    a.stream_offset = stream_offset;
+    const detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
     const unsigned grid = detail::split_grid(B, splits);
     auto pass = [&](int phase, int sel, int shift) {  // one instantiation per phase: each its own registers
         constexpr int T = detail::sampling_threads;
@@ -1816,7 +1831,7 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
     if (a.p.top_p < 1.0f)
         for (int shift = 24; shift >= 0; shift -= 8) pass(detail::split_radix, 1, shift);
     pass(detail::split_draw, 0, 0);
-    detail::check_status(status, B, "sample", check, stream);
+    detail::check_status(a.status, B, "sample", check, stream);
 }
 
 namespace detail {
@@ -1836,22 +1851,30 @@ inline int candidate_split_count(index_t B, index_t V, int requested) {
     return static_cast<int>(std::max<index_t>(split_count(B, V, requested), least));
 }
 
-// v4's slots, per stream, in one buffer: the keys (B, splits, k + 1), their
-// indices (the same), the counts (B, splits, 2). Grown as needed; never zeroed:
-// every slot a call reads is written earlier in the same launch.
-inline void candidate_slots(candidate_args& c, index_t B, int splits, index_t k, cudaStream_t stream) {
+// At least `need` words of device memory, kept per host thread and stream and
+// grown as needed; never zeroed. Tag keeps one user's buffers from another's.
+template <class Tag>
+std::uint32_t* stream_words(std::size_t need, cudaStream_t stream) {
     thread_local std::map<cudaStream_t, device_buffer<std::uint32_t>> buffers;
     device_buffer<std::uint32_t>& buffer = buffers[stream];
-    const auto slots = static_cast<std::size_t>(B) * splits * static_cast<std::size_t>(k + 1);
-    const auto need = 2 * slots + static_cast<std::size_t>(B) * splits * 2;
     if (buffer.size() < need) {
-        // An unchecked call's kernel may still use the old buffer.
+        // An unchecked call's kernels may still use the old buffer.
         if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
         buffer = device_buffer<std::uint32_t>(need);
     }
-    c.keys = buffer.data();
-    c.index = reinterpret_cast<std::int32_t*>(buffer.data() + slots);
-    c.counts = buffer.data() + 2 * slots;
+    return buffer.data();
+}
+
+// v4's slots, per stream, in one buffer: the keys (B, splits, k + 1), their
+// indices (the same), the counts (B, splits, 2). Never zeroed: every slot a
+// call reads is written earlier in the same launch.
+inline void candidate_slots(candidate_args& c, index_t B, int splits, index_t k, cudaStream_t stream) {
+    const auto slots = static_cast<std::size_t>(B) * splits * static_cast<std::size_t>(k + 1);
+    const auto counts = static_cast<std::size_t>(B) * splits * 2;
+    std::uint32_t* words = stream_words<struct candidate_slots_tag>(2 * slots + counts, stream);
+    c.keys = words;
+    c.index = reinterpret_cast<std::int32_t*>(words + slots);
+    c.counts = words + 2 * slots;
 }
 
 }  // namespace detail
@@ -1873,18 +1896,12 @@ inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const fl
     if (!detail::candidates_apply(V, p)) return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
     if (B == 0) return;
     splits = detail::candidate_split_count(B, V, splits);
-    int* status = detail::status_buffer(B, stream);
-    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
     detail::candidate_args c{};
-    c.s = detail::make_split_args(out, logits, splits, status, w);
-    c.s.p = detail::fused_params{p.temperature, *p.top_k, p.top_p ? *p.top_p : 1.0f, p.min_p ? *p.min_p : 0.0f};
-    c.s.seed = seed;
-    c.s.step = step;
-    c.s.stream_offset = stream_offset;
+    c.s = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
     detail::candidate_slots(c, B, splits, *p.top_k, stream);
     launch(detail::sample_candidates_kernel<detail::sampling_threads, detail::candidate_items>,
            detail::split_grid(B, splits), detail::sampling_threads, 0, stream, c);
-    detail::check_status(status, B, "sample", check, stream);
+    detail::check_status(c.s.status, B, "sample", check, stream);
 }
 
 namespace detail {
@@ -1896,24 +1913,16 @@ inline bool buckets_apply(index_t V, const sampling::params& p) {
     return !p.top_k || *p.top_k >= V;
 }
 
-// v5's candidate lists, per stream: (B, capacity) indices, capacity =
+// v5's candidate lists, per stream (stream_words): (B, capacity) indices, capacity =
 // min(V, bucket_list_max). A crossing bucket holds about 1/128 of a row of
 // logits spread over 16 nats (~1000 of 128256); a row with more candidates than
 // that (logits piled into one eighth of a nat: ties, a flat distribution) is
-// read again by its last block instead. Grown as needed; never zeroed: a call
-// reads only the entries it wrote.
+// read again by its last block instead. A call reads only the entries it wrote.
 inline constexpr index_t bucket_list_max = 16384;
 inline index_t bucket_capacity(index_t V) { return std::min(V, bucket_list_max); }
 inline std::uint32_t* bucket_candidates(index_t B, index_t V, cudaStream_t stream) {
-    thread_local std::map<cudaStream_t, device_buffer<std::uint32_t>> buffers;
-    device_buffer<std::uint32_t>& buffer = buffers[stream];
     const auto need = static_cast<std::size_t>(B) * static_cast<std::size_t>(bucket_capacity(V));
-    if (buffer.size() < need) {
-        // An unchecked call's kernels may still use the old buffer.
-        if (buffer.size() > 0) TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));
-        buffer = device_buffer<std::uint32_t>(need);
-    }
-    return buffer.data();
+    return stream_words<struct bucket_candidates_tag>(need, stream);
 }
 
 }  // namespace detail
@@ -1947,13 +1956,7 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
         return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
     if (B == 0) return;
     splits = detail::split_count(B, V, splits);
-    int* status = detail::status_buffer(B, stream);
-    detail::split_workspace& w = detail::split_buffers(B, splits, stream);
-    detail::split_args a = detail::make_split_args(out, logits, splits, status, w);
-    a.p = detail::fused_params{p.temperature, 0, *p.top_p, p.min_p ? *p.min_p : 0.0f};
-    a.seed = seed;
-    a.step = step;
-    a.stream_offset = stream_offset;
+    detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
     a.candidates = detail::bucket_candidates(B, V, stream);
     a.candidate_capacity = detail::bucket_capacity(V);
     const unsigned grid = detail::split_grid(B, splits);
@@ -1961,7 +1964,7 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     launch(detail::sample_split_kernel<T, detail::split_max>, grid, T, 0, stream, a, 0, 0);
     launch(detail::sample_split_kernel<T, detail::split_buckets>, grid, T, 0, stream, a, 0, 0);
     launch(detail::sample_split_kernel<T, detail::split_bucket_draw>, grid, T, 0, stream, a, 0, 0);
-    detail::check_status(status, B, "sample", check, stream);
+    detail::check_status(a.status, B, "sample", check, stream);
 }
 
 // The public choosers pick the rung: v3 (split) when it gives a row more than
