@@ -28,8 +28,11 @@
 // time per step summed over its launches (median over the steps), how many launches a
 // step makes and their share of the step; then the whole step from its first node's
 // start to its last node's end, and what the nodes leave over (the gaps between them).
-// Programmatic launch stays off: its edges cannot pass the event nodes. The event nodes
-// cost a little time of their own, so the step is slower than decode_graph's row.
+// The same for continuous batching's paged step (forward_batch on one paged session,
+// from the pool's graph), whose paged_decode_graph row run E measured at 2.5 times the
+// contiguous step's. Programmatic launch stays off: its edges cannot pass the event
+// nodes. The event nodes cost a little time of their own, so the step is slower than
+// decode_graph's row.
 //
 // `tinyllm bench model_moe`: the same rows for a Mixtral-style model (mixtral_1b
 // below: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2, so a token
@@ -54,6 +57,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -300,43 +304,26 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
     if (!(e <= 3e-2)) ctx.rows.back().agrees = false;
 }
 
-// model_breakdown's rows for one model: B = 1, the prompt of the model rows, then
-// `steps` decode steps replayed from the graph captured under a launch_timeline.
-template <class T>
-void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc::model<T>& m) {
-    const tinyllm::model_config& c = m.config();
-    const char* dtype = std::is_same_v<T, float> ? "fp32" : "bf16";
-    const index_t B = 1, prompt_length = run_shape_for(ctx).prompt_length;
-    const int steps = ctx.simulated ? 2 : std::max(5, ctx.repeats);
-    std::vector<tinyllm::token_id> tokens(static_cast<std::size_t>(prompt_length));
-    for (std::size_t i = 0; i < tokens.size(); ++i)
-        tokens[i] = static_cast<tinyllm::token_id>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
-    const std::vector<tinyllm::token_id> next(1, 1);
-    const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
-    const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
-
-    const tc::programmatic_launch_scope no_pdl(false);
-    auto gs = m.new_session(B, prompt_length + 2 + steps);
-    m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(tokens.data(), {B, prompt_length}));
-    gs.lengths.assign(1, prompt_length);
-    m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
-    gs.lengths.assign(1, prompt_length);
-
-    tc::launch_timeline timeline;  // the graph below is captured with its events
-    (void)m.decode_step(gs, next_ids);  // eager run and capture
-    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+// model_breakdown's rows for one decode step from a graph captured under `timeline`:
+// `replay` runs one step (a replay: every node records its events again), `steps`
+// times. A row per kernel name, the gaps between the nodes, the whole step. `graphs`
+// and `failure`: what the session or pool says of its captures (one graph is right:
+// a second shape's graph would leave stale events among the captured ones).
+template <class Replay>
+void timeline_rows(bench_context& ctx, const std::string& label, const std::string& shape,
+                   const tc::launch_timeline& timeline, int steps, double bytes, Replay replay,
+                   const std::function<std::size_t()>& graphs, const std::function<std::string()>& failure) {
     std::map<std::string, std::vector<double>> per_name;  // us per step, one entry per replay
     std::map<std::string, int> launches;                  // per step
     std::vector<std::string> order;                       // by time in the first replay
     std::vector<double> step_us, gap_us;
     std::size_t nodes = 0;
     for (int k = 0; k < steps; ++k) {
-        (void)m.decode_step(gs, next_ids);  // a replay: every node records its events again
+        replay();
         TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
-        const auto groups = timeline.groups(true);
         double spanned = 0;
         nodes = 0;
-        for (const auto& g : groups) {
+        for (const auto& g : timeline.groups(true)) {
             if (k == 0) order.push_back(g.name);
             per_name[g.name].push_back(g.us);
             launches[g.name] = g.count;
@@ -346,28 +333,75 @@ void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc:
         step_us.push_back(timeline.elapsed_us(true));
         gap_us.push_back(step_us.back() - spanned);
     }
-    const bool ok = gs.graph_failure().empty() && gs.graph_captures() == 1 && nodes > 0;
-    const std::string shape = model_name + "_" + dtype + "_b1";
+    const bool ok = failure().empty() && graphs() == 1 && nodes > 0;
+    const std::string prefix = "model_breakdown/tinyllm_cuda/" + shape + "/";
     const double step_median = tinyllm::summarize("step", step_us, 0, 0).median_us;
-    for (const std::string& name : order) {
-        auto t = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/" + name, per_name[name], 0, 0);
-        char check[96];
-        std::snprintf(check, sizeof check, "%d launch%s a step, %.1f%% of the step", launches[name],
-                      launches[name] == 1 ? "" : "es", step_median > 0 ? 100.0 * t.median_us / step_median : 0.0);
-        const std::string kernel = name.size() > 60 ? name.substr(0, 57) + "..." : name;  // the JSON has it whole
-        ctx.rows.push_back({model_name + ": " + kernel, "cuda", t, check, ok, false});
-    }
-    auto gaps = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/gaps", gap_us, 0, 0);
+    const auto share = [&](double us) { return step_median > 0 ? 100.0 * us / step_median : 0.0; };
     char check[160];
-    std::snprintf(check, sizeof check, "between the %zu nodes: %.1f%% of the step", nodes,
-                  step_median > 0 ? 100.0 * gaps.median_us / step_median : 0.0);
-    ctx.rows.push_back({model_name + ": between nodes", "cuda", gaps, check, ok, false});
-    auto whole = tinyllm::summarize("model_breakdown/tinyllm_cuda/" + shape + "/step", step_us,
-                                    step_weight_bytes(m, B), 0);
-    std::snprintf(check, sizeof check, "%zu nodes, first start to last end; %zu graph%s%s", nodes,
-                  gs.graph_captures(), gs.graph_captures() == 1 ? "" : "s",
-                  gs.graph_failure().empty() ? "" : "; capture FAILED");
-    ctx.rows.push_back({model_name + ": whole step", "cuda", whole, check, ok, false});
+    for (const std::string& name : order) {
+        if (per_name[name].size() != static_cast<std::size_t>(steps)) continue;  // not in every replay: not ok
+        auto t = tinyllm::summarize(prefix + name, per_name[name], 0, 0);
+        std::snprintf(check, sizeof check, "%d launch%s a step, %.1f%% of the step", launches[name],
+                      launches[name] == 1 ? "" : "es", share(t.median_us));
+        const std::string kernel = name.size() > 60 ? name.substr(0, 57) + "..." : name;  // the JSON has it whole
+        ctx.rows.push_back({label + ": " + kernel, "cuda", t, check, ok, false});
+    }
+    auto gaps = tinyllm::summarize(prefix + "gaps", gap_us, 0, 0);
+    std::snprintf(check, sizeof check, "between the %zu nodes: %.1f%% of the step", nodes, share(gaps.median_us));
+    ctx.rows.push_back({label + ": between nodes", "cuda", gaps, check, ok, false});
+    auto whole = tinyllm::summarize(prefix + "step", step_us, bytes, 0);
+    std::snprintf(check, sizeof check, "%zu nodes, first start to last end; %zu graph%s%s", nodes, graphs(),
+                  graphs() == 1 ? "" : "s", failure().empty() ? "" : "; capture FAILED");
+    ctx.rows.push_back({label + ": whole step", "cuda", whole, check, ok, false});
+}
+
+// model_breakdown's rows for one model at B = 1 after the model rows' prompt: the
+// session's decode step (model::decode_step) and continuous batching's paged step
+// (model::forward_batch on one paged session), each captured under a launch_timeline.
+template <class T>
+void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc::model<T>& m) {
+    const tinyllm::model_config& c = m.config();
+    const std::string shape = model_name + (std::is_same_v<T, float> ? "_fp32" : "_bf16");
+    const index_t B = 1, prompt_length = run_shape_for(ctx).prompt_length;
+    const int steps = ctx.simulated ? 2 : std::max(5, ctx.repeats);
+    std::vector<tinyllm::token_id> tokens(static_cast<std::size_t>(prompt_length));
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = static_cast<tinyllm::token_id>((i * 2654435761u) % static_cast<std::size_t>(c.vocab_size));
+    const std::vector<tinyllm::token_id> next(1, 1);
+    const double bytes = step_weight_bytes(m, B);
+    const tc::programmatic_launch_scope no_pdl(false);
+    {
+        const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
+        const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
+        auto gs = m.new_session(B, prompt_length + 2 + steps);
+        m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(tokens.data(), {B, prompt_length}));
+        gs.lengths.assign(1, prompt_length);
+        m.forward(gs, tinyllm::tensor_view<const tinyllm::token_id, 2>(next.data(), {B, 1}));  // sizes the buffers
+        gs.lengths.assign(1, prompt_length);
+        tc::launch_timeline timeline;       // the graph below is captured with its events
+        (void)m.decode_step(gs, next_ids);  // eager run and capture
+        timeline_rows(
+            ctx, model_name, shape + "_b1", timeline, steps, bytes, [&] { (void)m.decode_step(gs, next_ids); },
+            [&] { return gs.graph_captures(); }, [&] { return gs.graph_failure(); });
+    }
+    {
+        // A pool of 16 blocks of 16: the step's table width stays 16 (table_width) for
+        // every step from 129 positions to 256, so one graph serves them all.
+        const index_t block_size = 16, blocks = (prompt_length + 2 + steps + block_size - 1) / block_size;
+        tc::paged_kv_pool<T> pool(c, std::max<index_t>(16, blocks), block_size);
+        pool.use_graphs(true);
+        auto ps = m.new_session(pool);
+        std::vector<tinyllm::cpu::model::session*> ptrs{&ps};
+        std::vector<std::span<const tinyllm::token_id>> feeds{std::span<const tinyllm::token_id>(tokens)};
+        m.forward_batch(pool, ptrs, feeds);  // the prompt
+        feeds.assign(1, std::span<const tinyllm::token_id>(next));
+        tc::launch_timeline timeline;
+        m.forward_batch(pool, ptrs, feeds);  // the first decode step: eager run and capture
+        timeline_rows(
+            ctx, model_name + " paged", shape + "_paged_b1", timeline, steps, bytes,
+            [&] { m.forward_batch(pool, ptrs, feeds); }, [&] { return pool.graph_captures(); },
+            [&] { return pool.graph_failure(); });
+    }
 }
 
 }  // namespace
