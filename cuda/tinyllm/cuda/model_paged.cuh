@@ -460,7 +460,9 @@ tensor_view<const float, 2> model<T>::forward_batch_device(paged_kv_pool<T>& poo
     run_decoder(w, x, h, delta, attn, tensor_view<const token_id, 2>(w.ids.data(), {1, N}), pos_v, attend_layer,
                 stream);
     // Each session's last row, in the order of `sessions`, through the output projection.  (S, D) -> (S, V)
-    return logits_of(w, h, d_last_row, S, stream);
+    // In a decode-only step row j is session j's one token already (the one-token sessions come
+    // first, in their order): no gather, one node less per step, as forward_device's n == 1.
+    return logits_of(w, h, decoders == S && N == S ? nullptr : d_last_row, S, stream);
 }
 
 }  // namespace tinyllm::cuda
