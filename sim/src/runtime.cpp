@@ -544,7 +544,14 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+    return cudaEventRecordWithFlags(event, stream, cudaEventRecordDefault);
+}
+// Inside a stream capture, as on a GPU: a default record only marks a point of the
+// capture for other captured streams to wait on, and is not recorded when the graph
+// runs; an external one becomes an event-record node, recorded at every replay.
+cudaError_t cudaEventRecordWithFlags(cudaEvent_t event, cudaStream_t stream, unsigned flags) {
     TINYLLM_SIM_RETURN_IF_STICKY();
+    if (flags != cudaEventRecordDefault && flags != cudaEventRecordExternal) return fail(cudaErrorInvalidValue);
     if (!valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
     {
         std::lock_guard lock(st().m);
@@ -556,8 +563,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
         std::lock_guard lock(st().m);
         if (st().events.count(event)) st().recorded[event] = clock_type::now();  // the work before it has run
     };
-    if (captured) tinyllm::sim::runtime::record(stream, stamp);
-    else stamp();
+    if (!captured) stamp();
+    else if (flags == cudaEventRecordExternal) tinyllm::sim::runtime::record(stream, stamp);
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {

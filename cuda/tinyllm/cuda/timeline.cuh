@@ -15,8 +15,9 @@
 // the rest — copies, host work the stream waited for, event overhead.
 //
 // Launches made while a stream is being captured into a CUDA graph put their
-// events into the graph as event-record nodes, so every replay of the graph
-// records them again: spans(only_captured) then times the nodes of the graph's
+// events into the graph as event-record nodes (cudaEventRecordExternal: a plain
+// record in a capture only marks a point for other captured streams and is never
+// recorded when the graph runs), so every replay of the graph records them again: spans(only_captured) then times the nodes of the graph's
 // latest replay, which is how `tinyllm bench model_breakdown` splits a decode
 // step from a graph into its kernels. Two limits: the event nodes sit between
 // kernel nodes, so a programmatic (PDL) edge cannot be captured through them
@@ -162,7 +163,9 @@ public:
         r.captured = capture != cudaStreamCaptureStatusNone;
         TINYLLM_CUDA_CHECK(cudaEventCreate(&r.start));
         TINYLLM_CUDA_CHECK(cudaEventCreate(&r.stop));
-        TINYLLM_CUDA_CHECK(cudaEventRecord(r.start, stream));
+        // In a capture a plain record only marks a point for other captured streams;
+        // an external one is an event-record node, recorded at every replay.
+        TINYLLM_CUDA_CHECK(cudaEventRecordWithFlags(r.start, stream, r.captured ? cudaEventRecordExternal : 0u));
         records_.push_back(r);
         open_.push_back(records_.size() - 1);
     }
@@ -170,7 +173,7 @@ public:
         TINYLLM_EXPECT(!open_.empty(), "launch_timeline: a launch ended that had not begun");
         const record& r = records_[open_.back()];
         open_.pop_back();
-        TINYLLM_CUDA_CHECK(cudaEventRecord(r.stop, stream));
+        TINYLLM_CUDA_CHECK(cudaEventRecordWithFlags(r.stop, stream, r.captured ? cudaEventRecordExternal : 0u));
     }
 
 private:
