@@ -99,13 +99,17 @@ public:
         double us = 0;
     };
 
-    launch_timeline() : previous_(detail::current_launch_observer()) { detail::current_launch_observer() = this; }
+    launch_timeline() : previous_(detail::current_launch_observer()) {
+        make_spare(512);
+        detail::current_launch_observer() = this;
+    }
     ~launch_timeline() {
         detail::current_launch_observer() = previous_;
         for (const record& r : records_) {
             (void)cudaEventDestroy(r.start);
             (void)cudaEventDestroy(r.stop);
         }
+        for (cudaEvent_t e : spare_) (void)cudaEventDestroy(e);
     }
     launch_timeline(const launch_timeline&) = delete;
     launch_timeline& operator=(const launch_timeline&) = delete;
@@ -161,8 +165,15 @@ public:
             capture = cudaStreamCaptureStatusNone;
         }
         r.captured = capture != cudaStreamCaptureStatusNone;
-        TINYLLM_CUDA_CHECK(cudaEventCreate(&r.start));
-        TINYLLM_CUDA_CHECK(cudaEventCreate(&r.stop));
+        // Events are made ahead, outside captures (a capture may refuse calls that are
+        // not stream work): 256 pairs at the start, topped up to 256 whenever fewer than
+        // 128 are left and no capture is running; a capture of more launches makes its own.
+        if (!r.captured && spare_.size() < 256) make_spare(512);
+        if (spare_.size() < 2) make_spare(2);
+        r.start = spare_.back();
+        spare_.pop_back();
+        r.stop = spare_.back();
+        spare_.pop_back();
         // In a capture a plain record only marks a point for other captured streams;
         // an external one is an event-record node, recorded at every replay.
         TINYLLM_CUDA_CHECK(cudaEventRecordWithFlags(r.start, stream, r.captured ? cudaEventRecordExternal : 0u));
@@ -193,7 +204,16 @@ private:
         return detail::short_kernel_name(raw);
     }
 
+    void make_spare(std::size_t up_to) {
+        while (spare_.size() < up_to) {
+            cudaEvent_t e = nullptr;
+            TINYLLM_CUDA_CHECK(cudaEventCreate(&e));
+            spare_.push_back(e);
+        }
+    }
+
     launch_observer* previous_;
+    std::vector<cudaEvent_t> spare_;  // created, not yet used
     std::vector<record> records_;
     std::vector<std::size_t> open_;  // records begun and not yet ended (nested library calls)
 };
