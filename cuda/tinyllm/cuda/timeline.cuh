@@ -17,12 +17,13 @@
 // Launches made while a stream is being captured into a CUDA graph put their
 // events into the graph as event-record nodes (cudaEventRecordExternal: a plain
 // record in a capture only marks a point for other captured streams and is never
-// recorded when the graph runs), so every replay of the graph records them again: spans(only_captured) then times the nodes of the graph's
-// latest replay, which is how `tinyllm bench model_breakdown` splits a decode
-// step from a graph into its kernels. Two limits: the event nodes sit between
-// kernel nodes, so a programmatic (PDL) edge cannot be captured through them
-// (time a step with programmatic launch off), and they add a little time of
-// their own to each node.
+// recorded when the graph runs), so every replay of the graph records them
+// again: spans(only_captured) then times the nodes of the graph's latest replay,
+// which is how `tinyllm bench model_breakdown` splits a decode step from a graph
+// into its kernels. Two limits: the event nodes sit between kernel nodes, so a
+// programmatic (PDL) edge cannot be captured through them (time a step with
+// programmatic launch off), and they add a little time of their own to each
+// node. Not yet run on a GPU: the simulated GPU runs it in CI.
 //
 // Names come from cudaFuncGetName, demangled and without tinyllm's namespaces
 // ("pair_gemv_kernel<bfloat16, 8, 1, swiglu_epilogue<bfloat16>>"); a library
