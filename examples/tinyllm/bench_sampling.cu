@@ -22,13 +22,17 @@
 //               with 5, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
 // check, and its tokens must be identical to the CPU reference's; the timed
-// runs skip the status copy (sampling_check::none).
+// runs skip the status copy (sampling_check::none). The v3 and v5 rows also
+// give each launch's time (after an L2 flush, from a launch_timeline) in the
+// check column: which pass costs what, without a profiler.
 #include "bench_sampling.hpp"
 
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/sampling.cuh>
+#include <tinyllm/cuda/timeline.cuh>
 #include <tinyllm/cuda/timing.cuh>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -57,13 +61,30 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     auto restore = [&] {
         TINYLLM_CUDA_CHECK(cudaMemcpyAsync(work.data(), original.data(), original.bytes(), cudaMemcpyDeviceToDevice));
     };
-    auto add = [&](const char* version, const char* key, bool baseline, auto&& run) {
+    // A rung of several launches (split = true) also runs once, after an L2 flush, under a
+    // launch_timeline (timeline.cuh): the check column gets each launch's time, so a run
+    // without a profiler still shows which pass costs what.
+    auto add = [&](const char* version, const char* key, bool baseline, auto&& run, bool split = false) {
         out.poison();
         run(tc::sampling_check::sync);
         bool agrees = false;
-        const std::string check = sb::compare_tokens(tc::to_host(out), want, agrees);
+        std::string check = sb::compare_tokens(tc::to_host(out), want, agrees);
         const auto timing = tc::time_gpu(std::string(s.component) + "/" + key + "/" + sb::shape(V),
                                          [&] { run(tc::sampling_check::none); }, bytes, 0, o);
+        if (split) {
+            tc::detail::l2_flusher flusher;
+            flusher.flush(o.flush, nullptr);
+            tc::launch_timeline timeline;
+            run(tc::sampling_check::none);
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            std::string launches;
+            for (const auto& span : timeline.spans()) {
+                char us[32];
+                std::snprintf(us, sizeof us, "%s%.1f", launches.empty() ? "" : " + ", span.us);
+                launches += us;
+            }
+            check += "; launches " + launches + " us";
+        }
         ctx.rows.push_back({version, "cuda", timing, check, agrees, baseline});
     };
 
@@ -99,14 +120,16 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     restore();
     add("v2 fused", "cuda_v2_fused", false,
         [&](tc::sampling_check c) { tc::sample_fused(tokens, logits, p, sb::seed, sb::step, 0, c); });
-    add("v3 split", "cuda_v3_split", false,
-        [&](tc::sampling_check c) { tc::sample_split(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+    add(
+        "v3 split", "cuda_v3_split", false,
+        [&](tc::sampling_check c) { tc::sample_split(tokens, logits, p, sb::seed, sb::step, 0, 0, c); }, true);
     if (tc::detail::candidates_apply(V, p))
         add("v4 candidates", "cuda_v4_candidates", false,
             [&](tc::sampling_check c) { tc::sample_candidates(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
     if (tc::detail::buckets_apply(V, p))
-        add("v5 buckets", "cuda_v5_buckets", false,
-            [&](tc::sampling_check c) { tc::sample_buckets(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+        add(
+            "v5 buckets", "cuda_v5_buckets", false,
+            [&](tc::sampling_check c) { tc::sample_buckets(tokens, logits, p, sb::seed, sb::step, 0, 0, c); }, true);
 }
 
 }  // namespace
