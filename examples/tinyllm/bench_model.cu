@@ -334,22 +334,24 @@ void timeline_rows(bench_context& ctx, const std::string& label, const std::stri
         gap_us.push_back(step_us.back() - spanned);
     }
     const bool ok = failure().empty() && graphs() == 1 && nodes > 0;
-    const std::string prefix = "model_breakdown/tinyllm_cuda/" + shape + "/";
+    // JSON names component/version/shape, as tools/bench-report reads them: one table per
+    // step shape, a row per kernel.
+    const auto json_name = [&](const std::string& what) { return "model_breakdown/" + what + "/" + shape; };
     const double step_median = tinyllm::summarize("step", step_us, 0, 0).median_us;
     const auto share = [&](double us) { return step_median > 0 ? 100.0 * us / step_median : 0.0; };
     char check[160];
     for (const std::string& name : order) {
         if (per_name[name].size() != static_cast<std::size_t>(steps)) continue;  // not in every replay: not ok
-        auto t = tinyllm::summarize(prefix + name, per_name[name], 0, 0);
+        auto t = tinyllm::summarize(json_name(name), per_name[name], 0, 0);
         std::snprintf(check, sizeof check, "%d launch%s a step, %.1f%% of the step", launches[name],
                       launches[name] == 1 ? "" : "es", share(t.median_us));
         const std::string kernel = name.size() > 60 ? name.substr(0, 57) + "..." : name;  // the JSON has it whole
         ctx.rows.push_back({label + ": " + kernel, "cuda", t, check, ok, false});
     }
-    auto gaps = tinyllm::summarize(prefix + "gaps", gap_us, 0, 0);
+    auto gaps = tinyllm::summarize(json_name("between_nodes"), gap_us, 0, 0);
     std::snprintf(check, sizeof check, "between the %zu nodes: %.1f%% of the step", nodes, share(gaps.median_us));
     ctx.rows.push_back({label + ": between nodes", "cuda", gaps, check, ok, false});
-    auto whole = tinyllm::summarize(prefix + "step", step_us, bytes, 0);
+    auto whole = tinyllm::summarize(json_name("whole_step"), step_us, bytes, 0);
     std::snprintf(check, sizeof check, "%zu nodes, first start to last end; %zu graph%s%s", nodes, graphs(),
                   graphs() == 1 ? "" : "s", failure().empty() ? "" : "; capture FAILED");
     ctx.rows.push_back({label + ": whole step", "cuda", whole, check, ok, false});
