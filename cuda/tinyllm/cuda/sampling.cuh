@@ -1889,11 +1889,12 @@ inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const fl
                               const sampling::params& p, std::uint64_t seed, std::uint64_t step,
                               std::uint64_t stream_offset = 0, int splits = 0,
                               sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::candidates_apply(V, p))  // it checks the call itself
+        return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
     ::tinyllm::detail::check_params(p);
     detail::check_logits(logits, "sample");
-    detail::check_out(out, logits.extent(0), "sample");
-    const index_t B = logits.extent(0), V = logits.extent(1);
-    if (!detail::candidates_apply(V, p)) return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    detail::check_out(out, B, "sample");
     if (B == 0) return;
     splits = detail::candidate_split_count(B, V, splits);
     detail::candidate_args c{};
@@ -1948,12 +1949,12 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
                            const sampling::params& p, std::uint64_t seed, std::uint64_t step,
                            std::uint64_t stream_offset = 0, int splits = 0,
                            sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::buckets_apply(V, p))  // it checks the call itself
+        return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
     ::tinyllm::detail::check_params(p);
     detail::check_logits(logits, "sample");
-    detail::check_out(out, logits.extent(0), "sample");
-    const index_t B = logits.extent(0), V = logits.extent(1);
-    if (!detail::buckets_apply(V, p))
-        return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    detail::check_out(out, B, "sample");
     if (B == 0) return;
     splits = detail::split_count(B, V, splits);
     detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
