@@ -14,6 +14,8 @@
 //            column says how close a step gets to the weights-read-once floor.
 //   decode_graph  the same step from model::decode_step, one CUDA-graph launch per
 //            step (the cache grows by one position per timed step from 128).
+//   decode_dataflow  the same step as ONE kernel launch (model::decode_step_dataflow,
+//            decode_dataflow.cuh; dense models, B <= 8), the cache growing as decode_graph's.
 //   paged_decode, paged_decode_graph  continuous batching's step (model::forward_batch)
 //            on B paged sessions (blocks of 16) decoding from 128 cached positions
 //            (+ up to 64), eagerly and from the pool's CUDA graphs.
@@ -239,6 +241,38 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
             ctx.rows.push_back({std::string(chained ? "decode graph pdl " : "decode graph ") + dtype +
                                     " B=" + std::to_string(B),
                                 "cuda", graphed, check, gs.graph_failure().empty() && same, false});
+        }
+
+        // The same step as ONE kernel launch (model::decode_step_dataflow,
+        // decode_dataflow.cuh): dense decoders, at most 8 rows. Each timed step feeds one
+        // more token, as decode_graph's do; the check is its first step's logits against
+        // the graph's first step (the same tokens and positions): the same arithmetic up
+        // to the order of the norms' and attention's sums.
+        if (B <= tc::detail::dataflow_max_rows && c.num_experts == 0) {
+            auto fs = m.new_session(B, prompt_length + 1 + graph_room);
+            m.forward(fs, prompt);
+            const auto restart = [&] { fs.lengths.assign(static_cast<std::size_t>(B), prompt_length); };
+            const auto logits = m.decode_step_dataflow(fs, next_ids);
+            std::vector<float> first(static_cast<std::size_t>(logits.size()));
+            TINYLLM_CUDA_CHECK(cudaMemcpy(first.data(), logits.data(), first.size() * sizeof(float),
+                                          cudaMemcpyDeviceToHost));
+            double diff = 0, norm = 0;
+            for (std::size_t i = 0; i < first.size(); ++i) {
+                const double d = static_cast<double>(first[i]) - first_step[0][i];
+                diff += d * d;
+                norm += static_cast<double>(first_step[0][i]) * first_step[0][i];
+            }
+            const double rel = std::sqrt(diff / norm);  // NaN (a failed row) when a logit is NaN
+            const double allowed = std::is_same_v<T, float> ? 1e-5 : 2e-2;
+            restart();
+            auto flow = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_dataflow"), [&] {
+                if (fs.lengths[0] + 1 > fs.capacity) restart();
+                m.decode_step_dataflow(fs, next_ids);
+            }, step_weight_bytes(m, B) + kv_bytes, 0, o);
+            std::snprintf(check, sizeof check, "%.0f tok/s; first step %.2g rel-L2 from the decode graph's (allowed %.0e)",
+                          B / (flow.median_us * 1e-6), rel, allowed);
+            ctx.rows.push_back({std::string("decode dataflow ") + dtype + " B=" + std::to_string(B), "cuda", flow,
+                                check, rel <= allowed, false});
         }
 
         // Continuous batching's step (model::forward_batch) on B paged sessions decoding

@@ -445,6 +445,147 @@ TEST_CASE("cuda::model::decode_step with programmatic dependent launch: the same
     check_decode_graph<tinyllm::bfloat16>(model_arch::mixtral, cpu::model::kv_dtype::float32, true);
 }
 
+namespace {
+// decode_step_dataflow against forward() on two sessions fed the same tokens: B rows
+// of different lengths, 20 steps. float32 within 1e-5 relative L2 per row (the sums
+// of the norms and of attention run in another order); bf16 within 2e-2 (a norm's
+// output rounded to bf16 may land one unit apart, and the caches drift apart by as
+// much). After every step the launch has left its counters at zero. vocab: the
+// vocabulary's size, when not the small model's 1000 (5000: the logits phase's
+// warps take two units each on a GPU of 132 SMs, as the simulated one reports).
+template <class T>
+void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 0) {
+    using tinyllm::token_id;
+    constexpr bool bf16 = std::is_same_v<T, bfloat16>;
+    INFO("arch " << static_cast<int>(arch) << ", " << B << " rows, " << (bf16 ? "bfloat16" : "float32"));
+    tinyllm::model_config c = small_model_config(arch);
+    if (vocab > 0) c.vocab_size = vocab;
+    const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 31));
+    const tc::model<T> m(host);
+    const index_t P = 40, V = c.vocab_size, capacity = 80, steps = 20;
+    std::vector<index_t> counts;
+    for (index_t b = 0; b < B; ++b) counts.push_back(P - 7 * b);
+    tinyllm::philox_generator g(tinyllm_test::test_seed(), 17);
+    std::vector<token_id> prompts(static_cast<std::size_t>(B * P), 0);
+    for (index_t b = 0; b < B; ++b)
+        for (index_t t = 0; t < counts[static_cast<std::size_t>(b)]; ++t)
+            prompts[static_cast<std::size_t>(b * P + t)] = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
+    auto eager = m.new_session(B, capacity), flow = m.new_session(B, capacity);
+    m.forward(eager, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
+    m.forward(flow, tensor_view<const token_id, 2>(prompts.data(), {B, P}), counts);
+    tc::device_buffer<token_id> ids(static_cast<std::size_t>(B));
+    std::vector<token_id> next(static_cast<std::size_t>(B));
+    double worst = 0;
+    for (index_t step = 0; step < steps; ++step) {
+        INFO("step " << step);
+        for (auto& id : next) id = static_cast<token_id>(g.next_bits() % static_cast<std::uint64_t>(V));
+        const auto want = host_rows(m.forward(eager, tensor_view<const token_id, 2>(next.data(), {B, 1})), 0, B);
+        TINYLLM_CUDA_CHECK(cudaMemcpy(ids.data(), next.data(), next.size() * sizeof(token_id), cudaMemcpyHostToDevice));
+        {
+            // Poisoned first: every logit of the step must be written by this launch.
+            std::vector<float> nan(static_cast<std::size_t>(B * V), std::nanf(""));
+            float* logits = flow.logits.data();
+            if (logits != nullptr && flow.logits.size() >= nan.size())
+                TINYLLM_CUDA_CHECK(cudaMemcpy(logits, nan.data(), nan.size() * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        const auto got = host_rows(m.decode_step_dataflow(flow, tensor_view<const token_id, 1>(ids.data(), {B})), 0, B);
+        for (index_t b = 0; b < B; ++b) {
+            const std::vector<float> g_row(got.begin() + b * V, got.begin() + (b + 1) * V);
+            const std::vector<double> w_row(want.begin() + b * V, want.begin() + (b + 1) * V);
+            const auto r = tinyllm_test::compare(g_row, w_row, bf16 ? tolerance{0.5, 0.1, 2e-2} : tolerance{1e-4, 1e-4, 1e-5},
+                                                 "dataflow step " + std::to_string(step) + ", row " + std::to_string(b));
+            INFO(r.report);
+            REQUIRE(r.non_finite == 0);
+            REQUIRE(r.passed);
+            worst = std::max(worst, r.rel_l2_error);
+        }
+        std::vector<unsigned> counters(flow.dataflow->counters.size());
+        TINYLLM_CUDA_CHECK(cudaMemcpy(counters.data(), flow.dataflow->counters.data(), counters.size() * sizeof(unsigned),
+                                      cudaMemcpyDeviceToHost));
+        CHECK(std::all_of(counters.begin(), counters.end(), [](unsigned v) { return v == 0; }));
+    }
+    CHECK(flow.lengths == eager.lengths);
+    std::printf("  decode_step_dataflow, arch %d, %lld rows, %s: worst rel-L2 %.3g over %lld steps\n",
+                static_cast<int>(arch), static_cast<long long>(B), bf16 ? "bf16" : "fp32", worst,
+                static_cast<long long>(steps));
+}
+}  // namespace
+
+TEST_CASE("cuda::model::decode_step_dataflow: a step in one launch gives forward's logits", "[model][dataflow]") {
+    using tinyllm::model_arch;
+    check_decode_dataflow<float>(model_arch::gpt2, 1, 5000);
+    check_decode_dataflow<float>(model_arch::gpt2, 3);
+    check_decode_dataflow<float>(model_arch::llama, 1);
+    check_decode_dataflow<float>(model_arch::llama, 3);
+    check_decode_dataflow<bfloat16>(model_arch::gpt2, 1);
+    check_decode_dataflow<bfloat16>(model_arch::llama, 2);
+}
+
+// The real checkpoints: the prompt by forward(), then 24 greedy tokens, each step
+// in one launch, equal to transformers' greedy continuation.
+TEST_CASE("cuda::model::decode_step_dataflow: transformers' greedy tokens on the HF fixtures",
+          "[model][dataflow][conformance]") {
+    for (const std::string name : {"gpt2", "llama"}) {
+        const std::string dir = tinyllm_test::fixture_dir(name);
+        if (dir.empty()) {
+            WARN("../shared/fixtures/hf/" << name << " not found: skipped");
+            continue;
+        }
+        const auto m = tc::model<float>::load(dir);
+        const auto expected = tinyllm::detail::read_json_file(dir + "/expected.json");
+        for (const auto& c : expected.at("cases").as_array()) {
+            const auto prompt = tinyllm_test::ids_of(c.at("prompt"));
+            const auto want = tinyllm_test::ids_of(c.at("greedy"));
+            const index_t n = static_cast<index_t>(prompt.size()), V = m.config().vocab_size;
+            INFO(name << ", prompt of " << n << " tokens");
+            auto s = m.new_session(1, n + static_cast<index_t>(want.size()));
+            auto logits = host_rows(m.forward(s, tensor_view<const tinyllm::token_id, 2>(prompt.data(), {1, n})), 0, 1);
+            tc::device_buffer<tinyllm::token_id> id(1);
+            std::vector<tinyllm::token_id> got;
+            while (got.size() < want.size()) {
+                const auto best = std::max_element(logits.begin(), logits.end()) - logits.begin();
+                got.push_back(static_cast<tinyllm::token_id>(best));
+                if (got.size() == want.size()) break;
+                TINYLLM_CUDA_CHECK(cudaMemcpy(id.data(), &got.back(), sizeof(tinyllm::token_id), cudaMemcpyHostToDevice));
+                logits = host_rows(m.decode_step_dataflow(s, tensor_view<const tinyllm::token_id, 1>(id.data(), {1})), 0, 1);
+                REQUIRE(static_cast<index_t>(logits.size()) == V);
+            }
+            CHECK(got == want);
+        }
+    }
+}
+
+TEST_CASE("cuda::model::decode_step_dataflow refuses what it does not take, with the reason", "[model][dataflow][errors]") {
+    using tinyllm::model_arch;
+    tc::device_buffer<tinyllm::token_id> ids(9);
+    TINYLLM_CUDA_CHECK(cudaMemset(ids.data(), 0, ids.bytes()));
+    const auto one = [&](index_t B) { return tensor_view<const tinyllm::token_id, 1>(ids.data(), {B}); };
+    {
+        const tinyllm::model_config c = small_config(model_arch::mixtral);
+        const tc::model<float> m(c, tinyllm::random_model_weights(c, 2));
+        auto s = m.new_session(1, 8);
+        CHECK_THROWS_WITH(m.decode_step_dataflow(s, one(1)), contains("8 experts per layer"));
+    }
+    const tinyllm::model_config c = small_config(model_arch::llama);
+    cpu::model host(c, tinyllm::random_model_weights(c, 3));
+    {
+        const tc::model<float> m(host);
+        auto int8 = m.new_session(1, 8, cpu::model::kv_dtype::int8);
+        CHECK_THROWS_WITH(m.decode_step_dataflow(int8, one(1)), contains("int8 KV cache"));
+        auto nine = m.new_session(9, 8);
+        CHECK_THROWS_WITH(m.decode_step_dataflow(nine, one(9)), contains("9 rows; the step takes at most 8"));
+        auto s = m.new_session(2, 1);
+        CHECK_THROWS_WITH(m.decode_step_dataflow(s, one(1)), contains("1 ids for 2 rows"));
+        (void)m.decode_step_dataflow(s, one(2));
+        CHECK(s.lengths == std::vector<index_t>{1, 1});
+        CHECK_THROWS_WITH(m.decode_step_dataflow(s, one(2)), contains("exceeds the session's capacity 1"));
+    }
+    host.quantize_weights(tinyllm::quant_spec{});
+    const tc::model<float> q(host);
+    auto s = q.new_session(1, 8);
+    CHECK_THROWS_WITH(q.decode_step_dataflow(s, one(1)), contains("quantized"));
+}
+
 TEST_CASE("cuda::model::decode_step runs a Mixtral step of more than 8 rows eagerly, without a failed capture",
           "[model][graph][moe]") {
     // Nine rows: the experts are cuBLAS GEMMs sized from the plan read back to the host,

@@ -94,10 +94,13 @@ struct neighbour_rows {
 };
 
 // One warp's unit: the sums of its two weight rows with every row of x, then
-// epi.finish per row (by lane m). inputs_ready() is called once, after the first
-// step's weight loads are issued and before x is read or anything written: a
-// chained launch (launch.cuh) waits there for the kernel that wrote x, with
-// those loads already on their way.
+// epi.finish per row (by lane m). inputs_ready() is called once by every lane,
+// at one point of the code, after the first step's weight loads are issued and
+// before x is read or anything written: a chained launch (launch.cuh) waits
+// there for the kernel that wrote x, with those loads already on their way,
+// and the one-launch decode step (decode_dataflow.cuh) waits there for the
+// blocks that write x and then stages x in shared memory, a block-wide step
+// that needs every thread of the block at the same barrier.
 //
 // MaxRows bounds m_rows at compile time: 1 for a batch-1 decode step, whose warp
 // then keeps 2 accumulators rather than 16 (and fewer registers mean more
@@ -111,9 +114,8 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
     float acc0[MaxRows] = {}, acc1[MaxRows] = {};
     // All U loads of a step are issued before the first multiply.
     constexpr int U = pair_gemv_unroll;
-    bool first = true;
-    for (index_t k0 = static_cast<index_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
-        float a[U][V], b[U][V];
+    float a[U][V], b[U][V];
+    const auto load_step = [&](index_t k0) {
 #pragma unroll
         for (int s = 0; s < U; ++s) {
             const index_t k = k0 + s * 32 * V;
@@ -122,10 +124,11 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
                 load_floats<T, V>(b[s], w1 + k);
             }
         }
-        if (first) {
-            inputs_ready();
-            first = false;
-        }
+    };
+    index_t k0 = static_cast<index_t>(lane) * V;
+    load_step(k0);   // (nothing where K is below the lane's first column)
+    inputs_ready();  // every lane, here, once
+    while (k0 < K) {
 #pragma unroll
         for (int s = 0; s < U; ++s) {
             const index_t k = k0 + s * 32 * V;
@@ -142,8 +145,9 @@ __device__ void pair_gemv_unit(const Epilogue& epi, const typename Epilogue::uni
                 }
             }
         }
+        k0 += 32 * V * U;
+        load_step(k0);
     }
-    if (first) inputs_ready();  // a lane with no k (K < its first column) still waits before writing
 #pragma unroll
     for (int m = 0; m < MaxRows; ++m) {
         if (m >= m_rows) break;

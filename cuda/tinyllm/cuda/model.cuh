@@ -111,6 +111,7 @@
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/cublas.cuh>
+#include <tinyllm/cuda/decode_dataflow.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/embedding.cuh>
@@ -582,6 +583,8 @@ public:
         moe_experts_workspace experts_ws;  // shared by every MoE layer: no allocation or final wait per layer
         // decode_step's graphs (created at its first call)
         std::unique_ptr<detail::decode_graphs> graphs;
+        // decode_step_dataflow's layer table and counters (created at its first call)
+        std::unique_ptr<detail::dataflow_state<T>> dataflow;
         // How decode_step ran so far: graphs captured and replayed, and why capture failed, if it did.
         std::size_t graph_captures() const { return graphs ? graphs->captures : 0; }
         std::size_t graph_replays() const { return graphs ? graphs->replays : 0; }
@@ -754,6 +757,136 @@ public:
         for (index_t b = 0; b < B; ++b) s.lengths[b] += 1;
         g.uploaded = s.lengths;
         return logits;
+    }
+
+    // One decode step, one token per row, as ONE kernel launch (decode_dataflow.cuh):
+    // the step's ~90 kernels become phases of a single grid whose blocks wait for
+    // each other through counters in device memory, and the weight loads of later
+    // phases start while earlier phases compute. Row b is fed ids[b] (device
+    // memory); returns the float logits (B, V) on the device, valid until the
+    // session's next forward. The same arithmetic as decode_step, up to the order
+    // of the norms' and attention's sums (float32: within ~1e-6 relative L2).
+    //
+    // Takes dense float/bf16 weights, the float cache, GPT-2 and Llama-style
+    // decoders (no experts), at most 8 rows, D, F and Hq Dh multiples of
+    // 16 / sizeof(T), head_dim <= 128 and at most 8 query heads per KV head; other
+    // models are refused with the reason. Not a CUDA graph: one launch per step,
+    // the rows' positions among its arguments.
+    tensor_view<const float, 2> decode_step_dataflow(session& s, tensor_view<const token_id, 1> ids /*(B) device*/,
+                                                     cudaStream_t stream = nullptr) const {
+        constexpr const char* op = "cuda::model::decode_step_dataflow";
+        const model_config& c = config_;
+        const index_t B = s.batch, D = c.hidden_size, F = c.intermediate_size, Dh = c.head_dim;
+        const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, V = c.vocab_size;
+        TINYLLM_EXPECT(ids.extent(0) == B, op, ": ", ids.extent(0), " ids for ", B, " rows");
+        TINYLLM_EXPECT(ids.is_contiguous(), op, ": ids must be contiguous");
+        TINYLLM_EXPECT(!quantized(), op, ": the model's matrices are quantized (", quantization_ ? quantization_->name()
+                       : std::string(), "); the one-launch step takes dense weights (use decode_step)");
+        TINYLLM_EXPECT(c.num_experts == 0 && (c.arch == model_arch::gpt2 || c.arch == model_arch::llama), op,
+                       ": takes GPT-2 and Llama-style decoders; this model has ", c.num_experts,
+                       " experts per layer (use decode_step)");
+        TINYLLM_EXPECT(s.kv == cpu::model::kv_dtype::float32, op,
+                       ": the session keeps an int8 KV cache; the one-launch step reads the cache in T (use decode_step)");
+        TINYLLM_EXPECT(B <= detail::dataflow_max_rows, op, ": ", B, " rows; the step takes at most ",
+                       detail::dataflow_max_rows, " (use decode_step)");
+        TINYLLM_EXPECT(Hq % Hkv == 0 && Hq / Hkv <= detail::dataflow_max_group && Dh <= detail::dataflow_max_head_dim, op,
+                       ": ", Hq, " query heads over ", Hkv, " KV heads of dimension ", Dh, "; the step takes at most ",
+                       detail::dataflow_max_group, " query heads per KV head and head_dim <= ",
+                       detail::dataflow_max_head_dim);
+        constexpr index_t vector = 16 / static_cast<index_t>(sizeof(T));
+        TINYLLM_EXPECT(D % vector == 0 && F % vector == 0 && (Hq * Dh) % vector == 0, op, ": hidden_size ", D,
+                       ", intermediate_size ", F, " and num_heads * head_dim ", Hq * Dh,
+                       " must be multiples of ", vector, " (16-byte loads of ", dtype_name<T>(), ")");
+        for (index_t b = 0; b < B; ++b)
+            TINYLLM_EXPECT(s.lengths[b] + 1 <= s.capacity, op, ": row ", b, " holds ", s.lengths[b],
+                           " positions; one more exceeds the session's capacity ", s.capacity);
+
+        if (!s.dataflow) {
+            auto state = std::make_unique<detail::dataflow_state<T>>();
+            std::vector<detail::dataflow_layer<T>> table;
+            const auto ptr = [](const auto& t) { return t.empty() ? nullptr : t.buffer.data(); };
+            for (index_t l = 0; l < c.num_layers; ++l) {
+                const device_layer_weights<T>& L = layers_[static_cast<std::size_t>(l)];
+                const bool gpt2 = c.arch == model_arch::gpt2;
+                table.push_back({ptr(L.attn_norm_weight), ptr(L.attn_norm_bias), ptr(L.wqkv), ptr(L.bqkv), ptr(L.wo),
+                                 ptr(L.bo), ptr(L.ffn_norm_weight), ptr(L.ffn_norm_bias),
+                                 gpt2 ? ptr(L.fc) : ptr(L.gate), gpt2 ? ptr(L.fc) : ptr(L.up),
+                                 gpt2 ? ptr(L.fc_bias) : nullptr, gpt2 ? ptr(L.proj) : ptr(L.down),
+                                 gpt2 ? ptr(L.proj_bias) : nullptr, s.keys[static_cast<std::size_t>(l)].data(),
+                                 s.values[static_cast<std::size_t>(l)].data()});
+            }
+            state->layers = device_buffer<detail::dataflow_layer<T>>(table.size());
+            TINYLLM_CUDA_CHECK(cudaMemcpy(state->layers.data(), table.data(),
+                                          table.size() * sizeof(detail::dataflow_layer<T>), cudaMemcpyHostToDevice));
+            state->counters = device_buffer<unsigned>(static_cast<std::size_t>(2 + 5 * c.num_layers + 2));
+            TINYLLM_CUDA_CHECK(cudaMemset(state->counters.data(), 0, state->counters.bytes()));
+            s.dataflow = std::move(state);
+        }
+        detail::dataflow_state<T>& st = *s.dataflow;
+
+        detail::dataflow_args<T> a{};
+        a.layers = st.layers.data();
+        a.embed = embed_.buffer.data();
+        a.learned = c.arch == model_arch::gpt2 ? positions_.buffer.data() : nullptr;
+        a.final_weight = final_norm_weight_.buffer.data();
+        a.final_bias = final_norm_bias_.empty() ? nullptr : final_norm_bias_.buffer.data();
+        a.head = c.tie_word_embeddings ? embed_.buffer.data() : lm_head_.buffer.data();
+        a.ids = ids.data();
+        for (index_t b = 0; b < B; ++b) a.positions[b] = s.lengths[b];  // passed by value: nothing to copy first
+        a.x = detail::at_least(s.x, B * D);
+        a.qkv = detail::at_least(s.qkv, B * (Hq + 2 * Hkv) * Dh);
+        a.attn = detail::at_least(s.attn, B * Hq * Dh);
+        a.hidden = detail::at_least(s.hidden, B * F);
+        a.logits = detail::at_least(s.logits, B * V);
+        a.counters = st.counters.data();
+        a.rotate = c.arch != model_arch::gpt2;
+        if (a.rotate) {
+            a.rope = rope_.config;
+            a.rope_cos = rope_.cos.data();
+            a.rope_sin = rope_.sin.data();
+            a.rope_rows = rope_.max_positions;
+        }
+        a.gpt2 = c.arch == model_arch::gpt2;
+        a.D = D, a.F = F, a.V = V, a.Hq = Hq, a.Hkv = Hkv, a.Dh = Dh, a.capacity = s.capacity;
+        a.rows = static_cast<int>(B);
+        a.layers_count = static_cast<int>(c.num_layers);
+        a.eps = c.norm_eps;
+        a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dh)));
+        // Units and blocks per phase: the GEMV phases' units are their epilogues'. A
+        // warp takes one unit, or as many as make the phase about one block per SM
+        // (at most 8): a block's fixed costs (the wait, the norm it computes for
+        // itself) are then paid over more weights where a phase has many units (the
+        // logits), while a phase of few units keeps every SM busy.
+        using kind = detail::dataflow_kind;
+        int device = 0, sms = 0;
+        TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
+        TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        const auto set = [&](kind k, index_t units, index_t per_warp, index_t blocks) {
+            a.units[static_cast<int>(k)] = units;
+            a.per_warp[static_cast<int>(k)] = per_warp;
+            a.blocks[static_cast<int>(k)] = static_cast<unsigned>(blocks);
+        };
+        const auto gemv = [&](kind k, index_t units) {
+            const index_t per_warp = std::clamp<index_t>(units / (detail::dataflow_warps * sms), 1, 8);
+            set(k, units, per_warp, ceil_div<index_t>(units, detail::dataflow_warps * per_warp));
+        };
+        set(kind::embed, 0, 1, B);
+        gemv(kind::qkv, (Hq + 2 * Hkv) * ((Dh + 1) / 2));  // qkv_rope_epilogue::units()
+        set(kind::attention, 0, 1, B * Hkv);
+        gemv(kind::out_proj, detail::neighbour_rows::units(D));
+        gemv(kind::ffn_in, a.gpt2 ? detail::neighbour_rows::units(F) : F);
+        gemv(kind::ffn_out, detail::neighbour_rows::units(D));
+        gemv(kind::logits, detail::neighbour_rows::units(V));
+        std::uint64_t total = a.blocks[0] + a.blocks[6];
+        for (int k = 1; k <= detail::dataflow_layer_kinds; ++k) total += std::uint64_t{a.blocks[k]} * c.num_layers;
+        TINYLLM_EXPECT(total < 0x7fffffffu, op, ": ", total, " blocks exceed the grid");
+        a.total = static_cast<unsigned>(total);
+        const std::size_t shared = detail::dataflow_shared_bytes(a);
+        TINYLLM_EXPECT(shared <= 227 * 1024, op, ": ", B, " rows need ", shared,
+                       " bytes of shared memory per block (at most 227 KB); use decode_step");
+        detail::launch_decode_dataflow(a, stream);
+        for (index_t b = 0; b < B; ++b) s.lengths[b] += 1;
+        return tensor_view<const float, 2>(a.logits, {B, V});
     }
 
 private:

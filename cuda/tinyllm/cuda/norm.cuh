@@ -718,8 +718,13 @@ struct residual_norm_epilogue {
     __device__ void add(int m, index_t n, float sum) const {
         float delta = rounded_to<T>(sum);
         if (proj_bias) delta = rounded_to<T>((round_before_bias ? delta : sum) + to_float(proj_bias[n]));
+        // x read from L2: in the one-launch decode step (decode_dataflow.cuh) a block
+        // on another SM may have written this row's neighbours during the launch, and
+        // a line this SM's L1 kept from before would be stale.
         T* xn = x + m * D + n;
-        *xn = store_as<T>(to_float(*xn) + delta);
+        float xv[1];
+        load_row_floats<T, 1, row_reads::from_l2>(xv, xn);
+        *xn = store_as<T>(xv[0] + delta);
     }
     __device__ void finish(const unit_state& s, int m, float s0, float s1) const {
         add(m, s.n0, s0);
