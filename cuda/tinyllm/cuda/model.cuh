@@ -30,6 +30,11 @@
 //                                              combine does it (combine v2: ONE kernel with the add + norm)
 //     logits = h W_lm^T                         cuBLAS, float output (for the sampler)
 //
+// A decode step (one token per row) runs these kernels eagerly (forward), from a
+// CUDA graph (decode_step), or as ONE kernel whose blocks wait for each other
+// through counters in device memory (decode_step_dataflow: decode_dataflow.cuh;
+// dense GPT-2 and Llama-style models, at most 8 rows).
+//
 // Element type T: float (matches the CPU reference to ~1e-6) or
 // tinyllm::bfloat16 (weights and activations in bf16, every product and
 // reduction accumulated in float — what transformers does with

@@ -28,6 +28,7 @@
 #include <tinyllm/cuda/attention_paged.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
 #include <tinyllm/cuda/bpe.cuh>
+#include <tinyllm/cuda/decode_dataflow.cuh>
 #include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/cuda/ffn.cuh>
 #include <tinyllm/cuda/loss.cuh>
