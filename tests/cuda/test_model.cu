@@ -453,8 +453,9 @@ namespace {
 // much). After every step the launch has left its counters at zero. vocab: the
 // vocabulary's size, when not the small model's 1000 (5000: the logits phase's
 // warps take two units each on a GPU of 132 SMs, as the simulated one reports).
+// P: the longest prompt (300: attention's warps take two chunks of 32 positions).
 template <class T>
-void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 0) {
+void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 0, index_t P = 40, index_t steps = 20) {
     using tinyllm::token_id;
     constexpr bool bf16 = std::is_same_v<T, bfloat16>;
     INFO("arch " << static_cast<int>(arch) << ", " << B << " rows, " << (bf16 ? "bfloat16" : "float32"));
@@ -462,7 +463,7 @@ void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 
     if (vocab > 0) c.vocab_size = vocab;
     const cpu::model host(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 31));
     const tc::model<T> m(host);
-    const index_t P = 40, V = c.vocab_size, capacity = 80, steps = 20;
+    const index_t V = c.vocab_size, capacity = P + steps;
     std::vector<index_t> counts;
     for (index_t b = 0; b < B; ++b) counts.push_back(P - 7 * b);
     tinyllm::philox_generator g(tinyllm_test::test_seed(), 17);
@@ -517,6 +518,7 @@ TEST_CASE("cuda::model::decode_step_dataflow: a step in one launch gives forward
     check_decode_dataflow<float>(model_arch::gpt2, 3);
     check_decode_dataflow<float>(model_arch::llama, 1);
     check_decode_dataflow<float>(model_arch::llama, 3);
+    check_decode_dataflow<float>(model_arch::llama, 2, 0, 300, 4);
     check_decode_dataflow<bfloat16>(model_arch::gpt2, 1);
     check_decode_dataflow<bfloat16>(model_arch::llama, 2);
 }

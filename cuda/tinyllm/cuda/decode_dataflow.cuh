@@ -58,9 +58,10 @@
 // unit with the epilogue the graph's kernel uses: RoPE v4's rotation and cache
 // write, bias + GELU, SwiGLU, the residual add of norm v3, or the float logits.
 // Attention is one block per (row, KV head), its 8 warps taking every 8th
-// position with an online softmax each, merged at the end (flash-decoding's
-// merge, inside one block): enough for the short contexts where a step is
-// launch-bound; a long context wants decode attention's split over many blocks.
+// chunk of 32 positions with an online softmax each, merged at the end
+// (flash-decoding's merge, inside one block): enough for the short contexts
+// where a step is launch-bound; a long context wants decode attention's split
+// over many blocks.
 //
 // Expected (not yet measured on a GPU): per layer five phase boundaries of
 // ~1-2 µs each (a fence, an atomic, a poll of L2, a block-wide norm) instead of
@@ -72,8 +73,8 @@
 // times it beside the graph (rows decode_dataflow).
 //
 // Limits: dense weights in float or bf16, a contiguous float/bf16 KV cache,
-// GPT-2 and Llama-style decoders (no experts), at most 8 rows; D, F and Hq Dh
-// multiples of 16 / sizeof(T); Dh <= 128, Hq / Hkv <= 8. Anything else is
+// GPT-2 and Llama-style decoders (no experts), at most 8 rows; D, F and Dh
+// multiples of 16 / sizeof(T); Dh <= 128, Hq / Hkv <= 4. Anything else is
 // refused with the reason (model.cuh's decode_step_dataflow).
 #pragma once
 
@@ -98,7 +99,7 @@ namespace tinyllm::cuda::detail {
 inline constexpr int dataflow_warps = 8;
 inline constexpr int dataflow_threads = 32 * dataflow_warps;
 inline constexpr int dataflow_max_rows = pair_gemv_max_rows;  // 8
-inline constexpr int dataflow_max_group = 8;                  // query heads per KV head
+inline constexpr int dataflow_max_group = 4;                  // query heads per KV head (8: attention spills)
 inline constexpr int dataflow_max_head_dim = 128;
 
 // The phases of a step, in chain order within a layer.
@@ -298,10 +299,13 @@ struct dataflow_logits_epilogue {
 // two weight rows first; then every thread of the block runs `stage` (the wait
 // for the previous phase, and the input into x_staged (rows, K) in shared
 // memory); then the warp's GEMVs (gemv.cuh), one unit after another, with `epi`.
+// Only the batch-1 kernel loops over units (per_warp is 1 for more rows): with
+// 8 rows' accumulators the loop's state would not fit the 128 registers.
 template <class T, int V, int MaxRows, class Epilogue, class Stage>
 __device__ void dataflow_gemv(const Epilogue& epi, index_t units, index_t per_warp, unsigned block,
                               const T* x_staged, const T* w_a, const T* w_b, int rows, index_t K, Stage stage) {
     const int lane = static_cast<int>(threadIdx.x % 32);
+    if constexpr (MaxRows > 1) per_warp = 1;
     const index_t first = (static_cast<index_t>(block) * dataflow_warps + threadIdx.x / 32) * per_warp;
     const index_t end = first + per_warp < units ? first + per_warp : units;
     if (first + lane < end) {
@@ -311,19 +315,27 @@ __device__ void dataflow_gemv(const Epilogue& epi, index_t units, index_t per_wa
         if (w_b != w_a || u.n1 != u.n0) prefetch_l2(w_b + u.n1 * K, bytes);
     }
     stage();
-    for (index_t unit = first; unit < end; ++unit)
-        pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(unit), lane, x_staged, w_a, w_b, rows, K, [] {});
+    if constexpr (MaxRows == 1) {
+        for (index_t unit = first; unit < end; ++unit)
+            pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(unit), lane, x_staged, w_a, w_b, rows, K, [] {});
+    } else if (first < end) {
+        pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(first), lane, x_staged, w_a, w_b, rows, K, [] {});
+    }
 }
 
 // Attention for row b and KV head g: the G = Hq / Hkv query heads that share it,
-// over the row's positions [0, pos_b]. Warp w takes positions w, w + 8, ...,
-// each lane features lane, lane + 32, ...; every warp keeps an online softmax
-// per head (running max m, sum l, weighted values acc), and the block merges
-// the eight: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
+// over the row's positions [0, pos_b]. Warp w takes the chunks of 32 positions
+// w, w + 8, ... In a chunk, lane i scores position i against every head (its
+// key row read with 16-byte loads, all issued together: one trip to memory per
+// chunk, not one per position), the warp folds the chunk into its online
+// softmax per head (running max m, sum l, weighted values acc), then adds the
+// chunk's values, lane i holding features i, i + 32, ... The block merges its
+// eight warps at the end: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
 template <class T>
 __device__ void dataflow_attention(const dataflow_args<T>& a, const dataflow_layer<T>& L, unsigned index,
                                    const std::int64_t* positions, float* shared) {
     constexpr int E = dataflow_max_head_dim / 32, G_max = dataflow_max_group, W = dataflow_warps;
+    constexpr int VK = 16 / static_cast<int>(sizeof(T));  // a key row's elements per load
     const int G = static_cast<int>(a.Hq / a.Hkv);
     const index_t Dh = a.Dh, b = index / a.Hkv, g = index % a.Hkv;
     const index_t qkv_width = (a.Hq + 2 * a.Hkv) * Dh, kv_width = a.Hkv * Dh;
@@ -350,34 +362,60 @@ __device__ void dataflow_attention(const dataflow_args<T>& a, const dataflow_lay
     }
     const T* keys = L.keys + b * a.capacity * kv_width + g * Dh;
     const T* values = L.values + b * a.capacity * kv_width + g * Dh;
-    for (index_t j = warp; j < keys_n; j += W) {
-        float k[E], v[E];
+    for (index_t j0 = static_cast<index_t>(warp) * 32; j0 < keys_n; j0 += 32 * W) {
+        // Scores: lane i, position j0 + i, every head.
+        const index_t j = j0 + lane;
+        const bool valid = j < keys_n;
+        float score[G_max] = {};
+        if (valid) {
+            const T* k = keys + j * kv_width;
+            for (index_t d0 = 0; d0 < Dh; d0 += VK) {  // Dh is a multiple of VK (checked on the host)
+                float kv[VK];
+                load_row_floats<T, VK, row_reads::from_l2>(kv, k + d0);
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const index_t d = lane + 32 * e;
-            k[e] = v[e] = 0.0f;
-            if (d < Dh) {
-                float t[1];
-                load_row_floats<T, 1, row_reads::from_l2>(t, keys + j * kv_width + d);
-                k[e] = t[0];
-                load_row_floats<T, 1, row_reads::from_l2>(t, values + j * kv_width + d);
-                v[e] = t[0];
+                for (int h = 0; h < G_max; ++h) {
+                    if (h >= G) break;
+#pragma unroll
+                    for (int e = 0; e < VK; ++e) score[h] = fmaf(q[h * Dh + d0 + e], kv[e], score[h]);
+                }
             }
         }
+        // The chunk into each head's online softmax.
+        float p[G_max];
 #pragma unroll
         for (int h = 0; h < G_max; ++h) {
             if (h >= G) break;
-            float s = 0.0f;
+            const float sh = valid ? score[h] : -INFINITY;
+            const float m_new = fmaxf(m[h], warp_max(sh));
+            const float correction = expf(m[h] - m_new);  // 0 before the first chunk (m = -inf)
+            p[h] = valid ? expf(sh - m_new) : 0.0f;
+            l[h] = l[h] * correction + warp_sum(p[h]);
 #pragma unroll
-            for (int e = 0; e < E; ++e)
-                if (lane + 32 * e < Dh) s = fmaf(q[h * Dh + lane + 32 * e], k[e], s);
-            s = warp_sum(s);
-            const float m_new = fmaxf(m[h], s);
-            const float correction = expf(m[h] - m_new), p = expf(s - m_new);
-            l[h] = l[h] * correction + p;
-#pragma unroll
-            for (int e = 0; e < E; ++e) acc[h][e] = fmaf(p, v[e], acc[h][e] * correction);
+            for (int e = 0; e < E; ++e) acc[h][e] *= correction;
             m[h] = m_new;
+        }
+        // The chunk's values: position j0 + i's weight from lane i.
+        const int chunk = keys_n - j0 < 32 ? static_cast<int>(keys_n - j0) : 32;
+#pragma unroll 4
+        for (int i = 0; i < chunk; ++i) {
+            float v[E];
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                const index_t d = lane + 32 * e;
+                v[e] = 0.0f;
+                if (d < Dh) {
+                    float t[1];
+                    load_row_floats<T, 1, row_reads::from_l2>(t, values + (j0 + i) * kv_width + d);
+                    v[e] = t[0];
+                }
+            }
+#pragma unroll
+            for (int h = 0; h < G_max; ++h) {
+                if (h >= G) break;
+                const float pi = __shfl_sync(0xffffffffu, p[h], i);
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][e] = fmaf(pi, v[e], acc[h][e]);
+            }
         }
     }
 #pragma unroll
@@ -477,7 +515,7 @@ __device__ void dataflow_phase(const dataflow_args<T>& a, const dataflow_block& 
 }
 
 // The step. One block of dataflow_threads per ticket; V: elements per 16-byte
-// load (D, F and Hq Dh are multiples of it); MaxRows: 1 (batch 1) or 8.
+// load (D, F and Dh are multiples of it); MaxRows: 1 (batch 1) or 8.
 template <class T, int V, int MaxRows>
 __global__ void __launch_bounds__(dataflow_threads, 2) decode_dataflow_kernel(dataflow_args<T> a) {
     __shared__ unsigned s_ticket;

@@ -773,8 +773,8 @@ public:
     // of the norms' and attention's sums (float32: within ~1e-6 relative L2).
     //
     // Takes dense float/bf16 weights, the float cache, GPT-2 and Llama-style
-    // decoders (no experts), at most 8 rows, D, F and Hq Dh multiples of
-    // 16 / sizeof(T), head_dim <= 128 and at most 8 query heads per KV head; other
+    // decoders (no experts), at most 8 rows, D, F and head_dim multiples of
+    // 16 / sizeof(T), head_dim <= 128 and at most 4 query heads per KV head; other
     // models are refused with the reason. Not a CUDA graph: one launch per step,
     // the rows' positions among its arguments.
     tensor_view<const float, 2> decode_step_dataflow(session& s, tensor_view<const token_id, 1> ids /*(B) device*/,
@@ -799,9 +799,9 @@ public:
                        detail::dataflow_max_group, " query heads per KV head and head_dim <= ",
                        detail::dataflow_max_head_dim);
         constexpr index_t vector = 16 / static_cast<index_t>(sizeof(T));
-        TINYLLM_EXPECT(D % vector == 0 && F % vector == 0 && (Hq * Dh) % vector == 0, op, ": hidden_size ", D,
-                       ", intermediate_size ", F, " and num_heads * head_dim ", Hq * Dh,
-                       " must be multiples of ", vector, " (16-byte loads of ", dtype_name<T>(), ")");
+        TINYLLM_EXPECT(D % vector == 0 && F % vector == 0 && Dh % vector == 0, op, ": hidden_size ", D,
+                       ", intermediate_size ", F, " and head_dim ", Dh, " must be multiples of ", vector,
+                       " (16-byte loads of ", dtype_name<T>(), ")");
         for (index_t b = 0; b < B; ++b)
             TINYLLM_EXPECT(s.lengths[b] + 1 <= s.capacity, op, ": row ", b, " holds ", s.lengths[b],
                            " positions; one more exceeds the session's capacity ", s.capacity);
