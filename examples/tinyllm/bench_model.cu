@@ -34,7 +34,9 @@
 // from the pool's graph), whose paged_decode_graph row run E measured at 2.5 times the
 // contiguous step's. Programmatic launch stays off: its edges cannot pass the event
 // nodes. The event nodes cost a little time of their own, so the step is slower than
-// decode_graph's row.
+// decode_graph's row. Last, the one-launch step (model::decode_step_dataflow), traced: a
+// row per kind of phase (embed, qkv, attention, out_proj, ffn_in, ffn_out, logits) with
+// its time on the step's chain summed over the layers, and the whole launch.
 //
 // `tinyllm bench model_moe`: the same rows for a Mixtral-style model (mixtral_1b
 // below: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2, so a token
@@ -419,6 +421,55 @@ void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc:
         timeline_rows(
             ctx, model_name, shape + "_b1", timeline, steps, bytes, [&] { (void)m.decode_step(gs, next_ids); },
             [&] { return gs.graph_captures(); }, [&] { return gs.graph_failure(); });
+    }
+    if (c.num_experts == 0) {
+        // The same step as one launch (model::decode_step_dataflow), traced: every block
+        // stamps the GPU's clock, and each phase's time on the step's chain (from the end
+        // of the phase before it to the end of its own last block) is summed per kind of
+        // phase over the layers. The kinds' times add up to the whole launch.
+        const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
+        const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
+        auto fs = m.new_session(B, prompt_length + 2 + steps);
+        m.forward(fs, tinyllm::tensor_view<const tinyllm::token_id, 2>(tokens.data(), {B, prompt_length}));
+        fs.dataflow_trace = true;
+        std::vector<std::string> order;
+        std::map<std::string, std::vector<double>> chain, waited;  // per kind, one entry per step
+        std::map<std::string, int> phases;
+        std::vector<double> step_us;
+        unsigned blocks = 0;
+        for (int k = 0; k < steps; ++k) {
+            (void)m.decode_step_dataflow(fs, next_ids);
+            std::map<std::string, double> sum, wait_sum;
+            double total = 0;
+            blocks = 0;
+            for (const auto& ph : m.dataflow_profile(fs)) {
+                const std::string name(tc::detail::dataflow_kind_name(ph.kind));
+                if (k == 0 && phases[name]++ == 0) order.push_back(name);
+                sum[name] += ph.chain_us;
+                wait_sum[name] += ph.waited_us;
+                total += ph.chain_us;
+                blocks += ph.blocks;
+            }
+            for (const std::string& name : order) {
+                chain[name].push_back(sum[name]);
+                waited[name].push_back(wait_sum[name] / phases[name]);
+            }
+            step_us.push_back(total);
+        }
+        const std::string label = model_name + " dataflow", json_shape = shape + "_dataflow_b1";
+        const double step_median = tinyllm::summarize("step", step_us, 0, 0).median_us;
+        char check[160];
+        for (const std::string& name : order) {
+            auto t = tinyllm::summarize("model_breakdown/" + name + "/" + json_shape, chain[name], 0, 0);
+            const double w = tinyllm::summarize("waited", waited[name], 0, 0).median_us;
+            std::snprintf(check, sizeof check, "%d phase%s a step, %.1f%% of the step; a block waits %.1f us",
+                          phases[name], phases[name] == 1 ? "" : "s",
+                          step_median > 0 ? 100.0 * t.median_us / step_median : 0.0, w);
+            ctx.rows.push_back({label + ": " + name, "cuda", t, check, true, false});
+        }
+        auto whole = tinyllm::summarize("model_breakdown/whole_step/" + json_shape, step_us, bytes, 0);
+        std::snprintf(check, sizeof check, "%u blocks in one launch, first start to last end (traced)", blocks);
+        ctx.rows.push_back({label + ": whole step", "cuda", whole, check, blocks > 0, false});
     }
     {
         // A pool of 16 blocks of 16: the step's table width stays 16 (table_width) for

@@ -489,6 +489,7 @@ void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 
             if (logits != nullptr && flow.logits.size() >= nan.size())
                 TINYLLM_CUDA_CHECK(cudaMemcpy(logits, nan.data(), nan.size() * sizeof(float), cudaMemcpyHostToDevice));
         }
+        flow.dataflow_trace = step == steps - 1;  // the last step traced: the same logits, and a profile
         const auto got = host_rows(m.decode_step_dataflow(flow, tensor_view<const token_id, 1>(ids.data(), {B})), 0, B);
         for (index_t b = 0; b < B; ++b) {
             const std::vector<float> g_row(got.begin() + b * V, got.begin() + (b + 1) * V);
@@ -506,6 +507,24 @@ void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 
         CHECK(std::all_of(counters.begin(), counters.end(), [](unsigned v) { return v == 0; }));
     }
     CHECK(flow.lengths == eager.lengths);
+    // The traced step's phases: the embedding, five per layer in chain order, the
+    // logits, each with its blocks and a time on the chain that is not negative.
+    const auto profile = m.dataflow_profile(flow);
+    REQUIRE(profile.size() == static_cast<std::size_t>(2 + 5 * c.num_layers));
+    using kind = tc::detail::dataflow_kind;
+    CHECK(profile.front().kind == kind::embed);
+    CHECK(profile.front().blocks == static_cast<unsigned>(B));
+    CHECK(profile.back().kind == kind::logits);
+    for (std::size_t p = 1; p + 1 < profile.size(); ++p) {
+        CHECK(static_cast<int>(profile[p].kind) == 1 + static_cast<int>((p - 1) % 5));
+        CHECK(profile[p].layer == static_cast<int>((p - 1) / 5));
+    }
+    for (const auto& ph : profile) {
+        CHECK(ph.blocks > 0);
+        CHECK(ph.chain_us >= 0.0);
+        CHECK(ph.waited_us >= 0.0);
+    }
+    flow.dataflow_trace = false;
     std::printf("  decode_step_dataflow, arch %d, %lld rows, %s: worst rel-L2 %.3g over %lld steps\n",
                 static_cast<int>(arch), static_cast<long long>(B), bf16 ? "bf16" : "fp32", worst,
                 static_cast<long long>(steps));
@@ -580,6 +599,7 @@ TEST_CASE("cuda::model::decode_step_dataflow refuses what it does not take, with
         CHECK_THROWS_WITH(m.decode_step_dataflow(s, one(1)), contains("1 ids for 2 rows"));
         (void)m.decode_step_dataflow(s, one(2));
         CHECK(s.lengths == std::vector<index_t>{1, 1});
+        CHECK_THROWS_WITH(m.dataflow_profile(s), contains("was not traced"));
         CHECK_THROWS_WITH(m.decode_step_dataflow(s, one(2)), contains("exceeds the session's capacity 1"));
     }
     host.quantize_weights(tinyllm::quant_spec{});

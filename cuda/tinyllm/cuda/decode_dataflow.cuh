@@ -91,8 +91,13 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string_view>
+#include <vector>
 
 namespace tinyllm::cuda::detail {
 
@@ -106,6 +111,12 @@ inline constexpr int dataflow_max_head_dim = 128;
 enum class dataflow_kind : int { embed, qkv, attention, out_proj, ffn_in, ffn_out, logits };
 inline constexpr int dataflow_kinds = 7;
 inline constexpr int dataflow_layer_kinds = 5;  // qkv .. ffn_out
+
+inline constexpr std::string_view dataflow_kind_name(dataflow_kind k) {
+    constexpr std::string_view names[dataflow_kinds] = {"embed", "qkv", "attention", "out_proj",
+                                                        "ffn_in", "ffn_out", "logits"};
+    return names[static_cast<int>(k)];
+}
 
 // One layer's weights and KV cache, as the kernel reads them (device memory).
 template <class T>
@@ -151,6 +162,7 @@ struct dataflow_args {
     T* hidden;                        // (rows, F)
     float* logits;                    // (rows, V)
     unsigned* counters;               // (phases + 2), zero at launch: see counter_*()
+    unsigned long long* stamps;       // (total, 3) or null: each ticket's start, end of its wait, end (ns)
     rope_config rope;                 // resolved; used when rotate
     const float* rope_cos;
     const float* rope_sin;
@@ -169,6 +181,11 @@ struct dataflow_args {
     __host__ __device__ int phases() const { return 2 + dataflow_layer_kinds * layers_count; }
     __host__ __device__ int counter_ticket() const { return phases(); }
     __host__ __device__ int counter_done() const { return phases() + 1; }
+    __host__ __device__ dataflow_kind kind_of_phase(int p) const {
+        if (p == 0) return dataflow_kind::embed;
+        if (p == phases() - 1) return dataflow_kind::logits;
+        return static_cast<dataflow_kind>(1 + (p - 1) % dataflow_layer_kinds);
+    }
     __host__ __device__ unsigned blocks_of_phase(int p) const {
         if (p == 0) return blocks[0];
         if (p == phases() - 1) return blocks[dataflow_kinds - 1];
@@ -179,14 +196,16 @@ struct dataflow_args {
 // A ticket's place in the chain.
 struct dataflow_block {
     dataflow_kind kind;
-    int layer;       // -1 for the embedding, layers_count for the logits
-    unsigned index;  // the block's number within its phase
-    int phase;       // its counter
+    int layer;        // -1 for the embedding, layers_count for the logits
+    unsigned index;   // the block's number within its phase
+    int phase;        // its counter
+    unsigned ticket;  // its place in the chain
 };
 
 template <class T>
-__device__ dataflow_block dataflow_block_of(const dataflow_args<T>& a, unsigned t) {
-    if (t < a.blocks[0]) return {dataflow_kind::embed, -1, t, 0};
+__host__ __device__ dataflow_block dataflow_block_of(const dataflow_args<T>& a, unsigned ticket) {
+    unsigned t = ticket;
+    if (t < a.blocks[0]) return {dataflow_kind::embed, -1, t, 0, ticket};
     t -= a.blocks[0];
     unsigned per_layer = 0;
     for (int k = 1; k <= dataflow_layer_kinds; ++k) per_layer += a.blocks[k];
@@ -196,16 +215,32 @@ __device__ dataflow_block dataflow_block_of(const dataflow_args<T>& a, unsigned 
         for (int k = 1; k <= dataflow_layer_kinds; ++k) {
             if (r < a.blocks[k])
                 return {static_cast<dataflow_kind>(k), static_cast<int>(layer), r,
-                        1 + dataflow_layer_kinds * static_cast<int>(layer) + (k - 1)};
+                        1 + dataflow_layer_kinds * static_cast<int>(layer) + (k - 1), ticket};
             r -= a.blocks[k];
         }
     }
     return {dataflow_kind::logits, a.layers_count, t - per_layer * static_cast<unsigned>(a.layers_count),
-            a.phases() - 1};
+            a.phases() - 1, ticket};
 }
 
-// Thread 0 waits until *counter reaches `expected`, then the block goes on.
-__device__ inline void dataflow_wait(const unsigned* counter, unsigned expected) {
+// The trace's clock: nanoseconds that every SM reads alike (%globaltimer; its
+// resolution depends on the GPU, a microsecond on some). The simulated GPU
+// reads the host's steady clock.
+__device__ inline unsigned long long dataflow_clock() {
+#if defined(TINYLLM_SIMULATED_GPU)
+    return static_cast<unsigned long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::steady_clock::now().time_since_epoch())
+                                               .count());
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+#endif
+}
+
+// Thread 0 waits until *counter reaches `expected`, then the block goes on;
+// `stamp` (or null): where the trace keeps the time the wait ended.
+__device__ inline void dataflow_wait(const unsigned* counter, unsigned expected, unsigned long long* stamp) {
     if (threadIdx.x == 0) {
         const volatile unsigned* c = counter;
 #if defined(TINYLLM_SIMULATED_GPU)
@@ -222,6 +257,7 @@ __device__ inline void dataflow_wait(const unsigned* counter, unsigned expected)
         }
 #endif
         grid_fence();  // what the counted blocks stored is visible from here on
+        if (stamp) *stamp = dataflow_clock();
     }
     __syncthreads();
 }
@@ -229,10 +265,12 @@ __device__ inline void dataflow_wait(const unsigned* counter, unsigned expected)
 // The block's end: its stores made visible, then counted; the launch's last
 // block zeroes every counter for the next launch.
 template <class T>
-__device__ void dataflow_arrive(const dataflow_args<T>& a, int phase) {
+__device__ void dataflow_arrive(const dataflow_args<T>& a, const dataflow_block& blk) {
+    const int phase = blk.phase;
     grid_fence();
     __syncthreads();
     if (threadIdx.x == 0) {
+        if (a.stamps) a.stamps[3 * static_cast<std::size_t>(blk.ticket) + 2] = dataflow_clock();
         atomicAdd(&a.counters[phase], 1u);
         grid_fence();  // the phase count before the done count
         if (atomicAdd(&a.counters[a.counter_done()], 1u) == a.total - 1) {
@@ -451,7 +489,10 @@ template <class T, int V, int MaxRows, bool Layer>
 __device__ void dataflow_phase(const dataflow_args<T>& a, const dataflow_block& blk, const std::int64_t* positions,
                                T* staged, float* shared) {
     const int rows = a.rows;
-    const auto wait_previous = [&] { dataflow_wait(&a.counters[blk.phase - 1], a.blocks_of_phase(blk.phase - 1)); };
+    const auto wait_previous = [&] {
+        dataflow_wait(&a.counters[blk.phase - 1], a.blocks_of_phase(blk.phase - 1),
+                      a.stamps ? a.stamps + 3 * static_cast<std::size_t>(blk.ticket) + 1 : nullptr);
+    };
     // The residual add after a projection: norm v3's epilogue (norm.cuh), whose
     // finish() adds to x with the dense path's rounding (the sum rounded, + bias,
     // rounded); its norm is not used.
@@ -526,6 +567,11 @@ __global__ void __launch_bounds__(dataflow_threads, 2) decode_dataflow_kernel(da
     if (threadIdx.x < static_cast<unsigned>(a.rows)) s_positions[threadIdx.x] = a.positions[threadIdx.x];
     __syncthreads();
     const dataflow_block blk = dataflow_block_of(a, s_ticket);
+    if (a.stamps && threadIdx.x == 0) {  // the start; the end of the wait too, until a wait says otherwise
+        const unsigned long long now = dataflow_clock();
+        a.stamps[3 * static_cast<std::size_t>(s_ticket)] = now;
+        a.stamps[3 * static_cast<std::size_t>(s_ticket) + 1] = now;
+    }
     if (blk.kind == dataflow_kind::embed) {  // row blk.index: x = embed[id] (+ learned[pos])
         const index_t r = blk.index, id = a.ids[r], pos = static_cast<index_t>(a.positions[r]);
         for (index_t d = threadIdx.x; d < a.D; d += blockDim.x) {
@@ -538,7 +584,7 @@ __global__ void __launch_bounds__(dataflow_threads, 2) decode_dataflow_kernel(da
     } else {
         dataflow_phase<T, V, MaxRows, false>(a, blk, s_positions, staged, shared);
     }
-    dataflow_arrive(a, blk.phase);
+    dataflow_arrive(a, blk);
 }
 
 // A session's state for these steps (model.cuh): the layers' pointers and the
@@ -547,7 +593,51 @@ template <class T>
 struct dataflow_state {
     device_buffer<dataflow_layer<T>> layers;  // (L)
     device_buffer<unsigned> counters;
+    device_buffer<unsigned long long> stamps;  // the trace's, when on
+    dataflow_args<T> last{};                   // the last launch's arguments
 };
+
+// One phase of a traced launch: its time on the step's chain, from the end of
+// the phase before it (the first phase: from the first block's start) to the
+// end of its own last block. The phases' times add up to the launch's, first
+// start to last end, so each is its share of the step; `waited` is the mean
+// over its blocks of the time from a block's start to the end of its wait.
+struct dataflow_phase_time {
+    dataflow_kind kind;
+    int layer;  // -1: the embedding; layers: the logits
+    unsigned blocks;
+    double chain_us, waited_us;
+};
+
+// The phases of a traced launch from its arguments and its stamps (total, 3).
+template <class T>
+std::vector<dataflow_phase_time> dataflow_profile(const dataflow_args<T>& a,
+                                                  const std::vector<unsigned long long>& stamps) {
+    const int P = a.phases();
+    std::vector<unsigned long long> end(static_cast<std::size_t>(P), 0);
+    std::vector<double> waited(static_cast<std::size_t>(P), 0.0);
+    unsigned long long first = std::numeric_limits<unsigned long long>::max();
+    for (unsigned t = 0; t < a.total; ++t) {
+        const dataflow_block blk = dataflow_block_of(a, t);
+        const unsigned long long* s = stamps.data() + 3 * static_cast<std::size_t>(t);
+        const auto p = static_cast<std::size_t>(blk.phase);
+        first = std::min(first, s[0]);
+        end[p] = std::max(end[p], s[2]);
+        waited[p] += 1e-3 * static_cast<double>(s[1] - s[0]);
+    }
+    std::vector<dataflow_phase_time> out;
+    for (int p = 0; p < P; ++p) {
+        const auto i = static_cast<std::size_t>(p);
+        const unsigned long long from = p == 0 ? first : std::max(first, end[i - 1]);
+        const dataflow_kind kind = a.kind_of_phase(p);
+        const int layer = kind == dataflow_kind::embed ? -1 : kind == dataflow_kind::logits ? a.layers_count
+                                                                                          : (p - 1) / dataflow_layer_kinds;
+        const unsigned blocks = a.blocks_of_phase(p);
+        out.push_back({kind, layer, blocks, end[i] > from ? 1e-3 * static_cast<double>(end[i] - from) : 0.0,
+                       waited[i] / blocks});
+    }
+    return out;
+}
 
 // Dynamic shared memory of a launch: the largest GEMV input (rows, K) in T, or
 // attention's scratch.

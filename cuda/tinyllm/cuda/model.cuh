@@ -590,6 +590,10 @@ public:
         std::unique_ptr<detail::decode_graphs> graphs;
         // decode_step_dataflow's layer table and counters (created at its first call)
         std::unique_ptr<detail::dataflow_state<T>> dataflow;
+        // Whether decode_step_dataflow traces its launches: each block stamps the GPU's
+        // clock at its start, at the end of its wait and at its end, for
+        // model::dataflow_profile (a little time of its own per block).
+        bool dataflow_trace = false;
         // How decode_step ran so far: graphs captured and replayed, and why capture failed, if it did.
         std::size_t graph_captures() const { return graphs ? graphs->captures : 0; }
         std::size_t graph_replays() const { return graphs ? graphs->replays : 0; }
@@ -844,6 +848,7 @@ public:
         a.hidden = detail::at_least(s.hidden, B * F);
         a.logits = detail::at_least(s.logits, B * V);
         a.counters = st.counters.data();
+        a.stamps = nullptr;
         a.rotate = c.arch != model_arch::gpt2;
         if (a.rotate) {
             a.rope = rope_.config;
@@ -889,9 +894,27 @@ public:
         const std::size_t shared = detail::dataflow_shared_bytes(a);
         TINYLLM_EXPECT(shared <= 227 * 1024, op, ": ", B, " rows need ", shared,
                        " bytes of shared memory per block (at most 227 KB); use decode_step");
+        if (s.dataflow_trace) {
+            if (st.stamps.size() < 3 * std::size_t{a.total}) st.stamps = device_buffer<unsigned long long>(3 * std::size_t{a.total});
+            a.stamps = st.stamps.data();
+        }
+        st.last = a;
         detail::launch_decode_dataflow(a, stream);
         for (index_t b = 0; b < B; ++b) s.lengths[b] += 1;
         return tensor_view<const float, 2>(a.logits, {B, V});
+    }
+
+    // The phases of the session's last decode_step_dataflow, traced (s.dataflow_trace
+    // on when it was launched): each phase's time on the step's chain, which add up to
+    // the step's (detail::dataflow_profile). Waits for the launch.
+    std::vector<detail::dataflow_phase_time> dataflow_profile(const session& s) const {
+        TINYLLM_EXPECT(s.dataflow && s.dataflow->last.stamps != nullptr, "cuda::model::dataflow_profile: the "
+                       "session's last decode_step_dataflow was not traced (set session.dataflow_trace first)");
+        const detail::dataflow_args<T>& a = s.dataflow->last;
+        std::vector<unsigned long long> stamps(3 * std::size_t{a.total});
+        TINYLLM_CUDA_CHECK(cudaMemcpy(stamps.data(), a.stamps, stamps.size() * sizeof(unsigned long long),
+                                      cudaMemcpyDeviceToHost));
+        return detail::dataflow_profile(a, stamps);
     }
 
 private:
