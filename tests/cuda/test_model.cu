@@ -451,8 +451,9 @@ namespace {
 // of the norms and of attention run in another order); bf16 within 2e-2 (a norm's
 // output rounded to bf16 may land one unit apart, and the caches drift apart by as
 // much). After every step the launch has left its counters at zero. vocab: the
-// vocabulary's size, when not the small model's 1000 (5000: the logits phase's
-// warps take two units each on a GPU of 132 SMs, as the simulated one reports).
+// vocabulary's size, when not the small model's 1000 (5000: at batch 1 the logits
+// phase's warps take two units each on a GPU of 132 SMs, as the simulated one
+// reports; with more rows one each).
 // P: the longest prompt (300: attention's warps take two chunks of 32 positions).
 template <class T>
 void check_decode_dataflow(tinyllm::model_arch arch, index_t B, index_t vocab = 0, index_t P = 40, index_t steps = 20) {
@@ -535,6 +536,7 @@ TEST_CASE("cuda::model::decode_step_dataflow: a step in one launch gives forward
     using tinyllm::model_arch;
     check_decode_dataflow<float>(model_arch::gpt2, 1, 5000);
     check_decode_dataflow<float>(model_arch::gpt2, 3);
+    check_decode_dataflow<float>(model_arch::gpt2, 2, 5000);  // more rows: one unit per warp, more blocks
     check_decode_dataflow<float>(model_arch::llama, 1);
     check_decode_dataflow<float>(model_arch::llama, 3);
     check_decode_dataflow<float>(model_arch::llama, 2, 0, 300, 4);

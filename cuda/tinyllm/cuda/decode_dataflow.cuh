@@ -337,13 +337,13 @@ struct dataflow_logits_epilogue {
 // two weight rows first; then every thread of the block runs `stage` (the wait
 // for the previous phase, and the input into x_staged (rows, K) in shared
 // memory); then the warp's GEMVs (gemv.cuh), one unit after another, with `epi`.
-// Only the batch-1 kernel loops over units (per_warp is 1 for more rows): with
-// 8 rows' accumulators the loop's state would not fit the 128 registers.
+// Only the batch-1 kernel loops over units: with 8 rows' accumulators the loop's
+// state would not fit the 128 registers, so for more rows the host gives one unit
+// per warp (per_warp = 1).
 template <class T, int V, int MaxRows, class Epilogue, class Stage>
 __device__ void dataflow_gemv(const Epilogue& epi, index_t units, index_t per_warp, unsigned block,
                               const T* x_staged, const T* w_a, const T* w_b, int rows, index_t K, Stage stage) {
     const int lane = static_cast<int>(threadIdx.x % 32);
-    if constexpr (MaxRows > 1) per_warp = 1;
     const index_t first = (static_cast<index_t>(block) * dataflow_warps + threadIdx.x / 32) * per_warp;
     const index_t end = first + per_warp < units ? first + per_warp : units;
     if (first + lane < end) {

@@ -863,10 +863,11 @@ public:
         a.eps = c.norm_eps;
         a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(Dh)));
         // Units and blocks per phase: the GEMV phases' units are their epilogues'. A
-        // warp takes one unit, or as many as make the phase about one block per SM
-        // (at most 8): a block's fixed costs (the wait, the norm it computes for
+        // warp takes one unit, or at batch 1 as many as make the phase about one block
+        // per SM (at most 8): a block's fixed costs (the wait, the norm it computes for
         // itself) are then paid over more weights where a phase has many units (the
-        // logits), while a phase of few units keeps every SM busy.
+        // logits), while a phase of few units keeps every SM busy. (The kernel of more
+        // rows takes one unit per warp: dataflow_gemv.)
         using kind = detail::dataflow_kind;
         int device = 0, sms = 0;
         TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
@@ -877,7 +878,7 @@ public:
             a.blocks[static_cast<int>(k)] = static_cast<unsigned>(blocks);
         };
         const auto gemv = [&](kind k, index_t units) {
-            const index_t per_warp = std::clamp<index_t>(units / (detail::dataflow_warps * sms), 1, 8);
+            const index_t per_warp = B > 1 ? 1 : std::clamp<index_t>(units / (detail::dataflow_warps * sms), 1, 8);
             set(k, units, per_warp, ceil_div<index_t>(units, detail::dataflow_warps * per_warp));
         };
         set(kind::embed, 0, 1, B);
