@@ -480,11 +480,19 @@ TEST_CASE("v3 split: the sampler chooses the CPU's tokens for every setting, sha
 }
 
 TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda][sampling][split]") {
-    // Greedy's own block count: one wave of four blocks per SM (528 on an H200) over the batch.
-    CHECK(tc::detail::greedy_split_count(64, 128256, 0) == 8);
-    CHECK(tc::detail::greedy_split_count(1, 128256, 0) == 32);   // at least 4096 elements a block
-    CHECK(tc::detail::greedy_split_count(600, 128256, 0) == 1);  // the batch alone fills the wave
+    // Greedy's own block count: one wave of four blocks per SM (528 on an H200's 132) over the batch.
+    CHECK(tc::detail::greedy_split_count(64, 128256, 0, 132) == 8);
+    CHECK(tc::detail::greedy_split_count(1, 128256, 0, 132) == 32);   // at least 4096 elements a block
+    CHECK(tc::detail::greedy_split_count(600, 128256, 0, 132) == 1);  // the batch alone fills the wave
     CHECK(tc::detail::greedy_split_count(64, 128256, 3) == 3);   // forced
+    // The counts follow the GPU's SMs (an H100 PCIe has 114): 456 / 64 blocks for greedy,
+    // 2 x 114 over the batch for v3; without a count given, this GPU's.
+    CHECK(tc::detail::greedy_split_count(64, 128256, 0, 114) == 7);
+    CHECK(tc::detail::split_count(64, 128256, 0, 114) == 4);
+    CHECK(tc::detail::split_count(64, 128256, 0, 132) == 5);
+    const index_t sms = tc::detail::device_sm_count();
+    CHECK(tc::detail::greedy_split_count(64, 128256, 0) == tc::detail::greedy_split_count(64, 128256, 0, sms));
+    CHECK(tc::detail::split_count(64, 128256, 0) == tc::detail::split_count(64, 128256, 0, sms));
     for (auto [B, V, splits] : {std::tuple<index_t, index_t, int>{1, 1, 3}, {6, 1003, 1}, {6, 1003, 9}, {3, 4100, 4},
                                 {1, 9000, 0}}) {
         INFO("B = " << B << ", V = " << V << ", splits = " << splits);
@@ -622,10 +630,10 @@ TEST_CASE("v4 candidates: which chains take it, and how many blocks a row gets",
     CHECK_FALSE(tc::detail::candidates_apply(1000, p));
     // A block holds at most 8192 elements: 16 chunks for Llama 3's row at B = 64
     // (v3 alone would cut it into 5), 32 at B = 1.
-    CHECK(tc::detail::candidate_split_count(64, 128256, 0) == 16);
-    CHECK(tc::detail::candidate_split_count(1, 128256, 0) == 32);
-    CHECK(tc::detail::candidate_split_count(64, 8192, 0) == 2);  // v3's count where it is enough
-    CHECK(tc::detail::candidate_split_count(1000, 8193, 0) == 2);  // one block per row is not
+    CHECK(tc::detail::candidate_split_count(64, 128256, 0, 132) == 16);
+    CHECK(tc::detail::candidate_split_count(1, 128256, 0, 132) == 32);
+    CHECK(tc::detail::candidate_split_count(64, 8192, 0, 132) == 2);  // v3's count where it is enough
+    CHECK(tc::detail::candidate_split_count(1000, 8193, 0, 132) == 2);  // one block per row is not
     CHECK(tc::detail::candidate_split_count(1, 20000, 1) == 3);  // a forced count too small is raised
 }
 
