@@ -59,9 +59,9 @@
 // write, bias + GELU, SwiGLU, the residual add of norm v3, or the float logits.
 // Attention is one block per (row, KV head), its 8 warps taking every 8th
 // chunk of 32 positions with an online softmax each, merged at the end
-// (flash-decoding's merge, inside one block): enough for the short contexts
-// where a step is launch-bound; a long context wants decode attention's split
-// over many blocks.
+// (flash-decoding's merge, inside one block), the cached keys and values asked
+// of L2 before the wait: enough for the short contexts where a step is
+// launch-bound; a long context wants decode attention's split over many blocks.
 //
 // Expected (not yet measured on a GPU): per layer five phase boundaries of
 // ~1-2 µs each (a fence, an atomic, a poll of L2, a block-wide norm) instead of
@@ -361,6 +361,22 @@ __device__ void dataflow_gemv(const Epilogue& epi, index_t units, index_t per_wa
     }
 }
 
+// Attention's reads that do not wait: the keys and values of the positions
+// earlier steps cached, [0, pos_b) of row b and KV head g, asked of L2 by every
+// thread before the block waits for this step's qkv phase (one row per
+// instruction), so the attention that follows finds them there.
+template <class T>
+__device__ void dataflow_attention_prefetch(const dataflow_args<T>& a, const dataflow_layer<T>& L, unsigned index,
+                                            const std::int64_t* positions) {
+    const index_t b = index / a.Hkv, g = index % a.Hkv, kv_width = a.Hkv * a.Dh;
+    const index_t cached = static_cast<index_t>(positions[b]);
+    const T* keys = L.keys + b * a.capacity * kv_width + g * a.Dh;
+    const T* values = L.values + b * a.capacity * kv_width + g * a.Dh;
+    const unsigned bytes = static_cast<unsigned>(a.Dh * static_cast<index_t>(sizeof(T)));
+    for (index_t j = threadIdx.x; j < 2 * cached; j += blockDim.x)
+        prefetch_l2(j < cached ? keys + j * kv_width : values + (j - cached) * kv_width, bytes);
+}
+
 // Attention for row b and KV head g: the G = Hq / Hkv query heads that share it,
 // over the row's positions [0, pos_b]. Warp w takes the chunks of 32 positions
 // w, w + 8, ... In a chunk, lane i scores position i against every head (its
@@ -531,6 +547,7 @@ __device__ void dataflow_phase(const dataflow_args<T>& a, const dataflow_block& 
             break;
         }
         case dataflow_kind::attention:
+            dataflow_attention_prefetch<T>(a, L, blk.index, positions);
             wait_previous();
             dataflow_attention<T>(a, L, blk.index, positions, shared);
             break;
