@@ -48,11 +48,11 @@
 // phase would be stale. The weights are never written and take the normal path.
 // The last block to finish sets every counter back to zero for the next launch.
 //
-// Where the time goes, and what the wait hides. A GEMV block issues its first
-// weight loads (pair_gemv_unit's first step, 4 x 16 bytes per lane of each of
-// its two rows: whole rows at D = 768 in bf16) BEFORE it waits, so the weights
-// of the next phases are on their way while the current one computes: every
-// resident block is a prefetch. Then it stages its input in shared memory
+// Where the time goes, and what the wait hides. Each warp of a GEMV block asks
+// L2 for its first unit's weight rows (cp.async.bulk.prefetch: no register
+// holds them) BEFORE the block waits, so the weights of the next phases are on
+// their way while the current one computes: every resident block is a
+// prefetch. Then it stages its input in shared memory
 // (the norm of x, computed by every block of the phase for itself, or a copy of
 // the attention output or the MLP's hidden layer), and runs gemv.cuh's warp
 // unit with the epilogue the graph's kernel uses: RoPE v4's rotation and cache
@@ -333,29 +333,35 @@ struct dataflow_logits_epilogue {
 };
 
 // One warp's units of a GEMV phase: `per_warp` consecutive units from
-// (block * warps + warp) * per_warp on, of `units`. Lane i asks L2 for unit i's
-// two weight rows first; then every thread of the block runs `stage` (the wait
+// (block * warps + warp) * per_warp on, of `units`. Lane 0 asks L2 for the first
+// unit's two weight rows; then every thread of the block runs `stage` (the wait
 // for the previous phase, and the input into x_staged (rows, K) in shared
-// memory); then the warp's GEMVs (gemv.cuh), one unit after another, with `epi`.
-// Only the batch-1 kernel loops over units: with 8 rows' accumulators the loop's
-// state would not fit the 128 registers, so for more rows the host gives one unit
-// per warp (per_warp = 1).
+// memory); then the warp's GEMVs (gemv.cuh), one unit after another, with `epi`,
+// each unit's rows asked of L2 while the unit before it computes. (Asking for
+// all of a warp's units at once would ask for more than L2 holds: at the
+// Llama-1B shape's logits, 264 resident blocks of 8 warps of 8 units of 8 KB.)
+// Only the batch-1 kernel loops over units: with 8 rows' accumulators the
+// loop's state would not fit the 128 registers, so for more rows the host gives
+// one unit per warp (per_warp = 1).
 template <class T, int V, int MaxRows, class Epilogue, class Stage>
 __device__ void dataflow_gemv(const Epilogue& epi, index_t units, index_t per_warp, unsigned block,
                               const T* x_staged, const T* w_a, const T* w_b, int rows, index_t K, Stage stage) {
     const int lane = static_cast<int>(threadIdx.x % 32);
     const index_t first = (static_cast<index_t>(block) * dataflow_warps + threadIdx.x / 32) * per_warp;
     const index_t end = first + per_warp < units ? first + per_warp : units;
-    if (first + lane < end) {
-        const typename Epilogue::unit_state u = epi.unit(first + lane);
+    const auto prefetch = [&](index_t unit) {
+        const typename Epilogue::unit_state u = epi.unit(unit);
         const unsigned bytes = static_cast<unsigned>(K * static_cast<index_t>(sizeof(T)));
         prefetch_l2(w_a + u.n0 * K, bytes);
         if (w_b != w_a || u.n1 != u.n0) prefetch_l2(w_b + u.n1 * K, bytes);
-    }
+    };
+    if (lane == 0 && first < end) prefetch(first);
     stage();
     if constexpr (MaxRows == 1) {
-        for (index_t unit = first; unit < end; ++unit)
+        for (index_t unit = first; unit < end; ++unit) {
+            if (lane == 0 && unit + 1 < end) prefetch(unit + 1);
             pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(unit), lane, x_staged, w_a, w_b, rows, K, [] {});
+        }
     } else if (first < end) {
         pair_gemv_unit<T, V, MaxRows>(epi, epi.unit(first), lane, x_staged, w_a, w_b, rows, K, [] {});
     }
