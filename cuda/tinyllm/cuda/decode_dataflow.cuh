@@ -27,7 +27,8 @@
 // embedding phase; per layer qkv, attention, out_proj, ffn_in, ffn_out; the
 // logits), each a number of blocks; every block of a phase needs every block
 // of the phase before it to have finished. A grid-wide barrier is not an
-// option (the step's ~8000 blocks do not fit on the GPU at once), and block
+// option (GPT-2 124M's step is ~5700 blocks, which do not fit on the GPU at
+// once), and block
 // indices say nothing about which blocks the GPU has started. So each block
 // first draws a ticket (atomicAdd on a counter) and takes the ticket as its
 // place in the chain: tickets [0, blocks(embed)) are the embedding, the next
@@ -52,11 +53,11 @@
 // L2 for its first unit's weight rows (cp.async.bulk.prefetch: no register
 // holds them) BEFORE the block waits, so the weights of the next phases are on
 // their way while the current one computes: every resident block is a
-// prefetch. Then it stages its input in shared memory
-// (the norm of x, computed by every block of the phase for itself, or a copy of
-// the attention output or the MLP's hidden layer), and runs gemv.cuh's warp
-// unit with the epilogue the graph's kernel uses: RoPE v4's rotation and cache
-// write, bias + GELU, SwiGLU, the residual add of norm v3, or the float logits.
+// prefetch. Then it stages its input in shared memory (the norm of x, computed
+// by every block of the phase for itself, or a copy of the attention output or
+// the MLP's hidden layer), and runs gemv.cuh's warp unit with the epilogue the
+// graph's kernel uses: RoPE v4's rotation and cache write, bias + GELU, SwiGLU,
+// the residual add of norm v3, or the float logits.
 // Attention is one block per (row, KV head), its 8 warps taking every 8th
 // chunk of 32 positions with an online softmax each, merged at the end
 // (flash-decoding's merge, inside one block), the cached keys and values asked
@@ -66,11 +67,14 @@
 // Expected (not yet measured on a GPU): per layer five phase boundaries of
 // ~1-2 µs each (a fence, an atomic, a poll of L2, a block-wide norm) instead of
 // seven kernel boundaries of ~5 µs, so GPT-2 124M's bf16 step at batch 1 from
-// 489 µs to about 150 µs (a third of the weights-read floor is then the
-// remaining gap: sixty boundaries on the step's critical path), and the
-// Llama-1B shape, which is bandwidth-bound, toward the floor (578 µs) as the
-// prefetching blocks keep memory busy across boundaries. `tinyllm bench model`
-// times it beside the graph (rows decode_dataflow).
+// 489 µs to about 150 µs, 39% of the weights-read floor's 58 µs (the sixty
+// boundaries on the step's chain are then the gap), and the Llama-1B shape,
+// which is bandwidth-bound, toward its floor (578 µs) as the prefetching blocks
+// keep memory busy across boundaries. `tinyllm bench model` times it beside
+// the graph (rows decode_dataflow). With a trace (args.stamps) every block
+// stamps the GPU's clock at its start, at the end of its wait and at its end:
+// model::dataflow_profile, and `tinyllm bench model_breakdown`, give each
+// phase's share of the step.
 //
 // Limits: dense weights in float or bf16, a contiguous float/bf16 KV cache,
 // GPT-2 and Llama-style decoders (no experts), at most 8 rows; D, F and Dh
@@ -174,7 +178,7 @@ struct dataflow_args {
     float eps, scale;
     unsigned blocks[dataflow_kinds];  // blocks per phase of each kind
     index_t units[dataflow_kinds];    // GEMV units (a warp's pair of rows) per phase of each kind
-    index_t per_warp[dataflow_kinds]; // units per warp (at most 32)
+    index_t per_warp[dataflow_kinds]; // units per warp (at most 8; 1 for more than one row)
     unsigned total;                   // blocks in the launch
 
     // counters[p]: blocks of phase p finished; then the ticket and the blocks done.
