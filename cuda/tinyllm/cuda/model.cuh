@@ -827,7 +827,9 @@ public:
             state->layers = device_buffer<detail::dataflow_layer<T>>(table.size());
             TINYLLM_CUDA_CHECK(cudaMemcpy(state->layers.data(), table.data(),
                                           table.size() * sizeof(detail::dataflow_layer<T>), cudaMemcpyHostToDevice));
-            state->counters = device_buffer<unsigned>(static_cast<std::size_t>(2 + 5 * c.num_layers + 2));
+            // A counter per phase (the embedding, five per layer, the logits), the ticket, the blocks done.
+            state->counters =
+                device_buffer<unsigned>(static_cast<std::size_t>(2 + detail::dataflow_layer_kinds * c.num_layers + 2));
             TINYLLM_CUDA_CHECK(cudaMemset(state->counters.data(), 0, state->counters.bytes()));
             s.dataflow = std::move(state);
         }
@@ -896,7 +898,8 @@ public:
         TINYLLM_EXPECT(shared <= 227 * 1024, op, ": ", B, " rows need ", shared,
                        " bytes of shared memory per block (at most 227 KB); use decode_step");
         if (s.dataflow_trace) {
-            if (st.stamps.size() < 3 * std::size_t{a.total}) st.stamps = device_buffer<unsigned long long>(3 * std::size_t{a.total});
+            const std::size_t stamps = 3 * std::size_t{a.total};  // (total, 3)
+            if (st.stamps.size() < stamps) st.stamps = device_buffer<unsigned long long>(stamps);
             a.stamps = st.stamps.data();
         }
         st.last = a;
