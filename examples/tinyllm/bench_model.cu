@@ -258,13 +258,7 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
             std::vector<float> first(static_cast<std::size_t>(logits.size()));
             TINYLLM_CUDA_CHECK(cudaMemcpy(first.data(), logits.data(), first.size() * sizeof(float),
                                           cudaMemcpyDeviceToHost));
-            double diff = 0, norm = 0;
-            for (std::size_t i = 0; i < first.size(); ++i) {
-                const double d = static_cast<double>(first[i]) - first_step[0][i];
-                diff += d * d;
-                norm += static_cast<double>(first_step[0][i]) * first_step[0][i];
-            }
-            const double rel = std::sqrt(diff / norm);  // NaN (a failed row) when a logit is NaN
+            const double rel = rel_l2(first, first_step[0]);  // infinite where a logit is not finite
             const double allowed = std::is_same_v<T, float> ? 1e-5 : 2e-2;
             restart();
             auto flow = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_dataflow"), [&] {

@@ -490,7 +490,7 @@ TEST_CASE("v3 split: greedy_split and the public choosers match the CPU", "[cuda
     CHECK(tc::detail::greedy_split_count(64, 128256, 0, 114) == 7);
     CHECK(tc::detail::split_count(64, 128256, 0, 114) == 4);
     CHECK(tc::detail::split_count(64, 128256, 0, 132) == 5);
-    const index_t sms = tc::detail::device_sm_count();
+    const index_t sms = tc::current_multiprocessors();
     CHECK(tc::detail::greedy_split_count(64, 128256, 0) == tc::detail::greedy_split_count(64, 128256, 0, sms));
     CHECK(tc::detail::split_count(64, 128256, 0) == tc::detail::split_count(64, 128256, 0, sms));
     for (auto [B, V, splits] : {std::tuple<index_t, index_t, int>{1, 1, 3}, {6, 1003, 1}, {6, 1003, 9}, {3, 4100, 4},

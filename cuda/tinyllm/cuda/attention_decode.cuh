@@ -38,6 +38,7 @@
 
 #include <tinyllm/cuda/attention_common.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/launch.cuh>
 
@@ -131,10 +132,7 @@ void attention_decode_tiles(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         rows, 1, 1, "attention_decode",
         tinyllm::detail::cat("B * Hq * Tq = ", rows, " query rows (a block each in the combine kernel)"));
     if (splits == 0) {
-        int device = 0, sms = 0;
-        TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-        TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-        splits = detail::decode_splits(a.Tk, static_cast<index_t>(a.B) * a.Hkv, sms);
+        splits = detail::decode_splits(a.Tk, static_cast<index_t>(a.B) * a.Hkv, current_multiprocessors());
     }
     // Keys per split, a multiple of the tile; then drop splits that would be empty.
     index_t per_split = ceil_div<index_t>(a.Tk > 0 ? a.Tk : 1, splits);

@@ -44,6 +44,7 @@
 // its end, after those definitions; #pragma once makes either order complete).
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/launch.cuh>
 
 #include <cstdint>
@@ -282,9 +283,7 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
     const index_t tk = a.Tk > 0 ? a.Tk : 1;
     index_t per_split;
     if (splits == 0) {
-        int device = 0, sms = 0;
-        TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-        TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        const int sms = current_multiprocessors();
         const index_t want = detail::decode_splits(tk, static_cast<index_t>(a.B) * a.Hkv * passes, sms,
                                                    detail::decode_warps_blocks_per_sm, detail::decode_warps_min_keys);
         per_split = ceil_div<index_t>(ceil_div<index_t>(tk, want), detail::decode_warps_min_keys) *

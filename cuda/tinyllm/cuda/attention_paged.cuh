@@ -70,6 +70,7 @@
 #include <tinyllm/attention.hpp>
 #include <tinyllm/cuda/attention_common.cuh>
 #include <tinyllm/cuda/attention_decode.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/tensor.hpp>
 
@@ -346,10 +347,7 @@ void attention_paged(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
         tinyllm::detail::cat("B * Hq * Tq = ", rows, " query rows (a block each in the combine kernel)"));
     const index_t table_blocks = p.max_blocks;  // >= 1: the host checks max_blocks * block_size >= Tq >= 1
     if (splits == 0) {
-        int device = 0, sms = 0;
-        TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-        TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-        splits = detail::decode_splits(p.capacity(), static_cast<index_t>(p.a.B) * p.a.Hkv, sms);
+        splits = detail::decode_splits(p.capacity(), static_cast<index_t>(p.a.B) * p.a.Hkv, current_multiprocessors());
     }
     // Table entries per split; then drop the splits that would start past the table.
     const index_t per_split = ceil_div<index_t>(table_blocks, splits);

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
@@ -76,9 +77,7 @@ inline void copy_vectorized(tensor_view<float, 1> out, tensor_view<const float, 
                        reinterpret_cast<std::uintptr_t>(in.data()) % 16 == 0,
                    "copy_vectorized needs 16-byte aligned pointers (cudaMalloc gives 256-byte alignment)");
     if (in.size() == 0) return;
-    int device = 0, sms = 0;
-    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = current_multiprocessors();
     const int threads = 256;
     const index_t wanted = ceil_div<index_t>(ceil_div<index_t>(in.size(), 4), threads);
     const int blocks = static_cast<int>(wanted < 8 * sms ? wanted : 8 * sms);  // a few waves fill the GPU

@@ -185,11 +185,6 @@ struct dataflow_args {
     __host__ __device__ int phases() const { return 2 + dataflow_layer_kinds * layers_count; }
     __host__ __device__ int counter_ticket() const { return phases(); }
     __host__ __device__ int counter_done() const { return phases() + 1; }
-    __host__ __device__ dataflow_kind kind_of_phase(int p) const {
-        if (p == 0) return dataflow_kind::embed;
-        if (p == phases() - 1) return dataflow_kind::logits;
-        return static_cast<dataflow_kind>(1 + (p - 1) % dataflow_layer_kinds);
-    }
     __host__ __device__ unsigned blocks_of_phase(int p) const {
         if (p == 0) return blocks[0];
         if (p == phases() - 1) return blocks[dataflow_kinds - 1];
@@ -284,14 +279,13 @@ __device__ void dataflow_arrive(const dataflow_args<T>& a, const dataflow_block&
     }
 }
 
-// n elements of src (written during this launch) into shared memory, from L2.
-template <class T, int V>
+// n elements of src (written during this launch) into shared memory, read
+// from L2 as 16-byte words (n * sizeof(T) is a multiple of 16, both aligned).
+template <class T>
 __device__ void dataflow_stage(T* dst, const T* src, index_t n) {
-    for (index_t i = threadIdx.x; i < n / V; i += blockDim.x) {
-        float v[V];
-        load_row_floats<T, V, row_reads::from_l2>(v, src + i * V);
-        store_floats<T, V>(dst + i * V, v);
-    }
+    const index_t words = n * static_cast<index_t>(sizeof(T)) / 16;
+    for (index_t i = threadIdx.x; i < words; i += blockDim.x)
+        reinterpret_cast<uint4*>(dst)[i] = __ldcg(reinterpret_cast<const uint4*>(src) + i);
 }
 
 // Asks L2 to fetch `bytes` (a multiple of 16, from a 16-byte aligned address)
@@ -536,14 +530,14 @@ __device__ void dataflow_phase(const dataflow_args<T>& a, const dataflow_block& 
     const auto copied = [&](const T* src, index_t K) {
         return [&a, &wait_previous, staged, src, K, rows] {
             wait_previous();
-            dataflow_stage<T, V>(staged, src, rows * K);
+            dataflow_stage<T>(staged, src, rows * K);
             __syncthreads();
         };
     };
     const index_t units = a.units[static_cast<int>(blk.kind)], per_warp = a.per_warp[static_cast<int>(blk.kind)];
     if (blk.kind == dataflow_kind::logits) {
-        dataflow_gemv<T, V, MaxRows>(dataflow_logits_epilogue{a.logits, a.V}, units, per_warp, blk.index, staged, a.head, a.head,
-                                     rows, a.D, normalized(a.final_weight, a.final_bias));
+        dataflow_gemv<T, V, MaxRows>(dataflow_logits_epilogue{a.logits, a.V}, units, per_warp, blk.index, staged,
+                                     a.head, a.head, rows, a.D, normalized(a.final_weight, a.final_bias));
         return;
     }
     const dataflow_layer<T>& L = a.layers[blk.layer];
@@ -567,12 +561,13 @@ __device__ void dataflow_phase(const dataflow_args<T>& a, const dataflow_block& 
             break;
         case dataflow_kind::ffn_in:
             if constexpr (Layer)
-                dataflow_gemv<T, V, MaxRows>(bias_activate_gemv_epilogue<T>{a.hidden, L.b_in, a.F, activation::gelu_tanh},
-                                             units, per_warp, blk.index, staged, L.w_in, L.w_in, rows, a.D,
-                                             normalized(L.ffn_norm_weight, L.ffn_norm_bias));
+                dataflow_gemv<T, V, MaxRows>(
+                    bias_activate_gemv_epilogue<T>{a.hidden, L.b_in, a.F, activation::gelu_tanh}, units, per_warp,
+                    blk.index, staged, L.w_in, L.w_in, rows, a.D, normalized(L.ffn_norm_weight, L.ffn_norm_bias));
             else
-                dataflow_gemv<T, V, MaxRows>(swiglu_gemv_epilogue<T>{a.hidden, a.F}, units, per_warp, blk.index, staged, L.w_in,
-                                             L.w_in2, rows, a.D, normalized(L.ffn_norm_weight, nullptr));
+                dataflow_gemv<T, V, MaxRows>(swiglu_gemv_epilogue<T>{a.hidden, a.F}, units, per_warp, blk.index,
+                                             staged, L.w_in, L.w_in2, rows, a.D,
+                                             normalized(L.ffn_norm_weight, nullptr));
             break;
         case dataflow_kind::ffn_out:
             dataflow_gemv<T, V, MaxRows>(residual(L.b_out), units, per_warp, blk.index, staged, L.w_out,
@@ -640,28 +635,25 @@ struct dataflow_phase_time {
 template <class T>
 std::vector<dataflow_phase_time> dataflow_profile(const dataflow_args<T>& a,
                                                   const std::vector<unsigned long long>& stamps) {
-    const int P = a.phases();
-    std::vector<unsigned long long> end(static_cast<std::size_t>(P), 0);
-    std::vector<double> waited(static_cast<std::size_t>(P), 0.0);
+    const auto P = static_cast<std::size_t>(a.phases());
+    std::vector<dataflow_phase_time> out(P, dataflow_phase_time{});
+    std::vector<unsigned long long> end(P, 0);
     unsigned long long first = std::numeric_limits<unsigned long long>::max();
-    for (unsigned t = 0; t < a.total; ++t) {
+    for (unsigned t = 0; t < a.total; ++t) {  // every block: its phase's end, and its wait
         const dataflow_block blk = dataflow_block_of(a, t);
         const unsigned long long* s = stamps.data() + 3 * static_cast<std::size_t>(t);
         const auto p = static_cast<std::size_t>(blk.phase);
+        out[p].kind = blk.kind;
+        out[p].layer = blk.layer;
+        out[p].blocks += 1;
+        out[p].waited_us += 1e-3 * static_cast<double>(s[1] - s[0]);
         first = std::min(first, s[0]);
         end[p] = std::max(end[p], s[2]);
-        waited[p] += 1e-3 * static_cast<double>(s[1] - s[0]);
     }
-    std::vector<dataflow_phase_time> out;
-    for (int p = 0; p < P; ++p) {
-        const auto i = static_cast<std::size_t>(p);
-        const unsigned long long from = p == 0 ? first : std::max(first, end[i - 1]);
-        const dataflow_kind kind = a.kind_of_phase(p);
-        const int layer = kind == dataflow_kind::embed ? -1 : kind == dataflow_kind::logits ? a.layers_count
-                                                                                          : (p - 1) / dataflow_layer_kinds;
-        const unsigned blocks = a.blocks_of_phase(p);
-        out.push_back({kind, layer, blocks, end[i] > from ? 1e-3 * static_cast<double>(end[i] - from) : 0.0,
-                       waited[i] / blocks});
+    for (std::size_t p = 0; p < P; ++p) {  // each phase: from the previous phase's end to its own
+        const unsigned long long from = p == 0 ? first : std::max(first, end[p - 1]);
+        out[p].chain_us = end[p] > from ? 1e-3 * static_cast<double>(end[p] - from) : 0.0;
+        out[p].waited_us /= out[p].blocks;
     }
     return out;
 }

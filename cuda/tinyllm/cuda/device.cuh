@@ -27,6 +27,16 @@ inline int device_count(std::string* why = nullptr) noexcept {
     return count;
 }
 
+// The streaming multiprocessors (SMs) of the current device: what kernels that
+// size their grid to fill the GPU divide by (132 on an H100 SXM and an H200, and
+// on the simulated GPU).
+inline int current_multiprocessors() {
+    int device = 0, sms = 0;
+    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
+    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms > 0 ? sms : 1;
+}
+
 struct device_info {
     int index = 0;
     std::string name;

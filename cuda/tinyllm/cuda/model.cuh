@@ -117,6 +117,7 @@
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/cublas.cuh>
 #include <tinyllm/cuda/decode_dataflow.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/dtype.cuh>
 #include <tinyllm/cuda/embedding.cuh>
@@ -794,12 +795,13 @@ public:
         TINYLLM_EXPECT(c.num_experts == 0 && (c.arch == model_arch::gpt2 || c.arch == model_arch::llama), op,
                        ": takes GPT-2 and Llama-style decoders; this model has ", c.num_experts,
                        " experts per layer (use decode_step)");
-        TINYLLM_EXPECT(s.kv == cpu::model::kv_dtype::float32, op,
-                       ": the session keeps an int8 KV cache; the one-launch step reads the cache in T (use decode_step)");
+        TINYLLM_EXPECT(s.kv == cpu::model::kv_dtype::float32, op, ": the session keeps an int8 KV cache; the "
+                       "one-launch step reads the cache in T (use decode_step)");
         TINYLLM_EXPECT(B <= detail::dataflow_max_rows, op, ": ", B, " rows; the step takes at most ",
                        detail::dataflow_max_rows, " (use decode_step)");
-        TINYLLM_EXPECT(Hq % Hkv == 0 && Hq / Hkv <= detail::dataflow_max_group && Dh <= detail::dataflow_max_head_dim, op,
-                       ": ", Hq, " query heads over ", Hkv, " KV heads of dimension ", Dh, "; the step takes at most ",
+        TINYLLM_EXPECT(Hq % Hkv == 0 && Hq / Hkv <= detail::dataflow_max_group &&
+                           Dh <= detail::dataflow_max_head_dim,
+                       op, ": ", Hq, " query heads over ", Hkv, " KV heads of dimension ", Dh, "; the step takes at most ",
                        detail::dataflow_max_group, " query heads per KV head and head_dim <= ",
                        detail::dataflow_max_head_dim);
         constexpr index_t vector = 16 / static_cast<index_t>(sizeof(T));
@@ -871,9 +873,7 @@ public:
         // logits), while a phase of few units keeps every SM busy. (The kernel of more
         // rows takes one unit per warp: dataflow_gemv.)
         using kind = detail::dataflow_kind;
-        int device = 0, sms = 0;
-        TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-        TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        const int sms = current_multiprocessors();
         const auto set = [&](kind k, index_t units, index_t per_warp, index_t blocks) {
             a.units[static_cast<int>(k)] = units;
             a.per_warp[static_cast<int>(k)] = per_warp;
@@ -883,11 +883,14 @@ public:
             const index_t per_warp = B > 1 ? 1 : std::clamp<index_t>(units / (detail::dataflow_warps * sms), 1, 8);
             set(k, units, per_warp, ceil_div<index_t>(units, detail::dataflow_warps * per_warp));
         };
+        detail::qkv_rope_epilogue<T, detail::dataflow_cache_rows> qkv{};  // only its units()
+        qkv.q_heads = Hq, qkv.kv_heads = Hkv, qkv.head_dim = Dh;
         set(kind::embed, 0, 1, B);
-        gemv(kind::qkv, (Hq + 2 * Hkv) * ((Dh + 1) / 2));  // qkv_rope_epilogue::units()
+        gemv(kind::qkv, qkv.units());
         set(kind::attention, 0, 1, B * Hkv);
-        gemv(kind::out_proj, detail::neighbour_rows::units(D));
-        gemv(kind::ffn_in, a.gpt2 ? detail::neighbour_rows::units(F) : F);
+        gemv(kind::out_proj, detail::neighbour_rows::units(D));  // the residual add's units
+        gemv(kind::ffn_in, a.gpt2 ? detail::bias_activate_gemv_epilogue<T>{nullptr, nullptr, F, {}}.units()
+                                  : detail::swiglu_gemv_epilogue<T>{nullptr, F}.units());
         gemv(kind::ffn_out, detail::neighbour_rows::units(D));
         gemv(kind::logits, detail::neighbour_rows::units(V));
         std::uint64_t total = a.blocks[0] + a.blocks[6];

@@ -131,6 +131,7 @@
 #pragma once
 
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/device.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
@@ -1688,19 +1689,11 @@ inline void sample_fused(tensor_view<token_id, 1> out, tensor_view<const float, 
 
 namespace detail {
 
-// The current GPU's SMs: the split rungs size their grids by them (132 on an
-// H100 SXM and an H200, and on the simulated GPU).
-inline index_t device_sm_count() {
-    int device = 0, sms = 0;
-    TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms > 0 ? sms : 1;
-}
-
 // The blocks per row of a v3 call: enough blocks for two per SM over the whole
 // batch (264 on an H200's 132 SMs), but at least 4096 elements per block (below
 // that a block's fixed cost dominates). `requested` > 0 forces the count
-// (tests), capped at 1024 and at one block per 4 elements. `sms`: the GPU's SMs.
+// (tests), capped at 1024 and at one block per 4 elements. `sms`: the GPU's SMs
+// (by default the current device's, device.cuh).
 inline constexpr index_t split_blocks_per_sm = 2;
 inline constexpr index_t split_min_elements = 4096;
 // `per_row` blocks a row, but at least split_min_elements each, at most 1024.
@@ -1708,12 +1701,9 @@ inline int split_count_of(index_t per_row, index_t V) {
     const index_t by_size = (V + split_min_elements - 1) / split_min_elements;
     return static_cast<int>(std::max<index_t>(1, std::min<index_t>({per_row, by_size, 1024})));
 }
-inline int split_count(index_t B, index_t V, int requested, index_t sms) {
+inline int split_count(index_t B, index_t V, int requested, index_t sms = current_multiprocessors()) {
     if (requested > 0) return static_cast<int>(std::max<index_t>(1, std::min<index_t>({requested, 1024, (V + 3) / 4})));
     return split_count_of((split_blocks_per_sm * sms + B - 1) / B, V);
-}
-inline int split_count(index_t B, index_t V, int requested) {
-    return requested > 0 ? split_count(B, V, requested, 1) : split_count(B, V, requested, device_sm_count());
 }
 
 // Greedy's blocks per row: as many as one wave holds over the batch. Its kernel
@@ -1722,12 +1712,9 @@ inline int split_count(index_t B, index_t V, int requested) {
 // least 4096 elements per block as split_count. Measured at B = 64, V = 128256
 // (run E, H200): 8 blocks 17.6 and 18.2 us, split_count's 5: 18.4 and 18.5 us.
 inline constexpr index_t greedy_blocks_per_sm = 4;
-inline int greedy_split_count(index_t B, index_t V, int requested, index_t sms) {
+inline int greedy_split_count(index_t B, index_t V, int requested, index_t sms = current_multiprocessors()) {
     if (requested > 0) return split_count(B, V, requested, sms);
     return split_count_of(greedy_blocks_per_sm * sms / B, V);
-}
-inline int greedy_split_count(index_t B, index_t V, int requested) {
-    return requested > 0 ? split_count(B, V, requested, 1) : greedy_split_count(B, V, requested, device_sm_count());
 }
 
 // The v3 workspace of a stream: one split_row per row (zeroed once when
@@ -1861,12 +1848,9 @@ inline bool candidates_apply(index_t V, const sampling::params& p) {
 
 // v4's blocks per row: v3's count (split_count), but never chunks longer than
 // a block holds in registers (8192 elements).
-inline int candidate_split_count(index_t B, index_t V, int requested, index_t sms) {
+inline int candidate_split_count(index_t B, index_t V, int requested, index_t sms = current_multiprocessors()) {
     const index_t least = (V + candidate_chunk_max - 1) / candidate_chunk_max;
     return static_cast<int>(std::max<index_t>(split_count(B, V, requested, sms), least));
-}
-inline int candidate_split_count(index_t B, index_t V, int requested) {
-    return candidate_split_count(B, V, requested, requested > 0 ? 1 : device_sm_count());
 }
 
 // At least `need` words of device memory, kept per host thread and stream and
