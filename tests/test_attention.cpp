@@ -8,6 +8,7 @@
 #include <tinyllm/attention.hpp>
 #include <tinyllm/detail/attention_mma_layout.hpp>
 #include <tinyllm/detail/mma_fragments.hpp>
+#include <tinyllm/detail/wgmma_layout.hpp>
 
 #include <algorithm>
 #include <array>
@@ -756,4 +757,74 @@ TEST_CASE("attention v5 swizzle: a bijection, conflict-free ldmatrix, and Q K^T,
         INFO("O max-abs error " << worst);
         REQUIRE(worst < 1e-3);
     }
+}
+
+// Attention v6 (cuda/tinyllm/cuda/attention_wgmma.cuh) stores its tiles with
+// wgmma_tile_offset and hands wgmma descriptors of them; the instruction then
+// finds each operand element by the PTX ISA's canonical 128-byte-swizzle
+// layouts (wgmma_k_major_address / wgmma_mn_major_address, which the simulated
+// GPU executes with). These must name the same bytes.
+TEST_CASE("attention v6 wgmma layouts: tiles, descriptors and fragments agree", "[attention][mma]") {
+    namespace d = tinyllm::detail;
+    // The descriptor's bit fields (PTX ISA, "Matrix Descriptor Format"): start >> 4 in bits 0-13, LBO >> 4 in
+    // 16-29, SBO >> 4 in 32-45, base offset 0, swizzle mode 1 (128-byte) in bits 62-63.
+    REQUIRE(d::wgmma_descriptor(0x1230, 16, 1024) ==
+            (0x123ull | (1ull << 16) | (64ull << 32) | (1ull << 62)));
+    const d::wgmma_descriptor_fields f = d::wgmma_decode(d::wgmma_descriptor(0x3ff70, 16384, 1024));
+    CHECK((f.start == 0x3ff70 && f.lbo == 16384 && f.sbo == 1024 && f.base_offset == 0 && f.swizzle == 1));
+    // The 128-byte swizzle: the chunk (address bits 4-6) XOR the row within 8 (bits 7-9).
+    CHECK(d::wgmma_swizzle128(3 * 128 + 5 * 16 + 6) == 3 * 128 + (5 ^ 3) * 16 + 6);
+    CHECK(d::wgmma_swizzle128(1024 + 9 * 128) == 1024 + 9 * 128 + 16);
+
+    for (const int D : {64, 128}) {
+        INFO("D = " << D);
+        const int rows = 128;
+        const std::uint32_t tile = 3 * 1024;  // a 1024-byte aligned tile address
+        // A bijection onto the tile's bytes, 8 consecutive features in one 16-byte chunk.
+        std::vector<int> seen(static_cast<std::size_t>(rows * D), 0);
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < D; ++c) {
+                const std::uint32_t off = d::wgmma_tile_offset(r, c, rows);
+                REQUIRE(off % 2 == 0);
+                REQUIRE(off < static_cast<std::uint32_t>(rows * D * 2));
+                ++seen[off / 2];
+                if (c % 8) REQUIRE(off == d::wgmma_tile_offset(r, c - c % 8, rows) + 2 * (c % 8));
+            }
+        CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+        // Q (A, rows 0.. and 64.. per warpgroup) and K (B, 128 keys): K-major descriptors, every step.
+        for (int step = 0; step < D / 16; ++step)
+            for (const int row0 : {0, 64}) {
+                const d::wgmma_descriptor_fields q =
+                    d::wgmma_decode(d::wgmma_advance(d::wgmma_descriptor(tile, 16, 1024), d::wgmma_k_major_step(rows, row0, step)));
+                const int mn_count = row0 == 0 ? 128 : 64;  // K spans all 128 rows
+                for (int mn = 0; mn < mn_count; ++mn)
+                    for (int k = 0; k < 16; ++k)
+                        REQUIRE(d::wgmma_k_major_address(q, mn, k) == tile + d::wgmma_tile_offset(row0 + mn, 16 * step + k, rows));
+            }
+        // V (B of P V): N-major, keys along K, every feature.
+        for (int kk = 0; kk < rows / 16; ++kk) {
+            const d::wgmma_descriptor_fields v =
+                d::wgmma_decode(d::wgmma_advance(d::wgmma_descriptor(tile, rows * 128, 1024), d::wgmma_n_major_step(kk)));
+            for (int n = 0; n < D; ++n)
+                for (int k = 0; k < 16; ++k)
+                    REQUIRE(d::wgmma_mn_major_address(v, n, k) == tile + d::wgmma_tile_offset(16 * kk + k, n, rows));
+        }
+    }
+    // The accumulator map covers a 64 x N tile once; and the kernel's P packing (registers
+    // 8kk + 2r, +1 of S into A register r of step kk) is the A layout: rows g, g + 8 of
+    // each warp's 16, keys 2t, 2t + 1 (+ 8 for registers 2, 3).
+    for (const int N : {64, 128}) {
+        std::vector<int> hit(static_cast<std::size_t>(64 * N), 0);
+        for (int t = 0; t < 128; ++t)
+            for (int i = 0; i < N / 2; ++i) ++hit[static_cast<std::size_t>(d::wgmma_d_row(t, i) * N + d::wgmma_d_col(t, i))];
+        CHECK(std::all_of(hit.begin(), hit.end(), [](int n) { return n == 1; }));
+    }
+    for (int t = 0; t < 128; ++t)
+        for (int kk = 0; kk < 8; ++kk)
+            for (int r = 0; r < 4; ++r)
+                for (int x = 0; x < 2; ++x) {
+                    const int i = 8 * kk + 2 * r + x, lane = t % 32;
+                    REQUIRE(d::wgmma_d_row(t, i) == 16 * (t / 32) + lane / 4 + 8 * (r % 2));
+                    REQUIRE(d::wgmma_d_col(t, i) - 16 * kk == 2 * (lane % 4) + x + 8 * (r / 2));
+                }
 }

@@ -18,6 +18,7 @@
 #include <tinyllm/sim/fiber.hpp>
 #include "runtime_state.hpp"
 #include <tinyllm/detail/mma_fragments.hpp>
+#include <tinyllm/detail/wgmma_layout.hpp>
 #include <tinyllm/dtype.hpp>
 
 #include <algorithm>
@@ -139,6 +140,9 @@ struct sim_thread {
     // cp.async groups: copies[0, group_end[i]) belong to committed groups 0..i
     std::vector<pending_copy> copies;
     std::vector<std::size_t> group_end;
+    // wgmma groups, likewise: wgmma[0, wgmma_group_end[i]) belong to committed groups 0..i
+    std::vector<detail::wgmma_request> wgmma;
+    std::vector<std::size_t> wgmma_group_end;
 };
 
 std::string coords(uint3 v) {
@@ -176,6 +180,7 @@ const char* op_name(detail::warp_op op) {
     case w::ldmatrix: return "ldmatrix";
     case w::ldmatrix_trans: return "ldmatrix.trans";
     case w::mma_bf16: return "mma.sync.m16n8k16 (bf16)";
+    case w::wgmma: return "wgmma.mma_async";
     case w::mma_f16: return "mma.sync.m16n8k16 (f16)";
     }
     return "warp operation";
@@ -429,6 +434,65 @@ public:
         schedule_point();
     }
 
+    // ---- wgmma ----
+    std::uint32_t shared_address(const void* p, const std::source_location& where) {
+        const auto* c = static_cast<const unsigned char*>(p);
+        if (shared_.empty() || c < shared_.data() || c >= shared_.data() + shared_.size())
+            device_fault("memcheck", "a shared-memory address of a pointer outside the block's dynamic shared memory", p, where);
+        return static_cast<std::uint32_t>(c - shared_.data());
+    }
+    // The bytes [first, last) of shared memory that a descriptor's operand covers must exist.
+    void check_operand(std::uint64_t desc, bool mn_major, int mn_count, const detail::wgmma_request& r, const char* which) {
+        const tinyllm::detail::wgmma_descriptor_fields f = tinyllm::detail::wgmma_decode(desc);
+        if (f.swizzle != 1 || f.base_offset != 0)
+            device_fault("wgmma", (std::string("the simulator implements wgmma operands with the 128-byte swizzle and base offset 0; ") +
+                                   which + "'s descriptor has swizzle mode " + std::to_string(f.swizzle) + ", base offset " +
+                                   std::to_string(f.base_offset)).c_str(), nullptr, r.where);
+        std::uint32_t highest = 0;
+        for (int mn = 0; mn < mn_count; mn += 1)
+            for (int k = 0; k < 16; k += 15) {
+                const std::uint32_t at = mn_major ? tinyllm::detail::wgmma_mn_major_address(f, mn, k)
+                                                  : tinyllm::detail::wgmma_k_major_address(f, mn, k);
+                if (at > highest) highest = at;
+            }
+        if (f.start % 16 != 0 || highest + 2 > shared_.size())
+            device_fault("memcheck", (std::string("wgmma ") + which + " operand reaches past the block's " +
+                                      std::to_string(shared_.size()) + " bytes of dynamic shared memory (byte " +
+                                      std::to_string(highest) + ")").c_str(), shared_.data() + (highest % (shared_.size() + 1)), r.where);
+    }
+    void wgmma_issue(const detail::wgmma_request& r) {
+        sanitizer_ignore ignore;
+        if (abandoning_) throw abandon_block{};
+        if (r.n < 8 || r.n > 256 || r.n % 8 != 0)
+            device_fault("wgmma", ("wgmma.mma_async with N = " + std::to_string(r.n) + " (8..256, a multiple of 8)").c_str(), nullptr, r.where);
+        if (!r.a) check_operand(r.a_desc, false, 64, r, "A");
+        check_operand(r.b_desc, r.trans_b, r.n, r, "B");
+        running_->wgmma.push_back(r);
+    }
+    void wgmma_commit() {
+        sanitizer_ignore ignore;
+        sim_thread& t = *running_;
+        t.wgmma_group_end.push_back(t.wgmma.size());
+    }
+    // Execute every committed group but the newest `allowed`, in issue order, one
+    // warp-wide operation each (all lanes of a warp issue the same sequence).
+    void wgmma_wait(int allowed, const std::source_location& where) {
+        std::vector<detail::wgmma_request> todo;
+        {
+            sanitizer_ignore ignore;
+            sim_thread& t = *running_;
+            const std::size_t groups = t.wgmma_group_end.size();
+            if (groups <= static_cast<std::size_t>(allowed)) return;
+            const std::size_t done_groups = groups - static_cast<std::size_t>(allowed);
+            const std::size_t upto = t.wgmma_group_end[done_groups - 1];
+            todo.assign(t.wgmma.begin(), t.wgmma.begin() + static_cast<std::ptrdiff_t>(upto));
+            t.wgmma.erase(t.wgmma.begin(), t.wgmma.begin() + static_cast<std::ptrdiff_t>(upto));
+            t.wgmma_group_end.erase(t.wgmma_group_end.begin(), t.wgmma_group_end.begin() + static_cast<std::ptrdiff_t>(done_groups));
+            for (auto& e : t.wgmma_group_end) e -= upto;
+        }
+        for (const detail::wgmma_request& r : todo) warp_op(detail::warp_op::wgmma, 0xffffffffu, &r, nullptr, 0, 32, where);
+    }
+
 private:
     schedule sched_;
     std::mt19937_64 rng_;
@@ -534,6 +598,8 @@ private:
             t.last_group = 0;
             t.copies.clear();
             t.group_end.clear();
+            t.wgmma.clear();
+            t.wgmma_group_end.clear();
 #if defined(TINYLLM_SIM_TSAN)
             // ThreadSanitizer's reports name each access's thread by its fiber's name
             // (which it cuts at 63 characters: the kernel's short name goes last).
@@ -785,6 +851,11 @@ public:
             sanitizer_ignore ignore;  // ended before the switch: a suspended fiber holds no ignore
             if (!abandoning_) land(t, t.copies.size());
             t.copies.clear();
+            if (!abandoning_ && !t.wgmma.empty())
+                thread_fault(t, "synccheck", "returned with a wgmma.mma_async issued at " + where_text(t.wgmma.front().where) +
+                                                 " that no wgmma.wait_group waited for");
+            t.wgmma.clear();
+            t.wgmma_group_end.clear();
             on_exit(t);
         }
         TSAN_RELEASE(&block_done_sync_);
@@ -949,6 +1020,50 @@ void executor::combine(detail::warp_op op, sim_thread* const (&lanes)[32]) {
         }
         break;
     }
+    case w::wgmma: {
+        // This warp's 16 rows of a 64 x N x 16 warpgroup product: warp w % 4 of
+        // the warpgroup holds rows 16 (w % 4) .. +15 of A (registers or descriptor)
+        // and of D; B (16 x N) comes from shared memory.
+        auto req = [&](int l) -> const detail::wgmma_request& { return *static_cast<const detail::wgmma_request*>(lanes[l]->in); };
+        const detail::wgmma_request& r0 = req(0);
+        const bool f16 = r0.f16;
+        auto value = [&](std::uint16_t bits) { return f16 ? fp16_to_float(float16{bits}) : bf16_to_float(bfloat16{bits}); };
+        auto smem16 = [&](std::uint32_t at) {
+            std::uint16_t bits;
+            std::memcpy(&bits, ex().shared_.data() + at, sizeof bits);
+            return value(bits);
+        };
+        const int row0 = 16 * (lanes[0]->warp % 4), n = r0.n;
+        float A[16][16];
+        if (r0.a) {
+            float B_unused[16][8];
+            tinyllm::detail::mma_operands(
+                A, B_unused,
+                [&](int l, int r, int x) { return value(static_cast<std::uint16_t>(x ? req(l).a[r] >> 16 : req(l).a[r] & 0xffffu)); },
+                [](int, int, int) { return 0.0f; });
+        } else {
+            const tinyllm::detail::wgmma_descriptor_fields fa = tinyllm::detail::wgmma_decode(r0.a_desc);
+            for (int i = 0; i < 16; ++i)
+                for (int k = 0; k < 16; ++k) A[i][k] = smem16(tinyllm::detail::wgmma_k_major_address(fa, row0 + i, k));
+        }
+        const tinyllm::detail::wgmma_descriptor_fields fb = tinyllm::detail::wgmma_decode(r0.b_desc);
+        std::vector<float> B(static_cast<std::size_t>(16 * n));
+        for (int k = 0; k < 16; ++k)
+            for (int c = 0; c < n; ++c)
+                B[static_cast<std::size_t>(k * n + c)] = smem16(r0.trans_b ? tinyllm::detail::wgmma_mn_major_address(fb, c, k)
+                                                                          : tinyllm::detail::wgmma_k_major_address(fb, c, k));
+        for (int l = 0; l < 32; ++l) {
+            const detail::wgmma_request& r = req(l);
+            const int t = 32 * (lanes[l]->warp % 4) + l;
+            for (int i = 0; i < n / 2; ++i) {
+                const int row = tinyllm::detail::wgmma_d_row(t, i) - row0, col = tinyllm::detail::wgmma_d_col(t, i);
+                float acc = 0.0f;
+                for (int k = 0; k < 16; ++k) acc += A[row][k] * B[static_cast<std::size_t>(k * n + col)];
+                r.d[i] = (r.scale_d ? r.d[i] : 0.0f) + acc;
+            }
+        }
+        break;
+    }
     }
     TSAN_IGNORE_END();
 }
@@ -1043,6 +1158,10 @@ void cp_async(void* dst, const void* src, int copy_bytes, int src_bytes, const s
 }
 void cp_async_commit() { ex().cp_async_commit(); }
 void cp_async_wait(int allowed) { ex().cp_async_wait(allowed); }
+void wgmma_issue(const wgmma_request& r) { ex().wgmma_issue(r); }
+void wgmma_commit() { ex().wgmma_commit(); }
+void wgmma_wait(int allowed, const std::source_location& where) { ex().wgmma_wait(allowed, where); }
+std::uint32_t shared_address(const void* p, const std::source_location& where) { return ex().shared_address(p, where); }
 
 }  // namespace detail
 }  // namespace tinyllm::sim

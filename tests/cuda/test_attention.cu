@@ -12,6 +12,7 @@
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_flash2.cuh>
+#include <tinyllm/cuda/attention_wgmma.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
@@ -581,4 +582,56 @@ TEST_CASE("attention v5 flash2 rejects what it does not support", "[cuda][attent
     problem<bfloat16> padded({2, 3, 40, 4, 2, 64}, variants[5], 73200);
     CHECK_THROWS_WITH(tc::attention_flash2<bfloat16>(padded.out(), padded.qv(), padded.kv(), padded.vv(), padded.host_opts),
                       contains("attention_flash2: attention_options::key_lengths points to host memory"));
+}
+
+// ---- v6 wgmma: v5 on Hopper's warpgroup instruction (runs where sm_90a code runs) ----
+
+namespace {
+
+// v6 against the float64 reference, as v5; skipped (with a message) where the GPU
+// or the build has no wgmma: the simulated GPU always has it.
+template <class T>
+void run_wgmma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed) {
+    if (!tc::wgmma_compiled()) {
+        WARN("attention v6 not run: this GPU or this build (not sm_90a) has no wgmma");
+        return;
+    }
+    for (std::size_t si = 0; si < n; ++si)
+        for (const auto& var : variants) {
+            problem<T> p(shapes[si], var, seed + 100 * si);
+            INFO("v6 wgmma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name);
+            p.dout.poison();
+            tc::attention_wgmma<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v6 wgmma O");
+        }
+}
+
+}  // namespace
+
+// v5's shapes plus one whose rows fill both warpgroups and several 128-key tiles
+// (T = 300: a diagonal tile half masked for one warpgroup, whole for the other).
+TEST_CASE("attention v6 wgmma (bf16) matches the float64 reference", "[cuda][attention]") {
+    run_wgmma_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 76000);
+    const shape s[] = {{1, 300, 300, 2, 1, 64}};
+    run_wgmma_grid<bfloat16>(s, std::size(s), bf16_tol, 76500);
+}
+TEST_CASE("attention v6 wgmma (fp16) matches the float64 reference", "[cuda][attention]") {
+    const shape s[] = {{2, 37, 150, 4, 2, 64}, {1, 45, 17, 2, 2, 128}};
+    run_wgmma_grid<float16>(s, std::size(s), fp16_tol, 77000);
+}
+TEST_CASE("attention v6 wgmma, large shapes", "[cuda][attention][large]") {
+    const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
+    run_wgmma_grid<bfloat16>(s, std::size(s), bf16_tol, 78000);
+}
+TEST_CASE("attention v6 wgmma rejects what it does not support", "[cuda][attention][error]") {
+    problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 79000);
+    CHECK_THROWS_WITH(tc::attention_wgmma<bfloat16>(p.out(), p.qv(), p.kv(), p.vv()),
+                      contains("attention v6 (attention_wgmma) supports head dims 64 and 128, got 80"));
+    problem<bfloat16> odd({1, 4, 4, 2, 2, 64}, variants[0], 79100);
+    tinyllm::tensor_view<const bfloat16, 4> shifted_q(odd.dq.data() + 4, {1, 3, 2, 64});
+    tinyllm::tensor_view<bfloat16, 4> small_out(odd.dout.data(), {1, 3, 2, 64});
+    tinyllm::tensor_view<const bfloat16, 4> k3(odd.dk.data(), {1, 3, 2, 64}), v3(odd.dv.data(), {1, 3, 2, 64});
+    CHECK_THROWS_WITH(tc::attention_wgmma<bfloat16>(small_out, shifted_q, k3, v3),
+                      contains("attention_wgmma needs 16-byte aligned q, k, v and out"));
 }

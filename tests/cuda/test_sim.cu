@@ -12,12 +12,15 @@
 #include "support/compare.hpp"
 
 #include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/wgmma.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/dtype.hpp>
 #include <tinyllm/math.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -201,6 +204,114 @@ TEST_CASE("ldmatrix and mma.sync m16n8k16 compute A B + C", "[cuda][sim][mma]") 
     }
     check_mma<tinyllm::bfloat16>(10);
     check_mma<tinyllm::float16>(20);
+}
+
+namespace {
+// Two warpgroup products as attention v6 does them, on one warpgroup:
+//   d1 (64 x 128) = A B + 1, A (64 x 16) and B^T (128 x 16) K-major in shared memory;
+//   d2 (64 x 64)  = A V,     A from registers, V (16 x 64) N-major in shared memory,
+//                            its accumulators NaN before (scale-d = 0 ignores them).
+// The tiles are stored with wgmma_tile_offset and described as attention v6 describes
+// them, so on a GPU this checks tinyllm's reading of the PTX ISA's layouts against the
+// hardware, and on the simulated GPU the simulator's. `early` (simulated GPU only):
+// d1's first accumulator read between the issue and the wait, still the old 1.0.
+template <class T>
+__global__ void wgmma_kernel(const T* a, const T* bt, const T* v, float* d1, float* d2, float* early) {
+    unsigned char* raw = tc::dynamic_shared<unsigned char>();
+    const std::uint32_t raw_address = tc::detail::wgmma_smem_address(raw);
+    const std::uint32_t pad = (1024u - raw_address % 1024u) % 1024u;
+    unsigned char* as = raw + pad;       // [64][64] tile, features 0..15 used
+    unsigned char* bs = as + 64 * 128;   // [128][64] tile
+    unsigned char* vs = bs + 128 * 128;  // [16][64] tile
+    const std::uint32_t a_address = raw_address + pad, b_address = a_address + 64 * 128, v_address = b_address + 128 * 128;
+    const int t = static_cast<int>(threadIdx.x), lane = t % 32, w = t / 32;
+    namespace d = tinyllm::detail;
+    for (int i = t; i < 64 * 16; i += 128) *reinterpret_cast<T*>(as + d::wgmma_tile_offset(i / 16, i % 16, 64)) = a[i];
+    for (int i = t; i < 128 * 16; i += 128) *reinterpret_cast<T*>(bs + d::wgmma_tile_offset(i / 16, i % 16, 128)) = bt[i];
+    for (int i = t; i < 16 * 64; i += 128) *reinterpret_cast<T*>(vs + d::wgmma_tile_offset(i / 64, i % 64, 16)) = v[i];
+    tc::detail::fence_proxy_async();
+    __syncthreads();
+
+    float acc[64];
+    for (int i = 0; i < 64; ++i) acc[i] = 1.0f;
+    tc::detail::wgmma_fence();
+    tc::detail::wgmma_m64k16<128, T, false>(acc, nullptr, d::wgmma_descriptor(a_address, 16, 1024),
+                                            d::wgmma_descriptor(b_address, 16, 1024), true);
+    tc::detail::wgmma_commit();
+#if defined(TINYLLM_SIMULATED_GPU)
+    early[t] = acc[0];
+#else
+    (void)early;
+#endif
+    tc::detail::wgmma_wait<0>(acc);
+    for (int i = 0; i < 64; ++i) d1[d::wgmma_d_row(t, i) * 128 + d::wgmma_d_col(t, i)] = acc[i];
+
+    // A in registers: register r of this thread holds row 16w + lane/4 + 8 (r % 2),
+    // columns 2 (lane % 4) + 8 (r / 2) and the next (the lower in the low half).
+    std::uint32_t af[4];
+    for (int r = 0; r < 4; ++r) {
+        const int row = 16 * w + lane / 4 + 8 * (r % 2), col = 2 * (lane % 4) + 8 * (r / 2);
+        T pair[2] = {a[row * 16 + col], a[row * 16 + col + 1]};
+        std::memcpy(&af[r], pair, sizeof af[r]);
+    }
+    float acc2[32];
+    for (int i = 0; i < 32; ++i) acc2[i] = NAN;
+    tc::detail::wgmma_fence();
+    tc::detail::wgmma_m64k16<64, T, true>(acc2, af, 0, d::wgmma_descriptor(v_address, 16 * 128, 1024), false);
+    tc::detail::wgmma_commit();
+    tc::detail::wgmma_wait<0>(acc2);
+    for (int i = 0; i < 32; ++i) d2[d::wgmma_d_row(t, i) * 64 + d::wgmma_d_col(t, i)] = acc2[i];
+}
+
+template <class T>
+void check_wgmma(std::uint64_t which) {
+    auto values = [&](std::size_t n, std::uint64_t seed) {
+        const auto f = tinyllm_test::random_floats(n, seed, -1.0f, 1.0f);
+        std::vector<T> out(n);
+        for (std::size_t i = 0; i < n; ++i) out[i] = tinyllm::from_float<T>(f[i]);
+        return out;
+    };
+    const auto a = values(64 * 16, which), bt = values(128 * 16, which + 1), v = values(16 * 64, which + 2);
+    auto x = [](T e) { return static_cast<double>(tinyllm::to_float(e)); };
+    std::vector<double> want1(64 * 128), want2(64 * 64);
+    for (int r = 0; r < 64; ++r) {
+        for (int c = 0; c < 128; ++c) {
+            double acc = 1.0;
+            for (int k = 0; k < 16; ++k) acc += x(a[static_cast<std::size_t>(r * 16 + k)]) * x(bt[static_cast<std::size_t>(c * 16 + k)]);
+            want1[static_cast<std::size_t>(r * 128 + c)] = acc;
+        }
+        for (int c = 0; c < 64; ++c) {
+            double acc = 0.0;
+            for (int k = 0; k < 16; ++k) acc += x(a[static_cast<std::size_t>(r * 16 + k)]) * x(v[static_cast<std::size_t>(k * 64 + c)]);
+            want2[static_cast<std::size_t>(r * 64 + c)] = acc;
+        }
+    }
+    auto da = tc::to_device(a), db = tc::to_device(bt), dv = tc::to_device(v);
+    tc::device_buffer<float> d1(64 * 128), d2(64 * 64), early(128);
+    d1.poison();
+    d2.poison();
+    early.poison();
+    const std::size_t bytes = 64 * 128 + 128 * 128 + 16 * 128 + 1024;
+    tc::launch(wgmma_kernel<T>, 1, 128, bytes, nullptr, da.data(), db.data(), dv.data(), d1.data(), d2.data(), early.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const tinyllm_test::tolerance tol{1e-5, 1e-5, 1e-6};
+    const auto got1 = tc::to_host(d1), got2 = tc::to_host(d2);
+    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got1), std::span<const double>(want1), tol, "wgmma m64n128k16, A and B (K-major) from shared memory");
+    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got2), std::span<const double>(want2), tol, "wgmma m64n64k16, A from registers, B N-major");
+#if defined(TINYLLM_SIMULATED_GPU)
+    const auto e = tc::to_host(early);
+    CHECK(std::all_of(e.begin(), e.end(), [](float f) { return f == 1.0f; }));  // the accumulators before the wait
+#endif
+}
+}  // namespace
+
+TEST_CASE("wgmma.mma_async computes A B (+ D) from tinyllm's shared-memory layouts", "[cuda][sim][mma]") {
+    if (!tc::wgmma_compiled()) {
+        WARN("wgmma needs a compute capability 9.0 GPU and a build for sm_90a: not run");
+        return;
+    }
+    check_wgmma<tinyllm::bfloat16>(30);
+    check_wgmma<tinyllm::float16>(40);
 }
 
 #if defined(TINYLLM_SIMULATED_GPU)

@@ -115,11 +115,23 @@ enum class warp_op : int {
     syncwarp,                                  // no payload
     ldmatrix, ldmatrix_trans,                  // in: 16 bytes (the row this lane addresses); out: `arg` uint32; arg = 1, 2, 4
     mma_bf16, mma_f16,                         // in: mma_fragments; out: float[4]
+    wgmma,                                     // in: wgmma_request (results through its d); no out
 };
 struct mma_fragments {
     std::uint32_t a[4];
     std::uint32_t b[2];
     float c[4];
+};
+// One wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16} of one
+// thread, kept from its issue to the wait that lands it (what it reads and
+// writes is read and written then: the latest moment a GPU may).
+struct wgmma_request {
+    float* d;                // the thread's N / 2 accumulators
+    const std::uint32_t* a;  // A in registers (4 per thread), or nullptr: A from a_desc
+    std::uint64_t a_desc, b_desc;
+    int n;                   // 8 .. 256, a multiple of 8
+    bool trans_b, scale_d, f16;
+    std::source_location where;
 };
 // The running lane's part of a warp-wide operation: waits for the lanes of `mask`.
 void warp_collective(warp_op op, unsigned mask, const void* in, void* out, int arg, int width,
@@ -137,6 +149,15 @@ void cp_async(void* shared_dst, const void* global_src, int copy_bytes, int src_
               const std::source_location& where);
 void cp_async_commit();
 void cp_async_wait(int newest_pending_allowed);
+
+// wgmma: issued per thread, committed into groups, executed per warp (each warp
+// of a warpgroup computes its 16 rows of D) by wgmma_wait; shared_address is
+// the offset of p in the block's dynamic shared memory (the simulated
+// shared-memory address that descriptors hold).
+void wgmma_issue(const wgmma_request& r);
+void wgmma_commit();
+void wgmma_wait(int newest_pending_allowed, const std::source_location& where);
+std::uint32_t shared_address(const void* p, const std::source_location& where);
 
 // One call of the kernel, by the simulated thread that runs it.
 template <class Closure>

@@ -14,7 +14,17 @@
 //       dealt out in fragment layout (tinyllm/detail/mma_fragments.hpp).
 //   mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32
 //       d = a b + c over the warp's fragments, products and sums in float.
-// All three warp-wide instructions (.sync.aligned) need all 32 lanes.
+//   wgmma.fence / wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16} /
+//   wgmma.commit_group / wgmma.wait_group N (sm_90a)
+//       a warpgroup's 64 x N x 16 product, B (and A, or A from registers) read
+//       from shared memory through matrix descriptors (tinyllm/detail/
+//       wgmma_layout.hpp). The simulator keeps each issued product until a
+//       wait_group lands its group, and only then reads its operands and writes
+//       the accumulators — the latest moment the GPU may — so accumulators read
+//       before the wait hold their old values, and shared memory overwritten
+//       before the wait changes the result: both fail a test. Each warp computes
+//       its own 16 rows of the product.
+// All warp-wide instructions (.sync.aligned) need all 32 lanes.
 #pragma once
 
 #include <tinyllm/sim/executor.hpp>
@@ -72,6 +82,27 @@ inline void mma_m16n8k16(float (&c)[4], const std::uint32_t (&a)[4], std::uint32
     detail::warp_collective(f16 ? detail::warp_op::mma_f16 : detail::warp_op::mma_bf16, 0xffffffffu, &in, d, 0, 32,
                             where);
     for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+// The shared-memory address (here: the offset in the block's dynamic shared
+// memory) that matrix descriptors hold.
+inline std::uint32_t shared_address(const void* p, std::source_location where = std::source_location::current()) {
+    return detail::shared_address(p, where);
+}
+
+// wgmma.mma_async m64nNk16 with float accumulators: d = a b + (scale_d ? d : 0).
+// a: the thread's 4 A registers, or nullptr for A from a_desc (K-major).
+template <int N>
+void wgmma_m64k16(float (&d)[N / 2], const std::uint32_t* a, std::uint64_t a_desc, std::uint64_t b_desc, bool scale_d,
+                  bool trans_b, bool f16, std::source_location where = std::source_location::current()) {
+    static_assert(N >= 8 && N <= 256 && N % 8 == 0, "wgmma: N is 8 .. 256, a multiple of 8");
+    detail::wgmma_issue({d, a, a_desc, b_desc, N, trans_b, scale_d, f16, where});
+}
+inline void wgmma_fence() {}
+inline void wgmma_commit_group() { detail::wgmma_commit(); }
+template <int N>
+void wgmma_wait_group(std::source_location where = std::source_location::current()) {
+    detail::wgmma_wait(N, where);
 }
 
 }  // namespace tinyllm::sim::ptx

@@ -1,0 +1,358 @@
+// tinyllm/cuda/attention_wgmma.cuh — attention v6: v5's FlashAttention-2
+// forward with Hopper's warpgroup matrix instruction (wgmma.mma_async,
+// sm_90a) instead of mma.sync: the tensor cores read K and V, and Q, straight
+// from shared memory.
+//
+// What it computes is v4's and v5's: for each query row i,
+// O_i = sum_j softmax_j(logit(q_i . k_j)) v_j over the visible keys, one key
+// tile at a time with the online softmax. Read attention_flash2.cuh (v5) first;
+// the instruction and its layouts are in tinyllm/detail/wgmma_layout.hpp.
+//
+// v5 -> v6   Run D measured v5 at 0.82x PyTorch's flash kernel at D = 128 and
+//            0.60x at D = 64 on an H200, and cuDNN at about twice v5's speed.
+//            What an H100/H200 offers beyond mma.sync is wgmma: a warpgroup
+//            (4 warps) issues one 64 x N x 16 product (N up to 256) whose B
+//            operand the tensor cores read from shared memory themselves, and
+//            which runs asynchronously until a wait. The changes, each with its
+//            EXPECTED effect (not measured: no GPU has run this file yet):
+//
+//   * Two warpgroups of 64 query rows (128 rows, 256 threads, as v5), key
+//     tiles of 128 (v5: 64). S = Q K^T is D/16 instructions m64n128k16 per
+//     warpgroup with A = Q and B = K both from shared memory; O += P V is 8
+//     instructions m64nDk16 with A = P from registers (the S accumulators
+//     converted to 16 bits, the same trick as v4/v5: the accumulator layout of
+//     two neighbouring 8-column tiles is the A layout) and B = V from shared
+//     memory, N-major (V is stored [key][d]: the transpose is a flag of the
+//     instruction, not an ldmatrix.trans). No ldmatrix at all: v5 issued one
+//     ldmatrix.x4 per two mma.sync for K and V. Expected: the instructions
+//     that fed the tensor cores are gone, and wgmma runs near the H100's
+//     dense bf16 rate where mma.sync reaches about two thirds of it.
+//   * Shared memory in wgmma's 128-byte-swizzle layout: a [rows][D] tile is
+//     D/64 column blocks of 128-byte rows, 16-byte chunk c of row r at chunk
+//     c ^ (r % 8), each tile 1024-byte aligned (wgmma_tile_offset). The same
+//     conflict-free property as v5's swizzle, in the form the descriptors name.
+//     Q, K, V: 48 KiB at D = 64, 96 KiB at D = 128.
+//   * Registers: S is 64 floats a thread (a 64 x 128 tile over 128 threads),
+//     O is D/2 floats, P 32 registers; Q is never in registers (it is read by
+//     the instruction). Expected ~170-200 registers: one 8-warp block per SM,
+//     like v5.
+//   * Asynchrony is used only within one product here: each warpgroup issues
+//     a product, commits and waits for it before the softmax. The two
+//     warpgroups of a block and the next block on the SM overlap one another's
+//     softmax with their products only as far as the scheduler interleaves
+//     them. v5's K / V stage schedule (each copy overlapping one product) is
+//     kept, with the same two barriers per tile.
+//
+// Expected together: above v5 by the rate of wgmma over mma.sync and the
+// ldmatrix traffic removed, i.e. near or above PyTorch's flash kernel (which is
+// FlashAttention-2, mma.sync, on this GPU). Not done (the rest of
+// FlashAttention-3): TMA loads issued by one producer warp with mbarriers
+// (warp specialization), two-stage K/V buffers, "ping-pong" scheduling of the
+// two warpgroups so that one's softmax runs under the other's products, and
+// the softmax of tile j overlapped with the products of tile j+1 within a
+// warpgroup.
+//
+// Supported: v5's set — T = bfloat16 or float16; head dims 64 and 128; every
+// option of the CPU reference (causal, window, ALiBi, soft-cap, padding),
+// GQA/MQA, Tq != Tk; strides that are multiples of 8 elements with 16-byte
+// aligned pointers — on a GPU of compute capability 9.0 running code built for
+// sm_90a (CMAKE_CUDA_ARCHITECTURES=90a), or on the simulated GPU. Anything else
+// is rejected on the host with a message that says why.
+#pragma once
+
+#include <tinyllm/cuda/attention_common.cuh>
+#include <tinyllm/cuda/attention_mma.cuh>  // cp_async_16, pack2, expect_mma_args
+#include <tinyllm/cuda/launch.cuh>
+#include <tinyllm/cuda/wgmma.cuh>
+#include <tinyllm/detail/wgmma_layout.hpp>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace tinyllm::cuda {
+namespace detail {
+
+inline constexpr int wgmma_attn_threads = 256;  // 2 warpgroups
+inline constexpr int wgmma_attn_bq = 128;       // query rows per block (64 per warpgroup)
+inline constexpr int wgmma_attn_bk = 128;       // keys per tile
+
+// Bytes of dynamic shared memory: Q, K, V tiles of 128 rows of D 16-bit values,
+// plus up to 1024 bytes to align the first to a 1024-byte boundary.
+TINYLLM_HOST_DEVICE constexpr int wgmma_attn_smem_bytes(int d) { return 3 * 128 * d * 2 + 1024; }
+
+// Copy ROWS rows of D elements (row r at src + r * row_stride) into a [ROWS][D]
+// tile in wgmma's layout (wgmma_tile_offset); rows at or past `valid` are
+// zero-filled (nothing is read). Thread tid moves 16-byte chunks tid, tid + 256,
+// ...: row r0 + i * STEP, the same column, so its destinations are i * STEP * 128
+// bytes apart (STEP is a multiple of 8: the same swizzle) and its sources i * STEP
+// rows apart. The row step goes through `opaque`, so that the compiler adds it
+// per chunk instead of keeping every chunk's 64-bit offset in a register across
+// the tile loop.
+template <int ROWS, int D, class T>
+__device__ __forceinline__ void wgmma_load_tile(unsigned char* dst, const T* src, index_t row_stride, int valid, int tid) {
+    constexpr int CHUNKS = D / 8, STEP = wgmma_attn_threads / CHUNKS;
+    static_assert(ROWS % STEP == 0 && STEP % 8 == 0, "every thread moves the same number of chunks, 8 rows apart or more");
+    const int r0 = tid / CHUNKS, col = (tid % CHUNKS) * 8;
+    unsigned char* d = dst + tinyllm::detail::wgmma_tile_offset(r0, col, ROWS);
+    const index_t step = static_cast<index_t>(opaque(static_cast<std::uint64_t>(STEP * row_stride)));
+    const T* from = src + r0 * row_stride + col;
+#pragma unroll
+    for (int i = 0; i < ROWS / STEP; ++i, from += step) {
+        const bool in = r0 + i * STEP < valid;
+        cp_async_16(d + i * STEP * 128, in ? from : src, in ? 16 : 0);
+    }
+}
+
+// Block (h + Hq * b, query block counted from the end), as v5.
+template <class T, int D, bool Plain>
+__global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(attention_args<T> a) {
+#if TINYLLM_WGMMA
+    constexpr int BK = wgmma_attn_bk;
+    constexpr int CHUNKS = D / 8;
+    constexpr int TILE = 128 * D * 2;  // bytes of one Q, K or V tile
+    constexpr float log2e = 1.4426950408889634f;
+    // The tiles at the first 1024-byte boundary of the shared-memory window.
+    unsigned char* raw = dynamic_shared<unsigned char>();
+    const std::uint32_t raw_address = wgmma_smem_address(raw);
+    const std::uint32_t pad = (1024u - raw_address % 1024u) % 1024u;
+    unsigned char* qs = raw + pad;  // [128][D]: Q, later each warp's output rows
+    unsigned char* ks = qs + TILE;  // [128][D]: K of one tile
+    unsigned char* vs = ks + TILE;  // [128][D]: V of one tile
+    const std::uint32_t q_address = raw_address + pad, k_address = q_address + TILE, v_address = k_address + TILE;
+
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wg = warp / 4, t = tid % 128;  // warpgroup, thread in it
+    const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
+    const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
+    const int hkv = h / a.group;
+    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * wgmma_attn_bq;  // heaviest first (v5)
+    const int wq0 = q0 + 64 * wg;  // this warpgroup's first query row
+    const index_t length = a.length(b);
+
+    const key_range range = attention_tile_keys(a.mask, q0, wgmma_attn_bq, length);
+    const int t_begin = static_cast<int>(range.begin / BK);
+    const int t_end = static_cast<int>(ceil_div<index_t>(range.end, BK));
+    auto load_k = [&](int tile) {
+        const int k0 = tile * BK;
+        wgmma_load_tile<128, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
+    };
+    auto load_v = [&](int tile) {
+        const int k0 = tile * BK;
+        wgmma_load_tile<128, D>(vs, a.v_row(b, k0, hkv), a.v_st, static_cast<int>(length - k0), tid);
+    };
+
+    // Descriptors (tinyllm/detail/wgmma_layout.hpp). Q and K are K-major
+    // (rows along M or N, 8-row groups 1024 bytes apart); step s covers features
+    // 16s .. 16s+15 (wgmma_k_major_step). V is N-major for O += P V: rows along K
+    // (keys), 8-key groups 1024 bytes apart, the second 64-feature block (D = 128)
+    // 128 * 128 bytes further (wgmma_n_major_step). Each step's descriptor is the
+    // tile's plus a constant; `opaque` hides the base from the compiler once per
+    // tile so that it adds the constants at each use instead of keeping 24
+    // loop-invariant 64-bit descriptors in registers.
+    const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
+    const std::uint64_t k_desc0 = tinyllm::detail::wgmma_descriptor(k_address, 16, 1024);
+    const std::uint64_t v_desc0 = tinyllm::detail::wgmma_descriptor(v_address, 128 * 128, 1024);
+    using tinyllm::detail::wgmma_advance;
+    using tinyllm::detail::wgmma_k_major_step;
+    using tinyllm::detail::wgmma_n_major_step;
+
+    // ---- prologue: Q, then K of the first tile ----
+    wgmma_load_tile<wgmma_attn_bq, D>(qs, a.q_row(b, q0, h), a.q_st, a.Tq - q0, tid);
+    cp_async_commit();
+    if (t_begin < t_end) load_k(t_begin);
+    cp_async_commit();
+
+    // The two query rows this thread holds (accumulator rows, wgmma_d_row) and their keys.
+    const int row0 = wq0 + tinyllm::detail::wgmma_d_row(t, 0), row1 = row0 + 8;
+    const key_range keys0 = attention_visible_keys(a.mask, row0, length);
+    const key_range keys1 = attention_visible_keys(a.mask, row1, length);
+    const int begin0 = static_cast<int>(keys0.begin), end0 = static_cast<int>(keys0.end);
+    const int begin1 = static_cast<int>(keys1.begin), end1 = static_cast<int>(keys1.end);
+    const index_t pos0 = a.mask.query_position(row0), pos1 = a.mask.query_position(row1);
+    const bool plain = Plain || (!(a.softcap > 0.0f) && a.slopes == nullptr);
+    const float scale_log2 = a.scale * log2e;
+
+    float o[D / 2];  // O: register i is row (i % 4 < 2 ? row0 : row1), feature wgmma_d_col(t, i)
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows row0, row1
+    float l0 = 0.0f, l1 = 0.0f;            // running sums of this thread's columns
+
+    for (int tile = t_begin; tile < t_end; ++tile) {
+        const int k0 = tile * BK;
+        cp_async_wait<0>();   // K[tile] (and, the first time, Q) landed: this thread's copies ...
+        fence_proxy_async();  // ... visible to the tensor cores' reads ...
+        __syncthreads();      // ... everyone's; every warpgroup is done with V[tile - 1]
+        load_v(tile);
+        cp_async_commit();
+
+        // The warpgroup's own view of the tile (uniform over its 128 threads, as
+        // wgmma requires): skip, full or partial. Rows past Tq do not exist.
+        const attention_tile kind = wq0 < a.Tq ? attention_classify_tile(a.mask, wq0, 64, k0, BK, length)
+                                               : attention_tile::skip;
+        const bool active = kind != attention_tile::skip;
+
+        // ---- S = Q K^T: 64 rows x 128 keys per warpgroup ----
+        float s[BK / 2];
+        if (active) {
+            const std::uint64_t qd = opaque(q_desc0), kd = opaque(k_desc0);
+            wgmma_fence();
+#pragma unroll
+            for (int step = 0; step < D / 16; ++step)
+                wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(128, 64 * wg, step)),
+                                           wgmma_advance(kd, wgmma_k_major_step(128, 0, step)), step > 0);
+            wgmma_commit();
+            wgmma_wait<0>(s);
+        }
+
+        cp_async_wait<0>();  // V[tile] landed ...
+        fence_proxy_async();
+        __syncthreads();     // ... everyone's; every warpgroup is done with K[tile]
+        if (tile + 1 < t_end) load_k(tile + 1);
+        cp_async_commit();
+        if (!active) continue;
+
+        // ---- logits in log2 units; mask where the warpgroup's tile is partial ----
+        if (plain) {
+#pragma unroll
+            for (int i = 0; i < BK / 2; ++i) s[i] *= scale_log2;
+        } else if constexpr (!Plain) {
+#pragma unroll
+            for (int i = 0; i < BK / 2; ++i) {
+                const index_t j = k0 + tinyllm::detail::wgmma_d_col(t, i);
+                s[i] = log2e * a.logit(s[i], h, i % 4 < 2 ? pos0 : pos1, j);
+            }
+        }
+        if (kind == attention_tile::partial) {
+#pragma unroll
+            for (int i = 0; i < BK / 2; ++i) {
+                const int j = k0 + tinyllm::detail::wgmma_d_col(t, i);
+                const bool visible = i % 4 < 2 ? (begin0 <= j && j < end0) : (begin1 <= j && j < end1);
+                if (!visible) s[i] = -INFINITY;
+            }
+        }
+
+        // ---- online softmax of rows row0, row1 (a quad of lanes holds a row) ----
+        float tmax0 = -INFINITY, tmax1 = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < BK / 2; i += 4) {
+            tmax0 = fmaxf(tmax0, fmaxf(s[i], s[i + 1]));
+            tmax1 = fmaxf(tmax1, fmaxf(s[i + 2], s[i + 3]));
+        }
+#pragma unroll
+        for (int offset = 1; offset <= 2; offset *= 2) {
+            tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, offset));
+            tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, offset));
+        }
+        const float new0 = fmaxf(m0, tmax0), new1 = fmaxf(m1, tmax1);
+        const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
+        const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
+        m0 = new0;
+        m1 = new1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < BK / 2; i += 4) {
+            s[i] = exp2f(s[i] - base0);
+            s[i + 1] = exp2f(s[i + 1] - base0);
+            s[i + 2] = exp2f(s[i + 2] - base1);
+            s[i + 3] = exp2f(s[i + 3] - base1);
+            sum0 += s[i] + s[i + 1];
+            sum1 += s[i + 2] + s[i + 3];
+        }
+        l0 = alpha0 * l0 + sum0;
+        l1 = alpha1 * l1 + sum1;
+#pragma unroll
+        for (int i = 0; i < D / 2; i += 4) {
+            o[i] *= alpha0;
+            o[i + 1] *= alpha0;
+            o[i + 2] *= alpha1;
+            o[i + 3] *= alpha1;
+        }
+
+        // ---- O += P V: P (64 x 128) from the S registers, 16 keys per instruction ----
+        // Keys 16kk .. 16kk+15 are S's 8-column tiles 2kk and 2kk+1 (registers 8kk .. 8kk+7),
+        // whose accumulator layout is the A layout: rows g / g+8, keys 2t.. and 8+2t..
+        std::uint32_t p[BK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
+            p[kk][1] = pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+            p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+            p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        const std::uint64_t vd = opaque(v_desc0);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64k16<D, T, true>(o, p[kk], 0, wgmma_advance(vd, wgmma_n_major_step(kk)), true);
+        wgmma_commit();
+        wgmma_wait<0>(o);
+    }
+    cp_async_wait<0>();  // only empty groups can be pending here
+
+    // ---- O / l, staged through the block's Q rows, written as 16-byte rows ----
+#pragma unroll
+    for (int offset = 1; offset <= 2; offset *= 2) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, offset);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, offset);
+    }
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    __syncthreads();  // every warpgroup's last product has read Q (each warp reads all 64 rows of its warpgroup)
+    const int r0 = 64 * wg + tinyllm::detail::wgmma_d_row(t, 0);  // row in the block
+#pragma unroll
+    for (int i = 0; i < D / 2; i += 4) {
+        const int d = tinyllm::detail::wgmma_d_col(t, i);
+        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0, d, wgmma_attn_bq)) =
+            pack2<T>(o[i] * inv0, o[i + 1] * inv0);
+        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0 + 8, d, wgmma_attn_bq)) =
+            pack2<T>(o[i + 2] * inv1, o[i + 3] * inv1);
+    }
+    __syncwarp();  // a warp copies out exactly the 16 rows it wrote
+    const int wr0 = 64 * wg + 16 * (warp % 4);
+#pragma unroll
+    for (int i = 0; i < 16 * CHUNKS / 32; ++i) {
+        const int c = lane + 32 * i;
+        const int r = wr0 + c / CHUNKS, col = (c % CHUNKS) * 8;
+        const int row = q0 + r;
+        if (row < a.Tq)
+            *reinterpret_cast<uint4*>(a.o_row(b, row, h) + col) =
+                *reinterpret_cast<const uint4*>(qs + tinyllm::detail::wgmma_tile_offset(r, col, wgmma_attn_bq));
+    }
+#else
+    (void)a;
+    __trap();  // the launcher refuses builds without sm_90a code
+#endif
+}
+
+template <class T, int D>
+void launch_attention_wgmma(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
+    const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
+    auto kernel = plain ? attention_wgmma_kernel<T, D, true> : attention_wgmma_kernel<T, D, false>;
+    set_shared_memory(kernel, bytes, "attention_wgmma");
+    launch(kernel, grid, wgmma_attn_threads, bytes, stream, a);
+}
+
+}  // namespace detail
+
+// v6: out = attention(q, k, v) on Hopper's warpgroup tensor-core instruction.
+// T: tinyllm::bfloat16 or tinyllm::float16; head dims 64 and 128; a compute
+// capability 9.0 GPU with code built for sm_90a. See the top of this file.
+template <class T>
+void attention_wgmma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
+                     std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
+                     const attention_options& opts = {}, cudaStream_t stream = nullptr) {
+    static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
+                  "attention_wgmma (v6) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
+    auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_wgmma");
+    detail::expect_mma_args(a, "attention_wgmma", "v6");
+    TINYLLM_EXPECT(wgmma_compiled(), "attention_wgmma (v6) needs a GPU of compute capability 9.0 (H100, H200) running "
+                   "code compiled for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a); use attention_flash2 (v5) otherwise");
+    if (out.size() == 0) return;
+    const std::size_t bytes = static_cast<std::size_t>(detail::wgmma_attn_smem_bytes(a.D));
+    const dim3 grid = detail::checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, detail::wgmma_attn_bq), 1,
+                                           "attention_wgmma", "the (Hq * B, Tq / 128) query blocks");
+    if (a.D == 64) detail::launch_attention_wgmma<T, 64>(a, grid, bytes, stream);
+    else detail::launch_attention_wgmma<T, 128>(a, grid, bytes, stream);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace tinyllm::cuda
