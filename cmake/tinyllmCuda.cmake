@@ -9,9 +9,11 @@
 # No CUDA toolkit and no GPU are needed; TINYLLM_CUDA_SIMULATED is ON.
 #
 # GPU architectures: CMAKE_CUDA_ARCHITECTURES chooses which GPUs the kernels are
-# compiled for. tinyllm's default, "80;90", covers A100 (sm_80) and H100/H200
-# (sm_90); every extra architecture adds compile time. Pick yours with e.g.
-#   -DCMAKE_CUDA_ARCHITECTURES=90      (H100 only: the fastest build for it)
+# compiled for. tinyllm's default, "80;90a", covers A100 (sm_80) and H100/H200
+# (sm_90a: sm_90 plus the Hopper-only wgmma instructions of attention v6; its
+# code runs on compute capability 9.0 only, and newer GPUs run the sm_80 PTX);
+# every extra architecture adds compile time. Pick yours with e.g.
+#   -DCMAKE_CUDA_ARCHITECTURES=90a     (H100/H200 only: the fastest build for them)
 #   -DCMAKE_CUDA_ARCHITECTURES=native  (whatever GPU this machine has)
 #   -DCMAKE_CUDA_ARCHITECTURES="80;86;89;90"
 # or set the environment variable CUDAARCHS (CMake's own convention) before configuring.
@@ -37,7 +39,7 @@ elseif(NOT _tinyllm_cuda_mode STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
-      set(CMAKE_CUDA_ARCHITECTURES 80 90 CACHE STRING "GPU architectures to compile for")
+      set(CMAKE_CUDA_ARCHITECTURES 80 90a CACHE STRING "GPU architectures to compile for")
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)

@@ -590,7 +590,7 @@ namespace {
 
 // v6 against the float64 reference, as v5; skipped (with a message) where the GPU
 // or the build has no wgmma: the simulated GPU always has it.
-template <class T>
+template <class T, tc::wgmma_schedule Schedule = tc::wgmma_schedule::pipelined>
 void run_wgmma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed) {
     if (!tc::wgmma_compiled()) {
         WARN("attention v6 not run: this GPU or this build (not sm_90a) has no wgmma");
@@ -599,9 +599,10 @@ void run_wgmma_grid(const shape* shapes, std::size_t n, const tolerance& tol, st
     for (std::size_t si = 0; si < n; ++si)
         for (const auto& var : variants) {
             problem<T> p(shapes[si], var, seed + 100 * si);
-            INFO("v6 wgmma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name);
+            INFO("v6 wgmma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name
+                             << (Schedule == tc::wgmma_schedule::pipelined ? ", pipelined" : ", sequential"));
             p.dout.poison();
-            tc::attention_wgmma<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+            tc::attention_wgmma<T, Schedule>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
             TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
             TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v6 wgmma O");
         }
@@ -610,21 +611,27 @@ void run_wgmma_grid(const shape* shapes, std::size_t n, const tolerance& tol, st
 }  // namespace
 
 // v5's shapes plus one whose rows fill both warpgroups and several 128-key tiles
-// (T = 300: a diagonal tile half masked for one warpgroup, whole for the other).
-TEST_CASE("attention v6 wgmma (bf16) matches the float64 reference", "[cuda][attention]") {
-    run_wgmma_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 76000);
+// (T = 300: a diagonal tile half masked for one warpgroup, whole for the other), in
+// both schedules (the pipelined one, the default, computes and masks whole the tiles
+// a warpgroup does not see: the window variant has such tiles).
+TEST_CASE("attention v6 wgmma (bf16) matches the float64 reference", "[cuda][attention][wgmma]") {
     const shape s[] = {{1, 300, 300, 2, 1, 64}};
+    run_wgmma_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 76000);
     run_wgmma_grid<bfloat16>(s, std::size(s), bf16_tol, 76500);
+    run_wgmma_grid<bfloat16, tc::wgmma_schedule::sequential>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 76000);
+    run_wgmma_grid<bfloat16, tc::wgmma_schedule::sequential>(s, std::size(s), bf16_tol, 76500);
 }
-TEST_CASE("attention v6 wgmma (fp16) matches the float64 reference", "[cuda][attention]") {
+TEST_CASE("attention v6 wgmma (fp16) matches the float64 reference", "[cuda][attention][wgmma]") {
     const shape s[] = {{2, 37, 150, 4, 2, 64}, {1, 45, 17, 2, 2, 128}};
     run_wgmma_grid<float16>(s, std::size(s), fp16_tol, 77000);
+    run_wgmma_grid<float16, tc::wgmma_schedule::sequential>(s, std::size(s), fp16_tol, 77000);
 }
-TEST_CASE("attention v6 wgmma, large shapes", "[cuda][attention][large]") {
+TEST_CASE("attention v6 wgmma, large shapes", "[cuda][attention][wgmma][large]") {
     const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
     run_wgmma_grid<bfloat16>(s, std::size(s), bf16_tol, 78000);
+    run_wgmma_grid<bfloat16, tc::wgmma_schedule::sequential>(s, std::size(s), bf16_tol, 78000);
 }
-TEST_CASE("attention v6 wgmma rejects what it does not support", "[cuda][attention][error]") {
+TEST_CASE("attention v6 wgmma rejects what it does not support", "[cuda][attention][wgmma][error]") {
     problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 79000);
     CHECK_THROWS_WITH(tc::attention_wgmma<bfloat16>(p.out(), p.qv(), p.kv(), p.vv()),
                       contains("attention v6 (attention_wgmma) supports head dims 64 and 128, got 80"));

@@ -305,7 +305,7 @@ void check_wgmma(std::uint64_t which) {
 }
 }  // namespace
 
-TEST_CASE("wgmma.mma_async computes A B (+ D) from tinyllm's shared-memory layouts", "[cuda][sim][mma]") {
+TEST_CASE("wgmma.mma_async computes A B (+ D) from tinyllm's shared-memory layouts", "[cuda][sim][mma][wgmma]") {
     if (!tc::wgmma_compiled()) {
         WARN("wgmma needs a compute capability 9.0 GPU and a build for sm_90a: not run");
         return;

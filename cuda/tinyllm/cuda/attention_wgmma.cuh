@@ -26,31 +26,49 @@
 //     instruction, not an ldmatrix.trans). No ldmatrix at all: v5 issued one
 //     ldmatrix.x4 per two mma.sync for K and V. Expected: the instructions
 //     that fed the tensor cores are gone, and wgmma runs near the H100's
-//     dense bf16 rate where mma.sync reaches about two thirds of it.
+//     dense bf16 rate, where mma.sync reaches about two thirds of it (the
+//     FlashAttention-3 paper's figure).
 //   * Shared memory in wgmma's 128-byte-swizzle layout: a [rows][D] tile is
 //     D/64 column blocks of 128-byte rows, 16-byte chunk c of row r at chunk
 //     c ^ (r % 8), each tile 1024-byte aligned (wgmma_tile_offset). The same
 //     conflict-free property as v5's swizzle, in the form the descriptors name.
 //     Q, K, V: 48 KiB at D = 64, 96 KiB at D = 128.
-//   * Registers: S is 64 floats a thread (a 64 x 128 tile over 128 threads),
-//     O is D/2 floats, P 32 registers; Q is never in registers (it is read by
-//     the instruction). Expected ~170-200 registers: one 8-warp block per SM,
-//     like v5.
-//   * Asynchrony is used only within one product here: each warpgroup issues
-//     a product, commits and waits for it before the softmax. The two
-//     warpgroups of a block and the next block on the SM overlap one another's
-//     softmax with their products only as far as the scheduler interleaves
-//     them. v5's K / V stage schedule (each copy overlapping one product) is
-//     kept, with the same two barriers per tile.
+//   * Registers: the S accumulators are 64 floats a thread (a 64 x 128 tile over
+//     128 threads), O is D/2, P 32 registers; Q is never in registers (the
+//     instruction reads it). nvcc 13.0, sm_90a, -O3 -Xptxas -v, plain logits:
+//     sequential 233 (D = 128) and 193 (D = 64), pipelined 247 and 203, no
+//     spills; one 8-warp block per SM, as v5. Two things kept them there: the
+//     cp.async loads step from row to row by an increment the compiler cannot
+//     hoist (`opaque`; the first version kept every chunk's 64-bit source
+//     offset across the tile loop and spilled 36-56 bytes at D = 128), and the
+//     descriptors are one base plus constants.
+//   * Two schedules (wgmma_schedule):
+//       sequential: v5's. Each warpgroup issues a product, waits for it, then
+//         runs the softmax; both warpgroups meet at the two barriers of each
+//         tile, so their softmaxes coincide and the tensor cores idle meanwhile.
+//       pipelined (the default; FlashAttention-3's overlap within a warpgroup):
+//           barrier: K[j], V[j-1] landed -> issue S_j = Q K[j]^T and
+//           O += P_{j-1} V[j-1] -> wait for S_j only -> softmax of S_j while the
+//           tensor cores run P V -> wait for P V -> barrier -> load K[j+1] and
+//           V[j] -> O *= alpha_j, P_j = pack(S_j)
+//         P_{j-1} is left untouched until its product is waited for, and O is
+//         rescaled after it lands (alpha_j multiplies O + P_{j-1} V[j-1]). Each
+//         load has a whole tile's work to arrive in, with the same single K and
+//         V buffers. Every product is issued on every path: ptxas serializes
+//         wgmma issued under branches it cannot prove warpgroup-uniform (its
+//         C7520 "Potential Performance Loss" note, which the first version
+//         drew), so a tile a warpgroup does not see is computed and masked
+//         whole rather than skipped.
+//     Expected: the pipelined schedule hides most of the softmax under P V
+//     (FlashAttention-3's ablation on an H100 credits this overlap with part of
+//     its speed; `tinyllm bench attention` times both schedules).
 //
 // Expected together: above v5 by the rate of wgmma over mma.sync and the
 // ldmatrix traffic removed, i.e. near or above PyTorch's flash kernel (which is
 // FlashAttention-2, mma.sync, on this GPU). Not done (the rest of
 // FlashAttention-3): TMA loads issued by one producer warp with mbarriers
-// (warp specialization), two-stage K/V buffers, "ping-pong" scheduling of the
-// two warpgroups so that one's softmax runs under the other's products, and
-// the softmax of tile j overlapped with the products of tile j+1 within a
-// warpgroup.
+// (warp specialization), two-stage K/V buffers, and "ping-pong" scheduling of
+// the two warpgroups so that one's softmax runs under the other's products.
 //
 // Supported: v5's set — T = bfloat16 or float16; head dims 64 and 128; every
 // option of the CPU reference (causal, window, ALiBi, soft-cap, padding),
@@ -104,7 +122,7 @@ __device__ __forceinline__ void wgmma_load_tile(unsigned char* dst, const T* src
 }
 
 // Block (h + Hq * b, query block counted from the end), as v5.
-template <class T, int D, bool Plain>
+template <class T, int D, bool Plain, bool Pipelined>
 __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(attention_args<T> a) {
 #if TINYLLM_WGMMA
     constexpr int BK = wgmma_attn_bk;
@@ -178,41 +196,33 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
     float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows row0, row1
     float l0 = 0.0f, l1 = 0.0f;            // running sums of this thread's columns
 
-    for (int tile = t_begin; tile < t_end; ++tile) {
-        const int k0 = tile * BK;
-        cp_async_wait<0>();   // K[tile] (and, the first time, Q) landed: this thread's copies ...
-        fence_proxy_async();  // ... visible to the tensor cores' reads ...
-        __syncthreads();      // ... everyone's; every warpgroup is done with V[tile - 1]
-        load_v(tile);
-        cp_async_commit();
-
-        // The warpgroup's own view of the tile (uniform over its 128 threads, as
-        // wgmma requires): skip, full or partial. Rows past Tq do not exist.
-        const attention_tile kind = wq0 < a.Tq ? attention_classify_tile(a.mask, wq0, 64, k0, BK, length)
-                                               : attention_tile::skip;
-        const bool active = kind != attention_tile::skip;
-
-        // ---- S = Q K^T: 64 rows x 128 keys per warpgroup ----
-        float s[BK / 2];
-        if (active) {
-            const std::uint64_t qd = opaque(q_desc0), kd = opaque(k_desc0);
-            wgmma_fence();
+    // ---- the steps of a tile, shared by the two schedules below ----
+    // The warpgroup's own view of a tile (uniform over its 128 threads, as wgmma
+    // requires): skip, full or partial. Rows past Tq do not exist.
+    auto classify = [&](int tile) {
+        return wq0 < a.Tq ? attention_classify_tile(a.mask, wq0, 64, tile * BK, BK, length) : attention_tile::skip;
+    };
+    // Issue S = Q K[tile]^T (64 rows x 128 keys per warpgroup) and commit it as one group.
+    auto issue_s = [&](float (&s)[BK / 2]) {
+        const std::uint64_t qd = opaque(q_desc0), kd = opaque(k_desc0);
 #pragma unroll
-            for (int step = 0; step < D / 16; ++step)
-                wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(128, 64 * wg, step)),
-                                           wgmma_advance(kd, wgmma_k_major_step(128, 0, step)), step > 0);
-            wgmma_commit();
-            wgmma_wait<0>(s);
-        }
-
-        cp_async_wait<0>();  // V[tile] landed ...
-        fence_proxy_async();
-        __syncthreads();     // ... everyone's; every warpgroup is done with K[tile]
-        if (tile + 1 < t_end) load_k(tile + 1);
-        cp_async_commit();
-        if (!active) continue;
-
-        // ---- logits in log2 units; mask where the warpgroup's tile is partial ----
+        for (int step = 0; step < D / 16; ++step)
+            wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(128, 64 * wg, step)),
+                                       wgmma_advance(kd, wgmma_k_major_step(128, 0, step)), step > 0);
+        wgmma_commit();
+    };
+    // Issue O += P V (P: 64 x 128 in registers, 16 keys per instruction) and commit it.
+    auto issue_pv = [&](const std::uint32_t (&p)[BK / 16][4]) {
+        const std::uint64_t vd = opaque(v_desc0);
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64k16<D, T, true>(o, p[kk], 0, wgmma_advance(vd, wgmma_n_major_step(kk)), true);
+        wgmma_commit();
+    };
+    // Scores -> logits in log2 units, masked where the tile is partial; then the online
+    // softmax of rows row0, row1 (a quad of lanes holds a row): s becomes exp2(x - m_new),
+    // m and l are updated, and the factors O must be scaled by are returned.
+    auto softmax = [&](float (&s)[BK / 2], int tile, attention_tile kind, float& alpha0, float& alpha1) {
+        const int k0 = tile * BK;
         if (plain) {
 #pragma unroll
             for (int i = 0; i < BK / 2; ++i) s[i] *= scale_log2;
@@ -231,8 +241,6 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
                 if (!visible) s[i] = -INFINITY;
             }
         }
-
-        // ---- online softmax of rows row0, row1 (a quad of lanes holds a row) ----
         float tmax0 = -INFINITY, tmax1 = -INFINITY;
 #pragma unroll
         for (int i = 0; i < BK / 2; i += 4) {
@@ -245,8 +253,10 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, offset));
         }
         const float new0 = fmaxf(m0, tmax0), new1 = fmaxf(m1, tmax1);
+        // A row that has seen no key yet has max -inf: subtract 0 instead (v5).
         const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
-        const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
+        alpha0 = exp2f(m0 - base0);
+        alpha1 = exp2f(m1 - base1);
         m0 = new0;
         m1 = new1;
         float sum0 = 0.0f, sum1 = 0.0f;
@@ -261,6 +271,8 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
         }
         l0 = alpha0 * l0 + sum0;
         l1 = alpha1 * l1 + sum1;
+    };
+    auto rescale = [&](float alpha0, float alpha1) {
 #pragma unroll
         for (int i = 0; i < D / 2; i += 4) {
             o[i] *= alpha0;
@@ -268,11 +280,11 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             o[i + 2] *= alpha1;
             o[i + 3] *= alpha1;
         }
-
-        // ---- O += P V: P (64 x 128) from the S registers, 16 keys per instruction ----
-        // Keys 16kk .. 16kk+15 are S's 8-column tiles 2kk and 2kk+1 (registers 8kk .. 8kk+7),
-        // whose accumulator layout is the A layout: rows g / g+8, keys 2t.. and 8+2t..
-        std::uint32_t p[BK / 16][4];
+    };
+    // P from the S registers: keys 16kk .. 16kk+15 are S's 8-column tiles 2kk and 2kk+1
+    // (registers 8kk .. 8kk+7), whose accumulator layout is the A layout (rows g / g+8,
+    // keys 2t.. and 8+2t..), as in v4 and v5.
+    auto pack = [&](std::uint32_t (&p)[BK / 16][4], const float (&s)[BK / 2]) {
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
             p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
@@ -280,12 +292,90 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
             p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
         }
-        const std::uint64_t vd = opaque(v_desc0);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64k16<D, T, true>(o, p[kk], 0, wgmma_advance(vd, wgmma_n_major_step(kk)), true);
-        wgmma_commit();
-        wgmma_wait<0>(o);
+    };
+
+    if constexpr (!Pipelined) {
+        // ---- sequential: each product waited for before the next step (v5's schedule) ----
+        for (int tile = t_begin; tile < t_end; ++tile) {
+            cp_async_wait<0>();   // K[tile] (and, the first time, Q) landed: this thread's copies ...
+            fence_proxy_async();  // ... visible to the tensor cores' reads ...
+            __syncthreads();      // ... everyone's; every warpgroup is done with V[tile - 1]
+            load_v(tile);
+            cp_async_commit();
+            const attention_tile kind = classify(tile);
+            float s[BK / 2];
+            if (kind != attention_tile::skip) {
+                wgmma_fence();
+                issue_s(s);
+                wgmma_wait<0>(s);
+            }
+            cp_async_wait<0>();  // V[tile] landed ...
+            fence_proxy_async();
+            __syncthreads();     // ... everyone's; every warpgroup is done with K[tile]
+            if (tile + 1 < t_end) load_k(tile + 1);
+            cp_async_commit();
+            if (kind == attention_tile::skip) continue;
+            float alpha0, alpha1;
+            softmax(s, tile, kind, alpha0, alpha1);
+            rescale(alpha0, alpha1);
+            std::uint32_t p[BK / 16][4];
+            pack(p, s);
+            wgmma_fence();
+            issue_pv(p);
+            wgmma_wait<0>(o);
+        }
+    } else {
+        // ---- pipelined: the softmax of tile j runs while O += P V of tile j-1 is in
+        // flight (FlashAttention-3's overlap within a warpgroup) ----
+        //   barrier (K[j] and V[j-1] landed) -> issue S_j, issue P_{j-1} V_{j-1}
+        //   -> wait for S_j -> softmax of S_j (the tensor cores run P V meanwhile)
+        //   -> wait for P V -> barrier -> load K[j+1], V[j] -> O *= alpha_j, P_j = pack(S_j)
+        // P_{j-1} stays untouched until its product is waited for; O is rescaled after it.
+        // Each load has a whole tile's work to arrive, without a second buffer.
+        // Every product is issued unconditionally (ptxas serializes wgmma issued on paths
+        // it cannot prove warpgroup-uniform): a tile the warpgroup does not see is
+        // computed and masked whole (every row's visible keys miss it), which gives
+        // P = 0 and leaves m, l and O as they were. The first tile has no P V before it.
+        std::uint32_t p[BK / 16][4];
+        // One tile's first half: S_j, with P_{j-1} V_{j-1} in flight when `overlap`.
+        auto tile_products = [&](int tile, float (&s)[BK / 2], bool overlap, float& alpha0, float& alpha1) {
+            cp_async_wait<0>();  // K[tile] and V[tile - 1] landed (this thread's copies) ...
+            fence_proxy_async();
+            __syncthreads();     // ... everyone's
+            const attention_tile kind = classify(tile);
+            wgmma_fence();
+            issue_s(s);
+            if (overlap) {
+                issue_pv(p);
+                wgmma_wait<1>(s);  // S_j done; P V may still run
+            } else {
+                wgmma_wait<0>(s);
+            }
+            softmax(s, tile, kind == attention_tile::skip ? attention_tile::partial : kind, alpha0, alpha1);
+            if (overlap) wgmma_wait<0>(o);
+            __syncthreads();  // every warpgroup is done with K[tile] and V[tile - 1]
+            if (tile + 1 < t_end) load_k(tile + 1);
+            load_v(tile);
+            cp_async_commit();
+        };
+        if (t_begin < t_end) {
+            float s[BK / 2];
+            float alpha0, alpha1;
+            tile_products(t_begin, s, false, alpha0, alpha1);
+            rescale(alpha0, alpha1);
+            pack(p, s);
+            for (int tile = t_begin + 1; tile < t_end; ++tile) {
+                tile_products(tile, s, true, alpha0, alpha1);
+                rescale(alpha0, alpha1);
+                pack(p, s);
+            }
+            cp_async_wait<0>();  // V of the last tile ...
+            fence_proxy_async();
+            __syncthreads();     // ... everyone's
+            wgmma_fence();
+            issue_pv(p);
+            wgmma_wait<0>(o);
+        }
     }
     cp_async_wait<0>();  // only empty groups can be pending here
 
@@ -323,20 +413,25 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
 #endif
 }
 
-template <class T, int D>
+template <class T, int D, bool Pipelined>
 void launch_attention_wgmma(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
     const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
-    auto kernel = plain ? attention_wgmma_kernel<T, D, true> : attention_wgmma_kernel<T, D, false>;
+    auto kernel = plain ? attention_wgmma_kernel<T, D, true, Pipelined> : attention_wgmma_kernel<T, D, false, Pipelined>;
     set_shared_memory(kernel, bytes, "attention_wgmma");
     launch(kernel, grid, wgmma_attn_threads, bytes, stream, a);
 }
 
 }  // namespace detail
 
+// How v6 orders a tile's steps (see the top of this file): each product waited
+// for before the next step, or the softmax of tile j under the product P V of
+// tile j-1.
+enum class wgmma_schedule { sequential, pipelined };
+
 // v6: out = attention(q, k, v) on Hopper's warpgroup tensor-core instruction.
 // T: tinyllm::bfloat16 or tinyllm::float16; head dims 64 and 128; a compute
 // capability 9.0 GPU with code built for sm_90a. See the top of this file.
-template <class T>
+template <class T, wgmma_schedule Schedule = wgmma_schedule::pipelined>
 void attention_wgmma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                      const attention_options& opts = {}, cudaStream_t stream = nullptr) {
@@ -350,8 +445,9 @@ void attention_wgmma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     const std::size_t bytes = static_cast<std::size_t>(detail::wgmma_attn_smem_bytes(a.D));
     const dim3 grid = detail::checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, detail::wgmma_attn_bq), 1,
                                            "attention_wgmma", "the (Hq * B, Tq / 128) query blocks");
-    if (a.D == 64) detail::launch_attention_wgmma<T, 64>(a, grid, bytes, stream);
-    else detail::launch_attention_wgmma<T, 128>(a, grid, bytes, stream);
+    constexpr bool pipelined = Schedule == wgmma_schedule::pipelined;
+    if (a.D == 64) detail::launch_attention_wgmma<T, 64, pipelined>(a, grid, bytes, stream);
+    else detail::launch_attention_wgmma<T, 128, pipelined>(a, grid, bytes, stream);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
