@@ -207,36 +207,41 @@ TEST_CASE("ldmatrix and mma.sync m16n8k16 compute A B + C", "[cuda][sim][mma]") 
 }
 
 namespace {
-// Two warpgroup products as attention v6 does them, on one warpgroup:
-//   d1 (64 x 128) = A B + 1, A (64 x 16) and B^T (128 x 16) K-major in shared memory;
-//   d2 (64 x 64)  = A V,     A from registers, V (16 x 64) N-major in shared memory,
-//                            its accumulators NaN before (scale-d = 0 ignores them).
-// The tiles are stored with wgmma_tile_offset and described as attention v6 describes
-// them, so on a GPU this checks tinyllm's reading of the PTX ISA's layouts against the
-// hardware, and on the simulated GPU the simulator's. `early` (simulated GPU only):
+// Three warpgroup products as attention v6 does them, on one warpgroup, with A
+// (64 x 128), B^T (128 x 128) and V (16 x 128) in shared memory in v6's layout
+// (wgmma_tile_offset, two 64-feature column blocks each):
+//   d1 (64 x 128) = A[:, 80:96] B[80:96, :] + 1: A and B K-major from shared memory,
+//                   step 5 (the second column block, 32 bytes into its rows);
+//   d2 (64 x 64)  = A[:, 0:16] V[:, 0:64]: A from registers, V N-major (scale-d = 0
+//                   over accumulators that were NaN);
+//   d3 (64 x 128) = A[:, 0:16] V: the same with N = 128, which crosses V's column
+//                   blocks through the descriptor's leading-dimension offset.
+// On a GPU this checks tinyllm's reading of the PTX ISA's layouts against the
+// hardware, on the simulated GPU the simulator's. `early` (simulated GPU only):
 // d1's first accumulator read between the issue and the wait, still the old 1.0.
 template <class T>
-__global__ void wgmma_kernel(const T* a, const T* bt, const T* v, float* d1, float* d2, float* early) {
+__global__ void wgmma_kernel(const T* a, const T* bt, const T* v, float* d1, float* d2, float* d3, float* early) {
     unsigned char* raw = tc::dynamic_shared<unsigned char>();
     const std::uint32_t raw_address = tc::detail::wgmma_smem_address(raw);
     const std::uint32_t pad = (1024u - raw_address % 1024u) % 1024u;
-    unsigned char* as = raw + pad;       // [64][64] tile, features 0..15 used
-    unsigned char* bs = as + 64 * 128;   // [128][64] tile
-    unsigned char* vs = bs + 128 * 128;  // [16][64] tile
-    const std::uint32_t a_address = raw_address + pad, b_address = a_address + 64 * 128, v_address = b_address + 128 * 128;
+    unsigned char* as = raw + pad;        // [64][128]
+    unsigned char* bs = as + 64 * 256;    // [128][128]
+    unsigned char* vs = bs + 128 * 256;   // [16][128]
+    const std::uint32_t a_address = raw_address + pad, b_address = a_address + 64 * 256, v_address = b_address + 128 * 256;
     const int t = static_cast<int>(threadIdx.x), lane = t % 32, w = t / 32;
     namespace d = tinyllm::detail;
-    for (int i = t; i < 64 * 16; i += 128) *reinterpret_cast<T*>(as + d::wgmma_tile_offset(i / 16, i % 16, 64)) = a[i];
-    for (int i = t; i < 128 * 16; i += 128) *reinterpret_cast<T*>(bs + d::wgmma_tile_offset(i / 16, i % 16, 128)) = bt[i];
-    for (int i = t; i < 16 * 64; i += 128) *reinterpret_cast<T*>(vs + d::wgmma_tile_offset(i / 64, i % 64, 16)) = v[i];
+    for (int i = t; i < 64 * 128; i += 128) *reinterpret_cast<T*>(as + d::wgmma_tile_offset(i / 128, i % 128, 64)) = a[i];
+    for (int i = t; i < 128 * 128; i += 128) *reinterpret_cast<T*>(bs + d::wgmma_tile_offset(i / 128, i % 128, 128)) = bt[i];
+    for (int i = t; i < 16 * 128; i += 128) *reinterpret_cast<T*>(vs + d::wgmma_tile_offset(i / 128, i % 128, 16)) = v[i];
     tc::detail::fence_proxy_async();
     __syncthreads();
 
     float acc[64];
     for (int i = 0; i < 64; ++i) acc[i] = 1.0f;
     tc::detail::wgmma_fence();
-    tc::detail::wgmma_m64k16<128, T, false>(acc, nullptr, d::wgmma_descriptor(a_address, 16, 1024),
-                                            d::wgmma_descriptor(b_address, 16, 1024), true);
+    tc::detail::wgmma_m64k16<128, T, false>(
+        acc, nullptr, d::wgmma_advance(d::wgmma_descriptor(a_address, 16, 1024), d::wgmma_k_major_step(64, 0, 5)),
+        d::wgmma_advance(d::wgmma_descriptor(b_address, 16, 1024), d::wgmma_k_major_step(128, 0, 5)), true);
     tc::detail::wgmma_commit();
 #if defined(TINYLLM_SIMULATED_GPU)
     early[t] = acc[0];
@@ -251,16 +256,22 @@ __global__ void wgmma_kernel(const T* a, const T* bt, const T* v, float* d1, flo
     std::uint32_t af[4];
     for (int r = 0; r < 4; ++r) {
         const int row = 16 * w + lane / 4 + 8 * (r % 2), col = 2 * (lane % 4) + 8 * (r / 2);
-        T pair[2] = {a[row * 16 + col], a[row * 16 + col + 1]};
+        T pair[2] = {a[row * 128 + col], a[row * 128 + col + 1]};
         std::memcpy(&af[r], pair, sizeof af[r]);
     }
+    const std::uint64_t v_desc = d::wgmma_descriptor(v_address, 16 * 128, 1024);
     float acc2[32];
     for (int i = 0; i < 32; ++i) acc2[i] = NAN;
     tc::detail::wgmma_fence();
-    tc::detail::wgmma_m64k16<64, T, true>(acc2, af, 0, d::wgmma_descriptor(v_address, 16 * 128, 1024), false);
+    tc::detail::wgmma_m64k16<64, T, true>(acc2, af, 0, v_desc, false);
     tc::detail::wgmma_commit();
     tc::detail::wgmma_wait<0>(acc2);
     for (int i = 0; i < 32; ++i) d2[d::wgmma_d_row(t, i) * 64 + d::wgmma_d_col(t, i)] = acc2[i];
+    tc::detail::wgmma_fence();
+    tc::detail::wgmma_m64k16<128, T, true>(acc, af, 0, v_desc, false);
+    tc::detail::wgmma_commit();
+    tc::detail::wgmma_wait<0>(acc);
+    for (int i = 0; i < 64; ++i) d3[d::wgmma_d_row(t, i) * 128 + d::wgmma_d_col(t, i)] = acc[i];
 }
 
 template <class T>
@@ -271,33 +282,39 @@ void check_wgmma(std::uint64_t which) {
         for (std::size_t i = 0; i < n; ++i) out[i] = tinyllm::from_float<T>(f[i]);
         return out;
     };
-    const auto a = values(64 * 16, which), bt = values(128 * 16, which + 1), v = values(16 * 64, which + 2);
+    const auto a = values(64 * 128, which), bt = values(128 * 128, which + 1), v = values(16 * 128, which + 2);
     auto x = [](T e) { return static_cast<double>(tinyllm::to_float(e)); };
-    std::vector<double> want1(64 * 128), want2(64 * 64);
-    for (int r = 0; r < 64; ++r) {
+    std::vector<double> want1(64 * 128), want2(64 * 64), want3(64 * 128);
+    for (int r = 0; r < 64; ++r)
         for (int c = 0; c < 128; ++c) {
-            double acc = 1.0;
-            for (int k = 0; k < 16; ++k) acc += x(a[static_cast<std::size_t>(r * 16 + k)]) * x(bt[static_cast<std::size_t>(c * 16 + k)]);
-            want1[static_cast<std::size_t>(r * 128 + c)] = acc;
+            double s1 = 1.0, s3 = 0.0;
+            for (int k = 0; k < 16; ++k) {
+                s1 += x(a[static_cast<std::size_t>(r * 128 + 80 + k)]) * x(bt[static_cast<std::size_t>(c * 128 + 80 + k)]);
+                s3 += x(a[static_cast<std::size_t>(r * 128 + k)]) * x(v[static_cast<std::size_t>(k * 128 + c)]);
+            }
+            want1[static_cast<std::size_t>(r * 128 + c)] = s1;
+            want3[static_cast<std::size_t>(r * 128 + c)] = s3;
+            if (c < 64) want2[static_cast<std::size_t>(r * 64 + c)] = s3;
         }
-        for (int c = 0; c < 64; ++c) {
-            double acc = 0.0;
-            for (int k = 0; k < 16; ++k) acc += x(a[static_cast<std::size_t>(r * 16 + k)]) * x(v[static_cast<std::size_t>(k * 64 + c)]);
-            want2[static_cast<std::size_t>(r * 64 + c)] = acc;
-        }
-    }
     auto da = tc::to_device(a), db = tc::to_device(bt), dv = tc::to_device(v);
-    tc::device_buffer<float> d1(64 * 128), d2(64 * 64), early(128);
+    tc::device_buffer<float> d1(64 * 128), d2(64 * 64), d3(64 * 128), early(128);
     d1.poison();
     d2.poison();
+    d3.poison();
     early.poison();
-    const std::size_t bytes = 64 * 128 + 128 * 128 + 16 * 128 + 1024;
-    tc::launch(wgmma_kernel<T>, 1, 128, bytes, nullptr, da.data(), db.data(), dv.data(), d1.data(), d2.data(), early.data());
+    const std::size_t bytes = (64 + 128 + 16) * 256 + 1024;
+    tc::detail::set_shared_memory(wgmma_kernel<T>, bytes, "wgmma_kernel");
+    tc::launch(wgmma_kernel<T>, 1, 128, bytes, nullptr, da.data(), db.data(), dv.data(), d1.data(), d2.data(), d3.data(),
+               early.data());
     TINYLLM_CUDA_CHECK_LAUNCH();
     const tinyllm_test::tolerance tol{1e-5, 1e-5, 1e-6};
-    const auto got1 = tc::to_host(d1), got2 = tc::to_host(d2);
-    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got1), std::span<const double>(want1), tol, "wgmma m64n128k16, A and B (K-major) from shared memory");
-    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got2), std::span<const double>(want2), tol, "wgmma m64n64k16, A from registers, B N-major");
+    const auto got1 = tc::to_host(d1), got2 = tc::to_host(d2), got3 = tc::to_host(d3);
+    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got1), std::span<const double>(want1), tol,
+                          "wgmma m64n128k16, A and B K-major from shared memory, features 80..95");
+    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got2), std::span<const double>(want2), tol,
+                          "wgmma m64n64k16, A from registers, B N-major");
+    TINYLLM_REQUIRE_CLOSE(std::span<const float>(got3), std::span<const double>(want3), tol,
+                          "wgmma m64n128k16, A from registers, B N-major over two column blocks");
 #if defined(TINYLLM_SIMULATED_GPU)
     const auto e = tc::to_host(early);
     CHECK(std::all_of(e.begin(), e.end(), [](float f) { return f == 1.0f; }));  // the accumulators before the wait

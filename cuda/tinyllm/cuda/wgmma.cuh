@@ -31,6 +31,7 @@
 #include <tinyllm/cuda/launch.cuh>
 #include <tinyllm/detail/wgmma_layout.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -207,10 +208,10 @@ __global__ void wgmma_probe_kernel(int* out) {
 // Asked once per device (a one-thread launch), then remembered.
 template <class = void>
 bool wgmma_compiled() {
-    static int known[64];  // 0: not asked, 1: yes, 2: no
+    static std::atomic<int> known[64];  // 0: not asked, 1: yes, 2: no (asking twice is harmless)
     int device = 0;
     TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    if (device >= 0 && device < 64 && known[device] != 0) return known[device] == 1;
+    if (device >= 0 && device < 64 && known[device].load() != 0) return known[device].load() == 1;
     int major = 0, minor = 0;
     TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
@@ -223,7 +224,7 @@ bool wgmma_compiled() {
         TINYLLM_CUDA_CHECK(cudaMemcpy(&host, flag.data(), sizeof host, cudaMemcpyDeviceToHost));
         yes = host == 1;
     }
-    if (device >= 0 && device < 64) known[device] = yes ? 1 : 2;
+    if (device >= 0 && device < 64) known[device].store(yes ? 1 : 2);
     return yes;
 }
 
