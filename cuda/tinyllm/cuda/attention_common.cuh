@@ -9,6 +9,7 @@
 //   attention_flash.cuh    v3  online softmax, one pass over K/V, no score matrix (float32)
 //   attention_mma.cuh      v4  tensor cores (bf16/fp16 mma.sync), cp.async double buffering
 //   attention_flash2.cuh   v5  FlashAttention-2's full recipe: 128-row blocks, K/V cp.async stages, exp2, swizzle
+//   attention_wgmma.cuh    v6  v5 on Hopper's wgmma (sm_90a), softmax overlapped with the previous tile's P V
 //   attention_decode.cuh       rung 1 (tiles): split-K flash-decoding for a few queries over a long KV cache
 //   attention_decode_warps.cuh rung 2: flash-decoding, every warp on its own keys, 16-byte loads (attention_decode)
 //   attention_backward.cuh     the backward pass: v1 naive (P in global memory), v2 flash (recomputed from the lse)
@@ -171,6 +172,62 @@ __device__ __forceinline__ float warp_sum(float x) {
 
 // exp(s - m) that is 0 for a masked score (s = -inf), also when m = -inf.
 __device__ __forceinline__ float exp_shifted(float s, float m) { return s == -INFINITY ? 0.0f : __expf(s - m); }
+
+// One tile's online-softmax step for the two query rows a thread holds in a
+// tensor-core accumulator (v5's mma.sync and v6's wgmma): rows g and g + 8 of
+// its warp's 16, N scores in groups of 4 laid out (row0, row0, row1, row1), the
+// 4 lanes of a quad holding the rest of the rows. x(i) is score i in log2 units
+// (masked: -inf); it becomes exp2(x(i) - m_new). m0, m1 are the running maxima,
+// l0, l1 this thread's part of the running sums; alpha0, alpha1 = exp2(m_old -
+// m_new), what the rows of O are scaled by. A row that has seen no key yet
+// subtracts 0 instead of its max -inf, so that masked scores and alpha give
+// exp2(-inf) = 0, never -inf - -inf = NaN, without a test per element.
+template <int N, class Score>
+__device__ __forceinline__ void quad_online_softmax(Score x, float& m0, float& m1, float& l0, float& l1, float& alpha0,
+                                                    float& alpha1) {
+    static_assert(N % 4 == 0, "scores come in groups of 4: (row0, row0, row1, row1)");
+    float tmax0 = -INFINITY, tmax1 = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+        tmax0 = fmaxf(tmax0, fmaxf(x(i), x(i + 1)));
+        tmax1 = fmaxf(tmax1, fmaxf(x(i + 2), x(i + 3)));
+    }
+#pragma unroll
+    for (int offset = 1; offset <= 2; offset *= 2) {
+        tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, offset));
+        tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, offset));
+    }
+    const float new0 = fmaxf(m0, tmax0), new1 = fmaxf(m1, tmax1);
+    const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
+    alpha0 = exp2f(m0 - base0);
+    alpha1 = exp2f(m1 - base1);
+    m0 = new0;
+    m1 = new1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+        x(i) = exp2f(x(i) - base0);
+        x(i + 1) = exp2f(x(i + 1) - base0);
+        x(i + 2) = exp2f(x(i + 2) - base1);
+        x(i + 3) = exp2f(x(i + 3) - base1);
+        sum0 += x(i) + x(i + 1);
+        sum1 += x(i + 2) + x(i + 3);
+    }
+    l0 = alpha0 * l0 + sum0;
+    l1 = alpha1 * l1 + sum1;
+}
+
+// The end of the online softmax for the same two rows: the quad's sums of l,
+// and 1 / l (0 for a row that saw no key: its O row is 0).
+__device__ __forceinline__ void quad_softmax_normalizers(float l0, float l1, float& inv0, float& inv1) {
+#pragma unroll
+    for (int offset = 1; offset <= 2; offset *= 2) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, offset);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, offset);
+    }
+    inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+    inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+}
 
 }  // namespace detail
 }  // namespace tinyllm::cuda

@@ -283,36 +283,9 @@ __global__ void __launch_bounds__(flash2_threads, MinBlocks) attention_flash2_ke
         }
 
         // ---- online softmax for rows g and g+8 (the 4 lanes of a quad hold a row) ----
-        float tmax0 = -INFINITY, tmax1 = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < flash2_bk / 8; ++n) {
-            tmax0 = fmaxf(tmax0, fmaxf(s[n][0], s[n][1]));
-            tmax1 = fmaxf(tmax1, fmaxf(s[n][2], s[n][3]));
-        }
-#pragma unroll
-        for (int offset = 1; offset <= 2; offset *= 2) {
-            tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, offset));
-            tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, offset));
-        }
-        const float new0 = fmaxf(m0, tmax0), new1 = fmaxf(m1, tmax1);
-        // A row that has seen no key yet has max -inf: subtract 0 instead, so that
-        // exp2(-inf - 0) = 0 for its masked scores and for alpha (never -inf - -inf = NaN).
-        const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
-        const float alpha0 = exp2f(m0 - base0), alpha1 = exp2f(m1 - base1);
-        m0 = new0;
-        m1 = new1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-        for (int n = 0; n < flash2_bk / 8; ++n) {
-            s[n][0] = exp2f(s[n][0] - base0);
-            s[n][1] = exp2f(s[n][1] - base0);
-            s[n][2] = exp2f(s[n][2] - base1);
-            s[n][3] = exp2f(s[n][3] - base1);
-            sum0 += s[n][0] + s[n][1];
-            sum1 += s[n][2] + s[n][3];
-        }
-        l0 = alpha0 * l0 + sum0;
-        l1 = alpha1 * l1 + sum1;
+        float alpha0, alpha1;
+        quad_online_softmax<flash2_bk / 2>([&](int i) -> float& { return s[i / 4][i % 4]; }, m0, m1, l0, l1, alpha0,
+                                           alpha1);
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
             o[n][0] *= alpha0;
@@ -339,12 +312,8 @@ __global__ void __launch_bounds__(flash2_threads, MinBlocks) attention_flash2_ke
     cp_async_wait<0>();  // only empty groups can be pending here
 
     // ---- O / l, staged through this warp's own Q rows, written as 16-byte rows ----
-#pragma unroll
-    for (int offset = 1; offset <= 2; offset *= 2) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, offset);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, offset);
-    }
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    float inv0, inv1;
+    quad_softmax_normalizers(l0, l1, inv0, inv1);
     T* ow = qs + warp * flash2_warp_rows * D;  // only this warp ever reads these rows
     __syncwarp();  // the warp's last ldmatrix reads of Q come before the overwrite
 #pragma unroll

@@ -241,36 +241,7 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
                 if (!visible) s[i] = -INFINITY;
             }
         }
-        float tmax0 = -INFINITY, tmax1 = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < BK / 2; i += 4) {
-            tmax0 = fmaxf(tmax0, fmaxf(s[i], s[i + 1]));
-            tmax1 = fmaxf(tmax1, fmaxf(s[i + 2], s[i + 3]));
-        }
-#pragma unroll
-        for (int offset = 1; offset <= 2; offset *= 2) {
-            tmax0 = fmaxf(tmax0, __shfl_xor_sync(0xffffffffu, tmax0, offset));
-            tmax1 = fmaxf(tmax1, __shfl_xor_sync(0xffffffffu, tmax1, offset));
-        }
-        const float new0 = fmaxf(m0, tmax0), new1 = fmaxf(m1, tmax1);
-        // A row that has seen no key yet has max -inf: subtract 0 instead (v5).
-        const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
-        alpha0 = exp2f(m0 - base0);
-        alpha1 = exp2f(m1 - base1);
-        m0 = new0;
-        m1 = new1;
-        float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < BK / 2; i += 4) {
-            s[i] = exp2f(s[i] - base0);
-            s[i + 1] = exp2f(s[i + 1] - base0);
-            s[i + 2] = exp2f(s[i + 2] - base1);
-            s[i + 3] = exp2f(s[i + 3] - base1);
-            sum0 += s[i] + s[i + 1];
-            sum1 += s[i + 2] + s[i + 3];
-        }
-        l0 = alpha0 * l0 + sum0;
-        l1 = alpha1 * l1 + sum1;
+        quad_online_softmax<BK / 2>([&](int i) -> float& { return s[i]; }, m0, m1, l0, l1, alpha0, alpha1);
     };
     auto rescale = [&](float alpha0, float alpha1) {
 #pragma unroll
@@ -380,12 +351,8 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
     cp_async_wait<0>();  // only empty groups can be pending here
 
     // ---- O / l, staged through the block's Q rows, written as 16-byte rows ----
-#pragma unroll
-    for (int offset = 1; offset <= 2; offset *= 2) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, offset);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, offset);
-    }
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    float inv0, inv1;
+    quad_softmax_normalizers(l0, l1, inv0, inv1);
     __syncthreads();  // every warpgroup's last product has read Q (each warp reads all 64 rows of its warpgroup)
     const int r0 = 64 * wg + tinyllm::detail::wgmma_d_row(t, 0);  // row in the block
 #pragma unroll

@@ -136,54 +136,46 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], const std::uint3
     ::tinyllm::sim::ptx::wgmma_m64k16<N>(d, a, a_desc, b_desc, scale_d, TransB, !std::is_same_v<T, bfloat16>);
 #elif TINYLLM_WGMMA
     const int sd = scale_d ? 1 : 0;
+    // One asm statement per shape and operand source; TY is the PTX type of A and B.
+    // The predicate p is scale-d; "1, 1" are imm-scale-a/b (no negation); the last
+    // immediates are imm-trans-a, imm-trans-b (A from registers has no trans-a).
+#define TINYLLM_WGMMA_SS128(TY)                                                                      \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                       \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " TINYLLM_WGMMA_L64      \
+                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"                                                  \
+                 : TINYLLM_WGMMA_D64                                                                 \
+                 : "l"(a_desc), "l"(b_desc), "r"(sd))
+#define TINYLLM_WGMMA_RS128(TY)                                                                      \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"                                       \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " TINYLLM_WGMMA_L64      \
+                 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"                                     \
+                 : TINYLLM_WGMMA_D64                                                                 \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd))
+#define TINYLLM_WGMMA_RS64(TY)                                                                       \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                       \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " TINYLLM_WGMMA_L32       \
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                     \
+                 : TINYLLM_WGMMA_D32                                                                 \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd))
     constexpr bool bf = std::is_same_v<T, bfloat16>;
-    if constexpr (N == 128 && !TransB) {
-        static_assert(N == 128, "");
-        // A from shared memory (a == nullptr by contract).
+    if constexpr (N == 128 && !TransB) {  // A from shared memory (a == nullptr by contract)
         (void)a;
-        if constexpr (bf)
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TINYLLM_WGMMA_L64
-                         ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                         : TINYLLM_WGMMA_D64
-                         : "l"(a_desc), "l"(b_desc), "r"(sd));
-        else
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " TINYLLM_WGMMA_L64
-                         ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                         : TINYLLM_WGMMA_D64
-                         : "l"(a_desc), "l"(b_desc), "r"(sd));
+        if constexpr (bf) TINYLLM_WGMMA_SS128("bf16");
+        else TINYLLM_WGMMA_SS128("f16");
     } else if constexpr (N == 128 && TransB) {
         (void)a_desc;
-        if constexpr (bf)
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " TINYLLM_WGMMA_L64
-                         ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                         : TINYLLM_WGMMA_D64
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd));
-        else
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " TINYLLM_WGMMA_L64
-                         ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                         : TINYLLM_WGMMA_D64
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd));
+        if constexpr (bf) TINYLLM_WGMMA_RS128("bf16");
+        else TINYLLM_WGMMA_RS128("f16");
     } else if constexpr (N == 64 && TransB) {
         (void)a_desc;
-        if constexpr (bf)
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TINYLLM_WGMMA_L32
-                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                         : TINYLLM_WGMMA_D32
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd));
-        else
-            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " TINYLLM_WGMMA_L32
-                         ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                         : TINYLLM_WGMMA_D32
-                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(sd));
+        if constexpr (bf) TINYLLM_WGMMA_RS64("bf16");
+        else TINYLLM_WGMMA_RS64("f16");
     } else {
         static_assert(N == 0, "wgmma_m64k16: this shape/operand combination has no instruction written out here");
     }
+#undef TINYLLM_WGMMA_SS128
+#undef TINYLLM_WGMMA_RS128
+#undef TINYLLM_WGMMA_RS64
 #else
     (void)d, (void)a, (void)a_desc, (void)b_desc, (void)scale_d;
     __trap();
