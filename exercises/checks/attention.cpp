@@ -6,6 +6,7 @@
 #include "shapes.hpp"
 
 #include <tinyllm/attention.hpp>
+#include <tinyllm/detail/wgmma_layout.hpp>
 #include <tinyllm/model.hpp>
 
 #include <cmath>
@@ -112,5 +113,22 @@ TINYLLM_EXERCISE_CHECK("attention/03_kv_cache_bytes") {
         expect_scalar(ctx, "kv_cache_bytes(shape, context, 2) (bfloat16: half of float32's)",
                       static_cast<double>(exercises::attention::kv_cache_bytes(shape, context, 2)),
                       static_cast<double>(want / 2), 0, 0);
+    }
+}
+
+TINYLLM_EXERCISE_CHECK("attention/04_swizzled_tile") {
+    for (int c = 0; c < 6; ++c) {
+        const int rows = 8 * ctx.integer(1, 32), D = 64 * ctx.integer(1, 4);
+        ctx.case_label = "case " + std::to_string(c) + ": a [" + std::to_string(rows) + "][" + std::to_string(D) + "] tile";
+        for (int r = 0; r < rows; ++r)
+            for (int d = 0; d < D; ++d) {
+                const double got = static_cast<double>(exercises::attention::swizzled_tile_offset(r, d, rows));
+                const double want = static_cast<double>(tinyllm::detail::wgmma_tile_offset(r, d, rows));
+                if (got != want) {
+                    expect_scalar(ctx, "swizzled_tile_offset(" + std::to_string(r) + ", " + std::to_string(d) + ", rows)",
+                                  got, want, 0, 0);
+                    return;
+                }
+            }
     }
 }

@@ -32,6 +32,8 @@ inline constexpr exercise_info catalog[] = {
      "the causal attention probabilities softmax(mask(Q K^T / sqrt(D)))"},
     {"attention/03_kv_cache_bytes", "attention/03_kv_cache_bytes.cpp", "exercises_cpu",
      "the bytes a KV cache holds for a model shape and a context length"},
+    {"attention/04_swizzled_tile", "attention/04_swizzled_tile.cpp", "exercises_cpu",
+     "the byte of a tile element in attention v6's shared memory (wgmma's 128-byte swizzle)"},
     {"sampling/01_min_p", "sampling/01_min_p.cpp", "exercises_cpu",
      "min-p filtering: keep the tokens at least p times as probable as the top one"},
     {"sampling/02_top_p_bisection", "sampling/02_top_p_bisection.cpp", "exercises_cpu",

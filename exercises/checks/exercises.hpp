@@ -76,6 +76,7 @@ struct model_shape {
 
 namespace attention {
 std::int64_t kv_cache_bytes(const model_shape& shape, std::int64_t context, std::int64_t bytes_per_element);
+std::uint32_t swizzled_tile_offset(int r, int d, int rows);
 }  // namespace attention
 
 namespace model {
