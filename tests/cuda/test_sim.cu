@@ -373,6 +373,22 @@ __global__ void early_return_kernel(int* out, int n) {
     out[t] = s[n - 1 - t];
 }
 
+// wgmma misuse: a product issued and never waited for; a descriptor with a swizzle
+// mode the simulator does not implement (0: none); an operand past the shared memory.
+__global__ void wgmma_misuse_kernel(int which) {
+    unsigned char* smem = tc::dynamic_shared<unsigned char>();
+    const std::uint32_t base = tc::detail::wgmma_smem_address(smem);
+    float acc[64] = {};
+    std::uint64_t a = tinyllm::detail::wgmma_descriptor(base, 16, 1024);
+    const std::uint64_t b = tinyllm::detail::wgmma_descriptor(base, 16, 1024);
+    if (which == 1) a &= ~(std::uint64_t{3} << 62);                                 // swizzle mode 0
+    if (which == 2) a = tinyllm::detail::wgmma_descriptor(base + 12288, 16, 1024);  // 64 rows take 8 KiB: 4 KiB past the end
+    tc::detail::wgmma_fence();
+    tc::detail::wgmma_m64k16<128, tinyllm::bfloat16, false>(acc, nullptr, a, b, false);
+    tc::detail::wgmma_commit();
+    // which == 0: no wgmma_wait before returning
+}
+
 // Runs a kernel that must fault; returns the simulator's report and resets the device.
 template <class Launch>
 std::string fault_report(Launch launch) {
@@ -438,6 +454,21 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     INFO(r);
     CHECK(has(r, "exception"));
     CHECK(has(r, "thread (31,0,0)"));
+
+    // wgmma: every misuse is a fault that names what was wrong (16 KiB of shared memory:
+    // the 64-row A (8 KiB) and the 128-row B (16 KiB) at its start fit, A 12 KiB in does not).
+    r = fault_report([&] { tc::launch(wgmma_misuse_kernel, 1, 128, 16384, nullptr, 0); });
+    INFO(r);
+    CHECK(has(r, "synccheck"));
+    CHECK(has(r, "no wgmma.wait_group waited for"));
+    r = fault_report([&] { tc::launch(wgmma_misuse_kernel, 1, 128, 16384, nullptr, 1); });
+    INFO(r);
+    CHECK(has(r, "128-byte swizzle"));
+    CHECK(has(r, "swizzle mode 0"));
+    r = fault_report([&] { tc::launch(wgmma_misuse_kernel, 1, 128, 16384, nullptr, 2); });
+    INFO(r);
+    CHECK(has(r, "memcheck"));
+    CHECK(has(r, "wgmma A operand reaches past the block's 16384 bytes"));
 
     // Threads that have returned do not hold up a barrier (as on Volta and later GPUs).
     tc::launch(early_return_kernel, 1, 64, 0, nullptr, out.data(), 40);
