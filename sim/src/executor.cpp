@@ -441,7 +441,8 @@ public:
             device_fault("memcheck", "a shared-memory address of a pointer outside the block's dynamic shared memory", p, where);
         return static_cast<std::uint32_t>(c - shared_.data());
     }
-    // The bytes [first, last) of shared memory that a descriptor's operand covers must exist.
+    // An operand's descriptor must use the layout the simulator implements, and every
+    // byte the operand covers (mn_count rows or columns, 16 k) must be shared memory.
     void check_operand(std::uint64_t desc, bool mn_major, int mn_count, const detail::wgmma_request& r, const char* which) {
         const tinyllm::detail::wgmma_descriptor_fields f = tinyllm::detail::wgmma_decode(desc);
         if (f.swizzle != 1 || f.base_offset != 0)
@@ -449,16 +450,16 @@ public:
                                    which + "'s descriptor has swizzle mode " + std::to_string(f.swizzle) + ", base offset " +
                                    std::to_string(f.base_offset)).c_str(), nullptr, r.where);
         std::uint32_t highest = 0;
-        for (int mn = 0; mn < mn_count; mn += 1)
-            for (int k = 0; k < 16; k += 15) {
+        for (int mn = 0; mn < mn_count; ++mn)
+            for (int k = 0; k < 16; k += 15) {  // the swizzle keeps a row's bytes in its 128: k = 0, 15 bound them
                 const std::uint32_t at = mn_major ? tinyllm::detail::wgmma_mn_major_address(f, mn, k)
                                                   : tinyllm::detail::wgmma_k_major_address(f, mn, k);
                 if (at > highest) highest = at;
             }
-        if (f.start % 16 != 0 || highest + 2 > shared_.size())
+        if (highest + 2 > shared_.size())
             device_fault("memcheck", (std::string("wgmma ") + which + " operand reaches past the block's " +
                                       std::to_string(shared_.size()) + " bytes of dynamic shared memory (byte " +
-                                      std::to_string(highest) + ")").c_str(), shared_.data() + (highest % (shared_.size() + 1)), r.where);
+                                      std::to_string(highest) + ")").c_str(), nullptr, r.where);
     }
     void wgmma_issue(const detail::wgmma_request& r) {
         sanitizer_ignore ignore;
@@ -1036,11 +1037,9 @@ void executor::combine(detail::warp_op op, sim_thread* const (&lanes)[32]) {
         const int row0 = 16 * (lanes[0]->warp % 4), n = r0.n;
         float A[16][16];
         if (r0.a) {
-            float B_unused[16][8];
-            tinyllm::detail::mma_operands(
-                A, B_unused,
-                [&](int l, int r, int x) { return value(static_cast<std::uint16_t>(x ? req(l).a[r] >> 16 : req(l).a[r] & 0xffffu)); },
-                [](int, int, int) { return 0.0f; });
+            tinyllm::detail::mma_a_operand(A, [&](int l, int r, int x) {
+                return value(static_cast<std::uint16_t>(x ? req(l).a[r] >> 16 : req(l).a[r] & 0xffffu));
+            });
         } else {
             const tinyllm::detail::wgmma_descriptor_fields fa = tinyllm::detail::wgmma_decode(r0.a_desc);
             for (int i = 0; i < 16; ++i)

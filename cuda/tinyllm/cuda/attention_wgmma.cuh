@@ -96,7 +96,7 @@ inline constexpr int wgmma_attn_bk = 128;       // keys per tile
 
 // Bytes of dynamic shared memory: Q, K, V tiles of 128 rows of D 16-bit values,
 // plus up to 1024 bytes to align the first to a 1024-byte boundary.
-TINYLLM_HOST_DEVICE constexpr int wgmma_attn_smem_bytes(int d) { return 3 * 128 * d * 2 + 1024; }
+TINYLLM_HOST_DEVICE constexpr int wgmma_attn_smem_bytes(int d) { return (wgmma_attn_bq + 2 * wgmma_attn_bk) * d * 2 + 1024; }
 
 // Copy ROWS rows of D elements (row r at src + r * row_stride) into a [ROWS][D]
 // tile in wgmma's layout (wgmma_tile_offset); rows at or past `valid` are
@@ -127,7 +127,9 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
 #if TINYLLM_WGMMA
     constexpr int BK = wgmma_attn_bk;
     constexpr int CHUNKS = D / 8;
-    constexpr int TILE = 128 * D * 2;  // bytes of one Q, K or V tile
+    constexpr int BQ = wgmma_attn_bq;
+    static_assert(BQ == BK, "Q, K and V tiles have the same rows (one tile size below)");
+    constexpr int TILE = BQ * D * 2;  // bytes of one Q, K or V tile
     constexpr float log2e = 1.4426950408889634f;
     // The tiles at the first 1024-byte boundary of the shared-memory window.
     unsigned char* raw = dynamic_shared<unsigned char>();
@@ -143,39 +145,39 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
     const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
     const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
     const int hkv = h / a.group;
-    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * wgmma_attn_bq;  // heaviest first (v5)
+    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * BQ;  // heaviest first (v5)
     const int wq0 = q0 + 64 * wg;  // this warpgroup's first query row
     const index_t length = a.length(b);
 
-    const key_range range = attention_tile_keys(a.mask, q0, wgmma_attn_bq, length);
+    const key_range range = attention_tile_keys(a.mask, q0, BQ, length);
     const int t_begin = static_cast<int>(range.begin / BK);
     const int t_end = static_cast<int>(ceil_div<index_t>(range.end, BK));
     auto load_k = [&](int tile) {
         const int k0 = tile * BK;
-        wgmma_load_tile<128, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
+        wgmma_load_tile<BK, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
     };
     auto load_v = [&](int tile) {
         const int k0 = tile * BK;
-        wgmma_load_tile<128, D>(vs, a.v_row(b, k0, hkv), a.v_st, static_cast<int>(length - k0), tid);
+        wgmma_load_tile<BK, D>(vs, a.v_row(b, k0, hkv), a.v_st, static_cast<int>(length - k0), tid);
     };
 
     // Descriptors (tinyllm/detail/wgmma_layout.hpp). Q and K are K-major
     // (rows along M or N, 8-row groups 1024 bytes apart); step s covers features
     // 16s .. 16s+15 (wgmma_k_major_step). V is N-major for O += P V: rows along K
     // (keys), 8-key groups 1024 bytes apart, the second 64-feature block (D = 128)
-    // 128 * 128 bytes further (wgmma_n_major_step). Each step's descriptor is the
+    // BK * 128 bytes further (wgmma_n_major_step). Each step's descriptor is the
     // tile's plus a constant; `opaque` hides the base from the compiler once per
     // tile so that it adds the constants at each use instead of keeping 24
     // loop-invariant 64-bit descriptors in registers.
     const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
     const std::uint64_t k_desc0 = tinyllm::detail::wgmma_descriptor(k_address, 16, 1024);
-    const std::uint64_t v_desc0 = tinyllm::detail::wgmma_descriptor(v_address, 128 * 128, 1024);
+    const std::uint64_t v_desc0 = tinyllm::detail::wgmma_descriptor(v_address, BK * 128, 1024);
     using tinyllm::detail::wgmma_advance;
     using tinyllm::detail::wgmma_k_major_step;
     using tinyllm::detail::wgmma_n_major_step;
 
     // ---- prologue: Q, then K of the first tile ----
-    wgmma_load_tile<wgmma_attn_bq, D>(qs, a.q_row(b, q0, h), a.q_st, a.Tq - q0, tid);
+    wgmma_load_tile<BQ, D>(qs, a.q_row(b, q0, h), a.q_st, a.Tq - q0, tid);
     cp_async_commit();
     if (t_begin < t_end) load_k(t_begin);
     cp_async_commit();
@@ -207,8 +209,8 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
         const std::uint64_t qd = opaque(q_desc0), kd = opaque(k_desc0);
 #pragma unroll
         for (int step = 0; step < D / 16; ++step)
-            wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(128, 64 * wg, step)),
-                                       wgmma_advance(kd, wgmma_k_major_step(128, 0, step)), step > 0);
+            wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(BQ, 64 * wg, step)),
+                                       wgmma_advance(kd, wgmma_k_major_step(BK, 0, step)), step > 0);
         wgmma_commit();
     };
     // Issue O += P V (P: 64 x 128 in registers, 16 keys per instruction) and commit it.
@@ -306,7 +308,8 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
         // Every product is issued unconditionally (ptxas serializes wgmma issued on paths
         // it cannot prove warpgroup-uniform): a tile the warpgroup does not see is
         // computed and masked whole (every row's visible keys miss it), which gives
-        // P = 0 and leaves m, l and O as they were. The first tile has no P V before it.
+        // P = 0 and leaves m, l and O as they were. (Rows past Tq may see keys of such a
+        // tile; they are never written.) The first tile has no P V before it.
         std::uint32_t p[BK / 16][4];
         // One tile's first half: S_j, with P_{j-1} V_{j-1} in flight when `overlap`.
         auto tile_products = [&](int tile, float (&s)[BK / 2], bool overlap, float& alpha0, float& alpha1) {
@@ -358,9 +361,9 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
 #pragma unroll
     for (int i = 0; i < D / 2; i += 4) {
         const int d = tinyllm::detail::wgmma_d_col(t, i);
-        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0, d, wgmma_attn_bq)) =
+        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0, d, BQ)) =
             pack2<T>(o[i] * inv0, o[i + 1] * inv0);
-        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0 + 8, d, wgmma_attn_bq)) =
+        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0 + 8, d, BQ)) =
             pack2<T>(o[i + 2] * inv1, o[i + 3] * inv1);
     }
     __syncwarp();  // a warp copies out exactly the 16 rows it wrote
@@ -372,7 +375,7 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
         const int row = q0 + r;
         if (row < a.Tq)
             *reinterpret_cast<uint4*>(a.o_row(b, row, h) + col) =
-                *reinterpret_cast<const uint4*>(qs + tinyllm::detail::wgmma_tile_offset(r, col, wgmma_attn_bq));
+                *reinterpret_cast<const uint4*>(qs + tinyllm::detail::wgmma_tile_offset(r, col, BQ));
     }
 #else
     (void)a;

@@ -197,13 +197,17 @@ __global__ void wgmma_probe_kernel(int* out) {
 
 // Whether the kernels the current GPU runs were compiled with the wgmma
 // instructions (a build for sm_90a on an sm_90 GPU, or the simulated GPU).
-// Asked once per device (a one-thread launch), then remembered.
+// Asked once per device (a one-thread launch and a copy back), then remembered:
+// call it once before capturing attention_wgmma into a CUDA graph, since the
+// first call's copy would end the capture.
 template <class = void>
 bool wgmma_compiled() {
     static std::atomic<int> known[64];  // 0: not asked, 1: yes, 2: no (asking twice is harmless)
     int device = 0;
     TINYLLM_CUDA_CHECK(cudaGetDevice(&device));
-    if (device >= 0 && device < 64 && known[device].load() != 0) return known[device].load() == 1;
+    if (device >= 0 && device < 64) {
+        if (const int k = known[device].load(); k != 0) return k == 1;
+    }
     int major = 0, minor = 0;
     TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     TINYLLM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));

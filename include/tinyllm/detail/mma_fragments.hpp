@@ -29,11 +29,11 @@ constexpr void ldmatrix_pair(V (&pair)[2], const V (&rows)[32][8], int m, int la
     for (int x = 0; x < 2; ++x) pair[x] = trans ? rows[8 * m + c + x][r] : rows[8 * m + r][c + x];
 }
 
-// Assemble the A (16x16) and B (16x8) operands of one m16n8k16 product from
-// the lanes' registers: a(l, r, x) is value x of A register r of lane l,
-// b(l, r, x) likewise for B registers 0 and 1.
-template <class GetA, class GetB>
-void mma_operands(float (&A)[16][16], float (&B)[16][8], GetA a, GetB b) {
+// Assemble the A (16x16) operand of one m16n8k16 product (or a warp's 16 rows
+// of a wgmma A operand in registers) from the lanes' registers: a(l, r, x) is
+// value x of A register r of lane l.
+template <class GetA>
+void mma_a_operand(float (&A)[16][16], GetA a) {
     for (int l = 0; l < 32; ++l) {
         const int g = l / 4, t = l % 4;
         for (int x = 0; x < 2; ++x) {
@@ -41,6 +41,18 @@ void mma_operands(float (&A)[16][16], float (&B)[16][8], GetA a, GetB b) {
             A[g + 8][2 * t + x] = a(l, 1, x);
             A[g][2 * t + 8 + x] = a(l, 2, x);
             A[g + 8][2 * t + 8 + x] = a(l, 3, x);
+        }
+    }
+}
+
+// Both operands of one m16n8k16 product: A as above, B (16x8) from B registers
+// 0 and 1, b(l, r, x) likewise.
+template <class GetA, class GetB>
+void mma_operands(float (&A)[16][16], float (&B)[16][8], GetA a, GetB b) {
+    mma_a_operand(A, a);
+    for (int l = 0; l < 32; ++l) {
+        const int g = l / 4, t = l % 4;
+        for (int x = 0; x < 2; ++x) {
             B[2 * t + x][g] = b(l, 0, x);
             B[2 * t + 8 + x][g] = b(l, 1, x);
         }
