@@ -20,6 +20,7 @@
 #include <tinyllm/detail/mma_fragments.hpp>
 #include <tinyllm/detail/wgmma_layout.hpp>
 #include <tinyllm/dtype.hpp>
+#include "tensor_map.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -111,7 +112,7 @@ struct sanitizer_ignore {
     sanitizer_ignore& operator=(const sanitizer_ignore&) = delete;
 };
 
-enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, exited };
+enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, at_mbarrier, exited };
 
 struct pending_copy {
     void* dst;
@@ -143,6 +144,27 @@ struct sim_thread {
     // wgmma groups, likewise: wgmma[0, wgmma_group_end[i]) belong to committed groups 0..i
     std::vector<detail::wgmma_request> wgmma;
     std::vector<std::size_t> wgmma_group_end;
+    // mbarrier wait: the barrier (its shared-memory offset) and the parity of the phase awaited
+    std::uint32_t mbar = 0;
+    unsigned mbar_parity = 0;
+};
+
+// A bulk tensor copy (TMA) queued on the mbarrier whose bytes it completes.
+struct tma_copy {
+    unsigned char* dst;
+    std::uint32_t offset;  // dst in the block's shared memory
+    tma::tensor_map map;
+    std::int32_t c[5];
+    std::uint64_t bytes;
+    std::source_location where;
+};
+
+struct mbarrier_state {
+    int expected = 0, pending = 0;  // arrivals per phase, and those the current phase still needs
+    std::int64_t tx = 0;            // transaction bytes the current phase still needs
+    unsigned phase = 0;             // phases completed
+    std::vector<tma_copy> copies;   // issued, not yet landed
+    std::source_location site;      // where it was initialised
 };
 
 std::string coords(uint3 v) {
@@ -494,6 +516,123 @@ public:
         for (const detail::wgmma_request& r : todo) warp_op(detail::warp_op::wgmma, 0xffffffffu, &r, nullptr, 0, 32, where);
     }
 
+    // ---- mbarrier and the bulk tensor copy (TMA) ----
+    mbarrier_state& barrier_at(std::uint32_t bar, const char* op, const std::source_location& where) {
+        auto it = mbarriers_.find(bar);
+        if (it == mbarriers_.end())
+            device_fault("synccheck", (std::string(op) + " on shared byte " + std::to_string(bar) +
+                                       ", where no mbarrier was initialised (mbarrier.init)").c_str(), nullptr, where);
+        return it->second;
+    }
+    void mbarrier_init(std::uint32_t bar, int count, const std::source_location& where) {
+        sanitizer_ignore ignore;
+        if (abandoning_) throw abandon_block{};
+        if (bar % 8 != 0)
+            device_fault("memcheck", ("mbarrier.init at shared byte " + std::to_string(bar) + " (mbarriers are 8-byte aligned)").c_str(), nullptr, where);
+        if (count < 1 || count > (1 << 20) - 1)
+            device_fault("synccheck", ("mbarrier.init with " + std::to_string(count) + " arrivals (1 .. 2^20 - 1)").c_str(), nullptr, where);
+        mbarrier_state& m = mbarriers_[bar];
+        if (!m.copies.empty())
+            device_fault("synccheck", "mbarrier.init of a barrier that TMA copies still name", nullptr, where);
+        m = mbarrier_state{};
+        m.expected = m.pending = count;
+        m.site = where;
+    }
+    // Land the copies of a phase whose arrivals are all in; complete it once its bytes are.
+    void mbarrier_progress(std::uint32_t bar, mbarrier_state& m, const std::source_location& where) {
+        if (m.pending > 0) return;
+        if (!m.copies.empty()) {
+            TSAN_IGNORE_END();
+            for (const tma_copy& c : m.copies) tma::copy_box(c.map, c.c, c.dst, c.offset);
+            TSAN_IGNORE_BEGIN();
+            for (const tma_copy& c : m.copies) m.tx -= static_cast<std::int64_t>(c.bytes);
+            m.copies.clear();
+        }
+        if (m.tx < 0)
+            device_fault("synccheck", ("the bulk copies of mbarrier at shared byte " + std::to_string(bar) + " delivered " +
+                                       std::to_string(-m.tx) + " bytes more than its phase expects (mbarrier.expect_tx)").c_str(),
+                         nullptr, where);
+        if (m.tx > 0) return;  // bytes still to come from copies not yet issued
+        ++m.phase;
+        m.pending = m.expected;
+        TSAN_RELEASE(&mbarriers_[bar]);
+        for (int i = 0; i < nthreads_; ++i) {
+            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            if (u.st == state::at_mbarrier && u.mbar == bar && (m.phase & 1u) != u.mbar_parity) make_ready(u);
+        }
+    }
+    void mbarrier_arrive(std::uint32_t bar, int count, std::uint32_t tx_bytes, const std::source_location& where) {
+        {
+            sanitizer_ignore ignore;
+            if (abandoning_) throw abandon_block{};
+            mbarrier_state& m = barrier_at(bar, "mbarrier.arrive", where);
+            if (m.pending == 0) mbarrier_progress(bar, m, where);  // the previous phase waits for its copies only
+            if (m.pending == 0)
+                device_fault("synccheck", ("mbarrier.arrive at shared byte " + std::to_string(bar) +
+                                           ": the phase's arrivals are all in, and its transaction bytes have not arrived "
+                                           "(an arrival for the next phase before this one completed)").c_str(), nullptr, where);
+            if (count < 1 || count > m.pending)
+                device_fault("synccheck", ("mbarrier.arrive with " + std::to_string(count) + " arrivals where the phase of the barrier at shared byte " +
+                                           std::to_string(bar) + " expects " + std::to_string(m.pending) + " more").c_str(), nullptr, where);
+            TSAN_RELEASE(&mbarriers_[bar]);
+            m.tx += tx_bytes;
+            m.pending -= count;
+            if (m.pending == 0 && (m.copies.empty() ? m.tx == 0 : waiters(bar) > 0)) mbarrier_progress(bar, m, where);
+        }
+        schedule_point();
+    }
+    int waiters(std::uint32_t bar) const {
+        int n = 0;
+        for (int i = 0; i < nthreads_; ++i) {
+            const sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+            n += u.st == state::at_mbarrier && u.mbar == bar;
+        }
+        return n;
+    }
+    void mbarrier_wait(std::uint32_t bar, unsigned parity, const std::source_location& where) {
+        sanitizer_ignore ignore;
+        if (abandoning_) throw abandon_block{};
+        mbarrier_state& m = barrier_at(bar, "mbarrier.try_wait.parity", where);
+        sim_thread& t = *running_;
+        if ((m.phase & 1u) == (parity & 1u)) {
+            t.st = state::at_mbarrier;
+            t.mbar = bar;
+            t.mbar_parity = parity & 1u;
+            t.site = where;
+            mbarrier_progress(bar, m, where);
+            wait(t);
+        }
+        TSAN_ACQUIRE(&mbarriers_[bar]);
+    }
+    void tma_load(void* dst, const void* map, const std::int32_t* c, int rank, std::uint32_t bar,
+                  const std::source_location& where) {
+        {
+            sanitizer_ignore ignore;
+            if (abandoning_) throw abandon_block{};
+            std::string why;
+            const tma::tensor_map* tm = tma::decode(map, &why);
+            if (!tm) device_fault("memcheck", ("cp.async.bulk.tensor: " + why).c_str(), map, where);
+            if (static_cast<std::uint32_t>(rank) != tm->rank)
+                device_fault("memcheck", ("cp.async.bulk.tensor." + std::to_string(rank) + "d with a map of rank " +
+                                          std::to_string(tm->rank)).c_str(), map, where);
+            const std::uint32_t offset = shared_address(dst, where);
+            if (offset % (tm->swizzle128 ? 1024 : 128) != 0)
+                device_fault("memcheck", (std::string("cp.async.bulk.tensor destination at shared byte ") + std::to_string(offset) +
+                                          (tm->swizzle128 ? " (the simulator needs 1024-byte alignment for the 128-byte swizzle)"
+                                                          : " (128-byte alignment needed)")).c_str(), dst, where);
+            const std::uint64_t bytes = tma::box_bytes(*tm);
+            if (offset + bytes > shared_.size())
+                device_fault("memcheck", ("cp.async.bulk.tensor writes " + std::to_string(bytes) + " bytes from shared byte " +
+                                          std::to_string(offset) + ", past the block's " + std::to_string(shared_.size())).c_str(), dst, where);
+            mbarrier_state& m = barrier_at(bar, "cp.async.bulk.tensor", where);
+            tma_copy copy{static_cast<unsigned char*>(dst), offset, *tm, {}, bytes, where};
+            for (int i = 0; i < rank; ++i) copy.c[i] = c[i];
+            m.copies.push_back(copy);
+            if (m.pending == 0 && waiters(bar) > 0) mbarrier_progress(bar, m, where);
+        }
+        schedule_point();
+    }
+
 private:
     schedule sched_;
     std::mt19937_64 rng_;
@@ -508,6 +647,7 @@ private:
     // Per warp: how many lanes wait at a warp operation, and which lanes have returned.
     std::vector<int> warp_waiting_;
     std::vector<unsigned> warp_exited_;
+    std::map<std::uint32_t, mbarrier_state> mbarriers_;  // by shared-memory offset
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
     ready_queue ready_;
     bool fault_ = false, abandoning_ = false;
@@ -585,6 +725,7 @@ private:
         warp_exited_.assign(warps, 0u);
         exited_ = arrived_ = 0;
         abandoning_ = false;
+        mbarriers_.clear();
         ready_.reset(threads);
         // Shared memory is not initialised on a GPU: fill it with NaN bytes.
         if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
@@ -624,6 +765,14 @@ private:
         running_ = nullptr;
         detail::current = nullptr;
         TSAN_ACQUIRE(&block_done_sync_);
+        if (!fault_)
+            for (const auto& [bar, m] : mbarriers_)
+                if (!m.copies.empty()) {
+                    block_fault("synccheck", "the block ended with a TMA copy issued at " + where_text(m.copies.front().where) +
+                                                 " into shared memory that no thread waited for (mbarrier at shared byte " +
+                                                 std::to_string(bar) + ")");
+                    break;
+                }
     }
 
     int pick() {
@@ -804,6 +953,13 @@ private:
             else if (u.st == state::at_warp_op)
                 groups[std::string(op_name(u.wop)) + " (mask " + hex(u.mask) + ") at " + where_text(u.site)].push_back(
                     coords(u.ctx.thread_idx));
+            else if (u.st == state::at_mbarrier) {
+                const mbarrier_state& b = mbarriers_[u.mbar];
+                groups["mbarrier.try_wait.parity " + std::to_string(u.mbar_parity) + " at " + where_text(u.site) +
+                       " (barrier at shared byte " + std::to_string(u.mbar) + ": " + std::to_string(b.pending) +
+                       " arrivals and " + std::to_string(b.tx) + " transaction bytes missing)"]
+                    .push_back(coords(u.ctx.thread_idx));
+            }
         }
         for (const auto& [what, who] : groups) {
             m << "\n      " << who.size() << " thread" << (who.size() == 1 ? "" : "s") << " wait at " << what << ": ";
@@ -836,7 +992,7 @@ private:
         abandoning_ = true;
         for (int i = 0; i < nthreads_; ++i) {
             sim_thread& u = *pool_[static_cast<std::size_t>(i)];
-            if (u.st == state::at_barrier || u.st == state::at_warp_op) make_ready(u);
+            if (u.st == state::at_barrier || u.st == state::at_warp_op || u.st == state::at_mbarrier) make_ready(u);
         }
     }
 
@@ -1161,6 +1317,16 @@ void wgmma_issue(const wgmma_request& r) { ex().wgmma_issue(r); }
 void wgmma_commit() { ex().wgmma_commit(); }
 void wgmma_wait(int allowed, const std::source_location& where) { ex().wgmma_wait(allowed, where); }
 std::uint32_t shared_address(const void* p, const std::source_location& where) { return ex().shared_address(p, where); }
+void mbarrier_init(std::uint32_t bar, int count, const std::source_location& where) { ex().mbarrier_init(bar, count, where); }
+void mbarrier_arrive(std::uint32_t bar, int count, std::uint32_t tx_bytes, const std::source_location& where) {
+    ex().mbarrier_arrive(bar, count, tx_bytes, where);
+}
+void mbarrier_wait(std::uint32_t bar, unsigned parity, const std::source_location& where) {
+    ex().mbarrier_wait(bar, parity, where);
+}
+void tma_load(void* dst, const void* map, const std::int32_t* c, int rank, std::uint32_t bar, const std::source_location& where) {
+    ex().tma_load(dst, map, c, rank, bar, where);
+}
 
 }  // namespace detail
 }  // namespace tinyllm::sim

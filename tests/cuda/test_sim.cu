@@ -12,6 +12,7 @@
 #include "support/compare.hpp"
 
 #include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/tma.cuh>
 #include <tinyllm/cuda/wgmma.cuh>
 #include <tinyllm/cuda/check.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
@@ -331,6 +332,79 @@ TEST_CASE("wgmma.mma_async computes A B (+ D) from tinyllm's shared-memory layou
     check_wgmma<tinyllm::float16>(40);
 }
 
+namespace {
+
+// Two TMA copies of a 16 x 64 box of 16-bit values into one 1024-byte aligned tile with
+// the 128-byte swizzle, through one mbarrier (phases 0 and 1); each tile is copied out
+// raw, 16 bytes a thread, after the wait.
+__global__ void tma_tile_kernel(const __grid_constant__ CUtensorMap map, tc::detail::tensor_map_order order, int row0,
+                                int col0, int row1, int col1, uint4* out) {
+    unsigned char* raw = tc::dynamic_shared<unsigned char>();
+    const std::uint32_t pad = (1024u - tc::detail::wgmma_smem_address(raw) % 1024u) % 1024u;
+    unsigned char* tile = raw + pad;
+    auto* bar = reinterpret_cast<std::uint64_t*>(tile + 2048);
+    const int t = static_cast<int>(threadIdx.x);
+    if (t == 0) {
+        tc::detail::mbarrier_init(bar, 1);
+        tc::detail::fence_proxy_async();
+    }
+    __syncthreads();
+    std::int32_t c[4];
+    for (int phase = 0; phase < 2; ++phase) {
+        if (t == 0) {
+            tc::detail::tensor_map_coords(c, order, phase ? col1 : col0, 0, phase ? row1 : row0, 0);
+            tc::detail::mbarrier_arrive_expect_tx(bar, 2048);
+            tc::detail::tma_load(tile, &map, c, bar);
+        }
+        tc::detail::mbarrier_wait(bar, static_cast<unsigned>(phase));
+        out[phase * 128 + t] = reinterpret_cast<const uint4*>(tile)[t];
+        __syncthreads();  // every thread has read the tile before the next copy overwrites it
+    }
+}
+
+}  // namespace
+
+// The copy engine's layout is the one v6's tiles and wgmma's descriptors use
+// (wgmma_tile_offset), rows and columns outside the tensor arrive as zeros
+// (including negative coordinates), and one barrier serves two phases.
+TEST_CASE("TMA copies a tile into shared memory in wgmma's 128-byte swizzle layout", "[cuda][sim][tma]") {
+    if (!tc::wgmma_compiled()) {
+        WARN("TMA and setmaxnreg are used from code built for sm_90a on a compute capability 9.0 GPU: not run");
+        return;
+    }
+    constexpr int rows = 40, cols = 104;  // rows of 208 bytes: a multiple of 16
+    std::vector<std::uint16_t> src(rows * cols);
+    for (int i = 0; i < rows * cols; ++i) src[static_cast<std::size_t>(i)] = static_cast<std::uint16_t>(i + 1);
+    auto d_src = tc::to_device(src);
+    tc::detail::tensor_map_order order{};
+    const CUtensorMap map = tc::make_tensor_map(d_src.data(), {1, rows, 1, cols}, {rows * cols, cols, cols, 1}, {1, 16, 1, 64},
+                                                CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, &order, "test matrix");
+    tc::device_buffer<uint4> out(256);
+    const int box[2][2] = {{30, 48}, {-3, -8}};  // (row, column) of each copy: past the end, before the start
+    const std::size_t bytes = 1024 + 2048 + 8;
+    tc::detail::set_shared_memory(tma_tile_kernel, bytes, "tma_tile_kernel");
+    tc::launch(tma_tile_kernel, 1, 128, bytes, nullptr, map, order, box[0][0], box[0][1], box[1][0], box[1][1], out.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const auto got = tc::to_host(out);
+    for (int phase = 0; phase < 2; ++phase) {
+        std::vector<std::uint16_t> tile(1024);
+        std::memcpy(tile.data(), got.data() + phase * 128, 2048);
+        int wrong = 0, zeros = 0;
+        for (int r = 0; r < 16; ++r)
+            for (int e = 0; e < 64; ++e) {
+                const int row = box[phase][0] + r, col = box[phase][1] + e;
+                const bool in = row >= 0 && row < rows && col >= 0 && col < cols;
+                const std::uint16_t want = in ? src[static_cast<std::size_t>(row * cols + col)] : 0;
+                zeros += !in;
+                wrong += tile[tinyllm::detail::wgmma_tile_offset(r, e, 16) / 2] != want;
+            }
+        INFO("copy " << phase << " at row " << box[phase][0] << ", column " << box[phase][1] << ": " << zeros
+                     << " of 1024 elements outside the tensor");
+        CHECK(zeros > 0);
+        CHECK(wrong == 0);
+    }
+}
+
 #if defined(TINYLLM_SIMULATED_GPU)
 // ---- the simulated GPU's own checks ------------------------------------------------
 
@@ -387,6 +461,37 @@ __global__ void wgmma_misuse_kernel(int which) {
     tc::detail::wgmma_m64k16<128, tinyllm::bfloat16, false>(acc, nullptr, a, b, false);
     tc::detail::wgmma_commit();
     // which == 0: no wgmma_wait before returning
+}
+
+// mbarrier and TMA misuse: 0 a wait for a phase that never completes (2 arrivals
+// expected, 1 made); 1 a copy no thread waits for; 2 a copy of more bytes than the
+// phase expects; 3 an arrival at a barrier never initialised.
+__global__ void mbarrier_misuse_kernel(const __grid_constant__ CUtensorMap map, tc::detail::tensor_map_order order, int which) {
+    unsigned char* raw = tc::dynamic_shared<unsigned char>();
+    const std::uint32_t pad = (1024u - tc::detail::wgmma_smem_address(raw) % 1024u) % 1024u;
+    unsigned char* tile = raw + pad;
+    auto* bar = reinterpret_cast<std::uint64_t*>(tile + 2048);
+    if (threadIdx.x == 0 && which != 3) tc::detail::mbarrier_init(bar, which == 0 ? 2 : 1);
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    std::int32_t c[4];
+    tc::detail::tensor_map_coords(c, order, 0, 0, 0, 0);
+    switch (which) {
+    case 0:
+        tc::detail::mbarrier_arrive(bar);
+        tc::detail::mbarrier_wait(bar, 0);
+        break;
+    case 1:
+        tc::detail::mbarrier_arrive_expect_tx(bar, 2048);
+        tc::detail::tma_load(tile, &map, c, bar);
+        break;
+    case 2:
+        tc::detail::mbarrier_arrive_expect_tx(bar, 1024);
+        tc::detail::tma_load(tile, &map, c, bar);
+        tc::detail::mbarrier_wait(bar, 0);
+        break;
+    default: tc::detail::mbarrier_arrive(bar); break;
+    }
 }
 
 // Runs a kernel that must fault; returns the simulator's report and resets the device.
@@ -469,6 +574,29 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     INFO(r);
     CHECK(has(r, "memcheck"));
     CHECK(has(r, "wgmma A operand reaches past the block's 16384 bytes"));
+
+    // mbarrier and TMA: the same, naming the barrier, the missing arrivals and the bytes.
+    std::vector<std::uint16_t> matrix(16 * 64, 1);
+    auto d_matrix = tc::to_device(matrix);
+    tc::detail::tensor_map_order order{};
+    const CUtensorMap map = tc::make_tensor_map(d_matrix.data(), {1, 16, 1, 64}, {16 * 64, 64, 64, 1}, {1, 16, 1, 64},
+                                                CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, &order, "test matrix");
+    const std::size_t mbar_bytes = 1024 + 2048 + 8;
+    r = fault_report([&] { tc::launch(mbarrier_misuse_kernel, 1, 32, mbar_bytes, nullptr, map, order, 0); });
+    INFO(r);
+    CHECK(has(r, "no thread of the block can continue"));
+    CHECK(has(r, "mbarrier.try_wait.parity 0"));
+    CHECK(has(r, "1 arrivals and 0 transaction bytes missing"));
+    r = fault_report([&] { tc::launch(mbarrier_misuse_kernel, 1, 32, mbar_bytes, nullptr, map, order, 1); });
+    INFO(r);
+    CHECK(has(r, "the block ended with a TMA copy"));
+    CHECK(has(r, "that no thread waited for"));
+    r = fault_report([&] { tc::launch(mbarrier_misuse_kernel, 1, 32, mbar_bytes, nullptr, map, order, 2); });
+    INFO(r);
+    CHECK(has(r, "delivered 1024 bytes more than its phase expects"));
+    r = fault_report([&] { tc::launch(mbarrier_misuse_kernel, 1, 32, mbar_bytes, nullptr, map, order, 3); });
+    INFO(r);
+    CHECK(has(r, "where no mbarrier was initialised"));
 
     // Threads that have returned do not hold up a barrier (as on Volta and later GPUs).
     tc::launch(early_return_kernel, 1, 64, 0, nullptr, out.data(), 40);

@@ -159,6 +159,22 @@ void wgmma_commit();
 void wgmma_wait(int newest_pending_allowed, const std::source_location& where);
 std::uint32_t shared_address(const void* p, const std::source_location& where);
 
+// mbarrier (a barrier object in shared memory, named by its shared_address):
+// init sets the arrivals each phase expects; arrive adds `tx_bytes` to the
+// transaction bytes the phase waits for (expect_tx), then counts `count`
+// arrivals; wait returns once the phase of parity `parity` has completed (the
+// barrier's current phase has the other parity). A phase completes when its
+// arrivals are in and its transaction bytes have been delivered by the bulk
+// copies that name the barrier (tma_load), which land when a thread waits on
+// the barrier or arrives at it afterwards — the latest moment a GPU may.
+void mbarrier_init(std::uint32_t bar, int count, const std::source_location& where);
+void mbarrier_arrive(std::uint32_t bar, int count, std::uint32_t tx_bytes, const std::source_location& where);
+void mbarrier_wait(std::uint32_t bar, unsigned parity, const std::source_location& where);
+// cp.async.bulk.tensor (tile mode): the box of `map` at element coordinates
+// c[0 .. rank) into shared memory at dst; completes its bytes on barrier `bar`.
+void tma_load(void* dst, const void* map, const std::int32_t* c, int rank, std::uint32_t bar,
+              const std::source_location& where);
+
 // One call of the kernel, by the simulated thread that runs it.
 template <class Closure>
 void run_closure(void* c) {

@@ -24,6 +24,12 @@
 //       before the wait hold their old values, and shared memory overwritten
 //       before the wait changes the result: both fail a test. Each warp computes
 //       its own 16 rows of the product.
+//   mbarrier.init / .arrive / .arrive.expect_tx / .try_wait.parity and
+//   cp.async.bulk.tensor (TMA, sm_90) with a CUtensorMap (cuda.h)
+//       a bulk copy lands when a thread waits on (or arrives at) the barrier
+//       it completes, once the phase's arrivals are in: reads of its
+//       destination before the wait see the old bytes. A wait that can never
+//       end is a fault naming the missing arrivals and bytes.
 // All warp-wide instructions (.sync.aligned) need all 32 lanes.
 #pragma once
 
@@ -103,6 +109,27 @@ inline void wgmma_commit_group() { detail::wgmma_commit(); }
 template <int N>
 void wgmma_wait_group(std::source_location where = std::source_location::current()) {
     detail::wgmma_wait(N, where);
+}
+
+// mbarrier.init / mbarrier.arrive{.expect_tx} / mbarrier.try_wait.parity on
+// a barrier object in the block's dynamic shared memory (see executor.hpp).
+inline void mbarrier_init(std::uint64_t* bar, unsigned count, std::source_location where = std::source_location::current()) {
+    detail::mbarrier_init(detail::shared_address(bar, where), static_cast<int>(count), where);
+}
+inline void mbarrier_arrive(std::uint64_t* bar, unsigned tx_bytes = 0,
+                            std::source_location where = std::source_location::current()) {
+    detail::mbarrier_arrive(detail::shared_address(bar, where), 1, tx_bytes, where);
+}
+inline void mbarrier_wait_parity(std::uint64_t* bar, unsigned parity,
+                                 std::source_location where = std::source_location::current()) {
+    detail::mbarrier_wait(detail::shared_address(bar, where), parity, where);
+}
+// cp.async.bulk.tensor.Rd.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+template <int Rank>
+void tma_load(void* dst, const void* map, const std::int32_t (&c)[Rank], std::uint64_t* bar,
+              std::source_location where = std::source_location::current()) {
+    static_assert(Rank >= 1 && Rank <= 5, "tensor copies have rank 1 to 5");
+    detail::tma_load(dst, map, c, Rank, detail::shared_address(bar, where), where);
 }
 
 }  // namespace tinyllm::sim::ptx
