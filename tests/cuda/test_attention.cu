@@ -12,6 +12,7 @@
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_flash2.cuh>
+#include <tinyllm/cuda/attention_tma.cuh>
 #include <tinyllm/cuda/attention_wgmma.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
@@ -641,4 +642,87 @@ TEST_CASE("attention v6 wgmma rejects what it does not support", "[cuda][attenti
     tinyllm::tensor_view<const bfloat16, 4> k3(odd.dk.data(), {1, 3, 2, 64}), v3(odd.dv.data(), {1, 3, 2, 64});
     CHECK_THROWS_WITH(tc::attention_wgmma<bfloat16>(small_out, shifted_q, k3, v3),
                       contains("attention_wgmma needs 16-byte aligned q, k, v and out"));
+}
+
+// ---- v7 tma: v6 fed by TMA, a producer and two consumer warpgroups (sm_90a) ----
+
+namespace {
+
+// A (B, T, H, D) tensor stored as (B, H, T, D): the host copy of x rearranged, and a
+// view of the device copy with the permuted strides (T's stride D, H's T * D).
+template <class T>
+struct head_major {
+    tc::device_buffer<T> buffer;
+    tinyllm::tensor_view<const T, 4> view;
+    head_major(const std::vector<T>& x, index_t B, index_t Tn, index_t H, index_t D) {
+        std::vector<T> y(x.size());
+        for (index_t b = 0; b < B; ++b)
+            for (index_t t = 0; t < Tn; ++t)
+                for (index_t h = 0; h < H; ++h)
+                    for (index_t d = 0; d < D; ++d)
+                        y[static_cast<std::size_t>(((b * H + h) * Tn + t) * D + d)] = x[static_cast<std::size_t>(((b * Tn + t) * H + h) * D + d)];
+        buffer = tc::to_device(y);
+        view = tinyllm::tensor_view<const T, 4>(buffer.data(), {B, Tn, H, D}, {H * Tn * D, D, Tn * D, 1});
+    }
+};
+
+// v7 against the float64 reference, as v6; `head_major_kv`: K and V stored (B, H, T, D),
+// so that the tensor maps order their dimensions differently from Q's.
+template <class T>
+void run_tma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed, bool head_major_kv = false) {
+    if (!tc::wgmma_compiled()) {
+        WARN("attention v7 not run: this GPU or this build (not sm_90a) has no wgmma and TMA");
+        return;
+    }
+    for (std::size_t si = 0; si < n; ++si)
+        for (const auto& var : variants) {
+            problem<T> p(shapes[si], var, seed + 100 * si);
+            INFO("v7 tma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name
+                           << (head_major_kv ? ", K and V stored (B, H, T, D)" : ""));
+            p.dout.poison();
+            if (head_major_kv) {
+                const head_major<T> k(p.k, p.s.B, p.s.Tk, p.s.Hkv, p.s.D), v(p.v, p.s.B, p.s.Tk, p.s.Hkv, p.s.D);
+                tc::attention_tma<T>(p.out(), p.qv(), k.view, v.view, p.device_opts());
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            } else {
+                tc::attention_tma<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+                TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            }
+            TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v7 tma O");
+        }
+}
+
+}  // namespace
+
+// v6's shapes; T = 300 and 520 give 3 and 5 key tiles, so each of the two K and V
+// stages is reused (the barriers' parity flips), and the padding variants a last tile
+// whose rows past the length the producer zeroes (the tests put NaN there).
+TEST_CASE("attention v7 tma (bf16) matches the float64 reference", "[cuda][attention][wgmma][tma]") {
+    const shape s[] = {{1, 300, 300, 2, 1, 64}, {2, 129, 520, 2, 2, 128}};
+    run_tma_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 80000);
+    run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 80500);
+}
+TEST_CASE("attention v7 tma (fp16) matches the float64 reference", "[cuda][attention][wgmma][tma]") {
+    const shape s[] = {{2, 37, 150, 4, 2, 64}, {1, 45, 17, 2, 2, 128}};
+    run_tma_grid<float16>(s, std::size(s), fp16_tol, 81000);
+}
+TEST_CASE("attention v7 tma reads K and V in another layout through their tensor maps", "[cuda][attention][wgmma][tma]") {
+    const shape s[] = {{2, 13, 200, 4, 2, 64}, {1, 70, 150, 2, 1, 128}};
+    run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 81500, true);
+}
+TEST_CASE("attention v7 tma, large shapes", "[cuda][attention][wgmma][tma][large]") {
+    const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
+    run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 82000);
+}
+TEST_CASE("attention v7 tma rejects what it does not support", "[cuda][attention][wgmma][tma][error]") {
+    problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 83000);
+    CHECK_THROWS_WITH(tc::attention_tma<bfloat16>(p.out(), p.qv(), p.kv(), p.vv()),
+                      contains("attention v7 (attention_tma) supports head dims 64 and 128, got 80"));
+    if (!tc::wgmma_compiled()) return;
+    // K and V shared by both batch rows through a batch stride of 0: a tensor map has no such stride.
+    problem<bfloat16> odd({2, 4, 4, 2, 2, 64}, variants[0], 83100);
+    tinyllm::tensor_view<const bfloat16, 4> k0(odd.dk.data(), {2, 4, 2, 64}, {0, 2 * 64, 64, 1});
+    tinyllm::tensor_view<const bfloat16, 4> v0(odd.dv.data(), {2, 4, 2, 64}, {0, 2 * 64, 64, 1});
+    CHECK_THROWS_WITH(tc::attention_tma<bfloat16>(odd.out(), odd.qv(), k0, v0),
+                      contains("attention_tma (v7): k: TMA copies need positive strides, got 0 for a dimension of extent 2"));
 }

@@ -121,109 +121,72 @@ __device__ __forceinline__ void wgmma_load_tile(unsigned char* dst, const T* src
     }
 }
 
-// Block (h + Hq * b, query block counted from the end), as v5.
-template <class T, int D, bool Plain, bool Pipelined>
-__global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(attention_args<T> a) {
-#if TINYLLM_WGMMA
-    constexpr int BK = wgmma_attn_bk;
-    constexpr int CHUNKS = D / 8;
-    constexpr int BQ = wgmma_attn_bq;
-    static_assert(BQ == BK, "Q, K and V tiles have the same rows (one tile size below)");
-    constexpr int TILE = BQ * D * 2;  // bytes of one Q, K or V tile
-    constexpr float log2e = 1.4426950408889634f;
-    // The tiles at the first 1024-byte boundary of the shared-memory window.
-    unsigned char* raw = dynamic_shared<unsigned char>();
-    const std::uint32_t raw_address = wgmma_smem_address(raw);
-    const std::uint32_t pad = (1024u - raw_address % 1024u) % 1024u;
-    unsigned char* qs = raw + pad;  // [128][D]: Q, later each warp's output rows
-    unsigned char* ks = qs + TILE;  // [128][D]: K of one tile
-    unsigned char* vs = ks + TILE;  // [128][D]: V of one tile
-    const std::uint32_t q_address = raw_address + pad, k_address = q_address + TILE, v_address = k_address + TILE;
-
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int wg = warp / 4, t = tid % 128;  // warpgroup, thread in it
-    const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
-    const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
-    const int hkv = h / a.group;
-    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * BQ;  // heaviest first (v5)
-    const int wq0 = q0 + 64 * wg;  // this warpgroup's first query row
-    const index_t length = a.length(b);
-
-    const key_range range = attention_tile_keys(a.mask, q0, BQ, length);
-    const int t_begin = static_cast<int>(range.begin / BK);
-    const int t_end = static_cast<int>(ceil_div<index_t>(range.end, BK));
-    auto load_k = [&](int tile) {
-        const int k0 = tile * BK;
-        wgmma_load_tile<BK, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
-    };
-    auto load_v = [&](int tile) {
-        const int k0 = tile * BK;
-        wgmma_load_tile<BK, D>(vs, a.v_row(b, k0, hkv), a.v_st, static_cast<int>(length - k0), tid);
-    };
-
-    // Descriptors (tinyllm/detail/wgmma_layout.hpp). Q and K are K-major
-    // (rows along M or N, 8-row groups 1024 bytes apart); step s covers features
-    // 16s .. 16s+15 (wgmma_k_major_step). V is N-major for O += P V: rows along K
-    // (keys), 8-key groups 1024 bytes apart, the second 64-feature block (D = 128)
-    // BK * 128 bytes further (wgmma_n_major_step). Each step's descriptor is the
-    // tile's plus a constant; `opaque` hides the base from the compiler once per
-    // tile so that it adds the constants at each use instead of keeping 24
-    // loop-invariant 64-bit descriptors in registers.
-    const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
-    const std::uint64_t k_desc0 = tinyllm::detail::wgmma_descriptor(k_address, 16, 1024);
-    const std::uint64_t v_desc0 = tinyllm::detail::wgmma_descriptor(v_address, BK * 128, 1024);
-    using tinyllm::detail::wgmma_advance;
-    using tinyllm::detail::wgmma_k_major_step;
-    using tinyllm::detail::wgmma_n_major_step;
-
-    // ---- prologue: Q, then K of the first tile ----
-    wgmma_load_tile<BQ, D>(qs, a.q_row(b, q0, h), a.q_st, a.Tq - q0, tid);
-    cp_async_commit();
-    if (t_begin < t_end) load_k(t_begin);
-    cp_async_commit();
-
-    // The two query rows this thread holds (accumulator rows, wgmma_d_row) and their keys.
-    const int row0 = wq0 + tinyllm::detail::wgmma_d_row(t, 0), row1 = row0 + 8;
-    const key_range keys0 = attention_visible_keys(a.mask, row0, length);
-    const key_range keys1 = attention_visible_keys(a.mask, row1, length);
-    const int begin0 = static_cast<int>(keys0.begin), end0 = static_cast<int>(keys0.end);
-    const int begin1 = static_cast<int>(keys1.begin), end1 = static_cast<int>(keys1.end);
-    const index_t pos0 = a.mask.query_position(row0), pos1 = a.mask.query_position(row1);
-    const bool plain = Plain || (!(a.softcap > 0.0f) && a.slopes == nullptr);
-    const float scale_log2 = a.scale * log2e;
-
+// One warpgroup's 64 query rows of a v6 (or v7) block: where they are, their
+// online-softmax state and O in registers, and the steps of one key tile. The
+// kernels below (and v7's consumers, attention_tma.cuh) differ only in how the
+// tiles reach shared memory and when the steps run.
+template <class T, int D, bool Plain>
+struct wgmma_rows {
+    static constexpr int BK = wgmma_attn_bk, BQ = wgmma_attn_bq;
+    static constexpr float log2e = 1.4426950408889634f;
+    const attention_args<T>& a;
+    const int t, wg, h;        // thread in the warpgroup (0..127), the warpgroup's 64-row slice of the block, head
+    const int wq0;             // the warpgroup's first query row
+    const index_t length;      // valid keys of the batch row
+    int begin0, end0, begin1, end1;  // visible keys of the thread's two rows (row0, row0 + 8)
+    index_t pos0, pos1;
+    bool plain;
+    float scale_log2;
     float o[D / 2];  // O: register i is row (i % 4 < 2 ? row0 : row1), feature wgmma_d_col(t, i)
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY;  // running max (log2 units) of rows row0, row1
     float l0 = 0.0f, l1 = 0.0f;            // running sums of this thread's columns
 
-    // ---- the steps of a tile, shared by the two schedules below ----
+    __device__ __forceinline__ wgmma_rows(const attention_args<T>& args, int t_, int wg_, int q0, int h_, index_t length_)
+        : a(args), t(t_), wg(wg_), h(h_), wq0(q0 + 64 * wg_), length(length_) {
+        const int row0 = wq0 + tinyllm::detail::wgmma_d_row(t, 0), row1 = row0 + 8;
+        const key_range keys0 = attention_visible_keys(a.mask, row0, length);
+        const key_range keys1 = attention_visible_keys(a.mask, row1, length);
+        begin0 = static_cast<int>(keys0.begin), end0 = static_cast<int>(keys0.end);
+        begin1 = static_cast<int>(keys1.begin), end1 = static_cast<int>(keys1.end);
+        pos0 = a.mask.query_position(row0), pos1 = a.mask.query_position(row1);
+        plain = Plain || (!(a.softcap > 0.0f) && a.slopes == nullptr);
+        scale_log2 = a.scale * log2e;
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    }
+
     // The warpgroup's own view of a tile (uniform over its 128 threads, as wgmma
     // requires): skip, full or partial. Rows past Tq do not exist.
-    auto classify = [&](int tile) {
+    __device__ __forceinline__ attention_tile classify(int tile) const {
         return wq0 < a.Tq ? attention_classify_tile(a.mask, wq0, 64, tile * BK, BK, length) : attention_tile::skip;
-    };
-    // Issue S = Q K[tile]^T (64 rows x 128 keys per warpgroup) and commit it as one group.
-    auto issue_s = [&](float (&s)[BK / 2]) {
+    }
+    // Issue S = Q K^T (64 rows x 128 keys) from the [128][D] Q and K tiles whose
+    // descriptors are q_desc0, k_desc0, and commit it as one group. Each step's
+    // descriptor is the tile's plus a constant; `opaque` hides the base from the
+    // compiler so that it adds the constants at each use instead of keeping the
+    // loop-invariant 64-bit descriptors in registers.
+    __device__ __forceinline__ void issue_s(float (&s)[BK / 2], std::uint64_t q_desc0, std::uint64_t k_desc0) const {
+        using tinyllm::detail::wgmma_advance;
+        using tinyllm::detail::wgmma_k_major_step;
         const std::uint64_t qd = opaque(q_desc0), kd = opaque(k_desc0);
 #pragma unroll
         for (int step = 0; step < D / 16; ++step)
             wgmma_m64k16<BK, T, false>(s, nullptr, wgmma_advance(qd, wgmma_k_major_step(BQ, 64 * wg, step)),
                                        wgmma_advance(kd, wgmma_k_major_step(BK, 0, step)), step > 0);
         wgmma_commit();
-    };
-    // Issue O += P V (P: 64 x 128 in registers, 16 keys per instruction) and commit it.
-    auto issue_pv = [&](const std::uint32_t (&p)[BK / 16][4]) {
+    }
+    // Issue O += P V (P: 64 x 128 in registers, 16 keys per instruction; V N-major) and commit it.
+    __device__ __forceinline__ void issue_pv(const std::uint32_t (&p)[BK / 16][4], std::uint64_t v_desc0) {
         const std::uint64_t vd = opaque(v_desc0);
 #pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) wgmma_m64k16<D, T, true>(o, p[kk], 0, wgmma_advance(vd, wgmma_n_major_step(kk)), true);
+        for (int kk = 0; kk < BK / 16; ++kk)
+            wgmma_m64k16<D, T, true>(o, p[kk], 0, tinyllm::detail::wgmma_advance(vd, tinyllm::detail::wgmma_n_major_step(kk)), true);
         wgmma_commit();
-    };
+    }
     // Scores -> logits in log2 units, masked where the tile is partial; then the online
     // softmax of rows row0, row1 (a quad of lanes holds a row): s becomes exp2(x - m_new),
     // m and l are updated, and the factors O must be scaled by are returned.
-    auto softmax = [&](float (&s)[BK / 2], int tile, attention_tile kind, float& alpha0, float& alpha1) {
+    __device__ __forceinline__ void softmax(float (&s)[BK / 2], int tile, attention_tile kind, float& alpha0, float& alpha1) {
         const int k0 = tile * BK;
         if (plain) {
 #pragma unroll
@@ -244,8 +207,8 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             }
         }
         quad_online_softmax<BK / 2>([&](int i) -> float& { return s[i]; }, m0, m1, l0, l1, alpha0, alpha1);
-    };
-    auto rescale = [&](float alpha0, float alpha1) {
+    }
+    __device__ __forceinline__ void rescale(float alpha0, float alpha1) {
 #pragma unroll
         for (int i = 0; i < D / 2; i += 4) {
             o[i] *= alpha0;
@@ -253,11 +216,11 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             o[i + 2] *= alpha1;
             o[i + 3] *= alpha1;
         }
-    };
+    }
     // P from the S registers: keys 16kk .. 16kk+15 are S's 8-column tiles 2kk and 2kk+1
     // (registers 8kk .. 8kk+7), whose accumulator layout is the A layout (rows g / g+8,
     // keys 2t.. and 8+2t..), as in v4 and v5.
-    auto pack = [&](std::uint32_t (&p)[BK / 16][4], const float (&s)[BK / 2]) {
+    __device__ __forceinline__ static void pack(std::uint32_t (&p)[BK / 16][4], const float (&s)[BK / 2]) {
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
             p[kk][0] = pack2<T>(s[8 * kk], s[8 * kk + 1]);
@@ -265,7 +228,90 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             p[kk][2] = pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
             p[kk][3] = pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
         }
+    }
+    // O / l written to the block's rows of output, staged through the warpgroup's 64
+    // rows of the Q tile qs (which no product may still read) as 16-byte rows.
+    __device__ __forceinline__ void write_output(unsigned char* qs, int b, int q0) {
+        constexpr int CHUNKS = D / 8;
+        float inv0, inv1;
+        quad_softmax_normalizers(l0, l1, inv0, inv1);
+        const int r0 = 64 * wg + tinyllm::detail::wgmma_d_row(t, 0);  // row in the block
+#pragma unroll
+        for (int i = 0; i < D / 2; i += 4) {
+            const int d = tinyllm::detail::wgmma_d_col(t, i);
+            *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0, d, BQ)) =
+                pack2<T>(o[i] * inv0, o[i + 1] * inv0);
+            *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0 + 8, d, BQ)) =
+                pack2<T>(o[i + 2] * inv1, o[i + 3] * inv1);
+        }
+        __syncwarp();  // a warp copies out exactly the 16 rows it wrote
+        const int lane = t % 32, wr0 = 64 * wg + 16 * (t / 32);
+#pragma unroll
+        for (int i = 0; i < 16 * CHUNKS / 32; ++i) {
+            const int c = lane + 32 * i;
+            const int r = wr0 + c / CHUNKS, col = (c % CHUNKS) * 8;
+            const int row = q0 + r;
+            if (row < a.Tq)
+                *reinterpret_cast<uint4*>(a.o_row(b, row, h) + col) =
+                    *reinterpret_cast<const uint4*>(qs + tinyllm::detail::wgmma_tile_offset(r, col, BQ));
+        }
+    }
+};
+
+// Block (h + Hq * b, query block counted from the end), as v5.
+template <class T, int D, bool Plain, bool Pipelined>
+__global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(attention_args<T> a) {
+#if TINYLLM_WGMMA
+    constexpr int BK = wgmma_attn_bk;
+    constexpr int BQ = wgmma_attn_bq;
+    static_assert(BQ == BK, "Q, K and V tiles have the same rows (one tile size below)");
+    constexpr int TILE = BQ * D * 2;  // bytes of one Q, K or V tile
+    // The tiles at the first 1024-byte boundary of the shared-memory window.
+    unsigned char* raw = dynamic_shared<unsigned char>();
+    const std::uint32_t raw_address = wgmma_smem_address(raw);
+    const std::uint32_t pad = (1024u - raw_address % 1024u) % 1024u;
+    unsigned char* qs = raw + pad;  // [128][D]: Q, later each warp's output rows
+    unsigned char* ks = qs + TILE;  // [128][D]: K of one tile
+    unsigned char* vs = ks + TILE;  // [128][D]: V of one tile
+    const std::uint32_t q_address = raw_address + pad, k_address = q_address + TILE, v_address = k_address + TILE;
+
+    const int tid = threadIdx.x, warp = tid / 32;
+    const int wg = warp / 4, t = tid % 128;  // warpgroup, thread in it
+    const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
+    const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
+    const int hkv = h / a.group;
+    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * BQ;  // heaviest first (v5)
+    const index_t length = a.length(b);
+
+    const key_range range = attention_tile_keys(a.mask, q0, BQ, length);
+    const int t_begin = static_cast<int>(range.begin / BK);
+    const int t_end = static_cast<int>(ceil_div<index_t>(range.end, BK));
+    auto load_k = [&](int tile) {
+        const int k0 = tile * BK;
+        wgmma_load_tile<BK, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
     };
+    auto load_v = [&](int tile) {
+        const int k0 = tile * BK;
+        wgmma_load_tile<BK, D>(vs, a.v_row(b, k0, hkv), a.v_st, static_cast<int>(length - k0), tid);
+    };
+
+    // Descriptors (tinyllm/detail/wgmma_layout.hpp). Q and K are K-major
+    // (rows along M or N, 8-row groups 1024 bytes apart); step s covers features
+    // 16s .. 16s+15 (wgmma_k_major_step). V is N-major for O += P V: rows along K
+    // (keys), 8-key groups 1024 bytes apart, the second 64-feature block (D = 128)
+    // BK * 128 bytes further (wgmma_n_major_step).
+    const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
+    const std::uint64_t k_desc0 = tinyllm::detail::wgmma_descriptor(k_address, 16, 1024);
+    const std::uint64_t v_desc0 = tinyllm::detail::wgmma_descriptor(v_address, BK * 128, 1024);
+
+    // ---- prologue: Q, then K of the first tile ----
+    wgmma_load_tile<BQ, D>(qs, a.q_row(b, q0, h), a.q_st, a.Tq - q0, tid);
+    cp_async_commit();
+    if (t_begin < t_end) load_k(t_begin);
+    cp_async_commit();
+
+    wgmma_rows<T, D, Plain> rows(a, t, wg, q0, h, length);
+    using rows_t = wgmma_rows<T, D, Plain>;
 
     if constexpr (!Pipelined) {
         // ---- sequential: each product waited for before the next step (v5's schedule) ----
@@ -275,11 +321,11 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             __syncthreads();      // ... everyone's; every warpgroup is done with V[tile - 1]
             load_v(tile);
             cp_async_commit();
-            const attention_tile kind = classify(tile);
+            const attention_tile kind = rows.classify(tile);
             float s[BK / 2];
             if (kind != attention_tile::skip) {
                 wgmma_fence();
-                issue_s(s);
+                rows.issue_s(s, q_desc0, k_desc0);
                 wgmma_wait<0>(s);
             }
             cp_async_wait<0>();  // V[tile] landed ...
@@ -289,13 +335,13 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             cp_async_commit();
             if (kind == attention_tile::skip) continue;
             float alpha0, alpha1;
-            softmax(s, tile, kind, alpha0, alpha1);
-            rescale(alpha0, alpha1);
+            rows.softmax(s, tile, kind, alpha0, alpha1);
+            rows.rescale(alpha0, alpha1);
             std::uint32_t p[BK / 16][4];
-            pack(p, s);
+            rows_t::pack(p, s);
             wgmma_fence();
-            issue_pv(p);
-            wgmma_wait<0>(o);
+            rows.issue_pv(p, v_desc0);
+            wgmma_wait<0>(rows.o);
         }
     } else {
         // ---- pipelined: the softmax of tile j runs while O += P V of tile j-1 is in
@@ -316,17 +362,17 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             cp_async_wait<0>();  // K[tile] and V[tile - 1] landed (this thread's copies) ...
             fence_proxy_async();
             __syncthreads();     // ... everyone's
-            const attention_tile kind = classify(tile);
+            const attention_tile kind = rows.classify(tile);
             wgmma_fence();
-            issue_s(s);
+            rows.issue_s(s, q_desc0, k_desc0);
             if (overlap) {
-                issue_pv(p);
+                rows.issue_pv(p, v_desc0);
                 wgmma_wait<1>(s);  // S_j done; P V may still run
             } else {
                 wgmma_wait<0>(s);
             }
-            softmax(s, tile, kind == attention_tile::skip ? attention_tile::partial : kind, alpha0, alpha1);
-            if (overlap) wgmma_wait<0>(o);
+            rows.softmax(s, tile, kind == attention_tile::skip ? attention_tile::partial : kind, alpha0, alpha1);
+            if (overlap) wgmma_wait<0>(rows.o);
             __syncthreads();  // every warpgroup is done with K[tile] and V[tile - 1]
             if (tile + 1 < t_end) load_k(tile + 1);
             load_v(tile);
@@ -336,47 +382,26 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
             float s[BK / 2];
             float alpha0, alpha1;
             tile_products(t_begin, s, false, alpha0, alpha1);
-            rescale(alpha0, alpha1);
-            pack(p, s);
+            rows.rescale(alpha0, alpha1);
+            rows_t::pack(p, s);
             for (int tile = t_begin + 1; tile < t_end; ++tile) {
                 tile_products(tile, s, true, alpha0, alpha1);
-                rescale(alpha0, alpha1);
-                pack(p, s);
+                rows.rescale(alpha0, alpha1);
+                rows_t::pack(p, s);
             }
             cp_async_wait<0>();  // V of the last tile ...
             fence_proxy_async();
             __syncthreads();     // ... everyone's
             wgmma_fence();
-            issue_pv(p);
-            wgmma_wait<0>(o);
+            rows.issue_pv(p, v_desc0);
+            wgmma_wait<0>(rows.o);
         }
     }
     cp_async_wait<0>();  // only empty groups can be pending here
 
     // ---- O / l, staged through the block's Q rows, written as 16-byte rows ----
-    float inv0, inv1;
-    quad_softmax_normalizers(l0, l1, inv0, inv1);
     __syncthreads();  // every warpgroup's last product has read Q (each warp reads all 64 rows of its warpgroup)
-    const int r0 = 64 * wg + tinyllm::detail::wgmma_d_row(t, 0);  // row in the block
-#pragma unroll
-    for (int i = 0; i < D / 2; i += 4) {
-        const int d = tinyllm::detail::wgmma_d_col(t, i);
-        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0, d, BQ)) =
-            pack2<T>(o[i] * inv0, o[i + 1] * inv0);
-        *reinterpret_cast<std::uint32_t*>(qs + tinyllm::detail::wgmma_tile_offset(r0 + 8, d, BQ)) =
-            pack2<T>(o[i + 2] * inv1, o[i + 3] * inv1);
-    }
-    __syncwarp();  // a warp copies out exactly the 16 rows it wrote
-    const int wr0 = 64 * wg + 16 * (warp % 4);
-#pragma unroll
-    for (int i = 0; i < 16 * CHUNKS / 32; ++i) {
-        const int c = lane + 32 * i;
-        const int r = wr0 + c / CHUNKS, col = (c % CHUNKS) * 8;
-        const int row = q0 + r;
-        if (row < a.Tq)
-            *reinterpret_cast<uint4*>(a.o_row(b, row, h) + col) =
-                *reinterpret_cast<const uint4*>(qs + tinyllm::detail::wgmma_tile_offset(r, col, BQ));
-    }
+    rows.write_output(qs, b, q0);
 #else
     (void)a;
     __trap();  // the launcher refuses builds without sm_90a code
