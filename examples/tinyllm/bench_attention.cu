@@ -2,11 +2,11 @@
 // and `tinyllm bench attention_decode`.
 //
 // attention: 16k tokens of a 2048-wide model, causal:
-//   D = 128, S = 2048, B = 8, H = 16   v4, v5, v6 (bf16) and v3 (float)
-//   D = 64,  S = 2048, B = 8, H = 32   v4, v5, v6 (bf16), v5 with two blocks per SM
-//   D = 128, S = 8192, B = 2, H = 16   v4, v5, v6 (bf16), v3 (float)
-//   v6 (wgmma, both schedules) runs where the build has sm_90a code for the GPU
-//   (and on the simulated GPU); elsewhere its rows are left out.
+//   D = 128, S = 2048, B = 8, H = 16   v4, v5, v6, v7 (bf16) and v3 (float)
+//   D = 64,  S = 2048, B = 8, H = 32   v4, v5, v6, v7 (bf16), v5 with two blocks per SM
+//   D = 128, S = 8192, B = 2, H = 16   v4, v5, v6, v7 (bf16), v3 (float)
+//   v6 (wgmma, both schedules) and v7 (TMA) run where the build has sm_90a code for the GPU
+//   (and on the simulated GPU); elsewhere their rows are left out.
 //   v1 and v2 materialize the (B, H, S, S) score matrix and are slow: they run
 //   at B = 1 (2048 tokens; the score matrix alone is 256 MiB), said in the row.
 // TFLOP/s with FLOPs = 4 * B * H * S * S * D, halved for causal (the masked
@@ -43,6 +43,7 @@
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_flash2.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
+#include <tinyllm/cuda/attention_tma.cuh>
 #include <tinyllm/cuda/attention_wgmma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
 #include <tinyllm/cuda/attention_tiled.cuh>
@@ -196,12 +197,14 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
         if (s.D == 64)  // the same kernel compiled for two blocks per SM (128 registers)
             add_row(ctx, d, "v5 flash2, 2 blocks/SM (bf16)", "v5_flash2_x2", "bf16", bf16_tol, false,
                     [&] { tc::attention_flash2<tinyllm::bfloat16, 2>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
-        if (tc::wgmma_compiled()) {  // the default (pipelined) schedule, and the sequential one
+        if (tc::wgmma_compiled()) {  // v6 in the default (pipelined) schedule and the sequential one; v7
             add_row(ctx, d, "v6 wgmma (bf16)", "v6_wgmma", "bf16", bf16_tol, false,
                     [&] { tc::attention_wgmma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
             add_row(ctx, d, "v6 wgmma, sequential (bf16)", "v6_wgmma_seq", "bf16", bf16_tol, false, [&] {
                 tc::attention_wgmma<tinyllm::bfloat16, tc::wgmma_schedule::sequential>(d.out(), d.qv(), d.kv(), d.vv(), causal);
             });
+            add_row(ctx, d, "v7 tma (bf16)", "v7_tma", "bf16", bf16_tol, false,
+                    [&] { tc::attention_tma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
         }
     }
 }

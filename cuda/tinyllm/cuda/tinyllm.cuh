@@ -23,6 +23,7 @@
 #include <tinyllm/cuda/attention_decode.cuh>
 #include <tinyllm/cuda/attention_flash.cuh>
 #include <tinyllm/cuda/attention_flash2.cuh>
+#include <tinyllm/cuda/attention_tma.cuh>
 #include <tinyllm/cuda/attention_wgmma.cuh>
 #include <tinyllm/cuda/attention_mma.cuh>
 #include <tinyllm/cuda/attention_naive.cuh>
