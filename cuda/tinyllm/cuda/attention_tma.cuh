@@ -104,14 +104,10 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     const std::uint32_t q_address = raw_address + pad, k_address = q_address + TILE, v_address = k_address + S * TILE;
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wg = warp / 4;
-    const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
-    const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
-    const int hkv = h / a.group;
-    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * BQ;  // heaviest first (v5)
-    const index_t length = a.length(b);
-    const key_range range = attention_tile_keys(a.mask, q0, BQ, length);
-    const int t_begin = static_cast<int>(range.begin / BK);
-    const int tiles = static_cast<int>(ceil_div<index_t>(range.end, BK)) - t_begin;  // key tiles of this block
+    const wgmma_query_block blk = wgmma_block_of(a);
+    const int h = blk.h, b = blk.b, hkv = blk.hkv, q0 = blk.q0, t_begin = blk.t_begin;
+    const int tiles = blk.t_end - blk.t_begin;  // key tiles of this block
+    const index_t length = blk.length;
     // Rows [length - k0, min(BK, Tk - k0)) of tile i exist in V but are past the row's
     // keys: the producer zeroes them (see the top of this file).
     auto padded = [&](int i) {
@@ -134,7 +130,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
 
     if (wg == 0) {
         // ---- producer: one warp; lane 0 issues, the warp zeroes a padded V tile ----
-        setmaxnreg_dec<24>();
+        setmaxnreg<24, false>();
         if (warp != 0) return;
         const bool leader = lane == 0;
         std::int32_t c[4];
@@ -183,7 +179,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     }
 
     // ---- consumers: warpgroups 1 and 2, v6's pipelined schedule on the stages ----
-    setmaxnreg_inc<240>();
+    setmaxnreg<240, true>();
     using rows_t = wgmma_rows<T, D, Plain>;
     rows_t rows(a, tid % 128, wg - 1, q0, h, length);
     const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
@@ -277,16 +273,10 @@ template <class T>
 void attention_tma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                    std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                    const attention_options& opts = {}, cudaStream_t stream = nullptr) {
-    static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
-                  "attention_tma (v7) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
-    auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_tma");
-    detail::expect_mma_args(a, "attention_tma", "v7");
-    TINYLLM_EXPECT(wgmma_compiled(), "attention_tma (v7) needs a GPU of compute capability 9.0 (H100, H200) running "
-                   "code compiled for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a); use attention_flash2 (v5) otherwise");
+    auto a = detail::wgmma_attention_args<T>(out, q, k, v, opts, "attention_tma", "v7");
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::tma_attn_smem_bytes(a.D));
-    const dim3 grid = detail::checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, detail::wgmma_attn_bq), 1,
-                                           "attention_tma", "the (Hq * B, Tq / 128) query blocks");
+    const dim3 grid = detail::wgmma_attention_grid(a, "attention_tma");
     if (a.D == 64) detail::launch_attention_tma<T, 64>(a, grid, bytes, stream);
     else detail::launch_attention_tma<T, 128>(a, grid, bytes, stream);
     TINYLLM_CUDA_CHECK_LAUNCH();

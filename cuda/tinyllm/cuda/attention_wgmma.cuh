@@ -121,6 +121,28 @@ __device__ __forceinline__ void wgmma_load_tile(unsigned char* dst, const T* src
     }
 }
 
+// What a v6 or v7 block works on: block (h + Hq * b, query block counted from the
+// end, heaviest first as in v5), its K/V head, its batch row's valid keys, and the
+// key tiles [t_begin, t_end) that any of its 128 rows sees.
+struct wgmma_query_block {
+    int h, b, hkv, q0;
+    index_t length;
+    int t_begin, t_end;
+};
+template <class T>
+__device__ __forceinline__ wgmma_query_block wgmma_block_of(const attention_args<T>& a) {
+    wgmma_query_block q{};
+    q.h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
+    q.b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
+    q.hkv = q.h / a.group;
+    q.q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * wgmma_attn_bq;
+    q.length = a.length(q.b);
+    const key_range range = attention_tile_keys(a.mask, q.q0, wgmma_attn_bq, q.length);
+    q.t_begin = static_cast<int>(range.begin / wgmma_attn_bk);
+    q.t_end = static_cast<int>(ceil_div<index_t>(range.end, wgmma_attn_bk));
+    return q;
+}
+
 // One warpgroup's 64 query rows of a v6 (or v7) block: where they are, their
 // online-softmax state and O in registers, and the steps of one key tile. The
 // kernels below (and v7's consumers, attention_tma.cuh) differ only in how the
@@ -277,15 +299,9 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
 
     const int tid = threadIdx.x, warp = tid / 32;
     const int wg = warp / 4, t = tid % 128;  // warpgroup, thread in it
-    const int h = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.Hq));
-    const int b = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.Hq));
-    const int hkv = h / a.group;
-    const int q0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * BQ;  // heaviest first (v5)
-    const index_t length = a.length(b);
-
-    const key_range range = attention_tile_keys(a.mask, q0, BQ, length);
-    const int t_begin = static_cast<int>(range.begin / BK);
-    const int t_end = static_cast<int>(ceil_div<index_t>(range.end, BK));
+    const wgmma_query_block blk = wgmma_block_of(a);
+    const int h = blk.h, b = blk.b, hkv = blk.hkv, q0 = blk.q0, t_begin = blk.t_begin, t_end = blk.t_end;
+    const index_t length = blk.length;
     auto load_k = [&](int tile) {
         const int k0 = tile * BK;
         wgmma_load_tile<BK, D>(ks, a.k_row(b, k0, hkv), a.k_st, static_cast<int>(length - k0), tid);
@@ -408,6 +424,26 @@ __global__ void __launch_bounds__(wgmma_attn_threads, 1) attention_wgmma_kernel(
 #endif
 }
 
+// The arguments of v6 and v7 (`name`, `rung`), checked: bf16 or fp16 with v4's
+// limits, on a GPU that runs sm_90a code; and their grid of 128-row query blocks.
+template <class T>
+attention_args<T> wgmma_attention_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, tensor_view<const T, 4> k,
+                                       tensor_view<const T, 4> v, const attention_options& opts, const char* name,
+                                       const char* rung) {
+    static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
+                  "attention v6 and v7 take tinyllm::bfloat16 or tinyllm::float16 tensors");
+    auto a = make_attention_args<T>(out, q, k, v, opts, name);
+    expect_mma_args(a, name, rung);
+    TINYLLM_EXPECT(wgmma_compiled(), name, " (", rung, ") needs a GPU of compute capability 9.0 (H100, H200) running "
+                   "code compiled for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a); use attention_flash2 (v5) otherwise");
+    return a;
+}
+template <class T>
+dim3 wgmma_attention_grid(const attention_args<T>& a, const char* name) {
+    return checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, wgmma_attn_bq), 1, name,
+                        "the (Hq * B, Tq / 128) query blocks");
+}
+
 template <class T, int D, bool Pipelined>
 void launch_attention_wgmma(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
     const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
@@ -430,16 +466,10 @@ template <class T, wgmma_schedule Schedule = wgmma_schedule::pipelined>
 void attention_wgmma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                      const attention_options& opts = {}, cudaStream_t stream = nullptr) {
-    static_assert(std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
-                  "attention_wgmma (v6) takes tinyllm::bfloat16 or tinyllm::float16 tensors");
-    auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_wgmma");
-    detail::expect_mma_args(a, "attention_wgmma", "v6");
-    TINYLLM_EXPECT(wgmma_compiled(), "attention_wgmma (v6) needs a GPU of compute capability 9.0 (H100, H200) running "
-                   "code compiled for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a); use attention_flash2 (v5) otherwise");
+    auto a = detail::wgmma_attention_args<T>(out, q, k, v, opts, "attention_wgmma", "v6");
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::wgmma_attn_smem_bytes(a.D));
-    const dim3 grid = detail::checked_grid(index_t{a.Hq} * a.B, ceil_div<index_t>(a.Tq, detail::wgmma_attn_bq), 1,
-                                           "attention_wgmma", "the (Hq * B, Tq / 128) query blocks");
+    const dim3 grid = detail::wgmma_attention_grid(a, "attention_wgmma");
     constexpr bool pipelined = Schedule == wgmma_schedule::pipelined;
     if (a.D == 64) detail::launch_attention_wgmma<T, 64, pipelined>(a, grid, bytes, stream);
     else detail::launch_attention_wgmma<T, 128, pipelined>(a, grid, bytes, stream);

@@ -27,7 +27,7 @@
 //   mbarrier_arrive_expect_tx(bar, bytes) the phase also waits for `bytes`; one arrival
 //   mbarrier_wait(bar, parity)            until the phase of that parity has completed
 //   tma_load(dst, map, {c0, ..}, bar)     the box at element coordinates c into dst
-//   setmaxnreg_inc<N>() / _dec<N>()       a warpgroup's registers per thread become N
+//   setmaxnreg<N, increase>()             a warpgroup's registers per thread become N
 //   make_tensor_map(...)                  (host) the map of a strided tensor view
 //
 // The instructions need sm_90 (setmaxnreg: sm_90a); TINYLLM_TMA is 1 in code
@@ -126,20 +126,15 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, cons
 #endif
 }
 
-// setmaxnreg: every thread of the warpgroup must execute it. A producer
-// warpgroup gives registers back (dec) so that the consumers can take them (inc).
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
+// setmaxnreg: the warpgroup's registers per thread become N, every thread of the
+// warpgroup executing it. A producer warpgroup gives registers back (N below the
+// launch's) so that the consumers can take them (N above).
+template <int N, bool Increase>
+__device__ __forceinline__ void setmaxnreg() {
     static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg: a multiple of 8 in 24 .. 256");
 #if !defined(TINYLLM_SIMULATED_GPU) && TINYLLM_TMA
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-#endif
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
-    static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg: a multiple of 8 in 24 .. 256");
-#if !defined(TINYLLM_SIMULATED_GPU) && TINYLLM_TMA
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+    if constexpr (Increase) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+    else asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 
