@@ -5,7 +5,7 @@
 //   D = 128, S = 2048, B = 8, H = 16   v4, v5, v6, v7 (bf16) and v3 (float)
 //   D = 64,  S = 2048, B = 8, H = 32   v4, v5, v6, v7 (bf16), v5 with two blocks per SM
 //   D = 128, S = 8192, B = 2, H = 16   v4, v5, v6, v7 (bf16), v3 (float)
-//   v6 (wgmma, both schedules) and v7 (TMA) run where the build has sm_90a code for the GPU
+//   v6 (wgmma) and v7 (TMA), each in both schedules, run where the build has sm_90a code for the GPU
 //   (and on the simulated GPU); elsewhere their rows are left out.
 //   v1 and v2 materialize the (B, H, S, S) score matrix and are slow: they run
 //   at B = 1 (2048 tokens; the score matrix alone is 256 MiB), said in the row.
@@ -197,7 +197,7 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
         if (s.D == 64)  // the same kernel compiled for two blocks per SM (128 registers)
             add_row(ctx, d, "v5 flash2, 2 blocks/SM (bf16)", "v5_flash2_x2", "bf16", bf16_tol, false,
                     [&] { tc::attention_flash2<tinyllm::bfloat16, 2>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
-        if (tc::wgmma_compiled()) {  // v6 in the default (pipelined) schedule and the sequential one; v7
+        if (tc::wgmma_compiled()) {  // v6 and v7, each in its default schedule and the other one
             add_row(ctx, d, "v6 wgmma (bf16)", "v6_wgmma", "bf16", bf16_tol, false,
                     [&] { tc::attention_wgmma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
             add_row(ctx, d, "v6 wgmma, sequential (bf16)", "v6_wgmma_seq", "bf16", bf16_tol, false, [&] {
@@ -205,6 +205,9 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
             });
             add_row(ctx, d, "v7 tma (bf16)", "v7_tma", "bf16", bf16_tol, false,
                     [&] { tc::attention_tma<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), causal); });
+            add_row(ctx, d, "v7 tma, independent (bf16)", "v7_tma_indep", "bf16", bf16_tol, false, [&] {
+                tc::attention_tma<tinyllm::bfloat16, tc::tma_schedule::independent>(d.out(), d.qv(), d.kv(), d.vv(), causal);
+            });
         }
     }
 }

@@ -112,7 +112,7 @@ struct sanitizer_ignore {
     sanitizer_ignore& operator=(const sanitizer_ignore&) = delete;
 };
 
-enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, at_mbarrier, exited };
+enum class state : unsigned char { ready, at_barrier, at_warp_op, at_cp_async, at_mbarrier, at_named_barrier, exited };
 
 struct pending_copy {
     void* dst;
@@ -147,6 +147,13 @@ struct sim_thread {
     // mbarrier wait: the barrier (its shared-memory offset) and the parity of the phase awaited
     std::uint32_t mbar = 0;
     unsigned mbar_parity = 0;
+    // named barrier wait
+    int named = 0;
+};
+
+struct named_barrier_state {
+    int expected = 0, arrived = 0;  // expected 0: no phase under way
+    std::source_location site;      // the first arrival's
 };
 
 // A bulk tensor copy (TMA) queued on the mbarrier whose bytes it completes.
@@ -516,6 +523,48 @@ public:
         for (const detail::wgmma_request& r : todo) warp_op(detail::warp_op::wgmma, 0xffffffffu, &r, nullptr, 0, 32, where);
     }
 
+    // ---- named barriers (bar.sync / bar.arrive id, count) ----
+    void named_barrier(int id, int count, bool wait_for_it, const std::source_location& where) {
+        {
+            sanitizer_ignore ignore;
+            if (abandoning_) throw abandon_block{};
+            sim_thread& t = *running_;
+            const std::string what = std::string(wait_for_it ? "bar.sync " : "bar.arrive ") + std::to_string(id) + ", " +
+                                     std::to_string(count) + " at " + where_text(where);
+            if (id < 1 || id > 15)
+                thread_fault(t, "synccheck", what + ": named barriers are 1 .. 15 (0 is __syncthreads's)");
+            else if (count < 32 || count % 32 != 0 || count > nthreads_)
+                thread_fault(t, "synccheck", what + ": the thread count must be a multiple of 32, at most the block's " +
+                                                 std::to_string(nthreads_));
+            if (abandoning_) throw abandon_block{};
+            named_barrier_state& b = named_[static_cast<std::size_t>(id)];
+            if (b.expected == 0) {
+                b.expected = count;
+                b.site = where;
+            } else if (b.expected != count) {
+                thread_fault(t, "synccheck", what + ": barrier " + std::to_string(id) + " was entered with count " +
+                                                 std::to_string(b.expected) + " at " + where_text(b.site));
+                throw abandon_block{};
+            }
+            TSAN_RELEASE(&named_sync_[id]);
+            if (wait_for_it) {
+                t.st = state::at_named_barrier;
+                t.named = id;
+                t.site = where;
+            }
+            if (++b.arrived == b.expected) {
+                b.expected = b.arrived = 0;
+                for (int i = 0; i < nthreads_; ++i) {
+                    sim_thread& u = *pool_[static_cast<std::size_t>(i)];
+                    if (u.st == state::at_named_barrier && u.named == id) make_ready(u);
+                }
+            }
+            if (wait_for_it) wait(t);
+            TSAN_ACQUIRE(&named_sync_[id]);
+        }
+        if (!wait_for_it) schedule_point();
+    }
+
     // ---- mbarrier and the bulk tensor copy (TMA) ----
     mbarrier_state& barrier_at(std::uint32_t bar, const char* op, const std::source_location& where) {
         auto it = mbarriers_.find(bar);
@@ -648,6 +697,8 @@ private:
     std::vector<int> warp_waiting_;
     std::vector<unsigned> warp_exited_;
     std::map<std::uint32_t, mbarrier_state> mbarriers_;  // by shared-memory offset
+    named_barrier_state named_[16];
+    char named_sync_[16] = {};
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
     ready_queue ready_;
     bool fault_ = false, abandoning_ = false;
@@ -726,6 +777,7 @@ private:
         exited_ = arrived_ = 0;
         abandoning_ = false;
         mbarriers_.clear();
+        for (auto& b : named_) b = named_barrier_state{};
         ready_.reset(threads);
         // Shared memory is not initialised on a GPU: fill it with NaN bytes.
         if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
@@ -765,6 +817,14 @@ private:
         running_ = nullptr;
         detail::current = nullptr;
         TSAN_ACQUIRE(&block_done_sync_);
+        if (!fault_)
+            for (int id = 1; id < 16; ++id)
+                if (named_[id].arrived > 0) {
+                    block_fault("synccheck", "the block ended with " + std::to_string(named_[id].arrived) + " of " +
+                                                 std::to_string(named_[id].expected) + " threads arrived at named barrier " +
+                                                 std::to_string(id) + " (first at " + where_text(named_[id].site) + ")");
+                    break;
+                }
         if (!fault_)
             for (const auto& [bar, m] : mbarriers_)
                 if (!m.copies.empty()) {
@@ -953,6 +1013,11 @@ private:
             else if (u.st == state::at_warp_op)
                 groups[std::string(op_name(u.wop)) + " (mask " + hex(u.mask) + ") at " + where_text(u.site)].push_back(
                     coords(u.ctx.thread_idx));
+            else if (u.st == state::at_named_barrier)
+                groups["bar.sync " + std::to_string(u.named) + " at " + where_text(u.site) + " (" +
+                       std::to_string(named_[u.named].arrived) + " of " + std::to_string(named_[u.named].expected) +
+                       " threads arrived)"]
+                    .push_back(coords(u.ctx.thread_idx));
             else if (u.st == state::at_mbarrier) {
                 const mbarrier_state& b = mbarriers_[u.mbar];
                 groups["mbarrier.try_wait.parity " + std::to_string(u.mbar_parity) + " at " + where_text(u.site) +
@@ -992,7 +1057,9 @@ private:
         abandoning_ = true;
         for (int i = 0; i < nthreads_; ++i) {
             sim_thread& u = *pool_[static_cast<std::size_t>(i)];
-            if (u.st == state::at_barrier || u.st == state::at_warp_op || u.st == state::at_mbarrier) make_ready(u);
+            if (u.st == state::at_barrier || u.st == state::at_warp_op || u.st == state::at_mbarrier ||
+                u.st == state::at_named_barrier)
+                make_ready(u);
         }
     }
 
@@ -1324,6 +1391,7 @@ void mbarrier_arrive(std::uint32_t bar, int count, std::uint32_t tx_bytes, const
 void mbarrier_wait(std::uint32_t bar, unsigned parity, const std::source_location& where) {
     ex().mbarrier_wait(bar, parity, where);
 }
+void named_barrier(int id, int count, bool wait, const std::source_location& where) { ex().named_barrier(id, count, wait, where); }
 void tma_load(void* dst, const void* map, const std::int32_t* c, int rank, std::uint32_t bar, const std::source_location& where) {
     ex().tma_load(dst, map, c, rank, bar, where);
 }

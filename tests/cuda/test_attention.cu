@@ -668,7 +668,7 @@ struct head_major {
 
 // v7 against the float64 reference, as v6; `head_major_kv`: K and V stored (B, H, T, D),
 // so that the tensor maps order their dimensions differently from Q's.
-template <class T>
+template <class T, tc::tma_schedule Schedule = tc::tma_schedule::pingpong>
 void run_tma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std::uint64_t seed, bool head_major_kv = false) {
     if (!tc::wgmma_compiled()) {
         WARN("attention v7 not run: this GPU or this build (not sm_90a) has no wgmma and TMA");
@@ -678,14 +678,15 @@ void run_tma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std:
         for (const auto& var : variants) {
             problem<T> p(shapes[si], var, seed + 100 * si);
             INFO("v7 tma " << tinyllm::dtype_name<T>() << " " << describe(p.s) << " " << var.name
+                           << (Schedule == tc::tma_schedule::pingpong ? ", ping-pong" : ", independent")
                            << (head_major_kv ? ", K and V stored (B, H, T, D)" : ""));
             p.dout.poison();
             if (head_major_kv) {
                 const head_major<T> k(p.k, p.s.B, p.s.Tk, p.s.Hkv, p.s.D), v(p.v, p.s.B, p.s.Tk, p.s.Hkv, p.s.D);
-                tc::attention_tma<T>(p.out(), p.qv(), k.view, v.view, p.device_opts());
+                tc::attention_tma<T, Schedule>(p.out(), p.qv(), k.view, v.view, p.device_opts());
                 TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
             } else {
-                tc::attention_tma<T>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
+                tc::attention_tma<T, Schedule>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts());
                 TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
             }
             TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, tol, "v7 tma O");
@@ -696,15 +697,19 @@ void run_tma_grid(const shape* shapes, std::size_t n, const tolerance& tol, std:
 
 // v6's shapes; T = 300 and 520 give 3 and 5 key tiles, so each of the two K and V
 // stages is reused (the barriers' parity flips), and the padding variants a last tile
-// whose rows past the length the producer zeroes (the tests put NaN there).
+// whose rows past the length the producer zeroes (the tests put NaN there). Both
+// schedules: the warpgroups taking turns (the default) and independent.
 TEST_CASE("attention v7 tma (bf16) matches the float64 reference", "[cuda][attention][wgmma][tma]") {
     const shape s[] = {{1, 300, 300, 2, 1, 64}, {2, 129, 520, 2, 2, 128}};
     run_tma_grid<bfloat16>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 80000);
     run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 80500);
+    run_tma_grid<bfloat16, tc::tma_schedule::independent>(flash2_shapes, std::size(flash2_shapes), bf16_tol, 80000);
+    run_tma_grid<bfloat16, tc::tma_schedule::independent>(s, std::size(s), bf16_tol, 80500);
 }
 TEST_CASE("attention v7 tma (fp16) matches the float64 reference", "[cuda][attention][wgmma][tma]") {
     const shape s[] = {{2, 37, 150, 4, 2, 64}, {1, 45, 17, 2, 2, 128}};
     run_tma_grid<float16>(s, std::size(s), fp16_tol, 81000);
+    run_tma_grid<float16, tc::tma_schedule::independent>(s, std::size(s), fp16_tol, 81000);
 }
 TEST_CASE("attention v7 tma reads K and V in another layout through their tensor maps", "[cuda][attention][wgmma][tma]") {
     const shape s[] = {{2, 13, 200, 4, 2, 64}, {1, 70, 150, 2, 1, 128}};
@@ -713,6 +718,7 @@ TEST_CASE("attention v7 tma reads K and V in another layout through their tensor
 TEST_CASE("attention v7 tma, large shapes", "[cuda][attention][wgmma][tma][large]") {
     const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
     run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 82000);
+    run_tma_grid<bfloat16, tc::tma_schedule::independent>(s, std::size(s), bf16_tol, 82000);
 }
 TEST_CASE("attention v7 tma rejects what it does not support", "[cuda][attention][wgmma][tma][error]") {
     problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 83000);

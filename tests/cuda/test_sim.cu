@@ -364,6 +364,41 @@ __global__ void tma_tile_kernel(const __grid_constant__ CUtensorMap map, tc::det
 
 }  // namespace
 
+namespace {
+
+// Two warps take turns through named barriers 1 and 2 (each waits at its own and
+// arrives at the other's; warp 1 gives the first turn): each turn appends the warp's
+// number to a shared log, which must alternate 0, 1, 0, 1, ...
+__global__ void ping_pong_kernel(int turns, int* log) {
+    __shared__ int count;
+    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    if (threadIdx.x == 0) count = 0;
+    __syncthreads();
+    if (warp == 1) tc::detail::named_barrier_arrive(1, 64);
+    for (int i = 0; i < turns; ++i) {
+        tc::detail::named_barrier_sync(warp + 1, 64);
+        if (lane == 0) log[count++] = warp;
+        __syncwarp();
+        if (!(warp == 1 && i == turns - 1)) tc::detail::named_barrier_arrive(2 - warp, 64);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("named barriers let two warps take turns (bar.sync and bar.arrive with an id and a count)",
+          "[cuda][sim][ptx]") {
+    const int turns = 5;
+    tc::device_buffer<int> log(2 * turns);
+    log.poison();
+    tc::launch(ping_pong_kernel, 1, 64, 0, nullptr, turns, log.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const auto got = tc::to_host(log);
+    for (int i = 0; i < 2 * turns; ++i) {
+        INFO("turn " << i);
+        CHECK(got[static_cast<std::size_t>(i)] == i % 2);
+    }
+}
+
 // The copy engine's layout is the one v6's tiles and wgmma's descriptors use
 // (wgmma_tile_offset), rows and columns outside the tensor arrive as zeros
 // (including negative coordinates), and one barrier serves two phases.
@@ -494,6 +529,16 @@ __global__ void mbarrier_misuse_kernel(const __grid_constant__ CUtensorMap map, 
     }
 }
 
+// Named barriers misused: 0 a thread count that is not a multiple of 32; 1 one
+// barrier entered with two counts (warp 0 with 64, the others with 96); 2 a block that ends with an arrival nobody
+// waited for (stricter than a GPU, which drops the barrier's state with the block).
+__global__ void named_barrier_misuse_kernel(int which) {
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    if (which == 0) tc::detail::named_barrier_sync(1, 48);
+    if (which == 1) tc::detail::named_barrier_sync(1, warp == 0 ? 64 : 96);
+    if (which == 2 && warp == 0) tc::detail::named_barrier_arrive(2, 64);
+}
+
 // Runs a kernel that must fault; returns the simulator's report and resets the device.
 template <class Launch>
 std::string fault_report(Launch launch) {
@@ -597,6 +642,18 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     r = fault_report([&] { tc::launch(mbarrier_misuse_kernel, 1, 32, mbar_bytes, nullptr, map, order, 3); });
     INFO(r);
     CHECK(has(r, "where no mbarrier was initialised"));
+
+    r = fault_report([&] { tc::launch(named_barrier_misuse_kernel, 1, 128, 0, nullptr, 0); });
+    INFO(r);
+    CHECK(has(r, "bar.sync 1, 48"));
+    CHECK(has(r, "must be a multiple of 32"));
+    r = fault_report([&] { tc::launch(named_barrier_misuse_kernel, 1, 128, 0, nullptr, 1); });
+    INFO(r);
+    CHECK(has(r, "bar.sync 1, "));  // 64 or 96, whichever warp came second
+    CHECK(has(r, "was entered with count"));
+    r = fault_report([&] { tc::launch(named_barrier_misuse_kernel, 1, 128, 0, nullptr, 2); });
+    INFO(r);
+    CHECK(has(r, "the block ended with 32 of 64 threads arrived at named barrier 2"));
 
     // Threads that have returned do not hold up a barrier (as on Volta and later GPUs).
     tc::launch(early_return_kernel, 1, 64, 0, nullptr, out.data(), 40);

@@ -32,9 +32,8 @@
 //     __syncthreads after the start: the producer runs up to two tiles ahead,
 //     and each warpgroup waits only for the data it needs, not for the other
 //     warpgroup. Expected: loads fully hidden behind the products, and the
-//     two warpgroups drift apart so that one's softmax can overlap the
-//     other's products (FlashAttention-3 forces this with "ping-pong" named
-//     barriers; here it is left to happen).
+//     two warpgroups free to drift apart so that one's softmax can overlap
+//     the other's products (the ping-pong schedule below forces it).
 //   * Registers moved to where they are used (setmaxnreg): the producer
 //     warpgroup gives its registers back (24 per thread) and the consumers
 //     take 240, which v6's per-thread state (S, O, P: about 200 values at
@@ -42,6 +41,18 @@
 //   * Each consumer warpgroup runs v6's pipelined schedule: S_j = Q K_j^T is
 //     issued, then P_{j-1} V_{j-1} as soon as V_{j-1} has arrived; the softmax
 //     of S_j runs while the tensor cores compute P V.
+//   * Two schedules of the consumers (tma_schedule):
+//       independent: each warpgroup issues its products as soon as its data
+//         is there. Nothing keeps the two from issuing at the same moment and
+//         then both running their softmax while the tensor cores idle.
+//       pingpong (the default; FlashAttention-3's "inter-warpgroup overlap"):
+//         the warpgroups take turns through two named barriers (bar.sync /
+//         bar.arrive): warpgroup 1 issues its products for a tile, hands the
+//         turn to warpgroup 2 and runs its softmax while warpgroup 2's
+//         products occupy the tensor cores, and so on. Expected: the tensor
+//         cores busy during both softmaxes (the FlashAttention-3 paper's
+//         ablation on an H100 credits its overlaps with part of its speed;
+//         `tinyllm bench attention` times both schedules).
 //
 // Keys past a batch row's length (attention_options::key_lengths) but inside
 // the tensor hold whatever the caller left there (the tests put NaN), and a
@@ -80,7 +91,7 @@ struct tma_attn_maps {
     tensor_map_order q, k, v;
 };
 
-template <class T, int D, bool Plain>
+template <class T, int D, bool Plain, bool PingPong>
 __global__ void __launch_bounds__(tma_attn_threads, 1)
     attention_tma_kernel(attention_args<T> a, const __grid_constant__ CUtensorMap q_map,
                          const __grid_constant__ CUtensorMap k_map, const __grid_constant__ CUtensorMap v_map,
@@ -194,6 +205,19 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     auto release = [&](std::uint64_t* bar) {
         if (lane == 0) mbarrier_arrive(bar);
     };
+    // Ping-pong: the warpgroups take turns issuing their products (named barrier k is
+    // warpgroup k's turn, 256 threads: the 128 that wait and the 128 that give it).
+    // Warpgroup 1 goes first; warpgroup 2 gives back all turns but its last, so that
+    // every barrier completes as often as it is waited at (tiles + 1 turns each).
+    auto take_turn = [&] {
+        if constexpr (PingPong) named_barrier_sync(wg, 256);
+    };
+    auto give_turn = [&](bool last) {
+        if constexpr (PingPong)
+            if (!(last && wg == 2)) named_barrier_arrive(3 - wg, 256);
+    };
+    if constexpr (PingPong)
+        if (wg == 2 && tiles > 0) named_barrier_arrive(1, 256);
 
     mbarrier_wait(q_full, 0);  // also before the output reuses Q's rows
     if (tiles > 0) {
@@ -205,8 +229,10 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
             return kind == attention_tile::skip ? attention_tile::partial : kind;
         };
         wait_k(0);
+        take_turn();
         wgmma_fence();
         rows.issue_s(s, q_desc0, k_desc(0));
+        give_turn(false);
         wgmma_wait<0>(s);
         release(&k_empty[0]);
         rows.softmax(s, t_begin, kind_of(0), alpha0, alpha1);
@@ -214,11 +240,13 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
         rows_t::pack(p, s);
         for (int i = 1; i < tiles; ++i) {
             wait_k(i);
+            take_turn();
             wgmma_fence();
             rows.issue_s(s, q_desc0, k_desc(i % S));
             wait_v(i - 1);
             wgmma_fence();
             rows.issue_pv(p, v_desc((i - 1) % S));
+            give_turn(false);
             wgmma_wait<1>(s);  // S_i done; P V may still run
             release(&k_empty[i % S]);
             rows.softmax(s, t_begin + i, kind_of(i), alpha0, alpha1);
@@ -228,8 +256,10 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
             rows_t::pack(p, s);
         }
         wait_v(tiles - 1);
+        take_turn();
         wgmma_fence();
         rows.issue_pv(p, v_desc((tiles - 1) % S));
+        give_turn(true);
         wgmma_wait<0>(rows.o);
         release(&v_empty[(tiles - 1) % S]);
     }
@@ -251,25 +281,29 @@ CUtensorMap attention_tensor_map(const T* base, index_t B, index_t Tn, index_t H
                            std::string("attention_tma (v7): ") + what);
 }
 
-template <class T, int D>
+template <class T, int D, bool PingPong>
 void launch_attention_tma(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
     tma_attn_maps order{};
     const CUtensorMap qm = attention_tensor_map(a.q, a.B, a.Tq, a.Hq, D, a.q_sb, a.q_st, a.q_sh, &order.q, "q");
     const CUtensorMap km = attention_tensor_map(a.k, a.B, a.Tk, a.Hkv, D, a.k_sb, a.k_st, a.k_sh, &order.k, "k");
     const CUtensorMap vm = attention_tensor_map(a.v, a.B, a.Tk, a.Hkv, D, a.v_sb, a.v_st, a.v_sh, &order.v, "v");
     const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
-    auto kernel = plain ? attention_tma_kernel<T, D, true> : attention_tma_kernel<T, D, false>;
+    auto kernel = plain ? attention_tma_kernel<T, D, true, PingPong> : attention_tma_kernel<T, D, false, PingPong>;
     set_shared_memory(kernel, bytes, "attention_tma");
     launch(kernel, grid, tma_attn_threads, bytes, stream, a, qm, km, vm, order);
 }
 
 }  // namespace detail
 
+// How v7's two consumer warpgroups schedule their products (see the top of this
+// file): each as soon as its data has arrived, or taking turns (ping-pong).
+enum class tma_schedule { independent, pingpong };
+
 // v7: out = attention(q, k, v) with TMA loads, a producer warpgroup and two
 // consumer warpgroups on wgmma. T: tinyllm::bfloat16 or tinyllm::float16; head
 // dims 64 and 128; a compute capability 9.0 GPU with code built for sm_90a.
 // See the top of this file.
-template <class T>
+template <class T, tma_schedule Schedule = tma_schedule::pingpong>
 void attention_tma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                    std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
                    const attention_options& opts = {}, cudaStream_t stream = nullptr) {
@@ -277,8 +311,9 @@ void attention_tma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
     if (out.size() == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(detail::tma_attn_smem_bytes(a.D));
     const dim3 grid = detail::wgmma_attention_grid(a, "attention_tma");
-    if (a.D == 64) detail::launch_attention_tma<T, 64>(a, grid, bytes, stream);
-    else detail::launch_attention_tma<T, 128>(a, grid, bytes, stream);
+    constexpr bool pingpong = Schedule == tma_schedule::pingpong;
+    if (a.D == 64) detail::launch_attention_tma<T, 64, pingpong>(a, grid, bytes, stream);
+    else detail::launch_attention_tma<T, 128, pingpong>(a, grid, bytes, stream);
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,6 @@
-// tinyllm/cuda/tma.cuh — Hopper's Tensor Memory Accelerator (TMA) and the
-// shared-memory barriers it reports to (mbarrier), as small functions, for
+// tinyllm/cuda/tma.cuh — Hopper's Tensor Memory Accelerator (TMA), the
+// shared-memory barriers it reports to (mbarrier), and the other instructions
+// of warp specialization (named barriers, setmaxnreg), as small functions, for
 // attention v7 (attention_tma.cuh).
 //
 // TMA copies a whole tile — a box of a tensor of up to 5 dimensions — from
@@ -27,6 +28,7 @@
 //   mbarrier_arrive_expect_tx(bar, bytes) the phase also waits for `bytes`; one arrival
 //   mbarrier_wait(bar, parity)            until the phase of that parity has completed
 //   tma_load(dst, map, {c0, ..}, bar)     the box at element coordinates c into dst
+//   named_barrier_sync(id, n) / _arrive   bar.sync / bar.arrive: n threads complete barrier id
 //   setmaxnreg<N, increase>()             a warpgroup's registers per thread become N
 //   make_tensor_map(...)                  (host) the map of a strided tensor view
 //
@@ -123,6 +125,25 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, cons
 #else
     (void)dst, (void)map, (void)c, (void)bar;
     __trap();
+#endif
+}
+
+// Named barriers: barrier `id` (1 .. 15; 0 is __syncthreads's) completes when
+// `count` threads (a multiple of 32) have arrived; named_barrier_sync waits for
+// that, named_barrier_arrive counts itself and goes on. Two warpgroups take turns
+// with a pair of them: each waits at its own and arrives at the other's.
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::bar_sync(id, count);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    ::tinyllm::sim::ptx::bar_arrive(id, count);
+#else
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 #endif
 }
 

@@ -170,6 +170,10 @@ std::uint32_t shared_address(const void* p, const std::source_location& where);
 void mbarrier_init(std::uint32_t bar, int count, const std::source_location& where);
 void mbarrier_arrive(std::uint32_t bar, int count, std::uint32_t tx_bytes, const std::source_location& where);
 void mbarrier_wait(std::uint32_t bar, unsigned parity, const std::source_location& where);
+// bar.sync / bar.arrive with a barrier id (1 .. 15) and a thread count: the
+// barrier completes when `count` threads have arrived, some of them waiting
+// (sync) and some not (arrive). Barrier 0 with every thread is __syncthreads.
+void named_barrier(int id, int count, bool wait, const std::source_location& where);
 // cp.async.bulk.tensor (tile mode): the box of `map` at element coordinates
 // c[0 .. rank) into shared memory at dst; completes its bytes on barrier `bar`.
 void tma_load(void* dst, const void* map, const std::int32_t* c, int rank, std::uint32_t bar,

@@ -30,6 +30,9 @@
 //       it completes, once the phase's arrivals are in: reads of its
 //       destination before the wait see the old bytes. A wait that can never
 //       end is a fault naming the missing arrivals and bytes.
+//   bar.sync id, n / bar.arrive id, n (named barriers 1 .. 15)
+//       the barrier completes when n threads have arrived; those at bar.sync
+//       wait for it, those at bar.arrive go on.
 // All warp-wide instructions (.sync.aligned) need all 32 lanes.
 #pragma once
 
@@ -123,6 +126,13 @@ inline void mbarrier_arrive(std::uint64_t* bar, unsigned tx_bytes = 0,
 inline void mbarrier_wait_parity(std::uint64_t* bar, unsigned parity,
                                  std::source_location where = std::source_location::current()) {
     detail::mbarrier_wait(detail::shared_address(bar, where), parity, where);
+}
+// bar.sync id, count / bar.arrive id, count (named barriers).
+inline void bar_sync(int id, int count, std::source_location where = std::source_location::current()) {
+    detail::named_barrier(id, count, true, where);
+}
+inline void bar_arrive(int id, int count, std::source_location where = std::source_location::current()) {
+    detail::named_barrier(id, count, false, where);
 }
 // cp.async.bulk.tensor.Rd.shared::cluster.global.tile.mbarrier::complete_tx::bytes
 template <int Rank>
