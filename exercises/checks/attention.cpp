@@ -6,6 +6,7 @@
 #include "shapes.hpp"
 
 #include <tinyllm/attention.hpp>
+#include <tinyllm/detail/mbarrier_ring.hpp>
 #include <tinyllm/detail/wgmma_layout.hpp>
 #include <tinyllm/model.hpp>
 
@@ -130,5 +131,29 @@ TINYLLM_EXERCISE_CHECK("attention/04_swizzled_tile") {
                     return;
                 }
             }
+    }
+}
+
+TINYLLM_EXERCISE_CHECK("attention/05_ring_parity") {
+    for (int c = 0; c < 6; ++c) {
+        const int stages = ctx.integer(1, 8);
+        ctx.case_label = "case " + std::to_string(c) + ": a ring of " + std::to_string(stages) + " stages";
+        for (int i = 0; i < 40 * stages; ++i) {
+            const exercises::attention::ring_position got = exercises::attention::ring_parity(i, stages);
+            const tinyllm::detail::ring_slot want = tinyllm::detail::mbarrier_ring_slot(i, stages);
+            const std::string tile = "tile " + std::to_string(i);
+            if (got.stage != want.stage) {
+                expect_scalar(ctx, tile + ": its stage", got.stage, want.stage, 0, 0);
+                return;
+            }
+            if (got.full_parity != want.full_parity) {
+                expect_scalar(ctx, tile + ": the consumers' parity on full", got.full_parity, want.full_parity, 0, 0);
+                return;
+            }
+            if (got.empty_parity != want.empty_parity) {
+                expect_scalar(ctx, tile + ": the producer's parity on empty", got.empty_parity, want.empty_parity, 0, 0);
+                return;
+            }
+        }
     }
 }

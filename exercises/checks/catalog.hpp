@@ -34,6 +34,8 @@ inline constexpr exercise_info catalog[] = {
      "the bytes a KV cache holds for a model shape and a context length"},
     {"attention/04_swizzled_tile", "attention/04_swizzled_tile.cpp", "exercises_cpu",
      "the byte of a tile element in attention v6's shared memory (wgmma's 128-byte swizzle)"},
+    {"attention/05_ring_parity", "attention/05_ring_parity.cpp", "exercises_cpu",
+     "the stage and the mbarrier parities of a tile in attention v7's ring of buffers"},
     {"sampling/01_min_p", "sampling/01_min_p.cpp", "exercises_cpu",
      "min-p filtering: keep the tokens at least p times as probable as the top one"},
     {"sampling/02_top_p_bisection", "sampling/02_top_p_bisection.cpp", "exercises_cpu",

@@ -77,6 +77,12 @@ struct model_shape {
 namespace attention {
 std::int64_t kv_cache_bytes(const model_shape& shape, std::int64_t context, std::int64_t bytes_per_element);
 std::uint32_t swizzled_tile_offset(int r, int d, int rows);
+// A tile's place in a ring of mbarrier-guarded buffers (05_ring_parity).
+struct ring_position {
+    int stage = -1;
+    unsigned full_parity = 2, empty_parity = 2;  // 0 or 1 when answered
+};
+ring_position ring_parity(int i, int stages);
 }  // namespace attention
 
 namespace model {

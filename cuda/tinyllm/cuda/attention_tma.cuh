@@ -69,6 +69,7 @@
 
 #include <tinyllm/cuda/attention_wgmma.cuh>
 #include <tinyllm/cuda/tma.cuh>
+#include <tinyllm/detail/mbarrier_ring.hpp>
 
 #include <cstdint>
 #include <type_traits>
@@ -153,10 +154,10 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
             }
         }
         for (int i = 0; i < tiles; ++i) {
-            const int s = i % S;
-            const unsigned phase = static_cast<unsigned>(i / S) & 1u;
+            const tinyllm::detail::ring_slot slot = tinyllm::detail::mbarrier_ring_slot(i, S);
+            const int s = slot.stage;
             const int k0 = (t_begin + i) * BK;
-            mbarrier_wait(&k_empty[s], phase ^ 1u);  // the consumers are done with the stage's last tile
+            mbarrier_wait(&k_empty[s], slot.empty_parity);  // the consumers are done with the stage's last tile
             if (leader) {
                 mbarrier_arrive_expect_tx(&k_full[s], TILE);
                 for (int j = 0; j < D / 64; ++j) {
@@ -164,7 +165,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
                     tma_load(ks + s * TILE + j * BK * 128, &k_map, c, &k_full[s]);
                 }
             }
-            mbarrier_wait(&v_empty[s], phase ^ 1u);
+            mbarrier_wait(&v_empty[s], slot.empty_parity);
             if (leader) {
                 mbarrier_arrive_expect_tx(&v_full[s], TILE);
                 for (int j = 0; j < D / 64; ++j) {
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
                 }
             }
             if (padded(i)) {  // at most one tile: the row's last
-                mbarrier_wait(&v_full[s], phase);
+                mbarrier_wait(&v_full[s], slot.full_parity);
                 const int lo = static_cast<int>(length - k0);
                 const int hi = static_cast<int>(a.Tk - k0 < BK ? a.Tk - k0 : BK);
                 const int chunks = (hi - lo) * 8;  // 16-byte chunks of the rows, per 64-feature block
@@ -196,10 +197,11 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
     auto k_desc = [&](int s) { return tinyllm::detail::wgmma_descriptor(k_address + s * TILE, 16, 1024); };
     auto v_desc = [&](int s) { return tinyllm::detail::wgmma_descriptor(v_address + s * TILE, BK * 128, 1024); };
-    auto wait_k = [&](int i) { mbarrier_wait(&k_full[i % S], static_cast<unsigned>(i / S) & 1u); };
+    using tinyllm::detail::mbarrier_ring_slot;
+    auto wait_k = [&](int i) { mbarrier_wait(&k_full[i % S], mbarrier_ring_slot(i, S).full_parity); };
     auto wait_v = [&](int i) {
         if (padded(i)) mbarrier_wait(v_zeroed, 0);
-        else mbarrier_wait(&v_full[i % S], static_cast<unsigned>(i / S) & 1u);
+        else mbarrier_wait(&v_full[i % S], mbarrier_ring_slot(i, S).full_parity);
     };
     // A warp has read a stage once its wait for the product returned: its lane 0 says so.
     auto release = [&](std::uint64_t* bar) {
