@@ -717,8 +717,7 @@ TEST_CASE("attention v7 tma reads K and V in another layout through their tensor
 }
 TEST_CASE("attention v7 tma, large shapes", "[cuda][attention][wgmma][tma][large]") {
     const shape s[] = {{2, 1000, 1000, 8, 1, 128}, {1, 777, 2049, 8, 2, 64}};
-    run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 82000);
-    run_tma_grid<bfloat16, tc::tma_schedule::independent>(s, std::size(s), bf16_tol, 82000);
+    run_tma_grid<bfloat16>(s, std::size(s), bf16_tol, 82000);  // the default schedule: each problem's reference takes seconds
 }
 TEST_CASE("attention v7 tma rejects what it does not support", "[cuda][attention][wgmma][tma][error]") {
     problem<bfloat16> p({1, 4, 4, 2, 2, 80}, variants[0], 83000);
