@@ -262,6 +262,22 @@ struct shared_hist64 {
         const unsigned carry = old + w_lo < old ? 1u : 0u;  // this add wrapped lo round
         if (w_hi + carry) atomicAdd(&hi[b], w_hi + carry);
     }
+    // add() for N weights at once (zero weights add nothing): every low-half add is
+    // issued before any of their old values is used, so the N shared-memory round
+    // trips overlap instead of following one another (each carry test waits for its
+    // add's old value).
+    template <int N>
+    __device__ void add_batch(const std::uint32_t (&b)[N], const std::uint64_t (&w)[N]) {
+        unsigned old[N];
+#pragma unroll
+        for (int k = 0; k < N; ++k) old[k] = w[k] ? atomicAdd(&lo[b[k]], static_cast<unsigned>(w[k])) : 0u;
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+            const auto w_lo = static_cast<unsigned>(w[k]), w_hi = static_cast<unsigned>(w[k] >> 32);
+            const unsigned carry = old[k] + w_lo < old[k] ? 1u : 0u;
+            if (w_hi + carry) atomicAdd(&hi[b[k]], w_hi + carry);
+        }
+    }
     // After a barrier that follows every add: bin b's sum.
     __device__ unsigned long long get(int b) const {
         return (static_cast<unsigned long long>(hi[b]) << 32) | lo[b];
@@ -731,6 +747,51 @@ __device__ void for_each_in_chunk(const float* row, index_t lo, index_t hi, int 
     for (index_t i = start + static_cast<index_t>(threadIdx.x); i < hi; i += Threads) f(i, row[i]);
 }
 
+// The masses of this thread's share of [lo, hi) added into `sums`: weigh(z, bin)
+// returns an element's weight and sets its bin. for_each_in_chunk's loads, then
+// two steps per batch: every element's weight first — independent chains of
+// dependent arithmetic (the exact exponential) that the scheduler interleaves —
+// and then the batch's adds together (shared_hist64::add_batch). Run E's
+// profile found top-p's weighted passes bound by instruction latency, 13-19
+// cycles between a warp's instructions, which is what one element weighed and
+// added at a time gives: each weight's chain and each add's round trip in turn.
+template <int Threads, int Batch, class Weigh>
+__device__ void add_chunk_masses(shared_hist64& sums, const float* row, index_t lo, index_t hi, int vec, Weigh&& weigh) {
+    index_t start = lo;
+    if (vec) {
+        const index_t quads = (hi - lo) / 4;
+        const float4* q = reinterpret_cast<const float4*>(row + lo);
+        index_t j = threadIdx.x;
+        for (; j + (Batch - 1) * Threads < quads; j += Batch * Threads) {
+            float4 v[Batch];
+#pragma unroll
+            for (int u = 0; u < Batch; ++u) v[u] = q[j + u * Threads];
+            std::uint32_t b[4 * Batch];
+            std::uint64_t w[4 * Batch];
+#pragma unroll
+            for (int u = 0; u < Batch; ++u) {
+                w[4 * u] = weigh(v[u].x, b[4 * u]);
+                w[4 * u + 1] = weigh(v[u].y, b[4 * u + 1]);
+                w[4 * u + 2] = weigh(v[u].z, b[4 * u + 2]);
+                w[4 * u + 3] = weigh(v[u].w, b[4 * u + 3]);
+            }
+            sums.add_batch(b, w);
+        }
+        for (; j < quads; j += Threads) {
+            const float4 v = q[j];
+            std::uint32_t b[4];
+            const std::uint64_t w[4] = {weigh(v.x, b[0]), weigh(v.y, b[1]), weigh(v.z, b[2]), weigh(v.w, b[3])};
+            sums.add_batch(b, w);
+        }
+        start = lo + 4 * quads;
+    }
+    for (index_t i = start + static_cast<index_t>(threadIdx.x); i < hi; i += Threads) {
+        std::uint32_t b[1];
+        const std::uint64_t w[1] = {weigh(row[i], b[0])};
+        sums.add_batch(b, w);
+    }
+}
+
 // for_each_in_chunk for a pass that votes across the warp: f(i, z, valid) is
 // called the same number of times by every lane of a warp (valid is false past
 // the chunk's end, z is then 0), so f may call __ballot_sync on the full warp.
@@ -1038,10 +1099,10 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
         if (usable) {
             // No bin_cache: a row's masses spread over ~100 buckets, which a cache
             // of 4 would evict at almost every element.
-            for_each_in_chunk<Threads, 2>(row, lo, hi, a.vec, [&](index_t, float z) {
+            add_chunk_masses<Threads, 2>(sums, row, lo, hi, a.vec, [&](float z, std::uint32_t& bucket) {
                 const float x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
-                const std::uint64_t w = sampling_weight(x);  // 0 below x = -28
-                if (w) sums.add(mass_bucket(x), w);
+                bucket = x >= -28.0f ? mass_bucket(x) : 0u;  // any bucket: the weight is 0 below -28
+                return sampling_weight(x);
             });
             __syncthreads();
             for (int i = threadIdx.x; i < 256; i += Threads)
