@@ -25,7 +25,7 @@ typedef enum cudaError_enum {
 #define CU_TENSOR_MAP_NUM_QWORDS 16
 
 typedef struct CUtensorMap_st {
-    alignas(64) cuuint64_t opaque[CU_TENSOR_MAP_NUM_QWORDS];
+    alignas(128) cuuint64_t opaque[CU_TENSOR_MAP_NUM_QWORDS];  // as CUDA 13 aligns it
 } CUtensorMap;
 
 typedef enum CUtensorMapDataType_enum {
