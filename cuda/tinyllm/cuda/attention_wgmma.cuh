@@ -36,7 +36,7 @@
 //   * Registers: the S accumulators are 64 floats a thread (a 64 x 128 tile over
 //     128 threads), O is D/2, P 32 registers; Q is never in registers (the
 //     instruction reads it). nvcc 13.0, sm_90a, -O3 -Xptxas -v, plain logits:
-//     sequential 233 (D = 128) and 193 (D = 64), pipelined 247 and 203, no
+//     sequential 223 (D = 128) and 186 (D = 64), pipelined 255 and 197, no
 //     spills; one 8-warp block per SM, as v5. Two things kept them there: the
 //     cp.async loads step from row to row by an increment the compiler cannot
 //     hoist (`opaque`; the first version kept every chunk's 64-bit source
@@ -65,10 +65,10 @@
 //
 // Expected together: above v5 by the rate of wgmma over mma.sync and the
 // ldmatrix traffic removed, i.e. near or above PyTorch's flash kernel (which is
-// FlashAttention-2, mma.sync, on this GPU). Not done (the rest of
-// FlashAttention-3): TMA loads issued by one producer warp with mbarriers
-// (warp specialization), two-stage K/V buffers, and "ping-pong" scheduling of
-// the two warpgroups so that one's softmax runs under the other's products.
+// FlashAttention-2, mma.sync, on this GPU). The rest of FlashAttention-3's
+// structure — TMA loads issued by a producer warpgroup with mbarriers (warp
+// specialization), two-stage K/V buffers, and "ping-pong" scheduling of the
+// two warpgroups — is v7 (attention_tma.cuh), on this file's wgmma_rows.
 //
 // Supported: v5's set — T = bfloat16 or float16; head dims 64 and 128; every
 // option of the CPU reference (causal, window, ALiBi, soft-cap, padding),
