@@ -128,6 +128,9 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     };
 
     if (tid == 0) {
+        prefetch_tensor_map(&q_map);  // the maps are read by the producer's first copies
+        prefetch_tensor_map(&k_map);
+        prefetch_tensor_map(&v_map);
         mbarrier_init(q_full, 1);
         for (int s = 0; s < S; ++s) {
             mbarrier_init(&k_full[s], 1);  // the producer's arrival; the copies' bytes

@@ -28,6 +28,7 @@
 //   mbarrier_arrive_expect_tx(bar, bytes) the phase also waits for `bytes`; one arrival
 //   mbarrier_wait(bar, parity)            until the phase of that parity has completed
 //   tma_load(dst, map, {c0, ..}, bar)     the box at element coordinates c into dst
+//   prefetch_tensor_map(map)              fetch the map before the first copy needs it
 //   named_barrier_sync(id, n) / _arrive   bar.sync / bar.arrive: n threads complete barrier id
 //   setmaxnreg<N, increase>()             a warpgroup's registers per thread become N
 //   make_tensor_map(...)                  (host) the map of a strided tensor view
@@ -125,6 +126,16 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, cons
 #else
     (void)dst, (void)map, (void)c, (void)bar;
     __trap();
+#endif
+}
+
+// Asks for the tensor map's 128 bytes ahead of the first copy that reads them
+// (prefetch.tensormap); a hint, nothing on the simulated GPU.
+__device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
+#if !defined(TINYLLM_SIMULATED_GPU) && TINYLLM_TMA
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(map)) : "memory");
+#else
+    (void)map;
 #endif
 }
 
