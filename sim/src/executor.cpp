@@ -520,7 +520,47 @@ public:
             t.wgmma_group_end.erase(t.wgmma_group_end.begin(), t.wgmma_group_end.begin() + static_cast<std::ptrdiff_t>(done_groups));
             for (auto& e : t.wgmma_group_end) e -= upto;
         }
+        {
+            sanitizer_ignore ignore;
+            if (running_->lane == 0)
+                for (const detail::wgmma_request& r : todo) check_warpgroup_uniform(*running_, r);
+        }
         for (const detail::wgmma_request& r : todo) warp_op(detail::warp_op::wgmma, 0xffffffffu, &r, nullptr, 0, 32, where);
+    }
+
+    // The four warps of a warpgroup must issue the same products (one instruction of
+    // the warpgroup): the k-th product each warp lands is compared with the k-th of
+    // the first warp of its warpgroup to land one (shape, operand sources,
+    // descriptors; A's registers differ by warp).
+    struct wgmma_signature {
+        std::uint64_t a_desc, b_desc;
+        int n;
+        bool a_registers, trans_b, scale_d, f16;
+        std::source_location where;
+        bool operator==(const wgmma_signature& o) const {
+            return a_desc == o.a_desc && b_desc == o.b_desc && n == o.n && a_registers == o.a_registers &&
+                   trans_b == o.trans_b && scale_d == o.scale_d && f16 == o.f16;
+        }
+    };
+    void check_warpgroup_uniform(const sim_thread& t, const detail::wgmma_request& r) {
+        const wgmma_signature sig{r.a ? 0 : r.a_desc, r.b_desc, r.n, r.a != nullptr, r.trans_b, r.scale_d, r.f16, r.where};
+        const auto g = static_cast<std::size_t>(t.warp / 4);
+        if (wg_log_.size() <= g) wg_log_.resize(g + 1);
+        std::vector<wgmma_signature>& log = wg_log_[g];
+        std::size_t& k = wg_landed_[static_cast<std::size_t>(t.warp)];
+        if (k == log.size()) {
+            log.push_back(sig);
+        } else if (!(log[k] == sig)) {
+            std::ostringstream m;
+            m << "warp " << t.warp << " (warpgroup " << g << ") issued wgmma.mma_async number " << k << " at "
+              << where_text(sig.where) << " with N = " << sig.n << ", B descriptor 0x" << std::hex << sig.b_desc << std::dec
+              << ", where another warp of its warpgroup issued N = " << log[k].n << ", B descriptor 0x" << std::hex
+              << log[k].b_desc << std::dec << " at " << where_text(log[k].where)
+              << ": the four warps of a warpgroup issue one instruction together";
+            thread_fault(*running_, "synccheck", m.str());
+            throw abandon_block{};
+        }
+        ++k;
     }
 
     // ---- named barriers (bar.sync / bar.arrive id, count) ----
@@ -697,6 +737,8 @@ private:
     std::vector<int> warp_waiting_;
     std::vector<unsigned> warp_exited_;
     std::map<std::uint32_t, mbarrier_state> mbarriers_;  // by shared-memory offset
+    std::vector<std::vector<wgmma_signature>> wg_log_;     // per warpgroup: the products its warps landed
+    std::vector<std::size_t> wg_landed_;                   // per warp: how many of them it landed
     named_barrier_state named_[16];
     char named_sync_[16] = {};
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
@@ -778,6 +820,8 @@ private:
         abandoning_ = false;
         mbarriers_.clear();
         for (auto& b : named_) b = named_barrier_state{};
+        for (auto& l : wg_log_) l.clear();
+        wg_landed_.assign(warps, 0);
         ready_.reset(threads);
         // Shared memory is not initialised on a GPU: fill it with NaN bytes.
         if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
@@ -817,6 +861,16 @@ private:
         running_ = nullptr;
         detail::current = nullptr;
         TSAN_ACQUIRE(&block_done_sync_);
+        if (!fault_)
+            for (std::size_t w = 0; w < wg_landed_.size(); ++w) {
+                const std::size_t g = w / 4, issued = g < wg_log_.size() ? wg_log_[g].size() : 0;
+                if (wg_landed_[w] != issued && !(wg_landed_[w] == 0 && w * 32 >= static_cast<std::size_t>(nthreads_))) {
+                    block_fault("synccheck", "warp " + std::to_string(w) + " of warpgroup " + std::to_string(g) + " landed " +
+                                                 std::to_string(wg_landed_[w]) + " wgmma products where another warp of its warpgroup landed " +
+                                                 std::to_string(issued) + ": the four warps of a warpgroup issue every wgmma together");
+                    break;
+                }
+            }
         if (!fault_)
             for (int id = 1; id < 16; ++id)
                 if (named_[id].arrived > 0) {

@@ -483,7 +483,8 @@ __global__ void early_return_kernel(int* out, int n) {
 }
 
 // wgmma misuse: a product issued and never waited for; a descriptor with a swizzle
-// mode the simulator does not implement (0: none); an operand past the shared memory.
+// mode the simulator does not implement (0: none); an operand past the shared memory;
+// warp 1 of the warpgroup issuing a product with another B than the other warps.
 __global__ void wgmma_misuse_kernel(int which) {
     unsigned char* smem = tc::dynamic_shared<unsigned char>();
     const std::uint32_t base = tc::detail::wgmma_smem_address(smem);
@@ -492,9 +493,11 @@ __global__ void wgmma_misuse_kernel(int which) {
     const std::uint64_t b = tinyllm::detail::wgmma_descriptor(base, 16, 1024);
     if (which == 1) a &= ~(std::uint64_t{3} << 62);                                 // swizzle mode 0
     if (which == 2) a = tinyllm::detail::wgmma_descriptor(base + 12288, 16, 1024);  // 64 rows take 8 KiB: 4 KiB past the end
+    const bool warp1 = threadIdx.x / 32 == 1;
     tc::detail::wgmma_fence();
-    tc::detail::wgmma_m64k16<128, tinyllm::bfloat16, false>(acc, nullptr, a, b, false);
+    tc::detail::wgmma_m64k16<128, tinyllm::bfloat16, false>(acc, nullptr, a, which == 3 && warp1 ? b + 2 : b, false);
     tc::detail::wgmma_commit();
+    if (which == 3) tc::detail::wgmma_wait<0>(acc);
     // which == 0: no wgmma_wait before returning
 }
 
@@ -619,6 +622,10 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     INFO(r);
     CHECK(has(r, "memcheck"));
     CHECK(has(r, "wgmma A operand reaches past the block's 16384 bytes"));
+    r = fault_report([&] { tc::launch(wgmma_misuse_kernel, 1, 128, 16384, nullptr, 3); });
+    INFO(r);
+    CHECK(has(r, "(warpgroup 0) issued wgmma.mma_async number 0"));  // warp 1, or the first to land if warp 1 did
+    CHECK(has(r, "the four warps of a warpgroup issue one instruction together"));
 
     // mbarrier and TMA: the same, naming the barrier, the missing arrivals and the bytes.
     std::vector<std::uint16_t> matrix(16 * 64, 1);
