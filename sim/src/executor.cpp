@@ -171,7 +171,6 @@ struct mbarrier_state {
     std::int64_t tx = 0;            // transaction bytes the current phase still needs
     unsigned phase = 0;             // phases completed
     std::vector<tma_copy> copies;   // issued, not yet landed
-    std::source_location site;      // where it was initialised
 };
 
 std::string coords(uint3 v) {
@@ -625,7 +624,6 @@ public:
             device_fault("synccheck", "mbarrier.init of a barrier that TMA copies still name", nullptr, where);
         m = mbarrier_state{};
         m.expected = m.pending = count;
-        m.site = where;
     }
     // Land the copies of a phase whose arrivals are all in; complete it once its bytes are.
     void mbarrier_progress(std::uint32_t bar, mbarrier_state& m, const std::source_location& where) {

@@ -148,34 +148,27 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
         setmaxnreg<24, false>();
         if (warp != 0) return;
         const bool leader = lane == 0;
-        std::int32_t c[4];
-        if (leader) {
-            mbarrier_arrive_expect_tx(q_full, TILE);
+        // The leader's copy of one 128-row tile (rows t.., head hh of batch row b) into
+        // dst: its bytes announced on `full`, then one TMA box per 64 features.
+        auto copy_tile = [&](unsigned char* dst, const CUtensorMap* map, const tensor_map_order& ord, int t, int hh,
+                             std::uint64_t* full) {
+            if (!leader) return;
+            mbarrier_arrive_expect_tx(full, TILE);
+            std::int32_t c[4];
             for (int j = 0; j < D / 64; ++j) {
-                tensor_map_coords(c, order.q, 64 * j, b, q0, h);
-                tma_load(qs + j * BQ * 128, &q_map, c, q_full);
+                tensor_map_coords(c, ord, 64 * j, b, t, hh);
+                tma_load(dst + j * BQ * 128, map, c, full);
             }
-        }
+        };
+        copy_tile(qs, &q_map, order.q, q0, h, q_full);
         for (int i = 0; i < tiles; ++i) {
             const tinyllm::detail::ring_slot slot = tinyllm::detail::mbarrier_ring_slot(i, S);
             const int s = slot.stage;
             const int k0 = (t_begin + i) * BK;
             mbarrier_wait(&k_empty[s], slot.empty_parity);  // the consumers are done with the stage's last tile
-            if (leader) {
-                mbarrier_arrive_expect_tx(&k_full[s], TILE);
-                for (int j = 0; j < D / 64; ++j) {
-                    tensor_map_coords(c, order.k, 64 * j, b, k0, hkv);
-                    tma_load(ks + s * TILE + j * BK * 128, &k_map, c, &k_full[s]);
-                }
-            }
+            copy_tile(ks + s * TILE, &k_map, order.k, k0, hkv, &k_full[s]);
             mbarrier_wait(&v_empty[s], slot.empty_parity);
-            if (leader) {
-                mbarrier_arrive_expect_tx(&v_full[s], TILE);
-                for (int j = 0; j < D / 64; ++j) {
-                    tensor_map_coords(c, order.v, 64 * j, b, k0, hkv);
-                    tma_load(vs + s * TILE + j * BK * 128, &v_map, c, &v_full[s]);
-                }
-            }
+            copy_tile(vs + s * TILE, &v_map, order.v, k0, hkv, &v_full[s]);
             if (padded(i)) {  // at most one tile: the row's last
                 mbarrier_wait(&v_full[s], slot.full_parity);
                 const int lo = static_cast<int>(length - k0);
@@ -200,11 +193,15 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);
     auto k_desc = [&](int s) { return tinyllm::detail::wgmma_descriptor(k_address + s * TILE, 16, 1024); };
     auto v_desc = [&](int s) { return tinyllm::detail::wgmma_descriptor(v_address + s * TILE, BK * 128, 1024); };
-    using tinyllm::detail::mbarrier_ring_slot;
-    auto wait_k = [&](int i) { mbarrier_wait(&k_full[i % S], mbarrier_ring_slot(i, S).full_parity); };
+    // Tile i's stage is i % S (mbarrier_ring_slot); the consumers wait on its "full" barrier.
+    auto wait_full = [&](std::uint64_t* full, int i) {
+        const tinyllm::detail::ring_slot slot = tinyllm::detail::mbarrier_ring_slot(i, S);
+        mbarrier_wait(&full[slot.stage], slot.full_parity);
+    };
+    auto wait_k = [&](int i) { wait_full(k_full, i); };
     auto wait_v = [&](int i) {
         if (padded(i)) mbarrier_wait(v_zeroed, 0);
-        else mbarrier_wait(&v_full[i % S], mbarrier_ring_slot(i, S).full_parity);
+        else wait_full(v_full, i);
     };
     // A warp has read a stage once its wait for the product returned: its lane 0 says so.
     auto release = [&](std::uint64_t* bar) {

@@ -256,16 +256,10 @@ struct shared_hist64 {
     __device__ void clear() {
         for (int i = threadIdx.x; i < 256; i += Threads) lo[i] = hi[i] = 0;
     }
-    __device__ void add(std::uint32_t b, std::uint64_t w) {
-        const auto w_lo = static_cast<unsigned>(w), w_hi = static_cast<unsigned>(w >> 32);
-        const unsigned old = atomicAdd(&lo[b], w_lo);
-        const unsigned carry = old + w_lo < old ? 1u : 0u;  // this add wrapped lo round
-        if (w_hi + carry) atomicAdd(&hi[b], w_hi + carry);
-    }
-    // add() for N weights at once (zero weights add nothing): every low-half add is
-    // issued before any of their old values is used, so the N shared-memory round
-    // trips overlap instead of following one another (each carry test waits for its
-    // add's old value).
+    // Adds weight w[k] to bin b[k] for k < N (a zero weight adds nothing). Every
+    // low-half add is issued before any of their old values is used, so the N
+    // shared-memory round trips overlap instead of following one another (each
+    // carry test waits for its add's old value).
     template <int N>
     __device__ void add_batch(const std::uint32_t (&b)[N], const std::uint64_t (&w)[N]) {
         unsigned old[N];
@@ -274,9 +268,14 @@ struct shared_hist64 {
 #pragma unroll
         for (int k = 0; k < N; ++k) {
             const auto w_lo = static_cast<unsigned>(w[k]), w_hi = static_cast<unsigned>(w[k] >> 32);
-            const unsigned carry = old[k] + w_lo < old[k] ? 1u : 0u;
+            const unsigned carry = old[k] + w_lo < old[k] ? 1u : 0u;  // this add wrapped lo round
             if (w_hi + carry) atomicAdd(&hi[b[k]], w_hi + carry);
         }
+    }
+    __device__ void add(std::uint32_t b, std::uint64_t w) {
+        const std::uint32_t bins[1] = {b};
+        const std::uint64_t weights[1] = {w};
+        add_batch(bins, weights);
     }
     // After a barrier that follows every add: bin b's sum.
     __device__ unsigned long long get(int b) const {
