@@ -96,7 +96,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -222,21 +221,6 @@ __host__ __device__ dataflow_block dataflow_block_of(const dataflow_args<T>& a, 
             a.phases() - 1, ticket};
 }
 
-// The trace's clock: nanoseconds that every SM reads alike (%globaltimer; its
-// resolution depends on the GPU, a microsecond on some). The simulated GPU
-// reads the host's steady clock.
-__device__ inline unsigned long long dataflow_clock() {
-#if defined(TINYLLM_SIMULATED_GPU)
-    return static_cast<unsigned long long>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                               std::chrono::steady_clock::now().time_since_epoch())
-                                               .count());
-#else
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-#endif
-}
-
 // Thread 0 waits until *counter reaches `expected`, then the block goes on;
 // `stamp` (or null): where the trace keeps the time the wait ended.
 __device__ inline void dataflow_wait(const unsigned* counter, unsigned expected, unsigned long long* stamp) {
@@ -256,7 +240,7 @@ __device__ inline void dataflow_wait(const unsigned* counter, unsigned expected,
         }
 #endif
         grid_fence();  // what the counted blocks stored is visible from here on
-        if (stamp) *stamp = dataflow_clock();
+        if (stamp) *stamp = global_timer_ns();
     }
     __syncthreads();
 }
@@ -269,7 +253,7 @@ __device__ void dataflow_arrive(const dataflow_args<T>& a, const dataflow_block&
     grid_fence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        if (a.stamps) a.stamps[3 * static_cast<std::size_t>(blk.ticket) + 2] = dataflow_clock();
+        if (a.stamps) a.stamps[3 * static_cast<std::size_t>(blk.ticket) + 2] = global_timer_ns();
         atomicAdd(&a.counters[phase], 1u);
         grid_fence();  // the phase count before the done count
         if (atomicAdd(&a.counters[a.counter_done()], 1u) == a.total - 1) {
@@ -590,7 +574,7 @@ __global__ void __launch_bounds__(dataflow_threads, 2) decode_dataflow_kernel(da
     __syncthreads();
     const dataflow_block blk = dataflow_block_of(a, s_ticket);
     if (a.stamps && threadIdx.x == 0) {  // the start; the end of the wait too, until a wait says otherwise
-        const unsigned long long now = dataflow_clock();
+        const unsigned long long now = global_timer_ns();
         a.stamps[3 * static_cast<std::size_t>(s_ticket)] = now;
         a.stamps[3 * static_cast<std::size_t>(s_ticket) + 1] = now;
     }

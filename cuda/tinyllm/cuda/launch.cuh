@@ -63,6 +63,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <utility>
 
@@ -161,6 +162,22 @@ __device__ __forceinline__ void grid_fence() {
 #if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
 #else
     __threadfence();
+#endif
+}
+
+// The GPU's clock in nanoseconds, read alike by every SM (%globaltimer; its
+// resolution depends on the GPU, a microsecond on some): for traces that
+// compare blocks (the dataflow decode step's) and for waits that must end
+// (mbarrier_wait's bound). The simulated GPU reads the host's steady clock.
+__device__ inline unsigned long long global_timer_ns() {
+#if defined(TINYLLM_SIMULATED_GPU)
+    return static_cast<unsigned long long>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
 #endif
 }
 

@@ -27,6 +27,8 @@
 //   mbarrier_arrive(bar)                  one arrival
 //   mbarrier_arrive_expect_tx(bar, bytes) the phase also waits for `bytes`; one arrival
 //   mbarrier_wait(bar, parity)            until the phase of that parity has completed
+//                                         (with TINYLLM_MBARRIER_TIMEOUT_MS, a GPU
+//                                         traps after that long: a hang's bound)
 //   tma_load(dst, map, {c0, ..}, bar)     the box at element coordinates c into dst
 //   prefetch_tensor_map(map)              fetch the map before the first copy needs it
 //   named_barrier_sync(id, n) / _arrive   bar.sync / bar.arrive: n threads complete barrier id
@@ -40,6 +42,7 @@
 
 #include <tinyllm/cuda/attention_mma.cuh>  // smem_address
 #include <tinyllm/cuda/check.cuh>
+#include <tinyllm/cuda/launch.cuh>  // global_timer_ns
 #include <tinyllm/cuda/wgmma.cuh>
 
 #include <cuda.h>
@@ -91,20 +94,57 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, un
 #endif
 }
 
+// How long mbarrier_wait waits for one phase before it declares a hang, on a
+// GPU: TINYLLM_MBARRIER_TIMEOUT_MS milliseconds (at most 4000: the bound is
+// kept in 32 bits), or forever when 0, the default. A phase that never
+// completes — an arrival or a copy the code forgot, a parity misread — hangs
+// the GPU until the process is killed; with a bound the waiting thread traps
+// and the host's next check fails with the launch's error. The test programs
+// set 3000 (tests/CMakeLists.txt): thousands of times a phase's normal wait,
+// even under compute-sanitizer. The library leaves it off because the bound
+// costs a register at every wait, and v7's consumers, with 240 registers in
+// use, then spill (ptxas, nvcc 13.0, sm_90a: up to 324 bytes at D = 128, and
+// wgmma serialized, C7512). There is no message: a printf is a function
+// call, and a call anywhere in a kernel serializes its wgmma too (C7510).
+#ifndef TINYLLM_MBARRIER_TIMEOUT_MS
+#  define TINYLLM_MBARRIER_TIMEOUT_MS 0
+#endif
+static_assert(TINYLLM_MBARRIER_TIMEOUT_MS >= 0 && TINYLLM_MBARRIER_TIMEOUT_MS <= 4000,
+              "TINYLLM_MBARRIER_TIMEOUT_MS: 0 (no bound) up to 4000 ms");
+
 // Returns once the phase of parity `parity` has completed (try_wait in a loop:
-// each try may suspend the thread for a while in hardware).
+// each try may suspend the thread for a while in hardware). The clock is read
+// only on the retry path, every 256th try, so a wait that succeeds at once
+// costs nothing more. (The simulated GPU finds a hang itself: it runs until
+// no thread can move and names the missing arrivals and bytes.)
 __device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
 #if defined(TINYLLM_SIMULATED_GPU)
     ::tinyllm::sim::ptx::mbarrier_wait_parity(bar, parity);
 #elif TINYLLM_TMA
     const unsigned address = smem_address(bar);
-    unsigned done = 0;
-    do {
+    auto try_wait = [&] {
+        unsigned done;
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(address), "r"(parity)
                      : "memory");
-    } while (!done);
+        return done != 0;
+    };
+    if (try_wait()) return;
+#  if TINYLLM_MBARRIER_TIMEOUT_MS > 0
+    // The clock's low 32 bits: one register, enough for intervals under 4.29 s.
+    auto clock_lo = [] {
+        unsigned t;
+        asm volatile("mov.u32 %0, %%globaltimer_lo;" : "=r"(t));
+        return t;
+    };
+    const unsigned start = clock_lo();
+    while (!try_wait())
+        if (clock_lo() - start > static_cast<unsigned>(TINYLLM_MBARRIER_TIMEOUT_MS) * 1000000u) __trap();
+#  else
+    while (!try_wait()) {
+    }
+#  endif
 #else
     (void)bar, (void)parity;
     __trap();
