@@ -932,8 +932,13 @@ __global__ void greedy_split_kernel(split_args a) {
 //   split_bucket_draw  each block's kept mass above c and its elements in c as
 //                      candidates; the last block selects tau among them and
 //                      draws as split_draw.
+//
+// The passes are one body, split_pass; v3 launches it as sample_split_kernel and
+// v5 as sample_buckets_kernel, two names so that a profiler can pick either
+// rung's kernels (Nsight Compute's -k matches the name without its template
+// arguments).
 template <int Threads, int Phase>
-__global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, int sel, int shift) {
+__device__ __forceinline__ void split_pass(const split_args& a, int sel, int shift) {
     const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
     const float* row = a.logits + b * a.row_stride;
     split_row& r = a.rows[b];
@@ -1221,6 +1226,16 @@ __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, 
     }
 }
 
+template <int Threads, int Phase>
+__global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, int sel, int shift) {  // v3
+    split_pass<Threads, Phase>(a, sel, shift);
+}
+
+template <int Threads, int Phase>
+__global__ void __launch_bounds__(Threads, 2) sample_buckets_kernel(split_args a) {  // v5
+    split_pass<Threads, Phase>(a, 0, 0);
+}
+
 // ---- v4 candidates: top-k from every block's own k largest --------------------
 //
 // The k largest keys of a row are among the union of every chunk's k largest:
@@ -1375,30 +1390,43 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         prefix = block_select<Threads, Items>(key, lower, target, above, ties);
     }
 
-    // 3. The slots: the keys above L_j with their indices, in row order (one block
-    //    scan per group of 4 keys a thread holds), then L_j and the two counts.
+    // 3. The slots: the keys above L_j with their indices, in row order, then L_j
+    //    and the two counts. Row order is group by group (group s of every thread,
+    //    then group s + 1), so each group needs its own exclusive scan of the
+    //    threads' counts. They are done two at a time: a thread's counts of two
+    //    groups (at most 4 each) packed in the 16-bit halves of one word, so
+    //    one block scan adds both (a group's total is at most 4 * Threads =
+    //    2048: the low half never carries into the high one).
     const index_t chunk_id = b * a.splits + j, slot0 = chunk_id * width;
     if (target > 0) {
-        using scan = cub::BlockScan<int, Threads>;
+        static_assert(4 * Threads < (1 << 16) && Items % 8 == 0, "v4's paired scan: two 16-bit fields");
+        using scan = cub::BlockScan<unsigned, Threads>;
         __shared__ typename scan::TempStorage storage;
-        int base = 0;
+        index_t base = 0;  // the slots of the groups before
 #pragma unroll
-        for (int s = 0; s < Items / 4; ++s) {
-            int mine = 0;
+        for (int pair = 0; pair < Items / 8; ++pair) {
+            unsigned mine = 0;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) mine += key[4 * s + e] > prefix ? 1 : 0;
-            int offset = 0, total = 0;
-            scan(storage).ExclusiveSum(mine, offset, total);
-            const index_t i0 = first_of(s);
+            for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                if (key[4 * s + e] > prefix) {
-                    c.keys[slot0 + base + offset] = key[4 * s + e];
-                    c.index[slot0 + base + offset] = static_cast<std::int32_t>(i0 + e);
-                    ++offset;
+                for (int e = 0; e < 4; ++e) mine += (key[4 * (2 * pair + h) + e] > prefix ? 1u : 0u) << (16 * h);
+            unsigned offsets = 0, totals = 0;
+            scan(storage).ExclusiveSum(mine, offsets, totals);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int s = 2 * pair + h;
+                index_t at = base + static_cast<index_t>((offsets >> (16 * h)) & 0xffffu);
+                const index_t i0 = first_of(s);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    if (key[4 * s + e] > prefix) {
+                        c.keys[slot0 + at] = key[4 * s + e];
+                        c.index[slot0 + at] = static_cast<std::int32_t>(i0 + e);
+                        ++at;
+                    }
                 }
+                base += static_cast<index_t>((totals >> (16 * h)) & 0xffffu);
             }
-            base += total;
             __syncthreads();  // before the scan's storage is reused
         }
     }
@@ -2024,9 +2052,9 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     a.candidate_capacity = detail::bucket_capacity(V);
     const unsigned grid = detail::split_grid(B, splits);
     constexpr int T = detail::sampling_threads;
-    launch(detail::sample_split_kernel<T, detail::split_max>, grid, T, 0, stream, a, 0, 0);
-    launch(detail::sample_split_kernel<T, detail::split_buckets>, grid, T, 0, stream, a, 0, 0);
-    launch(detail::sample_split_kernel<T, detail::split_bucket_draw>, grid, T, 0, stream, a, 0, 0);
+    launch(detail::sample_buckets_kernel<T, detail::split_max>, grid, T, 0, stream, a);
+    launch(detail::sample_buckets_kernel<T, detail::split_buckets>, grid, T, 0, stream, a);
+    launch(detail::sample_buckets_kernel<T, detail::split_bucket_draw>, grid, T, 0, stream, a);
     detail::check_status(a.status, B, "sample", check, stream);
 }
 
