@@ -104,7 +104,9 @@
 //                key never lands in a lower bucket), and the row's last block
 //                finds S, the target and the bucket c where the mass from the top
 //                reaches it. The third launch: each block sums its kept mass
-//                above c and appends its elements in c to the row's candidate
+//                above c (weighed 32 at a time through a warp's queue,
+//                warp_queue, so no lane idles through another's exponential)
+//                and appends its elements in c to the row's candidate
 //                list (a ballot and one atomic per warp); the row's last block
 //                selects tau among the candidates alone, adds their kept masses to
 //                their chunks and draws as v3 (a row whose candidates overflow
@@ -821,6 +823,45 @@ __device__ void for_each_in_chunk_warp_uniform(const float* row, index_t lo, ind
     }
 }
 
+// A warp's queue of elements waiting for their weight, so that the weights are
+// computed 32 at a time with every lane busy. v5's draw pass weighs only the
+// elements above the crossing bucket, about 1 in 7 of uniform logits; weighed
+// where they are found, one kept lane among 32 makes the whole warp step
+// through the exponential's ~40 instructions, and nearly every step of a warp
+// has one (1 - (6/7)^32 = 99%). Instead each lane puts its element's x into
+// the warp's ring of 64 in shared memory (a ballot gives each its place), and
+// whenever 32 are waiting every lane weighs one of them. The weights are
+// integers added in another order: the same sum, bit for bit.
+inline constexpr int warp_queue_size = 64;
+struct warp_queue {
+    float* ring;             // this warp's warp_queue_size entries (shared memory)
+    unsigned head = 0, n = 0;  // the oldest entry and how many wait: the same in every lane
+
+    // Called by every lane of the warp; an entry when `keep`.
+    template <class Weigh>
+    __device__ void push(bool keep, float x, std::uint64_t& sum, Weigh&& weigh) {
+        const unsigned lane = threadIdx.x % 32, want = __ballot_sync(0xffffffffu, keep);
+        if (!want) return;
+        if (keep) ring[(head + n + static_cast<unsigned>(__popc(want & ((1u << lane) - 1u)))) % warp_queue_size] = x;
+        n += static_cast<unsigned>(__popc(want));  // at most 31 + 32 < 64: no entry is overwritten
+        if (n >= 32) {
+            __syncwarp();  // the entries are in
+            sum += weigh(ring[(head + lane) % warp_queue_size]);
+            __syncwarp();  // and read, before later pushes reuse their places
+            head = (head + 32) % warp_queue_size;
+            n -= 32;
+        }
+    }
+    // The entries still waiting (fewer than 32), by the first n lanes.
+    template <class Weigh>
+    __device__ void flush(std::uint64_t& sum, Weigh&& weigh) {
+        __syncwarp();
+        const unsigned lane = threadIdx.x % 32;
+        if (lane < n) sum += weigh(ring[(head + lane) % warp_queue_size]);
+        n = 0;
+    }
+};
+
 // v5's bucket of an element of positive weight, x = z / T - m in [-28, 0]:
 // eighth-nat buckets numbered up from the bottom, 255 for x in (-1/8, 0] down to
 // 31 for x = -28. Any function of x that never gives a larger key a smaller
@@ -1152,16 +1193,20 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         std::uint64_t local = 0;
         if (usable) {
             const int lane = static_cast<int>(threadIdx.x % 32);
+            __shared__ float queued[Threads / 32][warp_queue_size];
+            warp_queue kept{queued[threadIdx.x / 32]};
             for_each_in_chunk_warp_uniform<Threads>(row, lo, hi, a.vec, [&](index_t i, float z, bool valid) {
-                bool candidate = false;
+                bool candidate = false, above_c = false;
+                float x = 0.0f;
                 if (valid) {
-                    const float x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
+                    x = ::tinyllm::detail::sub_rn(temperature_scaled(z, T), m);
                     if (x >= -28.0f) {
                         const std::uint32_t bucket = mass_bucket(x);
-                        if (bucket > c) local += kept_weight(x);  // every key above c is kept
+                        above_c = bucket > c;  // every key above c is kept
                         candidate = bucket == c;
                     }
                 }
+                kept.push(above_c, x, local, kept_weight);
                 const unsigned want = __ballot_sync(0xffffffffu, candidate);
                 if (want) {  // uniform in the warp: one atomic for its candidates
                     const int leader = __ffs(static_cast<int>(want)) - 1;
@@ -1172,6 +1217,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
                     if (candidate && pos < a.candidate_capacity) list[pos] = static_cast<std::uint32_t>(i);
                 }
             });
+            kept.flush(local, kept_weight);
         }
         const std::uint64_t mass = block_sum<Threads>(local);
         unsigned long long* partial = a.partials + b * a.splits;
