@@ -22,6 +22,10 @@
 // lets the blocks of one launch hand their work to whichever block finishes
 // last (see below): a reduction over the whole grid without a second launch.
 //
+//     unsigned long long t = global_timer_ns();
+//
+// is the GPU's clock, the same on every SM: for timing phases inside a kernel.
+//
 //     launch_chained(kernel, grid, block, shared_bytes, stream, args...);
 //
 // is launch() for a kernel that calls wait_for_prior_grids() before it reads
@@ -167,8 +171,9 @@ __device__ __forceinline__ void grid_fence() {
 
 // The GPU's clock in nanoseconds, read alike by every SM (%globaltimer; its
 // resolution depends on the GPU, a microsecond on some): for traces that
-// compare blocks (the dataflow decode step's) and for waits that must end
-// (mbarrier_wait's bound). The simulated GPU reads the host's steady clock.
+// compare blocks, such as the dataflow decode step's. (mbarrier_wait's bound,
+// tma.cuh, reads only its low 32 bits, to save a register.) The simulated GPU
+// reads the host's steady clock.
 __device__ inline unsigned long long global_timer_ns() {
 #if defined(TINYLLM_SIMULATED_GPU)
     return static_cast<unsigned long long>(

@@ -42,7 +42,6 @@
 
 #include <tinyllm/cuda/attention_mma.cuh>  // smem_address
 #include <tinyllm/cuda/check.cuh>
-#include <tinyllm/cuda/launch.cuh>  // global_timer_ns
 #include <tinyllm/cuda/wgmma.cuh>
 
 #include <cuda.h>
@@ -113,9 +112,9 @@ static_assert(TINYLLM_MBARRIER_TIMEOUT_MS >= 0 && TINYLLM_MBARRIER_TIMEOUT_MS <=
               "TINYLLM_MBARRIER_TIMEOUT_MS: 0 (no bound) up to 4000 ms");
 
 // Returns once the phase of parity `parity` has completed (try_wait in a loop:
-// each try may suspend the thread for a while in hardware). The clock is read
-// only on the retry path, every 256th try, so a wait that succeeds at once
-// costs nothing more. (The simulated GPU finds a hang itself: it runs until
+// each try may suspend the thread for a while in hardware). With a bound, the
+// clock is read only once the first try has failed, so a wait that succeeds
+// at once costs nothing more. (The simulated GPU finds a hang itself: it runs until
 // no thread can move and names the missing arrivals and bytes.)
 __device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
 #if defined(TINYLLM_SIMULATED_GPU)
