@@ -834,7 +834,7 @@ __device__ void for_each_in_chunk_warp_uniform(const float* row, index_t lo, ind
 // integers added in another order: the same sum, bit for bit.
 inline constexpr int warp_queue_size = 64;
 struct warp_queue {
-    float* ring;             // this warp's warp_queue_size entries (shared memory)
+    float* ring;               // this warp's warp_queue_size entries (shared memory)
     unsigned head = 0, n = 0;  // the oldest entry and how many wait: the same in every lane
 
     // Called by every lane of the warp; an entry when `keep`.
