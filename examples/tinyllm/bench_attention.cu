@@ -251,14 +251,10 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
                 tc::attention_tma<tinyllm::bfloat16, tc::tma_schedule::independent>(d.out(), d.qv(), d.kv(), d.vv(), causal);
             });
         }
-        auto shape_of = [&](const bench_row& r) {
-            for (std::size_t i = 0; i < bf16_shapes.size(); ++i) {
-                const std::string tail = "/" + bf16_shapes[i].name("bf16");
-                if (r.timing.name.size() >= tail.size() &&
-                    r.timing.name.compare(r.timing.name.size() - tail.size(), tail.size(), tail) == 0)
-                    return i;
-            }
-            return bf16_shapes.size();
+        auto shape_of = [&](const bench_row& r) {  // a row's name ends with its shape
+            std::size_t i = 0;
+            while (i < bf16_shapes.size() && !r.timing.name.ends_with("/" + bf16_shapes[i].name("bf16"))) ++i;
+            return i;
         };
         std::stable_sort(ctx.rows.begin() + static_cast<std::ptrdiff_t>(first_bf16), ctx.rows.end(),
                          [&](const bench_row& x, const bench_row& y) { return shape_of(x) < shape_of(y); });
