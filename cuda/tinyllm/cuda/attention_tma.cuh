@@ -80,6 +80,15 @@ namespace detail {
 inline constexpr int tma_attn_threads = 384;  // producer warpgroup + 2 consumer warpgroups
 inline constexpr int tma_attn_stages = 2;     // K and V buffers each
 inline constexpr int tma_attn_barriers = 1 + 4 * tma_attn_stages + 1;  // q_full, {k,v}_{full,empty}[stages], v_zeroed
+// Registers per thread after setmaxnreg: the producer warpgroup gives back down
+// to 24, the two consumer warpgroups take 240. setmaxnreg moves registers
+// within the block's allocation, fixed at launch by __launch_bounds__(384, 1):
+// 65536 / 384 per thread, rounded down to a multiple of 8, 168. A consumer
+// asking for more than the producer released would wait in setmaxnreg forever.
+inline constexpr int tma_attn_producer_regs = 24, tma_attn_consumer_regs = 240;
+static_assert(128 * tma_attn_producer_regs + 256 * tma_attn_consumer_regs <=
+                  tma_attn_threads * (65536 / tma_attn_threads / 8 * 8),
+              "v7: the warpgroups' setmaxnreg counts exceed the block's registers");
 
 // Bytes of dynamic shared memory: Q, the K and V stages (128 rows of D 16-bit
 // values each), the barriers, and up to 1024 bytes to align the first tile.
@@ -145,7 +154,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
 
     if (wg == 0) {
         // ---- producer: one warp; lane 0 issues, the warp zeroes a padded V tile ----
-        setmaxnreg<24, false>();
+        setmaxnreg<tma_attn_producer_regs, false>();
         if (warp != 0) return;
         const bool leader = lane == 0;
         // The leader's copy of one 128-row tile (rows t.., head hh of batch row b) into
@@ -187,7 +196,7 @@ __global__ void __launch_bounds__(tma_attn_threads, 1)
     }
 
     // ---- consumers: warpgroups 1 and 2, v6's pipelined schedule on the stages ----
-    setmaxnreg<240, true>();
+    setmaxnreg<tma_attn_consumer_regs, true>();
     using rows_t = wgmma_rows<T, D, Plain>;
     rows_t rows(a, tid % 128, wg - 1, q0, h, length);
     const std::uint64_t q_desc0 = tinyllm::detail::wgmma_descriptor(q_address, 16, 1024);

@@ -162,6 +162,13 @@ __device__ __forceinline__ T* dynamic_shared() {
 // __threadfence(), except in the simulator under ThreadSanitizer: there the
 // fence (a C++ seq_cst fence) draws GCC's -Wtsan warning, an error in CI, and
 // it orders nothing anyway (the simulator runs blocks one after another).
+// It must stay a sequentially consistent fence (PTX fence.sc, what
+// __threadfence() is): in the pattern above each thread fences its own stores,
+// but the arrival is thread 0's atomic, after a barrier. The PTX memory model
+// orders the other threads' stores before that atomic only through the total
+// order of fence.sc; an acquire-release fence (fence.acq_rel) orders a thread's
+// own operations only, and the pattern would then need thread 0 to fence after
+// the barrier (cooperative groups' grid sync does it that way).
 __device__ __forceinline__ void grid_fence() {
 #if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
 #else

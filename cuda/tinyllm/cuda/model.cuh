@@ -637,6 +637,10 @@ public:
                 zeroed(s.keys, per_layer), zeroed(s.values, per_layer);
             }
         }
+        // cudaMemset runs on the legacy default stream, which does not order it before
+        // the kernels of a non-blocking stream the session may be used on: the zeros
+        // (and the session's arrival counter's) are in place before it is returned.
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
         return s;
     }
 
@@ -826,13 +830,17 @@ public:
                                  gpt2 ? ptr(L.proj_bias) : nullptr, s.keys[static_cast<std::size_t>(l)].data(),
                                  s.values[static_cast<std::size_t>(l)].data()});
             }
+            // Both on `stream`, before the step's kernel: a copy or memset on the legacy default
+            // stream is not ordered before a kernel on a non-blocking stream. (A copy from pageable
+            // memory has read `table` when it returns.)
             state->layers = device_buffer<detail::dataflow_layer<T>>(table.size());
-            TINYLLM_CUDA_CHECK(cudaMemcpy(state->layers.data(), table.data(),
-                                          table.size() * sizeof(detail::dataflow_layer<T>), cudaMemcpyHostToDevice));
+            TINYLLM_CUDA_CHECK(cudaMemcpyAsync(state->layers.data(), table.data(),
+                                               table.size() * sizeof(detail::dataflow_layer<T>), cudaMemcpyHostToDevice,
+                                               stream));
             // A counter per phase (the embedding, five per layer, the logits), the ticket, the blocks done.
             state->counters =
                 device_buffer<unsigned>(static_cast<std::size_t>(2 + detail::dataflow_layer_kinds * c.num_layers + 2));
-            TINYLLM_CUDA_CHECK(cudaMemset(state->counters.data(), 0, state->counters.bytes()));
+            TINYLLM_CUDA_CHECK(cudaMemsetAsync(state->counters.data(), 0, state->counters.bytes(), stream));
             s.dataflow = std::move(state);
         }
         detail::dataflow_state<T>& st = *s.dataflow;

@@ -168,6 +168,9 @@ public:
                 buffers->emplace_back(n);
                 TINYLLM_CUDA_CHECK(cudaMemset(buffers->back().data(), 0, buffers->back().bytes()));
             }
+        // The memsets ran on the legacy default stream, which does not order them before a
+        // non-blocking stream's kernels: the pool is zero before it is used.
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
         host_.set_copy_hook([this](index_t dst, index_t src) { copy_block(dst, src); });
     }
     paged_kv_pool(const paged_kv_pool&) = delete;
