@@ -18,6 +18,10 @@
 //               launches — the maximum, the row's mass in eighth-nat buckets of
 //               z - m, then the crossing bucket's elements as candidates for the
 //               threshold and the draw.
+//   v6 filtered tinyllm::cuda::sample_filtered (top-k only): v4's slots and
+//               last block, with fewer blocks per row (4 at B = 64), each
+//               walking several chunks against a bound carried from chunk to
+//               chunk, so that most chunks need no selection.
 //   greedy      v1: one argmax reduction per row (greedy_reduction); v3 also
 //               with 5, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
@@ -123,9 +127,12 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
     add(
         "v3 split", "cuda_v3_split", false,
         [&](tc::sampling_check c) { tc::sample_split(tokens, logits, p, sb::seed, sb::step, 0, 0, c); }, true);
-    if (tc::detail::candidates_apply(V, p))
+    if (tc::detail::candidates_apply(V, p)) {
         add("v4 candidates", "cuda_v4_candidates", false,
             [&](tc::sampling_check c) { tc::sample_candidates(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+        add("v6 filtered", "cuda_v6_filtered", false,
+            [&](tc::sampling_check c) { tc::sample_filtered(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+    }
     if (tc::detail::buckets_apply(V, p))
         add(
             "v5 buckets", "cuda_v5_buckets", false,

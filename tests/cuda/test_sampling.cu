@@ -366,7 +366,7 @@ TEST_CASE("the samplers on a created stream give the default stream's tokens and
     tc::sample(got, logits, p, 11, 2, 0, sync, s3);
     auto after = tinyllm::sim::stats();
     CHECK(after.synchronizations - before.synchronizations == 1);
-    // s3's own status buffer, and v4's workspace: the rows' state, the chunk masses, the slots.
+    // s3's own status buffer, and v6's workspace: the rows' state, the chunk masses, the slots.
     REQUIRE(tc::detail::candidates_apply(V, p));
     CHECK(after.allocations - before.allocations == 4);
     before = after;
@@ -437,26 +437,34 @@ std::vector<sampling::params> bucket_settings(index_t V);
 // sample_split (v3), sample_candidates (v4) or sample_buckets (v5) with `splits`
 // blocks per row (0: its own choice) against the CPU reference, over several
 // seeds per setting. `z` replaces split_logits' rows when given.
-enum class split_rung { v3_split, v4_candidates, v5_buckets };
+// For v6, `splits` is the chunks per row and `blocks` the blocks (0: its own).
+enum class split_rung { v3_split, v4_candidates, v5_buckets, v6_filtered };
 void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds,
-                 split_rung rung = split_rung::v3_split, std::vector<float> z = {}) {
+                 split_rung rung = split_rung::v3_split, std::vector<float> z = {}, int blocks = 0) {
     if (z.empty()) z = split_logits(B, V, which);
     auto d_z = tc::to_device(z);
     tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
     const auto out = d_out.view(tinyllm::extents<1>{B});
     const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    const bool v4 = rung == split_rung::v4_candidates, v5 = rung == split_rung::v5_buckets;
-    const auto settings = v4 ? candidate_settings(V) : v5 ? bucket_settings(V) : split_settings(V);
+    const bool v4 = rung == split_rung::v4_candidates, v5 = rung == split_rung::v5_buckets,
+               v6 = rung == split_rung::v6_filtered;
+    const auto settings = v4 || v6 ? candidate_settings(V) : v5 ? bucket_settings(V) : split_settings(V);
     for (std::size_t s = 0; s < settings.size(); ++s) {
         for (int k = 0; k < seeds; ++k) {
-            const char* taken = v5 && tc::detail::buckets_apply(V, settings[s])       ? " (v5)"
-                                : (v4 || v5) && tc::detail::candidates_apply(V, settings[s]) ? " (v4)"
-                                                                                            : " (v3)";
-            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", setting " << s << ", seed " << k
-                        << taken);
+            const bool candidates = tc::detail::candidates_apply(V, settings[s]);
+            const char* taken = v5 && tc::detail::buckets_apply(V, settings[s]) ? " (v5)"
+                                : v6 && candidates                              ? " (v6)"
+                                : (v4 || v5) && candidates                      ? " (v4)"
+                                                                                : " (v3)";
+            INFO("B = " << B << ", V = " << V << ", splits = " << splits << ", blocks = " << blocks << ", setting "
+                        << s << ", seed " << k << taken);
             const std::uint64_t seed = tinyllm_test::test_seed() ^ (which << 12) ^ (s << 4) ^ k, step = s + k;
             d_out.poison();
-            if (v5) tc::sample_buckets(out, logits, settings[s], seed, step, 0, splits);
+            if (v6 && candidates)
+                tc::detail::run_filtered(out, logits, settings[s], seed, step, 0, splits, blocks,
+                                         tc::sampling_check::sync, nullptr);
+            else if (v6) tc::sample_filtered(out, logits, settings[s], seed, step, 0, splits);
+            else if (v5) tc::sample_buckets(out, logits, settings[s], seed, step, 0, splits);
             else if (v4) tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
             else tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
             const auto got = tc::to_host(d_out);
@@ -662,14 +670,6 @@ void check_public_sample(index_t B, index_t V, const sampling::params& p, std::u
 }
 }  // namespace
 
-TEST_CASE("v4 candidates: the public sampler takes it and matches the CPU", "[cuda][sampling][candidates]") {
-    sampling::params p;
-    p.top_k = 40;
-    p.top_p = 0.8f;
-    REQUIRE(tc::detail::candidates_apply(9000, p));
-    check_public_sample(3, 9000, p, 830);
-}
-
 TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is unaffected",
           "[cuda][sampling][candidates][errors]") {
     check_bad_rows(
@@ -687,6 +687,78 @@ TEST_CASE("v4 candidates: bad rows give the same errors, and the next call is un
     CHECK_THROWS_WITH(tc::sample_candidates(d_out.view(tinyllm::extents<1>{B}), d_z.view(tinyllm::extents<2>{B, V}),
                                             zero_k, 1, 0),
                       contains("top_k"));
+}
+
+// ---- v6 filtered: one bound carried along a block's chunks --------------------
+
+namespace {
+// split_logits' rows, then rows that take v6's other paths: logits rising along
+// the row (every chunk's keys pass the bound the chunks before it gave, so each
+// raises it), falling (a chunk's largest keys crowd into a few threads' groups,
+// so its bound M leaves more than cap above it: the exact selection), and
+// rising in steps from chunk to chunk with ties inside each step.
+std::vector<float> filtered_logits(index_t B, index_t V, std::uint64_t which) {
+    auto z = split_logits(B, V, which);
+    for (index_t b = 6; b < B; ++b) {
+        float* row = z.data() + b * V;
+        for (index_t i = 0; i < V; ++i) {
+            const float x = static_cast<float>(i) / static_cast<float>(V);  // [0, 1)
+            row[i] = b % 3 == 0 ? 8.0f * x : b % 3 == 1 ? -8.0f * x : std::floor(16.0f * x) + (i % 3 == 0 ? 0.5f : 0.0f);
+        }
+    }
+    return z;
+}
+}  // namespace
+
+TEST_CASE("v6 filtered: how many blocks a row gets and how many chunks each walks", "[cuda][sampling][filtered]") {
+    int blocks = 0;
+    // Llama 3's row at B = 64 on 132 SMs: v4's 16 chunks over 4 blocks (one wave, two per SM).
+    CHECK(tc::detail::filtered_blocks(64, 16, blocks, 132) == 4);
+    CHECK(blocks == 4);
+    blocks = 0;  // B = 1: a block per chunk, as v4
+    CHECK(tc::detail::filtered_blocks(1, 32, blocks, 132) == 1);
+    CHECK(blocks == 32);
+    blocks = 0;  // more rows than a wave holds: one block walks the whole row
+    CHECK(tc::detail::filtered_blocks(300, 16, blocks, 132) == 16);
+    CHECK(blocks == 1);
+    blocks = 5;  // forced: 16 chunks over 5 blocks are 4 blocks of 4 (no block left with fewer)
+    CHECK(tc::detail::filtered_blocks(64, 16, blocks, 132) == 4);
+    CHECK(blocks == 4);
+    blocks = 40;  // forced past the chunks: one chunk each
+    CHECK(tc::detail::filtered_blocks(1, 7, blocks, 132) == 1);
+    CHECK(blocks == 7);
+    CHECK(tc::detail::filtered_cap(50) == 107);
+}
+
+TEST_CASE("v6 filtered: the sampler chooses the CPU's tokens for every setting, shape and count of blocks",
+          "[cuda][sampling][filtered]") {
+    const auto v6 = split_rung::v6_filtered;
+    check_split(1, 2, 0, 900, 2, v6);                                  // V = 2: k = 1 only
+    check_split(1, 7, 2, 901, 2, v6, {}, 1);                           // one block walks two chunks shorter than k
+    check_split(9, 1003, 5, 902, 2, v6, filtered_logits(9, 1003, 902), 2);  // 5 chunks over 2 blocks (3 + 2)
+    check_split(9, 1003, 5, 903, 1, v6, filtered_logits(9, 1003, 903), 1);  // one block walks the row
+    check_split(9, 4100, 7, 904, 1, v6, filtered_logits(9, 4100, 904), 3);  // float4 loads; 3 + 3 + 1
+    check_split(1, 257, 64, 905, 1, v6, {}, 5);                        // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 3, 906, 1, v6);                               // a larger batch, its own block count
+    check_split(9, 20000, 0, 907, 1, v6, filtered_logits(9, 20000, 907), 1);  // 3 chunks of at most 8192, one block
+}
+
+TEST_CASE("v6 filtered: the public sampler takes it for top-k and matches the CPU", "[cuda][sampling][filtered]") {
+    sampling::params p;
+    p.top_k = 40;
+    p.top_p = 0.8f;
+    REQUIRE(tc::detail::candidates_apply(9000, p));
+    check_public_sample(3, 9000, p, 830);
+}
+
+TEST_CASE("v6 filtered: bad rows give the same errors, and the next call is unaffected",
+          "[cuda][sampling][filtered][errors]") {
+    check_bad_rows(
+        940,
+        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+            tc::detail::run_filtered(out, logits, p, 1, 0, 0, 3, 1, check, nullptr);  // one block walks 3 chunks
+        },
+        [](auto, auto, const char*) {});  // temperature 0 is v3's greedy_split
 }
 
 // ---- v5 buckets: top-p without top-k in three launches ------------------------

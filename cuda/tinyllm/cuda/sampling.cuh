@@ -67,7 +67,7 @@
 //                two 512-thread blocks per SM). The public greedy() and
 //                sample(params) use v3 whenever it gives a row more than one
 //                block (B < 264 and V > 4096), else v1 greedy / v2 (fewer
-//                launches); sample(params) takes v4 (below) first whenever
+//                launches); sample(params) takes v6 (below) first whenever
 //                top-k lets it, and v5 for top-p without top-k.
 //   v4 candidates — sample_candidates(out, logits, params, ...): the chain in ONE
 //                launch when top-k is on (0 < k < V, k <= 1024). Why: v3 reads
@@ -114,6 +114,24 @@
 //                every key above c is above every candidate. Expected (B = 64, V = 128256, p = 0.9; not yet
 //                measured): about half of v3's 412 us, the weighted pass being
 //                most of what is left (docs/sampling.md).
+//   v6 filtered — sample_filtered(out, logits, params, ...): v4's slots and
+//                last block, with fewer blocks per row and no selection in
+//                most chunks. Why: v4 runs two radix selections in every
+//                block (the bound M, then L_j: eight barrier-bound passes with
+//                a one-warp pick each), and a row of 16 chunks at B = 64 is
+//                1024 blocks, four waves of two per SM. But the last block
+//                only needs, per chunk, the keys >= SOME L <= K (listed above
+//                L, counted at L), and any key that k of the row's keys reach
+//                is such an L. How: a row gets one wave of blocks (4 at B =
+//                64), each walking consecutive chunks; the first chunk's M
+//                becomes the block's bound, published to the row with an
+//                atomicMax, and a chunk whose keys above the best bound known
+//                fit its cap (k + k/2 + 32 slots) is only counted and written
+//                (two block scans) — M or the exact L_j only when they do not.
+//                Expected (B = 64, V = 128256, k = 50; not yet measured): the
+//                read of the row plus one selection per block and the last
+//                blocks' merge, 30-50 us against v4's 70-90 (docs/sampling.md).
+//                The public sample() takes v6 for top-k.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
@@ -693,6 +711,7 @@ struct split_row {
     float m;                       // the row maximum of z / T
     int usable;                    // 0: the row is bad or all -inf (its status is written)
     unsigned int candidates;       // v5: entries in the row's candidate list (zero between calls)
+    unsigned int bound;            // v6: the highest bound a block of the row published (zero between calls)
 };
 
 enum : int { split_max = 0, split_radix = 1, split_draw = 2, split_buckets = 3, split_bucket_draw = 4 };
@@ -1303,15 +1322,33 @@ inline constexpr index_t candidate_max_k = 1024;  // larger k: v3 (slots grow as
 
 struct candidate_args {
     split_args s;             // the row state, partial masses and parameters of v3 (split_row, split_args)
-    std::uint32_t* keys;      // (B, splits, k + 1): slots e < above: keys > L_j in row order; slot k: L_j
-    std::int32_t* index;      // (B, splits, k + 1): the row index of each slot e < above
+    std::uint32_t* keys;      // (B, splits, width): slots e < above: keys > L_j in row order; slot width - 1: L_j
+    std::int32_t* index;      // (B, splits, width): the row index of each slot e < above
     std::uint32_t* counts;    // (B, splits, 2): above (keys > L_j), ties (keys == L_j)
+    index_t width;            // slots per chunk: v4 k + 1, v6 cap + 1 (filtered_cap)
+    index_t blocks;           // v6: blocks per row (v4: one per chunk, a.splits)
+    index_t per_block;        // v6: consecutive chunks per block
 };
 
 // Sum of a 64-bit integer over one warp (exact).
 __device__ inline std::uint64_t warp_sum_u64(std::uint64_t v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
+}
+
+// Sum of a small count over the block, every thread getting it: a warp
+// reduction (__reduce_add_sync), then the warps' sums from shared memory.
+template <int Threads>
+__device__ unsigned block_count(unsigned v) {
+    __shared__ unsigned warp_sums[Threads / 32];
+    v = __reduce_add_sync(0xffffffffu, v);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+    __syncthreads();
+    unsigned total = 0;
+#pragma unroll
+    for (int w = 0; w < Threads / 32; ++w) total += warp_sums[w];
+    __syncthreads();  // every thread has read the sums before they are written again
+    return total;
 }
 
 // Radix selection over keys a block holds in registers, N per thread (key 0:
@@ -1363,31 +1400,21 @@ __device__ std::uint32_t block_select(const std::uint32_t (&key)[N], std::uint32
     return prefix;
 }
 
-// v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
-// Grid B x splits, chunks of at most Threads * Items elements.
-template <int Threads, int Items>
-__global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate_args c) {
-    const split_args& a = c.s;
-    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
-    const float* row = a.logits + b * a.row_stride;
-    split_row& r = a.rows[b];
-    const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
-    const float T = a.p.temperature;
-    const index_t k = a.p.top_k, width = k + 1;
+// v4's steps as functions, which v6 (below) calls in its own order.
 
-    // 1. The chunk's keys of z / T in registers: thread t holds elements
-    //    lo + 4 (t + Threads s) + {0, 1, 2, 3} for s < Items / 4 (float4 loads when
-    //    the row is aligned). Key 0 marks "no element": no finite or -inf logit has
-    //    it (order_key(-inf) = 0x007fffff; only a NaN's key can be 0).
-    auto first_of = [&](int s) {  // the row index of this thread's group s of 4 keys
-        return lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
-    };
-    std::uint32_t key[Items];
-    bool bad = false;
+// Step 1: the chunk [lo, hi)'s keys of z / T in registers: thread t holds
+// elements lo + 4 (t + Threads s) + {0, 1, 2, 3} for s < Items / 4 (float4
+// loads when the row is aligned). Key 0 marks "no element": no finite or -inf
+// logit has it (order_key(-inf) = 0x007fffff; only a NaN's key can be 0). `bad`
+// is or-ed with a NaN/+inf seen; returns this thread's largest key (0: none).
+template <int Threads, int Items>
+__device__ __forceinline__ std::uint32_t load_chunk_keys(std::uint32_t (&key)[Items], const split_args& a,
+                                                         const float* row, index_t lo, index_t hi, bool& bad) {
+    const float T = a.p.temperature;
     std::uint32_t top = 0;
 #pragma unroll
     for (int s = 0; s < Items / 4; ++s) {
-        const index_t i0 = first_of(s);
+        const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
         float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (a.vec && i0 + 3 < hi) {
             const float4 v = *reinterpret_cast<const float4*>(row + i0);
@@ -1411,79 +1438,61 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
             }
         }
     }
-    const bool any_bad = __syncthreads_or(bad) != 0;
-    const std::uint32_t own_max = top;  // this thread's largest key (0: it holds none)
-    top = warp_max(top);
-    if (threadIdx.x % 32 == 0 && top) atomicMax(&r.max_key, top);
-    if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
+    return top;
+}
 
-    // 2. L_j, the chunk's k-th largest key (its smallest when it has fewer than k
-    //    elements), by radix selection over the registers (block_select). First
-    //    a bound: the k-th largest of the threads' own maxima, M. k threads hold
-    //    a key >= M, so L_j >= M, and only the keys >= M — usually a few more
-    //    than k — take part in the passes over all 16 keys a thread holds.
-    const index_t n = hi - lo;
-    const std::uint64_t target = static_cast<std::uint64_t>(k < n ? k : n);
-    std::uint32_t prefix = 0;
-    std::uint64_t above = 0, ties = 0;  // keys > L_j, keys == L_j
-    if (target > 0) {  // uniform: an empty chunk (lo >= V) has no slots
-        std::uint32_t lower = 0;
-        const std::uint32_t own[1] = {own_max};
-        if (__syncthreads_count(own_max != 0) >= k) {  // uniform; else no bound (lower 0: every key)
-            std::uint64_t unused_above = 0, unused_ties = 0;
-            lower = block_select<Threads, 1>(own, 0u, static_cast<std::uint64_t>(k), unused_above, unused_ties);
-        }
-        prefix = block_select<Threads, Items>(key, lower, target, above, ties);
-    }
-
-    // 3. The slots: the keys above L_j with their indices, in row order, then L_j
-    //    and the two counts. Row order is group by group (group s of every thread,
-    //    then group s + 1), so each group needs its own exclusive scan of the
-    //    threads' counts. They are done two at a time: a thread's counts of two
-    //    groups (at most 4 each) packed in the 16-bit halves of one word, so
-    //    one block scan adds both (a group's total is at most 4 * Threads =
-    //    2048: the low half never carries into the high one).
-    const index_t chunk_id = b * a.splits + j, slot0 = chunk_id * width;
-    if (target > 0) {
-        static_assert(4 * Threads < (1 << 16) && Items % 8 == 0, "v4's paired scan: two 16-bit fields");
-        using scan = cub::BlockScan<unsigned, Threads>;
-        __shared__ typename scan::TempStorage storage;
-        index_t base = 0;  // the slots of the groups before
+// Step 3: the slots of the chunk starting at `lo`, from slot0: its keys above
+// L with their indices, in row order. Row order is group by group (group s of
+// every thread, then group s + 1), so each group needs its own exclusive scan of
+// the threads' counts. They are done two at a time: a thread's counts of two
+// groups (at most 4 each) packed in the 16-bit halves of one word, so one block
+// scan adds both (a group's total is at most 4 * Threads = 2048: the low half
+// never carries into the high one).
+template <int Threads, int Items>
+__device__ __forceinline__ void write_chunk_slots(const candidate_args& c, index_t slot0,
+                                                  const std::uint32_t (&key)[Items], std::uint32_t L, index_t lo) {
+    static_assert(4 * Threads < (1 << 16) && Items % 8 == 0, "v4's paired scan: two 16-bit fields");
+    using scan = cub::BlockScan<unsigned, Threads>;
+    __shared__ typename scan::TempStorage storage;
+    index_t base = 0;  // the slots of the groups before
 #pragma unroll
-        for (int pair = 0; pair < Items / 8; ++pair) {
-            unsigned mine = 0;
+    for (int pair = 0; pair < Items / 8; ++pair) {
+        unsigned mine = 0;
 #pragma unroll
-            for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mine += (key[4 * (2 * pair + h) + e] > prefix ? 1u : 0u) << (16 * h);
-            unsigned offsets = 0, totals = 0;
-            scan(storage).ExclusiveSum(mine, offsets, totals);
+            for (int e = 0; e < 4; ++e) mine += (key[4 * (2 * pair + h) + e] > L ? 1u : 0u) << (16 * h);
+        unsigned offsets = 0, totals = 0;
+        scan(storage).ExclusiveSum(mine, offsets, totals);
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int s = 2 * pair + h;
-                index_t at = base + static_cast<index_t>((offsets >> (16 * h)) & 0xffffu);
-                const index_t i0 = first_of(s);
+        for (int h = 0; h < 2; ++h) {
+            const int s = 2 * pair + h;
+            index_t at = base + static_cast<index_t>((offsets >> (16 * h)) & 0xffffu);
+            const index_t i0 = lo + 4 * (static_cast<index_t>(threadIdx.x) + static_cast<index_t>(Threads) * s);
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    if (key[4 * s + e] > prefix) {
-                        c.keys[slot0 + at] = key[4 * s + e];
-                        c.index[slot0 + at] = static_cast<std::int32_t>(i0 + e);
-                        ++at;
-                    }
+            for (int e = 0; e < 4; ++e) {
+                if (key[4 * s + e] > L) {
+                    c.keys[slot0 + at] = key[4 * s + e];
+                    c.index[slot0 + at] = static_cast<std::int32_t>(i0 + e);
+                    ++at;
                 }
-                base += static_cast<index_t>((totals >> (16 * h)) & 0xffffu);
             }
-            __syncthreads();  // before the scan's storage is reused
+            base += static_cast<index_t>((totals >> (16 * h)) & 0xffffu);
         }
+        __syncthreads();  // before the scan's storage is reused
     }
-    if (threadIdx.x == 0) {
-        c.keys[slot0 + k] = prefix;
-        c.counts[2 * chunk_id] = static_cast<std::uint32_t>(above);
-        c.counts[2 * chunk_id + 1] = static_cast<std::uint32_t>(ties);
-    }
-    if (!split_arrive(r, a.splits)) return;
+}
 
-    // 4. The row's last block: status and maximum (as v3's split_max) ...
+// Step 4, in the row's last block once every block has written its slots:
+// the status and maximum (as v3's split_max), K from the slots, top-p among
+// them, min-p, the chunks' kept masses, the draw and the token.
+template <int Threads>
+__device__ __forceinline__ void finish_candidates(const candidate_args& c, index_t b) {
+    const split_args& a = c.s;
+    split_row& r = a.rows[b];
+    const float* row = a.logits + b * a.row_stride;
+    const float T = a.p.temperature;
+    const index_t k = a.p.top_k, width = c.width, tie = width - 1;
     __shared__ int s_usable;
     __shared__ float s_m;
     if (threadIdx.x == 0) {
@@ -1491,6 +1500,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         s_usable = finish_row_max(r, b, a, m) ? 1 : 0;
         s_m = m;
         r.done = 0;
+        r.bound = 0;
     }
     __syncthreads();
     if (!s_usable) return;
@@ -1501,12 +1511,12 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     auto slot_key = [&](index_t i) { return __ldcg(&keys[i]); };
     auto slot_count = [&](index_t i) -> std::uint64_t {  // how many elements slot i stands for
         const index_t chunk = i / width, e = i - chunk * width;
-        if (e == k) return __ldcg(&counts[2 * chunk + 1]);
+        if (e == tie) return __ldcg(&counts[2 * chunk + 1]);
         return e < static_cast<index_t>(__ldcg(&counts[2 * chunk])) ? 1 : 0;
     };
     const index_t slots = a.splits * width;
 
-    // ... K, the row's k-th largest key, from the slots ...
+    // K, the row's k-th largest key, from the slots ...
     const std::uint32_t K = radix_select<Threads, true>(slots, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
     // ... top-p among the slots >= K, weighted by q ...
     auto q_of = [&](std::uint32_t kk) {
@@ -1540,7 +1550,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         sum = warp_sum_u64(sum);
         if (lane == 0) {
             const std::uint64_t n_ties = __ldcg(&counts[2 * chunk + 1]);
-            if (n_ties) sum += n_ties * kept_q(__ldcg(&keys[chunk * width + k]));
+            if (n_ties) sum += n_ties * kept_q(__ldcg(&keys[chunk * width + tie]));
             partial[chunk] = sum;
         }
     }
@@ -1558,7 +1568,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
     // L_j is kept (then its equal keys, whose indices have no slots, are kept
     // too: scan the chunk's logits, as v3's draw).
     const index_t chunk = s_chunk, first_slot = chunk * width;
-    const bool scan_chunk = __ldcg(&counts[2 * chunk + 1]) != 0 && kept_q(__ldcg(&keys[first_slot + k])) != 0;
+    const bool scan_chunk = __ldcg(&counts[2 * chunk + 1]) != 0 && kept_q(__ldcg(&keys[first_slot + tie])) != 0;
     token_id token;
     if (scan_chunk) {
         const index_t first = chunk * a.chunk, n_chunk = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
@@ -1572,6 +1582,149 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
         token = e >= 0 ? static_cast<token_id>(__ldcg(&index[first_slot + e])) : -1;  // e >= 0: t < the chunk's mass
     }
     if (threadIdx.x == 0) a.out[b] = token;
+}
+
+// v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
+// Grid B x splits, chunks of at most Threads * Items elements; slots k + 1
+// (c.width) per chunk.
+template <int Threads, int Items>
+__global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate_args c) {
+    const split_args& a = c.s;
+    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
+    const float* row = a.logits + b * a.row_stride;
+    split_row& r = a.rows[b];
+    const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
+    const index_t k = a.p.top_k;
+
+    // 1. The chunk's keys in registers, the row's maximum and NaN/+inf flag.
+    std::uint32_t key[Items];
+    bool bad = false;
+    const std::uint32_t own_max = load_chunk_keys<Threads, Items>(key, a, row, lo, hi, bad);
+    const bool any_bad = __syncthreads_or(bad) != 0;
+    const std::uint32_t top = warp_max(own_max);
+    if (threadIdx.x % 32 == 0 && top) atomicMax(&r.max_key, top);
+    if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
+
+    // 2. L_j, the chunk's k-th largest key (its smallest when it has fewer than k
+    //    elements), by radix selection over the registers (block_select). First
+    //    a bound: the k-th largest of the threads' own maxima, M. k threads hold
+    //    a key >= M, so L_j >= M, and only the keys >= M — usually a few more
+    //    than k — take part in the passes over all 16 keys a thread holds.
+    const index_t n = hi - lo;
+    const std::uint64_t target = static_cast<std::uint64_t>(k < n ? k : n);
+    std::uint32_t prefix = 0;
+    std::uint64_t above = 0, ties = 0;  // keys > L_j, keys == L_j
+    if (target > 0) {  // uniform: an empty chunk (lo >= V) has no slots
+        std::uint32_t lower = 0;
+        const std::uint32_t own[1] = {own_max};
+        if (__syncthreads_count(own_max != 0) >= k) {  // uniform; else no bound (lower 0: every key)
+            std::uint64_t unused_above = 0, unused_ties = 0;
+            lower = block_select<Threads, 1>(own, 0u, static_cast<std::uint64_t>(k), unused_above, unused_ties);
+        }
+        prefix = block_select<Threads, Items>(key, lower, target, above, ties);
+    }
+
+    // 3. The slots: the keys above L_j with their indices, in row order, then L_j
+    //    and the two counts.
+    const index_t chunk_id = b * a.splits + j, slot0 = chunk_id * c.width;
+    if (target > 0) write_chunk_slots<Threads, Items>(c, slot0, key, prefix, lo);
+    if (threadIdx.x == 0) {
+        c.keys[slot0 + c.width - 1] = prefix;
+        c.counts[2 * chunk_id] = static_cast<std::uint32_t>(above);
+        c.counts[2 * chunk_id + 1] = static_cast<std::uint32_t>(ties);
+    }
+    if (!split_arrive(r, a.splits)) return;
+
+    // 4. The row's last block: K, top-p, min-p and the draw, from the slots.
+    finish_candidates<Threads>(c, b);
+}
+
+// ---- v6 filtered: one bound carried along a block's chunks ---------------------
+//
+// v4 finds every chunk's L_j exactly: two radix selections per block (the
+// bound M, then L_j), each four passes of a shared histogram with barriers and
+// a one-warp pick, and at B = 64 a row of 16 chunks gives 1024 blocks, four
+// waves of two per SM, each wave waiting through its selections. But the last
+// block needs less: for each chunk SOME L with every key of the chunk that is
+// >= L in the slots (listed above L, counted at L) and L <= K, the row's k-th
+// largest key. Any key that k of the row's keys reach is such an L — a bound.
+// The first chunk a block reads gives one (its M, as v4's step 2), and so does
+// any other block of the row: each publishes its bound with an atomicMax in
+// the row's state. So v6 gives a row fewer blocks (one wave: 4 per row at
+// B = 64), each walks several consecutive chunks, and a chunk costs a read, a
+// count against the best bound known and the slot scans — no selection —
+// unless more than `cap` of its keys are above the bound (the first chunk, or
+// a chunk whose logits run higher than the ones before): then M, and if even
+// that leaves too many (ties), v4's exact L_j, and the block's bound rises.
+// Slots per chunk: cap = k + k / 2 + 32 above the bound (v4: k - 1), then L.
+// The last block is v4's (finish_candidates), over the same chunks.
+template <int Threads, int Items>
+__global__ void __launch_bounds__(Threads, 2) sample_filtered_kernel(candidate_args c) {
+    const split_args& a = c.s;
+    const index_t b = blockIdx.x / c.blocks, first = (blockIdx.x % c.blocks) * c.per_block;
+    const index_t last = first + c.per_block < a.splits ? first + c.per_block : a.splits;
+    const float* row = a.logits + b * a.row_stride;
+    split_row& r = a.rows[b];
+    const index_t k = a.p.top_k, cap = c.width - 1;
+    __shared__ std::uint32_t s_bound;
+    std::uint32_t bound = 0;  // a key that k of the row's keys reach (0: none known yet)
+    bool bad = false;
+    for (index_t j = first; j < last; ++j) {
+        const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
+        std::uint32_t key[Items];
+        const std::uint32_t own_max = load_chunk_keys<Threads, Items>(key, a, row, lo, hi, bad);
+        const std::uint32_t warp_top = warp_max(own_max);
+        if (threadIdx.x % 32 == 0 && warp_top) atomicMax(&r.max_key, warp_top);
+        // The best bound known: this block's, or a higher one another block of the row published.
+        if (threadIdx.x == 0) {
+            const std::uint32_t published = __ldcg(&r.bound);
+            s_bound = published > bound ? published : bound;
+        }
+        __syncthreads();
+        bound = s_bound;
+        // How many keys are above the bound and equal to it (key 0 is no element,
+        // never counted), as the two 16-bit halves of one block sum (a chunk has
+        // at most 8192 keys).
+        auto count = [&](std::uint32_t L) {
+            unsigned mine = 0;
+#pragma unroll
+            for (int s = 0; s < Items; ++s) mine += key[s] > L ? 1u : (key[s] == L && L != 0 ? 1u << 16 : 0u);
+            return block_count<Threads>(mine);
+        };
+        std::uint32_t L = bound;
+        unsigned counted = count(L);
+        std::uint64_t above = counted & 0xffffu, ties = counted >> 16;
+        if (above > static_cast<std::uint64_t>(cap)) {  // uniform; the chunk then has more than k keys
+            if (__syncthreads_count(own_max != 0) >= k) {  // M, as v4's step 2
+                const std::uint32_t own[1] = {own_max};
+                std::uint64_t unused_above = 0, unused_ties = 0;
+                const std::uint32_t M =
+                    block_select<Threads, 1>(own, 0u, static_cast<std::uint64_t>(k), unused_above, unused_ties);
+                if (M > L) {
+                    L = M;
+                    counted = count(L);
+                    above = counted & 0xffffu;
+                    ties = counted >> 16;
+                }
+            }
+            if (above > static_cast<std::uint64_t>(cap))  // still too many (ties at M): the chunk's exact L_j
+                L = block_select<Threads, Items>(key, L, static_cast<std::uint64_t>(k), above, ties);
+            if (L > bound) {
+                bound = L;
+                if (threadIdx.x == 0) atomicMax(&r.bound, L);
+            }
+        }
+        const index_t slot0 = (b * a.splits + j) * c.width;
+        write_chunk_slots<Threads, Items>(c, slot0, key, L, lo);
+        if (threadIdx.x == 0) {
+            c.keys[slot0 + cap] = L;
+            c.counts[2 * (b * a.splits + j)] = static_cast<std::uint32_t>(above);
+            c.counts[2 * (b * a.splits + j) + 1] = static_cast<std::uint32_t>(ties);
+        }
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&r.bad, 1u);
+    if (!split_arrive(r, static_cast<int>(c.blocks))) return;
+    finish_candidates<Threads>(c, b);
 }
 
 // ---- host side ---------------------------------------------------------------
@@ -2001,11 +2154,12 @@ std::uint32_t* stream_words(std::size_t need, cudaStream_t stream) {
     return buffer.data();
 }
 
-// v4's slots, per stream, in one buffer: the keys (B, splits, k + 1), their
-// indices (the same), the counts (B, splits, 2). Never zeroed: every slot a
-// call reads is written earlier in the same launch.
-inline void candidate_slots(candidate_args& c, index_t B, int splits, index_t k, cudaStream_t stream) {
-    const auto slots = static_cast<std::size_t>(B) * splits * static_cast<std::size_t>(k + 1);
+// v4's and v6's slots, per stream, in one buffer: the keys (B, splits, width),
+// their indices (the same), the counts (B, splits, 2). Never zeroed: every slot
+// a call reads is written earlier in the same launch.
+inline void candidate_slots(candidate_args& c, index_t B, int splits, index_t width, cudaStream_t stream) {
+    c.width = width;
+    const auto slots = static_cast<std::size_t>(B) * splits * static_cast<std::size_t>(width);
     const auto counts = static_cast<std::size_t>(B) * splits * 2;
     std::uint32_t* words = stream_words<struct candidate_slots_tag>(2 * slots + counts, stream);
     c.keys = words;
@@ -2035,10 +2189,73 @@ inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const fl
     splits = detail::candidate_split_count(B, V, splits);
     detail::candidate_args c{};
     c.s = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
-    detail::candidate_slots(c, B, splits, *p.top_k, stream);
+    detail::candidate_slots(c, B, splits, *p.top_k + 1, stream);
+    c.blocks = splits;
+    c.per_block = 1;
     launch(detail::sample_candidates_kernel<detail::sampling_threads, detail::candidate_items>,
            detail::split_grid(B, splits), detail::sampling_threads, 0, stream, c);
     detail::check_status(c.s.status, B, "sample", check, stream);
+}
+
+namespace detail {
+
+// v6's slots per chunk above its bound: the keys above a bound M of the k-th
+// largest are usually k and a few (k + 10 for k = 50, up to k + 80 for k = 200,
+// on uniform, normal and heavy-tailed logits in chunks of 8192); more send the
+// chunk to a selection.
+inline index_t filtered_cap(index_t k) { return k + k / 2 + 32; }
+
+// v6's blocks per row, and the chunks each walks: v4's chunks, over as many
+// blocks as one wave holds at two per SM (4 at B = 64 on 132 SMs, each walking
+// 4 of a Llama 3 row's 16 chunks; one chunk each at B = 1, as v4). blocks > 0
+// forces the count (at most the chunks). Returns the chunks per block.
+inline index_t filtered_blocks(index_t B, int chunks, int& blocks, index_t sms = current_multiprocessors()) {
+    index_t want = blocks > 0 ? blocks : split_blocks_per_sm * sms / std::max<index_t>(B, 1);
+    want = std::clamp<index_t>(want, 1, chunks);
+    const index_t per_block = (chunks + want - 1) / want;
+    blocks = static_cast<int>((chunks + per_block - 1) / per_block);
+    return per_block;
+}
+
+// v6 with its counts given: `chunks` per row (v4's), `blocks` per row (0:
+// filtered_blocks' choice). The tests force both.
+template <class = void>  // compiled only where called (launch.cuh)
+inline void run_filtered(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const sampling::params& p,
+                         std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset, int chunks, int blocks,
+                         sampling_check check, cudaStream_t stream) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    chunks = candidate_split_count(B, V, chunks);
+    candidate_args c{};
+    c.s = split_call(out, logits, p, seed, step, stream_offset, chunks, stream);
+    candidate_slots(c, B, chunks, filtered_cap(*p.top_k) + 1, stream);
+    c.per_block = filtered_blocks(B, chunks, blocks);
+    c.blocks = blocks;
+    launch(sample_filtered_kernel<sampling_threads, candidate_items>, split_grid(B, blocks), sampling_threads, 0,
+           stream, c);
+    check_status(c.s.status, B, "sample", check, stream);
+}
+
+}  // namespace detail
+
+// v6 filtered: v4's chain and slots, with fewer blocks per row, each walking
+// several chunks against a bound carried from chunk to chunk and shared by the
+// row's blocks, so that most chunks need no selection (see
+// sample_filtered_kernel). The same chains as v4 (0 < k < V, k <= 1024); others
+// run sample_split. splits = 0 chooses the chunks (candidate_split_count) and
+// the blocks (filtered_blocks); a positive value forces the chunks.
+template <class = void>  // compiled only where called (launch.cuh)
+inline void sample_filtered(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                            const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                            std::uint64_t stream_offset = 0, int splits = 0,
+                            sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::candidates_apply(V, p))  // it checks the call itself
+        return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    ::tinyllm::detail::check_params(p);
+    detail::check_logits(logits, "sample");
+    detail::check_out(out, B, "sample");
+    if (B == 0) return;
+    detail::run_filtered(out, logits, p, seed, step, stream_offset, splits, 0, check, stream);
 }
 
 namespace detail {
@@ -2116,7 +2333,7 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 
 // The fused chain (temperature -> top-k -> top-p -> min-p -> draw; temperature
 // 0 is greedy), the same token as tinyllm::cpu::sample(out, logits, params,
-// seed, step, stream_offset): sample_candidates (v4) when top-k is on with
+// seed, step, stream_offset): sample_filtered (v6) when top-k is on with
 // k <= 1024, sample_buckets (v5) for top-p without top-k; else sample_split
 // (v3) where greedy would take it, else sample_fused (v2).
 template <class = void>  // compiled only where called (launch.cuh)
@@ -2124,7 +2341,7 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
                    std::uint64_t seed, std::uint64_t step, std::uint64_t stream_offset = 0,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     if (detail::candidates_apply(logits.extent(1), p))
-        return sample_candidates(out, logits, p, seed, step, stream_offset, 0, check, stream);
+        return sample_filtered(out, logits, p, seed, step, stream_offset, 0, check, stream);
     if (detail::buckets_apply(logits.extent(1), p))
         return sample_buckets(out, logits, p, seed, step, stream_offset, 0, check, stream);
     if (detail::split_count(logits.extent(0), logits.extent(1), 0) > 1)
