@@ -128,6 +128,8 @@
 //                atomicMax, and a chunk whose keys above the best bound known
 //                fit its cap (k + k/2 + 32 slots) is only counted and written
 //                (two block scans) — M or the exact L_j only when they do not.
+//                The last block copies the slots in use into shared memory
+//                first (stage_slots), so its radix passes wait on no memory.
 //                Expected (B = 64, V = 128256, k = 50; not yet measured): the
 //                read of the row plus one selection per block and the last
 //                blocks' merge, 30-50 us against v4's 70-90 (docs/sampling.md).
@@ -1483,41 +1485,127 @@ __device__ __forceinline__ void write_chunk_slots(const candidate_args& c, index
     }
 }
 
-// Step 4, in the row's last block once every block has written its slots:
-// the status and maximum (as v3's split_max), K from the slots, top-p among
-// them, min-p, the chunks' kept masses, the draw and the token.
+// Where the row's last block reads the slots. v4 reads them where the blocks
+// wrote them, in global memory (through L2: __ldcg), slot by slot in every
+// radix pass; v6 first copies the slots in use into shared memory
+// (staged_slots), when they fit, so that its passes wait on no memory.
+//   size()          entries, i < size()
+//   key(i), count(i) an entry's key and how many elements it stands for
+//   first(c)        chunk c's first entry: its keys above L_c follow, in row order
+//   above(c), ties(c), tie_key(c)  chunk c's counts, and L_c
+//   index(c, e)     the row index of chunk c's listed key e
+struct global_slots {
+    const std::uint32_t* keys;    // the row's (splits, width)
+    const std::int32_t* indices;  // the same
+    const std::uint32_t* counts;  // (splits, 2)
+    index_t width, splits;
+    __device__ index_t size() const { return splits * width; }
+    __device__ std::uint32_t key(index_t i) const { return __ldcg(&keys[i]); }
+    __device__ std::uint64_t count(index_t i) const {
+        const index_t chunk = i / width, e = i - chunk * width;
+        if (e == width - 1) return __ldcg(&counts[2 * chunk + 1]);  // L_c
+        return e < static_cast<index_t>(__ldcg(&counts[2 * chunk])) ? 1 : 0;
+    }
+    __device__ index_t first(index_t chunk) const { return chunk * width; }
+    __device__ index_t above(index_t chunk) const { return __ldcg(&counts[2 * chunk]); }
+    __device__ std::uint64_t ties(index_t chunk) const { return __ldcg(&counts[2 * chunk + 1]); }
+    __device__ std::uint32_t tie_key(index_t chunk) const { return __ldcg(&keys[chunk * width + width - 1]); }
+    __device__ token_id index(index_t chunk, index_t e) const {
+        return static_cast<token_id>(__ldcg(&indices[chunk * width + e]));
+    }
+};
+
+// v6's slots in shared memory: the listed keys of every chunk, each chunk's L_c
+// after them when it has ties, packed (about 16 x (k + 3) entries at k = 50,
+// against 16 x (cap + 1) slots in global memory). At most staged_entries of
+// them and staged_chunks chunks; a row with more (staged false) is read from
+// global memory, through the same object, so that draw_from_slots is compiled
+// once for v6 (each instantiation has its own shared arrays, and a block's
+// static shared memory is limited to 48 KB).
+inline constexpr int staged_entries = 2048, staged_chunks = 512;
+struct staged_slots {
+    std::uint32_t keys[staged_entries];
+    std::uint32_t counts[staged_entries];  // 1 for a listed key, the ties for L_c
+    std::uint16_t firsts[staged_chunks], aboves[staged_chunks], tie_counts[staged_chunks];
+    global_slots g;  // where the slots were written; the token's index is always read there
+    index_t entries;
+    int staged;
+    __device__ index_t size() const { return staged ? entries : g.size(); }
+    __device__ std::uint32_t key(index_t i) const { return staged ? keys[i] : g.key(i); }
+    __device__ std::uint64_t count(index_t i) const { return staged ? counts[i] : g.count(i); }
+    __device__ index_t first(index_t chunk) const { return staged ? firsts[chunk] : g.first(chunk); }
+    __device__ index_t above(index_t chunk) const { return staged ? aboves[chunk] : g.above(chunk); }
+    __device__ std::uint64_t ties(index_t chunk) const { return staged ? tie_counts[chunk] : g.ties(chunk); }
+    __device__ std::uint32_t tie_key(index_t chunk) const {
+        return staged ? keys[firsts[chunk] + aboves[chunk]] : g.tie_key(chunk);
+    }
+    __device__ token_id index(index_t chunk, index_t e) const { return g.index(chunk, e); }
+};
+
+// Copies the row's slots in use into `st` (every thread of the last block
+// calls it): the chunks' counts, their offsets by a block scan, then a warp
+// per chunk copies its keys. st.staged stays 0 when the row has more chunks or
+// entries than `st` holds (st then reads them where they are).
 template <int Threads>
-__device__ __forceinline__ void finish_candidates(const candidate_args& c, index_t b) {
-    const split_args& a = c.s;
-    split_row& r = a.rows[b];
-    const float* row = a.logits + b * a.row_stride;
-    const float T = a.p.temperature;
-    const index_t k = a.p.top_k, width = c.width, tie = width - 1;
-    __shared__ int s_usable;
-    __shared__ float s_m;
+__device__ void stage_slots(staged_slots& st, const global_slots& g) {
+    static_assert(staged_chunks >= Threads, "one chunk per thread");
+    static_assert(staged_entries < (1 << 16) && candidate_max_k + candidate_max_k / 2 + 32 < (1 << 16) &&
+                      candidate_chunk_max < (1 << 16),
+                  "the 16-bit offsets and counts");
     if (threadIdx.x == 0) {
-        float m = 0.0f;
-        s_usable = finish_row_max(r, b, a, m) ? 1 : 0;
-        s_m = m;
-        r.done = 0;
-        r.bound = 0;
+        st.g = g;
+        st.staged = 0;
     }
     __syncthreads();
-    if (!s_usable) return;
-    const float m = s_m;
-    const std::uint32_t* keys = c.keys + b * a.splits * width;  // the row's slots
-    const std::int32_t* index = c.index + b * a.splits * width;
-    const std::uint32_t* counts = c.counts + 2 * b * a.splits;
-    auto slot_key = [&](index_t i) { return __ldcg(&keys[i]); };
-    auto slot_count = [&](index_t i) -> std::uint64_t {  // how many elements slot i stands for
-        const index_t chunk = i / width, e = i - chunk * width;
-        if (e == tie) return __ldcg(&counts[2 * chunk + 1]);
-        return e < static_cast<index_t>(__ldcg(&counts[2 * chunk])) ? 1 : 0;
-    };
-    const index_t slots = a.splits * width;
+    if (g.splits > Threads) return;  // uniform
+    using scan = cub::BlockScan<unsigned, Threads>;
+    __shared__ typename scan::TempStorage storage;
+    const index_t chunk = threadIdx.x;
+    unsigned n = 0, offset = 0, total = 0;
+    if (chunk < g.splits) {
+        const index_t above = g.above(chunk);
+        const std::uint64_t ties = g.ties(chunk);
+        n = static_cast<unsigned>(above) + (ties ? 1u : 0u);
+        st.aboves[chunk] = static_cast<std::uint16_t>(above);
+        st.tie_counts[chunk] = static_cast<std::uint16_t>(ties);
+    }
+    scan(storage).ExclusiveSum(n, offset, total);
+    if (total > static_cast<unsigned>(staged_entries)) return;  // uniform: every thread has the total
+    if (chunk < g.splits) st.firsts[chunk] = static_cast<std::uint16_t>(offset);
+    __syncthreads();
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    for (index_t c = threadIdx.x / 32; c < g.splits; c += Threads / 32) {
+        const index_t from = g.first(c), to = st.firsts[c], above = st.aboves[c];
+        for (index_t e = lane; e < above; e += 32) {
+            st.keys[to + e] = g.key(from + e);
+            st.counts[to + e] = 1;
+        }
+        if (lane == 0 && st.tie_counts[c]) {
+            st.keys[to + above] = g.tie_key(c);
+            st.counts[to + above] = st.tie_counts[c];
+        }
+    }
+    if (threadIdx.x == 0) {
+        st.entries = total;
+        st.staged = 1;
+    }
+    __syncthreads();
+}
+
+// Step 4 on a row's slots, wherever they are (Slots: global_slots or
+// staged_slots): K from the slots, top-p among them, min-p, the chunks' kept
+// masses, the draw and the token.
+template <int Threads, class Slots>
+__device__ __forceinline__ void draw_from_slots(const split_args& a, index_t b, float m, const Slots& slots) {
+    const float* row = a.logits + b * a.row_stride;
+    const float T = a.p.temperature;
+    const index_t k = a.p.top_k;
+    auto slot_key = [&](index_t i) { return slots.key(i); };
+    auto slot_count = [&](index_t i) { return slots.count(i); };
+    const index_t n = slots.size();
 
     // K, the row's k-th largest key, from the slots ...
-    const std::uint32_t K = radix_select<Threads, true>(slots, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
+    const std::uint32_t K = radix_select<Threads, true>(n, static_cast<std::uint64_t>(k), 0u, slot_key, slot_count);
     // ... top-p among the slots >= K, weighted by q ...
     auto q_of = [&](std::uint32_t kk) {
         return sampling_weight(::tinyllm::detail::sub_rn(from_order_key(kk), m));
@@ -1525,14 +1613,14 @@ __device__ __forceinline__ void finish_candidates(const candidate_args& c, index
     std::uint32_t tau = K;
     if (a.p.top_p < 1.0f) {
         auto slot_q = [&](index_t i) -> std::uint64_t {
-            const std::uint64_t n_i = slot_count(i);
-            return n_i ? n_i * q_of(slot_key(i)) : 0;
+            const std::uint64_t n_i = slots.count(i);
+            return n_i ? n_i * q_of(slots.key(i)) : 0;
         };
         std::uint64_t local = 0;
-        for (index_t i = threadIdx.x; i < slots; i += Threads)
-            if (slot_key(i) >= K) local += slot_q(i);
+        for (index_t i = threadIdx.x; i < n; i += Threads)
+            if (slots.key(i) >= K) local += slot_q(i);
         const std::uint64_t total = block_sum<Threads>(local);
-        tau = radix_select<Threads, true>(slots, top_p_target(total, a.p.top_p), K, slot_key, slot_q);
+        tau = radix_select<Threads, true>(n, top_p_target(total, a.p.top_p), K, slot_key, slot_q);
     }
     // ... min-p in the weights, and the draw: each chunk's kept mass (one warp per chunk) ...
     auto kept_q = [&](std::uint32_t kk) -> std::uint64_t {
@@ -1544,13 +1632,13 @@ __device__ __forceinline__ void finish_candidates(const candidate_args& c, index
     unsigned long long* partial = a.partials + b * a.splits;
     const int lane = static_cast<int>(threadIdx.x % 32);
     for (index_t chunk = threadIdx.x / 32; chunk < a.splits; chunk += Threads / 32) {
-        const index_t n_above = __ldcg(&counts[2 * chunk]);
+        const index_t n_above = slots.above(chunk), first = slots.first(chunk);
         std::uint64_t sum = 0;
-        for (index_t e = lane; e < n_above; e += 32) sum += kept_q(__ldcg(&keys[chunk * width + e]));
+        for (index_t e = lane; e < n_above; e += 32) sum += kept_q(slots.key(first + e));
         sum = warp_sum_u64(sum);
         if (lane == 0) {
-            const std::uint64_t n_ties = __ldcg(&counts[2 * chunk + 1]);
-            if (n_ties) sum += n_ties * kept_q(__ldcg(&keys[chunk * width + tie]));
+            const std::uint64_t n_ties = slots.ties(chunk);
+            if (n_ties) sum += n_ties * kept_q(slots.tie_key(chunk));
             partial[chunk] = sum;
         }
     }
@@ -1567,21 +1655,50 @@ __device__ __forceinline__ void finish_candidates(const candidate_args& c, index
     // ... and the token: from the drawn chunk's slots, in row order, unless its
     // L_j is kept (then its equal keys, whose indices have no slots, are kept
     // too: scan the chunk's logits, as v3's draw).
-    const index_t chunk = s_chunk, first_slot = chunk * width;
-    const bool scan_chunk = __ldcg(&counts[2 * chunk + 1]) != 0 && kept_q(__ldcg(&keys[first_slot + tie])) != 0;
+    const index_t chunk = s_chunk;
+    const bool scan_chunk = slots.ties(chunk) != 0 && kept_q(slots.tie_key(chunk)) != 0;
     token_id token;
     if (scan_chunk) {
-        const index_t first = chunk * a.chunk, n_chunk = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
-        token = static_cast<token_id>(first + first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) {
-                                          return kept_q(order_key(temperature_scaled(row[first + i], T)));
+        const index_t start = chunk * a.chunk, n_chunk = (start + a.chunk < a.V ? start + a.chunk : a.V) - start;
+        token = static_cast<token_id>(start + first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) {
+                                          return kept_q(order_key(temperature_scaled(row[start + i], T)));
                                       }));
     } else {
-        const index_t n_above = __ldcg(&counts[2 * chunk]);
+        const index_t n_above = slots.above(chunk), first = slots.first(chunk);
         const int e = first_crossing<Threads, sampling_items>(
-            n_above, s_t, [&](index_t i) { return kept_q(__ldcg(&keys[first_slot + i])); });
-        token = e >= 0 ? static_cast<token_id>(__ldcg(&index[first_slot + e])) : -1;  // e >= 0: t < the chunk's mass
+            n_above, s_t, [&](index_t i) { return kept_q(slots.key(first + i)); });
+        token = e >= 0 ? slots.index(chunk, e) : -1;  // e >= 0: t < the chunk's mass
     }
     if (threadIdx.x == 0) a.out[b] = token;
+}
+
+// Step 4, in the row's last block once every block has written its slots:
+// the status and maximum (as v3's split_max), then draw_from_slots — on the
+// slots in global memory (v4), or staged in shared memory first (v6: Stage).
+template <int Threads, bool Stage = false>
+__device__ __forceinline__ void finish_candidates(const candidate_args& c, index_t b) {
+    const split_args& a = c.s;
+    split_row& r = a.rows[b];
+    __shared__ int s_usable;
+    __shared__ float s_m;
+    if (threadIdx.x == 0) {
+        float m = 0.0f;
+        s_usable = finish_row_max(r, b, a, m) ? 1 : 0;
+        s_m = m;
+        r.done = 0;
+        r.bound = 0;
+    }
+    __syncthreads();
+    if (!s_usable) return;
+    const global_slots g{c.keys + b * a.splits * c.width, c.index + b * a.splits * c.width,
+                         c.counts + 2 * b * a.splits, c.width, a.splits};
+    if constexpr (Stage) {
+        __shared__ staged_slots staged;
+        stage_slots<Threads>(staged, g);
+        draw_from_slots<Threads>(a, b, s_m, staged);
+    } else {
+        draw_from_slots<Threads>(a, b, s_m, g);
+    }
 }
 
 // v4: the whole chain in ONE launch when top-k is on (0 < k < V, k <= 1024).
@@ -1657,7 +1774,8 @@ __global__ void __launch_bounds__(Threads, 2) sample_candidates_kernel(candidate
 // a chunk whose logits run higher than the ones before): then M, and if even
 // that leaves too many (ties), v4's exact L_j, and the block's bound rises.
 // Slots per chunk: cap = k + k / 2 + 32 above the bound (v4: k - 1), then L.
-// The last block is v4's (finish_candidates), over the same chunks.
+// The last block is v4's (finish_candidates) over the same chunks, on the
+// slots staged in shared memory (stage_slots) when they fit.
 template <int Threads, int Items>
 __global__ void __launch_bounds__(Threads, 2) sample_filtered_kernel(candidate_args c) {
     const split_args& a = c.s;
@@ -1724,7 +1842,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_filtered_kernel(candidate_a
     }
     if (__syncthreads_or(bad) && threadIdx.x == 0) atomicOr(&r.bad, 1u);
     if (!split_arrive(r, static_cast<int>(c.blocks))) return;
-    finish_candidates<Threads>(c, b);
+    finish_candidates<Threads, true>(c, b);
 }
 
 // ---- host side ---------------------------------------------------------------
