@@ -38,6 +38,12 @@
 // row per kind of phase (embed, qkv, attention, out_proj, ffn_in, ffn_out, logits) with
 // its time on the step's chain summed over the layers, and the whole launch.
 //
+// The one-launch step's rows run after every other row of their component (both
+// models' graph, eager and paged rows first; `later` below). Its blocks wait for each
+// other in a loop, and it has run only on the simulated GPU so far: a step that hangs
+// traps after about 17 s, which ends the process with a CUDA error, and `tinyllm bench`
+// then prints the rows measured before it (main.cpp) — all of the others.
+//
 // `tinyllm bench model_moe`: the same rows for a Mixtral-style model (mixtral_1b
 // below: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2, so a token
 // multiplies with as many weights as in llama_1b). A decode step's bytes count only
@@ -63,6 +69,7 @@
 #include <cstdio>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -164,9 +171,13 @@ double step_weight_bytes(const tc::model<T>& m, index_t B) {
     return all - static_cast<double>(c.num_layers * unused) * expert_elements(c) * sizeof(T);
 }
 
+// Rows a component runs after all its others (see the header: the one-launch step's).
+using later_rows = std::vector<std::function<void()>>;
+
 template <class T>
-void model_rows(bench_context& ctx, const std::string& model_name, const tc::model<T>& m,
-                const std::string& check_prefix) {
+void model_rows(bench_context& ctx, const std::string& model_name, const std::shared_ptr<const tc::model<T>>& shared,
+                const std::string& check_prefix, later_rows& later) {
+    const tc::model<T>& m = *shared;
     const tinyllm::model_config& c = m.config();
     const char* dtype = std::is_same_v<T, float> ? "fp32" : "bf16";
     tc::timing_options o;
@@ -249,26 +260,36 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
         // decode_dataflow.cuh): dense decoders, at most 8 rows. Each timed step feeds one
         // more token, as decode_graph's do; the check is its first step's logits against
         // the graph's first step (the same tokens and positions): the same arithmetic up
-        // to the order of the norms' and attention's sums.
+        // to the order of the norms' and attention's sums. Run later, after the
+        // component's other rows (later_rows).
         if (B <= tc::detail::dataflow_max_rows && c.num_experts == 0) {
-            auto fs = m.new_session(B, prompt_length + 1 + graph_room);
-            m.forward(fs, prompt);
-            const auto restart = [&] { fs.lengths.assign(static_cast<std::size_t>(B), prompt_length); };
-            const auto logits = m.decode_step_dataflow(fs, next_ids);
-            std::vector<float> first(static_cast<std::size_t>(logits.size()));
-            TINYLLM_CUDA_CHECK(cudaMemcpy(first.data(), logits.data(), first.size() * sizeof(float),
-                                          cudaMemcpyDeviceToHost));
-            const double rel = rel_l2(first, first_step[0]);  // infinite where a logit is not finite
-            const double allowed = std::is_same_v<T, float> ? 1e-5 : 2e-2;
-            restart();
-            auto flow = tc::time_gpu("model/tinyllm_cuda/" + shape("decode_dataflow"), [&] {
-                if (fs.lengths[0] + 1 > fs.capacity) restart();
-                m.decode_step_dataflow(fs, next_ids);
-            }, step_weight_bytes(m, B) + kv_bytes, 0, o);
-            std::snprintf(check, sizeof check, "%.0f tok/s; first step %.2g rel-L2 from the decode graph's (allowed %.0e)",
-                          B / (flow.median_us * 1e-6), rel, allowed);
-            ctx.rows.push_back({std::string("decode dataflow ") + dtype + " B=" + std::to_string(B), "cuda", flow,
-                                check, rel <= allowed, false});
+            later.push_back([&ctx, shared, model_name, shape_name = shape("decode_dataflow"), B, prompt_length,
+                             graph_room, tokens, next, graph_first = first_step[0], kv_bytes, o, dtype] {
+                const tc::model<T>& m = *shared;
+                const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
+                const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
+                auto fs = m.new_session(B, prompt_length + 1 + graph_room);
+                m.forward(fs, tinyllm::tensor_view<const tinyllm::token_id, 2>(tokens.data(), {B, prompt_length}));
+                const auto restart = [&] { fs.lengths.assign(static_cast<std::size_t>(B), prompt_length); };
+                const auto logits = m.decode_step_dataflow(fs, next_ids);
+                std::vector<float> first(static_cast<std::size_t>(logits.size()));
+                TINYLLM_CUDA_CHECK(cudaMemcpy(first.data(), logits.data(), first.size() * sizeof(float),
+                                              cudaMemcpyDeviceToHost));
+                const double rel = rel_l2(first, graph_first);  // infinite where a logit is not finite
+                const double allowed = std::is_same_v<T, float> ? 1e-5 : 2e-2;
+                restart();
+                auto flow = tc::time_gpu("model/tinyllm_cuda/" + shape_name, [&] {
+                    if (fs.lengths[0] + 1 > fs.capacity) restart();
+                    m.decode_step_dataflow(fs, next_ids);
+                }, step_weight_bytes(m, B) + kv_bytes, 0, o);
+                char check[160];
+                std::snprintf(check, sizeof check,
+                              "%.0f tok/s; first step %.2g rel-L2 from the decode graph's (allowed %.0e)",
+                              B / (flow.median_us * 1e-6), rel, allowed);
+                // Named with the model: these rows come after every model's others.
+                ctx.rows.push_back({model_name + " dataflow " + dtype + " B=" + std::to_string(B), "cuda", flow,
+                                    check, rel <= allowed, false});
+            });
         }
 
         // Continuous batching's step (model::forward_batch) on B paged sessions decoding
@@ -310,11 +331,13 @@ void model_rows(bench_context& ctx, const std::string& model_name, const tc::mod
 // logits of `probe` to check against (empty: the float32 GPU model's own, for bf16 only).
 void model_component(bench_context& ctx, const std::string& name, const tinyllm::model_config& c,
                      const tinyllm::model_weights& w, const std::vector<tinyllm::token_id>& probe, std::vector<float> want,
-                     const char* reference) {
+                     const char* reference, later_rows& later) {
     char agree[96];
     bool ok = true;
     {
-        const tc::model<float> m(c, w);
+        // Shared with the rows run later, which keep it on the GPU until then.
+        const auto shared = std::make_shared<const tc::model<float>>(c, w);
+        const tc::model<float>& m = *shared;
         const auto got = tc::last_logits(m, probe);
         if (want.empty()) {
             want = got;
@@ -324,13 +347,13 @@ void model_component(bench_context& ctx, const std::string& name, const tinyllm:
             ok = e <= 1e-4;
             std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs %s", e, reference);
         }
-        model_rows(ctx, name, m, agree);
+        model_rows(ctx, name, shared, agree, later);
         if (!ok) ctx.rows.back().agrees = false;
     }
-    const tc::model<tinyllm::bfloat16> m(c, w);
-    const double e = rel_l2(tc::last_logits(m, probe), want);
+    const auto shared = std::make_shared<const tc::model<tinyllm::bfloat16>>(c, w);
+    const double e = rel_l2(tc::last_logits(*shared, probe), want);
     std::snprintf(agree, sizeof agree, "rel-L2 %.1e vs %s", e, reference);
-    model_rows(ctx, name, m, agree);
+    model_rows(ctx, name, shared, agree, later);
     if (!(e <= 3e-2)) ctx.rows.back().agrees = false;
 }
 
@@ -391,7 +414,9 @@ void timeline_rows(bench_context& ctx, const std::string& label, const std::stri
 // session's decode step (model::decode_step) and continuous batching's paged step
 // (model::forward_batch on one paged session), each captured under a launch_timeline.
 template <class T>
-void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc::model<T>& m) {
+void breakdown_rows(bench_context& ctx, const std::string& model_name,
+                    const std::shared_ptr<const tc::model<T>>& shared, later_rows& later) {
+    const tc::model<T>& m = *shared;
     const tinyllm::model_config& c = m.config();
     const std::string shape = model_name + (std::is_same_v<T, float> ? "_fp32" : "_bf16");
     const index_t B = 1, prompt_length = run_shape_for(ctx).prompt_length;
@@ -416,11 +441,15 @@ void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc:
             ctx, model_name, shape + "_b1", timeline, steps, bytes, [&] { (void)m.decode_step(gs, next_ids); },
             [&] { return gs.graph_captures(); }, [&] { return gs.graph_failure(); });
     }
-    if (c.num_experts == 0) {
+    if (c.num_experts == 0) later.push_back([&ctx, shared, model_name, shape, B, prompt_length, steps, tokens, next,
+                                             bytes] {
         // The same step as one launch (model::decode_step_dataflow), traced: every block
         // stamps the GPU's clock, and each phase's time on the step's chain (from the end
         // of the phase before it to the end of its own last block) is summed per kind of
-        // phase over the layers. The kinds' times add up to the whole launch.
+        // phase over the layers. The kinds' times add up to the whole launch. Run later,
+        // after the component's other rows (later_rows).
+        const tc::model<T>& m = *shared;
+        const tc::programmatic_launch_scope no_pdl(false);
         const tc::device_buffer<tinyllm::token_id> d_next = tc::to_device(next);
         const tinyllm::tensor_view<const tinyllm::token_id, 1> next_ids(d_next.data(), {B});
         auto fs = m.new_session(B, prompt_length + 2 + steps);
@@ -464,7 +493,7 @@ void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc:
         auto whole = tinyllm::summarize("model_breakdown/whole_step/" + json_shape, step_us, bytes, 0);
         std::snprintf(check, sizeof check, "%u blocks in one launch, first start to last end (traced)", blocks);
         ctx.rows.push_back({label + ": whole step", "cuda", whole, check, blocks > 0, false});
-    }
+    });
     {
         // A pool of 16 blocks of 16: the step's table width stays 16 (table_width) for
         // every step from 129 positions to 256, so one graph serves them all.
@@ -490,48 +519,55 @@ void breakdown_rows(bench_context& ctx, const std::string& model_name, const tc:
 TINYLLM_BENCH("model_breakdown", "where a batch-1 bf16 decode step from a CUDA graph spends its time, kernel by kernel (GPT-2 124M and Llama-3.2-1B shapes; simulated GPU: 2-layer models)", 3) {
     if (!ctx.gpu_available) return;
     const bool sim = ctx.simulated;
+    later_rows later;
     {
         const auto c = sim ? gpt2_tiny() : tinyllm::model_shapes::gpt2_124m();
-        const tc::model<tinyllm::bfloat16> m(c, tinyllm::random_model_weights(c, 124));
-        breakdown_rows(ctx, sim ? "gpt2_tiny" : "gpt2_124m", m);
+        breakdown_rows(ctx, sim ? "gpt2_tiny" : "gpt2_124m",
+                       std::make_shared<const tc::model<tinyllm::bfloat16>>(c, tinyllm::random_model_weights(c, 124)),
+                       later);
     }
     {
         const auto c = sim ? llama_tiny() : tinyllm::model_shapes::llama_1b();
-        const tc::model<tinyllm::bfloat16> m(c, tinyllm::random_model_weights(c, 1000));
-        breakdown_rows(ctx, sim ? "llama_tiny" : "llama_1b", m);
+        breakdown_rows(ctx, sim ? "llama_tiny" : "llama_1b",
+                       std::make_shared<const tc::model<tinyllm::bfloat16>>(c, tinyllm::random_model_weights(c, 1000)),
+                       later);
     }
+    for (const auto& rows : later) rows();  // the one-launch steps, last
 }
 
 TINYLLM_BENCH("model", "decoder tokens/s: GPT-2 124M and Llama-3.2-1B shapes, fp32/bf16, B=1/32, prompt 128 (simulated GPU: 2-layer models of both, B=1/4, prompt 64)", 1) {
     if (!ctx.gpu_available) return;
     const std::vector<tinyllm::token_id> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
     const bool sim = ctx.simulated;  // no --size here: the simulated GPU always runs the small models
+    later_rows later;
     {
         const auto c = sim ? gpt2_tiny() : tinyllm::model_shapes::gpt2_124m();
         const auto w = tinyllm::random_model_weights(c, 124);
-        model_component(ctx, sim ? "gpt2_tiny" : "gpt2_124m", c, w, probe, cpu_last_logits(c, w, probe), "CPU");
+        model_component(ctx, sim ? "gpt2_tiny" : "gpt2_124m", c, w, probe, cpu_last_logits(c, w, probe), "CPU", later);
     }
     if (sim) {
         const auto c = llama_tiny();
         const auto w = tinyllm::random_model_weights(c, 1000);
-        model_component(ctx, "llama_tiny", c, w, probe, cpu_last_logits(c, w, probe), "CPU");
+        model_component(ctx, "llama_tiny", c, w, probe, cpu_last_logits(c, w, probe), "CPU", later);
     } else {
         // 1.24B parameters: the CPU reference would take minutes, so bf16 is checked against fp32 on the GPU.
         const auto c = tinyllm::model_shapes::llama_1b();
-        model_component(ctx, "llama_1b", c, tinyllm::random_model_weights(c, 1000), probe, {}, "fp32 GPU");
+        model_component(ctx, "llama_1b", c, tinyllm::random_model_weights(c, 1000), probe, {}, "fp32 GPU", later);
     }
+    for (const auto& rows : later) rows();  // the one-launch steps, last
 }
 
 TINYLLM_BENCH("model_moe", "decoder tokens/s of a Mixtral-style MoE: Llama-3.2-1B's shape with 8 experts of 4096 per layer, top 2 (llama_1b's active weights, 3.6B in all), fp32/bf16, B=1/32, prompt 128 (simulated GPU: a 2-layer model, B=1/4, prompt 64)", 2) {
     if (!ctx.gpu_available) return;
     const std::vector<tinyllm::token_id> probe = {11, 7, 2026, 5, 300, 42, 9, 1000};
+    later_rows none;  // experts: no one-launch step
     if (ctx.simulated) {
         const auto c = mixtral_tiny();
         const auto w = tinyllm::random_model_weights(c, 2000);
-        model_component(ctx, "mixtral_tiny", c, w, probe, cpu_last_logits(c, w, probe), "CPU");
+        model_component(ctx, "mixtral_tiny", c, w, probe, cpu_last_logits(c, w, probe), "CPU", none);
     } else {
         // 3.6B parameters: bf16 is checked against fp32 on the GPU, as for llama_1b.
         const auto c = mixtral_1b();
-        model_component(ctx, "mixtral_1b", c, tinyllm::random_model_weights(c, 2000), probe, {}, "fp32 GPU");
+        model_component(ctx, "mixtral_1b", c, tinyllm::random_model_weights(c, 2000), probe, {}, "fp32 GPU", none);
     }
 }

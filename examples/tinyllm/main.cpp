@@ -151,6 +151,7 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     if (gpu) out << "L2 flush before each timed GPU run: " << l2_flush << "\n";
     std::vector<tinyllm::timing_result> all_timings;
     bool all_agree = true;
+    std::string stopped_component;  // a component that failed before its last rows
     for (const auto& name : names) {
         if (!a.positional.empty() && std::find(a.positional.begin(), a.positional.end(), name) == a.positional.end())
             continue;
@@ -160,7 +161,16 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         std::stable_sort(parts.begin(), parts.end(), [](const auto& x, const auto& y) { return x.order < y.order; });
         bench_context ctx{out, size, static_cast<int>(repeats), gpu, simulated, {}};
         out << "\n== " << name << ": " << parts.front().description << "\n";
-        for (const auto& p : parts) p.run(ctx);
+        // A version that fails (a CUDA error, a kernel that traps) ends the component, but
+        // the rows measured before it are still printed and written: on a GPU run the
+        // versions measured so far are the result. The components after it do not run (a
+        // CUDA error may leave the context unusable); tools/gpu-check runs one per process.
+        std::string stopped;
+        try {
+            for (const auto& p : parts) p.run(ctx);
+        } catch (const std::exception& e) {
+            stopped = e.what();
+        }
         const bench_row* base = nullptr;
         for (const auto& r : ctx.rows)
             if (r.baseline && !base) base = &r;
@@ -181,6 +191,11 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
             all_timings.push_back(r.timing);
         }
         if (base) out << "(speed-up over " << base->version << ")\n";
+        if (!stopped.empty()) {
+            out << name << " STOPPED after " << ctx.rows.size() << " rows: " << stopped << "\n";
+            stopped_component = name;
+            break;
+        }
     }
     if (const std::string path = a.get("json"); !path.empty()) {
         std::ofstream file(path);
@@ -193,7 +208,8 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         out << "\nwrote " << path << "\n";
     }
     if (!all_agree) out << "\nSome versions DISAGREE with the CPU reference.\n";
-    return all_agree ? 0 : 1;
+    if (!stopped_component.empty()) out << "\n" << stopped_component << " STOPPED before its last rows (above).\n";
+    return all_agree && stopped_component.empty() ? 0 : 1;
 }
 
 // ---- dispatch -------------------------------------------------------------------------
