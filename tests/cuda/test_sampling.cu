@@ -743,6 +743,15 @@ TEST_CASE("v6 filtered: the sampler chooses the CPU's tokens for every setting, 
     check_split(9, 20000, 0, 907, 1, v6, filtered_logits(9, 20000, 907), 1);  // 3 chunks of at most 8192, one block
 }
 
+TEST_CASE("v6 filtered at Llama 3's vocabulary and B = 64, the benchmark's shape", "[cuda][sampling][filtered][large]") {
+    // 16 chunks a row; on 132 SMs (an H200, and the simulated GPU) 4 blocks of 4 chunks.
+    const index_t B = 64, V = 128256;
+    int blocks = 0;
+    const index_t per_block = tc::detail::filtered_blocks(B, tc::detail::candidate_split_count(B, V, 0), blocks);
+    INFO(blocks << " blocks a row, " << per_block << " chunks each");
+    check_split(B, V, 0, 950, 1, split_rung::v6_filtered, filtered_logits(B, V, 950));
+}
+
 TEST_CASE("v6 filtered: the public sampler takes it for top-k and matches the CPU", "[cuda][sampling][filtered]") {
     sampling::params p;
     p.top_k = 40;
