@@ -2258,6 +2258,16 @@ inline int candidate_split_count(index_t B, index_t V, int requested, index_t sm
     return static_cast<int>(std::max<index_t>(split_count(B, V, requested, sms), least));
 }
 
+// The host's checks of a multi-block call (v4, v5, v6), with the CPU's
+// messages; false when there is nothing to launch (no rows).
+inline bool check_sample_call(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                              const sampling::params& p) {
+    ::tinyllm::detail::check_params(p);
+    check_logits(logits, "sample");
+    check_out(out, logits.extent(0), "sample");
+    return logits.extent(0) > 0;
+}
+
 // At least `need` words of device memory, kept per host thread and stream and
 // grown as needed; never zeroed. Tag keeps one user's buffers from another's.
 template <class Tag>
@@ -2300,10 +2310,7 @@ inline void sample_candidates(tensor_view<token_id, 1> out, tensor_view<const fl
     const index_t B = logits.extent(0), V = logits.extent(1);
     if (!detail::candidates_apply(V, p))  // it checks the call itself
         return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
-    ::tinyllm::detail::check_params(p);
-    detail::check_logits(logits, "sample");
-    detail::check_out(out, B, "sample");
-    if (B == 0) return;
+    if (!detail::check_sample_call(out, logits, p)) return;
     splits = detail::candidate_split_count(B, V, splits);
     detail::candidate_args c{};
     c.s = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
@@ -2366,13 +2373,9 @@ inline void sample_filtered(tensor_view<token_id, 1> out, tensor_view<const floa
                             const sampling::params& p, std::uint64_t seed, std::uint64_t step,
                             std::uint64_t stream_offset = 0, int splits = 0,
                             sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
-    const index_t B = logits.extent(0), V = logits.extent(1);
-    if (!detail::candidates_apply(V, p))  // it checks the call itself
+    if (!detail::candidates_apply(logits.extent(1), p))  // it checks the call itself
         return sample_split(out, logits, p, seed, step, stream_offset, splits, check, stream);
-    ::tinyllm::detail::check_params(p);
-    detail::check_logits(logits, "sample");
-    detail::check_out(out, B, "sample");
-    if (B == 0) return;
+    if (!detail::check_sample_call(out, logits, p)) return;
     detail::run_filtered(out, logits, p, seed, step, stream_offset, splits, 0, check, stream);
 }
 
@@ -2423,10 +2426,7 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     const index_t B = logits.extent(0), V = logits.extent(1);
     if (!detail::buckets_apply(V, p))  // it checks the call itself
         return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
-    ::tinyllm::detail::check_params(p);
-    detail::check_logits(logits, "sample");
-    detail::check_out(out, B, "sample");
-    if (B == 0) return;
+    if (!detail::check_sample_call(out, logits, p)) return;
     splits = detail::split_count(B, V, splits);
     detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
     a.candidates = detail::bucket_candidates(B, V, stream);
