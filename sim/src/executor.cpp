@@ -489,6 +489,41 @@ public:
                                       std::to_string(shared_.size()) + " bytes of dynamic shared memory (byte " +
                                       std::to_string(highest) + ")").c_str(), nullptr, r.where);
     }
+    // A sum (FNV-1a) of what a thread's product reads and writes: its accumulators,
+    // its A registers, and (lane 0 of each warp, for the warp: the operands in
+    // shared memory are the warpgroup's) the warp's 16 rows of A and all of B.
+    std::uint64_t wgmma_operands(const detail::wgmma_request& r, const sim_thread& t) {
+        std::uint64_t h = 0xcbf29ce484222325ull;
+        auto add = [&](std::uint32_t word) {
+            h ^= word;
+            h *= 0x100000001b3ull;
+        };
+        for (int i = 0; i < r.n / 2; ++i) {
+            std::uint32_t bits;
+            std::memcpy(&bits, &r.d[i], sizeof bits);
+            add(bits);
+        }
+        if (r.a)
+            for (int i = 0; i < 4; ++i) add(r.a[i]);
+        if (t.lane != 0) return h;
+        auto smem16 = [&](std::uint32_t at) {
+            std::uint16_t bits;
+            std::memcpy(&bits, shared_.data() + at, sizeof bits);
+            return bits;
+        };
+        if (!r.a) {
+            const tinyllm::detail::wgmma_descriptor_fields fa = tinyllm::detail::wgmma_decode(r.a_desc);
+            const int row0 = 16 * (t.warp % 4);
+            for (int i = 0; i < 16; ++i)
+                for (int k = 0; k < 16; ++k) add(smem16(tinyllm::detail::wgmma_k_major_address(fa, row0 + i, k)));
+        }
+        const tinyllm::detail::wgmma_descriptor_fields fb = tinyllm::detail::wgmma_decode(r.b_desc);
+        for (int c = 0; c < r.n; ++c)
+            for (int k = 0; k < 16; ++k)
+                add(smem16(r.trans_b ? tinyllm::detail::wgmma_mn_major_address(fb, c, k)
+                                     : tinyllm::detail::wgmma_k_major_address(fb, c, k)));
+        return h;
+    }
     void wgmma_issue(const detail::wgmma_request& r) {
         sanitizer_ignore ignore;
         if (abandoning_) throw abandon_block{};
@@ -497,6 +532,7 @@ public:
         if (!r.a) check_operand(r.a_desc, false, 64, r, "A");
         check_operand(r.b_desc, r.trans_b, r.n, r, "B");
         running_->wgmma.push_back(r);
+        running_->wgmma.back().operands = wgmma_operands(r, *running_);
     }
     void wgmma_commit() {
         sanitizer_ignore ignore;
@@ -523,6 +559,15 @@ public:
             sanitizer_ignore ignore;
             if (running_->lane == 0)
                 for (const detail::wgmma_request& r : todo) check_warpgroup_uniform(*running_, r);
+            // Before any of them lands (several may accumulate into the same registers):
+            // what each reads and writes is what it was at its issue.
+            for (const detail::wgmma_request& r : todo)
+                if (wgmma_operands(r, *running_) != r.operands)
+                    device_fault("wgmma", ("an operand of this wgmma.mma_async changed between its issue and the "
+                                           "wgmma.wait_group at " + where_text(where) + " that lands it: its "
+                                           "accumulators, its A registers or its operands in shared memory (a GPU "
+                                           "may read them at the issue, and writes the accumulators at any time "
+                                           "before the wait)").c_str(), nullptr, r.where);
         }
         for (const detail::wgmma_request& r : todo) warp_op(detail::warp_op::wgmma, 0xffffffffu, &r, nullptr, 0, 32, where);
     }

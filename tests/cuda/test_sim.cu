@@ -484,7 +484,9 @@ __global__ void early_return_kernel(int* out, int n) {
 
 // wgmma misuse: a product issued and never waited for; a descriptor with a swizzle
 // mode the simulator does not implement (0: none); an operand past the shared memory;
-// warp 1 of the warpgroup issuing a product with another B than the other warps.
+// warp 1 of the warpgroup issuing a product with another B than the other warps;
+// B's shared memory written while the product is in flight (4), and its
+// accumulators (5), both between the issue and the wait.
 __global__ void wgmma_misuse_kernel(int which) {
     unsigned char* smem = tc::dynamic_shared<unsigned char>();
     const std::uint32_t base = tc::detail::wgmma_smem_address(smem);
@@ -497,7 +499,9 @@ __global__ void wgmma_misuse_kernel(int which) {
     tc::detail::wgmma_fence();
     tc::detail::wgmma_m64k16<128, tinyllm::bfloat16, false>(acc, nullptr, a, which == 3 && warp1 ? b + 2 : b, false);
     tc::detail::wgmma_commit();
-    if (which == 3) tc::detail::wgmma_wait<0>(acc);
+    if (which == 4 && threadIdx.x == 0) smem[2] ^= 1;  // a byte of B's row 0 (and A's: both start at base)
+    if (which == 5) acc[3] = 2.0f;
+    if (which >= 3) tc::detail::wgmma_wait<0>(acc);
     // which == 0: no wgmma_wait before returning
 }
 
@@ -626,6 +630,11 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     INFO(r);
     CHECK(has(r, "(warpgroup 0) issued wgmma.mma_async number 0"));  // warp 1, or the first to land if warp 1 did
     CHECK(has(r, "the four warps of a warpgroup issue one instruction together"));
+    for (const int which : {4, 5}) {  // an operand changed while the product is in flight
+        r = fault_report([&] { tc::launch(wgmma_misuse_kernel, 1, 128, 16384, nullptr, which); });
+        INFO(r);
+        CHECK(has(r, "an operand of this wgmma.mma_async changed between its issue and the wgmma.wait_group"));
+    }
 
     // mbarrier and TMA: the same, naming the barrier, the missing arrivals and the bytes.
     std::vector<std::uint16_t> matrix(16 * 64, 1);

@@ -124,7 +124,9 @@ struct mma_fragments {
 };
 // One wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16} of one
 // thread, kept from its issue to the wait that lands it (what it reads and
-// writes is read and written then: the latest moment a GPU may).
+// writes is read and written then: the latest moment a GPU may). A GPU may as
+// well read the operands at the issue, so they must not change in between:
+// `operands` sums them at the issue, and the wait checks the sum.
 struct wgmma_request {
     float* d;                // the thread's N / 2 accumulators
     const std::uint32_t* a;  // A in registers (4 per thread), or nullptr: A from a_desc
@@ -132,6 +134,7 @@ struct wgmma_request {
     int n;                   // 8 .. 256, a multiple of 8
     bool trans_b, scale_d, f16;
     std::source_location where;
+    std::uint64_t operands = 0;  // set by the simulator at the issue
 };
 // The running lane's part of a warp-wide operation: waits for the lanes of `mask`.
 void warp_collective(warp_op op, unsigned mask, const void* in, void* out, int arg, int width,
