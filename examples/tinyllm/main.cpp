@@ -22,6 +22,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 using namespace tinyllm_cli;
@@ -165,7 +166,7 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         // the rows measured before it are still printed and written: on a GPU run the
         // versions measured so far are the result. The components after it do not run (a
         // CUDA error may leave the context unusable); tools/gpu-check runs one per process.
-        std::string stopped;
+        std::optional<std::string> stopped;  // the error that ended the component, if one did
         try {
             for (const auto& p : parts) p.run(ctx);
         } catch (const std::exception& e) {
@@ -191,8 +192,8 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
             all_timings.push_back(r.timing);
         }
         if (base) out << "(speed-up over " << base->version << ")\n";
-        if (!stopped.empty()) {
-            out << name << " STOPPED after " << ctx.rows.size() << " rows: " << stopped << "\n";
+        if (stopped) {
+            out << name << " STOPPED after " << ctx.rows.size() << " rows: " << *stopped << "\n";
             stopped_component = name;
             break;
         }
