@@ -108,12 +108,14 @@
 //                warp_queue, so no lane idles through another's exponential)
 //                and appends its elements in c to the row's candidate
 //                list (a ballot and one atomic per warp); the row's last block
-//                selects tau among the candidates alone, adds their kept masses to
-//                their chunks and draws as v3 (a row whose candidates overflow
-//                the list, bucket_list_max, is read again by that block). Exact:
-//                every key above c is above every candidate. Expected (B = 64, V = 128256, p = 0.9; not yet
-//                measured): about half of v3's 412 us, the weighted pass being
-//                most of what is left (docs/sampling.md).
+//                stages the candidates' keys in shared memory (up to 2048), selects
+//                tau among them alone, starting below the key bytes they all
+//                share, adds their kept masses to their chunks and draws as v3 (a
+//                row whose candidates overflow the list, bucket_list_max, is read
+//                again by that block). Exact: every key above c is above
+//                every candidate. Expected (B = 64, V = 128256, p = 0.9; not
+//                yet measured): 45-70 us by an instruction count of its passes
+//                (docs/sampling.md), against v3's 412 us measured in run E.
 //   v6 filtered — sample_filtered(out, logits, params, ...): v4's slots and
 //                last block, with fewer blocks per row and no selection in
 //                most chunks. Why: v4 runs two radix selections in every
@@ -400,16 +402,20 @@ __device__ std::uint32_t radix_pick_warp(const Count* hist, std::uint64_t target
 // most the total weight). key_of(i) and weight_of(i) describe element i. v2
 // picks each byte with thread 0's serial walk (radix_pick, the CPU's code);
 // WarpPick (v4's last block) with one warp (radix_pick_warp, the same byte).
+// A caller that knows the top `common_bytes` bytes of every key it weighs
+// (those of `common`; v5's last block, whose candidates lie within an eighth
+// of a nat) skips their passes: no weighed key is above that prefix.
 template <int Threads, bool WarpPick = false, class KeyOf, class WeightOf>
 __device__ std::uint32_t radix_select(index_t V, std::uint64_t target, std::uint32_t lower, KeyOf key_of,
-                                      WeightOf weight_of) {
+                                      WeightOf weight_of, std::uint32_t common = 0, int common_bytes = 0) {
     __shared__ shared_hist64 sums;
     __shared__ unsigned long long hist[256];
     __shared__ std::uint32_t s_prefix;
     __shared__ unsigned long long s_above;
-    std::uint32_t prefix = 0, mask = 0;
+    std::uint32_t mask = common_bytes > 0 ? ~0u << (32 - 8 * common_bytes) : 0u;
+    std::uint32_t prefix = common & mask;
     std::uint64_t above = 0;  // weight of the elements whose key is above the chosen prefix
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int shift = 24 - 8 * common_bytes; shift >= 0; shift -= 8) {
         sums.clear<Threads>();
         __syncthreads();
         bin_cache cache;
@@ -883,6 +889,15 @@ struct warp_queue {
     }
 };
 
+// v5's candidates in its last block's shared memory (16 KB): each one's index
+// in the row and order key, and the lowest and highest key.
+inline constexpr int staged_candidate_max = 2048;
+struct staged_candidates {
+    std::uint32_t index[staged_candidate_max];
+    std::uint32_t key[staged_candidate_max];
+    unsigned low, high;
+};
+
 // v5's bucket of an element of positive weight, x = z / T - m in [-28, 0]:
 // eighth-nat buckets numbered up from the bottom, 255 for x in (-1/8, 0] down to
 // 31 for x = -28. Any function of x that never gives a larger key a smaller
@@ -1257,24 +1272,66 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         // The candidates: the list, or (overflowed) the row's elements in bucket c.
         const bool listed = static_cast<index_t>(s_n) <= a.candidate_capacity;
         const index_t n = listed ? static_cast<index_t>(s_n) : a.V;
-        auto candidate_index = [&](index_t e) -> index_t { return listed ? __ldcg(&list[e]) : e; };
-        auto candidate_x = [&](index_t e) { return temperature_scaled(row[candidate_index(e)], T); };
-        const std::uint32_t tau = radix_select<Threads, true>(
-            n, target - above, 0u, [&](index_t e) { return order_key(candidate_x(e)); },
-            [&](index_t e) -> std::uint64_t {
-                const float x = ::tinyllm::detail::sub_rn(candidate_x(e), m);
-                return listed || in_bucket_c(x) ? sampling_weight(x) : 0;
-            });
-        auto kept_q = [&](float z) -> std::uint64_t {
-            const float x = temperature_scaled(z, T);
-            if (order_key(x) < tau) return 0;
-            return kept_weight(::tinyllm::detail::sub_rn(x, m));
+        // A list of at most staged_candidate_max (about a thousand candidates for
+        // uniform logits) is staged in shared memory first — indices and order
+        // keys, read from L2 once instead of once per radix pass — along with the
+        // bytes its keys share. The candidates lie within an eighth of a nat, so
+        // their keys usually share the top byte or two (the sign and exponent of
+        // z / T, and for |z / T| >= 16 the first mantissa bits), and the
+        // selection starts below them: two or three passes instead of four, none
+        // when every candidate is the same logit.
+        __shared__ staged_candidates st;
+        const bool staged = listed && n <= staged_candidate_max;  // uniform
+        std::uint32_t common = 0;
+        int common_bytes = 0;
+        if (staged) {
+            if (threadIdx.x == 0) {
+                st.low = ~0u;
+                st.high = 0;
+            }
+            __syncthreads();
+            std::uint32_t low = ~0u, high = 0;
+            for (index_t e = threadIdx.x; e < n; e += Threads) {
+                const std::uint32_t i = __ldcg(&list[e]);
+                const std::uint32_t k = order_key(temperature_scaled(row[i], T));
+                st.index[e] = i;
+                st.key[e] = k;
+                low = k < low ? k : low;
+                high = k > high ? k : high;
+            }
+            low = ~warp_max(~low);
+            high = warp_max(high);
+            if (threadIdx.x % 32 == 0) {
+                atomicMin(&st.low, low);
+                atomicMax(&st.high, high);
+            }
+            __syncthreads();
+            common = st.low;
+            const std::uint32_t differ = st.low ^ st.high;
+            common_bytes = differ == 0 ? 4 : __clz(static_cast<int>(differ)) / 8;
+        }
+        auto candidate_index = [&](index_t e) -> index_t {
+            return staged ? static_cast<index_t>(st.index[e]) : listed ? static_cast<index_t>(__ldcg(&list[e])) : e;
         };
+        auto candidate_key = [&](index_t e) -> std::uint32_t {
+            return staged ? st.key[e] : order_key(temperature_scaled(row[candidate_index(e)], T));
+        };
+        // x from the key: the logit itself, but for -0, whose key is +0's (the same weight).
+        auto x_of = [&](std::uint32_t k) { return ::tinyllm::detail::sub_rn(from_order_key(k), m); };
+        const std::uint32_t tau = radix_select<Threads, true>(
+            n, target - above, 0u, candidate_key,
+            [&](index_t e) -> std::uint64_t {
+                const float x = x_of(candidate_key(e));
+                return listed || in_bucket_c(x) ? sampling_weight(x) : 0;
+            },
+            common, common_bytes);
+        auto kept_key_q = [&](std::uint32_t k) -> std::uint64_t { return k < tau ? 0 : kept_weight(x_of(k)); };
+        auto kept_q = [&](float z) { return kept_key_q(order_key(temperature_scaled(z, T))); };
         for (index_t e = threadIdx.x; e < n; e += Threads) {  // the kept candidates' masses, to their chunks
-            const index_t i = candidate_index(e);
-            const float z = row[i];
-            if (!listed && !in_bucket_c(::tinyllm::detail::sub_rn(temperature_scaled(z, T), m))) continue;
-            if (const std::uint64_t q = kept_q(z)) atomicAdd(&partial[i / a.chunk], static_cast<unsigned long long>(q));
+            const std::uint32_t k = candidate_key(e);
+            if (!listed && !in_bucket_c(x_of(k))) continue;
+            if (const std::uint64_t q = kept_key_q(k))
+                atomicAdd(&partial[candidate_index(e) / a.chunk], static_cast<unsigned long long>(q));
         }
         __syncthreads();
         __shared__ index_t s_chunk;
