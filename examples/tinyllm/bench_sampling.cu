@@ -22,6 +22,9 @@
 //               last block, with fewer blocks per row (4 at B = 64), each
 //               walking several chunks against a bound carried from chunk to
 //               chunk, so that most chunks need no selection.
+//   v7 chained  tinyllm::cuda::sample_chained (top-p without top-k): v5's
+//               three passes in one launch, each block taking a ticket and a
+//               row's blocks of one pass waiting only for that row's pass before.
 //   greedy      v1: one argmax reduction per row (greedy_reduction); v3 also
 //               with 5, 16 and 32 blocks per row (forced split counts).
 // Each version first runs once on poisoned tokens with the host-side status
@@ -133,10 +136,13 @@ void cuda_rows(bench_context& ctx, const sb::setting& s) {
         add("v6 filtered", "cuda_v6_filtered", false,
             [&](tc::sampling_check c) { tc::sample_filtered(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
     }
-    if (tc::detail::buckets_apply(V, p))
+    if (tc::detail::buckets_apply(V, p)) {
         add(
             "v5 buckets", "cuda_v5_buckets", false,
             [&](tc::sampling_check c) { tc::sample_buckets(tokens, logits, p, sb::seed, sb::step, 0, 0, c); }, true);
+        add("v7 chained", "cuda_v7_chained", false,
+            [&](tc::sampling_check c) { tc::sample_chained(tokens, logits, p, sb::seed, sb::step, 0, 0, c); });
+    }
 }
 
 }  // namespace

@@ -438,7 +438,7 @@ std::vector<sampling::params> bucket_settings(index_t V);
 // blocks per row (0: its own choice) against the CPU reference, over several
 // seeds per setting. `z` replaces split_logits' rows when given.
 // For v6, `splits` is the chunks per row and `blocks` the blocks (0: its own).
-enum class split_rung { v3_split, v4_candidates, v5_buckets, v6_filtered };
+enum class split_rung { v3_split, v4_candidates, v5_buckets, v6_filtered, v7_chained };
 void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seeds,
                  split_rung rung = split_rung::v3_split, std::vector<float> z = {}, int blocks = 0) {
     if (z.empty()) z = split_logits(B, V, which);
@@ -446,13 +446,14 @@ void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seed
     tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
     const auto out = d_out.view(tinyllm::extents<1>{B});
     const auto logits = d_z.view(tinyllm::extents<2>{B, V});
-    const bool v4 = rung == split_rung::v4_candidates, v5 = rung == split_rung::v5_buckets,
-               v6 = rung == split_rung::v6_filtered;
+    const bool v4 = rung == split_rung::v4_candidates, v7 = rung == split_rung::v7_chained,
+               v5 = rung == split_rung::v5_buckets || v7, v6 = rung == split_rung::v6_filtered;
     const auto settings = v4 || v6 ? candidate_settings(V) : v5 ? bucket_settings(V) : split_settings(V);
     for (std::size_t s = 0; s < settings.size(); ++s) {
         for (int k = 0; k < seeds; ++k) {
             const bool candidates = tc::detail::candidates_apply(V, settings[s]);
-            const char* taken = v5 && tc::detail::buckets_apply(V, settings[s]) ? " (v5)"
+            const char* taken = v7 && tc::detail::buckets_apply(V, settings[s]) ? " (v7)"
+                                : v5 && tc::detail::buckets_apply(V, settings[s]) ? " (v5)"
                                 : v6 && candidates                              ? " (v6)"
                                 : (v4 || v5) && candidates                      ? " (v4)"
                                                                                 : " (v3)";
@@ -464,6 +465,7 @@ void check_split(index_t B, index_t V, int splits, std::uint64_t which, int seed
                 tc::detail::run_filtered(out, logits, settings[s], seed, step, 0, splits, blocks,
                                          tc::sampling_check::sync, nullptr);
             else if (v6) tc::sample_filtered(out, logits, settings[s], seed, step, 0, splits);
+            else if (v7) tc::sample_chained(out, logits, settings[s], seed, step, 0, splits);
             else if (v5) tc::sample_buckets(out, logits, settings[s], seed, step, 0, splits);
             else if (v4) tc::sample_candidates(out, logits, settings[s], seed, step, 0, splits);
             else tc::sample_split(out, logits, settings[s], seed, step, 0, splits);
@@ -876,13 +878,77 @@ TEST_CASE("v5 buckets: bad rows give the same errors, and the next call is unaff
         [](auto, auto, const char*) {}, false);  // v5 has no greedy of its own
 }
 
+// ---- v7 chained: v5's passes in one launch ------------------------------------
+
+TEST_CASE("v7 chained: the sampler chooses the CPU's tokens for every setting, shape and split count",
+          "[cuda][sampling][chained]") {
+    check_split(1, 1, 0, 1000, 1, split_rung::v7_chained);     // one logit
+    check_split(1, 7, 2, 1001, 2, split_rung::v7_chained);     // V below one block's share
+    check_split(6, 1003, 1, 1002, 2, split_rung::v7_chained);  // one block per row (a pass is B blocks)
+    check_split(6, 1003, 5, 1003, 2, split_rung::v7_chained);  // the tie row: one bucket holds most of it
+    check_split(2, 4100, 7, 1004, 2, split_rung::v7_chained);  // float4 loads
+    check_split(1, 257, 64, 1005, 1, split_rung::v7_chained);  // chunks of 8 elements, the last ones empty
+    check_split(33, 201, 3, 1006, 1, split_rung::v7_chained);  // a larger batch (every kind of row)
+    check_split(9, 3001, 4, 1007, 2, split_rung::v7_chained, bucket_logits(9, 3001, 1007));  // weights 0 past -28
+    check_split(6, 40000, 0, 1009, 1, split_rung::v7_chained);  // a list that overflows: the row read again
+}
+
+TEST_CASE("v7 chained: the same tokens as v5, bit for bit, call after call on one stream",
+          "[cuda][sampling][chained]") {
+    // Calls of different shapes share the stream's workspace: each launch must
+    // leave its tickets, its done count and every row's stage at zero, or the
+    // next call's blocks would take the wrong passes (and trap).
+    sampling::params p;
+    p.top_p = 0.85f;
+    p.temperature = 1.1f;
+    for (const auto& [B, V, splits] : std::vector<std::tuple<index_t, index_t, int>>{
+             {4, 5000, 3}, {4, 5000, 3}, {2, 9000, 0}, {7, 2500, 1}, {4, 5000, 6}}) {
+        const auto z = split_logits(B, V, 1010 + static_cast<std::uint64_t>(V));
+        auto d_z = tc::to_device(z);
+        tc::device_buffer<tinyllm::token_id> d_out(static_cast<std::size_t>(B));
+        const auto out = d_out.view(tinyllm::extents<1>{B});
+        const auto logits = d_z.view(tinyllm::extents<2>{B, V});
+        INFO("B = " << B << ", V = " << V << ", splits = " << splits);
+        d_out.poison();
+        tc::sample_buckets(out, logits, p, 77, 5, 0, splits);
+        const auto v5 = tc::to_host(d_out);
+        d_out.poison();
+        tc::sample_chained(out, logits, p, 77, 5, 0, splits);
+        const auto v7 = tc::to_host(d_out);
+        CHECK(count_different(v7, v5) == 0);
+        CHECK(count_different(v7, cpu_tokens(z, B, V, &p, 77, 5, B)) == 0);
+        // What the launch leaves behind (the simulator runs the blocks in ticket
+        // order, so a stale stage would not change its tokens; on a GPU it would
+        // let the next call's rows start a pass early).
+        auto& w = tc::detail::split_buffers(B, tc::detail::split_count(B, V, splits), nullptr);
+        std::vector<tc::detail::split_row> rows(w.rows.size());
+        unsigned launch[2] = {1, 1};
+        TINYLLM_CUDA_CHECK(cudaMemcpy(rows.data(), w.rows.data(), w.rows.bytes(), cudaMemcpyDeviceToHost));
+        TINYLLM_CUDA_CHECK(cudaMemcpy(launch, w.launch.data(), sizeof launch, cudaMemcpyDeviceToHost));
+        CHECK(launch[0] == 0);
+        CHECK(launch[1] == 0);
+        CHECK(std::all_of(rows.begin(), rows.end(), [](const auto& r) { return r.stage == 0 && r.done == 0; }));
+    }
+}
+
+TEST_CASE("v7 chained: bad rows give the same errors, and the next call is unaffected",
+          "[cuda][sampling][chained][errors]") {
+    check_bad_rows(
+        1020,
+        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+            REQUIRE(tc::detail::buckets_apply(logits.extent(1), p));
+            tc::sample_chained(out, logits, p, 1, 0, 0, 3, check);
+        },
+        [](auto, auto, const char*) {}, false);  // v7 has no greedy of its own
+}
+
 // A mass that reaches top-p's target EXACTLY at a threshold: one logit 0 (weight
 // 2^40), two at -ln 2 (2^39 each), the rest -inf. S = 2^41, and p = 1/2 gives
 // the target 2^40, the top token's weight alone: only it is kept (a rung whose
 // target or comparison is off by one keeps all three). Random draws never land
 // there; every multi-block rung and the one-block rung are checked.
 TEST_CASE("top-p whose target is reached exactly at a threshold keeps only the tokens above it",
-          "[cuda][sampling][split][buckets]") {
+          "[cuda][sampling][split][buckets][chained]") {
     const float minus_ln2 = -0.693147182f;
     REQUIRE(tinyllm::sampling_weight(minus_ln2) == (std::uint64_t{1} << 39));
     REQUIRE(tinyllm::top_p_target(std::uint64_t{1} << 41, 0.5f) == (std::uint64_t{1} << 40));
@@ -903,12 +969,13 @@ TEST_CASE("top-p whose target is reached exactly at a threshold keeps only the t
         const auto want = cpu_tokens(z, B, V, &p, seed, 3, B);
         REQUIRE(want[0] == top[0]);
         REQUIRE(want[1] == top[1]);
-        for (int rung = 0; rung < 3; ++rung) {
-            INFO("seed " << seed << ", rung " << (rung == 0 ? "v2" : rung == 1 ? "v3" : "v5"));
+        for (int rung = 0; rung < 4; ++rung) {
+            INFO("seed " << seed << ", rung " << (rung == 0 ? "v2" : rung == 1 ? "v3" : rung == 2 ? "v5" : "v7"));
             d_out.poison();
             if (rung == 0) tc::sample_fused(out, logits, p, seed, 3);
             else if (rung == 1) tc::sample_split(out, logits, p, seed, 3, 0, 4);
-            else tc::sample_buckets(out, logits, p, seed, 3, 0, 4);
+            else if (rung == 2) tc::sample_buckets(out, logits, p, seed, 3, 0, 4);
+            else tc::sample_chained(out, logits, p, seed, 3, 0, 4);
             CHECK(count_different(tc::to_host(d_out), want) == 0);
         }
     }

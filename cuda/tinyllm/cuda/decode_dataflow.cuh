@@ -221,25 +221,12 @@ __host__ __device__ dataflow_block dataflow_block_of(const dataflow_args<T>& a, 
             a.phases() - 1, ticket};
 }
 
-// Thread 0 waits until *counter reaches `expected`, then the block goes on;
-// `stamp` (or null): where the trace keeps the time the wait ended.
+// Thread 0 waits until *counter reaches `expected` (wait_at_least, launch.cuh),
+// then the block goes on; `stamp` (or null): where the trace keeps the time the
+// wait ended.
 __device__ inline void dataflow_wait(const unsigned* counter, unsigned expected, unsigned long long* stamp) {
     if (threadIdx.x == 0) {
-        const volatile unsigned* c = counter;
-#if defined(TINYLLM_SIMULATED_GPU)
-        // The simulator runs each block to its end before the next: a lower
-        // ticket's phase is complete, and a wait that is not over is a deadlock.
-        if (*c < expected) __trap();
-#else
-        unsigned sleep = 32;
-        long long polls = 0;
-        while (*c < expected) {
-            __nanosleep(sleep);
-            if (sleep < 256) sleep *= 2;
-            if (++polls > (1ll << 26)) __trap();  // ~17 s: a broken chain ends as an error, not a hang
-        }
-#endif
-        grid_fence();  // what the counted blocks stored is visible from here on
+        wait_at_least(counter, expected);  // what the counted blocks stored is visible from here on
         if (stamp) *stamp = global_timer_ns();
     }
     __syncthreads();

@@ -207,6 +207,42 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
     return last;
 }
 
+// ---- waiting for earlier blocks of the same launch -------------------------
+//
+// A block may wait for other blocks of its own launch only if they are sure to
+// be running or done. blockIdx says nothing about that: the GPU starts blocks
+// in any order, and holds a grid larger than it fits back until blocks end. A
+// *ticket* does: each block draws one with an atomicAdd when it starts, so a
+// block holding ticket t knows that tickets 0 .. t-1 were drawn by blocks that
+// started before it; if those wait only for lower tickets still, every wait
+// ends. The decode step's dataflow kernel (decode_dataflow.cuh) and sampling
+// v7 (sampling.cuh) chain their phases this way.
+//
+// One thread of the waiting block calls wait_at_least: it returns once
+// *counter >= expected, which blocks of lower tickets raise after fencing their
+// stores, and fences, so that what they stored is visible from then on. The
+// other threads wait for it at a barrier and read those stores from L2
+// (__ldcg): their SM's L1 may hold a line from before. On a GPU a wait that
+// lasts about 17 s traps (a broken chain ends as an error, not a hang). The
+// simulator runs each block to its end before the next, so there the lower
+// tickets' work is done, and a wait that is not over is a deadlock: it traps
+// at once.
+__device__ inline void wait_at_least(const unsigned* counter, unsigned expected) {
+    const volatile unsigned* c = counter;
+#if defined(TINYLLM_SIMULATED_GPU)
+    if (*c < expected) __trap();
+#else
+    unsigned sleep = 32;
+    long long polls = 0;
+    while (*c < expected) {
+        __nanosleep(sleep);
+        if (sleep < 256) sleep *= 2;
+        if (++polls > (1ll << 26)) __trap();
+    }
+#endif
+    grid_fence();
+}
+
 
 // ---- programmatic dependent launch (PDL) -----------------------------------
 //

@@ -136,6 +136,17 @@
 //                read of the row plus one selection per block and the last
 //                blocks' merge, 30-50 us against v4's 70-90 (docs/sampling.md).
 //                The public sample() takes v6 for top-k.
+//   v7 chained — sample_chained(out, logits, params, ...): v5's three passes
+//                in ONE launch. Why: between two kernels the GPU drains the
+//                first (its last, partial wave of blocks) and starts the next,
+//                twice per v5 call, while a row's next pass needs only that
+//                row's last one. How: 3 x B x splits blocks, each taking a
+//                ticket (atomicAdd) that gives it its pass and chunk; a block
+//                of a later pass waits (wait_at_least, launch.cuh) until its
+//                row's last block of the pass before raises the row's stage.
+//                Every wait is for lower tickets, which are running or done.
+//                Expected (not yet measured): 5-10 us less than v5. The
+//                public sample() keeps v5 until a GPU has run it.
 // Greedy v1 (greedy_reduction) is one argmax reduction per row.
 //
 // Errors. Parameters are checked on the host before any launch (the same
@@ -720,6 +731,7 @@ struct split_row {
     int usable;                    // 0: the row is bad or all -inf (its status is written)
     unsigned int candidates;       // v5: entries in the row's candidate list (zero between calls)
     unsigned int bound;            // v6: the highest bound a block of the row published (zero between calls)
+    unsigned int stage;            // v7: the row's passes completed in the current launch (zero between calls)
 };
 
 enum : int { split_max = 0, split_radix = 1, split_draw = 2, split_buckets = 3, split_bucket_draw = 4 };
@@ -1015,8 +1027,8 @@ __global__ void greedy_split_kernel(split_args a) {
 // rung's kernels (Nsight Compute's -k matches the name without its template
 // arguments).
 template <int Threads, int Phase>
-__device__ __forceinline__ void split_pass(const split_args& a, int sel, int shift) {
-    const index_t b = blockIdx.x / a.splits, j = blockIdx.x % a.splits;
+__device__ __forceinline__ bool split_pass(const split_args& a, index_t block, int sel, int shift) {
+    const index_t b = block / a.splits, j = block % a.splits;
     const float* row = a.logits + b * a.row_stride;
     split_row& r = a.rows[b];
     const index_t lo = j * a.chunk, hi = lo >= a.V ? lo : (lo + a.chunk < a.V ? lo + a.chunk : a.V);
@@ -1046,7 +1058,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         key = warp_max(key);
         if (threadIdx.x % 32 == 0 && key) atomicMax(&r.max_key, key);
         if (threadIdx.x == 0 && any_bad) atomicOr(&r.bad, 1u);
-        if (!split_arrive(r, a.splits)) return;
+        if (!split_arrive(r, a.splits)) return false;
         __shared__ int s_usable;
         if (sel == 1) {
             for (int i = threadIdx.x; i < 256; i += Threads) {
@@ -1064,7 +1076,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             s_usable = r.usable;
         }
         __syncthreads();
-        if (sel != 1 || !s_usable || threadIdx.x >= 32) return;
+        if (sel != 1 || !s_usable || threadIdx.x >= 32) return true;
         const auto target = static_cast<std::uint64_t>(a.p.top_k);
         std::uint64_t above = 0, total = 0;
         const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
@@ -1074,11 +1086,13 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             r.above = above;
             r.target = target;
         }
-        return;
+        return true;
     }
 
-    const bool usable = r.usable != 0;  // the split_max launch wrote these
-    const float m = r.m;
+    // Written by the row's last block of an earlier pass: read from L2, as v7
+    // must (its passes share a launch, and an SM's L1 may hold an older line).
+    const bool usable = __ldcg(&r.usable) != 0;
+    const float m = __ldcg(&r.m);
     if constexpr (Phase == split_radix) {
         sums.clear<Threads>();
         __syncthreads();
@@ -1098,15 +1112,15 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             for (int i = threadIdx.x; i < 256; i += Threads)
                 if (const unsigned long long h = sums.get(i)) atomicAdd(&r.hist[i], h);
         }
-        if (!split_arrive(r, a.splits)) return;
+        if (!split_arrive(r, a.splits)) return false;
         for (int i = threadIdx.x; i < 256; i += Threads) {  // the row's histogram, and clean it
             hist[i] = __ldcg(&r.hist[i]);
             r.hist[i] = 0;
         }
         __syncthreads();
-        if (threadIdx.x >= 32) return;  // warp 0 picks the byte
+        if (threadIdx.x >= 32) return true;  // warp 0 picks the byte
         if (threadIdx.x == 0) r.done = 0;
-        if (!usable) return;
+        if (!usable) return true;
         std::uint64_t above = r.above, target = r.target, total = 0;
         if (shift == 24) {  // a selection's first byte: its target
             above = 0;
@@ -1119,7 +1133,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         }
         const std::uint32_t chosen = radix_pick_warp(hist, target, above, total);
         __syncwarp();  // every lane has read r.above and r.target before lane 0 writes them
-        if (threadIdx.x != 0) return;
+        if (threadIdx.x != 0) return true;
         const std::uint32_t prefix = r.prefix | (chosen << shift);
         if (shift > 0) {
             r.prefix = prefix;
@@ -1132,7 +1146,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             r.prefix = r.mask = 0;
             r.above = 0;
         }
-        return;
+        return true;
     }
 
     if constexpr (Phase == split_draw) {
@@ -1149,7 +1163,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         const std::uint64_t mass = block_sum<Threads>(local);
         unsigned long long* partial = a.partials + b * a.splits;
         if (threadIdx.x == 0) partial[j] = mass;
-        if (!split_arrive(r, a.splits)) return;
+        if (!split_arrive(r, a.splits)) return false;
         __shared__ index_t s_chunk;
         __shared__ unsigned long long s_t;
         if (threadIdx.x == 0) {
@@ -1163,7 +1177,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             }
         }
         __syncthreads();
-        if (s_chunk < 0) return;  // uniform: a bad row (its token -1 is written)
+        if (s_chunk < 0) return true;  // uniform: a bad row (its token -1 is written)
         const index_t first = s_chunk * a.chunk, n = (first + a.chunk < a.V ? first + a.chunk : a.V) - first;
         const int token =
             first_crossing<Threads, sampling_items>(n, s_t, [&](index_t i) { return kept_q(row[first + i]); });
@@ -1189,15 +1203,15 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             for (int i = threadIdx.x; i < 256; i += Threads)
                 if (const unsigned long long h = sums.get(i)) atomicAdd(&r.hist[i], h);
         }
-        if (!split_arrive(r, a.splits)) return;
+        if (!split_arrive(r, a.splits)) return false;
         for (int i = threadIdx.x; i < 256; i += Threads) {  // the row's bucket masses, and clean them
             hist[i] = __ldcg(&r.hist[i]);
             r.hist[i] = 0;
         }
         __syncthreads();
-        if (threadIdx.x >= 32) return;  // warp 0 picks the bucket
+        if (threadIdx.x >= 32) return true;  // warp 0 picks the bucket
         if (threadIdx.x == 0) r.done = 0;
-        if (!usable) return;
+        if (!usable) return true;
         std::uint64_t unused = 0, total = 0, above = 0;
         (void)radix_pick_warp(hist, ~std::uint64_t{0}, unused, total);  // S: the sum of the buckets
         const std::uint64_t target = top_p_target(total, a.p.top_p);
@@ -1207,7 +1221,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             r.above = above;  // the mass of the buckets above it: < target
             r.target = target;
         }
-        return;
+        return true;
     }
 
     // v5's draw. Every block: its kept mass above the crossing bucket c (min-p
@@ -1218,8 +1232,8 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
     // masses added to their chunks, then the draw as v3's. A row whose
     // candidates overflowed the list is read again instead, by that block.
     if constexpr (Phase == split_bucket_draw) {
-        const std::uint32_t c = r.prefix;
-        const std::uint64_t above = r.above, target = r.target;
+        const std::uint32_t c = __ldcg(&r.prefix);
+        const std::uint64_t above = __ldcg(&r.above), target = __ldcg(&r.target);
         std::uint32_t* list = a.candidates + b * a.candidate_capacity;
         auto kept_weight = [&](float x) -> std::uint64_t {  // min-p, then q (x = z / T - m)
             if (a.p.min_p > 0.0f && sampling_exp(x) < a.p.min_p) return 0;
@@ -1258,7 +1272,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
         const std::uint64_t mass = block_sum<Threads>(local);
         unsigned long long* partial = a.partials + b * a.splits;
         if (threadIdx.x == 0) partial[j] = mass;
-        if (!split_arrive(r, a.splits)) return;
+        if (!split_arrive(r, a.splits)) return false;
         __shared__ unsigned s_n;
         if (threadIdx.x == 0) {
             r.done = 0;
@@ -1268,7 +1282,7 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             r.above = 0;
         }
         __syncthreads();
-        if (!usable) return;  // uniform: the row's token -1 is written
+        if (!usable) return true;  // uniform: the row's token -1 is written
         // The candidates: the list, or (overflowed) the row's elements in bucket c.
         const bool listed = static_cast<index_t>(s_n) <= a.candidate_capacity;
         const index_t n = listed ? static_cast<index_t>(s_n) : a.V;
@@ -1348,16 +1362,56 @@ __device__ __forceinline__ void split_pass(const split_args& a, int sel, int shi
             first_crossing<Threads, sampling_items>(n_chunk, s_t, [&](index_t i) { return kept_q(row[first + i]); });
         if (threadIdx.x == 0) a.out[b] = static_cast<token_id>(first + token);
     }
+    return true;  // the draw phases' last blocks
 }
 
 template <int Threads, int Phase>
 __global__ void __launch_bounds__(Threads, 2) sample_split_kernel(split_args a, int sel, int shift) {  // v3
-    split_pass<Threads, Phase>(a, sel, shift);
+    (void)split_pass<Threads, Phase>(a, blockIdx.x, sel, shift);
 }
 
 template <int Threads, int Phase>
 __global__ void __launch_bounds__(Threads, 2) sample_buckets_kernel(split_args a) {  // v5
-    split_pass<Threads, Phase>(a, 0, 0);
+    (void)split_pass<Threads, Phase>(a, blockIdx.x, 0, 0);
+}
+
+// v7 chained: v5's three passes in ONE launch of 3 * B * splits blocks. Each
+// block draws a ticket (launch.cuh: wait_at_least); tickets [0, B * splits)
+// run the maximum pass, the next B * splits the bucket pass, the last the draw,
+// each ticket as the block of that pass that v5 would number ticket mod B *
+// splits. A block of a later pass waits only for its own row: until the row's
+// last block of the pass before has counted it in r.stage. So a row whose pass
+// is done goes on while other rows still run theirs, and nothing waits for a
+// kernel to drain and the next to start. launch[0] counts the tickets drawn,
+// launch[1] the blocks done; the launch's last block zeroes both, and a row's
+// last draw block its stage, for the next call.
+template <int Threads>
+__global__ void __launch_bounds__(Threads, 2) sample_chained_kernel(split_args a, unsigned* launch) {
+    __shared__ unsigned s_ticket;
+    if (threadIdx.x == 0) s_ticket = atomicAdd(&launch[0], 1u);
+    __syncthreads();
+    const unsigned per_pass = gridDim.x / 3, pass = s_ticket / per_pass;
+    const index_t block = s_ticket % per_pass;
+    if (pass > 2) __trap();  // a counter a failed launch left behind
+    split_row& r = a.rows[block / a.splits];
+    if (pass > 0) {
+        if (threadIdx.x == 0) wait_at_least(&r.stage, pass);
+        __syncthreads();
+    }
+    const bool row_last = pass == 0   ? split_pass<Threads, split_max>(a, block, 0, 0)
+                          : pass == 1 ? split_pass<Threads, split_buckets>(a, block, 0, 0)
+                                      : split_pass<Threads, split_bucket_draw>(a, block, 0, 0);
+    __syncthreads();  // every thread's part of the pass is stored
+    if (threadIdx.x == 0) {
+        if (row_last) {
+            grid_fence();
+            atomicExch(&r.stage, pass == 2 ? 0u : pass + 1);
+        }
+        if (atomicAdd(&launch[1], 1u) == gridDim.x - 1) {
+            launch[0] = 0;
+            launch[1] = 0;
+        }
+    }
 }
 
 // ---- v4 candidates: top-k from every block's own k largest --------------------
@@ -2184,6 +2238,7 @@ inline int greedy_split_count(index_t B, index_t V, int requested, index_t sms =
 struct split_workspace {
     device_buffer<split_row> rows;
     device_buffer<unsigned long long> partials;
+    device_buffer<unsigned> launch;  // v7: tickets drawn, blocks done (zeroed once; every launch leaves them zero)
 };
 inline split_workspace& split_buffers(index_t B, int splits, cudaStream_t stream) {
     thread_local std::map<cudaStream_t, split_workspace> workspaces;
@@ -2199,6 +2254,15 @@ inline split_workspace& split_buffers(index_t B, int splits, cudaStream_t stream
         if (w.partials.size() < need_partials) w.partials = device_buffer<unsigned long long>(need_partials);
     }
     return w;
+}
+
+// v7's counters of a stream's workspace, allocated and zeroed by its first call.
+inline unsigned* chained_counters(split_workspace& w, cudaStream_t stream) {
+    if (w.launch.size() == 0) {
+        w.launch = device_buffer<unsigned>(2);
+        TINYLLM_CUDA_CHECK(cudaMemsetAsync(w.launch.data(), 0, w.launch.bytes(), stream));
+    }
+    return w.launch.data();
 }
 
 inline split_args make_split_args(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, int splits,
@@ -2493,6 +2557,31 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     launch(detail::sample_buckets_kernel<T, detail::split_max>, grid, T, 0, stream, a);
     launch(detail::sample_buckets_kernel<T, detail::split_buckets>, grid, T, 0, stream, a);
     launch(detail::sample_buckets_kernel<T, detail::split_bucket_draw>, grid, T, 0, stream, a);
+    detail::check_status(a.status, B, "sample", check, stream);
+}
+
+// v7 chained: v5's passes, the same token, in ONE launch (sample_chained_kernel):
+// 3 x B x splits blocks taking tickets, a row's blocks of one pass waiting for
+// its blocks of the pass before. Other chains go where sample_buckets sends
+// them. splits = 0 chooses v3's count (split_count).
+template <class = void>  // compiled only where called (launch.cuh)
+inline void sample_chained(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                           const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                           std::uint64_t stream_offset = 0, int splits = 0,
+                           sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    if (!detail::buckets_apply(V, p))  // it checks the call itself
+        return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
+    if (!detail::check_sample_call(out, logits, p)) return;
+    splits = detail::split_count(B, V, splits);
+    detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
+    a.candidates = detail::bucket_candidates(B, V, stream);
+    a.candidate_capacity = detail::bucket_capacity(V);
+    const unsigned per_pass = detail::split_grid(B, splits);
+    TINYLLM_EXPECT(per_pass < (1u << 31) / 3, "sample: B = ", B, " rows of ", splits, " blocks is too many");
+    unsigned* counters = detail::chained_counters(detail::split_buffers(B, splits, stream), stream);
+    constexpr int T = detail::sampling_threads;
+    launch(detail::sample_chained_kernel<T>, 3 * per_pass, T, 0, stream, a, counters);
     detail::check_status(a.status, B, "sample", check, stream);
 }
 
