@@ -1401,12 +1401,12 @@ __global__ void __launch_bounds__(Threads, 2) sample_chained_kernel(split_args a
     const bool row_last = pass == 0   ? split_pass<Threads, split_max>(a, block, 0, 0)
                           : pass == 1 ? split_pass<Threads, split_buckets>(a, block, 0, 0)
                                       : split_pass<Threads, split_bucket_draw>(a, block, 0, 0);
-    __syncthreads();  // every thread's part of the pass is stored
+    // The row's last block: every thread's stores of the pass made visible, then
+    // the row's stage raised (last_block_to_arrive's order, launch.cuh).
+    if (row_last) grid_fence();  // uniform in the block
+    __syncthreads();
     if (threadIdx.x == 0) {
-        if (row_last) {
-            grid_fence();
-            atomicExch(&r.stage, pass == 2 ? 0u : pass + 1);
-        }
+        if (row_last) atomicExch(&r.stage, pass == 2 ? 0u : pass + 1);
         if (atomicAdd(&launch[1], 1u) == gridDim.x - 1) {
             launch[0] = 0;
             launch[1] = 0;
