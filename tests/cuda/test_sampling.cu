@@ -867,15 +867,19 @@ TEST_CASE("v5 buckets: the public sampler takes it and matches the CPU", "[cuda]
     check_public_sample(300, 1003, p, 931);
 }
 
-TEST_CASE("v5 buckets: bad rows give the same errors, and the next call is unaffected",
-          "[cuda][sampling][buckets][errors]") {
-    check_bad_rows(
-        940,
-        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
-            REQUIRE(tc::detail::buckets_apply(logits.extent(1), p));
-            tc::sample_buckets(out, logits, p, 1, 0, 0, 3, check);
-        },
-        [](auto, auto, const char*) {}, false);  // v5 has no greedy of its own
+TEST_CASE("v5 buckets and v7 chained: bad rows give the same errors, and the next call is unaffected",
+          "[cuda][sampling][buckets][chained][errors]") {
+    for (const bool chained : {false, true}) {
+        INFO((chained ? "v7" : "v5"));
+        check_bad_rows(
+            chained ? 1020 : 940,
+            [chained](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
+                REQUIRE(tc::detail::buckets_apply(logits.extent(1), p));
+                if (chained) tc::sample_chained(out, logits, p, 1, 0, 0, 3, check);
+                else tc::sample_buckets(out, logits, p, 1, 0, 0, 3, check);
+            },
+            [](auto, auto, const char*) {}, false);  // neither has a greedy of its own
+    }
 }
 
 // ---- v7 chained: v5's passes in one launch ------------------------------------
@@ -929,17 +933,6 @@ TEST_CASE("v7 chained: the same tokens as v5, bit for bit, call after call on on
         CHECK(launch[1] == 0);
         CHECK(std::all_of(rows.begin(), rows.end(), [](const auto& r) { return r.stage == 0 && r.done == 0; }));
     }
-}
-
-TEST_CASE("v7 chained: bad rows give the same errors, and the next call is unaffected",
-          "[cuda][sampling][chained][errors]") {
-    check_bad_rows(
-        1020,
-        [](auto out, auto logits, const sampling::params& p, tc::sampling_check check) {
-            REQUIRE(tc::detail::buckets_apply(logits.extent(1), p));
-            tc::sample_chained(out, logits, p, 1, 0, 0, 3, check);
-        },
-        [](auto, auto, const char*) {}, false);  // v7 has no greedy of its own
 }
 
 // A mass that reaches top-p's target EXACTLY at a threshold: one logit 0 (weight

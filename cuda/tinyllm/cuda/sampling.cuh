@@ -2521,6 +2521,19 @@ inline std::uint32_t* bucket_candidates(index_t B, index_t V, cudaStream_t strea
     return stream_words<struct bucket_candidates_tag>(need, stream);
 }
 
+// The arguments of a v5 or v7 call: v3's (split_call) with the stream's
+// candidate lists; `splits` becomes the count used (0: split_count's choice).
+inline split_args bucket_call(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
+                              const sampling::params& p, std::uint64_t seed, std::uint64_t step,
+                              std::uint64_t stream_offset, int& splits, cudaStream_t stream) {
+    const index_t B = logits.extent(0), V = logits.extent(1);
+    splits = split_count(B, V, splits);
+    split_args a = split_call(out, logits, p, seed, step, stream_offset, splits, stream);
+    a.candidates = bucket_candidates(B, V, stream);
+    a.candidate_capacity = bucket_capacity(V);
+    return a;
+}
+
 }  // namespace detail
 
 // v5 buckets: top-p without top-k in THREE launches, v3's chunks and row state:
@@ -2548,10 +2561,7 @@ inline void sample_buckets(tensor_view<token_id, 1> out, tensor_view<const float
     if (!detail::buckets_apply(V, p))  // it checks the call itself
         return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
     if (!detail::check_sample_call(out, logits, p)) return;
-    splits = detail::split_count(B, V, splits);
-    detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
-    a.candidates = detail::bucket_candidates(B, V, stream);
-    a.candidate_capacity = detail::bucket_capacity(V);
+    const detail::split_args a = detail::bucket_call(out, logits, p, seed, step, stream_offset, splits, stream);
     const unsigned grid = detail::split_grid(B, splits);
     constexpr int T = detail::sampling_threads;
     launch(detail::sample_buckets_kernel<T, detail::split_max>, grid, T, 0, stream, a);
@@ -2573,10 +2583,7 @@ inline void sample_chained(tensor_view<token_id, 1> out, tensor_view<const float
     if (!detail::buckets_apply(V, p))  // it checks the call itself
         return sample_candidates(out, logits, p, seed, step, stream_offset, splits, check, stream);
     if (!detail::check_sample_call(out, logits, p)) return;
-    splits = detail::split_count(B, V, splits);
-    detail::split_args a = detail::split_call(out, logits, p, seed, step, stream_offset, splits, stream);
-    a.candidates = detail::bucket_candidates(B, V, stream);
-    a.candidate_capacity = detail::bucket_capacity(V);
+    const detail::split_args a = detail::bucket_call(out, logits, p, seed, step, stream_offset, splits, stream);
     const unsigned per_pass = detail::split_grid(B, splits);
     TINYLLM_EXPECT(per_pass < (1u << 31) / 3, "sample: B = ", B, " rows of ", splits, " blocks is too many");
     unsigned* counters = detail::chained_counters(detail::split_buffers(B, splits, stream), stream);
