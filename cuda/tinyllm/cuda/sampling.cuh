@@ -933,6 +933,38 @@ TINYLLM_DEVICE float from_order_key(std::uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Copies a row's listed candidates (n <= staged_candidate_max) into st, as
+// indices and order keys of z / T, with the lowest and highest key; returns how
+// many top bytes every key shares (4: all keys equal). Every thread of the
+// block calls it.
+template <int Threads>
+__device__ int stage_candidates(staged_candidates& st, const std::uint32_t* list, index_t n, const float* row,
+                                float T) {
+    if (threadIdx.x == 0) {
+        st.low = ~0u;
+        st.high = 0;
+    }
+    __syncthreads();
+    std::uint32_t low = ~0u, high = 0;
+    for (index_t e = threadIdx.x; e < n; e += Threads) {
+        const std::uint32_t i = __ldcg(&list[e]);
+        const std::uint32_t k = order_key(temperature_scaled(row[i], T));
+        st.index[e] = i;
+        st.key[e] = k;
+        low = k < low ? k : low;
+        high = k > high ? k : high;
+    }
+    low = ~warp_max(~low);  // the warp's lowest key
+    high = warp_max(high);
+    if (threadIdx.x % 32 == 0) {
+        atomicMin(&st.low, low);
+        atomicMax(&st.high, high);
+    }
+    __syncthreads();
+    const std::uint32_t differ = st.low ^ st.high;
+    return differ == 0 ? 4 : __clz(static_cast<int>(differ)) / 8;
+}
+
 // Every block of a row calls this once, after its atomics and stores: true in
 // the row's last block to arrive, which then sees every other block's work.
 __device__ inline bool split_arrive(split_row& r, int splits) {
@@ -1025,7 +1057,9 @@ __global__ void greedy_split_kernel(split_args a) {
 // The passes are one body, split_pass; v3 launches it as sample_split_kernel and
 // v5 as sample_buckets_kernel, two names so that a profiler can pick either
 // rung's kernels (Nsight Compute's -k matches the name without its template
-// arguments).
+// arguments). `block` is the block's number in the pass (blockIdx.x, or v7's
+// ticket); the result, the same in every thread of the block, says whether it
+// was its row's last block of the pass (v7 then raises the row's stage).
 template <int Threads, int Phase>
 __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, int sel, int shift) {
     const index_t b = block / a.splits, j = block % a.splits;
@@ -1296,34 +1330,8 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         // when every candidate is the same logit.
         __shared__ staged_candidates st;
         const bool staged = listed && n <= staged_candidate_max;  // uniform
-        std::uint32_t common = 0;
-        int common_bytes = 0;
-        if (staged) {
-            if (threadIdx.x == 0) {
-                st.low = ~0u;
-                st.high = 0;
-            }
-            __syncthreads();
-            std::uint32_t low = ~0u, high = 0;
-            for (index_t e = threadIdx.x; e < n; e += Threads) {
-                const std::uint32_t i = __ldcg(&list[e]);
-                const std::uint32_t k = order_key(temperature_scaled(row[i], T));
-                st.index[e] = i;
-                st.key[e] = k;
-                low = k < low ? k : low;
-                high = k > high ? k : high;
-            }
-            low = ~warp_max(~low);
-            high = warp_max(high);
-            if (threadIdx.x % 32 == 0) {
-                atomicMin(&st.low, low);
-                atomicMax(&st.high, high);
-            }
-            __syncthreads();
-            common = st.low;
-            const std::uint32_t differ = st.low ^ st.high;
-            common_bytes = differ == 0 ? 4 : __clz(static_cast<int>(differ)) / 8;
-        }
+        const int common_bytes = staged ? stage_candidates<Threads>(st, list, n, row, T) : 0;
+        const std::uint32_t common = staged ? st.low : 0u;
         auto candidate_index = [&](index_t e) -> index_t {
             return staged ? static_cast<index_t>(st.index[e]) : listed ? static_cast<index_t>(__ldcg(&list[e])) : e;
         };
