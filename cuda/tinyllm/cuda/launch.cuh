@@ -223,14 +223,22 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
 // stores, and fences, so that what they stored is visible from then on. The
 // other threads wait for it at a barrier and read those stores from L2
 // (__ldcg): their SM's L1 may hold a line from before. On a GPU a wait that
-// lasts about 17 s traps (a broken chain ends as an error, not a hang). The
-// simulator runs each block to its end before the next, so there the lower
-// tickets' work is done, and a wait that is not over is a deadlock: it traps
-// at once.
+// lasts about 17 s traps (a broken chain ends as an error, not a hang).
+//
+// The counter must count exactly the blocks the waiter needs, every one of a
+// lower ticket. The simulator runs each block to its end before the next, in
+// ticket order, so there every block the counter counts has signalled when the
+// wait begins, and the count must be `expected` exactly. Below it, some block
+// never signals: a deadlock, which traps at once instead of hanging. Above it,
+// the wait asks for fewer blocks than the counter counts: on a GPU it could
+// return while some of those are still storing what the waiter reads (an
+// off-by-one in `expected`, or a counter raised too early). Blocks that all end
+// before the wait hide such a race; the exact count does not.
 __device__ inline void wait_at_least(const unsigned* counter, unsigned expected) {
     const volatile unsigned* c = counter;
 #if defined(TINYLLM_SIMULATED_GPU)
-    if (*c < expected) __trap();
+    if (*c < expected) __trap();  // a deadlock: no lower ticket raises the count to `expected`
+    if (*c > expected) __trap();  // `expected` is lower than the blocks counted (see above)
 #else
     unsigned sleep = 32;
     long long polls = 0;
