@@ -482,6 +482,23 @@ __global__ void early_return_kernel(int* out, int n) {
     out[t] = s[n - 1 - t];
 }
 
+// A chain of ticket waits (launch.cuh: wait_at_least): the block holding ticket t
+// waits until t blocks have arrived, records its place, and arrives. `skew` moves
+// what every wait after the first asks for: -1 asks for one block fewer than came
+// before it (on a GPU, a wait that can return early), +1 for one that never comes.
+__global__ void ticket_chain_kernel(unsigned* counters, unsigned* order, int skew) {
+    __shared__ unsigned s_ticket;
+    if (threadIdx.x == 0) s_ticket = atomicAdd(&counters[0], 1u);
+    __syncthreads();
+    const unsigned t = s_ticket;
+    if (threadIdx.x == 0) {
+        tc::wait_at_least(&counters[1], t == 0 ? 0u : t + static_cast<unsigned>(skew));
+        order[t] = blockIdx.x;
+        tc::grid_fence();
+        atomicAdd(&counters[1], 1u);
+    }
+}
+
 // wgmma misuse: a product issued and never waited for; a descriptor with a swizzle
 // mode the simulator does not implement (0: none); an operand past the shared memory;
 // warp 1 of the warpgroup issuing a product with another B than the other warps;
@@ -675,6 +692,40 @@ TEST_CASE("synccheck: barriers and warp operations that cannot complete are faul
     tc::launch(early_return_kernel, 1, 64, 0, nullptr, out.data(), 40);
     TINYLLM_CUDA_CHECK_LAUNCH();
     CHECK(tc::to_host(out)[0] == 39);
+}
+
+TEST_CASE("a ticket wait must find exactly the count it awaits: one that asks for too few blocks traps",
+          "[cuda][sim][synccheck]") {
+    // Blocks run one at a time in ticket order here, so a wait begins after every
+    // block it counts has arrived. A wait for fewer (skew -1) passes at once as one
+    // for the right number does, and only the exact count tells them apart.
+    constexpr int blocks = 6;
+    tc::device_buffer<unsigned> counters(2), order(blocks);
+    REQUIRE(cudaMemset(counters.data(), 0, counters.bytes()) == cudaSuccess);
+    tc::launch(ticket_chain_kernel, blocks, 32, 0, nullptr, counters.data(), order.data(), 0);
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const auto c = tc::to_host(counters);
+    CHECK(c[0] == blocks);
+    CHECK(c[1] == blocks);
+    auto placed = tc::to_host(order);
+    std::sort(placed.begin(), placed.end());
+    for (int b = 0; b < blocks; ++b) CHECK(placed[static_cast<std::size_t>(b)] == static_cast<unsigned>(b));
+
+    std::string lines[2];
+    for (const int skew : {-1, 1}) {
+        tc::device_buffer<unsigned> counters2(2), order2(blocks);
+        REQUIRE(cudaMemset(counters2.data(), 0, counters2.bytes()) == cudaSuccess);
+        const std::string r = fault_report(
+            [&] { tc::launch(ticket_chain_kernel, blocks, 32, 0, nullptr, counters2.data(), order2.data(), skew); });
+        INFO(r);
+        CHECK(has(r, "trap error in kernel"));
+        CHECK(has(r, "thread (0,0,0)"));
+        const auto at = r.find("launch.cuh:");
+        REQUIRE(at != std::string::npos);
+        lines[skew > 0] = r.substr(at, r.find_first_not_of("0123456789", at + 11) - at);
+    }
+    // Too few and too many are told apart: two checks on two lines of launch.cuh.
+    CHECK(lines[0] != lines[1]);
 }
 
 TEST_CASE("device memory is tracked: bad pointers, sizes and directions are errors", "[cuda][sim][memory]") {
