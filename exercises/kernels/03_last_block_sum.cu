@@ -13,21 +13,24 @@
 // blocks count instead, and the LAST block to finish adds the partials:
 //   1. each block stores its sum in partials[blockIdx.x];
 //   2. it makes that store visible to the whole device, then waits for its threads:
-//      grid_fence() (launch.cuh: __threadfence(), quiet under the simulator's
-//      ThreadSanitizer build), then __syncthreads();
+//      grid_fence() (launch.cuh: __threadfence()), then __syncthreads();
 //   3. one thread adds 1 to *arrivals with atomicAdd, which returns the old value: the
-//      block that gets gridDim.x - 1 is the last, and tells its threads through a
-//      __shared__ flag (and another __syncthreads());
-//   4. the last block fences again, sums partials[0 .. gridDim.x - 1] (read them with
-//      __ldcg(p), which reads from L2: this block's L1 may hold a line from before
-//      another block wrote it), writes *out, and sets *arrivals back to 0, because the
-//      next launch starts from a zeroed counter.
+//      block that gets gridDim.x - 1 is the last. That thread fences again (the other
+//      blocks' stores are visible to it from there on; the PTX memory model wants this
+//      fence in the thread that did the atomic), then tells its threads through a
+//      __shared__ flag and another __syncthreads();
+//   4. the last block sums partials[0 .. gridDim.x - 1] (read them with __ldcg(p), which
+//      reads from L2: this block's L1 may hold a line from before another block wrote
+//      it), writes *out, and sets *arrivals back to 0 with atomicExch (a counter other
+//      blocks add to is only touched atomically), because the next launch starts from
+//      a zeroed counter.
 // The check calls grid_sum twice with the same counter: a counter left at gridDim.x makes
 // the second call never find its last block, and its out stays NaN. What it cannot catch
 // on the simulated GPU: there the blocks run one after another, so each block in turn is
 // the last so far, and a wrong test (say, old value == 0 with the reset in every "last"
 // block) still ends with the right sum. On a GPU, blocks run at the same time; reason
-// about that case.
+// about that case. (A missing fence it can catch, in its ThreadSanitizer build:
+// docs/simulator.md, racecheck between blocks.)
 //
 // Hint: every thread must reach every __syncthreads(), so only return after the flag is
 // read. (cuda/tinyllm/cuda/launch.cuh's last_block_to_arrive is this step 2-4; norm.cuh's v3

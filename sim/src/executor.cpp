@@ -11,9 +11,24 @@
 // with it) but not this file's own bookkeeping (compiled without it); what
 // orders two CUDA threads is announced to it here: a barrier is a release by
 // every arriving thread and an acquire by every leaving one; a block's
-// threads start after the launch (acquire) and the next block starts after
-// the previous one ended. Warp shuffles announce nothing: they exchange
-// registers, not memory.
+// threads start after the launch (acquire), and the launch ends after all of
+// them. Warp shuffles announce nothing: they exchange registers, not memory.
+//
+// Between blocks, ThreadSanitizer sees the order a GPU promises rather than
+// the one the simulator runs them in. Blocks take turns between two sets of
+// fibers, each with its own ThreadSanitizer identity, so a block is not
+// ordered after the block run just before it (it is after the one before
+// that, which ran on the same fibers); its barriers are new synchronisation
+// objects, and shared memory's history is forgotten at its start. What orders
+// two blocks is then only what orders them on a GPU: a fence (__threadfence)
+// makes what its thread did before it visible; an atomic write after fences
+// of its block's threads carries what they made visible to its address; a
+// thread that reads that address with an atomic and fences afterwards sees
+// it, and its block after the next barrier. A block that reads another's
+// stores without such a chain (no wait, no fence before the signal, a signal
+// before the barrier) is reported as a data race between the two blocks'
+// threads. (ThreadSanitizer stands in for the GPU's caches here: a store the
+// model does not order before a load is one a GPU may not show.)
 #include <tinyllm/sim/executor.hpp>
 #include <tinyllm/sim/fiber.hpp>
 #include "runtime_state.hpp"
@@ -29,6 +44,9 @@
 #include <cxxabi.h>
 #include <dlfcn.h>
 #include <elf.h>
+#include <link.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <fstream>
 #include <iterator>
 #include <exception>
@@ -52,6 +70,10 @@ void AnnotateIgnoreReadsBegin(const char* file, int line);
 void AnnotateIgnoreReadsEnd(const char* file, int line);
 void AnnotateIgnoreWritesBegin(const char* file, int line);
 void AnnotateIgnoreWritesEnd(const char* file, int line);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void AnnotateNewMemory(const char* file, int line, const volatile void* mem, unsigned long size);
 }
 #  define TSAN_ACQUIRE(p) __tsan_acquire(p)
 #  define TSAN_RELEASE(p) __tsan_release(p)
@@ -121,7 +143,8 @@ struct pending_copy {
 };
 
 struct sim_thread {
-    std::unique_ptr<fiber> f;
+    fiber* f = nullptr;  // the fiber running this thread's kernel: one of `fibers`
+    std::vector<std::unique_ptr<fiber>> fibers;
     thread_context ctx{};
     int linear = 0, lane = 0, warp = 0;
     state st = state::exited;
@@ -149,6 +172,8 @@ struct sim_thread {
     unsigned mbar_parity = 0;
     // named barrier wait
     int named = 0;
+    // racecheck: global addresses this thread used atomically since its last fence
+    std::vector<const void*> observed;
 };
 
 struct named_barrier_state {
@@ -255,6 +280,55 @@ std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& p
     return symbols;
 }
 
+#if defined(TINYLLM_SIM_TSAN)
+// Where the main program's __shared__ variables are: every function-local
+// static object without an initialiser (a `__shared__` array is a `static`
+// here, device_functions.hpp; its symbol starts with _ZZ, and it is in .bss),
+// merged into address ranges. The ranges hold
+// host code's function-local statics too, which lose only their race history
+// when a block starts.
+std::vector<std::pair<std::uintptr_t, std::size_t>> read_static_shared() {
+    std::vector<std::pair<std::uintptr_t, std::size_t>> spans;
+    std::ifstream in("/proc/self/exe", std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (file.size() < sizeof(Elf64_Ehdr) || std::memcmp(file.data(), ELFMAG, SELFMAG) != 0) return spans;
+    Elf64_Ehdr eh;
+    std::memcpy(&eh, file.data(), sizeof eh);
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_shoff + std::uint64_t{eh.e_shnum} * sizeof(Elf64_Shdr) > file.size())
+        return spans;
+    std::uintptr_t base = 0;  // where the program is loaded (position-independent executables)
+    if (eh.e_type == ET_DYN)
+        dl_iterate_phdr([](dl_phdr_info* info, std::size_t, void* out) { *static_cast<std::uintptr_t*>(out) = info->dlpi_addr; return 1; },
+                        &base);
+    std::vector<Elf64_Shdr> sections(eh.e_shnum);
+    std::memcpy(sections.data(), file.data() + eh.e_shoff, sections.size() * sizeof(Elf64_Shdr));
+    for (const Elf64_Shdr& sh : sections) {
+        if (sh.sh_type != SHT_SYMTAB || sh.sh_link >= sections.size()) continue;
+        const Elf64_Shdr& strings = sections[sh.sh_link];
+        if (sh.sh_offset + sh.sh_size > file.size() || strings.sh_offset + strings.sh_size > file.size()) continue;
+        for (std::uint64_t off = 0; off + sizeof(Elf64_Sym) <= sh.sh_size; off += sizeof(Elf64_Sym)) {
+            Elf64_Sym sym;
+            std::memcpy(&sym, file.data() + sh.sh_offset + off, sizeof sym);
+            if (ELF64_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_size == 0 || sym.st_name >= strings.sh_size) continue;
+            if (sym.st_shndx >= sections.size() || sections[sym.st_shndx].sh_type != SHT_NOBITS ||
+                (sections[sym.st_shndx].sh_flags & SHF_TLS))
+                continue;  // __shared__ arrays have no initialiser: .bss
+            if (std::strncmp(file.data() + strings.sh_offset + sym.st_name, "_ZZ", 3) != 0) continue;
+            spans.emplace_back(base + sym.st_value, sym.st_size);
+        }
+    }
+    std::sort(spans.begin(), spans.end());
+    std::vector<std::pair<std::uintptr_t, std::size_t>> merged;
+    for (const auto& [at, bytes] : spans) {
+        if (!merged.empty() && at <= merged.back().first + merged.back().second)
+            merged.back().second = std::max(merged.back().second, at + bytes - merged.back().first);
+        else
+            merged.emplace_back(at, bytes);
+    }
+    return merged;
+}
+#endif
+
 std::string kernel_name(const void* kernel) {
     static std::map<std::string, std::map<std::uintptr_t, std::string>> files;
     Dl_info info{};
@@ -350,6 +424,7 @@ public:
                             static_cast<unsigned>(b / (std::uint64_t{r.grid.x} * r.grid.y))};
             run_block(idx, threads);
         }
+        TSAN_ACQUIRE(&block_done_sync_);  // the host goes on after every block of the launch
         req_ = nullptr;
         if (fault_) state_fault();
     }
@@ -363,11 +438,11 @@ public:
         t.bop = op;
         t.predicate = predicate != 0;
         t.site = where;
-        TSAN_RELEASE(&barrier_sync_[t.barrier_generation & 1]);
+        TSAN_RELEASE(&sync_->barrier[t.barrier_generation & 1]);
         ++arrived_;
         if (arrived_ + exited_ == nthreads_) complete_barrier(&t);
         wait(t);
-        TSAN_ACQUIRE(&barrier_sync_[t.barrier_generation & 1]);
+        TSAN_ACQUIRE(&sync_->barrier[t.barrier_generation & 1]);
         ++t.barrier_generation;
         return t.barrier_result;
     }
@@ -389,12 +464,12 @@ public:
         if (!((mask >> t.lane) & 1u))
             thread_fault(t, "synccheck", std::string(op_name(op)) + " at " + where_text(where) + " is called by lane " +
                                              std::to_string(t.lane) + ", which its own mask " + hex(mask) + " does not name");
-        if (op == detail::warp_op::syncwarp) TSAN_RELEASE(&warp_sync_[t.warp][t.syncwarp_generation & 1]);
+        if (op == detail::warp_op::syncwarp) TSAN_RELEASE(&sync_->warp[t.warp][t.syncwarp_generation & 1]);
         ++warp_waiting_[static_cast<std::size_t>(t.warp)];
         if (!abandoning_) try_complete_warp(t);
         wait(t);
         if (op == detail::warp_op::syncwarp) {
-            TSAN_ACQUIRE(&warp_sync_[t.warp][t.syncwarp_generation & 1]);
+            TSAN_ACQUIRE(&sync_->warp[t.warp][t.syncwarp_generation & 1]);
             ++t.syncwarp_generation;
         }
     }
@@ -630,7 +705,7 @@ public:
                                                  std::to_string(b.expected) + " at " + where_text(b.site));
                 throw abandon_block{};
             }
-            TSAN_RELEASE(&named_sync_[id]);
+            TSAN_RELEASE(&sync_->named[id]);
             if (wait_for_it) {
                 t.st = state::at_named_barrier;
                 t.named = id;
@@ -644,7 +719,7 @@ public:
                 }
             }
             if (wait_for_it) wait(t);
-            TSAN_ACQUIRE(&named_sync_[id]);
+            TSAN_ACQUIRE(&sync_->named[id]);
         }
         if (!wait_for_it) schedule_point();
     }
@@ -765,7 +840,107 @@ public:
         schedule_point();
     }
 
+    // ---- ordering between blocks (racecheck builds; see the top of the file) ----
+    void device_fence() {
+#if defined(TINYLLM_SIM_TSAN)
+        if (!running_) return;
+        sanitizer_ignore ignore;  // the bookkeeping is the simulator's, not the kernel's
+        sim_thread& t = *running_;
+        for (const void* a : t.observed) TSAN_ACQUIRE(const_cast<void*>(a));  // an atomic read, then this fence
+        t.observed.clear();
+        TSAN_RELEASE(fence_sync_.get());  // what this thread did so far is visible to the device
+        block_fenced_ = true;
+#endif
+    }
+    void atomic_done(const void* address, bool wrote) {
+#if defined(TINYLLM_SIM_TSAN)
+        if (!running_ || in_shared_memory(address)) return;  // shared memory: the block's barriers order it
+        sanitizer_ignore ignore;
+        sim_thread& t = *running_;
+        if (std::find(t.observed.begin(), t.observed.end(), address) == t.observed.end()) {
+            if (t.observed.size() == 8) t.observed.erase(t.observed.begin());
+            t.observed.push_back(address);
+        }
+        if (wrote && block_fenced_) {
+            // The address receives what the block's fences made visible, not all this
+            // thread has done: the carrier identity has acquired nothing but them.
+            __tsan_switch_to_fiber(fence_carrier_, 1 /* __tsan_switch_to_fiber_no_sync */);
+            TSAN_ACQUIRE(fence_sync_.get());
+            TSAN_RELEASE(const_cast<void*>(address));
+            __tsan_switch_to_fiber(t.f->tsan_identity(), 1);
+        }
+#else
+        (void)address;
+        (void)wrote;
+#endif
+    }
+
 private:
+#if defined(TINYLLM_SIM_TSAN)
+    // A new block: its threads new ThreadSanitizer identities (ordered after the
+    // launch, not after earlier blocks), shared memory without a history, no fences.
+    void begin_block_ordering(unsigned threads) {
+        // ThreadSanitizer forgets the history of memory that is allocated or
+        // mapped anew (its malloc and mmap interceptors; GCC's AnnotateNewMemory
+        // does nothing): so the dynamic shared memory is a new allocation, and the
+        // pages of the __shared__ variables are mapped anew with their contents
+        // copied across.
+        if (!shared_.empty()) {
+            std::vector<unsigned char> fresh(shared_.size(), 0xff);
+            shared_.swap(fresh);
+        }
+        if (!static_shared_read_) {
+            static_shared_ = read_static_shared();
+            const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+            for (const auto& [at, bytes] : static_shared_) {
+                const std::uintptr_t first = at / page * page, end = (at + bytes + page - 1) / page * page;
+                if (!static_pages_.empty() && first <= static_pages_.back().first + static_pages_.back().second)
+                    static_pages_.back().second = std::max(static_pages_.back().second, end - static_pages_.back().first);
+                else
+                    static_pages_.emplace_back(first, end - first);
+            }
+            static_shared_read_ = true;
+        }
+        for (const auto [at, bytes] : static_pages_) {  // this object may be on those pages:
+            char* p = reinterpret_cast<char*>(at);  // nothing of it is used until the copy is back
+            const std::vector<char> page_copy(p, p + bytes);
+            if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
+                std::fprintf(stderr, "tinyllm simulator: cannot map the pages of __shared__ variables anew (mmap failed)\n");
+                std::abort();
+            }
+            // Byte by byte, calling nothing: the first page may also hold the end of
+            // .data, the procedure linkage table's addresses among it.
+            volatile char* to = p;
+            for (std::size_t i = 0; i < bytes; ++i) to[i] = page_copy[i];
+        }
+        // The blocks take turns between two sets of fibers (each fiber keeps its
+        // stack and its ThreadSanitizer identity), so a block is never ordered
+        // after the block run just before it, only after the one before that
+        // (the same fibers). Each further set would widen the check and slow
+        // every barrier: ThreadSanitizer's clocks grow with its identities.
+        const std::size_t g = blocks_started_++ % 2;
+        for (unsigned i = 0; i < threads; ++i) {
+            sim_thread& t = *pool_[i];
+            while (t.fibers.size() <= g) t.fibers.push_back(std::make_unique<fiber>(&executor::thread_main, &t, stack_bytes_));
+            t.f = t.fibers[g].get();
+        }
+        if (carriers_.size() <= g) carriers_.resize(g + 1, nullptr);
+        if (!carriers_[g]) carriers_[g] = __tsan_create_fiber(0);
+        fence_carrier_ = carriers_[g];
+        sync_ = std::make_unique<block_sync>();     // new addresses: no earlier block's barriers
+        fence_sync_ = std::make_unique<char[]>(1);  // nor fences
+        block_fenced_ = false;
+    }
+    bool in_shared_memory(const void* p) const {
+        const auto a = reinterpret_cast<std::uintptr_t>(p);
+        if (!shared_.empty() && a >= reinterpret_cast<std::uintptr_t>(shared_.data()) &&
+            a < reinterpret_cast<std::uintptr_t>(shared_.data()) + shared_.size())
+            return true;
+        auto it = std::upper_bound(static_shared_.begin(), static_shared_.end(), std::pair{a, ~std::size_t{0}});
+        return it != static_shared_.begin() && a < std::prev(it)->first + std::prev(it)->second;
+    }
+#endif
+
     schedule sched_;
     std::mt19937_64 rng_;
     std::size_t stack_bytes_ = 256 * 1024;
@@ -783,15 +958,32 @@ private:
     std::vector<std::vector<wgmma_signature>> wg_log_;     // per warpgroup: the products its warps landed
     std::vector<std::size_t> wg_landed_;                   // per warp: how many of them it landed
     named_barrier_state named_[16];
-    char named_sync_[16] = {};
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
     ready_queue ready_;
     bool fault_ = false, abandoning_ = false;
     std::string fault_text_;
-    // Addresses ThreadSanitizer treats as synchronisation objects.
-    char barrier_sync_[2] = {};
-    char warp_sync_[32][2] = {};
+    // Addresses ThreadSanitizer treats as synchronisation objects: the block's
+    // barriers (a new set for each block under ThreadSanitizer, since they order
+    // the block's own threads only), and the launch's start and end.
+    struct block_sync {
+        char barrier[2];
+        char warp[32][2];
+        char named[16];
+    };
+    std::unique_ptr<block_sync> sync_ = std::make_unique<block_sync>();
     char launch_sync_ = 0, block_done_sync_ = 0;
+#if defined(TINYLLM_SIM_TSAN)
+    // Ordering between blocks (see the top of the file): the running block's
+    // fences, a ThreadSanitizer identity that holds only them (to pass them to
+    // an atomic's address), and the __shared__ variables' addresses.
+    std::unique_ptr<char[]> fence_sync_;
+    void* fence_carrier_ = nullptr;
+    bool block_fenced_ = false;
+    std::vector<std::pair<std::uintptr_t, std::size_t>> static_shared_, static_pages_;
+    std::vector<void*> carriers_;  // one for each set of fibers
+    std::uint64_t blocks_started_ = 0;
+    bool static_shared_read_ = false;
+#endif
 
     void apply_schedule() {
         rng_.seed(sched_.seed);
@@ -828,7 +1020,9 @@ private:
             t->linear = static_cast<int>(pool_.size());
             t->copies.reserve(64);  // cp.async queues: no allocation while a block runs
             t->group_end.reserve(16);
-            t->f = std::make_unique<fiber>(&executor::thread_main, t.get(), stack_bytes_);
+            t->observed.reserve(8);
+            t->fibers.push_back(std::make_unique<fiber>(&executor::thread_main, t.get(), stack_bytes_));
+            t->f = t->fibers.back().get();
             pool_.push_back(std::move(t));
         }
     }
@@ -868,6 +1062,9 @@ private:
         ready_.reset(threads);
         // Shared memory is not initialised on a GPU: fill it with NaN bytes.
         if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
+#if defined(TINYLLM_SIM_TSAN)
+        begin_block_ordering(threads);
+#endif
         const dim3 bd = req_->block;
         for (unsigned i = 0; i < threads; ++i) {
             sim_thread& t = *pool_[i];
@@ -881,6 +1078,7 @@ private:
             t.group_end.clear();
             t.wgmma.clear();
             t.wgmma_group_end.clear();
+            t.observed.clear();
 #if defined(TINYLLM_SIM_TSAN)
             // ThreadSanitizer's reports name each access's thread by its fiber's name
             // (which it cuts at 63 characters: the kernel's short name goes last).
@@ -903,7 +1101,6 @@ private:
         }
         running_ = nullptr;
         detail::current = nullptr;
-        TSAN_ACQUIRE(&block_done_sync_);
         if (!fault_)
             for (std::size_t w = 0; w < wg_landed_.size(); ++w) {
                 const std::size_t g = w / 4, issued = g < wg_log_.size() ? wg_log_[g].size() : 0;
@@ -1472,6 +1669,8 @@ void device_fault(const char* check, const char* what, const void* address, cons
 void schedule_point() {
     if (random_schedule_active) ex().schedule_point();
 }
+void device_fence() { ex().device_fence(); }
+void atomic_done(const void* address, bool wrote) { ex().atomic_done(address, wrote); }
 void cp_async(void* dst, const void* src, int copy_bytes, int src_bytes, const std::source_location&) {
     ex().cp_async(dst, src, copy_bytes, src_bytes);
 }

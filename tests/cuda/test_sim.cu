@@ -468,7 +468,7 @@ __global__ void barrier_against_shuffle_kernel(int* out) {
 }
 __global__ void trap_kernel(int* out) {
     if (blockIdx.x == 2 && threadIdx.x == 3) __trap();
-    out[threadIdx.x] = 0;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = 0;
 }
 __global__ void bounds_kernel(tinyllm::tensor_view<int, 1> out) {
     out(static_cast<tinyllm::index_t>(threadIdx.x) + 1) = 0;  // one past the end in the last thread

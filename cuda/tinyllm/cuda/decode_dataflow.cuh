@@ -245,7 +245,7 @@ __device__ void dataflow_arrive(const dataflow_args<T>& a, const dataflow_block&
         grid_fence();  // the phase count before the done count
         if (atomicAdd(&a.counters[a.counter_done()], 1u) == a.total - 1) {
             grid_fence();
-            for (int i = 0; i <= a.counter_done(); ++i) a.counters[i] = 0;
+            for (int i = 0; i <= a.counter_done(); ++i) atomicExch(&a.counters[i], 0u);
         }
     }
 }

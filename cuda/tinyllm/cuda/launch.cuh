@@ -153,28 +153,30 @@ __device__ __forceinline__ T* dynamic_shared() {
 // CUDA's threadFenceReduction sample:
 //   * before counting, __threadfence() makes the block's stores visible to the
 //     whole device, and __syncthreads() waits for every thread of the block;
-//   * after winning, the last block fences again, and reads what others wrote
-//     from L2 (__ldcg, or atomics): its own L1 may hold a line it read before
-//     another block wrote it;
+//   * after winning, the thread that counted fences again before the barrier
+//     that tells its block: in the PTX memory model the fence that makes other
+//     blocks' stores visible (the acquire) must follow the atomic in the
+//     atomic's own thread; the barrier then passes that on to the block's other
+//     threads. (Each thread fencing after the barrier instead, as this function
+//     did first, is not such a pattern; the simulator's race check reports it.)
+//     The block then reads what others wrote from L2 (__ldcg, or atomics): its
+//     own L1 may hold a line it read before another block wrote it;
 //   * the counter must be zero at launch; the last block sets it back to zero
-//     for the next launch (the caller's business, after it is done with it).
+//     for the next launch (the caller's business, after it is done with it),
+//     with atomicExch: a counter other blocks add to is only touched
+//     atomically, else the reset is a data race with their adds in the PTX
+//     memory model (the simulator's race check reports it).
 
-// __threadfence(), except in the simulator under ThreadSanitizer: there the
-// fence (a C++ seq_cst fence) draws GCC's -Wtsan warning, an error in CI, and
-// it orders nothing anyway (the simulator runs blocks one after another).
-// It must stay a sequentially consistent fence (PTX fence.sc, what
+// __threadfence() (in the simulator under ThreadSanitizer, a note of what the
+// fence orders between blocks, which its race check then holds kernels to:
+// docs/simulator.md). It must stay a sequentially consistent fence (PTX fence.sc, what
 // __threadfence() is): in the pattern above each thread fences its own stores,
 // but the arrival is thread 0's atomic, after a barrier. The PTX memory model
 // orders the other threads' stores before that atomic only through the total
 // order of fence.sc; an acquire-release fence (fence.acq_rel) orders a thread's
 // own operations only, and the pattern would then need thread 0 to fence after
 // the barrier (cooperative groups' grid sync does it that way).
-__device__ __forceinline__ void grid_fence() {
-#if defined(TINYLLM_SIMULATED_GPU) && defined(__SANITIZE_THREAD__)
-#else
-    __threadfence();
-#endif
-}
+__device__ __forceinline__ void grid_fence() { __threadfence(); }
 
 // The GPU's clock in nanoseconds, read alike by every SM (%globaltimer; its
 // resolution depends on the GPU, a microsecond on some): for traces that
@@ -200,11 +202,13 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
     __shared__ int s_last;
     grid_fence();     // this thread's stores are visible device-wide ...
     __syncthreads();  // ... for every thread of the block, before the arrival is counted
-    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) s_last = atomicAdd(done, 1u) == blocks - 1;
-    __syncthreads();
-    const bool last = s_last != 0;
-    if (last) grid_fence();
-    return last;
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        const bool won = atomicAdd(done, 1u) == blocks - 1;
+        if (won) grid_fence();  // what the other blocks stored before counting is visible from here on ...
+        s_last = won;
+    }
+    __syncthreads();            // ... to every thread of this block
+    return s_last != 0;
 }
 
 // ---- waiting for earlier blocks of the same launch -------------------------
@@ -235,11 +239,12 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
 // off-by-one in `expected`, or a counter raised too early). Blocks that all end
 // before the wait hide such a race; the exact count does not.
 __device__ inline void wait_at_least(const unsigned* counter, unsigned expected) {
-    const volatile unsigned* c = counter;
 #if defined(TINYLLM_SIMULATED_GPU)
-    if (*c < expected) __trap();  // a deadlock: no lower ticket raises the count to `expected`
-    if (*c > expected) __trap();  // `expected` is lower than the blocks counted (see above)
+    const unsigned seen = ::tinyllm::sim::detail::atomic_load(counter);
+    if (seen < expected) __trap();  // a deadlock: no lower ticket raises the count to `expected`
+    if (seen > expected) __trap();  // `expected` is lower than the blocks counted (see above)
 #else
+    const volatile unsigned* c = counter;
     unsigned sleep = 32;
     long long polls = 0;
     while (*c < expected) {
@@ -251,6 +256,22 @@ __device__ inline void wait_at_least(const unsigned* counter, unsigned expected)
     grid_fence();
 }
 
+
+// A value other blocks of the launch change with atomics, read while they may
+// still be changing it (a hint such as sampling v6's published bound): a
+// relaxed atomic load (PTX ld.relaxed.gpu, from L2). A plain load there is a
+// data race in the PTX memory model, and the simulator's race check reports it.
+__device__ inline unsigned load_relaxed(const unsigned* p) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    return ::tinyllm::sim::detail::atomic_load(p);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#else
+    return *static_cast<const volatile unsigned*>(p);
+#endif
+}
 
 // ---- programmatic dependent launch (PDL) -----------------------------------
 //

@@ -820,7 +820,7 @@ struct residual_norm_epilogue {
         if (!last_block_to_arrive(arrivals, gridDim.x)) return;
         if (vectorized) normalize_rows<vector_width<T>>();
         else normalize_rows<1>();
-        if (threadIdx.x == 0) *arrivals = 0;  // for the next launch
+        if (threadIdx.x == 0) atomicExch(arrivals, 0u);  // for the next launch (a counter is only touched atomically)
     }
 };
 

@@ -1027,7 +1027,7 @@ __global__ void greedy_split_kernel(split_args a) {
     const bool row_bad = __ldcg(&r.bad) != 0;
     r.argmax = 0;
     r.bad = 0;
-    r.done = 0;
+    atomicExch(&r.done, 0u);  // a counter is only touched atomically
     if (row_bad || static_cast<std::uint32_t>(packed >> 32) == order_key(-INFINITY)) {
         a.status[b] = row_bad ? row_bad_logit : row_all_masked;
         a.out[b] = -1;
@@ -1106,7 +1106,7 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
             r.m = m;
             r.prefix = r.mask = r.lower = r.tau = 0;
             r.above = 0;
-            r.done = 0;
+            atomicExch(&r.done, 0u);
             s_usable = r.usable;
         }
         __syncthreads();
@@ -1153,7 +1153,7 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         }
         __syncthreads();
         if (threadIdx.x >= 32) return true;  // warp 0 picks the byte
-        if (threadIdx.x == 0) r.done = 0;
+        if (threadIdx.x == 0) atomicExch(&r.done, 0u);
         if (!usable) return true;
         std::uint64_t above = r.above, target = r.target, total = 0;
         if (shift == 24) {  // a selection's first byte: its target
@@ -1201,7 +1201,7 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         __shared__ index_t s_chunk;
         __shared__ unsigned long long s_t;
         if (threadIdx.x == 0) {
-            r.done = 0;
+            atomicExch(&r.done, 0u);
             s_chunk = -1;
             if (usable) {
                 std::uint64_t t = 0;
@@ -1244,7 +1244,7 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         }
         __syncthreads();
         if (threadIdx.x >= 32) return true;  // warp 0 picks the bucket
-        if (threadIdx.x == 0) r.done = 0;
+        if (threadIdx.x == 0) atomicExch(&r.done, 0u);
         if (!usable) return true;
         std::uint64_t unused = 0, total = 0, above = 0;
         (void)radix_pick_warp(hist, ~std::uint64_t{0}, unused, total);  // S: the sum of the buckets
@@ -1309,7 +1309,7 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         if (!split_arrive(r, a.splits)) return false;
         __shared__ unsigned s_n;
         if (threadIdx.x == 0) {
-            r.done = 0;
+            atomicExch(&r.done, 0u);
             s_n = __ldcg(&r.candidates);
             r.candidates = 0;
             r.prefix = 0;
@@ -1416,8 +1416,8 @@ __global__ void __launch_bounds__(Threads, 2) sample_chained_kernel(split_args a
     if (threadIdx.x == 0) {
         if (row_last) atomicExch(&r.stage, pass == 2 ? 0u : pass + 1);
         if (atomicAdd(&launch[1], 1u) == gridDim.x - 1) {
-            launch[0] = 0;
-            launch[1] = 0;
+            atomicExch(&launch[0], 0u);
+            atomicExch(&launch[1], 0u);
         }
     }
 }
@@ -1804,8 +1804,8 @@ __device__ __forceinline__ void finish_candidates(const candidate_args& c, index
         float m = 0.0f;
         s_usable = finish_row_max(r, b, a, m) ? 1 : 0;
         s_m = m;
-        r.done = 0;
-        r.bound = 0;
+        atomicExch(&r.done, 0u);
+        atomicExch(&r.bound, 0u);
     }
     __syncthreads();
     if (!s_usable) return;
@@ -1914,7 +1914,7 @@ __global__ void __launch_bounds__(Threads, 2) sample_filtered_kernel(candidate_a
         if (threadIdx.x % 32 == 0 && warp_top) atomicMax(&r.max_key, warp_top);
         // The best bound known: this block's, or a higher one another block of the row published.
         if (threadIdx.x == 0) {
-            const std::uint32_t published = __ldcg(&r.bound);
+            const std::uint32_t published = load_relaxed(&r.bound);  // other blocks may be raising it (launch.cuh)
             s_bound = published > bound ? published : bound;
         }
         __syncthreads();

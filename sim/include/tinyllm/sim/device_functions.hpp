@@ -83,9 +83,19 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location where =
     ::tinyllm::sim::detail::warp_collective(::tinyllm::sim::detail::warp_op::syncwarp, mask, nullptr, nullptr, 0, 32, where);
 }
 inline unsigned __activemask() { return ::tinyllm::sim::detail::active_mask(); }
+// Fences. Blocks run one after another here, so a fence has nothing to wait
+// for; under ThreadSanitizer (the racecheck preset) __threadfence() instead
+// tells it what the fence orders between blocks (executor.hpp, device_fence),
+// since ThreadSanitizer does not model a C++ fence (GCC's -Wtsan warns of it).
+#if defined(__SANITIZE_THREAD__)
+inline void __threadfence() { ::tinyllm::sim::detail::device_fence(); }
+inline void __threadfence_block() {}  // within a block: barriers order the threads here
+inline void __threadfence_system() { ::tinyllm::sim::detail::device_fence(); }
+#else
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+#endif
 [[noreturn]] inline void __trap(std::source_location where = std::source_location::current()) {
     ::tinyllm::sim::detail::trap(where);
 }
@@ -209,8 +219,25 @@ T atomic_update(T* address, F f) {
         const T updated = f(old);
         U new_bits;
         std::memcpy(&new_bits, &updated, sizeof(T));
-        if (__atomic_compare_exchange_n(p, &old_bits, new_bits, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) return old;
+        if (__atomic_compare_exchange_n(p, &old_bits, new_bits, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+#if defined(__SANITIZE_THREAD__)
+            atomic_done(address, true);
+#endif
+            return old;
+        }
     }
+}
+
+// A relaxed atomic load (what a `volatile` read of a flag is on a GPU), for
+// code that polls a counter other blocks raise.
+template <class T>
+T atomic_load(const T* address) {
+    schedule_point();
+    const T v = __atomic_load_n(address, __ATOMIC_RELAXED);
+#if defined(__SANITIZE_THREAD__)
+    atomic_done(address, false);
+#endif
+    return v;
 }
 }  // namespace tinyllm::sim::detail
 
@@ -247,6 +274,9 @@ T atomicCAS(T* address, T compare, T val) {
                   "atomicCAS on 2-, 4- and 8-byte integers");
     ::tinyllm::sim::detail::schedule_point();
     __atomic_compare_exchange_n(address, &compare, val, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+#if defined(__SANITIZE_THREAD__)
+    ::tinyllm::sim::detail::atomic_done(address, true);
+#endif
     return compare;  // the old value, whether or not the swap happened
 }
 

@@ -147,6 +147,16 @@ void* dynamic_shared_memory();
 void schedule_point();
 extern bool random_schedule_active;
 
+// Memory ordering between blocks, for ThreadSanitizer (racecheck builds only;
+// elsewhere these are not called). __threadfence() calls device_fence(); an
+// atomic on `address` calls atomic_done(address, wrote) after it. A block's
+// threads are ordered after another block's only through these: a fence makes
+// what its thread did before it visible to the device; an atomic write made
+// after fences carries what they made visible to `address`; a thread that
+// reads `address` with an atomic and then fences sees it (executor.cpp).
+void device_fence();
+void atomic_done(const void* address, bool wrote);
+
 // cp.async: queued per thread, landed by cp_async_wait (or when the thread returns).
 void cp_async(void* shared_dst, const void* global_src, int copy_bytes, int src_bytes,
               const std::source_location& where);

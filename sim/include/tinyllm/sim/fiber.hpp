@@ -40,6 +40,8 @@ public:
 
     // Name shown by ThreadSanitizer's reports for this fiber.
     void set_name(const char* name);
+    // ThreadSanitizer's identity for this fiber (null where it is not on).
+    void* tsan_identity() const { return tsan_fiber_; }
 
 private:
     void* sp_ = nullptr;              // saved stack pointer while suspended
