@@ -252,18 +252,19 @@ bool same_site(const std::source_location& a, const std::source_location& b) {
            (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
 
-// The function symbols of an ELF file (its full symbol table, which also
-// holds the functions dladdr cannot see: static ones and those in anonymous
-// namespaces), by address relative to where the file is loaded.
-std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& path) {
-    std::map<std::uintptr_t, std::string> symbols;
+// Calls f(symbol, name, sections) for every entry of an ELF file's full symbol
+// table (which also holds what dladdr cannot see: static functions and those in
+// anonymous namespaces, function-local statics); nothing when the file is not a
+// 64-bit ELF file. Returns the file's type (ET_EXEC, ET_DYN), or 0.
+template <class F>
+unsigned for_each_symbol(const std::string& path, F f) {
     std::ifstream in(path, std::ios::binary);
     const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (file.size() < sizeof(Elf64_Ehdr) || std::memcmp(file.data(), ELFMAG, SELFMAG) != 0) return symbols;
+    if (file.size() < sizeof(Elf64_Ehdr) || std::memcmp(file.data(), ELFMAG, SELFMAG) != 0) return 0;
     Elf64_Ehdr eh;
     std::memcpy(&eh, file.data(), sizeof eh);
     if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_shoff + std::uint64_t{eh.e_shnum} * sizeof(Elf64_Shdr) > file.size())
-        return symbols;
+        return 0;
     std::vector<Elf64_Shdr> sections(eh.e_shnum);
     std::memcpy(sections.data(), file.data() + eh.e_shoff, sections.size() * sizeof(Elf64_Shdr));
     for (const Elf64_Shdr& sh : sections) {
@@ -273,10 +274,20 @@ std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& p
         for (std::uint64_t off = 0; off + sizeof(Elf64_Sym) <= sh.sh_size; off += sizeof(Elf64_Sym)) {
             Elf64_Sym sym;
             std::memcpy(&sym, file.data() + sh.sh_offset + off, sizeof sym);
-            if (ELF64_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_name >= strings.sh_size) continue;
-            symbols.emplace(sym.st_value, std::string(file.data() + strings.sh_offset + sym.st_name));
+            if (sym.st_name >= strings.sh_size) continue;
+            f(sym, file.data() + strings.sh_offset + sym.st_name, sections);
         }
     }
+    return eh.e_type;
+}
+
+// The function symbols of an ELF file, by address relative to where the file
+// is loaded.
+std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& path) {
+    std::map<std::uintptr_t, std::string> symbols;
+    for_each_symbol(path, [&](const Elf64_Sym& sym, const char* name, const std::vector<Elf64_Shdr>&) {
+        if (ELF64_ST_TYPE(sym.st_info) == STT_FUNC) symbols.emplace(sym.st_value, std::string(name));
+    });
     return symbols;
 }
 
@@ -284,39 +295,23 @@ std::map<std::uintptr_t, std::string> read_function_symbols(const std::string& p
 // Where the main program's __shared__ variables are: every function-local
 // static object without an initialiser (a `__shared__` array is a `static`
 // here, device_functions.hpp; its symbol starts with _ZZ, and it is in .bss),
-// merged into address ranges. The ranges hold
-// host code's function-local statics too, which lose only their race history
-// when a block starts.
+// merged into address ranges. The ranges hold host code's function-local
+// statics too, which lose only their race history when a block starts.
 std::vector<std::pair<std::uintptr_t, std::size_t>> read_static_shared() {
     std::vector<std::pair<std::uintptr_t, std::size_t>> spans;
-    std::ifstream in("/proc/self/exe", std::ios::binary);
-    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (file.size() < sizeof(Elf64_Ehdr) || std::memcmp(file.data(), ELFMAG, SELFMAG) != 0) return spans;
-    Elf64_Ehdr eh;
-    std::memcpy(&eh, file.data(), sizeof eh);
-    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_shoff + std::uint64_t{eh.e_shnum} * sizeof(Elf64_Shdr) > file.size())
-        return spans;
+    const unsigned type = for_each_symbol("/proc/self/exe", [&](const Elf64_Sym& sym, const char* name,
+                                                                const std::vector<Elf64_Shdr>& sections) {
+        if (ELF64_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_size == 0 || std::strncmp(name, "_ZZ", 3) != 0) return;
+        if (sym.st_shndx >= sections.size() || sections[sym.st_shndx].sh_type != SHT_NOBITS ||
+            (sections[sym.st_shndx].sh_flags & SHF_TLS))
+            return;  // __shared__ arrays have no initialiser: .bss
+        spans.emplace_back(sym.st_value, sym.st_size);
+    });
     std::uintptr_t base = 0;  // where the program is loaded (position-independent executables)
-    if (eh.e_type == ET_DYN)
+    if (type == ET_DYN)
         dl_iterate_phdr([](dl_phdr_info* info, std::size_t, void* out) { *static_cast<std::uintptr_t*>(out) = info->dlpi_addr; return 1; },
                         &base);
-    std::vector<Elf64_Shdr> sections(eh.e_shnum);
-    std::memcpy(sections.data(), file.data() + eh.e_shoff, sections.size() * sizeof(Elf64_Shdr));
-    for (const Elf64_Shdr& sh : sections) {
-        if (sh.sh_type != SHT_SYMTAB || sh.sh_link >= sections.size()) continue;
-        const Elf64_Shdr& strings = sections[sh.sh_link];
-        if (sh.sh_offset + sh.sh_size > file.size() || strings.sh_offset + strings.sh_size > file.size()) continue;
-        for (std::uint64_t off = 0; off + sizeof(Elf64_Sym) <= sh.sh_size; off += sizeof(Elf64_Sym)) {
-            Elf64_Sym sym;
-            std::memcpy(&sym, file.data() + sh.sh_offset + off, sizeof sym);
-            if (ELF64_ST_TYPE(sym.st_info) != STT_OBJECT || sym.st_size == 0 || sym.st_name >= strings.sh_size) continue;
-            if (sym.st_shndx >= sections.size() || sections[sym.st_shndx].sh_type != SHT_NOBITS ||
-                (sections[sym.st_shndx].sh_flags & SHF_TLS))
-                continue;  // __shared__ arrays have no initialiser: .bss
-            if (std::strncmp(file.data() + strings.sh_offset + sym.st_name, "_ZZ", 3) != 0) continue;
-            spans.emplace_back(base + sym.st_value, sym.st_size);
-        }
-    }
+    for (auto& span : spans) span.first += base;
     std::sort(spans.begin(), spans.end());
     std::vector<std::pair<std::uintptr_t, std::size_t>> merged;
     for (const auto& [at, bytes] : spans) {
@@ -901,7 +896,7 @@ private:
             }
             static_shared_read_ = true;
         }
-        for (const auto [at, bytes] : static_pages_) {  // this object may be on those pages:
+        for (const auto& [at, bytes] : static_pages_) {  // this object may be on those pages:
             char* p = reinterpret_cast<char*>(at);  // nothing of it is used until the copy is back
             const std::vector<char> page_copy(p, p + bytes);
             if (mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
