@@ -858,7 +858,8 @@ public:
         }
         if (wrote && block_fenced_) {
             // The address receives what the block's fences made visible, not all this
-            // thread has done: the carrier identity has acquired nothing but them.
+            // thread has done: the carrier identity acquires nothing but fences (this
+            // block's, and those of the earlier blocks of its set of fibers).
             __tsan_switch_to_fiber(fence_carrier_, 1 /* __tsan_switch_to_fiber_no_sync */);
             TSAN_ACQUIRE(fence_sync_.get());
             TSAN_RELEASE(const_cast<void*>(address));
