@@ -860,7 +860,7 @@ public:
             // The address receives what the block's fences made visible, not all this
             // thread has done: the carrier identity acquires nothing but fences (this
             // block's, and those of the earlier blocks of its set of fibers).
-            __tsan_switch_to_fiber(fence_carrier_, 1 /* __tsan_switch_to_fiber_no_sync */);
+            __tsan_switch_to_fiber(fence_carriers_[fiber_set_], 1 /* __tsan_switch_to_fiber_no_sync */);
             TSAN_ACQUIRE(fence_sync_.get());
             TSAN_RELEASE(const_cast<void*>(address));
             __tsan_switch_to_fiber(t.f->tsan_identity(), 1);
@@ -873,18 +873,15 @@ public:
 
 private:
 #if defined(TINYLLM_SIM_TSAN)
-    // A new block: its threads new ThreadSanitizer identities (ordered after the
-    // launch, not after earlier blocks), shared memory without a history, no fences.
+    // A new block: its threads on the other set of fibers than the block before,
+    // shared memory without a history, new barriers, no fences.
     void begin_block_ordering(unsigned threads) {
         // ThreadSanitizer forgets the history of memory that is allocated or
         // mapped anew (its malloc and mmap interceptors; GCC's AnnotateNewMemory
-        // does nothing): so the dynamic shared memory is a new allocation, and the
-        // pages of the __shared__ variables are mapped anew with their contents
-        // copied across.
-        if (!shared_.empty()) {
-            std::vector<unsigned char> fresh(shared_.size(), 0xff);
-            shared_.swap(fresh);
-        }
+        // does nothing): so the dynamic shared memory is a new allocation (run_block
+        // fills it), and the pages of the __shared__ variables are mapped anew with
+        // their contents copied across.
+        if (!shared_.empty()) std::vector<unsigned char>(shared_.size()).swap(shared_);
         if (!static_shared_read_) {
             static_shared_ = read_static_shared();
             const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
@@ -914,15 +911,14 @@ private:
         // after the block run just before it, only after the one before that
         // (the same fibers). Each further set would widen the check and slow
         // every barrier: ThreadSanitizer's clocks grow with its identities.
-        const std::size_t g = blocks_started_++ % 2;
+        fiber_set_ = 1 - fiber_set_;
         for (unsigned i = 0; i < threads; ++i) {
             sim_thread& t = *pool_[i];
-            while (t.fibers.size() <= g) t.fibers.push_back(std::make_unique<fiber>(&executor::thread_main, &t, stack_bytes_));
-            t.f = t.fibers[g].get();
+            while (t.fibers.size() <= fiber_set_)
+                t.fibers.push_back(std::make_unique<fiber>(&executor::thread_main, &t, stack_bytes_));
+            t.f = t.fibers[fiber_set_].get();
         }
-        if (carriers_.size() <= g) carriers_.resize(g + 1, nullptr);
-        if (!carriers_[g]) carriers_[g] = __tsan_create_fiber(0);
-        fence_carrier_ = carriers_[g];
+        if (!fence_carriers_[fiber_set_]) fence_carriers_[fiber_set_] = __tsan_create_fiber(0);
         sync_ = std::make_unique<block_sync>();     // new addresses: no earlier block's barriers
         fence_sync_ = std::make_unique<char[]>(1);  // nor fences
         block_fenced_ = false;
@@ -969,15 +965,15 @@ private:
     std::unique_ptr<block_sync> sync_ = std::make_unique<block_sync>();
     char launch_sync_ = 0, block_done_sync_ = 0;
 #if defined(TINYLLM_SIM_TSAN)
-    // Ordering between blocks (see the top of the file): the running block's
-    // fences, a ThreadSanitizer identity that holds only them (to pass them to
-    // an atomic's address), and the __shared__ variables' addresses.
+    // Ordering between blocks (see the top of the file): the set of fibers the
+    // running block uses (0 or 1), its fences, for each set a ThreadSanitizer
+    // identity that acquires nothing but fences (to pass them to an atomic's
+    // address), and the __shared__ variables' addresses.
+    std::size_t fiber_set_ = 1;  // the first block takes set 0, which grow_pool made
     std::unique_ptr<char[]> fence_sync_;
-    void* fence_carrier_ = nullptr;
     bool block_fenced_ = false;
+    void* fence_carriers_[2] = {};
     std::vector<std::pair<std::uintptr_t, std::size_t>> static_shared_, static_pages_;
-    std::vector<void*> carriers_;  // one for each set of fibers
-    std::uint64_t blocks_started_ = 0;
     bool static_shared_read_ = false;
 #endif
 
@@ -1056,11 +1052,11 @@ private:
         for (auto& l : wg_log_) l.clear();
         wg_landed_.assign(warps, 0);
         ready_.reset(threads);
-        // Shared memory is not initialised on a GPU: fill it with NaN bytes.
-        if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
 #if defined(TINYLLM_SIM_TSAN)
         begin_block_ordering(threads);
 #endif
+        // Shared memory is not initialised on a GPU: fill it with NaN bytes.
+        if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
         const dim3 bd = req_->block;
         for (unsigned i = 0; i < threads; ++i) {
             sim_thread& t = *pool_[i];

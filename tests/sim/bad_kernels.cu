@@ -34,8 +34,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <iterator>
 #include <cstring>
+#include <iterator>
 
 namespace tc = tinyllm::cuda;
 

@@ -157,8 +157,8 @@ __device__ __forceinline__ T* dynamic_shared() {
 //     that tells its block: in the PTX memory model the fence that makes other
 //     blocks' stores visible (the acquire) must follow the atomic in the
 //     atomic's own thread; the barrier then passes that on to the block's other
-//     threads. (Each thread fencing after the barrier instead, as this function
-//     did first, is not such a pattern; the simulator's race check reports it.)
+//     threads. (Every thread fencing after the barrier instead is not such a
+//     pattern; the simulator's race check reports it.)
 //     The block then reads what others wrote from L2 (__ldcg, or atomics): its
 //     own L1 may hold a line it read before another block wrote it;
 //   * the counter must be zero at launch; the last block sets it back to zero
@@ -211,6 +211,22 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
     return s_last != 0;
 }
 
+// A value other blocks of the launch change with atomics, read while they may
+// still be changing it (a hint such as sampling v6's published bound): a
+// relaxed atomic load (PTX ld.relaxed.gpu, from L2). A plain load there is a
+// data race in the PTX memory model, and the simulator's race check reports it.
+__device__ inline unsigned load_relaxed(const unsigned* p) {
+#if defined(TINYLLM_SIMULATED_GPU)
+    return ::tinyllm::sim::detail::atomic_load(p);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+#else
+    return *static_cast<const volatile unsigned*>(p);
+#endif
+}
+
 // ---- waiting for earlier blocks of the same launch -------------------------
 //
 // A block may wait for other blocks of its own launch only if they are sure to
@@ -240,7 +256,7 @@ __device__ __forceinline__ bool last_block_to_arrive(unsigned* done, unsigned bl
 // before the wait hide such a race; the exact count does not.
 __device__ inline void wait_at_least(const unsigned* counter, unsigned expected) {
 #if defined(TINYLLM_SIMULATED_GPU)
-    const unsigned seen = ::tinyllm::sim::detail::atomic_load(counter);
+    const unsigned seen = load_relaxed(counter);
     if (seen < expected) __trap();  // a deadlock: no lower ticket raises the count to `expected`
     if (seen > expected) __trap();  // `expected` is lower than the blocks counted (see above)
 #else
@@ -256,22 +272,6 @@ __device__ inline void wait_at_least(const unsigned* counter, unsigned expected)
     grid_fence();
 }
 
-
-// A value other blocks of the launch change with atomics, read while they may
-// still be changing it (a hint such as sampling v6's published bound): a
-// relaxed atomic load (PTX ld.relaxed.gpu, from L2). A plain load there is a
-// data race in the PTX memory model, and the simulator's race check reports it.
-__device__ inline unsigned load_relaxed(const unsigned* p) {
-#if defined(TINYLLM_SIMULATED_GPU)
-    return ::tinyllm::sim::detail::atomic_load(p);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
-    unsigned v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-#else
-    return *static_cast<const volatile unsigned*>(p);
-#endif
-}
 
 // ---- programmatic dependent launch (PDL) -----------------------------------
 //
