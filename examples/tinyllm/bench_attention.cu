@@ -14,7 +14,9 @@
 //
 // attention_decode: B = 8 sequences, one new token each, against L = 32768
 // cached positions, H = 32 heads (MHA, as the PyTorch baseline), D = 128, bf16.
-// GB/s counts K and V read once: 2 * B * L * Hkv * D * 2 bytes.
+// Then the same with 8 KV heads (GQA, 4 query heads per KV head), rung 2 with 4
+// and with 8 query rows per block. GB/s counts K and V read once:
+// 2 * B * L * Hkv * D * 2 bytes.
 //
 // On the simulated GPU (docs/simulator.md) the same rows run on small shapes:
 //   attention   T = 256 (1 or 2 sequences, 2 or 4 heads), and T = 520 for the
@@ -261,7 +263,7 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
     }
 }
 
-TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16 (simulated GPU: B=2, L=1000, H=4)", 1) {
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16, then GQA with H/4 KV heads (simulated GPU: B=2, L=1000, H=4)", 1) {
     if (!ctx.gpu_available) return;
     const index_t L = ctx.size_or(32768, 1000);
     const index_t B = ctx.simulated_default() ? 2 : 8, H = ctx.simulated_default() ? 4 : 32;
@@ -275,6 +277,15 @@ TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cach
             [&] { tc::attention_decode_tiles<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv(), {}, workspace); }, bytes);
     add_row(ctx, d, "v3 flash (bf16, no split)", "v3_flash", "bf16", 2e-2, false,
             [&] { tc::attention_flash<tinyllm::bfloat16>(d.out(), d.qv(), d.kv(), d.vv()); }, bytes);
+    // GQA, 4 query heads per KV head (Llama 3, Mistral): 4 rows per block (what
+    // attention_decode picks) against the 8 rows per block it ran before, half of them empty.
+    attn_data<tinyllm::bfloat16> g({B, 1, L, H, H / 4, 128, false});
+    const double gqa_bytes = 2.0 * g.s.B * L * g.s.Hkv * g.s.D * sizeof(tinyllm::bfloat16);
+    add_row(ctx, g, "rung 2 GQA-4, 4 rows", "decode", "bf16", 2e-2, false,
+            [&] { tc::attention_decode<tinyllm::bfloat16>(g.out(), g.qv(), g.kv(), g.vv(), {}, workspace); }, gqa_bytes);
+    add_row(ctx, g, "rung 2 GQA-4, 8 rows", "decode_rows8", "bf16", 2e-2, false, [&] {
+        tc::attention_decode_warps<tinyllm::bfloat16, 8>(g.out(), g.qv(), g.kv(), g.vv(), {}, workspace);
+    }, gqa_bytes);
 }
 
 namespace {

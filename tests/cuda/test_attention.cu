@@ -279,9 +279,12 @@ TEST_CASE("attention decode, a long cache", "[cuda][attention][large]") {
 }
 
 TEST_CASE("attention decode rung 2 (warps) matches the float64 reference", "[cuda][attention]") {
-    // L = 1; group 1, 4, 8 (MQA); Tq > 1 (rows 12 and 32: several row passes); odd lengths.
-    const shape shapes[] = {{1, 1, 1, 1, 1, 64},    {2, 1, 333, 4, 4, 128}, {2, 1, 517, 8, 2, 64},
-                            {1, 1, 301, 8, 1, 128}, {1, 3, 150, 8, 2, 64},  {1, 2, 77, 16, 1, 64}};
+    // L = 1; group 1, 2, 4, 8 (MQA); Tq > 1 (rows 5: the 8-row kernel with 3 rows empty;
+    // 12 and 32: several row passes); odd lengths. Rows per KV head 1, 2, 4, 8, 5, 12, 32
+    // take the kernels for 1, 4 (2 and 4 rows) and 8 rows per block.
+    const shape shapes[] = {{1, 1, 1, 1, 1, 64},   {2, 1, 333, 4, 4, 128}, {2, 1, 517, 8, 2, 64},
+                            {2, 1, 200, 4, 2, 128}, {1, 1, 301, 8, 1, 128}, {1, 5, 90, 2, 2, 64},
+                            {1, 3, 150, 8, 2, 64},  {1, 2, 77, 16, 1, 64}};
     tc::attention_workspace workspace;
     std::uint64_t which = 33000;
     for (const auto& s : shapes)
@@ -306,6 +309,15 @@ TEST_CASE("attention decode rung 2 (warps) matches the float64 reference", "[cud
                 TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
                 TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode warps bf16 O");
             }
+    // Rows per block asked for: a GQA group of 4 in the 8-row kernel (what `tinyllm bench
+    // attention_decode` times against the automatic 4) and in four passes of the 1-row one.
+    problem<bfloat16> p({2, 1, 400, 8, 2, 128}, variants[2], which += 100);
+    p.dout.poison();
+    tc::attention_decode_warps<bfloat16, 8>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode warps bf16, 8 rows per block");
+    p.dout.poison();
+    tc::attention_decode_warps<bfloat16, 1>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, 3);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode warps bf16, 1 row per block");
 }
 
 TEST_CASE("attention decode rung 2 rejects what it cannot run; attention_decode falls back", "[cuda][attention][error]") {

@@ -255,6 +255,23 @@ void launch_decode_warps(const attention_args<T>& a, dim3 grid, int keys_per_spl
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
+// The kernel for rb rows per block: only RowsPerBlock's when it is fixed, so that a
+// caller asking for one size does not compile the other two.
+template <class T, int D, int RowsPerBlock>
+void launch_decode_warps_rows(int rb, const attention_args<T>& a, dim3 grid, int keys_per_split, int passes,
+                              float* part_o, float* part_ml, cudaStream_t stream) {
+    if constexpr (RowsPerBlock != 0) {
+        (void)rb;
+        launch_decode_warps<T, D, RowsPerBlock>(a, grid, keys_per_split, passes, part_o, part_ml, stream);
+    } else if (rb == 1) {
+        launch_decode_warps<T, D, 1>(a, grid, keys_per_split, passes, part_o, part_ml, stream);
+    } else if (rb == 4) {
+        launch_decode_warps<T, D, 4>(a, grid, keys_per_split, passes, part_o, part_ml, stream);
+    } else {
+        launch_decode_warps<T, D, 8>(a, grid, keys_per_split, passes, part_o, part_ml, stream);
+    }
+}
+
 }  // namespace detail
 
 // Rung 2: out (B, Tq, Hq, D) = attention of the Tq new queries q over k, v
@@ -262,7 +279,20 @@ void launch_decode_warps(const attention_args<T>& a, dim3 grid, int keys_per_spl
 // of this file). splits = 0 picks the number of key splits from the GPU size;
 // splits = n asks for n (fewer when the keys run out). Rejects what it cannot
 // run (head dims other than 64 and 128, unaligned K/V) with a tinyllm::error.
-template <class T>
+//
+// RowsPerBlock: the query rows a block holds in registers, 1, 4 or 8; 0 (the
+// default) picks the smallest of them that holds the Hq/Hkv * Tq rows of a KV
+// head, or 8 (several passes) past 8. Each row held costs a thread registers
+// (its q and o slices, m, l, its mask range) whether the KV head has that row
+// or not. nvcc 13.0, sm_90a, bf16, D = 64 or 128 (tools/kernel-resources):
+// 118-119 registers at 1 row (4 keys per load step), 142 at 4 rows and 255 at 8,
+// with 36 / 64 bytes spilled. That is 4, 3 and 2 blocks of 4 warps per SM.
+// Until the 4-row kernel existed, a GQA group of 4 (Llama 3, Mistral:
+// Hq/Hkv = 4) ran the 8-row one with half its rows empty: 8 warps per SM to
+// hide the latency of the K/V loads, and spills in the key loop. Expected: a
+// faster read of the cache on that shape, from 12 warps per SM instead of 8
+// and no spills (not measured: `tinyllm bench attention_decode` times both).
+template <class T, int RowsPerBlock = 0>
 void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                             std::type_identity_t<tensor_view<const T, 4>> k,
                             std::type_identity_t<tensor_view<const T, 4>> v, const attention_options& opts,
@@ -275,7 +305,9 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         TINYLLM_FAIL(op, ": ", why, " (attention_decode falls back to attention_decode_tiles)");
     TINYLLM_EXPECT(splits >= 0, op, ": splits = ", splits, " must be >= 0 (0: automatic)");
     if (out.size() == 0) return;
-    const int rb = rows_per_head == 1 ? 1 : 8;
+    static_assert(RowsPerBlock == 0 || RowsPerBlock == 1 || RowsPerBlock == 4 || RowsPerBlock == 8,
+                  "attention_decode_warps: RowsPerBlock is 0 (automatic), 1, 4 or 8");
+    const int rb = RowsPerBlock != 0 ? RowsPerBlock : rows_per_head == 1 ? 1 : rows_per_head <= 4 ? 4 : 8;
     const int passes = static_cast<int>(ceil_div<index_t>(rows_per_head, rb));
     const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
     const dim3 combine_grid = detail::checked_grid(
@@ -304,13 +336,8 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         part_ml = part_o + partials * a.D;
     }
     const int kps = static_cast<int>(per_split);
-    if (a.D == 64) {
-        if (rb == 1) detail::launch_decode_warps<T, 64, 1>(a, grid, kps, passes, part_o, part_ml, stream);
-        else detail::launch_decode_warps<T, 64, 8>(a, grid, kps, passes, part_o, part_ml, stream);
-    } else {
-        if (rb == 1) detail::launch_decode_warps<T, 128, 1>(a, grid, kps, passes, part_o, part_ml, stream);
-        else detail::launch_decode_warps<T, 128, 8>(a, grid, kps, passes, part_o, part_ml, stream);
-    }
+    if (a.D == 64) detail::launch_decode_warps_rows<T, 64, RowsPerBlock>(rb, a, grid, kps, passes, part_o, part_ml, stream);
+    else detail::launch_decode_warps_rows<T, 128, RowsPerBlock>(rb, a, grid, kps, passes, part_o, part_ml, stream);
     if (splits > 1) {
         launch_chained(detail::attention_decode_combine_kernel<T>, combine_grid, 128, 0, stream, a, splits, part_o,
                        part_ml);
