@@ -343,11 +343,13 @@ __global__ void __launch_bounds__(flash2_threads, MinBlocks) attention_flash2_ke
 // The kernel for one head dim, occupancy and kind of logit: the plain
 // instantiation (no soft-cap, no ALiBi: the logit is the dot product times the
 // scale) drops the general path's registers from the loop.
+// Two blocks per SM applies to the plain logit only: the general one (soft-cap,
+// ALiBi) under the same 128-register cap spilled 124 / 132 bytes a thread at
+// D = 64 (tools/kernel-resources, nvcc 13.0, sm_90a), so it keeps one block per SM.
 template <class T, int D, int BlocksPerSM>
 void launch_attention_flash2(const attention_args<T>& a, dim3 grid, std::size_t bytes, cudaStream_t stream) {
     const bool plain = !(a.softcap > 0.0f) && a.slopes == nullptr;
-    auto kernel = plain ? attention_flash2_kernel<T, D, BlocksPerSM, true>
-                        : attention_flash2_kernel<T, D, BlocksPerSM, false>;
+    auto kernel = plain ? attention_flash2_kernel<T, D, BlocksPerSM, true> : attention_flash2_kernel<T, D, 1, false>;
     set_shared_memory(kernel, bytes, "attention_flash2");
     launch(kernel, grid, flash2_threads, bytes, stream, a);
 }
@@ -358,9 +360,9 @@ void launch_attention_flash2(const attention_args<T>& a, dim3 grid, std::size_t 
 // recipe. T: tinyllm::bfloat16 or tinyllm::float16; head dims 64 and 128;
 // sm_80+. See the top of this file.
 //
-// BlocksPerSM = 2 (D = 64 only; D = 128 keeps one) compiles the kernel for two
-// 8-warp blocks per SM: registers capped at 128 a thread (65536 / 512), 48 bytes
-// spilled a thread at D = 64 (nvcc 13, sm_90, plain logits). Why try it: run D
+// BlocksPerSM = 2 (D = 64 and the plain logit only; D = 128, soft-cap and ALiBi
+// keep one) compiles the kernel for two 8-warp blocks per SM: registers capped at
+// 128 a thread (65536 / 512), 48 bytes spilled a thread (nvcc 13, sm_90). Why try it: run D
 // measured v5 at 0.60x PyTorch's flash kernel at D = 64 against 0.82x at
 // D = 128, and at D = 64 a K/V tile carries half the work between the same two
 // cp.async waits and barriers. With two blocks per SM one block's waits are
