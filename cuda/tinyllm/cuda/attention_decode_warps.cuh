@@ -292,6 +292,9 @@ void launch_decode_warps_rows(int rb, const attention_args<T>& a, dim3 grid, int
 // hide the latency of the K/V loads, and spills in the key loop. Expected: a
 // faster read of the cache on that shape, from 12 warps per SM instead of 8
 // and no spills (not measured: `tinyllm bench attention_decode` times both).
+// The 8-row kernel itself stops spilling with one key per key group and step
+// (U = 1: 252 registers), at half the loads in flight; which of the two is
+// faster for groups of 5 to 8 is for a GPU to say.
 template <class T, int RowsPerBlock = 0>
 void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                             std::type_identity_t<tensor_view<const T, 4>> k,
