@@ -300,6 +300,8 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
                             std::type_identity_t<tensor_view<const T, 4>> k,
                             std::type_identity_t<tensor_view<const T, 4>> v, const attention_options& opts,
                             attention_workspace& workspace, int splits = 0, cudaStream_t stream = nullptr) {
+    static_assert(RowsPerBlock == 0 || RowsPerBlock == 1 || RowsPerBlock == 4 || RowsPerBlock == 8,
+                  "attention_decode_warps: RowsPerBlock is 0 (automatic), 1, 4 or 8");
     const char* op = "attention_decode_warps";
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, op);
     detail::expect_decode_rows(a, op);
@@ -308,8 +310,6 @@ void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_v
         TINYLLM_FAIL(op, ": ", why, " (attention_decode falls back to attention_decode_tiles)");
     TINYLLM_EXPECT(splits >= 0, op, ": splits = ", splits, " must be >= 0 (0: automatic)");
     if (out.size() == 0) return;
-    static_assert(RowsPerBlock == 0 || RowsPerBlock == 1 || RowsPerBlock == 4 || RowsPerBlock == 8,
-                  "attention_decode_warps: RowsPerBlock is 0 (automatic), 1, 4 or 8");
     const int rb = RowsPerBlock != 0 ? RowsPerBlock : rows_per_head == 1 ? 1 : rows_per_head <= 4 ? 4 : 8;
     const int passes = static_cast<int>(ceil_div<index_t>(rows_per_head, rb));
     const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;
