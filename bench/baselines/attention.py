@@ -7,7 +7,7 @@ the tinyllm rows.
 
 attention: causal, 16k tokens of a 2048-wide model; TFLOP/s with
 FLOPs = 4*B*H*S*S*D / 2 (causal). attention_decode: one query per sequence,
-B=8, L=32768, H=32, D=128, no mask, then the same with 8 KV heads (GQA, enable_gqa);
+B=8, L=32768, H=32, D=128, no mask, then the same with 8 and 4 KV heads (GQA, enable_gqa);
 GB/s of K and V read (2*B*L*Hkv*D*2 bytes).
 attention_backward: causal, B=1 and 8, S=2048, H=16, D=128; the backward alone
 (torch.autograd.grad of the saved forward: dQ, dK, dV), TFLOP/s with 2.5x the
@@ -66,6 +66,7 @@ for B, S, H, D in [(8, 2048, 16, 128), (8, 2048, 32, 64), (2, 8192, 16, 128)]:
 B, L, H, D = 8, 32768, 32, 128
 run("attention_decode", B, 1, L, H, D, causal=False, bytes=2.0 * B * L * H * D * 2)
 run("attention_decode", B, 1, L, H, D, causal=False, bytes=2.0 * B * L * (H // 4) * D * 2, Hkv=H // 4)
+run("attention_decode", B, 1, L, H, D, causal=False, bytes=2.0 * B * L * (H // 8) * D * 2, Hkv=H // 8)
 
 for B in (1, 8):
     run("attention_backward", B, 2048, 2048, 16, 128, causal=True, backward=True)

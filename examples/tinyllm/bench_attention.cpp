@@ -74,7 +74,7 @@ TINYLLM_BENCH("attention", "causal attention, 16k tokens of a 2048-wide model (v
     ctx.rows.push_back(tiled_row(std::move(tiled_timing), max_abs_difference(tiled.values(), out.values()), 1e-4));
 }
 
-TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16, then GQA with H/4 KV heads (simulated GPU: B=2, L=1000, H=4)", 0) {
+TINYLLM_BENCH("attention_decode", "one new token per sequence, B=8, L=32768 cached, H=32, D=128, bf16, then GQA with H/4 and H/8 KV heads (simulated GPU: B=2, L=1000, H=4, and H=8 for H/8)", 0) {
     // The CPU reference decodes one sequence against a 4096-position cache.
     const index_t B = 1, L = 4096, H = 32, D = 128;
     const auto q = random_tensor({B, 1, H, D}, 4), k = random_tensor({B, L, H, D}, 5), v = random_tensor({B, L, H, D}, 6);

@@ -293,8 +293,12 @@ void launch_decode_warps_rows(int rb, const attention_args<T>& a, dim3 grid, int
 // faster read of the cache on that shape, from 12 warps per SM instead of 8
 // and no spills (not measured: `tinyllm bench attention_decode` times both).
 // The 8-row kernel itself stops spilling with one key per key group and step
-// (U = 1: 252 registers), at half the loads in flight; which of the two is
-// faster for groups of 5 to 8 is for a GPU to say.
+// (U = 1: 252 registers), at half the loads in flight. Groups of 5 to 8 could
+// also take the 4-row kernel in two passes: the cache read twice, the second
+// time mostly from L2 (both passes' blocks are neighbours in the grid), at 3
+// blocks per SM and no spills. Which is faster is for a GPU to say:
+// `tinyllm bench attention_decode` times the 8-row kernel against two passes
+// of the 4-row one on a group of 8 (rows decode and decode_rows4).
 template <class T, int RowsPerBlock = 0>
 void attention_decode_warps(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                             std::type_identity_t<tensor_view<const T, 4>> k,
