@@ -318,6 +318,16 @@ TEST_CASE("attention decode rung 2 (warps) matches the float64 reference", "[cud
     p.dout.poison();
     tc::attention_decode_warps<bfloat16, 1>(p.out(), p.qv(), p.kv(), p.vv(), p.device_opts(), workspace, 3);
     TINYLLM_REQUIRE_CLOSE(tc::to_host(p.dout), p.want_o, bf16_tol, "decode warps bf16, 1 row per block");
+    // A group of 8 in two passes of the 4-row kernel (`tinyllm bench attention_decode`'s
+    // decode_rows4): the second pass's heads too (their own ALiBi slopes), one split and several.
+    problem<bfloat16> g8({2, 1, 300, 16, 2, 64}, variants[3], which += 100);
+    for (int splits : {1, 4}) {
+        INFO("decode warps bf16, a group of 8 in two passes of 4 rows, splits " << splits);
+        g8.dout.poison();
+        tc::attention_decode_warps<bfloat16, 4>(g8.out(), g8.qv(), g8.kv(), g8.vv(), g8.device_opts(), workspace,
+                                                splits);
+        TINYLLM_REQUIRE_CLOSE(tc::to_host(g8.dout), g8.want_o, bf16_tol, "decode warps bf16, 4 rows per block");
+    }
 }
 
 TEST_CASE("attention decode rung 2 rejects what it cannot run; attention_decode falls back", "[cuda][attention][error]") {
