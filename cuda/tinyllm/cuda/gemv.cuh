@@ -55,7 +55,14 @@
 // Measured (H200, 2026-12-04, one row): 36.6 µs (1.83 TB/s) for gate + up +
 // SwiGLU against 34.1 µs for cuBLAS and the SwiGLU kernel; 13.6 against
 // 14.9 µs for QKV + RoPE + cache write (docs/gpu.md, run D). Half the copy
-// rate: the next step is more bytes in flight per warp.
+// rate, but not for want of loads in flight: at one row (SwiGLU's kernel: 89
+// registers, five blocks of 4 warps per SM) 20 warps x 4096 bytes ask for
+// 82 KB per SM while they wait, where about 18 KB hides the latency
+// (docs/cuda-primer.md, section 5).
+// Run D timed after an L2 flush by writing, which leaves up to 50 MB of dirty
+// lines for the timed kernel to write back (docs/gpu.md, "How we measure");
+// cuBLAS was as slow. The next measurement is the read flush's, and the
+// kernels' times inside a decode step (tinyllm bench model_breakdown).
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>        // detail::load_floats
