@@ -60,9 +60,10 @@
 // 82 KB per SM while they wait, where about 18 KB hides the latency
 // (docs/cuda-primer.md, section 5).
 // Run D timed after an L2 flush by writing, which leaves up to 50 MB of dirty
-// lines for the timed kernel to write back (docs/gpu.md, "How we measure");
-// cuBLAS was as slow. The next measurement is the read flush's, and the
-// kernels' times inside a decode step (tinyllm bench model_breakdown).
+// lines for the timed kernel to write back (docs/gpu.md, "How we measure"),
+// and cuBLAS, timed the same way, was at half the copy rate too. The next
+// measurements: after a read flush, and the kernels' times inside a decode
+// step (tinyllm bench model_breakdown).
 #pragma once
 
 #include <tinyllm/cuda/activation.cuh>        // detail::load_floats
