@@ -159,9 +159,12 @@ TEST_CASE("cuda::model on random models: the tensor-core prompt path, MoE, GPT-2
         const auto want = cpu_all_logits(host, seq);
         const std::string what = std::string(arch == model_arch::llama ? "llama" : arch == model_arch::mixtral ? "mixtral" : "gpt2") +
                                  " (random, 77 positions)";
-        // float: flash (v3) for the prompt; bf16: mma (v4, head dim 64).
+        // float: flash (v3) for the prompt; bf16: mma (v4, head dim 64). Mixtral in float may
+        // still route one token differently: the GPU sums the router's logits in another order,
+        // so a 2nd and 3rd expert within float rounding of each other can swap (seed
+        // 3198995154288795877: one position at 0.10 rel-L2, every other under 1e-5).
         require_positions_close(gpu_all_logits(tc::model<float>(host), seq), want, c.vocab_size, 1e-5,
-                                what + " float32");
+                                what + " float32", arch == model_arch::mixtral ? 1 : 0);
         // bf16 MoE: a token whose 2nd and 3rd experts are within bf16 rounding of each other may
         // be routed differently from the float reference (a legitimate flip, not an error), so a
         // few positions may exceed the bound there; the dense models must meet it everywhere.
@@ -192,7 +195,8 @@ TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logi
             REQUIRE(m.quantized());
             CHECK(m.weight_bytes() < dense_bytes);
             // The prompt: v1 (dequantize + cuBLAS) in float, the CPU's float accuracy.
-            require_positions_close(gpu_all_logits(m, seq), want, V, 1e-5, what + " float32 prompt");
+            require_positions_close(gpu_all_logits(m, seq), want, V, 1e-5, what + " float32 prompt",
+                                    arch == model_arch::mixtral ? 1 : 0);  // a routing swap, as above
             // Decoding, one token at a time: v2, the fused GEMV.
             auto s = m.new_session(1, 40);
             m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 9}));
