@@ -196,7 +196,7 @@ TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logi
             CHECK(m.weight_bytes() < dense_bytes);
             // The prompt: v1 (dequantize + cuBLAS) in float, the CPU's float accuracy.
             require_positions_close(gpu_all_logits(m, seq), want, V, 1e-5, what + " float32 prompt",
-                                    arch == model_arch::mixtral ? 1 : 0);  // a routing swap, as above
+                                    arch == model_arch::mixtral ? 1 : 0);  // a routing swap: see the random-model test
             // Decoding, one token at a time: v2, the fused GEMV.
             auto s = m.new_session(1, 40);
             m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 9}));
