@@ -199,18 +199,19 @@ TEST_CASE("cuda::model on quantized weights gives the quantized CPU model's logi
             // The prompt: v1 (dequantize + cuBLAS) in float, the CPU's float accuracy.
             require_positions_close(gpu_all_logits(m, seq), want, V, 1e-5, what + " float32 prompt",
                                     arch == model_arch::mixtral ? 1 : 0);  // a routing swap: see the random-model test
-            // Decoding, one token at a time: v2, the fused GEMV. Its router logits are a GEMV's,
-            // summed in yet another order, so Mixtral may swap a 2nd and 3rd expert here too, at
-            // a position of its own: one step is allowed, as for the prompt.
+            // Decoding, one token at a time: v2, the fused GEMV. A step's hidden state comes from
+            // other kernels than the prompt's (decode attention, the GEMVs), so its router logits
+            // round differently again, and Mixtral may swap a 2nd and 3rd expert at a position
+            // of its own: one step is allowed, as for the prompt.
             auto s = m.new_session(1, 40);
             m.forward(s, tensor_view<const tinyllm::token_id, 2>(seq.data(), {1, 9}));
-            std::vector<float> steps;  // (31, V)
+            std::vector<float> steps;  // (31, V): row p is token 9 + p
             for (index_t t = 9; t < 40; ++t) {
                 const auto one = host_rows(m.forward(s, tensor_view<const tinyllm::token_id, 2>(&seq[t], {1, 1})), 0, 1);
                 steps.insert(steps.end(), one.begin(), one.end());
             }
             require_positions_close(steps, std::vector<double>(want.begin() + 9 * V, want.end()), V, 1e-5,
-                                    what + " float32 decode steps 9..39", arch == model_arch::mixtral ? 1 : 0,
+                                    what + " float32 decode steps (position p: token 9 + p)", arch == model_arch::mixtral ? 1 : 0,
                                     tolerance{1e-4, 1e-4});
             // bfloat16: the prompt through v3 (tensor cores), within the dense bf16 model's bound
             // (and, for Mixtral, its allowance for routing flips: see the random-model test).
