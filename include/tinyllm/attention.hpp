@@ -330,22 +330,32 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
     const double softcap = opts.softcap ? *opts.softcap : 0.0;
     const attention_mask mask = tinyllm::detail::make_attention_mask(opts, Tq, Tk);
     std::vector<double> s(static_cast<std::size_t>(Tk));   // one row of scores, then of probabilities
+    std::vector<double> qi(static_cast<std::size_t>(D));   // one query row
     std::vector<double> o(static_cast<std::size_t>(D));    // one output row
+    // The keys and values one query head reads, (Tk, D) each: its K/V head's, read
+    // from k and v once per head instead of once per query row.
+    std::vector<double> kh(static_cast<std::size_t>(Tk * D)), vh(static_cast<std::size_t>(Tk * D));
+    const auto at = [D](index_t j, index_t d) { return static_cast<std::size_t>(j * D + d); };
 
     for (index_t b = 0; b < B; ++b) {
         const index_t length = tinyllm::detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
         for (index_t h = 0; h < Hq; ++h) {
             const index_t hkv = h / group;  // the key/value head this query head reads
             const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            for (index_t j = 0; j < Tk; ++j)
+                for (index_t d = 0; d < D; ++d) {
+                    kh[at(j, d)] = tinyllm::detail::attention_to_double(k(b, j, hkv, d));
+                    vh[at(j, d)] = tinyllm::detail::attention_to_double(v(b, j, hkv, d));
+                }
             for (index_t i = 0; i < Tq; ++i) {
                 const key_range keys = attention_visible_keys(mask, i, length);
                 const index_t pos = mask.query_position(i);
+                for (index_t d = 0; d < D; ++d) qi[static_cast<std::size_t>(d)] = tinyllm::detail::attention_to_double(q(b, i, h, d));
                 // 1. scores s_j = logit(q_i . k_j) for the visible keys, and their maximum
                 double row_max = -std::numeric_limits<double>::infinity();
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     double dot = 0.0;
-                    for (index_t d = 0; d < D; ++d)
-                        dot += tinyllm::detail::attention_to_double(q(b, i, h, d)) * tinyllm::detail::attention_to_double(k(b, j, hkv, d));
+                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * kh[at(j, d)];
                     s[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
                     row_max = std::max(row_max, s[static_cast<std::size_t>(j)]);
                 }
@@ -362,8 +372,7 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     const double p = s[static_cast<std::size_t>(j)] / sum;
                     s[static_cast<std::size_t>(j)] = p;
-                    for (index_t d = 0; d < D; ++d)
-                        o[static_cast<std::size_t>(d)] += p * tinyllm::detail::attention_to_double(v(b, j, hkv, d));
+                    for (index_t d = 0; d < D; ++d) o[static_cast<std::size_t>(d)] += p * vh[at(j, d)];
                 }
                 for (index_t d = 0; d < D; ++d) out(b, i, h, d) = tinyllm::detail::attention_from_double<T>(o[static_cast<std::size_t>(d)]);
                 if (probs.data() != nullptr)
@@ -431,12 +440,20 @@ void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<
     std::vector<double> gv(want_dv ? static_cast<std::size_t>(B * Tk * Hkv * D) : 0);
     std::vector<double> dots(static_cast<std::size_t>(Tk)), p(static_cast<std::size_t>(Tk));  // one row
     std::vector<double> qi(static_cast<std::size_t>(D)), doi(static_cast<std::size_t>(D)), o(static_cast<std::size_t>(D));
+    // The keys and values one query head reads, (Tk, D) each, as in the forward.
+    std::vector<double> kh(static_cast<std::size_t>(Tk * D)), vh(static_cast<std::size_t>(Tk * D));
+    const auto row = [D](index_t j, index_t d) { return static_cast<std::size_t>(j * D + d); };
 
     for (index_t b = 0; b < B; ++b) {
         const index_t length = tinyllm::detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
         for (index_t h = 0; h < Hq; ++h) {
             const index_t hkv = h / group;
             const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
+            for (index_t j = 0; j < Tk; ++j)
+                for (index_t d = 0; d < D; ++d) {
+                    kh[row(j, d)] = attention_to_double(k(b, j, hkv, d));
+                    vh[row(j, d)] = attention_to_double(v(b, j, hkv, d));
+                }
             for (index_t i = 0; i < Tq; ++i) {
                 const key_range keys = attention_visible_keys(mask, i, length);
                 if (keys.empty()) continue;  // output 0 in the forward: no gradient
@@ -449,7 +466,7 @@ void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<
                 double row_max = -std::numeric_limits<double>::infinity();
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     double dot = 0.0;
-                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * attention_to_double(k(b, j, hkv, d));
+                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * kh[row(j, d)];
                     dots[static_cast<std::size_t>(j)] = dot;
                     p[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
                     row_max = std::max(row_max, p[static_cast<std::size_t>(j)]);
@@ -460,8 +477,7 @@ void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<
                 std::fill(o.begin(), o.end(), 0.0);
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     p[static_cast<std::size_t>(j)] /= sum;
-                    for (index_t d = 0; d < D; ++d)
-                        o[static_cast<std::size_t>(d)] += p[static_cast<std::size_t>(j)] * attention_to_double(v(b, j, hkv, d));
+                    for (index_t d = 0; d < D; ++d) o[static_cast<std::size_t>(d)] += p[static_cast<std::size_t>(j)] * vh[row(j, d)];
                 }
                 double delta = 0.0;
                 for (index_t d = 0; d < D; ++d) delta += doi[static_cast<std::size_t>(d)] * o[static_cast<std::size_t>(d)];
@@ -470,11 +486,11 @@ void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     const double pj = p[static_cast<std::size_t>(j)];
                     double dp = 0.0;
-                    for (index_t d = 0; d < D; ++d) dp += doi[static_cast<std::size_t>(d)] * attention_to_double(v(b, j, hkv, d));
+                    for (index_t d = 0; d < D; ++d) dp += doi[static_cast<std::size_t>(d)] * vh[row(j, d)];
                     const double dz = pj * (dp - delta) * attention_logit_derivative(dots[static_cast<std::size_t>(j)], scale, softcap);
                     for (index_t d = 0; d < D; ++d) {
                         if (want_dv) gv[at(b, j, hkv, Tk, Hkv, D, d)] += pj * doi[static_cast<std::size_t>(d)];
-                        if (want_dq) gq[at(b, i, h, Tq, Hq, D, d)] += dz * attention_to_double(k(b, j, hkv, d));
+                        if (want_dq) gq[at(b, i, h, Tq, Hq, D, d)] += dz * kh[row(j, d)];
                         if (want_dk) gk[at(b, j, hkv, Tk, Hkv, D, d)] += dz * qi[static_cast<std::size_t>(d)];
                     }
                 }

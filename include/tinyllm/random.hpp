@@ -166,8 +166,15 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
     TINYLLM_EXPECT(out.is_contiguous(), "fill_uniform writes a contiguous tensor; got strides ",
                    to_string(out.strides()), " for shape ", to_string(out.shape()));
     TINYLLM_EXPECT(lo <= hi, "fill_uniform needs lo <= hi; got lo = ", lo, ", hi = ", hi);
+    // uniform_element(seed, i, lo, hi) for every i, one Philox block per four elements
+    // (element i is word i % 4 of stream 0's block i / 4) instead of one block per element.
     float* data = out.data();
-    for (index_t i = 0; i < out.size(); ++i) data[i] = uniform_element(seed, static_cast<std::uint64_t>(i), lo, hi);
+    const index_t n = out.size();
+    for (index_t i = 0; i < n; i += 4) {
+        const philox_counter w = philox_block(seed, 0, static_cast<std::uint64_t>(i) >> 2);
+        for (index_t j = 0; j < 4 && i + j < n; ++j)
+            data[i + j] = tinyllm::fma(hi - lo, uniform_float(w.v[j]), lo);
+    }
 }
 
 // out[i] = normal with the given mean and standard deviation, element i drawn
