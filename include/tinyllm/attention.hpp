@@ -335,7 +335,7 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
     // The keys and values one query head reads, (Tk, D) each: its K/V head's, read
     // from k and v once per head instead of once per query row.
     std::vector<double> kh(static_cast<std::size_t>(Tk * D)), vh(static_cast<std::size_t>(Tk * D));
-    const auto at = [D](index_t j, index_t d) { return static_cast<std::size_t>(j * D + d); };
+    const auto row = [D](index_t j, index_t d) { return static_cast<std::size_t>(j * D + d); };
 
     for (index_t b = 0; b < B; ++b) {
         const index_t length = tinyllm::detail::has_view(opts.key_lengths) ? opts.key_lengths(b) : Tk;
@@ -344,8 +344,8 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
             const double slope = tinyllm::detail::has_view(opts.alibi_slopes) ? opts.alibi_slopes(h) : 0.0;
             for (index_t j = 0; j < Tk; ++j)
                 for (index_t d = 0; d < D; ++d) {
-                    kh[at(j, d)] = tinyllm::detail::attention_to_double(k(b, j, hkv, d));
-                    vh[at(j, d)] = tinyllm::detail::attention_to_double(v(b, j, hkv, d));
+                    kh[row(j, d)] = tinyllm::detail::attention_to_double(k(b, j, hkv, d));
+                    vh[row(j, d)] = tinyllm::detail::attention_to_double(v(b, j, hkv, d));
                 }
             for (index_t i = 0; i < Tq; ++i) {
                 const key_range keys = attention_visible_keys(mask, i, length);
@@ -355,7 +355,7 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                 double row_max = -std::numeric_limits<double>::infinity();
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     double dot = 0.0;
-                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * kh[at(j, d)];
+                    for (index_t d = 0; d < D; ++d) dot += qi[static_cast<std::size_t>(d)] * kh[row(j, d)];
                     s[static_cast<std::size_t>(j)] = attention_logit(dot, scale, softcap, slope, pos, j);
                     row_max = std::max(row_max, s[static_cast<std::size_t>(j)]);
                 }
@@ -372,7 +372,7 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
                 for (index_t j = keys.begin; j < keys.end; ++j) {
                     const double p = s[static_cast<std::size_t>(j)] / sum;
                     s[static_cast<std::size_t>(j)] = p;
-                    for (index_t d = 0; d < D; ++d) o[static_cast<std::size_t>(d)] += p * vh[at(j, d)];
+                    for (index_t d = 0; d < D; ++d) o[static_cast<std::size_t>(d)] += p * vh[row(j, d)];
                 }
                 for (index_t d = 0; d < D; ++d) out(b, i, h, d) = tinyllm::detail::attention_from_double<T>(o[static_cast<std::size_t>(d)]);
                 if (probs.data() != nullptr)

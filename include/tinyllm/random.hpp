@@ -49,9 +49,16 @@
 
 namespace tinyllm {
 
+namespace detail {
+// lo + (hi - lo) * u for the uniform u of one random word: one fused multiply-add.
+TINYLLM_HOST_DEVICE float uniform_in(std::uint32_t bits, float lo, float hi) {
+    return tinyllm::fma(hi - lo, uniform_float(bits), lo);
+}
+}  // namespace detail
+
 // The value of element `i` of a tensor filled by fill_uniform(out, seed, lo, hi).
 TINYLLM_HOST_DEVICE float uniform_element(std::uint64_t seed, std::uint64_t i, float lo, float hi) {
-    return tinyllm::fma(hi - lo, philox_uniform(seed, 0, i), lo);
+    return detail::uniform_in(philox_bits(seed, 0, i), lo, hi);
 }
 
 namespace detail {
@@ -173,7 +180,7 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
     for (index_t i = 0; i < n; i += 4) {
         const philox_counter w = philox_block(seed, 0, static_cast<std::uint64_t>(i) >> 2);
         for (index_t j = 0; j < 4 && i + j < n; ++j)
-            data[i + j] = tinyllm::fma(hi - lo, uniform_float(w.v[j]), lo);
+            data[i + j] = tinyllm::detail::uniform_in(w.v[j], lo, hi);
     }
 }
 
