@@ -38,6 +38,7 @@
 #include "tensor_map.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -96,25 +97,31 @@ namespace {
 struct abandon_block {};
 
 // The ready threads, first in first out, in storage allocated once per block
-// size: the scheduler allocates nothing while a block runs.
+// size: the scheduler allocates nothing while a block runs. The ring's size is a
+// power of two, so that wrapping around is a mask, not a division.
 class ready_queue {
 public:
     void reset(std::size_t capacity) {
-        if (slots_.size() < capacity) slots_.resize(capacity);
+        if (slots_.size() < capacity) slots_.resize(std::bit_ceil(capacity));
         head_ = count_ = 0;
     }
     bool empty() const { return count_ == 0; }
     std::size_t size() const { return count_; }
-    void push_back(int i) { slots_[(head_ + count_++) % slots_.size()] = i; }
+    void push_back(int i) { slots_[(head_ + count_++) & (slots_.size() - 1)] = i; }
+    void push_front(int i) {
+        head_ = (head_ - 1) & (slots_.size() - 1);
+        slots_[head_] = i;
+        ++count_;
+    }
     int pop_front() {
         const int i = slots_[head_];
-        head_ = (head_ + 1) % slots_.size();
+        head_ = (head_ + 1) & (slots_.size() - 1);
         --count_;
         return i;
     }
     // Removes and returns the k-th queued thread (the random schedule's pick).
     int take(std::size_t k) {
-        const std::size_t at = (head_ + k) % slots_.size();
+        const std::size_t at = (head_ + k) & (slots_.size() - 1);
         std::swap(slots_[at], slots_[head_]);
         return pop_front();
     }
@@ -247,7 +254,7 @@ const char* barrier_name(detail::barrier_op op) {
     }
     return "__syncthreads";
 }
-bool same_site(const std::source_location& a, const std::source_location& b) {
+[[gnu::always_inline]] inline bool same_site(const std::source_location& a, const std::source_location& b) {
     return a.line() == b.line() && a.column() == b.column() &&
            (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
@@ -460,7 +467,7 @@ public:
             thread_fault(t, "synccheck", std::string(op_name(op)) + " at " + where_text(where) + " is called by lane " +
                                              std::to_string(t.lane) + ", which its own mask " + hex(mask) + " does not name");
         if (op == detail::warp_op::syncwarp) TSAN_RELEASE(&sync_->warp[t.warp][t.syncwarp_generation & 1]);
-        ++warp_waiting_[static_cast<std::size_t>(t.warp)];
+        warp_arrived_[static_cast<std::size_t>(t.warp)] |= 1u << t.lane;
         if (!abandoning_) try_complete_warp(t);
         wait(t);
         if (op == detail::warp_op::syncwarp) {
@@ -943,8 +950,8 @@ private:
     std::vector<unsigned char> shared_;
     sim_thread* running_ = nullptr;
     uint3 block_idx_{};
-    // Per warp: how many lanes wait at a warp operation, and which lanes have returned.
-    std::vector<int> warp_waiting_;
+    // Per warp: the lanes that wait at a warp operation, and those that have returned.
+    std::vector<unsigned> warp_arrived_;
     std::vector<unsigned> warp_exited_;
     std::map<std::uint32_t, mbarrier_state> mbarriers_;  // by shared-memory offset
     std::vector<std::vector<wgmma_signature>> wg_log_;     // per warpgroup: the products its warps landed
@@ -952,6 +959,7 @@ private:
     named_barrier_state named_[16];
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
     ready_queue ready_;
+    unsigned front_streak_ = 0;  // warp operations completed in the block (try_complete_warp)
     bool fault_ = false, abandoning_ = false;
     std::string fault_text_;
     // Addresses ThreadSanitizer treats as synchronisation objects: the block's
@@ -1043,9 +1051,10 @@ private:
         nthreads_ = static_cast<int>(threads);
         block_idx_ = block_idx;
         const std::size_t warps = (threads + 31) / 32;
-        warp_waiting_.assign(warps, 0);
+        warp_arrived_.assign(warps, 0u);
         warp_exited_.assign(warps, 0u);
         exited_ = arrived_ = 0;
+        front_streak_ = 0;
         abandoning_ = false;
         mbarriers_.clear();
         for (auto& b : named_) b = named_barrier_state{};
@@ -1153,10 +1162,12 @@ private:
     }
 
     // The running thread is never queued: wait() decides what it does next.
-    void make_ready(sim_thread& t) {
-        if (t.st == state::at_warp_op) --warp_waiting_[static_cast<std::size_t>(t.warp)];
+    void make_ready(sim_thread& t, bool first = false) {
+        if (t.st == state::at_warp_op) warp_arrived_[static_cast<std::size_t>(t.warp)] &= ~(1u << t.lane);
         t.st = state::ready;
-        if (&t != running_) ready_.push_back(t.linear);
+        if (&t == running_) return;
+        if (first) ready_.push_front(t.linear);
+        else ready_.push_back(t.linear);
     }
 
     void complete_barrier(sim_thread* last) {
@@ -1203,33 +1214,24 @@ private:
         block_fault("synccheck", m.str());
     }
 
-    // Complete t's warp operation if every lane of its mask is there.
+    // Complete t's warp operation if every lane of its mask is there. Called by
+    // each lane as it arrives; for a correct program the lanes' records are read
+    // once, by the last lane of the mask to arrive.
     void try_complete_warp(sim_thread& t) {
         const int base = t.warp * 32;
         const auto w = static_cast<std::size_t>(t.warp);
         const unsigned existing = nthreads_ - base >= 32 ? 0xffffffffu : (1u << (nthreads_ - base)) - 1u;
-        if ((t.mask & ~existing) == 0 && (t.mask & warp_exited_[w]) == 0 &&
-            warp_waiting_[w] < __builtin_popcount(t.mask))
-            return;  // some lanes of the mask have yet to arrive
+        if ((t.mask & ~existing) != 0 || (t.mask & warp_exited_[w]) != 0) {
+            bad_warp_mask(t, existing);
+            return;
+        }
+        if ((warp_arrived_[w] & t.mask) != t.mask) return;  // some lanes of the mask have yet to arrive
         sim_thread* lanes[32] = {};
-        for (int l = 0; l < 32; ++l) {
-            if (!((t.mask >> l) & 1u)) continue;
-            const int i = base + l;
-            if (i >= nthreads_) {
-                thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " +
-                                                 hex(t.mask) + " names lane " + std::to_string(l) +
-                                                 ", which does not exist (the block has " + std::to_string(nthreads_) +
-                                                 " threads)");
-                return;
-            }
-            sim_thread& u = *pool_[static_cast<std::size_t>(i)];
-            if (u.st == state::exited) {
-                thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " +
-                                                 hex(t.mask) + " names lane " + std::to_string(l) + " (thread " +
-                                                 coords(u.ctx.thread_idx) + "), which has already returned");
-                return;
-            }
-            if (u.st != state::at_warp_op || u.mask != t.mask) return;
+        for (unsigned m = t.mask; m != 0; m &= m - 1) {
+            const int l = std::countr_zero(m);
+            sim_thread& u = *pool_[static_cast<std::size_t>(base + l)];
+            // Every lane of the mask waits at a warp operation: it must be this one.
+            if (u.mask != t.mask) return;
             if (t.wop == detail::warp_op::syncwarp) {
                 if (u.wop != detail::warp_op::syncwarp) return;
             } else if (u.wop != t.wop || !same_site(u.site, t.site)) {
@@ -1238,11 +1240,33 @@ private:
             lanes[l] = &u;
         }
         combine(t.wop, lanes);
-        for (int l = 0; l < 32; ++l)
-            if (lanes[l]) {
-                lanes[l]->last_group = t.mask;
-                make_ready(*lanes[l]);
-            }
+        // The in-order schedule runs the warp's lanes next, in lane order, while
+        // their stacks are still in the cache, ahead of the threads queued before
+        // them; every 256th operation of a block sends them to the back instead, so
+        // that a warp spinning on a flag, with a warp operation in its loop, cannot
+        // keep the warp it waits for from running.
+        const bool first = !sched_.random && ++front_streak_ % 256 != 0;
+        for (unsigned m = t.mask; m != 0; m &= ~(1u << (31 - std::countl_zero(m)))) {
+            sim_thread& u = *lanes[31 - std::countl_zero(m)];
+            u.last_group = t.mask;
+            make_ready(u, first);
+        }
+    }
+
+    // t's mask names a lane that does not exist or has returned: the operation can never complete.
+    [[gnu::noinline, gnu::cold]] void bad_warp_mask(sim_thread& t, unsigned existing) {
+        const unsigned exited = t.mask & warp_exited_[static_cast<std::size_t>(t.warp)];
+        const int l = std::countr_zero(exited ? exited : t.mask & ~existing);  // the lowest such lane
+        if (!exited) {
+            thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " + hex(t.mask) +
+                                             " names lane " + std::to_string(l) + ", which does not exist (the block has " +
+                                             std::to_string(nthreads_) + " threads)");
+            return;
+        }
+        const sim_thread& u = *pool_[static_cast<std::size_t>(t.warp * 32 + l)];
+        thread_fault(t, "synccheck", std::string(op_name(t.wop)) + " at " + where_text(t.site) + ": mask " + hex(t.mask) +
+                                         " names lane " + std::to_string(l) + " (thread " + coords(u.ctx.thread_idx) +
+                                         "), which has already returned");
     }
 
     // Compute every participating lane's result of a warp operation.
@@ -1376,7 +1400,7 @@ public:
     const std::string& fault_text() const { return fault_text_; }
 };
 
-executor& ex() {
+[[gnu::always_inline]] inline executor& ex() {
     static executor e;
     return e;
 }

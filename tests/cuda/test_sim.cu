@@ -78,6 +78,30 @@ __global__ void warp_ops_kernel(int* out) {
 
 int shfl_up(int lane, int v, int d, int width) { return (lane % width) >= d ? v - 10 * d : v; }
 
+// Warp 0 waits for a flag that thread 32 raises, polling it with a shuffle in
+// the loop (lane 0 reads, the warp decides together). The warps of a block make
+// progress independently, so warp 1 must run while warp 0 polls: the simulator
+// may favour the lanes a warp operation released, but not forever. (Polls that
+// never end are cut at 100,000 and reported as 4, so that the test fails
+// rather than hangs.)
+__global__ void poll_flag_kernel(int* out) {
+    __shared__ int flag;
+    if (threadIdx.x == 0) atomicExch(&flag, 0);
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        int polls = 0;
+        for (;;) {
+            const int seen = __shfl_sync(0xffffffffu, threadIdx.x == 0 ? atomicAdd(&flag, 0) : 0, 0);
+            if (seen != 0) break;
+            if (++polls == 100000) break;  // warp 1 never ran: a hang, reported as 4 instead
+        }
+        out[threadIdx.x] = polls == 100000 ? 4 : polls > 0 ? 1 : 2;  // 2: the flag was up at the first look
+    } else {
+        if (threadIdx.x == 32) atomicExch(&flag, 1);
+        out[threadIdx.x] = 3;
+    }
+}
+
 }  // namespace
 
 // Every refusal below is cudaErrorInvalidValue: what the CUDA 13 runtime returned
@@ -194,6 +218,21 @@ void check_mma(std::uint64_t which) {
                           (tinyllm_test::tolerance{1e-5, 1e-5, 1e-6}), "ldmatrix + mma.sync m16n8k16");
 }
 }  // namespace
+
+TEST_CASE("a warp that polls a flag with a warp operation in its loop lets the other warps run", "[cuda][sim][warp]") {
+    tc::device_buffer<int> out(64);
+    out.poison();
+    tc::launch(poll_flag_kernel, 1, 64, 0, nullptr, out.data());
+    TINYLLM_CUDA_CHECK_LAUNCH();
+    const auto o = tc::to_host(out);
+    for (int t = 0; t < 64; ++t) {
+        INFO("thread " << t);
+        if (t < 32)
+            CHECK((o[static_cast<std::size_t>(t)] == 1 || o[static_cast<std::size_t>(t)] == 2));
+        else
+            CHECK(o[static_cast<std::size_t>(t)] == 3);
+    }
+}
 
 TEST_CASE("ldmatrix and mma.sync m16n8k16 compute A B + C", "[cuda][sim][mma]") {
     int device = 0, major = 0;
