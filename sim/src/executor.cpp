@@ -1226,11 +1226,19 @@ private:
             return;
         }
         if ((warp_arrived_[w] & t.mask) != t.mask) return;  // some lanes of the mask have yet to arrive
+        complete_warp(t);
+    }
+
+    // Every lane of t's mask waits at a warp operation: if it is the same one,
+    // compute the lanes' results and make them ready. Not inlined into the
+    // arrival path: the results' scratch space (a few kilobytes of stack, which
+    // AddressSanitizer poisons on every call) is needed only here.
+    [[gnu::noinline]] void complete_warp(sim_thread& t) {
+        const int base = t.warp * 32;
         sim_thread* lanes[32] = {};
         for (unsigned m = t.mask; m != 0; m &= m - 1) {
             const int l = std::countr_zero(m);
             sim_thread& u = *pool_[static_cast<std::size_t>(base + l)];
-            // Every lane of the mask waits at a warp operation: it must be this one.
             if (u.mask != t.mask) return;
             if (t.wop == detail::warp_op::syncwarp) {
                 if (u.wop != detail::warp_op::syncwarp) return;
