@@ -95,9 +95,11 @@ namespace {
 // Thrown into a thread's fiber to unwind it when its block is abandoned after a fault.
 struct abandon_block {};
 
-// The ready threads, first in first out, in storage allocated once per block
-// size: the scheduler allocates nothing while a block runs. The ring's size is a
-// power of two, so that wrapping around is a mask, not a division.
+// The ready threads, in the order they will run: first in, first out, except
+// that push_front queues a thread ahead of all the others. A ring in storage
+// allocated once per block size (the scheduler allocates nothing while a block
+// runs), whose size is a power of two, so that wrapping around is a mask, not a
+// division.
 class ready_queue {
 public:
     void reset(std::size_t capacity) {
@@ -984,7 +986,7 @@ private:
     named_barrier_state named_[16];
     int nthreads_ = 0, exited_ = 0, arrived_ = 0;
     ready_queue ready_;
-    unsigned front_streak_ = 0;  // warp operations completed in the block (try_complete_warp)
+    unsigned warp_ops_completed_ = 0;  // in the block so far (complete_warp)
     bool fault_ = false, abandoning_ = false;
     std::string fault_text_;
     // Addresses ThreadSanitizer treats as synchronisation objects: the block's
@@ -1079,7 +1081,7 @@ private:
         warp_arrived_.assign(warps, 0u);
         warp_exited_.assign(warps, 0u);
         exited_ = arrived_ = 0;
-        front_streak_ = 0;
+        warp_ops_completed_ = 0;
         abandoning_ = false;
         mbarriers_.clear();
         for (auto& b : named_) b = named_barrier_state{};
@@ -1278,7 +1280,7 @@ private:
         // them; every 256th operation of a block sends them to the back instead, so
         // that a warp spinning on a flag, with a warp operation in its loop, cannot
         // keep the warp it waits for from running.
-        const bool first = !sched_.random && ++front_streak_ % 256 != 0;
+        const bool first = !sched_.random && ++warp_ops_completed_ % 256 != 0;
         for (unsigned m = t.mask; m != 0; m &= ~(1u << (31 - std::countl_zero(m)))) {
             sim_thread& u = *lanes[31 - std::countl_zero(m)];
             u.last_group = t.mask;
