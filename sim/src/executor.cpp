@@ -110,7 +110,7 @@ public:
     std::size_t size() const { return count_; }
     void push_back(int i) { slots_[(head_ + count_++) & (slots_.size() - 1)] = i; }
     void push_front(int i) {
-        head_ = (head_ - 1) & (slots_.size() - 1);
+        head_ = (head_ - 1) & (slots_.size() - 1);  // from 0, the unsigned wrap-around lands on the last slot
         slots_[head_] = i;
         ++count_;
     }
@@ -139,6 +139,7 @@ private:
 // test's time); its statistics are ample for picking among ready threads.
 class schedule_rng {
 public:
+    // result_type, min and max: what std::shuffle (the blocks' order) asks of a generator.
     using result_type = std::uint64_t;
     static constexpr result_type min() { return 0; }
     static constexpr result_type max() { return ~result_type{0}; }
@@ -1281,11 +1282,11 @@ private:
         // that a warp spinning on a flag, with a warp operation in its loop, cannot
         // keep the warp it waits for from running.
         const bool first = !sched_.random && ++warp_ops_completed_ % 256 != 0;
-        for (unsigned m = t.mask; m != 0; m &= ~(1u << (31 - std::countl_zero(m)))) {
-            sim_thread& u = *lanes[31 - std::countl_zero(m)];
-            u.last_group = t.mask;
-            make_ready(u, first);
-        }
+        for (int l = 31; l >= 0; --l)  // the highest lane first: pushed to the front, lane 0 ends up ahead
+            if (sim_thread* u = lanes[l]) {
+                u->last_group = t.mask;
+                make_ready(*u, first);
+            }
     }
 
     // t's mask names a lane that does not exist or has returned: the operation can never complete.
