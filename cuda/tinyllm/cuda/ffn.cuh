@@ -141,12 +141,12 @@ void gemm(tensor_view<G, 2> c, tensor_view<const T, 2> a, tensor_view<const T, 2
     const gemm_operand ob = transposed_operand(b, op, "an operand");
     const gemm_operand oa = transposed_operand(a, op, "an operand");
     const float alpha = 1.0f;
-    TINYLLM_CUBLAS_CHECK(cublasSetStream(handle.get(), stream));
+    TINYLLM_CUBLAS_CHECK(detail::cublas_set_stream(handle.get(), stream));
     const observed_launch observed(nullptr, "cublasGemmEx", stream);  // launch.cuh: a timeline's span
-    TINYLLM_CUBLAS_CHECK(cublasGemmEx(handle.get(), ob.op, oa.op, checked_int(n, op, "n"), checked_int(m, op, "m"),
-                                      checked_int(k, op, "k"), &alpha, b.data(), cuda_data_type<T>(), ob.ld, a.data(),
-                                      cuda_data_type<T>(), oa.ld, &beta, c.data(), cuda_data_type<G>(), oc.ld,
-                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    TINYLLM_CUBLAS_CHECK(detail::cublas_gemm_ex(
+        handle.get(), ob.op, oa.op, checked_int(n, op, "n"), checked_int(m, op, "m"), checked_int(k, op, "k"), &alpha,
+        b.data(), cuda_data_type<T>(), ob.ld, a.data(), cuda_data_type<T>(), oa.ld, &beta, c.data(),
+        cuda_data_type<G>(), oc.ld, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // c (m, n) = 0, any strides (a gradient of an empty sum).
@@ -196,16 +196,15 @@ void linear(tensor_view<O, 2> out, detail::const_view<T, 2> x, detail::const_vie
     TINYLLM_EXPECT(ldb >= K && ldc >= N, op, ": rows of x or out overlap (row strides ", ldb, " and ", ldc, ")");
 
     const float alpha = 1.0f, beta = 0.0f;
-    TINYLLM_CUBLAS_CHECK(cublasSetStream(handle.get(), stream));
+    TINYLLM_CUBLAS_CHECK(detail::cublas_set_stream(handle.get(), stream));
     {
         const detail::observed_launch observed(nullptr, "cublasGemmEx", stream);  // launch.cuh: a timeline's span
-        TINYLLM_CUBLAS_CHECK(cublasGemmEx(handle.get(), op_a, CUBLAS_OP_N, detail::checked_int(N, op, "out_features"),
-                                          detail::checked_int(rows, op, "rows"),
-                                          detail::checked_int(K, op, "in_features"), &alpha, weight.data(),
-                                          cuda_data_type<T>(), detail::checked_int(lda, op, "lda"), x.data(),
-                                          cuda_data_type<T>(), detail::checked_int(ldb, op, "ldb"), &beta, out.data(),
-                                          cuda_data_type<O>(), detail::checked_int(ldc, op, "ldc"),
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        TINYLLM_CUBLAS_CHECK(detail::cublas_gemm_ex(
+            handle.get(), op_a, CUBLAS_OP_N, detail::checked_int(N, op, "out_features"),
+            detail::checked_int(rows, op, "rows"), detail::checked_int(K, op, "in_features"), &alpha, weight.data(),
+            cuda_data_type<T>(), detail::checked_int(lda, op, "lda"), x.data(), cuda_data_type<T>(),
+            detail::checked_int(ldb, op, "ldb"), &beta, out.data(), cuda_data_type<O>(),
+            detail::checked_int(ldc, op, "ldc"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     if constexpr (std::is_same_v<O, T>) {
         if (bias.size()) bias_activate<T>(out, out, bias, activation::identity, stream);

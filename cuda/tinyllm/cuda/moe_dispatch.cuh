@@ -625,7 +625,7 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     if (used == 0 || F == 0) return;
 
     const cublasHandle_t h = handle ? handle : workspace.handle();
-    TINYLLM_CUBLAS_CHECK(cublasSetStream(h, stream));
+    TINYLLM_CUBLAS_CHECK(detail::cublas_set_stream(h, stream));
     workspace.reserve<T>(static_cast<std::size_t>(used * F), stream);
     T* const gate = workspace.gate<T>();  // (used, F)
     T* const up = workspace.up<T>();      // (used, F)
@@ -635,8 +635,9 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
     // Row-major (m, n) is column-major (n, m): C^T (rows_out, m) = W (rows_out, K) · X^T (K, m).
     auto gemm = [&](int rows_out, int m, int k, const T* w, const T* x, T* y) {
         const detail::observed_launch observed(nullptr, "cublasGemmEx", stream);  // launch.cuh: a timeline's span
-        TINYLLM_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows_out, m, k, &one, w, type, k, x, type, k,
-                                          &zero, y, type, rows_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        TINYLLM_CUBLAS_CHECK(detail::cublas_gemm_ex(h, CUBLAS_OP_T, CUBLAS_OP_N, rows_out, m, k, &one, w, type, k, x,
+                                                    type, k, &zero, y, type, rows_out, CUBLAS_COMPUTE_32F,
+                                                    CUBLAS_GEMM_DEFAULT));
     };
     for (index_t e = 0; e < E; ++e) {
         const int m = counts[static_cast<std::size_t>(e)];
