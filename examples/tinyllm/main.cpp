@@ -67,12 +67,13 @@ TINYLLM_COMMAND("info", "version, build options and the GPUs found",
 
 // ---- tour ----------------------------------------------------------------------
 TINYLLM_COMMAND("tour", "a guided walk through what the library does",
-                "usage: tinyllm tour [--chapter NAME] [--list]\n\n"
+                "usage: tinyllm tour [--chapter NAME] [--train-steps N] [--list]\n\n"
                 "Walks through tinyllm on one sentence, printing what goes into each step and what\n"
                 "comes out, with shapes.\n\n"
-                "  --chapter NAME   run only this chapter\n"
-                "  --list           list the chapters\n") {
-    const auto a = parse_args(args, {"chapter"}, {"list"});
+                "  --chapter NAME     run only this chapter\n"
+                "  --train-steps N    steps of the training chapter (default 500, about a minute)\n"
+                "  --list             list the chapters\n") {
+    const auto a = parse_args(args, {"chapter", "train-steps"}, {"list"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     auto all = chapters();
     std::stable_sort(all.begin(), all.end(), [](const chapter& x, const chapter& y) { return x.order < y.order; });
@@ -83,7 +84,9 @@ TINYLLM_COMMAND("tour", "a guided walk through what the library does",
     const std::string only = a.get("chapter");
     if (!only.empty() && std::none_of(all.begin(), all.end(), [&](const chapter& c) { return c.name == only; }))
         throw usage_error("no chapter named '" + only + "' (tinyllm tour --list shows them)");
-    tour_context ctx{out, gpu_usable()};
+    const long long train_steps = a.get_int("train-steps", 500);
+    if (train_steps < 1) throw usage_error("--train-steps must be at least 1");
+    tour_context ctx{out, gpu_usable(), train_steps};
     out << "tinyllm tour — the sentence we follow through the library:\n\n    \"" << example_sentence << "\"\n";
     int number = 0;
     for (const auto& c : all) {

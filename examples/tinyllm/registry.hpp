@@ -32,6 +32,7 @@ inline constexpr const char* example_sentence =
 struct tour_context {
     std::ostream& out;
     bool gpu_available = false;  // a CUDA device is usable (chapters may show GPU results)
+    long long train_steps = 500;  // the training chapter's steps (tinyllm tour --train-steps)
 };
 struct chapter {
     int order;  // chapters run in increasing order: foundation 10, tokenize 20, positional 30, ...
