@@ -84,7 +84,7 @@ TINYLLM_COMMAND("tour", "a guided walk through what the library does",
     const std::string only = a.get("chapter");
     if (!only.empty() && std::none_of(all.begin(), all.end(), [&](const chapter& c) { return c.name == only; }))
         throw usage_error("no chapter named '" + only + "' (tinyllm tour --list shows them)");
-    const long long train_steps = a.get_int("train-steps", 500);
+    const long long train_steps = a.get_int("train-steps", tour_train_steps_default);
     if (train_steps < 1) throw usage_error("--train-steps must be at least 1");
     tour_context ctx{out, gpu_usable(), train_steps};
     out << "tinyllm tour — the sentence we follow through the library:\n\n    \"" << example_sentence << "\"\n";

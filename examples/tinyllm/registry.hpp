@@ -29,10 +29,12 @@ inline constexpr const char* example_sentence =
     "The tiger jumped out of a tree to get a drink because it was thirsty.";
 
 // ---- tour chapters ------------------------------------------------------------
+// The training chapter's steps unless `tinyllm tour --train-steps` says otherwise: about a minute.
+inline constexpr long long tour_train_steps_default = 500;
 struct tour_context {
     std::ostream& out;
     bool gpu_available = false;  // a CUDA device is usable (chapters may show GPU results)
-    long long train_steps = 500;  // the training chapter's steps (tinyllm tour --train-steps)
+    long long train_steps = tour_train_steps_default;  // the training chapter's steps
 };
 struct chapter {
     int order;  // chapters run in increasing order: foundation 10, tokenize 20, positional 30, ...

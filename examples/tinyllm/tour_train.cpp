@@ -66,7 +66,7 @@ TINYLLM_TOUR_CHAPTER(95, "train", "A model that learned: a minute of training on
     tinyllm::train_options o;
     o.batch = 16;
     o.context = 64;
-    o.steps = ctx.train_steps;  // 500 unless --train-steps says otherwise
+    o.steps = ctx.train_steps;
     o.lr = 3e-3;
     o.warmup = 20;
     o.seed = 7;
@@ -104,7 +104,8 @@ TINYLLM_TOUR_CHAPTER(95, "train", "A model that learned: a minute of training on
     for (char& ch : sample)
         if (ch == '\n') ch = ' ';
     out << "   " << sample << "\n\n";
-    if (o.steps >= 500) out << "   Words, verses, even the grammar of the King James Bible, from random weights in a minute.\n";
+    if (o.steps >= tour_train_steps_default)
+        out << "   Words, verses, even the grammar of the King James Bible, from random weights in a minute.\n";
     out << "   `tinyllm train` trains the larger default model (about 8 minutes; `tinyllm generate` then\n"
            "   uses it), saves it as Hugging Face does, and resumes after Ctrl-C.\n";
     out.unsetf(std::ios::fixed);

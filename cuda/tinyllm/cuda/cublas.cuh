@@ -4,7 +4,8 @@
 // tinyllm writes its own element-wise and reduction kernels, but leaves dense
 // matrix products to cuBLAS: a GEMM that reaches the tensor cores' peak is a
 // project of its own, and the MLP's interesting part for us is the work
-// *between* the products (see ffn.cuh). Three things make cuBLAS safe to use:
+// *between* the products (see ffn.cuh). Two things make cuBLAS safe to use,
+// and a third keeps it from costing programs that never call it:
 //
 //   * cublas_handle owns a cublasHandle_t (created in the constructor,
 //     destroyed in the destructor, move-only), so no handle leaks on an
@@ -18,9 +19,9 @@
 //   * the library is opened (dlopen) by the first call that needs it, not when
 //     the program starts. cuBLAS brings cuBLASLt, half a gigabyte of library
 //     whose start-up code touches about 100 MB of memory and takes 0.1 to 0.3 s
-//     (this project's 2-core development machine); linked as usual, every program that includes
-//     these headers paid that at start, also `tinyllm tokenize` and a test
-//     program that finds no GPU and stops. detail::cublas() looks the six entry
+//     (on this project's 2-core development machine); linked as usual, every
+//     program that includes these headers paid that at start, also `tinyllm
+//     tokenize` and a test program that finds no GPU and stops. detail::cublas() looks the six entry
 //     points tinyllm calls up once, by their exported names (cublasCreate_v2,
 //     ...): first in libcublas.so.<major of the headers> on the loader's path,
 //     then in the toolkit's library folder the build found (TINYLLM_CUBLAS_DIR,
