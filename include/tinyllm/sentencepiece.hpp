@@ -203,7 +203,7 @@ struct string_hash {
 };
 
 inline void replace_all(std::string& s, std::string_view from, std::string_view to) {
-    if (from.empty()) return;
+    if (from.empty() || s.find(from) == std::string::npos) return;
     std::string out;
     out.reserve(s.size());
     std::size_t at = 0;
@@ -250,13 +250,16 @@ public:
                                    const std::vector<std::pair<token_id, token_id>>& merges,
                                    sentencepiece_options options) {
         sentencepiece_model m(sentencepiece_kind::bpe, std::move(pieces), {}, std::move(options));
+        m.merges_.reserve(merges.size());
+        std::string joined;  // one buffer for every pair's concatenation
         for (std::size_t rank = 0; rank < merges.size(); ++rank) {
             const auto [a, b] = merges[rank];
             TINYLLM_EXPECT(m.contains(a) && m.contains(b), "merge ", rank, " (", a, ", ", b,
                            ") names an id outside the vocabulary of ", m.size(), " pieces");
-            const auto merged = m.find(m.piece(a) + m.piece(b));
-            TINYLLM_EXPECT(merged.has_value(), "merge ", rank, " \"", m.piece(a), "\" + \"", m.piece(b),
-                           "\" makes \"", m.piece(a) + m.piece(b), "\", which is not a piece of the vocabulary");
+            joined.assign(m.piece(a)).append(m.piece(b));
+            const auto merged = m.find(joined);
+            TINYLLM_EXPECT(merged.has_value(), "merge ", rank, " \"", m.piece(a), "\" + \"", m.piece(b), "\" makes \"",
+                           joined, "\", which is not a piece of the vocabulary");
             // The first listing of a pair wins (a later duplicate would have a worse rank).
             m.merges_.try_emplace(pair_key(a, b), merge_info{static_cast<std::uint32_t>(rank), *merged});
         }
@@ -427,6 +430,7 @@ private:
                        pieces_.size());
         decoded_.resize(pieces_.size());
         byte_of_.assign(pieces_.size(), -1);
+        ids_.reserve(pieces_.size());
         for (std::size_t id = 0; id < pieces_.size(); ++id) {
             const std::string& p = pieces_[id];
             TINYLLM_EXPECT(!p.empty(), "piece ", id, " is empty");
