@@ -1,15 +1,11 @@
-// tests/support/cuda_main.cpp — the main() of every CUDA test program.
+// tests/support/cuda_main.cpp — the main() of every CUDA test program (Catch2 itself is in
+// session.cpp).
 //
 // Without a usable GPU the program prints why and exits with code 77, which
 // CTest reports as "skipped" (SKIP_RETURN_CODE 77 in tests/CMakeLists.txt):
 // not passed, because nothing was checked, and not failed, because nothing
 // is wrong. Listing the tests (--list-tests) works without a GPU.
-#if __has_include(<catch2/catch_all.hpp>)
-#  include <catch2/catch_session.hpp>
-#else
-#  define CATCH_CONFIG_RUNNER
-#  include <catch2/catch.hpp>
-#endif
+#include "session.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -29,5 +25,5 @@ int main(int argc, char* argv[]) {
                     code != cudaSuccess ? cudaGetErrorString(code) : "the CUDA runtime found none");
         return 77;
     }
-    return Catch::Session().run(argc, argv);
+    return tinyllm_test::run_tests(argc, argv);
 }
