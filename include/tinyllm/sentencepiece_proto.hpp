@@ -448,7 +448,6 @@ public:
                 all.reserve(n);
                 for (std::size_t id = 0; id < n; ++id) all.emplace(proto_.pieces[id].text, static_cast<token_id>(id));
                 std::vector<std::pair<token_id, token_id>> merges;
-                merges.reserve(2 * order.size());
                 for (const token_id id : order) {
                     const std::string_view t = proto_.pieces[std::size_t(id)].text;
                     for (std::size_t cut = detail::char_length(t, 0); cut < t.size();

@@ -21,9 +21,9 @@
 //     whose start-up code touches about 100 MB of memory and takes 0.1 to 0.3 s
 //     (on this project's 2-core development machine); linked as usual, every
 //     program that includes these headers paid that at start, also `tinyllm
-//     tokenize` and a test program that finds no GPU and stops. detail::cublas() looks the six entry
-//     points tinyllm calls up once, by their exported names (cublasCreate_v2,
-//     ...): first in libcublas.so.<major of the headers> on the loader's path,
+//     tokenize` and a test program that finds no GPU and stops. detail::cublas()
+//     looks the six entry points tinyllm calls up once, by their exported names
+//     (cublasCreate_v2, ...): first in libcublas.so.<major of the headers> on the loader's path,
 //     then in the toolkit's library folder the build found (TINYLLM_CUBLAS_DIR,
 //     set by tinyllm::cuda). A cuBLAS that cannot be found is a tinyllm::error
 //     saying where it was looked for. On the simulated GPU the entry points are
