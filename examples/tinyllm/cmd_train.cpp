@@ -20,6 +20,7 @@
 
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -95,6 +96,26 @@ std::string json_escape(std::string_view s) {
         } else out += c;
     }
     return out;
+}
+
+// The run's numeric options, checked with the names of their flags before any
+// work is done (cpu::trainer checks them again: expect_train_options).
+void check_run_flags(const tinyllm::train_options& o) {
+    const auto got = [](auto v) {
+        std::ostringstream s;
+        s << ", got " << v;
+        return s.str();
+    };
+    if (o.batch < 1) throw usage_error("--batch must be at least 1" + got(o.batch));
+    if (o.context < 1) throw usage_error("--context must be at least 1" + got(o.context));
+    if (o.steps < 1) throw usage_error("--steps must be at least 1" + got(o.steps));
+    if (!(std::isfinite(o.lr) && o.lr > 0)) throw usage_error("--lr must be a positive number" + got(o.lr));
+    if (o.warmup < 0) throw usage_error("--warmup must not be negative" + got(o.warmup));
+    if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
+        throw usage_error("--weight-decay must be a number >= 0" + got(o.weight_decay));
+    if (!(std::isfinite(o.clip) && o.clip >= 0))
+        throw usage_error("--clip must be a number >= 0 (0: no clipping)" + got(o.clip));
+    if (o.eval_batches < 1) throw usage_error("--eval-batches must be at least 1" + got(o.eval_batches));
 }
 
 // The options that shape the model and the run, and their defaults: the
@@ -287,6 +308,14 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     }
     const long long sample_tokens = a.get_int("sample-tokens", 48);
     if (sample_tokens < 0) throw usage_error("--sample-tokens must not be negative");
+    // Every option is checked before the work begins: training the tokenizer and
+    // tokenizing the corpus take minutes on a large --data, and write data.tokens.
+    check_run_flags(o);
+    if (!resuming) {
+        (void)model_config_from(a, 257, o.context, -1);  // the model's shape (its vocabulary comes later)
+        if (!a.options.count("tokenizer") && a.get_int("vocab-size", 4096) < 257)
+            throw usage_error("--vocab-size must be at least 257 (256 bytes and <|endoftext|>)");
+    }
 
     std::optional<tinyllm::tokenizer> tokenizer;
     tinyllm::model_config config;
@@ -350,8 +379,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         if (a.options.count("tokenizer")) {
             tokenizer = tinyllm::load_tokenizer(a.get("tokenizer"));
         } else {
-            const long long vocab = a.get_int("vocab-size", 4096);
-            if (vocab < 257) throw usage_error("--vocab-size must be at least 257 (256 bytes and <|endoftext|>)");
+            const long long vocab = a.get_int("vocab-size", 4096);  // checked above
             tinyllm::bpe_train_options bo;
             bo.vocab_size = static_cast<std::size_t>(vocab);
             bo.pattern = tinyllm::pretokenizer::cl100k;
