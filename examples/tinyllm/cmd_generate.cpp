@@ -13,6 +13,7 @@
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -28,6 +29,24 @@
 using namespace tinyllm_cli;
 
 namespace {
+
+// The samplers' settings, with the names of their flags, checked before a model
+// loads (a large checkpoint takes seconds to minutes); the samplers check them
+// again (sampling.hpp's check_params).
+void check_sampling_flags(const tinyllm::sampling::params& p) {
+    const auto got = [](auto v) {
+        std::ostringstream s;
+        s << ", got " << v;
+        return s.str();
+    };
+    if (!(std::isfinite(p.temperature) && p.temperature >= 0.0f))
+        throw usage_error("--temperature must be a number >= 0 (0: greedy)" + got(p.temperature));
+    if (p.top_k && *p.top_k < 1) throw usage_error("--top-k must be at least 1" + got(*p.top_k));
+    if (p.top_p && !(*p.top_p > 0.0f && *p.top_p <= 1.0f))
+        throw usage_error("--top-p must be in (0, 1]" + got(*p.top_p));
+    if (p.min_p && !(*p.min_p >= 0.0f && *p.min_p <= 1.0f))
+        throw usage_error("--min-p must be in [0, 1]" + got(*p.min_p));
+}
 
 // --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16 and
 // *quantized for --dtype int8 or int4-gG (quantized at load, round to nearest, on
@@ -211,6 +230,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (a.options.count("top-p")) o.sampling.top_p = static_cast<float>(a.get_double("top-p", 1.0));
     if (a.options.count("min-p")) o.sampling.min_p = static_cast<float>(a.get_double("min-p", 0.0));
     o.seed = static_cast<std::uint64_t>(a.get_int("seed", 0));
+    check_sampling_flags(o.sampling);
 
     const speculation spec = speculation_of(a, dir);
 

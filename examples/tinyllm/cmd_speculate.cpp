@@ -13,6 +13,7 @@
 #include <tinyllm/speculative.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <optional>
 #include <sstream>
@@ -91,7 +92,8 @@ TINYLLM_COMMAND("speculate", "measure speculative decoding on a trained model: a
     const long long prompts = a.get_int("prompts", 8), P = a.get_int("prompt-tokens", 32), M = a.get_int("tokens", 64);
     if (prompts < 1 || P < 1 || M < 1) throw usage_error("--prompts, --prompt-tokens and --tokens must be at least 1");
     const double temperature = a.get_double("temperature", 0.0);
-    if (!(temperature >= 0)) throw usage_error("--temperature must not be negative");
+    if (!(std::isfinite(temperature) && temperature >= 0))
+        throw usage_error("--temperature must be a number >= 0 (0: greedy)");
 
     const tinyllm::token_file data(model_tokens_path(dir));
     const auto [val_begin, val_end] = validation_range(dir, data, P);
