@@ -211,6 +211,28 @@ TEST_CASE("tiktoken rank files: malformed lines") {
     CHECK_THROWS_WITH(load_tokenizer(tmp.write("g.txt", byte_ranks())), contains("say which encoding"));
 }
 
+TEST_CASE("tiktoken rank files: a file named as another encoding is refused") {
+    temp_dir tmp;
+    // 256 ranks are no named encoding's file; p50k_base's count is not checked.
+    const std::string bytes_only = tmp.write("bytes.tiktoken", byte_ranks());
+    CHECK_THROWS_WITH(load_tiktoken_encoding("o200k_base", bytes_only),
+                      contains("bytes.tiktoken holds ranks 0 .. 255, but o200k_base has 199998 (0 .. 199997)"));
+    CHECK_THROWS_WITH(load_tokenizer(bytes_only, "gpt2"), contains("but gpt2 has 50256"));
+    CHECK_NOTHROW(load_tiktoken_encoding("p50k_base", bytes_only));
+    // The published files: each loads as its own encoding and is refused as another.
+    const auto r50k = tokenizer_test::shared_vocab("r50k_base.tiktoken");
+    const auto cl100k = tokenizer_test::shared_vocab("cl100k_base.tiktoken");
+    if (!r50k || !cl100k) {
+        WARN("../shared/data/tokenizers not found: the published rank files' part skipped");
+        return;
+    }
+    CHECK(load_tokenizer(*r50k, "r50k_base").vocab_size() == 50257);
+    CHECK_THROWS_WITH(load_tokenizer(*r50k, "cl100k_base"),
+                      contains("holds ranks 0 .. 50255 (r50k_base's count), but cl100k_base has 100256"));
+    CHECK_THROWS_WITH(load_tiktoken_encoding("r50k_base", *cl100k),
+                      contains("holds ranks 0 .. 100255 (cl100k_base's count), but r50k_base has 50256"));
+}
+
 TEST_CASE("Hugging Face tokenizer.json: malformed fields") {
     const std::string good = detail::read_text_file(fixture_dir() + "hf_tokenizer_strings.json");
     auto with = [&](const std::string& from, const std::string& to) {

@@ -254,30 +254,54 @@ inline tokenizer load_tiktoken(const std::string& path, pretokenizer pattern, st
     return tokenizer(parse_tiktoken_ranks(detail::read_text_file(path), path), pattern, std::move(specials));
 }
 
-// The pattern and special tokens of tiktoken's named encodings.
+// The pattern and special tokens of tiktoken's named encodings, and the number
+// of ranks their files hold (ranks 0 .. ranks - 1), where it is checked: the
+// published r50k_base, cl100k_base and o200k_base files (tests/test_tokenizer_io.cpp
+// reads them from ../shared). A rank file named as another encoding would
+// otherwise load without complaint, with that encoding's split rules and special
+// ids, and give wrong tokens.
 struct encoding_spec {
     pretokenizer pattern;
     std::vector<special_token> specials;
+    std::size_t ranks = 0;  // 0: not checked (p50k_base)
 };
 
 inline encoding_spec tiktoken_encoding_spec(std::string_view name) {
-    if (name == "r50k_base" || name == "gpt2" || name == "p50k_base")
-        return {pretokenizer::r50k, {{"<|endoftext|>", 50256}}};
+    if (name == "r50k_base" || name == "gpt2") return {pretokenizer::r50k, {{"<|endoftext|>", 50256}}, 50256};
+    if (name == "p50k_base") return {pretokenizer::r50k, {{"<|endoftext|>", 50256}}};
     if (name == "cl100k_base")
         return {pretokenizer::cl100k,
                 {{"<|endoftext|>", 100257},
                  {"<|fim_prefix|>", 100258},
                  {"<|fim_middle|>", 100259},
                  {"<|fim_suffix|>", 100260},
-                 {"<|endofprompt|>", 100276}}};
-    if (name == "o200k_base") return {pretokenizer::o200k, {{"<|endoftext|>", 199999}, {"<|endofprompt|>", 200018}}};
+                 {"<|endofprompt|>", 100276}},
+                100256};
+    if (name == "o200k_base")
+        return {pretokenizer::o200k, {{"<|endoftext|>", 199999}, {"<|endofprompt|>", 200018}}, 199998};
     TINYLLM_FAIL("unknown encoding '", name, "' (expected r50k_base, gpt2, p50k_base, cl100k_base or o200k_base)");
 }
+
+namespace detail {
+// The ranks of a file loaded as encoding `name` against the count that encoding has.
+inline void check_encoding_ranks(const bpe_vocab& ranks, const encoding_spec& spec, std::string_view name,
+                                 const std::string& source) {
+    if (spec.ranks == 0 || ranks.size() == spec.ranks) return;
+    const char* other = ranks.size() == 50256    ? " (r50k_base's count)"
+                        : ranks.size() == 100256 ? " (cl100k_base's count)"
+                        : ranks.size() == 199998 ? " (o200k_base's count)"
+                                                 : "";
+    TINYLLM_FAIL(source, " holds ranks 0 .. ", ranks.size() - 1, other, ", but ", name, " has ", spec.ranks,
+                 " (0 .. ", spec.ranks - 1, "): is it another encoding's rank file?");
+}
+}  // namespace detail
 
 // A tiktoken encoding by name from its rank file: load_tiktoken_encoding("cl100k_base", ".../cl100k_base.tiktoken").
 inline tokenizer load_tiktoken_encoding(std::string_view name, const std::string& rank_file) {
     auto spec = tiktoken_encoding_spec(name);
-    return load_tiktoken(rank_file, spec.pattern, std::move(spec.specials));
+    auto ranks = parse_tiktoken_ranks(detail::read_text_file(rank_file), rank_file);
+    detail::check_encoding_ranks(ranks, spec, name, rank_file);
+    return tokenizer(std::move(ranks), spec.pattern, std::move(spec.specials));
 }
 
 // ---- GPT-2 encoder.json + vocab.bpe ---------------------------------------------------
@@ -1057,7 +1081,9 @@ inline tokenizer load_tokenizer(const std::string& path, std::string_view encodi
                          "(r50k_base, cl100k_base, o200k_base or gpt2)");
     }
     auto spec = tiktoken_encoding_spec(name);
-    return tokenizer(parse_tiktoken_ranks(text, path), spec.pattern, std::move(spec.specials));
+    auto ranks = parse_tiktoken_ranks(text, path);
+    detail::check_encoding_ranks(ranks, spec, name, path);
+    return tokenizer(std::move(ranks), spec.pattern, std::move(spec.specials));
 }
 
 }  // namespace tinyllm
