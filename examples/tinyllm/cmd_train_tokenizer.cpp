@@ -31,6 +31,9 @@ std::size_t add_corpus(Trainer& trainer, const std::vector<std::string>& paths) 
         trainer.add_text(text);
         std::cerr << "read " << path << " (" << text.size() << " bytes)\n";
     }
+    // Byte-level BPE would "learn" its 256 bytes from nothing and write them: refused instead.
+    if (bytes == 0)
+        throw tinyllm::error("the CORPUS files hold no text (0 bytes): there is nothing to learn a vocabulary from");
     return bytes;
 }
 
