@@ -291,8 +291,8 @@ inline void check_encoding_ranks(const bpe_vocab& ranks, const encoding_spec& sp
                         : ranks.size() == 100256 ? " (cl100k_base's count)"
                         : ranks.size() == 199998 ? " (o200k_base's count)"
                                                  : "";
-    TINYLLM_FAIL(source, " holds ranks 0 .. ", ranks.size() - 1, other, ", but ", name, " has ", spec.ranks,
-                 " (0 .. ", spec.ranks - 1, "): is it another encoding's rank file?");
+    TINYLLM_FAIL(source, " holds ranks 0 .. ", ranks.size() - 1, other, ", but ", name, " has ", spec.ranks, " (0 .. ",
+                 spec.ranks - 1, "): is it another encoding's rank file?");
 }
 }  // namespace detail
 
