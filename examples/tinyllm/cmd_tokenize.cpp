@@ -93,6 +93,10 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
                 "draws, one per line (streams 0 .. N-1 of the seed; the first is the single draw).\n") {
     const auto a = parse_args(args, {"vocab", "encoding", "file", "sample-alpha", "seed", "samples"},
                               {"show", "allow-special", "special-as-text"});
+    if (a.has_flag("allow-special") && a.has_flag("special-as-text"))
+        throw usage_error(
+            "give --allow-special (a special token's text becomes its id) or --special-as-text (it "
+            "stays text), not both");
     const bool sampling = a.options.count("sample-alpha") > 0;
     if (!sampling && (a.options.count("seed") || a.options.count("samples")))
         throw usage_error("--seed and --samples choose the draws of --sample-alpha A, which is not given");
@@ -126,6 +130,20 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
         for (std::size_t i = 0; i < a.positional.size(); ++i) text += (i ? " " : "") + a.positional[i];
     } else {
         text = read_all(std::cin);
+    }
+    if (!a.has_flag("allow-special") && !a.has_flag("special-as-text")) {
+        // The library's error names its C++ options; this one names the command's flags.
+        const tinyllm::special_token* first = nullptr;
+        std::size_t at = std::string::npos;
+        for (const auto& s : tok.specials()) {
+            const std::size_t p = text.find(s.text);
+            if (p != std::string::npos && (p < at || (p == at && s.text.size() > first->text.size())))
+                at = p, first = &s;
+        }
+        if (first)
+            throw usage_error("the text holds the special token \"" + first->text + "\" at byte " + std::to_string(at) +
+                              ": give --allow-special to encode it as its id (" + std::to_string(first->id) +
+                              "), or --special-as-text to encode it as ordinary text");
     }
     const tinyllm::allowed_special allowed =
         a.has_flag("allow-special") ? tinyllm::allowed_special::everything() : tinyllm::allowed_special::none();
