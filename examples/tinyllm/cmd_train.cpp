@@ -252,6 +252,12 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     const auto started = clock::now();
     const std::string device = a.get("device", "cpu");
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
+    if (device == "cuda") {  // said now, not after the tokenizer, the data and the first evaluation
+        const gpu_report gpus = query_gpus();
+        if (gpus.devices.empty())
+            throw tinyllm::error("tinyllm train: --device cuda: no usable GPU (" + gpus.why_none +
+                                 "); use --device cpu");
+    }
     if (a.options.count("threads")) {
         const long long n = a.get_int("threads", 0);
         if (n < 1) throw usage_error("--threads must be at least 1");
