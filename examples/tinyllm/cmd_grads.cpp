@@ -33,6 +33,7 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("ids").empty()) throw usage_error("--ids \"ID ...\" is required");
     if (a.get("out").empty()) throw usage_error("--out FILE.safetensors is required");
+    require_output_folder("--out", a.get("out"));  // before the model loads and the gradients are computed
     const std::string device = a.get("device", "cpu");
     if (device != "cpu" && device != "cuda") throw usage_error("--device must be cpu or cuda, got '" + device + "'");
     if (a.has_flag("aux") && a.has_flag("aux-only")) throw usage_error("give at most one of --aux and --aux-only");

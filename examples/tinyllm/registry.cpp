@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 namespace tinyllm_cli {
@@ -131,6 +132,12 @@ std::vector<tinyllm::token_id> parse_token_ids(const std::string& text) {
     }
     if (ids.empty()) throw usage_error("--prompt-ids holds no ids");
     return ids;
+}
+
+void require_output_folder(const std::string& flag, const std::string& file) {
+    const std::filesystem::path folder = std::filesystem::path(file).parent_path();
+    if (!folder.empty() && !std::filesystem::is_directory(folder))
+        throw usage_error(flag + " " + file + ": the folder " + folder.string() + " does not exist");
 }
 
 }  // namespace tinyllm_cli

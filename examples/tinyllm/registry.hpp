@@ -127,6 +127,9 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
                        const std::vector<std::string>& flag_options);
 // "ID ID ..." (the value of --prompt-ids) as token ids; a usage_error when a word is not one.
 std::vector<tinyllm::token_id> parse_token_ids(const std::string& text);
+// A usage_error when FILE, the value of FLAG (an output), names a folder that does not
+// exist: said before a command spends time on what it would write there.
+void require_output_folder(const std::string& flag, const std::string& file);
 
 namespace detail {
 struct registrar {
