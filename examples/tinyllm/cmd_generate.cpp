@@ -48,6 +48,22 @@ void check_sampling_flags(const tinyllm::sampling::params& p) {
         throw usage_error("--min-p must be in [0, 1]" + got(*p.min_p));
 }
 
+// What the checkpoint's config.json says a prompt and its continuation must fit,
+// checked before the weights load (the model checks again): every id inside the
+// vocabulary, and for GPT-2 the prompt and the new tokens within its learned positions.
+void check_prompt_fits(const tinyllm::model_config& c, std::span<const tinyllm::token_id> prompt,
+                       long long max_new_tokens) {
+    for (std::size_t t = 0; t < prompt.size(); ++t)
+        if (prompt[t] >= c.vocab_size)
+            throw usage_error("the prompt's token " + std::to_string(t) + " is id " + std::to_string(prompt[t]) +
+                              ", outside the model's vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+    const long long needed = static_cast<long long>(prompt.size()) + max_new_tokens;
+    if (c.arch == tinyllm::model_arch::gpt2 && needed > c.max_positions)
+        throw usage_error("the prompt's " + std::to_string(prompt.size()) + " tokens and --max-new-tokens " +
+                          std::to_string(max_new_tokens) + " need " + std::to_string(needed) +
+                          " positions; this GPT-2 has " + std::to_string(c.max_positions));
+}
+
 // --device and --dtype: true for the GPU, with *bf16 set for --dtype bfloat16 and
 // *quantized for --dtype int8 or int4-gG (quantized at load, round to nearest, on
 // either device).
@@ -237,6 +253,7 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     // The same loop on either device: prefill, then one token at a time, on_token per token.
     const gpu_weights gpu_target{dir, bf16, quantized, o.kv_cache == tinyllm::cpu::model::kv_dtype::int8};
     auto run = [&](std::span<const tinyllm::token_id> prompt, const std::function<void(tinyllm::token_id)>& on_token) {
+        check_prompt_fits(tinyllm::load_model_config(dir), prompt, o.max_new_tokens);
         if (gpu && !spec.active) {
             gpu_generate(gpu_target, prompt, o, on_token);
             return;
@@ -303,6 +320,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
     std::optional<tinyllm::quant_spec> quantized;
     const bool gpu = wants_gpu(a, &bf16, &quantized);
     const auto prompt = parse_token_ids(a.get("prompt-ids"));
+    check_prompt_fits(tinyllm::load_model_config(a.get("model")), prompt, 0);
     std::vector<float> last;
     if (gpu) {
         last = gpu_last_logits(gpu_weights{a.get("model"), bf16, quantized, false}, prompt);
