@@ -31,7 +31,7 @@ using namespace tinyllm_cli;
 namespace {
 
 // The samplers' settings, with the names of their flags, checked before a model
-// loads (a large checkpoint takes seconds to minutes); the samplers check them
+// loads (loading grows with the checkpoint); the samplers check them
 // again (sampling.hpp's check_params).
 void check_sampling_flags(const tinyllm::sampling::params& p) {
     const auto got = [](auto v) {

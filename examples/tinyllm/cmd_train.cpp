@@ -315,7 +315,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     const long long sample_tokens = a.get_int("sample-tokens", 48);
     if (sample_tokens < 0) throw usage_error("--sample-tokens must not be negative");
     // Every option is checked before the work begins: training the tokenizer and
-    // tokenizing the corpus take minutes on a large --data, and write data.tokens.
+    // tokenizing the corpus grow with --data, and write data.tokens.
     check_run_flags(o);
     if (!resuming) {
         (void)model_config_from(a, 257, o.context, -1);  // the model's shape (its vocabulary comes later)

@@ -91,7 +91,7 @@ TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files
                               {"no-byte-fallback", "no-split-digits"});
     if (a.positional.empty()) throw usage_error("give at least one CORPUS file");
     if (a.get("out").empty()) throw usage_error("--out FILE is required");
-    require_output_folder("--out", a.get("out"));  // before the corpus is read and trained on (minutes on a large one)
+    require_output_folder("--out", a.get("out"));  // before the corpus is read and trained on
     const std::string model = a.get("model", "bpe");
     if (model == "sentencepiece-bpe") return train_sentencepiece_command(a, tinyllm::sentencepiece_kind::bpe, out);
     if (model == "unigram") return train_sentencepiece_command(a, tinyllm::sentencepiece_kind::unigram, out);
