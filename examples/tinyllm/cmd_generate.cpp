@@ -34,18 +34,14 @@ namespace {
 // loads (loading grows with the checkpoint); the samplers check them
 // again (sampling.hpp's check_params).
 void check_sampling_flags(const tinyllm::sampling::params& p) {
-    const auto got = [](auto v) {
-        std::ostringstream s;
-        s << ", got " << v;
-        return s.str();
-    };
+    using tinyllm::detail::cat;
     if (!(std::isfinite(p.temperature) && p.temperature >= 0.0f))
-        throw usage_error("--temperature must be a number >= 0 (0: greedy)" + got(p.temperature));
-    if (p.top_k && *p.top_k < 1) throw usage_error("--top-k must be at least 1" + got(*p.top_k));
+        throw usage_error("--temperature must be a number >= 0 (0: greedy), got " + cat(p.temperature));
+    if (p.top_k && *p.top_k < 1) throw usage_error("--top-k must be at least 1, got " + cat(*p.top_k));
     if (p.top_p && !(*p.top_p > 0.0f && *p.top_p <= 1.0f))
-        throw usage_error("--top-p must be in (0, 1]" + got(*p.top_p));
+        throw usage_error("--top-p must be in (0, 1], got " + cat(*p.top_p));
     if (p.min_p && !(*p.min_p >= 0.0f && *p.min_p <= 1.0f))
-        throw usage_error("--min-p must be in [0, 1]" + got(*p.min_p));
+        throw usage_error("--min-p must be in [0, 1], got " + cat(*p.min_p));
 }
 
 // What the checkpoint's config.json says a prompt and its continuation must fit,

@@ -101,21 +101,17 @@ std::string json_escape(std::string_view s) {
 // The run's numeric options, checked with the names of their flags before any
 // work is done (cpu::trainer checks them again: expect_train_options).
 void check_run_flags(const tinyllm::train_options& o) {
-    const auto got = [](auto v) {
-        std::ostringstream s;
-        s << ", got " << v;
-        return s.str();
-    };
-    if (o.batch < 1) throw usage_error("--batch must be at least 1" + got(o.batch));
-    if (o.context < 1) throw usage_error("--context must be at least 1" + got(o.context));
-    if (o.steps < 1) throw usage_error("--steps must be at least 1" + got(o.steps));
-    if (!(std::isfinite(o.lr) && o.lr > 0)) throw usage_error("--lr must be a positive number" + got(o.lr));
-    if (o.warmup < 0) throw usage_error("--warmup must not be negative" + got(o.warmup));
+    using tinyllm::detail::cat;
+    if (o.batch < 1) throw usage_error("--batch must be at least 1, got " + cat(o.batch));
+    if (o.context < 1) throw usage_error("--context must be at least 1, got " + cat(o.context));
+    if (o.steps < 1) throw usage_error("--steps must be at least 1, got " + cat(o.steps));
+    if (!(std::isfinite(o.lr) && o.lr > 0)) throw usage_error("--lr must be a positive number, got " + cat(o.lr));
+    if (o.warmup < 0) throw usage_error("--warmup must not be negative, got " + cat(o.warmup));
     if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
-        throw usage_error("--weight-decay must be a number >= 0" + got(o.weight_decay));
+        throw usage_error("--weight-decay must be a number >= 0, got " + cat(o.weight_decay));
     if (!(std::isfinite(o.clip) && o.clip >= 0))
-        throw usage_error("--clip must be a number >= 0 (0: no clipping)" + got(o.clip));
-    if (o.eval_batches < 1) throw usage_error("--eval-batches must be at least 1" + got(o.eval_batches));
+        throw usage_error("--clip must be a number >= 0 (0: no clipping), got " + cat(o.clip));
+    if (o.eval_batches < 1) throw usage_error("--eval-batches must be at least 1, got " + cat(o.eval_batches));
 }
 
 // The options that shape the model and the run, and their defaults: the

@@ -283,25 +283,26 @@ inline encoding_spec tiktoken_encoding_spec(std::string_view name) {
 }
 
 namespace detail {
-// The ranks of a file loaded as encoding `name` against the count that encoding has.
-inline void check_encoding_ranks(const bpe_vocab& ranks, const encoding_spec& spec, std::string_view name,
-                                 const std::string& source) {
-    if (spec.ranks == 0 || ranks.size() == spec.ranks) return;
-    const char* other = ranks.size() == 50256    ? " (r50k_base's count)"
-                        : ranks.size() == 100256 ? " (cl100k_base's count)"
-                        : ranks.size() == 199998 ? " (o200k_base's count)"
-                                                 : "";
-    TINYLLM_FAIL(source, " holds ranks 0 .. ", ranks.size() - 1, other, ", but ", name, " has ", spec.ranks, " (0 .. ",
-                 spec.ranks - 1, "): is it another encoding's rank file?");
+// The tokenizer of encoding `name` from the text of its rank file (`source` names
+// it in errors), refused when the file holds another number of ranks than the
+// encoding has, with the encoding whose count it does hold, if one does.
+inline tokenizer named_tiktoken(std::string_view name, std::string_view text, const std::string& source) {
+    encoding_spec spec = tiktoken_encoding_spec(name);
+    bpe_vocab ranks = parse_tiktoken_ranks(text, source);
+    if (spec.ranks != 0 && ranks.size() != spec.ranks) {
+        std::string other;
+        for (const char* known : {"r50k_base", "cl100k_base", "o200k_base"})
+            if (tiktoken_encoding_spec(known).ranks == ranks.size()) other = cat(" (", known, "'s count)");
+        TINYLLM_FAIL(source, " holds ranks 0 .. ", ranks.size() - 1, other, ", but ", name, " has ", spec.ranks,
+                     " (0 .. ", spec.ranks - 1, "): is it another encoding's rank file?");
+    }
+    return tokenizer(std::move(ranks), spec.pattern, std::move(spec.specials));
 }
 }  // namespace detail
 
 // A tiktoken encoding by name from its rank file: load_tiktoken_encoding("cl100k_base", ".../cl100k_base.tiktoken").
 inline tokenizer load_tiktoken_encoding(std::string_view name, const std::string& rank_file) {
-    auto spec = tiktoken_encoding_spec(name);
-    auto ranks = parse_tiktoken_ranks(detail::read_text_file(rank_file), rank_file);
-    detail::check_encoding_ranks(ranks, spec, name, rank_file);
-    return tokenizer(std::move(ranks), spec.pattern, std::move(spec.specials));
+    return detail::named_tiktoken(name, detail::read_text_file(rank_file), rank_file);
 }
 
 // ---- GPT-2 encoder.json + vocab.bpe ---------------------------------------------------
@@ -1080,10 +1081,7 @@ inline tokenizer load_tokenizer(const std::string& path, std::string_view encodi
             TINYLLM_FAIL("'", path, "' looks like a tiktoken rank file; say which encoding it is "
                          "(r50k_base, cl100k_base, o200k_base or gpt2)");
     }
-    auto spec = tiktoken_encoding_spec(name);
-    auto ranks = parse_tiktoken_ranks(text, path);
-    detail::check_encoding_ranks(ranks, spec, name, path);
-    return tokenizer(std::move(ranks), spec.pattern, std::move(spec.specials));
+    return detail::named_tiktoken(name, text, path);
 }
 
 }  // namespace tinyllm
