@@ -378,7 +378,7 @@ TEST_CASE("linear_backward rejects mismatched shapes, naming both", "[ffn][backw
                       tinyllm_test::contains("linear_backward: dbias has 4 elements but the layer has 5 out_features"));
     tensor<float, 2> sq({4, 4}), wsq({4, 4});
     CHECK_THROWS_WITH(cpu::linear_backward(sq, {}, {}, sq, sq, wsq),
-                      tinyllm_test::contains("dx must not be the same memory as dout"));
+                      tinyllm_test::contains("dx must not share memory with dout"));
     tensor<float, 2> a({3, 4}), bm({5, 2}), dm({3, 2});
     CHECK_THROWS_WITH(cpu::matmul_backward(a, {}, dm, a, bm), tinyllm_test::contains("a's columns must equal b's rows"));
 }

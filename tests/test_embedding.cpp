@@ -5,6 +5,7 @@
 
 #include <tinyllm/embedding.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <utility>
@@ -62,6 +63,23 @@ TEST_CASE("embedding rejects bad ids and shapes") {
                                      tensor_view<const std::int32_t, 2>(bad.data(), {1, 2}),
                                      tensor_view<const float, 2>(table.data(), {4, 3})),
                       tinyllm_test::contains("embedding: out has shape"));
+    // Unsigned ids past index_t's range: 2^64 - 1 became -1 when compared as index_t
+    // (the backward then wrote outside the table).
+    const std::vector<std::uint64_t> huge{std::numeric_limits<std::uint64_t>::max(), 0};
+    CHECK_THROWS_WITH(cpu::embedding(tensor_view<float, 3>(out.data(), {1, 2, 3}),
+                                     tensor_view<const std::uint64_t, 2>(huge.data(), {1, 2}),
+                                     tensor_view<const float, 2>(table.data(), {4, 3})),
+                      tinyllm_test::contains("ids(0, 0) = 18446744073709551615 is outside the vocabulary [0, 4)"));
+    std::vector<float> dtable(4 * 3);
+    CHECK_THROWS_WITH(cpu::embedding_backward(tensor_view<float, 2>(dtable.data(), {4, 3}),
+                                              tensor_view<const std::uint64_t, 2>(huge.data(), {1, 2}),
+                                              tensor_view<const float, 3>(out.data(), {1, 2, 3})),
+                      tinyllm_test::contains("= 18446744073709551615 is outside"));
+    const std::vector<std::int32_t> good{0, 1};
+    CHECK_THROWS_WITH(cpu::embedding(tensor_view<float, 3>(out.data(), {1, 2, 3}),
+                                     tensor_view<const std::int32_t, 2>(good.data(), {1, 2}),
+                                     tensor_view<const float, 2>(table.data(), {4, 3}), std::nanf("")),
+                      tinyllm_test::contains("embedding: scale = nan must be finite"));
 }
 
 TEST_CASE("embedding takes ids of any rank: (...) ids give (..., D) rows", "[batch]") {

@@ -464,7 +464,7 @@ TEST_CASE("linear_gemm and linear_backward_gemm reject what the references rejec
                       tinyllm_test::contains("linear_backward_gemm: dweight has shape (4, 5) but weight has shape (5, 4)"));
     tensor<float, 2> sq({4, 4}), wsq({4, 4});
     CHECK_THROWS_WITH(cpu::linear_backward_gemm(sq, {}, {}, sq, sq, wsq),
-                      tinyllm_test::contains("linear_backward_gemm: dx must not be the same memory as dout"));
+                      tinyllm_test::contains("linear_backward_gemm: dx must not share memory with dout"));
 }
 
 // ---- linear_gemm with a bfloat16 weight --------------------------------------------------
@@ -666,7 +666,7 @@ TEST_CASE("linear_gemm with a bfloat16 weight rejects mismatched shapes and over
     tensor<float, 2> sq({4, 4});
     tensor<bf16, 2> w4({4, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(sq.view(), tensor_view<const float, 2>(sq.view()), w4.view(), {}),
-                      tinyllm_test::contains("linear_gemm: out must not be the same memory as x"));
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
     tensor<float, 2> buf({8, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(buf.view().narrow(0, 2, 4),
                                        tensor_view<const float, 2>(buf.view().narrow(0, 0, 4)), w4.view(), {}),
@@ -677,4 +677,25 @@ TEST_CASE("linear_gemm with a bfloat16 weight rejects mismatched shapes and over
     tensor<float, 2> x4({4, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(shared.view(), tensor_view<const float, 2>(x4.view()), w_in_out, {}),
                       tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+}
+
+TEST_CASE("gemm and linear_gemm refuse an output that aliases an input or itself", "[gemm][errors]") {
+    std::vector<float> memory(64, 1.0f);
+    const std::vector<float> before = memory;
+    const tensor_view<const float, 2> x(memory.data(), {3, 4});  // elements 0..11
+    const std::vector<float> w(8, 0.5f), bias(2, 0.25f);
+    const tensor_view<const float, 2> weight(w.data(), {2, 4});
+    // out (3, 2) at element 4 overlaps x without starting where it does: linear_gemm
+    // used to write the bias into it (corrupting x) before gemm found the overlap.
+    const tensor_view<float, 2> out(memory.data() + 4, {3, 2});
+    CHECK_THROWS_WITH(cpu::linear_gemm(out, x, weight, tensor_view<const float, 1>(bias.data(), {2})),
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+    CHECK(memory == before);
+    // C with a zero stride: every row of the product would land on the same elements.
+    std::vector<float> c_memory(4, 0.0f);
+    const std::vector<float> a_values(8, 1.0f);
+    const tensor_view<float, 2> c(c_memory.data(), {4, 4}, {0, 1});
+    CHECK_THROWS_WITH(cpu::gemm(c, tensor_view<const float, 2>(a_values.data(), {4, 2}),
+                                tensor_view<const float, 2>(w.data(), {2, 4})),
+                      tinyllm_test::contains("c has stride 0 in dimension 0"));
 }

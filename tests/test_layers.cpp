@@ -431,7 +431,7 @@ TEST_CASE("linear and matmul match float64, for weights in either layout", "[ffn
                       tinyllm_test::contains("a's columns must equal b's rows"));
     std::vector<float> sq(16);
     CHECK_THROWS_WITH(cpu::linear(view2(sq, 4, 4), cview2(sq, 4, 4), cview2(W, 4, 4), {}),
-                      tinyllm_test::contains("must not be the same memory"));
+                      tinyllm_test::contains("must not share memory with x or weight"));
 }
 
 TEST_CASE("the GPT-2 MLP equals its float64 composition", "[ffn]") {
@@ -694,4 +694,20 @@ TEST_CASE("linear and the MLPs take (..., D) tensors: (B, T, D) equals the flatt
                                              "but the last must be equal"));
     tinyllm::tensor<float, 3> out_ok({2, 3, N});
     CHECK_THROWS_WITH(cpu::linear(out_ok, x, cview2(fc, H, D), {}), tinyllm_test::contains("out has shape (6, 5)"));
+}
+
+TEST_CASE("linear refuses an out that shares memory with x, and an activation that does not exist",
+          "[layers][errors]") {
+    std::vector<float> memory(32, 1.0f);
+    const std::vector<float> w(8, 0.5f);
+    const tensor_view<const float, 2> x(memory.data(), {3, 4}), weight(w.data(), {2, 4});
+    // out starts inside x, not at its first element (only equal starts were refused).
+    CHECK_THROWS_WITH(cpu::linear(tensor_view<float, 2>(memory.data() + 4, {3, 2}), x, weight, {}),
+                      tinyllm_test::contains("linear: out must not share memory with x or weight"));
+    CHECK_THROWS_WITH(cpu::linear_backward(tensor_view<float, 2>(memory.data() + 13, {3, 4}), {}, {},
+                                           tensor_view<const float, 2>(memory.data() + 12, {3, 2}), x, weight),
+                      tinyllm_test::contains("linear_backward: dx must not share memory with dout"));
+    std::vector<float> out(12);
+    CHECK_THROWS_WITH(cpu::activate(tensor_view<float, 2>(out.data(), {3, 4}), x, static_cast<activation>(7)),
+                      tinyllm_test::contains("activate: activation 7 is not one of"));
 }

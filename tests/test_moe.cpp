@@ -440,3 +440,43 @@ TEST_CASE("a Mixtral-style MoE block equals routing each token by hand", "[moe][
     }
     TINYLLM_REQUIRE_CLOSE(out.values(), expected, tolerance{1e-5, 1e-5, 1e-5}, "moe block");
 }
+
+TEST_CASE("the MoE steps refuse a plan or a k they cannot use", "[moe][dispatch][errors]") {
+    using tinyllm_test::contains;
+    const index_t T = 5, k = 2, E = 3, D = 4, F = 6;
+    const auto ids = id_matrix(T, k, {0, 2, 2, 0, 1, 2, 0, 1, 2, 1});
+    tinyllm::cpu::moe_plan_buffers plan(T, k, E, 1);
+    tinyllm::cpu::moe_plan(plan.view(), ids.view());
+    const tensor<float, 3> w1(extents<3>{E, F, D}, 0.1f), w3(extents<3>{E, F, D}, 0.1f), w2(extents<3>{E, D, F}, 0.1f);
+    tensor<float, 2> in(extents<2>{plan.rows(), D}, 1.0f), out(extents<2>{plan.rows(), D});
+    // A plan whose expert counts run past the next expert's offset (a plan the caller
+    // filled): the rows past the end of `in` were read.
+    plan.expert_counts(0) = 100;
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::moe_experts_swiglu(out.view(), in.view(), w1.view(), w3.view(), w2.view(), plan.view()),
+        contains("expert 0's 100 rows at offset 0 run past the next expert's offset"));
+    // expert_offsets with E entries instead of E + 1.
+    tinyllm::moe_plan_view short_offsets = plan.view();
+    short_offsets.expert_offsets = short_offsets.expert_offsets.narrow(0, 0, E);
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::moe_experts_swiglu(out.view(), in.view(), w1.view(), w3.view(), w2.view(), short_offsets),
+        contains("plan.expert_offsets has shape (3) but (4) is required"));
+    // k outside [1, E] is named as k (it was a negative tensor extent).
+    const tensor<float, 2> x(extents<2>{T, D}, 1.0f), router(extents<2>{E, D}, 0.5f);
+    tensor<float, 2> y(extents<2>{T, D});
+    CHECK_THROWS_WITH(tinyllm::cpu::moe_forward(y.view(), x.view(), router.view(), w1.view(), w3.view(), w2.view(), -1),
+                      contains("moe_forward: k = -1 must be in [1, E = 3]"));
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::moe_forward(y.view(), x.view(), router.view(), w1.view(), w3.view(), w2.view(), 1, {-1, -3}),
+        contains("moe_forward: block = -3 must be at least 1"));
+}
+
+TEST_CASE("grouped gating gives weights 0, not NaN, when every chosen affinity underflows", "[moe][gating]") {
+    const auto logits = matrix(1, 4, {-800, -800, -900, -800});
+    const tensor<float, 1> bias(extents<1>{4}, 0.0f);
+    tensor<std::int32_t, 2> ids(extents<2>{1, 2});
+    tensor<float, 2> weights(extents<2>{1, 2}, std::nanf(""));
+    tinyllm::cpu::grouped_topk_gating(ids.view(), weights.view(), logits.view(), bias.view(), {});
+    CHECK(weights(0, 0) == 0.0f);
+    CHECK(weights(0, 1) == 0.0f);
+}

@@ -1072,3 +1072,36 @@ TEST_CASE("model sessions with an int8 KV cache: the float model's logits within
         CHECK(std::vector<float>(again.values().begin(), again.values().end()) == first);
     }
 }
+
+TEST_CASE("a quantized_matrix whose parts disagree with its shape is refused", "[quantize]") {
+    tensor<float, 2> w({4, 8});
+    cpu::fill_normal(w, tinyllm_test::test_seed() + 52);
+    tensor<float, 2> x({2, 8}), out({2, 4}), dense({4, 8});
+    const quantized_matrix good = tinyllm::quantize_rtn(w.view(), {quant_format::int4, 4});
+    // quantized_matrix is a plain struct a caller may fill: each part is checked
+    // against rows, cols and the format before anything indexes it.
+    quantized_matrix q = good;
+    q.data.clear();
+    CHECK_THROWS_WITH(cpu::linear_quantized_fused(out.view(), x.view(), q),
+                      contains("the quantized weight (4 x 8, int4-g4) needs 16 bytes of data, it has 0"));
+    q = good;
+    q.spec.group = 0;
+    CHECK_THROWS_WITH(tinyllm::dequantize(dense.view(), q), contains("dequantize: int4 group size 0 must be even"));
+    q = good;
+    q.scales = tensor<float, 2>({4, 1});
+    CHECK_THROWS_WITH(tinyllm::linear_quantized(out.view(), x.view(), q),
+                      contains("the scales have shape (4, 1); int4-g4 needs (4, 2)"));
+    q = good;
+    q.zeros = tensor<std::uint8_t, 2>({4, 1});
+    CHECK_THROWS_WITH(tinyllm::dequantize(dense.view(), q),
+                      contains("the zero points have shape (4, 1); int4-g4 needs (4, 2)"));
+    const quantized_matrix q8 = tinyllm::quantize_rtn(w.view(), {});
+    q = q8;
+    q.zeros = tensor<std::uint8_t, 2>({4, 1});
+    CHECK_THROWS_WITH(tinyllm::dequantize(dense.view(), q), contains("int8 needs none"));
+    tinyllm::dequantize(dense.view(), good);  // the parts quantize_rtn wrote agree
+    tinyllm::dequantize(dense.view(), q8);
+    // The Hessian's (K, K) sum is allocated only for a size a layer can have.
+    CHECK_THROWS_WITH(tinyllm::gptq_hessian(-100000), contains("gptq_hessian: -100000 inputs"));
+    CHECK_THROWS_WITH(tinyllm::gptq_hessian(index_t{1} << 40), contains("inputs (a layer takes between 1 and 2^24)"));
+}

@@ -482,3 +482,43 @@ TEST_CASE("invalid parameters and logits give clear errors", "[sampling][errors]
     CHECK_THROWS_WITH(cpu::sample(tinyllm::tensor_view<tinyllm::token_id, 1>(two.data(), {2}), as_row(z), 1, 0),
                       contains("out has 2 entries but logits have 1 rows"));
 }
+
+TEST_CASE("sampling refuses rows and values it cannot draw from", "[sampling][errors]") {
+    // An empty row is refused as a vocabulary of 0 (there was no check: the row
+    // maximum of an empty span was read).
+    CHECK_THROWS_WITH(cpu::sample_row(std::span<const float>(), 42), contains("vocabulary size V = 0"));
+    CHECK_THROWS_WITH(cpu::softmax_row(std::span<const float>()), contains("softmax_row: the row is empty"));
+    // A row longer than the samplers' exact integer weights allow.
+    std::vector<float> huge(static_cast<std::size_t>(tinyllm::sampling_max_vocab) + 1, 0.0f);
+    CHECK_THROWS_WITH(cpu::sample_row(huge, 42), contains("vocabulary size V = "));
+
+    // A temperature so small that a finite logit divided by it overflows.
+    std::vector<float> values = {2.0f, -1.0f, 0.5f};
+    tinyllm::tensor_view<float, 2> logits(values.data(), {1, 3});
+    CHECK_THROWS_WITH(cpu::temperature(logits, 1e-45f),
+                      contains("logit [0, 0] = 2 divided by T = ") && contains("overflows to +inf"));
+    // A bias, or a penalty, that overflows a logit to +inf.
+    values = {3e38f, 0.0f, 0.0f};
+    CHECK_THROWS_WITH(cpu::logit_bias(logits, {{0, 3e38f}}), contains("logit_bias: logit [0, 0] + its bias"));
+    values = {-3e38f, 0.0f, 0.0f};
+    const std::vector<tinyllm::token_id> generated = {0, 0};
+    CHECK_THROWS_WITH(
+        cpu::frequency_presence_penalty(
+            logits, tinyllm::tensor_view<const tinyllm::token_id, 2>(generated.data(), {1, 2}), -3e38f, 0.0f),
+        contains("frequency_presence_penalty: logit [0, 0] overflows to +inf"));
+    // ban_tokens on rows of no tokens names the vocabulary, not "all 0 tokens are banned".
+    CHECK_THROWS_WITH(cpu::ban_tokens(tinyllm::tensor_view<float, 2>(values.data(), {1, 0}), {}),
+                      contains("ban_tokens: vocabulary size V = 0"));
+}
+
+TEST_CASE("beam_search refuses a step where every token is banned", "[sampling][beam][errors]") {
+    const tinyllm::step_function banned = [](std::span<const tinyllm::token_id>) {
+        return std::vector<float>(4, -std::numeric_limits<float>::infinity());
+    };
+    tinyllm::beam_search_options o;
+    o.width = 2;
+    o.max_new_tokens = 3;
+    const std::vector<tinyllm::token_id> prompt = {1};
+    CHECK_THROWS_WITH(tinyllm::cpu::beam_search(banned, prompt, o),
+                      contains("beam_search: at new token 0 every token of every beam has log-probability -inf"));
+}

@@ -324,4 +324,26 @@ TEST_CASE("speculative decoding keeps the token budget, stops at EOS and rejects
                       contains("prompt token 32 is outside"));
     o.sampling.top_p = 0.0f;
     CHECK_THROWS_WITH(cpu::generate_speculative(target, draft, prompt, o), contains("top_p"));
+
+    // A draft length far past the budget drafts no more than the budget allows and
+    // sizes the caches by it (the caches were sized prompt + budget + draft_tokens).
+    o.sampling.top_p.reset();
+    o.max_new_tokens = 4;
+    o.draft_tokens = index_t{1} << 40;
+    CHECK(cpu::generate_speculative(target, draft, prompt, o).tokens.size() == 4);
+    CHECK(cpu::generate_prompt_lookup(target, prompt, 2, o).tokens.size() == 4);
+}
+
+TEST_CASE("the acceptance rule refuses draws and probabilities it cannot use", "[speculative]") {
+    const std::vector<double> p{0.5, 0.25, 0.25}, q{0.25, 0.5, 0.25};
+    CHECK(tinyllm::accept_or_resample(p, q, 1, 0.25, 0.5).token >= 0);
+    CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q, 1, 0.25, 7.0),
+                      contains("u_accept = 0.25 and u_resample = 7 must be in [0, 1)"));
+    CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q, 1, -0.5, 0.5), contains("must be in [0, 1)"));
+    const std::vector<double> q_nan{0.25, std::nan(""), 0.25};
+    CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q_nan, 1, 0.25, 0.5),
+                      contains("the draft proposed token 1, which its own distribution gives nan"));
+    const std::vector<double> p_negative{0.5, 0.25, -0.25};  // d = 1 is rejected at u = 0.99
+    CHECK_THROWS_WITH(tinyllm::accept_or_resample(p_negative, q, 1, 0.99, 0.5),
+                      contains("token 2 has probability p = -0.25, q = 0.25; probabilities are finite and >= 0"));
 }

@@ -203,3 +203,37 @@ TEST_CASE("as_rows merges leading dimensions into rows, or says why it cannot", 
     CHECK_THROWS_WITH(tinyllm::expect_equal_shapes(x, v, "op", "out", "x"),
                       tinyllm_test::contains("op: out has shape (2, 3, 5, 4) but x has shape (4)"));
 }
+
+TEST_CASE("a view refuses a negative extent and a dimension it does not have", "[tensor]") {
+    std::vector<float> memory(64, 0.0f);
+    // A shape computed as T - n < 0 is refused where the view is made, before
+    // any operation sizes a loop or a buffer from it.
+    CHECK_THROWS_WITH((tensor_view<float, 2>(memory.data(), {-16, 16})),
+                      tinyllm_test::contains("a tensor view of shape (-16, 16) has a negative extent"));
+    CHECK_THROWS_WITH((tensor_view<float, 2>(memory.data(), {4, -3}, {1, 1})),
+                      tinyllm_test::contains("has a negative extent"));
+    const tensor_view<float, 2> v(memory.data(), {8, 8});
+    CHECK_THROWS_WITH(v.narrow(0, 2, -1),
+                      tinyllm_test::contains("a tensor view of shape (-1, 8) has a negative extent"));
+    CHECK(v.narrow(0, 8, 0).size() == 0);  // an empty range at the end is a view
+    // (The dimensions come from a volatile, as a computed one would: a constant out of
+    // range is already a compiler warning.)
+    volatile std::size_t two = 2, three = 3, five = 5;
+    CHECK_THROWS_WITH(v.slice(five, 0),
+                      tinyllm_test::contains("dimension 5 of a tensor view of rank 2 does not exist"));
+    CHECK_THROWS_WITH(v.narrow(two, 0, 1), tinyllm_test::contains("dimension 2 of a tensor view of rank 2"));
+    CHECK_THROWS_WITH(v.transpose(0, three), tinyllm_test::contains("dimension 3 of a tensor view of rank 2"));
+}
+
+TEST_CASE("detail::overlaps compares the memory two views touch", "[tensor]") {
+    std::vector<float> memory(64, 0.0f);
+    const tensor_view<float, 2> a(memory.data(), {4, 4});       // elements 0..15
+    const tensor_view<float, 2> b(memory.data() + 12, {2, 4});  // 12..19: shares 12..15
+    const tensor_view<float, 2> c(memory.data() + 16, {2, 4});  // 16..23
+    CHECK(tinyllm::detail::overlaps(a, b));
+    CHECK_FALSE(tinyllm::detail::overlaps(a, c));
+    CHECK(tinyllm::detail::overlaps(a.transpose(0, 1), b));  // the same memory, any order
+    CHECK_FALSE(tinyllm::detail::overlaps(a, tensor_view<float, 2>(memory.data(), {0, 4})));  // empty: none
+    const tensor_view<float, 1> last(memory.data() + 15, {1});
+    CHECK(tinyllm::detail::overlaps(a, last));  // views of different ranks
+}

@@ -394,6 +394,9 @@ TEST_CASE("distillation_loss: tau^2 KL(teacher || student), its gradient by fini
     CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), wrong.view(), 1.0), contains("must have the same shape"));
     CHECK_THROWS_WITH(cpu::distillation_loss(wrong.view(), s.view(), t.view(), 1.0), contains("dlogits has shape"));
     CHECK_THROWS_WITH(cpu::distillation_loss(s.view(), s.view(), t.view(), 1.0), contains("must not be the logits"));
+    tensor<float, 2> d(extents<2>{2, 4}, 0.0f);
+    CHECK_THROWS_WITH(cpu::distillation_loss(d.view(), s.view(), t.view(), 1.0, NAN),
+                      contains("grad_scale = nan must be finite"));
     t(1, 2) = NAN;
     CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 1.0),
                       contains("the teacher logits of row 1 hold a non-finite value"));

@@ -198,12 +198,19 @@ void expect_bias(const Out& out, const Bias& bias, std::string_view op) {
                    " elements but the rows have ", out.extent(1), " columns; one bias per column is required");
 }
 
+// `kind` is one of the enumerators (an integer cast to activation may not be).
+inline void expect_activation(activation kind, std::string_view op) {
+    TINYLLM_EXPECT(activation_name(kind) != "unknown", op, ": activation ", static_cast<int>(kind),
+                   " is not one of identity, relu, gelu_erf, gelu_tanh, silu");
+}
+
 }  // namespace detail
 
 namespace cpu {
 
 // out = kind(x), element-wise. out, x: (rows, cols).
 inline void activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, activation kind) {
+    tinyllm::detail::expect_activation(kind, "activate");
     tinyllm::detail::expect_same_shape(out, x, "activate", "out", "x");
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) out(r, c) = tinyllm::activate(kind, x(r, c));
@@ -213,6 +220,7 @@ inline void activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, a
 // layer, fused. out, x: (rows, cols); bias: (cols).
 inline void bias_activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 1> bias,
                           activation kind) {
+    tinyllm::detail::expect_activation(kind, "bias_activate");
     tinyllm::detail::expect_same_shape(out, x, "bias_activate", "out", "x");
     tinyllm::detail::expect_bias(out, bias, "bias_activate");
     for (index_t r = 0; r < x.extent(0); ++r)
@@ -247,6 +255,7 @@ inline void multiply(tensor_view<float, 2> out, tensor_view<const float, 2> a, t
 // (rows, cols); dx may be dout's or x's memory.
 inline void activate_backward(tensor_view<float, 2> dx, tensor_view<const float, 2> dout, tensor_view<const float, 2> x,
                               activation kind) {
+    tinyllm::detail::expect_activation(kind, "activate_backward");
     tinyllm::detail::expect_same_shape(dx, x, "activate_backward", "dx", "x");
     tinyllm::detail::expect_same_shape(dout, x, "activate_backward", "dout", "x");
     for (index_t r = 0; r < x.extent(0); ++r)
@@ -260,6 +269,7 @@ inline void activate_backward(tensor_view<float, 2> dx, tensor_view<const float,
 inline void bias_activate_backward(tensor_view<float, 2> dx, tensor_view<float, 1> dbias,
                                    tensor_view<const float, 2> dout, tensor_view<const float, 2> x,
                                    tensor_view<const float, 1> bias, activation kind, bool accumulate = false) {
+    tinyllm::detail::expect_activation(kind, "bias_activate_backward");
     tinyllm::detail::expect_same_shape(dx, x, "bias_activate_backward", "dx", "x");
     tinyllm::detail::expect_same_shape(dout, x, "bias_activate_backward", "dout", "x");
     tinyllm::detail::expect_bias(x, bias, "bias_activate_backward");

@@ -159,6 +159,8 @@ inline std::vector<generated_sequence> beam_search(const step_function& step, st
                 if (lp[t] != -std::numeric_limits<float>::infinity())
                     candidates.push_back({beams[b].log_prob + lp[t], b, static_cast<token_id>(t)});
         }
+        TINYLLM_EXPECT(!candidates.empty() || !finished.empty(), "beam_search: at new token ", position,
+                       " every token of every beam has log-probability -inf (all tokens banned or filtered)");
         // Best first; stable, so ties keep beam-major, token-minor order.
         std::stable_sort(candidates.begin(), candidates.end(),
                          [](const candidate& a, const candidate& b) { return a.log_prob > b.log_prob; });

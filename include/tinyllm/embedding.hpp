@@ -44,6 +44,7 @@
 #include <tinyllm/error.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <cmath>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -57,6 +58,7 @@ template <class T, class Id>
 void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids /*(B, T)*/,
                tensor_view<const T, 2> table /*(V, D)*/, float scale = 1.0f) {
     static_assert(std::is_integral_v<Id>, "embedding: ids must have an integer type");
+    TINYLLM_EXPECT(std::isfinite(scale), "embedding: scale = ", scale, " must be finite");
     TINYLLM_EXPECT(out.extent(0) == ids.extent(0) && out.extent(1) == ids.extent(1),
                    "embedding: out has shape ", to_string(out.shape()), " but ids ", to_string(ids.shape()),
                    " (out must be (B, T, D) for ids (B, T))");
@@ -66,8 +68,8 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
     for (index_t b = 0; b < ids.extent(0); ++b)
         for (index_t t = 0; t < ids.extent(1); ++t) {
             const auto id = ids(b, t);
-            TINYLLM_EXPECT(id >= 0 && static_cast<index_t>(id) < V, "embedding: ids(", b, ", ", t, ") = ",
-                           static_cast<long long>(id), " is outside the vocabulary [0, ", V, ")");
+            TINYLLM_EXPECT(std::cmp_greater_equal(id, 0) && std::cmp_less(id, V), "embedding: ids(", b, ", ", t,
+                           ") = ", +id, " is outside the vocabulary [0, ", V, ")");
             for (index_t d = 0; d < out.extent(2); ++d) {
                 const T x = table(static_cast<index_t>(id), d);
                 out(b, t, d) = scale == 1.0f ? x : from_float<T>(scale * to_float(x));
@@ -128,9 +130,9 @@ positions_by_id group_positions_by_id(tensor_view<const Id, 2> ids /*(B, T)*/, i
     for (index_t b = 0; b < B; ++b)
         for (index_t t = 0; t < Tn; ++t) {
             const auto id = ids(b, t);
-            if (!(id >= 0 && static_cast<index_t>(id) < V))
-                throw error(cat("tinyllm: ", op, ": ", what, "(", b, ", ", t, ") = ", static_cast<long long>(id),
-                                " is outside ", range, " [0, ", V, ")"));
+            if (!(std::cmp_greater_equal(id, 0) && std::cmp_less(id, V)))  // any integer type, unsigned too
+                throw error(cat("tinyllm: ", op, ": ", what, "(", b, ", ", t, ") = ", +id, " is outside ", range,
+                                " [0, ", V, ")"));
             ++g.offsets[static_cast<std::size_t>(id) + 1];  // histogram, shifted by one
         }
     for (index_t v = 0; v < V; ++v) g.offsets[static_cast<std::size_t>(v + 1)] += g.offsets[static_cast<std::size_t>(v)];

@@ -87,8 +87,8 @@ void expect_linear_args(std::string_view op, const Out& out, const X& x, const W
                    ") is required");
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == weight.extent(0), op, ": bias has ", bias.extent(0),
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no bias)");
-    TINYLLM_EXPECT(static_cast<const void*>(out.data()) != static_cast<const void*>(x.data()) || out.size() == 0, op,
-                   ": out must not be the same memory as x");
+    TINYLLM_EXPECT(!overlaps(out, x) && !overlaps(out, weight), op,
+                   ": out must not share memory with x or weight (the product reads them while out is written)");
 }
 
 template <class Out, class X, class W>
@@ -159,8 +159,7 @@ void expect_linear_backward_args(std::string_view op, const DX& dx, const DW& dw
                         to_string(weight.shape()), "; they must be equal (or dweight empty)"));
     TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == weight.extent(0), op, ": dbias has ", dbias.extent(0),
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no dbias)");
-    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
-                   ": dx must not be the same memory as dout");
+    TINYLLM_EXPECT(!overlaps(dx, dout), op, ": dx must not share memory with dout");
 }
 
 // out = a b needs a (M, K) and b (K, N): a's columns equal b's rows.
@@ -175,8 +174,8 @@ void expect_matmul_args(std::string_view op, const A& a, const B& b) {
 namespace cpu {
 
 // out = x weight^T + bias, torch.nn.Linear. out: (rows, N); x: (rows, K);
-// weight: (N, K), any strides; bias: (N) or empty. out must not overlap x.
-// Any rank: below.
+// weight: (N, K), any strides; bias: (N) or empty. out must not overlap x or
+// weight (checked). Any rank: below.
 inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, tensor_view<const float, 2> weight,
                    tensor_view<const float, 1> bias) {
     tinyllm::detail::expect_linear_args("linear", out, x, weight, bias);

@@ -283,6 +283,7 @@ inline double distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or emp
                                 tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,
                                 double grad_scale = 1.0) {
     tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, "distillation_loss");
+    TINYLLM_EXPECT(std::isfinite(grad_scale), "distillation_loss: grad_scale = ", grad_scale, " must be finite");
     TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
                                            static_cast<const void*>(dlogits.data()) != teacher.data()),
                    "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");

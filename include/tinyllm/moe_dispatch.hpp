@@ -115,6 +115,7 @@ void expect_experts_args(const Out& out, const In& in, const W& w1, const W& w3,
     expect_shape(w1, extents<3>{E, F, D}, op + ": w1");
     expect_shape(w3, extents<3>{E, F, D}, op + ": w3");
     expect_shape(w2, extents<3>{E, D, F}, op + ": w2");
+    expect_shape(plan.expert_offsets, extents<1>{E + 1}, op + ": plan.expert_offsets");
     expect_shape(plan.expert_counts, extents<1>{E}, op + ": plan.expert_counts");
 }
 
@@ -183,6 +184,12 @@ inline void moe_experts_swiglu(tensor_view<float, 2> out, tensor_view<const floa
     tinyllm::detail::expect_experts_args(out, in, w1, w3, w2, plan, "moe_experts_swiglu");
     TINYLLM_EXPECT(plan.expert_offsets(E) <= R, "moe_experts_swiglu: the plan uses ", plan.expert_offsets(E),
                    " rows but in has ", R);
+    // Each expert's rows lie inside its own range of the plan (a plan moe_plan did not write may not).
+    for (index_t e = 0; e < E; ++e)
+        TINYLLM_EXPECT(plan.expert_offsets(e) >= 0 && plan.expert_counts(e) >= 0 &&
+                           plan.expert_offsets(e) + plan.expert_counts(e) <= plan.expert_offsets(e + 1),
+                       "moe_experts_swiglu: expert ", e, "'s ", plan.expert_counts(e), " rows at offset ",
+                       plan.expert_offsets(e), " run past the next expert's offset ", plan.expert_offsets(e + 1));
     for (index_t r = 0; r < R; ++r)
         for (index_t d = 0; d < D; ++d) out(r, d) = 0.0f;
     std::vector<double> h(static_cast<std::size_t>(F));
@@ -273,6 +280,8 @@ inline void moe_forward(tensor_view<float, 2> out, tensor_view<const float, 2> x
     const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0);
     expect_shape(out, x.shape(), "moe_forward: out");
     expect_shape(router, extents<2>{E, D}, "moe_forward: router");
+    TINYLLM_EXPECT(k >= 1 && k <= E, "moe_forward: k = ", k, " must be in [1, E = ", E, "]");
+    tinyllm::detail::expect_dispatch_options(options, "moe_forward");
     tensor<float, 2> logits(extents<2>{T, E});  // (T, E)
     moe_router_logits(logits.view(), x, router);
     tensor<std::int32_t, 2> ids(extents<2>{T, k});  // (T, k)
@@ -318,8 +327,7 @@ inline void expect_moe_backward_args(const char* op, tensor_view<float, 2> dx, t
     expect_optional_gradient(dw3, w3.shape(), op, "dw3");
     expect_optional_gradient(dw2, w2.shape(), op, "dw2");
     if (dlogits_extra.size() != 0) expect_shape(dlogits_extra, extents<2>{T, E}, o + ": dlogits_extra");
-    TINYLLM_EXPECT(static_cast<const void*>(dx.data()) != static_cast<const void*>(dout.data()) || dx.size() == 0, op,
-                   ": dx must not be the same memory as dout");
+    TINYLLM_EXPECT(!overlaps(dx, dout), op, ": dx must not share memory with dout");
 }
 
 // The backward of moe_combine: dy_sorted[row_of(t, j)] = w(t, j) dout[t] and

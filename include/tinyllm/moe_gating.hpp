@@ -331,12 +331,14 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
         for (int g : kept_groups)
             for (int i = 0; i < group_size; ++i) eligible[g * group_size + i] = true;
         const std::vector<int> top = tinyllm::detail::top_k_indices(biased, k, &eligible);
-        // Weights from the unbiased affinities.
+        // Weights from the unbiased affinities. When every chosen affinity is 0
+        // (logits below about -745 underflow the sigmoid) the weights are 0, not
+        // the NaN of 0 / 0.
         double sum = 0;
         for (int j = 0; j < k; ++j) sum += s[top[j]];
         for (int j = 0; j < k; ++j) {
             ids(t, j) = top[j];
-            const double w = options.renormalize ? s[top[j]] / sum : s[top[j]];
+            const double w = options.renormalize ? (sum > 0 ? s[top[j]] / sum : 0.0) : s[top[j]];
             weights(t, j) = static_cast<float>(w * options.routed_scaling_factor);
         }
     }

@@ -154,8 +154,10 @@ inline void validate(const rope_config& cfg, index_t head_dim) {
                        " must be <= the head dim ", head_dim);
     }
     const index_t r = rope_rotary_dim(cfg, head_dim);
-    TINYLLM_EXPECT(std::isfinite(cfg.theta) && cfg.theta > 0, "rope_config.theta = ", cfg.theta,
-                   " must be a positive number");
+    // theta^(-2i/r) is the frequency of pair i: a base below 1 makes the
+    // frequencies grow instead (and a tiny one overflows them to inf).
+    TINYLLM_EXPECT(std::isfinite(cfg.theta) && cfg.theta > 1, "rope_config.theta = ", cfg.theta,
+                   " must be a finite number > 1 (the base of the wavelengths, 10000 in the RoPE paper)");
     if (cfg.scaling != rope_scaling::none) {
         TINYLLM_EXPECT(std::isfinite(cfg.factor) && cfg.factor > 0, "rope_config.factor = ", cfg.factor,
                        " must be positive for ", to_string(cfg.scaling), " scaling");

@@ -339,9 +339,7 @@ struct gptq_options {
 // calibration runs many windows through a layer), H = 2 X^T X / M.
 class gptq_hessian {
 public:
-    explicit gptq_hessian(index_t inputs) : K_(inputs), sum_(static_cast<std::size_t>(inputs * inputs), 0.0) {
-        TINYLLM_EXPECT(inputs >= 1, "gptq_hessian: ", inputs, " inputs");
-    }
+    explicit gptq_hessian(index_t inputs) : K_(checked(inputs)), sum_(static_cast<std::size_t>(K_ * K_), 0.0) {}
     // Add the rows of x (M, K): sum += x^T x (its lower triangle, in double).
     void add(tensor_view<const float, 2> x) {
         TINYLLM_EXPECT(x.extent(1) == K_, "gptq_hessian::add: the calibration inputs have ", x.extent(1),
@@ -371,6 +369,13 @@ public:
     }
 
 private:
+    // Checked before the (K, K) sum is allocated from it.
+    static index_t checked(index_t inputs) {
+        TINYLLM_EXPECT(inputs >= 1 && inputs <= (index_t{1} << 24), "gptq_hessian: ", inputs,
+                       " inputs (a layer takes between 1 and 2^24)");
+        return inputs;
+    }
+
     index_t K_;
     index_t rows_ = 0;
     std::vector<double> sum_;  // (K, K), lower triangle
@@ -462,8 +467,38 @@ inline quantized_matrix quantize_gptq(tensor_view<const float, 2> w /*(N, K)*/,
     return quantize_gptq(w, h, spec, options);
 }
 
+namespace detail {
+
+// A quantized_matrix is a plain struct a caller may fill: its parts must agree
+// with its rows, cols and format before anything indexes them.
+inline void expect_consistent(const quantized_matrix& q, const char* op) {
+    TINYLLM_EXPECT(q.rows >= 0 && q.cols >= 0, op, ": the quantized weight is ", q.rows, " x ", q.cols);
+    index_t groups = 1;
+    if (q.spec.format == quant_format::int4) {
+        TINYLLM_EXPECT(q.spec.group >= 2 && q.spec.group % 2 == 0 && q.cols % q.spec.group == 0, op,
+                       ": int4 group size ", q.spec.group, " must be even, at least 2, and divide the ", q.cols,
+                       " columns");
+        groups = q.cols / q.spec.group;
+    } else {
+        TINYLLM_EXPECT(q.spec.group == 0, op, ": int8 is per output channel (group 0), got group ", q.spec.group);
+    }
+    TINYLLM_EXPECT(static_cast<index_t>(q.data.size()) == q.rows * q.row_bytes(), op, ": the quantized weight (",
+                   q.rows, " x ", q.cols, ", ", q.spec.name(), ") needs ", q.rows * q.row_bytes(),
+                   " bytes of data, it has ", q.data.size());
+    TINYLLM_EXPECT(q.scales.shape() == (extents<2>{q.rows, groups}) || (q.rows == 0 && q.scales.size() == 0), op,
+                   ": the scales have shape ", to_string(q.scales.shape()), "; ", q.spec.name(), " needs (", q.rows,
+                   ", ", groups, ")");
+    const extents<2> zeros = q.spec.format == quant_format::int4 ? extents<2>{q.rows, groups} : extents<2>{};
+    TINYLLM_EXPECT(q.zeros.size() == zeros.product() && (zeros.product() == 0 || q.zeros.shape() == zeros), op,
+                   ": the zero points have shape ", to_string(q.zeros.shape()), "; ", q.spec.name(), " needs ",
+                   q.spec.format == quant_format::int4 ? to_string(zeros) : std::string("none"));
+}
+
+}  // namespace detail
+
 // out (N, K) = W^, the dequantized weight.
 inline void dequantize(tensor_view<float, 2> out, const quantized_matrix& q) {
+    detail::expect_consistent(q, "dequantize");
     TINYLLM_EXPECT(out.extent(0) == q.rows && out.extent(1) == q.cols, "dequantize: out is ", out.extent(0), " x ",
                    out.extent(1), ", the quantized weight is ", q.rows, " x ", q.cols);
     for (index_t n = 0; n < q.rows; ++n)
@@ -474,6 +509,7 @@ namespace detail {
 
 inline void expect_quantized_linear_args(const char* op, tensor_view<float, 2> out, tensor_view<const float, 2> x,
                                          const quantized_matrix& w, tensor_view<const float, 1> bias) {
+    expect_consistent(w, op);
     TINYLLM_EXPECT(x.extent(1) == w.cols, op, ": x ", to_string(x.shape()), " has ", x.extent(1),
                    " features, the quantized weight (", w.rows, " x ", w.cols, ") takes ", w.cols);
     TINYLLM_EXPECT(out.extent(0) == x.extent(0) && out.extent(1) == w.rows, op, ": out has shape ",

@@ -206,13 +206,20 @@ inline void check_generated(tensor_view<float, 2> logits, tensor_view<const toke
 // ties) keeps its logit, every other token gets -inf.
 inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
     ::tinyllm::detail::check_temperature(t);
-    sampling_detail::for_each_row(logits, "temperature", [&](sampling_detail::row_t row, index_t) {
+    sampling_detail::for_each_row(logits, "temperature", [&](sampling_detail::row_t row, index_t b) {
         if (t == 0.0f) {
             const auto best = std::max_element(row.begin(), row.end()) - row.begin();  // first maximum
             for (std::size_t i = 0; i < row.size(); ++i)
                 if (static_cast<std::ptrdiff_t>(i) != best) row[i] = -std::numeric_limits<float>::infinity();
         } else {
-            for (float& z : row) z = ::tinyllm::detail::div_rn(z, t);
+            for (std::size_t i = 0; i < row.size(); ++i) {
+                const float z = ::tinyllm::detail::div_rn(row[i], t);
+                // A T so small that z / T overflows would hand the next step a +inf.
+                TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "temperature: logit [", b, ", ", i,
+                               "] = ", row[i], " divided by T = ", t,
+                               " overflows to +inf; use a larger T, or T = 0 for greedy decoding");
+                row[i] = z;
+            }
         }
     });
 }
@@ -280,9 +287,13 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
                    " must be finite");
     sampling_detail::check_generated(logits, generated, "frequency_presence_penalty");
     sampling_detail::for_each_row(logits, "frequency_presence_penalty", [&](sampling_detail::row_t row, index_t b) {
-        for (auto [t, count] : sampling_detail::token_counts(generated, b, logits.extent(1), "frequency_presence_penalty"))
-            row[static_cast<std::size_t>(t)] = frequency_presence_penalized(
-                row[static_cast<std::size_t>(t)], static_cast<float>(count), frequency, presence);
+        for (auto [t, count] :
+             sampling_detail::token_counts(generated, b, logits.extent(1), "frequency_presence_penalty")) {
+            float& z = row[static_cast<std::size_t>(t)];
+            z = frequency_presence_penalized(z, static_cast<float>(count), frequency, presence);
+            TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "frequency_presence_penalty: logit [", b, ", ",
+                           t, "] overflows to +inf (frequency = ", frequency, ", presence = ", presence, ")");
+        }
     });
 }
 
@@ -294,13 +305,19 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, fl
         TINYLLM_EXPECT(std::isfinite(v), "logit_bias: the bias of token ", t, " is ", v,
                        "; use ban_tokens to forbid a token");
     }
-    sampling_detail::for_each_row(logits, "logit_bias", [&](sampling_detail::row_t row, index_t) {
-        for (auto [t, v] : bias) row[static_cast<std::size_t>(t)] = ::tinyllm::detail::add_rn(row[static_cast<std::size_t>(t)], v);
+    sampling_detail::for_each_row(logits, "logit_bias", [&](sampling_detail::row_t row, index_t b) {
+        for (auto [t, v] : bias) {
+            float& z = row[static_cast<std::size_t>(t)];
+            z = ::tinyllm::detail::add_rn(z, v);
+            TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "logit_bias: logit [", b, ", ", t,
+                           "] + its bias ", v, " overflows to +inf");
+        }
     });
 }
 
 // z_t <- -inf for the listed tokens, in every row.
 inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> tokens) {  // (B, V)
+    ::tinyllm::detail::check_vocab(logits.extent(1), "ban_tokens");
     std::vector<bool> banned(static_cast<std::size_t>(std::max<index_t>(logits.extent(1), 0)), false);
     for (token_id t : tokens) {
         TINYLLM_EXPECT(t >= 0 && t < logits.extent(1), "ban_tokens: token ", t, " is outside [0, ",
@@ -360,6 +377,7 @@ inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 
 // The token that `sample` chooses for one row with random bits r (see the header comment).
 inline token_id sample_row(std::span<const float> row, std::uint64_t random_bits, index_t b = 0) {
+    ::tinyllm::detail::check_vocab(static_cast<index_t>(row.size()), "sample");
     sampling_detail::check_row(row, b, "sample");
     const auto q = sampling_detail::row_weights(row);
     std::uint64_t total = 0;
@@ -416,6 +434,7 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
 
 // The probabilities softmax(z) of one row as doubles (for display and tests).
 inline std::vector<double> softmax_row(std::span<const float> row) {
+    TINYLLM_EXPECT(!row.empty(), "softmax_row: the row is empty");
     const float m = sampling_detail::row_max(row);
     std::vector<double> p(row.size());
     double s = 0;

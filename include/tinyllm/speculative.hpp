@@ -62,6 +62,7 @@
 #include <tinyllm/sampling.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -158,14 +159,20 @@ inline speculative_step accept_or_resample(std::span<const double> p, std::span<
     TINYLLM_EXPECT(q.empty() || q.size() == V, "accept_or_resample: q has ", q.size(), " entries, p ", V);
     TINYLLM_EXPECT(d >= 0 && static_cast<std::size_t>(d) < V, "accept_or_resample: token ", d,
                    " is outside the vocabulary [0, ", V, ")");
+    TINYLLM_EXPECT(u_accept >= 0 && u_accept < 1 && u_resample >= 0 && u_resample < 1,
+                   "accept_or_resample: the uniform draws u_accept = ", u_accept, " and u_resample = ", u_resample,
+                   " must be in [0, 1)");
     const double qd = q.empty() ? 1.0 : q[static_cast<std::size_t>(d)];
-    TINYLLM_EXPECT(qd > 0, "accept_or_resample: the draft proposed token ", d, ", which its own distribution gives 0");
+    TINYLLM_EXPECT(qd > 0 && std::isfinite(qd), "accept_or_resample: the draft proposed token ", d,
+                   ", which its own distribution gives ", qd);
     const double pd = p[static_cast<std::size_t>(d)];
     if (u_accept < pd / qd) return {d, true};  // min(1, p/q): a ratio >= 1 always accepts (u < 1)
     std::vector<double> residual(V);            // max(0, p - q)
     double mass = 0;
     for (std::size_t i = 0; i < V; ++i) {
         const double qi = q.empty() ? (i == static_cast<std::size_t>(d) ? 1.0 : 0.0) : q[i];
+        TINYLLM_EXPECT(p[i] >= 0 && std::isfinite(p[i]) && qi >= 0 && std::isfinite(qi), "accept_or_resample: token ",
+                       i, " has probability p = ", p[i], ", q = ", qi, "; probabilities are finite and >= 0");
         mass += residual[i] = std::max(0.0, p[i] - qi);
     }
     // A rejection implies p(d) < q(d), so some other token has p > q; only
@@ -264,7 +271,10 @@ speculative_result speculate(const Target& target, Drafter& drafter, std::span<c
     const auto& eos = o.eos_token_ids.empty() ? target.config().eos_token_ids : o.eos_token_ids;
     speculative_result r;
     if (o.max_new_tokens == 0) return r;
-    auto session = target.new_session(static_cast<index_t>(prompt.size()) + o.max_new_tokens + o.draft_tokens);
+    // A round drafts at most the tokens still to come, so a draft_tokens larger
+    // than max_new_tokens asks for no more cache than max_new_tokens does.
+    auto session = target.new_session(static_cast<index_t>(prompt.size()) + o.max_new_tokens +
+                                      std::min(o.draft_tokens, o.max_new_tokens));
     std::vector<token_id> text(prompt.begin(), prompt.end());
     // Prefill all but the last prompt token: every round starts by feeding the
     // last committed token, whose logits are the first position it verifies.
@@ -342,7 +352,8 @@ speculative_result generate_speculative_on(const Target& target, const Draft& dr
     TINYLLM_EXPECT(draft.config().vocab_size == target.config().vocab_size, what, ": the draft model's vocabulary has ",
                    draft.config().vocab_size, " tokens and the target's ", target.config().vocab_size,
                    "; a draft must share the target's tokenizer");
-    model_drafter<Draft> drafter(draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens + o.draft_tokens, o);
+    model_drafter<Draft> drafter(
+        draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens + std::min(o.draft_tokens, o.max_new_tokens), o);
     return speculate(target, drafter, prompt, o, on_token);
 }
 

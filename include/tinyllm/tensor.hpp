@@ -122,6 +122,40 @@ TINYLLM_HOST_DEVICE void check_index([[maybe_unused]] index_t i, [[maybe_unused]
 #endif
 }
 
+// A view's shape: no extent may be negative. Checked on the host (a view is
+// where a shape computed as T - n < 0 first appears); device code receives
+// views the host has checked, and checks them again only with bounds checking.
+template <std::size_t Rank>
+TINYLLM_HOST_DEVICE constexpr const extents<Rank>& checked_view_shape(const extents<Rank>& shape) {
+#if !TINYLLM_ON_DEVICE
+    for (std::size_t d = 0; d < Rank; ++d)
+        if (shape[d] < 0)
+            throw error(cat("tinyllm: a tensor view of shape ", to_string(shape), " has a negative extent"));
+#elif TINYLLM_BOUNDS_CHECK
+    for (std::size_t d = 0; d < Rank; ++d)
+        if (shape[d] < 0) {
+            printf("tinyllm: a tensor view has a negative extent %lld in dimension %d\n",
+                   static_cast<long long>(shape[d]), static_cast<int>(d));
+            __trap();
+        }
+#endif
+    return shape;
+}
+
+// `dim` names one of a view's Rank dimensions (slice, narrow, transpose).
+TINYLLM_HOST_DEVICE constexpr void check_dim([[maybe_unused]] std::size_t dim, [[maybe_unused]] std::size_t rank) {
+#if !TINYLLM_ON_DEVICE
+    if (dim >= rank)
+        throw error(cat("tinyllm: dimension ", dim, " of a tensor view of rank ", rank, " does not exist"));
+#elif TINYLLM_BOUNDS_CHECK
+    if (dim >= rank) {
+        printf("tinyllm: dimension %d of a tensor view of rank %d does not exist\n", static_cast<int>(dim),
+               static_cast<int>(rank));
+        __trap();
+    }
+#endif
+}
+
 }  // namespace detail
 
 template <class T, std::size_t Rank>
@@ -133,13 +167,14 @@ public:
 
     constexpr tensor_view() = default;
 
-    // A contiguous row-major tensor of the given shape starting at `data`.
+    // A contiguous row-major tensor of the given shape starting at `data`. A
+    // negative extent throws tinyllm::error (on the host).
     TINYLLM_HOST_DEVICE constexpr tensor_view(T* data, const shape_type& shape)
-        : data_(data), shape_(shape), strides_(row_major_strides(shape)) {}
+        : data_(data), shape_(detail::checked_view_shape(shape)), strides_(row_major_strides(shape)) {}
 
     // Any layout: element (i...) is at data + sum(i[d] * strides[d]).
     TINYLLM_HOST_DEVICE constexpr tensor_view(T* data, const shape_type& shape, const shape_type& strides)
-        : data_(data), shape_(shape), strides_(strides) {}
+        : data_(data), shape_(detail::checked_view_shape(shape)), strides_(strides) {}
 
     // A view of T converts to a view of const T (never the other way round).
     template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
@@ -183,6 +218,7 @@ public:
     // for x of shape (B, T, D), x.slice(0, b) is the (T, D) sequence b.
     template <std::size_t R = Rank, class = std::enable_if_t<(R > 1)>>
     TINYLLM_HOST_DEVICE constexpr tensor_view<T, Rank - 1> slice(std::size_t dim, index_t i) const {
+        detail::check_dim(dim, Rank);
         detail::check_index(i, shape_[dim], dim);
         extents<Rank - 1> shape, strides;
         for (std::size_t d = 0, k = 0; d < Rank; ++d) {
@@ -195,7 +231,9 @@ public:
     }
 
     // Elements [start, start + length) of dimension `dim`, other dimensions whole.
+    // A negative length throws (on the host), as a negative extent does.
     TINYLLM_HOST_DEVICE constexpr tensor_view narrow(std::size_t dim, index_t start, index_t length) const {
+        detail::check_dim(dim, Rank);
         if (length > 0) {
             detail::check_index(start, shape_[dim], dim);
             detail::check_index(start + length - 1, shape_[dim], dim);
@@ -207,6 +245,8 @@ public:
 
     // The same memory with dimensions a and b swapped (no copy).
     TINYLLM_HOST_DEVICE constexpr tensor_view transpose(std::size_t a, std::size_t b) const {
+        detail::check_dim(a, Rank);
+        detail::check_dim(b, Rank);
         shape_type shape = shape_, strides = strides_;
         index_t t = shape[a]; shape[a] = shape[b]; shape[b] = t;
         t = strides[a]; strides[a] = strides[b]; strides[b] = t;
@@ -218,6 +258,32 @@ private:
     shape_type shape_;
     shape_type strides_;
 };
+
+namespace detail {
+
+// The lowest and one past the highest address a view touches (empty: equal).
+template <class T, std::size_t Rank>
+std::pair<const char*, const char*> address_range(const tensor_view<T, Rank>& v) {
+    if (v.size() == 0) return {nullptr, nullptr};
+    index_t lo = 0, hi = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+        const index_t span = (v.extent(d) - 1) * v.stride(d);
+        (span < 0 ? lo : hi) += span;
+    }
+    const char* base = reinterpret_cast<const char*>(v.data());
+    return {base + lo * static_cast<index_t>(sizeof(T)), base + (hi + 1) * static_cast<index_t>(sizeof(T))};
+}
+
+// Whether two views may share memory: their address ranges intersect (an
+// output that overlaps an input would be read after it was written).
+template <class T, std::size_t RankT, class U, std::size_t RankU>
+bool overlaps(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
+    const auto [a0, a1] = address_range(a);
+    const auto [b0, b1] = address_range(b);
+    return a0 != a1 && b0 != b1 && a0 < b1 && b0 < a1;
+}
+
+}  // namespace detail
 
 // View a contiguous buffer as a tensor of a new shape with the same number of
 // elements: reshape(x, {B * T, D}) — the new rank is the number of sizes given

@@ -192,7 +192,7 @@ __global__ void gating_naive_kernel(gating_args<T> a) {
         for (int j = 0; j < k; ++j) sum += moe_sigmoid(to_float(row[ids[j]]));
         for (int j = 0; j < k; ++j) {
             const double s = moe_sigmoid(to_float(row[ids[j]]));
-            weights[j] = static_cast<float>((a.renormalize ? s / sum : s) * a.scale);
+            weights[j] = static_cast<float>((a.renormalize ? (sum > 0 ? s / sum : 0.0) : s) * a.scale);
         }
     }
 }
@@ -334,7 +334,7 @@ __global__ void gating_fused_kernel(gating_args<T> a) {
         } else {
             const float s = lane < k ? static_cast<float>(moe_sigmoid(to_float(row[my_id]))) : 0.0f;
             const float sum = warp_sum(s);
-            w = (a.renormalize ? s / sum : s) * a.scale;
+            w = (a.renormalize ? (sum > 0.0f ? s / sum : 0.0f) : s) * a.scale;  // every pick 0: weights 0
         }
         if (lane < k) {
             a.ids[t * k + lane] = my_id;

@@ -84,6 +84,7 @@ struct device_quantized_matrix {
 
 // Upload a quantized matrix (synchronous copies).
 inline device_quantized_matrix to_device(const quantized_matrix& q) {
+    ::tinyllm::detail::expect_consistent(q, "cuda::to_device");
     device_quantized_matrix d;
     d.spec = q.spec;
     d.rows = q.rows;
