@@ -89,6 +89,28 @@ TEST_CASE("token files: bad ids, damaged and foreign files are clear errors", "[
     CHECK_THROWS_WITH(token_file(dir.file("missing")), contains("cannot open"));
 }
 
+TEST_CASE("token files: a count whose size wraps, and a position past the end, are errors", "[data][errors]") {
+    temp_dir dir;
+    const std::vector<token_id> ids = {1, 2, 3, 4, 5};
+    write_token_file(dir.file("ok"), ids, 7, 6);
+    const token_file ok(dir.file("ok"));
+    CHECK(ok[4] == 5);
+    CHECK_THROWS_WITH(ok[5], contains("position 5 is past its 5 tokens"));
+    CHECK_THROWS_WITH(ok[~std::uint64_t{0}], contains("is past its 5 tokens"));
+    // The header alone announcing 2^63 tokens of 2 bytes: 2^63 * 2 wraps to 0,
+    // the number of bytes that follow, and must not pass for a match.
+    std::string header;
+    {
+        std::ifstream in(dir.file("ok"), std::ios::binary);
+        header.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    header.resize(64);
+    for (int i = 0; i < 8; ++i) header[static_cast<std::size_t>(16 + i)] = i == 7 ? '\x80' : '\0';
+    std::ofstream(dir.file("wraps"), std::ios::binary) << header;
+    CHECK_THROWS_WITH(token_file(dir.file("wraps")),
+                      contains("9223372036854775808 tokens of 2 bytes announced but 0 bytes follow the header"));
+}
+
 TEST_CASE("split_tokens: the last fraction is validation, each split holds a window", "[data]") {
     const data_splits s = split_tokens(1000, 63, 0.1);
     CHECK(s.train_begin == 0);

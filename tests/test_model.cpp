@@ -256,6 +256,107 @@ TEST_CASE("config.json without an architectures list: model_type names the model
                       tinyllm_test::contains("has neither an \"architectures\" list nor a \"model_type\""));
 }
 
+TEST_CASE("config.json: out-of-range values are refused at load, naming the file and the field",
+          "[model][config][errors]") {
+    temp_dir d;
+    const std::string path = d.file("config.json");
+    // A small Llama config with `extra` spliced in (the first of two equal keys
+    // would win, so each key is given once: layers and width come with `extra`).
+    const auto llama = [&](const std::string& extra) {
+        write_file(path, R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "num_attention_heads": 2,
+                            "intermediate_size": 16)" +
+                             extra + "}");
+        return tinyllm::load_model_config(d.path.string());
+    };
+    const auto gpt2 = [&](const std::string& extra) {
+        write_file(path, R"({"architectures": ["GPT2LMHeadModel"], "vocab_size": 10, "n_head": 2, "n_positions": 16)" +
+                             extra + "}");
+        return tinyllm::load_model_config(d.path.string());
+    };
+    const std::string layers = R"(, "num_hidden_layers": 1, "hidden_size": 8)";
+    CHECK(llama(layers).num_layers == 1);
+    // Integers, of a size whose products fit.
+    CHECK_THROWS_WITH(gpt2(R"(, "n_embd": 64.0, "n_layer": 1)"),
+                      tinyllm_test::contains("config.json': \"n_embd\" = 64.0 must be an integer"));
+    CHECK_THROWS_WITH(gpt2(R"(, "n_embd": 4611686018427387904, "n_layer": 1)"),
+                      tinyllm_test::contains("config.json': \"n_embd\" = 4611686018427387904 is too large"));
+    CHECK_THROWS_WITH(llama(R"(, "num_hidden_layers": 1000000000000, "hidden_size": 8)"),
+                      tinyllm_test::contains("\"num_hidden_layers\" = 1000000000000 is too large"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "head_dim": 2305843009213693952)"),
+                      tinyllm_test::contains("\"head_dim\" = 2305843009213693952 is too large"));
+    CHECK_THROWS_WITH(
+        llama(R"(, "num_hidden_layers": 1, "hidden_size": 2147483648)"),
+        tinyllm_test::contains("a weight of num_attention_heads (2) x head_dim (1073741824) x hidden_size "
+                               "(2147483648) would be too large"));
+    // eos_token_id: ids inside the vocabulary, not narrowed.
+    CHECK(llama(layers + R"(, "eos_token_id": [3, 9])").eos_token_ids == std::vector<tinyllm::token_id>{3, 9});
+    CHECK_THROWS_WITH(
+        llama(layers + R"(, "eos_token_id": 4294967296)"),
+        tinyllm_test::contains("config.json': \"eos_token_id\" 4294967296 is outside the vocabulary [0, 10)"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "eos_token_id": -5)"),
+                      tinyllm_test::contains("\"eos_token_id\" -5 is outside the vocabulary"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "eos_token_id": [1, 10])"),
+                      tinyllm_test::contains("\"eos_token_id\" 10 is outside the vocabulary"));
+    CHECK_THROWS_WITH(
+        llama(layers + R"(, "eos_token_id": ["x"])"),
+        tinyllm_test::contains("config.json': \"eos_token_id\" must be a token id or a list of token ids"));
+    // partial_rotary_factor: a fraction of the head (4 here) that leaves at least one pair rotating.
+    CHECK(llama(layers + R"(, "partial_rotary_factor": 0.5)").rope.rotary_dim == 2);
+    CHECK_THROWS_WITH(llama(layers + R"(, "partial_rotary_factor": 0.1)"),
+                      tinyllm_test::contains("\"partial_rotary_factor\" = 0.1 of head_dim 4 rotates no pair"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "partial_rotary_factor": 0)"),
+                      tinyllm_test::contains("\"partial_rotary_factor\" = 0 must be in (0, 1]"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "partial_rotary_factor": 1e300)"),
+                      tinyllm_test::contains("\"partial_rotary_factor\" = 1e+300 must be in (0, 1]"));
+    // The norms' epsilon: positive and finite as a float.
+    CHECK_THROWS_WITH(llama(layers + R"(, "rms_norm_eps": -1)"),
+                      tinyllm_test::contains("config.json': \"rms_norm_eps\" = -1 must be a positive number"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "rms_norm_eps": 1e400)"),
+                      tinyllm_test::contains("\"rms_norm_eps\" = inf must be a positive number"));
+    CHECK_THROWS_WITH(gpt2(R"(, "n_embd": 8, "n_layer": 1, "layer_norm_epsilon": 1e300)"),
+                      tinyllm_test::contains("\"layer_norm_epsilon\" = 1e+300 must be a positive number"));
+}
+
+TEST_CASE("checkpoints: config dimensions beyond the checkpoint's fail before anything is allocated from them",
+          "[model][config][errors]") {
+    const std::string gpt2_dir = fixture_dir("gpt2"), mixtral_dir = fixture_dir("mixtral"),
+                      llama_dir = fixture_dir("llama");
+    if (gpt2_dir.empty() || mixtral_dir.empty() || llama_dir.empty()) {
+        WARN("../shared not found: skipped");
+        return;
+    }
+    // The fixture's checkpoint with config.json's `from` replaced by `to`.
+    const auto edited = [](const temp_dir& d, const std::string& dir, const std::string& from, const std::string& to) {
+        std::ostringstream text;
+        text << std::ifstream(fs::path(dir) / "config.json", std::ios::binary).rdbuf();
+        std::string config = text.str();
+        const auto at = config.find(from);
+        REQUIRE(at != std::string::npos);
+        write_file(d.file("config.json"), config.replace(at, from.size(), to));
+        fs::copy_file(fs::path(dir) / "model.safetensors", d.file("model.safetensors"));
+        return d.path.string();
+    };
+    {
+        temp_dir d;
+        CHECK_THROWS_WITH(tinyllm::cpu::model::load(edited(d, gpt2_dir, "\"n_layer\": 3", "\"n_layer\": 2000000")),
+                          tinyllm_test::contains("has no tensor 'transformer.h.1999999.ln_1.weight' of the last of the "
+                                                 "2000000 layers its config.json announces (\"n_layer\")"));
+    }
+    {
+        temp_dir d;
+        CHECK_THROWS_WITH(
+            tinyllm::cpu::model::load(
+                edited(d, mixtral_dir, "\"num_local_experts\": 8", "\"num_local_experts\": 100000")),
+            tinyllm_test::contains("tensor 'model.layers.0.block_sparse_moe.gate.weight' has shape (8, 64) "
+                                   "but the config implies (100000, 64)"));
+    }
+    // A session's KV cache: capacity bounded by its size (RoPE models may pass max_position_embeddings).
+    const auto llama = tinyllm::cpu::model::load(llama_dir);
+    CHECK(llama.new_session(llama.config().max_positions + 1).capacity() == llama.config().max_positions + 1);
+    CHECK_THROWS_WITH(llama.new_session(index_t{1} << 40),
+                      tinyllm_test::contains("capacity 1099511627776 needs a KV cache of more than 2^40 bytes"));
+}
+
 TEST_CASE("safetensors: a valid file reads back; each kind of damage has its own error", "[model][safetensors]") {
     temp_dir d;
     const std::string good_header = R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
@@ -619,7 +720,8 @@ TEST_CASE("save_model writes config.json + model.safetensors that model::load re
     configs[1].rope.theta = 500000.0;  // Llama 3's base and its frequency scaling
     configs[1].rope.scaling = tinyllm::rope_scaling::llama3;
     configs[1].rope.factor = 32.0;
-    configs[1].eos_token_ids = {128001, 128009};
+    configs[1].eos_token_ids = {250, 256};  // inside the vocabulary of 257 (load_model_config checks)
+    configs[2].eos_token_ids = {256};       // not llama_1b's 128001, which this vocabulary lacks
     configs[2].router_aux_loss_coef = 0.02;
     configs[0].eos_token_ids = {256};
     for (const tinyllm::model_config& c : configs) {

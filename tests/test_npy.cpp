@@ -313,6 +313,15 @@ TEST_CASE("npy: each kind of malformed file has its own error", "[npy]") {
     CHECK_THAT(error_for(good.substr(0, good.size() - 1)), tinyllm_test::contains("truncated"));
     CHECK_THAT(error_for(npy_bytes(1, header("<f8", "False", "(4294967296, 4294967296)"), six)),
                tinyllm_test::contains("is too large (its size overflows)"));
+    // No elements, but nonzero extents whose product would overflow the strides
+    // computed from them (either order of elements); modest ones read as empty.
+    for (const char* fortran : {"False", "True"}) {
+        CHECK_THAT(error_for(npy_bytes(1, header("<f4", fortran, "(0, 4611686018427387904, 4611686018427387904)"), "")),
+                   tinyllm_test::contains("is too large (its size overflows)"));
+        CHECK(error_for(npy_bytes(1, header("<f4", fortran, "(0, 1048576, 1048576)"), "")) == "(no error)");
+    }
     // Every error names the file.
     CHECK_THAT(error_for(""), tinyllm_test::contains(path));
+    // A directory opens as a stream, with a nonsense size: it is not a regular file.
+    CHECK_THAT(error_of(dir.path.string()), tinyllm_test::contains("is not a regular file (it is a directory)"));
 }

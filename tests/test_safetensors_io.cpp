@@ -185,3 +185,41 @@ TEST_CASE("save_safetensors and to_tensor refuse what they cannot do, naming it"
     CHECK_THROWS_WITH((tinyllm::to_tensor<float, 2>(*f.find("a"))),
                       tinyllm_test::contains("to_tensor asks for F32 with 2 dimensions"));
 }
+
+TEST_CASE("safetensors_file refuses headers that would overflow or mislead later, naming the tensor and field",
+          "[safetensors][io][errors]") {
+    temp_dir dir;
+    const auto error_of = [&](const std::string& header, const std::string& data) {
+        std::string bytes(8, '\0');
+        for (int i = 0; i < 8; ++i)
+            bytes[static_cast<std::size_t>(i)] = static_cast<char>((std::uint64_t{header.size()} >> (8 * i)) & 0xff);
+        std::ofstream(dir.file("h.safetensors"), std::ios::binary) << bytes + header + data;
+        try {
+            const tinyllm::safetensors_file f(dir.file("h.safetensors"));
+        } catch (const tinyllm::error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    // No elements, but extents whose product overflows the strides computed from them.
+    CHECK_THAT(
+        error_of(R"({"a":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})",
+                 ""),
+        tinyllm_test::contains("tensor 'a': the shape is absurdly large"));
+    CHECK_THAT(error_of(R"({"a":{"dtype":"F32","shape":[0,1048576,1048576],"data_offsets":[0,0]}})", ""),
+               tinyllm_test::contains("no error"));
+    // Integers only, named by field.
+    CHECK_THAT(error_of(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", std::string(8, 'x')),
+               tinyllm_test::contains("tensor 'a': \"shape\" holds 2.0, not an integer"));
+    CHECK_THAT(error_of(R"({"a":{"dtype":"F32","shape":[1e30],"data_offsets":[0,8]}})", std::string(8, 'x')),
+               tinyllm_test::contains("tensor 'a': \"shape\" holds 1e30"));
+    CHECK_THAT(
+        error_of(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551615]}})", std::string(8, 'x')),
+        tinyllm_test::contains("tensor 'a': \"data_offsets\" holds 18446744073709551615, not an integer that fits"));
+    // A name given twice would leave one of the two unreachable.
+    CHECK_THAT(
+        error_of(
+            R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+            std::string(8, 'x')),
+        tinyllm_test::contains("tensor 'a': the header names this tensor twice"));
+}

@@ -207,6 +207,13 @@ TEST_CASE("tiktoken rank files: malformed lines") {
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("e.tiktoken", "YWI= 0\n"), pretokenizer::r50k),
                       contains("byte 0 is missing"));
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("f.tiktoken", ""), pretokenizer::r50k), contains("no tokens"));
+    // Ranks may leave gaps, but not so wide that the vocabulary outgrows the file
+    // (a 14-byte line must not allocate 10^8 entries): below twice its lines.
+    CHECK_THROWS_WITH(load_tiktoken(tmp.write("h.tiktoken", "QUI= 99999999\n"), pretokenizer::r50k),
+                      contains("h.tiktoken line 1: rank 99999999 is implausibly large for a file of 1 lines"));
+    CHECK_THROWS_WITH(load_tiktoken(tmp.write("i.tiktoken", byte_ranks() + "YWI= 514\n"), pretokenizer::r50k),
+                      contains("i.tiktoken line 257: rank 514 is implausibly large for a file of 257 lines"));
+    CHECK(load_tiktoken(tmp.write("j.tiktoken", byte_ranks() + "YWI= 513\n"), pretokenizer::r50k).vocab_size() == 514);
     CHECK_THROWS_WITH(load_tiktoken((tmp.path / "missing").string(), pretokenizer::r50k), contains("cannot open"));
     CHECK_THROWS_WITH(load_tokenizer(tmp.write("g.txt", byte_ranks())), contains("say which encoding"));
 }

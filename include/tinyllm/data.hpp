@@ -116,8 +116,10 @@ public:
         fingerprint_ = detail::get_le<std::uint64_t>(h + 24);
         vocab_size_ = detail::get_le<std::uint64_t>(h + 32);
         if (vocab_size_ == 0 || vocab_size_ > 0x7fffffffu) fail("vocabulary size ", vocab_size_);
-        if (file_.size() - detail::token_file_header_bytes != count_ * width_)
-            fail(count_, " tokens of ", width_, " bytes announced but ", file_.size() - detail::token_file_header_bytes,
+        // Compared by division: count_ * width_ wraps for a count near 2^64.
+        const std::uint64_t body = file_.size() - detail::token_file_header_bytes;
+        if (body % width_ != 0 || body / width_ != count_)
+            fail(count_, " tokens of ", width_, " bytes announced but ", body,
                  " bytes follow the header (truncated or damaged)");
     }
 
@@ -126,8 +128,10 @@ public:
     index_t vocab_size() const { return static_cast<index_t>(vocab_size_); }
     const std::string& path() const { return file_.path(); }
 
-    // Id i (i < size()); an id outside the vocabulary is an error naming its position.
+    // Id i; a position past the end, or an id outside the vocabulary, is an
+    // error naming the position. (One comparison each: cheap beside the read.)
     token_id operator[](std::uint64_t i) const {
+        TINYLLM_EXPECT(i < count_, "token file '", file_.path(), "': position ", i, " is past its ", count_, " tokens");
         const std::byte* p = file_.data() + detail::token_file_header_bytes + i * width_;
         const std::uint32_t id = width_ == 2 ? detail::get_le<std::uint16_t>(p) : detail::get_le<std::uint32_t>(p);
         TINYLLM_EXPECT(id < vocab_size_, "token file '", file_.path(), "': id ", id, " at position ", i,

@@ -59,16 +59,18 @@
 
 #include <array>
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <map>
 #include <fstream>
 #include <functional>
+#include <initializer_list>
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 #include <span>
@@ -114,17 +116,64 @@ inline json::value read_json_file(const std::string& path) {
     return json::parse(text, path);
 }
 
-// config[key] as an integer, or `fallback` when absent or null; -1 fallback = required.
-inline index_t config_int(const json::value& c, const char* key, index_t fallback, const std::string& path) {
+// The largest value config.json may give a dimension (vocabulary, widths,
+// layers, heads, positions, experts): 2^31, so that the product of any two
+// fits in index_t. The weight tensors they imply are bounded as safetensors_file
+// bounds a tensor: 2^50 elements (the product of the nonzero extents).
+inline constexpr index_t config_dim_max = index_t{1} << 31;
+inline constexpr index_t config_numel_max = index_t{1} << 50;
+
+// Whether the product of the positive `factors` is at most `limit`, computed
+// without overflow (zero and negative factors are left to other checks).
+inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t> factors) {
+    index_t p = 1;
+    for (const index_t f : factors) {
+        if (f <= 0) continue;
+        if (p > limit / f) return false;
+        p *= f;
+    }
+    return true;
+}
+
+// JSON number v, the value of `key` in config file `path`, as an integer
+// (64.0 and 1e30 are not), named in the error.
+inline index_t config_integer(const json::value& v, const char* key, const std::string& path) {
+    if (!v.is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
+    const std::string& text = v.number_text();
+    index_t n = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size())
+        TINYLLM_FAIL("'", path, "': \"", key, "\" = ", text, " must be an integer that fits in 64 bits");
+    return n;
+}
+
+// config[key] as an integer in [0, max], or `fallback` when absent or null; -1 fallback = required.
+inline index_t config_int(const json::value& c, const char* key, index_t fallback, const std::string& path,
+                          index_t max = std::numeric_limits<index_t>::max()) {
     const json::value* v = c.find(key);
     if (!v || v->is_null()) {
         if (fallback < 0) TINYLLM_FAIL("'", path, "' has no \"", key, "\"");
         return fallback;
     }
-    if (!v->is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
-    const index_t n = v->as_int64();
+    const index_t n = config_integer(*v, key, path);
     if (n < 0) TINYLLM_FAIL("'", path, "': \"", key, "\" = ", n, " must not be negative");
+    if (n > max) TINYLLM_FAIL("'", path, "': \"", key, "\" = ", n, " is too large (at most ", max, ")");
     return n;
+}
+
+// A dimension of the model: config_int bounded by config_dim_max.
+inline index_t config_dim(const json::value& c, const char* key, index_t fallback, const std::string& path) {
+    return config_int(c, key, fallback, path, config_dim_max);
+}
+
+// Before anything is allocated per layer: the checkpoint must hold `name`, a
+// tensor of the last layer config c announces, so that a layer count beyond
+// the checkpoint's is an error naming the field, not a huge allocation.
+inline void expect_last_layer(const model_config& c, const safetensors_checkpoint& ck, const std::string& name) {
+    if (!ck.contains(name))
+        TINYLLM_FAIL("checkpoint '", ck.dir(), "' has no tensor '", name, "' of the last of the ", c.num_layers,
+                     " layers its config.json announces (\"",
+                     c.arch == model_arch::gpt2 ? "n_layer" : "num_hidden_layers", "\")");
 }
 
 inline double config_double(const json::value& c, const char* key, double fallback, const std::string& path) {
@@ -132,6 +181,16 @@ inline double config_double(const json::value& c, const char* key, double fallba
     if (!v || v->is_null()) return fallback;
     if (!v->is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
     return v->as_double();
+}
+
+// A norm's epsilon (layer_norm_epsilon, rms_norm_eps) as the float the norms
+// use: finite and positive after the conversion, checked here rather than at
+// the first forward (and 1e300 is not converted to float: out of range).
+inline float config_norm_eps(const json::value& c, const char* key, double fallback, const std::string& path) {
+    const double eps = config_double(c, key, fallback, path);
+    if (!(eps > 0 && eps <= std::numeric_limits<float>::max()) || !(static_cast<float>(eps) > 0))
+        TINYLLM_FAIL("'", path, "': \"", key, "\" = ", eps, " must be a positive number that a float holds");
+    return static_cast<float>(eps);
 }
 
 inline rope_config read_rope(const json::value& c, index_t head_dim, const std::string& path) {
@@ -162,8 +221,19 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
             TINYLLM_FAIL("'", path, "': rope type \"", type, "\" is not supported (default, linear, llama3 are)");
         }
     }
-    if (const json::value* f = c.find("partial_rotary_factor"); f && f->is_number())
-        rope.rotary_dim = static_cast<index_t>(static_cast<double>(head_dim) * f->as_double()) / 2 * 2;
+    // The fraction of each head that rotates (transformers: int(head_dim * factor)),
+    // rounded down to whole pairs. It must leave at least one pair: rotary_dim 0
+    // would mean the whole head to rope_config, the opposite of what was asked.
+    if (const json::value* f = c.find("partial_rotary_factor"); f && !f->is_null()) {
+        if (!f->is_number()) TINYLLM_FAIL("'", path, "': \"partial_rotary_factor\" must be a number");
+        const double factor = f->as_double();
+        if (!(factor > 0 && factor <= 1))
+            TINYLLM_FAIL("'", path, "': \"partial_rotary_factor\" = ", factor, " must be in (0, 1]");
+        rope.rotary_dim = static_cast<index_t>(static_cast<double>(head_dim) * factor) / 2 * 2;
+        if (rope.rotary_dim < 2)
+            TINYLLM_FAIL("'", path, "': \"partial_rotary_factor\" = ", factor, " of head_dim ", head_dim,
+                         " rotates no pair of features (at least 2 must rotate)");
+    }
     return rope;
 }
 
@@ -232,14 +302,14 @@ inline model_config load_model_config(const std::string& dir) {
     }
     if (m.architecture == "GPT2LMHeadModel") {
         m.arch = model_arch::gpt2;
-        m.vocab_size = detail::config_int(c, "vocab_size", -1, path);
-        m.hidden_size = detail::config_int(c, "n_embd", -1, path);
-        m.num_layers = detail::config_int(c, "n_layer", -1, path);
-        m.num_heads = detail::config_int(c, "n_head", -1, path);
+        m.vocab_size = detail::config_dim(c, "vocab_size", -1, path);
+        m.hidden_size = detail::config_dim(c, "n_embd", -1, path);
+        m.num_layers = detail::config_dim(c, "n_layer", -1, path);
+        m.num_heads = detail::config_dim(c, "n_head", -1, path);
         m.num_kv_heads = m.num_heads;
-        m.intermediate_size = detail::config_int(c, "n_inner", 4 * m.hidden_size, path);
-        m.max_positions = detail::config_int(c, "n_positions", -1, path);
-        m.norm_eps = static_cast<float>(detail::config_double(c, "layer_norm_epsilon", 1e-5, path));
+        m.intermediate_size = detail::config_dim(c, "n_inner", 4 * m.hidden_size, path);
+        m.max_positions = detail::config_dim(c, "n_positions", -1, path);
+        m.norm_eps = detail::config_norm_eps(c, "layer_norm_epsilon", 1e-5, path);
         const json::value* tie = c.find("tie_word_embeddings");
         m.tie_word_embeddings = !tie || !tie->is_bool() || tie->as_bool();
         if (const json::value* act = c.find("activation_function"); act && act->is_string() &&
@@ -247,21 +317,21 @@ inline model_config load_model_config(const std::string& dir) {
             TINYLLM_FAIL("'", path, "': activation_function \"", act->as_string(), "\" is not supported (gelu_new is)");
     } else if (m.architecture == "LlamaForCausalLM" || m.architecture == "MixtralForCausalLM") {
         m.arch = m.architecture == "LlamaForCausalLM" ? model_arch::llama : model_arch::mixtral;
-        m.vocab_size = detail::config_int(c, "vocab_size", -1, path);
-        m.hidden_size = detail::config_int(c, "hidden_size", -1, path);
-        m.num_layers = detail::config_int(c, "num_hidden_layers", -1, path);
-        m.num_heads = detail::config_int(c, "num_attention_heads", -1, path);
-        m.num_kv_heads = detail::config_int(c, "num_key_value_heads", m.num_heads, path);
-        m.intermediate_size = detail::config_int(c, "intermediate_size", -1, path);
-        m.max_positions = detail::config_int(c, "max_position_embeddings", 2048, path);
-        m.norm_eps = static_cast<float>(detail::config_double(c, "rms_norm_eps", 1e-6, path));
+        m.vocab_size = detail::config_dim(c, "vocab_size", -1, path);
+        m.hidden_size = detail::config_dim(c, "hidden_size", -1, path);
+        m.num_layers = detail::config_dim(c, "num_hidden_layers", -1, path);
+        m.num_heads = detail::config_dim(c, "num_attention_heads", -1, path);
+        m.num_kv_heads = detail::config_dim(c, "num_key_value_heads", m.num_heads, path);
+        m.intermediate_size = detail::config_dim(c, "intermediate_size", -1, path);
+        m.max_positions = detail::config_dim(c, "max_position_embeddings", 2048, path);
+        m.norm_eps = detail::config_norm_eps(c, "rms_norm_eps", 1e-6, path);
         const json::value* tie = c.find("tie_word_embeddings");
         m.tie_word_embeddings = tie && tie->is_bool() && tie->as_bool();
         if (const json::value* act = c.find("hidden_act"); act && act->is_string() && act->as_string() != "silu")
             TINYLLM_FAIL("'", path, "': hidden_act \"", act->as_string(), "\" is not supported (silu is)");
         if (m.arch == model_arch::mixtral) {
-            m.num_experts = detail::config_int(c, "num_local_experts", -1, path);
-            m.experts_per_token = detail::config_int(c, "num_experts_per_tok", -1, path);
+            m.num_experts = detail::config_dim(c, "num_local_experts", -1, path);
+            m.experts_per_token = detail::config_dim(c, "num_experts_per_tok", -1, path);
             m.router_aux_loss_coef = detail::config_double(c, "router_aux_loss_coef", 0.001, path);
             TINYLLM_EXPECT(m.experts_per_token >= 1 && m.experts_per_token <= m.num_experts, "'", path,
                            "': num_experts_per_tok = ", m.experts_per_token, " must be in [1, num_local_experts = ",
@@ -274,19 +344,59 @@ inline model_config load_model_config(const std::string& dir) {
     TINYLLM_EXPECT(m.num_heads >= 1 && m.hidden_size >= 1 && m.vocab_size >= 1 && m.num_layers >= 1, "'", path,
                    "': vocab, hidden size, layers and heads must be positive");
     m.head_dim = m.arch == model_arch::gpt2 ? m.hidden_size / m.num_heads
-                                             : detail::config_int(c, "head_dim", m.hidden_size / m.num_heads, path);
+                                            : detail::config_dim(c, "head_dim", m.hidden_size / m.num_heads, path);
     TINYLLM_EXPECT(m.arch != model_arch::gpt2 || m.hidden_size % m.num_heads == 0, "'", path, "': n_embd = ",
                    m.hidden_size, " is not a multiple of n_head = ", m.num_heads);
     TINYLLM_EXPECT(m.num_kv_heads >= 1 && m.num_heads % m.num_kv_heads == 0, "'", path, "': num_attention_heads = ",
                    m.num_heads, " must be a multiple of num_key_value_heads = ", m.num_kv_heads);
+    // Every weight tensor the dimensions imply must be of a size a checkpoint can
+    // hold, before anything is computed or allocated from them (each dimension is
+    // at most 2^31, but a product of three is not bounded by that).
+    {
+        const bool gpt2 = m.arch == model_arch::gpt2;
+        const char* D = gpt2 ? "n_embd" : "hidden_size";
+        const char* F = gpt2 ? "n_inner" : "intermediate_size";
+        const auto bounded = [&](const std::string& what, std::initializer_list<index_t> factors) {
+            if (!detail::nonzero_product_at_most(detail::config_numel_max, factors))
+                TINYLLM_FAIL("'", path, "': a weight of ", what, " would be too large (more than 2^50 elements)");
+        };
+        bounded(detail::cat("vocab_size (", m.vocab_size, ") x ", D, " (", m.hidden_size, ")"),
+                {m.vocab_size, m.hidden_size});
+        bounded(detail::cat(F, " (", m.intermediate_size, ") x ", D, " (", m.hidden_size, ")"),
+                {m.intermediate_size, m.hidden_size});
+        if (gpt2) {
+            bounded(detail::cat("n_positions (", m.max_positions, ") x n_embd (", m.hidden_size, ")"),
+                    {m.max_positions, m.hidden_size});
+            bounded(detail::cat("n_embd (", m.hidden_size, ") x 3 n_embd"), {m.hidden_size, m.hidden_size, 3});
+        } else {
+            bounded(detail::cat("num_attention_heads (", m.num_heads, ") x head_dim (", m.head_dim, ") x hidden_size (",
+                                m.hidden_size, ")"),
+                    {m.num_heads, m.head_dim, m.hidden_size});
+        }
+        if (m.arch == model_arch::mixtral)
+            bounded(detail::cat("num_local_experts (", m.num_experts, ") x 2 intermediate_size (",
+                                2 * m.intermediate_size, ") x hidden_size (", m.hidden_size, ")"),
+                    {m.num_experts, 2 * m.intermediate_size, m.hidden_size});
+    }
     if (m.arch != model_arch::gpt2) {
         m.rope = detail::read_rope(c, m.head_dim, path);
         validate(m.rope, m.head_dim);
     }
+    // eos_token_id: one id or a list of them, each inside the vocabulary.
     if (const json::value* eos = c.find("eos_token_id"); eos && !eos->is_null()) {
-        if (eos->is_number()) m.eos_token_ids.push_back(static_cast<token_id>(eos->as_int64()));
-        else if (eos->is_array())
-            for (const auto& e : eos->as_array()) m.eos_token_ids.push_back(static_cast<token_id>(e.as_int64()));
+        const auto add = [&](const json::value& e) {
+            if (!e.is_number())
+                TINYLLM_FAIL("'", path, "': \"eos_token_id\" must be a token id or a list of token ids");
+            const index_t id = detail::config_integer(e, "eos_token_id", path);
+            if (id < 0 || id >= m.vocab_size)
+                TINYLLM_FAIL("'", path, "': \"eos_token_id\" ", id, " is outside the vocabulary [0, ", m.vocab_size,
+                             ")");
+            m.eos_token_ids.push_back(static_cast<token_id>(id));
+        };
+        if (eos->is_array())
+            for (const auto& e : eos->as_array()) add(e);
+        else
+            add(*eos);
     }
     if (const json::value* q = c.find("quantization_config"); q && !q->is_null())
         detail::read_quantization_config(m, *q, path);
@@ -604,6 +714,7 @@ inline quantized_model_weights load_quantized_model_weights(const model_config& 
     w.final_norm_weight = vector("final_norm.weight", D);
     if (c.arch == model_arch::gpt2) w.final_norm_bias = vector("final_norm.bias", D);
     if (!c.tie_word_embeddings) q.lm_head = quantized("lm_head", V, D);
+    detail::expect_last_layer(c, ck, "layers." + std::to_string(c.num_layers - 1) + ".attn_norm.weight");
     w.layers.resize(static_cast<std::size_t>(c.num_layers));
     q.layers.resize(static_cast<std::size_t>(c.num_layers));
     for (index_t l = 0; l < c.num_layers; ++l) {
@@ -692,7 +803,6 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
     const index_t D = c.hidden_size, V = c.vocab_size, F = c.intermediate_size, Dh = c.head_dim;
     const index_t q_out = c.num_heads * Dh, kv_out = c.num_kv_heads * Dh;
     model_weights w;
-    w.layers.resize(static_cast<std::size_t>(c.num_layers));
     if (c.arch == model_arch::gpt2) {
         // transformers saves "transformer.wte.weight"; the original GPT-2
         // checkpoints on the Hub (openai-community/gpt2) omit the prefix.
@@ -700,6 +810,8 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
         w.layout.gpt2_prefix = t;
         w.embed = ck.load(t + "wte.weight", extents<2>{V, D});
         w.positions = ck.load(t + "wpe.weight", extents<2>{c.max_positions, D});
+        detail::expect_last_layer(c, ck, t + "h." + std::to_string(c.num_layers - 1) + ".ln_1.weight");
+        w.layers.resize(static_cast<std::size_t>(c.num_layers));
         for (index_t l = 0; l < c.num_layers; ++l) {
             const std::string p = t + "h." + std::to_string(l) + ".";
             auto& L = w.layers[static_cast<std::size_t>(l)];
@@ -729,6 +841,8 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
         return w;
     }
     w.embed = ck.load("model.embed_tokens.weight", extents<2>{V, D});
+    detail::expect_last_layer(c, ck, "model.layers." + std::to_string(c.num_layers - 1) + ".input_layernorm.weight");
+    w.layers.resize(static_cast<std::size_t>(c.num_layers));
     for (index_t l = 0; l < c.num_layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         auto& L = w.layers[static_cast<std::size_t>(l)];
@@ -746,13 +860,15 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
             // Two layouts: one tensor per expert matrix (block_sparse_moe.experts.N.w1/w3/w2, the
             // original Mixtral release and transformers < 5), or all experts in one tensor
             // (mlp.experts.gate_up_proj = [w1; w3] per expert, mlp.experts.down_proj; transformers >= 5).
+            // The (E, F, D) tensors are allocated only once the checkpoint's own
+            // shapes (the router's, the experts') have confirmed E, F and D.
             const index_t E = c.num_experts;
             w.layout.fused_experts = ck.contains(p + "mlp.gate.weight");
-            L.w1 = tensor<float, 3>(extents<3>{E, F, D});
-            L.w3 = tensor<float, 3>(extents<3>{E, F, D});
             if (w.layout.fused_experts) {
                 L.router = ck.load(p + "mlp.gate.weight", extents<2>{E, D});
                 const auto gate_up = ck.load(p + "mlp.experts.gate_up_proj", extents<3>{E, 2 * F, D});
+                L.w1 = tensor<float, 3>(extents<3>{E, F, D});
+                L.w3 = tensor<float, 3>(extents<3>{E, F, D});
                 for (index_t e = 0; e < E; ++e) {
                     const float* src = gate_up.data() + e * 2 * F * D;
                     std::copy(src, src + F * D, L.w1.data() + e * F * D);
@@ -762,12 +878,20 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
                 continue;
             }
             L.router = ck.load(p + "block_sparse_moe.gate.weight", extents<2>{E, D});
-            L.w2 = tensor<float, 3>(extents<3>{E, D, F});
+            const std::string last = p + "block_sparse_moe.experts." + std::to_string(E - 1) + ".w2.weight";
+            if (!ck.contains(last))
+                TINYLLM_FAIL("checkpoint '", ck.dir(), "' has no tensor '", last, "' of the last of the ", E,
+                             " experts its config.json announces (\"num_local_experts\")");
             for (index_t e = 0; e < E; ++e) {
                 const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
                 const auto w1 = ck.load(q + "w1.weight", extents<2>{F, D});
                 const auto w3 = ck.load(q + "w3.weight", extents<2>{F, D});
                 const auto w2 = ck.load(q + "w2.weight", extents<2>{D, F});
+                if (e == 0) {
+                    L.w1 = tensor<float, 3>(extents<3>{E, F, D});
+                    L.w3 = tensor<float, 3>(extents<3>{E, F, D});
+                    L.w2 = tensor<float, 3>(extents<3>{E, D, F});
+                }
                 std::copy(w1.values().begin(), w1.values().end(), L.w1.data() + e * F * D);
                 std::copy(w3.values().begin(), w3.values().end(), L.w3.data() + e * F * D);
                 std::copy(w2.values().begin(), w2.values().end(), L.w2.data() + e * D * F);
@@ -1525,6 +1649,15 @@ public:
         if (config_.arch == model_arch::gpt2)
             TINYLLM_EXPECT(capacity <= config_.max_positions, "model::new_session: capacity ", capacity,
                            " exceeds GPT-2's ", config_.max_positions, " learned positions");
+        // RoPE models may run past max_position_embeddings (it is informational),
+        // so their bound is the cache's size: its float32 keys and values for every
+        // layer, at most 2^40 bytes (1 TiB), computed without overflow.
+        TINYLLM_EXPECT(
+            detail::nonzero_product_at_most(index_t{1} << 40, {capacity, config_.num_layers, 2, config_.num_kv_heads,
+                                                               config_.head_dim, static_cast<index_t>(sizeof(float))}),
+            "model::new_session: capacity ", capacity, " needs a KV cache of more than 2^40 bytes (",
+            config_.num_layers, " layers of ", config_.num_kv_heads, " KV heads of ", config_.head_dim,
+            " floats, keys and values)");
         session s;
         for (index_t l = 0; l < config_.num_layers; ++l) {
             if (kv == kv_dtype::int8) s.caches_int8.emplace_back(1, capacity, config_.num_kv_heads, config_.head_dim);

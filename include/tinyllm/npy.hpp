@@ -50,9 +50,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <vector>
 
@@ -299,6 +301,10 @@ inline npy_dtype parse_npy_descr(const std::string& descr, const std::string& pa
 inline npy_array read_npy(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) TINYLLM_FAIL("cannot open '", path, "': ", std::strerror(errno));
+    // A directory opens too, and its "size" is nonsense (2^63 - 1 on ext4).
+    if (std::error_code ec; !std::filesystem::is_regular_file(path, ec))
+        TINYLLM_FAIL("npy file '", path, "' is not a regular file",
+                     std::filesystem::is_directory(path, ec) ? " (it is a directory)" : "");
     in.seekg(0, std::ios::end);
     const auto file_size = static_cast<std::uint64_t>(in.tellg());
     in.seekg(0);
@@ -336,14 +342,23 @@ inline npy_array read_npy(const std::string& path) {
     a.shape = h.shape;
 
     // Size: numel * itemsize, refusing overflow, then against the bytes there are.
+    // The bound applies to the product of the nonzero extents, so that a shape
+    // such as (0, 2^62, 2^62) (no elements) cannot overflow the strides
+    // computed from it later.
     const std::uint64_t itemsize = npy_dtype_size(a.dtype);
-    std::uint64_t bytes = itemsize;
+    std::uint64_t span = itemsize;
+    bool empty = false;
     for (index_t extent : a.shape) {
         const auto e = static_cast<std::uint64_t>(extent);
-        if (e != 0 && bytes > (std::uint64_t{1} << 62) / e)
+        if (e == 0) {
+            empty = true;
+            continue;
+        }
+        if (span > (std::uint64_t{1} << 62) / e)
             fail("shape ", detail::tuple_string(a.shape), " of ", npy_descr(a.dtype), " is too large (its size overflows)");
-        bytes *= e;
+        span *= e;
     }
+    const std::uint64_t bytes = empty ? 0 : span;
     if (bytes > file_size - data_start)
         fail("shape ", detail::tuple_string(a.shape), " of '", npy_descr(a.dtype), "' needs ", bytes,
              " bytes of data but the file has ", file_size - data_start, " after the header: truncated");

@@ -42,9 +42,10 @@
 #include <tinyllm/tensor.hpp>
 
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <cstddef>
 #include <cstdint>
-#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -200,21 +201,35 @@ public:
             if (!dtype || !dtype->is_string()) fail("\"dtype\" is missing or not a string");
             if (!shape || !shape->is_array()) fail("\"shape\" is missing or not an array");
             if (!offsets || !offsets->is_array() || offsets->size() != 2) fail("\"data_offsets\" must be [begin, end]");
+            if (index_.count(name)) fail("the header names this tensor twice");
+            // A JSON number that must be an integer (2.0 and 1e30 are not), named in the error.
+            const auto integer = [&](const json::value& v, const char* field) {
+                std::int64_t i = 0;
+                const std::string& text = v.number_text();
+                const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), i);
+                if (ec != std::errc() || end != text.data() + text.size())
+                    fail("\"", field, "\" holds ", text, ", not an integer that fits in 64 bits");
+                return i;
+            };
             safetensors_tensor t;
             t.name = name;
             t.dtype = detail::parse_st_dtype(dtype->as_string(), p, name);
-            index_t numel = 1;
+            // The product of the nonzero extents is bounded too, so that a shape
+            // such as [0, 2^62, 2^62] (no elements) cannot overflow the strides
+            // computed from it later.
+            index_t numel = 1, nonzero = 1;
             for (const auto& s : shape->as_array()) {
                 if (!s.is_number()) fail("the shape must hold integers");
-                const std::int64_t extent = s.as_int64();
+                const std::int64_t extent = integer(s, "shape");
                 if (extent < 0) fail("negative extent ", extent, " in the shape");
-                if (extent > 0 && numel > (std::int64_t{1} << 50) / extent) fail("the shape is absurdly large");
+                if (extent > 0 && nonzero > (std::int64_t{1} << 50) / extent) fail("the shape is absurdly large");
                 t.shape.push_back(extent);
                 numel *= extent;
+                if (extent > 0) nonzero *= extent;
             }
             const auto& off = offsets->as_array();
             if (!off[0].is_number() || !off[1].is_number()) fail("data_offsets must be integers");
-            const std::int64_t begin = off[0].as_int64(), end = off[1].as_int64();
+            const std::int64_t begin = integer(off[0], "data_offsets"), end = integer(off[1], "data_offsets");
             if (begin < 0 || end < begin) fail("data_offsets [", begin, ", ", end, "] are not an increasing pair");
             if (static_cast<std::uint64_t>(end) > data_size)
                 fail("data_offsets [", begin, ", ", end, "] point outside the data section of ", data_size,
@@ -437,6 +452,7 @@ public:
         }
     }
 
+    const std::string& dir() const { return dir_; }  // as given: a directory or one .safetensors file
     const safetensors_tensor* find(const std::string& name) const {
         const auto it = tensors_.find(name);
         return it == tensors_.end() ? nullptr : it->second;

@@ -231,9 +231,15 @@ inline bpe_vocab parse_tiktoken_ranks(std::string_view text, const std::string& 
         if (!detail::parse_int(words[1], id) || id < 0)
             TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank '", words[1],
                          "' is not a non-negative integer below 2^31 (a token_id)");
+        // Ranks index the vocabulary, which may have gaps (present[] says which
+        // ranks exist), but not so wide that the vocabulary outgrows the file:
+        // below twice its number of lines (the published files have no gaps).
         const auto rank = static_cast<std::size_t>(id);
         if (rank >= tokens.size()) {
-            TINYLLM_EXPECT(rank < 100'000'000, source, " line ", n + 1, ": rank ", rank, " is implausibly large");
+            if (rank >= 2 * lines.size())
+                TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank ", rank,
+                             " is implausibly large for a file of ", lines.size(), " lines (ranks must be below ",
+                             2 * lines.size(), ")");
             tokens.resize(rank + 1);
             present.resize(rank + 1, false);
         }
