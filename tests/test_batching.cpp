@@ -216,10 +216,33 @@ TEST_CASE("continuous batching: cancellation, end of sequence, bad requests", "[
         CHECK_THROWS_WITH(batcher.submit(bad), contains("max_new_tokens = -1 must not be negative"));
         bad.max_new_tokens = 100;
         CHECK_THROWS_WITH(batcher.submit(bad), contains("101 positions need 26 blocks; the whole pool has 16"));
+        // Counts whose sum (prompt + max_new_tokens) or whose block count would overflow index_t.
+        const index_t huge = std::numeric_limits<index_t>::max();
+        bad.max_new_tokens = huge;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("1 prompt + max_new_tokens = 9223372036854775807 new tokens "
+                                                        "are more positions than the whole pool's 16 blocks of 4"));
+        bad.max_new_tokens = huge - 1;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("9223372036854775807 positions need 2305843009213693952 "
+                                                        "blocks; the whole pool has 16"));
+        bad.max_new_tokens = huge - 3;
+        CHECK_THROWS_WITH(batcher.submit(bad), contains("9223372036854775805 positions need 2305843009213693952 "
+                                                        "blocks; the whole pool has 16"));
+        CHECK(batcher.idle());
         bad.max_new_tokens = 4;
         bad.sampling.top_p = 0.0f;
         CHECK_THROWS_WITH(batcher.submit(bad), contains("top_p"));
         CHECK_THROWS_WITH(continuous_batcher(m, pool, {0, 1, 1}), contains("must all be at least 1"));
+    }
+    SECTION("a prefix cache on another pool is refused") {
+        kv_block_pool other(c.num_layers, 16, 4, c.num_kv_heads, c.head_dim);
+        tinyllm::prefix_cache cache(other, 8);
+        CHECK_THROWS_WITH(continuous_batcher(m, pool, {8, 4, 4}, &cache),
+                          contains("the prefix cache is on another kv_block_pool than the model's"));
+        tinyllm::cpu_batch_model on_pool(m, pool);
+        CHECK_THROWS_WITH(continuous_batcher(on_pool, {8, 4, 4}, &cache),
+                          contains("the prefix cache is on another kv_block_pool than the model's"));
+        tinyllm::prefix_cache own(pool, 8);
+        CHECK_NOTHROW(continuous_batcher(on_pool, {8, 4, 4}, &own));
     }
 }
 

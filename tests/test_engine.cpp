@@ -14,6 +14,7 @@
 #include <tinyllm/random.hpp>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -172,4 +173,41 @@ TEST_CASE("engine: bad requests throw on the submitting thread; shutting down en
     while (const auto ev = open->next(1s)) last = ev;
     REQUIRE(last.has_value());
     CHECK(last->finished != finish_reason::none);
+}
+
+TEST_CASE("engine: bad options are refused up front, named, and sizes never overflow", "[engine]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 8));
+    const auto with = [](auto change) {
+        tinyllm::engine_options o;
+        change(o);
+        return o;
+    };
+    using opts = tinyllm::engine_options;
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.batch.max_running = 0; })),
+                      contains("engine: batch.max_running = 0 must be at least 1"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.batch.max_running = -3; })),
+                      contains("engine: batch.max_running = -3 must be at least 1"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.batch.token_budget = 0; })),
+                      contains("engine: batch.token_budget = 0 must be at least 1"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.batch.prefill_chunk = -1; })),
+                      contains("engine: batch.prefill_chunk = -1 must be at least 1"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.kv_blocks = -1; })), contains("engine: kv_blocks = -1"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.kv_blocks = index_t{1} << 40; })),
+                      contains("engine: kv_blocks = 1099511627776 must be 0"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.prefix_cache_blocks = -2; })),
+                      contains("engine: prefix_cache_blocks = -2"));
+    // max_running x 32 blocks (512 positions of 16) overflowed index_t at 2^62; past the pool's int32 ids
+    // it is refused.
+    CHECK_THROWS_WITH(tinyllm::engine::pool_blocks(c, with([](opts& o) { o.batch.max_running = index_t{1} << 62; })),
+                      contains("batch.max_running = 4611686018427387904 sequences of 512 positions (32 blocks of 16)"));
+    CHECK_THROWS_WITH(tinyllm::engine(m, with([](opts& o) { o.batch.max_running = index_t{1} << 40; })),
+                      contains("need more than the 2147483647 blocks a pool can have"));
+    CHECK(tinyllm::engine::pool_blocks(c, with([](opts& o) { o.batch.max_running = 3; })) == 3 * 32);
+    // The constructor taking a batch_model checks them too.
+    auto model = std::make_unique<tinyllm::cpu_batch_model>(
+        m, std::make_unique<tinyllm::kv_block_pool>(c.num_layers, 8, 4, c.num_kv_heads, c.head_dim));
+    CHECK_THROWS_WITH(tinyllm::engine(std::move(model), with([](opts& o) { o.batch.max_running = 0; })),
+                      contains("engine: batch.max_running = 0 must be at least 1"));
 }

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -127,7 +128,7 @@ TEST_CASE("kv_block_pool and kv_block_table: blocks taken, shared, copied on wri
         kv_block_table t(pool);
         append(t, 2, 0.0f);
         tensor<float, 3> k({3, 2, 3}, 0.0f);
-        CHECK_THROWS_WITH(t.write(0, 2, k.view(), k.view()), contains("positions 2 .. 4 are not reserved"));
+        CHECK_THROWS_WITH(t.write(0, 2, k.view(), k.view()), contains("3 positions from 2 are not reserved"));
         CHECK_THROWS_WITH(t.write(2, 0, tensor<float, 3>({1, 2, 3}).view(), tensor<float, 3>({1, 2, 3}).view()),
                           contains("layer 2 is outside [0, 2)"));
         CHECK_THROWS_WITH(t.truncate(3), contains("length 3 is outside [0, 2]"));
@@ -136,6 +137,71 @@ TEST_CASE("kv_block_pool and kv_block_table: blocks taken, shared, copied on wri
                           contains("is shared (reserve copies a shared block before it is written)"));
         CHECK_THROWS_WITH(kv_block_table().reserve(1), contains("the table has no pool"));
     }
+}
+
+TEST_CASE("kv_block_pool: a shape too large is refused before anything is allocated", "[paged]") {
+    // 2^40 blocks: refused for their ids, not by allocating a reference count for each.
+    CHECK_THROWS_WITH(kv_block_pool(1, index_t{1} << 40, 1, 1, 1), contains("blocks do not fit the int32 ids"));
+    CHECK_THROWS_WITH(kv_block_pool(1, index_t{1} << 40, 1, 1, 1, tinyllm::kv_storage::elsewhere),
+                      contains("blocks do not fit the int32 ids"));
+    // 2^20 blocks of 2^20 positions of 2^20 x 2^20 numbers: the byte count overflows index_t.
+    const index_t big = index_t{1} << 20;
+    CHECK_THROWS_WITH(kv_block_pool(1, big, big, big, big), contains("more bytes than an index_t counts"));
+    CHECK_THROWS_WITH(kv_block_pool(big, 1, big, big, big, tinyllm::kv_storage::elsewhere),
+                      contains("layers = 1048576, blocks = 1, block_size = 1048576"));
+    CHECK_THROWS_WITH(kv_block_pool(1, 1, std::numeric_limits<index_t>::max(), 1, 1, tinyllm::kv_storage::elsewhere),
+                      contains("more bytes than an index_t counts"));
+    // The largest that fits is accepted when nothing is held on the host.
+    const kv_block_pool elsewhere(1, 1, std::numeric_limits<index_t>::max() / 8, 1, 1, tinyllm::kv_storage::elsewhere);
+    CHECK(elsewhere.block_bytes() == std::numeric_limits<index_t>::max() / 8 * 8);
+}
+
+TEST_CASE("kv_block_table: huge counts are refused without overflowing", "[paged]") {
+    const index_t huge = std::numeric_limits<index_t>::max();
+    kv_block_pool pool(1, 4, 2, 1, 1);
+    kv_block_table t(pool);
+    append(t, 1, 0.0f);
+    // blocks_needed counts past what the held block has room for, never length + n.
+    CHECK(t.blocks_needed(huge) == (huge - 1) / 2);  // 1 + huge positions in blocks of 2, less the one held
+    CHECK(t.blocks_needed(huge - 1) == (huge - 1) / 2);
+    CHECK_THROWS_WITH(t.reserve(huge), contains("need 4611686018427387903 free blocks of 2 positions"));
+    CHECK_THROWS_WITH(t.advance(huge), contains("1 + 9223372036854775807 positions exceed the 1 reserved blocks"));
+    tensor<float, 3> k({1, 1, 1}, 0.0f), k2({2, 1, 1}, 0.0f);
+    CHECK_THROWS_WITH(t.write(0, huge, k.view(), k.view()),
+                      contains("1 positions from 9223372036854775807 are not reserved (1 blocks of 2)"));
+    CHECK_THROWS_WITH(t.write(0, huge - 1, k2.view(), k2.view()), contains("are not reserved"));
+    CHECK_THROWS_WITH(t.write(0, -1, k.view(), k.view()), contains("1 positions from -1 are not reserved"));
+    CHECK(t.length() == 1);
+    CHECK(t.blocks().size() == 1);
+    CHECK(pool.free_blocks() == 3);
+    // A table with one unwritten reserved block: reserve then advance still count right.
+    t.reserve(2);
+    CHECK(t.blocks().size() == 2);
+    CHECK(t.blocks_needed(3) == 0);
+    CHECK(t.blocks_needed(4) == 1);
+    t.advance(3);
+    CHECK(t.length() == 4);
+}
+
+TEST_CASE("kv_block_table::adopt checks every block before retaining any", "[paged]") {
+    kv_block_pool pool(1, 4, 2, 1, 1);
+    kv_block_table a(pool);
+    append(a, 2, 0.0f);  // one block, held by a
+    const std::int32_t held = a.blocks()[0];
+    const std::int32_t free_block = held == 3 ? 2 : 3;
+    kv_block_table b(pool);
+    CHECK_THROWS_WITH(b.adopt({held, free_block}, 4),
+                      contains("block " + std::to_string(free_block) + " (entry 1) is free"));
+    CHECK_THROWS_WITH(b.adopt({held, -1}, 4), contains("block -1 (entry 1) is outside the pool's [0, 4)"));
+    CHECK_THROWS_WITH(b.adopt({held, 4}, 4), contains("block 4 (entry 1) is outside the pool's [0, 4)"));
+    CHECK_THROWS_WITH(b.adopt({held, held}, 5), contains("2 blocks of 2 cannot hold exactly 5 positions"));
+    CHECK_THROWS_WITH(b.adopt({held, held, held, held, held}, 10), contains("5 blocks, more than the pool's 4"));
+    // Nothing was retained by the refused lists: releasing a's block frees it.
+    CHECK(pool.ref_count(held) == 1);
+    CHECK(b.blocks().empty());
+    a.reset();
+    CHECK(pool.ref_count(held) == 0);
+    CHECK(pool.free_blocks() == 4);
 }
 
 TEST_CASE("cpu::attention_paged equals cpu::attention over the same keys and values", "[paged]") {
@@ -237,6 +303,10 @@ TEST_CASE("cpu::attention_paged equals cpu::attention over the same keys and val
         CHECK_THROWS_WITH(cpu::attention_paged(out5.view(), q5.view(), pool_k.view(), pool_v.view(), tables.view(),
                                                lens.view()),
                           contains("must be a multiple of the key/value heads"));
+        tensor<float, 4> empty_blocks({blocks, 0, Hkv, D});
+        CHECK_THROWS_WITH(cpu::attention_paged(out.view(), q.view(), empty_blocks.view(), empty_blocks.view(),
+                                               tables.view(), lens.view()),
+                          contains("the blocks hold 0 positions each"));
     }
 }
 

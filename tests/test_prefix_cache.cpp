@@ -122,6 +122,36 @@ TEST_CASE("prefix_cache: whole blocks matched and shared, counted, evicted least
     }
 }
 
+TEST_CASE("prefix_cache: a path deeper than the stack allows is evicted, cleared and destroyed", "[prefix]") {
+    // 300,000 blocks of one token: a chain of 300,000 nodes. Walking or destroying it
+    // recursively, one call per node, overflowed the default 8 MB stack (from 100,000).
+    const index_t n = 300000;
+    kv_block_pool pool(1, n + 4, 1, 1, 1);
+    const std::vector<token_id> tokens(static_cast<std::size_t>(n), 7);
+    {
+        prefix_cache cache(pool, n);
+        {
+            kv_block_table t(pool);
+            t.reserve(n);
+            t.advance(n);
+            CHECK(cache.insert(tokens, t) == n);
+        }
+        CHECK(cache.match(tokens).length() == n);
+        CHECK(cache.evict(2) == 2);  // the two deepest blocks, each a leaf when it goes
+        CHECK(cache.cached_blocks() == n - 2);
+        CHECK(cache.match(tokens).length() == n - 2);
+        cache.clear();
+        CHECK(cache.cached_blocks() == 0);
+        CHECK(pool.used_blocks() == 0);
+        // Filled again, and left to the destructor.
+        kv_block_table t(pool);
+        t.reserve(n);
+        t.advance(n);
+        CHECK(cache.insert(tokens, t) == n);
+    }
+    CHECK(pool.used_blocks() == 0);
+}
+
 TEST_CASE("the model from a cached prefix computes the logits it computes from scratch", "[prefix]") {
     using tinyllm::model_arch;
     for (const model_arch arch : {model_arch::gpt2, model_arch::llama}) {

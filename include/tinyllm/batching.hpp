@@ -151,12 +151,14 @@ public:
                        prefix_cache* cache = nullptr)
         : own_(checked_cpu_model(model, pool)), m_(*own_), pool_(pool), o_(options), cache_(cache) {
         check_options();
+        check_cache();
     }
     // Any batch_model, e.g. the CUDA model's (cuda::paged_batch_model); its pool()
     // holds the block tables and the prefix cache's blocks. It must outlive the batcher.
     explicit continuous_batcher(batch_model& model, batch_options options = {}, prefix_cache* cache = nullptr)
         : m_(model), pool_(model.pool()), o_(options), cache_(cache) {
         check_options();
+        check_cache();
     }
 
     // Queue a request; returns its id (0, 1, 2, ... in submission order). A
@@ -179,11 +181,17 @@ public:
         for (const auto& [t, b] : r.adjust.logit_bias)
             TINYLLM_EXPECT(t >= 0 && t < c.vocab_size && std::isfinite(b), "continuous_batcher::submit: logit_bias ",
                            b, " for token ", t, " needs a token in [0, ", c.vocab_size, ") and a finite bias");
-        const index_t total = static_cast<index_t>(r.prompt.size()) + r.max_new_tokens;
+        // prompt + max_new_tokens positions: checked before they are added, as the sum may not fit index_t.
+        const index_t prompt = static_cast<index_t>(r.prompt.size()), bs = pool_.block_size();
+        TINYLLM_EXPECT(r.max_new_tokens <= std::numeric_limits<index_t>::max() - prompt,
+                       "continuous_batcher::submit: ", prompt, " prompt + max_new_tokens = ", r.max_new_tokens,
+                       " new tokens are more positions than the whole pool's ", pool_.blocks(), " blocks of ", bs,
+                       " hold");
+        const index_t total = prompt + r.max_new_tokens;
         TINYLLM_EXPECT(c.arch != model_arch::gpt2 || total <= c.max_positions, "continuous_batcher::submit: ",
                        r.prompt.size(), " prompt + ", r.max_new_tokens, " new tokens exceed GPT-2's ", c.max_positions,
                        " positions");
-        const index_t blocks = (total + pool_.block_size() - 1) / pool_.block_size();
+        const index_t blocks = total / bs + (total % bs != 0 ? 1 : 0);
         TINYLLM_EXPECT(blocks <= pool_.blocks(), "continuous_batcher::submit: ", total, " positions need ", blocks,
                        " blocks; the whole pool has ", pool_.blocks());
         auto seq = std::make_unique<sequence>();
@@ -389,6 +397,13 @@ private:
         TINYLLM_EXPECT(o_.token_budget >= 1 && o_.max_running >= 1 && o_.prefill_chunk >= 1,
                        "continuous_batcher: token_budget = ", o_.token_budget, ", max_running = ", o_.max_running,
                        " and prefill_chunk = ", o_.prefill_chunk, " must all be at least 1");
+    }
+    // The prefix cache's blocks must be in the pool the sessions use: the cache
+    // hands its blocks to their tables, and the step counts free blocks there.
+    void check_cache() const {
+        TINYLLM_EXPECT(!cache_ || cache_->pool() == &pool_,
+                       "continuous_batcher: the prefix cache is on another "
+                       "kv_block_pool than the model's; it must cache blocks of the pool the sequences use");
     }
     static std::unique_ptr<batch_model> checked_cpu_model(const cpu::model& model, kv_block_pool& pool) {
         TINYLLM_EXPECT(pool.layers() == model.config().num_layers && pool.kv_heads() == model.config().num_kv_heads &&

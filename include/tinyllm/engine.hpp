@@ -51,6 +51,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -141,9 +142,12 @@ public:
                  options) {}
     // Any batch_model (e.g. the CUDA model's: cuda::make_engine), which the engine
     // owns; its pool() is the engine's pool (options.block_size and kv_blocks are
-    // not used here: the model's pool was made with them, see pool_blocks).
+    // not used here: the model's pool was made with them, see pool_blocks; they
+    // are checked like every option all the same).
     explicit engine(std::unique_ptr<batch_model> model, engine_options options = {})
-        : o_(options), model_(checked(std::move(model))), pool_(model_->pool()),
+        : o_(checked_options(options)),
+          model_(checked(std::move(model))),
+          pool_(model_->pool()),
           cache_(cache_capacity(options, pool_.blocks()) > 0
                      ? std::make_unique<prefix_cache>(pool_, cache_capacity(options, pool_.blocks()))
                      : nullptr),
@@ -171,12 +175,17 @@ public:
     // options.kv_blocks, or (0) room for options.batch.max_running sequences of
     // 512 positions each (GPT-2: at most its position table).
     static index_t pool_blocks(const model_config& c, const engine_options& o) {
-        TINYLLM_EXPECT(o.block_size >= 1, "engine: block_size = ", o.block_size, " must be at least 1");
-        TINYLLM_EXPECT(o.kv_blocks >= 0, "engine: kv_blocks = ", o.kv_blocks, " must not be negative");
+        checked_options(o);
         if (o.kv_blocks > 0) return o.kv_blocks;
         const index_t positions =
             c.arch == model_arch::gpt2 && c.max_positions > 0 ? std::min<index_t>(512, c.max_positions) : 512;
-        return o.batch.max_running * ((positions + o.block_size - 1) / o.block_size);
+        const index_t per_sequence = positions / o.block_size + (positions % o.block_size != 0 ? 1 : 0);
+        // At most 512 blocks a sequence, so the product is checked against the pool's limit by a division.
+        TINYLLM_EXPECT(o.batch.max_running <= max_pool_blocks / per_sequence,
+                       "engine: batch.max_running = ", o.batch.max_running, " sequences of ", positions, " positions (",
+                       per_sequence, " blocks of ", o.block_size, ") need more than the ", max_pool_blocks,
+                       " blocks a pool can have; set kv_blocks, or fewer running sequences");
+        return o.batch.max_running * per_sequence;
     }
 
     // Queue a request. Bad requests (an empty prompt, a token outside the
@@ -241,6 +250,23 @@ private:
         engine& e_;
     };
 
+    // The most blocks a kv_block_pool can have (its block ids are int32).
+    static constexpr index_t max_pool_blocks = std::numeric_limits<std::int32_t>::max();
+
+    // The options, each checked with a message naming it, before anything is
+    // made from them (both constructors; pool_blocks too).
+    static const engine_options& checked_options(const engine_options& o) {
+        const batch_options& b = o.batch;
+        TINYLLM_EXPECT(b.max_running >= 1, "engine: batch.max_running = ", b.max_running, " must be at least 1");
+        TINYLLM_EXPECT(b.token_budget >= 1, "engine: batch.token_budget = ", b.token_budget, " must be at least 1");
+        TINYLLM_EXPECT(b.prefill_chunk >= 1, "engine: batch.prefill_chunk = ", b.prefill_chunk, " must be at least 1");
+        TINYLLM_EXPECT(o.block_size >= 1, "engine: block_size = ", o.block_size, " must be at least 1");
+        TINYLLM_EXPECT(o.kv_blocks >= 0 && o.kv_blocks <= max_pool_blocks, "engine: kv_blocks = ", o.kv_blocks,
+                       " must be 0 (sized from batch.max_running) or a block count up to ", max_pool_blocks);
+        TINYLLM_EXPECT(o.prefix_cache_blocks >= -1, "engine: prefix_cache_blocks = ", o.prefix_cache_blocks,
+                       " must be -1 (a quarter of the pool), 0 (no cache) or a block count");
+        return o;
+    }
     static kv_block_pool make_pool(const model_config& c, const engine_options& o) {
         return kv_block_pool(c.num_layers, pool_blocks(c, o), o.block_size, c.num_kv_heads, c.head_dim);
     }

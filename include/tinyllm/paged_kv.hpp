@@ -77,13 +77,12 @@ class kv_block_pool {
 public:
     kv_block_pool(index_t layers, index_t blocks, index_t block_size, index_t kv_heads, index_t head_dim,
                   kv_storage storage = kv_storage::host)
-        : layers_(layers), block_size_(block_size), kv_heads_(kv_heads), head_dim_(head_dim), storage_(storage),
-          refs_(static_cast<std::size_t>(blocks > 0 ? blocks : 0), 0) {
-        TINYLLM_EXPECT(layers >= 1 && blocks >= 1 && block_size >= 1 && kv_heads >= 1 && head_dim >= 1,
-                       "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
-                       ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
-        TINYLLM_EXPECT(blocks <= std::numeric_limits<std::int32_t>::max(), "kv_block_pool: ", blocks,
-                       " blocks do not fit the int32 ids of a block table");
+        : layers_(layers),
+          block_size_(block_size),
+          kv_heads_(kv_heads),
+          head_dim_(head_dim),
+          storage_(storage),
+          refs_(checked_blocks(layers, blocks, block_size, kv_heads, head_dim), 0) {
         if (storage == kv_storage::host)
             for (index_t l = 0; l < layers; ++l) {
                 k_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
@@ -153,6 +152,30 @@ public:
     void set_copy_hook(std::function<void(index_t dst, index_t src)> hook) { copy_hook_ = std::move(hook); }
 
 private:
+    // The pool's shape, checked before anything is allocated (the member
+    // initializers call this first): every count at least 1, block ids that fit
+    // the int32 of a block table, and the bytes of all keys and values
+    // (2 x layers x blocks x block_size x Hkv x D floats) countable in index_t,
+    // so that no size computed from them (block_bytes, a layer's elements, a
+    // table's positions) overflows. Returns the number of blocks.
+    static std::size_t checked_blocks(index_t layers, index_t blocks, index_t block_size, index_t kv_heads,
+                                      index_t head_dim) {
+        TINYLLM_EXPECT(layers >= 1 && blocks >= 1 && block_size >= 1 && kv_heads >= 1 && head_dim >= 1,
+                       "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
+                       ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
+        TINYLLM_EXPECT(blocks <= std::numeric_limits<std::int32_t>::max(), "kv_block_pool: ", blocks,
+                       " blocks do not fit the int32 ids of a block table");
+        index_t bytes = 2 * static_cast<index_t>(sizeof(float));
+        for (const index_t factor : {layers, blocks, block_size, kv_heads, head_dim}) {
+            TINYLLM_EXPECT(bytes <= std::numeric_limits<index_t>::max() / factor, "kv_block_pool: layers = ", layers,
+                           ", blocks = ", blocks, ", block_size = ", block_size, ", kv_heads = ", kv_heads,
+                           ", head_dim = ", head_dim,
+                           ": the keys and values of so many positions are more bytes "
+                           "than an index_t counts");
+            bytes *= factor;
+        }
+        return static_cast<std::size_t>(blocks);
+    }
     std::size_t layer_index(index_t layer) const {
         TINYLLM_EXPECT(storage_ == kv_storage::host, "kv_block_pool: the blocks' keys and values are not held on the "
                        "host (kv_storage::elsewhere: a device pool holds them), so they cannot be read or written "
@@ -211,10 +234,11 @@ public:
         expect_pool("kv_block_table::blocks_needed");
         TINYLLM_EXPECT(n >= 0, "kv_block_table::blocks_needed: n = ", n, " must not be negative");
         if (n == 0) return 0;
-        const index_t bs = pool_->block_size();
-        const index_t held = static_cast<index_t>(blocks_.size());
-        const index_t want = (length_ + n + bs - 1) / bs;
-        return std::max<index_t>(want - held, 0) + (last_block_shared_and_partial() ? 1 : 0);
+        // Positions past what the held blocks leave room for, in whole blocks (never
+        // length + n, which a huge n would overflow).
+        const index_t room = reserved() - length_;
+        const index_t fresh = n <= room ? 0 : blocks_for(n - room, pool_->block_size());
+        return fresh + (last_block_shared_and_partial() ? 1 : 0);
     }
 
     // Make positions [length, length + n) writable: copy a shared, partly filled
@@ -226,16 +250,16 @@ public:
                        length_, " need ", need, " free blocks of ", pool_->block_size(), " positions; the pool has ",
                        pool_->free_blocks(), " of ", pool_->blocks());
         if (n == 0) return;
+        index_t fresh = need;
         if (last_block_shared_and_partial()) {
             std::int32_t& slot = blocks_[static_cast<std::size_t>(length_ / pool_->block_size())];
             const index_t copy = pool_->allocate();
             pool_->copy_block(copy, slot);
             pool_->release(slot);
             slot = static_cast<std::int32_t>(copy);
+            --fresh;
         }
-        const index_t bs = pool_->block_size();
-        while (static_cast<index_t>(blocks_.size()) * bs < length_ + n)
-            blocks_.push_back(static_cast<std::int32_t>(pool_->allocate()));
+        for (; fresh > 0; --fresh) blocks_.push_back(static_cast<std::int32_t>(pool_->allocate()));
     }
 
     // Write layer l's keys and values of positions first .. first + n - 1,
@@ -246,9 +270,8 @@ public:
         const extents<3> want{n, pool_->kv_heads(), pool_->head_dim()};
         expect_shape(k_new, want, "kv_block_table::write: k_new");
         expect_shape(v_new, want, "kv_block_table::write: v_new");
-        TINYLLM_EXPECT(first >= 0 && first + n <= static_cast<index_t>(blocks_.size()) * bs,
-                       "kv_block_table::write: positions ", first, " .. ", first + n - 1, " are not reserved (",
-                       blocks_.size(), " blocks of ", bs, ")");
+        TINYLLM_EXPECT(first >= 0 && first <= reserved() && n <= reserved() - first, "kv_block_table::write: ", n,
+                       " positions from ", first, " are not reserved (", blocks_.size(), " blocks of ", bs, ")");
         tensor_view<float, 4> keys = pool_->keys(layer), values = pool_->values(layer);
         for (index_t t = 0; t < n; ++t) {
             const index_t block = blocks_[static_cast<std::size_t>((first + t) / bs)], at = (first + t) % bs;
@@ -265,9 +288,8 @@ public:
     // The written positions now count: length += n (within the reserved blocks).
     void advance(index_t n) {
         expect_pool("kv_block_table::advance");
-        TINYLLM_EXPECT(n >= 0 && length_ + n <= static_cast<index_t>(blocks_.size()) * pool_->block_size(),
-                       "kv_block_table::advance: ", length_, " + ", n, " positions exceed the ", blocks_.size(),
-                       " reserved blocks");
+        TINYLLM_EXPECT(n >= 0 && n <= reserved() - length_, "kv_block_table::advance: ", length_, " + ", n,
+                       " positions exceed the ", blocks_.size(), " reserved blocks");
         length_ += n;
     }
 
@@ -276,7 +298,7 @@ public:
         TINYLLM_EXPECT(length >= 0 && length <= length_, "kv_block_table::truncate: length ", length,
                        " is outside [0, ", length_, "]");
         if (!pool_) return;
-        const index_t bs = pool_->block_size(), keep = (length + bs - 1) / bs;
+        const index_t keep = blocks_for(length, pool_->block_size());
         while (static_cast<index_t>(blocks_.size()) > keep) {
             pool_->release(blocks_.back());
             blocks_.pop_back();
@@ -293,8 +315,8 @@ public:
         const index_t bs = pool_->block_size(), H = pool_->kv_heads(), D = pool_->head_dim();
         expect_shape(k_out, extents<4>{1, n, H, D}, "kv_block_table::gather: k_out");
         expect_shape(v_out, extents<4>{1, n, H, D}, "kv_block_table::gather: v_out");
-        TINYLLM_EXPECT(n >= 0 && n <= static_cast<index_t>(blocks_.size()) * bs, "kv_block_table::gather: ", n,
-                       " positions but the table holds ", blocks_.size(), " blocks of ", bs);
+        TINYLLM_EXPECT(n >= 0 && n <= reserved(), "kv_block_table::gather: ", n, " positions but the table holds ",
+                       blocks_.size(), " blocks of ", bs);
         const tensor_view<const float, 4> keys = std::as_const(*pool_).keys(layer);
         const tensor_view<const float, 4> values = std::as_const(*pool_).values(layer);
         for (index_t p = 0; p < n; ++p) {
@@ -311,7 +333,7 @@ public:
     kv_block_table fork() const {
         expect_pool("kv_block_table::fork");
         kv_block_table t(*pool_);
-        const index_t written = (length_ + pool_->block_size() - 1) / pool_->block_size();
+        const index_t written = blocks_for(length_, pool_->block_size());
         t.blocks_.assign(blocks_.begin(), blocks_.begin() + written);
         for (const std::int32_t b : t.blocks_) pool_->retain(b);
         t.length_ = length_;
@@ -320,13 +342,24 @@ public:
 
     // Hold `blocks` (each retained here) as positions [0, length) of this empty
     // table: how a prefix cache hands a sequence the blocks of its cached prefix.
+    // Every block must be held already; all are checked before any is retained,
+    // so a refused list changes nothing.
     void adopt(const std::vector<std::int32_t>& blocks, index_t length) {
         expect_pool("kv_block_table::adopt");
         TINYLLM_EXPECT(blocks_.empty() && length_ == 0, "kv_block_table::adopt: the table already holds ",
                        blocks_.size(), " blocks");
         const index_t bs = pool_->block_size(), n = static_cast<index_t>(blocks.size());
-        TINYLLM_EXPECT(length >= 0 && length <= n * bs && (n == 0 || length > (n - 1) * bs),
-                       "kv_block_table::adopt: ", n, " blocks of ", bs, " cannot hold exactly ", length, " positions");
+        TINYLLM_EXPECT(n <= pool_->blocks(), "kv_block_table::adopt: ", n, " blocks, more than the pool's ",
+                       pool_->blocks());
+        TINYLLM_EXPECT(length >= 0 && blocks_for(length, bs) == n, "kv_block_table::adopt: ", n, " blocks of ", bs,
+                       " cannot hold exactly ", length, " positions");
+        for (std::size_t i = 0; i < blocks.size(); ++i) {
+            const std::int32_t b = blocks[i];
+            TINYLLM_EXPECT(b >= 0 && b < pool_->blocks(), "kv_block_table::adopt: block ", b, " (entry ", i,
+                           ") is outside the pool's [0, ", pool_->blocks(), ")");
+            TINYLLM_EXPECT(pool_->ref_count(b) > 0, "kv_block_table::adopt: block ", b, " (entry ", i,
+                           ") is free; only blocks something holds can be shared");
+        }
         for (const std::int32_t b : blocks) pool_->retain(b);
         blocks_ = blocks;
         length_ = length;
@@ -344,6 +377,12 @@ private:
     void expect_pool(const char* op) const {
         TINYLLM_EXPECT(pool_ != nullptr, op, ": the table has no pool (construct it with kv_block_table(pool))");
     }
+    // Blocks for `positions` positions: ceil(positions / bs), without positions + bs - 1.
+    static index_t blocks_for(index_t positions, index_t bs) { return positions / bs + (positions % bs != 0 ? 1 : 0); }
+    // Positions the held blocks have room for. It fits index_t: reserve takes at
+    // most the pool's blocks, adopt at most as many again, and the positions of
+    // the whole pool are a small part of index_t (checked_blocks).
+    index_t reserved() const { return static_cast<index_t>(blocks_.size()) * pool_->block_size(); }
     // Whether the block the next position goes to is partly written and shared.
     bool last_block_shared_and_partial() const {
         const index_t bs = pool_->block_size(), i = length_ / bs;
@@ -377,6 +416,7 @@ inline void attention_paged(tensor_view<float, 4> out, tensor_view<const float, 
     expect_shape(out, q.shape(), "attention_paged: out");
     expect_shape(values, keys.shape(), "attention_paged: values");
     TINYLLM_EXPECT(keys.extent(3) == D, op, ": q has head dim ", D, " but the blocks hold ", keys.extent(3));
+    TINYLLM_EXPECT(bs >= 1, op, ": the blocks hold ", bs, " positions each; at least 1 is needed");
     TINYLLM_EXPECT(Hkv >= 1 && Hq % Hkv == 0, op, ": the query heads (Hq = ", Hq,
                    ") must be a multiple of the key/value heads (Hkv = ", Hkv, ")");
     TINYLLM_EXPECT(block_tables.extent(0) == B && lengths.extent(0) == B, op, ": ", B, " sequences but ",
@@ -387,9 +427,11 @@ inline void attention_paged(tensor_view<float, 4> out, tensor_view<const float, 
     tinyllm::detail::check_attention_options(opts, q, q, op);
     for (index_t b = 0; b < B; ++b) {
         const index_t n = lengths(b);
-        TINYLLM_EXPECT(n >= Tq && n <= block_tables.extent(1) * bs, op, ": sequence ", b, " has length ", n,
-                       "; it must hold its ", Tq, " queries and fit its ", block_tables.extent(1), " blocks of ", bs);
-        for (index_t i = 0; i < (n + bs - 1) / bs; ++i)
+        // n <= max_blocks * bs, without the product (a view's extents may be anything).
+        TINYLLM_EXPECT(n >= Tq && (n == 0 || (n - 1) / bs < block_tables.extent(1)), op, ": sequence ", b,
+                       " has length ", n, "; it must hold its ", Tq, " queries and fit its ", block_tables.extent(1),
+                       " blocks of ", bs);
+        for (index_t i = 0; i < n / bs + (n % bs != 0 ? 1 : 0); ++i)
             TINYLLM_EXPECT(block_tables(b, i) >= 0 && block_tables(b, i) < blocks, op, ": sequence ", b,
                            "'s block ", i, " is ", block_tables(b, i), ", outside the pool's [0, ", blocks, ")");
     }

@@ -28,6 +28,14 @@
 // own); evict(n) does the same when the pool runs short for a new request. A
 // node is never evicted before its children, so every cached path stays whole.
 //
+// Depth. A path is as deep as its prompt is long in blocks: 100,000 tokens in
+// blocks of one token are a chain of 100,000 nodes. So nothing here recurses
+// along a path: the walks that visit the whole tree (finding a victim, clearing)
+// keep the nodes still to visit on an explicit stack, and a node's destructor
+// takes its descendants apart one at a time from a work list instead of
+// letting each child's destructor destroy the next level. The stack of the
+// calling thread stays the same size whatever the depth.
+//
 // Statistics: lookups, tokens looked up, tokens found (hits), blocks inserted
 // and evicted — the hit rate a server reports.
 #pragma once
@@ -65,6 +73,7 @@ public:
     prefix_cache& operator=(const prefix_cache&) = delete;
     ~prefix_cache() { clear(); }
 
+    kv_block_pool* pool() const { return pool_; }
     index_t capacity() const { return capacity_; }
     index_t cached_blocks() const { return cached_; }
     const prefix_cache_stats& stats() const { return stats_; }
@@ -132,8 +141,8 @@ public:
 
     // Drop every cached block (the sequences holding some keep them).
     void clear() {
-        release_subtree(root_);
-        root_.children.clear();
+        release_all();
+        root_.children.clear();  // ~node takes the tree apart without recursing
         cached_ = 0;
     }
 
@@ -144,6 +153,28 @@ private:
         std::int32_t block = -1;
         std::uint64_t last_use = 0;
         std::map<std::vector<token_id>, std::unique_ptr<node>> children;
+
+        node() = default;
+        node(const node&) = delete;
+        node& operator=(const node&) = delete;
+        // Left to itself, destroying a node destroys its children, each of which
+        // destroys its own: one nested call per level, a stack overflow on a
+        // long chain. Instead the descendants are moved out into a work list and
+        // destroyed one by one, each after its own children have been moved out,
+        // so that no destructor here has children left to recurse into.
+        ~node() {
+            std::vector<std::unique_ptr<node>> doomed;
+            const auto take_children = [&doomed](node& n) {
+                for (auto& [key, child] : n.children) doomed.push_back(std::move(child));
+                n.children.clear();
+            };
+            take_children(*this);
+            while (!doomed.empty()) {
+                std::unique_ptr<node> n = std::move(doomed.back());
+                doomed.pop_back();
+                take_children(*n);
+            }  // n, childless now, is destroyed here
+        }
     };
 
     // The nodes along the longest cached path of whole blocks of `tokens`.
@@ -174,21 +205,33 @@ private:
         victim->parent->children.erase(victim->key);
         return 1;
     }
-    void find_victim(node& at, const node* keep, node*& best) {
-        for (auto& [key, child] : at.children) {
-            if (child->children.empty()) {
-                if (child.get() != keep && pool_->ref_count(child->block) == 1 &&
-                    (!best || child->last_use < best->last_use))
-                    best = child.get();
-            } else {
-                find_victim(*child, keep, best);
+    // Every node is visited once, depth first, from an explicit stack (see the top: no recursion).
+    void find_victim(node& root, const node* keep, node*& best) {
+        std::vector<node*> stack{&root};
+        while (!stack.empty()) {
+            node* at = stack.back();
+            stack.pop_back();
+            for (auto& [key, child] : at->children) {
+                if (child->children.empty()) {
+                    if (child.get() != keep && pool_->ref_count(child->block) == 1 &&
+                        (!best || child->last_use < best->last_use))
+                        best = child.get();
+                } else {
+                    stack.push_back(child.get());
+                }
             }
         }
     }
-    void release_subtree(node& at) {
-        for (auto& [key, child] : at.children) {
-            release_subtree(*child);
-            pool_->release(child->block);
+    // The cache's reference to every cached block, given back (the nodes stay; clear() drops them).
+    void release_all() {
+        std::vector<node*> stack{&root_};
+        while (!stack.empty()) {
+            node* at = stack.back();
+            stack.pop_back();
+            for (auto& [key, child] : at->children) {
+                pool_->release(child->block);
+                stack.push_back(child.get());
+            }
         }
     }
 
