@@ -225,6 +225,14 @@ TEST_CASE("a view refuses a negative extent and a dimension it does not have", "
     CHECK_THROWS_WITH(v.transpose(0, three), tinyllm_test::contains("dimension 3 of a tensor view of rank 2"));
 }
 
+TEST_CASE("an owning tensor refuses a shape whose size overflows", "[tensor]") {
+    CHECK_THROWS_WITH((tensor<float, 3>(extents<3>{0, index_t{1} << 40, index_t{1} << 40})),
+                      tinyllm_test::contains("tensor shape (0, 1099511627776, 1099511627776) holds more elements"));
+    CHECK_THROWS_WITH((tensor<float, 2>(extents<2>{index_t{1} << 31, index_t{1} << 31})),
+                      tinyllm_test::contains("holds more elements than memory can"));
+    CHECK(tensor<float, 3>(extents<3>{0, 5, 7}).size() == 0);
+}
+
 TEST_CASE("detail::overlaps compares the memory two views touch", "[tensor]") {
     std::vector<float> memory(64, 0.0f);
     const tensor_view<float, 2> a(memory.data(), {4, 4});       // elements 0..15

@@ -351,8 +351,14 @@ public:
 
 private:
     static shape_type checked(const shape_type& shape) {
-        for (std::size_t d = 0; d < Rank; ++d)
+        index_t elements = 1;  // of the nonzero extents, so no product below overflows
+        for (std::size_t d = 0; d < Rank; ++d) {
             TINYLLM_EXPECT(shape[d] >= 0, "tensor shape ", to_string(shape), " has a negative extent");
+            if (shape[d] == 0) continue;
+            TINYLLM_EXPECT(elements <= (index_t{1} << 62) / static_cast<index_t>(sizeof(T)) / shape[d], "tensor shape ",
+                           to_string(shape), " holds more elements than memory can");
+            elements *= shape[d];
+        }
         return shape;
     }
 
