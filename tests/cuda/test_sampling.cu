@@ -290,6 +290,12 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     CHECK(tokens[3] == -1);
     CHECK((tokens[0] >= 0 && tokens[0] < V));
 
+    // Finite logits that a tiny T divides to +inf, in the fused rung (v2).
+    tc::copy_to_device(d_z, random_logits(B, V, 400));
+    sampling::params tiny = p;
+    tiny.temperature = 1e-45f;
+    CHECK_THROWS_WITH(tc::sample_fused(out, logits, tiny, 1, 0),
+                      contains("or one that the temperature divides to +inf"));
     CHECK_THROWS_WITH(tc::temperature(logits, -1.0f), contains("temperature: T = -1"));
     CHECK_THROWS_WITH(tc::top_k(logits, 0), contains("k = 0 must be at least 1"));
     CHECK_THROWS_WITH(tc::top_p(logits, 0.0f), contains("p = 0 must be in (0, 1]"));
@@ -559,6 +565,12 @@ void check_bad_rows(std::uint64_t which, Run run, Greedy greedy, bool with_top_k
     z[3 * V + 17] = inf;
     tc::copy_to_device(d_z, z);
     CHECK_THROWS_WITH(run(out, logits, p, sync), contains("row 3 has a NaN or +inf logit"));
+    // Finite logits that a tiny T divides to +inf: refused as the CPU's temperature()
+    // refuses them (they were drawn from the NaN weights of inf - inf).
+    tc::copy_to_device(d_z, good);
+    sampling::params tiny = p;
+    tiny.temperature = 1e-45f;
+    CHECK_THROWS_WITH(run(out, logits, tiny, sync), contains("or one that the temperature divides to +inf"));
     for (index_t i = 0; i < V; ++i) z[static_cast<std::size_t>(3 * V + i)] = -inf;
     tc::copy_to_device(d_z, z);
     CHECK_THROWS_WITH(run(out, logits, p, sync), contains("every logit of row 3 is -inf"));

@@ -224,7 +224,8 @@ TINYLLM_DEVICE float scaled(const T* row, index_t i, float temperature) {
     return temperature_scaled(to_float(row[i]), temperature);
 }
 
-// The row maximum of z / T and whether any logit is NaN or +inf (block-wide).
+// The row maximum of z / T and whether any z / T is NaN or +inf (block-wide):
+// a NaN or +inf logit, or a finite one that a tiny T overflows.
 template <int Threads, class T>
 __device__ float row_max_checked(const T* row, index_t V, float temperature, bool& bad) {
     using reduce = cub::BlockReduce<float, Threads>;
@@ -233,9 +234,9 @@ __device__ float row_max_checked(const T* row, index_t V, float temperature, boo
     float m = -INFINITY;
     bool my_bad = false;
     for (index_t i = threadIdx.x; i < V; i += Threads) {
-        const float z = to_float(row[i]);
-        my_bad |= is_bad_logit(z);
-        m = fmaxf(m, temperature_scaled(z, temperature));
+        const float x = temperature_scaled(to_float(row[i]), temperature);
+        my_bad |= is_bad_logit(x);
+        m = fmaxf(m, x);
     }
     bad = __syncthreads_or(my_bad) != 0;
     const float block_max = reduce(storage).Reduce(m, max_op{});
@@ -1079,8 +1080,9 @@ __device__ __forceinline__ bool split_pass(const split_args& a, index_t block, i
         }
         bin_cache cache;
         for_each_in_chunk<Threads>(row, lo, hi, a.vec, [&](index_t, float z) {
-            bad |= is_bad_logit(z);
-            const std::uint32_t k = order_key(temperature_scaled(z, T));
+            const float x = temperature_scaled(z, T);
+            bad |= is_bad_logit(x);  // z NaN or +inf, or z / T overflowing
+            const std::uint32_t k = order_key(x);
             key = k > key ? k : key;
             if (sel == 1) cache.add(sums, k >> 24, 1);
         });
@@ -1552,8 +1554,9 @@ __device__ __forceinline__ std::uint32_t load_chunk_keys(std::uint32_t (&key)[It
         for (int e = 0; e < 4; ++e) {
             key[4 * s + e] = 0;
             if (i0 + e < hi) {
-                bad |= is_bad_logit(z[e]);
-                const std::uint32_t kk = order_key(temperature_scaled(z[e], T));
+                const float x = temperature_scaled(z[e], T);
+                bad |= is_bad_logit(x);  // z NaN or +inf, or z / T overflowing
+                const std::uint32_t kk = order_key(x);
                 key[4 * s + e] = kk;
                 top = kk > top ? kk : top;
             }
@@ -1994,7 +1997,9 @@ inline void check_status(const int* d_status, index_t rows, const char* what, sa
         switch (status[static_cast<std::size_t>(b)]) {
             case row_ok: break;
             case row_bad_logit:
-                TINYLLM_FAIL(what, ": row ", b, " has a NaN or +inf logit; logits must be finite or -inf");
+                TINYLLM_FAIL(what, ": row ", b,
+                             " has a NaN or +inf logit, or one that the temperature divides to +inf;",
+                             " logits must be finite or -inf (and a T that small is greedy decoding: T = 0)");
             case row_all_masked:
                 TINYLLM_FAIL(what, ": every logit of row ", b, " is -inf (all tokens banned or filtered)");
             case row_bad_token:
