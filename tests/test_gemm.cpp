@@ -666,17 +666,17 @@ TEST_CASE("linear_gemm with a bfloat16 weight rejects mismatched shapes and over
     tensor<float, 2> sq({4, 4});
     tensor<bf16, 2> w4({4, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(sq.view(), tensor_view<const float, 2>(sq.view()), w4.view(), {}),
-                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x, weight or bias"));
     tensor<float, 2> buf({8, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(buf.view().narrow(0, 2, 4),
                                        tensor_view<const float, 2>(buf.view().narrow(0, 0, 4)), w4.view(), {}),
-                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x, weight or bias"));
     // out over the weight's bytes (a float buffer seen as bf16).
     tensor<float, 2> shared({4, 4});
     const tensor_view<const bf16, 2> w_in_out(reinterpret_cast<const bf16*>(shared.data()), {4, 4});
     tensor<float, 2> x4({4, 4});
     CHECK_THROWS_WITH(cpu::linear_gemm(shared.view(), tensor_view<const float, 2>(x4.view()), w_in_out, {}),
-                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x, weight or bias"));
 }
 
 TEST_CASE("gemm and linear_gemm refuse an output that aliases an input or itself", "[gemm][errors]") {
@@ -689,7 +689,7 @@ TEST_CASE("gemm and linear_gemm refuse an output that aliases an input or itself
     // used to write the bias into it (corrupting x) before gemm found the overlap.
     const tensor_view<float, 2> out(memory.data() + 4, {3, 2});
     CHECK_THROWS_WITH(cpu::linear_gemm(out, x, weight, tensor_view<const float, 1>(bias.data(), {2})),
-                      tinyllm_test::contains("linear_gemm: out must not share memory with x or weight"));
+                      tinyllm_test::contains("linear_gemm: out must not share memory with x, weight or bias"));
     CHECK(memory == before);
     // C with a zero stride: every row of the product would land on the same elements.
     std::vector<float> c_memory(4, 0.0f);

@@ -431,7 +431,7 @@ TEST_CASE("linear and matmul match float64, for weights in either layout", "[ffn
                       tinyllm_test::contains("a's columns must equal b's rows"));
     std::vector<float> sq(16);
     CHECK_THROWS_WITH(cpu::linear(view2(sq, 4, 4), cview2(sq, 4, 4), cview2(W, 4, 4), {}),
-                      tinyllm_test::contains("must not share memory with x or weight"));
+                      tinyllm_test::contains("must not share memory with x, weight or bias"));
 }
 
 TEST_CASE("the GPT-2 MLP equals its float64 composition", "[ffn]") {
@@ -703,10 +703,15 @@ TEST_CASE("linear refuses an out that shares memory with x, and an activation th
     const tensor_view<const float, 2> x(memory.data(), {3, 4}), weight(w.data(), {2, 4});
     // out starts inside x, not at its first element (only equal starts were refused).
     CHECK_THROWS_WITH(cpu::linear(tensor_view<float, 2>(memory.data() + 4, {3, 2}), x, weight, {}),
-                      tinyllm_test::contains("linear: out must not share memory with x or weight"));
+                      tinyllm_test::contains("linear: out must not share memory with x, weight or bias"));
     CHECK_THROWS_WITH(cpu::linear_backward(tensor_view<float, 2>(memory.data() + 13, {3, 4}), {}, {},
                                            tensor_view<const float, 2>(memory.data() + 12, {3, 2}), x, weight),
                       tinyllm_test::contains("linear_backward: dx must not share memory with dout"));
+    // out over the bias: the product would overwrite the bias before adding it.
+    std::vector<float> buffer(16);
+    CHECK_THROWS_WITH(cpu::linear(tensor_view<float, 2>(buffer.data(), {3, 2}), x, weight,
+                                  tensor_view<const float, 1>(buffer.data() + 4, {2})),
+                      tinyllm_test::contains("linear: out must not share memory with x, weight or bias"));
     std::vector<float> out(12);
     CHECK_THROWS_WITH(cpu::activate(tensor_view<float, 2>(out.data(), {3, 4}), x, static_cast<activation>(7)),
                       tinyllm_test::contains("activate: activation 7 is not one of"));

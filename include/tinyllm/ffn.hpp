@@ -87,8 +87,8 @@ void expect_linear_args(std::string_view op, const Out& out, const X& x, const W
                    ") is required");
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == weight.extent(0), op, ": bias has ", bias.extent(0),
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no bias)");
-    TINYLLM_EXPECT(!overlaps(out, x) && !overlaps(out, weight), op,
-                   ": out must not share memory with x or weight (the product reads them while out is written)");
+    TINYLLM_EXPECT(!overlaps(out, x) && !overlaps(out, weight) && !overlaps(out, bias), op,
+                   ": out must not share memory with x, weight or bias (the product reads them while out is written)");
 }
 
 template <class Out, class X, class W>

@@ -231,6 +231,14 @@ TEST_CASE("the copy ladder copies every element, at every size", "[cuda][copy]")
     CHECK_THROWS_AS(tc::copy_vectorized(tinyllm::tensor_view<float, 1>(a.data() + 1, {4}),
                                         tinyllm::tensor_view<const float, 1>(b.data(), {4})),
                     tinyllm::error);
+    // out one element past in, sharing the rest: the threads would read elements
+    // already overwritten (1979 of 2000 came out wrong before this was refused).
+    tc::device_buffer<float> shared(2001);
+    CHECK_THROWS_WITH(tc::copy_naive(tinyllm::tensor_view<float, 1>(shared.data() + 1, {2000}),
+                                     tinyllm::tensor_view<const float, 1>(shared.data(), {2000})),
+                      tinyllm_test::contains("out and in overlap without being the same memory"));
+    tc::copy_naive(shared.view(tinyllm::extents<1>{2001}),
+                   shared.view(tinyllm::extents<1>{2001}));  // the same: allowed
 }
 
 TEST_CASE("the timing harness reports a median and writes JSON", "[cuda][timing]") {

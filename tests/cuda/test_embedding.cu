@@ -83,6 +83,14 @@ TEST_CASE("CUDA embedding reads strided ids and rejects ids outside the vocabula
                                         tinyllm::tensor_view<const std::int64_t, 2>(d_bad.data(), {1, 4}),
                                         tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), 1.0f, version),
                           tinyllm_test::contains("ids(0, 2) = 9 is outside the vocabulary [0, 4)"));
+    // A NaN scale (refused by the CPU reference too), and an out that overlaps the table.
+    CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<3>{2, 2, D}), ids,
+                                    tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), std::nanf("")),
+                      tinyllm_test::contains("embedding: scale = nan must be finite"));
+    CHECK_THROWS_WITH(tc::embedding(tinyllm::tensor_view<float, 3>(d_table.data() + D, {1, 2, D}),
+                                    tinyllm::tensor_view<const std::int64_t, 2>(d_ids.data(), {1, 2}),
+                                    tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D})),
+                      tinyllm_test::contains("embedding: out must not share memory with the table"));
 }
 
 TEST_CASE("CUDA embedding takes ids of any rank: (...) ids give (..., D) rows", "[cuda][embedding][batch]") {

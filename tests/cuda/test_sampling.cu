@@ -307,6 +307,16 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     CHECK_THROWS_WITH(tc::ban_tokens(logits, all), contains("tokens are banned"));
     tc::device_buffer<tinyllm::token_id> wrong(B + 1);
     CHECK_THROWS_WITH(tc::greedy(wrong.view(tinyllm::extents<1>{B + 1}), logits), contains("out has 5 entries"));
+    // Rows that overlap (each processor block writes its row in place), and an out
+    // in the logits' memory (a block would write its token where others still read).
+    const tinyllm::tensor_view<float, 2> overlapping(d_z.data(), {B, V}, {V / 2, 1});
+    CHECK_THROWS_WITH(tc::top_k(overlapping, 3), contains("top_k: logits rows of 3000 elements 1500 apart overlap"));
+    CHECK_THROWS_WITH(tc::temperature(overlapping, 0.5f), contains("rows of 3000 elements 1500 apart overlap"));
+    const tinyllm::tensor_view<tinyllm::token_id, 1> inside(reinterpret_cast<tinyllm::token_id*>(d_z.data()), {B});
+    CHECK_THROWS_WITH(tc::greedy(inside, logits), contains("greedy: out must not share memory with the logits"));
+    p.top_p = 0.9f;
+    CHECK_THROWS_WITH(tc::sample(inside, logits, p, 1, 0),
+                      contains("sample: out must not share memory with the logits"));
 }
 
 TEST_CASE("the samplers on a created stream give the default stream's tokens and logits", "[cuda][sampling][stream]") {

@@ -54,6 +54,9 @@ __global__ void copy_vectorized_kernel(T* out, const T* in, index_t n) {
 inline void expect_same_size(tensor_view<float, 1> out, tensor_view<const float, 1> in, const char* op) {
     TINYLLM_EXPECT(out.size() == in.size(), op, ": out has ", out.size(), " elements but in has ", in.size());
     TINYLLM_EXPECT(out.is_contiguous() && in.is_contiguous(), op, " copies contiguous tensors");
+    // The threads copy in any order: a partial overlap would read elements already overwritten.
+    TINYLLM_EXPECT(out.data() == in.data() || !::tinyllm::detail::overlaps(out, in), op,
+                   ": out and in overlap without being the same memory (use a buffer in between)");
 }
 
 }  // namespace detail

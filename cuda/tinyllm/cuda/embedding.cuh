@@ -69,6 +69,7 @@
 #include <cuda_runtime.h>
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -159,6 +160,7 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
                cudaStream_t stream = nullptr) {
     static_assert(std::is_integral_v<Id>, "embedding: ids must have an integer type");
     static_assert(sizeof(T) == 2 || sizeof(T) == 4, "embedding: T is float, bfloat16 or float16");
+    TINYLLM_EXPECT(std::isfinite(scale), "embedding: scale = ", scale, " must be finite");
     TINYLLM_EXPECT(out.extent(0) == ids.extent(0) && out.extent(1) == ids.extent(1), "embedding: out has shape ",
                    to_string(out.shape()), " but ids ", to_string(ids.shape()),
                    " (out must be (B, T, D) for ids (B, T))");
@@ -166,6 +168,7 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
                    " but the table has rows of ", table.extent(1));
     TINYLLM_EXPECT(out.is_contiguous(), "embedding: out must be contiguous; strides ", to_string(out.strides()));
     TINYLLM_EXPECT(table.is_contiguous(), "embedding: table must be contiguous; strides ", to_string(table.strides()));
+    TINYLLM_EXPECT(!::tinyllm::detail::overlaps(out, table), "embedding: out must not share memory with the table");
     const index_t B = out.extent(0), Tn = out.extent(1), D = out.extent(2), V = table.extent(0);
     if (B * Tn * D == 0) return;
     // With check_ids, a one-word flag holds the smallest bad row; without, the

@@ -2015,12 +2015,20 @@ void check_logits(tensor_view<T, 2> logits, const char* what) {  // (B, V)
     TINYLLM_EXPECT(logits.stride(1) == 1, what, ": logits rows must be contiguous (stride of V is ",
                    logits.stride(1), ")");
     TINYLLM_EXPECT(logits.extent(1) < (index_t{1} << 31), what, ": V = ", logits.extent(1), " is too large");
+    // Each row is a block's own (the processors write their row in place).
+    TINYLLM_EXPECT(logits.extent(0) <= 1 || logits.stride(0) >= logits.extent(1), what, ": logits rows of ",
+                   logits.extent(1), " elements ", logits.stride(0), " apart overlap");
 }
 
-inline void check_out(tensor_view<token_id, 1> out, index_t rows, const char* what) {
+// out (B) beside the logits (B, V) it is chosen from: one token per row, in memory of its own.
+template <class T>
+void check_out(tensor_view<token_id, 1> out, tensor_view<T, 2> logits, const char* what) {
+    const index_t rows = logits.extent(0);
     TINYLLM_EXPECT(out.extent(0) == rows, what, ": out has ", out.extent(0), " entries but logits have ", rows,
                    " rows");
     TINYLLM_EXPECT(out.extent(0) <= 1 || out.stride(0) == 1, what, ": out must be contiguous");
+    TINYLLM_EXPECT(!::tinyllm::detail::overlaps(out, logits), what,
+                   ": out must not share memory with the logits (other blocks still read them)");
 }
 
 template <class = void>  // compiled only where called (launch.cuh)
@@ -2168,7 +2176,7 @@ template <class = void>  // compiled only where called (launch.cuh)
 inline void greedy_reduction(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits,
                    sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
-    detail::check_out(out, logits.extent(0), "greedy");
+    detail::check_out(out, logits, "greedy");
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = detail::status_buffer(B, stream);
@@ -2184,7 +2192,7 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
                    std::uint64_t step, std::uint64_t stream_offset = 0, sampling_check check = sampling_check::sync,
                    cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "sample");
-    detail::check_out(out, logits.extent(0), "sample");
+    detail::check_out(out, logits, "sample");
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = detail::status_buffer(B, stream);
@@ -2204,7 +2212,7 @@ inline void sample_fused(tensor_view<token_id, 1> out, tensor_view<const float, 
     ::tinyllm::detail::check_params(p);
     if (p.temperature == 0.0f) return greedy_reduction(out, logits, check, stream);
     detail::check_logits(logits, "sample");
-    detail::check_out(out, logits.extent(0), "sample");
+    detail::check_out(out, logits, "sample");
     const index_t B = logits.extent(0);
     if (B == 0) return;
     const detail::fused_params fp{p.temperature, p.top_k ? *p.top_k : 0, p.top_p ? *p.top_p : 1.0f,
@@ -2327,7 +2335,7 @@ template <class = void>  // compiled only where called (launch.cuh)
 inline void greedy_split(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, int splits = 0,
                          sampling_check check = sampling_check::sync, cudaStream_t stream = nullptr) {
     detail::check_logits(logits, "greedy");
-    detail::check_out(out, logits.extent(0), "greedy");
+    detail::check_out(out, logits, "greedy");
     const index_t B = logits.extent(0);
     if (B == 0) return;
     splits = detail::greedy_split_count(B, logits.extent(1), splits);
@@ -2350,7 +2358,7 @@ inline void sample_split(tensor_view<token_id, 1> out, tensor_view<const float, 
     ::tinyllm::detail::check_params(p);
     if (p.temperature == 0.0f) return greedy_split(out, logits, splits, check, stream);
     detail::check_logits(logits, "sample");
-    detail::check_out(out, logits.extent(0), "sample");
+    detail::check_out(out, logits, "sample");
     const index_t B = logits.extent(0), V = logits.extent(1);
     if (B == 0) return;
     splits = detail::split_count(B, V, splits);
@@ -2398,7 +2406,7 @@ inline bool check_sample_call(tensor_view<token_id, 1> out, tensor_view<const fl
                               const sampling::params& p) {
     ::tinyllm::detail::check_params(p);
     check_logits(logits, "sample");
-    check_out(out, logits.extent(0), "sample");
+    check_out(out, logits, "sample");
     return logits.extent(0) > 0;
 }
 
