@@ -59,7 +59,6 @@
 
 #include <array>
 #include <bit>
-#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -139,12 +138,9 @@ inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t
 // (64.0 and 1e30 are not), named in the error.
 inline index_t config_integer(const json::value& v, const char* key, const std::string& path) {
     if (!v.is_number()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a number");
-    const std::string& text = v.number_text();
-    index_t n = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-    if (ec != std::errc() || end != text.data() + text.size())
-        TINYLLM_FAIL("'", path, "': \"", key, "\" = ", text, " must be an integer that fits in 64 bits");
-    return n;
+    const std::optional<std::int64_t> n = v.to_int64();
+    if (!n) TINYLLM_FAIL("'", path, "': \"", key, "\" = ", v.number_text(), " must be an integer that fits in 64 bits");
+    return *n;
 }
 
 // config[key] as an integer in [0, max], or `fallback` when absent or null; -1 fallback = required.

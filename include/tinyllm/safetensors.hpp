@@ -43,7 +43,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -51,6 +50,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -204,12 +204,9 @@ public:
             if (index_.count(name)) fail("the header names this tensor twice");
             // A JSON number that must be an integer (2.0 and 1e30 are not), named in the error.
             const auto integer = [&](const json::value& v, const char* field) {
-                std::int64_t i = 0;
-                const std::string& text = v.number_text();
-                const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), i);
-                if (ec != std::errc() || end != text.data() + text.size())
-                    fail("\"", field, "\" holds ", text, ", not an integer that fits in 64 bits");
-                return i;
+                const std::optional<std::int64_t> i = v.to_int64();
+                if (!i) fail("\"", field, "\" holds ", v.number_text(), ", not an integer that fits in 64 bits");
+                return *i;
             };
             safetensors_tensor t;
             t.name = name;

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -72,11 +73,17 @@ public:
     const std::string& number_text() const { expect(kind::number); return text_; }
     double as_double() const { expect(kind::number); return std::strtod(text_.c_str(), nullptr); }
     std::int64_t as_int64() const {
+        const std::optional<std::int64_t> v = to_int64();
+        TINYLLM_EXPECT(v.has_value(), "JSON number ", text_, " is not an integer that fits in 64 bits");
+        return *v;
+    }
+    // The number as an exact 64-bit integer, or nothing (2.0, 1e30, 2^64): for a
+    // caller that names the file and field in its own error.
+    std::optional<std::int64_t> to_int64() const {
         expect(kind::number);
         std::int64_t v = 0;
         const auto [end, ec] = std::from_chars(text_.data(), text_.data() + text_.size(), v);
-        TINYLLM_EXPECT(ec == std::errc() && end == text_.data() + text_.size(), "JSON number ", text_,
-                       " is not an integer that fits in 64 bits");
+        if (ec != std::errc() || end != text_.data() + text_.size()) return std::nullopt;
         return v;
     }
     const array_t& as_array() const { expect(kind::array); return array_; }
