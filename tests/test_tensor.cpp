@@ -245,3 +245,31 @@ TEST_CASE("detail::overlaps compares the memory two views touch", "[tensor]") {
     const tensor_view<float, 1> last(memory.data() + 15, {1});
     CHECK(tinyllm::detail::overlaps(a, last));  // views of different ranks
 }
+
+TEST_CASE("detail::same_elements and distinct_elements tell in place and self-overlapping views", "[tensor]") {
+    using tinyllm::detail::distinct_elements;
+    using tinyllm::detail::same_elements;
+    std::vector<float> memory(64, 0.0f);
+    const tensor_view<float, 2> a(memory.data(), {4, 4});
+    CHECK(same_elements(a, tensor_view<const float, 2>(a)));
+    CHECK_FALSE(same_elements(a, a.transpose(0, 1)));                                 // same memory, other order
+    CHECK_FALSE(same_elements(a, tensor_view<float, 2>(memory.data() + 4, {4, 4})));  // shifted by a row
+    CHECK_FALSE(same_elements(a, tensor_view<float, 1>(memory.data(), {16})));        // another rank
+
+    CHECK(distinct_elements(a));
+    CHECK(distinct_elements(a.transpose(0, 1)));
+    CHECK(distinct_elements(tensor_view<float, 2>(memory.data(), {4, 2}, {8, 2})));        // every other column
+    CHECK(distinct_elements(tensor_view<float, 2>(memory.data(), {1, 4}, {0, 1})));        // stride 0 of extent 1: fine
+    CHECK_FALSE(distinct_elements(tensor_view<float, 2>(memory.data(), {4, 4}, {0, 1})));  // rows broadcast
+    CHECK_FALSE(distinct_elements(tensor_view<float, 2>(memory.data(), {4, 4}, {2, 1})));  // rows overlap
+    CHECK_FALSE(distinct_elements(tensor_view<float, 2>(memory.data(), {2, 2}, {1, 1})));  // (0,1) is (1,0)
+
+    const tensor_view<float, 2> shifted(memory.data() + 1, {4, 4});
+    CHECK_THROWS_WITH(tinyllm::detail::expect_in_place_or_apart("op", "out", shifted, "x", a),
+                      Catch::Contains("op: out must be exactly x (in place)"));
+    CHECK_NOTHROW(tinyllm::detail::expect_in_place_or_apart("op", "out", a, "x", tensor_view<const float, 2>(a)));
+    CHECK_THROWS_WITH(tinyllm::detail::expect_apart("op", "out", a, "x", a), Catch::Contains("must not share memory"));
+    CHECK_THROWS_WITH(
+        tinyllm::detail::expect_distinct_elements("op", "out", tensor_view<float, 2>(memory.data(), {4, 4}, {0, 1})),
+        Catch::Contains("two of its elements share an address"));
+}

@@ -283,6 +283,66 @@ bool overlaps(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
     return a0 != a1 && b0 != b1 && a0 < b1 && b0 < a1;
 }
 
+// Whether two views are the same elements in the same order: one data pointer,
+// one shape, one set of strides (an output written in place over its input).
+template <class T, std::size_t RankT, class U, std::size_t RankU>
+bool same_elements(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
+    if constexpr (RankT != RankU || sizeof(T) != sizeof(U)) {
+        return false;
+    } else {
+        return static_cast<const void*>(a.data()) == static_cast<const void*>(b.data()) && a.shape() == b.shape() &&
+               a.strides() == b.strides();
+    }
+}
+
+// Whether every element of v has an address of its own, so that writing all of
+// them in parallel is well defined. Sufficient test: ordered by |stride|, each
+// dimension of extent > 1 steps past the whole span of the smaller ones (every
+// slice, narrow or transpose of a packed tensor passes; a stride of 0 fails).
+template <class T, std::size_t Rank>
+bool distinct_elements(const tensor_view<T, Rank>& v) {
+    if (v.size() <= 1) return true;
+    index_t stride[Rank > 0 ? Rank : 1] = {}, extent[Rank > 0 ? Rank : 1] = {};
+    std::size_t n = 0;
+    for (std::size_t d = 0; d < Rank; ++d) {
+        if (v.extent(d) <= 1) continue;
+        std::size_t i = n++;  // insertion sort by |stride|
+        const index_t s = v.stride(d) < 0 ? -v.stride(d) : v.stride(d);
+        for (; i > 0 && stride[i - 1] > s; --i) stride[i] = stride[i - 1], extent[i] = extent[i - 1];
+        stride[i] = s, extent[i] = v.extent(d);
+    }
+    index_t span = 0;  // the farthest element of the dimensions so far, in elements
+    for (std::size_t i = 0; i < n; ++i) {
+        if (stride[i] <= span) return false;
+        span += (extent[i] - 1) * stride[i];
+    }
+    return true;
+}
+
+// An output of `op` must have an address for each element, and must be apart
+// from each input: refused with an error that names both.
+template <class O, std::size_t RankO>
+void expect_distinct_elements(std::string_view op, std::string_view name, const tensor_view<O, RankO>& out) {
+    if (!distinct_elements(out))
+        throw error(cat("tinyllm: ", op, ": ", name, " has shape ", to_string(out.shape()), " and strides ",
+                        to_string(out.strides()), ", so two of its elements share an address (a stride of 0, ",
+                        "or strides that overlap); each element written needs its own"));
+}
+template <class O, std::size_t RankO, class I, std::size_t RankI>
+void expect_apart(std::string_view op, std::string_view out_name, const tensor_view<O, RankO>& out,
+                  std::string_view in_name, const tensor_view<I, RankI>& in) {
+    if (overlaps(out, in)) throw error(cat("tinyllm: ", op, ": ", out_name, " must not share memory with ", in_name));
+}
+// The same, except that out may be exactly `in` (the op is computed in place,
+// each element read before it is written).
+template <class O, std::size_t RankO, class I, std::size_t RankI>
+void expect_in_place_or_apart(std::string_view op, std::string_view out_name, const tensor_view<O, RankO>& out,
+                              std::string_view in_name, const tensor_view<I, RankI>& in) {
+    if (overlaps(out, in) && !same_elements(out, in))
+        throw error(cat("tinyllm: ", op, ": ", out_name, " must be exactly ", in_name,
+                        " (in place) or not share memory with it; it overlaps it otherwise"));
+}
+
 }  // namespace detail
 
 // View a contiguous buffer as a tensor of a new shape with the same number of
