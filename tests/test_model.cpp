@@ -777,6 +777,18 @@ TEST_CASE("save_model writes config.json + model.safetensors that model::load re
     REQUIRE_THROWS_WITH(tinyllm::save_model(dir.file("bad"), configs[0], none),
                         Catch::Matchers::Contains("do not hold this config's float32 embedding"));
     REQUIRE_FALSE(fs::exists(dir.file("bad")));
+    // A config that model::load would refuse is refused before anything is written: an
+    // end-of-sequence id outside the vocabulary, a non-positive eps.
+    const tinyllm::model_weights weights = tinyllm::random_model_weights(configs[0], 1);
+    tinyllm::model_config bad_eos = configs[0];
+    bad_eos.eos_token_ids = {static_cast<tinyllm::token_id>(bad_eos.vocab_size)};
+    REQUIRE_THROWS_WITH(
+        tinyllm::save_model(dir.file("eos"), bad_eos, weights),
+        Catch::Matchers::Contains("would not load back") && Catch::Matchers::Contains("is outside the vocabulary"));
+    REQUIRE_FALSE(fs::exists(dir.file("eos")));
+    tinyllm::model_config bad_eps = configs[1];
+    bad_eps.norm_eps = 0.0f;
+    REQUIRE_THROWS_WITH(tinyllm::model_config_json(bad_eps), Catch::Matchers::Contains("would not load back"));
 }
 
 TEST_CASE("save_model round-trips the Hugging Face fixtures: same names, same logits", "[model][save][conformance]") {

@@ -275,9 +275,8 @@ inline void read_quantization_config(model_config& m, const json::value& q, cons
 
 }  // namespace detail
 
-inline model_config load_model_config(const std::string& dir) {
-    const std::string path = (std::filesystem::path(dir) / "config.json").string();
-    const json::value c = detail::read_json_file(path);
+// The model_config of a parsed config.json; `path` names it in errors.
+inline model_config model_config_from_json(const json::value& c, const std::string& path) {
     model_config m;
     // The architecture: the first of "architectures", or else (as transformers'
     // AutoModelForCausalLM does) the causal-LM class that "model_type" names.
@@ -397,6 +396,12 @@ inline model_config load_model_config(const std::string& dir) {
     if (const json::value* q = c.find("quantization_config"); q && !q->is_null())
         detail::read_quantization_config(m, *q, path);
     return m;
+}
+
+// Read DIR/config.json, a Hugging Face model config.
+inline model_config load_model_config(const std::string& dir) {
+    const std::string path = (std::filesystem::path(dir) / "config.json").string();
+    return model_config_from_json(detail::read_json_file(path), path);
 }
 
 // The weights of one layer, in torch.nn.Linear layout (out_features, in_features).
@@ -1046,7 +1051,9 @@ std::string json_number(T x) {
 // fields load_model_config reads (it reads this text back to the same config)
 // and that transformers' AutoConfig needs, float32 weights. RoPE must be what
 // transformers' Llama and Mixtral compute: rotate_half pairing over the whole
-// head (other pairings are refused).
+// head (other pairings are refused). A config that load_model_config would
+// refuse (an eos_token_id outside the vocabulary, a non-positive eps, ...) is
+// refused here, so that nothing is saved that cannot be loaded.
 inline std::string model_config_json(const model_config& c) {
     const auto n = [](index_t v) { return std::to_string(v); };
     const auto f = [](double v) { return detail::json_number(v); };
@@ -1129,6 +1136,11 @@ inline std::string model_config_json(const model_config& c) {
     }
     field("torch_dtype", "\"float32\"");
     j += "  \"tie_word_embeddings\": " + std::string(c.tie_word_embeddings ? "true" : "false") + "\n}\n";
+    try {
+        (void)model_config_from_json(json::parse(j, "config.json"), "config.json");
+    } catch (const error& e) {
+        throw error(detail::cat("model_config_json: this config would not load back: ", e.what()));
+    }
     return j;
 }
 
@@ -1146,13 +1158,14 @@ inline void save_model(const std::string& dir, const model_config& c, const mode
     TINYLLM_EXPECT(w.embed.size() == c.vocab_size * c.hidden_size && static_cast<index_t>(w.layers.size()) == c.num_layers,
                    "save_model: the weights do not hold this config's float32 embedding and ", c.num_layers,
                    " layers (a model holding bf16 matrices: set_weight_dtype(weight_dtype::float32) first)");
+    const std::string config_text = model_config_json(c);  // refuses a config that would not load, before any write
     std::error_code ec;
     fs::create_directories(dir, ec);
     TINYLLM_EXPECT(!ec, "save_model: cannot create the directory '", dir, "': ", ec.message());
     const std::string weights = (fs::path(dir) / "model.safetensors").string();
     save_checkpoint_tensors(weights + ".tmp", checkpoint_tensors(c, w));
     detail::rename_into_place(weights + ".tmp", weights, "save_model");
-    detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c), "save_model");
+    detail::write_file_replacing((fs::path(dir) / "config.json").string(), config_text, "save_model");
 }
 
 // ---- random models of real shapes (benchmarks, tests, the tour) ---------------
@@ -2671,6 +2684,7 @@ inline void save_quantized_model(const std::string& dir, const model& m) {
                 put_quantized(tinyllm::detail::expert_matrix_name(l, static_cast<index_t>(e), name), experts[e]);
         }
     }
+    const std::string config_text = model_config_json(c);  // refuses a config that would not load, before any write
     std::error_code ec;
     fs::create_directories(dir, ec);
     TINYLLM_EXPECT(!ec, "save_quantized_model: cannot create the directory '", dir, "': ", ec.message());
@@ -2678,7 +2692,7 @@ inline void save_quantized_model(const std::string& dir, const model& m) {
     save_safetensors(weights + ".tmp", entries,
                      {{"format", "tinyllm-quantized"}, {"quantization", c.quantization->name()}});
     tinyllm::detail::rename_into_place(weights + ".tmp", weights, "save_quantized_model");
-    tinyllm::detail::write_file_replacing((fs::path(dir) / "config.json").string(), model_config_json(c),
+    tinyllm::detail::write_file_replacing((fs::path(dir) / "config.json").string(), config_text,
                                           "save_quantized_model");
 }
 
