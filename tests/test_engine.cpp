@@ -164,6 +164,9 @@ TEST_CASE("engine: bad requests throw on the submitting thread; shutting down en
         CHECK_THROWS_WITH(e.submit(bad), contains("top_p"));
         CHECK(e.metrics().submitted == 0);
         CHECK_THROWS_WITH(tinyllm::engine(m, tinyllm::engine_options{{}, 0, 0, -1}), contains("block_size = 0"));
+        tinyllm::engine_options huge;  // one block of 2^40 positions a sequence: an error, not a bad_alloc
+        huge.block_size = index_t{1} << 40;
+        CHECK_THROWS_WITH(tinyllm::engine(m, huge), contains("more than the 2^40 (1 TiB) a pool holds on the host"));
 
         batch_request slow = request_number(1, c.vocab_size);
         slow.max_new_tokens = 20;

@@ -151,6 +151,12 @@ TEST_CASE("kv_block_pool: a shape too large is refused before anything is alloca
                       contains("layers = 1048576, blocks = 1, block_size = 1048576"));
     CHECK_THROWS_WITH(kv_block_pool(1, 1, std::numeric_limits<index_t>::max(), 1, 1, tinyllm::kv_storage::elsewhere),
                       contains("more bytes than an index_t counts"));
+    // On the host, at most 2^40 bytes: one more position per block past that is refused
+    // with the byte count, before any allocation (it was a std::bad_alloc).
+    CHECK_NOTHROW(kv_block_pool(1, 1, 1, 1, 1));
+    CHECK_THROWS_WITH(kv_block_pool(1, 1, (index_t{1} << 37) + 1, 1, 1),
+                      contains("bytes, more than the 2^40 (1 TiB) a pool holds on the host"));
+    CHECK_THROWS_WITH(kv_block_pool(2, 4, index_t{1} << 40, 12, 64), contains("more than the 2^40"));
     // The largest that fits is accepted when nothing is held on the host.
     const kv_block_pool elsewhere(1, 1, std::numeric_limits<index_t>::max() / 8, 1, 1, tinyllm::kv_storage::elsewhere);
     CHECK(elsewhere.block_bytes() == std::numeric_limits<index_t>::max() / 8 * 8);

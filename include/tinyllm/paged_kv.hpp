@@ -82,7 +82,7 @@ public:
           kv_heads_(kv_heads),
           head_dim_(head_dim),
           storage_(storage),
-          refs_(checked_blocks(layers, blocks, block_size, kv_heads, head_dim), 0) {
+          refs_(checked_blocks(layers, blocks, block_size, kv_heads, head_dim, storage), 0) {
         if (storage == kv_storage::host)
             for (index_t l = 0; l < layers; ++l) {
                 k_.emplace_back(extents<4>{blocks, block_size, kv_heads, head_dim}, 0.0f);
@@ -157,9 +157,12 @@ private:
     // the int32 of a block table, and the bytes of all keys and values
     // (2 x layers x blocks x block_size x Hkv x D floats) countable in index_t,
     // so that no size computed from them (block_bytes, a layer's elements, a
-    // table's positions) overflows. Returns the number of blocks.
+    // table's positions) overflows. A pool that holds them on the host has at
+    // most 2^40 bytes of them (1 TiB, the bound of model::new_session's cache),
+    // so that a size no machine has is an error that says so, not a bad_alloc.
+    // Returns the number of blocks.
     static std::size_t checked_blocks(index_t layers, index_t blocks, index_t block_size, index_t kv_heads,
-                                      index_t head_dim) {
+                                      index_t head_dim, kv_storage storage) {
         TINYLLM_EXPECT(layers >= 1 && blocks >= 1 && block_size >= 1 && kv_heads >= 1 && head_dim >= 1,
                        "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
                        ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
@@ -174,6 +177,10 @@ private:
                            "than an index_t counts");
             bytes *= factor;
         }
+        TINYLLM_EXPECT(storage != kv_storage::host || bytes <= (index_t{1} << 40), "kv_block_pool: layers = ", layers,
+                       ", blocks = ", blocks, ", block_size = ", block_size, ", kv_heads = ", kv_heads,
+                       ", head_dim = ", head_dim, ": their keys and values are ", bytes,
+                       " bytes, more than the 2^40 (1 TiB) a pool holds on the host");
         return static_cast<std::size_t>(blocks);
     }
     std::size_t layer_index(index_t layer) const {
