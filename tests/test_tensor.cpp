@@ -246,6 +246,34 @@ TEST_CASE("detail::overlaps compares the memory two views touch", "[tensor]") {
     CHECK(tinyllm::detail::overlaps(a, last));  // views of different ranks
 }
 
+TEST_CASE("detail::overlaps sets apart views that interleave without touching", "[tensor]") {
+    using tinyllm::detail::overlaps;
+    // The two column halves of a (4, 8) matrix: address ranges intersect, elements do not.
+    std::vector<float> memory(64, 0.0f);
+    const tensor_view<float, 2> left(memory.data(), {4, 4}, {8, 1}), right(memory.data() + 4, {4, 4}, {8, 1});
+    CHECK_FALSE(overlaps(left, right));
+    CHECK_FALSE(overlaps(right, left));
+    CHECK(overlaps(left, tensor_view<float, 2>(memory.data() + 3, {4, 4}, {8, 1})));  // one column shared
+    CHECK(overlaps(left, tensor_view<float, 2>(memory.data() + 8, {4, 4}, {8, 1})));  // a row down: rows shared
+    CHECK(overlaps(right, tensor_view<float, 2>(memory.data() + 10, {3, 4}, {8, 1})));
+    // q, k and v of one fused (B, T, 3, H, D) buffer, each viewed (B, T, H, D).
+    constexpr index_t B = 2, T = 3, H = 2, D = 4;
+    std::vector<float> qkv(B * T * 3 * H * D);
+    const auto part = [&](index_t i) {
+        return tensor_view<float, 4>(qkv.data() + i * H * D, {B, T, H, D}, {T * 3 * H * D, 3 * H * D, D, 1});
+    };
+    CHECK_FALSE(overlaps(part(0), part(1)));
+    CHECK_FALSE(overlaps(part(0), part(2)));
+    CHECK_FALSE(overlaps(part(2), part(1)));
+    CHECK(overlaps(part(1), part(1)));
+    // q's heads against all of k and v (B, T, 2H, D): they interleave, do not touch.
+    CHECK_FALSE(overlaps(
+        part(0), tensor_view<float, 4>(qkv.data() + H * D, {B, T, 2 * H, D}, {T * 3 * H * D, 3 * H * D, D, 1})));
+    // A transposed view (strides out of order) and a byte-offset view are still compared.
+    CHECK(overlaps(left.transpose(0, 1), tensor_view<float, 1>(memory.data() + 17, {1})));
+    CHECK_FALSE(overlaps(left.transpose(0, 1), tensor_view<float, 1>(memory.data() + 20, {1})));
+}
+
 TEST_CASE("detail::same_elements and distinct_elements tell in place and self-overlapping views", "[tensor]") {
     using tinyllm::detail::distinct_elements;
     using tinyllm::detail::same_elements;

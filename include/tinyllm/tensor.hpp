@@ -274,13 +274,51 @@ std::pair<const char*, const char*> address_range(const tensor_view<T, Rank>& v)
     return {base + lo * static_cast<index_t>(sizeof(T)), base + (hi + 1) * static_cast<index_t>(sizeof(T))};
 }
 
-// Whether two views may share memory: their address ranges intersect (an
-// output that overlaps an input would be read after it was written).
+// The bytes of a view as a block pattern of period P: its elements lie, modulo
+// P, in one interval of `width` bytes that starts at `lo` mod P, when each
+// dimension either steps less than P (and all of those together span at most
+// P) or steps a multiple of P. False when the view has no such form.
+template <class T, std::size_t Rank>
+bool periodic_block(const tensor_view<T, Rank>& v, index_t P, index_t& width) {
+    const index_t size = static_cast<index_t>(sizeof(T));
+    width = size;
+    for (std::size_t d = 0; d < Rank; ++d) {
+        if (v.extent(d) <= 1) continue;
+        const index_t step = (v.stride(d) < 0 ? -v.stride(d) : v.stride(d)) * size;
+        if (step < P)
+            width += (v.extent(d) - 1) * step;
+        else if (step % P != 0)
+            return false;
+    }
+    return width <= P;
+}
+
+// Whether two views may share memory (an output that overlaps an input would
+// be read after it was written). Their address ranges must intersect, and no
+// period P (one of their strides) may set them apart: views that interleave
+// without touching — the q, k and v heads of one fused (B, T, 3, H, D) buffer,
+// the two column halves of a (rows, 2H) matrix — have disjoint blocks modulo
+// the stride of their rows, and do not overlap.
 template <class T, std::size_t RankT, class U, std::size_t RankU>
 bool overlaps(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
     const auto [a0, a1] = address_range(a);
     const auto [b0, b1] = address_range(b);
-    return a0 != a1 && b0 != b1 && a0 < b1 && b0 < a1;
+    if (a0 == a1 || b0 == b1 || !(a0 < b1 && b0 < a1)) return false;
+    const auto apart_modulo = [&](index_t P) {
+        index_t wa = 0, wb = 0;
+        if (P <= 0 || !periodic_block(a, P, wa) || !periodic_block(b, P, wb)) return false;
+        const index_t delta = (((b0 - a0) % P) + P) % P;  // where b's block starts, a's at 0
+        return delta >= wa && delta + wb <= P;
+    };
+    for (std::size_t d = 0; d < RankT; ++d)
+        if (a.extent(d) > 1 &&
+            apart_modulo((a.stride(d) < 0 ? -a.stride(d) : a.stride(d)) * static_cast<index_t>(sizeof(T))))
+            return false;
+    for (std::size_t d = 0; d < RankU; ++d)
+        if (b.extent(d) > 1 &&
+            apart_modulo((b.stride(d) < 0 ? -b.stride(d) : b.stride(d)) * static_cast<index_t>(sizeof(U))))
+            return false;
+    return true;
 }
 
 // Whether two views are the same elements in the same order: one data pointer,
