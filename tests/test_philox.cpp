@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 using tinyllm::philox_counter;
@@ -76,6 +77,15 @@ TEST_CASE("fill_uniform is reproducible and in range", "[philox][random]") {
     CHECK_THROWS_AS(tinyllm::cpu::fill_uniform(strided, seed), tinyllm::error);
     CHECK_THROWS_AS(tinyllm::cpu::fill_uniform(tinyllm::tensor_view<float, 1>(m.data(), {6}), seed, 1.0f, 0.0f),
                     tinyllm::error);
+    // Bounds whose draws are not finite floats: infinite or NaN, or a width hi - lo that
+    // overflows (every draw was +-inf or NaN).
+    const tinyllm::tensor_view<float, 1> six(m.data(), {6});
+    const float inf = std::numeric_limits<float>::infinity(), big = std::numeric_limits<float>::max();
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_uniform(six, seed, 0.0f, inf), Catch::Contains("needs finite lo <= hi"));
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_uniform(six, seed, std::nanf(""), 1.0f), Catch::Contains("needs finite lo"));
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_uniform(six, seed, -big, big), Catch::Contains("hi - lo = "));
+    tinyllm::cpu::fill_uniform(six, seed, -big / 2, big / 2);  // the widest range that fits
+    for (float x : m) CHECK(std::isfinite(x));
 }
 
 // A fixed seed keeps this statistical test deterministic: with 2^20 draws in 64
@@ -162,6 +172,13 @@ TEST_CASE("fill_normal is reproducible, handles any size and checks its argument
     CHECK_THROWS_AS(tinyllm::cpu::fill_normal(strided, seed), tinyllm::error);
     CHECK_THROWS_AS(tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(m.data(), {6}), seed, 0.0f, -1.0f),
                     tinyllm::error);
+    const tinyllm::tensor_view<float, 1> six(m.data(), {6});
+    const float inf = std::numeric_limits<float>::infinity(), big = std::numeric_limits<float>::max();
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_normal(six, seed, std::nanf(""), 1.0f),
+                      Catch::Contains("needs a finite mean"));
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_normal(six, seed, 0.0f, inf), Catch::Contains("finite stddev >= 0"));
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_normal(six, seed, 0.0f, big / 2), Catch::Contains("past the largest float"));
+    CHECK_THROWS_WITH(tinyllm::cpu::fill_normal(six, seed, big, 1e36f), Catch::Contains("past the largest float"));
     tinyllm::cpu::fill_normal(tinyllm::tensor_view<float, 1>(m.data(), {0}), seed);  // empty: nothing to do
 }
 

@@ -46,6 +46,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string_view>
 
 namespace tinyllm {
 
@@ -165,6 +167,28 @@ TINYLLM_HOST_DEVICE float normal_element(std::uint64_t seed, std::uint64_t i, fl
     return v[i & 3];
 }
 
+namespace detail {
+
+// The parameters of the fills (host, CPU and CUDA alike): finite, lo <= hi,
+// stddev >= 0, and every value they can produce a finite float — hi - lo is
+// computed in float, and a normal draw is at most about 6.7 standard
+// deviations from its mean (Box-Muller of 32-bit uniforms), so 7 bound it.
+inline void expect_uniform_range(float lo, float hi, std::string_view op) {
+    TINYLLM_EXPECT(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, op, " needs finite lo <= hi; got lo = ", lo,
+                   ", hi = ", hi);
+    TINYLLM_EXPECT(std::isfinite(hi - lo), op, ": hi - lo = ", static_cast<double>(hi) - lo,
+                   " overflows a float (lo = ", lo, ", hi = ", hi, ")");
+}
+inline void expect_normal_params(float mean, float stddev, std::string_view op) {
+    TINYLLM_EXPECT(std::isfinite(mean) && std::isfinite(stddev) && stddev >= 0.0f, op,
+                   " needs a finite mean and a finite stddev >= 0; got mean = ", mean, ", stddev = ", stddev);
+    TINYLLM_EXPECT(std::fabs(static_cast<double>(mean)) + 7.0 * stddev <= std::numeric_limits<float>::max(), op,
+                   ": mean = ", mean, " and stddev = ", stddev,
+                   " can draw values past the largest float (|mean| + 7 stddev must fit)");
+}
+
+}  // namespace detail
+
 namespace cpu {
 
 // out[i] = uniform in [lo, hi), element i drawn from (seed, i). out: any shape, contiguous.
@@ -172,7 +196,7 @@ template <std::size_t Rank>
 void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0.0f, float hi = 1.0f) {
     TINYLLM_EXPECT(out.is_contiguous(), "fill_uniform writes a contiguous tensor; got strides ",
                    to_string(out.strides()), " for shape ", to_string(out.shape()));
-    TINYLLM_EXPECT(lo <= hi, "fill_uniform needs lo <= hi; got lo = ", lo, ", hi = ", hi);
+    tinyllm::detail::expect_uniform_range(lo, hi, "fill_uniform");
     // uniform_element(seed, i, lo, hi) for every i, one Philox block per four elements
     // (element i is word i % 4 of stream 0's block i / 4) instead of one block per element.
     float* data = out.data();
@@ -190,7 +214,7 @@ template <std::size_t Rank>
 void fill_normal(tensor_view<float, Rank> out, std::uint64_t seed, float mean = 0.0f, float stddev = 1.0f) {
     TINYLLM_EXPECT(out.is_contiguous(), "fill_normal writes a contiguous tensor; got strides ",
                    to_string(out.strides()), " for shape ", to_string(out.shape()));
-    TINYLLM_EXPECT(stddev >= 0.0f, "fill_normal needs stddev >= 0; got stddev = ", stddev);
+    tinyllm::detail::expect_normal_params(mean, stddev, "fill_normal");
     float* data = out.data();
     const index_t n = out.size();
     for (index_t i = 0; i < n; i += 4) {

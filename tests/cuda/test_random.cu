@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace tc = tinyllm::cuda;
@@ -62,5 +63,14 @@ TEST_CASE("fill_normal on the device refuses bad arguments", "[cuda][random]") {
     tinyllm::tensor_view<float, 2> strided(d.data(), {2, 2}, {4, 1});
     CHECK_THROWS_AS(tc::fill_normal(strided, 1), tinyllm::error);
     CHECK_THROWS_AS(tc::fill_normal(d.view(tinyllm::extents<1>{8}), 1, 0.0f, -1.0f), tinyllm::error);
+    // Parameters whose draws are not finite floats (the CPU's checks, before any launch).
+    const float inf = std::numeric_limits<float>::infinity(), big = std::numeric_limits<float>::max();
+    CHECK_THROWS_WITH(tc::fill_normal(d.view(tinyllm::extents<1>{8}), 1, std::nanf(""), 1.0f),
+                      Catch::Contains("needs a finite mean"));
+    CHECK_THROWS_WITH(tc::fill_normal(d.view(tinyllm::extents<1>{8}), 1, 0.0f, big / 2),
+                      Catch::Contains("past the largest float"));
+    CHECK_THROWS_WITH(tc::fill_uniform(d.view(tinyllm::extents<1>{8}), 1, 0.0f, inf),
+                      Catch::Contains("needs finite lo <= hi"));
+    CHECK_THROWS_WITH(tc::fill_uniform(d.view(tinyllm::extents<1>{8}), 1, -big, big), Catch::Contains("hi - lo = "));
     tc::fill_normal(tinyllm::tensor_view<float, 1>(d.data(), {0}), 1);  // empty: no launch
 }

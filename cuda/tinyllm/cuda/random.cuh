@@ -78,7 +78,7 @@ void fill_uniform(tensor_view<float, Rank> out, std::uint64_t seed, float lo = 0
                   cudaStream_t stream = nullptr) {
     TINYLLM_EXPECT(out.is_contiguous(), "fill_uniform writes a contiguous tensor; got strides ",
                    to_string(out.strides()), " for shape ", to_string(out.shape()));
-    TINYLLM_EXPECT(lo <= hi, "fill_uniform needs lo <= hi; got lo = ", lo, ", hi = ", hi);
+    tinyllm::detail::expect_uniform_range(lo, hi, "fill_uniform");
     if (out.size() == 0) return;
     const int threads = 256;
     const index_t groups = ceil_div<index_t>(out.size(), 4);
@@ -94,7 +94,7 @@ void fill_normal(tensor_view<float, Rank> out, std::uint64_t seed, float mean = 
                  cudaStream_t stream = nullptr) {
     TINYLLM_EXPECT(out.is_contiguous(), "fill_normal writes a contiguous tensor; got strides ",
                    to_string(out.strides()), " for shape ", to_string(out.shape()));
-    TINYLLM_EXPECT(stddev >= 0.0f, "fill_normal needs stddev >= 0; got stddev = ", stddev);
+    tinyllm::detail::expect_normal_params(mean, stddev, "fill_normal");
     if (out.size() == 0) return;
     const int threads = 256;
     const int blocks = detail::fill_blocks(ceil_div<index_t>(out.size(), 4), threads);
