@@ -583,3 +583,87 @@ TEST_CASE("bad optimizer inputs are clear errors", "[optimizer][errors]") {
                                       0.5f, 0),
                       contains("must be contiguous"));
 }
+
+TEST_CASE("adamw, sgd, clipping and dropout refuse outputs that share memory they cannot handle",
+          "[optimizer][errors]") {
+    // Views into one buffer: at(first, n) is elements first .. first + n - 1.
+    std::vector<float> mem(32, 0.5f);
+    const auto at = [&](index_t first, index_t n = 4) { return tensor_view<float, 1>(mem.data() + first, {n}); };
+    const tensor_view<float, 1> broadcast(mem.data() + 20, {4}, {0});  // one element four times
+    const std::vector<float> before = mem;
+
+    // AdamW: value, m, v written, grad read; all apart, each written one with an address per element.
+    const auto adamw = [&](tensor_view<float, 1> p, tensor_view<float, 1> m, tensor_view<float, 1> v,
+                           tensor_view<float, 1> g) { cpu::adamw_step(p, m, v, g, {}, 1, true, "fc.weight"); };
+    CHECK_THROWS_WITH(adamw(at(0), at(4), at(4), at(12)),
+                      contains("adamw_step: parameter 'fc.weight': v must not share memory with m"));
+    CHECK_THROWS_WITH(adamw(at(0), at(4), at(8), at(0)), contains("value must not share memory with grad"));
+    CHECK_THROWS_WITH(adamw(at(0), at(4), at(6), at(12)), contains("v must not share memory with m"));
+    CHECK_THROWS_WITH(adamw(at(0), at(2), at(8), at(12)), contains("m must not share memory with value"));
+    CHECK_THROWS_WITH(adamw(at(0), at(4), at(8), at(10)), contains("v must not share memory with grad"));
+    CHECK_THROWS_WITH(adamw(at(0), at(4), at(8), at(3)), contains("value must not share memory with grad"));
+    CHECK_THROWS_WITH(adamw(broadcast, at(4), at(8), at(12)),
+                      contains("parameter 'fc.weight': value has shape (4) and strides (0), so two of its elements "
+                               "share an address"));
+    CHECK_THROWS_WITH(adamw(at(0), broadcast, at(8), at(12)), contains("m has shape (4) and strides (0)"));
+    CHECK_THROWS_WITH(adamw(at(0), at(4), broadcast, at(12)), contains("v has shape (4) and strides (0)"));
+    CHECK(mem == before);  // nothing was stepped
+    // A gradient read through a stride of 0 is fine (it is only read).
+    adamw(at(0), at(4), at(8), broadcast);
+    CHECK(mem[0] != 0.5f);
+    mem = before;
+
+    // The model API: a parameter whose gradient is its value.
+    std::vector<named_parameter<float>> params = {{"wte", at(0), at(0), {}, true}};
+    auto state = cpu::make_adamw_state(params);
+    CHECK_THROWS_WITH(cpu::adamw_step(params, state, {}),
+                      contains("adamw_step: parameter 'wte': value must not share memory with grad"));
+    CHECK(state[0].step == 0);
+
+    // SGD: the momentum buffer is written too; without momentum it is not used.
+    const sgd_config momentum{.lr = 0.1, .momentum = 0.9};
+    CHECK_THROWS_WITH(cpu::sgd_step(at(0), at(0), at(12), momentum, false),
+                      contains("sgd_step: the momentum buffer must not share memory with value"));
+    CHECK_THROWS_WITH(cpu::sgd_step(at(0), at(2), at(12), momentum, false),
+                      contains("the momentum buffer must not share memory with value"));
+    CHECK_THROWS_WITH(cpu::sgd_step(at(0), at(12), at(14), momentum, false),
+                      contains("the momentum buffer must not share memory with grad"));
+    CHECK_THROWS_WITH(cpu::sgd_step(at(0), broadcast, at(12), momentum, false),
+                      contains("sgd_step: the momentum buffer has shape (4) and strides (0)"));
+    CHECK_THROWS_WITH(cpu::sgd_step(broadcast, at(4), at(12), momentum, false),
+                      contains("sgd_step: value has shape (4) and strides (0)"));
+    CHECK_THROWS_WITH(cpu::sgd_step(at(0), {}, at(2), {}, true),
+                      contains("sgd_step: value must not share memory with grad"));
+    CHECK(mem == before);
+    cpu::sgd_step(at(0), at(0), at(12), {.lr = 0.1}, true);  // no momentum: the buffer is unused
+    CHECK(mem[0] == static_cast<float>(0.5 - 0.1 * 0.5));
+    mem = before;
+
+    // Clipping and scaling multiply each gradient element once.
+    const std::vector<named_parameter<float>> broadcast_grad = {{"a", at(0), broadcast, {}, true}};
+    CHECK_THROWS_WITH(cpu::scale_grads(broadcast_grad, 0.5),
+                      contains("scale_grads: the gradient of 'a' has shape (4) and strides (0)"));
+    CHECK_THROWS_WITH(cpu::clip_grad_norm(broadcast_grad, 0.1),
+                      contains("clip_grad_norm: the gradient of 'a' has shape (4) and strides (0)"));
+    CHECK(mem == before);
+
+    // Dropout: out may be exactly x; shifted, it would overwrite x before reading it; the mask apart from both.
+    std::vector<float> x(9);
+    cpu::fill_normal(view(x), seed(90));
+    const tensor_view<float, 1> x8(x.data(), {8}), shifted(x.data() + 1, {8});
+    CHECK_THROWS_WITH(cpu::dropout<1>(shifted, {}, x8, 0.5f, 3),
+                      contains("dropout: out must be exactly x (in place) or not share memory with it"));
+    CHECK_THROWS_WITH(cpu::dropout_backward<1>(shifted, x8, 0.5f, 3),
+                      contains("dropout_backward: dx must be exactly dout (in place) or not share memory with it"));
+    std::vector<float> out(8);
+    CHECK_THROWS_WITH(cpu::dropout<1>(view(out), {reinterpret_cast<std::uint8_t*>(x.data()), {8}}, x8, 0.5f, 3),
+                      contains("dropout: mask must not share memory with x"));
+    CHECK_THROWS_WITH(cpu::dropout<1>(view(out), {reinterpret_cast<std::uint8_t*>(out.data() + 4), {8}}, x8, 0.5f, 3),
+                      contains("dropout: mask must not share memory with out"));
+    const std::vector<float> x0 = x;
+    std::vector<float> want(8);
+    cpu::dropout<1>(view(want), {}, x8, 0.5f, 3);
+    cpu::dropout<1>(x8, {}, x8, 0.5f, 3);  // in place
+    CHECK(std::vector<float>(x.begin(), x.begin() + 8) == want);
+    CHECK(x[8] == x0[8]);
+}

@@ -123,14 +123,30 @@ void expect_cross_entropy_rows(const L& logits, const T& targets, const cross_en
                    logits.extent(0), " rows of logits");
 }
 
+// The memory of the (rows, V) call, shared by the CPU reference and the CUDA
+// launcher. dlogits (unless empty) is written only after its row of logits has
+// been read (the CPU reads every row first; a GPU block reads its row before a
+// barrier that precedes its writes), so it may be exactly the logits (in
+// place); otherwise it must be apart from them (a shifted dlogits would
+// overwrite logits not yet read), apart from the targets, and have an address
+// per element.
+template <class D, class L, class T>
+void expect_cross_entropy_memory(const D& dlogits, const L& logits, const T& targets) {
+    if (dlogits.size() == 0) return;
+    expect_distinct_elements("cross_entropy", "dlogits", dlogits);
+    expect_in_place_or_apart("cross_entropy", "dlogits", dlogits, "logits", logits);
+    expect_apart("cross_entropy", "dlogits", dlogits, "targets", targets);
+}
+
 }  // namespace detail
 
 namespace cpu {
 
 // The cross-entropy of logits (rows, V) against targets (rows): returns the
 // loss (mean over valid rows, or sum) and, unless dlogits is empty, writes its
-// gradient d loss / d logits to dlogits (rows, V), which may be logits itself.
-// `where(r)` names row r in errors. Any rank: below.
+// gradient d loss / d logits to dlogits (rows, V), which may be logits itself
+// (exactly; otherwise apart from the logits and the targets). `where(r)` names
+// row r in errors. Any rank: below.
 template <class Where>
 double cross_entropy(tensor_view<float, 2> dlogits, tensor_view<const float, 2> logits,
                      tensor_view<const token_id, 1> targets, const cross_entropy_options& options, Where&& where) {
@@ -142,6 +158,7 @@ double cross_entropy(tensor_view<float, 2> dlogits, tensor_view<const float, 2> 
         throw error(tinyllm::detail::cat("tinyllm: cross_entropy: dlogits has shape ", to_string(dlogits.shape()),
                                          " but logits has shape ", to_string(logits.shape()),
                                          "; they must be equal (or dlogits empty)"));
+    tinyllm::detail::expect_cross_entropy_memory(dlogits, logits, targets);
 
     // Pass 1: validate every target and logit and take each row's statistics,
     // before anything is written (dlogits may be logits).
@@ -258,7 +275,7 @@ double cross_entropy(D&& dlogits /*(..., V) or empty*/, const L& logits /*(..., 
 // distillation_loss(dlogits, student, teacher, tau, grad_scale) returns the mean
 // loss over the (rows, V) logits and, unless dlogits is empty, ADDS grad_scale
 // times its gradient to dlogits (rows, V) (so the cross-entropy's gradient can
-// be written there first); dlogits must not be the logits' memory. Sums
+// be written there first); dlogits must be apart from both logits. Sums
 // in double; a non-finite logit is an error naming its row.
 }  // namespace cpu
 
@@ -274,6 +291,16 @@ void expect_distillation_args(const D& dlogits, const S& student, const T& teach
     TINYLLM_EXPECT(dlogits.size() == 0 || dlogits.shape() == student.shape(), who, ": dlogits has shape ",
                    to_string(dlogits.shape()), " but the logits ", to_string(student.shape()));
 }
+// dlogits is added to (read, then written) while both logits are read again
+// for the gradient: it must be apart from them, not only another pointer (a
+// shifted dlogits would change logits not yet read), and have an address per
+// element (an element written twice would be added to twice).
+template <class D, class S, class T>
+void expect_distillation_memory(const D& dlogits, const S& student, const T& teacher, const char* who) {
+    expect_distinct_elements(who, "dlogits", dlogits);
+    expect_apart(who, "dlogits", dlogits, "the student logits", student);
+    expect_apart(who, "dlogits", dlogits, "the teacher logits", teacher);
+}
 }  // namespace detail
 
 namespace cpu {
@@ -287,6 +314,7 @@ inline double distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or emp
     TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
                                            static_cast<const void*>(dlogits.data()) != teacher.data()),
                    "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");
+    tinyllm::detail::expect_distillation_memory(dlogits, student, teacher, "distillation_loss");
     const index_t rows = student.extent(0), V = student.extent(1);
     const double tau = temperature;
     std::vector<double> p(static_cast<std::size_t>(V)), q(static_cast<std::size_t>(V));

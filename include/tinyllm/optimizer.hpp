@@ -113,6 +113,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <string_view>
@@ -251,6 +252,55 @@ inline void expect_state_name(std::string_view op, std::size_t i, std::string_vi
     if (param != state)
         throw error(cat("tinyllm: ", op, ": state ", i, " belongs to '", state, "' but parameter ", i, " is '", param,
                         "'; make the state from the same parameter list, in the same order"));
+}
+
+// The memory of one parameter's step. The value and each state tensor (AdamW's
+// m and v, SGD's momentum buffer, a bfloat16 value's float master on the GPU)
+// are written, grad is read. Each written tensor needs an address per element
+// (a stride of 0 would step one element several times), and each must be apart
+// from the others and from grad: m and v in one memory, or a momentum buffer
+// over the value, would mix two quantities into one, and a gradient in the
+// value's memory would be stepped as it is read. `states`: {name, view} pairs,
+// an empty view for a state that is not used.
+struct state_view {
+    std::string_view name;
+    tensor_view<float, 1> view;
+};
+template <class P, class G>
+void expect_step_memory(std::string_view op, std::string_view name, const tensor_view<P, 1>& value,
+                        const tensor_view<G, 1>& grad, std::initializer_list<state_view> states) {
+    const std::string where = name.empty() ? std::string(op) : cat(op, ": parameter '", name, "'");
+    expect_distinct_elements(where, "value", value);
+    expect_apart(where, "value", value, "grad", grad);
+    for (auto s = states.begin(); s != states.end(); ++s) {
+        expect_distinct_elements(where, s->name, s->view);
+        expect_apart(where, s->name, s->view, "value", value);
+        expect_apart(where, s->name, s->view, "grad", grad);
+        for (auto t = states.begin(); t != s; ++t) expect_apart(where, s->name, s->view, t->name, t->view);
+    }
+}
+
+// Dropout's memory: out[i] is written right after x[i] is read (by one thread on
+// the GPU), so out may be exactly x (in place) and must otherwise be apart from
+// it (a shifted out would overwrite elements of x not yet read); the mask's
+// bytes must be apart from both.
+template <class O, class X, std::size_t R>
+void expect_dropout_memory(std::string_view op, std::string_view out_name, const tensor_view<O, R>& out,
+                           const tensor_view<std::uint8_t, R>& mask, std::string_view x_name,
+                           const tensor_view<X, R>& x) {
+    expect_distinct_elements(op, out_name, out);
+    expect_in_place_or_apart(op, out_name, out, x_name, x);
+    expect_distinct_elements(op, "mask", mask);
+    expect_apart(op, "mask", mask, x_name, x);
+    expect_apart(op, "mask", mask, out_name, out);
+}
+
+// Clipping and scaling multiply each gradient element once: a gradient whose
+// elements share an address (a stride of 0) would be multiplied several times.
+template <class T>
+void expect_distinct_grads(std::string_view op, std::span<const named_parameter<T>> params) {
+    for (const auto& p : params)
+        if (!distinct_elements(p.grad)) expect_distinct_elements(op, cat("the gradient of '", p.name, "'"), p.grad);
 }
 
 inline void expect_max_norm(double max_norm) {
@@ -414,7 +464,8 @@ namespace cpu {
 // ---- AdamW ------------------------------------------------------------------------------
 
 // One AdamW step of one tensor: param, m and v (same size) are updated in
-// place from grad. step: the number of this step, from 1 (torch's
+// place from grad; the four are apart in memory, and each written one has an
+// address per element. step: the number of this step, from 1 (torch's
 // state['step'] after its increment). decay = false skips the weight decay.
 inline void adamw_step(tensor_view<float, 1> param, tensor_view<float, 1> m, tensor_view<float, 1> v,
                        tensor_view<const float, 1> grad, const adamw_config& config, std::int64_t step,
@@ -425,6 +476,7 @@ inline void adamw_step(tensor_view<float, 1> param, tensor_view<float, 1> m, ten
     tinyllm::detail::expect_same_size("adamw_step", name, "value", n, "grad", grad.extent(0));
     tinyllm::detail::expect_same_size("adamw_step", name, "value", n, "m", m.extent(0));
     tinyllm::detail::expect_same_size("adamw_step", name, "value", n, "v", v.extent(0));
+    tinyllm::detail::expect_step_memory("adamw_step", name, param, grad, {{"m", m}, {"v", v}});
 
     const double lr = config.lr, b1 = config.beta1, b2 = config.beta2;
     const double shrink = 1.0 - lr * (decay ? config.weight_decay : 0.0);
@@ -497,7 +549,8 @@ inline void adamw_step(std::span<const named_parameter<float>> params, std::span
 
 // One SGD step of one tensor: param updated in place from grad; with momentum,
 // `momentum_buffer` (same size) is the buffer b, set to the gradient when
-// first_step and updated after. Without momentum it is unused and may be empty.
+// first_step and updated after, apart from param and grad. Without momentum
+// it is unused and may be empty.
 inline void sgd_step(tensor_view<float, 1> param, tensor_view<float, 1> momentum_buffer,
                      tensor_view<const float, 1> grad, const sgd_config& config, bool first_step, bool decay = true,
                      std::string_view name = "") {
@@ -508,6 +561,8 @@ inline void sgd_step(tensor_view<float, 1> param, tensor_view<float, 1> momentum
     if (use_momentum)
         tinyllm::detail::expect_same_size("sgd_step", name, "value", n, "the momentum buffer",
                                           momentum_buffer.extent(0));
+    const tensor_view<float, 1> buffer = use_momentum ? momentum_buffer : tensor_view<float, 1>{};
+    tinyllm::detail::expect_step_memory("sgd_step", name, param, grad, {{"the momentum buffer", buffer}});
     const double wd = decay ? config.weight_decay : 0.0, mu = config.momentum;
     for (index_t i = 0; i < n; ++i) {
         const double p = param(i);
@@ -587,6 +642,7 @@ inline double grad_norm(std::span<const named_parameter<float>> params, std::int
 // gradient changes. max_norm = infinity computes the norm only.
 inline double clip_grad_norm(std::span<const named_parameter<float>> params, double max_norm, std::int64_t step = 0) {
     tinyllm::detail::expect_max_norm(max_norm);
+    tinyllm::detail::expect_distinct_grads("clip_grad_norm", params);
     const double norm = grad_norm(params, step, "clip_grad_norm");
     const float c = tinyllm::detail::clip_coefficient(norm, max_norm);
     if (c < 1.0f)
@@ -599,6 +655,7 @@ inline double clip_grad_norm(std::span<const named_parameter<float>> params, dou
 // 1.0 / K after accumulating K micro-batches.
 inline void scale_grads(std::span<const named_parameter<float>> params, double factor) {
     TINYLLM_EXPECT(std::isfinite(factor), "scale_grads: factor = ", factor, " must be finite");
+    tinyllm::detail::expect_distinct_grads("scale_grads", params);
     const float f = static_cast<float>(factor);
     for (const auto& p : params)
         for (index_t j = 0; j < p.grad.extent(0); ++j) p.grad(j) = p.grad(j) * f;
@@ -614,8 +671,8 @@ inline void zero_grads(std::span<const named_parameter<float>> params) {
 
 // Training-time dropout: out[i] = x[i] / (1 - p) if element i is kept
 // (dropout_keep(seed, offset, i, p)), else 0; i is the row-major index. mask
-// (same shape, or empty {}) receives 1 for kept, 0 for dropped. out may be x.
-// Any rank; contiguous tensors.
+// (same shape, or empty {}) receives 1 for kept, 0 for dropped. out may be x
+// (exactly; otherwise apart from it). Any rank; contiguous tensors.
 template <std::size_t R>
 void dropout(tensor_view<float, R> out, std::type_identity_t<tensor_view<std::uint8_t, R>> mask,
              std::type_identity_t<tensor_view<const float, R>> x, float p, std::uint64_t seed,
@@ -626,6 +683,7 @@ void dropout(tensor_view<float, R> out, std::type_identity_t<tensor_view<std::ui
     TINYLLM_EXPECT(out.is_contiguous() && x.is_contiguous() && (mask.size() == 0 || mask.is_contiguous()),
                    "dropout: out, mask and x must be contiguous; their strides are ", to_string(out.strides()), ", ",
                    to_string(mask.strides()), " and ", to_string(x.strides()));
+    tinyllm::detail::expect_dropout_memory("dropout", "out", out, mask, "x", x);
     const float scale = dropout_scale(p);
     const index_t n = x.size();
     for (index_t i = 0; i < n; ++i) {
@@ -637,12 +695,13 @@ void dropout(tensor_view<float, R> out, std::type_identity_t<tensor_view<std::ui
 
 // The backward of dropout(out, mask, x, p, seed, offset): dx = dout / (1 - p)
 // where the forward kept, 0 where it dropped — the decisions regenerated from
-// (seed, offset), no mask needed. dx may be dout.
+// (seed, offset), no mask needed. dx may be dout (exactly; otherwise apart from it).
 template <std::size_t R>
 void dropout_backward(tensor_view<float, R> dx, std::type_identity_t<tensor_view<const float, R>> dout, float p,
                       std::uint64_t seed, std::uint64_t offset = 0) {
     tinyllm::detail::expect_dropout("dropout_backward", p);
     expect_equal_shapes(dx, dout, "dropout_backward", "dx", "dout");
+    tinyllm::detail::expect_dropout_memory("dropout_backward", "dx", dx, tensor_view<std::uint8_t, R>{}, "dout", dout);
     dropout(dx, {}, dout, p, seed, offset);
 }
 

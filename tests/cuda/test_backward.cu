@@ -412,6 +412,88 @@ TEST_CASE("cross_entropy reports bad targets and non-finite logits", "[cuda][los
     REQUIRE_THROWS_WITH(tc::cross_entropy<float>(L, dview1(few), L, Tg), Catch::Contains("losses have shape (2)"));
 }
 
+TEST_CASE("cross_entropy and distillation_loss refuse outputs that share memory they cannot handle",
+          "[cuda][loss][errors]") {
+    // Logits (3, 40) at the start of a device buffer of 4 rows.
+    const index_t rows = 3, V = 40;
+    const auto host = normal_as<float>(static_cast<std::size_t>((rows + 1) * V), 800);
+    auto mem = upload<float>(host);
+    const tensor_view<const float, 2> logits(mem.data(), {rows, V});
+    const std::vector<token_id> targets = {1, 39, -100};
+    auto d_targets = tc::to_device(targets);
+    const tensor_view<const token_id, 1> Tg = d_targets.view(extents<1>{rows});
+    const auto over = [&](index_t first) { return tensor_view<float, 2>(mem.data() + first, {rows, V}); };
+    tc::device_buffer<float> d_grad(static_cast<std::size_t>(rows * V)), d_losses(static_cast<std::size_t>(rows));
+    const auto G = dview2(d_grad, rows, V);
+    const auto Lo = dview1(d_losses);
+
+    // dlogits over the logits but not exactly them (a block would overwrite another block's row), or with
+    // rows that share an address; over the targets.
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(over(V), Lo, logits, Tg),
+                      tinyllm_test::contains("cross_entropy: dlogits must be exactly logits (in place) or not share "
+                                             "memory with it"));
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(over(3), Lo, logits, Tg),
+                      tinyllm_test::contains("dlogits must be exactly logits"));
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(tensor_view<float, 2>(d_grad.data(), {rows, V}, {0, 1}), Lo, logits, Tg),
+                      tinyllm_test::contains("cross_entropy: dlogits has shape (3, 40) and strides (0, 1), so two "
+                                             "of its elements share an address"));
+    tc::device_buffer<token_id> ids(static_cast<std::size_t>(rows * V));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpy(ids.data(), targets.data(), targets.size() * sizeof(token_id), cudaMemcpyHostToDevice));
+    const tensor_view<const token_id, 1> ids_targets(ids.data(), {rows});  // the first rows of ids
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(tensor_view<float, 2>(reinterpret_cast<float*>(ids.data()), {rows, V}),
+                                               Lo, logits, ids_targets),
+                      tinyllm_test::contains("cross_entropy: dlogits must not share memory with targets"));
+    // The row losses are written while other blocks read: apart from logits, dlogits and targets.
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(G, tensor_view<float, 1>(mem.data() + 5, {rows}), logits, Tg),
+                      tinyllm_test::contains("cross_entropy: losses must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(over(0), tensor_view<float, 1>(mem.data() + 5, {rows}), logits, Tg),
+                      tinyllm_test::contains("cross_entropy: losses must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(G, tensor_view<float, 1>(d_grad.data() + V, {rows}), logits, Tg),
+                      tinyllm_test::contains("cross_entropy: losses must not share memory with dlogits"));
+    const tensor_view<float, 1> losses_over_ids(reinterpret_cast<float*>(ids.data()), {rows});
+    CHECK_THROWS_WITH(tc::cross_entropy<float>(tensor_view<float, 2>{}, losses_over_ids, logits, ids_targets),
+                      tinyllm_test::contains("cross_entropy: losses must not share memory with targets"));
+    // The (B, T, V) overload reaches the same checks.
+    CHECK_THROWS_WITH(
+        tc::cross_entropy(tensor_view<float, 3>(mem.data() + 1, {1, rows, V}), tensor_view<float, 2>{},
+                          tensor_view<const float, 3>(mem.data(), {1, rows, V}), d_targets.view(extents<2>{1, rows})),
+        tinyllm_test::contains("dlogits must be exactly logits"));
+    tc::device_buffer<bfloat16> half(static_cast<std::size_t>((rows + 1) * V));
+    CHECK_THROWS_WITH(tc::cross_entropy<bfloat16>(tensor_view<bfloat16, 2>(half.data() + V, {rows, V}), {},
+                                                  tensor_view<const bfloat16, 2>(half.data(), {rows, V}), Tg),
+                      tinyllm_test::contains("dlogits must be exactly logits"));
+    CHECK(bit_equal(tc::to_host(mem), host));  // nothing was launched
+
+    // Exactly in place, with the row losses apart: the out-of-place result, bit for bit.
+    const float want = tc::cross_entropy<float>(G, Lo, logits, Tg);
+    const auto want_losses = tc::to_host(d_losses);
+    d_losses.poison();
+    CHECK(tc::cross_entropy<float>(over(0), Lo, logits, Tg) == want);
+    const auto got = tc::to_host(mem);
+    CHECK(std::vector<float>(got.begin(), got.begin() + rows * V) == tc::to_host(d_grad));
+    CHECK(std::vector<float>(got.begin() + rows * V, got.end()) ==
+          std::vector<float>(host.begin() + rows * V, host.end()));  // the row after is untouched
+    CHECK(bit_equal(tc::to_host(d_losses), want_losses));
+
+    // distillation_loss adds to dlogits while it reads both logits: apart from both (student rows 0-1,
+    // teacher rows 2-3 of a buffer of 5 rows), rows with addresses of their own.
+    const auto both_host = normal_as<float>(static_cast<std::size_t>(5 * V), 801);
+    auto both = upload<float>(both_host);
+    const tensor_view<const float, 2> student(both.data(), {2, V}), teacher(both.data() + 2 * V, {2, V});
+    const auto d_over = [&](index_t first) { return tensor_view<float, 2>(both.data() + first, {2, V}); };
+    CHECK_THROWS_WITH(tc::distillation_loss(d_over(1), student, teacher, 2.0),
+                      tinyllm_test::contains("distillation_loss: dlogits must not share memory with the student "
+                                             "logits"));
+    CHECK_THROWS_WITH(tc::distillation_loss(d_over(2 * V + 2), student, teacher, 2.0),
+                      tinyllm_test::contains("distillation_loss: dlogits must not share memory with the teacher "
+                                             "logits"));
+    CHECK_THROWS_WITH(
+        tc::distillation_loss(tensor_view<float, 2>(d_grad.data(), {2, V}, {0, 1}), student, teacher, 2.0),
+        tinyllm_test::contains("distillation_loss: dlogits has shape (2, 40) and strides (0, 1)"));
+    CHECK(bit_equal(tc::to_host(both), both_host));
+}
+
 // ---- norm backward ------------------------------------------------------------------------
 
 template <class T>

@@ -439,3 +439,71 @@ TEST_CASE("the launchers reject bad inputs with the CPU's messages", "[cuda][opt
     CHECK_THROWS_WITH((tc::dropout<float, 1>(P, {}, S, 0.5f, 0)), contains("dropout: out has shape (4) but x has shape (3)"));
     CHECK_THROWS_WITH((tc::dropout_backward<float, 1>(P, G, -0.5f, 0)), contains("dropout_backward: p = -0.5"));
 }
+
+TEST_CASE("the launchers refuse outputs that share memory they cannot handle", "[cuda][optimizer][errors]") {
+    // Views into one device buffer: at(first) is elements first .. first + 3.
+    auto host = normal_as<float>(32, 1200);
+    std::fill(host.begin() + 4, host.begin() + 12, 0.0f);  // m and v of the valid step at the end
+    auto mem = tc::to_device(host);
+    const auto at = [&](index_t first) { return tensor_view<float, 1>(mem.data() + first, {4}); };
+
+    // AdamW: value, master, m, v written, grad read; all apart.
+    CHECK_THROWS_WITH(tc::adamw_step(at(0), at(4), at(4), at(12), {}, 1),
+                      contains("adamw_step: v must not share memory with m"));
+    CHECK_THROWS_WITH(tc::adamw_step(at(0), at(4), at(8), at(0), {}, 1),
+                      contains("adamw_step: value must not share memory with grad"));
+    CHECK_THROWS_WITH(tc::adamw_step(at(0), at(4), at(6), at(12), {}, 1), contains("v must not share memory with m"));
+    CHECK_THROWS_WITH(tc::adamw_step(at(0), at(2), at(8), at(12), {}, 1),
+                      contains("m must not share memory with value"));
+    CHECK_THROWS_WITH(tc::adamw_step(at(0), at(4), at(8), at(10), {}, 1),
+                      contains("v must not share memory with grad"));
+    tc::device_buffer<bfloat16> pb(4), gb(4);
+    const tensor_view<float, 1> over_pb(reinterpret_cast<float*>(pb.data()), {4});  // 16 bytes over its 8
+    CHECK_THROWS_WITH(
+        tc::adamw_step<bfloat16>(dview(pb), over_pb, at(4), at(8), dview(gb), {}, 1, true, nullptr, "wte"),
+        contains("adamw_step: parameter 'wte': master must not share memory with value"));
+    CHECK_THROWS_WITH(tc::adamw_step<bfloat16>(dview(pb), at(4), at(4), at(8), dview(gb), {}, 1),
+                      contains("m must not share memory with master"));
+    std::vector<named_parameter<float>> params = {{"wte", at(0), at(0), {}, true}};
+    auto state = tc::make_adamw_state(params);
+    CHECK_THROWS_WITH(tc::adamw_step(params, state, {}),
+                      contains("parameter 'wte': value must not share memory with grad"));
+
+    // SGD: the momentum buffer is written too.
+    const sgd_config momentum{.lr = 0.1, .momentum = 0.9};
+    CHECK_THROWS_WITH(tc::sgd_step(at(0), at(0), at(12), momentum, false),
+                      contains("sgd_step: the momentum buffer must not share memory with value"));
+    CHECK_THROWS_WITH(tc::sgd_step(at(0), at(12), at(14), momentum, false),
+                      contains("the momentum buffer must not share memory with grad"));
+    CHECK_THROWS_WITH(tc::sgd_step(at(0), {}, at(2), {}, true),
+                      contains("sgd_step: value must not share memory with grad"));
+
+    // Dropout: out exactly x or apart; the mask apart from both.
+    const tensor_view<float, 1> x8(mem.data(), {8}), shifted(mem.data() + 1, {8});
+    CHECK_THROWS_WITH((tc::dropout<float, 1>(shifted, {}, x8, 0.5f, 3)),
+                      contains("dropout: out must be exactly x (in place) or not share memory with it"));
+    CHECK_THROWS_WITH((tc::dropout_backward<float, 1>(shifted, x8, 0.5f, 3)),
+                      contains("dropout_backward: dx must be exactly dout (in place) or not share memory with it"));
+    CHECK_THROWS_WITH(
+        (tc::dropout<float, 1>(at(16), {reinterpret_cast<std::uint8_t*>(mem.data()), {4}}, at(0), 0.5f, 3)),
+        contains("dropout: mask must not share memory with x"));
+    CHECK_THROWS_WITH(
+        (tc::dropout<float, 1>(at(16), {reinterpret_cast<std::uint8_t*>(mem.data() + 17), {4}}, at(0), 0.5f, 3)),
+        contains("dropout: mask must not share memory with out"));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    CHECK(bit_equal(tc::to_host(mem), host));  // nothing was launched
+
+    // Adjacent views of one buffer are apart: the step equals the CPU's on separate vectors.
+    tc::adamw_step(at(0), at(4), at(8), at(12), {}, 1);
+    std::vector<float> p(host.begin(), host.begin() + 4), m(host.begin() + 4, host.begin() + 8),
+        v(host.begin() + 8, host.begin() + 12), g(host.begin() + 12, host.begin() + 16);
+    cpu::adamw_step(view(p), view(m), view(v), cview(g), {}, 1);
+    const auto got = tc::to_host(mem);
+    const auto part = [&](std::ptrdiff_t first) {
+        return std::vector<float>(got.begin() + first, got.begin() + first + 4);
+    };
+    TINYLLM_REQUIRE_CLOSE(part(0), p, param_tol, "adamw on adjacent views: param");
+    TINYLLM_REQUIRE_CLOSE(part(4), m, moment_tol, "adamw on adjacent views: m");
+    TINYLLM_REQUIRE_CLOSE(part(8), v, moment_tol, "adamw on adjacent views: v");
+    CHECK(part(12) == g);
+}

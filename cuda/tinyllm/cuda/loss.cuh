@@ -271,12 +271,17 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
         throw error(tinyllm::detail::cat("tinyllm: cross_entropy: dlogits has shape ", to_string(dlogits.shape()),
                                          " but logits has shape ", to_string(logits.shape()),
                                          "; they must be equal (or dlogits empty)"));
+    tinyllm::detail::expect_cross_entropy_memory(dlogits, logits, targets);
     TINYLLM_EXPECT(losses.size() == 0 || losses.extent(0) == rows, "cross_entropy: losses has ", losses.extent(0),
                    " entries but logits have ", rows, " rows (one per row, or empty)");
     TINYLLM_EXPECT(losses.size() <= 1 || losses.stride(0) == 1, "cross_entropy: losses must be contiguous");
     TINYLLM_EXPECT(targets.size() <= 1 || targets.stride(0) == 1, "cross_entropy: targets must be contiguous");
     expect_unit_column_stride(logits, "cross_entropy", "logits");
     if (want_grad) expect_unit_column_stride(dlogits, "cross_entropy", "dlogits");
+    // Each row's loss is written while other blocks still read their rows (and targets).
+    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "logits", logits);
+    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "dlogits", dlogits);
+    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "targets", targets);
     if (rows == 0) return 0.0f;
 
     // The workspace: the status words, then (when the caller passes none) the per-row losses.
@@ -394,7 +399,7 @@ __global__ void distillation_status_init_kernel(distillation_status* status, int
 // v1 distillation loss: tau^2 KL(softmax(teacher / tau) || softmax(student / tau)),
 // the mean over the rows of student and teacher logits (rows, V) (device, float,
 // unit column stride); unless dlogits is empty, ADDS grad_scale * tau (p - q) / rows
-// to dlogits (rows, V), which must not be either logits. Returns the loss
+// to dlogits (rows, V), which must be apart from both logits. Returns the loss
 // (synchronizes `stream`). The CPU reference is tinyllm::cpu::distillation_loss.
 template <class = void>  // compiled only where called (launch.cuh)
 inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empty; added to*/,
@@ -405,6 +410,7 @@ inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empt
     TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
                                            static_cast<const void*>(dlogits.data()) != teacher.data()),
                    "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");
+    tinyllm::detail::expect_distillation_memory(dlogits, student, teacher, "distillation_loss");
     const index_t rows = student.extent(0), V = student.extent(1);
     TINYLLM_EXPECT(rows < (index_t{1} << 31) && V < (index_t{1} << 31), "distillation_loss: logits have shape ",
                    to_string(student.shape()), "; rows and V must be below 2^31");
@@ -445,8 +451,9 @@ inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empt
 // v1: the cross-entropy of logits (rows, V) against targets (rows), both on
 // the device: returns the loss (the mean over the valid rows, or the sum, as
 // options say) and, unless dlogits is empty, writes d loss / d logits to
-// dlogits (rows, V), which may be logits itself (in place). losses (rows):
-// each row's loss before the reduction (0 for an ignored row), or empty.
+// dlogits (rows, V), which may be logits itself (in place; otherwise apart from
+// it). losses (rows): each row's loss before the reduction (0 for an ignored
+// row), or empty; apart from logits, dlogits and targets.
 // Synchronizes `stream` (the loss is returned to the host).
 template <class T>
 float cross_entropy(tensor_view<T, 2> dlogits /*(rows, V) or empty*/, tensor_view<float, 1> losses /*(rows) or empty*/,

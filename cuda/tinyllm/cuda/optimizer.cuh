@@ -293,6 +293,7 @@ double global_grad_norm(std::span<const named_parameter<T>> params, std::int64_t
 // One AdamW step of one tensor on the device: param (float, or bfloat16 with
 // its float `master`), m and v (float) updated in place from grad (param's
 // type). step: the number of this step, from 1. For float, pass master = {}.
+// The five are apart in memory (tinyllm::detail::expect_step_memory).
 template <class T>
 void adamw_step(tensor_view<T, 1> param, tensor_view<float, 1> master, tensor_view<float, 1> m, tensor_view<float, 1> v,
                 detail::const_view<T, 1> grad, const adamw_config& config, std::int64_t step, bool decay = true,
@@ -309,6 +310,7 @@ void adamw_step(tensor_view<T, 1> param, tensor_view<float, 1> master, tensor_vi
     detail::expect_flat("adamw_step", name, "grad", grad);
     detail::expect_flat("adamw_step", name, "m", m);
     detail::expect_flat("adamw_step", name, "v", v);
+    tinyllm::detail::expect_step_memory("adamw_step", name, param, grad, {{"master", master}, {"m", m}, {"v", v}});
     if (n == 0) return;
     launch(detail::adamw_kernel<T>, detail::optimizer_blocks(n), detail::optimizer_threads, 0, stream, param.data(),
            master.size() ? master.data() : nullptr, m.data(), v.data(), grad.data(), n,
@@ -397,6 +399,9 @@ void sgd_step(tensor_view<T, 1> param, tensor_view<float, 1> master, tensor_view
     detail::expect_master<T>("sgd_step", name, n, master);
     detail::expect_flat("sgd_step", name, "value", param);
     detail::expect_flat("sgd_step", name, "grad", grad);
+    const tensor_view<float, 1> buffer = use_momentum ? momentum_buffer : tensor_view<float, 1>{};
+    tinyllm::detail::expect_step_memory("sgd_step", name, param, grad,
+                                        {{"master", master}, {"the momentum buffer", buffer}});
     if (n == 0) return;
     const detail::sgd_factors f{static_cast<float>(config.lr), static_cast<float>(decay ? config.weight_decay : 0.0),
                                 static_cast<float>(config.momentum), static_cast<float>(1.0 - config.dampening),
@@ -491,7 +496,8 @@ void zero_grads(const std::vector<named_parameter<T>>& params, cudaStream_t stre
 // ---- Dropout ----------------------------------------------------------------------------
 
 // cpu::dropout on the device: out[i] = x[i] / (1 - p) where kept, 0 where
-// dropped, the same elements as the CPU; mask (or {}) gets 1 / 0. out may be x.
+// dropped, the same elements as the CPU; mask (or {}) gets 1 / 0. out may be x
+// (exactly: each thread reads x[i] before it writes out[i]; otherwise apart from it).
 template <class T, std::size_t R>
 void dropout(tensor_view<T, R> out, std::type_identity_t<tensor_view<std::uint8_t, R>> mask,
              std::type_identity_t<tensor_view<const T, R>> x, float p, std::uint64_t seed, std::uint64_t offset = 0,
@@ -503,6 +509,7 @@ void dropout(tensor_view<T, R> out, std::type_identity_t<tensor_view<std::uint8_
     TINYLLM_EXPECT(out.is_contiguous() && x.is_contiguous() && (mask.size() == 0 || mask.is_contiguous()),
                    "dropout: out, mask and x must be contiguous; their strides are ", to_string(out.strides()), ", ",
                    to_string(mask.strides()), " and ", to_string(x.strides()));
+    tinyllm::detail::expect_dropout_memory("dropout", "out", out, mask, "x", x);
     const index_t n = x.size();
     if (n == 0) return;
     const std::uint64_t blocks = ((offset + static_cast<std::uint64_t>(n) - 1) >> 2) - (offset >> 2) + 1;
@@ -513,12 +520,14 @@ void dropout(tensor_view<T, R> out, std::type_identity_t<tensor_view<std::uint8_
 }
 
 // cpu::dropout_backward on the device: dx = dout / (1 - p) where the forward
-// kept, 0 where it dropped (decisions regenerated from seed and offset). dx may be dout.
+// kept, 0 where it dropped (decisions regenerated from seed and offset). dx may be
+// dout (exactly; otherwise apart from it).
 template <class T, std::size_t R>
 void dropout_backward(tensor_view<T, R> dx, std::type_identity_t<tensor_view<const T, R>> dout, float p,
                       std::uint64_t seed, std::uint64_t offset = 0, cudaStream_t stream = nullptr) {
     tinyllm::detail::expect_dropout("dropout_backward", p);
     expect_equal_shapes(dx, dout, "dropout_backward", "dx", "dout");
+    tinyllm::detail::expect_dropout_memory("dropout_backward", "dx", dx, tensor_view<std::uint8_t, R>{}, "dout", dout);
     dropout<T, R>(dx, {}, dout, p, seed, offset, stream);
 }
 
