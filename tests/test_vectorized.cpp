@@ -377,6 +377,65 @@ TEST_CASE("cross_entropy_vectorized: all rows ignored, and bad inputs, as the re
                         Contains("dlogits has shape (3, 9) but logits has shape (3, 10)"));
 }
 
+TEST_CASE("the element-wise ops refuse outputs that overlap their inputs, references and vectorized alike",
+          "[vectorized][activation][errors]") {
+    // One buffer of 5 rows of 8: x = rows 0..3, a "shifted" view = rows 1..4 (over x's
+    // last three rows), a stride-0 view = row 4 repeated.
+    std::vector<float> memory(5 * 8);
+    for (std::size_t i = 0; i < memory.size(); ++i) memory[i] = 0.01f * static_cast<float>(i) - 0.2f;
+    const tensor_view<float, 2> x(memory.data(), {4, 8}), shifted(memory.data() + 8, {4, 8});
+    const tensor_view<float, 2> repeated(memory.data() + 32, {4, 8}, {0, 1});
+    const auto other = random_matrix(4, 8, 700, -1.0f, 1.0f);
+    const tensor_view<const float, 2> cx = x, co = other.view();
+    auto out = poisoned(4, 8), out2 = poisoned(4, 8);
+    const std::string overlap = "must be exactly", shared = "share an address";
+
+    CHECK_THROWS_WITH(cpu::activate(shifted, cx, activation::silu), Contains("activate: out " + overlap));
+    CHECK_THROWS_WITH(cpu::activate_vectorized(shifted, cx, activation::silu), Contains("activate: out " + overlap));
+    CHECK_THROWS_WITH(cpu::activate(repeated, co, activation::silu), Contains(shared));
+    CHECK_THROWS_WITH(cpu::swiglu(shifted, co, cx), Contains("swiglu: out " + overlap + " up"));
+    CHECK_THROWS_WITH(cpu::swiglu_vectorized(shifted, cx, co), Contains("swiglu: out " + overlap + " gate"));
+    CHECK_THROWS_WITH(cpu::add(shifted, co, cx), Contains("add: out " + overlap + " b"));
+    CHECK_THROWS_WITH(cpu::multiply(shifted, cx, co), Contains("multiply: out " + overlap + " a"));
+    CHECK_THROWS_WITH(
+        cpu::bias_activate(out.view(), co, tensor_view<const float, 1>(out.data() + 8, {8}), activation::relu),
+        Contains("bias_activate: out must not share memory with bias"));
+    CHECK_THROWS_WITH(cpu::activate_backward(shifted, cx, co, activation::gelu_tanh),
+                      Contains("activate_backward: dx " + overlap + " dout"));
+    CHECK_THROWS_WITH(cpu::activate_backward_vectorized(shifted, co, cx, activation::gelu_tanh),
+                      Contains("activate_backward: dx " + overlap + " x"));
+    CHECK_THROWS_WITH(cpu::bias_activate_backward(out.view(), tensor_view<float, 1>(out.data() + 8, {8}), co, co,
+                                                  tensor_view<const float, 1>(memory.data(), {8}), activation::relu),
+                      Contains("bias_activate_backward: dbias must not share memory with dx"));
+    // Two outputs: dgate and dup apart from each other, each exactly an input or apart.
+    CHECK_THROWS_WITH(cpu::swiglu_backward(out.view(), out.view(), co, co, co),
+                      Contains("swiglu_backward: dgate must not share memory with dup"));
+    CHECK_THROWS_WITH(cpu::swiglu_backward_vectorized(out.view(), shifted, co, cx, co),
+                      Contains("swiglu_backward: dup " + overlap + " gate"));
+    CHECK_THROWS_WITH(cpu::multiply_backward(out.view(), out.view(), co, co, co),
+                      Contains("multiply_backward: da must not share memory with db"));
+    // The cross-entropy's gradient: shifted over the logits, or with stride 0.
+    tensor<token_id, 1> targets(extents<1>{4}, 1);
+    CHECK_THROWS_WITH(cpu::cross_entropy_vectorized(shifted, cx, targets.view()),
+                      Contains("cross_entropy: dlogits " + overlap + " logits"));
+    CHECK_THROWS_WITH(cpu::cross_entropy_vectorized(repeated, co, targets.view()), Contains(shared));
+
+    // Allowed: exactly in place, and interleaved halves of one (rows, 16) buffer.
+    auto in_place = other;
+    cpu::activate(out.view(), co, activation::silu);
+    cpu::activate_vectorized(in_place.view(), in_place.view(), activation::silu);
+    TINYLLM_REQUIRE_CLOSE(in_place.values(), out.values(), elementwise_tol, "activate in place");
+    std::vector<float> fused(4 * 16, nan_f);
+    const tensor_view<float, 2> dgate(fused.data(), {4, 8}, {16, 1}), dup(fused.data() + 8, {4, 8}, {16, 1});
+    cpu::swiglu_backward(dgate, dup, co, cx, co);
+    cpu::swiglu_backward(out.view(), out2.view(), co, cx, co);
+    for (index_t r = 0; r < 4; ++r)
+        for (index_t c = 0; c < 8; ++c) {
+            REQUIRE(dgate(r, c) == out(r, c));
+            REQUIRE(dup(r, c) == out2(r, c));
+        }
+}
+
 TEST_CASE("vectorized: the same bits for any thread count", "[vectorized][threads]") {
     const index_t rows = 300, D = 512, V = 3000;
     const auto x = random_matrix(rows, D, 700, -2.0f, 2.0f), dout = random_matrix(rows, D, 701, -1.0f, 1.0f);

@@ -65,7 +65,9 @@
 #include <tinyllm/tensor.hpp>
 
 #include <cmath>
+#include <initializer_list>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tinyllm {
@@ -192,6 +194,42 @@ void expect_same_shape(const Out& out, const In& in, std::string_view op, std::s
                         " has shape ", to_string(in.shape()), "; they must be equal"));
 }
 
+// The memory rules of the element-wise ops, CPU and CUDA alike (rows are
+// written in parallel, a GPU thread or a vector at a time): an output has an
+// address for each element, and is either exactly one of the inputs (in place:
+// each element is read before it is written, by the same iteration or thread)
+// or apart from it.
+template <class T>
+void expect_elementwise_output(std::string_view op, std::string_view out_name, tensor_view<T, 2> out,
+                               std::initializer_list<std::pair<std::string_view, tensor_view<const T, 2>>> inputs) {
+    expect_distinct_elements(op, out_name, out);
+    for (const auto& [name, in] : inputs) expect_in_place_or_apart(op, out_name, out, name, in);
+}
+// Two outputs (dgate and dup, da and db) must also be apart from each other.
+template <class T>
+void expect_elementwise_outputs(std::string_view op, std::string_view a_name, tensor_view<T, 2> a,
+                                std::string_view b_name, tensor_view<T, 2> b,
+                                std::initializer_list<std::pair<std::string_view, tensor_view<const T, 2>>> inputs) {
+    expect_elementwise_output(op, a_name, a, inputs);
+    expect_elementwise_output(op, b_name, b, inputs);
+    expect_apart(op, a_name, a, b_name, b);
+}
+
+// bias_activate_backward: dx element-wise over dout and x; dbias (summed over
+// the rows while they are read) apart from all of them and from bias.
+template <class T, class G>
+void expect_bias_activate_backward_memory(tensor_view<T, 2> dx, tensor_view<G, 1> dbias, tensor_view<const T, 2> dout,
+                                          tensor_view<const T, 2> x, tensor_view<const T, 1> bias) {
+    constexpr std::string_view op = "bias_activate_backward";
+    expect_elementwise_output<T>(op, "dx", dx, {{"dout", dout}, {"x", x}});
+    expect_apart(op, "dx", dx, "bias", bias);
+    expect_distinct_elements(op, "dbias", dbias);
+    expect_apart(op, "dbias", dbias, "dx", dx);
+    expect_apart(op, "dbias", dbias, "dout", dout);
+    expect_apart(op, "dbias", dbias, "x", x);
+    expect_apart(op, "dbias", dbias, "bias", bias);
+}
+
 template <class Out, class Bias>
 void expect_bias(const Out& out, const Bias& bias, std::string_view op) {
     TINYLLM_EXPECT(bias.extent(0) == out.extent(1), op, ": bias has ", bias.extent(0),
@@ -212,6 +250,7 @@ namespace cpu {
 inline void activate(tensor_view<float, 2> out, tensor_view<const float, 2> x, activation kind) {
     tinyllm::detail::expect_activation(kind, "activate");
     tinyllm::detail::expect_same_shape(out, x, "activate", "out", "x");
+    tinyllm::detail::expect_elementwise_output<float>("activate", "out", out, {{"x", x}});
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) out(r, c) = tinyllm::activate(kind, x(r, c));
 }
@@ -223,6 +262,8 @@ inline void bias_activate(tensor_view<float, 2> out, tensor_view<const float, 2>
     tinyllm::detail::expect_activation(kind, "bias_activate");
     tinyllm::detail::expect_same_shape(out, x, "bias_activate", "out", "x");
     tinyllm::detail::expect_bias(out, bias, "bias_activate");
+    tinyllm::detail::expect_elementwise_output<float>("bias_activate", "out", out, {{"x", x}});
+    tinyllm::detail::expect_apart("bias_activate", "out", out, "bias", bias);
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) out(r, c) = tinyllm::activate(kind, x(r, c) + bias(c));
 }
@@ -231,6 +272,7 @@ inline void bias_activate(tensor_view<float, 2> out, tensor_view<const float, 2>
 inline void swiglu(tensor_view<float, 2> out, tensor_view<const float, 2> gate, tensor_view<const float, 2> up) {
     tinyllm::detail::expect_same_shape(out, gate, "swiglu", "out", "gate");
     tinyllm::detail::expect_same_shape(out, up, "swiglu", "out", "up");
+    tinyllm::detail::expect_elementwise_output<float>("swiglu", "out", out, {{"gate", gate}, {"up", up}});
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = tinyllm::swiglu(gate(r, c), up(r, c));
 }
@@ -239,6 +281,7 @@ inline void swiglu(tensor_view<float, 2> out, tensor_view<const float, 2> gate, 
 inline void add(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
     tinyllm::detail::expect_same_shape(out, a, "add", "out", "a");
     tinyllm::detail::expect_same_shape(out, b, "add", "out", "b");
+    tinyllm::detail::expect_elementwise_output<float>("add", "out", out, {{"a", a}, {"b", b}});
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) + b(r, c);
 }
@@ -247,6 +290,7 @@ inline void add(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor
 inline void multiply(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
     tinyllm::detail::expect_same_shape(out, a, "multiply", "out", "a");
     tinyllm::detail::expect_same_shape(out, b, "multiply", "out", "b");
+    tinyllm::detail::expect_elementwise_output<float>("multiply", "out", out, {{"a", a}, {"b", b}});
     for (index_t r = 0; r < out.extent(0); ++r)
         for (index_t c = 0; c < out.extent(1); ++c) out(r, c) = a(r, c) * b(r, c);
 }
@@ -258,6 +302,7 @@ inline void activate_backward(tensor_view<float, 2> dx, tensor_view<const float,
     tinyllm::detail::expect_activation(kind, "activate_backward");
     tinyllm::detail::expect_same_shape(dx, x, "activate_backward", "dx", "x");
     tinyllm::detail::expect_same_shape(dout, x, "activate_backward", "dout", "x");
+    tinyllm::detail::expect_elementwise_output<float>("activate_backward", "dx", dx, {{"dout", dout}, {"x", x}});
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c)
             dx(r, c) = static_cast<float>(dout(r, c) * activate_derivative(kind, x(r, c)));
@@ -275,6 +320,7 @@ inline void bias_activate_backward(tensor_view<float, 2> dx, tensor_view<float, 
     tinyllm::detail::expect_bias(x, bias, "bias_activate_backward");
     TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == x.extent(1), "bias_activate_backward: dbias has ",
                    dbias.extent(0), " elements but the rows have ", x.extent(1), " columns (one per column, or none)");
+    tinyllm::detail::expect_bias_activate_backward_memory(dx, dbias, dout, x, bias);
     std::vector<double> sums(static_cast<std::size_t>(dbias.size()));
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t c = 0; c < x.extent(1); ++c) {
@@ -295,6 +341,8 @@ inline void swiglu_backward(tensor_view<float, 2> dgate, tensor_view<float, 2> d
     tinyllm::detail::expect_same_shape(dout, up, "swiglu_backward", "dout", "up");
     tinyllm::detail::expect_same_shape(dgate, gate, "swiglu_backward", "dgate", "gate");
     tinyllm::detail::expect_same_shape(dup, up, "swiglu_backward", "dup", "up");
+    tinyllm::detail::expect_elementwise_outputs<float>("swiglu_backward", "dgate", dgate, "dup", dup,
+                                                       {{"dout", dout}, {"gate", gate}, {"up", up}});
     for (index_t r = 0; r < dout.extent(0); ++r)
         for (index_t c = 0; c < dout.extent(1); ++c) {
             const double g = gate(r, c), u = up(r, c), d = dout(r, c);
@@ -312,6 +360,8 @@ inline void multiply_backward(tensor_view<float, 2> da, tensor_view<float, 2> db
     tinyllm::detail::expect_same_shape(dout, b, "multiply_backward", "dout", "b");
     tinyllm::detail::expect_same_shape(da, a, "multiply_backward", "da", "a");
     tinyllm::detail::expect_same_shape(db, b, "multiply_backward", "db", "b");
+    tinyllm::detail::expect_elementwise_outputs<float>("multiply_backward", "da", da, "db", db,
+                                                       {{"dout", dout}, {"a", a}, {"b", b}});
     for (index_t r = 0; r < dout.extent(0); ++r)
         for (index_t c = 0; c < dout.extent(1); ++c) {
             const double d = dout(r, c), av = a(r, c), bv = b(r, c);

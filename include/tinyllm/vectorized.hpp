@@ -269,6 +269,7 @@ namespace cpu {
 // out = kind(x), element-wise (activation.hpp's cpu::activate). out, x: (rows, cols).
 inline void activate_vectorized(tensor_view<float, 2> out, tensor_view<const float, 2> x, activation kind) {
     tinyllm::detail::expect_same_shape(out, x, "activate", "out", "x");
+    tinyllm::detail::expect_elementwise_output<float>("activate", "out", out, {{"x", x}});
     if (!tinyllm::detail::all_unit_stride(out, x)) return activate(out, x, kind);
     namespace d = tinyllm::detail;
     switch (kind) {
@@ -286,6 +287,7 @@ inline void activate_backward_vectorized(tensor_view<float, 2> dx, tensor_view<c
                                          tensor_view<const float, 2> x, activation kind) {
     tinyllm::detail::expect_same_shape(dx, x, "activate_backward", "dx", "x");
     tinyllm::detail::expect_same_shape(dout, x, "activate_backward", "dout", "x");
+    tinyllm::detail::expect_elementwise_output<float>("activate_backward", "dx", dx, {{"dout", dout}, {"x", x}});
     if (!tinyllm::detail::all_unit_stride(dx, dout, x)) return activate_backward(dx, dout, x, kind);
     namespace d = tinyllm::detail;
     switch (kind) {
@@ -308,6 +310,7 @@ inline void swiglu_vectorized(tensor_view<float, 2> out, tensor_view<const float
                               tensor_view<const float, 2> up) {
     tinyllm::detail::expect_same_shape(out, gate, "swiglu", "out", "gate");
     tinyllm::detail::expect_same_shape(out, up, "swiglu", "out", "up");
+    tinyllm::detail::expect_elementwise_output<float>("swiglu", "out", out, {{"gate", gate}, {"up", up}});
     if (!tinyllm::detail::all_unit_stride(out, gate, up)) return swiglu(out, gate, up);
     tinyllm::detail::map_rows(out, gate, up,
                               [](float g, float u) { return tinyllm::detail::silu_vectorized(g) * u; });
@@ -322,6 +325,8 @@ inline void swiglu_backward_vectorized(tensor_view<float, 2> dgate, tensor_view<
     tinyllm::detail::expect_same_shape(dup, gate, "swiglu_backward", "dup", "gate");
     tinyllm::detail::expect_same_shape(dout, gate, "swiglu_backward", "dout", "gate");
     tinyllm::detail::expect_same_shape(up, gate, "swiglu_backward", "up", "gate");
+    tinyllm::detail::expect_elementwise_outputs<float>("swiglu_backward", "dgate", dgate, "dup", dup,
+                                                       {{"dout", dout}, {"gate", gate}, {"up", up}});
     if (!tinyllm::detail::all_unit_stride(dgate, dup, dout, gate, up))
         return swiglu_backward(dgate, dup, dout, gate, up);
     const index_t cols = gate.extent(1);
@@ -413,6 +418,7 @@ double cross_entropy_vectorized(tensor_view<float, 2> dlogits, tensor_view<const
         throw error(tinyllm::detail::cat("tinyllm: cross_entropy: dlogits has shape ", to_string(dlogits.shape()),
                                          " but logits has shape ", to_string(logits.shape()),
                                          "; they must be equal (or dlogits empty)"));
+    tinyllm::detail::expect_cross_entropy_memory(dlogits, logits, targets);
     if (!tinyllm::detail::all_unit_stride(dlogits, logits)) return cross_entropy(dlogits, logits, targets, options, where);
 
     index_t valid = 0;  // the targets, checked before any row is read

@@ -777,4 +777,40 @@ TEST_CASE("activation backward on the halves of a fused (rows, 2H) projection, a
                       Catch::Contains("dup has shape (4, 3)"));
 }
 
+TEST_CASE("the element-wise launchers refuse outputs that overlap their inputs", "[cuda][activation]") {
+    // x = rows 0..3 of a (5, 8) buffer; `shifted` = rows 1..4 (over x's last three rows:
+    // a block writing its row while another reads it); `repeated` = row 4, stride 0.
+    auto buf = upload<float>(normal_as<float>(5 * 8, 2200)), other = upload<float>(normal_as<float>(4 * 8, 2201));
+    tc::device_buffer<float> out(4 * 8), out2(4 * 8);
+    const tensor_view<const float, 2> x(buf.data(), {4, 8}), co = dview2(other, 4, 8);
+    const tensor_view<float, 2> shifted(buf.data() + 8, {4, 8}), repeated(buf.data() + 32, {4, 8}, {0, 1});
+    const std::string overlap = "must be exactly";
+    CHECK_THROWS_WITH(tc::activate<float>(shifted, x, activation::silu),
+                      Catch::Contains("activate: out " + overlap + " the input"));
+    CHECK_THROWS_WITH(tc::activate<float>(repeated, co, activation::silu),
+                      Catch::Contains("two of its elements share an address"));
+    CHECK_THROWS_WITH(tc::swiglu<float>(shifted, co, x),
+                      Catch::Contains("swiglu: out " + overlap + " the second input"));
+    CHECK_THROWS_WITH(tc::add<float>(shifted, x, co), Catch::Contains("add: out " + overlap + " the input"));
+    CHECK_THROWS_WITH(tc::bias_activate<float>(dview2(out, 4, 8), co, tensor_view<const float, 1>(out.data() + 8, {8}),
+                                               activation::relu),
+                      Catch::Contains("bias_activate: out must not share memory with bias"));
+    CHECK_THROWS_WITH(tc::activate_backward<float>(shifted, co, x, activation::gelu_tanh),
+                      Catch::Contains("activate_backward: out " + overlap + " the second input"));
+    CHECK_THROWS_WITH(
+        tc::bias_activate_backward<float>(dview2(out, 4, 8), tensor_view<float, 1>(out.data() + 8, {8}), co, co,
+                                          tensor_view<const float, 1>(buf.data(), {8}), activation::relu),
+        Catch::Contains("bias_activate_backward: dbias must not share memory with dx"));
+    CHECK_THROWS_WITH(tc::swiglu_backward<float>(dview2(out, 4, 8), dview2(out, 4, 8), co, co, co),
+                      Catch::Contains("swiglu_backward: dgate must not share memory with dup"));
+    CHECK_THROWS_WITH(tc::swiglu_backward<float>(dview2(out, 4, 8), shifted, co, x, co),
+                      Catch::Contains("swiglu_backward: dup " + overlap + " gate"));
+    CHECK_THROWS_WITH(tc::multiply_backward<float>(shifted, dview2(out2, 4, 8), co, x, co),
+                      Catch::Contains("multiply_backward: da " + overlap + " a"));
+    // Exactly in place is allowed, and gives the out-of-place values.
+    tc::activate<float>(dview2(out, 4, 8), co, activation::silu);
+    tc::activate<float>(dview2(other, 4, 8), co, activation::silu);
+    REQUIRE(bit_equal(tc::to_host(other), tc::to_host(out)));
+}
+
 }  // namespace

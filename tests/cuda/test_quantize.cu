@@ -413,5 +413,23 @@ TEST_CASE("cuda quantized linear: v1 dequantize + cuBLAS and v2 fused GEMV again
                                                            dx64.view(tinyllm::extents<2>{2, 64}), dw,
                                                            dbias.view(tinyllm::extents<1>{7})),
                           contains("bias has 7 elements but the layer has 8 outputs"));
+        // out over x's second row (every output reads all of its row) or over the bias:
+        // refused by v1, v2 and v3 alike, before any launch.
+        tc::device_buffer<float> shared(2 * 64 + 8);
+        const tensor_view<const float, 2> x_in(shared.data(), {2, 64});
+        const tensor_view<float, 2> out_over_x(shared.data() + 64, {2, 8});
+        tc::device_buffer<float> scratch;
+        tc::cublas_handle handle;
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(out_over_x, x_in, dw, {}),
+                          contains("linear_quantized_gemv: out must not share memory with x"));
+        CHECK_THROWS_WITH(tc::linear_quantized_mma<float>(out_over_x, x_in, dw, {}),
+                          contains("linear_quantized_mma: out must not share memory with x"));
+        CHECK_THROWS_WITH(tc::linear_dequantize_gemm<float>(out_over_x, x_in, dw, {}, scratch, handle),
+                          contains("linear_dequantize_gemm: out must not share memory with x"));
+        const tensor_view<float, 2> out_apart(shared.data() + 2 * 64 - 8, {1, 8});
+        CHECK_THROWS_WITH(
+            tc::linear_quantized_gemv<float>(out_apart, tensor_view<const float, 2>(dx64.data(), {1, 64}), dw,
+                                             tensor_view<const float, 1>(shared.data() + 2 * 64 - 4, {8})),
+            contains("out must not share memory with bias"));
     }
 }

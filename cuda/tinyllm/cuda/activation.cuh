@@ -239,6 +239,12 @@ void launch_map(std::string_view op_name, tensor_view<T, 2> out, tensor_view<con
     if (b.data()) expect_unit_column_stride(b, op_name, "the second input");
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) <= 1 || bias.stride(0) == 1, op_name,
                    ": bias must be contiguous; its stride is ", bias.stride(0));
+    // out exactly an input (each thread loads its elements before it stores them) or apart.
+    if (b.data())
+        tinyllm::detail::expect_elementwise_output<T>(op_name, "out", out, {{"the input", a}, {"the second input", b}});
+    else
+        tinyllm::detail::expect_elementwise_output<T>(op_name, "out", out, {{"the input", a}});
+    tinyllm::detail::expect_apart(op_name, "out", out, "bias", bias);
     const index_t rows = out.extent(0), cols = out.extent(1);
     if (rows == 0 || cols == 0) return;
 
@@ -464,6 +470,8 @@ void swiglu_backward(tensor_view<T, 2> dgate, tensor_view<T, 2> dup, detail::con
     detail::expect_unit_column_stride(dout, op, "dout");
     detail::expect_unit_column_stride(gate, op, "gate");
     detail::expect_unit_column_stride(up, op, "up");
+    tinyllm::detail::expect_elementwise_outputs<T>(op, "dgate", dgate, "dup", dup,
+                                                   {{"dout", dout}, {"gate", gate}, {"up", up}});
     const index_t rows = dout.extent(0), cols = dout.extent(1);
     if (rows == 0 || cols == 0) return;
     constexpr int W = detail::vector_width<T>;
@@ -510,6 +518,7 @@ void bias_activate_backward(tensor_view<T, 2> dx, tensor_view<T, 1> dbias, detai
     detail::expect_unit_column_stride(dx, op, "dx");
     detail::expect_unit_column_stride(dout, op, "dout");
     detail::expect_unit_column_stride(x, op, "x");
+    tinyllm::detail::expect_bias_activate_backward_memory<T, T>(dx, dbias, dout, x, bias);
     detail::column_sums<T, T>(dbias, dx, dout, x, bias, kind, accumulate, stream);
 }
 
@@ -528,6 +537,7 @@ void multiply_backward(tensor_view<T, 2> da, tensor_view<T, 2> db, detail::const
     detail::expect_unit_column_stride(dout, op, "dout");
     detail::expect_unit_column_stride(a, op, "a");
     detail::expect_unit_column_stride(b, op, "b");
+    tinyllm::detail::expect_elementwise_outputs<T>(op, "da", da, "db", db, {{"dout", dout}, {"a", a}, {"b", b}});
     const index_t rows = dout.extent(0), cols = dout.extent(1);
     if (rows == 0 || cols == 0) return;
     constexpr int W = detail::vector_width<T>;

@@ -323,14 +323,19 @@ inline bool gemv_takes(const device_quantized_matrix& w) {
     return w.spec.format == quant_format::int8 ? w.cols % 16 == 0 : (w.cols % 32 == 0 && w.spec.group % 32 == 0);
 }
 
-inline void expect_quantized_args(const char* op, index_t out0, index_t out1, index_t x0, index_t x1, index_t bias_n,
-                                  const device_quantized_matrix& w) {
+template <class T>
+void expect_quantized_args(const char* op, tensor_view<T, 2> out, tensor_view<const T, 2> x,
+                           tensor_view<const T, 1> bias, const device_quantized_matrix& w) {
+    const index_t out0 = out.extent(0), out1 = out.extent(1), x0 = x.extent(0), x1 = x.extent(1);
     TINYLLM_EXPECT(x1 == w.cols, op, ": x has ", x1, " features, the quantized weight (", w.rows, " x ", w.cols,
                    ") takes ", w.cols);
     TINYLLM_EXPECT(out0 == x0 && out1 == w.rows, op, ": out is (", out0, ", ", out1, ") but (rows of x, outputs) = (",
                    x0, ", ", w.rows, ") is required");
-    TINYLLM_EXPECT(bias_n == 0 || bias_n == w.rows, op, ": bias has ", bias_n, " elements but the layer has ", w.rows,
-                   " outputs (or pass no bias)");
+    TINYLLM_EXPECT(bias.size() == 0 || bias.size() == w.rows, op, ": bias has ", bias.size(),
+                   " elements but the layer has ", w.rows, " outputs (or pass no bias)");
+    // Every output reads all of x's row: out apart from x (and from the bias).
+    tinyllm::detail::expect_apart(op, "out", out, "x", x);
+    tinyllm::detail::expect_apart(op, "out", out, "bias", bias);
 }
 
 }  // namespace detail
@@ -353,8 +358,7 @@ template <class T>
 void linear_dequantize_gemm(tensor_view<T, 2> out, std::type_identity_t<tensor_view<const T, 2>> x,
                             const device_quantized_matrix& w, std::type_identity_t<tensor_view<const T, 1>> bias,
                             device_buffer<T>& scratch, const cublas_handle& handle, cudaStream_t stream = nullptr) {
-    detail::expect_quantized_args("linear_dequantize_gemm", out.extent(0), out.extent(1), x.extent(0), x.extent(1),
-                                  bias.size(), w);
+    detail::expect_quantized_args<T>("linear_dequantize_gemm", out, x, bias, w);
     const auto need = static_cast<std::size_t>(w.rows * w.cols);
     if (scratch.size() < need) scratch = device_buffer<T>(need);
     const tensor_view<T, 2> dense(scratch.data(), {w.rows, w.cols});
@@ -368,7 +372,7 @@ void linear_quantized_gemv(tensor_view<T, 2> out, std::type_identity_t<tensor_vi
                            const device_quantized_matrix& w, std::type_identity_t<tensor_view<const T, 1>> bias,
                            cudaStream_t stream = nullptr) {
     constexpr const char* op = "linear_quantized_gemv";
-    detail::expect_quantized_args(op, out.extent(0), out.extent(1), x.extent(0), x.extent(1), bias.size(), w);
+    detail::expect_quantized_args<T>(op, out, x, bias, w);
     TINYLLM_EXPECT(x.extent(0) <= detail::gemv_max_rows, op, ": ", x.extent(0), " rows of x; the fused GEMV takes at most ",
                    detail::gemv_max_rows, " (use linear_dequantize_gemm for prefill)");
     const bool int8 = w.spec.format == quant_format::int8;
@@ -495,7 +499,7 @@ void linear_quantized_mma(tensor_view<T, 2> out, std::type_identity_t<tensor_vie
                           const device_quantized_matrix& w, std::type_identity_t<tensor_view<const T, 1>> bias,
                           cudaStream_t stream = nullptr) {
     constexpr const char* op = "linear_quantized_mma";
-    detail::expect_quantized_args(op, out.extent(0), out.extent(1), x.extent(0), x.extent(1), bias.size(), w);
+    detail::expect_quantized_args<T>(op, out, x, bias, w);
     TINYLLM_EXPECT(x.is_contiguous() && out.is_contiguous() && (bias.size() == 0 || bias.is_contiguous()), op,
                    ": x, out and bias must be contiguous");
     if (out.size() == 0) return;
