@@ -647,6 +647,34 @@ TEST_CASE("adamw, sgd, clipping and dropout refuse outputs that share memory the
                       contains("clip_grad_norm: the gradient of 'a' has shape (4) and strides (0)"));
     CHECK(mem == before);
 
+    // The tensors of a list: one listed twice, or a value over another parameter's
+    // gradient, would be stepped or scaled twice.
+    const std::vector<named_parameter<float>> twice = {
+        {"a", at(0), at(4), {}, true}, {"b", at(8), at(12), {}, true}, {"a again", at(0), at(4), {}, true}};
+    auto twice_state = cpu::make_adamw_state(twice);
+    CHECK_THROWS_WITH(cpu::adamw_step(twice, twice_state, {}),
+                      contains("adamw_step: the value of parameter 'a' (#0) and the value of parameter 'a again' (#2) "
+                               "share memory"));
+    CHECK_THROWS_WITH(cpu::scale_grads(twice, 0.5),
+                      contains("scale_grads: the gradient of parameter 'a' (#0) and the gradient of parameter "
+                               "'a again' (#2) share memory"));
+    CHECK_THROWS_WITH(cpu::clip_grad_norm(twice, 0.1), contains("clip_grad_norm: the gradient of parameter 'a'"));
+    const std::vector<named_parameter<float>> crossed = {{"a", at(0, 8), at(8), {}, true},
+                                                         {"b", at(16), at(4), {}, true}};
+    auto crossed_state = cpu::make_sgd_state(crossed, {.lr = 0.1});
+    CHECK_THROWS_WITH(cpu::sgd_step(crossed, crossed_state, {.lr = 0.1}),
+                      contains("sgd_step: the value of parameter 'a' (#0) and the gradient of parameter 'b' (#1) "
+                               "share memory"));
+    cpu::scale_grads(crossed, 1.0);  // the gradients alone are apart: scaling is fine
+    CHECK(mem == before);
+    // Adjacent tensors of one buffer, listed in any order, are apart.
+    const std::vector<named_parameter<float>> adjacent = {
+        {"b", at(4), at(20), {}, true}, {"a", at(0), at(16), {}, true}, {"c", at(8), at(24), {}, true}};
+    auto adjacent_state = cpu::make_adamw_state(adjacent);
+    cpu::adamw_step(adjacent, adjacent_state, {});
+    CHECK(mem[0] != 0.5f);
+    mem = before;
+
     // Dropout: out may be exactly x; shifted, it would overwrite x before reading it; the mask apart from both.
     std::vector<float> x(9);
     cpu::fill_normal(view(x), seed(90));

@@ -113,6 +113,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <span>
 #include <string>
@@ -301,6 +302,48 @@ template <class T>
 void expect_distinct_grads(std::string_view op, std::span<const named_parameter<T>> params) {
     for (const auto& p : params)
         if (!distinct_elements(p.grad)) expect_distinct_elements(op, cat("the gradient of '", p.name, "'"), p.grad);
+}
+
+// The tensors of one parameter list are updated one after another, each as if
+// it were alone: two of them in one memory (a tensor listed twice, a value over
+// another parameter's gradient) would be stepped or scaled twice, or read after
+// another's update. Checked over the values and gradients (`with_values`) or
+// the gradients alone (scaling, clipping): the address ranges, sorted, are swept,
+// each compared with the one reaching furthest so far. A parameter's own value
+// and gradient are the step's check (expect_step_memory).
+template <class T>
+void expect_parameters_apart(std::string_view op, std::span<const named_parameter<T>> params, bool with_values) {
+    struct entry {
+        const char* lo;
+        const char* hi;
+        std::size_t i;
+        bool grad;
+    };
+    std::vector<entry> entries;
+    entries.reserve(2 * params.size());
+    for (std::size_t i = 0; i < params.size(); ++i)
+        for (const bool grad : {false, true}) {
+            if (!grad && !with_values) continue;
+            const tensor_view<T, 1>& v = grad ? params[i].grad : params[i].value;
+            if (v.size() == 0) continue;
+            const auto [lo, hi] = address_range(v);
+            entries.push_back({lo, hi, i, grad});
+        }
+    const std::less<const char*> before;
+    std::sort(entries.begin(), entries.end(), [&](const entry& a, const entry& b) { return before(a.lo, b.lo); });
+    const entry* furthest = nullptr;
+    for (const entry& e : entries) {
+        if (furthest && furthest->i != e.i && before(e.lo, furthest->hi)) {
+            const named_parameter<T>& a = params[furthest->i];
+            const named_parameter<T>& b = params[e.i];
+            if (overlaps(furthest->grad ? a.grad : a.value, e.grad ? b.grad : b.value))
+                throw error(cat("tinyllm: ", op, ": the ", furthest->grad ? "gradient" : "value", " of parameter '",
+                                a.name, "' (#", furthest->i, ") and the ", e.grad ? "gradient" : "value",
+                                " of parameter '", b.name, "' (#", e.i,
+                                ") share memory; each tensor of the list must have its own"));
+        }
+        if (!furthest || before(furthest->hi, e.hi)) furthest = &e;
+    }
 }
 
 inline void expect_max_norm(double max_norm) {
@@ -529,6 +572,7 @@ inline void adamw_step(std::span<const named_parameter<float>> params, std::span
                        const adamw_config& config) {
     tinyllm::detail::expect_adamw_config(config);
     tinyllm::detail::expect_state_list("adamw_step", params.size(), state.size());
+    tinyllm::detail::expect_parameters_apart("adamw_step", params, true);
     for (std::size_t i = 0; i < params.size(); ++i) {
         tinyllm::detail::expect_state_name("adamw_step", i, params[i].name, state[i].name);
         tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0), "grad",
@@ -599,6 +643,7 @@ inline void sgd_step(std::span<const named_parameter<float>> params, std::span<s
                      const sgd_config& config) {
     tinyllm::detail::expect_sgd_config(config);
     tinyllm::detail::expect_state_list("sgd_step", params.size(), state.size());
+    tinyllm::detail::expect_parameters_apart("sgd_step", params, true);
     for (std::size_t i = 0; i < params.size(); ++i) {
         tinyllm::detail::expect_state_name("sgd_step", i, params[i].name, state[i].name);
         tinyllm::detail::expect_same_size("sgd_step", params[i].name, "value", params[i].value.extent(0), "grad",
@@ -643,6 +688,7 @@ inline double grad_norm(std::span<const named_parameter<float>> params, std::int
 inline double clip_grad_norm(std::span<const named_parameter<float>> params, double max_norm, std::int64_t step = 0) {
     tinyllm::detail::expect_max_norm(max_norm);
     tinyllm::detail::expect_distinct_grads("clip_grad_norm", params);
+    tinyllm::detail::expect_parameters_apart("clip_grad_norm", params, false);
     const double norm = grad_norm(params, step, "clip_grad_norm");
     const float c = tinyllm::detail::clip_coefficient(norm, max_norm);
     if (c < 1.0f)
@@ -656,6 +702,7 @@ inline double clip_grad_norm(std::span<const named_parameter<float>> params, dou
 inline void scale_grads(std::span<const named_parameter<float>> params, double factor) {
     TINYLLM_EXPECT(std::isfinite(factor), "scale_grads: factor = ", factor, " must be finite");
     tinyllm::detail::expect_distinct_grads("scale_grads", params);
+    tinyllm::detail::expect_parameters_apart("scale_grads", params, false);
     const float f = static_cast<float>(factor);
     for (const auto& p : params)
         for (index_t j = 0; j < p.grad.extent(0); ++j) p.grad(j) = p.grad(j) * f;

@@ -468,6 +468,15 @@ TEST_CASE("the launchers refuse outputs that share memory they cannot handle", "
     auto state = tc::make_adamw_state(params);
     CHECK_THROWS_WITH(tc::adamw_step(params, state, {}),
                       contains("parameter 'wte': value must not share memory with grad"));
+    // Two tensors of a list in one memory (the CPU's check): one listed twice.
+    const std::vector<named_parameter<float>> twice = {
+        {"a", at(0), at(4), {}, true}, {"b", at(8), at(12), {}, true}, {"a again", at(0), at(4), {}, true}};
+    auto twice_state = tc::make_adamw_state(twice);
+    CHECK_THROWS_WITH(tc::adamw_step(twice, twice_state, {}),
+                      contains("adamw_step: the value of parameter 'a' (#0) and the value of parameter 'a again' (#2) "
+                               "share memory"));
+    CHECK_THROWS_WITH(tc::scale_grads(twice, 0.5), contains("scale_grads: the gradient of parameter 'a' (#0)"));
+    CHECK_THROWS_WITH(tc::clip_grad_norm(twice, 0.1), contains("clip_grad_norm: the gradient of parameter 'a' (#0)"));
 
     // SGD: the momentum buffer is written too.
     const sgd_config momentum{.lr = 0.1, .momentum = 0.9};

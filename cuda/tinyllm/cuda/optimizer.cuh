@@ -360,6 +360,7 @@ void adamw_step(std::span<const named_parameter<T>> params, std::span<adamw_stat
                 cudaStream_t stream = nullptr) {
     tinyllm::detail::expect_adamw_config(config);
     tinyllm::detail::expect_state_list("adamw_step", params.size(), state.size());
+    tinyllm::detail::expect_parameters_apart("adamw_step", params, true);
     for (std::size_t i = 0; i < params.size(); ++i) {
         tinyllm::detail::expect_state_name("adamw_step", i, params[i].name, state[i].name);
         tinyllm::detail::expect_same_size("adamw_step", params[i].name, "value", params[i].value.extent(0),
@@ -440,6 +441,7 @@ template <class T>
 double clip_grad_norm(std::span<const named_parameter<T>> params, double max_norm, std::int64_t step = 0,
                       cudaStream_t stream = nullptr) {
     tinyllm::detail::expect_max_norm(max_norm);
+    tinyllm::detail::expect_parameters_apart("clip_grad_norm", params, false);
     const double norm = detail::global_grad_norm(params, step, "clip_grad_norm", stream);
     const float c = tinyllm::detail::clip_coefficient(norm, max_norm);
     if (c < 1.0f) {
@@ -464,6 +466,7 @@ template <class T>
 void scale_grads(std::span<const named_parameter<T>> params, double factor, cudaStream_t stream = nullptr) {
     detail::expect_parameter_type<T>();
     TINYLLM_EXPECT(std::isfinite(factor), "scale_grads: factor = ", factor, " must be finite");
+    tinyllm::detail::expect_parameters_apart("scale_grads", params, false);
     for (const auto& p : params) {
         detail::expect_flat("scale_grads", p.name, "grad", p.grad);
         const index_t n = p.grad.extent(0);
