@@ -25,6 +25,7 @@
 #include <tinyllm/random.hpp>
 #include <tinyllm/tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -250,6 +251,74 @@ TEST_CASE("cross_entropy rejects bad targets, non-finite logits and mismatched s
                       tinyllm_test::contains("label_smoothing = 1 must be in [0, 1)"));
     CHECK_THROWS_WITH(cpu::cross_entropy(dlogits, logits, targets, {.label_smoothing = -0.1}),
                       tinyllm_test::contains("must be in [0, 1)"));
+}
+
+TEST_CASE("cross_entropy and distillation_loss refuse a dlogits that shares memory they cannot handle",
+          "[loss][errors]") {
+    // Logits (3, 5) at the start of a buffer of 4 rows; dlogits written over them but not exactly them
+    // would overwrite logits not yet read.
+    const index_t rows = 3, V = 5;
+    std::vector<float> mem(static_cast<std::size_t>((rows + 1) * V));
+    cpu::fill_normal(tensor_view<float, 1>(mem.data(), {static_cast<index_t>(mem.size())}), seed(80));
+    const std::vector<float> before = mem;
+    const tensor_view<const float, 2> logits(mem.data(), {rows, V});
+    tensor<token_id, 1> targets({rows});
+    targets.values() = {1, 4, 0};
+    const auto over = [&](index_t first) { return tensor_view<float, 2>(mem.data() + first, {rows, V}); };
+
+    CHECK_THROWS_WITH(cpu::cross_entropy(over(V), logits, targets.view()),
+                      tinyllm_test::contains("cross_entropy: dlogits must be exactly logits (in place) or not share "
+                                             "memory with it"));
+    CHECK_THROWS_WITH(cpu::cross_entropy(over(1), logits, targets.view()),
+                      tinyllm_test::contains("dlogits must be exactly logits"));
+    const tensor_view<float, 2> square(mem.data(), {4, 4});  // the same memory in another order
+    tensor<token_id, 1> four({4});
+    four.values() = {0, 1, 2, 3};
+    CHECK_THROWS_WITH(cpu::cross_entropy(square.transpose(0, 1), tensor_view<const float, 2>(square), four.view()),
+                      tinyllm_test::contains("dlogits must be exactly logits"));
+    CHECK_THROWS_WITH(cpu::cross_entropy(tensor_view<float, 3>(mem.data() + 1, {1, rows, V}),
+                                         tensor_view<const float, 3>(mem.data(), {1, rows, V}),
+                                         tensor_view<const token_id, 2>(targets.data(), {1, rows})),
+                      tinyllm_test::contains("dlogits must be exactly logits"));  // any rank
+    std::vector<float> row(static_cast<std::size_t>(V));
+    CHECK_THROWS_WITH(cpu::cross_entropy(tensor_view<float, 2>(row.data(), {rows, V}, {0, 1}), logits, targets.view()),
+                      tinyllm_test::contains("cross_entropy: dlogits has shape (3, 5) and strides (0, 1), so two of "
+                                             "its elements share an address"));
+    std::vector<token_id> ids(static_cast<std::size_t>(rows * V), 1);  // targets in the first 3, dlogits over all
+    CHECK_THROWS_WITH(cpu::cross_entropy(tensor_view<float, 2>(reinterpret_cast<float*>(ids.data()), {rows, V}), logits,
+                                         tensor_view<const token_id, 1>(ids.data(), {rows})),
+                      tinyllm_test::contains("cross_entropy: dlogits must not share memory with targets"));
+    CHECK(mem == before);  // nothing was written
+
+    // Exactly in place: the same loss and gradient as out of place.
+    tensor<float, 2> want({rows, V});
+    const double loss = cpu::cross_entropy(want.view(), logits, targets.view());
+    CHECK(cpu::cross_entropy(over(0), logits, targets.view()) == loss);
+    CHECK(std::vector<float>(mem.begin(), mem.begin() + rows * V) == want.values());
+    CHECK(mem.back() == before.back());
+    mem = before;
+
+    // distillation_loss adds to dlogits while it reads both logits again: apart from both. Student
+    // rows 0-1 and teacher rows 2-3 of a buffer of 5 rows.
+    std::vector<float> both(static_cast<std::size_t>(5 * V));
+    cpu::fill_normal(tensor_view<float, 1>(both.data(), {5 * V}), seed(81));
+    const std::vector<float> both_before = both;
+    const tensor_view<const float, 2> student(both.data(), {2, V}), teacher(both.data() + 2 * V, {2, V});
+    const auto d_over = [&](index_t first) { return tensor_view<float, 2>(both.data() + first, {2, V}); };
+    CHECK_THROWS_WITH(cpu::distillation_loss(d_over(1), student, teacher, 2.0),
+                      tinyllm_test::contains("distillation_loss: dlogits must not share memory with the student "
+                                             "logits"));
+    CHECK_THROWS_WITH(cpu::distillation_loss(d_over(2 * V + 2), student, teacher, 2.0),
+                      tinyllm_test::contains("distillation_loss: dlogits must not share memory with the teacher "
+                                             "logits"));
+    CHECK_THROWS_WITH(cpu::distillation_loss(tensor_view<float, 2>(row.data(), {2, V}, {0, 1}), student, teacher, 2.0),
+                      tinyllm_test::contains("distillation_loss: dlogits has shape (2, 5) and strides (0, 1)"));
+    CHECK(both == both_before);
+    // Right after the teacher's last row but apart from it: fine.
+    const tensor_view<float, 2> last(both.data() + 4 * V, {1, V});
+    CHECK(cpu::distillation_loss(last, student.narrow(0, 0, 1), teacher.narrow(0, 1, 1), 2.0) > 0.0);
+    CHECK(std::vector<float>(both.begin() + 4 * V, both.end()) !=
+          std::vector<float>(both_before.begin() + 4 * V, both_before.end()));
 }
 
 // ---- linear and matmul ------------------------------------------------------------------
@@ -551,6 +620,56 @@ TEST_CASE("norm backward functions reject bad arguments, naming them", "[norm][b
     CHECK_THROWS_WITH(cpu::residual_add_rms_norm_backward(dx, dw, dout, bad, x, w, 1e-5f),
                       tinyllm_test::contains("residual_add_rms_norm_backward: dresidual_out has shape (3, 2, 4) but "
                                              "residual_out has shape (2, 3, 4)"));
+}
+
+TEST_CASE("norm backward functions refuse a dx or parameter gradient over memory they cannot share",
+          "[norm][backward][errors]") {
+    const index_t rows = 6, D = 4;
+    const float eps = 1e-5f;
+    auto buf = normal(extents<2>{rows + 1, D}, 90);  // dout, and dx one row past it
+    auto x = normal(extents<2>{rows, D}, 91);
+    auto w = normal(extents<1>{D}, 92);
+    tensor<float, 2> dx({rows, D});
+    tensor<float, 1> dw({D}), db({D});
+    const tensor_view<const float, 2> dout(buf.data(), {rows, D});
+    const tensor_view<float, 2> past_dout(buf.data() + D, {rows, D});
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(past_dout, dw, db, dout, x, w, eps),
+                      tinyllm_test::contains("layer_norm_backward: dx must be exactly dout (in place) or not share "
+                                             "memory with it"));
+    auto xbuf = normal(extents<2>{rows + 1, D}, 93);
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(tensor_view<float, 2>(xbuf.data() + D, {rows, D}), dw, dout,
+                                             tensor_view<const float, 2>(xbuf.data(), {rows, D}), w, eps),
+                      tinyllm_test::contains("rms_norm_backward: dx must be exactly x (in place)"));
+    CHECK_THROWS_WITH(
+        cpu::residual_add_rms_norm_backward(past_dout, dw, x, dout, x, w, eps),
+        tinyllm_test::contains("residual_add_rms_norm_backward: dx must be exactly dresidual_out (in place)"));
+    tensor<float, 1> one_row({D});
+    CHECK_THROWS_WITH(
+        cpu::rms_norm_backward(tensor_view<float, 2>(one_row.data(), {rows, D}, {0, 1}), dw, dout, x, w, eps),
+        tinyllm_test::contains("rms_norm_backward: dx has shape (6, 4) and strides (0, 1), so two of its "
+                               "elements share an address"));
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(dx, tensor_view<float, 1>(buf.data(), {D}), dout, x, w, eps),
+                      tinyllm_test::contains("rms_norm_backward: dweight must not share memory with dout"));
+    CHECK_THROWS_WITH(cpu::rms_norm_backward(dx, tensor_view<float, 1>(dx.data(), {D}), dout, x, w, eps),
+                      tinyllm_test::contains("rms_norm_backward: dweight must not share memory with dx"));
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, dw, dout, x, w, eps),
+                      tinyllm_test::contains("layer_norm_backward: dbias must not share memory with dweight"));
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, tensor_view<float, 1>(w.data(), {D}), dout, x, w, eps),
+                      tinyllm_test::contains("layer_norm_backward: dbias must not share memory with weight"));
+    CHECK_THROWS_WITH(cpu::layer_norm_backward(dx, dw, tensor_view<float, 1>(db.data(), {D}, {0}), dout, x, w, eps),
+                      tinyllm_test::contains("layer_norm_backward: dbias has shape (4) and strides (0)"));
+
+    // dx exactly dout or exactly x (in place) gives the out-of-place result.
+    cpu::layer_norm_backward(dx, dw, db, dout, x, w, eps);
+    tensor<float, 2> g({rows, D});
+    std::copy(buf.data(), buf.data() + rows * D, g.data());
+    tensor<float, 1> dw2({D}), db2({D});
+    CHECK_NOTHROW(cpu::layer_norm_backward(g, dw2, db2, g, x, w, eps));
+    CHECK(g.values() == dx.values());
+    CHECK(dw2.values() == dw.values());
+    auto x_io = x;
+    CHECK_NOTHROW(cpu::layer_norm_backward(x_io, dw2, db2, dout, x_io, w, eps));
+    CHECK(x_io.values() == dx.values());
 }
 
 // ---- activations, SwiGLU, bias + activation, multiply -----------------------------------

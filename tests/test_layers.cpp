@@ -394,6 +394,78 @@ TEST_CASE("norms reject bad arguments with a clear message", "[norm]") {
     CHECK_NOTHROW(cpu::rms_norm(view2(out, 0, 4), cview2(x, 0, 4), 1e-5f));
 }
 
+TEST_CASE("norms refuse outputs that overlap an input other than exactly in place", "[norm][errors]") {
+    const index_t rows = 4, D = 8;
+    const float eps = 1e-5f;
+    auto buf = random_floats(static_cast<std::size_t>((rows + 1) * D), 60, -2.0f, 2.0f);
+    const auto w = random_floats(static_cast<std::size_t>(D), 61);
+    const auto b = random_floats(static_cast<std::size_t>(D), 62);
+    const auto res = random_floats(static_cast<std::size_t>(rows * D), 63, -2.0f, 2.0f);
+    const tensor_view<const float, 2> x(buf.data(), {rows, D});
+    // out one row past x in the same buffer: row r would be written before row r + 1 is read.
+    const tensor_view<float, 2> shifted(buf.data() + D, {rows, D});
+    CHECK_THROWS_WITH(cpu::rms_norm(shifted, x, cview1(w), eps),
+                      tinyllm_test::contains("rms_norm: out must be exactly x (in place) or not share memory with it"));
+    CHECK_THROWS_WITH(cpu::layer_norm(shifted, x, cview1(w), cview1(b), eps),
+                      tinyllm_test::contains("layer_norm: out must be exactly x (in place)"));
+    // A row stride of 0: every row written to one address.
+    std::vector<float> one(static_cast<std::size_t>(D));
+    const tensor_view<float, 2> broadcast(one.data(), {rows, D}, {0, 1});
+    CHECK_THROWS_WITH(cpu::rms_norm(broadcast, cview2(res, rows, D), eps),
+                      tinyllm_test::contains("rms_norm: out has shape (4, 8) and strides (0, 1), so two of its "
+                                             "elements share an address"));
+    // out over a parameter it reads.
+    auto params = w;
+    const tensor_view<float, 2> over_params(params.data(), {1, D});
+    CHECK_THROWS_WITH(cpu::rms_norm(over_params, cview2(res, 1, D), cview1(params), eps),
+                      tinyllm_test::contains("rms_norm: out must not share memory with weight"));
+    CHECK_THROWS_WITH(cpu::layer_norm(over_params, cview2(res, 1, D), cview1(w), cview1(params), eps),
+                      tinyllm_test::contains("layer_norm: out must not share memory with bias"));
+
+    // The fused residual add writes two outputs.
+    std::vector<float> s(static_cast<std::size_t>(rows * D)), out(s.size());
+    CHECK_THROWS_WITH(
+        cpu::residual_add_rms_norm(view2(s, rows, D), view2(s, rows, D), x, cview2(res, rows, D), cview1(w), eps),
+        tinyllm_test::contains("residual_add_rms_norm: out must not share memory with residual_out"));
+    auto stream = buf;  // residual_out one row past residual
+    CHECK_THROWS_WITH(
+        cpu::residual_add_layer_norm(view2(out, rows, D), tensor_view<float, 2>(stream.data() + D, {rows, D}),
+                                     cview2(res, rows, D), cview2(stream, rows, D), cview1(w), cview1(b), eps),
+        tinyllm_test::contains("residual_add_layer_norm: residual_out must be exactly residual (in place)"));
+    CHECK_THROWS_WITH(
+        cpu::residual_add_rms_norm(view2(out, rows, D), tensor_view<float, 2>(stream.data() + D, {rows, D}),
+                                   cview2(stream, rows, D), cview2(res, rows, D), cview1(w), eps),
+        tinyllm_test::contains("residual_add_rms_norm: residual_out must be exactly x (in place)"));
+    CHECK_THROWS_WITH(cpu::residual_add_rms_norm(tensor_view<float, 2>(stream.data() + D, {rows, D}), view2(s, rows, D),
+                                                 cview2(res, rows, D), cview2(stream, rows, D), cview1(w), eps),
+                      tinyllm_test::contains("residual_add_rms_norm: out must be exactly residual (in place)"));
+    CHECK_THROWS_WITH(cpu::residual_add_rms_norm(view2(out, 1, D), tensor_view<float, 2>(params.data(), {1, D}),
+                                                 cview2(res, 1, D), cview2(res, 1, D), cview1(params), eps),
+                      tinyllm_test::contains("residual_add_rms_norm: residual_out must not share memory with weight"));
+
+    // Exactly in place still works, and gives the out-of-place result.
+    std::vector<float> want(s.size()), want_sum(s.size());
+    cpu::residual_add_layer_norm(view2(want, rows, D), view2(want_sum, rows, D), x, cview2(res, rows, D), cview1(w),
+                                 cview1(b), eps);
+    auto x_io = std::vector<float>(buf.begin(), buf.begin() + rows * D), res_io = res;
+    CHECK_NOTHROW(cpu::residual_add_layer_norm(view2(x_io, rows, D), view2(res_io, rows, D), cview2(x_io, rows, D),
+                                               cview2(res_io, rows, D), cview1(w), cview1(b), eps));
+    CHECK(x_io == want);        // out is x
+    CHECK(res_io == want_sum);  // residual_out is residual
+    x_io.assign(buf.begin(), buf.begin() + rows * D);
+    res_io = res;
+    CHECK_NOTHROW(cpu::residual_add_layer_norm(view2(res_io, rows, D), view2(x_io, rows, D), cview2(x_io, rows, D),
+                                               cview2(res_io, rows, D), cview1(w), cview1(b), eps));
+    CHECK(res_io == want);    // out is residual
+    CHECK(x_io == want_sum);  // residual_out is x
+    // One row seen with two different row strides is still the same elements.
+    std::vector<float> row(buf.begin(), buf.begin() + D), row_want(static_cast<std::size_t>(D));
+    cpu::rms_norm(view2(row_want, 1, D), cview2(row, 1, D), cview1(w), eps);
+    CHECK_NOTHROW(
+        cpu::rms_norm(tensor_view<float, 2>(row.data(), {1, D}, {4096, 1}), cview2(row, 1, D), cview1(w), eps));
+    CHECK(row == row_want);
+}
+
 // ---- FFN ------------------------------------------------------------------------------
 
 TEST_CASE("linear and matmul match float64, for weights in either layout", "[ffn]") {

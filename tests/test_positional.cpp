@@ -473,3 +473,55 @@ TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][e
                                                rope_config{.rotary_dim = 8}),
                       contains("apply_rope: positions has shape (2, 2) but x (2, 3, 2, 8) needs (B, T) = (2, 3)"));
 }
+
+TEST_CASE("RoPE and the absolute encodings refuse outputs over memory they cannot share", "[positional][errors]") {
+    const index_t B = 1, T = 2, H = 2, D = 4;
+    const rope_config cfg{};
+    auto buf = tinyllm_test::random_floats(static_cast<std::size_t>(B * (T + 1) * H * D), 70);
+    auto positions = iota_positions<std::int64_t>(B * T);
+    tinyllm::tensor_view<const std::int64_t, 2> pos(positions.data(), {B, T});
+    // A head stride of 0: both heads at one address, which would be rotated twice.
+    const tinyllm::tensor_view<float, 4> one_head(buf.data(), {B, T, H, D}, {T * D, D, 0, 1});
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(one_head, cfg),
+                      contains("apply_rope: x has shape (1, 2, 2, 4) and strides (8, 4, 0, 1), so two of its "
+                               "elements share an address"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(one_head, pos, cfg), contains("apply_rope: x has shape (1, 2, 2, 4)"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope_backward(one_head, pos, cfg),
+                      contains("apply_rope_backward: dx has shape (1, 2, 2, 4) and strides (8, 4, 0, 1)"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope_backward(one_head, cfg), contains("apply_rope_backward: dx has shape"));
+    // q and k the same memory, or k one token past q: elements of both rotated twice.
+    const tinyllm::tensor_view<float, 4> q(buf.data(), {B, T, H, D});
+    const tinyllm::tensor_view<float, 4> k_past(buf.data() + H * D, {B, T, H, D});
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(q, q, cfg), contains("apply_rope: k must not share memory with q"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(q, k_past, pos, cfg),
+                      contains("apply_rope: k must not share memory with q"));
+    // x over the positions it reads.
+    std::vector<std::int64_t> shared(static_cast<std::size_t>(B * T * H * D), 0);
+    const tinyllm::tensor_view<float, 4> x_over(reinterpret_cast<float*>(shared.data()), {B, T, H, D});
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::apply_rope(x_over, tinyllm::tensor_view<const std::int64_t, 2>(shared.data(), {B, T}), cfg),
+        contains("apply_rope: x must not share memory with positions"));
+    // The absolute encodings: x over the table, x with a row stride of 0.
+    auto table = tinyllm_test::random_floats(static_cast<std::size_t>(4 * D), 71);
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::add_learned_positions(tinyllm::tensor_view<float, 3>(table.data(), {B, T, D}),
+                                            tinyllm::tensor_view<const float, 2>(table.data(), {4, D}), pos),
+        contains("add_learned_positions: x must not share memory with the table"));
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::add_sinusoidal(tinyllm::tensor_view<float, 3>(buf.data(), {B, T, D}, {T * D, 0, 1}), pos),
+        contains("add_sinusoidal: x has shape (1, 2, 4) and strides (8, 0, 1)"));
+    std::vector<float> table_cs(static_cast<std::size_t>(3 * (D / 2)));
+    const tinyllm::tensor_view<float, 2> cs(table_cs.data(), {3, D / 2});
+    CHECK_THROWS_WITH(tinyllm::cpu::rope_cos_sin(cs, cs, cfg, D),
+                      contains("rope_cos_sin: sin_out must not share memory with cos_out"));
+
+    // q's and k's heads side by side in one fused buffer (and k before q) are apart: the
+    // same result as rotating all the heads at once.
+    auto fused = tinyllm_test::random_floats(static_cast<std::size_t>(B * T * 3 * H * D), 72);
+    auto want = fused;
+    const tinyllm::tensor_view<float, 4> all(want.data(), {B, T, 3 * H, D});
+    tinyllm::cpu::apply_rope(all.narrow(2, 0, 2 * H), cfg, 3);
+    const tinyllm::tensor_view<float, 4> f(fused.data(), {B, T, 3 * H, D});
+    CHECK_NOTHROW(tinyllm::cpu::apply_rope(f.narrow(2, H, H), f.narrow(2, 0, H), cfg, 3));
+    CHECK(fused == want);
+}

@@ -84,6 +84,14 @@
 // functions below are the definitions; the (..., D) overloads after them
 // check the shapes and call them. out (and residual_out) may be the same
 // memory as an input: every element is read before it is written.
+//
+// Aliasing, checked before anything is written: out may be exactly x (in
+// place: the same data, shape and strides), residual_out exactly x or
+// residual, and out exactly residual; any other overlap of an output with an
+// input (a row shifted, weight or bias) is refused, as are out and
+// residual_out sharing memory and an output whose elements share an address
+// (a row stride of 0). In the backward, dx may be exactly dout, x (or s) or
+// dresidual_out; dweight and dbias share memory with nothing else.
 #pragma once
 
 #include <tinyllm/config.hpp>
@@ -96,6 +104,25 @@
 
 namespace tinyllm {
 namespace detail {
+
+// v with the stride of each dimension of extent <= 1 set to 0: such a stride
+// never leads to another element, so two views that differ only there (a
+// one-row view built with another row stride) are the same elements.
+template <class T, std::size_t Rank>
+tensor_view<T, Rank> without_idle_strides(const tensor_view<T, Rank>& v) {
+    auto strides = v.strides();
+    for (std::size_t d = 0; d < Rank; ++d)
+        if (v.extent(d) <= 1) strides[d] = 0;
+    return {v.data(), v.shape(), strides};
+}
+
+// out may be exactly `in` (every element read before it is written, by the same
+// thread in the kernels), or apart from it.
+template <class O, class I>
+void expect_norm_in_place_or_apart(std::string_view op, std::string_view out_name, const O& out,
+                                   std::string_view in_name, const I& in) {
+    expect_in_place_or_apart(op, out_name, without_idle_strides(out), in_name, without_idle_strides(in));
+}
 
 // Checks shared by the CPU references and the CUDA launchers. A weight or bias
 // with no elements means "absent".
@@ -111,14 +138,29 @@ void expect_norm_args(std::string_view op, const Out& out, const X& x, const W& 
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == x.extent(1), op, ": bias has ", bias.extent(0),
                    " elements but x has D = ", x.extent(1), " features (one bias per feature, or none)");
     TINYLLM_EXPECT(eps > 0.0f && std::isfinite(eps), op, ": eps = ", eps, " must be positive and finite");
+    // out is written while x, weight and bias are read: in place on x, or apart.
+    expect_distinct_elements(op, "out", out);
+    expect_norm_in_place_or_apart(op, "out", out, "x", x);
+    expect_apart(op, "out", out, "weight", weight);
+    expect_apart(op, "out", out, "bias", bias);
 }
 
-template <class X, class R>
-void expect_residual_args(std::string_view op, const X& residual_out, const X& x, const R& residual) {
+// The fused residual add's shapes and aliasing (after expect_norm_args): residual_out
+// is written first, then out from it, while x, residual, weight and bias are read.
+template <class Out, class S, class X, class R, class W, class B>
+void expect_residual_args(std::string_view op, const Out& out, const S& residual_out, const X& x, const R& residual,
+                          const W& weight, const B& bias) {
     if (residual_out.shape() != x.shape() || residual.shape() != x.shape())
         throw error(cat("tinyllm: ", op, ": residual_out ", to_string(residual_out.shape()), ", x ",
                         to_string(x.shape()), " and residual ", to_string(residual.shape()),
                         " must have the same shape"));
+    expect_distinct_elements(op, "residual_out", residual_out);
+    expect_norm_in_place_or_apart(op, "residual_out", residual_out, "x", x);
+    expect_norm_in_place_or_apart(op, "residual_out", residual_out, "residual", residual);
+    expect_apart(op, "residual_out", residual_out, "weight", weight);
+    expect_apart(op, "residual_out", residual_out, "bias", bias);
+    expect_apart(op, "out", out, "residual_out", residual_out);
+    expect_norm_in_place_or_apart(op, "out", out, "residual", residual);
 }
 
 // Checks for the backward functions. A weight, dweight, dbias or dresidual_out
@@ -144,6 +186,24 @@ void expect_norm_backward_args(std::string_view op, const DX& dx, const DW& dwei
     TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == x.extent(1), op, ": dbias has ", dbias.extent(0),
                    " elements but x has D = ", x.extent(1), " features (one per feature, or none)");
     TINYLLM_EXPECT(eps > 0.0f && std::isfinite(eps), op, ": eps = ", eps, " must be positive and finite");
+    // dx is written element by element after its row was read: in place on dout, x or
+    // dresidual_out, or apart. dweight and dbias are sums over all rows: apart from all.
+    expect_distinct_elements(op, "dx", dx);
+    expect_norm_in_place_or_apart(op, "dx", dx, "dout", dout);
+    expect_norm_in_place_or_apart(op, "dx", dx, "x", x);
+    expect_norm_in_place_or_apart(op, "dx", dx, "dresidual_out", dresidual_out);
+    expect_apart(op, "dx", dx, "weight", weight);
+    const auto expect_sum_apart = [&](std::string_view name, const auto& g) {
+        expect_distinct_elements(op, name, g);
+        expect_apart(op, name, g, "dx", dx);
+        expect_apart(op, name, g, "dout", dout);
+        expect_apart(op, name, g, "dresidual_out", dresidual_out);
+        expect_apart(op, name, g, "x", x);
+        expect_apart(op, name, g, "weight", weight);
+    };
+    expect_sum_apart("dweight", dweight);
+    expect_sum_apart("dbias", dbias);
+    expect_apart(op, "dbias", dbias, "dweight", dweight);
 }
 
 // dresidual_out of a fused backward as rows, or an empty view when it is empty.
@@ -259,7 +319,7 @@ inline void residual_add_layer_norm(tensor_view<float, 2> out, tensor_view<float
                                     tensor_view<const float, 2> x, tensor_view<const float, 2> residual,
                                     tensor_view<const float, 1> weight, tensor_view<const float, 1> bias, float eps) {
     tinyllm::detail::expect_norm_args("residual_add_layer_norm", out, x, weight, bias, eps);
-    tinyllm::detail::expect_residual_args("residual_add_layer_norm", tensor_view<const float, 2>(residual_out), x, residual);
+    tinyllm::detail::expect_residual_args("residual_add_layer_norm", out, residual_out, x, residual, weight, bias);
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t j = 0; j < x.extent(1); ++j) residual_out(r, j) = x(r, j) + residual(r, j);
     layer_norm(out, residual_out, weight, bias, eps);
@@ -270,7 +330,8 @@ inline void residual_add_rms_norm(tensor_view<float, 2> out, tensor_view<float, 
                                   tensor_view<const float, 2> x, tensor_view<const float, 2> residual,
                                   tensor_view<const float, 1> weight, float eps) {
     tinyllm::detail::expect_norm_args("residual_add_rms_norm", out, x, weight, tensor_view<const float, 1>{}, eps);
-    tinyllm::detail::expect_residual_args("residual_add_rms_norm", tensor_view<const float, 2>(residual_out), x, residual);
+    tinyllm::detail::expect_residual_args("residual_add_rms_norm", out, residual_out, x, residual, weight,
+                                          tensor_view<const float, 1>{});
     for (index_t r = 0; r < x.extent(0); ++r)
         for (index_t j = 0; j < x.extent(1); ++j) residual_out(r, j) = x(r, j) + residual(r, j);
     rms_norm(out, residual_out, weight, eps);

@@ -323,6 +323,8 @@ void sinusoidal_encoding(tensor_view<float, 2> out /*(T, D)*/, tensor_view<P, 1>
     TINYLLM_EXPECT(out.extent(0) == positions.extent(0), "sinusoidal_encoding: out has ", out.extent(0),
                    " rows but there are ", positions.extent(0), " positions");
     TINYLLM_EXPECT(std::isfinite(base) && base > 0, "sinusoidal_encoding: base = ", base, " must be positive");
+    tinyllm::detail::expect_distinct_elements("sinusoidal_encoding", "out", out);
+    tinyllm::detail::expect_apart("sinusoidal_encoding", "out", out, "positions", positions);
     const index_t D = out.extent(1);
     for (index_t t = 0; t < out.extent(0); ++t)
         for (index_t j = 0; j < D; ++j) out(t, j) = sinusoidal_value(static_cast<index_t>(positions(t)), j, D, base);
@@ -337,6 +339,8 @@ void add_sinusoidal(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<P, 2> pos
                    "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ",
                    to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
     TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
+    tinyllm::detail::expect_distinct_elements("add_sinusoidal", "x", x);
+    tinyllm::detail::expect_apart("add_sinusoidal", "x", x, "positions", positions);
     const index_t D = x.extent(2);
     for (index_t b = 0; b < x.extent(0); ++b)
         for (index_t t = 0; t < x.extent(1); ++t) {
@@ -355,6 +359,9 @@ void add_learned_positions(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<co
                    to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
     TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
                    " but x has D = ", x.extent(2));
+    tinyllm::detail::expect_distinct_elements("add_learned_positions", "x", x);
+    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "the table", table);
+    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "positions", positions);
     for (index_t b = 0; b < x.extent(0); ++b)
         for (index_t t = 0; t < x.extent(1); ++t) {
             const index_t p = static_cast<index_t>(positions(b, t));
@@ -382,6 +389,16 @@ tensor_view<float, 4> rope_output(X&& x) {
     static_assert(std::is_same_v<typename V::element_type, float>,
                   "tinyllm::cpu::apply_rope rotates float tensors in place (not const, not another type)");
     return as_view(x);
+}
+
+// apply_rope(q, k, ...): q and k are rotated in place one after the other, so an
+// element of both would be rotated twice.
+template <class T, class U>
+void expect_rope_pair(std::string_view op, const tensor_view<T, 4>& q, const tensor_view<U, 4>& k) {
+    // overlaps() sets apart the heads of one fused qkv row (disjoint modulo the row stride).
+    if (overlaps(q, k))
+        throw error(cat("tinyllm: ", op, ": k must not share memory with q (each is rotated in place, so an element ",
+                        "of both would be rotated twice)"));
 }
 
 // RoPE in place on x, the position of token (b, t) given by position_of(b, t).
@@ -430,6 +447,8 @@ void apply_rope(X&& x /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, const rope_c
     TINYLLM_EXPECT(pv.extent(0) == xv.extent(0) && pv.extent(1) == xv.extent(1), "apply_rope: positions has shape ",
                    to_string(pv.shape()), " but x ", to_string(xv.shape()), " needs (B, T) = (", xv.extent(0), ", ",
                    xv.extent(1), ")");
+    tinyllm::detail::expect_distinct_elements("apply_rope", "x", xv);  // a head stride of 0: one head rotated twice
+    tinyllm::detail::expect_apart("apply_rope", "x", xv, "positions", pv);
     tinyllm::detail::apply_rope_rows(xv, cfg, [&](index_t b, index_t t) { return static_cast<index_t>(pv(b, t)); });
 }
 
@@ -440,8 +459,9 @@ void apply_rope(X&& x /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, const rope_c
 template <tinyllm::detail::rope_tensor_like X>
 void apply_rope(X&& x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
     tinyllm::detail::expect_position_offset(position_offset, "apply_rope");
-    tinyllm::detail::apply_rope_rows(tinyllm::detail::rope_output(x), cfg,
-                                     [&](index_t, index_t t) { return position_offset + t; });
+    const tensor_view<float, 4> xv = tinyllm::detail::rope_output(x);
+    tinyllm::detail::expect_distinct_elements("apply_rope", "x", xv);
+    tinyllm::detail::apply_rope_rows(xv, cfg, [&](index_t, index_t t) { return position_offset + t; });
 }
 
 // q and k together (the usual call), explicit positions.
@@ -449,6 +469,7 @@ template <tinyllm::detail::rope_tensor_like Q, tinyllm::detail::rope_tensor_like
           tinyllm::detail::position_tensor_like Pos>
 void apply_rope(Q&& q /*(B, T, Hq, D)*/, K&& k /*(B, T, Hk, D)*/, Pos&& positions /*(B, T)*/,
                 const rope_config& cfg) {
+    tinyllm::detail::expect_rope_pair("apply_rope", tinyllm::detail::rope_output(q), tinyllm::detail::rope_output(k));
     apply_rope(q, positions, cfg);
     apply_rope(k, positions, cfg);
 }
@@ -457,6 +478,7 @@ void apply_rope(Q&& q /*(B, T, Hq, D)*/, K&& k /*(B, T, Hk, D)*/, Pos&& position
 template <tinyllm::detail::rope_tensor_like Q, tinyllm::detail::rope_tensor_like K>
 void apply_rope(Q&& q /*(B, T, Hq, D)*/, K&& k /*(B, T, Hk, D)*/, const rope_config& cfg,
                 index_t position_offset = 0) {
+    tinyllm::detail::expect_rope_pair("apply_rope", tinyllm::detail::rope_output(q), tinyllm::detail::rope_output(k));
     apply_rope(q, cfg, position_offset);
     apply_rope(k, cfg, position_offset);
 }
@@ -471,6 +493,9 @@ inline void rope_cos_sin(tensor_view<float, 2> cos_out /*(P_max, R/2)*/, tensor_
                    " and sin ", to_string(sin_out.shape()), " differ");
     TINYLLM_EXPECT(cos_out.extent(1) == r.rotary_dim / 2, "rope_cos_sin: tables need rotary_dim/2 = ",
                    r.rotary_dim / 2, " columns; got ", cos_out.extent(1));
+    tinyllm::detail::expect_distinct_elements("rope_cos_sin", "cos_out", cos_out);
+    tinyllm::detail::expect_distinct_elements("rope_cos_sin", "sin_out", sin_out);
+    tinyllm::detail::expect_apart("rope_cos_sin", "sin_out", sin_out, "cos_out", cos_out);
     for (index_t p = 0; p < cos_out.extent(0); ++p)
         for (index_t i = 0; i < cos_out.extent(1); ++i)
             detail::sin_cos(rope_angle(rope_inverse_frequency(r, i), p), &sin_out(p, i), &cos_out(p, i));
@@ -493,6 +518,9 @@ void alibi_bias_table(tensor_view<float, 3> out /*(H, Tq, Tk)*/, tensor_view<P, 
     TINYLLM_EXPECT(out.extent(1) == query_positions.extent(0) && out.extent(2) == key_positions.extent(0),
                    "alibi_bias_table: out has shape ", to_string(out.shape()), " but there are ",
                    query_positions.extent(0), " queries and ", key_positions.extent(0), " keys");
+    tinyllm::detail::expect_distinct_elements("alibi_bias_table", "out", out);
+    tinyllm::detail::expect_apart("alibi_bias_table", "out", out, "query_positions", query_positions);
+    tinyllm::detail::expect_apart("alibi_bias_table", "out", out, "key_positions", key_positions);
     const auto slopes = alibi_slopes(out.extent(0));
     for (index_t h = 0; h < out.extent(0); ++h)
         for (index_t i = 0; i < out.extent(1); ++i)
@@ -571,6 +599,8 @@ void apply_rope_backward(X&& dx /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, co
     TINYLLM_EXPECT(pv.extent(0) == dv.extent(0) && pv.extent(1) == dv.extent(1),
                    "apply_rope_backward: positions has shape ", to_string(pv.shape()), " but dx ",
                    to_string(dv.shape()), " needs (B, T) = (", dv.extent(0), ", ", dv.extent(1), ")");
+    tinyllm::detail::expect_distinct_elements("apply_rope_backward", "dx", dv);
+    tinyllm::detail::expect_apart("apply_rope_backward", "dx", dv, "positions", pv);
     tinyllm::detail::apply_rope_backward_rows(dv, cfg,
                                               [&](index_t b, index_t t) { return static_cast<index_t>(pv(b, t)); });
 }
@@ -580,8 +610,9 @@ void apply_rope_backward(X&& dx /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, co
 template <tinyllm::detail::rope_tensor_like X>
 void apply_rope_backward(X&& dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
     tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
-    tinyllm::detail::apply_rope_backward_rows(tinyllm::detail::rope_output(dx), cfg,
-                                              [&](index_t, index_t t) { return position_offset + t; });
+    const tensor_view<float, 4> dv = tinyllm::detail::rope_output(dx);
+    tinyllm::detail::expect_distinct_elements("apply_rope_backward", "dx", dv);
+    tinyllm::detail::apply_rope_backward_rows(dv, cfg, [&](index_t, index_t t) { return position_offset + t; });
 }
 
 // The backward of add_learned_positions(x, table, positions) for the table:

@@ -824,6 +824,98 @@ TEST_CASE("CUDA layer launchers reject bad arguments before launching", "[cuda][
     CHECK_NOTHROW(tc::swiglu<float>(none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12}), none.view(extents<2>{0, 12})));
 }
 
+TEST_CASE("CUDA norms refuse outputs that overlap an input other than exactly in place, before launching",
+          "[cuda][norm][error]") {
+    const index_t rows = 4, D = 8;
+    const float eps = 1e-5f;
+    const auto host = random_as<float>(static_cast<std::size_t>((rows + 1) * D), 2100, -2.0f, 2.0f);
+    const auto res = random_as<float>(static_cast<std::size_t>(rows * D), 2101, -2.0f, 2.0f);
+    const auto w = random_as<float>(static_cast<std::size_t>(D), 2102, 0.5f, 1.5f);
+    const auto b = random_as<float>(static_cast<std::size_t>(D), 2103);
+    auto dbuf = tc::to_device(host), dres = tc::to_device(res), dw = tc::to_device(w), db = tc::to_device(b);
+    tc::device_buffer<float> dout(static_cast<std::size_t>(rows * D)), dsum(static_cast<std::size_t>(rows * D));
+    const tensor_view<const float, 2> X(dbuf.data(), {rows, D});
+    const tensor_view<float, 2> shifted(dbuf.data() + D, {rows, D});  // one row past X
+    const auto R = dview2(dres, rows, D), out = dview2(dout, rows, D), sum = dview2(dsum, rows, D);
+    const auto W = dview1(dw), B = dview1(db);
+    CHECK_THROWS_WITH(
+        tc::rms_norm<float>(shifted, X, W, eps),
+        tinyllm_test::contains("rms_norm_vectorized: out must be exactly x (in place) or not share memory"));
+    CHECK_THROWS_WITH(tc::layer_norm_naive<float>(shifted, X, W, B, eps),
+                      tinyllm_test::contains("layer_norm_naive: out must be exactly x (in place)"));
+    CHECK_THROWS_WITH(tc::rms_norm<float>(tensor_view<float, 2>(dout.data(), {rows, D}, {0, 1}), R, W, eps),
+                      tinyllm_test::contains("out has shape (4, 8) and strides (0, 1), so two of its elements share "
+                                             "an address"));
+    CHECK_THROWS_WITH(tc::rms_norm<float>(tensor_view<float, 2>(dw.data(), {1, D}),
+                                          tensor_view<float, 2>(dres.data(), {1, D}), W, eps),
+                      tinyllm_test::contains("rms_norm_vectorized: out must not share memory with weight"));
+    CHECK_THROWS_WITH(tc::layer_norm<float>(tensor_view<float, 2>(db.data(), {1, D}),
+                                            tensor_view<float, 2>(dres.data(), {1, D}), W, B, eps),
+                      tinyllm_test::contains("layer_norm_vectorized: out must not share memory with bias"));
+    CHECK_THROWS_WITH(tc::residual_add_rms_norm<float>(sum, sum, X, R, W, eps),
+                      tinyllm_test::contains("residual_add_rms_norm_vectorized: out must not share memory with "
+                                             "residual_out"));
+    CHECK_THROWS_WITH(tc::residual_add_layer_norm_naive<float>(out, shifted, R, X, W, B, eps),
+                      tinyllm_test::contains("residual_out must be exactly residual (in place)"));
+    CHECK_THROWS_WITH(tc::residual_add_rms_norm<float>(out, shifted, X, R, W, eps),
+                      tinyllm_test::contains("residual_out must be exactly x (in place)"));
+    CHECK_THROWS_WITH(tc::residual_add_rms_norm<float>(shifted, sum, R, X, W, eps),
+                      tinyllm_test::contains("out must be exactly residual (in place)"));
+    CHECK_THROWS_WITH(tc::detail::residual_add_bias_rms_norm<float>(
+                          out, sum, X, R, tensor_view<const float, 1>(dsum.data(), {D}), W, eps),
+                      tinyllm_test::contains("residual_add_bias_rms_norm: residual_out must not share memory with "
+                                             "residual_bias"));
+    // The backward: dx over dout shifted, a parameter gradient over an input.
+    tc::device_buffer<float> dgw(static_cast<std::size_t>(D));
+    const tensor_view<float, 1> GW(dgw.data(), {D});
+    CHECK_THROWS_WITH(tc::rms_norm_backward<float>(shifted, GW, X, R, W, eps),
+                      tinyllm_test::contains("rms_norm_backward: dx must be exactly dout (in place)"));
+    CHECK_THROWS_WITH(tc::layer_norm_backward<float>(out, GW, tensor_view<float, 1>(dw.data(), {D}), X, R, W, eps),
+                      tinyllm_test::contains("layer_norm_backward: dbias must not share memory with weight"));
+    CHECK_THROWS_WITH(tc::rms_norm_backward<float>(out, tensor_view<float, 1>(dout.data(), {D}), X, R, W, eps),
+                      tinyllm_test::contains("rms_norm_backward: dweight must not share memory with dx"));
+    // v3: the stream x is written too, so not over the weight; out not over the projection.
+    tc::device_buffer<float> din(static_cast<std::size_t>(2 * 32)), dproj(static_cast<std::size_t>(D * 32));
+    tc::device_buffer<unsigned> arrivals(1);
+    TINYLLM_CUDA_CHECK(cudaMemset(arrivals.data(), 0, sizeof(unsigned)));
+    const tensor_view<const float, 2> IN(din.data(), {2, 32}), P(dproj.data(), {D, 32});
+    CHECK_THROWS_WITH(tc::detail::residual_add_rms_norm_gemv<float>(
+                          tensor_view<float, 2>(dout.data(), {1, D}), tensor_view<float, 2>(dw.data(), {1, D}),
+                          tensor_view<const float, 2>(din.data(), {1, 32}), P, {}, W, eps, arrivals.data()),
+                      tinyllm_test::contains("residual_add_rms_norm_gemv: x must not share memory with weight"));
+    CHECK_THROWS_WITH(
+        tc::detail::residual_add_rms_norm_gemv<float>(tensor_view<float, 2>(dproj.data(), {2, D}), sum.narrow(0, 0, 2),
+                                                      IN, P, {}, W, eps, arrivals.data()),
+        tinyllm_test::contains("residual_add_rms_norm_gemv: out must not share memory with proj"));
+    REQUIRE(tc::to_host(arrivals)[0] == 0u);
+
+    // Exactly in place still works, and gives the out-of-place bits.
+    dout.poison();
+    dsum.poison();
+    tc::residual_add_layer_norm<float>(out, sum, X, R, W, B, eps);
+    const auto want = tc::to_host(dout), want_sum = tc::to_host(dsum);
+    auto dx_io = tc::to_device(std::vector<float>(host.begin(), host.begin() + rows * D)), dres_io = tc::to_device(res);
+    const auto X_io = dview2(dx_io, rows, D), R_io = dview2(dres_io, rows, D);
+    // out is x, residual_out is residual.
+    CHECK_NOTHROW(tc::residual_add_layer_norm<float>(X_io, R_io, X_io, R_io, W, B, eps));
+    CHECK(tc::to_host(dx_io) == want);
+    CHECK(tc::to_host(dres_io) == want_sum);
+    dx_io = tc::to_device(std::vector<float>(host.begin(), host.begin() + rows * D));
+    dres_io = tc::to_device(res);
+    const auto X_io2 = dview2(dx_io, rows, D), R_io2 = dview2(dres_io, rows, D);
+    // out is residual, residual_out is x.
+    CHECK_NOTHROW(tc::residual_add_layer_norm<float>(R_io2, X_io2, X_io2, R_io2, W, B, eps));
+    CHECK(tc::to_host(dres_io) == want);
+    CHECK(tc::to_host(dx_io) == want_sum);
+    // One row seen with two row strides is the same elements.
+    dout.poison();
+    tc::rms_norm<float>(tensor_view<float, 2>(dout.data(), {1, D}), tensor_view<float, 2>(dres.data(), {1, D}), W, eps);
+    const auto row_want = tc::to_host(dout);
+    CHECK_NOTHROW(tc::rms_norm<float>(tensor_view<float, 2>(dres.data(), {1, D}, {4096, 1}),
+                                      tensor_view<float, 2>(dres.data(), {1, D}), W, eps));
+    CHECK(std::equal(row_want.begin(), row_want.begin() + D, tc::to_host(dres).begin()));
+}
+
 // ---- leading batch dimensions: (..., D) device views ----------------------------------
 
 namespace {

@@ -691,3 +691,52 @@ TEST_CASE("CUDA positional launchers reject bad arguments before launching", "[c
     CHECK_THROWS_WITH(tc::apply_rope(xv, rope_config{.rotary_dim = 10}),
                       tinyllm_test::contains("rotary_dim = 10 must be <= the head dim 8"));
 }
+
+TEST_CASE("CUDA RoPE and the absolute additions refuse outputs over memory they cannot share, before launching",
+          "[cuda][positional][errors]") {
+    const index_t B = 1, T = 2, H = 2, D = 8;
+    const rope_config cfg{};
+    const auto host = tinyllm_test::random_floats(static_cast<std::size_t>(B * (T + 1) * H * D), 80);
+    auto x = tc::to_device(host);
+    auto p = tc::to_device(std::vector<std::int64_t>{0, 1});
+    const auto pv = p.view(tinyllm::extents<2>{B, T});
+    // A head stride of 0: two heads at one address, rotated twice (by two threads at once).
+    const tinyllm::tensor_view<float, 4> one_head(x.data(), {B, T, H, D}, {T * D, D, 0, 1});
+    CHECK_THROWS_WITH(
+        tc::apply_rope(one_head, cfg),
+        tinyllm_test::contains("apply_rope_on_the_fly: x has shape (1, 2, 2, 8) and strides (16, 8, 0, 1), "
+                               "so two of its elements share an address"));
+    CHECK_THROWS_WITH(tc::apply_rope_cached(one_head, pv, tc::make_rope_cache(rope_config{.rotary_dim = D}, 4)),
+                      tinyllm_test::contains("apply_rope_cached: x has shape (1, 2, 2, 8)"));
+    // q and k the same memory, or k one token past q.
+    const tinyllm::tensor_view<float, 4> q(x.data(), {B, T, H, D});
+    const tinyllm::tensor_view<float, 4> k_past(x.data() + H * D, {B, T, H, D});
+    CHECK_THROWS_WITH(tc::apply_rope(q, q, cfg), tinyllm_test::contains("apply_rope: k must not share memory with q"));
+    CHECK_THROWS_WITH(tc::apply_rope(q, k_past, pv, cfg),
+                      tinyllm_test::contains("apply_rope: k must not share memory with q"));
+    // x over the positions.
+    tc::device_buffer<std::int64_t> shared(static_cast<std::size_t>(B * T * H * D));
+    const tinyllm::tensor_view<float, 4> x_over(reinterpret_cast<float*>(shared.data()), {B, T, H, D});
+    CHECK_THROWS_WITH(tc::apply_rope(x_over, tinyllm::tensor_view<const std::int64_t, 2>(shared.data(), {B, T}), cfg),
+                      tinyllm_test::contains("apply_rope_on_the_fly: x must not share memory with positions"));
+    // The absolute additions: x over the table, x with a token stride of 0.
+    auto table = tc::to_device(tinyllm_test::random_floats(static_cast<std::size_t>(4 * D), 81));
+    CHECK_THROWS_WITH(tc::add_learned_positions(tinyllm::tensor_view<float, 3>(table.data(), {B, T, D}),
+                                                table.view(tinyllm::extents<2>{4, D}), pv),
+                      tinyllm_test::contains("add_learned_positions: x must not share memory with the table"));
+    CHECK_THROWS_WITH(tc::add_sinusoidal(tinyllm::tensor_view<float, 3>(x.data(), {B, T, D}, {T * D, 0, 1}), pv),
+                      tinyllm_test::contains("add_sinusoidal: x has shape (1, 2, 8) and strides (16, 0, 1)"));
+    CHECK_THROWS_WITH(tc::add_learned_positions(tinyllm::tensor_view<float, 3>(x.data(), {B, T, D}, {T * D, 0, 1}),
+                                                table.view(tinyllm::extents<2>{4, D}), pv),
+                      tinyllm_test::contains("add_learned_positions: x has shape (1, 2, 8) and strides (16, 0, 1)"));
+    CHECK(tc::to_host(x) == host);  // nothing was written
+
+    // q's and k's heads side by side in one fused row (k given first) rotate as all the heads at once.
+    const auto fused_host = tinyllm_test::random_floats(static_cast<std::size_t>(B * T * 3 * H * D), 82);
+    auto fused = tc::to_device(fused_host), want = tc::to_device(fused_host);
+    const tinyllm::tensor_view<float, 4> f(fused.data(), {B, T, 3 * H, D}), all(want.data(), {B, T, 3 * H, D});
+    tc::apply_rope(all.narrow(2, 0, 2 * H), cfg, 3);
+    CHECK_NOTHROW(tc::apply_rope(f.narrow(2, H, H), f.narrow(2, 0, H), cfg, 3));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    CHECK(tc::to_host(fused) == tc::to_host(want));
+}

@@ -130,6 +130,25 @@ TEST_CASE("cuda apply_rope_backward on a strided view: q and k inside stacked qk
     TINYLLM_REQUIRE_CLOSE(got, expected, tolerance{1e-5, 1e-5, 1e-6}, "apply_rope_backward in qkv");
 }
 
+TEST_CASE("cuda apply_rope_backward refuses a dx whose heads share addresses, and dx over the positions",
+          "[cuda][rope][backward][errors]") {
+    const index_t B = 1, T = 3, H = 2, D = 8;
+    const rope_config cfg = make_config(rope_pairing::rotate_half, rope_scaling::none, 0);
+    tc::device_buffer<float> d(static_cast<std::size_t>(B * T * H * D));
+    const tinyllm::tensor_view<float, 4> one_head(d.data(), {B, T, H, D}, {T * D, D, 0, 1});
+    CHECK_THROWS_WITH(
+        tc::apply_rope_backward(one_head, cfg),
+        tinyllm_test::contains("apply_rope_backward: dx has shape (1, 3, 2, 8) and strides (24, 8, 0, 1), "
+                               "so two of its elements share an address"));
+    CHECK_THROWS_WITH(tc::apply_rope_backward_cached(one_head, tc::make_rope_cache(tinyllm::resolve_rope(cfg, D), 8)),
+                      tinyllm_test::contains("apply_rope_backward_cached: dx has shape (1, 3, 2, 8)"));
+    tc::device_buffer<std::int32_t> shared(static_cast<std::size_t>(B * T * H * D));
+    const tinyllm::tensor_view<float, 4> over(reinterpret_cast<float*>(shared.data()), {B, T, H, D});
+    CHECK_THROWS_WITH(
+        tc::apply_rope_backward(over, tinyllm::tensor_view<const std::int32_t, 2>(shared.data(), {B, T}), cfg),
+        tinyllm_test::contains("apply_rope_backward: dx must not share memory with positions"));
+}
+
 TEST_CASE("cuda apply_rope_backward undoes apply_rope (R^T R = I)", "[cuda][rope][backward]") {
     const index_t B = 2, T = 6, H = 3, D = 32;
     for (const rope_pairing pairing : {rope_pairing::rotate_half, rope_pairing::interleaved}) {

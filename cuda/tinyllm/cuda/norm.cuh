@@ -40,8 +40,10 @@
 // *rounded* values; later passes read residual_out back. The result equals
 // add() followed by the norm, with one kernel instead of two and the sum never
 // read back from DRAM. residual_out may be `residual` or `x` (in place) and out
-// may be `x`: every thread reads an element before writing it, and each
-// element is handled by the same thread in every pass. The same pass can also
+// may be `x` or `residual`: every thread reads an element before writing it, and
+// each element is handled by the same thread in every pass. Any other overlap
+// (a row shifted, out over residual_out, weight or bias) is refused on the host
+// (expect_norm_args and expect_residual_args in <tinyllm/norm.hpp>). The same pass can also
 // add a per-column bias to `residual` (detail::residual_add_bias_*_norm): the
 // bias of the projection that produced `residual`, which then skips its own
 // bias kernel.
@@ -71,8 +73,9 @@
 //
 // dweight and dbias have the weight's element type; they are overwritten, or
 // added to with `accumulate` (in float, rounded once). dx may be the memory of
-// dout, x (residual_out) or dresidual_out: each element is read by the thread
-// that writes it, and the row's reductions (barriers) come first.
+// dout, x (residual_out) or dresidual_out, exactly: each element is read by the
+// thread that writes it, and the row's reductions (barriers) come first. Other
+// overlaps are refused (expect_norm_backward_args in <tinyllm/norm.hpp>).
 //
 // Tensors: (..., D) device views — any number of leading dimensions: (B, T, D),
 // (rows, D) or one (D) vector — with contiguous rows (stride(1) == 1) and any
@@ -336,7 +339,7 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
     expect_unit_column_stride(out, op, "out");
     expect_unit_column_stride(x, op, "x");
     if constexpr (Residual) {
-        tinyllm::detail::expect_residual_args(op, tensor_view<const T, 2>(residual_out), x, residual);
+        tinyllm::detail::expect_residual_args(op, out, residual_out, x, residual, weight, bias);
         expect_unit_column_stride(residual_out, op, "residual_out");
         expect_unit_column_stride(residual, op, "residual");
     }
@@ -347,6 +350,8 @@ void launch_norm(std::string_view op, bool vectorized, tensor_view<T, 2> out, te
         TINYLLM_EXPECT(Residual && residual_bias.extent(0) == D, op, ": residual_bias has ", residual_bias.extent(0),
                        " elements but the rows have D = ", D);
         TINYLLM_EXPECT(D <= 1 || residual_bias.stride(0) == 1, op, ": residual_bias must be contiguous");
+        tinyllm::detail::expect_apart(op, "out", out, "residual_bias", residual_bias);
+        tinyllm::detail::expect_apart(op, "residual_out", residual_out, "residual_bias", residual_bias);
     }
     if (rows == 0) return;
 
@@ -826,7 +831,7 @@ struct residual_norm_epilogue {
 
 // Host checks of v3 (dense and quantized): out, x (rows, D), in (rows, K), all
 // contiguous; in apart from out and x (the GEMV reads it while they are
-// written), out apart from x; a counter.
+// written), out apart from x, both apart from weight, bias and proj_bias; a counter.
 template <class T>
 void expect_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tensor_view<T, 2> x, const_view<T, 2> in,
                                index_t D, index_t K, const_view<T, 1> proj_bias, const_view<T, 1> weight,
@@ -853,6 +858,11 @@ void expect_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tenso
     TINYLLM_EXPECT(!overlap(in.data(), ib, x.data(), xb) && !overlap(in.data(), ib, out.data(), xb), op,
                    ": in must not overlap x or out (the GEMV reads it while they are written)");
     TINYLLM_EXPECT(!overlap(out.data(), xb, x.data(), xb), op, ": out must not overlap x (the stream)");
+    // x is written too (the stream, updated in place): neither output over a parameter.
+    tinyllm::detail::expect_apart(op, "x", x, "weight", weight);
+    tinyllm::detail::expect_apart(op, "x", x, "bias", bias);
+    tinyllm::detail::expect_apart(op, "out", out, "proj_bias", proj_bias);
+    tinyllm::detail::expect_apart(op, "x", x, "proj_bias", proj_bias);
 }
 
 template <class T, bool Layer>
@@ -876,6 +886,8 @@ void launch_residual_norm_gemv(std::string_view op, tensor_view<T, 2> out, tenso
     const index_t D = proj.extent(0), K = proj.extent(1);
     expect_residual_norm_gemv<T>(op, out, x, in, D, K, proj_bias, weight, bias, eps, arrivals);
     expect_packed_rows(proj, op, "proj");
+    tinyllm::detail::expect_apart(op, "out", out, "proj", proj);
+    tinyllm::detail::expect_apart(op, "x", x, "proj", proj);
     const auto epi = make_residual_norm_epilogue<T, Layer>(out, x, proj_bias, weight, bias, eps, arrivals,
                                                            /*round_before_bias=*/true);
     launch_pair_gemv<T>(op, epi, in.data(), x.extent(0), proj.data(), proj.data(), K, epi.units(), stream);

@@ -64,6 +64,12 @@
 // never a read out of bounds); RoPE accepts any position (a rotation is defined
 // for every angle; positions are exact as float up to 2^24).
 //
+// Aliasing, refused on the host before a launch: a rotated x (or dx) whose
+// elements share addresses (a head stride of 0: one head rotated twice), x over
+// the positions or (learned) the table, and q and k of apply_rope(q, k, ...)
+// sharing an element (rotated once by each launch). q and k may be heads side
+// by side in the rows of one fused buffer.
+//
 // Backward: RoPE's, apply_rope_backward, is the same kernels rotating by
 // -angle (the transpose of the rotation; see "Backward" below). The learned
 // table's gradient, learned_positions_backward, is the
@@ -86,6 +92,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string_view>
 #include <type_traits>
 
 namespace tinyllm::cuda {
@@ -258,9 +265,12 @@ __global__ void add_learned_kernel(T* x, index_t seq_len, index_t dim, index_t s
     }
 }
 
-// Checks x and cfg; returns cfg resolved against x's head dim.
+// Checks x and cfg; returns cfg resolved against x's head dim. x (named `name`:
+// "x", or "dx" for the backward) is rotated in place, each pair read and then
+// written by one thread: its elements need addresses of their own (a head stride
+// of 0 would rotate one head twice, from two threads at once).
 template <class T>
-rope_config expect_rope_args(tensor_view<T, 4> x, const rope_config& cfg, const char* op) {
+rope_config expect_rope_args(tensor_view<T, 4> x, const rope_config& cfg, const char* op, std::string_view name = "x") {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
                   "RoPE kernels take float, tinyllm::bfloat16 or tinyllm::float16");
     const rope_config r = resolve_rope(cfg, x.extent(3));
@@ -268,16 +278,20 @@ rope_config expect_rope_args(tensor_view<T, 4> x, const rope_config& cfg, const 
                    " is larger than the kernel's table (", rope_max_rotary_dim, ")");
     TINYLLM_EXPECT(x.stride(3) == 1 || x.extent(3) == 1, op, ": the head dim of x must be contiguous (stride 1); got strides ",
                    to_string(x.strides()));
+    tinyllm::detail::expect_distinct_elements(op, name, x);
     return r;
 }
 
+// The same, and the positions: (B, T), apart from x (other blocks read them while x is written).
 template <class T, class P>
-rope_config expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const char* op) {
+rope_config expect_rope_args(tensor_view<T, 4> x, tensor_view<P, 2> positions, const rope_config& cfg, const char* op,
+                             std::string_view name = "x") {
     static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
-    const rope_config r = expect_rope_args(x, cfg, op);
+    const rope_config r = expect_rope_args(x, cfg, op, name);
     TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1), op,
                    ": positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
                    " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    tinyllm::detail::expect_apart(op, name, x, "positions", positions);
     return r;
 }
 
@@ -679,12 +693,14 @@ void apply_rope(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_config& cfg, in
 template <class T, class P>
 void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B, T, Hk, D)*/,
                 tensor_view<P, 2> positions /*(B, T)*/, const rope_config& cfg, cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_rope_pair("apply_rope", q, k);  // two launches: an element of both would turn twice
     apply_rope_on_the_fly(q, positions, cfg, stream);
     apply_rope_on_the_fly(k, positions, cfg, stream);
 }
 template <class T>
 void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B, T, Hk, D)*/, const rope_config& cfg,
                 index_t position_offset = 0, cudaStream_t stream = nullptr) {
+    tinyllm::detail::expect_rope_pair("apply_rope", q, k);
     apply_rope_on_the_fly(q, cfg, position_offset, stream);
     apply_rope_on_the_fly(k, cfg, position_offset, stream);
 }
@@ -711,7 +727,7 @@ void apply_rope(tensor_view<T, 4> q /*(B, T, Hq, D)*/, tensor_view<T, 4> k /*(B,
 template <class T, class P>
 void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
                          const rope_config& cfg, cudaStream_t stream = nullptr) {
-    const rope_config r = detail::expect_rope_args(dx, positions, cfg, "apply_rope_backward");
+    const rope_config r = detail::expect_rope_args(dx, positions, cfg, "apply_rope_backward", "dx");
     detail::launch_rope(dx, positions, 0, r, nullptr, nullptr, 0, stream, -1.0f);
 }
 
@@ -719,7 +735,7 @@ void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, tensor_view<P, 2
 template <class T>
 void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
                          cudaStream_t stream = nullptr) {
-    const rope_config r = detail::expect_rope_args(dx, cfg, "apply_rope_backward");
+    const rope_config r = detail::expect_rope_args(dx, cfg, "apply_rope_backward", "dx");
     tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
     detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, nullptr, nullptr, 0, stream,
                         -1.0f);
@@ -731,7 +747,7 @@ template <class T>
 void apply_rope_backward_cached(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rope_cache& cache,
                                 index_t position_offset = 0, cudaStream_t stream = nullptr) {
     detail::expect_rope_cache(cache);
-    const rope_config r = detail::expect_rope_args(dx, cache.config, "apply_rope_backward_cached");
+    const rope_config r = detail::expect_rope_args(dx, cache.config, "apply_rope_backward_cached", "dx");
     tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward_cached");
     detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, cache.cos.data(),
                         cache.sin.data(), cache.max_positions, stream, -1.0f);
@@ -746,6 +762,8 @@ void add_sinusoidal(tensor_view<T, 3> x /*(B, T, D)*/, tensor_view<P, 2> positio
                    "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
                    " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
     TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
+    tinyllm::detail::expect_distinct_elements("add_sinusoidal", "x", x);
+    tinyllm::detail::expect_apart("add_sinusoidal", "x", x, "positions", positions);
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_sinusoidal: B * T = ", tokens, " tokens exceed the grid limit");
@@ -766,6 +784,9 @@ void add_learned_positions(tensor_view<T, 3> x /*(B, T, D)*/, std::type_identity
                    to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
     TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
                    " but x has D = ", x.extent(2));
+    tinyllm::detail::expect_distinct_elements("add_learned_positions", "x", x);
+    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "the table", table);
+    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "positions", positions);
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_learned_positions: B * T = ", tokens, " tokens exceed the grid limit");
