@@ -6,6 +6,7 @@
 #include "support/compare.hpp"
 
 #include <tinyllm/attention.hpp>
+#include <tinyllm/attention_tiled.hpp>
 #include <tinyllm/detail/attention_mma_layout.hpp>
 #include <tinyllm/detail/mma_fragments.hpp>
 #include <tinyllm/detail/wgmma_layout.hpp>
@@ -493,6 +494,10 @@ TEST_CASE("attention: bad arguments are rejected with clear errors", "[attention
     attention_options a;
     a.alibi_slopes = {slopes.data(), {5}};
     CHECK_THROWS_WITH(call2(k2, v2, a), contains("alibi_slopes has 5 slopes but there are Hq = 6"));
+    std::vector<float> nan_slopes(6, 0.5f);  // a NaN slope made its heads' rows NaN
+    nan_slopes[4] = std::numeric_limits<float>::quiet_NaN();
+    a.alibi_slopes = {nan_slopes.data(), {6}};
+    CHECK_THROWS_WITH(call2(k2, v2, a), contains("attention: alibi_slopes[4] = nan must be finite"));
     std::vector<std::int32_t> lengths = {6};
     attention_options l;
     l.key_lengths = {lengths.data(), {1}};
@@ -503,6 +508,124 @@ TEST_CASE("attention: bad arguments are rejected with clear errors", "[attention
     tensor<float, 4> p({1, 6, 3, 4});
     CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(o.view(), q.view(), k2.view(), v2.view(), {}, p.view()),
                       contains("probs has shape (1, 6, 3, 4) but (1, 6, 3, 5) is required"));
+}
+
+TEST_CASE("attention: outputs over the inputs or over each other are refused", "[attention][error]") {
+    using view4 = tinyllm::tensor_view<float, 4>;
+    using cview4 = tinyllm::tensor_view<const float, 4>;
+    const extents<4> s{1, 4, 2, 8};  // B, T, H, D: Tq = Tk, Hq = Hkv, so out, q, k and v share a shape
+    const index_t n = s.product();
+    const auto q = random_tensor(s, 1), k = random_tensor(s, 2), v = random_tensor(s, 3);
+    tensor<float, 4> want(s);
+    tinyllm::cpu::attention<float>(want.view(), q.view(), k.view(), v.view());
+    std::vector<float> buf(static_cast<std::size_t>(3 * n));
+    const auto at = [&](index_t offset) { return view4(buf.data() + offset, s); };
+    const auto copy_to = [&](view4 dst, const tensor<float, 4>& src) {
+        std::copy(src.values().begin(), src.values().end(), dst.data());
+        return cview4(dst);
+    };
+
+    // out over k or v, exactly or in part; out over q in part; out with a stride of 0.
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(0), q.view(), copy_to(at(0), k), v.view()),
+                      contains("attention: out must not share memory with k"));
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(1), q.view(), k.view(), copy_to(at(0), v)),
+                      contains("attention: out must not share memory with v"));
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(8), copy_to(at(0), q), k.view(), v.view()),
+                      contains("attention: out must be exactly q (in place) or not share memory with it"));
+    const view4 repeated(buf.data(), s, {0, 0, 8, 1});  // every time step the same 16 elements
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(repeated, q.view(), k.view(), v.view()),
+                      contains("attention: out has shape (1, 4, 2, 8) and strides (0, 0, 8, 1), so two of its "
+                               "elements share an address"));
+    // probs and lse over out, each other or an option.
+    const tinyllm::tensor_view<float, 4> probs(buf.data() + 2 * n, {1, 2, 4, 4});
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(0), q.view(), k.view(), v.view(), {},
+                                                     tinyllm::tensor_view<float, 4>(buf.data(), {1, 2, 4, 4})),
+                      contains("attention: probs must not share memory with out"));
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(0), q.view(), k.view(), v.view(), {}, probs,
+                                                     tinyllm::tensor_view<float, 3>(probs.data() + 4, {1, 2, 4})),
+                      contains("attention: lse must not share memory with probs"));
+    attention_options alibi;
+    alibi.alibi_slopes = {buf.data() + 3, {2}};
+    CHECK_THROWS_WITH(tinyllm::cpu::attention<float>(at(0), q.view(), k.view(), v.view(), alibi),
+                      contains("attention: out must not share memory with alibi_slopes"));
+    // The tiled version checks the same.
+    CHECK_THROWS_WITH(tinyllm::cpu::attention_tiled<float>(at(0), q.view(), copy_to(at(0), k), v.view()),
+                      contains("attention_tiled: out must not share memory with k"));
+    CHECK_THROWS_WITH(tinyllm::cpu::attention_tiled<float>(at(2), copy_to(at(0), q), k.view(), v.view()),
+                      contains("attention_tiled: out must be exactly q (in place) or not share memory with it"));
+
+    // Allowed: out exactly q (each query row is read before its output is written) ...
+    const auto in_place = [&](auto attend) {
+        const view4 x = at(0);
+        attend(x, copy_to(x, q));
+        return std::vector<float>(x.data(), x.data() + n);
+    };
+    CHECK(in_place([&](view4 o, cview4 qq) { tinyllm::cpu::attention<float>(o, qq, k.view(), v.view()); }) ==
+          want.values());
+    tensor<float, 4> tiled(s);
+    tinyllm::cpu::attention_tiled<float>(tiled.view(), q.view(), k.view(), v.view());
+    CHECK(in_place([&](view4 o, cview4 qq) { tinyllm::cpu::attention_tiled<float>(o, qq, k.view(), v.view()); }) ==
+          tiled.values());
+    // ... and q, k, v and out as the heads of one fused (B, T, 4 H, D) buffer: interleaved, never overlapping.
+    std::vector<float> fused(static_cast<std::size_t>(4 * n));
+    const extents<4> fused_strides{4 * n, 4 * 2 * 8, 8, 1};
+    const auto head = [&](index_t first) { return view4(fused.data() + first * 2 * 8, s, fused_strides); };
+    for (index_t t = 0; t < 4; ++t)
+        for (index_t h = 0; h < 2; ++h)
+            for (index_t d = 0; d < 8; ++d) {
+                head(0)(0, t, h, d) = q(0, t, h, d);
+                head(1)(0, t, h, d) = k(0, t, h, d);
+                head(2)(0, t, h, d) = v(0, t, h, d);
+            }
+    tinyllm::cpu::attention<float>(head(3), head(0), head(1), head(2));
+    for (index_t t = 0; t < 4; ++t)
+        for (index_t h = 0; h < 2; ++h)
+            for (index_t d = 0; d < 8; ++d) CHECK(head(3)(0, t, h, d) == want(0, t, h, d));
+}
+
+TEST_CASE("attention_backward: gradients over each other are refused, over an input not", "[attention][error]") {
+    using view4 = tinyllm::tensor_view<float, 4>;
+    const extents<4> s{1, 4, 2, 8};
+    const index_t n = s.product();
+    const auto q = random_tensor(s, 4), k = random_tensor(s, 5), v = random_tensor(s, 6), dout = random_tensor(s, 7);
+    tensor<float, 4> dq(s), dk(s), dv(s);
+    tinyllm::cpu::attention_backward<float>(dq.view(), dk.view(), dv.view(), dout.view(), q.view(), k.view(), v.view());
+    std::vector<float> buf(static_cast<std::size_t>(3 * n));
+    const auto at = [&](index_t offset) { return view4(buf.data() + offset, s); };
+
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::attention_backward<float>(at(0), at(1), at(2 * n), dout.view(), q.view(), k.view(), v.view()),
+        contains("attention_backward: dq must not share memory with dk"));
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::attention_backward<float>(view4{}, at(0), at(n - 8), dout.view(), q.view(), k.view(), v.view()),
+        contains("attention_backward: dk must not share memory with dv"));
+    CHECK_THROWS_WITH(tinyllm::cpu::attention_backward<float>(at(0), view4(buf.data() + n, s, {0, 0, 8, 1}), view4{},
+                                                              dout.view(), q.view(), k.view(), v.view()),
+                      contains("attention_backward: dk has shape (1, 4, 2, 8) and strides (0, 0, 8, 1)"));
+    tensor<float, 4> out(s);
+    tensor<float, 3> lse(extents<3>{1, 2, 4});
+    tinyllm::cpu::attention<float>(out.view(), q.view(), k.view(), v.view(), {}, {}, lse.view());
+    CHECK_THROWS_WITH(tinyllm::cpu::attention_backward_tiled<float>(at(0), at(n), at(n + 1), dout.view(), q.view(),
+                                                                    k.view(), v.view(), out.view(), lse.view()),
+                      contains("attention_backward_tiled: dk must not share memory with dv"));
+
+    // Allowed: dq, dk and dv as the heads of one fused (B, T, 3 H, D) buffer (the model's layout) ...
+    std::vector<float> fused(static_cast<std::size_t>(3 * n));
+    const extents<4> fused_strides{3 * n, 3 * 2 * 8, 8, 1};
+    const auto head = [&](index_t first) { return view4(fused.data() + first * 2 * 8, s, fused_strides); };
+    tinyllm::cpu::attention_backward<float>(head(0), head(1), head(2), dout.view(), q.view(), k.view(), v.view());
+    for (index_t t = 0; t < 4; ++t)
+        for (index_t h = 0; h < 2; ++h)
+            for (index_t d = 0; d < 8; ++d) {
+                CHECK(head(0)(0, t, h, d) == dq(0, t, h, d));
+                CHECK(head(1)(0, t, h, d) == dk(0, t, h, d));
+                CHECK(head(2)(0, t, h, d) == dv(0, t, h, d));
+            }
+    // ... and a gradient over an input (everything is read before anything is written).
+    auto k_then_dk = k;
+    tinyllm::cpu::attention_backward<float>(view4{}, k_then_dk.view(), view4{}, dout.view(), q.view(), k_then_dk.view(),
+                                            v.view());
+    CHECK(k_then_dk.values() == dk.values());
 }
 
 // ---- the tensor-core kernel's index arithmetic, on an emulated warp ----------------

@@ -459,6 +459,11 @@ TEST_CASE("attention_tiled and attention_backward_tiled reject bad arguments wit
     a.alibi_slopes = {slopes.data(), {3}};
     CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), a),
                       contains("attention_tiled: alibi_slopes has 3 slopes but there are Hq = 4 query heads"));
+    std::vector<float> inf_slopes(4, 0.5f);
+    inf_slopes[0] = -std::numeric_limits<float>::infinity();
+    a.alibi_slopes = {inf_slopes.data(), {4}};
+    CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), a),
+                      contains("attention_tiled: alibi_slopes[0] = -inf must be finite"));
     attention_options c;
     c.softcap = 0.0f;
     CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), c),

@@ -6,6 +6,7 @@
 
 #include <tinyllm/moe.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -270,6 +271,96 @@ TEST_CASE("gating rejects bad arguments with clear errors", "[moe][gating][error
                                                             short_bias.view(), {}),
                           contains("bias has shape (3)"));
     }
+}
+
+TEST_CASE("gating refuses outputs over the logits, over each other or with stride 0", "[moe][gating][errors]") {
+    using tinyllm_test::contains;
+    using ids_view = tinyllm::tensor_view<std::int32_t, 2>;
+    using weights_view = tinyllm::tensor_view<float, 2>;
+    const auto logits = matrix(2, 4, {1, 2, 3, 4, 8, 7, 6, 5});
+    gating_result r(2, 2), want = softmax_topk(logits, 2, true);
+    // weights over the logits (exactly, k = E, or in part), ids over weights.
+    auto over = logits;
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::softmax_topk_gating(r.ids.view(), weights_view(over.data() + 4, {2, 2}), over.view(), true),
+        contains("softmax_topk_gating: weights must not share memory with logits"));
+    gating_result four(2, 4);
+    CHECK_THROWS_WITH(tinyllm::cpu::topk_softmax_gating(four.ids.view(), over.view(), over.view()),
+                      contains("topk_softmax_gating: weights must not share memory with logits"));
+    std::vector<float> shared(8);
+    const ids_view ids_in_shared(reinterpret_cast<std::int32_t*>(shared.data()), {2, 2});
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::softmax_topk_gating(ids_in_shared, weights_view(shared.data() + 2, {2, 2}), logits.view(), true),
+        contains("softmax_topk_gating: ids must not share memory with weights"));
+    CHECK_THROWS_WITH(tinyllm::cpu::softmax_topk_gating(r.ids.view(), weights_view(shared.data(), {2, 2}, {0, 1}),
+                                                        logits.view(), true),
+                      contains("softmax_topk_gating: weights has shape (2, 2) and strides (0, 1), so two of its "
+                               "elements share an address"));
+    CHECK_THROWS_WITH(tinyllm::cpu::softmax_topk_gating(ids_view(r.ids.data(), {2, 2}, {2, 0}), r.weights.view(),
+                                                        logits.view(), true),
+                      contains("softmax_topk_gating: ids has shape (2, 2) and strides (2, 0)"));
+    // The other gatings: the same checks, and their further inputs.
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::noisy_topk_gating(r.ids.view(), weights_view(over.data(), {2, 2}), over.view(), logits.view(), 1),
+        contains("noisy_topk_gating: weights must not share memory with logits"));
+    auto noise = logits;
+    CHECK_THROWS_WITH(tinyllm::cpu::noisy_topk_gating(r.ids.view(), weights_view(noise.data() + 2, {2, 2}),
+                                                      logits.view(), noise.view(), 1),
+                      contains("noisy_topk_gating: weights must not share memory with noise_logits"));
+    tensor<float, 1> bias(extents<1>{4}, 0.0f);
+    CHECK_THROWS_WITH(tinyllm::cpu::grouped_topk_gating(r.ids.view(), weights_view(bias.data(), {2, 2}), logits.view(),
+                                                        bias.view(), {}),
+                      contains("grouped_topk_gating: weights must not share memory with bias"));
+    const ids_view ids_in_logits(reinterpret_cast<std::int32_t*>(over.data()), {2, 2});
+    CHECK_THROWS_WITH(tinyllm::cpu::grouped_topk_gating(ids_in_logits, r.weights.view(), over.view(), bias.view(), {}),
+                      contains("grouped_topk_gating: ids must not share memory with logits"));
+    // Allowed: separate outputs.
+    tinyllm::cpu::softmax_topk_gating(r.ids.view(), r.weights.view(), logits.view(), true);
+    CHECK(r.ids.values() == want.ids.values());
+    CHECK(r.weights.values() == want.weights.values());
+}
+
+TEST_CASE("gating backward: dlogits exactly over the logits, never over dweights or in part", "[moe][gating][errors]") {
+    using tinyllm_test::contains;
+    using grad_view = tinyllm::tensor_view<float, 2>;
+    const auto logits = matrix(2, 4, {1, 2, 3, 4, 8, 7, 6, 5});
+    const auto dweights = matrix(2, 2, {0.5f, -1.0f, 2.0f, 0.25f});
+    tensor<float, 2> want(extents<2>{2, 4});
+    tinyllm::cpu::softmax_topk_gating_backward(want.view(), dweights.view(), logits.view(), true);
+    std::vector<float> buf(12);
+    std::copy(logits.values().begin(), logits.values().end(), buf.begin());
+    CHECK_THROWS_WITH(tinyllm::cpu::softmax_topk_gating_backward(grad_view(buf.data() + 1, {2, 4}), dweights.view(),
+                                                                 grad_view(buf.data(), {2, 4}), true),
+                      contains("softmax_topk_gating_backward: dlogits must be exactly logits (in place) or not share "
+                               "memory with it"));
+    const tinyllm::tensor_view<const float, 2> dw(buf.data() + 6, {2, 2});
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::softmax_topk_gating_backward(grad_view(buf.data(), {2, 4}), dw, logits.view(), true),
+        contains("softmax_topk_gating_backward: dlogits must not share memory with dweights"));
+    CHECK_THROWS_WITH(tinyllm::cpu::softmax_topk_gating_backward(grad_view(buf.data(), {2, 4}, {0, 1}), dweights.view(),
+                                                                 logits.view(), true),
+                      contains("dlogits has shape (2, 4) and strides (0, 1)"));
+    const auto noise_logits = matrix(2, 4, {0.5f, 0.1f, -0.2f, 0.3f, 0.0f, 0.4f, -0.6f, 0.2f});
+    auto noise = noise_logits;
+    tensor<float, 2> dlogits(extents<2>{2, 4});
+    CHECK_THROWS_WITH(
+        tinyllm::cpu::noisy_topk_gating_backward(noise.view(), {}, dweights.view(), logits.view(), noise.view(), 7),
+        contains("noisy_topk_gating_backward: dlogits must not share memory with noise_logits"));
+    CHECK_THROWS_WITH(tinyllm::cpu::noisy_topk_gating_backward(dlogits.view(), grad_view(dlogits.data(), {2, 4}),
+                                                               dweights.view(), logits.view(), noise_logits.view(), 7),
+                      contains("noisy_topk_gating_backward: dnoise_logits must not share memory with dlogits"));
+    // Allowed: dlogits exactly the logits, dnoise_logits exactly the noise logits (each row read, then written).
+    auto over = logits;
+    tinyllm::cpu::softmax_topk_gating_backward(over.view(), dweights.view(), over.view(), true);
+    CHECK(over.values() == want.values());
+    tensor<float, 2> dnoise(extents<2>{2, 4});
+    tinyllm::cpu::noisy_topk_gating_backward(dlogits.view(), dnoise.view(), dweights.view(), logits.view(),
+                                             noise_logits.view(), 7);
+    auto logits_then_dlogits = logits;
+    tinyllm::cpu::noisy_topk_gating_backward(logits_then_dlogits.view(), noise.view(), dweights.view(),
+                                             logits_then_dlogits.view(), noise.view(), 7);
+    CHECK(logits_then_dlogits.values() == dlogits.values());
+    CHECK(noise.values() == dnoise.values());
 }
 
 TEST_CASE("the load-balancing loss against a hand-computed example", "[moe][balance]") {

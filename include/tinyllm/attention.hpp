@@ -208,6 +208,69 @@ TINYLLM_HOST_DEVICE F attention_logit_derivative(F dot, F scale, F softcap) {
 
 namespace detail {
 
+inline bool has_view(const tensor_view<const float, 1>& v) { return v.data() != nullptr; }
+inline bool has_view(const tensor_view<const std::int32_t, 1>& v) { return v.data() != nullptr; }
+
+// An output of attention against the option views it reads.
+template <class O>
+void expect_apart_from_options(std::string_view op, std::string_view name, const O& out, const attention_options& o) {
+    if (has_view(o.alibi_slopes)) expect_apart(op, name, out, "alibi_slopes", o.alibi_slopes);
+    if (has_view(o.key_lengths)) expect_apart(op, name, out, "key_lengths", o.key_lengths);
+}
+
+// The forward's out (skipped when out.data() == nullptr): an address for each
+// element, apart from k, v and the option views. With `in_place_q` out may be
+// exactly q (the CPU versions read a query row before they write its output,
+// from the same thread); otherwise it is apart from q too (the CUDA kernels
+// read q in one thread and write out in another, or q several times).
+template <class T>
+void check_attention_out(const tensor_view<T, 4>& out, const tensor_view<const T, 4>& q,
+                         const tensor_view<const T, 4>& k, const tensor_view<const T, 4>& v, const attention_options& o,
+                         std::string_view op, bool in_place_q) {
+    if (out.data() == nullptr) return;
+    expect_distinct_elements(op, "out", out);
+    // (overlaps() sets apart the heads of one fused (B, T, Hq + 2 Hkv, D) buffer.)
+    if (in_place_q)
+        expect_in_place_or_apart(op, "out", out, "q", q);
+    else
+        expect_apart(op, "out", out, "q", q);
+    expect_apart(op, "out", out, "k", k);
+    expect_apart(op, "out", out, "v", v);
+    expect_apart_from_options(op, "out", out, o);
+}
+
+// A further output of the forward (probs, lse, the scores workspace; skipped
+// when x.data() == nullptr): an address for each element, apart from out, q, k,
+// v and the option views.
+template <class X, class T>
+void check_attention_side_output(std::string_view op, std::string_view name, const X& x, const tensor_view<T, 4>& out,
+                                 const tensor_view<const T, 4>& q, const tensor_view<const T, 4>& k,
+                                 const tensor_view<const T, 4>& v, const attention_options& o) {
+    if (x.data() == nullptr) return;
+    expect_distinct_elements(op, name, x);
+    if (out.data() != nullptr) expect_apart(op, name, x, "out", out);
+    expect_apart(op, name, x, "q", q);
+    expect_apart(op, name, x, "k", k);
+    expect_apart(op, name, x, "v", v);
+    expect_apart_from_options(op, name, x, o);
+}
+
+// The backward's wanted gradients: an address for each element and apart from
+// each other (the CPU versions read every input before they write a gradient,
+// so a gradient may share memory with an input there; the CUDA launchers add
+// that check).
+template <class T>
+void check_attention_gradients(const tensor_view<T, 4>& dq, const tensor_view<T, 4>& dk, const tensor_view<T, 4>& dv,
+                               std::string_view op) {
+    const bool want_dq = dq.data() != nullptr, want_dk = dk.data() != nullptr, want_dv = dv.data() != nullptr;
+    if (want_dq) expect_distinct_elements(op, "dq", dq);
+    if (want_dk) expect_distinct_elements(op, "dk", dk);
+    if (want_dv) expect_distinct_elements(op, "dv", dv);
+    if (want_dq && want_dk) expect_apart(op, "dq", dq, "dk", dk);
+    if (want_dq && want_dv) expect_apart(op, "dq", dq, "dv", dv);
+    if (want_dk && want_dv) expect_apart(op, "dk", dk, "dv", dv);
+}
+
 // `out_name` names the (B, Tq, Hq, D) argument checked against q: "out" in the
 // forward, "dout" in the backward.
 template <class O, class Q, class K, class V>
@@ -230,8 +293,9 @@ void check_attention_shapes(const O& out, const Q& q, const K& k, const V& v, st
 }
 
 // The backward's arguments: the forward's checks (dout in the place of out),
-// then each wanted gradient against the tensor it is the gradient of. An empty
-// gradient (data() == nullptr) is not wanted and not checked.
+// then each wanted gradient against the tensor it is the gradient of, and the
+// gradients' memory (check_attention_gradients). An empty gradient
+// (data() == nullptr) is not wanted and not checked.
 template <class DQ, class DK, class DV, class DO, class Q, class K, class V>
 void check_attention_backward_shapes(const DQ& dq, const DK& dk, const DV& dv, const DO& dout, const Q& q, const K& k,
                                      const V& v, std::string_view op) {
@@ -245,10 +309,16 @@ void check_attention_backward_shapes(const DQ& dq, const DK& dk, const DV& dv, c
     if (dv.data() != nullptr && dv.shape() != v.shape())
         TINYLLM_FAIL(op, ": dv has shape ", to_string(dv.shape()), " but must have the shape of v ", to_string(v.shape()),
                      " (B, Tk, Hkv, D)");
+    check_attention_gradients(dq, dk, dv, op);
 }
 
-// key_lengths in host memory (the CPU reference): every value in [0, Tk].
-inline void check_attention_key_lengths(const attention_options& o, index_t tk, std::string_view op) {
+// The option views in host memory (the CPU versions): every key_lengths value
+// in [0, Tk], and every ALiBi slope finite (a NaN or infinite slope turns a
+// whole row of scores into NaN or inf - inf).
+inline void check_attention_host_views(const attention_options& o, index_t tk, std::string_view op) {
+    for (index_t h = 0; o.alibi_slopes.data() != nullptr && h < o.alibi_slopes.extent(0); ++h)
+        TINYLLM_EXPECT(std::isfinite(o.alibi_slopes(h)), op, ": alibi_slopes[", h, "] = ", o.alibi_slopes(h),
+                       " must be finite");
     if (o.key_lengths.data() == nullptr) return;
     for (index_t b = 0; b < o.key_lengths.extent(0); ++b)
         TINYLLM_EXPECT(o.key_lengths(b) >= 0 && o.key_lengths(b) <= tk, op, ": key_lengths[", b, "] = ",
@@ -275,9 +345,6 @@ void check_attention_options(const attention_options& o, const Q& q, const K& k,
                        " entries but the batch is B = ", B);
     (void)k;
 }
-
-inline bool has_view(const tensor_view<const float, 1>& v) { return v.data() != nullptr; }
-inline bool has_view(const tensor_view<const std::int32_t, 1>& v) { return v.data() != nullptr; }
 
 // The scale in double (the CPU reference); kernels round it to float.
 inline double attention_scale(const attention_options& o, index_t head_dim) {
@@ -314,6 +381,8 @@ namespace cpu {
 //          visible keys, log sum_j exp(s_j), so that P = exp(S - lse); -inf for
 //          a row with no visible key. What a flash backward recomputes P from.
 // Any strides; T is float, double, bfloat16 or float16. Computed in double.
+// out may be exactly q (in place); otherwise the outputs share no memory with
+// the inputs or with each other, and each output element has its own address.
 template <class T>
 void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
@@ -324,7 +393,12 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
     const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
     if (probs.data() != nullptr) expect_shape(probs, extents<4>{B, Hq, Tq, Tk}, "attention: probs");
     if (lse.data() != nullptr) expect_shape(lse, extents<3>{B, Hq, Tq}, "attention: lse");
-    tinyllm::detail::check_attention_key_lengths(opts, Tk, "attention");
+    tinyllm::detail::check_attention_host_views(opts, Tk, "attention");
+    tinyllm::detail::check_attention_out(out, q, k, v, opts, "attention", true);
+    tinyllm::detail::check_attention_side_output("attention", "probs", probs, out, q, k, v, opts);
+    tinyllm::detail::check_attention_side_output("attention", "lse", lse, out, q, k, v, opts);
+    if (probs.data() != nullptr && lse.data() != nullptr)
+        tinyllm::detail::expect_apart("attention", "lse", lse, "probs", probs);
 
     const double scale = tinyllm::detail::attention_scale(opts, D);
     const double softcap = opts.softcap ? *opts.softcap : 0.0;
@@ -412,7 +486,8 @@ void attention(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 
 //   opts         the forward's options
 // Any strides; T as in attention. Computed in double (P recomputed per row,
 // never stored), each gradient rounded once and overwritten. Everything is read
-// before anything is written, so a gradient may share memory with an input.
+// before anything is written, so a gradient may share memory with an input (not
+// with another gradient).
 template <class T>
 void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<T, 4> dv,
                         std::type_identity_t<tensor_view<const T, 4>> dout, std::type_identity_t<tensor_view<const T, 4>> q,
@@ -423,7 +498,7 @@ void attention_backward(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<
     tinyllm::detail::check_attention_options(opts, q, k, op);
     const index_t B = q.extent(0), Tq = q.extent(1), Hq = q.extent(2), D = q.extent(3);
     const index_t Tk = k.extent(1), Hkv = k.extent(2), group = Hq / Hkv;
-    tinyllm::detail::check_attention_key_lengths(opts, Tk, op);
+    tinyllm::detail::check_attention_host_views(opts, Tk, op);
     const bool want_dq = dq.data() != nullptr, want_dk = dk.data() != nullptr, want_dv = dv.data() != nullptr;
     if (!want_dq && !want_dk && !want_dv) return;
 

@@ -526,8 +526,9 @@ namespace cpu {
 //          its visible keys, -inf for a row with none; what attention_backward_tiled
 //          recomputes P from.
 // Any strides; T is float, double, bfloat16 or float16 (float math). The
-// argument checks and their messages are cpu::attention's. A row with no
-// visible key outputs zeros.
+// argument checks and their messages are cpu::attention's (out may be exactly q,
+// in place: a query block is read before its output is written, by one thread).
+// A row with no visible key outputs zeros.
 template <class T>
 void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const T, 4>> q,
                      std::type_identity_t<tensor_view<const T, 4>> k, std::type_identity_t<tensor_view<const T, 4>> v,
@@ -536,7 +537,9 @@ void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     tinyllm::detail::check_attention_shapes(out, q, k, v, op);
     tinyllm::detail::check_attention_options(opts, q, k, op);
     if (lse.data() != nullptr) expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_tiled: lse");
-    tinyllm::detail::check_attention_key_lengths(opts, k.extent(1), op);
+    tinyllm::detail::check_attention_host_views(opts, k.extent(1), op);
+    tinyllm::detail::check_attention_out(out, q, k, v, opts, op, true);
+    tinyllm::detail::check_attention_side_output(op, "lse", lse, out, q, k, v, opts);
     tinyllm::detail::attention_tiled_forward(out, tinyllm::detail::make_attention_tiled_args<T>(q, k, v, opts), lse);
 }
 
@@ -663,7 +666,7 @@ void attention_backward_tiled(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
         TINYLLM_FAIL(op, ": out has shape ", to_string(out.shape()), " but must have the shape of q ", to_string(q.shape()),
                      " (B, Tq, Hq, D)");
     expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_backward_tiled: lse");
-    d::check_attention_key_lengths(opts, k.extent(1), op);
+    d::check_attention_host_views(opts, k.extent(1), op);
     const bool want_dq = dq.data() != nullptr, want_dk = dk.data() != nullptr, want_dv = dv.data() != nullptr;
     if (!want_dq && !want_dk && !want_dv) return;
 

@@ -158,6 +158,27 @@ inline void expect_gating_shapes(tensor_view<const std::int32_t, 2> ids, tensor_
     expect_shape(weights, extents<2>{tokens, k}, std::string(op) + ": weights");
 }
 
+// The outputs' memory: ids and weights each with an address per element, apart
+// from each other and from the logits (a token's logits are read again after
+// some of its picks are written).
+template <class L>
+void expect_gating_outputs(tensor_view<const std::int32_t, 2> ids, tensor_view<const float, 2> weights,
+                           tensor_view<L, 2> logits, const char* op) {
+    expect_distinct_elements(op, "ids", ids);
+    expect_distinct_elements(op, "weights", weights);
+    expect_apart(op, "ids", ids, "weights", weights);
+    expect_apart(op, "ids", ids, "logits", logits);
+    expect_apart(op, "weights", weights, "logits", logits);
+}
+
+// A further input of the gating (noise_logits, bias) apart from both outputs.
+template <class X>
+void expect_gating_input_apart(tensor_view<const std::int32_t, 2> ids, tensor_view<const float, 2> weights,
+                               const char* name, const X& in, const char* op) {
+    expect_apart(op, "ids", ids, name, in);
+    expect_apart(op, "weights", weights, name, in);
+}
+
 inline void expect_grouped_options(const grouped_topk_options& o, index_t experts, index_t k, const char* op) {
     TINYLLM_EXPECT(o.n_group >= 1, op, ": n_group = ", o.n_group, " must be at least 1");
     TINYLLM_EXPECT(experts % o.n_group == 0, op, ": n_group = ", o.n_group, " does not divide E = ", experts);
@@ -215,6 +236,7 @@ inline void softmax_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
     const index_t T = logits.extent(0), E = logits.extent(1);
     tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "softmax_topk_gating");
     tinyllm::detail::expect_rows_contiguous(logits, "logits", "softmax_topk_gating");
+    tinyllm::detail::expect_gating_outputs(ids, weights, logits, "softmax_topk_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<float> keys(static_cast<std::size_t>(E));
     std::vector<double> p(static_cast<std::size_t>(E));
@@ -245,6 +267,7 @@ inline void topk_softmax_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
     const index_t T = logits.extent(0), E = logits.extent(1);
     tinyllm::detail::expect_gating_shapes(ids, weights, T, E, "topk_softmax_gating");
     tinyllm::detail::expect_rows_contiguous(logits, "logits", "topk_softmax_gating");
+    tinyllm::detail::expect_gating_outputs(ids, weights, logits, "topk_softmax_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<float> row(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
@@ -276,6 +299,8 @@ inline void noisy_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<floa
     expect_shape(noise_logits, logits.shape(), "noisy_topk_gating: noise_logits");
     tinyllm::detail::expect_rows_contiguous(logits, "logits", "noisy_topk_gating");
     tinyllm::detail::expect_rows_contiguous(noise_logits, "noise_logits", "noisy_topk_gating");
+    tinyllm::detail::expect_gating_outputs(ids, weights, logits, "noisy_topk_gating");
+    tinyllm::detail::expect_gating_input_apart(ids, weights, "noise_logits", noise_logits, "noisy_topk_gating");
     const int k = static_cast<int>(ids.extent(1));
     std::vector<double> h(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {
@@ -305,6 +330,8 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
     expect_shape(bias, extents<1>{E}, "grouped_topk_gating: bias");
     tinyllm::detail::expect_rows_contiguous(logits, "logits", "grouped_topk_gating");
     tinyllm::detail::expect_grouped_options(options, E, ids.extent(1), "grouped_topk_gating");
+    tinyllm::detail::expect_gating_outputs(ids, weights, logits, "grouped_topk_gating");
+    tinyllm::detail::expect_gating_input_apart(ids, weights, "bias", bias, "grouped_topk_gating");
     for (index_t e = 0; e < E; ++e)
         TINYLLM_EXPECT(std::isfinite(bias(e)), "grouped_topk_gating: bias(", e, ") = ", bias(e), " is not finite");
     const int k = static_cast<int>(ids.extent(1));
@@ -351,7 +378,20 @@ inline void grouped_topk_gating(tensor_view<std::int32_t, 2> ids, tensor_view<fl
 
 namespace tinyllm::detail {
 
-// dlogits (T, E) (empty when `optional`), dweights (T, k) with 1 <= k <= E, rows of logits contiguous.
+// A gradient of the gating backward (dlogits, dnoise_logits) against what the
+// backward reads: an address per element, exactly `in` (the logits it is the
+// gradient of: a token's row is read before it is written, by the same thread)
+// or apart from it, and apart from dweights (read while the row is written).
+inline void expect_gating_gradient(tensor_view<const float, 2> grad, const char* name,
+                                   tensor_view<const float, 2> dweights, tensor_view<const float, 2> in,
+                                   const char* in_name, const char* op) {
+    expect_distinct_elements(op, name, grad);
+    expect_in_place_or_apart(op, name, grad, in_name, in);
+    expect_apart(op, name, grad, "dweights", dweights);
+}
+
+// dlogits (T, E) (empty when `optional`), dweights (T, k) with 1 <= k <= E, rows of logits contiguous;
+// dlogits' memory (expect_gating_gradient).
 inline void expect_gating_backward_shapes(tensor_view<float, 2> dlogits, tensor_view<const float, 2> dweights,
                                           tensor_view<const float, 2> logits, bool optional, const char* op) {
     const index_t T = logits.extent(0), E = logits.extent(1), k = dweights.extent(1);
@@ -360,6 +400,7 @@ inline void expect_gating_backward_shapes(tensor_view<float, 2> dlogits, tensor_
                    " tokens");
     TINYLLM_EXPECT(k >= 1 && k <= E, op, ": k (the second extent of dweights) = ", k, " must be in [1, E = ", E, "]");
     expect_rows_contiguous(logits, "logits", op);
+    if (dlogits.size() != 0) expect_gating_gradient(dlogits, "dlogits", dweights, logits, "logits", op);
 }
 
 }  // namespace tinyllm::detail
@@ -425,6 +466,15 @@ inline void noisy_topk_gating_backward(tensor_view<float, 2> dlogits /*(T, E) or
     expect_shape(noise_logits, logits.shape(), std::string(op) + ": noise_logits");
     if (dnoise_logits.size()) expect_shape(dnoise_logits, logits.shape(), std::string(op) + ": dnoise_logits");
     tinyllm::detail::expect_rows_contiguous(noise_logits, "noise_logits", op);
+    // dlogits is written before noise_logits is read again (for dnoise_logits); dnoise_logits
+    // after logits' last read.
+    if (dlogits.size()) tinyllm::detail::expect_apart(op, "dlogits", dlogits, "noise_logits", noise_logits);
+    if (dnoise_logits.size()) {
+        tinyllm::detail::expect_gating_gradient(dnoise_logits, "dnoise_logits", dweights, noise_logits, "noise_logits",
+                                                op);
+        tinyllm::detail::expect_apart(op, "dnoise_logits", dnoise_logits, "logits", logits);
+        if (dlogits.size()) tinyllm::detail::expect_apart(op, "dnoise_logits", dnoise_logits, "dlogits", dlogits);
+    }
     const int k = static_cast<int>(dweights.extent(1));
     std::vector<double> h(static_cast<std::size_t>(E)), dh(static_cast<std::size_t>(E));
     for (index_t t = 0; t < T; ++t) {

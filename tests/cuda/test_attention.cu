@@ -504,19 +504,115 @@ TEST_CASE("attention launchers reject alibi_slopes and key_lengths in host memor
     check_host_option_pointers<bfloat16>(61000);
 }
 
+namespace {
+
+// Calls check(launcher name, call) for every CUDA attention launcher on out, q,
+// k, v (scores: the workspace of v1 and v2).
+template <class Check>
+void for_each_launcher_on(tinyllm::tensor_view<float, 4> out, tinyllm::tensor_view<const float, 4> q,
+                          tinyllm::tensor_view<const float, 4> k, tinyllm::tensor_view<const float, 4> v,
+                          tinyllm::tensor_view<float, 4> scores, Check&& check) {
+    tc::attention_workspace ws;
+    check("attention_naive", [&] { tc::attention_naive<float>(out, q, k, v, scores); });
+    check("attention_tiled", [&] { tc::attention_tiled<float>(out, q, k, v, scores); });
+    check("attention_flash", [&] { tc::attention_flash<float>(out, q, k, v); });
+    check("attention_decode", [&] { tc::attention_decode<float>(out, q, k, v, {}, ws); });
+    check("attention_decode_warps", [&] { tc::attention_decode_warps<float>(out, q, k, v, {}, ws); });
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+}
+template <class Check>
+void for_each_launcher_on(tinyllm::tensor_view<bfloat16, 4> out, tinyllm::tensor_view<const bfloat16, 4> q,
+                          tinyllm::tensor_view<const bfloat16, 4> k, tinyllm::tensor_view<const bfloat16, 4> v,
+                          Check&& check) {
+    check("attention_mma", [&] { tc::attention_mma<bfloat16>(out, q, k, v); });
+    check("attention_flash2", [&] { tc::attention_flash2<bfloat16>(out, q, k, v); });
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace
+
+TEST_CASE("attention launchers refuse an out over q, k or v, scores or lse over another tensor, a stride-0 out",
+          "[cuda][attention][error]") {
+    const shape s{1, 4, 4, 2, 2, 64};  // Tq = Tk, Hq = Hkv: out, q, k and v share a shape
+    const extents<4> x{s.B, s.Tq, s.Hq, s.D}, score_shape{s.B, s.Hq, s.Tq, s.Tk};
+    problem<float> p(s, variants[0], 62000);
+    tc::device_buffer<float> scores(static_cast<std::size_t>(score_shape.product()));
+    const auto refused = [&](tinyllm::tensor_view<float, 4> out, const std::string& message) {
+        for_each_launcher_on(out, p.qv(), p.kv(), p.vv(), scores.view(score_shape),
+                             [&](const char* launcher, auto&& call) {
+                                 INFO(launcher);
+                                 CHECK_THROWS_WITH(call(), contains(std::string(launcher) + ": " + message));
+                             });
+    };
+    refused(tinyllm::tensor_view<float, 4>(p.dk.data(), x), "out must not share memory with k");
+    refused(tinyllm::tensor_view<float, 4>(p.dv.data() + 64, x), "out must not share memory with v");
+    refused(tinyllm::tensor_view<float, 4>(p.dq.data(), x), "out must not share memory with q");
+    refused(tinyllm::tensor_view<float, 4>(p.dout.data(), x, {0, 0, 64, 1}),
+            "out has shape (1, 4, 2, 64) and strides (0, 0, 64, 1), so two of its elements share an address");
+    const tinyllm::tensor_view<float, 4> scores_over_k(p.dk.data() + 8, score_shape);
+    CHECK_THROWS_WITH(tc::attention_naive<float>(p.out(), p.qv(), p.kv(), p.vv(), scores_over_k),
+                      contains("attention_naive: scores must not share memory with k"));
+    CHECK_THROWS_WITH(tc::attention_tiled<float>(p.out(), p.qv(), p.kv(), p.vv(), scores_over_k),
+                      contains("attention_tiled: scores must not share memory with k"));
+    CHECK_THROWS_WITH(tc::attention_naive<float>(p.out(), p.qv(), p.kv(), p.vv(),
+                                                 tinyllm::tensor_view<float, 4>(p.dout.data(), score_shape)),
+                      contains("attention_naive: scores must not share memory with out"));
+    CHECK_THROWS_WITH(tc::attention_flash<float>(p.out(), tinyllm::tensor_view<float, 3>(p.dout.data() + 4, {1, 2, 4}),
+                                                 p.qv(), p.kv(), p.vv()),
+                      contains("attention_flash: lse must not share memory with out"));
+    problem<bfloat16> h(s, variants[0], 62100);
+    for_each_launcher_on(tinyllm::tensor_view<bfloat16, 4>(h.dv.data(), x), h.qv(), h.kv(), h.vv(),
+                         [&](const char* launcher, auto&& call) {
+                             INFO(launcher);
+                             CHECK_THROWS_WITH(call(),
+                                               contains(std::string(launcher) + ": out must not share memory with v"));
+                         });
+
+    // Allowed: q, k, v and out as the heads of one fused (B, T, 4 H, D) buffer, interleaved, never overlapping.
+    const index_t n = x.product(), width = 4 * s.Hq * s.D;
+    tc::device_buffer<float> fused(static_cast<std::size_t>(4 * n));
+    for (index_t t = 0; t < s.Tq; ++t)
+        for (int which = 0; which < 3; ++which) {
+            const std::vector<float>& from = which == 0 ? p.q : which == 1 ? p.k : p.v;
+            TINYLLM_CUDA_CHECK(cudaMemcpy(fused.data() + t * width + which * s.Hq * s.D, from.data() + t * s.Hq * s.D,
+                                          sizeof(float) * static_cast<std::size_t>(s.Hq * s.D),
+                                          cudaMemcpyHostToDevice));
+        }
+    const extents<4> fused_strides{s.Tq * width, width, s.D, 1};
+    const auto head = [&](int which) {
+        return tinyllm::tensor_view<float, 4>(fused.data() + which * s.Hq * s.D, x, fused_strides);
+    };
+    for_each_launcher_on(
+        head(3), head(0), head(1), head(2), scores.view(score_shape), [&](const char* launcher, auto&& call) {
+            INFO(launcher);
+            call();
+            TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+            const std::vector<float> all = tc::to_host(fused);
+            std::vector<float> got;
+            for (index_t t = 0; t < s.Tq; ++t)
+                got.insert(got.end(), all.begin() + t * width + 3 * s.Hq * s.D, all.begin() + (t + 1) * width);
+            TINYLLM_REQUIRE_CLOSE(got, p.want_o, float_tol, std::string(launcher) + " O, fused");
+        });
+}
+
 TEST_CASE("attention decode computes its grids and sizes in 64 bits", "[cuda][attention][error]") {
     // Views with huge extents over one element (every stride 0 but the head dim's): the launchers
-    // must reject them on the host, before allocating a workspace or launching anything.
-    tc::device_buffer<float> one(1);
+    // must reject them on the host, before allocating a workspace or launching anything. The
+    // output needs an address per element apart from the inputs: a packed view that starts
+    // right after that element (its span is never touched).
+    tc::device_buffer<float> one(2);
     const auto view = [&](index_t B, index_t T, index_t H) {
         return tinyllm::tensor_view<float, 4>(one.data(), {B, T, H, 1}, {0, 0, 0, 1});
+    };
+    const auto out_for = [&](const tinyllm::tensor_view<float, 4>& q) {
+        return tinyllm::tensor_view<float, 4>(one.data() + 1, q.shape());
     };
     tc::attention_workspace ws;
 
     // B * Hq * Tq = 65535 * 65535 query rows: more blocks than the combine kernel's grid can have.
     {
         const auto q = view(65535, 1, 65535), kv = view(65535, 1, 65535);
-        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, kv, kv, {}, ws),
+        CHECK_THROWS_WITH(tc::attention_decode<float>(out_for(q), q, kv, kv, {}, ws),
                           contains("attention_decode: B * Hq * Tq = 4294836225 query rows") &&
                               contains("grid limits (2147483647, 65535, 65535)"));
         CHECK(ws.size() == 0);  // nothing was allocated
@@ -524,16 +620,16 @@ TEST_CASE("attention decode computes its grids and sizes in 64 bits", "[cuda][at
     // Hq/Hkv * Tq = 2 * 2^30 = 2^31 rows per KV head: an int product would wrap to a negative number.
     {
         const auto q = view(1, index_t{1} << 30, 2), kv = view(1, 1, 1);
-        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, kv, kv, {}, ws),
+        CHECK_THROWS_WITH(tc::attention_decode<float>(out_for(q), q, kv, kv, {}, ws),
                           contains("Hq/Hkv * Tq = 2 * 1073741824 = 2147483648 query rows share each KV head"));
         CHECK(ws.size() == 0);
     }
     // B = 2^32 + 1 does not fit the kernels' int coordinates (it would be truncated to 1).
     {
         const auto q = view((index_t{1} << 32) + 1, 1, 1);
-        CHECK_THROWS_WITH(tc::attention_decode<float>(q, q, q, q, {}, ws),
+        CHECK_THROWS_WITH(tc::attention_decode<float>(out_for(q), q, q, q, {}, ws),
                           contains("attention_decode: B = 4294967297") && contains("must be below 2^31"));
-        CHECK_THROWS_WITH(tc::attention_flash<float>(q, q, q, q),
+        CHECK_THROWS_WITH(tc::attention_flash<float>(out_for(q), q, q, q),
                           contains("attention_flash: B = 4294967297") && contains("must be below 2^31"));
         CHECK(ws.size() == 0);
     }

@@ -486,6 +486,81 @@ TEST_CASE("attention backward launchers reject bad arguments", "[cuda][attention
                       contains("attention_backward_flash supports head dims up to 256, got 300"));
 }
 
+TEST_CASE("attention backward launchers refuse gradients over an input or over each other",
+          "[cuda][attention][backward][error]") {
+    const shape s{1, 4, 4, 2, 2, 64};  // Tq = Tk, Hq = Hkv: every gradient has the shape of every input
+    problem<float> p(s, variants[0], 9200);
+    const extents<4> x = p.q_shape(), score_shape{s.B, s.Hq, s.Tq, s.Tk};
+    tc::device_buffer<float> scores(static_cast<std::size_t>(score_shape.product()));
+    p.forward_flash();
+    const auto at = [](tc::device_buffer<float>& b, index_t offset, const extents<4>& shape) {
+        return tensor_view<float, 4>(b.data() + offset, shape);
+    };
+    // Each launcher: (dq, dk, dv) -> throws with `message` under its name.
+    const auto refused = [&](tensor_view<float, 4> dq, tensor_view<float, 4> dk, tensor_view<float, 4> dv,
+                             const std::string& message) {
+        CHECK_THROWS_WITH(tc::attention_backward_naive<float>(dq, dk, dv, p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                              scores.view(score_shape)),
+                          contains("attention_backward_naive: " + message));
+        CHECK_THROWS_WITH(
+            tc::attention_backward_flash<float>(dq, dk, dv, p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(), p.lsev()),
+            contains("attention_backward_flash: " + message));
+    };
+    refused(at(p.d_q, 0, x), p.dkv(), p.dvv(), "dq must not share memory with q");
+    refused(p.dqv(), at(p.d_k, 0, x), p.dvv(), "dk must not share memory with k");
+    refused(p.dqv(), p.dkv(), at(p.d_v, 64, x), "dv must not share memory with v");
+    refused(p.dqv(), p.dkv(), at(p.d_dout, 64, x), "dv must not share memory with dout");
+    refused(at(p.d_dk, 64, x), p.dkv(), p.dvv(), "dq must not share memory with dk");
+    refused(p.dqv(), tensor_view<float, 4>(p.d_dk.data(), x, {0, 0, 64, 1}), p.dvv(),
+            "dk has shape (1, 4, 2, 64) and strides (0, 0, 64, 1), so two of its elements share an address");
+    CHECK_THROWS_WITH(tc::attention_backward_naive<float>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                          at(p.d_dv, 0, score_shape)),
+                      contains("attention_backward_naive: dv must not share memory with scores"));
+    CHECK_THROWS_WITH(tc::attention_backward_naive<float>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                          at(p.d_k, 0, score_shape)),
+                      contains("attention_backward_naive: scores must not share memory with k"));
+    CHECK_THROWS_WITH(tc::attention_backward_flash<float>(at(p.d_out, 0, x), p.dkv(), p.dvv(), p.doutv(), p.qv(),
+                                                          p.kv(), p.vv(), p.outv(), p.lsev()),
+                      contains("attention_backward_flash: dq must not share memory with out"));
+    CHECK_THROWS_WITH(
+        tc::attention_backward_flash<float>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(),
+                                            tensor_view<const float, 3>(p.d_dk.data() + 8, {1, 2, 4})),
+        contains("attention_backward_flash: dk must not share memory with lse"));
+    problem<bfloat16> h(s, variants[0], 9300);
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(h.dqv(), h.dkv(), tensor_view<bfloat16, 4>(h.d_v.data(), x),
+                                                           h.doutv(), h.qv(), h.kv(), h.vv(), h.outv(), h.lsev()),
+                      contains("attention_backward_mma: dv must not share memory with v"));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // Allowed: dq, dk and dv as the heads of one fused (B, T, 3 H, D) buffer (the model's layout).
+    const index_t width = 3 * s.Hq * s.D;
+    tc::device_buffer<float> fused(static_cast<std::size_t>(s.Tq * width));
+    const extents<4> fused_strides{s.Tq * width, width, s.D, 1};
+    const auto head = [&](int which) {
+        return tensor_view<float, 4>(fused.data() + which * s.Hq * s.D, x, fused_strides);
+    };
+    const auto check_heads = [&](const std::string& version) {
+        TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<float> all = tc::to_host(fused);
+        for (int which = 0; which < 3; ++which) {
+            std::vector<double> got;
+            for (index_t t = 0; t < s.Tq; ++t)
+                for (index_t e = 0; e < s.Hq * s.D; ++e)
+                    got.push_back(all[static_cast<std::size_t>(t * width + which * s.Hq * s.D + e)]);
+            const std::vector<double>& want = which == 0 ? p.want_dq : which == 1 ? p.want_dk : p.want_dv;
+            TINYLLM_REQUIRE_CLOSE(got, want, float_tol, version + " fused d" + "qkv"[which]);
+        }
+    };
+    fused.poison();
+    tc::attention_backward_naive<float>(head(0), head(1), head(2), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                        scores.view(score_shape));
+    check_heads("v1 naive");
+    fused.poison();
+    tc::attention_backward_flash<float>(head(0), head(1), head(2), p.doutv(), p.qv(), p.kv(), p.vv(), p.outv(),
+                                        p.lsev());
+    check_heads("v2 flash");
+}
+
 // ---- v3 mma (tensor cores, bfloat16/float16) -------------------------------------------
 
 namespace {
@@ -626,8 +701,8 @@ TEST_CASE("attention backward v3 mma rejects what it does not support", "[cuda][
     CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
                                                            p.outv(), wrong_lse.view(extents<3>{1, 3, 4}), opts),
                       contains("attention_backward_mma: lse has shape (1, 3, 4) but (1, 4, 3) is required"));
-    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dvv(), p.dvv(), p.doutv(), p.qv(), p.kv(),
-                                                           p.vv(), p.kv(), p.lsev(), opts),
+    CHECK_THROWS_WITH(tc::attention_backward_mma<bfloat16>(p.dqv(), p.dkv(), p.dvv(), p.doutv(), p.qv(), p.kv(), p.vv(),
+                                                           p.kv(), p.lsev(), opts),
                       contains("attention_backward_mma: out has shape (1, 5, 2, 64) but must have the shape of q"));
     attention_options w;
     w.window = 3;  // without causal

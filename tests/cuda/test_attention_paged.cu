@@ -376,6 +376,45 @@ TEST_CASE("attention_paged over a kv_block_pool with forked, copied-on-write blo
     TINYLLM_REQUIRE_CLOSE(tc::to_host(dout), want, float_tol, "paged over kv_block_pool O, no workspace");
 }
 
+TEST_CASE("attention_paged refuses an out over what it reads or with a stride of 0",
+          "[cuda][attention][paged][error]") {
+    tc::attention_workspace ws;
+    paged_problem<float> p({{9, 13}, 4, 4, 4, 16, 2}, variants[0], 5100);  // Hq = Hkv: q's rows are the pool's
+    const auto run = [&](tensor_view<float, 4> out) {
+        tc::attention_paged<float>(out, p.qv(), p.kv(), p.vv(), p.tv(), p.lv(), {}, ws);
+    };
+    const extents<4> qs = p.qv().shape();
+    CHECK_THROWS_WITH(run(tensor_view<float, 4>(p.dq.data(), qs)),
+                      contains("attention_paged: out must not share memory with q"));
+    CHECK_THROWS_WITH(run(tensor_view<float, 4>(p.dk.data() + 16, qs)),
+                      contains("attention_paged: out must not share memory with keys"));
+    CHECK_THROWS_WITH(run(tensor_view<float, 4>(p.dv.data(), qs)),
+                      contains("attention_paged: out must not share memory with values"));
+    CHECK_THROWS_WITH(run(tensor_view<float, 4>(reinterpret_cast<float*>(p.dlengths.data()), qs)),
+                      contains("attention_paged: out must not share memory with lengths"));
+    CHECK_THROWS_WITH(run(tensor_view<float, 4>(p.dout.data(), qs, {0, 64, 16, 1})),
+                      contains("attention_paged: out has shape (2, 2, 4, 16) and strides (0, 64, 16, 1), so two of "
+                               "its elements share an address"));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // Allowed: q and out as the heads of one (B, Tq, 2 Hq, D) buffer, interleaved, never overlapping.
+    const index_t width = 2 * p.s.Hq * p.s.D, rows = p.B * p.s.Tq;
+    std::vector<float> both(static_cast<std::size_t>(rows * width), std::numeric_limits<float>::quiet_NaN());
+    for (index_t r = 0; r < rows; ++r)
+        std::copy(p.q.begin() + r * width / 2, p.q.begin() + (r + 1) * width / 2, both.begin() + r * width);
+    auto d_both = tc::to_device(both);
+    const extents<4> strides{p.s.Tq * width, width, p.s.D, 1};
+    tc::attention_paged<float>(tensor_view<float, 4>(d_both.data() + width / 2, qs, strides),
+                               tensor_view<const float, 4>(d_both.data(), qs, strides), p.kv(), p.vv(), p.tv(), p.lv(),
+                               {}, ws);
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto after = tc::to_host(d_both);
+    std::vector<float> got;
+    for (index_t r = 0; r < rows; ++r)
+        got.insert(got.end(), after.begin() + r * width + width / 2, after.begin() + (r + 1) * width);
+    TINYLLM_REQUIRE_CLOSE(got, p.want, float_tol, "paged O beside q in one buffer");
+}
+
 TEST_CASE("attention_paged stays inside memory given bad device values", "[cuda][attention][paged]") {
     // Device values are not checked on the host. A length past the table's capacity is clamped to
     // it; the keys of a table entry outside the pool are skipped. Neither reads outside the pool.

@@ -253,6 +253,57 @@ TEST_CASE("CUDA gating validates its arguments on the host", "[cuda][moe][gating
                       tinyllm_test::contains("n_group = 3 does not divide E = 8"));
 }
 
+TEST_CASE("CUDA gating refuses outputs over the logits, over each other or over its other inputs",
+          "[cuda][moe][gating][errors]") {
+    using tinyllm_test::contains;
+    using ids_view = tinyllm::tensor_view<std::int32_t, 2>;
+    using weights_view = tinyllm::tensor_view<float, 2>;
+    tc::device_buffer<float> logits(4 * 8), noise(4 * 8), w(4 * 2), bias(8);
+    tc::device_buffer<std::int32_t> ids(4 * 2);
+    const auto x = logits.view(extents<2>{4, 8});
+    const auto n = noise.view(extents<2>{4, 8});
+    const auto b = bias.view(extents<1>{8});
+    const auto I = ids.view(extents<2>{4, 2});
+    const auto W = w.view(extents<2>{4, 2});
+    const weights_view over_logits(logits.data() + 8, {4, 2});
+    CHECK_THROWS_WITH(tc::softmax_topk_gating_naive(I, over_logits, x, true),
+                      contains("softmax_topk_gating_naive: weights must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::softmax_topk_gating_fused(I, over_logits, x, true),
+                      contains("softmax_topk_gating_fused: weights must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::softmax_topk_gating(I, over_logits, x, true),
+                      contains("softmax_topk_gating: weights must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::softmax_topk_gating(ids_view(reinterpret_cast<std::int32_t*>(w.data()), {4, 2}), W, x, true),
+                      contains("softmax_topk_gating: ids must not share memory with weights"));
+    CHECK_THROWS_WITH(
+        tc::softmax_topk_gating(ids_view(reinterpret_cast<std::int32_t*>(logits.data()), {4, 2}), W, x, true),
+        contains("softmax_topk_gating: ids must not share memory with logits"));
+    CHECK_THROWS_WITH(tc::noisy_topk_gating(I, weights_view(noise.data() + 4, {4, 2}), x, n, 7),
+                      contains("noisy_topk_gating: weights must not share memory with noise_logits"));
+    CHECK_THROWS_WITH(tc::grouped_topk_gating(ids_view(reinterpret_cast<std::int32_t*>(bias.data()), {4, 2}), W, x, b,
+                                              tinyllm::grouped_topk_options{}),
+                      contains("grouped_topk_gating: ids must not share memory with bias"));
+    // The backward: dlogits exactly the logits, or apart from them and from dweights.
+    const std::vector<float> host_logits = tinyllm_test::random_floats(4 * 8, 77, -2, 2);
+    const std::vector<float> host_dweights = tinyllm_test::random_floats(4 * 2, 78, -1, 1);
+    tc::device_buffer<float> big(4 * 8 + 8), dweights(4 * 2), dlogits(4 * 8);
+    const tinyllm::tensor_view<const float, 2> L(big.data(), {4, 8}), G = dweights.view(extents<2>{4, 2});
+    CHECK_THROWS_WITH(tc::softmax_topk_gating_backward(weights_view(big.data() + 8, {4, 8}), G, L, true),
+                      contains("cuda::softmax_topk_gating_backward: dlogits must be exactly logits (in place) or not "
+                               "share memory with it"));
+    CHECK_THROWS_WITH(
+        tc::softmax_topk_gating_backward(weights_view(dweights.data(), {4, 8}), G, logits.view(extents<2>{4, 8}), true),
+        contains("cuda::softmax_topk_gating_backward: dlogits must not share memory with dweights"));
+    TINYLLM_CUDA_CHECK(
+        cudaMemcpy(big.data(), host_logits.data(), sizeof(float) * host_logits.size(), cudaMemcpyHostToDevice));
+    TINYLLM_CUDA_CHECK(cudaMemcpy(dweights.data(), host_dweights.data(), sizeof(float) * host_dweights.size(),
+                                  cudaMemcpyHostToDevice));
+    tc::softmax_topk_gating_backward(dlogits.view(extents<2>{4, 8}), G, L, true);
+    tc::softmax_topk_gating_backward(weights_view(big.data(), {4, 8}), G, L, true);  // in place over the logits
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> apart = tc::to_host(dlogits), in_place = tc::to_host(big);
+    CHECK(std::vector<float>(in_place.begin(), in_place.begin() + 4 * 8) == apart);
+}
+
 namespace {
 
 struct plan_device {
@@ -685,6 +736,62 @@ TEST_CASE("CUDA combine v2 rejects bad arguments before launching", "[cuda][moe]
     CHECK_THROWS_WITH(tc::moe_combine_residual_layer_norm<float>(O, X, Y, W, p.view(), G,
                                                                  tinyllm::tensor_view<const float, 1>(g.data(), {D - 1}), 1e-5f),
                       tinyllm_test::contains("bias has 15 elements"));
+}
+
+TEST_CASE("CUDA combine v2 refuses out or x over its inputs or partly over each other; out may be x",
+          "[cuda][moe][dispatch][combine][errors]") {
+    using tinyllm_test::contains;
+    using rows_view = tinyllm::tensor_view<float, 2>;
+    const index_t tokens = 3, k = 2, E = 4, D = 16, R = tinyllm::moe_max_rows(tokens, k, E, 1);
+    const auto ids = routed_ids(tokens, E, k, 0.0f, 1700);
+    auto d_ids = tc::to_device(ids);
+    tinyllm::moe_dispatch_options o;
+    o.block = 1;
+    tc::moe_dispatch_workspace plan_ws(tokens * k, E);
+    plan_device p(tokens, k, E, 1);
+    tc::moe_plan(p.view(), d_ids.view(extents<2>{tokens, k}), o, plan_ws);
+    auto y = tc::to_device(tinyllm_test::random_floats(R * D, 1701, -2, 2));
+    auto w = tc::to_device(tinyllm_test::random_floats(tokens * k, 1702, 0, 1));
+    auto g = tc::to_device(tinyllm_test::random_floats(D, 1703, 0.5f, 1.5f));
+    const auto x_host = tinyllm_test::random_floats(tokens * D, 1704, -2, 2);
+    tc::device_buffer<float> x(2 * tokens * D), out(tokens * D);
+    const rows_view X(x.data(), {tokens, D}), O = out.view(extents<2>{tokens, D});
+    const auto Y = tinyllm::tensor_view<const float, 2>(y.data(), {R, D});
+    const auto W = tinyllm::tensor_view<const float, 2>(w.data(), {tokens, k});
+    const auto G = tinyllm::tensor_view<const float, 1>(g.data(), {D});
+    const auto run = [&](rows_view out_, rows_view x_, tinyllm::tensor_view<const float, 2> w_,
+                         tinyllm::tensor_view<const float, 1> g_) {
+        tc::moe_combine_residual_rms_norm<float>(out_, x_, Y, w_, p.view(), g_, 1e-5f);
+    };
+    CHECK_THROWS_WITH(run(rows_view(y.data() + D, {tokens, D}), X, W, G),
+                      contains("cuda::moe_combine_residual_rms_norm: out must not share memory with expert_out"));
+    CHECK_THROWS_WITH(run(O, rows_view(y.data(), {tokens, D}), W, G),
+                      contains("cuda::moe_combine_residual_rms_norm: x must not share memory with expert_out"));
+    CHECK_THROWS_WITH(run(rows_view(x.data() + 1, {tokens, D}), X, W, G),
+                      contains("cuda::moe_combine_residual_rms_norm: out must be exactly x (in place) or not share "
+                               "memory with it"));
+    CHECK_THROWS_WITH(run(O, X, tinyllm::tensor_view<const float, 2>(out.data() + 4, {tokens, k}), G),
+                      contains("cuda::moe_combine_residual_rms_norm: out must not share memory with weights"));
+    CHECK_THROWS_WITH(run(O, X, W, tinyllm::tensor_view<const float, 1>(x.data() + D, {D})),
+                      contains("cuda::moe_combine_residual_rms_norm: x must not share memory with weight"));
+    CHECK_THROWS_WITH(tc::moe_combine_residual_layer_norm<float>(
+                          O, X, Y, W, p.view(), G, tinyllm::tensor_view<const float, 1>(out.data(), {D}), 1e-5f),
+                      contains("cuda::moe_combine_residual_layer_norm: out must not share memory with bias"));
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+
+    // Allowed: out exactly x (the stream normalized in place): the same numbers as into a separate out.
+    const auto upload_x = [&] {
+        TINYLLM_CUDA_CHECK(cudaMemcpy(x.data(), x_host.data(), sizeof(float) * x_host.size(), cudaMemcpyHostToDevice));
+    };
+    upload_x();
+    run(O, X, W, G);
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> apart = tc::to_host(out);
+    upload_x();
+    run(X, X, W, G);
+    TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> all = tc::to_host(x);
+    CHECK(std::vector<float>(all.begin(), all.begin() + tokens * D) == apart);
 }
 
 TEST_CASE("CUDA experts as grouped GEMVs reject what they do not take", "[cuda][moe][dispatch][experts][gemv]") {

@@ -94,8 +94,26 @@ struct attention_backward_args {
     strided_rows<T> dk, dv;           // (B, Tk, Hkv, D)  likewise
 };
 
+// A wanted gradient (dq, dk or dv) of `op` against a tensor its kernels read:
+// apart (the heads of one fused buffer are: overlaps() sets them apart).
+template <class T, class X>
+void expect_gradient_apart(std::string_view op, std::string_view name, const tensor_view<T, 4>& grad,
+                           std::string_view in_name, const X& in) {
+    if (grad.data() == nullptr || in.data() == nullptr) return;
+    tinyllm::detail::expect_apart(op, name, grad, in_name, in);
+}
+template <class T, class X>
+void expect_gradients_apart(std::string_view op, const tensor_view<T, 4>& dq, const tensor_view<T, 4>& dk,
+                            const tensor_view<T, 4>& dv, std::string_view in_name, const X& in) {
+    expect_gradient_apart(op, "dq", dq, in_name, in);
+    expect_gradient_apart(op, "dk", dk, in_name, in);
+    expect_gradient_apart(op, "dv", dv, in_name, in);
+}
+
 // The CPU reference's checks, then what the kernels need (contiguous head dims,
-// device memory for the options, int-sized dimensions).
+// device memory for the options, int-sized dimensions, and gradients apart from
+// every input: the kernels read q, k, v and dout after some gradient is
+// written, where the CPU versions read everything first).
 template <class T>
 attention_backward_args<T> make_attention_backward_args(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor_view<T, 4> dv,
                                                         tensor_view<const T, 4> dout, tensor_view<const T, 4> q,
@@ -109,6 +127,12 @@ attention_backward_args<T> make_attention_backward_args(tensor_view<T, 4> dq, te
     TINYLLM_EXPECT(contiguous(dout) && contiguous(dq) && contiguous(dk) && contiguous(dv), op,
                    ": the head dim (last) of dout, dq, dk and dv must be contiguous (stride 1); strides are dout ",
                    dout.stride(3), ", dq ", dq.stride(3), ", dk ", dk.stride(3), ", dv ", dv.stride(3));
+    expect_gradients_apart(op, dq, dk, dv, "q", q);
+    expect_gradients_apart(op, dq, dk, dv, "k", k);
+    expect_gradients_apart(op, dq, dk, dv, "v", v);
+    expect_gradients_apart(op, dq, dk, dv, "dout", dout);
+    expect_gradients_apart(op, dq, dk, dv, "alibi_slopes", opts.alibi_slopes);
+    expect_gradients_apart(op, dq, dk, dv, "key_lengths", opts.key_lengths);
     g.dout = rows_of(dout);
     g.dq = rows_of(dq);
     g.dk = rows_of(dk);
@@ -463,6 +487,9 @@ void attention_backward_naive(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
     const auto& a = g.a;
     expect_shape(scores, extents<4>{a.B, a.Hq, a.Tq, a.Tk}, "attention_backward_naive: scores");
     TINYLLM_EXPECT(scores.is_contiguous(), op, ": scores must be contiguous");
+    detail::expect_gradients_apart(op, dq, dk, dv, "scores", scores);
+    tinyllm::detail::check_attention_side_output(op, "scores", scores, tensor_view<T, 4>{}, q, k, v, opts);
+    tinyllm::detail::expect_apart(op, "scores", scores, "dout", dout);
     const bool want_dq = dq.data() != nullptr, want_dk = dk.data() != nullptr, want_dv = dv.data() != nullptr;
     const int threads = 256;
     const auto blocks = [&](index_t n) { return detail::blocks_for(n, threads); };
@@ -518,6 +545,8 @@ void attention_backward_flash(tensor_view<T, 4> dq, tensor_view<T, 4> dk, tensor
                      " (B, Tq, Hq, D)");
     TINYLLM_EXPECT(out.stride(3) == 1, op, ": the head dim (last) of out must be contiguous (stride 1), not ", out.stride(3));
     expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_backward_flash: lse");
+    detail::expect_gradients_apart(op, dq, dk, dv, "out", out);
+    detail::expect_gradients_apart(op, dq, dk, dv, "lse", lse);
     g.out = detail::rows_of(out);
     const bool want_dq = dq.data() != nullptr, want_kv = dk.data() != nullptr || dv.data() != nullptr;
     const index_t rows = static_cast<index_t>(a.B) * a.Hq * a.Tq;

@@ -447,6 +447,8 @@ void attention_backward_mma(tensor_view<T, 4> dq,                               
     TINYLLM_EXPECT(out.stride(3) == 1, op, ": the head dim (last) of out must be contiguous (stride 1), not ",
                    out.stride(3));
     expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_backward_mma: lse");
+    detail::expect_gradients_apart(op, dq, dk, dv, "out", out);
+    detail::expect_gradients_apart(op, dq, dk, dv, "lse", lse);
     // cp.async moves 16 bytes (8 elements) of q, k, v and dout at a time; the
     // gradients are written as pairs (held to the same rule, for one rule).
     const auto check_layout = [&](const auto& x, const char* name) {

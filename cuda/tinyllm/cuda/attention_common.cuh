@@ -110,12 +110,14 @@ inline dim3 checked_grid(index_t x, index_t y, index_t z, std::string_view op, s
 }
 
 // Validate (the CPU reference's checks, plus what every kernel needs) and
-// bundle the arguments. `op` names the caller in messages.
+// bundle the arguments. `op` names the caller in messages. out shares no memory
+// with q either (a kernel reads q in one thread and writes out in another).
 template <class T>
 attention_args<T> make_attention_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, tensor_view<const T, 4> k,
                                       tensor_view<const T, 4> v, const attention_options& opts, std::string_view op) {
     tinyllm::detail::check_attention_shapes(out, q, k, v, op);
     tinyllm::detail::check_attention_options(opts, q, k, op);
+    tinyllm::detail::check_attention_out(out, q, k, v, opts, op, false);
     TINYLLM_EXPECT(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && out.stride(3) == 1, op,
                    ": the head dim (last) of q, k, v and out must be contiguous (stride 1); strides are q ",
                    q.stride(3), ", k ", k.stride(3), ", v ", v.stride(3), ", out ", out.stride(3));

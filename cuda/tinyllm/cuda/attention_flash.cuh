@@ -211,6 +211,7 @@ void attention_flash(tensor_view<T, 4> out, tensor_view<float, 3> lse, std::type
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_flash");
     TINYLLM_EXPECT(a.D <= 256, "attention_flash supports head dims up to 256, got ", a.D);
     if (lse.data() != nullptr) expect_shape(lse, extents<3>{q.extent(0), q.extent(2), q.extent(1)}, "attention_flash: lse");
+    tinyllm::detail::check_attention_side_output("attention_flash", "lse", lse, out, q, k, v, opts);
     if (out.size() == 0) return;
     const dim3 grid = detail::checked_grid(ceil_div<index_t>(a.Tq, ROWS), a.Hq, a.B, "attention_flash",
                                            "the query tiles (Tq / 16, Hq, B)");

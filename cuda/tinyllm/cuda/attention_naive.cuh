@@ -107,6 +107,7 @@ void attention_naive(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_naive");
     expect_shape(scores, extents<4>{a.B, a.Hq, a.Tq, a.Tk}, "attention_naive: scores");
     TINYLLM_EXPECT(scores.is_contiguous(), "attention_naive: scores must be contiguous");
+    tinyllm::detail::check_attention_side_output("attention_naive", "scores", scores, out, q, k, v, opts);
     if (out.size() == 0) return;
     const int threads = 256;
     const index_t n_scores = scores.size();

@@ -275,6 +275,14 @@ paged_args<T> make_paged_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, 
     const index_t rows_per_head = (Hq / Hkv) * Tq;
     TINYLLM_EXPECT(rows_per_head <= decode_rows, op, ": Hq/Hkv * Tq = ", Hq / Hkv, " * ", Tq, " = ", rows_per_head,
                    " query rows share each KV head; at most ", decode_rows, " are supported (a grid block holds them)");
+    // out: an address per element, apart from everything the kernels read.
+    tinyllm::detail::expect_distinct_elements(op, "out", out);
+    tinyllm::detail::expect_apart(op, "out", out, "q", q);
+    tinyllm::detail::expect_apart(op, "out", out, "keys", keys);
+    tinyllm::detail::expect_apart(op, "out", out, "values", values);
+    tinyllm::detail::expect_apart(op, "out", out, "block_tables", block_tables);
+    tinyllm::detail::expect_apart(op, "out", out, "lengths", lengths);
+    tinyllm::detail::expect_apart_from_options(op, "out", out, opts);
     if (tinyllm::detail::has_view(opts.alibi_slopes))
         TINYLLM_EXPECT(opts.alibi_slopes.stride(0) == 1, op, ": alibi_slopes must be contiguous");
     expect_device_option(opts.alibi_slopes, "alibi_slopes", op);

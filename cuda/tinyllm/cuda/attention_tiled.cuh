@@ -128,6 +128,7 @@ void attention_tiled(tensor_view<T, 4> out, std::type_identity_t<tensor_view<con
     auto a = detail::make_attention_args<T>(out, q, k, v, opts, "attention_tiled");
     expect_shape(scores, extents<4>{a.B, a.Hq, a.Tq, a.Tk}, "attention_tiled: scores");
     TINYLLM_EXPECT(scores.is_contiguous(), "attention_tiled: scores must be contiguous");
+    tinyllm::detail::check_attention_side_output("attention_tiled", "scores", scores, out, q, k, v, opts);
     if (out.size() == 0) return;
     constexpr int TILE = detail::tiled_tile;
     const dim3 threads(TILE, TILE);

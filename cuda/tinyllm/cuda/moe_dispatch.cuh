@@ -502,6 +502,23 @@ void launch_moe_combine_residual_norm(std::string_view op, tensor_view<T, 2> out
                    op, ": out, x, expert_out and weights must be contiguous");
     TINYLLM_EXPECT(weight.size() <= 1 || weight.stride(0) == 1, op, ": weight must be contiguous");
     TINYLLM_EXPECT(bias.size() <= 1 || bias.stride(0) == 1, op, ": bias must be contiguous");
+    // x is written (the residual add) and out too: each apart from what the kernel
+    // reads of other tokens (expert_out, weights, the plan, the norm's parameters).
+    // out may be exactly x: each element of a row is read and then written by the
+    // thread that stored it, after the row's sums.
+    namespace td = tinyllm::detail;
+    td::expect_distinct_elements(op, "out", out);
+    td::expect_distinct_elements(op, "x", x);
+    td::expect_in_place_or_apart(op, "out", out, "x", x);
+    const auto apart_from_inputs = [&](std::string_view name, const tensor_view<T, 2>& y) {
+        td::expect_apart(op, name, y, "expert_out", expert_out);
+        td::expect_apart(op, name, y, "weights", weights);
+        td::expect_apart(op, name, y, "plan.row_of", plan.row_of);
+        td::expect_apart(op, name, y, "weight", weight);
+        td::expect_apart(op, name, y, "bias", bias);
+    };
+    apart_from_inputs("out", out);
+    apart_from_inputs("x", x);
     if (tokens == 0) return;
     const T* w = weight.size() ? weight.data() : nullptr;
     const T* b = bias.size() ? bias.data() : nullptr;
@@ -525,7 +542,9 @@ void launch_moe_combine_residual_norm(std::string_view op, tensor_view<T, 2> out
 // in one launch — what a decoder layer does with its MoE block's output (the
 // residual add and the next norm), bit for bit moe_combine followed by
 // residual_add_rms_norm (LayerNorm: moe_combine_residual_layer_norm).
-// expert_out, weights and the plan as in moe_combine.
+// expert_out, weights and the plan as in moe_combine. out may be exactly x (the
+// normalized row over the residual); otherwise out and x share no memory with
+// each other or with the inputs.
 //   out (T, D), x (T, D) in place, expert_out (R, D), weights (T, k) float, weight (D)
 template <class T>
 void moe_combine_residual_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> x, tensor_view<const T, 2> expert_out,

@@ -351,6 +351,7 @@ void expect_gating_views(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2>
     TINYLLM_EXPECT(logits.is_contiguous(), op, ": logits must be contiguous; strides ", to_string(logits.strides()));
     TINYLLM_EXPECT(ids.is_contiguous() && weights.is_contiguous(), op, ": ids and weights must be contiguous");
     tinyllm::detail::expect_gating_shapes(ids, weights, logits.extent(0), logits.extent(1), op);
+    tinyllm::detail::expect_gating_outputs(ids, weights, logits, op);
 }
 
 template <class T>
@@ -437,6 +438,7 @@ void noisy_topk(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2> weights,
     expect_gating_views(ids, weights, in, op);
     expect_shape(noise, in.shape(), std::string(op) + ": noise_logits");
     TINYLLM_EXPECT(noise.is_contiguous(), op, ": noise_logits must be contiguous");
+    tinyllm::detail::expect_gating_input_apart(ids, weights, "noise_logits", noise, op);
     auto a = make_gating_args(ids, weights, in);
     a.noise_logits = noise.data();
     a.seed = seed;
@@ -454,6 +456,7 @@ void grouped_topk(tensor_view<std::int32_t, 2> ids, tensor_view<float, 2> weight
     expect_gating_views(ids, weights, in, op);
     expect_shape(bias, extents<1>{in.extent(1)}, std::string(op) + ": bias");
     TINYLLM_EXPECT(bias.is_contiguous(), op, ": bias must be contiguous");
+    tinyllm::detail::expect_gating_input_apart(ids, weights, "bias", bias, op);
     tinyllm::detail::expect_grouped_options(options, in.extent(1), ids.extent(1), op);
     TINYLLM_EXPECT(options.n_group <= 64, op, ": the CUDA kernels handle n_group <= 64; got ", options.n_group);
     auto a = make_gating_args(ids, weights, in);
@@ -599,7 +602,9 @@ __global__ void softmax_topk_gating_backward_kernel(F* dlogits, const F* dweight
 // dweights (T, k), dlogits (T, E) is overwritten with dL/dlogits or, with
 // `accumulate`, added to (an auxiliary loss's gradient already there). float
 // logits; every tensor contiguous, on the device. The formulas of
-// cpu::softmax_topk_gating_backward, in double, rounded once.
+// cpu::softmax_topk_gating_backward, in double, rounded once. dlogits may be
+// exactly logits (a thread reads its token's row before it writes it); it shares
+// no memory with dweights.
 template <class = void>  // compiled only where called (launch.cuh)
 inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits, tensor_view<const float, 2> dweights,
                                          tensor_view<const float, 2> logits, bool renormalize, bool accumulate = false,
@@ -615,6 +620,7 @@ inline void softmax_topk_gating_backward(tensor_view<float, 2> dlogits, tensor_v
     TINYLLM_EXPECT(E <= INT_MAX, op, ": E = ", E, " does not fit int");
     TINYLLM_EXPECT(dlogits.is_contiguous() && dweights.is_contiguous() && logits.is_contiguous(), op,
                    ": every tensor must be contiguous");
+    tinyllm::detail::expect_gating_gradient(dlogits, "dlogits", dweights, logits, "logits", op);
     if (T == 0) return;
     const int threads = 128;
     const index_t blocks = ceil_div<index_t>(T, threads);
