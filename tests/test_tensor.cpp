@@ -283,6 +283,11 @@ TEST_CASE("detail::same_elements and distinct_elements tell in place and self-ov
     CHECK_FALSE(same_elements(a, a.transpose(0, 1)));                                 // same memory, other order
     CHECK_FALSE(same_elements(a, tensor_view<float, 2>(memory.data() + 4, {4, 4})));  // shifted by a row
     CHECK_FALSE(same_elements(a, tensor_view<float, 1>(memory.data(), {16})));        // another rank
+    // One row viewed with two row strides: the same elements.
+    CHECK(same_elements(tensor_view<float, 2>(memory.data(), {1, 4}, {4, 1}),
+                        tensor_view<float, 2>(memory.data(), {1, 4}, {16, 1})));
+    CHECK_FALSE(same_elements(tensor_view<float, 2>(memory.data(), {2, 4}, {4, 1}),
+                              tensor_view<float, 2>(memory.data(), {2, 4}, {8, 1})));
 
     CHECK(distinct_elements(a));
     CHECK(distinct_elements(a.transpose(0, 1)));
