@@ -14,6 +14,7 @@
 using tinyllm::extents;
 using tinyllm::index_t;
 using tinyllm::tensor;
+using tinyllm::tensor_view;
 using tinyllm_test::Approx;
 using tinyllm_test::tolerance;
 
@@ -489,6 +490,31 @@ TEST_CASE("dispatch then combine with identity experts gives x times the kept we
             }
         }
     }
+}
+
+TEST_CASE("gather, experts and combine refuse an out over their inputs", "[moe][dispatch][errors]") {
+    const index_t T = 6, E = 4, k = 2, D = 8, F = 4;
+    const auto logits = matrix(T, E, tinyllm_test::random_floats(T * E, 20, -2, 2));
+    const auto g = softmax_topk(logits, k, false);
+    tinyllm::cpu::moe_plan_buffers plan(T, k, E, 1);
+    tinyllm::cpu::moe_plan(plan.view(), g.ids.view(), {});
+    const index_t R = plan.rows();
+    // x and a sorted buffer in one allocation: x = rows 0..T-1, sorted = the rows after.
+    tensor<float, 2> memory(extents<2>{T + R, D}, 0.5f);
+    const tensor_view<float, 2> x(memory.data(), {T, D}), sorted(memory.data() + T * D, {R, D});
+    const tensor_view<float, 2> over_x(memory.data() + D, {R, D});  // starts at x's second row
+    CHECK_THROWS_WITH(tinyllm::cpu::moe_gather(over_x, x, plan.view()),
+                      Catch::Matchers::Contains("moe_gather: out must not share memory with x"));
+    tinyllm::cpu::moe_gather(sorted, x, plan.view());  // apart: fine
+    tensor<float, 3> w1(extents<3>{E, F, D}, 0.1f), w3(extents<3>{E, F, D}, 0.1f), w2(extents<3>{E, D, F}, 0.1f);
+    CHECK_THROWS_WITH(tinyllm::cpu::moe_experts_swiglu(sorted, sorted, w1.view(), w3.view(), w2.view(), plan.view()),
+                      Catch::Matchers::Contains("moe_experts_swiglu: out must not share memory with in"));
+    const tensor_view<float, 2> over_sorted(memory.data() + (T + 1) * D, {T, D});
+    CHECK_THROWS_WITH(tinyllm::cpu::moe_combine(over_sorted, sorted, g.weights.view(), plan.view()),
+                      Catch::Matchers::Contains("moe_combine: out must not share memory with expert_out"));
+    CHECK_THROWS_WITH(tinyllm::cpu::moe_combine(tensor_view<float, 2>(memory.data(), {T, D}, {0, 1}), sorted,
+                                                g.weights.view(), plan.view()),
+                      Catch::Matchers::Contains("two of its elements share an address"));
 }
 
 TEST_CASE("a Mixtral-style MoE block equals routing each token by hand", "[moe][experts]") {

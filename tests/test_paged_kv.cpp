@@ -313,6 +313,20 @@ TEST_CASE("cpu::attention_paged equals cpu::attention over the same keys and val
         CHECK_THROWS_WITH(cpu::attention_paged(out.view(), q.view(), empty_blocks.view(), empty_blocks.view(),
                                                tables.view(), lens.view()),
                           contains("the blocks hold 0 positions each"));
+        // out over the pool's keys, or shifted over q, is refused; exactly q (in place) is computed.
+        const tinyllm::tensor_view<float, 4> over_keys(pool_k.data(), q.shape());
+        CHECK_THROWS_WITH(
+            cpu::attention_paged(over_keys, q.view(), pool_k.view(), pool_v.view(), tables.view(), lens.view()),
+            contains("attention_paged: out must not share memory with k"));
+        tensor<float, 4> q2({2 * B, 1, Hq, D}, 0.25f);
+        const tinyllm::tensor_view<const float, 4> qa(q2.data(), q.shape());
+        const tinyllm::tensor_view<float, 4> shifted(q2.data() + D, q.shape());
+        CHECK_THROWS_WITH(cpu::attention_paged(shifted, qa, pool_k.view(), pool_v.view(), tables.view(), lens.view()),
+                          contains("attention_paged: out must be exactly q (in place)"));
+        cpu::attention_paged(out.view(), qa, pool_k.view(), pool_v.view(), tables.view(), lens.view());
+        const tinyllm::tensor_view<float, 4> in_place(q2.data(), q.shape());
+        cpu::attention_paged(in_place, qa, pool_k.view(), pool_v.view(), tables.view(), lens.view());
+        for (index_t i = 0; i < out.size(); ++i) REQUIRE(q2.data()[i] == out.data()[i]);
     }
 }
 

@@ -117,6 +117,31 @@ void expect_experts_args(const Out& out, const In& in, const W& w1, const W& w3,
     expect_shape(w2, extents<3>{E, D, F}, op + ": w2");
     expect_shape(plan.expert_offsets, extents<1>{E + 1}, op + ": plan.expert_offsets");
     expect_shape(plan.expert_counts, extents<1>{E}, op + ": plan.expert_counts");
+    // out is written while every row of in and the weights may still be read.
+    expect_distinct_elements(op, "out", out);
+    expect_apart(op, "out", out, "in", in);
+    expect_apart(op, "out", out, "w1", w1);
+    expect_apart(op, "out", out, "w3", w3);
+    expect_apart(op, "out", out, "w2", w2);
+}
+
+// The memory of gather and combine (CPU and CUDA): out is written row by row
+// while rows of its input that other rows take are still to be read, so it is
+// apart from the input, from the weights and from the plan, with an address
+// for each element.
+template <class Out, class In>
+void expect_gather_memory(const char* op, const Out& out, const In& in, const moe_plan_view& plan) {
+    expect_distinct_elements(op, "out", out);
+    expect_apart(op, "out", out, "x", in);
+    expect_apart(op, "out", out, "plan.row_token", plan.row_token);
+}
+template <class Out, class In, class W>
+void expect_combine_memory(const char* op, const Out& out, const In& expert_out, const W& weights,
+                           const moe_plan_view& plan) {
+    expect_distinct_elements(op, "out", out);
+    expect_apart(op, "out", out, "expert_out", expert_out);
+    expect_apart(op, "out", out, "weights", weights);
+    expect_apart(op, "out", out, "plan.row_of", plan.row_of);
 }
 
 }  // namespace detail
@@ -167,6 +192,7 @@ inline void moe_gather(tensor_view<float, 2> out, tensor_view<const float, 2> x,
     TINYLLM_EXPECT(plan.row_token.extent(0) == R, "moe_gather: out has ", R, " rows but plan.row_token has ",
                    plan.row_token.extent(0));
     TINYLLM_EXPECT(x.extent(1) == D, "moe_gather: x has width ", x.extent(1), " but out has width ", D);
+    tinyllm::detail::expect_gather_memory("moe_gather", out, x, plan);
     for (index_t r = 0; r < R; ++r) {
         const std::int32_t t = plan.row_token(r);
         TINYLLM_EXPECT(t < x.extent(0), "moe_gather: plan.row_token(", r, ") = ", t, " but x has ", x.extent(0), " tokens");
@@ -224,6 +250,7 @@ inline void moe_combine(tensor_view<float, 2> out, tensor_view<const float, 2> e
     expect_shape(plan.row_of, extents<2>{T, k}, "moe_combine: plan.row_of");
     TINYLLM_EXPECT(expert_out.extent(1) == D, "moe_combine: expert_out has width ", expert_out.extent(1),
                    " but out has width ", D);
+    tinyllm::detail::expect_combine_memory("moe_combine", out, expert_out, weights, plan);
     for (index_t t = 0; t < T; ++t) {
         for (index_t d = 0; d < D; ++d) {
             float sum = 0.0f;

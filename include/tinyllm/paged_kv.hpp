@@ -430,8 +430,14 @@ inline void attention_paged(tensor_view<float, 4> out, tensor_view<const float, 
                    block_tables.extent(0), " block tables and ", lengths.extent(0), " lengths");
     TINYLLM_EXPECT(opts.key_lengths.data() == nullptr, op, ": key_lengths is not taken; the lengths give each "
                    "sequence's keys");
-    // cpu::attention's option checks, on a (B, Tq, Hq, D) query and a stand-in key shape.
+    // cpu::attention's option checks, on a (B, Tq, Hq, D) query and a stand-in key shape,
+    // and its memory rules: out exactly q (each query row is read before its output is
+    // written) or apart from it, and apart from the blocks, the tables and the lengths.
     tinyllm::detail::check_attention_options(opts, q, q, op);
+    tinyllm::detail::check_attention_host_views(opts, 0, op);
+    tinyllm::detail::check_attention_out(out, q, keys, values, opts, op, true);
+    tinyllm::detail::expect_apart(op, "out", out, "block_tables", block_tables);
+    tinyllm::detail::expect_apart(op, "out", out, "lengths", lengths);
     for (index_t b = 0; b < B; ++b) {
         const index_t n = lengths(b);
         // n <= max_blocks * bs, without the product (a view's extents may be anything).

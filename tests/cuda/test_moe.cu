@@ -824,6 +824,17 @@ TEST_CASE("CUDA dispatch validates its arguments on the host", "[cuda][moe][disp
     tc::moe_dispatch_workspace small(8, 4);
     CHECK_THROWS_WITH(tc::moe_plan(p.view(), ids.view(extents<2>{10, 2}), {}, small),
                       tinyllm_test::contains("the workspace was made for 8 slots"));
+    // gather's and combine's out over their inputs (the CPU's checks, before any launch).
+    const index_t D = 8, R = p.view().row_token.extent(0);
+    tc::device_buffer<float> mem((10 + R) * D), weights(10 * 2);
+    const tinyllm::tensor_view<float, 2> x(mem.data(), {10, D}), sorted(mem.data() + 10 * D, {R, D});
+    CHECK_THROWS_WITH(tc::moe_gather(tinyllm::tensor_view<float, 2>(mem.data() + D, {R, D}),
+                                     tinyllm::tensor_view<const float, 2>(x), p.view()),
+                      tinyllm_test::contains("cuda::moe_gather: out must not share memory with x"));
+    CHECK_THROWS_WITH(
+        tc::moe_combine(tinyllm::tensor_view<float, 2>(mem.data() + (10 + 1) * D, {10, D}),
+                        tinyllm::tensor_view<const float, 2>(sorted), weights.view(extents<2>{10, 2}), p.view()),
+        tinyllm_test::contains("cuda::moe_combine: out must not share memory with expert_out"));
 }
 
 TEST_CASE("CUDA experts with a caller-owned workspace give the same rows and once warm allocate nothing and wait once",

@@ -431,6 +431,7 @@ void moe_gather(tensor_view<T, 2> out, tensor_view<X, 2> x, const moe_plan_view&
                    plan.row_token.extent(0));
     TINYLLM_EXPECT(x.extent(1) == D, "cuda::moe_gather: x has width ", x.extent(1), " but out has width ", D);
     TINYLLM_EXPECT(out.is_contiguous() && x.is_contiguous(), "cuda::moe_gather: out and x must be contiguous");
+    tinyllm::detail::expect_gather_memory("cuda::moe_gather", out, x, plan);
     if (R == 0 || D == 0) return;
     const int warps = 8;
     const unsigned grid = detail::moe_grid(R, warps);
@@ -470,6 +471,7 @@ void moe_combine(tensor_view<T, 2> out, tensor_view<Y, 2> expert_out, tensor_vie
                    " but out has width ", D);
     TINYLLM_EXPECT(out.is_contiguous() && expert_out.is_contiguous() && weights.is_contiguous(),
                    "cuda::moe_combine: out, expert_out and weights must be contiguous");
+    tinyllm::detail::expect_combine_memory("cuda::moe_combine", out, expert_out, weights, plan);
     if (T_ == 0 || D == 0) return;
     const int warps = 8;
     const unsigned grid = detail::moe_grid(T_, warps);
