@@ -80,6 +80,19 @@ TEST_CASE("embedding rejects bad ids and shapes") {
                                      tensor_view<const std::int32_t, 2>(good.data(), {1, 2}),
                                      tensor_view<const float, 2>(table.data(), {4, 3}), std::nanf("")),
                       tinyllm_test::contains("embedding: scale = nan must be finite"));
+    // out over the table (a row copied onto a row still to be read), with stride 0, or over dout.
+    std::vector<float> shared(6 * 3, 1.0f);
+    const tensor_view<const float, 2> table_view(shared.data(), {4, 3});
+    CHECK_THROWS_WITH(cpu::embedding(tensor_view<float, 3>(shared.data() + 9, {1, 2, 3}),
+                                     tensor_view<const std::int32_t, 2>(good.data(), {1, 2}), table_view),
+                      tinyllm_test::contains("embedding: out must not share memory with the table"));
+    CHECK_THROWS_WITH(cpu::embedding(tensor_view<float, 3>(out.data(), {1, 2, 3}, {0, 0, 1}),
+                                     tensor_view<const std::int32_t, 2>(good.data(), {1, 2}), table_view),
+                      tinyllm_test::contains("embedding: out has shape (1, 2, 3) and strides (0, 0, 1)"));
+    CHECK_THROWS_WITH(cpu::embedding_backward(tensor_view<float, 2>(shared.data(), {4, 3}),
+                                              tensor_view<const std::int32_t, 2>(good.data(), {1, 2}),
+                                              tensor_view<const float, 3>(shared.data() + 9, {1, 2, 3})),
+                      tinyllm_test::contains("embedding_backward: dtable must not share memory with dout"));
 }
 
 TEST_CASE("embedding takes ids of any rank: (...) ids give (..., D) rows", "[batch]") {

@@ -50,6 +50,27 @@
 #include <utility>
 #include <vector>
 
+namespace tinyllm::detail {
+
+// The memory of the embedding's output (CPU and CUDA): rows of the table are
+// copied into it while other rows may still be read, so out has an address
+// for each element and is apart from the table and the ids. The backward's
+// dtable likewise, apart from dout and the ids.
+template <class O, class I, class Table>
+void expect_embedding_memory(std::string_view op, const O& out, const I& ids, const Table& table) {
+    expect_distinct_elements(op, "out", out);
+    expect_apart(op, "out", out, "the table", table);
+    expect_apart(op, "out", out, "ids", ids);
+}
+template <class G, class I, class DOut>
+void expect_scatter_memory(std::string_view op, const G& dtable, const I& ids, const DOut& dout) {
+    expect_distinct_elements(op, "dtable", dtable);
+    expect_apart(op, "dtable", dtable, "dout", dout);
+    expect_apart(op, "dtable", dtable, "ids", ids);
+}
+
+}  // namespace tinyllm::detail
+
 namespace tinyllm::cpu {
 
 // out (B, T, D) = scale * table[ids] with ids (B, T) of any integer type and
@@ -64,6 +85,7 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
                    " (out must be (B, T, D) for ids (B, T))");
     TINYLLM_EXPECT(out.extent(2) == table.extent(1), "embedding: out has width ", out.extent(2),
                    " but the table has rows of ", table.extent(1));
+    tinyllm::detail::expect_embedding_memory("embedding", out, ids, table);
     const index_t V = table.extent(0);
     for (index_t b = 0; b < ids.extent(0); ++b)
         for (index_t t = 0; t < ids.extent(1); ++t) {
@@ -158,6 +180,7 @@ void scatter_add_rows(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id,
     if (dout.extent(2) != dtable.extent(1))
         throw error(cat("tinyllm: ", op, ": dout has width ", dout.extent(2), " but dtable has rows of ",
                         dtable.extent(1), " (dtable must be (V, D) for dout (..., D))"));
+    expect_scatter_memory(op, dtable, ids, dout);
     const index_t V = dtable.extent(0), D = dtable.extent(1), Tn = ids.extent(1);
     const positions_by_id g = group_positions_by_id(ids, V, op, what, range);
     std::vector<double> sum(static_cast<std::size_t>(D));

@@ -182,6 +182,11 @@ TEST_CASE("embedding_backward rejects bad ids before writing, or skips them unch
                                                                    d_dout.view(extents<3>{B, Tn, D}), 1.0f, false,
                                                                    small)),
                       tinyllm_test::contains("the workspace was made for 9 tokens and V = 8"));
+    // dtable over dout (the CPU's check, before any launch).
+    CHECK_THROWS_WITH((tc::embedding_backward<float, std::int64_t>(
+                          tinyllm::tensor_view<float, 2>(d_dout.data(), {V, D}), d_ids.view(extents<2>{B, Tn}),
+                          d_dout.view(extents<3>{B, Tn, D}), 1.0f, false, ws)),
+                      tinyllm_test::contains("embedding_backward: dtable must not share memory with dout"));
 }
 
 TEST_CASE("learned_positions_backward matches the CPU bit for bit", "[cuda][positional][backward]") {

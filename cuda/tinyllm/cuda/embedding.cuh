@@ -168,7 +168,7 @@ void embedding(tensor_view<T, 3> out /*(B, T, D)*/, tensor_view<const Id, 2> ids
                    " but the table has rows of ", table.extent(1));
     TINYLLM_EXPECT(out.is_contiguous(), "embedding: out must be contiguous; strides ", to_string(out.strides()));
     TINYLLM_EXPECT(table.is_contiguous(), "embedding: table must be contiguous; strides ", to_string(table.strides()));
-    TINYLLM_EXPECT(!::tinyllm::detail::overlaps(out, table), "embedding: out must not share memory with the table");
+    ::tinyllm::detail::expect_embedding_memory("embedding", out, ids, table);
     const index_t B = out.extent(0), Tn = out.extent(1), D = out.extent(2), V = table.extent(0);
     if (B * Tn * D == 0) return;
     // With check_ids, a one-word flag holds the smallest bad row; without, the
@@ -362,6 +362,7 @@ void scatter_add_rows(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id,
     if (dout.extent(2) != dtable.extent(1))
         TINYLLM_FAIL(op, ": dout has width ", dout.extent(2), " but dtable has rows of ", dtable.extent(1),
                      " (dtable must be (V, D) for dout (..., D))");
+    ::tinyllm::detail::expect_scatter_memory(op, dtable, ids, dout);
     TINYLLM_EXPECT(dtable.extent(1) <= 1 || dtable.stride(1) == 1, op, ": dtable's rows must be contiguous; strides ",
                    to_string(dtable.strides()));
     TINYLLM_EXPECT(dout.extent(2) <= 1 || dout.stride(2) == 1, op, ": dout's rows must be contiguous; strides ",
