@@ -4,9 +4,10 @@
 #include <tinyllm/tensor.hpp>
 
 #include <cstddef>
+#include <limits>
 #include <numeric>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using tinyllm::extents;
@@ -305,4 +306,16 @@ TEST_CASE("detail::same_elements and distinct_elements tell in place and self-ov
     CHECK_THROWS_WITH(
         tinyllm::detail::expect_distinct_elements("op", "out", tensor_view<float, 2>(memory.data(), {4, 4}, {0, 1})),
         Catch::Contains("two of its elements share an address"));
+}
+
+TEST_CASE("detail::nonzero_product_at_most bounds sizes without overflowing", "[tensor]") {
+    using tinyllm::detail::nonzero_product_at_most;
+    CHECK(nonzero_product_at_most(24, {2, 3, 4}));
+    CHECK_FALSE(nonzero_product_at_most(23, {2, 3, 4}));
+    CHECK(nonzero_product_at_most(6, {2, 0, 3, -5}));  // zeros and negatives are skipped
+    const index_t big = index_t{1} << 62;
+    CHECK_FALSE(nonzero_product_at_most(std::numeric_limits<index_t>::max(), {big, big, big}));  // would wrap
+    const std::vector<index_t> shape{0, big, 4};
+    CHECK_FALSE(nonzero_product_at_most(big, shape));  // holds nothing, but 2^64 would overflow strides
+    CHECK(nonzero_product_at_most(big, std::vector<index_t>{0, big / 4, 4}));
 }

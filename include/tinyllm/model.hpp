@@ -122,18 +122,6 @@ inline json::value read_json_file(const std::string& path) {
 inline constexpr index_t config_dim_max = index_t{1} << 31;
 inline constexpr index_t config_numel_max = index_t{1} << 50;
 
-// Whether the product of the positive `factors` is at most `limit`, computed
-// without overflow (zero and negative factors are left to other checks).
-inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t> factors) {
-    index_t p = 1;
-    for (const index_t f : factors) {
-        if (f <= 0) continue;
-        if (p > limit / f) return false;
-        p *= f;
-    }
-    return true;
-}
-
 // JSON number v, the value of `key` in config file `path`, as an integer
 // (64.0 and 1e30 are not), named in the error.
 inline index_t config_integer(const json::value& v, const char* key, const std::string& path) {

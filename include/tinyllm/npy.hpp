@@ -346,19 +346,12 @@ inline npy_array read_npy(const std::string& path) {
     // such as (0, 2^62, 2^62) (no elements) cannot overflow the strides
     // computed from it later.
     const std::uint64_t itemsize = npy_dtype_size(a.dtype);
-    std::uint64_t span = itemsize;
-    bool empty = false;
-    for (index_t extent : a.shape) {
-        const auto e = static_cast<std::uint64_t>(extent);
-        if (e == 0) {
-            empty = true;
-            continue;
-        }
-        if (span > (std::uint64_t{1} << 62) / e)
-            fail("shape ", detail::tuple_string(a.shape), " of ", npy_descr(a.dtype), " is too large (its size overflows)");
-        span *= e;
-    }
-    const std::uint64_t bytes = empty ? 0 : span;
+    std::vector<index_t> factors = a.shape;
+    factors.push_back(static_cast<index_t>(itemsize));
+    if (!detail::nonzero_product_at_most(index_t{1} << 62, factors))
+        fail("shape ", detail::tuple_string(a.shape), " of ", npy_descr(a.dtype), " is too large (its size overflows)");
+    std::uint64_t bytes = 1;  // 0 when an extent is 0
+    for (const index_t f : factors) bytes *= static_cast<std::uint64_t>(f);
     if (bytes > file_size - data_start)
         fail("shape ", detail::tuple_string(a.shape), " of '", npy_descr(a.dtype), "' needs ", bytes,
              " bytes of data but the file has ", file_size - data_start, " after the header: truncated");

@@ -168,15 +168,14 @@ private:
                        ", kv_heads = ", kv_heads, ", head_dim = ", head_dim, " must all be at least 1");
         TINYLLM_EXPECT(blocks <= std::numeric_limits<std::int32_t>::max(), "kv_block_pool: ", blocks,
                        " blocks do not fit the int32 ids of a block table");
-        index_t bytes = 2 * static_cast<index_t>(sizeof(float));
-        for (const index_t factor : {layers, blocks, block_size, kv_heads, head_dim}) {
-            TINYLLM_EXPECT(bytes <= std::numeric_limits<index_t>::max() / factor, "kv_block_pool: layers = ", layers,
-                           ", blocks = ", blocks, ", block_size = ", block_size, ", kv_heads = ", kv_heads,
-                           ", head_dim = ", head_dim,
-                           ": the keys and values of so many positions are more bytes "
-                           "than an index_t counts");
-            bytes *= factor;
-        }
+        const std::initializer_list<index_t> factors = {
+            2 * static_cast<index_t>(sizeof(float)), layers, blocks, block_size, kv_heads, head_dim};
+        TINYLLM_EXPECT(detail::nonzero_product_at_most(std::numeric_limits<index_t>::max(), factors),
+                       "kv_block_pool: layers = ", layers, ", blocks = ", blocks, ", block_size = ", block_size,
+                       ", kv_heads = ", kv_heads, ", head_dim = ", head_dim,
+                       ": the keys and values of so many positions are more bytes than an index_t counts");
+        index_t bytes = 1;
+        for (const index_t factor : factors) bytes *= factor;
         TINYLLM_EXPECT(storage != kv_storage::host || bytes <= (index_t{1} << 40), "kv_block_pool: layers = ", layers,
                        ", blocks = ", blocks, ", block_size = ", block_size, ", kv_heads = ", kv_heads,
                        ", head_dim = ", head_dim, ": their keys and values are ", bytes,

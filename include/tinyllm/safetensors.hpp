@@ -214,16 +214,15 @@ public:
             // The product of the nonzero extents is bounded too, so that a shape
             // such as [0, 2^62, 2^62] (no elements) cannot overflow the strides
             // computed from it later.
-            index_t numel = 1, nonzero = 1;
+            index_t numel = 1;
             for (const auto& s : shape->as_array()) {
                 if (!s.is_number()) fail("the shape must hold integers");
                 const std::int64_t extent = integer(s, "shape");
                 if (extent < 0) fail("negative extent ", extent, " in the shape");
-                if (extent > 0 && nonzero > (std::int64_t{1} << 50) / extent) fail("the shape is absurdly large");
                 t.shape.push_back(extent);
-                numel *= extent;
-                if (extent > 0) nonzero *= extent;
             }
+            if (!detail::nonzero_product_at_most(index_t{1} << 50, t.shape)) fail("the shape is absurdly large");
+            for (const index_t extent : t.shape) numel *= extent;
             const auto& off = offsets->as_array();
             if (!off[0].is_number() || !off[1].is_number()) fail("data_offsets must be integers");
             const std::int64_t begin = integer(off[0], "data_offsets"), end = integer(off[1], "data_offsets");

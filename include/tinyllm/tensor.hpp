@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdio>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -261,6 +262,26 @@ private:
 
 namespace detail {
 
+// Whether the product of the positive numbers among `factors` is at most
+// `limit` (> 0), computed without overflow; zeros and negatives are skipped
+// (left to other checks). The bound of every size read from a file or given
+// by a caller (a tensor's elements, a checkpoint's shapes, a cache's bytes):
+// bounding the nonzero extents too means a shape such as (0, 2^62, 2^62),
+// which holds nothing, cannot overflow the strides computed from it.
+template <class Factors>
+bool nonzero_product_at_most(index_t limit, const Factors& factors) {
+    index_t p = 1;
+    for (const auto f : factors) {
+        if (f <= 0) continue;
+        if (p > limit / static_cast<index_t>(f)) return false;
+        p *= static_cast<index_t>(f);
+    }
+    return true;
+}
+inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t> factors) {
+    return nonzero_product_at_most<std::initializer_list<index_t>>(limit, factors);
+}
+
 // The lowest and one past the highest address a view touches (empty: equal).
 template <class T, std::size_t Rank>
 std::pair<const char*, const char*> address_range(const tensor_view<T, Rank>& v) {
@@ -454,14 +475,11 @@ public:
 
 private:
     static shape_type checked(const shape_type& shape) {
-        index_t elements = 1;  // of the nonzero extents, so no product below overflows
-        for (std::size_t d = 0; d < Rank; ++d) {
+        for (std::size_t d = 0; d < Rank; ++d)
             TINYLLM_EXPECT(shape[d] >= 0, "tensor shape ", to_string(shape), " has a negative extent");
-            if (shape[d] == 0) continue;
-            TINYLLM_EXPECT(elements <= (index_t{1} << 62) / static_cast<index_t>(sizeof(T)) / shape[d], "tensor shape ",
-                           to_string(shape), " holds more elements than memory can");
-            elements *= shape[d];
-        }
+        TINYLLM_EXPECT(
+            detail::nonzero_product_at_most((index_t{1} << 62) / static_cast<index_t>(sizeof(T)), shape.value),
+            "tensor shape ", to_string(shape), " holds more elements than memory can");
         return shape;
     }
 
