@@ -224,10 +224,7 @@ void expect_bias_activate_backward_memory(tensor_view<T, 2> dx, tensor_view<G, 1
     expect_elementwise_output<T>(op, "dx", dx, {{"dout", dout}, {"x", x}});
     expect_apart(op, "dx", dx, "bias", bias);
     expect_distinct_elements(op, "dbias", dbias);
-    expect_apart(op, "dbias", dbias, "dx", dx);
-    expect_apart(op, "dbias", dbias, "dout", dout);
-    expect_apart(op, "dbias", dbias, "x", x);
-    expect_apart(op, "dbias", dbias, "bias", bias);
+    expect_apart_from(op, "dbias", dbias, "dx", dx, "dout", dout, "x", x, "bias", bias);
 }
 
 template <class Out, class Bias>

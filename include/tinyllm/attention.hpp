@@ -249,9 +249,7 @@ void check_attention_side_output(std::string_view op, std::string_view name, con
     if (x.data() == nullptr) return;
     expect_distinct_elements(op, name, x);
     if (out.data() != nullptr) expect_apart(op, name, x, "out", out);
-    expect_apart(op, name, x, "q", q);
-    expect_apart(op, name, x, "k", k);
-    expect_apart(op, name, x, "v", v);
+    expect_apart_from(op, name, x, "q", q, "k", k, "v", v);
     expect_apart_from_options(op, name, x, o);
 }
 

@@ -119,10 +119,7 @@ void expect_experts_args(const Out& out, const In& in, const W& w1, const W& w3,
     expect_shape(plan.expert_counts, extents<1>{E}, op + ": plan.expert_counts");
     // out is written while every row of in and the weights may still be read.
     expect_distinct_elements(op, "out", out);
-    expect_apart(op, "out", out, "in", in);
-    expect_apart(op, "out", out, "w1", w1);
-    expect_apart(op, "out", out, "w3", w3);
-    expect_apart(op, "out", out, "w2", w2);
+    expect_apart_from(op, "out", out, "in", in, "w1", w1, "w3", w3, "w2", w2);
 }
 
 // The memory of gather and combine (CPU and CUDA): out is written row by row
@@ -132,16 +129,13 @@ void expect_experts_args(const Out& out, const In& in, const W& w1, const W& w3,
 template <class Out, class In>
 void expect_gather_memory(const char* op, const Out& out, const In& in, const moe_plan_view& plan) {
     expect_distinct_elements(op, "out", out);
-    expect_apart(op, "out", out, "x", in);
-    expect_apart(op, "out", out, "plan.row_token", plan.row_token);
+    expect_apart_from(op, "out", out, "x", in, "plan.row_token", plan.row_token);
 }
 template <class Out, class In, class W>
 void expect_combine_memory(const char* op, const Out& out, const In& expert_out, const W& weights,
                            const moe_plan_view& plan) {
     expect_distinct_elements(op, "out", out);
-    expect_apart(op, "out", out, "expert_out", expert_out);
-    expect_apart(op, "out", out, "weights", weights);
-    expect_apart(op, "out", out, "plan.row_of", plan.row_of);
+    expect_apart_from(op, "out", out, "expert_out", expert_out, "weights", weights, "plan.row_of", plan.row_of);
 }
 
 }  // namespace detail

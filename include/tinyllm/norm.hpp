@@ -176,11 +176,8 @@ void expect_norm_backward_args(std::string_view op, const DX& dx, const DW& dwei
     expect_apart(op, "dx", dx, "weight", weight);
     const auto expect_sum_apart = [&](std::string_view name, const auto& g) {
         expect_distinct_elements(op, name, g);
-        expect_apart(op, name, g, "dx", dx);
-        expect_apart(op, name, g, "dout", dout);
-        expect_apart(op, name, g, "dresidual_out", dresidual_out);
-        expect_apart(op, name, g, "x", x);
-        expect_apart(op, name, g, "weight", weight);
+        expect_apart_from(op, name, g, "dx", dx, "dout", dout, "dresidual_out", dresidual_out, "x", x, "weight",
+                          weight);
     };
     expect_sum_apart("dweight", dweight);
     expect_sum_apart("dbias", dbias);

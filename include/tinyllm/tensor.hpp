@@ -397,6 +397,16 @@ void expect_apart(std::string_view op, std::string_view out_name, const tensor_v
                   std::string_view in_name, const tensor_view<I, RankI>& in) {
     if (overlaps(out, in)) throw error(cat("tinyllm: ", op, ": ", out_name, " must not share memory with ", in_name));
 }
+// expect_apart against each of several inputs, named: expect_apart_from(op,
+// "out", out, "x", x, "weight", weight, ...).
+template <class O, std::size_t RankO>
+void expect_apart_from(std::string_view, std::string_view, const tensor_view<O, RankO>&) {}
+template <class O, std::size_t RankO, class I, std::size_t RankI, class... Rest>
+void expect_apart_from(std::string_view op, std::string_view out_name, const tensor_view<O, RankO>& out,
+                       std::string_view in_name, const tensor_view<I, RankI>& in, const Rest&... rest) {
+    expect_apart(op, out_name, out, in_name, in);
+    expect_apart_from(op, out_name, out, rest...);
+}
 // The same, except that out may be exactly `in` (the op is computed in place,
 // each element read before it is written).
 template <class O, std::size_t RankO, class I, std::size_t RankI>

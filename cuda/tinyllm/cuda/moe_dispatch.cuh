@@ -512,15 +512,9 @@ void launch_moe_combine_residual_norm(std::string_view op, tensor_view<T, 2> out
     td::expect_distinct_elements(op, "out", out);
     td::expect_distinct_elements(op, "x", x);
     td::expect_in_place_or_apart(op, "out", out, "x", x);
-    const auto apart_from_inputs = [&](std::string_view name, const tensor_view<T, 2>& y) {
-        td::expect_apart(op, name, y, "expert_out", expert_out);
-        td::expect_apart(op, name, y, "weights", weights);
-        td::expect_apart(op, name, y, "plan.row_of", plan.row_of);
-        td::expect_apart(op, name, y, "weight", weight);
-        td::expect_apart(op, name, y, "bias", bias);
-    };
-    apart_from_inputs("out", out);
-    apart_from_inputs("x", x);
+    for (const auto& [name, y] : {std::pair<std::string_view, tensor_view<T, 2>>{"out", out}, {"x", x}})
+        td::expect_apart_from(op, name, y, "expert_out", expert_out, "weights", weights, "plan.row_of", plan.row_of,
+                              "weight", weight, "bias", bias);
     if (tokens == 0) return;
     const T* w = weight.size() ? weight.data() : nullptr;
     const T* b = bias.size() ? bias.data() : nullptr;
