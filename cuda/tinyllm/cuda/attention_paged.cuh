@@ -277,11 +277,8 @@ paged_args<T> make_paged_args(tensor_view<T, 4> out, tensor_view<const T, 4> q, 
                    " query rows share each KV head; at most ", decode_rows, " are supported (a grid block holds them)");
     // out: an address per element, apart from everything the kernels read.
     tinyllm::detail::expect_distinct_elements(op, "out", out);
-    tinyllm::detail::expect_apart(op, "out", out, "q", q);
-    tinyllm::detail::expect_apart(op, "out", out, "keys", keys);
-    tinyllm::detail::expect_apart(op, "out", out, "values", values);
-    tinyllm::detail::expect_apart(op, "out", out, "block_tables", block_tables);
-    tinyllm::detail::expect_apart(op, "out", out, "lengths", lengths);
+    tinyllm::detail::expect_apart_from(op, "out", out, "q", q, "keys", keys, "values", values, "block_tables",
+                                       block_tables, "lengths", lengths);
     tinyllm::detail::expect_apart_from_options(op, "out", out, opts);
     if (tinyllm::detail::has_view(opts.alibi_slopes))
         TINYLLM_EXPECT(opts.alibi_slopes.stride(0) == 1, op, ": alibi_slopes must be contiguous");
