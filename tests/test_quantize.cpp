@@ -284,6 +284,22 @@ TEST_CASE("quantization rejects bad input with a clear message", "[quantize]") {
     tensor<float, 2> wrong({3, 96});
     CHECK_THROWS_WITH(tinyllm::dequantize(wrong.view(), tinyllm::quantize_rtn(w.view(), {})),
                       contains("dequantize: out is 3 x 96, the quantized weight is 4 x 96"));
+    // out over the bias it adds, over x, or with a row stride of 0: refused by both CPU rungs.
+    const quantized_matrix q = tinyllm::quantize_rtn(w.view(), {});
+    std::vector<float> mem(2 * 96 + 8, 0.5f);
+    const tinyllm::tensor_view<const float, 2> x2(mem.data(), {2, 96});
+    const tinyllm::tensor_view<float, 2> out_over_x(mem.data() + 96, {2, 4});
+    CHECK_THROWS_WITH(cpu::linear_quantized_fused(out_over_x, x2, q), contains("linear_quantized_fused: out must not "
+                                                                               "share memory with x"));
+    CHECK_THROWS_WITH(tinyllm::linear_quantized(out_over_x, x2, q), contains("linear_quantized: out must not share"));
+    const tinyllm::tensor_view<float, 2> out_after(mem.data() + 2 * 96, {1, 4});
+    CHECK_THROWS_WITH(
+        cpu::linear_quantized_fused(out_after, tinyllm::tensor_view<const float, 2>(mem.data(), {1, 96}), q,
+                                    tinyllm::tensor_view<const float, 1>(mem.data() + 2 * 96 + 2, {4})),
+        contains("linear_quantized_fused: out must not share memory with bias"));
+    CHECK_THROWS_WITH(
+        cpu::linear_quantized_fused(tinyllm::tensor_view<float, 2>(mem.data() + 2 * 96, {2, 4}, {0, 1}), x2, q),
+        contains("out has shape (2, 4) and strides (0, 1), so two of its elements share an address"));
 }
 
 TEST_CASE("cpu::linear_quantized_fused equals the reference dequantize-then-linear", "[quantize]") {

@@ -516,6 +516,9 @@ inline void expect_quantized_linear_args(const char* op, tensor_view<float, 2> o
                    to_string(out.shape()), " but (rows of x, outputs) = (", x.extent(0), ", ", w.rows, ") is required");
     TINYLLM_EXPECT(bias.size() == 0 || bias.extent(0) == w.rows, op, ": bias has ", bias.extent(0),
                    " elements but the layer has ", w.rows, " outputs (or pass no bias)");
+    // As linear's (and the CUDA rungs'): every output reads all of its row of x and one bias.
+    expect_distinct_elements(op, "out", out);
+    expect_apart_from(op, "out", out, "x", x, "bias", bias);
 }
 
 }  // namespace detail
