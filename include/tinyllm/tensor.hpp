@@ -295,17 +295,22 @@ std::pair<const char*, const char*> address_range(const tensor_view<T, Rank>& v)
     return {base + lo * static_cast<index_t>(sizeof(T)), base + (hi + 1) * static_cast<index_t>(sizeof(T))};
 }
 
+// |stride(d)| of a view, in bytes.
+template <class T, std::size_t Rank>
+index_t stride_bytes(const tensor_view<T, Rank>& v, std::size_t d) {
+    return (v.stride(d) < 0 ? -v.stride(d) : v.stride(d)) * static_cast<index_t>(sizeof(T));
+}
+
 // The bytes of a view as a block pattern of period P: its elements lie, modulo
 // P, in one interval of `width` bytes that starts at `lo` mod P, when each
 // dimension either steps less than P (and all of those together span at most
 // P) or steps a multiple of P. False when the view has no such form.
 template <class T, std::size_t Rank>
 bool periodic_block(const tensor_view<T, Rank>& v, index_t P, index_t& width) {
-    const index_t size = static_cast<index_t>(sizeof(T));
-    width = size;
+    width = static_cast<index_t>(sizeof(T));
     for (std::size_t d = 0; d < Rank; ++d) {
         if (v.extent(d) <= 1) continue;
-        const index_t step = (v.stride(d) < 0 ? -v.stride(d) : v.stride(d)) * size;
+        const index_t step = stride_bytes(v, d);
         if (step < P)
             width += (v.extent(d) - 1) * step;
         else if (step % P != 0)
@@ -331,15 +336,12 @@ bool overlaps(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
         const index_t delta = (((b0 - a0) % P) + P) % P;  // where b's block starts, a's at 0
         return delta >= wa && delta + wb <= P;
     };
-    for (std::size_t d = 0; d < RankT; ++d)
-        if (a.extent(d) > 1 &&
-            apart_modulo((a.stride(d) < 0 ? -a.stride(d) : a.stride(d)) * static_cast<index_t>(sizeof(T))))
-            return false;
-    for (std::size_t d = 0; d < RankU; ++d)
-        if (b.extent(d) > 1 &&
-            apart_modulo((b.stride(d) < 0 ? -b.stride(d) : b.stride(d)) * static_cast<index_t>(sizeof(U))))
-            return false;
-    return true;
+    const auto apart_by_a_stride_of = [&](const auto& v) {  // each stride of v tried as the period
+        for (std::size_t d = 0; d < v.rank; ++d)
+            if (v.extent(d) > 1 && apart_modulo(stride_bytes(v, d))) return true;
+        return false;
+    };
+    return !apart_by_a_stride_of(a) && !apart_by_a_stride_of(b);
 }
 
 // Whether two views are the same elements in the same order: one data pointer,
@@ -366,7 +368,7 @@ bool same_elements(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& 
 template <class T, std::size_t Rank>
 bool distinct_elements(const tensor_view<T, Rank>& v) {
     if (v.size() <= 1) return true;
-    index_t stride[Rank > 0 ? Rank : 1] = {}, extent[Rank > 0 ? Rank : 1] = {};
+    index_t stride[Rank] = {}, extent[Rank] = {};
     std::size_t n = 0;
     for (std::size_t d = 0; d < Rank; ++d) {
         if (v.extent(d) <= 1) continue;

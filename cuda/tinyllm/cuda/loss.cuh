@@ -279,9 +279,8 @@ float cross_entropy_rows(tensor_view<T, 2> dlogits, tensor_view<float, 1> losses
     expect_unit_column_stride(logits, "cross_entropy", "logits");
     if (want_grad) expect_unit_column_stride(dlogits, "cross_entropy", "dlogits");
     // Each row's loss is written while other blocks still read their rows (and targets).
-    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "logits", logits);
-    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "dlogits", dlogits);
-    tinyllm::detail::expect_apart("cross_entropy", "losses", losses, "targets", targets);
+    tinyllm::detail::expect_apart_from("cross_entropy", "losses", losses, "logits", logits, "dlogits", dlogits,
+                                       "targets", targets);
     if (rows == 0) return 0.0f;
 
     // The workspace: the status words, then (when the caller passes none) the per-row losses.
