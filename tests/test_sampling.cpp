@@ -511,6 +511,48 @@ TEST_CASE("sampling refuses rows and values it cannot draw from", "[sampling][er
                       contains("ban_tokens: vocabulary size V = 0"));
 }
 
+TEST_CASE("processors and choosers refuse outputs that share memory", "[sampling][errors]") {
+    // Two rows over one row's memory: each processor would run twice on it
+    // (temperature 0.5 would divide by 0.25).
+    std::vector<float> z{2.0f, -1.0f, 0.5f, 3.0f};
+    const tinyllm::tensor_view<float, 2> twice(z.data(), {2, 4}, {0, 1});
+    CHECK_THROWS_WITH(cpu::temperature(twice, 0.5f),
+                      contains("temperature: logits rows of 4 elements 0 apart overlap"));
+    const tinyllm::tensor_view<float, 2> shifted(z.data(), {2, 3}, {1, 1});
+    CHECK_THROWS_WITH(cpu::top_k(shifted, 1), contains("top_k: logits rows of 3 elements 1 apart overlap"));
+    CHECK(z == std::vector<float>{2.0f, -1.0f, 0.5f, 3.0f});  // refused before anything was written
+
+    // generated read from the logits' own memory (row 1's counts would be read
+    // after row 0 was penalized).
+    const tinyllm::tensor_view<const tinyllm::token_id, 2> inside(reinterpret_cast<const tinyllm::token_id*>(z.data()),
+                                                                  {1, 2});
+    CHECK_THROWS_WITH(cpu::repetition_penalty(tinyllm::tensor_view<float, 2>(z.data(), {1, 4}), inside, 1.2f),
+                      contains("repetition_penalty: logits must not share memory with generated"));
+    CHECK_THROWS_WITH(
+        cpu::frequency_presence_penalty(tinyllm::tensor_view<float, 2>(z.data(), {1, 4}), inside, 0.5f, 0.0f),
+        contains("frequency_presence_penalty: logits must not share memory with generated"));
+
+    // An out of stride 0 keeps only the last row's token; an out inside the
+    // logits overwrites rows still to be read.
+    std::vector<float> two_rows{0.0f, 1.0f, 5.0f, 2.0f};  // (2, 2): argmaxes 1 and 0
+    const tinyllm::tensor_view<const float, 2> logits(two_rows.data(), {2, 2});
+    tinyllm::token_id one = -7;
+    const tinyllm::tensor_view<tinyllm::token_id, 1> broadcast(&one, {2}, {0});
+    CHECK_THROWS_WITH(cpu::greedy(broadcast, logits),
+                      contains("greedy: out has shape") && contains("share an address"));
+    CHECK_THROWS_WITH(cpu::sample(broadcast, logits, 1, 0), contains("sample: out has shape"));
+    CHECK(one == -7);
+    const tinyllm::tensor_view<tinyllm::token_id, 1> in_logits(reinterpret_cast<tinyllm::token_id*>(two_rows.data()),
+                                                               {2});
+    CHECK_THROWS_WITH(cpu::greedy(in_logits, logits), contains("greedy: out must not share memory with the logits"));
+    CHECK_THROWS_WITH(cpu::sample(in_logits, logits, 1, 0),
+                      contains("sample: out must not share memory with the logits"));
+    // The allowed forms still work: separate memory gives each row its token.
+    std::vector<tinyllm::token_id> tokens(2, -1);
+    cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(tokens.data(), {2}), logits);
+    CHECK(tokens == std::vector<tinyllm::token_id>{1, 0});
+}
+
 TEST_CASE("beam_search refuses a step where every token is banned", "[sampling][beam][errors]") {
     const tinyllm::step_function banned = [](std::span<const tinyllm::token_id>) {
         return std::vector<float>(4, -std::numeric_limits<float>::infinity());

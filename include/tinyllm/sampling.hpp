@@ -146,6 +146,9 @@ void for_each_row(tensor_view<float, 2> logits, const char* what, Fn&& fn) {  //
     ::tinyllm::detail::check_vocab(logits.extent(1), what);
     TINYLLM_EXPECT(logits.stride(1) == 1, what, ": logits rows must be contiguous (stride of V is ",
                    logits.stride(1), ")");
+    // Each row is processed in place once: rows that share memory would be processed twice.
+    TINYLLM_EXPECT(::tinyllm::detail::distinct_elements(logits), what, ": logits rows of ", logits.extent(1),
+                   " elements ", logits.stride(0), " apart overlap");
     for (index_t b = 0; b < logits.extent(0); ++b) {
         row_t row(&logits(b, 0), static_cast<std::size_t>(logits.extent(1)));
         check_row(row, b, what);
@@ -196,6 +199,17 @@ inline void check_generated(tensor_view<float, 2> logits, tensor_view<const toke
                             const char* what) {
     TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), what, ": generated has ", generated.extent(0),
                    " rows but logits have ", logits.extent(0));
+    // The counts of row b are read after rows 0..b-1 were penalized.
+    ::tinyllm::detail::expect_apart(what, "logits", logits, "generated", generated);
+}
+
+// out (B) beside the logits (B, V) it is chosen from: one entry per row, written
+// after its row is read, apart from the rows still to be read.
+inline void check_out(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, const char* what) {
+    TINYLLM_EXPECT(out.extent(0) == logits.extent(0), what, ": out has ", out.extent(0), " entries but logits have ",
+                   logits.extent(0), " rows");
+    ::tinyllm::detail::expect_distinct_elements(what, "out", out);
+    TINYLLM_EXPECT(!::tinyllm::detail::overlaps(out, logits), what, ": out must not share memory with the logits");
 }
 
 }  // namespace sampling_detail
@@ -359,8 +373,7 @@ inline void apply(tensor_view<float, 2> logits, const sampling::chain& chain,
 
 // out[b] = argmax_i logits[b, i], the lowest index among equal maxima.
 inline void greedy(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits) {  // (B), (B, V)
-    TINYLLM_EXPECT(out.extent(0) == logits.extent(0), "greedy: out has ", out.extent(0), " entries but logits have ",
-                   logits.extent(0), " rows");
+    sampling_detail::check_out(out, logits, "greedy");
     ::tinyllm::detail::check_vocab(logits.extent(1), "greedy");
     std::vector<float> row(static_cast<std::size_t>(logits.extent(1)));
     for (index_t b = 0; b < logits.extent(0); ++b) {
@@ -396,8 +409,7 @@ inline token_id sample_row(std::span<const float> row, std::uint64_t random_bits
 // Philox stream (b + stream_offset) at step `step` (one draw per row per step).
 inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> logits, std::uint64_t seed,
                    std::uint64_t step, std::uint64_t stream_offset = 0) {  // (B), (B, V)
-    TINYLLM_EXPECT(out.extent(0) == logits.extent(0), "sample: out has ", out.extent(0), " entries but logits have ",
-                   logits.extent(0), " rows");
+    sampling_detail::check_out(out, logits, "sample");
     ::tinyllm::detail::check_vocab(logits.extent(1), "sample");
     std::vector<float> row(static_cast<std::size_t>(logits.extent(1)));
     for (index_t b = 0; b < logits.extent(0); ++b) {

@@ -317,6 +317,13 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
     p.top_p = 0.9f;
     CHECK_THROWS_WITH(tc::sample(inside, logits, p, 1, 0),
                       contains("sample: out must not share memory with the logits"));
+    // Generated ids read from the logits' memory (a block reads its row while others write theirs).
+    const tinyllm::tensor_view<const tinyllm::token_id, 2> generated_inside(
+        reinterpret_cast<const tinyllm::token_id*>(d_z.data() + 2 * V), {B, 4});
+    CHECK_THROWS_WITH(tc::repetition_penalty(logits, generated_inside, 1.2f),
+                      contains("repetition_penalty: logits must not share memory with generated"));
+    CHECK_THROWS_WITH(tc::frequency_presence_penalty(logits, generated_inside, 0.5f, 0.0f),
+                      contains("frequency_presence_penalty: logits must not share memory with generated"));
 }
 
 TEST_CASE("the samplers on a created stream give the default stream's tokens and logits", "[cuda][sampling][stream]") {

@@ -2105,6 +2105,8 @@ inline void run_penalty(tensor_view<float, 2> logits, tensor_view<const token_id
     TINYLLM_EXPECT(generated.extent(0) == logits.extent(0), op, ": generated has ", generated.extent(0),
                    " rows but logits have ", logits.extent(0));
     TINYLLM_EXPECT(generated.extent(1) <= 1 || generated.stride(1) == 1, op, ": generated rows must be contiguous");
+    // A block reads its row of generated while other blocks write their logits.
+    ::tinyllm::detail::expect_apart(op, "logits", logits, "generated", generated);
     const index_t B = logits.extent(0);
     if (B == 0) return;
     int* status = status_buffer(B, stream);
