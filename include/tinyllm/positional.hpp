@@ -296,6 +296,38 @@ inline std::vector<float> alibi_slopes(index_t n_heads) {
     return slopes;
 }
 
+namespace detail {
+
+// The checks of add_sinusoidal and add_learned_positions, the CPU's and the
+// CUDA's (any element type): positions (B, T) match x (B, T, D), the base is
+// positive, the table is D wide, and x, added to in place, has an address per
+// element, apart from what is read.
+template <class X, class P>
+void expect_add_sinusoidal_args(const tensor_view<X, 3>& x, const tensor_view<P, 2>& positions, float base) {
+    static_assert(is_position_type_v<P>, "positions must be int32 or int64");
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
+                   "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ",
+                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
+    expect_distinct_elements("add_sinusoidal", "x", x);
+    expect_apart("add_sinusoidal", "x", x, "positions", positions);
+}
+
+template <class X, class Table, class P>
+void expect_add_learned_args(const tensor_view<X, 3>& x, const tensor_view<Table, 2>& table,
+                             const tensor_view<P, 2>& positions) {
+    static_assert(is_position_type_v<P>, "positions must be int32 or int64");
+    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
+                   "add_learned_positions: positions has shape ", to_string(positions.shape()), " but x ",
+                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
+    TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
+                   " but x has D = ", x.extent(2));
+    expect_distinct_elements("add_learned_positions", "x", x);
+    expect_apart_from("add_learned_positions", "x", x, "the table", table, "positions", positions);
+}
+
+}  // namespace detail
+
 // ---- CPU reference ---------------------------------------------------------------
 
 namespace cpu {
@@ -334,13 +366,7 @@ void sinusoidal_encoding(tensor_view<float, 2> out /*(T, D)*/, tensor_view<P, 1>
 template <class P>
 void add_sinusoidal(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<P, 2> positions /*(B, T)*/,
                     float base = 10000.0f) {
-    static_assert(detail::is_position_type_v<P>, "positions must be int32 or int64");
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
-                   "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ",
-                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
-    TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
-    tinyllm::detail::expect_distinct_elements("add_sinusoidal", "x", x);
-    tinyllm::detail::expect_apart("add_sinusoidal", "x", x, "positions", positions);
+    tinyllm::detail::expect_add_sinusoidal_args(x, positions, base);
     const index_t D = x.extent(2);
     for (index_t b = 0; b < x.extent(0); ++b)
         for (index_t t = 0; t < x.extent(1); ++t) {
@@ -353,15 +379,7 @@ void add_sinusoidal(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<P, 2> pos
 template <class P>
 void add_learned_positions(tensor_view<float, 3> x /*(B, T, D)*/, tensor_view<const float, 2> table /*(P_max, D)*/,
                            tensor_view<P, 2> positions /*(B, T)*/) {
-    static_assert(detail::is_position_type_v<P>, "positions must be int32 or int64");
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
-                   "add_learned_positions: positions has shape ", to_string(positions.shape()), " but x ",
-                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
-    TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
-                   " but x has D = ", x.extent(2));
-    tinyllm::detail::expect_distinct_elements("add_learned_positions", "x", x);
-    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "the table", table);
-    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "positions", positions);
+    tinyllm::detail::expect_add_learned_args(x, table, positions);
     for (index_t b = 0; b < x.extent(0); ++b)
         for (index_t t = 0; t < x.extent(1); ++t) {
             const index_t p = static_cast<index_t>(positions(b, t));

@@ -757,13 +757,7 @@ void apply_rope_backward_cached(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rop
 template <class T, class P>
 void add_sinusoidal(tensor_view<T, 3> x /*(B, T, D)*/, tensor_view<P, 2> positions /*(B, T)*/, float base = 10000.0f,
                     cudaStream_t stream = nullptr) {
-    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
-                   "add_sinusoidal: positions has shape ", to_string(positions.shape()), " but x ", to_string(x.shape()),
-                   " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
-    TINYLLM_EXPECT(std::isfinite(base) && base > 0, "add_sinusoidal: base = ", base, " must be positive");
-    tinyllm::detail::expect_distinct_elements("add_sinusoidal", "x", x);
-    tinyllm::detail::expect_apart("add_sinusoidal", "x", x, "positions", positions);
+    tinyllm::detail::expect_add_sinusoidal_args(x, positions, base);  // positional.hpp, the CPU's checks
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_sinusoidal: B * T = ", tokens, " tokens exceed the grid limit");
@@ -778,15 +772,7 @@ void add_sinusoidal(tensor_view<T, 3> x /*(B, T, D)*/, tensor_view<P, 2> positio
 template <class T, class P>
 void add_learned_positions(tensor_view<T, 3> x /*(B, T, D)*/, std::type_identity_t<tensor_view<const T, 2>> table /*(P_max, D)*/,
                            tensor_view<P, 2> positions /*(B, T)*/, cudaStream_t stream = nullptr) {
-    static_assert(tinyllm::detail::is_position_type_v<P>, "positions must be int32 or int64");
-    TINYLLM_EXPECT(positions.extent(0) == x.extent(0) && positions.extent(1) == x.extent(1),
-                   "add_learned_positions: positions has shape ", to_string(positions.shape()), " but x ",
-                   to_string(x.shape()), " needs (B, T) = (", x.extent(0), ", ", x.extent(1), ")");
-    TINYLLM_EXPECT(table.extent(1) == x.extent(2), "add_learned_positions: the table has width ", table.extent(1),
-                   " but x has D = ", x.extent(2));
-    tinyllm::detail::expect_distinct_elements("add_learned_positions", "x", x);
-    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "the table", table);
-    tinyllm::detail::expect_apart("add_learned_positions", "x", x, "positions", positions);
+    tinyllm::detail::expect_add_learned_args(x, table, positions);  // positional.hpp, the CPU's checks
     const index_t tokens = x.extent(0) * x.extent(1);
     if (tokens == 0 || x.extent(2) == 0) return;
     TINYLLM_EXPECT(tokens <= 0x7fffffff, "add_learned_positions: B * T = ", tokens, " tokens exceed the grid limit");
