@@ -270,14 +270,23 @@ struct state_view {
 template <class P, class G>
 void expect_step_memory(std::string_view op, std::string_view name, const tensor_view<P, 1>& value,
                         const tensor_view<G, 1>& grad, std::initializer_list<state_view> states) {
-    const std::string where = name.empty() ? std::string(op) : cat(op, ": parameter '", name, "'");
-    expect_distinct_elements(where, "value", value);
-    expect_apart(where, "value", value, "grad", grad);
-    for (auto s = states.begin(); s != states.end(); ++s) {
-        expect_distinct_elements(where, s->name, s->view);
-        expect_apart(where, s->name, s->view, "value", value);
-        expect_apart(where, s->name, s->view, "grad", grad);
-        for (auto t = states.begin(); t != s; ++t) expect_apart(where, s->name, s->view, t->name, t->view);
+    const auto check = [&](std::string_view where) {
+        expect_distinct_elements(where, "value", value);
+        expect_apart(where, "value", value, "grad", grad);
+        for (auto s = states.begin(); s != states.end(); ++s) {
+            expect_distinct_elements(where, s->name, s->view);
+            expect_apart(where, s->name, s->view, "value", value);
+            expect_apart(where, s->name, s->view, "grad", grad);
+            for (auto t = states.begin(); t != s; ++t) expect_apart(where, s->name, s->view, t->name, t->view);
+        }
+    };
+    if (name.empty()) return check(op);
+    // Every step passes the checks: the parameter's name joins the message only when one fails.
+    try {
+        check(op);
+    } catch (const error&) {
+        check(cat(op, ": parameter '", name, "'"));
+        throw;
     }
 }
 
