@@ -46,15 +46,26 @@ batch_request request_number(int i, index_t vocab) {
 
 using tinyllm_test::generate_alone;
 
-// Read a request to its end; the tokens, and how it finished.
-std::pair<std::vector<token_id>, finish_reason> read_all(tinyllm::engine_request& r) {
+// Read a request to its end; the tokens, and how it finished (finish_reason::none:
+// ten seconds passed without an event, the engine is stuck). No Catch2 assertion
+// here: Catch2 2.x's assertion macros are not thread-safe (their counters race when
+// two threads assert at once), so client threads only collect, and the test's own
+// thread checks.
+std::pair<std::vector<token_id>, finish_reason> read_to_end(tinyllm::engine_request& r) {
     std::vector<token_id> tokens;
     for (;;) {
         const std::optional<batch_event> e = r.next(10s);
-        REQUIRE(e.has_value());  // ten seconds without an event: the engine is stuck
+        if (!e) return {tokens, finish_reason::none};
         if (e->token >= 0) tokens.push_back(e->token);
         if (e->finished != finish_reason::none) return {tokens, e->finished};
     }
+}
+
+// The same on the test's thread, stopping the test when the engine is stuck.
+std::pair<std::vector<token_id>, finish_reason> read_all(tinyllm::engine_request& r) {
+    auto got = read_to_end(r);
+    REQUIRE(got.second != finish_reason::none);  // ten seconds without an event: the engine is stuck
+    return got;
 }
 
 }  // namespace
@@ -75,18 +86,22 @@ TEST_CASE("engine: requests from many threads give the tokens each gives alone",
             const int n = 12;
             std::vector<std::vector<token_id>> got(n);
             std::vector<finish_reason> why(n, finish_reason::none);
+            std::vector<char> more_after_end(n, 0);
             std::vector<std::thread> clients;
+            // Each client writes only its own slots; the checks run here after the joins.
             for (int i = 0; i < n; ++i)
                 clients.emplace_back([&, i] {
+                    const auto k = static_cast<std::size_t>(i);
                     const auto r = e.submit(request_number(i, c.vocab_size));
-                    std::tie(got[static_cast<std::size_t>(i)], why[static_cast<std::size_t>(i)]) = read_all(*r);
-                    CHECK(!r->next(0ms).has_value());  // nothing after the end
+                    std::tie(got[k], why[k]) = read_to_end(*r);
+                    more_after_end[k] = r->next(0ms).has_value();  // nothing may follow the end
                 });
             for (auto& t : clients) t.join();
             for (int i = 0; i < n; ++i) {
                 CAPTURE(i);
                 const batch_request r = request_number(i, c.vocab_size);
                 CHECK(why[static_cast<std::size_t>(i)] == finish_reason::length);
+                CHECK(!more_after_end[static_cast<std::size_t>(i)]);
                 CHECK(got[static_cast<std::size_t>(i)] == generate_alone(m, r));
             }
             // The last event reaches its reader just before the engine's thread counts it
@@ -141,6 +156,43 @@ TEST_CASE("engine: cancelling mid-stream ends the request and frees its blocks",
     // The engine goes on serving: the next request is complete.
     const auto h2 = e.submit(request_number(4, c.vocab_size));
     CHECK(read_all(*h2).first == generate_alone(m, request_number(4, c.vocab_size)));
+}
+
+// A submit that throws, or a cancel of a request that has finished, while another
+// request runs: the caller took the engine's mutex between two steps, so the loop
+// was waiting for it to leave; leaving without waking the loop stalled every
+// running request (until some other submit or cancel came along).
+TEST_CASE("engine: a refused submit or a late cancel does not stall the running requests", "[engine]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 8));
+    tinyllm::engine_options o;
+    o.block_size = 4;
+    o.kv_blocks = 2100;
+    tinyllm::engine e(m, o);
+    const auto finished = e.submit(request_number(0, c.vocab_size));
+    REQUIRE(read_all(*finished).second == finish_reason::length);
+    batch_request r = request_number(3, c.vocab_size);
+    r.max_new_tokens = 8000;  // seconds of work: it runs throughout
+    const auto h = e.submit(r);
+    REQUIRE(h->next(10s).has_value());
+    batch_request bad = request_number(1, c.vocab_size);
+    bad.prompt.push_back(static_cast<token_id>(c.vocab_size));
+    // A token comes within 10 s after each call: read what is queued, then wait for a new one.
+    const auto still_running = [&] {
+        while (h->next(0ms)) {
+        }
+        const auto ev = h->next(10s);
+        return ev.has_value() && ev->finished == finish_reason::none;
+    };
+    for (int i = 0; i < 3; ++i) {
+        CHECK_THROWS_WITH(e.submit(bad), contains("outside the vocabulary"));
+        REQUIRE(still_running());
+        e.cancel(*finished);  // finished already: nothing to do
+        REQUIRE(still_running());
+    }
+    e.cancel(*h);
+    CHECK(e.metrics().cancelled == 1);
 }
 
 TEST_CASE("engine: bad requests throw on the submitting thread; shutting down ends open requests", "[engine]") {

@@ -162,8 +162,7 @@ public:
         {
             caller_lock lk(*this);
             stop_ = true;
-        }
-        cv_.notify_all();
+        }  // caller_lock wakes the loop, which sees stop_
         thread_.join();
         for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled, 0.0f, {}});
     }
@@ -201,8 +200,7 @@ public:
             open_.emplace(id, handle);
             ++submitted_;
             snapshot();
-        }
-        cv_.notify_all();
+        }  // caller_lock wakes the loop
         return handle;
     }
 
@@ -218,8 +216,7 @@ public:
             open_.erase(it);
             ++cancelled_;
             snapshot();
-        }
-        cv_.notify_all();
+        }  // caller_lock wakes the loop, also after the early return above
     }
 
     engine_metrics metrics() const {
@@ -238,13 +235,22 @@ public:
 private:
     // The engine's mutex for a thread other than the loop's: counted in
     // callers_ while it waits, so that the loop steps aside for it.
+    //
+    // The release always wakes the loop, on every way out of the caller's block
+    // (a submit that throws, a cancel of a request that had finished already).
+    // The loop waits on cv_ for callers_ to reach 0 when a caller arrives during
+    // a step; a caller that left without notifying would leave it asleep with
+    // work to do, every running request stalled until some other call came.
     struct caller_lock {
         explicit caller_lock(engine& e) : e_(e) {
             ++e.callers_;
             e.mu_.lock();
             --e.callers_;
         }
-        ~caller_lock() { e_.mu_.unlock(); }
+        ~caller_lock() {
+            e_.mu_.unlock();
+            e_.cv_.notify_all();
+        }
         caller_lock(const caller_lock&) = delete;
         caller_lock& operator=(const caller_lock&) = delete;
         engine& e_;
