@@ -732,7 +732,11 @@ struct signal_stopper {
         sigaction(SIGTERM, &sa, nullptr);
         watcher = std::thread([this, &svr] {
             while (!done.load()) {
-                if (stop_requested.load()) {
+                // Only once the server listens: httplib's stop() does nothing before listen
+                // has started (it checks is_running()), so a signal that came between
+                // installing the handler and listen_after_bind() would be lost and the
+                // server would never stop. If listening fails, `done` ends this loop.
+                if (stop_requested.load() && svr.is_running()) {
                     std::cerr << "tinyllm serve: stopping\n";
                     svr.stop();
                     return;
