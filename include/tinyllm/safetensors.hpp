@@ -184,7 +184,10 @@ public:
             std::string name;
         };
         std::vector<range> ranges;
-        for (const auto& [name, entry] : doc.as_object()) {
+        for (const auto& member : doc.as_object()) {
+            // (Named, not a structured binding: clang before 16 cannot capture one in the lambda below.)
+            const std::string& name = member.first;
+            const json::value& entry = member.second;
             if (name == "__metadata__") {
                 if (entry.is_object())
                     for (const auto& [k, v] : entry.as_object())

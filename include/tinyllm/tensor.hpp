@@ -327,8 +327,9 @@ bool periodic_block(const tensor_view<T, Rank>& v, index_t P, index_t& width) {
 // the stride of their rows, and do not overlap.
 template <class T, std::size_t RankT, class U, std::size_t RankU>
 bool overlaps(const tensor_view<T, RankT>& a, const tensor_view<U, RankU>& b) {
-    const auto [a0, a1] = address_range(a);
-    const auto [b0, b1] = address_range(b);
+    // (Plain names, not structured bindings: clang before 16 cannot capture those in a lambda.)
+    const auto range_a = address_range(a), range_b = address_range(b);
+    const auto a0 = range_a.first, a1 = range_a.second, b0 = range_b.first, b1 = range_b.second;
     if (a0 == a1 || b0 == b1 || !(a0 < b1 && b0 < a1)) return false;
     const auto apart_modulo = [&](index_t P) {
         index_t wa = 0, wb = 0;
