@@ -357,6 +357,103 @@ TEST_CASE("checkpoints: config dimensions beyond the checkpoint's fail before an
                       tinyllm_test::contains("capacity 1099511627776 needs a KV cache of more than 2^40 bytes"));
 }
 
+TEST_CASE("config.json: llama3 RoPE's original_max_position_embeddings is a whole number; RoPE errors name the file",
+          "[model][config][errors]") {
+    const auto llama = [](const std::string& original) {
+        const std::string text = R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": )" +
+                                 original + "}}";
+        return tinyllm::model_config_from_json(tinyllm::json::parse(text, "config.json"), "config.json");
+    };
+    const tinyllm::model_config c = llama("4096");
+    CHECK(c.rope.original_max_position_embeddings == 4096);
+    // 8192.5 was kept and written back as 8192; 1e300 overflowed the conversion to an integer in model_config_json.
+    CHECK_THROWS_WITH(
+        llama("8192.5"),
+        tinyllm_test::contains("'config.json': \"original_max_position_embeddings\" = 8192.5 must be an integer"));
+    CHECK_THROWS_WITH(llama("1e300"),
+                      tinyllm_test::contains("\"original_max_position_embeddings\" = 1e300 must be an integer"));
+    CHECK_THROWS_WITH(llama("0"), tinyllm_test::contains("\"original_max_position_embeddings\" = 0 must be positive"));
+    // The other RoPE checks (positional.hpp's validate) name the file too.
+    CHECK_THROWS_WITH(tinyllm::model_config_from_json(
+                          tinyllm::json::parse(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10,
+                              "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                              "intermediate_size": 16, "rope_theta": 1.0})"),
+                          "config.json"),
+                      tinyllm_test::contains("'config.json': the RoPE settings (head_dim, rope_theta, rope_scaling) "
+                                             "are not valid: tinyllm: precondition failed"));
+    tinyllm::model_config huge = c;
+    huge.rope.original_max_position_embeddings = 1e300;
+    CHECK_THROWS_WITH(tinyllm::model_config_json(huge),
+                      tinyllm_test::contains("original_max_position_embeddings = 1e+300 must be a whole number"));
+}
+
+TEST_CASE("checkpoints: layers, experts and quantized matrices are allocated only as the file's tensors vouch for them",
+          "[model][config][errors]") {
+    using tinyllm::extents;
+    using tinyllm::tensor;
+    // Each checkpoint below is a few tensors whose config announces far more: the
+    // loaders once allocated from the config's numbers first (2^31 layers, 2^17
+    // experts of 2^17 x 1, a 2^40 x 8 int8 matrix: std::bad_alloc, or the OOM killer).
+    const auto load = [](const temp_dir& d, const std::string& config,
+                         const std::vector<tinyllm::safetensors_entry>& t) {
+        write_file(d.file("config.json"), config);
+        tinyllm::save_safetensors(d.file("model.safetensors"), t);
+        return tinyllm::cpu::model::load(d.path.string());
+    };
+    const tensor<float, 2> embed(extents<2>{16, 8}, 0.5f);
+    const tensor<float, 1> none(extents<1>{0}), norm(extents<1>{8}, 1.0f);
+    {  // 2^31 layers, the last one's name there
+        temp_dir d;
+        CHECK_THROWS_WITH(
+            load(d, R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": 8,
+                       "num_hidden_layers": 2147483648, "num_attention_heads": 2, "intermediate_size": 16,
+                       "tie_word_embeddings": true})",
+                 {{"model.embed_tokens.weight", embed}, {"model.layers.2147483647.input_layernorm.weight", none}}),
+            tinyllm_test::contains("has no tensor 'model.layers.0.input_layernorm.weight'"));
+    }
+    {  // 2^17 experts of (2^17, 1): the router and expert 0 there, and the last expert's name
+        temp_dir d;
+        const index_t E = index_t{1} << 17, F = index_t{1} << 17;
+        const std::string p = "model.layers.0.";
+        const tensor<float, 2> embed1(extents<2>{16, 1}), q(extents<2>{2, 1}), o(extents<2>{1, 2}),
+            router(extents<2>{E, 1}), w13(extents<2>{F, 1}), w2(extents<2>{1, F});
+        const tensor<float, 1> norm1(extents<1>{1}, 1.0f);
+        CHECK_THROWS_WITH(
+            load(d, R"({"architectures": ["MixtralForCausalLM"], "vocab_size": 16, "hidden_size": 1,
+                       "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 2,
+                       "intermediate_size": 131072, "num_local_experts": 131072, "num_experts_per_tok": 1,
+                       "tie_word_embeddings": true})",
+                 {{"model.embed_tokens.weight", embed1},
+                  {p + "input_layernorm.weight", norm1},
+                  {p + "post_attention_layernorm.weight", norm1},
+                  {p + "self_attn.q_proj.weight", q},
+                  {p + "self_attn.k_proj.weight", q},
+                  {p + "self_attn.v_proj.weight", q},
+                  {p + "self_attn.o_proj.weight", o},
+                  {p + "block_sparse_moe.gate.weight", router},
+                  {p + "block_sparse_moe.experts.0.w1.weight", w13},
+                  {p + "block_sparse_moe.experts.0.w3.weight", w13},
+                  {p + "block_sparse_moe.experts.0.w2.weight", w2},
+                  {p + "block_sparse_moe.experts.131071.w2.weight", none}}),
+            tinyllm_test::contains("has no tensor 'model.layers.0.block_sparse_moe.experts.1.w1.weight'"));
+    }
+    {  // int8, 2^20 heads of 2^20: wq is 2^40 x 8, and its tensors are missing
+        temp_dir d;
+        CHECK_THROWS_WITH(load(d, R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": 8,
+                       "num_hidden_layers": 1, "num_attention_heads": 1048576, "num_key_value_heads": 1,
+                       "head_dim": 1048576, "intermediate_size": 16, "tie_word_embeddings": true,
+                       "quantization_config": {"quant_method": "tinyllm", "format": "int8", "bits": 8,
+                                               "group_size": 0, "method": "rtn"}})",
+                               {{"embed", embed},
+                                {"final_norm.weight", norm},
+                                {"layers.0.attn_norm.weight", norm},
+                                {"layers.0.ffn_norm.weight", norm}}),
+                          tinyllm_test::contains("the matrices are int8 but tensor 'layers.0.wq.qweight' is missing"));
+    }
+}
+
 TEST_CASE("safetensors: a valid file reads back; each kind of damage has its own error", "[model][safetensors]") {
     temp_dir d;
     const std::string good_header = R"({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},

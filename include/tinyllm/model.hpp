@@ -199,8 +199,13 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
             rope.factor = config_double(*params, "factor", 8.0, path);
             rope.low_freq_factor = config_double(*params, "low_freq_factor", 1.0, path);
             rope.high_freq_factor = config_double(*params, "high_freq_factor", 4.0, path);
-            rope.original_max_position_embeddings =
-                config_double(*params, "original_max_position_embeddings", 8192.0, path);
+            // A context length: a whole number of positions (transformers' int), which
+            // model_config_json writes back as one (8192.5 or 1e300 would not read back).
+            const index_t original =
+                config_int(*params, "original_max_position_embeddings", 8192, path, config_dim_max);
+            if (original < 1)
+                TINYLLM_FAIL("'", path, "': \"original_max_position_embeddings\" = ", original, " must be positive");
+            rope.original_max_position_embeddings = static_cast<double>(original);
         } else if (type != "default") {
             TINYLLM_FAIL("'", path, "': rope type \"", type, "\" is not supported (default, linear, llama3 are)");
         }
@@ -363,7 +368,12 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
     }
     if (m.arch != model_arch::gpt2) {
         m.rope = detail::read_rope(c, m.head_dim, path);
-        validate(m.rope, m.head_dim);
+        try {
+            validate(m.rope, m.head_dim);
+        } catch (const error& e) {  // (validate's message names no file)
+            TINYLLM_FAIL("'", path,
+                         "': the RoPE settings (head_dim, rope_theta, rope_scaling) are not valid: ", e.what());
+        }
     }
     // eos_token_id: one id or a list of them, each inside the vocabulary.
     if (const json::value* eos = c.find("eos_token_id"); eos && !eos->is_null()) {
@@ -598,10 +608,8 @@ inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, 
                                               const std::string& name, index_t N, index_t K, const quant_spec& spec) {
     const bool int8 = spec.format == quant_format::int8;
     if (!int8 && K % spec.group != 0)
-        TINYLLM_FAIL("checkpoint '", where, "': its quantization (", spec.name(),
-                     ") has groups of ", spec.group, " inputs, which do not divide the ", K, " inputs of ", name, " (",
-                     N, " x ", K, ")");
-    quantized_matrix q = empty_quantized(N, K, spec);
+        TINYLLM_FAIL("checkpoint '", where, "': its quantization (", spec.name(), ") has groups of ", spec.group,
+                     " inputs, which do not divide the ", K, " inputs of ", name, " (", N, " x ", K, ")");
     const auto raw = [&](const char* suffix, st_dtype dtype, index_t rows, index_t cols) -> const safetensors_tensor& {
         const std::string full = name + suffix;
         const safetensors_tensor* t = ck.find(full);
@@ -616,7 +624,13 @@ inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, 
                          safetensors_file::shape_string({rows, cols}));
         return *t;
     };
-    const safetensors_tensor& values = raw(".qweight", int8 ? st_dtype::i8 : st_dtype::u8, N, q.row_bytes());
+    // Every tensor checked before anything is allocated: N and K come from the
+    // config, and only the file's tensors vouch for them.
+    const index_t row_bytes = int8 ? K : K / 2, groups = int8 ? 1 : K / spec.group;
+    const safetensors_tensor& values = raw(".qweight", int8 ? st_dtype::i8 : st_dtype::u8, N, row_bytes);
+    const safetensors_tensor& scales = raw(".scales", st_dtype::f32, N, groups);
+    const safetensors_tensor* zeros = int8 ? nullptr : &raw(".zeros", st_dtype::u8, N, groups);
+    quantized_matrix q = empty_quantized(N, K, spec);
     std::memcpy(q.data.data(), values.data, q.data.size());
     if (int8)
         for (std::size_t i = 0; i < q.data.size(); ++i)
@@ -624,14 +638,14 @@ inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, 
                 TINYLLM_FAIL("checkpoint '", where, "': ", name, ".qweight holds -128 at (",
                              static_cast<index_t>(i) / K, ", ", static_cast<index_t>(i) % K,
                              "); int8 weights are in [-127, 127]");
-    q.scales = to_tensor<float, 2>(raw(".scales", st_dtype::f32, N, q.groups()));
+    q.scales = to_tensor<float, 2>(scales);
     for (index_t n = 0; n < N; ++n)
         for (index_t g = 0; g < q.groups(); ++g)
             if (!std::isfinite(q.scales(n, g)) || q.scales(n, g) < 0.0f)
                 TINYLLM_FAIL("checkpoint '", where, "': ",
                              name, ".scales(", n, ", ", g, ") = ", q.scales(n, g), "; scales are finite and >= 0");
     if (!int8) {
-        q.zeros = to_tensor<std::uint8_t, 2>(raw(".zeros", st_dtype::u8, N, q.groups()));
+        q.zeros = to_tensor<std::uint8_t, 2>(*zeros);
         for (index_t n = 0; n < N; ++n)
             for (index_t g = 0; g < q.groups(); ++g)
                 if (q.zeros(n, g) > 15)
@@ -704,11 +718,11 @@ inline quantized_model_weights load_quantized_model_weights(const model_config& 
     if (c.arch == model_arch::gpt2) w.final_norm_bias = vector("final_norm.bias", D);
     if (!c.tie_word_embeddings) q.lm_head = quantized("lm_head", V, D);
     detail::expect_last_layer(c, ck, "layers." + std::to_string(c.num_layers - 1) + ".attn_norm.weight");
-    w.layers.resize(static_cast<std::size_t>(c.num_layers));
-    q.layers.resize(static_cast<std::size_t>(c.num_layers));
+    // Layer by layer (not num_layers at once): the file's tensors vouch for each.
     for (index_t l = 0; l < c.num_layers; ++l) {
         const std::string p = "layers." + std::to_string(l) + ".";
-        layer_weights& L = w.layers[static_cast<std::size_t>(l)];
+        layer_weights& L = w.layers.emplace_back();
+        q.layers.emplace_back();
         for (const auto& [name, member] : detail::layer_vector_members)
             if (const index_t n = detail::layer_vector_length(c, name)) L.*member = vector(p + name, n);
         for (const auto& [name, member, dense] : detail::layer_matrix_members)
@@ -800,10 +814,10 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
         w.embed = ck.load(t + "wte.weight", extents<2>{V, D});
         w.positions = ck.load(t + "wpe.weight", extents<2>{c.max_positions, D});
         detail::expect_last_layer(c, ck, t + "h." + std::to_string(c.num_layers - 1) + ".ln_1.weight");
-        w.layers.resize(static_cast<std::size_t>(c.num_layers));
+        // Layer by layer (not num_layers at once): the file's tensors vouch for each.
         for (index_t l = 0; l < c.num_layers; ++l) {
             const std::string p = t + "h." + std::to_string(l) + ".";
-            auto& L = w.layers[static_cast<std::size_t>(l)];
+            layer_weights& L = w.layers.emplace_back();
             L.attn_norm_weight = ck.load(p + "ln_1.weight", extents<1>{D});
             L.attn_norm_bias = ck.load(p + "ln_1.bias", extents<1>{D});
             L.ffn_norm_weight = ck.load(p + "ln_2.weight", extents<1>{D});
@@ -831,10 +845,10 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
     }
     w.embed = ck.load("model.embed_tokens.weight", extents<2>{V, D});
     detail::expect_last_layer(c, ck, "model.layers." + std::to_string(c.num_layers - 1) + ".input_layernorm.weight");
-    w.layers.resize(static_cast<std::size_t>(c.num_layers));
+    // Layer by layer (not num_layers at once): the file's tensors vouch for each.
     for (index_t l = 0; l < c.num_layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
-        auto& L = w.layers[static_cast<std::size_t>(l)];
+        layer_weights& L = w.layers.emplace_back();
         L.attn_norm_weight = ck.load(p + "input_layernorm.weight", extents<1>{D});
         L.ffn_norm_weight = ck.load(p + "post_attention_layernorm.weight", extents<1>{D});
         L.wq = ck.load(p + "self_attn.q_proj.weight", extents<2>{q_out, D});
@@ -871,6 +885,14 @@ inline model_weights load_model_weights(const model_config& c, const safetensors
             if (!ck.contains(last))
                 TINYLLM_FAIL("checkpoint '", ck.dir(), "' has no tensor '", last, "' of the last of the ", E,
                              " experts its config.json announces (\"num_local_experts\")");
+            // Every expert's three matrices there with their shapes before the (E, F, D)
+            // tensors are allocated: E comes from the config, and only the file vouches for it.
+            for (index_t e = 0; e < E; ++e) {
+                const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+                ck.expect(q + "w1.weight", extents<2>{F, D});
+                ck.expect(q + "w3.weight", extents<2>{F, D});
+                ck.expect(q + "w2.weight", extents<2>{D, F});
+            }
             for (index_t e = 0; e < E; ++e) {
                 const std::string q = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
                 const auto w1 = ck.load(q + "w1.weight", extents<2>{F, D});
@@ -1086,6 +1108,11 @@ inline std::string model_config_json(const model_config& c) {
                 field("rope_scaling", "{\"rope_type\": \"linear\", \"factor\": " + f(c.rope.factor) + "}");
                 break;
             case rope_scaling::llama3:
+                // (Checked before the conversion to an integer, which 1e300 would overflow.)
+                if (const double p = c.rope.original_max_position_embeddings;
+                    !(p >= 1 && p <= static_cast<double>(detail::config_dim_max) && std::floor(p) == p))
+                    TINYLLM_FAIL("model_config_json: rope original_max_position_embeddings = ", p,
+                                 " must be a whole number of positions in [1, 2^31] (config.json holds an integer)");
                 field("rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": " + f(c.rope.factor) +
                                           ", \"low_freq_factor\": " + f(c.rope.low_freq_factor) +
                                           ", \"high_freq_factor\": " + f(c.rope.high_freq_factor) +

@@ -463,9 +463,11 @@ public:
         return n;
     }
 
-    // Tensor `name` as floats, checked against the shape the model expects.
+    // Tensor `name`, which must be there with the shape the model expects. (A
+    // loader that allocates for many tensors at once checks them all first, so
+    // that what it allocates is what the file holds.)
     template <std::size_t Rank>
-    tensor<float, Rank> load(const std::string& name, const extents<Rank>& shape) const {
+    const safetensors_tensor& expect(const std::string& name, const extents<Rank>& shape) const {
         const safetensors_tensor* t = find(name);
         if (!t) TINYLLM_FAIL("checkpoint '", dir_, "' has no tensor '", name, "'");
         bool ok = t->shape.size() == Rank;
@@ -473,8 +475,15 @@ public:
         if (!ok)
             TINYLLM_FAIL("checkpoint '", dir_, "': tensor '", name, "' has shape ", safetensors_file::shape_string(t->shape),
                          " but the config implies ", to_string(shape));
+        return *t;
+    }
+
+    // Tensor `name` as floats, checked against the shape the model expects.
+    template <std::size_t Rank>
+    tensor<float, Rank> load(const std::string& name, const extents<Rank>& shape) const {
+        const safetensors_tensor& t = expect(name, shape);
         tensor<float, Rank> out(shape);
-        out.values() = to_float_vector(*t);
+        out.values() = to_float_vector(t);
         return out;
     }
 
