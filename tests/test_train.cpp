@@ -289,6 +289,31 @@ TEST_CASE("train: resuming the wrong run is refused with its reason", "[train][e
         cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(4));
         CHECK_THROWS_WITH(t.restore(dir.file("nothing")), contains("holds no training_state.json"));
     }
+    SECTION("a training_state.json edited by hand: each field of the wrong kind is named") {
+        const std::string path = dir.file("ck/training_state.json");
+        const std::string original = tinyllm::detail::read_text_file(path);
+        // Replace the first occurrence of `from` (which must be there) and try to resume.
+        const auto resume_with = [&](const std::string& from, const std::string& to) {
+            std::string text = original;
+            const std::size_t at = text.find(from);
+            REQUIRE(at != std::string::npos);
+            text.replace(at, from.size(), to);
+            std::ofstream(path, std::ios::binary) << text;
+            cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(4));
+            t.restore(ck);
+        };
+        CHECK_THROWS_WITH(resume_with("\"version\": 1", "\"version\": \"1\""),
+                          contains("training_state.json: version not a number (this reader knows 1)"));
+        CHECK_THROWS_WITH(resume_with("\"batch\": 4", "\"batch\": 4.5"),
+                          contains("training_state.json: options.batch = 4.5 is not a 64-bit integer"));
+        CHECK_THROWS_WITH(resume_with("\"step\": 1", "\"step\": 1e300"),
+                          contains("cannot resume from '") && contains("\"step\" is missing or not an integer"));
+        CHECK_THROWS_WITH(resume_with("\"train\": [", "\"train\": [\"0\", "),
+                          contains("data.train is not [begin, end], two token offsets"));
+        const std::string fingerprint = "\"fingerprint\": \"";
+        CHECK_THROWS_WITH(resume_with(fingerprint, "\"fingerprint\": 7, \"unused\": \""),
+                          contains("data.fingerprint is not a string"));
+    }
 }
 
 TEST_CASE("train: bad input is an error that says what was wrong", "[train][errors]") {

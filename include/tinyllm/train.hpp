@@ -57,7 +57,9 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tinyllm {
@@ -453,8 +455,12 @@ inline json::value read_training_state(const std::string& dir) {
     TINYLLM_EXPECT(state.is_object() && state.find("format") && state.at("format").is_string() &&
                        state.at("format").as_string() == "tinyllm training state",
                    path, ": not a tinyllm training state");
-    TINYLLM_EXPECT(state.find("version") && state.at("version").as_int64() == 1, path, ": version ",
-                   state.find("version") ? state.at("version").number_text() : "missing", " (this reader knows 1)");
+    const json::value* version = state.find("version");
+    TINYLLM_EXPECT(version && version->is_number() && version->to_int64() == 1, path, ": version ",
+                   !version               ? "missing"
+                   : version->is_number() ? version->number_text()
+                                          : "not a number",
+                   " (this reader knows 1)");
     return state;
 }
 
@@ -467,12 +473,18 @@ inline train_options read_train_options(const json::value& state, const std::str
         TINYLLM_EXPECT(v && v->is_number(), where, ": options.", key, " is missing or not a number");
         return *v;
     };
+    const auto integer = [&](const char* key) {
+        const std::optional<std::int64_t> v = num(key).to_int64();
+        TINYLLM_EXPECT(v.has_value(), where, ": options.", key, " = ", num(key).number_text(),
+                       " is not a 64-bit integer");
+        return *v;
+    };
     train_options t;
-    t.batch = num("batch").as_int64();
-    t.context = num("context").as_int64();
-    t.steps = num("steps").as_int64();
+    t.batch = integer("batch");
+    t.context = integer("context");
+    t.steps = integer("steps");
     t.lr = num("lr").as_double();
-    t.warmup = num("warmup").as_int64();
+    t.warmup = integer("warmup");
     t.weight_decay = num("weight_decay").as_double();
     t.beta1 = num("beta1").as_double();
     t.beta2 = num("beta2").as_double();
@@ -484,7 +496,7 @@ inline train_options read_train_options(const json::value& state, const std::str
         TINYLLM_EXPECT(ec == std::errc() && end == text.data() + text.size(), where, ": options.seed ", text,
                        " is not an unsigned 64-bit integer");
     }
-    t.eval_batches = num("eval_batches").as_int64();
+    t.eval_batches = integer("eval_batches");
     t.aux_weight = num("aux_weight").as_double();
     if (o->find("distill_weight")) {
         t.distill_weight = num("distill_weight").as_double();
@@ -526,18 +538,31 @@ inline void cpu::trainer::restore(const std::string& dir) {
     const json::value* data = state.find("data");
     if (!data || !data->is_object() || !data->find("fingerprint") || !data->find("train") || !data->find("validation"))
         fail("training_state.json has no \"data\" section");
+    if (!data->at("fingerprint").is_string()) fail("training_state.json: data.fingerprint is not a string");
     if (data->at("fingerprint").as_string() != tinyllm::detail::hex64(data_.fingerprint()))
         fail("it was trained on other data (token-file fingerprint ", data->at("fingerprint").as_string(),
              ", this run's ", tinyllm::detail::hex64(data_.fingerprint()), ")");
-    const auto& tr = data->at("train");
-    const auto& va = data->at("validation");
-    if (static_cast<std::uint64_t>(tr.at(0).as_int64()) != splits_.train_begin ||
-        static_cast<std::uint64_t>(tr.at(1).as_int64()) != splits_.train_end ||
-        static_cast<std::uint64_t>(va.at(0).as_int64()) != splits_.val_begin ||
-        static_cast<std::uint64_t>(va.at(1).as_int64()) != splits_.val_end)
+    // A split is [begin, end): two whole numbers of tokens.
+    const auto split = [&](const char* key) {
+        const json::value& v = data->at(key);
+        std::optional<std::int64_t> begin, end;
+        if (v.is_array() && v.size() == 2 && v.at(0).is_number() && v.at(1).is_number())
+            begin = v.at(0).to_int64(), end = v.at(1).to_int64();
+        if (!begin || !end || *begin < 0 || *end < 0)
+            fail("training_state.json: data.", key, " is not [begin, end], two token offsets");
+        return std::pair<std::uint64_t, std::uint64_t>(static_cast<std::uint64_t>(*begin),
+                                                       static_cast<std::uint64_t>(*end));
+    };
+    const auto tr = split("train"), va = split("validation");
+    if (tr.first != splits_.train_begin || tr.second != splits_.train_end || va.first != splits_.val_begin ||
+        va.second != splits_.val_end)
         fail("its train/validation split differs from this run's (another --validation fraction?)");
 
-    const std::int64_t step = state.at("step").as_int64();
+    const json::value* saved_step = state.find("step");
+    const std::optional<std::int64_t> at_step =
+        saved_step && saved_step->is_number() ? saved_step->to_int64() : std::nullopt;
+    if (!at_step) fail("training_state.json: \"step\" is missing or not an integer");
+    const std::int64_t step = *at_step;
     if (step < 0 || step > options_.steps) fail("it was saved at step ", step, ", beyond this run's ", options_.steps, " steps");
 
     // Everything checked: load the weights and the moments into place (the
