@@ -626,10 +626,9 @@ inline quantized_matrix read_quantized_matrix(const safetensors_checkpoint& ck, 
     };
     // Every tensor checked before anything is allocated: N and K come from the
     // config, and only the file's tensors vouch for them.
-    const index_t row_bytes = int8 ? K : K / 2, groups = int8 ? 1 : K / spec.group;
-    const safetensors_tensor& values = raw(".qweight", int8 ? st_dtype::i8 : st_dtype::u8, N, row_bytes);
-    const safetensors_tensor& scales = raw(".scales", st_dtype::f32, N, groups);
-    const safetensors_tensor* zeros = int8 ? nullptr : &raw(".zeros", st_dtype::u8, N, groups);
+    const safetensors_tensor& values = raw(".qweight", int8 ? st_dtype::i8 : st_dtype::u8, N, spec.row_bytes(K));
+    const safetensors_tensor& scales = raw(".scales", st_dtype::f32, N, spec.groups(K));
+    const safetensors_tensor* zeros = int8 ? nullptr : &raw(".zeros", st_dtype::u8, N, spec.groups(K));
     quantized_matrix q = empty_quantized(N, K, spec);
     std::memcpy(q.data.data(), values.data, q.data.size());
     if (int8)

@@ -162,6 +162,10 @@ struct quant_spec {
     std::string name() const {
         return format == quant_format::int8 ? std::string("int8") : "int4-g" + std::to_string(group);
     }
+    // The layout of one row of K inputs: its bytes of values (int8 one a byte,
+    // int4 two), and its groups, each with a scale (int8: the whole row is one).
+    index_t row_bytes(index_t K) const { return format == quant_format::int8 ? K : K / 2; }
+    index_t groups(index_t K) const { return format == quant_format::int8 ? 1 : K / group; }
 };
 
 // "int8", "int4-g32", "int4-g64", "int4-g128" (any even group size >= 2).
@@ -191,7 +195,7 @@ struct quantized_matrix {
 
     index_t group_size() const { return spec.format == quant_format::int8 ? cols : spec.group; }
     index_t groups() const { return scales.extent(1); }
-    index_t row_bytes() const { return spec.format == quant_format::int8 ? cols : cols / 2; }
+    index_t row_bytes() const { return spec.row_bytes(cols); }
     // Bytes of storage: the values, the scales and the zero points.
     index_t bytes() const {
         return static_cast<index_t>(data.size()) + scales.size() * static_cast<index_t>(sizeof(float)) + zeros.size();
@@ -247,7 +251,7 @@ inline quantized_matrix empty_quantized(index_t N, index_t K, const quant_spec& 
     q.spec = spec;
     q.rows = N;
     q.cols = K;
-    const index_t groups = spec.format == quant_format::int8 ? 1 : K / spec.group;
+    const index_t groups = spec.groups(K);
     q.data.assign(static_cast<std::size_t>(N * q.row_bytes()), 0);
     q.scales = tensor<float, 2>({N, groups});
     if (spec.format == quant_format::int4) q.zeros = tensor<std::uint8_t, 2>({N, groups});

@@ -78,8 +78,8 @@ struct device_quantized_matrix {
     device_buffer<std::uint8_t> zeros; // (N, groups), int4 only
 
     index_t group_size() const { return spec.format == quant_format::int8 ? cols : spec.group; }
-    index_t groups() const { return cols / group_size(); }
-    index_t row_bytes() const { return spec.format == quant_format::int8 ? cols : cols / 2; }
+    index_t groups() const { return spec.groups(cols); }
+    index_t row_bytes() const { return spec.row_bytes(cols); }
 };
 
 // Upload a quantized matrix (synchronous copies).
