@@ -236,7 +236,7 @@ __device__ inline unsigned load_relaxed(const unsigned* p) {
 // block holding ticket t knows that tickets 0 .. t-1 were drawn by blocks that
 // started before it; if those wait only for lower tickets still, every wait
 // ends. The decode step's dataflow kernel (decode_dataflow.cuh) and sampling
-// v7 (sampling.cuh) chain their phases this way.
+// v7 (sampling_chained.cuh) chain their phases this way.
 //
 // One thread of the waiting block calls wait_at_least: it returns once
 // *counter >= expected, which blocks of lower tickets raise after fencing their
