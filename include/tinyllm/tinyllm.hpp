@@ -21,6 +21,7 @@
 #include <tinyllm/bpe_train.hpp>
 #include <tinyllm/embedding.hpp>
 #include <tinyllm/pretokenize.hpp>
+#include <tinyllm/sentencepiece_train.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 

@@ -42,5 +42,6 @@
 #include <tinyllm/cuda/sampling.cuh>
 
 // The decoder built from them.
+#include <tinyllm/cuda/batching.cuh>
 #include <tinyllm/cuda/model.cuh>
 #include <tinyllm/cuda/speculative.cuh>
