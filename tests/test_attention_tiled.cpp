@@ -24,8 +24,10 @@
 #include <tinyllm/attention.hpp>
 #include <tinyllm/attention_tiled.hpp>
 #include <tinyllm/dtype.hpp>
+#include <tinyllm/threads.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -427,6 +429,33 @@ TEST_CASE("attention_tiled and attention_backward_tiled are deterministic, for a
 #else
     std::printf("determinism: built without OpenMP (one thread)\n");
     same(run(), run());
+#endif
+}
+
+TEST_CASE("the tiled attention runs on cpu::set_num_threads' count of threads", "[attention][tiled]") {
+#if defined(_OPENMP)
+    // The most threads seen inside the items of one call with work enough to share out.
+    const auto team = [] {
+        std::atomic<int> most{0};
+        tinyllm::detail::attention_tiled_for(
+            64, 1e9, [] { return 0; },
+            [&](index_t, int&) {
+                const int n = omp_get_num_threads();
+                int seen = most.load();
+                while (n > seen && !most.compare_exchange_weak(seen, n)) {
+                }
+            });
+        return most.load();
+    };
+    cpu::set_num_threads(1);
+    const int one = team();
+    cpu::set_num_threads(2);
+    const int two = team();
+    cpu::set_num_threads(0);
+    CHECK(one == 1);
+    CHECK(two == 2);
+#else
+    SUCCEED("built without OpenMP: the items run on the calling thread");
 #endif
 }
 

@@ -43,7 +43,7 @@
 //   * Threads: with OpenMP (compiled with -fopenmp; _OPENMP defined) the work
 //     items, (batch x head x query block), run in parallel, the heaviest
 //     (last, under causal) query blocks first. Without OpenMP the same items run
-//     in order on one thread; so do calls of less than ~1e6 multiply-adds,
+//     in order on one thread; so do calls of less than 2^17 (~1.3e5) multiply-adds,
 //     where starting the threads costs more than they gain. Each item writes
 //     only its own output rows and computes them in an order that does not
 //     depend on which thread runs it, so the result is the same bits for any
@@ -73,7 +73,7 @@
 //
 // Accuracy: float accumulation over D products and Tk keys; the tests compare
 // with the double reference and report the max-abs and relative-L2 errors
-// (docs/cpu_attention.md has the numbers).
+// (docs/cpu.md, the tiled attention's accuracy table, has the numbers).
 #pragma once
 
 #include <tinyllm/attention.hpp>
@@ -81,6 +81,7 @@
 #include <tinyllm/error.hpp>
 #include <tinyllm/math.hpp>
 #include <tinyllm/tensor.hpp>
+#include <tinyllm/threads.hpp>
 
 #include <algorithm>
 #include <bit>
@@ -129,9 +130,9 @@ inline void attention_block_columns(const key_range& visible, index_t k0, index_
 // 128 x 64 = 2e5) is above it, and gains from sharing its heads.
 inline constexpr double attention_tiled_parallel_work = 1 << 17;
 
-// Runs body(item, scratch) for every item in [0, n): over the OpenMP threads
-// when compiled with OpenMP and `work` (multiply-adds, an estimate) is at least
-// attention_tiled_parallel_work, in order otherwise. Each thread makes its own
+// Runs body(item, scratch) for every item in [0, n): over cpu::num_threads()
+// OpenMP threads when compiled with OpenMP and `work` (multiply-adds, an
+// estimate) is at least attention_tiled_parallel_work, in order otherwise. Each thread makes its own
 // scratch (make_scratch()) once. Items are handed out one at a time
 // (schedule(dynamic)) because their costs differ (causal: later query blocks
 // see more keys); what an item computes does not depend on the thread.
@@ -139,7 +140,7 @@ template <class MakeScratch, class Body>
 void attention_tiled_for(index_t n, [[maybe_unused]] double work, const MakeScratch& make_scratch, const Body& body) {
     if (n <= 0) return;
 #if defined(_OPENMP)
-#pragma omp parallel if (n > 1 && work >= attention_tiled_parallel_work)
+#pragma omp parallel num_threads(cpu::num_threads()) if (n > 1 && work >= attention_tiled_parallel_work)
     {
         auto scratch = make_scratch();
 #pragma omp for schedule(dynamic, 1)

@@ -189,7 +189,7 @@ inline void linear(tensor_view<float, 2> out, tensor_view<const float, 2> x, ten
     }
 }
 
-// out = a b. out: (M, N); a: (M, K); b: (K, N). out must not overlap a.
+// out = a b. out: (M, N); a: (M, K); b: (K, N). out must not overlap a or b (checked).
 inline void matmul(tensor_view<float, 2> out, tensor_view<const float, 2> a, tensor_view<const float, 2> b) {
     tinyllm::detail::expect_matmul_args("matmul", a, b);
     linear(out, a, b.transpose(0, 1), {});  // a b = a (b^T)^T

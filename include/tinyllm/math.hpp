@@ -181,7 +181,7 @@ TINYLLM_HOST_DEVICE float pow2_exact(int e) {
 // the visible keys); NaN stays NaN. With n = round(x / ln 2) and
 // r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts, so that n ln 2 is
 // exact), e^x = 2^n e^r: e^r is its Taylor polynomial of degree 6 (truncation
-// < 2e-8 relative) and 2^n is built in the exponent bits. Relative error
+// < 2e-7 relative) and 2^n is built in the exponent bits. Relative error
 // <= 3e-7 (a few float ulps) over [-87, 0]; also right for the slightly
 // positive x that rounding can give (s - lse in the backward).
 inline float exp_nonpositive(float x) {

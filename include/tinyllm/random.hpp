@@ -171,8 +171,8 @@ namespace detail {
 
 // The parameters of the fills (host, CPU and CUDA alike): finite, lo <= hi,
 // stddev >= 0, and every value they can produce a finite float — hi - lo is
-// computed in float, and a normal draw is at most about 6.7 standard
-// deviations from its mean (Box-Muller of 32-bit uniforms), so 7 bound it.
+// computed in float, and a normal draw is at most 5.77 standard deviations
+// from its mean (Box-Muller of 24-bit uniforms, above), so 7 bound it.
 inline void expect_uniform_range(float lo, float hi, std::string_view op) {
     TINYLLM_EXPECT(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, op, " needs finite lo <= hi; got lo = ", lo,
                    ", hi = ", hi);

@@ -56,8 +56,8 @@ inline int default_num_threads() {
 
 namespace cpu {
 
-// The number of threads the threaded CPU kernels (gemm, the vectorized row-wise
-// operations) use. By default the OpenMP default: OMP_NUM_THREADS when set, else
+// The number of threads the threaded CPU kernels (gemm, the tiled attention, the
+// vectorized row-wise operations) use. By default the OpenMP default: OMP_NUM_THREADS when set, else
 // one per core. set_num_threads(n) sets it for the whole program (n >= 1),
 // set_num_threads(0) restores the default. Without OpenMP the kernels run on one
 // thread whatever this says; gemm_blas splits its product over this many OpenMP

@@ -70,7 +70,7 @@ struct train_options {
     index_t batch = 16;               // B: windows per step
     index_t context = 128;            // T: tokens per window
     std::int64_t steps = 1000;        // optimizer steps in the whole run
-    double lr = 1e-3;                 // the schedule's peak; it decays to lr / 10 by the last step
+    double lr = 1e-3;                 // the schedule's peak; it decays toward lr / 10, reached at step `steps`
     std::int64_t warmup = 100;        // steps of linear warmup
     double weight_decay = 0.1;        // AdamW's, on matrices only (default_weight_decay)
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
@@ -84,8 +84,8 @@ struct train_options {
     double distill_temperature = 1.0; // tau > 0
 };
 
-// The schedule of a run: linear warmup to lr, cosine decay to lr / 10 at the
-// last step (nanoGPT's, <tinyllm/optimizer.hpp>).
+// The schedule of a run: linear warmup to lr, cosine decay to lr / 10 at step
+// `steps`, one past the last (nanoGPT's, <tinyllm/optimizer.hpp>).
 inline lr_schedule schedule_of(const train_options& o) {
     return {.max_lr = o.lr, .min_lr = o.lr / 10, .warmup_steps = o.warmup,
             .decay_steps = std::max<std::int64_t>(o.steps, o.warmup + 1)};
@@ -445,8 +445,8 @@ inline void save_training_checkpoint(const std::string& dir, const cpu::trainer&
         detail::rename_into_place(path(name) + ".tmp", path(name), "save_training_checkpoint");
 }
 
-// The step a checkpoint was saved at (its training_state.json), for callers
-// that need it before building a trainer.
+// The parsed and validated training_state.json of a checkpoint (its step,
+// options, data split, ...), for callers that need it before building a trainer.
 inline json::value read_training_state(const std::string& dir) {
     const std::string path = (std::filesystem::path(dir) / "training_state.json").string();
     TINYLLM_EXPECT(std::filesystem::exists(path), "'", dir, "' holds no training_state.json: not a checkpoint that ",
