@@ -24,8 +24,9 @@
 // a warp mostly finish together. Special tokens are not recognised (this is
 // encode_ordinary).
 //
-// NOT YET RUN ON A GPU: written and compiled without one; tests/cuda/test_bpe.cu
-// compares it with the CPU encoder when a GPU is present.
+// On a GPU: tests/cuda/test_bpe.cu, which compares it with the CPU encoder,
+// passed on an H200 (runs B and D, memcheck clean); `tinyllm bench bpe` has not
+// been timed on a GPU yet.
 #pragma once
 
 #include <tinyllm/bpe.hpp>

@@ -11,8 +11,9 @@
 // On failure it throws tinyllm::cuda_error (a tinyllm::error) whose message
 // names the CUDA error, its description, the call, the file and the line:
 //
-//     tinyllm: CUDA error cudaErrorMemoryAllocation (out of memory) in
-//       cudaMalloc(&p, bytes) at cuda/tinyllm/cuda/device_buffer.cuh:51
+//     tinyllm: CUDA error cudaErrorMemoryAllocation (out of memory) in cudaMalloc(
+//     reinterpret_cast<void**>(&data_), count_ * sizeof(T))
+//       at cuda/tinyllm/cuda/device_buffer.cuh:33
 #pragma once
 
 #include <tinyllm/error.hpp>

@@ -57,7 +57,9 @@
 // by every block of the phase for itself, or a copy of the attention output or
 // the MLP's hidden layer), and runs gemv.cuh's warp unit with the epilogue the
 // graph's kernel uses: RoPE v4's rotation and cache write, bias + GELU, SwiGLU,
-// the residual add of norm v3, or the float logits.
+// or the float logits; after Wo and the MLP's last projection, where the graph
+// runs cuBLAS and a separate residual add + norm, the residual add of norm v3's
+// epilogue.
 // Attention is one block per (row, KV head), its 8 warps taking every 8th
 // chunk of 32 positions with an online softmax each, merged at the end
 // (flash-decoding's merge, inside one block), the cached keys and values asked

@@ -9,7 +9,8 @@
 //                  neighbouring elements of a row, so accesses are already
 //                  coalesced, but each thread moves only 2-4 bytes and
 //                  recomputes (b, t, d) with divisions.
-//   v2 vectorized  one warp-strided loop per token row: each thread moves 16
+//   v2 vectorized  one block per token row (grid-stride over the rows), its
+//                  threads striding over the row: each thread moves 16
 //                  bytes at a time (float4 = 4 floats or 8 bf16/fp16) with one
 //                  load and one store instruction; the id is read once per
 //                  row. Used when D * sizeof(T) is a multiple of 16 and both

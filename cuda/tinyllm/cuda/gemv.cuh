@@ -59,8 +59,8 @@
 // registers, five blocks of 4 warps per SM) 20 warps x 4096 bytes ask for
 // 82 KB per SM while they wait, where about 18 KB hides the latency
 // (docs/cuda-primer.md, section 5).
-// Run D timed after an L2 flush by writing, which leaves up to 50 MB of dirty
-// lines for the timed kernel to write back (docs/gpu.md, "How we measure"),
+// Run D timed after an L2 flush by writing, which leaves up to 63 MB (the H200's
+// 60 MiB L2) of dirty lines for the timed kernel to write back (docs/gpu.md, "How we measure"),
 // and cuBLAS, timed the same way, was at half the copy rate too. The next
 // measurements: after a read flush, and the kernels' times inside a decode
 // step (tinyllm bench model_breakdown).

@@ -374,7 +374,7 @@ private:
     device_buffer<unsigned char> scan_temp_;
 };
 
-// Steps 1–3 of dispatch on the GPU: the same plan as cpu::moe_plan (device
+// The plan's four steps (count, scan, offsets, scatter) on the GPU: the same plan as cpu::moe_plan (device
 // memory; asynchronous on `stream`). The workspace must match E and hold T·k slots.
 template <class = void>  // compiled only where called (launch.cuh)
 inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids, const moe_dispatch_options& options,
@@ -421,7 +421,7 @@ inline void moe_plan(moe_plan_view plan, tensor_view<const std::int32_t, 2> ids,
     }
 }
 
-// Step 4: out[r] = x[row_token[r]], zero for padding and unused rows.
+// Gather (the CPU's step 4): out[r] = x[row_token[r]], zero for padding and unused rows.
 //   out (R, D), x (T, D): float, bfloat16 or float16, contiguous.
 template <class T, class X>
 void moe_gather(tensor_view<T, 2> out, tensor_view<X, 2> x, const moe_plan_view& plan, cudaStream_t stream = nullptr) {
@@ -456,7 +456,7 @@ void moe_gather(tensor_view<T, 2> out, tensor_view<X, 2> x, const moe_plan_view&
     TINYLLM_CUDA_CHECK_LAUNCH();
 }
 
-// Step 6: out[t] = sum_j weights(t, j) · expert_out[row_of(t, j)] (slot order,
+// Combine (the CPU's step 6): out[t] = sum_j weights(t, j) · expert_out[row_of(t, j)] (slot order,
 // dropped slots skipped, float accumulation).
 //   out (T, D), expert_out (R, D), weights (T, k) float
 template <class T, class Y, class W>
@@ -603,7 +603,7 @@ private:
     std::vector<std::int32_t> offsets_, counts_;  // (E + 1), (E): the plan, read back
 };
 
-// Step 5: every expert's SwiGLU FFN on its rows (cuBLAS GEMMs per expert,
+// The experts (the CPU's step 5): every expert's SwiGLU FFN on its rows (cuBLAS GEMMs per expert,
 // float accumulation); padding and unused rows of `out` become 0.
 //   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F); one element
 //   type T for all of them: float, bfloat16 or float16 (intermediates stored as T).
@@ -716,7 +716,7 @@ void moe_experts_swiglu(tensor_view<O, 2> out, tensor_view<I, 2> in, tensor_view
 // beside the GEMM path. Measured (H200, 2026-12-04, one token): 278 µs
 // (2.53 TB/s) against 232 µs for cuBLAS per expert (docs/gpu.md, run D).
 
-// Step 5 for at most a few rows an expert, as above:
+// The experts for at most a few rows an expert, as above:
 //   out (R, D), in (R, D), w1 (E, F, D), w3 (E, F, D), w2 (E, D, F), hidden (R, F)
 //   scratch; one element type T (float, bfloat16, float16); all contiguous.
 // Only the rows of the plan's kept slots are written (the GEMM path also zeroes

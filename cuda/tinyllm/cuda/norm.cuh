@@ -683,15 +683,20 @@ void residual_add_bias_rms_norm(tensor_view<T, 2> out, tensor_view<T, 2> residua
 //              reading x from L2 (the other blocks wrote it)
 //
 // One launch instead of two, and the projection's output never goes through
-// memory: a decode step's layer drops from 7 graph nodes to 5 (cuda::model).
+// memory: a decode step's layer has 5 graph nodes instead of 7 (cuda::model,
+// which takes v3 for quantized weights only, below).
 // The price is the tail, run by one block: rows x D elements read from L2 three
 // times (LayerNorm; twice for RMSNorm) and written once, 4 KB a row for
 // Llama-3.2-1B in bf16. Normalizing the rows one after another would chain
 // each row's L2 round trips and block sums behind the previous row's (about a
 // microsecond a row); all rows at once, a pass costs about one row's latency
 // whatever the rows: expected under the 2 to 3 µs a separate launch costs, at
-// 1 row and at 8 (`tinyllm bench down_residual_rmsnorm_gemv` times both; not
-// measured on a GPU yet).
+// 1 row and at 8 (`tinyllm bench down_residual_rmsnorm_gemv` times both).
+// Measured (H200, run D, Llama-3.2-1B's down projection in bf16): 36.9 µs at
+// one row and 129.5 µs at eight, where cuBLAS and the separate residual add +
+// RMSNorm took 21.8 and 20.8 µs: slower, so cuda::model's dense decode steps
+// went back to the two kernels; quantized weights keep v3 until their own
+// comparison is measured (docs/layers.md).
 //
 // Rounding, as the two steps it replaces: the projection's output is rounded
 // to T (cuBLAS stores it), a bias is then added and the sum rounded to T (the

@@ -46,7 +46,8 @@
 // clipping factor read by the AdamW kernel.
 //
 // Tensors are device views, contiguous (stride 1). T = float or
-// tinyllm::bfloat16. Every launcher takes a cudaStream_t last.
+// tinyllm::bfloat16. Every launcher takes a cudaStream_t last (adamw_step and
+// sgd_step then, optionally, the parameter's name for their messages).
 #pragma once
 
 #include <tinyllm/config.hpp>

@@ -47,7 +47,7 @@
 //       outputs, its fragments loaded with ldmatrix as in attention v4
 //       (attention_mma.cuh; W^ stored [n][k] is the "col" B operand, like K in
 //       Q K^T). The price: x and W^ enter the product rounded to bfloat16
-//       (relative 2^-9 each), also for float activations. Any shape (tiles past
+//       (relative error up to 2^-8 each), also for float activations. Any shape (tiles past
 //       the edges are zero-filled); sm_80 or newer. Next rungs, not written:
 //       double-buffered cp.async of the packed bytes, and dequantizing straight
 //       into the B fragments' registers instead of through shared memory.

@@ -26,7 +26,7 @@
 // node. Not yet run on a GPU: the simulated GPU runs it in CI.
 //
 // Names come from cudaFuncGetName, demangled and without tinyllm's namespaces
-// ("pair_gemv_kernel<bfloat16, 8, 1, swiglu_epilogue<bfloat16>>"); a library
+// ("pair_gemv_kernel<bfloat16, 8, 1, swiglu_gemv_epilogue<bfloat16>>"); a library
 // call is named by its label ("cublasGemmEx").
 //
 // One timeline records at a time per host thread; a second one created while

@@ -19,9 +19,10 @@
 // the eviction writes it to memory. Runs A to E flushed by writing the buffer
 // (cudaMemsetAsync, as triton's do_bench and many harnesses do), which leaves
 // the L2 full of dirty lines: the timed work then pays, for every line it
-// brings in, a write of the line it displaces — up to the L2's 50 MB of extra
-// traffic, about 12 µs at 4 TB/s. That is noise for a 1 ms model step but half
-// of a 30 MB read (greedy over 64 x 128256 floats: ~8 µs read once). Reading
+// brings in, a write of the line it displaces — up to the L2's size of extra
+// traffic (the H200 of runs A to E: 60 MiB, 63 MB, about 16 µs at 4 TB/s). That
+// is noise for a 1 ms model step but up to a doubling of a read smaller than the
+// L2 (greedy over 64 x 128256 floats: 32.8 MB, ~8 µs read once). Reading
 // the buffer evicts the inputs just as well and leaves clean lines, which the
 // timed work drops for free. Both modes are kept (l2_flush below, chosen with
 // TINYLLM_BENCH_L2_FLUSH=read|write|none, `tinyllm bench --l2-flush`), so a run

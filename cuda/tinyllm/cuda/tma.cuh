@@ -37,7 +37,9 @@
 //
 // The instructions need sm_90 (setmaxnreg: sm_90a); TINYLLM_TMA is 1 in code
 // compiled for sm_90a and on the simulated GPU, which executes them
-// (tinyllm/sim/ptx.hpp), and 0 elsewhere, where they trap.
+// (tinyllm/sim/ptx.hpp), and 0 elsewhere, where the mbarrier and TMA
+// instructions trap and the hints and fences (setmaxnreg, the tensor map
+// prefetch, fence.proxy.async) compile to nothing.
 #pragma once
 
 #include <tinyllm/cuda/attention_mma.cuh>  // smem_address

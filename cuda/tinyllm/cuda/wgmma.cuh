@@ -21,7 +21,8 @@
 // The instructions exist only in code compiled for sm_90a (nvcc
 // -gencode=arch=compute_90a,code=sm_90a, CMAKE_CUDA_ARCHITECTURES=90a):
 // TINYLLM_WGMMA is 1 there and on the simulated GPU, which executes them
-// (tinyllm/sim/ptx.hpp), and 0 everywhere else, where the functions trap.
+// (tinyllm/sim/ptx.hpp), and 0 everywhere else, where the wgmma instructions
+// trap and the operand fence compiles to nothing.
 // wgmma_compiled() asks the running GPU whether the kernels it runs have them.
 #pragma once
 
