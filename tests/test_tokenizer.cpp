@@ -59,7 +59,7 @@ tokenizer toy_tokenizer(std::vector<std::string> extra, std::vector<special_toke
 TEST_CASE("pre-tokenization matches the regex module on the conformance corpus") {
     const auto& doc = conformance();
     const auto& texts = doc.at("texts").as_array();
-    for (const char* name : {"r50k", "cl100k", "o200k"}) {
+    for (const char* name : {"r50k", "cl100k", "o200k", "llama3"}) {
         const auto p = pretokenizer_from_name(name);
         const auto& expected = doc.at("pieces").at(name).as_array();
         REQUIRE(expected.size() == texts.size());
@@ -104,6 +104,12 @@ TEST_CASE("pre-tokenization examples") {
     CHECK(pieces("x  \n\n  y", pretokenizer::cl100k) == v{"x", "  \n\n", " ", " y"});
     CHECK(pieces("HelloWorld", pretokenizer::o200k) == v{"Hello", "World"});
     CHECK(pieces("trailing  ", pretokenizer::r50k) == v{"trailing", "  "});
+    // Llama 3's form of cl100k's pattern has no \s++$: whitespace ending the text
+    // splits after its last line break (Python's regex module gives the same).
+    CHECK(pieces("a\n  ", pretokenizer::cl100k) == v{"a", "\n  "});
+    CHECK(pieces("a\n  ", pretokenizer::llama3) == v{"a", "\n", "  "});
+    CHECK(pieces("x \n\n ", pretokenizer::llama3) == v{"x", " \n\n", " "});
+    CHECK(pieces("x  \n\n  y", pretokenizer::llama3) == v{"x", "  \n\n", " ", " y"});
     CHECK(pieces("", pretokenizer::o200k).empty());
 }
 

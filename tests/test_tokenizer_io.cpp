@@ -117,7 +117,7 @@ TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same to
     const auto& texts = conformance().at("texts").as_array();
     std::vector<std::string> corpus;
     for (std::size_t k = 0; k < texts.size(); ++k) corpus.push_back(texts[k].as_string());
-    for (const pretokenizer p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k}) {
+    for (const pretokenizer p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k, pretokenizer::llama3}) {
         bpe_train_options o;
         o.vocab_size = 400;
         o.pattern = p;

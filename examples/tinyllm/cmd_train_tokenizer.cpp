@@ -74,7 +74,7 @@ int train_sentencepiece_command(const parsed_args& a, tinyllm::sentencepiece_kin
 
 TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files (byte-level BPE or SentencePiece)",
                 "usage: tinyllm train-tokenizer --vocab-size N --out FILE [--model bpe|sentencepiece-bpe|unigram]\n"
-                "                               [--pattern r50k|cl100k|o200k] [--special TOKEN[,TOKEN...]]\n"
+                "                               [--pattern r50k|cl100k|o200k|llama3] [--special TOKEN[,TOKEN...]]\n"
                 "                               [--character-coverage C] [--no-byte-fallback] [--no-split-digits]\n"
                 "                               CORPUS...\n\n"
                 "--model bpe (default): byte-level BPE (GPT-2 style). Learns N - 256 - (number of special\n"

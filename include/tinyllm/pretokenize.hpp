@@ -1,5 +1,5 @@
 // tinyllm/pretokenize.hpp — split text into the pieces that byte-level BPE then
-// encodes one at a time, exactly as the GPT-2, cl100k and o200k regexes do.
+// encodes one at a time, exactly as the GPT-2, cl100k, o200k and Llama 3 regexes do.
 //
 // BPE never merges across a piece boundary. The boundaries keep a word, its
 // leading space, a run of digits, a run of punctuation and a run of whitespace
@@ -16,6 +16,14 @@
 //     [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?
 //     |[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?
 //     |\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+//
+// and the form Meta's Llama 3 tokenizer.json gives cl100k's pattern (llama3):
+//     (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+//     |\s*[\r\n]+|\s+(?!\S)|\s+
+// Without the possessive quantifiers it matches the same pieces, but it has no
+// \s++$: whitespace at the end of the text splits after its last line break
+// ("a\n  " is "a", "\n", "  "; cl100k gives "a", "\n  "), as Hugging Face's
+// tokenizers, which run this regex, split it.
 //
 // Why each part exists:
 //   * 's 't 're 've 'm 'll 'd   English contractions become their own pieces ("don't" -> "don", "'t").
@@ -54,6 +62,8 @@ enum class pretokenizer {
     r50k,    // r50k_base, p50k_base and GPT-2 (also Hugging Face's ByteLevel pre-tokenizer)
     cl100k,  // cl100k_base
     o200k,   // o200k_base
+    llama3,  // Llama 3's tokenizer.json: cl100k's pattern without \s++$, so whitespace at
+             // the end of the text splits after its last line break ("\n  " is "\n", "  ")
 };
 
 // The regex each pretokenizer implements (as tiktoken 0.14 writes it).
@@ -65,6 +75,8 @@ inline std::string_view pretokenizer_regex(pretokenizer p) {
             return R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s)";
         case pretokenizer::o200k:
             return R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+        case pretokenizer::llama3:  // as Meta's Llama 3 tokenizer.json writes it
+            return R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
     }
     return {};
 }
@@ -74,16 +86,18 @@ inline std::string_view pretokenizer_name(pretokenizer p) {
         case pretokenizer::r50k: return "r50k";
         case pretokenizer::cl100k: return "cl100k";
         case pretokenizer::o200k: return "o200k";
+        case pretokenizer::llama3: return "llama3";
     }
     return {};
 }
 
-// "r50k", "r50k_base", "p50k_base", "gpt2", "cl100k", "cl100k_base", "o200k", "o200k_base".
+// "r50k", "r50k_base", "p50k_base", "gpt2", "cl100k", "cl100k_base", "o200k", "o200k_base", "llama3".
 inline pretokenizer pretokenizer_from_name(std::string_view name) {
     if (name == "r50k" || name == "r50k_base" || name == "p50k_base" || name == "gpt2") return pretokenizer::r50k;
     if (name == "cl100k" || name == "cl100k_base") return pretokenizer::cl100k;
     if (name == "o200k" || name == "o200k_base") return pretokenizer::o200k;
-    TINYLLM_FAIL("unknown pre-tokenization pattern '", name, "' (expected r50k, gpt2, cl100k or o200k)");
+    if (name == "llama3") return pretokenizer::llama3;
+    TINYLLM_FAIL("unknown pre-tokenization pattern '", name, "' (expected r50k, gpt2, cl100k, o200k or llama3)");
 }
 
 namespace detail::pretok {
@@ -155,6 +169,7 @@ inline std::size_t contraction(const text& t, std::size_t i, bool ignore_case) {
 //   cl100k  \s++$  \s*[\r\n]  \s+(?!\S)  \s
 //   o200k   \s*[\r\n]+  \s+(?!\S)  \s+      (no \s++$: a run at the end of the text
 //                                          still stops after its last line break)
+//   llama3  \s*[\r\n]+  \s+(?!\S)  \s+      (likewise)
 inline std::size_t whitespace(const text& t, std::size_t i, bool line_breaks, bool end_first = true) {
     std::size_t e = i, last_start = i, after_newline = 0, count = 0;
     for (;;) {
@@ -187,7 +202,8 @@ inline std::size_t next_r50k(const text& t, std::size_t i) {
     return whitespace(t, i, false);
 }
 
-inline std::size_t next_cl100k(const text& t, std::size_t i) {
+// cl100k's rules; end_first = false drops \s++$ (Llama 3's form of the pattern).
+inline std::size_t next_cl100k(const text& t, std::size_t i, bool end_first = true) {
     if (const std::size_t c = contraction(t, i, true)) return i + c;
     const ch c = t.at(i);
     if (c.bits & letter) return t.run(i, letter);  // \p{L}++
@@ -214,7 +230,7 @@ inline std::size_t next_cl100k(const text& t, std::size_t i) {
         while (e < t.n && is_cr_lf(t.p[e])) ++e;
         return e;
     }
-    return whitespace(t, i, true);
+    return whitespace(t, i, true, end_first);
 }
 
 // o200k's letter rules, trying the alternatives in order with the backtracking
@@ -288,6 +304,7 @@ inline std::size_t next_piece_end(std::string_view text, std::size_t at, pretoke
         case pretokenizer::r50k: return detail::pretok::next_r50k(t, at);
         case pretokenizer::cl100k: return detail::pretok::next_cl100k(t, at);
         case pretokenizer::o200k: return detail::pretok::next_o200k(t, at);
+        case pretokenizer::llama3: return detail::pretok::next_cl100k(t, at, false);
     }
     return text.size();
 }
@@ -303,6 +320,7 @@ void for_each_piece(std::string_view text, pretokenizer p, F&& on_piece) {
         switch (p) {
             case pretokenizer::r50k: e = detail::pretok::next_r50k(t, i); break;
             case pretokenizer::cl100k: e = detail::pretok::next_cl100k(t, i); break;
+            case pretokenizer::llama3: e = detail::pretok::next_cl100k(t, i, false); break;
             default: e = detail::pretok::next_o200k(t, i); break;
         }
         on_piece(text.substr(i, e - i));

@@ -400,12 +400,11 @@ inline pretokenizer hf_split_pattern(const json::value& split, const std::string
     if (!rx || !rx->is_string())
         TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": Split without a \"pattern\": {\"Regex\": ...}");
     const std::string& r = rx->as_string();
-    for (const auto p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k})
+    // Llama 3 writes cl100k's pattern without its possessive quantifiers and
+    // without \s++$: the same pieces but at the end of the text, where
+    // whitespace after a line break is a piece of its own (pretokenizer::llama3).
+    for (const auto p : {pretokenizer::r50k, pretokenizer::cl100k, pretokenizer::o200k, pretokenizer::llama3})
         if (r == pretokenizer_regex(p)) return p;
-    // Llama 3 and others write cl100k's pattern without the possessive
-    // quantifiers; it matches the same pieces.
-    if (r == R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)")
-        return pretokenizer::cl100k;
     if (r == R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)") return pretokenizer::r50k;
     TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": Split pattern ", json::quote(r),
                  " is not one of the r50k, cl100k or o200k patterns");
@@ -882,16 +881,17 @@ inline tokenizer load_hf_tokenizer_json(const std::string& path) {
 // library loads. The vocabulary's strings and the merges are GPT-2's
 // byte-to-unicode form; the pre-tokenizer is ByteLevel with its own regex (r50k)
 // or a Split on the pattern's regex followed by ByteLevel without one (cl100k,
-// o200k); special tokens are added tokens. A vocabulary read from a tiktoken
-// rank file has no merge list (every split of a token merges, by the token's
-// rank), so it is refused. A SentencePiece tokenizer is written as the
+// o200k, llama3); special tokens are added tokens. A vocabulary that ranks its
+// merges by token id — read from a tiktoken rank file (which has no merge
+// list), or from GPT-2's encoder.json and vocab.bpe (loaded with tiktoken's
+// rule, its ids being in merge order) — is refused. A SentencePiece tokenizer is written as the
 // tokenizer.json it was read from.
 inline std::string hf_tokenizer_json(const tokenizer& tok) {
     if (const sentencepiece_model* sp = tok.sentencepiece()) return sp->options().source_json;
     const bpe_vocab& v = tok.vocab();
     TINYLLM_EXPECT(!v.tiktoken_merges(), "hf_tokenizer_json: this vocabulary ranks merges by token id (a tiktoken "
-                   "rank file); a tokenizer.json needs an explicit merge list (train one with train_bpe, or load "
-                   "a tokenizer.json or GPT-2's vocab.bpe)");
+                   "rank file, or GPT-2's encoder.json and vocab.bpe); a tokenizer.json needs an explicit merge list "
+                   "(train one with train_bpe, or load a tokenizer.json)");
     const auto q = [](std::string_view text) { return json::quote(text); };
     const bool r50k = tok.pattern() == pretokenizer::r50k;
     const std::string prefix_space = tok.add_prefix_space() ? "true" : "false";

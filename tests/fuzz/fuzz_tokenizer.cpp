@@ -81,7 +81,8 @@ inline void check_encode_decode(const tinyllm::tokenizer& tok, std::string_view 
 }
 
 inline void check_pieces(std::string_view text) {
-    for (const auto p : {tinyllm::pretokenizer::r50k, tinyllm::pretokenizer::cl100k, tinyllm::pretokenizer::o200k}) {
+    for (const auto p : {tinyllm::pretokenizer::r50k, tinyllm::pretokenizer::cl100k, tinyllm::pretokenizer::o200k,
+                         tinyllm::pretokenizer::llama3}) {
         std::size_t at = 0;
         tinyllm::for_each_piece(text, p, [&](std::string_view piece) {
             require(!piece.empty() && piece.data() == text.data() + at, "pieces are non-empty and contiguous");
