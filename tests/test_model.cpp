@@ -243,7 +243,8 @@ TEST_CASE("config.json without an architectures list: model_type names the model
     CHECK(c.max_positions == 16);
     write_file(d.file("config.json"),
                R"({"model_type": "mixtral", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-                   "num_attention_heads": 2, "intermediate_size": 16, "num_local_experts": 4, "num_experts_per_tok": 2})");
+                   "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 16, "num_local_experts": 4,
+                   "num_experts_per_tok": 2})");
     c = tinyllm::load_model_config(d.path.string());
     CHECK(c.arch == tinyllm::model_arch::mixtral);
     CHECK(c.num_experts == 4);
@@ -387,6 +388,38 @@ TEST_CASE("config.json: llama3 RoPE's original_max_position_embeddings is a whol
     huge.rope.original_max_position_embeddings = 1e300;
     CHECK_THROWS_WITH(tinyllm::model_config_json(huge),
                       tinyllm_test::contains("original_max_position_embeddings = 1e+300 must be a whole number"));
+}
+
+TEST_CASE("config.json: a field left out takes the default of the architecture's transformers config class",
+          "[model][config]") {
+    const auto parse = [](const std::string& architecture, const std::string& extra) {
+        const std::string text = R"({"architectures": [")" + architecture +
+                                 R"("], "vocab_size": 10, "hidden_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 16, "intermediate_size": 16)" + extra + "}";
+        return tinyllm::model_config_from_json(tinyllm::json::parse(text, "config.json"), "config.json");
+    };
+    // LlamaConfig: rope_theta 10000, rms_norm_eps 1e-6, 2048 positions, as many key/value heads as heads.
+    const tinyllm::model_config llama = parse("LlamaForCausalLM", "");
+    CHECK(llama.rope.theta == 10000.0);
+    CHECK(llama.norm_eps == 1e-6f);
+    CHECK(llama.max_positions == 2048);
+    CHECK(llama.num_kv_heads == 16);
+    // MixtralConfig: rope_theta 1e6, rms_norm_eps 1e-5, 4096 * 32 positions, 8 key/value heads.
+    const tinyllm::model_config mixtral =
+        parse("MixtralForCausalLM", R"(, "num_local_experts": 4, "num_experts_per_tok": 2)");
+    CHECK(mixtral.rope.theta == 1e6);
+    CHECK(mixtral.norm_eps == 1e-5f);
+    CHECK(mixtral.max_positions == 131072);
+    CHECK(mixtral.num_kv_heads == 8);
+    CHECK(mixtral.router_aux_loss_coef == 0.001);
+    // What a config gives is kept.
+    const tinyllm::model_config given = parse(
+        "MixtralForCausalLM", R"(, "num_local_experts": 4, "num_experts_per_tok": 2, "rope_theta": 500000.0,
+            "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "num_key_value_heads": 4)");
+    CHECK(given.rope.theta == 500000.0);
+    CHECK(given.norm_eps == 1e-6f);
+    CHECK(given.max_positions == 4096);
+    CHECK(given.num_kv_heads == 4);
 }
 
 TEST_CASE("checkpoints: layers, experts and quantized matrices are allocated only as the file's tensors vouch for them",

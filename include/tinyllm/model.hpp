@@ -170,7 +170,9 @@ inline std::vector<named_parameter<float>> model_parameters(model_weights& w, mo
 
 namespace cpu {
 
-// A decoder-only model on the CPU: float weights, component references.
+// A decoder-only model on the CPU: float32, bfloat16 (set_weight_dtype) or
+// quantized (quantize_weights, load) matrices, run by the blocked kernels by
+// default or by the component references (set_kernels).
 class model {
 public:
     model(model_config config, model_weights weights) : config_(std::move(config)), w_(std::move(weights)) {
@@ -1443,7 +1445,7 @@ struct generation_options {
     index_t max_new_tokens = 32;
     sampling::params sampling{0.0f, {}, {}, {}};  // temperature 0: greedy
     std::uint64_t seed = 0;                        // Philox seed for sampling
-    std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream r)
+    std::uint64_t stream = 0;                      // Philox stream (generate_batch: sequence r uses stream + r)
     std::vector<token_id> eos_token_ids;           // stop after generating one of these (empty: the config's)
     model::kv_dtype kv_cache = model::kv_dtype::float32;  // generate's session: float32 or int8 keys and values
     logit_adjustments adjust;                      // penalties and biases before each draw
@@ -1451,7 +1453,7 @@ struct generation_options {
 
 // Write a model holding its matrices quantized (quantize_weights or
 // quantize_weights_gptq) to DIR in tinyllm's quantized layout (see "quantized
-// checkpoints" above): config.json with its "quantization_config" and
+// checkpoints" in model_weights.hpp): config.json with its "quantization_config" and
 // model.safetensors, each written beside its final name and renamed into place.
 // model::load and `tinyllm generate --model DIR` read it back; transformers does
 // not (it knows no quant_method "tinyllm"). Other files a model directory holds

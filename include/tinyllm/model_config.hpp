@@ -8,8 +8,13 @@
 // layer_norm_epsilon; Llama and Mixtral: hidden_size, num_hidden_layers,
 // num_attention_heads, num_key_value_heads, intermediate_size, rms_norm_eps,
 // rope_theta and rope_scaling; Mixtral also num_local_experts and
-// num_experts_per_tok); missing ones take transformers' defaults where it has
-// one, and are errors where it has none. The model itself: model.hpp.
+// num_experts_per_tok). The vocabulary size, the widths, the layer and head
+// counts, GPT-2's n_positions and Mixtral's expert counts must be there (a
+// config without them describes no particular model, though transformers'
+// classes would fill in their own); the others take the default of the
+// architecture's transformers config class (GPT2Config, LlamaConfig,
+// MixtralConfig: Mixtral's rope_theta 1e6, rms_norm_eps 1e-5, 8 key/value
+// heads and 131072 positions are not Llama's). The model itself: model.hpp.
 #pragma once
 
 #include <tinyllm/detail/json.hpp>
@@ -117,7 +122,8 @@ inline float config_norm_eps(const json::value& c, const char* key, double fallb
     return static_cast<float>(eps);
 }
 
-inline rope_config read_rope(const json::value& c, index_t head_dim, const std::string& path) {
+inline rope_config read_rope(const json::value& c, index_t head_dim, const std::string& path,
+                             double default_theta = 10000.0) {
     rope_config rope;
     rope.rotary_dim = head_dim;
     rope.pairing = rope_pairing::rotate_half;
@@ -125,7 +131,7 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
     // transformers 5 writes rope_parameters {"rope_theta": ..., "rope_type": ...}.
     const json::value* params = c.find("rope_parameters");
     if (!params || !params->is_object()) params = c.find("rope_scaling");
-    rope.theta = config_double(c, "rope_theta", 10000.0, path);
+    rope.theta = config_double(c, "rope_theta", default_theta, path);
     if (params && params->is_object()) {
         rope.theta = config_double(*params, "rope_theta", rope.theta, path);
         std::string type = "default";
@@ -168,7 +174,6 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
 
 }  // namespace detail
 
-// Read DIR/config.json. Unknown architectures and missing fields are errors.
 namespace detail {
 
 // config.json's "quantization_config" of a checkpoint save_quantized_model wrote:
@@ -249,10 +254,12 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
         m.hidden_size = detail::config_dim(c, "hidden_size", -1, path);
         m.num_layers = detail::config_dim(c, "num_hidden_layers", -1, path);
         m.num_heads = detail::config_dim(c, "num_attention_heads", -1, path);
-        m.num_kv_heads = detail::config_dim(c, "num_key_value_heads", m.num_heads, path);
+        // The defaults of transformers' LlamaConfig and MixtralConfig.
+        const bool mixtral = m.arch == model_arch::mixtral;
+        m.num_kv_heads = detail::config_dim(c, "num_key_value_heads", mixtral ? 8 : m.num_heads, path);
         m.intermediate_size = detail::config_dim(c, "intermediate_size", -1, path);
-        m.max_positions = detail::config_dim(c, "max_position_embeddings", 2048, path);
-        m.norm_eps = detail::config_norm_eps(c, "rms_norm_eps", 1e-6, path);
+        m.max_positions = detail::config_dim(c, "max_position_embeddings", mixtral ? 4096 * 32 : 2048, path);
+        m.norm_eps = detail::config_norm_eps(c, "rms_norm_eps", mixtral ? 1e-5 : 1e-6, path);
         const json::value* tie = c.find("tie_word_embeddings");
         m.tie_word_embeddings = tie && tie->is_bool() && tie->as_bool();
         if (const json::value* act = c.find("hidden_act"); act && act->is_string() && act->as_string() != "silu")
@@ -307,7 +314,7 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
                     {m.num_experts, 2 * m.intermediate_size, m.hidden_size});
     }
     if (m.arch != model_arch::gpt2) {
-        m.rope = detail::read_rope(c, m.head_dim, path);
+        m.rope = detail::read_rope(c, m.head_dim, path, m.arch == model_arch::mixtral ? 1e6 : 10000.0);
         try {
             validate(m.rope, m.head_dim);
         } catch (const error& e) {  // (validate's message names no file)

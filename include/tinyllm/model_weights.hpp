@@ -227,7 +227,7 @@ void for_each_quantized_matrix(W& w, F&& f, G&& kept) {
         const std::string p = "layers." + std::to_string(l) + ".";
         keep(L.attn_norm_weight), keep(L.attn_norm_bias), keep(L.ffn_norm_weight), keep(L.ffn_norm_bias);
         keep(L.bq), keep(L.bk), keep(L.bv), keep(L.bo), keep(L.fc_bias), keep(L.proj_bias), keep(L.router);
-        for (const auto& [name, member, dense] : layer_matrix_members)  // the model's own list (model.hpp)
+        for (const auto& [name, member, dense] : layer_matrix_members)  // detail::layer_matrix_members, above
             if ((L.*dense).size()) f(p + name, L.*dense);
         for (const auto& [name, quantized, dense] : layer_expert_members) {
             auto* experts = &(L.*dense);

@@ -14,8 +14,9 @@
 // f is a count and has no gradient; P carries the gradient, and the product
 // pushes probability away from the experts that receive the most tokens. Both f
 // and P sum to 1, and the loss is 1 when routing is perfectly uniform (f_i =
-// P_i = 1/E) and grows to E when one expert takes everything. It is scaled by a
-// small coefficient (0.01) in the training loss.
+// P_i = 1/E) and grows to E / k when routing collapses onto k experts (E for
+// Switch's k = 1: an expert takes at most T of the T·k slots, so f_i <= 1/k).
+// It is scaled by a small coefficient (0.01) in the training loss.
 //
 // transformers' definition (`load_balancing_loss_func`, used by Mixtral, Qwen-MoE,
 // ... with `router_aux_loss_coef`) concatenates the router logits of all L MoE

@@ -12,8 +12,8 @@
 //
 // 1. Softmax then top-k (Switch Transformer k = 1, GShard / Mixtral k = 2):
 //        p = softmax(logits_t)            ids = the k largest p
-//        w_j = p_{id_j}                   (renormalize = false: Switch, GShard)
-//        w_j = p_{id_j} / sum_i p_{id_i}  (renormalize = true:  Mixtral)
+//        w_j = p_{id_j}                   (renormalize = false: Switch)
+//        w_j = p_{id_j} / sum_i p_{id_i}  (renormalize = true:  GShard's top-2, Mixtral)
 //    Mixtral's code writes it as "top-k of the logits, then softmax over those
 //    k": softmax is monotone, so the same k win, and p_a / sum p = e^{l_a} /
 //    sum e^{l}: the shared normaliser cancels. topk_softmax_gating below is that
@@ -59,7 +59,7 @@
 //     softmax over the k chosen logits (the full softmax's normaliser cancels), so
 //         dl_{id_j} = w_j (g_j - sum_i w_i g_i),   dl_e = 0 for every e not chosen:
 //     an expert the token did not visit gets no gradient (no straight-through).
-//   plain (Switch, GShard): w_j = p_{id_j}, the full softmax, so every logit moves:
+//   plain (Switch): w_j = p_{id_j}, the full softmax, so every logit moves:
 //         dl_e = p_e (G_e - sum_j w_j g_j),   G_e = g_j if e = id_j, else 0.
 //   noisy: as renormalized, on the noisy scores H; the noise N is a constant
 //     (drawn from Philox by (seed, t, e), the same draw in the backward), so

@@ -18,9 +18,10 @@
 // size, lie inside the data section and overlap no other tensor. A malformed or
 // truncated file is a tinyllm::error naming the file, the tensor and the problem.
 //
-// Writing (save_safetensors) produces the same layout as the reference
-// implementation: the JSON header (an optional "__metadata__" string map, then
-// the tensors in the order given) padded with spaces to a multiple of 8 bytes,
+// Writing (save_safetensors) produces the format of the reference
+// implementation, which reads it back: the JSON header (an optional
+// "__metadata__" string map, then the tensors in the order given; the reference
+// sorts them by dtype and name instead, which readers do not depend on) padded with spaces to a multiple of 8 bytes,
 // and the tensors' bytes back to back in row-major order, little-endian, so the
 // data section has no gaps (Python's safetensors insists on that). Views of any
 // strides are accepted; names must be unique UTF-8.

@@ -165,7 +165,8 @@ TINYLLM_HOST_DEVICE std::uint64_t top_p_target(std::uint64_t total, float p) {
     const std::uint64_t P = static_cast<std::uint64_t>(detail::ldexp_exact(p, 32));
     // S * P / 2^32 = (S_hi * 2^32 + S_lo) * P / 2^32 = S_hi * P + S_lo * P / 2^32
     const std::uint64_t s_hi = total >> 32, s_lo = total & 0xffffffffu;
-    // No overflow: s_lo < 2^32 and P <= 2^32; s_hi < 2^31 because S < 2^63.
+    // No overflow: s_lo < 2^32 and P <= 2^32; s_hi <= 2^31 because S <= 2^63 (V <= 2^23
+    // weights of at most 2^40), so s_hi * P <= 2^63.
     const std::uint64_t low = s_lo * P;
     std::uint64_t target = s_hi * P + (low >> 32) + ((low & 0xffffffffu) != 0 ? 1 : 0);
     return target == 0 ? 1 : target;

@@ -37,8 +37,8 @@
 //                  best[k] = max over pieces p ending at k of best[start(p)] + score(p),
 //                  best[0] = 0; best[4] = max(-7.0 (▁the), -4.1 - 6.8 (▁ the),
 //                  -6.3 - 5.9 (▁t he), ...) = -7.0, so "▁the" is one token. Reading
-//                  back the argmax at each end gives the pieces. A character that no
-//                  piece covers gets an "unknown" edge scored (lowest score - 10);
+//                  back the argmax at each end gives the pieces. A character that is
+//                  not itself a piece gets an "unknown" edge scored (lowest score - 10);
 //                  such edges are encoded by byte fallback, or as <unk>.
 //   * Sampling (Unigram only; subword regularization, Kudo 2018). Instead of
 //     the best segmentation, encode_sample draws one at random, so that a model
@@ -524,7 +524,8 @@ private:
 
     // The edges of a word's lattice, in order of their start: f(from, to, id, score)
     // for every piece at a character boundary `from`, and an unknown edge
-    // (*options_.unk, lowest score - 10) for a character that no piece is.
+    // (*options_.unk, lowest score - 10) for a character that is not itself a piece
+    // (even one inside a longer piece), as Hugging Face's tokenizers does.
     template <class F>
     void for_each_edge(std::string_view word, F&& f) const {
         const std::size_t n = word.size();

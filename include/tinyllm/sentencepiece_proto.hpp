@@ -47,7 +47,7 @@
 //        BPE      start from characters; repeatedly merge the adjacent pair whose
 //                 concatenation is a piece with the highest score (leftmost on ties).
 //        Unigram  Viterbi over the lattice of pieces (sentencepiece.hpp); a character
-//                 no piece covers gets an unknown edge scored (lowest score - 10).
+//                 that is not itself a piece gets an unknown edge scored (lowest score - 10).
 //   3. A symbol that is not a piece is unknown: with byte_fallback its UTF-8 bytes
 //      as <0xNN> pieces, else <unk>, a run of them fused into one <unk>.
 //
@@ -725,7 +725,7 @@ private:
             parts.push_back(s.substr(sym[std::size_t(i)].start, sym[std::size_t(i)].len));
     }
 
-    // Unigram: Viterbi over NORMAL pieces; an uncovered character is an unknown edge.
+    // Unigram: Viterbi over NORMAL pieces; a character that is not itself a piece is an unknown edge.
     void segment_unigram(std::string_view s, std::vector<std::string_view>& parts) const {
         struct node {
             bool reached = false;
