@@ -77,9 +77,13 @@ TEST_CASE("random inputs are fresh per input number and reproducible by seed", "
 TEST_CASE("a reference at the absolute noise floor is judged element by element", "[compare]") {
     using tinyllm_test::compare;
     using tinyllm_test::tolerance;
-    // One float16-sized value near zero: 2e-3 relative error, but far inside abs = 2e-3.
-    const auto tiny = compare(std::vector<float>{1.0e-6f}, std::vector<double>{1.002e-6}, tolerance{2e-3, 2e-3, 1e-3});
+    // Three values near zero, each 2e-3 off relative to itself but far inside abs = 2e-3.
+    // Their own norm would make the relative L2 error 2e-3 (over rel_l2 = 1e-3); the floor
+    // abs * sqrt(n) judges them against the per-element bound instead.
+    const auto tiny = compare(std::vector<float>{1.0e-6f, -2.0e-6f, 3.0e-6f},
+                              std::vector<double>{1.002e-6, -2.004e-6, 3.006e-6}, tolerance{2e-3, 2e-3, 1e-3});
     CHECK(tiny.passed);
+    CHECK(tiny.rel_l2_error < 1e-5);
     // A reference well above the floor keeps the relative L2 rule: 2% off everywhere fails 1e-2.
     const auto off = compare(std::vector<float>{1.02f, 2.04f, 3.06f}, std::vector<double>{1, 2, 3}, tolerance{0.1, 0.1, 1e-2});
     CHECK_FALSE(off.passed);

@@ -219,15 +219,24 @@ TEST_CASE("engine: bad requests throw on the submitting thread; shutting down en
         tinyllm::engine_options huge;  // one block of 2^40 positions a sequence: an error, not a bad_alloc
         huge.block_size = index_t{1} << 40;
         CHECK_THROWS_WITH(tinyllm::engine(m, huge), contains("more than the 2^40 (1 TiB) a pool holds on the host"));
-
-        batch_request slow = request_number(1, c.vocab_size);
-        slow.max_new_tokens = 20;
+    }
+    // A Llama model (RoPE: no position table to outgrow) and a pool for 8000 tokens.
+    const tinyllm::model_config lc =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model lm(lc, tinyllm::random_model_weights(lc, tinyllm_test::test_seed() + 8));
+    {
+        tinyllm::engine_options o;
+        o.block_size = 4;
+        o.kv_blocks = 2100;
+        tinyllm::engine e(lm, o);
+        batch_request slow = request_number(1, lc.vocab_size);
+        slow.max_new_tokens = 8000;  // seconds of work: still running when the engine goes
         open = e.submit(slow);
-    }  // the engine goes while `open` may still be running
+    }  // the engine goes while `open` is running
     std::optional<batch_event> last;
     while (const auto ev = open->next(1s)) last = ev;
     REQUIRE(last.has_value());
-    CHECK(last->finished != finish_reason::none);
+    CHECK(last->finished == finish_reason::cancelled);
 }
 
 TEST_CASE("engine: bad options are refused up front, named, and sizes never overflow", "[engine]") {

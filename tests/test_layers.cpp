@@ -379,11 +379,12 @@ TEST_CASE("norms reject bad arguments with a clear message", "[norm]") {
                       tinyllm_test::contains("bias has 3 elements"));
     CHECK_THROWS_WITH(cpu::rms_norm(view2(out, 3, 4), cview2(x, 3, 4), 0.0f),
                       tinyllm_test::contains("eps = 0 must be positive and finite"));
-    CHECK_THROWS_AS(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), -1e-5f), tinyllm::error);
-    CHECK_THROWS_AS(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), std::numeric_limits<float>::quiet_NaN()),
-                    tinyllm::error);
-    CHECK_THROWS_AS(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), std::numeric_limits<float>::infinity()),
-                    tinyllm::error);
+    CHECK_THROWS_WITH(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), -1e-5f),
+                      tinyllm_test::contains("layer_norm: eps = -1e-05 must be positive and finite"));
+    CHECK_THROWS_WITH(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), std::numeric_limits<float>::quiet_NaN()),
+                      tinyllm_test::contains("layer_norm: eps = nan must be positive and finite"));
+    CHECK_THROWS_WITH(cpu::layer_norm(view2(out, 3, 4), cview2(x, 3, 4), std::numeric_limits<float>::infinity()),
+                      tinyllm_test::contains("layer_norm: eps = inf must be positive and finite"));
     CHECK_THROWS_WITH(cpu::rms_norm(view2(out, 3, 0), cview2(x, 3, 0), 1e-5f),
                       tinyllm_test::contains("at least one feature"));
     std::vector<float> r(12);

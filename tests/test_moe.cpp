@@ -142,7 +142,11 @@ TEST_CASE("noisy top-k gating: Philox/Box-Muller noise, softplus scale, reproduc
         }
         CHECK(std::fabs(sum / n) < 0.01);
         CHECK(std::fabs(sum2 / n - 1.0) < 0.02);
-        CHECK(tinyllm::moe_gate_noise(42, 5, 3) == tinyllm::moe_gate_noise(42, 5, 3));
+        // The documented draw: Philox4x32-10 (known-answer tested) at counter (e, 0, t_lo, t_hi),
+        // key = seed, then Box-Muller of its first two words.
+        const tinyllm::philox_counter w = tinyllm::philox4x32_10({{3u, 0u, 5u, 0u}}, {{42u, 0u}});
+        const double u1 = (static_cast<double>(w.v[0]) + 1.0) / 4294967296.0, u2 = w.v[1] / 4294967296.0;
+        CHECK(tinyllm::moe_gate_noise(42, 5, 3) == std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
         CHECK(tinyllm::moe_gate_noise(42, 5, 3) != tinyllm::moe_gate_noise(43, 5, 3));
         CHECK(tinyllm::moe_gate_noise(42, 5, 3) != tinyllm::moe_gate_noise(42, 3, 5));
     }
@@ -253,8 +257,9 @@ TEST_CASE("gating rejects bad arguments with clear errors", "[moe][gating][error
         CHECK_THROWS_WITH(tinyllm::cpu::softmax_topk_gating(r.ids.view(), r.weights.view(), bad.view(), true),
                           contains("logits(1, 2) = nan is not finite"));
         bad(1, 2) = INFINITY;
-        CHECK_THROWS_AS(tinyllm::cpu::grouped_topk_gating(r.ids.view(), r.weights.view(), bad.view(), bias.view(), {}),
-                        tinyllm::error);
+        CHECK_THROWS_WITH(
+            tinyllm::cpu::grouped_topk_gating(r.ids.view(), r.weights.view(), bad.view(), bias.view(), {}),
+            contains("grouped_topk_gating: logits(1, 2) = inf is not finite"));
         CHECK_THROWS_WITH(tinyllm::cpu::noisy_topk_gating(r.ids.view(), r.weights.view(), logits.view(), bad.view(), 1),
                           contains("noise_logits(1, 2)"));
         CHECK_THROWS_WITH(tinyllm::cpu::grouped_topk_gating(r.ids.view(), r.weights.view(), logits.view(),
@@ -417,7 +422,8 @@ TEST_CASE("capacity: ceil(factor * T * k / E), slots admitted in token order", "
     CHECK(tinyllm::moe_capacity(24, 1, 8, 1.0) == 3);
     CHECK(tinyllm::moe_capacity(10, 2, 8, 1.25) == 4);  // ceil(3.125)
     CHECK(tinyllm::moe_capacity(7, 2, 4, 1.0) == 4);    // ceil(3.5)
-    CHECK_THROWS_AS(tinyllm::moe_capacity(4, 1, 2, 0.0), tinyllm::error);
+    CHECK_THROWS_WITH(tinyllm::moe_capacity(4, 1, 2, 0.0),
+                      tinyllm_test::contains("moe_capacity: capacity_factor = 0 must be a positive finite number"));
 
     const auto ids = id_matrix(4, 2, {0, 1, 0, 1, 1, 0, 2, 3});
     tensor<std::int32_t, 2> position(extents<2>{4, 2});

@@ -219,7 +219,8 @@ TEST_CASE("linear_quantized: the float layer's output within the weights' error 
         std::printf("  linear_quantized %s: worst output error %.3f of its bound\n", spec.name().c_str(), worst);
     }
     tensor<float, 2> wrong({rows, N + 1});
-    CHECK_THROWS(tinyllm::linear_quantized(wrong.view(), x.view(), tinyllm::quantize_rtn(w.view(), {})));
+    CHECK_THROWS_WITH(tinyllm::linear_quantized(wrong.view(), x.view(), tinyllm::quantize_rtn(w.view(), {})),
+                      contains("linear_quantized: out has shape"));
 }
 
 TEST_CASE("GPTQ lowers the layer's output error below round-to-nearest on correlated inputs", "[quantize]") {

@@ -336,7 +336,10 @@ TEST_CASE("speculative decoding keeps the token budget, stops at EOS and rejects
 
 TEST_CASE("the acceptance rule refuses draws and probabilities it cannot use", "[speculative]") {
     const std::vector<double> p{0.5, 0.25, 0.25}, q{0.25, 0.5, 0.25};
-    CHECK(tinyllm::accept_or_resample(p, q, 1, 0.25, 0.5).token >= 0);
+    // p/q = 0.5 for the draft token 1 and u_accept = 0.25 < 0.5: accepted.
+    const auto kept = tinyllm::accept_or_resample(p, q, 1, 0.25, 0.5);
+    CHECK(kept.token == 1);
+    CHECK(kept.accepted);
     CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q, 1, 0.25, 7.0),
                       contains("u_accept = 0.25 and u_resample = 7 must be in [0, 1)"));
     CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q, 1, -0.5, 0.5), contains("must be in [0, 1)"));

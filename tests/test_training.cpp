@@ -219,7 +219,10 @@ TEST_CASE("forward_backward: a random model's gradients follow the loss (finite 
                 const float h = 1e-2f;
                 const double up = loss_at(saved + h), down = loss_at(saved - h);
                 const double numeric = (up - down) / (2.0 * static_cast<double>(h)), analytic = grad.values()[at];
-                const double tol = 2e-3 + 2e-2 * std::abs(analytic);
+                // Central differences of a float loss at h = 1e-2 agree to ~1e-5 where the
+                // loss is smooth; 1e-4 + 1e-3 |g| is ten times that and still catches a
+                // gradient off by a few percent.
+                const double tol = 1e-4 + 1e-3 * std::abs(analytic);
                 std::printf("  arch %d %s: analytic %.6g, central difference %.6g\n", static_cast<int>(arch), what,
                             analytic, numeric);
                 // A MoE's loss jumps, and its slope changes, where a perturbation changes
@@ -231,7 +234,7 @@ TEST_CASE("forward_backward: a random model's gradients follow the loss (finite 
                     const double here = loss_at(saved);
                     const double right = (up - here) / static_cast<double>(h),
                                  left = (here - down) / static_cast<double>(h);
-                    if (std::abs(right - left) > tol) {
+                    if (std::abs(right - left) > 2e-3 + 2e-2 * std::abs(analytic)) {  // far more than curvature
                         WARN(what << ": the routing changes within the step (one-sided quotients " << left << " and "
                                   << right << "); no comparison");
                         return;
