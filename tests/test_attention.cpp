@@ -134,7 +134,7 @@ TEST_CASE("attention: float64 recomputation on random inputs, every option", "[a
     const shape shapes[] = {{2, 5, 7, 4, 2, 8}, {1, 7, 7, 3, 3, 5}, {2, 1, 9, 8, 1, 4}, {1, 6, 3, 2, 2, 3}};
     std::uint64_t which = 0;
     for (const auto& s : shapes)
-        for (int variant = 0; variant < 6; ++variant) {
+        for (int variant = 0; variant < 7; ++variant) {
             const auto q = random_tensor({s.B, s.Tq, s.Hq, s.D}, which++, -2, 2);
             const auto k = random_tensor({s.B, s.Tk, s.Hkv, s.D}, which++, -2, 2);
             const auto v = random_tensor({s.B, s.Tk, s.Hkv, s.D}, which++);
@@ -154,10 +154,12 @@ TEST_CASE("attention: float64 recomputation on random inputs, every option", "[a
                 for (index_t b = 0; b < s.B; ++b) lengths.push_back(static_cast<int>((s.Tk * (b + 1)) / (s.B + 1)));
                 opts.key_lengths = {lengths.data(), {s.B}};
             }
+            double scale = -1;  // the default 1/sqrt(D)
+            if (variant == 6) opts.scale = static_cast<float>(scale = 0.375);  // exact in float
             INFO("shape B" << s.B << " Tq" << s.Tq << " Tk" << s.Tk << " Hq" << s.Hq << " Hkv" << s.Hkv << " D" << s.D
                            << " variant " << variant);
             std::vector<double> want_p;
-            const auto want = reference(q, k, v, opts.causal, window, slopes, softcap, lengths, &want_p);
+            const auto want = reference(q, k, v, opts.causal, window, slopes, softcap, lengths, &want_p, scale);
 
             // The reference in double agrees to rounding.
             const auto qd = to_double(q), kd = to_double(k), vd = to_double(v);

@@ -56,11 +56,12 @@ struct variant {
     bool alibi = false;
     float softcap = 0;
     bool padding = false;
+    float scale = 0;  // 0: the default 1/sqrt(D)
 };
 
 const variant variants[] = {
     {"plain"}, {"causal", true}, {"causal+window 7", true, 7}, {"alibi+causal", true, 0, true},
-    {"softcap 2", false, 0, false, 2.0f}, {"padding", false, 0, false, 0, true}, {"padding+causal", true, 0, false, 0, true},
+    {"softcap 2, scale 0.3", false, 0, false, 2.0f, false, 0.3f}, {"padding", false, 0, false, 0, true}, {"padding+causal", true, 0, false, 0, true},
 };
 
 // The variants one shape of a grid runs: every one of them, except under
@@ -112,6 +113,7 @@ struct problem {
         host_opts.causal = var.causal;
         if (var.window) host_opts.window = var.window;
         if (var.softcap > 0) host_opts.softcap = var.softcap;
+        if (var.scale > 0) host_opts.scale = var.scale;
         if (var.alibi) {
             for (index_t h = 0; h < s.Hq; ++h) slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(s.Hq)));
             host_opts.alibi_slopes = {slopes.data(), {s.Hq}};
@@ -585,6 +587,12 @@ TEST_CASE("attention launchers refuse an out over q, k or v, scores or lse over 
     for_each_launcher_on(
         head(3), head(0), head(1), head(2), scores.view(score_shape), [&](const char* launcher, auto&& call) {
             INFO(launcher);
+            // The out heads poisoned before each launcher, so that one that writes nothing
+            // cannot pass on the previous launcher's output.
+            const std::vector<float> nan_rows(static_cast<std::size_t>(s.Hq * s.D), std::nanf(""));
+            for (index_t t = 0; t < s.Tq; ++t)
+                TINYLLM_CUDA_CHECK(cudaMemcpy(fused.data() + t * width + 3 * s.Hq * s.D, nan_rows.data(),
+                                              sizeof(float) * nan_rows.size(), cudaMemcpyHostToDevice));
             call();
             TINYLLM_CUDA_CHECK(cudaDeviceSynchronize());
             const std::vector<float> all = tc::to_host(fused);
