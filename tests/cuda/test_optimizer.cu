@@ -180,7 +180,9 @@ TEST_CASE("adamw matches the CPU reference", "[cuda][optimizer][adamw]") {
     }
 }
 
-TEST_CASE("adamw over more elements than one grid covers", "[cuda][optimizer][adamw][large]") {
+// The launchers cap their grid at 4096 blocks of 256 threads (the norm at 1024): past
+// 2^20 elements every thread walks a second stretch (a second ~1.5 s on the simulator).
+TEST_CASE("adamw over more elements than one grid covers", "[cuda][optimizer][adamw]") {
     check_adamw<float>(std::size_t{3} << 20, adamw_config{}, true, 300);
     check_adamw<bfloat16>(std::size_t{3} << 20, adamw_config{}, true, 301);
 }
@@ -230,6 +232,8 @@ TEST_CASE("sgd matches the CPU reference", "[cuda][optimizer][sgd]") {
         check_sgd<bfloat16>(333, config, what, which + 1);
         which += 50;
     }
+    // More elements than one grid of 4096 x 256 threads covers.
+    check_sgd<float>((std::size_t{1} << 20) + 4099, configs[1].second, "momentum, past one grid", which);
 }
 
 // ---- Gradient norm, clipping, scaling ---------------------------------------------------
@@ -291,7 +295,7 @@ TEST_CASE("grad_norm and clip_grad_norm match the CPU reference", "[cuda][optimi
     CHECK(tc::grad_norm(empty.gpu) == 0.0);
 }
 
-TEST_CASE("clip_grad_norm over tensors larger than the norm kernel's grid", "[cuda][optimizer][clip][large]") {
+TEST_CASE("clip_grad_norm over tensors larger than the norm kernel's grid", "[cuda][optimizer][clip]") {
     check_clip<float>({std::size_t{1} << 22, 5000}, 1.0f, 1.0, 650);
 }
 
@@ -395,6 +399,7 @@ TEST_CASE("dropout drops exactly the CPU's elements", "[cuda][optimizer][dropout
     }
     check_dropout<float>(300, 0.0f, 0, which);
     check_dropout<float>(300, 0.999f, 1ull << 40, which + 3);
+    check_dropout<float>((index_t{1} << 22) + 4099, 0.1f, 3, which + 6);  // past one grid (4 elements a thread)
 
     // Any rank and no mask: a (3, 5, 7) tensor as its flattening.
     const auto x = normal_as<float>(105, 1100);
