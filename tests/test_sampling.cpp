@@ -338,7 +338,19 @@ TEST_CASE("sampling draws from exactly the filtered, renormalized distribution (
         cpu::apply(as_row(a), {sampling::temperature{0.5f}, sampling::top_k{10}, sampling::top_p{0.9f}});
         std::vector<float> scaled(z);
         for (float& v : scaled) v /= 0.5f;
-        check_distribution(a, renormalized(scaled, kept(a)), n, 15, "chain");
+        // The kept set, derived here: the 10 largest of z / 0.5, then, by their
+        // renormalized probabilities in descending order, tokens until the mass reaches 0.9.
+        std::vector<bool> top10(V, false);
+        for (int r = 0; r < 10; ++r) top10[order[r]] = true;
+        const auto in_top10 = renormalized(scaled, top10);
+        std::vector<bool> keep(V, false);
+        double mass = 0;
+        for (int r = 0; r < 10 && mass < 0.9; ++r) {
+            keep[order[r]] = true;
+            mass += in_top10[order[r]];
+        }
+        CHECK(kept(a) == keep);
+        check_distribution(a, renormalized(scaled, keep), n, 15, "chain");
     }
     SECTION("a distribution with a tiny tail still samples the tail at its rate") {
         std::vector<float> t{0.0f, -8.0f, -8.0f, -12.0f};  // p ~ (0.99933, 3.4e-4, 3.4e-4, 6e-6)

@@ -21,6 +21,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -154,19 +156,39 @@ TEST_CASE("speculative sampling's first two tokens follow the target's joint dis
     SECTION("temperature 1.3") {}
     SECTION("temperature 0.8, top-k 6") { sp = {0.8f, index_t{6}, {}, {}}; }
 
+    // The sampler's distribution, derived here in double rather than taken from the code
+    // under test (tinyllm::detail::sampler_distribution): softmax of z / T over the k
+    // largest (every token without top-k).
+    const auto distribution = [&](std::span<const float> z) {
+        std::vector<double> x(z.size());
+        for (std::size_t i = 0; i < z.size(); ++i) x[i] = static_cast<double>(z[i]) / sp.temperature;
+        double threshold = -std::numeric_limits<double>::infinity();
+        if (sp.top_k) {
+            std::vector<double> sorted = x;
+            std::sort(sorted.begin(), sorted.end(), std::greater<>());
+            threshold = sorted[static_cast<std::size_t>(*sp.top_k - 1)];
+        }
+        const double m = *std::max_element(x.begin(), x.end());
+        std::vector<double> p(x.size(), 0.0);
+        double total = 0;
+        for (std::size_t i = 0; i < x.size(); ++i)
+            if (x[i] >= threshold) total += p[i] = std::exp(x[i] - m);
+        for (double& v : p) v /= total;
+        return p;
+    };
     // The reference: p(x1) p(x2 | x1) from the target alone (and the same for the draft).
     const auto joint_of = [&](const cpu::model& m) {
         std::vector<double> joint(static_cast<std::size_t>(V * V), 0.0);
         auto s = m.new_session(8);
         const auto l1 = m.forward_last(s, prompt);
-        const auto p1 = tinyllm::detail::sampler_distribution(std::span<const float>(l1.data(), V), sp);
+        const auto p1 = distribution(std::span<const float>(l1.data(), V));
         for (token_id x1 = 0; x1 < V; ++x1) {
             if (p1[static_cast<std::size_t>(x1)] == 0) continue;
             auto s2 = m.new_session(8);
             std::vector<token_id> text = prompt;
             text.push_back(x1);
             const auto l2 = m.forward_last(s2, text);
-            const auto p2 = tinyllm::detail::sampler_distribution(std::span<const float>(l2.data(), V), sp);
+            const auto p2 = distribution(std::span<const float>(l2.data(), V));
             for (token_id x2 = 0; x2 < V; ++x2)
                 joint[static_cast<std::size_t>(x1 * V + x2)] = p1[static_cast<std::size_t>(x1)] * p2[static_cast<std::size_t>(x2)];
         }
