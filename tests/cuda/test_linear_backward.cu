@@ -202,13 +202,22 @@ TEST_CASE("matmul_backward and (B, T, K) linear_backward match the CPU reference
     TINYLLM_REQUIRE_CLOSE(download(d_da), ref_da, tol_for<float>(), "matmul_backward da");
     TINYLLM_REQUIRE_CLOSE(download(d_db), ref_db, tol_for<float>(), "matmul_backward db");
 
-    // (B, T, K) activations through the any-rank overload, no dx: the same bits as (rows, K).
+    // (B, T, K) activations through the any-rank overload, no dx: the same bits as (rows, K),
+    // which match the CPU reference.
     const index_t B = 3, T = 5, Kx = 6, Nx = 7;
-    auto d_x = upload<float>(normal_as<float>(static_cast<std::size_t>(B * T * Kx), 510));
-    auto d_w = upload<float>(normal_as<float>(static_cast<std::size_t>(Nx * Kx), 511));
-    auto d_y = upload<float>(normal_as<float>(static_cast<std::size_t>(B * T * Nx), 512));
+    const auto hx = normal_as<float>(static_cast<std::size_t>(B * T * Kx), 510);
+    const auto hw = normal_as<float>(static_cast<std::size_t>(Nx * Kx), 511);
+    const auto hy = normal_as<float>(static_cast<std::size_t>(B * T * Nx), 512);
+    std::vector<float> ref_dx(hx.size()), ref_dw(hw.size());
+    cpu::linear_backward(hview(ref_dx, B * T, Kx), hview(ref_dw, Nx, Kx), tensor_view<float, 1>{}, hcview(hy, B * T, Nx),
+                         hcview(hx, B * T, Kx), hcview(hw, Nx, Kx));
+    auto d_x = upload<float>(hx), d_w = upload<float>(hw), d_y = upload<float>(hy);
     tc::device_buffer<float> dw3(static_cast<std::size_t>(Nx * Kx)), dw2(dw3.size()), dx3(static_cast<std::size_t>(B * T * Kx)),
         dx2(dx3.size());
+    dw3.poison();
+    dw2.poison();
+    dx3.poison();
+    dx2.poison();
     tc::linear_backward({}, dw3.view(extents<2>{Nx, Kx}), {}, d_y.view(extents<3>{B, T, Nx}),
                         d_x.view(extents<3>{B, T, Kx}), d_w.view(extents<2>{Nx, Kx}), handle);
     tc::linear_backward(dx2.view(extents<2>{B * T, Kx}), dw2.view(extents<2>{Nx, Kx}), {},
@@ -216,6 +225,8 @@ TEST_CASE("matmul_backward and (B, T, K) linear_backward match the CPU reference
                         handle);
     tc::linear_backward(dx3.view(extents<3>{B, T, Kx}), {}, {}, d_y.view(extents<3>{B, T, Nx}),
                         d_x.view(extents<3>{B, T, Kx}), d_w.view(extents<2>{Nx, Kx}), handle);
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dw2), ref_dw, tol_for<float>(), "(rows, K) linear_backward dw");
+    TINYLLM_REQUIRE_CLOSE(tc::to_host(dx2), ref_dx, tol_for<float>(), "(rows, K) linear_backward dx");
     CHECK(bit_equal(tc::to_host(dw3), tc::to_host(dw2)));
     CHECK(bit_equal(tc::to_host(dx3), tc::to_host(dx2)));
 }
