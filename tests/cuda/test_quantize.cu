@@ -208,10 +208,31 @@ void check_pair_gemv(index_t rows, index_t N, index_t K, const quant_spec& spec,
         const auto epi = tc::detail::make_qkv_rope_epilogue<T>(dout.data(), keys.data(), values.data(), cache_rows,
                                                                rows, dbias.data(), 1, 1, Dh, nullptr, nullptr);
         dout.poison();
+        keys.poison();
+        values.poison();
         tc::detail::launch_quantized_pair_gemv<T>("test", epi, dx.data(), rows, K, dg, dg, epi.units(), nullptr);
         da.poison();
         tc::linear_quantized_gemv<T>(da.view(shape), xv, dg, bv);
-        TINYLLM_REQUIRE_CLOSE(download(dout), download(da), bits, "quantized RoPE v4 epilogue (unrotated) vs v2, " + what);
+        const std::vector<float> want = download(da);
+        TINYLLM_REQUIRE_CLOSE(download(dout), want, bits, "quantized RoPE v4 epilogue (unrotated) vs v2, " + what);
+        // The cache: row r's k and v (columns Dh..2 Dh and 2 Dh..3 Dh) at position start = 1 of
+        // sequence r, every other position left as it was (poisoned).
+        const std::vector<float> got_k = download(keys), got_v = download(values);
+        std::vector<float> want_k(got_k.size(), std::nanf("")), want_v(got_v.size(), std::nanf(""));
+        for (index_t r = 0; r < rows; ++r)
+            for (index_t d = 0; d < Dh; ++d) {
+                const auto at = static_cast<std::size_t>((r * capacity + 1) * Dh + d);
+                want_k[at] = want[static_cast<std::size_t>(r * N + Dh + d)];
+                want_v[at] = want[static_cast<std::size_t>(r * N + 2 * Dh + d)];
+            }
+        const auto same = [](const std::vector<float>& g, const std::vector<float>& w) {
+            if (g.size() != w.size()) return false;
+            for (std::size_t i = 0; i < g.size(); ++i)
+                if (!(g[i] == w[i] || (std::isnan(g[i]) && std::isnan(w[i])))) return false;
+            return true;
+        };
+        CHECK(same(got_k, want_k));
+        CHECK(same(got_v, want_v));
     }
 }
 
