@@ -489,10 +489,23 @@ TEST_CASE("dispatch then combine with identity experts gives x times the kept we
             CHECK(seen_dropped == dropped);
             INFO("capacity " << capacity << ", block " << block);
             TINYLLM_REQUIRE_CLOSE(out.values(), expected, tolerance{1e-6, 1e-6}, "identity experts");
-            // Every expert's rows are block-aligned and hold only its own tokens.
+            // Every expert's rows are block-aligned and hold only its own tokens: row r of
+            // expert e holds a token t that chose e (its first expert_counts(e) rows), or is
+            // padding (-1); and each kept slot (t, j) points at such a row of expert ids(t, j).
             for (index_t e = 0; e < E; ++e) {
                 CHECK(plan.expert_offsets(e) % block == 0);
                 CHECK(plan.expert_counts(e) <= (capacity < 0 ? T : capacity));
+                for (index_t r = plan.expert_offsets(e); r < plan.expert_offsets(e + 1); ++r) {
+                    const index_t t = plan.row_token(r);
+                    if (r - plan.expert_offsets(e) >= plan.expert_counts(e)) {
+                        CHECK(t == -1);
+                        continue;
+                    }
+                    REQUIRE((t >= 0 && t < T));
+                    bool chose = false;
+                    for (index_t j = 0; j < k; ++j) chose |= g.ids(t, j) == e && plan.row_of(t, j) == r;
+                    CHECK(chose);
+                }
             }
         }
     }
