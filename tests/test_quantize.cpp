@@ -64,9 +64,31 @@ tensor<float, 2> test_weight(index_t N, index_t K, float magnitude, std::uint64_
     return w;
 }
 
-// Every element within the format's bound, every stored value in range, zeros exact.
+// Every element within the format's bound, every stored value in range, zeros exact;
+// and every scale the finest that holds its group (checked from the weights here, since
+// the bound itself grows with the scale): int8 amax / 127, int4 (hi - lo) / 15 with zero
+// inside [lo, hi], as small as that allows up to a float's rounding.
 void check_round_trip(const tensor<float, 2>& w, const quantized_matrix& q) {
     const bool int8 = q.spec.format == quant_format::int8;
+    const index_t G = q.group_size();
+    for (index_t n = 0; n < q.rows; ++n)
+        for (index_t g = 0; g < q.groups(); ++g) {
+            double lo = 0, hi = 0, amax = 0;
+            for (index_t k = g * G; k < std::min(q.cols, (g + 1) * G); ++k) {
+                lo = std::min(lo, static_cast<double>(w(n, k)));
+                hi = std::max(hi, static_cast<double>(w(n, k)));
+                amax = std::max(amax, std::fabs(static_cast<double>(w(n, k))));
+            }
+            const double range = int8 ? amax : hi - lo, levels = int8 ? 127.0 : 15.0;
+            const double s = q.scales(n, g), want = range / levels;
+            INFO(q.spec.name() << ": the scale of row " << n << ", group " << g << " is " << s << " for range " << range);
+            if (range == 0) {
+                CHECK(s == 0.0);
+                continue;
+            }
+            CHECK(range / s <= levels);  // every value of the group fits
+            CHECK(s <= want + std::max(want * 1e-6, 2.0 * std::numeric_limits<float>::denorm_min()));  // and no coarser
+        }
     index_t worst_n = 0, worst_k = 0;
     double worst = 0.0;  // the largest error as a fraction of its bound
     for (index_t n = 0; n < q.rows; ++n)
