@@ -26,7 +26,7 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
                 "Mixtral: --aux adds router_aux_loss_coef x the load-balancing loss (transformers'\n"
                 "load_balancing_loss_func, over every layer's router rows) to the loss; --aux-only\n"
                 "writes the gradient of the load-balancing loss alone. The loss breakdown goes to stderr.\n"
-                "--device: cpu (the CPU reference model, default) or cuda (tinyllm::cuda::model in float32;\n"
+                "--device: cpu (the CPU model, default) or cuda (tinyllm::cuda::model in float32;\n"
                 "the gradients are downloaded from the GPU and written the same way).\n") {
     const auto a = parse_args(args, {"model", "ids", "batch", "device", "out"}, {"aux", "aux-only"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");

@@ -143,7 +143,7 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
     // DIR's training text.
     const auto calibration_of = [&](const std::string& model_dir) {
         if (a.options.count("calibration-text")) return text_windows(model_dir, a.get("calibration-text"), calibration_count, T);
-        if (!std::filesystem::exists(model_tokens_path(model_dir)))
+        if (!std::filesystem::exists(std::filesystem::path(model_dir) / "data.tokens"))
             throw usage_error("gptq calibrates on " + model_dir + "'s data.tokens (a model `tinyllm train` wrote), "
                               "which is not there; pass --calibration-text FILE");
         const tinyllm::token_file data(model_tokens_path(model_dir));
@@ -166,6 +166,8 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
         if (method == "gptq") calibration = calibration_of(dir);
         const auto t0 = std::chrono::steady_clock::now();
         tinyllm::cpu::model m = tinyllm::cpu::model::load(dir);
+        if (const std::string why = tinyllm::quant_spec_mismatch(m.weights(), spec); !why.empty())
+            throw usage_error("--format " + spec.name() + ": " + why);
         const index_t float_bytes = m.weight_bytes();
         quantize(m, spec, method, calibration);
         tinyllm::cpu::save_quantized_model(out_dir, m);
@@ -214,7 +216,9 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
                              ") is larger than the model's (" + std::to_string(float_model.config().vocab_size) + ")");
     out << "model " << dir << ": " << windows << " held-out windows of " << T << " tokens (tokens " << val_begin
         << " .. " << val_begin + static_cast<std::uint64_t>(windows * T) << " of data.tokens)";
-    if (calibration) out << "; gptq calibrated on " << calibration->extent(0) << " windows of the training split";
+    if (calibration)
+        out << "; gptq calibrated on " << calibration->extent(0) << " windows of "
+            << (a.options.count("calibration-text") ? a.get("calibration-text") : std::string("the training split"));
     out << "\n";
     char line[200];
     std::snprintf(line, sizeof line, "%-10s %-6s %8s %12s %10s %11s %9s %7s %7s\n", "weights", "method", "bits/w",

@@ -755,10 +755,10 @@ struct signal_stopper {
 
 TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (continuous batching)",
                 "usage: tinyllm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--name NAME]\n"
-                "                     [--tokenizer FILE] [--dtype float32|bfloat16|int8|int4-gG]\n"
+                "                     [--tokenizer FILE] [--encoding NAME] [--dtype float32|bfloat16|int8|int4-gG]\n"
                 "                     [--max-batch 16] [--token-budget 256] [--prefill-chunk 128]\n"
                 "                     [--kv-blocks N] [--block-size 16] [--prefix-cache-blocks N]\n"
-                "                     [--http-threads 64] [--device cpu|cuda]\n\n"
+                "                     [--http-threads 64] [--device cpu|cuda] [--reference]\n\n"
                 "Serves the checkpoint DIR (default: the trained default model) on http://HOST:PORT with\n"
                 "OpenAI's API: POST /v1/completions and /v1/chat/completions (\"stream\": true sends\n"
                 "server-sent events), GET /v1/models, /health and /metrics (Prometheus text). Requests\n"
@@ -772,7 +772,9 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
                 "line printed is the address. SIGINT or SIGTERM stops it. docs/serving.md has the\n"
                 "fields, the chat template and client examples. --device cuda runs each step on the\n"
                 "CUDA model (float32 or bfloat16 weights; the KV blocks on the GPU; the sampling stays\n"
-                "on the CPU, the step's logits copied back).\n") {
+                "on the CPU, the step's logits copied back). --tokenizer FILE (default DIR's tokenizer.json)\n"
+                "with --encoding NAME names a tiktoken rank file's encoding; --reference runs the CPU's\n"
+                "reference kernels (float32 only, slow) instead of the blocked ones.\n") {
     const auto a = parse_args(args,
                               {"model", "host", "port", "name", "tokenizer", "encoding", "dtype", "max-batch",
                                "token-budget", "prefill-chunk", "kv-blocks", "block-size", "prefix-cache-blocks",

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -43,6 +44,8 @@ tinyllm::tokenizer load_vocab(const parsed_args& a) {
             }
         }
         if (path.empty()) throw usage_error("no --vocab given and " + file + " not found in $TINYLLM_SHARED_DIR or ../shared");
+    } else if (!std::filesystem::exists(path)) {
+        throw usage_error("--vocab " + path + ": no such file");
     }
     return tinyllm::load_tokenizer(path, encoding);
 }
@@ -113,18 +116,22 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
     const auto tok = load_vocab(a);
     if (sampling) {
         const tinyllm::sentencepiece_model* sp = tok.sentencepiece();
+        const std::string vocab = a.options.count("vocab") ? a.get("vocab") : "--encoding " + a.get("encoding");
         if (!sp)
-            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + a.get("vocab") +
+            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + vocab +
                               " is a byte-level BPE vocabulary");
         if (sp->kind() != tinyllm::sentencepiece_kind::unigram)
-            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + a.get("vocab") +
+            throw usage_error("--sample-alpha draws SentencePiece Unigram segmentations, but " + vocab +
                               " is a SentencePiece BPE model (sampling BPE is BPE-dropout, a different algorithm, "
                               "not implemented)");
         if (!(std::isfinite(alpha) && alpha > 0))
             throw usage_error("--sample-alpha A: A = " + a.get("sample-alpha") + " must be a finite number > 0");
     }
     std::string text;
+    if (a.options.count("file") && !a.positional.empty())
+        throw usage_error("give the text with --file F or as arguments, not both");
     if (a.options.count("file")) {
+        if (!std::filesystem::exists(a.get("file"))) throw usage_error("--file " + a.get("file") + ": no such file");
         text = tinyllm::detail::read_text_file(a.get("file"));
     } else if (!a.positional.empty()) {
         for (std::size_t i = 0; i < a.positional.size(); ++i) text += (i ? " " : "") + a.positional[i];
@@ -170,6 +177,10 @@ TINYLLM_COMMAND("detokenize", "turn token ids back into text",
     const auto a = parse_args(args, {"vocab", "encoding", "file"}, {"raw"});
     const auto tok = load_vocab(a);
     std::string words;
+    if (a.options.count("file") && !a.positional.empty())
+        throw usage_error("give the ids with --file F or as arguments, not both");
+    if (a.options.count("file") && !std::filesystem::exists(a.get("file")))
+        throw usage_error("--file " + a.get("file") + ": no such file");
     if (a.options.count("file")) words = tinyllm::detail::read_text_file(a.get("file"));
     else if (!a.positional.empty()) for (const auto& p : a.positional) words += p + " ";
     else words = read_all(std::cin);
@@ -180,6 +191,9 @@ TINYLLM_COMMAND("detokenize", "turn token ids back into text",
         char* end = nullptr;
         const unsigned long v = std::strtoul(w.c_str(), &end, 10);
         if (*end != '\0' || w[0] == '-' || v > 0x7fffffffUL) throw usage_error("'" + w + "' is not a token id");
+        if (v >= tok.vocab_size())
+            throw usage_error("token id " + w + " is not in the vocabulary (ids 0 .. " +
+                              std::to_string(tok.vocab_size() - 1) + ")");
         ids.push_back(static_cast<tinyllm::token_id>(v));
     }
     out << tok.decode(ids, a.has_flag("raw") ? tinyllm::decode_errors::keep : tinyllm::decode_errors::replace);

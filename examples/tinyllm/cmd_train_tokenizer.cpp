@@ -74,7 +74,7 @@ int train_sentencepiece_command(const parsed_args& a, tinyllm::sentencepiece_kin
 
 TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files (byte-level BPE or SentencePiece)",
                 "usage: tinyllm train-tokenizer --vocab-size N --out FILE [--model bpe|sentencepiece-bpe|unigram]\n"
-                "                               [--pattern r50k|cl100k|o200k|llama3] [--special TOKEN[,TOKEN...]]\n"
+                "                               [--pattern r50k|gpt2|cl100k|o200k|llama3] [--special TOKEN[,TOKEN...]]\n"
                 "                               [--character-coverage C] [--no-byte-fallback] [--no-split-digits]\n"
                 "                               CORPUS...\n\n"
                 "--model bpe (default): byte-level BPE (GPT-2 style). Learns N - 256 - (number of special\n"
@@ -104,7 +104,11 @@ TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files
     const long long n = a.get_int("vocab-size", 0);
     if (n < 257) throw usage_error("--vocab-size N is required and must be more than 256");
     opt.vocab_size = static_cast<std::size_t>(n);
-    opt.pattern = tinyllm::pretokenizer_from_name(a.get("pattern", "cl100k"));
+    try {
+        opt.pattern = tinyllm::pretokenizer_from_name(a.get("pattern", "cl100k"));
+    } catch (const tinyllm::error&) {
+        throw usage_error("--pattern " + a.get("pattern") + " is not r50k, gpt2, cl100k, o200k or llama3");
+    }
     std::string specials = a.get("special");
     for (std::size_t at = 0; !specials.empty() && at <= specials.size();) {
         std::size_t e = specials.find(',', at);

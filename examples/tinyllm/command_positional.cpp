@@ -41,7 +41,7 @@ TINYLLM_COMMAND("positions", "print positional-encoding tables as CSV (sinusoida
                 "  rope-similarity  N rows of N values <RoPE(q, m), RoPE(q, n)> / |q|^2, q = (1, ..., 1)\n"
                 "  rope-distance    N values <RoPE(q, d), RoPE(q, 0)> / |q|^2 for d = 0..N-1\n\n"
                 "--base is the sinusoidal base or RoPE's theta (default 10000); RoPE uses rotate_half\n"
-                "with rotary_dim = D. Defaults: N = 128, D = 128.") {
+                "with rotary_dim = D. Defaults: N = 128, D = 128.\n") {
     const auto a = parse_args(args, {"positions", "dim", "base"}, {});
     if (a.positional.size() != 1) throw usage_error("give exactly one TABLE");
     const std::string table = a.positional[0];

@@ -32,7 +32,8 @@ namespace {
 void print_overview(std::ostream& out) {
     out << "tinyllm " << TINYLLM_VERSION_STRING
         << " — transformer building blocks: readable CPU references beside verified CUDA kernels\n\n"
-        << "usage: tinyllm <command> [options]      (tinyllm <command> --help for details)\n\ncommands:\n";
+        << "usage: tinyllm <command> [options]      (tinyllm <command> --help for details; tinyllm --version)\n\n"
+           "commands:\n";
     for (const auto& [name, cmd] : commands()) out << "  " << std::left << std::setw(18) << name << cmd.summary << "\n";
 }
 
@@ -43,7 +44,8 @@ bool gpu_usable() { return !query_gpus().devices.empty(); }
 // ---- info --------------------------------------------------------------------
 TINYLLM_COMMAND("info", "version, build options and the GPUs found",
                 "usage: tinyllm info\n\nPrints the version, how this binary was built and the CUDA devices it can use.\n") {
-    parse_args(args, {}, {});
+    const auto a = parse_args(args, {}, {});
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
     const gpu_report gpu = query_gpus();
     out << "tinyllm " << TINYLLM_VERSION_STRING << "\n"
         << "  C++ compiler:  " << __VERSION__ << " (C++" << __cplusplus / 100 % 100 << ")\n"

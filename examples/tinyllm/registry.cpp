@@ -70,7 +70,12 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
     parsed_args parsed;
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string& a = args[i];
-        if (a.size() < 2 || a[0] != '-' || a == "--") {
+        if (a == "--") {  // the end of the options: what follows is positional, dashes and all
+            parsed.positional.insert(parsed.positional.end(), args.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                                     args.end());
+            break;
+        }
+        if (a.size() < 2 || a[0] != '-') {
             parsed.positional.push_back(a);
             continue;
         }
@@ -87,7 +92,8 @@ parsed_args parse_args(const std::vector<std::string>& args, const std::vector<s
                 value = args[++i];
             }
             parsed.options[name] = value;
-        } else if (is_in(flag_options, name) && !inline_value) {
+        } else if (is_in(flag_options, name)) {
+            if (inline_value) throw usage_error("option --" + name + " takes no value (got '" + a + "')");
             parsed.flags.push_back(name);
         } else {
             throw usage_error("unknown option '" + a + "'");

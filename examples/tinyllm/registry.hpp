@@ -122,7 +122,8 @@ struct parsed_args {
     double get_double(const std::string& name, double fallback) const;
 };
 // value_options: options that take a value; flag_options: options that don't.
-// Anything else starting with "-" is a usage_error naming the option.
+// Anything else starting with "-" is a usage_error naming the option; "--" ends
+// the options (what follows is positional, so a text may start with "-").
 parsed_args parse_args(const std::vector<std::string>& args, const std::vector<std::string>& value_options,
                        const std::vector<std::string>& flag_options);
 // "ID ID ..." (the value of --prompt-ids) as token ids; a usage_error when a word is not one.

@@ -189,7 +189,7 @@ TINYLLM_COMMAND("attention-probs", "print attention probabilities as JSON (for t
                 "Without --model: the attention chapter's example (the words of the tour sentence, random\n"
                 "weights, causal) with N heads (1..8, default 4).\n"
                 "With --model: a Hugging Face checkpoint (GPT-2, Llama, Mixtral) run on the prompt by the\n"
-                "CPU reference model; the heads of layer L (default 0; negative counts from the last\n"
+                "CPU model; the heads of layer L (default 0; negative counts from the last\n"
                 "layer), the first N of them (default: up to 8).\n"
                 "Prints {\"tokens\": [...], \"probs\": [head][row][col]}.\n") {
     const auto a = parse_args(args, {"heads", "seed", "model", "prompt", "prompt-ids", "tokenizer", "encoding", "layer"},
