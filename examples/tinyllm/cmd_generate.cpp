@@ -206,6 +206,9 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                                "speculate", "prompt-lookup", "kv-cache"},
                               {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
+    require_checkpoint(a, "draft-model");
+    require_input_file(a, "tokenizer");
     const bool default_model = a.get("model").empty();
     const std::string dir = default_model ? default_model_dir() : a.get("model");
     if (default_model && !std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
@@ -328,6 +331,7 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
                 "reference kernels instead of the blocked ones (as for generate).\n") {
     const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {"reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
     bool bf16 = false;

@@ -30,6 +30,7 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
                 "the gradients are downloaded from the GPU and written the same way).\n") {
     const auto a = parse_args(args, {"model", "ids", "batch", "device", "out"}, {"aux", "aux-only"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("ids").empty()) throw usage_error("--ids \"ID ...\" is required");
     if (a.get("out").empty()) throw usage_error("--out FILE.safetensors is required");

@@ -128,6 +128,7 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
                                      "calibration-text", "context", "windows", "out"},
                               {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
     const std::string dir = a.get("model");
     if (dir.empty()) throw usage_error("--model DIR is required");
     const long long context = a.get_int("context", 128);

@@ -781,6 +781,8 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
                                "http-threads", "device"},
                               {"reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
+    require_input_file(a, "tokenizer");
     const std::string device = a.get("device", "cpu");
     if (device != "cpu" && device != "cuda")
         throw usage_error("--device " + device + ": tinyllm serve runs on cpu or cuda");

@@ -66,6 +66,8 @@ TINYLLM_COMMAND("speculate", "measure speculative decoding on a trained model: a
                                      "prompt-tokens", "tokens", "temperature", "seed"},
                               {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
+    require_checkpoint(a, "draft-model");
     const std::string dir = a.get("model");
     if (dir.empty()) throw usage_error("--model DIR is required");
     const bool draft = a.options.count("draft-model") > 0, lookup = a.options.count("prompt-lookup") > 0;

@@ -260,6 +260,12 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         tinyllm::cpu::set_num_threads(static_cast<int>(n));
     }
     const bool resuming = a.options.count("resume") > 0;
+    if (resuming && !std::filesystem::exists(std::filesystem::path(a.get("resume")) / "training_state.json"))
+        throw usage_error(
+            "--resume " + a.get("resume") +
+            " holds no training_state.json: not a run that tinyllm train saved (or its save was interrupted)");
+    require_checkpoint(a, "teacher");
+    require_input_file(a, "tokenizer");
     std::vector<std::string> data_files;
     if (a.options.count("data")) data_files.push_back(a.get("data"));
     for (const auto& p : a.positional) {

@@ -140,6 +140,21 @@ std::vector<tinyllm::token_id> parse_token_ids(const std::string& text) {
     return ids;
 }
 
+void require_input_file(const parsed_args& a, const std::string& flag) {
+    if (!a.options.count(flag)) return;
+    const std::string file = a.get(flag);
+    if (!std::filesystem::exists(file)) throw usage_error("--" + flag + " " + file + ": no such file");
+    if (std::filesystem::is_directory(file)) throw usage_error("--" + flag + " " + file + ": a folder, not a file");
+}
+
+void require_checkpoint(const parsed_args& a, const std::string& flag) {
+    if (!a.options.count(flag)) return;
+    const std::string dir = a.get(flag);
+    if (!std::filesystem::is_directory(dir)) throw usage_error("--" + flag + " " + dir + ": no such folder");
+    if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
+        throw usage_error("--" + flag + " " + dir + " has no config.json (a Hugging Face checkpoint folder has one)");
+}
+
 void require_output_folder(const std::string& flag, const std::string& file) {
     const std::filesystem::path folder = std::filesystem::path(file).parent_path();
     if (!folder.empty() && !std::filesystem::is_directory(folder))

@@ -131,6 +131,11 @@ std::vector<tinyllm::token_id> parse_token_ids(const std::string& text);
 // A usage_error when FILE, the value of FLAG (an output), names a folder that does not
 // exist: said before a command spends time on what it would write there.
 void require_output_folder(const std::string& flag, const std::string& file);
+// A usage_error naming the flag when --FLAG was given and its value names no file
+// (require_input_file) or no checkpoint folder, one with a config.json
+// (require_checkpoint): said before a command spends time on anything else.
+void require_input_file(const parsed_args& a, const std::string& flag);
+void require_checkpoint(const parsed_args& a, const std::string& flag);
 
 namespace detail {
 struct registrar {

@@ -195,6 +195,8 @@ TINYLLM_COMMAND("attention-probs", "print attention probabilities as JSON (for t
     const auto a = parse_args(args, {"heads", "seed", "model", "prompt", "prompt-ids", "tokenizer", "encoding", "layer"},
                               {});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
+    require_checkpoint(a, "model");
+    require_input_file(a, "tokenizer");
     if (a.get("model").empty()) {
         for (const char* o : {"prompt", "prompt-ids", "tokenizer", "encoding", "layer"})
             if (a.options.count(o)) throw usage_error(std::string("--") + o + " needs --model DIR");
