@@ -696,6 +696,77 @@ TEST_CASE("forward's attention observer sees every layer's causal probabilities 
     CHECK(layers.size() == 3);
 }
 
+TEST_CASE("the observer's first-layer probabilities are softmax(q k / sqrt(Dh)) recomputed from the weights",
+          "[model]") {
+    // GPT-2's first layer from its definition, in double: x = wte[token] + wpe[position],
+    // h = LayerNorm(x), q = h Wq^T + bq, k = h Wk^T + bk per head, then the causal softmax
+    // of q.k / sqrt(Dh). The observer must report these numbers, not merely some rows
+    // that sum to one.
+    tinyllm::model_config c = tinyllm::model_shapes::gpt2_124m();
+    c.vocab_size = 53;
+    c.hidden_size = 24;
+    c.num_layers = 2;
+    c.num_heads = 3;
+    c.num_kv_heads = 3;
+    c.head_dim = 8;
+    c.intermediate_size = 48;
+    c.max_positions = 16;
+    const tinyllm::model_weights w = tinyllm::random_model_weights(c, tinyllm_test::test_seed());
+    const tinyllm::cpu::model model(c, w);
+    const std::vector<tinyllm::token_id> prompt = {7, 2, 50, 2, 31, 0};
+    const index_t T = static_cast<index_t>(prompt.size()), D = c.hidden_size, H = c.num_heads, Dh = c.head_dim;
+    const tinyllm::layer_weights& L = w.layers[0];
+
+    std::vector<std::vector<double>> q(T, std::vector<double>(H * Dh)), k = q;  // (T, H*Dh)
+    for (index_t t = 0; t < T; ++t) {
+        std::vector<double> x(D), h(D);
+        double mean = 0, var = 0;
+        for (index_t d = 0; d < D; ++d) {
+            x[d] = double(w.embed(prompt[t], d)) + double(w.positions(t, d));
+            mean += x[d] / D;
+        }
+        for (index_t d = 0; d < D; ++d) var += (x[d] - mean) * (x[d] - mean) / D;
+        for (index_t d = 0; d < D; ++d)
+            h[d] = (x[d] - mean) / std::sqrt(var + c.norm_eps) * L.attn_norm_weight(d) + L.attn_norm_bias(d);
+        for (index_t o = 0; o < H * Dh; ++o) {
+            q[t][o] = L.bq(o);
+            k[t][o] = L.bk(o);
+            for (index_t d = 0; d < D; ++d) {
+                q[t][o] += double(L.wq(o, d)) * h[d];
+                k[t][o] += double(L.wk(o, d)) * h[d];
+            }
+        }
+    }
+    int seen = 0;
+    auto session = model.new_session(T);
+    model.forward(session, prompt, [&](index_t layer, tinyllm::tensor_view<const float, 4> p) {
+        if (layer != 0) return;
+        ++seen;
+        REQUIRE(p.extent(1) == H);
+        REQUIRE(p.extent(2) == T);
+        REQUIRE(p.extent(3) == T);
+        double worst = 0;
+        for (index_t hd = 0; hd < H; ++hd)
+            for (index_t i = 0; i < T; ++i) {
+                std::vector<double> score(i + 1);
+                double top = -1e300, sum = 0;
+                for (index_t j = 0; j <= i; ++j) {
+                    for (index_t e = 0; e < Dh; ++e) score[j] += q[i][hd * Dh + e] * k[j][hd * Dh + e];
+                    score[j] /= std::sqrt(double(Dh));
+                    top = std::max(top, score[j]);
+                }
+                for (double& s : score) sum += (s = std::exp(s - top));
+                for (index_t j = 0; j < T; ++j) {
+                    const double want = j <= i ? score[j] / sum : 0.0;
+                    worst = std::max(worst, std::abs(double(p(0, hd, i, j)) - want));
+                }
+            }
+        INFO("largest difference from the recomputed probabilities: " << worst);
+        CHECK(worst < 1e-5);
+    });
+    CHECK(seen == 1);
+}
+
 // The blocked kernels (the default) against the reference ones (double, one
 // thread) on the same weights: prefill, then decode steps over the cache. Shapes
 // big enough for several GEMM panels and attention key blocks.
