@@ -287,6 +287,51 @@ TEST_CASE("continuous_batcher: presence and frequency penalties and logit biases
     CHECK_THROWS_WITH(batcher.submit(bad), contains("presence_penalty"));
 }
 
+// A request whose own parameters make its row unusable mid-way (a frequency penalty so large
+// that a repeated token's logit overflows to +inf: finite, so submit() accepts it) fails
+// alone; the batch goes on, the others get their tokens, and the batcher ends idle with
+// every block back.
+TEST_CASE("continuous_batcher: a request whose sampling fails ends alone, the others go on", "[batching]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 92));
+    kv_block_pool pool(c.num_layers, 64, 4, c.num_kv_heads, c.head_dim);
+    continuous_batcher batcher(m, pool, {32, 4, 8});
+    batch_request good, bad;
+    good.prompt = tokens_from(3, 6, c.vocab_size);
+    good.max_new_tokens = 8;
+    good.sampling.temperature = 0.7f;
+    good.seed = 5;
+    good.eos_token_ids = {static_cast<token_id>(c.vocab_size + 1)};
+    bad = good;
+    bad.prompt = tokens_from(9, 5, c.vocab_size);
+    bad.sampling.temperature = 0.0f;
+    // Greedy: the first token again at the second draw (its logit + 2e38), then at the third
+    // its count of 2 makes the penalty -4e38, which overflows the logit to +inf.
+    bad.adjust.frequency_penalty = -2e38f;
+    const index_t g = batcher.submit(good), b = batcher.submit(bad);
+    std::vector<tinyllm::batch_event> failed;
+    for (int steps = 0; !batcher.idle(); ++steps) {
+        REQUIRE(steps < 100);
+        for (const auto& e : batcher.step())
+            if (e.finished == finish_reason::failed) failed.push_back(e);
+    }
+    REQUIRE(failed.size() == 1);
+    CHECK(failed[0].id == b);
+    CHECK(failed[0].token == -1);
+    CHECK_THAT(failed[0].error, contains("frequency_presence_penalty") && contains("overflows to +inf"));
+    CHECK(batcher.finished(b) == finish_reason::failed);
+    REQUIRE(batcher.tokens(b).size() == 2);
+    CHECK(batcher.tokens(b)[0] == batcher.tokens(b)[1]);
+    CHECK(batcher.finished(g) == finish_reason::length);
+    CHECK(batcher.tokens(g) == generate_alone(m, good));
+    CHECK(pool.used_blocks() == 0);
+    // The batcher is still usable.
+    const index_t again = batcher.submit(good);
+    batcher.run();
+    CHECK(batcher.tokens(again) == generate_alone(m, good));
+}
+
 TEST_CASE("continuous_batcher: log-probabilities of each token from the model's own distribution", "[batching]") {
     const tinyllm::model_config c =
         tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);

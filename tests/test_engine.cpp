@@ -158,6 +158,60 @@ TEST_CASE("engine: cancelling mid-stream ends the request and frees its blocks",
     CHECK(read_all(*h2).first == generate_alone(m, request_number(4, c.vocab_size)));
 }
 
+// A request whose sampling fails mid-way (its penalty overflows a logit: see test_batching)
+// ends alone with the error; the request beside it runs to its end untouched. A request
+// its reader stops (engine::stop, a stop string in the server) counts as stopped.
+TEST_CASE("engine: a request whose sampling fails ends alone; stop is counted apart from cancel", "[engine]") {
+    const tinyllm::model_config c =
+        tinyllm_test::small_model_config(tinyllm::model_arch::llama, 64, 64, 16, 96, 64, false);
+    const cpu::model m(c, tinyllm::random_model_weights(c, tinyllm_test::test_seed() + 9));
+    tinyllm::engine_options o;
+    o.block_size = 4;
+    o.prefix_cache_blocks = 0;
+    o.kv_blocks = 2100;
+    tinyllm::engine e(m, o);
+    const batch_request good = request_number(3, c.vocab_size);
+    batch_request bad = request_number(2, c.vocab_size);
+    bad.max_new_tokens = 50;
+    bad.adjust.frequency_penalty = -2e38f;  // greedy: the third draw overflows
+    const auto hg = e.submit(good), hb = e.submit(bad);
+    const auto got_bad = read_all(*hb), got_good = read_all(*hg);
+    CHECK(got_bad.second == finish_reason::failed);
+    CHECK(got_bad.first.size() == 2);
+    CHECK_THAT(hb->error(), contains("overflows to +inf"));
+    CHECK(got_good.second == finish_reason::length);
+    CHECK(got_good.first == generate_alone(m, good));
+    CHECK(hg->error().empty());
+
+    batch_request longer = request_number(4, c.vocab_size);
+    longer.max_new_tokens = 8000;  // seconds of work: it is still running when stopped
+    const auto hs = e.submit(longer);
+    REQUIRE(hs->next(10s).has_value());
+    e.stop(*hs);
+    std::optional<batch_event> last;
+    while (const auto ev = hs->next(1s)) last = ev;
+    REQUIRE(last.has_value());
+    CHECK(last->finished == finish_reason::cancelled);  // what the reader sees: ended by its own call
+    tinyllm::engine_metrics s = e.metrics();
+    CHECK(s.failed == 1);
+    CHECK(s.finished_length == 1);
+    CHECK(s.finished_stop == 1);
+    CHECK(s.cancelled == 0);
+    CHECK(s.kv_blocks_used == 0);
+
+    // A stop string found in the last events, after the engine had finished the request by
+    // length: the request moves from finished_length to finished_stop, once.
+    const auto hl = e.submit(request_number(0, c.vocab_size));
+    REQUIRE(read_all(*hl).second == finish_reason::length);
+    e.stop(*hl);  // under the engine's mutex: after the loop has counted the request's end
+    e.stop(*hl);
+    s = e.metrics();
+    CHECK(s.finished_length == 1);
+    CHECK(s.finished_stop == 2);
+    e.cancel(*hl);  // finished: nothing to count
+    CHECK(e.metrics().cancelled == 0);
+}
+
 // A submit that throws, or a cancel of a request that has finished, while another
 // request runs: the caller took the engine's mutex between two steps, so the loop
 // was waiting for it to leave; leaving without waking the loop stalled every

@@ -30,7 +30,9 @@
 //      rows reached the end of what it knows samples its next token, with its
 //      own sampling parameters, seed and Philox stream, counter = the number of
 //      tokens it has generated — exactly as cpu::generate draws them, so a
-//      request gives the same tokens alone or in any batch.
+//      request gives the same tokens alone or in any batch. A request whose row
+//      cannot be sampled (its temperature or penalties overflow a logit) finishes
+//      as `failed`, its event holding the error; the others go on.
 //      A request that asks for log-probabilities (batch_request::logprobs)
 //      gets, with each token, log p(token) and the k most likely tokens, from
 //      the model's own distribution at that step:
@@ -67,6 +69,7 @@
 #include <limits>
 #include <memory>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -90,7 +93,10 @@ struct batch_options {
     index_t prefill_chunk = 128; // prompt tokens one sequence feeds per step
 };
 
-enum class finish_reason { none, eos, length, cancelled };
+// failed: the request's own parameters made its step's row unusable (a tiny
+// temperature or a huge penalty overflowing a logit to +inf); it ends alone, with
+// the error in its event, and every other request goes on.
+enum class finish_reason { none, eos, length, cancelled, failed };
 
 // What a step did for one request.
 struct batch_event {
@@ -102,6 +108,7 @@ struct batch_event {
     // the smaller id first).
     float logprob = 0.0f;
     std::vector<std::pair<token_id, float>> top_logprobs;
+    std::string error;  // finished == failed: what was wrong
 };
 
 // The log-probabilities of one row of logits z (V): log p(token), and the k most
@@ -212,7 +219,7 @@ public:
         s->session.reset();
         waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
         running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
-        cancelled_.push_back({id, -1, finish_reason::cancelled, 0.0f, {}});
+        cancelled_.push_back({id, -1, finish_reason::cancelled, 0.0f, {}, {}});
     }
 
     // Forget request `id` (cancelled first if it has not finished): tokens(id)
@@ -230,7 +237,7 @@ public:
         for (auto it = waiting_.begin(); it != waiting_.end();) {
             if ((*it)->request.max_new_tokens == 0) {
                 (*it)->done = finish_reason::length;
-                events.push_back({(*it)->id, -1, finish_reason::length, 0.0f, {}});
+                events.push_back({(*it)->id, -1, finish_reason::length, 0.0f, {}, {}});
                 it = waiting_.erase(it);
             } else {
                 ++it;
@@ -267,23 +274,33 @@ public:
             if (s.prefilled < s.context_length()) continue;  // mid-prompt: nothing to sample yet
             // Draw the next token as cpu::generate does: counter = tokens generated so far.
             token_id token = 0;
-            std::vector<float> raw;  // the row before the adjustments, for the log-probabilities
-            if (s.request.logprobs >= 0) {
-                const float* row = logits.data() + static_cast<index_t>(i) * logits.extent(1);
-                raw.assign(row, row + logits.extent(1));
+            batch_event e{s.id, token, finish_reason::none, 0.0f, {}, {}};
+            try {
+                std::vector<float> raw;  // the row before the adjustments, for the log-probabilities
+                if (s.request.logprobs >= 0) {
+                    const float* row = logits.data() + static_cast<index_t>(i) * logits.extent(1);
+                    raw.assign(row, row + logits.extent(1));
+                }
+                if (s.request.adjust.active())
+                    cpu::adjust_logits(logits.view().narrow(0, static_cast<index_t>(i), 1), s.generated,
+                                       s.request.adjust);
+                cpu::sample(tensor_view<token_id, 1>(&token, {1}),
+                            tensor_view<const float, 2>(logits.view()).narrow(0, static_cast<index_t>(i), 1),
+                            s.request.sampling, s.request.seed, static_cast<std::uint64_t>(s.generated.size()),
+                            s.request.stream);
+                if (s.request.logprobs >= 0)
+                    e.logprob = token_logprobs(
+                        raw, token, std::min<index_t>(s.request.logprobs, m_.config().vocab_size), &e.top_logprobs);
+            } catch (const error& err) {
+                // This request's row could not be sampled (its penalties or temperature overflowed a
+                // logit, or its logits are not finite): it fails alone; the others in the step go on.
+                finish(s, finish_reason::failed);
+                events.push_back({s.id, -1, finish_reason::failed, 0.0f, {}, err.what()});
+                continue;
             }
-            if (s.request.adjust.active())
-                cpu::adjust_logits(logits.view().narrow(0, static_cast<index_t>(i), 1), s.generated, s.request.adjust);
-            cpu::sample(tensor_view<token_id, 1>(&token, {1}),
-                   tensor_view<const float, 2>(logits.view()).narrow(0, static_cast<index_t>(i), 1),
-                   s.request.sampling, s.request.seed, static_cast<std::uint64_t>(s.generated.size()),
-                   s.request.stream);
+            e.token = token;
             s.generated.push_back(token);
             ++stats_.generated;
-            batch_event e{s.id, token, finish_reason::none, 0.0f, {}};
-            if (s.request.logprobs >= 0)
-                e.logprob = token_logprobs(raw, token, std::min<index_t>(s.request.logprobs, m_.config().vocab_size),
-                                           &e.top_logprobs);
             if (std::find(s.eos.begin(), s.eos.end(), token) != s.eos.end()) e.finished = finish_reason::eos;
             else if (static_cast<index_t>(s.generated.size()) >= s.request.max_new_tokens)
                 e.finished = finish_reason::length;

@@ -79,7 +79,11 @@ struct engine_metrics {
     prefix_cache_stats prefix{};            // lookups and hits since the start (zero without a cache)
     batch_stats batch{};                    // steps, prefill/decode tokens, preemptions since the start
     index_t submitted = 0;
-    index_t finished_eos = 0, finished_length = 0, cancelled = 0, failed = 0;
+    // How requests ended: an end-of-sequence token, max_new_tokens, their reader's
+    // engine::stop (it had what it wanted, e.g. a stop string), engine::cancel or
+    // shutdown, and failed (a model error, or the request's own parameters: the
+    // event's `error` or engine_request::error() says which).
+    index_t finished_eos = 0, finished_length = 0, finished_stop = 0, cancelled = 0, failed = 0;
     double tokens_per_second = 0.0;         // tokens generated per second over the last 10 s (at metrics())
 };
 
@@ -104,7 +108,8 @@ public:
         return e;
     }
 
-    // Why the engine failed this request (a model error), or empty.
+    // Why the engine failed this request (a model error, or its own parameters:
+    // batch_event::error), or empty.
     std::string error() const {
         std::lock_guard<std::mutex> lk(mu_);
         return error_;
@@ -131,6 +136,7 @@ private:
     bool done_ = false;       // the finished event has been pushed
     bool read_done_ = false;  // ... and read
     std::string error_;
+    finish_reason counted_ = finish_reason::none;  // how the engine counted its end (under the engine's mutex)
 };
 
 class engine {
@@ -164,7 +170,7 @@ public:
             stop_ = true;
         }  // caller_lock wakes the loop, which sees stop_
         thread_.join();
-        for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled, 0.0f, {}});
+        for (auto& [id, r] : open_) r->push({id, -1, finish_reason::cancelled, 0.0f, {}, {}});
     }
 
     const batch_model& model() const { return *model_; }
@@ -207,16 +213,23 @@ public:
     // End a request now: its reader gets a cancelled event (unless it had
     // finished already) and its KV blocks are freed.
     void cancel(const engine_request& r) {
-        {
-            caller_lock lk(*this);
-            const auto it = open_.find(r.id());
-            if (it == open_.end()) return;
-            batcher_.release(r.id());
-            it->second->push({r.id(), -1, finish_reason::cancelled, 0.0f, {}});
-            open_.erase(it);
-            ++cancelled_;
+        caller_lock lk(*this);  // wakes the loop when it goes, also when there was nothing to do
+        end_open(r, cancelled_);
+    }
+    // The same, for a reader that has what it wanted (a stop string matched):
+    // counted in metrics().finished_stop, not as cancelled. Also when the engine
+    // had finished the request already (by eos or length, its last events not yet
+    // read): the reader's ending is the one its client sees, so the request moves
+    // to finished_stop.
+    void stop(engine_request& r) {
+        caller_lock lk(*this);  // wakes the loop when it goes
+        if (end_open(r, finished_stop_)) return;
+        if (r.counted_ == finish_reason::eos || r.counted_ == finish_reason::length) {
+            --(r.counted_ == finish_reason::eos ? finished_eos_ : finished_length_);
+            ++finished_stop_;
+            r.counted_ = finish_reason::none;  // once
             snapshot();
-        }  // caller_lock wakes the loop, also after the early return above
+        }
     }
 
     engine_metrics metrics() const {
@@ -233,6 +246,19 @@ public:
     }
 
 private:
+    // cancel() and stop() under the mutex: end request r if it is open (a cancelled event
+    // for its reader, its blocks freed), counted in `count`; false if it was not open.
+    bool end_open(const engine_request& r, index_t& count) {
+        const auto it = open_.find(r.id());
+        if (it == open_.end()) return false;
+        batcher_.release(r.id());
+        it->second->push({r.id(), -1, finish_reason::cancelled, 0.0f, {}, {}});
+        open_.erase(it);
+        ++count;
+        snapshot();
+        return true;
+    }
+
     // The engine's mutex for a thread other than the loop's: counted in
     // callers_ while it waits, so that the loop steps aside for it.
     //
@@ -304,11 +330,13 @@ private:
             for (const batch_event& e : events) {
                 const auto it = open_.find(e.id);
                 if (it == open_.end()) continue;  // cancelled by its reader already
-                it->second->push(e);
+                it->second->push(e, e.error);
                 if (e.finished == finish_reason::none) continue;
-                (e.finished == finish_reason::eos ? finished_eos_ : e.finished == finish_reason::length
-                                                                        ? finished_length_
-                                                                        : cancelled_)++;
+                it->second->counted_ = e.finished;
+                ++(e.finished == finish_reason::eos      ? finished_eos_
+                   : e.finished == finish_reason::length ? finished_length_
+                   : e.finished == finish_reason::failed ? failed_
+                                                         : cancelled_);
                 open_.erase(it);
                 batcher_.release(e.id);
             }
@@ -321,7 +349,7 @@ private:
     void fail_all(const std::string& what) {
         for (auto& [id, r] : open_) {
             batcher_.release(id);
-            r->push({id, -1, finish_reason::cancelled, 0.0f, {}}, what);
+            r->push({id, -1, finish_reason::cancelled, 0.0f, {}, {}}, what);
             ++failed_;
         }
         open_.clear();
@@ -348,6 +376,7 @@ private:
         s.submitted = submitted_;
         s.finished_eos = finished_eos_;
         s.finished_length = finished_length_;
+        s.finished_stop = finished_stop_;
         s.cancelled = cancelled_;
         s.failed = failed_;
         std::lock_guard<std::mutex> lk(snapshot_mu_);
@@ -365,7 +394,7 @@ private:
     std::atomic<int> callers_{0};  // threads waiting for mu_ in submit() or cancel()
     bool stop_ = false;
     std::map<index_t, std::shared_ptr<engine_request>> open_;  // requests not yet finished, by id
-    index_t submitted_ = 0, finished_eos_ = 0, finished_length_ = 0, cancelled_ = 0, failed_ = 0;
+    index_t submitted_ = 0, finished_eos_ = 0, finished_length_ = 0, finished_stop_ = 0, cancelled_ = 0, failed_ = 0;
 
     mutable std::mutex snapshot_mu_;  // guards the two below
     engine_metrics metrics_;
