@@ -48,10 +48,13 @@
 #include <charconv>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <random>
@@ -88,12 +91,38 @@ std::string error_body(const std::string& message, const std::string& type, cons
 
 // A library error's message for a client: without the "tinyllm: " prefix and the
 // source location after it (the server's log is the place for those).
-std::string client_message(const tinyllm::error& e) {
-    std::string m = e.what();
+// A number as a message shows it: the shortest form that reads back as the same double.
+std::string shown(double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", x);
+    for (int digits = 1; digits < 17; ++digits) {
+        char b[32];
+        std::snprintf(b, sizeof b, "%.*g", digits, x);
+        if (std::strtod(b, nullptr) == x) return b;
+    }
+    return buf;
+}
+
+// A library error as a client reads it: without the "tinyllm: " prefix and the source
+// location, and a failed precondition ("precondition failed: COND (MESSAGE)") as its MESSAGE
+// alone — the C++ condition means nothing to an HTTP client.
+std::string client_message(std::string m) {
     if (m.rfind("tinyllm: ", 0) == 0) m.erase(0, 9);
     if (const auto at = m.find("\n  at "); at != std::string::npos) m.resize(at);
+    constexpr std::string_view failed = "precondition failed: ";
+    if (m.rfind(failed, 0) == 0 && !m.empty() && m.back() == ')') {
+        int depth = 0;  // the '(' that the last ')' closes
+        for (std::size_t i = m.size(); i-- > failed.size();) {
+            depth += m[i] == ')' ? 1 : m[i] == '(' ? -1 : 0;
+            if (depth == 0) {
+                if (i > failed.size() && m[i - 1] == ' ') m = m.substr(i + 1, m.size() - i - 2);
+                break;
+            }
+        }
+    }
     return m;
 }
+std::string client_message(const tinyllm::error& e) { return client_message(std::string(e.what())); }
 
 void send_error(httplib::Response& res, const api_error& e) {
     res.status = e.status;
@@ -177,14 +206,20 @@ std::vector<token_id> encode(const served_model& s, const std::string& text) {
     return ids;
 }
 
-// The fields completions and chat completions share: sampling, length, stop strings, streaming.
-void read_common(const served_model& s, const json::value& body, generation_request& g, index_t default_max_tokens) {
+// The request's "model": checked first, so that a request for another model is told so
+// (404) whatever else is wrong with it.
+void check_model(const served_model& s, const json::value& body) {
     const json::value* model = field(body, "model");
-    if (!model || !model->is_string())
-        throw api_error(400, "'model' is required: the served model is '" + s.name + "'", "model");
+    if (!model) throw api_error(400, "'model' is required: the served model is '" + s.name + "'", "model");
+    if (!model->is_string())
+        throw api_error(400, "'model' must be a string: the served model is '" + s.name + "'", "model");
     if (model->as_string() != s.name)
         throw api_error(404, "the model '" + model->as_string() + "' does not exist; this server has '" + s.name + "'",
                         "model", "invalid_request_error", "model_not_found");
+}
+
+// The fields completions and chat completions share: sampling, length, stop strings, streaming.
+void read_common(const served_model& s, const json::value& body, generation_request& g, index_t default_max_tokens) {
     if (const auto n = int_field(body, "n", 1, 1, "1 (one choice per request)")) (void)n;
     if (const auto n = int_field(body, "best_of", 1, 1, "1 (one choice per request)")) (void)n;
     auto& adjust = g.batch.adjust;
@@ -224,9 +259,18 @@ void read_common(const served_model& s, const json::value& body, generation_requ
     if (field(body, "suffix")) throw api_error(400, "'suffix' (insertion) is not supported by tinyllm serve", "suffix");
 
     auto& p = g.batch.sampling;
-    p.temperature = static_cast<float>(number_field(body, "temperature", 1.0, 0.0, 2.0, "in [0, 2]"));
+    // The samplers take floats: a positive value that a float rounds to 0 (or to a denormal,
+    // which divides a logit to +inf) is refused here rather than read as another one.
+    const double temperature = number_field(body, "temperature", 1.0, 0.0, 2.0, "in [0, 2]");
+    p.temperature = static_cast<float>(temperature);
+    if (temperature > 0.0 && !(p.temperature >= std::numeric_limits<float>::min()))
+        throw api_error(400,
+                        "'temperature' = " + shown(temperature) +
+                            " is too small for the sampler's float; use 0 for greedy decoding",
+                        "temperature");
     const double top_p = number_field(body, "top_p", 1.0, 0.0, 1.0, "in (0, 1]");
-    if (top_p <= 0.0) throw api_error(400, "'top_p' = 0 must be in (0, 1]", "top_p");
+    if (!(static_cast<float>(top_p) > 0.0f))
+        throw api_error(400, "'top_p' = " + shown(top_p) + " must be in (0, 1] (and above 0 as a float)", "top_p");
     if (top_p < 1.0) p.top_p = static_cast<float>(top_p);
     // Beyond OpenAI's fields, as vLLM accepts them (the openai client sends them through extra_body).
     if (const auto k = int_field(body, "top_k", -1, 1 << 30, "-1 (off) or at least 1"); k && *k != -1) {
@@ -259,6 +303,9 @@ void read_common(const served_model& s, const json::value& body, generation_requ
     if (const json::value* so = field(body, "stream_options")) {
         if (!so->is_object()) throw api_error(400, "'stream_options' must be an object", "stream_options");
         if (!g.stream) throw api_error(400, "'stream_options' is only allowed with \"stream\": true", "stream_options");
+        if (const json::value* u = field(*so, "include_usage"); u && !u->is_bool())
+            throw api_error(400, "'stream_options.include_usage' must be true or false",
+                            "stream_options.include_usage");
         g.include_usage = bool_field(*so, "include_usage");
     }
 
@@ -280,6 +327,7 @@ void read_common(const served_model& s, const json::value& body, generation_requ
 
 generation_request read_completion(const served_model& s, const json::value& body) {
     generation_request g;
+    check_model(s, body);
     const json::value* prompt = field(body, "prompt");
     if (!prompt) throw api_error(400, "'prompt' is required", "prompt");
     // A string, or token ids; an array of one of either (one prompt per request here).
@@ -359,6 +407,7 @@ std::string chat_prompt(const json::value& body) {
 generation_request read_chat(const served_model& s, const json::value& body) {
     generation_request g;
     g.chat = true;
+    check_model(s, body);
     g.prompt = encode(s, chat_prompt(body));
     read_common(s, body, g, 256);  // a reply without max_tokens: at most 256 tokens
     g.stop.push_back("\nUser:");
@@ -473,7 +522,7 @@ struct running_request {
             }
         }
         if (stopped) {  // the rest is not wanted: end it in the engine now
-            s.engine->cancel(*handle);
+            s.engine->stop(*handle);
             finished = true;
             reason = tinyllm::finish_reason::eos;
             return out;
@@ -481,8 +530,13 @@ struct running_request {
         if (e->finished != tinyllm::finish_reason::none) {
             finished = true;
             reason = e->finished;
-            if (const std::string error = handle->error(); !error.empty())
-                throw api_error(500, "the model failed: " + error, "", "server_error");
+            if (const std::string error = handle->error(); !error.empty()) {
+                // The request's own parameters (a logit its temperature or penalties overflowed)
+                // or, for every request in the step, the model.
+                if (e->finished == tinyllm::finish_reason::failed)
+                    throw api_error(400, "the request's sampling failed: " + client_message(error));
+                throw api_error(500, "the model failed: " + client_message(error), "", "server_error");
+            }
             out += text.finish();
         }
         return out;
@@ -550,10 +604,24 @@ std::string logprobs_json(const running_request& r, std::size_t from, std::size_
         }
         return "{\"content\":[" + content + "],\"refusal\":null}";
     }
-    // Characters before token `from`: the code points of the bytes of the tokens before it.
-    std::size_t offset = 0;
-    for (std::size_t i = 0; i < from; ++i)
-        for (const unsigned char c : tok.token_bytes(ev[i].token)) offset += (c & 0xC0) != 0x80;
+    // Each token's offset in characters of the reply's text, which is the tokens' bytes with
+    // every invalid sequence (a maximal subpart) made one U+FFFD: each unit of the UTF-8 walk
+    // below is one character. A token that starts inside a character gets that character's.
+    std::string bytes;
+    std::vector<std::size_t> first_byte;  // of each token up to `to`
+    for (std::size_t i = 0; i < to; ++i) {
+        first_byte.push_back(bytes.size());
+        bytes += tok.token_bytes(ev[i].token);
+    }
+    std::vector<std::size_t> char_of(bytes.size() + 1);  // the character each byte belongs to
+    std::size_t chars = 0;
+    for (std::size_t b = 0; b < bytes.size(); ++chars) {
+        std::uint32_t cp;
+        const std::size_t n = static_cast<std::size_t>(tinyllm::detail::decode_utf8(bytes, b, cp));
+        for (std::size_t k = b; k < b + n; ++k) char_of[k] = chars;
+        b += n;
+    }
+    char_of[bytes.size()] = chars;
     std::string tokens, logprobs, tops, offsets;
     for (std::size_t i = from; i < to; ++i) {
         const char* sep = i > from ? "," : "";
@@ -571,8 +639,7 @@ std::string logprobs_json(const running_request& r, std::size_t from, std::size_
         }
         tops += '}';
         offsets += sep;
-        offsets += std::to_string(offset);
-        for (const unsigned char c : tok.token_bytes(ev[i].token)) offset += (c & 0xC0) != 0x80;
+        offsets += std::to_string(char_of[first_byte[i]]);
     }
     return "{\"tokens\":[" + tokens + "],\"token_logprobs\":[" + logprobs + "],\"top_logprobs\":[" + tops +
            "],\"text_offset\":[" + offsets + "]}";
@@ -707,7 +774,7 @@ std::string metrics_text(const served_model& s) {
     metric("requests_submitted_total", "counter", "Requests accepted.", m.submitted);
     o << "# HELP tinyllm_requests_finished_total Requests finished, by reason.\n"
          "# TYPE tinyllm_requests_finished_total counter\n"
-      << "tinyllm_requests_finished_total{reason=\"stop\"} " << m.finished_eos << '\n'
+      << "tinyllm_requests_finished_total{reason=\"stop\"} " << m.finished_eos + m.finished_stop << '\n'
       << "tinyllm_requests_finished_total{reason=\"length\"} " << m.finished_length << '\n'
       << "tinyllm_requests_finished_total{reason=\"cancelled\"} " << m.cancelled << '\n'
       << "tinyllm_requests_finished_total{reason=\"error\"} " << m.failed << '\n';
@@ -883,13 +950,22 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
     svr.Post("/v1/chat/completions", handle([&s](const httplib::Request& req, httplib::Response& res) {
         answer(s, read_chat(s, parse_body(req)), res);
     }));
-    svr.Get("/v1/models", handle([&s](const httplib::Request&, httplib::Response& res) {
+    const auto model_object = [&s] {
         const long long created = static_cast<long long>(std::time(nullptr));
-        res.set_content("{\"object\":\"list\",\"data\":[{\"id\":" + json::quote(s.name) +
-                            ",\"object\":\"model\",\"created\":" + std::to_string(created) +
-                            ",\"owned_by\":\"tinyllm\",\"max_model_len\":" + std::to_string(s.max_positions) + "}]}",
-                        "application/json");
-    }));
+        return "{\"id\":" + json::quote(s.name) + ",\"object\":\"model\",\"created\":" + std::to_string(created) +
+               ",\"owned_by\":\"tinyllm\",\"max_model_len\":" + std::to_string(s.max_positions) + "}";
+    };
+    svr.Get("/v1/models", handle([model_object](const httplib::Request&, httplib::Response& res) {
+                res.set_content("{\"object\":\"list\",\"data\":[" + model_object() + "]}", "application/json");
+            }));
+    svr.Get("/v1/models/(.+)", handle([&s, model_object](const httplib::Request& req, httplib::Response& res) {
+                if (req.matches[1] != s.name)
+                    throw api_error(404,
+                                    "the model '" + std::string(req.matches[1]) +
+                                        "' does not exist; this server has '" + s.name + "'",
+                                    "model", "invalid_request_error", "model_not_found");
+                res.set_content(model_object(), "application/json");
+            }));
     svr.Get("/health", handle([](const httplib::Request&, httplib::Response& res) {
         res.set_content("{\"status\":\"ok\"}", "application/json");
     }));
@@ -900,7 +976,7 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already in shape
         const std::string what = res.status == 404 ? "no route " + req.method + " " + req.path +
                                                          " (POST /v1/completions, POST /v1/chat/completions, GET "
-                                                         "/v1/models, /health, /metrics)"
+                                                         "/v1/models, /v1/models/ID, /health, /metrics)"
                                                    : "HTTP error " + std::to_string(res.status);
         res.set_content(error_body(what, "invalid_request_error", "", ""), "application/json");
         return httplib::Server::HandlerResponse::Handled;

@@ -7,8 +7,9 @@
 # shape), a streamed completion (server-sent events ending in [DONE]), a seeded
 # sampled completion equal to what `tinyllm generate` prints for the same prompt,
 # temperature, top-k and seed on the same device (when python3 is there to read
-# the JSON), the OpenAI-shaped errors (bad JSON, a bad field, an unknown route),
-# /metrics in Prometheus text, and a clean stop on SIGTERM. DEVICE (cpu, the
+# the JSON), the OpenAI-shaped errors (bad JSON, a bad field, an unknown route
+# or model), a request whose sampling fails ending alone, a stop string, /metrics
+# in Prometheus text counting each ending, and a clean stop on SIGTERM. DEVICE (cpu, the
 # default, or cuda) is where both the server and generate run. Exit 1 on the
 # first failure, with what was received.
 set -euo pipefail
@@ -85,9 +86,47 @@ echo "ok:   bad role: 400"
 [ "$(request GET /v1/nothing)" = 404 ] && grep -q "no route GET /v1/nothing" "$work/body" || fail "unknown route: 404"
 echo "ok:   unknown route: 404"
 
+[ "$(request GET "/v1/models/$name")" = 200 ] && grep -q "^{\"id\":\"$name\",\"object\":\"model\"" "$work/body" ||
+  fail "/v1/models/ID"
+[ "$(request GET /v1/models/no-such-model)" = 404 ] && grep -q '"code":"model_not_found"' "$work/body" ||
+  fail "/v1/models/ID of another model: 404"
+echo "ok:   /v1/models/ID, and 404 for another"
+# The model is checked before the other fields: another model's name with an empty prompt is a 404.
+[ "$(request POST /v1/completions '{"model":"no-such-model","prompt":""}')" = 404 ] &&
+  grep -q '"code":"model_not_found"' "$work/body" || fail "unknown model before the empty prompt: 404"
+echo "ok:   unknown model, empty prompt: 404"
+# A byte that is not UTF-8 in bad JSON: the error names it as 0xFF and the reply stays valid UTF-8.
+status=$(printf '\xff{}' | curl -sS -o "$work/body" -w "%{http_code}" -H "Content-Type: application/json" \
+           --data-binary @- "$base/v1/completions")
+[ "$status" = 400 ] && grep -q "unexpected character 0xFF" "$work/body" && iconv -f UTF-8 -t UTF-8 "$work/body" > /dev/null ||
+  fail "a non-UTF-8 byte in bad JSON: 400 in valid UTF-8"
+echo "ok:   non-UTF-8 byte in bad JSON: $(cat "$work/body")"
+# A temperature too small for a float is refused by name; a small one that overflows a logit
+# (1e-37 with a bias of 100) fails that request alone (400), while a streamed request beside it
+# runs to its end.
+[ "$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"x\",\"temperature\":1e-45}")" = 400 ] &&
+  grep -q '"param":"temperature"' "$work/body" || fail "temperature 1e-45: 400"
+curl -sS -N -H "Content-Type: application/json" -o "$work/beside" \
+  --data "{\"model\":\"$name\",\"prompt\":\"And God said\",\"max_tokens\":60,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}" \
+  "$base/v1/completions" &
+beside=$!
+[ "$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"x\",\"max_tokens\":4,\"temperature\":1e-37,\"logit_bias\":{\"5\":100}}")" = 400 ] &&
+  grep -q "overflows to +inf" "$work/body" || fail "a request whose sampling overflows: 400"
+wait $beside
+[ "$(tail -n 2 "$work/beside" | head -n 1)" = "data: [DONE]" ] && grep -q '"finish_reason":"length"' "$work/beside" ||
+  { cp "$work/beside" "$work/body"; fail "the request beside a failing one: not run to its end"; }
+echo "ok:   a request whose sampling overflows fails alone: $(cat "$work/body")"
+# A stop string ends a request as "stop", in the reply and in /metrics (not as cancelled).
+[ "$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"In the beginning\",\"max_tokens\":40,\"temperature\":0,\"ignore_eos\":true,\"stop\":[\"e\",\"r\",\" \",\"a\"]}")" = 200 ] &&
+  grep -q '"finish_reason":"stop"' "$work/body" || fail "stop string: finish_reason stop"
+echo "ok:   stop string"
+
 [ "$(request GET /metrics)" = 200 ] && grep -q "^tinyllm_requests_running 0$" "$work/body" &&
   grep -q "^# TYPE tinyllm_generation_tokens_total counter$" "$work/body" &&
-  grep -q '^tinyllm_requests_finished_total{reason="length"} [1-9]' "$work/body" || fail "/metrics"
+  grep -q '^tinyllm_requests_finished_total{reason="length"} [1-9]' "$work/body" &&
+  grep -q '^tinyllm_requests_finished_total{reason="stop"} 1$' "$work/body" &&
+  grep -q '^tinyllm_requests_finished_total{reason="cancelled"} 0$' "$work/body" &&
+  grep -q '^tinyllm_requests_finished_total{reason="error"} 1$' "$work/body" || fail "/metrics"
 echo "ok:   /metrics"
 
 kill -TERM $pid

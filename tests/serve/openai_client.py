@@ -170,6 +170,20 @@ try:
           "greedy: each token is its own most likely")
     check(L.text_offset[0] == 0 and "".join(L.tokens) == lp.choices[0].text or "bytes:" in "".join(L.tokens),
           f"the tokens spell the text {lp.choices[0].text!r}")
+    # text_offset counts characters of the reply as returned, where each invalid byte sequence
+    # (a token that is part of a character, sampled here) is one U+FFFD: every whole-text token
+    # is found at its offset.
+    placed = 0
+    for seed in range(1, 6):
+        r = client.completions.create(model=name, prompt="The tiger", max_tokens=12, seed=seed, logprobs=1)
+        text, L2 = r.choices[0].text, r.choices[0].logprobs
+        ok = all(b >= a for a, b in zip(L2.text_offset, L2.text_offset[1:])) and all(o <= len(text) for o in L2.text_offset)
+        for tok, off in zip(L2.tokens, L2.text_offset):
+            if not tok.startswith("bytes:"):
+                ok = ok and text[off:off + len(tok)] == tok
+                placed += 1
+        check(ok, f"seed {seed}: text_offset {L2.text_offset} places the tokens {L2.tokens} in {text!r}")
+    check(placed > 0, f"text_offset: {placed} whole-text tokens found at their offsets in 5 sampled replies")
     s_lp = [x for ch in client.completions.create(model=name, prompt=ids, max_tokens=6, temperature=0, logprobs=3,
                                                   stream=True) if ch.choices and ch.choices[0].logprobs
             for x in ch.choices[0].logprobs.token_logprobs]

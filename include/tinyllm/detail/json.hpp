@@ -148,6 +148,15 @@ private:
         TINYLLM_FAIL("malformed JSON in ", source_, " at byte ", i_, " (line ", line, ", column ", col, "): ", what);
     }
 
+    // A byte as an error message shows it: itself if printable ASCII, else 0xNN (a
+    // message holds no raw byte that would make it invalid UTF-8, e.g. in a JSON reply).
+    static std::string shown(char c) {
+        const auto b = static_cast<unsigned char>(c);
+        if (b >= 0x20 && b < 0x7F) return std::string("'") + c + "'";
+        static constexpr char hex[] = "0123456789ABCDEF";
+        return std::string("0x") + hex[b >> 4] + hex[b & 15];
+    }
+
     void skip_ws() {
         while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r')) ++i_;
     }
@@ -169,7 +178,7 @@ private:
         if (consume("true")) return value::make_bool(true);
         if (consume("false")) return value::make_bool(false);
         if (consume("null")) return value{};
-        fail(std::string("unexpected character '") + c + "', expected a value");
+        fail("unexpected character " + shown(c) + ", expected a value");
     }
 
     value parse_object(int depth) {
@@ -297,7 +306,9 @@ private:
                     tinyllm::detail::encode_utf8(cp, out);
                     break;
                 }
-                default: --i_; fail(std::string("unknown escape '\\") + e + "'");
+                default:
+                    --i_;
+                    fail("unknown escape: a backslash before " + shown(e));
             }
         }
     }
