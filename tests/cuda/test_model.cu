@@ -61,9 +61,13 @@ std::vector<double> cpu_all_logits(const cpu::model& m, const std::vector<tinyll
 }
 
 // Every position's logits within `rel_l2` of the reference (per position), except
-// at most `outliers` positions (which must still be finite: NaN never passes). Per
-// element the bound is `element` (by default loose: a bf16 logit is ~3 significant
-// digits, and the criterion is the rel-L2).
+// at most `outliers` positions, which must still be finite (NaN never passes) and
+// within 0.4 rel-L2: a Mixtral token routed to another 2nd expert in one layer (the
+// only reason for an outlier) moves its logits by 0.10-0.25 (measured here and with
+// transformers; the random model's bf16 flips over 300 seeds on the simulated GPU:
+// at most 4 positions of 77, none above 0.19), where a broken kernel moves them by
+// about 1. Per element the bound is `element` (by default loose: a bf16 logit is ~3
+// significant digits, and the criterion is the rel-L2).
 void require_positions_close(const std::vector<float>& got, const std::vector<double>& want, index_t V, double rel_l2,
                              const std::string& what, index_t outliers = 0, tolerance element = tolerance{0.5, 0.1}) {
     REQUIRE(got.size() == want.size());
@@ -81,6 +85,7 @@ void require_positions_close(const std::vector<float>& got, const std::vector<do
         if (!c.passed) {
             ++over;
             std::printf("  %s\n", c.report.c_str());
+            REQUIRE(c.rel_l2_error <= 0.4);
         }
     }
     std::printf("  %s: %lld positions, worst rel-L2 %.3g, %lld over %.0e (allowed %lld)\n", what.c_str(),
