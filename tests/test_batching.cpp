@@ -400,4 +400,9 @@ TEST_CASE("continuous_batcher: log-probabilities of each token from the model's 
     CHECK_THROWS_WITH(batcher.submit(bad), contains("logprobs"));
     bad.logprobs = c.vocab_size + 1;
     CHECK_THROWS_WITH(batcher.submit(bad), contains("logprobs"));
+    // token_logprobs alone: with k = 0 the top list may be left out; with k > 0 it may not.
+    const std::vector<float> z = {1.0f, 2.0f, 0.5f};
+    const double lse = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(0.5));
+    CHECK(tinyllm::token_logprobs(z, 1, 0, nullptr) == tinyllm_test::Approx(2.0 - lse).margin(1e-6));
+    CHECK_THROWS_WITH(tinyllm::token_logprobs(z, 1, 2, nullptr), contains("k = 2 top tokens need somewhere to go"));
 }

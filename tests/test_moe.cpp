@@ -424,6 +424,18 @@ TEST_CASE("capacity: ceil(factor * T * k / E), slots admitted in token order", "
     CHECK(tinyllm::moe_capacity(7, 2, 4, 1.0) == 4);    // ceil(3.5)
     CHECK_THROWS_WITH(tinyllm::moe_capacity(4, 1, 2, 0.0),
                       tinyllm_test::contains("moe_capacity: capacity_factor = 0 must be a positive finite number"));
+    // Sizes whose product, or whose capacity, index_t cannot count: refused, not overflowed.
+    CHECK_THROWS_WITH(tinyllm::moe_capacity(index_t(1) << 62, 4, 8, 1.0),
+                      tinyllm_test::contains("are more slots than index_t counts"));
+    CHECK_THROWS_WITH(
+        tinyllm::moe_capacity(1000, 2, 1, 1e300),
+        tinyllm_test::contains("capacity_factor = 1e+300 gives") && tinyllm_test::contains("more than index_t counts"));
+    CHECK(tinyllm::moe_max_rows(5, 2, 4, 8) == 5 * 2 + 4 * 7);
+    CHECK_THROWS_WITH(tinyllm::moe_max_rows(1000, 2, 4, index_t(1) << 62),
+                      tinyllm_test::contains("need more rows than index_t counts"));
+    CHECK_THROWS_WITH(tinyllm::moe_max_rows(index_t(1) << 62, 4, 4, 1),
+                      tinyllm_test::contains("need more rows than index_t counts"));
+    CHECK_THROWS_WITH(tinyllm::moe_max_rows(5, 2, 4, 0), tinyllm_test::contains("block = 0 must be"));
 
     const auto ids = id_matrix(4, 2, {0, 1, 0, 1, 1, 0, 2, 3});
     tensor<std::int32_t, 2> position(extents<2>{4, 2});

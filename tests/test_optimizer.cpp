@@ -555,6 +555,7 @@ TEST_CASE("bad optimizer inputs are clear errors", "[optimizer][errors]") {
     CHECK_THROWS_WITH(cpu::clip_grad_norm(one, -1.0), contains("max_norm = -1"));
     CHECK_THROWS_WITH(cpu::clip_grad_norm(one, nan), contains("max_norm = nan"));
     CHECK_THROWS_WITH(cpu::scale_grads(one, inf), contains("scale_grads: factor = inf must be finite"));
+    CHECK_THROWS_WITH(cpu::scale_grads(one, 1e300), contains("scale_grads: factor = 1e+300 must be finite as a float"));
     const auto lr = [](const lr_schedule& s, std::int64_t step = 0) { return tinyllm::learning_rate_at(s, step); };
     CHECK_THROWS_WITH(lr({}, -1), contains("learning_rate_at: step = -1 must be >= 0"));
     CHECK_THROWS_WITH(lr({.max_lr = -1.0}), contains("max_lr = -1 must be finite and >= 0"));

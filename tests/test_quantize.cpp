@@ -1057,6 +1057,11 @@ TEST_CASE("kv_cache_int8: each position's keys and values within half a step of 
         CHECK_THROWS_WITH(cache.truncate(8), contains("length 8 is outside [0, 7]"));
         tensor<float, 4> many({B, 6, H, D}, 1.0f);
         CHECK_THROWS_WITH(cache.append(many.view(), many.view()), contains("6 new positions after 7 exceed the capacity 12"));
+        // A view claiming more positions than index_t can add to the length: refused, not overflowed.
+        const tinyllm::tensor_view<const float, 4> endless(many.data(), {B, std::numeric_limits<index_t>::max(), H, D},
+                                                           {0, 0, 0, 0});
+        CHECK_THROWS_WITH(cache.append(endless, endless),
+                          contains("9223372036854775807 new positions after 7 exceed the capacity 12"));
         one(1, 0, 2, 7) = std::numeric_limits<float>::quiet_NaN();
         CHECK_THROWS_WITH(cache.append(one.view(), tensor<float, 4>({B, 1, H, D}, 0.0f).view()),
                           contains("key (1, 0, 2, 7) is nan; only finite numbers can be quantized"));

@@ -518,6 +518,29 @@ TEST_CASE("sampling refuses rows and values it cannot draw from", "[sampling][er
         cpu::frequency_presence_penalty(
             logits, tinyllm::tensor_view<const tinyllm::token_id, 2>(generated.data(), {1, 2}), -3e38f, 0.0f),
         contains("frequency_presence_penalty: logit [0, 0] overflows to +inf"));
+    // ... or, on a banned token (-inf), a penalty that overflows to -inf makes NaN (-inf - -inf).
+    values = {-std::numeric_limits<float>::infinity(), 1.0f, 0.0f};
+    CHECK_THROWS_WITH(
+        cpu::frequency_presence_penalty(
+            logits, tinyllm::tensor_view<const tinyllm::token_id, 2>(generated.data(), {1, 2}), -3e38f, 0.0f),
+        contains("frequency_presence_penalty: logit [0, 0] overflows to NaN"));
+    // A repetition penalty so close to 0 that a positive logit divided by it overflows.
+    values = {10.0f, 1.0f, 0.0f};
+    CHECK_THROWS_WITH(
+        cpu::repetition_penalty(logits, tinyllm::tensor_view<const tinyllm::token_id, 2>(generated.data(), {1, 1}),
+                                1e-38f),
+        contains("repetition_penalty: logit [0, 0] = 10 divided by the penalty") && contains("overflows to +inf"));
+    // A small temperature on a row of negative logits sends all of them to -inf: said as
+    // the temperature's doing, not as "every token banned" by the chooser after it.
+    values = {-1.0f, -2.0f, -3.0f};
+    CHECK_THROWS_WITH(cpu::temperature(logits, 1e-45f),
+                      contains("temperature: every logit of row 0 divided by T = ") && contains("overflows to -inf"));
+    // softmax_row rejects what the choosers reject.
+    const float inf = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(cpu::softmax_row(std::vector<float>{-inf, -inf}), contains("every logit is -inf"));
+    CHECK_THROWS_WITH(cpu::softmax_row(std::vector<float>{inf, 1.0f}), contains("softmax_row: logit [0, 0] is inf"));
+    CHECK_THROWS_WITH(cpu::softmax_row(std::vector<float>{1.0f, std::nanf("")}),
+                      contains("softmax_row: logit [0, 1] is nan"));
     // ban_tokens on rows of no tokens names the vocabulary, not "all 0 tokens are banned".
     CHECK_THROWS_WITH(cpu::ban_tokens(tinyllm::tensor_view<float, 2>(values.data(), {1, 0}), {}),
                       contains("ban_tokens: vocabulary size V = 0"));

@@ -354,6 +354,38 @@ TEST_CASE("speculative decoding keeps the token budget, stops at EOS and rejects
     o.draft_tokens = index_t{1} << 40;
     CHECK(cpu::generate_speculative(target, draft, prompt, o).tokens.size() == 4);
     CHECK(cpu::generate_prompt_lookup(target, prompt, 2, o).tokens.size() == 4);
+    // A budget whose sum with the prompt does not fit index_t: refused, not overflowed.
+    o.draft_tokens = 2;
+    o.max_new_tokens = std::numeric_limits<index_t>::max();
+    CHECK_THROWS_WITH(cpu::generate_prompt_lookup(target, prompt, 2, o),
+                      contains("3 prompt + max_new_tokens = 9223372036854775807 new tokens are more positions"));
+}
+
+// GPT-2's position table bounds the cache: a prompt and budget that fill all 64 positions
+// are what cpu::generate runs, and speculative decoding must run them too (its caches had
+// been sized prompt + budget + draft_tokens, so it refused them).
+TEST_CASE("speculative decoding fits where generate fits: GPT-2's last position", "[speculative]") {
+    const std::uint64_t seed = tinyllm_test::test_seed();
+    const index_t V = 64;
+    const cpu::model target = small_model(model_arch::gpt2, V, seed + 21);
+    cpu::model draft = small_model(model_arch::gpt2, V, seed + 21);
+    draft.quantize_weights(tinyllm::quant_spec{tinyllm::quant_format::int8, 0});
+    REQUIRE(target.config().max_positions == 64);
+    const std::vector<token_id> prompt{5, 9, 2, 7, 5, 9, 2, 7};
+    tinyllm::cpu::generation_options g;
+    g.max_new_tokens = 56;
+    g.eos_token_ids = {V + 1};
+    const std::vector<token_id> want = cpu::generate(target, prompt, g);
+    REQUIRE(want.size() == 56);
+    for (index_t k : {1, 4, 7}) {
+        CAPTURE(k);
+        speculative_options o;
+        o.draft_tokens = k;
+        o.max_new_tokens = 56;
+        o.eos_token_ids = {V + 1};
+        CHECK(cpu::generate_speculative(target, draft, prompt, o).tokens == want);
+        CHECK(cpu::generate_prompt_lookup(target, prompt, 2, o).tokens == want);
+    }
 }
 
 TEST_CASE("the acceptance rule refuses draws and probabilities it cannot use", "[speculative]") {
@@ -368,6 +400,10 @@ TEST_CASE("the acceptance rule refuses draws and probabilities it cannot use", "
     const std::vector<double> q_nan{0.25, std::nan(""), 0.25};
     CHECK_THROWS_WITH(tinyllm::accept_or_resample(p, q_nan, 1, 0.25, 0.5),
                       contains("the draft proposed token 1, which its own distribution gives nan"));
+    // The accept path checks the proposed token's p too (p = 2 had been accepted).
+    const std::vector<double> p_two{0.25, 2.0, -1.25};
+    CHECK_THROWS_WITH(tinyllm::accept_or_resample(p_two, q, 1, 0.25, 0.5),
+                      contains("the target gives the proposed token 1 probability 2; probabilities are in [0, 1]"));
     const std::vector<double> p_negative{0.5, 0.25, -0.25};  // d = 1 is rejected at u = 0.99
     CHECK_THROWS_WITH(tinyllm::accept_or_resample(p_negative, q, 1, 0.99, 0.5),
                       contains("token 2 has probability p = -0.25, q = 0.25; probabilities are finite and >= 0"));

@@ -112,13 +112,16 @@ struct batch_event {
 };
 
 // The log-probabilities of one row of logits z (V): log p(token), and the k most
-// likely tokens with theirs into *top (most likely first; ties: smaller id first).
+// likely tokens with theirs into *top (most likely first; ties: smaller id first;
+// top may be null when k = 0).
 // In double, like the samplers' reference softmax; a non-finite logit is an error.
 inline float token_logprobs(std::span<const float> z, token_id token, index_t k,
                             std::vector<std::pair<token_id, float>>* top) {
     const index_t V = static_cast<index_t>(z.size());
     TINYLLM_EXPECT(token >= 0 && token < V, "token_logprobs: token ", token, " is outside [0, ", V, ")");
     TINYLLM_EXPECT(k >= 0 && k <= V, "token_logprobs: k = ", k, " must be in [0, ", V, "]");
+    TINYLLM_EXPECT(top != nullptr || k == 0, "token_logprobs: k = ", k,
+                   " top tokens need somewhere to go (top is null)");
     double m = -std::numeric_limits<double>::infinity();
     for (index_t j = 0; j < V; ++j) {
         TINYLLM_EXPECT(std::isfinite(z[static_cast<std::size_t>(j)]), "token_logprobs: logit ", j, " is ",
@@ -129,7 +132,7 @@ inline float token_logprobs(std::span<const float> z, token_id token, index_t k,
     for (const float x : z) sum += std::exp(static_cast<double>(x) - m);
     const double lse = m + std::log(sum);
     const auto logp = [&](token_id t) { return static_cast<float>(z[static_cast<std::size_t>(t)] - lse); };
-    top->clear();
+    if (top) top->clear();
     if (k > 0) {
         std::vector<token_id> ids(static_cast<std::size_t>(V));
         for (index_t j = 0; j < V; ++j) ids[static_cast<std::size_t>(j)] = static_cast<token_id>(j);

@@ -64,7 +64,7 @@ public:
         expect_shape(k_new, want, "kv_cache_int8::append: k_new");
         expect_shape(v_new, want, "kv_cache_int8::append: v_new");
         const index_t n = k_new.extent(1);
-        TINYLLM_EXPECT(length_ + n <= capacity(), "kv_cache_int8::append: ", n, " new positions after ", length_,
+        TINYLLM_EXPECT(n <= capacity() - length_, "kv_cache_int8::append: ", n, " new positions after ", length_,
                        " exceed the capacity ", capacity());
         for (index_t b = 0; b < batch(); ++b)
             for (index_t t = 0; t < n; ++t)

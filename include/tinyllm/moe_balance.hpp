@@ -61,6 +61,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace tinyllm {
@@ -72,7 +73,11 @@ inline index_t moe_capacity(index_t tokens, index_t k, index_t experts, double c
     TINYLLM_EXPECT(tokens >= 0 && k >= 1, "moe_capacity: T = ", tokens, " and k = ", k, " must be >= 0 and >= 1");
     TINYLLM_EXPECT(std::isfinite(capacity_factor) && capacity_factor > 0, "moe_capacity: capacity_factor = ",
                    capacity_factor, " must be a positive finite number");
+    TINYLLM_EXPECT(tokens <= std::numeric_limits<index_t>::max() / k, "moe_capacity: T = ", tokens,
+                   " tokens of k = ", k, " slots are more slots than index_t counts");
     const double exact = capacity_factor * static_cast<double>(tokens * k) / static_cast<double>(experts);
+    TINYLLM_EXPECT(exact < 0x1p62, "moe_capacity: capacity_factor = ", capacity_factor, " gives ", exact,
+                   " slots per expert, more than index_t counts");
     // Nearest integer first, so 1.0 * 24 / 8 is 3 and not ceil(3.0000000000000004).
     const double nearest = std::nearbyint(exact);
     return static_cast<index_t>(std::fabs(exact - nearest) <= 1e-9 * (1 + exact) ? nearest : std::ceil(exact));

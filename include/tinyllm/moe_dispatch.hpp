@@ -59,6 +59,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,13 @@ struct moe_dispatch_options {
 // R, the rows a plan may need: every slot kept, every expert padded by up to
 // block - 1 rows. (The rows actually used are expert_offsets[E].)
 inline index_t moe_max_rows(index_t tokens, index_t k, index_t experts, index_t block) {
+    TINYLLM_EXPECT(tokens >= 0 && k >= 1 && experts >= 1 && block >= 1, "moe_max_rows: T = ", tokens, ", k = ", k,
+                   ", E = ", experts, " and block = ", block, " must be >= 0, >= 1, >= 1 and >= 1");
+    // Each product and the sum checked before it is formed: they may not fit index_t.
+    constexpr index_t most = std::numeric_limits<index_t>::max();
+    TINYLLM_EXPECT(tokens <= most / k && block - 1 <= most / experts && tokens * k <= most - experts * (block - 1),
+                   "moe_max_rows: T = ", tokens, " tokens of k = ", k, " slots and E = ", experts,
+                   " experts padded to blocks of ", block, " need more rows than index_t counts");
     return tokens * k + experts * (block - 1);
 }
 
@@ -410,6 +418,8 @@ inline void moe_backward(tensor_view<float, 2> dx /*(T, D) or empty*/, tensor_vi
     const index_t T = x.extent(0), D = x.extent(1), E = router.extent(0), F = w1.extent(1);
     tinyllm::detail::expect_moe_backward_args("moe_backward", dx, drouter, dw1, dw3, dw2, dout, dlogits_extra, x, router,
                                               w1, w3, w2);
+    TINYLLM_EXPECT(k >= 1 && k <= E, "moe_backward: k = ", k, " must be in [1, E = ", E, "]");
+    tinyllm::detail::expect_dispatch_options(options, "moe_backward");
 
     // The forward again, keeping what the backward needs.
     tensor<float, 2> logits(extents<2>{T, E});  // (T, E)

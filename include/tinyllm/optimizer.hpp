@@ -709,7 +709,8 @@ inline double clip_grad_norm(std::span<const named_parameter<float>> params, dou
 // Multiply every gradient by `factor` (rounded to float, as PyTorch's g.mul_(factor)):
 // 1.0 / K after accumulating K micro-batches.
 inline void scale_grads(std::span<const named_parameter<float>> params, double factor) {
-    TINYLLM_EXPECT(std::isfinite(factor), "scale_grads: factor = ", factor, " must be finite");
+    TINYLLM_EXPECT(std::isfinite(factor) && std::isfinite(static_cast<float>(factor)), "scale_grads: factor = ", factor,
+                   " must be finite as a float");
     tinyllm::detail::expect_distinct_grads("scale_grads", params);
     tinyllm::detail::expect_parameters_apart("scale_grads", params, false);
     const float f = static_cast<float>(factor);

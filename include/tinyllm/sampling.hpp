@@ -226,6 +226,7 @@ inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
             for (std::size_t i = 0; i < row.size(); ++i)
                 if (static_cast<std::ptrdiff_t>(i) != best) row[i] = -std::numeric_limits<float>::infinity();
         } else {
+            const bool any_token = sampling_detail::row_max(row) != -std::numeric_limits<float>::infinity();
             for (std::size_t i = 0; i < row.size(); ++i) {
                 const float z = ::tinyllm::detail::div_rn(row[i], t);
                 // A T so small that z / T overflows would hand the next step a +inf.
@@ -234,6 +235,10 @@ inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
                                " overflows to +inf; use a larger T, or T = 0 for greedy decoding");
                 row[i] = z;
             }
+            // ... or, every logit negative, to -inf: the choosers would call the row all banned.
+            TINYLLM_EXPECT(!any_token || sampling_detail::row_max(row) != -std::numeric_limits<float>::infinity(),
+                           "temperature: every logit of row ", b, " divided by T = ", t,
+                           " overflows to -inf; use a larger T, or T = 0 for greedy decoding");
         }
     });
 }
@@ -288,8 +293,14 @@ inline void repetition_penalty(tensor_view<float, 2> logits, tensor_view<const t
     ::tinyllm::detail::check_penalty(r);
     sampling_detail::check_generated(logits, generated, "repetition_penalty");
     sampling_detail::for_each_row(logits, "repetition_penalty", [&](sampling_detail::row_t row, index_t b) {
-        for (auto [t, count] : sampling_detail::token_counts(generated, b, logits.extent(1), "repetition_penalty"))
-            row[static_cast<std::size_t>(t)] = repetition_penalized(row[static_cast<std::size_t>(t)], r);
+        for (auto [t, count] : sampling_detail::token_counts(generated, b, logits.extent(1), "repetition_penalty")) {
+            float& z = row[static_cast<std::size_t>(t)];
+            const float was = z;
+            z = repetition_penalized(z, r);
+            // A penalty so close to 0 that z / r overflows would hand the next step a +inf.
+            TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "repetition_penalty: logit [", b, ", ", t,
+                           "] = ", was, " divided by the penalty ", r, " overflows to +inf");
+        }
     });
 }
 
@@ -305,8 +316,11 @@ inline void frequency_presence_penalty(tensor_view<float, 2> logits, tensor_view
              sampling_detail::token_counts(generated, b, logits.extent(1), "frequency_presence_penalty")) {
             float& z = row[static_cast<std::size_t>(t)];
             z = frequency_presence_penalized(z, static_cast<float>(count), frequency, presence);
-            TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "frequency_presence_penalty: logit [", b, ", ",
-                           t, "] overflows to +inf (frequency = ", frequency, ", presence = ", presence, ")");
+            // Overflow to +inf, or NaN: a -inf logit (a banned token) minus a penalty that overflowed to -inf.
+            TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity() && !std::isnan(z),
+                           "frequency_presence_penalty: logit [", b, ", ", t, "] overflows to ",
+                           std::isnan(z) ? "NaN" : "+inf", " (frequency = ", frequency, ", presence = ", presence,
+                           ", count = ", count, ")");
         }
     });
 }
@@ -444,10 +458,14 @@ inline void sample(tensor_view<token_id, 1> out, tensor_view<const float, 2> log
     sample(out, work.view(), seed, step, stream_offset);
 }
 
-// The probabilities softmax(z) of one row as doubles (for display and tests).
+// The probabilities softmax(z) of one row as doubles (for display and tests). A row
+// with NaN or +inf, or with every logit -inf, is rejected as the choosers reject it.
 inline std::vector<double> softmax_row(std::span<const float> row) {
     TINYLLM_EXPECT(!row.empty(), "softmax_row: the row is empty");
+    sampling_detail::check_row(row, 0, "softmax_row");
     const float m = sampling_detail::row_max(row);
+    TINYLLM_EXPECT(m != -std::numeric_limits<float>::infinity(),
+                   "softmax_row: every logit is -inf (all tokens banned or filtered)");
     std::vector<double> p(row.size());
     double s = 0;
     for (std::size_t i = 0; i < row.size(); ++i) s += p[i] = std::exp(static_cast<double>(row[i]) - m);

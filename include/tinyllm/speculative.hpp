@@ -65,6 +65,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -166,6 +167,9 @@ inline speculative_step accept_or_resample(std::span<const double> p, std::span<
     TINYLLM_EXPECT(qd > 0 && std::isfinite(qd), "accept_or_resample: the draft proposed token ", d,
                    ", which its own distribution gives ", qd);
     const double pd = p[static_cast<std::size_t>(d)];
+    // The accept path reads p(d) alone (the rejection path checks every entry below).
+    TINYLLM_EXPECT(pd >= 0 && pd <= 1 + 1e-9, "accept_or_resample: the target gives the proposed token ", d,
+                   " probability ", pd, "; probabilities are in [0, 1]");
     if (u_accept < pd / qd) return {d, true};  // min(1, p/q): a ratio >= 1 always accepts (u < 1)
     std::vector<double> residual(V);            // max(0, p - q)
     double mass = 0;
@@ -271,10 +275,10 @@ speculative_result speculate(const Target& target, Drafter& drafter, std::span<c
     const auto& eos = o.eos_token_ids.empty() ? target.config().eos_token_ids : o.eos_token_ids;
     speculative_result r;
     if (o.max_new_tokens == 0) return r;
-    // A round drafts at most the tokens still to come, so a draft_tokens larger
-    // than max_new_tokens asks for no more cache than max_new_tokens does.
-    auto session = target.new_session(static_cast<index_t>(prompt.size()) + o.max_new_tokens +
-                                      std::min(o.draft_tokens, o.max_new_tokens));
+    // The cache a generation of the same length needs, and no more: a round feeds the
+    // last committed token and k <= max_new_tokens - produced - 1 drafts, so it reaches
+    // at most prompt + max_new_tokens - 1 positions (GPT-2's position table bounds this).
+    auto session = target.new_session(static_cast<index_t>(prompt.size()) + o.max_new_tokens);
     std::vector<token_id> text(prompt.begin(), prompt.end());
     // Prefill all but the last prompt token: every round starts by feeding the
     // last committed token, whose logits are the first position it verifies.
@@ -338,6 +342,10 @@ void check_speculative(const Target& target, std::span<const token_id> prompt, c
     TINYLLM_EXPECT(!prompt.empty(), what, ": the prompt is empty");
     TINYLLM_EXPECT(o.draft_tokens >= 1, what, ": draft_tokens = ", o.draft_tokens, " must be at least 1");
     TINYLLM_EXPECT(o.max_new_tokens >= 0, what, ": max_new_tokens = ", o.max_new_tokens, " must not be negative");
+    // prompt + max_new_tokens positions: checked before they are added, as the sum may not fit index_t.
+    TINYLLM_EXPECT(o.max_new_tokens <= std::numeric_limits<index_t>::max() - static_cast<index_t>(prompt.size()), what,
+                   ": ", prompt.size(), " prompt + max_new_tokens = ", o.max_new_tokens,
+                   " new tokens are more positions than a session can hold");
     check_params(o.sampling);
     for (token_id t : prompt)
         TINYLLM_EXPECT(t >= 0 && t < target.config().vocab_size, what, ": prompt token ", t,
@@ -352,8 +360,7 @@ speculative_result generate_speculative_on(const Target& target, const Draft& dr
     TINYLLM_EXPECT(draft.config().vocab_size == target.config().vocab_size, what, ": the draft model's vocabulary has ",
                    draft.config().vocab_size, " tokens and the target's ", target.config().vocab_size,
                    "; a draft must share the target's tokenizer");
-    model_drafter<Draft> drafter(
-        draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens + std::min(o.draft_tokens, o.max_new_tokens), o);
+    model_drafter<Draft> drafter(draft, static_cast<index_t>(prompt.size()) + o.max_new_tokens, o);
     return speculate(target, drafter, prompt, o, on_token);
 }
 
