@@ -972,6 +972,15 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
     svr.Get("/metrics", handle([&s](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics_text(s), "text/plain; version=0.0.4");
     }));
+    // A known route asked with the other method: 405, naming the one it takes.
+    const auto wrong_method = [&handle](const char* allowed) {
+        return handle([allowed](const httplib::Request& req, httplib::Response& res) {
+            res.set_header("Allow", allowed);
+            throw api_error(405, req.method + " " + req.path + " is not allowed; use " + allowed);
+        });
+    };
+    for (const char* path : {"/v1/completions", "/v1/chat/completions"}) svr.Get(path, wrong_method("POST"));
+    for (const char* path : {"/v1/models", "/health", "/metrics"}) svr.Post(path, wrong_method("GET"));
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already in shape
         const std::string what = res.status == 404 ? "no route " + req.method + " " + req.path +

@@ -85,6 +85,9 @@ echo "ok:   top_k = 0: $(cat "$work/body")"
 echo "ok:   bad role: 400"
 [ "$(request GET /v1/nothing)" = 404 ] && grep -q "no route GET /v1/nothing" "$work/body" || fail "unknown route: 404"
 echo "ok:   unknown route: 404"
+[ "$(request GET /v1/completions)" = 405 ] && grep -q "GET /v1/completions is not allowed; use POST" "$work/body" ||
+  fail "GET /v1/completions: 405"
+echo "ok:   a known route with the other method: 405"
 
 [ "$(request GET "/v1/models/$name")" = 200 ] && grep -q "^{\"id\":\"$name\",\"object\":\"model\"" "$work/body" ||
   fail "/v1/models/ID"
