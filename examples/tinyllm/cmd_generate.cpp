@@ -206,9 +206,6 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
                                "speculate", "prompt-lookup", "kv-cache"},
                               {"greedy", "reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
-    require_checkpoint(a, "model");
-    require_checkpoint(a, "draft-model");
-    require_input_file(a, "tokenizer");
     const bool default_model = a.get("model").empty();
     const std::string dir = default_model ? default_model_dir() : a.get("model");
     if (default_model && !std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
@@ -256,6 +253,10 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     if (seed < 0) throw usage_error("--seed must not be negative, got " + std::to_string(seed));
     o.seed = static_cast<std::uint64_t>(seed);
     check_sampling_flags(o.sampling);
+    // The options are refused first (their errors name them, whatever the paths); then the paths.
+    require_checkpoint(a, "model");
+    require_checkpoint(a, "draft-model");
+    require_input_file(a, "tokenizer");
 
     const speculation spec = speculation_of(a, dir);
 
@@ -331,13 +332,13 @@ TINYLLM_COMMAND("logits", "print the last position's logits of a checkpoint (one
                 "reference kernels instead of the blocked ones (as for generate).\n") {
     const auto a = parse_args(args, {"model", "prompt-ids", "device", "dtype"}, {"reference"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
-    require_checkpoint(a, "model");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("prompt-ids").empty()) throw usage_error("--prompt-ids \"ID ...\" is required");
     bool bf16 = false;
     std::optional<tinyllm::quant_spec> quantized;
     const bool gpu = wants_gpu(a, &bf16, &quantized);
     const auto prompt = parse_token_ids(a.get("prompt-ids"));
+    require_checkpoint(a, "model");
     check_prompt_fits(tinyllm::load_model_config(a.get("model")), prompt, 0);
     std::vector<float> last;
     if (gpu) {

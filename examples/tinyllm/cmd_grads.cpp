@@ -30,7 +30,6 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
                 "the gradients are downloaded from the GPU and written the same way).\n") {
     const auto a = parse_args(args, {"model", "ids", "batch", "device", "out"}, {"aux", "aux-only"});
     if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional.front() + "'");
-    require_checkpoint(a, "model");
     if (a.get("model").empty()) throw usage_error("--model DIR is required");
     if (a.get("ids").empty()) throw usage_error("--ids \"ID ...\" is required");
     if (a.get("out").empty()) throw usage_error("--out FILE.safetensors is required");
@@ -47,6 +46,7 @@ TINYLLM_COMMAND("grads", "write the loss's gradient for every weight of a checkp
     const tinyllm::index_t B = batch, T = static_cast<tinyllm::index_t>(ids.size()) / B;
     if (T < 2) throw usage_error("each row needs at least 2 tokens (one to predict the next)");
 
+    require_checkpoint(a, "model");  // after the options, whose errors name them whatever the path
     const auto model = tinyllm::cpu::model::load(a.get("model"));
     const bool moe = model.config().arch == tinyllm::model_arch::mixtral;
     if ((a.has_flag("aux") || a.has_flag("aux-only")) && !moe)

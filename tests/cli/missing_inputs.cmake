@@ -34,7 +34,7 @@ endfunction()
 
 set(no_folder "${missing_re}: no such folder")
 refuse("--model ${no_folder}" logits --model "${missing}" --prompt-ids 1)
-refuse("--model ${no_folder}" grads --model "${missing}" --ids 1 --out unused.safetensors)
+refuse("--model ${no_folder}" grads --model "${missing}" --ids "1 2" --out unused.safetensors)
 refuse("--model ${no_folder}" quantize --model "${missing}")
 refuse("--model ${no_folder}" speculate --model "${missing}" --prompt-lookup 2)
 refuse("--model ${no_folder}" attention-probs --model "${missing}" --prompt-ids 1)
