@@ -262,8 +262,8 @@ TEST_CASE("config.json: out-of-range values are refused at load, naming the file
           "[model][config][errors]") {
     temp_dir d;
     const std::string path = d.file("config.json");
-    // A small Llama config with `extra` spliced in (the first of two equal keys
-    // would win, so each key is given once: layers and width come with `extra`).
+    // A small Llama config with `extra` spliced in (the last of two equal keys
+    // wins, so each key is given once: layers and width come with `extra`).
     const auto llama = [&](const std::string& extra) {
         write_file(path, R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "num_attention_heads": 2,
                             "intermediate_size": 16)" +
@@ -290,6 +290,47 @@ TEST_CASE("config.json: out-of-range values are refused at load, naming the file
         llama(R"(, "num_hidden_layers": 1, "hidden_size": 2147483648)"),
         tinyllm_test::contains("a weight of num_attention_heads (2) x head_dim (1073741824) x hidden_size "
                                "(2147483648) would be too large"));
+    // Fields of the wrong type are errors, not read as some default ("true" as false, 5 as
+    // "no activation given").
+    CHECK_THROWS_WITH(llama(layers + R"(, "tie_word_embeddings": "true")"),
+                      tinyllm_test::contains("config.json': \"tie_word_embeddings\" must be true or false"));
+    CHECK_THROWS_WITH(gpt2(R"(, "n_embd": 8, "n_layer": 1, "tie_word_embeddings": 1)"),
+                      tinyllm_test::contains("\"tie_word_embeddings\" must be true or false"));
+    CHECK(gpt2(R"(, "n_embd": 8, "n_layer": 1, "tie_word_embeddings": null)").tie_word_embeddings);
+    CHECK_THROWS_WITH(gpt2(R"(, "n_embd": 8, "n_layer": 1, "activation_function": 5)"),
+                      tinyllm_test::contains("\"activation_function\" must be a string"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "hidden_act": ["silu"])"),
+                      tinyllm_test::contains("\"hidden_act\" must be a string"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "rope_parameters": "x")"),
+                      tinyllm_test::contains("\"rope_parameters\" must be an object"));
+    CHECK_THROWS_WITH(llama(layers + R"(, "rope_scaling": 8)"),
+                      tinyllm_test::contains("\"rope_scaling\" must be an object"));
+    CHECK(llama(layers + R"(, "rope_scaling": null)").rope.scaling == tinyllm::rope_scaling::none);
+    write_file(path, R"({"architectures": [1], "model_type": "llama"})");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(d.path.string()),
+                      tinyllm_test::contains("\"architectures\" must be a list of class names"));
+    // num_key_value_heads: left out, the class's default; null, num_attention_heads (as transformers).
+    const auto mixtral = [&](const std::string& extra) {
+        write_file(path, R"({"architectures": ["MixtralForCausalLM"], "vocab_size": 10, "num_attention_heads": 16,
+                            "intermediate_size": 16, "num_hidden_layers": 1, "hidden_size": 32,
+                            "num_local_experts": 4, "num_experts_per_tok": 2)" +
+                             extra + "}");
+        return tinyllm::load_model_config(d.path.string());
+    };
+    CHECK(mixtral("").num_kv_heads == 8);
+    CHECK(mixtral(R"(, "num_key_value_heads": null)").num_kv_heads == 16);
+    CHECK(mixtral(R"(, "num_key_value_heads": 4)").num_kv_heads == 4);
+    CHECK_THROWS_WITH(mixtral(R"(, "router_aux_loss_coef": 1e400)"),
+                      tinyllm_test::contains("\"router_aux_loss_coef\" = inf must be a finite number >= 0"));
+    CHECK_THROWS_WITH(mixtral(R"(, "router_aux_loss_coef": -0.5)"),
+                      tinyllm_test::contains("\"router_aux_loss_coef\" = -0.5 must be"));
+    // A key given twice: its last value, as Python's json reads config.json for transformers.
+    CHECK(llama(layers + R"(, "rope_theta": 1000.0, "rope_theta": 500000.0)").rope.theta == 500000.0);
+    // A folder where config.json should be: named, not a standard-library error.
+    temp_dir folder;
+    std::filesystem::create_directory(folder.path / "config.json");
+    CHECK_THROWS_WITH(tinyllm::load_model_config(folder.path.string()),
+                      tinyllm_test::contains("config.json' is a folder, not a JSON file"));
     // eos_token_id: ids inside the vocabulary, not narrowed.
     CHECK(llama(layers + R"(, "eos_token_id": [3, 9])").eos_token_ids == std::vector<tinyllm::token_id>{3, 9});
     CHECK_THROWS_WITH(

@@ -164,6 +164,40 @@ TEST_CASE("save_safetensors: the layout of the reference implementation, metadat
     CHECK(tinyllm::safetensors_file(dir.file("empty.safetensors")).tensors().empty());
 }
 
+// An empty tensor starts where the next one does ([x, x) beside [x, y)); the overlap check
+// sorted the ranges by their start alone, so with enough tensors the two could come out in
+// either order and a valid file (one save_safetensors wrote) was refused as overlapping.
+TEST_CASE("safetensors: empty tensors between others read back, in any number", "[safetensors][io]") {
+    temp_dir dir;
+    for (const int n : {3, 17, 30}) {
+        CAPTURE(n);
+        std::vector<tinyllm::tensor<float, 1>> ts;
+        for (int i = 0; i < n; ++i) {
+            ts.emplace_back(tinyllm::extents<1>{i % 7 == 0 ? 0 : i});
+            for (index_t j = 0; j < ts.back().extent(0); ++j) ts.back()(j) = static_cast<float>(100 * i + j);
+        }
+        std::vector<tinyllm::safetensors_entry> named;
+        for (int i = 0; i < n; ++i)
+            named.emplace_back("t" + std::to_string(100 + i), ts[static_cast<std::size_t>(i)].view());
+        const std::string path = dir.file("empty_between.safetensors");
+        tinyllm::save_safetensors(path, named);
+        const tinyllm::safetensors_file f(path);
+        REQUIRE(f.tensors().size() == static_cast<std::size_t>(n));
+        for (int i = 0; i < n; ++i)
+            CHECK(tinyllm::to_float_vector(*f.find("t" + std::to_string(100 + i))) ==
+                  std::vector<float>(ts[static_cast<std::size_t>(i)].values().begin(),
+                                     ts[static_cast<std::size_t>(i)].values().end()));
+    }
+}
+
+// A folder where a JSON file should be: a message naming it, not a standard-library error.
+TEST_CASE("a folder named config.json or model.safetensors.index.json is refused by name", "[safetensors][io]") {
+    temp_dir dir;
+    fs::create_directory(dir.path / "model.safetensors.index.json");
+    CHECK_THROWS_WITH(tinyllm::safetensors_checkpoint(dir.path.string()),
+                      tinyllm_test::contains("model.safetensors.index.json' is not a file"));
+}
+
 TEST_CASE("save_safetensors and to_tensor refuse what they cannot do, naming it", "[safetensors][io]") {
     temp_dir dir;
     tinyllm::tensor<float, 1> x({4});

@@ -260,8 +260,9 @@ TEST_CASE("Hugging Face tokenizer.json: malformed fields") {
                       contains("field \"model.merges[0]\": merge"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"merges\": [", "\"merges\": [7, "), "t.json"),
                       contains("model.merges[0]"));
-    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"vocab\": {", "\"vocab\": {\"x\": -1, "), "t.json"),
-                      contains("model.vocab[\"x\"]"));
+    // (A key the vocabulary does not have: a key given twice keeps its last value.)
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"vocab\": {", "\"vocab\": {\"xyzzy\": -1, "), "t.json"),
+                      contains("model.vocab[\"xyzzy\"]"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(good.substr(0, 500), "t.json"), contains("malformed JSON in t.json"));
 }
 

@@ -64,6 +64,7 @@ struct model_config {
 namespace detail {
 
 inline json::value read_json_file(const std::string& path) {
+    if (std::filesystem::is_directory(path)) TINYLLM_FAIL("'", path, "' is a folder, not a JSON file");
     std::ifstream in(path, std::ios::binary);
     if (!in) TINYLLM_FAIL("cannot open '", path, "'");
     const std::string text((std::istreambuf_iterator<char>(in)), {});
@@ -112,6 +113,23 @@ inline double config_double(const json::value& c, const char* key, double fallba
     return v->as_double();
 }
 
+// config[key] as a bool, or `fallback` when absent or null; another type is an
+// error ("true", a string, is not read as true or as false).
+inline bool config_bool(const json::value& c, const char* key, bool fallback, const std::string& path) {
+    const json::value* v = c.find(key);
+    if (!v || v->is_null()) return fallback;
+    if (!v->is_bool()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be true or false");
+    return v->as_bool();
+}
+
+// config[key] as a string, or nullptr when absent or null; another type is an error.
+inline const std::string* config_string(const json::value& c, const char* key, const std::string& path) {
+    const json::value* v = c.find(key);
+    if (!v || v->is_null()) return nullptr;
+    if (!v->is_string()) TINYLLM_FAIL("'", path, "': \"", key, "\" must be a string");
+    return &v->as_string();
+}
+
 // A norm's epsilon (layer_norm_epsilon, rms_norm_eps) as the float the norms
 // use: finite and positive after the conversion, checked here rather than at
 // the first forward (and 1e300 is not converted to float: out of range).
@@ -130,7 +148,11 @@ inline rope_config read_rope(const json::value& c, index_t head_dim, const std::
     // transformers < 5 writes rope_theta (and rope_scaling) at the top level;
     // transformers 5 writes rope_parameters {"rope_theta": ..., "rope_type": ...}.
     const json::value* params = c.find("rope_parameters");
+    if (params && !params->is_null() && !params->is_object())
+        TINYLLM_FAIL("'", path, "': \"rope_parameters\" must be an object");
     if (!params || !params->is_object()) params = c.find("rope_scaling");
+    if (params && !params->is_null() && !params->is_object())
+        TINYLLM_FAIL("'", path, "': \"rope_scaling\" must be an object");
     rope.theta = config_double(c, "rope_theta", default_theta, path);
     if (params && params->is_object()) {
         rope.theta = config_double(*params, "rope_theta", rope.theta, path);
@@ -219,7 +241,10 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
     // The architecture: the first of "architectures", or else (as transformers'
     // AutoModelForCausalLM does) the causal-LM class that "model_type" names.
     const json::value* archs = c.find("architectures");
-    if (archs && archs->is_array() && archs->size() > 0 && archs->at(std::size_t{0}).is_string()) {
+    if (archs && !archs->is_null() &&
+        (!archs->is_array() || (archs->size() > 0 && !archs->at(std::size_t{0}).is_string())))
+        TINYLLM_FAIL("'", path, "': \"architectures\" must be a list of class names");
+    if (archs && archs->is_array() && archs->size() > 0) {
         m.architecture = archs->at(std::size_t{0}).as_string();
     } else {
         const json::value* type = c.find("model_type");
@@ -243,11 +268,9 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
         m.intermediate_size = detail::config_dim(c, "n_inner", 4 * m.hidden_size, path);
         m.max_positions = detail::config_dim(c, "n_positions", -1, path);
         m.norm_eps = detail::config_norm_eps(c, "layer_norm_epsilon", 1e-5, path);
-        const json::value* tie = c.find("tie_word_embeddings");
-        m.tie_word_embeddings = !tie || !tie->is_bool() || tie->as_bool();
-        if (const json::value* act = c.find("activation_function"); act && act->is_string() &&
-                                                                     act->as_string() != "gelu_new")
-            TINYLLM_FAIL("'", path, "': activation_function \"", act->as_string(), "\" is not supported (gelu_new is)");
+        m.tie_word_embeddings = detail::config_bool(c, "tie_word_embeddings", true, path);
+        if (const std::string* act = detail::config_string(c, "activation_function", path); act && *act != "gelu_new")
+            TINYLLM_FAIL("'", path, "': activation_function \"", *act, "\" is not supported (gelu_new is)");
     } else if (m.architecture == "LlamaForCausalLM" || m.architecture == "MixtralForCausalLM") {
         m.arch = m.architecture == "LlamaForCausalLM" ? model_arch::llama : model_arch::mixtral;
         m.vocab_size = detail::config_dim(c, "vocab_size", -1, path);
@@ -256,18 +279,22 @@ inline model_config model_config_from_json(const json::value& c, const std::stri
         m.num_heads = detail::config_dim(c, "num_attention_heads", -1, path);
         // The defaults of transformers' LlamaConfig and MixtralConfig.
         const bool mixtral = m.arch == model_arch::mixtral;
-        m.num_kv_heads = detail::config_dim(c, "num_key_value_heads", mixtral ? 8 : m.num_heads, path);
+        // Left out: the class's default (Mixtral 8); given as null: num_attention_heads (both classes).
+        const json::value* kv = c.find("num_key_value_heads");
+        m.num_kv_heads = detail::config_dim(c, "num_key_value_heads", kv || !mixtral ? m.num_heads : 8, path);
         m.intermediate_size = detail::config_dim(c, "intermediate_size", -1, path);
         m.max_positions = detail::config_dim(c, "max_position_embeddings", mixtral ? 4096 * 32 : 2048, path);
         m.norm_eps = detail::config_norm_eps(c, "rms_norm_eps", mixtral ? 1e-5 : 1e-6, path);
-        const json::value* tie = c.find("tie_word_embeddings");
-        m.tie_word_embeddings = tie && tie->is_bool() && tie->as_bool();
-        if (const json::value* act = c.find("hidden_act"); act && act->is_string() && act->as_string() != "silu")
-            TINYLLM_FAIL("'", path, "': hidden_act \"", act->as_string(), "\" is not supported (silu is)");
+        m.tie_word_embeddings = detail::config_bool(c, "tie_word_embeddings", false, path);
+        if (const std::string* act = detail::config_string(c, "hidden_act", path); act && *act != "silu")
+            TINYLLM_FAIL("'", path, "': hidden_act \"", *act, "\" is not supported (silu is)");
         if (m.arch == model_arch::mixtral) {
             m.num_experts = detail::config_dim(c, "num_local_experts", -1, path);
             m.experts_per_token = detail::config_dim(c, "num_experts_per_tok", -1, path);
             m.router_aux_loss_coef = detail::config_double(c, "router_aux_loss_coef", 0.001, path);
+            if (!(m.router_aux_loss_coef >= 0 && std::isfinite(m.router_aux_loss_coef)))
+                TINYLLM_FAIL("'", path, "': \"router_aux_loss_coef\" = ", m.router_aux_loss_coef,
+                             " must be a finite number >= 0");
             TINYLLM_EXPECT(m.experts_per_token >= 1 && m.experts_per_token <= m.num_experts, "'", path,
                            "': num_experts_per_tok = ", m.experts_per_token, " must be in [1, num_local_experts = ",
                            m.num_experts, "]");

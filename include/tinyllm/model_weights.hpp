@@ -682,21 +682,14 @@ inline void save_checkpoint_tensors(const std::string& path, const std::vector<c
 
 namespace detail {
 
-// x as JSON text: the shortest that reads back (as load_model_config reads it,
-// a double, then rounded to x's type) to the same value — 1e-05 for the float
-// nearest 1e-5, not 9.999999747378752e-06 — and always with a point or an
-// exponent, so that Python reads a float.
+// x as JSON text (json::format_number: the shortest that reads back as load_model_config
+// reads it, in every locale). A training log may hold a loss that is not finite: that is
+// written NaN, Infinity or -Infinity, as Python's json writes and reads them.
 template <class T>
 std::string json_number(T x) {
-    constexpr int max_digits = std::is_same_v<T, float> ? 9 : 17;
-    char buf[32];
-    for (int digits = 6; digits <= max_digits; ++digits) {
-        std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(x));
-        if (static_cast<T>(std::strtod(buf, nullptr)) == x) break;
-    }
-    std::string out = buf;
-    if (out.find_first_of(".eEn") == std::string::npos) out += ".0";
-    return out;
+    if (x != x) return "NaN";
+    if (x - x != 0) return x > 0 ? "Infinity" : "-Infinity";
+    return json::format_number(x);
 }
 
 }  // namespace detail

@@ -172,7 +172,7 @@ public:
         const std::string_view header(reinterpret_cast<const char*>(file_->data() + 8), static_cast<std::size_t>(n));
         json::value doc;
         try {
-            doc = json::parse(header, p + " (header)");
+            doc = json::parse(header, p + " (header)", json::duplicate_keys::keep);  // refused below, by name
         } catch (const error& e) {
             TINYLLM_FAIL("safetensors file '", p, "': the header is not valid JSON: ", e.what());
         }
@@ -244,6 +244,10 @@ public:
             index_[name] = tensors_.size();
             tensors_.push_back(std::move(t));
         }
+        // An empty tensor (begin = end: a shape with a 0) holds no bytes and overlaps nothing;
+        // Python's safetensors writes one where the next tensor begins.
+        ranges.erase(std::remove_if(ranges.begin(), ranges.end(), [](const range& r) { return r.begin == r.end; }),
+                     ranges.end());
         std::sort(ranges.begin(), ranges.end(), [](const range& a, const range& b) { return a.begin < b.begin; });
         for (std::size_t i = 1; i < ranges.size(); ++i)
             if (ranges[i].begin < ranges[i - 1].end)
@@ -425,7 +429,9 @@ public:
         const fs::path single = fs::is_regular_file(dir) ? fs::path(dir) : fs::path(dir) / "model.safetensors";
         const fs::path index = fs::path(dir) / "model.safetensors.index.json";
         if (!fs::is_regular_file(dir) && fs::exists(index)) {
-            std::ifstream in(index);
+            if (!fs::is_regular_file(index)) TINYLLM_FAIL("'", index.string(), "' is not a file");
+            std::ifstream in(index, std::ios::binary);
+            if (!in) TINYLLM_FAIL("cannot open '", index.string(), "'");
             const std::string text((std::istreambuf_iterator<char>(in)), {});
             const json::value doc = json::parse(text, index.string());
             const json::value* map = doc.find("weight_map");

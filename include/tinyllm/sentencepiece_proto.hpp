@@ -646,9 +646,9 @@ private:
         if (proto_.model == sentencepiece_proto::model_type::unigram) {
             j += "{\"type\":\"Unigram\",\"unk_id\":" + std::to_string(proto_.unk_id) + ",\"vocab\":[";
             for (std::size_t id = 0; id < pieces.size(); ++id) {
-                char score[32];
-                std::snprintf(score, sizeof score, "%.17g", double(pieces[id].score));  // the same double back
-                j += (id ? ",[" : "[") + json::quote(pieces[id].text) + "," + score + "]";
+                // The same double back.
+                j += (id ? ",[" : "[") + json::quote(pieces[id].text) + "," +
+                     json::format_number(double(pieces[id].score)) + "]";
             }
             j += "],\"byte_fallback\":" + fallback + "}}";
         } else {

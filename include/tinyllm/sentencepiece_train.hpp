@@ -800,9 +800,8 @@ private:
         } else {
             j += "\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[";
             for (std::size_t i = 0; i < pieces.size(); ++i) {
-                char num[40];
-                std::snprintf(num, sizeof num, "%.9g", scores[i]);
-                j += std::string(i ? "," : "") + "[" + q(pieces[i]) + "," + num + "]";
+                j += std::string(i ? "," : "") + "[" + q(pieces[i]) + "," +
+                     json::format_number(static_cast<float>(scores[i])) + "]";
             }
             j += "],\"byte_fallback\":" + fallback + "}}";
         }

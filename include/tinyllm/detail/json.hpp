@@ -12,29 +12,43 @@
 // Strings are stored as UTF-8: \uXXXX escapes are decoded, including UTF-16
 // surrogate pairs (\ud83d\ude00 is U+1F600); a lone surrogate is an error.
 // Numbers keep their text and convert on request (as_double, as_int64), so an
-// integer such as a token id or a tensor offset above 2^53 loses nothing.
-// Object members keep their file order; lookups are linear per member list
-// (files here have few keys per object, except vocabularies, which callers
-// iterate rather than look up).
+// integer such as a token id or a tensor offset above 2^53 loses nothing; the
+// conversions ignore the process's locale (strtod would read "0.001" as 0
+// where the decimal point is a comma), and format_number writes numbers the
+// same way in every locale.
+// Object members keep their file order; a key given twice keeps its last value,
+// in its first place, as Python's json (transformers) and Hugging Face's
+// tokenizers read it (or, with duplicate_keys::keep, both members stay, for a
+// reader that refuses such files: the safetensors header). Lookups are linear per member list (files here have few
+// keys per object, except vocabularies, which callers iterate rather than look up).
 #pragma once
 
 #include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/error.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace tinyllm::json {
 
 enum class kind { null, boolean, number, string, array, object };
+
+// A key given twice in one object: `last` keeps its last value (in the first's place);
+// `keep` keeps both members, for the caller to refuse.
+enum class duplicate_keys { last, keep };
 
 inline const char* kind_name(kind k) {
     switch (k) {
@@ -71,7 +85,33 @@ public:
     bool as_bool() const { expect(kind::boolean); return bool_; }
     const std::string& as_string() const { expect(kind::string); return text_; }
     const std::string& number_text() const { expect(kind::number); return text_; }
-    double as_double() const { expect(kind::number); return std::strtod(text_.c_str(), nullptr); }
+    // The nearest double; beyond a double's range, +-inf (too large) or +-0 (too small), as strtod gives.
+    double as_double() const {
+        expect(kind::number);
+        double v = 0.0;
+        const auto [end, ec] = std::from_chars(text_.data(), text_.data() + text_.size(), v);
+        if (ec == std::errc()) return v;
+        // Out of range: the decimal exponent of the first nonzero digit says which way.
+        // text_ is a JSON number: -?digits(.digits)?([eE][+-]?digits)?
+        const bool negative = text_[0] == '-';
+        const std::size_t e = text_.find_first_of("eE");
+        const std::string_view mantissa = std::string_view(text_).substr(negative, e - negative);
+        const std::size_t point = std::min(mantissa.find('.'), mantissa.size());
+        const std::size_t first = mantissa.find_first_not_of("0.");
+        if (first == std::string_view::npos) return negative ? -0.0 : 0.0;
+        long long magnitude =
+            first < point ? static_cast<long long>(point - first) - 1 : -static_cast<long long>(first - point);
+        if (e != std::string::npos) {
+            const char* from = text_.data() + e + 1;
+            if (*from == '+') ++from;
+            long long exponent = 0;
+            const auto r = std::from_chars(from, text_.data() + text_.size(), exponent);
+            if (r.ec != std::errc()) exponent = *from == '-' ? -(1LL << 40) : 1LL << 40;  // beyond any double
+            magnitude += std::clamp(exponent, -(1LL << 40), 1LL << 40);
+        }
+        const double out = magnitude > 0 ? std::numeric_limits<double>::infinity() : 0.0;
+        return negative ? -out : out;
+    }
     std::int64_t as_int64() const {
         const std::optional<std::int64_t> v = to_int64();
         TINYLLM_EXPECT(v.has_value(), "JSON number ", text_, " is not an integer that fits in 64 bits");
@@ -126,7 +166,8 @@ namespace detail {
 
 class parser {
 public:
-    parser(std::string_view text, std::string_view source) : s_(text), source_(source) {}
+    parser(std::string_view text, std::string_view source, duplicate_keys duplicates)
+        : s_(text), source_(source), duplicates_(duplicates) {}
 
     value parse_document() {
         skip_ws();
@@ -184,6 +225,7 @@ private:
     value parse_object(int depth) {
         ++i_;  // {
         value::object_t members;
+        std::unordered_map<std::string, std::size_t> place;  // each key's member
         skip_ws();
         if (i_ < s_.size() && s_[i_] == '}') {
             ++i_;
@@ -197,7 +239,14 @@ private:
             if (i_ >= s_.size() || s_[i_] != ':') fail("expected ':' after object key");
             ++i_;
             skip_ws();
-            members.emplace_back(std::move(key), parse_value(depth + 1));
+            value member = parse_value(depth + 1);
+            if (duplicates_ == duplicate_keys::keep) {
+                members.emplace_back(std::move(key), std::move(member));
+            } else if (const auto [it, added] = place.emplace(key, members.size()); added) {
+                members.emplace_back(std::move(key), std::move(member));
+            } else {
+                members[it->second].second = std::move(member);  // a repeated key: its last value wins
+            }
             skip_ws();
             if (i_ < s_.size() && s_[i_] == ',') { ++i_; continue; }
             if (i_ < s_.size() && s_[i_] == '}') { ++i_; break; }
@@ -315,6 +364,7 @@ private:
 
     std::string_view s_;
     std::string_view source_;
+    duplicate_keys duplicates_;
     std::size_t i_ = 0;
 };
 
@@ -347,14 +397,39 @@ inline void write_string(std::string& out, std::string_view s) {
 }  // namespace detail
 
 // Parse a JSON document. `source` names it in error messages (a file name).
-inline value parse(std::string_view text, std::string_view source = "<json>") {
-    return detail::parser(text, source).parse_document();
+inline value parse(std::string_view text, std::string_view source = "<json>",
+                   duplicate_keys duplicates = duplicate_keys::last) {
+    return detail::parser(text, source, duplicates).parse_document();
 }
 
 // Append s as a JSON string literal (quotes and escapes; s must be UTF-8).
 inline std::string quote(std::string_view s) {
     std::string out;
     detail::write_string(out, s);
+    return out;
+}
+
+// x (a float or a double) as JSON text, the same in every locale: the fewest
+// significant digits (at least 6, as printf's %g) that read back — as a double,
+// then rounded to x's type, the way the readers here take numbers — to x itself,
+// and always with a point or an exponent, so that Python reads a float (1e-05
+// for the float nearest 1e-5, not 9.999999747378752e-06; 2.0, not 2). JSON has
+// no inf or NaN: those are an error.
+template <class T>
+std::string format_number(T x) {
+    static_assert(std::is_floating_point_v<T>);
+    TINYLLM_EXPECT(x == x && x - x == 0, "json::format_number: ", x, " has no JSON form");
+    constexpr int max_digits = std::numeric_limits<T>::max_digits10;
+    char buf[40];
+    char* end = buf;
+    for (int digits = 6; digits <= max_digits; ++digits) {
+        end = std::to_chars(buf, buf + sizeof buf, static_cast<double>(x), std::chars_format::general, digits).ptr;
+        double back = 0.0;
+        std::from_chars(buf, end, back);
+        if (static_cast<T>(back) == x) break;
+    }
+    std::string out(buf, end);
+    if (out.find_first_of(".e") == std::string::npos) out += ".0";
     return out;
 }
 
