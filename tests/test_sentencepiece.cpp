@@ -274,6 +274,25 @@ TEST_CASE("SentencePiece tokenizer.json: errors say what and where", "[sentencep
     // A special token whose id is a different piece.
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(uni, "\"content\": \"<unk>\"", "\"content\": \"<pad>\""), "u.json"),
                       contains("which the SentencePiece model uses for the piece \"<unk>\""));
+    // A score that is not finite (-1e400 reads as -inf) is no SentencePiece score.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(uni, "[\"t\", -5.0]", "[\"t\", -1e400]"), "u.json"),
+                      contains("u.json: field \"model.vocab[2]\": the score -1e400 of \"t\" is not a finite number"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(uni, "[\"t\", -5.0]", "[\"t\", 1e999]"), "u.json"),
+                      contains("field \"model.vocab[2]\": the score 1e999"));
+    // A count that is not a non-negative integer names the file and the field.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"start\":1,", "\"start\":1.5,"), "t.json"),
+                      contains("t.json: field \"decoder.decoders[3].start\": expected a non-negative integer (a count "
+                               "of characters), got 1.5"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"start\":1,", "\"start\":-1,"), "t.json"),
+                      contains("field \"decoder.decoders[3].start\": expected a non-negative integer"));
+    // Added tokens that take the spaces beside them are refused here too.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"lstrip\":false", "\"lstrip\":true"), "t.json"),
+                      contains("t.json: field \"added_tokens[0].lstrip\": true is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"rstrip\":false", "\"rstrip\":true"), "t.json"),
+                      contains("t.json: field \"added_tokens[0].rstrip\": true is not supported"));
+    // An id that the vocabulary's size rules out is refused before anything is sized from it.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"<0x41>\":", "\"<0x41>\":99999999,\"x\":"), "t.json"),
+                      contains("t.json: field \"model.vocab[\"<0x41>\"]\": id 99999999 is not below the"));
     // Still a byte-level file's errors for byte-level files.
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"type\":\"BPE\"", "\"type\":\"WordPiece\""), "t.json"),
                       contains("field \"model.type\""));

@@ -309,6 +309,10 @@ TEST_CASE("sentencepiece .model: unsupported models are refused by name", "[sent
     CHECK_THROWS_WITH(refused(good + len_field(3, len_field(1, "nmt_nfkc") + len_field(2, "xyz"))),
                       contains("normalizer_spec \"nmt_nfkc\" has a precompiled_charsmap"));
     CHECK_THROWS_WITH(refused(good + len_field(2, int_field(24, 1))), contains("treat_whitespace_as_suffix"));
+    // Without escaping, SentencePiece's dummy prefix is " ", not "▁" (and decoding keeps it).
+    CHECK_THROWS_WITH(refused(good + len_field(3, int_field(5, 0))),
+                      contains("unsupported SentencePiece model t.model: normalizer_spec.escape_whitespaces is off"));
+    CHECK_NOTHROW(refused(good + len_field(3, int_field(5, 1))));
     CHECK_THROWS_WITH(refused(good + len_field(2, int_field(40, 5))), contains("unk_id 5 is not the id of an UNKNOWN"));
     CHECK_THROWS_WITH(refused(good + len_field(1, len_field(1, "zz") + int_field(3, 4))),
                       contains("piece 700 \"zz\" is USER_DEFINED"));

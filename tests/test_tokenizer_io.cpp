@@ -123,9 +123,12 @@ TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same to
         o.pattern = p;
         o.special_tokens = {"<|endoftext|>", "<|pad|>"};
         toks.push_back(train_bpe(corpus, o));
+        // With a space put before the text: ByteLevel's with r50k, a normalizer with a Split.
+        toks.emplace_back(toks.back().vocab(), p, toks.back().specials(), true);
     }
     for (const auto& tok : toks) {
-        INFO("pattern " << pretokenizer_name(tok.pattern()) << ", " << tok.vocab_size() << " ids");
+        INFO("pattern " << pretokenizer_name(tok.pattern()) << ", " << tok.vocab_size() << " ids, prefix space "
+                        << tok.add_prefix_space());
         const std::string path = tmp.write("tokenizer.json", "");
         save_hf_tokenizer_json(tok, path);
         const tokenizer back = load_hf_tokenizer_json(path);
@@ -142,6 +145,98 @@ TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same to
         CHECK_THROWS_WITH(hf_tokenizer_json(*r), contains("needs an explicit merge list"));
 }
 
+TEST_CASE("tokenizer.json: a prefix space is one space before the text, as in the tokenizers library") {
+    const auto& texts = conformance().at("texts").as_array();
+    std::vector<std::string> corpus;
+    for (std::size_t k = 0; k < texts.size(); ++k) corpus.push_back(texts[k].as_string());
+    bpe_train_options o;
+    o.vocab_size = 400;
+    o.pattern = pretokenizer::cl100k;
+    o.special_tokens = {"<|endoftext|>"};
+    const tokenizer trained = train_bpe(corpus, o);
+    const tokenizer prefixed(trained.vocab(), trained.pattern(), trained.specials(), true);
+    // One space before each stretch of text that does not start with one, not
+    // before every piece: "Hello world, the cat." is " Hello world, the cat.".
+    const std::string text = "Hello world, the cat.";
+    CHECK(prefixed.encode_ordinary(text) == trained.encode_ordinary(" " + text));
+    CHECK(prefixed.encode_ordinary(" " + text) == trained.encode_ordinary(" " + text));
+    CHECK(prefixed.encode("a<|endoftext|>b", allowed_special::everything()) ==
+          prefixed.encode("a<|endoftext|> b", allowed_special::everything()));
+    // After a Split, ByteLevel's add_prefix_space would put a space before every
+    // piece (" Hello", " world", " ,", ...), so the writer says it with a
+    // normalizer, which the tokenizers library reads to tinyllm's ids (checked
+    // with tokenizers 0.23.3 on the conformance texts), and the reader reads back.
+    const std::string written = hf_tokenizer_json(prefixed);
+    CHECK(written.find(std::string(detail::hf_prefix_space_normalizer)) != std::string::npos);
+    CHECK(written.find("\"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": false") ==
+          std::string::npos);
+    const tokenizer back = parse_hf_tokenizer_json(written, "p.json");
+    CHECK(back.add_prefix_space());
+    CHECK(back.encode_ordinary(text) == prefixed.encode_ordinary(text));
+    // The reader refuses the per-piece layout, and any other normalizer.
+    const std::string plain = hf_tokenizer_json(trained);
+    const auto edited = [](std::string s, const std::string& from, const std::string& to) {
+        const auto at = s.find(from);
+        REQUIRE(at != std::string::npos);
+        return s.replace(at, from.size(), to);
+    };
+    const std::string bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false";
+    CHECK_THROWS_WITH(
+        parse_hf_tokenizer_json(edited(plain, bl, "{\"type\": \"ByteLevel\", \"add_prefix_space\": true"), "p.json"),
+        contains("p.json: field \"pre_tokenizer.pretokenizers[1].add_prefix_space\": true after a Split "
+                 "is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(written, "\"prepend\": \" \"", "\"prepend\": \"  \""), "p.json"),
+                      contains("p.json: field \"normalizer\": normalizers are not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(written, "\\\\A  ", "^  "), "p.json"),
+                      contains("field \"normalizer\""));
+    // A Split after ByteLevel would cut the byte-to-unicode text: refused.
+    const auto split_at = plain.find("{\"type\": \"Split\"");
+    const auto bl_at = plain.find(bl);
+    REQUIRE(split_at < bl_at);
+    const std::string split = plain.substr(split_at, bl_at - 2 - split_at);  // without the ", " before ByteLevel
+    const std::string byte_level = plain.substr(bl_at, plain.find('}', bl_at) + 1 - bl_at);
+    const std::string swapped =
+        edited(plain, split + ", " + byte_level,
+               edited(byte_level, "\"use_regex\": false", "\"use_regex\": true") + ", " + split);
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(swapped, "p.json"),
+                      contains("field \"pre_tokenizer.pretokenizers[1]\": an entry of type \"Split\" here"));
+}
+
+TEST_CASE("tokenizer.json: settings that would change the ids are refused by name") {
+    const auto& texts = conformance().at("texts").as_array();
+    std::vector<std::string> corpus;
+    for (std::size_t k = 0; k < texts.size(); ++k) corpus.push_back(texts[k].as_string());
+    bpe_train_options o;
+    o.vocab_size = 300;
+    o.pattern = pretokenizer::o200k;
+    o.special_tokens = {"<|endoftext|>"};
+    const std::string good = hf_tokenizer_json(train_bpe(corpus, o));
+    const auto with = [&](const std::string& from, const std::string& to) {
+        std::string s = good;
+        const auto at = s.find(from);
+        REQUIRE(at != std::string::npos);
+        return s.replace(at, from.size(), to);
+    };
+    CHECK_NOTHROW(parse_hf_tokenizer_json(good, "s.json"));
+    // Added tokens that take the spaces beside them, or match whole words only.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"lstrip\": false", "\"lstrip\": true"), "s.json"),
+                      contains("s.json: field \"added_tokens[0].lstrip\": true is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"rstrip\": false", "\"rstrip\": true"), "s.json"),
+                      contains("s.json: field \"added_tokens[0].rstrip\": true is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"single_word\": false", "\"single_word\": true"), "s.json"),
+                      contains("field \"added_tokens[0].single_word\""));
+    // A Split that removes its matches, or splits on what does not match.
+    CHECK_THROWS_WITH(
+        parse_hf_tokenizer_json(with("\"behavior\": \"Isolated\"", "\"behavior\": \"Removed\""), "s.json"),
+        contains("s.json: field \"pre_tokenizer.pretokenizers[0].behavior\": \"Removed\" is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"invert\": false", "\"invert\": true"), "s.json"),
+                      contains("s.json: field \"pre_tokenizer.pretokenizers[0].invert\": only false"));
+    // BPE-dropout; a dropout of 0 drops nothing.
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(with("\"dropout\": null", "\"dropout\": 0.5"), "s.json"),
+                      contains("s.json: field \"model.dropout\""));
+    CHECK_NOTHROW(parse_hf_tokenizer_json(with("\"dropout\": null", "\"dropout\": 0.0"), "s.json"));
+}
+
 TEST_CASE("GPT-2 encoder.json + vocab.bpe gives tiktoken's gpt2 encoding") {
     temp_dir tmp;
     const tokenizer* r50k = real_tokenizer("r50k_base");
@@ -154,21 +249,34 @@ TEST_CASE("GPT-2 encoder.json + vocab.bpe gives tiktoken's gpt2 encoding") {
         if (v) tokens.emplace_back(v->bytes(token_id(id)));
         else tokens.push_back(id < 256 ? std::string(1, char(id)) : id == 256 ? "ab" : "abc");
     }
-    // encoder.json: byte-to-unicode strings; vocab.bpe: one split per merged token.
+    // encoder.json: byte-to-unicode strings; vocab.bpe: the merge that made each
+    // token, in id order (GPT-2's ranks are its ids), recovered as GPT-2's
+    // encoder would make the token: BPE on its bytes with only the merges ranked
+    // below it stops at the two tokens its own merge joins. (load_gpt2 ranks
+    // merges by their line, so the list must be the one GPT-2 has, not just any
+    // split of each token into two.)
     std::string encoder = "{";
     std::string merges = "#version: 0.2\n";
     bpe_vocab probe(tokens, std::vector<bool>(tokens.size(), true), {}, true, true);
     for (std::size_t id = 0; id < tokens.size(); ++id) {
         encoder += (id ? ", " : "") + json::quote(detail::bytes_to_unicode(tokens[id])) + ": " + std::to_string(id);
         const std::string& t = tokens[id];
-        for (std::size_t k = 1; k < t.size(); ++k) {
-            const token_id a = probe.find(t.substr(0, k)), b = probe.find(t.substr(k));
-            if (a != bpe_vocab::none && b != bpe_vocab::none && static_cast<std::size_t>(a) < id &&
-                static_cast<std::size_t>(b) < id) {
-                merges += detail::bytes_to_unicode(t.substr(0, k)) + " " + detail::bytes_to_unicode(t.substr(k)) + "\n";
-                break;
-            }
+        if (t.size() < 2) continue;
+        std::vector<token_id> parts;
+        for (const char c : t) parts.push_back(probe.byte_token(static_cast<unsigned char>(c)));
+        for (;;) {
+            std::size_t best = parts.size();
+            std::uint32_t best_rank = static_cast<std::uint32_t>(id);
+            for (std::size_t i = 0; i + 1 < parts.size(); ++i)
+                if (const auto [rank, merged] = probe.merge_of(parts[i], parts[i + 1]); rank < best_rank)
+                    best = i, best_rank = rank;
+            if (best == parts.size()) break;
+            parts[best] = probe.merge_of(parts[best], parts[best + 1]).second;
+            parts.erase(parts.begin() + static_cast<std::ptrdiff_t>(best) + 1);
         }
+        REQUIRE(parts.size() == 2);
+        merges += detail::bytes_to_unicode(probe.bytes(parts[0])) + " " +
+                  detail::bytes_to_unicode(probe.bytes(parts[1])) + "\n";
     }
     encoder += ", \"<|endoftext|>\": " + std::to_string(tokens.size()) + "}";
     const std::string enc_path = tmp.write("encoder.json", encoder), bpe_path = tmp.write("vocab.bpe", merges);
@@ -191,6 +299,83 @@ TEST_CASE("GPT-2 encoder.json + vocab.bpe gives tiktoken's gpt2 encoding") {
     CHECK_THROWS_WITH(load_gpt2(enc_path, tmp.write("m2.bpe", "#version: 0.2\nqqqq zzzz\n")),
                       contains("m2.bpe line 2: merge"));
     CHECK_THROWS_WITH(load_gpt2(tmp.write("e3.json", "{\"a\": 0}"), bpe_path), contains("every byte"));
+}
+
+TEST_CASE("GPT-2 encoder.json + vocab.bpe: merges rank by their line in vocab.bpe, not by id") {
+    temp_dir tmp;
+    std::string encoder = "{";
+    for (int b = 0; b < 256; ++b)
+        encoder +=
+            (b ? ", " : "") + json::quote(detail::bytes_to_unicode(std::string(1, char(b)))) + ": " + std::to_string(b);
+    encoder += ", \"ab\": 256, \"bc\": 257}";
+    const std::string enc_path = tmp.write("encoder.json", encoder);
+    // "b c" (making id 257) ranks before "a b" (id 256): "abc" is a + bc, as in
+    // Hugging Face's BPE.from_file and GPT-2's own encoder.
+    const tokenizer tok = load_gpt2(enc_path, tmp.write("vocab.bpe", "#version: 0.2\nb c\na b\n"));
+    CHECK(tok.encode_ordinary("abc") == std::vector<token_id>{'a', 257});
+    CHECK(load_gpt2(enc_path, tmp.write("v2.bpe", "#version: 0.2\na b\nb c\n")).encode_ordinary("abc") ==
+          std::vector<token_id>{256, 'c'});
+    // The merge list is explicit, so it is written as a tokenizer.json with it.
+    const tokenizer back = parse_hf_tokenizer_json(hf_tokenizer_json(tok), "g.json");
+    CHECK(back.encode_ordinary("abc") == std::vector<token_id>{'a', 257});
+}
+
+TEST_CASE("loaders bound every id and count by what the file holds") {
+    temp_dir tmp;
+    // Each of these is about 100 bytes and had sized a vector from the number,
+    // allocating gigabytes before anything was checked.
+    const std::string own =
+        "tinyllm-bpe 1\npattern r50k\nwhole-piece-lookup 0\ntiktoken-merges 0\nadd-prefix-space 0\n";
+    CHECK_THROWS_WITH(parse_tokenizer(own + "tokens 100000000\n", "big.tinyllm"),
+                      contains("big.tinyllm line 6: unexpected end of file: 'tokens 100000000' counts more entries "
+                               "than the 0 lines left"));
+    const std::string good = serialize_tokenizer(load_hf_tokenizer_json(fixture_dir() + "hf_tokenizer.json"));
+    const auto with = [&](const std::string& from, const std::string& to) {
+        std::string s = good;
+        const auto at = s.find(from);
+        REQUIRE(at != std::string::npos);
+        return s.replace(at, s.find('\n', at) - at, to);
+    };
+    CHECK_NOTHROW(parse_tokenizer(good, "v.tinyllm"));
+    CHECK_THROWS_WITH(parse_tokenizer(with("\nmerges ", "\nmerges 99999999"), "v.tinyllm"),
+                      contains("'merges 99999999' counts more entries than the"));
+    CHECK_THROWS_WITH(parse_tokenizer(with("\nspecials ", "\nspecials 999999"), "v.tinyllm"),
+                      contains("'specials 999999' counts more entries than the"));
+    // hf_tokenizer.json has 600 ids, two of them special.
+    std::string far = good;
+    const std::string first_special = "\nspecials 2\n0 ";
+    REQUIRE(far.find(first_special) != std::string::npos);
+    far.replace(far.find(first_special), first_special.size(), "\nspecials 2\n99999999 ");
+    CHECK_THROWS_WITH(parse_tokenizer(far, "v.tinyllm"),
+                      contains("special token id 99999999 is implausibly large for a file of 600 tokens and 2 special "
+                               "tokens (ids must be below 1204)"));
+    CHECK_THROWS_WITH(load_gpt2(tmp.write("big.json", "{\"a\": 99999999}"), tmp.write("vocab.bpe", "#version: 0.2\n")),
+                      contains("big.json: the id of \"a\" is 99999999, implausibly large for a file of 1 tokens (ids "
+                               "must be below 2)"));
+    const std::string byte_level =
+        R"({"model": {"type": "BPE", "vocab": {"a": 99999999}, "merges": []}, "pre_tokenizer": {"type": "ByteLevel"}})";
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(byte_level, "big.json"),
+                      contains("big.json: field \"model.vocab[\"a\"]\": id 99999999 is implausibly large for a file "
+                               "of 1 vocabulary entries and added tokens (ids must be below 2)"));
+    const std::string sentencepiece = R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 99999999},
+        "merges": []}, "decoder": {"type": "Metaspace", "replacement": "▁"}})";
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(sentencepiece, "sp.json"),
+                      contains("sp.json: field \"model.vocab[\"a\"]\": id 99999999 is not below the 1 pieces"));
+    // Added tokens: the fixture has 600 vocabulary entries (its two special
+    // tokens among them) and 2 added tokens, so ids must be below 1204. Gaps
+    // are allowed: a token well above the vocabulary still loads.
+    const std::string hf = detail::read_text_file(fixture_dir() + "hf_tokenizer_strings.json");
+    const auto added = [&](const std::string& id) {
+        std::string s = hf;
+        const std::string list = "\"added_tokens\": [";
+        REQUIRE(s.find(list) != std::string::npos);
+        return s.insert(s.find(list) + list.size(), "{\"id\": " + id + ", \"content\": \"<|x|>\"}, ");
+    };
+    CHECK_THROWS_WITH(
+        parse_hf_tokenizer_json(added("99999999"), "a.json"),
+        contains("a.json: field \"added_tokens[0].id\": id 99999999 is implausibly large for a file of 603 "
+                 "vocabulary entries and added tokens (ids must be below 1206)"));
+    CHECK(parse_hf_tokenizer_json(added("1205"), "a.json").vocab_size() == 1206);
 }
 
 TEST_CASE("tiktoken rank files: malformed lines") {

@@ -83,8 +83,9 @@
 //   pre_tokenizer   null, or Metaspace(replacement, prepend_scheme always|first|
 //                   never, split) (Mistral, Unigram models).
 //   model           BPE (merges, byte_fallback, unk_token, fuse_unk,
-//                   ignore_merges) or Unigram (pieces with scores, unk_id,
-//                   byte_fallback).
+//                   ignore_merges) or Unigram (pieces with finite scores,
+//                   unk_id, byte_fallback).
+//   added_tokens    special tokens; lstrip, rstrip or single_word true: refused.
 //   decoder         Sequence of Replace("▁" -> " "), ByteFallback, Fuse,
 //                   Strip(" ", n, 0), or Metaspace.
 //   post_processor  null or TemplateProcessing: the ids put around a text

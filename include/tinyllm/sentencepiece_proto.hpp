@@ -31,7 +31,8 @@
 //
 // Refused, each by name: WORD and CHAR models; a non-empty precompiled_charsmap
 // (NFKC and the other compiled normalizers; train with
-// normalization_rule_name="identity"); treat_whitespace_as_suffix; USER_DEFINED
+// normalization_rule_name="identity"); treat_whitespace_as_suffix;
+// escape_whitespaces off (spaces kept as " ", the dummy prefix too); USER_DEFINED
 // and UNUSED pieces; a model without exactly one UNKNOWN piece at unk_id.
 //
 // How SentencePiece encodes (what sentencepiece_processor::encode reproduces):
@@ -381,6 +382,13 @@ public:
                         " bytes: a compiled normalization such as NFKC), which is not supported; only models trained "
                         "with normalization_rule_name=\"identity\" (an empty charsmap) are");
         if (proto_.treat_whitespace_as_suffix) unsupported("trainer_spec.treat_whitespace_as_suffix is not supported");
+        // Without escaping, SentencePiece keeps spaces as " " (the dummy prefix
+        // too: " Hello" is <0x20> H ..., and decoding keeps that space), where
+        // both readings here put "▁" in front and strip it again.
+        if (!proto_.escape_whitespaces)
+            unsupported(
+                "normalizer_spec.escape_whitespaces is off, which is not supported (SentencePiece then keeps "
+                "spaces, the dummy prefix included, as \" \" rather than \"\xE2\x96\x81\")");
         const std::size_t n = proto_.pieces.size();
         if (proto_.unk_id < 0 || std::size_t(proto_.unk_id) >= n ||
             proto_.pieces[std::size_t(proto_.unk_id)].type != type::unknown)

@@ -7,7 +7,8 @@
 //                         their concatenation is a token, ranked by its id.
 //   GPT-2 encoder.json    {"token": id, ...} with every byte written as a
 //     + vocab.bpe         printable character (the byte<->unicode map below),
-//                         and vocab.bpe: "#version" then one merge "a b" per line.
+//                         and vocab.bpe: "#version" then one merge "a b" per line
+//                         (ranked by its line).
 //   Hugging Face          tokenizer.json with a BPE model, a ByteLevel
 //     tokenizer.json      pre-tokenizer, merges as "a b" strings or ["a", "b"]
 //                         arrays, and added (special) tokens; or a
@@ -44,8 +45,10 @@
 
 #include <array>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -320,6 +323,11 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
     std::vector<bool> present;
     std::vector<special_token> specials;
     std::string bytes;
+    // The token vector is sized from the largest id, so an id is bounded by what
+    // the file holds before it is used ({"a": 99999999}, 15 bytes, would
+    // allocate gigabytes): ids may leave gaps, but stay below twice the number
+    // of tokens, as ranks do in a tiktoken file.
+    const std::size_t id_limit = 2 * doc.as_object().size();
     for (const auto& [key, value] : doc.as_object()) {
         if (!value.is_number())
             TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ",
@@ -332,6 +340,10 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
         if (id < 0 || id >= 100'000'000)
             TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ", value.number_text(),
                          ", expected an integer in [0, 1e8)");
+        if (static_cast<std::size_t>(id) >= id_limit)
+            TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ", id,
+                         ", implausibly large for a file of ", doc.as_object().size(), " tokens (ids must be below ",
+                         id_limit, ")");
         if (!detail::unicode_to_bytes(key, bytes)) {
             if (key.size() > 2 && key.front() == '<' && key.back() == '>') {  // "<|endoftext|>"
                 specials.push_back({key, static_cast<token_id>(id)});
@@ -357,7 +369,9 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
             present[id] = false;
             tokens[id].clear();
         }
-    // vocab.bpe: check that every merge is "a b" with a, b and ab in the vocabulary.
+    // vocab.bpe: every merge is "a b" with a, b and ab in the vocabulary, ranked
+    // by its position in the file (as GPT-2's own encoder and Hugging Face's
+    // BPE.from_file rank them), whatever the id of the token it makes.
     const std::string merges_text = detail::read_text_file(vocab_bpe_path);
     const auto lines = detail::split_lines(merges_text);
     std::string left, right;
@@ -384,17 +398,37 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
                          " uses or makes a token that ", encoder_json_path, " does not have");
         merges.push_back({a, b, ab, static_cast<std::uint32_t>(merges.size())});
     }
-    // GPT-2's ids are in merge order, so tiktoken's rule (rank = id of the
-    // merged token) gives the same encoding; tiktoken's "gpt2" uses it too.
-    return tokenizer(bpe_vocab(std::move(tokens), std::move(present), {}, true, true), pretokenizer::r50k,
-                     std::move(specials));
+    // The published GPT-2 files list their merges in id order, where tiktoken's
+    // rule (rank = the merged token's id) gives the same encoding, but a pair of
+    // files need not: "b c" before "a b" with "ab" = 256 and "bc" = 257 makes
+    // "abc" a + bc. Nor does GPT-2 look a whole piece up before merging
+    // (ignore_merges is off in Hugging Face's reading).
+    try {
+        return tokenizer(bpe_vocab(std::move(tokens), std::move(present), std::move(merges), false, false),
+                         pretokenizer::r50k, std::move(specials));
+    } catch (const error& e) {
+        TINYLLM_FAIL("bad vocabulary in ", encoder_json_path, " and ", vocab_bpe_path, ": ", e.what());
+    }
 }
 
 // ---- Hugging Face tokenizer.json --------------------------------------------------------
 
 namespace detail {
 
-inline pretokenizer hf_split_pattern(const json::value& split, const std::string& path) {
+// The pattern of a Split pre-tokenizer (`where` names it in errors:
+// "pre_tokenizer.pretokenizers[0]"). tinyllm's pre-tokenizers give the regex's
+// matches as the pieces, which is Split's "Isolated" behavior without invert;
+// the others cut the text elsewhere (Removed drops the matches, invert splits on
+// what does not match), so they are refused by name rather than read as it.
+inline pretokenizer hf_split_pattern(const json::value& split, const std::string& path, const std::string& where) {
+    if (const json::value* b = split.find("behavior"); b && !(b->is_string() && b->as_string() == "Isolated"))
+        TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": field \"", where, ".behavior\": ",
+                     b->is_string() ? json::quote(b->as_string()) : std::string(json::kind_name(b->type())),
+                     " is not supported (supported: \"Isolated\")");
+    if (const json::value* inv = split.find("invert"); inv && !inv->is_null() && !(inv->is_bool() && !inv->as_bool()))
+        TINYLLM_FAIL("unsupported pre_tokenizer in ", path, ": field \"", where,
+                     ".invert\": only false is supported (invert splits the text on what the pattern does not "
+                     "match)");
     const json::value* pat = split.find("pattern");
     const json::value* rx = pat ? pat->find("Regex") : nullptr;
     if (!rx || !rx->is_string())
@@ -452,12 +486,66 @@ inline std::pair<std::string, std::string> merge_halves(const json::value& m, co
     TINYLLM_FAIL("malformed ", path, ": field \"", where, "\": expected \"a b\" or [\"a\", \"b\"]");
 }
 
-// A tokenizer.json's added_tokens ({"id", "content", ...} each) as tinyllm special tokens.
-inline std::vector<special_token> added_tokens(const json::value& doc, const std::string& path) {
+// The normalizer hf_tokenizer_json writes for a tokenizer that puts a space
+// before text that does not start with one (add_prefix_space) and cuts it with
+// a Split pre-tokenizer. ByteLevel's own add_prefix_space cannot say that
+// there: it puts the space before each piece it is given, and after a Split
+// that is every piece. A normalizer runs before the Split: Prepend puts " " in
+// front of text that is not empty, then a Replace turns the two spaces at the
+// very start (\A, not ^, which would also match after each line break) back
+// into one, so text that began with a space keeps just that one. As
+// tinyllm's prefix space, it applies to each stretch of text between special
+// tokens (written with normalized: false, so matched before normalizing).
+inline constexpr std::string_view hf_prefix_space_normalizer =
+    R"({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": " "}, )"
+    R"({"type": "Replace", "pattern": {"Regex": "\\A  "}, "content": " "}]})";
+
+// Whether a tokenizer.json's normalizer is hf_prefix_space_normalizer (key
+// order and spacing aside).
+inline bool is_hf_prefix_space_normalizer(const json::value& n) {
+    const auto string_at = [](const json::value& v, std::string_view key) -> std::string {
+        const json::value* s = v.find(key);
+        return s && s->is_string() ? s->as_string() : std::string("\x01");  // not any string written
+    };
+    const json::value* list = n.find("normalizers");
+    if (string_at(n, "type") != "Sequence" || !list || !list->is_array() || list->size() != 2) return false;
+    const json::value& prepend = list->at(0);
+    const json::value& replace = list->at(1);
+    const json::value* pattern = replace.find("pattern");
+    return string_at(prepend, "type") == "Prepend" && string_at(prepend, "prepend") == " " &&
+           string_at(replace, "type") == "Replace" && pattern && string_at(*pattern, "Regex") == "\\A  " &&
+           !pattern->find("String") && string_at(replace, "content") == " ";
+}
+
+// How many entries a tokenizer.json's added_tokens has (0 when it is not an array).
+inline std::size_t added_token_count(const json::value& doc) {
+    const json::value* added = doc.find("added_tokens");
+    return added && added->is_array() ? added->size() : 0;
+}
+
+// The bound on the ids of a tokenizer.json whose model.vocab and added_tokens
+// hold `entries` entries together. A vector is sized from the largest id, so an
+// id must be bounded by what the file holds before it is used ({"a": 99999999}
+// in a 100-byte file would allocate gigabytes). Ids may leave gaps (cl100k's
+// special tokens sit above a hole), but, as ranks in a tiktoken file, stay
+// below twice the number of entries.
+inline std::size_t hf_id_limit(std::size_t entries) { return 2 * entries; }
+
+inline std::string hf_id_too_large(std::int64_t id, std::size_t entries) {
+    return "id " + std::to_string(id) + " is implausibly large for a file of " + std::to_string(entries) +
+           " vocabulary entries and added tokens (ids must be below " + std::to_string(hf_id_limit(entries)) + ")";
+}
+
+// A tokenizer.json's added_tokens ({"id", "content", ...} each) as tinyllm
+// special tokens. `vocab_entries`: how many entries model.vocab has (which
+// bounds the ids, with the added tokens).
+inline std::vector<special_token> added_tokens(const json::value& doc, const std::string& path,
+                                               std::size_t vocab_entries) {
     std::vector<special_token> specials;
     const auto* added = doc.find("added_tokens");
     if (!added || added->is_null()) return specials;
     if (!added->is_array()) TINYLLM_FAIL("malformed ", path, ": field \"added_tokens\": expected an array");
+    const std::size_t entries = vocab_entries + added->size();
     for (std::size_t k = 0; k < added->size(); ++k) {
         const auto& a = added->at(k);
         const std::string where = "added_tokens[" + std::to_string(k) + "]";
@@ -470,6 +558,19 @@ inline std::vector<special_token> added_tokens(const json::value& doc, const std
         try { v = id->as_int64(); } catch (const error&) {}
         if (v < 0 || v >= 100'000'000)
             TINYLLM_FAIL("malformed ", path, ": field \"", where, ".id\": expected an integer in [0, 1e8)");
+        if (static_cast<std::size_t>(v) >= hf_id_limit(entries))
+            TINYLLM_FAIL("malformed ", path, ": field \"", where, ".id\": ", hf_id_too_large(v, entries));
+        // Hugging Face lets an added token take the spaces beside it (lstrip,
+        // rstrip: "a <mask> b" -> "a", "<mask>", "b") or match only as a whole
+        // word (single_word); a tinyllm special token matches its text alone,
+        // so such a file would give other ids than HF's: refused by name.
+        for (const char* option : {"lstrip", "rstrip", "single_word"})
+            if (const json::value* flag = a.find(option);
+                flag && !flag->is_null() && !(flag->is_bool() && !flag->as_bool()))
+                TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", where, ".", option,
+                             "\": ", flag->is_bool() ? "true" : "a value other than false",
+                             " is not supported (a special token matches its text alone, without the spaces or "
+                             "word boundaries around it)");
         specials.push_back({content->as_string(), static_cast<token_id>(v)});
     }
     return specials;
@@ -486,55 +587,82 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
     auto field_error = [&](const std::string& field, const std::string& what) {
         TINYLLM_FAIL("malformed ", path, ": field \"", field, "\": ", what);
     };
+    auto unsupported = [&](const std::string& field, const std::string& what) {
+        TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", field, "\": ", what);
+    };
     if (!doc.is_object()) field_error("(top level)", "expected a JSON object");
     if (detail::is_sentencepiece_json(doc)) return parse_hf_sentencepiece_json(doc, text, path);
     const json::value* model = doc.find("model");
     if (!model || !model->is_object()) field_error("model", "missing or not an object");
     if (const auto* type = model->find("type"); type && (!type->is_string() || type->as_string() != "BPE"))
         field_error("model.type", "only \"BPE\" (byte-level) and \"Unigram\" models are supported");
-    for (const char* unsupported : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-        const auto* v = model->find(unsupported);
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+        const auto* v = model->find(key);
         if (v && !v->is_null() && !(v->is_string() && v->as_string().empty()))
-            field_error(std::string("model.") + unsupported, "not supported by a byte-level BPE");
+            field_error(std::string("model.") + key, "not supported by a byte-level BPE");
     }
     if (const auto* v = model->find("byte_fallback"); v && v->is_bool() && v->as_bool())
         field_error("model.byte_fallback", "true is not supported (that is a SentencePiece-style BPE)");
+    // BPE-dropout skips merges at random: not the deterministic encoding tinyllm
+    // computes (0 skips none).
+    if (const auto* v = model->find("dropout"); v && !v->is_null() && !(v->is_number() && v->as_double() == 0.0))
+        unsupported("model.dropout", "BPE-dropout (a non-zero dropout) is not supported");
     if (const auto* v = model->find("normalizer"); v && !v->is_null())
         field_error("normalizer", "normalizers are not supported");
-    if (const auto* v = doc.find("normalizer"); v && !v->is_null())
-        field_error("normalizer", "normalizers are not supported");
+    // The one normalizer read: the prefix space hf_tokenizer_json writes for a
+    // Split pre-tokenizer (detail::is_hf_prefix_space_normalizer).
+    bool add_prefix_space = false;
+    if (const auto* v = doc.find("normalizer"); v && !v->is_null()) {
+        if (!detail::is_hf_prefix_space_normalizer(*v))
+            unsupported("normalizer",
+                        "normalizers are not supported (except the one that puts a space before the text, which "
+                        "hf_tokenizer_json writes)");
+        add_prefix_space = true;
+    }
     bool whole_piece = false;
     if (const auto* v = model->find("ignore_merges"); v && v->is_bool()) whole_piece = v->as_bool();
 
     // Pre-tokenizer: ByteLevel (with its regex), or Sequence[Split(regex), ByteLevel(use_regex=false)].
     pretokenizer pattern = pretokenizer::r50k;
-    bool add_prefix_space = false;
     const json::value* pre = doc.find("pre_tokenizer");
     if (!pre || !pre->is_object()) field_error("pre_tokenizer", "missing: a byte-level BPE needs ByteLevel");
-    auto byte_level = [&](const json::value& bl, bool split_given) {
-        if (const auto* v = bl.find("add_prefix_space"); v && v->is_bool()) add_prefix_space = v->as_bool();
+    auto byte_level = [&](const json::value& bl, bool split_given, const std::string& where) {
         bool use_regex = true;
         if (const auto* v = bl.find("use_regex"); v && v->is_bool()) use_regex = v->as_bool();
         if (use_regex && split_given) field_error("pre_tokenizer", "both a Split and ByteLevel(use_regex=true)");
         if (!use_regex && !split_given) field_error("pre_tokenizer", "ByteLevel(use_regex=false) without a Split");
+        if (const auto* v = bl.find("add_prefix_space"); v && v->is_bool() && v->as_bool()) {
+            // ByteLevel puts the space before each piece it is given: the whole
+            // text (its own regex splits after), but after a Split every piece
+            // of it (" Hello", " world", " ,"), which tinyllm does not do.
+            if (split_given)
+                unsupported(where + ".add_prefix_space",
+                            "true after a Split is not supported (Hugging Face puts a space before every piece of "
+                            "the Split)");
+            add_prefix_space = true;
+        }
     };
     const std::string pre_type = pre->find("type") && pre->at("type").is_string() ? pre->at("type").as_string() : "";
     if (pre_type == "ByteLevel") {
-        byte_level(*pre, false);
+        byte_level(*pre, false, "pre_tokenizer");
     } else if (pre_type == "Sequence") {
         const auto* list = pre->find("pretokenizers");
         if (!list || !list->is_array()) field_error("pre_tokenizer.pretokenizers", "missing or not an array");
         bool split = false, bl = false;
-        for (const auto& p : list->as_array()) {
+        for (std::size_t k = 0; k < list->size(); ++k) {
+            const json::value& p = list->at(k);
+            const std::string where = "pre_tokenizer.pretokenizers[" + std::to_string(k) + "]";
             const std::string t = p.find("type") && p.at("type").is_string() ? p.at("type").as_string() : "";
-            if (t == "Split" && !split) {
-                pattern = detail::hf_split_pattern(p, path);
+            // A Split after ByteLevel would cut the byte-to-unicode text ("Ġ" for a space).
+            if (t == "Split" && !split && !bl) {
+                pattern = detail::hf_split_pattern(p, path, where);
                 split = true;
             } else if (t == "ByteLevel" && !bl) {
-                byte_level(p, split);
+                byte_level(p, split, where);
                 bl = true;
             } else {
-                field_error("pre_tokenizer.pretokenizers", "unsupported entry of type \"" + t + "\"");
+                unsupported(where, "an entry of type " + json::quote(t) +
+                                       " here is not supported (supported: Split(regex), then ByteLevel)");
             }
         }
         if (!bl) field_error("pre_tokenizer", "a byte-level BPE needs a ByteLevel pre-tokenizer");
@@ -545,6 +673,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
     // Vocabulary.
     const json::value* vocab = model->find("vocab");
     if (!vocab || !vocab->is_object()) field_error("model.vocab", "missing or not an object");
+    const std::size_t entries = vocab->size() + detail::added_token_count(doc);
     std::vector<std::string> tokens;
     std::vector<bool> present;
     std::string bytes;
@@ -553,6 +682,8 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
         std::int64_t id = -1;
         if (value.is_number()) try { id = value.as_int64(); } catch (const error&) {}
         if (id < 0 || id >= 100'000'000) field_error("model.vocab[" + json::quote(key) + "]", "expected an integer id in [0, 1e8)");
+        if (std::size_t(id) >= detail::hf_id_limit(entries))
+            field_error("model.vocab[" + json::quote(key) + "]", detail::hf_id_too_large(id, entries));
         if (std::size_t(id) >= tokens.size()) {
             tokens.resize(std::size_t(id) + 1);
             present.resize(std::size_t(id) + 1, false);
@@ -568,7 +699,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
 
     // Added tokens: matched in the input before pre-tokenization; all of them
     // become tinyllm special tokens.
-    std::vector<special_token> specials = detail::added_tokens(doc, path);
+    std::vector<special_token> specials = detail::added_tokens(doc, path, vocab->size());
     for (const special_token& sp : specials)
         if (std::size_t(sp.id) < tokens.size() && present[std::size_t(sp.id)]) {
             present[std::size_t(sp.id)] = false;  // the special token owns this id
@@ -738,7 +869,12 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
                 if (string_of(d, "content", where) != " " || !start || !start->is_number() || !stop ||
                     !stop->is_number() || stop->number_text() != "0" || !fused)
                     unsupported(where, "only Strip(\" \", n, 0) after Fuse is supported");
-                o.strip_leading_spaces = static_cast<std::size_t>(std::max<std::int64_t>(0, start->as_int64()));
+                // A count of characters (Hugging Face's usize): 1.5 or -1 is no count.
+                const std::optional<std::int64_t> count = start->to_int64();
+                if (!count || *count < 0)
+                    field_error(where + ".start",
+                                "expected a non-negative integer (a count of characters), got " + start->number_text());
+                o.strip_leading_spaces = static_cast<std::size_t>(*count);
             } else {
                 unsupported(where, "decoder \"" + t + "\" is not supported (supported: Replace, ByteFallback, "
                                    "Fuse, Strip)");
@@ -749,7 +885,9 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
     }
 
     // Added tokens become special tokens.
-    std::vector<special_token> specials = detail::added_tokens(doc, path);
+    const json::value* model_vocab = model->find("vocab");
+    std::vector<special_token> specials = detail::added_tokens(
+        doc, path, model_vocab && (model_vocab->is_array() || model_vocab->is_object()) ? model_vocab->size() : 0);
     const auto id_of_piece = [&](std::string_view piece, const std::vector<std::string>& pieces) -> std::optional<token_id> {
         for (std::size_t i = 0; i < pieces.size(); ++i)
             if (pieces[i] == piece) return static_cast<token_id>(i);
@@ -768,8 +906,16 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
                 const json::value& e = vocab->at(k);
                 if (!e.is_array() || e.size() != 2 || !e.at(0).is_string() || !e.at(1).is_number())
                     field_error("model.vocab[" + std::to_string(k) + "]", "expected [\"piece\", score]");
+                // The Viterbi search adds scores: an infinite one (-1e400 reads as -inf)
+                // would make every path through the piece -inf, or win outright, which is
+                // no score SentencePiece gives (its .model loader refuses it too).
+                const double score = e.at(1).as_double();
+                if (!std::isfinite(score))
+                    unsupported("model.vocab[" + std::to_string(k) + "]",
+                                "the score " + e.at(1).number_text() + " of " + json::quote(e.at(0).as_string()) +
+                                    " is not a finite number");
                 pieces.push_back(e.at(0).as_string());
-                scores.push_back(e.at(1).as_double());
+                scores.push_back(score);
             }
             const json::value* unk = model->find("unk_id");
             if (!unk || !unk->is_number()) field_error("model.unk_id", "missing: a Unigram model needs an unknown token");
@@ -795,6 +941,11 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
             if (value.is_number()) try { id = value.as_int64(); } catch (const error&) {}
             const std::string where = "model.vocab[" + json::quote(key) + "]";
             if (id < 0 || id >= 100'000'000) field_error(where, "expected an integer id in [0, 1e8)");
+            // The ids must be 0 .. N-1 (checked below), so one of N or more is
+            // refused here, before the pieces are sized from it.
+            if (std::size_t(id) >= vocab->size())
+                field_error(where, "id " + std::to_string(id) + " is not below the " + std::to_string(vocab->size()) +
+                                       " pieces of model.vocab (ids must be 0 .. N-1)");
             if (std::size_t(id) >= pieces.size()) pieces.resize(std::size_t(id) + 1), present.resize(std::size_t(id) + 1);
             if (present[std::size_t(id)]) field_error(where, "id " + std::to_string(id) + " is used twice");
             pieces[std::size_t(id)] = key;
@@ -881,20 +1032,23 @@ inline tokenizer load_hf_tokenizer_json(const std::string& path) {
 // library loads. The vocabulary's strings and the merges are GPT-2's
 // byte-to-unicode form; the pre-tokenizer is ByteLevel with its own regex (r50k)
 // or a Split on the pattern's regex followed by ByteLevel without one (cl100k,
-// o200k, llama3); special tokens are added tokens. A vocabulary that ranks its
-// merges by token id — read from a tiktoken rank file (which has no merge
-// list), or from GPT-2's encoder.json and vocab.bpe (loaded with tiktoken's
-// rule, its ids being in merge order) — is refused. A SentencePiece tokenizer is written as the
-// tokenizer.json it was read from.
+// o200k, llama3); special tokens are added tokens. The prefix space
+// (add_prefix_space) is ByteLevel's with r50k, and a normalizer with a Split
+// (detail::hf_prefix_space_normalizer: ByteLevel's would go before every piece).
+// A vocabulary that ranks its merges by token id — read from a tiktoken rank
+// file, which has no merge list — is refused. A SentencePiece tokenizer is
+// written as the tokenizer.json it was read from.
 inline std::string hf_tokenizer_json(const tokenizer& tok) {
     if (const sentencepiece_model* sp = tok.sentencepiece()) return sp->options().source_json;
     const bpe_vocab& v = tok.vocab();
-    TINYLLM_EXPECT(!v.tiktoken_merges(), "hf_tokenizer_json: this vocabulary ranks merges by token id (a tiktoken "
-                   "rank file, or GPT-2's encoder.json and vocab.bpe); a tokenizer.json needs an explicit merge list "
-                   "(train one with train_bpe, or load a tokenizer.json)");
+    TINYLLM_EXPECT(!v.tiktoken_merges(),
+                   "hf_tokenizer_json: this vocabulary ranks merges by token id (a tiktoken rank file); a "
+                   "tokenizer.json needs an explicit merge list (train one with train_bpe, or load a tokenizer.json "
+                   "or GPT-2's encoder.json and vocab.bpe)");
     const auto q = [](std::string_view text) { return json::quote(text); };
     const bool r50k = tok.pattern() == pretokenizer::r50k;
-    const std::string prefix_space = tok.add_prefix_space() ? "true" : "false";
+    const bool prefix_normalizer = tok.add_prefix_space() && !r50k;
+    const std::string prefix_space = tok.add_prefix_space() && r50k ? "true" : "false";
     std::string j = "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [";
     for (std::size_t i = 0; i < tok.specials().size(); ++i) {
         const special_token& t = tok.specials()[i];
@@ -903,7 +1057,9 @@ inline std::string hf_tokenizer_json(const tokenizer& tok) {
              "\"special\": true}";
     }
     j += tok.specials().empty() ? "],\n" : "\n  ],\n";
-    j += "  \"normalizer\": null,\n  \"pre_tokenizer\": ";
+    j += "  \"normalizer\": " +
+         (prefix_normalizer ? std::string(detail::hf_prefix_space_normalizer) : std::string("null")) +
+         ",\n  \"pre_tokenizer\": ";
     if (r50k)
         j += "{\"type\": \"ByteLevel\", \"add_prefix_space\": " + prefix_space +
              ", \"trim_offsets\": true, \"use_regex\": true},\n";
@@ -991,10 +1147,17 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
             fail("expected '" + std::string(key) + " ...', got " + detail::printable_line(line));
         return line.substr(key.size() + 1);
     };
+    // A count of the entries that follow, one a line. A vector is sized from it,
+    // so it is bounded by the lines the file has left before it is used
+    // ("tokens 100000000" in a 100-byte file would allocate gigabytes).
     auto number = [&](std::string_view key, std::size_t limit) {
         std::size_t v;
         const std::string_view s = header(key);
         if (!detail::parse_int(s, v) || v > limit) fail("'" + std::string(key) + "' needs a count up to " + std::to_string(limit));
+        const std::size_t rest = lines.size() - n - 1;
+        if (v > rest)
+            fail("unexpected end of file: '" + std::string(key) + " " + std::to_string(v) +
+                 "' counts more entries than the " + std::to_string(rest) + " lines left in the file");
         ++n;
         return v;
     };
@@ -1053,6 +1216,13 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
         if (words.size() != 2 || !detail::parse_int(words[0], s.id) || !detail::base64_decode(words[1], s.text, what) ||
             s.text.empty())
             fail("expected a special token '<id> <base64 text>'");
+        // The id sizes the embedding table (vocab_size()): as in a tokenizer.json,
+        // ids may leave gaps, but stay below twice the tokens and specials.
+        const std::size_t id_limit = 2 * (count + special_count);
+        if (s.id >= 0 && static_cast<std::size_t>(s.id) >= id_limit)
+            fail("special token id " + std::to_string(s.id) + " is implausibly large for a file of " +
+                 std::to_string(count) + " tokens and " + std::to_string(special_count) +
+                 " special tokens (ids must be below " + std::to_string(id_limit) + ")");
         specials.push_back(s);
     }
     try {
