@@ -484,6 +484,10 @@ std::string usage_json(std::size_t prompt, std::size_t completion) {
            ",\"total_tokens\":" + std::to_string(prompt + completion) + "}";
 }
 
+// Set by SIGINT or SIGTERM (signal_stopper, below): the requests still running end at
+// their next wait with a 503, so that stopping does not wait for a long generation.
+std::atomic<bool> stop_requested{false};
+
 // One request running in the engine, read by its handler (or its stream).
 struct running_request {
     served_model& s;
@@ -511,6 +515,11 @@ struct running_request {
 
     // The text the next event releases ("" if none came within the wait), until finished.
     std::string next(std::chrono::milliseconds wait) {
+        if (stop_requested.load()) {
+            s.engine->cancel(*handle);
+            finished = true;
+            throw api_error(503, "the server is shutting down", "", "server_error");
+        }
         const auto e = handle->next(wait);
         if (!e) return {};
         std::string out;
@@ -785,7 +794,7 @@ std::string metrics_text(const served_model& s) {
 
 // SIGINT or SIGTERM stops the server: the handler only raises a flag (all a
 // signal handler may safely do), and a watcher thread stops the server when it sees it.
-std::atomic<bool> stop_requested{false};
+// (stop_requested is declared above: the requests read it too.)
 extern "C" void on_stop_signal(int) { stop_requested.store(true); }
 
 struct signal_stopper {

@@ -132,8 +132,17 @@ echo "ok:   stop string"
   grep -q '^tinyllm_requests_finished_total{reason="error"} 1$' "$work/body" || fail "/metrics"
 echo "ok:   /metrics"
 
+# SIGTERM while a long stream runs: the stream ends at once with a "shutting down" error
+# event, and the server exits 0 (it had waited for the stream to finish).
+curl -sS -N -H "Content-Type: application/json" -o "$work/long" \
+  --data "{\"model\":\"$name\",\"prompt\":\"And God said\",\"max_tokens\":1500,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}" \
+  "$base/v1/completions" &
+long=$!
+for _ in $(seq 100); do [ "$(grep -c '^data: ' "$work/long" 2>/dev/null)" -ge 3 ] && break; sleep 0.1; done
 kill -TERM $pid
 rc=0; wait $pid || rc=$?
 [ "$rc" = 0 ] || { cat "$work/err"; echo "FAIL: exit $rc after SIGTERM"; exit 1; }
-echo "ok:   SIGTERM: exit 0"
+wait $long || true
+grep -q "the server is shutting down" "$work/long" || { cp "$work/long" "$work/body"; fail "SIGTERM: the running stream was not ended"; }
+echo "ok:   SIGTERM with a stream running: the stream ends, exit 0"
 echo "all checks passed"
