@@ -1058,10 +1058,13 @@ TEST_CASE("kv_cache_int8: each position's keys and values within half a step of 
         tensor<float, 4> many({B, 6, H, D}, 1.0f);
         CHECK_THROWS_WITH(cache.append(many.view(), many.view()), contains("6 new positions after 7 exceed the capacity 12"));
         // A view claiming more positions than index_t can add to the length: refused, not overflowed.
-        const tinyllm::tensor_view<const float, 4> endless(many.data(), {B, std::numeric_limits<index_t>::max(), H, D},
+        tinyllm::kv_cache_int8 single(1, 4, 1, 1);
+        const tinyllm::tensor<float, 4> first({1, 1, 1, 1}, 0.5f);
+        single.append(first.view(), first.view());
+        const tinyllm::tensor_view<const float, 4> endless(first.data(), {1, std::numeric_limits<index_t>::max(), 1, 1},
                                                            {0, 0, 0, 0});
-        CHECK_THROWS_WITH(cache.append(endless, endless),
-                          contains("9223372036854775807 new positions after 7 exceed the capacity 12"));
+        CHECK_THROWS_WITH(single.append(endless, endless),
+                          contains("9223372036854775807 new positions after 1 exceed the capacity 4"));
         one(1, 0, 2, 7) = std::numeric_limits<float>::quiet_NaN();
         CHECK_THROWS_WITH(cache.append(one.view(), tensor<float, 4>({B, 1, H, D}, 0.0f).view()),
                           contains("key (1, 0, 2, 7) is nan; only finite numbers can be quantized"));
@@ -1147,5 +1150,7 @@ TEST_CASE("a quantized_matrix whose parts disagree with its shape is refused", "
     tinyllm::dequantize(dense.view(), q8);
     // The Hessian's (K, K) sum is allocated only for a size a layer can have.
     CHECK_THROWS_WITH(tinyllm::gptq_hessian(-100000), contains("gptq_hessian: -100000 inputs"));
-    CHECK_THROWS_WITH(tinyllm::gptq_hessian(index_t{1} << 40), contains("inputs (a layer takes between 1 and 2^24)"));
+    CHECK_THROWS_WITH(tinyllm::gptq_hessian(index_t{1} << 40), contains("inputs (a layer takes between 1 and 2^16"));
+    CHECK_THROWS_WITH(tinyllm::gptq_hessian(index_t{1} << 24),
+                      contains("16777216 inputs (a layer takes between 1 and 2^16"));
 }

@@ -145,4 +145,7 @@ TEST_CASE("training: vocabulary size, special tokens, save/load") {
     CHECK(back.encode("x<|pad|>", {"<|pad|>"}) == std::vector<token_id>{'x', 399});
     CHECK_THROWS_WITH(train_bpe({"x"}, bpe_train_options{100, pretokenizer::r50k, {}, {}}),
                       tinyllm_test::contains("at least 256"));
+    // An empty special token (it had made add_text loop forever).
+    CHECK_THROWS_WITH(train_bpe({"hello world"}, bpe_train_options{300, pretokenizer::r50k, {"<|a|>", ""}, {}}),
+                      tinyllm_test::contains("special_tokens[1] is empty"));
 }

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -247,6 +248,22 @@ TEST_CASE("train: resuming the wrong run is refused with its reason", "[train][e
         cpu::trainer t(fresh_model(model_arch::llama), file, splits, o);
         CHECK_THROWS_WITH(t.restore(ck), contains("trained with lr = 0.003, this run has 0.01"));
     }
+    SECTION("a distilled run against one that was not, either way") {
+        // The two runs' option lists differ in length: compared by name, not read past the end.
+        train_options o = small_options(4);
+        o.distill_weight = 0.5;
+        o.distill_temperature = 2.0;
+        cpu::trainer t(fresh_model(model_arch::llama), file, splits, o);
+        CHECK_THROWS_WITH(t.restore(ck), contains("trained with distill_weight = (not set), this run has 0.5"));
+        const std::string distilled = dir.file("distilled");
+        const cpu::model teacher = fresh_model(model_arch::llama);
+        t.set_teacher(teacher);
+        t.step();
+        save_training_checkpoint(distilled, t, data.tok);
+        cpu::trainer plain(fresh_model(model_arch::llama), file, splits, small_options(4));
+        CHECK_THROWS_WITH(plain.restore(distilled),
+                          contains("trained with distill_weight = 0.5, this run has (not set)"));
+    }
     SECTION("more steps are allowed") {
         cpu::trainer t(fresh_model(model_arch::llama), file, splits, small_options(8));
         t.restore(ck);
@@ -330,6 +347,23 @@ TEST_CASE("train: bad input is an error that says what was wrong", "[train][erro
     o = small_options(4);
     o.context = 5000;
     CHECK_THROWS_WITH(cpu::trainer(fresh_model(model_arch::llama), file, splits, o), contains("must each hold a window"));
+    // Sizes past what a run can count or allocate, and non-finite optimizer settings.
+    const auto refused = [&](auto set, const char* message) {
+        train_options bad = small_options(4);
+        set(bad);
+        CHECK_THROWS_WITH(tinyllm::expect_train_options(bad), contains(message));
+    };
+    refused([](train_options& b) { b.warmup = std::numeric_limits<std::int64_t>::max(); },
+            "warmup = 9223372036854775807 must be at most 2^40");
+    refused([](train_options& b) { b.steps = std::int64_t{1} << 41; }, "steps = 2199023255552 must be in [1, 2^40]");
+    refused([](train_options& b) { b.batch = 1000000000; }, "is more than 2^31 tokens a step");
+    refused([](train_options& b) { b.eps = std::numeric_limits<double>::infinity(); },
+            "eps = inf must be positive and finite");
+    refused([](train_options& b) { b.aux_weight = std::numeric_limits<double>::infinity(); },
+            "aux_weight = inf must be finite");
+    // split_tokens: a context near index_t's top must not wrap the window check.
+    CHECK_THROWS_WITH(split_tokens(100, std::numeric_limits<index_t>::max(), 0.5),
+                      contains("the corpus has 100 tokens"));
 
     // A tokenizer with more tokens than the model has rows of embedding.
     model_config small = config_of(model_arch::llama);

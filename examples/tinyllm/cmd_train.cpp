@@ -105,8 +105,13 @@ void check_run_flags(const tinyllm::train_options& o) {
     if (o.batch < 1) throw usage_error("--batch must be at least 1, got " + cat(o.batch));
     if (o.context < 1) throw usage_error("--context must be at least 1, got " + cat(o.context));
     if (o.steps < 1) throw usage_error("--steps must be at least 1, got " + cat(o.steps));
+    if (o.steps > tinyllm::train_max_steps) throw usage_error("--steps must be at most 2^40, got " + cat(o.steps));
+    if (o.batch > tinyllm::train_max_step_tokens / o.context)
+        throw usage_error("--batch " + cat(o.batch) + " x --context " + cat(o.context) +
+                          " is more than 2^31 tokens a step");
     if (!(std::isfinite(o.lr) && o.lr > 0)) throw usage_error("--lr must be a positive number, got " + cat(o.lr));
     if (o.warmup < 0) throw usage_error("--warmup must not be negative, got " + cat(o.warmup));
+    if (o.warmup > tinyllm::train_max_steps) throw usage_error("--warmup must be at most 2^40, got " + cat(o.warmup));
     if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0))
         throw usage_error("--weight-decay must be a number >= 0, got " + cat(o.weight_decay));
     if (!(std::isfinite(o.clip) && o.clip >= 0))
@@ -256,7 +261,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
     }
     if (a.options.count("threads")) {
         const long long n = a.get_int("threads", 0);
-        if (n < 1) throw usage_error("--threads must be at least 1");
+        if (n < 1 || n > 4096) throw usage_error("--threads must be in [1, 4096], got " + a.get("threads"));
         tinyllm::cpu::set_num_threads(static_cast<int>(n));
     }
     const bool resuming = a.options.count("resume") > 0;

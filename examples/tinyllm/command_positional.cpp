@@ -48,6 +48,9 @@ TINYLLM_COMMAND("positions", "print positional-encoding tables as CSV (sinusoida
     const index_t N = a.get_int("positions", 128), D = a.get_int("dim", 128);
     const double base = a.get_double("base", 10000.0);
     if (N < 1 || D < 2 || D % 2 != 0) throw usage_error("--positions must be >= 1 and --dim even and >= 2");
+    // The sinusoidal table's check (cpu::sinusoidal_encoding's), said before any row is printed.
+    if (!(std::isfinite(base) && base > 0) || !(static_cast<float>(base) > 0) || std::isinf(static_cast<float>(base)))
+        throw usage_error("--base must be a positive number that a float holds, got " + a.get("base"));
     out << std::setprecision(7);
     if (table == "sinusoidal") {
         for (index_t p = 0; p < N; ++p)

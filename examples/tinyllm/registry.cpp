@@ -2,6 +2,7 @@
 #include "registry.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -48,8 +49,11 @@ long long parsed_args::get_int(const std::string& name, long long fallback) cons
     const auto it = options.find(name);
     if (it == options.end()) return fallback;
     char* end = nullptr;
+    errno = 0;
     const long long v = std::strtoll(it->second.c_str(), &end, 10);
     if (it->second.empty() || *end != '\0') throw usage_error("--" + name + " needs an integer, got '" + it->second + "'");
+    if (errno == ERANGE)  // strtoll saturates at +-2^63 and says so only here
+        throw usage_error("--" + name + " " + it->second + " is outside the 64-bit integers");
     return v;
 }
 

@@ -64,6 +64,9 @@ public:
                        " (the special tokens)");
         TINYLLM_EXPECT(options_.vocab_size <= 0x7FFFFFFFu, "vocab_size ", options_.vocab_size,
                        " does not fit token_id (int32: at most 2^31 - 1 ids)");
+        // An empty special token would match everywhere and cut nothing (add_text would not advance).
+        for (std::size_t i = 0; i < options_.special_tokens.size(); ++i)
+            TINYLLM_EXPECT(!options_.special_tokens[i].empty(), "special_tokens[", i, "] is empty");
     }
 
     // Add text to the corpus (may be called many times, e.g. once per file).

@@ -159,10 +159,12 @@ inline data_splits split_tokens(std::uint64_t n, index_t T, double validation_fr
                    validation_fraction, " must be in [0, 1)");
     const auto window = static_cast<std::uint64_t>(T) + 1;
     std::uint64_t val = static_cast<std::uint64_t>(static_cast<double>(n) * validation_fraction + 0.5);
+    if (val > n) val = n;  // (n near 2^64: the double's rounding)
     if (validation_fraction > 0.0 && val < window) val = window;
-    TINYLLM_EXPECT(n >= val + window, "the corpus has ", n, " tokens: too few for a context of ", T, " (", window,
-                   " tokens per window)", (val ? " plus a validation split of " : ""), (val ? std::to_string(val) : ""),
-                   (val ? " tokens" : ""));
+    // n >= val + window, asked without the sum (a context near index_t's top would wrap it).
+    TINYLLM_EXPECT(val <= n && n - val >= window, "the corpus has ", n, " tokens: too few for a context of ", T, " (",
+                   window, " tokens per window)", (val ? " plus a validation split of " : ""),
+                   (val ? std::to_string(val) : ""), (val ? " tokens" : ""));
     return {0, n - val, n - val, n};
 }
 

@@ -103,6 +103,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -343,7 +344,7 @@ struct gptq_options {
 // calibration runs many windows through a layer), H = 2 X^T X / M.
 class gptq_hessian {
 public:
-    explicit gptq_hessian(index_t inputs) : K_(checked(inputs)), sum_(static_cast<std::size_t>(K_ * K_), 0.0) {}
+    explicit gptq_hessian(index_t inputs) : K_(checked(inputs)), sum_(allocated(K_)) {}
     // Add the rows of x (M, K): sum += x^T x (its lower triangle, in double).
     void add(tensor_view<const float, 2> x) {
         TINYLLM_EXPECT(x.extent(1) == K_, "gptq_hessian::add: the calibration inputs have ", x.extent(1),
@@ -374,10 +375,20 @@ public:
 
 private:
     // Checked before the (K, K) sum is allocated from it.
+    // The sum is K^2 doubles: 2^16 inputs (more than any layer of today's models:
+    // Llama 3 70B's widest takes 28672) are already 32 GiB.
     static index_t checked(index_t inputs) {
-        TINYLLM_EXPECT(inputs >= 1 && inputs <= (index_t{1} << 24), "gptq_hessian: ", inputs,
-                       " inputs (a layer takes between 1 and 2^24)");
+        TINYLLM_EXPECT(inputs >= 1 && inputs <= (index_t{1} << 16), "gptq_hessian: ", inputs,
+                       " inputs (a layer takes between 1 and 2^16: the (K, K) statistics are 8 K^2 bytes)");
         return inputs;
+    }
+    static std::vector<double> allocated(index_t K) {
+        try {
+            return std::vector<double>(static_cast<std::size_t>(K * K), 0.0);
+        } catch (const std::bad_alloc&) {
+            TINYLLM_FAIL("gptq_hessian: the (K, K) statistics of ", K, " inputs need ", 8 * K * K,
+                         " bytes, more than this machine could allocate");
+        }
     }
 
     index_t K_;

@@ -91,20 +91,29 @@ inline lr_schedule schedule_of(const train_options& o) {
             .decay_steps = std::max<std::int64_t>(o.steps, o.warmup + 1)};
 }
 
+// The largest step count and warmup a run may have (2^40: far past any run, and
+// the schedule's step + 1 stays exact), and the most tokens a step may draw (2^31).
+inline constexpr std::int64_t train_max_steps = std::int64_t{1} << 40;
+inline constexpr std::int64_t train_max_step_tokens = std::int64_t{1} << 31;
+
 inline void expect_train_options(const train_options& o) {
     TINYLLM_EXPECT(o.batch >= 1, "train: batch = ", o.batch, " must be at least 1");
     TINYLLM_EXPECT(o.context >= 1, "train: context = ", o.context, " must be at least 1");
-    TINYLLM_EXPECT(o.steps >= 1, "train: steps = ", o.steps, " must be at least 1");
+    TINYLLM_EXPECT(o.batch <= train_max_step_tokens / o.context, "train: batch = ", o.batch, " of context ", o.context,
+                   " is more than 2^31 tokens a step");
+    TINYLLM_EXPECT(o.steps >= 1 && o.steps <= train_max_steps, "train: steps = ", o.steps, " must be in [1, 2^40]");
+    TINYLLM_EXPECT(o.warmup <= train_max_steps, "train: warmup = ", o.warmup, " must be at most 2^40");
     TINYLLM_EXPECT(std::isfinite(o.lr) && o.lr > 0, "train: lr = ", o.lr, " must be positive");
     TINYLLM_EXPECT(o.warmup >= 0, "train: warmup = ", o.warmup, " must not be negative");
     TINYLLM_EXPECT(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "train: weight_decay = ", o.weight_decay,
                    " must not be negative");
     TINYLLM_EXPECT(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "train: betas (", o.beta1, ", ", o.beta2,
                    ") must be in [0, 1)");
-    TINYLLM_EXPECT(o.eps > 0, "train: eps = ", o.eps, " must be positive");
+    TINYLLM_EXPECT(std::isfinite(o.eps) && o.eps > 0, "train: eps = ", o.eps, " must be positive and finite");
     TINYLLM_EXPECT(std::isfinite(o.clip) && o.clip >= 0, "train: clip = ", o.clip, " must be >= 0 (0: no clipping)");
     TINYLLM_EXPECT(o.eval_batches >= 1, "train: eval_batches = ", o.eval_batches, " must be at least 1");
-    TINYLLM_EXPECT(o.aux_weight >= 0, "train: aux_weight = ", o.aux_weight, " must not be negative");
+    TINYLLM_EXPECT(std::isfinite(o.aux_weight) && o.aux_weight >= 0, "train: aux_weight = ", o.aux_weight,
+                   " must be finite and not negative");
     TINYLLM_EXPECT(o.distill_weight >= 0 && o.distill_weight <= 1, "train: distill_weight = ", o.distill_weight,
                    " must be in [0, 1]");
     TINYLLM_EXPECT(std::isfinite(o.distill_temperature) && o.distill_temperature > 0, "train: distill_temperature = ",
@@ -513,10 +522,18 @@ inline void cpu::trainer::restore(const std::string& dir) {
 
     // The options: the same as this run's, but for the number of steps.
     const train_options saved = read_train_options(state, state_path);
+    // (A distilled run has two more fields than one that is not: the lists may differ in length.)
     const auto mine = tinyllm::detail::train_option_fields(options_), theirs = tinyllm::detail::train_option_fields(saved);
-    for (std::size_t i = 0; i < mine.size(); ++i)
-        if (mine[i].first != "steps" && mine[i].second != theirs[i].second)
-            fail("it was trained with ", mine[i].first, " = ", theirs[i].second, ", this run has ", mine[i].second);
+    const auto value_in = [](const auto& fields, const std::string& name) -> std::string {
+        for (const auto& [n, v] : fields)
+            if (n == name) return v;
+        return "(not set)";
+    };
+    for (const auto* list : {&mine, &theirs})
+        for (const auto& [name, value] : *list)
+            if (name != "steps" && value_in(mine, name) != value_in(theirs, name))
+                fail("it was trained with ", name, " = ", value_in(theirs, name), ", this run has ",
+                     value_in(mine, name));
 
     // The model: the same config (its config.json text), weights of the saved step.
     const std::string config_text = tinyllm::detail::read_text_file((fs::path(dir) / "config.json").string());
