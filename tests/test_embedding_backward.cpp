@@ -227,6 +227,9 @@ TEST_CASE("embedding_backward rejects bad ids and shapes before writing", "[embe
     const auto wrong = normal(extents<3>{3, 2, D}, 41);
     CHECK_THROWS_WITH(cpu::embedding_backward(dtable, ids, wrong),
                       tinyllm_test::contains("embedding_backward: dout has shape (3, 2, 3) but ids (2, 3)"));
+    CHECK_THROWS_WITH(cpu::embedding_backward(dtable, ids, dout, std::nanf("")),
+                      tinyllm_test::contains("embedding_backward: scale = nan must be finite"));
+    for (float g : dtable.values()) CHECK(g == 5.0f);
 }
 
 TEST_CASE("learned_positions_backward matches finite differences of add_learned_positions", "[positional][backward]") {

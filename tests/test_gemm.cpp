@@ -698,4 +698,10 @@ TEST_CASE("gemm and linear_gemm refuse an output that aliases an input or itself
     CHECK_THROWS_WITH(cpu::gemm(c, tensor_view<const float, 2>(a_values.data(), {4, 2}),
                                 tensor_view<const float, 2>(w.data(), {2, 4})),
                       tinyllm_test::contains("c has stride 0 in dimension 0"));
+    // Strides that overlap without a zero: (1, 1) puts c(0, 1) and c(1, 0) at one address.
+    std::vector<float> diagonal(8, 0.0f);
+    CHECK_THROWS_WITH(
+        cpu::gemm(tensor_view<float, 2>(diagonal.data(), {4, 4}, {1, 1}),
+                  tensor_view<const float, 2>(a_values.data(), {4, 2}), tensor_view<const float, 2>(w.data(), {2, 4})),
+        tinyllm_test::contains("c has shape (4, 4) and strides (1, 1), so two of its elements share"));
 }

@@ -780,6 +780,16 @@ TEST_CASE("linear refuses an out that shares memory with x, and an activation th
     CHECK_THROWS_WITH(cpu::linear_backward(tensor_view<float, 2>(memory.data() + 13, {3, 4}), {}, {},
                                            tensor_view<const float, 2>(memory.data() + 12, {3, 2}), x, weight),
                       tinyllm_test::contains("linear_backward: dx must not share memory with dout"));
+    // An out whose rows share memory (stride 0), and a dx written over the weight it reads.
+    std::vector<float> row(8);
+    CHECK_THROWS_WITH(cpu::linear(tensor_view<float, 2>(row.data(), {3, 2}, {0, 1}), x, weight, {}),
+                      tinyllm_test::contains("linear: out has shape (3, 2) and strides (0, 1), so two of its elements "
+                                             "share an address"));
+    std::vector<float> wmem(16, 0.5f), dout(6, 1.0f);
+    const tensor_view<const float, 2> w_in(wmem.data(), {2, 4});
+    CHECK_THROWS_WITH(cpu::linear_backward(tensor_view<float, 2>(wmem.data() + 4, {3, 4}), {}, {},
+                                           tensor_view<const float, 2>(dout.data(), {3, 2}), x, w_in),
+                      tinyllm_test::contains("linear_backward: dx must not share memory with weight"));
     // out over the bias: the product would overwrite the bias before adding it.
     std::vector<float> buffer(16);
     CHECK_THROWS_WITH(cpu::linear(tensor_view<float, 2>(buffer.data(), {3, 2}), x, weight,

@@ -450,6 +450,10 @@ TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][e
                       contains("rotary_dim = 12 must be <= the head dim 8"));
     CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(xv, rope_config{}, -1),
                       contains("apply_rope: position_offset = -1 must be >= 0"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope(xv, rope_config{}, std::numeric_limits<index_t>::max()),
+                      contains("past the largest position index_t holds"));
+    CHECK_THROWS_WITH(tinyllm::cpu::apply_rope_backward(xv, rope_config{}, std::numeric_limits<index_t>::max() - 1),
+                      contains("apply_rope_backward: position_offset = 9223372036854775806 puts the last of"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = 0}), contains("theta = 0 must be a finite number > 1"));
     // A base at or below 1: the frequencies grow (at 1e-300 they overflow to inf and the output is NaN).
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = 1e-300}),

@@ -226,6 +226,30 @@ TEST_CASE("a view refuses a negative extent and a dimension it does not have", "
     CHECK_THROWS_WITH(v.transpose(0, three), tinyllm_test::contains("dimension 3 of a tensor view of rank 2"));
 }
 
+// A view's strides and size are products of its extents: a shape whose nonzero extents
+// multiply past index_t is refused where the view is made, not overflowed (the owning
+// tensor below already refused them; views and reshape did not).
+TEST_CASE("a view or a reshape refuses a shape whose strides or size would overflow", "[tensor]") {
+    std::vector<float> memory(4, 0.0f);
+    CHECK_THROWS_WITH((tensor_view<float, 3>(nullptr, {0, index_t{1} << 62, 4})),
+                      tinyllm_test::contains("a tensor view of shape (0, 4611686018427387904, 4) has more elements"));
+    CHECK_THROWS_WITH((tensor_view<float, 2>(memory.data(), {index_t{1} << 32, index_t{1} << 32}, {0, 0})),
+                      tinyllm_test::contains("more elements (or, with a 0 among them, strides) than index_t counts"));
+    CHECK(tensor_view<float, 3>(nullptr, {0, index_t{1} << 40, 4}).size() == 0);  // fits: a view of nothing
+    const tensor_view<float, 1> four(memory.data(), {4});
+    CHECK_THROWS_WITH(tinyllm::reshape(four, extents<2>{index_t{1} << 32, index_t{1} << 32}),
+                      tinyllm_test::contains("changes the number of elements"));
+    const tensor_view<float, 1> none(memory.data(), {0});
+    CHECK_THROWS_WITH(tinyllm::reshape(none, extents<3>{index_t{1} << 62, 4, 0}),
+                      tinyllm_test::contains("changes the number of elements"));
+#if TINYLLM_BOUNDS_CHECK
+    // narrow's end, start + length - 1, asked without the sum.
+    CHECK_THROWS_WITH(four.narrow(0, 1, std::numeric_limits<index_t>::max()),
+                      tinyllm_test::contains("index 4 is out of range [0, 4) in dimension 0"));
+    CHECK(four.narrow(0, 1, 3).size() == 3);
+#endif
+}
+
 TEST_CASE("an owning tensor refuses a shape whose size overflows", "[tensor]") {
     CHECK_THROWS_WITH((tensor<float, 3>(extents<3>{0, index_t{1} << 40, index_t{1} << 40})),
                       tinyllm_test::contains("tensor shape (0, 1099511627776, 1099511627776) holds more elements"));

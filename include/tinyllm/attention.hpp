@@ -131,7 +131,8 @@ TINYLLM_HOST_DEVICE constexpr key_range attention_visible_keys(const attention_m
     if (end < 0) end = 0;
     if (m.causal && pos + 1 < end) end = pos + 1;
     index_t begin = 0;
-    if (m.window > 0 && pos - m.window + 1 > begin) begin = pos - m.window + 1;
+    // pos - window + 1 > 0, asked as pos >= window: a window near index_t's top must not overflow.
+    if (m.window > 0 && pos >= m.window) begin = pos - m.window + 1;
     if (end < begin) end = begin;
     return {begin, end};
 }

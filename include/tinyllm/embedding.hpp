@@ -223,6 +223,7 @@ void embedding(Out&& out /*(..., D)*/, const Ids& ids /*(...)*/, const Table& ta
 template <class T, class Id>
 void embedding_backward(tensor_view<T, 2> dtable /*(V, D)*/, tensor_view<const Id, 2> ids /*(B, T)*/,
                         tensor_view<const T, 3> dout /*(B, T, D)*/, float scale = 1.0f, bool accumulate = false) {
+    TINYLLM_EXPECT(std::isfinite(scale), "embedding_backward: scale = ", scale, " must be finite (as embedding's)");
     tinyllm::detail::scatter_add_rows<T, Id>(dtable, ids, dout, scale, accumulate, "embedding_backward", "ids",
                                              "the vocabulary");
 }

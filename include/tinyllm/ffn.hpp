@@ -89,6 +89,7 @@ void expect_linear_args(std::string_view op, const Out& out, const X& x, const W
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no bias)");
     TINYLLM_EXPECT(!overlaps(out, x) && !overlaps(out, weight) && !overlaps(out, bias), op,
                    ": out must not share memory with x, weight or bias (the product reads them while out is written)");
+    expect_distinct_elements(op, "out", out);
 }
 
 template <class Out, class X, class W>
@@ -159,7 +160,13 @@ void expect_linear_backward_args(std::string_view op, const DX& dx, const DW& dw
                         to_string(weight.shape()), "; they must be equal (or dweight empty)"));
     TINYLLM_EXPECT(dbias.size() == 0 || dbias.extent(0) == weight.extent(0), op, ": dbias has ", dbias.extent(0),
                    " elements but the layer has ", weight.extent(0), " out_features (or pass no dbias)");
-    TINYLLM_EXPECT(!overlaps(dx, dout), op, ": dx must not share memory with dout");
+    // Each output its own elements, apart from every input (and from each other).
+    expect_distinct_elements(op, "dx", dx);
+    expect_distinct_elements(op, "dweight", dweight);
+    expect_distinct_elements(op, "dbias", dbias);
+    expect_apart_from(op, "dx", dx, "dout", dout, "x", x, "weight", weight);
+    expect_apart_from(op, "dweight", dweight, "dout", dout, "x", x, "weight", weight, "dx", dx);
+    expect_apart_from(op, "dbias", dbias, "dout", dout, "x", x, "weight", weight, "dx", dx, "dweight", dweight);
 }
 
 // out = a b needs a (M, K) and b (K, N): a's columns equal b's rows.

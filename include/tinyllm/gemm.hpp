@@ -122,6 +122,7 @@ inline void expect_gemm_args(std::string_view op, const tensor_view<float, 2>& c
     for (std::size_t d = 0; d < 2; ++d)
         TINYLLM_EXPECT(c.stride(d) != 0 || c.extent(d) <= 1, op, ": c has stride 0 in dimension ", d, " (shape ",
                        to_string(c.shape()), "); its elements must be distinct");
+    expect_distinct_elements(op, "c", c);  // strides that overlap, e.g. (1, 1)
 }
 
 // C = beta C, beta = 0 writing zeros (C not read).

@@ -47,6 +47,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -441,9 +442,14 @@ void apply_rope_rows(tensor_view<float, 4> x /*(B, T, H, D)*/, const rope_config
         }
 }
 
-inline void expect_position_offset(index_t position_offset, std::string_view op) {
+// position_offset of a run of `tokens` tokens (the last at position_offset + tokens - 1,
+// which must fit index_t).
+inline void expect_position_offset(index_t position_offset, index_t tokens, std::string_view op) {
     TINYLLM_EXPECT(position_offset >= 0, op, ": position_offset = ", position_offset,
                    " must be >= 0 (it is the position of the first token: the cache length when decoding)");
+    TINYLLM_EXPECT(position_offset <= std::numeric_limits<index_t>::max() - tokens, op,
+                   ": position_offset = ", position_offset, " puts the last of ", tokens,
+                   " tokens past the largest position index_t holds");
 }
 
 }  // namespace detail
@@ -476,8 +482,8 @@ void apply_rope(X&& x /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, const rope_c
 // apply_rope(x, cfg, L).
 template <tinyllm::detail::rope_tensor_like X>
 void apply_rope(X&& x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope");
     const tensor_view<float, 4> xv = tinyllm::detail::rope_output(x);
+    tinyllm::detail::expect_position_offset(position_offset, xv.extent(1), "apply_rope");
     tinyllm::detail::expect_distinct_elements("apply_rope", "x", xv);
     tinyllm::detail::apply_rope_rows(xv, cfg, [&](index_t, index_t t) { return position_offset + t; });
 }
@@ -627,8 +633,8 @@ void apply_rope_backward(X&& dx /*(B, T, H, D)*/, Pos&& positions /*(B, T)*/, co
 // position position_offset + t.
 template <tinyllm::detail::rope_tensor_like X>
 void apply_rope_backward(X&& dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0) {
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
     const tensor_view<float, 4> dv = tinyllm::detail::rope_output(dx);
+    tinyllm::detail::expect_position_offset(position_offset, dv.extent(1), "apply_rope_backward");
     tinyllm::detail::expect_distinct_elements("apply_rope_backward", "dx", dv);
     tinyllm::detail::apply_rope_backward_rows(dv, cfg, [&](index_t, index_t t) { return position_offset + t; });
 }

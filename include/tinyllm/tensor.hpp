@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -129,9 +130,16 @@ TINYLLM_HOST_DEVICE void check_index([[maybe_unused]] index_t i, [[maybe_unused]
 template <std::size_t Rank>
 TINYLLM_HOST_DEVICE constexpr const extents<Rank>& checked_view_shape(const extents<Rank>& shape) {
 #if !TINYLLM_ON_DEVICE
-    for (std::size_t d = 0; d < Rank; ++d)
+    index_t nonzero = 1;  // the product of the positive extents, bounded so that no stride overflows
+    for (std::size_t d = 0; d < Rank; ++d) {
         if (shape[d] < 0)
             throw error(cat("tinyllm: a tensor view of shape ", to_string(shape), " has a negative extent"));
+        if (shape[d] == 0) continue;
+        if (nonzero > std::numeric_limits<index_t>::max() / shape[d])
+            throw error(cat("tinyllm: a tensor view of shape ", to_string(shape),
+                            " has more elements (or, with a 0 among them, strides) than index_t counts"));
+        nonzero *= shape[d];
+    }
 #elif TINYLLM_BOUNDS_CHECK
     for (std::size_t d = 0; d < Rank; ++d)
         if (shape[d] < 0) {
@@ -235,10 +243,13 @@ public:
     // A negative length throws (on the host), as a negative extent does.
     TINYLLM_HOST_DEVICE constexpr tensor_view narrow(std::size_t dim, index_t start, index_t length) const {
         detail::check_dim(dim, Rank);
+#if TINYLLM_BOUNDS_CHECK
         if (length > 0) {
             detail::check_index(start, shape_[dim], dim);
-            detail::check_index(start + length - 1, shape_[dim], dim);
+            // start + length - 1, asked without the sum (a length near index_t's top would wrap it).
+            if (length - 1 > shape_[dim] - 1 - start) detail::check_index(shape_[dim], shape_[dim], dim);
         }
+#endif
         shape_type shape = shape_;
         shape[dim] = length;
         return {data_ + start * strides_[dim], shape, strides_};
@@ -429,8 +440,9 @@ template <std::size_t NewRank, class T, std::size_t Rank>
 tensor_view<T, NewRank> reshape(const tensor_view<T, Rank>& x, const extents<NewRank>& shape) {
     TINYLLM_EXPECT(x.is_contiguous(), "reshape needs a contiguous tensor; this one has shape ",
                    to_string(x.shape()), " and strides ", to_string(x.strides()));
-    TINYLLM_EXPECT(shape.product() == x.size(), "reshape from ", to_string(x.shape()), " to ",
-                   to_string(shape), " changes the number of elements");
+    TINYLLM_EXPECT(detail::nonzero_product_at_most(std::numeric_limits<index_t>::max(), shape.value) &&
+                       shape.product() == x.size(),
+                   "reshape from ", to_string(x.shape()), " to ", to_string(shape), " changes the number of elements");
     return {x.data(), shape};
 }
 // reshape(x, {B * T, D}): sizes of one integer type, or of mixed types that convert to index_t.

@@ -641,7 +641,7 @@ template <class T>
 void apply_rope_on_the_fly(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
                            cudaStream_t stream = nullptr) {
     const rope_config r = detail::expect_rope_args(x, cfg, "apply_rope_on_the_fly");
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_on_the_fly");
+    tinyllm::detail::expect_position_offset(position_offset, x.extent(1), "apply_rope_on_the_fly");
     detail::launch_rope(x, tensor_view<const std::int32_t, 2>{}, position_offset, r, nullptr, nullptr, 0, stream);
 }
 
@@ -669,7 +669,7 @@ void apply_rope_cached(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_cache& c
                        cudaStream_t stream = nullptr) {
     detail::expect_rope_cache(cache);
     const rope_config r = detail::expect_rope_args(x, cache.config, "apply_rope_cached");
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_cached");
+    tinyllm::detail::expect_position_offset(position_offset, x.extent(1), "apply_rope_cached");
     detail::launch_rope(x, tensor_view<const std::int32_t, 2>{}, position_offset, r, cache.cos.data(),
                         cache.sin.data(), cache.max_positions, stream);
 }
@@ -736,7 +736,7 @@ template <class T>
 void apply_rope_backward(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rope_config& cfg, index_t position_offset = 0,
                          cudaStream_t stream = nullptr) {
     const rope_config r = detail::expect_rope_args(dx, cfg, "apply_rope_backward", "dx");
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward");
+    tinyllm::detail::expect_position_offset(position_offset, dx.extent(1), "apply_rope_backward");
     detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, nullptr, nullptr, 0, stream,
                         -1.0f);
 }
@@ -748,7 +748,7 @@ void apply_rope_backward_cached(tensor_view<T, 4> dx /*(B, T, H, D)*/, const rop
                                 index_t position_offset = 0, cudaStream_t stream = nullptr) {
     detail::expect_rope_cache(cache);
     const rope_config r = detail::expect_rope_args(dx, cache.config, "apply_rope_backward_cached", "dx");
-    tinyllm::detail::expect_position_offset(position_offset, "apply_rope_backward_cached");
+    tinyllm::detail::expect_position_offset(position_offset, dx.extent(1), "apply_rope_backward_cached");
     detail::launch_rope(dx, tensor_view<const std::int32_t, 2>{}, position_offset, r, cache.cos.data(),
                         cache.sin.data(), cache.max_positions, stream, -1.0f);
 }
