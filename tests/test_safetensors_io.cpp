@@ -256,4 +256,11 @@ TEST_CASE("safetensors_file refuses headers that would overflow or mislead later
             R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
             std::string(8, 'x')),
         tinyllm_test::contains("tensor 'a': the header names this tensor twice"));
+    // __metadata__ is a map of strings (or null), as the reference reads it.
+    const std::string one = R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]})";
+    CHECK_THAT(error_of("{\"__metadata__\":[1]," + one + "}", std::string(4, 'x')),
+               tinyllm_test::contains("\"__metadata__\" is an array, not a map of strings"));
+    CHECK_THAT(error_of("{\"__metadata__\":{\"step\":5}," + one + "}", std::string(4, 'x')),
+               tinyllm_test::contains("\"__metadata__\" entry \"step\" is a number, not a string"));
+    CHECK(error_of("{\"__metadata__\":null," + one + "}", std::string(4, 'x')) == "no error");
 }

@@ -189,10 +189,17 @@ public:
             // (Named, not a structured binding: clang before 16 cannot capture one in the lambda below.)
             const std::string& name = member.first;
             const json::value& entry = member.second;
-            if (name == "__metadata__") {
-                if (entry.is_object())
-                    for (const auto& [k, v] : entry.as_object())
-                        if (v.is_string()) metadata_[k] = v.as_string();
+            if (name == "__metadata__") {  // a map of strings, or null, as the reference reads it
+                if (entry.is_null()) continue;
+                if (!entry.is_object())
+                    TINYLLM_FAIL("safetensors file '", p, "': \"__metadata__\" is ", json::kind_name(entry.type()),
+                                 ", not a map of strings");
+                for (const auto& [k, v] : entry.as_object()) {
+                    if (!v.is_string())
+                        TINYLLM_FAIL("safetensors file '", p, "': \"__metadata__\" entry \"", k, "\" is ",
+                                     json::kind_name(v.type()), ", not a string");
+                    metadata_[k] = v.as_string();
+                }
                 continue;
             }
             auto fail = [&](const auto&... why) {
