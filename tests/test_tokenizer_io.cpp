@@ -381,6 +381,11 @@ TEST_CASE("loaders bound every id and count by what the file holds") {
 TEST_CASE("tiktoken rank files: malformed lines") {
     temp_dir tmp;
     CHECK_NOTHROW(load_tiktoken(tmp.write("ok.tiktoken", byte_ranks(1)), pretokenizer::r50k));
+    // A folder reads as nothing on Linux: named, not taken for an empty (or tiktoken) file.
+    std::filesystem::create_directory(tmp.path / "folder.tiktoken");
+    CHECK_THROWS_WITH(load_tiktoken((tmp.path / "folder.tiktoken").string(), pretokenizer::r50k),
+                      contains("folder.tiktoken' is a folder, not a file"));
+    CHECK_THROWS_WITH(load_tokenizer((tmp.path / "folder.tiktoken").string()), contains("is a folder, not a file"));
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("a.tiktoken", byte_ranks() + "YWI=\n"), pretokenizer::r50k),
                       contains("a.tiktoken line 257: expected '<base64> <rank>'"));
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("b.tiktoken", byte_ranks() + "Y*I= 256\n"), pretokenizer::r50k),

@@ -47,6 +47,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -60,10 +61,13 @@ namespace tinyllm {
 namespace detail {
 
 inline std::string read_text_file(const std::string& path) {
+    // A folder opens on Linux and reads as nothing: said, not taken for an empty file.
+    if (std::filesystem::is_directory(path)) TINYLLM_FAIL("'", path, "' is a folder, not a file");
     std::ifstream in(path, std::ios::binary);
     if (!in) TINYLLM_FAIL("cannot open '", path, "'");
     std::ostringstream ss;
     ss << in.rdbuf();
+    if (in.bad()) TINYLLM_FAIL("reading '", path, "' failed");
     return ss.str();
 }
 
