@@ -167,4 +167,7 @@ TEST_CASE("draw_batch: reproducible from the seed, windows inside the split, tar
     CHECK(x2.values() != x.values());  // another seed, another batch
     CHECK_THROWS_WITH(draw_batch(x.view(), y.view(), f, 0, 20, seed, 0), contains("20 tokens hold no window of 33"));
     CHECK_THROWS_WITH(draw_batch(x.view(), y.view(), f, 0, n + 1, seed, 0), contains("is not inside the file's 5000 tokens"));
+    // The targets written over the tokens would leave neither (the same memory passed twice).
+    CHECK_THROWS_WITH(draw_batch(x.view(), x.view(), f, s.train_begin, s.train_end, seed, 0),
+                      contains("draw_batch: targets must not share memory with tokens"));
 }

@@ -132,7 +132,8 @@ TINYLLM_COMMAND("quantize", "int8/int4 weights: what they cost a trained model, 
     const std::string dir = a.get("model");
     if (dir.empty()) throw usage_error("--model DIR is required");
     const long long context = a.get_int("context", 128);
-    if (context < 1) throw usage_error("--context must be at least 1");
+    if (context < 1 || context > (1LL << 31))
+        throw usage_error("--context must be in [1, 2^31], got " + a.get("context"));
     const index_t T = context;
     const long long calibration_count = a.get_int("calibration", 32);
     if (calibration_count < 1) throw usage_error("--calibration must be at least 1");

@@ -176,6 +176,9 @@ inline void draw_batch(tensor_view<token_id, 2> tokens, tensor_view<token_id, 2>
     const index_t B = tokens.extent(0), T = tokens.extent(1);
     TINYLLM_EXPECT(targets.shape() == tokens.shape(), "draw_batch: targets ", to_string(targets.shape()),
                    " and tokens ", to_string(tokens.shape()), " must have the same shape (B, T)");
+    detail::expect_distinct_elements("draw_batch", "tokens", tokens);
+    detail::expect_distinct_elements("draw_batch", "targets", targets);
+    detail::expect_apart("draw_batch", "targets", targets, "tokens", tokens);
     TINYLLM_EXPECT(begin <= end && end <= file.size(), "draw_batch: range [", begin, ", ", end,
                    ") is not inside the file's ", file.size(), " tokens");
     const auto window = static_cast<std::uint64_t>(T) + 1;
