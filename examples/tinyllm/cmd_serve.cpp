@@ -992,10 +992,22 @@ TINYLLM_COMMAND("serve", "serve a checkpoint over HTTP with the OpenAI API (cont
     for (const char* path : {"/v1/models", "/health", "/metrics"}) svr.Post(path, wrong_method("GET"));
     svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already in shape
-        const std::string what = res.status == 404 ? "no route " + req.method + " " + req.path +
-                                                         " (POST /v1/completions, POST /v1/chat/completions, GET "
-                                                         "/v1/models, /v1/models/ID, /health, /metrics)"
-                                                   : "HTTP error " + std::to_string(res.status);
+        // cpp-httplib's own refusals, before any handler ran: said in words.
+        std::string what = "HTTP error " + std::to_string(res.status);
+        if (res.status == 404)
+            what = "no route " + req.method + " " + req.path +
+                   " (POST /v1/completions, POST /v1/chat/completions, GET /v1/models, /v1/models/ID, /health, "
+                   "/metrics)";
+        else if (res.status == 400)
+            what =
+                "the HTTP request could not be read (a POST carries its JSON body with a Content-Length or in "
+                "chunks)";
+        else if (res.status == 413)
+            what =
+                "the request body is too large (a body sent without \"Content-Type: application/json\" is read "
+                "as a form, at most 8192 bytes: send the JSON with that header)";
+        else if (res.status == 414)
+            what = "the request's URI is too long";
         res.set_content(error_body(what, "invalid_request_error", "", ""), "application/json");
         return httplib::Server::HandlerResponse::Handled;
     }));

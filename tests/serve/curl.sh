@@ -88,6 +88,12 @@ echo "ok:   unknown route: 404"
 [ "$(request GET /v1/completions)" = 405 ] && grep -q "GET /v1/completions is not allowed; use POST" "$work/body" ||
   fail "GET /v1/completions: 405"
 echo "ok:   a known route with the other method: 405"
+# A body past 8192 bytes sent without Content-Type: JSON is read as a form by cpp-httplib and
+# refused (413) before any handler: the error says why in words.
+big=$(head -c 9000 /dev/zero | tr '\0' x)
+status=$(curl -sS -o "$work/body" -w "%{http_code}" --data "{\"model\":\"$name\",\"prompt\":\"$big\"}" "$base/v1/completions")
+[ "$status" = 413 ] && grep -q "send the JSON with that header" "$work/body" || fail "a large form-encoded body: 413 in words"
+echo "ok:   a large body without Content-Type: 413, said in words"
 
 [ "$(request GET "/v1/models/$name")" = 200 ] && grep -q "^{\"id\":\"$name\",\"object\":\"model\"" "$work/body" ||
   fail "/v1/models/ID"
