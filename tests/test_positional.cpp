@@ -461,7 +461,10 @@ TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][e
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = 1}), contains("theta = 1 must be"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = -1}), contains("theta = -1"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 0}),
-                      contains("factor = 0 must be positive for linear scaling"));
+                      contains("factor = 0 must be positive (and at least 1/FLT_MAX) for linear scaling"));
+    CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 1e-39}),
+                      contains("factor = 1e-39 must be positive (and at least 1/FLT_MAX)"));
+    CHECK_NOTHROW(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 0.5}));
     CHECK_THROWS_WITH(apply({.rotary_dim = 2, .scaling = rope_scaling::ntk, .factor = 2}),
                       contains("ntk scaling needs rotary_dim > 2"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::llama3, .factor = 8, .low_freq_factor = 4,

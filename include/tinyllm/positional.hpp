@@ -160,8 +160,10 @@ inline void validate(const rope_config& cfg, index_t head_dim) {
     TINYLLM_EXPECT(std::isfinite(cfg.theta) && cfg.theta > 1, "rope_config.theta = ", cfg.theta,
                    " must be a finite number > 1 (the base of the wavelengths, 10000 in the RoPE paper)");
     if (cfg.scaling != rope_scaling::none) {
-        TINYLLM_EXPECT(std::isfinite(cfg.factor) && cfg.factor > 0, "rope_config.factor = ", cfg.factor,
-                       " must be positive for ", to_string(cfg.scaling), " scaling");
+        // Dividing the frequencies by it must leave them floats (1e-39 overflowed them to inf: NaN rotations).
+        TINYLLM_EXPECT(std::isfinite(cfg.factor) && cfg.factor >= 1.0 / std::numeric_limits<float>::max(),
+                       "rope_config.factor = ", cfg.factor, " must be positive (and at least 1/FLT_MAX) for ",
+                       to_string(cfg.scaling), " scaling");
     }
     if (cfg.scaling == rope_scaling::ntk) {
         TINYLLM_EXPECT(r > 2, "ntk scaling needs rotary_dim > 2 (it raises factor to r/(r-2)); got ", r);
