@@ -493,6 +493,11 @@ TEST_CASE("attention_tiled and attention_backward_tiled reject bad arguments wit
     a.alibi_slopes = {inf_slopes.data(), {4}};
     CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), a),
                       contains("attention_tiled: alibi_slopes[0] = -inf must be finite"));
+    // Finite, but its bias over the keys overflows a float (the tiled kernel gave NaN).
+    inf_slopes[0] = -3e38f;
+    CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), a),
+                      contains("alibi_slopes[0] = -3e+38 must be finite, and its bias over the") &&
+                          contains("keys must fit a float"));
     attention_options c;
     c.softcap = 0.0f;
     CHECK_THROWS_WITH(cpu::attention_tiled<float>(o.view(), q.view(), k.view(), v.view(), c),

@@ -315,9 +315,14 @@ void check_attention_backward_shapes(const DQ& dq, const DK& dk, const DV& dv, c
 // in [0, Tk], and every ALiBi slope finite (a NaN or infinite slope turns a
 // whole row of scores into NaN or inf - inf).
 inline void check_attention_host_views(const attention_options& o, index_t tk, std::string_view op) {
+    // The bias slope * (j - pos) spans up to Tk keys, and the kernels add it to a score in float:
+    // it must stay well inside a float (a slope of -3e38 gave NaN in the tiled kernels).
     for (index_t h = 0; o.alibi_slopes.data() != nullptr && h < o.alibi_slopes.extent(0); ++h)
-        TINYLLM_EXPECT(std::isfinite(o.alibi_slopes(h)), op, ": alibi_slopes[", h, "] = ", o.alibi_slopes(h),
-                       " must be finite");
+        TINYLLM_EXPECT(std::isfinite(o.alibi_slopes(h)) &&
+                           std::abs(static_cast<double>(o.alibi_slopes(h))) * static_cast<double>(tk > 1 ? tk : 1) <=
+                               static_cast<double>(std::numeric_limits<float>::max()) / 4,
+                       op, ": alibi_slopes[", h, "] = ", o.alibi_slopes(h), " must be finite, and its bias over the ",
+                       tk, " keys must fit a float");
     if (o.key_lengths.data() == nullptr) return;
     for (index_t b = 0; b < o.key_lengths.extent(0); ++b)
         TINYLLM_EXPECT(o.key_lengths(b) >= 0 && o.key_lengths(b) <= tk, op, ": key_lengths[", b, "] = ",
