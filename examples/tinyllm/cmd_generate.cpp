@@ -217,14 +217,8 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
         throw usage_error("give exactly one of --prompt TEXT and --prompt-ids \"ID ...\"");
     if (!text_mode && (a.options.count("tokenizer") || a.options.count("encoding")))
         throw usage_error("--tokenizer and --encoding encode a --prompt TEXT; --prompt-ids needs neither");
-    std::string tokenizer_path = a.get("tokenizer");
-    if (text_mode && tokenizer_path.empty()) {
-        tokenizer_path = (std::filesystem::path(dir) / "tokenizer.json").string();
-        if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json"))
-            throw usage_error("--model " + dir + " has no config.json (a Hugging Face checkpoint directory has one)");
-        if (!std::filesystem::exists(tokenizer_path))
-            throw usage_error("--prompt needs --tokenizer FILE (" + dir + " has no tokenizer.json)");
-    }
+    const std::string tokenizer_path =
+        a.get("tokenizer").empty() ? (std::filesystem::path(dir) / "tokenizer.json").string() : a.get("tokenizer");
     bool bf16 = false;
     std::optional<tinyllm::quant_spec> quantized;
     const bool gpu = wants_gpu(a, &bf16, &quantized);
@@ -257,6 +251,8 @@ TINYLLM_COMMAND("generate", "generate text with a Hugging Face checkpoint (GPT-2
     require_checkpoint(a, "model");
     require_checkpoint(a, "draft-model");
     require_input_file(a, "tokenizer");
+    if (text_mode && !std::filesystem::exists(tokenizer_path))
+        throw usage_error("--prompt needs --tokenizer FILE (" + dir + " has no tokenizer.json)");
 
     const speculation spec = speculation_of(a, dir);
 

@@ -50,7 +50,6 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -87,20 +86,6 @@ std::string error_body(const std::string& message, const std::string& type, cons
     return "{\"error\":{\"message\":" + json::quote(message) + ",\"type\":" + json::quote(type) +
            ",\"param\":" + (param.empty() ? "null" : json::quote(param)) +
            ",\"code\":" + (code.empty() ? "null" : json::quote(code)) + "}}";
-}
-
-// A library error's message for a client: without the "tinyllm: " prefix and the
-// source location after it (the server's log is the place for those).
-// A number as a message shows it: the shortest form that reads back as the same double.
-std::string shown(double x) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.17g", x);
-    for (int digits = 1; digits < 17; ++digits) {
-        char b[32];
-        std::snprintf(b, sizeof b, "%.*g", digits, x);
-        if (std::strtod(b, nullptr) == x) return b;
-    }
-    return buf;
 }
 
 // A library error as a client reads it: without the "tinyllm: " prefix and the source
@@ -265,12 +250,14 @@ void read_common(const served_model& s, const json::value& body, generation_requ
     p.temperature = static_cast<float>(temperature);
     if (temperature > 0.0 && !(p.temperature >= std::numeric_limits<float>::min()))
         throw api_error(400,
-                        "'temperature' = " + shown(temperature) +
+                        "'temperature' = " + field(body, "temperature")->number_text() +
                             " is too small for the sampler's float; use 0 for greedy decoding",
                         "temperature");
     const double top_p = number_field(body, "top_p", 1.0, 0.0, 1.0, "in (0, 1]");
     if (!(static_cast<float>(top_p) > 0.0f))
-        throw api_error(400, "'top_p' = " + shown(top_p) + " must be in (0, 1] (and above 0 as a float)", "top_p");
+        throw api_error(
+            400, "'top_p' = " + field(body, "top_p")->number_text() + " must be in (0, 1] (and above 0 as a float)",
+            "top_p");
     if (top_p < 1.0) p.top_p = static_cast<float>(top_p);
     // Beyond OpenAI's fields, as vLLM accepts them (the openai client sends them through extra_body).
     if (const auto k = int_field(body, "top_k", -1, 1 << 30, "-1 (off) or at least 1"); k && *k != -1) {

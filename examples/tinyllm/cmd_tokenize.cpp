@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -43,10 +42,10 @@ tinyllm::tokenizer load_vocab(const parsed_args& a) {
                 break;
             }
         }
-        if (path.empty()) throw usage_error("no --vocab given and " + file + " not found in $TINYLLM_SHARED_DIR or ../shared");
-    } else if (!std::filesystem::exists(path)) {
-        throw usage_error("--vocab " + path + ": no such file");
+        if (path.empty())
+            throw usage_error("no --vocab given and " + file + " not found in $TINYLLM_SHARED_DIR or ../shared");
     }
+    require_input_file(a, "vocab");
     return tinyllm::load_tokenizer(path, encoding);
 }
 
@@ -130,8 +129,8 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
     std::string text;
     if (a.options.count("file") && !a.positional.empty())
         throw usage_error("give the text with --file F or as arguments, not both");
+    require_input_file(a, "file");
     if (a.options.count("file")) {
-        if (!std::filesystem::exists(a.get("file"))) throw usage_error("--file " + a.get("file") + ": no such file");
         text = tinyllm::detail::read_text_file(a.get("file"));
     } else if (!a.positional.empty()) {
         for (std::size_t i = 0; i < a.positional.size(); ++i) text += (i ? " " : "") + a.positional[i];
@@ -179,8 +178,7 @@ TINYLLM_COMMAND("detokenize", "turn token ids back into text",
     std::string words;
     if (a.options.count("file") && !a.positional.empty())
         throw usage_error("give the ids with --file F or as arguments, not both");
-    if (a.options.count("file") && !std::filesystem::exists(a.get("file")))
-        throw usage_error("--file " + a.get("file") + ": no such file");
+    require_input_file(a, "file");
     if (a.options.count("file")) words = tinyllm::detail::read_text_file(a.get("file"));
     else if (!a.positional.empty()) for (const auto& p : a.positional) words += p + " ";
     else words = read_all(std::cin);

@@ -49,7 +49,7 @@ TINYLLM_COMMAND("positions", "print positional-encoding tables as CSV (sinusoida
     const double base = a.get_double("base", 10000.0);
     if (N < 1 || D < 2 || D % 2 != 0) throw usage_error("--positions must be >= 1 and --dim even and >= 2");
     // The sinusoidal table's check (cpu::sinusoidal_encoding's), said before any row is printed.
-    if (!(std::isfinite(base) && base > 0) || !(static_cast<float>(base) > 0) || std::isinf(static_cast<float>(base)))
+    if (const float b = static_cast<float>(base); !(std::isfinite(b) && b > 0))
         throw usage_error("--base must be a positive number that a float holds, got " + a.get("base"));
     out << std::setprecision(7);
     if (table == "sinusoidal") {

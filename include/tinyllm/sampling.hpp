@@ -226,18 +226,21 @@ inline void temperature(tensor_view<float, 2> logits, float t) {  // (B, V)
             for (std::size_t i = 0; i < row.size(); ++i)
                 if (static_cast<std::ptrdiff_t>(i) != best) row[i] = -std::numeric_limits<float>::infinity();
         } else {
-            const bool any_token = sampling_detail::row_max(row) != -std::numeric_limits<float>::infinity();
+            constexpr float minus_inf = -std::numeric_limits<float>::infinity();
+            bool any_token = false;  // a logit above -inf before the division, and after it
+            float top = minus_inf;
             for (std::size_t i = 0; i < row.size(); ++i) {
                 const float z = ::tinyllm::detail::div_rn(row[i], t);
                 // A T so small that z / T overflows would hand the next step a +inf.
                 TINYLLM_EXPECT(z != std::numeric_limits<float>::infinity(), "temperature: logit [", b, ", ", i,
                                "] = ", row[i], " divided by T = ", t,
                                " overflows to +inf; use a larger T, or T = 0 for greedy decoding");
+                any_token = any_token || row[i] != minus_inf;
+                top = std::max(top, z);
                 row[i] = z;
             }
             // ... or, every logit negative, to -inf: the choosers would call the row all banned.
-            TINYLLM_EXPECT(!any_token || sampling_detail::row_max(row) != -std::numeric_limits<float>::infinity(),
-                           "temperature: every logit of row ", b, " divided by T = ", t,
+            TINYLLM_EXPECT(!any_token || top != minus_inf, "temperature: every logit of row ", b, " divided by T = ", t,
                            " overflows to -inf; use a larger T, or T = 0 for greedy decoding");
         }
     });

@@ -124,22 +124,39 @@ TINYLLM_HOST_DEVICE void check_index([[maybe_unused]] index_t i, [[maybe_unused]
 #endif
 }
 
+// Whether the product of the positive numbers among `factors` is at most
+// `limit` (> 0), computed without overflow; zeros and negatives are skipped
+// (left to other checks). The bound of every size read from a file or given
+// by a caller (a tensor's elements, a checkpoint's shapes, a cache's bytes):
+// bounding the nonzero extents too means a shape such as (0, 2^62, 2^62),
+// which holds nothing, cannot overflow the strides computed from it.
+template <class Factors>
+bool nonzero_product_at_most(index_t limit, const Factors& factors) {
+    index_t p = 1;
+    for (const auto f : factors) {
+        if (f <= 0) continue;
+        if (p > limit / static_cast<index_t>(f)) return false;
+        p *= static_cast<index_t>(f);
+    }
+    return true;
+}
+inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t> factors) {
+    return nonzero_product_at_most<std::initializer_list<index_t>>(limit, factors);
+}
+
 // A view's shape: no extent may be negative. Checked on the host (a view is
 // where a shape computed as T - n < 0 first appears); device code receives
 // views the host has checked, and checks them again only with bounds checking.
 template <std::size_t Rank>
 TINYLLM_HOST_DEVICE constexpr const extents<Rank>& checked_view_shape(const extents<Rank>& shape) {
 #if !TINYLLM_ON_DEVICE
-    index_t nonzero = 1;  // the product of the positive extents, bounded so that no stride overflows
-    for (std::size_t d = 0; d < Rank; ++d) {
+    for (std::size_t d = 0; d < Rank; ++d)
         if (shape[d] < 0)
             throw error(cat("tinyllm: a tensor view of shape ", to_string(shape), " has a negative extent"));
-        if (shape[d] == 0) continue;
-        if (nonzero > std::numeric_limits<index_t>::max() / shape[d])
-            throw error(cat("tinyllm: a tensor view of shape ", to_string(shape),
-                            " has more elements (or, with a 0 among them, strides) than index_t counts"));
-        nonzero *= shape[d];
-    }
+    // The positive extents' product bounded, so that no stride computed from them overflows.
+    if (!nonzero_product_at_most(std::numeric_limits<index_t>::max(), shape.value))
+        throw error(cat("tinyllm: a tensor view of shape ", to_string(shape),
+                        " has more elements (or, with a 0 among them, strides) than index_t counts"));
 #elif TINYLLM_BOUNDS_CHECK
     for (std::size_t d = 0; d < Rank; ++d)
         if (shape[d] < 0) {
@@ -272,26 +289,6 @@ private:
 };
 
 namespace detail {
-
-// Whether the product of the positive numbers among `factors` is at most
-// `limit` (> 0), computed without overflow; zeros and negatives are skipped
-// (left to other checks). The bound of every size read from a file or given
-// by a caller (a tensor's elements, a checkpoint's shapes, a cache's bytes):
-// bounding the nonzero extents too means a shape such as (0, 2^62, 2^62),
-// which holds nothing, cannot overflow the strides computed from it.
-template <class Factors>
-bool nonzero_product_at_most(index_t limit, const Factors& factors) {
-    index_t p = 1;
-    for (const auto f : factors) {
-        if (f <= 0) continue;
-        if (p > limit / static_cast<index_t>(f)) return false;
-        p *= static_cast<index_t>(f);
-    }
-    return true;
-}
-inline bool nonzero_product_at_most(index_t limit, std::initializer_list<index_t> factors) {
-    return nonzero_product_at_most<std::initializer_list<index_t>>(limit, factors);
-}
 
 // The lowest and one past the highest address a view touches (empty: equal).
 template <class T, std::size_t Rank>

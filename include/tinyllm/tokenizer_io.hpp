@@ -71,6 +71,13 @@ inline std::string read_text_file(const std::string& path) {
     return ss.str();
 }
 
+// The bound on a token id (a tiktoken rank) read from a file of `entries`
+// entries. A vector is sized from the largest id, so an id is bounded by what
+// the file holds before it is used ({"a": 99999999}, 15 bytes, would allocate
+// gigabytes). Ids may leave gaps (cl100k's special tokens sit above a hole), but
+// stay below twice the number of entries (the published files have no gaps).
+inline std::size_t id_limit(std::size_t entries) { return 2 * entries; }
+
 inline int base64_value(char c) {
     if (c >= 'A' && c <= 'Z') return c - 'A';
     if (c >= 'a' && c <= 'z') return c - 'a' + 26;
@@ -239,14 +246,13 @@ inline bpe_vocab parse_tiktoken_ranks(std::string_view text, const std::string& 
             TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank '", words[1],
                          "' is not a non-negative integer below 2^31 (a token_id)");
         // Ranks index the vocabulary, which may have gaps (present[] says which
-        // ranks exist), but not so wide that the vocabulary outgrows the file:
-        // below twice its number of lines (the published files have no gaps).
+        // ranks exist), but not so wide that the vocabulary outgrows the file.
         const auto rank = static_cast<std::size_t>(id);
         if (rank >= tokens.size()) {
-            if (rank >= 2 * lines.size())
+            if (rank >= detail::id_limit(lines.size()))
                 TINYLLM_FAIL("malformed tiktoken rank file ", source, " line ", n + 1, ": rank ", rank,
                              " is implausibly large for a file of ", lines.size(), " lines (ranks must be below ",
-                             2 * lines.size(), ")");
+                             detail::id_limit(lines.size()), ")");
             tokens.resize(rank + 1);
             present.resize(rank + 1, false);
         }
@@ -327,11 +333,8 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
     std::vector<bool> present;
     std::vector<special_token> specials;
     std::string bytes;
-    // The token vector is sized from the largest id, so an id is bounded by what
-    // the file holds before it is used ({"a": 99999999}, 15 bytes, would
-    // allocate gigabytes): ids may leave gaps, but stay below twice the number
-    // of tokens, as ranks do in a tiktoken file.
-    const std::size_t id_limit = 2 * doc.as_object().size();
+    // The token vector is sized from the largest id: bounded first (detail::id_limit).
+    const std::size_t limit = detail::id_limit(doc.as_object().size());
     for (const auto& [key, value] : doc.as_object()) {
         if (!value.is_number())
             TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ",
@@ -344,10 +347,10 @@ inline tokenizer load_gpt2(const std::string& encoder_json_path, const std::stri
         if (id < 0 || id >= 100'000'000)
             TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ", value.number_text(),
                          ", expected an integer in [0, 1e8)");
-        if (static_cast<std::size_t>(id) >= id_limit)
+        if (static_cast<std::size_t>(id) >= limit)
             TINYLLM_FAIL("malformed ", encoder_json_path, ": the id of \"", key, "\" is ", id,
                          ", implausibly large for a file of ", doc.as_object().size(), " tokens (ids must be below ",
-                         id_limit, ")");
+                         limit, ")");
         if (!detail::unicode_to_bytes(key, bytes)) {
             if (key.size() > 2 && key.front() == '<' && key.back() == '>') {  // "<|endoftext|>"
                 specials.push_back({key, static_cast<token_id>(id)});
@@ -527,17 +530,11 @@ inline std::size_t added_token_count(const json::value& doc) {
     return added && added->is_array() ? added->size() : 0;
 }
 
-// The bound on the ids of a tokenizer.json whose model.vocab and added_tokens
-// hold `entries` entries together. A vector is sized from the largest id, so an
-// id must be bounded by what the file holds before it is used ({"a": 99999999}
-// in a 100-byte file would allocate gigabytes). Ids may leave gaps (cl100k's
-// special tokens sit above a hole), but, as ranks in a tiktoken file, stay
-// below twice the number of entries.
-inline std::size_t hf_id_limit(std::size_t entries) { return 2 * entries; }
-
+// The error for an id of a tokenizer.json whose model.vocab and added_tokens hold
+// `entries` entries together, at or past id_limit(entries).
 inline std::string hf_id_too_large(std::int64_t id, std::size_t entries) {
     return "id " + std::to_string(id) + " is implausibly large for a file of " + std::to_string(entries) +
-           " vocabulary entries and added tokens (ids must be below " + std::to_string(hf_id_limit(entries)) + ")";
+           " vocabulary entries and added tokens (ids must be below " + std::to_string(id_limit(entries)) + ")";
 }
 
 // A tokenizer.json's added_tokens ({"id", "content", ...} each) as tinyllm
@@ -562,7 +559,7 @@ inline std::vector<special_token> added_tokens(const json::value& doc, const std
         try { v = id->as_int64(); } catch (const error&) {}
         if (v < 0 || v >= 100'000'000)
             TINYLLM_FAIL("malformed ", path, ": field \"", where, ".id\": expected an integer in [0, 1e8)");
-        if (static_cast<std::size_t>(v) >= hf_id_limit(entries))
+        if (static_cast<std::size_t>(v) >= id_limit(entries))
             TINYLLM_FAIL("malformed ", path, ": field \"", where, ".id\": ", hf_id_too_large(v, entries));
         // Hugging Face lets an added token take the spaces beside it (lstrip,
         // rstrip: "a <mask> b" -> "a", "<mask>", "b") or match only as a whole
@@ -686,7 +683,7 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
         std::int64_t id = -1;
         if (value.is_number()) try { id = value.as_int64(); } catch (const error&) {}
         if (id < 0 || id >= 100'000'000) field_error("model.vocab[" + json::quote(key) + "]", "expected an integer id in [0, 1e8)");
-        if (std::size_t(id) >= detail::hf_id_limit(entries))
+        if (std::size_t(id) >= detail::id_limit(entries))
             field_error("model.vocab[" + json::quote(key) + "]", detail::hf_id_too_large(id, entries));
         if (std::size_t(id) >= tokens.size()) {
             tokens.resize(std::size_t(id) + 1);
@@ -1220,13 +1217,12 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
         if (words.size() != 2 || !detail::parse_int(words[0], s.id) || !detail::base64_decode(words[1], s.text, what) ||
             s.text.empty())
             fail("expected a special token '<id> <base64 text>'");
-        // The id sizes the embedding table (vocab_size()): as in a tokenizer.json,
-        // ids may leave gaps, but stay below twice the tokens and specials.
-        const std::size_t id_limit = 2 * (count + special_count);
-        if (s.id >= 0 && static_cast<std::size_t>(s.id) >= id_limit)
+        // The id sizes the embedding table (vocab_size()): bounded first (detail::id_limit).
+        const std::size_t limit = detail::id_limit(count + special_count);
+        if (s.id >= 0 && static_cast<std::size_t>(s.id) >= limit)
             fail("special token id " + std::to_string(s.id) + " is implausibly large for a file of " +
                  std::to_string(count) + " tokens and " + std::to_string(special_count) +
-                 " special tokens (ids must be below " + std::to_string(id_limit) + ")");
+                 " special tokens (ids must be below " + std::to_string(limit) + ")");
         specials.push_back(s);
     }
     try {
