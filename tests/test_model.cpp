@@ -572,6 +572,14 @@ TEST_CASE("safetensors: a valid file reads back; each kind of damage has its own
     CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [2]}})", data)),
                tinyllm_test::contains("\"data_offsets\" must be [begin, end]"));
     CHECK_THAT(error_of(safetensors_bytes(R"([1, 2])", data)), tinyllm_test::contains("must be a JSON object"));
+    // The tensors must cover the data section exactly, as Python's safetensors requires
+    // (it refuses all three: "file not fully covered", "invalid offset").
+    CHECK_THAT(error_of(full + "xyz"), tinyllm_test::contains("3 trailing bytes belong to no tensor"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", data.substr(0, 8))),
+               tinyllm_test::contains("bytes [0, 4) of the data section belong to no tensor (before tensor 'a')"));
+    CHECK_THAT(error_of(safetensors_bytes(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                              "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})", data.substr(0, 8))),
+               tinyllm_test::contains("tensor 'e': empty, but its data_offsets [4, 4] point inside another tensor's bytes"));
 
     // Integer tensors parse, but are not weights.
     write_file(d.file("ints.safetensors"),

@@ -15,7 +15,8 @@
 // place: tinyllm memory-maps the file and validates the header before any
 // tensor is touched — the length fits the file, the JSON parses, every dtype is
 // known, every shape is non-negative, every tensor's bytes equal shape × dtype
-// size, lie inside the data section and overlap no other tensor. A malformed or
+// size, lie inside the data section, overlap no other tensor and together cover
+// the data section with no gap and nothing after the last one. A malformed or
 // truncated file is a tinyllm::error naming the file, the tensor and the problem.
 //
 // Writing (save_safetensors) produces the format of the reference
@@ -49,6 +50,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -252,7 +254,11 @@ public:
             tensors_.push_back(std::move(t));
         }
         // An empty tensor (begin = end: a shape with a 0) holds no bytes and overlaps nothing;
-        // Python's safetensors writes one where the next tensor begins.
+        // Python's safetensors writes one where the next tensor begins. It is set
+        // aside here and must sit on a boundary between tensors (checked below).
+        std::vector<range> empties;
+        std::copy_if(ranges.begin(), ranges.end(), std::back_inserter(empties),
+                     [](const range& r) { return r.begin == r.end; });
         ranges.erase(std::remove_if(ranges.begin(), ranges.end(), [](const range& r) { return r.begin == r.end; }),
                      ranges.end());
         std::sort(ranges.begin(), ranges.end(), [](const range& a, const range& b) { return a.begin < b.begin; });
@@ -260,6 +266,24 @@ public:
             if (ranges[i].begin < ranges[i - 1].end)
                 TINYLLM_FAIL("safetensors file '", p, "': tensors '", ranges[i - 1].name, "' and '", ranges[i].name,
                              "' overlap in the data section");
+        // The tensors must also cover the data section exactly, as the reference
+        // reader insists: a gap or bytes past the last tensor mean a damaged or
+        // concatenated file (or a header that forgot a tensor), not a checkpoint.
+        std::size_t covered = 0;
+        for (const range& r : ranges) {
+            if (r.begin != covered)
+                TINYLLM_FAIL("safetensors file '", p, "': bytes [", covered, ", ", r.begin,
+                             ") of the data section belong to no tensor (before tensor '", r.name,
+                             "'); the format has no gaps");
+            covered = r.end;
+        }
+        if (covered != data_size)
+            TINYLLM_FAIL("safetensors file '", p, "': the data section holds ", data_size, " bytes but its tensors end at byte ",
+                         covered, ": ", data_size - covered, " trailing bytes belong to no tensor (a damaged or concatenated file?)");
+        for (const range& e : empties)
+            if (e.begin != 0 && std::none_of(ranges.begin(), ranges.end(), [&](const range& r) { return r.end == e.begin; }))
+                TINYLLM_FAIL("safetensors file '", p, "': tensor '", e.name, "': empty, but its data_offsets [", e.begin,
+                             ", ", e.end, "] point inside another tensor's bytes, not between two tensors");
     }
 
     const std::string& path() const { return file_->path(); }
