@@ -292,6 +292,12 @@ TEST_CASE("npy: each kind of malformed file has its own error", "[npy]") {
                tinyllm_test::contains("the header lacks 'fortran_order'"));
     CHECK_THAT(error_for(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False}", six)),
                tinyllm_test::contains("the header lacks 'shape'"));
+    // NumPy refuses a key it does not know and text after the dict ("does not contain the correct
+    // keys", "Cannot parse header"): a file it would not read is not read here either.
+    CHECK_THAT(error_for(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), 'x': 1, }", six)),
+               tinyllm_test::contains("the key 'x' (NumPy reads a header with exactly descr, fortran_order and shape)"));
+    CHECK_THAT(error_for(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), } junk", six)),
+               tinyllm_test::contains("text after the closing '}'"));
 
     // The dtype.
     CHECK_THAT(error_for(npy_bytes(1, "{'descr': [('x', '<f4'), ('y', '<i4')], 'fortran_order': False, 'shape': (3,), }",

@@ -168,7 +168,7 @@ public:
                 h.has_shape = true;
                 h.shape = int_tuple();
             } else {
-                skip_value();  // NumPy writes no other keys; tolerate them
+                fail("the key '" + key + "' (NumPy reads a header with exactly descr, fortran_order and shape)");
             }
             skip_ws();
             if (peek() == ',') {
@@ -179,6 +179,8 @@ public:
             if (peek() != '}') fail("expected ',' or '}'");
         }
         ++i_;
+        skip_ws();  // NumPy pads with spaces and ends the header with '\n'
+        if (i_ != s_.size()) fail("text after the closing '}'");
         return h;
     }
 
