@@ -7,6 +7,7 @@
 #include "tokenizer/fixtures.hpp"
 
 #include <tinyllm/bpe_train.hpp>
+#include <tinyllm/model_config.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
@@ -386,6 +387,13 @@ TEST_CASE("tiktoken rank files: malformed lines") {
     CHECK_THROWS_WITH(load_tiktoken((tmp.path / "folder.tiktoken").string(), pretokenizer::r50k),
                       contains("folder.tiktoken' is a folder, not a file"));
     CHECK_THROWS_WITH(load_tokenizer((tmp.path / "folder.tiktoken").string()), contains("is a folder, not a file"));
+    // A device reads without end (/dev/zero would fill the memory): refused by name before reading.
+    if (std::filesystem::exists("/dev/zero")) {
+        CHECK_THROWS_WITH(load_tokenizer("/dev/zero"), contains("'/dev/zero' is a device or socket, not a file"));
+        CHECK_THROWS_WITH(tinyllm::load_sentencepiece_model("/dev/zero"),
+                          contains("'/dev/zero' is a device or socket, not a SentencePiece model"));
+        CHECK_THROWS_WITH(tinyllm::detail::read_json_file("/dev/zero"), contains("is a device or socket, not a JSON file"));
+    }
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("a.tiktoken", byte_ranks() + "YWI=\n"), pretokenizer::r50k),
                       contains("a.tiktoken line 257: expected '<base64> <rank>'"));
     CHECK_THROWS_WITH(load_tiktoken(tmp.write("b.tiktoken", byte_ranks() + "Y*I= 256\n"), pretokenizer::r50k),

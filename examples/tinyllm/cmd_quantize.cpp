@@ -66,9 +66,12 @@ tinyllm::tensor<tinyllm::token_id, 2> text_windows(const std::string& dir, const
     const std::filesystem::path tokenizer = std::filesystem::path(dir) / "tokenizer.json";
     if (!std::filesystem::exists(tokenizer))
         throw usage_error("--calibration-text needs " + tokenizer.string() + " to encode the text");
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw usage_error("--calibration-text: cannot read '" + file + "'");
-    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    std::string text;
+    try {
+        text = tinyllm::detail::read_whole_file(file, "a text file");
+    } catch (const tinyllm::error& e) {
+        throw usage_error(std::string("--calibration-text: ") + e.what());
+    }
     const std::vector<tinyllm::token_id> ids = tinyllm::load_tokenizer(tokenizer.string()).encode(text);
     const auto n = static_cast<index_t>(ids.size());
     if (n < T * N)

@@ -149,6 +149,9 @@ void require_input_file(const parsed_args& a, const std::string& flag) {
     const std::string file = a.get(flag);
     if (!std::filesystem::exists(file)) throw usage_error("--" + flag + " " + file + ": no such file");
     if (std::filesystem::is_directory(file)) throw usage_error("--" + flag + " " + file + ": a folder, not a file");
+    if (std::filesystem::is_character_file(file) || std::filesystem::is_block_file(file) ||
+        std::filesystem::is_socket(file))
+        throw usage_error("--" + flag + " " + file + ": a device or socket, not a file (it may never end)");
 }
 
 void require_checkpoint(const parsed_args& a, const std::string& flag) {

@@ -17,6 +17,7 @@
 // heads and 131072 positions are not Llama's). The model itself: model.hpp.
 #pragma once
 
+#include <tinyllm/detail/files.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/error.hpp>
 #include <tinyllm/positional.hpp>
@@ -26,7 +27,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <optional>
 #include <string>
@@ -64,11 +64,7 @@ struct model_config {
 namespace detail {
 
 inline json::value read_json_file(const std::string& path) {
-    if (std::filesystem::is_directory(path)) TINYLLM_FAIL("'", path, "' is a folder, not a JSON file");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) TINYLLM_FAIL("cannot open '", path, "'");
-    const std::string text((std::istreambuf_iterator<char>(in)), {});
-    return json::parse(text, path);
+    return json::parse(read_whole_file(path, "a JSON file"), path);
 }
 
 // The largest value config.json may give a dimension (vocabulary, widths,

@@ -67,6 +67,7 @@
 #pragma once
 
 #include <tinyllm/config.hpp>
+#include <tinyllm/detail/files.hpp>
 #include <tinyllm/detail/json.hpp>
 #include <tinyllm/detail/utf8.hpp>
 #include <tinyllm/error.hpp>
@@ -78,12 +79,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <optional>
 #include <queue>
 #include <span>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -774,11 +773,7 @@ private:
 
 // Read a SentencePiece model file (tokenizer.model).
 inline sentencepiece_processor load_sentencepiece_model(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) TINYLLM_FAIL("cannot open '", path, "'");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    const std::string bytes = ss.str();
+    const std::string bytes = detail::read_whole_file(path, "a SentencePiece model");
     return sentencepiece_processor(parse_sentencepiece_proto(bytes, path), path);
 }
 

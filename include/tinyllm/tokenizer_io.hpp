@@ -50,7 +50,6 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -60,16 +59,7 @@ namespace tinyllm {
 
 namespace detail {
 
-inline std::string read_text_file(const std::string& path) {
-    // A folder opens on Linux and reads as nothing: said, not taken for an empty file.
-    if (std::filesystem::is_directory(path)) TINYLLM_FAIL("'", path, "' is a folder, not a file");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) TINYLLM_FAIL("cannot open '", path, "'");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) TINYLLM_FAIL("reading '", path, "' failed");
-    return ss.str();
-}
+inline std::string read_text_file(const std::string& path) { return read_whole_file(path); }
 
 // The bound on a token id (a tiktoken rank) read from a file of `entries`
 // entries. A vector is sized from the largest id, so an id is bounded by what

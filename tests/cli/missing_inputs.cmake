@@ -50,6 +50,9 @@ refuse("--tokenizer ${no_file}" serve --model "${MODEL}" --tokenizer "${missing}
 refuse("--tokenizer ${no_file}" attention-probs --model "${MODEL}" --prompt hi --tokenizer "${missing}")
 refuse("--tokenizer ${model_re}: a folder, not a file" train --data "${DATA}" --out unused --tokenizer "${MODEL}")
 refuse("--resume ${missing_re} holds no training_state.json" train --resume "${missing}")
+# A device reads without end: refused by name, not read until the memory runs out.
+refuse("--vocab /dev/zero: a device or socket, not a file" tokenize --vocab /dev/zero hello)
+refuse("--tokenizer /dev/zero: a device or socket" generate --model "${MODEL}" --prompt hi --tokenizer /dev/zero)
 if(EXISTS unused)
   message(FATAL_ERROR "a refused command made its --out folder")
 endif()
