@@ -253,8 +253,10 @@ TEST_CASE("SentencePiece tokenizer.json: errors say what and where", "[sentencep
                       contains("decoder \"CTC\" is not supported"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"pre_tokenizer\":null", "\"pre_tokenizer\":{\"type\":\"Whitespace\"}"), "t.json"),
                       contains("field \"pre_tokenizer\": \"Whitespace\" is not supported"));
+    CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"type\":\"TemplateProcessing\"", "\"type\":\"ByteLevel\""), "t.json"),
+                      contains("field \"post_processor\": \"ByteLevel\" in a SentencePiece-family file"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"type\":\"TemplateProcessing\"", "\"type\":\"BertProcessing\""), "t.json"),
-                      contains("\"BertProcessing\" is not supported"));
+                      contains("field \"post_processor.cls\": expected [\"token\", id]"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"dropout\":null", "\"dropout\":0.1"), "t.json"),
                       contains("model.dropout"));
     CHECK_THROWS_WITH(parse_hf_tokenizer_json(edited(good, "\"unk_token\":\"<unk>\"", "\"unk_token\":\"<nope>\""), "t.json"),

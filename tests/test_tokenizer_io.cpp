@@ -7,8 +7,8 @@
 #include "tokenizer/fixtures.hpp"
 
 #include <tinyllm/bpe_train.hpp>
-#include <tinyllm/model_config.hpp>
 #include <tinyllm/detail/json.hpp>
+#include <tinyllm/model_config.hpp>
 #include <tinyllm/tokenizer.hpp>
 #include <tinyllm/tokenizer_io.hpp>
 
@@ -96,6 +96,8 @@ TEST_CASE("tinyllm format: save and load round trip") {
     temp_dir tmp;
     std::vector<tokenizer> toks;
     toks.push_back(load_hf_tokenizer_json(fixture_dir() + "hf_tokenizer.json"));
+    toks.push_back(toks.back());
+    toks.back().set_template({0}, {1, 300});  // a special token and an ordinary one; the two lines are written
     if (const tokenizer* r = real_tokenizer("cl100k_base")) toks.push_back(*r);
     const auto& texts = conformance().at("texts").as_array();
     for (const auto& tok : toks) {
@@ -106,6 +108,7 @@ TEST_CASE("tinyllm format: save and load round trip") {
         CHECK(back.vocab_size() == tok.vocab_size());
         CHECK(back.specials().size() == tok.specials().size());
         CHECK(serialize_tokenizer(back) == serialize_tokenizer(tok));
+        CHECK(back.encode_with_template("a b") == tok.encode_with_template("a b"));
         for (std::size_t k = 0; k < texts.size(); k += 7)
             CHECK(back.encode_ordinary(texts[k].as_string()) == tok.encode_ordinary(texts[k].as_string()));
     }
@@ -127,6 +130,9 @@ TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same to
         // With a space put before the text: ByteLevel's with r50k, a normalizer with a Split.
         toks.emplace_back(toks.back().vocab(), p, toks.back().specials(), true);
     }
+    toks.push_back(toks.front());
+    toks.back().set_template({0}, {1, 300});  // written as a TemplateProcessing
+    CHECK_THAT(hf_tokenizer_json(toks.back()), contains("\"post_processor\": {\"type\": \"TemplateProcessing\""));
     for (const auto& tok : toks) {
         INFO("pattern " << pretokenizer_name(tok.pattern()) << ", " << tok.vocab_size() << " ids, prefix space "
                         << tok.add_prefix_space());
@@ -139,11 +145,57 @@ TEST_CASE("tokenizer.json written by hf_tokenizer_json reads back to the same to
         CHECK(back.specials().size() == tok.specials().size());
         CHECK(back.vocab().merges().size() == tok.vocab().merges().size());
         CHECK(serialize_tokenizer(back) == serialize_tokenizer(tok));
+        CHECK(back.encode_with_template("a b") == tok.encode_with_template("a b"));
         for (std::size_t k = 0; k < texts.size(); ++k)
             CHECK(back.encode_ordinary(texts[k].as_string()) == tok.encode_ordinary(texts[k].as_string()));
     }
     if (const tokenizer* r = real_tokenizer("cl100k_base"))
         CHECK_THROWS_WITH(hf_tokenizer_json(*r), contains("needs an explicit merge list"));
+}
+
+TEST_CASE("tokenizer.json: a byte-level file's post-processor gives encode_with_template's ids") {
+    // What the tokenizers library's encode(text) adds (tests/python/tokenizer_template_check.py
+    // compares the ids with the library's): Llama 3's Sequence[ByteLevel, TemplateProcessing]
+    // puts its BOS before the text; RoBERTa's cls and sep go around it; GPT-2's ByteLevel adds none.
+    const std::string good = tinyllm::detail::read_text_file(fixture_dir() + "hf_tokenizer.json");
+    const auto with_post = [&](const std::string& post) {
+        std::string s = good;
+        const std::string from = "\"post_processor\": null";
+        const auto at = s.find(from);
+        REQUIRE(at != std::string::npos);
+        return parse_hf_tokenizer_json(s.replace(at, from.size(), "\"post_processor\": " + post), "t.json");
+    };
+    const std::string bos = R"({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0]}}})";
+    const tokenizer plain = with_post("null");
+    const std::vector<token_id> text = plain.encode("The tiger");
+    REQUIRE(!text.empty());
+    CHECK(plain.encode_with_template("The tiger") == text);
+    std::vector<token_id> want = text;
+    want.insert(want.begin(), 0);
+    CHECK(with_post(bos).encode_with_template("The tiger") == want);
+    const std::string byte_level = R"({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true})";
+    const tokenizer llama3 = with_post(R"({"type": "Sequence", "processors": [)" + byte_level + ", " + bos + "]}");
+    CHECK(llama3.encode_with_template("The tiger") == want);
+    CHECK(std::vector<token_id>(llama3.template_before().begin(), llama3.template_before().end()) == std::vector<token_id>{0});
+    CHECK(with_post(byte_level).encode_with_template("The tiger") == text);
+    want.push_back(1);
+    CHECK(with_post(R"({"type": "RobertaProcessing", "sep": ["<pad>", 1], "cls": ["<|endoftext|>", 0]})")
+              .encode_with_template("The tiger") == want);
+    CHECK(with_post(R"({"type": "BertProcessing", "sep": ["<pad>", 1], "cls": ["<|endoftext|>", 0]})")
+              .encode_with_template("The tiger") == want);
+    // What cannot be read is named.
+    CHECK_THROWS_WITH(with_post(R"({"type": "Sequence", "processors": [)" + bos + ", " + bos + "]}"),
+                      contains("field \"post_processor.processors[1]\": a second post-processor that adds ids"));
+    CHECK_THROWS_WITH(with_post(R"({"type": "Nonsense"})"),
+                      contains("field \"post_processor\": \"Nonsense\" is not supported"));
+    CHECK_THROWS_WITH(with_post(R"({"type": "RobertaProcessing", "sep": ["</s>"], "cls": ["<s>", 0]})"),
+                      contains("field \"post_processor.sep\": expected [\"token\", id]"));
+    std::string unknown_id = bos;
+    unknown_id.replace(unknown_id.find("[0]"), 3, "[5000]");
+    CHECK_THROWS_WITH(with_post(unknown_id), contains("the template's id 5000 is neither in model.vocab nor an added token"));
+    tokenizer t = plain;
+    CHECK_THROWS_WITH(t.set_template({5000}, {}), contains("neither a token of the vocabulary nor a special token"));
 }
 
 TEST_CASE("tokenizer.json: a prefix space is one space before the text, as in the tokenizers library") {

@@ -78,7 +78,7 @@ std::string readable(std::string_view bytes) {
 
 TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or SentencePiece)",
                 "usage: tinyllm tokenize --vocab FILE [--encoding r50k_base|cl100k_base|o200k_base|gpt2]\n"
-                "                        [--allow-special | --special-as-text] [--show]\n"
+                "                        [--allow-special | --special-as-text] [--show] [--template]\n"
                 "                        [--sample-alpha A [--seed S] [--samples N]] [--file F | TEXT...]\n\n"
                 "FILE is a tiktoken rank file (say which --encoding it is, unless its name does),\n"
                 "a Hugging Face tokenizer.json (byte-level BPE, or SentencePiece BPE / Unigram as\n"
@@ -87,14 +87,16 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
                 "../shared/data/tokenizers. The text is TEXT, the contents of --file, or stdin.\n"
                 "Prints the ids separated by spaces; --show prints one token per line: id and bytes.\n"
                 "A special token's text (\"<|endoftext|>\") is an error unless --allow-special\n"
-                "(encode it as its id) or --special-as-text (encode it as ordinary text).\n\n"
+                "(encode it as its id) or --special-as-text (encode it as ordinary text).\n"
+                "--template puts the tokenizer.json's template around the ids (Llama's <s> before them):\n"
+                "what Hugging Face's encode(text) returns by default, and what `tinyllm generate` feeds a model.\n\n"
                 "--sample-alpha A (SentencePiece Unigram models only): instead of the best segmentation,\n"
                 "draw one at random with probability proportional to exp(A * score) (subword\n"
                 "regularization; A > 0, 0.1 to 1 are usual, larger is closer to the best). The draw is\n"
                 "Philox's: --seed S (default 0) gives the same ids every time. --samples N prints N\n"
                 "draws, one per line (streams 0 .. N-1 of the seed; the first is the single draw).\n") {
     const auto a = parse_args(args, {"vocab", "encoding", "file", "sample-alpha", "seed", "samples"},
-                              {"show", "allow-special", "special-as-text"});
+                              {"show", "allow-special", "special-as-text", "template"});
     if (a.has_flag("allow-special") && a.has_flag("special-as-text"))
         throw usage_error(
             "give --allow-special (a special token's text becomes its id) or --special-as-text (it "
@@ -156,8 +158,12 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
     const auto others =
         a.has_flag("special-as-text") ? tinyllm::special_handling::as_text : tinyllm::special_handling::error;
     for (long long k = 0; k < samples; ++k) {
-        const auto ids = sampling ? tok.encode_sample(text, {alpha, seed, std::uint64_t(k)}, allowed, others)
-                                  : tok.encode(text, allowed, others);
+        std::vector<tinyllm::token_id> ids = sampling ? tok.encode_sample(text, {alpha, seed, std::uint64_t(k)}, allowed, others)
+                                                      : tok.encode(text, allowed, others);
+        if (a.has_flag("template")) {
+            ids.insert(ids.begin(), tok.template_before().begin(), tok.template_before().end());
+            ids.insert(ids.end(), tok.template_after().begin(), tok.template_after().end());
+        }
         if (a.has_flag("show")) {
             if (k) out << "\n";  // a blank line between draws
             for (const auto id : ids) out << id << "\t\"" << readable(tok.token_bytes(id)) << "\"\n";

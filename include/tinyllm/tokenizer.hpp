@@ -221,16 +221,29 @@ public:
                             });
     }
 
-    // The ids the tokenizer.json's post-processor (TemplateProcessing) puts
-    // before and after a text: Llama's {"<s>"} before, nothing after. Empty for
-    // byte-level BPE and for files without a template.
+    // The ids the tokenizer.json's post-processor puts before and after a text
+    // (detail::hf_post_processor_template): Llama's {"<s>"} before, nothing
+    // after; Llama 3's {"<|begin_of_text|>"}; RoBERTa's {"<s>"} and {"</s>"}.
+    // Empty for files without a template (GPT-2's), tiktoken and GPT-2 files.
     std::span<const token_id> template_before() const {
         return sentencepiece_ ? std::span<const token_id>(sentencepiece_->options().template_before)
-                              : std::span<const token_id>();
+                              : std::span<const token_id>(template_before_);
     }
     std::span<const token_id> template_after() const {
         return sentencepiece_ ? std::span<const token_id>(sentencepiece_->options().template_after)
-                              : std::span<const token_id>();
+                              : std::span<const token_id>(template_after_);
+    }
+
+    // Set a byte-level tokenizer's template (a SentencePiece tokenizer's comes
+    // with its model). Every id must be a token of the vocabulary or a special token.
+    void set_template(std::vector<token_id> before, std::vector<token_id> after) {
+        TINYLLM_EXPECT(!sentencepiece_, "a SentencePiece tokenizer's template comes from its tokenizer.json");
+        for (const auto* ids : {&before, &after})
+            for (const token_id id : *ids)
+                TINYLLM_EXPECT(vocab_.contains(id) || is_special(id), "the template's id ", id,
+                               " is neither a token of the vocabulary nor a special token");
+        template_before_ = std::move(before);
+        template_after_ = std::move(after);
     }
 
     // encode() inside the template: what Hugging Face's encode(text) returns
@@ -364,6 +377,7 @@ private:
     pretokenizer pattern_ = pretokenizer::r50k;
     std::vector<special_token> specials_;
     bool add_prefix_space_ = false;
+    std::vector<token_id> template_before_, template_after_;  // byte-level BPE's (set_template)
 };
 
 // Where a stream of tokens sits in its text.

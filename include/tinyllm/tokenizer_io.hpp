@@ -43,6 +43,7 @@
 #include <tinyllm/sentencepiece_proto.hpp>
 #include <tinyllm/tokenizer.hpp>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cmath>
@@ -466,6 +467,98 @@ inline bool is_sentencepiece_json(const json::value& doc) {
     return norm && !norm->is_null() && !byte_level;
 }
 
+// The ids a tokenizer.json's post-processor puts before and after a single text
+// (what Hugging Face's encode(text) adds with add_special_tokens=True):
+//   TemplateProcessing    its "single" template: [SpecialToken...] Sequence A [SpecialToken...]
+//   RobertaProcessing,    cls, the text, sep ({"cls": ["<s>", 0], "sep": ["</s>", 2]})
+//   BertProcessing
+//   ByteLevel             no ids (it trims offsets; byte-level files only)
+//   Sequence              of the above, in order ({"processors": [ByteLevel, TemplateProcessing]}:
+//                         Llama 3's tokenizer.json)
+// null or missing: none. `byte_level` says which family the file is (ByteLevel is
+// refused in a SentencePiece file). The pair template is not used.
+inline void hf_post_processor_template(const json::value& doc, const std::string& path, bool byte_level,
+                                       std::vector<token_id>& before, std::vector<token_id>& after) {
+    const auto field_error = [&](const std::string& field, const std::string& what) {
+        TINYLLM_FAIL("malformed ", path, ": field \"", field, "\": ", what);
+    };
+    const auto type_of = [](const json::value& v) -> std::string {
+        const json::value* t = v.find("type");
+        return t && t->is_string() ? t->as_string() : "";
+    };
+    const auto id_in_range = [&](const json::value& id, const std::string& where) {
+        std::int64_t v = -1;
+        if (id.is_number()) try { v = id.as_int64(); } catch (const error&) {}
+        if (v < 0 || v >= 100'000'000) field_error(where, "expected ids in [0, 1e8)");
+        return static_cast<token_id>(v);
+    };
+    bool adds_ids = false;
+    const auto one = [&](const json::value& post, const std::string& where) {
+        const std::string type = type_of(post);
+        if (type == "ByteLevel") {
+            if (!byte_level) TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", where,
+                                          "\": \"ByteLevel\" in a SentencePiece-family file");
+            return;
+        }
+        if (type != "TemplateProcessing" && type != "RobertaProcessing" && type != "BertProcessing")
+            TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", where, "\": \"", type,
+                         "\" is not supported (supported: TemplateProcessing, RobertaProcessing, BertProcessing",
+                         byte_level ? ", ByteLevel" : "", ", or a Sequence of them)");
+        if (adds_ids) field_error(where, "a second post-processor that adds ids (one is read)");
+        adds_ids = true;
+        if (type != "TemplateProcessing") {  // cls, the text, sep
+            for (const char* key : {"cls", "sep"}) {
+                const json::value* pair = post.find(key);
+                if (!pair || !pair->is_array() || pair->size() != 2 || !pair->at(0).is_string())
+                    field_error(where + "." + key, "expected [\"token\", id]");
+                (std::string(key) == "cls" ? before : after).push_back(id_in_range(pair->at(1), where + "." + key));
+            }
+            return;
+        }
+        const json::value* single = post.find("single");
+        const json::value* table = post.find("special_tokens");
+        if (!single || !single->is_array()) field_error(where + ".single", "missing or not an array");
+        bool seen_text = false;
+        for (std::size_t k = 0; k < single->size(); ++k) {
+            const json::value& item = single->at(k);
+            const std::string at = where + ".single[" + std::to_string(k) + "]";
+            if (const json::value* seq = item.find("Sequence")) {
+                const json::value* id = seq->find("id");
+                if (seen_text || !id || !id->is_string() || id->as_string() != "A")
+                    field_error(at, "the single template must hold the sequence A exactly once");
+                seen_text = true;
+            } else if (const json::value* sp = item.find("SpecialToken")) {
+                const json::value* name = sp->find("id");
+                if (!name || !name->is_string()) field_error(at + ".SpecialToken.id", "missing or not a string");
+                const json::value* entry = table && table->is_object() ? table->find(name->as_string()) : nullptr;
+                const json::value* ids = entry ? entry->find("ids") : nullptr;
+                if (!ids || !ids->is_array())
+                    field_error(where + ".special_tokens", json::quote(name->as_string()) + " is missing or has no \"ids\"");
+                for (const auto& id : ids->as_array())
+                    (seen_text ? after : before)
+                        .push_back(id_in_range(id, where + ".special_tokens[" + json::quote(name->as_string()) + "].ids"));
+            } else {
+                field_error(at, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
+            }
+        }
+        if (!seen_text) field_error(where + ".single", "the template has no sequence A");
+    };
+    const json::value* post = doc.find("post_processor");
+    if (!post || post->is_null()) return;
+    if (!post->is_object()) field_error("post_processor", "expected an object or null");
+    if (type_of(*post) == "Sequence") {
+        const json::value* list = post->find("processors");
+        if (!list || !list->is_array()) field_error("post_processor.processors", "missing or not an array");
+        for (std::size_t k = 0; k < list->size(); ++k) {
+            const std::string where = "post_processor.processors[" + std::to_string(k) + "]";
+            if (!list->at(k).is_object()) field_error(where, "expected an object");
+            one(list->at(k), where);
+        }
+    } else {
+        one(*post, "post_processor");
+    }
+}
+
 // One entry of a tokenizer.json's model.merges, "a b" or ["a", "b"], as its two
 // halves; `where` names it in the error ("malformed PATH: field \"model.merges[k]\": ...").
 inline std::pair<std::string, std::string> merge_halves(const json::value& m, const std::string& path,
@@ -727,8 +820,17 @@ inline tokenizer parse_hf_tokenizer_json(std::string_view text, const std::strin
             field_error(where, "merge " + json::quote(a) + " + " + json::quote(b) + " uses or makes a token missing from model.vocab");
         list.push_back({ia, ib, iab, static_cast<std::uint32_t>(k)});
     }
-    return tokenizer(bpe_vocab(std::move(tokens), std::move(present), std::move(list), false, whole_piece), pattern,
-                     std::move(specials), add_prefix_space);
+    std::vector<token_id> before, after;
+    detail::hf_post_processor_template(doc, path, true, before, after);
+    tokenizer tok(bpe_vocab(std::move(tokens), std::move(present), std::move(list), false, whole_piece), pattern,
+                  std::move(specials), add_prefix_space);
+    for (const auto* ids : {&before, &after})
+        for (const token_id id : *ids)
+            if (!tok.vocab().contains(id) && !tok.is_special(id))
+                field_error("post_processor", "the template's id " + std::to_string(id) +
+                                                  " is neither in model.vocab nor an added token");
+    tok.set_template(std::move(before), std::move(after));
+    return tok;
 }
 
 // ---- Hugging Face tokenizer.json: the SentencePiece family ---------------------------------
@@ -967,41 +1069,9 @@ inline tokenizer parse_hf_sentencepiece_json(const json::value& doc, std::string
         }
         return sentencepiece_model::bpe(std::move(pieces), list, std::move(o));
     };
-    // Post-processor: null or TemplateProcessing (its "single" template).
+    // Post-processor: its single template (detail::hf_post_processor_template).
     std::vector<token_id> before, after;
-    if (const json::value* post = doc.find("post_processor"); post && !post->is_null()) {
-        if (type_of(*post) != "TemplateProcessing")
-            unsupported("post_processor", "\"" + type_of(*post) + "\" is not supported (supported: TemplateProcessing)");
-        const json::value* single = post->find("single");
-        const json::value* table = post->find("special_tokens");
-        if (!single || !single->is_array()) field_error("post_processor.single", "missing or not an array");
-        bool seen_text = false;
-        for (std::size_t k = 0; k < single->size(); ++k) {
-            const json::value& item = single->at(k);
-            const std::string where = "post_processor.single[" + std::to_string(k) + "]";
-            if (const json::value* seq = item.find("Sequence")) {
-                if (seen_text || string_of(*seq, "id", where + ".Sequence") != "A")
-                    field_error(where, "the single template must hold the sequence A exactly once");
-                seen_text = true;
-            } else if (const json::value* sp = item.find("SpecialToken")) {
-                const std::string name = string_of(*sp, "id", where + ".SpecialToken");
-                const json::value* entry = table && table->is_object() ? table->find(name) : nullptr;
-                const json::value* ids = entry ? entry->find("ids") : nullptr;
-                if (!ids || !ids->is_array())
-                    field_error("post_processor.special_tokens", json::quote(name) + " is missing or has no \"ids\"");
-                for (const auto& id : ids->as_array()) {
-                    std::int64_t v = -1;
-                    if (id.is_number()) try { v = id.as_int64(); } catch (const error&) {}
-                    if (v < 0 || v >= 100'000'000)
-                        field_error("post_processor.special_tokens[" + json::quote(name) + "].ids", "expected ids in [0, 1e8)");
-                    (seen_text ? after : before).push_back(static_cast<token_id>(v));
-                }
-            } else {
-                field_error(where, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
-            }
-        }
-        if (!seen_text) field_error("post_processor.single", "the template has no sequence A");
-    }
+    detail::hf_post_processor_template(doc, path, false, before, after);
     o.template_before = std::move(before);
     o.template_after = std::move(after);
     try {
@@ -1017,6 +1087,42 @@ inline tokenizer parse_hf_sentencepiece_json(std::string_view text, const std::s
 inline tokenizer load_hf_tokenizer_json(const std::string& path) {
     return parse_hf_tokenizer_json(detail::read_text_file(path), path);
 }
+
+namespace detail {
+
+// A byte-level tokenizer's template as a TemplateProcessing post-processor
+// (null without one). Each id is named by its text: the special token's, or the
+// token's bytes in GPT-2's byte-to-unicode form. The pair template puts the
+// single one around each sequence.
+inline std::string hf_template_processing(const tokenizer& tok) {
+    if (tok.template_before().empty() && tok.template_after().empty()) return "null";
+    const auto name = [&](token_id id) {
+        return json::quote(tok.is_special(id) ? std::string(tok.token_bytes(id)) : bytes_to_unicode(tok.token_bytes(id)));
+    };
+    // The template around sequence `seq`, as the items of a JSON array.
+    const auto around = [&](const char* seq, int type_id) {
+        const std::string type = ", \"type_id\": " + std::to_string(type_id) + "}}";
+        std::vector<std::string> items;
+        for (const token_id id : tok.template_before()) items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
+        items.push_back("{\"Sequence\": {\"id\": \"" + std::string(seq) + "\"" + type);
+        for (const token_id id : tok.template_after()) items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
+        std::string out;
+        for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
+        return out;
+    };
+    std::vector<token_id> ids(tok.template_before().begin(), tok.template_before().end());
+    ids.insert(ids.end(), tok.template_after().begin(), tok.template_after().end());
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    std::string table;
+    for (const token_id id : ids)
+        table += (table.empty() ? "" : ", ") + name(id) + ": {\"id\": " + name(id) + ", \"ids\": [" +
+                 std::to_string(id) + "], \"tokens\": [" + name(id) + "]}";
+    return "{\"type\": \"TemplateProcessing\", \"single\": [" + around("A", 0) + "], \"pair\": [" + around("A", 0) +
+           ", " + around("B", 1) + "], \"special_tokens\": {" + table + "}}";
+}
+
+}  // namespace detail
 
 // `tok` as a Hugging Face tokenizer.json (byte-level BPE): what
 // parse_hf_tokenizer_json reads back to the same tokenizer and the tokenizers
@@ -1059,7 +1165,7 @@ inline std::string hf_tokenizer_json(const tokenizer& tok) {
              q(pretokenizer_regex(tok.pattern())) +
              "}, \"behavior\": \"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": " +
              prefix_space + ", \"trim_offsets\": true, \"use_regex\": false}]},\n";
-    j += "  \"post_processor\": null,\n";
+    j += "  \"post_processor\": " + detail::hf_template_processing(tok) + ",\n";
     j += "  \"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n";
     j += "  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null, "
          "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": " +
@@ -1112,6 +1218,15 @@ inline std::string serialize_tokenizer(const tokenizer& tok) {
     }
     out += "specials " + std::to_string(tok.specials().size()) + "\n";
     for (const auto& s : tok.specials()) out += std::to_string(s.id) + " " + detail::base64_encode(s.text) + "\n";
+    // The template (a tokenizer.json's post-processor), only when there is one: files
+    // without these two lines read as before.
+    if (!tok.template_before().empty() || !tok.template_after().empty())
+        for (const auto& [key, ids] : {std::pair{"template-before", tok.template_before()},
+                                       std::pair{"template-after", tok.template_after()}}) {
+            out += std::string(key) + " " + std::to_string(ids.size());
+            for (const token_id id : ids) out += " " + std::to_string(id);
+            out += "\n";
+        }
     return out;
 }
 
@@ -1215,9 +1330,27 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
                  " special tokens (ids must be below " + std::to_string(limit) + ")");
         specials.push_back(s);
     }
+    // The optional template: "template-before N id..." and "template-after N id...".
+    std::vector<token_id> template_ids[2];
+    if (n < lines.size() && lines[n].rfind("template-before ", 0) == 0)
+        for (int which = 0; which < 2; ++which, ++n) {
+            const char* key = which == 0 ? "template-before" : "template-after";
+            const auto words = detail::split_spaces(header(key));
+            std::size_t k = 0;
+            if (words.empty() || !detail::parse_int(words[0], k) || k != words.size() - 1)
+                fail("expected '" + std::string(key) + " <count> <id>...'");
+            for (std::size_t i = 1; i < words.size(); ++i) {
+                token_id id = -1;
+                if (!detail::parse_int(words[i], id) || id < 0) fail("'" + std::string(words[i]) + "' is not a token id");
+                template_ids[which].push_back(id);
+            }
+        }
     try {
-        return tokenizer(bpe_vocab(std::move(tokens), std::move(present), std::move(merges), tiktoken_merges, whole),
-                         pattern, std::move(specials), prefix);
+        tokenizer tok(bpe_vocab(std::move(tokens), std::move(present), std::move(merges), tiktoken_merges, whole),
+                      pattern, std::move(specials), prefix);
+        if (!template_ids[0].empty() || !template_ids[1].empty())
+            tok.set_template(std::move(template_ids[0]), std::move(template_ids[1]));
+        return tok;
     } catch (const error& e) {
         TINYLLM_FAIL("bad vocabulary in tinyllm tokenizer file ", path, ": ", e.what());
     }
