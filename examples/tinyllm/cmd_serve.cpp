@@ -301,8 +301,12 @@ void read_common(const served_model& s, const json::value& body, generation_requ
         throw api_error(400, "the prompt has " + std::to_string(g.prompt.size()) + " tokens; this server holds at most " +
                                  std::to_string(s.max_positions) + " positions per request, prompt and reply together",
                         g.chat ? "messages" : "prompt");
-    std::optional<long long> max_tokens = int_field(body, "max_tokens", 0, 1 << 30, "at least 0");
-    if (const auto m = int_field(body, "max_completion_tokens", 0, 1 << 30, "at least 0")) max_tokens = m;
+    // A chat reply has at least one token (OpenAI and vLLM refuse 0); a completion of 0 tokens is
+    // allowed, as the legacy API allows it.
+    const long long least = g.chat ? 1 : 0;
+    const char* least_text = g.chat ? "at least 1" : "at least 0";
+    std::optional<long long> max_tokens = int_field(body, "max_tokens", least, 1 << 30, least_text);
+    if (const auto m = int_field(body, "max_completion_tokens", least, 1 << 30, least_text)) max_tokens = m;
     if (max_tokens && *max_tokens > room)
         throw api_error(400, "'max_tokens' = " + std::to_string(*max_tokens) + " with a prompt of " +
                                  std::to_string(g.prompt.size()) + " tokens exceeds the " +
@@ -391,10 +395,33 @@ std::string chat_prompt(const json::value& body) {
     return text + "Assistant:";
 }
 
+// Chat fields that would change what the reply must be (a tool call, a JSON object): refused by
+// name rather than ignored, unless they ask for what tinyllm does anyway (no tools, plain text).
+void refuse_chat_features(const json::value& body) {
+    for (const char* name : {"tools", "functions"})
+        if (const json::value* v = field(body, name); v && !(v->is_array() && v->size() == 0))
+            throw api_error(400, std::string("'") + name + "' is not supported by tinyllm serve: the model has no tool calling",
+                            name);
+    for (const char* name : {"tool_choice", "function_call"})
+        if (const json::value* v = field(body, name);
+            v && !(v->is_string() && (v->as_string() == "none" || v->as_string() == "auto")))
+            throw api_error(400, std::string("'") + name +
+                                     "' is not supported by tinyllm serve: only \"none\" or \"auto\" (no tools) is accepted",
+                            name);
+    if (const json::value* v = field(body, "response_format")) {
+        const json::value* type = v->is_object() ? field(*v, "type") : nullptr;
+        if (!type || !type->is_string() || type->as_string() != "text")
+            throw api_error(400, "'response_format' is not supported by tinyllm serve beyond {\"type\": \"text\"}: "
+                                 "replies are not constrained to JSON",
+                            "response_format");
+    }
+}
+
 generation_request read_chat(const served_model& s, const json::value& body) {
     generation_request g;
     g.chat = true;
     check_model(s, body);
+    refuse_chat_features(body);
     g.prompt = encode(s, chat_prompt(body));
     read_common(s, body, g, 256);  // a reply without max_tokens: at most 256 tokens
     g.stop.push_back("\nUser:");

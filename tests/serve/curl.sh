@@ -83,6 +83,18 @@ echo "ok:   top_k = 0: $(cat "$work/body")"
 [ "$(request POST /v1/chat/completions "{\"model\":\"$name\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}")" = 400 ] &&
   grep -q "messages\[0\].role" "$work/body" || fail "bad role: 400"
 echo "ok:   bad role: 400"
+# Chat fields that would change the reply are refused by name, not ignored; their defaults pass.
+chat() { request POST /v1/chat/completions "{\"model\":\"$name\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],$1}"; }
+[ "$(chat '"tools":[{"type":"function","function":{"name":"f"}}]')" = 400 ] && grep -q '"param":"tools"' "$work/body" ||
+  fail "chat with tools: 400"
+[ "$(chat '"response_format":{"type":"json_object"}')" = 400 ] && grep -q '"param":"response_format"' "$work/body" ||
+  fail "chat with response_format json_object: 400"
+[ "$(chat '"tool_choice":"required"')" = 400 ] && grep -q '"param":"tool_choice"' "$work/body" ||
+  fail "chat with tool_choice required: 400"
+[ "$(chat '"max_tokens":0')" = 400 ] && grep -q '"param":"max_tokens"' "$work/body" || fail "chat with max_tokens 0: 400"
+[ "$(chat '"max_tokens":1,"tools":[],"tool_choice":"none","response_format":{"type":"text"}')" = 200 ] ||
+  fail "chat with the default tools and response_format: 200"
+echo "ok:   chat: tools, tool_choice, response_format and max_tokens 0 refused; their defaults accepted"
 [ "$(request GET /v1/nothing)" = 404 ] && grep -q "no route GET /v1/nothing" "$work/body" || fail "unknown route: 404"
 echo "ok:   unknown route: 404"
 [ "$(request GET /v1/completions)" = 405 ] && grep -q "GET /v1/completions is not allowed; use POST" "$work/body" ||
