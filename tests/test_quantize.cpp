@@ -1146,6 +1146,17 @@ TEST_CASE("a quantized_matrix whose parts disagree with its shape is refused", "
     q = q8;
     q.zeros = tensor<std::uint8_t, 2>({4, 1});
     CHECK_THROWS_WITH(tinyllm::dequantize(dense.view(), q), contains("int8 needs none"));
+    // The values too: a NaN or negative scale, a zero point past 15.
+    q = good;
+    q.scales(1, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(tinyllm::linear_quantized(out.view(), x.view(), q),
+                      contains("scale (1, 1) is nan; scales are finite and >= 0"));
+    q = q8;
+    q.scales(3, 0) = -1.0f;
+    CHECK_THROWS_WITH(cpu::linear_quantized_fused(out.view(), x.view(), q), contains("scale (3, 0) is -1"));
+    q = good;
+    q.zeros(2, 0) = 16;
+    CHECK_THROWS_WITH(tinyllm::dequantize(dense.view(), q), contains("zero point (2, 0) is 16; int4 zero points are in [0, 15]"));
     tinyllm::dequantize(dense.view(), good);  // the parts quantize_rtn wrote agree
     tinyllm::dequantize(dense.view(), q8);
     // The Hessian's (K, K) sum is allocated only for a size a layer can have.

@@ -507,6 +507,15 @@ inline void expect_consistent(const quantized_matrix& q, const char* op) {
     TINYLLM_EXPECT(q.zeros.size() == zeros.product() && (zeros.product() == 0 || q.zeros.shape() == zeros), op,
                    ": the zero points have shape ", to_string(q.zeros.shape()), "; ", q.spec.name(), " needs ",
                    q.spec.format == quant_format::int4 ? to_string(zeros) : std::string("none"));
+    // The values, as a checkpoint's are checked when it is read (model_weights.hpp): a NaN or
+    // negative scale, or a zero point past 15, would give wrong products without a word.
+    for (index_t n = 0; n < q.scales.extent(0); ++n)
+        for (index_t g = 0; g < q.scales.extent(1); ++g) {
+            TINYLLM_EXPECT(std::isfinite(q.scales(n, g)) && q.scales(n, g) >= 0.0f, op, ": scale (", n, ", ", g,
+                           ") is ", q.scales(n, g), "; scales are finite and >= 0");
+            TINYLLM_EXPECT(q.zeros.size() == 0 || q.zeros(n, g) <= 15, op, ": zero point (", n, ", ", g, ") is ",
+                           int(q.zeros(n, g)), "; int4 zero points are in [0, 15]");
+        }
 }
 
 }  // namespace detail
