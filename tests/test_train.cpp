@@ -355,6 +355,7 @@ TEST_CASE("train: bad input is an error that says what was wrong", "[train][erro
     };
     refused([](train_options& b) { b.warmup = std::numeric_limits<std::int64_t>::max(); },
             "warmup = 9223372036854775807 must be at most 2^40");
+    refused([](train_options& b) { b.eval_batches = std::int64_t{1} << 41; }, "eval_batches = 2199023255552 must be at least 1 and at most 2^40");
     refused([](train_options& b) { b.steps = std::int64_t{1} << 41; }, "steps = 2199023255552 must be in [1, 2^40]");
     refused([](train_options& b) { b.batch = 1000000000; }, "is more than 2^31 tokens a step");
     refused([](train_options& b) { b.eps = std::numeric_limits<double>::infinity(); },

@@ -117,6 +117,8 @@ void check_run_flags(const tinyllm::train_options& o) {
     if (!(std::isfinite(o.clip) && o.clip >= 0))
         throw usage_error("--clip must be a number >= 0 (0: no clipping), got " + cat(o.clip));
     if (o.eval_batches < 1) throw usage_error("--eval-batches must be at least 1, got " + cat(o.eval_batches));
+    if (o.eval_batches > tinyllm::train_max_steps)
+        throw usage_error("--eval-batches must be at most 2^40, got " + cat(o.eval_batches));
 }
 
 // The options that shape the model and the run, and their defaults: the
@@ -402,6 +404,9 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
             out << "tokenizer: trained " << tokenizer->vocab_size() << " tokens (BPE) on the text in "
                 << std::fixed << std::setprecision(1) << std::chrono::duration<double>(clock::now() - t0).count()
                 << " s\n" << std::defaultfloat;
+            if (tokenizer->vocab_size() < bo.vocab_size)
+                out << "tokenizer: --vocab-size asked for " << vocab << " tokens; the text ran out of pairs to merge "
+                    << "(every piece is one token) at " << tokenizer->vocab_size() << "\n";
         }
         const tinyllm::tokenizer& tok = *tokenizer;
         // Refuse a tokenizer the checkpoint could not carry before spending time on it.

@@ -49,7 +49,9 @@
 namespace tinyllm {
 
 struct bpe_train_options {
-    std::size_t vocab_size = 4096;  // bytes + merges + special tokens
+    // Bytes + merges + special tokens: an upper bound. Training stops early when the
+    // text has no pair left to merge (every piece is one token); vocab_size() says.
+    std::size_t vocab_size = 4096;
     pretokenizer pattern = pretokenizer::r50k;
     std::vector<std::string> special_tokens;  // removed from the training text; ids at the end
     // Called after each merge with (merges done, merges wanted); may be empty.

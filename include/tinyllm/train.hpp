@@ -111,7 +111,8 @@ inline void expect_train_options(const train_options& o) {
                    ") must be in [0, 1)");
     TINYLLM_EXPECT(std::isfinite(o.eps) && o.eps > 0, "train: eps = ", o.eps, " must be positive and finite");
     TINYLLM_EXPECT(std::isfinite(o.clip) && o.clip >= 0, "train: clip = ", o.clip, " must be >= 0 (0: no clipping)");
-    TINYLLM_EXPECT(o.eval_batches >= 1, "train: eval_batches = ", o.eval_batches, " must be at least 1");
+    TINYLLM_EXPECT(o.eval_batches >= 1 && o.eval_batches <= train_max_steps, "train: eval_batches = ", o.eval_batches,
+                   " must be at least 1 and at most 2^40");
     TINYLLM_EXPECT(std::isfinite(o.aux_weight) && o.aux_weight >= 0, "train: aux_weight = ", o.aux_weight,
                    " must be finite and not negative");
     TINYLLM_EXPECT(o.distill_weight >= 0 && o.distill_weight <= 1, "train: distill_weight = ", o.distill_weight,
