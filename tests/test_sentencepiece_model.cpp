@@ -91,6 +91,15 @@ TEST_CASE("sentencepiece .model: the same ids as the sentencepiece library", "[s
     }
 }
 
+TEST_CASE("sentencepiece .model: Unigram path scores add up in float, as the library's", "[sentencepiece_model]") {
+    // "lll" after this prefix is l + ll or ll + l: equal sums in double, not in float, where
+    // the sentencepiece library (0.2.3) keeps ll + l. The ids are the library's encode(text).
+    const sentencepiece_processor sp = load_sentencepiece_model(sp_dir() + "unigram_multi.model");
+    CHECK(sp.encode("\xd9\x85\xd8\xb1\xd8\xad\xd8\xa8\xef\xbf\xbdlll") ==
+          std::vector<token_id>{259, 364, 465, 607, 569, 242, 194, 192, 517, 290});
+    CHECK(sp.encode("Hello lll world") == std::vector<token_id>{259, 1086, 289, 517, 283, 484, 517, 282, 519, 290, 271});
+}
+
 TEST_CASE("sentencepiece .model: what the file holds", "[sentencepiece_model]") {
     const sentencepiece_processor bpe = load_sentencepiece_model(sp_dir() + "bpe.model");
     CHECK(bpe.proto().model == sentencepiece_proto::model_type::bpe);

@@ -733,17 +733,21 @@ private:
     }
 
     // Unigram: Viterbi over NORMAL pieces; a character that is not itself a piece is an unknown edge.
+    // Path scores add up in float, as the sentencepiece library's do: two paths whose sums tie
+    // in double may differ in float (l + ll against ll + l after a long prefix), and the
+    // library's rounding decides which it keeps. (Hugging Face's tokenizers adds in double:
+    // sentencepiece.hpp, for tokenizer.json, does too.)
     void segment_unigram(std::string_view s, std::vector<std::string_view>& parts) const {
         struct node {
             bool reached = false;
-            double best = 0;
+            float best = 0;
             std::size_t start = 0;
         };
         std::vector<node> at(s.size() + 1);
         at[0].reached = true;
-        const double unk_score = min_score_ - 10.0;
-        const auto relax = [&](std::size_t from, std::size_t to, double score) {
-            const double v = at[from].best + score;
+        const float unk_score = static_cast<float>(min_score_) - 10.0f;
+        const auto relax = [&](std::size_t from, std::size_t to, float score) {
+            const float v = at[from].best + score;
             if (!at[to].reached || v > at[to].best) at[to] = {true, v, from};
         };
         for (std::size_t from = 0; from < s.size();) {
