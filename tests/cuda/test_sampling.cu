@@ -333,6 +333,91 @@ TEST_CASE("bad logits and parameters give clear errors on the host", "[cuda][sam
                       contains("frequency_presence_penalty: logits must not share memory with generated"));
 }
 
+TEST_CASE("the v1 processors refuse what the CPU's refuse: overflow, a bad row, a bad token before any write",
+          "[cuda][sampling][errors]") {
+    const index_t B = 2, V = 8;
+    const std::vector<float> z{1, 2, 3, -1, 0.5f, 4, -2, 1, /* row 1: */ -1, -2, -3, -1, -0.5f, -4, -2, -1};
+    auto d_z = tc::to_device(z);
+    auto logits = d_z.view(tinyllm::extents<2>{B, V});
+    const auto refused_alike = [&](auto gpu, auto cpu_op, const char* gpu_says, const char* cpu_says) {
+        tc::copy_to_device(d_z, z);
+        std::vector<float> host = z;
+        CHECK_THROWS_WITH(cpu_op(tinyllm::tensor_view<float, 2>(host.data(), {B, V})), contains(cpu_says));
+        CHECK_THROWS_WITH(gpu(), contains(gpu_says));
+    };
+    // Temperature: z / T overflows to +inf (row 0), or every logit of a row to -inf (row 1 alone).
+    refused_alike([&] { tc::temperature(logits, 1e-45f); },
+                  [](auto l) { cpu::temperature(l, 1e-45f); },
+                  "temperature: a logit of row 0 overflows to +inf", "overflows to +inf; use a larger T");
+    const tinyllm::tensor_view<float, 2> row1(d_z.data() + V, {1, V});  // row 1 alone
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::temperature(row1, 1e-40f),
+                      contains("every logit of row 0 divided by T overflows to -inf"));
+    CHECK(same_bits(tc::to_host(d_z), z));  // the row is left as it was
+    // Penalties: a result of +inf, and NaN (a -inf logit minus a penalty that overflowed).
+    const std::vector<tinyllm::token_id> generated{0, 5, -1, -1, 0, 0, 3, -1};
+    auto d_gen = tc::to_device(generated);
+    const tinyllm::tensor_view<const tinyllm::token_id, 2> gen(d_gen.data(), {B, 4});
+    const tinyllm::tensor_view<const tinyllm::token_id, 2> host_gen(generated.data(), {B, 4});
+    refused_alike([&] { tc::repetition_penalty(logits, gen, 1e-38f); },
+                  [&](auto l) { cpu::repetition_penalty(l, host_gen, 1e-38f); },
+                  "repetition_penalty: a logit of row 0 overflows to +inf", "divided by the penalty 1e-38 overflows");
+    refused_alike([&] { tc::frequency_presence_penalty(logits, gen, -3e38f, -3e38f); },
+                  [&](auto l) { cpu::frequency_presence_penalty(l, host_gen, -3e38f, -3e38f); },
+                  "frequency_presence_penalty: a logit of row 0 overflows", "overflows to +inf");
+    // A NaN in a row: refused before the penalty, the bias or the ban writes anything.
+    std::vector<float> with_nan = z;
+    with_nan[V + 3] = std::nanf("");
+    tc::copy_to_device(d_z, with_nan);
+    CHECK_THROWS_WITH(tc::repetition_penalty(logits, gen, 1.2f), contains("repetition_penalty: row 1 has a NaN"));
+    CHECK_THROWS_WITH(tc::logit_bias(logits, {{2, 1.0f}}), contains("logit_bias: row 1 has a NaN"));
+    const std::vector<tinyllm::token_id> ban{2};
+    CHECK_THROWS_WITH(tc::ban_tokens(logits, ban), contains("ban_tokens: row 1 has a NaN"));
+    const auto row = [&](index_t b) {
+        const auto all = tc::to_host(d_z);
+        return std::vector<float>(all.begin() + b * V, all.begin() + (b + 1) * V);
+    };
+    CHECK(same_bits(row(1), std::vector<float>(with_nan.begin() + V, with_nan.end())));
+    // A generated token outside [0, V): refused with the row untouched, as the CPU refuses it first.
+    const std::vector<tinyllm::token_id> out_of_range{0, 5, 8, -1, 0, 0, 3, -1};
+    auto d_bad = tc::to_device(out_of_range);
+    tc::copy_to_device(d_z, z);
+    CHECK_THROWS_WITH(tc::repetition_penalty(logits, tinyllm::tensor_view<const tinyllm::token_id, 2>(d_bad.data(), {B, 4}), 1.2f),
+                      contains("row 0 of generated holds a token outside [0, V)"));
+    CHECK(same_bits(row(0), std::vector<float>(z.begin(), z.begin() + V)));
+    // A bias that overflows to +inf.
+    std::vector<float> big = z;
+    big[1] = 3e38f;
+    tc::copy_to_device(d_z, big);
+    CHECK_THROWS_WITH(tc::logit_bias(logits, {{1, 3e38f}}), contains("logit_bias: a logit of row 0 overflows to +inf"));
+}
+
+TEST_CASE("the choosers: no rows, rows read more than once, a null pointer", "[cuda][sampling][errors]") {
+    const index_t V = 16;
+    auto d_z = tc::to_device(random_logits(1, V, 410));
+    tc::device_buffer<tinyllm::token_id> d_out(4);
+    // No rows: nothing to do, as on the CPU (the block count was divided by B = 0).
+    const tinyllm::tensor_view<const float, 2> none(d_z.data(), {0, V});
+    const tinyllm::tensor_view<tinyllm::token_id, 1> no_out(d_out.data(), {0});
+    tc::greedy(no_out, none);
+    tc::sample(no_out, none, sampling::params{}, 1, 0);
+    sampling::params t0;
+    t0.temperature = 0.0f;
+    tc::sample(no_out, none, t0, 1, 0);
+    // One row read four times (stride 0): the choosers only read, so it is allowed as on the CPU.
+    const tinyllm::tensor_view<const float, 2> same_row(d_z.data(), {4, V}, {0, 1});
+    tc::greedy(d_out.view(tinyllm::extents<1>{4}), same_row);
+    std::vector<tinyllm::token_id> want(4);
+    cpu::greedy(tinyllm::tensor_view<tinyllm::token_id, 1>(want.data(), {4}),
+                tinyllm::tensor_view<const float, 2>(tc::to_host(d_z).data(), {4, V}, {0, 1}));
+    CHECK(tc::to_host(d_out) == want);
+    // A processor writes in place: the same row four times is refused.
+    CHECK_THROWS_WITH(tc::top_k(tinyllm::tensor_view<float, 2>(d_z.data(), {4, V}, {0, 1}), 2),
+                      contains("top_k: logits rows of 16 elements 0 apart overlap"));
+    CHECK_THROWS_WITH(tc::greedy(d_out.view(tinyllm::extents<1>{4}), tinyllm::tensor_view<const float, 2>(nullptr, {4, V})),
+                      contains("greedy: the logits pointer is null"));
+}
+
 TEST_CASE("the samplers on a created stream give the default stream's tokens and logits", "[cuda][sampling][stream]") {
     const index_t B = 6, V = 3000;
     const auto z = random_logits(B, V, 500);

@@ -27,6 +27,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace tinyllm::cuda {
@@ -40,7 +41,10 @@ inline constexpr int sampling_threads = 512;
 inline constexpr int sampling_items = 4;  // contiguous elements per thread in the draw's scan
 
 // Per-row status written by the kernels.
-enum : int { row_ok = 0, row_bad_logit = 1, row_all_masked = 2, row_bad_token = 3 };
+// row_overflow: a processor's result overflowed to +inf or NaN (a tiny temperature or
+// penalty, a large bias); row_underflow: every logit of a row divided by a tiny
+// temperature overflowed to -inf. The CPU processors throw in both cases.
+enum : int { row_ok = 0, row_bad_logit = 1, row_all_masked = 2, row_bad_token = 3, row_overflow = 4, row_underflow = 5 };
 
 struct argmax_pair {
     float value;
@@ -378,9 +382,16 @@ inline void check_status(const int* d_status, index_t rows, const char* what, sa
                              " has a NaN or +inf logit, or one that the temperature divides to +inf;",
                              " logits must be finite or -inf (and a T that small is greedy decoding: T = 0)");
             case row_all_masked:
-                TINYLLM_FAIL(what, ": every logit of row ", b, " is -inf (all tokens banned or filtered)");
+                TINYLLM_FAIL(what, ": every logit of row ", b, " is -inf (all tokens banned or filtered, or every "
+                             "logit divided by a tiny temperature overflows to -inf: use a larger T, or T = 0)");
             case row_bad_token:
                 TINYLLM_FAIL(what, ": row ", b, " of generated holds a token outside [0, V)");
+            case row_overflow:
+                TINYLLM_FAIL(what, ": a logit of row ", b, " overflows to +inf (or NaN) under the ", what,
+                             "; use a smaller penalty or bias, or a larger T (T = 0 is greedy decoding)");
+            case row_underflow:
+                TINYLLM_FAIL(what, ": every logit of row ", b,
+                             " divided by T overflows to -inf; use a larger T, or T = 0 for greedy decoding");
             default: TINYLLM_FAIL(what, ": row ", b, " has an unknown status ", status[static_cast<std::size_t>(b)]);
         }
     }
@@ -392,9 +403,13 @@ void check_logits(tensor_view<T, 2> logits, const char* what) {  // (B, V)
     TINYLLM_EXPECT(logits.stride(1) == 1, what, ": logits rows must be contiguous (stride of V is ",
                    logits.stride(1), ")");
     TINYLLM_EXPECT(logits.extent(1) < (index_t{1} << 31), what, ": V = ", logits.extent(1), " is too large");
-    // Each row is a block's own (the processors write their row in place).
-    TINYLLM_EXPECT(logits.extent(0) <= 1 || logits.stride(0) >= logits.extent(1), what, ": logits rows of ",
-                   logits.extent(1), " elements ", logits.stride(0), " apart overlap");
+    TINYLLM_EXPECT(logits.extent(0) == 0 || logits.data() != nullptr, what, ": the logits pointer is null");
+    // A processor writes each row in place, a block's own: rows that share memory would be
+    // written twice. The choosers only read (const T), and may read one row many times, as the
+    // CPU's do.
+    if constexpr (!std::is_const_v<T>)
+        TINYLLM_EXPECT(::tinyllm::detail::distinct_elements(logits), what, ": logits rows of ", logits.extent(1),
+                       " elements ", logits.stride(0), " apart overlap");
 }
 
 // out (B) beside the logits (B, V) it is chosen from: one token per row, in memory of its own.

@@ -745,6 +745,7 @@ inline int split_count_of(index_t per_row, index_t V) {
 }
 inline int split_count(index_t B, index_t V, int requested, index_t sms = current_multiprocessors()) {
     if (requested > 0) return static_cast<int>(std::max<index_t>(1, std::min<index_t>({requested, 1024, (V + 3) / 4})));
+    if (B < 1) return 1;  // no rows: nothing to split (and no division by 0)
     return split_count_of((split_blocks_per_sm * sms + B - 1) / B, V);
 }
 
@@ -756,6 +757,7 @@ inline int split_count(index_t B, index_t V, int requested, index_t sms = curren
 inline constexpr index_t greedy_blocks_per_sm = 4;
 inline int greedy_split_count(index_t B, index_t V, int requested, index_t sms = current_multiprocessors()) {
     if (requested > 0) return split_count(B, V, requested, sms);
+    if (B < 1) return 1;
     return split_count_of(greedy_blocks_per_sm * sms / B, V);
 }
 

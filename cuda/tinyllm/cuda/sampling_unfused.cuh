@@ -63,6 +63,14 @@ __global__ void processor_kernel(T* logits, int* status, index_t V, index_t row_
             for (index_t i = threadIdx.x; i < V; i += Threads)
                 if (i != best) row[i] = minus_inf;
         } else {
+            // Division by T > 0 keeps the order, so the row maximum says it all: m / T = +inf
+            // overflows, m / T = -inf means every logit does (the CPU's two errors); the row
+            // is left as it was.
+            const float top = ::tinyllm::detail::div_rn(m, value);
+            if (top == INFINITY || top == -INFINITY) {
+                if (threadIdx.x == 0) status[b] = top == INFINITY ? row_overflow : row_underflow;
+                return;
+            }
             for (index_t i = threadIdx.x; i < V; i += Threads)
                 row[i] = from_float<T>(::tinyllm::detail::div_rn(to_float(row[i]), value));
         }
@@ -117,21 +125,27 @@ __global__ void sample_kernel(token_id* out, int* status, const T* logits, index
 // handled by the thread holding its FIRST occurrence (so exactly once), which
 // also counts its occurrences. O(L^2 / threads) per row: fine for L of a few
 // thousand. mode 0: repetition (a = penalty); 1: frequency a, presence c.
+// As the CPU's, the row is checked before anything is written (a NaN or +inf
+// logit, a generated token outside [0, V)); a result of +inf or NaN is reported.
 template <int Threads, class T>
 __global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_stride, const token_id* generated,
                                index_t L, index_t generated_stride, int mode, float a, float c) {
     const index_t b = blockIdx.x;
     T* row = logits + b * row_stride;
     const token_id* g = generated + b * generated_stride;
-    if (threadIdx.x == 0) status[b] = row_ok;
-    __syncthreads();
+    bool bad = false;
+    (void)row_max_checked<Threads>(row, V, 1.0f, bad);
+    bool bad_token = false;
+    for (index_t j = threadIdx.x; j < L; j += Threads) bad_token |= g[j] >= V;
+    bad_token = __syncthreads_or(bad_token) != 0;
+    if (bad || bad_token) {
+        if (threadIdx.x == 0) status[b] = bad ? row_bad_logit : row_bad_token;
+        return;
+    }
+    bool overflow = false;
     for (index_t j = threadIdx.x; j < L; j += Threads) {
         const token_id t = g[j];
         if (t < 0) continue;
-        if (t >= V) {
-            status[b] = row_bad_token;
-            continue;
-        }
         bool first = true;
         int count = 0;
         for (index_t j2 = 0; j2 < L; ++j2) {
@@ -140,22 +154,37 @@ __global__ void penalty_kernel(T* logits, int* status, index_t V, index_t row_st
             ++count;
         }
         if (!first) continue;
-        const float z = to_float(row[t]);
-        row[t] = from_float<T>(mode == 0 ? repetition_penalized(z, a)
-                                         : frequency_presence_penalized(z, static_cast<float>(count), a, c));
+        const float z = mode == 0 ? repetition_penalized(to_float(row[t]), a)
+                                  : frequency_presence_penalized(to_float(row[t]), static_cast<float>(count), a, c);
+        overflow |= is_bad_logit(z);
+        row[t] = from_float<T>(z);
     }
+    overflow = __syncthreads_or(overflow) != 0;
+    if (threadIdx.x == 0) status[b] = overflow ? row_overflow : row_ok;
 }
 
-// Logit bias (add) or ban (set -inf) for n listed tokens in every row.
-template <class T>
-__global__ void token_list_kernel(T* logits, index_t row_stride, const token_id* tokens, const float* bias,
-                                  index_t n) {
+// Logit bias (add) or ban (set -inf) for n listed tokens in every row; the row is
+// checked first (a NaN or +inf logit: nothing written) and a sum of +inf reported.
+template <int Threads, class T>
+__global__ void token_list_kernel(T* logits, int* status, index_t V, index_t row_stride, const token_id* tokens,
+                                  const float* bias, index_t n) {
     const index_t b = blockIdx.x;
     T* row = logits + b * row_stride;
-    for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const token_id t = tokens[j];
-        row[t] = bias ? from_float<T>(::tinyllm::detail::add_rn(to_float(row[t]), bias[j])) : from_float<T>(-INFINITY);
+    bool bad = false;
+    (void)row_max_checked<Threads>(row, V, 1.0f, bad);
+    if (bad) {
+        if (threadIdx.x == 0) status[b] = row_bad_logit;
+        return;
     }
+    bool overflow = false;
+    for (index_t j = threadIdx.x; j < n; j += Threads) {
+        const token_id t = tokens[j];
+        const float z = bias ? ::tinyllm::detail::add_rn(to_float(row[t]), bias[j]) : -INFINITY;
+        overflow |= z == INFINITY;
+        row[t] = from_float<T>(z);
+    }
+    overflow = __syncthreads_or(overflow) != 0;
+    if (threadIdx.x == 0) status[b] = overflow ? row_overflow : row_ok;
 }
 
 template <class = void>  // compiled only where called (launch.cuh)
@@ -172,8 +201,9 @@ inline void run_processor(tensor_view<float, 2> logits, int which, float value, 
 
 template <class = void>  // compiled only where called (launch.cuh)
 inline void run_token_list(tensor_view<float, 2> logits, const std::vector<token_id>& tokens,
-                           const std::vector<float>* bias, cudaStream_t stream) {
-    if (logits.extent(0) == 0 || tokens.empty()) return;
+                           const std::vector<float>* bias, const char* what, cudaStream_t stream) {
+    const index_t B = logits.extent(0);
+    if (B == 0 || tokens.empty()) return;
     // Staged on `stream` itself: a copy on the legacy default stream is not ordered
     // before the kernel when `stream` is a non-blocking stream.
     device_buffer<token_id> d_tokens(tokens.size());
@@ -183,10 +213,12 @@ inline void run_token_list(tensor_view<float, 2> logits, const std::vector<token
     if (bias)
         TINYLLM_CUDA_CHECK(
             cudaMemcpyAsync(d_bias.data(), bias->data(), d_bias.bytes(), cudaMemcpyHostToDevice, stream));
-    launch(token_list_kernel<float>, static_cast<unsigned>(logits.extent(0)), 256, 0, stream, logits.data(),
-           logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr, static_cast<index_t>(tokens.size()));
-    TINYLLM_CUDA_CHECK_LAUNCH();
-    TINYLLM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the temporary buffers (and the host arrays) are freed
+    int* status = status_buffer(B, stream);
+    launch(token_list_kernel<sampling_threads, float>, static_cast<unsigned>(B), sampling_threads, 0, stream,
+           logits.data(), status, logits.extent(1), logits.stride(0), d_tokens.data(), bias ? d_bias.data() : nullptr,
+           static_cast<index_t>(tokens.size()));
+    // Synchronizes, before the temporary buffers (and the host arrays) are freed.
+    check_status(status, B, what, sampling_check::sync, stream);
 }
 
 }  // namespace detail
@@ -278,7 +310,7 @@ inline void logit_bias(tensor_view<float, 2> logits, const std::map<token_id, fl
         tokens.push_back(t);
         values.push_back(v);
     }
-    detail::run_token_list(logits, tokens, &values, stream);
+    detail::run_token_list(logits, tokens, &values, "logit_bias", stream);
 }
 
 // z_t <- -inf for the listed tokens in every row. Synchronizes.
@@ -294,7 +326,7 @@ inline void ban_tokens(tensor_view<float, 2> logits, std::span<const token_id> t
     }
     TINYLLM_EXPECT(std::find(banned.begin(), banned.end(), false) != banned.end(), "ban_tokens: all ",
                    logits.extent(1), " tokens are banned; nothing could be generated");
-    detail::run_token_list(logits, std::vector<token_id>(tokens.begin(), tokens.end()), nullptr, stream);
+    detail::run_token_list(logits, std::vector<token_id>(tokens.begin(), tokens.end()), nullptr, "ban_tokens", stream);
 }
 
 // ---- choosers -------------------------------------------------------------------
