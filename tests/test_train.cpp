@@ -451,6 +451,11 @@ TEST_CASE("distillation_loss: tau^2 KL(teacher || student), its gradient by fini
     }
     tensor<float, 2> s(extents<2>{2, 4}, 0.0f), t(extents<2>{2, 4}, 0.0f), wrong(extents<2>{2, 5}, 0.0f);
     CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 0.0), contains("temperature = 0 must be positive"));
+    // Outside [1e-3, 1e3]: z / tau overflowed the GPU's float (1e-40), tau^2 gave NaN (1e300).
+    CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 1e-40), contains("must be positive, in [1e-3, 1e3]"));
+    CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), t.view(), 1e300), contains("must be positive, in [1e-3, 1e3]"));
+    CHECK(cpu::distillation_loss({}, s.view(), t.view(), 1e-3) == 0.0);
+    CHECK(cpu::distillation_loss({}, s.view(), t.view(), 1e3) == 0.0);
     CHECK_THROWS_WITH(cpu::distillation_loss({}, s.view(), wrong.view(), 1.0), contains("must have the same shape"));
     CHECK_THROWS_WITH(cpu::distillation_loss(wrong.view(), s.view(), t.view(), 1.0), contains("dlogits has shape"));
     CHECK_THROWS_WITH(cpu::distillation_loss(s.view(), s.view(), t.view(), 1.0), contains("must not be the logits"));

@@ -319,7 +319,9 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         o.distill_weight = a.get_double("distill-weight", 0.5);
         o.distill_temperature = a.get_double("distill-temperature", 2.0);
         if (!(o.distill_weight > 0 && o.distill_weight <= 1)) throw usage_error("--distill-weight must be in (0, 1]");
-        if (!(o.distill_temperature > 0)) throw usage_error("--distill-temperature must be positive");
+        if (!(o.distill_temperature >= tinyllm::detail::distillation_temperature_min &&
+              o.distill_temperature <= tinyllm::detail::distillation_temperature_max))
+            throw usage_error("--distill-temperature must be positive, in [1e-3, 1e3]");
     }
     const long long sample_tokens = a.get_int("sample-tokens", 48);
     if (sample_tokens < 0) throw usage_error("--sample-tokens must not be negative");

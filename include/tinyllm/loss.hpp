@@ -280,11 +280,17 @@ double cross_entropy(D&& dlogits /*(..., V) or empty*/, const L& logits /*(..., 
 }  // namespace cpu
 
 namespace detail {
+// The temperatures distillation accepts: far wider than the 1 to 20 that is used, and
+// narrow enough that z / tau and the tau^2 scale stay finite in float on the GPU as in
+// double on the CPU (1e-40 overflowed the GPU's z / tau; 1e300 gave NaN on both).
+inline constexpr double distillation_temperature_min = 1e-3;
+inline constexpr double distillation_temperature_max = 1e3;
 template <class D, class S, class T>
 void expect_distillation_args(const D& dlogits, const S& student, const T& teacher, double temperature,
-                              const char* who) {
-    TINYLLM_EXPECT(std::isfinite(temperature) && temperature > 0, who, ": temperature = ", temperature,
-                   " must be positive");
+                              double grad_scale, const char* who) {
+    TINYLLM_EXPECT(temperature >= distillation_temperature_min && temperature <= distillation_temperature_max, who,
+                   ": temperature = ", temperature, " must be positive, in [1e-3, 1e3] (distillation uses 1 to 20)");
+    TINYLLM_EXPECT(std::isfinite(grad_scale), who, ": grad_scale = ", grad_scale, " must be finite");
     TINYLLM_EXPECT(student.shape() == teacher.shape(), who, ": student logits ", to_string(student.shape()),
                    " and teacher logits ", to_string(teacher.shape()), " must have the same shape");
     TINYLLM_EXPECT(student.extent(1) >= 1, who, ": logits need at least one vocabulary entry");
@@ -309,8 +315,7 @@ inline double distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or emp
                                 tensor_view<const float, 2> student /*(rows, V)*/,
                                 tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,
                                 double grad_scale = 1.0) {
-    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, "distillation_loss");
-    TINYLLM_EXPECT(std::isfinite(grad_scale), "distillation_loss: grad_scale = ", grad_scale, " must be finite");
+    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, grad_scale, "distillation_loss");
     TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
                                            static_cast<const void*>(dlogits.data()) != teacher.data()),
                    "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");

@@ -117,8 +117,9 @@ inline void expect_train_options(const train_options& o) {
                    " must be finite and not negative");
     TINYLLM_EXPECT(o.distill_weight >= 0 && o.distill_weight <= 1, "train: distill_weight = ", o.distill_weight,
                    " must be in [0, 1]");
-    TINYLLM_EXPECT(std::isfinite(o.distill_temperature) && o.distill_temperature > 0, "train: distill_temperature = ",
-                   o.distill_temperature, " must be positive");
+    TINYLLM_EXPECT(o.distill_temperature >= detail::distillation_temperature_min &&
+                       o.distill_temperature <= detail::distillation_temperature_max,
+                   "train: distill_temperature = ", o.distill_temperature, " must be positive, in [1e-3, 1e3]");
 }
 
 // Initial weights for training `c` from scratch, GPT-2's recipe (as nanoGPT

@@ -308,6 +308,12 @@ TEST_CASE("distillation_loss matches the CPU reference: loss, gradient added to 
                       tinyllm_test::contains("the student or teacher logits of row 1 hold a non-finite value"));
     CHECK_THROWS_WITH(tc::distillation_loss({}, dview2(d_s, rows, V), dview2(d_t, rows, V), -1.0),
                       tinyllm_test::contains("temperature = -1 must be positive"));
+    // As the CPU's: a temperature whose z / tau would overflow the kernel's float, a NaN grad_scale.
+    CHECK_THROWS_WITH(tc::distillation_loss({}, dview2(d_s, rows, V), dview2(d_t, rows, V), 1e-40),
+                      tinyllm_test::contains("must be positive, in [1e-3, 1e3]"));
+    CHECK_THROWS_WITH(tc::distillation_loss(dview2(d_g, rows, V), dview2(d_s, rows, V), dview2(d_t, rows, V), 1.0,
+                                            std::numeric_limits<double>::quiet_NaN()),
+                      tinyllm_test::contains("grad_scale = nan must be finite"));
     CHECK_THROWS_WITH(tc::distillation_loss(dview2(d_s, rows, V), dview2(d_s, rows, V), dview2(d_t, rows, V), 1.0),
                       tinyllm_test::contains("must not be the logits' memory"));
     CHECK_THROWS_WITH(tc::distillation_loss({}, dview2(d_s, rows, V),

@@ -405,7 +405,7 @@ inline float distillation_loss(tensor_view<float, 2> dlogits /*(rows, V) or empt
                                tensor_view<const float, 2> student /*(rows, V)*/,
                                tensor_view<const float, 2> teacher /*(rows, V)*/, double temperature,
                                double grad_scale = 1.0, cudaStream_t stream = nullptr) {
-    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, "distillation_loss");
+    tinyllm::detail::expect_distillation_args(dlogits, student, teacher, temperature, grad_scale, "distillation_loss");
     TINYLLM_EXPECT(dlogits.size() == 0 || (static_cast<const void*>(dlogits.data()) != student.data() &&
                                            static_cast<const void*>(dlogits.data()) != teacher.data()),
                    "distillation_loss: dlogits must not be the logits' memory (the gradient is added to it)");
