@@ -8,6 +8,7 @@
 #include <tinyllm/cuda/embedding.cuh>
 #include <tinyllm/embedding.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -83,6 +84,18 @@ TEST_CASE("CUDA embedding reads strided ids and rejects ids outside the vocabula
                                         tinyllm::tensor_view<const std::int64_t, 2>(d_bad.data(), {1, 4}),
                                         tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), 1.0f, version),
                           tinyllm_test::contains("ids(0, 2) = 9 is outside the vocabulary [0, 4)"));
+    // Unchecked (check_ids = false, as a decode step calls it): the bad id's row is NaN,
+    // never a table row it does not have nor what the output held before.
+    for (auto version : {tc::embedding_version::naive, tc::embedding_version::vectorized}) {
+        TINYLLM_CUDA_CHECK(cudaMemset(d_out.data(), 0, d_out.bytes()));  // not NaN before the call
+        tc::embedding(d_out.view(tinyllm::extents<3>{1, 4, D}), tinyllm::tensor_view<const std::int64_t, 2>(d_bad.data(), {1, 4}),
+                      tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), 1.0f, version, /*check_ids=*/false);
+        const auto got = tc::to_host(d_out);
+        for (int d = 0; d < D; ++d) {
+            CHECK(got[1 * D + d] == float(1 * D + d));
+            CHECK(std::isnan(got[2 * D + d]));
+        }
+    }
     // A NaN scale (refused by the CPU reference too), and an out that overlaps the table.
     CHECK_THROWS_WITH(tc::embedding(d_out.view(tinyllm::extents<3>{2, 2, D}), ids,
                                     tinyllm::tensor_view<const float, 2>(d_table.data(), {V, D}), std::nanf("")),

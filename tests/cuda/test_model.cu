@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -824,6 +825,35 @@ TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") 
     CHECK_THROWS_WITH(m.forward(s, tensor_view<const tinyllm::token_id, 2>(many.data(), {1, 8})),
                       contains("tokens has 1 rows but the session holds 2"));
     CHECK_THROWS_WITH(m.new_session(0, 4), contains("must be at least 1"));
+}
+
+TEST_CASE("cuda::model decode steps: an id outside the vocabulary gives NaN logits, host ids are refused",
+          "[model][errors][dataflow]") {
+    // The ids of a decode step stay on the device, unchecked by the host: a bad one must not
+    // read outside the table (INT_MAX crashed the one-launch step) nor reuse an older row (the
+    // graph's step returned plausible logits). Its row's logits are NaN, which a sampler refuses.
+    const tinyllm::model_config c = small_config(tinyllm::model_arch::llama);
+    const tc::model<float> m(c, tinyllm::random_model_weights(c, 4));
+    const index_t V = c.vocab_size;
+    const std::vector<tinyllm::token_id> prompt = {1, 2};
+    for (const bool dataflow : {false, true})
+        for (const tinyllm::token_id bad : {tinyllm::token_id(V), tinyllm::token_id(-1), std::numeric_limits<tinyllm::token_id>::max()}) {
+            INFO((dataflow ? "decode_step_dataflow" : "decode_step") << ", id " << bad);
+            auto s = m.new_session(2, 8);
+            m.forward(s, tensor_view<const tinyllm::token_id, 2>(prompt.data(), {2, 1}));
+            auto ids = tc::to_device(std::vector<tinyllm::token_id>{3, bad});
+            const tensor_view<const tinyllm::token_id, 1> d_ids(ids.data(), {2});
+            const auto logits = dataflow ? m.decode_step_dataflow(s, d_ids) : m.decode_step(s, d_ids);
+            const auto host = host_rows(logits, 0, 2);
+            CHECK(std::all_of(host.begin(), host.begin() + V, [](float x) { return std::isfinite(x); }));
+            CHECK(std::all_of(host.begin() + V, host.end(), [](float x) { return std::isnan(x); }));
+            tc::device_buffer<tinyllm::token_id> out(2);
+            CHECK_THROWS_WITH(tc::greedy(out.view(tinyllm::extents<1>{2}), logits), contains("row 1 has a NaN"));
+            const std::vector<tinyllm::token_id> on_host = {3, 4};
+            const tensor_view<const tinyllm::token_id, 1> h_ids(on_host.data(), {2});
+            CHECK_THROWS_WITH(dataflow ? m.decode_step_dataflow(s, h_ids) : m.decode_step(s, h_ids),
+                              contains("ids point to host memory"));
+        }
 }
 
 #if defined(TINYLLM_SIMULATED_GPU)

@@ -569,9 +569,12 @@ __global__ void __launch_bounds__(dataflow_threads, 2) decode_dataflow_kernel(da
     }
     if (blk.kind == dataflow_kind::embed) {  // row blk.index: x = embed[id] (+ learned[pos])
         const index_t r = blk.index, id = a.ids[r], pos = static_cast<index_t>(a.positions[r]);
+        // An id outside the vocabulary (read from device memory, so not checked on the host):
+        // a NaN row, whose NaN logits a sampler refuses, as cuda::embedding writes one.
+        const bool known = id >= 0 && id < a.V;
         for (index_t d = threadIdx.x; d < a.D; d += blockDim.x) {
-            float v = to_float(a.embed[id * a.D + d]);
-            if (a.learned) v += to_float(a.learned[pos * a.D + d]);
+            float v = known ? to_float(a.embed[id * a.D + d]) : __int_as_float(0x7fc00000);  // NaN
+            if (a.learned && known) v += to_float(a.learned[pos * a.D + d]);
             a.x[r * a.D + d] = from_float<T>(v);
         }
     } else if (a.gpt2) {

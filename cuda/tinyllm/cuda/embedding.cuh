@@ -21,11 +21,14 @@
 // dimensions, as for cpu::embedding: the (B, T) function is the definition;
 // the overload at the end sees any ids as (B, T) and calls it.
 //
-// Ids are validated on the device: an id outside [0, V) writes nothing for
-// its row and records the smallest bad position; the launcher then waits for
-// the kernel and throws tinyllm::error naming the position and the value (set
-// check_ids = false to skip that allocation and synchronization once inputs
-// are trusted: rows with bad ids are then left unwritten).
+// Ids are validated on the device: an id outside [0, V) writes NaN over its
+// row (never a table row it does not have) and records the smallest bad
+// position; the launcher then waits for the kernel and throws tinyllm::error
+// naming the position and the value. check_ids = false skips that allocation
+// and synchronization (a decode step reads its ids from device memory and
+// cannot stop): a bad id's row is then NaN, so the logits computed from it are
+// NaN too, and a sampler refuses them by name, instead of a step that silently
+// reuses an older row.
 //
 // Backward (training; the math in <tinyllm/embedding.hpp>): dtable(v, :) (+)=
 // scale * the sum of dout's rows whose id is v, a scatter-add. With float
@@ -108,6 +111,7 @@ __global__ void embedding_naive_kernel(T* out, const Id* ids, index_t ids_stride
         const Id id = ids[b * ids_stride_b + t * ids_stride_t];
         if (!id_ok(id, V)) {
             if (d == 0 && bad) atomicMin(bad, static_cast<unsigned long long>(row));
+            out[i] = from_float<T>(__int_as_float(0x7fc00000));  // NaN
             continue;
         }
         out[i] = scaled(table[static_cast<index_t>(id) * D + d], scale);
@@ -126,6 +130,8 @@ __global__ void embedding_vectorized_kernel(T* out, const Id* ids, index_t ids_s
         const Id id = ids[b * ids_stride_b + t * ids_stride_t];  // one read per row (broadcast)
         if (!id_ok(id, V)) {
             if (threadIdx.x == 0 && bad) atomicMin(bad, static_cast<unsigned long long>(row));
+            for (index_t k = threadIdx.x; k < D; k += blockDim.x)
+                out[row * D + k] = from_float<T>(__int_as_float(0x7fc00000));  // NaN
             continue;
         }
         const T* src = table + static_cast<index_t>(id) * D;

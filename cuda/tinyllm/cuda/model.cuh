@@ -150,6 +150,14 @@
 namespace tinyllm::cuda {
 namespace detail {
 
+// A decode step's ids (where cuda::sample wrote its tokens) are read on the GPU:
+// host memory is refused by name (a copy from it failed with a bare "invalid argument").
+inline void expect_device_ids(tensor_view<const token_id, 1> ids, const char* op) {
+    TINYLLM_EXPECT(ids.extent(0) == 0 || is_device_memory(ids.data()), op, ": ids point to host memory (",
+                   static_cast<const void*>(ids.data()), "); a decode step reads them on the GPU, so they must be in "
+                   "device memory (where cuda::sample writes its tokens); host ids go to forward()");
+}
+
 // A device tensor that owns its memory: a buffer and a shape. Empty when the
 // host tensor was empty (an absent bias, an untied lm_head).
 template <class T, std::size_t R>
@@ -728,10 +736,15 @@ public:
     // step's experts are GEMVs that read the dispatch plan on the device (more
     // rows run eagerly: their GEMMs read the plan back). Should capture fail,
     // the steps run eagerly, with the reason in s.graph_failure().
+    //
+    // The ids stay on the device, so the host cannot check them: an id outside
+    // the vocabulary gives its row NaN logits (the embedding writes a NaN row),
+    // which the samplers refuse by name.
     tensor_view<const float, 2> decode_step(session& s, tensor_view<const token_id, 1> ids /*(B) device*/) const {
         const index_t B = s.batch;
         TINYLLM_EXPECT(ids.extent(0) == B, "cuda::model::decode_step: ", ids.extent(0), " ids for ", B, " rows");
         TINYLLM_EXPECT(ids.is_contiguous(), "cuda::model::decode_step: ids must be contiguous");
+        detail::expect_device_ids(ids, "cuda::model::decode_step");
         for (index_t b = 0; b < B; ++b)
             TINYLLM_EXPECT(s.lengths[b] + 1 <= s.capacity, "cuda::model::decode_step: row ", b, " holds ", s.lengths[b],
                            " positions; one more exceeds the session's capacity ", s.capacity);
@@ -794,6 +807,7 @@ public:
         const index_t Hq = c.num_heads, Hkv = c.num_kv_heads, V = c.vocab_size;
         TINYLLM_EXPECT(ids.extent(0) == B, op, ": ", ids.extent(0), " ids for ", B, " rows");
         TINYLLM_EXPECT(ids.is_contiguous(), op, ": ids must be contiguous");
+        detail::expect_device_ids(ids, op);
         TINYLLM_EXPECT(!quantized(), op, ": the model's matrices are quantized (", quantization_ ? quantization_->name()
                        : std::string(), "); the one-launch step takes dense weights (use decode_step)");
         TINYLLM_EXPECT(c.num_experts == 0 && (c.arch == model_arch::gpt2 || c.arch == model_arch::llama), op,
