@@ -19,6 +19,7 @@
 #include <tinyllm/cuda/attention_tiled.cuh>
 #include <tinyllm/cuda/device_buffer.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <iterator>
@@ -422,6 +423,41 @@ TEST_CASE("device KV cache: decoding step by step equals full causal attention",
     tc::device_buffer<float> five(static_cast<std::size_t>(s.B * 5 * s.Hkv * s.D));
     CHECK_THROWS_WITH(cache.append(five.view(extents<4>{s.B, 5, s.Hkv, s.D}), five.view(extents<4>{s.B, 5, s.Hkv, s.D})),
                       contains("exceed the capacity 16"));
+}
+
+TEST_CASE("a NaN in q reaches its row of the output as NaN on every float rung, as on the CPU", "[cuda][attention][error]") {
+    // The flash-family rungs took a NaN row sum for a row that saw no key and wrote 0s.
+    const shape sh{1, 2, 70, 2, 2, 64};
+    problem<float> p(sh, variants[0], 36000);
+    p.q[0] = std::numeric_limits<float>::quiet_NaN();  // row (b 0, query 0, head 0)
+    p.dq = tc::to_device(p.q);
+    const index_t D = sh.D;
+    const auto check = [&](const char* rung) {
+        INFO(rung);
+        const auto got = tc::to_host(p.dout);
+        for (index_t d = 0; d < D; ++d) CHECK(std::isnan(got[static_cast<std::size_t>(d)]));
+        CHECK(std::all_of(got.begin() + D, got.end(), [](float x) { return std::isfinite(x); }));
+    };
+    tc::device_buffer<float> scores(static_cast<std::size_t>(sh.B * sh.Hq * sh.Tq * sh.Tk));
+    const auto sv = scores.view(extents<4>{sh.B, sh.Hq, sh.Tq, sh.Tk});
+    tc::attention_workspace ws;
+    p.dout.poison();
+    tc::attention_naive<float>(p.out(), p.qv(), p.kv(), p.vv(), sv);
+    check("naive");
+    p.dout.poison();
+    tc::attention_tiled<float>(p.out(), p.qv(), p.kv(), p.vv(), sv);
+    check("tiled");
+    p.dout.poison();
+    tc::attention_flash<float>(p.out(), p.qv(), p.kv(), p.vv());
+    check("flash");
+    for (int splits : {1, 3}) {
+        p.dout.poison();
+        tc::attention_decode_tiles<float>(p.out(), p.qv(), p.kv(), p.vv(), {}, ws, splits);
+        check("decode tiles");
+        p.dout.poison();
+        tc::attention_decode_warps<float>(p.out(), p.qv(), p.kv(), p.vv(), {}, ws, splits);
+        check("decode warps");
+    }
 }
 
 TEST_CASE("attention kernels reject what they do not support", "[cuda][attention][error]") {
@@ -879,4 +915,9 @@ TEST_CASE("attention v7 tma rejects what it does not support", "[cuda][attention
     tinyllm::tensor_view<const bfloat16, 4> v0(odd.dv.data(), {2, 4, 2, 64}, {0, 2 * 64, 64, 1});
     CHECK_THROWS_WITH(tc::attention_tma<bfloat16>(odd.out(), odd.qv(), k0, v0),
                       contains("attention_tma (v7): k: TMA copies need positive strides, got 0 for a dimension of extent 2"));
+    // No keys: zeros, as every rung writes (a tensor map of an empty K was refused).
+    problem<bfloat16> none({1, 3, 0, 2, 2, 64}, variants[0], 83200);
+    none.dout.poison();
+    tc::attention_tma<bfloat16>(none.out(), none.qv(), none.kv(), none.vv());
+    for (const bfloat16 x : tc::to_host(none.dout)) CHECK(tinyllm::to_float(x) == 0.0f);
 }

@@ -80,7 +80,7 @@ __global__ void attention_decode_combine_kernel(attention_args<T> a, int splits,
     for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
         float acc = 0.0f;
         for (int s = 0; s < splits; ++s) acc += exp_shifted(ml[2 * s], m) * part_o[(row * splits + s) * a.D + d];
-        a.o_row(b, i, h)[d] = from_float<T>(l > 0.0f ? acc / l : 0.0f);
+        a.o_row(b, i, h)[d] = from_float<T>(l != 0.0f ? acc / l : 0.0f);
     }
 }
 

@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(decode_warps_threads)
         }
         const int row = r0 + r, h = hkv * a.group + row / a.Tq, i = row % a.Tq;
         if (part_o == nullptr) {
-            a.o_row(b, i, h)[d] = from_float<T>(ll > 0.0f ? acc / ll : 0.0f);
+            a.o_row(b, i, h)[d] = from_float<T>(ll != 0.0f ? acc / ll : 0.0f);
         } else {
             const index_t slot = ((static_cast<index_t>(b) * a.Hq + h) * a.Tq + i) * gridDim.x + blockIdx.x;
             part_o[slot * D + d] = acc;

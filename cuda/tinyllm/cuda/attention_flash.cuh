@@ -181,9 +181,9 @@ __global__ void __launch_bounds__(flash_threads)
         const int r = idx / a.D, d = idx % a.D;
         const int i = query_of(r), h = head_of(r);
         if (!split) {
-            const float l = row_l[r];
-            a.o_row(b, i, h)[d] = from_float<T>(l > 0.0f ? os[idx] / l : 0.0f);
-            if (d == 0 && lse.data() != nullptr) lse(b, h, i) = l > 0.0f ? row_m[r] + logf(l) : -INFINITY;
+            const float l = row_l[r];  // 0: no key seen (a row of 0s); NaN: a NaN score, kept as the CPU keeps it
+            a.o_row(b, i, h)[d] = from_float<T>(l != 0.0f ? os[idx] / l : 0.0f);
+            if (d == 0 && lse.data() != nullptr) lse(b, h, i) = l != 0.0f ? row_m[r] + logf(l) : -INFINITY;
         } else {
             // Layout of the partial results: (B, Hq, Tq, splits, D) and (B, Hq, Tq, splits, 2).
             const index_t slot = ((static_cast<index_t>(b) * a.Hq + h) * a.Tq + i) * gridDim.x + blockIdx.x;

@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(paged_threads)
         const int r = idx / D, d = idx % D;
         const int h = hkv * a.group + r / a.Tq, i = r % a.Tq;
         if (part_o == nullptr) {
-            a.o_row(b, i, h)[d] = from_float<T>(sl[r] > 0.0f ? so[idx] / sl[r] : 0.0f);
+            a.o_row(b, i, h)[d] = from_float<T>(sl[r] != 0.0f ? so[idx] / sl[r] : 0.0f);
         } else {
             const index_t slot = ((static_cast<index_t>(b) * a.Hq + h) * a.Tq + i) * gridDim.x + split;
             part_o[slot * D + d] = so[idx];

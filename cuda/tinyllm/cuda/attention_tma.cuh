@@ -320,6 +320,9 @@ void attention_tma(tensor_view<T, 4> out, std::type_identity_t<tensor_view<const
                    const attention_options& opts = {}, cudaStream_t stream = nullptr) {
     auto a = detail::wgmma_attention_args<T>(out, q, k, v, opts, "attention_tma", "v7");
     if (out.size() == 0) return;
+    // No keys: every row is 0, as on every rung. A TMA map cannot describe an empty tensor
+    // (cuTensorMapEncodeTiled refuses a size of 0), so v6 writes the zeros.
+    if (a.Tk == 0) return attention_wgmma<T>(out, q, k, v, opts, stream);
     const std::size_t bytes = static_cast<std::size_t>(detail::tma_attn_smem_bytes(a.D));
     const dim3 grid = detail::wgmma_attention_grid(a, "attention_tma");
     constexpr bool pingpong = Schedule == tma_schedule::pingpong;
