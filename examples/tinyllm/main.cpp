@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -132,7 +133,11 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     }
     for (const auto& p : a.positional)
         if (std::find(names.begin(), names.end(), p) == names.end())
-            throw usage_error("no benchmark component named '" + p + "' (tinyllm bench --list shows them)");
+            throw usage_error("no benchmark component named '" + p + "' in this build (tinyllm bench --list shows them; " +
+                              (query_gpus().built_with_cuda ? std::string("check the spelling)")
+                                                      : std::string("components of CUDA kernels alone, such as model, "
+                                                                    "rope_cache or mlp_swiglu_gemv, exist only in CUDA and "
+                                                                    "simulated-GPU builds)")));
     const long long repeats = a.get_int("repeats", 10);
     if (repeats < 1) throw usage_error("--repeats must be at least 1");
     const long long size = a.get_int("size", 0);
@@ -204,6 +209,11 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
         }
     }
     if (const std::string path = a.get("json"); !path.empty()) {
+        // Its folder is made if missing (docs write out/NAME.json, and out/ is not in a fresh clone).
+        if (const auto folder = std::filesystem::path(path).parent_path(); !folder.empty()) {
+            std::error_code ec;
+            std::filesystem::create_directories(folder, ec);
+        }
         std::ofstream file(path);
         if (!file) throw tinyllm::error("tinyllm bench: cannot write " + path);
         tinyllm::write_json(file, all_timings,
