@@ -180,7 +180,18 @@ tinyllm::model_config model_config_from(const parsed_args& a, tinyllm::index_t v
     return c;
 }
 
-// The lines of the JSONL log from before step `step` (the part a resumed run keeps).
+// The default sample prompt: the text's first three words.
+std::string first_words(const std::string& text) {
+    std::istringstream words(text.substr(0, 200));
+    std::string w, out;
+    for (int i = 0; i < 3 && words >> w; ++i) out += (i ? " " : "") + w;
+    return out;
+}
+
+// The lines of the JSONL log from before step `step` (the part a resumed run keeps): the
+// training lines of steps 0 .. step - 1 and the evaluations after at most `step` steps (the
+// one at the checkpoint itself included; a training line counts from 0, an evaluation
+// after N steps says N).
 void truncate_log(const std::string& path, std::int64_t step) {
     std::ifstream in(path);
     if (!in) return;
@@ -188,7 +199,8 @@ void truncate_log(const std::string& path, std::int64_t step) {
     while (std::getline(in, line)) {
         try {
             const auto v = tinyllm::json::parse(line, path);
-            if (v.find("step") && v.at("step").as_int64() < step) kept += line + "\n";
+            const bool evaluation = v.find("val_loss") != nullptr;
+            if (v.find("step") && v.at("step").as_int64() < step + (evaluation ? 1 : 0)) kept += line + "\n";
         } catch (const tinyllm::error&) {
             // a line cut short by a crash: dropped
         }
@@ -386,6 +398,12 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         }
         if (!fs::exists(path("data.tokens")))
             throw tinyllm::error("cannot resume from '" + dir + "': its data.tokens (the tokenized corpus) is missing");
+        if (sample_prompt.empty()) {  // the same prompt as before the stop: the text's first words, decoded
+            const tinyllm::token_file corpus(path("data.tokens"));
+            std::vector<tinyllm::token_id> head;
+            for (std::uint64_t i = 0; i < std::min<std::uint64_t>(corpus.size(), 64); ++i) head.push_back(corpus[i]);
+            sample_prompt = first_words(tok.decode(head));
+        }
         out << "resuming " << dir << " at step " << start_step << " of " << o.steps << "\n";
     } else {
         if (fs::exists(path("training_state.json")))
@@ -454,12 +472,7 @@ TINYLLM_COMMAND("train", "train a GPT-2, Llama or Mixtral model on text; save it
         } catch (const tinyllm::error& e) {
             throw tinyllm::error(std::string("--data: the corpus is too short for this run: ") + e.what());
         }
-        if (sample_prompt.empty()) {
-            // The text's first three words.
-            std::istringstream words(texts.front().substr(0, 200));
-            std::string w;
-            for (int i = 0; i < 3 && words >> w; ++i) sample_prompt += (i ? " " : "") + w;
-        }
+        if (sample_prompt.empty()) sample_prompt = first_words(texts.front());
     }
     if (sample_prompt.empty()) sample_prompt = "The";
     if (tinyllm::detail::is_valid_utf8(sample_prompt) == false) throw usage_error("--sample-prompt must be UTF-8");

@@ -22,7 +22,7 @@ run(TRUE ${common} --out "${WORK}/halves" --stop-after 4)
 if(NOT last_output MATCHES "stopped after step 4 of 8")
   message(FATAL_ERROR "--stop-after 4 did not stop after step 4:\n${last_output}")
 endif()
-run(TRUE --resume "${WORK}/halves")
+run(TRUE --resume "${WORK}/halves" --eval-every 4 --sample-tokens 4 --threads 1)
 if(NOT last_output MATCHES "resuming .* at step 4 of 8")
   message(FATAL_ERROR "--resume did not continue from step 4:\n${last_output}")
 endif()
@@ -38,6 +38,14 @@ file(STRINGS "${WORK}/halves/log.jsonl" lines REGEX "\"loss\"")
 list(LENGTH lines n)
 if(NOT n EQUAL 8)
   message(FATAL_ERROR "log.jsonl of the resumed run holds ${n} training steps, not 8")
+endif()
+
+# The evaluations and their samples too (the same prompt, the text's first words, before and
+# after the resume; the evaluation at the checkpoint's step kept once).
+file(STRINGS "${WORK}/straight/log.jsonl" straight_samples REGEX "\"sample\"")
+file(STRINGS "${WORK}/halves/log.jsonl" halves_samples REGEX "\"sample\"")
+if(NOT straight_samples STREQUAL halves_samples)
+  message(FATAL_ERROR "the resumed run's samples differ from the straight run's:\n${straight_samples}\n---\n${halves_samples}")
 endif()
 
 # Resuming with another learning rate, or training afresh over a run, is refused.
