@@ -138,7 +138,15 @@ wait $beside
   { cp "$work/beside" "$work/body"; fail "the request beside a failing one: not run to its end"; }
 echo "ok:   a request whose sampling overflows fails alone: $(cat "$work/body")"
 # A stop string ends a request as "stop", in the reply and in /metrics (not as cancelled).
-[ "$(request POST /v1/completions "{\"model\":\"$name\",\"prompt\":\"In the beginning\",\"max_tokens\":40,\"temperature\":0,\"ignore_eos\":true,\"stop\":[\"e\",\"r\",\" \",\"a\"]}")" = 200 ] &&
+# The stop string is the first character of the model's own greedy reply (the small model
+# is trained on a docs page, so its text changes with the page), hence certain to come.
+greedy="{\"model\":\"$name\",\"prompt\":\"In the beginning\",\"max_tokens\":40,\"temperature\":0,\"ignore_eos\":true"
+stop='"e","r"," ","\n"'
+if command -v python3 > /dev/null; then
+  [ "$(request POST /v1/completions "$greedy}")" = 200 ] || fail "greedy completion"
+  stop=$(python3 -c 'import json, sys; t = json.load(sys.stdin)["choices"][0]["text"]; sys.stdout.write(json.dumps(t[:1] or " "))' < "$work/body")
+fi
+[ "$(request POST /v1/completions "$greedy,\"stop\":[$stop]}")" = 200 ] &&
   grep -q '"finish_reason":"stop"' "$work/body" || fail "stop string: finish_reason stop"
 echo "ok:   stop string"
 
