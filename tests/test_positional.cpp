@@ -461,9 +461,14 @@ TEST_CASE("bad RoPE configurations and shapes are clear errors", "[positional][e
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = 1}), contains("theta = 1 must be"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .theta = -1}), contains("theta = -1"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 0}),
-                      contains("factor = 0 must be positive (and at least 1/FLT_MAX) for linear scaling"));
+                      contains("factor = 0 must be positive (and at least 1e-19, so that every angle stays a float) "
+                               "for linear scaling"));
     CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 1e-39}),
-                      contains("factor = 1e-39 must be positive (and at least 1/FLT_MAX)"));
+                      contains("factor = 1e-39 must be positive (and at least 1e-19"));
+    // 1e-38 kept the frequencies finite, but position 5's angle overflowed: NaN rotations on CPU and GPU.
+    CHECK_THROWS_WITH(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 1e-38}),
+                      contains("factor = 1e-38 must be positive (and at least 1e-19"));
+    CHECK_NOTHROW(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 1e-19}));
     CHECK_NOTHROW(apply({.rotary_dim = 8, .scaling = rope_scaling::linear, .factor = 0.5}));
     CHECK_THROWS_WITH(apply({.rotary_dim = 2, .scaling = rope_scaling::ntk, .factor = 2}),
                       contains("ntk scaling needs rotary_dim > 2"));

@@ -160,9 +160,11 @@ inline void validate(const rope_config& cfg, index_t head_dim) {
     TINYLLM_EXPECT(std::isfinite(cfg.theta) && cfg.theta > 1, "rope_config.theta = ", cfg.theta,
                    " must be a finite number > 1 (the base of the wavelengths, 10000 in the RoPE paper)");
     if (cfg.scaling != rope_scaling::none) {
-        // Dividing the frequencies by it must leave them floats (1e-39 overflowed them to inf: NaN rotations).
-        TINYLLM_EXPECT(std::isfinite(cfg.factor) && cfg.factor >= 1.0 / std::numeric_limits<float>::max(),
-                       "rope_config.factor = ", cfg.factor, " must be positive (and at least 1/FLT_MAX) for ",
+        // Dividing the frequencies by it must leave every angle a float: a frequency is at most 1
+        // and a position below 2^63 (9.2e18), so factor >= 1e-19 keeps the angle below 1e38.
+        // (1e-39 overflowed the frequencies to inf, 1e-38 the angle of position 5: NaN rotations.)
+        TINYLLM_EXPECT(std::isfinite(cfg.factor) && cfg.factor >= 1e-19, "rope_config.factor = ", cfg.factor,
+                       " must be positive (and at least 1e-19, so that every angle stays a float) for ",
                        to_string(cfg.scaling), " scaling");
     }
     if (cfg.scaling == rope_scaling::ntk) {

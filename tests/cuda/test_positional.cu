@@ -683,6 +683,13 @@ TEST_CASE("CUDA positional launchers reject bad arguments before launching", "[c
     CHECK_THROWS_WITH(tc::apply_rope_on_the_fly(xv.transpose(2, 3), pv, rope_config{.rotary_dim = 4}),
                       tinyllm_test::contains("the head dim of x must be contiguous"));
     CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{.rotary_dim = 8}, 0), tinyllm_test::contains("max_positions = 0"));
+    // A table whose size would wrap (2^62 + 1 positions of 4 pairs: a 4-entry table, then read far
+    // past its end), or too large to allocate, is refused by name before anything is made.
+    CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{.rotary_dim = 8}, (index_t{1} << 62) + 1),
+                      tinyllm_test::contains("make_rope_cache: max_positions = 4611686018427387905 x rotary_dim/2 = 4 "
+                                             "exceeds the 4294967296 entries a table may hold"));
+    CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{.rotary_dim = 4}, index_t{1} << 40),
+                      tinyllm_test::contains("exceeds the 4294967296 entries"));
     CHECK_THROWS_WITH(tc::apply_rope_cached(xv, pv, tc::rope_cache{}), tinyllm_test::contains("the cache is empty"));
     CHECK_THROWS_WITH(tc::apply_rope_cached(xv, tc::rope_cache{}), tinyllm_test::contains("the cache is empty"));
     CHECK_THROWS_WITH(tc::make_rope_cache(rope_config{}, 4),

@@ -604,6 +604,9 @@ void qkv_rope_write_cache(T* qkv, T* keys, T* values, Rows rows, const std::type
 
 }  // namespace detail
 
+// The most entries (positions x rotary_dim/2) a rope_cache table may hold.
+inline constexpr index_t rope_cache_max_entries = index_t{1} << 32;
+
 // Build the cos/sin table of `cfg` for positions [0, max_positions) on the device.
 // The table's width is rotary_dim/2, so rotary_dim must be explicit: for the
 // default (0, the whole head dim) pass resolve_rope(cfg, head_dim).
@@ -611,6 +614,12 @@ template <class = void>  // compiled only where called (launch.cuh)
 inline rope_cache make_rope_cache(const rope_config& config, index_t max_positions, cudaStream_t stream = nullptr) {
     const rope_config cfg = tinyllm::detail::resolve_rope_without_head_dim(config, "make_rope_cache");
     TINYLLM_EXPECT(max_positions >= 1, "make_rope_cache: max_positions = ", max_positions, " must be at least 1");
+    // Each table holds max_positions x rotary_dim/2 floats: bounded (2^32 entries, 16 GiB a table)
+    // before the product is formed, so that it cannot wrap into a small table that is then read
+    // far past its end.
+    TINYLLM_EXPECT(max_positions <= rope_cache_max_entries / (cfg.rotary_dim / 2), "make_rope_cache: max_positions = ",
+                   max_positions, " x rotary_dim/2 = ", cfg.rotary_dim / 2, " exceeds the ", rope_cache_max_entries,
+                   " entries a table may hold");
     rope_cache cache;
     cache.config = cfg;
     cache.max_positions = max_positions;
@@ -647,7 +656,8 @@ void apply_rope_on_the_fly(tensor_view<T, 4> x /*(B, T, H, D)*/, const rope_conf
 
 namespace detail {
 inline void expect_rope_cache(const rope_cache& cache) {
-    TINYLLM_EXPECT(cache.max_positions >= 1 && cache.config.rotary_dim > 0 &&
+    TINYLLM_EXPECT(cache.max_positions >= 1 && cache.config.rotary_dim > 1 &&
+                       cache.max_positions <= rope_cache_max_entries / (cache.config.rotary_dim / 2) &&
                        cache.cos.size() == static_cast<std::size_t>(cache.max_positions * (cache.config.rotary_dim / 2)),
                    "apply_rope_cached: the cache is empty or inconsistent; build it with make_rope_cache");
 }
