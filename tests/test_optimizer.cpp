@@ -510,6 +510,12 @@ TEST_CASE("bad optimizer inputs are clear errors", "[optimizer][errors]") {
     CHECK_THROWS_WITH(adamw({.eps = 0.0}), contains("adamw: eps = 0 must be finite and > 0"));
     CHECK_THROWS_WITH(adamw({.eps = -1e-8}), contains("adamw: eps = -1e-08"));
     CHECK_THROWS_WITH(adamw({.weight_decay = -0.1}), contains("adamw: weight_decay = -0.1 must be finite and >= 0"));
+    // Settings the GPU's float kernels cannot hold are refused on both (they gave the GPU NaN steps).
+    CHECK_THROWS_WITH(adamw({.lr = 1e300}), contains("adamw: lr = 1e+300 must be finite and >= 0 (and a float)"));
+    CHECK_THROWS_WITH(adamw({.eps = 1e-50}), contains("adamw: eps = 1e-50 must be a normal float"));
+    CHECK_THROWS_WITH(adamw({.weight_decay = 1e306}), contains("weight_decay = 1e+306 must be finite and >= 0 (and a float)"));
+    CHECK_THROWS_WITH(adamw({.lr = 1e20, .weight_decay = 1e20}), contains("adamw: lr x weight_decay = 1e+40 must be a float"));
+
     CHECK_THROWS_WITH(cpu::adamw_step(view(p), view(m), view(v), cview(g), {}, 0), contains("adamw_step: step = 0 must be >= 1"));
     CHECK_THROWS_WITH(cpu::adamw_step(view(p), view(m), view(v), cview(short3), {}, 1, true, "fc.weight"),
                       contains("adamw_step: parameter 'fc.weight': value has 4 elements but grad has 3"));
@@ -542,6 +548,9 @@ TEST_CASE("bad optimizer inputs are clear errors", "[optimizer][errors]") {
     CHECK_THROWS_WITH(sgd({.momentum = -0.5}), contains("sgd: momentum = -0.5"));
     CHECK_THROWS_WITH(sgd({.momentum = 0.9, .dampening = 1.5}), contains("sgd: dampening = 1.5 must be in [0, 1]"));
     CHECK_THROWS_WITH(sgd({.weight_decay = -1.0}), contains("sgd: weight_decay = -1"));
+    CHECK_THROWS_WITH(sgd({.lr = 1e300}), contains("sgd: lr = 1e+300 must be finite and >= 0 (and a float)"));
+    CHECK_THROWS_WITH(sgd({.lr = 0, .weight_decay = 1e300}), contains("sgd: weight_decay = 1e+300"));
+    CHECK_THROWS_WITH(sgd({.lr = 0.1, .momentum = 1e300}), contains("sgd: momentum = 1e+300"));
     CHECK_THROWS_WITH(sgd({.momentum = 0.9, .dampening = 0.1, .nesterov = true}),
                       contains("sgd: nesterov momentum needs momentum > 0 and dampening = 0"));
     CHECK_THROWS_WITH(sgd({.nesterov = true}), contains("nesterov momentum needs momentum > 0"));

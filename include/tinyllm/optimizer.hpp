@@ -114,6 +114,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <initializer_list>
 #include <span>
 #include <string>
@@ -210,22 +211,34 @@ named_parameter<T> make_parameter(std::string name, tensor<T, R>& value, tensor<
 
 namespace detail {
 
+// The settings are doubles, but the CUDA kernels take them (and their products) as floats:
+// each must be a float too, so that the CPU and the GPU refuse the same settings (an lr of
+// 1e300 or an eps of 1e-50 became inf or 0 in float, and the GPU's steps NaN). eps must be a
+// normal float, the largest settings at most FLT_MAX.
+inline bool float_setting(double x) { return x <= static_cast<double>(std::numeric_limits<float>::max()); }
+
 inline void expect_adamw_config(const adamw_config& c) {
-    TINYLLM_EXPECT(std::isfinite(c.lr) && c.lr >= 0.0, "adamw: lr = ", c.lr, " must be finite and >= 0");
+    TINYLLM_EXPECT(std::isfinite(c.lr) && c.lr >= 0.0 && float_setting(c.lr), "adamw: lr = ", c.lr,
+                   " must be finite and >= 0 (and a float)");
     TINYLLM_EXPECT(c.beta1 >= 0.0 && c.beta1 < 1.0, "adamw: beta1 = ", c.beta1, " must be in [0, 1)");
     TINYLLM_EXPECT(c.beta2 >= 0.0 && c.beta2 < 1.0, "adamw: beta2 = ", c.beta2, " must be in [0, 1)");
     TINYLLM_EXPECT(std::isfinite(c.eps) && c.eps > 0.0, "adamw: eps = ", c.eps, " must be finite and > 0");
-    TINYLLM_EXPECT(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, "adamw: weight_decay = ", c.weight_decay,
-                   " must be finite and >= 0");
+    TINYLLM_EXPECT(c.eps >= std::numeric_limits<float>::min() && float_setting(c.eps), "adamw: eps = ", c.eps,
+                   " must be a normal float (at least ", std::numeric_limits<float>::min(), "; 1e-8 is usual)");
+    TINYLLM_EXPECT(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0 && float_setting(c.weight_decay),
+                   "adamw: weight_decay = ", c.weight_decay, " must be finite and >= 0 (and a float)");
+    TINYLLM_EXPECT(float_setting(c.lr * c.weight_decay), "adamw: lr x weight_decay = ", c.lr * c.weight_decay,
+                   " must be a float");
 }
 
 inline void expect_sgd_config(const sgd_config& c) {
-    TINYLLM_EXPECT(std::isfinite(c.lr) && c.lr >= 0.0, "sgd: lr = ", c.lr, " must be finite and >= 0");
-    TINYLLM_EXPECT(std::isfinite(c.momentum) && c.momentum >= 0.0, "sgd: momentum = ", c.momentum,
-                   " must be finite and >= 0");
+    TINYLLM_EXPECT(std::isfinite(c.lr) && c.lr >= 0.0 && float_setting(c.lr), "sgd: lr = ", c.lr,
+                   " must be finite and >= 0 (and a float)");
+    TINYLLM_EXPECT(std::isfinite(c.momentum) && c.momentum >= 0.0 && float_setting(c.momentum), "sgd: momentum = ",
+                   c.momentum, " must be finite and >= 0 (and a float)");
     TINYLLM_EXPECT(c.dampening >= 0.0 && c.dampening <= 1.0, "sgd: dampening = ", c.dampening, " must be in [0, 1]");
-    TINYLLM_EXPECT(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0, "sgd: weight_decay = ", c.weight_decay,
-                   " must be finite and >= 0");
+    TINYLLM_EXPECT(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0 && float_setting(c.weight_decay),
+                   "sgd: weight_decay = ", c.weight_decay, " must be finite and >= 0 (and a float)");
     TINYLLM_EXPECT(!c.nesterov || (c.momentum > 0.0 && c.dampening == 0.0),
                    "sgd: nesterov momentum needs momentum > 0 and dampening = 0; got momentum = ", c.momentum,
                    ", dampening = ", c.dampening);

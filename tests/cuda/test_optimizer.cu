@@ -423,6 +423,12 @@ TEST_CASE("the launchers reject bad inputs with the CPU's messages", "[cuda][opt
     CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.beta2 = -0.5}, 1), contains("adamw: beta2 = -0.5"));
     CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.eps = 0.0}, 1), contains("adamw: eps = 0 must be finite and > 0"));
     CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.weight_decay = -1.0}, 1), contains("adamw: weight_decay = -1"));
+    CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.eps = 1e-50}, 1), contains("adamw: eps = 1e-50 must be a normal float"));
+    CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.lr = 1e300}, 1), contains("adamw: lr = 1e+300"));
+    CHECK_THROWS_WITH(tc::sgd_step(P, M, G, {.lr = 0.1, .momentum = 1e300}, false), contains("sgd: momentum = 1e+300"));
+    // lr / (1 - beta1^t), the step the kernel takes in float: 1e30 / 1e-12 is not a float.
+    CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {.lr = 1e30, .beta1 = 1.0 - 1e-12}, 1),
+                      contains("adamw_step: lr / (1 - beta1^t) = "));
     CHECK_THROWS_WITH(tc::adamw_step(P, M, V, G, {}, 0), contains("adamw_step: step = 0 must be >= 1"));
     CHECK_THROWS_WITH(tc::adamw_step(P, M, V, S, {}, 1), contains("value has 4 elements but grad has 3"));
     CHECK_THROWS_WITH(tc::adamw_step(P, M, S, G, {}, 1), contains("value has 4 elements but v has 3"));
@@ -481,6 +487,8 @@ TEST_CASE("the launchers refuse outputs that share memory they cannot handle", "
                       contains("adamw_step: the value of parameter 'a' (#0) and the value of parameter 'a again' (#2) "
                                "share memory"));
     CHECK_THROWS_WITH(tc::scale_grads(twice, 0.5), contains("scale_grads: the gradient of parameter 'a' (#0)"));
+    // A factor that is finite as a double but not as a float (the kernel's): refused as on the CPU.
+    CHECK_THROWS_WITH(tc::scale_grads(twice, 1e300), contains("scale_grads: factor = 1e+300 must be finite as a float"));
     CHECK_THROWS_WITH(tc::clip_grad_norm(twice, 0.1), contains("clip_grad_norm: the gradient of parameter 'a' (#0)"));
 
     // SGD: the momentum buffer is written too.

@@ -123,12 +123,17 @@ struct adamw_factors {
 
 inline adamw_factors make_adamw_factors(const adamw_config& c, std::int64_t step, bool decay) {
     const double t = static_cast<double>(step);
+    // lr / (1 - beta1^t) grows as beta1 nears 1: a float too (the settings themselves are, by
+    // expect_adamw_config), or the kernel's step would be inf and the parameters NaN.
+    const double step_size = c.lr / (1.0 - std::pow(c.beta1, t));
+    TINYLLM_EXPECT(std::isfinite(static_cast<float>(step_size)), "adamw_step: lr / (1 - beta1^t) = ", step_size,
+                   " at step ", step, " (lr = ", c.lr, ", beta1 = ", c.beta1, ") is not finite as a float");
     return {static_cast<float>(1.0 - c.lr * (decay ? c.weight_decay : 0.0)),
             static_cast<float>(c.beta1),
             static_cast<float>(1.0 - c.beta1),
             static_cast<float>(c.beta2),
             static_cast<float>(1.0 - c.beta2),
-            static_cast<float>(c.lr / (1.0 - std::pow(c.beta1, t))),
+            static_cast<float>(step_size),
             static_cast<float>(std::sqrt(1.0 - std::pow(c.beta2, t))),
             static_cast<float>(c.eps)};
 }
@@ -466,7 +471,8 @@ double clip_grad_norm(const std::vector<named_parameter<T>>& params, double max_
 template <class T>
 void scale_grads(std::span<const named_parameter<T>> params, double factor, cudaStream_t stream = nullptr) {
     detail::expect_parameter_type<T>();
-    TINYLLM_EXPECT(std::isfinite(factor), "scale_grads: factor = ", factor, " must be finite");
+    TINYLLM_EXPECT(std::isfinite(factor) && std::isfinite(static_cast<float>(factor)), "scale_grads: factor = ", factor,
+                   " must be finite as a float");
     tinyllm::detail::expect_parameters_apart("scale_grads", params, false);
     for (const auto& p : params) {
         detail::expect_flat("scale_grads", p.name, "grad", p.grad);
