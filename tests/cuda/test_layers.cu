@@ -757,6 +757,14 @@ TEST_CASE("CUDA MLP GEMVs reject bad arguments before launching", "[cuda][ffn][g
     const auto X = dview2(x, 9, 16), W = dview2(w, 32, 16), U = dview2(u, 32, 16), out9 = dview2(out, 9, 32);
     CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(out9, X, W, U),
                       tinyllm_test::contains("swiglu_gemv: 9 rows; the GEMV takes at most 8"));
+    // An output over the input or the weights (other warps still read them: wrong values, no error).
+    const tensor_view<float, 2> over_x(x.data(), {2, 32});
+    CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(over_x, tensor_view<const float, 2>(x.data(), {2, 16}), W, U),
+                      tinyllm_test::contains("swiglu_gemv: hidden must not share memory with x"));
+    CHECK_THROWS_WITH(tc::detail::bias_activate_gemv<float>(tensor_view<float, 2>(w.data(), {2, 32}),
+                                                            tensor_view<const float, 2>(x.data(), {2, 16}), W,
+                                                            tensor_view<const float, 1>{}, activation::identity),
+                      tinyllm_test::contains("bias_activate_gemv: out must not share memory with weight"));
     const tensor_view<const float, 2> X2(x.data(), {2, 16});
     const tensor_view<float, 2> out2(out.data(), {2, 32});
     CHECK_THROWS_WITH(tc::detail::swiglu_gemv<float>(out2, X2, W, dview2(u, 16, 32)),

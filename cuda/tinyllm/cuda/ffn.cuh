@@ -375,6 +375,9 @@ void swiglu_gemv(tensor_view<T, 2> hidden, const_view<T, 2> x, const_view<T, 2> 
     expect_packed_rows(x, op, "x");
     expect_packed_rows(gate_weight, op, "gate_weight");
     expect_packed_rows(up_weight, op, "up_weight");
+    // Other warps still read x and the weights while a warp writes its part of hidden.
+    ::tinyllm::detail::expect_apart_from(op, "hidden", hidden, "x", x, "gate_weight", gate_weight, "up_weight",
+                                         up_weight);
     const swiglu_gemv_epilogue<T> epi{hidden.data(), H};
     launch_pair_gemv<T>(op, epi, x.data(), rows, gate_weight.data(), up_weight.data(), K, epi.units(), stream);
 }
@@ -393,6 +396,7 @@ void bias_activate_gemv(tensor_view<T, 2> out, const_view<T, 2> x, const_view<T,
     expect_packed_rows(out, op, "out");
     expect_packed_rows(x, op, "x");
     expect_packed_rows(weight, op, "weight");
+    ::tinyllm::detail::expect_apart_from(op, "out", out, "x", x, "weight", weight, "bias", bias);
     const bias_activate_gemv_epilogue<T> epi{out.data(), bias.size() ? bias.data() : nullptr, N, kind};
     launch_pair_gemv<T>(op, epi, x.data(), rows, weight.data(), weight.data(), K, epi.units(), stream);
 }
