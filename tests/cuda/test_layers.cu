@@ -819,6 +819,16 @@ TEST_CASE("CUDA layer launchers reject bad arguments before launching", "[cuda][
     const tc::cublas_handle handle;
     CHECK_THROWS_WITH(tc::linear<float>(b.view(extents<2>{3, 4}), A, w.view(extents<2>{3, 1}), {}, handle),
                       tinyllm_test::contains("in_features must equal"));
+    {  // A float output from bfloat16 inputs takes no bias: refused before cuBLAS writes out.
+        tc::device_buffer<bfloat16> xb(4), wb(8), bb(2);
+        auto out = tc::to_device(std::vector<float>{-7.0f, -7.0f});
+        const auto with_bias = [&] {
+            tc::linear<bfloat16, float>(out.view(extents<2>{1, 2}), xb.view(extents<2>{1, 4}), wb.view(extents<2>{2, 4}),
+                                        bb.view(extents<1>{2}), handle);
+        };
+        CHECK_THROWS_WITH(with_bias(), tinyllm_test::contains("a float output from bfloat16 inputs takes no bias"));
+        CHECK(tc::to_host(out) == std::vector<float>{-7.0f, -7.0f});
+    }
     try {
         TINYLLM_CUBLAS_CHECK(CUBLAS_STATUS_INVALID_VALUE);
         FAIL("no exception was thrown");

@@ -453,4 +453,25 @@ TEST_CASE("cuda quantized linear: v1 dequantize + cuBLAS and v2 fused GEMV again
                                              tensor_view<const float, 1>(shared.data() + 2 * 64 - 4, {8})),
             contains("out must not share memory with bias"));
     }
+    SECTION("a device matrix whose parts no longer agree with its shape") {
+        // device_quantized_matrix is an aggregate: changed after to_device, it was used as it
+        // stood (an int4 group of 0 divided by zero; wider columns were read past the data).
+        tensor<float, 2> w({2, 32});
+        cpu::fill_normal(w, seed_for(96));
+        tc::device_buffer<float> dx(32), dout(2);
+        const auto x = dx.view(tinyllm::extents<2>{1, 32});
+        const auto out = dout.view(tinyllm::extents<2>{1, 2});
+        auto dw = tc::to_device(tinyllm::quantize_rtn(w.view(), {quant_format::int4, 32}));
+        dw.spec.group = 0;
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(out, x, dw, {}), contains("has a group size its columns do not allow"));
+        dw = tc::to_device(tinyllm::quantize_rtn(w.view(), {quant_format::int4, 32}));
+        dw.cols = 64;
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(out, tensor_view<const float, 2>(nullptr, {1, 64}), dw, {}),
+                          contains("needs 64 bytes of data, its buffer holds 32"));
+        dw = tc::to_device(tinyllm::quantize_rtn(w.view(), {quant_format::int4, 32}));
+        dw.rows = 6;
+        tc::device_buffer<float> dout6(6);
+        CHECK_THROWS_WITH(tc::linear_quantized_gemv<float>(dout6.view(tinyllm::extents<2>{1, 6}), x, dw, {}),
+                          contains("needs 96 bytes of data, its buffer holds 32"));
+    }
 }

@@ -195,6 +195,9 @@ void linear(tensor_view<O, 2> out, detail::const_view<T, 2> x, detail::const_vie
     const index_t ldc = rows == 1 ? N : out.stride(0);
     TINYLLM_EXPECT(ldb >= K && ldc >= N, op, ": rows of x or out overlap (row strides ", ldb, " and ", ldc, ")");
 
+    // Before cuBLAS writes out: a refused call leaves out as it was.
+    if constexpr (!std::is_same_v<O, T>)
+        TINYLLM_EXPECT(bias.size() == 0, op, ": a float output from ", dtype_name<T>(), " inputs takes no bias");
     const float alpha = 1.0f, beta = 0.0f;
     TINYLLM_CUBLAS_CHECK(detail::cublas_set_stream(handle.get(), stream));
     {
@@ -208,8 +211,6 @@ void linear(tensor_view<O, 2> out, detail::const_view<T, 2> x, detail::const_vie
     }
     if constexpr (std::is_same_v<O, T>) {
         if (bias.size()) bias_activate<T>(out, out, bias, activation::identity, stream);
-    } else {
-        TINYLLM_EXPECT(bias.size() == 0, op, ": a float output from ", dtype_name<T>(), " inputs takes no bias");
     }
 }
 

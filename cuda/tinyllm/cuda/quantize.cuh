@@ -106,7 +106,24 @@ struct quantized_args {
     bool int8;
 };
 
+// A device_quantized_matrix is an aggregate a caller may change after to_device: its shape,
+// format and buffers must still agree before a kernel indexes them (an int4 group of 0 divided
+// by zero; a wider cols read past the data).
 inline quantized_args args_of(const device_quantized_matrix& w) {
+    const bool int4 = w.spec.format == quant_format::int4;
+    TINYLLM_EXPECT(w.rows >= 0 && w.cols >= 0 &&
+                       (int4 ? w.spec.group >= 2 && w.spec.group % 2 == 0 && w.cols % w.spec.group == 0
+                             : w.spec.group == 0),
+                   "cuda: the quantized weight (", w.rows, " x ", w.cols, ", format ", w.spec.name(),
+                   ") has a group size its columns do not allow; build it with cuda::to_device");
+    const auto need = [&](std::size_t have, index_t want, const char* part) {
+        TINYLLM_EXPECT(have == static_cast<std::size_t>(want), "cuda: the quantized weight (", w.rows, " x ", w.cols,
+                       ", ", w.spec.name(), ") needs ", want, " ", part, ", its buffer holds ", have,
+                       "; build it with cuda::to_device");
+    };
+    need(w.data.size(), w.rows * w.row_bytes(), "bytes of data");
+    need(w.scales.size(), w.rows * w.groups(), "scales");
+    need(w.zeros.size(), int4 ? w.rows * w.groups() : 0, "zero points");
     return {w.data.data(), w.scales.data(), w.zeros.data(), w.rows, w.cols, w.group_size(), w.groups(),
             w.row_bytes(), w.spec.format == quant_format::int8};
 }
