@@ -825,6 +825,9 @@ TEST_CASE("cuda::model rejects bad input with clear errors", "[model][errors]") 
     CHECK_THROWS_WITH(m.forward(s, tensor_view<const tinyllm::token_id, 2>(many.data(), {1, 8})),
                       contains("tokens has 1 rows but the session holds 2"));
     CHECK_THROWS_WITH(m.new_session(0, 4), contains("must be at least 1"));
+    CHECK_THROWS_WITH(m.new_session(1, index_t{1} << 40),
+                      contains("cuda::model::new_session: batch 1 x capacity 1099511627776 needs a KV cache of more than "
+                               "2^40 bytes"));
 }
 
 TEST_CASE("cuda::model decode steps: an id outside the vocabulary gives NaN logits, host ids are refused",

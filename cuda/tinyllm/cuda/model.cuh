@@ -623,6 +623,15 @@ public:
         if (config_.arch == model_arch::gpt2)
             TINYLLM_EXPECT(capacity <= config_.max_positions, "cuda::model::new_session: capacity ", capacity,
                            " exceeds GPT-2's ", config_.max_positions, " learned positions");
+        // The CPU session's bound (model.hpp): float32 keys and values of every layer for every
+        // row, at most 2^40 bytes, computed without overflow (the size wrapped or reached cudaMalloc,
+        // whose out-of-memory error named neither the capacity nor the call).
+        TINYLLM_EXPECT(::tinyllm::detail::nonzero_product_at_most(
+                           index_t{1} << 40, {batch, capacity, config_.num_layers, 2, config_.num_kv_heads,
+                                              config_.head_dim, static_cast<index_t>(sizeof(float))}),
+                       "cuda::model::new_session: batch ", batch, " x capacity ", capacity,
+                       " needs a KV cache of more than 2^40 bytes (", config_.num_layers, " layers of ",
+                       config_.num_kv_heads, " KV heads of ", config_.head_dim, " floats, keys and values)");
         session s;
         s.batch = batch;
         s.capacity = capacity;
