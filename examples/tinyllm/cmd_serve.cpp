@@ -400,19 +400,22 @@ std::string chat_prompt(const json::value& body) {
 void refuse_chat_features(const json::value& body) {
     for (const char* name : {"tools", "functions"})
         if (const json::value* v = field(body, name); v && !(v->is_array() && v->size() == 0))
-            throw api_error(400, std::string("'") + name + "' is not supported by tinyllm serve: the model has no tool calling",
-                            name);
+            throw api_error(
+                400, std::string("'") + name + "' is not supported by tinyllm serve: the model has no tool calling",
+                name);
     for (const char* name : {"tool_choice", "function_call"})
         if (const json::value* v = field(body, name);
             v && !(v->is_string() && (v->as_string() == "none" || v->as_string() == "auto")))
-            throw api_error(400, std::string("'") + name +
-                                     "' is not supported by tinyllm serve: only \"none\" or \"auto\" (no tools) is accepted",
+            throw api_error(400,
+                            std::string("'") + name +
+                                "' is not supported by tinyllm serve: only \"none\" or \"auto\" (no tools) is accepted",
                             name);
     if (const json::value* v = field(body, "response_format")) {
         const json::value* type = v->is_object() ? field(*v, "type") : nullptr;
         if (!type || !type->is_string() || type->as_string() != "text")
-            throw api_error(400, "'response_format' is not supported by tinyllm serve beyond {\"type\": \"text\"}: "
-                                 "replies are not constrained to JSON",
+            throw api_error(400,
+                            "'response_format' is not supported by tinyllm serve beyond {\"type\": \"text\"}: "
+                            "replies are not constrained to JSON",
                             "response_format");
     }
 }

@@ -158,8 +158,9 @@ TINYLLM_COMMAND("tokenize", "print the token ids of a text (byte-level BPE or Se
     const auto others =
         a.has_flag("special-as-text") ? tinyllm::special_handling::as_text : tinyllm::special_handling::error;
     for (long long k = 0; k < samples; ++k) {
-        std::vector<tinyllm::token_id> ids = sampling ? tok.encode_sample(text, {alpha, seed, std::uint64_t(k)}, allowed, others)
-                                                      : tok.encode(text, allowed, others);
+        std::vector<tinyllm::token_id> ids =
+            sampling ? tok.encode_sample(text, {alpha, seed, std::uint64_t(k)}, allowed, others)
+                     : tok.encode(text, allowed, others);
         if (a.has_flag("template")) {
             ids.insert(ids.begin(), tok.template_before().begin(), tok.template_before().end());
             ids.insert(ids.end(), tok.template_after().begin(), tok.template_after().end());

@@ -133,7 +133,8 @@ TINYLLM_COMMAND("train-tokenizer", "learn a tokenizer vocabulary from text files
     out << "trained " << merges << " merges (vocabulary " << tok.vocab_size() << ") on " << bytes << " bytes in "
         << seconds() << " s; wrote " << a.get("out") << "\n";
     if (tok.vocab_size() < opt.vocab_size)
-        std::cerr << "note: --vocab-size asked for " << opt.vocab_size << " tokens; the corpus ran out of pairs to merge "
+        std::cerr << "note: --vocab-size asked for " << opt.vocab_size
+                  << " tokens; the corpus ran out of pairs to merge "
                   << "(every piece is one token) at " << tok.vocab_size() << "\n";
     return 0;
 }

@@ -133,11 +133,12 @@ TINYLLM_COMMAND("bench", "run each component's CPU reference and CUDA versions: 
     }
     for (const auto& p : a.positional)
         if (std::find(names.begin(), names.end(), p) == names.end())
-            throw usage_error("no benchmark component named '" + p + "' in this build (tinyllm bench --list shows them; " +
-                              (query_gpus().built_with_cuda ? std::string("check the spelling)")
-                                                      : std::string("components of CUDA kernels alone, such as model, "
-                                                                    "rope_cache or mlp_swiglu_gemv, exist only in CUDA and "
-                                                                    "simulated-GPU builds)")));
+            throw usage_error(
+                "no benchmark component named '" + p + "' in this build (tinyllm bench --list shows them; " +
+                (query_gpus().built_with_cuda ? std::string("check the spelling)")
+                                              : std::string("components of CUDA kernels alone, such as model, "
+                                                            "rope_cache or mlp_swiglu_gemv, exist only in CUDA and "
+                                                            "simulated-GPU builds)")));
     const long long repeats = a.get_int("repeats", 10);
     if (repeats < 1) throw usage_error("--repeats must be at least 1");
     const long long size = a.get_int("size", 0);

@@ -114,8 +114,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <limits>
 #include <initializer_list>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -234,8 +234,8 @@ inline void expect_adamw_config(const adamw_config& c) {
 inline void expect_sgd_config(const sgd_config& c) {
     TINYLLM_EXPECT(std::isfinite(c.lr) && c.lr >= 0.0 && float_setting(c.lr), "sgd: lr = ", c.lr,
                    " must be finite and >= 0 (and a float)");
-    TINYLLM_EXPECT(std::isfinite(c.momentum) && c.momentum >= 0.0 && float_setting(c.momentum), "sgd: momentum = ",
-                   c.momentum, " must be finite and >= 0 (and a float)");
+    TINYLLM_EXPECT(std::isfinite(c.momentum) && c.momentum >= 0.0 && float_setting(c.momentum),
+                   "sgd: momentum = ", c.momentum, " must be finite and >= 0 (and a float)");
     TINYLLM_EXPECT(c.dampening >= 0.0 && c.dampening <= 1.0, "sgd: dampening = ", c.dampening, " must be in [0, 1]");
     TINYLLM_EXPECT(std::isfinite(c.weight_decay) && c.weight_decay >= 0.0 && float_setting(c.weight_decay),
                    "sgd: weight_decay = ", c.weight_decay, " must be finite and >= 0 (and a float)");

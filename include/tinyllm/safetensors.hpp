@@ -50,7 +50,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -256,11 +255,10 @@ public:
         // An empty tensor (begin = end: a shape with a 0) holds no bytes and overlaps nothing;
         // Python's safetensors writes one where the next tensor begins. It is set
         // aside here and must sit on a boundary between tensors (checked below).
-        std::vector<range> empties;
-        std::copy_if(ranges.begin(), ranges.end(), std::back_inserter(empties),
-                     [](const range& r) { return r.begin == r.end; });
-        ranges.erase(std::remove_if(ranges.begin(), ranges.end(), [](const range& r) { return r.begin == r.end; }),
-                     ranges.end());
+        const auto first_empty =
+            std::stable_partition(ranges.begin(), ranges.end(), [](const range& r) { return r.begin != r.end; });
+        const std::vector<range> empties(first_empty, ranges.end());
+        ranges.erase(first_empty, ranges.end());
         std::sort(ranges.begin(), ranges.end(), [](const range& a, const range& b) { return a.begin < b.begin; });
         for (std::size_t i = 1; i < ranges.size(); ++i)
             if (ranges[i].begin < ranges[i - 1].end)
@@ -278,12 +276,14 @@ public:
             covered = r.end;
         }
         if (covered != data_size)
-            TINYLLM_FAIL("safetensors file '", p, "': the data section holds ", data_size, " bytes but its tensors end at byte ",
-                         covered, ": ", data_size - covered, " trailing bytes belong to no tensor (a damaged or concatenated file?)");
+            TINYLLM_FAIL("safetensors file '", p, "': the data section holds ", data_size,
+                         " bytes but its tensors end at byte ", covered, ": ", data_size - covered,
+                         " trailing bytes belong to no tensor (a damaged or concatenated file?)");
         for (const range& e : empties)
-            if (e.begin != 0 && std::none_of(ranges.begin(), ranges.end(), [&](const range& r) { return r.end == e.begin; }))
-                TINYLLM_FAIL("safetensors file '", p, "': tensor '", e.name, "': empty, but its data_offsets [", e.begin,
-                             ", ", e.end, "] point inside another tensor's bytes, not between two tensors");
+            if (e.begin != 0 &&
+                std::none_of(ranges.begin(), ranges.end(), [&](const range& r) { return r.end == e.begin; }))
+                TINYLLM_FAIL("safetensors file '", p, "': tensor '", e.name, "': empty, but its data_offsets [",
+                             e.begin, ", ", e.end, "] point inside another tensor's bytes, not between two tensors");
     }
 
     const std::string& path() const { return file_->path(); }

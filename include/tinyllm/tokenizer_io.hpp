@@ -488,7 +488,10 @@ inline void hf_post_processor_template(const json::value& doc, const std::string
     };
     const auto id_in_range = [&](const json::value& id, const std::string& where) {
         std::int64_t v = -1;
-        if (id.is_number()) try { v = id.as_int64(); } catch (const error&) {}
+        if (id.is_number()) try {
+                v = id.as_int64();
+            } catch (const error&) {
+            }
         if (v < 0 || v >= 100'000'000) field_error(where, "expected ids in [0, 1e8)");
         return static_cast<token_id>(v);
     };
@@ -496,8 +499,9 @@ inline void hf_post_processor_template(const json::value& doc, const std::string
     const auto one = [&](const json::value& post, const std::string& where) {
         const std::string type = type_of(post);
         if (type == "ByteLevel") {
-            if (!byte_level) TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", where,
-                                          "\": \"ByteLevel\" in a SentencePiece-family file");
+            if (!byte_level)
+                TINYLLM_FAIL("unsupported tokenizer.json ", path, ": field \"", where,
+                             "\": \"ByteLevel\" in a SentencePiece-family file");
             return;
         }
         if (type != "TemplateProcessing" && type != "RobertaProcessing" && type != "BertProcessing")
@@ -533,10 +537,12 @@ inline void hf_post_processor_template(const json::value& doc, const std::string
                 const json::value* entry = table && table->is_object() ? table->find(name->as_string()) : nullptr;
                 const json::value* ids = entry ? entry->find("ids") : nullptr;
                 if (!ids || !ids->is_array())
-                    field_error(where + ".special_tokens", json::quote(name->as_string()) + " is missing or has no \"ids\"");
+                    field_error(where + ".special_tokens",
+                                json::quote(name->as_string()) + " is missing or has no \"ids\"");
                 for (const auto& id : ids->as_array())
                     (seen_text ? after : before)
-                        .push_back(id_in_range(id, where + ".special_tokens[" + json::quote(name->as_string()) + "].ids"));
+                        .push_back(
+                            id_in_range(id, where + ".special_tokens[" + json::quote(name->as_string()) + "].ids"));
             } else {
                 field_error(at, "expected {\"Sequence\": ...} or {\"SpecialToken\": ...}");
             }
@@ -1097,15 +1103,18 @@ namespace detail {
 inline std::string hf_template_processing(const tokenizer& tok) {
     if (tok.template_before().empty() && tok.template_after().empty()) return "null";
     const auto name = [&](token_id id) {
-        return json::quote(tok.is_special(id) ? std::string(tok.token_bytes(id)) : bytes_to_unicode(tok.token_bytes(id)));
+        return json::quote(tok.is_special(id) ? std::string(tok.token_bytes(id))
+                                              : bytes_to_unicode(tok.token_bytes(id)));
     };
     // The template around sequence `seq`, as the items of a JSON array.
     const auto around = [&](const char* seq, int type_id) {
         const std::string type = ", \"type_id\": " + std::to_string(type_id) + "}}";
         std::vector<std::string> items;
-        for (const token_id id : tok.template_before()) items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
+        for (const token_id id : tok.template_before())
+            items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
         items.push_back("{\"Sequence\": {\"id\": \"" + std::string(seq) + "\"" + type);
-        for (const token_id id : tok.template_after()) items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
+        for (const token_id id : tok.template_after())
+            items.push_back("{\"SpecialToken\": {\"id\": " + name(id) + type);
         std::string out;
         for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
         return out;
@@ -1221,8 +1230,8 @@ inline std::string serialize_tokenizer(const tokenizer& tok) {
     // The template (a tokenizer.json's post-processor), only when there is one: files
     // without these two lines read as before.
     if (!tok.template_before().empty() || !tok.template_after().empty())
-        for (const auto& [key, ids] : {std::pair{"template-before", tok.template_before()},
-                                       std::pair{"template-after", tok.template_after()}}) {
+        for (const auto& [key, ids] :
+             {std::pair{"template-before", tok.template_before()}, std::pair{"template-after", tok.template_after()}}) {
             out += std::string(key) + " " + std::to_string(ids.size());
             for (const token_id id : ids) out += " " + std::to_string(id);
             out += "\n";
@@ -1341,7 +1350,8 @@ inline tokenizer parse_tokenizer(std::string_view text, const std::string& path)
                 fail("expected '" + std::string(key) + " <count> <id>...'");
             for (std::size_t i = 1; i < words.size(); ++i) {
                 token_id id = -1;
-                if (!detail::parse_int(words[i], id) || id < 0) fail("'" + std::string(words[i]) + "' is not a token id");
+                if (!detail::parse_int(words[i], id) || id < 0)
+                    fail("'" + std::string(words[i]) + "' is not a token id");
                 template_ids[which].push_back(id);
             }
         }

@@ -111,8 +111,8 @@ inline void expect_train_options(const train_options& o) {
                    ") must be in [0, 1)");
     TINYLLM_EXPECT(std::isfinite(o.eps) && o.eps > 0, "train: eps = ", o.eps, " must be positive and finite");
     // The optimizer's own checks (each setting a float, as its CUDA kernels take them), before the run.
-    detail::expect_adamw_config({.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.eps,
-                                 .weight_decay = o.weight_decay});
+    detail::expect_adamw_config(
+        {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.eps, .weight_decay = o.weight_decay});
     TINYLLM_EXPECT(std::isfinite(o.clip) && o.clip >= 0, "train: clip = ", o.clip, " must be >= 0 (0: no clipping)");
     TINYLLM_EXPECT(o.eval_batches >= 1 && o.eval_batches <= train_max_steps, "train: eval_batches = ", o.eval_batches,
                    " must be at least 1 and at most 2^40");
